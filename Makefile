@@ -1,0 +1,35 @@
+# Two commands a person needs: `make demo` and `make test`.  Each sets itself up.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: setup demo test lint typecheck bench screenshots models clean
+
+$(STAMP): pyproject.toml
+	./.ci/setup-system
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 $(BIN)/fleet-server demo
+
+test: $(STAMP)
+	FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent fleet_server edgefleet_contract models tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+models: $(STAMP)
+	$(BIN)/python -m models.build
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,84 @@
+"""Configuration loading shared by both daemons: a TOML file plus environment overrides.
+
+Each side declares its settings as a :class:`FileSettings` subclass with its own
+``env_prefix``.  Precedence is explicit arguments > environment > file > defaults.
+Every failure becomes a :class:`~edgefleet_contract.errors.ConfigError` whose
+message names the offending field, the reason, and the environment variable that
+would set it, so a daemon can print it and exit non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+
+class FileSettings(BaseSettings):
+    """Settings read from an optional TOML file with ``PREFIX_FIELD__SUB`` overrides."""
+
+    model_config = SettingsConfigDict(extra="forbid", env_nested_delimiter="__")
+    _source_file: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._source_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._source_file))
+        return tuple(sources)
+
+
+S = TypeVar("S", bound=FileSettings)
+
+
+def load_settings(cls: type[S], path: Path | str | None = None, **overrides: Any) -> S:
+    """Build ``cls`` from ``path`` (if given), the environment and ``overrides``."""
+    source: Path | None = None
+    if path is not None:
+        source = Path(path)
+        if not source.is_file():
+            raise ConfigError(f"configuration file {source} does not exist")
+        try:
+            tomllib.loads(source.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"configuration file {source} is not valid TOML: {exc}") from None
+    bound = type(cls.__name__, (cls,), {"_source_file": source, "__module__": cls.__module__})
+    try:
+        return bound(**overrides)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, cls, source)) from None
+
+
+def describe(exc: ValidationError, cls: type[FileSettings], source: Path | None) -> str:
+    """Turn a validation error into lines that name each bad field and how to set it."""
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    where = f" in {source}" if source else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err.get("loc", ())]
+        field = ".".join(loc) or "(root)"
+        env = prefix + "__".join(p.upper() for p in loc)
+        reason = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            reason = "unknown setting (check the spelling)"
+        got = err.get("input")
+        shown = "" if err.get("type") in ("missing", "extra_forbidden") else f" (got {got!r})"
+        lines.append(f"  {field}: {reason}{shown}; set it in the file or as {env}")
+    return "\n".join(lines)

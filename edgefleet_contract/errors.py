@@ -1,0 +1,100 @@
+"""The one exception tree of edgefleet.
+
+Every error a person can act on derives from :class:`EdgefleetError` and carries a
+message written for that person (what was wrong and what to do), so the CLIs can
+print ``str(exc)`` and exit non-zero without a traceback.  Lower layers raise
+the most specific class; callers catch the family they can handle.
+
+    EdgefleetError
+    ├── ConfigError            bad configuration file or environment variable
+    ├── ContractError          a payload that breaks the wire contract
+    ├── IdentityError          PKI and enrollment
+    │   ├── EnrollmentError    token unknown, used, expired; CSR refused
+    │   └── CertificateError   unreadable, expired, wrong CA, revoked
+    ├── BrokerError            managed broker could not start or stay up
+    ├── LinkError              MQTT session failures the caller must see
+    ├── ModelError             model packages and runtimes
+    │   ├── PackageError       corrupt file, bad manifest, hash mismatch
+    │   ├── RuntimeUnavailable no installed runtime can run the package
+    │   └── SelfTestFailed     outputs outside the manifest's tolerance
+    ├── StoreError             persistence failures
+    │   └── NotFound           a named record does not exist
+    ├── SelectorError          a device selector that does not parse
+    ├── AuthError              authentication failed (HTTP 401)
+    │   └── PermissionDenied   authenticated but not allowed (HTTP 403)
+    └── UpdateError            OTA verification, download or install failures
+"""
+
+from __future__ import annotations
+
+
+class EdgefleetError(Exception):
+    """Base of every error edgefleet raises on purpose."""
+
+
+class ConfigError(EdgefleetError):
+    """Configuration is missing or invalid; the message names the field."""
+
+
+class ContractError(EdgefleetError):
+    """A payload does not follow the wire contract."""
+
+
+class IdentityError(EdgefleetError):
+    """Device identity (keys, certificates, enrollment) problems."""
+
+
+class EnrollmentError(IdentityError):
+    """An enrollment or renewal request was refused."""
+
+
+class CertificateError(IdentityError):
+    """A certificate is unreadable, expired, from another CA or revoked."""
+
+
+class BrokerError(EdgefleetError):
+    """The managed MQTT broker could not be configured, started or kept up."""
+
+
+class LinkError(EdgefleetError):
+    """The MQTT session could not do what was asked."""
+
+
+class ModelError(EdgefleetError):
+    """Model package or inference runtime problems."""
+
+
+class PackageError(ModelError):
+    """A model package is corrupt, incomplete or inconsistent."""
+
+
+class RuntimeUnavailable(ModelError):
+    """No installed inference runtime can run the package."""
+
+
+class SelfTestFailed(ModelError):
+    """The package's self-test vectors did not reproduce on this device."""
+
+
+class StoreError(EdgefleetError):
+    """Persistent storage failed."""
+
+
+class NotFound(StoreError):
+    """A named record does not exist."""
+
+
+class SelectorError(EdgefleetError):
+    """A device selector expression is invalid."""
+
+
+class AuthError(EdgefleetError):
+    """Authentication failed or is missing."""
+
+
+class PermissionDenied(AuthError):
+    """The caller is authenticated but its role does not allow the action."""
+
+
+class UpdateError(EdgefleetError):
+    """An OTA update could not be verified, fetched or installed."""

@@ -1,0 +1,282 @@
+"""Versioned payload models for every JSON message on the wire.
+
+Each message carries ``v`` (its schema version).  A reader accepts exactly the
+versions it knows; anything else is a counted rejection (see :mod:`.codec`),
+never an exception that escapes a loop.  Every string and list is bounded so a
+hostile payload cannot make a reader allocate without limit, and floats must be
+finite.  Unknown fields are refused: within a version the contract is closed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
+
+from .ids import DeviceId
+
+SCHEMA_VERSION: Literal[1] = 1
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Text = Annotated[str, StringConstraints(max_length=2000)]
+Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@+-]{1,128}$")]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Timestamp = Annotated[float, Field(ge=0, le=1e11)]
+"""Seconds since the Unix epoch."""
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Scalar = bool | int | float | Annotated[str, StringConstraints(max_length=1024)]
+
+
+class Message(BaseModel):
+    """Base of all wire models: closed, finite, immutable."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+WIRE = {"wire": True}
+"""Validation context the codec passes: on the wire the version must be explicit."""
+
+
+class Versioned(Message):
+    """A top-level payload; ``v`` defaults in code but must be present on the wire."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_present(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.context == WIRE and isinstance(data, dict) and "v" not in data:
+            raise PydanticCustomError("missing_version", "no schema version field 'v'")
+        return data
+
+
+# ---------------------------------------------------------------- status ----
+
+
+class Status(Versioned):
+    """Retained on ``status``; the offline form is also the connection's Last Will."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    device_id: DeviceId
+    online: bool
+    reason: Literal["connected", "shutdown", "lost"]
+    ts: Timestamp | None = None
+    agent_version: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+
+# ------------------------------------------------------------- telemetry ----
+
+
+class SystemStats(Message):
+    cpu_percent: Annotated[float, Field(ge=0, le=100)]
+    load1: Annotated[float, Field(ge=0)] | None = None
+    mem_used_bytes: Count
+    mem_total_bytes: Count
+    rss_bytes: Count
+    disk_used_bytes: Count
+    disk_total_bytes: Count
+    temperature_c: Annotated[float, Field(ge=-100, le=250)] | None = None
+    uptime_s: Annotated[float, Field(ge=0)]
+    power: Literal["ac", "battery", "unknown"] = "unknown"
+    battery_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+
+
+class LatencySummary(Message):
+    p50_ms: Annotated[float, Field(ge=0)]
+    p95_ms: Annotated[float, Field(ge=0)]
+    p99_ms: Annotated[float, Field(ge=0)]
+    max_ms: Annotated[float, Field(ge=0)]
+    mean_ms: Annotated[float, Field(ge=0)]
+
+
+class InferenceStats(Message):
+    """Model behaviour over the telemetry window."""
+
+    model: Name
+    version: Name
+    count: Count
+    errors: Count
+    throughput_per_s: Annotated[float, Field(ge=0)]
+    latency: LatencySummary | None = None
+    confidence_hist: Annotated[list[Count], Field(max_length=100)] = []
+    """Counts of top-1 confidence in equal-width bins over [0, 1]."""
+    class_counts: Annotated[dict[Name, Count], Field(max_length=1000)] = {}
+    feedback_count: Count = 0
+    feedback_correct: Count = 0
+    """Ground-truth labels received in the window and how many matched the prediction."""
+
+
+class FeatureDrift(Message):
+    feature: Annotated[int, Field(ge=0, le=1_000_000)]
+    psi: Annotated[float, Field(ge=0)]
+
+
+class DriftStats(Message):
+    """Population Stability Index of the window's inputs against the package reference."""
+
+    method: Literal["psi"] = "psi"
+    samples: Count
+    score: Annotated[float, Field(ge=0)]
+    """The largest per-feature PSI (0.1 = moderate, 0.25 = major shift by convention)."""
+    features: Annotated[list[FeatureDrift], Field(max_length=4096)] = []
+    """The most drifted features, largest first."""
+
+
+class LinkStats(Message):
+    connects: Count = 0
+    disconnects: Count = 0
+    published: Count = 0
+    publish_failures: Count = 0
+
+
+class SpoolStats(Message):
+    depth: Count = 0
+    bytes: Count = 0
+    dropped_total: Count = 0
+    """Batches dropped because the spool was full or too old; never reset."""
+    replayed_total: Count = 0
+    oldest_age_s: Annotated[float, Field(ge=0)] = 0.0
+
+
+class LearningStats(Message):
+    """What federated-training eligibility needs to know."""
+
+    labelled_samples: Count = 0
+    new_samples: Count = 0
+    busy: bool = False
+
+
+class Reading(Message):
+    """A free-form timestamped gauge (application sensors, custom metrics)."""
+
+    ts: Timestamp
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+    value: float
+
+
+class Telemetry(Versioned):
+    """One batch: everything a device reports for one window."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    device_id: DeviceId
+    batch_id: Token
+    """Unique per device; the server stores each batch once however often it arrives."""
+    seq: Count
+    ts: Timestamp
+    window_s: Annotated[float, Field(ge=0, le=86400)]
+    system: SystemStats | None = None
+    inference: InferenceStats | None = None
+    drift: DriftStats | None = None
+    learning: LearningStats | None = None
+    link: LinkStats = LinkStats()
+    spool: SpoolStats = SpoolStats()
+    readings: Annotated[list[Reading], Field(max_length=10_000)] = []
+
+
+# ----------------------------------------------------------------- state ----
+
+
+class ModelRef(Message):
+    name: Name
+    version: Name
+    sha256: Sha256
+    runtime: Literal["onnx", "tflite"]
+
+
+class FirmwareRef(Message):
+    version: Name
+    slot: Annotated[str, StringConstraints(max_length=16)] | None = None
+    hardware: Name | None = None
+
+
+UpdatePhase = Literal[
+    "pending",
+    "downloading",
+    "verifying",
+    "staging",
+    "self_test",
+    "switching",
+    "probation",
+    "committed",
+    "rolled_back",
+    "failed",
+]
+
+
+class UpdateReport(Message):
+    """Progress of the update the device is working on (or last finished)."""
+
+    desired_version: Count
+    kind: Literal["model", "firmware"]
+    target: Name
+    phase: UpdatePhase
+    progress: Annotated[float, Field(ge=0, le=1)] = 0.0
+    error: Text | None = None
+    ts: Timestamp
+
+
+class ReportedState(Versioned):
+    """Retained on ``state``: the device's half of its twin."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    device_id: DeviceId
+    ts: Timestamp
+    agent_version: Annotated[str, StringConstraints(max_length=64)]
+    hardware: Name = "generic"
+    model: ModelRef | None = None
+    firmware: FirmwareRef | None = None
+    slots: Annotated[dict[Annotated[str, StringConstraints(max_length=16)], Name], Field(
+        max_length=8
+    )] = {}
+    capabilities: Annotated[list[Name], Field(max_length=64)] = []
+    health: Literal["starting", "ok", "degraded", "failed"] = "starting"
+    health_detail: Text | None = None
+    desired_version: Count = 0
+    """The highest desired-state version the device has applied or rejected."""
+    update: UpdateReport | None = None
+    cert_not_after: Timestamp | None = None
+
+
+# -------------------------------------------------------------- commands ----
+
+
+class TargetRef(Message):
+    """A signed artifact the device should run, named as in the TUF targets metadata."""
+
+    kind: Literal["model", "firmware"]
+    name: Name
+    version: Name
+    target: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@/+-]{1,255}$")]
+
+
+class DesiredState(Message):
+    """The server's half of the twin, sent as the args of a ``set_desired`` command."""
+
+    version: Count
+    """Monotonic per device; a device ignores anything not newer than what it applied."""
+    model: TargetRef | None = None
+    firmware: TargetRef | None = None
+    config: Annotated[dict[Token, Scalar], Field(max_length=64)] = {}
+    rollout_id: Token | None = None
+
+
+class Command(Versioned):
+    """Server to device on ``cmd``; each one is answered by a :class:`CommandAck`."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    id: Token
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    args: Annotated[dict[Token, Any], Field(max_length=64)] = {}
+    ts: Timestamp
+    expires_at: Timestamp | None = None
+
+
+class CommandAck(Versioned):
+    """Device to server on ``ack``."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    device_id: DeviceId
+    command_id: Token
+    ts: Timestamp
+    status: Literal["accepted", "done", "rejected", "failed"]
+    detail: Text = ""
+    result: Annotated[dict[Token, Scalar], Field(max_length=64)] = {}

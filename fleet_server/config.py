@@ -1,0 +1,85 @@
+"""Fleet server settings: ``fleet.toml`` plus ``FLEET_*`` environment overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from edgefleet_contract.config import FileSettings
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+SERVER_IDENTITY = "fleet.server"
+"""CN of the server's own MQTT client certificate.  The dot keeps it outside the
+device-id alphabet, so no device can ever be enrolled under the server's name."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApiSettings(Section):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    public_url: str | None = None
+    """Where devices and operators reach the API (enrollment hands this out)."""
+    session_ttl_s: Annotated[int, Field(ge=60)] = 12 * 3600
+    token_ttl_s: Annotated[int, Field(ge=60)] = 90 * 86400
+    login_attempts_per_minute: Annotated[int, Field(ge=1)] = 10
+
+
+class BrokerSettings(Section):
+    mode: Literal["managed", "external"] = "managed"
+    host: str = "127.0.0.1"
+    """Host devices and the server connect to."""
+    port: Port = 8883
+    bind: str = "127.0.0.1"
+    """Address the managed broker listens on."""
+    san_hosts: list[str] = ["localhost"]
+    san_ips: list[str] = ["127.0.0.1", "::1"]
+    mosquitto_bin: str = "mosquitto"
+    protocol: Literal["5", "3.1.1"] = "5"
+    # external broker only
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+    max_connections: Annotated[int, Field(ge=-1)] = -1
+
+
+class EnrollmentSettings(Section):
+    token_ttl_s: Annotated[int, Field(ge=60)] = 24 * 3600
+    cert_validity_s: Annotated[int, Field(ge=300)] = 7 * 86400
+    """Device certificates are short-lived; agents renew at two thirds of this."""
+
+
+class TelemetrySettings(Section):
+    raw_retention_s: Annotated[int, Field(ge=3600)] = 7 * 86400
+    rollup_retention_s: Annotated[int, Field(ge=3600)] = 90 * 86400
+    queue_size: Annotated[int, Field(ge=100)] = 50_000
+    batch_size: Annotated[int, Field(ge=1)] = 500
+    max_payload: Annotated[int, Field(ge=1024)] = 256 * 1024
+
+
+class ServerSettings(FileSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLEET_", extra="forbid", env_nested_delimiter="__"
+    )
+
+    data_dir: Path = Path("var/fleet")
+    """CA and keys, the SQLite database, the managed broker's files and artifacts."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    api: ApiSettings = ApiSettings()
+    broker: BrokerSettings = BrokerSettings()
+    enrollment: EnrollmentSettings = EnrollmentSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "fleet.db"
+
+    @property
+    def api_url(self) -> str:
+        return self.api.public_url or f"http://{self.api.host}:{self.api.port}"
