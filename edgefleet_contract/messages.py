@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from .ids import DeviceId
@@ -224,9 +231,9 @@ class ReportedState(Versioned):
     hardware: Name = "generic"
     model: ModelRef | None = None
     firmware: FirmwareRef | None = None
-    slots: Annotated[dict[Annotated[str, StringConstraints(max_length=16)], Name], Field(
-        max_length=8
-    )] = {}
+    slots: Annotated[
+        dict[Annotated[str, StringConstraints(max_length=16)], Name], Field(max_length=8)
+    ] = {}
     capabilities: Annotated[list[Name], Field(max_length=64)] = []
     health: Literal["starting", "ok", "degraded", "failed"] = "starting"
     health_detail: Text | None = None
