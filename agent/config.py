@@ -1,0 +1,73 @@
+"""Agent settings: ``agent.toml`` in the data dir (or ``--config``) plus ``EDGE_AGENT_*``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import SettingsConfigDict
+
+from edgefleet_contract.config import FileSettings
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Positive = Annotated[float, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocalApiSettings(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    """Loopback by default: the prediction API is for apps on this device only."""
+    port: Annotated[int, Field(ge=0, le=65535)] = 8181
+    unix_socket: Path | None = None
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    max_batch: Annotated[int, Field(ge=1)] = 256
+
+
+class SpoolSettings(Section):
+    max_bytes: Annotated[int, Field(ge=64 * 1024)] = 64 * 1024 * 1024
+    max_age_s: Positive = 7 * 86400
+    drain_rate_per_s: Positive = 50.0
+    drain_burst: Annotated[int, Field(ge=1)] = 100
+    max_inflight: Annotated[int, Field(ge=1, le=100)] = 20
+
+
+class BrokerOverride(Section):
+    """Normally the broker address comes from enrollment; override it here if needed."""
+
+    host: str | None = None
+    port: Port | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+
+class FeedbackSettings(Section):
+    max_samples: Annotated[int, Field(ge=0)] = 5000
+    """Labelled samples kept for federated training; the oldest go first."""
+    prediction_cache: Annotated[int, Field(ge=0)] = 10_000
+    """Recent predictions remembered so feedback can refer to them by id."""
+
+
+class AgentSettings(FileSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_AGENT_", extra="forbid", env_nested_delimiter="__"
+    )
+
+    data_dir: Path = Path("/var/lib/edgefleet")
+    """Identity, spool, model slots and labelled samples."""
+    model: Path | None = None
+    """A model package to serve when no model slot is active yet (first boot)."""
+    threads: Annotated[int, Field(ge=1, le=64)] = 1
+    telemetry_interval_s: Annotated[float, Field(ge=0.05, le=3600)] = 10.0
+    hardware: str = "generic"
+    firmware_version: str = "0.0.0"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    local_api: LocalApiSettings = LocalApiSettings()
+    spool: SpoolSettings = SpoolSettings()
+    broker: BrokerOverride = BrokerOverride()
+    feedback: FeedbackSettings = FeedbackSettings()

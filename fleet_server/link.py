@@ -1,0 +1,73 @@
+"""The server's MQTT session: one persistent subscriber for the whole fleet.
+
+It subscribes to every upstream channel with QoS 1 on a persistent session
+(``clean_start=False``), so messages published while the server is down are
+queued by the broker and delivered when it returns.  It acknowledges them only
+after the ingest writer has committed them (manual acks).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import paho.mqtt.client as paho
+
+from edgefleet_contract import topics
+from edgefleet_contract.codec import Codec
+from edgefleet_contract.errors import LinkError
+from edgefleet_contract.messages import Command
+from edgefleet_contract.mqtt import Endpoint, MqttSession
+from edgefleet_contract.topics import Channel
+
+from .config import SERVER_IDENTITY
+from .ingest import Inbound, Ingest
+
+log = logging.getLogger(__name__)
+
+
+class ServerLink(MqttSession):
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        ingest: Ingest,
+        *,
+        client_id: str = SERVER_IDENTITY,
+        codec: Codec | None = None,
+    ) -> None:
+        super().__init__(client_id, endpoint, clean_start=False, manual_ack=True)
+        self._ingest = ingest
+        self._codec = codec or ingest.codec
+
+    def _on_connected(self) -> None:
+        self.subscribe([(topics.subscription(ch), 1) for ch in sorted(topics.UPSTREAM)])
+
+    def _on_message(self, message: paho.MQTTMessage) -> None:
+        self._ingest.offer(
+            Inbound(
+                topic=message.topic,
+                payload=bytes(message.payload),
+                received_at=time.time(),
+                mid=message.mid,
+                qos=message.qos,
+                generation=self.generation,
+            )
+        )
+
+    def acknowledge(self, item: Inbound) -> None:
+        """Ingest calls this after the store committed ``item``."""
+        self.ack(item.mid, item.qos, item.generation)
+
+    # ------------------------------------------------------------ downstream --
+
+    def send_command(self, device_id: str, command: Command) -> None:
+        """Publish a command (QoS 1).  Raises ``LinkError`` when the broker is unreachable."""
+        self.send_raw(device_id, Channel.CMD, self._codec.encode(command))
+
+    def send_raw(self, device_id: str, channel: Channel, payload: bytes) -> None:
+        mid = self.publish(topics.topic(device_id, channel), payload, qos=1)
+        if mid is None:
+            raise LinkError(
+                f"the server is not connected to the broker ({self.last_error or 'starting'});"
+                " the message to the device was not sent"
+            )
