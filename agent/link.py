@@ -184,7 +184,7 @@ class DeviceLink(MqttSession):
             self.ack_command(
                 CommandAck(
                     device_id=self.device_id,
-                    command_id=_command_id(message.payload),
+                    command_id=_command_id(bytes(message.payload)),
                     ts=time.time(),
                     status="rejected",
                     detail=str(result)[:2000],
