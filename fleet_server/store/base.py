@@ -1,0 +1,179 @@
+"""The store interface and its records.
+
+Callers depend on :class:`Store` only, so a PostgreSQL backend can follow
+without touching them.  Records are frozen dataclasses; timestamps are float
+Unix seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from edgefleet_contract.messages import DesiredState, ReportedState, Telemetry
+
+T = TypeVar("T")
+
+Role = Literal["viewer", "operator", "admin"]
+ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
+DeviceState = Literal["pending", "enrolled", "revoked"]
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    total: int
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    name: str
+    tags: dict[str, str]
+    groups: tuple[str, ...]
+    state: DeviceState
+    created_at: float
+    enrolled_at: float | None = None
+    last_seen: float | None = None
+    online: bool = False
+    cert_serial: int | None = None
+    cert_not_after: float | None = None
+    reported: ReportedState | None = None
+    reported_at: float | None = None
+    desired: DesiredState | None = None
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    id: str
+    device_id: str
+    name: str
+    args: dict[str, Any]
+    created_at: float
+    actor: str
+    status: str = "sent"
+    detail: str = ""
+    acked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    role: Role
+    password_hash: str
+    created_at: float
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    id: str
+    username: str
+    name: str
+    token_hash: str
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+    last_used: float | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    ts: float
+    actor: str
+    role: str
+    action: str
+    target: str
+    source_ip: str
+    outcome: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class RollupRow:
+    device_id: str
+    minute: float
+    batches: int
+    inferences: int
+    errors: int
+    latency_p95_ms: float | None
+    latency_p99_max_ms: float | None
+    cpu_percent: float | None
+    mem_used_bytes: float | None
+    rss_bytes: float | None
+    drift_max: float | None
+    feedback_count: int
+    feedback_correct: int
+    readings: int
+    spool_dropped: int
+
+
+class Store(Protocol):
+    # devices
+    def create_device(
+        self, device_id: str, *, name: str, tags: dict[str, str], now: float
+    ) -> None: ...
+    def get_device(self, device_id: str) -> Device: ...
+    def list_devices(self, *, offset: int = 0, limit: int = 100) -> Page[Device]: ...
+    def update_device(
+        self,
+        device_id: str,
+        *,
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+        groups: Sequence[str] | None = None,
+    ) -> Device: ...
+    def set_presence(self, device_id: str, *, online: bool, ts: float) -> None: ...
+    def touch_seen(self, seen: Mapping[str, float]) -> None: ...
+    def set_reported(self, device_id: str, reported: ReportedState, ts: float) -> None: ...
+    def set_desired(self, device_id: str, desired: DesiredState) -> None: ...
+    def next_desired_version(self, device_id: str) -> int: ...
+    # enrollment (fleet_server.enrollment.EnrollmentStore)
+    def save_enrollment_token(self, device_id: str, token_hash: str, expires_at: float) -> None: ...
+    def take_enrollment_token(self, token_hash: str, now: float) -> str: ...
+    def add_certificate(self, device_id: str, serial: int, not_after: float, now: float) -> None: ...
+    def revoke_device(self, device_id: str, now: float) -> list[int]: ...
+    def revoked_serials(self) -> list[tuple[int, float]]: ...
+    def is_revoked(self, device_id: str) -> bool: ...
+    # telemetry
+    def insert_telemetry(self, batches: Sequence[Telemetry], *, received_at: float) -> int: ...
+    def query_raw(
+        self, device_id: str, *, since: float, until: float, limit: int = 1000
+    ) -> list[Telemetry]: ...
+    def query_rollups(
+        self, device_ids: Sequence[str] | None, *, since: float, until: float
+    ) -> list[RollupRow]: ...
+    def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int: ...
+    # commands
+    def add_command(self, command: CommandRecord) -> None: ...
+    def ack_command(
+        self, command_id: str, *, device_id: str, status: str, detail: str, ts: float
+    ) -> None: ...
+    def list_commands(self, device_id: str, *, limit: int = 50) -> list[CommandRecord]: ...
+    # users, tokens
+    def create_user(self, username: str, *, role: Role, password_hash: str, now: float) -> None: ...
+    def get_user(self, username: str) -> User: ...
+    def list_users(self) -> list[User]: ...
+    def update_user(
+        self,
+        username: str,
+        *,
+        role: Role | None = None,
+        password_hash: str | None = None,
+        disabled: bool | None = None,
+    ) -> User: ...
+    def create_api_token(self, token: ApiToken) -> None: ...
+    def find_api_token(self, token_hash: str) -> ApiToken | None: ...
+    def list_api_tokens(self, username: str | None = None) -> list[ApiToken]: ...
+    def revoke_api_token(self, token_id: str, now: float) -> None: ...
+    def touch_api_token(self, token_id: str, now: float) -> None: ...
+    # audit
+    def append_audit(self, entry: AuditEntry) -> None: ...
+    def list_audit(
+        self, *, offset: int = 0, limit: int = 100, actor: str | None = None
+    ) -> Page[AuditEntry]: ...
+    # meta
+    def schema_version(self) -> int: ...
+    def close(self) -> None: ...

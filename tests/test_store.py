@@ -1,0 +1,166 @@
+"""The SQLite store on real files: migrations, enrollment atomicity, telemetry, audit."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from edgefleet_contract.errors import EnrollmentError, NotFound, StoreError
+from edgefleet_contract.messages import (
+    DesiredState,
+    InferenceStats,
+    LatencySummary,
+    ModelRef,
+    ReportedState,
+    SystemStats,
+    Telemetry,
+)
+from fleet_server.store import SqliteStore, open_store
+from fleet_server.store.base import AuditEntry, CommandRecord
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    s = open_store(tmp_path / "fleet.db")
+    assert isinstance(s, SqliteStore)
+    return s
+
+
+def batch(device: str, n: int, ts: float, latency: float = 5.0) -> Telemetry:
+    return Telemetry(
+        device_id=device,
+        batch_id=f"b{n}",
+        seq=n,
+        ts=ts,
+        window_s=10,
+        system=SystemStats(cpu_percent=10.0 * (n % 3), mem_used_bytes=100, mem_total_bytes=200,
+                           rss_bytes=50, disk_used_bytes=1, disk_total_bytes=2, uptime_s=1),
+        inference=InferenceStats(
+            model="digits", version="1.0.0", count=10, errors=1, throughput_per_s=1,
+            latency=LatencySummary(p50_ms=1, p95_ms=latency, p99_ms=latency * 2, max_ms=9,
+                                   mean_ms=1),
+        ),
+    )
+
+
+def test_migrations_are_idempotent_and_wal(tmp_path: Path) -> None:
+    open_store(tmp_path / "f.db").close()
+    s = open_store(tmp_path / "f.db")
+    assert s.schema_version() == 1
+    mode = sqlite3.connect(tmp_path / "f.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_device_lifecycle(store: SqliteStore) -> None:
+    store.create_device("d1", name="Pump 1", tags={"site": "berlin"}, now=1.0)
+    with pytest.raises(StoreError, match="already exists"):
+        store.create_device("d1", name="x", tags={}, now=1.0)
+    with pytest.raises(NotFound):
+        store.get_device("nope")
+    d = store.update_device("d1", tags={"site": "paris"}, groups=["canary", "canary"])
+    assert d.tags == {"site": "paris"} and d.groups == ("canary",)
+    store.set_presence("d1", online=True, ts=5.0)
+    store.touch_seen({"d1": 7.0})
+    d = store.get_device("d1")
+    assert d.online and d.last_seen == 7.0
+    state = ReportedState(
+        device_id="d1", ts=6.0, agent_version="0.1.0", health="ok",
+        model=ModelRef(name="digits", version="1.0.0", sha256="a" * 64, runtime="onnx"),
+    )
+    store.set_reported("d1", state, 6.0)
+    assert store.get_device("d1").reported == state
+    assert store.next_desired_version("d1") == 1
+    store.set_desired("d1", DesiredState(version=1, config={"interval": 5}))
+    with pytest.raises(StoreError, match="not newer"):
+        store.set_desired("d1", DesiredState(version=1))
+    assert store.get_device("d1").desired == DesiredState(version=1, config={"interval": 5})
+    assert store.list_devices(limit=10).total == 1
+
+
+def test_enrollment_token_rules(store: SqliteStore) -> None:
+    store.create_device("d1", name="d1", tags={}, now=0)
+    store.save_enrollment_token("d1", "h1", expires_at=100)
+    with pytest.raises(EnrollmentError, match="expired"):
+        store.take_enrollment_token("h1", now=101)
+    assert store.take_enrollment_token("h1", now=50) == "d1"
+    with pytest.raises(EnrollmentError, match="already used"):
+        store.take_enrollment_token("h1", now=51)
+    with pytest.raises(EnrollmentError, match="unknown"):
+        store.take_enrollment_token("zzz", now=51)
+    store.add_certificate("d1", 1234, not_after=999, now=52)
+    assert store.get_device("d1").state == "enrolled"
+    store.save_enrollment_token("d1", "h2", expires_at=100)
+    assert store.revoke_device("d1", now=60) == [1234]
+    assert store.revoked_serials() == [(1234, 60.0)]
+    assert store.is_revoked("d1")
+    store.create_device("d2", name="d2", tags={}, now=0)
+    store.save_enrollment_token("d2", "h3", expires_at=100)
+    store.revoke_device("d2", now=61)
+    with pytest.raises(EnrollmentError):
+        store.take_enrollment_token("h3", now=62)
+
+
+def test_token_race_has_one_winner(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    s = open_store(path)
+    s.create_device("d1", name="d1", tags={}, now=0)
+    s.save_enrollment_token("d1", "h", expires_at=100)
+    wins: list[str] = []
+    losses: list[Exception] = []
+    barrier = threading.Barrier(8)
+
+    def take() -> None:
+        barrier.wait()
+        try:
+            wins.append(s.take_enrollment_token("h", now=1))
+        except EnrollmentError as exc:
+            losses.append(exc)
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wins == ["d1"] and len(losses) == 7
+
+
+def test_telemetry_stored_once_and_rolled_up(store: SqliteStore) -> None:
+    store.create_device("d1", name="d1", tags={}, now=0)
+    batches = [batch("d1", i, ts=600.0 + i) for i in range(5)]
+    assert store.insert_telemetry(batches, received_at=700) == 5
+    assert store.insert_telemetry(batches[:3] + [batch("d1", 9, 660.0)], received_at=701) == 1
+    raw = store.query_raw("d1", since=0, until=1e9)
+    assert [b.batch_id for b in raw] == ["b0", "b1", "b2", "b3", "b4", "b9"]
+    rollups = store.query_rollups(["d1"], since=0, until=1e9)
+    assert [(r.minute, r.batches) for r in rollups] == [(600.0, 5), (660.0, 1)]
+    first = rollups[0]
+    assert first.inferences == 50 and first.errors == 5
+    assert first.latency_p95_ms == pytest.approx(5.0)
+    assert first.cpu_percent == pytest.approx((0 + 10 + 20 + 0 + 10) / 5)
+    assert store.prune(10_000, raw_retention_s=5000, rollup_retention_s=9_370) == 7
+    assert store.query_raw("d1", since=0, until=1e9) == []
+
+
+def test_commands_ack_only_from_their_device(store: SqliteStore) -> None:
+    store.create_device("d1", name="d1", tags={}, now=0)
+    store.add_command(CommandRecord(id="c1", device_id="d1", name="ping", args={}, created_at=1,
+                                    actor="alice"))
+    store.ack_command("c1", device_id="d2", status="done", detail="forged", ts=2)
+    assert store.list_commands("d1")[0].status == "sent"
+    store.ack_command("c1", device_id="d1", status="done", detail="pong", ts=2)
+    assert store.list_commands("d1")[0].status == "done"
+
+
+def test_audit_is_append_only(store: SqliteStore, tmp_path: Path) -> None:
+    store.append_audit(AuditEntry(ts=1, actor="alice", role="admin", action="create_device",
+                                  target="device_id=d1", source_ip="127.0.0.1", outcome="ok"))
+    page = store.list_audit()
+    assert page.total == 1 and page.items[0].actor == "alice"
+    conn = sqlite3.connect(tmp_path / "fleet.db")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE audit SET actor = 'mallory'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM audit")
