@@ -36,12 +36,24 @@ def batch(device: str, n: int, ts: float, latency: float = 5.0) -> Telemetry:
         seq=n,
         ts=ts,
         window_s=10,
-        system=SystemStats(cpu_percent=10.0 * (n % 3), mem_used_bytes=100, mem_total_bytes=200,
-                           rss_bytes=50, disk_used_bytes=1, disk_total_bytes=2, uptime_s=1),
+        system=SystemStats(
+            cpu_percent=10.0 * (n % 3),
+            mem_used_bytes=100,
+            mem_total_bytes=200,
+            rss_bytes=50,
+            disk_used_bytes=1,
+            disk_total_bytes=2,
+            uptime_s=1,
+        ),
         inference=InferenceStats(
-            model="digits", version="1.0.0", count=10, errors=1, throughput_per_s=1,
-            latency=LatencySummary(p50_ms=1, p95_ms=latency, p99_ms=latency * 2, max_ms=9,
-                                   mean_ms=1),
+            model="digits",
+            version="1.0.0",
+            count=10,
+            errors=1,
+            throughput_per_s=1,
+            latency=LatencySummary(
+                p50_ms=1, p95_ms=latency, p99_ms=latency * 2, max_ms=9, mean_ms=1
+            ),
         ),
     )
 
@@ -67,7 +79,10 @@ def test_device_lifecycle(store: SqliteStore) -> None:
     d = store.get_device("d1")
     assert d.online and d.last_seen == 7.0
     state = ReportedState(
-        device_id="d1", ts=6.0, agent_version="0.1.0", health="ok",
+        device_id="d1",
+        ts=6.0,
+        agent_version="0.1.0",
+        health="ok",
         model=ModelRef(name="digits", version="1.0.0", sha256="a" * 64, runtime="onnx"),
     )
     store.set_reported("d1", state, 6.0)
@@ -131,7 +146,7 @@ def test_telemetry_stored_once_and_rolled_up(store: SqliteStore) -> None:
     store.create_device("d1", name="d1", tags={}, now=0)
     batches = [batch("d1", i, ts=600.0 + i) for i in range(5)]
     assert store.insert_telemetry(batches, received_at=700) == 5
-    assert store.insert_telemetry(batches[:3] + [batch("d1", 9, 660.0)], received_at=701) == 1
+    assert store.insert_telemetry([*batches[:3], batch("d1", 9, 660.0)], received_at=701) == 1
     raw = store.query_raw("d1", since=0, until=1e9)
     assert [b.batch_id for b in raw] == ["b0", "b1", "b2", "b3", "b4", "b9"]
     rollups = store.query_rollups(["d1"], since=0, until=1e9)
@@ -146,8 +161,9 @@ def test_telemetry_stored_once_and_rolled_up(store: SqliteStore) -> None:
 
 def test_commands_ack_only_from_their_device(store: SqliteStore) -> None:
     store.create_device("d1", name="d1", tags={}, now=0)
-    store.add_command(CommandRecord(id="c1", device_id="d1", name="ping", args={}, created_at=1,
-                                    actor="alice"))
+    store.add_command(
+        CommandRecord(id="c1", device_id="d1", name="ping", args={}, created_at=1, actor="alice")
+    )
     store.ack_command("c1", device_id="d2", status="done", detail="forged", ts=2)
     assert store.list_commands("d1")[0].status == "sent"
     store.ack_command("c1", device_id="d1", status="done", detail="pong", ts=2)
@@ -155,8 +171,17 @@ def test_commands_ack_only_from_their_device(store: SqliteStore) -> None:
 
 
 def test_audit_is_append_only(store: SqliteStore, tmp_path: Path) -> None:
-    store.append_audit(AuditEntry(ts=1, actor="alice", role="admin", action="create_device",
-                                  target="device_id=d1", source_ip="127.0.0.1", outcome="ok"))
+    store.append_audit(
+        AuditEntry(
+            ts=1,
+            actor="alice",
+            role="admin",
+            action="create_device",
+            target="device_id=d1",
+            source_ip="127.0.0.1",
+            outcome="ok",
+        )
+    )
     page = store.list_audit()
     assert page.total == 1 and page.items[0].actor == "alice"
     conn = sqlite3.connect(tmp_path / "fleet.db")

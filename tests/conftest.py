@@ -1,0 +1,67 @@
+"""The shared test harness: a real fleet CA and a real mosquitto with mTLS, ACL and CRL.
+
+``broker`` is one managed broker for the whole session (tests must use their
+own device ids); ``fresh_broker`` is a private one for tests that kill,
+restart or reconfigure it.  ``identity("dev-1")`` issues a device key and
+certificate from the test CA.  Nothing talks to the system broker on 1883.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edgefleet_contract.mqtt import TlsFiles
+from fleet_server.broker import ManagedBroker, find_mosquitto
+
+from .harness import Client, Pki, start_broker
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedBroker]:
+    try:
+        find_mosquitto("mosquitto")
+    except Exception as exc:  # pragma: no cover - environment problem, said plainly
+        pytest.skip(f"mosquitto is not installed: {exc}")
+    b = start_broker(pki, tmp_path_factory.mktemp("broker"))
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def fresh_broker(pki: Pki, tmp_path: Path) -> Iterator[ManagedBroker]:
+    b = start_broker(pki, tmp_path / "broker")
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def identity(pki: Pki) -> Callable[..., TlsFiles]:
+    return pki.identity
+
+
+@pytest.fixture
+def mqtt_client() -> Iterator[Callable[..., Client]]:
+    made: list[Client] = []
+
+    def make(tls: TlsFiles | None, client_id: str, **kw: object) -> Client:
+        c = Client(tls, client_id, **kw)  # type: ignore[arg-type]
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        with contextlib.suppress(Exception):
+            c.close()

@@ -1,0 +1,116 @@
+"""Test harness pieces (imported by conftest and by tests): PKI, broker, paho client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from edgefleet_contract.mqtt import TlsFiles, tls_context
+from fleet_server.broker import BrokerLayout, ManagedBroker
+from fleet_server.config import SERVER_IDENTITY
+from fleet_server.pki import FleetCA, write_private
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Pki:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.ca = FleetCA.create(directory / "ca", now=time.time())
+        self.server = self.identity(SERVER_IDENTITY)
+
+    def identity(self, cn: str, *, validity_s: float = 3600, ca: FleetCA | None = None) -> TlsFiles:
+        authority = ca or self.ca
+        cert, key = authority.issue_client_cert(cn, validity_s=validity_s, now=time.time())
+        folder = self.directory / "ids" / f"{cn}-{os.urandom(3).hex()}"
+        folder.mkdir(parents=True)
+        write_private(folder / "key.pem", key)
+        (folder / "cert.pem").write_bytes(cert)
+        return TlsFiles(self.ca.cert_file, folder / "cert.pem", folder / "key.pem")
+
+
+def start_broker(pki: Pki, directory: Path) -> ManagedBroker:
+    layout = BrokerLayout(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = pki.ca.issue_server_cert(["localhost"], ["127.0.0.1"], now=time.time())
+    layout.cert.write_bytes(cert)
+    write_private(layout.key, key)
+    broker = ManagedBroker(layout, ca_file=pki.ca.cert_file, bind="127.0.0.1", port=free_port())
+    broker.configure(crl_pem=pki.ca.crl_pem([], now=time.time()))
+    broker.start()
+    return broker
+
+
+class Client:
+    """A bare paho v5 client for tests: records messages and PUBACK reason codes."""
+
+    def __init__(
+        self,
+        tls: TlsFiles | None,
+        client_id: str,
+        *,
+        ca_file: Path | None = None,
+        protocol: str = "5",
+    ) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.pubacks: dict[int, str] = {}
+        self.connack: str | None = None
+        self._lock = threading.Lock()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5
+            if protocol == "5"
+            else MQTTProtocolVersion.MQTTv311,
+        )
+        if tls is not None:
+            self.client.tls_set_context(tls_context(tls))
+        elif ca_file is not None:
+            self.client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self.client.on_connect = self._on_connect
+
+    def _on_connect(self, c: object, u: object, f: object, reason: object, p: object) -> None:
+        self.connack = str(reason)
+
+    def _on_message(self, c: object, u: object, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def _on_publish(self, c: object, u: object, mid: int, reason: object, p: object) -> None:
+        self.pubacks[mid] = str(reason)
+
+    def connect(self, port: int, timeout: float = 10.0) -> None:
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+        wait_for(lambda: self.connack is not None, timeout, "CONNACK")
+        assert self.connack == "Success", self.connack
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

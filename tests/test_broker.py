@@ -1,0 +1,133 @@
+"""The managed broker, exercised for real: mTLS, ACL confinement, CRL, self-healing."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from edgefleet_contract.mqtt import TlsFiles
+from fleet_server.broker import ManagedBroker
+from fleet_server.pki import FleetCA
+
+from .harness import Client, Pki, free_port, wait_for
+
+
+def test_device_confined_to_its_own_tree(
+    broker: ManagedBroker,
+    identity: Callable[..., TlsFiles],
+    pki: Pki,
+    mqtt_client: Callable[..., Client],
+) -> None:
+    server = mqtt_client(pki.server, "fleet.server")
+    server.connect(broker.port)
+    server.client.subscribe("devices/#", qos=1)
+    alice = mqtt_client(identity("acl-alice"), "acl-alice")
+    alice.connect(broker.port)
+    bob = mqtt_client(identity("acl-bob"), "acl-bob")
+    bob.connect(broker.port)
+    alice.client.subscribe("devices/acl-bob/#", qos=1)  # granted by v5 but must deliver nothing
+    alice.client.subscribe("devices/acl-alice/cmd", qos=1)
+    time.sleep(0.3)  # let the SUBACKs land; the assertions below poll
+
+    own = alice.client.publish("devices/acl-alice/telemetry", b"mine", qos=1)
+    other = alice.client.publish("devices/acl-bob/telemetry", b"forged", qos=1)
+    wait_for(lambda: own.mid in alice.pubacks and other.mid in alice.pubacks, what="PUBACKs")
+    assert alice.pubacks[own.mid] == "Success"
+    assert alice.pubacks[other.mid] == "Not authorized"
+
+    server.client.publish("devices/acl-bob/cmd", b"for bob", qos=1)
+    server.client.publish("devices/acl-alice/cmd", b"for alice", qos=1)
+    wait_for(lambda: ("devices/acl-alice/cmd", b"for alice") in alice.messages, what="own cmd")
+    wait_for(lambda: ("devices/acl-alice/telemetry", b"mine") in server.messages, what="server rx")
+    assert all(not t.startswith("devices/acl-bob") for t, _ in alice.messages)
+    assert ("devices/acl-bob/telemetry", b"forged") not in server.messages
+
+
+def _refused(port: int, make: Callable[[], Client]) -> bool:
+    client = make()
+    try:
+        client.client.connect("127.0.0.1", port, keepalive=5)
+    except (ssl.SSLError, OSError):
+        return True
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        rc = client.client.loop(0.1)
+        if rc != paho.MQTT_ERR_SUCCESS:
+            return True
+        if client.connack is not None:
+            return client.connack != "Success"
+    return True
+
+
+def test_clients_without_valid_certificates_are_refused(
+    broker: ManagedBroker,
+    pki: Pki,
+    tmp_path: Path,
+) -> None:
+    assert _refused(broker.port, lambda: Client(None, "anon", ca_file=pki.ca.cert_file))
+    rogue_ca = FleetCA.create(tmp_path / "rogue", now=time.time())
+    rogue = pki.identity("acl-rogue", ca=rogue_ca)
+    assert _refused(broker.port, lambda: Client(rogue, "acl-rogue"))
+    # and the good path works, so the refusals above are not a broken broker
+    assert not _refused(broker.port, lambda: Client(pki.identity("acl-good"), "acl-good"))
+
+
+def test_revoked_certificate_is_cut_off(
+    fresh_broker: ManagedBroker,
+    pki: Pki,
+    mqtt_client: Callable[..., Client],
+) -> None:
+    ident = pki.identity("rev-1")
+    victim = mqtt_client(ident, "rev-1")
+    victim.connect(fresh_broker.port)
+    serial = int(
+        __import__("cryptography.x509", fromlist=["x"])
+        .load_pem_x509_certificate(ident.cert_file.read_bytes())  # type: ignore[union-attr]
+        .serial_number
+    )
+    fresh_broker.configure(
+        crl_pem=pki.ca.crl_pem([(serial, time.time())], now=time.time()), revoked=["rev-1"]
+    )
+    fresh_broker.reload()
+    assert fresh_broker.wait_ready()
+    wait_for(lambda: fresh_broker.restarts >= 1, what="broker restart")
+    assert _refused(fresh_broker.port, lambda: Client(ident, "rev-1"))
+    assert not _refused(fresh_broker.port, lambda: Client(pki.identity("rev-2"), "rev-2"))
+
+
+def test_broker_restarts_after_kill_and_clients_reconnect(
+    fresh_broker: ManagedBroker,
+    pki: Pki,
+) -> None:
+    from edgefleet_contract.mqtt import Endpoint, MqttSession
+
+    session = MqttSession(
+        "heal-1", Endpoint("127.0.0.1", fresh_broker.port, pki.identity("heal-1"))
+    )
+    session.start()
+    try:
+        assert session.wait_connected(10)
+        first_pid = fresh_broker.pid
+        fresh_broker.kill_hard()
+        wait_for(
+            lambda: fresh_broker.restarts >= 1 and fresh_broker.pid != first_pid,
+            what="broker restart",
+        )
+        wait_for(lambda: session.link_stats.connects >= 2, timeout=30, what="client reconnect")
+        assert session.connected.is_set()
+    finally:
+        session.stop()
+
+
+def test_missing_mosquitto_is_a_clear_error() -> None:
+    from edgefleet_contract.errors import BrokerError
+    from fleet_server.broker import find_mosquitto
+
+    with pytest.raises(BrokerError, match="apt-get install mosquitto"):
+        find_mosquitto("no-such-mosquitto-binary")
+    assert free_port() > 0
