@@ -1,7 +1,8 @@
 """Device enrollment, certificate renewal and revocation.
 
-* An operator creates a device and gets a one-time token (256 random bits,
-  expiring); only its SHA-256 is stored.
+* An operator creates a device and gets a one-time token (``{device id}.``
+  followed by 256 random bits, expiring); only its SHA-256 is stored.  The id
+  prefix lets the device put its own id in the CSR without a second input.
 * The device sends the token and a CSR for a key it generated itself; the
   token is consumed atomically and a short-lived client certificate issued.
 * Before expiry the device renews: it presents its current certificate, a CSR
@@ -96,7 +97,8 @@ class Enrollment:
     def new_token(self, device_id: str) -> IssuedToken:
         if self._store.is_revoked(device_id):
             raise EnrollmentError(f"device {device_id!r} is revoked and cannot enroll again")
-        token = secrets.token_urlsafe(32)
+        # The device learns its own id from the token: ids never contain '.'.
+        token = f"{device_id}.{secrets.token_urlsafe(32)}"
         expires_at = self._clock() + self._token_ttl
         self._store.save_enrollment_token(device_id, hash_token(token), expires_at)
         return IssuedToken(token, expires_at)

@@ -31,7 +31,6 @@ from edgefleet_contract.messages import (
     Status,
     Telemetry,
 )
-from edgefleet_contract.topics import Channel
 
 from .metrics import Registry
 from .ratelimit import LogThrottle
@@ -218,7 +217,7 @@ class Ingest:
                 break
             except Exception:
                 self.m_write_errors.inc()
-                log.exception("ingest write failed; retrying in %.1fs (nothing acknowledged)", delay)
+                log.exception("ingest write failed; retry in %.1fs (nothing acked)", delay)
                 if self._stop.wait(delay) and self._queue.empty() and delay > 5:
                     return  # stopping with a broken store: the broker redelivers later
                 delay = min(delay * 2, 10.0)
@@ -276,6 +275,10 @@ class Ingest:
             return False
         self._known.add(device_id)
         return True
+
+    def set_device_hook(self, hook: Hook) -> None:
+        """Called with a device id after its presence or reported state was written."""
+        self._on_device_update = hook
 
     def forget(self, device_id: str) -> None:
         """Drop a device from the known-device cache (after deletion)."""

@@ -114,3 +114,17 @@ class Client:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def server_settings(data_dir: Path) -> object:
+    """Settings for a real fleet server on free loopback ports."""
+    from fleet_server.config import ApiSettings, BrokerSettings, ServerSettings
+
+    return ServerSettings(
+        data_dir=data_dir,
+        api=ApiSettings(port=free_port(), login_attempts_per_minute=5),
+        broker=BrokerSettings(port=free_port()),
+    )
+
+
+ADMIN_PASSWORD = "admin-password-1"

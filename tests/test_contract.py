@@ -123,8 +123,7 @@ def test_topic_layout() -> None:
 def test_device_id_rule(value: str) -> None:
     ok = is_device_id(value)
     assert ok == (
-        0 < len(value) <= 64
-        and all(c.isascii() and (c.isalnum() or c in "_-") for c in value)
+        0 < len(value) <= 64 and all(c.isascii() and (c.isalnum() or c in "_-") for c in value)
     )
 
 
@@ -177,8 +176,9 @@ def test_rejections_are_counted() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
 

@@ -50,15 +50,26 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
     db.table("enrollment_tokens").create_index(["device_id"])
     db.table("certificates").create(
-        {"serial": str, "device_id": str, "not_after": float, "issued_at": float,
-         "revoked_at": float},
+        {
+            "serial": str,
+            "device_id": str,
+            "not_after": float,
+            "issued_at": float,
+            "revoked_at": float,
+        },
         pk="serial",
         foreign_keys=[("device_id", "devices", "id")],
     )
     db.table("certificates").create_index(["device_id"])
     db.table("telemetry").create(
-        {"device_id": str, "batch_id": str, "seq": int, "ts": float, "received_at": float,
-         "body": str},
+        {
+            "device_id": str,
+            "batch_id": str,
+            "seq": int,
+            "ts": float,
+            "received_at": float,
+            "body": str,
+        },
         pk=("device_id", "batch_id"),
     )
     db.table("telemetry").create_index(["device_id", "ts"])
@@ -87,27 +98,52 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
     db.table("rollups").create_index(["minute"])
     db.table("commands").create(
-        {"id": str, "device_id": str, "name": str, "args": str, "created_at": float,
-         "actor": str, "status": str, "detail": str, "acked_at": float},
+        {
+            "id": str,
+            "device_id": str,
+            "name": str,
+            "args": str,
+            "created_at": float,
+            "actor": str,
+            "status": str,
+            "detail": str,
+            "acked_at": float,
+        },
         pk="id",
     )
     db.table("commands").create_index(["device_id", "created_at"])
     db.table("users").create(
-        {"username": str, "role": str, "password_hash": str, "created_at": float,
-         "disabled": int},
+        {"username": str, "role": str, "password_hash": str, "created_at": float, "disabled": int},
         pk="username",
         defaults={"disabled": 0},
     )
     db.table("api_tokens").create(
-        {"id": str, "username": str, "name": str, "token_hash": str, "created_at": float,
-         "expires_at": float, "revoked_at": float, "last_used": float},
+        {
+            "id": str,
+            "username": str,
+            "name": str,
+            "token_hash": str,
+            "created_at": float,
+            "expires_at": float,
+            "revoked_at": float,
+            "last_used": float,
+        },
         pk="id",
         foreign_keys=[("username", "users", "username")],
     )
     db.table("api_tokens").create_index(["token_hash"], unique=True)
     db.table("audit").create(
-        {"id": int, "ts": float, "actor": str, "role": str, "action": str, "target": str,
-         "source_ip": str, "outcome": str, "detail": str},
+        {
+            "id": int,
+            "ts": float,
+            "actor": str,
+            "role": str,
+            "action": str,
+            "target": str,
+            "source_ip": str,
+            "outcome": str,
+            "detail": str,
+        },
         pk="id",
     )
     db.table("audit").create_index(["ts"])

@@ -197,8 +197,12 @@ class SqliteStore:
             cur = conn.execute(
                 "UPDATE devices SET desired = ?, desired_version = ? "
                 "WHERE id = ? AND desired_version < ?",
-                (desired.model_dump_json(exclude_none=True), desired.version, device_id,
-                 desired.version),
+                (
+                    desired.model_dump_json(exclude_none=True),
+                    desired.version,
+                    device_id,
+                    desired.version,
+                ),
             )
             if cur.rowcount == 0:
                 self.get_device(device_id)  # NotFound if missing
@@ -221,7 +225,8 @@ class SqliteStore:
                 raise NotFound(f"no device {device_id!r}")
             conn.execute("DELETE FROM enrollment_tokens WHERE device_id = ?", (device_id,))
             conn.execute(
-                "INSERT INTO enrollment_tokens (token_hash, device_id, expires_at) VALUES (?, ?, ?)",
+                "INSERT INTO enrollment_tokens (token_hash, device_id, expires_at) "
+                "VALUES (?, ?, ?)",
                 (token_hash, device_id, expires_at),
             )
 
@@ -285,9 +290,11 @@ class SqliteStore:
         return [int(r[0]) for r in rows]
 
     def revoked_serials(self) -> list[tuple[int, float]]:
-        rows = self._conn().execute(
-            "SELECT serial, revoked_at FROM certificates WHERE revoked_at IS NOT NULL"
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT serial, revoked_at FROM certificates WHERE revoked_at IS NOT NULL")
+            .fetchall()
+        )
         return [(int(r[0]), float(r[1])) for r in rows]
 
     def is_revoked(self, device_id: str) -> bool:
@@ -317,11 +324,15 @@ class SqliteStore:
     def query_raw(
         self, device_id: str, *, since: float, until: float, limit: int = 1000
     ) -> list[Telemetry]:
-        rows = self._conn().execute(
-            "SELECT body FROM telemetry WHERE device_id = ? AND ts >= ? AND ts < ? "
-            "ORDER BY ts LIMIT ?",
-            (device_id, since, until, limit),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT body FROM telemetry WHERE device_id = ? AND ts >= ? AND ts < ? "
+                "ORDER BY ts LIMIT ?",
+                (device_id, since, until, limit),
+            )
+            .fetchall()
+        )
         return [Telemetry.model_validate_json(r[0]) for r in rows]
 
     def query_rollups(
@@ -352,8 +363,16 @@ class SqliteStore:
             conn.execute(
                 "INSERT INTO commands (id, device_id, name, args, created_at, actor, status, "
                 "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (command.id, command.device_id, command.name, json.dumps(command.args),
-                 command.created_at, command.actor, command.status, command.detail),
+                (
+                    command.id,
+                    command.device_id,
+                    command.name,
+                    json.dumps(command.args),
+                    command.created_at,
+                    command.actor,
+                    command.status,
+                    command.detail,
+                ),
             )
 
     def ack_command(
@@ -367,15 +386,25 @@ class SqliteStore:
             )
 
     def list_commands(self, device_id: str, *, limit: int = 50) -> list[CommandRecord]:
-        rows = self._conn().execute(
-            "SELECT * FROM commands WHERE device_id = ? ORDER BY created_at DESC LIMIT ?",
-            (device_id, limit),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT * FROM commands WHERE device_id = ? ORDER BY created_at DESC LIMIT ?",
+                (device_id, limit),
+            )
+            .fetchall()
+        )
         return [
             CommandRecord(
-                id=r["id"], device_id=r["device_id"], name=r["name"], args=json.loads(r["args"]),
-                created_at=r["created_at"], actor=r["actor"], status=r["status"],
-                detail=r["detail"] or "", acked_at=r["acked_at"],
+                id=r["id"],
+                device_id=r["device_id"],
+                name=r["name"],
+                args=json.loads(r["args"]),
+                created_at=r["created_at"],
+                actor=r["actor"],
+                status=r["status"],
+                detail=r["detail"] or "",
+                acked_at=r["acked_at"],
             )
             for r in rows
         ]
@@ -410,8 +439,11 @@ class SqliteStore:
         password_hash: str | None = None,
         disabled: bool | None = None,
     ) -> User:
-        changes = {"role": role, "password_hash": password_hash,
-                   "disabled": None if disabled is None else int(disabled)}
+        changes = {
+            "role": role,
+            "password_hash": password_hash,
+            "disabled": None if disabled is None else int(disabled),
+        }
         sets = {k: v for k, v in changes.items() if v is not None}
         if sets:
             with self._tx() as conn:
@@ -428,8 +460,14 @@ class SqliteStore:
             conn.execute(
                 "INSERT INTO api_tokens (id, username, name, token_hash, created_at, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (token.id, token.username, token.name, token.token_hash, token.created_at,
-                 token.expires_at),
+                (
+                    token.id,
+                    token.username,
+                    token.name,
+                    token.token_hash,
+                    token.created_at,
+                    token.expires_at,
+                ),
             )
 
     def find_api_token(self, token_hash: str) -> ApiToken | None:
@@ -465,8 +503,16 @@ class SqliteStore:
             conn.execute(
                 "INSERT INTO audit (ts, actor, role, action, target, source_ip, outcome, detail) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (entry.ts, entry.actor, entry.role, entry.action, entry.target, entry.source_ip,
-                 entry.outcome, json.dumps(entry.detail, sort_keys=True)),
+                (
+                    entry.ts,
+                    entry.actor,
+                    entry.role,
+                    entry.action,
+                    entry.target,
+                    entry.source_ip,
+                    entry.outcome,
+                    json.dumps(entry.detail, sort_keys=True),
+                ),
             )
 
     def list_audit(
@@ -481,8 +527,14 @@ class SqliteStore:
         ).fetchall()
         items = [
             AuditEntry(
-                id=r["id"], ts=r["ts"], actor=r["actor"], role=r["role"], action=r["action"],
-                target=r["target"], source_ip=r["source_ip"], outcome=r["outcome"],
+                id=r["id"],
+                ts=r["ts"],
+                actor=r["actor"],
+                role=r["role"],
+                action=r["action"],
+                target=r["target"],
+                source_ip=r["source_ip"],
+                outcome=r["outcome"],
                 detail=json.loads(r["detail"] or "{}"),
             )
             for r in rows
@@ -492,8 +544,11 @@ class SqliteStore:
 
 def _user(row: sqlite3.Row) -> User:
     return User(
-        username=row["username"], role=row["role"], password_hash=row["password_hash"],
-        created_at=row["created_at"], disabled=bool(row["disabled"]),
+        username=row["username"],
+        role=row["role"],
+        password_hash=row["password_hash"],
+        created_at=row["created_at"],
+        disabled=bool(row["disabled"]),
     )
 
 

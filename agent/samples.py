@@ -1,0 +1,143 @@
+"""Labelled samples kept on the device for federated training.
+
+Ground truth arrives through the local API's ``/v1/feedback``; the input row it
+refers to is taken from the prediction cache and stored here with its label.
+The data never leaves the device: federated rounds train on it in place.
+Bounded: beyond ``max_samples`` the oldest are deleted (and counted).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet_contract.messages import LearningStats
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    features BLOB NOT NULL,
+    width INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    model_version TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class CachedPrediction:
+    features: npt.NDArray[np.float32]
+    predicted: int
+    model_version: str
+
+
+class PredictionCache:
+    """Recent predictions by id, so feedback can name one; LRU-bounded."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[str, CachedPrediction] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, prediction_id: str, item: CachedPrediction) -> None:
+        if self._capacity <= 0:
+            return
+        with self._lock:
+            self._items[prediction_id] = item
+            if len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+    def pop(self, prediction_id: str) -> CachedPrediction | None:
+        with self._lock:
+            return self._items.pop(prediction_id, None)
+
+
+class SampleStore:
+    def __init__(
+        self, path: Path, *, max_samples: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._max = max_samples
+        self._clock = clock
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def add(self, features: npt.NDArray[np.floating], label: int, model_version: str = "") -> None:
+        row = np.ascontiguousarray(features, dtype=np.float32).ravel()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO samples (ts, features, width, label, model_version) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (self._clock(), row.tobytes(), row.size, int(label), model_version),
+            )
+            excess = self._count() - self._max
+            if excess > 0:
+                self._db.execute(
+                    "DELETE FROM samples WHERE id IN (SELECT id FROM samples ORDER BY id LIMIT ?)",
+                    (excess,),
+                )
+                self._bump("evicted", excess)
+            self._db.execute("COMMIT")
+
+    def _count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+
+    def _bump(self, key: str, n: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+            (key, n),
+        )
+
+    def _meta(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def dataset(self, width: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """All samples of the given width (a model's input size), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT features, label FROM samples WHERE width = ? ORDER BY id", (width,)
+            ).fetchall()
+        if not rows:
+            return np.zeros((0, width), np.float32), np.zeros(0, np.int64)
+        x = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(-1, width)
+        y = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+        return x, y
+
+    def mark_trained(self) -> None:
+        """Remember the newest sample a training round has seen (for 'new samples')."""
+        with self._lock:
+            newest = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM samples").fetchone()[0]
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('trained_upto', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (int(newest),),
+            )
+
+    def stats(self, *, busy: bool = False) -> LearningStats:
+        with self._lock:
+            total = self._count()
+            upto = self._meta("trained_upto")
+            new = int(
+                self._db.execute("SELECT COUNT(*) FROM samples WHERE id > ?", (upto,)).fetchone()[0]
+            )
+        return LearningStats(labelled_samples=total, new_samples=new, busy=busy)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,43 @@
+"""The audit log (read-only; admins)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+
+from ..auth import Principal
+from .context import ApiContext
+from .deps import ctx, require
+
+router = APIRouter(prefix="/audit", tags=["audit"])
+
+
+class AuditOut(BaseModel):
+    id: int | None
+    ts: float
+    actor: str
+    role: str
+    action: str
+    target: str
+    source_ip: str
+    outcome: str
+    detail: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditOut]
+    total: int
+
+
+@router.get("", response_model=AuditPage)
+def list_audit(
+    offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+    actor: str | None = Query(None, max_length=64),
+    who: Principal = Depends(require("admin")),
+    c: ApiContext = Depends(ctx),
+) -> AuditPage:
+    page = c.store.list_audit(offset=offset, limit=limit, actor=actor)
+    return AuditPage(items=[AuditOut(**vars(e)) for e in page.items], total=page.total)

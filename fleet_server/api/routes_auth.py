@@ -1,0 +1,78 @@
+"""Login (password -> API token), logout, and who am I."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from edgefleet_contract.errors import AuthError
+
+from ..auth import Principal
+from .context import ApiContext
+from .deps import client_ip, ctx, principal
+from .problems import problem
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+class LoginRequest(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+    token_name: str = Field(default="fleetctl", min_length=1, max_length=64)
+
+
+class TokenOut(BaseModel):
+    token: str
+    token_id: str
+    expires_at: float
+    username: str
+    role: str
+
+
+class Me(BaseModel):
+    username: str
+    role: str
+
+
+@router.post("/login", response_model=TokenOut)
+def login(
+    body: LoginRequest, request: Request, c: ApiContext = Depends(ctx)
+) -> JSONResponse | TokenOut:
+    ip = client_ip(request)
+    keys = (f"user:{body.username}", f"ip:{ip}")
+    wait = c.throttle.retry_after(*keys)
+    request.state.actor = body.username
+    if wait > 0:
+        response = problem(
+            429, "Too many attempts", f"too many failed logins; try again in {int(wait) + 1} s"
+        )
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    try:
+        user = c.auth.check_password(body.username, body.password)
+    except AuthError:
+        c.throttle.failed(*keys)
+        raise
+    c.throttle.succeeded(*keys)
+    secret, record = c.auth.issue_token(
+        user, name=body.token_name, ttl_s=c.settings.api.token_ttl_s
+    )
+    return TokenOut(
+        token=secret,
+        token_id=record.id,
+        expires_at=record.expires_at,
+        username=user.username,
+        role=user.role,
+    )
+
+
+@router.post("/logout", status_code=204)
+def logout(who: Principal = Depends(principal), c: ApiContext = Depends(ctx)) -> None:
+    if who.token_id is not None:
+        c.store.revoke_api_token(who.token_id, c.clock())
+
+
+@router.get("/me", response_model=Me)
+def me(who: Principal = Depends(principal)) -> Me:
+    return Me(username=who.username, role=who.role)

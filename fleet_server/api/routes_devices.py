@@ -1,0 +1,180 @@
+"""Devices: registry, enrollment tokens, revocation, twin and commands."""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import ValidationError
+
+from edgefleet_contract.errors import EdgefleetError
+from edgefleet_contract.messages import Command, DesiredState
+
+from ..auth import Principal
+from ..store.base import CommandRecord
+from ..twin import desired_command, twin_status
+from .context import ApiContext
+from .deps import ctx, require
+from .schemas import (
+    CommandIn,
+    CommandOut,
+    DesiredIn,
+    DeviceCreate,
+    DeviceOut,
+    DevicePage,
+    DevicePatch,
+    EnrollmentTokenOut,
+    TwinOut,
+)
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+def _token_out(c: ApiContext, device_id: str, token: str, expires_at: float) -> EnrollmentTokenOut:
+    command = " ".join(
+        ["edge-agent", "enroll", "--server", shlex.quote(c.settings.api_url), "--token", token]
+    )
+    return EnrollmentTokenOut(
+        device_id=device_id, token=token, expires_at=expires_at, enroll_command=command
+    )
+
+
+@router.get("", response_model=DevicePage)
+def list_devices(
+    offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+    who: Principal = Depends(require("viewer")),
+    c: ApiContext = Depends(ctx),
+) -> DevicePage:
+    page = c.store.list_devices(offset=offset, limit=limit)
+    return DevicePage(
+        items=[DeviceOut.of(d) for d in page.items], total=page.total, offset=offset, limit=limit
+    )
+
+
+@router.post("", response_model=EnrollmentTokenOut, status_code=201)
+def create_device(
+    body: DeviceCreate, who: Principal = Depends(require("operator")), c: ApiContext = Depends(ctx)
+) -> EnrollmentTokenOut:
+    issued = c.enrollment.add_device(body.id, name=body.name or body.id, tags=body.tags)
+    return _token_out(c, body.id, issued.token, issued.expires_at)
+
+
+@router.get("/{device_id}", response_model=DeviceOut)
+def get_device(
+    device_id: str, who: Principal = Depends(require("viewer")), c: ApiContext = Depends(ctx)
+) -> DeviceOut:
+    return DeviceOut.of(c.store.get_device(device_id))
+
+
+@router.patch("/{device_id}", response_model=DeviceOut)
+def patch_device(
+    device_id: str,
+    body: DevicePatch,
+    who: Principal = Depends(require("operator")),
+    c: ApiContext = Depends(ctx),
+) -> DeviceOut:
+    device = c.store.update_device(device_id, name=body.name, tags=body.tags, groups=body.groups)
+    return DeviceOut.of(device)
+
+
+@router.post("/{device_id}/token", response_model=EnrollmentTokenOut)
+def new_token(
+    device_id: str, who: Principal = Depends(require("operator")), c: ApiContext = Depends(ctx)
+) -> EnrollmentTokenOut:
+    issued = c.enrollment.new_token(device_id)
+    return _token_out(c, device_id, issued.token, issued.expires_at)
+
+
+@router.post("/{device_id}/revoke", response_model=DeviceOut)
+def revoke(
+    device_id: str, who: Principal = Depends(require("operator")), c: ApiContext = Depends(ctx)
+) -> DeviceOut:
+    c.enrollment.revoke(device_id)
+    return DeviceOut.of(c.store.get_device(device_id))
+
+
+@router.get("/{device_id}/twin", response_model=TwinOut)
+def get_twin(
+    device_id: str, who: Principal = Depends(require("viewer")), c: ApiContext = Depends(ctx)
+) -> TwinOut:
+    d = c.store.get_device(device_id)
+    return TwinOut(
+        device_id=d.id,
+        status=twin_status(d.desired, d.reported),
+        desired=d.desired,
+        reported=d.reported,
+        reported_at=d.reported_at,
+    )
+
+
+@router.put("/{device_id}/twin/desired", response_model=TwinOut)
+def set_desired(
+    device_id: str,
+    body: DesiredIn,
+    who: Principal = Depends(require("operator")),
+    c: ApiContext = Depends(ctx),
+) -> TwinOut:
+    try:
+        desired = DesiredState(
+            version=c.store.next_desired_version(device_id),
+            model=body.model,  # type: ignore[arg-type]
+            firmware=body.firmware,  # type: ignore[arg-type]
+            config=body.config,
+        )
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise EdgefleetError(f"invalid desired state: {where}: {first.get('msg')}") from None
+    c.store.set_desired(device_id, desired)
+    _send(c, device_id, desired_command(desired, now=c.clock()), who)
+    return get_twin(device_id, who, c)
+
+
+@router.post("/{device_id}/commands", response_model=CommandOut, status_code=202)
+def send_command(
+    device_id: str,
+    body: CommandIn,
+    who: Principal = Depends(require("operator")),
+    c: ApiContext = Depends(ctx),
+) -> CommandOut:
+    c.store.get_device(device_id)
+    now = c.clock()
+    command = Command(
+        id="c-" + secrets.token_hex(8),
+        name=body.name,
+        args=body.args,
+        ts=now,
+        expires_at=now + body.ttl_s,
+    )
+    record = _send(c, device_id, command, who)
+    return CommandOut(**vars(record))
+
+
+@router.get("/{device_id}/commands", response_model=list[CommandOut])
+def list_commands(
+    device_id: str,
+    limit: int = Query(50, ge=1, le=500),
+    who: Principal = Depends(require("viewer")),
+    c: ApiContext = Depends(ctx),
+) -> list[CommandOut]:
+    c.store.get_device(device_id)
+    return [CommandOut(**vars(r)) for r in c.store.list_commands(device_id, limit=limit)]
+
+
+def _send(c: ApiContext, device_id: str, command: Command, who: Principal) -> CommandRecord:
+    """Record, then publish; a device that is away gets it from its persistent session."""
+    record = CommandRecord(
+        id=command.id,
+        device_id=device_id,
+        name=command.name,
+        args=command.args,
+        created_at=command.ts,
+        actor=who.username,
+    )
+    c.store.add_command(record)
+    if c.commands is None:
+        raise EdgefleetError("this server has no broker connection configured")
+    c.commands.send_command(device_id, command)
+    return record

@@ -1,0 +1,131 @@
+"""Response and request bodies of the REST API (the OpenAPI schema comes from here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from edgefleet_contract.ids import DEVICE_ID_PATTERN
+from edgefleet_contract.messages import DesiredState, ReportedState
+
+from ..store.base import Device
+from ..twin import TwinStatus, twin_status
+
+TagKey = str
+
+
+class DeviceOut(BaseModel):
+    id: str
+    name: str
+    tags: dict[str, str]
+    groups: list[str]
+    state: str
+    online: bool
+    created_at: float
+    enrolled_at: float | None
+    last_seen: float | None
+    cert_not_after: float | None
+    model: str | None
+    firmware: str | None
+    agent_version: str | None
+    health: str | None
+    twin: TwinStatus
+
+    @classmethod
+    def of(cls, d: Device) -> DeviceOut:
+        r = d.reported
+        return cls(
+            id=d.id,
+            name=d.name,
+            tags=d.tags,
+            groups=list(d.groups),
+            state=d.state,
+            online=d.online,
+            created_at=d.created_at,
+            enrolled_at=d.enrolled_at,
+            last_seen=d.last_seen,
+            cert_not_after=d.cert_not_after,
+            model=f"{r.model.name}@{r.model.version}" if r and r.model else None,
+            firmware=r.firmware.version if r and r.firmware else None,
+            agent_version=r.agent_version if r else None,
+            health=r.health if r else None,
+            twin=twin_status(d.desired, r),
+        )
+
+
+class DevicePage(BaseModel):
+    items: list[DeviceOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class DeviceCreate(BaseModel):
+    id: str = Field(pattern=DEVICE_ID_PATTERN, description="1-64 of A-Z a-z 0-9 _ -")
+    name: str | None = Field(default=None, max_length=128)
+    tags: dict[str, str] = Field(default_factory=dict, max_length=64)
+
+
+class DevicePatch(BaseModel):
+    name: str | None = Field(default=None, max_length=128)
+    tags: dict[str, str] | None = Field(default=None, max_length=64)
+    groups: list[str] | None = Field(default=None, max_length=64)
+
+
+class EnrollmentTokenOut(BaseModel):
+    device_id: str
+    token: str
+    expires_at: float
+    enroll_command: str
+
+
+class TwinOut(BaseModel):
+    device_id: str
+    status: TwinStatus
+    desired: DesiredState | None
+    reported: ReportedState | None
+    reported_at: float | None
+
+
+class DesiredIn(BaseModel):
+    model: dict[str, Any] | None = None
+    firmware: dict[str, Any] | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class CommandIn(BaseModel):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    args: dict[str, Any] = Field(default_factory=dict)
+    ttl_s: float = Field(default=3600, gt=0, le=7 * 86400)
+
+
+class CommandOut(BaseModel):
+    id: str
+    device_id: str
+    name: str
+    args: dict[str, Any]
+    created_at: float
+    actor: str
+    status: str
+    detail: str
+    acked_at: float | None
+
+
+class EnrollIn(BaseModel):
+    token: str = Field(min_length=8, max_length=256)
+    csr_pem: str = Field(min_length=64, max_length=16_384)
+
+
+class RenewIn(BaseModel):
+    cert_pem: str = Field(min_length=64, max_length=16_384)
+    csr_pem: str = Field(min_length=64, max_length=16_384)
+    signature_b64: str = Field(min_length=16, max_length=1024)
+
+
+class EnrollOut(BaseModel):
+    device_id: str
+    cert_pem: str
+    ca_pem: str
+    broker_host: str
+    broker_port: int

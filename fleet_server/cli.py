@@ -1,0 +1,112 @@
+"""``fleet-server``: initialize, run, and the demo.
+
+Exit codes: 0 done, 1 a runtime error (message on stderr), 2 bad usage or
+configuration (the message names the field), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from edgefleet_contract import logs
+from edgefleet_contract.config import load_settings
+from edgefleet_contract.errors import ConfigError, EdgefleetError
+
+from .config import ServerSettings
+
+
+def _settings(config: Path | None, data_dir: Path | None) -> ServerSettings:
+    overrides = {"data_dir": data_dir} if data_dir else {}
+    return load_settings(ServerSettings, config, **overrides)
+
+
+config_option = click.option(
+    "--config",
+    "-c",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="fleet.toml (settings; FLEET_* environment variables override it).",
+)
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where CA, keys, database and broker files live (default var/fleet).",
+)
+
+
+@click.group()
+def cli() -> None:
+    """The edgefleet fleet server."""
+
+
+@cli.command()
+@config_option
+@data_dir_option
+@click.option("--admin-password-stdin", is_flag=True, help="Read the admin password from stdin.")
+def init(config: Path | None, data_dir: Path | None, admin_password_stdin: bool) -> None:
+    """Create the fleet CA, broker and server certificates, the database and an admin."""
+    from .server import initialize
+
+    settings = _settings(config, data_dir)
+    password = sys.stdin.readline().rstrip("\n") if admin_password_stdin else None
+    generated = initialize(settings, admin_password=password)
+    click.echo(f"fleet initialized in {settings.data_dir}")
+    if generated:
+        click.echo("admin user: admin")
+        click.echo(f"admin password (shown once, change it): {generated}")
+
+
+@cli.command()
+@config_option
+@data_dir_option
+def run(config: Path | None, data_dir: Path | None) -> None:
+    """Run the server: managed broker, ingest, REST API (until SIGTERM/SIGINT)."""
+    from .server import FleetServer
+
+    settings = _settings(config, data_dir)
+    logs.configure(settings.log_level, "text")
+    server = FleetServer(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    click.echo(f"fleet server running; API {settings.api_url}  (Ctrl-C to stop)")
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+
+
+@cli.command()
+@click.option("--devices", default=3, show_default=True, help="Simulated devices to enroll.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("var/demo"))
+@click.option("--duration", default=0.0, help="Stop after this many seconds (0: until Ctrl-C).")
+def demo(devices: int, data_dir: Path, duration: float) -> None:
+    """Start a server with its broker, enroll agents, and show them online."""
+    from .demo import run_demo
+
+    run_demo(devices=devices, data_dir=data_dir, duration=duration)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(2)
+    except EdgefleetError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,123 @@
+"""The HTTP client fleetctl uses, and where its login is kept.
+
+The login (server URL + API token) lives in ``~/.config/edgefleet/fleetctl.json``
+(mode 0600); ``FLEETCTL_SERVER`` / ``FLEETCTL_TOKEN`` / ``FLEETCTL_CONFIG``
+override it, which is what CI jobs use.  ``transport`` is the seam tests use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgefleet_contract.errors import AuthError, EdgefleetError
+
+
+class ApiError(EdgefleetError):
+    """The server answered with a problem; ``str()`` is its detail."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+def config_path() -> Path:
+    env = os.environ.get("FLEETCTL_CONFIG")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return base / "edgefleet" / "fleetctl.json"
+
+
+@dataclass(frozen=True)
+class Login:
+    server: str
+    token: str | None
+
+
+def load_login() -> Login:
+    saved: dict[str, Any] = {}
+    path = config_path()
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            raise EdgefleetError(f"{path} is corrupt; run `fleetctl login` again") from None
+    server = os.environ.get("FLEETCTL_SERVER") or saved.get("server") or "http://127.0.0.1:8080"
+    token = os.environ.get("FLEETCTL_TOKEN") or saved.get("token")
+    return Login(str(server).rstrip("/"), token)
+
+
+def save_login(server: str, token: str) -> Path:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"server": server.rstrip("/"), "token": token}, fh)
+    os.chmod(path, 0o600)
+    return path
+
+
+def forget_login() -> None:
+    config_path().unlink(missing_ok=True)
+
+
+class Client:
+    def __init__(
+        self,
+        server: str,
+        token: str | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=server.rstrip("/") + "/api/v1",
+            headers=headers,
+            transport=transport,
+            timeout=timeout,
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise EdgefleetError(
+                f"cannot reach the fleet server at {self._http.base_url}: {exc}"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                detail = str(response.json().get("detail", response.text))
+            except ValueError:
+                detail = response.text or response.reason_phrase
+            if response.status_code == 401:
+                raise AuthError(f"{detail} (run `fleetctl login`)")
+            raise ApiError(response.status_code, detail)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return self.request("GET", path, params=clean)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, json=body)
+
+    def put(self, path: str, body: Any = None) -> Any:
+        return self.request("PUT", path, json=body)
+
+    def patch(self, path: str, body: Any = None) -> Any:
+        return self.request("PATCH", path, json=body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,250 @@
+"""``fleet-server``'s process: store, CA, managed broker, MQTT link, ingest and the API.
+
+The pieces are wired here and nowhere else.  Start order follows the data:
+store -> broker -> ingest writer -> MQTT link -> HTTP API; stop order is the
+reverse, so nothing is received that cannot be written, and everything
+received is written (or left unacknowledged for the broker to redeliver).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from edgefleet_contract.errors import ConfigError
+from edgefleet_contract.mqtt import Endpoint, TlsFiles
+
+from .api import ApiContext, create_app
+from .auth import hash_password
+from .broker import BrokerLayout, ManagedBroker
+from .config import SERVER_IDENTITY, ServerSettings
+from .enrollment import Enrollment
+from .ingest import Ingest
+from .link import ServerLink
+from .metrics import Registry
+from .pki import FleetCA, write_private
+from .reconcile import Reconciler
+from .store import open_store
+from .store.base import Store
+
+log = logging.getLogger(__name__)
+
+SERVER_CERT_VALIDITY_S = 365 * 86400
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def broker(self) -> BrokerLayout:
+        return BrokerLayout(self.root / "broker")
+
+    @property
+    def client_cert(self) -> Path:
+        return self.root / "server" / "client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.root / "server" / "client.key"
+
+
+def initialize(settings: ServerSettings, *, admin_password: str | None = None) -> str | None:
+    """Create CA, certificates, database and the first admin.  Idempotent.
+
+    Returns the generated admin password (shown once) when it made the admin user.
+    """
+    layout = Layout(settings.data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    now = time.time()
+    ca = (
+        FleetCA.load(layout.ca)
+        if (layout.ca / "ca.key").exists()
+        else FleetCA.create(layout.ca, now=now)
+    )
+    broker = layout.broker
+    if not broker.cert.exists():
+        broker.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        hosts = [settings.broker.host, *settings.broker.san_hosts]
+        ips = list(settings.broker.san_ips)
+        names = [h for h in dict.fromkeys(hosts) if not _is_ip(h)]
+        ips += [h for h in hosts if _is_ip(h) and h not in ips]
+        cert, key = ca.issue_server_cert(names or ["localhost"], ips, now=now)
+        broker.cert.write_bytes(cert)
+        write_private(broker.key, key)
+    if not layout.client_cert.exists():
+        cert, key = ca.issue_client_cert(
+            SERVER_IDENTITY, validity_s=SERVER_CERT_VALIDITY_S, now=now
+        )
+        layout.client_cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        layout.client_cert.write_bytes(cert)
+        write_private(layout.client_key, key)
+    store = open_store(settings.database)
+    try:
+        if store.list_users():
+            return None
+        password = admin_password or secrets.token_urlsafe(12)
+        store.create_user("admin", role="admin", password_hash=hash_password(password), now=now)
+        return None if admin_password else password
+    finally:
+        store.close()
+
+
+def _is_ip(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+class FleetServer:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.data_dir)
+        if not (self.layout.ca / "ca.key").exists() or not settings.database.exists():
+            raise ConfigError(
+                f"{settings.data_dir} is not initialized; run `fleet-server init` first"
+            )
+        self.registry = Registry()
+        self.store: Store = open_store(settings.database)
+        self.ca = FleetCA.load(self.layout.ca)
+        self.broker: ManagedBroker | None = None
+        if settings.broker.mode == "managed":
+            self.broker = ManagedBroker(
+                self.layout.broker,
+                ca_file=self.ca.cert_file,
+                bind=settings.broker.bind,
+                port=settings.broker.port,
+                mosquitto_bin=settings.broker.mosquitto_bin,
+                max_connections=settings.broker.max_connections,
+            )
+        self.enrollment = Enrollment(
+            self.store,
+            self.ca,
+            token_ttl_s=settings.enrollment.token_ttl_s,
+            cert_validity_s=settings.enrollment.cert_validity_s,
+            on_revoke=self._apply_revocation,
+        )
+        self.ingest = Ingest(
+            self.store,
+            registry=self.registry,
+            queue_size=settings.telemetry.queue_size,
+            batch_size=settings.telemetry.batch_size,
+            acker=lambda item: self.link.acknowledge(item),
+        )
+        self.link = ServerLink(self._endpoint(), self.ingest)
+        self.reconciler = Reconciler(self.store, self.link)
+        self.ingest.set_device_hook(self.reconciler)
+        self.registry.gauge(
+            "edgefleet_broker_connected",
+            "1 when the server's MQTT session is up",
+            fn=lambda: [((), 1.0 if self.link.connected.is_set() else 0.0)],
+        )
+        self.registry.gauge(
+            "edgefleet_broker_restarts_total",
+            "Times the managed broker was restarted",
+            fn=lambda: [((), float(self.broker.restarts if self.broker else 0))],
+        )
+        self.app = create_app(
+            ApiContext(
+                settings=settings,
+                store=self.store,
+                enrollment=self.enrollment,
+                commands=self.link,
+                metrics=self.registry.render,
+            )
+        )
+        self._http: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
+
+    def _endpoint(self) -> Endpoint:
+        b = self.settings.broker
+        if b.mode == "managed":
+            tls = TlsFiles(self.ca.cert_file, self.layout.client_cert, self.layout.client_key)
+            return Endpoint("127.0.0.1", b.port, tls, protocol=b.protocol)
+        external_tls = (
+            TlsFiles(b.ca_file, self.layout.client_cert, self.layout.client_key)
+            if b.ca_file
+            else None
+        )
+        return Endpoint(
+            b.host,
+            b.port,
+            external_tls,
+            protocol=b.protocol,
+            username=b.username,
+            password=b.password.get_secret_value() if b.password else None,
+        )
+
+    def _apply_revocation(self, crl_pem: bytes) -> None:
+        if self.broker is None:
+            log.warning(
+                "external broker: install the new CRL there yourself (%s)", self.layout.broker.crl
+            )
+            self.layout.broker.directory.mkdir(parents=True, exist_ok=True)
+            self.layout.broker.crl.write_bytes(crl_pem)
+            return
+        self.broker.configure(crl_pem=crl_pem, revoked=self._revoked_ids())
+        self.broker.reload()
+
+    def _revoked_ids(self) -> list[str]:
+        page = self.store.list_devices(limit=1_000_000)
+        return [d.id for d in page.items if d.state == "revoked"]
+
+    # ------------------------------------------------------------ lifecycle --
+
+    def start(self) -> None:
+        if self.broker is not None:
+            self.broker.configure(crl_pem=self.enrollment.crl(), revoked=self._revoked_ids())
+            self.broker.start()
+        self.ingest.start()
+        self.link.start()
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.api.host,
+            port=self.settings.api.port,
+            log_level="warning",
+            access_log=False,
+            ws="none",
+        )
+        self._http = uvicorn.Server(config)
+        self._http_thread = threading.Thread(target=self._http.run, name="api", daemon=True)
+        self._http_thread.start()
+        deadline = time.monotonic() + 15
+        while not self._http.started:
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError(
+                    f"the API could not listen on {self.settings.api.host}:{self.settings.api.port}"
+                    " (port in use?)"
+                )
+            time.sleep(0.02)
+        log.info(
+            "fleet server up: API %s, broker %s:%d",
+            self.settings.api_url,
+            self.settings.broker.host,
+            self.settings.broker.port,
+        )
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_thread is not None:
+                self._http_thread.join(10)
+        self.link.stop()
+        self.ingest.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        self.store.close()

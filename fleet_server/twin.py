@@ -1,0 +1,58 @@
+"""The device twin: desired vs reported state (pure functions)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Literal, Protocol
+
+from edgefleet_contract.messages import Command, DesiredState, ReportedState
+
+from .store.base import Device
+
+
+class CommandSender(Protocol):
+    """Delivers a command to a device (the server link implements it over MQTT)."""
+
+    def send_command(self, device_id: str, command: Command) -> None: ...
+
+
+TwinStatus = Literal["no_desired", "pending", "in_sync", "drifted"]
+
+
+def twin_status(desired: DesiredState | None, reported: ReportedState | None) -> TwinStatus:
+    """``pending``: the device has not applied the newest desired version yet;
+    ``drifted``: it applied it but runs something else (rolled back, changed locally);
+    ``in_sync``: it runs what it should."""
+    if desired is None:
+        return "no_desired"
+    if reported is None or reported.desired_version < desired.version:
+        return "pending"
+    if desired.model is not None and (
+        reported.model is None
+        or (reported.model.name, reported.model.version)
+        != (desired.model.name, desired.model.version)
+    ):
+        return "drifted"
+    if desired.firmware is not None and (
+        reported.firmware is None or reported.firmware.version != desired.firmware.version
+    ):
+        return "drifted"
+    return "in_sync"
+
+
+def desired_command(desired: DesiredState, *, now: float, ttl_s: float = 86400) -> Command:
+    return Command(
+        id="c-" + secrets.token_hex(8),
+        name="set_desired",
+        args=desired.model_dump(mode="json", exclude_none=True),
+        ts=now,
+        expires_at=now + ttl_s,
+    )
+
+
+def needs_resend(device: Device) -> bool:
+    """Whether an online device is behind its desired state."""
+    if device.desired is None or not device.online:
+        return False
+    applied = device.reported.desired_version if device.reported else 0
+    return applied < device.desired.version
