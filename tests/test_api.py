@@ -1,0 +1,124 @@
+"""The REST API on a real store and CA: authentication, roles, audit, problem details."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from edgefleet_contract.messages import Command
+from fleet_server.api import ApiContext, create_app
+from fleet_server.auth import hash_password
+from fleet_server.config import ApiSettings, ServerSettings
+from fleet_server.enrollment import Enrollment
+from fleet_server.pki import FleetCA
+from fleet_server.store import open_store
+from fleet_server.store.base import Store
+
+
+class Outbox:
+    """Stands in for the MQTT link (the end-to-end tests use the real one)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Command]] = []
+
+    def send_command(self, device_id: str, command: Command) -> None:
+        self.sent.append((device_id, command))
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> tuple[TestClient, Store, Outbox]:
+    store = open_store(tmp_path / "fleet.db")
+    ca = FleetCA.create(tmp_path / "ca", now=time.time())
+    settings = ServerSettings(data_dir=tmp_path, api=ApiSettings(login_attempts_per_minute=3))
+    for name, role in (("alice", "admin"), ("olga", "operator"), ("vic", "viewer")):
+        store.create_user(
+            name, role=role, password_hash=hash_password(f"{name}-password"), now=time.time()
+        )
+    outbox = Outbox()
+    ctx = ApiContext(
+        settings=settings,
+        store=store,
+        commands=outbox,
+        enrollment=Enrollment(store, ca, token_ttl_s=600, cert_validity_s=3600),
+    )
+    return TestClient(create_app(ctx)), store, outbox
+
+
+def login(client: TestClient, user: str) -> dict[str, str]:
+    r = client.post("/api/v1/auth/login", json={"username": user, "password": f"{user}-password"})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+def test_unauthenticated_is_401_problem(env: tuple[TestClient, Store, Outbox]) -> None:
+    client, _, _ = env
+    r = client.get("/api/v1/devices")
+    assert r.status_code == 401
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert "fleetctl login" in r.json()["detail"]
+    r = client.get("/api/v1/devices", headers={"Authorization": "Bearer eft_forged"})
+    assert r.status_code == 401
+
+
+def test_roles_are_enforced_and_audited(env: tuple[TestClient, Store, Outbox]) -> None:
+    client, store, outbox = env
+    viewer, operator, admin = login(client, "vic"), login(client, "olga"), login(client, "alice")
+    r = client.post("/api/v1/devices", headers=viewer, json={"id": "d1"})
+    assert r.status_code == 403 and "operator role" in r.json()["detail"]
+    r = client.post("/api/v1/devices", headers=operator, json={"id": "d1", "tags": {"a": "b"}})
+    assert r.status_code == 201 and r.json()["token"].startswith("d1.")
+    assert client.get("/api/v1/devices", headers=viewer).json()["total"] == 1
+    r = client.put(
+        "/api/v1/devices/d1/twin/desired",
+        headers=operator,
+        json={"config": {"telemetry_interval_s": 5}},
+    )
+    assert r.status_code == 200 and r.json()["status"] == "pending"
+    assert outbox.sent[-1][0] == "d1" and outbox.sent[-1][1].name == "set_desired"
+    assert client.get("/api/v1/audit", headers=operator).status_code == 403
+    entries = client.get("/api/v1/audit", headers=admin).json()["items"]
+    seen = {(e["actor"], e["action"], e["outcome"]) for e in entries}
+    assert ("vic", "create_device", "denied") in seen
+    assert ("olga", "create_device", "ok") in seen
+    assert ("olga", "set_desired", "ok") in seen
+    assert ("vic", "login", "ok") in seen
+    assert all("password" not in str(e["detail"]) for e in entries)
+
+
+def test_token_revocation_is_immediate(env: tuple[TestClient, Store, Outbox]) -> None:
+    client, _, _ = env
+    admin = login(client, "alice")
+    assert client.get("/api/v1/auth/me", headers=admin).json() == {
+        "username": "alice",
+        "role": "admin",
+    }
+    tokens = client.get("/api/v1/tokens", headers=admin).json()
+    assert all("token_hash" not in t for t in tokens)
+    assert client.delete(f"/api/v1/tokens/{tokens[-1]['id']}", headers=admin).status_code == 204
+    assert client.get("/api/v1/auth/me", headers=admin).status_code == 401
+
+
+def test_login_is_rate_limited(env: tuple[TestClient, Store, Outbox]) -> None:
+    client, _, _ = env
+    for _ in range(3):
+        r = client.post("/api/v1/auth/login", json={"username": "alice", "password": "wrong-pw"})
+        assert r.status_code == 401 and r.json()["detail"] == "wrong username or password"
+    r = client.post("/api/v1/auth/login", json={"username": "alice", "password": "alice-password"})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+
+
+def test_validation_errors_name_the_field(env: tuple[TestClient, Store, Outbox]) -> None:
+    client, _, _ = env
+    operator = login(client, "olga")
+    r = client.post("/api/v1/devices", headers=operator, json={"id": "bad/id#"})
+    assert r.status_code == 422
+    body = r.json()
+    assert body["errors"][0]["field"] == "body.id" and "pattern" in body["detail"]
+    assert client.get("/api/v1/devices/nope", headers=operator).status_code == 404
+    r = client.post("/api/v1/devices", headers=operator, json={"id": "dup"})
+    r = client.post("/api/v1/devices", headers=operator, json={"id": "dup"})
+    assert r.status_code == 409 and "already exists" in r.json()["detail"]
