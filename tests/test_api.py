@@ -65,7 +65,7 @@ def test_unauthenticated_is_401_problem(env: tuple[TestClient, Store, Outbox]) -
 
 
 def test_roles_are_enforced_and_audited(env: tuple[TestClient, Store, Outbox]) -> None:
-    client, store, outbox = env
+    client, _, outbox = env
     viewer, operator, admin = login(client, "vic"), login(client, "olga"), login(client, "alice")
     r = client.post("/api/v1/devices", headers=viewer, json={"id": "d1"})
     assert r.status_code == 403 and "operator role" in r.json()["detail"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+from cryptography import x509
 
 from edgefleet_contract.mqtt import TlsFiles
 from fleet_server.broker import ManagedBroker
@@ -85,11 +86,8 @@ def test_revoked_certificate_is_cut_off(
     ident = pki.identity("rev-1")
     victim = mqtt_client(ident, "rev-1")
     victim.connect(fresh_broker.port)
-    serial = int(
-        __import__("cryptography.x509", fromlist=["x"])
-        .load_pem_x509_certificate(ident.cert_file.read_bytes())  # type: ignore[union-attr]
-        .serial_number
-    )
+    assert ident.cert_file is not None
+    serial = x509.load_pem_x509_certificate(ident.cert_file.read_bytes()).serial_number
     fresh_broker.configure(
         crl_pem=pki.ca.crl_pem([(serial, time.time())], now=time.time()), revoked=["rev-1"]
     )
