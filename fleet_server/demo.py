@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -79,7 +80,7 @@ def run_demo(*, devices: int, data_dir: Path, duration: float) -> None:
                 progress,
                 task,
                 lambda: sum(
-                    httpx.get(f"{api}/api/v1/devices/{d}/twin", headers=headers).json()["status"]
+                    _call("GET", f"{api}/api/v1/devices/{d}/twin", headers=headers)["status"]
                     == "in_sync"
                     for d in ids
                 ),
@@ -113,6 +114,21 @@ def run_demo(*, devices: int, data_dir: Path, duration: float) -> None:
                 agent.kill()
         server.stop()
         console.print("stopped")
+
+
+def _call(method: str, url: str, **kwargs: Any) -> Any:
+    """One API call; failures become an EdgefleetError with the server's own words."""
+    try:
+        response = httpx.request(method, url, timeout=30, **kwargs)
+    except httpx.HTTPError as exc:
+        raise EdgefleetError(f"{method} {url} failed: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise EdgefleetError(f"{method} {url}: {response.status_code} {detail}")
+    return response.json()
 
 
 def _progress() -> Progress:

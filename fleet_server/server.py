@@ -210,6 +210,9 @@ class FleetServer:
         if self.broker is not None:
             self.broker.configure(crl_pem=self.enrollment.crl(), revoked=self._revoked_ids())
             self.broker.start()
+        # Presence in the database may be stale from before a restart; the broker's
+        # retained status messages re-deliver the truth as soon as we subscribe.
+        self.store.reset_presence()
         self.ingest.start()
         self.link.start()
         config = uvicorn.Config(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import shlex
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import ValidationError
 
-from edgefleet_contract.errors import EdgefleetError
+from edgefleet_contract.errors import EdgefleetError, LinkError
 from edgefleet_contract.messages import Command, DesiredState
 
 from ..auth import Principal
@@ -28,6 +29,7 @@ from .schemas import (
     TwinOut,
 )
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/devices", tags=["devices"])
 
 
@@ -128,7 +130,11 @@ def set_desired(
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise EdgefleetError(f"invalid desired state: {where}: {first.get('msg')}") from None
     c.store.set_desired(device_id, desired)
-    _send(c, device_id, desired_command(desired, now=c.clock()), who)
+    try:
+        _send(c, device_id, desired_command(desired, now=c.clock()), who)
+    except LinkError as exc:
+        # Stored: the reconciler delivers it when the device or the broker link is back.
+        log.warning("desired state for %s stored but not sent yet: %s", device_id, exc)
     return get_twin(device_id, who, c)
 
 

@@ -166,6 +166,10 @@ class SqliteStore:
                 (int(online), ts, device_id),
             )
 
+    def reset_presence(self) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE devices SET online = 0 WHERE online = 1")
+
     def touch_seen(self, seen: Mapping[str, float]) -> None:
         with self._tx() as conn:
             conn.executemany(
