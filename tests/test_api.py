@@ -122,3 +122,57 @@ def test_validation_errors_name_the_field(env: tuple[TestClient, Store, Outbox])
     r = client.post("/api/v1/devices", headers=operator, json={"id": "dup"})
     r = client.post("/api/v1/devices", headers=operator, json={"id": "dup"})
     assert r.status_code == 409 and "already exists" in r.json()["detail"]
+
+
+def test_selector_filter_and_telemetry_queries(env: tuple[TestClient, Store, Outbox]) -> None:
+    from edgefleet_contract.messages import InferenceStats, Telemetry
+
+    client, store, _ = env
+    operator = login(client, "olga")
+    for i, site in enumerate(["berlin", "berlin", "paris"]):
+        client.post(
+            "/api/v1/devices", headers=operator, json={"id": f"t{i}", "tags": {"site": site}}
+        )
+    store.insert_telemetry(
+        [
+            Telemetry(
+                device_id=f"t{i}",
+                batch_id=f"b{n}",
+                seq=n,
+                ts=6000.0 + n * 10,
+                window_s=10,
+                inference=InferenceStats(
+                    model="m", version="1", count=10, errors=i, throughput_per_s=1
+                ),
+            )
+            for i in range(3)
+            for n in range(3)
+        ],
+        received_at=7000,
+    )
+    r = client.get("/api/v1/devices", headers=operator, params={"selector": "tag:site=berlin"})
+    assert [d["id"] for d in r.json()["items"]] == ["t0", "t1"] and r.json()["total"] == 2
+    r = client.get("/api/v1/devices", headers=operator, params={"selector": "tag:site=berlin and"})
+    assert r.status_code == 422 and "column" in r.json()["detail"]
+    raw = client.get(
+        "/api/v1/devices/t1/telemetry",
+        headers=operator,
+        params={"since": 0, "until": 10_000, "resolution": "raw"},
+    ).json()
+    assert [b["batch_id"] for b in raw["raw"]] == ["b0", "b1", "b2"]
+    minute = client.get(
+        "/api/v1/devices/t1/telemetry", headers=operator, params={"since": 0, "until": 10_000}
+    ).json()["rollups"]
+    assert minute == [pytest.approx(minute[0])] and minute[0]["inferences"] == 30
+    agg = client.get(
+        "/api/v1/telemetry/aggregate",
+        headers=operator,
+        params={"selector": "tag:site=berlin", "since": 0, "until": 10_000},
+    ).json()
+    row = agg["rollups"][0]
+    assert row["devices"] == 2 and row["inferences"] == 60 and row["errors"] == 3
+    assert row["error_rate"] == pytest.approx(0.05)
+    bad = client.get(
+        "/api/v1/devices/t1/telemetry", headers=operator, params={"since": 10, "until": 5}
+    )
+    assert bad.status_code == 400 and "before" in bad.json()["detail"]

@@ -15,7 +15,15 @@ from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..store.base import AuditEntry
-from . import problems, routes_audit, routes_auth, routes_devices, routes_enroll, routes_users
+from . import (
+    problems,
+    routes_audit,
+    routes_auth,
+    routes_devices,
+    routes_enroll,
+    routes_telemetry,
+    routes_users,
+)
 from .context import ApiContext
 from .deps import client_ip
 
@@ -34,7 +42,14 @@ def create_app(context: ApiContext) -> FastAPI:
     )
     app.state.ctx = context
     problems.install(app)
-    for module in (routes_auth, routes_devices, routes_enroll, routes_users, routes_audit):
+    for module in (
+        routes_auth,
+        routes_devices,
+        routes_enroll,
+        routes_telemetry,
+        routes_users,
+        routes_audit,
+    ):
         app.include_router(module.router, prefix="/api/v1")
 
     @app.get("/healthz", tags=["meta"])

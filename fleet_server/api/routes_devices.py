@@ -13,6 +13,7 @@ from edgefleet_contract.errors import EdgefleetError, LinkError
 from edgefleet_contract.messages import Command, DesiredState
 
 from ..auth import Principal
+from ..selector import parse as parse_selector
 from ..store.base import CommandRecord
 from ..twin import desired_command, twin_status
 from .context import ApiContext
@@ -44,12 +45,16 @@ def _token_out(c: ApiContext, device_id: str, token: str, expires_at: float) -> 
 
 @router.get("", response_model=DevicePage)
 def list_devices(
+    selector: str | None = Query(
+        None, max_length=2000, description="e.g. tag:site=berlin and online"
+    ),
     offset: int = Query(0, ge=0),
     limit: int = Query(100, ge=1, le=1000),
     who: Principal = Depends(require("viewer")),
     c: ApiContext = Depends(ctx),
 ) -> DevicePage:
-    page = c.store.list_devices(offset=offset, limit=limit)
+    where = parse_selector(selector).matches if selector else None
+    page = c.store.list_devices(where=where, offset=offset, limit=limit)
     return DevicePage(
         items=[DeviceOut.of(d) for d in page.items], total=page.total, offset=offset, limit=limit
     )

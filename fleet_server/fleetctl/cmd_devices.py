@@ -36,12 +36,13 @@ def devices() -> None:
 
 
 @devices.command("list")
+@click.option("--selector", "-s", default=None, help="e.g. 'tag:site=berlin and online'")
 @click.option("--limit", default=100, show_default=True)
 @click.option("--offset", default=0)
 @pass_ctx
-def list_(ctx: Ctx, limit: int, offset: int) -> None:
-    """List devices."""
-    page = ctx.client.get("/devices", limit=limit, offset=offset)
+def list_(ctx: Ctx, selector: str | None, limit: int, offset: int) -> None:
+    """List devices (optionally those a selector chooses)."""
+    page = ctx.client.get("/devices", selector=selector, limit=limit, offset=offset)
     if ctx.as_json:
         emit(page, as_json=True)
         return

@@ -7,7 +7,7 @@ Unix seconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -116,7 +116,16 @@ class Store(Protocol):
         self, device_id: str, *, name: str, tags: dict[str, str], now: float
     ) -> None: ...
     def get_device(self, device_id: str) -> Device: ...
-    def list_devices(self, *, offset: int = 0, limit: int = 100) -> Page[Device]: ...
+    def list_devices(
+        self,
+        *,
+        where: Callable[[Device], bool] | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Page[Device]:
+        """Devices by id; ``where`` (a parsed selector's ``matches``) filters them."""
+        ...
+
     def update_device(
         self,
         device_id: str,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -122,13 +122,26 @@ class SqliteStore:
             raise NotFound(f"no device {device_id!r}")
         return device_from_row(row)
 
-    def list_devices(self, *, offset: int = 0, limit: int = 100) -> Page[Device]:
+    def list_devices(
+        self,
+        *,
+        where: Callable[[Device], bool] | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Page[Device]:
         conn = self._conn()
-        total = int(conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
-        rows = conn.execute(
-            "SELECT * FROM devices ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
-        ).fetchall()
-        return Page([device_from_row(r) for r in rows], total)
+        if where is None:
+            total = int(conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
+            rows = conn.execute(
+                "SELECT * FROM devices ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+            return Page([device_from_row(r) for r in rows], total)
+        matched = [
+            d
+            for d in map(device_from_row, conn.execute("SELECT * FROM devices ORDER BY id"))
+            if where(d)
+        ]
+        return Page(matched[offset : offset + limit], len(matched))
 
     def update_device(
         self,

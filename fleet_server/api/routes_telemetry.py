@@ -1,0 +1,142 @@
+"""Telemetry queries: raw batches and per-minute rollups, per device or over a selector."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+
+from edgefleet_contract.errors import EdgefleetError
+
+from ..auth import Principal
+from ..selector import parse as parse_selector
+from ..store.base import RollupRow
+from .context import ApiContext
+from .deps import ctx, require
+
+router = APIRouter(tags=["telemetry"])
+MAX_SPAN_S = 31 * 86400
+
+
+class RollupOut(BaseModel):
+    minute: float
+    devices: int
+    batches: int
+    inferences: int
+    errors: int
+    error_rate: float | None
+    latency_p95_ms: float | None
+    latency_p99_max_ms: float | None
+    cpu_percent: float | None
+    mem_used_bytes: float | None
+    drift_max: float | None
+    feedback_count: int
+    feedback_accuracy: float | None
+    readings: int
+    spool_dropped: int
+
+
+class TelemetryOut(BaseModel):
+    device_id: str | None
+    resolution: Literal["raw", "minute"]
+    since: float
+    until: float
+    rollups: list[RollupOut] = []
+    raw: list[dict[str, Any]] = []
+
+
+def _window(c: ApiContext, since: float | None, until: float | None) -> tuple[float, float]:
+    end = until if until is not None else c.clock()
+    start = since if since is not None else end - 3600
+    if start >= end:
+        raise EdgefleetError("'since' must be before 'until'")
+    if end - start > MAX_SPAN_S:
+        raise EdgefleetError("ask for at most 31 days at a time")
+    return start, end
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def combine(rows: list[RollupRow]) -> list[RollupOut]:
+    """Merge per-device rollups into one row per minute (sums; means of means)."""
+    by_minute: dict[float, list[RollupRow]] = defaultdict(list)
+    for row in rows:
+        by_minute[row.minute].append(row)
+    out = []
+    for minute in sorted(by_minute):
+        group = by_minute[minute]
+        inferences = sum(r.inferences for r in group)
+        errors = sum(r.errors for r in group)
+        feedback = sum(r.feedback_count for r in group)
+        drift = [r.drift_max for r in group if r.drift_max is not None]
+        out.append(
+            RollupOut(
+                minute=minute,
+                devices=len({r.device_id for r in group}),
+                batches=sum(r.batches for r in group),
+                inferences=inferences,
+                errors=errors,
+                error_rate=errors / inferences if inferences else None,
+                latency_p95_ms=_mean(
+                    [r.latency_p95_ms for r in group if r.latency_p95_ms is not None]
+                ),
+                latency_p99_max_ms=max(
+                    (r.latency_p99_max_ms for r in group if r.latency_p99_max_ms is not None),
+                    default=None,
+                ),
+                cpu_percent=_mean([r.cpu_percent for r in group if r.cpu_percent is not None]),
+                mem_used_bytes=_mean(
+                    [r.mem_used_bytes for r in group if r.mem_used_bytes is not None]
+                ),
+                drift_max=max(drift) if drift else None,
+                feedback_count=feedback,
+                feedback_accuracy=sum(r.feedback_correct for r in group) / feedback
+                if feedback
+                else None,
+                readings=sum(r.readings for r in group),
+                spool_dropped=sum(r.spool_dropped for r in group),
+            )
+        )
+    return out
+
+
+@router.get("/devices/{device_id}/telemetry", response_model=TelemetryOut)
+def device_telemetry(
+    device_id: str,
+    since: float | None = Query(None, ge=0),
+    until: float | None = Query(None, ge=0),
+    resolution: Literal["raw", "minute"] = "minute",
+    limit: int = Query(1000, ge=1, le=10_000),
+    who: Principal = Depends(require("viewer")),
+    c: ApiContext = Depends(ctx),
+) -> TelemetryOut:
+    c.store.get_device(device_id)
+    start, end = _window(c, since, until)
+    out = TelemetryOut(device_id=device_id, resolution=resolution, since=start, until=end)
+    if resolution == "raw":
+        batches = c.store.query_raw(device_id, since=start, until=end, limit=limit)
+        out.raw = [b.model_dump(mode="json", exclude_none=True) for b in batches]
+    else:
+        out.rollups = combine(c.store.query_rollups([device_id], since=start, until=end))
+    return out
+
+
+@router.get("/telemetry/aggregate", response_model=TelemetryOut)
+def aggregate(
+    selector: str = Query("all", max_length=2000),
+    since: float | None = Query(None, ge=0),
+    until: float | None = Query(None, ge=0),
+    who: Principal = Depends(require("viewer")),
+    c: ApiContext = Depends(ctx),
+) -> TelemetryOut:
+    start, end = _window(c, since, until)
+    chosen = parse_selector(selector)
+    ids = [d.id for d in c.store.list_devices(where=chosen.matches, limit=1_000_000).items]
+    rows = c.store.query_rollups(ids, since=start, until=end) if ids else []
+    return TelemetryOut(
+        device_id=None, resolution="minute", since=start, until=end, rollups=combine(rows)
+    )

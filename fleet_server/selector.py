@@ -1,0 +1,224 @@
+"""The device selector language, used wherever a set of devices is chosen.
+
+    tag:site=berlin and model:digits<2.0 and online
+    (group:canary or id:pump-*) and not health:degraded
+    firmware:>=1.2.0 and hardware:rpi4
+
+Grammar (keywords case-insensitive)::
+
+    expr  := and ("or" and)*
+    and   := unary ("and" unary)*
+    unary := "not" unary | "(" expr ")" | "all" | "online" | "offline" | term
+    term  := KEY ":" VALUE
+
+Keys: ``tag:k`` (present), ``tag:k=v``, ``tag:k!=v``; ``group:g``; ``id:glob``;
+``model:name``, ``model:name@1.2.0``, ``model:name<2.0`` (any of < <= > >= = !=);
+``firmware:OPv``, ``agent:OPv``; ``hardware:x``, ``health:x``, ``state:x``.
+Versions compare numerically part by part (1.10 > 1.9).  Parsing is pure and
+its errors point at the column and say what was expected.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgefleet_contract.errors import SelectorError
+
+from .store.base import Device
+
+Predicate = Callable[[Device], bool]
+
+_TOKEN = re.compile(r"\s*(?:(\()|(\))|([A-Za-z_]+:[^\s()]*)|([A-Za-z_]+)|(\S))")
+_OPS = ("<=", ">=", "!=", "<", ">", "=")
+KEYS = ("tag", "group", "id", "model", "firmware", "agent", "hardware", "health", "state")
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    parts = re.split(r"[.\-+]", version)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p)
+
+
+def _compare(op: str, left: str | None, right: str) -> bool:
+    if left is None:
+        return False
+    a, b = version_key(left), version_key(right)
+    return {
+        "<": a < b,
+        "<=": a <= b,
+        ">": a > b,
+        ">=": a >= b,
+        "=": a == b,
+        "!=": a != b,
+    }[op]
+
+
+def _split_op(text: str) -> tuple[str, str]:
+    for op in _OPS:
+        if text.startswith(op):
+            return op, text[len(op) :]
+    return "=", text
+
+
+@dataclass(frozen=True)
+class Selector:
+    source: str
+    predicate: Predicate
+
+    def matches(self, device: Device) -> bool:
+        return self.predicate(device)
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens: list[tuple[str, str, int]] = []
+        pos = 0
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if m is None or m.end() == pos:
+                break
+            start = m.start(m.lastindex or 0)
+            kind = ("(", ")", "term", "word", "bad")[(m.lastindex or 5) - 1]
+            self.tokens.append((kind, m.group(m.lastindex or 0), start))
+            pos = m.end()
+            if text[pos:].strip() == "":
+                break
+        self.i = 0
+
+    def fail(self, expected: str) -> SelectorError:
+        if self.i < len(self.tokens):
+            _, value, col = self.tokens[self.i]
+            found = f"{value!r}"
+        else:
+            col, found = len(self.text), "the end"
+        return SelectorError(
+            f"selector {self.text!r}: expected {expected} at column {col + 1}, found {found}"
+        )
+
+    def peek(self) -> tuple[str, str, int] | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def word(self, w: str) -> bool:
+        tok = self.peek()
+        if tok and tok[0] == "word" and tok[1].lower() == w:
+            self.i += 1
+            return True
+        return False
+
+    def parse(self) -> Predicate:
+        if not self.tokens:
+            raise SelectorError("the selector is empty; use 'all' to choose every device")
+        pred = self.expr()
+        if self.peek() is not None:
+            raise self.fail("'and', 'or' or the end")
+        return pred
+
+    def expr(self) -> Predicate:
+        parts = [self.conj()]
+        while self.word("or"):
+            parts.append(self.conj())
+        return parts[0] if len(parts) == 1 else (lambda d: any(p(d) for p in parts))
+
+    def conj(self) -> Predicate:
+        parts = [self.unary()]
+        while self.word("and"):
+            parts.append(self.unary())
+        return parts[0] if len(parts) == 1 else (lambda d: all(p(d) for p in parts))
+
+    def unary(self) -> Predicate:
+        if self.word("not"):
+            inner = self.unary()
+            return lambda d: not inner(d)
+        tok = self.peek()
+        if tok is None:
+            raise self.fail("a condition")
+        kind, value, _ = tok
+        if kind == "(":
+            self.i += 1
+            inner = self.expr()
+            if (self.peek() or ("",))[0] != ")":
+                raise self.fail("')'")
+            self.i += 1
+            return inner
+        if kind == "word" and value.lower() in ("all", "online", "offline"):
+            self.i += 1
+            return {
+                "all": lambda d: True,
+                "online": lambda d: d.online,
+                "offline": lambda d: not d.online,
+            }[value.lower()]
+        if kind == "term":
+            self.i += 1
+            return self.term(value)
+        raise self.fail("a condition such as tag:site=berlin, online or (…)")
+
+    def term(self, text: str) -> Predicate:
+        key, _, value = text.partition(":")
+        key = key.lower()
+        if key not in KEYS:
+            self.i -= 1
+            raise self.fail(f"one of {', '.join(KEYS)} before ':'")
+        if not value:
+            self.i -= 1
+            raise self.fail(f"a value after '{key}:'")
+        if key == "tag":
+            for op in ("!=", "="):
+                if op in value:
+                    k, v = value.split(op, 1)
+                    if op == "=":
+                        return lambda d: d.tags.get(k) == v
+                    return lambda d: d.tags.get(k) != v
+            return lambda d: value in d.tags
+        if key == "group":
+            return lambda d: value in d.groups
+        if key == "id":
+            return lambda d: fnmatch.fnmatchcase(d.id, value)
+        if key in ("hardware", "health", "state"):
+            return lambda d: _field(d, key) == value
+        if key == "model":
+            m = re.fullmatch(r"([A-Za-z0-9_.\-]+?)(?:@(.+)|(<=|>=|!=|<|>|=)(.+))?", value)
+            if m is None:
+                self.i -= 1
+                raise self.fail("model:NAME, model:NAME@VERSION or model:NAME<VERSION")
+            name, exact, op, ver = m.groups()
+            if exact:
+                op, ver = "=", exact
+            return lambda d: (
+                _model_name(d) == name
+                and (op is None or _compare(op, _field(d, "model_version"), ver))
+            )
+        op, ver = _split_op(value)
+        if not ver:
+            self.i -= 1
+            raise self.fail(f"a version after '{key}:{op}'")
+        field = "firmware" if key == "firmware" else "agent"
+        return lambda d: _compare(op, _field(d, field), ver)
+
+
+def _model_name(d: Device) -> str | None:
+    return d.reported.model.name if d.reported and d.reported.model else None
+
+
+def _field(d: Device, name: str) -> str | None:
+    r = d.reported
+    if name == "state":
+        return d.state
+    if r is None:
+        return None
+    return {
+        "hardware": r.hardware,
+        "health": r.health,
+        "model_version": r.model.version if r.model else None,
+        "firmware": r.firmware.version if r.firmware else None,
+        "agent": r.agent_version,
+    }[name]
+
+
+def parse(text: str) -> Selector:
+    """Parse ``text``; raises ``SelectorError`` naming the column and what was expected."""
+    if len(text) > 2000:
+        raise SelectorError("the selector is longer than 2000 characters")
+    return Selector(text, _Parser(text).parse())

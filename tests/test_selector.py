@@ -1,0 +1,118 @@
+"""The selector language: grammar, errors that point at the problem, version order."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgefleet_contract.errors import SelectorError
+from edgefleet_contract.messages import FirmwareRef, ModelRef, ReportedState
+from fleet_server.selector import parse, version_key
+from fleet_server.store.base import Device
+
+
+def device(
+    id: str,
+    *,
+    tags: dict[str, str] | None = None,
+    groups: tuple[str, ...] = (),
+    online: bool = True,
+    model: str | None = "digits@1.4.0",
+    fw: str = "1.2.0",
+    health: str = "ok",
+) -> Device:
+    name, _, ver = (model or "@").partition("@")
+    reported = ReportedState(
+        device_id=id,
+        ts=1,
+        agent_version="0.1.0",
+        hardware="rpi4",
+        health=health,  # type: ignore[arg-type]
+        model=ModelRef(name=name, version=ver, sha256="0" * 64, runtime="onnx") if model else None,
+        firmware=FirmwareRef(version=fw),
+    )
+    return Device(
+        id=id,
+        name=id,
+        tags=tags or {},
+        groups=groups,
+        state="enrolled",
+        created_at=0,
+        online=online,
+        reported=reported,
+    )
+
+
+FLEET = [
+    device("pump-1", tags={"site": "berlin"}, groups=("canary",)),
+    device("pump-2", tags={"site": "berlin"}, online=False, model="digits@2.1.0"),
+    device("cam-1", tags={"site": "paris"}, model="detector@1.0.0", fw="1.10.0", health="degraded"),
+    device("cam-2", model=None),
+]
+
+
+def chosen(text: str) -> list[str]:
+    sel = parse(text)
+    return [d.id for d in FLEET if sel.matches(d)]
+
+
+@pytest.mark.parametrize(
+    ("text", "ids"),
+    [
+        ("all", ["pump-1", "pump-2", "cam-1", "cam-2"]),
+        ("tag:site=berlin and model:digits<2.0 and online", ["pump-1"]),
+        ("tag:site=berlin", ["pump-1", "pump-2"]),
+        ("tag:site!=berlin", ["cam-1", "cam-2"]),
+        ("tag:site", ["pump-1", "pump-2", "cam-1"]),
+        ("group:canary or id:cam-*", ["pump-1", "cam-1", "cam-2"]),
+        ("not online", ["pump-2"]),
+        ("model:digits@2.1.0", ["pump-2"]),
+        ("model:digits", ["pump-1", "pump-2"]),
+        ("firmware:>=1.9.0", ["cam-1"]),  # 1.10 > 1.9: numeric, not lexical
+        ("(tag:site=berlin or tag:site=paris) and not health:degraded", ["pump-1", "pump-2"]),
+        (
+            "hardware:rpi4 AND state:enrolled and agent:>=0.1",
+            ["pump-1", "pump-2", "cam-1", "cam-2"],
+        ),
+    ],
+)
+def test_selects(text: str, ids: list[str]) -> None:
+    assert chosen(text) == ids
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("tag:site=berlin and", "expected a condition at column 20, found the end"),
+        ("colour:red", "expected one of tag, group"),
+        ("online or (offline", "expected ')' at column 19"),
+        ("online offline", "expected 'and', 'or' or the end at column 8"),
+        ("firmware:>=", "a version after"),
+        ("online & offline", "column 8"),
+    ],
+)
+def test_errors_point_at_the_problem(text: str, message: str) -> None:
+    with pytest.raises(SelectorError) as err:
+        parse(text)
+    assert message in str(err.value)
+
+
+@given(st.text(max_size=60))
+def test_never_crashes(text: str) -> None:
+    try:
+        sel = parse(text)
+    except SelectorError:
+        return
+    for d in FLEET:
+        assert isinstance(sel.matches(d), bool)
+
+
+@given(
+    st.lists(st.integers(0, 30), min_size=1, max_size=4),
+    st.lists(st.integers(0, 30), min_size=1, max_size=4),
+)
+def test_version_order_is_numeric(a: list[int], b: list[int]) -> None:
+    va, vb = ".".join(map(str, a)), ".".join(map(str, b))
+    assert (version_key(va) < version_key(vb)) == (a < b)
