@@ -199,21 +199,17 @@ class _Parser:
 
 
 def _model_name(d: Device) -> str | None:
-    return d.reported.model.name if d.reported and d.reported.model else None
+    return d.model_name
 
 
 def _field(d: Device, name: str) -> str | None:
-    r = d.reported
-    if name == "state":
-        return d.state
-    if r is None:
-        return None
     return {
-        "hardware": r.hardware,
-        "health": r.health,
-        "model_version": r.model.version if r.model else None,
-        "firmware": r.firmware.version if r.firmware else None,
-        "agent": r.agent_version,
+        "state": d.state,
+        "hardware": d.hardware,
+        "health": d.health,
+        "model_version": d.model_version,
+        "firmware": d.firmware_version,
+        "agent": d.agent_version,
     }[name]
 
 

@@ -41,6 +41,12 @@ def device(
         created_at=0,
         online=online,
         reported=reported,
+        model_name=name or None,
+        model_version=ver or None,
+        firmware_version=fw,
+        agent_version="0.1.0",
+        hardware="rpi4",
+        health=health,
     )
 
 

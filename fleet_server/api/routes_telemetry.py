@@ -136,7 +136,32 @@ def aggregate(
     start, end = _window(c, since, until)
     chosen = parse_selector(selector)
     ids = [d.id for d in c.store.list_devices(where=chosen.matches, limit=1_000_000).items]
-    rows = c.store.query_rollups(ids, since=start, until=end) if ids else []
+    rows = c.store.aggregate_rollups(ids, since=start, until=end)
     return TelemetryOut(
-        device_id=None, resolution="minute", since=start, until=end, rollups=combine(rows)
+        device_id=None,
+        resolution="minute",
+        since=start,
+        until=end,
+        rollups=[_aggregate_out(r) for r in rows],
+    )
+
+
+def _aggregate_out(r: RollupRow) -> RollupOut:
+    """A per-minute fleet row from the store (``device_id`` carries the device count)."""
+    return RollupOut(
+        minute=r.minute,
+        devices=int(r.device_id),
+        batches=r.batches,
+        inferences=r.inferences,
+        errors=r.errors,
+        error_rate=r.errors / r.inferences if r.inferences else None,
+        latency_p95_ms=r.latency_p95_ms,
+        latency_p99_max_ms=r.latency_p99_max_ms,
+        cpu_percent=r.cpu_percent,
+        mem_used_bytes=r.mem_used_bytes,
+        drift_max=r.drift_max,
+        feedback_count=r.feedback_count,
+        feedback_accuracy=r.feedback_correct / r.feedback_count if r.feedback_count else None,
+        readings=r.readings,
+        spool_dropped=r.spool_dropped,
     )

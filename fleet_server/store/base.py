@@ -42,6 +42,14 @@ class Device:
     reported: ReportedState | None = None
     reported_at: float | None = None
     desired: DesiredState | None = None
+    # Facts extracted from the reported state, kept as columns so selectors and
+    # filters need not parse every device's JSON.
+    model_name: str | None = None
+    model_version: str | None = None
+    firmware_version: str | None = None
+    agent_version: str | None = None
+    hardware: str | None = None
+    health: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,12 @@ class Store(Protocol):
         offset: int = 0,
         limit: int = 100,
     ) -> Page[Device]:
-        """Devices by id; ``where`` (a parsed selector's ``matches``) filters them."""
+        """Devices by id; ``where`` (a parsed selector's ``matches``) filters them.
+
+        ``where`` sees each device's columns and extracted facts but not the parsed
+        twin (``reported``/``desired`` are ``None`` there), so filtering 10,000
+        devices does not parse 10,000 JSON documents.
+        """
         ...
 
     def update_device(
@@ -160,6 +173,12 @@ class Store(Protocol):
     def query_rollups(
         self, device_ids: Sequence[str] | None, *, since: float, until: float
     ) -> list[RollupRow]: ...
+    def aggregate_rollups(
+        self, device_ids: Sequence[str], *, since: float, until: float
+    ) -> list[RollupRow]:
+        """One row per minute over ``device_ids`` (``device_id`` holds the device count)."""
+        ...
+
     def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int: ...
     # commands
     def add_command(self, command: CommandRecord) -> None: ...

@@ -11,7 +11,8 @@ from edgefleet_contract.messages import DesiredState, ReportedState, Telemetry
 from .base import Device
 
 
-def device_from_row(row: sqlite3.Row) -> Device:
+def device_from_row(row: sqlite3.Row, *, full: bool = True) -> Device:
+    """``full=False`` skips parsing the twin JSON (for filtering many devices)."""
     return Device(
         id=row["id"],
         name=row["name"],
@@ -24,9 +25,19 @@ def device_from_row(row: sqlite3.Row) -> Device:
         online=bool(row["online"]),
         cert_serial=int(row["cert_serial"]) if row["cert_serial"] else None,
         cert_not_after=row["cert_not_after"],
-        reported=ReportedState.model_validate_json(row["reported"]) if row["reported"] else None,
+        reported=ReportedState.model_validate_json(row["reported"])
+        if full and row["reported"]
+        else None,
         reported_at=row["reported_at"],
-        desired=DesiredState.model_validate_json(row["desired"]) if row["desired"] else None,
+        desired=DesiredState.model_validate_json(row["desired"])
+        if full and row["desired"]
+        else None,
+        model_name=row["model_name"],
+        model_version=row["model_version"],
+        firmware_version=row["firmware_version"],
+        agent_version=row["agent_version"],
+        hardware=row["hardware"],
+        health=row["health"],
     )
 
 

@@ -136,12 +136,14 @@ class SqliteStore:
                 "SELECT * FROM devices ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
             ).fetchall()
             return Page([device_from_row(r) for r in rows], total)
-        matched = [
-            d
-            for d in map(device_from_row, conn.execute("SELECT * FROM devices ORDER BY id"))
-            if where(d)
-        ]
-        return Page(matched[offset : offset + limit], len(matched))
+        every = conn.execute("SELECT * FROM devices ORDER BY id")
+        matched = [d.id for d in (device_from_row(r, full=False) for r in every) if where(d)]
+        page = matched[offset : offset + limit]
+        if not page:
+            return Page([], len(matched))
+        marks = ",".join("?" * len(page))
+        chosen = conn.execute(f"SELECT * FROM devices WHERE id IN ({marks}) ORDER BY id", page)
+        return Page([device_from_row(r) for r in chosen], len(matched))
 
     def update_device(
         self,
@@ -363,6 +365,30 @@ class SqliteStore:
         rows = self._conn().execute(sql + " ORDER BY device_id, minute", params).fetchall()
         return [_rollup(r) for r in rows]
 
+    def aggregate_rollups(
+        self, device_ids: Sequence[str], *, since: float, until: float
+    ) -> list[RollupRow]:
+        if not device_ids:
+            return []
+        conn = self._conn()
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS _chosen (id TEXT PRIMARY KEY)")
+        conn.execute("DELETE FROM _chosen")
+        conn.executemany("INSERT OR IGNORE INTO _chosen VALUES (?)", [(d,) for d in device_ids])
+        rows = conn.execute(
+            "SELECT COUNT(DISTINCT device_id) AS devices, minute, SUM(batches) AS batches, "
+            "SUM(inferences) AS inferences, SUM(errors) AS errors, "
+            "SUM(latency_p95_sum) AS latency_p95_sum, SUM(latency_n) AS latency_n, "
+            "MAX(latency_p99_max) AS latency_p99_max, SUM(cpu_sum) AS cpu_sum, "
+            "SUM(mem_sum) AS mem_sum, SUM(rss_sum) AS rss_sum, SUM(system_n) AS system_n, "
+            "MAX(drift_max) AS drift_max, SUM(feedback_count) AS feedback_count, "
+            "SUM(feedback_correct) AS feedback_correct, SUM(readings) AS readings, "
+            "SUM(spool_dropped) AS spool_dropped FROM rollups "
+            "WHERE device_id IN (SELECT id FROM _chosen) AND minute >= ? AND minute < ? "
+            "GROUP BY minute ORDER BY minute",
+            (since, until),
+        ).fetchall()
+        return [_rollup(r, device_id=str(r["devices"])) for r in rows]
+
     def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int:
         with self._tx() as conn:
             a = conn.execute(
@@ -569,10 +595,10 @@ def _user(row: sqlite3.Row) -> User:
     )
 
 
-def _rollup(r: sqlite3.Row) -> RollupRow:
+def _rollup(r: sqlite3.Row, *, device_id: str | None = None) -> RollupRow:
     n_lat, n_sys = r["latency_n"] or 0, r["system_n"] or 0
     return RollupRow(
-        device_id=r["device_id"],
+        device_id=device_id if device_id is not None else r["device_id"],
         minute=r["minute"],
         batches=r["batches"],
         inferences=r["inferences"],

@@ -1,0 +1,169 @@
+"""Ingest throughput: readings/s stored through the real broker into the real store,
+as a ratio to what a bare paho subscriber receives from the same publishers in the
+same run (the physical limit of this stack on this machine).  Also checks zero loss."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from edgefleet_contract.codec import Codec
+from edgefleet_contract.messages import Reading, Telemetry
+from edgefleet_contract.mqtt import Endpoint, tls_context
+from fleet_server.ingest import Ingest
+from fleet_server.link import ServerLink
+from fleet_server.store import open_store
+
+from ._lab import Lab, machine, table
+
+DEVICES = 20
+BATCHES = 250  # per device
+READINGS = 10  # per batch
+
+
+def payloads(device_id: str) -> list[bytes]:
+    codec = Codec()
+    now = time.time()
+    return [
+        codec.encode(
+            Telemetry(
+                device_id=device_id,
+                batch_id=f"{device_id}-{n}",
+                seq=n,
+                ts=now + n,
+                window_s=1,
+                readings=[
+                    Reading(ts=now + n, name=f"s{k}", value=float(k)) for k in range(READINGS)
+                ],
+            )
+        )
+        for n in range(BATCHES)
+    ]
+
+
+def publish_all(lab: Lab, prepared: dict[str, list[bytes]]) -> None:
+    """Each device publishes its batches at QoS 1 as fast as paho allows."""
+
+    def one(device_id: str, data: list[bytes]) -> None:
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=device_id, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        c.tls_set_context(tls_context(lab.identity(device_id)))
+        c.max_inflight_messages_set(100)
+        c.connect("127.0.0.1", lab.broker.port)
+        c.loop_start()
+        infos = [c.publish(f"devices/{device_id}/telemetry", p, qos=1) for p in data]
+        for info in infos:
+            info.wait_for_publish(60)
+        c.disconnect()
+        c.loop_stop()
+
+    threads = [threading.Thread(target=one, args=item) for item in prepared.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def bare_rate(lab: Lab, prepared: dict[str, list[bytes]]) -> tuple[float, int]:
+    total = sum(len(v) for v in prepared.values())
+    got = 0
+    first = last = 0.0
+    done = threading.Event()
+
+    def on_message(c: object, u: object, msg: paho.MQTTMessage) -> None:
+        nonlocal got, first, last
+        now = time.perf_counter()
+        if got == 0:
+            first = now
+        got += 1
+        last = now
+        if got == total:
+            done.set()
+
+    sub = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id="bare-sub", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    sub.tls_set_context(tls_context(lab.server))
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", lab.broker.port)
+    sub.subscribe("devices/+/telemetry", qos=1)
+    sub.loop_start()
+    time.sleep(0.5)
+    publish_all(lab, prepared)
+    done.wait(120)
+    sub.disconnect()
+    sub.loop_stop()
+    return got * READINGS / max(last - first, 1e-9), got
+
+
+def ingest_rate(lab: Lab, prepared: dict[str, list[bytes]]) -> tuple[float, int]:
+    store = open_store(Path(tempfile.mkdtemp()) / "fleet.db")
+    for device_id in prepared:
+        store.create_device(device_id, name=device_id, tags={}, now=0)
+    total = sum(len(v) for v in prepared.values())
+    ingest = Ingest(store, batch_size=500)
+    link = ServerLink(
+        Endpoint("127.0.0.1", lab.broker.port, lab.server), ingest, client_id="bench-server"
+    )
+    ingest._acker = link.acknowledge
+    ingest.start()
+    link.start()
+    link.wait_connected(10)
+    time.sleep(0.5)
+    start = time.perf_counter()
+    publish_all(lab, prepared)
+    stored = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        stored = int(ingest.m_batches.value())
+        if stored >= total:
+            break
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    link.stop()
+    ingest.stop()
+    store.close()
+    return stored * READINGS / elapsed, stored
+
+
+def run() -> list[dict[str, object]]:
+    lab = Lab()
+    try:
+        prepared = {f"bench-{i:03d}": payloads(f"bench-{i:03d}") for i in range(DEVICES)}
+        sent = sum(len(v) for v in prepared.values())
+        bare, bare_got = bare_rate(lab, prepared)
+        for device_id in prepared:  # fresh batch ids for the second run
+            prepared[device_id] = [
+                p.replace(b'"batch_id":"', b'"batch_id":"r2-') for p in prepared[device_id]
+            ]
+        stored_rate, stored = ingest_rate(lab, prepared)
+    finally:
+        lab.close()
+    return [
+        {
+            "benchmark": "ingest readings/s (bare paho subscriber)",
+            "value": f"{bare:,.0f}",
+            "baseline": "-",
+            "ratio": "1.00",
+            "note": f"{bare_got}/{sent} batches received",
+        },
+        {
+            "benchmark": "ingest readings/s (broker -> ingest -> SQLite)",
+            "value": f"{stored_rate:,.0f}",
+            "baseline": f"{bare:,.0f}",
+            "ratio": f"{stored_rate / bare:.2f}",
+            "note": f"{stored}/{sent} batches stored, QoS 1, "
+            f"{DEVICES} devices x {READINGS} readings",
+        },
+    ]
+
+
+if __name__ == "__main__":
+    print(f"machine: {machine()}")
+    print(table(run()))
