@@ -67,6 +67,16 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+SESSION_COOKIE = "ef_session"
+CSRF_HEADER = "X-CSRF-Token"
+
+
+def csrf_for(token: str) -> str:
+    """The CSRF value that goes with a session token (stateless double submit: only the
+    page that received it at login knows it; a cross-site form cannot read or forge it)."""
+    return hashlib.sha256(b"csrf:" + token.encode()).hexdigest()[:32]
+
+
 def allows(role: str, needed: Role) -> bool:
     return role in ROLES and ROLES.index(role) >= ROLES.index(needed)
 

@@ -167,7 +167,14 @@ class FleetServer:
                 metrics=self.registry.render,
             )
         )
+        self.registry.gauge(
+            "edgefleet_devices_online",
+            "Devices whose last status is online",
+            fn=lambda: [((), float(self.store.count_online()))],
+        )
         self._http: uvicorn.Server | None = None
+        self._maintenance = threading.Event()
+        self._maintenance_thread: threading.Thread | None = None
         self._http_thread: threading.Thread | None = None
 
     def _endpoint(self) -> Endpoint:
@@ -215,6 +222,10 @@ class FleetServer:
         self.store.reset_presence()
         self.ingest.start()
         self.link.start()
+        self._maintenance_thread = threading.Thread(
+            target=self._maintain, name="maintenance", daemon=True
+        )
+        self._maintenance_thread.start()
         config = uvicorn.Config(
             self.app,
             host=self.settings.api.host,
@@ -241,7 +252,23 @@ class FleetServer:
             self.settings.broker.port,
         )
 
+    def _maintain(self) -> None:
+        """Apply telemetry retention every ten minutes (raw batches, then rollups)."""
+        t = self.settings.telemetry
+        while not self._maintenance.wait(600):
+            try:
+                removed = self.store.prune(
+                    time.time(),
+                    raw_retention_s=t.raw_retention_s,
+                    rollup_retention_s=t.rollup_retention_s,
+                )
+                if removed:
+                    log.info("retention: removed %d old telemetry rows", removed)
+            except Exception:
+                log.exception("retention pass failed; will retry")
+
     def stop(self) -> None:
+        self._maintenance.set()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:

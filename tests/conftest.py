@@ -17,8 +17,10 @@ import pytest
 
 from edgefleet_contract.mqtt import TlsFiles
 from fleet_server.broker import ManagedBroker, find_mosquitto
+from fleet_server.config import ServerSettings
+from fleet_server.server import FleetServer, initialize
 
-from .harness import Client, Pki, start_broker
+from .harness import ADMIN_PASSWORD, Client, Pki, server_settings, start_broker
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -65,3 +67,15 @@ def mqtt_client() -> Iterator[Callable[..., Client]]:
     for c in made:
         with contextlib.suppress(Exception):
             c.close()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[FleetServer]:
+    """A whole fleet server (store, CA, managed broker, ingest, API) on free ports."""
+    settings = server_settings(tmp_path / "fleet")
+    assert isinstance(settings, ServerSettings)
+    initialize(settings, admin_password=ADMIN_PASSWORD)
+    server = FleetServer(settings)
+    server.start()
+    yield server
+    server.stop()

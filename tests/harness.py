@@ -128,3 +128,13 @@ def server_settings(data_dir: Path) -> object:
 
 
 ADMIN_PASSWORD = "admin-password-1"
+
+
+def admin_token(api_url: str) -> str:
+    import httpx
+
+    r = httpx.post(
+        f"{api_url}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+    )
+    r.raise_for_status()
+    return str(r.json()["token"])

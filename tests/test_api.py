@@ -176,3 +176,24 @@ def test_selector_filter_and_telemetry_queries(env: tuple[TestClient, Store, Out
         "/api/v1/devices/t1/telemetry", headers=operator, params={"since": 10, "until": 5}
     )
     assert bad.status_code == 400 and "before" in bad.json()["detail"]
+
+
+def test_console_session_cookie_with_csrf(env: tuple[TestClient, Store, Outbox]) -> None:
+    client, _, _ = env
+    r = client.post(
+        "/api/v1/auth/login",
+        json={"username": "olga", "password": "olga-password", "session": True},
+    )
+    assert r.status_code == 200 and r.json()["token"] is None
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    csrf = r.json()["csrf_token"]
+    assert client.get("/api/v1/auth/me").json()["username"] == "olga"  # cookie alone reads
+    r = client.post("/api/v1/devices", json={"id": "c1"})
+    assert r.status_code == 403 and "X-CSRF-Token" in r.json()["detail"]
+    r = client.post("/api/v1/devices", json={"id": "c1"}, headers={"X-CSRF-Token": "0" * 32})
+    assert r.status_code == 403
+    r = client.post("/api/v1/devices", json={"id": "c1"}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 201
+    assert client.post("/api/v1/auth/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
+    assert client.get("/api/v1/auth/me").status_code == 401

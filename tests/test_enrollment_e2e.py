@@ -7,29 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from fleet_server.config import ServerSettings
-from fleet_server.server import FleetServer, initialize
+from fleet_server.server import FleetServer
 
-from .harness import ADMIN_PASSWORD, server_settings, wait_for
+from .harness import ADMIN_PASSWORD, wait_for
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetServer]:
-    settings = server_settings(tmp_path / "fleet")
-    assert isinstance(settings, ServerSettings)
-    initialize(settings, admin_password=ADMIN_PASSWORD)
-    server = FleetServer(settings)
-    server.start()
-    yield server
-    server.stop()
 
 
 def admin_token(server: FleetServer) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,21 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from agent.identity import Identity, _csr, _new_key, enroll, renew
 from edgefleet_contract.errors import EnrollmentError
 from edgefleet_contract.mqtt import Endpoint, MqttSession
-from fleet_server.config import ServerSettings
-from fleet_server.server import FleetServer, initialize
+from fleet_server.server import FleetServer
 
-from .harness import ADMIN_PASSWORD, server_settings, wait_for
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetServer]:
-    settings = server_settings(tmp_path / "fleet")
-    assert isinstance(settings, ServerSettings)
-    initialize(settings, admin_password=ADMIN_PASSWORD)
-    server = FleetServer(settings)
-    server.start()
-    yield server
-    server.stop()
+from .harness import ADMIN_PASSWORD, wait_for
 
 
 def enrolled(fleet: FleetServer, tmp_path: Path, device_id: str) -> Identity:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 
 from fastapi import Depends, Request
 
-from ..auth import Principal
+from edgefleet_contract.errors import PermissionDenied
+
+from ..auth import CSRF_HEADER, SESSION_COOKIE, Principal, csrf_for
 from ..store.base import Role
 from .context import ApiContext
 
@@ -16,10 +19,25 @@ def ctx(request: Request) -> ApiContext:
     return context
 
 
+_SAFE = {"GET", "HEAD", "OPTIONS"}
+
+
 def principal(request: Request, c: ApiContext = Depends(ctx)) -> Principal:
+    """Bearer token (CLI, scripts) or console session cookie (with CSRF check)."""
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    who = c.auth.principal(token.strip() if scheme.lower() == "bearer" else None)
+    scheme, _, bearer = header.partition(" ")
+    if scheme.lower() == "bearer" and bearer.strip():
+        who = c.auth.principal(bearer.strip())
+    else:
+        session = request.cookies.get(SESSION_COOKIE)
+        who = c.auth.principal(session)
+        if request.method not in _SAFE and session is not None:
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not hmac.compare_digest(sent, csrf_for(session)):
+                request.state.principal = who
+                raise PermissionDenied(
+                    f"missing or wrong {CSRF_HEADER} header (cross-site request refused)"
+                )
     request.state.principal = who
     return who
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from edgefleet_contract.errors import AuthError
 
-from ..auth import Principal
+from ..auth import SESSION_COOKIE, Principal, csrf_for
 from .context import ApiContext
 from .deps import client_ip, ctx, principal
 from .problems import problem
@@ -20,10 +20,14 @@ class LoginRequest(BaseModel):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
     token_name: str = Field(default="fleetctl", min_length=1, max_length=64)
+    session: bool = Field(
+        default=False, description="console login: set an HttpOnly session cookie instead"
+    )
 
 
 class TokenOut(BaseModel):
-    token: str
+    token: str | None = Field(default=None, description="absent for cookie sessions")
+    csrf_token: str | None = Field(default=None, description="send as X-CSRF-Token")
     token_id: str
     expires_at: float
     username: str
@@ -55,6 +59,29 @@ def login(
         c.throttle.failed(*keys)
         raise
     c.throttle.succeeded(*keys)
+    if body.session:
+        secret, record = c.auth.issue_token(
+            user, name="console", ttl_s=c.settings.api.session_ttl_s
+        )
+        response = JSONResponse(
+            TokenOut(
+                csrf_token=csrf_for(secret),
+                token_id=record.id,
+                expires_at=record.expires_at,
+                username=user.username,
+                role=user.role,
+            ).model_dump()
+        )
+        response.set_cookie(
+            SESSION_COOKIE,
+            secret,
+            max_age=int(c.settings.api.session_ttl_s),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+        return response
     secret, record = c.auth.issue_token(
         user, name=body.token_name, ttl_s=c.settings.api.token_ttl_s
     )
@@ -68,9 +95,12 @@ def login(
 
 
 @router.post("/logout", status_code=204)
-def logout(who: Principal = Depends(principal), c: ApiContext = Depends(ctx)) -> None:
+def logout(
+    response: Response, who: Principal = Depends(principal), c: ApiContext = Depends(ctx)
+) -> None:
     if who.token_id is not None:
         c.store.revoke_api_token(who.token_id, c.clock())
+    response.delete_cookie(SESSION_COOKIE, path="/")
 
 
 @router.get("/me", response_model=Me)

@@ -88,10 +88,10 @@ def whoami(ctx: Ctx) -> None:
 
 
 def main() -> None:
-    from . import cmd_admin, cmd_devices
+    from . import cmd_admin, cmd_devices, cmd_telemetry
 
-    cmd_devices.register(cli)
-    cmd_admin.register(cli)
+    for module in (cmd_devices, cmd_telemetry, cmd_admin):
+        module.register(cli)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -49,7 +49,7 @@ def load_login() -> Login:
         except ValueError:
             raise EdgefleetError(f"{path} is corrupt; run `fleetctl login` again") from None
     server = os.environ.get("FLEETCTL_SERVER") or saved.get("server") or "http://127.0.0.1:8080"
-    token = os.environ.get("FLEETCTL_TOKEN") or saved.get("token")
+    token = os.environ.get("FLEETCTL_TOKEN") or saved.get("token") or None
     return Login(str(server).rstrip("/"), token)
 
 
@@ -64,7 +64,11 @@ def save_login(server: str, token: str) -> Path:
 
 
 def forget_login() -> None:
-    config_path().unlink(missing_ok=True)
+    """Drop the token, keep the server URL (so the next `fleetctl login` needs no --server)."""
+    login = load_login()
+    path = config_path()
+    if path.exists():
+        save_login(login.server, "")
 
 
 class Client:

@@ -109,6 +109,16 @@ def tag(ctx: Ctx, device_id: str, pairs: tuple[str, ...]) -> None:
 
 @devices.command()
 @click.argument("device_id")
+@click.argument("groups", nargs=-1)
+@pass_ctx
+def groups(ctx: Ctx, device_id: str, groups: tuple[str, ...]) -> None:
+    """Set the device's groups (none given: remove it from all groups)."""
+    out = ctx.client.patch(f"/devices/{device_id}", {"groups": list(groups)})
+    emit(out, as_json=ctx.as_json, columns=DEVICE_COLUMNS)
+
+
+@devices.command()
+@click.argument("device_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
 def revoke(ctx: Ctx, device_id: str, yes: bool) -> None:

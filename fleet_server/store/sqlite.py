@@ -181,6 +181,11 @@ class SqliteStore:
                 (int(online), ts, device_id),
             )
 
+    def count_online(self) -> int:
+        return int(
+            self._conn().execute("SELECT COUNT(*) FROM devices WHERE online = 1").fetchone()[0]
+        )
+
     def reset_presence(self) -> None:
         with self._tx() as conn:
             conn.execute("UPDATE devices SET online = 0 WHERE online = 1")

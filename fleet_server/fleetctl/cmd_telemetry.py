@@ -1,0 +1,116 @@
+"""``fleetctl telemetry ...`` and ``fleetctl commands ...``."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import click
+
+from .cli import Ctx, pass_ctx
+from .output import emit
+
+ROLLUP_COLUMNS = [
+    ("minute", "MINUTE"),
+    ("devices", "DEVICES"),
+    ("batches", "BATCHES"),
+    ("inferences", "INFERENCES"),
+    ("error_rate", "ERR RATE"),
+    ("latency_p95_ms", "P95 MS"),
+    ("cpu_percent", "CPU %"),
+    ("drift_max", "DRIFT"),
+    ("spool_dropped", "DROPPED"),
+]
+
+
+def _ago(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if m is None:
+        raise click.BadParameter(f"{text!r}: use a duration like 30m, 6h or 2d")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@click.group()
+def telemetry() -> None:
+    """Query device telemetry."""
+
+
+@telemetry.command("show")
+@click.argument("device_id")
+@click.option("--since", default="1h", show_default=True, help="How far back (30m, 6h, 2d).")
+@click.option("--raw", is_flag=True, help="Raw batches instead of per-minute rollups.")
+@pass_ctx
+def show(ctx: Ctx, device_id: str, since: str, raw: bool) -> None:
+    now = time.time()
+    out = ctx.client.get(
+        f"/devices/{device_id}/telemetry",
+        since=now - _ago(since),
+        until=now,
+        resolution="raw" if raw else "minute",
+    )
+    if ctx.as_json or raw:
+        emit(out, as_json=True)
+    else:
+        emit(out["rollups"], as_json=False, columns=ROLLUP_COLUMNS, title=device_id)
+
+
+@telemetry.command("aggregate")
+@click.option("--selector", "-s", default="all", show_default=True)
+@click.option("--since", default="1h", show_default=True)
+@pass_ctx
+def aggregate(ctx: Ctx, selector: str, since: str) -> None:
+    now = time.time()
+    out = ctx.client.get(
+        "/telemetry/aggregate", selector=selector, since=now - _ago(since), until=now
+    )
+    emit(
+        out if ctx.as_json else out["rollups"],
+        as_json=ctx.as_json,
+        columns=ROLLUP_COLUMNS,
+        title=selector,
+    )
+
+
+@click.group()
+def commands() -> None:
+    """Send commands to a device and see their answers."""
+
+
+@commands.command("send")
+@click.argument("device_id")
+@click.argument("name")
+@click.option("--args", "args_json", default="{}", help="JSON object of arguments.")
+@pass_ctx
+def send(ctx: Ctx, device_id: str, name: str, args_json: str) -> None:
+    try:
+        args = json.loads(args_json)
+    except ValueError as exc:
+        raise click.BadParameter(f"--args is not JSON: {exc}") from None
+    emit(
+        ctx.client.post(f"/devices/{device_id}/commands", {"name": name, "args": args}),
+        as_json=ctx.as_json,
+    )
+
+
+@commands.command("list")
+@click.argument("device_id")
+@pass_ctx
+def list_(ctx: Ctx, device_id: str) -> None:
+    emit(
+        ctx.client.get(f"/devices/{device_id}/commands"),
+        as_json=ctx.as_json,
+        columns=[
+            ("id", "ID"),
+            ("name", "NAME"),
+            ("created_at", "SENT"),
+            ("actor", "BY"),
+            ("status", "STATUS"),
+            ("detail", "DETAIL"),
+        ],
+    )
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(telemetry)
+    cli.add_command(commands)
