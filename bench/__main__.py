@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import platform
 import sys
@@ -22,10 +23,8 @@ def versions() -> str:
     names = ("paho-mqtt", "pydantic", "cryptography", "sqlite-utils", "fastapi", "uvicorn")
     found = []
     for name in names:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             found.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pass
     import sqlite3
     import subprocess
 
