@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import threading
 from pathlib import Path
 
 import click
 
 from edgefleet_contract import logs
+from edgefleet_contract.cli import run
 from edgefleet_contract.config import load_settings
 from edgefleet_contract.errors import ConfigError, EdgefleetError, IdentityError
 
@@ -66,10 +66,10 @@ def enroll(
     )
 
 
-@cli.command()
+@cli.command("run")
 @config_option
 @data_dir_option
-def run(config: Path | None, data_dir: Path | None) -> None:
+def run_daemon(config: Path | None, data_dir: Path | None) -> None:
     """Run the daemon until SIGTERM/SIGINT."""
     from .daemon import Agent
     from .identity import Identity
@@ -99,21 +99,11 @@ def status(config: Path | None, data_dir: Path | None) -> None:
 
 
 def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except ConfigError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
-        sys.exit(2)
-    except IdentityError as exc:
-        click.echo(f"identity error: {exc}", err=True)
-        sys.exit(3)
-    except EdgefleetError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run(
+        cli,
+        (
+            (ConfigError, 2, "configuration error"),
+            (IdentityError, 3, "identity error"),
+            (EdgefleetError, 1, "error"),
+        ),
+    )

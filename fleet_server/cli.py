@@ -14,8 +14,8 @@ from pathlib import Path
 import click
 
 from edgefleet_contract import logs
+from edgefleet_contract.cli import run as run_cli
 from edgefleet_contract.config import load_settings
-from edgefleet_contract.errors import ConfigError, EdgefleetError
 
 from .config import ServerSettings
 
@@ -95,18 +95,4 @@ def demo(devices: int, data_dir: Path, duration: float) -> None:
 
 
 def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except ConfigError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
-        sys.exit(2)
-    except EdgefleetError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_cli(cli)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -57,53 +56,6 @@ def _window(c: ApiContext, since: float | None, until: float | None) -> tuple[fl
     return start, end
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def combine(rows: list[RollupRow]) -> list[RollupOut]:
-    """Merge per-device rollups into one row per minute (sums; means of means)."""
-    by_minute: dict[float, list[RollupRow]] = defaultdict(list)
-    for row in rows:
-        by_minute[row.minute].append(row)
-    out = []
-    for minute in sorted(by_minute):
-        group = by_minute[minute]
-        inferences = sum(r.inferences for r in group)
-        errors = sum(r.errors for r in group)
-        feedback = sum(r.feedback_count for r in group)
-        drift = [r.drift_max for r in group if r.drift_max is not None]
-        out.append(
-            RollupOut(
-                minute=minute,
-                devices=len({r.device_id for r in group}),
-                batches=sum(r.batches for r in group),
-                inferences=inferences,
-                errors=errors,
-                error_rate=errors / inferences if inferences else None,
-                latency_p95_ms=_mean(
-                    [r.latency_p95_ms for r in group if r.latency_p95_ms is not None]
-                ),
-                latency_p99_max_ms=max(
-                    (r.latency_p99_max_ms for r in group if r.latency_p99_max_ms is not None),
-                    default=None,
-                ),
-                cpu_percent=_mean([r.cpu_percent for r in group if r.cpu_percent is not None]),
-                mem_used_bytes=_mean(
-                    [r.mem_used_bytes for r in group if r.mem_used_bytes is not None]
-                ),
-                drift_max=max(drift) if drift else None,
-                feedback_count=feedback,
-                feedback_accuracy=sum(r.feedback_correct for r in group) / feedback
-                if feedback
-                else None,
-                readings=sum(r.readings for r in group),
-                spool_dropped=sum(r.spool_dropped for r in group),
-            )
-        )
-    return out
-
-
 @router.get("/devices/{device_id}/telemetry", response_model=TelemetryOut)
 def device_telemetry(
     device_id: str,
@@ -121,7 +73,8 @@ def device_telemetry(
         batches = c.store.query_raw(device_id, since=start, until=end, limit=limit)
         out.raw = [b.model_dump(mode="json", exclude_none=True) for b in batches]
     else:
-        out.rollups = combine(c.store.query_rollups([device_id], since=start, until=end))
+        rows = c.store.aggregate_rollups([device_id], since=start, until=end)
+        out.rollups = [_aggregate_out(r) for r in rows]
     return out
 
 

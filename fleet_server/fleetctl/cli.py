@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from edgefleet_contract.cli import run
 from edgefleet_contract.errors import EdgefleetError
 
 from .client import Client, forget_login, load_login, save_login
@@ -92,14 +93,4 @@ def main() -> None:
 
     for module in (cmd_devices, cmd_telemetry, cmd_admin):
         module.register(cli)
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except EdgefleetError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    run(cli)
