@@ -35,30 +35,42 @@ def versions() -> str:
     return ", ".join(found)
 
 
+def _sections(text: str) -> dict[str, str]:
+    """Existing ``## title`` sections, so a partial run keeps the other figures."""
+    out: dict[str, str] = {}
+    for chunk in text.split("\n## ")[1:]:
+        title, _, body = chunk.partition("\n")
+        out[title.strip()] = body.strip()
+    return out
+
+
 def main() -> None:
+    """Run all benchmarks, or those named on the command line (``python -m bench bench_api``)."""
     only = set(sys.argv[1:])
-    sections = [
-        "# Benchmarks",
-        "",
-        "Written by `make bench` (`python -m bench`). Figures are from one run on the",
-        "machine below; wherever possible a figure is a ratio against a baseline measured",
-        "in the same run, because absolute numbers on a shared 2-core machine are noisy.",
-        "",
-        f"- machine: {machine()}, {platform.platform()}",
-        f"- versions: {versions()}",
-        f"- date: {time.strftime('%Y-%m-%d')}",
-        "",
-    ]
+    out = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+    sections = _sections(out.read_text()) if out.exists() else {}
     for module, title in MODULES.items():
         if only and module not in only:
             continue
         mod = importlib.import_module(f"bench.{module}")
         print(f"running {module} ...", flush=True)
         rows = mod.run()
-        sections += [f"## {title}", "", (mod.__doc__ or "").strip(), "", table(rows), ""]
+        stamp = f"_{time.strftime('%Y-%m-%d')}, {machine()}_"
+        sections[title] = "\n\n".join([(mod.__doc__ or "").strip(), stamp, table(rows)])
         print(table(rows), flush=True)
-    out = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-    out.write_text("\n".join(sections))
+    header = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m bench [module ...]`). Figures come from runs on",
+        "the machine below; wherever possible a figure is a ratio against a baseline measured",
+        "in the same run, because absolute numbers on a shared 2-core machine are noisy.",
+        "",
+        f"- machine: {machine()}, {platform.platform()}",
+        f"- versions: {versions()}",
+        "",
+    ]
+    body = [f"## {title}\n\n{sections[title]}\n" for title in MODULES.values() if title in sections]
+    out.write_text("\n".join(header + body))
     print(f"wrote {out}")
 
 
