@@ -120,7 +120,7 @@ def run() -> list[dict[str, object]]:
         deadline = time.monotonic() + 300
         online = 0
         while time.monotonic() < deadline:
-            online = store.list_devices(where=lambda d: d.online, limit=1).total
+            online = store.count_online()
             if online >= DEVICES:
                 break
             time.sleep(0.5)

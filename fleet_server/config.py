@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from edgefleet_contract.config import FileSettings
@@ -43,10 +45,27 @@ class BrokerSettings(Section):
     mosquitto_bin: str = "mosquitto"
     protocol: Literal["5", "3.1.1"] = "5"
     # external broker only
+    url: str | None = None
+    """``mqtts://host:8883`` (TLS) or ``mqtt://host:1883``; sets host, port and TLS."""
     username: str | None = None
     password: SecretStr | None = None
     ca_file: Path | None = None
     max_connections: Annotated[int, Field(ge=-1)] = -1
+
+    @model_validator(mode="after")
+    def _from_url(self) -> BrokerSettings:
+        if self.url is None:
+            return self
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("url must look like mqtts://host:8883 or mqtt://host:1883")
+        self.host = parts.hostname
+        self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.url is None or self.url.startswith("mqtts:")
 
 
 class EnrollmentSettings(Section):

@@ -182,9 +182,11 @@ class FleetServer:
         if b.mode == "managed":
             tls = TlsFiles(self.ca.cert_file, self.layout.client_cert, self.layout.client_key)
             return Endpoint("127.0.0.1", b.port, tls, protocol=b.protocol)
+        if b.tls and b.ca_file is None:
+            raise ConfigError("broker.ca_file is required for a TLS external broker")
         external_tls = (
             TlsFiles(b.ca_file, self.layout.client_cert, self.layout.client_key)
-            if b.ca_file
+            if b.tls and b.ca_file
             else None
         )
         return Endpoint(
