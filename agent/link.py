@@ -81,14 +81,14 @@ class DeviceLink(MqttSession):
         self.send(Channel.ACK, self._codec.encode(ack))
 
     def report(self, state: ReportedState) -> None:
-        """Publish reported state now if connected; it is re-published on every reconnect."""
+        """Publish reported state soon if connected; it is re-published on every reconnect."""
         with self._state_lock:
             self._state = state
-        self._publish_state()
+        self.call_soon(self._publish_state)
 
-    def send_frame(self, payload: bytes) -> int | None:
+    def send_frame(self, payload: bytes) -> bool:
         """A federated-learning frame (binary); only meaningful while connected."""
-        return self.publish(topics.topic(self.device_id, Channel.FL_OUT), payload, qos=1)
+        return self.publish_soon(topics.topic(self.device_id, Channel.FL_OUT), payload, qos=1)
 
     def spool_stats(self) -> SpoolStats:
         with self._spool_lock:

@@ -1,11 +1,12 @@
 """The MQTT session both sides build on (paho-mqtt 2.x).
 
-One thread owns the paho client: it connects, runs the network loop, and calls
-:meth:`MqttSession._tick` between loop iterations, so subclasses can publish
-from that thread without racing paho's callbacks.  Reconnects use
-:class:`~edgefleet_contract.backoff.Backoff` (capped, jittered) instead of
-paho's built-in fixed schedule.  Other threads may call :meth:`publish`, which
-paho makes thread-safe.
+One thread owns the paho client and its socket: it connects, runs the network
+loop, runs work other threads hand it (:meth:`MqttSession.call_soon`), and calls
+:meth:`MqttSession._tick` between loop iterations.  Nothing else touches the
+client: when paho does not run its own thread it writes to the TLS socket from
+whichever thread publishes, and two threads writing one SSL object corrupt the
+stream (and memory).  Reconnects use :class:`~edgefleet_contract.backoff.Backoff`
+(capped, jittered) instead of paho's built-in schedule.
 
 MQTT v5 is the default because it tells a client why a publish was refused
 ("Not authorized"); 3.1.1 works the same way, minus those reasons.
@@ -14,9 +15,11 @@ MQTT v5 is the default because it tells a client why a publish was refused
 from __future__ import annotations
 
 import logging
+import queue
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -103,6 +106,7 @@ class MqttSession:
         self._tick_interval = tick_interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.connected = threading.Event()
         self.generation = 0
         """Increments on every successful connect; lets manual acks skip stale mids."""
@@ -166,7 +170,8 @@ class MqttSession:
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> int | None:
-        """Queue a publish; returns its mid, or ``None`` if we are not connected."""
+        """Publish now (network thread only); returns the mid, or ``None`` if not connected."""
+        self._check_thread()
         if not self.connected.is_set():
             return None
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -177,13 +182,38 @@ class MqttSession:
         self._count("published")
         return info.mid
 
+    def publish_soon(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> bool:
+        """Publish from any thread; ``False`` when not connected (nothing was queued)."""
+        if not self.connected.is_set():
+            return False
+        self.call_soon(lambda: self._publish_quietly(topic, payload, qos, retain))
+        return True
+
+    def _publish_quietly(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.publish(topic, payload, qos=qos, retain=retain)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the network thread at its next iteration (thread-safe)."""
+        self._calls.put(fn)
+
     def subscribe(self, topics: list[tuple[str, int]]) -> None:
+        self._check_thread()
         self._client.subscribe(topics)
 
     def ack(self, mid: int, qos: int, generation: int) -> None:
         """Acknowledge an inbound message (manual-ack mode) received in ``generation``."""
-        if generation == self.generation and self.connected.is_set():
-            self._client.ack(mid, qos)
+
+        def send() -> None:
+            if generation == self.generation and self.connected.is_set():
+                self._client.ack(mid, qos)
+
+        self.call_soon(send)
+
+    def _check_thread(self) -> None:
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            raise LinkError("MqttSession.publish/subscribe must run on the network thread")
 
     # -------------------------------------------------------- subclass API --
 
@@ -211,6 +241,7 @@ class MqttSession:
                 continue
             while not self._stop.is_set():
                 rc = self._client.loop(timeout=self._tick_interval)
+                self._run_calls()
                 self._safe_tick()
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
@@ -244,6 +275,7 @@ class MqttSession:
 
     def _shutdown(self) -> None:
         if self.connected.is_set():
+            self._run_calls()
             self._before_disconnect()
             deadline = time.monotonic() + 2.0
             while self._client.want_write() and time.monotonic() < deadline:
@@ -260,6 +292,17 @@ class MqttSession:
         while not self._stop.is_set() and time.monotonic() < deadline:
             self._stop.wait(min(self._tick_interval, max(0.0, deadline - time.monotonic())))
             self._safe_tick()
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("%s: queued network call failed", self.client_id)
 
     def _safe_tick(self) -> None:
         try:

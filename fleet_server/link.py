@@ -35,7 +35,11 @@ class ServerLink(MqttSession):
         client_id: str = SERVER_IDENTITY,
         codec: Codec | None = None,
     ) -> None:
-        super().__init__(client_id, endpoint, clean_start=False, manual_ack=True)
+        # A short loop timeout: acks are handed to the network thread and should not
+        # wait long for it to wake, or the broker's in-flight window throttles ingest.
+        super().__init__(
+            client_id, endpoint, clean_start=False, manual_ack=True, tick_interval=0.005
+        )
         self._ingest = ingest
         self._codec = codec or ingest.codec
 
@@ -65,8 +69,7 @@ class ServerLink(MqttSession):
         self.send_raw(device_id, Channel.CMD, self._codec.encode(command))
 
     def send_raw(self, device_id: str, channel: Channel, payload: bytes) -> None:
-        mid = self.publish(topics.topic(device_id, channel), payload, qos=1)
-        if mid is None:
+        if not self.publish_soon(topics.topic(device_id, channel), payload, qos=1):
             raise LinkError(
                 f"the server is not connected to the broker ({self.last_error or 'starting'});"
                 " the message to the device was not sent"

@@ -20,20 +20,28 @@ from .harness import ADMIN_PASSWORD, free_port, wait_for
 def test_external_broker_by_url_and_credentials(tmp_path: Path) -> None:
     port = free_port()
     passwords = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "fleet", "s3cret-pw"],
-                   check=True)
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwords), "fleet", "s3cret-pw"], check=True
+    )
     conf = tmp_path / "external.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\n"
-                    f"password_file {passwords}\n" + ("user root\n" if os.geteuid() == 0 else ""))
-    broker = subprocess.Popen([find_mosquitto("mosquitto"), "-c", str(conf)],
-                              stderr=subprocess.DEVNULL)
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+        f"password_file {passwords}\n" + ("user root\n" if os.geteuid() == 0 else "")
+    )
+    broker = subprocess.Popen(
+        [find_mosquitto("mosquitto"), "-c", str(conf)], stderr=subprocess.DEVNULL
+    )
     try:
         wait_for(lambda: port_open("127.0.0.1", port), what="external broker")
         settings = ServerSettings(
             data_dir=tmp_path / "fleet",
             api=ApiSettings(port=free_port()),
-            broker=BrokerSettings(mode="external", url=f"mqtt://127.0.0.1:{port}",
-                                  username="fleet", password="s3cret-pw"),  # type: ignore[arg-type]
+            broker=BrokerSettings(
+                mode="external",
+                url=f"mqtt://127.0.0.1:{port}",
+                username="fleet",
+                password="s3cret-pw",
+            ),  # type: ignore[arg-type]
         )
         initialize(settings, admin_password=ADMIN_PASSWORD)
         server = FleetServer(settings)
@@ -47,9 +55,12 @@ def test_external_broker_by_url_and_credentials(tmp_path: Path) -> None:
             device.username_pw_set("fleet", "s3cret-pw")
             device.connect("127.0.0.1", port)
             device.loop_start()
-            device.publish("devices/ext-1/status",
-                           b'{"v":1,"device_id":"ext-1","online":true,"reason":"connected"}',
-                           qos=1, retain=True).wait_for_publish(5)
+            device.publish(
+                "devices/ext-1/status",
+                b'{"v":1,"device_id":"ext-1","online":true,"reason":"connected"}',
+                qos=1,
+                retain=True,
+            ).wait_for_publish(5)
             wait_for(lambda: server.store.get_device("ext-1").online, what="online via external")
             device.loop_stop()
         finally:

@@ -86,12 +86,12 @@ def test_mqtt_311_sessions_work(fleet: FleetServer, tmp_path: Path) -> None:
     session.start()
     try:
         assert session.wait_connected(10)
-        mid = session.publish(
+        queued = session.publish_soon(
             "devices/v311-1/status",
             b'{"v":1,"device_id":"v311-1","online":true,"reason":"connected"}',
             retain=True,
         )
-        assert mid is not None
+        assert queued
         wait_for(lambda: fleet.store.get_device("v311-1").online, what="online via 3.1.1")
     finally:
         session.stop()
