@@ -1,0 +1,153 @@
+"""Users, API tokens and the append-only audit log."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from edgefleet_contract.errors import NotFound, StoreError
+
+from ._conn import Connections
+from .base import ApiToken, AuditEntry, Page, Role, User
+
+
+class AccountTables(Connections):
+    def create_user(self, username: str, *, role: Role, password_hash: str, now: float) -> None:
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    "INSERT INTO users (username, role, password_hash, created_at, disabled) "
+                    "VALUES (?, ?, ?, ?, 0)",
+                    (username, role, password_hash, now),
+                )
+        except sqlite3.IntegrityError:
+            raise StoreError(f"a user named {username!r} already exists") from None
+
+    def get_user(self, username: str) -> User:
+        row = self._one("SELECT * FROM users WHERE username = ?", (username,))
+        if row is None:
+            raise NotFound(f"no user {username!r}")
+        return _user(row)
+
+    def list_users(self) -> list[User]:
+        return [_user(r) for r in self._conn().execute("SELECT * FROM users ORDER BY username")]
+
+    def update_user(
+        self,
+        username: str,
+        *,
+        role: Role | None = None,
+        password_hash: str | None = None,
+        disabled: bool | None = None,
+    ) -> User:
+        changes = {
+            "role": role,
+            "password_hash": password_hash,
+            "disabled": None if disabled is None else int(disabled),
+        }
+        sets = {k: v for k, v in changes.items() if v is not None}
+        if sets:
+            with self._tx() as conn:
+                cur = conn.execute(
+                    f"UPDATE users SET {', '.join(f'{k} = ?' for k in sets)} WHERE username = ?",
+                    (*sets.values(), username),
+                )
+                if cur.rowcount == 0:
+                    raise NotFound(f"no user {username!r}")
+        return self.get_user(username)
+
+    def create_api_token(self, token: ApiToken) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO api_tokens (id, username, name, token_hash, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    token.id,
+                    token.username,
+                    token.name,
+                    token.token_hash,
+                    token.created_at,
+                    token.expires_at,
+                ),
+            )
+
+    def find_api_token(self, token_hash: str) -> ApiToken | None:
+        row = self._one("SELECT * FROM api_tokens WHERE token_hash = ?", (token_hash,))
+        return None if row is None else ApiToken(**dict(row))
+
+    def list_api_tokens(self, username: str | None = None) -> list[ApiToken]:
+        if username is None:
+            rows = self._conn().execute("SELECT * FROM api_tokens ORDER BY created_at")
+        else:
+            rows = self._conn().execute(
+                "SELECT * FROM api_tokens WHERE username = ? ORDER BY created_at", (username,)
+            )
+        return [ApiToken(**dict(r)) for r in rows]
+
+    def revoke_api_token(self, token_id: str, now: float) -> None:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+                (now, token_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no API token {token_id!r}")
+
+    def touch_api_token(self, token_id: str, now: float) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, token_id))
+
+    # ---------------------------------------------------------------- audit --
+
+    def append_audit(self, entry: AuditEntry) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO audit (ts, actor, role, action, target, source_ip, outcome, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    entry.ts,
+                    entry.actor,
+                    entry.role,
+                    entry.action,
+                    entry.target,
+                    entry.source_ip,
+                    entry.outcome,
+                    json.dumps(entry.detail, sort_keys=True),
+                ),
+            )
+
+    def list_audit(
+        self, *, offset: int = 0, limit: int = 100, actor: str | None = None
+    ) -> Page[AuditEntry]:
+        where, params = ("WHERE actor = ?", [actor]) if actor else ("", [])
+        conn = self._conn()
+        total = int(conn.execute(f"SELECT COUNT(*) FROM audit {where}", params).fetchone()[0])
+        rows = conn.execute(
+            f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        ).fetchall()
+        items = [
+            AuditEntry(
+                id=r["id"],
+                ts=r["ts"],
+                actor=r["actor"],
+                role=r["role"],
+                action=r["action"],
+                target=r["target"],
+                source_ip=r["source_ip"],
+                outcome=r["outcome"],
+                detail=json.loads(r["detail"] or "{}"),
+            )
+            for r in rows
+        ]
+        return Page(items, total)
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(
+        username=row["username"],
+        role=row["role"],
+        password_hash=row["password_hash"],
+        created_at=row["created_at"],
+        disabled=bool(row["disabled"]),
+    )
