@@ -28,6 +28,7 @@ from .link import DeviceLink
 from .samples import SampleStore
 from .spool import DrainPolicy, Spool
 from .system import SystemProbe
+from .telemetry import TelemetryBuilder
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,7 @@ class Agent:
         self._desired_file = data / "desired.json"
         self.desired = self._load_desired()
         self._interval = float(settings.telemetry_interval_s)
-        self._seq = 0
-        self._boot = f"{int(time.time()):x}"
+        self.telemetry_builder = TelemetryBuilder(self.device_id)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.router = CommandRouter(self.device_id, reply=lambda ack: self.link.ack_command(ack))
@@ -131,13 +131,9 @@ class Agent:
     # ---------------------------------------------------------- telemetry --
 
     def telemetry(self) -> Telemetry:
-        self._seq += 1
-        return Telemetry(
-            device_id=self.device_id,
-            batch_id=f"{self._boot}-{self._seq}",
-            seq=self._seq,
-            ts=time.time(),
-            window_s=self._interval,
+        # Batch ids come from a random boot id: boards without a real-time clock boot
+        # in 1970, and time-based ids would repeat and be dropped as duplicates.
+        return self.telemetry_builder.build(
             system=self.probe.sample(),
             learning=self.samples.stats(),
             link=self.link.link_stats,

@@ -16,6 +16,8 @@ MODULES = {
     "bench_ingest": "Ingest throughput (issue: fleet server core)",
     "bench_api": "API latency (issue: fleet server core)",
     "bench_connections": "Connected devices (issue: fleet server core)",
+    "bench_metrics": "Recording one inference's metrics (issue: agent daemon)",
+    "bench_spool": "Spool drain after an outage (issue: agent daemon)",
 }
 
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.spool import DrainPolicy, Spool
+from edgefleet_contract.errors import ConfigError, LinkError, StoreError
 
 
 class Clock:
@@ -78,9 +82,12 @@ def test_survives_kill_9(tmp_path: Path) -> None:
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 60
     try:
         while not marker.exists() or marker.read_text().count("\n") < 200:
             assert proc.poll() is None, "writer died"
+            assert time.monotonic() < deadline, "writer made no progress"
+            time.sleep(0.01)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -122,4 +129,152 @@ def test_bound_invariant(sizes: list[int], bound: int) -> None:
         assert stats.bytes == sum(len(e.payload) for e in entries) <= bound
         assert stats.depth + stats.dropped_total == len(sizes)
         assert entries[-1].payload == bytes([(len(sizes) - 1) % 256]) * sizes[-1]
+        spool.close()
+
+
+def test_stale_entries_expire_on_open(tmp_path: Path) -> None:
+    """A device switched off for longer than max_age does not replay ancient batches."""
+    clock = Clock()
+    path = tmp_path / "s.db"
+    spool = Spool(path, max_bytes=10_000, max_age_s=60, clock=clock)
+    spool.push("t", b"a")
+    spool.push("t", b"b")
+    spool.close()
+    clock.t += 3600
+    reopened = Spool(path, max_bytes=10_000, max_age_s=60, clock=clock)
+    stats = reopened.stats()
+    assert (stats.depth, stats.bytes, stats.dropped_total) == (0, 0, 2)
+
+
+def test_age_drop_keeps_the_outbox_contiguous_when_the_clock_steps_back(tmp_path: Path) -> None:
+    clock = Clock(10_000.0)
+    spool = Spool(tmp_path / "s.db", max_bytes=10_000, max_age_s=60, clock=clock)
+    spool.push("t", b"first")
+    clock.t = 5_000.0  # NTP correction backwards
+    spool.push("t", b"second")
+    clock.t = 10_100.0  # "first" is 100 s old, "second" looks ancient
+    spool.push("t", b"third")
+    # Everything before the newest stale entry goes, oldest first; nothing skips the queue.
+    assert [e.payload for e in spool.peek(10)] == [b"third"]
+    assert spool.stats().dropped_total == 2
+
+
+def test_oversized_and_invalid_pushes_are_refused(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", max_bytes=100, max_age_s=60)
+    spool.push("t", b"keep")
+    with pytest.raises(StoreError, match="max_bytes"):
+        spool.push("t", b"x" * 101)
+    with pytest.raises(LinkError, match="qos"):
+        spool.push("t", b"x", qos=3)
+    assert [e.payload for e in spool.peek(10)] == [b"keep"]
+    with pytest.raises(ConfigError):
+        Spool(tmp_path / "t.db", max_bytes=0, max_age_s=60)
+    with pytest.raises(ConfigError):
+        DrainPolicy(rate_per_s=0, burst=1, max_inflight=1)
+
+
+def test_damage_found_at_open_by_quick_check(tmp_path: Path) -> None:
+    """A valid header over garbage pages opens, fails quick_check, and is replaced."""
+    path = tmp_path / "s.db"
+    spool = Spool(path, max_bytes=10**7, max_age_s=1e9)
+    for _ in range(40):
+        spool.push("t", os.urandom(3000))
+    spool.close()  # checkpoints the WAL into the main file
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.seek(4096)
+        f.write(b"\xa5" * (size - 4096))
+    fresh = Spool(path, max_bytes=10**7, max_age_s=1e9)
+    assert fresh.stats().depth == 0 and fresh.corrupt_recoveries == 1
+    assert fresh.push("t", b"works") >= 1
+    aside = [p for p in tmp_path.glob("s.db.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
+    assert len(aside) == 1
+    fresh.close()
+    assert Spool(path, max_bytes=10**7, max_age_s=1e9).corrupt_recoveries == 1
+
+
+def test_damage_found_while_running_keeps_the_push(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    spool = Spool(path, max_bytes=10**7, max_age_s=1e9)
+    for _ in range(40):
+        spool.push("t", os.urandom(3000))
+    with sqlite3.connect(path) as other:
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.seek(4096)
+        f.write(b"\xa5" * (size - 4096))
+    with sqlite3.connect(path) as other:  # another writer invalidates our page cache
+        other.execute("PRAGMA user_version = 7")
+    entry_id = spool.push("devices/d/telemetry", b"must arrive")
+    assert [(e.id, e.payload) for e in spool.peek(10)] == [(entry_id, b"must arrive")]
+    assert spool.corrupt_recoveries == 1
+    assert list(tmp_path.glob("s.db.corrupt-*"))
+
+
+def test_replayed_counter_persists(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    spool = Spool(path, max_bytes=1000, max_age_s=100)
+    spool.note_replayed(3)
+    spool.note_replayed(0)
+    spool.close()
+    assert Spool(path, max_bytes=1000, max_age_s=100).stats().replayed_total == 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("push"), st.integers(1, 50)),
+            st.tuples(st.just("ack"), st.integers(0, 30)),
+            st.tuples(st.just("tick"), st.integers(1, 40)),
+            st.tuples(st.just("reopen"), st.just(0)),
+        ),
+        max_size=60,
+    )
+)
+def test_outbox_matches_a_model_queue(ops: list[tuple[str, int]]) -> None:
+    """Against a plain list: FIFO order, byte/age bounds, idempotent acks, restarts."""
+    import tempfile
+
+    bound, max_age = 200, 100.0
+    clock = Clock()
+    model: list[tuple[int, bytes, float]] = []  # (id, payload, created_at)
+    dropped = 0
+    pushed = 0
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "s.db"
+        spool = Spool(path, max_bytes=bound, max_age_s=max_age, clock=clock)
+        for op, arg in ops:
+            if op == "push":
+                payload = pushed.to_bytes(4, "big") * (arg // 4 + 1)
+                pushed += 1
+                entry_id = spool.push("t", payload)
+                model.append((entry_id, payload, clock.t))
+                stale = [i for i, m in enumerate(model[:-1]) if m[2] < clock.t - max_age]
+                cut = stale[-1] + 1 if stale else 0
+                while sum(len(m[1]) for m in model[cut:]) > bound:
+                    cut += 1
+                dropped += cut
+                model = model[cut:]
+            elif op == "ack" and model:
+                victim = model[arg % len(model)][0]
+                spool.ack(victim)
+                spool.ack(victim)
+                model = [m for m in model if m[0] != victim]
+            elif op == "tick":
+                clock.t += arg
+            elif op == "reopen":
+                spool.close()
+                spool = Spool(path, max_bytes=bound, max_age_s=max_age, clock=clock)
+                cut = 0
+                stale = [i for i, m in enumerate(model) if m[2] < clock.t - max_age]
+                cut = stale[-1] + 1 if stale else 0
+                dropped += cut
+                model = model[cut:]
+            entries = spool.peek(1000)
+            assert [(e.id, e.payload) for e in entries] == [(m[0], m[1]) for m in model]
+            stats = spool.stats()
+            assert stats.bytes == sum(len(m[1]) for m in model) <= bound
+            assert stats.dropped_total == dropped
         spool.close()
