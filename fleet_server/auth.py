@@ -1,74 +1,153 @@
-"""Passwords, API tokens, roles and login throttling (no I/O but the store).
+"""Passwords, API tokens, console sessions, roles, login throttling and redaction.
 
-* Passwords: scrypt (memory-hard), parameters stored with each hash so they
-  can be raised later without invalidating old hashes.
-* Tokens: 256 random bits shown once; only their SHA-256 is stored (a
+No I/O but the store, and the clock is injected, so every rule here is tested
+without a server.
+
+* Passwords: scrypt (memory-hard).  The cost parameters are stored with each
+  hash, so they can be raised later: old hashes still verify and are rehashed
+  with the new cost at the user's next successful login.
+* API tokens: 256 random bits, shown once; only their SHA-256 is stored (a
   high-entropy secret needs no slow hash), so a database leak yields nothing
-  usable.
-* Roles are ordered: viewer < operator < admin.
+  usable.  Every token has an expiry, can be revoked, and records when it was
+  last used.
+* Console sessions are tokens of the same kind named ``console``, carried in an
+  HttpOnly cookie instead of a header: one table, one expiry rule, and an admin
+  can list and revoke a browser session like any other token.
+* Roles are ordered viewer < operator < admin; :meth:`Principal.require` is the
+  one check every route goes through.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from edgefleet_contract.errors import AuthError, NotFound, PermissionDenied
+from edgefleet_contract.errors import AuthError, EdgefleetError, NotFound, PermissionDenied
+from edgefleet_contract.logs import redact as redact_text
 
 from .store.base import ROLES, ApiToken, Role, Store, User
 
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
 TOKEN_PREFIX = "eft_"
+SESSION_COOKIE = "ef_session"
+SESSION_TOKEN_NAME = "console"
+CSRF_HEADER = "X-CSRF-Token"
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+_TOUCH_EVERY_S = 60.0
+"""``last_used`` is written at most this often per token: a busy script must not
+turn every read request into a database write."""
 
 
-def hash_password(
-    password: str, *, n: int = _SCRYPT_N, r: int = _SCRYPT_R, p: int = _SCRYPT_P
-) -> str:
-    if len(password) < 8:
-        raise ValueError("passwords need at least 8 characters")
+# ------------------------------------------------------------------ passwords --
+
+
+@dataclass(frozen=True, order=True)
+class ScryptCost:
+    """scrypt's cost: ``n`` (CPU/memory, a power of two), ``r`` (block size), ``p``."""
+
+    n: int = 2**15
+    r: int = 8
+    p: int = 1
+
+    @property
+    def maxmem(self) -> int:
+        return 128 * self.n * self.r * self.p + 16 * 1024 * 1024
+
+
+COST = ScryptCost()
+"""What new hashes use (~32 MiB and ~50-100 ms per hash on a small server)."""
+
+
+def check_password_policy(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise EdgefleetError(f"passwords need at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise EdgefleetError(f"passwords may have at most {MAX_PASSWORD} characters")
+
+
+def hash_password(password: str, *, cost: ScryptCost = COST) -> str:
+    """``scrypt$n$r$p$salt$digest`` (base64), for :func:`verify_password`."""
+    check_password_policy(password)
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=128 * 1024 * 1024)
-    salt_b64 = base64.b64encode(salt).decode()
-    return f"scrypt${n}${r}${p}${salt_b64}${base64.b64encode(digest).decode()}"
+    digest = _scrypt(password, salt, cost, dklen=64)
+    return "$".join(
+        [
+            "scrypt",
+            str(cost.n),
+            str(cost.r),
+            str(cost.p),
+            base64.b64encode(salt).decode(),
+            base64.b64encode(digest).decode(),
+        ]
+    )
 
 
 def verify_password(password: str, encoded: str) -> bool:
+    """Constant-time check; a malformed or foreign hash is simply a mismatch."""
+    parsed = _parse(encoded)
+    if parsed is None or len(password) > MAX_PASSWORD:
+        return False
+    cost, salt, expected = parsed
+    return hmac.compare_digest(_scrypt(password, salt, cost, dklen=len(expected)), expected)
+
+
+def needs_rehash(encoded: str, *, cost: ScryptCost = COST) -> bool:
+    """Whether a hash was made with a lower cost than ``cost`` (or cannot be read)."""
+    parsed = _parse(encoded)
+    return parsed is None or parsed[0] < cost
+
+
+def _parse(encoded: str) -> tuple[ScryptCost, bytes, bytes] | None:
     try:
         scheme, n, r, p, salt, digest = encoded.split("$")
-        if scheme != "scrypt":
-            return False
-        expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(
-            password.encode(),
-            salt=base64.b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            maxmem=128 * 1024 * 1024,
-            dklen=len(expected),
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(actual, expected)
+        cost = ScryptCost(int(n), int(r), int(p))
+        if scheme != "scrypt" or not (2 <= cost.n <= 2**20 and 1 <= cost.r <= 32):
+            return None
+        if not 1 <= cost.p <= 16:
+            return None
+        return cost, base64.b64decode(salt, validate=True), base64.b64decode(digest, validate=True)
+    except ValueError:
+        return None
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def _scrypt(password: str, salt: bytes, cost: ScryptCost, *, dklen: int) -> bytes:
+    return hashlib.scrypt(
+        password.encode(),
+        salt=salt,
+        n=cost.n,
+        r=cost.r,
+        p=cost.p,
+        maxmem=cost.maxmem,
+        dklen=dklen,
+    )
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A real hash of a random password: unknown users cost as much as known ones,
+    so response times do not tell which usernames exist."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+# --------------------------------------------------------------------- tokens --
 
 
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-SESSION_COOKIE = "ef_session"
-CSRF_HEADER = "X-CSRF-Token"
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def csrf_for(token: str) -> str:
@@ -77,19 +156,23 @@ def csrf_for(token: str) -> str:
     return hashlib.sha256(b"csrf:" + token.encode()).hexdigest()[:32]
 
 
+# ---------------------------------------------------------------------- roles --
+
+
 def allows(role: str, needed: Role) -> bool:
     return role in ROLES and ROLES.index(role) >= ROLES.index(needed)
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a user acting through a token (or a console session)."""
+    """Who is calling: a user acting through a token or a console session."""
 
     username: str
     role: Role
     token_id: str | None = None
 
     def require(self, needed: Role) -> None:
+        """The one role check: raise :class:`PermissionDenied` below ``needed``."""
         if not allows(self.role, needed):
             raise PermissionDenied(
                 f"this needs the {needed} role; {self.username!r} is {self.role}"
@@ -97,21 +180,41 @@ class Principal:
 
 
 class Authenticator:
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    """Turns credentials into a :class:`Principal`, against the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        cost: ScryptCost = COST,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._cost = cost
 
     def check_password(self, username: str, password: str) -> User:
+        """The user, if the password is right and the account enabled.
+
+        The error never says which of the two was wrong (no user enumeration).
+        """
         try:
             user = self._store.get_user(username)
         except NotFound:
-            verify_password(password, _DUMMY_HASH)  # same cost: no user enumeration by timing
+            verify_password(password, _dummy_hash())
             raise AuthError("wrong username or password") from None
         if not verify_password(password, user.password_hash) or user.disabled:
             raise AuthError("wrong username or password")
+        if needs_rehash(user.password_hash, cost=self._cost):
+            user = self._store.update_user(
+                username, password_hash=hash_password(password, cost=self._cost)
+            )
         return user
 
     def issue_token(self, user: User, *, name: str, ttl_s: float) -> tuple[str, ApiToken]:
+        """A new token for ``user``: the secret (show it once) and the stored record."""
+        if ttl_s <= 0:
+            raise EdgefleetError("a token needs a positive lifetime")
         secret = new_token()
         now = self._clock()
         record = ApiToken(
@@ -126,13 +229,18 @@ class Authenticator:
         return secret, record
 
     def principal(self, bearer: str | None) -> Principal:
+        """Who holds ``bearer`` (a token or a session cookie value), checked now.
+
+        Revocation, expiry and a disabled or demoted user take effect on the
+        very next request: nothing about the caller is cached.
+        """
         if not bearer:
             raise AuthError("authentication required: log in with `fleetctl login`")
         record = self._store.find_api_token(token_hash(bearer))
         now = self._clock()
         if record is None or record.revoked_at is not None:
             raise AuthError("the token is unknown or revoked; log in again")
-        if record.expires_at < now:
+        if record.expires_at <= now:
             raise AuthError("the token has expired; log in again")
         try:
             user = self._store.get_user(record.username)
@@ -140,22 +248,41 @@ class Authenticator:
             raise AuthError("the token's user no longer exists") from None
         if user.disabled:
             raise AuthError(f"user {user.username!r} is disabled")
-        if record.last_used is None or now - record.last_used > 60:
+        if record.last_used is None or now - record.last_used >= _TOUCH_EVERY_S:
             self._store.touch_api_token(record.id, now)
         return Principal(user.username, user.role, record.id)
 
 
-_DUMMY_HASH = "scrypt$32768$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + base64.b64encode(bytes(64)).decode()
+# ------------------------------------------------------------ login throttle --
 
 
 class LoginThrottle:
-    """At most ``limit`` failed logins per key (username, source IP) per minute."""
+    """At most ``limit`` failed logins per key (a username, a source IP) per window.
 
-    def __init__(self, limit: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+    Keyed both ways so that neither guessing many passwords for one user nor
+    trying one password against many users from one address gets far.  Memory
+    is bounded: at most ``max_keys`` keys are tracked, stale ones are swept, and
+    when an attacker floods it with fresh keys the oldest are forgotten first
+    (``evicted`` counts them).
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        window_s: float = 60.0,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 1 or window_s <= 0 or max_keys < 1:
+            raise ValueError("limit, window_s and max_keys must be positive")
         self._limit = limit
+        self._window = window_s
+        self._max_keys = max_keys
         self._clock = clock
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+        self.evicted = 0
 
     def retry_after(self, *keys: str) -> float:
         """Seconds to wait before another attempt is allowed (0 when allowed)."""
@@ -164,21 +291,68 @@ class LoginThrottle:
         with self._lock:
             for key in keys:
                 window = self._failures.get(key)
-                if not window:
+                if window is None:
                     continue
-                while window and now - window[0] > 60:
-                    window.popleft()
+                self._expire(window, now)
                 if len(window) >= self._limit:
-                    worst = max(worst, 60 - (now - window[0]))
+                    worst = max(worst, self._window - (now - window[0]))
         return worst
 
     def failed(self, *keys: str) -> None:
         now = self._clock()
         with self._lock:
             for key in keys:
-                self._failures.setdefault(key, deque()).append(now)
+                window = self._failures.pop(key, None) or deque()
+                self._expire(window, now)
+                window.append(now)
+                while len(window) > self._limit:
+                    window.popleft()  # only the newest `limit` failures matter
+                self._failures[key] = window  # re-insert: dict order = least recent first
+            if len(self._failures) > self._max_keys:
+                self._sweep(now)
 
     def succeeded(self, *keys: str) -> None:
         with self._lock:
             for key in keys:
                 self._failures.pop(key, None)
+
+    def _expire(self, window: deque[float], now: float) -> None:
+        while window and now - window[0] >= self._window:
+            window.popleft()
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k, w in self._failures.items() if not w or now - w[-1] >= self._window]:
+            del self._failures[key]
+        while len(self._failures) > self._max_keys:
+            del self._failures[next(iter(self._failures))]
+            self.evicted += 1
+
+
+# ------------------------------------------------------------------ redaction --
+
+_SECRET_KEY = re.compile(
+    r"(?i)^(?:.*password.*|.*secret.*|token|.*_token|authorization|cookie|set-cookie"
+    r"|x-csrf-token|.*private_key.*|signature_b64)$"
+)
+_SECRET_VALUE = re.compile(
+    r"\beft_[A-Za-z0-9_-]{16,}"  # API tokens and session ids
+    r"|\b[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{43}\b"  # enrollment tokens (<device>.<secret>)
+)
+
+
+def redact(value: Any) -> Any:
+    """``value`` with every secret replaced by ``***``, for logs and the audit trail.
+
+    Mappings lose the values of secret-named keys (password, token, cookie…);
+    strings lose anything shaped like an API or enrollment token, a bearer
+    header or a private key; lists and tuples are redacted item by item.
+    """
+    if isinstance(value, Mapping):
+        return {
+            k: "***" if _SECRET_KEY.match(str(k)) and v else redact(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return redact_text(_SECRET_VALUE.sub("***", value))
+    return value

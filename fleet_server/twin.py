@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Literal, Protocol
 
-from edgefleet_contract.messages import Command, DesiredState, ReportedState
+from edgefleet_contract.messages import Command, DesiredState, ReportedState, TargetRef
 
 from .store.base import Device
 
@@ -20,7 +20,8 @@ TwinStatus = Literal["no_desired", "pending", "in_sync", "drifted"]
 
 
 def twin_status(desired: DesiredState | None, reported: ReportedState | None) -> TwinStatus:
-    """``pending``: the device has not applied the newest desired version yet;
+    """``no_desired``: nothing was ever asked of the device;
+    ``pending``: the device has not applied the newest desired version yet;
     ``drifted``: it applied it but runs something else (rolled back, changed locally);
     ``in_sync``: it runs what it should."""
     if desired is None:
@@ -38,6 +39,15 @@ def twin_status(desired: DesiredState | None, reported: ReportedState | None) ->
     ):
         return "drifted"
     return "in_sync"
+
+
+def target_ref(
+    kind: Literal["model", "firmware"], name: str, version: str, target: str | None = None
+) -> TargetRef:
+    """A desired artifact; its TUF target path defaults to ``{kind}s/{name}/{version}``."""
+    return TargetRef(
+        kind=kind, name=name, version=version, target=target or f"{kind}s/{name}/{version}"
+    )
 
 
 def desired_command(desired: DesiredState, *, now: float, ttl_s: float = 86400) -> Command:

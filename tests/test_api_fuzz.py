@@ -1,11 +1,21 @@
-"""Property-based fuzzing of the whole OpenAPI surface: no input may cause a 5xx."""
+"""Property-based fuzzing of the whole OpenAPI surface, as an admin: no input may cause a 5xx.
+
+Bounded (a few dozen examples per operation) so the suite stays within a minute
+or two on a small machine; the same store is shared by all operations, so
+later calls meet the devices, users and tokens earlier ones created.
+"""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
@@ -18,30 +28,46 @@ from fleet_server.store import open_store
 
 from .test_api import Outbox
 
-_DIR = Path(__import__("tempfile").mkdtemp(prefix="edgefleet-fuzz-"))
-_store = open_store(_DIR / "fleet.db")
-_store.create_user("root", role="admin", password_hash=hash_password("root-password"), now=0)
-_store.create_device("fz-1", name="fz-1", tags={"a": "b"}, now=0)
-_ca = FleetCA.create(_DIR / "ca", now=time.time())
-_ctx = ApiContext(
-    settings=ServerSettings(data_dir=_DIR),
-    store=_store,
-    commands=Outbox(),
-    enrollment=Enrollment(_store, _ca, token_ttl_s=600, cert_validity_s=3600),
-)
-_TOKEN, _ = Authenticator(_store).issue_token(_store.get_user("root"), name="fuzz", ttl_s=3600)
-app = create_app(_ctx)
+_SKIP = {
+    # These would revoke the fuzzer's own token and turn everything after into 401s.
+    ("DELETE", "/api/v1/tokens/{token_id}"),
+    ("POST", "/api/v1/auth/logout"),
+}
+
+
+def _app(directory: Path) -> tuple[FastAPI, str]:
+    """The app on a real store and CA in ``directory``, and an admin token for it."""
+    store = open_store(directory / "fleet.db")
+    store.create_user("root", role="admin", password_hash=hash_password("root-password"), now=0)
+    store.create_device("fz-1", name="fz-1", tags={"a": "b"}, now=0)
+    ctx = ApiContext(
+        settings=ServerSettings(data_dir=directory),
+        store=store,
+        commands=Outbox(),
+        enrollment=Enrollment(
+            store,
+            FleetCA.create(directory / "ca", now=time.time()),
+            token_ttl_s=600,
+            cert_validity_s=3600,
+        ),
+    )
+    token, _ = Authenticator(store).issue_token(store.get_user("root"), name="fuzz", ttl_s=3600)
+    return create_app(ctx), token
+
+
+# schemathesis needs the schema when the module is collected, before pytest's
+# tmp_path exists, so the fuzz store lives in its own temporary directory.
+_DIR = Path(tempfile.mkdtemp(prefix="edgefleet-fuzz-"))
+atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
+app, _TOKEN = _app(_DIR)
 schema = schemathesis.openapi.from_asgi("/api/v1/openapi.json", app)
 
 
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_server_errors(case: schemathesis.Case) -> None:
-    if (case.method, case.path) in {
-        ("DELETE", "/api/v1/tokens/{token_id}"),
-        ("POST", "/api/v1/auth/logout"),
-    }:
-        return  # would revoke the fuzzer's own token and turn the rest into 401s
+def test_no_server_errors(case: schemathesis.Case[Any]) -> None:
+    if (case.method, case.path) in _SKIP:
+        return
     case.call_and_validate(
         headers={"Authorization": f"Bearer {_TOKEN}"}, checks=[not_a_server_error]
     )

@@ -67,3 +67,50 @@ def test_operator_workflow(fleet: FleetServer, config: Path) -> None:
     assert fleetctl(["logout"])[0] == 0
     code, _, err = fleetctl(["whoami"])
     assert code == 1 and "fleetctl login" in err
+
+
+def test_twin_users_tokens_and_plain_errors(fleet: FleetServer, config: Path) -> None:
+    api = fleet.settings.api_url
+    code, _, err = fleetctl(["login", "--server", api, "-u", "admin", "--password-stdin"], "bad\n")
+    assert code == 1 and "wrong username or password" in err and "Traceback" not in err
+    fleetctl(["login", "--server", api, "-u", "admin", "--password-stdin"], ADMIN_PASSWORD + "\n")
+    fleetctl(["devices", "add", "tw-1"])
+
+    code, out, err = fleetctl(
+        ["twin", "set", "tw-1", "--model", "digits@1.2.0", "--config", "rate=5"]
+    )
+    assert code == 0, err
+    assert "tw-1: desired v1, pending" in out
+    code, out, _ = fleetctl(["twin", "set", "tw-1", "--config", "mode=fast", "--config", "rate="])
+    assert code == 0 and "desired v2" in out
+    code, out, _ = fleetctl(["--json", "twin", "show", "tw-1"])
+    desired = json.loads(out)["desired"]
+    assert desired["model"]["name"] == "digits" and desired["config"] == {"mode": "fast"}
+    code, out, _ = fleetctl(["twin", "show", "tw-1"])
+    assert code == 0 and "digits@1.2.0" in out and "mode=fast" in out
+    code, _, err = fleetctl(["twin", "set", "tw-1", "--model", "digits"])
+    assert code == 2 and "NAME@VERSION" in err
+
+    code, out, err = fleetctl(
+        ["users", "add", "viv", "--role", "viewer", "--password-stdin"], "viv-password\n"
+    )
+    assert code == 0, err
+    code, out, _ = fleetctl(["users", "list"])
+    assert code == 0 and "viv" in out and "viewer" in out
+    code, out, _ = fleetctl(["--json", "tokens", "create", "ci", "--ttl-days", "7"])
+    created = json.loads(out)
+    assert created["token"].startswith("eft_") and created["name"] == "ci"
+    code, out, _ = fleetctl(["tokens", "list"])
+    assert code == 0 and created["token_id"] in out and created["token"] not in out
+    code, out, _ = fleetctl(["tokens", "revoke", created["token_id"]])
+    assert code == 0 and "revoked" in out
+
+    config.write_text(json.dumps({"server": api, "token": created["token"]}))
+    code, _, err = fleetctl(["whoami"])
+    assert code == 1 and "revoked" in err  # the revoked token stopped working at once
+
+    fleetctl(["login", "--server", api, "-u", "viv", "--password-stdin"], "viv-password\n")
+    code, _, err = fleetctl(["devices", "add", "nope-1"])
+    assert code == 1 and "operator role" in err
+    code, out, _ = fleetctl(["devices", "show", "tw-1"])
+    assert code == 0 and "tw-1" in out and "pending" in out

@@ -2,18 +2,33 @@
 
 Every request that changes something is written to the append-only audit log
 by one middleware — who (user or device), role, action (the route), target
-(path parameters), source IP, outcome (status code) — including refused and
-failed attempts.  Bodies are never logged, so no secret reaches the log.
+(path parameters), source IP, outcome, request id — including refused and
+failed attempts and requests that crashed.  Bodies are never recorded and the
+query string goes through :func:`~fleet_server.auth.redact`, so no secret
+reaches the audit trail.
+
+Access decisions, documented once:
+
+* ``/healthz`` and ``/metrics`` are unauthenticated, as scrape targets are by
+  convention; they reveal counts, never ids or secrets.  Bind the API to a
+  private address or put it behind a proxy that limits ``/metrics``.
+* ``/api/v1/enroll`` is unauthenticated at the HTTP level: the one-time token
+  (or, for renewal, the current certificate plus a signature) is the credential.
+* Reading the audit log needs ``admin``: it shows who did what from where.
+* Everything else needs a token or a console session: ``viewer`` reads,
+  ``operator`` changes devices, twins and commands, ``admin`` manages users.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..auth import redact
 from ..store.base import AuditEntry
 from . import (
     problems,
@@ -29,7 +44,10 @@ from .deps import client_ip
 
 __all__ = ["ApiContext", "create_app"]
 
+log = logging.getLogger(__name__)
 _MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+MAX_BODY = 1024 * 1024
+"""No request body the API accepts comes near this; bigger ones are refused unread."""
 
 
 def create_app(context: ApiContext) -> FastAPI:
@@ -58,19 +76,38 @@ def create_app(context: ApiContext) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["meta"])
     def metrics() -> str:
-        """Prometheus text format; unauthenticated like every scrape target (bind it privately)."""
+        """Prometheus text format (unauthenticated, like every scrape target)."""
         return context.metrics() if context.metrics else ""
 
     @app.middleware("http")
     async def audit(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        response = await call_next(request)
-        if request.method in _MUTATING and request.url.path.startswith("/api/"):
+        request_id = problems.request_id_of(request)
+        audited = request.method in _MUTATING and request.url.path.startswith("/api/")
+        try:
+            response = await call_next(request) if _size_ok(request) else _too_large()
+        except Exception:
+            if audited:
+                await run_in_threadpool(_record, context, request, 500)
+            raise
+        response.headers["X-Request-ID"] = request_id
+        if audited:
             await run_in_threadpool(_record, context, request, response.status_code)
         return response
 
     return app
+
+
+def _size_ok(request: Request) -> bool:
+    length = request.headers.get("content-length", "0")
+    return length.isdigit() and int(length) <= MAX_BODY
+
+
+def _too_large() -> Response:
+    return problems.problem(
+        413, "Request too large", f"request bodies are limited to {MAX_BODY} bytes"
+    )
 
 
 def _record(context: ApiContext, request: Request, status: int) -> None:
@@ -80,16 +117,33 @@ def _record(context: ApiContext, request: Request, status: int) -> None:
     action = getattr(route, "name", None) or f"{request.method} {request.url.path}"
     params = request.path_params or {}
     target = ",".join(f"{k}={v}" for k, v in sorted(params.items())) or request.url.path
-    outcome = "ok" if status < 400 else ("denied" if status in (401, 403, 429) else "failed")
-    context.store.append_audit(
-        AuditEntry(
-            ts=context.clock(),
-            actor=str(actor)[:128],
-            role=who.role if who else "",
-            action=action,
-            target=target[:256],
-            source_ip=client_ip(request),
-            outcome=outcome,
-            detail={"status": status, "method": request.method, "path": request.url.path},
-        )
+    if status < 400:
+        outcome = "ok"
+    elif status in (401, 403, 429):
+        outcome = "denied"
+    else:
+        outcome = "failed" if status < 500 else "error"
+    detail: dict[str, object] = {
+        "status": status,
+        "method": request.method,
+        "path": request.url.path,
+        "request_id": problems.request_id_of(request),
+    }
+    if request.query_params:
+        detail["query"] = redact(dict(request.query_params))
+    entry = AuditEntry(
+        ts=context.clock(),
+        actor=str(redact(str(actor)))[:128],
+        role=who.role if who else "",
+        action=action,
+        target=str(redact(target))[:256],
+        source_ip=client_ip(request),
+        outcome=outcome,
+        detail=detail,
     )
+    try:
+        context.store.append_audit(entry)
+    except Exception:
+        # The action itself already happened; say loudly that its record is missing.
+        context.audit_failures += 1
+        log.exception("could not write the audit entry for %s %s", request.method, action)

@@ -1,4 +1,10 @@
-"""What the API needs from the rest of the server, passed in (no globals)."""
+"""What the API needs from the rest of the server, passed in (no globals).
+
+``commands`` is whatever delivers a :class:`~edgefleet_contract.messages.Command`
+to a device (the server's MQTT link); ``None`` means this server has no broker
+session, and routes that must reach a device answer 503.  ``metrics`` renders
+the Prometheus text of the ingest side.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +29,9 @@ class ApiContext:
     clock: Callable[[], float] = time.time
     auth: Authenticator = field(init=False)
     throttle: LoginThrottle = field(init=False)
+    audit_failures: int = field(init=False, default=0)
+    """Audit entries the store refused (each is also logged as an error)."""
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.store, clock=self.clock)
-        self.throttle = LoginThrottle(self.settings.api.login_attempts_per_minute)
+        self.throttle = LoginThrottle(self.settings.api.login_attempts_per_minute, window_s=60.0)

@@ -43,8 +43,13 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
 ]
 
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def problem(
+    status: int, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """A problem+json response; 401s carry the ``WWW-Authenticate`` challenge."""
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="edgefleet"'
     return JSONResponse(
         {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra},
         status_code=status,
@@ -78,8 +83,20 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = secrets.token_hex(6)
+        request_id = request_id_of(request)
         log.exception("request %s %s failed (id %s)", request.method, request.url.path, request_id)
         return problem(
-            500, "Internal error", f"the server failed; quote request id {request_id} to an admin"
+            500,
+            "Internal error",
+            f"the server failed; quote request id {request_id} to an admin",
+            headers={"X-Request-ID": request_id},
+            request_id=request_id,
         )
+
+
+def request_id_of(request: Request) -> str:
+    """The id the audit middleware gave this request (made here if it never ran)."""
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        rid = request.state.request_id = secrets.token_hex(8)
+    return str(rid)

@@ -1,4 +1,8 @@
-"""The audit log (read-only; admins)."""
+"""The audit log, read-only and for admins only: it shows who did what from which
+address, which is itself sensitive (and operators are among those it watches).
+
+Filters: ``actor`` today; ``action`` and ``since`` follow once the store offers them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pydantic import BaseModel
 from ..auth import Principal
 from .context import ApiContext
 from .deps import ctx, require
+from .schemas import MAX_OFFSET
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
@@ -33,7 +38,7 @@ class AuditPage(BaseModel):
 
 @router.get("", response_model=AuditPage)
 def list_audit(
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     limit: int = Query(100, ge=1, le=1000),
     actor: str | None = Query(None, max_length=64),
     who: Principal = Depends(require("admin")),

@@ -5,20 +5,23 @@ from __future__ import annotations
 import logging
 import secrets
 import shlex
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import ValidationError
 
 from edgefleet_contract.errors import EdgefleetError, LinkError
-from edgefleet_contract.messages import Command, DesiredState
+from edgefleet_contract.messages import Command, DesiredState, TargetRef
 
 from ..auth import Principal
 from ..selector import parse as parse_selector
 from ..store.base import CommandRecord
-from ..twin import desired_command, twin_status
+from ..twin import desired_command, target_ref, twin_status
 from .context import ApiContext
 from .deps import ctx, require
 from .schemas import (
+    MAX_OFFSET,
+    ArtifactIn,
     CommandIn,
     CommandOut,
     DesiredIn,
@@ -32,6 +35,7 @@ from .schemas import (
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/devices", tags=["devices"])
+_NO_BROKER = "this server has no MQTT broker session, so it cannot reach devices"
 
 
 def _token_out(c: ApiContext, device_id: str, token: str, expires_at: float) -> EnrollmentTokenOut:
@@ -48,7 +52,7 @@ def list_devices(
     selector: str | None = Query(
         None, max_length=2000, description="e.g. tag:site=berlin and online"
     ),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     limit: int = Query(100, ge=1, le=1000),
     who: Principal = Depends(require("viewer")),
     c: ApiContext = Depends(ctx),
@@ -123,11 +127,16 @@ def set_desired(
     who: Principal = Depends(require("operator")),
     c: ApiContext = Depends(ctx),
 ) -> TwinOut:
+    """Store the new desired state under the next version, then tell the device.
+
+    The state is stored even when the device or the broker is away: the
+    reconciler sends it again when the device comes back online.
+    """
     try:
         desired = DesiredState(
             version=c.store.next_desired_version(device_id),
-            model=body.model,  # type: ignore[arg-type]
-            firmware=body.firmware,  # type: ignore[arg-type]
+            model=_artifact("model", body.model),
+            firmware=_artifact("firmware", body.firmware),
             config=body.config,
         )
     except ValidationError as exc:
@@ -138,9 +147,14 @@ def set_desired(
     try:
         _send(c, device_id, desired_command(desired, now=c.clock()), who)
     except LinkError as exc:
-        # Stored: the reconciler delivers it when the device or the broker link is back.
         log.warning("desired state for %s stored but not sent yet: %s", device_id, exc)
     return get_twin(device_id, who, c)
+
+
+def _artifact(kind: Literal["model", "firmware"], given: ArtifactIn | None) -> TargetRef | None:
+    if given is None:
+        return None
+    return target_ref(kind, given.name, given.version, given.target)
 
 
 @router.post("/{device_id}/commands", response_model=CommandOut, status_code=202)
@@ -151,6 +165,8 @@ def send_command(
     c: ApiContext = Depends(ctx),
 ) -> CommandOut:
     c.store.get_device(device_id)
+    if c.commands is None:
+        raise LinkError(_NO_BROKER)
     now = c.clock()
     command = Command(
         id="c-" + secrets.token_hex(8),
@@ -176,6 +192,8 @@ def list_commands(
 
 def _send(c: ApiContext, device_id: str, command: Command, who: Principal) -> CommandRecord:
     """Record, then publish; a device that is away gets it from its persistent session."""
+    if c.commands is None:
+        raise LinkError(_NO_BROKER)
     record = CommandRecord(
         id=command.id,
         device_id=device_id,
@@ -185,7 +203,5 @@ def _send(c: ApiContext, device_id: str, command: Command, who: Principal) -> Co
         actor=who.username,
     )
     c.store.add_command(record)
-    if c.commands is None:
-        raise EdgefleetError("this server has no broker connection configured")
     c.commands.send_command(device_id, command)
     return record

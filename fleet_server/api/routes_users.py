@@ -1,14 +1,19 @@
-"""Users (admins) and API tokens (everyone manages their own; admins all)."""
+"""Users (admins) and API tokens (everyone manages their own; admins all).
+
+A disabled or demoted user loses access on the next request (nothing about a
+caller is cached), and the last enabled admin cannot be demoted or disabled,
+so a fleet can never be locked out of its own user management.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from edgefleet_contract.errors import PermissionDenied
+from edgefleet_contract.errors import NotFound, StoreError
 
-from ..auth import Principal, hash_password
-from ..store.base import Role
+from ..auth import MAX_PASSWORD, MIN_PASSWORD, Principal, hash_password
+from ..store.base import Role, User
 from .context import ApiContext
 from .deps import ctx, principal, require
 
@@ -25,13 +30,29 @@ class UserOut(BaseModel):
 class UserCreate(BaseModel):
     username: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
     role: Role
-    password: str = Field(min_length=8, max_length=1024)
+    password: str = Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)
 
 
 class UserPatch(BaseModel):
     role: Role | None = None
     disabled: bool | None = None
-    password: str | None = Field(default=None, min_length=8, max_length=1024)
+    password: str | None = Field(default=None, min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)
+
+
+class TokenCreate(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:@ -]{1,64}$", description="what the token is for")
+    ttl_s: int | None = Field(
+        default=None, ge=60, le=400 * 86400, description="lifetime; the server default if unset"
+    )
+
+
+class TokenCreated(BaseModel):
+    token: str = Field(description="the secret: shown once, never stored by the server")
+    token_id: str
+    name: str
+    expires_at: float
+    username: str
+    role: Role
 
 
 class TokenInfo(BaseModel):
@@ -72,6 +93,8 @@ def patch_user(
     who: Principal = Depends(require("admin")),
     c: ApiContext = Depends(ctx),
 ) -> UserOut:
+    if body.role not in (None, "admin") or body.disabled:
+        _keep_an_admin(c, c.store.get_user(username))
     u = c.store.update_user(
         username,
         role=body.role,
@@ -79,6 +102,16 @@ def patch_user(
         password_hash=hash_password(body.password) if body.password else None,
     )
     return UserOut(username=u.username, role=u.role, created_at=u.created_at, disabled=u.disabled)
+
+
+def _keep_an_admin(c: ApiContext, user: User) -> None:
+    if user.role != "admin" or user.disabled:
+        return
+    others = [u for u in c.store.list_users() if u.role == "admin" and not u.disabled]
+    if [u.username for u in others] == [user.username]:
+        raise StoreError(
+            f"{user.username!r} is the last enabled admin; make another user admin first"
+        )
 
 
 @router.get("/tokens", response_model=list[TokenInfo])
@@ -92,11 +125,31 @@ def list_tokens(
     ]
 
 
+@router.post("/tokens", response_model=TokenCreated, status_code=201)
+def create_token(
+    body: TokenCreate, who: Principal = Depends(principal), c: ApiContext = Depends(ctx)
+) -> TokenCreated:
+    """A token for the caller (for CI jobs and scripts); it carries the caller's role."""
+    user = c.store.get_user(who.username)
+    secret, record = c.auth.issue_token(
+        user, name=body.name, ttl_s=body.ttl_s or c.settings.api.token_ttl_s
+    )
+    return TokenCreated(
+        token=secret,
+        token_id=record.id,
+        name=record.name,
+        expires_at=record.expires_at,
+        username=user.username,
+        role=user.role,
+    )
+
+
 @router.delete("/tokens/{token_id}", status_code=204)
 def revoke_token(
     token_id: str, who: Principal = Depends(principal), c: ApiContext = Depends(ctx)
 ) -> None:
+    """Revoke a token (yours; admins: anyone's).  It stops working on the next request."""
     mine = {t.id for t in c.store.list_api_tokens(who.username)}
     if token_id not in mine and who.role != "admin":
-        raise PermissionDenied("only admins can revoke other users' tokens")
+        raise NotFound(f"you have no API token {token_id!r}")
     c.store.revoke_api_token(token_id, c.clock())

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from edgefleet_contract.ids import DEVICE_ID_PATTERN
 from edgefleet_contract.messages import DesiredState, ReportedState
@@ -12,7 +13,43 @@ from edgefleet_contract.messages import DesiredState, ReportedState
 from ..store.base import Device
 from ..twin import TwinStatus, twin_status
 
-TagKey = str
+MAX_OFFSET = 10_000_000
+"""Pagination offsets stop here (SQLite integers are 64-bit; nobody pages further)."""
+
+MAX_ARGS_BYTES = 16 * 1024
+MAX_ARGS_DEPTH = 8
+
+
+def _small_json(value: dict[str, Any]) -> dict[str, Any]:
+    """Command arguments travel over MQTT to small devices: keep them shallow and small."""
+    if _depth(value) > MAX_ARGS_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_ARGS_DEPTH} levels")
+    if len(json.dumps(value)) > MAX_ARGS_BYTES:
+        raise ValueError(f"larger than {MAX_ARGS_BYTES} bytes as JSON")
+    return value
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_ARGS_DEPTH:
+        return level
+    children = (
+        value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    )
+    return max((_depth(v, level + 1) for v in children), default=level)
+
+
+ArgKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@+-]{1,128}$")]
+CommandArgs = Annotated[dict[ArgKey, Any], Field(max_length=64), AfterValidator(_small_json)]
+
+# Tags and groups are what selectors choose devices by, so they are limited to
+# what the selector language can spell (no spaces, parentheses or '=' in keys).
+TagKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+TagValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@/+-]{0,128}$")]
+GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Tags = Annotated[
+    dict[TagKey, TagValue],
+    Field(max_length=64, description="keys: A-Z a-z 0-9 _ . -; values also : @ / +"),
+]
 
 
 class DeviceOut(BaseModel):
@@ -64,13 +101,15 @@ class DevicePage(BaseModel):
 class DeviceCreate(BaseModel):
     id: str = Field(pattern=DEVICE_ID_PATTERN, description="1-64 of A-Z a-z 0-9 _ -")
     name: str | None = Field(default=None, max_length=128)
-    tags: dict[str, str] = Field(default_factory=dict, max_length=64)
+    tags: Tags = Field(default_factory=dict)
 
 
 class DevicePatch(BaseModel):
+    """Fields left out are unchanged; ``tags`` and ``groups`` replace the whole set."""
+
     name: str | None = Field(default=None, max_length=128)
-    tags: dict[str, str] | None = Field(default=None, max_length=64)
-    groups: list[str] | None = Field(default=None, max_length=64)
+    tags: Tags | None = None
+    groups: list[GroupName] | None = Field(default=None, max_length=64)
 
 
 class EnrollmentTokenOut(BaseModel):
@@ -88,15 +127,27 @@ class TwinOut(BaseModel):
     reported_at: float | None
 
 
+class ArtifactIn(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    version: str = Field(min_length=1, max_length=128)
+    target: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.@/+-]{1,255}$",
+        description="the TUF target path; derived from name and version when left out",
+    )
+
+
 class DesiredIn(BaseModel):
-    model: dict[str, Any] | None = None
-    firmware: dict[str, Any] | None = None
+    """The whole desired state (PUT replaces it; the server assigns the version)."""
+
+    model: ArtifactIn | None = None
+    firmware: ArtifactIn | None = None
     config: dict[str, Any] = Field(default_factory=dict)
 
 
 class CommandIn(BaseModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
-    args: dict[str, Any] = Field(default_factory=dict)
+    args: CommandArgs = Field(default_factory=dict)
     ttl_s: float = Field(default=3600, gt=0, le=7 * 86400)
 
 

@@ -8,6 +8,7 @@ every :class:`EdgefleetError` into one clear line on stderr and exit code 1
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -88,9 +89,12 @@ def whoami(ctx: Ctx) -> None:
     emit(ctx.client.get("/auth/me"), as_json=ctx.as_json)
 
 
-def main() -> None:
-    from . import cmd_admin, cmd_devices, cmd_telemetry
+COMMAND_MODULES = ("cmd_devices", "cmd_telemetry", "cmd_admin")
+"""Each module holds one area's command groups and a ``register(cli)`` function;
+a new area (models, firmware, rollouts, keys, ...) is one more module here."""
 
-    for module in (cmd_devices, cmd_telemetry, cmd_admin):
-        module.register(cli)
+
+def main() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").register(cli)
     run(cli)

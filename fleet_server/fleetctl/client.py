@@ -101,7 +101,8 @@ class Client:
             except ValueError:
                 detail = response.text or response.reason_phrase
             if response.status_code == 401:
-                raise AuthError(f"{detail} (run `fleetctl login`)")
+                hint = "" if "fleetctl login" in detail else " (run `fleetctl login`)"
+                raise AuthError(detail + hint)
             raise ApiError(response.status_code, detail)
         if response.status_code == 204 or not response.content:
             return None

@@ -7,7 +7,7 @@ import sys
 import click
 
 from .cli import Ctx, pass_ctx
-from .output import emit
+from .output import emit, when
 
 
 @click.group()
@@ -57,7 +57,23 @@ def users_set(ctx: Ctx, username: str, role: str | None, disable: bool | None) -
 
 @click.group()
 def tokens() -> None:
-    """List and revoke API tokens."""
+    """Create, list and revoke API tokens."""
+
+
+@tokens.command("create")
+@click.argument("name")
+@click.option("--ttl-days", type=click.IntRange(1, 400), default=None, help="Lifetime in days.")
+@pass_ctx
+def tokens_create(ctx: Ctx, name: str, ttl_days: int | None) -> None:
+    """Create a token for yourself (e.g. for a CI job); it is shown only now."""
+    body = {"name": name, "ttl_s": ttl_days * 86400 if ttl_days else None}
+    out = ctx.client.post("/tokens", body)
+    if ctx.as_json:
+        emit(out, as_json=True)
+        return
+    click.echo(f"token {out['token_id']} ({out['role']}), expires {when(out['expires_at'])}:")
+    click.echo(f"  {out['token']}")
+    click.echo("it is shown only now; use it as FLEETCTL_TOKEN or an Authorization: Bearer header")
 
 
 @tokens.command("list")

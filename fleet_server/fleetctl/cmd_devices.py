@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import click
 
 from .cli import Ctx, pass_ctx
@@ -138,23 +141,101 @@ def twin() -> None:
 @click.argument("device_id")
 @pass_ctx
 def twin_show(ctx: Ctx, device_id: str) -> None:
+    """Show what a device should run, what it reports, and whether they agree."""
     out = ctx.client.get(f"/devices/{device_id}/twin")
     if ctx.as_json:
         emit(out, as_json=True)
         return
+    desired, reported = out["desired"] or {}, out["reported"] or {}
     click.echo(f"{device_id}: {out['status']}")
-    click.echo(f"  desired:  {out['desired']}")
-    click.echo(f"  reported: {out['reported']}")
+    click.echo(f"  desired (v{desired.get('version', 0)}):")
+    click.echo(f"    model:    {_artifact(desired.get('model'))}")
+    click.echo(f"    firmware: {_artifact(desired.get('firmware'))}")
+    click.echo(f"    config:   {_pairs(desired.get('config'))}")
+    click.echo(f"  reported (applied v{reported.get('desired_version', 0)}):")
+    click.echo(f"    model:    {_artifact(reported.get('model'))}")
+    click.echo(f"    firmware: {_artifact(reported.get('firmware'))}")
+    click.echo(f"    health:   {reported.get('health', '-')}")
 
 
 @twin.command("set")
 @click.argument("device_id")
-@click.option("--config", "pairs", multiple=True, help="key=value, repeatable")
+@click.option("--model", "model", default=None, metavar="NAME@VERSION")
+@click.option("--firmware", "firmware", default=None, metavar="NAME@VERSION")
+@click.option("--config", "pairs", multiple=True, help="key=value, repeatable; key= removes")
+@click.option("--clear-model", is_flag=True, help="Stop asking for a particular model.")
+@click.option("--clear-firmware", is_flag=True, help="Stop asking for a particular firmware.")
 @pass_ctx
-def twin_set(ctx: Ctx, device_id: str, pairs: tuple[str, ...]) -> None:
-    """Set desired configuration; the device is told over MQTT."""
-    out = ctx.client.put(f"/devices/{device_id}/twin/desired", {"config": _tags(pairs)})
-    emit(out, as_json=True) if ctx.as_json else click.echo(f"{device_id}: {out['status']}")
+def twin_set(
+    ctx: Ctx,
+    device_id: str,
+    model: str | None,
+    firmware: str | None,
+    pairs: tuple[str, ...],
+    clear_model: bool,
+    clear_firmware: bool,
+) -> None:
+    """Change the desired state; what is not mentioned stays as it is.
+
+    The server stores it under a new version and tells the device over MQTT
+    (or when it is next online).
+    """
+    if not (model or firmware or pairs or clear_model or clear_firmware):
+        raise click.UsageError("say what to change: --model, --firmware or --config")
+    current = ctx.client.get(f"/devices/{device_id}/twin")["desired"] or {}
+    body: dict[str, Any] = {
+        "model": None if clear_model else _keep(current.get("model")),
+        "firmware": None if clear_firmware else _keep(current.get("firmware")),
+        "config": dict(current.get("config") or {}),
+    }
+    if model:
+        body["model"] = _name_at_version(model, "--model")
+    if firmware:
+        body["firmware"] = _name_at_version(firmware, "--firmware")
+    for key, value in _tags(pairs).items():
+        if value:
+            body["config"][key] = _scalar(value)
+        else:
+            body["config"].pop(key, None)
+    out = ctx.client.put(f"/devices/{device_id}/twin/desired", body)
+    if ctx.as_json:
+        emit(out, as_json=True)
+    else:
+        click.echo(f"{device_id}: desired v{out['desired']['version']}, {out['status']}")
+
+
+def _name_at_version(text: str, option: str) -> dict[str, str]:
+    name, sep, version = text.rpartition("@")
+    if not sep or not name or not version:
+        raise click.BadParameter(
+            f"{text!r}: write NAME@VERSION, e.g. digits@1.2.0", param_hint=option
+        )
+    return {"name": name, "version": version}
+
+
+def _keep(artifact: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not artifact:
+        return None
+    return {k: artifact[k] for k in ("name", "version", "target") if k in artifact}
+
+
+def _scalar(value: str) -> Any:
+    """``5`` -> 5, ``0.5`` -> 0.5, ``true`` -> True; anything else stays text."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    return parsed if isinstance(parsed, bool | int | float) else value
+
+
+def _artifact(artifact: dict[str, Any] | None) -> str:
+    if not artifact:
+        return "-"
+    return f"{artifact.get('name')}@{artifact.get('version')}"
+
+
+def _pairs(mapping: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (mapping or {}).items()) or "-"
 
 
 def register(cli: click.Group) -> None:

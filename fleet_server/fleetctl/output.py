@@ -1,4 +1,8 @@
-"""Human tables by default, JSON with ``--json`` (for scripts)."""
+"""Human tables by default, JSON with ``--json`` (for scripts).
+
+Tables never cut a value short: the first column (the id people copy into the
+next command) is never wrapped, and the others fold rather than end in "…".
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-
 
 def when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
 def emit(
@@ -30,12 +32,17 @@ def emit(
     rows = data if isinstance(data, list) else [data]
     if not columns:
         columns = [(k, k) for k in (rows[0] if rows else {})]
+    cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
     table = Table(title=title or None)
-    for _, header in columns:
-        table.add_column(header)
-    for row in rows:
-        table.add_row(*(_cell(row.get(key)) for key, _ in columns))
-    console.print(table)
+    for i, (_, header) in enumerate(columns):
+        if i == 0:
+            widest = max([len(header), *(len(r[0]) for r in cells)])
+            table.add_column(header, no_wrap=True, min_width=widest)
+        else:
+            table.add_column(header, overflow="fold")
+    for r in cells:
+        table.add_row(*r)
+    Console().print(table)
 
 
 def _cell(value: Any) -> str:
