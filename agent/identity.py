@@ -62,6 +62,27 @@ def _csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
+def _checked_cert(doc: dict[str, object], key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
+    """The issued certificate, after checking it certifies *our* key for *our* id.
+
+    Persisting a certificate that does not match the key would leave the device
+    unable to connect until someone re-enrolls it by hand.
+    """
+    pem = str(doc.get("cert_pem", "")).encode()
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise EnrollmentError("the server's answer holds no readable certificate") from None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names or names[0].value != device_id or doc.get("device_id") != device_id:
+        raise EnrollmentError(
+            f"the server issued a certificate for another device than {device_id!r}"
+        )
+    if cert.public_key() != key.public_key():
+        raise EnrollmentError("the server's certificate is not for this device's key")
+    return pem
+
+
 def device_id_from_token(token: str) -> str:
     device_id, dot, secret = token.strip().partition(".")
     if not dot or not secret or not is_device_id(device_id):
@@ -74,6 +95,8 @@ def device_id_from_token(token: str) -> str:
 
 @dataclass(frozen=True)
 class Identity:
+    """An enrolled device: where its files are and where its server and broker live."""
+
     directory: Path
     device_id: str
     server_url: str
@@ -106,6 +129,7 @@ class Identity:
         return self.certificate().not_valid_after_utc.timestamp()
 
     def renewal_due(self, now: float) -> bool:
+        """True from 2/3 of the validity on: leaves a third for retries while offline."""
         cert = self.certificate()
         start = cert.not_valid_before_utc.timestamp()
         end = cert.not_valid_after_utc.timestamp()
@@ -155,6 +179,11 @@ def _post(url: str, body: dict[str, str], timeout: float) -> dict[str, object]:
 def enroll(
     data_dir: Path, server_url: str, token: str, *, force: bool = False, timeout: float = 30.0
 ) -> Identity:
+    """Make a key here, trade the token and a CSR for a certificate, and save all of it.
+
+    Nothing is written until the server has answered, so a refused enrollment
+    leaves an existing identity untouched.
+    """
     directory = data_dir / "identity"
     if (directory / "enrollment.json").exists() and not force:
         raise EnrollmentError(
@@ -168,10 +197,9 @@ def enroll(
         {"token": token.strip(), "csr_pem": _csr(key, device_id).decode()},
         timeout,
     )
-    if doc.get("device_id") != device_id:
-        raise EnrollmentError("the server issued a certificate for another device id")
+    cert = _checked_cert(doc, key, device_id)
     _write(directory / "device.key", _key_pem(key), 0o600)
-    _write(directory / "device.pem", str(doc["cert_pem"]).encode())
+    _write(directory / "device.pem", cert)
     _write(directory / "ca.pem", str(doc["ca_pem"]).encode())
     record = {
         "device_id": device_id,
@@ -204,10 +232,11 @@ def renew(identity: Identity, *, timeout: float = 30.0) -> Identity:
     # Stage the new pair completely, then swap key and certificate.  A crash at any
     # point leaves either the old pair or a staged new pair that `load` completes,
     # never a key that does not match its certificate.
+    cert = _checked_cert(doc, key, identity.device_id)
     directory = identity.directory
     _write(directory / "ca.pem", str(doc["ca_pem"]).encode())
     _write(directory / "device.key.new", _key_pem(key), 0o600)
-    _write(directory / "device.pem.new", str(doc["cert_pem"]).encode())
+    _write(directory / "device.pem.new", cert)
     _finish_rotation(directory)
     return Identity.load(directory.parent)
 

@@ -27,6 +27,7 @@ from edgefleet_contract.backoff import Backoff
 from edgefleet_contract.errors import BrokerError
 
 from .config import SERVER_IDENTITY
+from .pki import write_public
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ def render_config(
         f"crlfile {layout.crl}",
         "require_certificate true",
         "use_identity_as_username true",
+        # The client id is forced to the certificate's CN: otherwise any device could
+        # take over (and so disconnect) another device's session by reusing its id.
+        "use_username_as_clientid true",
         "tls_version tlsv1.2",
     ]
     if os.geteuid() == 0:
@@ -176,6 +180,11 @@ class ManagedBroker:
     def port(self) -> int:
         return self._port
 
+    @property
+    def _probe_host(self) -> str:
+        """Where to check the listener: a wildcard bind is reachable on loopback."""
+        return "127.0.0.1" if self._bind in ("", "0.0.0.0", "::") else self._bind
+
     def configure(self, *, crl_pem: bytes, revoked: Iterable[str] = ()) -> None:
         """Write config, ACL and CRL (certificates must already be in place)."""
         layout = self.layout
@@ -184,17 +193,17 @@ class ManagedBroker:
         for required in (layout.cert, layout.key, self._ca_file):
             if not required.exists():
                 raise BrokerError(f"{required} is missing; run `fleet-server init`")
-        layout.crl.write_bytes(crl_pem)
-        layout.acl.write_text(render_acl(revoked))
-        layout.conf.write_text(
-            render_config(
-                layout,
-                ca_file=self._ca_file,
-                bind=self._bind,
-                port=self._port,
-                max_connections=self._max_connections,
-            )
+        # Atomic replacement: a reload or a crash restart never reads half a file.
+        write_public(layout.crl, crl_pem)
+        write_public(layout.acl, render_acl(revoked).encode())
+        config = render_config(
+            layout,
+            ca_file=self._ca_file,
+            bind=self._bind,
+            port=self._port,
+            max_connections=self._max_connections,
         )
+        write_public(layout.conf, config.encode())
 
     # ------------------------------------------------------------ lifecycle --
 
@@ -220,9 +229,7 @@ class ManagedBroker:
                 raise BrokerError(
                     f"mosquitto exited with code {proc.returncode} at start:\n{self._tail(proc)}"
                 )
-            if port_open(
-                self._bind if self._bind not in ("0.0.0.0", "::") else "127.0.0.1", self._port
-            ):
+            if port_open(self._probe_host, self._port):
                 log.info("mosquitto running (pid %d) on %s:%d", proc.pid, self._bind, self._port)
                 return
             time.sleep(0.05)
@@ -239,33 +246,41 @@ class ManagedBroker:
         return "\n".join(lines).strip() or "(no output)"
 
     def _watch(self) -> None:
+        """Wait on the child; when it dies unasked, start it again with capped backoff."""
         backoff = Backoff(initial=0.2, maximum=10.0)
         while not self._stopping.is_set():
             proc = self._proc
-            if proc is not None and proc.poll() is not None and not self._stopping.is_set():
-                log.error("mosquitto exited (code %s); restarting", proc.returncode)
-                self._stopping.wait(backoff.next_delay())
-                if self._stopping.is_set():
-                    return
-                try:
-                    self._spawn(15.0)
-                    self.restarts += 1
-                    backoff.reset()
-                except BrokerError as exc:
-                    log.error("broker restart failed: %s", exc)
-            self._stopping.wait(0.2)
+            if proc is None:
+                return
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            log.error("mosquitto exited (code %s); restarting:\n%s", code, self._tail(proc))
+            self._stopping.wait(backoff.next_delay())
+            if self._stopping.is_set():
+                return
+            try:
+                self._spawn(15.0)
+            except BrokerError as exc:
+                log.error("broker restart failed: %s", exc)
+                continue
+            self.restarts += 1
+            backoff.reset()
 
     def reload(self) -> None:
-        """Re-read ACL and CRL.  mosquitto 2.0 re-reads the ACL on SIGHUP but not the CRL
-        of a running listener, so a restart is what makes a revocation bite for new
-        connections; clients reconnect by themselves with jittered backoff."""
-        self.restart()
+        """Make a running broker apply the ACL and CRL written by ``configure``.
 
-    def restart(self) -> None:
+        mosquitto 2.0.11 re-reads both on SIGHUP (checked: a revoked certificate
+        is accepted before the signal and refused after it, same pid), so the
+        fleet keeps its connections.  A revoked device that is still connected
+        stays connected but its ACL ``deny`` makes every publish "Not
+        authorized" and stops every delivery to it.
+        """
         with self._lock:
             proc = self._proc
-        if proc is not None:
-            self._kill(proc)  # the watcher brings it back
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGHUP)
+        # A dead child is being restarted by the watcher and reads the new files anyway.
 
     def kill_hard(self) -> None:
         """SIGKILL the broker (tests: the watcher must restart it)."""
@@ -276,7 +291,7 @@ class ManagedBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             proc = self._proc
-            if proc is not None and proc.poll() is None and port_open("127.0.0.1", self._port):
+            if proc is not None and proc.poll() is None and port_open(self._probe_host, self._port):
                 return True
             time.sleep(0.05)
         return False
@@ -292,10 +307,15 @@ class ManagedBroker:
                 proc.wait(5)
 
     def stop(self) -> None:
+        """Stop the broker and its watcher; no mosquitto process is left behind."""
         self._stopping.set()
-        if self._watcher is not None:
-            self._watcher.join(5)
         with self._lock:
             proc = self._proc
         if proc is not None:
-            self._kill(proc)
+            self._kill(proc)  # wakes the watcher, which sees _stopping and returns
+        if self._watcher is not None:
+            self._watcher.join(30)
+        with self._lock:
+            proc = self._proc
+        if proc is not None:
+            self._kill(proc)  # one the watcher may have been starting meanwhile

@@ -9,7 +9,8 @@
   for a *new* key, and a signature over that CSR made with the *current* key
   (proof of possession).  No token is needed and no operator is involved.
 * Revocation marks the device revoked (it can never enroll again), puts all
-  its serials on the CRL and tells the broker, which drops the connection.
+  its serials on the CRL and hands it to the broker, which then refuses new
+  connections and denies an open one every publish and delivery.
 """
 
 from __future__ import annotations
@@ -23,20 +24,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from edgefleet_contract.errors import CertificateError, EnrollmentError
-from edgefleet_contract.ids import check_device_id
+from edgefleet_contract.ids import check_device_id, is_device_id
 
-from .pki import FleetCA, common_name
+from .pki import FleetCA, check_device_csr, load_cert
 
 log = logging.getLogger(__name__)
 
 
 class EnrollmentStore(Protocol):
+    """What enrollment needs from persistence; the SQLite store implements it.
+
+    ``take_enrollment_token`` must be atomic (one winner when two devices race
+    with the same token) and raise ``EnrollmentError`` for an unknown, used or
+    expired token or a revoked device.  ``create_device`` raises ``StoreError``
+    when the id is taken.
+    """
+
     def create_device(
         self, device_id: str, *, name: str, tags: dict[str, str], now: float
     ) -> None: ...
@@ -52,12 +60,16 @@ class EnrollmentStore(Protocol):
 
 @dataclass(frozen=True)
 class IssuedToken:
+    """A one-time enrollment token, shown once to the operator and never stored."""
+
     token: str
     expires_at: float
 
 
 @dataclass(frozen=True)
 class IssuedCert:
+    """What the enroll and renew routes send back to the device."""
+
     device_id: str
     cert_pem: str
     ca_pem: str
@@ -65,10 +77,23 @@ class IssuedCert:
 
 
 def hash_token(token: str) -> str:
+    """SHA-256 is enough: tokens carry 256 random bits, so no stretching is needed."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def token_device_id(token: str) -> str | None:
+    """The device id a token names (``ID.SECRET``), or None if it has no such prefix."""
+    device_id, dot, secret = token.partition(".")
+    return device_id if dot and secret and is_device_id(device_id) else None
+
+
 class Enrollment:
+    """The enrollment service: tokens, first certificates, renewals and revocation.
+
+    I/O-free apart from the store and ``on_revoke`` (which pushes the new CRL
+    to the broker); ``clock`` makes expiry testable.
+    """
+
     def __init__(
         self,
         store: EnrollmentStore,
@@ -87,6 +112,7 @@ class Enrollment:
         self._clock = clock
 
     def add_device(self, device_id: str, *, name: str, tags: dict[str, str]) -> IssuedToken:
+        """Create the device record and its first token (``StoreError`` if the id is taken)."""
         try:
             check_device_id(device_id)
         except ValueError as exc:
@@ -95,6 +121,7 @@ class Enrollment:
         return self.new_token(device_id)
 
     def new_token(self, device_id: str) -> IssuedToken:
+        """A fresh token for an existing device; any earlier token stops working."""
         if self._store.is_revoked(device_id):
             raise EnrollmentError(f"device {device_id!r} is revoked and cannot enroll again")
         # The device learns its own id from the token: ids never contain '.'.
@@ -104,14 +131,22 @@ class Enrollment:
         return IssuedToken(token, expires_at)
 
     def enroll(self, token: str, csr_pem: bytes) -> IssuedCert:
+        """Consume ``token`` and certify the device's key from ``csr_pem``.
+
+        The CSR is checked against the id the token names *before* the token is
+        consumed, so a device that sent a broken or misnamed CSR can simply retry
+        with a corrected one instead of needing a new token from an operator.
+        """
         now = self._clock()
-        # A malformed CSR must not burn the token; a CSR for another device name does
-        # (that is a misconfigured or hostile device, and the operator should look).
-        try:
-            if not x509.load_pem_x509_csr(csr_pem).is_signature_valid:
-                raise EnrollmentError("the CSR signature is invalid")
-        except ValueError:
-            raise EnrollmentError("the certificate request is not a PEM CSR") from None
+        token = token.strip()
+        claimed = token_device_id(token)
+        if claimed is None:
+            raise EnrollmentError(
+                "that is not an enrollment token (expected DEVICE-ID.SECRET as printed by "
+                "`fleetctl devices add`); ask an operator for a new one with "
+                "`fleetctl devices token ID`"
+            )
+        check_device_csr(csr_pem, claimed)
         device_id = self._store.take_enrollment_token(hash_token(token), now)
         issued = self._ca.sign_device_csr(csr_pem, device_id, validity_s=self._validity, now=now)
         self._store.add_certificate(device_id, issued.serial, issued.not_after, now)
@@ -119,35 +154,32 @@ class Enrollment:
         return IssuedCert(device_id, issued.pem.decode(), self._ca.pem.decode(), issued.not_after)
 
     def renew(self, cert_pem: bytes, csr_pem: bytes, signature_b64: str) -> IssuedCert:
+        """Certify a device's new key, authorised by its current certificate.
+
+        ``signature_b64`` is a signature over the exact CSR bytes made with the
+        key of ``cert_pem``: a copied certificate alone (it is public) proves
+        nothing.  The new CSR must name the same device.
+        """
         now = self._clock()
+        revoked = {serial for serial, _ in self._store.revoked_serials()}
         try:
-            current = self._ca.verify_client_cert(cert_pem, now=now)
+            device_id, _ = self._ca.verify_client_cert(cert_pem, now=now, revoked=revoked)
         except CertificateError as exc:
             raise EnrollmentError(f"cannot renew: {exc}") from None
-        device_id = common_name(current)
         if self._store.is_revoked(device_id):
-            raise EnrollmentError(f"device {device_id!r} is revoked")
-        if current.serial_number in {s for s, _ in self._store.revoked_serials()}:
-            raise EnrollmentError("that certificate is revoked")
-        try:
-            signature = base64.b64decode(signature_b64, validate=True)
-            key = current.public_key()
-            if isinstance(key, ec.EllipticCurvePublicKey):
-                key.verify(signature, csr_pem, ec.ECDSA(hashes.SHA256()))
-            elif isinstance(key, ed25519.Ed25519PublicKey):
-                key.verify(signature, csr_pem)
-            else:
-                raise InvalidSignature
-        except (InvalidSignature, ValueError):
+            raise EnrollmentError(f"cannot renew: device {device_id!r} is revoked")
+        check_device_csr(csr_pem, device_id)
+        if not _proof_verifies(load_cert(cert_pem).public_key(), signature_b64, csr_pem):
             raise EnrollmentError(
                 "the renewal proof does not verify: sign the new CSR with the current key"
-            ) from None
+            )
         issued = self._ca.sign_device_csr(csr_pem, device_id, validity_s=self._validity, now=now)
         self._store.add_certificate(device_id, issued.serial, issued.not_after, now)
         log.info("renewed certificate of %s (serial %x)", device_id, issued.serial)
         return IssuedCert(device_id, issued.pem.decode(), self._ca.pem.decode(), issued.not_after)
 
     def revoke(self, device_id: str) -> list[int]:
+        """Revoke for good; ``on_revoke`` gets the new CRL so the broker enforces it."""
         now = self._clock()
         serials = self._store.revoke_device(device_id, now)
         crl = self.crl()
@@ -157,4 +189,19 @@ class Enrollment:
         return serials
 
     def crl(self) -> bytes:
+        """The current CRL (PEM) over every revoked serial."""
         return self._ca.crl_pem(self._store.revoked_serials(), now=self._clock())
+
+
+def _proof_verifies(key: object, signature_b64: str, data: bytes) -> bool:
+    try:
+        signature = base64.b64decode(signature_b64, validate=True)
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, data)
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True

@@ -16,7 +16,7 @@ import ipaddress
 import os
 import secrets
 import stat
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,8 @@ def _utc(ts: float) -> dt.datetime:
 
 
 def _serial() -> int:
-    return secrets.randbits(127) | 1
+    """128 random bits: unguessable, so a CA compromise cannot be staged by serial."""
+    return secrets.randbits(128) or 1
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -53,7 +54,17 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_public(path: Path, data: bytes) -> None:
+    """Write a non-secret file (certificates, CRLs) atomically, readable by all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
+
+
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """Unencrypted PKCS#8: the file mode, not a passphrase, protects keys at rest."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -66,6 +77,7 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def load_cert(pem: bytes) -> x509.Certificate:
+    """Parse one PEM certificate; garbage becomes a ``CertificateError``."""
     try:
         return x509.load_pem_x509_certificate(pem)
     except ValueError as exc:
@@ -73,12 +85,15 @@ def load_cert(pem: bytes) -> x509.Certificate:
 
 
 def common_name(cert: x509.Certificate | x509.CertificateSigningRequest) -> str:
+    """The subject CN, or ``""``: device certificates carry the device id there."""
     attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(attrs[0].value) if attrs else ""
 
 
 @dataclass(frozen=True)
 class Issued:
+    """A freshly signed device certificate with the fields the store records."""
+
     cert: x509.Certificate
 
     @property
@@ -145,7 +160,7 @@ class FleetCA:
         )
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(directory / "ca.key", key_pem(key))
-        (directory / "ca.pem").write_bytes(cert_pem(cert))
+        write_public(directory / "ca.pem", cert_pem(cert))
         return cls(key, cert, directory)
 
     @classmethod
@@ -163,8 +178,12 @@ class FleetCA:
             raise CertificateError(
                 f"no fleet CA in {directory}; run `fleet-server init` first"
             ) from None
+        except ValueError as exc:
+            raise CertificateError(f"the fleet CA in {directory} is unreadable: {exc}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise CertificateError(f"{key_file} is not an EC key")
+        if key.public_key() != cert.public_key():
+            raise CertificateError(f"{key_file} does not belong to {directory / 'ca.pem'}")
         return cls(key, cert, directory)
 
     # ------------------------------------------------------------ issuing --
@@ -192,7 +211,7 @@ class FleetCA:
                     key_encipherment=False,
                     content_commitment=False,
                     data_encipherment=False,
-                    key_agreement=True,
+                    key_agreement=False,
                     key_cert_sign=False,
                     crl_sign=False,
                     encipher_only=False,
@@ -210,14 +229,25 @@ class FleetCA:
     def issue_server_cert(
         self, hosts: Iterable[str], ips: Iterable[str], *, now: float
     ) -> tuple[bytes, bytes]:
-        """A TLS server certificate for the broker; returns ``(cert_pem, key_pem)``."""
+        """A TLS server certificate for the broker; returns ``(cert_pem, key_pem)``.
+
+        Clients match the host they dialled against the SAN only (the CN is ignored),
+        so every name and address devices use must be listed, ``127.0.0.1`` included
+        when they connect by IP.
+        """
+        host_list, ip_list = list(hosts), list(ips)
+        try:
+            addresses = [ipaddress.ip_address(ip) for ip in ip_list]
+        except ValueError as exc:
+            raise CertificateError(f"broker certificate: {exc}") from None
+        if not host_list and not addresses:
+            raise CertificateError("the broker certificate needs at least one host name or IP")
+        names: list[x509.GeneralName] = [x509.DNSName(h) for h in host_list]
+        names += [x509.IPAddress(a) for a in addresses]
         key = ec.generate_private_key(ec.SECP256R1())
-        names: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
-        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-        hosts = list(hosts)
         cert = (
             self._builder(
-                hosts[0] if hosts else "broker",
+                host_list[0] if host_list else str(addresses[0]),
                 key.public_key(),
                 validity_s=SERVER_VALIDITY_S,
                 now=now,
@@ -242,24 +272,7 @@ class FleetCA:
         self, csr_pem: bytes, device_id: str, *, validity_s: float, now: float
     ) -> Issued:
         """Sign a device's CSR after checking it proves its key and names the right device."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError:
-            raise EnrollmentError("the certificate request is not a PEM CSR") from None
-        if not csr.is_signature_valid:
-            raise EnrollmentError("the CSR signature is invalid (it must be signed by its own key)")
-        cn = common_name(csr)
-        if cn != device_id or not is_device_id(cn):
-            raise EnrollmentError(
-                f"the CSR names {cn!r} but the token is for device {device_id!r}; "
-                "the CSR's common name must be the device id"
-            )
-        public_key = csr.public_key()
-        if isinstance(public_key, ec.EllipticCurvePublicKey):
-            if not isinstance(public_key.curve, ec.SECP256R1):
-                raise EnrollmentError("only P-256 EC keys or Ed25519 keys are accepted")
-        elif not isinstance(public_key, ed25519.Ed25519PublicKey):
-            raise EnrollmentError("only P-256 EC keys or Ed25519 keys are accepted")
+        public_key = check_device_csr(csr_pem, device_id)
         cert = (
             self._builder(device_id, public_key, validity_s=validity_s, now=now)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
@@ -269,27 +282,44 @@ class FleetCA:
 
     # ------------------------------------------------------------ checking --
 
-    def verify_client_cert(self, pem: bytes, *, now: float) -> x509.Certificate:
-        """A device certificate we issued, still valid; raises ``CertificateError`` otherwise."""
+    def verify_client_cert(
+        self, pem: bytes, *, now: float, revoked: Collection[int] = ()
+    ) -> tuple[str, int]:
+        """Check a presented client certificate; returns ``(device_id, serial)``.
+
+        It must be signed by this CA, be a client certificate for a well-formed
+        device id, be inside its validity window and not be in ``revoked``.
+        Raises ``CertificateError`` saying which check failed.
+        """
         cert = load_cert(pem)
-        if cert.issuer != self.cert.subject:
-            raise CertificateError("the certificate was not issued by this fleet's CA")
         try:
-            self.cert.public_key().verify(  # type: ignore[call-arg,union-attr]
-                cert.signature,
-                cert.tbs_certificate_bytes,
-                ec.ECDSA(cert.signature_hash_algorithm),  # type: ignore[arg-type]
+            cert.verify_directly_issued_by(self.cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise CertificateError("the certificate was not issued by this fleet's CA") from None
+        try:
+            usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            usages = x509.ExtendedKeyUsage([])
+        device_id = common_name(cert)
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages or not is_device_id(device_id):
+            raise CertificateError("the certificate is not a device certificate")
+        if now < cert.not_valid_before_utc.timestamp():
+            raise CertificateError("the certificate is not valid yet; check the device's clock")
+        if now > cert.not_valid_after_utc.timestamp():
+            raise CertificateError(
+                f"the certificate of {device_id!r} has expired; "
+                f"enroll it again with a new token (`fleetctl devices token {device_id}`)"
             )
-        except InvalidSignature:
-            raise CertificateError("the certificate's signature does not verify") from None
-        if not (
-            cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp()
-        ):
-            raise CertificateError("the certificate has expired; enroll the device again")
-        return cert
+        if cert.serial_number in revoked:
+            raise CertificateError(f"the certificate of {device_id!r} is revoked")
+        return device_id, cert.serial_number
 
     def crl_pem(self, revoked: Iterable[tuple[int, float]], *, now: float) -> bytes:
-        """A CRL listing ``(serial, revoked_at)``; valid for a year, re-issued on every change."""
+        """A CRL listing ``(serial, revoked_at)``.
+
+        It is re-issued on every change, so a long ``next_update`` is harmless and
+        keeps OpenSSL from refusing every client if the server is down for a while.
+        """
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.cert.subject)
@@ -304,3 +334,33 @@ class FleetCA:
                 .build()
             )
         return builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def check_device_csr(
+    csr_pem: bytes, device_id: str
+) -> ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey:
+    """Validate a device CSR without signing it; returns its public key.
+
+    Separate from signing so enrollment can refuse a bad CSR *before* it
+    consumes the one-time token.
+    """
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        raise EnrollmentError("the certificate request is not a PEM CSR") from None
+    if not csr.is_signature_valid:
+        raise EnrollmentError("the CSR signature is invalid (it must be signed by its own key)")
+    cn = common_name(csr)
+    if cn != device_id:
+        raise EnrollmentError(
+            f"the CSR names {cn!r} but this enrollment is for device {device_id!r}; "
+            "the CSR's common name must be the device id"
+        )
+    public_key = csr.public_key()
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        return public_key
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return public_key
+    raise EnrollmentError("only EC P-256 or Ed25519 device keys are accepted")

@@ -206,8 +206,15 @@ class FleetServer:
             self.layout.broker.directory.mkdir(parents=True, exist_ok=True)
             self.layout.broker.crl.write_bytes(crl_pem)
             return
-        self.broker.configure(crl_pem=crl_pem, revoked=self._revoked_ids())
+        revoked = self._revoked_ids()
+        self.broker.configure(crl_pem=crl_pem, revoked=revoked)
         self.broker.reload()
+        # The broker re-reads CRL and ACL on SIGHUP: a revoked device that is still
+        # connected is denied everything, but its Last Will never fires.  It is
+        # offline as far as the fleet is concerned.
+        now = time.time()
+        for device_id in revoked:
+            self.store.set_presence(device_id, online=False, ts=now)
 
     def _revoked_ids(self) -> list[str]:
         page = self.store.list_devices(limit=1_000_000)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet_contract.errors import BrokerError
 from edgefleet_contract.mqtt import TlsFiles
 from fleet_server.broker import ManagedBroker, find_mosquitto
 from fleet_server.config import ServerSettings
@@ -26,17 +27,23 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 
+def _require_mosquitto() -> None:
+    try:
+        find_mosquitto("mosquitto")
+    except BrokerError as exc:  # pragma: no cover - environment problem, said plainly
+        pytest.skip(f"mosquitto is not installed, broker tests cannot run: {exc}")
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The session's fleet CA, with the server's MQTT identity (``pki.server``)."""
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")
 def broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedBroker]:
-    try:
-        find_mosquitto("mosquitto")
-    except Exception as exc:  # pragma: no cover - environment problem, said plainly
-        pytest.skip(f"mosquitto is not installed: {exc}")
+    """One managed mosquitto for the session (mTLS, ACL, CRL); use unique device ids."""
+    _require_mosquitto()
     b = start_broker(pki, tmp_path_factory.mktemp("broker"))
     yield b
     b.stop()
@@ -44,6 +51,8 @@ def broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manag
 
 @pytest.fixture
 def fresh_broker(pki: Pki, tmp_path: Path) -> Iterator[ManagedBroker]:
+    """A private managed broker for tests that kill, reload or reconfigure it."""
+    _require_mosquitto()
     b = start_broker(pki, tmp_path / "broker")
     yield b
     b.stop()
@@ -51,11 +60,13 @@ def fresh_broker(pki: Pki, tmp_path: Path) -> Iterator[ManagedBroker]:
 
 @pytest.fixture
 def identity(pki: Pki) -> Callable[..., TlsFiles]:
+    """``identity("dev-1")`` -> TlsFiles (CA, cert, 0600 key) issued by the session CA."""
     return pki.identity
 
 
 @pytest.fixture
 def mqtt_client() -> Iterator[Callable[..., Client]]:
+    """``mqtt_client(tls, client_id)`` -> a paho v5 test Client, closed after the test."""
     made: list[Client] = []
 
     def make(tls: TlsFiles | None, client_id: str, **kw: object) -> Client:

@@ -78,24 +78,56 @@ def test_clients_without_valid_certificates_are_refused(
     assert not _refused(broker.port, lambda: Client(pki.identity("acl-good"), "acl-good"))
 
 
-def test_revoked_certificate_is_cut_off(
+def test_revocation_applies_without_a_restart(
     fresh_broker: ManagedBroker,
     pki: Pki,
     mqtt_client: Callable[..., Client],
 ) -> None:
+    server = mqtt_client(pki.server, "fleet.server")
+    server.connect(fresh_broker.port)
+    server.client.subscribe("devices/+/telemetry", qos=1)
     ident = pki.identity("rev-1")
     victim = mqtt_client(ident, "rev-1")
     victim.connect(fresh_broker.port)
+    victim.client.subscribe("devices/rev-1/#", qos=1)
+    bystander = mqtt_client(pki.identity("rev-2"), "rev-2")
+    bystander.connect(fresh_broker.port)
+    bystander.client.subscribe("devices/rev-2/cmd", qos=1)
+    before = victim.client.publish("devices/rev-1/telemetry", b"before", qos=1)
+    wait_for(lambda: before.mid in victim.pubacks, what="PUBACK before revocation")
+    assert victim.pubacks[before.mid] == "Success"
+
     assert ident.cert_file is not None
     serial = x509.load_pem_x509_certificate(ident.cert_file.read_bytes()).serial_number
+    pid = fresh_broker.pid
     fresh_broker.configure(
         crl_pem=pki.ca.crl_pem([(serial, time.time())], now=time.time()), revoked=["rev-1"]
     )
     fresh_broker.reload()
-    assert fresh_broker.wait_ready()
-    wait_for(lambda: fresh_broker.restarts >= 1, what="broker restart")
-    assert _refused(fresh_broker.port, lambda: Client(ident, "rev-1"))
-    assert not _refused(fresh_broker.port, lambda: Client(pki.identity("rev-2"), "rev-2"))
+
+    # the open connection is denied everything once the broker has handled the signal
+    attempts: list[bytes] = []
+
+    def denied() -> bool:
+        attempts.append(f"after-{len(attempts)}".encode())
+        m = victim.client.publish("devices/rev-1/telemetry", attempts[-1], qos=1)
+        wait_for(lambda: m.mid in victim.pubacks, what="PUBACK after revocation")
+        return victim.pubacks[m.mid] == "Not authorized"
+
+    wait_for(denied, what="the revoked device's publish to be refused")
+    server.client.publish("devices/rev-1/cmd", b"too late", qos=1)
+    server.client.publish("devices/rev-2/cmd", b"still here", qos=1)
+    # a new connection with the revoked certificate fails the TLS handshake
+    assert _refused(fresh_broker.port, lambda: Client(ident, "rev-1-again"))
+    # and the rest of the fleet kept its connections: same process, nobody kicked
+    assert fresh_broker.pid == pid and fresh_broker.restarts == 0
+    assert bystander.client.is_connected()
+    bystander.client.publish("devices/rev-2/telemetry", b"fine", qos=1)
+    wait_for(lambda: ("devices/rev-2/telemetry", b"fine") in server.messages, what="server rx")
+    # the broker handled the server's two publishes in order: rev-2 got its one, rev-1 nothing
+    wait_for(lambda: ("devices/rev-2/cmd", b"still here") in bystander.messages, what="rev-2 cmd")
+    assert ("devices/rev-1/cmd", b"too late") not in victim.messages
+    assert ("devices/rev-1/telemetry", attempts[-1]) not in server.messages
 
 
 def test_broker_restarts_after_kill_and_clients_reconnect(

@@ -1,0 +1,231 @@
+"""The enrollment service against a real CA and a small in-memory store.
+
+The store here follows the ``EnrollmentStore`` contract (atomic token take,
+errors for unknown/used/expired tokens and revoked devices); the SQLite store
+is exercised through the same service in the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edgefleet_contract.errors import EnrollmentError, StoreError
+from fleet_server.enrollment import Enrollment, hash_token
+from fleet_server.pki import FleetCA
+
+DAY = 86400.0
+
+
+@dataclass
+class _Device:
+    revoked_at: float | None = None
+    serials: list[int] = field(default_factory=list)
+
+
+@dataclass
+class MemoryStore:
+    devices: dict[str, _Device] = field(default_factory=dict)
+    tokens: dict[str, tuple[str, float, bool]] = field(default_factory=dict)
+
+    def create_device(self, device_id: str, *, name: str, tags: dict[str, str], now: float) -> None:
+        if device_id in self.devices:
+            raise StoreError(f"device {device_id!r} already exists")
+        self.devices[device_id] = _Device()
+
+    def save_enrollment_token(self, device_id: str, token_hash: str, expires_at: float) -> None:
+        self.tokens = {h: t for h, t in self.tokens.items() if t[0] != device_id}
+        self.tokens[token_hash] = (device_id, expires_at, False)
+
+    def take_enrollment_token(self, token_hash: str, now: float) -> str:
+        if token_hash not in self.tokens:
+            raise EnrollmentError("unknown enrollment token")
+        device_id, expires_at, used = self.tokens[token_hash]
+        if self.is_revoked(device_id):
+            raise EnrollmentError(f"device {device_id!r} is revoked and cannot enroll again")
+        if used:
+            raise EnrollmentError("enrollment token already used")
+        if now > expires_at:
+            raise EnrollmentError("enrollment token expired")
+        self.tokens[token_hash] = (device_id, expires_at, True)
+        return device_id
+
+    def add_certificate(self, device_id: str, serial: int, not_after: float, now: float) -> None:
+        self.devices[device_id].serials.append(serial)
+
+    def revoke_device(self, device_id: str, now: float) -> list[int]:
+        self.devices[device_id].revoked_at = now
+        return list(self.devices[device_id].serials)
+
+    def revoked_serials(self) -> list[tuple[int, float]]:
+        return [(s, d.revoked_at) for d in self.devices.values() if d.revoked_at for s in d.serials]
+
+    def is_revoked(self, device_id: str) -> bool:
+        return self.devices[device_id].revoked_at is not None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def csr(key: ec.EllipticCurvePrivateKey, cn: str) -> bytes:
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+    )
+    return request.public_bytes(serialization.Encoding.PEM)
+
+
+def proof(key: ec.EllipticCurvePrivateKey, data: bytes) -> str:
+    return base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
+
+
+@dataclass
+class Rig:
+    service: Enrollment
+    store: MemoryStore
+    clock: Clock
+    crls: list[bytes]
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    clock = Clock()
+    store = MemoryStore()
+    crls: list[bytes] = []
+    ca = FleetCA.create(tmp_path / "ca", now=clock.now - DAY)
+    service = Enrollment(
+        store,
+        ca,
+        token_ttl_s=DAY,
+        cert_validity_s=7 * DAY,
+        on_revoke=crls.append,
+        clock=clock,
+    )
+    return Rig(service, store, clock, crls)
+
+
+def test_token_enrolls_once_and_only_its_hash_is_stored(rig: Rig) -> None:
+    issued = rig.service.add_device("pump-7", name="Pump 7", tags={"site": "berlin"})
+    assert issued.token.startswith("pump-7.") and len(issued.token) > 40
+    assert issued.expires_at == rig.clock.now + DAY
+    assert list(rig.store.tokens) == [hash_token(issued.token)]
+    assert issued.token not in repr(rig.store)
+
+    key = new_key()
+    cert = rig.service.enroll(issued.token, csr(key, "pump-7"))
+    parsed = x509.load_pem_x509_certificate(cert.cert_pem.encode())
+    assert cert.device_id == "pump-7" and parsed.public_key() == key.public_key()
+    assert rig.store.devices["pump-7"].serials == [parsed.serial_number]
+    assert cert.not_after == rig.clock.now + 7 * DAY
+
+    with pytest.raises(EnrollmentError, match="already used"):
+        rig.service.enroll(issued.token, csr(new_key(), "pump-7"))
+
+
+def test_unknown_malformed_and_expired_tokens_are_refused(rig: Rig) -> None:
+    issued = rig.service.add_device("pump-8", name="", tags={})
+    with pytest.raises(EnrollmentError, match="unknown"):
+        rig.service.enroll("pump-8.not-the-secret", csr(new_key(), "pump-8"))
+    with pytest.raises(EnrollmentError, match="fleetctl devices token"):
+        rig.service.enroll("no-separator", csr(new_key(), "pump-8"))
+    rig.clock.now += DAY + 1
+    with pytest.raises(EnrollmentError, match="expired"):
+        rig.service.enroll(issued.token, csr(new_key(), "pump-8"))
+    fresh = rig.service.new_token("pump-8")  # an operator issues a new one
+    assert rig.service.enroll(fresh.token, csr(new_key(), "pump-8")).device_id == "pump-8"
+
+
+def test_a_new_token_replaces_the_previous_one(rig: Rig) -> None:
+    first = rig.service.add_device("pump-9", name="", tags={})
+    second = rig.service.new_token("pump-9")
+    with pytest.raises(EnrollmentError, match="unknown"):
+        rig.service.enroll(first.token, csr(new_key(), "pump-9"))
+    assert rig.service.enroll(second.token, csr(new_key(), "pump-9")).device_id == "pump-9"
+
+
+def test_a_misnamed_csr_is_refused_without_burning_the_token(rig: Rig) -> None:
+    issued = rig.service.add_device("pump-10", name="", tags={})
+    with pytest.raises(EnrollmentError, match="must be the device id"):
+        rig.service.enroll(issued.token, csr(new_key(), "pump-11"))
+    with pytest.raises(EnrollmentError, match="not a PEM CSR"):
+        rig.service.enroll(issued.token, b"junk")
+    assert rig.service.enroll(issued.token, csr(new_key(), "pump-10")).device_id == "pump-10"
+
+
+def test_invalid_device_ids_and_duplicates_are_refused(rig: Rig) -> None:
+    with pytest.raises(EnrollmentError, match="invalid device id"):
+        rig.service.add_device("pump/1", name="", tags={})
+    rig.service.add_device("dup-1", name="", tags={})
+    with pytest.raises(StoreError, match="already exists"):
+        rig.service.add_device("dup-1", name="", tags={})
+
+
+def enrolled(rig: Rig, device_id: str) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    token = rig.service.add_device(device_id, name="", tags={}).token
+    key = new_key()
+    return key, rig.service.enroll(token, csr(key, device_id)).cert_pem.encode()
+
+
+def test_renewal_with_proof_of_possession_issues_a_new_certificate(rig: Rig) -> None:
+    key, cert = enrolled(rig, "ren-1")
+    rig.clock.now += 5 * DAY
+    new = new_key()
+    request = csr(new, "ren-1")
+    renewed = rig.service.renew(cert, request, proof(key, request))
+    parsed = x509.load_pem_x509_certificate(renewed.cert_pem.encode())
+    assert parsed.public_key() == new.public_key()
+    assert renewed.not_after == rig.clock.now + 7 * DAY
+    assert len(rig.store.devices["ren-1"].serials) == 2
+
+
+def test_renewal_refusals_say_why(rig: Rig) -> None:
+    key, cert = enrolled(rig, "ren-2")
+    new = new_key()
+    request = csr(new, "ren-2")
+    with pytest.raises(EnrollmentError, match="renewal proof does not verify"):
+        rig.service.renew(cert, request, proof(new, request))  # signed with the new key
+    with pytest.raises(EnrollmentError, match="renewal proof does not verify"):
+        rig.service.renew(cert, request, proof(key, request + b"\n"))  # other bytes
+    with pytest.raises(EnrollmentError, match="renewal proof does not verify"):
+        rig.service.renew(cert, request, "%%%not-base64")
+    other = csr(new, "ren-3")
+    with pytest.raises(EnrollmentError, match="must be the device id"):
+        rig.service.renew(cert, other, proof(key, other))
+    rig.clock.now += 7 * DAY + 1
+    with pytest.raises(EnrollmentError, match="expired"):
+        rig.service.renew(cert, request, proof(key, request))
+
+
+def test_revoked_device_cannot_renew_or_enroll_again(rig: Rig) -> None:
+    key, cert = enrolled(rig, "rev-1")
+    serial = x509.load_pem_x509_certificate(cert).serial_number
+    assert rig.service.revoke("rev-1") == [serial]
+    crl = x509.load_pem_x509_crl(rig.crls[-1])
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+    request = csr(new_key(), "rev-1")
+    with pytest.raises(EnrollmentError, match="revoked"):
+        rig.service.renew(cert, request, proof(key, request))
+    with pytest.raises(EnrollmentError, match="revoked"):
+        rig.service.new_token("rev-1")
+    # a token handed out before the revocation is dead too
+    rig.store.save_enrollment_token("rev-1", hash_token("rev-1.leftover"), rig.clock.now + DAY)
+    with pytest.raises(EnrollmentError, match="revoked"):
+        rig.service.enroll("rev-1.leftover", request)
