@@ -1,0 +1,183 @@
+"""The inference runtimes behind one small interface: ONNX Runtime and TFLite.
+
+A backend runs an already-preprocessed float/int batch and returns the raw
+output tensor; everything model-specific (preprocessing, quantization of the
+input, labels, self-test) lives in :mod:`.model` so the runtimes stay
+interchangeable.  Runtime libraries are imported lazily, so a device that has
+only one of them installed can still run packages for it.
+
+TFLite comes from ``ai_edge_litert`` (preferred; works with numpy 2) or the
+older ``tflite_runtime`` (numpy < 2 only).  ``EDGEFLEET_TFLITE_BACKEND``
+forces one of them (``ai_edge_litert`` | ``tflite_runtime``; default ``auto``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from importlib import metadata
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet_contract.errors import ModelError, PackageError, RuntimeUnavailable
+from edgefleet_contract.package import Manifest
+
+TFLITE_ENV = "EDGEFLEET_TFLITE_BACKEND"
+_TFLITE_MODULES = {
+    "ai_edge_litert": ("ai_edge_litert.interpreter", "ai-edge-litert"),
+    "tflite_runtime": ("tflite_runtime.interpreter", "tflite-runtime"),
+}
+
+
+class Backend(Protocol):
+    name: str
+    """Library and version, e.g. ``onnxruntime 1.31.1``: reported with self-test failures."""
+
+    def run(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]: ...
+
+
+def open_backend(manifest: Manifest, model: bytes, *, threads: int = 1) -> Backend:
+    """A backend for the package's runtime; raises RuntimeUnavailable or PackageError."""
+    if not 1 <= threads <= 256:
+        raise ModelError(f"threads must be between 1 and 256, got {threads}")
+    if manifest.runtime == "onnx":
+        return OnnxBackend(manifest, model, threads)
+    return TfliteBackend(manifest, model, threads)
+
+
+def available_runtimes() -> list[str]:
+    """Runtimes this device can serve (``onnx``, ``tflite``), for the reported capabilities."""
+    found = []
+    if _find("onnxruntime"):
+        found.append("onnx")
+    if any(_find(module.partition(".")[0]) for module, _ in _TFLITE_MODULES.values()):
+        found.append("tflite")
+    return found
+
+
+def _find(module: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(module) is not None
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class OnnxBackend:
+    """ONNX Runtime on the CPU provider; ``InferenceSession.run`` is thread-safe."""
+
+    def __init__(self, manifest: Manifest, model: bytes, threads: int) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RuntimeUnavailable(
+                "this package needs ONNX Runtime, which is not installed "
+                "(pip install 'edgefleet[agent]')"
+            ) from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own types for unloadable graphs
+            raise PackageError(f"ONNX Runtime cannot load {manifest.model_file}: {exc}") from exc
+        self._input = manifest.inputs[0].name
+        self._outputs = [manifest.outputs[0].name]
+        _check_names(
+            manifest,
+            [i.name for i in self._session.get_inputs()],
+            [o.name for o in self._session.get_outputs()],
+        )
+        self.name = f"onnxruntime {ort.__version__}"
+
+    def run(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        try:
+            out = self._session.run(self._outputs, {self._input: x})[0]
+        except Exception as exc:
+            raise ModelError(f"inference failed in {self.name}: {exc}") from exc
+        return np.asarray(out)
+
+
+class TfliteBackend:
+    """A TFLite interpreter; one invocation at a time (interpreters are not thread-safe).
+
+    The batch dimension is resized only when the batch size changes, so a
+    steady stream of same-sized requests pays no reallocation.
+    """
+
+    def __init__(self, manifest: Manifest, model: bytes, threads: int) -> None:
+        interpreter_class, self.name = _tflite_interpreter()
+        try:
+            self._interpreter = interpreter_class(model_content=model, num_threads=threads)
+            self._interpreter.allocate_tensors()
+        except Exception as exc:
+            if "NumPy" in str(exc) or "_ARRAY_API" in str(exc):
+                raise RuntimeUnavailable(
+                    f"{self.name} was built for numpy 1.x and cannot run under numpy "
+                    f"{np.__version__}; install ai-edge-litert or use numpy<2"
+                ) from exc
+            raise PackageError(f"{self.name} cannot load {manifest.model_file}: {exc}") from exc
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        _check_names(manifest, [d["name"] for d in inputs], [d["name"] for d in outputs])
+        self._in = int(inputs[0]["index"])
+        self._out = int(outputs[0]["index"])
+        self._shape: tuple[int, ...] = tuple(int(d) for d in inputs[0]["shape"])
+        self._lock = threading.Lock()
+
+    def run(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        interpreter = self._interpreter
+        with self._lock:
+            try:
+                if x.shape != self._shape:
+                    interpreter.resize_tensor_input(self._in, list(x.shape))
+                    interpreter.allocate_tensors()
+                    self._shape = x.shape
+                interpreter.set_tensor(self._in, x)
+                interpreter.invoke()
+                return np.asarray(interpreter.get_tensor(self._out))
+            except Exception as exc:
+                self._shape = ()  # force a clean resize next time
+                raise ModelError(f"inference failed in {self.name}: {exc}") from exc
+
+
+def _tflite_interpreter() -> tuple[Any, str]:
+    choice = os.environ.get(TFLITE_ENV, "auto").strip() or "auto"
+    if choice != "auto" and choice not in _TFLITE_MODULES:
+        raise RuntimeUnavailable(
+            f"{TFLITE_ENV}={choice!r} is not a TFLite backend; use "
+            f"{' or '.join(_TFLITE_MODULES)} (or auto)"
+        )
+    names = list(_TFLITE_MODULES) if choice == "auto" else [choice]
+    problems = []
+    for name in names:
+        module_name, distribution = _TFLITE_MODULES[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        return module.Interpreter, f"{name} {_version(distribution)}"
+    raise RuntimeUnavailable(
+        "this package needs a TFLite runtime and none is importable ("
+        + "; ".join(problems)
+        + "): pip install ai-edge-litert (or tflite-runtime with numpy<2)"
+    )
+
+
+def _check_names(manifest: Manifest, inputs: list[str], outputs: list[str]) -> None:
+    want_in, want_out = manifest.inputs[0].name, manifest.outputs[0].name
+    if inputs != [want_in] or outputs != [want_out]:
+        raise PackageError(
+            f"{manifest.model_file} has inputs {inputs} and outputs {outputs}; the manifest "
+            f"declares [{want_in!r}] and [{want_out!r}]"
+        )

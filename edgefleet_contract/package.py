@@ -1,0 +1,505 @@
+"""The model package: one zip file the server builds and signs and the agent runs.
+
+A package holds ``manifest.json`` plus the files it lists (the runtime model
+and, for trainable models, ``weights.npz`` with the float weights).  Each listed
+file carries its SHA-256 and size; the package's own SHA-256 (of the whole file)
+is the identity a device reports in :class:`~edgefleet_contract.messages.ModelRef`.
+
+Packages arrive from uploads and over the air, so reading one assumes a hostile
+file: sizes are checked against limits before anything is decompressed, member
+names are flat (no directories, so nothing can point outside the package), the
+member count is bounded, nothing is unpickled, and every byte is hashed against
+the manifest before a runtime sees it.  :func:`parse_package` is the I/O-free
+core; :func:`read_package` and :func:`write_package` are the disk edges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from .drift import DriftReference
+from .errors import PackageError
+from .messages import ModelRef, Sha256, Timestamp
+
+FORMAT_VERSION: Literal[1] = 1
+MANIFEST_NAME = "manifest.json"
+WEIGHTS_NAME = "weights.npz"
+SUFFIX = ".efpkg"
+
+MAX_PACKAGE_BYTES = 128 * 1024 * 1024
+"""Default limit on the package file (and on everything it unpacks to)."""
+MAX_MANIFEST_BYTES = 8 * 1024 * 1024
+MAX_MEMBERS = 16
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+"""Every member gets this timestamp, so the same content always makes the same bytes."""
+
+SEMVER_PATTERN = (
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
+)
+MEMBER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_MEMBER_RE = re.compile(MEMBER_PATTERN)
+
+PackageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+SemVer = Annotated[str, StringConstraints(pattern=SEMVER_PATTERN, max_length=64)]
+MemberName = Annotated[str, StringConstraints(pattern=MEMBER_PATTERN)]
+Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Runtime = Literal["onnx", "tflite"]
+Dim = Annotated[int, Field(ge=-1, le=1_000_000)]
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class TensorQuantization(_Closed):
+    """Affine int8/uint8 mapping of a runtime tensor: ``real = scale * (q - zero_point)``."""
+
+    scale: Annotated[float, Field(gt=0)]
+    zero_point: Annotated[int, Field(ge=-128, le=255)]
+
+
+class TensorSpec(_Closed):
+    """One runtime input or output; ``-1`` in ``shape`` is the batch dimension."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    shape: Annotated[list[Dim], Field(min_length=1, max_length=8)]
+    dtype: Literal["float32", "int8", "uint8"]
+    quantization: TensorQuantization | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TensorSpec:
+        if any(d == 0 for d in self.shape) or -1 in self.shape[1:]:
+            raise ValueError("only the first (batch) dimension may be -1, and none may be 0")
+        if (self.dtype != "float32") != (self.quantization is not None):
+            raise ValueError("integer tensors need quantization parameters; float ones none")
+        return self
+
+    @property
+    def features(self) -> int:
+        """Values per sample (the product of the non-batch dimensions)."""
+        return math.prod(self.shape[1:])
+
+
+Floats = float | Annotated[list[float], Field(min_length=1, max_length=65536)]
+
+
+class Preprocessing(_Closed):
+    """Applied by the runtime to raw features: ``x * scale + offset`` (per feature or scalar)."""
+
+    scale: Floats = 1.0
+    offset: Floats = 0.0
+
+
+class Quantization(_Closed):
+    dtype: Literal["float32", "int8"]
+    method: Literal["none", "dynamic-range", "static-qdq", "full-integer"]
+    calibration_samples: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Quantization:
+        if (self.dtype == "float32") != (self.method == "none"):
+            raise ValueError("float32 models use method 'none'; int8 models name their method")
+        return self
+
+
+class SelfTest(_Closed):
+    """Vectors the device must reproduce on its own runtime before it serves a model.
+
+    ``inputs`` are raw features (before preprocessing); ``expected`` are the
+    output probabilities the builder's runtime produced for this very file.
+    """
+
+    inputs: Annotated[list[list[float]], Field(min_length=1, max_length=1024)]
+    expected: Annotated[list[list[float]], Field(min_length=1, max_length=1024)]
+    atol: Annotated[float, Field(gt=0, le=1)]
+    """Largest absolute difference allowed on any probability."""
+    min_top1_agreement: Annotated[float, Field(ge=0, le=1)] = 1.0
+    """Share of vectors whose top-1 class must match the expected one."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SelfTest:
+        if len(self.inputs) != len(self.expected):
+            raise ValueError("self_test needs exactly one expected row per input row")
+        return self
+
+
+class ParamSpec(_Closed):
+    name: Ident
+    shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=8)]
+
+
+class LayerSpec(_Closed):
+    """One layer of the float network the trainable weights belong to.
+
+    Conventions: dense weights are ``(in, out)``; conv2d weights are
+    ``(kh, kw, in_channels, out_channels)`` with 'same' padding and stride 1 on
+    NHWC images; flatten is in NHWC order; maxpool2d uses ``size`` as both
+    window and stride; upsample2d repeats each pixel ``size`` times along
+    height and width (nearest neighbour).
+    """
+
+    kind: Literal["dense", "conv2d", "maxpool2d", "upsample2d", "flatten"]
+    weight: Ident | None = None
+    bias: Ident | None = None
+    activation: Literal["none", "relu", "softmax"] = "none"
+    size: Annotated[int, Field(ge=1, le=64)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LayerSpec:
+        has_params = self.kind in ("dense", "conv2d")
+        if has_params != (self.weight is not None and self.bias is not None):
+            raise ValueError(f"a {self.kind} layer {'needs' if has_params else 'has no'} params")
+        if (self.kind in ("maxpool2d", "upsample2d")) != (self.size is not None):
+            raise ValueError("'size' is set exactly on maxpool2d and upsample2d layers")
+        return self
+
+
+class Trainable(_Closed):
+    """How the float weights in ``weights.npz`` map onto the model."""
+
+    file: MemberName = WEIGHTS_NAME
+    input_shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=4)]
+    """One sample after preprocessing: ``[features]`` or an image ``[h, w, c]``."""
+    layers: Annotated[list[LayerSpec], Field(min_length=1, max_length=64)]
+    params: Annotated[list[ParamSpec], Field(min_length=1, max_length=128)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Trainable:
+        names = [p.name for p in self.params]
+        if len(set(names)) != len(names):
+            raise ValueError("parameter names must be unique")
+        used = [n for layer in self.layers for n in (layer.weight, layer.bias) if n]
+        if sorted(used) != sorted(names):
+            raise ValueError("the layers must use every listed parameter exactly once")
+        return self
+
+
+class Lineage(_Closed):
+    source: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    """Where the weights came from: "build", "upload", "federated", ..."""
+    run_id: Ident | None = None
+    parent: Annotated[str, StringConstraints(max_length=128)] | None = None
+    """The ``name@version`` this one was derived from, if any."""
+
+
+class FileEntry(_Closed):
+    path: MemberName
+    sha256: Sha256
+    size: Annotated[int, Field(ge=0)]
+
+
+class Manifest(_Closed):
+    format: Literal[1] = FORMAT_VERSION
+    name: PackageName
+    version: SemVer
+    runtime: Runtime
+    quantization: Quantization
+    flavor: Literal["onnx-float32", "onnx-int8", "tflite-float32", "tflite-int8"]
+    model_file: MemberName
+    inputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=1)]
+    outputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=1)]
+    preprocessing: Preprocessing = Preprocessing()
+    labels: Annotated[list[Label], Field(min_length=2, max_length=10_000)]
+    self_test: SelfTest
+    drift: DriftReference
+    trainable: Trainable | None = None
+    lineage: Lineage
+    created_at: Timestamp
+    files: Annotated[list[FileEntry], Field(max_length=MAX_MEMBERS - 1)] = []
+    """Filled in by :func:`write_package`; a package read back always lists its model file."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.flavor != flavor_of(self.runtime, self.quantization.dtype):
+            raise ValueError(f"flavor must be {flavor_of(self.runtime, self.quantization.dtype)!r}")
+        features, classes = self.inputs[0].features, self.outputs[0].features
+        if len(self.labels) != classes:
+            raise ValueError(f"{len(self.labels)} labels for an output of {classes} classes")
+        for name in ("scale", "offset"):
+            value = getattr(self.preprocessing, name)
+            if isinstance(value, list) and len(value) != features:
+                raise ValueError(f"preprocessing.{name} has {len(value)} values, need {features}")
+        if any(len(row) != features for row in self.self_test.inputs):
+            raise ValueError(f"every self_test input row needs {features} values")
+        if any(len(row) != classes for row in self.self_test.expected):
+            raise ValueError(f"every self_test expected row needs {classes} values")
+        if len(self.drift.features) != features:
+            raise ValueError(f"the drift reference must describe {features} features")
+        if self.trainable and math.prod(self.trainable.input_shape) != features:
+            raise ValueError("trainable.input_shape does not hold the input's feature count")
+        paths = [f.path for f in self.files]
+        if len(set(paths)) != len(paths) or MANIFEST_NAME in paths:
+            raise ValueError("files must be listed once each, and never manifest.json")
+        return self
+
+    @property
+    def features(self) -> int:
+        return self.inputs[0].features
+
+
+def flavor_of(runtime: str, dtype: str) -> str:
+    return f"{runtime}-{dtype}"
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A verified package in memory: every member matched its manifest entry."""
+
+    manifest: Manifest
+    sha256: str
+    size: int
+    members: Mapping[str, bytes] = field(repr=False)
+
+    @property
+    def ref(self) -> ModelRef:
+        m = self.manifest
+        return ModelRef(name=m.name, version=m.version, sha256=self.sha256, runtime=m.runtime)
+
+    @property
+    def model_bytes(self) -> bytes:
+        return self.members[self.manifest.model_file]
+
+    def weights(self) -> dict[str, npt.NDArray[np.float32]]:
+        """The trainable float weights, checked against the manifest's parameter shapes."""
+        trainable = self.manifest.trainable
+        if trainable is None:
+            raise PackageError(f"{self.manifest.name} {self.manifest.version} is not trainable")
+        return decode_weights(self.members[trainable.file], trainable)
+
+
+# ---------------------------------------------------------------- reading ----
+
+
+def read_package(path: Path, *, max_bytes: int = MAX_PACKAGE_BYTES) -> ModelPackage:
+    """Read and verify the package at ``path``; raise :class:`PackageError` if it is unfit."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise PackageError(f"{path}: {size} bytes is over the {max_bytes}-byte package limit")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PackageError(f"cannot read model package {path}: {exc.strerror or exc}") from exc
+    try:
+        return parse_package(data, max_bytes=max_bytes)
+    except PackageError as exc:
+        raise PackageError(f"{path}: {exc}") from exc
+
+
+def parse_package(data: bytes, *, max_bytes: int = MAX_PACKAGE_BYTES) -> ModelPackage:
+    """Verify a package held in memory (the same checks as :func:`read_package`)."""
+    if len(data) > max_bytes:
+        raise PackageError(f"{len(data)} bytes is over the {max_bytes}-byte package limit")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise PackageError(f"not a model package (not a zip file: {exc})") from exc
+    with archive:
+        members = _unpack(archive, max_bytes)
+    manifest_bytes = members.pop(MANIFEST_NAME, None)
+    if manifest_bytes is None:
+        raise PackageError(f"the package has no {MANIFEST_NAME}")
+    manifest = _parse_manifest(manifest_bytes)
+    _verify_members(manifest, members)
+    return ModelPackage(
+        manifest=manifest, sha256=hashlib.sha256(data).hexdigest(), size=len(data), members=members
+    )
+
+
+def _unpack(archive: zipfile.ZipFile, max_bytes: int) -> dict[str, bytes]:
+    infos = archive.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise PackageError(f"{len(infos)} members; a package holds at most {MAX_MEMBERS}")
+    total = 0
+    for info in infos:
+        if not _MEMBER_RE.fullmatch(info.filename):
+            raise PackageError(
+                f"member name {info.filename[:80]!r} is not allowed: names are flat "
+                "(no directories) and use A-Z, a-z, 0-9, '_', '.', '-'"
+            )
+        if info.flag_bits & 0x1:
+            raise PackageError(f"member {info.filename} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise PackageError(f"member {info.filename} uses an unsupported compression method")
+        total += info.file_size
+        if total > max_bytes:
+            raise PackageError(f"the members unpack to more than the {max_bytes}-byte limit")
+    members: dict[str, bytes] = {}
+    for info in infos:
+        if info.filename in members:
+            raise PackageError(f"member {info.filename} appears twice")
+        try:
+            with archive.open(info) as stream:
+                # Never trust the header alone: read at most one byte past it.
+                content = stream.read(info.file_size + 1)
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+            raise PackageError(f"member {info.filename} is corrupt: {exc}") from exc
+        if len(content) != info.file_size:
+            raise PackageError(f"member {info.filename} does not match its declared size")
+        members[info.filename] = content
+    return members
+
+
+def _parse_manifest(raw: bytes) -> Manifest:
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise PackageError(f"{MANIFEST_NAME} is over the {MAX_MANIFEST_BYTES}-byte limit")
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackageError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
+    if isinstance(doc, dict) and doc.get("format") != FORMAT_VERSION:
+        raise PackageError(
+            f"{MANIFEST_NAME} has format {doc.get('format')!r}; this version reads format "
+            f"{FORMAT_VERSION} (upgrade the agent or rebuild the package)"
+        )
+    try:
+        return Manifest.model_validate(doc)
+    except ValidationError as exc:
+        raise PackageError(f"{MANIFEST_NAME} is invalid: {_first_error(exc)}") from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "manifest"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def _verify_members(manifest: Manifest, members: Mapping[str, bytes]) -> None:
+    listed = {f.path: f for f in manifest.files}
+    for path in (manifest.model_file, manifest.trainable.file if manifest.trainable else None):
+        if path is not None and path not in listed:
+            raise PackageError(f"{MANIFEST_NAME} does not list {path} in files")
+    extra = sorted(set(members) - set(listed))
+    if extra:
+        raise PackageError(f"member {extra[0]} is not listed in {MANIFEST_NAME}")
+    for entry in manifest.files:
+        content = members.get(entry.path)
+        if content is None:
+            raise PackageError(f"{entry.path} is listed in {MANIFEST_NAME} but missing")
+        if len(content) != entry.size:
+            raise PackageError(f"{entry.path} has {len(content)} bytes, manifest says {entry.size}")
+        if hashlib.sha256(content).hexdigest() != entry.sha256:
+            raise PackageError(f"{entry.path} does not match its SHA-256 in {MANIFEST_NAME}")
+    if manifest.trainable is not None:
+        decode_weights(members[manifest.trainable.file], manifest.trainable)
+
+
+# ---------------------------------------------------------------- weights ----
+
+
+def encode_weights(weights: Mapping[str, npt.ArrayLike]) -> bytes:
+    """An ``.npz`` of float32 arrays with fixed timestamps (same weights, same bytes)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(weights):
+            array = np.ascontiguousarray(weights[name], dtype=np.float32)
+            if not np.isfinite(array).all():
+                raise PackageError(f"weight {name} has NaN or infinite values")
+            npy = io.BytesIO()
+            np.lib.format.write_array(npy, array, allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", _ZIP_EPOCH), npy.getvalue())
+    return buffer.getvalue()
+
+
+def decode_weights(raw: bytes, trainable: Trainable) -> dict[str, npt.NDArray[np.float32]]:
+    """Load ``weights.npz`` and check it holds exactly the listed float32 params.
+
+    The ``.npz`` is opened as a plain zip so every member's size is bounded by
+    its parameter's shape before it is inflated, and arrays are parsed with
+    pickle disabled.
+    """
+    where = trainable.file
+    expected = {f"{p.name}.npy": p for p in trainable.params}
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise PackageError(f"{where} is not a readable .npz file: {exc}") from exc
+    out: dict[str, npt.NDArray[np.float32]] = {}
+    with archive:
+        for info in archive.infolist():
+            param = expected.get(info.filename)
+            if param is None or param.name in out:
+                raise PackageError(f"{where} holds {info.filename[:80]!r}, not a listed param")
+            limit = 4 * math.prod(param.shape) + 4096  # data + the .npy header
+            if info.file_size > limit:
+                raise PackageError(f"{where}: {param.name} is larger than its shape allows")
+            try:
+                with archive.open(info) as stream:
+                    blob = stream.read(limit + 1)
+                array = np.lib.format.read_array(io.BytesIO(blob), allow_pickle=False)
+            except Exception as exc:  # hostile bytes surface as many exception types
+                raise PackageError(f"{where}: {param.name} is unreadable: {exc}") from exc
+            if list(array.shape) != param.shape or array.dtype != np.float32:
+                raise PackageError(
+                    f"{where}: {param.name} is {array.dtype}{list(array.shape)}, "
+                    f"manifest says float32{param.shape}"
+                )
+            if not np.isfinite(array).all():
+                raise PackageError(f"{where}: {param.name} has NaN or infinite values")
+            out[param.name] = array
+    missing = [p.name for p in trainable.params if p.name not in out]
+    if missing:
+        raise PackageError(f"{where} has no array {missing[0]}")
+    return out
+
+
+# ---------------------------------------------------------------- writing ----
+
+
+def pack_package(manifest: Manifest, files: Mapping[str, bytes]) -> bytes:
+    """The package bytes for ``manifest`` and its ``files`` (``files`` entries are computed)."""
+    entries = [
+        FileEntry(path=name, sha256=hashlib.sha256(content).hexdigest(), size=len(content))
+        for name, content in sorted(files.items())
+    ]
+    try:
+        final = Manifest.model_validate({**manifest.model_dump(), "files": entries})
+    except ValidationError as exc:
+        raise PackageError(f"cannot write the package: {_first_error(exc)}") from exc
+    _verify_members(final, files)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        doc = final.model_dump_json(indent=1).encode()
+        archive.writestr(zipfile.ZipInfo(MANIFEST_NAME, _ZIP_EPOCH), doc, zipfile.ZIP_DEFLATED)
+        for entry in entries:
+            info = zipfile.ZipInfo(entry.path, _ZIP_EPOCH)
+            archive.writestr(info, files[entry.path], zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
+
+
+def write_package(path: Path, manifest: Manifest, files: Mapping[str, bytes]) -> ModelPackage:
+    """Write a package atomically (temp file + rename) and return it as read back."""
+    data = pack_package(manifest, files)
+    package = parse_package(data, max_bytes=max(MAX_PACKAGE_BYTES, len(data)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PackageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return package

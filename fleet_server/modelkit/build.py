@@ -1,0 +1,186 @@
+"""Turn a float :class:`Network` into a verified model package of any flavour.
+
+This is the one path from weights to a shippable file, used by the reference
+build (``python -m models.build``) and by federated training for candidates.
+Every file is checked before it is packaged: the exported model runs on the
+builder's own runtime and must match the numpy reference (float flavours) or
+agree with it on the top-1 class (int8 flavours).  The self-test vectors then
+record what this file produced here, so a device whose runtime disagrees
+refuses the package instead of serving silently wrong answers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet_contract.drift import build_reference
+from edgefleet_contract.errors import ModelError
+from edgefleet_contract.package import (
+    WEIGHTS_NAME,
+    Lineage,
+    Manifest,
+    Preprocessing,
+    Quantization,
+    SelfTest,
+    TensorSpec,
+    encode_weights,
+    pack_package,
+    parse_package,
+)
+
+from . import onnx_export, tflite_export
+from .network import Network
+
+Flavor = Literal["onnx-float32", "onnx-int8", "tflite-float32", "tflite-int8"]
+FLAVORS: tuple[Flavor, ...] = ("onnx-float32", "onnx-int8", "tflite-float32", "tflite-int8")
+
+FLOAT_ATOL = 1e-4
+"""Float files must reproduce the numpy reference (and the device the builder) this closely."""
+INT8_ATOL = 0.05
+"""Probabilities from int8 kernels legitimately differ across CPUs by a few hundredths."""
+INT8_SELF_TEST_AGREEMENT = 0.9
+MIN_INT8_AGREEMENT = 0.95
+"""An int8 file whose top-1 agrees with float on fewer reference rows is not shipped."""
+
+
+def build_package(
+    network: Network,
+    *,
+    name: str,
+    version: str,
+    flavor: Flavor,
+    preprocessing: Preprocessing,
+    labels: Sequence[str],
+    reference: npt.ArrayLike,
+    lineage: Lineage,
+    trainable: bool = True,
+    self_test_size: int = 30,
+    created_at: float | None = None,
+) -> bytes:
+    """Export, check and package ``network``; returns the package bytes.
+
+    ``reference`` holds raw (unpreprocessed) training rows: the drift reference
+    is computed on them, int8 flavours are calibrated and checked on them, and
+    the self-test vectors are drawn from them (evenly across predicted classes).
+    """
+    raw = np.asarray(reference, dtype=np.float32)
+    if raw.ndim != 2 or raw.shape[1] != network.features or len(raw) < 2:
+        raise ModelError(f"reference rows must be (n >= 2, {network.features}), got {raw.shape}")
+    runtime, dtype = flavor.split("-")
+    x = apply_preprocessing(raw, preprocessing)
+    expected_float = network.forward(x)
+    model = _export(network, runtime, dtype == "int8", x)
+    produced = run_model(runtime, model, x)
+    _check_export(flavor, produced, expected_float)
+    picks = _self_test_rows(produced, self_test_size)
+    files = {f"model.{runtime}": model}
+    if trainable:
+        files[WEIGHTS_NAME] = encode_weights(network.weights)
+    method = (
+        "none" if dtype == "float32" else ("static-qdq" if runtime == "onnx" else "dynamic-range")
+    )
+    manifest = Manifest(
+        name=name,
+        version=version,
+        runtime=runtime,  # type: ignore[arg-type]
+        quantization=Quantization(
+            dtype=dtype,  # type: ignore[arg-type]
+            method=method,  # type: ignore[arg-type]
+            calibration_samples=len(x) if method == "static-qdq" else None,
+        ),
+        flavor=flavor,
+        model_file=f"model.{runtime}",
+        inputs=[
+            TensorSpec(name=onnx_export.INPUT_NAME, shape=[-1, network.features], dtype="float32")
+        ],
+        outputs=[
+            TensorSpec(name=onnx_export.OUTPUT_NAME, shape=[-1, network.classes], dtype="float32")
+        ],
+        preprocessing=preprocessing,
+        labels=list(labels),
+        self_test=SelfTest(
+            inputs=raw[picks].tolist(),
+            expected=produced[picks].tolist(),
+            atol=FLOAT_ATOL if dtype == "float32" else INT8_ATOL,
+            min_top1_agreement=1.0 if dtype == "float32" else INT8_SELF_TEST_AGREEMENT,
+        ),
+        drift=build_reference(raw),
+        trainable=network.trainable if trainable else None,
+        lineage=lineage,
+        created_at=time.time() if created_at is None else created_at,
+    )
+    data = pack_package(manifest, files)
+    parse_package(data)  # what we ship must read back
+    return data
+
+
+def apply_preprocessing(
+    raw: npt.ArrayLike, preprocessing: Preprocessing
+) -> npt.NDArray[np.float32]:
+    scale = np.asarray(preprocessing.scale, dtype=np.float32)
+    offset = np.asarray(preprocessing.offset, dtype=np.float32)
+    return np.asarray(np.asarray(raw, dtype=np.float32) * scale + offset, dtype=np.float32)
+
+
+def run_model(runtime: str, model: bytes, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Outputs of ``model`` on this machine's runtime (the builder's ground truth)."""
+    if runtime == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(None, {onnx_export.INPUT_NAME: x})[0], dtype=np.float32)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model)
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return np.array(out, dtype=np.float32)
+
+
+def _export(network: Network, runtime: str, int8: bool, x: npt.NDArray[np.float32]) -> bytes:
+    if runtime == "onnx":
+        model = onnx_export.to_onnx(network)
+        return onnx_export.quantize_onnx(model, x) if int8 else model
+    return tflite_export.to_tflite(network, int8_weights=int8)
+
+
+def _check_export(
+    flavor: str, produced: npt.NDArray[np.float32], expected: npt.NDArray[np.float32]
+) -> None:
+    if flavor.endswith("float32"):
+        err = float(np.abs(produced - expected).max())
+        if err > FLOAT_ATOL:
+            raise ModelError(f"{flavor} export differs from the float network by {err:.2e}")
+        return
+    agreement = float((produced.argmax(axis=1) == expected.argmax(axis=1)).mean())
+    if agreement < MIN_INT8_AGREEMENT:
+        raise ModelError(
+            f"{flavor} export agrees with the float network on only {agreement:.1%} of the "
+            f"reference rows (need {MIN_INT8_AGREEMENT:.0%}); not shipping it"
+        )
+
+
+def _self_test_rows(probabilities: npt.NDArray[np.float32], count: int) -> list[int]:
+    """Round-robin over predicted classes, most confident first, so every class is exercised
+    and no vector sits on a decision boundary where int8 noise could flip it."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    queues = [
+        sorted(np.flatnonzero(predicted == c).tolist(), key=lambda i: -confidence[i])
+        for c in np.unique(predicted)
+    ]
+    picks: list[int] = []
+    while len(picks) < min(count, len(probabilities)):
+        for queue in queues:
+            if queue and len(picks) < count:
+                picks.append(queue.pop(0))
+    return sorted(picks)

@@ -1,0 +1,1 @@
+"""Reference models: their architectures, training and the packages shipped in ``dist/``."""
