@@ -23,6 +23,10 @@ the most specific class; callers catch the family they can handle.
     ├── AuthError              authentication failed (HTTP 401)
     │   └── PermissionDenied   authenticated but not allowed (HTTP 403)
     └── UpdateError            OTA verification, download or install failures
+        ├── TrustError         TUF refused the metadata or the artifact (an attack or a
+        │                      misconfigured repository): nothing was installed
+        ├── DownloadFailed     the artifact could not be fetched (network, server error)
+        └── InstallError       staging, self-test, switching or probation failed
 """
 
 from __future__ import annotations
@@ -98,3 +102,15 @@ class PermissionDenied(AuthError):
 
 class UpdateError(EdgefleetError):
     """An OTA update could not be verified, fetched or installed."""
+
+
+class TrustError(UpdateError):
+    """TUF verification refused metadata or an artifact; nothing was installed."""
+
+
+class DownloadFailed(UpdateError):
+    """An artifact or its metadata could not be fetched; a later attempt may succeed."""
+
+
+class InstallError(UpdateError):
+    """Staging, self-test, switching or probation of an update failed."""

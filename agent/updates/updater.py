@@ -1,0 +1,438 @@
+"""The updater: drives :mod:`.machine` through the real world, one phase at a time.
+
+For each phase it does the I/O (TUF, download, slots, the model service, the
+firmware handler), asks the machine for the next journal, persists it, and
+tells the daemon (``on_change``) so the state is re-published.  Any error ends
+the update with the reason in the journal (and so in ``UpdateReport.error``);
+an error after the switch first puts the previous model or firmware back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from edgefleet_contract.errors import EdgefleetError, InstallError, TrustError, UpdateError
+from edgefleet_contract.firmware import read_bundle
+from edgefleet_contract.messages import TargetRef, UpdatePhase, UpdateReport
+
+from ..runtime import Model
+from . import machine
+from .boot import recover_at_boot
+from .delta import try_delta
+from .fetch import download_resumable
+from .firmware import InstallHandler
+from .journal import Journal, JournalFile
+from .machine import HealthCounters
+from .slots import ModelSlots, Slot
+from .trust import SignedTarget, TrustedRepository
+
+log = logging.getLogger(__name__)
+
+
+class ModelHost(Protocol):
+    """What the updater needs from the daemon's model service (``agent.serving.ModelService``)."""
+
+    def load(self, path: Path) -> Model: ...
+
+    def activate(self, model: Model) -> Model | None: ...
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    probation_s: float = 600.0
+    max_restarts: int = 2
+    max_error_rate: float = 0.05
+    min_inferences: int = 20
+    poll_s: float = 1.0
+
+
+@dataclass
+class Transfer:
+    """Bytes the device moved for the last update, for the report and the benchmark."""
+
+    fetched: int = 0
+    full_size: int = 0
+    delta: str = "none"
+
+
+class Updater:
+    def __init__(
+        self,
+        data_dir: Path,
+        server_url: str,
+        *,
+        host: ModelHost,
+        health: Callable[[], HealthCounters],
+        firmware: InstallHandler | None = None,
+        hardware: str = "generic",
+        policy: UpdatePolicy | None = None,
+        client: httpx.Client | None = None,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[Journal], None] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.server_url = server_url.rstrip("/")
+        self.host = host
+        self.health = health
+        self.firmware = firmware
+        self.hardware = hardware
+        self.policy = policy or UpdatePolicy()
+        self.client = client or httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0))
+        self.clock = clock
+        self.on_change = on_change or (lambda journal: None)
+        self.slots = ModelSlots(data_dir)
+        self.work = data_dir / "updates"
+        self.journal_file = JournalFile(self.work / "journal.json")
+        self.trust = TrustedRepository(data_dir, self.server_url, self.client, clock=clock)
+        self.stop_event = threading.Event()
+        self.journal: Journal | None = self.journal_file.load()
+        self.transfer = Transfer()
+        self._candidate: Model | None = None
+        self._previous_model: Model | None = None
+        self._last_progress = 0.0
+
+    # ------------------------------------------------------------ reports --
+
+    def report(self) -> UpdateReport | None:
+        j = self.journal
+        if j is None:
+            return None
+        return UpdateReport(
+            desired_version=j.desired_version,
+            kind=j.ref.kind,
+            target=j.ref.target,
+            phase=j.phase,
+            progress=j.progress,
+            error=j.error,
+            ts=j.updated_at,
+        )
+
+    def _save(self, journal: Journal) -> Journal:
+        self.journal_file.save(journal)
+        self.journal = journal
+        try:
+            self.on_change(journal)
+        except Exception:
+            log.exception("update progress report failed")
+        return journal
+
+    # ------------------------------------------------------------ entry --
+
+    def resume(self) -> Journal | None:
+        """At daemon start: continue (or finish reverting) an update a restart interrupted."""
+        recovery = recover_at_boot(self.data_dir, self.clock())
+        if recovery is None:
+            return self.journal
+        journal = recovery.journal
+        self.journal = journal
+        if recovery.action == "none":
+            return journal
+        if recovery.action == "revert":
+            return self._fail(journal, journal.error or "reverted at boot")
+        if journal.ref.kind == "firmware" and self.firmware is not None:
+            self.firmware.boot_check()
+        return self._drive(journal)
+
+    def run(self, ref: TargetRef, desired_version: int, rollout_id: str | None = None) -> Journal:
+        """Install ``ref`` (blocking; call it from a worker thread) and return the final journal."""
+        previous = self.journal
+        if (
+            previous is not None
+            and previous.ref == ref
+            and previous.phase == "committed"
+            and self._already_running(previous)
+        ):
+            return previous
+        journal = machine.begin(
+            ref,
+            desired_version,
+            rollout_id,
+            self.clock(),
+            probation_s=self.policy.probation_s,
+            max_restarts=self.policy.max_restarts,
+        )
+        self.transfer = Transfer()
+        return self._drive(self._save(journal))
+
+    def _already_running(self, journal: Journal) -> bool:
+        if journal.ref.kind == "model":
+            active = self.slots.active()
+            return active is not None and active.sha256 == journal.sha256
+        return self.firmware is not None and self.firmware.current_version() == journal.ref.version
+
+    # ------------------------------------------------------------ driving --
+
+    def _drive(self, journal: Journal) -> Journal:
+        steps: dict[UpdatePhase, Callable[[Journal], Journal]] = {
+            "pending": self._check,
+            "downloading": self._download,
+            "verifying": self._verify,
+            "staging": self._stage,
+            "self_test": self._self_test,
+            "switching": self._switch,
+            "probation": self._probation,
+        }
+        while not journal.done:
+            try:
+                journal = self._save(steps[journal.phase](journal))
+            except _Stopped:
+                return journal
+            except EdgefleetError as exc:
+                return self._fail(journal, str(exc))
+            except Exception as exc:
+                log.exception("update step %s crashed", journal.phase)
+                return self._fail(journal, f"internal error in {journal.phase}: {exc!r}")
+        self._cleanup(journal)
+        return journal
+
+    def _fail(self, journal: Journal, reason: str) -> Journal:
+        if machine.failure_phase(journal) == "rolled_back":
+            try:
+                self._revert(journal)
+            except EdgefleetError as exc:
+                reason += f"; reverting also failed: {exc}"
+        log.warning("update to %s %s failed: %s", journal.ref.name, journal.ref.version, reason)
+        final = self._save(machine.fail(journal, reason, self.clock()))
+        self._cleanup(final)
+        return final
+
+    def _cleanup(self, journal: Journal) -> None:
+        self._candidate = None
+        self._previous_model = None
+        if journal.sha256 and journal.phase != "failed":
+            self._partial(journal.sha256).unlink(missing_ok=True)
+
+    def _partial(self, sha256: str) -> Path:
+        return self.work / f"{sha256}.part"
+
+    # ------------------------------------------------------------ phases --
+
+    def _check(self, journal: Journal) -> Journal:
+        target = self.trust.lookup(journal.ref.target)
+        self._check_custom(journal.ref, target)
+        return machine.advance(
+            journal,
+            "downloading",
+            self.clock(),
+            sha256=target.sha256,
+            length=target.length,
+            progress=0.0,
+        )
+
+    def _check_custom(self, ref: TargetRef, target: SignedTarget) -> None:
+        custom = target.custom
+        if custom.get("kind") != ref.kind:
+            raise TrustError(
+                f"{ref.target} is signed as kind {custom.get('kind')!r}, but the desired state "
+                f"asks for a {ref.kind}"
+            )
+        for key in ("name", "version"):
+            if key in custom and custom[key] != getattr(ref, key):
+                raise TrustError(
+                    f"{ref.target} is signed as {key} {custom[key]!r}, not {getattr(ref, key)!r}"
+                )
+        if ref.kind == "firmware":
+            hardware = custom.get("hardware")
+            if not isinstance(hardware, list) or self.hardware not in hardware:
+                raise TrustError(
+                    f"{ref.target} is signed for hardware {hardware!r}; this device is "
+                    f"{self.hardware!r}"
+                )
+
+    def _target(self, journal: Journal) -> SignedTarget:
+        """The signed facts kept in the journal (they came from TUF in ``pending``)."""
+        if journal.sha256 is None or journal.length is None:
+            raise UpdateError("the journal lost the signed hash; starting over")
+        directory, basename = posixpath.split(journal.ref.target)
+        url = f"{self.trust.targets_url}{posixpath.join(directory, journal.sha256)}.{basename}"
+        return SignedTarget(journal.ref.target, journal.length, journal.sha256, url, {})
+
+    def _download(self, journal: Journal) -> Journal:
+        target = self._target(journal)
+        partial = self._partial(target.sha256)
+        self.transfer.full_size = target.length
+        delta = journal.delta
+        active = self.slots.active(verify=True) if journal.ref.kind == "model" else None
+        if delta == "none" and active is not None and not partial.exists():
+            result = try_delta(
+                self.client, self.server_url, active.package, active.sha256, target, partial
+            )
+            delta = result.outcome
+            self.transfer.fetched += result.transferred
+            self.transfer.delta = delta
+            if result.reason:
+                log.info("delta update %s: %s", delta, result.reason)
+            journal = self._save(
+                journal.model_copy(
+                    update={
+                        "delta": delta,
+                        "bytes_transferred": journal.bytes_transferred + result.transferred,
+                    }
+                )
+            )
+        if delta != "used" or not partial.exists():
+            fetched = download_resumable(
+                self.client,
+                target.url,
+                partial,
+                target.length,
+                progress=lambda n: self._progress(journal, n, target.length),
+            )
+            self.transfer.fetched += fetched
+            journal = journal.model_copy(
+                update={"bytes_transferred": journal.bytes_transferred + fetched}
+            )
+        return machine.advance(journal, "verifying", self.clock(), progress=1.0)
+
+    def _progress(self, journal: Journal, have: int, length: int) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < 1.0 or have >= length:
+            return
+        self._last_progress = now
+        self._save(journal.model_copy(update={"progress": round(have / length, 3)}))
+
+    def _verify(self, journal: Journal) -> Journal:
+        target = self._target(journal)
+        partial = self._partial(target.sha256)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with partial.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+                    size += len(block)
+        except OSError as exc:
+            raise UpdateError(f"the downloaded file is gone: {exc}") from exc
+        if size != target.length or digest.hexdigest() != target.sha256:
+            partial.unlink(missing_ok=True)
+            raise TrustError(
+                f"{journal.ref.target}: the downloaded artifact ({size} bytes) does not match "
+                f"the signed length {target.length} and sha256 {target.sha256[:12]}…; "
+                "refusing a tampered or corrupted artifact"
+            )
+        return machine.advance(journal, "staging", self.clock())
+
+    def _stage(self, journal: Journal) -> Journal:
+        target = self._target(journal)
+        partial = self._partial(target.sha256)
+        if journal.ref.kind == "model":
+            slot = self.slots.stage(partial, posixpath.basename(journal.ref.target), target.sha256)
+            return machine.advance(journal, "self_test", self.clock(), slot=slot.name)
+        handler = self._handler()
+        bundle = read_bundle(partial)
+        manifest = bundle.manifest
+        if manifest.version != journal.ref.version or manifest.name != journal.ref.name:
+            raise InstallError(
+                f"the bundle holds {manifest.name} {manifest.version}, not "
+                f"{journal.ref.name} {journal.ref.version}"
+            )
+        if self.hardware not in manifest.hardware:
+            raise InstallError(f"the bundle does not list this device's hardware {self.hardware!r}")
+        if manifest.handler != handler.id:
+            raise InstallError(
+                f"the bundle needs install handler {manifest.handler!r}; this device has "
+                f"{handler.id!r}"
+            )
+        handler.install(bundle)
+        return machine.advance(journal, "self_test", self.clock(), slot=handler.id)
+
+    def _handler(self) -> InstallHandler:
+        if self.firmware is None:
+            raise InstallError("this device has no firmware install handler configured")
+        return self.firmware
+
+    def _self_test(self, journal: Journal) -> Journal:
+        if journal.ref.kind == "firmware":
+            self._handler().verify()
+            return machine.advance(journal, "switching", self.clock())
+        slot = self._staged(journal)
+        self._candidate = self.host.load(slot.package)
+        return machine.advance(journal, "switching", self.clock())
+
+    def _staged(self, journal: Journal) -> Slot:
+        slot = self.slots.slot(journal.slot) if journal.slot in ("a", "b") else None  # type: ignore[arg-type]
+        if slot is None or slot.sha256 != journal.sha256:
+            raise InstallError(f"slot {journal.slot} does not hold the verified package")
+        return slot
+
+    def _switch(self, journal: Journal) -> Journal:
+        now = self.clock()
+        if journal.ref.kind == "firmware":
+            handler = self._handler()
+            previous = handler.current_version()
+            journal = self._save(journal.model_copy(update={"previous": previous}))
+            handler.try_boot()
+            handler.reboot()
+            return machine.advance(
+                journal, "probation", now, probation_until=now + journal.probation_s
+            )
+        slot = self._staged(journal)
+        pointer = self.slots.pointer()
+        fallback = pointer.active if pointer and pointer.active != slot.name else None
+        journal = self._save(journal.model_copy(update={"previous": fallback}))
+        if self._candidate is None:
+            self._candidate = self.host.load(slot.package)
+        self.slots.switch(slot.name)
+        self._previous_model = self.host.activate(self._candidate)
+        return machine.advance(journal, "probation", now, probation_until=now + journal.probation_s)
+
+    def _probation(self, journal: Journal) -> Journal:
+        if journal.ref.kind == "firmware":
+            running = self._handler().current_version()
+            if running != journal.ref.version:
+                raise InstallError(
+                    f"the device booted firmware {running}, not {journal.ref.version}: the "
+                    "bootloader fell back to the previous slot"
+                )
+        elif self._candidate is None:
+            # Restarted during probation: boot put the new slot back; serve it again.
+            self._candidate = self.host.load(self._staged(journal).package)
+            self.host.activate(self._candidate)
+        start = self.health()
+        deadline = journal.probation_until or self.clock()
+        while True:
+            reason = machine.judge_health(
+                start,
+                self.health(),
+                max_error_rate=self.policy.max_error_rate,
+                min_inferences=self.policy.min_inferences,
+            )
+            if reason is not None:
+                raise InstallError(reason)
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                break
+            if self.stop_event.wait(min(self.policy.poll_s, remaining)):
+                raise _Stopped()
+        if journal.ref.kind == "firmware":
+            self._handler().commit()
+        else:
+            self.slots.commit()
+        return machine.advance(journal, "committed", self.clock())
+
+    def _revert(self, journal: Journal) -> None:
+        if journal.ref.kind == "firmware":
+            self._handler().rollback()
+            return
+        to = journal.previous if journal.previous in ("a", "b") else None
+        slot = self.slots.revert(to)  # type: ignore[arg-type]
+        if self._previous_model is not None:
+            self.host.activate(self._previous_model)
+        elif slot is not None:
+            self.host.activate(self.host.load(slot.package))
+        else:
+            raise InstallError("there is no previous model to go back to")
+
+
+class _Stopped(EdgefleetError):
+    """The daemon is stopping mid-probation; the journal stays put for the next start."""
