@@ -12,8 +12,16 @@
 """
 
 from .boot import active_model_path, recover_at_boot
+from .health import HealthTally
 from .machine import HealthCounters
 from .slots import ModelSlots
 from .trust import save_root
 
-__all__ = ["HealthCounters", "ModelSlots", "active_model_path", "recover_at_boot", "save_root"]
+__all__ = [
+    "HealthCounters",
+    "HealthTally",
+    "ModelSlots",
+    "active_model_path",
+    "recover_at_boot",
+    "save_root",
+]

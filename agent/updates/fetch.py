@@ -102,7 +102,7 @@ def _append(
     partial.parent.mkdir(parents=True, exist_ok=True)
     fetched = 0
     with partial.open("ab" if have else "wb") as fh:
-        for chunk in response.iter_bytes(CHUNK):
+        for chunk in response.iter_bytes():
             if have + fetched + len(chunk) > length:
                 fh.close()
                 partial.unlink()

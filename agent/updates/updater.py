@@ -21,7 +21,13 @@ from typing import Protocol
 
 import httpx
 
-from edgefleet_contract.errors import EdgefleetError, InstallError, TrustError, UpdateError
+from edgefleet_contract.errors import (
+    DownloadFailed,
+    EdgefleetError,
+    InstallError,
+    TrustError,
+    UpdateError,
+)
 from edgefleet_contract.firmware import read_bundle
 from edgefleet_contract.messages import TargetRef, UpdatePhase, UpdateReport
 
@@ -54,6 +60,8 @@ class UpdatePolicy:
     max_error_rate: float = 0.05
     min_inferences: int = 20
     poll_s: float = 1.0
+    download_attempts: int = 3
+    retry_s: float = 2.0
 
 
 @dataclass
@@ -281,18 +289,37 @@ class Updater:
                 )
             )
         if delta != "used" or not partial.exists():
-            fetched = download_resumable(
-                self.client,
-                target.url,
-                partial,
-                target.length,
-                progress=lambda n: self._progress(journal, n, target.length),
-            )
-            self.transfer.fetched += fetched
+            fetched = self._fetch_full(journal, target, partial)
             journal = journal.model_copy(
                 update={"bytes_transferred": journal.bytes_transferred + fetched}
             )
         return machine.advance(journal, "verifying", self.clock(), progress=1.0)
+
+    def _fetch_full(self, journal: Journal, target: SignedTarget, partial: Path) -> int:
+        """Download with Range resume; a broken connection is retried from where it stopped."""
+        fetched = 0
+        for attempt in range(self.policy.download_attempts):
+            before = partial.stat().st_size if partial.exists() else 0
+            try:
+                fetched += download_resumable(
+                    self.client,
+                    target.url,
+                    partial,
+                    target.length,
+                    progress=lambda n: self._progress(journal, n, target.length),
+                )
+                self.transfer.fetched += fetched
+                return fetched
+            except DownloadFailed as exc:
+                gained = (partial.stat().st_size if partial.exists() else 0) - before
+                fetched += max(0, gained)
+                if attempt + 1 >= self.policy.download_attempts:
+                    self.transfer.fetched += fetched
+                    raise
+                log.info("download interrupted (%s); resuming", exc)
+                if self.stop_event.wait(self.policy.retry_s * (attempt + 1)):
+                    raise _Stopped() from exc
+        return fetched
 
     def _progress(self, journal: Journal, have: int, length: int) -> None:
         now = time.monotonic()
