@@ -343,9 +343,9 @@ class Updater:
         if size != target.length or digest.hexdigest() != target.sha256:
             partial.unlink(missing_ok=True)
             raise TrustError(
-                f"{journal.ref.target}: the downloaded artifact ({size} bytes) does not match "
-                f"the signed length {target.length} and sha256 {target.sha256[:12]}…; "
-                "refusing a tampered or corrupted artifact"
+                f"{journal.ref.target}: the downloaded artifact ({size} bytes, sha256 "
+                f"{digest.hexdigest()[:12]}…) does not match the signed length {target.length} "
+                f"and sha256 {target.sha256[:12]}…; refusing a tampered or corrupted artifact"
             )
         return machine.advance(journal, "staging", self.clock())
 
