@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -155,6 +156,8 @@ class Faults:
     override: dict[str, bytes] = field(default_factory=dict)
     """Serve these bytes for a request path (``metadata/timestamp.json`` …) instead."""
     ignore_range: bool = False
+    throttle_s: float = 0.0
+    """Pause between 2 kB pieces of a target (a slow link, so a test can act mid-download)."""
 
 
 class RepoServer:
@@ -248,4 +251,13 @@ class RepoServer:
             return
         h.send_header("Content-Length", str(len(payload)))
         h.end_headers()
+        if is_target and self.faults.throttle_s:
+            try:
+                for i in range(0, len(payload), 2048):
+                    h.wfile.write(payload[i : i + 2048])
+                    h.wfile.flush()
+                    time.sleep(self.faults.throttle_s)
+            except OSError:
+                h.close_connection = True
+            return
         h.wfile.write(payload)

@@ -138,6 +138,8 @@ class Updater:
 
     def resume(self) -> Journal | None:
         """At daemon start: continue (or finish reverting) an update a restart interrupted."""
+        if self.firmware is not None:
+            self.firmware.boot_check()  # the (simulated) bootloader ran before us
         recovery = recover_at_boot(self.data_dir, self.clock())
         if recovery is None:
             return self.journal
@@ -147,9 +149,7 @@ class Updater:
             return journal
         if recovery.action == "revert":
             return self._fail(journal, journal.error or "reverted at boot")
-        if journal.ref.kind == "firmware" and self.firmware is not None:
-            self.firmware.boot_check()
-        return self._drive(journal)
+        return self._drive(self._save(journal))
 
     def run(self, ref: TargetRef, desired_version: int, rollout_id: str | None = None) -> Journal:
         """Install ``ref`` (blocking; call it from a worker thread) and return the final journal."""
