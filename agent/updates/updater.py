@@ -270,11 +270,9 @@ class Updater:
         partial = self._partial(target.sha256)
         self.transfer.full_size = target.length
         delta = journal.delta
-        active = self.slots.active(verify=True) if journal.ref.kind == "model" else None
-        if delta == "none" and active is not None and not partial.exists():
-            result = try_delta(
-                self.client, self.server_url, active.package, active.sha256, target, partial
-            )
+        base = self._delta_base(journal) if delta == "none" and not partial.exists() else None
+        if base is not None:
+            result = try_delta(self.client, self.server_url, base[0], base[1], target, partial)
             delta = result.outcome
             self.transfer.fetched += result.transferred
             self.transfer.delta = delta
@@ -294,6 +292,31 @@ class Updater:
                 update={"bytes_transferred": journal.bytes_transferred + fetched}
             )
         return machine.advance(journal, "verifying", self.clock(), progress=1.0)
+
+    def _delta_base(self, journal: Journal) -> tuple[Path, str] | None:
+        """The artifact this device already has of the same kind (and its hash), if any."""
+        if journal.ref.kind == "model":
+            active = self.slots.active(verify=True)
+            return (active.package, active.sha256) if active is not None else None
+        for kept in self._firmware_base_dir().glob("*.efbundle"):
+            return kept, kept.name.removesuffix(".efbundle")
+        return None
+
+    def _firmware_base_dir(self) -> Path:
+        return self.work / "firmware-base"
+
+    def _keep_firmware_base(self, journal: Journal) -> None:
+        """Keep the committed bundle as the base the next firmware delta applies to."""
+        if journal.sha256 is None:
+            return
+        partial = self._partial(journal.sha256)
+        if not partial.exists():
+            return
+        directory = self._firmware_base_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob("*.efbundle"):
+            old.unlink()
+        partial.replace(directory / f"{journal.sha256}.efbundle")
 
     def _fetch_full(self, journal: Journal, target: SignedTarget, partial: Path) -> int:
         """Download with Range resume; a broken connection is retried from where it stopped."""
@@ -443,6 +466,7 @@ class Updater:
                 raise _Stopped()
         if journal.ref.kind == "firmware":
             self._handler().commit()
+            self._keep_firmware_base(journal)
         else:
             self.slots.commit()
         return machine.advance(journal, "committed", self.clock())
