@@ -26,9 +26,11 @@ from .config import AgentSettings
 from .identity import Identity, renew
 from .link import DeviceLink
 from .samples import SampleStore
+from .serving import ModelService
 from .spool import DrainPolicy, Spool
 from .system import SystemProbe
 from .telemetry import TelemetryBuilder
+from .updates.service import DeviceUpdates
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,10 @@ class Agent:
         self.desired = self._load_desired()
         self._interval = float(settings.telemetry_interval_s)
         self.telemetry_builder = TelemetryBuilder(self.device_id)
+        self.service = ModelService(settings.threads)
+        self.updates = DeviceUpdates(
+            settings, identity.server_url, self.service, on_change=lambda: self._report()
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.router = CommandRouter(self.device_id, reply=lambda ack: self.link.ack_command(ack))
@@ -99,6 +105,10 @@ class Agent:
             health="ok",
             desired_version=self.desired.version if self.desired else 0,
             cert_not_after=self.identity.not_after,
+            model=self.service.model.ref if self.service.model else None,
+            firmware=self.updates.firmware_ref(),
+            slots=self.updates.slots(),
+            update=self.updates.report(),
         )
 
     def _report(self) -> None:
@@ -117,8 +127,10 @@ class Agent:
         tmp.write_text(desired.model_dump_json())
         tmp.replace(self._desired_file)
         self.desired = desired
+        queued = self.updates.submit(desired)
         self._report()
-        return Outcome(True, f"applied desired version {desired.version}")
+        detail = f"applied desired version {desired.version}"
+        return Outcome(True, f"{detail}; {queued}" if queued else detail)
 
     def _on_report_state(self, command: Command) -> Outcome:
         self._report()
@@ -133,7 +145,10 @@ class Agent:
     def telemetry(self) -> Telemetry:
         # Batch ids come from a random boot id: boards without a real-time clock boot
         # in 1970, and time-based ids would repeat and be dropped as duplicates.
+        window = self.service.snapshot()
+        self.updates.record_window(window)
         return self.telemetry_builder.build(
+            window=window,
             system=self.probe.sample(),
             learning=self.samples.stats(),
             link=self.link.link_stats,
@@ -168,7 +183,18 @@ class Agent:
 
     # ---------------------------------------------------------- lifecycle --
 
+    def _load_boot_model(self) -> None:
+        path = self.updates.boot_model_path(self.settings.model)
+        if path is None:
+            return
+        try:
+            self.service.replace(path)
+        except EdgefleetError as exc:
+            log.error("cannot serve the boot model %s: %s", path, exc)
+
     def start(self) -> None:
+        self._load_boot_model()
+        self.updates.start()
         self.router.start()
         self.link.start()
         self._report()
@@ -187,6 +213,7 @@ class Agent:
         self._stop.set()
         for thread in self._threads:
             thread.join(5)
+        self.updates.stop()
         self.router.stop()
         self.link.stop()
         self.spool.close()

@@ -28,6 +28,8 @@ from edgefleet_contract.errors import CertificateError, EnrollmentError, Identit
 from edgefleet_contract.ids import is_device_id
 from edgefleet_contract.mqtt import TlsFiles
 
+from .updates.trust import save_root
+
 RENEW_AT_FRACTION = 2 / 3
 
 
@@ -209,6 +211,10 @@ def enroll(
         "enrolled_at": time.time(),
     }
     _write(directory / "enrollment.json", json.dumps(record, indent=2).encode())
+    if isinstance(doc.get("tuf_root"), str):
+        # The trust anchor for signed updates: the device verifies every later root
+        # and every artifact against the chain that starts here.
+        save_root(data_dir, str(doc["tuf_root"]))
     return Identity.load(data_dir)
 
 
