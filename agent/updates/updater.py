@@ -9,7 +9,6 @@ an error after the switch first puts the previous model or firmware back.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import posixpath
 import threading
@@ -22,7 +21,6 @@ from typing import Protocol
 import httpx
 
 from edgefleet_contract.errors import (
-    DownloadFailed,
     EdgefleetError,
     InstallError,
     TrustError,
@@ -33,9 +31,9 @@ from edgefleet_contract.messages import TargetRef, UpdatePhase, UpdateReport
 
 from ..runtime import Model
 from . import machine
+from .artifacts import Artifacts, Stopped
 from .boot import recover_at_boot
 from .delta import try_delta
-from .fetch import download_resumable
 from .firmware import InstallHandler
 from .journal import Journal, JournalFile
 from .machine import HealthCounters
@@ -103,6 +101,7 @@ class Updater:
         self.journal_file = JournalFile(self.work / "journal.json")
         self.trust = TrustedRepository(data_dir, self.server_url, self.client, clock=clock)
         self.stop_event = threading.Event()
+        self.artifacts = Artifacts(self.work, self.client, self.slots, self.stop_event)
         self.journal: Journal | None = self.journal_file.load()
         self.transfer = Transfer()
         self._candidate: Model | None = None
@@ -193,7 +192,7 @@ class Updater:
         while not journal.done:
             try:
                 journal = self._save(steps[journal.phase](journal))
-            except _Stopped:
+            except Stopped:
                 return journal
             except EdgefleetError as exc:
                 return self._fail(journal, str(exc))
@@ -218,10 +217,7 @@ class Updater:
         self._candidate = None
         self._previous_model = None
         if journal.sha256 and journal.phase != "failed":
-            self._partial(journal.sha256).unlink(missing_ok=True)
-
-    def _partial(self, sha256: str) -> Path:
-        return self.work / f"{sha256}.part"
+            self.artifacts.partial(journal.sha256).unlink(missing_ok=True)
 
     # ------------------------------------------------------------ phases --
 
@@ -267,10 +263,12 @@ class Updater:
 
     def _download(self, journal: Journal) -> Journal:
         target = self._target(journal)
-        partial = self._partial(target.sha256)
+        partial = self.artifacts.partial(target.sha256)
         self.transfer.full_size = target.length
         delta = journal.delta
-        base = self._delta_base(journal) if delta == "none" and not partial.exists() else None
+        base = None
+        if delta == "none" and not partial.exists():
+            base = self.artifacts.delta_base(journal.ref.kind)
         if base is not None:
             result = try_delta(self.client, self.server_url, base[0], base[1], target, partial)
             delta = result.outcome
@@ -278,71 +276,24 @@ class Updater:
             self.transfer.delta = delta
             if result.reason:
                 log.info("delta update %s: %s", delta, result.reason)
+            sent = journal.bytes_transferred + result.transferred
             journal = self._save(
-                journal.model_copy(
-                    update={
-                        "delta": delta,
-                        "bytes_transferred": journal.bytes_transferred + result.transferred,
-                    }
-                )
+                journal.model_copy(update={"delta": delta, "bytes_transferred": sent})
             )
         if delta != "used" or not partial.exists():
-            fetched = self._fetch_full(journal, target, partial)
-            journal = journal.model_copy(
-                update={"bytes_transferred": journal.bytes_transferred + fetched}
-            )
-        return machine.advance(journal, "verifying", self.clock(), progress=1.0)
-
-    def _delta_base(self, journal: Journal) -> tuple[Path, str] | None:
-        """The artifact this device already has of the same kind (and its hash), if any."""
-        if journal.ref.kind == "model":
-            active = self.slots.active(verify=True)
-            return (active.package, active.sha256) if active is not None else None
-        for kept in self._firmware_base_dir().glob("*.efbundle"):
-            return kept, kept.name.removesuffix(".efbundle")
-        return None
-
-    def _firmware_base_dir(self) -> Path:
-        return self.work / "firmware-base"
-
-    def _keep_firmware_base(self, journal: Journal) -> None:
-        """Keep the committed bundle as the base the next firmware delta applies to."""
-        if journal.sha256 is None:
-            return
-        partial = self._partial(journal.sha256)
-        if not partial.exists():
-            return
-        directory = self._firmware_base_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        for old in directory.glob("*.efbundle"):
-            old.unlink()
-        partial.replace(directory / f"{journal.sha256}.efbundle")
-
-    def _fetch_full(self, journal: Journal, target: SignedTarget, partial: Path) -> int:
-        """Download with Range resume; a broken connection is retried from where it stopped."""
-        fetched = 0
-        for attempt in range(self.policy.download_attempts):
-            before = partial.stat().st_size if partial.exists() else 0
+            fetched = 0
             try:
-                fetched += download_resumable(
-                    self.client,
-                    target.url,
-                    partial,
-                    target.length,
-                    progress=lambda n: self._progress(journal, n, target.length),
+                fetched = self.artifacts.fetch_full(
+                    target,
+                    lambda n: self._progress(journal, n, target.length),
+                    attempts=self.policy.download_attempts,
+                    retry_s=self.policy.retry_s,
                 )
+            finally:
                 self.transfer.fetched += fetched
-                return fetched
-            except DownloadFailed as exc:
-                gained = (partial.stat().st_size if partial.exists() else 0) - before
-                fetched += max(0, gained)
-                if attempt + 1 >= self.policy.download_attempts:
-                    self.transfer.fetched += fetched
-                    raise
-                log.info("download interrupted (%s); resuming", exc)
-                if self.stop_event.wait(self.policy.retry_s * (attempt + 1)):
-                    raise _Stopped() from exc
-        return fetched
+            sent = journal.bytes_transferred + fetched
+            journal = journal.model_copy(update={"bytes_transferred": sent})
+        return machine.advance(journal, "verifying", self.clock(), progress=1.0)
 
     def _progress(self, journal: Journal, have: int, length: int) -> None:
         now = time.monotonic()
@@ -352,29 +303,12 @@ class Updater:
         self._save(journal.model_copy(update={"progress": round(have / length, 3)}))
 
     def _verify(self, journal: Journal) -> Journal:
-        target = self._target(journal)
-        partial = self._partial(target.sha256)
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with partial.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-                    size += len(block)
-        except OSError as exc:
-            raise UpdateError(f"the downloaded file is gone: {exc}") from exc
-        if size != target.length or digest.hexdigest() != target.sha256:
-            partial.unlink(missing_ok=True)
-            raise TrustError(
-                f"{journal.ref.target}: the downloaded artifact ({size} bytes, sha256 "
-                f"{digest.hexdigest()[:12]}…) does not match the signed length {target.length} "
-                f"and sha256 {target.sha256[:12]}…; refusing a tampered or corrupted artifact"
-            )
+        self.artifacts.verify(self._target(journal))
         return machine.advance(journal, "staging", self.clock())
 
     def _stage(self, journal: Journal) -> Journal:
         target = self._target(journal)
-        partial = self._partial(target.sha256)
+        partial = self.artifacts.partial(target.sha256)
         if journal.ref.kind == "model":
             slot = self.slots.stage(partial, posixpath.basename(journal.ref.target), target.sha256)
             return machine.advance(journal, "self_test", self.clock(), slot=slot.name)
@@ -463,10 +397,10 @@ class Updater:
             if remaining <= 0:
                 break
             if self.stop_event.wait(min(self.policy.poll_s, remaining)):
-                raise _Stopped()
+                raise Stopped("stopping during probation")
         if journal.ref.kind == "firmware":
             self._handler().commit()
-            self._keep_firmware_base(journal)
+            self.artifacts.keep_firmware_base(journal.sha256 or "")
         else:
             self.slots.commit()
         return machine.advance(journal, "committed", self.clock())
@@ -483,7 +417,3 @@ class Updater:
             self.host.activate(self.host.load(slot.package))
         else:
             raise InstallError("there is no previous model to go back to")
-
-
-class _Stopped(EdgefleetError):
-    """The daemon is stopping mid-probation; the journal stays put for the next start."""
