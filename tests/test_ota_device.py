@@ -161,3 +161,19 @@ def test_unknown_target_is_refused(device: Device, server: RepoServer) -> None:
     final = device.updater.run(model_ref("9.9.9"), desired_version=2)
     assert final.phase == "failed"
     assert final.error is not None and "not a signed target" in final.error
+
+
+def test_going_back_to_the_previous_version_needs_no_download(
+    device: Device, server: RepoServer
+) -> None:
+    publish_model(server.repo, "1.1.0")
+    assert device.updater.run(model_ref("1.1.0"), desired_version=2).phase == "committed"
+    publish_model(server.repo, "1.0.0")  # the server rolls the device back
+    before = len(server.requests)
+    final = device.updater.run(model_ref("1.0.0"), desired_version=3)
+    assert final.phase == "committed", final.error
+    assert device.serving == "1.0.0"
+    assert final.bytes_transferred == 0
+    assert not any(
+        p.startswith(("/tuf/targets/", "/tuf/deltas/")) for p, _ in server.requests[before:]
+    )

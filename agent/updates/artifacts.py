@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ import httpx
 from edgefleet_contract.errors import DownloadFailed, EdgefleetError, TrustError, UpdateError
 
 from .fetch import download_resumable
-from .slots import ModelSlots
+from .slots import SLOTS, ModelSlots
 from .trust import SignedTarget
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,18 @@ class Artifacts:
         for kept in self.firmware_base_dir.glob("*.efbundle"):
             return kept, kept.name.removesuffix(".efbundle")
         return None
+
+    def reuse_local(self, target: SignedTarget) -> bool:
+        """Copy the artifact from a model slot that already holds it (a rollback to the
+        previous version costs no download); the copy is verified like any other."""
+        for name in SLOTS:
+            slot = self.slots.slot(name)
+            if slot is not None and slot.sha256 == target.sha256:
+                partial = self.partial(target.sha256)
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(slot.package, partial)
+                return True
+        return False
 
     def keep_firmware_base(self, sha256: str) -> None:
         """Keep the committed bundle as the base the next firmware delta applies to."""

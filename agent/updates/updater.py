@@ -267,6 +267,8 @@ class Updater:
         self.transfer.full_size = target.length
         delta = journal.delta
         base = None
+        if journal.ref.kind == "model" and not partial.exists():
+            self.artifacts.reuse_local(target)
         if delta == "none" and not partial.exists():
             base = self.artifacts.delta_base(journal.ref.kind)
         if base is not None:
