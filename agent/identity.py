@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edgefleet_contract.errors import CertificateError, EnrollmentError, IdentityError
+from edgefleet_contract.errors import CertificateError, EnrollmentError, IdentityError, TrustError
 from edgefleet_contract.ids import is_device_id
 from edgefleet_contract.mqtt import TlsFiles
 
@@ -214,7 +214,12 @@ def enroll(
     if isinstance(doc.get("tuf_root"), str):
         # The trust anchor for signed updates: the device verifies every later root
         # and every artifact against the chain that starts here.
-        save_root(data_dir, str(doc["tuf_root"]))
+        try:
+            save_root(data_dir, str(doc["tuf_root"]))
+        except TrustError as exc:
+            raise EnrollmentError(
+                f"enrolled, but cannot keep the update trust root: {exc}"
+            ) from exc
     return Identity.load(data_dir)
 
 

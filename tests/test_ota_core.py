@@ -165,3 +165,10 @@ def test_boot_falls_back_to_the_previous_slot_when_the_active_one_is_damaged(
     (tmp_path / "models" / "b" / "v2.efpkg").write_bytes(b"tw0")  # bit rot
     assert active_model_path(tmp_path) == tmp_path / "models" / "a" / "v1.efpkg"
     assert active_model_path(tmp_path / "nothing") is None
+
+
+def test_a_deliberate_stop_during_probation_is_not_counted_as_a_crash() -> None:
+    stopped = fresh(phase="probation", restarts=1, clean_stop=True)
+    recovery = machine.recover(stopped, 500.0)
+    assert recovery.action == "probation"
+    assert recovery.journal.restarts == 1 and not recovery.journal.clean_stop

@@ -177,3 +177,22 @@ def test_going_back_to_the_previous_version_needs_no_download(
     assert not any(
         p.startswith(("/tuf/targets/", "/tuf/deltas/")) for p, _ in server.requests[before:]
     )
+
+
+def test_stopping_the_daemon_mid_probation_keeps_the_update_for_the_next_start(
+    device: Device, server: RepoServer
+) -> None:
+    publish_model(server.repo, "1.1.0")
+    device.updater.policy = UpdatePolicy(probation_s=600, poll_s=0.02)
+    done: list[Journal] = []
+    worker = threading.Thread(
+        target=lambda: done.append(device.updater.run(model_ref("1.1.0"), desired_version=2))
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while "probation" not in device.reports and time.monotonic() < deadline:
+        time.sleep(0.02)
+    device.updater.stop_event.set()
+    worker.join(30)
+    assert done and done[0].phase == "probation" and done[0].clean_stop
+    assert device.serving == "1.1.0"

@@ -47,6 +47,8 @@ class Journal(BaseModel):
     """Policy captured when the update began, so a restart judges it by the same rules."""
     restarts: Annotated[int, Field(ge=0)] = 0
     """Times the agent came back up while this update was switching or on probation."""
+    clean_stop: bool = False
+    """The daemon was stopped on purpose mid-probation: the next start does not count it."""
     probation_until: float | None = None
     bytes_transferred: Annotated[int, Field(ge=0)] = 0
     delta: Literal["none", "used", "rejected", "unavailable"] = "none"

@@ -102,7 +102,7 @@ def recover(journal: Journal, now: float, *, max_attempts: int = 5) -> Recovery:
     if journal.done:
         return Recovery(journal, "none")
     if journal.phase in ACTIVE_TOUCHED:
-        restarts = journal.restarts + 1
+        restarts = journal.restarts + (0 if journal.clean_stop else 1)
         if restarts > journal.max_restarts:
             reason = (
                 f"the agent restarted {restarts} times while {journal.ref.name} "
@@ -116,6 +116,7 @@ def recover(journal: Journal, now: float, *, max_attempts: int = 5) -> Recovery:
             update={
                 "phase": "probation",
                 "restarts": restarts,
+                "clean_stop": False,
                 "probation_until": now + journal.probation_s,
                 "updated_at": now,
             }

@@ -193,6 +193,8 @@ class Updater:
             try:
                 journal = self._save(steps[journal.phase](journal))
             except Stopped:
+                if journal.phase in machine.ACTIVE_TOUCHED:
+                    journal = self._save(journal.model_copy(update={"clean_stop": True}))
                 return journal
             except EdgefleetError as exc:
                 return self._fail(journal, str(exc))
