@@ -196,3 +196,14 @@ def test_stopping_the_daemon_mid_probation_keeps_the_update_for_the_next_start(
     worker.join(30)
     assert done and done[0].phase == "probation" and done[0].clean_stop
     assert device.serving == "1.1.0"
+
+
+def test_desired_model_already_running_is_not_reinstalled(
+    device: Device, server: RepoServer
+) -> None:
+    publish_model(server.repo, "1.0.0")  # what the device already serves
+    before = ModelSlots(device.data_dir).pointer()
+    final = device.updater.run(model_ref("1.0.0"), desired_version=2)
+    assert final.phase == "committed" and final.bytes_transferred == 0
+    assert "staging" not in device.reports
+    assert ModelSlots(device.data_dir).pointer() == before

@@ -83,6 +83,15 @@ def advance(journal: Journal, phase: UpdatePhase, now: float, **changes: object)
     )
 
 
+def already_installed(journal: Journal, now: float, **changes: object) -> Journal:
+    """The device already runs the verified target: nothing to install, nothing to revert."""
+    if journal.phase != "pending":
+        raise UpdateError(f"an update in {journal.phase} cannot be skipped")
+    return journal.model_copy(
+        update={"phase": "committed", "progress": 1.0, "updated_at": now, **changes}
+    )
+
+
 def failure_phase(journal: Journal) -> UpdatePhase:
     """``rolled_back`` once the active slot may have changed (caller reverts), else ``failed``."""
     return "rolled_back" if journal.phase in ACTIVE_TOUCHED else "failed"

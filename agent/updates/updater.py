@@ -226,6 +226,10 @@ class Updater:
     def _check(self, journal: Journal) -> Journal:
         target = self.trust.lookup(journal.ref.target)
         self._check_custom(journal.ref, target)
+        if self._installed(journal.ref, target):
+            return machine.already_installed(
+                journal, self.clock(), sha256=target.sha256, length=target.length
+            )
         return machine.advance(
             journal,
             "downloading",
@@ -234,6 +238,15 @@ class Updater:
             length=target.length,
             progress=0.0,
         )
+
+    def _installed(self, ref: TargetRef, target: SignedTarget) -> bool:
+        """Whether this exact signed artifact is already the committed one."""
+        if ref.kind == "model":
+            pointer = self.slots.pointer()
+            active = self.slots.active()
+            return bool(pointer and pointer.committed and active and active.sha256 == target.sha256)
+        kept = self.artifacts.delta_base("firmware")
+        return kept is not None and kept[1] == target.sha256
 
     def _check_custom(self, ref: TargetRef, target: SignedTarget) -> None:
         custom = target.custom
