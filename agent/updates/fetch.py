@@ -86,6 +86,13 @@ def download_resumable(
                 raise DownloadFailed(f"{url}: the server answered HTTP {response.status_code}")
             if response.status_code == 200 and have:
                 have = 0
+            span = response.headers.get("content-range", "")
+            if response.status_code == 206 and not span.startswith(f"bytes {have}-"):
+                partial.unlink()
+                raise DownloadFailed(
+                    f"{url}: asked for bytes from {have}, got {span or 'no Content-Range'}; "
+                    "starting over"
+                )
             return _append(response, partial, have, length, url, progress)
     except httpx.HTTPError as exc:
         raise DownloadFailed(f"the download of {url} broke off: {exc}") from exc
