@@ -134,6 +134,7 @@ def test_agent_installs_a_desired_model_and_reports_each_failure(
         state = reported()
         assert state["update"]["target"] == model_target("1.1.0")
         assert state["slots"]["active"] in ("a", "b")
+        assert state["firmware"]["version"] == "0.0.0" and state["firmware"]["slot"] == "a"
 
         set_model(fleet, token, "ota-e2e-1", "1.2.0")
         wait_for(lambda: (reported().get("update") or {}).get("phase") == "failed", timeout=120)

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 class ModelHost(Protocol):
     """What the updater needs from the daemon's model service (``agent.serving.ModelService``)."""
 
+    @property
+    def model(self) -> Model | None: ...
+
     def load(self, path: Path) -> Model: ...
 
     def activate(self, model: Model) -> Model | None: ...
@@ -396,9 +399,13 @@ class Updater:
                     "bootloader fell back to the previous slot"
                 )
         elif self._candidate is None:
-            # Restarted during probation: boot put the new slot back; serve it again.
-            self._candidate = self.host.load(self._staged(journal).package)
-            self.host.activate(self._candidate)
+            # Restarted during probation: boot already serves the new slot (or we do now).
+            serving = self.host.model
+            if serving is not None and serving.ref.sha256 == journal.sha256:
+                self._candidate = serving
+            else:
+                self._candidate = self.host.load(self._staged(journal).package)
+                self.host.activate(self._candidate)
         start = self.health()
         deadline = journal.probation_until or self.clock()
         while True:
