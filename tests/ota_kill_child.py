@@ -18,9 +18,11 @@ from pathlib import Path
 
 from agent.serving import ModelService
 from agent.updates import active_model_path
+from agent.updates.firmware import ABSlotHandler
 from agent.updates.health import HealthTally
 from agent.updates.journal import Journal
 from agent.updates.updater import UpdatePolicy, Updater
+from edgefleet_contract.messages import TargetRef
 
 from .ota_device_kit import model_ref
 
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--kill-at")
     parser.add_argument("--probation", type=float, default=0.5)
     parser.add_argument("--max-restarts", type=int, default=2)
+    parser.add_argument("--firmware", help="update the A/B firmware to this version instead")
     args = parser.parse_args()
     service = ModelService(recorder=None)
     path = active_model_path(args.data_dir)
@@ -58,10 +61,16 @@ def main() -> None:
             probation_s=args.probation, poll_s=0.02, max_restarts=args.max_restarts
         ),
         on_change=on_change,
+        firmware=ABSlotHandler(args.data_dir / "firmware", initial_version="1.0.0"),
+        hardware="rpi4",
     )
     final = updater.resume()
     if args.update:
         final = updater.run(model_ref(args.update), desired_version=2)
+    if args.firmware:
+        target = f"firmware/edge-os/{args.firmware}/edge-os-{args.firmware}.efbundle"
+        ref = TargetRef(kind="firmware", name="edge-os", version=args.firmware, target=target)
+        final = updater.run(ref, desired_version=3)
     serving = service.model.manifest.version if service.model else None
     print(
         json.dumps(
@@ -71,6 +80,7 @@ def main() -> None:
                 "phase": final.phase if final else None,
                 "error": final.error if final else None,
                 "restarts": final.restarts if final else 0,
+                "firmware": updater.firmware.current_version() if updater.firmware else None,
             }
         )
     )

@@ -118,3 +118,22 @@ def test_repeated_restarts_during_probation_revert(tmp_path: Path, server: RepoS
     assert "restarted 2 times" in str(resumed["error"])
     assert resumed["serving"] == "1.0.0"
     assert boots_into(data_dir) == "1.0.0"
+
+
+def test_firmware_power_cut_during_probation(tmp_path: Path, server: RepoServer) -> None:
+    data = (ROOT / "firmware_images" / "dist" / "edge-os-1.1.0.efbundle").read_bytes()
+    custom = {"kind": "firmware", "name": "edge-os", "version": "1.1.0", "hardware": ["rpi4"]}
+    server.repo.add_target("firmware/edge-os/1.1.0/edge-os-1.1.0.efbundle", data, custom)
+    server.repo.publish()
+    data_dir = tmp_path / "dev"
+    make_device(data_dir, server)
+    killed = child(data_dir, server, "--firmware", "1.1.0", "--kill-at", "probation")
+    assert killed.returncode == -signal.SIGKILL
+    env = json.loads((data_dir / "firmware" / "bootenv.json").read_text())
+    assert env["upgrade_available"] and env["booted"] == "b" and env["boot_slot"] == "a"
+    # Power comes back: the bootloader tries the new slot again, probation finishes.
+    resumed = result(child(data_dir, server))
+    assert resumed["phase"] == "committed", resumed
+    assert resumed["firmware"] == "1.1.0"
+    env = json.loads((data_dir / "firmware" / "bootenv.json").read_text())
+    assert env["boot_slot"] == "b" and not env["upgrade_available"]
