@@ -105,6 +105,9 @@ def test_delta_is_used_and_counted(device: Device, server: RepoServer) -> None:
     assert final.phase == "committed", final.error
     assert final.delta == "used"
     assert final.bytes_transferred == len(patch) < len(v2)
+    report = device.updater.report()
+    assert report is not None and report.delta_used
+    assert report.bytes_transferred == len(patch)
     assert not any(path.startswith("/tuf/targets/") for path, _ in server.requests)
 
 

@@ -125,6 +125,8 @@ class Updater:
             progress=j.progress,
             error=j.error,
             ts=j.updated_at,
+            bytes_transferred=j.bytes_transferred,
+            delta_used=j.delta == "used",
         )
 
     def _save(self, journal: Journal) -> Journal:
