@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import bsdiff4
+import numpy as np
 import pytest
 
 from agent.updates import active_model_path
@@ -210,3 +211,34 @@ def test_desired_model_already_running_is_not_reinstalled(
     assert final.phase == "committed" and final.bytes_transferred == 0
     assert "staging" not in device.reports
     assert ModelSlots(device.data_dir).pointer() == before
+
+
+def test_predictions_never_stop_during_an_update(device: Device, server: RepoServer) -> None:
+    publish_model(server.repo, "1.1.0")
+    rows = np.zeros((1, 64), dtype=np.float32)
+    seen: list[str] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def predict() -> None:
+        while not stop.is_set():
+            try:
+                device.service.predict(rows)
+                model = device.service.model
+                seen.append(model.manifest.version if model else "none")
+            except BaseException as exc:  # any gap in service is a failure
+                failures.append(exc)
+
+    worker = threading.Thread(target=predict)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not seen and not failures and time.monotonic() < deadline:
+        time.sleep(0.005)
+    try:
+        final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    finally:
+        stop.set()
+        worker.join(10)
+    assert final.phase == "committed"
+    assert not failures
+    assert seen[0] == "1.0.0" and seen[-1] == "1.1.0" and "none" not in seen
