@@ -242,3 +242,15 @@ def test_predictions_never_stop_during_an_update(device: Device, server: RepoSer
     assert final.phase == "committed"
     assert not failures
     assert seen[0] == "1.0.0" and seen[-1] == "1.1.0" and "none" not in seen
+
+
+def test_model_for_a_runtime_the_device_lacks_is_not_downloaded(
+    device: Device, server: RepoServer
+) -> None:
+    custom = {**model_custom("1.1.0"), "runtime": "tensorrt"}
+    server.repo.add_target(model_target("1.1.0"), package_bytes("1.1.0"), custom)
+    server.repo.publish()
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "failed"
+    assert final.error is not None and "tensorrt" in final.error
+    assert not any(p.startswith("/tuf/targets/") for p, _ in server.requests)

@@ -29,7 +29,7 @@ from edgefleet_contract.errors import (
 from edgefleet_contract.firmware import read_bundle
 from edgefleet_contract.messages import TargetRef, UpdatePhase, UpdateReport
 
-from ..runtime import Model
+from ..runtime import Model, available_runtimes
 from . import machine
 from .artifacts import Artifacts, Stopped
 from .boot import recover_at_boot
@@ -265,6 +265,12 @@ class Updater:
                 raise TrustError(
                     f"{ref.target} is signed as {key} {custom[key]!r}, not {getattr(ref, key)!r}"
                 )
+        runtime = custom.get("runtime")
+        if ref.kind == "model" and runtime is not None and runtime not in available_runtimes():
+            raise InstallError(
+                f"{ref.target} needs the {runtime!r} runtime, which this device does not have "
+                f"(it has {', '.join(available_runtimes()) or 'none'}); not downloading it"
+            )
         if ref.kind == "firmware":
             hardware = custom.get("hardware")
             if not isinstance(hardware, list) or self.hardware not in hardware:
