@@ -33,12 +33,29 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgefleet_contract.errors import InstallError
-from edgefleet_contract.firmware import FirmwareBundle
+from edgefleet_contract.firmware import FirmwareBundle, FirmwareManifest
+from edgefleet_contract.messages import TargetRef
 
 from .journal import write_atomic
 from .slots import SlotName, other
 
 log = logging.getLogger(__name__)
+
+
+def check_bundle(
+    manifest: FirmwareManifest, ref: TargetRef, *, hardware: str, handler: str
+) -> None:
+    """The bundle's own manifest must agree with the signed target and with this board."""
+    if manifest.version != ref.version or manifest.name != ref.name:
+        raise InstallError(
+            f"the bundle holds {manifest.name} {manifest.version}, not {ref.name} {ref.version}"
+        )
+    if hardware not in manifest.hardware:
+        raise InstallError(f"the bundle does not list this device's hardware {hardware!r}")
+    if manifest.handler != handler:
+        raise InstallError(
+            f"the bundle needs install handler {manifest.handler!r}; this device has {handler!r}"
+        )
 
 
 class InstallHandler(ABC):

@@ -18,10 +18,11 @@ journal this module returns before acting on it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from edgefleet_contract.errors import UpdateError
+from edgefleet_contract.errors import InstallError, TrustError, UpdateError
 from edgefleet_contract.messages import TargetRef, UpdatePhase
 
 from .journal import Journal
@@ -142,6 +143,39 @@ def recover(journal: Journal, now: float, *, max_attempts: int = 5) -> Recovery:
         update={"phase": "pending", "attempts": attempts, "error": None, "updated_at": now}
     )
     return Recovery(restarted, "resume")
+
+
+def check_target(
+    ref: TargetRef, custom: Mapping[str, object], *, hardware: str, runtimes: Sequence[str]
+) -> None:
+    """Refuse a signed target whose custom fields do not fit the request or this device.
+
+    The fields are signed, so a mismatch is either a server bug or an attempt to
+    make the device install one artifact under another's name: both are refused
+    before a byte is downloaded.
+    """
+    if custom.get("kind") != ref.kind:
+        raise TrustError(
+            f"{ref.target} is signed as kind {custom.get('kind')!r}, but the desired state "
+            f"asks for a {ref.kind}"
+        )
+    for key in ("name", "version"):
+        if key in custom and custom[key] != getattr(ref, key):
+            raise TrustError(
+                f"{ref.target} is signed as {key} {custom[key]!r}, not {getattr(ref, key)!r}"
+            )
+    runtime = custom.get("runtime")
+    if ref.kind == "model" and runtime is not None and runtime not in runtimes:
+        raise InstallError(
+            f"{ref.target} needs the {runtime!r} runtime, which this device does not have "
+            f"(it has {', '.join(runtimes) or 'none'}); not downloading it"
+        )
+    if ref.kind == "firmware":
+        compatible = custom.get("hardware")
+        if not isinstance(compatible, list) or hardware not in compatible:
+            raise TrustError(
+                f"{ref.target} is signed for hardware {compatible!r}; this device is {hardware!r}"
+            )
 
 
 @dataclass(frozen=True)

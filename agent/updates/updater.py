@@ -23,7 +23,6 @@ import httpx
 from edgefleet_contract.errors import (
     EdgefleetError,
     InstallError,
-    TrustError,
     UpdateError,
 )
 from edgefleet_contract.firmware import read_bundle
@@ -34,7 +33,7 @@ from . import machine
 from .artifacts import Artifacts, Stopped
 from .boot import recover_at_boot
 from .delta import try_delta
-from .firmware import InstallHandler
+from .firmware import InstallHandler, check_bundle
 from .journal import Journal, JournalFile
 from .machine import HealthCounters
 from .slots import ModelSlots, Slot
@@ -63,15 +62,6 @@ class UpdatePolicy:
     poll_s: float = 1.0
     download_attempts: int = 3
     retry_s: float = 2.0
-
-
-@dataclass
-class Transfer:
-    """Bytes the device moved for the last update, for the report and the benchmark."""
-
-    fetched: int = 0
-    full_size: int = 0
-    delta: str = "none"
 
 
 class Updater:
@@ -106,7 +96,6 @@ class Updater:
         self.stop_event = threading.Event()
         self.artifacts = Artifacts(self.work, self.client, self.slots, self.stop_event)
         self.journal: Journal | None = self.journal_file.load()
-        self.transfer = Transfer()
         self._candidate: Model | None = None
         self._previous_model: Model | None = None
         self._last_progress = 0.0
@@ -173,7 +162,6 @@ class Updater:
             probation_s=self.policy.probation_s,
             max_restarts=self.policy.max_restarts,
         )
-        self.transfer = Transfer()
         return self._drive(self._save(journal))
 
     def _already_running(self, journal: Journal) -> bool:
@@ -230,7 +218,9 @@ class Updater:
 
     def _check(self, journal: Journal) -> Journal:
         target = self.trust.lookup(journal.ref.target)
-        self._check_custom(journal.ref, target)
+        machine.check_target(
+            journal.ref, target.custom, hardware=self.hardware, runtimes=available_runtimes()
+        )
         if self._installed(journal.ref, target):
             return machine.already_installed(
                 journal, self.clock(), sha256=target.sha256, length=target.length
@@ -253,32 +243,6 @@ class Updater:
         kept = self.artifacts.delta_base("firmware")
         return kept is not None and kept[1] == target.sha256
 
-    def _check_custom(self, ref: TargetRef, target: SignedTarget) -> None:
-        custom = target.custom
-        if custom.get("kind") != ref.kind:
-            raise TrustError(
-                f"{ref.target} is signed as kind {custom.get('kind')!r}, but the desired state "
-                f"asks for a {ref.kind}"
-            )
-        for key in ("name", "version"):
-            if key in custom and custom[key] != getattr(ref, key):
-                raise TrustError(
-                    f"{ref.target} is signed as {key} {custom[key]!r}, not {getattr(ref, key)!r}"
-                )
-        runtime = custom.get("runtime")
-        if ref.kind == "model" and runtime is not None and runtime not in available_runtimes():
-            raise InstallError(
-                f"{ref.target} needs the {runtime!r} runtime, which this device does not have "
-                f"(it has {', '.join(available_runtimes()) or 'none'}); not downloading it"
-            )
-        if ref.kind == "firmware":
-            hardware = custom.get("hardware")
-            if not isinstance(hardware, list) or self.hardware not in hardware:
-                raise TrustError(
-                    f"{ref.target} is signed for hardware {hardware!r}; this device is "
-                    f"{self.hardware!r}"
-                )
-
     def _target(self, journal: Journal) -> SignedTarget:
         """The signed facts kept in the journal (they came from TUF in ``pending``)."""
         if journal.sha256 is None or journal.length is None:
@@ -290,7 +254,6 @@ class Updater:
     def _download(self, journal: Journal) -> Journal:
         target = self._target(journal)
         partial = self.artifacts.partial(target.sha256)
-        self.transfer.full_size = target.length
         delta = journal.delta
         base = None
         if journal.ref.kind == "model" and not partial.exists():
@@ -300,8 +263,6 @@ class Updater:
         if base is not None:
             result = try_delta(self.client, self.server_url, base[0], base[1], target, partial)
             delta = result.outcome
-            self.transfer.fetched += result.transferred
-            self.transfer.delta = delta
             if result.reason:
                 log.info("delta update %s: %s", delta, result.reason)
             sent = journal.bytes_transferred + result.transferred
@@ -309,16 +270,12 @@ class Updater:
                 journal.model_copy(update={"delta": delta, "bytes_transferred": sent})
             )
         if delta != "used" or not partial.exists():
-            fetched = 0
-            try:
-                fetched = self.artifacts.fetch_full(
-                    target,
-                    lambda n: self._progress(journal, n, target.length),
-                    attempts=self.policy.download_attempts,
-                    retry_s=self.policy.retry_s,
-                )
-            finally:
-                self.transfer.fetched += fetched
+            fetched = self.artifacts.fetch_full(
+                target,
+                lambda n: self._progress(journal, n, target.length),
+                attempts=self.policy.download_attempts,
+                retry_s=self.policy.retry_s,
+            )
             sent = journal.bytes_transferred + fetched
             journal = journal.model_copy(update={"bytes_transferred": sent})
         return machine.advance(journal, "verifying", self.clock(), progress=1.0)
@@ -342,19 +299,7 @@ class Updater:
             return machine.advance(journal, "self_test", self.clock(), slot=slot.name)
         handler = self._handler()
         bundle = read_bundle(partial)
-        manifest = bundle.manifest
-        if manifest.version != journal.ref.version or manifest.name != journal.ref.name:
-            raise InstallError(
-                f"the bundle holds {manifest.name} {manifest.version}, not "
-                f"{journal.ref.name} {journal.ref.version}"
-            )
-        if self.hardware not in manifest.hardware:
-            raise InstallError(f"the bundle does not list this device's hardware {self.hardware!r}")
-        if manifest.handler != handler.id:
-            raise InstallError(
-                f"the bundle needs install handler {manifest.handler!r}; this device has "
-                f"{handler.id!r}"
-            )
+        check_bundle(bundle.manifest, journal.ref, hardware=self.hardware, handler=handler.id)
         handler.install(bundle)
         return machine.advance(journal, "self_test", self.clock(), slot=handler.id)
 
