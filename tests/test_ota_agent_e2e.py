@@ -68,18 +68,22 @@ def set_model(fleet: FleetServer, token: str, device_id: str, version: str) -> N
     r.raise_for_status()
 
 
-def test_agent_installs_a_desired_model_and_reports_each_failure(
-    fleet: FleetServer, repo_server: RepoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def enrolled_agent(
+    fleet: FleetServer,
+    repo_server: RepoServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    device_id: str,
+) -> tuple[Path, dict[str, str]]:
+    """Enroll ``device_id`` (the enroll answer carries the TUF root); return its dir and env."""
     token = api_token(fleet)
     api = fleet.settings.api_url
     r = httpx.post(
         f"{api}/api/v1/devices",
-        json={"id": "ota-e2e-1"},
+        json={"id": device_id},
         headers={"Authorization": f"Bearer {token}"},
     )
     r.raise_for_status()
-    # Enrollment hands out the TUF root (the fleet server adds ``tuf_root`` to its answer).
     real_post = identity_module._post
     monkeypatch.setattr(
         identity_module,
@@ -89,14 +93,10 @@ def test_agent_installs_a_desired_model_and_reports_each_failure(
             "tuf_root": repo_server.repo.root_json(),
         },
     )
-    data_dir = tmp_path / "agent"
+    data_dir = tmp_path / device_id
     enroll(data_dir, api, r.json()["token"])
-    assert (data_dir / "tuf" / "root.json").read_text() == repo_server.repo.root_json()
-
     first = tmp_path / "digits-1.0.0.efpkg"
     first.write_bytes(package_bytes("1.0.0"))
-    publish_model(repo_server.repo, "1.1.0")
-    publish_model(repo_server.repo, "1.2.0", package_bytes("1.2.0", broken_self_test=True))
     env = {
         **os.environ,
         "EDGE_AGENT_MODEL": str(first),
@@ -106,13 +106,74 @@ def test_agent_installs_a_desired_model_and_reports_each_failure(
         "EDGE_AGENT_UPDATES__SERVER_URL": repo_server.url,
         "EDGE_AGENT_UPDATES__PROBATION_S": "1",
     }
-    proc = subprocess.Popen(
+    return data_dir, env
+
+
+def start_agent(data_dir: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [str(BIN / "edge-agent"), "run", "--data-dir", str(data_dir)],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
+
+
+def stop_agent(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_edge_agent_killed_mid_download_resumes_after_restart(
+    fleet: FleetServer, repo_server: RepoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = api_token(fleet)
+    data_dir, env = enrolled_agent(fleet, repo_server, tmp_path, monkeypatch, "ota-e2e-2")
+    publish_model(repo_server.repo, "1.1.0")
+    repo_server.faults.throttle_s = 0.1  # a slow link: 2 kB per 100 ms
+
+    def reported() -> dict[str, Any]:
+        return twin(fleet, token, "ota-e2e-2").get("reported") or {}
+
+    proc = start_agent(data_dir, env)
+    try:
+        wait_for(lambda: (reported().get("model") or {}).get("version") == "1.0.0", timeout=60)
+        set_model(fleet, token, "ota-e2e-2", "1.1.0")
+        partials = data_dir / "updates"
+        wait_for(lambda: any(p.stat().st_size > 4096 for p in partials.glob("*.part")), timeout=60)
+        proc.kill()  # power cut mid-download
+        proc.wait()
+        repo_server.faults.throttle_s = 0.0
+        before = len(repo_server.requests)
+        proc = start_agent(data_dir, env)
+        wait_for(
+            lambda: (
+                (reported().get("update") or {}).get("phase") == "committed"
+                and (reported().get("model") or {}).get("version") == "1.1.0"
+            ),
+            timeout=120,
+        )
+        ranges = [r for p, r in repo_server.requests[before:] if p.startswith("/tuf/targets/")]
+        assert ranges and ranges[0] is not None and ranges[0] != "bytes=0-"
+    finally:
+        stop_agent(proc)
+
+
+def test_agent_installs_a_desired_model_and_reports_each_failure(
+    fleet: FleetServer, repo_server: RepoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = api_token(fleet)
+    data_dir, env = enrolled_agent(fleet, repo_server, tmp_path, monkeypatch, "ota-e2e-1")
+    assert (data_dir / "tuf" / "root.json").read_text() == repo_server.repo.root_json()
+    publish_model(repo_server.repo, "1.1.0")
+    publish_model(repo_server.repo, "1.2.0", package_bytes("1.2.0", broken_self_test=True))
+    proc = start_agent(data_dir, env)
     try:
 
         def reported() -> dict[str, Any]:
@@ -133,6 +194,7 @@ def test_agent_installs_a_desired_model_and_reports_each_failure(
         )
         state = reported()
         assert state["update"]["target"] == model_target("1.1.0")
+        assert state["update"]["bytes_transferred"] > 0
         assert state["slots"]["active"] in ("a", "b")
         assert state["firmware"]["version"] == "0.0.0" and state["firmware"]["slot"] == "a"
 
@@ -142,9 +204,4 @@ def test_agent_installs_a_desired_model_and_reports_each_failure(
         assert "self-test" in state["update"]["error"]
         assert model_version() == "1.1.0"  # the current model keeps serving
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_agent(proc)
