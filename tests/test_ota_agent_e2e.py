@@ -1,9 +1,10 @@
 """End to end: the fleet server sets a desired model; the real ``edge-agent`` installs it.
 
 The fleet server (real, with its managed mosquitto) carries the desired state
-and the reported twin; the signed artifacts come from a real TUF repository
-over loopback (``[updates] server_url``), since the server's own TUF endpoints
-are built elsewhere.  The device reports each phase, and the server ends up
+and the reported twin; the signed artifacts come from a test TUF repository
+over loopback (``[updates] server_url``, as a device behind an artifact mirror
+would use), so the attacks and faults can be staged there.  The device
+reports each phase, and the server ends up
 with ``update.phase == committed`` and the new model in ``reported.model`` —
 or, for a model that fails its self-test, ``failed`` with the reason while the
 old model keeps serving.
