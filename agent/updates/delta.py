@@ -29,6 +29,8 @@ from .trust import SignedTarget
 log = logging.getLogger(__name__)
 
 MAGIC = b"BSDIFF40"
+WORTH_IT = 0.9
+"""A delta is used only if it is at most this fraction of the full artifact."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,10 @@ def _fetch_bounded(client: httpx.Client, url: str, *, limit: int) -> bytes | str
             return None
         if response.status_code != 200:
             return f"the delta endpoint answered HTTP {response.status_code}"
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit * WORTH_IT:
+            # Rebuilding costs CPU and memory; below a 10% saving the full file is simpler.
+            return f"the delta ({declared} bytes) saves too little over the full artifact"
         body = bytearray()
         for chunk in response.iter_bytes(64 * 1024):
             body += chunk
