@@ -194,7 +194,7 @@ class Agent:
 
     def start(self) -> None:
         self._load_boot_model()
-        self.updates.start()
+        self.updates.start(self.desired)
         self.router.start()
         self.link.start()
         self._report()

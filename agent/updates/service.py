@@ -124,12 +124,25 @@ class DeviceUpdates:
             log.exception("resuming the interrupted update failed")
         while (job := self._queue.get()) is not None:
             ref, version, rollout = job
+            last = self.updater.journal
+            if (
+                last is not None
+                and last.done
+                and last.ref == ref
+                and last.desired_version >= version
+            ):
+                continue  # this desired version was already carried out (or refused)
             try:
                 self.updater.run(ref, version, rollout)
             except Exception:
                 log.exception("update to %s %s crashed", ref.name, ref.version)
 
-    def start(self) -> None:
+    def start(self, desired: DesiredState | None = None) -> None:
+        """Resume an interrupted update, then make sure ``desired`` (persisted) is carried out:
+        a power cut between acknowledging ``set_desired`` and starting the update must
+        not lose it, since the server will not send the same version again."""
+        if desired is not None:
+            self.submit(desired)
         self._thread = threading.Thread(target=self._run, name="updates", daemon=True)
         self._thread.start()
 
