@@ -48,6 +48,12 @@ class Artifacts:
     def partial(self, sha256: str) -> Path:
         return self.work / f"{sha256}.part"
 
+    def drop_partials(self, keep: str) -> None:
+        """Forget downloads of other artifacts: only the current target may resume."""
+        for stale in self.work.glob("*.part"):
+            if stale.name != f"{keep}.part":
+                stale.unlink(missing_ok=True)
+
     @property
     def firmware_base_dir(self) -> Path:
         return self.work / "firmware-base"

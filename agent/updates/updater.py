@@ -221,6 +221,7 @@ class Updater:
         machine.check_target(
             journal.ref, target.custom, hardware=self.hardware, runtimes=available_runtimes()
         )
+        self.artifacts.drop_partials(keep=target.sha256)
         if self._installed(journal.ref, target):
             return machine.already_installed(
                 journal, self.clock(), sha256=target.sha256, length=target.length
