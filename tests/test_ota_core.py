@@ -56,10 +56,13 @@ def test_endless_restarts_before_the_switch_give_up() -> None:
 
 
 def test_restarts_during_probation_count_like_a_boot_counter() -> None:
-    first = machine.recover(fresh(phase="switching"), 200.0)
-    assert first.action == "probation"
-    assert first.journal.phase == "probation" and first.journal.probation_until == 260.0
-    second = machine.recover(first.journal, 300.0)
+    switching = machine.recover(fresh(phase="switching"), 200.0)
+    assert switching.action == "switch"  # finish the switch, then a fresh probation
+    assert switching.journal.phase == "switching" and switching.journal.restarts == 1
+    first = machine.recover(fresh(phase="probation", restarts=0), 200.0)
+    assert first.action == "probation" and first.journal.probation_until == 260.0
+    first = first.journal.model_copy(update={"restarts": 1})
+    second = machine.recover(first, 300.0)
     assert second.action == "probation" and second.journal.restarts == 2
     third = machine.recover(second.journal, 400.0)
     assert third.action == "revert" and "restarted 3 times" in (third.journal.error or "")

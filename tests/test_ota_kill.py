@@ -120,18 +120,26 @@ def test_repeated_restarts_during_probation_revert(tmp_path: Path, server: RepoS
     assert boots_into(data_dir) == "1.0.0"
 
 
-def test_firmware_power_cut_during_probation(tmp_path: Path, server: RepoServer) -> None:
+@pytest.mark.parametrize("phase", ["switching", "probation"])
+def test_firmware_power_cut_while_switching_or_on_probation(
+    tmp_path: Path, server: RepoServer, phase: str
+) -> None:
     data = (ROOT / "firmware_images" / "dist" / "edge-os-1.1.0.efbundle").read_bytes()
     custom = {"kind": "firmware", "name": "edge-os", "version": "1.1.0", "hardware": ["rpi4"]}
     server.repo.add_target("firmware/edge-os/1.1.0/edge-os-1.1.0.efbundle", data, custom)
     server.repo.publish()
     data_dir = tmp_path / "dev"
     make_device(data_dir, server)
-    killed = child(data_dir, server, "--firmware", "1.1.0", "--kill-at", "probation")
+    killed = child(data_dir, server, "--firmware", "1.1.0", "--kill-at", phase)
     assert killed.returncode == -signal.SIGKILL
     env = json.loads((data_dir / "firmware" / "bootenv.json").read_text())
-    assert env["upgrade_available"] and env["booted"] == "b" and env["boot_slot"] == "a"
-    # Power comes back: the bootloader tries the new slot again, probation finishes.
+    assert env["boot_slot"] == "a"
+    if phase == "probation":  # armed and booted into the trial slot when the power went
+        assert env["upgrade_available"] and env["booted"] == "b"
+    else:  # the try-boot had not been armed yet
+        assert not env["upgrade_available"]
+    # Power comes back: the switch is (re)done, the bootloader tries the new slot,
+    # probation finishes.
     resumed = result(child(data_dir, server))
     assert resumed["phase"] == "committed", resumed
     assert resumed["firmware"] == "1.1.0"

@@ -53,7 +53,7 @@ def _recover(data_dir: Path, now: float) -> machine.Recovery | None:
         if recovery.action == "revert":
             to = journal.previous if journal.previous in ("a", "b") else None
             slots.revert(to)  # type: ignore[arg-type]
-        elif recovery.action == "probation" and journal.slot in ("a", "b"):
+        elif recovery.action in ("switch", "probation") and journal.slot in ("a", "b"):
             slots.switch(journal.slot)  # type: ignore[arg-type]
     journals.save(recovery.journal)
     log.warning(

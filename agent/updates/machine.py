@@ -9,8 +9,9 @@ the active slot, so an interrupted update *before* the switch is simply started
 over from ``pending`` — bytes already on disk are kept (a download resumes with
 HTTP Range) but everything is verified again.  From ``switching`` on, the new
 slot has passed its self-test; a restart there counts like a bootloader's boot
-counter: the update gets a fresh probation window up to ``max_restarts`` times,
-after that the device goes back to the previous slot.
+counter: the switch is completed (it is idempotent) and the update gets a fresh
+probation window, up to ``max_restarts`` times; after that the device goes
+back to the previous slot.
 
 The facade (:mod:`.updater`) does the I/O for each phase and persists every
 journal this module returns before acting on it.
@@ -40,7 +41,7 @@ ORDER: tuple[UpdatePhase, ...] = (
 ACTIVE_TOUCHED: frozenset[str] = frozenset({"switching", "probation"})
 """Phases in which the new artifact may already be serving: failure means a revert."""
 
-Action = Literal["none", "resume", "probation", "revert"]
+Action = Literal["none", "resume", "switch", "probation", "revert"]
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,14 @@ def recover(journal: Journal, now: float, *, max_attempts: int = 5) -> Recovery:
                 update={"restarts": restarts, "error": reason, "updated_at": now}
             )
             return Recovery(reverted, "revert")
+        if journal.phase == "switching":
+            # The switch may or may not have happened: do it (again); it is idempotent.
+            again = journal.model_copy(
+                update={"restarts": restarts, "clean_stop": False, "updated_at": now}
+            )
+            return Recovery(again, "switch")
         resumed = journal.model_copy(
             update={
-                "phase": "probation",
                 "restarts": restarts,
                 "clean_stop": False,
                 "probation_until": now + journal.probation_s,

@@ -327,8 +327,9 @@ class Updater:
         now = self.clock()
         if journal.ref.kind == "firmware":
             handler = self._handler()
-            previous = handler.current_version()
-            journal = self._save(journal.model_copy(update={"previous": previous}))
+            if journal.previous is None:  # set once: a resumed switch must not overwrite it
+                previous = handler.current_version()
+                journal = self._save(journal.model_copy(update={"previous": previous}))
             handler.try_boot()
             handler.reboot()
             return machine.advance(
@@ -336,12 +337,18 @@ class Updater:
             )
         slot = self._staged(journal)
         pointer = self.slots.pointer()
-        fallback = pointer.active if pointer and pointer.active != slot.name else None
-        journal = self._save(journal.model_copy(update={"previous": fallback}))
+        if journal.previous is None and pointer is not None and pointer.active != slot.name:
+            journal = self._save(journal.model_copy(update={"previous": pointer.active}))
         if self._candidate is None:
-            self._candidate = self.host.load(slot.package)
+            serving = self.host.model
+            if serving is not None and serving.ref.sha256 == journal.sha256:
+                self._candidate = serving  # boot already completed the switch
+            else:
+                self._candidate = self.host.load(slot.package)
         self.slots.switch(slot.name)
-        self._previous_model = self.host.activate(self._candidate)
+        replaced = self.host.activate(self._candidate)
+        if replaced is not None and replaced.ref.sha256 != journal.sha256:
+            self._previous_model = replaced
         return machine.advance(journal, "probation", now, probation_until=now + journal.probation_s)
 
     def _probation(self, journal: Journal) -> Journal:
