@@ -23,6 +23,8 @@ the most specific class; callers catch the family they can handle.
     ├── AuthError              authentication failed (HTTP 401)
     │   └── PermissionDenied   authenticated but not allowed (HTTP 403)
     └── UpdateError            OTA verification, download or install failures
+        └── SigningError       TUF keys and metadata on the server: unreadable key,
+                               wrong passphrase, a root that does not verify
 """
 
 from __future__ import annotations
@@ -98,3 +100,7 @@ class PermissionDenied(AuthError):
 
 class UpdateError(EdgefleetError):
     """An OTA update could not be verified, fetched or installed."""
+
+
+class SigningError(UpdateError):
+    """A TUF key or metadata operation on the server or the offline machine failed."""

@@ -30,8 +30,12 @@ from .link import ServerLink
 from .metrics import Registry
 from .pki import FleetCA, write_private
 from .reconcile import Reconciler
+from .registry import BlobStore, DeltaCache
+from .registry import Registry as ArtifactRegistry
 from .store import open_store
 from .store.base import Store
+from .tuf import Lifetimes, TufRepository
+from .tuf import offline as tuf_offline
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,62 @@ class Layout:
     @property
     def client_key(self) -> Path:
         return self.root / "server" / "client.key"
+
+    @property
+    def tuf(self) -> Path:
+        return self.root / "tuf"
+
+    @property
+    def offline(self) -> Path:
+        """The demo root key made by ``init``; it belongs on an offline machine."""
+        return self.root / "offline"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+
+OFFLINE_NOTE = """\
+THIS DIRECTORY HOLDS A TUF ROOT KEY. IT DOES NOT BELONG ON THE SERVER.
+
+`fleet-server init` made this root key so a fresh fleet works without a key
+ceremony. Whoever holds it can make every device trust any update. Before
+production: create offline root keys with `fleetctl keys init` on an
+air-gapped machine, rotate the root to them (`fleetctl keys rotate --role root`,
+signed with this key and the new ones), then delete this directory
+(see docs/security.md, "Update signing keys").
+"""
+
+
+def tuf_lifetimes(settings: ServerSettings) -> Lifetimes:
+    t = settings.tuf
+    return Lifetimes(
+        root=t.root_expiry_s,
+        targets=t.targets_expiry_s,
+        snapshot=t.snapshot_expiry_s,
+        timestamp=t.timestamp_expiry_s,
+    )
+
+
+def initialize_tuf(settings: ServerSettings) -> bool:
+    """Create the TUF repository with a demo root key in ``offline/``; False if it exists."""
+    layout = Layout(settings.data_dir)
+    if (layout.tuf / "metadata" / "1.root.json").exists():
+        return False
+    root_key = tuf_offline.key_file(layout.offline, 1)
+    if not root_key.exists():
+        layout.offline.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tuf_offline.make_root_keys(layout.offline, count=1, threshold=1, passphrase=None)
+        (layout.offline / "README-MOVE-OFFLINE.txt").write_text(OFFLINE_NOTE)
+    from .tuf import keys as tuf_keys
+
+    TufRepository.create(
+        layout.tuf,
+        root_signers=[tuf_keys.load(root_key)],
+        root_threshold=1,
+        lifetimes=tuf_lifetimes(settings),
+    )
+    return True
 
 
 def initialize(settings: ServerSettings, *, admin_password: str | None = None) -> str | None:
@@ -89,6 +149,7 @@ def initialize(settings: ServerSettings, *, admin_password: str | None = None) -
         layout.client_cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         layout.client_cert.write_bytes(cert)
         write_private(layout.client_key, key)
+    initialize_tuf(settings)
     store = open_store(settings.database)
     try:
         if store.list_users():
@@ -145,6 +206,15 @@ class FleetServer:
             batch_size=settings.telemetry.batch_size,
             acker=lambda item: self.link.acknowledge(item),
         )
+        if not (self.layout.tuf / "metadata" / "1.root.json").exists():
+            raise ConfigError(
+                f"{settings.data_dir} has no TUF repository; run `fleet-server init` again"
+            )
+        self.tuf = TufRepository(self.layout.tuf, lifetimes=tuf_lifetimes(settings))
+        self.artifacts = ArtifactRegistry(
+            self.store, BlobStore(self.layout.artifacts), tuf=self.tuf
+        )
+        self.deltas = DeltaCache(self.artifacts.blobs, self.layout.root / "deltas")
         self.link = ServerLink(self._endpoint(), self.ingest)
         self.reconciler = Reconciler(self.store, self.link)
         self.ingest.set_device_hook(self.reconciler)
@@ -165,6 +235,9 @@ class FleetServer:
                 enrollment=self.enrollment,
                 commands=self.link,
                 metrics=self.registry.render,
+                registry=self.artifacts,
+                tuf=self.tuf,
+                deltas=self.deltas,
             )
         )
         self.registry.gauge(
@@ -235,6 +308,8 @@ class FleetServer:
             target=self._maintain, name="maintenance", daemon=True
         )
         self._maintenance_thread.start()
+        self._tuf_thread = threading.Thread(target=self._resign, name="tuf-timer", daemon=True)
+        self._tuf_thread.start()
         config = uvicorn.Config(
             self.app,
             host=self.settings.api.host,
@@ -275,6 +350,23 @@ class FleetServer:
                     log.info("retention: removed %d old telemetry rows", removed)
             except Exception:
                 log.exception("retention pass failed; will retry")
+
+    def _resign(self) -> None:
+        """Re-sign TUF roles (timestamp above all) well before they expire.
+
+        Wakes when the next role reaches half its lifetime, and at least every
+        five minutes, so a clock jump or a failed attempt is retried soon.
+        """
+        wait = 0.0
+        while not self._maintenance.wait(wait):
+            try:
+                renewed = self.tuf.refresh()
+                if renewed:
+                    log.info("TUF: re-signed %s", ", ".join(renewed))
+                wait = min(max(self.tuf.next_refresh_in(), 1.0), 300.0)
+            except Exception:
+                log.exception("TUF re-signing failed; retrying in a minute")
+                wait = 60.0
 
     def stop(self) -> None:
         self._maintenance.set()

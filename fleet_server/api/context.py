@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from ..auth import Authenticator, LoginThrottle
 from ..config import ServerSettings
 from ..enrollment import Enrollment
+from ..registry import DeltaCache, Registry
 from ..store.base import Store
+from ..tuf import TufRepository
 from ..twin import CommandSender
 
 
@@ -27,6 +29,10 @@ class ApiContext:
     commands: CommandSender | None = None
     metrics: Callable[[], str] | None = None
     clock: Callable[[], float] = time.time
+    registry: Registry | None = None
+    """The artifact registry; ``None`` means artifact and TUF routes answer 503."""
+    tuf: TufRepository | None = None
+    deltas: DeltaCache | None = None
     auth: Authenticator = field(init=False)
     throttle: LoginThrottle = field(init=False)
     audit_failures: int = field(init=False, default=0)
