@@ -12,6 +12,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def tuf_lifetimes(settings: ServerSettings) -> Lifetimes:
     )
 
 
-def initialize_tuf(settings: ServerSettings) -> bool:
+def initialize_tuf(settings: ServerSettings, *, clock: Callable[[], float] = time.time) -> bool:
     """Create the TUF repository with a demo root key in ``offline/``; False if it exists."""
     layout = Layout(settings.data_dir)
     if (layout.tuf / "metadata" / "1.root.json").exists():
@@ -114,6 +115,7 @@ def initialize_tuf(settings: ServerSettings) -> bool:
         layout.tuf,
         root_signers=[tuf_keys.load(root_key)],
         root_threshold=1,
+        clock=clock,
         lifetimes=tuf_lifetimes(settings),
     )
     return True

@@ -105,7 +105,7 @@ def make_env(tmp_path: Path, *, clock: Clock | None = None, **settings: object) 
     clock = clock or Clock()
     data_dir = tmp_path / "fleet"
     config = ServerSettings.model_validate({"data_dir": data_dir, **settings})
-    initialize_tuf(config)
+    initialize_tuf(config, clock=clock)
     store = open_store(data_dir / "fleet.db")
     users: list[tuple[str, Role]] = [("alice", "admin"), ("olga", "operator"), ("vic", "viewer")]
     for name, role in users:
