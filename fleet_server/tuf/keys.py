@@ -102,3 +102,9 @@ def read_json(path: Path) -> Any:
         raise SigningError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except ValueError as exc:
         raise SigningError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def read_json_bytes(path: Path) -> bytes:
+    """The bytes of a JSON file, after checking it parses (for a clear error early)."""
+    read_json(path)
+    return path.read_bytes()
