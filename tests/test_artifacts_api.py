@@ -176,3 +176,32 @@ def test_enroll_hands_out_the_tuf_root(tmp_path: Path) -> None:
     root = r.json()["tuf_root"]
     assert root.encode() == env.tuf.root_bytes()
     assert json.loads(root)["signed"]["_type"] == "root"
+
+
+def test_root_routes_need_admin(tmp_path: Path) -> None:
+    from fleet_server.tuf import keys, offline
+
+    env = make_env(tmp_path)
+    viewer, operator, admin = env.login("vic"), env.login("olga"), env.login("alice")
+    assert env.client.get("/api/v1/tuf/root").status_code == 401
+    root = env.client.get("/api/v1/tuf/root", headers=viewer).json()
+    assert root["signed"]["version"] == 1
+    online = env.client.get("/api/v1/tuf/keys", headers=viewer).json()["online"]
+    assert online["timestamp"]["keyid"] == env.tuf.online_keys()["timestamp"].keyid
+    body = {"rotate": ["timestamp"]}
+    r = env.client.post("/api/v1/tuf/root-proposals", json=body, headers=operator)
+    assert r.status_code == 403
+    r = env.client.post("/api/v1/tuf/root-proposals", json={"rotate": ["root"]}, headers=admin)
+    assert r.status_code == 400 and "not an online role" in r.json()["detail"]
+    proposal = env.client.post("/api/v1/tuf/root-proposals", json=body, headers=admin).json()
+    assert proposal["signed"]["version"] == 2 and proposal["signatures"] == []
+    signer = keys.load(offline.key_file(env.data_dir / "offline", 1))
+    signed = offline.sign_root(json.dumps(proposal).encode(), [signer])
+    assert env.client.post("/api/v1/tuf/root", content=signed, headers=operator).status_code == 403
+    r = env.client.post("/api/v1/tuf/root", content=b"not json", headers=admin)
+    assert r.status_code == 400 and "not TUF root metadata" in r.json()["detail"]
+    r = env.client.post("/api/v1/tuf/root", content=signed, headers=admin)
+    assert r.status_code == 200 and r.json()["version"] == 2
+    actions = {(a.actor, a.action, a.outcome) for a in env.store.list_audit(limit=20).items}
+    assert ("olga", "propose_root", "denied") in actions
+    assert ("alice", "install_root", "ok") in actions
