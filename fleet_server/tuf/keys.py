@@ -34,15 +34,14 @@ def generate() -> CryptoSigner:
 
 def save(signer: CryptoSigner, path: Path, *, passphrase: bytes | None = None) -> None:
     """Write the private key (0600, atomically); encrypted when a passphrase is given."""
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase)
-        if passphrase
-        else serialization.NoEncryption()
-    )
-    private = signer._private_key  # the one place that needs the key material
-    pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
+    pem = signer.private_bytes
+    if passphrase:
+        private = serialization.load_pem_private_key(pem, password=None)
+        pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
     write_private(path, pem)
 
 
