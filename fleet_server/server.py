@@ -12,7 +12,6 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +34,8 @@ from .registry import BlobStore, DeltaCache
 from .registry import Registry as ArtifactRegistry
 from .store import open_store
 from .store.base import Store
-from .tuf import Lifetimes, TufRepository
-from .tuf import offline as tuf_offline
+from .tuf import TufRepository
+from .tuf.bootstrap import initialize_tuf, tuf_lifetimes
 
 log = logging.getLogger(__name__)
 
@@ -75,50 +74,6 @@ class Layout:
     @property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
-
-
-OFFLINE_NOTE = """\
-THIS DIRECTORY HOLDS A TUF ROOT KEY. IT DOES NOT BELONG ON THE SERVER.
-
-`fleet-server init` made this root key so a fresh fleet works without a key
-ceremony. Whoever holds it can make every device trust any update. Before
-production: create offline root keys with `fleetctl keys init` on an
-air-gapped machine, rotate the root to them (`fleetctl keys rotate --role root`,
-signed with this key and the new ones), then delete this directory
-(see docs/security.md, "Update signing keys").
-"""
-
-
-def tuf_lifetimes(settings: ServerSettings) -> Lifetimes:
-    t = settings.tuf
-    return Lifetimes(
-        root=t.root_expiry_s,
-        targets=t.targets_expiry_s,
-        snapshot=t.snapshot_expiry_s,
-        timestamp=t.timestamp_expiry_s,
-    )
-
-
-def initialize_tuf(settings: ServerSettings, *, clock: Callable[[], float] = time.time) -> bool:
-    """Create the TUF repository with a demo root key in ``offline/``; False if it exists."""
-    layout = Layout(settings.data_dir)
-    if (layout.tuf / "metadata" / "1.root.json").exists():
-        return False
-    root_key = tuf_offline.key_file(layout.offline, 1)
-    if not root_key.exists():
-        layout.offline.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tuf_offline.make_root_keys(layout.offline, count=1, threshold=1, passphrase=None)
-        (layout.offline / "README-MOVE-OFFLINE.txt").write_text(OFFLINE_NOTE)
-    from .tuf import keys as tuf_keys
-
-    TufRepository.create(
-        layout.tuf,
-        root_signers=[tuf_keys.load(root_key)],
-        root_threshold=1,
-        clock=clock,
-        lifetimes=tuf_lifetimes(settings),
-    )
-    return True
 
 
 def initialize(settings: ServerSettings, *, admin_password: str | None = None) -> str | None:

@@ -24,10 +24,10 @@ from fleet_server.config import ServerSettings
 from fleet_server.enrollment import Enrollment
 from fleet_server.pki import FleetCA
 from fleet_server.registry import BlobStore, DeltaCache, Registry
-from fleet_server.server import initialize_tuf, tuf_lifetimes
 from fleet_server.store import open_store
 from fleet_server.store.base import Role, Store
 from fleet_server.tuf import TufRepository
+from fleet_server.tuf.bootstrap import initialize_tuf, tuf_lifetimes
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models" / "dist"
