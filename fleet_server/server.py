@@ -67,11 +67,6 @@ class Layout:
         return self.root / "tuf"
 
     @property
-    def offline(self) -> Path:
-        """The demo root key made by ``init``; it belongs on an offline machine."""
-        return self.root / "offline"
-
-    @property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
 
@@ -172,6 +167,11 @@ class FleetServer:
             self.store, BlobStore(self.layout.artifacts), tuf=self.tuf
         )
         self.deltas = DeltaCache(self.artifacts.blobs, self.layout.root / "deltas")
+        self.registry.gauge(
+            "edgefleet_tuf_timestamp_expires_in_seconds",
+            "Seconds until the published TUF timestamp expires (devices refuse it then)",
+            fn=lambda: [((), self.tuf.timestamp().signed.expires.timestamp() - time.time())],
+        )
         self.link = ServerLink(self._endpoint(), self.ingest)
         self.reconciler = Reconciler(self.store, self.link)
         self.ingest.set_device_hook(self.reconciler)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from tuf.ngclient import Updater
 
@@ -45,6 +46,9 @@ def test_push_list_and_key_ceremony(fleet: FleetServer, tmp_path: Path) -> None:
     )
     assert code == 0, err
     first_root = fleet.tuf.root_bytes()
+    metrics = httpx.get(f"{api}/metrics").text
+    line = next(x for x in metrics.splitlines() if x.startswith("edgefleet_tuf_timestamp_expires"))
+    assert 3600 < float(line.split()[-1]) <= 86400
 
     code, out, err = fleetctl(["models", "push", str(DIGITS)])
     assert code == 0, err
