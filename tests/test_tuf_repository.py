@@ -79,6 +79,9 @@ def test_versions_only_grow(tmp_path: Path) -> None:
     assert env.tuf.metadata_file(f"{before[0]}.targets.json") is not None  # old ones stay
     assert env.tuf.metadata_file("../fleet.db") is None
     assert env.tuf.metadata_file("root.json") is None
+    keys_dir = env.data_dir / "tuf" / "keys"
+    assert keys_dir.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in keys_dir.iterdir())
 
 
 def test_timestamp_resigning_keeps_clients_working(tmp_path: Path) -> None:

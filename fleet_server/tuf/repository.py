@@ -117,6 +117,7 @@ class TufRepository:
         for signer in root_signers:
             root.add_key(signer.public_key, Root.type)
         root.roles[Root.type].threshold = root_threshold
+        (directory / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
         for role in ONLINE_ROLES:
             online = keys.generate()
             keys.save(online, directory / "keys" / f"{role}.pem")
