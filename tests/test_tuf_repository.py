@@ -43,8 +43,7 @@ def test_pushed_model_is_a_verified_downloadable_target(tmp_path: Path) -> None:
         "name": "digits",
         "version": "1.0.0",
         "runtime": "onnx",
-        "flavor": "onnx-int8",
-        "quantization": "int8",
+        "flavor": "int8",
     }
     downloaded = Path(device.download_target(info, str(tmp_path / "got.efpkg")))
     assert downloaded.read_bytes() == DIGITS.read_bytes()

@@ -73,13 +73,14 @@ class Registry:
         artifact = self._artifact(
             "model", m.name, m.version, m.flavor, m.runtime, (), pkg, filename, actor, record
         )
+        # The contract's "flavor" is the quantization ("int8", "float32"); the
+        # registry's own flavour ("onnx-int8") is runtime + that, and in the path.
         custom = {
             "kind": "model",
             "name": m.name,
             "version": m.version,
             "runtime": m.runtime,
-            "flavor": m.flavor,
-            "quantization": m.quantization.dtype,
+            "flavor": m.quantization.dtype,
         }
         return self._register(path, artifact, custom)
 
