@@ -36,6 +36,7 @@ from .store import open_store
 from .store.base import Store
 from .tuf import TufRepository
 from .tuf.bootstrap import initialize_tuf, tuf_lifetimes
+from .tuf.timer import ResignTimer
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class FleetServer:
             self.store, BlobStore(self.layout.artifacts), tuf=self.tuf
         )
         self.deltas = DeltaCache(self.artifacts.blobs, self.layout.root / "deltas")
+        self.tuf_timer = ResignTimer(self.tuf)
         self.registry.gauge(
             "edgefleet_tuf_timestamp_expires_in_seconds",
             "Seconds until the published TUF timestamp expires (devices refuse it then)",
@@ -265,8 +267,7 @@ class FleetServer:
             target=self._maintain, name="maintenance", daemon=True
         )
         self._maintenance_thread.start()
-        self._tuf_thread = threading.Thread(target=self._resign, name="tuf-timer", daemon=True)
-        self._tuf_thread.start()
+        self.tuf_timer.start()
         config = uvicorn.Config(
             self.app,
             host=self.settings.api.host,
@@ -308,25 +309,9 @@ class FleetServer:
             except Exception:
                 log.exception("retention pass failed; will retry")
 
-    def _resign(self) -> None:
-        """Re-sign TUF roles (timestamp above all) well before they expire.
-
-        Wakes when the next role reaches half its lifetime, and at least every
-        five minutes, so a clock jump or a failed attempt is retried soon.
-        """
-        wait = 0.0
-        while not self._maintenance.wait(wait):
-            try:
-                renewed = self.tuf.refresh()
-                if renewed:
-                    log.info("TUF: re-signed %s", ", ".join(renewed))
-                wait = min(max(self.tuf.next_refresh_in(), 1.0), 300.0)
-            except Exception:
-                log.exception("TUF re-signing failed; retrying in a minute")
-                wait = 60.0
-
     def stop(self) -> None:
         self._maintenance.set()
+        self.tuf_timer.stop()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:

@@ -8,6 +8,7 @@ accepts or refuses.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,22 @@ def test_install_root_checks_version_and_keys(tmp_path: Path) -> None:
         env.tuf.install_root(data)
     with pytest.raises(SigningError, match="not an online role"):
         env.tuf.propose_root(rotate=["root"])
+
+
+def test_timer_resigns_an_expiring_timestamp(tmp_path: Path) -> None:
+    from fleet_server.tuf.timer import ResignTimer
+
+    clock = Clock(offset=-2 * 86400)
+    env = make_env(tmp_path, clock=clock)
+    before = env.tuf.timestamp().signed.version
+    clock.offset = 0.0
+    timer = ResignTimer(env.tuf)
+    timer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while env.tuf.timestamp().signed.version == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        timer.stop()
+    assert env.tuf.timestamp().signed.version == before + 1 and timer.resigned == 1
+    env.updater(tmp_path / "device").refresh()
