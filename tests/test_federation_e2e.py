@@ -39,9 +39,7 @@ def server(settings: ServerSettings) -> Iterator[FleetServer]:
     srv.stop()
 
 
-def devices(
-    server: FleetServer, tmp: Path, n: int, prefix: str, **kw: object
-) -> list[Device]:
+def devices(server: FleetServer, tmp: Path, n: int, prefix: str, **kw: object) -> list[Device]:
     data = split()
     parts = dirichlet_parts(data.y_train, n, alpha=0.5, seed=3)
     made = [
@@ -100,8 +98,10 @@ def test_fedavg_over_real_broker_accuracy_rises_and_candidate_handed_over(
         assert result["beats_parent"] is True
         assert result["accuracy"] > result["baseline_accuracy"]
         flavors = sorted(p.name for p, _ in handed)
-        assert flavors == sorted(f"{MODEL}-1.1.0-{f}.efpkg" for f in (
-            "onnx-float32", "onnx-int8", "tflite-float32", "tflite-int8"))
+        assert flavors == sorted(
+            f"{MODEL}-1.1.0-{f}.efpkg"
+            for f in ("onnx-float32", "onnx-int8", "tflite-float32", "tflite-int8")
+        )
         assert handed[0][1]["run_id"] == run.id
         assert sorted(handed[0][1]["participants"]) == sorted(d.link.device_id for d in fleet)  # type: ignore[arg-type]
         assert all(d.worker.counts["handled"] >= 4 for d in fleet)
@@ -133,10 +133,10 @@ def test_device_killed_mid_round_fails_fast_and_round_completes(
         wait_for(lambda: SlowWorker.started >= 1, 60, "victim training")
         # Abrupt death: the TCP connection drops without DISCONNECT, so the broker
         # publishes the device's Last Will (status offline).
-        sock = victim.link._client.socket()  # noqa: SLF001
+        sock = victim.link._client.socket()
         assert sock is not None
         sock.shutdown(socket.SHUT_RDWR)
-        victim.link._stop.set()  # noqa: SLF001 - no reconnect: the device is "dead"
+        victim.link._stop.set()  # no reconnect: the device is "dead"
         assert wait_done(server, run.id, timeout=300) == "completed"
         first = server.store.list_rounds(run.id)[0]  # type: ignore[attr-defined]
         assert first.failures.get("offline") == 1, first.failures
@@ -195,7 +195,10 @@ def test_malicious_updates_are_rejected_counted_and_never_aggregated(
         rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
         for r in rounds:
             assert r.rejected == {
-                "not_finite": 1, "wrong_shape": 1, "wrong_length": 1, "absurd_norm": 1
+                "not_finite": 1,
+                "wrong_shape": 1,
+                "wrong_length": 1,
+                "absurd_norm": 1,
             }, r.rejected
             assert sorted(r.participants) == sorted(d.link.device_id for d in fleet)
             assert r.accuracy is not None and np.isfinite(r.loss)

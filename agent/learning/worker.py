@@ -166,4 +166,5 @@ def _limit_threads(threads: int) -> AbstractContextManager[object]:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - numpy then uses its default
         return nullcontext()
-    return threadpool_limits(limits=threads)
+    limits: AbstractContextManager[object] = threadpool_limits(limits=threads)
+    return limits

@@ -92,7 +92,7 @@ def run_rounds(
         num_rounds=remaining,
         timeout=spec.round_timeout_s,
         train_config=config,
-        evaluate_config=ConfigRecord(dict(config)),  # type: ignore[arg-type]
+        evaluate_config=ConfigRecord(dict(config)),
         evaluate_fn=evaluate_fn,
     )
     return from_record(result.arrays) if len(result.arrays) else dict(initial)

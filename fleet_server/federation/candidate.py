@@ -87,7 +87,9 @@ def finish_run(
         result["accuracy"] = accuracy(network, data, parent)
         return result
     out_dir.mkdir(parents=True, exist_ok=True)
-    lineage = Lineage(source="federated", run_id=run_id, parent=f"{manifest.name}@{manifest.version}")
+    lineage = Lineage(
+        source="federated", run_id=run_id, parent=f"{manifest.name}@{manifest.version}"
+    )
     files: list[Path] = []
     for flavor in FLAVORS:
         blob = build_package(
@@ -126,7 +128,10 @@ def finish_run(
             on_candidate(path, info)
         result["handed_over"] = True
     log.info(
-        "run %s candidate %s: held-out accuracy %.3f vs parent %.3f", run_id, version,
-        candidate_acc, baseline,
+        "run %s candidate %s: held-out accuracy %.3f vs parent %.3f",
+        run_id,
+        version,
+        candidate_acc,
+        baseline,
     )
     return result

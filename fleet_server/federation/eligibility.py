@@ -23,11 +23,10 @@ def reason_excluded(
         return "offline"
     if device.state == "revoked":
         return "revoked"
-    if rules.model_version is not None:
-        if device.model_name != model or not _compare(
-            "=", device.model_version, rules.model_version
-        ):
-            return "model_version"
+    if rules.model_version is not None and (
+        device.model_name != model or not _compare("=", device.model_version, rules.model_version)
+    ):
+        return "model_version"
     learning = telemetry.learning if telemetry is not None else None
     if learning is None:
         return "no_learning_telemetry"

@@ -230,7 +230,9 @@ class MqttGrid(Grid):
             reason = self._validator(pending.instruction, reply)
         if reason is not None:
             self._count_rejected(reason, device_id, "update refused")
-            reply = Message(Error(ERR_REJECTED, f"update refused: {reason}"), reply_to=pending.instruction)
+            reply = Message(
+                Error(ERR_REJECTED, f"update refused: {reason}"), reply_to=pending.instruction
+            )
         with self._lock:
             if reply.has_error():
                 if reason is None:

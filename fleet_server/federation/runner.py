@@ -206,7 +206,9 @@ class TrainingService:
 
         def fn() -> list[str]:
             devices = self.store.list_devices(limit=1_000_000).items
-            ids = eligible(devices, self.store.latest_telemetry, chosen, spec.eligibility, spec.model)
+            ids = eligible(
+                devices, self.store.latest_telemetry, chosen, spec.eligibility, spec.model
+            )
             if len(ids) >= spec.min_clients:
                 short_since.clear()
             elif not short_since:

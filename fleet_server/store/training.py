@@ -48,7 +48,9 @@ class RoundRecord:
 
 
 class TrainingTables(Connections):
-    def create_training_run(self, run_id: str, spec: dict[str, Any], *, actor: str, now: float) -> None:
+    def create_training_run(
+        self, run_id: str, spec: dict[str, Any], *, actor: str, now: float
+    ) -> None:
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO fl_runs (id, spec, status, created_by, created_at, updated_at, "
@@ -62,7 +64,9 @@ class TrainingTables(Connections):
             raise NotFound(f"no training run {run_id!r}")
         return _run(row)
 
-    def list_training_runs(self, *, status: str | None = None, limit: int = 100) -> list[TrainingRun]:
+    def list_training_runs(
+        self, *, status: str | None = None, limit: int = 100
+    ) -> list[TrainingRun]:
         sql = "SELECT * FROM fl_runs"
         params: list[Any] = []
         if status is not None:
@@ -137,7 +141,8 @@ class TrainingTables(Connections):
 
     def latest_checkpoint(self, run_id: str) -> tuple[int, bytes] | None:
         row = self._one(
-            "SELECT round, weights FROM fl_checkpoints WHERE run_id = ? ORDER BY round DESC LIMIT 1",
+            "SELECT round, weights FROM fl_checkpoints WHERE run_id = ? "
+            "ORDER BY round DESC LIMIT 1",
             (run_id,),
         )
         return None if row is None else (int(row["round"]), bytes(row["weights"]))
