@@ -235,3 +235,67 @@ def test_run_resumes_from_checkpoint_after_server_restart(
         for d in fleet:
             d.stop()
         server.stop()
+
+
+def _array(blob: bytes) -> np.ndarray:
+    """A serialised ndarray, or an empty array for other bytes (encrypted key shares)."""
+    from flwr.common import bytes_to_ndarray
+
+    try:
+        return bytes_to_ndarray(blob)
+    except ValueError:
+        return np.zeros(0)
+
+
+def test_secagg_server_never_sees_an_individual_update(
+    server: FleetServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgefleet_contract import flower_compat
+    from edgefleet_contract.package import decode_weights
+    from fleet_server.federation import grid as grid_module
+
+    seen: list[object] = []
+    real_decode = flower_compat.decode
+
+    def spy(data: bytes):  # type: ignore[no-untyped-def]
+        message = real_decode(data)
+        if message.metadata.reply_to_message_id and message.has_content():
+            seen.append(message)  # a device's reply as the server receives it
+        return message
+
+    monkeypatch.setattr(grid_module.flower_compat, "decode", spy)
+    server.training.build_candidates = False
+    fleet = devices(server, tmp_path / "devs", 5, "sa")
+    try:
+        run = server.training.start_run(spec(rounds=2, min_clients=5, secagg=True), actor="test")
+        assert wait_done(server, run.id) == "completed", server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert [r.round for r in rounds] == [1, 2] and rounds[-1].accuracy > rounds[0].accuracy * 0.9
+        plain = [d.worker._secure_client.last_update for d in fleet]  # type: ignore[union-attr]
+        assert all(p is not None for p in plain)
+        received = []
+        for message in seen:
+            content = message.content  # type: ignore[attr-defined]
+            for record in content.array_records.values():
+                received += [a.numpy() for a in record.values()]
+            for record in content.config_records.values():
+                for value in record.values():
+                    items = value if isinstance(value, list) else [value]
+                    received += [_array(v) for v in items if isinstance(v, bytes)]
+        assert received, "the spy saw no update traffic"
+        for update in plain:
+            for name, array in update.items():  # type: ignore[union-attr]
+                for got in received:
+                    if got.size == array.size:
+                        assert not np.allclose(got.reshape(array.shape), array, atol=1e-3), name
+        # ...yet the aggregate the server unmasked is the devices' weighted mean.
+        checkpoint = server.store.latest_checkpoint(run.id)  # type: ignore[attr-defined]
+        trainable = server.training._packages(MODEL).manifest.trainable
+        final = decode_weights(checkpoint[1], trainable)
+        sizes = [len(d.samples.dataset(64)[1]) for d in fleet]
+        for name in final:
+            mean = sum(n * p[name] for n, p in zip(sizes, plain, strict=True)) / sum(sizes)  # type: ignore[index]
+            np.testing.assert_allclose(final[name], mean, atol=1e-3)
+    finally:
+        for d in fleet:
+            d.stop()

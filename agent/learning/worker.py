@@ -61,6 +61,9 @@ class LearningWorker:
         self._frames_lock = threading.Lock()
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
+        self._contexts: dict[int, object] = {}
+        """Per-run Flower contexts: SecAgg+ keeps its protocol state there across stages."""
+        self._secure_client: object | None = None
         self.busy = threading.Event()
         self.counts: Counter[str] = Counter()
         """handled / skipped / failed / dropped_queue_full / unsent, for telemetry and tests."""
@@ -133,7 +136,8 @@ class LearningWorker:
         if reason is not None:
             self.counts["skipped"] += 1
             return Message(Error(ERR_SKIPPED, f"skipped: {reason}"), reply_to=message)
-        app = build_app(self._data, local_dp=local_dp_for(message))
+        from .secure import SampleClient, is_secure, secure_app
+
         context = Context(
             run_id=message.metadata.run_id,
             node_id=message.metadata.dst_node_id,
@@ -141,6 +145,15 @@ class LearningWorker:
             state=RecordDict(),
             run_config={},
         )
+        if is_secure(message):
+            if not isinstance(self._secure_client, SampleClient):
+                self._secure_client = SampleClient(self._data)
+            app = secure_app(self._secure_client)
+            context = self._contexts.setdefault(message.metadata.run_id, context)  # type: ignore[assignment]
+            if len(self._contexts) > 4:
+                self._contexts.pop(next(iter(self._contexts)))
+        else:
+            app = build_app(self._data, local_dp=local_dp_for(message))
         try:
             with _limit_threads(self._threads):
                 reply = app(message, context)

@@ -38,6 +38,7 @@ from . import (
     routes_enroll,
     routes_telemetry,
     routes_users,
+    routes_training,
 )
 from .context import ApiContext
 from .deps import client_ip
@@ -67,6 +68,7 @@ def create_app(context: ApiContext) -> FastAPI:
         routes_telemetry,
         routes_users,
         routes_audit,
+        routes_training,
     ):
         app.include_router(module.router, prefix="/api/v1")
 

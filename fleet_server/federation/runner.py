@@ -36,6 +36,7 @@ from .app import Weights, run_rounds
 from .candidate import CandidateHook, HeldOut, finish_run
 from .eligibility import eligible
 from .grid import MqttGrid, Sender
+from .secure import run_secure_rounds
 from .spec import RunSpec
 from .validate import UpdateCheck
 
@@ -237,7 +238,8 @@ class TrainingService:
             self.store.set_training_status(run_id, "running", now=time.time())
             flower_compat.set_task_identity(int(run_id, 16) & 0x7FFFFFFF)
             grid.set_run(flower_compat.empty_run(int(run_id, 16) & 0x7FFFFFFF))
-            final = run_rounds(
+            rounds = run_secure_rounds if spec.secagg else run_rounds
+            final = rounds(
                 grid,
                 spec,
                 weights,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "krum", "trimmed-mean"]
 
@@ -70,5 +70,27 @@ class RunSpec(BaseModel):
     privacy: Privacy = Privacy()
     max_update_norm: Annotated[float, Field(gt=0)] = 100.0
     """Updates whose L2 distance from the global weights exceeds this are refused."""
+    secagg: bool = False
+    """Secure aggregation (Flower's SecAgg+): the server only ever sees masked updates."""
+    secagg_shares: Annotated[int, Field(ge=3)] = 3
+    secagg_threshold: Annotated[int, Field(ge=2)] = 2
     client_evaluate: bool = False
     """Also ask devices to evaluate each round (the server evaluates on its held-out set anyway)."""
+
+    @model_validator(mode="after")
+    def _coherent(self) -> RunSpec:
+        if self.secagg:
+            if self.strategy not in ("fedavg", "fedprox") or self.privacy.central_dp:
+                raise ValueError(
+                    "secagg runs aggregate with FedAvg (FedProx's client term is allowed); "
+                    "robust strategies and central DP need the individual updates"
+                )
+            if self.privacy.local_dp_epsilon > 0:
+                raise ValueError("local DP is not available together with secagg")
+            if not self.secagg_threshold <= self.secagg_shares:
+                raise ValueError("secagg_threshold must not exceed secagg_shares")
+            if self.min_clients < max(self.secagg_threshold, 3):
+                raise ValueError("secagg needs min_clients >= 3 and >= secagg_threshold")
+        if self.strategy == "krum" and self.min_clients <= 2 * self.krum_malicious + 2:
+            raise ValueError("krum needs min_clients > 2 * krum_malicious + 2")
+        return self
