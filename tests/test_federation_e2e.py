@@ -270,7 +270,9 @@ def test_secagg_server_never_sees_an_individual_update(
         run = server.training.start_run(spec(rounds=2, min_clients=5, secagg=True), actor="test")
         assert wait_done(server, run.id) == "completed", server.store.get_training_run(run.id)  # type: ignore[attr-defined]
         rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
-        assert [r.round for r in rounds] == [1, 2] and rounds[-1].accuracy > rounds[0].accuracy * 0.9
+        assert [r.round for r in rounds] == [1, 2] and rounds[-1].accuracy > rounds[
+            0
+        ].accuracy * 0.9
         plain = [d.worker._secure_client.last_update for d in fleet]  # type: ignore[union-attr]
         assert all(p is not None for p in plain)
         received = []

@@ -37,8 +37,8 @@ from . import (
     routes_devices,
     routes_enroll,
     routes_telemetry,
-    routes_users,
     routes_training,
+    routes_users,
 )
 from .context import ApiContext
 from .deps import client_ip

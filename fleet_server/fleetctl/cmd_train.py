@@ -62,7 +62,7 @@ def train() -> None:
 @click.option("--local-dp-epsilon", type=click.FloatRange(0), default=0.0, help="> 0: LocalDpMod.")
 @click.option("--secagg", is_flag=True, help="Secure aggregation (SecAgg+).")
 @pass_ctx
-def start(ctx: Ctx, **o: Any) -> None:
+def start(ctx: Ctx, /, **o: Any) -> None:
     """Start a run, e.g. --model digits --target 'tag:site=berlin' --strategy fedprox."""
     body: dict[str, Any] = {
         "model": o["model"],
@@ -76,9 +76,9 @@ def start(ctx: Ctx, **o: Any) -> None:
             "epochs": o["epochs"],
             "lr": o["lr"],
             "batch_size": o["batch_size"],
-            "proximal_mu": o["mu"] if o["mu"] is not None else (
-                0.01 if o["strategy"] == "fedprox" else 0.0
-            ),
+            "proximal_mu": o["mu"]
+            if o["mu"] is not None
+            else (0.01 if o["strategy"] == "fedprox" else 0.0),
         },
         "eligibility": {
             "min_new_samples": o["min_new_samples"],
@@ -116,8 +116,11 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
 def list_runs(ctx: Ctx, status: str | None) -> None:
     params = {"status": status} if status else {}
     runs = ctx.client.get("/training/runs", **params)
-    emit(runs if ctx.as_json else [_summary(r) for r in runs], as_json=ctx.as_json,
-         columns=RUN_COLUMNS)
+    emit(
+        runs if ctx.as_json else [_summary(r) for r in runs],
+        as_json=ctx.as_json,
+        columns=RUN_COLUMNS,
+    )
 
 
 def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -169,9 +172,7 @@ def status(ctx: Ctx, run_id: str, watch: bool, interval: float) -> None:
             task = progress.add_task(f"run {run_id}", total=total, info="")
             while run["status"] not in FINAL:
                 last = (run.get("rounds") or [{}])[-1]
-                info = (
-                    f"acc {last['accuracy']:.3f}" if last.get("accuracy") is not None else ""
-                )
+                info = f"acc {last['accuracy']:.3f}" if last.get("accuracy") is not None else ""
                 progress.update(task, completed=run["completed_rounds"], info=info)
                 time.sleep(interval)
                 run = ctx.client.get(f"/training/runs/{run_id}")
