@@ -65,6 +65,8 @@ class LearningWorker:
         """Per-run Flower contexts: SecAgg+ keeps its protocol state there across stages."""
         self._secure_client: object | None = None
         self.busy = threading.Event()
+        self.last_train_s = 0.0
+        """Wall time of the last local training (round overhead = round time minus this)."""
         self.counts: Counter[str] = Counter()
         """handled / skipped / failed / dropped_queue_full / unsent, for telemetry and tests."""
 
@@ -154,6 +156,7 @@ class LearningWorker:
                 self._contexts.pop(next(iter(self._contexts)))
         else:
             app = build_app(self._data, local_dp=local_dp_for(message))
+        started = time.perf_counter()
         try:
             with _limit_threads(self._threads):
                 reply = app(message, context)
@@ -162,8 +165,10 @@ class LearningWorker:
             log.warning("federated %s failed: %s", message.metadata.message_type, exc)
             return Message(Error(ERR_FAILED, str(exc)[:500]), reply_to=message)
         self.counts["handled"] += 1
-        if message.metadata.message_type == "train" and self._on_trained is not None:
-            self._on_trained()
+        if message.metadata.message_type == "train":
+            self.last_train_s = time.perf_counter() - started
+            if self._on_trained is not None:
+                self._on_trained()
         return reply
 
 
