@@ -12,7 +12,6 @@ the global weights: the manifest's trainable layer list and preprocessing
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +52,13 @@ def _arrays(message: Message) -> dict[str, npt.NDArray[np.float32]]:
     return {k: np.asarray(v.numpy(), np.float32) for k, v in record.items()}
 
 
+def _dtypes(message: Message) -> dict[str, np.dtype[np.generic]]:
+    """What the server sent each array as; replies keep it (server-side optimisers such as
+    FedAdam send float64, and the reply must match the instruction to be accepted)."""
+    record = message.content.array_records["arrays"]
+    return {k: np.dtype(v.numpy().dtype) for k, v in record.items()}
+
+
 def local_config(config: ConfigRecord) -> LocalConfig:
     def num(key: str, default: float) -> float:
         value = config.get(key, default)
@@ -73,7 +79,8 @@ def train_message(message: Message, data: DataSource) -> Message:
     start = _arrays(message)
     raw, y = data(mlp.features)
     outcome = train(mlp, start, prepare(raw, preprocessing), y, local_config(config))
-    arrays = ArrayRecord({k: Array(outcome.weights[k]) for k in start})
+    dtypes = _dtypes(message)
+    arrays = ArrayRecord({k: Array(outcome.weights[k].astype(dtypes[k])) for k in start})
     metrics = MetricRecord(
         {"num-examples": outcome.examples, "loss": outcome.loss, "accuracy": outcome.accuracy}
     )
@@ -148,6 +155,3 @@ def _stock_train(message: Message, context: Context) -> Message:
 def _stock_evaluate(message: Message, context: Context) -> Message:
     return evaluate_message(message, _store_source(context))
 
-
-def dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"))
