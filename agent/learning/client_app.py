@@ -154,4 +154,3 @@ def _stock_train(message: Message, context: Context) -> Message:
 @app.evaluate()
 def _stock_evaluate(message: Message, context: Context) -> Message:
     return evaluate_message(message, _store_source(context))
-
