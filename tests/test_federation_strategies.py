@@ -5,12 +5,15 @@ hand-over (the broker path is covered by test_federation_e2e)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from agent.learning.trainer import Mlp, evaluate, prepare
 from agent.learning.worker import LearningWorker
-from edgefleet_contract import flower_compat
+from edgefleet_contract import flframes, flower_compat
+from edgefleet_contract.package import decode_weights, read_package
 from fleet_server.federation.app import run_rounds
 from fleet_server.federation.grid import MqttGrid
 from fleet_server.federation.spec import RunSpec
@@ -106,3 +109,65 @@ def test_local_dp_noises_every_update() -> None:
     assert sum(e.replies for e in grid.exchanges if e.message_type == "train") == 5
     # Heavy noise (epsilon 0.5) must visibly cost accuracy: proof the mod really ran.
     assert noisy_curve[0] < clean_curve[0] - 0.1, (clean_curve, noisy_curve)
+
+
+def test_stock_flower_apps_run_as_a_pair(tmp_path: Path) -> None:
+    """The module-level ServerApp and ClientApp (what a stock Flower deployment loads)."""
+    from flwr.app import Context, RecordDict
+
+    from agent.learning.client_app import app as client_app
+    from agent.samples import SampleStore
+    from fleet_server.federation.app import app as server_app
+    from fleet_server.federation.packages import DIST
+
+    data = split()
+    dbs = []
+    for i, part in enumerate(dirichlet_parts(data.y_train, 3, 1.0, 6)):
+        db = tmp_path / f"node{i}.db"
+        store = SampleStore(db, max_samples=10_000)
+        for row, label in zip(data.x_train[part], data.y_train[part], strict=True):
+            store.add(row, int(label))
+        store.close()
+        dbs.append(db)
+
+    class DirectGrid(MqttGrid):
+        """Delivers each instruction to the stock ClientApp of its node, as a SuperNode would."""
+
+    grid: DirectGrid
+
+    def send(device_id: str, frame: bytes) -> None:
+        message = flower_compat.decode(frame[flframes.HEADER_SIZE :])
+        node = int(device_id[1:])
+        context = Context(
+            run_id=1,
+            node_id=node,
+            node_config={"samples-db": str(dbs[node])},
+            state=RecordDict(),
+            run_config={},
+        )
+        reply = client_app(message, context)
+        for f in flframes.split(flower_compat.encode(reply), 10**8):
+            grid.deliver(device_id, f)
+
+    grid = DirectGrid(send, eligible=lambda: ["n0", "n1", "n2"], max_payload=10**8)
+    flower_compat.set_task_identity(1)
+    out = tmp_path / "weights.npz"
+    spec = RunSpec(model="digits", rounds=2, min_clients=3)
+    context = Context(
+        run_id=1,
+        node_id=0,
+        node_config={},
+        state=RecordDict(),
+        run_config={
+            "spec": spec.model_dump_json(),
+            "package": str(DIST / "digits-1.0.0-onnx-float32.efpkg"),
+            "output": str(out),
+        },
+    )
+    server_app(grid, context)
+    package = read_package(DIST / "digits-1.0.0-onnx-float32.efpkg")
+    assert package.manifest.trainable is not None
+    weights = decode_weights(out.read_bytes(), package.manifest.trainable)
+    assert set(weights) == set(package.weights())
+    assert any(not np.array_equal(weights[k], package.weights()[k]) for k in weights)
+    assert sum(e.replies for e in grid.exchanges if e.message_type == "train") == 6
