@@ -150,7 +150,7 @@ class FleetServer:
         self.link = ServerLink(self._endpoint(), self.ingest)
         self.reconciler = Reconciler(self.store, self.link)
         self.ingest.set_device_hook(self._device_updated)
-        self.training = make_training(settings, self.store, self.link)
+        self.training = make_training(settings, self.store, self.link, registry=self.registry)
         self.registry.gauge(
             "edgefleet_broker_connected",
             "1 when the server's MQTT session is up",

@@ -203,6 +203,8 @@ def test_malicious_updates_are_rejected_counted_and_never_aggregated(
             assert sorted(r.participants) == sorted(d.link.device_id for d in fleet)
             assert r.accuracy is not None and np.isfinite(r.loss)
         assert rounds[-1].accuracy > 0.3
+        metrics = server.registry.render()
+        assert 'edgefleet_fl_rejected_updates_total{reason="not_finite"} 2' in metrics
     finally:
         for d in fleet + evil:
             d.stop()

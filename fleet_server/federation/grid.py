@@ -253,6 +253,11 @@ class MqttGrid(Grid):
         for _, pending in owed:
             self._fail(pending.instruction, ERR_OFFLINE, f"{device_id} went offline", "offline")
 
+    def owed(self, device_id: str) -> int:
+        """Replies ``device_id`` still owes (instructions sent, no answer yet)."""
+        with self._lock:
+            return sum(1 for p in self._pending.values() if p.device_id == device_id)
+
     def stop(self) -> None:
         self._stop.set()
         with self._lock:
