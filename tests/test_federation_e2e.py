@@ -303,3 +303,23 @@ def test_secagg_server_never_sees_an_individual_update(
     finally:
         for d in fleet:
             d.stop()
+
+
+def test_round_below_quorum_fails_the_run_with_a_reason(
+    server: FleetServer, tmp_path: Path
+) -> None:
+    class NaN(EvilWorker):
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, attack="nan", **kw)
+
+    fleet = devices(server, tmp_path / "devs", 2, "qh")
+    fleet += devices(server, tmp_path / "evil", 1, "qe", worker_cls=NaN)
+    try:
+        run = server.training.start_run(spec(rounds=3, min_clients=3), actor="test")
+        assert wait_done(server, run.id) == "failed"
+        final = server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        assert "2 good updates, below the quorum of 3" in final.detail
+        assert server.store.list_rounds(run.id) == []  # type: ignore[attr-defined]
+    finally:
+        for d in fleet:
+            d.stop()

@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 from edgefleet_contract import flframes
+from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import ContractError, EdgefleetError
 from edgefleet_contract.messages import SystemStats
 
@@ -45,7 +46,7 @@ class LearningWorker:
         send: Callable[[bytes], bool],
         data: DataSource,
         *,
-        max_payload: int = 256 * 1024,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
         threads: int = 1,
         skip: SkipPolicy | None = None,
         max_queue: int = 4,

@@ -31,6 +31,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from edgefleet_contract import flframes, flower_compat
+from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import ContractError, EdgefleetError, RunStopped
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class MqttGrid(Grid):
         send: Sender,
         *,
         eligible: Callable[[], Iterable[str]],
-        max_payload: int = 256 * 1024,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_message: int = flframes.DEFAULT_MAX_MESSAGE,
         validator: Validator | None = None,
         pull_interval: float = 0.05,

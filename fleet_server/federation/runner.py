@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract import flower_compat
+from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import FederationError, NotFound, RunStopped, SelectorError
 from edgefleet_contract.messages import Telemetry
 from edgefleet_contract.package import ModelPackage, decode_weights, encode_weights
@@ -84,7 +85,7 @@ class TrainingService:
         heldout: HeldOut,
         candidates_dir: Path,
         on_candidate: CandidateHook | None = None,
-        max_payload: int = 256 * 1024,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
         build_candidates: bool = True,
     ) -> None:
         self.store = store
