@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +192,16 @@ def test_run_spec_refuses_incoherent_combinations() -> None:
         RunSpec(strategy="krum", krum_malicious=2, min_clients=5)
     with pytest.raises(ValidationError):
         RunSpec(model="Bad Name")
+
+
+def test_candidate_versions_never_repeat(tmp_path: Path) -> None:
+    from fleet_server.federation.candidate import built_versions, next_version
+
+    assert next_version("1.0.0") == "1.1.0"
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run1" / "digits-1.1.0-onnx-float32.efpkg").write_bytes(b"x")
+    (tmp_path / "run1" / "digits-cnn-1.4.0-onnx-float32.efpkg").write_bytes(b"x")
+    taken = built_versions(tmp_path, "digits")
+    assert taken == ["1.1.0"]
+    assert next_version("1.0.0", taken) == "1.2.0"
+    assert next_version("2.3.1", taken) == "2.4.0"

@@ -11,7 +11,8 @@ registry's ``add_model`` at integration).  Files land in
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +55,20 @@ def accuracy(network: Network, data: HeldOutSet, package: ModelPackage) -> float
     return float((network.forward(x).argmax(axis=1) == data.y).mean())
 
 
-def next_version(version: str) -> str:
-    major, minor, *_ = version.split("-")[0].split(".")
+def next_version(version: str, taken: Iterable[str] = ()) -> str:
+    """The next minor version after ``version`` and after every candidate already built."""
+    from ..selector import version_key
+
+    newest = max([version, *taken], key=version_key)
+    major, minor, *_ = newest.split("-")[0].split(".")
     return f"{major}.{int(minor) + 1}.0"
+
+
+def built_versions(candidates: Path, name: str) -> list[str]:
+    """Versions of ``name`` already built by earlier runs (so two runs never share one)."""
+    prefix, suffix = f"{name}-", "-onnx-float32.efpkg"
+    versions = [p.name[len(prefix) : -len(suffix)] for p in candidates.glob(f"*/{prefix}*{suffix}")]
+    return [v for v in versions if re.fullmatch(r"\d+\.\d+\.\d+", v)]
 
 
 def finish_run(
@@ -75,7 +87,7 @@ def finish_run(
     manifest = parent.manifest
     baseline = accuracy(Network.from_package(parent), data, parent)
     participants = sorted({d for r in rounds for d in r.participants})
-    version = next_version(manifest.version)
+    version = next_version(manifest.version, built_versions(out_dir.parent, manifest.name))
     result: dict[str, object] = {
         "baseline_accuracy": baseline,
         "parent": f"{manifest.name}@{manifest.version}",
