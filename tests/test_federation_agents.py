@@ -103,6 +103,7 @@ def test_agent_processes_train_and_a_killed_agent_fails_fast(
             min_clients=5,
             round_timeout_s=300,
             local=LocalTraining(epochs=5, lr=0.2, batch_size=16),
+            rollout="canary 10%, waves 50% 100%",
         )
         run = fleet.training.start_run(spec, actor="test")
         victim = ids[-1]
@@ -136,6 +137,7 @@ def test_agent_processes_train_and_a_killed_agent_fails_fast(
         }
         lineage = handed[0][1]
         assert lineage["run_id"] == run.id and lineage["rounds"] == 10
+        assert lineage["rollout"] == "canary 10%, waves 50% 100%"
         assert sorted(lineage["participants"]) == sorted(ids[:-1])  # type: ignore[arg-type]
         print(json.dumps([round(r.accuracy, 3) for r in rounds]))
     finally:

@@ -135,6 +135,7 @@ def finish_run(
             "strategy": spec.strategy,
             "heldout_accuracy": candidate_acc,
             "parent_accuracy": baseline,
+            "rollout": spec.rollout,
         }
         for path in files:
             on_candidate(path, info)

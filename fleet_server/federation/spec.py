@@ -70,6 +70,9 @@ class RunSpec(BaseModel):
     privacy: Privacy = Privacy()
     max_update_norm: Annotated[float, Field(gt=0)] = 100.0
     """Updates whose L2 distance from the global weights exceeds this are refused."""
+    rollout: Annotated[str, Field(max_length=500)] | None = None
+    """A rollout plan (e.g. "canary 10%, waves 25% 50% 100%") for the candidate, passed on
+    with its lineage; the rollout engine starts it once the registry accepted the model."""
     secagg: bool = False
     """Secure aggregation (Flower's SecAgg+): the server only ever sees masked updates."""
     secagg_shares: Annotated[int, Field(ge=3)] = 3

@@ -61,6 +61,7 @@ def train() -> None:
 @click.option("--clip", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True)
 @click.option("--local-dp-epsilon", type=click.FloatRange(0), default=0.0, help="> 0: LocalDpMod.")
 @click.option("--secagg", is_flag=True, help="Secure aggregation (SecAgg+).")
+@click.option("--rollout", default=None, help="Rollout plan for the candidate if it wins.")
 @pass_ctx
 def start(ctx: Ctx, /, **o: Any) -> None:
     """Start a run, e.g. --model digits --target 'tag:site=berlin' --strategy fedprox."""
@@ -92,6 +93,7 @@ def start(ctx: Ctx, /, **o: Any) -> None:
             "local_dp_epsilon": o["local_dp_epsilon"],
         },
         "secagg": o["secagg"],
+        "rollout": o["rollout"],
     }
     run = ctx.client.post("/training/runs", body)
     if ctx.as_json:
