@@ -28,7 +28,7 @@ from .learning.worker import LearningWorker, skip_reason
 from .link import DeviceLink
 from .samples import SampleStore
 from .spool import DrainPolicy, Spool
-from .system import SystemProbe
+from .system import SystemProbe, power_source
 from .telemetry import TelemetryBuilder
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Agent:
             lambda frame: self.link.send_frame(frame),
             self.samples.dataset,
             threads=settings.threads,
-            skip=lambda: skip_reason(self.probe.sample()),
+            skip=lambda: skip_reason(power_source()[0]),
             on_trained=self.samples.mark_trained,
         )
         self.link = self._make_link()

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 from edgefleet_contract import flframes
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import ContractError, EdgefleetError
-from edgefleet_contract.messages import SystemStats
 
 if TYPE_CHECKING:
     from flwr.app import Message
@@ -173,9 +172,12 @@ class LearningWorker:
         return reply
 
 
-def skip_reason(system: SystemStats, *, allow_battery: bool = False) -> str | None:
-    """The device's own veto: no training on battery (it drains what the device runs on)."""
-    if system.power == "battery" and not allow_battery:
+def skip_reason(power: str, *, allow_battery: bool = False) -> str | None:
+    """The device's own veto: no training on battery (it drains what the device runs on).
+
+    ``power`` is :func:`agent.system.power_source`'s first value; reading it directly
+    (not through the telemetry probe) leaves the probe's CPU-percent window alone."""
+    if power == "battery" and not allow_battery:
         return "on battery"
     return None
 
