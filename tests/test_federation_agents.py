@@ -105,10 +105,11 @@ def test_agent_processes_train_and_a_killed_agent_fails_fast(
             local=LocalTraining(epochs=5, lr=0.2, batch_size=16),
             rollout="canary 10%, waves 50% 100%",
         )
-        run = fleet.training.start_run(spec, actor="test")
         victim = ids[-1]
-        # The first instruction makes each agent import Flower (lazily), which takes far
-        # longer than this poll: the victim is certainly mid-round when it dies.
+        # Frozen (still connected, still "online") so it cannot answer before it dies:
+        # the round's instruction is certainly outstanding when SIGKILL arrives.
+        os.kill(agents[victim].pid, signal.SIGSTOP)
+        run = fleet.training.start_run(spec, actor="test")
         wait_for(
             lambda: fleet.training.grid is not None and fleet.training.grid.owed(victim) > 0,
             60,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from fleet_server.modelkit.digits import split
 from fleet_server.server import FleetServer, initialize
 
 from .fl_helpers import MODEL, Device, dirichlet_parts, make_device, write_start_package
-from .harness import ADMIN_PASSWORD, server_settings, wait_for
+from .harness import ADMIN_PASSWORD, free_port, server_settings, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -210,29 +211,52 @@ def test_malicious_updates_are_rejected_counted_and_never_aggregated(
             d.stop()
 
 
+class GateWorker(LearningWorker):
+    """Holds its answers to round 3 until the test opens the gate (server restarts meanwhile)."""
+
+    gate = threading.Event()
+
+    def answer(self, message):  # type: ignore[no-untyped-def]
+        config = message.content.config_records.get("config") if message.has_content() else None
+        if config is not None and config.get("server-round", 0) >= 3:
+            GateWorker.gate.wait(120)
+        return super().answer(message)
+
+
 def test_run_resumes_from_checkpoint_after_server_restart(
     settings: ServerSettings, tmp_path: Path
 ) -> None:
     server = FleetServer(settings)
     server.start()
     server.training.build_candidates = False
-    fleet = devices(server, tmp_path / "devs", 4, "rs")
+    fleet = devices(server, tmp_path / "devs", 4, "rs", worker_cls=GateWorker)
     try:
         run = server.training.start_run(spec(rounds=5, min_clients=4), actor="test")
+        grid = server.training.grid
+        assert grid is not None
         wait_for(
-            lambda: server.store.get_training_run(run.id).completed_rounds >= 2,  # type: ignore[attr-defined]
+            lambda: (
+                grid.owed(fleet[0].link.device_id) > 0
+                and server.store.get_training_run(run.id).completed_rounds == 2
+            ),
             180,
-            "two rounds",
-        )
-        server.stop()
-        assert server.store is not None
-        server = FleetServer(settings)
+            "round 3 under way",
+        )  # type: ignore[attr-defined]
+        server.stop()  # mid-round 3: the run stays 'running' with round 2 checkpointed
+        GateWorker.gate.set()
+        restarted = time.time()
+        # A fresh API port: the old one may meanwhile be some reconnecting client's
+        # ephemeral local port (devices do not use the API here).
+        api = settings.api.model_copy(update={"port": free_port()})
+        server = FleetServer(settings.model_copy(update={"api": api}))
         server.training.build_candidates = False
         server.start()
         assert wait_done(server, run.id, timeout=300) == "completed"
         rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
         assert [r.round for r in rounds] == [1, 2, 3, 4, 5]
-        assert rounds[-1].accuracy >= rounds[0].accuracy
+        assert all(r.ts < restarted for r in rounds[:2])
+        assert all(r.ts > restarted for r in rounds[2:])
+        assert rounds[-1].accuracy >= rounds[1].accuracy
     finally:
         for d in fleet:
             d.stop()
