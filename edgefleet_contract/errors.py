@@ -22,9 +22,11 @@ the most specific class; callers catch the family they can handle.
     ├── SelectorError          a device selector that does not parse
     ├── AuthError              authentication failed (HTTP 401)
     │   └── PermissionDenied   authenticated but not allowed (HTTP 403)
-    └── UpdateError            OTA verification, download or install failures
-        └── SigningError       TUF keys and metadata on the server: unreadable key,
-                               wrong passphrase, a root that does not verify
+    ├── UpdateError            OTA verification, download or install failures
+    │   └── SigningError       TUF keys and metadata on the server: unreadable key,
+    │                          wrong passphrase, a root that does not verify
+    └── FederationError        a federated run cannot go on (quorum, bad spec)
+        └── RunStopped         an operator stopped the run, or the server stops
 """
 
 from __future__ import annotations
@@ -100,6 +102,14 @@ class PermissionDenied(AuthError):
 
 class UpdateError(EdgefleetError):
     """An OTA update could not be verified, fetched or installed."""
+
+
+class FederationError(EdgefleetError):
+    """A federated training run could not go on (quorum lost, stopped, bad spec)."""
+
+
+class RunStopped(FederationError):
+    """An operator stopped the federated run (or the server is shutting down)."""
 
 
 class SigningError(UpdateError):

@@ -38,6 +38,7 @@ from . import (
     routes_devices,
     routes_enroll,
     routes_telemetry,
+    routes_training,
     routes_tuf,
     routes_users,
 )
@@ -69,6 +70,7 @@ def create_app(context: ApiContext) -> FastAPI:
         routes_telemetry,
         routes_users,
         routes_audit,
+        routes_training,
     ):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(routes_artifacts.router, prefix="/api/v1")
