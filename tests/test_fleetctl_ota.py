@@ -135,3 +135,18 @@ def test_push_list_and_key_ceremony(fleet: FleetServer, tmp_path: Path) -> None:
     assert code == 0  # signing works, but that key is no longer a root key:
     code, _, err = fleetctl(["keys", "install-root", str(tmp_path / "x.json")])
     assert code == 1 and "version 4 is expected" in err
+
+
+def test_federated_candidate_is_registered(fleet: FleetServer, tmp_path: Path) -> None:
+    from .ota_server import model_version
+
+    lineage: dict[str, object] = {
+        "source": "federated",
+        "run_id": "run-7",
+        "parent": "digits@1.0.0",
+    }
+    fleet._register_candidate(model_version(tmp_path, "1.2.0"), lineage)
+    artifact = fleet.artifacts.resolve("digits@1.2.0:onnx-int8")
+    assert artifact.uploaded_by == "federation:run-7"
+    assert artifact.lineage["run_id"] == "run-7" and artifact.lineage["parent"] == "digits@1.0.0"
+    assert artifact.target_path in fleet.tuf.targets().signed.targets
