@@ -19,6 +19,9 @@ MODULES = {
     "bench_metrics": "Recording one inference's metrics (issue: agent daemon)",
     "bench_spool": "Spool drain after an outage (issue: agent daemon)",
     "bench_inference": "Inference overhead and int8 vs float (issue: agent daemon)",
+    "bench_federated": "Federated quality and bytes per round (issue: federated training)",
+    "bench_fl_rounds": "Federated round overhead and agent memory (issue: federated training)",
+    "bench_delta": "Delta updates (issue: signed OTA)",
     "bench_ota_device": "OTA on the device: verification cost and delta bytes (issue: signed OTA)",
 }
 

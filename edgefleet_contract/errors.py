@@ -22,11 +22,15 @@ the most specific class; callers catch the family they can handle.
     ├── SelectorError          a device selector that does not parse
     ├── AuthError              authentication failed (HTTP 401)
     │   └── PermissionDenied   authenticated but not allowed (HTTP 403)
-    └── UpdateError            OTA verification, download or install failures
-        ├── TrustError         TUF refused the metadata or the artifact (an attack or a
-        │                      misconfigured repository): nothing was installed
-        ├── DownloadFailed     the artifact could not be fetched (network, server error)
-        └── InstallError       staging, self-test, switching or probation failed
+    ├── UpdateError            OTA verification, download or install failures
+    │   ├── SigningError       TUF keys and metadata on the server: unreadable key,
+    │   │                      wrong passphrase, a root that does not verify
+    │   ├── TrustError         TUF refused the metadata or the artifact (an attack or a
+    │   │                      misconfigured repository): nothing was installed
+    │   ├── DownloadFailed     the artifact could not be fetched (network, server error)
+    │   └── InstallError       staging, self-test, switching or probation failed
+    └── FederationError        a federated run cannot go on (quorum, bad spec)
+        └── RunStopped         an operator stopped the run, or the server stops
 """
 
 from __future__ import annotations
@@ -102,6 +106,18 @@ class PermissionDenied(AuthError):
 
 class UpdateError(EdgefleetError):
     """An OTA update could not be verified, fetched or installed."""
+
+
+class FederationError(EdgefleetError):
+    """A federated training run could not go on (quorum lost, stopped, bad spec)."""
+
+
+class RunStopped(FederationError):
+    """An operator stopped the federated run (or the server is shutting down)."""
+
+
+class SigningError(UpdateError):
+    """A TUF key or metadata operation on the server or the offline machine failed."""
 
 
 class TrustError(UpdateError):
