@@ -1,14 +1,15 @@
 """End to end: the fleet server sets a desired model; the real ``edge-agent`` installs it.
 
 The fleet server (real, with its managed mosquitto) carries the desired state
-and the reported twin; the signed artifacts come from a test TUF repository
-over loopback (``[updates] server_url``, as a device behind an artifact mirror
-would use), so the attacks and faults can be staged there.  The device
-reports each phase, and the server ends up
-with ``update.phase == committed`` and the new model in ``reported.model`` —
-or, for a model that fails its self-test, ``failed`` with the reason while the
-old model keeps serving.
-"""
+and the reported twin.  The last test is the whole loop with nothing staged:
+artifacts pushed through the API, signed by the server, the TUF root handed
+out at enrollment, installed from the server's ``/tuf/`` with a delta.  The
+others take the artifacts from a test TUF repository over loopback
+(``[updates] server_url``, as a device behind an artifact mirror would) so
+faults can be staged there.  The device reports each phase, and the server
+ends up with ``update.phase == committed`` and the new model in
+``reported.model`` -- or, for a model that fails its self-test, ``failed`` with
+the reason while the old model keeps serving."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from fleet_server.server import FleetServer
 
 from .harness import ADMIN_PASSWORD, wait_for
 from .ota_device_kit import model_target, package_bytes, publish_model
+from .ota_server import DIGITS, model_version
 from .tuf_sim import RepoServer, TufRepo
 
 BIN = Path(sys.executable).parent
@@ -204,5 +206,60 @@ def test_agent_installs_a_desired_model_and_reports_each_failure(
         state = reported()
         assert "self-test" in state["update"]["error"]
         assert model_version() == "1.1.0"  # the current model keeps serving
+    finally:
+        stop_agent(proc)
+
+
+def test_agent_updates_from_the_fleet_servers_own_tuf_repository(
+    fleet: FleetServer, tmp_path: Path
+) -> None:
+    """No test repository: push through the API, enroll for real, install from ``/tuf/``."""
+    token = api_token(fleet)
+    api = fleet.settings.api_url
+    auth = {"Authorization": f"Bearer {token}"}
+    v2 = model_version(tmp_path, "1.1.0")
+    for package in (DIGITS, v2):
+        pushed = httpx.post(
+            f"{api}/api/v1/artifacts/models",
+            content=package.read_bytes(),
+            headers={**auth, "Content-Type": "application/octet-stream"},
+        )
+        assert pushed.status_code == 201, pushed.text
+    target = pushed.json()["target_path"]
+    r = httpx.post(f"{api}/api/v1/devices", json={"id": "ota-e2e-3"}, headers=auth)
+    r.raise_for_status()
+    data_dir = tmp_path / "ota-e2e-3"
+    enroll(data_dir, api, r.json()["token"])
+    assert (data_dir / "tuf" / "root.json").exists()  # the trust anchor came with enrollment
+    env = {
+        **os.environ,
+        "EDGE_AGENT_MODEL": str(DIGITS),
+        "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.5",
+        "EDGE_AGENT_LOG_FORMAT": "text",
+        "EDGE_AGENT_LOCAL_API__ENABLED": "false",
+        "EDGE_AGENT_UPDATES__PROBATION_S": "1",
+    }
+
+    def reported() -> dict[str, Any]:
+        return twin(fleet, token, "ota-e2e-3").get("reported") or {}
+
+    proc = start_agent(data_dir, env)
+    try:
+        wait_for(lambda: (reported().get("model") or {}).get("version") == "1.0.0", timeout=60)
+        r = httpx.put(
+            f"{api}/api/v1/devices/ota-e2e-3/twin/desired",
+            json={"model": {"name": "digits", "version": "1.1.0", "target": target}},
+            headers=auth,
+        )
+        r.raise_for_status()
+        wait_for(
+            lambda: (
+                (reported().get("update") or {}).get("phase") == "committed"
+                and (reported().get("model") or {}).get("version") == "1.1.0"
+            ),
+            timeout=120,
+        )
+        update = reported()["update"]
+        assert update["delta_used"] and 0 < update["bytes_transferred"] < v2.stat().st_size
     finally:
         stop_agent(proc)
