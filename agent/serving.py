@@ -236,3 +236,21 @@ def describe(model: Model) -> dict[str, object]:
             "top1_agreement": model.self_test.top1_agreement,
         },
     }
+
+
+def prediction_rows(prediction: Prediction, ids: Sequence[str] = ()) -> list[dict[str, object]]:
+    """One JSON object per row: what ``/v1/predict`` and ``edge-agent predict`` print."""
+    probabilities = prediction.probabilities.tolist()
+    classes = prediction.classes.tolist()
+    confidence = prediction.confidence.tolist()
+    rows: list[dict[str, object]] = []
+    for i, label in enumerate(prediction.labels):
+        row: dict[str, object] = {"id": ids[i]} if ids else {}
+        row.update(
+            label=label,
+            class_id=classes[i],
+            confidence=confidence[i],
+            probabilities=probabilities[i],
+        )
+        rows.append(row)
+    return rows
