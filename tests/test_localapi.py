@@ -46,7 +46,11 @@ def api(service: ModelService) -> Iterator[LocalApi]:
 
 
 def call(
-    api: LocalApi, method: str, path: str, body: bytes | None = None, ctype: str = "application/json"
+    api: LocalApi,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    ctype: str = "application/json",
 ) -> tuple[int, dict]:
     status, doc = localclient.request(api.address, method, path, body, ctype)
     assert isinstance(doc, dict)
@@ -76,7 +80,7 @@ def test_loopback_only_by_default(api: LocalApi) -> None:
 
 
 def test_three_encodings_agree_with_in_process(api: LocalApi, service: ModelService) -> None:
-    x, y = _holdout()
+    x, _ = _holdout()
     expected = service.predict(x[:5])
     bodies = [
         (json.dumps({"inputs": x[:5].tolist()}).encode(), "application/json"),
