@@ -320,7 +320,8 @@ class Agent:
 
 
 def status(data_dir: Path) -> dict[str, object]:
-    """What `edge-agent status` prints: identity, certificate and spool, without a daemon."""
+    """What `edge-agent status` prints: identity, certificate, spool, and the running
+    daemon's serving health when its local API answers."""
     identity = Identity.load(data_dir)
     spool = Spool(data_dir / "spool.db", max_bytes=1 << 40, max_age_s=1e12)
     try:
@@ -334,4 +335,15 @@ def status(data_dir: Path) -> dict[str, object]:
         "cert_not_after": identity.not_after,
         "renewal_due": identity.renewal_due(time.time()),
         "spool": json.loads(stats.model_dump_json()),
+        "serving": _serving(data_dir),
     }
+
+
+def _serving(data_dir: Path) -> object:
+    from . import localclient
+
+    try:
+        where = (data_dir / LOCAL_API_ADDRESS).read_text().strip()
+        return localclient.request(where, "GET", "/v1/health", timeout=5)[1]
+    except (OSError, ValueError):
+        return {"status": "unknown", "detail": "no running daemon answers on the local API"}
