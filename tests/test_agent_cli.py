@@ -76,7 +76,9 @@ def test_no_daemon_and_no_model_exits_5(tmp_path: Path) -> None:
     assert env_free.returncode == 5
     assert "no daemon answers" in env_free.stderr and "--model" in env_free.stderr
     (tmp_path / "bad.efpkg").write_bytes(b"not a zip")
-    refused = edge_agent(tmp_path / "rows.npy", "--model", tmp_path / "bad.efpkg", data_dir=tmp_path)
+    refused = edge_agent(
+        tmp_path / "rows.npy", "--model", tmp_path / "bad.efpkg", data_dir=tmp_path
+    )
     assert refused.returncode == 5 and "not a zip" in refused.stderr
 
 
