@@ -155,8 +155,14 @@ class ModelService:
         elapsed = self._clock() - start
         # Validated by predict above, so this view cannot fail; drift uses raw features.
         rows = np.asarray(batch, dtype=np.float32).reshape(len(prediction), -1)
-        if recorder is not None:
-            per_row = elapsed / len(prediction)
+        if recorder is None:
+            pass
+        elif len(rows) == 1:  # the common case on a device: one reading, one answer
+            recorder.record(
+                elapsed, float(prediction.confidence[0]), int(prediction.classes[0]), rows[0]
+            )
+        else:
+            per_row = elapsed / len(rows)
             record = recorder.record
             for row, confidence, predicted in zip(
                 rows, prediction.confidence.tolist(), prediction.classes.tolist(), strict=True
