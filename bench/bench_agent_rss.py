@@ -102,7 +102,7 @@ def run() -> list[dict[str, object]]:
                 {
                     "model": package.name,
                     "bare runtime + model": f"{bare / MiB:.1f} MiB",
-                    "edge-agent run": f"{agent / MiB:.1f} MiB",
+                    "edge-agent run": f"{agent / MiB:.1f} MiB ({agent / 1e6:.1f} MB)",
                     "ratio": f"{agent / bare:.2f}x",
                     "agent - bare": f"{(agent - bare) / MiB:+.1f} MiB",
                     "target": "met (<= 100 MB)" if agent <= 100e6 else "MISSED (> 100 MB)",
