@@ -36,7 +36,7 @@ from edgefleet_contract.errors import ModelError, NotFound
 
 from .metrics import InferenceRecorder, WindowStats
 from .runtime import Model, Prediction
-from .samples import CachedPrediction, PredictionCache, SampleStore
+from .samples import PredictionCache, SampleStore
 
 RecorderFactory = Callable[[Model], InferenceRecorder]
 
@@ -136,7 +136,7 @@ class ModelService:
         ids = []
         for row, predicted in zip(rows, prediction.classes.tolist(), strict=True):
             prediction_id = secrets.token_urlsafe(12)
-            self._cache.put(prediction_id, CachedPrediction(row.copy(), predicted, version))
+            self._cache.put(prediction_id, row, predicted, version)
             ids.append(prediction_id)
         return prediction, ids
 
