@@ -200,6 +200,30 @@ def _handler_for(api: LocalApi) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             self._dispatch({"/v1/predict": self._predict, "/v1/feedback": self._feedback}, "POST")
 
+        def _other(self) -> None:
+            self._dispatch({}, self.command)
+
+        do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other
+
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            """The stdlib's own refusals (bad request line, headers too large) as JSON."""
+            if code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:  # the client's fault: a 4xx
+                code, message = HTTPStatus.BAD_REQUEST, f"{message}; speak HTTP/1.0 or 1.1"
+            status = HTTPStatus(code)
+            self.close_connection = True
+            if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+                self.request_version = self.protocol_version  # answer garbage with a status line
+            body = _problem_body(status, message or status.description)
+            self.send_response(code, message)
+            self.send_header("Content-Type", JSON)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200:
+                self.wfile.write(body)
+
         def _dispatch(self, routes: dict[str, Callable[[], tuple[int, object]]], verb: str) -> None:
             path = self.path.split("?", 1)[0]
             try:
@@ -207,7 +231,7 @@ def _handler_for(api: LocalApi) -> type[BaseHTTPRequestHandler]:
                 if route is None:
                     if path in _ALL_ROUTES:
                         raise Problem(
-                            HTTPStatus.METHOD_NOT_ALLOWED, f"{path} does not accept {verb}"
+                            HTTPStatus.METHOD_NOT_ALLOWED, f"{path} does not accept {verb[:16]}"
                         )
                     raise Problem(
                         HTTPStatus.NOT_FOUND,

@@ -152,6 +152,8 @@ def test_malformed_predicts_are_4xx_with_a_message(
     ("method", "path", "body", "status"),
     [
         ("GET", "/v1/predict", None, 405),
+        ("PUT", "/v1/predict", b"{}", 405),
+        ("DELETE", "/v1/model", None, 405),
         ("POST", "/v1/health", b"{}", 405),
         ("GET", "/nope", None, 404),
         ("POST", "/v1/feedback", b"[]", 400),
@@ -166,6 +168,24 @@ def test_routes_refuse_plainly(
 ) -> None:
     got, doc = call(api, method, path, body)
     assert got == status and doc["error"]["detail"]
+
+
+def test_garbage_on_the_wire_gets_a_json_4xx(api: LocalApi) -> None:
+    host, port = api.address.removeprefix("http://").split(":")
+    for request in (
+        b"HELLO\r\n\r\n",
+        b"GET /v1/health HTTP/9.9\r\n\r\n",
+        b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n",
+    ):
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            raw.sendall(request)
+            answer = b""
+            while chunk := raw.recv(4096):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split()[1].startswith(b"4"), head
+        assert json.loads(body)["error"]["detail"]
+    assert call(api, "GET", "/v1/health")[0] == 200
 
 
 def test_missing_length_and_no_model(service: ModelService) -> None:
@@ -234,3 +254,41 @@ def test_unix_socket(service: ModelService, tmp_path: Path) -> None:
     finally:
         api.stop()
     assert not path.exists()
+
+
+def test_fuzzed_bodies_never_get_a_5xx(service: ModelService) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    server = LocalApi(service, LocalApiSettings(port=0, max_batch=8, max_body_bytes=8192))
+    server.start()
+    numbers = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**70), 2**70)
+    )
+    json_values = st.recursive(
+        st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=5)),
+        lambda inner: st.lists(inner, max_size=70) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=300,
+    )
+    bodies = st.one_of(
+        st.binary(max_size=600),
+        json_values.map(lambda v: json.dumps({"inputs": v}).encode()),
+        json_values.map(lambda v: json.dumps(v).encode()),
+    )
+    types = st.sampled_from(
+        ["application/json", "application/octet-stream", "application/x-npy", "text/plain", ""]
+    )
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=bodies, ctype=types, path=st.sampled_from(["/v1/predict", "/v1/feedback"]))
+    def check(body: bytes, ctype: str, path: str) -> None:
+        status, doc = localclient.request(server.address, "POST", path, body, ctype)
+        assert status < 500, doc
+        if status >= 400:
+            assert doc["error"]["detail"]
+
+    try:
+        check()
+        assert call(server, "GET", "/v1/health")[0] == 200
+    finally:
+        server.stop()
