@@ -93,6 +93,9 @@ def enroll(
 @data_dir_option
 def run_daemon(config: Path | None, data_dir: Path | None) -> None:
     """Run the daemon until SIGTERM/SIGINT."""
+    from . import allocator
+
+    allocator.tune()  # before the runtime and the model allocate anything
     from .daemon import Agent
     from .identity import Identity
 

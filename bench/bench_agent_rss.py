@@ -2,7 +2,10 @@
 through the real broker, local API listening, after 300 predictions through that API),
 next to a bare process that only imports the runtime and loads the same model file, in
 the same run.  Resident set size from ``/proc/PID/status`` after 5 s of idling.
-Target: the agent at most 100 MB."""
+Target: the agent at most 100 MB.  The daemon pins glibc's mmap threshold and caps its
+malloc arenas at start (agent/allocator.py); without that the ONNX row read ~99 MiB.
+The difference to the bare process is mostly the Python side: pydantic and the wire
+schemas, settings, MQTT, SQLite, the HTTP server."""
 
 from __future__ import annotations
 
