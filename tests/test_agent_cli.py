@@ -95,6 +95,15 @@ def test_predict_goes_through_the_running_daemon(
         doc = json.loads(result.stdout)
         assert doc["source"] == address and len(doc["predictions"]) == 4
         assert all(p["id"] for p in doc["predictions"])  # usable for /v1/feedback
+        status = subprocess.run(
+            [str(BIN / "edge-agent"), "status", "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        serving = json.loads(status.stdout)["serving"]
+        assert serving["status"] == "ok" and serving["model"] == "digits@1.0.0"
     finally:
         agent.stop()
 
