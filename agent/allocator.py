@@ -5,9 +5,9 @@ after a few inferences the runtime's per-call buffers come from the heap and
 stay resident, and every thread that allocates (one per local API connection)
 gets its own arena that keeps its peak.  Measured on the digits CNN with ONNX
 Runtime: ~6 MB of the idle daemon's resident memory (``bench_agent_rss``), and
-no measurable change in predict latency (interleaved runs with and without).  Settings already given in the
-environment (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``) win; other C
-libraries are left alone.
+no measurable change in predict latency (interleaved runs with and without).
+Settings already given in the environment (``MALLOC_ARENA_MAX``,
+``MALLOC_MMAP_THRESHOLD_``) win; other C libraries are left alone.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import logging
 import os
 import socketserver
 import stat
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -140,6 +141,14 @@ class _Limited:
             self.shutdown_request(request)  # type: ignore[attr-defined]
             return
         super().process_request(request, client_address)  # type: ignore[misc]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-answer is routine; anything else is logged, not printed."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("local api client %s went away: %s", client_address, exc)
+        else:
+            log.exception("local api connection from %s failed", client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
