@@ -23,7 +23,9 @@ the most specific class; callers catch the family they can handle.
     ├── SelectorError          a device selector that does not parse
     ├── AuthError              authentication failed (HTTP 401)
     │   └── PermissionDenied   authenticated but not allowed (HTTP 403)
-    └── UpdateError            OTA verification, download or install failures
+    ├── UpdateError            OTA verification, download or install failures
+    └── FederationError        a federated run cannot go on (quorum, bad spec)
+        └── RunStopped         an operator stopped the run, or the server stops
 """
 
 from __future__ import annotations
@@ -101,6 +103,15 @@ class UpdateError(EdgefleetError):
     """An OTA update could not be verified, fetched or installed."""
 
 
+<<<<<<< HEAD
 class InputRejected(ModelError):
     """Prediction input the caller got wrong (shape, dtype, NaN, size); the message says
     what was expected, so the local API answers 4xx and the CLI exits with code 4."""
+=======
+class FederationError(EdgefleetError):
+    """A federated training run could not go on (quorum lost, stopped, bad spec)."""
+
+
+class RunStopped(FederationError):
+    """An operator stopped the federated run (or the server is shutting down)."""
+>>>>>>> main

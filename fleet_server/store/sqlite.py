@@ -28,9 +28,10 @@ from .base import CommandRecord, Device, Page
 from .migrations import migrate
 from .rows import device_from_row
 from .telemetry import TelemetryTables
+from .training import TrainingTables
 
 
-class SqliteStore(TelemetryTables, AccountTables):
+class SqliteStore(TelemetryTables, AccountTables, TrainingTables):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
