@@ -103,15 +103,14 @@ class UpdateError(EdgefleetError):
     """An OTA update could not be verified, fetched or installed."""
 
 
-<<<<<<< HEAD
 class InputRejected(ModelError):
     """Prediction input the caller got wrong (shape, dtype, NaN, size); the message says
     what was expected, so the local API answers 4xx and the CLI exits with code 4."""
-=======
+
+
 class FederationError(EdgefleetError):
     """A federated training run could not go on (quorum lost, stopped, bad spec)."""
 
 
 class RunStopped(FederationError):
     """An operator stopped the federated run (or the server is shutting down)."""
->>>>>>> main
