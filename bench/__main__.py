@@ -23,6 +23,7 @@ MODULES = {
     "bench_spool_broker": "Spool drain through the real broker (issue: agent daemon)",
     "bench_federated": "Federated quality and bytes per round (issue: federated training)",
     "bench_fl_rounds": "Federated round overhead and agent memory (issue: federated training)",
+    "bench_delta": "Delta updates (issue: signed OTA)",
 }
 
 
