@@ -36,7 +36,7 @@ from edgefleet_contract.errors import ModelError, NotFound
 
 from .metrics import InferenceRecorder, WindowStats
 from .runtime import Model, Prediction
-from .samples import CachedPrediction, PredictionCache, SampleStore
+from .samples import PredictionCache, SampleStore
 
 RecorderFactory = Callable[[Model], InferenceRecorder]
 
@@ -136,7 +136,7 @@ class ModelService:
         ids = []
         for row, predicted in zip(rows, prediction.classes.tolist(), strict=True):
             prediction_id = secrets.token_urlsafe(12)
-            self._cache.put(prediction_id, CachedPrediction(row.copy(), predicted, version))
+            self._cache.put(prediction_id, row, predicted, version)
             ids.append(prediction_id)
         return prediction, ids
 
@@ -155,8 +155,14 @@ class ModelService:
         elapsed = self._clock() - start
         # Validated by predict above, so this view cannot fail; drift uses raw features.
         rows = np.asarray(batch, dtype=np.float32).reshape(len(prediction), -1)
-        if recorder is not None:
-            per_row = elapsed / len(prediction)
+        if recorder is None:
+            pass
+        elif len(rows) == 1:  # the common case on a device: one reading, one answer
+            recorder.record(
+                elapsed, float(prediction.confidence[0]), int(prediction.classes[0]), rows[0]
+            )
+        else:
+            per_row = elapsed / len(rows)
             record = recorder.record
             for row, confidence, predicted in zip(
                 rows, prediction.confidence.tolist(), prediction.classes.tolist(), strict=True
@@ -236,3 +242,21 @@ def describe(model: Model) -> dict[str, object]:
             "top1_agreement": model.self_test.top1_agreement,
         },
     }
+
+
+def prediction_rows(prediction: Prediction, ids: Sequence[str] = ()) -> list[dict[str, object]]:
+    """One JSON object per row: what ``/v1/predict`` and ``edge-agent predict`` print."""
+    probabilities = prediction.probabilities.tolist()
+    classes = prediction.classes.tolist()
+    confidence = prediction.confidence.tolist()
+    rows: list[dict[str, object]] = []
+    for i, label in enumerate(prediction.labels):
+        row: dict[str, object] = {"id": ids[i]} if ids else {}
+        row.update(
+            label=label,
+            class_id=classes[i],
+            confidence=confidence[i],
+            probabilities=probabilities[i],
+        )
+        rows.append(row)
+    return rows

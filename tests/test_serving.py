@@ -47,7 +47,8 @@ def wrong_hash(tmp_path: Path) -> Path:
     manifest = package.manifest.model_copy(
         update={
             "files": [
-                f.model_copy(update={"sha256": "0" * 64}) if f.path == package.manifest.model_file
+                f.model_copy(update={"sha256": "0" * 64})
+                if f.path == package.manifest.model_file
                 else f
                 for f in package.manifest.files
             ]
