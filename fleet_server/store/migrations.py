@@ -157,7 +157,27 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _update_events(db: sqlite_utils.Database) -> None:
+    """History of each device's reported update phases (store/overview.py)."""
+    db.table("update_events").create(
+        {
+            "id": int,
+            "device_id": str,
+            "ts": float,
+            "received_at": float,
+            "desired_version": int,
+            "kind": str,
+            "target": str,
+            "phase": str,
+            "progress": float,
+            "error": str,
+        },
+        pk="id",
+    )
+    db.table("update_events").create_index(["device_id", "id"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _update_events]
 
 
 def migrate(db: sqlite_utils.Database) -> int:

@@ -26,11 +26,12 @@ from edgefleet_contract.messages import DesiredState, ReportedState
 from .accounts import AccountTables
 from .base import CommandRecord, Device, Page
 from .migrations import migrate
+from .overview import OverviewTables
 from .rows import device_from_row
 from .telemetry import TelemetryTables
 
 
-class SqliteStore(TelemetryTables, AccountTables):
+class SqliteStore(TelemetryTables, AccountTables, OverviewTables):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +179,7 @@ class SqliteStore(TelemetryTables, AccountTables):
                     device_id,
                 ),
             )
+            self.note_update(conn, device_id, reported, ts)
 
     def set_desired(self, device_id: str, desired: DesiredState) -> None:
         with self._tx() as conn:

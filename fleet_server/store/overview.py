@@ -1,0 +1,216 @@
+"""Fleet-wide views the console reads: the overview summary and update history.
+
+The summary is computed in SQL (``GROUP BY`` over extracted columns and
+``json_each`` over tags) so the overview page costs a few index scans at
+10,000 devices, never a Python loop over every twin.
+
+Update history: the reported state carries only the update a device is
+working on now; :meth:`OverviewTables.note_update` keeps each phase change
+(``downloading`` -> ``verifying`` -> ... -> ``committed``/``failed``) as a
+row, written in the same transaction as the reported state itself.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+from edgefleet_contract.messages import ReportedState, Telemetry
+
+from ._conn import Connections
+
+MAX_ALERTS = 50
+"""Alert lists are cut here (``total`` still counts all of them)."""
+
+SPOOL_BASELINE_S = 86400.0
+"""Spool drop counters are running totals: a device is flagged when its total in the
+window is higher than the last value seen in this much time before it."""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    key: str
+    total: int
+    online: int
+
+
+@dataclass(frozen=True)
+class Alert:
+    device_id: str
+    value: float | None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class AlertList:
+    total: int
+    items: list[Alert]
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    total: int
+    online: int
+    by_state: dict[str, int]
+    by_model: list[Bucket]
+    by_firmware: list[Bucket]
+    by_tag: list[Bucket]
+    by_health: list[Bucket]
+    alerts: dict[str, AlertList] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UpdateEvent:
+    device_id: str
+    ts: float
+    desired_version: int
+    kind: str
+    target: str
+    phase: str
+    progress: float
+    error: str | None
+
+
+def _buckets(conn: sqlite3.Connection, expr: str, where: str = "") -> list[Bucket]:
+    rows = conn.execute(
+        f"SELECT {expr} AS key, COUNT(*) AS total, SUM(online) AS online FROM devices "
+        f"{where} GROUP BY key ORDER BY total DESC, key LIMIT 100"
+    ).fetchall()
+    return [Bucket(r["key"] or "(none)", int(r["total"]), int(r["online"] or 0)) for r in rows]
+
+
+def _alerts(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> AlertList:
+    rows = conn.execute(sql, params).fetchall()
+    items = [Alert(r["device_id"], r["value"], r["detail"] or "") for r in rows[:MAX_ALERTS]]
+    return AlertList(len(rows), items)
+
+
+class OverviewTables(Connections):
+    def fleet_summary(
+        self, *, now: float, window_s: float, drift_threshold: float, silent_s: float
+    ) -> FleetSummary:
+        """Counts by state, model, firmware, tag and health, and the four alert lists."""
+        conn = self._conn()
+        head = conn.execute(
+            "SELECT COUNT(*) AS total, COALESCE(SUM(online), 0) AS online FROM devices"
+        ).fetchone()
+        states = {
+            r["state"]: int(r["n"])
+            for r in conn.execute("SELECT state, COUNT(*) AS n FROM devices GROUP BY state")
+        }
+        tags = conn.execute(
+            "SELECT t.key || '=' || t.value AS key, COUNT(*) AS total, SUM(d.online) AS online "
+            "FROM devices d, json_each(d.tags) t GROUP BY key ORDER BY total DESC, key LIMIT 100"
+        ).fetchall()
+        since = now - window_s
+        alerts = {
+            "drift": _alerts(
+                conn,
+                "SELECT device_id, MAX(drift_max) AS value, '' AS detail FROM rollups "
+                "WHERE minute >= ? GROUP BY device_id HAVING value > ? ORDER BY value DESC",
+                (since - 60, drift_threshold),
+            ),
+            "silent": _alerts(
+                conn,
+                "SELECT id AS device_id, last_seen AS value, "
+                "CASE WHEN online THEN 'online but quiet' ELSE 'offline' END AS detail "
+                "FROM devices WHERE state = 'enrolled' AND COALESCE(last_seen, 0) < ? "
+                "ORDER BY COALESCE(last_seen, 0), id",
+                (now - silent_s,),
+            ),
+            "failed_updates": _alerts(
+                conn,
+                "SELECT id AS device_id, reported_at AS value, "
+                "json_extract(reported, '$.update.phase') || ' ' || "
+                "COALESCE(json_extract(reported, '$.update.target'), '') || "
+                "COALESCE(': ' || json_extract(reported, '$.update.error'), '') AS detail "
+                "FROM devices WHERE json_extract(reported, '$.update.phase') "
+                "IN ('failed', 'rolled_back') ORDER BY reported_at DESC",
+                (),
+            ),
+            "spool_drops": _alerts(
+                conn,
+                "SELECT device_id, inside - COALESCE(before, 0) AS value, '' AS detail FROM ("
+                "SELECT device_id, MAX(CASE WHEN minute >= ? THEN spool_dropped END) AS inside, "
+                "MAX(CASE WHEN minute < ? THEN spool_dropped END) AS before FROM rollups "
+                "WHERE minute >= ? GROUP BY device_id) "
+                "WHERE inside > COALESCE(before, 0) ORDER BY value DESC",
+                (since - 60, since - 60, since - SPOOL_BASELINE_S),
+            ),
+        }
+        return FleetSummary(
+            total=int(head["total"]),
+            online=int(head["online"]),
+            by_state=states,
+            by_model=_buckets(
+                conn, "model_name || '@' || model_version", "WHERE state = 'enrolled'"
+            ),
+            by_firmware=_buckets(conn, "firmware_version", "WHERE state = 'enrolled'"),
+            by_tag=[Bucket(r["key"], int(r["total"]), int(r["online"] or 0)) for r in tags],
+            by_health=_buckets(conn, "health", "WHERE state = 'enrolled'"),
+            alerts=alerts,
+        )
+
+    # ------------------------------------------------------------ updates --
+
+    def note_update(
+        self, conn: sqlite3.Connection, device_id: str, reported: ReportedState, ts: float
+    ) -> None:
+        """Keep ``reported.update`` as a history row when its phase or target changed.
+
+        Called inside the transaction that stores the reported state.
+        """
+        u = reported.update
+        if u is None:
+            return
+        last = conn.execute(
+            "SELECT desired_version, target, phase FROM update_events WHERE device_id = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (device_id,),
+        ).fetchone()
+        if last is not None and tuple(last) == (u.desired_version, u.target, u.phase):
+            return
+        conn.execute(
+            "INSERT INTO update_events (device_id, ts, received_at, desired_version, kind, "
+            "target, phase, progress, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                device_id,
+                u.ts,
+                ts,
+                u.desired_version,
+                u.kind,
+                u.target,
+                u.phase,
+                u.progress,
+                u.error,
+            ),
+        )
+
+    def list_update_events(self, device_id: str, *, limit: int = 100) -> list[UpdateEvent]:
+        rows = self._conn().execute(
+            "SELECT * FROM update_events WHERE device_id = ? ORDER BY id DESC LIMIT ?",
+            (device_id, limit),
+        )
+        return [
+            UpdateEvent(
+                device_id=r["device_id"],
+                ts=r["ts"],
+                desired_version=r["desired_version"],
+                kind=r["kind"],
+                target=r["target"],
+                phase=r["phase"],
+                progress=r["progress"],
+                error=r["error"],
+            )
+            for r in rows
+        ]
+
+    # ---------------------------------------------------------- telemetry --
+
+    def recent_raw(self, device_id: str, *, since: float, limit: int) -> list[Telemetry]:
+        """The newest ``limit`` batches since ``since``, oldest first (for live charts)."""
+        rows = self._conn().execute(
+            "SELECT body FROM telemetry WHERE device_id = ? AND ts >= ? ORDER BY ts DESC LIMIT ?",
+            (device_id, since, limit),
+        )
+        return [Telemetry.model_validate_json(r[0]) for r in reversed(rows.fetchall())]
