@@ -48,12 +48,15 @@ from .harness import ADMIN_PASSWORD, server_settings, wait_for
 BIN = Path(sys.executable).parent
 VIEWER_PASSWORD = "viewer-password-1"
 OPERATOR_PASSWORD = "operator-password-1"
+HISTORY_MINUTES = 50
 
 
 class RichDevice:
     """A device link sending model telemetry (latency, confidence, drift) every ``period`` s."""
 
-    def __init__(self, server: FleetServer, folder: Path, device_id: str, *, drifting: bool) -> None:
+    def __init__(
+        self, server: FleetServer, folder: Path, device_id: str, *, drifting: bool
+    ) -> None:
         self.device_id = device_id
         self.drifting = drifting
         cert, key = server.ca.issue_client_cert(device_id, validity_s=3600, now=time.time())
@@ -90,11 +93,14 @@ class RichDevice:
                 update=update,
             )
         )
+        now = time.time()
+        for minute in range(HISTORY_MINUTES, 0, -1):  # the last hour, one batch a minute
+            self.link.send(Channel.TELEMETRY, Codec().encode(self._batch(now - 60 * minute)))
         self._thread.start()
 
-    def _batch(self) -> Telemetry:
+    def _batch(self, ts: float | None = None) -> Telemetry:
         self._seq += 1
-        t, rng = time.time(), self._rng
+        t, rng = ts or time.time(), self._rng
         wave = math.sin(self._seq / 6)
         shift = min(1.0, self._seq / 40) if self.drifting else 0.0
         p50 = 3.0 + 0.6 * wave + rng.random() * 0.3
@@ -131,7 +137,9 @@ class RichDevice:
                 samples=200,
                 score=0.04 + 0.4 * shift + 0.02 * rng.random(),
                 features=[
-                    FeatureDrift(feature=f, psi=(0.04 + 0.4 * shift) / (1 + i) + 0.01 * rng.random())
+                    FeatureDrift(
+                        feature=f, psi=(0.04 + 0.4 * shift) / (1 + i) + 0.01 * rng.random()
+                    )
                     for i, f in enumerate((21, 36, 43, 5))
                 ],
             ),
@@ -193,8 +201,16 @@ class ConsoleFleet:
             r.raise_for_status()
             data_dir = self.tmp / "agents" / device_id
             subprocess.run(
-                [str(BIN / "edge-agent"), "enroll", "--server", self.url, "--token",
-                 r.json()["token"], "--data-dir", str(data_dir)],
+                [
+                    str(BIN / "edge-agent"),
+                    "enroll",
+                    "--server",
+                    self.url,
+                    "--token",
+                    r.json()["token"],
+                    "--data-dir",
+                    str(data_dir),
+                ],
                 check=True,
                 capture_output=True,
                 timeout=60,
@@ -224,8 +240,13 @@ class ConsoleFleet:
                 "1.2.0",
                 False,
                 UpdateReport(
-                    desired_version=2, kind="model", target="models/digits/1.3.0/digits.efpkg",
-                    phase="failed", progress=0.4, error="self-test mismatch", ts=time.time(),
+                    desired_version=2,
+                    kind="model",
+                    target="models/digits/1.3.0/digits.efpkg",
+                    phase="failed",
+                    progress=0.4,
+                    error="self-test mismatch",
+                    ts=time.time(),
                 ),
             ),
         ]
@@ -233,7 +254,9 @@ class ConsoleFleet:
             self.server.store.create_device(
                 device_id, name=device_id, tags={"site": "porto", "kind": "camera"}, now=time.time()
             )
-            device = RichDevice(self.server, self.tmp / "rich" / device_id, device_id, drifting=drifting)
+            device = RichDevice(
+                self.server, self.tmp / "rich" / device_id, device_id, drifting=drifting
+            )
             device.start(version, update)
             self.rich.append(device)
 

@@ -73,10 +73,10 @@ class UpdateEvent:
 
 def _buckets(conn: sqlite3.Connection, expr: str, where: str = "") -> list[Bucket]:
     rows = conn.execute(
-        f"SELECT {expr} AS key, COUNT(*) AS total, SUM(online) AS online FROM devices "
-        f"{where} GROUP BY key ORDER BY total DESC, key LIMIT 100"
+        f"SELECT {expr} AS bucket, COUNT(*) AS total, SUM(online) AS online FROM devices "
+        f"{where} GROUP BY bucket ORDER BY total DESC, bucket LIMIT 100"
     ).fetchall()
-    return [Bucket(r["key"] or "(none)", int(r["total"]), int(r["online"] or 0)) for r in rows]
+    return [Bucket(r["bucket"] or "(none)", int(r["total"]), int(r["online"] or 0)) for r in rows]
 
 
 def _alerts(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> AlertList:
@@ -99,8 +99,8 @@ class OverviewTables(Connections):
             for r in conn.execute("SELECT state, COUNT(*) AS n FROM devices GROUP BY state")
         }
         tags = conn.execute(
-            "SELECT t.key || '=' || t.value AS key, COUNT(*) AS total, SUM(d.online) AS online "
-            "FROM devices d, json_each(d.tags) t GROUP BY key ORDER BY total DESC, key LIMIT 100"
+            "SELECT t.key || '=' || t.value AS tag, COUNT(*) AS total, SUM(d.online) AS online "
+            "FROM devices d, json_each(d.tags) t GROUP BY tag ORDER BY total DESC, tag LIMIT 100"
         ).fetchall()
         since = now - window_s
         alerts = {
@@ -146,7 +146,7 @@ class OverviewTables(Connections):
                 conn, "model_name || '@' || model_version", "WHERE state = 'enrolled'"
             ),
             by_firmware=_buckets(conn, "firmware_version", "WHERE state = 'enrolled'"),
-            by_tag=[Bucket(r["key"], int(r["total"]), int(r["online"] or 0)) for r in tags],
+            by_tag=[Bucket(r["tag"], int(r["total"]), int(r["online"] or 0)) for r in tags],
             by_health=_buckets(conn, "health", "WHERE state = 'enrolled'"),
             alerts=alerts,
         )
@@ -161,7 +161,10 @@ class OverviewTables(Connections):
         Called inside the transaction that stores the reported state.
         """
         u = reported.update
-        if u is None:
+        if (
+            u is None
+            or conn.execute("SELECT 1 FROM devices WHERE id = ?", (device_id,)).fetchone() is None
+        ):
             return
         last = conn.execute(
             "SELECT desired_version, target, phase FROM update_events WHERE device_id = ? "

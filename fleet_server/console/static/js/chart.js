@@ -5,9 +5,7 @@ import { h, fmtClock, fmtNum } from './dom.js';
 
 export const PALETTE = ['#2563eb', '#dc2626', '#059669', '#d97706', '#7c3aed', '#0891b2', '#db2777'];
 
-const W = 480;
-const H = 170;
-const M = { top: 10, right: 12, bottom: 22, left: 44 };
+const M = { top: 10, right: 14, bottom: 20, left: 40 };
 
 function niceMax(v) {
   if (!(v > 0)) return 1;
@@ -16,8 +14,11 @@ function niceMax(v) {
   return 10 * p;
 }
 
-// ts: seconds; series: [{name, values, color?}]; opts: {unit, max, min}
+// ts: seconds; series: [{name, values, color?}]; opts: {unit, max, min, width, height}.
+// The viewBox is about the size the chart is shown at, so its text stays readable.
 export function lineChart(title, ts, series, opts = {}) {
+  const W = opts.width || 400;
+  const H = opts.height || 150;
   const plotW = W - M.left - M.right;
   const plotH = H - M.top - M.bottom;
   const all = series.flatMap((s) => s.values).filter((v) => v !== null && v !== undefined);
@@ -42,7 +43,7 @@ export function lineChart(title, ts, series, opts = {}) {
   for (let i = 0; i <= ticks; i += 1) {
     const t = t0 + ((t1 - t0) * i) / ticks;
     svg.append(h('svg:text', { x: x(t), y: H - 6, class: 'tick', 'text-anchor': 'middle' },
-      fmtClock(t)));
+      fmtClock(t, t1 - t0 < 600)));
   }
   let drawn = 0;
   series.forEach((s, i) => {

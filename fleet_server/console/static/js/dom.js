@@ -49,9 +49,9 @@ export function fmtTime(ts) {
     `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
-export function fmtClock(ts) {
+export function fmtClock(ts, seconds = false) {
   const d = new Date(ts * 1000);
-  return `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}${seconds ? `:${pad(d.getSeconds())}` : ''}`;
 }
 
 export function ago(ts, now = Date.now() / 1000) {

@@ -5,6 +5,8 @@ import { h, replace, panel, table, ago, fmtNum, notice } from '../dom.js';
 import { bars, lineChart } from '../chart.js';
 import { link, ROUTES } from '../routes.js';
 
+const small = { width: 300, height: 130 };
+
 const ALERTS = [
   ['drift', 'Drift above threshold', (s) => `PSI > ${s.drift_threshold}`, (a) => `PSI ${fmtNum(a.value)}`],
   ['silent', 'Silent devices', (s) => `no message for ${Math.round(s.silent_s / 60)} min`,
@@ -96,12 +98,12 @@ export async function mount(root, ctx) {
         distribution('By tag', s.by_tag, 'tag'),
         panel('Fleet telemetry, last hour',
           h('div', { class: 'charts2' },
-            lineChart('Inferences per minute', ts, [{ name: 'inferences', values: col('inferences') }]),
+            lineChart('Inferences per minute', ts, [{ name: 'inferences', values: col('inferences') }], small),
             lineChart('Latency p95 (mean) / p99 (max)', ts, [
               { name: 'p95', values: col('latency_p95_ms') },
-              { name: 'p99 max', values: col('latency_p99_max_ms') }], { unit: 'ms' }),
-            lineChart('CPU', ts, [{ name: 'cpu', values: col('cpu_percent') }], { unit: '%', max: 100 }),
-            lineChart('Drift (max PSI)', ts, [{ name: 'drift', values: col('drift_max') }])))),
+              { name: 'p99 max', values: col('latency_p99_max_ms') }], { ...small, unit: 'ms' }),
+            lineChart('CPU', ts, [{ name: 'cpu', values: col('cpu_percent') }], { ...small, unit: '%', max: 100 }),
+            lineChart('Drift (max PSI)', ts, [{ name: 'drift', values: col('drift_max') }], small)))),
       h('div', { class: 'cols2' },
         panel('Active rollouts', rollouts),
         panel('Training runs', training)));
