@@ -22,10 +22,6 @@ from ._conn import Connections
 MAX_ALERTS = 50
 """Alert lists are cut here (``total`` still counts all of them)."""
 
-SPOOL_BASELINE_S = 86400.0
-"""Spool drop counters are running totals: a device is flagged when its total in the
-window is higher than the last value seen in this much time before it."""
-
 
 @dataclass(frozen=True)
 class Bucket:
@@ -79,10 +75,14 @@ def _buckets(conn: sqlite3.Connection, expr: str, where: str = "") -> list[Bucke
     return [Bucket(r["bucket"] or "(none)", int(r["total"]), int(r["online"] or 0)) for r in rows]
 
 
-def _alerts(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> AlertList:
-    rows = conn.execute(sql, params).fetchall()
-    items = [Alert(r["device_id"], r["value"], r["detail"] or "") for r in rows[:MAX_ALERTS]]
-    return AlertList(len(rows), items)
+def _alerts(
+    conn: sqlite3.Connection, sql: str, params: tuple[object, ...], *, order: str
+) -> AlertList:
+    """The first :data:`MAX_ALERTS` rows of ``sql`` by ``order``, and how many there are."""
+    total = conn.execute(f"SELECT COUNT(*) FROM ({sql})", params).fetchone()[0]
+    rows = conn.execute(f"SELECT * FROM ({sql}) ORDER BY {order} LIMIT ?", (*params, MAX_ALERTS))
+    items = [Alert(r["device_id"], r["value"], r["detail"] or "") for r in rows]
+    return AlertList(int(total), items)
 
 
 class OverviewTables(Connections):
@@ -104,19 +104,13 @@ class OverviewTables(Connections):
         ).fetchall()
         since = now - window_s
         alerts = {
-            "drift": _alerts(
-                conn,
-                "SELECT device_id, MAX(drift_max) AS value, '' AS detail FROM rollups "
-                "WHERE minute >= ? GROUP BY device_id HAVING value > ? ORDER BY value DESC",
-                (since - 60, drift_threshold),
-            ),
             "silent": _alerts(
                 conn,
                 "SELECT id AS device_id, last_seen AS value, "
                 "CASE WHEN online THEN 'online but quiet' ELSE 'offline' END AS detail "
-                "FROM devices WHERE state = 'enrolled' AND COALESCE(last_seen, 0) < ? "
-                "ORDER BY COALESCE(last_seen, 0), id",
+                "FROM devices WHERE state = 'enrolled' AND COALESCE(last_seen, 0) < ?",
                 (now - silent_s,),
+                order="COALESCE(value, 0), device_id",
             ),
             "failed_updates": _alerts(
                 conn,
@@ -125,18 +119,11 @@ class OverviewTables(Connections):
                 "COALESCE(json_extract(reported, '$.update.target'), '') || "
                 "COALESCE(': ' || json_extract(reported, '$.update.error'), '') AS detail "
                 "FROM devices WHERE json_extract(reported, '$.update.phase') "
-                "IN ('failed', 'rolled_back') ORDER BY reported_at DESC",
+                "IN ('failed', 'rolled_back')",
                 (),
+                order="value DESC, device_id",
             ),
-            "spool_drops": _alerts(
-                conn,
-                "SELECT device_id, inside - COALESCE(before, 0) AS value, '' AS detail FROM ("
-                "SELECT device_id, MAX(CASE WHEN minute >= ? THEN spool_dropped END) AS inside, "
-                "MAX(CASE WHEN minute < ? THEN spool_dropped END) AS before FROM rollups "
-                "WHERE minute >= ? GROUP BY device_id) "
-                "WHERE inside > COALESCE(before, 0) ORDER BY value DESC",
-                (since - 60, since - 60, since - SPOOL_BASELINE_S),
-            ),
+            **self._window_alerts(conn, since - 60, drift_threshold),
         }
         return FleetSummary(
             total=int(head["total"]),
@@ -150,6 +137,40 @@ class OverviewTables(Connections):
             by_health=_buckets(conn, "health", "WHERE state = 'enrolled'"),
             alerts=alerts,
         )
+
+    def _window_alerts(
+        self, conn: sqlite3.Connection, since: float, drift_threshold: float
+    ) -> dict[str, AlertList]:
+        """Drift and spool drops from ONE scan of the window's rollups (the costly part
+        of the summary: devices x minutes rows).  Spool drop counters are running
+        totals, so a device is flagged when its newest total is above its last total
+        from before the window (one primary-key lookup per candidate)."""
+        rows = conn.execute(
+            "SELECT device_id, MAX(drift_max) AS drift, MAX(spool_dropped) AS dropped "
+            "FROM rollups WHERE minute >= ? GROUP BY device_id",
+            (since,),
+        ).fetchall()
+        drift = sorted(
+            ((r["drift"], r["device_id"]) for r in rows if (r["drift"] or 0) > drift_threshold),
+            key=lambda x: (-x[0], x[1]),
+        )
+        drops: list[tuple[float, str]] = []
+        for r in rows:
+            if not r["dropped"]:
+                continue
+            before = conn.execute(
+                "SELECT spool_dropped FROM rollups WHERE device_id = ? AND minute < ? "
+                "ORDER BY minute DESC LIMIT 1",
+                (r["device_id"], since),
+            ).fetchone()
+            grew = r["dropped"] - (before[0] if before else 0)
+            if grew > 0:
+                drops.append((grew, r["device_id"]))
+        drops.sort(key=lambda x: (-x[0], x[1]))
+        return {
+            "drift": AlertList(len(drift), [Alert(d, v) for v, d in drift[:MAX_ALERTS]]),
+            "spool_drops": AlertList(len(drops), [Alert(d, v) for v, d in drops[:MAX_ALERTS]]),
+        }
 
     # ------------------------------------------------------------ updates --
 
