@@ -51,6 +51,7 @@ function showLogin() {
 async function route() {
   if (!session.username) return showLogin();
   stopTimers();
+  document.getElementById('toast').className = 'toast';  // a message belongs to its page
   const mine = (generation += 1);
   const found = match(location.hash || '#/overview');
   renderChrome();

@@ -86,7 +86,7 @@ const TONE = {
 };
 
 export function status(text) {
-  return badge(text ?? '—', TONE[text] ?? '');
+  return badge(text ? String(text).replace(/_/g, ' ') : '—', TONE[text] ?? '');
 }
 
 // A table from column specs: {title, cell(row) -> node|text, class?}.
