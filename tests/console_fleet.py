@@ -191,7 +191,10 @@ class ConsoleFleet:
         self.headers = {"Authorization": f"Bearer {r.json()['token']}"}
 
     def start_agents(self) -> None:
-        """Enroll (API + ``edge-agent enroll``) and run every agent as its own process."""
+        """Enroll (API + ``edge-agent enroll``) and run every agent as its own process
+        (once: a test run alone starts them, a later one finds them running)."""
+        if self.agents:
+            return
         for i, device_id in enumerate(self.agent_ids):
             r = httpx.post(
                 f"{self.url}/api/v1/devices",

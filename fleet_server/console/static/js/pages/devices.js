@@ -99,6 +99,6 @@ export async function mount(root, ctx) {
     if (focused) results.querySelector(`a[href="${CSS.escape(focused)}"]`)?.focus();
   }
   await refresh();
-  ctx.every(refresh, 3000);
+  ctx.every(refresh, 5000);
   if (selector) input.focus();
 }
