@@ -11,11 +11,11 @@ export const ROUTES = [
     page: () => import('./pages/pending.js'),
   },
   {
-    path: 'artifacts', title: 'Models & firmware', probe: '/models',
+    path: 'artifacts', title: 'Models & firmware', probe: '/artifacts',
     page: () => import('./pages/pending.js'),
   },
   {
-    path: 'training', title: 'Training runs', probe: '/federation/runs',
+    path: 'training', title: 'Training runs', probe: '/training/runs',
     page: () => import('./pages/pending.js'),
   },
   { path: 'audit', title: 'Audit log', role: 'admin', page: () => import('./pages/audit.js') },

@@ -53,7 +53,7 @@ function alertPanel(summary) {
 async function sectionCard(path) {
   const r = ROUTES.find((x) => x.path === path);
   try {
-    await api(r.probe, { query: { limit: 5 } });
+    await api(r.probe);
     return h('p', {}, h('a', { href: `#/${path}` }, `Open ${r.title.toLowerCase()}`));
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) {

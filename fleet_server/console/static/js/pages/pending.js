@@ -9,7 +9,7 @@ export async function mount(root, ctx) {
   const body = h('div');
   replace(root, h('div', { class: 'page-head' }, h('h1', {}, r.title)), body);
   try {
-    await api(r.probe, { query: { limit: 1 } });
+    await api(r.probe);
     replace(body, notice(`This server offers ${r.title.toLowerCase()} (/api/v1${r.probe}); ` +
       'this console version has no page for it yet.', 'info'));
   } catch (err) {
