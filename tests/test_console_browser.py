@@ -120,7 +120,8 @@ def test_login_then_devices_come_online_live(fleet: ConsoleFleet, page: Page) ->
 
 
 def test_overview_counts_and_alerts(fleet: ConsoleFleet, page: Page) -> None:
-    fleet.wait_online(["cam-01", "cam-02", "cam-03"])
+    fleet.start_agents()
+    fleet.wait_online(["cam-01", "cam-02", "cam-03", *fleet.agent_ids])
     login(page, fleet.url, "admin", ADMIN_PASSWORD)
     expect(page.locator(".kpi", has_text="devices").locator(".kpi-value")).to_have_text(
         str(40 + 3 + len(fleet.agent_ids))
