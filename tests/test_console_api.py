@@ -55,7 +55,8 @@ def bearer(client: TestClient, user: str) -> dict[str, str]:
 
 def enrolled(store: Store, device_id: str, *, tags: dict[str, str], online: bool) -> None:
     store.create_device(device_id, name=device_id, tags=tags, now=NOW - 7200)
-    store.add_certificate(device_id, abs(hash(device_id)) % 10**9, NOW + 3600, NOW - 7200)
+    serial = int.from_bytes(device_id.encode().ljust(8, b"_")[:8], "big")
+    store.add_certificate(device_id, serial, NOW + 3600, NOW - 7200)
     store.set_presence(device_id, online=online, ts=NOW - 10 if online else NOW - 3600)
 
 

@@ -89,8 +89,24 @@ class OverviewTables(Connections):
     def fleet_summary(
         self, *, now: float, window_s: float, drift_threshold: float, silent_s: float
     ) -> FleetSummary:
-        """Counts by state, model, firmware, tag and health, and the four alert lists."""
+        """Counts by state, model, firmware, tag and health, and the four alert lists,
+        all read in one snapshot (a deferred read transaction in WAL mode), so the
+        numbers add up even while ingest writes."""
         conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            return self._summary(conn, now, window_s, drift_threshold, silent_s)
+        finally:
+            conn.execute("COMMIT")
+
+    def _summary(
+        self,
+        conn: sqlite3.Connection,
+        now: float,
+        window_s: float,
+        drift_threshold: float,
+        silent_s: float,
+    ) -> FleetSummary:
         head = conn.execute(
             "SELECT COUNT(*) AS total, COALESCE(SUM(online), 0) AS online FROM devices"
         ).fetchone()
