@@ -253,6 +253,14 @@ def test_keyboard_only_login_and_navigation(fleet: ConsoleFleet, page: Page) -> 
     assert outline != "none"  # focus is visible
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Devices")).to_be_visible()
+    expect(page.locator(".results a").first).to_be_visible()
+    for _ in range(40):  # on through the filter form to the first device in the table
+        page.keyboard.press("Tab")
+        if page.evaluate("!!document.activeElement.closest('.results')"):
+            break
+    device = page.evaluate("document.activeElement.textContent")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name=f"Devices / {device}")).to_be_visible()
 
 
 def test_admin_manages_users_tokens_and_reads_audit(fleet: ConsoleFleet, page: Page) -> None:
