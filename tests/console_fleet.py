@@ -95,10 +95,12 @@ class RichDevice:
         )
         now = time.time()
         for minute in range(HISTORY_MINUTES, 0, -1):  # the last hour, one batch a minute
-            self.link.send(Channel.TELEMETRY, Codec().encode(self._batch(now - 60 * minute)))
+            batch = self._batch(now - 60 * minute, windows=120)  # 2 live batches a second
+            self.link.send(Channel.TELEMETRY, Codec().encode(batch))
         self._thread.start()
 
-    def _batch(self, ts: float | None = None) -> Telemetry:
+    def _batch(self, ts: float | None = None, *, windows: int = 1) -> Telemetry:
+        """One batch; ``windows`` > 1 stands for that many live windows in one batch."""
         self._seq += 1
         t, rng = ts or time.time(), self._rng
         wave = math.sin(self._seq / 6)
@@ -112,7 +114,7 @@ class RichDevice:
             batch_id=f"r{self._seq:06d}",
             seq=self._seq,
             ts=t,
-            window_s=1,
+            window_s=0.5 * windows,
             system=SystemStats(
                 cpu_percent=min(100, 22 + 9 * wave + rng.random() * 5),
                 mem_used_bytes=int(1.6e9 + 1e8 * wave),
@@ -125,7 +127,7 @@ class RichDevice:
             inference=InferenceStats(
                 model="digits",
                 version="1.3.0",
-                count=200,
+                count=200 * windows,
                 errors=0,
                 throughput_per_s=180 + 25 * wave + rng.random() * 10,
                 latency=LatencySummary(

@@ -7,6 +7,12 @@ export const PALETTE = ['#2563eb', '#dc2626', '#059669', '#d97706', '#7c3aed', '
 
 const M = { top: 10, right: 14, bottom: 20, left: 40 };
 
+function tick(v) {
+  if (Math.abs(v) >= 1e6) return `${Number((v / 1e6).toFixed(1))}M`;
+  if (Math.abs(v) >= 1e3) return `${Number((v / 1e3).toFixed(1))}k`;
+  return fmtNum(v, 2);
+}
+
 function niceMax(v) {
   if (!(v > 0)) return 1;
   const p = 10 ** Math.floor(Math.log10(v));
@@ -37,7 +43,7 @@ export function lineChart(title, ts, series, opts = {}) {
     const v = yMin + ((yMax - yMin) * i) / 4;
     svg.append(h('svg:line', { x1: M.left, x2: W - M.right, y1: y(v), y2: y(v), class: 'gridline' }));
     svg.append(h('svg:text', { x: M.left - 6, y: y(v) + 3, class: 'tick', 'text-anchor': 'end' },
-      fmtNum(v, 2)));
+      tick(v)));
   }
   const ticks = Math.min(5, Math.max(1, ts.length - 1));
   for (let i = 0; i <= ticks; i += 1) {
