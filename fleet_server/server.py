@@ -25,6 +25,7 @@ from .auth import hash_password
 from .broker import BrokerLayout, ManagedBroker
 from .config import SERVER_IDENTITY, ServerSettings
 from .enrollment import Enrollment
+from .federation.wiring import make_training
 from .ingest import Ingest
 from .link import ServerLink
 from .metrics import Registry
@@ -144,10 +145,12 @@ class FleetServer:
             queue_size=settings.telemetry.queue_size,
             batch_size=settings.telemetry.batch_size,
             acker=lambda item: self.link.acknowledge(item),
+            on_frame=lambda device_id, frame: self.training.deliver(device_id, frame),
         )
         self.link = ServerLink(self._endpoint(), self.ingest)
         self.reconciler = Reconciler(self.store, self.link)
-        self.ingest.set_device_hook(self.reconciler)
+        self.ingest.set_device_hook(self._device_updated)
+        self.training = make_training(settings, self.store, self.link, registry=self.registry)
         self.registry.gauge(
             "edgefleet_broker_connected",
             "1 when the server's MQTT session is up",
@@ -165,6 +168,7 @@ class FleetServer:
                 enrollment=self.enrollment,
                 commands=self.link,
                 metrics=self.registry.render,
+                training=self.training,
             )
         )
         self.registry.gauge(
@@ -176,6 +180,10 @@ class FleetServer:
         self._maintenance = threading.Event()
         self._maintenance_thread: threading.Thread | None = None
         self._http_thread: threading.Thread | None = None
+
+    def _device_updated(self, device_id: str) -> None:
+        self.reconciler(device_id)
+        self.training.device_changed(device_id)
 
     def _endpoint(self) -> Endpoint:
         b = self.settings.broker
@@ -231,6 +239,7 @@ class FleetServer:
         self.store.reset_presence()
         self.ingest.start()
         self.link.start()
+        self.training.resume()
         self._maintenance_thread = threading.Thread(
             target=self._maintain, name="maintenance", daemon=True
         )
@@ -282,6 +291,7 @@ class FleetServer:
             self._http.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(10)
+        self.training.shutdown()
         self.link.stop()
         self.ingest.stop()
         if self.broker is not None:
