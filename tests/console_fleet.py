@@ -42,6 +42,7 @@ from edgefleet_contract.topics import Channel
 from fleet_server.auth import hash_password
 from fleet_server.pki import write_private
 from fleet_server.server import FleetServer, initialize
+from fleet_server.store.training import RoundRecord
 
 from .harness import ADMIN_PASSWORD, server_settings, wait_for
 
@@ -264,6 +265,41 @@ class ConsoleFleet:
             )
             device.start(version, update)
             self.rich.append(device)
+
+    def record_training_run(self, run_id: str) -> None:
+        """A finished federated run as the training service stores it (the federated
+        tests run real ones; the console only reads them)."""
+        store = self.server.store
+        now = time.time()
+        spec = {"model": "digits", "rounds": 5, "selector": "tag:kind=camera", "min_clients": 2}
+        store.create_training_run(run_id, spec, actor="otto", now=now - 600)
+        curve = [(0.46, 1.52), (0.67, 1.01), (0.74, 0.81), (0.83, 0.58), (0.88, 0.44)]
+        for n, (acc, loss) in enumerate(curve, start=1):
+            store.complete_round(
+                RoundRecord(
+                    run_id=run_id,
+                    round=n,
+                    loss=loss,
+                    accuracy=acc,
+                    participants=["cam-01", "cam-02", "cam-03"][: 2 + n % 2],
+                    failures={"cam-03": 1} if n % 2 == 0 else {},
+                    rejected={},
+                    bytes_out=52_000,
+                    bytes_in=51_800,
+                    wall_s=0.21,
+                    ts=now - 600 + 60 * n,
+                ),
+                b"weights",
+            )
+        result = {
+            "version": "1.4.0",
+            "parent": "digits@1.3.0",
+            "accuracy": 0.88,
+            "baseline_accuracy": 0.83,
+            "participants": ["cam-01", "cam-02", "cam-03"],
+            "rounds": 5,
+        }
+        store.set_training_status(run_id, "completed", now=now, result=result)
 
     def wait_online(self, ids: list[str], timeout: float = 90) -> None:
         store = self.server.store

@@ -44,6 +44,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleFleet]:
     f = ConsoleFleet(tmp_path_factory.mktemp("console"), agents=3, extra_devices=40)
     try:
         f.start_rich()
+        f.record_training_run("run-7f3a")
         yield f
     finally:
         f.close()
@@ -294,6 +295,18 @@ def test_admin_manages_users_tokens_and_reads_audit(fleet: ConsoleFleet, page: P
     shot(page, "audit")
     page.goto(f"{fleet.url}/console/#/rollouts")
     expect(page.get_by_text("Not available on this server.")).to_be_visible()
+
+
+def test_training_run_page_draws_rounds(fleet: ConsoleFleet, page: Page) -> None:
+    login(page, fleet.url, "vera", VIEWER_PASSWORD)
+    page.locator("#nav").get_by_role("link", name="Training runs").click()
+    page.get_by_role("link", name="run-7f3a").click()
+    accuracy = page.locator("figure.chart", has_text="Accuracy").locator("path.line")
+    expect(accuracy).to_have_attribute("data-points", "5")
+    expect(page.locator(".panel", has_text="Rounds").locator("tbody tr")).to_have_count(5)
+    expect(page.locator(".facts")).to_contain_text("digits@1.3.0 → 1.4.0")
+    expect(page.get_by_role("button", name="Stop run")).to_have_count(0)  # a viewer, and done
+    shot(page, "training")
 
 
 def test_logout_ends_the_session(fleet: ConsoleFleet, page: Page) -> None:

@@ -5,7 +5,7 @@ import { h, fmtClock, fmtNum } from './dom.js';
 
 export const PALETTE = ['#2563eb', '#dc2626', '#059669', '#d97706', '#7c3aed', '#0891b2', '#db2777'];
 
-const M = { top: 10, right: 14, bottom: 20, left: 40 };
+const M = { top: 10, right: 24, bottom: 20, left: 40 };
 
 function tick(v) {
   if (Math.abs(v) >= 1e6) return `${Number((v / 1e6).toFixed(1))}M`;
@@ -20,7 +20,8 @@ function niceMax(v) {
   return 10 * p;
 }
 
-// ts: seconds; series: [{name, values, color?}]; opts: {unit, max, min, width, height}.
+// ts: seconds (or any increasing x with opts.xLabel); series: [{name, values, color?}];
+// opts: {unit, max, min, width, height, xLabel}.
 // The viewBox is about the size the chart is shown at, so its text stays readable.
 export function lineChart(title, ts, series, opts = {}) {
   const W = opts.width || 400;
@@ -45,11 +46,11 @@ export function lineChart(title, ts, series, opts = {}) {
     svg.append(h('svg:text', { x: M.left - 6, y: y(v) + 3, class: 'tick', 'text-anchor': 'end' },
       tick(v)));
   }
-  const ticks = Math.min(5, Math.max(1, ts.length - 1));
+  const ticks = Math.min(opts.xLabel ? 10 : 5, Math.max(1, ts.length - 1));
   for (let i = 0; i <= ticks; i += 1) {
     const t = t0 + ((t1 - t0) * i) / ticks;
     svg.append(h('svg:text', { x: x(t), y: H - 6, class: 'tick', 'text-anchor': 'middle' },
-      fmtClock(t, t1 - t0 < 600)));
+      opts.xLabel ? opts.xLabel(t) : fmtClock(t, t1 - t0 < 600)));
   }
   let drawn = 0;
   series.forEach((s, i) => {

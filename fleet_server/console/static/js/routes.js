@@ -16,8 +16,9 @@ export const ROUTES = [
   },
   {
     path: 'training', title: 'Training runs', probe: '/training/runs',
-    page: () => import('./pages/pending.js'),
+    page: () => import('./pages/training.js'),
   },
+  { path: 'training/:id', page: () => import('./pages/training.js') },
   { path: 'audit', title: 'Audit log', role: 'admin', page: () => import('./pages/audit.js') },
   { path: 'users', title: 'Users & tokens', role: 'admin', page: () => import('./pages/users.js') },
 ];
