@@ -16,7 +16,9 @@ from typing import Any
 from ..auth import Authenticator, LoginThrottle
 from ..config import ServerSettings
 from ..enrollment import Enrollment
+from ..registry import DeltaCache, Registry
 from ..store.base import Store
+from ..tuf import TufRepository
 from ..twin import CommandSender
 
 
@@ -30,6 +32,10 @@ class ApiContext:
     clock: Callable[[], float] = time.time
     training: Any = None
     """The federated TrainingService (fleet_server.federation.runner), if this server has one."""
+    registry: Registry | None = None
+    """The artifact registry; ``None`` means artifact and TUF routes answer 503."""
+    tuf: TufRepository | None = None
+    deltas: DeltaCache | None = None
     auth: Authenticator = field(init=False)
     throttle: LoginThrottle = field(init=False)
     audit_failures: int = field(init=False, default=0)

@@ -121,6 +121,35 @@ class RollupRow:
     spool_dropped: int
 
 
+ArtifactKind = Literal["model", "firmware"]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A registered model package or firmware bundle (stored content-addressed by sha256)."""
+
+    id: int
+    kind: ArtifactKind
+    name: str
+    version: str
+    flavor: str
+    """Model flavour (``onnx-int8``, ...); empty for firmware."""
+    runtime: str | None
+    hardware: tuple[str, ...]
+    sha256: str
+    size: int
+    filename: str
+    target_path: str
+    """The TUF target path: ``models/{name}/{version}/{filename}`` or ``firmware/...``."""
+    created_at: float
+    uploaded_by: str
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}@{self.version}" + (f":{self.flavor}" if self.flavor else "")
+
+
 class Store(Protocol):
     # devices
     def create_device(
@@ -219,5 +248,20 @@ class Store(Protocol):
     def list_update_events(self, device_id: str, *, limit: int = 100) -> list[UpdateEvent]: ...
     def recent_raw(self, device_id: str, *, since: float, limit: int) -> list[Telemetry]: ...
     # meta
+    # artifacts (registry)
+    def add_artifact(self, artifact: Artifact) -> Artifact: ...
+    def get_artifact(self, artifact_id: int) -> Artifact: ...
+    def find_artifacts(
+        self,
+        *,
+        kind: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+        flavor: str | None = None,
+        sha256: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Page[Artifact]: ...
+
     def schema_version(self) -> int: ...
     def close(self) -> None: ...

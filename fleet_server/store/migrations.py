@@ -198,6 +198,32 @@ def _federated_training(db: sqlite_utils.Database) -> None:
     )
 
 
+def _artifacts(db: sqlite_utils.Database) -> None:
+    """The artifact registry: model packages and firmware bundles, one row per file."""
+    db.table("artifacts").create(
+        {
+            "id": int,
+            "kind": str,
+            "name": str,
+            "version": str,
+            "flavor": str,
+            "runtime": str,
+            "hardware": str,
+            "sha256": str,
+            "size": int,
+            "filename": str,
+            "target_path": str,
+            "created_at": float,
+            "uploaded_by": str,
+            "lineage": str,
+        },
+        pk="id",
+        not_null={"kind", "name", "version", "flavor", "sha256", "size", "target_path"},
+    )
+    db.table("artifacts").create_index(["kind", "name", "version", "flavor"], unique=True)
+    db.table("artifacts").create_index(["sha256"])
+
+
 def _update_events(db: sqlite_utils.Database) -> None:
     """History of each device's reported update phases (store/overview.py)."""
     db.table("update_events").create(
@@ -218,11 +244,9 @@ def _update_events(db: sqlite_utils.Database) -> None:
     db.table("update_events").create_index(["device_id", "id"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1,
-    _federated_training,
-    _update_events,
-]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _federated_training]
+MIGRATIONS.append(_artifacts)
+MIGRATIONS.append(_update_events)
 
 
 def migrate(db: sqlite_utils.Database) -> int:
