@@ -301,6 +301,17 @@ class ConsoleFleet:
         }
         store.set_training_status(run_id, "completed", now=now, result=result)
 
+    def push_model(self, path: Path) -> dict[str, object]:
+        """Register a model package through the API (verified, stored, signed)."""
+        r = httpx.post(
+            f"{self.url}/api/v1/artifacts/models",
+            headers={**self.headers, "Content-Type": "application/octet-stream"},
+            content=path.read_bytes(),
+            timeout=60,
+        )
+        r.raise_for_status()
+        return dict(r.json())
+
     def wait_online(self, ids: list[str], timeout: float = 90) -> None:
         store = self.server.store
         wait_for(lambda: all(store.get_device(d).online for d in ids), timeout, f"{ids} online")

@@ -309,6 +309,21 @@ def test_training_run_page_draws_rounds(fleet: ConsoleFleet, page: Page) -> None
     shot(page, "training")
 
 
+def test_models_page_lists_registered_versions(fleet: ConsoleFleet, page: Page) -> None:
+    package = Path(__file__).resolve().parent.parent / "models" / "dist"
+    pushed = fleet.push_model(package / "digits-1.0.0-onnx-int8.efpkg")
+    for other in ("digits-1.0.0-tflite-int8.efpkg", "digits-cnn-1.0.0-onnx-int8.efpkg"):
+        fleet.push_model(package / other)
+    login(page, fleet.url, "vera", VIEWER_PASSWORD)
+    page.locator("#nav").get_by_role("link", name="Models & firmware").click()
+    row = page.locator(".results tbody tr", has_text=str(pushed["target_path"]))
+    expect(row).to_contain_text("1.0.0")
+    expect(row).to_contain_text("onnx-int8")
+    expect(row).to_contain_text("upload")
+    expect(page.locator("button")).to_have_count(1)  # only "Log out": a viewer pushes nothing
+    shot(page, "models")
+
+
 def test_logout_ends_the_session(fleet: ConsoleFleet, page: Page) -> None:
     login(page, fleet.url, "admin", ADMIN_PASSWORD)
     page.get_by_role("button", name="Log out").click()

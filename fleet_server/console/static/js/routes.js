@@ -12,7 +12,7 @@ export const ROUTES = [
   },
   {
     path: 'artifacts', title: 'Models & firmware', probe: '/artifacts',
-    page: () => import('./pages/pending.js'),
+    page: () => import('./pages/artifacts.js'),
   },
   {
     path: 'training', title: 'Training runs', probe: '/training/runs',
