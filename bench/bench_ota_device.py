@@ -140,7 +140,7 @@ def delta_rows() -> list[dict[str, object]]:
         assert final.phase == "committed", final
         note = {
             "used": "delta rebuilt, hash-verified, self-tested, committed",
-            "rejected": "delta saves <10% (bsdiff over deflated zip): full download, committed",
+            "rejected": "delta saves <10%: full download, committed",
         }.get(final.delta, final.delta)
         rows.append(
             {
