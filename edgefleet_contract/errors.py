@@ -22,7 +22,9 @@ the most specific class; callers catch the family they can handle.
     ├── SelectorError          a device selector that does not parse
     ├── AuthError              authentication failed (HTTP 401)
     │   └── PermissionDenied   authenticated but not allowed (HTTP 403)
-    └── UpdateError            OTA verification, download or install failures
+    ├── UpdateError            OTA verification, download or install failures
+    └── RolloutError           a rollout action that does not fit the rollout's state
+        └── PlanError          a rollout plan or health gate that does not parse
 """
 
 from __future__ import annotations
@@ -98,3 +100,11 @@ class PermissionDenied(AuthError):
 
 class UpdateError(EdgefleetError):
     """An OTA update could not be verified, fetched or installed."""
+
+
+class RolloutError(EdgefleetError):
+    """A rollout cannot do what was asked in its current state (HTTP 409)."""
+
+
+class PlanError(RolloutError):
+    """A rollout plan, artifact spec or health gate is invalid; says where (HTTP 422)."""

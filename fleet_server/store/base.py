@@ -118,6 +118,28 @@ class RollupRow:
     spool_dropped: int
 
 
+@dataclass(frozen=True)
+class RolloutRow:
+    """A rollout as stored: its plan and engine state as JSON (see fleet_server.rollouts)."""
+
+    id: str
+    status: str
+    artifact: str
+    created_at: float
+    created_by: str
+    updated_at: float
+    plan: dict[str, Any]
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RolloutEvent:
+    ts: float
+    kind: str
+    message: str
+    device_id: str | None = None
+
+
 class Store(Protocol):
     # devices
     def create_device(
@@ -209,6 +231,24 @@ class Store(Protocol):
     def list_audit(
         self, *, offset: int = 0, limit: int = 100, actor: str | None = None
     ) -> Page[AuditEntry]: ...
+    # rollouts
+    def save_rollout(
+        self,
+        row: RolloutRow,
+        *,
+        devices: Sequence[dict[str, Any]] = (),
+        events: Sequence[RolloutEvent] = (),
+        create: bool = False,
+    ) -> None:
+        """Write the rollout, changed device rows and new events in one transaction."""
+        ...
+
+    def get_rollout(self, rollout_id: str) -> RolloutRow: ...
+    def rollout_devices(self, rollout_id: str) -> list[dict[str, Any]]: ...
+    def list_rollouts(
+        self, *, statuses: Sequence[str] | None = None, limit: int = 100
+    ) -> list[RolloutRow]: ...
+    def rollout_events(self, rollout_id: str, *, limit: int = 200) -> list[RolloutEvent]: ...
     # meta
     def schema_version(self) -> int: ...
     def close(self) -> None: ...

@@ -26,11 +26,12 @@ from edgefleet_contract.messages import DesiredState, ReportedState
 from .accounts import AccountTables
 from .base import CommandRecord, Device, Page
 from .migrations import migrate
+from .rollouts import RolloutTables
 from .rows import device_from_row
 from .telemetry import TelemetryTables
 
 
-class SqliteStore(TelemetryTables, AccountTables):
+class SqliteStore(TelemetryTables, AccountTables, RolloutTables):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
