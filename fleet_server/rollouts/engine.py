@@ -220,15 +220,17 @@ class Rollout:
             self._halt(f"wave {wave} failed its gates: {why}", now, out)
             return out
         out.append(Note(now, "gates_passed", f"wave {wave} passed its gates"))
-        if wave + 1 < len(s.ends):
-            s.status = "wave"
-            self._begin_wave(wave + 1, now, out)
-            self._advance(now, out)
-        else:
-            s.phase = "finishing"
-            s.settled_at = now
-            self._advance(now, out)
+        self._next_wave(now, out)
         return out
+
+    def _next_wave(self, now: float, out: list[Action]) -> None:
+        s = self.state
+        if s.wave + 1 < len(s.ends):
+            s.status = "wave"
+            self._begin_wave(s.wave + 1, now, out)
+        else:
+            s.phase, s.settled_at = "finishing", now
+        self._advance(now, out)
 
     # ---------------------------------------------------- operator actions --
 
@@ -322,11 +324,13 @@ class Rollout:
             s.phase = "settling"
         if s.phase == "settling" and not any(d.status in IN_FLIGHT for d in current):
             s.phase, s.settled_at = "probation", now
-        if s.phase == "probation" and (
-            now >= (s.settled_at or now) + self.plan.probation_s
-            or not any(d.status in TOUCHED for d in current)
-        ):
-            s.phase = "gating"  # a wave that changed nothing has nothing to watch
+        if s.phase == "probation" and not any(d.status in TOUCHED for d in current):
+            # A wave that changed nothing (empty, or all offline) has nothing to watch.
+            s.gate_results[str(s.wave)] = []
+            self._next_wave(now, out)
+            return
+        if s.phase == "probation" and now >= (s.settled_at or now) + self.plan.probation_s:
+            s.phase = "gating"
         if s.phase == "gating":
             landed = tuple(d.device_id for d in current if d.status == "succeeded")
             out.append(EvaluateGates(s.wave, landed, s.settled_at or now, now))

@@ -131,7 +131,7 @@ class RolloutPlan:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["artifact"] = asdict(self.artifact)
-        out["canary"] = self.canary.text()
+        out["canary"] = asdict(self.canary)
         out["waves"] = list(self.waves)
         out["gates"] = [g.source for g in self.gates]
         return out
@@ -141,7 +141,7 @@ class RolloutPlan:
         return cls(
             selector=data["selector"],
             artifact=ResolvedArtifact(**data["artifact"]),
-            canary=parse_share(data["canary"]),
+            canary=Share(**data["canary"]),
             waves=tuple(float(w) for w in data["waves"]),
             pace_per_min=float(data["pace_per_min"]),
             jitter_s=float(data["jitter_s"]),
