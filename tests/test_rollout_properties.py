@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet_server.rollouts.model import TERMINAL, DeviceProgress, RolloutState
 from fleet_server.rollouts.engine import Rollout
+from fleet_server.rollouts.model import TERMINAL, DeviceProgress, RolloutState
 from fleet_server.rollouts.plan import RolloutPlan, Share
 
 from .rollout_sim import Sim, make
@@ -19,7 +19,7 @@ scenario = st.fixed_dictionaries(
             st.floats(0.0, 0.3).map(lambda f: Share(fraction=f)),
         ),
         "waves": st.lists(st.integers(1, 99), max_size=4, unique=True).map(
-            lambda xs: tuple(sorted(x / 100 for x in xs)) + (1.0,)
+            lambda xs: (*tuple(sorted(x / 100 for x in xs)), 1.0)
         ),
         "pace": st.sampled_from([6.0, 60.0, 600.0]),
         "jitter": st.sampled_from([0.0, 5.0, 30.0]),
