@@ -30,6 +30,7 @@ from .link import ServerLink
 from .metrics import Registry
 from .pki import FleetCA, write_private
 from .reconcile import Reconciler
+from .rollouts.driver import RolloutDriver
 from .store import open_store
 from .store.base import Store
 
@@ -147,7 +148,8 @@ class FleetServer:
         )
         self.link = ServerLink(self._endpoint(), self.ingest)
         self.reconciler = Reconciler(self.store, self.link)
-        self.ingest.set_device_hook(self.reconciler)
+        self.rollouts = RolloutDriver(self.store, self.link)
+        self.ingest.set_device_hook(self._device_updated)
         self.registry.gauge(
             "edgefleet_broker_connected",
             "1 when the server's MQTT session is up",
@@ -165,8 +167,12 @@ class FleetServer:
                 enrollment=self.enrollment,
                 commands=self.link,
                 metrics=self.registry.render,
+                rollouts=self.rollouts,
             )
         )
+        # The artifact registry, when the API context carries one, also resolves what a
+        # device ran before a rollout (for rollbacks).
+        self.rollouts.resolver = getattr(self.app.state.ctx, "registry", None)
         self.registry.gauge(
             "edgefleet_devices_online",
             "Devices whose last status is online",
@@ -197,6 +203,11 @@ class FleetServer:
             username=b.username,
             password=b.password.get_secret_value() if b.password else None,
         )
+
+    def _device_updated(self, device_id: str) -> None:
+        """Ingest's hook: re-send desired state if behind; feed live rollouts."""
+        self.rollouts.device_updated(device_id)
+        self.reconciler(device_id)
 
     def _apply_revocation(self, crl_pem: bytes) -> None:
         if self.broker is None:
@@ -231,6 +242,8 @@ class FleetServer:
         self.store.reset_presence()
         self.ingest.start()
         self.link.start()
+        self.rollouts.reload()
+        self.rollouts.start()
         self._maintenance_thread = threading.Thread(
             target=self._maintain, name="maintenance", daemon=True
         )
@@ -282,6 +295,7 @@ class FleetServer:
             self._http.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(10)
+        self.rollouts.stop()
         self.link.stop()
         self.ingest.stop()
         if self.broker is not None:

@@ -36,6 +36,7 @@ from . import (
     routes_auth,
     routes_devices,
     routes_enroll,
+    routes_rollouts,
     routes_telemetry,
     routes_users,
 )
@@ -67,6 +68,7 @@ def create_app(context: ApiContext) -> FastAPI:
         routes_telemetry,
         routes_users,
         routes_audit,
+        routes_rollouts,
     ):
         app.include_router(module.router, prefix="/api/v1")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ..auth import Authenticator, LoginThrottle
 from ..config import ServerSettings
 from ..enrollment import Enrollment
+from ..rollouts.driver import RolloutDriver
 from ..store.base import Store
 from ..twin import CommandSender
 
@@ -27,6 +28,7 @@ class ApiContext:
     commands: CommandSender | None = None
     metrics: Callable[[], str] | None = None
     clock: Callable[[], float] = time.time
+    rollouts: RolloutDriver | None = None
     auth: Authenticator = field(init=False)
     throttle: LoginThrottle = field(init=False)
     audit_failures: int = field(init=False, default=0)

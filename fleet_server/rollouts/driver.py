@@ -74,6 +74,11 @@ class RolloutDriver:
                 r.id: load(self.store, r.id)
                 for r in self.store.list_rollouts(statuses=sorted(ACTIVE), limit=10_000)
             }
+            # Reports that arrived while no driver ran: read every waiting device once.
+            for rollout in self._live.values():
+                for d in rollout.devices.values():
+                    if d.status not in ("succeeded", "failed", "skipped", "rolled_back"):
+                        self._reports.put(d.device_id)
 
     def start(self) -> None:
         self._stop.clear()
