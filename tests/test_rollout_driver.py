@@ -46,7 +46,7 @@ class TableResolver:
         return self.table[spec]
 
 
-def fleet(path: Path, n: int, *, offline: set[str] = set()) -> Store:  # noqa: B006
+def fleet(path: Path, n: int, *, offline: frozenset[str] = frozenset()) -> Store:
     store = open_store(path)
     for i in range(n):
         d = f"dev-{i:02d}"
@@ -61,8 +61,8 @@ def answer(
     driver: RolloutDriver,
     now: float,
     *,
-    fail: set[str] = set(),
-    slow_ms: float = 5.0,  # noqa: B006
+    fail: frozenset[str] = frozenset(),
+    slow_ms: float = 5.0,
 ) -> None:
     """Every online device behind its desired state applies it and reports back."""
     for d in store.list_devices(limit=1000).items:
@@ -195,7 +195,7 @@ def test_restart_mid_wave_resumes_exactly(tmp_path: Path) -> None:
     results = []
     for restart in (False, True):
         path = tmp_path / f"{restart}.db"
-        store = fleet(path, 12, offline={"dev-07"})
+        store = fleet(path, 12, offline=frozenset({"dev-07"}))
         driver = RolloutDriver(store, None)
         p = the_plan(jitter_s=20.0, pace_per_min=30.0, seed=3)
         rid = driver.create(p, actor="alice", now=T0).state.id

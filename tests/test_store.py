@@ -20,6 +20,7 @@ from edgefleet_contract.messages import (
 )
 from fleet_server.store import SqliteStore, open_store
 from fleet_server.store.base import AuditEntry, CommandRecord
+from fleet_server.store.migrations import MIGRATIONS
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def batch(device: str, n: int, ts: float, latency: float = 5.0) -> Telemetry:
 def test_migrations_are_idempotent_and_wal(tmp_path: Path) -> None:
     open_store(tmp_path / "f.db").close()
     s = open_store(tmp_path / "f.db")
-    assert s.schema_version() == 1
+    assert s.schema_version() == len(MIGRATIONS)
     mode = sqlite3.connect(tmp_path / "f.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
