@@ -195,3 +195,14 @@ def test_no_devices_completes_at_once() -> None:
     r.tick(1.0)
     r.tick(2.0)
     assert r.status == "completed"
+
+
+def test_an_offline_canary_holds_the_rollout_until_it_returns() -> None:
+    sim = make(6, offline=frozenset({"d000", "d001", "d002", "d003", "d004", "d005"}))
+    sim.run(300)
+    r = sim.rollout
+    assert r.status == "canary" and sim.sent == []
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    sim.apply(r.device_report(canary.device_id, now=sim.now, online=True))
+    sim.run(300)
+    assert canary.status == "succeeded" and r.state.wave >= 1

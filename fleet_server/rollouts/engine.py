@@ -18,7 +18,9 @@ pace plus jitter; an offline device waits and is retried when it returns),
 ``settling`` (until every reachable device committed or failed), ``probation``
 (the window the gates look at), ``gating`` (waiting for the figures).  A wave
 never starts before the previous one's gates passed, and no device beyond the
-current wave's cumulative share is ever sent anything.
+current wave's cumulative share is ever sent anything.  A canary whose devices
+are all offline holds the rollout until one returns: later waves never go out
+without canary evidence.
 """
 
 from __future__ import annotations
@@ -325,6 +327,8 @@ class Rollout:
         if s.phase == "settling" and not any(d.status in IN_FLIGHT for d in current):
             s.phase, s.settled_at = "probation", now
         if s.phase == "probation" and not any(d.status in TOUCHED for d in current):
+            if s.wave == 0 and any(d.status == "offline" for d in current):
+                return  # no canary evidence yet: wait for a canary device to come back
             # A wave that changed nothing (empty, or all offline) has nothing to watch.
             s.gate_results[str(s.wave)] = []
             self._next_wave(now, out)
