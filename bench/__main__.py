@@ -19,6 +19,7 @@ MODULES = {
     "bench_metrics": "Recording one inference's metrics (issue: agent daemon)",
     "bench_spool": "Spool drain after an outage (issue: agent daemon)",
     "bench_inference": "Inference overhead and int8 vs float (issue: agent daemon)",
+    "bench_rollouts": "Rollout throughput (issue: signed OTA)",
 }
 
 
