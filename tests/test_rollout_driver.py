@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet_contract.errors import NotFound, PlanError
+from edgefleet_contract.errors import NotFound, PlanError, StoreError
 from edgefleet_contract.messages import (
     InferenceStats,
     LatencySummary,
@@ -246,4 +246,21 @@ def test_driver_thread_ticks_on_its_own(tmp_path: Path) -> None:
         driver.stop()
     assert driver.get(r.state.id).status == "completed"
     assert driver.errors == 0
+    store.close()
+
+
+def test_a_corrupt_rollout_row_does_not_stop_the_others(tmp_path: Path) -> None:
+    from fleet_server.store.base import RolloutRow
+
+    store = fleet(tmp_path / "f.db", 2)
+    good = RolloutDriver(store, None).create(the_plan(), actor="alice", now=T0).state.id
+    bad = RolloutRow("r-bad", "canary", "x@1", T0, "alice", T0, plan={"oops": 1}, state={})
+    store.save_rollout(bad, create=True)
+    driver = RolloutDriver(store, None)
+    assert driver.errors == 1
+    run(store, driver, T0, 200)
+    assert driver.get(good).status == "completed"
+    assert store.get_rollout("r-bad").status == "canary"  # left as it was, for a person to see
+    with pytest.raises(StoreError, match="r-bad is stored in a form this server cannot read"):
+        driver.get("r-bad")
     store.close()

@@ -206,3 +206,23 @@ def test_an_offline_canary_holds_the_rollout_until_it_returns() -> None:
     sim.apply(r.device_report(canary.device_id, now=sim.now, online=True))
     sim.run(300)
     assert canary.status == "succeeded" and r.state.wave >= 1
+
+
+def test_a_device_that_runs_the_artifact_counts_without_an_update_report() -> None:
+    sim = make(3)
+    sim.answer = False
+    sim.run(2)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    assert canary.status == "sent" and canary.desired_version is not None
+    r.device_report(
+        canary.device_id, now=sim.now, applied_version=canary.desired_version, running="x@9"
+    )
+    assert canary.status == "sent"
+    r.device_report(
+        canary.device_id,
+        now=sim.now,
+        applied_version=canary.desired_version,
+        running="digits@1.3.0",
+    )
+    assert canary.status == "succeeded"

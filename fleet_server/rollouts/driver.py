@@ -15,6 +15,7 @@ away gets it from the reconciler when it returns).
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import secrets
@@ -70,10 +71,13 @@ class RolloutDriver:
     def reload(self) -> None:
         """(Re)build the engines of every live rollout from the store."""
         with self._lock:
-            self._live = {
-                r.id: load(self.store, r.id)
-                for r in self.store.list_rollouts(statuses=sorted(ACTIVE), limit=10_000)
-            }
+            self._live = {}
+            for row in self.store.list_rollouts(statuses=sorted(ACTIVE), limit=10_000):
+                try:
+                    self._live[row.id] = load(self.store, row.id)
+                except EdgefleetError:
+                    self.errors += 1
+                    log.exception("rollout %s cannot be loaded; it is left as it is", row.id)
             # Reports that arrived while no driver ran: read every waiting device once.
             for rollout in self._live.values():
                 for d in rollout.devices.values():
@@ -122,10 +126,27 @@ class RolloutDriver:
                     device = self.store.get_device(device_id)
                 except NotFound:
                     continue
+                reporter = functools.partial(_report, device=device, now=now)
                 for rollout in holders:
-                    self._apply(rollout, _report(rollout, device, now), now)
+                    self._guarded(rollout, reporter, now)
             for rollout in list(self._live.values()):
-                self._apply(rollout, rollout.tick(now), now)
+                self._guarded(rollout, lambda r: r.tick(now), now)
+
+    def _guarded(
+        self, rollout: Rollout, event: Callable[[Rollout], list[Action]], now: float
+    ) -> None:
+        """One event for one rollout; if it fails, the rollout is rebuilt from its last save."""
+        try:
+            self._apply(rollout, event(rollout), now)
+        except Exception:
+            self.errors += 1
+            rid = rollout.state.id
+            log.exception("rollout %s: event failed; reloading its last saved state", rid)
+            try:
+                self._live[rid] = load(self.store, rid)
+            except Exception:
+                log.exception("rollout %s cannot be reloaded; dropped until restart", rid)
+                self._live.pop(rid, None)
 
     def create(self, plan: RolloutPlan, *, actor: str, now: float | None = None) -> Rollout:
         now = self.clock() if now is None else now
@@ -311,4 +332,5 @@ def _report(rollout: Rollout, device: Device, now: float) -> list[Action]:
         update_version=update.desired_version if update else None,
         applied_version=rep.desired_version if rep else None,
         error=update.error if update else None,
+        running=_running(device, rollout.plan),
     )

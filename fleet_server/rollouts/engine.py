@@ -148,11 +148,14 @@ class Rollout:
         update_version: int | None = None,
         applied_version: int | None = None,
         error: str | None = None,
+        running: str | None = None,
     ) -> list[Action]:
         """A device's presence or reported state changed.
 
         ``phase``/``update_version`` come from its ``UpdateReport``;
-        ``applied_version`` is the highest desired-state version it applied.
+        ``applied_version`` is the highest desired-state version it applied and
+        ``running`` the ``name@version`` it runs (enough on its own for a device
+        that applied our version and runs the artifact but sent no update report).
         """
         d = self.devices.get(device_id)
         out: list[Action] = []
@@ -168,6 +171,9 @@ class Rollout:
         ours = d.desired_version is not None and (update_version or 0) >= d.desired_version
         if d.status in IN_FLIGHT and phase is not None and ours:
             self._on_phase(d, phase, error, now, out)
+        landed = d.desired_version is not None and (applied_version or 0) >= d.desired_version
+        if d.status in IN_FLIGHT and landed and running == self.plan.artifact.label:
+            self._on_phase(d, "committed", None, now, out)
         reverted = d.revert_version is not None and (applied_version or 0) >= d.revert_version
         if d.status == "reverting" and reverted:
             d.status, d.finished_at = "rolled_back", now

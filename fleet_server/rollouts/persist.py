@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from edgefleet_contract.errors import StoreError
+
 from ..store.base import RolloutEvent, RolloutRow, Store
 from .engine import Rollout
 from .model import DeviceProgress, Note, RolloutState
@@ -36,5 +38,10 @@ def save(
 
 def load(store: Store, rollout_id: str) -> Rollout:
     row = store.get_rollout(rollout_id)
-    devices = [DeviceProgress.from_json(d) for d in store.rollout_devices(rollout_id)]
-    return Rollout(RolloutPlan.from_json(row.plan), RolloutState.from_json(row.state), devices)
+    try:
+        devices = [DeviceProgress.from_json(d) for d in store.rollout_devices(rollout_id)]
+        return Rollout(RolloutPlan.from_json(row.plan), RolloutState.from_json(row.state), devices)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(
+            f"rollout {rollout_id} is stored in a form this server cannot read ({exc!r})"
+        ) from None
