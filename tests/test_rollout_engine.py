@@ -226,3 +226,42 @@ def test_a_device_that_runs_the_artifact_counts_without_an_update_report() -> No
         running="digits@1.3.0",
     )
     assert canary.status == "succeeded"
+
+
+def test_a_device_that_gives_up_after_committing_counts_as_failed() -> None:
+    sim = make(3, auto_rollback=False)
+    sim.run(2)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    assert canary.status == "succeeded"
+    sim.apply(
+        r.device_report(
+            canary.device_id,
+            now=sim.now,
+            phase="rolled_back",
+            update_version=canary.desired_version,
+            running="digits@1.3.0",
+            applied_version=canary.desired_version,
+            error="health failed after commit",
+        )
+    )
+    assert canary.status == "failed" and canary.detail == "health failed after commit"
+    assert r.status == "halted"
+
+
+def test_an_update_report_in_probation_is_not_taken_for_success() -> None:
+    sim = make(3)
+    sim.answer = False
+    sim.run(2)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    v = canary.desired_version
+    r.device_report(
+        canary.device_id,
+        now=sim.now,
+        phase="probation",
+        update_version=v,
+        applied_version=v,
+        running="digits@1.3.0",
+    )
+    assert canary.status == "probation"

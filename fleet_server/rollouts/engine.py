@@ -171,8 +171,11 @@ class Rollout:
         ours = d.desired_version is not None and (update_version or 0) >= d.desired_version
         if d.status in IN_FLIGHT and phase is not None and ours:
             self._on_phase(d, phase, error, now, out)
+        elif d.status == "succeeded" and ours and phase in ("failed", "rolled_back"):
+            self._on_phase(d, phase, error, now, out)  # it gave up on the version after all
         landed = d.desired_version is not None and (applied_version or 0) >= d.desired_version
-        if d.status in IN_FLIGHT and landed and running == self.plan.artifact.label:
+        silent = phase is None or not ours
+        if d.status in IN_FLIGHT and landed and silent and running == self.plan.artifact.label:
             self._on_phase(d, "committed", None, now, out)
         reverted = d.revert_version is not None and (applied_version or 0) >= d.revert_version
         if d.status == "reverting" and reverted:
