@@ -163,3 +163,27 @@ def test_viewers_cannot_create_and_unknown_ids_are_404(env: Env) -> None:
     assert r.status_code == 404 and "no rollout 'r-nope'" in r.json()["detail"]
     r = client.post("/api/v1/rollouts/r-nope/pause", headers=login(client, "olga"))
     assert r.status_code == 404
+
+
+def test_a_registry_with_its_own_artifact_type_is_accepted(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    class Registry:
+        def resolve(self, spec: str) -> SimpleNamespace:
+            name, _, version = spec.partition("@")
+            return SimpleNamespace(
+                kind="model",
+                name=name,
+                version=version,
+                target_path=f"models/{name}/{version}/{name}-{version}.efpkg",
+                sha256="ab" * 32,
+                length=10,
+                lineage={"run": "fl-7"},
+            )
+
+    client, _, outbox, _ = make_env(tmp_path, registry=False)
+    client.app.state.ctx.registry = Registry()  # type: ignore[attr-defined]
+    r = client.post("/api/v1/rollouts", headers=login(client, "olga"), json=BODY)
+    assert r.status_code == 201, r.text
+    assert r.json()["plan"]["artifact"]["target_path"] == "models/digits/1.3.0/digits-1.3.0.efpkg"
+    assert outbox.sent[0][1].args["model"]["version"] == "1.3.0"

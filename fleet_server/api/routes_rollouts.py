@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from edgefleet_contract.errors import NotFound, PlanError, RolloutError
 
 from ..auth import Principal
-from ..rollouts.artifacts import ResolvedArtifact
+from ..rollouts.artifacts import ResolvedArtifact, as_resolved
 from ..rollouts.driver import RolloutDriver
 from ..rollouts.gates import parse_gate
 from ..rollouts.persist import load
@@ -70,16 +70,7 @@ def _resolve(c: ApiContext, spec: str) -> ResolvedArtifact:
         found = registry.resolve(spec)
     except NotFound as exc:
         raise PlanError(f"no such artifact {spec!r}: {exc}") from None
-    if isinstance(found, ResolvedArtifact):
-        return found
-    return ResolvedArtifact(
-        kind=found.kind,
-        name=found.name,
-        version=found.version,
-        target_path=found.target_path,
-        sha256=found.sha256,
-        length=found.length,
-    )
+    return as_resolved(found)
 
 
 def build_plan(body: RolloutCreate, artifact: ResolvedArtifact, seed: int) -> RolloutPlan:

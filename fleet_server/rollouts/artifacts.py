@@ -10,7 +10,7 @@ and tests can use a table.  A spec is what the operator types:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from edgefleet_contract.messages import TargetRef
 
@@ -41,3 +41,21 @@ class ArtifactResolver(Protocol):
     def resolve(self, spec: str) -> ResolvedArtifact:
         """The artifact ``spec`` names; raises ``NotFound`` (or ``PlanError``) if none."""
         ...
+
+
+def as_resolved(found: Any) -> ResolvedArtifact:
+    """Whatever a registry returned, as the record a rollout stores.
+
+    The registry's own artifact type carries more (lineage, timestamps); a
+    rollout keeps only the fields it needs, so any object with them will do.
+    """
+    if isinstance(found, ResolvedArtifact):
+        return found
+    return ResolvedArtifact(
+        kind=found.kind,
+        name=found.name,
+        version=found.version,
+        target_path=found.target_path,
+        sha256=found.sha256,
+        length=int(found.length),
+    )

@@ -30,7 +30,7 @@ from edgefleet_contract.messages import DesiredState, TargetRef
 from ..selector import parse as parse_selector
 from ..store.base import CommandRecord, Device, Store
 from ..twin import CommandSender, desired_command
-from .artifacts import ArtifactResolver
+from .artifacts import ArtifactResolver, as_resolved
 from .engine import Candidate, Rollout
 from .metrics import measure
 from .model import ACTIVE, Action, Dispatch, EvaluateGates, Note, Revert
@@ -316,8 +316,8 @@ def _current_target(
     if spec is None:
         return None
     try:
-        return resolver.resolve(spec).target_ref()
-    except EdgefleetError:
+        return as_resolved(resolver.resolve(spec)).target_ref()
+    except (EdgefleetError, AttributeError):
         return None
 
 
