@@ -265,3 +265,16 @@ def test_an_update_report_in_probation_is_not_taken_for_success() -> None:
         running="digits@1.3.0",
     )
     assert canary.status == "probation"
+
+
+def test_health_is_recorded_and_a_failing_updated_device_noted() -> None:
+    sim = make(3)
+    sim.run(2)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    out = r.device_report(canary.device_id, now=sim.now, health="failed")
+    assert canary.health == "failed"
+    assert [(n.kind, n.device_id) for n in out if hasattr(n, "kind")] == [
+        ("device_unhealthy", canary.device_id)
+    ]
+    assert r.device_report(canary.device_id, now=sim.now, health="failed") == []

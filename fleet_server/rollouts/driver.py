@@ -333,4 +333,5 @@ def _report(rollout: Rollout, device: Device, now: float) -> list[Action]:
         applied_version=rep.desired_version if rep else None,
         error=update.error if update else None,
         running=_running(device, rollout.plan),
+        health=device.health,
     )

@@ -149,6 +149,7 @@ class Rollout:
         applied_version: int | None = None,
         error: str | None = None,
         running: str | None = None,
+        health: str | None = None,
     ) -> list[Action]:
         """A device's presence or reported state changed.
 
@@ -161,6 +162,11 @@ class Rollout:
         out: list[Action] = []
         if d is None:
             return out
+        if health is not None and health != d.health:
+            d.health = health
+            self._touch(d)
+            if health == "failed" and d.status in ("probation", "succeeded"):
+                out.append(Note(now, "device_unhealthy", "reports health failed", device_id))
         if online is not None and online != d.online:
             d.online = online
             self._touch(d)

@@ -70,6 +70,8 @@ class DeviceProgress:
     phase: str | None = None
     detail: str = ""
     attempts: int = 0
+    health: str | None = None
+    """The device's last reported health (``ok``, ``degraded``, ``failed``...)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -56,6 +56,7 @@ def detail(rollout: Rollout, events: list[RolloutEvent]) -> dict[str, Any]:
             "phase": d.phase,
             "detail": d.detail,
             "attempts": d.attempts,
+            "health": d.health,
             "sent_at": d.sent_at,
             "finished_at": d.finished_at,
         }
