@@ -33,7 +33,16 @@ from ..twin import CommandSender, desired_command
 from .artifacts import ArtifactResolver, as_resolved
 from .engine import Candidate, Rollout
 from .metrics import measure
-from .model import ACTIVE, Action, Dispatch, EvaluateGates, Note, Revert
+from .model import (
+    ACTIVE,
+    Action,
+    DeviceProgress,
+    Dispatch,
+    EvaluateGates,
+    Note,
+    Revert,
+    RolloutState,
+)
 from .persist import load, save
 from .plan import RolloutPlan
 
@@ -168,7 +177,7 @@ class RolloutDriver:
             save(self.store, rollout, [note], create=True)
             self._live[rollout_id] = rollout
             self._apply(rollout, rollout.tick(now), now)
-            return rollout
+            return _snapshot(rollout)
 
     def act(self, rollout_id: str, verb: str, *, actor: str, now: float | None = None) -> Rollout:
         """An operator's ``pause``/``resume``/``abort``/``rollback``."""
@@ -184,12 +193,15 @@ class RolloutDriver:
             actions = verbs[verb](rollout, now)
             self._live[rollout_id] = rollout
             self._apply(rollout, actions, now)
-            return rollout
+            return _snapshot(rollout)
 
     def get(self, rollout_id: str) -> Rollout:
+        """A copy of the rollout as it is now (safe to read while the driver goes on)."""
         with self._lock:
             live = self._live.get(rollout_id)
-        return live if live is not None else load(self.store, rollout_id)
+            if live is not None:
+                return _snapshot(live)
+        return load(self.store, rollout_id)
 
     # ------------------------------------------------------------ actions --
 
@@ -289,6 +301,14 @@ class RolloutDriver:
                     exc,
                 )
         return desired.version
+
+
+def _snapshot(rollout: Rollout) -> Rollout:
+    return Rollout(
+        rollout.plan,
+        RolloutState.from_json(rollout.state.to_json()),
+        [DeviceProgress.from_json(d.to_json()) for d in rollout.devices.values()],
+    )
 
 
 def _running(device: Device, plan: RolloutPlan) -> str | None:
