@@ -29,23 +29,20 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from edgefleet_contract.errors import RolloutError
-
 from .gates import evaluate
 from .model import (
     IN_FLIGHT,
-    TERMINAL,
     TOUCHED,
     Action,
     DeviceProgress,
     Dispatch,
     EvaluateGates,
     Note,
-    Revert,
     RolloutState,
     gate_dicts,
 )
 from .plan import RolloutPlan
+from .verbs import OperatorVerbs
 
 _UPDATING = {"pending", "downloading", "verifying", "staging", "self_test", "switching"}
 
@@ -60,7 +57,7 @@ class Candidate:
     """``name@version`` it reports running (devices already on the artifact are skipped)."""
 
 
-class Rollout:
+class Rollout(OperatorVerbs):
     def __init__(
         self, plan: RolloutPlan, state: RolloutState, devices: Iterable[DeviceProgress]
     ) -> None:
@@ -249,60 +246,6 @@ class Rollout:
             s.phase, s.settled_at = "finishing", now
         self._advance(now, out)
 
-    # ---------------------------------------------------- operator actions --
-
-    def pause(self, now: float) -> list[Action]:
-        s = self.state
-        if s.status not in ("pending", "canary", "wave"):
-            raise RolloutError(f"rollout {s.id} is {s.status}; only a running rollout can pause")
-        s.paused_from, s.status = s.status, "paused"
-        s.updated_at = now
-        return [Note(now, "paused", "paused by an operator")]
-
-    def resume(self, now: float) -> list[Action]:
-        s = self.state
-        out: list[Action] = []
-        if s.status == "paused":
-            s.status = s.paused_from or "canary"
-            s.paused_from = None
-            queued = sorted(
-                (d for d in self.devices.values() if d.status == "queued"), key=lambda d: d.order
-            )
-            for i, d in enumerate(queued):
-                d.due_at = now + i * self.plan.interval_s + self._jitter(d.device_id)
-                self._touch(d)
-            out.append(Note(now, "resumed", "resumed by an operator"))
-        elif s.status == "halted":
-            # The gate must pass again, over a fresh probation window.
-            s.status = "canary" if s.wave == 0 else "wave"
-            s.phase, s.settled_at = "probation", now
-            s.failure_base = self.failures
-            out.append(Note(now, "resumed", f"resumed after a halt: {s.reason}"))
-        else:
-            raise RolloutError(f"rollout {s.id} is {s.status}; only paused or halted ones resume")
-        s.updated_at = now
-        self._advance(now, out)
-        return out
-
-    def abort(self, now: float) -> list[Action]:
-        s = self.state
-        if s.status in TERMINAL or s.status == "rolling_back":
-            raise RolloutError(f"rollout {s.id} is {s.status}; there is nothing to abort")
-        for d in self.devices.values():
-            if d.status in ("queued", "offline"):
-                d.status, d.detail = "skipped", "rollout aborted"
-                self._touch(d)
-        s.status, s.finished_at, s.updated_at = "aborted", now, now
-        return [Note(now, "aborted", "aborted by an operator; updated devices keep the update")]
-
-    def rollback(self, now: float, reason: str = "rolled back by an operator") -> list[Action]:
-        s = self.state
-        if s.status in ("rolling_back", "rolled_back"):
-            raise RolloutError(f"rollout {s.id} is already {s.status}")
-        out: list[Action] = []
-        self._start_rollback(reason, now, out)
-        return out
-
     # ------------------------------------------------------------ internal --
 
     def _begin_wave(self, wave: int, now: float, out: list[Action]) -> None:
@@ -401,43 +344,12 @@ class Rollout:
                 out.append(Note(now, "device_failed", d.detail, d.device_id))
                 self._after_failure(now, out)
 
-    def _check_revert_timeouts(self, now: float, out: list[Action]) -> None:
-        for d in self.devices.values():
-            late = d.finished_at is not None and now - d.finished_at >= self.plan.device_timeout_s
-            if d.status == "reverting" and late:
-                d.status, d.detail = "rolled_back", "revert sent; not confirmed in time"
-                self._touch(d)
-
     def _halt(self, reason: str, now: float, out: list[Action]) -> None:
         s = self.state
         s.status, s.reason, s.paused_from = "halted", reason, None
         out.append(Note(now, "halted", reason))
         if self.plan.auto_rollback:
             self._start_rollback(f"automatic rollback: {reason}", now, out)
-
-    def _start_rollback(self, reason: str, now: float, out: list[Action]) -> None:
-        s = self.state
-        s.status, s.reason, s.paused_from = "rolling_back", reason, None
-        out.append(Note(now, "rolling_back", reason))
-        for d in sorted(self.devices.values(), key=lambda d: d.order):
-            if d.status in TOUCHED:
-                d.status, d.finished_at, d.revert_version = "reverting", now, None
-                out.append(Revert(d.device_id, d.previous))
-            elif d.status in ("queued", "offline"):
-                d.status, d.detail = "skipped", "rollout rolled back before its turn"
-            else:
-                continue
-            self._touch(d)
-        self._maybe_rolled_back(now, out)
-
-    def _maybe_rolled_back(self, now: float, out: list[Action]) -> None:
-        s = self.state
-        if s.status != "rolling_back":
-            return
-        waiting = [d for d in self.devices.values() if d.status == "reverting" and d.online]
-        if not waiting:
-            s.status, s.finished_at = "rolled_back", now
-            out.append(Note(now, "rolled_back", self._summary_line()))
 
     def _install_success(self, wave: int) -> float | None:
         done = [d for d in self.wave_devices(wave) if d.status in ("succeeded", "failed")]
