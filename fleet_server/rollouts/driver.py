@@ -16,6 +16,7 @@ away gets it from the reconciler when it returns).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import queue
 import secrets
@@ -69,6 +70,7 @@ class RolloutDriver:
         self._lock = threading.RLock()
         self._reports: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._live: dict[str, Rollout] = {}
+        self._saved: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
@@ -226,8 +228,12 @@ class RolloutDriver:
                     baseline_until=rollout.state.created_at,
                 )
                 pending += rollout.gates_measured(action.wave, values, now)
-        if rollout.dirty or notes or rollout.state.updated_at == now:
+        # Save after every transition; a tick that changed nothing (a halted rollout
+        # waiting for its operator, a probation window running) writes nothing.
+        fingerprint = _fingerprint(rollout)
+        if rollout.dirty or notes or fingerprint != self._saved.get(rollout.state.id):
             save(self.store, rollout, notes)
+            self._saved[rollout.state.id] = fingerprint
         if rollout.status not in ACTIVE:
             self._live.pop(rollout.state.id, None)
 
@@ -301,6 +307,12 @@ class RolloutDriver:
                     exc,
                 )
         return desired.version
+
+
+def _fingerprint(rollout: Rollout) -> str:
+    state = rollout.state.to_json()
+    state.pop("updated_at")
+    return json.dumps(state, sort_keys=True)
 
 
 def _snapshot(rollout: Rollout) -> Rollout:
