@@ -174,6 +174,16 @@ class FleetServer:
         # device ran before a rollout (for rollbacks).
         self.rollouts.resolver = getattr(self.app.state.ctx, "registry", None)
         self.registry.gauge(
+            "edgefleet_rollouts_live",
+            "Rollouts the driver is running (including paused and halted ones)",
+            fn=lambda: [((), float(self.rollouts.live_count))],
+        )
+        self.registry.gauge(
+            "edgefleet_rollout_errors_total",
+            "Rollout events that failed and were retried from the last save",
+            fn=lambda: [((), float(self.rollouts.errors))],
+        )
+        self.registry.gauge(
             "edgefleet_devices_online",
             "Devices whose last status is online",
             fn=lambda: [((), float(self.store.count_online()))],

@@ -257,6 +257,9 @@ def test_v2_rolls_out_in_waves_and_a_bad_v3_rolls_itself_back(tmp_path: Path) ->
         assert desired.model.target == artifact("2.0.0").target_path
         assert sum(d.version == "3.0.0" for d in devices) == 0
         assert server.rollouts.errors == 0
+        metrics = httpx.get(f"{api.url}/metrics").text
+        assert "edgefleet_rollouts_live 0" in metrics
+        assert "edgefleet_rollout_errors_total 0" in metrics
     finally:
         for d in devices:
             d.stop()

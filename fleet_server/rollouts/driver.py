@@ -113,6 +113,10 @@ class RolloutDriver:
                 self.errors += 1
                 log.exception("rollout tick failed; will retry")
 
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
     def device_updated(self, device_id: str) -> None:
         """Ingest's hook: a device's presence or reported state was stored."""
         self._reports.put(device_id)
