@@ -264,3 +264,28 @@ def test_a_corrupt_rollout_row_does_not_stop_the_others(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="r-bad is stored in a form this server cannot read"):
         driver.get("r-bad")
     store.close()
+
+
+def test_a_failed_save_reloads_the_last_good_state_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgefleet_contract.errors import StoreError as Err
+
+    store = fleet(tmp_path / "f.db", 4)
+    driver = RolloutDriver(store, None)
+    rid = driver.create(the_plan(), actor="alice", now=T0).state.id
+    real = store.save_rollout
+    calls = {"n": 0}
+
+    def flaky(*a: object, **kw: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Err("disk full")
+        real(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "save_rollout", flaky)
+    run(store, driver, T0, 300)
+    assert driver.errors == 1
+    assert load(store, rid).status == "completed"
+    assert all(d.model_version == "1.3.0" for d in store.list_devices(limit=10).items)
+    store.close()

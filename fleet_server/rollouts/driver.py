@@ -150,7 +150,11 @@ class RolloutDriver:
     def _guarded(
         self, rollout: Rollout, event: Callable[[Rollout], list[Action]], now: float
     ) -> None:
-        """One event for one rollout; if it fails, the rollout is rebuilt from its last save."""
+        """One event for one rollout; if it fails, the rollout is rebuilt from its last save.
+
+        Actions already carried out before the failure may then be carried out
+        again; each is safe to repeat (a desired state is stored and sent anew).
+        """
         try:
             self._apply(rollout, event(rollout), now)
         except Exception:
@@ -196,9 +200,14 @@ class RolloutDriver:
         }
         with self._lock:
             rollout = self._live.get(rollout_id) or load(self.store, rollout_id)
-            actions = verbs[verb](rollout, now)
+            actions = verbs[verb](rollout, now)  # a RolloutError here changed nothing
             self._live[rollout_id] = rollout
-            self._apply(rollout, actions, now)
+            try:
+                self._apply(rollout, actions, now)
+            except Exception:
+                self.errors += 1
+                self._live[rollout_id] = load(self.store, rollout_id)
+                raise
             return _snapshot(rollout)
 
     def get(self, rollout_id: str) -> Rollout:
