@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from edgefleet_contract.errors import EdgefleetError
 from fleet_server.api import ApiContext, create_app
 from fleet_server.auth import hash_password
 from fleet_server.config import ApiSettings, ServerSettings
@@ -170,6 +171,10 @@ def test_a_registry_with_its_own_artifact_type_is_accepted(tmp_path: Path) -> No
 
     class Registry:
         def resolve(self, spec: str) -> SimpleNamespace:
+            if ":" not in spec and spec.startswith("two"):
+                raise EdgefleetError(
+                    f"{spec} names 2 artifacts (model:onnx-int8, ...); add :flavor"
+                )
             name, _, version = spec.partition("@")
             return SimpleNamespace(
                 kind="model",
@@ -177,7 +182,7 @@ def test_a_registry_with_its_own_artifact_type_is_accepted(tmp_path: Path) -> No
                 version=version,
                 target_path=f"models/{name}/{version}/{name}-{version}.efpkg",
                 sha256="ab" * 32,
-                length=10,
+                size=10,
                 lineage={"run": "fl-7"},
             )
 
@@ -187,3 +192,9 @@ def test_a_registry_with_its_own_artifact_type_is_accepted(tmp_path: Path) -> No
     assert r.status_code == 201, r.text
     assert r.json()["plan"]["artifact"]["target_path"] == "models/digits/1.3.0/digits-1.3.0.efpkg"
     assert outbox.sent[0][1].args["model"]["version"] == "1.3.0"
+    r = client.post(
+        "/api/v1/rollouts",
+        headers=login(client, "olga"),
+        json={**BODY, "artifact": "two@1.0", "target": "all"},
+    )
+    assert r.status_code == 422 and "add :flavor" in r.json()["detail"]

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field, StringConstraints
 
-from edgefleet_contract.errors import NotFound, PlanError, RolloutError
+from edgefleet_contract.errors import EdgefleetError, NotFound, PlanError, RolloutError
 
 from ..auth import Principal
 from ..rollouts.artifacts import ResolvedArtifact, as_resolved
@@ -70,6 +70,8 @@ def _resolve(c: ApiContext, spec: str) -> ResolvedArtifact:
         found = registry.resolve(spec)
     except NotFound as exc:
         raise PlanError(f"no such artifact {spec!r}: {exc}") from None
+    except EdgefleetError as exc:  # a malformed or ambiguous spec
+        raise PlanError(f"artifact {spec!r}: {exc}") from None
     return as_resolved(found)
 
 

@@ -57,5 +57,5 @@ def as_resolved(found: Any) -> ResolvedArtifact:
         version=found.version,
         target_path=found.target_path,
         sha256=found.sha256,
-        length=int(found.length),
+        length=int(found.length if hasattr(found, "length") else found.size),
     )
