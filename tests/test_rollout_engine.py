@@ -278,3 +278,49 @@ def test_health_is_recorded_and_a_failing_updated_device_noted() -> None:
         ("device_unhealthy", canary.device_id)
     ]
     assert r.device_report(canary.device_id, now=sim.now, health="failed") == []
+
+
+def test_a_revert_counts_once_the_device_runs_its_previous_version() -> None:
+    sim = make(3)
+    sim.answer = False
+    sim.run(2)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    r.delivered(
+        canary.device_id,
+        canary.desired_version or 0,
+        sim.now,
+        {"kind": "model", "name": "digits", "version": "1.2.0", "target": "t"},
+    )
+    r.rollback(sim.now)
+    r.delivered(canary.device_id, 9, sim.now)
+    r.device_report(canary.device_id, now=sim.now, applied_version=9, running="digits@1.3.0")
+    assert canary.status == "reverting" and r.status == "rolling_back"
+    r.device_report(canary.device_id, now=sim.now, applied_version=9, running="digits@1.2.0")
+    assert canary.status == "rolled_back" and r.status == "rolled_back"
+
+
+def test_a_revert_that_fails_on_the_device_is_reported() -> None:
+    sim = make(3)
+    sim.answer = False
+    sim.run(2)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    r.delivered(
+        canary.device_id,
+        canary.desired_version or 0,
+        sim.now,
+        {"kind": "model", "name": "digits", "version": "1.2.0", "target": "t"},
+    )
+    r.rollback(sim.now)
+    r.delivered(canary.device_id, 9, sim.now)
+    out = r.device_report(
+        canary.device_id,
+        now=sim.now,
+        applied_version=9,
+        phase="failed",
+        update_version=9,
+        running="digits@1.3.0",
+    )
+    assert canary.status == "rolled_back" and "could not go back to digits@1.2.0" in canary.detail
+    assert next(n.kind for n in out if hasattr(n, "kind")) == "revert_failed"

@@ -180,12 +180,42 @@ class Rollout(OperatorVerbs):
         silent = phase is None or not ours
         if d.status in IN_FLIGHT and landed and silent and running == self.plan.artifact.label:
             self._on_phase(d, "committed", None, now, out)
-        reverted = d.revert_version is not None and (applied_version or 0) >= d.revert_version
-        if d.status == "reverting" and reverted:
-            d.status, d.finished_at = "rolled_back", now
-            self._touch(d)
-            self._maybe_rolled_back(now, out)
+        if d.status == "reverting" and d.revert_version is not None:
+            self._on_revert_report(d, now, out, phase, update_version, applied_version, running)
         return out
+
+    def _on_revert_report(
+        self,
+        d: DeviceProgress,
+        now: float,
+        out: list[Action],
+        phase: str | None,
+        update_version: int | None,
+        applied_version: int | None,
+        running: str | None,
+    ) -> None:
+        """Reverted once the device runs its previous target again (or, with none known,
+        once it applied the revert); a device whose revert itself failed says so."""
+        revert = d.revert_version or 0
+        if (applied_version or 0) < revert:
+            return
+        prev = d.previous or {}
+        label = (
+            f"{prev['name']}@{prev['version']}" if "name" in prev and "version" in prev else None
+        )
+        settled = (update_version or 0) >= revert and phase in (
+            "committed",
+            "failed",
+            "rolled_back",
+        )
+        if label is not None and running != label and not settled:
+            return
+        d.status, d.finished_at = "rolled_back", now
+        if label is not None and running != label:
+            d.detail = f"the device could not go back to {label} ({phase})"
+            out.append(Note(now, "revert_failed", d.detail, d.device_id))
+        self._touch(d)
+        self._maybe_rolled_back(now, out)
 
     def delivered(
         self,
