@@ -24,10 +24,11 @@ from edgefleet_contract.topics import Channel
 from .commands import CommandRouter, Outcome
 from .config import AgentSettings
 from .identity import Identity, renew
+from .learning.worker import LearningWorker, skip_reason
 from .link import DeviceLink
 from .samples import SampleStore
 from .spool import DrainPolicy, Spool
-from .system import SystemProbe
+from .system import SystemProbe, power_source
 from .telemetry import TelemetryBuilder
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,13 @@ class Agent:
         self.router.register("set_desired", self._on_set_desired)
         self.router.register("report_state", self._on_report_state)
         self.router.register("renew_cert", self._on_renew)
+        self.learning = LearningWorker(
+            lambda frame: self.link.send_frame(frame),
+            self.samples.dataset,
+            threads=settings.threads,
+            skip=lambda: skip_reason(power_source()[0]),
+            on_trained=self.samples.mark_trained,
+        )
         self.link = self._make_link()
 
     def _make_link(self) -> DeviceLink:
@@ -76,6 +84,7 @@ class Agent:
             policy=DrainPolicy(s.spool.drain_rate_per_s, s.spool.drain_burst, s.spool.max_inflight),
             codec=self.codec,
             on_command=self.router.submit,
+            on_frame=self.learning.on_frame,
         )
 
     # ------------------------------------------------------------- state --
@@ -188,6 +197,7 @@ class Agent:
         for thread in self._threads:
             thread.join(5)
         self.router.stop()
+        self.learning.stop()
         self.link.stop()
         self.spool.close()
         self.samples.close()

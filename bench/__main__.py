@@ -19,6 +19,8 @@ MODULES = {
     "bench_metrics": "Recording one inference's metrics (issue: agent daemon)",
     "bench_spool": "Spool drain after an outage (issue: agent daemon)",
     "bench_inference": "Inference overhead and int8 vs float (issue: agent daemon)",
+    "bench_federated": "Federated quality and bytes per round (issue: federated training)",
+    "bench_fl_rounds": "Federated round overhead and agent memory (issue: federated training)",
     "bench_rollouts": "Rollout throughput (issue: signed OTA)",
 }
 

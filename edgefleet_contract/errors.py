@@ -23,6 +23,8 @@ the most specific class; callers catch the family they can handle.
     ├── AuthError              authentication failed (HTTP 401)
     │   └── PermissionDenied   authenticated but not allowed (HTTP 403)
     ├── UpdateError            OTA verification, download or install failures
+    ├── FederationError        a federated run cannot go on (quorum, bad spec)
+    │   └── RunStopped         an operator stopped the run, or the server stops
     └── RolloutError           a rollout action that does not fit the rollout's state
         └── PlanError          a rollout plan or health gate that does not parse
 """
@@ -100,6 +102,14 @@ class PermissionDenied(AuthError):
 
 class UpdateError(EdgefleetError):
     """An OTA update could not be verified, fetched or installed."""
+
+
+class FederationError(EdgefleetError):
+    """A federated training run could not go on (quorum lost, stopped, bad spec)."""
+
+
+class RunStopped(FederationError):
+    """An operator stopped the federated run (or the server is shutting down)."""
 
 
 class RolloutError(EdgefleetError):

@@ -25,6 +25,7 @@ from .auth import hash_password
 from .broker import BrokerLayout, ManagedBroker
 from .config import SERVER_IDENTITY, ServerSettings
 from .enrollment import Enrollment
+from .federation.wiring import make_training
 from .ingest import Ingest
 from .link import ServerLink
 from .metrics import Registry
@@ -145,11 +146,13 @@ class FleetServer:
             queue_size=settings.telemetry.queue_size,
             batch_size=settings.telemetry.batch_size,
             acker=lambda item: self.link.acknowledge(item),
+            on_frame=lambda device_id, frame: self.training.deliver(device_id, frame),
         )
         self.link = ServerLink(self._endpoint(), self.ingest)
         self.reconciler = Reconciler(self.store, self.link)
-        self.rollouts = RolloutDriver(self.store, self.link)
         self.ingest.set_device_hook(self._device_updated)
+        self.training = make_training(settings, self.store, self.link, registry=self.registry)
+        self.rollouts = RolloutDriver(self.store, self.link)
         self.registry.gauge(
             "edgefleet_broker_connected",
             "1 when the server's MQTT session is up",
@@ -167,6 +170,7 @@ class FleetServer:
                 enrollment=self.enrollment,
                 commands=self.link,
                 metrics=self.registry.render,
+                training=self.training,
                 rollouts=self.rollouts,
             )
         )
@@ -193,6 +197,11 @@ class FleetServer:
         self._maintenance_thread: threading.Thread | None = None
         self._http_thread: threading.Thread | None = None
 
+    def _device_updated(self, device_id: str) -> None:
+        self.rollouts.device_updated(device_id)
+        self.reconciler(device_id)
+        self.training.device_changed(device_id)
+
     def _endpoint(self) -> Endpoint:
         b = self.settings.broker
         if b.mode == "managed":
@@ -213,11 +222,6 @@ class FleetServer:
             username=b.username,
             password=b.password.get_secret_value() if b.password else None,
         )
-
-    def _device_updated(self, device_id: str) -> None:
-        """Ingest's hook: re-send desired state if behind; feed live rollouts."""
-        self.rollouts.device_updated(device_id)
-        self.reconciler(device_id)
 
     def _apply_revocation(self, crl_pem: bytes) -> None:
         if self.broker is None:
@@ -252,6 +256,7 @@ class FleetServer:
         self.store.reset_presence()
         self.ingest.start()
         self.link.start()
+        self.training.resume()
         self.rollouts.reload()
         self.rollouts.start()
         self._maintenance_thread = threading.Thread(
@@ -305,6 +310,7 @@ class FleetServer:
             self._http.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(10)
+        self.training.shutdown()
         self.rollouts.stop()
         self.link.stop()
         self.ingest.stop()

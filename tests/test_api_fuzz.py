@@ -50,9 +50,26 @@ def _app(directory: Path) -> tuple[FastAPI, str]:
             token_ttl_s=600,
             cert_validity_s=3600,
         ),
+        training=_training(store, directory),
     )
     token, _ = Authenticator(store).issue_token(store.get_user("root"), name="fuzz", ttl_s=3600)
     return create_app(ctx), token
+
+
+def _training(store: Any, directory: Path) -> Any:
+    """A real training service whose frames go nowhere (no device is ever online here)."""
+    from fleet_server.federation.candidate import digits_heldout
+    from fleet_server.federation.packages import DIST, find_package
+    from fleet_server.federation.runner import TrainingService
+
+    return TrainingService(
+        store,
+        lambda device_id, frame: None,
+        packages=lambda name: find_package(name, [DIST]),
+        heldout=digits_heldout,
+        candidates_dir=directory / "candidates",
+        build_candidates=False,
+    )
 
 
 # schemathesis needs the schema when the module is collected, before pytest's

@@ -20,7 +20,6 @@ from edgefleet_contract.messages import (
 )
 from fleet_server.store import SqliteStore, open_store
 from fleet_server.store.base import AuditEntry, CommandRecord
-from fleet_server.store.migrations import MIGRATIONS
 
 
 @pytest.fixture
@@ -62,6 +61,8 @@ def batch(device: str, n: int, ts: float, latency: float = 5.0) -> Telemetry:
 def test_migrations_are_idempotent_and_wal(tmp_path: Path) -> None:
     open_store(tmp_path / "f.db").close()
     s = open_store(tmp_path / "f.db")
+    from fleet_server.store.migrations import MIGRATIONS
+
     assert s.schema_version() == len(MIGRATIONS)
     mode = sqlite3.connect(tmp_path / "f.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"

@@ -38,6 +38,7 @@ from . import (
     routes_enroll,
     routes_rollouts,
     routes_telemetry,
+    routes_training,
     routes_users,
 )
 from .context import ApiContext
@@ -68,6 +69,7 @@ def create_app(context: ApiContext) -> FastAPI:
         routes_telemetry,
         routes_users,
         routes_audit,
+        routes_training,
         routes_rollouts,
     ):
         app.include_router(module.router, prefix="/api/v1")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..auth import Authenticator, LoginThrottle
 from ..config import ServerSettings
@@ -28,6 +29,8 @@ class ApiContext:
     commands: CommandSender | None = None
     metrics: Callable[[], str] | None = None
     clock: Callable[[], float] = time.time
+    training: Any = None
+    """The federated TrainingService (fleet_server.federation.runner), if this server has one."""
     rollouts: RolloutDriver | None = None
     auth: Authenticator = field(init=False)
     throttle: LoginThrottle = field(init=False)

@@ -157,6 +157,50 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
+def _federated_training(db: sqlite_utils.Database) -> None:
+    db.table("fl_runs").create(
+        {
+            "id": str,
+            "spec": str,
+            "status": str,
+            "created_by": str,
+            "created_at": float,
+            "updated_at": float,
+            "completed_rounds": int,
+            "detail": str,
+            "result": str,
+        },
+        pk="id",
+        not_null={"spec", "status", "created_at", "updated_at", "completed_rounds"},
+    )
+    db.table("fl_runs").create_index(["status"])
+    db.table("fl_rounds").create(
+        {
+            "run_id": str,
+            "round": int,
+            "loss": float,
+            "accuracy": float,
+            "participants": str,
+            "failures": str,
+            "rejected": str,
+            "bytes_out": int,
+            "bytes_in": int,
+            "wall_s": float,
+            "ts": float,
+        },
+        pk=("run_id", "round"),
+        foreign_keys=[("run_id", "fl_runs", "id")],
+    )
+    db.table("fl_checkpoints").create(
+        {"run_id": str, "round": int, "weights": bytes},
+        pk=("run_id", "round"),
+        foreign_keys=[("run_id", "fl_runs", "id")],
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _federated_training]
+
+
 def _rollouts(db: sqlite_utils.Database) -> None:
     """Rollouts (fleet_server.rollouts): plan + engine state, per-device progress, events."""
     db.table("rollouts").create(
@@ -194,7 +238,6 @@ def _rollouts(db: sqlite_utils.Database) -> None:
     db.table("rollout_events").create_index(["rollout_id", "id"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
 MIGRATIONS.append(_rollouts)
 
 

@@ -29,9 +29,10 @@ from .migrations import migrate
 from .rollouts import RolloutTables
 from .rows import device_from_row
 from .telemetry import TelemetryTables
+from .training import TrainingTables
 
 
-class SqliteStore(TelemetryTables, AccountTables, RolloutTables):
+class SqliteStore(TelemetryTables, AccountTables, TrainingTables, RolloutTables):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""On-device federated learning (Flower is imported only when a round arrives)."""

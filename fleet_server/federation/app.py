@@ -1,0 +1,123 @@
+"""The federated training loop, in Flower's standard ``ServerApp`` shape.
+
+:func:`run_rounds` is what the fleet server calls with its MQTT grid; the
+module-level ``app`` wraps the same function as a stock Flower ``ServerApp``
+so a run can also be driven by Flower's own deployment runtime
+(``flwr run``; see docs/federated.md).  Either way the strategy is a stock
+Flower strategy calling only the abstract ``Grid``.
+
+Rounds are checkpointed through ``on_round`` (Flower's ``evaluate_fn`` hook,
+called after every aggregation with the new global arrays): that is where the
+server evaluates on its held-out set, checks the quorum, and persists weights,
+so a restarted server resumes from the last completed round.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from edgefleet_contract.package import Preprocessing, Trainable, encode_weights, read_package
+
+from .spec import RunSpec
+from .strategies import make_strategy
+
+Weights = dict[str, npt.NDArray[np.float32]]
+RoundHook = Callable[[int, Weights], Mapping[str, float]]
+
+
+def to_record(weights: Mapping[str, npt.NDArray[np.float32]]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in weights.items()})
+
+
+def from_record(record: ArrayRecord) -> Weights:
+    return {k: np.asarray(v.numpy(), np.float32) for k, v in record.items()}
+
+
+def train_config(spec: RunSpec, trainable: Trainable, preprocessing: Preprocessing) -> ConfigRecord:
+    p = spec.privacy
+    config: dict[str, int | float | str] = {
+        "trainable": trainable.model_dump_json(),
+        "preprocessing": preprocessing.model_dump_json(),
+        "model": spec.model,
+        "local-epochs": spec.local.epochs,
+        "lr": spec.local.lr,
+        "batch-size": spec.local.batch_size,
+        "proximal-mu": spec.local.proximal_mu,
+    }
+    if p.local_dp_epsilon > 0:
+        config.update(
+            {
+                "local-dp-epsilon": p.local_dp_epsilon,
+                "local-dp-clip": p.local_dp_clip,
+                "local-dp-sensitivity": p.local_dp_sensitivity,
+                "local-dp-delta": p.local_dp_delta,
+            }
+        )
+    return ConfigRecord(config)  # type: ignore[arg-type]
+
+
+def run_rounds(
+    grid: Grid,
+    spec: RunSpec,
+    initial: Weights,
+    *,
+    trainable: Trainable,
+    preprocessing: Preprocessing,
+    first_round: int = 1,
+    on_round: RoundHook | None = None,
+) -> Weights:
+    """Run rounds ``first_round..spec.rounds``; returns the final global weights."""
+    remaining = spec.rounds - first_round + 1
+    if remaining <= 0:
+        return dict(initial)
+    strategy = make_strategy(spec)
+    config = train_config(spec, trainable, preprocessing)
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0 or on_round is None:
+            return None
+        metrics = on_round(first_round + server_round - 1, from_record(arrays))
+        return MetricRecord(dict(metrics))
+
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=to_record(initial),
+        num_rounds=remaining,
+        timeout=spec.round_timeout_s,
+        train_config=config,
+        evaluate_config=ConfigRecord(dict(config)),
+        evaluate_fn=evaluate_fn,
+    )
+    return from_record(result.arrays) if len(result.arrays) else dict(initial)
+
+
+# ------------------------------------------------------- stock Flower deployment --
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """``run_config``: ``spec`` (RunSpec JSON), ``package`` (.efpkg path), ``output`` (.npz)."""
+    spec = RunSpec.model_validate_json(str(context.run_config.get("spec", "{}")))
+    package = read_package(Path(str(context.run_config["package"])))
+    trainable = package.manifest.trainable
+    if trainable is None:
+        raise ValueError(f"{package.manifest.name} is not trainable")
+    weights = run_rounds(
+        grid,
+        spec,
+        package.weights(),
+        trainable=trainable,
+        preprocessing=package.manifest.preprocessing,
+    )
+    output = Path(str(context.run_config.get("output", "federated-weights.npz")))
+    output.write_bytes(encode_weights(weights))
+    print(json.dumps({"output": str(output), "rounds": spec.rounds}))

@@ -1,0 +1,150 @@
+"""From a finished run's weights to candidate packages, judged on the server's held-out set.
+
+Every flavour (ONNX/TFLite, float/int8) is built by :mod:`fleet_server.modelkit`
+(fresh self-test vectors and drift reference included), the float ONNX file is
+scored on held-out rows the devices never saw, and only a candidate that beats
+the package it started from is handed to ``on_candidate(path, lineage)`` (the
+registry's ``add_model`` at integration).  Files land in
+``{data_dir}/candidates/{run_id}/`` either way, for inspection.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet_contract.package import Lineage, ModelPackage, parse_package
+
+from ..modelkit.build import FLAVORS, apply_preprocessing, build_package, run_model
+from ..modelkit.network import Network
+from ..store.training import RoundRecord
+from .spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+CandidateHook = Callable[[Path, dict[str, object]], object]
+
+
+@dataclass(frozen=True)
+class HeldOutSet:
+    x_raw: npt.NDArray[np.float32]
+    y: npt.NDArray[np.int64]
+    reference_raw: npt.NDArray[np.float32]
+    """Training-distribution rows for the drift reference and int8 calibration."""
+
+
+HeldOut = Callable[[str], HeldOutSet]
+
+
+def digits_heldout(model: str) -> HeldOutSet:
+    """The reference data set's held-out split (what the reference models were judged on)."""
+    from ..modelkit.digits import split
+
+    data = split()
+    return HeldOutSet(data.x_test, data.y_test, data.x_train)
+
+
+def accuracy(network: Network, data: HeldOutSet, package: ModelPackage) -> float:
+    x = apply_preprocessing(data.x_raw, package.manifest.preprocessing)
+    return float((network.forward(x).argmax(axis=1) == data.y).mean())
+
+
+def next_version(version: str, taken: Iterable[str] = ()) -> str:
+    """The next minor version after ``version`` and after every candidate already built."""
+    from ..selector import version_key
+
+    newest = max([version, *taken], key=version_key)
+    major, minor, *_ = newest.split("-")[0].split(".")
+    return f"{major}.{int(minor) + 1}.0"
+
+
+def built_versions(candidates: Path, name: str) -> list[str]:
+    """Versions of ``name`` already built by earlier runs (so two runs never share one)."""
+    prefix, suffix = f"{name}-", "-onnx-float32.efpkg"
+    versions = [p.name[len(prefix) : -len(suffix)] for p in candidates.glob(f"*/{prefix}*{suffix}")]
+    return [v for v in versions if re.fullmatch(r"\d+\.\d+\.\d+", v)]
+
+
+def finish_run(
+    run_id: str,
+    spec: RunSpec,
+    parent: ModelPackage,
+    network: Network,
+    heldout: HeldOut,
+    *,
+    rounds: list[RoundRecord],
+    out_dir: Path,
+    on_candidate: CandidateHook | None,
+    build: bool = True,
+) -> dict[str, object]:
+    data = heldout(spec.model)
+    manifest = parent.manifest
+    baseline = accuracy(Network.from_package(parent), data, parent)
+    participants = sorted({d for r in rounds for d in r.participants})
+    version = next_version(manifest.version, built_versions(out_dir.parent, manifest.name))
+    result: dict[str, object] = {
+        "baseline_accuracy": baseline,
+        "parent": f"{manifest.name}@{manifest.version}",
+        "version": version,
+        "participants": participants,
+        "rounds": len(rounds),
+    }
+    if not build:
+        result["accuracy"] = accuracy(network, data, parent)
+        return result
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lineage = Lineage(
+        source="federated", run_id=run_id, parent=f"{manifest.name}@{manifest.version}"
+    )
+    files: list[Path] = []
+    for flavor in FLAVORS:
+        blob = build_package(
+            network,
+            name=manifest.name,
+            version=version,
+            flavor=flavor,
+            preprocessing=manifest.preprocessing,
+            labels=manifest.labels,
+            reference=data.reference_raw,
+            lineage=lineage,
+        )
+        path = out_dir / f"{manifest.name}-{version}-{flavor}.efpkg"
+        path.write_bytes(blob)
+        files.append(path)
+    built = parse_package(files[0].read_bytes())
+    x = apply_preprocessing(data.x_raw, manifest.preprocessing)
+    produced = run_model("onnx", built.members[built.manifest.model_file], x)
+    candidate_acc = float((produced.argmax(axis=1) == data.y).mean())
+    beats = candidate_acc > baseline
+    result.update(
+        accuracy=candidate_acc, beats_parent=beats, files=[str(p) for p in files], handed_over=False
+    )
+    if beats and on_candidate is not None:
+        info: dict[str, object] = {
+            "source": "federated",
+            "run_id": run_id,
+            "parent": f"{manifest.name}@{manifest.version}",
+            "rounds": len(rounds),
+            "participants": participants,
+            "strategy": spec.strategy,
+            "heldout_accuracy": candidate_acc,
+            "parent_accuracy": baseline,
+            "rollout": spec.rollout,
+        }
+        for path in files:
+            on_candidate(path, info)
+        result["handed_over"] = True
+    log.info(
+        "run %s candidate %s: held-out accuracy %.3f vs parent %.3f",
+        run_id,
+        version,
+        candidate_acc,
+        baseline,
+    )
+    return result

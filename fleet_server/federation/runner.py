@@ -1,0 +1,332 @@
+"""Federated runs on the fleet server: start, stop, checkpoint, resume, hand over.
+
+One run trains at a time (its grid owns the ``fl/*`` traffic).  Each run is a
+thread calling :func:`.app.run_rounds` with an :class:`.grid.MqttGrid`; after
+every aggregation the round's numbers and the new global weights are committed
+together, so :meth:`TrainingService.resume` (called when the server starts)
+continues an interrupted run from its last completed round.  When the last
+round is done, :mod:`.candidate` turns the weights into a candidate package.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet_contract import flower_compat
+from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
+from edgefleet_contract.errors import FederationError, NotFound, RunStopped, SelectorError
+from edgefleet_contract.messages import Telemetry
+from edgefleet_contract.package import ModelPackage, decode_weights, encode_weights
+
+from .. import selector
+from ..modelkit.build import apply_preprocessing
+from ..modelkit.network import Network
+from ..store.base import Device, Page
+from ..store.training import RoundRecord, TrainingRun
+from .app import Weights, run_rounds
+from .candidate import CandidateHook, HeldOut, finish_run
+from .eligibility import eligible
+from .grid import MqttGrid, Sender
+from .secure import run_secure_rounds
+from .spec import RunSpec
+from .validate import UpdateCheck
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("pending", "running")
+
+
+class TrainingStore(Protocol):
+    def list_devices(self, **kwargs: Any) -> Page[Device]: ...
+    def get_device(self, device_id: str) -> Device: ...
+    def latest_telemetry(self, device_id: str) -> Telemetry | None: ...
+    def create_training_run(
+        self, run_id: str, spec: dict[str, Any], *, actor: str, now: float
+    ) -> None: ...
+    def get_training_run(self, run_id: str) -> TrainingRun: ...
+    def list_training_runs(
+        self, *, status: str | None = None, limit: int = 100
+    ) -> list[TrainingRun]: ...
+    def set_training_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        now: float,
+        detail: str = "",
+        result: dict[str, Any] | None = None,
+    ) -> None: ...
+    def complete_round(self, record: RoundRecord, weights: bytes) -> None: ...
+    def list_rounds(self, run_id: str) -> list[RoundRecord]: ...
+    def latest_checkpoint(self, run_id: str) -> tuple[int, bytes] | None: ...
+
+
+PackageSource = Callable[[str], ModelPackage]
+"""The current (float) package of a model by name."""
+
+
+class TrainingService:
+    def __init__(
+        self,
+        store: TrainingStore,
+        send: Sender,
+        *,
+        packages: PackageSource,
+        heldout: HeldOut,
+        candidates_dir: Path,
+        on_candidate: CandidateHook | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        build_candidates: bool = True,
+    ) -> None:
+        self.store = store
+        self._send = send
+        self._packages = packages
+        self._heldout = heldout
+        self.candidates_dir = candidates_dir
+        self.on_candidate = on_candidate
+        self.max_payload = max_payload
+        self.build_candidates = build_candidates
+        self._lock = threading.Lock()
+        self._grid: MqttGrid | None = None
+        self._run_id: str | None = None
+        self._thread: threading.Thread | None = None
+        self.rejected_total: Counter[str] = Counter()
+
+    # ----------------------------------------------------------- operator --
+
+    def start_run(self, spec: RunSpec, *, actor: str) -> TrainingRun:
+        try:
+            selector.parse(spec.target)
+        except SelectorError as exc:
+            raise FederationError(f"bad --target selector: {exc}") from exc
+        package = self._packages(spec.model)
+        if package.manifest.trainable is None:
+            raise FederationError(f"model {spec.model} has no trainable weights")
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                raise FederationError(
+                    f"training run {self._run_id} is still going; stop it or wait for it"
+                )
+            run_id = uuid.uuid4().hex[:12]
+            self.store.create_training_run(
+                run_id, spec.model_dump(mode="json"), actor=actor, now=time.time()
+            )
+            self._launch(run_id, spec)
+        return self.store.get_training_run(run_id)
+
+    def stop_run(self, run_id: str) -> TrainingRun:
+        run = self.store.get_training_run(run_id)
+        if run.status not in ACTIVE:
+            raise FederationError(f"training run {run_id} is already {run.status}")
+        with self._lock:
+            grid = self._grid if self._run_id == run_id else None
+            thread = self._thread
+        self.store.set_training_status(run_id, "stopped", now=time.time(), detail="stopped")
+        if grid is not None:
+            grid.stop()
+            if thread is not None:
+                thread.join(30)
+        return self.store.get_training_run(run_id)
+
+    def resume(self) -> list[str]:
+        """Restart the runs a previous server process left running (oldest first)."""
+        resumed: list[str] = []
+        for run in reversed(self.store.list_training_runs(limit=1000)):
+            if run.status not in ACTIVE:
+                continue
+            with self._lock:
+                if self._thread is not None and self._thread.is_alive():
+                    self.store.set_training_status(
+                        run.id, "failed", now=time.time(), detail="another run was resumed first"
+                    )
+                    continue
+                self._launch(run.id, RunSpec.model_validate(run.spec))
+            resumed.append(run.id)
+        return resumed
+
+    def shutdown(self) -> None:
+        """Server stop: interrupt the run but leave it 'running' so the next start resumes it."""
+        with self._lock:
+            grid, thread = self._grid, self._thread
+            self._run_id = None
+        if grid is not None:
+            grid.stop()
+        if thread is not None:
+            thread.join(30)
+
+    # ------------------------------------------------------------ network --
+
+    def deliver(self, device_id: str, frame: bytes) -> None:
+        grid = self._grid
+        if grid is not None:
+            grid.deliver(device_id, frame)
+
+    def device_changed(self, device_id: str) -> None:
+        """Presence or state changed; a device now offline owes no replies any more."""
+        grid = self._grid
+        if grid is None:
+            return
+        try:
+            online = self.store.get_device(device_id).online
+        except NotFound:
+            online = False
+        if not online:
+            grid.device_offline(device_id)
+
+    @property
+    def grid(self) -> MqttGrid | None:
+        return self._grid
+
+    # ----------------------------------------------------------------- run --
+
+    def _launch(self, run_id: str, spec: RunSpec) -> None:
+        grid = MqttGrid(
+            self._send,
+            eligible=self._eligible_fn(spec),
+            max_payload=self.max_payload,
+            validator=UpdateCheck(max_update_norm=spec.max_update_norm),
+        )
+        self._grid, self._run_id = grid, run_id
+        self._thread = threading.Thread(
+            target=self._run, args=(run_id, spec, grid), name=f"fl-{run_id}", daemon=True
+        )
+        self._thread.start()
+
+    def _eligible_fn(self, spec: RunSpec) -> Callable[[], list[str]]:
+        chosen = selector.parse(spec.target)
+        short_since: list[float] = []
+
+        def fn() -> list[str]:
+            devices = self.store.list_devices(limit=1_000_000).items
+            ids = eligible(
+                devices, self.store.latest_telemetry, chosen, spec.eligibility, spec.model
+            )
+            if len(ids) >= spec.min_clients:
+                short_since.clear()
+            elif not short_since:
+                short_since.append(time.monotonic())
+            elif time.monotonic() - short_since[0] > spec.quorum_wait_s:
+                raise FederationError(
+                    f"only {len(ids)} eligible devices for {spec.quorum_wait_s:.0f}s; "
+                    f"the run needs {spec.min_clients}"
+                )
+            return ids
+
+        return fn
+
+    def _run(self, run_id: str, spec: RunSpec, grid: MqttGrid) -> None:
+        try:
+            package = self._packages(spec.model)
+            trainable = package.manifest.trainable
+            assert trainable is not None
+            network = Network.from_package(package)
+            start, weights = 1, package.weights()
+            checkpoint = self.store.latest_checkpoint(run_id)
+            if checkpoint is not None:
+                done, blob = checkpoint
+                start, weights = done + 1, decode_weights(blob, trainable)
+                log.info("training run %s resumes after round %d", run_id, done)
+            self.store.set_training_status(run_id, "running", now=time.time())
+            flower_compat.set_task_identity(int(run_id, 16) & 0x7FFFFFFF)
+            grid.set_run(flower_compat.empty_run(int(run_id, 16) & 0x7FFFFFFF))
+            rounds = run_secure_rounds if spec.secagg else run_rounds
+            final = rounds(
+                grid,
+                spec,
+                weights,
+                trainable=trainable,
+                preprocessing=package.manifest.preprocessing,
+                first_round=start,
+                on_round=self._round_hook(run_id, spec, grid, network),
+            )
+            if self._run_id != run_id:
+                return  # server shutting down: resume later
+            result = finish_run(
+                run_id,
+                spec,
+                package,
+                network.with_weights(final),
+                self._heldout,
+                rounds=self.store.list_rounds(run_id),
+                out_dir=self.candidates_dir / run_id,
+                on_candidate=self.on_candidate,
+                build=self.build_candidates,
+            )
+            self.store.set_training_status(
+                run_id, "completed", now=time.time(), detail="", result=result
+            )
+        except RunStopped:
+            log.info("training run %s interrupted", run_id)
+        except Exception as exc:
+            log.exception("training run %s failed", run_id)
+            if self._run_id == run_id:
+                self.store.set_training_status(run_id, "failed", now=time.time(), detail=str(exc))
+        finally:
+            with self._lock:
+                if self._grid is grid:
+                    self._grid = None
+
+    def _round_hook(
+        self, run_id: str, spec: RunSpec, grid: MqttGrid, network: Network
+    ) -> Callable[[int, Weights], Mapping[str, float]]:
+        started = [time.monotonic()]
+        data = self._heldout(spec.model)
+        package = self._packages(spec.model)
+        x = apply_preprocessing(data.x_raw, package.manifest.preprocessing)
+        y = data.y
+
+        def hook(round_no: int, weights: Weights) -> Mapping[str, float]:
+            train = [e for e in grid.exchanges if e.message_type == "train"]
+            exchange = train[-1] if train else None
+            good = exchange.replies if exchange is not None else 0
+            if good < spec.min_clients:
+                raise FederationError(
+                    f"round {round_no}: {good} good updates, below the quorum of {spec.min_clients}"
+                )
+            if self._run_id != run_id:
+                raise RunStopped("server shutting down")
+            candidate = network.with_weights(weights)
+            loss, accuracy = heldout_scores(candidate, x, y)
+            rejected = Counter(grid.rejected)
+            grid.rejected.clear()
+            self.rejected_total.update(rejected)
+            now = time.monotonic()
+            record = RoundRecord(
+                run_id=run_id,
+                round=round_no,
+                loss=loss,
+                accuracy=accuracy,
+                participants=list(exchange.participants) if exchange else [],
+                failures=dict(exchange.failures) if exchange else {},
+                rejected=dict(rejected),
+                bytes_out=sum(e.bytes_out for e in grid.exchanges),
+                bytes_in=sum(e.bytes_in for e in grid.exchanges),
+                wall_s=now - started[0],
+                ts=time.time(),
+            )
+            grid.exchanges.clear()
+            started[0] = now
+            self.store.complete_round(record, encode_weights(weights))
+            log.info("run %s round %d: accuracy %.3f loss %.3f", run_id, round_no, accuracy, loss)
+            return {"loss": loss, "accuracy": accuracy}
+
+        return hook
+
+
+def heldout_scores(
+    network: Network, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]
+) -> tuple[float, float]:
+    """Cross-entropy and accuracy of ``network`` on preprocessed held-out rows."""
+    probs = network.forward(x)
+    loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
+    return loss, float((probs.argmax(axis=1) == y).mean())

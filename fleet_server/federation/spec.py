@@ -1,0 +1,99 @@
+"""What a federated training run is asked to do (validated; stored as JSON with the run)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+StrategyName = Literal["fedavg", "fedprox", "fedadam", "krum", "trimmed-mean"]
+
+
+class Eligibility(BaseModel):
+    """Which selected devices may take part, judged on their latest telemetry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    online: bool = True
+    min_new_samples: Annotated[int, Field(ge=0)] = 0
+    min_samples: Annotated[int, Field(ge=0)] = 1
+    idle: bool = True
+    """Skip devices whose telemetry says a round is already running (``learning.busy``)."""
+    allow_battery: bool = False
+    model_version: str | None = None
+    """Only devices running this version of the run's model (``model:`` selector syntax)."""
+
+
+class LocalTraining(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: Annotated[int, Field(ge=1, le=100)] = 5
+    lr: Annotated[float, Field(gt=0, le=10)] = 0.1
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
+    proximal_mu: Annotated[float, Field(ge=0, le=100)] = 0.0
+
+
+class Privacy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    central_dp: bool = False
+    """Flower's server-side fixed clipping wrapper around the strategy."""
+    noise_multiplier: Annotated[float, Field(ge=0)] = 0.1
+    clipping_norm: Annotated[float, Field(gt=0)] = 10.0
+    local_dp_epsilon: Annotated[float, Field(ge=0)] = 0.0
+    """> 0: every device clips and noises its update with Flower's ``LocalDpMod``."""
+    local_dp_clip: Annotated[float, Field(gt=0)] = 10.0
+    local_dp_sensitivity: Annotated[float, Field(ge=0)] = 1.0
+    local_dp_delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+
+
+class RunSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")] = "digits"
+    target: Annotated[str, Field(min_length=1, max_length=2000)] = "all"
+    """A device selector (fleet_server.selector)."""
+    rounds: Annotated[int, Field(ge=1, le=1000)] = 10
+    min_clients: Annotated[int, Field(ge=1, le=100_000)] = 2
+    """Quorum: a round needs this many devices sampled and this many good updates."""
+    fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    round_timeout_s: Annotated[float, Field(gt=0, le=86400)] = 120.0
+    quorum_wait_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    """How long a round may wait for enough eligible devices before the run fails."""
+    strategy: StrategyName = "fedavg"
+    krum_malicious: Annotated[int, Field(ge=0)] = 0
+    trim_beta: Annotated[float, Field(ge=0, lt=0.5)] = 0.2
+    server_lr: Annotated[float, Field(gt=0)] = 0.1
+    """FedAdam's server learning rate (eta)."""
+    local: LocalTraining = LocalTraining()
+    eligibility: Eligibility = Eligibility()
+    privacy: Privacy = Privacy()
+    max_update_norm: Annotated[float, Field(gt=0)] = 100.0
+    """Updates whose L2 distance from the global weights exceeds this are refused."""
+    rollout: Annotated[str, Field(max_length=500)] | None = None
+    """A rollout plan (e.g. "canary 10%, waves 25% 50% 100%") for the candidate, passed on
+    with its lineage; the rollout engine starts it once the registry accepted the model."""
+    secagg: bool = False
+    """Secure aggregation (Flower's SecAgg+): the server only ever sees masked updates."""
+    secagg_shares: Annotated[int, Field(ge=3)] = 3
+    secagg_threshold: Annotated[int, Field(ge=2)] = 2
+    client_evaluate: bool = False
+    """Also ask devices to evaluate each round (the server evaluates on its held-out set anyway)."""
+
+    @model_validator(mode="after")
+    def _coherent(self) -> RunSpec:
+        if self.secagg:
+            if self.strategy not in ("fedavg", "fedprox") or self.privacy.central_dp:
+                raise ValueError(
+                    "secagg runs aggregate with FedAvg (FedProx's client term is allowed); "
+                    "robust strategies and central DP need the individual updates"
+                )
+            if self.privacy.local_dp_epsilon > 0:
+                raise ValueError("local DP is not available together with secagg")
+            if not self.secagg_threshold <= self.secagg_shares:
+                raise ValueError("secagg_threshold must not exceed secagg_shares")
+            if self.min_clients < max(self.secagg_threshold, 3):
+                raise ValueError("secagg needs min_clients >= 3 and >= secagg_threshold")
+        if self.strategy == "krum" and self.min_clients <= 2 * self.krum_malicious + 2:
+            raise ValueError("krum needs min_clients > 2 * krum_malicious + 2")
+        return self

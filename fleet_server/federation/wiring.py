@@ -1,0 +1,53 @@
+"""The fleet server's federated-training service, built from its settings and MQTT link."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from edgefleet_contract.topics import Channel
+
+from ..config import ServerSettings
+from ..link import ServerLink
+from ..metrics import Registry
+from ..store.base import Store
+from .candidate import CandidateHook, digits_heldout
+from .packages import DIST, find_package
+from .runner import TrainingService, TrainingStore
+
+
+def make_training(
+    settings: ServerSettings,
+    store: Store,
+    link: ServerLink,
+    *,
+    on_candidate: CandidateHook | None = None,
+    registry: Registry | None = None,
+) -> TrainingService:
+    """``on_candidate(path, lineage)`` is the registry hand-over (``Registry.add_model``)."""
+    models = settings.data_dir / "models"
+    service = TrainingService(
+        cast(TrainingStore, store),
+        lambda device_id, frame: link.send_raw(device_id, Channel.FL_IN, frame),
+        packages=lambda name: find_package(name, [models, DIST]),
+        heldout=digits_heldout,
+        candidates_dir=settings.data_dir / "candidates",
+        on_candidate=on_candidate,
+        max_payload=settings.telemetry.max_payload,
+    )
+    if registry is not None:
+        registry.gauge(
+            "edgefleet_fl_rejected_updates_total",
+            "Federated updates refused before aggregation, by reason",
+            ("reason",),
+            fn=lambda: [((k,), float(v)) for k, v in sorted(service.rejected_total.items())],
+        )
+        registry.gauge(
+            "edgefleet_fl_dropped_frames_total",
+            "Federated frames dropped by reassembly in the current run, by reason",
+            ("reason",),
+            fn=lambda: [
+                ((k,), float(v))
+                for k, v in sorted((service.grid.dropped_frames if service.grid else {}).items())
+            ],
+        )
+    return service

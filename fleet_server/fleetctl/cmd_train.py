@@ -1,0 +1,197 @@
+"""``fleetctl train ...``: federated training runs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .cli import Ctx, pass_ctx
+from .output import emit
+
+RUN_COLUMNS = [
+    ("id", "RUN"),
+    ("status", "STATUS"),
+    ("model", "MODEL"),
+    ("strategy", "STRATEGY"),
+    ("progress", "ROUNDS"),
+    ("created_by", "BY"),
+    ("created_at", "CREATED"),
+    ("detail", "DETAIL"),
+]
+ROUND_COLUMNS = [
+    ("round", "ROUND"),
+    ("accuracy", "ACCURACY"),
+    ("loss", "LOSS"),
+    ("participants", "PARTICIPANTS"),
+    ("failures", "FAILURES"),
+    ("rejected", "REJECTED"),
+    ("bytes", "BYTES OUT/IN"),
+    ("wall_s", "WALL S"),
+]
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "krum", "trimmed-mean")
+FINAL = ("completed", "failed", "stopped")
+
+
+@click.group()
+def train() -> None:
+    """Federated training runs on the devices' own data."""
+
+
+@train.command("start")
+@click.option("--model", required=True, help="Model name, e.g. digits.")
+@click.option("--target", default="all", show_default=True, help="Device selector.")
+@click.option("--rounds", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="fedavg", show_default=True)
+@click.option("--min-clients", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0)
+@click.option("--round-timeout", type=click.FloatRange(0, min_open=True), default=120.0)
+@click.option("--epochs", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=0.1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--mu", type=click.FloatRange(0, 100), default=None, help="FedProx proximal mu.")
+@click.option("--min-new-samples", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--allow-battery", is_flag=True, help="Let devices on battery train.")
+@click.option("--model-version", default=None, help="Only devices running this version.")
+@click.option("--central-dp", is_flag=True, help="Server-side clipping + noise (Flower).")
+@click.option("--noise", type=click.FloatRange(0), default=0.1, show_default=True)
+@click.option("--clip", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True)
+@click.option("--local-dp-epsilon", type=click.FloatRange(0), default=0.0, help="> 0: LocalDpMod.")
+@click.option("--secagg", is_flag=True, help="Secure aggregation (SecAgg+).")
+@click.option("--rollout", default=None, help="Rollout plan for the candidate if it wins.")
+@pass_ctx
+def start(ctx: Ctx, /, **o: Any) -> None:
+    """Start a run, e.g. --model digits --target 'tag:site=berlin' --strategy fedprox."""
+    body: dict[str, Any] = {
+        "model": o["model"],
+        "target": o["target"],
+        "rounds": o["rounds"],
+        "strategy": o["strategy"],
+        "min_clients": o["min_clients"],
+        "fraction": o["fraction"],
+        "round_timeout_s": o["round_timeout"],
+        "local": {
+            "epochs": o["epochs"],
+            "lr": o["lr"],
+            "batch_size": o["batch_size"],
+            "proximal_mu": o["mu"]
+            if o["mu"] is not None
+            else (0.01 if o["strategy"] == "fedprox" else 0.0),
+        },
+        "eligibility": {
+            "min_new_samples": o["min_new_samples"],
+            "allow_battery": o["allow_battery"],
+            "model_version": o["model_version"],
+        },
+        "privacy": {
+            "central_dp": o["central_dp"],
+            "noise_multiplier": o["noise"],
+            "clipping_norm": o["clip"],
+            "local_dp_epsilon": o["local_dp_epsilon"],
+        },
+        "secagg": o["secagg"],
+        "rollout": o["rollout"],
+    }
+    run = ctx.client.post("/training/runs", body)
+    if ctx.as_json:
+        emit(run, as_json=True)
+    else:
+        click.echo(f"training run {run['id']} started ({run['spec']['rounds']} rounds)")
+
+
+def _summary(run: dict[str, Any]) -> dict[str, Any]:
+    spec = run["spec"]
+    return {
+        **run,
+        "model": spec.get("model"),
+        "strategy": spec.get("strategy"),
+        "progress": f"{run['completed_rounds']}/{spec.get('rounds')}",
+    }
+
+
+@train.command("list")
+@click.option("--status", default=None)
+@pass_ctx
+def list_runs(ctx: Ctx, status: str | None) -> None:
+    params = {"status": status} if status else {}
+    runs = ctx.client.get("/training/runs", **params)
+    emit(
+        runs if ctx.as_json else [_summary(r) for r in runs],
+        as_json=ctx.as_json,
+        columns=RUN_COLUMNS,
+    )
+
+
+def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            **r,
+            "participants": len(r["participants"]),
+            "bytes": f"{r['bytes_out']}/{r['bytes_in']}",
+            "accuracy": round(r["accuracy"], 4) if r["accuracy"] is not None else None,
+            "loss": round(r["loss"], 4) if r["loss"] is not None else None,
+            "wall_s": round(r["wall_s"], 2),
+        }
+        for r in run.get("rounds") or []
+    ]
+
+
+def _show(run: dict[str, Any]) -> None:
+    emit(_rounds(run), as_json=False, columns=ROUND_COLUMNS, title=f"run {run['id']}")
+    line = f"{run['status']}"
+    if run["detail"]:
+        line += f": {run['detail']}"
+    result = run.get("result") or {}
+    if "accuracy" in result:
+        line += (
+            f" — candidate {result.get('version')} held-out accuracy "
+            f"{result['accuracy']:.4f} vs parent {result.get('baseline_accuracy', 0):.4f}"
+            f"{' (handed to the registry)' if result.get('handed_over') else ''}"
+        )
+    Console().print(line)
+
+
+@train.command("status")
+@click.argument("run_id")
+@click.option("--watch", is_flag=True, help="Follow the run until it ends.")
+@click.option("--interval", type=click.FloatRange(0.1), default=2.0, show_default=True)
+@pass_ctx
+def status(ctx: Ctx, run_id: str, watch: bool, interval: float) -> None:
+    """Per-round loss/accuracy, participants, failures and bytes."""
+    run = ctx.client.get(f"/training/runs/{run_id}")
+    if watch and run["status"] not in FINAL:
+        total = int(run["spec"].get("rounds", 1))
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+        ) as progress:
+            task = progress.add_task(f"run {run_id}", total=total, info="")
+            while run["status"] not in FINAL:
+                last = (run.get("rounds") or [{}])[-1]
+                info = f"acc {last['accuracy']:.3f}" if last.get("accuracy") is not None else ""
+                progress.update(task, completed=run["completed_rounds"], info=info)
+                time.sleep(interval)
+                run = ctx.client.get(f"/training/runs/{run_id}")
+            progress.update(task, completed=run["completed_rounds"])
+    if ctx.as_json:
+        emit(run, as_json=True)
+    else:
+        _show(run)
+
+
+@train.command("stop")
+@click.argument("run_id")
+@pass_ctx
+def stop(ctx: Ctx, run_id: str) -> None:
+    run = ctx.client.post(f"/training/runs/{run_id}/stop")
+    emit(run, as_json=True) if ctx.as_json else click.echo(f"training run {run_id} {run['status']}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(train)

@@ -1,0 +1,178 @@
+"""Federated training runs: the run record, per-round metrics and weight checkpoints.
+
+A checkpoint is written in the same transaction as its round's metrics and the
+run's ``completed_rounds``, so after a crash the run resumes from a round whose
+weights and numbers agree.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet_contract.errors import NotFound
+from edgefleet_contract.messages import Telemetry
+
+from ._conn import Connections
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    id: str
+    spec: dict[str, Any]
+    status: str
+    """pending | running | completed | failed | stopped"""
+    created_by: str
+    created_at: float
+    updated_at: float
+    completed_rounds: int = 0
+    detail: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    run_id: str
+    round: int
+    loss: float | None
+    accuracy: float | None
+    participants: list[str]
+    failures: dict[str, int]
+    rejected: dict[str, int]
+    bytes_out: int
+    bytes_in: int
+    wall_s: float
+    ts: float
+
+
+class TrainingTables(Connections):
+    def create_training_run(
+        self, run_id: str, spec: dict[str, Any], *, actor: str, now: float
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO fl_runs (id, spec, status, created_by, created_at, updated_at, "
+                "completed_rounds, detail, result) VALUES (?, ?, 'pending', ?, ?, ?, 0, '', '{}')",
+                (run_id, json.dumps(spec), actor, now, now),
+            )
+
+    def get_training_run(self, run_id: str) -> TrainingRun:
+        row = self._one("SELECT * FROM fl_runs WHERE id = ?", (run_id,))
+        if row is None:
+            raise NotFound(f"no training run {run_id!r}")
+        return _run(row)
+
+    def list_training_runs(
+        self, *, status: str | None = None, limit: int = 100
+    ) -> list[TrainingRun]:
+        sql = "SELECT * FROM fl_runs"
+        params: list[Any] = []
+        if status is not None:
+            sql += " WHERE status = ?"
+            params.append(status)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        params.append(limit)
+        return [_run(r) for r in self._conn().execute(sql, params)]
+
+    def set_training_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        now: float,
+        detail: str = "",
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE fl_runs SET status = ?, detail = ?, updated_at = ?, "
+                "result = COALESCE(?, result) WHERE id = ?",
+                (status, detail, now, json.dumps(result) if result is not None else None, run_id),
+            )
+            if not cur.rowcount:
+                raise NotFound(f"no training run {run_id!r}")
+
+    def complete_round(self, record: RoundRecord, weights: bytes) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO fl_rounds (run_id, round, loss, accuracy, participants, "
+                "failures, rejected, bytes_out, bytes_in, wall_s, ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.run_id,
+                    record.round,
+                    record.loss,
+                    record.accuracy,
+                    json.dumps(record.participants),
+                    json.dumps(record.failures),
+                    json.dumps(record.rejected),
+                    record.bytes_out,
+                    record.bytes_in,
+                    record.wall_s,
+                    record.ts,
+                ),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO fl_checkpoints (run_id, round, weights) VALUES (?, ?, ?)",
+                (record.run_id, record.round, weights),
+            )
+            conn.execute(
+                "DELETE FROM fl_checkpoints WHERE run_id = ? AND round < ?",
+                (record.run_id, record.round),
+            )
+            conn.execute(
+                "UPDATE fl_runs SET completed_rounds = ?, updated_at = ? WHERE id = ?",
+                (record.round, record.ts, record.run_id),
+            )
+
+    def list_rounds(self, run_id: str) -> list[RoundRecord]:
+        rows = self._conn().execute(
+            "SELECT * FROM fl_rounds WHERE run_id = ? ORDER BY round", (run_id,)
+        )
+        return [_round(r) for r in rows]
+
+    def latest_telemetry(self, device_id: str) -> Telemetry | None:
+        row = self._one(
+            "SELECT body FROM telemetry WHERE device_id = ? ORDER BY ts DESC LIMIT 1", (device_id,)
+        )
+        return None if row is None else Telemetry.model_validate_json(row[0])
+
+    def latest_checkpoint(self, run_id: str) -> tuple[int, bytes] | None:
+        row = self._one(
+            "SELECT round, weights FROM fl_checkpoints WHERE run_id = ? "
+            "ORDER BY round DESC LIMIT 1",
+            (run_id,),
+        )
+        return None if row is None else (int(row["round"]), bytes(row["weights"]))
+
+
+def _run(r: sqlite3.Row) -> TrainingRun:
+    return TrainingRun(
+        id=r["id"],
+        spec=json.loads(r["spec"]),
+        status=r["status"],
+        created_by=r["created_by"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        completed_rounds=r["completed_rounds"],
+        detail=r["detail"] or "",
+        result=json.loads(r["result"] or "{}"),
+    )
+
+
+def _round(r: sqlite3.Row) -> RoundRecord:
+    return RoundRecord(
+        run_id=r["run_id"],
+        round=r["round"],
+        loss=r["loss"],
+        accuracy=r["accuracy"],
+        participants=json.loads(r["participants"]),
+        failures=json.loads(r["failures"]),
+        rejected=json.loads(r["rejected"]),
+        bytes_out=r["bytes_out"],
+        bytes_in=r["bytes_in"],
+        wall_s=r["wall_s"],
+        ts=r["ts"],
+    )

@@ -1,0 +1,137 @@
+"""Shared pieces of the federated tests: devices with the real agent learning code."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agent.learning.worker import LearningWorker
+from agent.link import DeviceLink
+from agent.samples import SampleStore
+from agent.spool import DrainPolicy, Spool
+from edgefleet_contract.codec import Codec
+from edgefleet_contract.messages import LearningStats, SystemStats, Telemetry
+from edgefleet_contract.mqtt import Endpoint, TlsFiles
+from edgefleet_contract.package import Lineage
+from edgefleet_contract.topics import Channel
+from fleet_server.modelkit.build import build_package
+from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
+from fleet_server.pki import write_private
+from fleet_server.server import FleetServer
+
+MODEL = "digits-fl"
+
+
+def dirichlet_parts(y: np.ndarray, clients: int, alpha: float, seed: int) -> list[np.ndarray]:
+    """Non-IID label partition: each class spread over clients by Dirichlet(alpha)."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(clients)]
+    for label in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        shares = rng.dirichlet([alpha] * clients)
+        cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
+        for part, chunk in zip(parts, np.split(idx, cuts), strict=True):
+            part.extend(chunk.tolist())
+    return [np.asarray(sorted(p), dtype=np.int64) for p in parts]
+
+
+def write_start_package(models_dir: Path, *, seed: int = 7) -> None:
+    """A freshly initialised (untrained) 64-32-10 package of MODEL for runs to start from."""
+    from models.build import REFERENCES
+    from models.train import init_network
+
+    ref = REFERENCES["digits"]
+    network = init_network(ref.input_shape, ref.layers, ref.widths, seed=seed)
+    data = split()
+    blob = build_package(
+        network,
+        name=MODEL,
+        version="1.0.0",
+        flavor="onnx-float32",
+        preprocessing=PREPROCESSING,
+        labels=LABELS,
+        reference=data.x_train,
+        lineage=Lineage(source="build"),
+    )
+    models_dir.mkdir(parents=True, exist_ok=True)
+    (models_dir / f"{MODEL}-1.0.0-onnx-float32.efpkg").write_bytes(blob)
+
+
+@dataclass
+class Device:
+    link: DeviceLink
+    worker: LearningWorker
+    samples: SampleStore
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.link.stop()
+        self.samples.close()
+
+
+def make_device(
+    server: FleetServer,
+    tmp: Path,
+    device_id: str,
+    rows: np.ndarray,
+    labels: np.ndarray,
+    *,
+    worker_cls: type[LearningWorker] = LearningWorker,
+    data: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Device:
+    server.store.create_device(device_id, name=device_id, tags={"fl": "yes"}, now=time.time())
+    cert, key = server.ca.issue_client_cert(device_id, validity_s=3600, now=time.time())
+    folder = tmp / device_id
+    folder.mkdir(parents=True)
+    write_private(folder / "key.pem", key)
+    (folder / "cert.pem").write_bytes(cert)
+    tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
+    samples = SampleStore(folder / "samples.db", max_samples=10_000)
+    for row, label in zip(rows, labels, strict=True):
+        samples.add(row, int(label))
+    spool = Spool(folder / "spool.db", max_bytes=10**7, max_age_s=1e6)
+    endpoint = Endpoint("127.0.0.1", server.settings.broker.port, tls, keepalive=10)
+    holder: list[DeviceLink] = []
+    worker = worker_cls(
+        lambda frame: holder[0].send_frame(frame),
+        data or samples.dataset,
+        max_payload=16 * 1024,
+        on_trained=samples.mark_trained,
+    )
+    link = DeviceLink(
+        device_id,
+        endpoint,
+        spool,
+        agent_version="test",
+        policy=DrainPolicy(200, 200, 20),
+        on_frame=worker.on_frame,
+    )
+    holder.append(link)
+    link.start()
+    stats = samples.stats()
+    batch = Telemetry(
+        device_id=device_id,
+        batch_id=f"fl-{time.time_ns()}",
+        seq=1,
+        ts=time.time(),
+        window_s=1,
+        learning=LearningStats(
+            labelled_samples=stats.labelled_samples, new_samples=stats.new_samples
+        ),
+        system=SystemStats(
+            cpu_percent=1,
+            mem_used_bytes=1,
+            mem_total_bytes=2,
+            rss_bytes=1,
+            disk_used_bytes=1,
+            disk_total_bytes=2,
+            uptime_s=1,
+            power="ac",
+        ),
+    )
+    link.send(Channel.TELEMETRY, Codec().encode(batch))
+    return Device(link, worker, samples)

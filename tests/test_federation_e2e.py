@@ -1,0 +1,349 @@
+"""Federated runs through the real broker, the real fleet server and the agent's learning code."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.learning.worker import LearningWorker
+from fleet_server.config import ServerSettings
+from fleet_server.federation.spec import LocalTraining, RunSpec
+from fleet_server.modelkit.digits import split
+from fleet_server.server import FleetServer, initialize
+
+from .fl_helpers import MODEL, Device, dirichlet_parts, make_device, write_start_package
+from .harness import ADMIN_PASSWORD, free_port, server_settings, wait_for
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> ServerSettings:
+    s = server_settings(tmp_path / "fleet")
+    assert isinstance(s, ServerSettings)
+    initialize(s, admin_password=ADMIN_PASSWORD)
+    write_start_package(s.data_dir / "models")
+    return s
+
+
+@pytest.fixture
+def server(settings: ServerSettings) -> Iterator[FleetServer]:
+    srv = FleetServer(settings)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def devices(server: FleetServer, tmp: Path, n: int, prefix: str, **kw: object) -> list[Device]:
+    data = split()
+    parts = dirichlet_parts(data.y_train, n, alpha=0.5, seed=3)
+    made = [
+        make_device(server, tmp, f"{prefix}-{i}", data.x_train[p], data.y_train[p], **kw)  # type: ignore[arg-type]
+        for i, p in enumerate(parts)
+    ]
+    wait_for(lambda: all(d.link.connected.is_set() for d in made), what="devices connected")
+    wait_for(
+        lambda: all(server.store.latest_telemetry(d.link.device_id) for d in made),  # type: ignore[attr-defined]
+        what="telemetry stored",
+    )
+    wait_for(
+        lambda: all(server.store.get_device(d.link.device_id).online for d in made),
+        what="devices online",
+    )
+    return made
+
+
+def spec(**kw: object) -> RunSpec:
+    base: dict[str, object] = {
+        "model": MODEL,
+        "target": "tag:fl=yes",
+        "rounds": 3,
+        "min_clients": 4,
+        "round_timeout_s": 120,
+        "local": LocalTraining(epochs=5, lr=0.2, batch_size=16),
+    }
+    base.update(kw)
+    return RunSpec.model_validate(base)
+
+
+def wait_done(server: FleetServer, run_id: str, timeout: float = 240) -> str:
+    def done() -> bool:
+        return server.store.get_training_run(run_id).status not in ("pending", "running")  # type: ignore[attr-defined]
+
+    wait_for(done, timeout, "run finished")
+    return str(server.store.get_training_run(run_id).status)  # type: ignore[attr-defined]
+
+
+def test_fedavg_over_real_broker_accuracy_rises_and_candidate_handed_over(
+    server: FleetServer, tmp_path: Path
+) -> None:
+    handed: list[tuple[Path, dict[str, object]]] = []
+    server.training.on_candidate = lambda path, lineage: handed.append((path, lineage))
+    fleet = devices(server, tmp_path / "devs", 5, "fa")
+    try:
+        run = server.training.start_run(spec(rounds=4, min_clients=5), actor="test")
+        assert wait_done(server, run.id) == "completed", server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert [r.round for r in rounds] == [1, 2, 3, 4]
+        accuracy = [r.accuracy for r in rounds]
+        assert accuracy[-1] > accuracy[0] and accuracy[-1] > 0.6, accuracy
+        assert all(len(r.participants) == 5 for r in rounds)
+        assert all(r.bytes_out > 0 and r.bytes_in > 0 for r in rounds)
+        result = server.store.get_training_run(run.id).result  # type: ignore[attr-defined]
+        assert result["beats_parent"] is True
+        assert result["accuracy"] > result["baseline_accuracy"]
+        flavors = sorted(p.name for p, _ in handed)
+        assert flavors == sorted(
+            f"{MODEL}-1.1.0-{f}.efpkg"
+            for f in ("onnx-float32", "onnx-int8", "tflite-float32", "tflite-int8")
+        )
+        assert handed[0][1]["run_id"] == run.id
+        assert sorted(handed[0][1]["participants"]) == sorted(d.link.device_id for d in fleet)  # type: ignore[arg-type]
+        assert all(d.worker.counts["handled"] >= 4 for d in fleet)
+    finally:
+        for d in fleet:
+            d.stop()
+
+
+class SlowWorker(LearningWorker):
+    """Trains, but slowly enough for the test to kill the device mid-round."""
+
+    started = 0
+
+    def answer(self, message):  # type: ignore[no-untyped-def]
+        SlowWorker.started += 1
+        time.sleep(30)
+        return super().answer(message)
+
+
+def test_device_killed_mid_round_fails_fast_and_round_completes(
+    server: FleetServer, tmp_path: Path
+) -> None:
+    fleet = devices(server, tmp_path / "devs", 5, "kd")
+    victim = devices(server, tmp_path / "victim", 1, "kv", worker_cls=SlowWorker)[0]
+    try:
+        run = server.training.start_run(
+            spec(rounds=2, min_clients=5, round_timeout_s=600), actor="test"
+        )
+        wait_for(lambda: SlowWorker.started >= 1, 60, "victim training")
+        # Abrupt death: the TCP connection drops without DISCONNECT, so the broker
+        # publishes the device's Last Will (status offline).
+        sock = victim.link._client.socket()
+        assert sock is not None
+        sock.shutdown(socket.SHUT_RDWR)
+        victim.link._stop.set()  # no reconnect: the device is "dead"
+        assert wait_done(server, run.id, timeout=300) == "completed"
+        first = server.store.list_rounds(run.id)[0]  # type: ignore[attr-defined]
+        assert first.failures.get("offline") == 1, first.failures
+        assert "timeout" not in first.failures
+        assert victim.link.device_id not in first.participants
+        assert len(first.participants) == 5
+    finally:
+        for d in fleet:
+            d.stop()
+
+
+class EvilWorker(LearningWorker):
+    """Trains honestly, then corrupts the update in one of the ways an attacker might."""
+
+    def __init__(self, *a: object, attack: str = "nan", **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.attack = attack
+
+    def answer(self, message):  # type: ignore[no-untyped-def]
+        from flwr.app import Array, ArrayRecord
+
+        reply = super().answer(message)
+        if reply.has_error() or message.metadata.message_type != "train":
+            return reply
+        record = reply.content.array_records["arrays"]
+        arrays = {k: v.numpy() for k, v in record.items()}
+        first = next(iter(arrays))
+        if self.attack == "nan":
+            arrays[first] = arrays[first].copy()
+            arrays[first].flat[0] = np.nan
+        elif self.attack == "shape":
+            arrays[first] = np.zeros((3, 3), np.float32)
+        elif self.attack == "length":
+            arrays["extra"] = np.zeros(4, np.float32)
+        elif self.attack == "norm":
+            arrays[first] = arrays[first] * 1e6
+        reply.content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        return reply
+
+
+def test_malicious_updates_are_rejected_counted_and_never_aggregated(
+    server: FleetServer, tmp_path: Path
+) -> None:
+    fleet = devices(server, tmp_path / "devs", 4, "hm")
+    evil = []
+    for attack in ("nan", "shape", "length", "norm"):
+
+        class Attack(EvilWorker):
+            def __init__(self, *a: object, _attack: str = attack, **kw: object) -> None:
+                super().__init__(*a, attack=_attack, **kw)
+
+        evil += devices(server, tmp_path / attack, 1, f"ev{attack}", worker_cls=Attack)
+    try:
+        run = server.training.start_run(spec(rounds=2, min_clients=4), actor="test")
+        assert wait_done(server, run.id) == "completed"
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        for r in rounds:
+            assert r.rejected == {
+                "not_finite": 1,
+                "wrong_shape": 1,
+                "wrong_length": 1,
+                "absurd_norm": 1,
+            }, r.rejected
+            assert sorted(r.participants) == sorted(d.link.device_id for d in fleet)
+            assert r.accuracy is not None and np.isfinite(r.loss)
+        assert rounds[-1].accuracy > 0.3
+        metrics = server.registry.render()
+        assert 'edgefleet_fl_rejected_updates_total{reason="not_finite"} 2' in metrics
+    finally:
+        for d in fleet + evil:
+            d.stop()
+
+
+class GateWorker(LearningWorker):
+    """Holds its answers to round 3 until the test opens the gate (server restarts meanwhile)."""
+
+    gate = threading.Event()
+
+    def answer(self, message):  # type: ignore[no-untyped-def]
+        config = message.content.config_records.get("config") if message.has_content() else None
+        if config is not None and config.get("server-round", 0) >= 3:
+            GateWorker.gate.wait(120)
+        return super().answer(message)
+
+
+def test_run_resumes_from_checkpoint_after_server_restart(
+    settings: ServerSettings, tmp_path: Path
+) -> None:
+    server = FleetServer(settings)
+    server.start()
+    server.training.build_candidates = False
+    fleet = devices(server, tmp_path / "devs", 4, "rs", worker_cls=GateWorker)
+    try:
+        run = server.training.start_run(spec(rounds=5, min_clients=4), actor="test")
+        grid = server.training.grid
+        assert grid is not None
+        wait_for(
+            lambda: (
+                grid.owed(fleet[0].link.device_id) > 0
+                and server.store.get_training_run(run.id).completed_rounds == 2
+            ),
+            180,
+            "round 3 under way",
+        )  # type: ignore[attr-defined]
+        server.stop()  # mid-round 3: the run stays 'running' with round 2 checkpointed
+        GateWorker.gate.set()
+        restarted = time.time()
+        # A fresh API port: the old one may meanwhile be some reconnecting client's
+        # ephemeral local port (devices do not use the API here).
+        api = settings.api.model_copy(update={"port": free_port()})
+        server = FleetServer(settings.model_copy(update={"api": api}))
+        server.training.build_candidates = False
+        server.start()
+        assert wait_done(server, run.id, timeout=300) == "completed"
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert [r.round for r in rounds] == [1, 2, 3, 4, 5]
+        assert all(r.ts < restarted for r in rounds[:2])
+        assert all(r.ts > restarted for r in rounds[2:])
+        assert rounds[-1].accuracy >= rounds[1].accuracy
+    finally:
+        for d in fleet:
+            d.stop()
+        server.stop()
+
+
+def _array(blob: bytes) -> np.ndarray:
+    """A serialised ndarray, or an empty array for other bytes (encrypted key shares)."""
+    from flwr.common import bytes_to_ndarray
+
+    try:
+        return bytes_to_ndarray(blob)
+    except ValueError:
+        return np.zeros(0)
+
+
+def test_secagg_server_never_sees_an_individual_update(
+    server: FleetServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgefleet_contract import flower_compat
+    from edgefleet_contract.package import decode_weights
+    from fleet_server.federation import grid as grid_module
+
+    seen: list[object] = []
+    real_decode = flower_compat.decode
+
+    def spy(data: bytes):  # type: ignore[no-untyped-def]
+        message = real_decode(data)
+        if message.metadata.reply_to_message_id and message.has_content():
+            seen.append(message)  # a device's reply as the server receives it
+        return message
+
+    monkeypatch.setattr(grid_module.flower_compat, "decode", spy)
+    server.training.build_candidates = False
+    fleet = devices(server, tmp_path / "devs", 5, "sa")
+    try:
+        run = server.training.start_run(spec(rounds=2, min_clients=5, secagg=True), actor="test")
+        assert wait_done(server, run.id) == "completed", server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert [r.round for r in rounds] == [1, 2] and rounds[-1].accuracy > rounds[
+            0
+        ].accuracy * 0.9
+        plain = [d.worker._secure_client.last_update for d in fleet]  # type: ignore[union-attr]
+        assert all(p is not None for p in plain)
+        received = []
+        for message in seen:
+            content = message.content  # type: ignore[attr-defined]
+            for record in content.array_records.values():
+                received += [a.numpy() for a in record.values()]
+            for record in content.config_records.values():
+                for value in record.values():
+                    items = value if isinstance(value, list) else [value]
+                    received += [_array(v) for v in items if isinstance(v, bytes)]
+        assert received, "the spy saw no update traffic"
+        for update in plain:
+            for name, array in update.items():  # type: ignore[union-attr]
+                for got in received:
+                    if got.size == array.size:
+                        assert not np.allclose(got.reshape(array.shape), array, atol=1e-3), name
+        # ...yet the aggregate the server unmasked is the devices' weighted mean.
+        checkpoint = server.store.latest_checkpoint(run.id)  # type: ignore[attr-defined]
+        trainable = server.training._packages(MODEL).manifest.trainable
+        final = decode_weights(checkpoint[1], trainable)
+        sizes = [len(d.samples.dataset(64)[1]) for d in fleet]
+        for name in final:
+            mean = sum(n * p[name] for n, p in zip(sizes, plain, strict=True)) / sum(sizes)  # type: ignore[index]
+            np.testing.assert_allclose(final[name], mean, atol=1e-3)
+    finally:
+        for d in fleet:
+            d.stop()
+
+
+def test_round_below_quorum_fails_the_run_with_a_reason(
+    server: FleetServer, tmp_path: Path
+) -> None:
+    class NaN(EvilWorker):
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, attack="nan", **kw)
+
+    fleet = devices(server, tmp_path / "devs", 2, "qh")
+    fleet += devices(server, tmp_path / "evil", 1, "qe", worker_cls=NaN)
+    try:
+        run = server.training.start_run(spec(rounds=3, min_clients=3), actor="test")
+        assert wait_done(server, run.id) == "failed"
+        final = server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        assert "2 good updates, below the quorum of 3" in final.detail
+        assert server.store.list_rounds(run.id) == []  # type: ignore[attr-defined]
+    finally:
+        for d in fleet:
+            d.stop()
