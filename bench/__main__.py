@@ -21,6 +21,7 @@ MODULES = {
     "bench_inference": "Inference overhead and int8 vs float (issue: agent daemon)",
     "bench_federated": "Federated quality and bytes per round (issue: federated training)",
     "bench_fl_rounds": "Federated round overhead and agent memory (issue: federated training)",
+    "bench_delta": "Delta updates (issue: signed OTA)",
     "bench_rollouts": "Rollout throughput (issue: signed OTA)",
 }
 

@@ -23,6 +23,8 @@ the most specific class; callers catch the family they can handle.
     ├── AuthError              authentication failed (HTTP 401)
     │   └── PermissionDenied   authenticated but not allowed (HTTP 403)
     ├── UpdateError            OTA verification, download or install failures
+    │   └── SigningError       TUF keys and metadata on the server: unreadable key,
+    │                          wrong passphrase, a root that does not verify
     ├── FederationError        a federated run cannot go on (quorum, bad spec)
     │   └── RunStopped         an operator stopped the run, or the server stops
     └── RolloutError           a rollout action that does not fit the rollout's state
@@ -110,6 +112,10 @@ class FederationError(EdgefleetError):
 
 class RunStopped(FederationError):
     """An operator stopped the federated run (or the server is shutting down)."""
+
+
+class SigningError(UpdateError):
+    """A TUF key or metadata operation on the server or the offline machine failed."""
 
 
 class RolloutError(EdgefleetError):

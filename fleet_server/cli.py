@@ -57,6 +57,14 @@ def init(config: Path | None, data_dir: Path | None, admin_password_stdin: bool)
     password = sys.stdin.readline().rstrip("\n") if admin_password_stdin else None
     generated = initialize(settings, admin_password=password)
     click.echo(f"fleet initialized in {settings.data_dir}")
+    offline = settings.data_dir / "offline"
+    if any(offline.glob("root-key-*.pem")):
+        click.secho(
+            f"WARNING: {offline} holds the TUF root key. It belongs on an offline machine: "
+            f"move it off this server (see {offline / 'README-MOVE-OFFLINE.txt'}).",
+            fg="yellow",
+            err=True,
+        )
     if generated:
         click.echo("admin user: admin")
         click.echo(f"admin password (shown once, change it): {generated}")

@@ -81,6 +81,20 @@ class TelemetrySettings(Section):
     max_payload: Annotated[int, Field(ge=1024)] = 256 * 1024
 
 
+class ArtifactSettings(Section):
+    max_upload_bytes: Annotated[int, Field(ge=1024)] = 512 * 1024 * 1024
+    """Largest model package or firmware bundle the upload routes accept."""
+
+
+class TufSettings(Section):
+    """Signature lifetimes; each role is re-signed once half of its lifetime is left."""
+
+    root_expiry_s: Annotated[int, Field(ge=86400)] = 365 * 86400
+    targets_expiry_s: Annotated[int, Field(ge=3600)] = 30 * 86400
+    snapshot_expiry_s: Annotated[int, Field(ge=3600)] = 7 * 86400
+    timestamp_expiry_s: Annotated[int, Field(ge=300)] = 86400
+
+
 class ServerSettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLEET_", extra="forbid", env_nested_delimiter="__"
@@ -93,6 +107,8 @@ class ServerSettings(FileSettings):
     broker: BrokerSettings = BrokerSettings()
     enrollment: EnrollmentSettings = EnrollmentSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    artifacts: ArtifactSettings = ArtifactSettings()
+    tuf: TufSettings = TufSettings()
 
     @property
     def database(self) -> Path:

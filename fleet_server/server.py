@@ -31,9 +31,14 @@ from .link import ServerLink
 from .metrics import Registry
 from .pki import FleetCA, write_private
 from .reconcile import Reconciler
+from .registry import BlobStore, DeltaCache
+from .registry import Registry as ArtifactRegistry
 from .rollouts.driver import RolloutDriver
 from .store import open_store
 from .store.base import Store
+from .tuf import TufRepository
+from .tuf.bootstrap import initialize_tuf, tuf_lifetimes
+from .tuf.timer import ResignTimer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,14 @@ class Layout:
     @property
     def client_key(self) -> Path:
         return self.root / "server" / "client.key"
+
+    @property
+    def tuf(self) -> Path:
+        return self.root / "tuf"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
 
 
 def initialize(settings: ServerSettings, *, admin_password: str | None = None) -> str | None:
@@ -91,6 +104,7 @@ def initialize(settings: ServerSettings, *, admin_password: str | None = None) -
         layout.client_cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         layout.client_cert.write_bytes(cert)
         write_private(layout.client_key, key)
+    initialize_tuf(settings)
     store = open_store(settings.database)
     try:
         if store.list_users():
@@ -148,10 +162,31 @@ class FleetServer:
             acker=lambda item: self.link.acknowledge(item),
             on_frame=lambda device_id, frame: self.training.deliver(device_id, frame),
         )
+        if not (self.layout.tuf / "metadata" / "1.root.json").exists():
+            raise ConfigError(
+                f"{settings.data_dir} has no TUF repository; run `fleet-server init` again"
+            )
+        self.tuf = TufRepository(self.layout.tuf, lifetimes=tuf_lifetimes(settings))
+        self.artifacts = ArtifactRegistry(
+            self.store, BlobStore(self.layout.artifacts), tuf=self.tuf
+        )
+        self.deltas = DeltaCache(self.artifacts.blobs, self.layout.root / "deltas")
+        self.tuf_timer = ResignTimer(self.tuf)
+        self.registry.gauge(
+            "edgefleet_tuf_timestamp_expires_in_seconds",
+            "Seconds until the published TUF timestamp expires (devices refuse it then)",
+            fn=lambda: [((), self.tuf.timestamp().signed.expires.timestamp() - time.time())],
+        )
         self.link = ServerLink(self._endpoint(), self.ingest)
         self.reconciler = Reconciler(self.store, self.link)
         self.ingest.set_device_hook(self._device_updated)
-        self.training = make_training(settings, self.store, self.link, registry=self.registry)
+        self.training = make_training(
+            settings,
+            self.store,
+            self.link,
+            registry=self.registry,
+            on_candidate=self._register_candidate,
+        )
         self.rollouts = RolloutDriver(self.store, self.link)
         self.registry.gauge(
             "edgefleet_broker_connected",
@@ -171,6 +206,9 @@ class FleetServer:
                 commands=self.link,
                 metrics=self.registry.render,
                 training=self.training,
+                registry=self.artifacts,
+                tuf=self.tuf,
+                deltas=self.deltas,
                 rollouts=self.rollouts,
             )
         )
@@ -223,6 +261,10 @@ class FleetServer:
             password=b.password.get_secret_value() if b.password else None,
         )
 
+    def _register_candidate(self, path: Path, lineage: dict[str, object]) -> None:
+        """A federated run's winning candidate enters the registry as a signed TUF target."""
+        self.artifacts.add_model(path, lineage=lineage, actor=f"federation:{lineage.get('run_id')}")
+
     def _apply_revocation(self, crl_pem: bytes) -> None:
         if self.broker is None:
             log.warning(
@@ -263,6 +305,7 @@ class FleetServer:
             target=self._maintain, name="maintenance", daemon=True
         )
         self._maintenance_thread.start()
+        self.tuf_timer.start()
         config = uvicorn.Config(
             self.app,
             host=self.settings.api.host,
@@ -306,6 +349,7 @@ class FleetServer:
 
     def stop(self) -> None:
         self._maintenance.set()
+        self.tuf_timer.stop()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:

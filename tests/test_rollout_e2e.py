@@ -42,6 +42,7 @@ from fleet_server.server import FleetServer, initialize
 from fleet_server.store import open_store
 
 from .harness import ADMIN_PASSWORD, admin_token, server_settings, wait_for
+from .ota_server import DIGITS, model_version
 from .test_rollout_driver import TableResolver
 
 
@@ -178,9 +179,15 @@ class SimDevice:
             self.link.send(Channel.TELEMETRY, Codec().encode(batch))
 
 
-def start_server(settings: ServerSettings) -> FleetServer:
+def start_server(settings: ServerSettings, packages: Path | None = None) -> FleetServer:
+    """The real server; with ``packages``, digits 1.0.0, 2.0.0 and 3.0.0 are pushed to its
+    real registry (TUF targets) first, so rollouts resolve through it."""
     server = FleetServer(settings)
-    server.app.state.ctx.registry = server.rollouts.resolver = resolver()
+    if packages is not None:
+        packages.mkdir(parents=True, exist_ok=True)
+        for version in ("1.0.0", "2.0.0", "3.0.0"):
+            path = DIGITS if version == "1.0.0" else model_version(packages, version)
+            server.artifacts.add_model(path, lineage={"source": "test"}, actor="test")
     server.start()
     return server
 
@@ -220,7 +227,7 @@ def test_v2_rolls_out_in_waves_and_a_bad_v3_rolls_itself_back(tmp_path: Path) ->
     settings = server_settings(tmp_path / "fleet")
     assert isinstance(settings, ServerSettings)
     initialize(settings, admin_password=ADMIN_PASSWORD)
-    server = start_server(settings)
+    server = start_server(settings, tmp_path / "packages")
     devices = [SimDevice(server, tmp_path / "devs" / f"e2e-{i}", f"e2e-{i}") for i in range(10)]
     try:
         for d in devices:
@@ -255,6 +262,7 @@ def test_v2_rolls_out_in_waves_and_a_bad_v3_rolls_itself_back(tmp_path: Path) ->
         desired = store.get_device(canary3.id).desired
         assert desired is not None and desired.model is not None
         assert desired.model.target == artifact("2.0.0").target_path
+        assert artifact("2.0.0").target_path in server.tuf.targets().signed.targets
         assert sum(d.version == "3.0.0" for d in devices) == 0
         assert server.rollouts.errors == 0
         metrics = httpx.get(f"{api.url}/metrics").text
@@ -272,7 +280,7 @@ def test_offline_device_is_retried_and_a_server_restart_mid_wave_continues(
     settings = server_settings(tmp_path / "fleet")
     assert isinstance(settings, ServerSettings)
     initialize(settings, admin_password=ADMIN_PASSWORD)
-    server = start_server(settings)
+    server = start_server(settings, tmp_path / "packages")
     devices = [SimDevice(server, tmp_path / "devs" / f"rs-{i}", f"rs-{i}") for i in range(6)]
     try:
         for d in devices:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from fleet_server.server import FleetServer
 
 from .harness import ADMIN_PASSWORD
+from .ota_server import model_version
 from .test_fleetctl import config, fleetctl  # noqa: F401  (config is an autouse fixture)
-from .test_rollout_e2e import resolver
 
 
-def test_rollout_commands(fleet: FleetServer) -> None:
-    fleet.app.state.ctx.registry = fleet.rollouts.resolver = resolver()
+def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
+    fleet.artifacts.add_model(model_version(tmp_path, "2.0.0"), lineage={}, actor="test")
     now = time.time()
     for i in range(4):
         d = f"ctl-r{i}"

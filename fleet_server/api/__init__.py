@@ -32,6 +32,7 @@ from ..auth import redact
 from ..store.base import AuditEntry
 from . import (
     problems,
+    routes_artifacts,
     routes_audit,
     routes_auth,
     routes_devices,
@@ -39,6 +40,7 @@ from . import (
     routes_rollouts,
     routes_telemetry,
     routes_training,
+    routes_tuf,
     routes_users,
 )
 from .context import ApiContext
@@ -73,6 +75,9 @@ def create_app(context: ApiContext) -> FastAPI:
         routes_rollouts,
     ):
         app.include_router(module.router, prefix="/api/v1")
+    app.include_router(routes_artifacts.router, prefix="/api/v1")
+    app.include_router(routes_tuf.admin, prefix="/api/v1")
+    app.include_router(routes_tuf.public)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:
@@ -90,7 +95,11 @@ def create_app(context: ApiContext) -> FastAPI:
         request_id = problems.request_id_of(request)
         audited = request.method in _MUTATING and request.url.path.startswith("/api/")
         try:
-            response = await call_next(request) if _size_ok(request) else _too_large()
+            response = (
+                await call_next(request)
+                if _size_ok(request, context)
+                else _too_large(_limit(request, context))
+            )
         except Exception:
             if audited:
                 await run_in_threadpool(_record, context, request, 500)
@@ -103,14 +112,27 @@ def create_app(context: ApiContext) -> FastAPI:
     return app
 
 
-def _size_ok(request: Request) -> bool:
+def _limit(request: Request, context: ApiContext) -> int:
+    """The body limit for this request.
+
+    The one exemption: artifact uploads (``routes_artifacts.UPLOAD_PATHS``)
+    carry whole model packages and firmware bundles.  They get their own,
+    larger limit (``artifacts.max_upload_bytes``), which the route enforces
+    again while streaming, so a body without Content-Length cannot exceed it.
+    """
+    if request.method == "POST" and request.url.path in routes_artifacts.UPLOAD_PATHS:
+        return context.settings.artifacts.max_upload_bytes
+    return MAX_BODY
+
+
+def _size_ok(request: Request, context: ApiContext) -> bool:
     length = request.headers.get("content-length", "0")
-    return length.isdigit() and int(length) <= MAX_BODY
+    return length.isdigit() and int(length) <= _limit(request, context)
 
 
-def _too_large() -> Response:
+def _too_large(limit: int) -> Response:
     return problems.problem(
-        413, "Request too large", f"request bodies are limited to {MAX_BODY} bytes"
+        413, "Request too large", f"request bodies are limited to {limit} bytes"
     )
 
 

@@ -16,8 +16,10 @@ from typing import Any
 from ..auth import Authenticator, LoginThrottle
 from ..config import ServerSettings
 from ..enrollment import Enrollment
+from ..registry import DeltaCache, Registry
 from ..rollouts.driver import RolloutDriver
 from ..store.base import Store
+from ..tuf import TufRepository
 from ..twin import CommandSender
 
 
@@ -31,6 +33,10 @@ class ApiContext:
     clock: Callable[[], float] = time.time
     training: Any = None
     """The federated TrainingService (fleet_server.federation.runner), if this server has one."""
+    registry: Registry | None = None
+    """The artifact registry; ``None`` means artifact and TUF routes answer 503."""
+    tuf: TufRepository | None = None
+    deltas: DeltaCache | None = None
     rollouts: RolloutDriver | None = None
     auth: Authenticator = field(init=False)
     throttle: LoginThrottle = field(init=False)

@@ -18,6 +18,7 @@ def _out(c: ApiContext, device_id: str, cert_pem: str, ca_pem: str) -> EnrollOut
         ca_pem=ca_pem,
         broker_host=c.settings.broker.host,
         broker_port=c.settings.broker.port,
+        tuf_root=c.tuf.root_bytes().decode() if c.tuf is not None else None,
     )
 
 

@@ -180,3 +180,5 @@ class EnrollOut(BaseModel):
     ca_pem: str
     broker_host: str
     broker_port: int
+    tuf_root: str | None = None
+    """The current TUF root.json (text): the device's trust anchor for updates."""

@@ -89,7 +89,15 @@ def whoami(ctx: Ctx) -> None:
     emit(ctx.client.get("/auth/me"), as_json=ctx.as_json)
 
 
-COMMAND_MODULES = ("cmd_devices", "cmd_telemetry", "cmd_admin", "cmd_train", "cmd_rollouts")
+COMMAND_MODULES = (
+    "cmd_devices",
+    "cmd_telemetry",
+    "cmd_admin",
+    "cmd_train",
+    "cmd_artifacts",
+    "cmd_keys",
+    "cmd_rollouts",
+)
 """Each module holds one area's command groups and a ``register(cli)`` function;
 a new area (models, firmware, rollouts, keys, ...) is one more module here."""
 

@@ -118,6 +118,35 @@ class RollupRow:
     spool_dropped: int
 
 
+ArtifactKind = Literal["model", "firmware"]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A registered model package or firmware bundle (stored content-addressed by sha256)."""
+
+    id: int
+    kind: ArtifactKind
+    name: str
+    version: str
+    flavor: str
+    """Model flavour (``onnx-int8``, ...); empty for firmware."""
+    runtime: str | None
+    hardware: tuple[str, ...]
+    sha256: str
+    size: int
+    filename: str
+    target_path: str
+    """The TUF target path: ``models/{name}/{version}/{filename}`` or ``firmware/...``."""
+    created_at: float
+    uploaded_by: str
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}@{self.version}" + (f":{self.flavor}" if self.flavor else "")
+
+
 @dataclass(frozen=True)
 class RolloutRow:
     """A rollout as stored: its plan and engine state as JSON (see fleet_server.rollouts)."""
@@ -250,5 +279,20 @@ class Store(Protocol):
     ) -> list[RolloutRow]: ...
     def rollout_events(self, rollout_id: str, *, limit: int = 200) -> list[RolloutEvent]: ...
     # meta
+    # artifacts (registry)
+    def add_artifact(self, artifact: Artifact) -> Artifact: ...
+    def get_artifact(self, artifact_id: int) -> Artifact: ...
+    def find_artifacts(
+        self,
+        *,
+        kind: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+        flavor: str | None = None,
+        sha256: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Page[Artifact]: ...
+
     def schema_version(self) -> int: ...
     def close(self) -> None: ...

@@ -198,7 +198,34 @@ def _federated_training(db: sqlite_utils.Database) -> None:
     )
 
 
+def _artifacts(db: sqlite_utils.Database) -> None:
+    """The artifact registry: model packages and firmware bundles, one row per file."""
+    db.table("artifacts").create(
+        {
+            "id": int,
+            "kind": str,
+            "name": str,
+            "version": str,
+            "flavor": str,
+            "runtime": str,
+            "hardware": str,
+            "sha256": str,
+            "size": int,
+            "filename": str,
+            "target_path": str,
+            "created_at": float,
+            "uploaded_by": str,
+            "lineage": str,
+        },
+        pk="id",
+        not_null={"kind", "name", "version", "flavor", "sha256", "size", "target_path"},
+    )
+    db.table("artifacts").create_index(["kind", "name", "version", "flavor"], unique=True)
+    db.table("artifacts").create_index(["sha256"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _federated_training]
+MIGRATIONS.append(_artifacts)
 
 
 def _rollouts(db: sqlite_utils.Database) -> None:

@@ -24,6 +24,7 @@ from edgefleet_contract.errors import EnrollmentError, NotFound, StoreError
 from edgefleet_contract.messages import DesiredState, ReportedState
 
 from .accounts import AccountTables
+from .artifacts import ArtifactTables
 from .base import CommandRecord, Device, Page
 from .migrations import migrate
 from .rollouts import RolloutTables
@@ -32,7 +33,7 @@ from .telemetry import TelemetryTables
 from .training import TrainingTables
 
 
-class SqliteStore(TelemetryTables, AccountTables, TrainingTables, RolloutTables):
+class SqliteStore(TelemetryTables, AccountTables, TrainingTables, ArtifactTables, RolloutTables):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

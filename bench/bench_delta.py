@@ -1,0 +1,155 @@
+"""Delta updates: bytes a device downloads for an update (a bsdiff4 patch, as served by
+``GET /tuf/deltas/{from}/{to}``) as a fraction of the full artifact.
+
+Model: the ``digits-cnn`` reference architecture (four 3x3 convolutions + two dense
+layers).  v1.0.0 gets a short full training; v1.1.0 differs only in the classifier head
+(the last dense layer, retrained on the other half of the training data), as a head-only
+fine-tune or a federated round on the head produces.  Both are built by
+``fleet_server.modelkit.build_package`` in every flavour.  Baselines in the same run: the
+full artifact (ratio 1.0) and a "whole network" update (every layer trained further).
+Rows marked "stored" repack the same two packages with uncompressed members: deflate
+makes every byte after the first change differ, which defeats the patch wherever the head
+is not at the end of the model file (TFLite flatbuffers are written back to front).  The
+small ``digits`` MLP is listed too: its package is dominated by the manifest (self-test
+vectors and drift reference change with every version), so a delta does not pay there.
+Firmware: the shipped sample bundles ``edge-os`` 1.0.0 -> 1.1.0 (images stored).  Every
+patch is applied and the result compared with the target byte for byte."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import bsdiff4
+import numpy as np
+
+from edgefleet_contract.package import Lineage, read_package
+from fleet_server.modelkit import FLAVORS, Network, build_package
+from fleet_server.modelkit.build import apply_preprocessing
+from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
+from fleet_server.modelkit.network import F32, apply_layer
+from models.build import REFERENCES, SEED
+from models.train import init_network, train
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware_images" / "dist"
+CREATED = 1_767_225_600.0
+
+
+def _features(network: Network, x: F32) -> F32:
+    out = x.reshape((-1, *network.input_shape))
+    for layer in network.layers[:-1]:
+        out = apply_layer(layer, out, network.weights)
+    return out
+
+
+def retrain_head(network: Network, x: F32, y: np.ndarray, *, steps: int, seed: int) -> Network:
+    """Softmax regression on the frozen features: only the last dense layer changes."""
+    head = network.layers[-1]
+    assert head.weight and head.bias
+    feats = _features(network, x)
+    w, b = network.weights[head.weight].copy(), network.weights[head.bias].copy()
+    onehot = np.eye(w.shape[1], dtype=np.float32)[y]
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        idx = rng.choice(len(feats), size=min(256, len(feats)), replace=False)
+        logits = feats[idx] @ w + b
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        grad = (p - onehot[idx]) / len(idx)
+        w -= 0.2 * (feats[idx].T @ grad)
+        b -= 0.2 * grad.sum(axis=0)
+    return network.with_weights({**network.weights, head.weight: w, head.bias: b})
+
+
+def _package(network: Network, name: str, version: str, flavor: str, trainable: bool) -> bytes:
+    return build_package(
+        network,
+        name=name,
+        version=version,
+        flavor=flavor,  # type: ignore[arg-type]
+        preprocessing=PREPROCESSING,
+        labels=LABELS,
+        reference=split().x_train,
+        lineage=Lineage(source="build", run_id="bench-delta"),
+        trainable=trainable,
+        created_at=CREATED,
+    )
+
+
+def _row(what: str, old: bytes, new: bytes) -> dict[str, object]:
+    patch = bsdiff4.diff(old, new)
+    assert bsdiff4.patch(old, patch) == new
+    return {
+        "update": what,
+        "full bytes": len(new),
+        "delta bytes": len(patch),
+        "delta / full": f"{len(patch) / len(new):.3f}",
+    }
+
+
+def stored(package: bytes) -> bytes:
+    """The same package with every member stored uncompressed (same order, same names)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(package)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(zipfile.ZipInfo(info.filename, info.date_time), src.read(info))
+    return out.getvalue()
+
+
+def run() -> list[dict[str, object]]:
+    data = split()
+    x = apply_preprocessing(data.x_train, PREPROCESSING)
+    y = np.asarray(data.y_train)
+    half = len(x) // 2
+    ref = REFERENCES["digits-cnn"]
+    # A short full training gives v1.0.0 real features (and int8 exports that check out).
+    base = train(
+        init_network(ref.input_shape, ref.layers, ref.widths, seed=SEED),
+        x[:600],
+        y[:600],
+        epochs=1,
+        seed=SEED,
+    )
+    v1 = retrain_head(base, x[:half], y[:half], steps=600, seed=1)
+    v11 = retrain_head(v1, x[half:], y[half:], steps=600, seed=2)
+    other = train(v1, x[600:1200], y[600:1200], epochs=1, seed=3)
+    rows = []
+    for flavor in FLAVORS:
+        old = _package(v1, "digits-cnn", "1.0.0", flavor, trainable=False)
+        new = _package(v11, "digits-cnn", "1.1.0", flavor, trainable=False)
+        rows.append(_row(f"digits-cnn {flavor}, head only", old, new))
+        rows.append(_row(f"digits-cnn {flavor}, head only, stored", stored(old), stored(new)))
+        if flavor == "onnx-float32":
+            rows.append(
+                _row(
+                    f"digits-cnn {flavor}, whole network (baseline)",
+                    old,
+                    _package(other, "digits-cnn", "1.1.0", flavor, trainable=False),
+                )
+            )
+    mlp = read_package(ROOT / "models" / "dist" / "digits-1.0.0-onnx-float32.efpkg")
+    small = Network.from_package(mlp)
+    tuned = retrain_head(small, x[half:], y[half:], steps=600, seed=4)
+    rows.append(
+        _row(
+            "digits (MLP) onnx-float32, head only",
+            _package(small, "digits", "1.0.0", "onnx-float32", True),
+            _package(tuned, "digits", "1.1.0", "onnx-float32", True),
+        )
+    )
+    rows.append(
+        _row(
+            "firmware edge-os 1.0.0 -> 1.1.0",
+            (FIRMWARE / "edge-os-1.0.0.efbundle").read_bytes(),
+            (FIRMWARE / "edge-os-1.1.0.efbundle").read_bytes(),
+        )
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    from ._lab import table
+
+    print(table(run()))

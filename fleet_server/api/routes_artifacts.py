@@ -1,0 +1,154 @@
+"""Artifact registry routes: push model packages and firmware bundles, list and read them.
+
+Uploads are the raw file as the request body (``Content-Type:
+application/octet-stream``), streamed to a temp file under the artifact root
+with their own size limit (``artifacts.max_upload_bytes``) instead of the API's
+1 MiB body limit, then verified by the same readers a device uses.  Pushing
+needs ``operator``; the audit middleware records who pushed what.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from edgefleet_contract.errors import EdgefleetError
+
+from ..auth import Principal
+from ..registry import Registry, TooLarge
+from ..registry.blobs import receive
+from ..store.base import Artifact
+from . import problems
+from .context import ApiContext
+from .deps import ctx, require
+
+router = APIRouter(prefix="/artifacts", tags=["artifacts"])
+
+UPLOAD_PATHS = ("/api/v1/artifacts/models", "/api/v1/artifacts/firmware")
+"""Routes exempt from the API's 1 MiB body limit (they enforce their own)."""
+
+
+class RegistryUnavailable(EdgefleetError):
+    """This server runs without an artifact registry."""
+
+
+class ArtifactOut(BaseModel):
+    id: int
+    kind: str
+    name: str
+    version: str
+    flavor: str
+    runtime: str | None
+    hardware: list[str]
+    sha256: str
+    size: int
+    filename: str
+    target_path: str
+    spec: str
+    created_at: float
+    uploaded_by: str
+    lineage: dict[str, Any]
+
+
+class ArtifactPage(BaseModel):
+    items: list[ArtifactOut]
+    total: int
+
+
+def artifact_out(a: Artifact) -> ArtifactOut:
+    return ArtifactOut(
+        id=a.id,
+        kind=a.kind,
+        name=a.name,
+        version=a.version,
+        flavor=a.flavor,
+        runtime=a.runtime,
+        hardware=list(a.hardware),
+        sha256=a.sha256,
+        size=a.size,
+        filename=a.filename,
+        target_path=a.target_path,
+        spec=a.spec,
+        created_at=a.created_at,
+        uploaded_by=a.uploaded_by,
+        lineage=a.lineage,
+    )
+
+
+def registry_of(c: ApiContext) -> Registry:
+    if c.registry is None:
+        raise RegistryUnavailable("this server has no artifact registry configured")
+    return c.registry
+
+
+async def _push(request: Request, c: ApiContext, who: Principal, kind: str) -> Any:
+    registry = registry_of(c)
+    limit = c.settings.artifacts.max_upload_bytes
+    with registry.blobs.temp_file() as tmp:
+        try:
+            await receive(request.stream(), tmp, limit=limit)
+        except TooLarge as exc:
+            return problems.problem(413, "Artifact too large", str(exc))
+        lineage = {"source": "upload"}
+        if kind == "model":
+            added = await run_in_threadpool(
+                registry.add_model, tmp, lineage=lineage, actor=who.username
+            )
+        else:
+            added = await run_in_threadpool(
+                registry.add_firmware, tmp, lineage=lineage, actor=who.username
+            )
+    return JSONResponse(artifact_out(added).model_dump(), status_code=201)
+
+
+@router.post(
+    "/models",
+    status_code=201,
+    response_model=ArtifactOut,
+    openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}}},
+)
+async def push_model(
+    request: Request, c: ApiContext = Depends(ctx), who: Principal = Depends(require("operator"))
+) -> Any:
+    """Upload a model package (.efpkg) as the raw body; it is verified, stored and signed."""
+    return await _push(request, c, who, "model")
+
+
+@router.post(
+    "/firmware",
+    status_code=201,
+    response_model=ArtifactOut,
+    openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}}},
+)
+async def push_firmware(
+    request: Request, c: ApiContext = Depends(ctx), who: Principal = Depends(require("operator"))
+) -> Any:
+    """Upload a firmware bundle (.efbundle) as the raw body; verified, stored and signed."""
+    return await _push(request, c, who, "firmware")
+
+
+@router.get("", response_model=ArtifactPage)
+def list_artifacts(
+    kind: str | None = Query(None, pattern="^(model|firmware)$"),
+    name: str | None = Query(None, max_length=64),
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+    c: ApiContext = Depends(ctx),
+    _: Principal = Depends(require("viewer")),
+) -> ArtifactPage:
+    """Registered artifacts, newest first, with their lineage."""
+    items, total = registry_of(c).search(kind=kind, name=name, limit=limit, offset=offset)
+    return ArtifactPage(items=[artifact_out(a) for a in items], total=total)
+
+
+@router.get("/{artifact_id}", response_model=ArtifactOut)
+def get_artifact(
+    artifact_id: int,
+    c: ApiContext = Depends(ctx),
+    _: Principal = Depends(require("viewer")),
+) -> ArtifactOut:
+    return artifact_out(registry_of(c).get(artifact_id))

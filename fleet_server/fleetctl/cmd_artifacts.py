@@ -1,0 +1,150 @@
+"""``fleetctl models push|list`` and ``fleetctl firmware push|list``.
+
+A push streams the file as the request body with a progress bar; the server
+verifies it with the same reader a device uses, so a bad package is refused
+with the reader's own message.  The file is checked locally first as well,
+which turns most mistakes into an error before a long upload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from edgefleet_contract.firmware import read_bundle
+from edgefleet_contract.package import read_package
+
+from .cli import Ctx, pass_ctx
+from .output import emit
+
+CHUNK = 256 * 1024
+COLUMNS = [
+    ("id", "ID"),
+    ("spec", "ARTIFACT"),
+    ("size", "BYTES"),
+    ("sha256", "SHA256"),
+    ("source", "LINEAGE"),
+    ("uploaded_by", "BY"),
+]
+
+
+def _chunks(path: Path, advance: Callable[[int], None]) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            advance(len(chunk))
+            yield chunk
+
+
+def upload(ctx: Ctx, route: str, path: Path) -> Any:
+    size = path.stat().st_size
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=ctx.as_json,
+    )
+    with progress:
+        task = progress.add_task(f"pushing {path.name}", total=size)
+        return ctx.client.request(
+            "POST",
+            route,
+            content=_chunks(path, lambda n: progress.advance(task, n)),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        )
+
+
+def _lineage(item: dict[str, Any]) -> dict[str, Any]:
+    lineage = item.get("lineage") or {}
+    source = str(lineage.get("source", "-"))
+    if lineage.get("run_id"):
+        source += f" {lineage['run_id']}"
+    if lineage.get("parent"):
+        source += f" <- {lineage['parent']}"
+    return {**item, "sha256": item["sha256"][:12], "source": source}
+
+
+def _list(ctx: Ctx, kind: str, name: str | None, limit: int) -> None:
+    page = ctx.client.get("/artifacts", kind=kind, name=name, limit=limit)
+    if ctx.as_json:
+        emit(page, as_json=True)
+        return
+    rows = [_lineage(item) for item in page["items"]]
+    columns = [*COLUMNS, ("hardware", "HARDWARE")] if kind == "firmware" else COLUMNS
+    emit(rows, as_json=False, columns=columns, title=f"{page['total']} {kind} artifacts")
+
+
+def _pushed(ctx: Ctx, artifact: dict[str, Any]) -> None:
+    if ctx.as_json:
+        emit(artifact, as_json=True)
+        return
+    click.echo(
+        f"registered {artifact['spec']} ({artifact['size']} bytes, sha256 "
+        f"{artifact['sha256'][:16]}...) as TUF target {artifact['target_path']}"
+    )
+
+
+@click.group()
+def models() -> None:
+    """Push and list model packages in the registry."""
+
+
+@models.command("push")
+@click.argument("package", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_ctx
+def models_push(ctx: Ctx, package: Path) -> None:
+    """Upload a model package (.efpkg): verified, stored and signed as a TUF target."""
+    read_package(package)
+    _pushed(ctx, upload(ctx, "/artifacts/models", package))
+
+
+@models.command("list")
+@click.option("--name", default=None)
+@click.option("--limit", default=100, show_default=True)
+@pass_ctx
+def models_list(ctx: Ctx, name: str | None, limit: int) -> None:
+    """Registered model versions with their lineage."""
+    _list(ctx, "model", name, limit)
+
+
+@click.group()
+def firmware() -> None:
+    """Push and list firmware bundles in the registry."""
+
+
+@firmware.command("push")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_ctx
+def firmware_push(ctx: Ctx, bundle: Path) -> None:
+    """Upload a firmware bundle (.efbundle): verified, stored and signed as a TUF target."""
+    read_bundle(bundle)
+    _pushed(ctx, upload(ctx, "/artifacts/firmware", bundle))
+
+
+@firmware.command("list")
+@click.option("--name", default=None)
+@click.option("--limit", default=100, show_default=True)
+@pass_ctx
+def firmware_list(ctx: Ctx, name: str | None, limit: int) -> None:
+    """Registered firmware versions with their compatible hardware."""
+    _list(ctx, "firmware", name, limit)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(models)
+    cli.add_command(firmware)

@@ -1,0 +1,123 @@
+"""The artifact registry's table: one row per registered model package or firmware bundle.
+
+``(kind, name, version, flavor)`` is unique: a version, once registered, means
+one set of bytes forever.  Re-registering the same bytes is idempotent; other
+bytes under the same coordinates are refused (the API answers 409).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from edgefleet_contract.errors import NotFound, StoreError
+
+from ._conn import Connections
+from .base import Artifact, Page
+
+_COLUMNS = (
+    "kind, name, version, flavor, runtime, hardware, sha256, size, filename, target_path, "
+    "created_at, uploaded_by, lineage"
+)
+
+
+class ArtifactTables(Connections):
+    def add_artifact(self, artifact: Artifact) -> Artifact:
+        """Insert ``artifact`` (its ``id`` is ignored) and return it with the id it got.
+
+        The same coordinates with the same sha256 return the existing row.
+        """
+        a = artifact
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT * FROM artifacts WHERE kind = ? AND name = ? AND version = ? "
+                "AND flavor = ?",
+                (a.kind, a.name, a.version, a.flavor),
+            ).fetchone()
+            if row is not None:
+                existing = _artifact(row)
+                if existing.sha256 != a.sha256:
+                    raise StoreError(
+                        f"{a.kind} {existing.spec} is already registered with sha256 "
+                        f"{existing.sha256[:16]}...; a version never changes its bytes "
+                        "(publish a new version)"
+                    )
+                return existing
+            cur = conn.execute(
+                f"INSERT INTO artifacts ({_COLUMNS}) VALUES ({', '.join('?' * 13)})",
+                (
+                    a.kind,
+                    a.name,
+                    a.version,
+                    a.flavor,
+                    a.runtime,
+                    json.dumps(list(a.hardware)),
+                    a.sha256,
+                    a.size,
+                    a.filename,
+                    a.target_path,
+                    a.created_at,
+                    a.uploaded_by,
+                    json.dumps(a.lineage, sort_keys=True),
+                ),
+            )
+            new_id = int(cur.lastrowid or 0)
+        return self.get_artifact(new_id)
+
+    def get_artifact(self, artifact_id: int) -> Artifact:
+        row = self._one("SELECT * FROM artifacts WHERE id = ?", (artifact_id,))
+        if row is None:
+            raise NotFound(f"no artifact with id {artifact_id}")
+        return _artifact(row)
+
+    def find_artifacts(
+        self,
+        *,
+        kind: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+        flavor: str | None = None,
+        sha256: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Page[Artifact]:
+        """Artifacts matching every given filter, newest first."""
+        filters = {
+            "kind": kind,
+            "name": name,
+            "version": version,
+            "flavor": flavor,
+            "sha256": sha256,
+        }
+        given = {k: v for k, v in filters.items() if v is not None}
+        where = " AND ".join(f"{k} = ?" for k in given) or "1"
+        params: list[Any] = list(given.values())
+        conn = self._conn()
+        total = int(
+            conn.execute(f"SELECT COUNT(*) FROM artifacts WHERE {where}", params).fetchone()[0]
+        )
+        rows = conn.execute(
+            f"SELECT * FROM artifacts WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return Page([_artifact(r) for r in rows], total)
+
+
+def _artifact(row: sqlite3.Row) -> Artifact:
+    return Artifact(
+        id=int(row["id"]),
+        kind=row["kind"],
+        name=row["name"],
+        version=row["version"],
+        flavor=row["flavor"],
+        runtime=row["runtime"],
+        hardware=tuple(json.loads(row["hardware"] or "[]")),
+        sha256=row["sha256"],
+        size=int(row["size"]),
+        filename=row["filename"],
+        target_path=row["target_path"],
+        created_at=row["created_at"],
+        uploaded_by=row["uploaded_by"],
+        lineage=json.loads(row["lineage"] or "{}"),
+    )
