@@ -6,7 +6,7 @@
 # package must either predict accurately or be refused by its self-test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3.11}
+PY=${PY:-$(command -v python3.11 || command -v python3)}
 VENV=${LEGACY_VENV:-.venv-legacy}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"

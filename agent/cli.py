@@ -1,7 +1,23 @@
-"""``edge-agent``: enroll this device, run the daemon, inspect it.
+"""``edge-agent``: enroll this device, run the daemon, inspect it, predict from the shell.
 
-Exit codes: 0 ok, 1 runtime error, 2 bad configuration (message names the
-field), 3 not enrolled / identity problem, 130 interrupted.
+Exit codes (systemd's ``Restart=on-failure`` restarts on any non-zero one, and
+``RestartPreventExitStatus=2 3`` in the shipped unit stops it retrying those two
+that a restart cannot fix):
+
+====  =====================================================================
+0     ok (``run``: stopped by SIGTERM/SIGINT after a clean shutdown)
+1     runtime error (broker, disk, an unexpected failure)
+2     bad configuration; the message names the field or file
+3     not enrolled, or the identity (key, certificate) is unusable
+4     ``predict``: the input was refused (unreadable file, wrong shape,
+      dtype, NaN, too many rows); the message says what was expected
+5     ``predict``: no model to predict with (no daemon answering and no
+      loadable package), or the package was refused (hash, self-test)
+130   interrupted (Ctrl-C)
+====  =====================================================================
+
+A model that fails to load does not stop ``run``: the daemon stays up with
+``health: degraded`` and says why (see ``edge-agent status`` and the twin).
 """
 
 from __future__ import annotations
@@ -16,7 +32,13 @@ import click
 from edgefleet_contract import logs
 from edgefleet_contract.cli import run
 from edgefleet_contract.config import load_settings
-from edgefleet_contract.errors import ConfigError, EdgefleetError, IdentityError
+from edgefleet_contract.errors import (
+    ConfigError,
+    EdgefleetError,
+    IdentityError,
+    InputRejected,
+    ModelError,
+)
 
 from .config import AgentSettings
 
@@ -71,6 +93,9 @@ def enroll(
 @data_dir_option
 def run_daemon(config: Path | None, data_dir: Path | None) -> None:
     """Run the daemon until SIGTERM/SIGINT."""
+    from . import allocator
+
+    allocator.tune()  # before the runtime and the model allocate anything
     from .daemon import Agent
     from .identity import Identity
 
@@ -98,12 +123,37 @@ def status(config: Path | None, data_dir: Path | None) -> None:
     click.echo(json.dumps(read_status(settings.data_dir), indent=2))
 
 
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "-m",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Predict in-process with this package instead of asking the running daemon.",
+)
+@config_option
+@data_dir_option
+def predict(file: Path, model: Path | None, config: Path | None, data_dir: Path | None) -> None:
+    """Predict the rows in FILE (.npy, .csv or .json) and print the results as JSON.
+
+    Asks the running daemon's local API when it answers; otherwise loads the
+    model in this process (``--model``, else the configured ``model``).
+    """
+    from .predict import predict_file
+
+    settings = _settings(config, data_dir)
+    click.echo(json.dumps(predict_file(settings, file, model), indent=2))
+
+
 def main() -> None:
     run(
         cli,
         (
             (ConfigError, 2, "configuration error"),
             (IdentityError, 3, "identity error"),
+            (InputRejected, 4, "input refused"),
+            (ModelError, 5, "model error"),
             (EdgefleetError, 1, "error"),
         ),
     )

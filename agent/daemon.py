@@ -1,9 +1,15 @@
 """``edge-agent run``: the device daemon.
 
 Threads: the MQTT network loop (link), one command worker, the telemetry
-ticker and the certificate renewer.  Everything the device must not lose goes
-through the spool; state is re-reported on every reconnect.  SIGTERM stops it
-gracefully (offline status published, spool flushed to disk).
+ticker, the certificate renewer and the local prediction API.  Everything the
+device must not lose goes through the spool; state is re-reported on every
+reconnect.  SIGTERM stops it gracefully (offline status published, spool
+flushed to disk).
+
+The daemon must stay up whatever the model does: a package that fails to load
+at boot (corrupt, wrong hash, self-test failure) leaves the device connected,
+reporting ``health: degraded`` with the reason, and answering 503 on the local
+API until a good model is installed with :meth:`Agent.serve`.
 """
 
 from __future__ import annotations
@@ -13,11 +19,18 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 from edgefleet_contract import __version__
 from edgefleet_contract.codec import Codec
-from edgefleet_contract.errors import EdgefleetError
-from edgefleet_contract.messages import Command, DesiredState, ReportedState, Telemetry
+from edgefleet_contract.errors import ConfigError, EdgefleetError, ModelError
+from edgefleet_contract.messages import (
+    Command,
+    DesiredState,
+    FirmwareRef,
+    ReportedState,
+    Telemetry,
+)
 from edgefleet_contract.mqtt import Endpoint
 from edgefleet_contract.topics import Channel
 
@@ -26,12 +39,19 @@ from .config import AgentSettings
 from .identity import Identity, renew
 from .learning.worker import LearningWorker, skip_reason
 from .link import DeviceLink
+from .localapi import LocalApi
+from .runtime import Model, available_runtimes
 from .samples import SampleStore
+from .serving import ModelService
 from .spool import DrainPolicy, Spool
 from .system import SystemProbe, power_source
 from .telemetry import TelemetryBuilder
 
 log = logging.getLogger(__name__)
+
+Health = Literal["starting", "ok", "degraded", "failed"]
+LOCAL_API_ADDRESS = "local-api.addr"
+"""File in the data dir holding the running daemon's API address (for ``edge-agent predict``)."""
 
 
 class Agent:
@@ -52,6 +72,19 @@ class Agent:
         self.desired = self._load_desired()
         self._interval = float(settings.telemetry_interval_s)
         self.telemetry_builder = TelemetryBuilder(self.device_id)
+        self.service = ModelService(
+            settings.threads,
+            samples=self.samples,
+            prediction_cache=settings.feedback.prediction_cache,
+        )
+        self.health: Health = "starting"
+        self.health_detail: str | None = None
+        self._problems: dict[str, str] = {}
+        self.local_api = (
+            LocalApi(self.service, settings.local_api, health=self.local_health)
+            if settings.local_api.enabled
+            else None
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.router = CommandRouter(self.device_id, reply=lambda ack: self.link.ack_command(ack))
@@ -99,16 +132,86 @@ class Agent:
             return None
 
     def reported_state(self) -> ReportedState:
+        model = self.service.model
         return ReportedState(
             device_id=self.device_id,
             ts=time.time(),
             agent_version=__version__,
             hardware=self.settings.hardware,
-            capabilities=self.router.names,
-            health="ok",
+            model=model.ref if model is not None else None,
+            firmware=FirmwareRef(
+                version=self.settings.firmware_version, hardware=self.settings.hardware
+            ),
+            capabilities=self.capabilities(),
+            health=self.health,
+            health_detail=self.health_detail,
             desired_version=self.desired.version if self.desired else 0,
             cert_not_after=self.identity.not_after,
         )
+
+    def capabilities(self) -> list[str]:
+        """Commands, runtimes this device can serve, and its model-facing features."""
+        extra = [f"runtime:{name}" for name in available_runtimes()]
+        if self.local_api is not None:
+            extra.append("local-api")
+        return [*self.router.names, "predict", "feedback", *extra]
+
+    # -------------------------------------------------------------- model --
+
+    def boot_model_path(self) -> Path | None:
+        """The package to serve at boot.  A seam: an A/B slot store overrides it to
+        return the active slot's package, falling back to ``settings.model``."""
+        return self.settings.model
+
+    def serve(self, path: Path) -> Model:
+        """Verify, self-test and activate the package at ``path``; re-report state.
+
+        Raises :class:`ModelError` if it is refused; the previous model (if
+        any) keeps serving and health says why the new one was refused.
+        """
+        try:
+            model = self.service.replace(path)
+        except ModelError as exc:
+            self._set_problem("model", f"model {path.name} refused: {exc}")
+            raise
+        self._set_problem("model", None)
+        m = model.manifest
+        log.info("serving %s %s (%s) on %s", m.name, m.version, m.flavor, model.backend)
+        self._report()
+        return model
+
+    def _load_boot_model(self) -> None:
+        path = self.boot_model_path()
+        if path is None:
+            log.info("no model configured; the local API answers 503 until one is installed")
+            return
+        try:
+            self.serve(path)
+        except ModelError as exc:
+            log.error("cannot serve the boot model, running degraded: %s", exc)
+
+    def _set_problem(self, key: str, detail: str | None) -> None:
+        if detail is None:
+            self._problems.pop(key, None)
+        else:
+            self._problems[key] = detail[:600]
+        if self._problems:
+            self.health = "degraded"
+            self.health_detail = "; ".join(self._problems.values())[:2000]
+        else:
+            self.health, self.health_detail = "ok", None
+
+    def local_health(self) -> dict[str, object]:
+        """What ``GET /v1/health`` answers: 200 only when a model is serving."""
+        model = self.service.model
+        doc: dict[str, object] = {"status": self.health, "device_id": self.device_id}
+        if model is not None:
+            doc["model"] = f"{model.manifest.name}@{model.manifest.version}"
+        else:
+            doc["status"] = "no-model" if self.health == "ok" else self.health
+        if self.health_detail:
+            doc["detail"] = self.health_detail
+        return doc
 
     def _report(self) -> None:
         self.link.report(self.reported_state())
@@ -143,6 +246,7 @@ class Agent:
         # Batch ids come from a random boot id: boards without a real-time clock boot
         # in 1970, and time-based ids would repeat and be dropped as duplicates.
         return self.telemetry_builder.build(
+            window=self.service.snapshot(),
             system=self.probe.sample(),
             learning=self.samples.stats(),
             link=self.link.link_stats,
@@ -178,6 +282,10 @@ class Agent:
     # ---------------------------------------------------------- lifecycle --
 
     def start(self) -> None:
+        self._load_boot_model()
+        self._start_local_api()
+        if self.health == "starting":
+            self._set_problem("boot", None)
         self.router.start()
         self.link.start()
         self._report()
@@ -192,8 +300,26 @@ class Agent:
             self.link.endpoint.port,
         )
 
+    def _start_local_api(self) -> None:
+        address_file = self.settings.data_dir / LOCAL_API_ADDRESS
+        address_file.unlink(missing_ok=True)
+        if self.local_api is None:
+            return
+        try:
+            self.local_api.start()
+        except ConfigError as exc:
+            log.error("%s", exc)
+            self._set_problem("local_api", str(exc))
+            return
+        tmp = address_file.with_suffix(".tmp")
+        tmp.write_text(self.local_api.address + "\n")
+        tmp.replace(address_file)
+
     def stop(self) -> None:
         self._stop.set()
+        if self.local_api is not None:
+            self.local_api.stop()
+            (self.settings.data_dir / LOCAL_API_ADDRESS).unlink(missing_ok=True)
         for thread in self._threads:
             thread.join(5)
         self.router.stop()
@@ -204,7 +330,8 @@ class Agent:
 
 
 def status(data_dir: Path) -> dict[str, object]:
-    """What `edge-agent status` prints: identity, certificate and spool, without a daemon."""
+    """What `edge-agent status` prints: identity, certificate, spool, and the running
+    daemon's serving health when its local API answers."""
     identity = Identity.load(data_dir)
     spool = Spool(data_dir / "spool.db", max_bytes=1 << 40, max_age_s=1e12)
     try:
@@ -218,4 +345,15 @@ def status(data_dir: Path) -> dict[str, object]:
         "cert_not_after": identity.not_after,
         "renewal_due": identity.renewal_due(time.time()),
         "spool": json.loads(stats.model_dump_json()),
+        "serving": _serving(data_dir),
     }
+
+
+def _serving(data_dir: Path) -> object:
+    from . import localclient
+
+    try:
+        where = (data_dir / LOCAL_API_ADDRESS).read_text().strip()
+        return localclient.request(where, "GET", "/v1/health", timeout=5)[1]
+    except (OSError, ValueError):
+        return {"status": "unknown", "detail": "no running daemon answers on the local API"}

@@ -17,16 +17,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from edgefleet_contract.errors import CertificateError, EnrollmentError, IdentityError
 from edgefleet_contract.ids import is_device_id
 from edgefleet_contract.mqtt import TlsFiles
+
+from .certinfo import validity
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography is imported where keys and CSRs are made (enroll, renew), not at module
+# level: the running daemon only needs the validity dates (agent/certinfo.py).
 
 RENEW_AT_FRACTION = 2 / 3
 
@@ -42,10 +46,14 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -54,6 +62,10 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
@@ -68,6 +80,9 @@ def _checked_cert(doc: dict[str, object], key: ec.EllipticCurvePrivateKey, devic
     Persisting a certificate that does not match the key would leave the device
     unable to connect until someone re-enrolls it by hand.
     """
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     pem = str(doc.get("cert_pem", "")).encode()
     try:
         cert = x509.load_pem_x509_certificate(pem)
@@ -119,6 +134,8 @@ class Identity:
         return TlsFiles(self.ca_file, self.cert_file, self.key_file)
 
     def certificate(self) -> x509.Certificate:
+        from cryptography import x509
+
         try:
             return x509.load_pem_x509_certificate(self.cert_file.read_bytes())
         except (OSError, ValueError) as exc:
@@ -126,13 +143,11 @@ class Identity:
 
     @property
     def not_after(self) -> float:
-        return self.certificate().not_valid_after_utc.timestamp()
+        return validity(self.cert_file)[1]
 
     def renewal_due(self, now: float) -> bool:
         """True from 2/3 of the validity on: leaves a third for retries while offline."""
-        cert = self.certificate()
-        start = cert.not_valid_before_utc.timestamp()
-        end = cert.not_valid_after_utc.timestamp()
+        start, end = validity(self.cert_file)
         return now >= start + (end - start) * RENEW_AT_FRACTION
 
     @classmethod
@@ -160,6 +175,8 @@ class Identity:
 
 
 def _post(url: str, body: dict[str, str], timeout: float) -> dict[str, object]:
+    import httpx  # only enrollment and renewal talk HTTP; it costs ~10 MB resident
+
     try:
         response = httpx.post(url, json=body, timeout=timeout)
     except httpx.HTTPError as exc:
@@ -214,6 +231,9 @@ def enroll(
 
 def renew(identity: Identity, *, timeout: float = 30.0) -> Identity:
     """Get a fresh certificate for a fresh key, proving possession of the current one."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     current = serialization.load_pem_private_key(identity.key_file.read_bytes(), password=None)
     if not isinstance(current, ec.EllipticCurvePrivateKey):
         raise IdentityError(f"{identity.key_file} is not an EC key")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,24 +41,65 @@ class CachedPrediction:
 
 
 class PredictionCache:
-    """Recent predictions by id, so feedback can name one; LRU-bounded."""
+    """Recent predictions by id, so feedback can name one; the oldest are overwritten.
+
+    Rows live in one preallocated float32 ring (``capacity x width``) rather than one
+    small array per prediction: at the default 10,000 entries that is ~2.5 MB for a
+    64-feature model instead of ~8 MB of per-object overhead, and it never grows.
+    A model with another input width starts a fresh ring.
+    """
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._items: OrderedDict[str, CachedPrediction] = OrderedDict()
         self._lock = threading.Lock()
+        self._slots: dict[str, int] = {}
+        self._ids: list[str | None] = []
+        self._rows = np.zeros((0, 0), dtype=np.float32)
+        self._predicted = np.zeros(0, dtype=np.int32)
+        self._versions: list[str] = []
+        self._next = 0
 
-    def put(self, prediction_id: str, item: CachedPrediction) -> None:
+    def put(
+        self,
+        prediction_id: str,
+        features: npt.NDArray[np.floating],
+        predicted: int,
+        model_version: str,
+    ) -> None:
         if self._capacity <= 0:
             return
+        row = np.ravel(features)
         with self._lock:
-            self._items[prediction_id] = item
-            if len(self._items) > self._capacity:
-                self._items.popitem(last=False)
+            if self._rows.shape[1] != row.size:
+                self._rows = np.zeros((self._capacity, row.size), dtype=np.float32)
+                self._predicted = np.zeros(self._capacity, dtype=np.int32)
+                self._ids = [None] * self._capacity
+                self._versions = [""] * self._capacity
+                self._slots.clear()
+                self._next = 0
+            slot = self._next
+            self._next = (slot + 1) % self._capacity
+            old = self._ids[slot]
+            if old is not None:
+                del self._slots[old]
+            self._rows[slot] = row
+            self._predicted[slot] = predicted
+            self._versions[slot] = model_version
+            self._ids[slot] = prediction_id
+            self._slots[prediction_id] = slot
 
     def pop(self, prediction_id: str) -> CachedPrediction | None:
         with self._lock:
-            return self._items.pop(prediction_id, None)
+            slot = self._slots.pop(prediction_id, None)
+            if slot is None:
+                return None
+            self._ids[slot] = None
+            return CachedPrediction(
+                self._rows[slot].copy(), int(self._predicted[slot]), self._versions[slot]
+            )
+
+    def __len__(self) -> int:
+        return len(self._slots)
 
 
 class SampleStore:

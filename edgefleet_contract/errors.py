@@ -16,7 +16,8 @@ the most specific class; callers catch the family they can handle.
     ├── ModelError             model packages and runtimes
     │   ├── PackageError       corrupt file, bad manifest, hash mismatch
     │   ├── RuntimeUnavailable no installed runtime can run the package
-    │   └── SelfTestFailed     outputs outside the manifest's tolerance
+    │   ├── SelfTestFailed     outputs outside the manifest's tolerance
+    │   └── InputRejected      prediction input of the wrong shape, type or size (HTTP 422)
     ├── StoreError             persistence failures
     │   └── NotFound           a named record does not exist
     ├── SelectorError          a device selector that does not parse
@@ -104,6 +105,11 @@ class PermissionDenied(AuthError):
 
 class UpdateError(EdgefleetError):
     """An OTA update could not be verified, fetched or installed."""
+
+
+class InputRejected(ModelError):
+    """Prediction input the caller got wrong (shape, dtype, NaN, size); the message says
+    what was expected, so the local API answers 4xx and the CLI exits with code 4."""
 
 
 class FederationError(EdgefleetError):

@@ -191,11 +191,20 @@ def _start_agent(
     log = (data_dir / "agent.log").open("ab")
     return subprocess.Popen(
         [_bin("edge-agent"), "run", "--data-dir", str(data_dir)],
-        env={**os.environ, "EDGE_AGENT_TELEMETRY_INTERVAL_S": "1"},
+        env={**os.environ, "EDGE_AGENT_TELEMETRY_INTERVAL_S": "1", **_agent_model_env()},
         stdout=log,
         stderr=log,
         start_new_session=True,
     )
+
+
+def _agent_model_env() -> dict[str, str]:
+    """Demo devices serve the shipped CNN on their own local API port (several run here)."""
+    env = {"EDGE_AGENT_LOCAL_API__PORT": "0"}
+    model = Path(__file__).resolve().parent.parent / "models/dist/digits-cnn-1.0.0-onnx-int8.efpkg"
+    if model.exists():
+        env["EDGE_AGENT_MODEL"] = str(model)
+    return env
 
 
 def _summary(server: FleetServer, ids: list[str], elapsed: float) -> None:

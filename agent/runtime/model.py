@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgefleet_contract.errors import ModelError
+from edgefleet_contract.errors import InputRejected, ModelError
 from edgefleet_contract.messages import ModelRef
 from edgefleet_contract.package import (
     MAX_PACKAGE_BYTES,
@@ -91,8 +91,8 @@ class Model:
     def predict(self, batch: npt.ArrayLike) -> Prediction:
         """Predict raw feature rows ``(n, features)`` (or one row ``(features,)``).
 
-        Raises :class:`ModelError` for input a caller got wrong (shape, type,
-        NaN); its message says what was expected.
+        Raises :class:`InputRejected` (a :class:`ModelError`) for input a caller
+        got wrong (shape, type, NaN); its message says what was expected.
         """
         x = self._prepare(batch)
         out = self._run(x)
@@ -110,16 +110,16 @@ class Model:
         try:
             x = np.asarray(batch)
         except (ValueError, TypeError) as exc:
-            raise ModelError(f"input is not a numeric array: {exc}") from exc
+            raise InputRejected(f"input is not a numeric array: {exc}") from exc
         if x.dtype.kind not in "fiub":
-            raise ModelError(f"input must be numbers, got dtype {x.dtype}")
+            raise InputRejected(f"input must be numbers, got dtype {x.dtype}")
         if x.ndim == 1:
             x = x.reshape(1, -1)
         elif x.ndim > 2:
             x = x.reshape(x.shape[0], -1)
         n, width = x.shape
         if width != self.features or not 1 <= n <= MAX_BATCH:
-            raise ModelError(
+            raise InputRejected(
                 f"input has shape {tuple(np.shape(batch))}; {self.manifest.name} expects "
                 f"(rows, {self.features}) with 1 to {MAX_BATCH} rows"
             )
@@ -129,7 +129,7 @@ class Model:
         if not self._identity:
             x = x * self._scale + self._offset
         if not np.isfinite(x).all():
-            raise ModelError("input has NaN or infinite values")
+            raise InputRejected("input has NaN or infinite values")
         if len(self._input_shape) > 1:
             x = x.reshape(n, *self._input_shape)
         return self._quantize(x) if self._quantize else x

@@ -1,0 +1,80 @@
+"""``edge-agent predict FILE``: ask the running daemon, or load the model in-process.
+
+Going through the daemon's local API is the normal path on a device: the
+prediction is counted in telemetry and gets an id for feedback.  Without a
+daemon (a bench, a CI job, a fresh board) the same package is verified,
+self-tested and run in this process instead, so the answer is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet_contract.errors import InputRejected, ModelError
+
+from . import localclient
+from .config import AgentSettings
+from .inputs import read_file
+from .runtime import MAX_BATCH
+from .serving import ModelService, NoModel, describe, prediction_rows
+
+log = logging.getLogger(__name__)
+
+
+def predict_file(settings: AgentSettings, file: Path, model: Path | None) -> dict[str, object]:
+    rows = read_file(file)
+    batch = rows.reshape(1, -1) if rows.ndim == 1 else rows
+    tried = ""
+    if model is None and settings.local_api.enabled:
+        where = localclient.address(settings.local_api, settings.data_dir)
+        try:
+            return _via_daemon(where, batch, settings.local_api.max_batch)
+        except NoModel as exc:
+            tried = f"the daemon at {where} has no model ({exc}); "
+        except OSError as exc:
+            tried = f"no daemon answers at {where} ({exc.strerror or exc}); "
+            log.debug("%s", tried)
+    path = model or settings.model
+    if path is None:
+        raise NoModel(
+            f"{tried}no model to load in-process: pass --model PACKAGE or set `model` in agent.toml"
+        )
+    service = ModelService(settings.threads, recorder=None)
+    loaded = service.replace(path)
+    out: list[dict[str, object]] = []
+    for start in range(0, len(batch), MAX_BATCH):
+        out += prediction_rows(service.predict(batch[start : start + MAX_BATCH]))
+    info = describe(loaded)
+    return {
+        "source": f"in-process ({path})",
+        "model": {"name": info["name"], "version": info["version"]},
+        "predictions": out,
+    }
+
+
+def _via_daemon(where: str, batch: npt.NDArray[Any], max_batch: int) -> dict[str, object]:
+    predictions: list[object] = []
+    model: object = None
+    for start in range(0, len(batch), max_batch):
+        status, doc = localclient.predict(where, np.asarray(batch[start : start + max_batch]))
+        detail = _detail(doc)
+        if status == 503:
+            raise NoModel(detail)
+        if status in (400, 413, 415, 422):
+            raise InputRejected(detail)
+        if status != 200 or not isinstance(doc, dict):
+            raise ModelError(f"the local API at {where} answered {status}: {detail}")
+        model = doc.get("model")
+        predictions += doc.get("predictions", [])
+    return {"source": where, "model": model, "predictions": predictions}
+
+
+def _detail(doc: object) -> str:
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        return str(doc["error"].get("detail", ""))
+    return str(doc)[:200]

@@ -1,0 +1,262 @@
+"""The model a device serves: one :class:`ModelService` per daemon, shared by every caller.
+
+The daemon, the local prediction API, ``edge-agent predict``, the OTA installer
+and federated training all reach the active model through this object, so a
+model swap is one atomic assignment and every prediction is measured for
+telemetry the same way.  Embedding it in your own process::
+
+    from pathlib import Path
+    from agent.serving import ModelService
+
+    service = ModelService(threads=2)
+    service.replace(Path("digits-cnn-1.0.0-onnx-int8.efpkg"))   # verify, self-test, activate
+    prediction = service.predict(rows)                          # (n, features) raw floats
+    prediction.labels, prediction.classes, prediction.confidence
+    window = service.snapshot()                                 # latency, classes, drift
+
+Loading never disturbs the active model: :meth:`ModelService.load` verifies
+the package and runs its self-test on this device's runtime, and only
+:meth:`ModelService.activate` swaps, so a corrupt or silently-wrong update is
+refused while the previous model keeps answering.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet_contract.errors import ModelError, NotFound
+
+from .metrics import InferenceRecorder, WindowStats
+from .runtime import Model, Prediction
+from .samples import PredictionCache, SampleStore
+
+RecorderFactory = Callable[[Model], InferenceRecorder]
+
+
+def recorder_for(model: Model) -> InferenceRecorder:
+    """The default recorder: latency, confidence, classes, and PSI against the package's
+    reference statistics (raw features, as the builder computed them)."""
+    m = model.manifest
+    return InferenceRecorder(m.name, m.version, labels=m.labels, reference=m.drift)
+
+
+class NoModel(ModelError):
+    """Nothing is being served yet (first boot without a model, or every load refused)."""
+
+
+class ModelService:
+    """Thread-safe holder of the active :class:`Model` and its inference recorder.
+
+    ``recorder`` makes a fresh recorder for each activated model (a window
+    never mixes two models' numbers); ``None`` turns metrics off.  ``samples``
+    and ``prediction_cache`` enable :meth:`feedback`: recent predictions are
+    remembered by id so ground truth can be stored as labelled samples.
+    """
+
+    def __init__(
+        self,
+        threads: int = 1,
+        recorder: RecorderFactory | None = recorder_for,
+        *,
+        samples: SampleStore | None = None,
+        prediction_cache: int = 10_000,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if not 1 <= threads <= 256:
+            raise ModelError(f"threads must be between 1 and 256, got {threads}")
+        self.threads = threads
+        self._make_recorder = recorder
+        self._samples = samples
+        self._cache = PredictionCache(prediction_cache)
+        self._clock = clock
+        self._lock = threading.Lock()
+        # (model, recorder) swapped as one tuple: the predict path reads it once, lock-free.
+        self._active: tuple[Model, InferenceRecorder | None] | None = None
+        self.swaps = 0
+        """Models activated since start (telemetry and tests watch it)."""
+
+    # -------------------------------------------------------------- model --
+
+    @property
+    def model(self) -> Model | None:
+        active = self._active
+        return active[0] if active else None
+
+    def load(self, path: Path) -> Model:
+        """Read, verify the hashes of and self-test the package at ``path``; do not activate.
+
+        Raises a :class:`ModelError` subclass whose message says what is wrong
+        (unreadable file, hash mismatch, self-test outside tolerance, runtime
+        missing).
+        """
+        try:
+            return Model.load(Path(path), threads=self.threads)
+        except ModelError:
+            raise
+        except Exception as exc:  # a runtime library failing in a way we did not foresee
+            raise ModelError(f"cannot load model package {path}: {exc}") from exc
+
+    def activate(self, model: Model) -> Model | None:
+        """Serve ``model`` from now on; returns the model it replaced (or None)."""
+        recorder = self._make_recorder(model) if self._make_recorder else None
+        with self._lock:
+            previous = self._active
+            self._active = (model, recorder)
+            self.swaps += 1
+        return previous[0] if previous else None
+
+    def replace(self, path: Path) -> Model:
+        """Load and activate; on any error the previous model keeps serving."""
+        model = self.load(path)
+        self.activate(model)
+        return model
+
+    # ------------------------------------------------------------ predict --
+
+    def predict(self, batch: npt.ArrayLike) -> Prediction:
+        """Predict raw feature rows ``(n, features)`` or one row; recorded for telemetry.
+
+        Raises :class:`NoModel` when nothing is served and :class:`ModelError`
+        for input the caller got wrong (the message says what was expected).
+        """
+        return self._predict(batch)[0]
+
+    def predict_tracked(self, batch: npt.ArrayLike) -> tuple[Prediction, list[str]]:
+        """Like :meth:`predict`, plus one id per row that :meth:`feedback` can refer to."""
+        prediction, rows, model = self._predict(batch)
+        version = f"{model.manifest.name}@{model.manifest.version}"
+        ids = []
+        for row, predicted in zip(rows, prediction.classes.tolist(), strict=True):
+            prediction_id = secrets.token_urlsafe(12)
+            self._cache.put(prediction_id, row, predicted, version)
+            ids.append(prediction_id)
+        return prediction, ids
+
+    def _predict(self, batch: npt.ArrayLike) -> tuple[Prediction, npt.NDArray[Any], Model]:
+        active = self._active
+        if active is None:
+            raise NoModel("no model is loaded on this device yet")
+        model, recorder = active
+        start = self._clock()
+        try:
+            prediction = model.predict(batch)
+        except ModelError:
+            if recorder is not None:
+                recorder.record_error()
+            raise
+        elapsed = self._clock() - start
+        # Validated by predict above, so this view cannot fail; drift uses raw features.
+        rows = np.asarray(batch, dtype=np.float32).reshape(len(prediction), -1)
+        if recorder is None:
+            pass
+        elif len(rows) == 1:  # the common case on a device: one reading, one answer
+            recorder.record(
+                elapsed, float(prediction.confidence[0]), int(prediction.classes[0]), rows[0]
+            )
+        else:
+            per_row = elapsed / len(rows)
+            record = recorder.record
+            for row, confidence, predicted in zip(
+                rows, prediction.confidence.tolist(), prediction.classes.tolist(), strict=True
+            ):
+                record(per_row, confidence, predicted, row)
+        return prediction, rows, model
+
+    # ----------------------------------------------------------- feedback --
+
+    def feedback(self, prediction_id: str, label: str | int) -> bool:
+        """Store ground truth for an earlier prediction as a labelled sample.
+
+        ``label`` is a label name or a class index.  Returns whether the model
+        had predicted it.  Raises :class:`NotFound` for an unknown or expired
+        id (each id can be used once) and :class:`ModelError` for a label the
+        model does not have.
+        """
+        model = self.model
+        if model is None:
+            raise NoModel("no model is loaded on this device yet")
+        labels = model.manifest.labels
+        index = _label_index(labels, label)
+        cached = self._cache.pop(prediction_id)
+        if cached is None:
+            raise NotFound(
+                f"unknown or expired prediction id {prediction_id[:64]!r}: feedback must name an "
+                "id returned by a recent /v1/predict, once"
+            )
+        if self._samples is not None:
+            self._samples.add(cached.features, index, cached.model_version)
+        correct = cached.predicted == index
+        active = self._active
+        if active is not None and active[1] is not None:
+            active[1].record_feedback(correct)
+        return correct
+
+    # ---------------------------------------------------------- telemetry --
+
+    def snapshot(self) -> WindowStats | None:
+        """The active model's window since the last snapshot (None without a model)."""
+        active = self._active
+        if active is None or active[1] is None:
+            return None
+        return active[1].snapshot()
+
+
+def _label_index(labels: Sequence[str], label: str | int) -> int:
+    if isinstance(label, bool):
+        raise ModelError("label must be a label name or a class index, not a boolean")
+    if isinstance(label, int):
+        if 0 <= label < len(labels):
+            return label
+        raise ModelError(f"class index {label} is out of range: the model has {len(labels)}")
+    try:
+        return list(labels).index(label)
+    except ValueError:
+        shown = ", ".join(repr(x) for x in labels[:20]) + (" ..." if len(labels) > 20 else "")
+        raise ModelError(f"unknown label {label[:64]!r}; the model's labels are {shown}") from None
+
+
+def describe(model: Model) -> dict[str, object]:
+    """What ``GET /v1/model`` and ``edge-agent status`` show about a model."""
+    m = model.manifest
+    return {
+        "name": m.name,
+        "version": m.version,
+        "sha256": model.ref.sha256,
+        "runtime": m.runtime,
+        "flavor": m.flavor,
+        "backend": model.backend,
+        "features": model.features,
+        "input_shape": list(m.inputs[0].shape),
+        "labels": list(m.labels),
+        "self_test": {
+            "vectors": model.self_test.vectors,
+            "max_error": model.self_test.max_error,
+            "top1_agreement": model.self_test.top1_agreement,
+        },
+    }
+
+
+def prediction_rows(prediction: Prediction, ids: Sequence[str] = ()) -> list[dict[str, object]]:
+    """One JSON object per row: what ``/v1/predict`` and ``edge-agent predict`` print."""
+    probabilities = prediction.probabilities.tolist()
+    classes = prediction.classes.tolist()
+    confidence = prediction.confidence.tolist()
+    rows: list[dict[str, object]] = []
+    for i, label in enumerate(prediction.labels):
+        row: dict[str, object] = {"id": ids[i]} if ids else {}
+        row.update(
+            label=label,
+            class_id=classes[i],
+            confidence=confidence[i],
+            probabilities=probabilities[i],
+        )
+        rows.append(row)
+    return rows

@@ -1,0 +1,83 @@
+"""A real ``edge-agent run`` process for benchmarks, enrolled from the lab's CA."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ._lab import Lab
+
+BIN = Path(sys.executable).parent
+
+
+def device_dir(lab: Lab, device_id: str) -> Path:
+    """An enrolled device's data dir (key, certificate, CA, broker address)."""
+    tls = lab.identity(device_id)
+    assert tls.cert_file is not None and tls.key_file is not None
+    data = lab.dir / "devices" / device_id
+    identity = data / "identity"
+    identity.mkdir(parents=True)
+    shutil.copy(tls.ca_file, identity / "ca.pem")
+    shutil.copy(tls.cert_file, identity / "device.pem")
+    shutil.copy(tls.key_file, identity / "device.key")
+    os.chmod(identity / "device.key", 0o600)
+    record = {
+        "device_id": device_id,
+        "server_url": "http://127.0.0.1:9",
+        "broker_host": "127.0.0.1",
+        "broker_port": lab.broker.port,
+    }
+    (identity / "enrollment.json").write_text(json.dumps(record))
+    return data
+
+
+def start_agent(data: Path, model: Path, **env: str) -> subprocess.Popen[bytes]:
+    settings = {
+        "EDGE_AGENT_MODEL": str(model),
+        "EDGE_AGENT_LOCAL_API__PORT": "0",
+        "EDGE_AGENT_TELEMETRY_INTERVAL_S": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        **env,
+    }
+    log = (data / "agent.log").open("ab")
+    return subprocess.Popen(
+        [str(BIN / "edge-agent"), "run", "--data-dir", str(data)],
+        env={**os.environ, **settings},
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+
+
+def wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def spool_depth(data: Path) -> int:
+    path = data / "spool.db"
+    if not path.exists():
+        return -1
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+    finally:
+        db.close()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
