@@ -29,6 +29,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+screenshots: $(STAMP)
+	SCREENSHOTS_DIR=docs/screenshots FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_console_browser.py
+
 models: $(STAMP)
 	$(BIN)/python -m models.build
 

@@ -24,6 +24,7 @@ MODULES = {
     "bench_federated": "Federated quality and bytes per round (issue: federated training)",
     "bench_fl_rounds": "Federated round overhead and agent memory (issue: federated training)",
     "bench_delta": "Delta updates (issue: signed OTA)",
+    "bench_console": "Console pages at 10,000 devices (issue: web console)",
     "bench_rollouts": "Rollout throughput (issue: signed OTA)",
 }
 

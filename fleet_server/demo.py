@@ -97,6 +97,7 @@ def run_demo(*, devices: int, data_dir: Path, duration: float) -> None:
             )
         _summary(server, ids, time.monotonic() - started)
         console.print(f"\nAPI: {api}/api/docs   login: admin / {DEMO_PASSWORD}")
+        console.print(f"console: {api}/console/")
         console.print(f"fleetctl: FLEETCTL_SERVER={api} fleetctl login -u admin")
         if duration > 0:
             stop.wait(duration)

@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from .. import console
 from ..auth import redact
 from ..store.base import AuditEntry
 from . import (
@@ -87,6 +88,8 @@ def create_app(context: ApiContext) -> FastAPI:
     def metrics() -> str:
         """Prometheus text format (unauthenticated, like every scrape target)."""
         return context.metrics() if context.metrics else ""
+
+    console.install(app)
 
     @app.middleware("http")
     async def audit(

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from edgefleet_contract.messages import DesiredState, ReportedState, Telemetry
+
+if TYPE_CHECKING:
+    from .overview import FleetSummary, UpdateEvent
 
 T = TypeVar("T")
 
@@ -260,6 +263,12 @@ class Store(Protocol):
     def list_audit(
         self, *, offset: int = 0, limit: int = 100, actor: str | None = None
     ) -> Page[AuditEntry]: ...
+    # console views (store/overview.py)
+    def fleet_summary(
+        self, *, now: float, window_s: float, drift_threshold: float, silent_s: float
+    ) -> FleetSummary: ...
+    def list_update_events(self, device_id: str, *, limit: int = 100) -> list[UpdateEvent]: ...
+    def recent_raw(self, device_id: str, *, since: float, limit: int) -> list[Telemetry]: ...
     # rollouts
     def save_rollout(
         self,

@@ -224,8 +224,29 @@ def _artifacts(db: sqlite_utils.Database) -> None:
     db.table("artifacts").create_index(["sha256"])
 
 
+def _update_events(db: sqlite_utils.Database) -> None:
+    """History of each device's reported update phases (store/overview.py)."""
+    db.table("update_events").create(
+        {
+            "id": int,
+            "device_id": str,
+            "ts": float,
+            "received_at": float,
+            "desired_version": int,
+            "kind": str,
+            "target": str,
+            "phase": str,
+            "progress": float,
+            "error": str,
+        },
+        pk="id",
+    )
+    db.table("update_events").create_index(["device_id", "id"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _federated_training]
 MIGRATIONS.append(_artifacts)
+MIGRATIONS.append(_update_events)
 
 
 def _rollouts(db: sqlite_utils.Database) -> None:

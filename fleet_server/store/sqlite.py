@@ -27,13 +27,21 @@ from .accounts import AccountTables
 from .artifacts import ArtifactTables
 from .base import CommandRecord, Device, Page
 from .migrations import migrate
+from .overview import OverviewTables
 from .rollouts import RolloutTables
 from .rows import device_from_row
 from .telemetry import TelemetryTables
 from .training import TrainingTables
 
 
-class SqliteStore(TelemetryTables, AccountTables, TrainingTables, ArtifactTables, RolloutTables):
+class SqliteStore(
+    TelemetryTables,
+    AccountTables,
+    TrainingTables,
+    ArtifactTables,
+    OverviewTables,
+    RolloutTables,
+):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +189,7 @@ class SqliteStore(TelemetryTables, AccountTables, TrainingTables, ArtifactTables
                     device_id,
                 ),
             )
+            self.note_update(conn, device_id, reported, ts)
 
     def set_desired(self, device_id: str, desired: DesiredState) -> None:
         with self._tx() as conn:

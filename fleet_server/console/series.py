@@ -1,0 +1,80 @@
+"""Chart series for the device page, cut from raw telemetry batches (pure).
+
+The browser gets small parallel arrays (one value per batch, ``None`` where
+the batch did not carry the section) instead of whole batches: readings and
+class histograms can be large and the charts need none of them.  Drift is
+kept for the features that drifted most in the window, so a model with
+thousands of inputs still gives a chart with a handful of lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import BaseModel
+
+from edgefleet_contract.messages import Telemetry
+
+MAX_FEATURES = 6
+
+
+class DeviceSeries(BaseModel):
+    device_id: str
+    ts: list[float] = []
+    latency_p50_ms: list[float | None] = []
+    latency_p95_ms: list[float | None] = []
+    latency_p99_ms: list[float | None] = []
+    throughput_per_s: list[float | None] = []
+    errors: list[int | None] = []
+    cpu_percent: list[float | None] = []
+    mem_percent: list[float | None] = []
+    rss_mb: list[float | None] = []
+    confidence_mean: list[float | None] = []
+    drift_score: list[float | None] = []
+    drift_features: dict[str, list[float | None]] = {}
+    """Per-feature PSI of the most drifted features ("f12" -> one value per batch)."""
+    spool_depth: list[int] = []
+    spool_dropped: list[int] = []
+
+
+def confidence_mean(hist: Sequence[int]) -> float | None:
+    """Mean top-1 confidence from equal-width bins over [0, 1] (bin centres)."""
+    total = sum(hist)
+    if not total:
+        return None
+    width = 1.0 / len(hist)
+    return sum((i + 0.5) * width * n for i, n in enumerate(hist)) / total
+
+
+def series_of(device_id: str, batches: Sequence[Telemetry]) -> DeviceSeries:
+    out = DeviceSeries(device_id=device_id)
+    peaks: dict[int, float] = {}
+    for b in batches:
+        for f in b.drift.features if b.drift else ():
+            peaks[f.feature] = max(peaks.get(f.feature, 0.0), f.psi)
+    chosen = sorted(peaks, key=lambda k: (-peaks[k], k))[:MAX_FEATURES]
+    out.drift_features = {f"f{k}": [] for k in sorted(chosen)}
+    for b in sorted(batches, key=lambda b: b.ts):
+        inf, lat, sysm, drift = b.inference, b.inference and b.inference.latency, b.system, b.drift
+        out.ts.append(b.ts)
+        out.latency_p50_ms.append(lat.p50_ms if lat else None)
+        out.latency_p95_ms.append(lat.p95_ms if lat else None)
+        out.latency_p99_ms.append(lat.p99_ms if lat else None)
+        out.throughput_per_s.append(inf.throughput_per_s if inf else None)
+        out.errors.append(inf.errors if inf else None)
+        out.cpu_percent.append(sysm.cpu_percent if sysm else None)
+        out.mem_percent.append(
+            100.0 * sysm.mem_used_bytes / sysm.mem_total_bytes
+            if sysm and sysm.mem_total_bytes
+            else None
+        )
+        out.rss_mb.append(sysm.rss_bytes / 2**20 if sysm else None)
+        out.confidence_mean.append(confidence_mean(inf.confidence_hist) if inf else None)
+        out.drift_score.append(drift.score if drift else None)
+        psi = {f.feature: f.psi for f in drift.features} if drift else {}
+        for k in chosen:
+            # a feature missing from a batch's top list drifted less than the ones listed
+            out.drift_features[f"f{k}"].append(psi.get(k) if drift else None)
+        out.spool_depth.append(b.spool.depth)
+        out.spool_dropped.append(b.spool.dropped_total)
+    return out

@@ -1,0 +1,69 @@
+// Models and firmware in the registry: versions, lineage (upload or training run),
+// TUF target, and where each version runs (from the fleet summary).
+
+import { api } from '../api.js';
+import { h, replace, table, field, fmtTime, fmtNum, notice } from '../dom.js';
+import { link } from '../routes.js';
+
+function lineage(a) {
+  const l = a.lineage || {};
+  if (l.run_id) {
+    return h('span', {}, 'training ', h('a', { href: link(`training/${encodeURIComponent(l.run_id)}`) }, l.run_id),
+      l.parent ? ` from ${l.parent}` : '');
+  }
+  return l.source ? String(l.source) : 'upload';
+}
+
+function size(bytes) {
+  return bytes >= 2 ** 20 ? `${fmtNum(bytes / 2 ** 20, 1)} MiB` : `${fmtNum(bytes / 1024, 1)} KiB`;
+}
+
+export async function mount(root, ctx) {
+  const kind = ctx.query.get('kind') || '';
+  const select = h('select', { name: 'kind' },
+    [['', 'all'], ['model', 'models'], ['firmware', 'firmware']].map(([v, label]) =>
+      h('option', { value: v, selected: v === kind }, label)));
+  select.addEventListener('change', () => { location.hash = link('artifacts', { kind: select.value }); });
+  const out = h('div', { class: 'results' });
+  const count = h('span', { class: 'muted' });
+  replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Models and firmware'), count),
+    h('form', { class: 'search', role: 'search' }, field('Kind', select)), out);
+
+  async function refresh() {
+    let page;
+    let summary;
+    try {
+      [page, summary] = await Promise.all([
+        api('/artifacts', { query: { kind, limit: 200 } }), api('/console/summary'),
+      ]);
+    } catch (err) {
+      replace(out, notice(err.message, 'error'));
+      return;
+    }
+    if (!ctx.alive()) return;
+    const runs = new Map([
+      ...summary.by_model.map((b) => [`model:${b.key}`, b]),
+      ...summary.by_firmware.map((b) => [`firmware:${b.key}`, b]),
+    ]);
+    const where = (a) => {
+      const key = a.kind === 'model' ? `model:${a.name}@${a.version}` : `firmware:${a.version}`;
+      const b = runs.get(key);
+      if (!b) return h('span', { class: 'muted' }, 'no device');
+      return h('a', { href: link('devices', { selector: key }) }, `${b.total} devices (${b.online} online)`);
+    };
+    count.textContent = `${page.total} artifacts`;
+    replace(out, table([
+      { title: 'Kind', cell: (a) => a.kind },
+      { title: 'Name', cell: (a) => h('b', {}, a.name) },
+      { title: 'Version', cell: (a) => a.version },
+      { title: 'Flavor / hardware', cell: (a) => a.flavor || a.runtime || (a.hardware || []).join(' ') || '—' },
+      { title: 'Size', cell: (a) => size(a.size), class: 'nowrap' },
+      { title: 'Lineage', cell: lineage },
+      { title: 'Runs on', cell: where },
+      { title: 'TUF target', cell: (a) => h('code', { title: `sha256 ${a.sha256}` }, a.target_path) },
+      { title: 'Pushed', cell: (a) => `${fmtTime(a.created_at)} by ${a.uploaded_by}`, class: 'nowrap' },
+    ], page.items, { empty: 'No artifact registered yet (fleetctl models push).' }));
+  }
+  await refresh();
+  ctx.every(refresh, 10000);
+}

@@ -1,0 +1,114 @@
+// Fleet overview: presence, versions, tags, health, alerts, fleet telemetry; refreshed live.
+
+import { api, ApiError } from '../api.js';
+import { h, replace, panel, table, ago, fmtNum, notice } from '../dom.js';
+import { bars, lineChart } from '../chart.js';
+import { link, ROUTES } from '../routes.js';
+
+const small = { width: 300, height: 130 };
+
+const ALERTS = [
+  ['drift', 'Drift above threshold', (s) => `PSI > ${s.drift_threshold}`, (a) => `PSI ${fmtNum(a.value)}`],
+  ['silent', 'Silent devices', (s) => `no message for ${Math.round(s.silent_s / 60)} min`,
+    (a) => `${a.detail}, last seen ${ago(a.value)}`],
+  ['failed_updates', 'Failed updates', () => 'reported update failed or rolled back', (a) => a.detail],
+  ['spool_drops', 'Spool drops', (s) => `in the last ${Math.round(s.window_s / 60)} min`,
+    (a) => `${fmtNum(a.value, 0)} batches dropped`],
+];
+
+const selectorFor = {
+  model: (k) => `model:${k}`,
+  firmware: (k) => `firmware:${k}`,
+  tag: (k) => `tag:${k}`,
+  health: (k) => `health:${k}`,
+};
+
+function kpi(label, value, kind = '', href = null) {
+  const body = [h('span', { class: 'kpi-value' }, value), h('span', { class: 'kpi-label' }, label)];
+  return href ? h('a', { class: `kpi ${kind}`, href }, body) : h('div', { class: `kpi ${kind}` }, body);
+}
+
+function distribution(title, rows, kind) {
+  return panel(title, rows.length
+    ? bars(rows, { href: (r) => (r.key === '(none)' ? null : link('devices', { selector: selectorFor[kind](r.key) })) })
+    : h('p', { class: 'muted' }, 'no devices report this yet'));
+}
+
+function alertPanel(summary) {
+  const cards = ALERTS.map(([key, title, rule, describe]) => {
+    const list = summary.alerts[key];
+    return h('div', { class: `alert-card ${list.total ? 'firing' : 'quiet'}`, dataset: { alert: key } },
+      h('h3', {}, title, ' ', h('span', { class: 'count' }, String(list.total))),
+      h('p', { class: 'rule' }, rule(summary)),
+      list.total
+        ? h('ul', {}, list.items.slice(0, 6).map((a) => h('li', {},
+          h('a', { href: link(`devices/${encodeURIComponent(a.device_id)}`) }, a.device_id), ' ',
+          h('span', { class: 'muted' }, describe(a)))),
+          list.total > 6 ? h('li', { class: 'muted' }, `and ${list.total - 6} more`) : null)
+        : h('p', { class: 'muted' }, 'none'));
+  });
+  return panel('Alerts', h('div', { class: 'alerts' }, cards));
+}
+
+async function sectionCard(path) {
+  const r = ROUTES.find((x) => x.path === path);
+  try {
+    await api(r.probe);
+    return h('p', {}, h('a', { href: `#/${path}` }, `Open ${r.title.toLowerCase()}`));
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) {
+      return h('p', { class: 'muted unavailable' }, 'not available on this server');
+    }
+    return notice(err.message, 'error');
+  }
+}
+
+export async function mount(root, ctx) {
+  const body = h('div', { class: 'overview' });
+  const updated = h('span', { class: 'muted updated', 'aria-live': 'off' });
+  replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Fleet overview'), updated), body);
+  const [rollouts, training] = await Promise.all([sectionCard('rollouts'), sectionCard('training')]);
+
+  async function refresh() {
+    const now = Date.now() / 1000;
+    const [s, fleet] = await Promise.all([
+      api('/console/summary'),
+      api('/telemetry/aggregate', { query: { selector: 'all', since: now - 3600, until: now } }),
+    ]);
+    if (!ctx.alive()) return;
+    const offline = (s.by_state.enrolled || 0) - s.online;
+    const ts = fleet.rollups.map((r) => r.minute);
+    const col = (k) => fleet.rollups.map((r) => r[k]);
+    replace(body,
+      h('div', { class: 'kpis' },
+        kpi('devices', String(s.total), '', link('devices')),
+        kpi('online', String(s.online), 'good', link('devices', { selector: 'online' })),
+        kpi('offline', String(Math.max(0, offline)), offline > 0 ? 'warn' : '',
+          link('devices', { selector: 'offline and state:enrolled' })),
+        kpi('pending enrollment', String(s.by_state.pending || 0), '', link('devices', { selector: 'state:pending' })),
+        kpi('revoked', String(s.by_state.revoked || 0), '', link('devices', { selector: 'state:revoked' })),
+        kpi('alerts', String(ALERTS.reduce((n, [k]) => n + s.alerts[k].total, 0)),
+          ALERTS.some(([k]) => s.alerts[k].total) ? 'bad' : 'good')),
+      alertPanel(s),
+      h('div', { class: 'cols3' },
+        distribution('By model version', s.by_model, 'model'),
+        distribution('By firmware', s.by_firmware, 'firmware'),
+        distribution('By health', s.by_health, 'health')),
+      h('div', { class: 'cols2' },
+        distribution('By tag', s.by_tag, 'tag'),
+        panel('Fleet telemetry, last hour',
+          h('div', { class: 'charts2' },
+            lineChart('Inferences per minute', ts, [{ name: 'inferences', values: col('inferences') }], small),
+            lineChart('Latency p95 (mean) / p99 (max)', ts, [
+              { name: 'p95', values: col('latency_p95_ms') },
+              { name: 'p99 max', values: col('latency_p99_max_ms') }], { ...small, unit: 'ms' }),
+            lineChart('CPU', ts, [{ name: 'cpu', values: col('cpu_percent') }], { ...small, unit: '%', max: 100 }),
+            lineChart('Drift (max PSI)', ts, [{ name: 'drift', values: col('drift_max') }], small)))),
+      h('div', { class: 'cols2' },
+        panel('Active rollouts', rollouts),
+        panel('Training runs', training)));
+    updated.textContent = `updated ${new Date().toLocaleTimeString('en-GB')}`;
+  }
+  await refresh();
+  ctx.every(() => refresh().catch(() => {}), 5000);
+}

@@ -1,0 +1,99 @@
+// Federated training runs: the list, and one run's rounds (accuracy/loss chart,
+// participants and failures per round) with its resulting candidate and evaluation.
+
+import { api, can } from '../api.js';
+import { h, replace, panel, table, status, fmtTime, fmtNum, notice, toast } from '../dom.js';
+import { lineChart } from '../chart.js';
+import { link } from '../routes.js';
+
+const ACTIVE = new Set(['pending', 'running']);
+
+function runsTable(runs) {
+  return table([
+    { title: 'Run', cell: (r) => h('a', { href: link(`training/${encodeURIComponent(r.id)}`) }, r.id) },
+    { title: 'Status', cell: (r) => status(r.status) },
+    { title: 'Model', cell: (r) => (r.spec.model ? `${r.spec.model}` : '—') },
+    { title: 'Rounds', cell: (r) => `${r.completed_rounds}${r.spec.rounds ? ` / ${r.spec.rounds}` : ''}` },
+    { title: 'Candidate', cell: (r) => r.result.version || '—' },
+    { title: 'Accuracy', cell: (r) => fmtNum(r.result.accuracy, 3) },
+    { title: 'Started by', cell: (r) => r.created_by },
+    { title: 'Created', cell: (r) => fmtTime(r.created_at), class: 'nowrap' },
+    { title: 'Detail', cell: (r) => r.detail || '' },
+  ], runs, { empty: 'No training run yet (fleetctl train start).' });
+}
+
+function facts(pairs) {
+  return h('dl', { class: 'facts' }, pairs.map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, v ?? '—'))));
+}
+
+async function mountRun(root, ctx, id) {
+  const head = h('div', { class: 'device-head' });
+  const body = h('div');
+  const stop = can('operator') ? h('button', { type: 'button', class: 'danger' }, 'Stop run') : null;
+  if (stop) {
+    stop.addEventListener('click', async () => {
+      try {
+        await api(`/training/runs/${encodeURIComponent(id)}/stop`, { method: 'POST' });
+        toast(`run ${id} stopping`);
+        refresh();
+      } catch (err) { toast(err.message, 'error'); }
+    });
+  }
+  replace(root, h('div', { class: 'page-head' },
+    h('h1', {}, h('a', { href: link('training'), class: 'crumb' }, 'Training runs'), ' / ', id), stop), head, body);
+
+  async function refresh() {
+    const run = await api(`/training/runs/${encodeURIComponent(id)}`);
+    if (!ctx.alive()) return;
+    if (stop) stop.hidden = !ACTIVE.has(run.status);
+    const rounds = run.rounds || [];
+    const ts = rounds.map((r) => r.round);
+    const byRound = { width: 560, height: 170, xLabel: (x) => `round ${Math.round(x)}` };
+    const res = run.result || {};
+    replace(head, facts([
+      ['Status', status(run.status)], ['Rounds', `${run.completed_rounds}${run.spec.rounds ? ` / ${run.spec.rounds}` : ''}`],
+      ['Started by', run.created_by], ['Created', fmtTime(run.created_at)], ['Updated', fmtTime(run.updated_at)],
+      ['Candidate', res.version ? `${res.parent ? `${res.parent} → ` : ''}${res.version}` : '—'],
+      ['Candidate accuracy', fmtNum(res.accuracy, 3)], ['Baseline accuracy', fmtNum(res.baseline_accuracy, 3)],
+      ['Participants', Array.isArray(res.participants) ? String(res.participants.length) : '—'],
+      ['Detail', run.detail || '—'],
+    ]));
+    replace(body,
+      panel('Per round',
+        h('div', { class: 'charts', id: 'charts' },
+          lineChart('Accuracy', ts, [{ name: 'accuracy', values: rounds.map((r) => r.accuracy) }], { ...byRound, max: 1, empty: 'no round finished yet' }),
+          lineChart('Loss', ts, [{ name: 'loss', values: rounds.map((r) => r.loss) }], { ...byRound, empty: 'no round finished yet' }))),
+      panel('Rounds', table([
+        { title: 'Round', cell: (r) => String(r.round) },
+        { title: 'Accuracy', cell: (r) => fmtNum(r.accuracy, 3) },
+        { title: 'Loss', cell: (r) => fmtNum(r.loss, 3) },
+        { title: 'Participants', cell: (r) => `${r.participants.length}: ${r.participants.join(' ')}` },
+        { title: 'Failures', cell: (r) => Object.entries(r.failures).map(([k, v]) => `${k} ${v}`).join(', ') || '—' },
+        { title: 'Rejected', cell: (r) => Object.entries(r.rejected).map(([k, v]) => `${k} ${v}`).join(', ') || '—' },
+        { title: 'Bytes out / in', cell: (r) => `${fmtNum(r.bytes_out, 0)} / ${fmtNum(r.bytes_in, 0)}` },
+        { title: 'Wall', cell: (r) => `${fmtNum(r.wall_s, 2)} s` },
+      ], rounds, { empty: 'No round finished yet.' })),
+      h('div', { class: 'cols2' },
+        panel('Result (candidate and evaluation)', h('pre', { class: 'code', tabindex: '0' }, JSON.stringify(res, null, 2))),
+        panel('Spec', h('pre', { class: 'code', tabindex: '0' }, JSON.stringify(run.spec, null, 2)))));
+  }
+  await refresh();
+  ctx.every(() => refresh().catch(() => {}), 3000);
+}
+
+export async function mount(root, ctx) {
+  if (ctx.params.id) return mountRun(root, ctx, ctx.params.id);
+  const out = h('div', { class: 'results' });
+  replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Training runs')), out);
+  async function refresh() {
+    try {
+      const runs = await api('/training/runs', { query: { limit: 100 } });
+      if (ctx.alive()) replace(out, runsTable(runs));
+    } catch (err) {
+      replace(out, notice(err.message, 'error'));
+    }
+  }
+  await refresh();
+  ctx.every(refresh, 5000);
+  return undefined;
+}

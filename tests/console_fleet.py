@@ -1,0 +1,330 @@
+"""A small real fleet for the console's browser tests and screenshots.
+
+A real fleet server (managed mosquitto, mTLS, SQLite) with real ``edge-agent``
+processes enrolled through the API, plus "rich" devices: the agent's own MQTT
+link (mTLS, spool) publishing batches with inference, drift and update reports,
+because the agents here serve no model yet and so report system figures only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+
+from agent.link import DeviceLink
+from agent.spool import DrainPolicy, Spool
+from edgefleet_contract.codec import Codec
+from edgefleet_contract.messages import (
+    DriftStats,
+    FeatureDrift,
+    FirmwareRef,
+    InferenceStats,
+    LatencySummary,
+    ModelRef,
+    ReportedState,
+    SpoolStats,
+    SystemStats,
+    Telemetry,
+    UpdateReport,
+)
+from edgefleet_contract.mqtt import Endpoint, TlsFiles
+from edgefleet_contract.topics import Channel
+from fleet_server.auth import hash_password
+from fleet_server.pki import write_private
+from fleet_server.server import FleetServer, initialize
+from fleet_server.store.training import RoundRecord
+
+from .harness import ADMIN_PASSWORD, server_settings, wait_for
+
+BIN = Path(sys.executable).parent
+VIEWER_PASSWORD = "viewer-password-1"
+OPERATOR_PASSWORD = "operator-password-1"
+HISTORY_MINUTES = 50
+
+
+class RichDevice:
+    """A device link sending model telemetry (latency, confidence, drift) every ``period`` s."""
+
+    def __init__(
+        self, server: FleetServer, folder: Path, device_id: str, *, drifting: bool
+    ) -> None:
+        self.device_id = device_id
+        self.drifting = drifting
+        cert, key = server.ca.issue_client_cert(device_id, validity_s=3600, now=time.time())
+        parsed = x509.load_pem_x509_certificate(cert)
+        server.store.add_certificate(
+            device_id, parsed.serial_number, parsed.not_valid_after_utc.timestamp(), time.time()
+        )
+        folder.mkdir(parents=True)
+        write_private(folder / "key.pem", key)
+        (folder / "cert.pem").write_bytes(cert)
+        tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
+        spool = Spool(folder / "spool.db", max_bytes=10**7, max_age_s=1e6)
+        endpoint = Endpoint("127.0.0.1", server.settings.broker.port, tls, keepalive=10)
+        self.link = DeviceLink(
+            device_id, endpoint, spool, agent_version="0.1.0", policy=DrainPolicy(200, 200, 20)
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._rng = random.Random(device_id)
+        self._seq = 0
+
+    def start(self, version: str, update: UpdateReport | None) -> None:
+        self.link.start()
+        now = time.time()
+        self.link.report(
+            ReportedState(
+                device_id=self.device_id,
+                ts=now,
+                agent_version="0.1.0",
+                hardware="rpi4",
+                model=ModelRef(name="digits", version=version, sha256="0" * 64, runtime="onnx"),
+                firmware=FirmwareRef(version="1.4.2", slot="a", hardware="rpi4"),
+                health="degraded" if self.drifting else "ok",
+                update=update,
+            )
+        )
+        now = time.time()
+        for minute in range(HISTORY_MINUTES, 0, -1):  # the last hour, one batch a minute
+            batch = self._batch(now - 60 * minute, windows=120)  # 2 live batches a second
+            self.link.send(Channel.TELEMETRY, Codec().encode(batch))
+        self._thread.start()
+
+    def _batch(self, ts: float | None = None, *, windows: int = 1) -> Telemetry:
+        """One batch; ``windows`` > 1 stands for that many live windows in one batch."""
+        self._seq += 1
+        t, rng = ts or time.time(), self._rng
+        wave = math.sin(self._seq / 6)
+        shift = min(1.0, self._seq / 40) if self.drifting else 0.0
+        p50 = 3.0 + 0.6 * wave + rng.random() * 0.3
+        hist = [0] * 10
+        for _ in range(200):
+            hist[min(9, int(rng.betavariate(8 - 4 * shift, 1.2) * 10))] += 1
+        return Telemetry(
+            device_id=self.device_id,
+            batch_id=f"r{self._seq:06d}",
+            seq=self._seq,
+            ts=t,
+            window_s=0.5 * windows,
+            system=SystemStats(
+                cpu_percent=min(100, 22 + 9 * wave + rng.random() * 5),
+                mem_used_bytes=int(1.6e9 + 1e8 * wave),
+                mem_total_bytes=int(4e9),
+                rss_bytes=int(9e7),
+                disk_used_bytes=int(6e9),
+                disk_total_bytes=int(3.2e10),
+                uptime_s=1000 + self._seq,
+            ),
+            inference=InferenceStats(
+                model="digits",
+                version="1.3.0",
+                count=200 * windows,
+                errors=0,
+                throughput_per_s=180 + 25 * wave + rng.random() * 10,
+                latency=LatencySummary(
+                    p50_ms=p50, p95_ms=p50 * 1.8, p99_ms=p50 * 2.6, max_ms=p50 * 3, mean_ms=p50
+                ),
+                confidence_hist=hist,
+            ),
+            drift=DriftStats(
+                samples=200,
+                score=0.04 + 0.4 * shift + 0.02 * rng.random(),
+                features=[
+                    FeatureDrift(
+                        feature=f, psi=(0.04 + 0.4 * shift) / (1 + i) + 0.01 * rng.random()
+                    )
+                    for i, f in enumerate((21, 36, 43, 5))
+                ],
+            ),
+            spool=SpoolStats(dropped_total=3 * self._seq if self.drifting else 0),
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.link.send(Channel.TELEMETRY, Codec().encode(self._batch()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.link.stop(timeout=2)
+
+
+class ConsoleFleet:
+    """Server + agents + rich devices, torn down in reverse order by :meth:`close`."""
+
+    def __init__(self, tmp: Path, *, agents: int = 3, extra_devices: int = 0) -> None:
+        self.tmp = tmp
+        settings = server_settings(tmp / "fleet")
+        initialize(settings, admin_password=ADMIN_PASSWORD)  # type: ignore[arg-type]
+        self.server = FleetServer(settings)  # type: ignore[arg-type]
+        self.server.start()
+        self.url = self.server.settings.api_url
+        self.agents: list[subprocess.Popen[bytes]] = []
+        self.rich: list[RichDevice] = []
+        self.agent_ids = [f"gw-{i:02d}" for i in range(agents)]
+        now = time.time()
+        store = self.server.store
+        for name, role, password in (
+            ("vera", "viewer", VIEWER_PASSWORD),
+            ("otto", "operator", OPERATOR_PASSWORD),
+        ):
+            store.create_user(name, role=role, password_hash=hash_password(password), now=now)
+        sites = ("berlin", "lyon", "porto", "oslo")
+        for i in range(extra_devices):
+            store.create_device(
+                f"sensor-{i:04d}",
+                name=f"sensor {i}",
+                tags={"site": sites[i % len(sites)], "line": str(i % 3)},
+                now=now,
+            )
+        r = httpx.post(
+            f"{self.url}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+        )
+        r.raise_for_status()
+        self.headers = {"Authorization": f"Bearer {r.json()['token']}"}
+
+    def start_agents(self) -> None:
+        """Enroll (API + ``edge-agent enroll``) and run every agent as its own process
+        (once: a test run alone starts them, a later one finds them running)."""
+        if self.agents:
+            return
+        for i, device_id in enumerate(self.agent_ids):
+            r = httpx.post(
+                f"{self.url}/api/v1/devices",
+                headers=self.headers,
+                json={"id": device_id, "tags": {"site": ("berlin", "lyon")[i % 2], "kind": "gw"}},
+            )
+            r.raise_for_status()
+            data_dir = self.tmp / "agents" / device_id
+            subprocess.run(
+                [
+                    str(BIN / "edge-agent"),
+                    "enroll",
+                    "--server",
+                    self.url,
+                    "--token",
+                    r.json()["token"],
+                    "--data-dir",
+                    str(data_dir),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            log = (self.tmp / f"{device_id}.log").open("ab")
+            self.agents.append(
+                subprocess.Popen(
+                    [str(BIN / "edge-agent"), "run", "--data-dir", str(data_dir)],
+                    env={
+                        **os.environ,
+                        "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.5",
+                        "EDGE_AGENT_FIRMWARE_VERSION": "1.4.2",
+                        "EDGE_AGENT_HARDWARE": "jetson-nano",
+                    },
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            )
+
+    def start_rich(self) -> None:
+        plans = [
+            ("cam-01", "1.3.0", False, None),
+            ("cam-02", "1.3.0", True, None),
+            (
+                "cam-03",
+                "1.2.0",
+                False,
+                UpdateReport(
+                    desired_version=2,
+                    kind="model",
+                    target="models/digits/1.3.0/digits.efpkg",
+                    phase="failed",
+                    progress=0.4,
+                    error="self-test mismatch",
+                    ts=time.time(),
+                ),
+            ),
+        ]
+        for device_id, version, drifting, update in plans:
+            self.server.store.create_device(
+                device_id, name=device_id, tags={"site": "porto", "kind": "camera"}, now=time.time()
+            )
+            device = RichDevice(
+                self.server, self.tmp / "rich" / device_id, device_id, drifting=drifting
+            )
+            device.start(version, update)
+            self.rich.append(device)
+
+    def record_training_run(self, run_id: str) -> None:
+        """A finished federated run as the training service stores it (the federated
+        tests run real ones; the console only reads them)."""
+        store = self.server.store
+        now = time.time()
+        spec = {"model": "digits", "rounds": 5, "selector": "tag:kind=camera", "min_clients": 2}
+        store.create_training_run(run_id, spec, actor="otto", now=now - 600)
+        curve = [(0.46, 1.52), (0.67, 1.01), (0.74, 0.81), (0.83, 0.58), (0.88, 0.44)]
+        for n, (acc, loss) in enumerate(curve, start=1):
+            store.complete_round(
+                RoundRecord(
+                    run_id=run_id,
+                    round=n,
+                    loss=loss,
+                    accuracy=acc,
+                    participants=["cam-01", "cam-02", "cam-03"][: 2 + n % 2],
+                    failures={"cam-03": 1} if n % 2 == 0 else {},
+                    rejected={},
+                    bytes_out=52_000,
+                    bytes_in=51_800,
+                    wall_s=0.21,
+                    ts=now - 600 + 60 * n,
+                ),
+                b"weights",
+            )
+        result = {
+            "version": "1.4.0",
+            "parent": "digits@1.3.0",
+            "accuracy": 0.88,
+            "baseline_accuracy": 0.83,
+            "participants": ["cam-01", "cam-02", "cam-03"],
+            "rounds": 5,
+        }
+        store.set_training_status(run_id, "completed", now=now, result=result)
+
+    def push_model(self, path: Path) -> dict[str, object]:
+        """Register a model package through the API (verified, stored, signed)."""
+        r = httpx.post(
+            f"{self.url}/api/v1/artifacts/models",
+            headers={**self.headers, "Content-Type": "application/octet-stream"},
+            content=path.read_bytes(),
+            timeout=60,
+        )
+        r.raise_for_status()
+        return dict(r.json())
+
+    def wait_online(self, ids: list[str], timeout: float = 90) -> None:
+        store = self.server.store
+        wait_for(lambda: all(store.get_device(d).online for d in ids), timeout, f"{ids} online")
+
+    def close(self) -> None:
+        for device in self.rich:
+            device.stop()
+        for agent in self.agents:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGTERM)
+        for agent in self.agents:
+            try:
+                agent.wait(10)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+        self.server.stop()
