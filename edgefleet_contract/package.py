@@ -411,9 +411,9 @@ def _verify_members(manifest: Manifest, members: Mapping[str, bytes]) -> None:
 
 
 def encode_weights(weights: Mapping[str, npt.ArrayLike]) -> bytes:
-    """An ``.npz`` of float32 arrays with fixed timestamps (same weights, same bytes)."""
+    """An ``.npz`` of stored float32 arrays with fixed timestamps (same weights, same bytes)."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for name in sorted(weights):
             array = np.ascontiguousarray(weights[name], dtype=np.float32)
             if not np.isfinite(array).all():
@@ -470,7 +470,16 @@ def decode_weights(raw: bytes, trainable: Trainable) -> dict[str, npt.NDArray[np
 
 
 def pack_package(manifest: Manifest, files: Mapping[str, bytes]) -> bytes:
-    """The package bytes for ``manifest`` and its ``files`` (``files`` entries are computed)."""
+    """The package bytes for ``manifest`` and its ``files`` (``files`` entries are computed).
+
+    Every member is stored, not deflated, so that the package diffs well: a deflate
+    stream turns one changed byte into a different stream from there on, which left a
+    bsdiff patch for a retrained head as big as the package itself.  Stored, a patch
+    carries little more than the changed weights and the manifest's changed fields.
+    The members come in name order and the manifest, whose length changes with every
+    version, last, so the stable members keep their offsets from one version to the
+    next.  The manifest is compact JSON: about half the bytes of an indented one.
+    """
     entries = [
         FileEntry(path=name, sha256=hashlib.sha256(content).hexdigest(), size=len(content))
         for name, content in sorted(files.items())
@@ -481,12 +490,11 @@ def pack_package(manifest: Manifest, files: Mapping[str, bytes]) -> bytes:
         raise PackageError(f"cannot write the package: {_first_error(exc)}") from exc
     _verify_members(final, files)
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        doc = final.model_dump_json(indent=1).encode()
-        archive.writestr(zipfile.ZipInfo(MANIFEST_NAME, _ZIP_EPOCH), doc, zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for entry in entries:
-            info = zipfile.ZipInfo(entry.path, _ZIP_EPOCH)
-            archive.writestr(info, files[entry.path], zipfile.ZIP_DEFLATED)
+            archive.writestr(zipfile.ZipInfo(entry.path, _ZIP_EPOCH), files[entry.path])
+        doc = final.model_dump_json().encode()
+        archive.writestr(zipfile.ZipInfo(MANIFEST_NAME, _ZIP_EPOCH), doc)
     return buffer.getvalue()
 
 

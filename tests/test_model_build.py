@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import bsdiff4
 import numpy as np
 import pytest
 
 from agent.runtime import Model
 from edgefleet_contract.errors import ModelError
-from edgefleet_contract.package import LayerSpec, Lineage, read_package
+from edgefleet_contract.package import LayerSpec, Lineage, parse_package, read_package
 from fleet_server.modelkit import Network, build_package
 from fleet_server.modelkit.build import apply_preprocessing
 from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
@@ -148,3 +149,32 @@ def test_conv_layers_export_identically_on_both_runtimes() -> None:
             lineage=Lineage(source="build"),
         )
         assert len(data) < 50_000
+
+
+def test_head_only_update_makes_a_small_delta(trained: Network) -> None:
+    """A retrained head changes a few KiB of the package, so its bsdiff patch stays small."""
+    def package(network: Network, version: str) -> bytes:
+        return build_package(
+            network,
+            name="digits",
+            version=version,
+            flavor="onnx-float32",
+            preprocessing=PREPROCESSING,
+            labels=LABELS,
+            reference=split().x_train,
+            lineage=Lineage(source="build"),
+            created_at=1.7e9,
+        )
+
+    head = trained.layers[-1]
+    assert head.weight and head.bias
+    tuned = trained.with_weights(
+        {**trained.weights, head.weight: trained.weights[head.weight] * 1.05 + 0.01}
+    )
+    old, new = package(trained, "1.0.0"), package(tuned, "1.1.0")
+    patch = bsdiff4.diff(old, new)
+    assert bsdiff4.patch(old, patch) == new
+    assert len(patch) <= 0.10 * len(new), (len(patch), len(new))
+    before, after = (parse_package(d).manifest.self_test.inputs for d in (old, new))
+    assert sum(row in before for row in after) >= len(after) // 2  # mostly the same vectors
+

@@ -69,6 +69,29 @@ def test_write_is_deterministic_and_atomic(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["copy.efpkg"]
 
 
+def test_members_are_stored_with_the_manifest_last() -> None:
+    """Stored members keep a small change small for a binary delta (docs/model-package.md)."""
+    with zipfile.ZipFile(MLP) as archive:
+        infos = archive.infolist()
+    assert [i.filename for i in infos] == ["model.onnx", WEIGHTS_NAME, MANIFEST_NAME]
+    assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED}
+    with zipfile.ZipFile(io.BytesIO(read_package(MLP).members[WEIGHTS_NAME])) as npz:
+        assert {i.compress_type for i in npz.infolist()} == {zipfile.ZIP_STORED}
+
+
+def test_deflated_packages_still_read(
+    original: tuple[dict[str, bytes], dict[str, object]],
+) -> None:
+    """Packages written before members were stored (deflated, manifest first) stay valid."""
+    members, _ = original
+    old = _zip({MANIFEST_NAME: members[MANIFEST_NAME], **members})
+    with zipfile.ZipFile(io.BytesIO(old)) as archive:
+        assert archive.infolist()[0].compress_type == zipfile.ZIP_DEFLATED
+    package = parse_package(old)
+    assert package.manifest == read_package(MLP).manifest
+    assert dict(package.members) == {k: v for k, v in members.items() if k != MANIFEST_NAME}
+
+
 def test_tampered_member_is_named(original: tuple[dict[str, bytes], dict[str, object]]) -> None:
     members, _ = original
     evil = bytearray(members["model.onnx"])
