@@ -30,8 +30,10 @@ the most specific class; callers catch the family they can handle.
     │   │                      misconfigured repository): nothing was installed
     │   ├── DownloadFailed     the artifact could not be fetched (network, server error)
     │   └── InstallError       staging, self-test, switching or probation failed
-    └── FederationError        a federated run cannot go on (quorum, bad spec)
-        └── RunStopped         an operator stopped the run, or the server stops
+    ├── FederationError        a federated run cannot go on (quorum, bad spec)
+    │   └── RunStopped         an operator stopped the run, or the server stops
+    └── RolloutError           a rollout action that does not fit the rollout's state
+        └── PlanError          a rollout plan or health gate that does not parse
 """
 
 from __future__ import annotations
@@ -136,3 +138,11 @@ class DownloadFailed(UpdateError):
 
 class InstallError(UpdateError):
     """Staging, self-test, switching or probation of an update failed."""
+
+
+class RolloutError(EdgefleetError):
+    """A rollout cannot do what was asked in its current state (HTTP 409)."""
+
+
+class PlanError(RolloutError):
+    """A rollout plan, artifact spec or health gate is invalid; says where (HTTP 422)."""
