@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.commands import Outcome
-from agent.config import AgentSettings, LocalApiSettings, UpdateSettings
+from agent.config import AgentSettings, FeedbackSettings, LocalApiSettings, UpdateSettings
 from agent.daemon import Agent
 from agent.identity import Identity, enroll
 from edgefleet_contract.errors import EdgefleetError, EnrollmentError
@@ -67,6 +67,8 @@ def settings_for(
         log_level="WARNING",
         local_api=LocalApiSettings(enabled=False),
         updates=UpdateSettings(firmware_handler="none"),
+        # feedback follows each reading at once, so a short memory of predictions will do
+        feedback=FeedbackSettings(prediction_cache=256),
     )
 
 
