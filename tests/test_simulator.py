@@ -101,3 +101,29 @@ def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
     assert second["enrolled_now"] == 0 and second["reused"] == DEVICES
     assert second["time_to_all_online_s"] is not None
     assert second["errors"] == 0
+
+
+def test_devices_of_one_process_share_one_loaded_model_per_package(tmp_path: Path) -> None:
+    import shutil
+
+    from fleet_server.fleetctl.cmd_simulate import _default_model
+    from fleet_server.simulate.models import SHARED_MODELS, SharedModelService
+
+    package = _default_model()
+    assert package is not None
+    copies = []
+    for i in range(3):  # each device keeps its own copy of the package in its slots
+        copy = tmp_path / f"slot-{i}" / package.name
+        copy.parent.mkdir()
+        shutil.copy(package, copy)
+        copies.append(copy)
+    before = SHARED_MODELS.loads
+    services = [SharedModelService() for _ in copies]
+    models = [s.replace(c) for s, c in zip(services, copies, strict=True)]
+    assert models[0] is models[1] is models[2]
+    assert SHARED_MODELS.loads - before <= 1
+    # each device still measures its own inferences in its own recorder
+    services[0].predict(models[0].manifest.self_test.inputs[:2])
+    first, second = services[0].snapshot(), services[1].snapshot()
+    assert first is not None and second is not None
+    assert first.inference.count == 2 and second.inference.count == 0

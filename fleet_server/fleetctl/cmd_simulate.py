@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import threading
 import time
@@ -30,6 +31,17 @@ between the devices of the process; no local prediction API or firmware.
 Identities persist in --data-dir: a second run reuses them (no re-enrollment).
 Ctrl-C (or --duration) stops every device cleanly; the server sees them go
 offline.  See docs/operations.md, "Fleet simulator"."""
+
+
+def _raise_fd_limit(devices: int) -> None:
+    """Each device holds a socket and its SQLite files (about seven descriptors); raise
+    the soft limit toward the hard one, as an operator would with ``ulimit -n``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = devices * 8 + 256
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def _default_model() -> Path | None:
@@ -134,6 +146,7 @@ def simulate(
 
     from .simview import Watch
 
+    _raise_fd_limit(count)
     login = load_login()
     url = (server or login.server).rstrip("/")
     client = Client(url, login.token) if server else ctx.client
