@@ -25,6 +25,7 @@ MODULES = {
     "bench_fl_rounds": "Federated round overhead and agent memory (issue: federated training)",
     "bench_delta": "Delta updates (issue: signed OTA)",
     "bench_console": "Console pages at 10,000 devices (issue: web console)",
+    "bench_rollouts": "Rollout throughput (issue: signed OTA)",
 }
 
 

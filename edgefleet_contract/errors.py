@@ -26,8 +26,10 @@ the most specific class; callers catch the family they can handle.
     ├── UpdateError            OTA verification, download or install failures
     │   └── SigningError       TUF keys and metadata on the server: unreadable key,
     │                          wrong passphrase, a root that does not verify
-    └── FederationError        a federated run cannot go on (quorum, bad spec)
-        └── RunStopped         an operator stopped the run, or the server stops
+    ├── FederationError        a federated run cannot go on (quorum, bad spec)
+    │   └── RunStopped         an operator stopped the run, or the server stops
+    └── RolloutError           a rollout action that does not fit the rollout's state
+        └── PlanError          a rollout plan or health gate that does not parse
 """
 
 from __future__ import annotations
@@ -120,3 +122,11 @@ class RunStopped(FederationError):
 
 class SigningError(UpdateError):
     """A TUF key or metadata operation on the server or the offline machine failed."""
+
+
+class RolloutError(EdgefleetError):
+    """A rollout cannot do what was asked in its current state (HTTP 409)."""
+
+
+class PlanError(RolloutError):
+    """A rollout plan, artifact spec or health gate is invalid; says where (HTTP 422)."""

@@ -33,6 +33,7 @@ from .pki import FleetCA, write_private
 from .reconcile import Reconciler
 from .registry import BlobStore, DeltaCache
 from .registry import Registry as ArtifactRegistry
+from .rollouts.driver import RolloutDriver
 from .store import open_store
 from .store.base import Store
 from .tuf import TufRepository
@@ -186,6 +187,7 @@ class FleetServer:
             registry=self.registry,
             on_candidate=self._register_candidate,
         )
+        self.rollouts = RolloutDriver(self.store, self.link)
         self.registry.gauge(
             "edgefleet_broker_connected",
             "1 when the server's MQTT session is up",
@@ -207,7 +209,21 @@ class FleetServer:
                 registry=self.artifacts,
                 tuf=self.tuf,
                 deltas=self.deltas,
+                rollouts=self.rollouts,
             )
+        )
+        # The artifact registry, when the API context carries one, also resolves what a
+        # device ran before a rollout (for rollbacks).
+        self.rollouts.resolver = getattr(self.app.state.ctx, "registry", None)
+        self.registry.gauge(
+            "edgefleet_rollouts_live",
+            "Rollouts the driver is running (including paused and halted ones)",
+            fn=lambda: [((), float(self.rollouts.live_count))],
+        )
+        self.registry.gauge(
+            "edgefleet_rollout_errors_total",
+            "Rollout events that failed and were retried from the last save",
+            fn=lambda: [((), float(self.rollouts.errors))],
         )
         self.registry.gauge(
             "edgefleet_devices_online",
@@ -220,6 +236,7 @@ class FleetServer:
         self._http_thread: threading.Thread | None = None
 
     def _device_updated(self, device_id: str) -> None:
+        self.rollouts.device_updated(device_id)
         self.reconciler(device_id)
         self.training.device_changed(device_id)
 
@@ -282,6 +299,8 @@ class FleetServer:
         self.ingest.start()
         self.link.start()
         self.training.resume()
+        self.rollouts.reload()
+        self.rollouts.start()
         self._maintenance_thread = threading.Thread(
             target=self._maintain, name="maintenance", daemon=True
         )
@@ -336,6 +355,7 @@ class FleetServer:
             if self._http_thread is not None:
                 self._http_thread.join(10)
         self.training.shutdown()
+        self.rollouts.stop()
         self.link.stop()
         self.ingest.stop()
         if self.broker is not None:

@@ -135,9 +135,7 @@ def test_overview_counts_and_alerts(fleet: ConsoleFleet, page: Page) -> None:
         "cam-02"
     )
     expect(page.locator(".bars a", has_text="digits@1.2.0")).to_be_visible()
-    expect(page.locator(".panel", has_text="Active rollouts")).to_contain_text(
-        "not available on this server"
-    )
+    expect(page.locator(".panel", has_text="Active rollouts")).to_contain_text("Open rollouts")
     expect(page.locator(".overview path.line").nth(2)).to_be_attached()
     shot(page, "overview")
 
@@ -294,7 +292,7 @@ def test_admin_manages_users_tokens_and_reads_audit(fleet: ConsoleFleet, page: P
     expect(page.locator("td", has_text="logout").first).to_be_visible()
     shot(page, "audit")
     page.goto(f"{fleet.url}/console/#/rollouts")
-    expect(page.get_by_text("Not available on this server.")).to_be_visible()
+    expect(page.get_by_text("This server offers rollouts (/api/v1/rollouts)")).to_be_visible()
 
 
 def test_training_run_page_draws_rounds(fleet: ConsoleFleet, page: Page) -> None:

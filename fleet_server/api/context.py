@@ -17,6 +17,7 @@ from ..auth import Authenticator, LoginThrottle
 from ..config import ServerSettings
 from ..enrollment import Enrollment
 from ..registry import DeltaCache, Registry
+from ..rollouts.driver import RolloutDriver
 from ..store.base import Store
 from ..tuf import TufRepository
 from ..twin import CommandSender
@@ -36,6 +37,7 @@ class ApiContext:
     """The artifact registry; ``None`` means artifact and TUF routes answer 503."""
     tuf: TufRepository | None = None
     deltas: DeltaCache | None = None
+    rollouts: RolloutDriver | None = None
     auth: Authenticator = field(init=False)
     throttle: LoginThrottle = field(init=False)
     audit_failures: int = field(init=False, default=0)

@@ -24,6 +24,8 @@ from edgefleet_contract.errors import (
     LinkError,
     NotFound,
     PermissionDenied,
+    PlanError,
+    RolloutError,
     SelectorError,
     StoreError,
 )
@@ -39,6 +41,8 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (SelectorError, 422, "Invalid selector"),
     (LinkError, 503, "Broker unavailable"),
     (StoreError, 409, "Conflict"),
+    (PlanError, 422, "Invalid rollout plan"),
+    (RolloutError, 409, "Conflict"),
     (EdgefleetError, 400, "Bad request"),
 ]
 

@@ -96,6 +96,7 @@ COMMAND_MODULES = (
     "cmd_train",
     "cmd_artifacts",
     "cmd_keys",
+    "cmd_rollouts",
 )
 """Each module holds one area's command groups and a ``register(cli)`` function;
 a new area (models, firmware, rollouts, keys, ...) is one more module here."""

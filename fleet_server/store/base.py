@@ -150,6 +150,28 @@ class Artifact:
         return f"{self.name}@{self.version}" + (f":{self.flavor}" if self.flavor else "")
 
 
+@dataclass(frozen=True)
+class RolloutRow:
+    """A rollout as stored: its plan and engine state as JSON (see fleet_server.rollouts)."""
+
+    id: str
+    status: str
+    artifact: str
+    created_at: float
+    created_by: str
+    updated_at: float
+    plan: dict[str, Any]
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RolloutEvent:
+    ts: float
+    kind: str
+    message: str
+    device_id: str | None = None
+
+
 class Store(Protocol):
     # devices
     def create_device(
@@ -247,6 +269,24 @@ class Store(Protocol):
     ) -> FleetSummary: ...
     def list_update_events(self, device_id: str, *, limit: int = 100) -> list[UpdateEvent]: ...
     def recent_raw(self, device_id: str, *, since: float, limit: int) -> list[Telemetry]: ...
+    # rollouts
+    def save_rollout(
+        self,
+        row: RolloutRow,
+        *,
+        devices: Sequence[dict[str, Any]] = (),
+        events: Sequence[RolloutEvent] = (),
+        create: bool = False,
+    ) -> None:
+        """Write the rollout, changed device rows and new events in one transaction."""
+        ...
+
+    def get_rollout(self, rollout_id: str) -> RolloutRow: ...
+    def rollout_devices(self, rollout_id: str) -> list[dict[str, Any]]: ...
+    def list_rollouts(
+        self, *, statuses: Sequence[str] | None = None, limit: int = 100
+    ) -> list[RolloutRow]: ...
+    def rollout_events(self, rollout_id: str, *, limit: int = 200) -> list[RolloutEvent]: ...
     # meta
     # artifacts (registry)
     def add_artifact(self, artifact: Artifact) -> Artifact: ...

@@ -249,6 +249,46 @@ MIGRATIONS.append(_artifacts)
 MIGRATIONS.append(_update_events)
 
 
+def _rollouts(db: sqlite_utils.Database) -> None:
+    """Rollouts (fleet_server.rollouts): plan + engine state, per-device progress, events."""
+    db.table("rollouts").create(
+        {
+            "id": str,
+            "status": str,
+            "artifact": str,
+            "created_at": float,
+            "created_by": str,
+            "updated_at": float,
+            "plan": str,
+            "state": str,
+        },
+        pk="id",
+        not_null={"status", "artifact", "created_at", "plan", "state"},
+    )
+    db.table("rollouts").create_index(["status"])
+    db.table("rollout_devices").create(
+        {"rollout_id": str, "device_id": str, "wave": int, "status": str, "body": str},
+        pk=("rollout_id", "device_id"),
+        foreign_keys=[("rollout_id", "rollouts", "id")],
+    )
+    db.table("rollout_events").create(
+        {
+            "id": int,
+            "rollout_id": str,
+            "ts": float,
+            "kind": str,
+            "device_id": str,
+            "message": str,
+        },
+        pk="id",
+        foreign_keys=[("rollout_id", "rollouts", "id")],
+    )
+    db.table("rollout_events").create_index(["rollout_id", "id"])
+
+
+MIGRATIONS.append(_rollouts)
+
+
 def migrate(db: sqlite_utils.Database) -> int:
     """Bring ``db`` to the newest schema; returns the version it is at."""
     db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")

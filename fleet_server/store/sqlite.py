@@ -28,12 +28,20 @@ from .artifacts import ArtifactTables
 from .base import CommandRecord, Device, Page
 from .migrations import migrate
 from .overview import OverviewTables
+from .rollouts import RolloutTables
 from .rows import device_from_row
 from .telemetry import TelemetryTables
 from .training import TrainingTables
 
 
-class SqliteStore(TelemetryTables, AccountTables, TrainingTables, ArtifactTables, OverviewTables):
+class SqliteStore(
+    TelemetryTables,
+    AccountTables,
+    TrainingTables,
+    ArtifactTables,
+    OverviewTables,
+    RolloutTables,
+):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,159 @@
+"""Rollout throughput: devices/min a rollout drives for 1,000 devices, against its pacing.
+
+The full server path except the device itself: the rollout engine and its
+driver, the SQLite store (every transition saved), desired state stored and
+published as a QoS 1 ``set_desired`` command through the real server MQTT link
+to the real mosquitto (mTLS), and each device's answer (update committed)
+written as reported state and fed back the way ingest's hook does.  Canary 1%,
+waves 10%/50%/100%, no probation, one gate (``error_rate<0.01``, evaluated over
+the wave's devices from the store).  The driver ticks every 0.25 s.  Figures:
+achieved devices/min with pacing at 1,200/min (the ratio to the pace should be
+~1: pacing is the only limit) and with pacing effectively off (the capacity,
+as a multiple of the 1,000/min goal).  Device download/verify/install time is
+not in this figure (it runs on the devices, in parallel); see the device-side
+benchmarks for that.
+"""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from edgefleet_contract.messages import Command, ModelRef, ReportedState, UpdateReport
+from edgefleet_contract.mqtt import Endpoint
+from fleet_server.ingest import Ingest
+from fleet_server.link import ServerLink
+from fleet_server.rollouts.artifacts import ResolvedArtifact
+from fleet_server.rollouts.driver import RolloutDriver
+from fleet_server.rollouts.gates import parse_gate
+from fleet_server.rollouts.plan import RolloutPlan, Share
+from fleet_server.store import open_store
+from fleet_server.store.base import Store
+
+from ._lab import Lab
+
+DEVICES = 1000
+ARTIFACT = ResolvedArtifact(
+    "model", "digits", "2.0.0", "models/digits/2.0.0/digits-2.0.0.efpkg", "ab" * 32, 1000
+)
+
+
+class Wire:
+    """The server link, plus a note of what was sent so the simulated devices can answer."""
+
+    def __init__(self, link: ServerLink) -> None:
+        self.link = link
+        self.sent: queue.SimpleQueue[tuple[str, Command]] = queue.SimpleQueue()
+        self.count = 0
+
+    def send_command(self, device_id: str, command: Command) -> None:
+        self.link.send_command(device_id, command)
+        self.count += 1
+        self.sent.put((device_id, command))
+
+
+def devices_answer(store: Store, wire: Wire, driver: RolloutDriver, stop: threading.Event) -> None:
+    model = ModelRef(name="digits", version="2.0.0", sha256="ab" * 32, runtime="onnx")
+    while not stop.is_set():
+        try:
+            device_id, command = wire.sent.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        version = int(command.args["version"])
+        now = time.time()
+        update = UpdateReport(
+            desired_version=version,
+            kind="model",
+            target=ARTIFACT.target_path,
+            phase="committed",
+            ts=now,
+        )
+        state = ReportedState(
+            device_id=device_id,
+            ts=now,
+            agent_version="bench",
+            health="ok",
+            model=model,
+            desired_version=version,
+            update=update,
+        )
+        store.set_reported(device_id, state, now)
+        driver.device_updated(device_id)
+
+
+def one_run(lab: Lab, pace_per_min: float) -> dict[str, object]:
+    folder = Path(tempfile.mkdtemp(dir=lab.dir))
+    store = open_store(folder / "fleet.db")
+    now = time.time()
+    for i in range(DEVICES):
+        d = f"bench-{i:04d}"
+        store.create_device(d, name=d, tags={"fleet": "bench"}, now=now)
+        store.add_certificate(d, 10_000 + i, now + 86400, now)
+        store.set_presence(d, online=True, ts=now)
+    ingest = Ingest(store)
+    link = ServerLink(Endpoint("127.0.0.1", lab.broker.port, lab.server), ingest)
+    ingest.start()
+    link.start()
+    link.wait_connected(15)
+    wire = Wire(link)
+    driver = RolloutDriver(store, wire)
+    stop = threading.Event()
+    responder = threading.Thread(target=devices_answer, args=(store, wire, driver, stop))
+    responder.start()
+    plan = RolloutPlan(
+        selector="tag:fleet=bench",
+        artifact=ARTIFACT,
+        canary=Share(fraction=0.01),
+        waves=(0.1, 0.5, 1.0),
+        pace_per_min=pace_per_min,
+        probation_s=0.0,
+        gates=(parse_gate("error_rate<0.01"),),
+        seed=1,
+    )
+    try:
+        start = time.time()
+        rollout = driver.create(plan, actor="bench", now=start)
+        rid = rollout.state.id
+        while driver.get(rid).status not in ("completed", "halted", "rolled_back"):
+            if time.time() - start > 600:
+                raise RuntimeError("the rollout did not finish in 10 minutes")
+            time.sleep(0.25)
+            driver.step()
+        elapsed = time.time() - start
+        final = driver.get(rid)
+        ok = sum(1 for d in final.devices.values() if d.status == "succeeded")
+        assert final.status == "completed" and ok == DEVICES, (final.status, ok)
+    finally:
+        stop.set()
+        responder.join()
+        link.stop()
+        ingest.stop()
+        store.close()
+    rate = DEVICES / elapsed * 60
+    paced = pace_per_min < 100_000
+    return {
+        "pacing (devices/min)": f"{pace_per_min:,.0f}",
+        "devices": DEVICES,
+        "commands published": wire.count,
+        "elapsed s": f"{elapsed:.1f}",
+        "achieved devices/min": f"{rate:,.0f}",
+        "achieved / pacing": f"{rate / pace_per_min:.2f}" if paced else "unpaced",
+        "achieved / 1,000 goal": f"{rate / 1000:.2f}",
+    }
+
+
+def run() -> list[dict[str, object]]:
+    lab = Lab()
+    try:
+        return [one_run(lab, 1200.0), one_run(lab, 1_000_000.0)]
+    finally:
+        lab.close()
+
+
+if __name__ == "__main__":
+    from ._lab import table
+
+    print(table(run()))

@@ -1,0 +1,196 @@
+"""``fleetctl rollout ...``: create phased rollouts, watch them, pause, resume, abort, roll back.
+
+The plan's options are sent as written (``5%``, ``200/min``, ``10m``,
+``error_rate<0.01``): the server parses them, so a bad one comes back as one
+clear line naming the option and, for gates, the column.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.table import Table
+
+from .cli import Ctx, pass_ctx
+from .output import emit, when
+
+LIST_COLUMNS = [
+    ("id", "ID"),
+    ("status", "STATUS"),
+    ("artifact", "ARTIFACT"),
+    ("target", "TARGET"),
+    ("wave", "WAVE"),
+    ("devices", "DEVICES"),
+    ("succeeded", "OK"),
+    ("failed", "FAILED"),
+    ("created_at", "CREATED"),
+]
+DONE = ("succeeded", "failed", "skipped", "rolled_back")
+FINAL = ("completed", "aborted", "rolled_back", "halted")
+
+
+@click.group()
+def rollout() -> None:
+    """Phased, health-gated rollouts of models and firmware."""
+
+
+@rollout.command()
+@click.option("--artifact", required=True, help="name@version, e.g. digits@1.3.0:onnx-int8")
+@click.option("--target", required=True, help="device selector, e.g. 'tag:site=berlin'")
+@click.option("--canary", default="1", show_default=True, help="devices (5) or share (5%)")
+@click.option("--waves", default="100%", show_default=True, help="cumulative, e.g. 25%,50%,100%")
+@click.option("--pace", default="60/min", show_default=True, help="devices per time: 200/min")
+@click.option("--jitter", default="0s", show_default=True, help="random delay per device: 30s")
+@click.option("--probation", default="10m", show_default=True, help="watch window per wave")
+@click.option("--gate", "gates", multiple=True, help="metric OP number, e.g. 'error_rate<0.01'")
+@click.option("--no-auto-rollback", is_flag=True, help="Halt on a failed gate, revert nothing.")
+@click.option("--max-failures", default=0, show_default=True, help="failed devices tolerated")
+@click.option("--device-timeout", default="1h", show_default=True)
+@click.option("--offline-grace", default="24h", show_default=True)
+@click.option("--seed", type=int, default=None, help="order and jitter seed (reproducible)")
+@pass_ctx
+def create(
+    ctx: Ctx,
+    artifact: str,
+    target: str,
+    canary: str,
+    waves: str,
+    pace: str,
+    jitter: str,
+    probation: str,
+    gates: tuple[str, ...],
+    no_auto_rollback: bool,
+    max_failures: int,
+    device_timeout: str,
+    offline_grace: str,
+    seed: int | None,
+) -> None:
+    """Start a rollout: canary first, then each wave once the gates pass."""
+    body: dict[str, Any] = {
+        "artifact": artifact,
+        "target": target,
+        "canary": canary,
+        "waves": waves,
+        "pace": pace,
+        "jitter": jitter,
+        "probation": probation,
+        "gates": list(gates),
+        "auto_rollback": not no_auto_rollback,
+        "max_failures": max_failures,
+        "device_timeout": device_timeout,
+        "offline_grace": offline_grace,
+    }
+    if seed is not None:
+        body["seed"] = seed
+    out = ctx.client.post("/rollouts", body)
+    if ctx.as_json:
+        emit(out, as_json=True)
+        return
+    sizes = ", ".join(f"{w['name']} {w['size']}" for w in out["waves"])
+    click.echo(f"rollout {out['id']}: {out['artifact']} to {out['devices']} devices ({sizes})")
+    click.echo(f"follow it with: fleetctl rollout status {out['id']} --watch")
+
+
+@rollout.command("list")
+@click.option("--status", default=None, help="only rollouts in this status")
+@pass_ctx
+def list_(ctx: Ctx, status: str | None) -> None:
+    """Rollouts, newest first."""
+    emit(
+        ctx.client.get("/rollouts", status=status),
+        as_json=ctx.as_json,
+        columns=LIST_COLUMNS,
+        title="rollouts",
+    )
+
+
+@rollout.command()
+@click.argument("rollout_id")
+@click.option("--watch", is_flag=True, help="Follow live until the rollout ends or halts.")
+@click.option("--interval", default=1.0, show_default=True, help="seconds between refreshes")
+@pass_ctx
+def status(ctx: Ctx, rollout_id: str, watch: bool, interval: float) -> None:
+    """Progress per wave, gate figures against thresholds, and recent events."""
+    out = ctx.client.get(f"/rollouts/{rollout_id}")
+    if ctx.as_json:
+        emit(out, as_json=True)
+        return
+    console = Console()
+    if not watch:
+        console.print(render(out))
+        return
+    with Live(render(out), console=console, refresh_per_second=4) as live:
+        while out["status"] not in FINAL:
+            time.sleep(interval)
+            out = ctx.client.get(f"/rollouts/{rollout_id}")
+            live.update(render(out))
+    if out["status"] != "completed":
+        raise SystemExit(1)
+
+
+def render(out: dict[str, Any]) -> Group:
+    head = (
+        f"[bold]{out['id']}[/bold]  {out['artifact']} -> {out['target']}  "
+        f"[bold]{out['status']}[/bold]" + (f"  ({out['reason']})" if out.get("reason") else "")
+    )
+    bars = Progress(
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[detail]}"),
+        auto_refresh=False,
+    )
+    for wave in out["waves"]:
+        counts: dict[str, int] = wave["counts"]
+        done = sum(n for k, n in counts.items() if k in DONE)
+        detail = " ".join(f"{k}={n}" for k, n in sorted(counts.items()))
+        bars.add_task(
+            wave["name"],
+            total=max(wave["size"], 1),
+            completed=done if wave["size"] else 1,
+            detail=f"{wave['state']}: {detail}" if detail else wave["state"],
+        )
+    gates = Table(title="gates (last evaluation per wave)", title_justify="left")
+    for col in ("WAVE", "GATE", "MEASURED", "RESULT"):
+        gates.add_column(col)
+    for wave in out["waves"]:
+        for g in wave["gates"] or []:
+            value = "no data" if g["value"] is None else f"{g['value']:.4g}"
+            result = "[green]pass[/green]" if g["passed"] else "[red]FAIL[/red]"
+            gates.add_row(wave["name"], g["gate"], value, result)
+    events = Table(title="recent events", title_justify="left")
+    for col in ("WHEN", "EVENT", "DEVICE", "MESSAGE"):
+        events.add_column(col)
+    for e in out["events"][-8:]:
+        events.add_row(when(e["ts"]), e["kind"], e["device_id"] or "", e["message"])
+    return Group(head, bars, gates, events)
+
+
+def _verb(verb: str, doc: str) -> click.Command:
+    @click.argument("rollout_id")
+    @pass_ctx
+    def command(ctx: Ctx, rollout_id: str) -> None:
+        out = ctx.client.post(f"/rollouts/{rollout_id}/{verb}")
+        if ctx.as_json:
+            emit(out, as_json=True)
+        else:
+            click.echo(f"rollout {out['id']}: {out['status']}")
+
+    command.__doc__ = doc
+    return click.command(verb)(command)
+
+
+def register(cli: click.Group) -> None:
+    for verb, doc in (
+        ("pause", "Stop sending; devices already updating finish."),
+        ("resume", "Continue a paused rollout, or re-check a halted one's gates."),
+        ("abort", "Stop for good; devices already updated keep the update."),
+        ("rollback", "Revert every device this rollout changed to what it ran before."),
+    ):
+        rollout.add_command(_verb(verb, doc))
+    cli.add_command(rollout)

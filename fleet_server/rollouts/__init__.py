@@ -1,0 +1,7 @@
+"""Phased, health-gated rollouts of signed artifacts.
+
+:mod:`.engine` is the I/O-free state machine (with :mod:`.model`, :mod:`.plan`
+and :mod:`.gates`); :mod:`.driver` is its edge (clock, store, desired state,
+device reports), :mod:`.metrics` fetches the gate figures, :mod:`.persist`
+saves and restores engines.
+"""

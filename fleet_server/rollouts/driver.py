@@ -1,0 +1,382 @@
+"""The edge around the rollout engines: clock, store, desired state, device reports.
+
+One background thread ticks every live rollout once a second.  Ingest calls
+:meth:`RolloutDriver.device_updated` (from its writer thread) after a device's
+presence or reported state was stored; the id is queued and the tick thread
+feeds the device's new state to the rollouts that hold it, so every engine is
+only ever touched under one lock.  Every call that changes an engine ends with
+a save (state, changed device rows, events) before the next event is taken:
+a server killed at any point restarts from the last complete transition.
+
+Actions become desired state through the same twin path operators use
+(``set_desired`` stored under the next version, then sent; a device that is
+away gets it from the reconciler when it returns).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edgefleet_contract.errors import EdgefleetError, LinkError, NotFound, PlanError
+from edgefleet_contract.messages import DesiredState, TargetRef
+
+from ..selector import parse as parse_selector
+from ..store.base import CommandRecord, Device, Store
+from ..twin import CommandSender, desired_command
+from .artifacts import ArtifactResolver, as_resolved
+from .engine import Candidate, Rollout
+from .metrics import measure
+from .model import (
+    ACTIVE,
+    Action,
+    DeviceProgress,
+    Dispatch,
+    EvaluateGates,
+    Note,
+    Revert,
+    RolloutState,
+)
+from .persist import load, save
+from .plan import RolloutPlan
+
+log = logging.getLogger(__name__)
+
+Verb = Callable[[Rollout, float], list[Action]]
+
+
+class RolloutDriver:
+    def __init__(
+        self,
+        store: Store,
+        sender: CommandSender | None,
+        *,
+        resolver: ArtifactResolver | None = None,
+        clock: Callable[[], float] = time.time,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.sender = sender
+        self.resolver = resolver
+        self.clock = clock
+        self.interval_s = interval_s
+        self._lock = threading.RLock()
+        self._reports: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._live: dict[str, Rollout] = {}
+        self._saved: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors = 0
+        """Ticks that raised (each is logged); the driver keeps going."""
+        self.reload()
+
+    # ---------------------------------------------------------- lifecycle --
+
+    def reload(self) -> None:
+        """(Re)build the engines of every live rollout from the store."""
+        with self._lock:
+            self._live = {}
+            for row in self.store.list_rollouts(statuses=sorted(ACTIVE), limit=10_000):
+                try:
+                    self._live[row.id] = load(self.store, row.id)
+                except EdgefleetError:
+                    self.errors += 1
+                    log.exception("rollout %s cannot be loaded; it is left as it is", row.id)
+            # Reports that arrived while no driver ran: read every waiting device once.
+            for rollout in self._live.values():
+                for d in rollout.devices.values():
+                    if d.status not in ("succeeded", "failed", "skipped", "rolled_back"):
+                        self._reports.put(d.device_id)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.step()
+            except Exception:
+                self.errors += 1
+                log.exception("rollout tick failed; will retry")
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    def device_updated(self, device_id: str) -> None:
+        """Ingest's hook: a device's presence or reported state was stored."""
+        self._reports.put(device_id)
+
+    # -------------------------------------------------------------- steps --
+
+    def step(self, now: float | None = None) -> None:
+        """Feed queued device reports, then tick every live rollout."""
+        now = self.clock() if now is None else now
+        seen: set[str] = set()
+        while True:
+            try:
+                seen.add(self._reports.get_nowait())
+            except queue.Empty:
+                break
+        with self._lock:
+            for device_id in sorted(seen):
+                holders = [r for r in self._live.values() if device_id in r.devices]
+                if not holders:
+                    continue
+                try:
+                    device = self.store.get_device(device_id)
+                except NotFound:
+                    continue
+                reporter = functools.partial(_report, device=device, now=now)
+                for rollout in holders:
+                    self._guarded(rollout, reporter, now)
+            for rollout in list(self._live.values()):
+                self._guarded(rollout, lambda r: r.tick(now), now)
+
+    def _guarded(
+        self, rollout: Rollout, event: Callable[[Rollout], list[Action]], now: float
+    ) -> None:
+        """One event for one rollout; if it fails, the rollout is rebuilt from its last save.
+
+        Actions already carried out before the failure may then be carried out
+        again; each is safe to repeat (a desired state is stored and sent anew).
+        """
+        try:
+            self._apply(rollout, event(rollout), now)
+        except Exception:
+            self.errors += 1
+            rid = rollout.state.id
+            log.exception("rollout %s: event failed; reloading its last saved state", rid)
+            try:
+                self._live[rid] = load(self.store, rid)
+            except Exception:
+                log.exception("rollout %s cannot be reloaded; dropped until restart", rid)
+                self._live.pop(rid, None)
+
+    def create(self, plan: RolloutPlan, *, actor: str, now: float | None = None) -> Rollout:
+        now = self.clock() if now is None else now
+        selector = parse_selector(plan.selector)
+        with self._lock:
+            busy = {d for r in self._live.values() for d in r.devices}
+            page = self.store.list_devices(
+                where=lambda d: selector.matches(d) and d.state == "enrolled", limit=1_000_000
+            )
+            candidates = [
+                Candidate(d.id, d.online, _running(d, plan)) for d in page.items if d.id not in busy
+            ]
+            if not candidates:
+                taken = f" ({len(page.items)} are in another live rollout)" if page.items else ""
+                raise PlanError(f"the target {plan.selector!r} matches no free device{taken}")
+            rollout_id = "r-" + secrets.token_hex(6)
+            rollout = Rollout.create(rollout_id, plan, candidates, now=now, actor=actor)
+            note = Note(now, "created", f"{len(candidates)} devices, by {actor}")
+            save(self.store, rollout, [note], create=True)
+            self._live[rollout_id] = rollout
+            self._apply(rollout, rollout.tick(now), now)
+            return _snapshot(rollout)
+
+    def act(self, rollout_id: str, verb: str, *, actor: str, now: float | None = None) -> Rollout:
+        """An operator's ``pause``/``resume``/``abort``/``rollback``."""
+        now = self.clock() if now is None else now
+        verbs: dict[str, Verb] = {
+            "pause": lambda r, t: r.pause(t),
+            "resume": lambda r, t: r.resume(t),
+            "abort": lambda r, t: r.abort(t),
+            "rollback": lambda r, t: r.rollback(t, f"rolled back by {actor}"),
+        }
+        with self._lock:
+            rollout = self._live.get(rollout_id) or load(self.store, rollout_id)
+            actions = verbs[verb](rollout, now)  # a RolloutError here changed nothing
+            self._live[rollout_id] = rollout
+            try:
+                self._apply(rollout, actions, now)
+            except Exception:
+                self.errors += 1
+                self._live[rollout_id] = load(self.store, rollout_id)
+                raise
+            return _snapshot(rollout)
+
+    def get(self, rollout_id: str) -> Rollout:
+        """A copy of the rollout as it is now (safe to read while the driver goes on)."""
+        with self._lock:
+            live = self._live.get(rollout_id)
+            if live is not None:
+                return _snapshot(live)
+        return load(self.store, rollout_id)
+
+    # ------------------------------------------------------------ actions --
+
+    def _apply(self, rollout: Rollout, actions: list[Action], now: float) -> None:
+        notes: list[Note] = []
+        pending = list(actions)
+        while pending:
+            action = pending.pop(0)
+            if isinstance(action, Note):
+                notes.append(action)
+            elif isinstance(action, Dispatch):
+                pending += self._dispatch(rollout, action.device_id, now)
+            elif isinstance(action, Revert):
+                pending += self._revert(rollout, action, now)
+            elif isinstance(action, EvaluateGates):
+                values = measure(
+                    self.store,
+                    action.device_ids,
+                    rollout.plan.artifact,
+                    since=action.since,
+                    until=action.until,
+                    baseline_until=rollout.state.created_at,
+                )
+                pending += rollout.gates_measured(action.wave, values, now)
+        # Save after every transition; a tick that changed nothing (a halted rollout
+        # waiting for its operator, a probation window running) writes nothing.
+        fingerprint = _fingerprint(rollout)
+        if rollout.dirty or notes or fingerprint != self._saved.get(rollout.state.id):
+            save(self.store, rollout, notes)
+            self._saved[rollout.state.id] = fingerprint
+        if rollout.status not in ACTIVE:
+            self._live.pop(rollout.state.id, None)
+
+    def _dispatch(self, rollout: Rollout, device_id: str, now: float) -> list[Action]:
+        artifact = rollout.plan.artifact
+        try:
+            device = self.store.get_device(device_id)
+            current = device.desired
+            previous = _current_target(device, artifact.kind, self.resolver)
+            version = self._set_desired(
+                device_id, current, artifact.kind, artifact.target_ref(), rollout.state.id, now
+            )
+        except EdgefleetError as exc:
+            return rollout.not_delivered(device_id, str(exc), now)
+        rollout.delivered(
+            device_id, version, now, previous.model_dump(mode="json") if previous else None
+        )
+        return []
+
+    def _revert(self, rollout: Rollout, action: Revert, now: float) -> list[Action]:
+        kind = rollout.plan.artifact.kind
+        try:
+            device = self.store.get_device(action.device_id)
+            target = TargetRef.model_validate(action.previous) if action.previous else None
+            version = self._set_desired(
+                action.device_id, device.desired, kind, target, rollout.state.id, now
+            )
+        except EdgefleetError as exc:
+            return rollout.not_delivered(action.device_id, str(exc), now)
+        rollout.delivered(action.device_id, version, now)
+        return []
+
+    def _set_desired(
+        self,
+        device_id: str,
+        current: DesiredState | None,
+        kind: str,
+        target: TargetRef | None,
+        rollout_id: str,
+        now: float,
+    ) -> int:
+        fields: dict[str, Any] = {
+            "model": current.model if current else None,
+            "firmware": current.firmware if current else None,
+            "config": current.config if current else {},
+        }
+        fields[kind] = target
+        desired = DesiredState(
+            version=self.store.next_desired_version(device_id), rollout_id=rollout_id, **fields
+        )
+        self.store.set_desired(device_id, desired)
+        command = desired_command(desired, now=now)
+        self.store.add_command(
+            CommandRecord(
+                id=command.id,
+                device_id=device_id,
+                name=command.name,
+                args=command.args,
+                created_at=now,
+                actor=f"rollout:{rollout_id}",
+            )
+        )
+        if self.sender is not None:
+            try:
+                self.sender.send_command(device_id, command)
+            except LinkError as exc:
+                log.warning(
+                    "rollout %s: desired state of %s stored, not sent: %s",
+                    rollout_id,
+                    device_id,
+                    exc,
+                )
+        return desired.version
+
+
+def _fingerprint(rollout: Rollout) -> str:
+    state = rollout.state.to_json()
+    state.pop("updated_at")
+    return json.dumps(state, sort_keys=True)
+
+
+def _snapshot(rollout: Rollout) -> Rollout:
+    return Rollout(
+        rollout.plan,
+        RolloutState.from_json(rollout.state.to_json()),
+        [DeviceProgress.from_json(d.to_json()) for d in rollout.devices.values()],
+    )
+
+
+def _running(device: Device, plan: RolloutPlan) -> str | None:
+    if plan.artifact.kind == "model":
+        if device.model_name and device.model_version:
+            return f"{device.model_name}@{device.model_version}"
+        return None
+    return f"{plan.artifact.name}@{device.firmware_version}" if device.firmware_version else None
+
+
+def _current_target(
+    device: Device, kind: str, resolver: ArtifactResolver | None
+) -> TargetRef | None:
+    """What the device is meant to run now: its desired target, else what it reports."""
+    desired = device.desired
+    wanted = (desired.model if kind == "model" else desired.firmware) if desired else None
+    if wanted is not None:
+        return wanted
+    rep = device.reported
+    if rep is None or resolver is None:
+        return None
+    spec = None
+    if kind == "model" and rep.model is not None:
+        spec = f"{rep.model.name}@{rep.model.version}"
+    if spec is None:
+        return None
+    try:
+        return as_resolved(resolver.resolve(spec)).target_ref()
+    except (EdgefleetError, AttributeError):
+        return None
+
+
+def _report(rollout: Rollout, device: Device, now: float) -> list[Action]:
+    rep = device.reported
+    update = rep.update if rep else None
+    return rollout.device_report(
+        device.id,
+        now=now,
+        online=device.online,
+        phase=update.phase if update else None,
+        update_version=update.desired_version if update else None,
+        applied_version=rep.desired_version if rep else None,
+        error=update.error if update else None,
+        running=_running(device, rollout.plan),
+        health=device.health,
+    )

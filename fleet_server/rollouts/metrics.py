@@ -1,0 +1,102 @@
+"""Gate figures for a wave: fetched from the store at the edge, computed by pure functions.
+
+Only telemetry the devices produced while running the new artifact counts
+(``inference.model``/``version`` match), so a batch from just before the
+switch cannot hide a regression or fake one.  The confidence baseline is the
+same devices' telemetry before the rollout started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from edgefleet_contract.messages import InferenceStats, Telemetry
+
+from ..store.base import Store
+from .artifacts import ResolvedArtifact
+
+MAX_DEVICES = 500
+"""Devices sampled per evaluation (the first ones in rollout order); bounds the cost."""
+MAX_BATCHES = 5000
+BASELINE_S = 3600.0
+
+
+def _is_new(t: Telemetry, artifact: ResolvedArtifact) -> bool:
+    if artifact.kind == "firmware":
+        return True
+    inf = t.inference
+    return inf is not None and inf.model == artifact.name and inf.version == artifact.version
+
+
+def _mean_confidence(stats: Sequence[InferenceStats]) -> float | None:
+    total = weight = 0.0
+    for s in stats:
+        bins = len(s.confidence_hist)
+        for i, n in enumerate(s.confidence_hist):
+            total += n * (i + 0.5) / bins
+            weight += n
+    return total / weight if weight else None
+
+
+def _boots(batches: Sequence[Telemetry]) -> int:
+    return len({b.batch_id.partition("-")[0] for b in batches})
+
+
+def figures(
+    after: Mapping[str, Sequence[Telemetry]],
+    before: Mapping[str, Sequence[Telemetry]],
+    health: Mapping[str, str | None],
+    artifact: ResolvedArtifact,
+) -> dict[str, float | None]:
+    """The gate metrics (see :mod:`.gates`) from each device's batches after and before."""
+    new = [t for batches in after.values() for t in batches if _is_new(t, artifact)]
+    inf = [t.inference for t in new if t.inference is not None]
+    count = sum(s.count for s in inf)
+    errors = sum(s.errors for s in inf)
+    fb_n = sum(s.feedback_count for s in inf)
+    fb_ok = sum(s.feedback_correct for s in inf)
+    p95 = [s.latency.p95_ms for s in inf if s.latency is not None]
+    drift = [t.drift.score for t in new if t.drift is not None]
+    old = [
+        t.inference
+        for batches in before.values()
+        for t in batches
+        if t.inference is not None and not _is_new(t, artifact)
+    ]
+    conf_before, conf_after = _mean_confidence(old), _mean_confidence(inf)
+    loops = sum(
+        1
+        for device_id in set(after) | set(health)
+        if health.get(device_id) == "failed" or _boots(after.get(device_id, ())) >= 3
+    )
+    return {
+        "error_rate": errors / count if count else None,
+        "p95_latency_ms": sum(p95) / len(p95) if p95 else None,
+        "accuracy": fb_ok / fb_n if fb_n else None,
+        "confidence_drop": (
+            conf_before - conf_after if conf_before is not None and conf_after is not None else None
+        ),
+        "drift": max(drift) if drift else None,
+        "crash_loops": float(loops),
+    }
+
+
+def measure(
+    store: Store,
+    device_ids: Sequence[str],
+    artifact: ResolvedArtifact,
+    *,
+    since: float,
+    until: float,
+    baseline_until: float,
+) -> dict[str, float | None]:
+    chosen = list(device_ids)[:MAX_DEVICES]
+    after = {d: store.query_raw(d, since=since, until=until, limit=MAX_BATCHES) for d in chosen}
+    before = {
+        d: store.query_raw(
+            d, since=baseline_until - BASELINE_S, until=baseline_until, limit=MAX_BATCHES
+        )
+        for d in chosen
+    }
+    health = {d: store.get_device(d).health for d in chosen}
+    return figures(after, before, health, artifact)

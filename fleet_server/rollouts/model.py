@@ -1,0 +1,154 @@
+"""The records a rollout is made of, and the actions its engine asks the edge to take.
+
+Everything here is plain data that round-trips through JSON, so the store can
+save a rollout after every transition and a restarted server rebuilds the very
+same engine from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from .gates import GateResult
+
+RolloutStatus = Literal[
+    "pending",
+    "canary",
+    "wave",
+    "paused",
+    "halted",
+    "completed",
+    "aborted",
+    "rolling_back",
+    "rolled_back",
+]
+ACTIVE: frozenset[str] = frozenset(
+    {"pending", "canary", "wave", "paused", "halted", "rolling_back"}
+)
+"""Statuses the driver keeps ticking (a halted rollout may be resumed or rolled back)."""
+TERMINAL: frozenset[str] = frozenset({"completed", "aborted", "rolled_back"})
+
+WavePhase = Literal["dispatching", "settling", "probation", "gating", "finishing"]
+"""Within a wave: sending at the set pace, waiting for every device to finish,
+the probation window, waiting for the gate figures, and (after the last wave)
+waiting for devices that were offline."""
+
+DeviceStatus = Literal[
+    "queued",
+    "offline",
+    "sent",
+    "updating",
+    "probation",
+    "succeeded",
+    "failed",
+    "reverting",
+    "rolled_back",
+    "skipped",
+]
+IN_FLIGHT: frozenset[str] = frozenset({"sent", "updating", "probation"})
+FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "skipped"})
+TOUCHED: frozenset[str] = frozenset({"sent", "updating", "probation", "succeeded", "failed"})
+"""Devices whose desired state this rollout changed: exactly those a rollback reverts."""
+
+
+@dataclass
+class DeviceProgress:
+    device_id: str
+    wave: int
+    order: int
+    status: DeviceStatus = "queued"
+    online: bool = True
+    due_at: float | None = None
+    sent_at: float | None = None
+    finished_at: float | None = None
+    desired_version: int | None = None
+    """The desired-state version that carried the new artifact to the device."""
+    revert_version: int | None = None
+    previous: dict[str, Any] | None = None
+    """What the device was meant to run before (a TargetRef as JSON), for a rollback."""
+    phase: str | None = None
+    detail: str = ""
+    attempts: int = 0
+    health: str | None = None
+    """The device's last reported health (``ok``, ``degraded``, ``failed``...)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeviceProgress:
+        return cls(**data)
+
+
+@dataclass
+class RolloutState:
+    id: str
+    created_at: float
+    created_by: str
+    ends: list[int]
+    """Cumulative device counts per wave (index 0 is the canary)."""
+    status: RolloutStatus = "pending"
+    wave: int = 0
+    phase: WavePhase = "dispatching"
+    paused_from: RolloutStatus | None = None
+    wave_started_at: float | None = None
+    settled_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float = 0.0
+    reason: str = ""
+    failure_base: int = 0
+    gate_results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per wave (as a string key, for JSON), the last gate evaluation."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RolloutState:
+        return cls(**data)
+
+
+# ---------------------------------------------------------------- actions ----
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Set the device's desired state to the rollout's artifact (then call ``delivered``)."""
+
+    device_id: str
+
+
+@dataclass(frozen=True)
+class Revert:
+    """Set the device's desired state back to ``previous`` (then call ``delivered``)."""
+
+    device_id: str
+    previous: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class EvaluateGates:
+    """Fetch the gate figures of ``device_ids`` over [since, until); call ``gates_measured``."""
+
+    wave: int
+    device_ids: tuple[str, ...]
+    since: float
+    until: float
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something worth an entry in the rollout's event log."""
+
+    ts: float
+    kind: str
+    message: str
+    device_id: str | None = None
+
+
+Action = Dispatch | Revert | EvaluateGates | Note
+
+
+def gate_dicts(results: list[GateResult]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in results]

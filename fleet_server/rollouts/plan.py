@@ -1,0 +1,163 @@
+"""A rollout plan: what goes where, how fast, and what must hold before it goes further.
+
+The plan is parsed once, at creation, from the operator's words (``5%``,
+``25%,50%,100%``, ``200/min``, ``30s``) and then frozen and stored as JSON, so
+a restarted server runs exactly the plan that was accepted.  Every parse error
+is a :class:`PlanError` naming the option and what a good value looks like.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edgefleet_contract.errors import PlanError
+
+from .artifacts import ResolvedArtifact
+from .gates import Gate, parse_gate
+
+MAX_WAVES = 20
+
+
+@dataclass(frozen=True)
+class Share:
+    """A number of devices, absolute (``count``) or a fraction of the target set."""
+
+    count: int | None = None
+    fraction: float | None = None
+
+    def of(self, total: int) -> int:
+        if self.count is not None:
+            return min(self.count, total)
+        assert self.fraction is not None
+        wanted = math.ceil(self.fraction * total - 1e-9)
+        return min(total, max(1 if self.fraction > 0 and total else 0, wanted))
+
+    def text(self) -> str:
+        if self.count is not None:
+            return str(self.count)
+        return f"{(self.fraction or 0) * 100:g}%"
+
+
+def parse_share(text: str, *, what: str = "--canary") -> Share:
+    t = text.strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", t)
+    if m:
+        pct = float(m.group(1))
+        if not 0 <= pct <= 100:
+            raise PlanError(f"{what} {text!r}: a percentage must be between 0% and 100%")
+        return Share(fraction=pct / 100)
+    if t.isdigit():
+        return Share(count=int(t))
+    raise PlanError(f"{what} {text!r}: use a device count (5) or a percentage (5%)")
+
+
+def parse_waves(text: str) -> tuple[float, ...]:
+    """Cumulative shares, rising, ending at 100%: ``25%,50%,100%``."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise PlanError("--waves is empty; give cumulative percentages like 25%,50%,100%")
+    if len(parts) > MAX_WAVES:
+        raise PlanError(f"--waves: at most {MAX_WAVES} waves")
+    out: list[float] = []
+    for i, part in enumerate(parts):
+        share = parse_share(part, what=f"--waves item {i + 1}")
+        if share.fraction is None:
+            raise PlanError(f"--waves item {i + 1} {part!r}: waves are percentages (25%)")
+        if out and share.fraction <= out[-1]:
+            raise PlanError(
+                f"--waves item {i + 1} {part!r}: waves are cumulative, so each must be larger "
+                "than the one before"
+            )
+        out.append(share.fraction)
+    if abs(out[-1] - 1.0) > 1e-9:
+        raise PlanError(f"--waves must end at 100% (the last is {parts[-1]!r})")
+    return tuple(out)
+
+
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, *, what: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*", text)
+    if m is None:
+        raise PlanError(f"{what} {text!r}: use a duration like 30s, 10m or 2h")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def parse_pace(text: str) -> float:
+    """Devices per minute from ``200/min``, ``5/s`` or ``1000/h``."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|m|min|h)\s*", text)
+    if m is None:
+        raise PlanError(f"--pace {text!r}: use devices per time, like 200/min, 5/s or 1000/h")
+    per_min = float(m.group(1)) * 60.0 / _UNITS[m.group(2)]
+    if per_min <= 0:
+        raise PlanError(f"--pace {text!r}: the pace must be above zero")
+    return per_min
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    selector: str
+    artifact: ResolvedArtifact
+    canary: Share = Share(count=1)
+    waves: tuple[float, ...] = (1.0,)
+    pace_per_min: float = 60.0
+    jitter_s: float = 0.0
+    probation_s: float = 600.0
+    gates: tuple[Gate, ...] = ()
+    auto_rollback: bool = True
+    max_failures: int = 0
+    """Failed devices tolerated before the rollout halts (0: the first failure halts it)."""
+    device_timeout_s: float = 3600.0
+    """A device that neither commits nor fails within this time after being sent counts failed."""
+    offline_grace_s: float = 86400.0
+    """How long after the last wave devices still offline are waited for, then skipped."""
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.jitter_s < 0 or self.probation_s < 0 or self.max_failures < 0:
+            raise PlanError("jitter, probation and max failures cannot be negative")
+        if self.device_timeout_s <= 0:
+            raise PlanError("the device timeout must be above zero")
+
+    @property
+    def interval_s(self) -> float:
+        return 60.0 / self.pace_per_min
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["artifact"] = asdict(self.artifact)
+        out["canary"] = asdict(self.canary)
+        out["waves"] = list(self.waves)
+        out["gates"] = [g.source for g in self.gates]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RolloutPlan:
+        return cls(
+            selector=data["selector"],
+            artifact=ResolvedArtifact(**data["artifact"]),
+            canary=Share(**data["canary"]),
+            waves=tuple(float(w) for w in data["waves"]),
+            pace_per_min=float(data["pace_per_min"]),
+            jitter_s=float(data["jitter_s"]),
+            probation_s=float(data["probation_s"]),
+            gates=tuple(parse_gate(g) for g in data["gates"]),
+            auto_rollback=bool(data["auto_rollback"]),
+            max_failures=int(data["max_failures"]),
+            device_timeout_s=float(data["device_timeout_s"]),
+            offline_grace_s=float(data["offline_grace_s"]),
+            seed=int(data["seed"]),
+            extra=dict(data.get("extra") or {}),
+        )
+
+    def wave_ends(self, total: int) -> list[int]:
+        """Cumulative device counts: the canary first, then each wave (never shrinking)."""
+        ends = [self.canary.of(total)]
+        for fraction in self.waves:
+            ends.append(max(ends[-1], Share(fraction=fraction).of(total)))
+        return ends

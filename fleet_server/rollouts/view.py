@@ -1,0 +1,85 @@
+"""What an operator sees of a rollout: per-wave progress, gate figures, device outcomes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..store.base import RolloutEvent
+from .engine import Rollout
+
+
+def summary(rollout: Rollout) -> dict[str, Any]:
+    s, plan = rollout.state, rollout.plan
+    done = sum(1 for d in rollout.devices.values() if d.status == "succeeded")
+    return {
+        "id": s.id,
+        "status": s.status,
+        "artifact": plan.artifact.label,
+        "kind": plan.artifact.kind,
+        "target": plan.selector,
+        "wave": s.wave,
+        "phase": s.phase,
+        "devices": len(rollout.devices),
+        "succeeded": done,
+        "failed": rollout.failures,
+        "reason": s.reason,
+        "created_at": s.created_at,
+        "created_by": s.created_by,
+        "updated_at": s.updated_at,
+        "finished_at": s.finished_at,
+    }
+
+
+def detail(rollout: Rollout, events: list[RolloutEvent]) -> dict[str, Any]:
+    s, plan = rollout.state, rollout.plan
+    counts = rollout.counts()
+    waves = []
+    previous_end = 0
+    for i, end in enumerate(s.ends):
+        waves.append(
+            {
+                "index": i,
+                "name": "canary" if i == 0 else f"wave {i}",
+                "cumulative": end,
+                "size": end - previous_end,
+                "counts": counts[i],
+                "state": _wave_state(rollout, i),
+                "gates": s.gate_results.get(str(i)),
+            }
+        )
+        previous_end = end
+    devices = [
+        {
+            "device_id": d.device_id,
+            "wave": d.wave,
+            "status": d.status,
+            "phase": d.phase,
+            "detail": d.detail,
+            "attempts": d.attempts,
+            "health": d.health,
+            "sent_at": d.sent_at,
+            "finished_at": d.finished_at,
+        }
+        for d in sorted(rollout.devices.values(), key=lambda d: d.order)
+    ]
+    return {
+        **summary(rollout),
+        "plan": plan.to_json(),
+        "waves": waves,
+        "devices_detail": devices,
+        "events": [
+            {"ts": e.ts, "kind": e.kind, "message": e.message, "device_id": e.device_id}
+            for e in events
+        ],
+    }
+
+
+def _wave_state(rollout: Rollout, wave: int) -> str:
+    s = rollout.state
+    if wave < s.wave or (wave == s.wave and s.phase == "finishing"):
+        return "passed"
+    if wave > s.wave:
+        return "waiting"
+    if s.status in ("canary", "wave"):
+        return s.phase
+    return s.status

@@ -1,0 +1,117 @@
+"""Rollouts: one row per rollout, one per (rollout, device), and an event log.
+
+The engine's state is saved as JSON next to a few columns the API filters on.
+A save writes the rollout, the device rows that changed and new events in one
+transaction, so a crash never leaves a rollout half-saved: a restarted server
+resumes from the last complete transition.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from edgefleet_contract.errors import NotFound, StoreError
+
+from ._conn import Connections
+from .base import RolloutEvent, RolloutRow
+
+
+class RolloutTables(Connections):
+    def save_rollout(
+        self,
+        row: RolloutRow,
+        *,
+        devices: Sequence[dict[str, Any]] = (),
+        events: Sequence[RolloutEvent] = (),
+        create: bool = False,
+    ) -> None:
+        try:
+            with self._tx() as conn:
+                if create:
+                    conn.execute(
+                        "INSERT INTO rollouts (id, status, artifact, created_at, created_by, "
+                        "updated_at, plan, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            row.id,
+                            row.status,
+                            row.artifact,
+                            row.created_at,
+                            row.created_by,
+                            row.updated_at,
+                            json.dumps(row.plan),
+                            json.dumps(row.state),
+                        ),
+                    )
+                else:
+                    cur = conn.execute(
+                        "UPDATE rollouts SET status = ?, updated_at = ?, state = ? WHERE id = ?",
+                        (row.status, row.updated_at, json.dumps(row.state), row.id),
+                    )
+                    if cur.rowcount == 0:
+                        raise NotFound(f"no rollout {row.id!r}")
+                conn.executemany(
+                    "INSERT INTO rollout_devices (rollout_id, device_id, wave, status, body) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(rollout_id, device_id) DO UPDATE SET "
+                    "wave = excluded.wave, status = excluded.status, body = excluded.body",
+                    [
+                        (row.id, d["device_id"], d["wave"], d["status"], json.dumps(d))
+                        for d in devices
+                    ],
+                )
+                conn.executemany(
+                    "INSERT INTO rollout_events (rollout_id, ts, kind, device_id, message) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(row.id, e.ts, e.kind, e.device_id, e.message) for e in events],
+                )
+        except sqlite3.IntegrityError:
+            raise StoreError(f"a rollout with id {row.id!r} already exists") from None
+
+    def get_rollout(self, rollout_id: str) -> RolloutRow:
+        r = self._one("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))
+        if r is None:
+            raise NotFound(f"no rollout {rollout_id!r}")
+        return _row(r)
+
+    def rollout_devices(self, rollout_id: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT body FROM rollout_devices WHERE rollout_id = ? ORDER BY device_id",
+            (rollout_id,),
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    def list_rollouts(
+        self, *, statuses: Sequence[str] | None = None, limit: int = 100
+    ) -> list[RolloutRow]:
+        sql, params = "SELECT * FROM rollouts", list[str]()
+        if statuses is not None:
+            sql += f" WHERE status IN ({','.join('?' * len(statuses))})"
+            params.extend(statuses)
+        rows = self._conn().execute(sql + " ORDER BY created_at DESC LIMIT ?", (*params, limit))
+        return [_row(r) for r in rows]
+
+    def rollout_events(self, rollout_id: str, *, limit: int = 200) -> list[RolloutEvent]:
+        rows = self._conn().execute(
+            "SELECT * FROM (SELECT * FROM rollout_events WHERE rollout_id = ? "
+            "ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (rollout_id, limit),
+        )
+        return [
+            RolloutEvent(ts=r["ts"], kind=r["kind"], message=r["message"], device_id=r["device_id"])
+            for r in rows
+        ]
+
+
+def _row(r: sqlite3.Row) -> RolloutRow:
+    return RolloutRow(
+        id=r["id"],
+        status=r["status"],
+        artifact=r["artifact"],
+        created_at=r["created_at"],
+        created_by=r["created_by"],
+        updated_at=r["updated_at"],
+        plan=json.loads(r["plan"]),
+        state=json.loads(r["state"]),
+    )

@@ -1,0 +1,121 @@
+"""A simulated edge for the rollout engine: devices that answer with update phases.
+
+It plays the driver's part without a store or broker (the engine is I/O-free
+by design, so this is its natural test bench); the server-level tests use the
+real driver, store, broker and device links.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fleet_server.rollouts.artifacts import ResolvedArtifact
+from fleet_server.rollouts.engine import Candidate, Rollout
+from fleet_server.rollouts.gates import parse_gate
+from fleet_server.rollouts.model import Action, Dispatch, EvaluateGates, Note, Revert
+from fleet_server.rollouts.plan import RolloutPlan, Share
+
+ARTIFACT = ResolvedArtifact(
+    kind="model",
+    name="digits",
+    version="1.3.0",
+    target_path="models/digits/1.3.0/digits-1.3.0-onnx-int8.efpkg",
+    sha256="ab" * 32,
+    length=1234,
+)
+
+
+def plan(**kw: object) -> RolloutPlan:
+    base: dict[str, object] = {
+        "selector": "all",
+        "artifact": ARTIFACT,
+        "canary": Share(count=1),
+        "waves": (0.25, 0.5, 1.0),
+        "pace_per_min": 60.0,
+        "jitter_s": 0.0,
+        "probation_s": 60.0,
+        "gates": (parse_gate("error_rate<0.05"),),
+    }
+    base.update(kw)
+    return RolloutPlan(**base)  # type: ignore[arg-type]
+
+
+@dataclass
+class Sim:
+    rollout: Rollout
+    fail: set[str] = field(default_factory=set)
+    """Devices whose update fails."""
+    error_rate: Callable[[int], float] = lambda wave: 0.0
+    now: float = 1000.0
+    versions: dict[str, int] = field(default_factory=dict)
+    sent: list[tuple[float, str]] = field(default_factory=list)
+    reverted: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    gate_calls: list[EvaluateGates] = field(default_factory=list)
+    inflight: dict[str, int] = field(default_factory=dict)
+    answer: bool = True
+    """Whether devices report progress at all."""
+    max_dispatched_share: list[tuple[int, int]] = field(default_factory=list)
+
+    def apply(self, actions: list[Action]) -> None:
+        pending = list(actions)
+        while pending:
+            a = pending.pop(0)
+            if isinstance(a, Note):
+                self.notes.append(a)
+            elif isinstance(a, Dispatch):
+                v = self.versions.get(a.device_id, 0) + 1
+                self.versions[a.device_id] = v
+                self.rollout.delivered(a.device_id, v, self.now, {"kind": "model"})
+                self.sent.append((self.now, a.device_id))
+                self.inflight[a.device_id] = v
+            elif isinstance(a, Revert):
+                v = self.versions.get(a.device_id, 0) + 1
+                self.versions[a.device_id] = v
+                self.rollout.delivered(a.device_id, v, self.now)
+                self.reverted.append(a.device_id)
+                if self.answer:
+                    pending += self.rollout.device_report(
+                        a.device_id, now=self.now, applied_version=v
+                    )
+            elif isinstance(a, EvaluateGates):
+                self.gate_calls.append(a)
+                pending += self.rollout.gates_measured(
+                    a.wave, {"error_rate": self.error_rate(a.wave)}, self.now
+                )
+        s = self.rollout.state
+        if s.status in ("canary", "wave"):
+            dispatched = sum(1 for d in self.rollout.devices.values() if d.sent_at is not None)
+            self.max_dispatched_share.append((dispatched, s.ends[s.wave]))
+
+    def devices_answer(self) -> None:
+        for device_id, v in list(self.inflight.items()):
+            if not self.answer or not self.rollout.devices[device_id].online:
+                continue
+            del self.inflight[device_id]
+            for phase in ("downloading", "switching", "probation"):
+                self.apply(
+                    self.rollout.device_report(
+                        device_id, now=self.now, phase=phase, update_version=v
+                    )
+                )
+            final = "rolled_back" if device_id in self.fail else "committed"
+            self.apply(
+                self.rollout.device_report(
+                    device_id, now=self.now, phase=final, update_version=v, error="boom"
+                )
+            )
+
+    def run(self, seconds: float, step: float = 1.0) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now += step
+            self.apply(self.rollout.tick(self.now))
+            self.devices_answer()
+
+
+def make(n: int, *, offline: frozenset[str] = frozenset(), **kw: object) -> Sim:
+    candidates = [Candidate(f"d{i:03d}", f"d{i:03d}" not in offline) for i in range(n)]
+    rollout = Rollout.create("r-test", plan(**kw), candidates, now=1000.0, actor="alice")
+    return Sim(rollout)

@@ -1,0 +1,326 @@
+"""Rollouts end to end: real server, broker, store, REST API and device links.
+
+The devices are real :class:`DeviceLink` sessions (mTLS, ACL, spool) whose
+command handler plays the device updater: it acknowledges ``set_desired``,
+reports update phases in its retained state, "switches" model and sends
+telemetry from the model it runs — a model marked bad errs on 30% of its
+inferences, which is what the health gate must catch.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography import x509
+
+from agent.link import DeviceLink
+from agent.spool import DrainPolicy, Spool
+from edgefleet_contract.codec import Codec
+from edgefleet_contract.messages import (
+    Command,
+    CommandAck,
+    DesiredState,
+    InferenceStats,
+    LatencySummary,
+    ModelRef,
+    ReportedState,
+    Telemetry,
+    UpdateReport,
+)
+from edgefleet_contract.mqtt import Endpoint, TlsFiles
+from edgefleet_contract.topics import Channel
+from fleet_server.config import ServerSettings
+from fleet_server.pki import write_private
+from fleet_server.rollouts.artifacts import ResolvedArtifact
+from fleet_server.rollouts.persist import load
+from fleet_server.server import FleetServer, initialize
+from fleet_server.store import open_store
+
+from .harness import ADMIN_PASSWORD, admin_token, server_settings, wait_for
+from .ota_server import DIGITS, model_version
+from .test_rollout_driver import TableResolver
+
+
+def artifact(version: str) -> ResolvedArtifact:
+    return ResolvedArtifact(
+        "model",
+        "digits",
+        version,
+        f"models/digits/{version}/digits-{version}-onnx-int8.efpkg",
+        "ab" * 32,
+        100,
+    )
+
+
+def resolver() -> TableResolver:
+    r = TableResolver()
+    r.table = {f"digits@{v}": artifact(v) for v in ("1.0.0", "2.0.0", "3.0.0")}
+    return r
+
+
+class SimDevice:
+    """A device whose updater is played by this class, over the real agent link."""
+
+    BAD = {"3.0.0"}
+
+    def __init__(self, server: FleetServer, folder: Path, device_id: str) -> None:
+        self.id = device_id
+        self.folder = folder
+        self.version = "1.0.0"
+        self.applied = 0
+        self.link: DeviceLink | None = None
+        self.port = server.settings.broker.port
+        server.store.create_device(device_id, name=device_id, tags={"site": "e2e"}, now=time.time())
+        cert, key = server.ca.issue_client_cert(device_id, validity_s=3600, now=time.time())
+        folder.mkdir(parents=True)
+        write_private(folder / "key.pem", key)
+        (folder / "cert.pem").write_bytes(cert)
+        serial = x509.load_pem_x509_certificate(cert).serial_number
+        server.store.add_certificate(device_id, serial, time.time() + 3600, time.time())
+        self.tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
+        self._stop = threading.Event()
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        spool = Spool(self.folder / "spool.db", max_bytes=10**7, max_age_s=1e6)
+        endpoint = Endpoint("127.0.0.1", self.port, self.tls, keepalive=10)
+        self.link = DeviceLink(
+            self.id,
+            endpoint,
+            spool,
+            agent_version="sim",
+            policy=DrainPolicy(500, 500, 50),
+            on_command=self._on_command,
+        )
+        self._stop.clear()
+        self.link.start()
+        self.report(None)
+        threading.Thread(target=self._telemetry, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.link is not None:
+            self.link.stop(timeout=2)
+
+    def report(self, update: UpdateReport | None) -> None:
+        assert self.link is not None
+        model = ModelRef(name="digits", version=self.version, sha256="ab" * 32, runtime="onnx")
+        self.link.report(
+            ReportedState(
+                device_id=self.id,
+                ts=time.time(),
+                agent_version="sim",
+                health="ok",
+                model=model,
+                desired_version=self.applied,
+                update=update,
+            )
+        )
+
+    def _on_command(self, command: Command) -> None:
+        assert self.link is not None
+        self.link.ack_command(
+            CommandAck(device_id=self.id, command_id=command.id, ts=time.time(), status="accepted")
+        )
+        if command.name == "set_desired":
+            desired = DesiredState.model_validate(command.args)
+            threading.Thread(target=self._update, args=(desired,), daemon=True).start()
+
+    def _update(self, desired: DesiredState) -> None:
+        with self._lock:
+            if desired.version <= self.applied:
+                return
+            target = desired.model
+            if target is None or target.version == self.version:
+                self.applied = desired.version
+                self.report(None)
+                return
+            for phase in ("downloading", "verifying", "switching", "probation", "committed"):
+                if phase == "switching":
+                    self.version = target.version
+                if phase == "committed":
+                    self.applied = desired.version
+                update = UpdateReport(
+                    desired_version=desired.version,
+                    kind="model",
+                    target=target.target,
+                    phase=phase,  # type: ignore[arg-type]
+                    ts=time.time(),
+                )
+                self.report(update)
+                time.sleep(0.05)
+
+    def _telemetry(self) -> None:
+        while not self._stop.wait(0.5):
+            self._seq += 1
+            errors = 30 if self.version in self.BAD else 0
+            batch = Telemetry(
+                device_id=self.id,
+                batch_id=f"boot0-{self._seq}-{int(time.time() * 1000)}",
+                seq=self._seq,
+                ts=time.time(),
+                window_s=0.5,
+                inference=InferenceStats(
+                    model="digits",
+                    version=self.version,
+                    count=100,
+                    errors=errors,
+                    throughput_per_s=200,
+                    latency=LatencySummary(p50_ms=1, p95_ms=3, p99_ms=4, max_ms=5, mean_ms=1),
+                ),
+            )
+            assert self.link is not None
+            self.link.send(Channel.TELEMETRY, Codec().encode(batch))
+
+
+def start_server(settings: ServerSettings, packages: Path | None = None) -> FleetServer:
+    """The real server; with ``packages``, digits 1.0.0, 2.0.0 and 3.0.0 are pushed to its
+    real registry (TUF targets) first, so rollouts resolve through it."""
+    server = FleetServer(settings)
+    if packages is not None:
+        packages.mkdir(parents=True, exist_ok=True)
+        for version in ("1.0.0", "2.0.0", "3.0.0"):
+            path = DIGITS if version == "1.0.0" else model_version(packages, version)
+            server.artifacts.add_model(path, lineage={"source": "test"}, actor="test")
+    server.start()
+    return server
+
+
+class Api:
+    def __init__(self, server: FleetServer) -> None:
+        self.url = server.settings.api_url
+        self.headers = {"Authorization": f"Bearer {admin_token(self.url)}"}
+
+    def post(self, path: str, body: Any = None) -> Any:
+        r = httpx.post(f"{self.url}/api/v1{path}", json=body, headers=self.headers, timeout=30)
+        assert r.status_code < 300, r.text
+        return r.json()
+
+    def get(self, path: str) -> Any:
+        r = httpx.get(f"{self.url}/api/v1{path}", headers=self.headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_status(self, rid: str, statuses: set[str], timeout: float = 90) -> dict[str, Any]:
+        wait_for(lambda: self.get(f"/rollouts/{rid}")["status"] in statuses, timeout, str(statuses))
+        out: dict[str, Any] = self.get(f"/rollouts/{rid}")
+        return out
+
+
+PLAN = {
+    "target": "tag:site=e2e",
+    "canary": "1",
+    "waves": "50%,100%",
+    "pace": "600/min",
+    "probation": "2s",
+    "gates": ["error_rate<0.05", "p95_latency_ms<40", "install_success_rate>=1"],
+}
+
+
+def test_v2_rolls_out_in_waves_and_a_bad_v3_rolls_itself_back(tmp_path: Path) -> None:
+    settings = server_settings(tmp_path / "fleet")
+    assert isinstance(settings, ServerSettings)
+    initialize(settings, admin_password=ADMIN_PASSWORD)
+    server = start_server(settings, tmp_path / "packages")
+    devices = [SimDevice(server, tmp_path / "devs" / f"e2e-{i}", f"e2e-{i}") for i in range(10)]
+    try:
+        for d in devices:
+            d.start()
+        store = server.store
+        wait_for(lambda: store.count_online() == 10, 30, "all devices online")
+        wait_for(
+            lambda: all(store.get_device(d.id).model_version == "1.0.0" for d in devices),
+            30,
+            "reported state",
+        )
+        api = Api(server)
+        v2 = api.post("/rollouts", {**PLAN, "artifact": "digits@2.0.0"})
+        assert [w["cumulative"] for w in v2["waves"]] == [1, 5, 10]
+        done = api.wait_status(v2["id"], {"completed", "halted", "rolled_back"})
+        assert done["status"] == "completed", done
+        assert all(d.version == "2.0.0" for d in devices)
+        assert all(w["gates"] and all(g["passed"] for g in w["gates"]) for w in done["waves"])
+        assert done["waves"][0]["gates"][0]["value"] == 0.0  # measured, not "no data"
+        first_sent = {x["device_id"]: x["sent_at"] for x in done["devices_detail"]}
+        canary = done["devices_detail"][0]["device_id"]
+        assert all(t >= first_sent[canary] for t in first_sent.values())
+
+        v3 = api.post("/rollouts", {**PLAN, "artifact": "digits@3.0.0"})
+        back = api.wait_status(v3["id"], {"rolled_back", "completed"})
+        assert back["status"] == "rolled_back", back
+        assert "error_rate<0.05" in back["reason"] and "automatic rollback" in back["reason"]
+        touched = [x for x in back["devices_detail"] if x["status"] != "skipped"]
+        assert len(touched) == 1 and touched[0]["status"] == "rolled_back"
+        canary3 = next(d for d in devices if d.id == touched[0]["device_id"])
+        wait_for(lambda: canary3.version == "2.0.0", 30, "canary back on v2")
+        desired = store.get_device(canary3.id).desired
+        assert desired is not None and desired.model is not None
+        assert desired.model.target == artifact("2.0.0").target_path
+        assert artifact("2.0.0").target_path in server.tuf.targets().signed.targets
+        assert sum(d.version == "3.0.0" for d in devices) == 0
+        assert server.rollouts.errors == 0
+        metrics = httpx.get(f"{api.url}/metrics").text
+        assert "edgefleet_rollouts_live 0" in metrics
+        assert "edgefleet_rollout_errors_total 0" in metrics
+    finally:
+        for d in devices:
+            d.stop()
+        server.stop()
+
+
+def test_offline_device_is_retried_and_a_server_restart_mid_wave_continues(
+    tmp_path: Path,
+) -> None:
+    settings = server_settings(tmp_path / "fleet")
+    assert isinstance(settings, ServerSettings)
+    initialize(settings, admin_password=ADMIN_PASSWORD)
+    server = start_server(settings, tmp_path / "packages")
+    devices = [SimDevice(server, tmp_path / "devs" / f"rs-{i}", f"rs-{i}") for i in range(6)]
+    try:
+        for d in devices:
+            d.start()
+        store = server.store
+        wait_for(lambda: store.count_online() == 6, 30, "all devices online")
+        # The rollout's order is the sorted ids shuffled by its seed: take the last one away.
+        order = sorted(d.id for d in devices)
+        random.Random(5).shuffle(order)
+        away = next(d for d in devices if d.id == order[-1])
+        away.stop()
+        wait_for(lambda: not store.get_device(away.id).online, 60, "device offline")
+        api = Api(server)
+        plan = {**PLAN, "artifact": "digits@2.0.0", "pace": "12/min", "waves": "100%", "seed": 5}
+        rid = api.post("/rollouts", plan)["id"]
+        # Mid-wave: the canary is done and wave 1 has begun, at one device per 5 s.
+        wait_for(lambda: sum(d.version == "2.0.0" for d in devices) >= 2, 60, "wave 1 under way")
+        server.stop()
+        stopped = open_store(settings.database)
+        saved = load(stopped, rid)
+        stopped.close()
+        assert saved.state.wave == 1 and saved.status == "wave"
+        assert any(d.status == "queued" for d in saved.devices.values())
+        server = start_server(settings)
+        api = Api(server)
+        wait_for(
+            lambda: api.get(f"/rollouts/{rid}")["devices_detail"][-1]["status"] == "offline",
+            90,
+            "the away device found offline at its turn",
+        )
+        away.start()
+        done = api.wait_status(rid, {"completed", "halted", "rolled_back"}, timeout=120)
+        assert done["status"] == "completed", done
+        assert all(d.version == "2.0.0" for d in devices)
+        last = done["devices_detail"][-1]
+        assert last["device_id"] == away.id and last["status"] == "succeeded"
+        kinds = [e["kind"] for e in done["events"]]
+        assert "retry" in kinds and kinds.count("started") == 1
+        assert server.rollouts.errors == 0
+    finally:
+        for d in devices:
+            d.stop()
+        server.stop()

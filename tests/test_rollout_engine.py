@@ -1,0 +1,326 @@
+"""The rollout engine, scenario by scenario, driven by a simulated edge (no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgefleet_contract.errors import RolloutError
+from fleet_server.rollouts.engine import Candidate, Rollout
+from fleet_server.rollouts.plan import Share
+
+from .rollout_sim import ARTIFACT, make, plan
+
+
+def test_canary_then_waves_then_completed() -> None:
+    sim = make(20)
+    sim.run(600)
+    r = sim.rollout
+    assert r.status == "completed"
+    assert r.state.ends == [1, 5, 10, 20]
+    assert {d.status for d in r.devices.values()} == {"succeeded"}
+    waves_in_send_order = [r.devices[d].wave for _, d in sim.sent]
+    assert waves_in_send_order == sorted(waves_in_send_order)
+    assert [g.wave for g in sim.gate_calls] == [0, 1, 2, 3]
+    assert all(done <= end for done, end in sim.max_dispatched_share)
+    assert sim.reverted == []
+    kinds = [n.kind for n in sim.notes]
+    assert kinds[0] == "started" and kinds[-1] == "completed"
+
+
+def test_a_wave_starts_only_after_probation() -> None:
+    sim = make(8, probation_s=300.0)
+    sim.run(200)
+    r = sim.rollout
+    assert r.state.wave == 0 and r.state.phase == "probation"
+    assert len(sim.sent) == 1
+    sim.run(200)
+    assert r.state.wave >= 1
+
+
+def test_failing_gate_in_canary_halts_and_rolls_the_canary_back() -> None:
+    sim = make(20)
+    sim.error_rate = lambda wave: 0.2
+    sim.run(300)
+    r = sim.rollout
+    assert r.status == "rolled_back"
+    assert "error_rate<0.05" in r.state.reason and "0.2" in r.state.reason
+    canary = [d for d in r.devices.values() if d.wave == 0]
+    assert sim.reverted == [canary[0].device_id]
+    assert canary[0].status == "rolled_back"
+    assert all(d.status == "skipped" for d in r.devices.values() if d.wave > 0)
+    assert r.state.gate_results["0"][0]["passed"] is False
+    assert len(sim.sent) == 1
+
+
+def test_failing_gate_without_auto_rollback_halts_and_waits() -> None:
+    sim = make(20, auto_rollback=False)
+    sim.error_rate = lambda wave: 0.2 if wave == 1 else 0.0
+    sim.run(600)
+    r = sim.rollout
+    assert r.status == "halted"
+    assert sim.reverted == []
+    assert len(sim.sent) == 5  # canary + wave 1, never wave 2
+    sim.error_rate = lambda wave: 0.0
+    sim.apply(r.resume(sim.now))
+    sim.run(600)
+    assert r.status == "completed"
+
+
+def test_device_failures_beyond_the_budget_halt() -> None:
+    sim = make(20, max_failures=1)
+    order = sorted(sim.rollout.devices.values(), key=lambda d: d.order)
+    sim.fail = {order[1].device_id, order[2].device_id}  # both in wave 1
+    sim.run(600)
+    r = sim.rollout
+    assert r.status == "rolled_back"
+    assert "2 device(s) failed" in r.state.reason
+    touched = {d for _, d in sim.sent}
+    assert set(sim.reverted) == touched
+
+
+def test_offline_device_is_retried_when_it_returns() -> None:
+    sim = make(10, offline=frozenset({"d003"}))
+    sim.run(400)
+    r = sim.rollout
+    d = r.devices["d003"]
+    assert d.status == "offline"
+    assert r.status == "wave" and r.state.phase == "finishing"
+    sim.apply(r.device_report("d003", now=sim.now, online=True))
+    sim.run(30)
+    assert d.status == "succeeded" and d.attempts == 1
+    assert r.status == "completed"
+
+
+def test_devices_offline_for_the_whole_rollout_are_skipped_after_the_grace() -> None:
+    sim = make(10, offline=frozenset({"d003"}), offline_grace_s=120.0)
+    sim.run(600)
+    assert sim.rollout.status == "completed"
+    assert sim.rollout.devices["d003"].status == "skipped"
+
+
+def test_pacing_and_jitter_are_deterministic_and_bounded() -> None:
+    a = make(40, pace_per_min=30.0, jitter_s=10.0, canary=Share(count=0))
+    b = make(40, pace_per_min=30.0, jitter_s=10.0, canary=Share(count=0))
+    a.run(400, step=0.5)
+    b.run(400, step=0.5)
+    assert a.sent == b.sent
+    first = [t for t, d in a.sent if a.rollout.devices[d].wave == 1]
+    # 10 devices at 2 s apart plus up to 10 s jitter: all within 18 + 10 s of the start
+    assert first[-1] - first[0] <= 18 + 10 + 0.5
+    assert first[-1] - first[0] >= 8  # not all at once
+    c = make(40, pace_per_min=30.0, jitter_s=10.0, canary=Share(count=0), seed=7)
+    c.run(400, step=0.5)
+    assert c.sent != a.sent
+
+
+def test_pause_stops_dispatch_and_resume_continues() -> None:
+    sim = make(20, pace_per_min=6.0)
+    sim.run(30)
+    r = sim.rollout
+    sim.apply(r.pause(sim.now))
+    sent = len(sim.sent)
+    sim.run(600)
+    assert len(sim.sent) == sent and r.status == "paused"
+    sim.apply(r.resume(sim.now))
+    sim.run(2000)
+    assert r.status == "completed"
+
+
+def test_abort_skips_the_rest_and_reverts_nothing() -> None:
+    sim = make(20)
+    sim.run(100)
+    r = sim.rollout
+    sim.apply(r.abort(sim.now))
+    sent = len(sim.sent)
+    sim.run(300)
+    assert r.status == "aborted" and len(sim.sent) == sent and sim.reverted == []
+    assert all(d.status in ("succeeded", "skipped") for d in r.devices.values())
+    with pytest.raises(RolloutError, match="nothing to abort"):
+        r.abort(sim.now)
+
+
+def test_manual_rollback_after_completion_reverts_exactly_the_updated_devices() -> None:
+    sim = make(12)
+    sim.run(600)
+    r = sim.rollout
+    assert r.status == "completed"
+    sim.apply(r.rollback(sim.now))
+    assert r.status == "rolled_back"
+    assert sorted(sim.reverted) == sorted(d for _, d in sim.sent)
+    with pytest.raises(RolloutError):
+        r.rollback(sim.now)
+
+
+def test_rollback_waits_for_online_devices_to_confirm() -> None:
+    sim = make(5)
+    sim.run(40)
+    sim.answer = False
+    r = sim.rollout
+    sim.apply(r.rollback(sim.now))
+    assert r.status == "rolling_back"
+    d = r.devices[sim.reverted[0]]
+    assert d.status == "reverting"
+    sim.apply(r.device_report(d.device_id, now=sim.now, applied_version=d.revert_version))
+    assert r.status == "rolled_back"
+
+
+def test_a_silent_device_fails_after_the_device_timeout() -> None:
+    sim = make(4, device_timeout_s=100.0, auto_rollback=False)
+    sim.answer = False
+    sim.run(150)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    assert canary.status == "failed" and "no commit" in canary.detail
+    assert r.status == "halted"
+
+
+def test_devices_already_on_the_artifact_are_skipped() -> None:
+    candidates = [Candidate("a", True, "digits@1.3.0"), Candidate("b", True, "digits@1.2.0")]
+    r = Rollout.create("r-x", plan(), candidates, now=0.0, actor="alice")
+    assert r.devices["a"].status == "skipped" and r.devices["b"].status == "queued"
+    assert ARTIFACT.label == "digits@1.3.0"
+
+
+def test_state_errors_are_clear() -> None:
+    sim = make(3)
+    with pytest.raises(RolloutError, match="only paused or halted"):
+        sim.rollout.resume(sim.now)
+    sim.run(400)
+    with pytest.raises(RolloutError, match="only a running rollout can pause"):
+        sim.rollout.pause(sim.now)
+
+
+def test_no_devices_completes_at_once() -> None:
+    r = Rollout.create("r-0", plan(), [], now=0.0, actor="alice")
+    r.tick(1.0)
+    r.tick(2.0)
+    assert r.status == "completed"
+
+
+def test_an_offline_canary_holds_the_rollout_until_it_returns() -> None:
+    sim = make(6, offline=frozenset({"d000", "d001", "d002", "d003", "d004", "d005"}))
+    sim.run(300)
+    r = sim.rollout
+    assert r.status == "canary" and sim.sent == []
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    sim.apply(r.device_report(canary.device_id, now=sim.now, online=True))
+    sim.run(300)
+    assert canary.status == "succeeded" and r.state.wave >= 1
+
+
+def test_a_device_that_runs_the_artifact_counts_without_an_update_report() -> None:
+    sim = make(3)
+    sim.answer = False
+    sim.run(2)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    assert canary.status == "sent" and canary.desired_version is not None
+    r.device_report(
+        canary.device_id, now=sim.now, applied_version=canary.desired_version, running="x@9"
+    )
+    assert canary.status == "sent"
+    r.device_report(
+        canary.device_id,
+        now=sim.now,
+        applied_version=canary.desired_version,
+        running="digits@1.3.0",
+    )
+    assert canary.status == "succeeded"
+
+
+def test_a_device_that_gives_up_after_committing_counts_as_failed() -> None:
+    sim = make(3, auto_rollback=False)
+    sim.run(2)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    assert canary.status == "succeeded"
+    sim.apply(
+        r.device_report(
+            canary.device_id,
+            now=sim.now,
+            phase="rolled_back",
+            update_version=canary.desired_version,
+            running="digits@1.3.0",
+            applied_version=canary.desired_version,
+            error="health failed after commit",
+        )
+    )
+    assert canary.status == "failed" and canary.detail == "health failed after commit"
+    assert r.status == "halted"
+
+
+def test_an_update_report_in_probation_is_not_taken_for_success() -> None:
+    sim = make(3)
+    sim.answer = False
+    sim.run(2)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    v = canary.desired_version
+    r.device_report(
+        canary.device_id,
+        now=sim.now,
+        phase="probation",
+        update_version=v,
+        applied_version=v,
+        running="digits@1.3.0",
+    )
+    assert canary.status == "probation"
+
+
+def test_health_is_recorded_and_a_failing_updated_device_noted() -> None:
+    sim = make(3)
+    sim.run(2)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    out = r.device_report(canary.device_id, now=sim.now, health="failed")
+    assert canary.health == "failed"
+    assert [(n.kind, n.device_id) for n in out if hasattr(n, "kind")] == [
+        ("device_unhealthy", canary.device_id)
+    ]
+    assert r.device_report(canary.device_id, now=sim.now, health="failed") == []
+
+
+def test_a_revert_counts_once_the_device_runs_its_previous_version() -> None:
+    sim = make(3)
+    sim.answer = False
+    sim.run(2)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    r.delivered(
+        canary.device_id,
+        canary.desired_version or 0,
+        sim.now,
+        {"kind": "model", "name": "digits", "version": "1.2.0", "target": "t"},
+    )
+    r.rollback(sim.now)
+    r.delivered(canary.device_id, 9, sim.now)
+    r.device_report(canary.device_id, now=sim.now, applied_version=9, running="digits@1.3.0")
+    assert canary.status == "reverting" and r.status == "rolling_back"
+    r.device_report(canary.device_id, now=sim.now, applied_version=9, running="digits@1.2.0")
+    assert canary.status == "rolled_back" and r.status == "rolled_back"
+
+
+def test_a_revert_that_fails_on_the_device_is_reported() -> None:
+    sim = make(3)
+    sim.answer = False
+    sim.run(2)
+    r = sim.rollout
+    canary = next(d for d in r.devices.values() if d.wave == 0)
+    r.delivered(
+        canary.device_id,
+        canary.desired_version or 0,
+        sim.now,
+        {"kind": "model", "name": "digits", "version": "1.2.0", "target": "t"},
+    )
+    r.rollback(sim.now)
+    r.delivered(canary.device_id, 9, sim.now)
+    out = r.device_report(
+        canary.device_id,
+        now=sim.now,
+        applied_version=9,
+        phase="failed",
+        update_version=9,
+        running="digits@1.3.0",
+    )
+    assert canary.status == "rolled_back" and "could not go back to digits@1.2.0" in canary.detail
+    assert next(n.kind for n in out if hasattr(n, "kind")) == "revert_failed"

@@ -1,0 +1,74 @@
+"""``fleetctl rollout`` against a real fleet server: create, status, control, clear errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from fleet_server.server import FleetServer
+
+from .harness import ADMIN_PASSWORD
+from .ota_server import model_version
+from .test_fleetctl import config, fleetctl  # noqa: F401  (config is an autouse fixture)
+
+
+def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
+    fleet.artifacts.add_model(model_version(tmp_path, "2.0.0"), lineage={}, actor="test")
+    now = time.time()
+    for i in range(4):
+        d = f"ctl-r{i}"
+        fleet.store.create_device(d, name=d, tags={"site": "lab"}, now=now)
+        fleet.store.add_certificate(d, 900 + i, now + 3600, now)
+    code, _, err = fleetctl(
+        ["login", "--server", fleet.settings.api_url, "-u", "admin", "--password-stdin"],
+        ADMIN_PASSWORD + "\n",
+    )
+    assert code == 0, err
+    base = ["rollout", "create", "--artifact", "digits@2.0.0", "--target", "tag:site=lab"]
+    code, out, err = fleetctl([*base, "--gate", "error_rate<"])
+    assert code == 1 and "expected a number at column 12, found the end" in err
+    assert "Traceback" not in err
+    code, out, err = fleetctl([*base, "--waves", "50%"])
+    assert code == 1 and "--waves must end at 100%" in err
+    code, out, err = fleetctl(["rollout", "create", "--artifact", "nope@1", "--target", "all"])
+    assert code == 1 and "no such artifact 'nope@1'" in err
+
+    code, out, err = fleetctl(
+        [
+            *base,
+            "--canary",
+            "25%",
+            "--waves",
+            "50%,100%",
+            "--pace",
+            "1/min",
+            "--probation",
+            "1s",
+            "--gate",
+            "error_rate<0.01",
+            "--seed",
+            "4",
+        ]
+    )
+    assert code == 0, err
+    assert "to 4 devices (canary 1, wave 1 1, wave 2 2)" in out
+    rid = out.split()[1].rstrip(":")
+    code, out, _ = fleetctl(["--json", "rollout", "list"])
+    assert code == 0 and [r["id"] for r in json.loads(out)] == [rid]
+    code, out, _ = fleetctl(["rollout", "status", rid])
+    assert code == 0 and rid in out and "canary" in out and "wave 2" in out
+    assert "started" in out
+    code, out, _ = fleetctl(["rollout", "pause", rid])
+    assert code == 0 and out.strip() == f"rollout {rid}: paused"
+    code, out, err = fleetctl(["rollout", "pause", rid])
+    assert code == 1 and "only a running rollout can pause" in err
+    code, out, _ = fleetctl(["rollout", "resume", rid])
+    assert code == 0 and "canary" in out
+    code, out, _ = fleetctl(["--json", "rollout", "rollback", rid])
+    assert code == 0 and json.loads(out)["status"] == "rolled_back"  # nobody is online
+    code, out, _ = fleetctl(["rollout", "status", rid, "--watch", "--interval", "0.1"])
+    assert code == 1 and "rolled_back" in out
+    code, out, _ = fleetctl(["--json", "rollout", "status", rid])
+    detail = json.loads(out)
+    assert detail["plan"]["gates"] == ["error_rate<0.01"] and detail["plan"]["seed"] == 4

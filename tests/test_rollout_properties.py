@@ -1,0 +1,130 @@
+"""Invariants of the rollout engine over generated fleets, failures and operator actions."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fleet_server.rollouts.engine import Rollout
+from fleet_server.rollouts.model import TERMINAL, DeviceProgress, RolloutState
+from fleet_server.rollouts.plan import RolloutPlan, Share
+
+from .rollout_sim import Sim, make
+
+scenario = st.fixed_dictionaries(
+    {
+        "n": st.integers(0, 40),
+        "canary": st.one_of(
+            st.integers(0, 5).map(lambda c: Share(count=c)),
+            st.floats(0.0, 0.3).map(lambda f: Share(fraction=f)),
+        ),
+        "waves": st.lists(st.integers(1, 99), max_size=4, unique=True).map(
+            lambda xs: (*tuple(sorted(x / 100 for x in xs)), 1.0)
+        ),
+        "pace": st.sampled_from([6.0, 60.0, 600.0]),
+        "jitter": st.sampled_from([0.0, 5.0, 30.0]),
+        "fail": st.sets(st.integers(0, 39), max_size=5),
+        "offline": st.sets(st.integers(0, 39), max_size=5),
+        "bad_wave": st.integers(-1, 5),
+        "max_failures": st.integers(0, 3),
+        "auto_rollback": st.booleans(),
+        "seed": st.integers(0, 2**16),
+        "ops": st.lists(
+            st.tuples(st.integers(1, 300), st.sampled_from(["pause", "resume", "rollback"])),
+            max_size=3,
+        ),
+        "restart_at": st.integers(1, 400),
+    }
+)
+
+
+def build(sc: dict[str, object]) -> Sim:
+    offline = frozenset(f"d{i:03d}" for i in sc["offline"])  # type: ignore[attr-defined]
+    sim = make(
+        sc["n"],  # type: ignore[arg-type]
+        offline=offline,
+        canary=sc["canary"],
+        waves=sc["waves"],
+        pace_per_min=sc["pace"],
+        jitter_s=sc["jitter"],
+        max_failures=sc["max_failures"],
+        auto_rollback=sc["auto_rollback"],
+        seed=sc["seed"],
+        probation_s=20.0,
+        offline_grace_s=100.0,
+    )
+    sim.fail = {f"d{i:03d}" for i in sc["fail"]}  # type: ignore[attr-defined]
+    bad = sc["bad_wave"]
+    sim.error_rate = lambda wave: 0.5 if wave == bad else 0.0
+    return sim
+
+
+def play(sim: Sim, sc: dict[str, object], *, restart: bool) -> None:
+    ops = dict(sc["ops"])  # type: ignore[call-overload]
+    for second in range(1, 1200):
+        if restart and second == sc["restart_at"]:
+            # Everything the engine knows goes through JSON and back, like a server restart.
+            r = sim.rollout
+            sim.rollout = Rollout(
+                RolloutPlan.from_json(r.plan.to_json()),
+                RolloutState.from_json(r.state.to_json()),
+                [DeviceProgress.from_json(d.to_json()) for d in r.devices.values()],
+            )
+        op = ops.get(second)
+        if op is not None:
+            try:
+                sim.apply(getattr(sim.rollout, op)(sim.now))
+            except Exception as exc:  # only state errors are acceptable
+                assert type(exc).__name__ == "RolloutError", exc
+        sim.now += 1
+        sim.apply(sim.rollout.tick(sim.now))
+        sim.devices_answer()
+        if sim.rollout.status in TERMINAL:
+            break
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario)
+def test_invariants(sc: dict[str, object]) -> None:
+    sim = build(sc)
+    play(sim, sc, restart=False)
+    r = sim.rollout
+
+    # never beyond the current wave's cumulative share
+    assert all(done <= end for done, end in sim.max_dispatched_share)
+    # nobody is sent twice unless they were offline in between
+    sent_ids = [d for _, d in sim.sent]
+    assert len(sent_ids) == len(set(sent_ids))
+    # a device of wave w > 0 is only sent after wave w-1 passed its gates
+    for _, device_id in sim.sent:
+        w = r.devices[device_id].wave
+        if w > 0:
+            assert all(g["passed"] for g in r.state.gate_results[str(w - 1)])
+    # never proceed past a failed gate
+    for wave, results in r.state.gate_results.items():
+        if not all(g["passed"] for g in results):
+            assert r.state.wave == int(wave)
+            assert all(d.wave <= int(wave) for d in r.devices.values() if d.sent_at is not None)
+    # a rollback reverts exactly the devices that were sent the update
+    if r.status in ("rolling_back", "rolled_back"):
+        assert sorted(sim.reverted) == sorted(set(sent_ids))
+    else:
+        assert sim.reverted == []
+    # a completed rollout left nobody behind
+    if r.status == "completed":
+        assert all(d.status in ("succeeded", "failed", "skipped") for d in r.devices.values())
+        assert r.failures <= sc["max_failures"] or r.state.failure_base  # type: ignore[operator]
+
+
+@settings(max_examples=60, deadline=None)
+@given(scenario)
+def test_a_restart_changes_nothing(sc: dict[str, object]) -> None:
+    a, b = build(sc), build(sc)
+    play(a, sc, restart=False)
+    play(b, sc, restart=True)
+    assert a.sent == b.sent
+    assert a.reverted == b.reverted
+    assert a.rollout.state.to_json() == b.rollout.state.to_json()
+    assert {k: d.to_json() for k, d in a.rollout.devices.items()} == {
+        k: d.to_json() for k, d in b.rollout.devices.items()
+    }
