@@ -28,6 +28,8 @@ Simplified: sensors replay scikit-learn digits (optionally shifted with
 --shift to trigger drift alerts); loaded models are shared per package version
 between the devices of the process; no local prediction API or firmware.
 
+At most 100 devices per process (paho's select() loop cannot use descriptors
+above 1023): for more, run several processes with different --prefix values.
 Identities persist in --data-dir: a second run reuses them (no re-enrollment).
 Ctrl-C (or --duration) stops every device cleanly; the server sees them go
 offline.  See docs/operations.md, "Fleet simulator"."""
@@ -141,11 +143,17 @@ def simulate(
     prefix: str,
     online_timeout: float,
 ) -> None:
-    from fleet_server.simulate.fleet import Fleet
+    from fleet_server.simulate.fleet import MAX_PER_PROCESS, Fleet
     from fleet_server.simulate.sensors import Sensors, Shift
 
     from .simview import Watch
 
+    if count > MAX_PER_PROCESS:
+        raise click.UsageError(
+            f"one process can play at most {MAX_PER_PROCESS} devices (the MQTT client's "
+            "select() loop cannot use descriptors above 1023); run several "
+            "`fleetctl simulate` processes with different --prefix values"
+        )
     _raise_fd_limit(count)
     login = load_login()
     url = (server or login.server).rstrip("/")

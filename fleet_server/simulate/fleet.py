@@ -17,6 +17,12 @@ from .device import Counters, SimAgent, ensure_identity, settings_for
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 
+MAX_PER_PROCESS = 100
+"""paho's network loop uses ``select()``, which cannot watch a descriptor numbered 1024
+or above; each agent holds about nine (its socket, two SQLite databases with their WAL
+and shared-memory files), so past ~110 devices in one process the later sockets break
+(the broker logs "Protocol error").  Larger fleets run as several processes."""
+
 
 class _ErrorTally(logging.Handler):
     """Counts the agents' ERROR records: the summary line's ``errors``."""
