@@ -21,7 +21,7 @@ Simplified for scale:
     shifted (``--shift``) to provoke the drift detector, and ground truth is the
     split's label;
   * loaded models are shared: every device's service loads a package through a
-    per-process cache keyed by the package's SHA-256, so 1,000 devices on one
+    per-process cache keyed by the package's SHA-256, so a hundred devices on one
     version hold one runtime session (each device still verifies, stores and
     activates its own copy in its own slots);
   * no local prediction API and no firmware handler (``firmware_handler = "none"``);
