@@ -89,10 +89,11 @@ def _simulate(
     return dict(doc)
 
 
-def _stored_since(server: FleetServer, since: float, prefix: str) -> int:
+def _stored_between(server: FleetServer, since: float, until: float, prefix: str) -> int:
     conn = server.store._conn()  # type: ignore[attr-defined]
     row = conn.execute(
-        "SELECT count(*) FROM telemetry WHERE ts >= ? AND device_id LIKE ?", (since, prefix + "-%")
+        "SELECT count(*) FROM telemetry WHERE ts >= ? AND ts < ? AND device_id LIKE ?",
+        (since, until, prefix + "-%"),
     ).fetchone()
     return int(row[0])
 
@@ -113,13 +114,13 @@ def run() -> list[dict[str, object]]:
             json={"username": "admin", "password": PASSWORD},
         ).json()["token"]
         small = _simulate(server, token, work, SMALL, "small")
-        t0 = time.time()
         big = _simulate(server, token, work, DEVICES, "big")
         online_s = float(big["time_to_all_online_s"])  # type: ignore[arg-type]
-        # the steady window: from all online (plus one interval to settle) to the end
-        steady_from = t0 + online_s + INTERVAL
-        steady_s = max(STEADY_S - INTERVAL, 1.0)
-        stored = _stored_since(server, steady_from, "big")
+        # the steady window: from all online (plus one interval to settle) to the stop
+        steady_from = float(big["all_online_at"]) + INTERVAL  # type: ignore[arg-type]
+        steady_to = float(big["stopping_at"])  # type: ignore[arg-type]
+        steady_s = max(steady_to - steady_from, 1.0)
+        stored = _stored_between(server, steady_from, steady_to, "big")
     finally:
         server.stop()
     bench_connections.DEVICES = DEVICES

@@ -183,6 +183,7 @@ def simulate(
     try:
         watch.bring_up(online_timeout)
         summary["time_to_all_online_s"] = watch.all_online_s
+        summary["all_online_at"] = time.time()
         sensors = Sensors(
             [a.service for a in fleet.agents],
             rate=rate,
@@ -193,6 +194,7 @@ def simulate(
         sensors.start()
         watch.run(duration, sensors)
     finally:
+        summary["stopping_at"] = time.time()
         if sensors is not None:
             sensors.stop()
         watch.shut_down()
