@@ -8,8 +8,9 @@ export const ROUTES = [
   { path: 'devices/:id', page: () => import('./pages/device.js') },
   {
     path: 'rollouts', title: 'Rollouts', probe: '/rollouts',
-    page: () => import('./pages/pending.js'),
+    page: () => import('./pages/rollouts.js'),
   },
+  { path: 'rollouts/:id', page: () => import('./pages/rollout.js') },
   {
     path: 'artifacts', title: 'Models & firmware', probe: '/artifacts',
     page: () => import('./pages/artifacts.js'),
