@@ -205,3 +205,8 @@ def test_models_page_shows_the_registry_artifacts(fleet: RolloutFleet, page: Pag
     v2 = rows.filter(has_text="2.0.0")
     expect(v2).to_contain_text("devices (")  # where it runs, from the fleet summary
     expect(v2).to_contain_text("models/digits/2.0.0/")  # its TUF target path
+    expect(rows.filter(has_text="in targets")).to_have_count(3)  # all in the signed metadata
+    v1 = fleet.api.get("/artifacts?kind=model&limit=100")["items"][-1]
+    assert v1["version"] == "1.0.0"
+    fleet.server.tuf.add_target(v1["target_path"], length=v1["size"], sha256="0" * 64, custom={})
+    expect(rows.filter(has_text="1.0.0")).to_contain_text("not signed")  # on the next refresh

@@ -20,11 +20,7 @@ const TEXT = [
 async function artifactOptions(select) {
   const page = await api('/artifacts', { query: { limit: 500 } });
   replace(select, page.items.length
-    ? page.items.map((a) => {
-      const spec = `${a.name}@${a.version}${a.flavor ? `:${a.flavor}` : ''}`;
-      return h('option', { value: a.kind === 'model' ? spec : `${a.name}@${a.version}` },
-        `${a.kind} ${spec}`);
-    })
+    ? page.items.map((a) => h('option', { value: a.spec }, `${a.kind} ${a.spec}`))
     : h('option', { value: '' }, 'no artifact registered (fleetctl models push)'));
 }
 

@@ -2,7 +2,7 @@
 // create form; a created rollout opens its own page.
 
 import { api, can } from '../api.js';
-import { h, replace, panel, table, status, fmtTime, notice } from '../dom.js';
+import { h, replace, table, status, fmtTime, notice } from '../dom.js';
 import { link } from '../routes.js';
 import { createForm } from './rollout-form.js';
 
@@ -54,7 +54,7 @@ export async function mount(root, ctx) {
       return;
     }
     if (!ctx.alive()) return;
-    replace(out, panel('Rollouts', table([
+    replace(out, table([
       { title: 'Rollout', cell: rolloutLink },
       { title: 'Status', cell: (r) => status(r.status) },
       { title: 'Artifact', cell: (r) => h('code', {}, r.artifact) },
@@ -62,7 +62,7 @@ export async function mount(root, ctx) {
       { title: 'Wave', cell: (r) => (r.wave === 0 ? 'canary' : `wave ${r.wave}`) },
       { title: 'Progress', cell: progress, class: 'wide' },
       { title: 'Started', cell: (r) => `${fmtTime(r.created_at)} by ${r.created_by}`, class: 'nowrap' },
-    ], rows, { empty: 'No rollout yet.' })));
+    ], rows, { empty: 'No rollout yet.' }));
     updated.textContent = `updated ${new Date().toLocaleTimeString('en-GB')}`;
   }
   await refresh();
