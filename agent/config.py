@@ -52,6 +52,25 @@ class FeedbackSettings(Section):
     """Recent predictions remembered so feedback can refer to them by id."""
 
 
+class UpdateSettings(Section):
+    """``[updates]``: how the device installs models and firmware (see agent/updates)."""
+
+    server_url: str | None = None
+    """TUF metadata/targets come from ``{server_url}/tuf/``; default: the enrollment server."""
+    probation_s: Annotated[float, Field(ge=0, le=7 * 86400)] = 600.0
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
+    min_inferences: Annotated[int, Field(ge=1)] = 20
+    """Probation judges the error rate only after this many inferences."""
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = 2
+    """Agent restarts tolerated during probation before the previous version comes back."""
+    firmware_handler: Literal["ab-slot", "rauc", "swupdate", "mender", "command", "none"] = (
+        "ab-slot"
+    )
+    firmware_commands: dict[str, list[str]] = {}
+    """Per-step argv overrides (install, try_boot, reboot, commit, rollback, version);
+    ``{image}`` is replaced by the image path."""
+
+
 class AgentSettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGE_AGENT_", extra="forbid", env_nested_delimiter="__"
@@ -71,3 +90,4 @@ class AgentSettings(FileSettings):
     spool: SpoolSettings = SpoolSettings()
     broker: BrokerOverride = BrokerOverride()
     feedback: FeedbackSettings = FeedbackSettings()
+    updates: UpdateSettings = UpdateSettings()

@@ -46,6 +46,7 @@ from .serving import ModelService
 from .spool import DrainPolicy, Spool
 from .system import SystemProbe, power_source
 from .telemetry import TelemetryBuilder
+from .updates.service import DeviceUpdates
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class Agent:
             settings.threads,
             samples=self.samples,
             prediction_cache=settings.feedback.prediction_cache,
+        )
+        self.updates = DeviceUpdates(
+            settings, identity.server_url, self.service, on_change=lambda: self._report()
         )
         self.health: Health = "starting"
         self.health_detail: str | None = None
@@ -139,9 +143,10 @@ class Agent:
             agent_version=__version__,
             hardware=self.settings.hardware,
             model=model.ref if model is not None else None,
-            firmware=FirmwareRef(
-                version=self.settings.firmware_version, hardware=self.settings.hardware
-            ),
+            firmware=self.updates.firmware_ref()
+            or FirmwareRef(version=self.settings.firmware_version, hardware=self.settings.hardware),
+            slots=self.updates.slots(),
+            update=self.updates.report(),
             capabilities=self.capabilities(),
             health=self.health,
             health_detail=self.health_detail,
@@ -159,9 +164,10 @@ class Agent:
     # -------------------------------------------------------------- model --
 
     def boot_model_path(self) -> Path | None:
-        """The package to serve at boot.  A seam: an A/B slot store overrides it to
-        return the active slot's package, falling back to ``settings.model``."""
-        return self.settings.model
+        """The package to serve at boot: the active A/B slot's (after settling an
+        interrupted update, see agent/updates/boot.py); on first boot ``settings.model``
+        is copied into slot a."""
+        return self.updates.boot_model_path(self.settings.model)
 
     def serve(self, path: Path) -> Model:
         """Verify, self-test and activate the package at ``path``; re-report state.
@@ -229,8 +235,10 @@ class Agent:
         tmp.write_text(desired.model_dump_json())
         tmp.replace(self._desired_file)
         self.desired = desired
+        queued = self.updates.submit(desired)
         self._report()
-        return Outcome(True, f"applied desired version {desired.version}")
+        detail = f"applied desired version {desired.version}"
+        return Outcome(True, f"{detail}; {queued}" if queued else detail)
 
     def _on_report_state(self, command: Command) -> Outcome:
         self._report()
@@ -245,8 +253,10 @@ class Agent:
     def telemetry(self) -> Telemetry:
         # Batch ids come from a random boot id: boards without a real-time clock boot
         # in 1970, and time-based ids would repeat and be dropped as duplicates.
+        window = self.service.snapshot()
+        self.updates.record_window(window)
         return self.telemetry_builder.build(
-            window=self.service.snapshot(),
+            window=window,
             system=self.probe.sample(),
             learning=self.samples.stats(),
             link=self.link.link_stats,
@@ -283,6 +293,7 @@ class Agent:
 
     def start(self) -> None:
         self._load_boot_model()
+        self.updates.start(self.desired)
         self._start_local_api()
         if self.health == "starting":
             self._set_problem("boot", None)
@@ -322,6 +333,7 @@ class Agent:
             (self.settings.data_dir / LOCAL_API_ADDRESS).unlink(missing_ok=True)
         for thread in self._threads:
             thread.join(5)
+        self.updates.stop()
         self.router.stop()
         self.learning.stop()
         self.link.stop()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgefleet_contract.errors import CertificateError, EnrollmentError, IdentityError
+from edgefleet_contract.errors import CertificateError, EnrollmentError, IdentityError, TrustError
 from edgefleet_contract.ids import is_device_id
 from edgefleet_contract.mqtt import TlsFiles
 
@@ -226,6 +226,17 @@ def enroll(
         "enrolled_at": time.time(),
     }
     _write(directory / "enrollment.json", json.dumps(record, indent=2).encode())
+    if isinstance(doc.get("tuf_root"), str):
+        # The trust anchor for signed updates: the device verifies every later root
+        # and every artifact against the chain that starts here.
+        from .updates.trust import save_root
+
+        try:
+            save_root(data_dir, str(doc["tuf_root"]))
+        except TrustError as exc:
+            raise EnrollmentError(
+                f"enrolled, but cannot keep the update trust root: {exc}"
+            ) from exc
     return Identity.load(data_dir)
 
 

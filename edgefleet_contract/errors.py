@@ -24,8 +24,12 @@ the most specific class; callers catch the family they can handle.
     ├── AuthError              authentication failed (HTTP 401)
     │   └── PermissionDenied   authenticated but not allowed (HTTP 403)
     ├── UpdateError            OTA verification, download or install failures
-    │   └── SigningError       TUF keys and metadata on the server: unreadable key,
-    │                          wrong passphrase, a root that does not verify
+    │   ├── SigningError       TUF keys and metadata on the server: unreadable key,
+    │   │                      wrong passphrase, a root that does not verify
+    │   ├── TrustError         TUF refused the metadata or the artifact (an attack or a
+    │   │                      misconfigured repository): nothing was installed
+    │   ├── DownloadFailed     the artifact could not be fetched (network, server error)
+    │   └── InstallError       staging, self-test, switching or probation failed
     ├── FederationError        a federated run cannot go on (quorum, bad spec)
     │   └── RunStopped         an operator stopped the run, or the server stops
     └── RolloutError           a rollout action that does not fit the rollout's state
@@ -122,6 +126,18 @@ class RunStopped(FederationError):
 
 class SigningError(UpdateError):
     """A TUF key or metadata operation on the server or the offline machine failed."""
+
+
+class TrustError(UpdateError):
+    """TUF verification refused metadata or an artifact; nothing was installed."""
+
+
+class DownloadFailed(UpdateError):
+    """An artifact or its metadata could not be fetched; a later attempt may succeed."""
+
+
+class InstallError(UpdateError):
+    """Staging, self-test, switching or probation of an update failed."""
 
 
 class RolloutError(EdgefleetError):

@@ -219,6 +219,9 @@ class UpdateReport(Message):
     progress: Annotated[float, Field(ge=0, le=1)] = 0.0
     error: Text | None = None
     ts: Timestamp
+    bytes_transferred: Count = 0
+    """Bytes the device received for this update (a delta patch, or the full artifact)."""
+    delta_used: bool = False
 
 
 class ReportedState(Versioned):

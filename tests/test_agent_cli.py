@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from fleet_server.broker import ManagedBroker
 
 from .agentproc import DIST, AgentProcess, device_dir
-from .harness import Pki
+from .harness import Pki, free_port
 
 BIN = Path(sys.executable).parent
 MODEL = DIST / "digits-1.0.0-tflite-int8.efpkg"
@@ -21,11 +22,15 @@ X = np.load(Path(__file__).with_name("data") / "digits_holdout.npz")["x"][:4].as
 
 
 def edge_agent(*args: object, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    # A daemon the test did not start (a demo on this host) may hold the default
+    # port 8181: point the configured address at a port nothing listens on.
+    env = os.environ | {"EDGE_AGENT_LOCAL_API__PORT": str(free_port())}
     return subprocess.run(
         [str(BIN / "edge-agent"), "predict", *map(str, args), "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
 
 

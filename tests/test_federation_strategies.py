@@ -90,7 +90,9 @@ def test_strategy_learns(options: dict[str, object]) -> None:
     curve, grid = federate(spec)
     assert len(curve) == 3
     assert curve[-1] > 0.5, curve  # a random 10-class model sits near 0.1
-    assert sum(e.replies for e in grid.exchanges if e.message_type == "train") == 15
+    train = [e for e in grid.exchanges if e.message_type == "train"]
+    why = [(e.replies, dict(e.failures)) for e in train], dict(grid.rejected), grid.late
+    assert sum(e.replies for e in train) == 15, why
 
 
 def test_local_dp_noises_every_update() -> None:

@@ -1,0 +1,177 @@
+"""The daemon's handle on updates: one worker thread, the boot model, the reported fields.
+
+The daemon wires it in five places (see ``agent/daemon.py``): the boot model
+(:meth:`DeviceUpdates.boot_model_path`), ``set_desired`` (:meth:`submit`),
+``ReportedState`` (:meth:`report`, :meth:`firmware_ref`, :meth:`slots`), every
+telemetry window (:meth:`record_window`, which feeds probation's health
+check), and start/stop.  Updates run on their own thread so predictions keep
+being served and commands keep being answered while an artifact downloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from edgefleet_contract.errors import ConfigError, EdgefleetError
+from edgefleet_contract.messages import DesiredState, FirmwareRef, TargetRef, UpdateReport
+
+from ..config import AgentSettings
+from ..metrics import WindowStats
+from .boot import active_model_path
+from .firmware import ABSlotHandler, CommandHandler, InstallHandler
+from .health import HealthTally
+from .journal import Journal
+from .slots import ModelSlots
+from .updater import ModelHost, UpdatePolicy, Updater
+
+log = logging.getLogger(__name__)
+
+Job = tuple[TargetRef, int, str | None]
+
+
+def make_handler(settings: AgentSettings) -> InstallHandler | None:
+    """The firmware install handler ``[updates] firmware_handler`` names (None: firmware off)."""
+    u = settings.updates
+    root = settings.data_dir / "firmware"
+    if u.firmware_handler == "none":
+        return None
+    if u.firmware_handler == "ab-slot":
+        return ABSlotHandler(root, initial_version=settings.firmware_version)
+    commands = {step: tuple(argv) for step, argv in u.firmware_commands.items()}
+    try:
+        if u.firmware_handler == "command":
+            return CommandHandler(
+                "command", root, commands, initial_version=settings.firmware_version
+            )
+        return CommandHandler.preset(u.firmware_handler, root, **commands)
+    except EdgefleetError as exc:
+        raise ConfigError(f"updates.firmware_commands: {exc}") from exc
+
+
+class DeviceUpdates:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        server_url: str,
+        host: ModelHost,
+        *,
+        on_change: Callable[[], None],
+    ) -> None:
+        u = settings.updates
+        self.settings = settings
+        self.health = HealthTally()
+        self.firmware = make_handler(settings)
+        self._on_change = on_change
+        self.updater = Updater(
+            settings.data_dir,
+            u.server_url or server_url,
+            host=host,
+            health=self.health,
+            firmware=self.firmware,
+            hardware=settings.hardware,
+            policy=UpdatePolicy(
+                probation_s=u.probation_s,
+                max_restarts=u.max_restarts,
+                max_error_rate=u.max_error_rate,
+                min_inferences=u.min_inferences,
+            ),
+            on_change=self._changed,
+        )
+        self.slots_store = ModelSlots(settings.data_dir)
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=16)
+        self._thread: threading.Thread | None = None
+
+    def _changed(self, journal: Journal) -> None:
+        self._on_change()
+
+    # ---------------------------------------------------------------- boot --
+
+    def boot_model_path(self, fallback: Path | None) -> Path | None:
+        """The active slot's package; on first boot ``fallback`` is installed into slot a."""
+        path = active_model_path(self.settings.data_dir)
+        if path is not None or fallback is None:
+            return path
+        try:
+            return self.slots_store.install_initial(fallback).package
+        except (OSError, EdgefleetError) as exc:
+            log.error("cannot put %s into a model slot (%s); serving it from there", fallback, exc)
+            return fallback
+
+    # ------------------------------------------------------------ commands --
+
+    def submit(self, desired: DesiredState) -> str:
+        """Queue the desired model and firmware; returns what was queued, for the ack."""
+        queued = []
+        for ref in (desired.model, desired.firmware):
+            if ref is None:
+                continue
+            try:
+                self._queue.put_nowait((ref, desired.version, desired.rollout_id))
+            except queue.Full:
+                return "update queue full; try again later"
+            queued.append(f"{ref.kind} {ref.name} {ref.version}")
+        return "update queued: " + ", ".join(queued) if queued else ""
+
+    def _run(self) -> None:
+        try:
+            self.updater.resume()
+        except Exception:
+            log.exception("resuming the interrupted update failed")
+        while (job := self._queue.get()) is not None:
+            ref, version, rollout = job
+            last = self.updater.journal
+            if (
+                last is not None
+                and last.done
+                and last.ref == ref
+                and last.desired_version >= version
+            ):
+                continue  # this desired version was already carried out (or refused)
+            try:
+                self.updater.run(ref, version, rollout)
+            except Exception:
+                log.exception("update to %s %s crashed", ref.name, ref.version)
+
+    def start(self, desired: DesiredState | None = None) -> None:
+        """Resume an interrupted update, then make sure ``desired`` (persisted) is carried out:
+        a power cut between acknowledging ``set_desired`` and starting the update must
+        not lose it, since the server will not send the same version again."""
+        if desired is not None:
+            self.submit(desired)
+        self._thread = threading.Thread(target=self._run, name="updates", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.updater.stop_event.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------- reports --
+
+    def record_window(self, window: WindowStats | None) -> None:
+        if window is not None:
+            self.health.add_window(window.inference)
+
+    def report(self) -> UpdateReport | None:
+        return self.updater.report()
+
+    def firmware_ref(self) -> FirmwareRef | None:
+        if self.firmware is None:
+            return None
+        try:
+            version = self.firmware.current_version()[:128] or "unknown"
+            slot = self.firmware.current_slot()
+        except EdgefleetError as exc:
+            log.warning("cannot read the firmware version: %s", exc)
+            return None
+        return FirmwareRef(version=version, slot=slot, hardware=self.settings.hardware)
+
+    def slots(self) -> dict[str, str]:
+        return self.slots_store.describe()

@@ -1,0 +1,256 @@
+"""Device-side OTA against a real signed TUF repository over loopback HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import bsdiff4
+import numpy as np
+import pytest
+
+from agent.updates import active_model_path
+from agent.updates.journal import Journal
+from agent.updates.slots import ModelSlots
+from agent.updates.updater import UpdatePolicy
+
+from .ota_device_kit import (
+    Device,
+    make_device,
+    model_custom,
+    model_ref,
+    model_target,
+    package_bytes,
+    publish_model,
+)
+from .tuf_sim import RepoServer, TufRepo, sha256
+
+
+@pytest.fixture
+def server() -> Iterator[RepoServer]:
+    srv = RepoServer(TufRepo())
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def device(tmp_path: Path, server: RepoServer) -> Device:
+    return make_device(tmp_path / "dev", server)
+
+
+def test_update_commits_and_switches_slots(device: Device, server: RepoServer) -> None:
+    v2 = publish_model(server.repo, "1.1.0")
+    old_slot = ModelSlots(device.data_dir).pointer()
+    final = device.updater.run(model_ref("1.1.0"), desired_version=7, rollout_id="r1")
+    assert final.phase == "committed", final.error
+    assert device.serving == "1.1.0"
+    pointer = ModelSlots(device.data_dir).pointer()
+    assert pointer is not None and old_slot is not None
+    assert pointer.active != old_slot.active and pointer.previous == old_slot.active
+    assert pointer.committed
+    assert active_model_path(device.data_dir) is not None
+    active = ModelSlots(device.data_dir).active(verify=True)
+    assert active is not None and active.sha256 == sha256(v2)
+    for phase in ("downloading", "verifying", "staging", "self_test", "switching", "probation"):
+        assert phase in device.reports
+    report = device.updater.report()
+    assert report is not None and report.phase == "committed" and report.desired_version == 7
+    # The same target again is a no-op, not a second download.
+    before = len(server.requests)
+    assert device.updater.run(model_ref("1.1.0"), desired_version=8).phase == "committed"
+    assert len(server.requests) == before
+
+
+def test_failed_self_test_keeps_the_current_model(device: Device, server: RepoServer) -> None:
+    publish_model(server.repo, "1.1.0", package_bytes("1.1.0", broken_self_test=True))
+    pointer = ModelSlots(device.data_dir).pointer()
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "failed"
+    assert final.error is not None and "self-test" in final.error
+    assert device.serving == "1.0.0"
+    assert ModelSlots(device.data_dir).pointer() == pointer
+
+
+def test_unhealthy_probation_switches_back(device: Device, server: RepoServer) -> None:
+    publish_model(server.repo, "1.1.0")
+    device.updater.policy = UpdatePolicy(probation_s=120, poll_s=0.02, min_inferences=5)
+
+    def traffic() -> None:  # the new model starts failing half its requests
+        for _ in range(200):
+            time.sleep(0.05)
+            device.health.add(4, errors=2)
+
+    def on_change(journal: Journal) -> None:
+        device.reports.append(journal.phase)
+        if journal.phase == "probation" and device.reports.count("probation") == 1:
+            threading.Thread(target=traffic, daemon=True).start()
+
+    device.updater.on_change = on_change
+    pointer = ModelSlots(device.data_dir).pointer()
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "rolled_back"
+    assert final.error is not None and "error rate" in final.error
+    assert device.serving == "1.0.0"
+    after = ModelSlots(device.data_dir).pointer()
+    assert after is not None and pointer is not None and after.active == pointer.active
+
+
+def test_delta_is_used_and_counted(device: Device, server: RepoServer) -> None:
+    v1 = package_bytes("1.0.0")
+    v2 = publish_model(server.repo, "1.1.0")
+    patch = bsdiff4.diff(v1, v2)
+    server.repo.deltas[(sha256(v1), sha256(v2))] = patch
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "committed", final.error
+    assert final.delta == "used"
+    assert final.bytes_transferred == len(patch) < len(v2)
+    report = device.updater.report()
+    assert report is not None and report.delta_used
+    assert report.bytes_transferred == len(patch)
+    assert not any(path.startswith("/tuf/targets/") for path, _ in server.requests)
+
+
+def test_bad_delta_falls_back_to_the_full_artifact(device: Device, server: RepoServer) -> None:
+    v1 = package_bytes("1.0.0")
+    v2 = publish_model(server.repo, "1.1.0")
+    wrong = package_bytes("1.2.0")  # a valid patch, to the wrong file
+    server.repo.deltas[(sha256(v1), sha256(v2))] = bsdiff4.diff(v1, wrong)
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "committed", final.error
+    assert final.delta == "rejected"
+    assert final.bytes_transferred >= len(v2)
+    assert device.serving == "1.1.0"
+
+
+def test_download_cut_at_90_percent_resumes_with_range(device: Device, server: RepoServer) -> None:
+    v2 = publish_model(server.repo, "1.1.0")
+    server.faults.cut_at = 0.9
+    device.updater.policy = UpdatePolicy(probation_s=0.1, poll_s=0.02, retry_s=0.05)
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "committed", final.error
+    target_requests = [(p, r) for p, r in server.requests if p.startswith("/tuf/targets/")]
+    assert len(target_requests) == 2
+    assert target_requests[0][1] is None
+    resumed_from = int(len(v2) * 0.9)
+    assert target_requests[1][1] == f"bytes={resumed_from}-"
+    assert final.bytes_transferred == len(v2)  # nothing fetched twice
+
+
+def test_server_ignoring_range_restarts_cleanly(device: Device, server: RepoServer) -> None:
+    publish_model(server.repo, "1.1.0")
+    server.faults.cut_at = 0.5
+    server.faults.ignore_range = True
+    device.updater.policy = UpdatePolicy(probation_s=0.1, poll_s=0.02, retry_s=0.05)
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "committed", final.error
+    assert device.serving == "1.1.0"
+
+
+def test_target_of_the_wrong_kind_is_refused(device: Device, server: RepoServer) -> None:
+    data = package_bytes("1.1.0")
+    server.repo.add_target(
+        model_target("1.1.0"), data, {**model_custom("1.1.0"), "kind": "firmware"}
+    )
+    server.repo.publish()
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "failed"
+    assert final.error is not None and "kind" in final.error
+    assert device.serving == "1.0.0"
+
+
+def test_unknown_target_is_refused(device: Device, server: RepoServer) -> None:
+    publish_model(server.repo, "1.1.0")
+    final = device.updater.run(model_ref("9.9.9"), desired_version=2)
+    assert final.phase == "failed"
+    assert final.error is not None and "not a signed target" in final.error
+
+
+def test_going_back_to_the_previous_version_needs_no_download(
+    device: Device, server: RepoServer
+) -> None:
+    publish_model(server.repo, "1.1.0")
+    assert device.updater.run(model_ref("1.1.0"), desired_version=2).phase == "committed"
+    publish_model(server.repo, "1.0.0")  # the server rolls the device back
+    before = len(server.requests)
+    final = device.updater.run(model_ref("1.0.0"), desired_version=3)
+    assert final.phase == "committed", final.error
+    assert device.serving == "1.0.0"
+    assert final.bytes_transferred == 0
+    assert not any(
+        p.startswith(("/tuf/targets/", "/tuf/deltas/")) for p, _ in server.requests[before:]
+    )
+
+
+def test_stopping_the_daemon_mid_probation_keeps_the_update_for_the_next_start(
+    device: Device, server: RepoServer
+) -> None:
+    publish_model(server.repo, "1.1.0")
+    device.updater.policy = UpdatePolicy(probation_s=600, poll_s=0.02)
+    done: list[Journal] = []
+    worker = threading.Thread(
+        target=lambda: done.append(device.updater.run(model_ref("1.1.0"), desired_version=2))
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while "probation" not in device.reports and time.monotonic() < deadline:
+        time.sleep(0.02)
+    device.updater.stop_event.set()
+    worker.join(30)
+    assert done and done[0].phase == "probation" and done[0].clean_stop
+    assert device.serving == "1.1.0"
+
+
+def test_desired_model_already_running_is_not_reinstalled(
+    device: Device, server: RepoServer
+) -> None:
+    publish_model(server.repo, "1.0.0")  # what the device already serves
+    before = ModelSlots(device.data_dir).pointer()
+    final = device.updater.run(model_ref("1.0.0"), desired_version=2)
+    assert final.phase == "committed" and final.bytes_transferred == 0
+    assert "staging" not in device.reports
+    assert ModelSlots(device.data_dir).pointer() == before
+
+
+def test_predictions_never_stop_during_an_update(device: Device, server: RepoServer) -> None:
+    publish_model(server.repo, "1.1.0")
+    rows = np.zeros((1, 64), dtype=np.float32)
+    seen: list[str] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def predict() -> None:
+        while not stop.is_set():
+            try:
+                device.service.predict(rows)
+                model = device.service.model
+                seen.append(model.manifest.version if model else "none")
+            except BaseException as exc:  # any gap in service is a failure
+                failures.append(exc)
+
+    worker = threading.Thread(target=predict)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not seen and not failures and time.monotonic() < deadline:
+        time.sleep(0.005)
+    try:
+        final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    finally:
+        stop.set()
+        worker.join(10)
+    assert final.phase == "committed"
+    assert not failures
+    assert seen[0] == "1.0.0" and seen[-1] == "1.1.0" and "none" not in seen
+
+
+def test_model_for_a_runtime_the_device_lacks_is_not_downloaded(
+    device: Device, server: RepoServer
+) -> None:
+    custom = {**model_custom("1.1.0"), "runtime": "tensorrt"}
+    server.repo.add_target(model_target("1.1.0"), package_bytes("1.1.0"), custom)
+    server.repo.publish()
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "failed"
+    assert final.error is not None and "tensorrt" in final.error
+    assert not any(p.startswith("/tuf/targets/") for p, _ in server.requests)
