@@ -1,191 +1,121 @@
-"""Simulated devices for rollout tests: real :class:`DeviceLink` sessions (mTLS, ACL,
-spool) whose command handler plays the device updater.
+"""A simulated edge for the rollout engine: devices that answer with update phases.
 
-It acknowledges ``set_desired``, reports update phases in its retained state,
-"switches" model and sends telemetry from the model it runs — a model marked
-bad errs on 30% of its inferences, which is what a health gate must catch.
-Shared by the rollout end-to-end tests and the console's browser tests.
+It plays the driver's part without a store or broker (the engine is I/O-free
+by design, so this is its natural test bench); the server-level tests use the
+real driver, store, broker and device links.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-import httpx
-from cryptography import x509
+from fleet_server.rollouts.artifacts import ResolvedArtifact
+from fleet_server.rollouts.engine import Candidate, Rollout
+from fleet_server.rollouts.gates import parse_gate
+from fleet_server.rollouts.model import Action, Dispatch, EvaluateGates, Note, Revert
+from fleet_server.rollouts.plan import RolloutPlan, Share
 
-from agent.link import DeviceLink
-from agent.spool import DrainPolicy, Spool
-from edgefleet_contract.codec import Codec
-from edgefleet_contract.messages import (
-    Command,
-    CommandAck,
-    DesiredState,
-    InferenceStats,
-    LatencySummary,
-    ModelRef,
-    ReportedState,
-    Telemetry,
-    UpdateReport,
+ARTIFACT = ResolvedArtifact(
+    kind="model",
+    name="digits",
+    version="1.3.0",
+    target_path="models/digits/1.3.0/digits-1.3.0-onnx-int8.efpkg",
+    sha256="ab" * 32,
+    length=1234,
 )
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
-from edgefleet_contract.topics import Channel
-from fleet_server.config import ServerSettings
-from fleet_server.pki import write_private
-from fleet_server.server import FleetServer
-
-from .harness import admin_token, wait_for
-from .ota_server import DIGITS, model_version
 
 
-class SimDevice:
-    """A device whose updater is played by this class, over the real agent link."""
+def plan(**kw: object) -> RolloutPlan:
+    base: dict[str, object] = {
+        "selector": "all",
+        "artifact": ARTIFACT,
+        "canary": Share(count=1),
+        "waves": (0.25, 0.5, 1.0),
+        "pace_per_min": 60.0,
+        "jitter_s": 0.0,
+        "probation_s": 60.0,
+        "gates": (parse_gate("error_rate<0.05"),),
+    }
+    base.update(kw)
+    return RolloutPlan(**base)  # type: ignore[arg-type]
 
-    BAD = {"3.0.0"}
 
-    def __init__(self, server: FleetServer, folder: Path, device_id: str) -> None:
-        self.id = device_id
-        self.folder = folder
-        self.version = "1.0.0"
-        self.applied = 0
-        self.link: DeviceLink | None = None
-        self.port = server.settings.broker.port
-        server.store.create_device(device_id, name=device_id, tags={"site": "e2e"}, now=time.time())
-        cert, key = server.ca.issue_client_cert(device_id, validity_s=3600, now=time.time())
-        folder.mkdir(parents=True)
-        write_private(folder / "key.pem", key)
-        (folder / "cert.pem").write_bytes(cert)
-        serial = x509.load_pem_x509_certificate(cert).serial_number
-        server.store.add_certificate(device_id, serial, time.time() + 3600, time.time())
-        self.tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
-        self._stop = threading.Event()
-        self._seq = 0
-        self._lock = threading.Lock()
+@dataclass
+class Sim:
+    rollout: Rollout
+    fail: set[str] = field(default_factory=set)
+    """Devices whose update fails."""
+    error_rate: Callable[[int], float] = lambda wave: 0.0
+    now: float = 1000.0
+    versions: dict[str, int] = field(default_factory=dict)
+    sent: list[tuple[float, str]] = field(default_factory=list)
+    reverted: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    gate_calls: list[EvaluateGates] = field(default_factory=list)
+    inflight: dict[str, int] = field(default_factory=dict)
+    answer: bool = True
+    """Whether devices report progress at all."""
+    max_dispatched_share: list[tuple[int, int]] = field(default_factory=list)
 
-    def start(self) -> None:
-        spool = Spool(self.folder / "spool.db", max_bytes=10**7, max_age_s=1e6)
-        endpoint = Endpoint("127.0.0.1", self.port, self.tls, keepalive=10)
-        self.link = DeviceLink(
-            self.id,
-            endpoint,
-            spool,
-            agent_version="sim",
-            policy=DrainPolicy(500, 500, 50),
-            on_command=self._on_command,
-        )
-        self._stop.clear()
-        self.link.start()
-        self.report(None)
-        threading.Thread(target=self._telemetry, daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.link is not None:
-            self.link.stop(timeout=2)
-
-    def report(self, update: UpdateReport | None) -> None:
-        assert self.link is not None
-        model = ModelRef(name="digits", version=self.version, sha256="ab" * 32, runtime="onnx")
-        self.link.report(
-            ReportedState(
-                device_id=self.id,
-                ts=time.time(),
-                agent_version="sim",
-                health="ok",
-                model=model,
-                desired_version=self.applied,
-                update=update,
-            )
-        )
-
-    def _on_command(self, command: Command) -> None:
-        assert self.link is not None
-        self.link.ack_command(
-            CommandAck(device_id=self.id, command_id=command.id, ts=time.time(), status="accepted")
-        )
-        if command.name == "set_desired":
-            desired = DesiredState.model_validate(command.args)
-            threading.Thread(target=self._update, args=(desired,), daemon=True).start()
-
-    def _update(self, desired: DesiredState) -> None:
-        with self._lock:
-            if desired.version <= self.applied:
-                return
-            target = desired.model
-            if target is None or target.version == self.version:
-                self.applied = desired.version
-                self.report(None)
-                return
-            for phase in ("downloading", "verifying", "switching", "probation", "committed"):
-                if phase == "switching":
-                    self.version = target.version
-                if phase == "committed":
-                    self.applied = desired.version
-                update = UpdateReport(
-                    desired_version=desired.version,
-                    kind="model",
-                    target=target.target,
-                    phase=phase,  # type: ignore[arg-type]
-                    ts=time.time(),
+    def apply(self, actions: list[Action]) -> None:
+        pending = list(actions)
+        while pending:
+            a = pending.pop(0)
+            if isinstance(a, Note):
+                self.notes.append(a)
+            elif isinstance(a, Dispatch):
+                v = self.versions.get(a.device_id, 0) + 1
+                self.versions[a.device_id] = v
+                self.rollout.delivered(a.device_id, v, self.now, {"kind": "model"})
+                self.sent.append((self.now, a.device_id))
+                self.inflight[a.device_id] = v
+            elif isinstance(a, Revert):
+                v = self.versions.get(a.device_id, 0) + 1
+                self.versions[a.device_id] = v
+                self.rollout.delivered(a.device_id, v, self.now)
+                self.reverted.append(a.device_id)
+                if self.answer:
+                    pending += self.rollout.device_report(
+                        a.device_id, now=self.now, applied_version=v
+                    )
+            elif isinstance(a, EvaluateGates):
+                self.gate_calls.append(a)
+                pending += self.rollout.gates_measured(
+                    a.wave, {"error_rate": self.error_rate(a.wave)}, self.now
                 )
-                self.report(update)
-                time.sleep(0.05)
+        s = self.rollout.state
+        if s.status in ("canary", "wave"):
+            dispatched = sum(1 for d in self.rollout.devices.values() if d.sent_at is not None)
+            self.max_dispatched_share.append((dispatched, s.ends[s.wave]))
 
-    def _telemetry(self) -> None:
-        while not self._stop.wait(0.5):
-            self._seq += 1
-            errors = 30 if self.version in self.BAD else 0
-            batch = Telemetry(
-                device_id=self.id,
-                batch_id=f"boot0-{self._seq}-{int(time.time() * 1000)}",
-                seq=self._seq,
-                ts=time.time(),
-                window_s=0.5,
-                inference=InferenceStats(
-                    model="digits",
-                    version=self.version,
-                    count=100,
-                    errors=errors,
-                    throughput_per_s=200,
-                    latency=LatencySummary(p50_ms=1, p95_ms=3, p99_ms=4, max_ms=5, mean_ms=1),
-                ),
+    def devices_answer(self) -> None:
+        for device_id, v in list(self.inflight.items()):
+            if not self.answer or not self.rollout.devices[device_id].online:
+                continue
+            del self.inflight[device_id]
+            for phase in ("downloading", "switching", "probation"):
+                self.apply(
+                    self.rollout.device_report(
+                        device_id, now=self.now, phase=phase, update_version=v
+                    )
+                )
+            final = "rolled_back" if device_id in self.fail else "committed"
+            self.apply(
+                self.rollout.device_report(
+                    device_id, now=self.now, phase=final, update_version=v, error="boom"
+                )
             )
-            assert self.link is not None
-            self.link.send(Channel.TELEMETRY, Codec().encode(batch))
+
+    def run(self, seconds: float, step: float = 1.0) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now += step
+            self.apply(self.rollout.tick(self.now))
+            self.devices_answer()
 
 
-def start_server(settings: ServerSettings, packages: Path | None = None) -> FleetServer:
-    """The real server; with ``packages``, digits 1.0.0, 2.0.0 and 3.0.0 are pushed to its
-    real registry (TUF targets) first, so rollouts resolve through it."""
-    server = FleetServer(settings)
-    if packages is not None:
-        packages.mkdir(parents=True, exist_ok=True)
-        for version in ("1.0.0", "2.0.0", "3.0.0"):
-            path = DIGITS if version == "1.0.0" else model_version(packages, version)
-            server.artifacts.add_model(path, lineage={"source": "test"}, actor="test")
-    server.start()
-    return server
-
-
-class Api:
-    def __init__(self, server: FleetServer) -> None:
-        self.url = server.settings.api_url
-        self.headers = {"Authorization": f"Bearer {admin_token(self.url)}"}
-
-    def post(self, path: str, body: Any = None) -> Any:
-        r = httpx.post(f"{self.url}/api/v1{path}", json=body, headers=self.headers, timeout=30)
-        assert r.status_code < 300, r.text
-        return r.json()
-
-    def get(self, path: str) -> Any:
-        r = httpx.get(f"{self.url}/api/v1{path}", headers=self.headers, timeout=30)
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def wait_status(self, rid: str, statuses: set[str], timeout: float = 90) -> dict[str, Any]:
-        wait_for(lambda: self.get(f"/rollouts/{rid}")["status"] in statuses, timeout, str(statuses))
-        out: dict[str, Any] = self.get(f"/rollouts/{rid}")
-        return out
+def make(n: int, *, offline: frozenset[str] = frozenset(), **kw: object) -> Sim:
+    candidates = [Candidate(f"d{i:03d}", f"d{i:03d}" not in offline) for i in range(n)]
+    rollout = Rollout.create("r-test", plan(**kw), candidates, now=1000.0, actor="alice")
+    return Sim(rollout)

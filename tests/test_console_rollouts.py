@@ -1,6 +1,6 @@
 """Rollouts in the web console: a real Chromium against a real server, broker and registry.
 
-The devices are :class:`tests.rollout_sim.SimDevice` links that answer
+The devices are :class:`tests.rollout_devices.SimDevice` links that answer
 ``set_desired`` with update reports and telemetry, so a rollout started from
 the form really walks its waves, gates and device outcomes to ``completed``.
 """
@@ -22,7 +22,7 @@ from fleet_server.server import FleetServer, initialize
 from . import test_console_browser as console_browser
 from .console_fleet import OPERATOR_PASSWORD, VIEWER_PASSWORD
 from .harness import ADMIN_PASSWORD, server_settings, wait_for
-from .rollout_sim import Api, SimDevice, start_server
+from .rollout_devices import Api, SimDevice, start_server
 from .test_console_browser import Page, expect, login, shot
 
 browser = console_browser.browser  # the same Chromium fixtures as the other console tests

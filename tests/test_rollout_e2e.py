@@ -21,7 +21,7 @@ from fleet_server.server import initialize
 from fleet_server.store import open_store
 
 from .harness import ADMIN_PASSWORD, server_settings, wait_for
-from .rollout_sim import Api, SimDevice, start_server
+from .rollout_devices import Api, SimDevice, start_server
 from .test_rollout_driver import TableResolver
 
 
