@@ -51,6 +51,7 @@ class Options:
 def run_demo(data_dir: Path, options: Options) -> int:
     """Run the loop; returns the process exit code (130 when interrupted)."""
     logs.configure("WARNING", "text")
+    _quiet_flower()
     settings = ServerSettings(
         data_dir=data_dir / "server",
         api=ApiSettings(port=int(os.environ.get("DEMO_API_PORT", "8080"))),
@@ -83,13 +84,12 @@ def run_demo(data_dir: Path, options: Options) -> int:
             f"  server {settings.api_url}, broker :{settings.broker.port}; "
             f"factory model {MODEL} {FACTORY_VERSION} (int8) registered and signed"
         )
-        _enroll(api, agents, factory["onnx-int8"], options, stop)
+        factory_target = steps.artifact(api, FACTORY_VERSION)["target_path"]
+        _enroll(api, agents, factory["onnx-int8"], factory_target, options, stop)
         addresses = [a.address() for a in agents]
         field = device_data(len(agents))
         counts = _serve(addresses, field, options, stop)
-        feeder = threading.Thread(
-            target=_trickle, args=(addresses, field, background), daemon=True
-        )
+        feeder = threading.Thread(target=_trickle, args=(addresses, field, background), daemon=True)
         feeder.start()
         _drift(api, agents, addresses, field, wall_start, stop)
         step(f"federated training: {options.rounds} rounds over {len(agents)} devices")
@@ -102,8 +102,7 @@ def run_demo(data_dir: Path, options: Options) -> int:
             )
         version = str(result["version"])
         step(f"candidate {MODEL} {version} registered and signed")
-        artifacts = api.call("GET", "/artifacts", params={"name": MODEL, "limit": 1000})["items"]
-        int8 = next(a for a in artifacts if a["version"] == version and a["flavor"] == "onnx-int8")
+        int8 = steps.artifact(api, version)
         signed = steps.signed_target(api, int8["target_path"])
         if signed is None or signed["hashes"]["sha256"] != int8["sha256"]:
             raise EdgefleetError(f"{int8['target_path']} is not a signed TUF target")
@@ -147,7 +146,12 @@ def run_demo(data_dir: Path, options: Options) -> int:
 
 
 def _enroll(
-    api: Api, agents: list[Agent], model: Path, options: Options, stop: threading.Event
+    api: Api,
+    agents: list[Agent],
+    model: Path,
+    target: str,
+    options: Options,
+    stop: threading.Event,
 ) -> None:
     step(f"{len(agents)} devices: real edge-agent processes, own keys, mTLS")
     with progress() as bar:
@@ -156,6 +160,10 @@ def _enroll(
             if stop.is_set():
                 raise Interrupted
             agent.enroll(api, {"site": "demo"})
+            # A device known from an earlier run still wants that run's model: every run
+            # starts the fleet on the factory model (the agent boots with it, so no update).
+            model_ref = {"name": MODEL, "version": FACTORY_VERSION, "target": target}
+            api.call("PUT", f"/devices/{agent.id}/twin/desired", json={"model": model_ref})
             agent.start(model, probation_s=_seconds(options.probation))
             bar.advance(task)
         task = bar.add_task(f"serving {MODEL} {FACTORY_VERSION}", total=len(agents))
@@ -238,7 +246,10 @@ def _drift(
         "GET", "/console/summary", params={"window_s": 60, "drift_threshold": steps.DRIFT_THRESHOLD}
     )["alerts"].get("drift", {"items": []})
     for item in alerts["items"]:
-        console.print(f"  [yellow]drift alert[/] {item['device_id']}: {item['detail']}")
+        console.print(
+            f"  [yellow]drift alert[/] {item['device_id']}: PSI {item['value'] or 0:.2f}"
+            f" > {steps.DRIFT_THRESHOLD} {item['detail']}"
+        )
 
 
 def _trickle(addresses: list[str], field: list[DeviceData], halt: threading.Event) -> None:
@@ -254,6 +265,15 @@ def _trickle(addresses: list[str], field: list[DeviceData], halt: threading.Even
             # The agent may be switching models or shutting down; the next tick retries.
             with contextlib.suppress(OSError):
                 localclient.predict(address, rows, timeout=5)
+
+
+def _quiet_flower() -> None:
+    """Flower logs every round at INFO on its own handler; the demo shows rounds itself."""
+    import logging
+
+    with contextlib.suppress(ImportError):
+        import flwr.common.logger  # noqa: F401  (sets its level at import; import it first)
+    logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
 def _seconds(duration: str) -> float:

@@ -39,6 +39,15 @@ def push(api: Api, package: bytes) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+def artifact(api: Api, version: str) -> dict[str, Any]:
+    """The registry's int8 ONNX package of the demo model at ``version``."""
+    items = api.call("GET", "/artifacts", params={"name": MODEL, "limit": 1000})["items"]
+    for item in items:
+        if item["version"] == version and item["flavor"] == "onnx-int8":
+            return dict(item)
+    raise EdgefleetError(f"the registry holds no {MODEL} {version} onnx-int8 package")
+
+
 def reported(api: Api, device_id: str) -> dict[str, Any]:
     doc: dict[str, Any] = api.twin(device_id).get("reported") or {}
     return doc
@@ -73,9 +82,7 @@ def drift_seen(api: Api, device_id: str, since: float) -> float:
     return max(scores, default=0.0)
 
 
-def train(
-    api: Api, agents: list[Agent], *, rounds: int, stop: threading.Event
-) -> dict[str, Any]:
+def train(api: Api, agents: list[Agent], *, rounds: int, stop: threading.Event) -> dict[str, Any]:
     """A federated run over the demo devices, as ``fleetctl train start`` would start it."""
     spec = {
         "model": MODEL,
