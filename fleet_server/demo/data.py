@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet_contract.errors import ModelError
 from edgefleet_contract.package import Lineage
 
 MODEL = "digits-demo"
 FACTORY_VERSION = "1.0.0"
 LAB_SAMPLES = 60
 """Rows the factory model is trained on: few enough that field data clearly helps."""
+LAB_EPOCHS = 40
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,17 @@ class DeviceData:
 
 
 def factory_packages(directory: Path) -> dict[str, Path]:
-    """Build (once) the factory model's float and int8 ONNX packages in ``directory``."""
-    from fleet_server.modelkit.build import apply_preprocessing, build_package
+    """Build (once) the factory model's float and int8 ONNX packages in ``directory``.
+
+    The architecture is the shipped ``digits`` package's; the weights are fresh
+    (He-initialised, seeded) and trained by the same numpy SGD the devices run.
+    """
+    from agent.learning.trainer import LocalConfig, Mlp, prepare, train
+    from edgefleet_contract.package import read_package
+    from fleet_server.federation.packages import DIST
+    from fleet_server.modelkit import Network
+    from fleet_server.modelkit.build import build_package
     from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
-    from models.build import REFERENCES
-    from models.train import init_network, train
 
     paths = {
         flavor: directory / f"{MODEL}-{FACTORY_VERSION}-{flavor}.efpkg"
@@ -49,12 +57,29 @@ def factory_packages(directory: Path) -> dict[str, Path]:
     }
     if all(p.exists() for p in paths.values()):
         return paths
+    shipped = read_package(DIST / "digits-1.0.0-onnx-float32.efpkg")
+    if shipped.manifest.trainable is None:
+        raise ModelError("the shipped digits package carries no trainable weights")
+    base = Network.from_package(shipped)
+    rng = np.random.default_rng(7)
+    start = {
+        name: (
+            rng.standard_normal(w.shape) * np.sqrt(2 / w.shape[0])
+            if w.ndim == 2
+            else np.zeros_like(w)
+        ).astype(np.float32)
+        for name, w in base.weights.items()
+    }
     data = split()
     lab = np.random.default_rng(3).permutation(len(data.y_train))[:LAB_SAMPLES]
-    ref = REFERENCES["digits"]
-    network = init_network(ref.input_shape, ref.layers, ref.widths, seed=7)
-    x = apply_preprocessing(data.x_train[lab], PREPROCESSING)
-    network = train(network, x, data.y_train[lab], epochs=40, seed=7, lr=3e-3)
+    trained = train(
+        Mlp(shipped.manifest.trainable),
+        start,
+        prepare(data.x_train[lab], PREPROCESSING),
+        data.y_train[lab].astype(np.int64),
+        LocalConfig(epochs=LAB_EPOCHS, lr=0.05, batch_size=16, seed=7),
+    )
+    network = Network(base.input_shape, base.layers, trained.weights)
     directory.mkdir(parents=True, exist_ok=True)
     for flavor, path in paths.items():
         blob = build_package(
