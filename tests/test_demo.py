@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ from fleet_server.rollouts.persist import load
 from fleet_server.store import open_store
 
 from .agentproc import spooled_telemetry
-from .harness import free_port
+from .harness import free_port, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 BIN = Path(sys.executable).parent
@@ -113,3 +115,44 @@ def test_demo_runs_the_whole_loop_twice(tmp_path: Path) -> None:
     # The second run found the devices and the first candidate already there, and went on.
     assert second["version"] != first["version"]
     assert second["run_id"] != first["run_id"]
+
+
+def test_ctrl_c_mid_training_stops_agents_server_and_broker(tmp_path: Path) -> None:
+    api_port, broker_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DEMO_API_PORT": str(api_port),
+        "DEMO_BROKER_PORT": str(broker_port),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
+    data_dir = tmp_path / "demo"
+    out = tmp_path / "out.txt"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [
+                *(str(BIN / "fleet-server"), "demo", "--quick", "--rounds", "50"),
+                *("--devices", "2", "--data-dir", str(data_dir)),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        try:
+            wait_for(lambda: "federated training" in out.read_text(), 300, "training step")
+            addresses = [
+                (data_dir / "agents" / f"demo-{i:03d}" / "local-api.addr").read_text().strip()
+                for i in range(2)
+            ]
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(60) == 130, out.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "stopped: agents, server and broker" in out.read_text()
+    for where in [*addresses, f"127.0.0.1:{broker_port}", f"127.0.0.1:{api_port}"]:
+        host, port = where.removeprefix("http://").rsplit(":", 1)
+        with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=2):
+            pass
