@@ -40,7 +40,7 @@ def run_demo(data_dir: Path, env: dict[str, str]) -> dict[str, Any]:
         capture_output=True,
         text=True,
         env=env,
-        timeout=400,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "stopped: agents, server and broker" in result.stdout
