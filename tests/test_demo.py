@@ -99,18 +99,23 @@ def check_against_server(summary: dict[str, Any], data_dir: Path) -> None:
         store.close()
 
 
-def test_demo_runs_the_whole_loop_twice(tmp_path: Path) -> None:
-    env = {
+def demo_env() -> dict[str, str]:
+    # Fresh ports per run: a port found free long before a run may meanwhile be some
+    # other process's ephemeral port on a busy machine (the data dir does not pin ports).
+    return {
         **os.environ,
         "DEMO_API_PORT": str(free_port()),
         "DEMO_BROKER_PORT": str(free_port()),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
     }
+
+
+def test_demo_runs_the_whole_loop_twice(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
-    first = run_demo(data_dir, env)
+    first = run_demo(data_dir, demo_env())
     check_against_server(first, data_dir)
-    second = run_demo(data_dir, env)
+    second = run_demo(data_dir, demo_env())
     check_against_server(second, data_dir)
     # The second run found the devices and the first candidate already there, and went on.
     assert second["version"] != first["version"]
