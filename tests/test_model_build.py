@@ -153,6 +153,7 @@ def test_conv_layers_export_identically_on_both_runtimes() -> None:
 
 def test_head_only_update_makes_a_small_delta(trained: Network) -> None:
     """A retrained head changes a few KiB of the package, so its bsdiff patch stays small."""
+
     def package(network: Network, version: str) -> bytes:
         return build_package(
             network,
@@ -177,4 +178,3 @@ def test_head_only_update_makes_a_small_delta(trained: Network) -> None:
     assert len(patch) <= 0.10 * len(new), (len(patch), len(new))
     before, after = (parse_package(d).manifest.self_test.inputs for d in (old, new))
     assert sum(row in before for row in after) >= len(after) // 2  # mostly the same vectors
-
