@@ -176,7 +176,7 @@ def rollout(fleet: Fleet, artifact: str, waves: str) -> str:
             "canary": "10%",
             "waves": waves,
             "pace": "60/min",
-            "probation": "4s",
+            "probation": "12s",  # long enough for feedback telemetry to arrive on a busy host
             "gates": ["accuracy>=0.8", "error_rate<0.05", "crash_loops==0"],
             "device_timeout": "5m",
             "seed": 5,
