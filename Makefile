@@ -31,7 +31,7 @@ bench: $(STAMP)
 
 screenshots: $(STAMP)
 	SCREENSHOTS_DIR=docs/screenshots FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
-		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_console_browser.py
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_console_browser.py tests/test_console_rollouts.py
 
 models: $(STAMP)
 	$(BIN)/python -m models.build

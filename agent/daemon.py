@@ -56,6 +56,10 @@ LOCAL_API_ADDRESS = "local-api.addr"
 
 
 class Agent:
+    model_service_class: type[ModelService] = ModelService
+    """What holds the served model; the fleet simulator swaps in one that shares loaded
+    models between the many agents of one process."""
+
     def __init__(self, settings: AgentSettings, identity: Identity) -> None:
         self.settings = settings
         self.identity = identity
@@ -73,7 +77,7 @@ class Agent:
         self.desired = self._load_desired()
         self._interval = float(settings.telemetry_interval_s)
         self.telemetry_builder = TelemetryBuilder(self.device_id)
-        self.service = ModelService(
+        self.service = self.model_service_class(
             settings.threads,
             samples=self.samples,
             prediction_cache=settings.feedback.prediction_cache,

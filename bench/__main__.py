@@ -27,6 +27,7 @@ MODULES = {
     "bench_console": "Console pages at 10,000 devices (issue: web console)",
     "bench_rollouts": "Rollout throughput (issue: signed OTA)",
     "bench_ota_device": "OTA on the device: verification cost and delta bytes (issue: signed OTA)",
+    "bench_simulator": "Fleet simulator at scale (issue: demo, simulator, benchmarks)",
 }
 
 

@@ -92,14 +92,35 @@ def run(config: Path | None, data_dir: Path | None) -> None:
 
 
 @cli.command()
-@click.option("--devices", default=3, show_default=True, help="Simulated devices to enroll.")
+@click.option("--devices", default=5, show_default=True, help="Agent processes to enroll.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("var/demo"))
-@click.option("--duration", default=0.0, help="Stop after this many seconds (0: until Ctrl-C).")
-def demo(devices: int, data_dir: Path, duration: float) -> None:
-    """Start a server with its broker, enroll agents, and show them online."""
-    from .demo import run_demo
+@click.option("--rounds", type=int, default=None, help="Federated rounds (default 8, quick 3).")
+@click.option("--quick", is_flag=True, help="Short mode: few rounds, short probation.")
+@click.option("--exit-when-done", is_flag=True, help="Stop after the summary.")
+@click.option("--duration", default=0.0, help="Keep running this many seconds after the summary.")
+def demo(
+    devices: int,
+    data_dir: Path,
+    rounds: int | None,
+    quick: bool,
+    exit_when_done: bool,
+    duration: float,
+) -> None:
+    """The whole loop: serve, label, drift, train federatedly, sign, roll out, summarize."""
+    import dataclasses
 
-    run_demo(devices=devices, data_dir=data_dir, duration=duration)
+    from .demo import Options, run_demo
+
+    options = Options.quick(devices) if quick else Options(devices=devices)
+    options = dataclasses.replace(
+        options,
+        rounds=rounds or options.rounds,
+        exit_when_done=exit_when_done,
+        duration=duration,
+    )
+    code = run_demo(data_dir, options)
+    if code:
+        sys.exit(code)
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ def test_roles_and_audit(tmp_path: Path) -> None:
     one = env.client.get(f"/api/v1/artifacts/{only['items'][0]['id']}", headers=viewer).json()
     assert one["uploaded_by"] == "olga" and one["lineage"]["source"] == "upload"
     assert env.client.get("/api/v1/artifacts/999", headers=viewer).status_code == 404
+    assert all(a["tuf_signed"] is True for a in listed["items"])
 
     audit = env.store.list_audit(limit=20).items
     pushes = [(a.actor, a.action, a.outcome) for a in audit if "push" in a.action]
@@ -205,3 +206,14 @@ def test_root_routes_need_admin(tmp_path: Path) -> None:
     actions = {(a.actor, a.action, a.outcome) for a in env.store.list_audit(limit=20).items}
     assert ("olga", "propose_root", "denied") in actions
     assert ("alice", "install_root", "ok") in actions
+
+
+def test_tuf_status_follows_the_signed_targets(tmp_path: Path) -> None:
+    """An artifact whose target the signed metadata lists with another hash is not signed."""
+    env = make_env(tmp_path)
+    operator = env.login("olga")
+    pushed = env.push("model", DIGITS, operator).json()
+    assert pushed["tuf_signed"] is True
+    env.tuf.add_target(pushed["target_path"], length=pushed["size"], sha256="0" * 64, custom={})
+    one = env.client.get(f"/api/v1/artifacts/{pushed['id']}", headers=operator).json()
+    assert one["tuf_signed"] is False

@@ -44,6 +44,7 @@ def env(tmp_path: Path) -> tuple[TestClient, Store]:
         settings=settings,
         store=store,
         enrollment=Enrollment(store, ca, token_ttl_s=600, cert_validity_s=3600),
+        clock=lambda: NOW,  # "silent for 5 min" must not depend on when the test runs
     )
     return TestClient(create_app(ctx)), store
 

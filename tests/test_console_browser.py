@@ -135,7 +135,7 @@ def test_overview_counts_and_alerts(fleet: ConsoleFleet, page: Page) -> None:
         "cam-02"
     )
     expect(page.locator(".bars a", has_text="digits@1.2.0")).to_be_visible()
-    expect(page.locator(".panel", has_text="Active rollouts")).to_contain_text("Open rollouts")
+    expect(page.locator(".panel", has_text="Active rollouts")).to_contain_text("No active rollout")
     expect(page.locator(".overview path.line").nth(2)).to_be_attached()
     shot(page, "overview")
 
@@ -244,7 +244,7 @@ def test_keyboard_only_login_and_navigation(fleet: ConsoleFleet, page: Page) -> 
     page.keyboard.type(ADMIN_PASSWORD)
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Fleet overview")).to_be_visible()
-    for _ in range(30):  # tab through the chrome to the navigation
+    for _ in range(60):  # tab through the overview and the chrome to the navigation
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.textContent") == "Devices":
             break
@@ -292,7 +292,8 @@ def test_admin_manages_users_tokens_and_reads_audit(fleet: ConsoleFleet, page: P
     expect(page.locator("td", has_text="logout").first).to_be_visible()
     shot(page, "audit")
     page.goto(f"{fleet.url}/console/#/rollouts")
-    expect(page.get_by_text("This server offers rollouts (/api/v1/rollouts)")).to_be_visible()
+    expect(page.locator("#rollout-list")).to_contain_text("No rollout yet")
+    expect(page.locator("#create-rollout > summary")).to_have_text("New rollout")  # an admin
 
 
 def test_training_run_page_draws_rounds(fleet: ConsoleFleet, page: Page) -> None:

@@ -9,11 +9,12 @@ needs ``operator``; the audit middleware records who pushed what.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet_contract.errors import EdgefleetError
@@ -52,6 +53,11 @@ class ArtifactOut(BaseModel):
     created_at: float
     uploaded_by: str
     lineage: dict[str, Any]
+    tuf_signed: bool | None = Field(
+        None,
+        description="whether the signed TUF targets metadata lists this target with this "
+        "sha256 (null when the server runs no TUF repository)",
+    )
 
 
 class ArtifactPage(BaseModel):
@@ -59,7 +65,9 @@ class ArtifactPage(BaseModel):
     total: int
 
 
-def artifact_out(a: Artifact) -> ArtifactOut:
+def artifact_out(a: Artifact, signed: Mapping[str, Any] | None = None) -> ArtifactOut:
+    """``signed``: the TUF targets (path -> TargetFile) to check the artifact against."""
+    published = signed.get(a.target_path) if signed is not None else None
     return ArtifactOut(
         id=a.id,
         kind=a.kind,
@@ -76,7 +84,15 @@ def artifact_out(a: Artifact) -> ArtifactOut:
         created_at=a.created_at,
         uploaded_by=a.uploaded_by,
         lineage=a.lineage,
+        tuf_signed=None
+        if signed is None
+        else published is not None and published.hashes.get("sha256") == a.sha256,
     )
+
+
+def signed_targets(registry: Registry) -> Mapping[str, Any] | None:
+    """The targets the current signed metadata lists; read once per request."""
+    return registry.tuf.targets().signed.targets if registry.tuf is not None else None
 
 
 def registry_of(c: ApiContext) -> Registry:
@@ -102,7 +118,7 @@ async def _push(request: Request, c: ApiContext, who: Principal, kind: str) -> A
             added = await run_in_threadpool(
                 registry.add_firmware, tmp, lineage=lineage, actor=who.username
             )
-    return JSONResponse(artifact_out(added).model_dump(), status_code=201)
+    return JSONResponse(artifact_out(added, signed_targets(registry)).model_dump(), status_code=201)
 
 
 @router.post(
@@ -141,8 +157,10 @@ def list_artifacts(
     _: Principal = Depends(require("viewer")),
 ) -> ArtifactPage:
     """Registered artifacts, newest first, with their lineage."""
-    items, total = registry_of(c).search(kind=kind, name=name, limit=limit, offset=offset)
-    return ArtifactPage(items=[artifact_out(a) for a in items], total=total)
+    registry = registry_of(c)
+    items, total = registry.search(kind=kind, name=name, limit=limit, offset=offset)
+    signed = signed_targets(registry)
+    return ArtifactPage(items=[artifact_out(a, signed) for a in items], total=total)
 
 
 @router.get("/{artifact_id}", response_model=ArtifactOut)
@@ -151,4 +169,5 @@ def get_artifact(
     c: ApiContext = Depends(ctx),
     _: Principal = Depends(require("viewer")),
 ) -> ArtifactOut:
-    return artifact_out(registry_of(c).get(artifact_id))
+    registry = registry_of(c)
+    return artifact_out(registry.get(artifact_id), signed_targets(registry))

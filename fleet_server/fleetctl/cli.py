@@ -97,6 +97,7 @@ COMMAND_MODULES = (
     "cmd_artifacts",
     "cmd_keys",
     "cmd_rollouts",
+    "cmd_simulate",
 )
 """Each module holds one area's command groups and a ``register(cli)`` function;
 a new area (models, firmware, rollouts, keys, ...) is one more module here."""

@@ -82,6 +82,10 @@ const TONE = {
   ok: 'good', in_sync: 'good', enrolled: 'good', committed: 'good', done: 'good',
   accepted: 'info', pending: 'info', starting: 'info', sent: 'info', downloading: 'info',
   degraded: 'warn', drifted: 'warn', no_desired: '', probation: 'info',
+  completed: 'good', succeeded: 'good', passed: 'good', canary: 'info', wave: 'info',
+  dispatching: 'info', settling: 'info', gating: 'info', finishing: 'info', queued: '',
+  paused: 'warn', halted: 'warn', rolling_back: 'warn', offline: 'warn', aborted: 'bad',
+  updating: 'info', reverting: 'warn',
   failed: 'bad', revoked: 'bad', rolled_back: 'bad', rejected: 'bad', denied: 'bad', error: 'bad',
 };
 

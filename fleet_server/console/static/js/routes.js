@@ -1,6 +1,6 @@
 // The console's pages.  Adding one = a module in pages/ + an entry here.
 // `role`: least role that sees it; `probe`: an API whose 404 means "not on this server"
-// (sections whose API other parts of the server provide; their page replaces `pending.js`).
+// (a section whose API is missing shows "not available" where the overview links it).
 
 export const ROUTES = [
   { path: 'overview', title: 'Overview', page: () => import('./pages/overview.js') },
@@ -8,8 +8,9 @@ export const ROUTES = [
   { path: 'devices/:id', page: () => import('./pages/device.js') },
   {
     path: 'rollouts', title: 'Rollouts', probe: '/rollouts',
-    page: () => import('./pages/pending.js'),
+    page: () => import('./pages/rollouts.js'),
   },
+  { path: 'rollouts/:id', page: () => import('./pages/rollout.js') },
   {
     path: 'artifacts', title: 'Models & firmware', probe: '/artifacts',
     page: () => import('./pages/artifacts.js'),

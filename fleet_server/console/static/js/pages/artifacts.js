@@ -1,5 +1,5 @@
 // Models and firmware in the registry: versions, lineage (upload or training run),
-// TUF target, and where each version runs (from the fleet summary).
+// TUF target and signature status, and where each version runs (from the fleet summary).
 
 import { api } from '../api.js';
 import { h, replace, table, field, fmtTime, fmtNum, notice } from '../dom.js';
@@ -16,6 +16,14 @@ function lineage(a) {
 
 function size(bytes) {
   return bytes >= 2 ** 20 ? `${fmtNum(bytes / 2 ** 20, 1)} MiB` : `${fmtNum(bytes / 1024, 1)} KiB`;
+}
+
+// Whether the signed targets metadata lists this target with this hash (devices verify it).
+function tuf(a) {
+  if (a.tuf_signed === null || a.tuf_signed === undefined) return h('span', { class: 'muted' }, 'no TUF repository');
+  return a.tuf_signed
+    ? h('span', { class: 'badge good', title: 'listed in the signed targets metadata' }, 'in targets')
+    : h('span', { class: 'badge bad', title: 'not in the signed targets metadata: devices will refuse it' }, 'not signed');
 }
 
 export async function mount(root, ctx) {
@@ -61,6 +69,7 @@ export async function mount(root, ctx) {
       { title: 'Lineage', cell: lineage },
       { title: 'Runs on', cell: where },
       { title: 'TUF target', cell: (a) => h('code', { title: `sha256 ${a.sha256}` }, a.target_path) },
+      { title: 'Signed', cell: tuf },
       { title: 'Pushed', cell: (a) => `${fmtTime(a.created_at)} by ${a.uploaded_by}`, class: 'nowrap' },
     ], page.items, { empty: 'No artifact registered yet (fleetctl models push).' }));
   }

@@ -1,9 +1,10 @@
 // Fleet overview: presence, versions, tags, health, alerts, fleet telemetry; refreshed live.
 
 import { api, ApiError } from '../api.js';
-import { h, replace, panel, table, ago, fmtNum, notice } from '../dom.js';
+import { h, replace, panel, table, ago, fmtNum, notice, status } from '../dom.js';
 import { bars, lineChart } from '../chart.js';
 import { link, ROUTES } from '../routes.js';
+import { ACTIVE, progress, rolloutLink } from './rollouts.js';
 
 const small = { width: 300, height: 130 };
 
@@ -63,18 +64,38 @@ async function sectionCard(path) {
   }
 }
 
+// Active rollouts with their progress; null when this server runs no rollouts API.
+async function activeRollouts() {
+  let rows;
+  try {
+    rows = await api('/rollouts', { query: { limit: 200 } });
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) return null;
+    return notice(err.message, 'error');
+  }
+  const active = rows.filter((r) => ACTIVE.includes(r.status));
+  if (!active.length) {
+    return h('p', { class: 'muted', id: 'active-rollouts' }, 'No active rollout. ',
+      h('a', { href: link('rollouts') }, 'All rollouts'));
+  }
+  return h('ul', { class: 'active-rollouts', id: 'active-rollouts' }, active.map((r) => h('li', {},
+    h('div', {}, rolloutLink(r), ' ', status(r.status), ' ', h('code', {}, r.artifact)), progress(r))));
+}
+
 export async function mount(root, ctx) {
   const body = h('div', { class: 'overview' });
   const updated = h('span', { class: 'muted updated', 'aria-live': 'off' });
   replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Fleet overview'), updated), body);
-  const [rollouts, training] = await Promise.all([sectionCard('rollouts'), sectionCard('training')]);
+  const training = await sectionCard('training');
 
   async function refresh() {
     const now = Date.now() / 1000;
-    const [s, fleet] = await Promise.all([
+    const [s, fleet, active] = await Promise.all([
       api('/console/summary'),
       api('/telemetry/aggregate', { query: { selector: 'all', since: now - 3600, until: now } }),
+      activeRollouts(),
     ]);
+    const rollouts = active ?? await sectionCard('rollouts');
     if (!ctx.alive()) return;
     const offline = (s.by_state.enrolled || 0) - s.online;
     const ts = fleet.rollups.map((r) => r.minute);

@@ -1,0 +1,219 @@
+"""``fleetctl simulate``: a fleet of simulated devices running the real agent code."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli import Ctx, pass_ctx
+from .client import Client, load_login
+
+HELP = """Run DEVICES simulated devices in this process against a fleet server.
+
+\b
+Real: enrollment (REST device record + one-time token, a key pair and CSR per
+device, a certificate from the server), one MQTT connection per device with its
+own certificate through the managed broker (mTLS, ACLs, Last Will), and the
+whole agent daemon per device: spool, commands (set_desired acks), telemetry
+with the inference recorder, TUF-verified updates into A/B slots, federated
+training on the labelled samples.
+Simplified: sensors replay scikit-learn digits (optionally shifted with
+--shift to trigger drift alerts); loaded models are shared per package version
+between the devices of the process; no local prediction API or firmware.
+
+At most 100 devices per process (paho's select() loop cannot use descriptors
+above 1023): for more, run several processes with different --prefix values.
+Identities persist in --data-dir: a second run reuses them (no re-enrollment).
+Ctrl-C (or --duration) stops every device cleanly; the server sees them go
+offline.  See docs/operations.md, "Fleet simulator"."""
+
+
+def _raise_fd_limit(devices: int) -> None:
+    """Each device holds a socket and its SQLite files (about seven descriptors); raise
+    the soft limit toward the hard one, as an operator would with ``ulimit -n``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = devices * 8 + 256
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def _default_model() -> Path | None:
+    try:
+        import models
+    except ImportError:
+        return None
+    path = Path(models.__file__).parent / "dist" / "digits-1.0.0-onnx-int8.efpkg"
+    return path if path.is_file() else None
+
+
+@click.command(help=HELP)
+@click.option("--devices", "count", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--server", default=None, help="Fleet server URL (default: the one logged in to).")
+@click.option(
+    "--telemetry-interval",
+    type=click.FloatRange(0.05, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds between telemetry batches per device.",
+)
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Model package each device boots with (default: the shipped digits-1.0.0 ONNX int8).",
+)
+@click.option("--no-model", is_flag=True, help="Boot without a model (no inference stats).")
+@click.option(
+    "--duration",
+    type=click.FloatRange(0),
+    default=0.0,
+    help="Seconds to run once all are online; 0 runs until Ctrl-C.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0),
+    default=0.5,
+    show_default=True,
+    help="Sensor readings per second per device.",
+)
+@click.option(
+    "--feedback",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Fraction of readings whose ground truth is fed back (training samples).",
+)
+@click.option(
+    "--shift",
+    type=click.FloatRange(-1, 1),
+    default=0.0,
+    show_default=True,
+    help="Brightness shift of the readings (fraction of full scale): drift.",
+)
+@click.option(
+    "--shift-after",
+    type=click.FloatRange(0),
+    default=0.0,
+    help="Seconds after start before --shift applies.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path.home() / ".local/share/edgefleet/simulator",
+    show_default=True,
+    help="Where the simulated devices' identities, spools and slots live.",
+)
+@click.option(
+    "--prefix",
+    default="sim",
+    show_default=True,
+    help="Device ids are PREFIX-00000...; also their tag simulated=PREFIX.",
+)
+@click.option(
+    "--online-timeout",
+    type=click.FloatRange(1),
+    default=600.0,
+    show_default=True,
+    help="Give up waiting for every device to be online after this many seconds.",
+)
+@pass_ctx
+def simulate(
+    ctx: Ctx,
+    count: int,
+    server: str | None,
+    telemetry_interval: float,
+    model: Path | None,
+    no_model: bool,
+    duration: float,
+    rate: float,
+    feedback: float,
+    shift: float,
+    shift_after: float,
+    data_dir: Path,
+    prefix: str,
+    online_timeout: float,
+) -> None:
+    from fleet_server.simulate.fleet import MAX_PER_PROCESS, Fleet
+    from fleet_server.simulate.sensors import Sensors, Shift
+
+    from .simview import Watch
+
+    if count > MAX_PER_PROCESS:
+        raise click.UsageError(
+            f"one process can play at most {MAX_PER_PROCESS} devices (the MQTT client's "
+            "select() loop cannot use descriptors above 1023); run several "
+            "`fleetctl simulate` processes with different --prefix values"
+        )
+    _raise_fd_limit(count)
+    login = load_login()
+    url = (server or login.server).rstrip("/")
+    client = Client(url, login.token) if server else ctx.client
+    package = None if no_model else (model or _default_model())
+    fleet = Fleet(
+        client,
+        url,
+        data_dir / url.split("://")[-1].replace(":", "_").replace("/", "_"),
+        count=count,
+        prefix=prefix,
+        interval=telemetry_interval,
+        model=package,
+    )
+    stop = threading.Event()
+
+    def interrupt(*_: Any) -> None:
+        stop.set()
+        fleet.stopping.set()
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    watch = Watch(fleet, stop)
+    started = time.monotonic()
+    sensors: Sensors | None = None
+    summary: dict[str, Any] = {"devices": count, "server": url}
+    try:
+        watch.bring_up(online_timeout)
+        summary["time_to_all_online_s"] = watch.all_online_s
+        summary["all_online_at"] = time.time()
+        sensors = Sensors(
+            [a.service for a in fleet.agents],
+            rate=rate,
+            feedback=feedback,
+            shift=Shift(shift, shift_after),
+            on_error=lambda: fleet.counters.add("errors"),
+        )
+        sensors.start()
+        watch.run(duration, sensors)
+    finally:
+        summary["stopping_at"] = time.time()
+        if sensors is not None:
+            sensors.stop()
+        watch.shut_down()
+        c = fleet.counters
+        summary.update(
+            enrolled_now=fleet.enrolled_now,
+            reused=count - fleet.enrolled_now,
+            telemetry_batches=c.telemetry,
+            desired_applied=c.desired,
+            readings=sensors.readings if sensors else 0,
+            errors=c.errors,
+            wall_s=round(time.monotonic() - started, 1),
+        )
+        client.close()
+    if ctx.as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(simulate)

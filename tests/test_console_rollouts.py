@@ -1,0 +1,212 @@
+"""Rollouts in the web console: a real Chromium against a real server, broker and registry.
+
+The devices are :class:`tests.rollout_devices.SimDevice` links that answer
+``set_desired`` with update reports and telemetry, so a rollout started from
+the form really walks its waves, gates and device outcomes to ``completed``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from fleet_server.auth import hash_password
+from fleet_server.config import ServerSettings
+from fleet_server.server import FleetServer, initialize
+
+from . import test_console_browser as console_browser
+from .console_fleet import OPERATOR_PASSWORD, VIEWER_PASSWORD
+from .harness import ADMIN_PASSWORD, server_settings, wait_for
+from .rollout_devices import Api, SimDevice, start_server
+from .test_console_browser import Page, expect, login, shot
+
+browser = console_browser.browser  # the same Chromium fixtures as the other console tests
+page = console_browser.page
+
+DEVICES = 4
+
+
+@dataclass
+class RolloutFleet:
+    server: FleetServer
+    devices: list[SimDevice]
+    api: Api
+
+    @property
+    def url(self) -> str:
+        return self.server.settings.api_url
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutFleet]:
+    tmp = tmp_path_factory.mktemp("console-rollouts")
+    settings = server_settings(tmp / "fleet")
+    assert isinstance(settings, ServerSettings)
+    initialize(settings, admin_password=ADMIN_PASSWORD)
+    server = start_server(settings, tmp / "packages")
+    devices: list[SimDevice] = []
+    try:
+        for name, role, password in (
+            ("vera", "viewer", VIEWER_PASSWORD),
+            ("otto", "operator", OPERATOR_PASSWORD),
+        ):
+            server.store.create_user(
+                name, role=role, password_hash=hash_password(password), now=time.time()
+            )
+        devices = [SimDevice(server, tmp / "devs" / f"cr-{i}", f"cr-{i}") for i in range(DEVICES)]
+        for d in devices:
+            d.start()
+        wait_for(lambda: server.store.count_online() == DEVICES, 60, "devices online")
+        wait_for(
+            lambda: all(server.store.get_device(d.id).model_version == "1.0.0" for d in devices),
+            60,
+            "reported state",
+        )
+        yield RolloutFleet(server, devices, Api(server))
+    finally:
+        for d in devices:
+            d.stop()
+        server.stop()
+
+
+def spec(fleet: RolloutFleet, version: str) -> str:
+    """The form's value for digits@version, as listed by the registry's API."""
+    items = fleet.api.get("/artifacts?kind=model&limit=100")["items"]
+    a = next(x for x in items if x["name"] == "digits" and x["version"] == version)
+    return f"digits@{version}:{a['flavor']}" if a["flavor"] else f"digits@{version}"
+
+
+def test_operator_starts_a_rollout_in_the_form_and_watches_it_complete(
+    fleet: RolloutFleet, page: Page
+) -> None:
+    login(page, fleet.url, "otto", OPERATOR_PASSWORD)
+    page.goto(f"{fleet.url}/console/#/rollouts")
+    expect(page.locator("#rollout-list")).to_contain_text("No rollout yet")
+    page.locator("#create-rollout > summary").click()
+    page.get_by_label("Artifact").select_option(spec(fleet, "2.0.0"))
+    page.get_by_label("Target selector").fill("tag:site=e2e")
+    page.get_by_label("Waves").fill("50%,1oo%")  # a typo: the server's 422 is shown
+    page.get_by_label("Pace").fill("600/min")
+    page.get_by_label("Probation").fill("2s")
+    page.get_by_label("Gates").fill("error_rate<0.05\np95_latency_ms<40\ninstall_success_rate>=1")
+    page.get_by_role("button", name="Start rollout").click()
+    alert = page.locator("#create-rollout [role=alert]")
+    expect(alert).to_contain_text("The plan was refused (422)")
+    expect(alert).to_contain_text("waves")
+    shot(page, "rollout-create")
+    assert fleet.api.get("/rollouts") == []  # nothing was created
+
+    page.get_by_label("Waves").fill("50%,100%")
+    page.get_by_label("Waves").press("Enter")  # the keyboard submits the form
+    expect(page).to_have_url(re.compile(r"#/rollouts/[^/]+$"))
+    expect(page.locator(".rollout-summary")).to_contain_text("completed", timeout=120_000)
+    waves = page.locator(".wave")
+    expect(waves).to_have_count(3)
+    for i, size in enumerate((1, 1, 2)):
+        expect(waves.nth(i)).to_have_attribute("data-state", "passed")
+        expect(waves.nth(i).locator(".bar-value")).to_have_text(f"{size}/{size}")
+        expect(waves.nth(i).locator(".gates li.pass")).to_have_count(3)
+    expect(waves.nth(0).locator(".gates")).to_contain_text("error_rate 0 < 0.05")
+    outcomes = page.locator("table.grid").first.locator("tbody tr")
+    expect(outcomes).to_have_count(DEVICES)
+    expect(outcomes.filter(has_text="succeeded")).to_have_count(DEVICES)
+    expect(page.locator(".rollout-summary .actions button")).to_have_text(["Roll back"])
+    assert all(d.version == "2.0.0" for d in fleet.devices)
+    shot(page, "rollout-detail")
+
+    page.get_by_role("link", name="Rollouts", exact=True).first.click()
+    row = page.locator("#rollout-list tbody tr")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("digits@2.0.0")
+    expect(row.get_by_role("progressbar")).to_have_attribute("aria-valuenow", str(DEVICES))
+    shot(page, "rollouts")
+
+
+def slow_rollout(fleet: RolloutFleet) -> str:
+    """A rollout that stays in its canary wave (one device per hour, long probation)."""
+    body = {
+        "artifact": "digits@3.0.0",
+        "target": "tag:site=e2e",
+        "pace": "1/h",
+        "canary": "1",
+        "probation": "1h",
+        "gates": [],
+    }
+    rid: str = fleet.api.post("/rollouts", body)["id"]
+    return rid
+
+
+def test_pause_and_resume_buttons_and_the_overview_card(fleet: RolloutFleet, page: Page) -> None:
+    rid = slow_rollout(fleet)
+    try:
+        login(page, fleet.url, "otto", OPERATOR_PASSWORD)
+        card = page.locator("#active-rollouts")
+        expect(card).to_contain_text(rid)
+        expect(card).to_contain_text("digits@3.0.0")
+        expect(card.get_by_role("progressbar")).to_have_count(1)
+
+        page.goto(f"{fleet.url}/console/#/rollouts/{rid}")
+        summary = page.locator(".rollout-summary")
+        page.get_by_role("button", name="Pause").click()
+        expect(summary.locator(".badge").first).to_have_text("paused")
+        assert fleet.api.get(f"/rollouts/{rid}")["status"] == "paused"
+        expect(page.get_by_role("button", name="Pause")).to_have_count(0)
+        page.get_by_role("button", name="Resume").focus()
+        page.keyboard.press("Enter")
+        expect(summary.locator(".badge").first).not_to_have_text("paused")
+        wait_for(lambda: fleet.api.get(f"/rollouts/{rid}")["status"] == "canary", 30, "resumed")
+    finally:
+        fleet.api.post(f"/rollouts/{rid}/abort")
+
+
+def test_viewer_sees_no_rollout_buttons_and_a_forced_post_is_refused(
+    fleet: RolloutFleet, page: Page
+) -> None:
+    rid = slow_rollout(fleet)
+    try:
+        login(page, fleet.url, "vera", VIEWER_PASSWORD)
+        page.goto(f"{fleet.url}/console/#/rollouts")
+        expect(page.locator("#rollout-list")).to_contain_text(rid)
+        expect(page.locator("#create-rollout")).to_have_count(0)
+        page.goto(f"{fleet.url}/console/#/rollouts/{rid}")
+        expect(page.locator(".rollout-summary")).to_contain_text("digits@3.0.0")
+        expect(page.locator(".wave")).not_to_have_count(0)
+        expect(page.locator(".rollout-summary")).to_contain_text("started")
+        expect(page.get_by_role("group", name="Rollout actions")).to_have_count(0)
+        for verb in ("Pause", "Resume", "Abort", "Roll back"):
+            expect(page.get_by_role("button", name=verb)).to_have_count(0)
+        status = page.evaluate(
+            """async (rid) => {
+              const me = await (await fetch('/api/v1/console/session')).json();
+              const r = await fetch(`/api/v1/rollouts/${rid}/pause`, {
+                method: 'POST', headers: { 'X-CSRF-Token': me.csrf_token } });
+              return r.status;
+            }""",
+            rid,
+        )
+        assert status == 403
+        assert fleet.api.get(f"/rollouts/{rid}")["status"] not in ("paused",)
+        denied = httpx.post(f"{fleet.url}/api/v1/rollouts/{rid}/abort", timeout=30)
+        assert denied.status_code == 401
+    finally:
+        fleet.api.post(f"/rollouts/{rid}/abort")
+
+
+def test_models_page_shows_the_registry_artifacts(fleet: RolloutFleet, page: Page) -> None:
+    login(page, fleet.url, "vera", VIEWER_PASSWORD)
+    page.goto(f"{fleet.url}/console/#/artifacts?kind=model")
+    rows = page.locator(".results tbody tr")
+    expect(rows).to_have_count(3)
+    v2 = rows.filter(has_text="2.0.0")
+    expect(v2).to_contain_text("devices (")  # where it runs, from the fleet summary
+    expect(v2).to_contain_text("models/digits/2.0.0/")  # its TUF target path
+    expect(rows.filter(has_text="in targets")).to_have_count(3)  # all in the signed metadata
+    v1 = fleet.api.get("/artifacts?kind=model&limit=100")["items"][-1]
+    assert v1["version"] == "1.0.0"
+    fleet.server.tuf.add_target(v1["target_path"], length=v1["size"], sha256="0" * 64, custom={})
+    expect(rows.filter(has_text="1.0.0")).to_contain_text("not signed")  # on the next refresh

@@ -1,0 +1,129 @@
+"""``fleetctl simulate`` against a real server: enrollment, mTLS, telemetry, twins, reuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from edgefleet_contract.errors import NotFound
+from fleet_server.server import FleetServer
+
+from .harness import wait_for
+from .test_enrollment_e2e import admin_token
+
+BIN = Path(sys.executable).parent
+DEVICES = 20
+
+
+def _simulate(fleet: FleetServer, tmp_path: Path, token: str, *extra: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "FLEETCTL_SERVER": fleet.settings.api_url,
+        "FLEETCTL_TOKEN": token,
+        "FLEETCTL_CONFIG": str(tmp_path / "ctl.json"),
+    }
+    cmd = [str(BIN / "fleetctl"), "--json", "simulate", "--devices", str(DEVICES)]
+    cmd += ["--data-dir", str(tmp_path / "sim"), "--telemetry-interval", "0.5", "--rate", "4"]
+    return subprocess.Popen(
+        [*cmd, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _online(fleet: FleetServer, device_id: str) -> bool:
+    try:
+        return fleet.store.get_device(device_id).online
+    except NotFound:  # not enrolled yet
+        return False
+
+
+def _summary(proc: subprocess.Popen[str]) -> dict[str, object]:
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    doc = json.loads(out.strip().splitlines()[-1])
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
+    fleet: FleetServer, tmp_path: Path
+) -> None:
+    token = admin_token(fleet)
+    store, api = fleet.store, fleet.settings.api_url
+    ids = [f"sim-{i:05d}" for i in range(DEVICES)]
+    proc = _simulate(fleet, tmp_path, token)
+    try:
+        wait_for(
+            lambda: proc.poll() is None and all(_online(fleet, d) for d in ids),
+            timeout=240,
+            what="all online",
+        )
+
+        def inference_everywhere() -> bool:
+            for d in ids:
+                batches = store.query_raw(d, since=0, until=1e11)
+                if not any(b.inference is not None and b.inference.count > 0 for b in batches):
+                    return False
+            return True
+
+        wait_for(inference_everywhere, timeout=180, what="inference telemetry from every device")
+
+        headers = {"Authorization": f"Bearer {token}"}
+        for d in ids:
+            r = httpx.put(
+                f"{api}/api/v1/devices/{d}/twin/desired",
+                headers=headers,
+                json={"config": {"telemetry_interval_s": 1}},
+            )
+            assert r.status_code == 200, r.text
+        wait_for(
+            lambda: all((cmds := store.list_commands(d)) and cmds[0].status == "done" for d in ids),
+            timeout=180,
+            what="set_desired acknowledged by every device",
+        )
+        twin = httpx.get(f"{api}/api/v1/devices/{ids[-1]}/twin", headers=headers).json()
+        assert twin["status"] == "in_sync"
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: every device disconnects cleanly
+    first = _summary(proc)
+    assert first["enrolled_now"] == DEVICES
+    assert isinstance(first["telemetry_batches"], int) and first["telemetry_batches"] >= DEVICES
+    assert first["desired_applied"] == DEVICES
+    wait_for(lambda: not any(_online(fleet, d) for d in ids), what="all offline")
+
+    # a second run reuses the identities: no new enrollment, same devices online again
+    second = _summary(_simulate(fleet, tmp_path, token, "--duration", "1", "--no-model"))
+    assert second["enrolled_now"] == 0 and second["reused"] == DEVICES
+    assert second["time_to_all_online_s"] is not None
+    assert second["errors"] == 0
+
+
+def test_devices_of_one_process_share_one_loaded_model_per_package(tmp_path: Path) -> None:
+    import shutil
+
+    from fleet_server.fleetctl.cmd_simulate import _default_model
+    from fleet_server.simulate.models import SHARED_MODELS, SharedModelService
+
+    package = _default_model()
+    assert package is not None
+    copies = []
+    for i in range(3):  # each device keeps its own copy of the package in its slots
+        copy = tmp_path / f"slot-{i}" / package.name
+        copy.parent.mkdir()
+        shutil.copy(package, copy)
+        copies.append(copy)
+    before = SHARED_MODELS.loads
+    services = [SharedModelService() for _ in copies]
+    models = [s.replace(c) for s, c in zip(services, copies, strict=True)]
+    assert models[0] is models[1] is models[2]
+    assert SHARED_MODELS.loads - before <= 1
+    # each device still measures its own inferences in its own recorder
+    services[0].predict(models[0].manifest.self_test.inputs[:2])
+    first, second = services[0].snapshot(), services[1].snapshot()
+    assert first is not None and second is not None
+    assert first.inference.count == 2 and second.inference.count == 0
