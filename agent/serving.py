@@ -132,7 +132,7 @@ class ModelService:
     def predict_tracked(self, batch: npt.ArrayLike) -> tuple[Prediction, list[str]]:
         """Like :meth:`predict`, plus one id per row that :meth:`feedback` can refer to."""
         prediction, rows, model = self._predict(batch)
-        version = f"{model.manifest.name}@{model.manifest.version}"
+        version = _version(model)
         ids = []
         for row, predicted in zip(rows, prediction.classes.tolist(), strict=True):
             prediction_id = secrets.token_urlsafe(12)
@@ -195,7 +195,14 @@ class ModelService:
             self._samples.add(cached.features, index, cached.model_version)
         correct = cached.predicted == index
         active = self._active
-        if active is not None and active[1] is not None:
+        # Only the model that made the prediction is credited or blamed for it: a rollout's
+        # accuracy gate reads the new version's feedback, and ground truth arriving after a
+        # switch for an answer of the old model must not hide (or fake) a regression.
+        if (
+            active is not None
+            and active[1] is not None
+            and cached.model_version == _version(active[0])
+        ):
             active[1].record_feedback(correct)
         return correct
 
@@ -207,6 +214,10 @@ class ModelService:
         if active is None or active[1] is None:
             return None
         return active[1].snapshot()
+
+
+def _version(model: Model) -> str:
+    return f"{model.manifest.name}@{model.manifest.version}"
 
 
 def _label_index(labels: Sequence[str], label: str | int) -> int:

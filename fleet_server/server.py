@@ -25,6 +25,7 @@ from .auth import hash_password
 from .broker import BrokerLayout, ManagedBroker
 from .config import SERVER_IDENTITY, ServerSettings
 from .enrollment import Enrollment
+from .federation.release import release_candidate
 from .federation.wiring import make_training
 from .ingest import Ingest
 from .link import ServerLink
@@ -263,7 +264,11 @@ class FleetServer:
 
     def _register_candidate(self, path: Path, lineage: dict[str, object]) -> None:
         """A federated run's winning candidate enters the registry as a signed TUF target."""
-        self.artifacts.add_model(path, lineage=lineage, actor=f"federation:{lineage.get('run_id')}")
+        artifact = self.artifacts.add_model(
+            path, lineage=lineage, actor=f"federation:{lineage.get('run_id')}"
+        )
+        if artifact.flavor == lineage.get("parent_flavor"):  # one flavour ships: the parent's
+            release_candidate(self.rollouts, artifact, lineage)
 
     def _apply_revocation(self, crl_pem: bytes) -> None:
         if self.broker is None:

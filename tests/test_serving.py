@@ -181,3 +181,24 @@ def test_feedback_becomes_a_labelled_sample(tmp_path: Path) -> None:
     window = service.snapshot()
     assert window is not None and window.inference.feedback_count == 2
     store.close()
+
+
+def test_feedback_for_the_previous_model_is_not_credited_to_the_new_one(tmp_path: Path) -> None:
+    """A rollout's accuracy gate reads the new version's feedback only."""
+    x, y = _holdout()
+    pkg = read_package(MLP)
+    manifest = Manifest.model_validate({**pkg.manifest.model_dump(), "version": "1.1.0"})
+    newer = tmp_path / "digits-1.1.0.efpkg"
+    newer.write_bytes(pack_package(manifest, dict(pkg.members)))
+    store = SampleStore(tmp_path / "samples.db", max_samples=10)
+    service = ModelService(samples=store, prediction_cache=8)
+    service.replace(MLP)
+    _, old_ids = service.predict_tracked(x[:2])
+    service.replace(newer)
+    _, new_ids = service.predict_tracked(x[2:3])
+    service.feedback(old_ids[0], int(y[0]))
+    service.feedback(new_ids[0], int(y[2]))
+    window = service.snapshot()
+    assert window is not None and window.inference.feedback_count == 1
+    assert store.dataset(64)[1].tolist() == [y[0], y[2]]  # both are still labelled samples
+    store.close()

@@ -136,6 +136,8 @@ def finish_run(
             "heldout_accuracy": candidate_acc,
             "parent_accuracy": baseline,
             "rollout": spec.rollout,
+            "target": spec.target,
+            "parent_flavor": manifest.flavor,
         }
         for path in files:
             on_candidate(path, info)

@@ -1,0 +1,215 @@
+"""From training run to release: ``--rollout`` ships the winning candidate through OTA.
+
+The end-to-end test runs five real ``edge-agent`` processes (enrolled for real,
+so they trust the server's TUF root) through a short FedAvg run; the server
+registers and signs the candidate, starts the rollout the run asked for, and
+the participants install the new version from ``/tuf/`` and commit it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.samples import SampleStore
+from edgefleet_contract.errors import PlanError
+from fleet_server.federation.release import (
+    parse_rollout_option,
+    participants_selector,
+    release_plan,
+)
+from fleet_server.federation.spec import LocalTraining, RunSpec
+from fleet_server.modelkit.digits import split
+from fleet_server.rollouts.artifacts import ResolvedArtifact
+from fleet_server.server import FleetServer
+
+from .fl_helpers import MODEL, dirichlet_parts, write_start_package
+from .harness import ADMIN_PASSWORD, wait_for
+from .test_federation_agents import BIN, enroll
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+AGENTS = 5
+CANDIDATE = ResolvedArtifact("model", "digits", "1.1.0", "models/digits/1.1.0/x.efpkg", "a" * 64, 9)
+
+
+def test_the_rollout_option_reads_like_the_rollout_command() -> None:
+    body = parse_rollout_option(
+        "canary 1; waves 25% 50% 100%; pace 100/min; probation 30s; "
+        "gate accuracy >= 0.9, gate error_rate<0.01, no-auto-rollback",
+        "tag:site=berlin",
+    )
+    assert (body.canary, body.waves, body.pace, body.probation) == (
+        "1",
+        "25%,50%,100%",
+        "100/min",
+        "30s",
+    )
+    assert body.gates == ["accuracy>=0.9", "error_rate<0.01"] and not body.auto_rollback
+    assert parse_rollout_option("canary 10%, waves 50%,100%", "all").waves == "50%,100%"
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("", "empty"),
+        ("10%", "expected one of canary"),
+        ("canary", "'canary' needs a value"),
+        ("canary 1 canary 2", "given twice"),
+        ("canary 1 2", "takes one value"),
+        ("waves 50 100", "percentages"),
+        ("gate acc>1", "expected a metric"),
+        ("probation soon", "duration"),
+        ("max-failures many", "whole number"),
+        ("no-auto-rollback yes", "takes no value"),
+    ],
+)
+def test_a_bad_rollout_option_says_what_is_wrong(option: str, message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        parse_rollout_option(option, "all")
+
+
+def test_the_plan_targets_the_participants_within_the_runs_selector() -> None:
+    lineage = {"rollout": "canary 1, waves 100%", "target": "tag:fl=x", "participants": ["b", "a"]}
+    plan = release_plan(lineage, CANDIDATE, seed=1)
+    assert plan is not None and plan.selector == "(tag:fl=x) and (id:a or id:b)"
+    assert plan.artifact == CANDIDATE and plan.canary.count == 1
+    assert release_plan({**lineage, "rollout": None}, CANDIDATE, seed=1) is None
+    many = [f"device-{i:05d}" for i in range(2000)]
+    assert participants_selector("tag:fl=x", many) == "tag:fl=x"
+
+
+def test_train_start_refuses_a_bad_rollout_option_at_once(fleet: FleetServer) -> None:
+    api = fleet.settings.api_url
+    token = httpx.post(
+        f"{api}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+    ).json()["token"]
+    r = httpx.post(
+        f"{api}/api/v1/training/runs",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"model": "digits", "target": "all", "rollout": "canary 10%, waves 50 100"},
+    )
+    assert r.status_code == 422, r.text
+    assert "percentages" in r.text
+    assert fleet.store.list_training_runs(limit=10) == []  # type: ignore[attr-defined]
+
+
+def test_a_winning_candidate_is_rolled_out_to_the_participants(
+    fleet: FleetServer, tmp_path: Path
+) -> None:
+    write_start_package(fleet.settings.data_dir / "models")
+    api = fleet.settings.api_url
+    token = httpx.post(
+        f"{api}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+    ).json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    data = split()
+    parts = dirichlet_parts(data.y_train, AGENTS, 0.5, 3)
+    ids = [f"rel-{i}" for i in range(AGENTS)]
+    env = {
+        **os.environ,
+        "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.3",
+        "EDGE_AGENT_LOG_FORMAT": "text",
+        "EDGE_AGENT_LOCAL_API__PORT": "0",
+        "EDGE_AGENT_UPDATES__PROBATION_S": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
+    agents: list[subprocess.Popen[bytes]] = []
+    store = fleet.store
+    try:
+        for device_id, part in zip(ids, parts, strict=True):
+            folder = tmp_path / device_id
+            enroll(api, token, device_id, folder)
+            samples = SampleStore(folder / "samples.db", max_samples=10_000)
+            for row, label in zip(data.x_train[part], data.y_train[part], strict=True):
+                samples.add(row, int(label))
+            samples.close()
+            log = (tmp_path / f"{device_id}.log").open("wb")
+            agents.append(
+                subprocess.Popen(
+                    [str(BIN / "edge-agent"), "run", "--data-dir", str(folder)],
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                )
+            )
+
+        def reported_samples(device_id: str) -> bool:
+            t = store.latest_telemetry(device_id)  # type: ignore[attr-defined]
+            return bool(t and t.learning and t.learning.labelled_samples > 0)
+
+        wait_for(lambda: all(store.get_device(d).online for d in ids), 60, "agents online")
+        wait_for(lambda: all(reported_samples(d) for d in ids), 60, "learning telemetry")
+        spec = RunSpec(
+            model=MODEL,
+            target="tag:fl=proc",
+            rounds=3,
+            min_clients=AGENTS,
+            round_timeout_s=300,
+            local=LocalTraining(epochs=5, lr=0.2, batch_size=16),
+            rollout="canary 1, waves 100%, pace 600/min, probation 1s, gate crash_loops==0",
+        )
+        r = httpx.post(
+            f"{api}/api/v1/training/runs", headers=auth, json=spec.model_dump(mode="json")
+        )
+        assert r.status_code == 201, r.text
+        run_id = r.json()["id"]
+
+        def run() -> dict[str, Any]:
+            doc: dict[str, Any] = httpx.get(
+                f"{api}/api/v1/training/runs/{run_id}", headers=auth
+            ).json()
+            return doc
+
+        wait_for(lambda: run()["status"] not in ("pending", "running"), 300, "run finished")
+        final = run()
+        assert final["status"] == "completed", final
+        result = final["result"]
+        assert result["handed_over"] is True, result
+        version = result["version"]
+
+        rollouts = httpx.get(f"{api}/api/v1/rollouts", headers=auth).json()
+        assert len(rollouts) == 1, rollouts
+        rollout = rollouts[0]
+        assert rollout["artifact"].startswith(f"{MODEL}@{version}")
+        assert rollout["created_by"] == f"federation:{run_id}"
+        assert rollout["devices"] == AGENTS and "id:rel-0" in rollout["target"]
+
+        def status() -> dict[str, Any]:
+            doc: dict[str, Any] = httpx.get(
+                f"{api}/api/v1/rollouts/{rollout['id']}", headers=auth
+            ).json()
+            return doc
+
+        wait_for(lambda: status()["status"] not in ("pending", "canary", "wave"), 300, "rollout")
+        done = status()
+        assert done["status"] == "completed", (done["reason"], done["devices_detail"])
+
+        def committed(device_id: str) -> bool:
+            reported = store.get_device(device_id).reported
+            model = reported.model if reported else None
+            update = reported.update if reported else None
+            return bool(
+                model is not None
+                and (model.name, model.version) == (MODEL, version)
+                and update is not None
+                and update.phase == "committed"
+            )
+
+        wait_for(lambda: all(committed(d) for d in ids), 120, "participants committed")
+        listed = httpx.get(f"{api}/api/v1/artifacts", headers=auth).json()["items"]
+        mine = [a for a in listed if a["name"] == MODEL and a["version"] == version]
+        assert len(mine) == 4 and all(a["lineage"]["run_id"] == run_id for a in mine), mine
+    finally:
+        for proc in agents:
+            proc.terminate()
+        for proc in agents:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
