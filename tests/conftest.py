@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from edgefleet_contract.errors import BrokerError
 from edgefleet_contract.mqtt import TlsFiles
@@ -25,6 +26,11 @@ from .harness import ADMIN_PASSWORD, Client, Pki, server_settings, start_broker
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+# Tests must not depend on timing: a loaded CI machine can take longer than
+# Hypothesis' default 200 ms per example without anything being wrong.
+settings.register_profile("edgefleet", deadline=None)
+settings.load_profile("edgefleet")
 
 
 def _require_mosquitto() -> None:
