@@ -47,11 +47,11 @@ def _raise_fd_limit(devices: int) -> None:
 
 
 def _default_model() -> Path | None:
-    try:
-        import models
-    except ImportError:
-        return None
-    path = Path(models.__file__).parent / "dist" / "digits-1.0.0-onnx-int8.efpkg"
+    # models/ is not an installed package (a console script cannot import it): find the
+    # shipped packages by path, as the federation and the demo do.
+    from fleet_server.federation.packages import DIST
+
+    path = DIST / "digits-1.0.0-onnx-int8.efpkg"
     return path if path.is_file() else None
 
 
