@@ -74,6 +74,15 @@ def _default_model() -> Path | None:
 )
 @click.option("--no-model", is_flag=True, help="Boot without a model (no inference stats).")
 @click.option(
+    "--probation",
+    "probation_s",
+    type=click.FloatRange(0, 7 * 86400),
+    default=600.0,
+    show_default=True,
+    help="Seconds a device keeps an installed update on probation before committing it "
+    "(the agent's updates.probation_s; rollouts wait for commits).",
+)
+@click.option(
     "--duration",
     type=click.FloatRange(0),
     default=0.0,
@@ -134,6 +143,7 @@ def simulate(
     telemetry_interval: float,
     model: Path | None,
     no_model: bool,
+    probation_s: float,
     duration: float,
     rate: float,
     feedback: float,
@@ -167,6 +177,7 @@ def simulate(
         prefix=prefix,
         interval=telemetry_interval,
         model=package,
+        probation_s=probation_s,
     )
     stop = threading.Event()
 

@@ -66,7 +66,12 @@ class SimAgent(Agent):
 
 
 def settings_for(
-    data_dir: Path, *, interval: float, model: Path | None, threads: int = 1
+    data_dir: Path,
+    *,
+    interval: float,
+    model: Path | None,
+    probation_s: float = 600.0,
+    threads: int = 1,
 ) -> AgentSettings:
     return AgentSettings(
         data_dir=data_dir,
@@ -77,7 +82,7 @@ def settings_for(
         log_format="text",
         log_level="WARNING",
         local_api=LocalApiSettings(enabled=False),
-        updates=UpdateSettings(firmware_handler="none"),
+        updates=UpdateSettings(firmware_handler="none", probation_s=probation_s),
         # feedback follows each reading at once, so a short memory of predictions will do
         feedback=FeedbackSettings(prediction_cache=256),
     )

@@ -53,6 +53,7 @@ class Fleet:
         prefix: str = "sim",
         interval: float = 10.0,
         model: Path | None = None,
+        probation_s: float = 600.0,
     ) -> None:
         self.client = client
         self.server_url = server_url.rstrip("/")
@@ -60,6 +61,7 @@ class Fleet:
         self.prefix = prefix
         self.interval = interval
         self.model = model
+        self.probation_s = probation_s
         self.ids = [f"{prefix}-{i:05d}" for i in range(count)]
         self.counters = Counters()
         self.agents: list[SimAgent] = []
@@ -101,7 +103,9 @@ class Fleet:
             if self.stopping.is_set():
                 return None
             data_dir = self.data_dir(device_id)
-            settings = settings_for(data_dir, interval=self.interval, model=self.model)
+            settings = settings_for(
+                data_dir, interval=self.interval, model=self.model, probation_s=self.probation_s
+            )
             agent = SimAgent(settings, Identity.load(data_dir), self.counters)
             agent.start()
             advance(1)
