@@ -19,6 +19,8 @@ from .test_enrollment_e2e import admin_token
 
 BIN = Path(sys.executable).parent
 DEVICES = 20
+PER_PROCESS = 7
+"""Three worker processes (7 + 7 + 6 devices): the parent adds up what each reports."""
 
 
 def _simulate(fleet: FleetServer, tmp_path: Path, token: str, *extra: str) -> subprocess.Popen[str]:
@@ -29,6 +31,7 @@ def _simulate(fleet: FleetServer, tmp_path: Path, token: str, *extra: str) -> su
         "FLEETCTL_CONFIG": str(tmp_path / "ctl.json"),
     }
     cmd = [str(BIN / "fleetctl"), "--json", "simulate", "--devices", str(DEVICES)]
+    cmd += ["--per-process", str(PER_PROCESS)]
     cmd += ["--data-dir", str(tmp_path / "sim"), "--telemetry-interval", "0.5", "--rate", "4"]
     return subprocess.Popen(
         [*cmd, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -91,7 +94,7 @@ def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: every device disconnects cleanly
     first = _summary(proc)
-    assert first["enrolled_now"] == DEVICES
+    assert first["enrolled_now"] == DEVICES and first["processes"] == 3
     assert isinstance(first["telemetry_batches"], int) and first["telemetry_batches"] >= DEVICES
     assert first["desired_applied"] == DEVICES
     wait_for(lambda: not any(_online(fleet, d) for d in ids), what="all offline")
