@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
+import pytest
 
 from edgefleet_contract.errors import NotFound
 from fleet_server.server import FleetServer
@@ -31,7 +33,7 @@ def _simulate(fleet: FleetServer, tmp_path: Path, token: str, *extra: str) -> su
         "FLEETCTL_CONFIG": str(tmp_path / "ctl.json"),
     }
     cmd = [str(BIN / "fleetctl"), "--json", "simulate", "--devices", str(DEVICES)]
-    cmd += ["--per-process", str(PER_PROCESS)]
+    cmd += ["--per-process", str(PER_PROCESS)]  # a later --devices/--per-process wins
     cmd += ["--data-dir", str(tmp_path / "sim"), "--telemetry-interval", "0.5", "--rate", "4"]
     return subprocess.Popen(
         [*cmd, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -130,3 +132,73 @@ def test_devices_of_one_process_share_one_loaded_model_per_package(tmp_path: Pat
     first, second = services[0].snapshot(), services[1].snapshot()
     assert first is not None and second is not None
     assert first.inference.count == 2 and second.inference.count == 0
+
+
+def _workers(proc: subprocess.Popen[str]) -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process(proc.pid).children()
+        if "fleet_server.simulate.worker" in " ".join(p.cmdline())
+    ]
+
+
+def _gone(workers: list[psutil.Process]) -> bool:
+    return not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_a_worker_that_dies_stops_the_run_with_its_log_and_the_rest_disconnect(
+    fleet: FleetServer, tmp_path: Path
+) -> None:
+    token = admin_token(fleet)
+    ids = [f"sim-{i:05d}" for i in range(4)]
+    proc = _simulate(fleet, tmp_path, token, "--devices", "4", "--per-process", "2", "--no-model")
+    try:
+        wait_for(lambda: all(_online(fleet, d) for d in ids), timeout=180, what="all online")
+        workers = _workers(proc)
+        assert len(workers) == 2
+        workers[1].kill()  # the second slice: sim-00002, sim-00003
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-2000:]
+    assert "simulator worker 1 (sim-00002, 2 devices) exited with code -9" in err
+    assert "worker-01.log" in err
+    wait_for(lambda: _gone(workers), timeout=60, what="the other worker stopped")
+    # the killed worker's devices go offline through their Last Will, the others cleanly
+    wait_for(lambda: not any(_online(fleet, d) for d in ids), timeout=60, what="all offline")
+
+
+def test_killing_fleetctl_stops_its_workers_and_their_devices(
+    fleet: FleetServer, tmp_path: Path
+) -> None:
+    token = admin_token(fleet)
+    ids = [f"sim-{i:05d}" for i in range(4)]
+    proc = _simulate(fleet, tmp_path, token, "--devices", "4", "--per-process", "2", "--no-model")
+    try:
+        wait_for(lambda: all(_online(fleet, d) for d in ids), timeout=180, what="all online")
+        workers = _workers(proc)
+        assert len(workers) == 2
+        proc.kill()  # no Ctrl-C handler runs: the workers only see their stdin close
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_for(lambda: _gone(workers), timeout=120, what="workers stopped by themselves")
+    wait_for(lambda: not any(_online(fleet, d) for d in ids), timeout=60, what="all offline")
+    logs = sorted((tmp_path / "sim").rglob("worker-*.log"))
+    assert len(logs) == 2
+
+
+def test_status_lines_add_up_and_a_bad_line_says_what_is_wrong() -> None:
+    from edgefleet_contract.errors import ContractError
+    from fleet_server.simulate.protocol import Job, Status, decode, encode
+
+    a, b = Status(started=2, telemetry=5, final=True), Status(started=3, errors=1, final=False)
+    total = a + b
+    assert (total.started, total.telemetry, total.errors, total.final) == (5, 5, 1, False)
+    job = Job(root="/x", prefix="p", first=100, count=3, probation_s=5)
+    assert decode(Job, encode(job)) == job and job.device_ids == ["p-00100", "p-00101", "p-00102"]
+    for line, message in (("[1]", "not a JSON object"), ("{", "Expecting"), ('{"x": 1}', "x")):
+        with pytest.raises(ContractError, match=message):
+            decode(Status, line)

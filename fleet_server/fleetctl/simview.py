@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from edgefleet_contract.errors import EdgefleetError
 from fleet_server.simulate.pool import WorkerPool
+from fleet_server.simulate.protocol import REPORT_EVERY_S
 
 console = Console(stderr=True)
 Advance = Callable[[int], None]
@@ -58,15 +59,21 @@ class Watch:
             online = progress.add_task("online (server)", total=n)
             pool.start()
             deadline = time.monotonic() + timeout
-            while not self.stop.is_set():
-                pool.check()
+
+            def show_workers() -> None:
                 total = pool.total()
                 progress.update(agents, completed=total.started)
                 progress.update(connected, completed=total.connected)
+
+            while not self.stop.is_set():
+                pool.check()
+                show_workers()
                 seen = self.online()
                 progress.update(online, completed=seen)
                 if seen >= n:
                     self.all_online_s = round(time.monotonic() - started, 2)
+                    self.stop.wait(2 * REPORT_EVERY_S)  # the workers' next status lines
+                    show_workers()
                     return
                 if time.monotonic() > deadline:
                     raise EdgefleetError(

@@ -3,6 +3,7 @@ their status lines, stop them cleanly (see :mod:`.protocol`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -71,7 +72,10 @@ class _Worker:
         self._reader.join(5)
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
-                stream.close()
+                # a dead worker's stdin still holds the unsent "stop": flushing it on
+                # close raises EPIPE, which click would turn into a silent exit 1
+                with contextlib.suppress(OSError):
+                    stream.close()
         self._log.close()
 
 

@@ -27,6 +27,8 @@ or above; each agent holds about nine (its socket, two SQLite databases with the
 and shared-memory files), so past ~110 devices in one process the later sockets break
 (the broker logs "Protocol error").  Larger fleets run as several processes."""
 
+REPORT_EVERY_S = 0.5
+"""How often a worker writes its status line."""
 GO = "go"
 STOP = "stop"
 

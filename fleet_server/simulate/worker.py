@@ -20,11 +20,10 @@ from edgefleet_contract.errors import EdgefleetError
 from edgefleet_contract.fdlimit import raise_fd_limit
 
 from .fleet import Fleet
-from .protocol import GO, STOP, Job, Status, decode, encode
+from .protocol import GO, REPORT_EVERY_S, STOP, Job, Status, decode, encode
 from .sensors import Sensors, Shift
 
 log = logging.getLogger(__name__)
-REPORT_EVERY_S = 0.5
 
 
 class Worker:
