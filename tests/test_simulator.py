@@ -2,52 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
-from edgefleet_contract.errors import NotFound
 from fleet_server.server import FleetServer
 
 from .harness import wait_for
+from .sim_helpers import online, simulate, summary
 from .test_enrollment_e2e import admin_token
 
-BIN = Path(sys.executable).parent
 DEVICES = 20
-
-
-def _simulate(fleet: FleetServer, tmp_path: Path, token: str, *extra: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "FLEETCTL_SERVER": fleet.settings.api_url,
-        "FLEETCTL_TOKEN": token,
-        "FLEETCTL_CONFIG": str(tmp_path / "ctl.json"),
-    }
-    cmd = [str(BIN / "fleetctl"), "--json", "simulate", "--devices", str(DEVICES)]
-    cmd += ["--data-dir", str(tmp_path / "sim"), "--telemetry-interval", "0.5", "--rate", "4"]
-    return subprocess.Popen(
-        [*cmd, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def _online(fleet: FleetServer, device_id: str) -> bool:
-    try:
-        return fleet.store.get_device(device_id).online
-    except NotFound:  # not enrolled yet
-        return False
-
-
-def _summary(proc: subprocess.Popen[str]) -> dict[str, object]:
-    out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 0, err[-3000:]
-    doc = json.loads(out.strip().splitlines()[-1])
-    assert isinstance(doc, dict)
-    return doc
 
 
 def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
@@ -56,10 +22,10 @@ def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
     token = admin_token(fleet)
     store, api = fleet.store, fleet.settings.api_url
     ids = [f"sim-{i:05d}" for i in range(DEVICES)]
-    proc = _simulate(fleet, tmp_path, token)
+    proc = simulate(fleet, tmp_path, token, devices=DEVICES)
     try:
         wait_for(
-            lambda: proc.poll() is None and all(_online(fleet, d) for d in ids),
+            lambda: proc.poll() is None and all(online(fleet, d) for d in ids),
             timeout=240,
             what="all online",
         )
@@ -90,14 +56,15 @@ def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
         assert twin["status"] == "in_sync"
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: every device disconnects cleanly
-    first = _summary(proc)
+    first = summary(proc, tmp_path)
     assert first["enrolled_now"] == DEVICES
     assert isinstance(first["telemetry_batches"], int) and first["telemetry_batches"] >= DEVICES
     assert first["desired_applied"] == DEVICES
-    wait_for(lambda: not any(_online(fleet, d) for d in ids), what="all offline")
+    wait_for(lambda: not any(online(fleet, d) for d in ids), what="all offline")
 
     # a second run reuses the identities: no new enrollment, same devices online again
-    second = _summary(_simulate(fleet, tmp_path, token, "--duration", "1", "--no-model"))
+    again = simulate(fleet, tmp_path, token, "--duration", "1", "--no-model", devices=DEVICES)
+    second = summary(again, tmp_path)
     assert second["enrolled_now"] == 0 and second["reused"] == DEVICES
     assert second["time_to_all_online_s"] is not None
     assert second["errors"] == 0
