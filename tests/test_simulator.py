@@ -14,6 +14,9 @@ from .sim_helpers import online, simulate, summary
 from .test_enrollment_e2e import admin_token
 
 DEVICES = 20
+PER_PROCESS = 7
+"""Three worker processes (7 + 7 + 6 devices): the parent adds up what each reports."""
+WORKERS = ("--per-process", str(PER_PROCESS))
 
 
 def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
@@ -22,7 +25,7 @@ def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
     token = admin_token(fleet)
     store, api = fleet.store, fleet.settings.api_url
     ids = [f"sim-{i:05d}" for i in range(DEVICES)]
-    proc = simulate(fleet, tmp_path, token, devices=DEVICES)
+    proc = simulate(fleet, tmp_path, token, *WORKERS, devices=DEVICES)
     try:
         wait_for(
             lambda: proc.poll() is None and all(online(fleet, d) for d in ids),
@@ -57,13 +60,15 @@ def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: every device disconnects cleanly
     first = summary(proc, tmp_path)
-    assert first["enrolled_now"] == DEVICES
+    assert first["enrolled_now"] == DEVICES and first["processes"] == 3
     assert isinstance(first["telemetry_batches"], int) and first["telemetry_batches"] >= DEVICES
     assert first["desired_applied"] == DEVICES
     wait_for(lambda: not any(online(fleet, d) for d in ids), what="all offline")
 
     # a second run reuses the identities: no new enrollment, same devices online again
-    again = simulate(fleet, tmp_path, token, "--duration", "1", "--no-model", devices=DEVICES)
+    again = simulate(
+        fleet, tmp_path, token, *WORKERS, "--duration", "1", "--no-model", devices=DEVICES
+    )
     second = summary(again, tmp_path)
     assert second["enrolled_now"] == 0 and second["reused"] == DEVICES
     assert second["time_to_all_online_s"] is not None
