@@ -53,11 +53,17 @@ def online(fleet: FleetServer, device_id: str) -> bool:
         return False
 
 
+def logs(tmp_path: Path, tail: int = 3000) -> str:
+    """The end of what the simulator and its worker processes logged: a failure's reason."""
+    files = [tmp_path / "simulate.log", *sorted((tmp_path / "sim").glob("*/logs/*.log"))]
+    parts = [f"== {f.name}\n{f.read_text(errors='replace')[-tail:]}" for f in files if f.exists()]
+    return "\n".join(parts)
+
+
 def summary(proc: subprocess.Popen[str], tmp_path: Path, timeout: float = 180) -> dict[str, object]:
     """The simulator's JSON summary line, once it exited cleanly."""
     out, _ = proc.communicate(timeout=timeout)
-    err = (tmp_path / "simulate.log").read_text(errors="replace")
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, logs(tmp_path)
     doc = json.loads(out.strip().splitlines()[-1])
     assert isinstance(doc, dict)
     return doc

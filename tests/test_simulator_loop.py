@@ -1,11 +1,12 @@
 """The simulator closes the loop: its devices train a model together and install it.
 
-``fleetctl simulate`` plays six devices (each the real agent daemon) booting the
-untrained start package; its sensors feed labelled readings back, so the devices
-gather training samples.  A federated run over ``tag:simulated=loop`` trains on
-them, the server signs the candidate and rolls it out to the participants, and
-each device installs it from ``/tuf/`` into its other slot and commits it after
-probation.  Ctrl-C then takes the whole fleet offline with a clean summary.
+``fleetctl simulate`` plays six devices in two worker processes (each device the
+real agent daemon) booting the untrained start package; its sensors feed labelled
+readings back, so the devices gather training samples.  A federated run over
+``tag:simulated=loop`` trains on them, the server signs the candidate and rolls it
+out to the participants, and each device installs it from ``/tuf/`` into its other
+slot and commits it after probation.  Ctrl-C then takes the whole fleet offline
+with a clean summary.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from .fl_helpers import (
     write_start_package,
 )
 from .harness import wait_for
-from .sim_helpers import online, simulate, summary
+from .sim_helpers import logs, online, simulate, summary
 from .test_enrollment_e2e import admin_token
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 DEVICES = 6
+PER_PROCESS = 3
+"""Two worker processes: the run and the rollout span both."""
 PREFIX = "loop"
 BOOT_VERSION = "1.0.0"
 """write_start_package's version: what every simulated device serves at first."""
@@ -49,7 +52,8 @@ def test_simulated_devices_train_a_model_and_roll_it_out_to_themselves(
         fleet,
         tmp_path,
         token,
-        *("--prefix", PREFIX, "--model", str(start), "--feedback", "1", "--probation", "1"),
+        *("--prefix", PREFIX, "--per-process", str(PER_PROCESS), "--model", str(start)),
+        *("--feedback", "1", "--probation", "1"),
         devices=DEVICES,
         env={"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"},
     )
@@ -78,7 +82,7 @@ def test_simulated_devices_train_a_model_and_roll_it_out_to_themselves(
         assert run["status"] == "completed", run
         result = run["result"]
         assert result["participants"] == ids, result
-        assert [r["round"] for r in run["rounds"]] == [1, 2, 3], run["rounds"]
+        assert [rec["round"] for rec in run["rounds"]] == [1, 2, 3], run["rounds"]
         for record in run["rounds"]:
             assert sorted(record["participants"]) == ids, record
             assert record["failures"] == {}, record
@@ -115,8 +119,9 @@ def test_simulated_devices_train_a_model_and_roll_it_out_to_themselves(
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: every device disconnects cleanly
     doc = summary(proc, tmp_path)
-    assert doc["devices"] == DEVICES and doc["enrolled_now"] == DEVICES, doc
-    assert doc["errors"] == 0, doc
+    assert doc["devices"] == DEVICES and doc["processes"] == DEVICES // PER_PROCESS, doc
+    assert doc["enrolled_now"] == DEVICES, doc
+    assert doc["errors"] == 0, (doc, logs(tmp_path))
     assert isinstance(doc["desired_applied"], int) and doc["desired_applied"] >= DEVICES, doc
     assert isinstance(doc["readings"], int) and doc["readings"] > 0, doc
     wait_for(lambda: not any(online(fleet, d) for d in ids), timeout=60, what="all offline")
