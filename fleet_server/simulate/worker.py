@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import signal
 import sys
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edgefleet_contract.errors import EdgefleetError
+from edgefleet_contract.fdlimit import raise_fd_limit
 
 from .fleet import Fleet
 from .protocol import GO, STOP, Job, Status, decode, encode
@@ -25,17 +25,6 @@ from .sensors import Sensors, Shift
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.5
-
-
-def raise_fd_limit(devices: int) -> None:
-    """Each device holds a socket and its SQLite files (about nine descriptors): raise the
-    soft limit toward the hard one, as an operator would with ``ulimit -n``."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = devices * 10 + 256
-    if hard != resource.RLIM_INFINITY:
-        want = min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 class Worker:
@@ -155,7 +144,7 @@ def main() -> int:
     )
     try:
         job = decode(Job, sys.stdin.readline())
-        raise_fd_limit(job.count)
+        raise_fd_limit(job.count * 10 + 256)  # about nine per device, and some to spare
         worker = Worker(job, out)
     except EdgefleetError as exc:
         log.error("%s", exc)
