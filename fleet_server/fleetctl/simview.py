@@ -103,6 +103,8 @@ class Watch:
                 )
                 if end is not None and now >= end:
                     break
+        if not console.is_terminal:
+            console.line()  # a log file gets the last line whole, not run into the next
 
     def shut_down(self) -> None:
         """Stop every device cleanly (offline status published, spools closed)."""
