@@ -17,6 +17,7 @@ import pytest
 
 from agent.samples import SampleStore
 from edgefleet_contract.errors import PlanError
+from fleet_server.api.routes_rollouts import build_plan
 from fleet_server.federation.release import (
     parse_rollout_option,
     participants_selector,
@@ -57,6 +58,17 @@ def test_the_rollout_option_reads_like_the_rollout_command() -> None:
     )
     assert body.gates == ["accuracy>=0.9", "error_rate<0.01"] and not body.auto_rollback
     assert parse_rollout_option("canary 10%, waves 50%,100%", "all").waves == "50%,100%"
+    quiet = parse_rollout_option("gate error_rate<0.1, gates-allow-no-data", "all")
+    assert quiet.gates_allow_no_data and quiet.gate_min_samples == 20
+    strict = parse_rollout_option("gate accuracy>=0.9; gate-min-samples 50; gate-timeout 1h", "all")
+    assert (strict.gate_min_samples, strict.gate_timeout) == (50, "1h")
+    assert not strict.gates_allow_no_data
+    plan = build_plan(strict, CANDIDATE, 1)
+    assert (plan.gate_min_samples, plan.gate_timeout_s, plan.gates_allow_no_data) == (
+        50,
+        3600.0,
+        False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,6 +84,11 @@ def test_the_rollout_option_reads_like_the_rollout_command() -> None:
         ("probation soon", "duration"),
         ("max-failures many", "whole number"),
         ("no-auto-rollback yes", "takes no value"),
+        ("gate-min-samples 0", "gate-min-samples is from 1 to 1000000, not '0'"),
+        ("gate-min-samples few", "gate-min-samples is a whole number, not 'few'"),
+        ("gate-timeout later", "--gate-timeout 'later': use a duration"),
+        ("gates-allow-no-data please", "gates-allow-no-data takes no value"),
+        ("gate-timeout 1m gate-timeout 2m", "given twice"),
     ],
 )
 def test_a_bad_rollout_option_says_what_is_wrong(option: str, message: str) -> None:

@@ -31,6 +31,10 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
     assert "Traceback" not in err
     code, out, err = fleetctl([*base, "--waves", "50%"])
     assert code == 1 and "--waves must end at 100%" in err
+    code, out, err = fleetctl([*base, "--gate-min-samples", "0"])
+    assert code == 2 and "--gate-min-samples" in err and "Traceback" not in err
+    code, out, err = fleetctl([*base, "--gate-timeout", "soon"])
+    assert code == 1 and "--gate-timeout 'soon': use a duration" in err
     code, out, err = fleetctl(["rollout", "create", "--artifact", "nope@1", "--target", "all"])
     assert code == 1 and "no such artifact 'nope@1'" in err
 
@@ -49,6 +53,12 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
             "error_rate<0.01",
             "--seed",
             "4",
+            # These devices never come online, let alone serve: say so in the plan.
+            "--gates-allow-no-data",
+            "--gate-min-samples",
+            "5",
+            "--gate-timeout",
+            "2m",
         ]
     )
     assert code == 0, err
@@ -58,6 +68,7 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
     assert code == 0 and [r["id"] for r in json.loads(out)] == [rid]
     code, out, _ = fleetctl(["rollout", "status", rid])
     assert code == 0 and rid in out and "canary" in out and "wave 2" in out
+    assert "gates: a gate with no data passes (--gates-allow-no-data)" in out
     assert "started" in out
     code, out, _ = fleetctl(["rollout", "pause", rid])
     assert code == 0 and out.strip() == f"rollout {rid}: paused"
@@ -72,3 +83,5 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
     code, out, _ = fleetctl(["--json", "rollout", "status", rid])
     detail = json.loads(out)
     assert detail["plan"]["gates"] == ["error_rate<0.01"] and detail["plan"]["seed"] == 4
+    assert detail["plan"]["gates_allow_no_data"] is True
+    assert (detail["plan"]["gate_min_samples"], detail["plan"]["gate_timeout_s"]) == (5, 120.0)

@@ -6,12 +6,24 @@ is how many observations per second reach the server from a wave's devices.
 
 from __future__ import annotations
 
+from typing import Any
+
+from rich.console import Console
+
+from fleet_server.fleetctl.cmd_rollouts import render
 from fleet_server.rollouts.engine import GATE_RECHECK_S
 from fleet_server.rollouts.gates import parse_gate
 from fleet_server.rollouts.model import Note, RolloutState
 from fleet_server.rollouts.plan import RolloutPlan
+from fleet_server.rollouts.view import detail
 
 from .rollout_sim import make, plan
+
+
+def rendered(view: dict[str, Any]) -> str:
+    console = Console(record=True, width=200)
+    console.print(render(view))
+    return console.export_text()
 
 
 def halted_at(sim_notes: list[Note], kind: str = "halted") -> float:
@@ -32,6 +44,15 @@ def test_a_quiet_canary_waits_then_passes_once_data_arrives() -> None:
     assert len(waiting) == 1 and "error_rate<0.05 0/20 inferences" in waiting[0].message
     # Re-measured every few seconds, not every tick.
     assert len(sim.gate_calls) <= 60 / GATE_RECHECK_S + 2
+
+    # What an operator sees: the API's view, and fleetctl's rendering of it.
+    view = detail(r, [])
+    assert view["waiting"] == "waiting for data: error_rate<0.05 0/20 inferences"
+    assert view["gates_deadline"] == (r.state.settled_at or 0) + 60.0 + 1800.0
+    assert view["waves"][0]["waiting"] == view["waiting"] and view["waves"][1]["waiting"] == ""
+    text = rendered(view)
+    assert "waiting for data: error_rate<0.05 0/20 inferences (without it they fail at" in text
+    assert "0/20 inferences" in text and "waiting for data" in text.split("gates (last")[1]
 
     sim.traffic = lambda wave: 10.0
     sim.run(GATE_RECHECK_S + 1)
@@ -57,6 +78,9 @@ def test_a_gate_without_data_fails_at_the_timeout_and_rolls_back() -> None:
     assert halted_at(sim.notes) == settled + 60.0 + 600.0
     [gate] = r.state.gate_results["0"]
     assert not gate["passed"] and not gate["waiting"] and gate["samples"] == 6
+    view = detail(r, [])
+    assert view["waiting"] == "" and view["gates_deadline"] is None
+    assert "FAIL: too little data: 6 of 20 inferences" in rendered(view)
     assert len(sim.sent) == 1 and len(sim.reverted) == 1
 
 

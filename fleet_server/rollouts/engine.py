@@ -32,7 +32,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .gates import GateResult, evaluate, expire
+from .gates import GateResult, evaluate, expire, shortfall
 from .model import (
     IN_FLIGHT,
     TOUCHED,
@@ -299,16 +299,13 @@ class Rollout(OperatorVerbs):
         s.gate_results[str(wave)] = gate_dicts(results)
         s.gates_checked_at = now
         if not any(r.get("waiting") for r in before):
-            short = ", ".join(
-                f"{r.gate} {r.samples or 0}/{r.needed} {r.unit}" for r in results if r.waiting
-            )
             within = duration_text(self.plan.gate_timeout_s)
             out.append(
                 Note(
                     now,
                     "gates_waiting",
-                    f"wave {wave} is waiting for data: {short}; a gate still short of data "
-                    f"{within} after probation fails",
+                    f"wave {wave} is waiting for data: {shortfall(s.gate_results[str(wave)])}; "
+                    f"a gate still short of data {within} after probation fails",
                 )
             )
 

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from edgefleet_contract.errors import PlanError
 
@@ -165,6 +166,15 @@ def evaluate(
             needed = 0 if allow_no_data else min_samples
             out.append(GateResult(*base, value, g.holds(value), "", n, needed, unit))
     return out
+
+
+def shortfall(results: Iterable[Mapping[str, Any]]) -> str:
+    """The waiting gates of stored results, as ``error_rate<0.01 3/20 inferences, ...``."""
+    return ", ".join(
+        f"{r['gate']} {r.get('samples') or 0}/{r['needed']} {r['unit']}"
+        for r in results
+        if r.get("waiting")
+    )
 
 
 def expire(results: Sequence[GateResult], within: str) -> list[GateResult]:
