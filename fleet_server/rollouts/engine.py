@@ -304,8 +304,8 @@ class Rollout(OperatorVerbs):
                 Note(
                     now,
                     "gates_waiting",
-                    f"wave {wave} is waiting for data: {shortfall(s.gate_results[str(wave)])}; "
-                    f"a gate still short of data {within} after probation fails",
+                    f"wave {wave} is waiting for data: {shortfall(s.gate_results[str(wave)])} "
+                    f"(gates still short of it {within} after probation fail)",
                 )
             )
 
