@@ -132,7 +132,9 @@ class Revert:
 
 @dataclass(frozen=True)
 class EvaluateGates:
-    """Fetch the gate figures of ``device_ids`` over [since, until); call ``gates_measured``."""
+    """Fetch the gate figures of ``device_ids`` over [since, until) and the observations
+    behind them; call ``gates_measured``.  Asked again, over a longer window, while a gate
+    waits for data."""
 
     wave: int
     device_ids: tuple[str, ...]
