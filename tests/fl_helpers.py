@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from agent.learning.worker import LearningWorker
@@ -23,7 +29,10 @@ from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
 from fleet_server.pki import write_private
 from fleet_server.server import FleetServer
 
+from .harness import wait_for
+
 MODEL = "digits-fl"
+BIN = Path(sys.executable).parent
 
 
 def dirichlet_parts(y: np.ndarray, clients: int, alpha: float, seed: int) -> list[np.ndarray]:
@@ -135,3 +144,94 @@ def make_device(
     )
     link.send(Channel.TELEMETRY, Codec().encode(batch))
     return Device(link, worker, samples)
+
+
+def enroll(api: str, token: str, device_id: str, data_dir: Path) -> None:
+    """Register ``device_id`` (tagged ``fl=proc``) and enroll it with ``edge-agent enroll``."""
+    r = httpx.post(
+        f"{api}/api/v1/devices",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"id": device_id, "tags": {"fl": "proc"}},
+    )
+    r.raise_for_status()
+    done = subprocess.run(
+        [
+            str(BIN / "edge-agent"),
+            "enroll",
+            "--server",
+            api,
+            "--token",
+            r.json()["token"],
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@contextmanager
+def learning_agents(
+    fleet: FleetServer,
+    token: str,
+    ids: list[str],
+    directory: Path,
+    *,
+    seed: int,
+    env: Mapping[str, str] = {},
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Real ``edge-agent run`` processes, one per id, each holding its share of the digits set.
+
+    The shares are a Dirichlet(0.5) label split (``seed``), so the devices are
+    non-IID as in the field.  Yields once every agent is online and has reported
+    its labelled samples (a run started earlier would find too few clients);
+    each logs to ``directory/<id>.log``.  On exit the agents get SIGTERM, and
+    SIGKILL if they have not stopped within 20 s.
+    """
+    api = fleet.settings.api_url
+    data = split()
+    parts = dirichlet_parts(data.y_train, len(ids), 0.5, seed)
+    agent_env = {
+        **os.environ,
+        "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.3",
+        "EDGE_AGENT_LOG_FORMAT": "text",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        **env,
+    }
+    agents: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for device_id, part in zip(ids, parts, strict=True):
+            folder = directory / device_id
+            enroll(api, token, device_id, folder)
+            samples = SampleStore(folder / "samples.db", max_samples=10_000)
+            for row, label in zip(data.x_train[part], data.y_train[part], strict=True):
+                samples.add(row, int(label))
+            samples.close()
+            with (directory / f"{device_id}.log").open("wb") as log:
+                agents[device_id] = subprocess.Popen(
+                    [str(BIN / "edge-agent"), "run", "--data-dir", str(folder)],
+                    env=agent_env,
+                    stdout=log,
+                    stderr=log,
+                )
+        store = fleet.store
+
+        def reported_samples(device_id: str) -> bool:
+            t = store.latest_telemetry(device_id)  # type: ignore[attr-defined]
+            return bool(t and t.learning and t.learning.labelled_samples > 0)
+
+        wait_for(lambda: all(store.get_device(d).online for d in ids), 60, "agents online")
+        wait_for(lambda: all(reported_samples(d) for d in ids), 60, "learning telemetry")
+        yield agents
+    finally:
+        for proc in agents.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in agents.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

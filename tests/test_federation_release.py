@@ -8,15 +8,12 @@ the participants install the new version from ``/tuf/`` and commit it.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from agent.samples import SampleStore
 from edgefleet_contract.errors import PlanError
 from fleet_server.federation.release import (
     parse_rollout_option,
@@ -24,13 +21,11 @@ from fleet_server.federation.release import (
     release_plan,
 )
 from fleet_server.federation.spec import LocalTraining, RunSpec
-from fleet_server.modelkit.digits import split
 from fleet_server.rollouts.artifacts import ResolvedArtifact
 from fleet_server.server import FleetServer
 
-from .fl_helpers import MODEL, dirichlet_parts, write_start_package
-from .harness import ADMIN_PASSWORD, wait_for
-from .test_federation_agents import BIN, enroll
+from .fl_helpers import MODEL, learning_agents, write_start_package
+from .harness import admin_token, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 AGENTS = 5
@@ -85,9 +80,7 @@ def test_the_plan_targets_the_participants_within_the_runs_selector() -> None:
 
 def test_train_start_refuses_a_bad_rollout_option_at_once(fleet: FleetServer) -> None:
     api = fleet.settings.api_url
-    token = httpx.post(
-        f"{api}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
-    ).json()["token"]
+    token = admin_token(api)
     r = httpx.post(
         f"{api}/api/v1/training/runs",
         headers={"Authorization": f"Bearer {token}"},
@@ -103,48 +96,12 @@ def test_a_winning_candidate_is_rolled_out_to_the_participants(
 ) -> None:
     write_start_package(fleet.settings.data_dir / "models")
     api = fleet.settings.api_url
-    token = httpx.post(
-        f"{api}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
-    ).json()["token"]
+    token = admin_token(api)
     auth = {"Authorization": f"Bearer {token}"}
-    data = split()
-    parts = dirichlet_parts(data.y_train, AGENTS, 0.5, 3)
     ids = [f"rel-{i}" for i in range(AGENTS)]
-    env = {
-        **os.environ,
-        "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.3",
-        "EDGE_AGENT_LOG_FORMAT": "text",
-        "EDGE_AGENT_LOCAL_API__PORT": "0",
-        "EDGE_AGENT_UPDATES__PROBATION_S": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
-    agents: list[subprocess.Popen[bytes]] = []
+    env = {"EDGE_AGENT_LOCAL_API__PORT": "0", "EDGE_AGENT_UPDATES__PROBATION_S": "1"}
     store = fleet.store
-    try:
-        for device_id, part in zip(ids, parts, strict=True):
-            folder = tmp_path / device_id
-            enroll(api, token, device_id, folder)
-            samples = SampleStore(folder / "samples.db", max_samples=10_000)
-            for row, label in zip(data.x_train[part], data.y_train[part], strict=True):
-                samples.add(row, int(label))
-            samples.close()
-            log = (tmp_path / f"{device_id}.log").open("wb")
-            agents.append(
-                subprocess.Popen(
-                    [str(BIN / "edge-agent"), "run", "--data-dir", str(folder)],
-                    env=env,
-                    stdout=log,
-                    stderr=log,
-                )
-            )
-
-        def reported_samples(device_id: str) -> bool:
-            t = store.latest_telemetry(device_id)  # type: ignore[attr-defined]
-            return bool(t and t.learning and t.learning.labelled_samples > 0)
-
-        wait_for(lambda: all(store.get_device(d).online for d in ids), 60, "agents online")
-        wait_for(lambda: all(reported_samples(d) for d in ids), 60, "learning telemetry")
+    with learning_agents(fleet, token, ids, tmp_path, seed=3, env=env):
         spec = RunSpec(
             model=MODEL,
             target="tag:fl=proc",
@@ -205,11 +162,3 @@ def test_a_winning_candidate_is_rolled_out_to_the_participants(
         listed = httpx.get(f"{api}/api/v1/artifacts", headers=auth).json()["items"]
         mine = [a for a in listed if a["name"] == MODEL and a["version"] == version]
         assert len(mine) == 4 and all(a["lineage"]["run_id"] == run_id for a in mine), mine
-    finally:
-        for proc in agents:
-            proc.terminate()
-        for proc in agents:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
