@@ -18,18 +18,15 @@ import numpy as np
 from agent.learning.worker import LearningWorker
 from agent.link import DeviceLink
 from agent.samples import SampleStore
-from agent.spool import DrainPolicy, Spool
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import LearningStats, SystemStats, Telemetry
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.package import Lineage
 from edgefleet_contract.topics import Channel
 from fleet_server.modelkit.build import build_package
 from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
-from fleet_server.pki import write_private
 from fleet_server.server import FleetServer
 
-from .harness import wait_for
+from .harness import fleet_link, wait_for
 
 MODEL = "digits-fl"
 BIN = Path(sys.executable).parent
@@ -93,17 +90,11 @@ def make_device(
     data: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Device:
     server.store.create_device(device_id, name=device_id, tags={"fl": "yes"}, now=time.time())
-    cert, key = server.ca.issue_client_cert(device_id, validity_s=3600, now=time.time())
     folder = tmp / device_id
     folder.mkdir(parents=True)
-    write_private(folder / "key.pem", key)
-    (folder / "cert.pem").write_bytes(cert)
-    tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
     samples = SampleStore(folder / "samples.db", max_samples=10_000)
     for row, label in zip(rows, labels, strict=True):
         samples.add(row, int(label))
-    spool = Spool(folder / "spool.db", max_bytes=10**7, max_age_s=1e6)
-    endpoint = Endpoint("127.0.0.1", server.settings.broker.port, tls, keepalive=10)
     holder: list[DeviceLink] = []
     worker = worker_cls(
         lambda frame: holder[0].send_frame(frame),
@@ -111,14 +102,7 @@ def make_device(
         max_payload=16 * 1024,
         on_trained=samples.mark_trained,
     )
-    link = DeviceLink(
-        device_id,
-        endpoint,
-        spool,
-        agent_version="test",
-        policy=DrainPolicy(200, 200, 20),
-        on_frame=worker.on_frame,
-    )
+    link = fleet_link(server, folder, device_id, on_frame=worker.on_frame)
     holder.append(link)
     link.start()
     stats = samples.stats()
