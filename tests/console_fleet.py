@@ -40,7 +40,14 @@ from fleet_server.auth import hash_password
 from fleet_server.server import FleetServer, initialize
 from fleet_server.store.training import RoundRecord
 
-from .harness import ADMIN_PASSWORD, fleet_link, server_settings, wait_for
+from .harness import (
+    ADMIN_PASSWORD,
+    admin_token,
+    enroll_agent,
+    fleet_link,
+    server_settings,
+    wait_for,
+)
 
 BIN = Path(sys.executable).parent
 VIEWER_PASSWORD = "viewer-password-1"
@@ -174,11 +181,8 @@ class ConsoleFleet:
                 tags={"site": sites[i % len(sites)], "line": str(i % 3)},
                 now=now,
             )
-        r = httpx.post(
-            f"{self.url}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
-        )
-        r.raise_for_status()
-        self.headers = {"Authorization": f"Bearer {r.json()['token']}"}
+        self.token = admin_token(self.url)
+        self.headers = {"Authorization": f"Bearer {self.token}"}
 
     def start_agents(self) -> None:
         """Enroll (API + ``edge-agent enroll``) and run every agent as its own process
@@ -186,28 +190,9 @@ class ConsoleFleet:
         if self.agents:
             return
         for i, device_id in enumerate(self.agent_ids):
-            r = httpx.post(
-                f"{self.url}/api/v1/devices",
-                headers=self.headers,
-                json={"id": device_id, "tags": {"site": ("berlin", "lyon")[i % 2], "kind": "gw"}},
-            )
-            r.raise_for_status()
             data_dir = self.tmp / "agents" / device_id
-            subprocess.run(
-                [
-                    str(BIN / "edge-agent"),
-                    "enroll",
-                    "--server",
-                    self.url,
-                    "--token",
-                    r.json()["token"],
-                    "--data-dir",
-                    str(data_dir),
-                ],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
+            tags = {"site": ("berlin", "lyon")[i % 2], "kind": "gw"}
+            enroll_agent(self.url, self.token, device_id, data_dir, tags=tags)
             log = (self.tmp / f"{device_id}.log").open("ab")
             self.agents.append(
                 subprocess.Popen(

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from agent.learning.worker import LearningWorker
@@ -26,7 +25,7 @@ from fleet_server.modelkit.build import build_package
 from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
 from fleet_server.server import FleetServer
 
-from .harness import fleet_link, wait_for
+from .harness import enroll_agent, fleet_link, wait_for
 
 MODEL = "digits-fl"
 BIN = Path(sys.executable).parent
@@ -130,32 +129,6 @@ def make_device(
     return Device(link, worker, samples)
 
 
-def enroll(api: str, token: str, device_id: str, data_dir: Path) -> None:
-    """Register ``device_id`` (tagged ``fl=proc``) and enroll it with ``edge-agent enroll``."""
-    r = httpx.post(
-        f"{api}/api/v1/devices",
-        headers={"Authorization": f"Bearer {token}"},
-        json={"id": device_id, "tags": {"fl": "proc"}},
-    )
-    r.raise_for_status()
-    done = subprocess.run(
-        [
-            str(BIN / "edge-agent"),
-            "enroll",
-            "--server",
-            api,
-            "--token",
-            r.json()["token"],
-            "--data-dir",
-            str(data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-
-
 @contextmanager
 def learning_agents(
     fleet: FleetServer,
@@ -189,7 +162,7 @@ def learning_agents(
     try:
         for device_id, part in zip(ids, parts, strict=True):
             folder = directory / device_id
-            enroll(api, token, device_id, folder)
+            enroll_agent(api, token, device_id, folder, tags={"fl": "proc"})
             samples = SampleStore(folder / "samples.db", max_samples=10_000)
             for row, label in zip(data.x_train[part], data.y_train[part], strict=True):
                 samples.add(row, int(label))

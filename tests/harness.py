@@ -163,3 +163,38 @@ def fleet_link(
     endpoint = Endpoint("127.0.0.1", server.settings.broker.port, tls, keepalive=10)
     policy = DrainPolicy(200, 200, 20)
     return DeviceLink(device_id, endpoint, spool, agent_version=agent_version, policy=policy, **kw)
+
+
+def enroll_agent(
+    api_url: str, admin: str, device_id: str, data_dir: Path, *, tags: dict[str, str]
+) -> None:
+    """Register ``device_id`` with ``tags`` (as the admin token ``admin``) and run
+    ``edge-agent enroll`` with the token the server hands out, into ``data_dir``."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    r = httpx.post(
+        f"{api_url}/api/v1/devices",
+        headers={"Authorization": f"Bearer {admin}"},
+        json={"id": device_id, "tags": tags},
+    )
+    r.raise_for_status()
+    edge_agent = Path(sys.executable).parent / "edge-agent"
+    done = subprocess.run(
+        [
+            str(edge_agent),
+            "enroll",
+            "--server",
+            api_url,
+            "--token",
+            r.json()["token"],
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
