@@ -25,6 +25,7 @@ from pathlib import Path
 
 from edgefleet_contract.backoff import Backoff
 from edgefleet_contract.errors import BrokerError
+from edgefleet_contract.fdlimit import raise_fd_limit
 
 from .config import SERVER_IDENTITY
 from .pki import write_public
@@ -214,6 +215,7 @@ class ManagedBroker:
         self._watcher.start()
 
     def _spawn(self, timeout: float) -> None:
+        raise_fd_limit()  # mosquitto inherits it: one socket per connected device
         with self._lock, self.layout.stderr.open("ab") as err:
             self._proc = subprocess.Popen(
                 [self._bin, "-c", str(self.layout.conf)],

@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 
 from agent.learning.worker import LearningWorker
@@ -21,6 +23,7 @@ from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import LearningStats, SystemStats, Telemetry
 from edgefleet_contract.package import Lineage
 from edgefleet_contract.topics import Channel
+from fleet_server.federation.spec import LocalTraining, RunSpec
 from fleet_server.modelkit.build import build_package
 from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
 from fleet_server.server import FleetServer
@@ -129,6 +132,77 @@ def make_device(
     return Device(link, worker, samples)
 
 
+def release_spec(target: str, clients: int, *, epochs: int = 5) -> RunSpec:
+    """A short run of MODEL over all ``clients`` whose winner is rolled out to them at once
+    (one canary, then everyone; a one-second probation gated on crash loops)."""
+    return RunSpec(
+        model=MODEL,
+        target=target,
+        rounds=3,
+        min_clients=clients,
+        round_timeout_s=300,
+        local=LocalTraining(epochs=epochs, lr=0.2, batch_size=16),
+        rollout="canary 1, waves 100%, pace 600/min, probation 1s, gate crash_loops==0",
+    )
+
+
+def reported_samples(server: FleetServer, device_id: str) -> bool:
+    """Whether the device's latest telemetry counts labelled samples (it can train)."""
+    t = server.store.latest_telemetry(device_id)  # type: ignore[attr-defined]
+    return bool(t and t.learning and t.learning.labelled_samples > 0)
+
+
+def committed(server: FleetServer, device_id: str, name: str, version: str) -> bool:
+    """Whether the device reports serving ``name@version`` with its update committed."""
+    reported = server.store.get_device(device_id).reported
+    model = reported.model if reported else None
+    update = reported.update if reported else None
+    return bool(
+        model is not None
+        and (model.name, model.version) == (name, version)
+        and update is not None
+        and update.phase == "committed"
+    )
+
+
+class Rest:
+    """The server's REST API as one logged-in user."""
+
+    def __init__(self, api: str, token: str) -> None:
+        self.api = api
+        self.auth = {"Authorization": f"Bearer {token}"}
+
+    def get(self, path: str) -> Any:
+        r = httpx.get(f"{self.api}/api/v1{path}", headers=self.auth)
+        r.raise_for_status()
+        return r.json()
+
+    def post(self, path: str, body: object) -> httpx.Response:
+        return httpx.post(f"{self.api}/api/v1{path}", headers=self.auth, json=body)
+
+    def finished_run(self, run_id: str, timeout: float) -> dict[str, Any]:
+        """The training run once it left pending/running (with its rounds)."""
+        wait_for(
+            lambda: self.get(f"/training/runs/{run_id}")["status"] not in ("pending", "running"),
+            timeout,
+            f"training run {run_id} to finish",
+        )
+        doc: dict[str, Any] = self.get(f"/training/runs/{run_id}")
+        return doc
+
+    def finished_rollout(self, rollout_id: str, timeout: float) -> dict[str, Any]:
+        """The rollout once it left pending/canary/wave (with its devices' detail)."""
+        wait_for(
+            lambda: (
+                self.get(f"/rollouts/{rollout_id}")["status"] not in ("pending", "canary", "wave")
+            ),
+            timeout,
+            f"rollout {rollout_id} to finish",
+        )
+        doc: dict[str, Any] = self.get(f"/rollouts/{rollout_id}")
+        return doc
+
+
 @contextmanager
 def learning_agents(
     fleet: FleetServer,
@@ -175,13 +249,8 @@ def learning_agents(
                     stderr=log,
                 )
         store = fleet.store
-
-        def reported_samples(device_id: str) -> bool:
-            t = store.latest_telemetry(device_id)  # type: ignore[attr-defined]
-            return bool(t and t.learning and t.learning.labelled_samples > 0)
-
         wait_for(lambda: all(store.get_device(d).online for d in ids), 60, "agents online")
-        wait_for(lambda: all(reported_samples(d) for d in ids), 60, "learning telemetry")
+        wait_for(lambda: all(reported_samples(fleet, d) for d in ids), 60, "learning telemetry")
         yield agents
     finally:
         for proc in agents.values():

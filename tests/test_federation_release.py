@@ -9,7 +9,6 @@ the participants install the new version from ``/tuf/`` and commit it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,11 +19,17 @@ from fleet_server.federation.release import (
     participants_selector,
     release_plan,
 )
-from fleet_server.federation.spec import LocalTraining, RunSpec
 from fleet_server.rollouts.artifacts import ResolvedArtifact
 from fleet_server.server import FleetServer
 
-from .fl_helpers import MODEL, learning_agents, write_start_package
+from .fl_helpers import (
+    MODEL,
+    Rest,
+    committed,
+    learning_agents,
+    release_spec,
+    write_start_package,
+)
 from .harness import admin_token, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -97,68 +102,34 @@ def test_a_winning_candidate_is_rolled_out_to_the_participants(
     write_start_package(fleet.settings.data_dir / "models")
     api = fleet.settings.api_url
     token = admin_token(api)
-    auth = {"Authorization": f"Bearer {token}"}
+    rest = Rest(api, token)
     ids = [f"rel-{i}" for i in range(AGENTS)]
     env = {"EDGE_AGENT_LOCAL_API__PORT": "0", "EDGE_AGENT_UPDATES__PROBATION_S": "1"}
-    store = fleet.store
     with learning_agents(fleet, token, ids, tmp_path, seed=3, env=env):
-        spec = RunSpec(
-            model=MODEL,
-            target="tag:fl=proc",
-            rounds=3,
-            min_clients=AGENTS,
-            round_timeout_s=300,
-            local=LocalTraining(epochs=5, lr=0.2, batch_size=16),
-            rollout="canary 1, waves 100%, pace 600/min, probation 1s, gate crash_loops==0",
-        )
-        r = httpx.post(
-            f"{api}/api/v1/training/runs", headers=auth, json=spec.model_dump(mode="json")
-        )
+        spec = release_spec("tag:fl=proc", AGENTS)
+        r = rest.post("/training/runs", spec.model_dump(mode="json"))
         assert r.status_code == 201, r.text
         run_id = r.json()["id"]
-
-        def run() -> dict[str, Any]:
-            doc: dict[str, Any] = httpx.get(
-                f"{api}/api/v1/training/runs/{run_id}", headers=auth
-            ).json()
-            return doc
-
-        wait_for(lambda: run()["status"] not in ("pending", "running"), 300, "run finished")
-        final = run()
+        final = rest.finished_run(run_id, 300)
         assert final["status"] == "completed", final
         result = final["result"]
         assert result["handed_over"] is True, result
         version = result["version"]
 
-        rollouts = httpx.get(f"{api}/api/v1/rollouts", headers=auth).json()
+        rollouts = rest.get("/rollouts")
         assert len(rollouts) == 1, rollouts
         rollout = rollouts[0]
         assert rollout["artifact"].startswith(f"{MODEL}@{version}")
         assert rollout["created_by"] == f"federation:{run_id}"
         assert rollout["devices"] == AGENTS and "id:rel-0" in rollout["target"]
 
-        def status() -> dict[str, Any]:
-            doc: dict[str, Any] = httpx.get(
-                f"{api}/api/v1/rollouts/{rollout['id']}", headers=auth
-            ).json()
-            return doc
-
-        wait_for(lambda: status()["status"] not in ("pending", "canary", "wave"), 300, "rollout")
-        done = status()
+        done = rest.finished_rollout(rollout["id"], 300)
         assert done["status"] == "completed", (done["reason"], done["devices_detail"])
-
-        def committed(device_id: str) -> bool:
-            reported = store.get_device(device_id).reported
-            model = reported.model if reported else None
-            update = reported.update if reported else None
-            return bool(
-                model is not None
-                and (model.name, model.version) == (MODEL, version)
-                and update is not None
-                and update.phase == "committed"
-            )
-
-        wait_for(lambda: all(committed(d) for d in ids), 120, "participants committed")
-        listed = httpx.get(f"{api}/api/v1/artifacts", headers=auth).json()["items"]
+        wait_for(
+            lambda: all(committed(fleet, d, MODEL, version) for d in ids),
+            120,
+            "participants committed",
+        )
+        listed = rest.get("/artifacts")["items"]
         mine = [a for a in listed if a["name"] == MODEL and a["version"] == version]
         assert len(mine) == 4 and all(a["lineage"]["run_id"] == run_id for a in mine), mine

@@ -2,52 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
+import psutil
+import pytest
 
-from edgefleet_contract.errors import NotFound
 from fleet_server.server import FleetServer
 
 from .harness import wait_for
+from .sim_helpers import logs, online, simulate, summary
 from .test_enrollment_e2e import admin_token
 
-BIN = Path(sys.executable).parent
 DEVICES = 20
-
-
-def _simulate(fleet: FleetServer, tmp_path: Path, token: str, *extra: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "FLEETCTL_SERVER": fleet.settings.api_url,
-        "FLEETCTL_TOKEN": token,
-        "FLEETCTL_CONFIG": str(tmp_path / "ctl.json"),
-    }
-    cmd = [str(BIN / "fleetctl"), "--json", "simulate", "--devices", str(DEVICES)]
-    cmd += ["--data-dir", str(tmp_path / "sim"), "--telemetry-interval", "0.5", "--rate", "4"]
-    return subprocess.Popen(
-        [*cmd, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def _online(fleet: FleetServer, device_id: str) -> bool:
-    try:
-        return fleet.store.get_device(device_id).online
-    except NotFound:  # not enrolled yet
-        return False
-
-
-def _summary(proc: subprocess.Popen[str]) -> dict[str, object]:
-    out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 0, err[-3000:]
-    doc = json.loads(out.strip().splitlines()[-1])
-    assert isinstance(doc, dict)
-    return doc
+PER_PROCESS = 7
+"""Three worker processes (7 + 7 + 6 devices): the parent adds up what each reports."""
+WORKERS = ("--per-process", str(PER_PROCESS))
 
 
 def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
@@ -56,10 +28,10 @@ def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
     token = admin_token(fleet)
     store, api = fleet.store, fleet.settings.api_url
     ids = [f"sim-{i:05d}" for i in range(DEVICES)]
-    proc = _simulate(fleet, tmp_path, token)
+    proc = simulate(fleet, tmp_path, token, *WORKERS, devices=DEVICES)
     try:
         wait_for(
-            lambda: proc.poll() is None and all(_online(fleet, d) for d in ids),
+            lambda: proc.poll() is None and all(online(fleet, d) for d in ids),
             timeout=240,
             what="all online",
         )
@@ -90,14 +62,17 @@ def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
         assert twin["status"] == "in_sync"
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: every device disconnects cleanly
-    first = _summary(proc)
-    assert first["enrolled_now"] == DEVICES
+    first = summary(proc, tmp_path)
+    assert first["enrolled_now"] == DEVICES and first["processes"] == 3
     assert isinstance(first["telemetry_batches"], int) and first["telemetry_batches"] >= DEVICES
     assert first["desired_applied"] == DEVICES
-    wait_for(lambda: not any(_online(fleet, d) for d in ids), what="all offline")
+    wait_for(lambda: not any(online(fleet, d) for d in ids), what="all offline")
 
     # a second run reuses the identities: no new enrollment, same devices online again
-    second = _summary(_simulate(fleet, tmp_path, token, "--duration", "1", "--no-model"))
+    again = simulate(
+        fleet, tmp_path, token, *WORKERS, "--duration", "1", "--no-model", devices=DEVICES
+    )
+    second = summary(again, tmp_path)
     assert second["enrolled_now"] == 0 and second["reused"] == DEVICES
     assert second["time_to_all_online_s"] is not None
     assert second["errors"] == 0
@@ -127,3 +102,77 @@ def test_devices_of_one_process_share_one_loaded_model_per_package(tmp_path: Pat
     first, second = services[0].snapshot(), services[1].snapshot()
     assert first is not None and second is not None
     assert first.inference.count == 2 and second.inference.count == 0
+
+
+def _workers(proc: subprocess.Popen[str]) -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process(proc.pid).children()
+        if "fleet_server.simulate.worker" in " ".join(p.cmdline())
+    ]
+
+
+def _gone(workers: list[psutil.Process]) -> bool:
+    return not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+SMALL = ("--per-process", "2", "--no-model")
+"""Four devices in two workers of two."""
+
+
+def test_a_worker_that_dies_stops_the_run_with_its_log_and_the_rest_disconnect(
+    fleet: FleetServer, tmp_path: Path
+) -> None:
+    token = admin_token(fleet)
+    ids = [f"sim-{i:05d}" for i in range(4)]
+    proc = simulate(fleet, tmp_path, token, *SMALL, devices=4)
+    try:
+        wait_for(lambda: all(online(fleet, d) for d in ids), timeout=180, what="all online")
+        workers = _workers(proc)
+        assert len(workers) == 2
+        workers[1].kill()  # the second slice: sim-00002, sim-00003
+        proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = (tmp_path / "simulate.log").read_text()
+    assert proc.returncode == 1, logs(tmp_path)
+    assert "simulator worker 1 (sim-00002, 2 devices) exited with code -9" in err
+    assert "worker-01.log" in err
+    wait_for(lambda: _gone(workers), timeout=60, what="the other worker stopped")
+    # the killed worker's devices go offline through their Last Will, the others cleanly
+    wait_for(lambda: not any(online(fleet, d) for d in ids), timeout=60, what="all offline")
+
+
+def test_killing_fleetctl_stops_its_workers_and_their_devices(
+    fleet: FleetServer, tmp_path: Path
+) -> None:
+    token = admin_token(fleet)
+    ids = [f"sim-{i:05d}" for i in range(4)]
+    proc = simulate(fleet, tmp_path, token, *SMALL, devices=4)
+    try:
+        wait_for(lambda: all(online(fleet, d) for d in ids), timeout=180, what="all online")
+        workers = _workers(proc)
+        assert len(workers) == 2
+        proc.kill()  # no Ctrl-C handler runs: the workers only see their stdin close
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_for(lambda: _gone(workers), timeout=120, what="workers stopped by themselves")
+    wait_for(lambda: not any(online(fleet, d) for d in ids), timeout=60, what="all offline")
+    assert len(sorted((tmp_path / "sim").rglob("worker-*.log"))) == 2
+
+
+def test_status_lines_add_up_and_a_bad_line_says_what_is_wrong() -> None:
+    from edgefleet_contract.errors import ContractError
+    from fleet_server.simulate.protocol import Job, Status, decode, encode
+
+    a, b = Status(started=2, telemetry=5, final=True), Status(started=3, errors=1, final=False)
+    total = a + b
+    assert (total.started, total.telemetry, total.errors, total.final) == (5, 5, 1, False)
+    job = Job(root="/x", prefix="p", first=100, count=3, probation_s=5)
+    assert decode(Job, encode(job)) == job and job.device_ids == ["p-00100", "p-00101", "p-00102"]
+    for line, message in (("[1]", "not a JSON object"), ("{", "Expecting"), ('{"x": 1}', "x")):
+        with pytest.raises(ContractError, match=message):
+            decode(Status, line)

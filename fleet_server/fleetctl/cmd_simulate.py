@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
-import resource
+import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fleet_server.simulate.protocol import MAX_PER_PROCESS
+
 from .cli import Ctx, pass_ctx
 from .client import Client, load_login
 
-HELP = """Run DEVICES simulated devices in this process against a fleet server.
+HELP = """Run DEVICES simulated devices against a fleet server.
 
 \b
 Real: enrollment (REST device record + one-time token, a key pair and CSR per
@@ -26,24 +29,15 @@ with the inference recorder, TUF-verified updates into A/B slots, federated
 training on the labelled samples.
 Simplified: sensors replay scikit-learn digits (optionally shifted with
 --shift to trigger drift alerts); loaded models are shared per package version
-between the devices of the process; no local prediction API or firmware.
+between the devices of a process; no local prediction API or firmware.
 
-At most 100 devices per process (paho's select() loop cannot use descriptors
-above 1023): for more, run several processes with different --prefix values.
-Identities persist in --data-dir: a second run reuses them (no re-enrollment).
-Ctrl-C (or --duration) stops every device cleanly; the server sees them go
-offline.  See docs/operations.md, "Fleet simulator"."""
-
-
-def _raise_fd_limit(devices: int) -> None:
-    """Each device holds a socket and its SQLite files (about seven descriptors); raise
-    the soft limit toward the hard one, as an operator would with ``ulimit -n``."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = devices * 8 + 256
-    if hard != resource.RLIM_INFINITY:
-        want = min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+The devices run in worker processes of at most --per-process devices each
+(paho's select() loop cannot use descriptors above 1023); this command enrolls
+them, starts the workers and adds up what they report.  Identities persist in
+--data-dir: a second run reuses them (no re-enrollment).  Ctrl-C (or
+--duration) stops every device cleanly; the server sees them go
+offline; a second Ctrl-C kills the workers at once.  See
+docs/operations.md, "Fleet simulator"."""
 
 
 def _default_model() -> Path | None:
@@ -57,6 +51,13 @@ def _default_model() -> Path | None:
 
 @click.command(help=HELP)
 @click.option("--devices", "count", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option(
+    "--per-process",
+    type=click.IntRange(1, MAX_PER_PROCESS),
+    default=MAX_PER_PROCESS,
+    show_default=True,
+    help=f"Devices per worker process (at most {MAX_PER_PROCESS}: paho's select() loop).",
+)
 @click.option("--server", default=None, help="Fleet server URL (default: the one logged in to).")
 @click.option(
     "--telemetry-interval",
@@ -139,6 +140,7 @@ def _default_model() -> Path | None:
 def simulate(
     ctx: Ctx,
     count: int,
+    per_process: int,
     server: str | None,
     telemetry_interval: float,
     model: Path | None,
@@ -153,70 +155,77 @@ def simulate(
     prefix: str,
     online_timeout: float,
 ) -> None:
-    from fleet_server.simulate.fleet import MAX_PER_PROCESS, Fleet
-    from fleet_server.simulate.sensors import Sensors, Shift
+    from fleet_server.simulate.enroll import enroll_all
+    from fleet_server.simulate.pool import WorkerPool
+    from fleet_server.simulate.protocol import Job, device_ids
 
     from .simview import Watch
 
-    if count > MAX_PER_PROCESS:
-        raise click.UsageError(
-            f"one process can play at most {MAX_PER_PROCESS} devices (the MQTT client's "
-            "select() loop cannot use descriptors above 1023); run several "
-            "`fleetctl simulate` processes with different --prefix values"
-        )
-    _raise_fd_limit(count)
     login = load_login()
     url = (server or login.server).rstrip("/")
     client = Client(url, login.token) if server else ctx.client
     package = None if no_model else (model or _default_model())
-    fleet = Fleet(
-        client,
-        url,
-        data_dir / url.split("://")[-1].replace(":", "_").replace("/", "_"),
-        count=count,
-        prefix=prefix,
-        interval=telemetry_interval,
-        model=package,
-        probation_s=probation_s,
-    )
+    root = data_dir / url.split("://")[-1].replace(":", "_").replace("/", "_")
+    processes = math.ceil(count / per_process)
+    jobs = [
+        Job(
+            root=str(root),
+            prefix=prefix,
+            first=first,
+            count=min(per_process, count - first),
+            interval=telemetry_interval,
+            model=str(package) if package else None,
+            probation_s=probation_s,
+            rate=rate,
+            feedback=feedback,
+            shift=shift,
+            shift_after=shift_after,
+            seed=k,
+        )
+        for k, first in enumerate(range(0, count, per_process))
+    ]
+    pool = WorkerPool(jobs, root / "logs")
     stop = threading.Event()
 
     def interrupt(*_: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C: no more waiting for clean disconnects
+            pool.kill()
         stop.set()
-        fleet.stopping.set()
 
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    watch = Watch(fleet, stop)
+
+    def online() -> int:
+        page = client.get("/devices", selector=f"tag:simulated={prefix} and online", limit=1)
+        return int(page["total"])
+
+    enrolled_now = 0
+
+    def enroll(advance: Callable[[int], None]) -> None:
+        nonlocal enrolled_now
+        ids = device_ids(prefix, 0, count)
+        enrolled_now = enroll_all(client, url, root, ids, tag=prefix, advance=advance, halted=stop)
+
+    watch = Watch(pool, count, online, stop)
     started = time.monotonic()
-    sensors: Sensors | None = None
-    summary: dict[str, Any] = {"devices": count, "server": url}
+    summary: dict[str, Any] = {"devices": count, "processes": processes, "server": url}
     try:
-        watch.bring_up(online_timeout)
+        watch.bring_up(enroll, online_timeout)
         summary["time_to_all_online_s"] = watch.all_online_s
         summary["all_online_at"] = time.time()
-        sensors = Sensors(
-            [a.service for a in fleet.agents],
-            rate=rate,
-            feedback=feedback,
-            shift=Shift(shift, shift_after),
-            on_error=lambda: fleet.counters.add("errors"),
-        )
-        sensors.start()
-        watch.run(duration, sensors)
+        if not stop.is_set():
+            watch.run(duration)
     finally:
         summary["stopping_at"] = time.time()
-        if sensors is not None:
-            sensors.stop()
         watch.shut_down()
-        c = fleet.counters
+        total = pool.total()
         summary.update(
-            enrolled_now=fleet.enrolled_now,
-            reused=count - fleet.enrolled_now,
-            telemetry_batches=c.telemetry,
-            desired_applied=c.desired,
-            readings=sensors.readings if sensors else 0,
-            errors=c.errors,
+            enrolled_now=enrolled_now,
+            reused=count - enrolled_now,
+            telemetry_batches=total.telemetry,
+            desired_applied=total.desired,
+            readings=total.readings,
+            errors=total.errors,
             wall_s=round(time.monotonic() - started, 1),
         )
         client.close()

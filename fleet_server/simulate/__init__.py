@@ -1,4 +1,4 @@
-"""``fleetctl simulate``: many devices in one process, for load tests and demos.
+"""``fleetctl simulate``: many devices on one machine, for load tests and demos.
 
 What is real and what is simplified, so a figure measured with it is read right:
 
@@ -26,5 +26,7 @@ Simplified for scale:
     activates its own copy in its own slots);
   * no local prediction API and no firmware handler (``firmware_handler = "none"``);
   * threads: each agent keeps its own threads (MQTT loop, commands, telemetry,
-    renewal, updates), about six per device.
+    renewal, updates), about six per device, in worker processes of at most
+    :data:`~.protocol.MAX_PER_PROCESS` devices (:mod:`.pool` starts them,
+    :mod:`.worker` runs one, :mod:`.protocol` is what they say to each other).
 """
