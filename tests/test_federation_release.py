@@ -8,14 +8,11 @@ the participants install the new version from ``/tuf/`` and commit it.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from agent.samples import SampleStore
 from edgefleet_contract.errors import PlanError
 from fleet_server.api.routes_rollouts import build_plan
 from fleet_server.federation.release import (
@@ -23,7 +20,6 @@ from fleet_server.federation.release import (
     participants_selector,
     release_plan,
 )
-from fleet_server.modelkit.digits import split
 from fleet_server.rollouts.artifacts import ResolvedArtifact
 from fleet_server.server import FleetServer
 
@@ -31,13 +27,11 @@ from .fl_helpers import (
     MODEL,
     Rest,
     committed,
-    dirichlet_parts,
+    learning_agents,
     release_spec,
-    reported_samples,
     write_start_package,
 )
-from .harness import ADMIN_PASSWORD, wait_for
-from .test_federation_agents import BIN, enroll
+from .harness import admin_token, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 AGENTS = 5
@@ -108,9 +102,7 @@ def test_the_plan_targets_the_participants_within_the_runs_selector() -> None:
 
 def test_train_start_refuses_a_bad_rollout_option_at_once(fleet: FleetServer) -> None:
     api = fleet.settings.api_url
-    token = httpx.post(
-        f"{api}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
-    ).json()["token"]
+    token = admin_token(api)
     r = httpx.post(
         f"{api}/api/v1/training/runs",
         headers={"Authorization": f"Bearer {token}"},
@@ -126,44 +118,11 @@ def test_a_winning_candidate_is_rolled_out_to_the_participants(
 ) -> None:
     write_start_package(fleet.settings.data_dir / "models")
     api = fleet.settings.api_url
-    token = httpx.post(
-        f"{api}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
-    ).json()["token"]
+    token = admin_token(api)
     rest = Rest(api, token)
-    data = split()
-    parts = dirichlet_parts(data.y_train, AGENTS, 0.5, 3)
     ids = [f"rel-{i}" for i in range(AGENTS)]
-    env = {
-        **os.environ,
-        "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.3",
-        "EDGE_AGENT_LOG_FORMAT": "text",
-        "EDGE_AGENT_LOCAL_API__PORT": "0",
-        "EDGE_AGENT_UPDATES__PROBATION_S": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
-    agents: list[subprocess.Popen[bytes]] = []
-    store = fleet.store
-    try:
-        for device_id, part in zip(ids, parts, strict=True):
-            folder = tmp_path / device_id
-            enroll(api, token, device_id, folder)
-            samples = SampleStore(folder / "samples.db", max_samples=10_000)
-            for row, label in zip(data.x_train[part], data.y_train[part], strict=True):
-                samples.add(row, int(label))
-            samples.close()
-            log = (tmp_path / f"{device_id}.log").open("wb")
-            agents.append(
-                subprocess.Popen(
-                    [str(BIN / "edge-agent"), "run", "--data-dir", str(folder)],
-                    env=env,
-                    stdout=log,
-                    stderr=log,
-                )
-            )
-
-        wait_for(lambda: all(store.get_device(d).online for d in ids), 60, "agents online")
-        wait_for(lambda: all(reported_samples(fleet, d) for d in ids), 60, "learning telemetry")
+    env = {"EDGE_AGENT_LOCAL_API__PORT": "0", "EDGE_AGENT_UPDATES__PROBATION_S": "1"}
+    with learning_agents(fleet, token, ids, tmp_path, seed=3, env=env):
         spec = release_spec("tag:fl=proc", AGENTS)
         r = rest.post("/training/runs", spec.model_dump(mode="json"))
         assert r.status_code == 201, r.text
@@ -191,11 +150,3 @@ def test_a_winning_candidate_is_rolled_out_to_the_participants(
         listed = rest.get("/artifacts")["items"]
         mine = [a for a in listed if a["name"] == MODEL and a["version"] == version]
         assert len(mine) == 4 and all(a["lineage"]["run_id"] == run_id for a in mine), mine
-    finally:
-        for proc in agents:
-            proc.terminate()
-        for proc in agents:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()

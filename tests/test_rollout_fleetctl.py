@@ -6,11 +6,14 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from fleet_server.server import FleetServer
 
-from .harness import ADMIN_PASSWORD
+from .fleetctl_kit import fleetctl, login_admin
 from .ota_server import model_version
-from .test_fleetctl import config, fleetctl  # noqa: F401  (config is an autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("fleetctl_config")
 
 
 def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
@@ -20,11 +23,7 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
         d = f"ctl-r{i}"
         fleet.store.create_device(d, name=d, tags={"site": "lab"}, now=now)
         fleet.store.add_certificate(d, 900 + i, now + 3600, now)
-    code, _, err = fleetctl(
-        ["login", "--server", fleet.settings.api_url, "-u", "admin", "--password-stdin"],
-        ADMIN_PASSWORD + "\n",
-    )
-    assert code == 0, err
+    login_admin(fleet.settings.api_url)
     base = ["rollout", "create", "--artifact", "digits@2.0.0", "--target", "tag:site=lab"]
     code, out, err = fleetctl([*base, "--gate", "error_rate<"])
     assert code == 1 and "expected a number at column 12, found the end" in err
