@@ -16,8 +16,8 @@ shipped model (same weights, version 1.1.0, signed into TUF by the server) rolle
 with canary 1 %, waves 50 %/100 %, unpaced, one gate (error_rate<0.05, judged on at
 least 5 inferences from the wave) and a 10 s device probation; each agent refreshes
 TUF metadata, downloads and verifies the package, self-tests it, switches its A/B
-slot and commits after probation.  Its
-baseline is the same plan on the 10-device fleet in the same run.  Measured at 1,000
+slot and commits after probation.  Its baseline is the same plan on the 10-device
+fleet in the same run.  Measured at 1,000
 devices in ten worker processes of 100 (paho's select() loop cannot use descriptors
 above 1023, so one process holds at most 100).  ``BENCH_SIM_DEVICES`` changes the size."""
 
