@@ -187,6 +187,7 @@ class FleetServer:
             self.link,
             registry=self.registry,
             on_candidate=self._register_candidate,
+            artifacts=self.artifacts,
         )
         self.rollouts = RolloutDriver(self.store, self.link)
         self.registry.gauge(

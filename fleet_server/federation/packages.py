@@ -1,31 +1,51 @@
 """Where a run finds the current package of the model it trains.
 
-Until the artifact registry is wired in, the newest float ONNX package of a
-model found in the server's ``{data_dir}/models`` or the repository's
-``models/dist`` is the starting point.
+The newest trainable float ONNX package of the model wins, wherever it is: in
+the artifact registry (a version an earlier run produced, or one an operator
+pushed), in the server's ``{data_dir}/models``, or in the repository's
+``models/dist`` (the factory model).  So each run continues from the fleet's
+latest model instead of starting over from the factory one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from edgefleet_contract.errors import FederationError
+from edgefleet_contract.errors import EdgefleetError, FederationError
 from edgefleet_contract.package import ModelPackage, read_package
 
 from ..selector import version_key
 
 DIST = Path(__file__).resolve().parents[2] / "models" / "dist"
+FLAVOR = "onnx-float32"
+"""The flavour a run trains from (and that carries the trainable weights)."""
 
 
-def find_package(name: str, directories: Sequence[Path]) -> ModelPackage:
+def registered(artifacts: object, name: str) -> list[Path]:
+    """The registry's float ONNX packages of ``name`` (their blob files), newest first."""
+    store = getattr(artifacts, "store", None)
+    if store is None:
+        return []
+    page = store.find_artifacts(kind="model", name=name, flavor=FLAVOR, limit=1000)
+    paths = [artifacts.blob(a.sha256) for a in page.items]  # type: ignore[attr-defined]
+    return [p for p in paths if p is not None]
+
+
+def find_package(
+    name: str, directories: Sequence[Path], *, files: Iterable[Path] = ()
+) -> ModelPackage:
+    """The newest trainable package of ``name`` among ``files`` and ``directories``."""
     found: list[ModelPackage] = []
-    for directory in directories:
-        for path in directory.glob(f"{name}-*-onnx-float32.efpkg"):
+    candidates = [*files, *(p for d in directories for p in d.glob(f"{name}-*-{FLAVOR}.efpkg"))]
+    for path in candidates:
+        try:
             package = read_package(path)
-            if package.manifest.name == name and package.manifest.trainable is not None:
-                found.append(package)
+        except EdgefleetError:
+            continue  # an unreadable file is not a starting point; another may be
+        if package.manifest.name == name and package.manifest.trainable is not None:
+            found.append(package)
     if not found:
-        where = ", ".join(str(d) for d in directories)
+        where = ", ".join(["the artifact registry", *(str(d) for d in directories)])
         raise FederationError(f"no trainable package of model {name!r} in {where}")
     return max(found, key=lambda p: version_key(p.manifest.version))

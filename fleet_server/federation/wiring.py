@@ -11,7 +11,7 @@ from ..link import ServerLink
 from ..metrics import Registry
 from ..store.base import Store
 from .candidate import CandidateHook, digits_heldout
-from .packages import DIST, find_package
+from .packages import DIST, find_package, registered
 from .runner import TrainingService, TrainingStore
 
 
@@ -22,13 +22,18 @@ def make_training(
     *,
     on_candidate: CandidateHook | None = None,
     registry: Registry | None = None,
+    artifacts: object | None = None,
 ) -> TrainingService:
-    """``on_candidate(path, lineage)`` is the registry hand-over (``Registry.add_model``)."""
+    """``on_candidate(path, lineage)`` is the registry hand-over (``Registry.add_model``);
+    ``artifacts`` (the artifact registry) is searched first for the package a run starts
+    from."""
     models = settings.data_dir / "models"
     service = TrainingService(
         cast(TrainingStore, store),
         lambda device_id, frame: link.send_raw(device_id, Channel.FL_IN, frame),
-        packages=lambda name: find_package(name, [models, DIST]),
+        packages=lambda name: find_package(
+            name, [models, DIST], files=registered(artifacts, name) if artifacts else ()
+        ),
         heldout=digits_heldout,
         candidates_dir=settings.data_dir / "candidates",
         on_candidate=on_candidate,
