@@ -158,8 +158,9 @@ class ModelService:
         if recorder is None:
             pass
         elif len(rows) == 1:  # the common case on a device: one reading, one answer
+            # rows is (1, features): the recorder takes it as it is, without a row view.
             recorder.record(
-                elapsed, prediction.confidence.item(0), prediction.classes.item(0), rows[0]
+                elapsed, prediction.confidence.item(0), prediction.classes.item(0), rows
             )
         else:
             per_row = elapsed / len(rows)

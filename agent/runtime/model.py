@@ -139,10 +139,12 @@ class Model:
         classes = probabilities.argmax(axis=1)
         labels = self._labels
         if len(classes) == 1:  # one reading per call, the usual case on a device
-            top = classes.item(0)
             # The top-1 probability is the row's maximum (NaN included: argmax stops at the
-            # first NaN, which is what max returns); indexing it is cheaper than a reduction.
-            return _prediction(probabilities, classes, probabilities[:, top].copy(), (labels[top],))
+            # first NaN, which is what max returns); with one row, the class is its index
+            # into the flattened output, and take() is a quarter of the cost of max(axis=1).
+            return _prediction(
+                probabilities, classes, probabilities.take(classes), (labels[classes.item(0)],)
+            )
         return _prediction(
             probabilities,
             classes,
