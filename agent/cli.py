@@ -30,8 +30,8 @@ from pathlib import Path
 import click
 
 from edgefleet_contract import logs
-from edgefleet_contract.cli import run
-from edgefleet_contract.config import load_settings
+from edgefleet_contract.cli import daemon_options, run
+from edgefleet_contract.config import load_cli_settings
 from edgefleet_contract.errors import (
     ConfigError,
     EdgefleetError,
@@ -42,24 +42,9 @@ from edgefleet_contract.errors import (
 
 from .config import AgentSettings
 
-
-def _settings(config: Path | None, data_dir: Path | None) -> AgentSettings:
-    overrides = {"data_dir": data_dir} if data_dir else {}
-    return load_settings(AgentSettings, config, **overrides)
-
-
-config_option = click.option(
-    "--config",
-    "-c",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="agent.toml (EDGE_AGENT_* environment variables override it).",
-)
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Identity, spool and samples (default /var/lib/edgefleet).",
+settings_options = daemon_options(
+    config_help="agent.toml (EDGE_AGENT_* environment variables override it).",
+    data_dir_help="Identity, spool and samples (default /var/lib/edgefleet).",
 )
 
 
@@ -72,15 +57,14 @@ def cli() -> None:
 @click.option("--server", required=True, help="Fleet server URL, e.g. https://fleet:8080")
 @click.option("--token", required=True, help="One-time token from `fleetctl devices add`.")
 @click.option("--force", is_flag=True, help="Replace an existing identity.")
-@config_option
-@data_dir_option
+@settings_options
 def enroll(
     server: str, token: str, force: bool, config: Path | None, data_dir: Path | None
 ) -> None:
     """Make this device's key, get its certificate, and remember the broker."""
     from .identity import enroll as do_enroll
 
-    settings = _settings(config, data_dir)
+    settings = load_cli_settings(AgentSettings, config, data_dir)
     identity = do_enroll(settings.data_dir, server, token, force=force)
     click.echo(
         f"enrolled as {identity.device_id}; broker {identity.broker_host}:"
@@ -89,8 +73,7 @@ def enroll(
 
 
 @cli.command("run")
-@config_option
-@data_dir_option
+@settings_options
 def run_daemon(config: Path | None, data_dir: Path | None) -> None:
     """Run the daemon until SIGTERM/SIGINT."""
     from . import allocator
@@ -99,7 +82,7 @@ def run_daemon(config: Path | None, data_dir: Path | None) -> None:
     from .daemon import Agent
     from .identity import Identity
 
-    settings = _settings(config, data_dir)
+    settings = load_cli_settings(AgentSettings, config, data_dir)
     logs.configure(settings.log_level, settings.log_format)
     agent = Agent(settings, Identity.load(settings.data_dir))
     stop = threading.Event()
@@ -113,13 +96,12 @@ def run_daemon(config: Path | None, data_dir: Path | None) -> None:
 
 
 @cli.command()
-@config_option
-@data_dir_option
+@settings_options
 def status(config: Path | None, data_dir: Path | None) -> None:
     """Show identity, certificate expiry and spool depth."""
     from .daemon import status as read_status
 
-    settings = _settings(config, data_dir)
+    settings = load_cli_settings(AgentSettings, config, data_dir)
     click.echo(json.dumps(read_status(settings.data_dir), indent=2))
 
 
@@ -132,8 +114,7 @@ def status(config: Path | None, data_dir: Path | None) -> None:
     default=None,
     help="Predict in-process with this package instead of asking the running daemon.",
 )
-@config_option
-@data_dir_option
+@settings_options
 def predict(file: Path, model: Path | None, config: Path | None, data_dir: Path | None) -> None:
     """Predict the rows in FILE (.npy, .csv or .json) and print the results as JSON.
 
@@ -142,7 +123,7 @@ def predict(file: Path, model: Path | None, config: Path | None, data_dir: Path 
     """
     from .predict import predict_file
 
-    settings = _settings(config, data_dir)
+    settings = load_cli_settings(AgentSettings, config, data_dir)
     click.echo(json.dumps(predict_file(settings, file, model), indent=2))
 
 

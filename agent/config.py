@@ -63,6 +63,9 @@ class UpdateSettings(Section):
     """Probation judges the error rate only after this many inferences."""
     max_restarts: Annotated[int, Field(ge=0, le=100)] = 2
     """Agent restarts tolerated during probation before the previous version comes back."""
+    retry_for_s: Annotated[float, Field(ge=0, le=7 * 86400)] = 1800.0
+    """How long an update keeps retrying a server it cannot reach (backoff 5 s doubling to
+    5 min, jittered) before it fails; a newer desired state ends the wait at once."""
     firmware_handler: Literal["ab-slot", "rauc", "swupdate", "mender", "command", "none"] = (
         "ab-slot"
     )

@@ -215,17 +215,19 @@ def enroll(
         timeout,
     )
     cert = _checked_cert(doc, key, device_id)
-    _write(directory / "device.key", _key_pem(key), 0o600)
-    _write(directory / "device.pem", cert)
-    _write(directory / "ca.pem", str(doc["ca_pem"]).encode())
-    record = {
-        "device_id": device_id,
-        "server_url": server_url.rstrip("/"),
-        "broker_host": doc["broker_host"],
-        "broker_port": doc["broker_port"],
-        "enrolled_at": time.time(),
-    }
-    _write(directory / "enrollment.json", json.dumps(record, indent=2).encode())
+    broker_host, broker_port = doc.get("broker_host"), doc.get("broker_port")
+    if not isinstance(broker_host, str) or not isinstance(broker_port, int):
+        raise EnrollmentError("the server's answer holds no broker address")
+    identity = save_identity(
+        data_dir,
+        device_id=device_id,
+        server_url=server_url.rstrip("/"),
+        broker_host=broker_host,
+        broker_port=broker_port,
+        key_pem=_key_pem(key),
+        cert_pem=cert,
+        ca_pem=str(doc["ca_pem"]).encode(),
+    )
     if isinstance(doc.get("tuf_root"), str):
         # The trust anchor for signed updates: the device verifies every later root
         # and every artifact against the chain that starts here.
@@ -237,6 +239,39 @@ def enroll(
             raise EnrollmentError(
                 f"enrolled, but cannot keep the update trust root: {exc}"
             ) from exc
+    return identity
+
+
+def save_identity(
+    data_dir: Path,
+    *,
+    device_id: str,
+    server_url: str,
+    broker_host: str,
+    broker_port: int,
+    key_pem: bytes,
+    cert_pem: bytes,
+    ca_pem: bytes,
+) -> Identity:
+    """Write an enrolled identity under ``data_dir``; return it as :meth:`Identity.load` reads it.
+
+    The key is readable by its owner only, and the enrollment record is written
+    last: a crash part-way leaves a device that is not enrolled, never a record
+    without its key.  Tests and benchmarks lay out devices from a lab CA with it.
+    """
+    directory = data_dir / "identity"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write(directory / "device.key", key_pem, 0o600)
+    _write(directory / "device.pem", cert_pem)
+    _write(directory / "ca.pem", ca_pem)
+    record = {
+        "device_id": device_id,
+        "server_url": server_url,
+        "broker_host": broker_host,
+        "broker_port": broker_port,
+        "enrolled_at": time.time(),
+    }
+    _write(directory / "enrollment.json", json.dumps(record, indent=2).encode())
     return Identity.load(data_dir)
 
 

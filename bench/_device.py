@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from agent.identity import save_identity
 
 from ._lab import Lab
 
@@ -22,19 +22,16 @@ def device_dir(lab: Lab, device_id: str) -> Path:
     tls = lab.identity(device_id)
     assert tls.cert_file is not None and tls.key_file is not None
     data = lab.dir / "devices" / device_id
-    identity = data / "identity"
-    identity.mkdir(parents=True)
-    shutil.copy(tls.ca_file, identity / "ca.pem")
-    shutil.copy(tls.cert_file, identity / "device.pem")
-    shutil.copy(tls.key_file, identity / "device.key")
-    os.chmod(identity / "device.key", 0o600)
-    record = {
-        "device_id": device_id,
-        "server_url": "http://127.0.0.1:9",
-        "broker_host": "127.0.0.1",
-        "broker_port": lab.broker.port,
-    }
-    (identity / "enrollment.json").write_text(json.dumps(record))
+    save_identity(
+        data,
+        device_id=device_id,
+        server_url="http://127.0.0.1:9",
+        broker_host="127.0.0.1",
+        broker_port=lab.broker.port,
+        key_pem=tls.key_file.read_bytes(),
+        cert_pem=tls.cert_file.read_bytes(),
+        ca_pem=tls.ca_file.read_bytes(),
+    )
     return data
 
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from fleet_server.api import ApiContext, create_app
@@ -23,7 +24,7 @@ from fleet_server.auth import Authenticator, hash_password
 from fleet_server.config import ServerSettings
 from fleet_server.enrollment import Enrollment
 from fleet_server.pki import FleetCA
-from fleet_server.store import open_store
+from fleet_server.store import Store, open_store
 
 from ._lab import machine, table
 
@@ -74,11 +75,8 @@ def timed(client: TestClient, url: str, headers: dict[str, str], n: int) -> tupl
     return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
-def run() -> list[dict[str, object]]:
-    folder = Path(tempfile.mkdtemp(prefix="edgefleet-api-bench-"))
-    store = open_store(folder / "fleet.db")
-    now = time.time()
-    populate(folder / "fleet.db", now)
+def viewer_app(folder: Path, store: Store, now: float) -> tuple[FastAPI, dict[str, str]]:
+    """The REST app over ``store``, and the headers of a viewer who may read all of it."""
     store.create_user("bench", role="viewer", password_hash=hash_password("bench-password"), now=0)
     token, _ = Authenticator(store).issue_token(store.get_user("bench"), name="b", ttl_s=3600)
     ca = FleetCA.create(folder / "ca", now=now)
@@ -89,7 +87,15 @@ def run() -> list[dict[str, object]]:
             enrollment=Enrollment(store, ca, token_ttl_s=60, cert_validity_s=60),
         )
     )
-    headers = {"Authorization": f"Bearer {token}"}
+    return app, {"Authorization": f"Bearer {token}"}
+
+
+def run() -> list[dict[str, object]]:
+    folder = Path(tempfile.mkdtemp(prefix="edgefleet-api-bench-"))
+    store = open_store(folder / "fleet.db")
+    now = time.time()
+    populate(folder / "fleet.db", now)
+    app, headers = viewer_app(folder, store, now)
     day = f"since={now - 86400}&until={now}"
     cases = [
         ("GET /devices (page of 100)", "/api/v1/devices?limit=100&offset=5000", 200),

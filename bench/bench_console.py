@@ -16,15 +16,10 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from edgefleet_contract.messages import SystemStats, Telemetry
-from fleet_server.api import ApiContext, create_app
-from fleet_server.auth import Authenticator, hash_password
-from fleet_server.config import ServerSettings
-from fleet_server.enrollment import Enrollment
-from fleet_server.pki import FleetCA
 from fleet_server.store import open_store
 
 from ._lab import machine
-from .bench_api import DEVICES, populate, timed
+from .bench_api import DEVICES, populate, timed, viewer_app
 
 WINDOW_MINUTES = 15
 BATCHES = 720
@@ -76,17 +71,7 @@ def run() -> list[dict[str, object]]:
         ],
         received_at=now,
     )
-    store.create_user("bench", role="viewer", password_hash=hash_password("bench-password"), now=0)
-    token, _ = Authenticator(store).issue_token(store.get_user("bench"), name="b", ttl_s=3600)
-    ca = FleetCA.create(folder / "ca", now=now)
-    app = create_app(
-        ApiContext(
-            settings=ServerSettings(data_dir=folder),
-            store=store,
-            enrollment=Enrollment(store, ca, token_ttl_s=60, cert_validity_s=60),
-        )
-    )
-    headers = {"Authorization": f"Bearer {token}"}
+    app, headers = viewer_app(folder, store, now)
     baseline_url = "/api/v1/devices?limit=100&offset=5000"
     cases = [
         ("overview: GET /console/summary", "/api/v1/console/summary", 20),

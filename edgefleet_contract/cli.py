@@ -1,19 +1,24 @@
-"""The one way the three command lines end: a clear line on stderr and a meaningful code.
+"""What the three command lines share: how they end, and the daemons' common options.
 
 Every face (``edge-agent``, ``fleet-server``, ``fleetctl``) runs its click group
 through :func:`run`, so an :class:`EdgefleetError` never becomes a traceback.
+The two daemons' commands take the same ``--config``/``--data-dir`` pair
+(:func:`daemon_options`), read by :func:`~edgefleet_contract.config.load_cli_settings`.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from .errors import ConfigError, EdgefleetError
 
 ExitRule = tuple[type[EdgefleetError], int, str]
+F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_RULES: Sequence[ExitRule] = (
     (ConfigError, 2, "configuration error"),
@@ -40,3 +45,22 @@ def run(group: click.Group, rules: Sequence[ExitRule] = DEFAULT_RULES) -> None:
                 click.echo(f"{prefix}: {exc}", err=True)
                 sys.exit(code)
         raise
+
+
+def daemon_options(*, config_help: str, data_dir_help: str) -> Callable[[F], F]:
+    """The ``--config/-c FILE`` and ``--data-dir DIR`` options of a daemon command.
+
+    Each daemon words the help for its own file and directory; the names, types
+    and defaults are the same on both, so the docs and the units can use either.
+    """
+    config = click.option(
+        "--config", "-c", type=click.Path(path_type=Path), default=None, help=config_help
+    )
+    data_dir = click.option(
+        "--data-dir", type=click.Path(path_type=Path), default=None, help=data_dir_help
+    )
+
+    def apply(command: F) -> F:
+        return config(data_dir(command))
+
+    return apply

@@ -66,6 +66,15 @@ def load_settings(cls: type[S], path: Path | str | None = None, **overrides: Any
         raise ConfigError(describe(exc, cls, source)) from None
 
 
+def load_cli_settings(cls: type[S], config: Path | None, data_dir: Path | None) -> S:
+    """``cls`` as a daemon command's ``--config`` and ``--data-dir`` ask for.
+
+    ``--data-dir`` wins over the file and the environment when it is given.
+    """
+    overrides = {"data_dir": data_dir} if data_dir else {}
+    return load_settings(cls, config, **overrides)
+
+
 def describe(exc: ValidationError, cls: type[FileSettings], source: Path | None) -> str:
     """Turn a validation error into lines that name each bad field and how to set it."""
     prefix = str(cls.model_config.get("env_prefix", "")).upper()

@@ -133,7 +133,15 @@ class TrustError(UpdateError):
 
 
 class DownloadFailed(UpdateError):
-    """An artifact or its metadata could not be fetched; a later attempt may succeed."""
+    """An artifact or its metadata could not be fetched; a later attempt may succeed.
+
+    ``retryable`` is False where waiting cannot help (the server answered that the
+    file is not there or not for us); the device retries the rest with backoff.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class InstallError(UpdateError):

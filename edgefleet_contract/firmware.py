@@ -11,7 +11,8 @@ one assumes a hostile file: the file size is checked before it is opened, the
 declared member sizes before anything is inflated (and the inflated bytes are
 counted again, never trusting the header), member names are flat, there are
 exactly two members, the manifest is a closed schema, and the image is hashed
-against the manifest before anyone sees it.
+against the manifest before anyone sees it (:mod:`~edgefleet_contract.safezip`
+holds the zip-level checks both formats share).
 
 The image is stored uncompressed (``ZIP_STORED``): firmware images are usually
 compressed already, and a stored image keeps a small change in the image a
@@ -24,38 +25,36 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import re
 import time
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from . import safezip
 from .errors import PackageError
 from .messages import Sha256, Timestamp
-from .package import MEMBER_PATTERN, PackageName, SemVer
+from .package import PackageName, SemVer
+from .safezip import MANIFEST_NAME as MANIFEST_NAME  # part of the format's public surface
 
 FORMAT_VERSION: Literal[1] = 1
-MANIFEST_NAME = "manifest.json"
 SUFFIX = ".efbundle"
 DEFAULT_IMAGE_NAME = "image.bin"
 
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024
 """Default limit on the bundle file and on what its members unpack to."""
 MAX_MANIFEST_BYTES = 64 * 1024
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-_MEMBER_RE = re.compile(MEMBER_PATTERN)
+_KIND = safezip.ArchiveKind(noun="bundle", title="firmware bundle")
 
 KNOWN_HANDLERS = ("ab-slot",)
 """Install handlers the reference agent ships; others (rauc, swupdate, mender) are plug-ins."""
 
 HardwareId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 HandlerId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
-MemberName = Annotated[str, StringConstraints(pattern=MEMBER_PATTERN)]
 
 
 class _Closed(BaseModel):
@@ -63,7 +62,7 @@ class _Closed(BaseModel):
 
 
 class ImageEntry(_Closed):
-    file: MemberName
+    file: safezip.MemberName
     sha256: Sha256
     size: Annotated[int, Field(ge=0)]
 
@@ -106,29 +105,21 @@ def bundle_filename(name: str, version: str) -> str:
 
 def read_bundle(path: Path, *, max_bytes: int = MAX_BUNDLE_BYTES) -> FirmwareBundle:
     """Read and verify the bundle at ``path``; raise :class:`PackageError` if it is unfit."""
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise PackageError(f"{path}: {size} bytes is over the {max_bytes}-byte bundle limit")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PackageError(f"cannot read firmware bundle {path}: {exc.strerror or exc}") from exc
-    try:
-        return parse_bundle(data, max_bytes=max_bytes)
-    except PackageError as exc:
-        raise PackageError(f"{path}: {exc}") from exc
+    parse = partial(parse_bundle, max_bytes=max_bytes)
+    return safezip.read_verified(path, parse, max_bytes=max_bytes, kind=_KIND)
 
 
 def parse_bundle(data: bytes, *, max_bytes: int = MAX_BUNDLE_BYTES) -> FirmwareBundle:
     """Verify a bundle held in memory (the same checks as :func:`read_bundle`)."""
-    if len(data) > max_bytes:
-        raise PackageError(f"{len(data)} bytes is over the {max_bytes}-byte bundle limit")
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError) as exc:
-        raise PackageError(f"not a firmware bundle (not a zip file: {exc})") from exc
-    with archive:
-        members = _unpack(archive, max_bytes)
+    with safezip.open_zip(data, max_bytes=max_bytes, kind=_KIND) as zipped:
+        count = len(zipped.infolist())
+        if count != 2:
+            raise PackageError(
+                f"{count} members; a bundle holds exactly {MANIFEST_NAME} and one image"
+            )
+        members = safezip.unpack(
+            zipped, max_bytes=max_bytes, limits={MANIFEST_NAME: MAX_MANIFEST_BYTES}
+        )
     raw_manifest = members.pop(MANIFEST_NAME, None)
     if raw_manifest is None:
         raise PackageError(f"the bundle has no {MANIFEST_NAME}")
@@ -148,69 +139,13 @@ def parse_bundle(data: bytes, *, max_bytes: int = MAX_BUNDLE_BYTES) -> FirmwareB
     )
 
 
-def _unpack(archive: zipfile.ZipFile, max_bytes: int) -> dict[str, bytes]:
-    infos = archive.infolist()
-    if len(infos) != 2:
-        raise PackageError(
-            f"{len(infos)} members; a bundle holds exactly {MANIFEST_NAME} and one image"
-        )
-    total = 0
-    for info in infos:
-        if not _MEMBER_RE.fullmatch(info.filename):
-            raise PackageError(
-                f"member name {info.filename[:80]!r} is not allowed: names are flat "
-                "(no directories) and use A-Z, a-z, 0-9, '_', '.', '-'"
-            )
-        if info.flag_bits & 0x1:
-            raise PackageError(f"member {info.filename} is encrypted")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise PackageError(f"member {info.filename} uses an unsupported compression method")
-        if info.filename == MANIFEST_NAME and info.file_size > MAX_MANIFEST_BYTES:
-            raise PackageError(f"{MANIFEST_NAME} is over the {MAX_MANIFEST_BYTES}-byte limit")
-        total += info.file_size
-        if total > max_bytes:
-            raise PackageError(f"the members unpack to more than the {max_bytes}-byte limit")
-    members: dict[str, bytes] = {}
-    for info in infos:
-        if info.filename in members:
-            raise PackageError(f"member {info.filename} appears twice")
-        try:
-            with archive.open(info) as stream:
-                # Never trust the header alone: read at most one byte past it.
-                content = stream.read(info.file_size + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
-            raise PackageError(f"member {info.filename} is corrupt: {exc}") from exc
-        if len(content) != info.file_size:
-            raise PackageError(f"member {info.filename} does not match its declared size")
-        members[info.filename] = content
-    return members
-
-
 def _parse_manifest(raw: bytes) -> FirmwareManifest:
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
-    if isinstance(doc, dict) and doc.get("format") != FORMAT_VERSION:
-        raise PackageError(
-            f"{MANIFEST_NAME} has format {doc.get('format')!r}; this version reads format "
-            f"{FORMAT_VERSION} (upgrade the agent or rebuild the bundle)"
-        )
-    try:
-        manifest = FirmwareManifest.model_validate(doc)
-    except ValidationError as exc:
-        raise PackageError(f"{MANIFEST_NAME} is invalid: {_first_error(exc)}") from exc
+    manifest = safezip.load_manifest(
+        raw, FirmwareManifest, format_version=FORMAT_VERSION, kind=_KIND
+    )
     if manifest.image.file == MANIFEST_NAME:
         raise PackageError(f"the image cannot be named {MANIFEST_NAME}")
     return manifest
-
-
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    where = ".".join(str(p) for p in first["loc"]) or "manifest"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {first['msg']}{more}"
 
 
 # ---------------------------------------------------------------- writing ----
@@ -237,15 +172,17 @@ def pack_bundle(manifest_fields: Mapping[str, object], image: bytes) -> bytes:
     try:
         manifest = FirmwareManifest.model_validate(fields)
     except ValidationError as exc:
-        raise PackageError(f"cannot write the bundle: {_first_error(exc)}") from exc
+        raise PackageError(f"cannot write the bundle: {safezip.first_error(exc)}") from exc
     if manifest.image.file == MANIFEST_NAME:
         raise PackageError(f"the image cannot be named {MANIFEST_NAME}")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         doc = manifest.model_dump_json(indent=1).encode()
-        archive.writestr(zipfile.ZipInfo(MANIFEST_NAME, _ZIP_EPOCH), doc, zipfile.ZIP_DEFLATED)
         archive.writestr(
-            zipfile.ZipInfo(manifest.image.file, _ZIP_EPOCH), image, zipfile.ZIP_STORED
+            zipfile.ZipInfo(MANIFEST_NAME, safezip.ZIP_EPOCH), doc, zipfile.ZIP_DEFLATED
+        )
+        archive.writestr(
+            zipfile.ZipInfo(manifest.image.file, safezip.ZIP_EPOCH), image, zipfile.ZIP_STORED
         )
     return buffer.getvalue()
 
@@ -254,12 +191,5 @@ def write_bundle(path: Path, manifest_fields: Mapping[str, object], image: bytes
     """Write a bundle atomically (temp file + rename) and return it as read back."""
     data = pack_bundle(manifest_fields, image)
     bundle = parse_bundle(data, max_bytes=max(MAX_BUNDLE_BYTES, len(data)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise PackageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    safezip.write_atomically(path, data)
     return bundle

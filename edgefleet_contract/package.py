@@ -9,20 +9,21 @@ Packages arrive from uploads and over the air, so reading one assumes a hostile
 file: sizes are checked against limits before anything is decompressed, member
 names are flat (no directories, so nothing can point outside the package), the
 member count is bounded, nothing is unpickled, and every byte is hashed against
-the manifest before a runtime sees it.  :func:`parse_package` is the I/O-free
-core; :func:`read_package` and :func:`write_package` are the disk edges.
+the manifest before a runtime sees it (the zip-level checks are
+:mod:`~edgefleet_contract.safezip`'s, shared with firmware bundles).
+:func:`parse_package` is the I/O-free core; :func:`read_package` and
+:func:`write_package` are the disk edges.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
-import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -37,12 +38,13 @@ from pydantic import (
     model_validator,
 )
 
+from . import safezip
 from .drift import DriftReference
 from .errors import PackageError
 from .messages import ModelRef, Sha256, Timestamp
+from .safezip import MANIFEST_NAME as MANIFEST_NAME  # part of the format's public surface
 
 FORMAT_VERSION: Literal[1] = 1
-MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.npz"
 SUFFIX = ".efpkg"
 
@@ -50,19 +52,15 @@ MAX_PACKAGE_BYTES = 128 * 1024 * 1024
 """Default limit on the package file (and on everything it unpacks to)."""
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 MAX_MEMBERS = 16
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-"""Every member gets this timestamp, so the same content always makes the same bytes."""
+_KIND = safezip.ArchiveKind(noun="package", title="model package")
 
 SEMVER_PATTERN = (
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
 )
-MEMBER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-_MEMBER_RE = re.compile(MEMBER_PATTERN)
 
 PackageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 SemVer = Annotated[str, StringConstraints(pattern=SEMVER_PATTERN, max_length=64)]
-MemberName = Annotated[str, StringConstraints(pattern=MEMBER_PATTERN)]
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Runtime = Literal["onnx", "tflite"]
@@ -179,7 +177,7 @@ class LayerSpec(_Closed):
 class Trainable(_Closed):
     """How the float weights in ``weights.npz`` map onto the model."""
 
-    file: MemberName = WEIGHTS_NAME
+    file: safezip.MemberName = WEIGHTS_NAME
     input_shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=4)]
     """One sample after preprocessing: ``[features]`` or an image ``[h, w, c]``."""
     layers: Annotated[list[LayerSpec], Field(min_length=1, max_length=64)]
@@ -205,7 +203,7 @@ class Lineage(_Closed):
 
 
 class FileEntry(_Closed):
-    path: MemberName
+    path: safezip.MemberName
     sha256: Sha256
     size: Annotated[int, Field(ge=0)]
 
@@ -217,7 +215,7 @@ class Manifest(_Closed):
     runtime: Runtime
     quantization: Quantization
     flavor: Literal["onnx-float32", "onnx-int8", "tflite-float32", "tflite-int8"]
-    model_file: MemberName
+    model_file: safezip.MemberName
     inputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=1)]
     outputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=1)]
     preprocessing: Preprocessing = Preprocessing()
@@ -294,97 +292,29 @@ class ModelPackage:
 
 def read_package(path: Path, *, max_bytes: int = MAX_PACKAGE_BYTES) -> ModelPackage:
     """Read and verify the package at ``path``; raise :class:`PackageError` if it is unfit."""
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise PackageError(f"{path}: {size} bytes is over the {max_bytes}-byte package limit")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PackageError(f"cannot read model package {path}: {exc.strerror or exc}") from exc
-    try:
-        return parse_package(data, max_bytes=max_bytes)
-    except PackageError as exc:
-        raise PackageError(f"{path}: {exc}") from exc
+    parse = partial(parse_package, max_bytes=max_bytes)
+    return safezip.read_verified(path, parse, max_bytes=max_bytes, kind=_KIND)
 
 
 def parse_package(data: bytes, *, max_bytes: int = MAX_PACKAGE_BYTES) -> ModelPackage:
     """Verify a package held in memory (the same checks as :func:`read_package`)."""
-    if len(data) > max_bytes:
-        raise PackageError(f"{len(data)} bytes is over the {max_bytes}-byte package limit")
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError) as exc:
-        raise PackageError(f"not a model package (not a zip file: {exc})") from exc
-    with archive:
-        members = _unpack(archive, max_bytes)
+    with safezip.open_zip(data, max_bytes=max_bytes, kind=_KIND) as zipped:
+        count = len(zipped.infolist())
+        if count > MAX_MEMBERS:
+            raise PackageError(f"{count} members; a package holds at most {MAX_MEMBERS}")
+        members = safezip.unpack(
+            zipped, max_bytes=max_bytes, limits={MANIFEST_NAME: MAX_MANIFEST_BYTES}
+        )
     manifest_bytes = members.pop(MANIFEST_NAME, None)
     if manifest_bytes is None:
         raise PackageError(f"the package has no {MANIFEST_NAME}")
-    manifest = _parse_manifest(manifest_bytes)
+    manifest = safezip.load_manifest(
+        manifest_bytes, Manifest, format_version=FORMAT_VERSION, kind=_KIND
+    )
     _verify_members(manifest, members)
     return ModelPackage(
         manifest=manifest, sha256=hashlib.sha256(data).hexdigest(), size=len(data), members=members
     )
-
-
-def _unpack(archive: zipfile.ZipFile, max_bytes: int) -> dict[str, bytes]:
-    infos = archive.infolist()
-    if len(infos) > MAX_MEMBERS:
-        raise PackageError(f"{len(infos)} members; a package holds at most {MAX_MEMBERS}")
-    total = 0
-    for info in infos:
-        if not _MEMBER_RE.fullmatch(info.filename):
-            raise PackageError(
-                f"member name {info.filename[:80]!r} is not allowed: names are flat "
-                "(no directories) and use A-Z, a-z, 0-9, '_', '.', '-'"
-            )
-        if info.flag_bits & 0x1:
-            raise PackageError(f"member {info.filename} is encrypted")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise PackageError(f"member {info.filename} uses an unsupported compression method")
-        total += info.file_size
-        if total > max_bytes:
-            raise PackageError(f"the members unpack to more than the {max_bytes}-byte limit")
-    members: dict[str, bytes] = {}
-    for info in infos:
-        if info.filename in members:
-            raise PackageError(f"member {info.filename} appears twice")
-        try:
-            with archive.open(info) as stream:
-                # Never trust the header alone: read at most one byte past it.
-                content = stream.read(info.file_size + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
-            raise PackageError(f"member {info.filename} is corrupt: {exc}") from exc
-        if len(content) != info.file_size:
-            raise PackageError(f"member {info.filename} does not match its declared size")
-        members[info.filename] = content
-    return members
-
-
-def _parse_manifest(raw: bytes) -> Manifest:
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise PackageError(f"{MANIFEST_NAME} is over the {MAX_MANIFEST_BYTES}-byte limit")
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
-    if isinstance(doc, dict) and doc.get("format") != FORMAT_VERSION:
-        raise PackageError(
-            f"{MANIFEST_NAME} has format {doc.get('format')!r}; this version reads format "
-            f"{FORMAT_VERSION} (upgrade the agent or rebuild the package)"
-        )
-    try:
-        return Manifest.model_validate(doc)
-    except ValidationError as exc:
-        raise PackageError(f"{MANIFEST_NAME} is invalid: {_first_error(exc)}") from exc
-
-
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    where = ".".join(str(p) for p in first["loc"]) or "manifest"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {first['msg']}{more}"
 
 
 def _verify_members(manifest: Manifest, members: Mapping[str, bytes]) -> None:
@@ -420,7 +350,7 @@ def encode_weights(weights: Mapping[str, npt.ArrayLike]) -> bytes:
                 raise PackageError(f"weight {name} has NaN or infinite values")
             npy = io.BytesIO()
             np.lib.format.write_array(npy, array, allow_pickle=False)
-            archive.writestr(zipfile.ZipInfo(f"{name}.npy", _ZIP_EPOCH), npy.getvalue())
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", safezip.ZIP_EPOCH), npy.getvalue())
     return buffer.getvalue()
 
 
@@ -487,14 +417,14 @@ def pack_package(manifest: Manifest, files: Mapping[str, bytes]) -> bytes:
     try:
         final = Manifest.model_validate({**manifest.model_dump(), "files": entries})
     except ValidationError as exc:
-        raise PackageError(f"cannot write the package: {_first_error(exc)}") from exc
+        raise PackageError(f"cannot write the package: {safezip.first_error(exc)}") from exc
     _verify_members(final, files)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for entry in entries:
-            archive.writestr(zipfile.ZipInfo(entry.path, _ZIP_EPOCH), files[entry.path])
+            archive.writestr(zipfile.ZipInfo(entry.path, safezip.ZIP_EPOCH), files[entry.path])
         doc = final.model_dump_json().encode()
-        archive.writestr(zipfile.ZipInfo(MANIFEST_NAME, _ZIP_EPOCH), doc)
+        archive.writestr(zipfile.ZipInfo(MANIFEST_NAME, safezip.ZIP_EPOCH), doc)
     return buffer.getvalue()
 
 
@@ -502,12 +432,5 @@ def write_package(path: Path, manifest: Manifest, files: Mapping[str, bytes]) ->
     """Write a package atomically (temp file + rename) and return it as read back."""
     data = pack_package(manifest, files)
     package = parse_package(data, max_bytes=max(MAX_PACKAGE_BYTES, len(data)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise PackageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    safezip.write_atomically(path, data)
     return package

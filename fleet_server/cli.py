@@ -14,29 +14,15 @@ from pathlib import Path
 import click
 
 from edgefleet_contract import logs
+from edgefleet_contract.cli import daemon_options
 from edgefleet_contract.cli import run as run_cli
-from edgefleet_contract.config import load_settings
+from edgefleet_contract.config import load_cli_settings
 
 from .config import ServerSettings
 
-
-def _settings(config: Path | None, data_dir: Path | None) -> ServerSettings:
-    overrides = {"data_dir": data_dir} if data_dir else {}
-    return load_settings(ServerSettings, config, **overrides)
-
-
-config_option = click.option(
-    "--config",
-    "-c",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="fleet.toml (settings; FLEET_* environment variables override it).",
-)
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where CA, keys, database and broker files live (default var/fleet).",
+settings_options = daemon_options(
+    config_help="fleet.toml (settings; FLEET_* environment variables override it).",
+    data_dir_help="Where CA, keys, database and broker files live (default var/fleet).",
 )
 
 
@@ -46,14 +32,13 @@ def cli() -> None:
 
 
 @cli.command()
-@config_option
-@data_dir_option
+@settings_options
 @click.option("--admin-password-stdin", is_flag=True, help="Read the admin password from stdin.")
 def init(config: Path | None, data_dir: Path | None, admin_password_stdin: bool) -> None:
     """Create the fleet CA, broker and server certificates, the database and an admin."""
     from .server import initialize
 
-    settings = _settings(config, data_dir)
+    settings = load_cli_settings(ServerSettings, config, data_dir)
     password = sys.stdin.readline().rstrip("\n") if admin_password_stdin else None
     generated = initialize(settings, admin_password=password)
     click.echo(f"fleet initialized in {settings.data_dir}")
@@ -71,13 +56,12 @@ def init(config: Path | None, data_dir: Path | None, admin_password_stdin: bool)
 
 
 @cli.command()
-@config_option
-@data_dir_option
+@settings_options
 def run(config: Path | None, data_dir: Path | None) -> None:
     """Run the server: managed broker, ingest, REST API (until SIGTERM/SIGINT)."""
     from .server import FleetServer
 
-    settings = _settings(config, data_dir)
+    settings = load_cli_settings(ServerSettings, config, data_dir)
     logs.configure(settings.log_level, "text")
     server = FleetServer(settings)
     stop = threading.Event()

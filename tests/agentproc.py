@@ -9,9 +9,7 @@ cut off (a broker restart) are delivered when it reconnects.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -27,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent import localclient
+from agent.identity import save_identity
 from edgefleet_contract.codec import Codec, Rejected
 from edgefleet_contract.messages import ReportedState, Telemetry
 from edgefleet_contract.mqtt import TlsFiles, tls_context
@@ -38,21 +37,19 @@ DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
 
 
 def device_dir(pki: Pki, data_dir: Path, device_id: str, broker_port: int) -> Path:
+    """An enrolled device's data dir from the test CA, without a fleet server."""
     tls = pki.identity(device_id)
     assert tls.cert_file is not None and tls.key_file is not None
-    identity = data_dir / "identity"
-    identity.mkdir(parents=True)
-    shutil.copy(tls.ca_file, identity / "ca.pem")
-    shutil.copy(tls.cert_file, identity / "device.pem")
-    shutil.copy(tls.key_file, identity / "device.key")
-    os.chmod(identity / "device.key", 0o600)
-    record = {
-        "device_id": device_id,
-        "server_url": "http://127.0.0.1:9",
-        "broker_host": "127.0.0.1",
-        "broker_port": broker_port,
-    }
-    (identity / "enrollment.json").write_text(json.dumps(record))
+    save_identity(
+        data_dir,
+        device_id=device_id,
+        server_url="http://127.0.0.1:9",
+        broker_host="127.0.0.1",
+        broker_port=broker_port,
+        key_pem=tls.key_file.read_bytes(),
+        cert_pem=tls.cert_file.read_bytes(),
+        ca_pem=tls.ca_file.read_bytes(),
+    )
     return data_dir
 
 

@@ -87,6 +87,16 @@ def mqtt_client() -> Iterator[Callable[..., Client]]:
 
 
 @pytest.fixture
+def fleetctl_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own ``fleetctl`` config file; no server or token comes from the environment."""
+    path = tmp_path / "fleetctl.json"
+    monkeypatch.setenv("FLEETCTL_CONFIG", str(path))
+    monkeypatch.delenv("FLEETCTL_TOKEN", raising=False)
+    monkeypatch.delenv("FLEETCTL_SERVER", raising=False)
+    return path
+
+
+@pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[FleetServer]:
     """A whole fleet server (store, CA, managed broker, ingest, API) on free ports."""
     settings = server_settings(tmp_path / "fleet")

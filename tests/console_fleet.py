@@ -21,8 +21,6 @@ from pathlib import Path
 import httpx
 from cryptography import x509
 
-from agent.link import DeviceLink
-from agent.spool import DrainPolicy, Spool
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import (
     DriftStats,
@@ -37,14 +35,19 @@ from edgefleet_contract.messages import (
     Telemetry,
     UpdateReport,
 )
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.topics import Channel
 from fleet_server.auth import hash_password
-from fleet_server.pki import write_private
 from fleet_server.server import FleetServer, initialize
 from fleet_server.store.training import RoundRecord
 
-from .harness import ADMIN_PASSWORD, server_settings, wait_for
+from .harness import (
+    ADMIN_PASSWORD,
+    admin_token,
+    enroll_agent,
+    fleet_link,
+    server_settings,
+    wait_for,
+)
 
 BIN = Path(sys.executable).parent
 VIEWER_PASSWORD = "viewer-password-1"
@@ -60,19 +63,10 @@ class RichDevice:
     ) -> None:
         self.device_id = device_id
         self.drifting = drifting
-        cert, key = server.ca.issue_client_cert(device_id, validity_s=3600, now=time.time())
-        parsed = x509.load_pem_x509_certificate(cert)
+        self.link = fleet_link(server, folder, device_id, agent_version="0.1.0")
+        parsed = x509.load_pem_x509_certificate((folder / "cert.pem").read_bytes())
         server.store.add_certificate(
             device_id, parsed.serial_number, parsed.not_valid_after_utc.timestamp(), time.time()
-        )
-        folder.mkdir(parents=True)
-        write_private(folder / "key.pem", key)
-        (folder / "cert.pem").write_bytes(cert)
-        tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
-        spool = Spool(folder / "spool.db", max_bytes=10**7, max_age_s=1e6)
-        endpoint = Endpoint("127.0.0.1", server.settings.broker.port, tls, keepalive=10)
-        self.link = DeviceLink(
-            device_id, endpoint, spool, agent_version="0.1.0", policy=DrainPolicy(200, 200, 20)
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -187,11 +181,8 @@ class ConsoleFleet:
                 tags={"site": sites[i % len(sites)], "line": str(i % 3)},
                 now=now,
             )
-        r = httpx.post(
-            f"{self.url}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
-        )
-        r.raise_for_status()
-        self.headers = {"Authorization": f"Bearer {r.json()['token']}"}
+        self.token = admin_token(self.url)
+        self.headers = {"Authorization": f"Bearer {self.token}"}
 
     def start_agents(self) -> None:
         """Enroll (API + ``edge-agent enroll``) and run every agent as its own process
@@ -199,28 +190,9 @@ class ConsoleFleet:
         if self.agents:
             return
         for i, device_id in enumerate(self.agent_ids):
-            r = httpx.post(
-                f"{self.url}/api/v1/devices",
-                headers=self.headers,
-                json={"id": device_id, "tags": {"site": ("berlin", "lyon")[i % 2], "kind": "gw"}},
-            )
-            r.raise_for_status()
             data_dir = self.tmp / "agents" / device_id
-            subprocess.run(
-                [
-                    str(BIN / "edge-agent"),
-                    "enroll",
-                    "--server",
-                    self.url,
-                    "--token",
-                    r.json()["token"],
-                    "--data-dir",
-                    str(data_dir),
-                ],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
+            tags = {"site": ("berlin", "lyon")[i % 2], "kind": "gw"}
+            enroll_agent(self.url, self.token, device_id, data_dir, tags=tags)
             log = (self.tmp / f"{device_id}.log").open("ab")
             self.agents.append(
                 subprocess.Popen(

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,21 +19,19 @@ import numpy as np
 from agent.learning.worker import LearningWorker
 from agent.link import DeviceLink
 from agent.samples import SampleStore
-from agent.spool import DrainPolicy, Spool
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import LearningStats, SystemStats, Telemetry
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.package import Lineage
 from edgefleet_contract.topics import Channel
 from fleet_server.federation.spec import LocalTraining, RunSpec
 from fleet_server.modelkit.build import build_package
 from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
-from fleet_server.pki import write_private
 from fleet_server.server import FleetServer
 
-from .harness import wait_for
+from .harness import enroll_agent, fleet_link, wait_for
 
 MODEL = "digits-fl"
+BIN = Path(sys.executable).parent
 
 
 def dirichlet_parts(y: np.ndarray, clients: int, alpha: float, seed: int) -> list[np.ndarray]:
@@ -89,17 +92,11 @@ def make_device(
     data: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Device:
     server.store.create_device(device_id, name=device_id, tags={"fl": "yes"}, now=time.time())
-    cert, key = server.ca.issue_client_cert(device_id, validity_s=3600, now=time.time())
     folder = tmp / device_id
     folder.mkdir(parents=True)
-    write_private(folder / "key.pem", key)
-    (folder / "cert.pem").write_bytes(cert)
-    tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
     samples = SampleStore(folder / "samples.db", max_samples=10_000)
     for row, label in zip(rows, labels, strict=True):
         samples.add(row, int(label))
-    spool = Spool(folder / "spool.db", max_bytes=10**7, max_age_s=1e6)
-    endpoint = Endpoint("127.0.0.1", server.settings.broker.port, tls, keepalive=10)
     holder: list[DeviceLink] = []
     worker = worker_cls(
         lambda frame: holder[0].send_frame(frame),
@@ -107,14 +104,7 @@ def make_device(
         max_payload=16 * 1024,
         on_trained=samples.mark_trained,
     )
-    link = DeviceLink(
-        device_id,
-        endpoint,
-        spool,
-        agent_version="test",
-        policy=DrainPolicy(200, 200, 20),
-        on_frame=worker.on_frame,
-    )
+    link = fleet_link(server, folder, device_id, on_frame=worker.on_frame)
     holder.append(link)
     link.start()
     stats = samples.stats()
@@ -211,3 +201,63 @@ class Rest:
         )
         doc: dict[str, Any] = self.get(f"/rollouts/{rollout_id}")
         return doc
+
+
+@contextmanager
+def learning_agents(
+    fleet: FleetServer,
+    token: str,
+    ids: list[str],
+    directory: Path,
+    *,
+    seed: int,
+    env: Mapping[str, str] = {},
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Real ``edge-agent run`` processes, one per id, each holding its share of the digits set.
+
+    The shares are a Dirichlet(0.5) label split (``seed``), so the devices are
+    non-IID as in the field.  Yields once every agent is online and has reported
+    its labelled samples (a run started earlier would find too few clients);
+    each logs to ``directory/<id>.log``.  On exit the agents get SIGTERM, and
+    SIGKILL if they have not stopped within 20 s.
+    """
+    api = fleet.settings.api_url
+    data = split()
+    parts = dirichlet_parts(data.y_train, len(ids), 0.5, seed)
+    agent_env = {
+        **os.environ,
+        "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.3",
+        "EDGE_AGENT_LOG_FORMAT": "text",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        **env,
+    }
+    agents: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for device_id, part in zip(ids, parts, strict=True):
+            folder = directory / device_id
+            enroll_agent(api, token, device_id, folder, tags={"fl": "proc"})
+            samples = SampleStore(folder / "samples.db", max_samples=10_000)
+            for row, label in zip(data.x_train[part], data.y_train[part], strict=True):
+                samples.add(row, int(label))
+            samples.close()
+            with (directory / f"{device_id}.log").open("wb") as log:
+                agents[device_id] = subprocess.Popen(
+                    [str(BIN / "edge-agent"), "run", "--data-dir", str(folder)],
+                    env=agent_env,
+                    stdout=log,
+                    stderr=log,
+                )
+        store = fleet.store
+        wait_for(lambda: all(store.get_device(d).online for d in ids), 60, "agents online")
+        wait_for(lambda: all(reported_samples(fleet, d) for d in ids), 60, "learning telemetry")
+        yield agents
+    finally:
+        for proc in agents.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in agents.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -9,14 +9,20 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edgefleet_contract.mqtt import TlsFiles, tls_context
+from agent.link import DeviceLink
+from agent.spool import DrainPolicy, Spool
+from edgefleet_contract.mqtt import Endpoint, TlsFiles, tls_context
 from fleet_server.broker import BrokerLayout, ManagedBroker
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA, write_private
+
+if TYPE_CHECKING:
+    from fleet_server.server import FleetServer
 
 
 def free_port() -> int:
@@ -138,3 +144,57 @@ def admin_token(api_url: str) -> str:
     )
     r.raise_for_status()
     return str(r.json()["token"])
+
+
+def fleet_link(
+    server: FleetServer, folder: Path, device_id: str, *, agent_version: str = "test", **kw: Any
+) -> DeviceLink:
+    """The agent's own MQTT link (mTLS, spool) for ``device_id``, certified by ``server``'s CA.
+
+    The key, certificate and spool go in ``folder``; the link is not started.
+    ``kw`` goes to :class:`DeviceLink` (``on_frame``, ``on_command``).
+    """
+    cert, key = server.ca.issue_client_cert(device_id, validity_s=3600, now=time.time())
+    folder.mkdir(parents=True, exist_ok=True)
+    write_private(folder / "key.pem", key)
+    (folder / "cert.pem").write_bytes(cert)
+    tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
+    spool = Spool(folder / "spool.db", max_bytes=10**7, max_age_s=1e6)
+    endpoint = Endpoint("127.0.0.1", server.settings.broker.port, tls, keepalive=10)
+    policy = DrainPolicy(200, 200, 20)
+    return DeviceLink(device_id, endpoint, spool, agent_version=agent_version, policy=policy, **kw)
+
+
+def enroll_agent(
+    api_url: str, admin: str, device_id: str, data_dir: Path, *, tags: dict[str, str]
+) -> None:
+    """Register ``device_id`` with ``tags`` (as the admin token ``admin``) and run
+    ``edge-agent enroll`` with the token the server hands out, into ``data_dir``."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    r = httpx.post(
+        f"{api_url}/api/v1/devices",
+        headers={"Authorization": f"Bearer {admin}"},
+        json={"id": device_id, "tags": tags},
+    )
+    r.raise_for_status()
+    edge_agent = Path(sys.executable).parent / "edge-agent"
+    done = subprocess.run(
+        [
+            str(edge_agent),
+            "enroll",
+            "--server",
+            api_url,
+            "--token",
+            r.json()["token"],
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from fleet_server.rollouts.artifacts import ResolvedArtifact
 from fleet_server.rollouts.engine import Candidate, Rollout
-from fleet_server.rollouts.gates import parse_gate
+from fleet_server.rollouts.gates import EVIDENCE, parse_gate
 from fleet_server.rollouts.model import Action, Dispatch, EvaluateGates, Note, Revert
 from fleet_server.rollouts.plan import RolloutPlan, Share
 
@@ -47,6 +47,9 @@ class Sim:
     fail: set[str] = field(default_factory=set)
     """Devices whose update fails."""
     error_rate: Callable[[int], float] = lambda wave: 0.0
+    traffic: Callable[[int], float] = lambda wave: 10.0
+    """Observations per second that reach the server from a wave's devices (for every
+    traffic metric), counted over the window the engine asks about."""
     now: float = 1000.0
     versions: dict[str, int] = field(default_factory=dict)
     sent: list[tuple[float, str]] = field(default_factory=list)
@@ -81,8 +84,10 @@ class Sim:
                     )
             elif isinstance(a, EvaluateGates):
                 self.gate_calls.append(a)
+                n = int(self.traffic(a.wave) * max(0.0, a.until - a.since))
+                value = self.error_rate(a.wave) if n else None
                 pending += self.rollout.gates_measured(
-                    a.wave, {"error_rate": self.error_rate(a.wave)}, self.now
+                    a.wave, {"error_rate": value}, self.now, dict.fromkeys(EVIDENCE, n)
                 )
         s = self.rollout.state
         if s.status in ("canary", "wave"):

@@ -164,6 +164,40 @@ def test_pause_and_resume_buttons_and_the_overview_card(fleet: RolloutFleet, pag
         fleet.api.post(f"/rollouts/{rid}/abort")
 
 
+def test_a_wave_without_labelled_answers_waits_for_data(fleet: RolloutFleet, page: Page) -> None:
+    """The devices serve (error_rate has data) but no app labels anything: accuracy waits."""
+    on_v1 = all(d.version == "1.0.0" for d in fleet.devices)
+    body = {
+        "artifact": spec(fleet, "2.0.0" if on_v1 else "1.0.0"),
+        "target": "tag:site=e2e",
+        "pace": "600/min",
+        "probation": "1s",
+        "gates": ["accuracy>=0.9", "error_rate<0.05"],
+        "gate_min_samples": 20,
+        "gate_timeout": "1h",
+    }
+    rid: str = fleet.api.post("/rollouts", body)["id"]
+    try:
+        login(page, fleet.url, "vera", VIEWER_PASSWORD)
+        page.goto(f"{fleet.url}/console/#/rollouts/{rid}")
+        waiting = page.locator(".wave p.waiting")
+        expect(waiting).to_contain_text(
+            "waiting for data: accuracy>=0.9 0/20 labelled answers", timeout=60_000
+        )
+        expect(waiting).to_contain_text("without it the gates fail at")
+        expect(page.locator(".wave .gates li.waiting")).to_contain_text("(0/20 labelled answers)")
+        expect(page.locator(".wave .gates li.waiting")).to_contain_text("waiting for data")
+        expect(page.locator(".wave .gates li.pass")).to_contain_text("error_rate")
+        page.locator(".rollout-summary summary").click()
+        expect(page.locator(".facts")).to_contain_text("20 observations from the wave")
+        shot(page, "rollout-waiting-for-data")
+        got = fleet.api.get(f"/rollouts/{rid}")
+        assert got["status"] in ("canary", "wave") and got["phase"] == "gating"
+        assert got["waiting"].startswith("waiting for data: accuracy>=0.9")
+    finally:
+        fleet.api.post(f"/rollouts/{rid}/abort")
+
+
 def test_viewer_sees_no_rollout_buttons_and_a_forced_post_is_refused(
     fleet: RolloutFleet, page: Page
 ) -> None:

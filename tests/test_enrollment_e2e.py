@@ -35,6 +35,11 @@ def run(
     )  # type: ignore[call-overload]
 
 
+def enroll(api: str, token: str, data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = [str(BIN / "edge-agent"), "enroll", "--server", api, "--token", token]
+    return run([*cmd, "--data-dir", str(data_dir), *extra])
+
+
 def test_enroll_connect_online_then_offline_on_kill(fleet: FleetServer, tmp_path: Path) -> None:
     api = fleet.settings.api_url
     ctl_env = {
@@ -51,35 +56,12 @@ def test_enroll_connect_online_then_offline_on_kill(fleet: FleetServer, tmp_path
     assert token.startswith("pump-7.")
 
     agent_dir = tmp_path / "agent"
-    enrolled = run(
-        [
-            str(BIN / "edge-agent"),
-            "enroll",
-            "--server",
-            api,
-            "--token",
-            token,
-            "--data-dir",
-            str(agent_dir),
-        ]
-    )
+    enrolled = enroll(api, token, agent_dir)
     assert enrolled.returncode == 0, enrolled.stderr
     key = agent_dir / "identity" / "device.key"
     assert key.stat().st_mode & 0o077 == 0  # the private key is the device's alone
 
-    again = run(
-        [
-            str(BIN / "edge-agent"),
-            "enroll",
-            "--server",
-            api,
-            "--token",
-            token,
-            "--data-dir",
-            str(tmp_path / "other"),
-            "--force",
-        ]
-    )
+    again = enroll(api, token, tmp_path / "other", "--force")
     assert again.returncode == 3  # identity problems exit with 3
     assert "already used" in again.stderr
 
@@ -136,21 +118,8 @@ def test_revoked_device_cannot_reconnect_or_reenroll(fleet: FleetServer, tmp_pat
         "token"
     ]
     agent_dir = tmp_path / "agent"
-    assert (
-        run(
-            [
-                str(BIN / "edge-agent"),
-                "enroll",
-                "--server",
-                api,
-                "--token",
-                token,
-                "--data-dir",
-                str(agent_dir),
-            ]
-        ).returncode
-        == 0
-    )
+    enrolled = enroll(api, token, agent_dir)
+    assert enrolled.returncode == 0, enrolled.stderr
     agent = subprocess.Popen(
         [str(BIN / "edge-agent"), "run", "--data-dir", str(agent_dir)], stderr=subprocess.DEVNULL
     )

@@ -6,49 +6,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
-from agent.samples import SampleStore
 from fleet_server.federation.spec import LocalTraining, RunSpec
-from fleet_server.modelkit.digits import split
 from fleet_server.server import FleetServer
 
-from .fl_helpers import MODEL, dirichlet_parts, write_start_package
-from .harness import ADMIN_PASSWORD, wait_for
+from .fl_helpers import MODEL, learning_agents, write_start_package
+from .harness import admin_token, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-BIN = Path(sys.executable).parent
 AGENTS = 6  # five that finish the run, one that is killed
-
-
-def enroll(api: str, token: str, device_id: str, data_dir: Path) -> None:
-    r = httpx.post(
-        f"{api}/api/v1/devices",
-        headers={"Authorization": f"Bearer {token}"},
-        json={"id": device_id, "tags": {"fl": "proc"}},
-    )
-    r.raise_for_status()
-    done = subprocess.run(
-        [
-            str(BIN / "edge-agent"),
-            "enroll",
-            "--server",
-            api,
-            "--token",
-            r.json()["token"],
-            "--data-dir",
-            str(data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 def test_agent_processes_train_and_a_killed_agent_fails_fast(
@@ -57,45 +26,10 @@ def test_agent_processes_train_and_a_killed_agent_fails_fast(
     write_start_package(fleet.settings.data_dir / "models")
     handed: list[tuple[Path, dict[str, object]]] = []
     fleet.training.on_candidate = lambda path, lineage: handed.append((path, lineage))
-    api = fleet.settings.api_url
-    token = httpx.post(
-        f"{api}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
-    ).json()["token"]
-    data = split()
-    parts = dirichlet_parts(data.y_train, AGENTS, 0.5, 11)
     ids = [f"proc-{i}" for i in range(AGENTS)]
-    agents: dict[str, subprocess.Popen[str]] = {}
-    env = {
-        **os.environ,
-        "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.3",
-        "EDGE_AGENT_LOG_FORMAT": "text",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
-    try:
-        for device_id, part in zip(ids, parts, strict=True):
-            folder = tmp_path / device_id
-            enroll(api, token, device_id, folder)
-            samples = SampleStore(folder / "samples.db", max_samples=10_000)
-            for row, label in zip(data.x_train[part], data.y_train[part], strict=True):
-                samples.add(row, int(label))
-            samples.close()
-            agents[device_id] = subprocess.Popen(
-                [str(BIN / "edge-agent"), "run", "--data-dir", str(folder)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
+    token = admin_token(fleet.settings.api_url)
+    with learning_agents(fleet, token, ids, tmp_path, seed=11) as agents:
         store = fleet.store
-
-        def reported_samples(device_id: str) -> bool:
-            t = store.latest_telemetry(device_id)  # type: ignore[attr-defined]
-            return bool(t and t.learning and t.learning.labelled_samples > 0)
-
-        wait_for(lambda: all(store.get_device(d).online for d in ids), 60, "agents online")
-        wait_for(lambda: all(reported_samples(d) for d in ids), 60, "learning telemetry")
-
         spec = RunSpec(
             model=MODEL,
             target="tag:fl=proc",
@@ -141,12 +75,3 @@ def test_agent_processes_train_and_a_killed_agent_fails_fast(
         assert lineage["rollout"] == "canary 10%, waves 50% 100%"
         assert sorted(lineage["participants"]) == sorted(ids[:-1])  # type: ignore[arg-type]
         print(json.dumps([round(r.accuracy, 3) for r in rounds]))
-    finally:
-        for proc in agents.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in agents.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()

@@ -8,21 +8,18 @@ the participants install the new version from ``/tuf/`` and commit it.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from agent.samples import SampleStore
 from edgefleet_contract.errors import PlanError
+from fleet_server.api.routes_rollouts import build_plan
 from fleet_server.federation.release import (
     parse_rollout_option,
     participants_selector,
     release_plan,
 )
-from fleet_server.modelkit.digits import split
 from fleet_server.rollouts.artifacts import ResolvedArtifact
 from fleet_server.server import FleetServer
 
@@ -30,13 +27,11 @@ from .fl_helpers import (
     MODEL,
     Rest,
     committed,
-    dirichlet_parts,
+    learning_agents,
     release_spec,
-    reported_samples,
     write_start_package,
 )
-from .harness import ADMIN_PASSWORD, wait_for
-from .test_federation_agents import BIN, enroll
+from .harness import admin_token, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 AGENTS = 5
@@ -57,6 +52,17 @@ def test_the_rollout_option_reads_like_the_rollout_command() -> None:
     )
     assert body.gates == ["accuracy>=0.9", "error_rate<0.01"] and not body.auto_rollback
     assert parse_rollout_option("canary 10%, waves 50%,100%", "all").waves == "50%,100%"
+    quiet = parse_rollout_option("gate error_rate<0.1, gates-allow-no-data", "all")
+    assert quiet.gates_allow_no_data and quiet.gate_min_samples == 20
+    strict = parse_rollout_option("gate accuracy>=0.9; gate-min-samples 50; gate-timeout 1h", "all")
+    assert (strict.gate_min_samples, strict.gate_timeout) == (50, "1h")
+    assert not strict.gates_allow_no_data
+    plan = build_plan(strict, CANDIDATE, 1)
+    assert (plan.gate_min_samples, plan.gate_timeout_s, plan.gates_allow_no_data) == (
+        50,
+        3600.0,
+        False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,6 +78,11 @@ def test_the_rollout_option_reads_like_the_rollout_command() -> None:
         ("probation soon", "duration"),
         ("max-failures many", "whole number"),
         ("no-auto-rollback yes", "takes no value"),
+        ("gate-min-samples 0", "gate-min-samples is from 1 to 1000000, not '0'"),
+        ("gate-min-samples few", "gate-min-samples is a whole number, not 'few'"),
+        ("gate-timeout later", "--gate-timeout 'later': use a duration"),
+        ("gates-allow-no-data please", "gates-allow-no-data takes no value"),
+        ("gate-timeout 1m gate-timeout 2m", "given twice"),
     ],
 )
 def test_a_bad_rollout_option_says_what_is_wrong(option: str, message: str) -> None:
@@ -91,9 +102,7 @@ def test_the_plan_targets_the_participants_within_the_runs_selector() -> None:
 
 def test_train_start_refuses_a_bad_rollout_option_at_once(fleet: FleetServer) -> None:
     api = fleet.settings.api_url
-    token = httpx.post(
-        f"{api}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
-    ).json()["token"]
+    token = admin_token(api)
     r = httpx.post(
         f"{api}/api/v1/training/runs",
         headers={"Authorization": f"Bearer {token}"},
@@ -109,44 +118,11 @@ def test_a_winning_candidate_is_rolled_out_to_the_participants(
 ) -> None:
     write_start_package(fleet.settings.data_dir / "models")
     api = fleet.settings.api_url
-    token = httpx.post(
-        f"{api}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
-    ).json()["token"]
+    token = admin_token(api)
     rest = Rest(api, token)
-    data = split()
-    parts = dirichlet_parts(data.y_train, AGENTS, 0.5, 3)
     ids = [f"rel-{i}" for i in range(AGENTS)]
-    env = {
-        **os.environ,
-        "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.3",
-        "EDGE_AGENT_LOG_FORMAT": "text",
-        "EDGE_AGENT_LOCAL_API__PORT": "0",
-        "EDGE_AGENT_UPDATES__PROBATION_S": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
-    agents: list[subprocess.Popen[bytes]] = []
-    store = fleet.store
-    try:
-        for device_id, part in zip(ids, parts, strict=True):
-            folder = tmp_path / device_id
-            enroll(api, token, device_id, folder)
-            samples = SampleStore(folder / "samples.db", max_samples=10_000)
-            for row, label in zip(data.x_train[part], data.y_train[part], strict=True):
-                samples.add(row, int(label))
-            samples.close()
-            log = (tmp_path / f"{device_id}.log").open("wb")
-            agents.append(
-                subprocess.Popen(
-                    [str(BIN / "edge-agent"), "run", "--data-dir", str(folder)],
-                    env=env,
-                    stdout=log,
-                    stderr=log,
-                )
-            )
-
-        wait_for(lambda: all(store.get_device(d).online for d in ids), 60, "agents online")
-        wait_for(lambda: all(reported_samples(fleet, d) for d in ids), 60, "learning telemetry")
+    env = {"EDGE_AGENT_LOCAL_API__PORT": "0", "EDGE_AGENT_UPDATES__PROBATION_S": "1"}
+    with learning_agents(fleet, token, ids, tmp_path, seed=3, env=env):
         spec = release_spec("tag:fl=proc", AGENTS)
         r = rest.post("/training/runs", spec.model_dump(mode="json"))
         assert r.status_code == 201, r.text
@@ -174,11 +150,3 @@ def test_a_winning_candidate_is_rolled_out_to_the_participants(
         listed = rest.get("/artifacts")["items"]
         mine = [a for a in listed if a["name"] == MODEL and a["version"] == version]
         assert len(mine) == 4 and all(a["lineage"]["run_id"] == run_id for a in mine), mine
-    finally:
-        for proc in agents:
-            proc.terminate()
-        for proc in agents:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()

@@ -7,16 +7,13 @@ import time
 from pathlib import Path
 
 from agent.link import DeviceLink
-from agent.spool import DrainPolicy, Spool
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import ReportedState, Telemetry
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.topics import Channel
 from fleet_server.config import ServerSettings
-from fleet_server.pki import write_private
 from fleet_server.server import FleetServer, initialize
 
-from .harness import ADMIN_PASSWORD, server_settings, wait_for
+from .harness import ADMIN_PASSWORD, fleet_link, server_settings, wait_for
 
 DEVICES = 50
 BATCHES = 6
@@ -24,17 +21,7 @@ BATCHES = 6
 
 def device_link(server: FleetServer, tmp: Path, device_id: str) -> DeviceLink:
     server.store.create_device(device_id, name=device_id, tags={"fleet": "it"}, now=time.time())
-    cert, key = server.ca.issue_client_cert(device_id, validity_s=3600, now=time.time())
-    folder = tmp / device_id
-    folder.mkdir(parents=True)
-    write_private(folder / "key.pem", key)
-    (folder / "cert.pem").write_bytes(cert)
-    tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
-    spool = Spool(folder / "spool.db", max_bytes=10**7, max_age_s=1e6)
-    endpoint = Endpoint("127.0.0.1", server.settings.broker.port, tls, keepalive=10)
-    return DeviceLink(
-        device_id, endpoint, spool, agent_version="test", policy=DrainPolicy(200, 200, 20)
-    )
+    return fleet_link(server, tmp / device_id, device_id)
 
 
 def send(link: DeviceLink, n: int) -> None:

@@ -5,47 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from click.testing import CliRunner
-
-from fleet_server.fleetctl.cli import main
 from fleet_server.server import FleetServer
 
+from .fleetctl_kit import fleetctl, login_admin
 from .harness import ADMIN_PASSWORD
 
 
-def fleetctl(args: list[str], stdin: str | None = None) -> tuple[int, str, str]:
-    runner = CliRunner()
-
-    def entry() -> None:
-        import sys
-
-        sys.argv = ["fleetctl", *args]
-        main()
-
-    import click
-
-    result = runner.invoke(click.Command("x", callback=entry), [], input=stdin)
-    code = result.exit_code if isinstance(result.exit_code, int) else 1
-    return code, result.stdout, result.stderr
-
-
-@pytest.fixture(autouse=True)
-def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "fleetctl.json"
-    monkeypatch.setenv("FLEETCTL_CONFIG", str(path))
-    monkeypatch.delenv("FLEETCTL_TOKEN", raising=False)
-    monkeypatch.delenv("FLEETCTL_SERVER", raising=False)
-    return path
-
-
-def test_operator_workflow(fleet: FleetServer, config: Path) -> None:
+def test_operator_workflow(fleet: FleetServer, fleetctl_config: Path) -> None:
     api = fleet.settings.api_url
     code, out, err = fleetctl(
         ["login", "--server", api, "-u", "admin", "--password-stdin"], ADMIN_PASSWORD + "\n"
     )
     assert code == 0, err
-    assert config.stat().st_mode & 0o077 == 0 and "token" in json.loads(config.read_text())
+    assert fleetctl_config.stat().st_mode & 0o077 == 0
+    assert "token" in json.loads(fleetctl_config.read_text())
     code, out, _ = fleetctl(["devices", "add", "ctl-1", "--tag", "site=berlin"])
     assert code == 0 and "edge-agent enroll --server" in out and "ctl-1." in out
     fleetctl(["devices", "add", "ctl-2", "--tag", "site=paris"])
@@ -69,11 +42,11 @@ def test_operator_workflow(fleet: FleetServer, config: Path) -> None:
     assert code == 1 and "fleetctl login" in err
 
 
-def test_twin_users_tokens_and_plain_errors(fleet: FleetServer, config: Path) -> None:
+def test_twin_users_tokens_and_plain_errors(fleet: FleetServer, fleetctl_config: Path) -> None:
     api = fleet.settings.api_url
     code, _, err = fleetctl(["login", "--server", api, "-u", "admin", "--password-stdin"], "bad\n")
     assert code == 1 and "wrong username or password" in err and "Traceback" not in err
-    fleetctl(["login", "--server", api, "-u", "admin", "--password-stdin"], ADMIN_PASSWORD + "\n")
+    login_admin(api)
     fleetctl(["devices", "add", "tw-1"])
 
     code, out, err = fleetctl(
@@ -105,7 +78,7 @@ def test_twin_users_tokens_and_plain_errors(fleet: FleetServer, config: Path) ->
     code, out, _ = fleetctl(["tokens", "revoke", created["token_id"]])
     assert code == 0 and "revoked" in out
 
-    config.write_text(json.dumps({"server": api, "token": created["token"]}))
+    fleetctl_config.write_text(json.dumps({"server": api, "token": created["token"]}))
     code, _, err = fleetctl(["whoami"])
     assert code == 1 and "revoked" in err  # the revoked token stopped working at once
 

@@ -13,19 +13,14 @@ from tuf.ngclient import Updater
 from fleet_server.server import FleetServer
 from fleet_server.tuf import offline
 
-from .harness import ADMIN_PASSWORD
+from .fleetctl_kit import fleetctl, login_admin
 from .ota_server import DIGITS, FIRMWARE
-from .test_fleetctl import fleetctl
 
 
 @pytest.fixture(autouse=True)
-def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "fleetctl.json"
-    monkeypatch.setenv("FLEETCTL_CONFIG", str(path))
+def config(fleetctl_config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("EDGEFLEET_KEY_PASSPHRASE", "correct horse")
-    monkeypatch.delenv("FLEETCTL_TOKEN", raising=False)
-    monkeypatch.delenv("FLEETCTL_SERVER", raising=False)
-    return path
+    return fleetctl_config
 
 
 def _device(fleet: FleetServer, directory: Path, root: bytes) -> Updater:
@@ -41,10 +36,7 @@ def _device(fleet: FleetServer, directory: Path, root: bytes) -> Updater:
 
 def test_push_list_and_key_ceremony(fleet: FleetServer, tmp_path: Path) -> None:
     api = fleet.settings.api_url
-    code, _, err = fleetctl(
-        ["login", "--server", api, "-u", "admin", "--password-stdin"], ADMIN_PASSWORD + "\n"
-    )
-    assert code == 0, err
+    login_admin(api)
     first_root = fleet.tuf.root_bytes()
     metrics = httpx.get(f"{api}/metrics").text
     line = next(x for x in metrics.splitlines() if x.startswith("edgefleet_tuf_timestamp_expires"))

@@ -254,3 +254,70 @@ def test_model_for_a_runtime_the_device_lacks_is_not_downloaded(
     assert final.phase == "failed"
     assert final.error is not None and "tensorrt" in final.error
     assert not any(p.startswith("/tuf/targets/") for p, _ in server.requests)
+
+
+FAST_RETRY = UpdatePolicy(probation_s=0.1, poll_s=0.02, backoff_s=0.01, backoff_max_s=0.05)
+
+
+def _errors_seen(device: Device) -> list[str]:
+    seen: list[str] = []
+    device.updater.on_change = lambda journal: seen.append(journal.error or "")
+    return seen
+
+
+def test_a_server_that_cannot_answer_is_retried_until_it_does(
+    device: Device, server: RepoServer
+) -> None:
+    publish_model(server.repo, "1.1.0")
+    device.updater.policy = FAST_RETRY
+    seen = _errors_seen(device)
+    server.faults.unavailable = 4  # the metadata refresh, then the download, meet 503s
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "committed", final.error
+    assert device.serving == "1.1.0"
+    waits = [e for e in seen if e.startswith("retrying in")]
+    assert len(waits) >= 1 and "503" in waits[0]
+    assert final.error is None  # the wait note does not outlive the retry
+
+
+def test_retries_end_after_retry_for_s_with_the_last_reason(
+    device: Device, server: RepoServer
+) -> None:
+    publish_model(server.repo, "1.1.0")
+    device.updater.policy = UpdatePolicy(
+        probation_s=0.1, backoff_s=0.01, backoff_max_s=0.02, retry_for_s=0.3
+    )
+    server.faults.unavailable = 10**6
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "failed"
+    assert final.error is not None and "still failing after" in final.error
+    assert "503" in final.error
+    assert device.serving == "1.0.0"
+    assert len(server.requests) > 3  # it did retry
+
+
+def test_an_artifact_the_server_does_not_have_is_not_retried(
+    device: Device, server: RepoServer
+) -> None:
+    publish_model(server.repo, "1.1.0")
+    server.repo.artifacts.clear()  # signed, but the file is gone: a 404 will not heal
+    device.updater.policy = FAST_RETRY
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "failed"
+    assert final.error is not None and "HTTP 404" in final.error
+    assert "retrying" not in final.error
+    assert sum(p.startswith("/tuf/targets/") for p, _ in server.requests) == 1
+
+
+def test_a_newer_desired_state_ends_a_retry_wait(device: Device, server: RepoServer) -> None:
+    publish_model(server.repo, "1.1.0")
+    device.updater.policy = UpdatePolicy(probation_s=0.1, backoff_s=30, backoff_max_s=30)
+    server.faults.unavailable = 10**6
+    newer = threading.Event()
+    device.updater.superseded = newer.is_set
+    threading.Timer(0.3, newer.set).start()
+    started = time.monotonic()
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    assert final.phase == "failed"
+    assert final.error is not None and "superseded" in final.error
+    assert time.monotonic() - started < 20  # not the 15-30 s backoff

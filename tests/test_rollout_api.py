@@ -80,6 +80,9 @@ def test_create_get_list_and_control(env: Env) -> None:
     assert [w["cumulative"] for w in out["waves"]] == [2, 4, 8]
     assert out["waves"][0]["name"] == "canary" and out["waves"][1]["state"] == "waiting"
     assert out["plan"]["gates"] == BODY["gates"]
+    # Gates judged on 20 observations, waited for up to 30 min: the defaults, recorded.
+    assert (out["plan"]["gate_min_samples"], out["plan"]["gate_timeout_s"]) == (20, 1800.0)
+    assert out["plan"]["gates_allow_no_data"] is False
     # The canary went out through the twin path at once (pace 10/s, no jitter).
     sent = [d for d, c in outbox.sent if c.name == "set_desired"]
     assert len(sent) == 1
@@ -132,6 +135,10 @@ def test_create_get_list_and_control(env: Env) -> None:
         ({"artifact": "digits@9.9.9"}, None, "no such artifact 'digits@9.9.9'"),
         ({"target": "tag:site=mars"}, None, "matches no free device"),
         ({"max_failures": -1}, "body.max_failures", "greater than or equal to 0"),
+        ({"gate_min_samples": 0}, "body.gate_min_samples", "greater than or equal to 1"),
+        ({"gate_min_samples": "many"}, "body.gate_min_samples", "valid integer"),
+        ({"gate_timeout": "forever"}, None, "--gate-timeout 'forever': use a duration"),
+        ({"gates_allow_no_data": "perhaps"}, "body.gates_allow_no_data", "valid boolean"),
     ],
 )
 def test_bad_plans_are_422_with_a_message(

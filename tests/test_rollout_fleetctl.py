@@ -6,11 +6,14 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from fleet_server.server import FleetServer
 
-from .harness import ADMIN_PASSWORD
+from .fleetctl_kit import fleetctl, login_admin
 from .ota_server import model_version
-from .test_fleetctl import config, fleetctl  # noqa: F401  (config is an autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("fleetctl_config")
 
 
 def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
@@ -20,17 +23,17 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
         d = f"ctl-r{i}"
         fleet.store.create_device(d, name=d, tags={"site": "lab"}, now=now)
         fleet.store.add_certificate(d, 900 + i, now + 3600, now)
-    code, _, err = fleetctl(
-        ["login", "--server", fleet.settings.api_url, "-u", "admin", "--password-stdin"],
-        ADMIN_PASSWORD + "\n",
-    )
-    assert code == 0, err
+    login_admin(fleet.settings.api_url)
     base = ["rollout", "create", "--artifact", "digits@2.0.0", "--target", "tag:site=lab"]
     code, out, err = fleetctl([*base, "--gate", "error_rate<"])
     assert code == 1 and "expected a number at column 12, found the end" in err
     assert "Traceback" not in err
     code, out, err = fleetctl([*base, "--waves", "50%"])
     assert code == 1 and "--waves must end at 100%" in err
+    code, out, err = fleetctl([*base, "--gate-min-samples", "0"])
+    assert code == 2 and "--gate-min-samples" in err and "Traceback" not in err
+    code, out, err = fleetctl([*base, "--gate-timeout", "soon"])
+    assert code == 1 and "--gate-timeout 'soon': use a duration" in err
     code, out, err = fleetctl(["rollout", "create", "--artifact", "nope@1", "--target", "all"])
     assert code == 1 and "no such artifact 'nope@1'" in err
 
@@ -49,6 +52,12 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
             "error_rate<0.01",
             "--seed",
             "4",
+            # These devices never come online, let alone serve: say so in the plan.
+            "--gates-allow-no-data",
+            "--gate-min-samples",
+            "5",
+            "--gate-timeout",
+            "2m",
         ]
     )
     assert code == 0, err
@@ -58,6 +67,7 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
     assert code == 0 and [r["id"] for r in json.loads(out)] == [rid]
     code, out, _ = fleetctl(["rollout", "status", rid])
     assert code == 0 and rid in out and "canary" in out and "wave 2" in out
+    assert "gates: a gate with no data passes (--gates-allow-no-data)" in out
     assert "started" in out
     code, out, _ = fleetctl(["rollout", "pause", rid])
     assert code == 0 and out.strip() == f"rollout {rid}: paused"
@@ -72,3 +82,5 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
     code, out, _ = fleetctl(["--json", "rollout", "status", rid])
     detail = json.loads(out)
     assert detail["plan"]["gates"] == ["error_rate<0.01"] and detail["plan"]["seed"] == 4
+    assert detail["plan"]["gates_allow_no_data"] is True
+    assert (detail["plan"]["gate_min_samples"], detail["plan"]["gate_timeout_s"]) == (5, 120.0)

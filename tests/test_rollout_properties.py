@@ -34,6 +34,13 @@ scenario = st.fixed_dictionaries(
             max_size=3,
         ),
         "restart_at": st.integers(1, 400),
+        # Evidence for the gates: a wave with no traffic, one with a trickle, how much
+        # the plan asks for and how long it waits.
+        "quiet_wave": st.integers(-1, 5),
+        "slow_wave": st.integers(-1, 5),
+        "min_samples": st.sampled_from([1, 20, 150]),
+        "gate_timeout": st.sampled_from([0.0, 30.0, 120.0]),
+        "allow_no_data": st.booleans(),
     }
 )
 
@@ -52,10 +59,15 @@ def build(sc: dict[str, object]) -> Sim:
         seed=sc["seed"],
         probation_s=20.0,
         offline_grace_s=100.0,
+        gate_min_samples=sc["min_samples"],
+        gate_timeout_s=sc["gate_timeout"],
+        gates_allow_no_data=sc["allow_no_data"],
     )
     sim.fail = {f"d{i:03d}" for i in sc["fail"]}  # type: ignore[attr-defined]
     bad = sc["bad_wave"]
     sim.error_rate = lambda wave: 0.5 if wave == bad else 0.0
+    quiet, slow = sc["quiet_wave"], sc["slow_wave"]
+    sim.traffic = lambda wave: 0.0 if wave == quiet else 2.0 if wave == slow else 10.0
     return sim
 
 
@@ -105,6 +117,19 @@ def test_invariants(sc: dict[str, object]) -> None:
         if not all(g["passed"] for g in results):
             assert r.state.wave == int(wave)
             assert all(d.wave <= int(wave) for d in r.devices.values() if d.sent_at is not None)
+    # a traffic gate passes only on enough evidence, unless the plan allows no data
+    for results in r.state.gate_results.values():
+        for g in results:
+            if g["passed"] and g["unit"] and not sc["allow_no_data"]:
+                assert g["samples"] >= sc["min_samples"], g
+            if g.get("waiting"):
+                assert not g["passed"]
+    # a gate short of data fails only once the wait ran out, and never with the opt-out
+    if "data:" in r.state.reason:
+        assert not sc["allow_no_data"]
+        halted = [n for n in sim.notes if n.kind == "halted"][-1]
+        deadline = (r.state.settled_at or 0) + 20.0 + sc["gate_timeout"]  # type: ignore[operator]
+        assert halted.ts >= deadline
     # a rollback reverts exactly the devices that were sent the update
     if r.status in ("rolling_back", "rolled_back"):
         assert sorted(sim.reverted) == sorted(set(sent_ids))

@@ -10,29 +10,19 @@ import pytest
 from fleet_server.server import FleetServer
 
 from .fl_helpers import MODEL, write_start_package
-from .harness import ADMIN_PASSWORD
+from .fleetctl_kit import fleetctl, login_admin
 from .test_federation_e2e import devices
-from .test_fleetctl import fleetctl
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "fleetctl.json"
-    monkeypatch.setenv("FLEETCTL_CONFIG", str(path))
-    monkeypatch.delenv("FLEETCTL_TOKEN", raising=False)
-    monkeypatch.delenv("FLEETCTL_SERVER", raising=False)
-    return path
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.usefixtures("fleetctl_config"),
+]
 
 
 def test_train_start_watch_list_stop(fleet: FleetServer, tmp_path: Path) -> None:
     write_start_package(fleet.settings.data_dir / "models")
     api = fleet.settings.api_url
-    code, _, err = fleetctl(
-        ["login", "--server", api, "-u", "admin", "--password-stdin"], ADMIN_PASSWORD + "\n"
-    )
-    assert code == 0, err
+    login_admin(api)
     fleet.training.build_candidates = False
     made = devices(fleet, tmp_path / "devs", 3, "cl")
     try:

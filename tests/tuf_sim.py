@@ -158,6 +158,8 @@ class Faults:
     ignore_range: bool = False
     throttle_s: float = 0.0
     """Pause between 2 kB pieces of a target (a slow link, so a test can act mid-download)."""
+    unavailable: int = 0
+    """Answer the next this many requests with 503 (an overloaded server)."""
 
 
 class RepoServer:
@@ -208,6 +210,12 @@ class RepoServer:
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         rng = h.headers.get("Range")
         self.requests.append((h.path, rng))
+        if self.faults.unavailable > 0:
+            self.faults.unavailable -= 1
+            h.send_response(503)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
         body = self._lookup(h.path)
         if body is None:
             h.send_response(404)

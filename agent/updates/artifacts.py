@@ -113,7 +113,7 @@ class Artifacts:
             except DownloadFailed as exc:
                 after = partial.stat().st_size if partial.exists() else 0
                 fetched += max(0, after - before)
-                if attempt + 1 >= attempts:
+                if not exc.retryable or attempt + 1 >= attempts:
                     raise
                 log.info("download interrupted (%s); resuming", exc)
                 if self.stop_event.wait(retry_s * (attempt + 1)):

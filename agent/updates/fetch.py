@@ -83,7 +83,10 @@ def download_resumable(
                 partial.unlink()
                 raise DownloadFailed(f"{url}: the server refused to resume (HTTP 416)")
             if response.status_code not in (200, 206):
-                raise DownloadFailed(f"{url}: the server answered HTTP {response.status_code}")
+                raise DownloadFailed(
+                    f"{url}: the server answered HTTP {response.status_code}",
+                    retryable=_transient(response.status_code),
+                )
             if response.status_code == 200 and have:
                 have = 0
             span = response.headers.get("content-range", "")
@@ -96,6 +99,11 @@ def download_resumable(
             return _append(response, partial, have, length, url, progress)
     except httpx.HTTPError as exc:
         raise DownloadFailed(f"the download of {url} broke off: {exc}") from exc
+
+
+def _transient(status: int) -> bool:
+    """5xx, 408 (timeout), 425 and 429 (slow down) may pass; other 4xx will not."""
+    return not 400 <= status < 500 or status in (408, 425, 429)
 
 
 def _append(

@@ -79,12 +79,24 @@ class DeviceUpdates:
                 max_restarts=u.max_restarts,
                 max_error_rate=u.max_error_rate,
                 min_inferences=u.min_inferences,
+                retry_for_s=u.retry_for_s,
             ),
             on_change=self._changed,
+            superseded=self._superseded,
         )
         self.slots_store = ModelSlots(settings.data_dir)
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=16)
         self._thread: threading.Thread | None = None
+
+    def _superseded(self) -> bool:
+        """A different target of the same kind waits in the queue (the same one again, or
+        the firmware half of the same desired state, does not end a retry wait)."""
+        current = self.updater.journal
+        if current is None:
+            return False
+        with self._queue.mutex:
+            waiting = [job for job in self._queue.queue if job is not None]
+        return any(ref.kind == current.ref.kind and ref != current.ref for ref, _, _ in waiting)
 
     def _changed(self, journal: Journal) -> None:
         self._on_change()

@@ -5,12 +5,20 @@ firmware handler), asks the machine for the next journal, persists it, and
 tells the daemon (``on_change``) so the state is re-published.  Any error ends
 the update with the reason in the journal (and so in ``UpdateReport.error``);
 an error after the switch first puts the previous model or firmware back.
+
+Except a server that cannot be reached: a whole wave asking for the same
+metadata at once, a proxy restarting, a flaky uplink.  Such a
+:class:`DownloadFailed` is retried with capped exponential backoff and full
+jitter (so a fleet does not retry in step) for up to ``retry_for_s``, the
+wait shown in ``UpdateReport.error`` while the phase stays where it was; a
+newer desired state ends the wait at once.
 """
 
 from __future__ import annotations
 
 import logging
 import posixpath
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +29,7 @@ from typing import Protocol
 import httpx
 
 from edgefleet_contract.errors import (
+    DownloadFailed,
     EdgefleetError,
     InstallError,
     UpdateError,
@@ -62,6 +71,10 @@ class UpdatePolicy:
     poll_s: float = 1.0
     download_attempts: int = 3
     retry_s: float = 2.0
+    retry_for_s: float = 1800.0
+    """How long a device keeps retrying a server it cannot reach before the update fails."""
+    backoff_s: float = 5.0
+    backoff_max_s: float = 300.0
 
 
 class Updater:
@@ -78,6 +91,7 @@ class Updater:
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[Journal], None] | None = None,
+        superseded: Callable[[], bool] = lambda: False,
     ) -> None:
         self.data_dir = data_dir
         self.server_url = server_url.rstrip("/")
@@ -89,6 +103,8 @@ class Updater:
         self.client = client or httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0))
         self.clock = clock
         self.on_change = on_change or (lambda journal: None)
+        self.superseded = superseded
+        """True once a newer desired state waits: a retry wait gives up for it."""
         self.slots = ModelSlots(data_dir)
         self.work = data_dir / "updates"
         self.journal_file = JournalFile(self.work / "journal.json")
@@ -182,13 +198,27 @@ class Updater:
             "switching": self._switch,
             "probation": self._probation,
         }
+        retries = 0
+        failing_since: float | None = None
         while not journal.done:
             try:
                 journal = self._save(steps[journal.phase](journal))
+                retries, failing_since = 0, None
             except Stopped:
                 if journal.phase in machine.ACTIVE_TOUCHED:
                     journal = self._save(journal.model_copy(update={"clean_stop": True}))
                 return journal
+            except DownloadFailed as exc:
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                gave_up = self._give_up(exc, now - failing_since)
+                if gave_up is not None:
+                    return self._fail(journal, gave_up)
+                try:
+                    journal = self._wait_to_retry(journal, str(exc), retries)
+                except Stopped:
+                    return journal
+                retries += 1
             except EdgefleetError as exc:
                 return self._fail(journal, str(exc))
             except Exception as exc:
@@ -196,6 +226,43 @@ class Updater:
                 return self._fail(journal, f"internal error in {journal.phase}: {exc!r}")
         self._cleanup(journal)
         return journal
+
+    def _give_up(self, exc: DownloadFailed, failing_for: float) -> str | None:
+        """Why the update should fail now instead of retrying ``exc``, or None to retry."""
+        if not exc.retryable:
+            return str(exc)
+        if failing_for >= self.policy.retry_for_s:
+            return f"{exc} (still failing after {failing_for:.0f} s of retries)"
+        if self.superseded():
+            return f"{exc} (superseded by a newer desired state)"
+        return None
+
+    def _wait_to_retry(self, journal: Journal, reason: str, retries: int) -> Journal:
+        """Sleep a jittered, growing backoff with the wait reported; raise Stopped on stop."""
+        p = self.policy
+        delay = random.uniform(0.5, 1.0) * min(p.backoff_max_s, p.backoff_s * 2**retries)
+        log.info(
+            "update to %s %s: %s; retrying in %.0f s",
+            journal.ref.name,
+            journal.ref.version,
+            reason,
+            delay,
+        )
+        waiting = self._save(
+            journal.model_copy(
+                update={
+                    "error": f"retrying in {delay:.0f} s: {reason}"[:2000],
+                    "updated_at": self.clock(),
+                }
+            )
+        )
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stop_event.wait(min(left, 0.5)):
+                raise Stopped("stopping while waiting to retry")
+            if self.superseded():
+                break
+        return waiting.model_copy(update={"error": None})
 
     def _fail(self, journal: Journal, reason: str) -> Journal:
         if machine.failure_phase(journal) == "rolled_back":

@@ -22,7 +22,14 @@ from ..rollouts.artifacts import ResolvedArtifact, as_resolved
 from ..rollouts.driver import RolloutDriver
 from ..rollouts.gates import parse_gate
 from ..rollouts.persist import load
-from ..rollouts.plan import RolloutPlan, parse_duration, parse_pace, parse_share, parse_waves
+from ..rollouts.plan import (
+    MAX_GATE_SAMPLES,
+    RolloutPlan,
+    parse_duration,
+    parse_pace,
+    parse_share,
+    parse_waves,
+)
 from ..rollouts.view import detail, summary
 from ..selector import parse as parse_selector
 from .context import ApiContext
@@ -53,6 +60,15 @@ class RolloutCreate(BaseModel):
     device_timeout: Short = "1h"
     offline_grace: Short = "24h"
     seed: Annotated[int, Field(ge=0, le=2**31)] | None = None
+    gate_min_samples: Annotated[int, Field(ge=1, le=MAX_GATE_SAMPLES)] = Field(
+        20, description="observations a traffic gate needs from the wave before it is judged"
+    )
+    gate_timeout: Short = Field(
+        "30m", description="after probation, how long a gate short of data waits, then fails"
+    )
+    gates_allow_no_data: bool = Field(
+        False, description="a fleet without traffic: a gate with no data passes (says so)"
+    )
 
 
 def _driver(c: ApiContext) -> RolloutDriver:
@@ -91,6 +107,9 @@ def build_plan(body: RolloutCreate, artifact: ResolvedArtifact, seed: int) -> Ro
         device_timeout_s=parse_duration(body.device_timeout, what="--device-timeout"),
         offline_grace_s=parse_duration(body.offline_grace, what="--offline-grace"),
         seed=seed,
+        gate_min_samples=body.gate_min_samples,
+        gate_timeout_s=parse_duration(body.gate_timeout, what="--gate-timeout"),
+        gates_allow_no_data=body.gates_allow_no_data,
     )
 
 

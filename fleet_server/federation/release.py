@@ -14,6 +14,7 @@ separate.  Keys (each at most once, except ``gate``)::
     canary N | N%          waves P% P% ...        pace N/min
     jitter D               probation D            device-timeout D
     offline-grace D        max-failures N         gate METRIC OP NUMBER
+    gate-min-samples N     gate-timeout D         gates-allow-no-data
     no-auto-rollback
 
 The values are parsed by the rollout API's own parser
@@ -38,7 +39,7 @@ from edgefleet_contract.errors import EdgefleetError, PlanError
 from ..api.routes_rollouts import RolloutCreate, _placeholder, build_plan
 from ..rollouts.artifacts import ResolvedArtifact, as_resolved
 from ..rollouts.driver import RolloutDriver
-from ..rollouts.plan import RolloutPlan
+from ..rollouts.plan import MAX_GATE_SAMPLES, RolloutPlan
 from ..selector import parse as parse_selector
 
 SINGLE = {
@@ -48,8 +49,14 @@ SINGLE = {
     "probation": "probation",
     "device-timeout": "device_timeout",
     "offline-grace": "offline_grace",
+    "gate-timeout": "gate_timeout",
 }
-KEYS = (*SINGLE, "waves", "gate", "max-failures", "no-auto-rollback")
+COUNTS = {"max-failures": "max_failures", "gate-min-samples": "gate_min_samples"}
+FLAGS = {
+    "no-auto-rollback": ("auto_rollback", False),
+    "gates-allow-no-data": ("gates_allow_no_data", True),
+}
+KEYS = (*SINGLE, *COUNTS, *FLAGS, "waves", "gate")
 MAX_SELECTOR = 8000
 """Longer participant lists fall back to the run's selector alone."""
 log = logging.getLogger(__name__)
@@ -78,10 +85,11 @@ def parse_rollout_option(text: str, target: str) -> RolloutCreate:
     fields: dict[str, object] = {"artifact": "candidate@0", "target": target}
     gates: list[str] = []
     for key, values in clauses:
-        if key == "no-auto-rollback":
+        if key in FLAGS:
             if values:
-                raise PlanError(f"--rollout: no-auto-rollback takes no value, not {values[0]!r}")
-            fields["auto_rollback"] = False
+                raise PlanError(f"--rollout: {key} takes no value, not {values[0]!r}")
+            name, value = FLAGS[key]
+            fields[name] = value
             continue
         if not values:
             raise PlanError(f"--rollout {text!r}: {key!r} needs a value")
@@ -93,10 +101,15 @@ def parse_rollout_option(text: str, target: str) -> RolloutCreate:
             raise PlanError(
                 f"--rollout {text!r}: {key!r} takes one value, found {' '.join(values)!r}"
             )
-        elif key == "max-failures":
+        elif key in COUNTS:
             if not values[0].isdigit():
-                raise PlanError(f"--rollout: max-failures is a whole number, not {values[0]!r}")
-            fields["max_failures"] = int(values[0])
+                raise PlanError(f"--rollout: {key} is a whole number, not {values[0]!r}")
+            if key == "gate-min-samples" and not 1 <= int(values[0]) <= MAX_GATE_SAMPLES:
+                raise PlanError(
+                    f"--rollout: gate-min-samples is from 1 to {MAX_GATE_SAMPLES}, "
+                    f"not {values[0]!r} (a fleet without traffic: gates-allow-no-data)"
+                )
+            fields[COUNTS[key]] = int(values[0])
         else:
             fields[SINGLE[key]] = values[0]
     fields["gates"] = gates

@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
+from ..rollouts.plan import MAX_GATE_SAMPLES, duration_text
 from .cli import Ctx, pass_ctx
 from .output import emit, when
 
@@ -53,6 +54,24 @@ def rollout() -> None:
 @click.option("--device-timeout", default="1h", show_default=True)
 @click.option("--offline-grace", default="24h", show_default=True)
 @click.option("--seed", type=int, default=None, help="order and jitter seed (reproducible)")
+@click.option(
+    "--gate-min-samples",
+    type=click.IntRange(1, MAX_GATE_SAMPLES),
+    default=20,
+    show_default=True,
+    help="observations (inferences, labelled answers) a gate needs from the wave",
+)
+@click.option(
+    "--gate-timeout",
+    default="30m",
+    show_default=True,
+    help="after probation, how long a gate short of data waits before it fails",
+)
+@click.option(
+    "--gates-allow-no-data",
+    is_flag=True,
+    help="For fleets without traffic: a gate with no data passes instead of failing.",
+)
 @pass_ctx
 def create(
     ctx: Ctx,
@@ -69,6 +88,9 @@ def create(
     device_timeout: str,
     offline_grace: str,
     seed: int | None,
+    gate_min_samples: int,
+    gate_timeout: str,
+    gates_allow_no_data: bool,
 ) -> None:
     """Start a rollout: canary first, then each wave once the gates pass."""
     body: dict[str, Any] = {
@@ -84,6 +106,9 @@ def create(
         "max_failures": max_failures,
         "device_timeout": device_timeout,
         "offline_grace": offline_grace,
+        "gate_min_samples": gate_min_samples,
+        "gate_timeout": gate_timeout,
+        "gates_allow_no_data": gates_allow_no_data,
     }
     if seed is not None:
         body["seed"] = seed
@@ -156,19 +181,50 @@ def render(out: dict[str, Any]) -> Group:
             detail=f"{wave['state']}: {detail}" if detail else wave["state"],
         )
     gates = Table(title="gates (last evaluation per wave)", title_justify="left")
-    for col in ("WAVE", "GATE", "MEASURED", "RESULT"):
+    for col in ("WAVE", "GATE", "MEASURED", "EVIDENCE", "RESULT"):
         gates.add_column(col)
     for wave in out["waves"]:
         for g in wave["gates"] or []:
             value = "no data" if g["value"] is None else f"{g['value']:.4g}"
-            result = "[green]pass[/green]" if g["passed"] else "[red]FAIL[/red]"
-            gates.add_row(wave["name"], g["gate"], value, result)
+            gates.add_row(wave["name"], g["gate"], value, _evidence(g), _result(g))
     events = Table(title="recent events", title_justify="left")
     for col in ("WHEN", "EVENT", "DEVICE", "MESSAGE"):
         events.add_column(col)
     for e in out["events"][-8:]:
         events.add_row(when(e["ts"]), e["kind"], e["device_id"] or "", e["message"])
-    return Group(head, bars, gates, events)
+    parts: list[Any] = [head, bars, gates, events]
+    if (out.get("plan") or {}).get("gates"):
+        parts.insert(2, f"gates: {_evidence_rule(out)}")
+    if out.get("waiting"):  # before the bars: what the rollout is waiting for
+        deadline = time.strftime("%H:%M:%S", time.localtime(out["gates_deadline"]))
+        parts.insert(1, f"[yellow]{out['waiting']}[/yellow] (without it they fail at {deadline})")
+    return Group(*parts)
+
+
+def _evidence_rule(out: dict[str, Any]) -> str:
+    """How the plan judges gates that need traffic (plans from before the rule: the default)."""
+    plan = out.get("plan") or {}
+    if plan.get("gates_allow_no_data"):
+        return "a gate with no data passes (--gates-allow-no-data)"
+    needed = plan.get("gate_min_samples", 20)
+    timeout = plan.get("gate_timeout_s", 1800.0)
+    return (
+        f"each needs {needed} observations from the wave, waited for up to {duration_text(timeout)}"
+    )
+
+
+def _evidence(g: dict[str, Any]) -> str:
+    if g.get("samples") is None:
+        return ""
+    return f"{g['samples']}/{g['needed']} {g['unit']}" if g.get("needed") else f"{g['samples']}"
+
+
+def _result(g: dict[str, Any]) -> str:
+    if g.get("waiting"):
+        return "[yellow]waiting for data[/yellow]"
+    if g["passed"]:
+        return "[green]pass[/green]" + (f" ({g['note']})" if g.get("note") else "")
+    return "[red]FAIL[/red]" + (f": {g['note']}" if g.get("note") else "")
 
 
 def _verb(verb: str, doc: str) -> click.Command:

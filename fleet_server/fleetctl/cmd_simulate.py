@@ -35,7 +35,8 @@ The devices run in worker processes of at most --per-process devices each
 (paho's select() loop cannot use descriptors above 1023); this command enrolls
 them, starts the workers and adds up what they report.  Identities persist in
 --data-dir: a second run reuses them (no re-enrollment).  Ctrl-C (or
---duration) stops every device cleanly; the server sees them go offline.  See
+--duration) stops every device cleanly; the server sees them go
+offline; a second Ctrl-C kills the workers at once.  See
 docs/operations.md, "Fleet simulator"."""
 
 
@@ -187,6 +188,8 @@ def simulate(
     stop = threading.Event()
 
     def interrupt(*_: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C: no more waiting for clean disconnects
+            pool.kill()
         stop.set()
 
     signal.signal(signal.SIGINT, interrupt)

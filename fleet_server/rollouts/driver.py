@@ -232,7 +232,7 @@ class RolloutDriver:
             elif isinstance(action, Revert):
                 pending += self._revert(rollout, action, now)
             elif isinstance(action, EvaluateGates):
-                values = measure(
+                values, samples = measure(
                     self.store,
                     action.device_ids,
                     rollout.plan.artifact,
@@ -240,7 +240,7 @@ class RolloutDriver:
                     until=action.until,
                     baseline_until=rollout.state.created_at,
                 )
-                pending += rollout.gates_measured(action.wave, values, now)
+                pending += rollout.gates_measured(action.wave, values, now, samples)
         # Save after every transition; a tick that changed nothing (a halted rollout
         # waiting for its operator, a probation window running) writes nothing.
         fingerprint = _fingerprint(rollout)

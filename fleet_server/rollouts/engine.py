@@ -16,7 +16,10 @@ Life of a rollout::
 Within each wave: ``dispatching`` (devices are sent the artifact at the plan's
 pace plus jitter; an offline device waits and is retried when it returns),
 ``settling`` (until every reachable device committed or failed), ``probation``
-(the window the gates look at), ``gating`` (waiting for the figures).  A wave
+(the window the gates look at), ``gating`` (waiting for the figures, and, while a
+gate has too few observations to be judged, for more of them: re-measured every
+:data:`GATE_RECHECK_S` over the growing window until the plan's gate timeout,
+when a gate still short of data fails).  A wave
 never starts before the previous one's gates passed, and no device beyond the
 current wave's cumulative share is ever sent anything.  A canary whose devices
 are all offline holds the rollout until one returns: later waves never go out
@@ -29,7 +32,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .gates import evaluate
+from .gates import GateResult, evaluate, expire, shortfall
 from .model import (
     IN_FLIGHT,
     TOUCHED,
@@ -41,9 +44,11 @@ from .model import (
     RolloutState,
     gate_dicts,
 )
-from .plan import RolloutPlan
+from .plan import RolloutPlan, duration_text
 from .verbs import OperatorVerbs
 
+GATE_RECHECK_S = 5.0
+"""While a wave waits for gate data, how often its figures are measured again."""
 _UPDATING = {"pending", "downloading", "verifying", "staging", "self_test", "switching"}
 
 
@@ -246,26 +251,72 @@ class Rollout(OperatorVerbs):
         return out
 
     def gates_measured(
-        self, wave: int, values: Mapping[str, float | None], now: float
+        self,
+        wave: int,
+        values: Mapping[str, float | None],
+        now: float,
+        samples: Mapping[str, int] | None = None,
     ) -> list[Action]:
+        """The figures asked for by ``EvaluateGates``; ``samples`` counts the observations
+        behind each traffic metric (see :data:`~.gates.EVIDENCE`)."""
         s = self.state
         out: list[Action] = []
         if s.status not in ("canary", "wave") or s.phase != "gating" or s.wave != wave:
             return out
         figures = dict(values)
         figures["install_success_rate"] = self._install_success(wave)
-        results = evaluate(self.plan.gates, figures)
+        results = evaluate(
+            self.plan.gates,
+            figures,
+            samples,
+            min_samples=self.plan.gate_min_samples,
+            allow_no_data=self.plan.gates_allow_no_data,
+        )
+        judged_bad = any(not r.passed and not r.waiting for r in results)
+        if any(r.waiting for r in results) and not judged_bad:
+            if now < (self.gates_deadline or now):
+                self._wait_for_data(wave, results, now, out)
+                return out
+            results = expire(results, duration_text(self.plan.gate_timeout_s))
         s.gate_results[str(wave)] = gate_dicts(results)
-        failed = [r for r in results if not r.passed]
+        failed = [r for r in results if not r.passed and not r.waiting]
         if failed:
             why = "; ".join(
-                f"{r.gate} (measured {r.value:g})" for r in failed if r.value is not None
+                f"{r.gate} ({r.note})" if r.note else f"{r.gate} (measured {r.value:g})"
+                for r in failed
             )
             self._halt(f"wave {wave} failed its gates: {why}", now, out)
             return out
         out.append(Note(now, "gates_passed", f"wave {wave} passed its gates"))
         self._next_wave(now, out)
         return out
+
+    def _wait_for_data(
+        self, wave: int, results: list[GateResult], now: float, out: list[Action]
+    ) -> None:
+        s = self.state
+        before = s.gate_results.get(str(wave)) or []
+        s.gate_results[str(wave)] = gate_dicts(results)
+        s.gates_checked_at = now
+        if not any(r.get("waiting") for r in before):
+            within = duration_text(self.plan.gate_timeout_s)
+            out.append(
+                Note(
+                    now,
+                    "gates_waiting",
+                    f"wave {wave} is waiting for data: {shortfall(s.gate_results[str(wave)])} "
+                    f"(gates still short of it {within} after probation fail)",
+                )
+            )
+
+    @property
+    def gates_deadline(self) -> float | None:
+        """When the current wave's gates fail for want of data (None: not gating)."""
+        s = self.state
+        if s.status not in ("canary", "wave", "paused") or s.phase != "gating":
+            return None
+        settled = s.settled_at if s.settled_at is not None else s.updated_at
+        return settled + self.plan.probation_s + self.plan.gate_timeout_s
 
     def _next_wave(self, now: float, out: list[Action]) -> None:
         s = self.state
@@ -322,8 +373,8 @@ class Rollout(OperatorVerbs):
             self._next_wave(now, out)
             return
         if s.phase == "probation" and now >= (s.settled_at or now) + self.plan.probation_s:
-            s.phase = "gating"
-        if s.phase == "gating":
+            s.phase, s.gates_checked_at = "gating", None
+        if s.phase == "gating" and self._gates_due(now):
             landed = tuple(d.device_id for d in current if d.status == "succeeded")
             out.append(EvaluateGates(s.wave, landed, s.settled_at or now, now))
         if s.phase == "finishing":
@@ -336,6 +387,15 @@ class Rollout(OperatorVerbs):
                     self._touch(d)
                 s.status, s.finished_at = "completed", now
                 out.append(Note(now, "completed", self._summary_line()))
+
+    def _gates_due(self, now: float) -> bool:
+        """First thing in gating; then, while waiting for data, every few seconds and at
+        the deadline (so a gate short of data fails on time, not a recheck later)."""
+        checked = self.state.gates_checked_at
+        if checked is None or now >= checked + GATE_RECHECK_S:
+            return True
+        deadline = self.gates_deadline
+        return deadline is not None and checked < deadline <= now
 
     def _on_phase(
         self, d: DeviceProgress, phase: str, error: str | None, now: float, out: list[Action]

@@ -16,18 +16,25 @@ during the probation window, from telemetry of the new version only):
 * ``crash_loops``: devices that restarted twice or more in the window or report
   health ``failed``.
 
-Evaluation is a pure function of the fetched numbers.  A metric with no
-samples (an idle device has no error rate; no app sends feedback) does not
-block the gate, and the result says ``no data`` so an operator sees it;
-``install_success_rate`` and ``crash_loops`` always have data.
+Evaluation is a pure function of the fetched numbers.  A gate on a traffic
+metric (see :data:`EVIDENCE`) is judged only on enough evidence: with fewer
+than the plan's ``min_samples`` observations from the wave it is *waiting*
+(neither passed nor failed), because a canary that serves nothing, or whose
+telemetry never arrives, must not sail through ``error_rate`` or
+``accuracy``.  The engine decides how long to wait and turns a wait that ran
+out into a failure (:func:`expire`).  A plan that allows no data (fleets
+without traffic) gets the old rule back: a metric with no samples passes and
+says ``no data``.  ``install_success_rate`` and ``crash_loops`` need no
+traffic and are judged as they are.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from edgefleet_contract.errors import PlanError
 
@@ -40,6 +47,14 @@ METRICS = (
     "install_success_rate",
     "crash_loops",
 )
+EVIDENCE: dict[str, str] = {
+    "error_rate": "inferences",
+    "p95_latency_ms": "inferences",
+    "accuracy": "labelled answers",
+    "confidence_drop": "inferences",
+    "drift": "drift samples",
+}
+"""Metrics that need traffic, and what one observation of each is (for the waiting text)."""
 _OPS = ("<=", ">=", "==", "!=", "<", ">")
 _TOKEN = re.compile(
     r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(<=|>=|==|!=|<|>|=)|([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(\S))"
@@ -74,6 +89,13 @@ class GateResult:
     value: float | None
     passed: bool
     note: str = ""
+    samples: int | None = None
+    """Observations behind ``value`` (None: the metric needs no traffic, or was not counted)."""
+    needed: int = 0
+    """Observations the gate needs before it is judged (0: it is judged on whatever there is)."""
+    unit: str = ""
+    waiting: bool = False
+    """Not judged yet: too few observations.  ``passed`` is False until it is."""
 
 
 def parse_gate(text: str) -> Gate:
@@ -113,14 +135,55 @@ def parse_gate(text: str) -> Gate:
     return Gate(source=text.strip(), metric=tokens[0][1], op=op, threshold=threshold)
 
 
-def evaluate(gates: Sequence[Gate], values: Mapping[str, float | None]) -> list[GateResult]:
-    """Each gate against the measured ``values`` (``None``: no samples)."""
+def evaluate(
+    gates: Sequence[Gate],
+    values: Mapping[str, float | None],
+    samples: Mapping[str, int] | None = None,
+    *,
+    min_samples: int = 1,
+    allow_no_data: bool = True,
+) -> list[GateResult]:
+    """Each gate against the measured ``values`` (``None``: no samples).
+
+    ``samples`` counts the observations behind each traffic metric; a gate on
+    one with fewer than ``min_samples`` is waiting unless ``allow_no_data``.
+    Without ``samples`` every traffic metric counts as unobserved.
+    """
     out = []
     for g in gates:
         value = values.get(g.metric)
-        if value is None or not math.isfinite(value):
-            out.append(GateResult(g.source, g.metric, g.op, g.threshold, None, True, "no data"))
+        if value is not None and not math.isfinite(value):
+            value = None
+        unit = EVIDENCE.get(g.metric, "")
+        n = (samples or {}).get(g.metric, 0) if unit else None
+        base = (g.source, g.metric, g.op, g.threshold)
+        if unit and not allow_no_data and (value is None or (n or 0) < min_samples):
+            note = f"waiting for data: {n}/{min_samples} {unit}"
+            out.append(GateResult(*base, value, False, note, n, min_samples, unit, waiting=True))
+        elif value is None:
+            out.append(GateResult(*base, None, True, "no data", n, 0, unit))
         else:
-            ok = g.holds(value)
-            out.append(GateResult(g.source, g.metric, g.op, g.threshold, value, ok))
+            needed = 0 if allow_no_data else min_samples
+            out.append(GateResult(*base, value, g.holds(value), "", n, needed, unit))
+    return out
+
+
+def shortfall(results: Iterable[Mapping[str, Any]]) -> str:
+    """The waiting gates of stored results, as ``error_rate<0.01 3/20 inferences, ...``."""
+    return ", ".join(
+        f"{r['gate']} {r.get('samples') or 0}/{r['needed']} {r['unit']}"
+        for r in results
+        if r.get("waiting")
+    )
+
+
+def expire(results: Sequence[GateResult], within: str) -> list[GateResult]:
+    """The results once the wait for data ran out: every gate still waiting fails."""
+    out = []
+    for r in results:
+        if r.waiting:
+            short = "too little data" if r.samples else "no data"
+            note = f"{short}: {r.samples or 0} of {r.needed} {r.unit} from the wave within {within}"
+            r = replace(r, passed=False, waiting=False, note=note)
+        out.append(r)
     return out

@@ -42,6 +42,27 @@ def _boots(batches: Sequence[Telemetry]) -> int:
     return len({b.batch_id.partition("-")[0] for b in batches})
 
 
+def _split(
+    after: Mapping[str, Sequence[Telemetry]],
+    before: Mapping[str, Sequence[Telemetry]],
+    artifact: ResolvedArtifact,
+) -> tuple[list[Telemetry], list[InferenceStats], list[InferenceStats]]:
+    """The new version's batches and inference stats, and the old version's from before."""
+    new = [t for batches in after.values() for t in batches if _is_new(t, artifact)]
+    inf = [t.inference for t in new if t.inference is not None]
+    old = [
+        t.inference
+        for batches in before.values()
+        for t in batches
+        if t.inference is not None and not _is_new(t, artifact)
+    ]
+    return new, inf, old
+
+
+def _confidence_weight(stats: Sequence[InferenceStats]) -> int:
+    return sum(sum(s.confidence_hist) for s in stats)
+
+
 def figures(
     after: Mapping[str, Sequence[Telemetry]],
     before: Mapping[str, Sequence[Telemetry]],
@@ -49,20 +70,13 @@ def figures(
     artifact: ResolvedArtifact,
 ) -> dict[str, float | None]:
     """The gate metrics (see :mod:`.gates`) from each device's batches after and before."""
-    new = [t for batches in after.values() for t in batches if _is_new(t, artifact)]
-    inf = [t.inference for t in new if t.inference is not None]
+    new, inf, old = _split(after, before, artifact)
     count = sum(s.count for s in inf)
     errors = sum(s.errors for s in inf)
     fb_n = sum(s.feedback_count for s in inf)
     fb_ok = sum(s.feedback_correct for s in inf)
     p95 = [s.latency.p95_ms for s in inf if s.latency is not None]
     drift = [t.drift.score for t in new if t.drift is not None]
-    old = [
-        t.inference
-        for batches in before.values()
-        for t in batches
-        if t.inference is not None and not _is_new(t, artifact)
-    ]
     conf_before, conf_after = _mean_confidence(old), _mean_confidence(inf)
     loops = sum(
         1
@@ -81,6 +95,27 @@ def figures(
     }
 
 
+def samples(
+    after: Mapping[str, Sequence[Telemetry]],
+    before: Mapping[str, Sequence[Telemetry]],
+    artifact: ResolvedArtifact,
+) -> dict[str, int]:
+    """The observations behind each traffic metric of :func:`figures` (see ``EVIDENCE``).
+
+    ``confidence_drop`` compares two sides, so it counts the smaller one: a
+    thousand answers after the switch say nothing against three before it.
+    """
+    new, inf, old = _split(after, before, artifact)
+    count = sum(s.count for s in inf)
+    return {
+        "error_rate": count,
+        "p95_latency_ms": sum(s.count for s in inf if s.latency is not None),
+        "accuracy": sum(s.feedback_count for s in inf),
+        "confidence_drop": min(_confidence_weight(old), _confidence_weight(inf)),
+        "drift": sum(t.drift.samples for t in new if t.drift is not None),
+    }
+
+
 def measure(
     store: Store,
     device_ids: Sequence[str],
@@ -89,7 +124,8 @@ def measure(
     since: float,
     until: float,
     baseline_until: float,
-) -> dict[str, float | None]:
+) -> tuple[dict[str, float | None], dict[str, int]]:
+    """The wave's gate figures and the observations behind them, from the store."""
     chosen = list(device_ids)[:MAX_DEVICES]
     after = {d: store.query_raw(d, since=since, until=until, limit=MAX_BATCHES) for d in chosen}
     before = {
@@ -99,4 +135,4 @@ def measure(
         for d in chosen
     }
     health = {d: store.get_device(d).health for d in chosen}
-    return figures(after, before, health, artifact)
+    return figures(after, before, health, artifact), samples(after, before, artifact)

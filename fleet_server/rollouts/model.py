@@ -100,6 +100,9 @@ class RolloutState:
     failure_base: int = 0
     gate_results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Per wave (as a string key, for JSON), the last gate evaluation."""
+    gates_checked_at: float | None = None
+    """When the current wave's gates were last measured while waiting for data (None: not
+    yet); spaces the measurements out instead of querying the store every tick."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,7 +132,9 @@ class Revert:
 
 @dataclass(frozen=True)
 class EvaluateGates:
-    """Fetch the gate figures of ``device_ids`` over [since, until); call ``gates_measured``."""
+    """Fetch the gate figures of ``device_ids`` over [since, until) and the observations
+    behind them; call ``gates_measured``.  Asked again, over a longer window, while a gate
+    waits for data."""
 
     wave: int
     device_ids: tuple[str, ...]

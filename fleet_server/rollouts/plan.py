@@ -19,6 +19,7 @@ from .artifacts import ResolvedArtifact
 from .gates import Gate, parse_gate
 
 MAX_WAVES = 20
+MAX_GATE_SAMPLES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,14 @@ def parse_duration(text: str, *, what: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
+def duration_text(seconds: float) -> str:
+    """``1800`` as ``30m``: the shortest exact form :func:`parse_duration` reads back."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def parse_pace(text: str) -> float:
     """Devices per minute from ``200/min``, ``5/s`` or ``1000/h``."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|m|min|h)\s*", text)
@@ -116,11 +125,24 @@ class RolloutPlan:
     offline_grace_s: float = 86400.0
     """How long after the last wave devices still offline are waited for, then skipped."""
     seed: int = 0
+    gate_min_samples: int = 20
+    """Observations (inferences, labelled answers...) a traffic gate needs before it is judged."""
+    gate_timeout_s: float = 1800.0
+    """After probation, how long a gate short of data is waited for before it fails."""
+    gates_allow_no_data: bool = False
+    """Fleets without traffic: a gate with no data passes (and says so) instead of waiting."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.jitter_s < 0 or self.probation_s < 0 or self.max_failures < 0:
             raise PlanError("jitter, probation and max failures cannot be negative")
+        if not 1 <= self.gate_min_samples <= MAX_GATE_SAMPLES:
+            raise PlanError(
+                f"--gate-min-samples {self.gate_min_samples}: use a whole number from 1 to "
+                f"{MAX_GATE_SAMPLES} (a fleet without traffic: --gates-allow-no-data)"
+            )
+        if self.gate_timeout_s < 0:
+            raise PlanError("--gate-timeout cannot be negative")
         if self.device_timeout_s <= 0:
             raise PlanError("the device timeout must be above zero")
 
@@ -152,6 +174,10 @@ class RolloutPlan:
             device_timeout_s=float(data["device_timeout_s"]),
             offline_grace_s=float(data["offline_grace_s"]),
             seed=int(data["seed"]),
+            # Plans stored before these fields existed get today's defaults.
+            gate_min_samples=int(data.get("gate_min_samples", cls.gate_min_samples)),
+            gate_timeout_s=float(data.get("gate_timeout_s", cls.gate_timeout_s)),
+            gates_allow_no_data=bool(data.get("gates_allow_no_data", False)),
             extra=dict(data.get("extra") or {}),
         )
 

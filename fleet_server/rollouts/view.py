@@ -6,11 +6,23 @@ from typing import Any
 
 from ..store.base import RolloutEvent
 from .engine import Rollout
+from .gates import shortfall
+
+
+def waiting_text(rollout: Rollout) -> str:
+    """``waiting for data: error_rate<0.01 3/20 inferences`` while the current wave's gates
+    lack evidence; empty otherwise (also for results stored before gates could wait)."""
+    s = rollout.state
+    if rollout.gates_deadline is None:
+        return ""
+    short = shortfall(s.gate_results.get(str(s.wave)) or [])
+    return f"waiting for data: {short}" if short else ""
 
 
 def summary(rollout: Rollout) -> dict[str, Any]:
     s, plan = rollout.state, rollout.plan
     done = sum(1 for d in rollout.devices.values() if d.status == "succeeded")
+    waiting = waiting_text(rollout)
     return {
         "id": s.id,
         "status": s.status,
@@ -23,6 +35,9 @@ def summary(rollout: Rollout) -> dict[str, Any]:
         "succeeded": done,
         "failed": rollout.failures,
         "reason": s.reason,
+        "waiting": waiting,
+        # The current wave's gates lack data; without it they fail at gates_deadline.
+        "gates_deadline": rollout.gates_deadline if waiting else None,
         "created_at": s.created_at,
         "created_by": s.created_by,
         "updated_at": s.updated_at,
@@ -33,6 +48,7 @@ def summary(rollout: Rollout) -> dict[str, Any]:
 def detail(rollout: Rollout, events: list[RolloutEvent]) -> dict[str, Any]:
     s, plan = rollout.state, rollout.plan
     counts = rollout.counts()
+    summary_waiting = waiting_text(rollout)
     waves = []
     previous_end = 0
     for i, end in enumerate(s.ends):
@@ -45,6 +61,7 @@ def detail(rollout: Rollout, events: list[RolloutEvent]) -> dict[str, Any]:
                 "counts": counts[i],
                 "state": _wave_state(rollout, i),
                 "gates": s.gate_results.get(str(i)),
+                "waiting": summary_waiting if i == s.wave else "",
             }
         )
         previous_end = end

@@ -49,7 +49,7 @@ class SimAgent(Agent):
     def _make_link(self) -> DeviceLink:
         link = super()._make_link()
         # The link polls its spool every 0.1 s so a device's backlog drains promptly; a
-        # thousand links doing so in one process spend the CPU on polling alone.  Once a
+        # thousand links doing so on one machine spend the CPU on polling alone.  Once a
         # second still drains far faster than telemetry is made.
         link._tick_interval = LINK_TICK_S
         return link

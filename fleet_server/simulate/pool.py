@@ -124,6 +124,13 @@ class WorkerPool:
                     f"{w.log_path} ends with:\n{w.tail()}"
                 )
 
+    def kill(self) -> None:
+        """End every worker at once; their devices go offline through their Last Will."""
+        self._stopping = True
+        for w in self._workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+
     def stop(self, on_tick: Callable[[Status], None] | None = None) -> None:
         """Ask every worker to stop its devices cleanly and wait for them all; one that
         does not finish within :data:`STOP_TIMEOUT_S` is killed."""

@@ -85,7 +85,7 @@ const TONE = {
   completed: 'good', succeeded: 'good', passed: 'good', canary: 'info', wave: 'info',
   dispatching: 'info', settling: 'info', gating: 'info', finishing: 'info', queued: '',
   paused: 'warn', halted: 'warn', rolling_back: 'warn', offline: 'warn', aborted: 'bad',
-  updating: 'info', reverting: 'warn',
+  updating: 'info', reverting: 'warn', 'waiting for data': 'warn',
   failed: 'bad', revoked: 'bad', rolled_back: 'bad', rejected: 'bad', denied: 'bad', error: 'bad',
 };
 

@@ -15,6 +15,8 @@ const TEXT = [
   ['max_failures', 'Max failures', '0', 'failed devices tolerated before halting'],
   ['device_timeout', 'Device timeout', '1h', 'a device that takes longer has failed'],
   ['offline_grace', 'Offline grace', '24h', 'how long to wait for an offline device'],
+  ['gate_min_samples', 'Gate min samples', '20', 'observations (inferences, labels) a gate needs from the wave'],
+  ['gate_timeout', 'Gate timeout', '30m', 'after probation, how long a gate short of data waits, then fails'],
 ];
 
 async function artifactOptions(select) {
@@ -31,6 +33,7 @@ export function createForm(onCreated) {
   const gates = h('textarea', { name: 'gates', rows: 3, spellcheck: false },
     'error_rate<0.01\ninstall_success_rate>=0.99');
   const rollback = h('input', { type: 'checkbox', name: 'auto_rollback', checked: true });
+  const noData = h('input', { type: 'checkbox', name: 'gates_allow_no_data' });
   const out = h('div', { class: 'result', 'aria-live': 'polite' });
   const submit = h('button', { type: 'submit', class: 'primary' }, 'Start rollout');
   const form = h('form', { class: 'rollout-form', 'aria-label': 'Create a rollout' },
@@ -38,7 +41,9 @@ export function createForm(onCreated) {
       field('Artifact', artifact, 'from the registry'),
       TEXT.map(([key, label, , hint]) => field(label, inputs[key], hint)),
       field('Gates', gates, 'one per line: metric OP number'),
-      h('div', { class: 'field check' }, h('label', {}, rollback, ' Roll back automatically when a gate fails'))),
+      h('div', { class: 'field check' }, h('label', {}, rollback, ' Roll back automatically when a gate fails')),
+      h('div', { class: 'field check' }, h('label', {}, noData,
+        ' Let a gate with no data pass (only for fleets without traffic)'))),
     h('div', {}, submit), out);
   artifactOptions(artifact).catch((err) => replace(out, notice(err.message, 'error')));
   form.addEventListener('submit', async (e) => {
@@ -50,10 +55,17 @@ export function createForm(onCreated) {
       inputs.max_failures.focus();
       return;
     }
+    body.gate_min_samples = Number(body.gate_min_samples);
+    if (!Number.isInteger(body.gate_min_samples) || body.gate_min_samples < 1) {
+      replace(out, notice('Gate min samples: a whole number, 1 or more.', 'error'));
+      inputs.gate_min_samples.focus();
+      return;
+    }
     if (!body.jitter) body.jitter = '0s';
     body.artifact = artifact.value;
     body.gates = gates.value.split('\n').map((g) => g.trim()).filter(Boolean);
     body.auto_rollback = rollback.checked;
+    body.gates_allow_no_data = noData.checked;
     submit.disabled = true;
     try {
       const created = await api('/rollouts', { method: 'POST', body });

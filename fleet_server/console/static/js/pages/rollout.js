@@ -14,22 +14,45 @@ const VERBS = {  // verb -> statuses it applies to (the server decides; this onl
   rollback: [...ACTIVE, 'completed', 'aborted'],
 };
 
-function waveRow(w) {
+function waveRow(w, deadline) {
   const done = w.counts.succeeded || 0;
   const failed = (w.counts.failed || 0) + (w.counts.rolled_back || 0);
   return h('div', { class: 'wave', dataset: { wave: String(w.index), state: w.state } },
     h('span', { class: 'bar-label' }, h('b', {}, w.name), ' ', status(w.state)),
     meter(done, w.size, failed, `${w.name} progress`),
     h('span', { class: 'bar-value' }, `${done}/${w.size}`, failed ? ` · ${failed} failed` : ''),
-    gates(w.gates));
+    h('div', {},  // the last grid column: what the wave waits for, then its gates
+      w.waiting ? h('p', { class: 'waiting', role: 'status' }, w.waiting, deadline
+        ? h('span', { class: 'muted' }, ` · without it the gates fail at ${fmtTime(deadline)}`) : null) : null,
+      gates(w.gates)));
+}
+
+// A gate short of evidence is neither passed nor failed: it waits (older results lack the flag).
+function verdict(g) {
+  if (g.waiting) return 'waiting';
+  return g.passed ? 'pass' : 'fail';
+}
+
+function evidence(g) {
+  if (g.samples === null || g.samples === undefined) return null;
+  const text = g.needed ? `${g.samples}/${g.needed} ${g.unit}` : `${g.samples} ${g.unit}`;
+  return h('span', { class: 'muted evidence' }, ` (${text})`);
 }
 
 function gates(list) {
   if (!list) return h('span', { class: 'muted gates' }, 'gates not evaluated yet');
   if (!list.length) return h('span', { class: 'muted gates' }, 'no gates');
-  return h('ul', { class: 'gates' }, list.map((g) => h('li', { class: g.passed ? 'pass' : 'fail' },
-    h('code', {}, g.metric), ` ${fmtNum(g.value, 4)} ${g.op} ${fmtNum(g.threshold, 4)} `,
-    status(g.passed ? 'ok' : 'failed'), g.note ? h('span', { class: 'muted' }, ` ${g.note}`) : null)));
+  const tone = { pass: 'ok', fail: 'failed', waiting: 'waiting for data' };
+  return h('ul', { class: 'gates' }, list.map((g) => h('li', { class: verdict(g) },
+    h('code', {}, g.metric), ` ${fmtNum(g.value, 4)} ${g.op} ${fmtNum(g.threshold, 4)}`, evidence(g), ' ',
+    status(tone[verdict(g)]), g.note && !g.waiting ? h('span', { class: 'muted' }, ` ${g.note}`) : null)));
+}
+
+// How the plan judges gates that need traffic (plans stored before the rule carry the defaults).
+function evidenceRule(p) {
+  if (p.gates_allow_no_data) return 'a gate with no data passes (allowed for fleets without traffic)';
+  const timeout = p.gate_timeout_s ?? 1800;
+  return `${p.gate_min_samples ?? 20} observations from the wave; waits up to ${fmtNum(timeout / 60, 1)} min, then fails`;
 }
 
 function plan(p) {
@@ -39,6 +62,7 @@ function plan(p) {
     ['Waves', p.waves.map((w) => `${fmtNum(w * 100, 1)}%`).join(', ')],
     ['Pace', `${fmtNum(p.pace_per_min, 1)}/min`], ['Jitter', `${p.jitter_s} s`], ['Probation', `${p.probation_s} s`],
     ['Gates', p.gates.length ? p.gates.map((g) => h('code', {}, g, ' ')) : 'none'],
+    ['Gate evidence', evidenceRule(p)],
     ['Auto-rollback', p.auto_rollback ? 'yes' : 'no'], ['Max failures', String(p.max_failures)],
   ];
   return h('dl', { class: 'facts' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
@@ -94,7 +118,7 @@ export async function mount(root, ctx) {
       h('p', { class: 'muted' }, `started ${fmtTime(r.created_at)} by ${r.created_by}`,
         r.finished_at ? `, finished ${fmtTime(r.finished_at)}` : ''),
       buttons(r, refresh), h('details', {}, h('summary', {}, 'Plan'), plan(r.plan))));
-    replace(wavesBox, r.waves.map(waveRow));
+    replace(wavesBox, r.waves.map((w) => waveRow(w, r.gates_deadline)));
     const devices = r.devices_detail;
     replace(devBox, pager(devices.length), table([
       { title: 'Device', cell: (d) => h('a', { href: link(`devices/${encodeURIComponent(d.device_id)}`) }, d.device_id) },

@@ -56,7 +56,7 @@ export async function mount(root, ctx) {
     if (!ctx.alive()) return;
     replace(out, table([
       { title: 'Rollout', cell: rolloutLink },
-      { title: 'Status', cell: (r) => status(r.status) },
+      { title: 'Status', cell: (r) => [status(r.status), r.waiting ? h('span', { class: 'muted', title: r.waiting }, ' waiting for data') : null] },
       { title: 'Artifact', cell: (r) => h('code', {}, r.artifact) },
       { title: 'Target', cell: (r) => h('code', {}, r.target) },
       { title: 'Wave', cell: (r) => (r.wave === 0 ? 'canary' : `wave ${r.wave}`) },
