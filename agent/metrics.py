@@ -125,7 +125,8 @@ class InferenceRecorder:
         predicted: int | np.integer[Any],
         row: npt.NDArray[np.floating[Any]] | None = None,
     ) -> None:
-        """One successful inference: its latency, top-1 confidence and class, and its input."""
+        """One successful inference: its latency, top-1 confidence and class, and its input
+        row, shaped ``(features,)`` or ``(1, features)``."""
         if confidence >= 1.0:
             conf_bin = CONFIDENCE_BINS - 1
         elif confidence > 0.0:

@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract.errors import ModelError, NotFound
@@ -145,21 +144,23 @@ class ModelService:
         if active is None:
             raise NoModel("no model is loaded on this device yet")
         model, recorder = active
-        start = self._clock()
+        clock = self._clock
+        start = clock()
         try:
-            prediction = model.predict(batch)
+            # The rows come back as the model validated them: raw float32 features, which
+            # is what drift is scored on, without converting the batch a second time.
+            prediction, rows = model.predict_rows(batch)
         except ModelError:
             if recorder is not None:
                 recorder.record_error()
             raise
-        elapsed = self._clock() - start
-        # Validated by predict above, so this view cannot fail; drift uses raw features.
-        rows = np.asarray(batch, dtype=np.float32).reshape(len(prediction), -1)
+        elapsed = clock() - start
         if recorder is None:
             pass
         elif len(rows) == 1:  # the common case on a device: one reading, one answer
+            # rows is (1, features): the recorder takes it as it is, without a row view.
             recorder.record(
-                elapsed, float(prediction.confidence[0]), int(prediction.classes[0]), rows[0]
+                elapsed, prediction.confidence.item(0), prediction.classes.item(0), rows
             )
         else:
             per_row = elapsed / len(rows)

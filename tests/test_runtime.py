@@ -6,9 +6,11 @@ to run the same tests on the legacy ``tflite_runtime`` interpreter.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -109,11 +111,72 @@ def test_predict_shapes_and_fields(model: Model) -> None:
         (np.full((1, 64), np.nan), "NaN"),
         (np.full((1, 64), 1e39), "NaN or infinite"),
         ([[1 + 2j] * 64], "numbers"),
+        (np.float32(3.0), "expects"),
     ],
 )
 def test_bad_input_is_a_clear_model_error(model: Model, bad: object, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         model.predict(bad)  # type: ignore[arg-type]
+
+
+def test_one_row_gives_what_a_batch_gives(model: Model) -> None:
+    """A single row takes a shorter path than a batch; its answer must not differ."""
+    x, _ = _holdout()
+    batch = model.predict(x[:20])
+    for i in range(20):
+        one = model.predict(x[i])
+        np.testing.assert_array_equal(one.probabilities, batch.probabilities[i : i + 1])
+        np.testing.assert_array_equal(one.classes, batch.classes[i : i + 1])
+        np.testing.assert_array_equal(one.confidence, batch.confidence[i : i + 1])
+        np.testing.assert_array_equal(one.confidence, one.probabilities.max(axis=1))
+        assert one.labels == batch.labels[i : i + 1]
+        assert (one.classes.dtype, one.confidence.dtype) == (np.intp, batch.confidence.dtype)
+    assert not np.shares_memory(one.confidence, one.probabilities)
+    assert repr(one).startswith("Prediction(probabilities=array(")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        one.labels = ("x",)  # type: ignore[misc]
+
+
+def test_predict_rows_are_the_raw_rows_as_float32(model: Model) -> None:
+    x, _ = _holdout()
+    prediction, rows = model.predict_rows(x[:3].astype(np.int64).reshape(3, 8, 8))
+    assert rows.dtype == np.float32 and rows.shape == (3, 64)
+    np.testing.assert_array_equal(rows, x[:3].astype(np.float32))  # before preprocessing
+    np.testing.assert_array_equal(prediction.classes, model.predict(x[:3]).classes)
+
+
+@pytest.mark.parametrize(
+    ("scale", "offset", "raw"),
+    [
+        (1.0, 0.0, lambda x: x * 0.0625),  # no preprocessing at all
+        (0.0625, 1.0, lambda x: x - 16.0),  # scale and offset
+        ([1.0] * 64, [-1.0] * 64, lambda x: x * 0.0625 + 1.0),  # per-feature offset only
+    ],
+    ids=["identity", "scale-offset", "offset-per-feature"],
+)
+def test_every_preprocessing_form_feeds_the_same_tensor(
+    tmp_path: Path, scale: object, offset: object, raw: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    """The shipped packages scale by 1/16 with no offset; a package whose preprocessing
+    skips the multiply, or adds an offset (scalar or per feature), must reach the same
+    model input, exactly, from correspondingly shifted raw features."""
+    x, _ = _holdout()
+    path = TFLITE[0] if LEGACY else ONNX[0]
+    original = read_package(path).manifest
+    assert original.preprocessing.model_dump() == {"scale": 0.0625, "offset": 0.0}
+    inputs = raw(np.asarray(original.self_test.inputs, dtype=np.float64)).tolist()
+    shifted = _repack(
+        path,
+        tmp_path / "shifted.efpkg",
+        preprocessing={"scale": scale, "offset": offset},
+        self_test=original.self_test.model_copy(update={"inputs": inputs}).model_dump(),
+    )
+    model, reference = Model.load(shifted), Model.load(path)
+    for rows in (x[:9], x[9]):
+        np.testing.assert_array_equal(
+            model.predict(raw(rows.astype(np.float64))).probabilities,
+            reference.predict(rows).probabilities,
+        )
 
 
 def test_concurrent_predicts_match_serial(model: Model) -> None:
