@@ -71,6 +71,18 @@ class BrokerLayout:
     def persistence(self) -> Path:
         return self.directory / "data"
 
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "mosquitto.pid"
+
+
+def _zombie(pid: int) -> bool:
+    """An exited process not yet reaped by its parent (it holds no port any more)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
 
 def render_acl(revoked: Iterable[str] = ()) -> str:
     """The ACL: the server sees everything, a device only its own subtree.
@@ -216,6 +228,7 @@ class ManagedBroker:
 
     def _spawn(self, timeout: float) -> None:
         raise_fd_limit()  # mosquitto inherits it: one socket per connected device
+        self._end_stale()
         with self._lock, self.layout.stderr.open("ab") as err:
             self._proc = subprocess.Popen(
                 [self._bin, "-c", str(self.layout.conf)],
@@ -225,6 +238,7 @@ class ManagedBroker:
                 start_new_session=True,
             )
             proc = self._proc
+            self.layout.pid_file.write_text(f"{proc.pid}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -239,6 +253,33 @@ class ManagedBroker:
         raise BrokerError(
             f"mosquitto did not open port {self._port} in {timeout:.0f}s:\n{self._tail(proc)}"
         )
+
+    def _end_stale(self) -> None:
+        """End a mosquitto that an earlier server on this data dir left running.
+
+        The broker runs in its own session (a Ctrl-C meant for the server must not
+        reach it first), so a server killed with SIGKILL leaves it behind, still
+        holding the port with the ACL and CRL of that moment.  It is recognised by
+        the pid file and by its command line naming this directory's config.
+        """
+        try:
+            pid = int(self.layout.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return  # no pid file, or that process is gone
+        if str(self.layout.conf).encode() not in cmdline:
+            return  # the pid was reused by something else
+        log.warning("ending mosquitto (pid %d) left running by an earlier server", pid)
+        for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                if not Path(f"/proc/{pid}").exists() or _zombie(pid):
+                    return
+                time.sleep(0.05)
 
     def _tail(self, proc: subprocess.Popen[bytes]) -> str:
         lines: list[str] = []
@@ -321,3 +362,4 @@ class ManagedBroker:
             proc = self._proc
         if proc is not None:
             self._kill(proc)  # one the watcher may have been starting meanwhile
+        self.layout.pid_file.unlink(missing_ok=True)

@@ -12,10 +12,10 @@ import pytest
 from cryptography import x509
 
 from edgefleet_contract.mqtt import TlsFiles
-from fleet_server.broker import ManagedBroker
+from fleet_server.broker import ManagedBroker, port_open
 from fleet_server.pki import FleetCA
 
-from .harness import Client, Pki, free_port, wait_for
+from .harness import Client, Pki, free_port, start_broker, wait_for
 
 
 def test_device_confined_to_its_own_tree(
@@ -161,3 +161,41 @@ def test_missing_mosquitto_is_a_clear_error() -> None:
     with pytest.raises(BrokerError, match="apt-get install mosquitto"):
         find_mosquitto("no-such-mosquitto-binary")
     assert free_port() > 0
+
+
+def test_a_broker_left_by_a_killed_server_is_ended_before_a_new_one_starts(
+    pki: Pki, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from fleet_server.broker import BrokerLayout, find_mosquitto
+
+    first = start_broker(pki, tmp_path / "broker")
+    port, layout = first.port, first.layout
+    first.stop()
+    assert not layout.pid_file.exists()  # a clean stop leaves nothing to clean up
+    # What a SIGKILLed server leaves: its mosquitto (own session) and the pid file.
+    orphan = subprocess.Popen(
+        [find_mosquitto("mosquitto"), "-c", str(layout.conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        layout.pid_file.write_text(f"{orphan.pid}\n")
+        wait_for(lambda: port_open("127.0.0.1", port), what="the orphan listening")
+        second = ManagedBroker(
+            BrokerLayout(layout.directory), ca_file=pki.ca.cert_file, bind="127.0.0.1", port=port
+        )
+        second.configure(crl_pem=pki.ca.crl_pem([], now=time.time()))
+        second.start()
+        try:
+            assert orphan.wait(10) is not None  # ended by the new server, not by this test
+            assert second.pid != orphan.pid and second.wait_ready(10)
+            assert layout.pid_file.read_text().strip() == str(second.pid)
+        finally:
+            second.stop()
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
