@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -118,49 +120,49 @@ def _gone(workers: list[psutil.Process]) -> bool:
 
 SMALL = ("--per-process", "2", "--no-model")
 """Four devices in two workers of two."""
+SMALL_IDS = [f"sim-{i:05d}" for i in range(4)]
+
+
+@contextlib.contextmanager
+def _small_fleet(
+    fleet: FleetServer, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[str], list[psutil.Process]]]:
+    """The four devices online, with the simulator and its two workers; killed if the
+    test leaves it running."""
+    proc = simulate(fleet, tmp_path, admin_token(fleet), *SMALL, devices=4)
+    try:
+        wait_for(lambda: all(online(fleet, d) for d in SMALL_IDS), timeout=180, what="all online")
+        workers = _workers(proc)
+        assert len(workers) == 2
+        yield proc, workers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_a_worker_that_dies_stops_the_run_with_its_log_and_the_rest_disconnect(
     fleet: FleetServer, tmp_path: Path
 ) -> None:
-    token = admin_token(fleet)
-    ids = [f"sim-{i:05d}" for i in range(4)]
-    proc = simulate(fleet, tmp_path, token, *SMALL, devices=4)
-    try:
-        wait_for(lambda: all(online(fleet, d) for d in ids), timeout=180, what="all online")
-        workers = _workers(proc)
-        assert len(workers) == 2
+    with _small_fleet(fleet, tmp_path) as (proc, workers):
         workers[1].kill()  # the second slice: sim-00002, sim-00003
         proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     err = (tmp_path / "simulate.log").read_text()
     assert proc.returncode == 1, logs(tmp_path)
     assert "simulator worker 1 (sim-00002, 2 devices) exited with code -9" in err
     assert "worker-01.log" in err
     wait_for(lambda: _gone(workers), timeout=60, what="the other worker stopped")
     # the killed worker's devices go offline through their Last Will, the others cleanly
-    wait_for(lambda: not any(online(fleet, d) for d in ids), timeout=60, what="all offline")
+    wait_for(lambda: not any(online(fleet, d) for d in SMALL_IDS), timeout=60, what="all offline")
 
 
 def test_killing_fleetctl_stops_its_workers_and_their_devices(
     fleet: FleetServer, tmp_path: Path
 ) -> None:
-    token = admin_token(fleet)
-    ids = [f"sim-{i:05d}" for i in range(4)]
-    proc = simulate(fleet, tmp_path, token, *SMALL, devices=4)
-    try:
-        wait_for(lambda: all(online(fleet, d) for d in ids), timeout=180, what="all online")
-        workers = _workers(proc)
-        assert len(workers) == 2
+    with _small_fleet(fleet, tmp_path) as (proc, workers):
         proc.kill()  # no Ctrl-C handler runs: the workers only see their stdin close
         proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     wait_for(lambda: _gone(workers), timeout=120, what="workers stopped by themselves")
-    wait_for(lambda: not any(online(fleet, d) for d in ids), timeout=60, what="all offline")
+    wait_for(lambda: not any(online(fleet, d) for d in SMALL_IDS), timeout=60, what="all offline")
     assert len(sorted((tmp_path / "sim").rglob("worker-*.log"))) == 2
 
 
