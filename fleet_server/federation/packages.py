@@ -15,6 +15,7 @@ from pathlib import Path
 from edgefleet_contract.errors import EdgefleetError, FederationError
 from edgefleet_contract.package import ModelPackage, read_package
 
+from ..registry import Registry as ArtifactRegistry
 from ..selector import version_key
 
 DIST = Path(__file__).resolve().parents[2] / "models" / "dist"
@@ -22,13 +23,10 @@ FLAVOR = "onnx-float32"
 """The flavour a run trains from (and that carries the trainable weights)."""
 
 
-def registered(artifacts: object, name: str) -> list[Path]:
+def registered(artifacts: ArtifactRegistry, name: str) -> list[Path]:
     """The registry's float ONNX packages of ``name`` (their blob files), newest first."""
-    store = getattr(artifacts, "store", None)
-    if store is None:
-        return []
-    page = store.find_artifacts(kind="model", name=name, flavor=FLAVOR, limit=1000)
-    paths = [artifacts.blob(a.sha256) for a in page.items]  # type: ignore[attr-defined]
+    page = artifacts.store.find_artifacts(kind="model", name=name, flavor=FLAVOR, limit=1000)
+    paths = [artifacts.blob(a.sha256) for a in page.items]
     return [p for p in paths if p is not None]
 
 

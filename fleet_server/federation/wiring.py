@@ -9,6 +9,7 @@ from edgefleet_contract.topics import Channel
 from ..config import ServerSettings
 from ..link import ServerLink
 from ..metrics import Registry
+from ..registry import Registry as ArtifactRegistry
 from ..store.base import Store
 from .candidate import CandidateHook, digits_heldout
 from .packages import DIST, find_package, registered
@@ -22,7 +23,7 @@ def make_training(
     *,
     on_candidate: CandidateHook | None = None,
     registry: Registry | None = None,
-    artifacts: object | None = None,
+    artifacts: ArtifactRegistry | None = None,
 ) -> TrainingService:
     """``on_candidate(path, lineage)`` is the registry hand-over (``Registry.add_model``);
     ``artifacts`` (the artifact registry) is searched first for the package a run starts
