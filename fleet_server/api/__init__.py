@@ -46,13 +46,12 @@ from . import (
 )
 from .context import ApiContext
 from .deps import client_ip
+from .guard import MAX_BODY, RequestGuard
 
 __all__ = ["ApiContext", "create_app"]
 
 log = logging.getLogger(__name__)
 _MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
-MAX_BODY = 1024 * 1024
-"""No request body the API accepts comes near this; bigger ones are refused unread."""
 
 
 def create_app(context: ApiContext) -> FastAPI:
@@ -89,6 +88,10 @@ def create_app(context: ApiContext) -> FastAPI:
         """Prometheus text format (unauthenticated, like every scrape target)."""
         return context.metrics() if context.metrics else ""
 
+    # Innermost of the middlewares, so the audit below records what it refuses.
+    app.add_middleware(
+        RequestGuard, context=context, limit_of=lambda path, method: _limit(path, method, context)
+    )
     console.install(app)
 
     @app.middleware("http")
@@ -98,11 +101,7 @@ def create_app(context: ApiContext) -> FastAPI:
         request_id = problems.request_id_of(request)
         audited = request.method in _MUTATING and request.url.path.startswith("/api/")
         try:
-            response = (
-                await call_next(request)
-                if _size_ok(request, context)
-                else _too_large(_limit(request, context))
-            )
+            response = await call_next(request)
         except Exception:
             if audited:
                 await run_in_threadpool(_record, context, request, 500)
@@ -115,28 +114,18 @@ def create_app(context: ApiContext) -> FastAPI:
     return app
 
 
-def _limit(request: Request, context: ApiContext) -> int:
+def _limit(path: str, method: str, context: ApiContext) -> int:
     """The body limit for this request.
 
     The one exemption: artifact uploads (``routes_artifacts.UPLOAD_PATHS``)
     carry whole model packages and firmware bundles.  They get their own,
     larger limit (``artifacts.max_upload_bytes``), which the route enforces
-    again while streaming, so a body without Content-Length cannot exceed it.
+    again while streaming.  :class:`~fleet_server.api.guard.RequestGuard` applies
+    the limit to every body, with or without a Content-Length.
     """
-    if request.method == "POST" and request.url.path in routes_artifacts.UPLOAD_PATHS:
+    if method == "POST" and path in routes_artifacts.UPLOAD_PATHS:
         return context.settings.artifacts.max_upload_bytes
     return MAX_BODY
-
-
-def _size_ok(request: Request, context: ApiContext) -> bool:
-    length = request.headers.get("content-length", "0")
-    return length.isdigit() and int(length) <= _limit(request, context)
-
-
-def _too_large(limit: int) -> Response:
-    return problems.problem(
-        413, "Request too large", f"request bodies are limited to {limit} bytes"
-    )
 
 
 def _record(context: ApiContext, request: Request, status: int) -> None:
