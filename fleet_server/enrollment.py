@@ -8,6 +8,9 @@
 * Before expiry the device renews: it presents its current certificate, a CSR
   for a *new* key, and a signature over that CSR made with the *current* key
   (proof of possession).  No token is needed and no operator is involved.
+  The new certificate supersedes every earlier one of the device: they are
+  revoked and put on the CRL at once, so a stolen old key can neither connect
+  nor renew again (one valid certificate per device, not a chain per key).
 * Revocation marks the device revoked (it can never enroll again), puts all
   its serials on the CRL and hands it to the broker, which then refuses new
   connections and denies an open one every publish and delivery.
@@ -54,6 +57,7 @@ class EnrollmentStore(Protocol):
         self, device_id: str, serial: int, not_after: float, now: float
     ) -> None: ...
     def revoke_device(self, device_id: str, now: float) -> list[int]: ...
+    def supersede_certificates(self, device_id: str, keep: int, now: float) -> list[int]: ...
     def revoked_serials(self) -> list[tuple[int, float]]: ...
     def is_revoked(self, device_id: str) -> bool: ...
 
@@ -175,7 +179,15 @@ class Enrollment:
             )
         issued = self._ca.sign_device_csr(csr_pem, device_id, validity_s=self._validity, now=now)
         self._store.add_certificate(device_id, issued.serial, issued.not_after, now)
-        log.info("renewed certificate of %s (serial %x)", device_id, issued.serial)
+        superseded = self._store.supersede_certificates(device_id, issued.serial, now)
+        if superseded and self._on_revoke is not None:
+            self._on_revoke(self.crl())
+        log.info(
+            "renewed certificate of %s (serial %x; %d earlier revoked)",
+            device_id,
+            issued.serial,
+            len(superseded),
+        )
         return IssuedCert(device_id, issued.pem.decode(), self._ca.pem.decode(), issued.not_after)
 
     def revoke(self, device_id: str) -> list[int]:

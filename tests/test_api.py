@@ -254,11 +254,11 @@ def test_enrollment_renewal_and_revocation_through_the_api(
     csr = _csr(new_key, "e1")
     proof = base64.b64encode(key.sign(csr.encode(), ec.ECDSA(hashes.SHA256()))).decode()
     renew = {"cert_pem": body["cert_pem"], "csr_pem": csr, "signature_b64": proof}
-    r = client.post("/api/v1/enroll/renew", json=renew)
-    assert r.status_code == 200 and r.json()["cert_pem"] != body["cert_pem"]
     forged = base64.b64encode(new_key.sign(csr.encode(), ec.ECDSA(hashes.SHA256()))).decode()
     r = client.post("/api/v1/enroll/renew", json={**renew, "signature_b64": forged})
     assert r.status_code == 403 and "current key" in r.json()["detail"]
+    r = client.post("/api/v1/enroll/renew", json=renew)
+    assert r.status_code == 200 and r.json()["cert_pem"] != body["cert_pem"]
 
     assert client.post("/api/v1/devices/e1/revoke", headers=operator).json()["state"] == "revoked"
     assert client.post("/api/v1/enroll/renew", json=renew).status_code == 403

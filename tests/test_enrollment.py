@@ -28,6 +28,7 @@ DAY = 86400.0
 class _Device:
     revoked_at: float | None = None
     serials: list[int] = field(default_factory=list)
+    superseded: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,8 +65,16 @@ class MemoryStore:
         self.devices[device_id].revoked_at = now
         return list(self.devices[device_id].serials)
 
+    def supersede_certificates(self, device_id: str, keep: int, now: float) -> list[int]:
+        d = self.devices[device_id]
+        gone = [s for s in d.serials if s != keep and s not in d.superseded]
+        d.superseded.update((s, now) for s in gone)
+        return gone
+
     def revoked_serials(self) -> list[tuple[int, float]]:
-        return [(s, d.revoked_at) for d in self.devices.values() if d.revoked_at for s in d.serials]
+        devices = self.devices.values()
+        whole = [(s, d.revoked_at) for d in devices if d.revoked_at for s in d.serials]
+        return whole + [(s, t) for d in self.devices.values() for s, t in d.superseded.items()]
 
     def is_revoked(self, device_id: str) -> bool:
         return self.devices[device_id].revoked_at is not None
@@ -193,6 +202,13 @@ def test_renewal_with_proof_of_possession_issues_a_new_certificate(rig: Rig) -> 
     assert parsed.public_key() == new.public_key()
     assert renewed.not_after == rig.clock.now + 7 * DAY
     assert len(rig.store.devices["ren-1"].serials) == 2
+    # The renewal supersedes the old certificate: it is on the CRL handed to the broker
+    # and cannot authorise another renewal.
+    old = x509.load_pem_x509_certificate(cert).serial_number
+    assert x509.load_pem_x509_crl(rig.crls[-1]).get_revoked_certificate_by_serial_number(old)
+    again = csr(new_key(), "ren-1")
+    with pytest.raises(EnrollmentError, match="revoked"):
+        rig.service.renew(cert, again, proof(key, again))
 
 
 def test_renewal_refusals_say_why(rig: Rig) -> None:

@@ -288,6 +288,21 @@ class SqliteStore(
             ).fetchall()
         return [int(r[0]) for r in rows]
 
+    def supersede_certificates(self, device_id: str, keep: int, now: float) -> list[int]:
+        """Revoke every unrevoked certificate of ``device_id`` but ``keep`` (after a renewal)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT serial FROM certificates WHERE device_id = ? AND serial != ? "
+                "AND revoked_at IS NULL",
+                (device_id, str(keep)),
+            ).fetchall()
+            conn.execute(
+                "UPDATE certificates SET revoked_at = ? WHERE device_id = ? AND serial != ? "
+                "AND revoked_at IS NULL",
+                (now, device_id, str(keep)),
+            )
+        return [int(r[0]) for r in rows]
+
     def revoked_serials(self) -> list[tuple[int, float]]:
         rows = (
             self._conn()
