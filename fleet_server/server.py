@@ -172,6 +172,7 @@ class FleetServer:
             self.store, BlobStore(self.layout.artifacts), tuf=self.tuf
         )
         self.deltas = DeltaCache(self.artifacts.blobs, self.layout.root / "deltas")
+        self.artifacts.on_added.append(self.deltas.on_registered(self.artifacts))
         self.tuf_timer = ResignTimer(self.tuf)
         self.registry.gauge(
             "edgefleet_tuf_timestamp_expires_in_seconds",
@@ -364,6 +365,7 @@ class FleetServer:
         self.rollouts.stop()
         self.link.stop()
         self.ingest.stop()
+        self.deltas.close()
         if self.broker is not None:
             self.broker.stop()
         self.store.close()

@@ -113,13 +113,15 @@ def make_env(tmp_path: Path, *, clock: Clock | None = None, **settings: object) 
     tuf = TufRepository(data_dir / "tuf", clock=clock, lifetimes=tuf_lifetimes(config))
     registry = Registry(store, BlobStore(data_dir / "artifacts"), tuf=tuf, clock=clock)
     ca = FleetCA.create(data_dir / "ca", now=time.time())
+    deltas = DeltaCache(registry.blobs, data_dir / "deltas")
+    registry.on_added.append(deltas.on_registered(registry))
     context = ApiContext(
         settings=config,
         store=store,
         enrollment=Enrollment(store, ca, token_ttl_s=600, cert_validity_s=3600),
         registry=registry,
         tuf=tuf,
-        deltas=DeltaCache(registry.blobs, data_dir / "deltas"),
+        deltas=deltas,
     )
     return OtaEnv(data_dir, TestClient(create_app(context)), store, registry, tuf, clock, config)
 

@@ -139,6 +139,7 @@ def test_deltas_reconstruct_exactly(tmp_path: Path) -> None:
     for path in (OLD, NEW):
         assert env.push("firmware", path, operator).status_code == 201
     old, new = _sha(OLD), _sha(NEW)
+    env.client.app.state.ctx.deltas.wait()  # type: ignore[attr-defined]  # made on push
     r = env.client.get(f"/tuf/deltas/{old}/{new}")
     assert r.status_code == 200
     assert len(r.content) < NEW.stat().st_size // 5
@@ -152,6 +153,8 @@ def test_deltas_reconstruct_exactly(tmp_path: Path) -> None:
     noise = tmp_path / "noise.efbundle"
     write_bundle(noise, {"name": "edge-os", "version": "9.0.0", "hardware": ["x"]}, _random(131072))
     assert env.push("firmware", noise, operator).status_code == 201
+    env.client.app.state.ctx.deltas.wait()  # type: ignore[attr-defined]
+    assert (env.data_dir / "deltas" / f"{old}-{_sha(noise)}.none").is_file()
     r = env.client.get(f"/tuf/deltas/{old}/{_sha(noise)}")
     assert r.status_code == 404 and "not smaller" in r.json()["detail"]
 

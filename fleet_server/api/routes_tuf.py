@@ -8,7 +8,8 @@ integrity, and devices need no API credential to update.
 * ``GET /tuf/metadata/{N}.root.json | timestamp.json | {N}.snapshot.json | {N}.targets.json``
 * ``GET /tuf/targets/{dir}/{sha256}.{basename}`` (consistent-snapshot target URL;
   ``Range: bytes=N-`` answers 206, a range outside the file 416)
-* ``GET /tuf/deltas/{from_sha256}/{to_sha256}`` (bsdiff4 patch, or 404)
+* ``GET /tuf/deltas/{from_sha256}/{to_sha256}`` (bsdiff4 patch, or 404): only
+  patches made when the target was registered; a request never computes one
 
 Under ``/api/v1/tuf`` (authenticated): read the root and online keys,
 ask for a root proposal that rotates keys (admin), install a root signed
@@ -76,16 +77,19 @@ def target(target: str, c: ApiContext = Depends(ctx)) -> Response:
 
 
 @public.get("/deltas/{source}/{dest}", response_class=FileResponse)
-async def delta(source: str, dest: str, c: ApiContext = Depends(ctx)) -> Response:
+def delta(source: str, dest: str, c: ApiContext = Depends(ctx)) -> Response:
     registry, deltas = c.registry, c.deltas
     if registry is None or deltas is None:
         raise NotFound("this server offers no deltas")
     for sha in (source, dest):
         if not registry.store.find_artifacts(sha256=sha, limit=1).items:
             raise NotFound(f"no artifact with sha256 {sha[:64]!r}")
-    patch = await run_in_threadpool(deltas.patch, source, dest)
+    patch = deltas.patch(source, dest)
     if patch is None:
-        raise NotFound(f"no delta from {source[:12]} to {dest[:12]} (not smaller than the target)")
+        raise NotFound(
+            f"no delta from {source[:12]} to {dest[:12]} (none was made when the target was "
+            "registered, or it is not smaller than the target): download the full target"
+        )
     return FileResponse(patch, media_type="application/octet-stream", headers=_IMMUTABLE)
 
 

@@ -48,6 +48,8 @@ class Registry:
         self.clock = clock
         self.max_model_bytes = max_model_bytes
         self.max_firmware_bytes = max_firmware_bytes
+        self.on_added: list[Callable[[Artifact], None]] = []
+        """Called with each registered artifact (the delta cache precomputes patches)."""
 
     # ------------------------------------------------------------- adding --
 
@@ -151,6 +153,8 @@ class Registry:
                 self.tuf.add_target(
                     stored.target_path, length=stored.size, sha256=stored.sha256, custom=custom
                 )
+        for hook in self.on_added:
+            hook(stored)
         return stored
 
     # ------------------------------------------------------------ reading --
