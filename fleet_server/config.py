@@ -79,6 +79,13 @@ class TelemetrySettings(Section):
     queue_size: Annotated[int, Field(ge=100)] = 50_000
     batch_size: Annotated[int, Field(ge=1)] = 500
     max_payload: Annotated[int, Field(ge=1024)] = 256 * 1024
+    device_batches_per_s: Annotated[float, Field(gt=0)] = 60.0
+    """Per-device telemetry quota: sustained batches a second (above the agent's drain rate)."""
+    device_batch_burst: Annotated[int, Field(ge=1)] = 600
+    device_bytes_per_s: Annotated[int, Field(ge=1024)] = 256 * 1024
+    """Per-device telemetry quota: sustained bytes a second; over it batches are refused
+    with reason ``quota`` (``edgefleet_ingest_rejected_total{reason="quota"}``)."""
+    device_bytes_burst: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
 
 
 class ArtifactSettings(Section):

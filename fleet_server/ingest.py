@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from edgefleet_contract import topics
 from edgefleet_contract.codec import Accepted, Codec, Rejected
 from edgefleet_contract.errors import NotFound
 from edgefleet_contract.messages import (
@@ -33,6 +34,7 @@ from edgefleet_contract.messages import (
 )
 
 from .metrics import Registry
+from .quota import DeviceQuota
 from .ratelimit import LogThrottle
 from .store.base import Store
 
@@ -113,9 +115,11 @@ class Ingest:
         on_device_update: Hook | None = None,
         on_frame: Callable[[str, bytes], None] | None = None,
         clock: Callable[[], float] = time.time,
+        quota: DeviceQuota | None = None,
     ) -> None:
         self.store = store
         self.codec = codec or Codec()
+        self.quota = quota
         self._queue: queue.Queue[Inbound] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._acker = acker
@@ -204,8 +208,12 @@ class Ingest:
         return items
 
     def process(self, items: Sequence[Inbound]) -> None:
-        """Write one batch durably, then acknowledge it.  Retries until the store takes it."""
-        batch = plan(items, self.codec)
+        """Write one batch durably, then acknowledge it.  Retries until the store takes it.
+
+        Telemetry over its device's quota is dropped before decoding (counted as
+        ``quota``) and still acknowledged: redelivering it would only repeat the refusal.
+        """
+        batch = plan(self._within_quota(items), self.codec)
         self._drop_unknown_devices(batch)
         for rejected in batch.rejected:
             self.m_rejected.inc(1, rejected.reason.value)
@@ -228,6 +236,26 @@ class Ingest:
                 if item.qos > 0:
                     self._acker(item)
         self._notify(batch)
+
+    def _within_quota(self, items: Sequence[Inbound]) -> Sequence[Inbound]:
+        if self.quota is None:
+            return items
+        kept = []
+        for item in items:
+            parsed = topics.parse(item.topic)
+            if parsed is not None and parsed.channel is topics.Channel.TELEMETRY:
+                why = self.quota.admit(parsed.device_id, len(item.payload))
+                if why is not None:
+                    self.m_rejected.inc(1, "quota")
+                    self._throttle.warning(
+                        f"quota:{parsed.device_id}",
+                        "telemetry from %s refused (quota): %s",
+                        parsed.device_id,
+                        why,
+                    )
+                    continue
+            kept.append(item)
+        return kept
 
     def _write(self, batch: Plan) -> None:
         now = self._clock()

@@ -31,6 +31,7 @@ from .ingest import Ingest
 from .link import ServerLink
 from .metrics import Registry
 from .pki import FleetCA, write_private
+from .quota import DeviceQuota, Rate
 from .reconcile import Reconciler
 from .registry import BlobStore, DeltaCache
 from .registry import Registry as ArtifactRegistry
@@ -44,6 +45,14 @@ from .tuf.timer import ResignTimer
 log = logging.getLogger(__name__)
 
 SERVER_CERT_VALIDITY_S = 365 * 86400
+
+
+def telemetry_quota(settings: ServerSettings) -> DeviceQuota:
+    t = settings.telemetry
+    return DeviceQuota(
+        Rate(t.device_batches_per_s, t.device_batch_burst),
+        Rate(t.device_bytes_per_s, t.device_bytes_burst),
+    )
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,7 @@ class FleetServer:
             batch_size=settings.telemetry.batch_size,
             acker=lambda item: self.link.acknowledge(item),
             on_frame=lambda device_id, frame: self.training.deliver(device_id, frame),
+            quota=telemetry_quota(settings),
         )
         if not (self.layout.tuf / "metadata" / "1.root.json").exists():
             raise ConfigError(
