@@ -15,14 +15,17 @@ Keys: ``tag:k`` (present), ``tag:k=v``, ``tag:k!=v``; ``group:g``; ``id:glob``;
 ``model:name``, ``model:name@1.2.0``, ``model:name<2.0`` (any of < <= > >= = !=);
 ``firmware:OPv``, ``agent:OPv``; ``hardware:x``, ``health:x``, ``state:x``.
 Versions compare numerically part by part (1.10 > 1.9).  Parsing is pure and
-its errors point at the column and say what was expected.
+its errors point at the column and say what was expected.  Nesting (``(`` and
+``not``) is limited to :data:`MAX_DEPTH` levels: the parser and the predicate
+it builds recurse, and a selector is input from anyone with the viewer role.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from edgefleet_contract.errors import SelectorError
@@ -33,6 +36,7 @@ Predicate = Callable[[Device], bool]
 
 _TOKEN = re.compile(r"\s*(?:(\()|(\))|([A-Za-z_]+:[^\s()]*)|([A-Za-z_]+)|(\S))")
 _OPS = ("<=", ">=", "!=", "<", ">", "=")
+MAX_DEPTH = 32
 KEYS = ("tag", "group", "id", "model", "firmware", "agent", "hardware", "health", "state")
 
 
@@ -87,6 +91,7 @@ class _Parser:
             if text[pos:].strip() == "":
                 break
         self.i = 0
+        self.depth = 0
 
     def fail(self, expected: str) -> SelectorError:
         if self.i < len(self.tokens):
@@ -130,7 +135,8 @@ class _Parser:
 
     def unary(self) -> Predicate:
         if self.word("not"):
-            inner = self.unary()
+            with self._nested():
+                inner = self.unary()
             return lambda d: not inner(d)
         tok = self.peek()
         if tok is None:
@@ -138,7 +144,8 @@ class _Parser:
         kind, value, _ = tok
         if kind == "(":
             self.i += 1
-            inner = self.expr()
+            with self._nested():
+                inner = self.expr()
             if (self.peek() or ("",))[0] != ")":
                 raise self.fail("')'")
             self.i += 1
@@ -154,6 +161,17 @@ class _Parser:
             self.i += 1
             return self.term(value)
         raise self.fail("a condition such as tag:site=berlin, online or (…)")
+
+    @contextmanager
+    def _nested(self) -> Iterator[None]:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            self.i -= 1
+            raise self.fail(f"at most {MAX_DEPTH} levels of '(' and 'not'")
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def term(self, text: str) -> Predicate:
         key, _, value = text.partition(":")

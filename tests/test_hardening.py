@@ -402,3 +402,24 @@ def test_the_server_applies_a_default_quota() -> None:
     quota = telemetry_quota(ServerSettings())
     # above what an agent drains at (50 batches/s) yet far below a flood
     assert 50 < quota.batches.per_s < 1000 and quota.size.burst < 64 * MiB
+
+
+# -------------------------------------------------- 5. selector nesting depth --
+
+
+@pytest.mark.parametrize(
+    "selector", ["(" * 330 + "online" + ")" * 330, "not " * 400 + "online", "(not " * 200 + "all"]
+)
+def test_deep_selectors_are_a_422_without_a_traceback(
+    api: tuple[TestClient, Store, ApiContext], selector: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _, _ = api
+    headers = login(client, "vic")
+    with caplog.at_level("INFO"):
+        r = client.get("/api/v1/devices", headers=headers, params={"selector": selector})
+    assert r.status_code == 422, r.text
+    assert "at most 32 levels" in r.json()["detail"]
+    assert not [rec for rec in caplog.records if rec.exc_info or rec.levelname == "ERROR"]
+    # 32 levels still parse
+    fine = "(" * 32 + "online" + ")" * 32
+    assert client.get("/api/v1/devices", headers=headers, params={"selector": fine}).is_success
