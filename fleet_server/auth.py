@@ -256,14 +256,28 @@ class Authenticator:
 # ------------------------------------------------------------ login throttle --
 
 
-class LoginThrottle:
-    """At most ``limit`` failed logins per key (a username, a source IP) per window.
+@dataclass
+class _Source:
+    """What the throttle remembers of one key."""
 
-    Keyed both ways so that neither guessing many passwords for one user nor
-    trying one password against many users from one address gets far.  Memory
-    is bounded: at most ``max_keys`` keys are tracked, stale ones are swept, and
-    when an attacker floods it with fresh keys the oldest are forgotten first
-    (``evicted`` counts them).
+    failures: deque[float]
+    strikes: int = 0
+    """How many times its window filled up."""
+    until: float = 0.0
+    """It must wait until then (the latest strike's backoff)."""
+
+
+class LoginThrottle:
+    """At most ``limit`` failed logins per key (a source address) per window, with backoff.
+
+    The login route keys it by source address only: keying it by username too
+    would let anyone lock the real admin out from everywhere with a few wrong
+    passwords.  A source that fills its window again waits twice as long each
+    time (``window_s``, then 2x, 4x ... up to ``max_wait_s``), so a guesser is
+    slowed to a crawl while everyone else logs in as usual; a success or a quiet
+    ``2 * max_wait_s`` forgets it.  Memory is bounded: at most ``max_keys`` keys
+    are tracked, stale ones are swept, and when an attacker floods it with fresh
+    keys the oldest are forgotten first (``evicted`` counts them).
     """
 
     def __init__(
@@ -271,6 +285,7 @@ class LoginThrottle:
         limit: int,
         *,
         window_s: float = 60.0,
+        max_wait_s: float = 3600.0,
         max_keys: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -278,9 +293,10 @@ class LoginThrottle:
             raise ValueError("limit, window_s and max_keys must be positive")
         self._limit = limit
         self._window = window_s
+        self._max_wait = max(max_wait_s, window_s)
         self._max_keys = max_keys
         self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
+        self._sources: dict[str, _Source] = {}
         self._lock = threading.Lock()
         self.evicted = 0
 
@@ -290,41 +306,55 @@ class LoginThrottle:
         worst = 0.0
         with self._lock:
             for key in keys:
-                window = self._failures.get(key)
-                if window is None:
+                source = self._sources.get(key)
+                if source is None:
                     continue
-                self._expire(window, now)
-                if len(window) >= self._limit:
-                    worst = max(worst, self._window - (now - window[0]))
+                self._expire(source.failures, now)
+                worst = max(worst, source.until - now)
+                if len(source.failures) >= self._limit:
+                    worst = max(worst, self._window - (now - source.failures[0]))
         return worst
 
     def failed(self, *keys: str) -> None:
         now = self._clock()
         with self._lock:
             for key in keys:
-                window = self._failures.pop(key, None) or deque()
-                self._expire(window, now)
-                window.append(now)
-                while len(window) > self._limit:
-                    window.popleft()  # only the newest `limit` failures matter
-                self._failures[key] = window  # re-insert: dict order = least recent first
-            if len(self._failures) > self._max_keys:
+                source = self._sources.pop(key, None) or _Source(deque())
+                if source.strikes and now - source.until > 2 * self._max_wait:
+                    source = _Source(deque())  # quiet for long enough: a fresh start
+                self._expire(source.failures, now)
+                source.failures.append(now)
+                while len(source.failures) > self._limit:
+                    source.failures.popleft()  # only the newest `limit` failures matter
+                if len(source.failures) >= self._limit:
+                    source.strikes += 1
+                    source.until = source.failures[0] + self._window  # the first time
+                    if source.strikes > 1:
+                        backoff = self._window * 2 ** min(source.strikes - 1, 32)
+                        source.until = now + min(backoff, self._max_wait)
+                self._sources[key] = source  # re-insert: dict order = least recent first
+            if len(self._sources) > self._max_keys:
                 self._sweep(now)
 
     def succeeded(self, *keys: str) -> None:
         with self._lock:
             for key in keys:
-                self._failures.pop(key, None)
+                self._sources.pop(key, None)
 
     def _expire(self, window: deque[float], now: float) -> None:
         while window and now - window[0] >= self._window:
             window.popleft()
 
     def _sweep(self, now: float) -> None:
-        for key in [k for k, w in self._failures.items() if not w or now - w[-1] >= self._window]:
-            del self._failures[key]
-        while len(self._failures) > self._max_keys:
-            del self._failures[next(iter(self._failures))]
+        stale = [
+            k
+            for k, s in self._sources.items()
+            if (not s.failures or now - s.failures[-1] >= self._window) and now >= s.until
+        ]
+        for key in stale:
+            del self._sources[key]
+        while len(self._sources) > self._max_keys:
+            del self._sources[next(iter(self._sources))]
             self.evicted += 1
 
 

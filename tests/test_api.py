@@ -120,7 +120,7 @@ def test_login_is_rate_limited_and_failures_audited(
     r = client.post("/api/v1/auth/login", json={"username": "alice", "password": "alice-password"})
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
     assert r.headers["content-type"] == "application/problem+json"
-    # Another user from the same address is refused too: the source IP is a key of its own.
+    # Another user from the same address is refused too: the source address is the key.
     r = client.post("/api/v1/auth/login", json={"username": "olga", "password": "olga-password"})
     assert r.status_code == 429
     entries = store.list_audit(limit=10).items

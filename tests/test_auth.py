@@ -196,7 +196,8 @@ def test_throttle_per_user_and_per_ip_with_a_window() -> None:
     clock.now = 60.5  # the first failure has left the window
     assert throttle.retry_after("user:eve") == 0
     throttle.failed("user:eve")
-    assert throttle.retry_after("user:eve") == pytest.approx(0.5)  # oldest kept: t=1
+    # the window filled up a second time: the wait doubles (backoff), 2 x 60 s from now
+    assert throttle.retry_after("user:eve") == pytest.approx(120)
     throttle.succeeded("user:eve")
     assert throttle.retry_after("user:eve") == 0
 

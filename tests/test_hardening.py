@@ -423,3 +423,35 @@ def test_deep_selectors_are_a_422_without_a_traceback(
     # 32 levels still parse
     fine = "(" * 32 + "online" + ")" * 32
     assert client.get("/api/v1/devices", headers=headers, params={"selector": fine}).is_success
+
+
+# ------------------------------------- 6. throttling slows the source, not the user --
+
+
+def test_wrong_passwords_from_one_address_do_not_lock_the_account_elsewhere(
+    api: tuple[TestClient, Store, ApiContext],
+) -> None:
+    from fleet_server.auth import LoginThrottle
+
+    client, _, _ = api
+    attacker = TestClient(client.app, client=("203.0.113.9", 40000))
+    admin = TestClient(client.app, client=("192.0.2.10", 40001))
+    for _ in range(11):
+        attacker.post("/api/v1/auth/login", json={"username": "alice", "password": "guess-123"})
+    r = attacker.post("/api/v1/auth/login", json={"username": "alice", "password": "guess-456"})
+    assert r.status_code == 429
+    # the real admin, from her own address, is not locked out
+    r = admin.post("/api/v1/auth/login", json={"username": "alice", "password": "alice-password"})
+    assert r.status_code == 200, r.text
+
+    # and a source that keeps failing waits longer each time (backoff)
+    now = [0.0]
+    throttle = LoginThrottle(3, window_s=60, max_wait_s=900, clock=lambda: now[0])
+    waits = []
+    for _ in range(6):
+        for _ in range(3):
+            throttle.failed("ip:203.0.113.9")
+        waits.append(throttle.retry_after("ip:203.0.113.9"))
+        now[0] += waits[-1]
+    assert waits == [60, 120, 240, 480, 900, 900]
+    assert throttle.retry_after("ip:192.0.2.10") == 0

@@ -43,8 +43,8 @@ class Me(BaseModel):
 def login(
     body: LoginRequest, request: Request, c: ApiContext = Depends(ctx)
 ) -> JSONResponse | TokenOut:
-    ip = client_ip(request)
-    keys = (f"user:{body.username}", f"ip:{ip}")
+    # By source address only: a username key would let anyone lock its owner out.
+    keys = (f"ip:{client_ip(request)}",)
     wait = c.throttle.retry_after(*keys)
     request.state.actor = body.username
     if wait > 0:
