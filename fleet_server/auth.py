@@ -188,10 +188,12 @@ class Authenticator:
         *,
         clock: Callable[[], float] = time.time,
         cost: ScryptCost = COST,
+        max_ttl_s: float = 90 * 86400,
     ) -> None:
         self._store = store
         self._clock = clock
         self._cost = cost
+        self.max_ttl_s = max_ttl_s
 
     def check_password(self, username: str, password: str) -> User:
         """The user, if the password is right and the account enabled.
@@ -211,10 +213,20 @@ class Authenticator:
             )
         return user
 
+    def end_sessions(self, username: str) -> int:
+        """Revoke every token and console session of ``username`` (after a password change
+        or reset, and when the account is disabled or enabled again)."""
+        return self._store.revoke_user_tokens(username, self._clock())
+
     def issue_token(self, user: User, *, name: str, ttl_s: float) -> tuple[str, ApiToken]:
         """A new token for ``user``: the secret (show it once) and the stored record."""
         if ttl_s <= 0:
             raise EdgefleetError("a token needs a positive lifetime")
+        if ttl_s > self.max_ttl_s:
+            raise EdgefleetError(
+                f"a token may live at most {self.max_ttl_s:.0f} s (api.max_token_ttl_s); "
+                f"{ttl_s:.0f} s was asked for"
+            )
         secret = new_token()
         now = self._clock()
         record = ApiToken(
@@ -240,7 +252,7 @@ class Authenticator:
         now = self._clock()
         if record is None or record.revoked_at is not None:
             raise AuthError("the token is unknown or revoked; log in again")
-        if record.expires_at <= now:
+        if min(record.expires_at, record.created_at + self.max_ttl_s) <= now:
             raise AuthError("the token has expired; log in again")
         try:
             user = self._store.get_user(record.username)

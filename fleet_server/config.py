@@ -29,7 +29,17 @@ class ApiSettings(Section):
     """Where devices and operators reach the API (enrollment hands this out)."""
     session_ttl_s: Annotated[int, Field(ge=60)] = 12 * 3600
     token_ttl_s: Annotated[int, Field(ge=60)] = 90 * 86400
+    max_token_ttl_s: Annotated[int, Field(ge=60)] = 90 * 86400
+    """No API token or console session lives longer, whatever it asked for when it was
+    made: lowering this also cuts the tokens already issued."""
     login_attempts_per_minute: Annotated[int, Field(ge=1)] = 10
+
+    @model_validator(mode="after")
+    def _within_max(self) -> ApiSettings:
+        for name in ("session_ttl_s", "token_ttl_s"):
+            if getattr(self, name) > self.max_token_ttl_s:
+                raise ValueError(f"{name} is over max_token_ttl_s ({self.max_token_ttl_s} s)")
+        return self
 
 
 class BrokerSettings(Section):

@@ -455,3 +455,97 @@ def test_wrong_passwords_from_one_address_do_not_lock_the_account_elsewhere(
         now[0] += waits[-1]
     assert waits == [60, 120, 240, 480, 900, 900]
     assert throttle.retry_after("ip:192.0.2.10") == 0
+
+
+# -------------------------------------------- 7. sessions end, lifetimes bounded --
+
+
+def test_reset_disable_and_change_end_every_session_and_token(
+    api: tuple[TestClient, Store, ApiContext],
+) -> None:
+    client, _, _ = api
+    admin = login(client, "alice")
+
+    def sessions_of(user: str) -> tuple[dict[str, str], dict[str, str], TestClient]:
+        """A fleetctl token, a token minted from a console session, and the console cookie."""
+        cli = login(client, user)
+        browser = TestClient(client.app)
+        r = browser.post(
+            "/api/v1/auth/login",
+            json={"username": user, "password": f"{user}-password", "session": True},
+        )
+        assert r.status_code == 200
+        csrf = {"X-CSRF-Token": r.json()["csrf_token"]}
+        minted = browser.post("/api/v1/tokens", headers=csrf, json={"name": "ci"})
+        assert minted.status_code == 201, minted.text
+        return cli, {"Authorization": f"Bearer {minted.json()['token']}"}, browser
+
+    def alive(cli: dict[str, str], minted: dict[str, str], browser: TestClient) -> list[bool]:
+        return [
+            client.get("/api/v1/auth/me", headers=cli).status_code == 200,
+            client.get("/api/v1/auth/me", headers=minted).status_code == 200,
+            browser.get("/api/v1/auth/me").status_code == 200,
+        ]
+
+    # an admin resets olga's password
+    olga = sessions_of("olga")
+    assert alive(*olga) == [True, True, True]
+    r = client.patch(
+        "/api/v1/users/olga", headers=admin, json={"password": "olga-password"}
+    )  # same text, new hash: still a reset
+    assert r.status_code == 200
+    assert alive(*olga) == [False, False, False]
+
+    # disabling ends them; enabling again brings none back
+    olga = sessions_of("olga")
+    assert client.patch("/api/v1/users/olga", headers=admin, json={"disabled": True}).is_success
+    assert client.patch("/api/v1/users/olga", headers=admin, json={"disabled": False}).is_success
+    assert alive(*olga) == [False, False, False]
+
+    # a user changing her own password ends her other sessions too
+    vic = sessions_of("vic")
+    r = client.post(
+        "/api/v1/auth/password",
+        headers=vic[0],
+        json={"current_password": "wrong", "new_password": "vic-password-2"},
+    )
+    assert r.status_code == 401
+    r = client.post(
+        "/api/v1/auth/password",
+        headers=vic[0],
+        json={"current_password": "vic-password", "new_password": "vic-password-2"},
+    )
+    assert r.status_code == 204
+    assert alive(*vic) == [False, False, False]
+    r = client.post("/api/v1/auth/login", json={"username": "vic", "password": "vic-password-2"})
+    assert r.status_code == 200
+
+
+def test_token_lifetime_has_a_configurable_maximum(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    store = open_store(tmp_path / "fleet.db")
+    store.create_user("ann", role="admin", password_hash=hash_password("ann-password"), now=0)
+    now = [time.time()]
+    api_settings = ApiSettings(max_token_ttl_s=7 * 86400, token_ttl_s=86400, session_ttl_s=3600)
+    ctx = ApiContext(
+        settings=ServerSettings(data_dir=tmp_path, api=api_settings),
+        store=store,
+        enrollment=Enrollment(
+            store, FleetCA.create(tmp_path / "ca", now=now[0]), token_ttl_s=600, cert_validity_s=600
+        ),
+        clock=lambda: now[0],
+    )
+    client = TestClient(create_app(ctx))
+    headers = login(client, "ann")
+    r = client.post("/api/v1/tokens", headers=headers, json={"name": "ci", "ttl_s": 400 * 86400})
+    assert r.status_code == 400 and "max_token_ttl_s" in r.json()["detail"]
+    r = client.post("/api/v1/tokens", headers=headers, json={"name": "ci", "ttl_s": 7 * 86400})
+    assert r.status_code == 201
+    with pytest.raises(ValidationError, match="over max_token_ttl_s"):
+        ApiSettings(max_token_ttl_s=86400)  # the default token_ttl_s (90 days) is over it
+    # lowering the maximum also cuts tokens issued before: nothing lives past it
+    old = {"Authorization": f"Bearer {r.json()['token']}"}
+    ctx.auth.max_ttl_s = 2 * 86400
+    now[0] += 3 * 86400
+    assert client.get("/api/v1/auth/me", headers=old).status_code == 401

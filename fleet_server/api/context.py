@@ -44,5 +44,7 @@ class ApiContext:
     """Audit entries the store refused (each is also logged as an error)."""
 
     def __post_init__(self) -> None:
-        self.auth = Authenticator(self.store, clock=self.clock)
+        self.auth = Authenticator(
+            self.store, clock=self.clock, max_ttl_s=self.settings.api.max_token_ttl_s
+        )
         self.throttle = LoginThrottle(self.settings.api.login_attempts_per_minute, window_s=60.0)

@@ -1,4 +1,4 @@
-"""Login (password -> API token), logout, and who am I."""
+"""Login (password -> API token), logout, password change, and who am I."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from edgefleet_contract.errors import AuthError
 
-from ..auth import SESSION_COOKIE, Principal, csrf_for
+from ..auth import MAX_PASSWORD, MIN_PASSWORD, SESSION_COOKIE, Principal, csrf_for, hash_password
 from .context import ApiContext
 from .deps import client_ip, ctx, principal
 from .problems import problem
@@ -23,6 +23,11 @@ class LoginRequest(BaseModel):
     session: bool = Field(
         default=False, description="console login: set an HttpOnly session cookie instead"
     )
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(min_length=1, max_length=MAX_PASSWORD)
+    new_password: str = Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)
 
 
 class TokenOut(BaseModel):
@@ -101,6 +106,31 @@ def logout(
     if who.token_id is not None:
         c.store.revoke_api_token(who.token_id, c.clock())
     response.delete_cookie(SESSION_COOKIE, path="/")
+
+
+@router.post("/password", status_code=204)
+def change_password(
+    body: PasswordChange,
+    request: Request,
+    response: Response,
+    who: Principal = Depends(principal),
+    c: ApiContext = Depends(ctx),
+) -> Response:
+    """Change your own password; every token and session you had ends (log in again)."""
+    keys = (f"ip:{client_ip(request)}",)
+    wait = c.throttle.retry_after(*keys)
+    if wait > 0:
+        return problem(429, "Too many attempts", f"try again in {int(wait) + 1} s")
+    try:
+        c.auth.check_password(who.username, body.current_password)
+    except AuthError:
+        c.throttle.failed(*keys)
+        raise
+    c.store.update_user(who.username, password_hash=hash_password(body.new_password))
+    c.auth.end_sessions(who.username)
+    response.status_code = 204
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
 
 
 @router.get("/me", response_model=Me)

@@ -2,7 +2,9 @@
 
 A disabled or demoted user loses access on the next request (nothing about a
 caller is cached), and the last enabled admin cannot be demoted or disabled,
-so a fleet can never be locked out of its own user management.
+so a fleet can never be locked out of its own user management.  A password
+reset, a change of one's own password and disabling or re-enabling a user
+revoke every token and console session the user had.
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ class UserPatch(BaseModel):
 class TokenCreate(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.:@ -]{1,64}$", description="what the token is for")
     ttl_s: int | None = Field(
-        default=None, ge=60, le=400 * 86400, description="lifetime; the server default if unset"
+        default=None,
+        ge=60,
+        le=400 * 86400,
+        description="lifetime; the server default if unset, never over api.max_token_ttl_s",
     )
 
 
@@ -93,14 +98,19 @@ def patch_user(
     who: Principal = Depends(require("admin")),
     c: ApiContext = Depends(ctx),
 ) -> UserOut:
+    before = c.store.get_user(username)
     if body.role not in (None, "admin") or body.disabled:
-        _keep_an_admin(c, c.store.get_user(username))
+        _keep_an_admin(c, before)
     u = c.store.update_user(
         username,
         role=body.role,
         disabled=body.disabled,
         password_hash=hash_password(body.password) if body.password else None,
     )
+    # A reset password or a (re-)enabled or disabled account starts from no session:
+    # a token from before must not outlive the reason it was changed.
+    if body.password or (body.disabled is not None and body.disabled != before.disabled):
+        c.auth.end_sessions(username)
     return UserOut(username=u.username, role=u.role, created_at=u.created_at, disabled=u.disabled)
 
 

@@ -93,6 +93,15 @@ class AccountTables(Connections):
             if cur.rowcount == 0:
                 raise NotFound(f"no API token {token_id!r}")
 
+    def revoke_user_tokens(self, username: str, now: float) -> int:
+        """Revoke every live token and console session of ``username``; how many were live."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE api_tokens SET revoked_at = ? WHERE username = ? AND revoked_at IS NULL",
+                (now, username),
+            )
+            return int(cur.rowcount)
+
     def touch_api_token(self, token_id: str, now: float) -> None:
         with self._tx() as conn:
             conn.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, token_id))
