@@ -32,6 +32,7 @@ from edgefleet_contract.messages import (
     Telemetry,
 )
 from edgefleet_contract.mqtt import Endpoint
+from edgefleet_contract.private import private_dir
 from edgefleet_contract.topics import Channel
 
 from .commands import CommandRouter, Outcome
@@ -67,7 +68,7 @@ class Agent:
         self.identity = identity
         self.device_id = identity.device_id
         self.codec = Codec()
-        data = settings.data_dir
+        data = private_dir(settings.data_dir)  # spool, samples, identity: the owner's alone
         self.spool = Spool(
             data / "spool.db",
             max_bytes=settings.spool.max_bytes,

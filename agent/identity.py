@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from edgefleet_contract.errors import CertificateError, EnrollmentError, IdentityError, TrustError
 from edgefleet_contract.ids import is_device_id
 from edgefleet_contract.mqtt import TlsFiles
+from edgefleet_contract.private import private_dir
 
 from .certinfo import validity
 
@@ -207,7 +208,8 @@ def enroll(
             f"this device is already enrolled ({directory}); use --force to replace its identity"
         )
     device_id = device_id_from_token(token)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(data_dir)
+    private_dir(directory)
     key = _new_key()
     doc = _post(
         server_url.rstrip("/") + "/api/v1/enroll",

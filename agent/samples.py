@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract.messages import LearningStats
+from edgefleet_contract.private import private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -110,6 +111,7 @@ class SampleStore:
         self._clock = clock
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # labelled samples are the device owner's data
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

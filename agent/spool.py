@@ -39,6 +39,7 @@ from typing import TypeVar
 
 from edgefleet_contract.errors import ConfigError, LinkError, StoreError
 from edgefleet_contract.messages import SpoolStats
+from edgefleet_contract.private import private_file
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class Spool:
             return self._start_fresh(exc)
 
     def _connect(self) -> sqlite3.Connection:
+        private_file(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")

@@ -19,6 +19,7 @@ import uvicorn
 
 from edgefleet_contract.errors import ConfigError
 from edgefleet_contract.mqtt import Endpoint, TlsFiles
+from edgefleet_contract.private import private_dir
 
 from .api import ApiContext, create_app
 from .auth import hash_password
@@ -90,7 +91,7 @@ def initialize(settings: ServerSettings, *, admin_password: str | None = None) -
     Returns the generated admin password (shown once) when it made the admin user.
     """
     layout = Layout(settings.data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(settings.data_dir)
     now = time.time()
     ca = (
         FleetCA.load(layout.ca)
@@ -145,6 +146,7 @@ class FleetServer:
                 f"{settings.data_dir} is not initialized; run `fleet-server init` first"
             )
         self.registry = Registry()
+        private_dir(settings.data_dir)  # even if it existed before with a wider mode
         self.store: Store = open_store(settings.database)
         self.ca = FleetCA.load(self.layout.ca)
         self.broker: ManagedBroker | None = None

@@ -22,6 +22,7 @@ import sqlite_utils
 
 from edgefleet_contract.errors import EnrollmentError, NotFound, StoreError
 from edgefleet_contract.messages import DesiredState, ReportedState
+from edgefleet_contract.private import private_file
 
 from .accounts import AccountTables
 from .artifacts import ArtifactTables
@@ -45,6 +46,7 @@ class SqliteStore(
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # password and token hashes, the audit trail
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
