@@ -614,3 +614,65 @@ def test_agent_data_dir_spool_and_samples_are_private(pki: Any, tmp_path: Path) 
     finally:
         agent.spool.close()
         agent.samples.close()
+
+
+# ------------------------------------------- 9. API docs from local assets only --
+
+
+def test_api_docs_load_nothing_from_elsewhere_and_carry_the_csp(
+    api: tuple[TestClient, Store, ApiContext],
+) -> None:
+    import re
+
+    client, _, _ = api
+    r = client.get("/api/docs")
+    assert r.status_code == 200
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'self'" in csp
+    assert not re.search(r"(src|href)=\"(https?:)?//", r.text), r.text  # no CDN, no other host
+    assert "<script>" not in r.text  # no inline script (the CSP would refuse it anyway)
+    for src in re.findall(r'(?:src|href)="([^"]+)"', r.text):
+        asset = client.get(src)
+        assert asset.status_code == 200 and asset.content, src
+        assert "script-src 'self'" in asset.headers["content-security-policy"]
+
+
+def test_api_docs_render_in_chromium_under_the_csp(fleet: Any) -> None:
+    import shutil
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian's chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu"], headless=True
+        )
+        try:
+            page = browser.new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on(  # CSP violations are reported on the console
+                "console",
+                lambda m: problems.append(m.text) if m.type == "error" else None,
+            )
+            page.on(
+                "response",
+                lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+            )
+            outside: list[str] = []
+            page.on(
+                "request",
+                lambda req: (
+                    outside.append(req.url)
+                    if not req.url.startswith(fleet.settings.api_url)
+                    else None
+                ),
+            )
+            page.goto(f"{fleet.settings.api_url}/api/docs")
+            title = page.locator(".swagger-ui .info .title")
+            sync_api.expect(title).to_contain_text("edgefleet fleet server", timeout=60_000)
+            assert page.locator(".opblock-tag").count() > 3  # the routes are listed
+            assert outside == [] and problems == [], (outside, problems)
+        finally:
+            browser.close()

@@ -32,6 +32,7 @@ from .. import console
 from ..auth import redact
 from ..store.base import AuditEntry
 from . import (
+    docs,
     problems,
     routes_artifacts,
     routes_audit,
@@ -59,7 +60,7 @@ def create_app(context: ApiContext) -> FastAPI:
         title="edgefleet fleet server",
         version="1",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # served from local assets under the console's CSP: see docs.py
         redoc_url=None,
     )
     app.state.ctx = context
@@ -93,6 +94,7 @@ def create_app(context: ApiContext) -> FastAPI:
         RequestGuard, context=context, limit_of=lambda path, method: _limit(path, method, context)
     )
     console.install(app)
+    docs.install(app, openapi_url="/api/v1/openapi.json")
 
     @app.middleware("http")
     async def audit(

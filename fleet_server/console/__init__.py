@@ -23,6 +23,8 @@ from . import routes
 
 STATIC = Path(__file__).parent / "static"
 PREFIX = "/console"
+SECURED = (PREFIX, "/api/docs")
+"""Paths that get the headers below: the console and the API reference page."""
 _HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -49,6 +51,7 @@ def install(app: FastAPI) -> None:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         response = await call_next(request)
-        if request.url.path == PREFIX or request.url.path.startswith(PREFIX + "/"):
+        path = request.url.path
+        if any(path == p or path.startswith(p + "/") for p in SECURED):
             response.headers.update(_HEADERS)
         return response
