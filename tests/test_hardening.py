@@ -676,3 +676,48 @@ def test_api_docs_render_in_chromium_under_the_csp(fleet: Any) -> None:
             assert outside == [] and problems == [], (outside, problems)
         finally:
             browser.close()
+
+
+# ------------------------------------- 10. desired state only through the twin --
+
+
+def test_a_raw_set_desired_command_is_refused(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "fleet.db")
+    store.create_user("olga", role="operator", password_hash=hash_password("olga-password"), now=0)
+    sent: list[Any] = []
+
+    class Outbox:
+        def send_command(self, device_id: str, command: Any) -> None:
+            sent.append((device_id, command))
+
+    ctx = ApiContext(
+        settings=ServerSettings(data_dir=tmp_path),
+        store=store,
+        commands=Outbox(),
+        enrollment=Enrollment(
+            store,
+            FleetCA.create(tmp_path / "ca", now=time.time()),
+            token_ttl_s=60,
+            cert_validity_s=600,
+        ),
+    )
+    client = TestClient(create_app(ctx))
+    headers = login(client, "olga")
+    assert client.post("/api/v1/devices", headers=headers, json={"id": "w-9"}).status_code == 201
+    r = client.post(
+        "/api/v1/devices/w-9/commands",
+        headers=headers,
+        json={"name": "set_desired", "args": {"version": 2**63 - 1}},
+    )
+    assert r.status_code == 422 and "twin/desired" in r.json()["detail"]
+    assert sent == [] and store.list_commands("w-9") == []
+    # the twin route still works and numbers versions itself
+    r = client.put("/api/v1/devices/w-9/twin/desired", headers=headers, json={"config": {"a": 1}})
+    assert r.status_code == 200 and r.json()["desired"]["version"] == 1
+    assert [c.name for _, c in sent] == ["set_desired"]
+    assert (
+        client.post(
+            "/api/v1/devices/w-9/commands", headers=headers, json={"name": "reboot"}
+        ).status_code
+        == 202
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
 
 from edgefleet_contract.ids import DEVICE_ID_PATTERN
 from edgefleet_contract.messages import DesiredState, ReportedState
@@ -145,10 +145,25 @@ class DesiredIn(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+TWIN_COMMANDS = frozenset({"set_desired"})
+"""Commands only the server sends, for the twin: a raw one would skip its validation and
+versioning (a desired version of 2**63-1 used to wedge a device for good)."""
+
+
 class CommandIn(BaseModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
     args: CommandArgs = Field(default_factory=dict)
     ttl_s: float = Field(default=3600, gt=0, le=7 * 86400)
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_twin(cls, name: str) -> str:
+        if name in TWIN_COMMANDS:
+            raise ValueError(
+                f"{name!r} is sent by the server for the twin; set the desired state with "
+                "PUT /api/v1/devices/{id}/twin/desired instead"
+            )
+        return name
 
 
 class CommandOut(BaseModel):
