@@ -721,3 +721,20 @@ def test_a_raw_set_desired_command_is_refused(tmp_path: Path) -> None:
         ).status_code
         == 202
     )
+
+
+# ------------------------------------------------------------ 11. smaller ones --
+
+
+def test_failed_logins_do_not_store_an_unknown_username_verbatim(
+    api: tuple[TestClient, Store, ApiContext],
+) -> None:
+    client, store, _ = api
+    typed = "Hunter2-my-secret-password"  # typed into the user field by mistake
+    r = client.post("/api/v1/auth/login", json={"username": typed, "password": "x"})
+    assert r.status_code == 401
+    r = client.post("/api/v1/auth/login", json={"username": "olga", "password": "wrong"})
+    assert r.status_code == 401
+    entries = store.list_audit(limit=10).items
+    assert typed not in repr(entries)
+    assert [e.actor for e in entries[::-1]] == ["unknown", "olga"]

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from edgefleet_contract.errors import AuthError
+from edgefleet_contract.errors import AuthError, NotFound
 
 from ..auth import MAX_PASSWORD, MIN_PASSWORD, SESSION_COOKIE, Principal, csrf_for, hash_password
 from .context import ApiContext
@@ -51,7 +51,7 @@ def login(
     # By source address only: a username key would let anyone lock its owner out.
     keys = (f"ip:{client_ip(request)}",)
     wait = c.throttle.retry_after(*keys)
-    request.state.actor = body.username
+    request.state.actor = _audited_name(c, body.username)
     if wait > 0:
         response = problem(
             429, "Too many attempts", f"too many failed logins; try again in {int(wait) + 1} s"
@@ -97,6 +97,18 @@ def login(
         username=user.username,
         role=user.role,
     )
+
+
+def _audited_name(c: ApiContext, username: str) -> str:
+    """The login's actor in the audit log: the name of a real user, else ``unknown``.
+
+    A password typed into the user field must not end up in the audit trail.
+    """
+    try:
+        c.store.get_user(username)
+    except NotFound:
+        return "unknown"
+    return username
 
 
 @router.post("/logout", status_code=204)
