@@ -738,3 +738,18 @@ def test_failed_logins_do_not_store_an_unknown_username_verbatim(
     entries = store.list_audit(limit=10).items
     assert typed not in repr(entries)
     assert [e.actor for e in entries[::-1]] == ["unknown", "olga"]
+
+
+def test_upload_refusals_do_not_reveal_server_paths(tmp_path: Path) -> None:
+    from .ota_server import make_env
+
+    env = make_env(tmp_path)
+    operator = env.login("olga")
+    junk = tmp_path / "junk.efpkg"
+    junk.write_bytes(b"not a zip at all" * 100)
+    for kind in ("model", "firmware"):
+        r = env.push(kind, junk, operator)
+        assert r.status_code == 400
+        detail = r.json()["detail"]
+        assert str(env.data_dir) not in detail and "upload-" not in detail, detail
+        assert "the uploaded file" in detail or "not a" in detail

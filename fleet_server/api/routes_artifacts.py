@@ -10,6 +10,7 @@ needs ``operator``; the audit middleware records who pushed what.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -110,15 +111,19 @@ async def _push(request: Request, c: ApiContext, who: Principal, kind: str) -> A
         except TooLarge as exc:
             return problems.problem(413, "Artifact too large", str(exc))
         lineage = {"source": "upload"}
-        if kind == "model":
-            added = await run_in_threadpool(
-                registry.add_model, tmp, lineage=lineage, actor=who.username
-            )
-        else:
-            added = await run_in_threadpool(
-                registry.add_firmware, tmp, lineage=lineage, actor=who.username
-            )
+        add = registry.add_model if kind == "model" else registry.add_firmware
+        try:
+            added = await run_in_threadpool(add, tmp, lineage=lineage, actor=who.username)
+        except EdgefleetError as exc:
+            raise type(exc)(_without_paths(str(exc), tmp)) from None
     return JSONResponse(artifact_out(added, signed_targets(registry)).model_dump(), status_code=201)
+
+
+def _without_paths(message: str, tmp: Path) -> str:
+    """A refusal as the uploader may see it: the server's own paths are none of their business."""
+    for secret in (str(tmp), str(tmp.parent), tmp.name):
+        message = message.replace(secret, "the uploaded file")
+    return message
 
 
 @router.post(
