@@ -26,6 +26,7 @@ import json
 import signal
 import threading
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -55,17 +56,38 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--server", required=True, help="Fleet server URL, e.g. https://fleet:8080")
-@click.option("--token", required=True, help="One-time token from `fleetctl devices add`.")
+@click.option(
+    "--token",
+    default=None,
+    help="One-time token from `fleetctl devices add` (visible in `ps` and shell history: "
+    "prefer --token-file).",
+)
+@click.option(
+    "--token-file",
+    type=click.File("r"),
+    default=None,
+    help="Read the token from this file, or from standard input with '-'.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing identity.")
 @settings_options
 def enroll(
-    server: str, token: str, force: bool, config: Path | None, data_dir: Path | None
+    server: str,
+    token: str | None,
+    token_file: TextIO | None,
+    force: bool,
+    config: Path | None,
+    data_dir: Path | None,
 ) -> None:
     """Make this device's key, get its certificate, and remember the broker."""
     from .identity import enroll as do_enroll
 
+    if (token is None) == (token_file is None):
+        raise ConfigError("give the enrollment token with exactly one of --token-file or --token")
+    secret = token_file.read(4096).strip() if token_file is not None else str(token)
+    if not secret:
+        raise ConfigError(f"{getattr(token_file, 'name', '--token')} holds no enrollment token")
     settings = load_cli_settings(AgentSettings, config, data_dir)
-    identity = do_enroll(settings.data_dir, server, token, force=force)
+    identity = do_enroll(settings.data_dir, server, secret, force=force)
     click.echo(
         f"enrolled as {identity.device_id}; broker {identity.broker_host}:"
         f"{identity.broker_port}; run `edge-agent run` to connect"

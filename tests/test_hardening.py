@@ -753,3 +753,44 @@ def test_upload_refusals_do_not_reveal_server_paths(tmp_path: Path) -> None:
         detail = r.json()["detail"]
         assert str(env.data_dir) not in detail and "upload-" not in detail, detail
         assert "the uploaded file" in detail or "not a" in detail
+
+
+def test_edge_agent_enroll_reads_the_token_from_a_file_or_stdin(fleet: Any, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    from .harness import admin_token
+
+    api = fleet.settings.api_url
+    headers = {"Authorization": f"Bearer {admin_token(api)}"}
+    agent = str(Path(sys.executable).parent / "edge-agent")
+
+    def token(device: str) -> str:
+        r = httpx.post(f"{api}/api/v1/devices", headers=headers, json={"id": device})
+        return str(r.json()["token"])
+
+    secret_file = tmp_path / "token"
+    secret_file.write_text(token("tf-1") + "\n")
+    base = [agent, "enroll", "--server", api]
+    done = subprocess.run(
+        [*base, "--token-file", str(secret_file), "--data-dir", str(tmp_path / "a")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "enrolled as tf-1" in done.stdout
+    piped = subprocess.run(
+        [*base, "--token-file", "-", "--data-dir", str(tmp_path / "b")],
+        input=token("tf-2"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0 and "enrolled as tf-2" in piped.stdout, piped.stderr
+    neither = subprocess.run(
+        [*base, "--data-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=60
+    )
+    assert neither.returncode == 2 and "--token-file" in neither.stderr
