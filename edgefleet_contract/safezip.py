@@ -74,9 +74,31 @@ def open_zip(data: bytes, *, max_bytes: int, kind: ArchiveKind) -> zipfile.ZipFi
     if len(data) > max_bytes:
         raise PackageError(f"{len(data)} bytes is over the {max_bytes}-byte {kind.noun} limit")
     try:
-        return zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError) as exc:
         raise PackageError(f"not a {kind.title} (not a zip file: {exc})") from exc
+    _exactly_a_zip(data, archive, kind)
+    return archive
+
+
+def _exactly_a_zip(data: bytes, archive: zipfile.ZipFile, kind: ArchiveKind) -> None:
+    """Refuse bytes before the first member or after the end record.
+
+    Python's zipfile (like most readers) finds the central directory from the end
+    and skips anything in front, so a file can be two things at once: a shell
+    script or an image that is also a "valid" package.  Ours are written whole,
+    so any bytes around the archive mean someone put them there.
+    """
+    starts = data.startswith(b"PK\x03\x04") or (
+        not archive.infolist() and data.startswith(b"PK\x05\x06")
+    )
+    first = min((i.header_offset for i in archive.infolist()), default=0)
+    end = len(data) - 22 - len(archive.comment)
+    if not starts or first != 0 or data[end : end + 4] != b"PK\x05\x06":
+        raise PackageError(
+            f"not a {kind.title}: there are bytes before or after the zip archive "
+            "(rebuild it with `fleetctl models pack` or `python -m firmware_images.build`)"
+        )
 
 
 def unpack(

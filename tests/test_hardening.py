@@ -794,3 +794,29 @@ def test_edge_agent_enroll_reads_the_token_from_a_file_or_stdin(fleet: Any, tmp_
         [*base, "--data-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=60
     )
     assert neither.returncode == 2 and "--token-file" in neither.stderr
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_package_with_bytes_around_the_zip_is_refused(tmp_path: Path, where: str) -> None:
+    from edgefleet_contract import firmware, package
+    from edgefleet_contract.errors import PackageError
+
+    from .ota_server import DIGITS, FIRMWARE, make_env
+
+    junk = b"#!/bin/sh\necho surprise\nexit 0\n"
+    env = make_env(tmp_path)
+    operator = env.login("olga")
+    bundle = FIRMWARE / "edge-os-1.0.0.efbundle"
+    for source, read, kind in (
+        (DIGITS, package.read_package, "model"),
+        (bundle, firmware.read_bundle, "firmware"),
+    ):
+        body = source.read_bytes()
+        odd = tmp_path / f"odd-{kind}{source.suffix}"
+        odd.write_bytes(junk + body if where == "before" else body + junk)
+        with pytest.raises(PackageError, match="bytes before or after the zip"):
+            read(odd)
+        r = env.push(kind, odd, operator)
+        assert r.status_code == 400 and "bytes before or after" in r.json()["detail"]
+        read(source)  # the untouched file still reads
+    assert env.client.get("/api/v1/artifacts", headers=operator).json()["total"] == 0
