@@ -21,7 +21,7 @@ FILE_MODE = 0o600
 def private_dir(path: Path) -> Path:
     """``path`` as a directory only its owner can enter (created with its parents)."""
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-    os.chmod(path, DIR_MODE)
+    _restrict(path, DIR_MODE)
     return path
 
 
@@ -29,6 +29,16 @@ def private_file(path: Path) -> Path:
     """``path`` (created empty if missing) and its SQLite companions, owner read/write only."""
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, FILE_MODE))
     for companion in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        if companion.exists():
-            os.chmod(companion, FILE_MODE)
+        _restrict(companion, FILE_MODE)
     return path
+
+
+def _restrict(path: Path, mode: int) -> None:
+    """chmod what this user owns; another user's file (``status`` run by root, say) is
+    left alone rather than failing the command."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    if info.st_uid == os.geteuid() and info.st_mode & 0o777 != mode:
+        os.chmod(path, mode)
