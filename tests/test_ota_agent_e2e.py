@@ -226,6 +226,7 @@ def test_agent_updates_from_the_fleet_servers_own_tuf_repository(
         )
         assert pushed.status_code == 201, pushed.text
     target = pushed.json()["target_path"]
+    fleet.deltas.wait(60)  # the 1.0.0 -> 1.1.0 patch is made in the background on push
     r = httpx.post(f"{api}/api/v1/devices", json={"id": "ota-e2e-3"}, headers=auth)
     r.raise_for_status()
     data_dir = tmp_path / "ota-e2e-3"
