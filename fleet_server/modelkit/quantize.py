@@ -36,8 +36,8 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgefleet_contract.errors import ModelError
-from edgefleet_contract.package import Agreement, OutputAgreement
+from edgefleet_contract.errors import ModelError, PackageError
+from edgefleet_contract.package import Agreement, ModelPackage, OutputAgreement
 
 __all__ = [
     "DEFAULT_MIN_TOP1",
@@ -48,6 +48,8 @@ __all__ = [
     "QuantizeMode",
     "WeightOp",
     "agreement",
+    "calibration_feeds",
+    "check_int8_claim",
     "compare_outputs",
     "float_weight_ops",
     "int8_op_counts",
@@ -425,6 +427,38 @@ def float_weight_ops(model: bytes) -> list[str]:
 def int8_op_counts(model: bytes) -> dict[str, int]:
     """How many Conv/Gemm/MatMul ops hold int8 weights, by op type (for the manifest)."""
     return dict(sorted(Counter(op.op_type for op in weight_ops(model) if op.int8).items()))
+
+
+def check_int8_claim(package: ModelPackage) -> None:
+    """Refuse (:class:`PackageError`) an ONNX package that declares int8 but is not.
+
+    Its Conv/Gemm/MatMul weights must all be stored int8, and the op counts its
+    manifest records (if it records them) must be what the file holds.  TFLite
+    files are taken as they are: their tensors carry their own types.
+    """
+    m = package.manifest
+    if m.runtime != "onnx" or m.quantization.dtype != "int8":
+        return
+    what = f"{m.name}@{m.version} ({m.flavor})"
+    try:
+        model = package.model_bytes
+        left = float_weight_ops(model)
+        counts = int8_op_counts(model)
+    except ModelError as exc:
+        raise PackageError(f"{what}: {exc}") from exc
+    if left:
+        raise PackageError(
+            f"{what} declares int8, but {len(left)} of its Conv/Gemm/MatMul weights are "
+            f"stored float ({'; '.join(left[:3])}{'; ...' if len(left) > 3 else ''}): it is "
+            "not an int8 model.  Quantize the float model for real (fleetctl models pack "
+            "MODEL.onnx --quantize int8) or declare it float32"
+        )
+    recorded = m.quantization.int8_ops
+    if recorded is not None and recorded != counts:
+        raise PackageError(
+            f"{what}: the manifest records int8 ops {recorded}, the model file holds {counts}; "
+            "rebuild the package"
+        )
 
 
 def _stored_type(
