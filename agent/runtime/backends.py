@@ -14,6 +14,7 @@ forces one of them (``ai_edge_litert`` | ``tflite_runtime``; default ``auto``).
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import threading
 from importlib import metadata
@@ -23,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract.errors import ModelError, PackageError, RuntimeUnavailable
-from edgefleet_contract.package import Manifest
+from edgefleet_contract.package import Manifest, TensorSpec
 
 TFLITE_ENV = "EDGEFLEET_TFLITE_BACKEND"
 _TFLITE_MODULES = {
@@ -132,6 +133,8 @@ class TfliteBackend:
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         _check_names(manifest, [d["name"] for d in inputs], [d["name"] for d in outputs])
+        _check_tflite_tensor(manifest, inputs[0], manifest.inputs[0])
+        _check_tflite_tensor(manifest, outputs[0], manifest.outputs[0])
         self._in = int(inputs[0]["index"])
         self._out = int(outputs[0]["index"])
         self._shape: tuple[int, ...] = tuple(int(d) for d in inputs[0]["shape"])
@@ -183,4 +186,23 @@ def _check_names(manifest: Manifest, inputs: list[str], outputs: list[str]) -> N
         raise PackageError(
             f"{manifest.model_file} has inputs {inputs} and outputs {outputs}; the manifest "
             f"declares [{want_in!r}] and [{want_out!r}]"
+        )
+
+
+def _check_tflite_tensor(manifest: Manifest, detail: dict[str, Any], spec: TensorSpec) -> None:
+    """A TFLite file carries its tensors' types and int8 scales itself; the manifest must
+    say the same, or the float rows would be quantized onto the wrong grid."""
+    dtype = np.dtype(detail["dtype"]).name
+    scale, zero = detail["quantization"]
+    q = spec.quantization
+    if dtype != spec.dtype:
+        raise PackageError(
+            f"{manifest.model_file}: tensor {spec.name!r} is {dtype} in the file, the manifest "
+            f"declares {spec.dtype}; repack the model so the manifest reads its types from it"
+        )
+    if q is not None and (not math.isclose(scale, q.scale, rel_tol=1e-6) or zero != q.zero_point):
+        raise PackageError(
+            f"{manifest.model_file}: tensor {spec.name!r} is quantized with scale {scale:.6g} "
+            f"and zero point {zero} in the file, the manifest declares scale {q.scale:.6g} "
+            f"and zero point {q.zero_point}; repack the model"
         )
