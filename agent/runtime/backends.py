@@ -27,6 +27,8 @@ from edgefleet_contract.errors import ModelError, PackageError, RuntimeUnavailab
 from edgefleet_contract.package import Manifest, TensorSpec
 
 TFLITE_ENV = "EDGEFLEET_TFLITE_BACKEND"
+RUNTIME_EXTRAS = {"onnx": "agent-onnx", "tflite": "agent-tflite"}
+"""The pip extra that installs each runtime: an agent needs only its models' runtimes."""
 _TFLITE_MODULES = {
     "ai_edge_litert": ("ai_edge_litert.interpreter", "ai-edge-litert"),
     "tflite_runtime": ("tflite_runtime.interpreter", "tflite-runtime"),
@@ -47,6 +49,17 @@ def open_backend(manifest: Manifest, model: bytes, *, threads: int = 1) -> Backe
     if manifest.runtime == "onnx":
         return OnnxBackend(manifest, model, threads)
     return TfliteBackend(manifest, model, threads)
+
+
+def install_hint(runtime: str) -> str:
+    """What to run on the device so it can serve ``runtime`` packages."""
+    extra = RUNTIME_EXTRAS.get(runtime)
+    if extra is None:
+        return f"no edgefleet release serves {runtime!r} models; upgrade the agent"
+    hint = f"pip install 'edgefleet[{extra}]' and restart the agent"
+    if runtime == "tflite":
+        hint += " (boards without an ai-edge-litert wheel: 'edgefleet[agent-legacy]')"
+    return hint
 
 
 def available_runtimes() -> list[str]:
@@ -80,8 +93,8 @@ class OnnxBackend:
             import onnxruntime as ort
         except ImportError as exc:
             raise RuntimeUnavailable(
-                "this package needs ONNX Runtime, which is not installed "
-                "(pip install 'edgefleet[agent]')"
+                f"{manifest.name} {manifest.version} ({manifest.flavor}) needs ONNX Runtime, "
+                f"which is not installed on this device: {install_hint('onnx')}"
             ) from exc
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -119,7 +132,7 @@ class TfliteBackend:
     """
 
     def __init__(self, manifest: Manifest, model: bytes, threads: int) -> None:
-        interpreter_class, self.name = _tflite_interpreter()
+        interpreter_class, self.name = _tflite_interpreter(manifest)
         try:
             self._interpreter = interpreter_class(model_content=model, num_threads=threads)
             self._interpreter.allocate_tensors()
@@ -156,7 +169,7 @@ class TfliteBackend:
                 raise ModelError(f"inference failed in {self.name}: {exc}") from exc
 
 
-def _tflite_interpreter() -> tuple[Any, str]:
+def _tflite_interpreter(manifest: Manifest) -> tuple[Any, str]:
     choice = os.environ.get(TFLITE_ENV, "auto").strip() or "auto"
     if choice != "auto" and choice not in _TFLITE_MODULES:
         raise RuntimeUnavailable(
@@ -174,9 +187,8 @@ def _tflite_interpreter() -> tuple[Any, str]:
             continue
         return module.Interpreter, f"{name} {_version(distribution)}"
     raise RuntimeUnavailable(
-        "this package needs a TFLite runtime and none is importable ("
-        + "; ".join(problems)
-        + "): pip install ai-edge-litert (or tflite-runtime with numpy<2)"
+        f"{manifest.name} {manifest.version} ({manifest.flavor}) needs a TFLite runtime and "
+        f"none is importable ({'; '.join(problems)}): {install_hint('tflite')}"
     )
 
 
