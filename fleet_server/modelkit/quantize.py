@@ -8,7 +8,8 @@
   samples produce.  Every op type ONNX Runtime's QDQ quantizer knows is
   quantized, Gemm included: ``quant_pre_process`` fuses MatMul+Add into Gemm,
   and a quantizer told only about MatMul used to leave every dense layer float.
-  Softmax stays float so probabilities keep their precision.
+  Softmax and the model's outputs stay float, so probabilities and regression
+  values keep their precision.
 * ``dynamic``: weights int8, activations quantized at run time
   (MatMulInteger/ConvInteger); no calibration data needed.  ONNX Runtime has no
   dynamic Gemm, so constant-weight Gemms are rewritten as MatMul + Add first.
@@ -131,7 +132,7 @@ def quantize_onnx(
     float weight, or the model has none to quantize, this raises instead of
     returning a file that only claims to be int8.
     """
-    proto = _load(model, "the float model")
+    _load(model, "the float model")
     if not any(op for op in weight_ops(model)):
         raise ModelError(
             "the model has no Conv, Gemm or MatMul with a constant weight, so int8 would "
@@ -146,7 +147,7 @@ def quantize_onnx(
         raise ModelError(f"unknown quantization mode {mode!r}; use 'static' or 'dynamic'")
     with tempfile.TemporaryDirectory(prefix="edgefleet-quant-") as tmp:
         src, pre, out = (Path(tmp) / n for n in ("float.onnx", "pre.onnx", "int8.onnx"))
-        src.write_bytes(proto.SerializeToString())
+        src.write_bytes(model)
         try:
             _pre_process(src, pre)
             if feeds is None:
