@@ -331,3 +331,17 @@ def test_a_torch_style_cnn_is_int8_everywhere_and_keeps_float_logits() -> None:
         < logits.mean_abs_error
         < 0.05 * float(np.abs(quantize.run_onnx(model, x)["logits"]).mean())
     )
+
+
+def test_quantize_checked_returns_the_file_and_its_manifest_record(float_model: bytes) -> None:
+    int8, record = quantize.quantize_checked(
+        float_model, calibration(), min_top1=0.9, top1_outputs=["probs"]
+    )
+    assert record.method == "static-qdq" and record.calibration_samples == SAMPLES
+    assert record.int8_ops == quantize.int8_op_counts(int8) and record.per_channel
+    assert record.agreement is not None and record.agreement.min_top1 == 0.9
+    assert [o.name for o in record.agreement.outputs] == ["probs", "value"]
+    _, dynamic = quantize.quantize_checked(float_model, calibration(), mode="dynamic", min_top1=0.9)
+    assert dynamic.method == "dynamic-range" and dynamic.calibration_samples is None
+    with pytest.raises(ModelError, match=r"need 100.0%\); calibrate on more representative"):
+        quantize.quantize_checked(float_model, calibration(), min_top1=1.0)

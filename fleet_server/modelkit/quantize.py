@@ -38,7 +38,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet_contract.errors import ModelError, PackageError
-from edgefleet_contract.package import Agreement, ModelPackage, OutputAgreement
+from edgefleet_contract.package import Agreement, ModelPackage, OutputAgreement, Quantization
 
 __all__ = [
     "DEFAULT_MIN_TOP1",
@@ -54,6 +54,8 @@ __all__ = [
     "compare_outputs",
     "float_weight_ops",
     "int8_op_counts",
+    "quantization_record",
+    "quantize_checked",
     "quantize_onnx",
     "require_agreement",
     "run_onnx",
@@ -555,6 +557,45 @@ def agreement(
     feeds = calibration_feeds(float_model, samples)
     return compare_outputs(
         run_onnx(float_model, feeds), run_onnx(int8_model, feeds), top1_outputs=top1_outputs
+    )
+
+
+def quantize_checked(
+    float_model: bytes,
+    calibration: Feeds,
+    *,
+    mode: QuantizeMode = "static",
+    per_channel: bool = True,
+    min_top1: float = DEFAULT_MIN_TOP1,
+    top1_outputs: Collection[str] | None = None,
+) -> tuple[bytes, Quantization]:
+    """Quantize, measure float-vs-int8 agreement on ``calibration``, refuse below
+    ``min_top1``: the int8 file and the manifest's record of it, in one call (what a
+    packer needs; dynamic mode uses the samples only for the agreement)."""
+    int8 = quantize_onnx(float_model, calibration, mode=mode, per_channel=per_channel)
+    found = agreement(float_model, int8, calibration, top1_outputs=top1_outputs)
+    record = quantization_record(
+        int8, require_agreement(found, min_top1), mode=mode, per_channel=per_channel
+    )
+    return int8, record
+
+
+def quantization_record(
+    int8_model: bytes,
+    found: Agreement,
+    *,
+    mode: QuantizeMode = "static",
+    per_channel: bool = True,
+) -> Quantization:
+    """The manifest's ``quantization`` for an ONNX file this module quantized."""
+    static = mode == "static"
+    return Quantization(
+        dtype="int8",
+        method="static-qdq" if static else "dynamic-range",
+        calibration_samples=found.samples if static else None,
+        per_channel=per_channel,
+        int8_ops=int8_op_counts(int8_model),
+        agreement=found,
     )
 
 
