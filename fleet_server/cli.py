@@ -6,9 +6,11 @@ configuration (the message names the field), 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -17,8 +19,21 @@ from edgefleet_contract import logs
 from edgefleet_contract.cli import daemon_options
 from edgefleet_contract.cli import run as run_cli
 from edgefleet_contract.config import load_cli_settings
+from edgefleet_contract.errors import BrokerError
 
 from .config import ServerSettings
+
+
+@contextlib.contextmanager
+def data_dir_errors(data_dir: Path) -> Iterator[None]:
+    """An OS error under the data directory is one line and exit 2, not a traceback."""
+    from .preflight import data_dir_error
+
+    try:
+        yield
+    except OSError as exc:
+        raise data_dir_error(data_dir, exc) from None
+
 
 settings_options = daemon_options(
     config_help="fleet.toml (settings; FLEET_* environment variables override it).",
@@ -40,7 +55,8 @@ def init(config: Path | None, data_dir: Path | None, admin_password_stdin: bool)
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
     password = sys.stdin.readline().rstrip("\n") if admin_password_stdin else None
-    generated = initialize(settings, admin_password=password)
+    with data_dir_errors(settings.data_dir):
+        generated = initialize(settings, admin_password=password)
     click.echo(f"fleet initialized in {settings.data_dir}")
     offline = settings.data_dir / "offline"
     if any(offline.glob("root-key-*.pem")):
@@ -63,16 +79,21 @@ def run(config: Path | None, data_dir: Path | None) -> None:
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
     logs.configure(settings.log_level, "text")
-    server = FleetServer(settings)
+    with data_dir_errors(settings.data_dir):
+        server = FleetServer(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server.start()
+    with data_dir_errors(settings.data_dir):
+        server.start()
     click.echo(f"fleet server running; API {settings.api_url}  (Ctrl-C to stop)")
     try:
-        stop.wait()
+        while not (stop.wait(0.5) or server.failed.is_set()):
+            pass
     finally:
         server.stop()
+    if server.failure:
+        raise BrokerError(f"fleet server stopped: {server.failure}")
 
 
 @cli.command()
