@@ -19,7 +19,7 @@ from edgefleet_contract import logs
 from edgefleet_contract.cli import daemon_options
 from edgefleet_contract.cli import run as run_cli
 from edgefleet_contract.config import load_cli_settings
-from edgefleet_contract.errors import BrokerError
+from edgefleet_contract.errors import BrokerError, ConfigError
 
 from .config import ServerSettings
 
@@ -94,6 +94,56 @@ def run(config: Path | None, data_dir: Path | None) -> None:
         server.stop()
     if server.failure:
         raise BrokerError(f"fleet server stopped: {server.failure}")
+
+
+@cli.group()
+def users() -> None:
+    """Local account recovery on the server host (no login needed).
+
+    \b
+    Example:
+      fleet-server users reset-password admin --data-dir /var/lib/edgefleet
+    """
+
+
+@users.command("reset-password")
+@settings_options
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from stdin.")
+@click.option("--enable", is_flag=True, help="Also enable the user if it was disabled.")
+def reset_password_cmd(
+    config: Path | None, data_dir: Path | None, username: str, password_stdin: bool, enable: bool
+) -> None:
+    """Set a user's password and end its sessions and tokens.
+
+    Works on the data directory directly, so it needs no admin login; run it as the
+    user that owns the data directory.  Without --password-stdin a password is
+    generated and shown once.
+
+    \b
+    Example:
+      echo 'a-new-long-password' | fleet-server users reset-password admin --password-stdin
+    """
+    from .local_accounts import reset_password
+    from .preflight import check_data_dir
+    from .store import open_store
+
+    settings = load_cli_settings(ServerSettings, config, data_dir)
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    with data_dir_errors(settings.data_dir):
+        check_data_dir(settings.data_dir, create=False)
+        if not settings.database.exists():
+            raise ConfigError(f"{settings.data_dir} has no database; run `fleet-server init` first")
+        store = open_store(settings.database)
+        try:
+            done = reset_password(store, username, password, enable=enable)
+        finally:
+            store.close()
+    click.echo(f"password of {done.username!r} reset; {done.tokens_revoked} session(s) ended")
+    if done.enabled:
+        click.echo(f"{done.username!r} is enabled again")
+    if done.generated:
+        click.echo(f"new password (shown once, change it): {done.generated}")
 
 
 @cli.command()

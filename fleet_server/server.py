@@ -17,11 +17,11 @@ from pathlib import Path
 
 import uvicorn
 
-from edgefleet_contract.errors import ConfigError
+from edgefleet_contract.errors import ConfigError, NotFound
 from edgefleet_contract.mqtt import Endpoint, TlsFiles
 
 from .api import ApiContext, create_app
-from .auth import hash_password
+from .auth import hash_password, verify_password
 from .broker import BrokerLayout, ManagedBroker
 from .config import SERVER_IDENTITY, ServerSettings
 from .enrollment import Enrollment
@@ -110,12 +110,34 @@ def initialize(settings: ServerSettings, *, admin_password: str | None = None) -
     store = open_store(settings.database)
     try:
         if store.list_users():
+            _keep_admin_password(store, settings, admin_password)
             return None
         password = admin_password or secrets.token_urlsafe(12)
         store.create_user("admin", role="admin", password_hash=hash_password(password), now=now)
         return None if admin_password else password
     finally:
         store.close()
+
+
+def _keep_admin_password(store: Store, settings: ServerSettings, password: str | None) -> None:
+    """An initialized dir keeps its users; a different admin password asked for is an error.
+
+    Re-running ``init`` is how missing certificates are re-made, so it succeeds, but it
+    must not say "initialized" while the password the operator typed was ignored.
+    """
+    if password is None:
+        return
+    try:
+        current = store.get_user("admin").password_hash
+    except NotFound:
+        current = None
+    if current is not None and verify_password(password, current):
+        return  # already what was asked for
+    raise ConfigError(
+        f"{settings.data_dir} is already initialized and its admin password was NOT changed; "
+        f"to set it: fleet-server users reset-password admin --password-stdin "
+        f"--data-dir {settings.data_dir}"
+    )
 
 
 def _is_ip(value: str) -> bool:
