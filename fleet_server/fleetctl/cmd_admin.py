@@ -18,6 +18,7 @@ def users() -> None:
 @users.command("list")
 @pass_ctx
 def users_list(ctx: Ctx) -> None:
+    """List users with their roles (admin)."""
     emit(
         ctx.client.get("/users"),
         as_json=ctx.as_json,
@@ -36,6 +37,7 @@ def users_list(ctx: Ctx) -> None:
 @click.option("--password-stdin", is_flag=True)
 @pass_ctx
 def users_add(ctx: Ctx, username: str, role: str, password_stdin: bool) -> None:
+    """Add a user with a role (admin); the password is asked for or read from stdin."""
     password = (
         sys.stdin.readline().rstrip("\n")
         if password_stdin
@@ -51,6 +53,7 @@ def users_add(ctx: Ctx, username: str, role: str, password_stdin: bool) -> None:
 @click.option("--disable/--enable", default=None)
 @pass_ctx
 def users_set(ctx: Ctx, username: str, role: str | None, disable: bool | None) -> None:
+    """Change a user's role, or disable or enable it (admin)."""
     out = ctx.client.patch(f"/users/{username}", {"role": role, "disabled": disable})
     emit(out, as_json=ctx.as_json)
 
@@ -79,6 +82,7 @@ def tokens_create(ctx: Ctx, name: str, ttl_days: int | None) -> None:
 @tokens.command("list")
 @pass_ctx
 def tokens_list(ctx: Ctx) -> None:
+    """List API tokens: yours, or everyone's for an admin."""
     emit(
         ctx.client.get("/tokens"),
         as_json=ctx.as_json,
@@ -97,6 +101,7 @@ def tokens_list(ctx: Ctx) -> None:
 @click.argument("token_id")
 @pass_ctx
 def tokens_revoke(ctx: Ctx, token_id: str) -> None:
+    """Revoke an API token; requests with it fail from now on."""
     ctx.client.delete(f"/tokens/{token_id}")
     click.echo(f"token {token_id} revoked")
 

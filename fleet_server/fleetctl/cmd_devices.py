@@ -126,8 +126,9 @@ def groups(ctx: Ctx, device_id: str, groups: tuple[str, ...]) -> None:
 @pass_ctx
 def revoke(ctx: Ctx, device_id: str, yes: bool) -> None:
     """Revoke a device: its certificates go on the CRL and it cannot enroll again."""
-    if not yes:
-        click.confirm(f"revoke {device_id}? it will be cut off from the broker", abort=True)
+    if not yes and not click.confirm(f"revoke {device_id}? it will be cut off from the broker"):
+        click.echo(f"{device_id} not revoked")
+        return
     out = ctx.client.post(f"/devices/{device_id}/revoke")
     emit(out, as_json=ctx.as_json, columns=DEVICE_COLUMNS)
 

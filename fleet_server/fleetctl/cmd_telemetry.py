@@ -42,6 +42,7 @@ def telemetry() -> None:
 @click.option("--raw", is_flag=True, help="Raw batches instead of per-minute rollups.")
 @pass_ctx
 def show(ctx: Ctx, device_id: str, since: str, raw: bool) -> None:
+    """Per-minute telemetry of one device (inferences, errors, latency, drift)."""
     now = time.time()
     out = ctx.client.get(
         f"/devices/{device_id}/telemetry",
@@ -60,6 +61,7 @@ def show(ctx: Ctx, device_id: str, since: str, raw: bool) -> None:
 @click.option("--since", default="1h", show_default=True)
 @pass_ctx
 def aggregate(ctx: Ctx, selector: str, since: str) -> None:
+    """Per-minute telemetry summed over the devices a selector chooses."""
     now = time.time()
     out = ctx.client.get(
         "/telemetry/aggregate", selector=selector, since=now - _ago(since), until=now
@@ -83,6 +85,7 @@ def commands() -> None:
 @click.option("--args", "args_json", default="{}", help="JSON object of arguments.")
 @pass_ctx
 def send(ctx: Ctx, device_id: str, name: str, args_json: str) -> None:
+    """Send a command to a device; the device answers in `commands list`."""
     try:
         args = json.loads(args_json)
     except ValueError as exc:
@@ -97,6 +100,7 @@ def send(ctx: Ctx, device_id: str, name: str, args_json: str) -> None:
 @click.argument("device_id")
 @pass_ctx
 def list_(ctx: Ctx, device_id: str) -> None:
+    """Commands sent to a device, newest first, with the device's answers."""
     emit(
         ctx.client.get(f"/devices/{device_id}/commands"),
         as_json=ctx.as_json,
