@@ -99,7 +99,7 @@ def test_operator_starts_a_rollout_in_the_form_and_watches_it_complete(
     expect(alert).to_contain_text("The plan was refused (422)")
     expect(alert).to_contain_text("waves")
     shot(page, "rollout-create")
-    assert fleet.api.get("/rollouts") == []  # nothing was created
+    assert fleet.api.get("/rollouts")["items"] == []  # nothing was created
 
     page.get_by_label("Waves").fill("50%,100%")
     page.get_by_label("Waves").press("Enter")  # the keyboard submits the form

@@ -153,3 +153,29 @@ def test_machine_formats_round_trip(fmt: str) -> None:
         output.set_format("table")
     loaded = json.loads(text) if fmt == "json" else yaml.safe_load(text)
     assert loaded == {"a": 1.5, "b": [1, 2]}
+
+
+def test_every_list_has_one_envelope(fleet: FleetServer) -> None:
+    import httpx
+
+    from .harness import admin_token
+
+    api = fleet.settings.api_url
+    headers = {"Authorization": f"Bearer {admin_token(api)}"}
+    httpx.post(f"{api}/api/v1/devices", headers=headers, json={"id": "env-1"}).raise_for_status()
+    lists = [
+        "/devices",
+        "/devices/env-1/commands",
+        "/rollouts",
+        "/training/runs",
+        "/users",
+        "/tokens",
+        "/audit",
+        "/artifacts",
+    ]
+    for path in lists:
+        r = httpx.get(f"{api}/api/v1{path}", headers=headers)
+        assert r.status_code == 200, (path, r.text)
+        body = r.json()
+        assert isinstance(body, dict) and {"items", "total"} <= set(body), path
+        assert isinstance(body["items"], list) and body["total"] >= len(body["items"]), path

@@ -30,7 +30,9 @@ from .schemas import (
     DevicePage,
     DevicePatch,
     EnrollmentTokenOut,
+    Items,
     TwinOut,
+    items,
 )
 
 log = logging.getLogger(__name__)
@@ -179,15 +181,15 @@ def send_command(
     return CommandOut(**vars(record))
 
 
-@router.get("/{device_id}/commands", response_model=list[CommandOut])
+@router.get("/{device_id}/commands", response_model=Items[CommandOut])
 def list_commands(
     device_id: str,
     limit: int = Query(50, ge=1, le=500),
     who: Principal = Depends(require("viewer")),
     c: ApiContext = Depends(ctx),
-) -> list[CommandOut]:
+) -> Items[CommandOut]:
     c.store.get_device(device_id)
-    return [CommandOut(**vars(r)) for r in c.store.list_commands(device_id, limit=limit)]
+    return items([CommandOut(**vars(r)) for r in c.store.list_commands(device_id, limit=limit)])
 
 
 def _send(c: ApiContext, device_id: str, command: Command, who: Principal) -> CommandRecord:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
@@ -89,6 +90,26 @@ class DeviceOut(BaseModel):
             health=r.health if r else None,
             twin=twin_status(d.desired, r),
         )
+
+
+T = TypeVar("T")
+
+
+class Items(BaseModel, Generic[T]):
+    """The one envelope of every list the API answers: ``{"items": [...], "total": N}``.
+
+    ``total`` counts what matched (more than ``items`` when a limit cut the list),
+    so a client can tell a complete list from a first page.  Paged lists
+    (devices) add their ``offset`` and ``limit``.
+    """
+
+    items: list[T]
+    total: int
+
+
+def items(rows: Sequence[T], total: int | None = None) -> Items[T]:
+    """Wrap ``rows``; ``total`` defaults to their number (a list no limit cut)."""
+    return Items[T](items=list(rows), total=len(rows) if total is None else total)
 
 
 class DevicePage(BaseModel):

@@ -7,7 +7,7 @@ import sys
 import click
 
 from .cli import Ctx, pass_ctx
-from .output import emit, when
+from .output import emit, emit_items, when
 
 
 @click.group()
@@ -19,9 +19,9 @@ def users() -> None:
 @pass_ctx
 def users_list(ctx: Ctx) -> None:
     """List users with their roles (admin)."""
-    emit(
+    emit_items(
         ctx.client.get("/users"),
-        as_json=ctx.as_json,
+        title="users",
         columns=[
             ("username", "USER"),
             ("role", "ROLE"),
@@ -83,9 +83,9 @@ def tokens_create(ctx: Ctx, name: str, ttl_days: int | None) -> None:
 @pass_ctx
 def tokens_list(ctx: Ctx) -> None:
     """List API tokens: yours, or everyone's for an admin."""
-    emit(
+    emit_items(
         ctx.client.get("/tokens"),
-        as_json=ctx.as_json,
+        title="tokens",
         columns=[
             ("id", "ID"),
             ("username", "USER"),

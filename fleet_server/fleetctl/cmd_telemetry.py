@@ -9,7 +9,7 @@ import time
 import click
 
 from .cli import Ctx, pass_ctx
-from .output import emit
+from .output import emit, emit_items
 
 ROLLUP_COLUMNS = [
     ("minute", "MINUTE"),
@@ -101,9 +101,9 @@ def send(ctx: Ctx, device_id: str, name: str, args_json: str) -> None:
 @pass_ctx
 def list_(ctx: Ctx, device_id: str) -> None:
     """Commands sent to a device, newest first, with the device's answers."""
-    emit(
+    emit_items(
         ctx.client.get(f"/devices/{device_id}/commands"),
-        as_json=ctx.as_json,
+        title="commands",
         columns=[
             ("id", "ID"),
             ("name", "NAME"),

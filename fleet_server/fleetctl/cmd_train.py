@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .cli import Ctx, pass_ctx
-from .output import emit
+from .output import emit, emit_items
 
 RUN_COLUMNS = [
     ("id", "RUN"),
@@ -119,11 +119,7 @@ def list_runs(ctx: Ctx, status: str | None) -> None:
     """Federated training runs, newest first, with their best round."""
     params = {"status": status} if status else {}
     runs = ctx.client.get("/training/runs", **params)
-    emit(
-        runs if ctx.as_json else [_summary(r) for r in runs],
-        as_json=ctx.as_json,
-        columns=RUN_COLUMNS,
-    )
+    emit_items(runs, columns=RUN_COLUMNS, title="training runs", row=_summary)
 
 
 def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:

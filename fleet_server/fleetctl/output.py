@@ -17,7 +17,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -93,6 +93,23 @@ def emit(
     if title:
         click.echo(title)
     sys.stdout.write(render_table(rows, columns, width=width))
+
+
+def emit_items(
+    page: dict[str, Any],
+    *,
+    columns: Sequence[tuple[str, str]],
+    title: str = "",
+    row: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
+    """Print a list the API answered (``{"items", "total"}``): the envelope as it is for
+    json/yaml, a table of its items (each shaped by ``row``) otherwise."""
+    if machine_readable():
+        sys.stdout.write(dump(page))
+        return
+    rows = [row(r) for r in page["items"]] if row else page["items"]
+    shown = f" (showing {len(rows)})" if page["total"] > len(rows) else ""
+    emit(rows, columns=columns, title=f"{page['total']} {title}{shown}" if title else "")
 
 
 def dump(data: Any) -> str:

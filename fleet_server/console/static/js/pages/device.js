@@ -156,7 +156,7 @@ export async function mount(root, ctx) {
       { title: 'By', cell: (c) => c.actor },
       { title: 'Status', cell: (c) => status(c.status) },
       { title: 'Detail', cell: (c) => c.detail || '' },
-    ], commands, { empty: 'No commands yet.' }));
+    ], commands.items, { empty: 'No commands yet.' }));
     replace(updBox, table([
       { title: 'When', cell: (u) => fmtTime(u.ts), class: 'nowrap' },
       { title: 'Kind', cell: (u) => u.kind },

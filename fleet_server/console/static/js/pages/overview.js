@@ -68,7 +68,7 @@ async function sectionCard(path) {
 async function activeRollouts() {
   let rows;
   try {
-    rows = await api('/rollouts', { query: { limit: 200 } });
+    ({ items: rows } = await api('/rollouts', { query: { limit: 200 } }));
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) return null;
     return notice(err.message, 'error');

@@ -48,7 +48,7 @@ export async function mount(root, ctx) {
   async function refresh() {
     let rows;
     try {
-      rows = await api('/rollouts', { query: { status: only, limit: 200 } });
+      ({ items: rows } = await api('/rollouts', { query: { status: only, limit: 200 } }));
     } catch (err) {
       replace(out, notice(err.message, 'error'));
       return;

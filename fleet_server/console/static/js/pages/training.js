@@ -87,7 +87,7 @@ export async function mount(root, ctx) {
   replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Training runs')), out);
   async function refresh() {
     try {
-      const runs = await api('/training/runs', { query: { limit: 100 } });
+      const { items: runs } = await api('/training/runs', { query: { limit: 100 } });
       if (ctx.alive()) replace(out, runsTable(runs));
     } catch (err) {
       replace(out, notice(err.message, 'error'));
