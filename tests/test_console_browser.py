@@ -319,7 +319,8 @@ def test_models_page_lists_registered_versions(fleet: ConsoleFleet, page: Page) 
     expect(row).to_contain_text("1.0.0")
     expect(row).to_contain_text("onnx-int8")
     expect(row).to_contain_text("upload")
-    expect(page.locator("button")).to_have_count(1)  # only "Log out": a viewer pushes nothing
+    # Only "Log out" (the narrow-screen "Menu" button is hidden here): a viewer pushes nothing.
+    expect(page.locator("button:visible")).to_have_count(1)
     shot(page, "models")
 
 
@@ -331,3 +332,80 @@ def test_logout_ends_the_session(fleet: ConsoleFleet, page: Page) -> None:
     assert status == 401
     page.goto(f"{fleet.url}/console/#/devices")
     expect(page.get_by_label("Username")).to_be_visible()
+
+
+NARROW = {"width": 390, "height": 844}
+LAPTOP = {"width": 1366, "height": 768}
+
+NO_PAGE_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth + 1"
+OVERLAPS = """(selector) => {
+  const boxes = [...document.querySelectorAll(selector)].map((e) => e.getBoundingClientRect());
+  let n = 0;
+  boxes.forEach((a, i) => boxes.slice(i + 1).forEach((b) => {
+    const apart = a.right - 1 <= b.left || b.right - 1 <= a.left
+      || a.bottom - 1 <= b.top || b.bottom - 1 <= a.top;
+    if (!apart) n += 1;
+  }));
+  return n;
+}"""
+SPILLS = """() => {
+  const out = (e) => e.getBoundingClientRect().right > window.innerWidth + 1;
+  const cards = [...document.querySelectorAll(
+    '.panel, .results, .kpi, .chart, .wave, .search, .facts')];
+  // A table may be wider than the screen, but only inside a card that scrolls it.
+  const tables = [...document.querySelectorAll('table.grid')].map((t) => {
+    const box = t.closest('.results, .panel');
+    return !box || getComputedStyle(box).overflowX === 'visible' ? t : box;
+  });
+  return [...cards, ...tables].filter(out).map((e) => e.className || e.tagName);
+}"""
+
+
+@pytest.fixture(params=[NARROW, LAPTOP], ids=["390x844", "1366x768"])
+def sized(browser: object, request: pytest.FixtureRequest) -> Iterator[Page]:
+    context = browser.new_context(viewport=request.param)  # type: ignore[attr-defined]
+    p = context.new_page()
+    p.set_default_timeout(WAIT_MS)
+    try:
+        yield p
+    finally:
+        context.close()
+
+
+def test_every_screen_fits_phone_and_laptop_widths(fleet: ConsoleFleet, sized: Page) -> None:
+    page = sized
+    narrow = page.viewport_size == NARROW
+    fleet.start_agents()
+    login(page, fleet.url, "admin", ADMIN_PASSWORD)
+    toggle = page.get_by_role("button", name="Menu")
+    if narrow:  # the sidebar is folded into a menu
+        expect(page.locator("#nav")).to_be_hidden()
+        toggle.click()
+        expect(toggle).to_have_attribute("aria-expanded", "true")
+        page.locator("#nav").get_by_role("link", name="Devices").click()
+        expect(page.locator("#nav")).to_be_hidden()  # choosing a section closes it
+        expect(page.locator("#device-count")).to_be_visible()
+    else:
+        expect(toggle).to_be_hidden()
+        expect(page.locator("#nav")).to_be_visible()
+    size = "narrow" if narrow else "laptop"
+    screens = [
+        ("overview", ".kpi"),
+        ("devices", ".results"),
+        (f"devices/{fleet.agent_ids[0]}", "figure.chart"),
+        ("devices/cam-03", ".panel"),
+        ("training/run-7f3a", "figure.chart"),
+        ("artifacts", ".results"),
+        ("users", ".panel"),
+        ("audit", "table.grid"),
+    ]
+    for route, ready in screens:
+        page.goto(f"{fleet.url}/console/#/{route}")
+        expect(page.locator(ready).first).to_be_visible()
+        page.wait_for_timeout(200)  # the page's first refresh lays out
+        assert page.evaluate(NO_PAGE_SCROLL), f"{route}: the page scrolls sideways at {size}"
+        assert page.evaluate(SPILLS) == [], f"{route}: cards or tables spill out at {size}"
+        assert page.evaluate(OVERLAPS, ".kpi") == 0, f"{route}: cards overlap at {size}"
+        assert page.evaluate(OVERLAPS, "figure.chart") == 0, f"{route}: charts overlap"
+        if route in ("overview", "devices", f"devices/{fleet.agent_ids[0]}"):
+            shot(page, f"{size}-{route.split('/')[0]}")

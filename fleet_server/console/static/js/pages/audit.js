@@ -17,7 +17,7 @@ export async function mount(root, ctx) {
     location.hash = link('audit', { actor: input.value.trim() });
   });
   const pager = h('nav', { class: 'pager', 'aria-label': 'Pages' });
-  const out = h('div');
+  const out = h('div', { class: 'results' });
   replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Audit log')), form, pager, out);
 
   async function refresh() {
