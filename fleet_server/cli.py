@@ -78,7 +78,7 @@ def run(config: Path | None, data_dir: Path | None) -> None:
     from .server import FleetServer
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
-    logs.configure(settings.log_level, "text")
+    logs.configure(settings.log_level, settings.log_format)
     with data_dir_errors(settings.data_dir):
         server = FleetServer(settings)
     stop = threading.Event()
