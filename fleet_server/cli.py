@@ -178,5 +178,29 @@ def demo(
         sys.exit(code)
 
 
+SERVER_EXTRA = ("fastapi", "uvicorn", "sqlite_utils")
+
+
+def missing_server_extra() -> str | None:
+    """The first server dependency that is not installed (an agent-only install), or None."""
+    import importlib
+
+    for name in SERVER_EXTRA:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return name
+    return None
+
+
 def main() -> None:
+    missing = missing_server_extra()
+    if missing is not None:
+        click.echo(
+            f"fleet-server needs the server extra ({missing} is not installed): "
+            "pip install 'edgefleet[server]'. This looks like a device install; "
+            "devices run edge-agent.",
+            err=True,
+        )
+        sys.exit(2)
     run_cli(cli)
