@@ -409,3 +409,107 @@ def test_every_screen_fits_phone_and_laptop_widths(fleet: ConsoleFleet, sized: P
         assert page.evaluate(OVERLAPS, "figure.chart") == 0, f"{route}: charts overlap"
         if route in ("overview", "devices", f"devices/{fleet.agent_ids[0]}"):
             shot(page, f"{size}-{route.split('/')[0]}")
+
+
+def _push_once(fleet: ConsoleFleet, name: str) -> dict[str, object]:
+    """Register a package from models/dist, or find it registered by an earlier test."""
+    import httpx
+
+    path = Path(__file__).resolve().parent.parent / "models" / "dist" / name
+    try:
+        return fleet.push_model(path)
+    except httpx.HTTPStatusError as exc:
+        assert exc.response.status_code == 409, exc.response.text
+    listed = httpx.get(
+        f"{fleet.url}/api/v1/artifacts", headers=fleet.headers, params={"limit": 1000}
+    ).json()["items"]
+    import hashlib
+
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return next(a for a in listed if a["sha256"] == sha)
+
+
+def test_screens_say_what_is_true(fleet: ConsoleFleet, page: Page) -> None:
+    import time
+
+    from edgefleet_contract.messages import ModelRef, ReportedState
+    from fleet_server.store.training import RoundRecord
+
+    store = fleet.server.store
+    # A finished run whose accuracy moved 0.95 -> 0.97 and whose candidate lost to its parent.
+    now = time.time()
+    store.create_training_run(
+        "run-close", {"model": "digits", "rounds": 3}, actor="otto", now=now - 300
+    )
+    for n, acc in enumerate((0.95, 0.96, 0.97), start=1):
+        store.complete_round(
+            RoundRecord(
+                run_id="run-close",
+                round=n,
+                loss=0.2 - n / 100,
+                accuracy=acc,
+                participants=["cam-01", "cam-02"],
+                failures={},
+                rejected={},
+                bytes_out=1,
+                bytes_in=1,
+                wall_s=0.1,
+                ts=now - 300 + 30 * n,
+            ),
+            b"weights",
+        )
+    result = {
+        "version": "1.5.0",
+        "parent": "digits@1.4.0",
+        "accuracy": 0.95,
+        "baseline_accuracy": 0.96,
+        "beats_parent": False,
+        "handed_over": False,
+    }
+    store.set_training_status("run-close", "completed", now=now, result=result)
+
+    login(page, fleet.url, "otto", OPERATOR_PASSWORD)  # an operator: may stop a live run
+    page.goto(f"{fleet.url}/console/#/training")
+    row = page.locator(".results tbody tr", has_text="run-close")
+    expect(row).to_contain_text("1.5.0 not registered did not beat the parent (0.95 vs 0.96)")
+    page.goto(f"{fleet.url}/console/#/training/run-close")
+    chart = page.locator("figure.chart", has_text="Accuracy")
+    expect(chart.locator("path.line")).to_have_attribute("data-points", "3")
+    expect(page.get_by_role("button", name="Stop run")).to_be_hidden()  # the run is finished
+    ticks = chart.locator("text.tick").all_text_contents()
+    y_ticks = [float(t) for t in ticks if not t.startswith("round")]
+    assert min(y_ticks) > 0.9 and max(y_ticks) < 0.99, y_ticks  # fitted, not a 0-1 axis
+    assert len(set(y_ticks)) == len(y_ticks), y_ticks  # neighbouring ticks differ
+
+    # One flavour of a version runs: only that package says so.
+    onnx = _push_once(fleet, "digits-1.0.0-onnx-int8.efpkg")
+    _push_once(fleet, "digits-1.0.0-tflite-int8.efpkg")
+    before = store.get_device("cam-01")
+    store.set_reported(
+        "cam-01",
+        ReportedState(
+            device_id="cam-01",
+            ts=now,
+            agent_version="0.1.0",
+            health="ok",
+            model=ModelRef(
+                name="digits", version="1.0.0", sha256=str(onnx["sha256"]), runtime="onnx"
+            ),
+        ),
+        now,
+    )
+    try:
+        page.goto(f"{fleet.url}/console/#/artifacts")
+        rows = page.locator(".results tbody tr", has_text="digits")
+        expect(rows.filter(has_text="onnx-int8").filter(has_text="1.0.0").first).to_contain_text(
+            "1 device ("
+        )
+        tflite = rows.filter(has_text="tflite-int8").filter(has_text="1.0.0").first
+        expect(tflite).to_contain_text("no device")
+    finally:
+        if before.reported is not None:
+            store.set_reported("cam-01", before.reported, now)
+
+    # Overview: the minute in progress is left out, so no line ends in a drop to zero.
+    page.goto(f"{fleet.url}/console/#/overview")
+    expect(page.locator(".panel", has_text="complete minutes")).to_be_visible()

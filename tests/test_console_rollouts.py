@@ -109,7 +109,7 @@ def test_operator_starts_a_rollout_in_the_form_and_watches_it_complete(
     expect(waves).to_have_count(3)
     for i, size in enumerate((1, 1, 2)):
         expect(waves.nth(i)).to_have_attribute("data-state", "passed")
-        expect(waves.nth(i).locator(".bar-value")).to_have_text(f"{size}/{size}")
+        expect(waves.nth(i).locator(".bar-value")).to_have_text(f"{size}/{size} updated")
         expect(waves.nth(i).locator(".gates li.pass")).to_have_count(3)
     expect(waves.nth(0).locator(".gates")).to_contain_text("error_rate 0 < 0.05")
     outcomes = page.locator("table.grid").first.locator("tbody tr")

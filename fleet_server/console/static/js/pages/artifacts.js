@@ -49,15 +49,18 @@ export async function mount(root, ctx) {
       return;
     }
     if (!ctx.alive()) return;
+    // A model version comes in several flavours (packages): count the devices per exact
+    // package, so only the flavour that runs says so.
     const runs = new Map([
-      ...summary.by_model.map((b) => [`model:${b.key}`, b]),
+      ...(summary.by_model_sha256 || []).map((b) => [`sha:${b.key}`, b]),
       ...summary.by_firmware.map((b) => [`firmware:${b.key}`, b]),
     ]);
+    const plural = (n) => `${n} device${n === 1 ? '' : 's'}`;
     const where = (a) => {
-      const key = a.kind === 'model' ? `model:${a.name}@${a.version}` : `firmware:${a.version}`;
-      const b = runs.get(key);
+      const b = runs.get(a.kind === 'model' ? `sha:${a.sha256}` : `firmware:${a.version}`);
       if (!b) return h('span', { class: 'muted' }, 'no device');
-      return h('a', { href: link('devices', { selector: key }) }, `${b.total} devices (${b.online} online)`);
+      const selector = a.kind === 'model' ? `model:${a.name}@${a.version}` : `firmware:${a.version}`;
+      return h('a', { href: link('devices', { selector }) }, `${plural(b.total)} (${b.online} online)`);
     };
     count.textContent = `${page.total} artifacts`;
     replace(out, table([

@@ -20,7 +20,8 @@ export function meter(done, total, failed, label) {
 export function progress(r) {
   return h('div', { class: 'progress', title: `${r.succeeded} of ${r.devices} updated, ${r.failed} failed` },
     meter(r.succeeded, r.devices, r.failed, `progress of ${r.id}`),
-    h('span', { class: 'bar-value' }, `${r.succeeded}/${r.devices}`, r.failed ? ` · ${r.failed} failed` : ''));
+    h('span', { class: 'bar-value', title: `${r.succeeded} of ${r.devices} devices updated` },
+      `${r.succeeded}/${r.devices} updated`, r.failed ? ` · ${r.failed} failed` : ''));
 }
 
 export function rolloutLink(r) {
