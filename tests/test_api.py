@@ -292,7 +292,7 @@ def test_every_mutating_request_is_audited_once(env: tuple[TestClient, Store, Ou
     assert store.list_audit(limit=1).total - before == len(calls)
     assert [e.outcome for e in entries] == ["ok"] * 5 + ["failed", "ok", "denied"]
     assert [e.detail["status"] for e in entries][-3:] == [404, 201, 403]
-    assert entries[1].target == "device_id=a1" and entries[1].role == "operator"
+    assert entries[1].target == "device:a1" and entries[1].role == "operator"
     assert all(e.source_ip == "testclient" and e.detail["request_id"] for e in entries)
     assert client.get("/api/v1/devices", headers=operator).status_code == 200
     assert store.list_audit(limit=1).total - before == len(calls)  # reads are not audited

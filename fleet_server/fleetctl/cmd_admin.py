@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
 from .cli import Ctx, pass_ctx
+from .cmd_telemetry import ago_seconds
 from .output import emit, emit_items, when
 
 
@@ -107,26 +109,48 @@ def tokens_revoke(ctx: Ctx, token_id: str) -> None:
 
 
 @click.command()
-@click.option("--actor", default=None)
+@click.option("--actor", default=None, help="Only what this user did.")
+@click.option("--action", default=None, help="Only this action, e.g. create_rollout.")
+@click.option("--object", "object_", default=None, help="Only entries about it: rollout:ro-7.")
+@click.option("--outcome", type=click.Choice(["ok", "denied", "failed", "error"]), default=None)
+@click.option("--since", default=None, help="How far back: 30m, 6h, 2d.")
+@click.option("--until", default=None, help="Up to this long ago: 1h.")
 @click.option("--limit", default=50, show_default=True)
 @pass_ctx
-def audit(ctx: Ctx, actor: str | None, limit: int) -> None:
-    """Show the audit log (admin)."""
-    page = ctx.client.get("/audit", actor=actor, limit=limit)
-    if ctx.as_json:
-        emit(page, as_json=True)
-        return
-    emit(
-        page["items"],
-        as_json=False,
+def audit(
+    ctx: Ctx,
+    actor: str | None,
+    action: str | None,
+    object_: str | None,
+    outcome: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+) -> None:
+    """Show the audit log (admin): who did what to which object, the outcome and why."""
+    now = time.time()
+    page = ctx.client.get(
+        "/audit",
+        actor=actor,
+        action=action,
+        object=object_,
+        outcome=outcome,
+        since=now - ago_seconds(since) if since else None,
+        until=now - ago_seconds(until) if until else None,
+        limit=limit,
+    )
+    emit_items(
+        page,
+        title="audit entries",
+        row=lambda e: {**e, "reason": (e.get("detail") or {}).get("reason")},
         columns=[
             ("ts", "WHEN"),
             ("actor", "WHO"),
-            ("role", "ROLE"),
             ("action", "ACTION"),
-            ("target", "TARGET"),
-            ("source_ip", "FROM"),
+            ("target", "OBJECT"),
             ("outcome", "OUTCOME"),
+            ("reason", "REASON"),
+            ("source_ip", "FROM"),
         ],
     )
 

@@ -24,7 +24,7 @@ ROLLUP_COLUMNS = [
 ]
 
 
-def _ago(text: str) -> float:
+def ago_seconds(text: str) -> float:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
     if m is None:
         raise click.BadParameter(f"{text!r}: use a duration like 30m, 6h or 2d")
@@ -46,7 +46,7 @@ def show(ctx: Ctx, device_id: str, since: str, raw: bool) -> None:
     now = time.time()
     out = ctx.client.get(
         f"/devices/{device_id}/telemetry",
-        since=now - _ago(since),
+        since=now - ago_seconds(since),
         until=now,
         resolution="raw" if raw else "minute",
     )
@@ -64,7 +64,7 @@ def aggregate(ctx: Ctx, selector: str, since: str) -> None:
     """Per-minute telemetry summed over the devices a selector chooses."""
     now = time.time()
     out = ctx.client.get(
-        "/telemetry/aggregate", selector=selector, since=now - _ago(since), until=now
+        "/telemetry/aggregate", selector=selector, since=now - ago_seconds(since), until=now
     )
     emit(
         out if ctx.as_json else out["rollups"],

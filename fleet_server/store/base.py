@@ -103,6 +103,18 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class AuditFilter:
+    """Which audit entries to list; every field left None matches all."""
+
+    action: str | None = None
+    target: str | None = None
+    """Entries whose object contains this, e.g. ``rollout:ro-7`` or ``device:``."""
+    outcome: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True)
 class RollupRow:
     device_id: str
     minute: float
@@ -261,7 +273,12 @@ class Store(Protocol):
     # audit
     def append_audit(self, entry: AuditEntry) -> None: ...
     def list_audit(
-        self, *, offset: int = 0, limit: int = 100, actor: str | None = None
+        self,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        actor: str | None = None,
+        filters: AuditFilter | None = None,
     ) -> Page[AuditEntry]: ...
     # console views (store/overview.py)
     def fleet_summary(
