@@ -291,6 +291,16 @@ def test_admin_manages_users_tokens_and_reads_audit(fleet: ConsoleFleet, page: P
     expect(page.locator("td", has_text="patch_user").first).to_be_visible()
     expect(page.locator("td", has_text="logout").first).to_be_visible()
     shot(page, "audit")
+    # Filter by object and time: only what was done to ines, with the object named.
+    page.get_by_label("Object").fill("user:ines")
+    page.get_by_label("When").select_option("3600")
+    page.get_by_role("button", name="Filter").click()
+    rows = page.locator(".results tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("patch_user")
+    expect(rows.nth(1)).to_contain_text("create_user")
+    expect(rows.locator("code", has_text="user:ines")).to_have_count(2)
+    assert "object=user%3Aines" in page.url and "within=3600" in page.url  # a shareable link
     page.goto(f"{fleet.url}/console/#/rollouts")
     expect(page.locator("#rollout-list")).to_contain_text("No rollout yet")
     expect(page.locator("#create-rollout > summary")).to_have_text("New rollout")  # an admin
