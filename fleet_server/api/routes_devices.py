@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import secrets
 import shlex
@@ -10,12 +11,12 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import ValidationError
 
-from edgefleet_contract.errors import EdgefleetError, LinkError
+from edgefleet_contract.errors import ContractError, EdgefleetError, LinkError
 from edgefleet_contract.messages import Command, DesiredState, TargetRef
 
 from ..auth import Principal
 from ..selector import parse as parse_selector
-from ..store.base import CommandRecord
+from ..store.base import CommandRecord, Device
 from ..twin import desired_command, target_ref, twin_status
 from .context import ApiContext
 from .deps import ctx, require
@@ -166,7 +167,7 @@ def send_command(
     who: Principal = Depends(require("operator")),
     c: ApiContext = Depends(ctx),
 ) -> CommandOut:
-    c.store.get_device(device_id)
+    _check_declared(c.store.get_device(device_id), body.name)
     if c.commands is None:
         raise LinkError(_NO_BROKER)
     now = c.clock()
@@ -190,6 +191,23 @@ def list_commands(
 ) -> Items[CommandOut]:
     c.store.get_device(device_id)
     return items([CommandOut(**vars(r)) for r in c.store.list_commands(device_id, limit=limit)])
+
+
+def _check_declared(device: Device, name: str) -> None:
+    """Refuse a command the device has said it does not know (its reported capabilities).
+
+    A device that has not reported yet is given the benefit of the doubt: it answers
+    an unknown command with "rejected" itself.
+    """
+    declared = device.reported.capabilities if device.reported else []
+    if not declared or name in declared:
+        return
+    close = difflib.get_close_matches(name, declared, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    known = ", ".join(c for c in declared if ":" not in c)
+    raise ContractError(
+        f"{device.id} does not know the command {name!r}{hint} (it declares: {known})"
+    )
 
 
 def _send(c: ApiContext, device_id: str, command: Command, who: Principal) -> CommandRecord:
