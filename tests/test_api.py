@@ -279,7 +279,7 @@ def test_every_mutating_request_is_audited_once(env: tuple[TestClient, Store, Ou
         ("POST", "/api/v1/devices", {"id": "a1", "tags": {"site": "x"}}),
         ("PATCH", "/api/v1/devices/a1", {"groups": ["canary"]}),
         ("POST", "/api/v1/devices/a1/token", None),
-        ("PUT", "/api/v1/devices/a1/twin/desired", {"config": {"k": 1}}),
+        ("PUT", "/api/v1/devices/a1/twin/desired", {"config": {"telemetry_interval_s": 1}}),
         ("POST", "/api/v1/devices/a1/commands", {"name": "reboot"}),
         ("POST", "/api/v1/devices/missing/commands", {"name": "reboot"}),
         ("POST", "/api/v1/tokens", {"name": "ci"}),
@@ -380,7 +380,10 @@ def test_twin_desired_state_commands_and_no_broker(
     r = client.put(
         "/api/v1/devices/w1/twin/desired",
         headers=operator,
-        json={"model": {"name": "digits", "version": "1.2.0"}, "config": {"rate": 5}},
+        json={
+            "model": {"name": "digits", "version": "1.2.0"},
+            "config": {"telemetry_interval_s": 5},
+        },
     )
     assert r.status_code == 200, r.text
     desired = r.json()["desired"]

@@ -11,13 +11,14 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import ValidationError
 
+from edgefleet_contract.desired_config import check_config
 from edgefleet_contract.errors import ContractError, EdgefleetError, LinkError
 from edgefleet_contract.messages import Command, DesiredState, TargetRef
 
 from ..auth import Principal
 from ..selector import parse as parse_selector
 from ..store.base import CommandRecord, Device
-from ..twin import desired_command, target_ref, twin_status
+from ..twin import desired_command, target_ref, twin_refusal, twin_status
 from .context import ApiContext
 from .deps import ctx, require
 from .schemas import (
@@ -120,6 +121,7 @@ def get_twin(
         desired=d.desired,
         reported=d.reported,
         reported_at=d.reported_at,
+        refusal=twin_refusal(d, c.store.list_commands(device_id, limit=20)),
     )
 
 
@@ -135,6 +137,8 @@ def set_desired(
     The state is stored even when the device or the broker is away: the
     reconciler sends it again when the device comes back online.
     """
+    check_config(body.config)
+    _check_registered(c, body)
     try:
         desired = DesiredState(
             version=c.store.next_desired_version(device_id),
@@ -152,6 +156,26 @@ def set_desired(
     except LinkError as exc:
         log.warning("desired state for %s stored but not sent yet: %s", device_id, exc)
     return get_twin(device_id, who, c)
+
+
+def _check_registered(c: ApiContext, body: DesiredIn) -> None:
+    """A model or firmware named by version alone must be in the registry.
+
+    (One given with its own TUF ``target`` path is the caller's to vouch for.)
+    """
+    if c.registry is None:
+        return
+    for kind, given in (("model", body.model), ("firmware", body.firmware)):
+        if given is None or given.target is not None:
+            continue
+        items, _ = c.registry.search(kind=kind, name=given.name, limit=1000)
+        versions = sorted({a.version for a in items})
+        if given.version not in versions:
+            have = ", ".join(versions) or "none"
+            raise ContractError(
+                f"{kind} {given.name}@{given.version} is not registered (registered versions "
+                f"of {given.name}: {have}); push it first: fleetctl {kind}s push FILE"
+            )
 
 
 def _artifact(kind: Literal["model", "firmware"], given: ArtifactIn | None) -> TargetRef | None:

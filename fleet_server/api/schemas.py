@@ -146,6 +146,9 @@ class TwinOut(BaseModel):
     desired: DesiredState | None
     reported: ReportedState | None
     reported_at: float | None
+    refusal: str | None = None
+    """Why the device did not take the newest desired state (its answer, or its update's
+    error); None when it took it or has not answered yet."""
 
 
 class ArtifactIn(BaseModel):

@@ -149,6 +149,8 @@ def twin_show(ctx: Ctx, device_id: str) -> None:
         return
     desired, reported = out["desired"] or {}, out["reported"] or {}
     click.echo(f"{device_id}: {out['status']}")
+    if out.get("refusal"):
+        click.echo(f"  REFUSED by the device (v{desired.get('version')}): {out['refusal']}")
     click.echo(f"  desired (v{desired.get('version', 0)}):")
     click.echo(f"    model:    {_artifact(desired.get('model'))}")
     click.echo(f"    firmware: {_artifact(desired.get('firmware'))}")
