@@ -519,6 +519,34 @@ def test_screens_say_what_is_true(fleet: ConsoleFleet, page: Page) -> None:
         if before.reported is not None:
             store.set_reported("cam-01", before.reported, now)
 
+    # A device's refusal of its desired state is on its page, not only in the commands.
+    from edgefleet_contract.messages import DesiredState
+    from fleet_server.store.base import CommandRecord
+
+    version = store.next_desired_version("sensor-0001")
+    store.set_desired("sensor-0001", DesiredState(version=version))
+    store.add_command(
+        CommandRecord(
+            id="c-refused",
+            device_id="sensor-0001",
+            name="set_desired",
+            args={"version": version},
+            created_at=now,
+            actor="otto",
+        )
+    )
+    store.ack_command(
+        "c-refused",
+        device_id="sensor-0001",
+        status="failed",
+        detail="storage is read-only",
+        ts=now,
+    )
+    page.goto(f"{fleet.url}/console/#/devices/sensor-0001")
+    expect(page.locator("#twin-refusal")).to_have_text(
+        f"The device refused desired version {version}: failed: storage is read-only"
+    )
+
     # Overview: the minute in progress is left out, so no line ends in a drop to zero.
     page.goto(f"{fleet.url}/console/#/overview")
     expect(page.locator(".panel", has_text="complete minutes")).to_be_visible()
