@@ -4,15 +4,13 @@ has not declared (``rebot``) is refused before it is sent, naming the close matc
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-from agent.commands import CommandRouter, Outcome
-from edgefleet_contract.messages import ReportedState
+from agent.commands import Outcome
 from fleet_server.server import FleetServer
 
 from .fleetctl_kit import fleetctl, login_admin
-from .harness import fleet_link, wait_for
+from .harness import answering_device
 
 
 def test_send_waits_for_the_answer_and_unknown_commands_are_refused(
@@ -20,28 +18,13 @@ def test_send_waits_for_the_answer_and_unknown_commands_are_refused(
 ) -> None:
     login_admin(fleet.settings.api_url)
     assert fleetctl(["devices", "add", "cmd-1"])[0] == 0
-    link = fleet_link(fleet, tmp_path / "cmd-1", "cmd-1", on_command=lambda c: router.submit(c))
-    router = CommandRouter("cmd-1", link.ack_command)
-    router.register("reboot", lambda c: Outcome(True, "rebooting in 5 s"))
-    router.register("crash", lambda c: Outcome(False, "cannot crash on purpose"))
-    router.start()
-    link.start()
-    try:
-        link.report(
-            ReportedState(
-                device_id="cmd-1",
-                ts=time.time(),
-                agent_version="test",
-                capabilities=[*router.names, "predict", "runtime:onnx"],
-            )
-        )
-        wait_for(
-            lambda: (
-                (d := fleet.store.get_device("cmd-1")).reported is not None
-                and "reboot" in d.reported.capabilities
-            ),
-            what="the device's capabilities",
-        )
+    handlers = {
+        "reboot": lambda c: Outcome(True, "rebooting in 5 s"),
+        "crash": lambda c: Outcome(False, "cannot crash on purpose"),
+    }
+    with answering_device(
+        fleet, tmp_path / "cmd-1", "cmd-1", handlers, features=("predict", "runtime:onnx")
+    ):
         code, out, err = fleetctl(["commands", "send", "cmd-1", "reboot", "--wait"])
         assert code == 0, err
         assert "cmd-1 answered reboot" in out and "done: rebooting in 5 s" in out
@@ -54,9 +37,6 @@ def test_send_waits_for_the_answer_and_unknown_commands_are_refused(
         assert "runtime:onnx" not in err  # features are not offered as commands
         listed = fleet.store.list_commands("cmd-1")
         assert "rebot" not in [c.name for c in listed]  # refused before it was sent
-    finally:
-        link.stop()
-        router.stop()
 
 
 def test_wait_gives_up_on_a_silent_device(fleet: FleetServer, fleetctl_config: Path) -> None:

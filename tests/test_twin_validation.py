@@ -5,15 +5,13 @@ refusal is shown by ``twin show`` instead of hiding behind "pending"."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-from agent.commands import CommandRouter, Outcome
-from edgefleet_contract.messages import ReportedState
+from agent.commands import Outcome
 from fleet_server.server import FleetServer
 
 from .fleetctl_kit import fleetctl, login_admin
-from .harness import fleet_link, wait_for
+from .harness import answering_device, wait_for
 
 DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
 
@@ -51,18 +49,8 @@ def test_the_device_refusal_is_shown_by_twin_show(
 ) -> None:
     login_admin(fleet.settings.api_url)
     assert fleetctl(["devices", "add", "tv-2"])[0] == 0
-    link = fleet_link(fleet, tmp_path / "tv-2", "tv-2", on_command=lambda c: router.submit(c))
-    router = CommandRouter("tv-2", link.ack_command)
-    router.register("set_desired", lambda c: Outcome(False, "storage is read-only"))
-    router.start()
-    link.start()
-    try:
-        link.report(
-            ReportedState(
-                device_id="tv-2", ts=time.time(), agent_version="test", capabilities=router.names
-            )
-        )
-        wait_for(lambda: fleet.store.get_device("tv-2").reported is not None, what="a report")
+    refuse = {"set_desired": lambda c: Outcome(False, "storage is read-only")}
+    with answering_device(fleet, tmp_path / "tv-2", "tv-2", refuse):
         code, _, err = fleetctl(["twin", "set", "tv-2", "--config", "telemetry_interval_s=5"])
         assert code == 0, err
         wait_for(
@@ -73,6 +61,3 @@ def test_the_device_refusal_is_shown_by_twin_show(
         assert "REFUSED by the device (v1): failed: storage is read-only" in out
         code, out, _ = fleetctl(["twin", "show", "tv-2", "-o", "json"])
         assert json.loads(out)["refusal"] == "failed: storage is read-only"
-    finally:
-        link.stop()
-        router.stop()
