@@ -319,7 +319,7 @@ class FleetServer:
 
     def _revoked_ids(self) -> list[str]:
         page = self.store.list_devices(limit=1_000_000)
-        return [d.id for d in page.items if d.state == "revoked"]
+        return [d.id for d in page.items if d.state in ("revoked", "decommissioned")]
 
     # ------------------------------------------------------------ lifecycle --
 

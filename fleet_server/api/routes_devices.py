@@ -110,6 +110,21 @@ def revoke(
     return DeviceOut.of(c.store.get_device(device_id))
 
 
+@router.delete("/{device_id}", response_model=DeviceOut)
+def decommission(
+    device_id: str, who: Principal = Depends(require("operator")), c: ApiContext = Depends(ctx)
+) -> DeviceOut:
+    """Take a device out of service: revoke it (certificates on the CRL, cut off from the
+    broker), keep its history, and free its id for a replacement (``POST /devices``)."""
+    device = c.store.get_device(device_id)
+    if device.state == "decommissioned":
+        return DeviceOut.of(device)
+    if device.state != "revoked":
+        c.enrollment.revoke(device_id)
+    c.store.decommission_device(device_id)
+    return DeviceOut.of(c.store.get_device(device_id))
+
+
 @router.get("/{device_id}/twin", response_model=TwinOut)
 def get_twin(
     device_id: str, who: Principal = Depends(require("viewer")), c: ApiContext = Depends(ctx)

@@ -133,6 +133,28 @@ def revoke(ctx: Ctx, device_id: str, yes: bool) -> None:
     emit(out, as_json=ctx.as_json, columns=DEVICE_COLUMNS)
 
 
+@devices.command()
+@click.argument("device_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def delete(ctx: Ctx, device_id: str, yes: bool) -> None:
+    """Decommission a device: revoke it, keep its history, free its id for a replacement.
+
+    Its certificates stay on the CRL; `fleetctl devices add` with the same id then
+    makes a new device (a new enrollment token) with that history before it.
+    """
+    if not yes and not click.confirm(
+        f"decommission {device_id}? it is revoked and its id freed for a replacement"
+    ):
+        click.echo(f"{device_id} not decommissioned")
+        return
+    out = ctx.client.delete(f"/devices/{device_id}")
+    if ctx.as_json:
+        emit(out, as_json=True)
+        return
+    click.echo(f"{device_id} decommissioned: revoked, history kept, id free to add again")
+
+
 @click.group()
 def twin() -> None:
     """Desired and reported state."""

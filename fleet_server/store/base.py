@@ -20,7 +20,9 @@ T = TypeVar("T")
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
-DeviceState = Literal["pending", "enrolled", "revoked"]
+DeviceState = Literal["pending", "enrolled", "revoked", "decommissioned"]
+"""``decommissioned``: revoked and taken out of service; its history stays and its id may
+be added again (its old certificates stay on the CRL)."""
 
 
 @dataclass(frozen=True)
@@ -188,8 +190,11 @@ class Store(Protocol):
     # devices
     def create_device(
         self, device_id: str, *, name: str, tags: dict[str, str], now: float
-    ) -> None: ...
+    ) -> bool:
+        """True when the id was a decommissioned device's, now taken over."""
+        ...
     def get_device(self, device_id: str) -> Device: ...
+    def decommission_device(self, device_id: str) -> None: ...
     def list_devices(
         self,
         *,
