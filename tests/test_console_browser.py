@@ -9,6 +9,7 @@ when set (``make screenshots`` points it at docs/screenshots).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -417,8 +418,10 @@ def test_every_screen_fits_phone_and_laptop_widths(fleet: ConsoleFleet, sized: P
         assert page.evaluate(SPILLS) == [], f"{route}: cards or tables spill out at {size}"
         assert page.evaluate(OVERLAPS, ".kpi") == 0, f"{route}: cards overlap at {size}"
         assert page.evaluate(OVERLAPS, "figure.chart") == 0, f"{route}: charts overlap"
-        if route in ("overview", "devices", f"devices/{fleet.agent_ids[0]}"):
-            shot(page, f"{size}-{route.split('/')[0]}")
+        names = {"overview": "overview", "devices": "devices"}
+        names[f"devices/{fleet.agent_ids[0]}"] = "device"
+        if route in names:
+            shot(page, f"{size}-{names[route]}")
 
 
 def _push_once(fleet: ConsoleFleet, name: str) -> dict[str, object]:
@@ -547,6 +550,12 @@ def test_screens_say_what_is_true(fleet: ConsoleFleet, page: Page) -> None:
         f"The device refused desired version {version}: failed: storage is read-only"
     )
 
-    # Overview: the minute in progress is left out, so no line ends in a drop to zero.
+    # Overview: the minute in progress is left out, so no line ends in a drop to zero;
+    # the distribution figures say what they count.
     page.goto(f"{fleet.url}/console/#/overview")
     expect(page.locator(".panel", has_text="complete minutes")).to_be_visible()
+    by_model = page.locator(".panel", has_text="By model version")
+    expect(by_model.locator(".bars-key")).to_have_text("online / devices")
+    expect(by_model.locator(".bar-value").first).to_have_attribute(
+        "title", re.compile(r"^\d+ of \d+ devices online$")
+    )

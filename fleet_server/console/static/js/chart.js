@@ -103,7 +103,7 @@ export function lineChart(title, ts, series, opts = {}) {
 // Horizontal bars for a distribution: [{key, total, online}] with an optional link per row.
 export function bars(rows, { href } = {}) {
   const max = Math.max(1, ...rows.map((r) => r.total));
-  return h('ul', { class: 'bars' }, rows.map((r) => {
+  const list = h('ul', { class: 'bars' }, rows.map((r) => {
     const fill = h('span', { class: 'fill' });
     const on = h('span', { class: 'fill on' });
     fill.style.setProperty('width', `${(100 * r.total) / max}%`);
@@ -113,6 +113,9 @@ export function bars(rows, { href } = {}) {
     return h('li', {},
       h('span', { class: 'bar-label' }, label),
       h('span', { class: 'bar', 'aria-hidden': 'true' }, fill, on),
-      h('span', { class: 'bar-value' }, `${r.online}/${r.total}`));
+      h('span', { class: 'bar-value', title: `${r.online} of ${r.total} devices online` },
+        `${r.online}/${r.total}`));
   }));
+  // The figures are online/total: said once above the bars rather than on every row.
+  return h('div', {}, h('p', { class: 'bars-key muted' }, 'online / devices'), list);
 }
