@@ -35,7 +35,7 @@ def _tags(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @click.group()
 def devices() -> None:
-    """Enroll, list, tag and revoke devices."""
+    """Enroll, list, tag, revoke and decommission devices."""
 
 
 @devices.command("list")
