@@ -188,11 +188,10 @@ class RolloutEvent:
 
 class Store(Protocol):
     # devices
-    def create_device(
-        self, device_id: str, *, name: str, tags: dict[str, str], now: float
-    ) -> bool:
+    def create_device(self, device_id: str, *, name: str, tags: dict[str, str], now: float) -> bool:
         """True when the id was a decommissioned device's, now taken over."""
         ...
+
     def get_device(self, device_id: str) -> Device: ...
     def decommission_device(self, device_id: str) -> None: ...
     def list_devices(
