@@ -32,6 +32,7 @@ from edgefleet_contract.package import (
     pack_package,
     parse_package,
 )
+from edgefleet_contract.preprocess import feature_rows
 
 from . import onnx_export, tflite_export
 from .network import Network
@@ -133,9 +134,7 @@ def _rounded(value: np.float32) -> float:
 def apply_preprocessing(
     raw: npt.ArrayLike, preprocessing: Preprocessing
 ) -> npt.NDArray[np.float32]:
-    scale = np.asarray(preprocessing.scale, dtype=np.float32)
-    offset = np.asarray(preprocessing.offset, dtype=np.float32)
-    return np.asarray(np.asarray(raw, dtype=np.float32) * scale + offset, dtype=np.float32)
+    return feature_rows(raw, preprocessing)
 
 
 def run_model(runtime: str, model: bytes, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
