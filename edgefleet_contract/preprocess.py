@@ -307,9 +307,9 @@ def decode_image(data: bytes, *, max_bytes: int = 32 * 1024 * 1024) -> npt.NDArr
         ) from exc
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB" if img.mode not in ("L", "I;16", "I") else "L")
-            pixels = np.asarray(img, dtype=np.uint8)
+        with Image.open(io.BytesIO(data)) as opened:
+            converted = opened.convert("RGB" if opened.mode not in ("L", "I;16", "I") else "L")
+            pixels = np.asarray(converted, dtype=np.uint8)
     except Exception as exc:  # Pillow raises many types for bad files
         raise InputRejected(f"not a readable image file: {exc}") from exc
     return pixels[:, :, None] if pixels.ndim == 2 else pixels

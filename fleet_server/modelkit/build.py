@@ -82,7 +82,7 @@ def build_package(
     model = _export(network, runtime, dtype == "int8", x)
     produced = run_model(runtime, model, x)
     _check_export(flavor, produced, expected_float)
-    picks = _self_test_rows(produced, self_test_size)
+    picks = pick_self_test_rows(produced, self_test_size)
     files = {f"model.{runtime}": model}
     if trainable:
         files[WEIGHTS_NAME] = encode_weights(network.weights)
@@ -179,7 +179,7 @@ def _check_export(
         )
 
 
-def _self_test_rows(probabilities: npt.NDArray[np.float32], count: int) -> list[int]:
+def pick_self_test_rows(probabilities: npt.NDArray[np.float32], count: int) -> list[int]:
     """Round-robin over predicted classes, so every class is exercised, taking the earliest
     reference rows the model is sure of (no vector on a decision boundary where int8 noise
     could flip it).  Earliest, not most confident: a retrained head still classifies the
