@@ -74,8 +74,12 @@ class PackRequest:
     lineage: Lineage = field(default_factory=lambda: Lineage(source="pack"))
 
 
-def pack(request: PackRequest, progress: Progress = lambda _: None) -> ModelPackage:
-    """Pack, verify and (with ``output``) write; raise :class:`PackageError` naming the fix."""
+def pack(request: PackRequest, progress: Progress = lambda _: None) -> tuple[ModelPackage, Path]:
+    """Pack, verify and write; raise :class:`PackageError` naming the fix (and write nothing).
+
+    The package goes to ``request.output``, by default ``NAME-VERSION-FLAVOR.efpkg``
+    beside the model file; returns it as read back and where it went.
+    """
     spec = load_spec(request.spec)
     name = request.name or spec.name
     version = request.version or spec.version
@@ -132,14 +136,10 @@ def pack(request: PackRequest, progress: Progress = lambda _: None) -> ModelPack
     package = parse_package(package_bytes)
     progress("verifying the package as a device would (self-test on this runtime)")
     _verify_on_device_path(package)
-    if request.output is not None:
-        safezip.write_atomically(request.output, package_bytes)
-    return package
-
-
-def default_output(request: PackRequest, package: ModelPackage) -> Path:
     m = package.manifest
-    return request.model.with_name(f"{m.name}-{m.version}-{m.flavor}{SUFFIX}")
+    target = request.output or request.model.with_name(f"{m.name}-{m.version}-{m.flavor}{SUFFIX}")
+    safezip.write_atomically(target, package_bytes)
+    return package, target
 
 
 def _read_model(path: Path, max_bytes: int) -> bytes:
