@@ -161,6 +161,35 @@ class InferenceRecorder:
                         return
                 self._rows_seen = n + 1
 
+    def record_unclassified(
+        self, latency_s: float, row: npt.NDArray[np.floating[Any]] | None = None
+    ) -> None:
+        """One successful inference of a model without classes (regression, anomaly,
+        detection, raw tensors): latency and drift only, no confidence or class counts."""
+        with self._lock:
+            self._count += 1
+            if 0.0 <= latency_s < _MAX_LATENCY_S:
+                n = self._timed
+                self._timed = n + 1
+                self._lat_sum += latency_s
+                self._lat_max = max(self._lat_max, latency_s)
+                if n < self._lat_cap:
+                    self._lat[n] = latency_s
+                else:
+                    slot = int(self._random() * (n + 1))
+                    if slot < self._lat_cap:
+                        self._lat[slot] = latency_s
+            if row is not None and self._width:
+                n = self._rows_seen
+                slot = n if n < self._rows_cap else int(self._random() * (n + 1))
+                if slot < self._rows_cap:
+                    try:
+                        self._rows[slot] = row
+                    except ValueError:
+                        self.rejected_rows += 1
+                        return
+                self._rows_seen = n + 1
+
     def record_error(self) -> None:
         """An inference that failed (bad input, runtime error): counted, not timed."""
         with self._lock:

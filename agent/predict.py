@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract.errors import InputRejected, ModelError
+from edgefleet_contract.preprocess import decode_image
 
 from . import localclient
 from .config import AgentSettings
@@ -26,13 +27,32 @@ from .serving import ModelService, NoModel, describe, prediction_rows
 log = logging.getLogger(__name__)
 
 
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".bmp": "image/bmp",
+    ".webp": "image/webp",
+}
+
+
 def predict_file(settings: AgentSettings, file: Path, model: Path | None) -> dict[str, object]:
-    rows = read_file(file)
-    batch = rows.reshape(1, -1) if rows.ndim == 1 else rows
+    """Predict the rows (``.npy``/``.csv``/``.json``) or the image file ``file``."""
+    image = IMAGE_TYPES.get(file.suffix.lower())
+    if image is not None:
+        body = _read_image(file)
+        batch: npt.NDArray[Any] = decode_image(body)
+    else:
+        rows = read_file(file)
+        batch = rows.reshape(1, -1) if rows.ndim == 1 else rows
     tried = ""
     if model is None and settings.local_api.enabled:
         where = localclient.address(settings.local_api, settings.data_dir)
         try:
+            if image is not None:
+                return _answer(
+                    where, *localclient.request(where, "POST", "/v1/predict", body, image)
+                )
             return _via_daemon(where, batch, settings.local_api.max_batch)
         except NoModel as exc:
             tried = f"the daemon at {where} has no model ({exc}); "
@@ -46,8 +66,10 @@ def predict_file(settings: AgentSettings, file: Path, model: Path | None) -> dic
         )
     service = ModelService(settings.threads, recorder=None)
     loaded = service.replace(path)
-    out: list[dict[str, object]] = []
-    for start in range(0, len(batch), MAX_BATCH):
+    out: list[Any] = []
+    if loaded.runner is not None:  # a format-2 package: any task, named outputs
+        out = service.infer(batch)[0].results
+    for start in range(0, len(batch) if loaded.runner is None else 0, MAX_BATCH):
         out += prediction_rows(service.predict(batch[start : start + MAX_BATCH]))
     info = describe(loaded)
     return {
@@ -62,16 +84,30 @@ def _via_daemon(where: str, batch: npt.NDArray[Any], max_batch: int) -> dict[str
     model: object = None
     for start in range(0, len(batch), max_batch):
         status, doc = localclient.predict(where, np.asarray(batch[start : start + max_batch]))
-        detail = _detail(doc)
-        if status == 503:
-            raise NoModel(detail)
-        if status in (400, 413, 415, 422):
-            raise InputRejected(detail)
-        if status != 200 or not isinstance(doc, dict):
-            raise ModelError(f"the local API at {where} answered {status}: {detail}")
-        model = doc.get("model")
-        predictions += doc.get("predictions", [])
+        answer = _answer(where, status, doc)
+        model = answer["model"]
+        predictions += answer["predictions"]  # type: ignore[arg-type]
     return {"source": where, "model": model, "predictions": predictions}
+
+
+def _answer(where: str, status: int, doc: Any) -> dict[str, object]:
+    detail = _detail(doc)
+    if status == 503:
+        raise NoModel(detail)
+    if status in (400, 413, 415, 422):
+        raise InputRejected(detail)
+    if status != 200 or not isinstance(doc, dict):
+        raise ModelError(f"the local API at {where} answered {status}: {detail}")
+    return {"source": where, "model": doc.get("model"), "predictions": doc.get("predictions", [])}
+
+
+def _read_image(file: Path, max_bytes: int = 32 * 1024 * 1024) -> bytes:
+    try:
+        if file.stat().st_size > max_bytes:
+            raise InputRejected(f"{file}: over the {max_bytes}-byte image limit")
+        return file.read_bytes()
+    except OSError as exc:
+        raise InputRejected(f"cannot read {file}: {exc.strerror or exc}") from None
 
 
 def _detail(doc: object) -> str:
