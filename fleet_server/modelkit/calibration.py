@@ -45,7 +45,7 @@ def load_calibration(
         raw = _npz(path, inputs)
     elif path.suffix == ".csv":
         role, spec = inputs[0]
-        raw = {_only(inputs, path, "a .csv file"): _csv(path, role)}
+        raw = {_only(inputs, path, "a .csv file"): _csv(path, role, spec.features)}
     else:
         raise PackageError(
             f"calibration {path.name}: use a .npy, .npz or .csv file or a folder of images"
@@ -106,7 +106,9 @@ def _npz(path: Path, inputs: Sequence[tuple[InputRole, TensorSpec]]) -> Samples:
     return {n: arrays[n] for n in names}
 
 
-def _csv(path: Path, role: InputRole) -> npt.NDArray[np.float32]:
+def _csv(path: Path, role: InputRole, features: int) -> npt.NDArray[np.float32]:
+    """The declared feature columns, by name; undeclared, the numeric columns when there
+    are exactly as many as the model takes (an id or a label column is left out)."""
     with path.open(newline="") as fh:
         rows = list(csv.reader(fh))
     if len(rows) < 2:
@@ -122,7 +124,13 @@ def _csv(path: Path, role: InputRole) -> npt.NDArray[np.float32]:
             )
         columns = [header.index(f) for f in wanted]
     else:
-        columns = list(range(len(header)))
+        columns = [c for c in range(len(header)) if _numeric_column(rows[1:], c)]
+        if len(columns) != features:
+            raise PackageError(
+                f"calibration {path.name} has {len(columns)} numeric columns "
+                f"({[header[c] for c in columns]}), the model takes {features} features: "
+                "declare them in order with [inputs.NAME.preprocessing] features = [...]"
+            )
     try:
         values = [[float(row[c]) for c in columns] for row in rows[1:] if row]
     except (ValueError, IndexError) as exc:
@@ -131,6 +139,16 @@ def _csv(path: Path, role: InputRole) -> npt.NDArray[np.float32]:
             "declare the feature columns with [inputs.NAME] features = [...]"
         ) from exc
     return np.asarray(values, dtype=np.float32)
+
+
+def _numeric_column(rows: list[list[str]], column: int) -> bool:
+    try:
+        for row in rows[:50]:
+            if row:
+                float(row[column])
+    except (ValueError, IndexError):
+        return False
+    return True
 
 
 def _images(folder: Path, limit: int) -> list[npt.NDArray[np.uint8]]:

@@ -1,0 +1,108 @@
+"""The third-party models of the packer tests: files, spec files, labels, calibration.
+
+The CNN (``torch.onnx.export``) and the sensor models (skl2onnx) are committed
+under tests/data (``python -m models.thirdparty`` makes them); silero-vad's
+stateful model is read out of its PyPI wheel, which ``make setup`` downloads
+into .cache/wheels (without its dependencies).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+CNN = DATA / "digits_cnn_torch.onnx"
+CNN_IMAGES = DATA / "digits_images.npy"
+IFOREST = DATA / "sensor_iforest.onnx"
+CLASSIFIER = DATA / "sensor_classifier.onnx"
+SENSOR_CSV = DATA / "sensor_normal.csv"
+WHEELS = ROOT / ".cache" / "wheels"
+SILERO_MEMBER = "silero_vad/data/silero_vad.onnx"
+
+CNN_SPEC = """
+[inputs.image.preprocessing]
+scale = 0.00392156862745098
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+layout = "nchw"
+image = { height = 16, width = 16, channels = 3 }
+"""
+
+IFOREST_SPEC = """
+[task]
+output = "scores"
+higher_is_anomalous = false   # IsolationForest: lower scores are more anomalous
+threshold_quantile = 0.98
+[inputs.X.preprocessing]
+features = ["temperature_c", "vibration_mm_s", "current_a", "pressure_bar"]
+"""
+
+VAD_SPEC = """
+[task]
+kind = "regression"
+outputs = [{ name = "output", units = ["speech probability"] }]
+[inputs.input]
+shape = [1, 512]
+[inputs.state]
+role = "state"
+state_from = "stateN"
+shape = [2, 1, 128]
+[inputs.sr]
+role = "constant"
+value = [16000]
+[outputs.stateN]
+shape = [2, 1, 128]
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def digit_labels(folder: Path) -> Path:
+    return write(folder, "labels.txt", "\n".join(f"digit-{i}" for i in range(10)) + "\n")
+
+
+def digits_truth() -> np.ndarray:
+    """The true classes of the committed CNN calibration images (digits 1500..1699)."""
+    from sklearn.datasets import load_digits
+
+    return np.asarray(load_digits().target[1500:1700])
+
+
+def silero_model(folder: Path) -> Path:
+    """silero-vad's ONNX model taken from its wheel, or the test is skipped saying why."""
+    wheels = sorted(WHEELS.glob("silero_vad-*.whl"))
+    if not wheels:
+        pytest.skip(
+            f"no silero-vad wheel in {WHEELS}: `make thirdparty-wheels` downloads it from PyPI"
+        )
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        data = wheel.read(SILERO_MEMBER)
+    path = folder / "silero_vad.onnx"
+    path.write_bytes(data)
+    return path
+
+
+def audio(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
+    """16 kHz test audio: quiet noise, then a voiced, pitch-varying tone with harmonics."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    pitch = 140 + 40 * np.sin(2 * np.pi * 3 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / 16000
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 12)) * (t > seconds / 2)
+    return (0.2 * voiced + 0.005 * rng.normal(size=t.size)).astype(np.float32)
+
+
+def vad_calibration(folder: Path) -> Path:
+    chunks = audio()[: (32000 // 512) * 512].reshape(-1, 1, 512)
+    path = folder / "vad_calibration.npy"
+    np.save(path, chunks)
+    return path
