@@ -53,7 +53,7 @@ def _format2(tmp_path: Path) -> tuple[dict[str, object], dict[str, bytes]]:
 
 
 def test_a_newer_task_version_or_kind_is_refused_with_upgrade_the_agent(tmp_path: Path) -> None:
-    doc, members = _format2(tmp_path)
+    doc, _members = _format2(tmp_path)
     for change in ({"version": 2}, {"kind": "segmentation"}):
         bad = json.loads(json.dumps(doc))
         bad["task"].update(change)
@@ -85,7 +85,7 @@ def test_format_2_rules_name_the_tensor_at_fault(tmp_path: Path) -> None:
 def test_an_agent_that_reads_only_format_1_refuses_format_2_saying_upgrade(tmp_path: Path) -> None:
     from edgefleet_contract import safezip
 
-    _, members = _format2(tmp_path)
+    _format2(tmp_path)  # writes p.efpkg
     raw = (tmp_path / "p.efpkg").read_bytes()
     package = parse_package(raw)
     kind = safezip.ArchiveKind(noun="package", title="model package")
