@@ -319,3 +319,48 @@ def test_a_multi_input_model_needs_its_inputs_by_name(tmp_path: Path) -> None:
         m.infer([[1, 2, 3]])
     with pytest.raises(InputRejected, match=r"regression model with 2 data input\(s\)"):
         m.predict([[1, 2, 3]])
+
+
+def test_int8_packs_hold_int8_weights_and_record_their_agreement(tmp_path: Path) -> None:
+    from fleet_server.modelkit import quantize
+
+    out = tmp_path / "cnn-int8.efpkg"
+    code, stdout, err = fleetctl(
+        [
+            "models",
+            "pack",
+            str(CNN),
+            "--name",
+            "digits-torch",
+            "--version",
+            "1.0.0",
+            "--labels",
+            str(digit_labels(tmp_path)),
+            "--calibration",
+            str(CNN_IMAGES),
+            "--spec",
+            str(write(tmp_path, "cnn.toml", CNN_SPEC)),
+            "--quantize",
+            "int8",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0, err
+    package = read_package(out)
+    q = package.manifest.quantization
+    assert q.dtype == "int8" and q.method == "static-qdq" and q.int8_ops == {"Conv": 2, "Gemm": 2}
+    assert q.agreement is not None and q.agreement.top1 is not None and q.agreement.top1 >= 0.99
+    assert quantize.float_weight_ops(package.model_bytes) == []
+    assert package.size < (CNN.stat().st_size + 70_000) * 0.75  # int8 weights, not float
+    model = Model.load(out)
+    assert (model.predict(np.load(CNN_IMAGES)).classes == digits_truth()).mean() > 0.9
+    _refused(
+        tmp_path,
+        r"int8 quantization: the model has no Conv, Gemm or MatMul",
+        model=IFOREST,
+        calibration=SENSOR_CSV,
+        task="anomaly",
+        quantize="int8",
+        spec=write(tmp_path, "i.toml", IFOREST_SPEC),
+    )

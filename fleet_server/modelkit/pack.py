@@ -45,7 +45,7 @@ from edgefleet_contract.package import (
 from edgefleet_contract.preprocess import drift_view
 from edgefleet_contract.task import InputRole
 
-from . import packrun
+from . import packrun, quantize
 from .calibration import load_calibration
 from .inspect_model import ModelInfo, TensorInfo, inspect_model
 from .packspec import InputSpec, PackSpec, load_spec
@@ -94,7 +94,7 @@ def pack(request: PackRequest, progress: Progress = lambda _: None) -> tuple[Mod
     roles = [_role(t, spec.inputs.get(t.name)) for t in info.inputs]
     inputs = {t.name: _input_tensor(t, spec.inputs.get(t.name)) for t in info.inputs}
     mode = request.quantize or spec.quantize.mode
-    model_bytes, quantization = _quantize(info, data, mode)
+    _check_quantize(info, mode)
     if request.calibration is None:
         raise PackageError(
             "give --calibration samples (.npy/.npz/.csv or a folder of images): the self-test "
@@ -104,14 +104,25 @@ def pack(request: PackRequest, progress: Progress = lambda _: None) -> tuple[Mod
     data_roles = [(r, inputs[r.name]) for r in roles if r.role == "data"]
     samples = load_calibration(request.calibration, data_roles, limit=spec.calibration_samples)
     progress(f"running {request.model.name} on {len(next(iter(samples.values())))} samples")
-    session = packrun.Session(info.runtime, model_bytes, [t.name for t in info.outputs])
     quant_out = {t.name: t.quantization for t in info.outputs}
-    run = packrun.run_calibration(session, roles, inputs, quant_out, samples)
+    names = [t.name for t in info.outputs]
+
+    def run_on(model: bytes) -> packrun.Run:
+        session = packrun.Session(info.runtime, model, names)
+        return packrun.run_calibration(session, roles, inputs, quant_out, samples)
+
+    run = run_on(data)
     batched = any(inputs[r.name].batched for r, _ in data_roles)
     outputs = [_output_tensor(t, run, batched, spec) for t in info.outputs]
     labels = read_labels(request.labels, spec.labels)
     kind = request.task or spec.task.kind or ("classification" if labels else "tensors")
     task = build_task(kind, spec.task, roles, outputs, run, labels)
+    model_bytes, quantization = data, _file_quantization(info, data)
+    if mode == "int8" and info.runtime == "onnx":
+        progress(f"quantizing to int8 (static QDQ) on {len(run.feeds)} calibration batches")
+        model_bytes, quantization = _int8(data, run, task, spec)
+        run = run_on(model_bytes)
+        task = build_task(kind, spec.task, roles, outputs, run, labels)
     labels = labels or default_labels(task, outputs)
     progress("computing the self-test vectors and the drift reference")
     manifest = _manifest(
@@ -241,23 +252,55 @@ def _output_tensor(t: TensorInfo, run: packrun.Run, batched: bool, spec: PackSpe
     return _tensor(t, packrun.output_shape(t.shape, seen, t.name, batched))
 
 
-def _quantize(info: ModelInfo, data: bytes, mode: str) -> tuple[bytes, Quantization]:
-    if info.runtime == "tflite":
-        if mode == "int8" and not info.int8:
-            raise PackageError(
-                "--quantize int8 does not apply to TFLite files: they are packed as the "
-                "converter wrote them; convert with full-integer or dynamic-range quantization"
-            )
-        method = info.tflite_method
-        if method is None:
-            return data, Quantization(dtype="float32", method="none")
-        return data, Quantization(dtype="int8", method=method)  # type: ignore[arg-type]
-    if mode == "int8":
+def _check_quantize(info: ModelInfo, mode: str) -> None:
+    if info.runtime == "tflite" and mode == "int8" and not info.int8:
         raise PackageError(
-            "--quantize int8 for ONNX files is not available in this build; pack with "
-            "--quantize none"
+            "--quantize int8 does not apply to TFLite files: they are packed as the "
+            "converter wrote them; convert with full-integer or dynamic-range quantization"
         )
-    return data, Quantization(dtype="float32", method="none")
+    if info.runtime == "onnx" and mode == "int8" and info.int8:
+        raise PackageError(
+            "the ONNX file is quantized already; pack it with --quantize none, or give "
+            "the float model to quantize"
+        )
+
+
+def _file_quantization(info: ModelInfo, data: bytes) -> Quantization:
+    """What the file is as given: float, or int8 as its converter or quantizer wrote it
+    (an ONNX one must hold int8 weights for every Conv/Gemm/MatMul: the registry checks)."""
+    if info.runtime == "tflite" and info.tflite_method is not None:
+        return Quantization(dtype="int8", method=info.tflite_method)  # type: ignore[arg-type]
+    if info.runtime == "onnx" and info.int8:
+        left = quantize.float_weight_ops(data)
+        if left:
+            raise PackageError(
+                f"the ONNX file has quantize ops but {len(left)} weight op(s) with float "
+                f"weights ({', '.join(left[:3])}): give the float model and --quantize int8"
+            )
+        ops = quantize.int8_op_counts(data)
+        return Quantization(dtype="int8", method="static-qdq", int8_ops=ops)
+    return Quantization(dtype="float32", method="none")
+
+
+def _int8(data: bytes, run: packrun.Run, task: Any, spec: PackSpec) -> tuple[bytes, Quantization]:
+    """Static QDQ int8 calibrated on the run's own feeds, refused below the agreement."""
+    top1 = [task.output] if getattr(task, "kind", "") == "classification" else []
+    try:
+        int8 = quantize.quantize_onnx(
+            data, run.feeds, mode="static", per_channel=spec.quantize.per_channel
+        )
+        found = quantize.agreement(data, int8, run.feeds, top1_outputs=top1)
+        checked = quantize.require_agreement(found, spec.quantize.min_agreement)
+    except ModelError as exc:
+        raise PackageError(f"int8 quantization: {exc}") from exc
+    return int8, Quantization(
+        dtype="int8",
+        method="static-qdq",
+        calibration_samples=checked.samples,
+        per_channel=spec.quantize.per_channel,
+        int8_ops=quantize.int8_op_counts(int8),
+        agreement=checked,
+    )
 
 
 def _manifest(

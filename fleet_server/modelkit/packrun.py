@@ -32,6 +32,9 @@ class Run:
 
     fed: list[Arrays]
     outputs: list[Arrays]
+    feeds: list[Arrays]
+    """The tensors of each ``session.run`` (preprocessed, every input): what int8
+    calibration and the float-vs-int8 comparison run on."""
 
 
 class Session:
@@ -94,6 +97,7 @@ def run_calibration(
     }
     fed: list[Arrays] = []
     outs: list[Arrays] = []
+    calls: list[Arrays] = []
     for start in range(0, n, step):
         feeds: Arrays = dict(constants)
         for r in data:
@@ -113,6 +117,7 @@ def run_calibration(
             except InputRejected as exc:
                 raise PackageError(f"calibration sample {start}: {exc}") from exc
         feeds.update(current)
+        calls.append(feeds)
         result = {k: _dequantized(v, quant_out.get(k)) for k, v in session.run(feeds).items()}
         _check_finite(result, start)
         for k in range(len(next(iter(feeds.values()))) if batched else 1):
@@ -125,7 +130,7 @@ def run_calibration(
             r.name: np.asarray(result[r.state_from or ""], dtype=inputs[r.name].dtype)
             for r in state
         }
-    return Run(fed[:n], outs[:n])
+    return Run(fed[:n], outs[:n], calls)
 
 
 def _dequantized(x: npt.NDArray[Any], q: tuple[float, int] | None) -> npt.NDArray[Any]:
