@@ -325,7 +325,7 @@ def test_int8_packs_hold_int8_weights_and_record_their_agreement(tmp_path: Path)
     from fleet_server.modelkit import quantize
 
     out = tmp_path / "cnn-int8.efpkg"
-    code, stdout, err = fleetctl(
+    code, _, err = fleetctl(
         [
             "models",
             "pack",
