@@ -323,6 +323,41 @@ def test_models_page_lists_registered_versions(fleet: ConsoleFleet, page: Page) 
     shot(page, "models")
 
 
+def test_model_page_shows_the_task_and_every_tensor(
+    fleet: ConsoleFleet, page: Page, tmp_path: Path
+) -> None:
+    from fleet_server.modelkit.pack import PackRequest, pack
+
+    from .thirdparty_kit import IFOREST, IFOREST_SPEC, SENSOR_CSV, write
+
+    _, packed = pack(
+        PackRequest(
+            model=IFOREST,
+            name="pump-anomaly",
+            version="1.0.0",
+            task="anomaly",
+            calibration=SENSOR_CSV,
+            spec=write(tmp_path, "s.toml", IFOREST_SPEC),
+            output=tmp_path / "pump.efpkg",
+        )
+    )
+    pushed = fleet.push_model(packed)
+    login(page, fleet.url, "vera", VIEWER_PASSWORD)
+    page.locator("#nav").get_by_role("link", name="Models & firmware").click()
+    row = page.locator(".results tbody tr", has_text=str(pushed["target_path"]))
+    row.get_by_role("link", name="pump-anomaly").click()
+    expect(page.locator("h1")).to_have_text("pump-anomaly 1.0.0")
+    expect(page.locator("[data-task]")).to_have_text("anomaly")
+    expect(page.locator("main")).to_contain_text("higher_is_anomalous: false")
+    inputs = page.get_by_role("region", name="Inputs")
+    expect(inputs).to_contain_text("float32[batch, 4]")
+    expect(inputs).to_contain_text("features temperature_c, vibration_mm_s")
+    outputs = page.get_by_role("region", name="Outputs")
+    expect(outputs).to_contain_text("scores")
+    expect(outputs).to_contain_text("label")
+    shot(page, "model")
+
+
 def test_logout_ends_the_session(fleet: ConsoleFleet, page: Page) -> None:
     login(page, fleet.url, "admin", ADMIN_PASSWORD)
     page.get_by_role("button", name="Log out").click()
