@@ -167,8 +167,11 @@ def _registered(ctx: Ctx, spec: str) -> dict[str, Any]:
 
 def _echo_summary(doc: dict[str, Any]) -> None:
     task = doc["task"]
+    noise = {"kind", "version"} | (
+        {"threshold", "multi_label"} if not task.get("multi_label") else set()
+    )
     details = ", ".join(
-        f"{k}={v}" for k, v in task.items() if k not in ("kind", "version") and v not in (None, [])
+        f"{k}={v}" for k, v in task.items() if k not in noise and v not in (None, [], False)
     )
     click.echo(f"{doc['name']} {doc['version']}  {doc['flavor']}  format {doc['format']}")
     click.echo(
@@ -188,6 +191,17 @@ def _echo_summary(doc: dict[str, Any]) -> None:
                 click.echo(f"    preprocessing: {t['preprocessing']}")
     q = doc["quantization"]
     click.echo(f"quantization: {q['dtype']} ({q['method']})")
+    if q.get("int8_ops"):
+        ops = ", ".join(f"{op} x{n}" for op, n in q["int8_ops"].items())
+        click.echo(f"  int8 weights in: {ops}")
+    agreement = q.get("agreement")
+    if agreement:
+        for out in agreement["outputs"]:
+            top1 = f"top-1 {out['top1']:.1%}, " if out.get("top1") is not None else ""
+            click.echo(
+                f"  float vs int8 on {agreement['samples']} calibration samples, {out['name']}: "
+                f"{top1}max error {out['max_abs_error']:.3g}"
+            )
     if doc["labels"]:
         shown = ", ".join(doc["labels"][:10]) + (" ..." if len(doc["labels"]) > 10 else "")
         click.echo(f"labels ({len(doc['labels'])}): {shown}")
