@@ -364,3 +364,43 @@ def test_int8_packs_hold_int8_weights_and_record_their_agreement(tmp_path: Path)
         quantize="int8",
         spec=write(tmp_path, "i.toml", IFOREST_SPEC),
     )
+
+
+@pytest.mark.parametrize("flavor", ["tflite-float32", "tflite-int8"])
+def test_tflite_files_are_packed_as_their_converter_wrote_them(tmp_path: Path, flavor: str) -> None:
+    source = read_package(
+        Path(__file__).resolve().parent.parent / "models" / "dist" / f"digits-1.0.0-{flavor}.efpkg"
+    )
+    model = tmp_path / "digits.tflite"
+    model.write_bytes(source.model_bytes)
+    holdout = np.load(Path(__file__).resolve().parent / "data" / "digits_holdout.npz")
+    calib = tmp_path / "x.npy"
+    np.save(calib, holdout["x"][:200])
+    spec = write(tmp_path, "d.toml", "[inputs.features.preprocessing]\nscale = 0.0625\n")
+    labels = write(tmp_path, "l.txt", "\n".join(map(str, range(10))))
+    package, path = pack(
+        PackRequest(
+            model=model,
+            name="d",
+            version="1.0.0",
+            labels=labels,
+            calibration=calib,
+            spec=spec,
+            output=tmp_path / "d.efpkg",
+        )
+    )
+    m = package.manifest
+    assert m.flavor == flavor and m.runtime == "tflite"
+    assert m.quantization.method == ("dynamic-range" if flavor.endswith("int8") else "none")
+    served = Model.load(path).predict(holdout["x"]).classes
+    assert (served == holdout["y"]).mean() > 0.9
+    if flavor == "tflite-float32":
+        _refused(
+            tmp_path,
+            r"--quantize int8 does not apply to TFLite files",
+            model=model,
+            calibration=calib,
+            labels=labels,
+            spec=spec,
+            quantize="int8",
+        )

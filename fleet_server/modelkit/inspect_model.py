@@ -183,6 +183,8 @@ def _nodes(graph: Any) -> Iterator[Any]:
 def _inspect_tflite(data: bytes, filename: str) -> ModelInfo:
     from importlib import metadata
 
+    import numpy as np
+
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as exc:
@@ -207,7 +209,8 @@ def _inspect_tflite(data: bytes, filename: str) -> ModelInfo:
     outputs = tuple(_tflite_tensor(d) for d in interpreter.get_output_details())
     integer_io = any(t.quantization for t in (*inputs, *outputs))
     weights_int8 = any(
-        str(d["dtype"]).endswith("int8'>") and d["quantization"][0] > 0
+        np.dtype(d["dtype"]) == np.int8
+        and len(d.get("quantization_parameters", {}).get("scales", ())) > 0
         for d in interpreter.get_tensor_details()
     )
     method = "full-integer" if integer_io else ("dynamic-range" if weights_int8 else None)
