@@ -73,6 +73,27 @@ class TaskRunner:
     def run(
         self, inputs: Mapping[str, Any] | npt.ArrayLike, state: Arrays | None = None
     ) -> Inference:
+        feeds, views = self.feeds(inputs, state)
+        outputs = {name: self._float(name, v) for name, v in self._run(feeds).items()}
+        nxt = {
+            i.name: np.asarray(outputs[i.state_from or ""]).astype(
+                self._specs[i.name].dtype, copy=False
+            )
+            for i in self._state
+        }
+        sizes = {len(v) for v in views}
+        drift = np.concatenate(views, axis=1) if views and len(sizes) == 1 else None
+        results = interpret.results(self.task, outputs, self.manifest.labels)
+        confidence = classes = None
+        if isinstance(self.task, tasks.Classification) and not self.task.multi_label:
+            p = interpret.class_scores(self.task, outputs)
+            classes, confidence = p.argmax(axis=1), p.max(axis=1)
+        return Inference(outputs, results, nxt, drift, confidence, classes)
+
+    def feeds(
+        self, inputs: Mapping[str, Any] | npt.ArrayLike, state: Arrays | None = None
+    ) -> tuple[Arrays, list[npt.NDArray[np.float64]]]:
+        """Every runtime input of one call, and the drift features of its data inputs."""
         named = self._named(inputs)
         feeds: Arrays = dict(self._constants)
         views = []
@@ -89,23 +110,13 @@ class TaskRunner:
             )
             if role.drift != "none":
                 views.append(drift_view(raw, role.preprocessing, role.drift))
-        sizes = {len(v) for v in views}
         current = state if state is not None else self.initial_state()
         for role in self._state:
             value = current.get(role.name)
             if value is None:
                 raise InputRejected(f"no state for input {role.name!r}")
             feeds[role.name] = value
-        outputs = {name: self._float(name, v) for name, v in self._run(feeds).items()}
-        nxt = {i.name: np.asarray(outputs[i.state_from or ""]) for i in self._state}
-        nxt = {name: v.astype(self._specs[name].dtype, copy=False) for name, v in nxt.items()}
-        drift = np.concatenate(views, axis=1) if views and len(sizes) == 1 else None
-        results = interpret.results(self.task, outputs, self.manifest.labels)
-        confidence = classes = None
-        if isinstance(self.task, tasks.Classification) and not self.task.multi_label:
-            p = interpret.class_scores(self.task, outputs)
-            classes, confidence = p.argmax(axis=1), p.max(axis=1)
-        return Inference(outputs, results, nxt, drift, confidence, classes)
+        return feeds, views
 
     def _named(self, inputs: Mapping[str, Any] | npt.ArrayLike) -> Mapping[str, Any]:
         if isinstance(inputs, Mapping):
