@@ -28,7 +28,7 @@ MODULES = {
     "bench_rollouts": "Rollout throughput (issue: signed OTA)",
     "bench_ota_device": "OTA on the device: verification cost and delta bytes (issue: signed OTA)",
     "bench_simulator": "Fleet simulator at scale (issue: demo, simulator, benchmarks)",
-    "bench_byom": "Your own models: predict overhead, int8, pack time (issue: bring your own model)",
+    "bench_byom": "Your own models: predict overhead, int8, pack time (issue: your own model)",
 }
 
 
