@@ -67,7 +67,13 @@ def results(task: tasks.Task, outputs: Outputs, labels: Sequence[str]) -> list[d
 def _classification(
     task: tasks.Classification, outputs: Outputs, labels: Sequence[str]
 ) -> list[dict[str, Any]]:
-    p = class_scores(task, outputs)
+    return classification_results(task, class_scores(task, outputs), labels)
+
+
+def classification_results(
+    task: tasks.Classification, p: npt.NDArray[np.float32], labels: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The answers of a classifier from its class probabilities ``(n, classes)``."""
     if task.multi_label:
         return [
             {

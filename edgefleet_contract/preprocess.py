@@ -212,6 +212,20 @@ def _as_numbers(raw: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
 
 
 def _affine(x: npt.NDArray[np.float32], prep: Preprocessing, want: tuple[int, ...]) -> Any:
+    scale, offset = prep.scale, prep.offset
+    if (
+        not isinstance(scale, list)
+        and not isinstance(offset, list)
+        and prep.mean is not None
+        and prep.std is not None
+    ):
+        # (x * scale + offset - mean) / std as one multiply-add per value (images).
+        std = np.asarray(prep.std, dtype=np.float32)
+        if x.shape[-1] != std.size:
+            raise ModelError(f"mean/std have {std.size} channels, the input has {x.shape[-1]}")
+        gain = np.float32(scale) / std
+        bias = (np.float32(offset) - np.asarray(prep.mean, dtype=np.float32)) / std
+        return x * gain + bias
     for value, op in ((prep.scale, np.multiply), (prep.offset, np.add)):
         if isinstance(value, list):
             factor = np.asarray(value, dtype=np.float32)
@@ -319,9 +333,14 @@ def drift_view(raw: npt.NDArray[Any], prep: Preprocessing, mode: str) -> npt.NDA
     """The per-sample drift features of raw samples ``(n, *raw)``: every value, or for
     images the mean and standard deviation of each channel (what a camera's drift
     shows in: exposure, white balance, contrast)."""
-    x = np.asarray(raw, dtype=np.float64)
+    x = np.asarray(raw)
     n = x.shape[0]
     if mode == "channels":
-        flat = x.reshape(n, -1, x.shape[-1])
-        return np.concatenate([flat.mean(axis=1), flat.std(axis=1)], axis=1)
-    return x.reshape(n, -1)
+        flat = x.reshape(n, -1, x.shape[-1]).astype(np.float64, copy=False)
+        pixels = flat.shape[1]
+        mean = flat.sum(axis=1) / pixels
+        # One pass (E[x^2] - E[x]^2) in float64: exact enough for 8-bit pixels, and this
+        # runs on every served image.
+        var = np.einsum("npc,npc->nc", flat, flat) / pixels - mean * mean
+        return np.concatenate([mean, np.sqrt(np.maximum(var, 0.0))], axis=1)
+    return np.asarray(x.reshape(n, -1), dtype=np.float64)

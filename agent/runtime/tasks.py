@@ -63,6 +63,12 @@ class TaskRunner:
             if i.role == "constant"
         }
         self._state = [i for i in self.task.inputs if i.role == "state"]
+        self._labels = tuple(manifest.labels)
+        self._dequantize = {
+            t.name: (np.float32(t.quantization.scale), np.float32(t.quantization.zero_point))
+            for t in manifest.outputs
+            if t.quantization is not None
+        }
 
     def initial_state(self) -> Arrays:
         return {
@@ -83,11 +89,15 @@ class TaskRunner:
         }
         sizes = {len(v) for v in views}
         drift = np.concatenate(views, axis=1) if views and len(sizes) == 1 else None
-        results = interpret.results(self.task, outputs, self.manifest.labels)
         confidence = classes = None
-        if isinstance(self.task, tasks.Classification) and not self.task.multi_label:
-            p = interpret.class_scores(self.task, outputs)
-            classes, confidence = p.argmax(axis=1), p.max(axis=1)
+        task = self.task
+        if isinstance(task, tasks.Classification):
+            p = interpret.class_scores(task, outputs)  # once: the answers and telemetry share it
+            results = interpret.classification_results(task, p, self._labels)
+            if not task.multi_label:
+                classes, confidence = p.argmax(axis=1), p.max(axis=1)
+        else:
+            results = interpret.results(task, outputs, self._labels)
         return Inference(outputs, results, nxt, drift, confidence, classes)
 
     def feeds(
@@ -138,13 +148,11 @@ class TaskRunner:
         return {self._data[0].name: inputs}
 
     def _float(self, name: str, value: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        spec = self.manifest.output_spec(name)
-        if spec.quantization is None:
-            return np.asarray(value)
-        q = spec.quantization
-        return (np.asarray(value, dtype=np.float32) - np.float32(q.zero_point)) * np.float32(
-            q.scale
-        )
+        q = self._dequantize.get(name)
+        if q is None:
+            return value
+        scale, zero = q
+        return (np.asarray(value, dtype=np.float32) - zero) * scale
 
     # ------------------------------------------------------------ self-test --
 
