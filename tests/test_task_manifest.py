@@ -139,3 +139,43 @@ def test_integer_and_quantized_inputs_are_cast_by_the_tensor_spec() -> None:
     assert x.dtype == np.int8 and x.tolist() == [[2, -1]]
     y = prepare([3.6], Preprocessing(), shape=[1], dtype="int64")
     assert y.dtype == np.int64 and y.tolist() == [4]
+
+
+def test_detection_filters_by_score_and_suppresses_overlaps() -> None:
+    from edgefleet_contract import interpret
+    from edgefleet_contract.task import Detection, InputRole
+
+    task = Detection(
+        kind="detection",
+        inputs=[InputRole(name="image")],
+        boxes="boxes",
+        scores="scores",
+        box_format="cxcywh",
+        postprocess="nms",
+        score_threshold=0.3,
+        iou_threshold=0.5,
+    )
+    boxes = np.array(
+        [[[10, 10, 4, 4], [10.5, 10, 4, 4], [30, 30, 2, 2], [50, 50, 2, 2]]], np.float32
+    )
+    scores = np.array([[[0.1, 0.9], [0.2, 0.8], [0.7, 0.1], [0.2, 0.1]]], np.float32)
+    (answer,) = interpret.results(task, {"boxes": boxes, "scores": scores}, ["cat", "dog"])
+    found = [(d["label"], round(d["score"], 2), d["box"]) for d in answer["detections"]]
+    assert found == [("dog", 0.9, [8.0, 8.0, 12.0, 12.0]), ("cat", 0.7, [29.0, 29.0, 31.0, 31.0])]
+
+
+def test_multi_label_logits_turn_into_the_labels_over_the_threshold() -> None:
+    from edgefleet_contract import interpret
+    from edgefleet_contract.task import Classification, InputRole
+
+    task = Classification(
+        kind="classification",
+        inputs=[InputRole(name="x")],
+        output="y",
+        scores="logits",
+        multi_label=True,
+        threshold=0.6,
+    )
+    logits = np.array([[2.0, -2.0, 0.5], [-3.0, 3.0, 3.0]], np.float32)
+    answers = interpret.results(task, {"y": logits}, ["rain", "wind", "fog"])
+    assert [a["labels"] for a in answers] == [["rain", "fog"], ["wind", "fog"]]
