@@ -121,13 +121,16 @@ class InferenceRecorder:
     def record(
         self,
         latency_s: float,
-        confidence: float | np.floating[Any],
-        predicted: int | np.integer[Any],
+        confidence: float | np.floating[Any] | None,
+        predicted: int | np.integer[Any] | None,
         row: npt.NDArray[np.floating[Any]] | None = None,
     ) -> None:
         """One successful inference: its latency, top-1 confidence and class, and its input
-        row, shaped ``(features,)`` or ``(1, features)``."""
-        if confidence >= 1.0:
+        row, shaped ``(features,)`` or ``(1, features)``.  A model without classes
+        (regression, anomaly, detection) passes ``None`` for both: latency and drift only."""
+        if confidence is None:
+            conf_bin = -1
+        elif confidence >= 1.0:
             conf_bin = CONFIDENCE_BINS - 1
         elif confidence > 0.0:
             conf_bin = int(confidence * CONFIDENCE_BINS)
@@ -147,38 +150,10 @@ class InferenceRecorder:
                     slot = int(self._random() * (n + 1))
                     if slot < self._lat_cap:
                         self._lat[slot] = latency_s
-            self._conf[conf_bin] += 1
-            classes = self._classes
-            classes[predicted] = classes.get(predicted, 0) + 1
-            if row is not None and self._width:
-                n = self._rows_seen
-                slot = n if n < self._rows_cap else int(self._random() * (n + 1))
-                if slot < self._rows_cap:
-                    try:
-                        self._rows[slot] = row
-                    except ValueError:
-                        self.rejected_rows += 1
-                        return
-                self._rows_seen = n + 1
-
-    def record_unclassified(
-        self, latency_s: float, row: npt.NDArray[np.floating[Any]] | None = None
-    ) -> None:
-        """One successful inference of a model without classes (regression, anomaly,
-        detection, raw tensors): latency and drift only, no confidence or class counts."""
-        with self._lock:
-            self._count += 1
-            if 0.0 <= latency_s < _MAX_LATENCY_S:
-                n = self._timed
-                self._timed = n + 1
-                self._lat_sum += latency_s
-                self._lat_max = max(self._lat_max, latency_s)
-                if n < self._lat_cap:
-                    self._lat[n] = latency_s
-                else:
-                    slot = int(self._random() * (n + 1))
-                    if slot < self._lat_cap:
-                        self._lat[slot] = latency_s
+            if predicted is not None and conf_bin >= 0:
+                self._conf[conf_bin] += 1
+                classes = self._classes
+                classes[predicted] = classes.get(predicted, 0) + 1
             if row is not None and self._width:
                 n = self._rows_seen
                 slot = n if n < self._rows_cap else int(self._random() * (n + 1))

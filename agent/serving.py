@@ -296,7 +296,7 @@ def _record(recorder: InferenceRecorder, elapsed: float, result: Inference) -> N
         if result.classes is not None and result.confidence is not None:
             recorder.record(per_row, result.confidence.item(i), result.classes.item(i), row)
         else:
-            recorder.record_unclassified(per_row, row)
+            recorder.record(per_row, None, None, row)
 
 
 def _version(model: Model) -> str:

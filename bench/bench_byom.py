@@ -28,37 +28,12 @@ from onnx import TensorProto, helper, numpy_helper
 from agent.runtime import Model
 from agent.serving import ModelService
 from fleet_server.modelkit.pack import PackRequest, pack
+from models.thirdparty import CNN_SPEC, IFOREST_SPEC, VAD_SPEC
 
 from .bench_inference import _best_us
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
-CNN_SPEC = """
-[inputs.image.preprocessing]
-scale = 0.00392156862745098
-mean = [0.485, 0.456, 0.406]
-std = [0.229, 0.224, 0.225]
-layout = "nchw"
-image = { height = 16, width = 16, channels = 3 }
-"""
-IFOREST_SPEC = '[task]\noutput = "scores"\nhigher_is_anomalous = false\n'
-VAD_SPEC = """
-[task]
-kind = "regression"
-[inputs.input]
-shape = [1, 512]
-[inputs.state]
-role = "state"
-state_from = "stateN"
-shape = [2, 1, 128]
-[inputs.sr]
-role = "constant"
-value = [16000]
-[outputs.stateN]
-shape = [2, 1, 128]
-"""
-
-
 def _direct(model: Model, sample: Any) -> Callable[[], Any]:
     """``session.run`` on its own session with the tensors prepared up front."""
     import onnxruntime as ort

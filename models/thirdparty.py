@@ -33,6 +33,42 @@ MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
 CNN_SIZE = 16
 
+# The spec files that pack these models (tests, benchmarks and docs use the same ones).
+CNN_SPEC = """
+[inputs.image.preprocessing]
+scale = 0.00392156862745098
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+layout = "nchw"
+image = { height = 16, width = 16, channels = 3 }
+"""
+
+IFOREST_SPEC = """
+[task]
+output = "scores"
+higher_is_anomalous = false   # IsolationForest: lower scores are more anomalous
+threshold_quantile = 0.98
+[inputs.X.preprocessing]
+features = ["temperature_c", "vibration_mm_s", "current_a", "pressure_bar"]
+"""
+
+VAD_SPEC = """
+[task]
+kind = "regression"
+outputs = [{ name = "output", units = ["speech probability"] }]
+[inputs.input]
+shape = [1, 512]
+[inputs.state]
+role = "state"
+state_from = "stateN"
+shape = [2, 1, 128]
+[inputs.sr]
+role = "constant"
+value = [16000]
+[outputs.stateN]
+shape = [2, 1, 128]
+"""
+
 
 def sensor_data(n: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
     """Normal operation of a pump in three states: (features, state index)."""

@@ -14,6 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.thirdparty import CNN_SPEC as CNN_SPEC
+from models.thirdparty import IFOREST_SPEC as IFOREST_SPEC
+from models.thirdparty import VAD_SPEC as VAD_SPEC
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 CNN = DATA / "digits_cnn_torch.onnx"
@@ -23,42 +27,6 @@ CLASSIFIER = DATA / "sensor_classifier.onnx"
 SENSOR_CSV = DATA / "sensor_normal.csv"
 WHEELS = ROOT / ".cache" / "wheels"
 SILERO_MEMBER = "silero_vad/data/silero_vad.onnx"
-
-CNN_SPEC = """
-[inputs.image.preprocessing]
-scale = 0.00392156862745098
-mean = [0.485, 0.456, 0.406]
-std = [0.229, 0.224, 0.225]
-layout = "nchw"
-image = { height = 16, width = 16, channels = 3 }
-"""
-
-IFOREST_SPEC = """
-[task]
-output = "scores"
-higher_is_anomalous = false   # IsolationForest: lower scores are more anomalous
-threshold_quantile = 0.98
-[inputs.X.preprocessing]
-features = ["temperature_c", "vibration_mm_s", "current_a", "pressure_bar"]
-"""
-
-VAD_SPEC = """
-[task]
-kind = "regression"
-outputs = [{ name = "output", units = ["speech probability"] }]
-[inputs.input]
-shape = [1, 512]
-[inputs.state]
-role = "state"
-state_from = "stateN"
-shape = [2, 1, 128]
-[inputs.sr]
-role = "constant"
-value = [16000]
-[outputs.stateN]
-shape = [2, 1, 128]
-"""
-
 
 def write(folder: Path, name: str, text: str) -> Path:
     path = folder / name
