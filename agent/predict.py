@@ -20,7 +20,7 @@ from edgefleet_contract.preprocess import decode_image
 
 from . import localclient
 from .config import AgentSettings
-from .inputs import read_file
+from .inputs import JSON, decode_task_body, read_file
 from .runtime import MAX_BATCH
 from .serving import ModelService, NoModel, describe, prediction_rows
 
@@ -37,11 +37,18 @@ IMAGE_TYPES = {
 
 
 def predict_file(settings: AgentSettings, file: Path, model: Path | None) -> dict[str, object]:
-    """Predict the rows (``.npy``/``.csv``/``.json``) or the image file ``file``."""
+    """Predict the rows (``.npy``/``.csv``/``.json``) or the image file ``file``.
+
+    A ``.json`` file with ``{"inputs": {"name": ...}}`` names the inputs of a model
+    with several; it is sent to the daemon as it is.
+    """
     image = IMAGE_TYPES.get(file.suffix.lower())
+    batch: Any
     if image is not None:
-        body = _read_image(file)
-        batch: npt.NDArray[Any] = decode_image(body)
+        body = _read_bounded(file)
+        batch = decode_image(body)
+    elif file.suffix.lower() == ".json" and (named := _named_inputs(file)) is not None:
+        body, image, batch = named[0], JSON, named[1]
     else:
         rows = read_file(file)
         batch = rows.reshape(1, -1) if rows.ndim == 1 else rows
@@ -69,6 +76,8 @@ def predict_file(settings: AgentSettings, file: Path, model: Path | None) -> dic
     out: list[Any] = []
     if loaded.runner is not None:  # a format-2 package: any task, named outputs
         out = service.infer(batch)[0].results
+    elif isinstance(batch, dict):
+        raise InputRejected(f"{loaded.manifest.name} takes one input: send rows, not names")
     for start in range(0, len(batch) if loaded.runner is None else 0, MAX_BATCH):
         out += prediction_rows(service.predict(batch[start : start + MAX_BATCH]))
     info = describe(loaded)
@@ -101,10 +110,18 @@ def _answer(where: str, status: int, doc: Any) -> dict[str, object]:
     return {"source": where, "model": doc.get("model"), "predictions": doc.get("predictions", [])}
 
 
-def _read_image(file: Path, max_bytes: int = 32 * 1024 * 1024) -> bytes:
+def _named_inputs(file: Path) -> tuple[bytes, dict[str, Any]] | None:
+    """The body and the inputs of a JSON file that names its inputs, else None."""
+    data = _read_bounded(file, 64 * 1024 * 1024)
+    inputs, _ = decode_task_body(JSON, data, max_rows=MAX_BATCH)
+    return (data, inputs) if isinstance(inputs, dict) else None
+
+
+def _read_bounded(file: Path, max_bytes: int = 32 * 1024 * 1024) -> bytes:
+    """The bytes of ``file``, refused past ``max_bytes`` (an image or a JSON body)."""
     try:
         if file.stat().st_size > max_bytes:
-            raise InputRejected(f"{file}: over the {max_bytes}-byte image limit")
+            raise InputRejected(f"{file}: over the {max_bytes}-byte input limit")
         return file.read_bytes()
     except OSError as exc:
         raise InputRejected(f"cannot read {file}: {exc.strerror or exc}") from None

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract.errors import ModelError, NotFound
@@ -205,6 +206,16 @@ class ModelService:
             self._sessions.put(model, session, result.state)
         if recorder is not None:
             _record(recorder, elapsed, result)
+        if result.classes is not None:  # single-label classes: an id per answer for feedback
+            version = _version(model)
+            rows = result.drift_rows
+            for i, (answer, predicted) in enumerate(
+                zip(result.results, result.classes.tolist(), strict=True)
+            ):
+                prediction_id = secrets.token_urlsafe(12)
+                row = rows[i] if rows is not None else _NO_ROW
+                self._cache.put(prediction_id, row, predicted, version)
+                answer["id"] = prediction_id
         return result, session
 
     # ----------------------------------------------------------- feedback --
@@ -228,7 +239,8 @@ class ModelService:
                 f"unknown or expired prediction id {prediction_id[:64]!r}: feedback must name an "
                 "id returned by a recent /v1/predict, once"
             )
-        if self._samples is not None:
+        # A format-2 model's cached row is its drift view, not a sample it could train on.
+        if self._samples is not None and model.runner is None:
             self._samples.add(cached.features, index, cached.model_version)
         correct = cached.predicted == index
         active = self._active
@@ -254,6 +266,7 @@ class ModelService:
 
 
 MAX_SESSIONS = 1024
+_NO_ROW = np.zeros(1, dtype=np.float32)
 
 
 class Sessions:

@@ -180,3 +180,14 @@ def test_predict_an_image_file_in_process_with_a_packed_cnn(tmp_path: Path) -> N
     broken.write_bytes(b"\x89PNG not really")
     result = edge_agent(broken, "--model", package, data_dir=tmp_path / "none")
     assert result.returncode != 0 and "not a readable image file" in result.stderr
+
+
+def test_predict_a_json_file_that_names_the_inputs(tmp_path: Path) -> None:
+    from .thirdparty_kit import two_input_package
+
+    package = two_input_package(tmp_path)
+    body = tmp_path / "named.json"
+    body.write_text(json.dumps({"inputs": {"a": [[1, 2, 3]], "b": [[1, 1, 1]]}}))
+    result = edge_agent(body, "--model", package, data_dir=tmp_path / "none")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["predictions"][0]["values"]["sum"] == [2, 3, 4]

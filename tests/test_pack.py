@@ -30,6 +30,7 @@ from .thirdparty_kit import (
     digit_labels,
     digits_truth,
     silero_model,
+    two_input_package,
     vad_calibration,
     write,
 )
@@ -282,34 +283,7 @@ def test_json_summary_of_pack_names_every_tensor(tmp_path: Path) -> None:
 
 
 def test_a_multi_input_model_needs_its_inputs_by_name(tmp_path: Path) -> None:
-    graph = helper.make_graph(
-        [
-            helper.make_node("Add", ["a", "b"], ["sum"]),
-            helper.make_node("Mul", ["a", "b"], ["prod"]),
-        ],
-        "two",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 3]) for n in "ab"],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 3]) for n in ("sum", "prod")],
-    )
-    model = tmp_path / "two.onnx"
-    model.write_bytes(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    )
-    calib = tmp_path / "two.npz"
-    rng = np.random.default_rng(1)
-    np.savez(
-        calib, a=rng.random((10, 3), dtype=np.float32), b=rng.random((10, 3), dtype=np.float32)
-    )
-    _, path = pack(
-        PackRequest(
-            model=model,
-            name="two",
-            version="1.0.0",
-            task="regression",
-            calibration=calib,
-            output=tmp_path / "two.efpkg",
-        )
-    )
+    path = two_input_package(tmp_path)
     m = Model.load(path)
     out = m.infer({"a": [[1, 2, 3]], "b": [[4, 5, 6]]})
     assert out.results[0]["values"] == {"sum": [5, 7, 9], "prod": [4, 10, 18]}
@@ -404,3 +378,26 @@ def test_tflite_files_are_packed_as_their_converter_wrote_them(tmp_path: Path, f
             spec=spec,
             quantize="int8",
         )
+
+
+def test_answers_of_a_packed_classifier_take_feedback(tmp_path: Path) -> None:
+    labels = write(tmp_path, "states.txt", "idle\nrunning\noverload\n")
+    _, path = pack(
+        PackRequest(
+            model=CLASSIFIER,
+            name="pump-state",
+            version="1.0.0",
+            labels=labels,
+            calibration=SENSOR_CSV,
+            output=tmp_path / "c.efpkg",
+        )
+    )
+    service = ModelService()
+    service.replace(path)
+    result, _ = service.infer([[75.0, 6.0, 9.0, 3.0], [35.0, 0.5, 0.2, 1.0]])
+    first, second = result.results
+    assert first["label"] == "overload" and service.feedback(first["id"], "overload") is True
+    assert service.feedback(second["id"], "overload") is False
+    window = service.snapshot()
+    assert window is not None and window.inference.feedback_count == 2
+    assert window.inference.feedback_correct == 1

@@ -28,6 +28,7 @@ SENSOR_CSV = DATA / "sensor_normal.csv"
 WHEELS = ROOT / ".cache" / "wheels"
 SILERO_MEMBER = "silero_vad/data/silero_vad.onnx"
 
+
 def write(folder: Path, name: str, text: str) -> Path:
     path = folder / name
     path.write_text(text)
@@ -74,3 +75,39 @@ def vad_calibration(folder: Path) -> Path:
     path = folder / "vad_calibration.npy"
     np.save(path, chunks)
     return path
+
+
+def two_input_package(folder: Path) -> Path:
+    """A package of a small ONNX graph with inputs ``a``, ``b`` and outputs ``sum``, ``prod``
+    (a regression task), packed from an ``.npz`` with one array per input."""
+    from onnx import TensorProto, helper
+
+    from fleet_server.modelkit.pack import PackRequest, pack
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["a", "b"], ["sum"]),
+            helper.make_node("Mul", ["a", "b"], ["prod"]),
+        ],
+        "two",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 3]) for n in "ab"],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 3]) for n in ("sum", "prod")],
+    )
+    model = folder / "two.onnx"
+    model.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    calib = folder / "two.npz"
+    rng = np.random.default_rng(1)
+    np.savez(
+        calib, a=rng.random((10, 3), dtype=np.float32), b=rng.random((10, 3), dtype=np.float32)
+    )
+    request = PackRequest(
+        model=model,
+        name="two",
+        version="1.0.0",
+        task="regression",
+        calibration=calib,
+        output=folder / "two.efpkg",
+    )
+    return pack(request)[1]
