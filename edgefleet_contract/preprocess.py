@@ -44,8 +44,9 @@ from .errors import InputRejected, ModelError
 Floats = float | Annotated[list[float], Field(min_length=1, max_length=65536)]
 FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 _INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024
-"""A decoded image larger than this is refused before it is resized (a decompression bomb)."""
+MAX_IMAGE_PIXELS = 4096 * 2048
+"""An image with more pixels is refused from its header, before it is decoded: a small
+PNG can inflate to gigabytes, and a device has little memory to spare (a 4K photo fits)."""
 
 
 class _Closed(BaseModel):
@@ -319,11 +320,18 @@ def decode_image(data: bytes, *, max_bytes: int = 32 * 1024 * 1024) -> npt.NDArr
             "decoding image files needs Pillow, which is not installed (pip install pillow); "
             "or send the pixels as an array"
         ) from exc
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with Image.open(io.BytesIO(data)) as opened:
+            width, height = opened.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise InputRejected(
+                    f"image of {width}x{height} pixels is over the {MAX_IMAGE_PIXELS}-pixel "
+                    "limit; scale it down before sending"
+                )
             converted = opened.convert("RGB" if opened.mode not in ("L", "I;16", "I") else "L")
             pixels = np.asarray(converted, dtype=np.uint8)
+    except InputRejected:
+        raise
     except Exception as exc:  # Pillow raises many types for bad files
         raise InputRejected(f"not a readable image file: {exc}") from exc
     return pixels[:, :, None] if pixels.ndim == 2 else pixels

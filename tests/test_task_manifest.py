@@ -179,3 +179,19 @@ def test_multi_label_logits_turn_into_the_labels_over_the_threshold() -> None:
     logits = np.array([[2.0, -2.0, 0.5], [-3.0, 3.0, 3.0]], np.float32)
     answers = interpret.results(task, {"y": logits}, ["rain", "wind", "fog"])
     assert [a["labels"] for a in answers] == [["rain", "fog"], ["wind", "fog"]]
+
+
+def test_an_image_bomb_is_refused_from_its_header() -> None:
+    import io
+
+    from PIL import Image
+
+    from edgefleet_contract.preprocess import MAX_IMAGE_PIXELS, decode_image
+
+    buffer = io.BytesIO()
+    Image.new("L", (MAX_IMAGE_PIXELS // 1000 + 1, 1001)).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < 100_000  # small on the wire, ~8 MB of pixels
+    with pytest.raises(InputRejected, match="pixel limit; scale it down"):
+        decode_image(buffer.getvalue())
+    with pytest.raises(InputRejected, match="not a readable image file"):
+        decode_image(b"GIF89a broken")
