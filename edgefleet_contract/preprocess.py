@@ -171,10 +171,13 @@ def to_tensor(
     dtype: str,
     quantization: tuple[float, int] | None = None,
     name: str = "input",
+    scaler: Scaler | None = None,
 ) -> npt.NDArray[Any]:
-    """Canonical samples (from :func:`canonical`) -> the runtime tensor."""
-    want = raw_shape(prep, shape)
-    x = _affine(x, prep, want)
+    """Canonical samples (from :func:`canonical`) -> the runtime tensor.
+
+    ``scaler``: ``Scaler(prep, raw_shape(prep, shape))`` made once, for a caller that
+    converts many samples (the device)."""
+    x = (scaler or Scaler(prep, raw_shape(prep, shape)))(x)
     if not np.isfinite(x).all():
         raise InputRejected(f"input {name!r} has NaN or infinite values")
     if prep.image is not None and prep.layout == "nchw":
@@ -196,7 +199,7 @@ def feature_rows(raw: npt.ArrayLike, prep: Preprocessing) -> npt.NDArray[np.floa
     arithmetic, in the same float32, as :func:`prepare` on the device.
     """
     x = np.asarray(raw, dtype=np.float32)
-    return np.asarray(_affine(x, prep, tuple(x.shape[1:])), dtype=np.float32)
+    return np.asarray(Scaler(prep, tuple(x.shape[1:]))(x), dtype=np.float32)
 
 
 def _as_numbers(raw: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
@@ -212,36 +215,45 @@ def _as_numbers(raw: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
     return x
 
 
-def _affine(x: npt.NDArray[np.float32], prep: Preprocessing, want: tuple[int, ...]) -> Any:
-    scale, offset = prep.scale, prep.offset
-    if (
-        not isinstance(scale, list)
-        and not isinstance(offset, list)
-        and prep.mean is not None
-        and prep.std is not None
-    ):
-        # (x * scale + offset - mean) / std as one multiply-add per value (images).
-        std = np.asarray(prep.std, dtype=np.float32)
-        if x.shape[-1] != std.size:
-            raise ModelError(f"mean/std have {std.size} channels, the input has {x.shape[-1]}")
-        gain = np.float32(scale) / std
-        bias = (np.float32(offset) - np.asarray(prep.mean, dtype=np.float32)) / std
-        return x * gain + bias
-    for value, op in ((prep.scale, np.multiply), (prep.offset, np.add)):
-        if isinstance(value, list):
-            factor = np.asarray(value, dtype=np.float32)
-            if factor.size != math.prod(want):
-                raise ModelError(f"preprocessing has {factor.size} values for {want} per sample")
-            x = op(x, factor.reshape(want))
-        elif value != (1.0 if op is np.multiply else 0.0):
-            x = op(x, np.float32(value))
-    if prep.mean is not None and prep.std is not None:
-        mean = np.asarray(prep.mean, dtype=np.float32)
-        std = np.asarray(prep.std, dtype=np.float32)
-        if x.shape[-1] != mean.size:
-            raise ModelError(f"mean/std have {mean.size} channels, the input has {x.shape[-1]}")
-        x = (x - mean) / std
-    return x
+class Scaler:
+    """Steps 2 and 3 (scale/offset, mean/std) compiled once for samples of ``shape``.
+
+    ``(x * scale + offset - mean) / std`` becomes ``x * gain + bias``; a multiply by one
+    or an add of zero is skipped (the only difference an add of +0.0 makes is turning
+    -0.0 into +0.0, which no layer can tell apart).  Format-1 packages declare scale and
+    offset only, so their arithmetic is exactly ``x * scale + offset`` as before.
+    """
+
+    __slots__ = ("bias", "gain")
+
+    def __init__(self, prep: Preprocessing, shape: Sequence[int]) -> None:
+        want = tuple(shape)
+        gain = self._factor(prep.scale, want)
+        bias = self._factor(prep.offset, want)
+        if prep.mean is not None and prep.std is not None:
+            std = np.asarray(prep.std, dtype=np.float32)
+            if not want or want[-1] != std.size:
+                raise ModelError(f"mean/std have {std.size} channels, the input has {want}")
+            gain = gain / std
+            bias = (bias - np.asarray(prep.mean, dtype=np.float32)) / std
+        self.gain = None if bool((gain == 1.0).all()) else gain
+        self.bias = None if bool((bias == 0.0).all()) else bias
+
+    @staticmethod
+    def _factor(value: float | list[float], want: tuple[int, ...]) -> Any:
+        if not isinstance(value, list):
+            return np.float32(value)
+        factor = np.asarray(value, dtype=np.float32)
+        if factor.size != math.prod(want):
+            raise ModelError(f"preprocessing has {factor.size} values for {want} per sample")
+        return factor.reshape(want)
+
+    def __call__(self, x: Any) -> Any:
+        if self.gain is not None:
+            x = x * self.gain
+        if self.bias is not None:
+            x = x + self.bias
+        return x
 
 
 def _cast(

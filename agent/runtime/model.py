@@ -27,6 +27,7 @@ from edgefleet_contract.package import (
     as_task,
     read_package,
 )
+from edgefleet_contract.preprocess import Scaler
 
 from .backends import Backend, open_backend
 from .selftest import check_self_test
@@ -98,13 +99,9 @@ class Model:
         spec, out = self.manifest.inputs[0], self.manifest.outputs[0]
         self.features = spec.features
         self._labels = tuple(self.manifest.labels)
-        pre = self.manifest.preprocessing
-        scale = np.asarray(pre.scale, dtype=np.float32)
-        offset = np.asarray(pre.offset, dtype=np.float32)
-        # A multiply by one or an add of zero is skipped (the only difference an add of
-        # +0.0 makes is turning an input's -0.0 into +0.0, which no layer can tell apart).
-        self._scale = None if bool((scale == 1.0).all()) else scale
-        self._offset = None if bool((offset == 0.0).all()) else offset
+        # The contract's scaler, the one the trainer and the builder use.
+        scaler = Scaler(self.manifest.preprocessing, (self.features,))
+        self._scale, self._offset = scaler.gain, scaler.bias
         self._input_shape = tuple(spec.shape[1:])
         self._quantize = _quantizer(spec)
         self._dequantize = _dequantizer(out)

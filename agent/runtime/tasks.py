@@ -23,7 +23,7 @@ from edgefleet_contract import interpret
 from edgefleet_contract import task as tasks
 from edgefleet_contract.errors import InputRejected, ModelError, SelfTestFailed
 from edgefleet_contract.package import Manifest
-from edgefleet_contract.preprocess import canonical, drift_view, raw_shape, to_tensor
+from edgefleet_contract.preprocess import Scaler, canonical, drift_view, raw_shape, to_tensor
 
 from .backends import Backend
 
@@ -64,6 +64,10 @@ class TaskRunner:
         }
         self._state = [i for i in self.task.inputs if i.role == "state"]
         self._labels = tuple(manifest.labels)
+        self._scalers = {
+            r.name: Scaler(r.preprocessing, raw_shape(r.preprocessing, self._specs[r.name].shape))
+            for r in self._data
+        }
         self._dequantize = {
             t.name: (np.float32(t.quantization.scale), np.float32(t.quantization.zero_point))
             for t in manifest.outputs
@@ -117,6 +121,7 @@ class TaskRunner:
                 dtype=spec.dtype,
                 quantization=spec.quant_params,
                 name=role.name,
+                scaler=self._scalers[role.name],
             )
             if role.drift != "none":
                 views.append(drift_view(raw, role.preprocessing, role.drift))
