@@ -34,6 +34,8 @@ from .bench_inference import _best_us
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
+
+
 def _direct(model: Model, sample: Any) -> Callable[[], Any]:
     """``session.run`` on its own session with the tensors prepared up front."""
     import onnxruntime as ort
