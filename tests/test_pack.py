@@ -401,3 +401,73 @@ def test_answers_of_a_packed_classifier_take_feedback(tmp_path: Path) -> None:
     window = service.snapshot()
     assert window is not None and window.inference.feedback_count == 2
     assert window.inference.feedback_correct == 1
+
+
+def _integer_io_tflite(path: Path, w: np.ndarray, b: np.ndarray) -> None:
+    """A full-integer-style TFLite file: int8 input and output tensors with their own scale
+    and zero point around a float softmax classifier, as converters write integer I/O."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    from fleet_server.modelkit.tflite_export import _finish, _Graph
+
+    def quant(scale: float, zero: int) -> object:
+        q = fb.QuantizationParametersT()
+        q.scale, q.zeroPoint = [scale], [zero]
+        return q
+
+    g = _Graph(False)
+    first = g.tensor("pixels", [-1, 4], dtype=fb.TensorType.INT8, quant=quant(0.5, -10))
+    real = g.tensor("real", [-1, 4])
+    g.op(fb.BuiltinOperator.DEQUANTIZE, [first], [real])
+    weight = g.tensor("w", [3, 4], data=np.ascontiguousarray(w.T, dtype=np.float32))
+    bias = g.tensor("b", [3], data=b.astype(np.float32))
+    logits = g.tensor("logits", [-1, 3])
+    g.op(
+        fb.BuiltinOperator.FULLY_CONNECTED,
+        [real, weight, bias],
+        [logits],
+        fb.BuiltinOptions.FullyConnectedOptions,
+        fb.FullyConnectedOptionsT(),
+    )
+    probs = g.tensor("probs", [-1, 3])
+    soft = fb.SoftmaxOptionsT()
+    soft.beta = 1.0
+    g.op(fb.BuiltinOperator.SOFTMAX, [logits], [probs], fb.BuiltinOptions.SoftmaxOptions, soft)
+    out = g.tensor("classes", [-1, 3], dtype=fb.TensorType.INT8, quant=quant(1 / 256, -128))
+    g.op(fb.BuiltinOperator.QUANTIZE, [probs], [out])
+    path.write_bytes(_finish(g, first, out))
+
+
+def test_a_tflite_file_with_integer_io_keeps_its_own_quantization(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    w, b = rng.normal(size=(4, 3)).astype(np.float32), np.zeros(3, np.float32)
+    model = tmp_path / "int.tflite"
+    _integer_io_tflite(model, w, b)
+    x = rng.uniform(-4, 4, size=(64, 4)).astype(np.float32)
+    calib = tmp_path / "x.npy"
+    np.save(calib, x)
+    labels = write(tmp_path, "l.txt", "a\nb\nc\n")
+    package, path = pack(
+        PackRequest(
+            model=model,
+            name="int",
+            version="1.0.0",
+            labels=labels,
+            calibration=calib,
+            output=tmp_path / "i.efpkg",
+        )
+    )
+    m = package.manifest
+    (spec,) = m.inputs
+    assert spec.dtype == "int8" and spec.quantization is not None
+    assert (spec.quantization.scale, spec.quantization.zero_point) == (0.5, -10)
+    assert m.outputs[0].quantization is not None and m.outputs[0].quantization.zero_point == -128
+    assert m.task is not None and m.task.kind == "classification"
+    assert m.task.scores == "probabilities"  # dequantized outputs read as probabilities
+    assert m.quantization.dtype == "float32"  # integer I/O around float weights
+    served = Model.load(path).predict(x)
+    q = np.clip(np.rint(x / 0.5) - 10, -128, 127)
+    logits = ((q + 10) * 0.5) @ w + b
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert np.abs(served.probabilities - expected).max() < 1 / 128
+    assert (served.classes == expected.argmax(axis=1)).mean() > 0.95

@@ -208,12 +208,19 @@ def _inspect_tflite(data: bytes, filename: str) -> ModelInfo:
     inputs = tuple(_tflite_tensor(d) for d in interpreter.get_input_details())
     outputs = tuple(_tflite_tensor(d) for d in interpreter.get_output_details())
     integer_io = any(t.quantization for t in (*inputs, *outputs))
+    io = {
+        int(d["index"])
+        for d in (*interpreter.get_input_details(), *interpreter.get_output_details())
+    }
     weights_int8 = any(
         np.dtype(d["dtype"]) == np.int8
+        and int(d["index"]) not in io
         and len(d.get("quantization_parameters", {}).get("scales", ())) > 0
         for d in interpreter.get_tensor_details()
     )
-    method = "full-integer" if integer_io else ("dynamic-range" if weights_int8 else None)
+    # Integer I/O tensors alone do not make an int8 model (their quantization is kept on
+    # the tensor specs either way): what is computed in int8 is the weights.
+    method = None if not weights_int8 else ("full-integer" if integer_io else "dynamic-range")
     return ModelInfo("tflite", inputs, outputs, version, ops, weights_int8, method)
 
 

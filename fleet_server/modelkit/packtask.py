@@ -101,7 +101,8 @@ def _classification(
 ) -> dict[str, Any]:
     candidates = [o for o in free if _is_float(o) and o.features >= 2]
     output = _pick(spec.output, candidates, "class scores", "output")
-    classes = next(o for o in free if o.name == output).features
+    spec_out = next(o for o in free if o.name == output)
+    classes = spec_out.features
     if labels and len(labels) != classes:
         raise PackageError(
             f"{len(labels)} labels given, but output {output!r} has {classes} classes: "
@@ -110,8 +111,11 @@ def _classification(
     scores = spec.scores
     if scores is None:
         p = np.concatenate([o[output].reshape(len(o[output]), -1) for o in run.outputs])
-        in_range = bool(((p >= 0) & (p <= 1)).all())
-        sums_to_one = bool(np.allclose(p.sum(axis=1), 1.0, atol=1e-3))
+        # An int8 output rounds each probability to its scale: the sum may be off by that much
+        # per class.
+        step = spec_out.quantization.scale if spec_out.quantization else 0.0
+        in_range = bool(((p >= -step) & (p <= 1 + step)).all())
+        sums_to_one = bool(np.allclose(p.sum(axis=1), 1.0, atol=1e-3 + classes * step))
         scores = "probabilities" if in_range and (sums_to_one or spec.multi_label) else "logits"
     doc: dict[str, Any] = {"output": output, "scores": scores, "multi_label": spec.multi_label}
     if spec.threshold is not None:
