@@ -205,6 +205,52 @@ def _pack_times(folder: Path) -> list[dict[str, object]]:
     return rows
 
 
+def _idle_rss(path: Path, sample: Any) -> dict[str, object]:
+    """RSS of the real ``edge-agent run`` serving ``path`` after 100 local-API calls of one
+    session and 5 s of idling (telemetry through the real broker)."""
+    import json
+
+    from agent import localclient
+
+    from ._device import device_dir, rss_bytes, spool_depth, start_agent, wait
+    from ._lab import Lab
+
+    lab = Lab()
+    try:
+        data = device_dir(lab, "rss-byom")
+        proc = start_agent(data, path)
+        try:
+            address = data / "local-api.addr"
+            wait(address.exists, 60, "the agent's local API")
+            where = address.read_text().strip()
+            session = None
+            for _ in range(100):
+                body: dict[str, Any] = {"inputs": {"input": np.asarray(sample).tolist()}}
+                if session:
+                    body["session"] = session
+                status, doc = localclient.request(
+                    where, "POST", "/v1/predict", json.dumps(body).encode()
+                )
+                assert status == 200, doc
+                session = doc.get("session")
+            wait(lambda: spool_depth(data) == 0, 60, "telemetry delivered")
+            time.sleep(5.0)
+            rss = rss_bytes(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    finally:
+        lab.close()
+    model_bytes = Model.load(path).package.model_bytes
+    goal = 100 * 2**20 + len(model_bytes)
+    return {
+        "measure": "agent idle RSS serving silero-vad (the largest; 100 calls of one session)",
+        "value": f"{rss / 2**20:.1f} MiB",
+        "baseline": f"goal {goal / 2**20:.1f} MiB (100 MiB + model file)",
+        "ratio": f"{rss / goal:.2f}x of goal",
+    }
+
+
 def run() -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-byom-") as tmp:
@@ -254,4 +300,7 @@ def run() -> list[dict[str, object]]:
             }
         )
         rows += _pack_times(folder)
+        vad = [(path, sample) for label, path, sample in packed if "silero" in label]
+        if vad:
+            rows.append(_idle_rss(*vad[0]))
     return rows

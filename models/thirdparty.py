@@ -99,8 +99,10 @@ def build_cnn(out: Path) -> None:
 
     torch.manual_seed(SEED)
     images, y = digits_images()
-    x = (images.astype(np.float32) / 255.0 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
-    x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    normal = (images.astype(np.float32) / 255.0 - np.array(MEAN, np.float32)) / np.array(
+        STD, np.float32
+    )
+    x = torch.from_numpy(np.ascontiguousarray(normal.transpose(0, 3, 1, 2)))
     target = torch.from_numpy(y.astype(np.int64))
     net = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1),
