@@ -259,3 +259,69 @@ def test_quantization_facts_are_optional_and_consistent() -> None:
                 "outputs": [{"name": "p", "top1": 0.5, "max_abs_error": 1, "mean_abs_error": 0.5}],
             }
         )
+
+
+def torch_like_cnn() -> bytes:
+    """The graph ``torch.onnx.export`` writes for a small CNN in eval mode: Conv without
+    bias, BatchNormalization, ReLU, MaxPool, GlobalAveragePool, Flatten, a Linear as Gemm
+    with ``transB``, and a named dynamic batch dimension."""
+    rng = np.random.default_rng(5)
+
+    def bn(i: int, channels: int) -> list[onnx.TensorProto]:
+        return [
+            numpy_helper.from_array(rng.uniform(0.5, 1.5, channels).astype(np.float32), f"g{i}"),
+            numpy_helper.from_array(rng.normal(0, 0.1, channels).astype(np.float32), f"b{i}"),
+            numpy_helper.from_array(rng.normal(0, 0.1, channels).astype(np.float32), f"m{i}"),
+            numpy_helper.from_array(rng.uniform(0.5, 1.5, channels).astype(np.float32), f"v{i}"),
+        ]
+
+    nodes = [
+        helper.make_node("Conv", ["input", "w0"], ["c0"], pads=[1, 1, 1, 1], name="/conv1/Conv"),
+        helper.make_node("BatchNormalization", ["c0", "g0", "b0", "m0", "v0"], ["n0"]),
+        helper.make_node("Relu", ["n0"], ["r0"]),
+        helper.make_node("MaxPool", ["r0"], ["p0"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p0", "w1"], ["c1"], pads=[1, 1, 1, 1], name="/conv2/Conv"),
+        helper.make_node("BatchNormalization", ["c1", "g1", "b1", "m1", "v1"], ["n1"]),
+        helper.make_node("Relu", ["n1"], ["r1"]),
+        helper.make_node("GlobalAveragePool", ["r1"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1),
+    ]
+    inits = [
+        _const(rng, "w0", (8, 1, 3, 3)),
+        *bn(0, 8),
+        _const(rng, "w1", (16, 8, 3, 3)),
+        *bn(1, 16),
+        _const(rng, "fc.weight", (4, 16)),
+        _const(rng, "fc.bias", (4,)),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "main_graph",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch_size", 1, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return bytes(model.SerializeToString())
+
+
+def test_a_torch_style_cnn_is_int8_everywhere_and_keeps_float_logits() -> None:
+    model = torch_like_cnn()
+    x = {"input": np.random.default_rng(6).normal(size=(300, 1, 16, 16)).astype(np.float32)}
+    int8 = quantize.quantize_onnx(model, x)
+    assert quantize.float_weight_ops(int8) == []
+    assert quantize.int8_op_counts(int8) == {"Conv": 2, "Gemm": 1}  # BatchNorm folded
+    graph = onnx.load_model_from_string(int8).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    # The output the caller reads is not squeezed through an int8 grid.
+    assert producers["logits"].op_type == "Identity"
+    found = quantize.agreement(model, int8, x)
+    assert found.top1 is not None and found.top1 >= 0.97
+    logits = found.outputs[0]
+    assert (
+        0
+        < logits.mean_abs_error
+        < 0.05 * float(np.abs(quantize.run_onnx(model, x)["logits"]).mean())
+    )

@@ -8,7 +8,8 @@
   samples produce.  Every op type ONNX Runtime's QDQ quantizer knows is
   quantized, Gemm included: ``quant_pre_process`` fuses MatMul+Add into Gemm,
   and a quantizer told only about MatMul used to leave every dense layer float.
-  Softmax stays float so probabilities keep their precision.
+  Softmax and the model's outputs stay float, so probabilities and regression
+  values keep their precision.
 * ``dynamic``: weights int8, activations quantized at run time
   (MatMulInteger/ConvInteger); no calibration data needed.  ONNX Runtime has no
   dynamic Gemm, so constant-weight Gemms are rewritten as MatMul + Add first.
@@ -131,7 +132,7 @@ def quantize_onnx(
     float weight, or the model has none to quantize, this raises instead of
     returning a file that only claims to be int8.
     """
-    proto = _load(model, "the float model")
+    _load(model, "the float model")
     if not any(op for op in weight_ops(model)):
         raise ModelError(
             "the model has no Conv, Gemm or MatMul with a constant weight, so int8 would "
@@ -146,13 +147,14 @@ def quantize_onnx(
         raise ModelError(f"unknown quantization mode {mode!r}; use 'static' or 'dynamic'")
     with tempfile.TemporaryDirectory(prefix="edgefleet-quant-") as tmp:
         src, pre, out = (Path(tmp) / n for n in ("float.onnx", "pre.onnx", "int8.onnx"))
-        src.write_bytes(proto.SerializeToString())
+        src.write_bytes(model)
         try:
             _pre_process(src, pre)
             if feeds is None:
                 _quantize_dynamic(pre, out, per_channel)
             else:
                 _quantize_static(pre, out, feeds, per_channel)
+                _float_outputs(out)
         except ModelError:
             raise
         except Exception as exc:  # the ORT quantizer raises bare Exceptions of many kinds
@@ -206,6 +208,55 @@ def _quantize_static(
         op_types_to_quantize=sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - _KEEP_FLOAT),
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
+
+
+def _float_outputs(path: Path) -> None:
+    """Keep float what the caller reads: a quantize/dequantize pair whose result is a graph
+    output or feeds only ops that stay float (softmax) is bypassed.
+
+    Quantizing logits to 256 levels flips the top-1 of rows whose two best classes are
+    close, and a regression output would lose all but 8 bits; the op before still runs
+    in int8 (ONNX Runtime fuses it with a float output), and its weights stay int8.
+    """
+    model = onnx.load(str(path))
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def read_as_float(dq: onnx.NodeProto) -> bool:
+        users = consumers.get(dq.output[0], [])
+        return (dq.output[0] in outputs or bool(users)) and all(
+            u.op_type in _KEEP_FLOAT for u in users
+        )
+
+    bypass: set[int] = set()
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear":
+            continue
+        dqs = [d for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"]
+        bypass.update(id(d) for d in dqs if read_as_float(d))
+    if not bypass:
+        return
+    nodes = []
+    for node in graph.node:
+        if id(node) in bypass:
+            source = next(q for q in graph.node if q.output[0] == node.input[0]).input[0]
+            node = helper.make_node("Identity", [source], list(node.output), name=node.name)
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input} | outputs
+    kept = [n for n in graph.node if n.op_type != "QuantizeLinear" or n.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in graph.node for name in node.input}
+    inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    onnx.save(model, str(path))
 
 
 def _quantize_dynamic(src: Path, dst: Path, per_channel: bool) -> None:
