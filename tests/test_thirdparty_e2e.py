@@ -88,6 +88,7 @@ class Fleet:
         assert code == 0, err
         code, out, err = fleetctl(
             [
+                "--json",
                 "rollout",
                 "create",
                 "--artifact",
@@ -100,7 +101,12 @@ class Fleet:
             ]
         )
         assert code == 0, err
+        rollout = json.loads(out)["id"]
         wait_for(lambda: self.reported_model(device) == spec.split(":")[0], 120, f"{spec} live")
+        # The device is free for the next rollout once this one has finished its probation.
+        wait_for(
+            lambda: self.get(f"/rollouts/{rollout}")["status"] == "completed", 120, "completed"
+        )
 
 
 def _post(agent: AgentProcess, body: bytes, content_type: str) -> dict[str, Any]:
