@@ -3,13 +3,9 @@ registry refusing an "int8" package whose dense layers are float (REST and fleet
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
 import pytest
-from onnxruntime.quantization import CalibrationDataReader, quant_pre_process, quantize_static
 
 from edgefleet_contract.errors import PackageError
 from edgefleet_contract.package import Manifest, ModelPackage, pack_package, read_package
@@ -22,6 +18,7 @@ from fleet_server.server import FleetServer
 
 from .fleetctl_kit import fleetctl, login_admin
 from .ota_server import MODELS, make_env
+from .test_quantize import old_recipe
 
 SHIPPED = sorted(MODELS.glob("*-onnx-int8.efpkg"))
 FLOAT = MODELS / "digits-1.0.0-onnx-float32.efpkg"
@@ -84,26 +81,6 @@ def test_a_federated_candidate_int8_flavour_is_really_int8(tmp_path: Path) -> No
     assert int8[0].manifest.quantization.agreement.top1 == pytest.approx(top1)  # type: ignore[union-attr]
 
 
-def _old_recipe(float_model: bytes, x: npt.NDArray[np.float32]) -> bytes:
-    """The quantization the project shipped before: Gemm missing from the op types."""
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.feeds = iter([{"features": x}])
-
-        def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
-            return next(self.feeds, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, pre, out = (Path(tmp) / n for n in ("f.onnx", "p.onnx", "q.onnx"))
-        src.write_bytes(float_model)
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre), str(out), Reader(), op_types_to_quantize=["Conv", "MatMul", "Add", "Relu"]
-        )
-        return out.read_bytes()
-
-
 def _repacked(out: Path, model: bytes, version: str, **quantization: object) -> Path:
     """The shipped int8 package with another model file and quantization record."""
     pkg = read_package(INT8)
@@ -119,7 +96,7 @@ def _repacked(out: Path, model: bytes, version: str, **quantization: object) -> 
 def fake_int8(tmp_path: Path) -> Path:
     """An "int8" package as the old recipe made them: QDQ file, float dense weights."""
     x = apply_preprocessing(split().x_train[:200], read_package(FLOAT).manifest.preprocessing)
-    old = _old_recipe(read_package(FLOAT).model_bytes, x)
+    old = old_recipe(read_package(FLOAT).model_bytes, {"features": x})
     assert quantize.float_weight_ops(old)  # the bug this guards against, reproduced
     return _repacked(tmp_path, old, "1.5.0", calibration_samples=200)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, quant_pre_process, quantize_static
 
 from edgefleet_contract.errors import EdgefleetError, ModelError
 from edgefleet_contract.package import Agreement, Quantization
@@ -142,16 +146,12 @@ def test_a_float_weight_behind_quantize_dequantize_still_counts_as_float() -> No
     ]
 
 
-def test_the_old_recipe_that_left_dense_layers_float_is_caught(float_model: bytes) -> None:
-    """Quantizing without Gemm among the op types: the file "is" int8, its Gemms are not."""
-    import tempfile
-    from pathlib import Path
-
-    from onnxruntime.quantization import CalibrationDataReader, quant_pre_process, quantize_static
+def old_recipe(float_model: bytes, feed: dict[str, npt.NDArray[np.float32]]) -> bytes:
+    """The quantization the project shipped before: Gemm missing from the op types."""
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
-            self.feeds = iter([calibration(64)])
+            self.feeds = iter([feed])
 
         def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
             return next(self.feeds, None)
@@ -160,8 +160,14 @@ def test_the_old_recipe_that_left_dense_layers_float_is_caught(float_model: byte
         src, pre, out = (Path(tmp) / n for n in ("f.onnx", "p.onnx", "q.onnx"))
         src.write_bytes(float_model)
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out), Reader(), op_types_to_quantize=["Conv", "MatMul"])
-        old = out.read_bytes()
+        ops = ["Conv", "MatMul", "Add", "Relu", "MaxPool", "Resize"]
+        quantize_static(str(pre), str(out), Reader(), op_types_to_quantize=ops)
+        return out.read_bytes()
+
+
+def test_the_old_recipe_that_left_dense_layers_float_is_caught(float_model: bytes) -> None:
+    """Quantizing without Gemm among the op types: the file "is" int8, its Gemms are not."""
+    old = old_recipe(float_model, calibration(64))
     left = quantize.float_weight_ops(old)
     assert left and all(s.startswith("Gemm ") for s in left)
     assert quantize.int8_op_counts(old) == {"Conv": 1, "MatMul": 1}  # the unfused one
@@ -325,3 +331,17 @@ def test_a_torch_style_cnn_is_int8_everywhere_and_keeps_float_logits() -> None:
         < logits.mean_abs_error
         < 0.05 * float(np.abs(quantize.run_onnx(model, x)["logits"]).mean())
     )
+
+
+def test_quantize_checked_returns_the_file_and_its_manifest_record(float_model: bytes) -> None:
+    int8, record = quantize.quantize_checked(
+        float_model, calibration(), min_top1=0.9, top1_outputs=["probs"]
+    )
+    assert record.method == "static-qdq" and record.calibration_samples == SAMPLES
+    assert record.int8_ops == quantize.int8_op_counts(int8) and record.per_channel
+    assert record.agreement is not None and record.agreement.min_top1 == 0.9
+    assert [o.name for o in record.agreement.outputs] == ["probs", "value"]
+    _, dynamic = quantize.quantize_checked(float_model, calibration(), mode="dynamic", min_top1=0.9)
+    assert dynamic.method == "dynamic-range" and dynamic.calibration_samples is None
+    with pytest.raises(ModelError, match=r"need 100.0%\); calibrate on more representative"):
+        quantize.quantize_checked(float_model, calibration(), min_top1=1.0)

@@ -109,3 +109,55 @@ def test_each_runtime_has_its_own_extra_without_training_or_server_deps() -> Non
     assert both == onnx | tflite  # `agent` stays what it was: both runtimes
     for extra in ("agent", "agent-onnx", "agent-tflite", "agent-base"):
         assert not names(extra) & {"flwr", "onnx", "fastapi", "scikit-learn"}, extra
+
+
+OTA = """
+import json, sys
+for name in ("ai_edge_litert", "tflite_runtime"):
+    sys.modules[name] = None
+from pathlib import Path
+from edgefleet_contract.package import Manifest, pack_package, read_package
+from tests.ota_device_kit import make_device, model_custom, model_ref, model_target
+from tests.tuf_sim import RepoServer, TufRepo
+
+tflite = read_package(Path(sys.argv[2]))
+manifest = Manifest.model_validate({**tflite.manifest.model_dump(), "version": "1.1.0"})
+server = RepoServer(TufRepo())
+try:
+    device = make_device(Path(sys.argv[1]), server)
+    custom = {**model_custom("1.1.0"), "runtime": "tflite", "flavor": "int8"}
+    server.repo.add_target(model_target("1.1.0"), pack_package(manifest, tflite.members), custom)
+    server.repo.publish()
+    final = device.updater.run(model_ref("1.1.0"), desired_version=2)
+    downloads = [p for p, _ in server.requests if p.startswith("/tuf/targets/")]
+    print(json.dumps({"phase": final.phase, "error": final.error, "serving": device.serving,
+                      "downloads": len(downloads),
+                      "predicts": device.service.predict([[0.0] * 64]).labels[0]}))
+finally:
+    server.close()
+"""
+
+
+def test_a_rollout_for_a_missing_runtime_fails_before_download_and_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    """The real updater against a real signed repository, on a device without TFLite."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            OTA,
+            str(tmp_path / "dev"),
+            str(DIST / "digits-1.0.0-tflite-int8.efpkg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["phase"] == "failed" and result["serving"] == "1.0.0"
+    assert "needs the 'tflite' runtime" in result["error"]
+    assert "pip install 'edgefleet[agent-tflite]' and restart the agent" in result["error"]
+    assert result["downloads"] == 0 and result["predicts"] in [str(d) for d in range(10)]

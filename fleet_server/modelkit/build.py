@@ -183,15 +183,9 @@ def _quantization(runtime: str, model: bytes, agreement: Agreement | None) -> Qu
     """The manifest's record of what the file's numbers are and what was checked."""
     if agreement is None:
         return Quantization(dtype="float32", method="none")
-    onnx = runtime == "onnx"
-    return Quantization(
-        dtype="int8",
-        method="static-qdq" if onnx else "dynamic-range",
-        calibration_samples=agreement.samples if onnx else None,
-        per_channel=True,
-        int8_ops=quantize.int8_op_counts(model) if onnx else None,
-        agreement=agreement,
-    )
+    if runtime == "onnx":
+        return quantize.quantization_record(model, agreement)
+    return Quantization(dtype="int8", method="dynamic-range", per_channel=True, agreement=agreement)
 
 
 def pick_self_test_rows(probabilities: npt.NDArray[np.float32], count: int) -> list[int]:
