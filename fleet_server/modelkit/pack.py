@@ -286,21 +286,16 @@ def _int8(data: bytes, run: packrun.Run, task: Any, spec: PackSpec) -> tuple[byt
     """Static QDQ int8 calibrated on the run's own feeds, refused below the agreement."""
     top1 = [task.output] if getattr(task, "kind", "") == "classification" else []
     try:
-        int8 = quantize.quantize_onnx(
-            data, run.feeds, mode="static", per_channel=spec.quantize.per_channel
+        return quantize.quantize_checked(
+            data,
+            run.feeds,
+            mode="static",
+            per_channel=spec.quantize.per_channel,
+            min_top1=spec.quantize.min_agreement,
+            top1_outputs=top1,
         )
-        found = quantize.agreement(data, int8, run.feeds, top1_outputs=top1)
-        checked = quantize.require_agreement(found, spec.quantize.min_agreement)
     except ModelError as exc:
         raise PackageError(f"int8 quantization: {exc}") from exc
-    return int8, Quantization(
-        dtype="int8",
-        method="static-qdq",
-        calibration_samples=checked.samples,
-        per_channel=spec.quantize.per_channel,
-        int8_ops=quantize.int8_op_counts(int8),
-        agreement=checked,
-    )
 
 
 def _manifest(
