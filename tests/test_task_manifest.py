@@ -115,23 +115,18 @@ def test_image_preprocessing_resizes_normalises_and_transposes_once() -> None:
         prepare(np.zeros(7), prep, shape=[-1, 3, 4, 4], dtype="float32", name="image")
 
 
-def test_bilinear_resize_matches_pillow() -> None:
+def test_bilinear_resize_matches_pillow_on_an_upscale() -> None:
+    """Upscaling agrees with Pillow to its rounding (both use half-pixel centres).  When it
+    shrinks, Pillow widens its filter (an antialiasing average) and this resize does not,
+    so shrinking is not compared: the packer and the device share this one function."""
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (13, 9), dtype=np.uint8)
-    ours = resize(img.astype(np.float32)[None, :, :, None], 5, 7)[0, :, :, 0]
-    theirs = np.asarray(
-        Image.fromarray(img).resize((7, 5), Image.Resampling.BILINEAR, reducing_gap=None),
-        dtype=np.float32,
-    )
-    # Pillow widens its filter when it shrinks; on an upscale they agree to rounding.
+    img = np.random.default_rng(0).integers(0, 256, (13, 9), dtype=np.uint8)
     up = resize(img.astype(np.float32)[None, :, :, None], 26, 18)[0, :, :, 0]
     pil_up = np.asarray(
         Image.fromarray(img).resize((18, 26), Image.Resampling.BILINEAR), np.float32
     )
-    assert np.abs(up - pil_up).max() <= 1.0
-    assert ours.shape == theirs.shape
+    assert up.shape == (26, 18) and np.abs(up - pil_up).max() <= 1.0
 
 
 def test_integer_and_quantized_inputs_are_cast_by_the_tensor_spec() -> None:
