@@ -272,7 +272,7 @@ def test_json_summary_of_pack_names_every_tensor(tmp_path: Path) -> None:
             str(SENSOR_CSV),
             "--spec",
             str(write(tmp_path, "s.toml", IFOREST_SPEC)),
-            "-o",
+            "--output",
             str(tmp_path / "p.efpkg"),
         ]
     )
@@ -316,7 +316,7 @@ def test_int8_packs_hold_int8_weights_and_record_their_agreement(tmp_path: Path)
             str(write(tmp_path, "cnn.toml", CNN_SPEC)),
             "--quantize",
             "int8",
-            "-o",
+            "--output",
             str(out),
         ]
     )
@@ -471,3 +471,16 @@ def test_a_tflite_file_with_integer_io_keeps_its_own_quantization(tmp_path: Path
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     assert np.abs(served.probabilities - expected).max() < 1 / 128
     assert (served.classes == expected.argmax(axis=1)).mean() > 0.95
+
+
+def test_pack_output_file_and_the_output_format_live_side_by_side() -> None:
+    from fleet_server.fleetctl.output import extract_format
+
+    rest, fmt = extract_format(["models", "pack", "m.onnx", "--output", "m.efpkg", "-o", "json"])
+    assert rest == ["models", "pack", "m.onnx", "--output", "m.efpkg"] and fmt == "json"
+    rest, fmt = extract_format(["devices", "list", "--output", "yaml"])
+    assert rest == ["devices", "list"] and fmt == "yaml"
+    assert extract_format(["models", "pack", "--output=m.efpkg"]) == (
+        ["models", "pack", "--output=m.efpkg"],
+        None,
+    )

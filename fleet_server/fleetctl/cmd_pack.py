@@ -24,15 +24,6 @@ from .output import emit
 
 RAW_MODEL_SUFFIXES = (".onnx", ".tflite")
 
-EXAMPLES = """
-Examples:
-
-  fleetctl models pack cnn.onnx --name cnn --version 1.0.0 --labels labels.txt \\
-      --calibration calib.npz --spec cnn.toml --output cnn-1.0.0.efpkg
-  fleetctl models pack sensors.onnx --name pump --version 1.0.0 --task anomaly \\
-      --calibration normal.csv
-"""
-
 
 def pack_hint(path: Path) -> str:
     """The pack command to run for a raw model file someone tried to push."""
@@ -45,7 +36,7 @@ def pack_hint(path: Path) -> str:
     )
 
 
-@click.command("pack", epilog=EXAMPLES)
+@click.command("pack")
 @click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", help="Package name (letters, digits, . _ -).")
 @click.option("--version", "version", help="Semantic version, e.g. 1.0.0.")
@@ -77,7 +68,6 @@ def pack_hint(path: Path) -> str:
 )
 @click.option(
     "--output",
-    "-o",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Package file to write (default: NAME-VERSION-FLAVOR.efpkg beside the model).",
 )
