@@ -10,7 +10,7 @@ from edgefleet_contract.messages import Telemetry
 
 from ._conn import Connections
 from .base import RollupRow
-from .rows import rollup_values, telemetry_row
+from .rows import drift_status_values, rollup_values, telemetry_row
 
 _ROLLUP_UPSERT = """
 INSERT INTO rollups (device_id, minute, batches, inferences, errors, latency_p95_sum, latency_n,
@@ -36,6 +36,28 @@ ON CONFLICT(device_id, minute) DO UPDATE SET
 """
 
 
+_DRIFT_UPSERT = """
+INSERT INTO drift_status (device_id, ts, model, version, alert, alert_since, last_alert_ts,
+    reference_effect, reference_p, baseline_effect, baseline_p, burn_in_rows, burn_in_needed)
+VALUES (:device_id, :ts, :model, :version, :alert, CASE WHEN :alert THEN :ts END,
+    CASE WHEN :alert THEN :ts END, :reference_effect, :reference_p, :baseline_effect,
+    :baseline_p, :burn_in_rows, :burn_in_needed)
+ON CONFLICT(device_id) DO UPDATE SET
+    alert_since = CASE WHEN NOT excluded.alert THEN NULL
+        WHEN drift_status.alert AND drift_status.model = excluded.model
+            AND drift_status.version = excluded.version THEN drift_status.alert_since
+        ELSE excluded.ts END,
+    last_alert_ts = CASE WHEN excluded.alert THEN excluded.ts ELSE drift_status.last_alert_ts END,
+    ts = excluded.ts, model = excluded.model, version = excluded.version,
+    alert = excluded.alert, reference_effect = excluded.reference_effect,
+    reference_p = excluded.reference_p, baseline_effect = excluded.baseline_effect,
+    baseline_p = excluded.baseline_p, burn_in_rows = excluded.burn_in_rows,
+    burn_in_needed = excluded.burn_in_needed
+WHERE excluded.ts >= drift_status.ts
+"""
+"""The newest report wins; a spool replay of older windows does not undo it."""
+
+
 class TelemetryTables(Connections):
     def insert_telemetry(self, batches: Sequence[Telemetry], *, received_at: float) -> int:
         if not batches:
@@ -53,6 +75,7 @@ class TelemetryTables(Connections):
                     inserted += 1
                     fresh.append(batch)
             conn.executemany(_ROLLUP_UPSERT, [rollup_values(b) for b in fresh])
+            conn.executemany(_DRIFT_UPSERT, [d for d in map(drift_status_values, fresh) if d])
         return inserted
 
     def query_raw(
