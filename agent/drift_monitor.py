@@ -124,8 +124,7 @@ class DriftMonitor:
             tests = compare(hist, self._baseline)
             vs_base = self._test(tests)
             drifted = (
-                tests.window_p <= self.policy.alpha
-                and vs_base.effect >= self.policy.min_effect
+                tests.window_p <= self.policy.alpha and vs_base.effect >= self.policy.min_effect
             )
             self._state.update(drifted)
         else:
@@ -176,7 +175,9 @@ class DriftMonitor:
                 return  # another model's baseline: this install starts its own burn-in
             self._baseline, self._baseline_rows = counts, int(doc["rows"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("drift baseline %s unreadable (%s): starting a new burn-in", self._file, exc)
+            log.warning(
+                "drift baseline %s unreadable (%s): starting a new burn-in", self._file, exc
+            )
 
     def _save(self) -> None:
         if self._file is None:

@@ -8,7 +8,8 @@ data on the device and costs one ``searchsorted`` per feature.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -151,7 +152,7 @@ def _half_width(v: float, values: npt.NDArray[np.float64]) -> float:
     gaps = [values[i] - values[i - 1]] if i > 0 else []
     if i + 1 < values.size:
         gaps.append(values[i + 1] - values[i])
-    return min([d] + [g / 4 for g in gaps])
+    return float(min([d] + [float(g) / 4 for g in gaps]))
 
 
 class CompiledReference:
@@ -160,6 +161,9 @@ class CompiledReference:
     def __init__(self, reference: DriftReference) -> None:
         self.samples = reference.samples
         self.edges = [np.asarray(f.edges, dtype=np.float64) for f in reference.features]
+        # float32 rows (what the agent keeps) compare with each edge rounded up to float32:
+        # for a float32 v, v < e exactly when v < ceil32(e).
+        self._edges32 = [_ceil32(e) for e in self.edges]
         # One extra bin at the end for non-finite values, never seen in training.
         self.expected = [
             np.append(np.asarray(f.expected, dtype=np.float64), 0.0) for f in reference.features
@@ -188,20 +192,33 @@ class CompiledReference:
         every feature counts non-finite values.  Matrices of the same reference add
         up, which is what makes windows mergeable across devices and time.
         """
-        data = self._matrix(rows)
-        k = self.bins
-        index = np.empty(data.shape, dtype=np.int64)
-        for j, edges in enumerate(self.edges):
-            index[:, j] = np.searchsorted(edges, data[:, j], side="right")
-        index[~np.isfinite(data)] = k - 1
-        index += np.arange(self.width, dtype=np.int64) * k
-        return np.bincount(index.ravel(), minlength=self.width * k).reshape(self.width, k)
+        data = np.asarray(rows)
+        if data.dtype != np.float32:
+            data = data.astype(np.float64, copy=False)
+        data = self._matrix(data)
+        columns = np.ascontiguousarray(np.where(np.isfinite(data), data, np.nan).T)
+        columns.sort(axis=1)  # NaN last
+        edges: Sequence[npt.NDArray[np.floating[Any]]] = (
+            self._edges32 if columns.dtype == np.float32 else self.edges
+        )
+        finite = np.count_nonzero(~np.isnan(columns), axis=1)
+        # below[j, i]: values of feature j under its edge i; past its last edge, all finite.
+        below = np.repeat(finite[:, None], self.bins, axis=1)
+        below[:, 0] = 0
+        for j, e in enumerate(edges):
+            below[j, 1 : e.size + 1] = np.searchsorted(columns[j], e, side="left")
+        out = np.zeros((self.width, self.bins), dtype=np.int64)
+        out[:, :-1] = below[:, 1:] - below[:, :-1]
+        out[:, -1] = columns.shape[1] - finite
+        return out
 
-    def _matrix(self, rows: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        data = np.asarray(rows, dtype=np.float64)
+    def _matrix(self, rows: npt.ArrayLike) -> npt.NDArray[np.floating[Any]]:
+        data = np.asarray(rows)
+        if data.dtype not in (np.float32, np.float64):
+            data = data.astype(np.float64)
         if data.ndim == 1:
             data = data.reshape(1, -1)
-        if data.ndim != 2 or data.shape[1] != self.width:
+        if data.ndim != 2 or data.shape[1] != self.width:  # also the histogram's check
             raise ModelError(
                 f"inputs have shape {data.shape}, but the drift reference describes "
                 f"{self.width} features per row"
@@ -228,6 +245,11 @@ class CompiledReference:
             [psi(expected, c) for expected, c in zip(self.expected, counts, strict=True)],
             dtype=np.float64,
         )
+
+
+def _ceil32(edges: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    low = edges.astype(np.float32)
+    return np.where(low < edges, np.nextafter(low, np.float32(np.inf)), low).astype(np.float32)
 
 
 def psi(expected: npt.ArrayLike, actual: npt.ArrayLike, *, eps: float = PSI_EPSILON) -> float:

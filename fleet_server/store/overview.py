@@ -192,8 +192,7 @@ class OverviewTables(Connections):
         chi-squared reports; value: the effect against the baseline), then, for agents
         that still send PSI, the old rule: largest PSI above ``threshold``."""
         status = conn.execute(
-            "SELECT device_id, alert, alert_since, last_alert_ts, baseline_effect "
-            "FROM drift_status"
+            "SELECT device_id, alert, alert_since, last_alert_ts, baseline_effect FROM drift_status"
         ).fetchall()
         tested = {r["device_id"] for r in status}
         out = [
