@@ -199,7 +199,7 @@ class OverviewTables(Connections):
             Alert(
                 r["device_id"],
                 r["baseline_effect"],
-                "changed from its baseline" if r["alert"] else "was changed; back to normal",
+                "changed from its baseline" if r["alert"] else "was changed, back to its baseline",
             )
             for r in sorted(status, key=lambda r: (-r["alert"], -(r["last_alert_ts"] or 0)))
             if r["alert"] or (r["last_alert_ts"] or 0) >= since
@@ -212,7 +212,7 @@ class OverviewTables(Connections):
             ),
             key=lambda x: (-x[0], x[1]),
         )
-        return out + [Alert(d, v, "PSI above the threshold") for v, d in legacy]
+        return out + [Alert(d, v, "PSI over the line") for v, d in legacy]
 
     # ------------------------------------------------------------ updates --
 

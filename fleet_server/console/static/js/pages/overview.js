@@ -9,7 +9,8 @@ import { ACTIVE, progress, rolloutLink } from './rollouts.js';
 const small = { width: 300, height: 130 };
 
 const ALERTS = [
-  ['drift', 'Drift above threshold', (s) => `PSI > ${s.drift_threshold}`, (a) => `PSI ${fmtNum(a.value)}`],
+  ['drift', 'Input drift', (s) => `changed from the device's own baseline (older agents: PSI > ${s.drift_threshold})`,
+    (a) => `${a.detail}${a.value === null ? '' : ` · ${fmtNum(a.value)}`}`],
   ['silent', 'Silent devices', (s) => `no message for ${Math.round(s.silent_s / 60)} min`,
     (a) => `${a.detail}, last seen ${ago(a.value)}`],
   ['failed_updates', 'Failed updates', () => 'reported update failed or rolled back', (a) => a.detail],
