@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from edgefleet_contract.messages import Telemetry
 
+from ..cohorts import DriftWindow
 from ._conn import Connections
 from .base import RollupRow
 from .rows import drift_status_values, rollup_values, telemetry_row
@@ -126,6 +130,44 @@ class TelemetryTables(Connections):
             (since, until),
         ).fetchall()
         return [_rollup(r, device_id=str(r["devices"])) for r in rows]
+
+    def drift_windows(
+        self, *, since: float, until: float, tag: str | None, limit: int
+    ) -> list[tuple[str | None, DriftWindow]]:
+        path = f'$."{tag}"' if tag is not None else None
+        rows = self._conn().execute(
+            "SELECT t.device_id, t.ts, json_extract(d.tags, ?) AS cohort, "
+            "json_extract(t.body, '$.inference.model') AS model, "
+            "json_extract(t.body, '$.inference.version') AS version, "
+            "json_extract(t.body, '$.drift.histograms') AS hist, "
+            "json_extract(t.body, '$.drift.alert') AS alert, "
+            "json_extract(t.body, '$.drift.baseline.effect') AS base_effect, "
+            "json_extract(t.body, '$.inference.feedback_count') AS fb_n, "
+            "json_extract(t.body, '$.inference.feedback_correct') AS fb_ok, "
+            "json_extract(t.body, '$.inference.latency.p95_ms') AS p95 "
+            "FROM telemetry t JOIN devices d ON d.id = t.device_id "
+            "WHERE t.ts >= ? AND t.ts < ? AND json_extract(t.body, '$.drift.method') = 'chi2' "
+            "ORDER BY t.ts DESC LIMIT ?",
+            (path, since, until, limit),
+        )
+        out: list[tuple[str | None, DriftWindow]] = []
+        for r in rows:
+            if r["model"] is None or not r["hist"]:
+                continue  # no inference section, or a model too wide to ship histograms
+            window = DriftWindow(
+                device_id=r["device_id"],
+                ts=r["ts"],
+                model=r["model"],
+                version=r["version"],
+                histograms=np.asarray(json.loads(r["hist"]), dtype=np.float64),
+                alert=bool(r["alert"]),
+                baseline_effect=r["base_effect"],
+                feedback_count=int(r["fb_n"] or 0),
+                feedback_correct=int(r["fb_ok"] or 0),
+                p95_ms=r["p95"],
+            )
+            out.append((r["cohort"], window))
+        return out
 
     def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int:
         with self._tx() as conn:
