@@ -58,6 +58,12 @@ class AlertPolicy:
             raise ModelError("drift raise_after, clear_after and burn_in_rows must be at least 1")
 
 
+def _trimmed(hist: npt.NDArray[np.int64]) -> list[list[int]]:
+    """Rows without their trailing zeros (narrow features, no non-finite values): about a
+    third fewer bytes; the server pads them back (:func:`fleet_server.cohorts.padded`)."""
+    return [np.trim_zeros(row, "b").tolist() for row in hist]
+
+
 class AlertState:
     """Minimum duration to raise, hysteresis to clear: a pure state machine."""
 
@@ -144,7 +150,7 @@ class DriftMonitor:
             ),
             alert=self._state.alerting,
             alert_windows=self._state.streak,
-            histograms=hist.tolist() if hist.shape[0] <= MAX_HISTOGRAM_FEATURES else [],
+            histograms=_trimmed(hist) if hist.shape[0] <= MAX_HISTOGRAM_FEATURES else [],
         )
 
     def _test(self, tests: FeatureTests) -> DriftTest:

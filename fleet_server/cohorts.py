@@ -93,12 +93,15 @@ def _view(
     cohort_of: Callable[[str], str],
     by: str,
 ) -> CohortView:
-    shape = max((w.histograms.shape for w in windows), key=lambda s: s[0] * s[1])
-    usable = [w for w in windows if w.histograms.shape == shape]
+    features = max(w.histograms.shape[0] for w in windows)
+    width = max(w.histograms.shape[1] for w in windows if w.histograms.shape[0] == features)
     groups: dict[str, list[DriftWindow]] = defaultdict(list)
-    for w in usable:
-        groups[cohort_of(w.device_id)].append(w)
-    merged = {k: np.sum([w.histograms for w in g], axis=0) for k, g in groups.items()}
+    for w in windows:
+        if w.histograms.shape[0] == features:  # another feature count: a changed model
+            groups[cohort_of(w.device_id)].append(w)
+    merged = {
+        k: np.sum([_widen(w.histograms, width) for w in g], axis=0) for k, g in groups.items()
+    }
     total = np.sum(list(merged.values()), axis=0)
     slices = [_slice(key, groups[key], merged[key], total) for key in sorted(groups)]
     significant = [s for s in slices if s.p_value is not None and s.p_value <= ALPHA]
@@ -150,6 +153,21 @@ def _slice(
         accuracy_high=high,
         p95_ms=float(np.mean(p95)) if p95 else None,
     )
+
+
+def padded(rows: Sequence[Sequence[float]]) -> npt.NDArray[np.float64]:
+    """Ragged per-feature counts (trailing zeros trimmed on the wire) as one matrix."""
+    width = max((len(r) for r in rows), default=0)
+    out = np.zeros((len(rows), width), dtype=np.float64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _widen(hist: npt.NDArray[np.float64], width: int) -> npt.NDArray[np.float64]:
+    if hist.shape[1] == width:
+        return hist
+    return np.pad(hist, ((0, 0), (0, width - hist.shape[1])))
 
 
 def _interval(correct: int, labels: int) -> tuple[float | None, float | None]:

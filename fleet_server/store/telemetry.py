@@ -7,11 +7,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from edgefleet_contract.messages import Telemetry
 
-from ..cohorts import DriftWindow
+from ..cohorts import DriftWindow, padded
 from ._conn import Connections
 from .base import RollupRow
 from .rows import drift_status_values, rollup_values, telemetry_row
@@ -159,7 +157,7 @@ class TelemetryTables(Connections):
                 ts=r["ts"],
                 model=r["model"],
                 version=r["version"],
-                histograms=np.asarray(json.loads(r["hist"]), dtype=np.float64),
+                histograms=padded(json.loads(r["hist"])),
                 alert=bool(r["alert"]),
                 baseline_effect=r["base_effect"],
                 feedback_count=int(r["fb_n"] or 0),
