@@ -130,7 +130,11 @@ class RichDevice:
                 ),
                 confidence_hist=hist,
             ),
-            drift=DriftStats(
+            # drift comes with every third batch, as an agent tests it only once enough
+            # rows arrived: the chart must draw across the batches without it
+            drift=None
+            if self._seq % 3
+            else DriftStats(
                 samples=200,
                 score=0.04 + 0.4 * shift + 0.02 * rng.random(),
                 features=[

@@ -158,6 +158,8 @@ def test_device_page_draws_live_charts(fleet: ConsoleFleet, page: Page) -> None:
     drift = page.locator("figure.chart", has_text="Drift per feature")
     expect(drift.locator("path.line")).to_have_count(5)  # the max and four features
     expect(drift.locator("path.line").first).to_have_attribute("data-series", "max")
+    sparse = drift.locator("path.line").first.get_attribute("d") or ""
+    assert sparse.count("L") >= 1, sparse  # points joined across batches without drift
     latency = page.locator("figure.chart", has_text="Latency").locator("path.line")
     expect(latency).to_have_count(3)
     expect(page.locator("[data-diff]").first).to_be_visible()
