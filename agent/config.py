@@ -63,7 +63,7 @@ class DriftSettings(Section):
     min_effect: Annotated[float, Field(ge=0, le=1)] = 0.0
     raise_after: Annotated[int, Field(ge=1, le=1000)] = 3
     clear_after: Annotated[int, Field(ge=1, le=1000)] = 3
-    burn_in_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 1000
+    burn_in_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 2000
     """Rows after each install that become this device's baseline ("its normal")."""
 
 

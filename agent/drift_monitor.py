@@ -47,7 +47,7 @@ class AlertPolicy:
     min_effect: float = 0.0
     raise_after: int = 3
     clear_after: int = 3
-    burn_in_rows: int = 1000
+    burn_in_rows: int = 2000
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
