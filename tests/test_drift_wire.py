@@ -58,7 +58,7 @@ def test_an_old_agents_psi_payload_still_decodes() -> None:
 
 
 def _without_method() -> dict[str, object]:
-    drift = dict(OLD_AGENT_BATCH["drift"])  # type: ignore[arg-type]
+    drift: dict[str, object] = {**OLD_AGENT_BATCH["drift"]}  # type: ignore[dict-item]
     drift.pop("method")
     return drift
 

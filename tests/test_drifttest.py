@@ -141,7 +141,10 @@ def test_monitor_alerts_on_a_change_from_the_device_normal_only() -> None:
     rng = np.random.default_rng(6)
     reference = build_reference(rng.normal(size=(2000, 5)))
     monitor = DriftMonitor(reference, policy=AlertPolicy(burn_in_rows=600))
-    own = lambda n: rng.normal(0.7, 1.2, size=(n, 5))  # noqa: E731
+
+    def own(n: int) -> np.ndarray:
+        return rng.normal(0.7, 1.2, size=(n, 5))
+
     for _ in range(3):
         monitor.window(own(200))
     calm = [monitor.window(own(200)).alert for _ in range(20)]
