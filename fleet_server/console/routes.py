@@ -81,7 +81,9 @@ def session(request: Request, who: Principal = Depends(principal)) -> SessionOut
 @router.get("/summary", response_model=SummaryOut)
 def summary(
     window_s: float = Query(900, ge=60, le=7 * 86400),
-    drift_threshold: float = Query(0.25, ge=0, le=100, description="PSI above this alerts (agents that still send PSI)"),
+    drift_threshold: float = Query(
+        0.25, ge=0, le=100, description="PSI above this alerts (agents that still send PSI)"
+    ),
     silent_s: float = Query(300, ge=10, le=30 * 86400, description="no message for this long"),
     who: Principal = Depends(require("viewer")),
     c: ApiContext = Depends(ctx),
