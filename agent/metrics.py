@@ -10,10 +10,10 @@ Two bounded samples keep memory flat whatever the traffic:
 
 * latencies: a uniform reservoir of the window (exact count, mean and max are
   kept beside it, so only the percentiles are estimated);
-* input rows for drift: a uniform reservoir that is scored, and emptied, only
-  once it holds ``min_drift_samples`` rows.  A busy device scores drift every
-  window; a quiet one waits for enough evidence instead of reporting the noise
-  of five samples as a "major shift" that could halt a rollout.
+* input rows for drift: a uniform reservoir that is tested (:mod:`.drift_monitor`),
+  and emptied, once it holds ``min_drift_samples`` rows and ``drift_interval_s``
+  passed since the last test.  A quiet device waits for enough evidence instead
+  of reporting the noise of five samples as a shift.
 """
 
 from __future__ import annotations
@@ -23,20 +23,22 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from edgefleet_contract.drift import CompiledReference, DriftReference
+from edgefleet_contract.drift import DriftReference
 from edgefleet_contract.errors import ModelError
 from edgefleet_contract.messages import (
-    DriftStats,
-    FeatureDrift,
+    DriftReport,
     InferenceStats,
     LatencySummary,
 )
+
+from .drift_monitor import AlertPolicy, DriftMonitor
 
 CONFIDENCE_BINS = 10
 MAX_CLASSES = 1000
@@ -50,7 +52,7 @@ class WindowStats:
     """One window's snapshot; ``drift`` is None until enough rows were seen."""
 
     inference: InferenceStats
-    drift: DriftStats | None
+    drift: DriftReport | None
     window_s: float
 
 
@@ -67,6 +69,9 @@ class InferenceRecorder:
         latency_capacity: int = 4096,
         drift_capacity: int = 1024,
         min_drift_samples: int = 200,
+        drift_interval_s: float = 0.0,
+        drift_policy: AlertPolicy | None = None,
+        baseline_file: Path | None = None,
         top_features: int = 10,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
@@ -86,17 +91,28 @@ class InferenceRecorder:
         self.model = model
         self.version = version
         self._labels = [(label[:128] or str(i)) for i, label in enumerate(labels)]
-        self._reference = CompiledReference(reference) if reference is not None else None
+        self._monitor = (
+            DriftMonitor(
+                reference,
+                policy=drift_policy,
+                baseline_file=baseline_file,
+                install=f"{model}@{version}",
+                top_features=top_features,
+            )
+            if reference is not None
+            else None
+        )
+        self._drift_interval = drift_interval_s
+        self._drift_at = clock()
         self._clock = clock
         self._random = random.Random(seed).random
         self._min_drift = min_drift_samples
-        self._top = top_features
         self._lock = threading.Lock()
         # Latencies go in a plain list: storing a reference to the caller's float is
         # several times cheaper than a numpy item assignment.
         self._lat_cap = latency_capacity
         self._lat: list[float] = [0.0] * latency_capacity
-        self._width = self._reference.width if self._reference is not None else 0
+        self._width = self._monitor.reference.width if self._monitor is not None else 0
         self._rows_cap = drift_capacity if self._width else 0
         self._rows = np.zeros((self._rows_cap, self._width), dtype=np.float32)
         self._rows_seen = 0
@@ -190,9 +206,10 @@ class InferenceRecorder:
             conf, classes = self._conf, self._classes
             feedback, correct = self._feedback, self._correct
             rows = None
-            if self._rows_seen >= self._min_drift:
+            if self._rows_seen >= self._min_drift and now - self._drift_at >= self._drift_interval:
                 rows = self._rows[: min(self._rows_seen, self._rows_cap)].copy()
                 self._rows_seen = 0
+                self._drift_at = now
             self._reset_window(now)
         inference = InferenceStats(
             model=self.model,
@@ -217,16 +234,14 @@ class InferenceRecorder:
             named[name] = named.get(name, 0) + n
         return named
 
-    def _drift(self, rows: npt.NDArray[np.float32] | None) -> DriftStats | None:
-        if rows is None or self._reference is None:
+    def _drift(self, rows: npt.NDArray[np.float32] | None) -> DriftReport | None:
+        if rows is None or self._monitor is None:
             return None
-        scores = self._reference.feature_psi(rows)
-        order = np.argsort(-scores, kind="stable")[: self._top]
-        return DriftStats(
-            samples=rows.shape[0],
-            score=float(scores.max()),
-            features=[FeatureDrift(feature=int(j), psi=float(scores[j])) for j in order],
-        )
+        return self._monitor.window(rows)
+
+    @property
+    def drift_monitor(self) -> DriftMonitor | None:
+        return self._monitor
 
 
 def _latency(latencies_s: npt.NDArray[np.float64], mean_s: float, max_s: float) -> LatencySummary:

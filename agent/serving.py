@@ -36,6 +36,8 @@ import numpy.typing as npt
 from edgefleet_contract.errors import ModelError, NotFound
 from edgefleet_contract.summary import summarize
 
+from .config import DriftSettings
+from .drift_monitor import AlertPolicy
 from .metrics import InferenceRecorder, WindowStats
 from .runtime import Model, Prediction
 from .runtime.tasks import Arrays, Inference
@@ -45,10 +47,37 @@ RecorderFactory = Callable[[Model], InferenceRecorder]
 
 
 def recorder_for(model: Model) -> InferenceRecorder:
-    """The default recorder: latency, confidence, classes, and PSI against the package's
-    reference statistics (raw features, as the builder computed them)."""
+    """The default recorder: latency, confidence, classes, and drift tests against the
+    package's reference statistics (raw features, as the builder computed them)."""
     m = model.manifest
     return InferenceRecorder(m.name, m.version, labels=m.labels, reference=m.drift)
+
+
+def drift_recorders(settings: DriftSettings, baseline_file: Path | None) -> RecorderFactory:
+    """Recorders that test drift as ``settings`` say and keep the burn-in baseline in
+    ``baseline_file`` (one file: a new install starts a new baseline)."""
+    policy = AlertPolicy(
+        alpha=settings.alpha,
+        min_effect=settings.min_effect,
+        raise_after=settings.raise_after,
+        clear_after=settings.clear_after,
+        burn_in_rows=settings.burn_in_rows,
+    )
+
+    def make(model: Model) -> InferenceRecorder:
+        m = model.manifest
+        return InferenceRecorder(
+            m.name,
+            m.version,
+            labels=m.labels,
+            reference=m.drift,
+            min_drift_samples=settings.min_samples,
+            drift_interval_s=settings.interval_s,
+            drift_policy=policy,
+            baseline_file=baseline_file,
+        )
+
+    return make
 
 
 class NoModel(ModelError):

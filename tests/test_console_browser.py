@@ -138,6 +138,10 @@ def test_overview_counts_and_alerts(fleet: ConsoleFleet, page: Page) -> None:
     expect(page.locator(".bars a", has_text="digits@1.2.0")).to_be_visible()
     expect(page.locator(".panel", has_text="Active rollouts")).to_contain_text("No active rollout")
     expect(page.locator(".overview path.line").nth(2)).to_be_attached()
+    # cam-01 sends chi-squared drift reports: its windows make the cohort table
+    cohorts = page.locator("#cohorts")
+    expect(cohorts.locator("caption", has_text="digits 1.3.0")).to_be_visible(timeout=WAIT_MS)
+    expect(cohorts.locator("tbody tr")).not_to_have_count(0)
     shot(page, "overview")
 
 
@@ -159,6 +163,8 @@ def test_device_page_draws_live_charts(fleet: ConsoleFleet, page: Page) -> None:
     drift = page.locator("figure.chart", has_text="Drift per feature")
     expect(drift.locator("path.line")).to_have_count(5)  # the max and four features
     expect(drift.locator("path.line").first).to_have_attribute("data-series", "max")
+    sparse = drift.locator("path.line").first.get_attribute("d") or ""
+    assert sparse.count("L") >= 1, sparse  # points joined across batches without drift
     latency = page.locator("figure.chart", has_text="Latency").locator("path.line")
     expect(latency).to_have_count(3)
     expect(page.locator("[data-diff]").first).to_be_visible()
@@ -171,6 +177,11 @@ def test_device_page_draws_live_charts(fleet: ConsoleFleet, page: Page) -> None:
         page.locator(".panel", has_text="Recent commands").locator("tbody tr")
     ).not_to_have_count(0)
     shot(page, "device")
+
+    page.goto(f"{fleet.url}/console/#/devices/cam-01")
+    both = page.locator("figure.chart", has_text="baseline vs reference").locator("path.line")
+    expect(both.first).to_have_attribute("data-series", "vs own baseline")
+    expect(both).to_have_count(3)  # baseline, reference, alert
 
     page.goto(f"{fleet.url}/console/#/devices/cam-03")
     expect(page.locator(".panel", has_text="Update history")).to_contain_text("self-test mismatch")
