@@ -25,6 +25,7 @@ from fleet_server.federation.grid import MqttGrid
 from fleet_server.federation.spec import LocalTraining, RunSpec
 from fleet_server.federation.validate import UpdateCheck
 from fleet_server.modelkit.digits import PREPROCESSING, split
+from fleet_server.modelkit.partition import dirichlet_parts
 
 from ._lab import table
 
@@ -33,17 +34,6 @@ ROUNDS = 20
 ALPHA = 0.5
 SEED = 3
 LOCAL = LocalTraining(epochs=5, lr=0.1, batch_size=16)
-
-
-def dirichlet_parts(y: np.ndarray, clients: int, alpha: float, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in range(clients)]
-    for label in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == label))
-        cuts = (np.cumsum(rng.dirichlet([alpha] * clients))[:-1] * len(idx)).astype(int)
-        for part, chunk in zip(parts, np.split(idx, cuts), strict=True):
-            part.extend(chunk.tolist())
-    return [np.asarray(sorted(p), dtype=np.int64) for p in parts]
 
 
 def start_network() -> tuple[object, dict[str, np.ndarray]]:
