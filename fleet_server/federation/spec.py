@@ -92,7 +92,7 @@ class RunSpec(BaseModel):
     """FedAdam/FedYogi/FedAdagrad's adaptivity (added to the root of the second moment)."""
     buffer_size: Annotated[int, Field(ge=1, le=100_000)] = 5
     """fedbuff: aggregate every this many updates (a "round" is one aggregation)."""
-    max_staleness: Annotated[int, Field(ge=0, le=1000)] = 10
+    max_staleness: Annotated[int, Field(ge=0, le=1000)] = 30
     """fedbuff: drop an update trained on a global version this many aggregations old."""
     staleness_exponent: Annotated[float, Field(ge=0, le=4)] = 0.5
     """fedbuff: an update ``tau`` versions stale counts ``(1 + tau) ** -exponent``."""

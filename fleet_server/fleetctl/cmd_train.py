@@ -59,7 +59,6 @@ def train() -> None:
 @click.option(
     "--over-select",
     type=click.FloatRange(0, 1),
-    default=0.0,
     help="Sample this much more (0.3 = 30%) and close each round when enough updates are in.",
 )
 @click.option(
@@ -75,9 +74,9 @@ def train() -> None:
     help="Server optimiser step (fedadam, fedyogi, fedadagrad, fedavgm, fedbuff); "
     "default: per strategy.",
 )
-@click.option("--server-momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9)
-@click.option("--buffer-size", type=click.IntRange(1), default=5, help="fedbuff: updates per step.")
-@click.option("--max-staleness", type=click.IntRange(0), default=10, help="fedbuff: versions.")
+@click.option("--server-momentum", type=click.FloatRange(0, 1, max_open=True), help="fedavgm.")
+@click.option("--buffer-size", type=click.IntRange(1), help="fedbuff: updates per aggregation.")
+@click.option("--max-staleness", type=click.IntRange(0), help="fedbuff: oldest usable version.")
 @click.option("--concurrency", type=click.IntRange(1), default=None, help="fedbuff: devices busy.")
 @click.option("--epochs", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=0.1, show_default=True)
@@ -102,13 +101,6 @@ def start(ctx: Ctx, /, **o: Any) -> None:
         "min_clients": o["min_clients"],
         "fraction": o["fraction"],
         "round_timeout_s": o["round_timeout"],
-        "over_select": o["over_select"],
-        "round_deadline_s": o["round_deadline"],
-        "server_lr": o["server_lr"],
-        "server_momentum": o["server_momentum"],
-        "buffer_size": o["buffer_size"],
-        "max_staleness": o["max_staleness"],
-        "concurrency": o["concurrency"],
         "local": {
             "epochs": o["epochs"],
             "lr": o["lr"],
@@ -131,8 +123,18 @@ def start(ctx: Ctx, /, **o: Any) -> None:
         "secagg": o["secagg"],
         "rollout": o["rollout"],
     }
-    if o["strategy"] is not None:
-        body["strategy"] = o["strategy"]
+    optional = {
+        "strategy": "strategy",
+        "over_select": "over_select",
+        "round_deadline": "round_deadline_s",
+        "server_lr": "server_lr",
+        "server_momentum": "server_momentum",
+        "buffer_size": "buffer_size",
+        "max_staleness": "max_staleness",
+        "concurrency": "concurrency",
+    }
+    # Unset options are left out: the server's run spec holds every default.
+    body.update({key: o[opt] for opt, key in optional.items() if o[opt] is not None})
     run = ctx.client.post("/training/runs", body)
     if ctx.as_json:
         emit(run, as_json=True)
