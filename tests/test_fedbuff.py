@@ -126,12 +126,13 @@ def test_state_round_trips_mid_buffer() -> None:
     assert first.get_state().keys() == second.get_state().keys()
 
 
-class Devices(Grid):
+class Devices(Nodes):
     """A grid whose devices answer at once (adding ``node`` to every weight) except the
     silent ones; its clock advances one second per call."""
 
     def __init__(self, nodes: list[int], silent: set[int]) -> None:
-        self.nodes, self.silent = nodes, silent
+        super().__init__(nodes)
+        self.silent = silent
         self.replies: dict[str, Message] = {}
         self.sent: list[int] = []
         self.t = 0.0
@@ -139,9 +140,6 @@ class Devices(Grid):
     def clock(self) -> float:
         self.t += 1.0
         return self.t
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.nodes)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
@@ -161,17 +159,6 @@ class Devices(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
-
-    def set_run(self, run_id: int) -> None: ...  # type: ignore[override]
-    @property
-    def run(self):  # type: ignore[no-untyped-def,override]
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def,override]
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def,override]
-        raise NotImplementedError
 
 
 def test_loop_gives_up_on_a_silent_device_and_keeps_aggregating() -> None:
