@@ -191,3 +191,30 @@ def test_loop_gives_up_on_a_silent_device_and_keeps_aggregating() -> None:
 def test_refuses_nonsense_settings() -> None:
     with pytest.raises(Exception, match="buffer_size"):
         FedBuff(buffer_size=0)
+
+
+def test_a_restored_strategy_continues_from_its_version() -> None:
+    """Restored from a checkpoint (the runner's state hook), the next start() goes on from the
+    saved version, numbers its rounds from 1 again and sends every device fresh work."""
+    flower_compat.set_task_identity(6)
+    start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
+    first = FedBuff(buffer_size=2, concurrency=2, seed=2)
+    first.start(Devices([1, 2], set()), start, num_rounds=3, timeout=50, poll_s=0.0)
+    meta, arrays = first.edgefleet_state()
+    assert first.version == 3 and np.allclose(first.weights["w"], 3 * 1.5)
+
+    again = FedBuff(buffer_size=2, concurrency=2, seed=2)
+    again.edgefleet_restore(meta, arrays)
+    seen: list[int] = []
+    grid = Devices([1, 2], set())
+    result = again.start(
+        grid,
+        start,  # ignored: the restored weights are the starting point
+        num_rounds=2,
+        timeout=50,
+        evaluate_fn=lambda r, a: seen.append(r) or None,  # type: ignore[func-returns-value]
+        poll_s=0.0,
+    )
+    assert seen == [1, 2] and again.version == 5
+    assert np.allclose(result.arrays["w"].numpy(), 5 * 1.5)
+    assert sorted(grid.sent[:2]) == [1, 2]

@@ -192,6 +192,15 @@ class FedBuff(Strategy):
             }
             self.buffer.append(Buffered(int(node), int(base), delta, float(n), int(staleness)))
 
+    def edgefleet_state(self) -> tuple[dict[str, object], dict[str, npt.NDArray[np.generic]]]:
+        """The checkpoint hook's shape (metadata, arrays): everything is in the arrays."""
+        return {"fedbuff": 1}, self.get_state()
+
+    def edgefleet_restore(
+        self, meta: Mapping[str, object], arrays: Mapping[str, npt.NDArray[np.generic]]
+    ) -> None:
+        self.set_state(arrays)
+
     # --------------------------------------------- Flower strategy calls --
 
     def summary(self) -> None:
@@ -280,6 +289,10 @@ class FedBuff(Strategy):
         """Aggregate ``num_rounds`` times; a device silent for ``timeout`` s is given up on."""
         if not self.weights:
             self.reset({k: v.numpy() for k, v in initial_arrays.items()})
+        # Nothing is in flight in this process yet (after a restore, the devices' answers to
+        # the previous process would not be recognised): every device is idle.
+        self.inflight.clear()
+        first = self.version
         config = train_config or ConfigRecord()
         result = Result()
         waiting: dict[str, tuple[int, float]] = {}
@@ -302,7 +315,7 @@ class FedBuff(Strategy):
                 waiting.pop(reply.metadata.reply_to_message_id, None)
             for reply in fresh:  # one at a time: every version is evaluated and booked
                 if self.version < goal:
-                    self._step(self.version + 1, [reply], evaluate_fn, result)
+                    self._step(self.version + 1 - first, [reply], evaluate_fn, result)
             expired = [k for k, (_, sent_at) in waiting.items() if clock() - sent_at > timeout]
             for key in expired:
                 self.forget(waiting.pop(key)[0])
@@ -315,18 +328,20 @@ class FedBuff(Strategy):
 
     def _step(
         self,
-        server_round: int,
+        run_round: int,
         replies: list[Message],
         evaluate_fn: EvaluateFn | None,
         result: Result,
     ) -> None:
-        arrays, metrics = self.aggregate_train(server_round, replies)
+        """Buffer ``replies``; on a new version, evaluate it as round ``run_round`` of this
+        ``start`` call (what Flower's loop passes to ``evaluate_fn``)."""
+        arrays, metrics = self.aggregate_train(self.version + 1, replies)
         if arrays is None:
             return
         result.arrays = arrays
         if metrics is not None:
-            result.train_metrics_clientapp[self.version] = metrics
+            result.train_metrics_clientapp[run_round] = metrics
         if evaluate_fn is not None:
-            res = evaluate_fn(self.version, arrays)
+            res = evaluate_fn(run_round, arrays)
             if res is not None:
-                result.evaluate_metrics_serverapp[self.version] = res
+                result.evaluate_metrics_serverapp[run_round] = res
