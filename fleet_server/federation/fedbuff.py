@@ -67,7 +67,7 @@ class FedBuff(Strategy):
         self,
         *,
         buffer_size: int = 5,
-        max_staleness: int = 10,
+        max_staleness: int = 30,
         concurrency: int | None = None,
         server_lr: float = 1.0,
         staleness_exponent: float = 0.5,
