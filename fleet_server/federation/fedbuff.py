@@ -248,7 +248,7 @@ class FedBuff(Strategy):
                 self.forget(node)
                 self.dropped["error"] += 1
                 continue
-            arrays = {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
+            arrays = {k: _numpy(v) for k, v in reply.content.array_records["arrays"].items()}
             metrics = reply.content.metric_records.get("metrics")
             examples = float(metrics.get("num-examples", 1)) if metrics else 1.0  # type: ignore[arg-type]
             stepped = self.add(node, arrays, examples) or stepped
@@ -345,3 +345,16 @@ class FedBuff(Strategy):
             res = evaluate_fn(run_round, arrays)
             if res is not None:
                 result.evaluate_metrics_serverapp[run_round] = res
+
+
+def _numpy(array: Array, tries: int = 3) -> npt.NDArray[np.floating]:
+    """``array.numpy()``, tried again on CPython 3.11's spurious ``SystemError`` from ``ast``
+    (python/cpython#106905): numpy parses each array's header with ``ast.literal_eval``, and
+    this thread decodes while the ingest thread decodes the next reply for validation."""
+    for attempt in range(tries):
+        try:
+            return array.numpy()
+        except SystemError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
