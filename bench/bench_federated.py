@@ -45,6 +45,7 @@ from agent.learning.trainer import LocalConfig, Mlp, evaluate, prepare, train
 from agent.learning.worker import LearningWorker
 from edgefleet_contract import flower_compat
 from fleet_server.federation.app import run_rounds
+from fleet_server.federation.deadline import round_close
 from fleet_server.federation.grid import MqttGrid
 from fleet_server.federation.spec import RunSpec
 from fleet_server.federation.validate import UpdateCheck
@@ -151,6 +152,7 @@ def federated_once(
         eligible=lambda: list(workers),
         max_payload=16 * 1024,
         validator=UpdateCheck(max_update_norm=spec.max_update_norm),
+        close=round_close(spec),
     )
     flower_compat.set_task_identity(1)
     curve: list[float] = []
@@ -334,7 +336,7 @@ def traffic_rows(outcome: Outcome, initial: dict[str, np.ndarray]) -> list[dict[
             f"{up:,.0f}",
             f"{raw:,.0f}",
             f"{up / raw:.2f}",
-            "the default strategy (server optimisers reply in float64)",
+            "the default strategy",
         ),
     ]
 

@@ -7,8 +7,12 @@ docs/federated.md says how they were chosen); a run may set ``server_lr``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAdagrad,
@@ -80,4 +84,43 @@ def make_strategy(spec: RunSpec) -> Strategy:
             clipping_norm=spec.privacy.clipping_norm,
             num_sampled_clients=spec.min_clients,
         )
+    if spec.strategy in SERVER_LR and spec.strategy != "fedavgm":
+        strategy = Float32(strategy)
     return strategy
+
+
+class Float32(Strategy):
+    """Flower's adaptive optimisers compute the new global weights in float64, which would
+    double every instruction on the wire; the model is float32, so this wrapper hands the
+    next round float32 arrays (the optimiser keeps its float64 moments)."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        self.strategy = strategy
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if arrays is not None:
+            arrays = ArrayRecord(
+                {k: Array(np.asarray(v.numpy(), np.float32)) for k, v in arrays.items()}
+            )
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
