@@ -330,6 +330,32 @@ def test_training_run_page_draws_rounds(fleet: ConsoleFleet, page: Page) -> None
     shot(page, "training")
 
 
+def test_operator_starts_a_training_run_from_the_form(fleet: ConsoleFleet, page: Page) -> None:
+    """The strategies and defaults come from the server's schema; what the form sends is the
+    run's spec (an incoherent one comes back as the server's 422)."""
+    login(page, fleet.url, "otto", OPERATOR_PASSWORD)
+    page.locator("#nav").get_by_role("link", name="Training runs").click()
+    page.locator("#start-training > summary").click()
+    strategy = page.get_by_label("Strategy")
+    expect(strategy.locator("option:checked")).to_have_text("fedadam (default)")
+    expect(strategy.locator("option")).to_contain_text(["fedavg", "fedyogi", "fedbuff"])
+    expect(page.get_by_label("Buffer size")).to_have_value("5")
+    strategy.select_option("fedbuff")
+    page.get_by_label("Target").fill("tag:fl=nobody")
+    page.get_by_label("Min clients").fill("4")
+    page.get_by_label("Buffer size").fill("3")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.get_by_role("alert")).to_contain_text("must not exceed")
+    page.get_by_label("Min clients").fill("2")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.locator(".facts")).to_contain_text("fedbuff")
+    spec = page.locator(".panel", has_text="Spec").locator("pre")
+    expect(spec).to_contain_text('"buffer_size": 3')
+    expect(spec).to_contain_text('"strategy": "fedbuff"')
+    page.get_by_role("button", name="Stop run").click()  # nobody is eligible: it would wait
+    expect(page.locator(".facts")).to_contain_text("stopped")
+
+
 def test_models_page_lists_registered_versions(fleet: ConsoleFleet, page: Page) -> None:
     package = Path(__file__).resolve().parent.parent / "models" / "dist"
     pushed = fleet.push_model(package / "digits-1.0.0-onnx-int8.efpkg")
