@@ -116,10 +116,10 @@ class SlowWorker(LearningWorker):
 
     started = 0
 
-    def answer(self, message):  # type: ignore[no-untyped-def]
+    def answer_native(self, instruction, arrays):  # type: ignore[no-untyped-def]
         SlowWorker.started += 1
         time.sleep(30)
-        return super().answer(message)
+        return super().answer_native(instruction, arrays)
 
 
 def test_device_killed_mid_round_fails_fast_and_round_completes(
@@ -156,14 +156,11 @@ class EvilWorker(LearningWorker):
         super().__init__(*a, **kw)  # type: ignore[arg-type]
         self.attack = attack
 
-    def answer(self, message):  # type: ignore[no-untyped-def]
-        from flwr.app import Array, ArrayRecord
-
-        reply = super().answer(message)
-        if reply.has_error() or message.metadata.message_type != "train":
-            return reply
-        record = reply.content.array_records["arrays"]
-        arrays = {k: v.numpy() for k, v in record.items()}
+    def answer_native(self, instruction, arrays):  # type: ignore[no-untyped-def]
+        reply, arrays = super().answer_native(instruction, arrays)
+        if reply.kind != "reply" or instruction.kind != "train":
+            return reply, arrays
+        arrays = dict(arrays)
         first = next(iter(arrays))
         if self.attack == "nan":
             arrays[first] = arrays[first].copy()
@@ -174,8 +171,7 @@ class EvilWorker(LearningWorker):
             arrays["extra"] = np.zeros(4, np.float32)
         elif self.attack == "norm":
             arrays[first] = arrays[first] * 1e6
-        reply.content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-        return reply
+        return reply, arrays
 
 
 def test_malicious_updates_are_rejected_counted_and_never_aggregated(
@@ -216,11 +212,10 @@ class GateWorker(LearningWorker):
 
     gate = threading.Event()
 
-    def answer(self, message):  # type: ignore[no-untyped-def]
-        config = message.content.config_records.get("config") if message.has_content() else None
-        if config is not None and config.get("server-round", 0) >= 3:
+    def answer_native(self, instruction, arrays):  # type: ignore[no-untyped-def]
+        if int(instruction.config.get("server-round", 0)) >= 3:
             GateWorker.gate.wait(120)
-        return super().answer(message)
+        return super().answer_native(instruction, arrays)
 
 
 def test_run_resumes_from_checkpoint_after_server_restart(

@@ -4,6 +4,10 @@ A stock Flower strategy drives rounds through four calls (``get_node_ids``,
 ``push_messages``, ``pull_messages``, ``send_and_receive``); this class answers
 them by publishing each instruction on ``devices/{id}/fl/in`` (chunked to the
 payload limit) and collecting replies that arrive on ``devices/{id}/fl/out``.
+On the wire the messages are edgefleet's native envelopes (:mod:`.wire`), so a
+device trains without Flower; a device that cannot take part answers at once
+with a reason code, which the round's failures count (``Exchange.failed`` keeps
+each device's reason).
 
 Why not Flower's SuperLink: its polling runtime costs seconds per round and
 notices a dead node after a minute.  Here a device's Last Will (status offline)
@@ -30,9 +34,11 @@ from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from edgefleet_contract import flframes, flower_compat
+from edgefleet_contract import flframes, flower_compat, flwire
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import ContractError, EdgefleetError, RunStopped
+
+from . import wire
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,8 @@ class Exchange:
     bytes_out: int = 0
     bytes_in: int = 0
     participants: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    """Device -> why it gave no update (its own reason, or offline/timeout)."""
 
 
 @dataclass
@@ -152,7 +160,7 @@ class MqttGrid(Grid):
                 continue
             with self._lock:
                 self._pending[message_id] = _Pending(device_id, message, self._clock())
-            payload = flower_compat.encode(message)
+            payload = wire.encode_instruction(message)
             try:
                 for frame in flframes.split(payload, self.max_payload):
                     self._send(device_id, frame)
@@ -196,6 +204,7 @@ class MqttGrid(Grid):
                 pending = self._pending.pop(message_id, None)
                 if pending is not None:
                     self.current.failures["timeout"] += 1
+                    self.current.failed[pending.device_id] = "timeout: no answer in time"
             self.exchanges.append(self.current)
         if self._stop.is_set():
             raise RunStopped("the federated run was stopped")
@@ -210,11 +219,11 @@ class MqttGrid(Grid):
         if data is None:
             return
         try:
-            reply = flower_compat.decode(data)
+            envelope, arrays, body = flwire.decode(data)
         except ContractError as exc:
             self._count_rejected("undecodable", device_id, str(exc))
             return
-        message_id = reply.metadata.reply_to_message_id
+        message_id = envelope.reply_to
         with self._lock:
             pending = self._pending.get(message_id)
             if pending is None:
@@ -226,6 +235,13 @@ class MqttGrid(Grid):
                 return
             del self._pending[message_id]
             self.current.bytes_in += len(data)
+        try:
+            reply = wire.decode_reply(envelope, arrays, body, pending.instruction)
+        except ContractError as exc:
+            self._count_rejected("undecodable", device_id, str(exc))
+            reply = Message(
+                Error(ERR_REJECTED, f"undecodable reply: {exc}"), reply_to=pending.instruction
+            )
         reason = None
         if not reply.has_error() and self._validator is not None:
             reason = self._validator(pending.instruction, reply)
@@ -237,7 +253,8 @@ class MqttGrid(Grid):
         with self._lock:
             if reply.has_error():
                 if reason is None:
-                    self.current.failures["client_error"] += 1
+                    self.current.failures[wire.failure_code(reply)] += 1
+                self.current.failed[device_id] = reply.error.reason or "error"
             else:
                 self.current.replies += 1
                 self.current.participants.append(device_id)
@@ -270,8 +287,11 @@ class MqttGrid(Grid):
 
     def _fail(self, instruction: Message, code: int, reason: str, counter: str) -> None:
         reply = Message(Error(code, reason), reply_to=instruction)
+        device_id = self._nodes.get(instruction.metadata.dst_node_id, "")
         with self._lock:
             self.current.failures[counter] += 1
+            if device_id:
+                self.current.failed[device_id] = f"{counter}: {reason}"
             self._replies[instruction.metadata.message_id] = reply
             self._lock.notify_all()
 

@@ -45,6 +45,12 @@ class RoundRecord:
     bytes_in: int
     wall_s: float
     ts: float
+    failed: dict[str, str] = field(default_factory=dict)
+    """Device -> why it gave no update this round."""
+    eligibility: dict[str, int] = field(default_factory=dict)
+    """``eligible`` and, per reason, how many targeted devices were left out."""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    """Federated evaluation on the devices' own held-out samples (when the round ran one)."""
 
 
 class TrainingTables(Connections):
@@ -94,29 +100,14 @@ class TrainingTables(Connections):
             if not cur.rowcount:
                 raise NotFound(f"no training run {run_id!r}")
 
-    def complete_round(self, record: RoundRecord, weights: bytes) -> None:
+    def complete_round(self, record: RoundRecord, weights: bytes, state: bytes = b"") -> None:
+        """Store a round with its checkpoint: the global weights and the strategy's state."""
         with self._tx() as conn:
+            _insert_round(conn, record)
             conn.execute(
-                "INSERT OR REPLACE INTO fl_rounds (run_id, round, loss, accuracy, participants, "
-                "failures, rejected, bytes_out, bytes_in, wall_s, ts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.run_id,
-                    record.round,
-                    record.loss,
-                    record.accuracy,
-                    json.dumps(record.participants),
-                    json.dumps(record.failures),
-                    json.dumps(record.rejected),
-                    record.bytes_out,
-                    record.bytes_in,
-                    record.wall_s,
-                    record.ts,
-                ),
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO fl_checkpoints (run_id, round, weights) VALUES (?, ?, ?)",
-                (record.run_id, record.round, weights),
+                "INSERT OR REPLACE INTO fl_checkpoints (run_id, round, weights, state) "
+                "VALUES (?, ?, ?, ?)",
+                (record.run_id, record.round, weights, state),
             )
             conn.execute(
                 "DELETE FROM fl_checkpoints WHERE run_id = ? AND round < ?",
@@ -126,6 +117,11 @@ class TrainingTables(Connections):
                 "UPDATE fl_runs SET completed_rounds = ?, updated_at = ? WHERE id = ?",
                 (record.round, record.ts, record.run_id),
             )
+
+    def record_failed_round(self, record: RoundRecord) -> None:
+        """A round that ended the run (below quorum): its failures, and no checkpoint."""
+        with self._tx() as conn:
+            _insert_round(conn, record)
 
     def list_rounds(self, run_id: str) -> list[RoundRecord]:
         rows = self._conn().execute(
@@ -146,6 +142,38 @@ class TrainingTables(Connections):
             (run_id,),
         )
         return None if row is None else (int(row["round"]), bytes(row["weights"]))
+
+    def latest_strategy_state(self, run_id: str) -> bytes:
+        """The strategy state saved with the newest checkpoint (empty: none saved)."""
+        row = self._one(
+            "SELECT state FROM fl_checkpoints WHERE run_id = ? ORDER BY round DESC LIMIT 1",
+            (run_id,),
+        )
+        return b"" if row is None or row["state"] is None else bytes(row["state"])
+
+
+def _insert_round(conn: sqlite3.Connection, record: RoundRecord) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO fl_rounds (run_id, round, loss, accuracy, participants, "
+        "failures, rejected, bytes_out, bytes_in, wall_s, ts, failed, eligibility, evaluation) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.run_id,
+            record.round,
+            record.loss,
+            record.accuracy,
+            json.dumps(record.participants),
+            json.dumps(record.failures),
+            json.dumps(record.rejected),
+            record.bytes_out,
+            record.bytes_in,
+            record.wall_s,
+            record.ts,
+            json.dumps(record.failed),
+            json.dumps(record.eligibility),
+            json.dumps(record.evaluation),
+        ),
+    )
 
 
 def _run(r: sqlite3.Row) -> TrainingRun:
@@ -175,4 +203,7 @@ def _round(r: sqlite3.Row) -> RoundRecord:
         bytes_in=r["bytes_in"],
         wall_s=r["wall_s"],
         ts=r["ts"],
+        failed=json.loads(r["failed"] or "{}"),
+        eligibility=json.loads(r["eligibility"] or "{}"),
+        evaluation=json.loads(r["evaluation"] or "{}"),
     )
