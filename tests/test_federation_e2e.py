@@ -258,6 +258,91 @@ def test_run_resumes_from_checkpoint_after_server_restart(
         server.stop()
 
 
+class AdamGate(LearningWorker):
+    """Holds round 3 (of a FedAdam run) until the test has restarted the server."""
+
+    gate = threading.Event()
+
+    def answer_native(self, instruction, arrays):  # type: ignore[no-untyped-def]
+        if int(instruction.config.get("server-round", 0)) >= 3:
+            AdamGate.gate.wait(120)
+        return super().answer_native(instruction, arrays)
+
+
+def _saved(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """The arrays and the header of a checkpoint's strategy state, read independently."""
+    import io
+    import json
+
+    with np.load(io.BytesIO(blob)) as data:
+        header = json.loads(bytes(data["__header__"]).decode())
+        return {k: data[k] for k in data.files if k != "__header__"}, header
+
+
+def test_resumed_fedadam_run_continues_its_moments_and_dp_releases(
+    settings: ServerSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet_server.federation import runner as runner_module
+    from fleet_server.federation import strategy_state
+
+    server = FleetServer(settings)
+    server.start()
+    server.training.build_candidates = False
+    fleet = devices(server, tmp_path / "devs", 4, "ra", worker_cls=AdamGate)
+    private = {"central_dp": True, "noise_multiplier": 0.01, "clipping_norm": 50.0}
+    try:
+        run = server.training.start_run(
+            spec(rounds=4, min_clients=4, strategy="fedadam", privacy=private), actor="test"
+        )
+        grid = server.training.grid
+        assert grid is not None
+        wait_for(
+            lambda: (
+                grid.owed(fleet[0].link.device_id) > 0
+                and server.store.get_training_run(run.id).completed_rounds == 2  # type: ignore[attr-defined]
+            ),
+            180,
+            "round 3 under way",
+        )
+        saved = server.store.latest_strategy_state(run.id)  # type: ignore[attr-defined]
+        server.stop()
+        arrays, header = _saved(saved)
+        assert header["extra"] == {"dp_releases": 2}
+        assert [level["class"] for level in header["levels"]] == [  # type: ignore[attr-defined]
+            "DifferentialPrivacyServerSideFixedClipping",
+            "FedAdam",
+        ]
+        moments = {k.split("/", 2)[2]: v for k, v in arrays.items() if k.startswith("1/m_t/")}
+        assert moments and any(np.abs(v).sum() > 0 for v in moments.values())
+
+        restored: list[dict[str, np.ndarray]] = []
+        real = strategy_state.restore
+
+        def spy(strategy, blob):  # type: ignore[no-untyped-def]
+            extra = real(strategy, blob)
+            restored.append({k: np.array(v) for k, v in strategy.strategy.m_t.items()})
+            return extra
+
+        monkeypatch.setattr(runner_module.strategy_state, "restore", spy)
+        AdamGate.gate.set()
+        api = settings.api.model_copy(update={"port": free_port()})
+        server = FleetServer(settings.model_copy(update={"api": api}))
+        server.training.build_candidates = False
+        server.start()
+        assert wait_done(server, run.id, timeout=300) == "completed"
+        assert len(restored) == 1 and set(restored[0]) == set(moments)
+        for name, value in moments.items():
+            np.testing.assert_array_equal(restored[0][name], value)
+        final = _saved(server.store.latest_strategy_state(run.id))[1]  # type: ignore[attr-defined]
+        assert final["extra"] == {"dp_releases": 4}
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert [r.round for r in rounds] == [1, 2, 3, 4]
+    finally:
+        for d in fleet:
+            d.stop()
+        server.stop()
+
+
 def _array(blob: bytes) -> np.ndarray:
     """A serialised ndarray, or an empty array for other bytes (encrypted key shares)."""
     from flwr.common import bytes_to_ndarray
@@ -338,7 +423,11 @@ def test_round_below_quorum_fails_the_run_with_a_reason(
         assert wait_done(server, run.id) == "failed"
         final = server.store.get_training_run(run.id)  # type: ignore[attr-defined]
         assert "2 good updates, below the quorum of 3" in final.detail
-        assert server.store.list_rounds(run.id) == []  # type: ignore[attr-defined]
+        assert "rejected:not_finite 1" in final.detail and "qe-0" in final.detail
+        (failed,) = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert failed.accuracy is None and failed.failures == {"rejected:not_finite": 1}
+        assert failed.eligibility == {"eligible": 3}
+        assert server.store.latest_checkpoint(run.id) is None  # type: ignore[attr-defined]
     finally:
         for d in fleet:
             d.stop()

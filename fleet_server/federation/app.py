@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from edgefleet_contract.package import Preprocessing, Trainable, encode_weights, read_package
 
@@ -72,12 +73,15 @@ def run_rounds(
     preprocessing: Preprocessing,
     first_round: int = 1,
     on_round: RoundHook | None = None,
+    strategy: Strategy | None = None,
 ) -> Weights:
-    """Run rounds ``first_round..spec.rounds``; returns the final global weights."""
+    """Run rounds ``first_round..spec.rounds``; returns the final global weights.
+
+    ``strategy`` (default: the spec's) may come with state restored from a checkpoint."""
     remaining = spec.rounds - first_round + 1
     if remaining <= 0:
         return dict(initial)
-    strategy = make_strategy(spec)
+    strategy = strategy if strategy is not None else make_strategy(spec)
     config = train_config(spec, trainable, preprocessing)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

@@ -6,6 +6,7 @@ batch, so the rules are tested without a store or a broker.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from edgefleet_contract.messages import Telemetry
@@ -42,6 +43,29 @@ def reason_excluded(
     return None
 
 
+def census(
+    devices: Iterable[Device],
+    latest: Callable[[str], Telemetry | None],
+    selector: Selector,
+    rules: Eligibility,
+    model: str,
+) -> tuple[list[str], Counter[str]]:
+    """The eligible ids among the selected devices, and how many were left out per reason
+    (``eligible`` counts the others), so every round can show who could train and why not."""
+    ids: list[str] = []
+    counts: Counter[str] = Counter()
+    for device in devices:
+        if not selector.matches(device):
+            continue
+        reason = reason_excluded(device, latest(device.id), rules, model)
+        if reason is None:
+            ids.append(device.id)
+        else:
+            counts[reason] += 1
+    counts["eligible"] = len(ids)
+    return sorted(ids), counts
+
+
 def eligible(
     devices: Iterable[Device],
     latest: Callable[[str], Telemetry | None],
@@ -49,8 +73,4 @@ def eligible(
     rules: Eligibility,
     model: str,
 ) -> list[str]:
-    return sorted(
-        d.id
-        for d in devices
-        if selector.matches(d) and reason_excluded(d, latest(d.id), rules, model) is None
-    )
+    return census(devices, latest, selector, rules, model)[0]
