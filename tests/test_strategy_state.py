@@ -1,4 +1,4 @@
-"""A strategy's server state survives a checkpoint: saved, restored, refused when it does not fit."""
+"""A strategy's server state survives a checkpoint: saved, restored, refused if it does not fit."""
 
 from __future__ import annotations
 
