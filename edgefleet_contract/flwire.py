@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
@@ -82,24 +83,39 @@ class FlEnvelope(Versioned):
     body_size: Annotated[int, Field(ge=0, le=1 << 31)] = 0
 
 
-def encode(
-    envelope: FlEnvelope,
-    arrays: Mapping[str, npt.NDArray[np.floating]] | None = None,
-    body: bytes = b"",
-) -> bytes:
-    """The payload for ``envelope`` with ``arrays`` (native kinds) or ``body`` (``flower``)."""
+@dataclass(frozen=True)
+class Packed:
+    """Arrays laid out for the wire once, for every instruction of a round that shares them."""
+
+    specs: list[ArraySpec]
+    body: bytes
+
+
+def pack(arrays: Mapping[str, npt.NDArray[np.floating]]) -> Packed:
     specs: list[ArraySpec] = []
     chunks: list[bytes] = []
-    for name, value in (arrays or {}).items():
+    for name, value in arrays.items():
         array = np.ascontiguousarray(value)
         if array.dtype.name not in ("float32", "float64"):
             array = array.astype(np.float32)
         specs.append(ArraySpec(name=name, dtype=array.dtype.name, shape=list(array.shape)))
         chunks.append(array.tobytes())
-    data = b"".join(chunks) if chunks else body
-    header = envelope.model_copy(update={"arrays": specs, "body_size": len(data)})
+    return Packed(specs, b"".join(chunks))
+
+
+def encode(
+    envelope: FlEnvelope,
+    arrays: Mapping[str, npt.NDArray[np.floating]] | None = None,
+    body: bytes = b"",
+    *,
+    packed: Packed | None = None,
+) -> bytes:
+    """The payload for ``envelope`` with ``arrays`` (or ``packed``), or ``body`` (``flower``)."""
+    if packed is None:
+        packed = pack(arrays) if arrays else Packed([], body)
+    header = envelope.model_copy(update={"arrays": packed.specs, "body_size": len(packed.body)})
     raw = header.model_dump_json().encode()
-    return MAGIC + _LENGTH.pack(len(raw)) + raw + data
+    return MAGIC + _LENGTH.pack(len(raw)) + raw + packed.body
 
 
 def decode(data: bytes) -> tuple[FlEnvelope, Arrays, bytes]:

@@ -133,3 +133,17 @@ def test_absurd_update_is_replaced_by_an_error_reply() -> None:
     replies = list(grid.send_and_receive(train_messages(grid), timeout=5))
     assert replies[0].has_error() and "absurd_norm" in replies[0].error.reason
     assert grid.rejected["absurd_norm"] == 1
+
+
+def test_replies_become_the_same_flower_arrays_as_array_of_ndarray() -> None:
+    from fleet_server.federation import wire
+
+    for value in (np.arange(12, dtype=np.float32).reshape(3, 4), np.ones(5, np.float64)):
+        made, stock = wire.to_array(value), Array(value)
+        assert (made.data, made.dtype, made.shape, made.stype) == (
+            stock.data,
+            stock.dtype,
+            stock.shape,
+            stock.stype,
+        )
+        np.testing.assert_array_equal(made.numpy(), value)

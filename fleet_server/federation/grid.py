@@ -39,11 +39,16 @@ from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import ContractError, EdgefleetError, RunStopped
 
 from . import wire
+from .validate import UpdateCheck, numpy_arrays
 
 log = logging.getLogger(__name__)
 
 Sender = Callable[[str, bytes], None]
-Validator = Callable[[Message, Message], str | None]
+
+REUSE_IDS_S = 1.0
+"""Flower's strategies ask ``get_node_ids`` twice while configuring one round; the second
+call within this long (and before anything is sent) reuses the first answer, since at
+thousands of devices one eligibility census costs a noticeable part of a round."""
 
 ERR_OFFLINE = 901
 ERR_REJECTED = 902
@@ -86,7 +91,7 @@ class MqttGrid(Grid):
         eligible: Callable[[], Iterable[str]],
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_message: int = flframes.DEFAULT_MAX_MESSAGE,
-        validator: Validator | None = None,
+        validator: UpdateCheck | None = None,
         pull_interval: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -103,6 +108,8 @@ class MqttGrid(Grid):
         self._replies: dict[str, Message] = {}
         self._reassembler = flframes.Reassembler(max_message=max_message)
         self._stop = threading.Event()
+        self._encoder = wire.InstructionEncoder()
+        self._recent_ids: tuple[float, list[int]] | None = None
         self.rejected: Counter[str] = Counter()
         """Replies refused before any strategy saw them, by reason."""
         self.late = 0
@@ -131,13 +138,19 @@ class MqttGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         if self._stop.is_set():
             raise RunStopped("the federated run was stopped")
-        ids = []
         with self._lock:
-            for device_id in self._eligible():
+            recent = self._recent_ids
+            if recent is not None and self._clock() - recent[0] < REUSE_IDS_S:
+                return list(recent[1])
+        ids = []
+        found = list(self._eligible())
+        with self._lock:
+            for device_id in found:
                 node = node_id_for(device_id)
                 self._nodes[node] = device_id
                 ids.append(node)
-        return ids
+            self._recent_ids = (self._clock(), ids)
+        return list(ids)
 
     def get_nodes(self) -> Iterable[NodeInfo]:
         return (NodeInfo(node_id=n) for n in self.get_node_ids())
@@ -147,6 +160,8 @@ class MqttGrid(Grid):
             return self._nodes.get(node_id)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        with self._lock:
+            self._recent_ids = None  # the next round asks afresh
         ids: list[str] = []
         for message in messages:
             message_id = flower_compat.assign_message_id(message)
@@ -160,7 +175,7 @@ class MqttGrid(Grid):
                 continue
             with self._lock:
                 self._pending[message_id] = _Pending(device_id, message, self._clock())
-            payload = wire.encode_instruction(message)
+            payload = self._encoder.encode(message)
             try:
                 for frame in flframes.split(payload, self.max_payload):
                     self._send(device_id, frame)
@@ -244,7 +259,7 @@ class MqttGrid(Grid):
             )
         reason = None
         if not reply.has_error() and self._validator is not None:
-            reason = self._validator(pending.instruction, reply)
+            reason = self._validate(pending.instruction, envelope, arrays, reply)
         if reason is not None:
             self._count_rejected(reason, device_id, "update refused")
             reply = Message(
@@ -260,6 +275,26 @@ class MqttGrid(Grid):
                 self.current.participants.append(device_id)
             self._replies[message_id] = reply
             self._lock.notify_all()
+
+    def _validate(
+        self,
+        instruction: Message,
+        envelope: flwire.FlEnvelope,
+        arrays: flwire.Arrays,
+        reply: Message,
+    ) -> str | None:
+        """Native replies are checked on the arrays as they arrived (no Flower round trip)."""
+        assert self._validator is not None
+        if envelope.kind != "reply":
+            return self._validator(instruction, reply)
+        key = self._validator.arrayrecord_key
+        if instruction.metadata.message_type != "train" or not instruction.has_content():
+            return None
+        sent = instruction.content.array_records.get(key)
+        if sent is None:
+            return None
+        examples = envelope.metrics.get(self._validator.weighted_by_key)
+        return self._validator.check(numpy_arrays(sent), arrays, examples)
 
     def device_offline(self, device_id: str) -> None:
         """Its Last Will arrived: every reply it owes becomes an error reply now."""

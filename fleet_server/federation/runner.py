@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +38,7 @@ from ..store.training import RoundRecord, TrainingRun
 from . import strategy_state
 from .app import Weights, run_rounds
 from .candidate import CandidateHook, HeldOut, finish_run
-from .eligibility import census
+from .eligibility import Facts, census
 from .grid import Exchange, MqttGrid, Sender
 from .secure import run_secure_rounds
 from .spec import RunSpec
@@ -54,6 +54,7 @@ class TrainingStore(Protocol):
     def list_devices(self, **kwargs: Any) -> Page[Device]: ...
     def get_device(self, device_id: str) -> Device: ...
     def latest_telemetry(self, device_id: str) -> Telemetry | None: ...
+    def learning_facts(self, device_ids: Sequence[str]) -> dict[str, Facts]: ...
     def create_training_run(
         self, run_id: str, spec: dict[str, Any], *, actor: str, now: float
     ) -> None: ...
@@ -217,7 +218,7 @@ class TrainingService:
         def fn() -> list[str]:
             devices = self.store.list_devices(limit=1_000_000).items
             ids, counts = census(
-                devices, self.store.latest_telemetry, chosen, spec.eligibility, spec.model
+                devices, self.store.learning_facts, chosen, spec.eligibility, spec.model
             )
             self._census = counts
             if len(ids) >= spec.min_clients:

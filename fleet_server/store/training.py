@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet_contract.errors import NotFound
-from edgefleet_contract.messages import Telemetry
+from edgefleet_contract.messages import LearningStats, Telemetry
 
 from ._conn import Connections
 
@@ -134,6 +135,32 @@ class TrainingTables(Connections):
             "SELECT body FROM telemetry WHERE device_id = ? ORDER BY ts DESC LIMIT 1", (device_id,)
         )
         return None if row is None else Telemetry.model_validate_json(row[0])
+
+    def learning_facts(
+        self, device_ids: Sequence[str]
+    ) -> dict[str, tuple[LearningStats | None, str | None]]:
+        """Each device's latest learning stats and power source, in a few queries.
+
+        Eligibility reads these two parts of the newest telemetry batch of every
+        targeted device each round; fetching and validating whole batches one
+        device at a time cost seconds per round at thousands of devices."""
+        facts: dict[str, tuple[LearningStats | None, str | None]] = {}
+        conn = self._conn()
+        ids = list(device_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                "SELECT t.device_id, json_extract(t.body, '$.learning'), "
+                "json_extract(t.body, '$.system.power') FROM telemetry t JOIN "
+                f"(SELECT device_id, MAX(ts) AS ts FROM telemetry WHERE device_id IN ({marks}) "
+                "GROUP BY device_id) m ON t.device_id = m.device_id AND t.ts = m.ts",
+                chunk,
+            )
+            for device_id, learning, power in rows:
+                stats = LearningStats.model_validate_json(learning) if learning else None
+                facts[device_id] = (stats, power if isinstance(power, str) else None)
+        return facts
 
     def latest_checkpoint(self, run_id: str) -> tuple[int, bytes] | None:
         row = self._one(
