@@ -1,7 +1,7 @@
 """Done when: a device installed as the README says (``pip install 'edgefleet[agent]'``) trains.
 
 A session fixture builds a venv of its own with exactly the user's command — a
-non-editable install of a copy of this source tree with the ``agent`` extra,
+non-editable install of a copy of the distribution's files with the ``agent`` extra,
 through the machine's pip configuration and cache, as ``make setup`` installs —
 and checks that Flower is *not* in it.  That venv's ``edge-agent`` processes then
 enroll with the real server, connect to its managed mosquitto (mTLS, ACLs) and
@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,8 +41,11 @@ def agent_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     src = root / "edgefleet"
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in SOURCES:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    data_files = project.get("tool", {}).get("setuptools", {}).get("data-files", {})
+    for name in [*SOURCES, *(f for files in data_files.values() for f in files)]:
         path = ROOT / name
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
         if path.is_dir():
             shutil.copytree(path, src / name, ignore=ignore)
         else:
