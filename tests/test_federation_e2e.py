@@ -431,3 +431,31 @@ def test_round_below_quorum_fails_the_run_with_a_reason(
     finally:
         for d in fleet:
             d.stop()
+
+
+def test_federated_evaluation_runs_on_each_devices_held_out_samples(
+    server: FleetServer, tmp_path: Path
+) -> None:
+    server.training.build_candidates = False
+    fleet = devices(server, tmp_path / "devs", 4, "fe")
+    try:
+        run = server.training.start_run(
+            spec(rounds=3, min_clients=4, client_evaluate=True), actor="test"
+        )
+        assert wait_done(server, run.id) == "completed"
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert [r.round for r in rounds] == [1, 2, 3]
+        for r in rounds:
+            evaluation = r.evaluation
+            assert evaluation["of_round"] == r.round
+            assert sorted(evaluation["devices"]) == sorted(d.link.device_id for d in fleet)
+            for d in fleet:
+                held = len(d.samples.dataset(64)[1]) // 5  # every 5th sample, never trained on
+                figures = evaluation["devices"][d.link.device_id]
+                assert figures["num-examples"] == held and 0 <= figures["accuracy"] <= 1
+            assert 0 < evaluation["accuracy"] <= 1
+        final = server.store.get_training_run(run.id).result["federated_evaluation"]  # type: ignore[attr-defined]
+        assert final["of_round"] == 3 and len(final["devices"]) == 4
+    finally:
+        for d in fleet:
+            d.stop()

@@ -68,8 +68,15 @@ def network(config: Mapping[str, Scalar]) -> tuple[Mlp, Preprocessing]:
         raise Refused(flwire.UNSUPPORTED_MODEL, str(exc)) from exc
 
 
-def _data(mlp: Mlp, data: DataSource) -> Dataset:
+def _data(mlp: Mlp, data: DataSource, config: Mapping[str, Scalar], kind: str) -> Dataset:
+    """The rows this instruction uses: with ``heldout-every`` = n, every n-th sample is
+    held out — never trained on, evaluated on in federated evaluation (and never sent)."""
     raw, y = data(mlp.features)
+    every = config.get("heldout-every", 0)
+    if isinstance(every, int | float) and int(every) > 1 and len(y):
+        held = np.arange(len(y)) % int(every) == int(every) - 1
+        keep = held if kind == "evaluate" else ~held
+        raw, y = np.asarray(raw)[keep], np.asarray(y)[keep]
     if len(y) == 0:
         raise Refused(
             flwire.NO_SAMPLES,
@@ -94,7 +101,7 @@ def answer(
     """The reply to a native ``train`` or ``evaluate`` instruction (raises :class:`Refused`)."""
     mlp, preprocessing = network(instruction.config)
     start = _start(mlp, arrays)
-    raw, y = _data(mlp, data)
+    raw, y = _data(mlp, data, instruction.config, instruction.kind)
     x = prepare(raw, preprocessing)
     if instruction.kind == "evaluate":
         loss, acc = evaluate(mlp, start, x, y)

@@ -31,6 +31,8 @@ from .strategies import make_strategy
 
 Weights = dict[str, npt.NDArray[np.float32]]
 RoundHook = Callable[[int, Weights], Mapping[str, float]]
+HELDOUT_EVERY = 5
+"""With federated evaluation, every 5th sample on a device is held out from training."""
 
 
 def to_record(weights: Mapping[str, npt.NDArray[np.float32]]) -> ArrayRecord:
@@ -52,6 +54,8 @@ def train_config(spec: RunSpec, trainable: Trainable, preprocessing: Preprocessi
         "batch-size": spec.local.batch_size,
         "proximal-mu": spec.local.proximal_mu,
     }
+    if spec.client_evaluate:
+        config["heldout-every"] = HELDOUT_EVERY
     if p.local_dp_epsilon > 0:
         config.update(
             {

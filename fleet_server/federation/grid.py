@@ -74,6 +74,8 @@ class Exchange:
     participants: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     """Device -> why it gave no update (its own reason, or offline/timeout)."""
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Device -> the metrics of its good reply (an evaluate round's per-device figures)."""
 
 
 @dataclass
@@ -273,6 +275,7 @@ class MqttGrid(Grid):
             else:
                 self.current.replies += 1
                 self.current.participants.append(device_id)
+                self.current.metrics[device_id] = dict(envelope.metrics)
             self._replies[message_id] = reply
             self._lock.notify_all()
 

@@ -265,6 +265,8 @@ class TrainingService:
                 final = run_rounds(grid, spec, weights, strategy=strategy, **options)  # type: ignore[arg-type]
             if self._run_id != run_id:
                 return  # server shutting down: resume later
+            recorded = self.store.list_rounds(run_id)
+            last_evaluation = recorded[-1].evaluation if recorded else {}
             result = finish_run(
                 run_id,
                 spec,
@@ -276,6 +278,8 @@ class TrainingService:
                 on_candidate=self.on_candidate,
                 build=self.build_candidates,
             )
+            if last_evaluation:
+                result = {**result, "federated_evaluation": last_evaluation}
             self.store.set_training_status(
                 run_id, "completed", now=time.time(), detail="", result=result
             )
@@ -352,10 +356,31 @@ class TrainingService:
             ts=time.time(),
             failed=dict(exchange.failed),
             eligibility=dict(self._census),
+            evaluation=federated_evaluation(grid.exchanges, round_no),
         )
         grid.exchanges.clear()
         started[0] = now
         return record
+
+
+def federated_evaluation(exchanges: list[Exchange], of_round: int) -> dict[str, Any]:
+    """The devices' evaluation of the global model of ``of_round`` on their held-out samples
+    (Flower's strategies evaluate right after each round's aggregation, before the
+    server-side hook that records the round)."""
+    found = [e for e in exchanges if e.message_type == "evaluate" and e.metrics]
+    if not found:
+        return {}
+    devices = {
+        d: {k: float(m[k]) for k in ("accuracy", "loss", "num-examples") if k in m}
+        for d, m in found[-1].metrics.items()
+    }
+    total = sum(m.get("num-examples", 0.0) for m in devices.values())
+    accuracy = (
+        sum(m.get("accuracy", 0.0) * m.get("num-examples", 0.0) for m in devices.values()) / total
+        if total
+        else None
+    )
+    return {"of_round": of_round, "accuracy": accuracy, "examples": total, "devices": devices}
 
 
 def failure_summary(exchange: Exchange, limit: int = 5) -> str:

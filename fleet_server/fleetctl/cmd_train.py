@@ -26,6 +26,7 @@ ROUND_COLUMNS = [
     ("round", "ROUND"),
     ("accuracy", "ACCURACY"),
     ("loss", "LOSS"),
+    ("device_eval", "DEVICE EVAL"),
     ("eligible", "ELIGIBLE"),
     ("participants", "PARTICIPANTS"),
     ("failures", "FAILURES"),
@@ -132,11 +133,19 @@ def _eligible(eligibility: dict[str, int]) -> str:
     return f"{count} ({', '.join(out)})" if out else count
 
 
+def _device_eval(evaluation: dict[str, Any]) -> str:
+    """Accuracy on the devices' own held-out samples (federated evaluation), if run."""
+    if evaluation.get("accuracy") is None:
+        return "-"
+    return f"{evaluation['accuracy']:.4f} ({len(evaluation.get('devices', {}))} devices)"
+
+
 def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {
             **r,
             "eligible": _eligible(r.get("eligibility") or {}),
+            "device_eval": _device_eval(r.get("evaluation") or {}),
             "participants": len(r["participants"]),
             "bytes": f"{r['bytes_out']}/{r['bytes_in']}",
             "accuracy": round(r["accuracy"], 4) if r["accuracy"] is not None else None,

@@ -81,6 +81,7 @@ async function mountRun(root, ctx, id) {
         { title: 'Round', cell: (r) => String(r.round) },
         { title: 'Accuracy', cell: (r) => fmtNum(r.accuracy, 3) },
         { title: 'Loss', cell: (r) => fmtNum(r.loss, 3) },
+        { title: 'Device eval', cell: (r) => (r.evaluation && r.evaluation.accuracy != null ? `${fmtNum(r.evaluation.accuracy, 3)} on ${fmtNum(r.evaluation.examples, 0)} held-out` : '—') },
         { title: 'Eligible', cell: (r) => eligibleCell(r.eligibility || {}) },
         { title: 'Participants', cell: (r) => `${r.participants.length}: ${r.participants.join(' ')}` },
         { title: 'Failures', cell: (r) => Object.entries(r.failures).map(([k, v]) => `${k} ${v}`).join(', ') || '—' },
