@@ -43,7 +43,7 @@ from .link import DeviceLink
 from .localapi import LocalApi
 from .runtime import Model, available_runtimes
 from .samples import SampleStore
-from .serving import ModelService
+from .serving import ModelService, drift_recorders
 from .spool import DrainPolicy, Spool
 from .system import SystemProbe, power_source
 from .telemetry import TelemetryBuilder
@@ -82,6 +82,7 @@ class Agent:
         self.telemetry_builder = TelemetryBuilder(self.device_id)
         self.service = self.model_service_class(
             settings.threads,
+            recorder=drift_recorders(settings.drift, data / "drift-baseline.json"),
             samples=self.samples,
             prediction_cache=settings.feedback.prediction_cache,
         )
@@ -108,8 +109,13 @@ class Agent:
             threads=settings.threads,
             skip=lambda: skip_reason(power_source()[0]),
             on_trained=self.samples.mark_trained,
+            model=self._serving_model,
         )
         self.link = self._make_link()
+
+    def _serving_model(self) -> str | None:
+        model = self.service.model
+        return model.manifest.name if model is not None else None
 
     def _make_link(self) -> DeviceLink:
         s = self.settings

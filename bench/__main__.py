@@ -17,6 +17,7 @@ MODULES = {
     "bench_api": "API latency (issue: fleet server core)",
     "bench_connections": "Connected devices (issue: fleet server core)",
     "bench_metrics": "Recording one inference's metrics (issue: agent daemon)",
+    "bench_drift": "Drift alerts: false alerts and detection (issue: model monitoring)",
     "bench_spool": "Spool drain after an outage (issue: agent daemon)",
     "bench_inference": "Inference overhead and int8 vs float (issue: agent daemon)",
     "bench_agent_rss": "Idle agent memory (issue: agent daemon)",
@@ -24,11 +25,15 @@ MODULES = {
     "bench_spool_broker": "Spool drain through the real broker (issue: agent daemon)",
     "bench_federated": "Federated quality and bytes per round (issue: federated training)",
     "bench_fl_rounds": "Federated round overhead and agent memory (issue: federated training)",
+    "bench_fl_scale": (
+        "Federated round overhead at fleet scale (issue: federated training on real fleets)"
+    ),
     "bench_delta": "Delta updates (issue: signed OTA)",
     "bench_console": "Console pages at 10,000 devices (issue: web console)",
     "bench_rollouts": "Rollout throughput (issue: signed OTA)",
     "bench_ota_device": "OTA on the device: verification cost and delta bytes (issue: signed OTA)",
     "bench_simulator": "Fleet simulator at scale (issue: demo, simulator, benchmarks)",
+    "bench_byom": "Your own models: predict overhead, int8, pack time (issue: your own model)",
     "bench_fuzz": "Fuzzing the hostile-input readers (issue: security hardening)",
 }
 

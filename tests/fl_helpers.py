@@ -26,25 +26,13 @@ from edgefleet_contract.topics import Channel
 from fleet_server.federation.spec import LocalTraining, RunSpec
 from fleet_server.modelkit.build import build_package
 from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
+from fleet_server.modelkit.partition import dirichlet_parts
 from fleet_server.server import FleetServer
 
 from .harness import enroll_agent, fleet_link, wait_for
 
 MODEL = "digits-fl"
 BIN = Path(sys.executable).parent
-
-
-def dirichlet_parts(y: np.ndarray, clients: int, alpha: float, seed: int) -> list[np.ndarray]:
-    """Non-IID label partition: each class spread over clients by Dirichlet(alpha)."""
-    rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in range(clients)]
-    for label in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == label))
-        shares = rng.dirichlet([alpha] * clients)
-        cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
-        for part, chunk in zip(parts, np.split(idx, cuts), strict=True):
-            part.extend(chunk.tolist())
-    return [np.asarray(sorted(p), dtype=np.int64) for p in parts]
 
 
 def write_start_package(models_dir: Path, *, seed: int = 7) -> None:
@@ -212,14 +200,16 @@ def learning_agents(
     *,
     seed: int,
     env: Mapping[str, str] = {},
+    bin_dir: Path = BIN,
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """Real ``edge-agent run`` processes, one per id, each holding its share of the digits set.
 
     The shares are a Dirichlet(0.5) label split (``seed``), so the devices are
     non-IID as in the field.  Yields once every agent is online and has reported
     its labelled samples (a run started earlier would find too few clients);
-    each logs to ``directory/<id>.log``.  On exit the agents get SIGTERM, and
-    SIGKILL if they have not stopped within 20 s.
+    each logs to ``directory/<id>.log``.  ``bin_dir`` holds the ``edge-agent`` to run
+    (another install's, e.g. one made with the agent extra only).  On exit the agents get
+    SIGTERM, and SIGKILL if they have not stopped within 20 s.
     """
     api = fleet.settings.api_url
     data = split()
@@ -236,15 +226,16 @@ def learning_agents(
     try:
         for device_id, part in zip(ids, parts, strict=True):
             folder = directory / device_id
-            enroll_agent(api, token, device_id, folder, tags={"fl": "proc"})
+            enroll_agent(api, token, device_id, folder, tags={"fl": "proc"}, bin_dir=bin_dir)
             samples = SampleStore(folder / "samples.db", max_samples=10_000)
             for row, label in zip(data.x_train[part], data.y_train[part], strict=True):
                 samples.add(row, int(label))
             samples.close()
             with (directory / f"{device_id}.log").open("wb") as log:
                 agents[device_id] = subprocess.Popen(
-                    [str(BIN / "edge-agent"), "run", "--data-dir", str(folder)],
+                    [str(bin_dir / "edge-agent"), "run", "--data-dir", str(folder)],
                     env=agent_env,
+                    cwd=directory,
                     stdout=log,
                     stderr=log,
                 )

@@ -22,14 +22,19 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from edgefleet_contract.package import Preprocessing, Trainable, encode_weights, read_package
 
+from .fedbuff import FedBuff
+from .grid import Exchange, MqttGrid
 from .spec import RunSpec
 from .strategies import make_strategy
 
 Weights = dict[str, npt.NDArray[np.float32]]
 RoundHook = Callable[[int, Weights], Mapping[str, float]]
+HELDOUT_EVERY = 5
+"""With federated evaluation, every 5th sample on a device is held out from training."""
 
 
 def to_record(weights: Mapping[str, npt.NDArray[np.float32]]) -> ArrayRecord:
@@ -51,6 +56,8 @@ def train_config(spec: RunSpec, trainable: Trainable, preprocessing: Preprocessi
         "batch-size": spec.local.batch_size,
         "proximal-mu": spec.local.proximal_mu,
     }
+    if spec.client_evaluate:
+        config["heldout-every"] = HELDOUT_EVERY
     if p.local_dp_epsilon > 0:
         config.update(
             {
@@ -72,17 +79,22 @@ def run_rounds(
     preprocessing: Preprocessing,
     first_round: int = 1,
     on_round: RoundHook | None = None,
+    strategy: Strategy | None = None,
 ) -> Weights:
-    """Run rounds ``first_round..spec.rounds``; returns the final global weights."""
+    """Run rounds ``first_round..spec.rounds``; returns the final global weights.
+
+    ``strategy`` (default: the spec's) may come with state restored from a checkpoint."""
     remaining = spec.rounds - first_round + 1
     if remaining <= 0:
         return dict(initial)
-    strategy = make_strategy(spec)
+    strategy = strategy if strategy is not None else make_strategy(spec)
     config = train_config(spec, trainable, preprocessing)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0 or on_round is None:
             return None
+        if isinstance(strategy, FedBuff):
+            close_async_round(grid, strategy)
         metrics = on_round(first_round + server_round - 1, from_record(arrays))
         return MetricRecord(dict(metrics))
 
@@ -96,6 +108,23 @@ def run_rounds(
         evaluate_fn=evaluate_fn,
     )
     return from_record(result.arrays) if len(result.arrays) else dict(initial)
+
+
+def close_async_round(grid: Grid, strategy: FedBuff) -> None:
+    """Book what arrived since the last aggregation as one train exchange of the MQTT grid.
+
+    The round hook reads the grid's exchanges (quorum, participants, bytes); an
+    asynchronous run never calls ``send_and_receive``, which is what books them."""
+    if not isinstance(grid, MqttGrid):
+        return
+    exchange, grid.current = grid.current, Exchange()
+    exchange.message_type = "train"
+    exchange.replies = len(strategy.last.nodes)
+    exchange.participants = [grid.device_for(n) or str(n) for n in strategy.last.nodes]
+    for reason in ("stale", "timeout", "unexpected", "wrong_arrays"):
+        if strategy.dropped[reason]:
+            exchange.failures[reason] += strategy.dropped.pop(reason)
+    grid.exchanges.append(exchange)
 
 
 # ------------------------------------------------------- stock Flower deployment --

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, get_args
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..federation.spec import RunSpec, StrategyName
 from .cli import Ctx, pass_ctx
 from .output import emit, emit_items
 
@@ -26,13 +27,15 @@ ROUND_COLUMNS = [
     ("round", "ROUND"),
     ("accuracy", "ACCURACY"),
     ("loss", "LOSS"),
+    ("device_eval", "DEVICE EVAL"),
+    ("eligible", "ELIGIBLE"),
     ("participants", "PARTICIPANTS"),
     ("failures", "FAILURES"),
     ("rejected", "REJECTED"),
     ("bytes", "BYTES OUT/IN"),
     ("wall_s", "WALL S"),
 ]
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "krum", "trimmed-mean")
+STRATEGIES = get_args(StrategyName)
 FINAL = ("completed", "failed", "stopped")
 
 
@@ -45,10 +48,38 @@ def train() -> None:
 @click.option("--model", required=True, help="Model name, e.g. digits.")
 @click.option("--target", default="all", show_default=True, help="Device selector.")
 @click.option("--rounds", type=click.IntRange(1, 1000), default=10, show_default=True)
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="fedavg", show_default=True)
+@click.option(
+    "--strategy",
+    type=click.Choice(STRATEGIES),
+    default=None,
+    help=f"Aggregation (default: {RunSpec.model_fields['strategy'].default}; fedbuff is "
+    "asynchronous).",
+)
 @click.option("--min-clients", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0)
 @click.option("--round-timeout", type=click.FloatRange(0, min_open=True), default=120.0)
+@click.option(
+    "--over-select",
+    type=click.FloatRange(0, 1),
+    help="Sample this much more (0.3 = 30%) and close each round when enough updates are in.",
+)
+@click.option(
+    "--round-deadline",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Seconds after which a round closes with what arrived, if that meets the quorum.",
+)
+@click.option(
+    "--server-lr",
+    type=click.FloatRange(0, 10, min_open=True),
+    default=None,
+    help="Server optimiser step (fedadam, fedyogi, fedadagrad, fedavgm, fedbuff); "
+    "default: per strategy.",
+)
+@click.option("--server-momentum", type=click.FloatRange(0, 1, max_open=True), help="fedavgm.")
+@click.option("--buffer-size", type=click.IntRange(1), help="fedbuff: updates per aggregation.")
+@click.option("--max-staleness", type=click.IntRange(0), help="fedbuff: oldest usable version.")
+@click.option("--concurrency", type=click.IntRange(1), default=None, help="fedbuff: devices busy.")
 @click.option("--epochs", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=0.1, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
@@ -69,7 +100,6 @@ def start(ctx: Ctx, /, **o: Any) -> None:
         "model": o["model"],
         "target": o["target"],
         "rounds": o["rounds"],
-        "strategy": o["strategy"],
         "min_clients": o["min_clients"],
         "fraction": o["fraction"],
         "round_timeout_s": o["round_timeout"],
@@ -95,6 +125,18 @@ def start(ctx: Ctx, /, **o: Any) -> None:
         "secagg": o["secagg"],
         "rollout": o["rollout"],
     }
+    optional = {
+        "strategy": "strategy",
+        "over_select": "over_select",
+        "round_deadline": "round_deadline_s",
+        "server_lr": "server_lr",
+        "server_momentum": "server_momentum",
+        "buffer_size": "buffer_size",
+        "max_staleness": "max_staleness",
+        "concurrency": "concurrency",
+    }
+    # Unset options are left out: the server's run spec holds every default.
+    body.update({key: o[opt] for opt, key in optional.items() if o[opt] is not None})
     run = ctx.client.post("/training/runs", body)
     if ctx.as_json:
         emit(run, as_json=True)
@@ -122,10 +164,28 @@ def list_runs(ctx: Ctx, status: str | None) -> None:
     emit_items(runs, columns=RUN_COLUMNS, title="training runs", row=_summary)
 
 
+def _eligible(eligibility: dict[str, int]) -> str:
+    """``97 (offline 2, on_battery 1)``: who could train and why the others could not."""
+    if not eligibility:
+        return "-"
+    out = [f"{k} {v}" for k, v in sorted(eligibility.items()) if k != "eligible"]
+    count = str(eligibility.get("eligible", 0))
+    return f"{count} ({', '.join(out)})" if out else count
+
+
+def _device_eval(evaluation: dict[str, Any]) -> str:
+    """Accuracy on the devices' own held-out samples (federated evaluation), if run."""
+    if evaluation.get("accuracy") is None:
+        return "-"
+    return f"{evaluation['accuracy']:.4f} ({len(evaluation.get('devices', {}))} devices)"
+
+
 def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {
             **r,
+            "eligible": _eligible(r.get("eligibility") or {}),
+            "device_eval": _device_eval(r.get("evaluation") or {}),
             "participants": len(r["participants"]),
             "bytes": f"{r['bytes_out']}/{r['bytes_in']}",
             "accuracy": round(r["accuracy"], 4) if r["accuracy"] is not None else None,
@@ -138,6 +198,13 @@ def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _show(run: dict[str, Any]) -> None:
     emit(_rounds(run), as_json=False, columns=ROUND_COLUMNS, title=f"run {run['id']}")
+    console = Console()
+    for r in run.get("rounds") or []:
+        failed = sorted((r.get("failed") or {}).items())
+        for device_id, why in failed[:10]:
+            console.print(f"round {r['round']}: {device_id} gave no update: {why}", markup=False)
+        if len(failed) > 10:
+            console.print(f"round {r['round']}: and {len(failed) - 10} more devices", markup=False)
     line = f"{run['status']}"
     if run["detail"]:
         line += f": {run['detail']}"

@@ -5,6 +5,7 @@ import { api, can } from '../api.js';
 import { h, replace, panel, table, status, fmtTime, fmtNum, notice, toast } from '../dom.js';
 import { lineChart } from '../chart.js';
 import { link } from '../routes.js';
+import { startForm } from './training-form.js';
 
 const ACTIVE = new Set(['pending', 'running']);
 
@@ -13,6 +14,7 @@ function runsTable(runs) {
     { title: 'Run', cell: (r) => h('a', { href: link(`training/${encodeURIComponent(r.id)}`) }, r.id) },
     { title: 'Status', cell: (r) => status(r.status) },
     { title: 'Model', cell: (r) => (r.spec.model ? `${r.spec.model}` : '—') },
+    { title: 'Strategy', cell: (r) => r.spec.strategy || '—' },
     { title: 'Rounds', cell: (r) => `${r.completed_rounds}${r.spec.rounds ? ` / ${r.spec.rounds}` : ''}` },
     { title: 'Candidate', cell: candidate },
     { title: 'Accuracy', cell: (r) => fmtNum(r.result.accuracy, 3) },
@@ -65,7 +67,7 @@ async function mountRun(root, ctx, id) {
     const byRound = { width: 560, height: 170, xLabel: (x) => `round ${Math.round(x)}` };
     const res = run.result || {};
     replace(head, facts([
-      ['Status', status(run.status)], ['Rounds', `${run.completed_rounds}${run.spec.rounds ? ` / ${run.spec.rounds}` : ''}`],
+      ['Status', status(run.status)], ['Strategy', run.spec.strategy || '—'], ['Rounds', `${run.completed_rounds}${run.spec.rounds ? ` / ${run.spec.rounds}` : ''}`],
       ['Started by', run.created_by], ['Created', fmtTime(run.created_at)], ['Updated', fmtTime(run.updated_at)],
       ['Candidate', res.version ? [`${res.parent ? `${res.parent} → ` : ''}`, candidate(run)] : '—'],
       ['Candidate accuracy', fmtNum(res.accuracy, 3)], ['Baseline accuracy', fmtNum(res.baseline_accuracy, 3)],
@@ -81,8 +83,11 @@ async function mountRun(root, ctx, id) {
         { title: 'Round', cell: (r) => String(r.round) },
         { title: 'Accuracy', cell: (r) => fmtNum(r.accuracy, 3) },
         { title: 'Loss', cell: (r) => fmtNum(r.loss, 3) },
+        { title: 'Device eval', cell: (r) => (r.evaluation && r.evaluation.accuracy != null ? `${fmtNum(r.evaluation.accuracy, 3)} on ${fmtNum(r.evaluation.examples, 0)} held-out` : '—') },
+        { title: 'Eligible', cell: (r) => eligibleCell(r.eligibility || {}) },
         { title: 'Participants', cell: (r) => `${r.participants.length}: ${r.participants.join(' ')}` },
         { title: 'Failures', cell: (r) => Object.entries(r.failures).map(([k, v]) => `${k} ${v}`).join(', ') || '—' },
+        { title: 'Why (per device)', cell: (r) => Object.entries(r.failed || {}).slice(0, 10).map(([d, why]) => `${d}: ${why}`).join('; ') || '—' },
         { title: 'Rejected', cell: (r) => Object.entries(r.rejected).map(([k, v]) => `${k} ${v}`).join(', ') || '—' },
         { title: 'Bytes out / in', cell: (r) => `${fmtNum(r.bytes_out, 0)} / ${fmtNum(r.bytes_in, 0)}` },
         { title: 'Wall', cell: (r) => `${fmtNum(r.wall_s, 2)} s` },
@@ -95,10 +100,23 @@ async function mountRun(root, ctx, id) {
   ctx.every(() => refresh().catch(() => {}), 3000);
 }
 
+// "97 eligible; offline 2, on_battery 1": who could train this round and why the others could not.
+function eligibleCell(e) {
+  const out = Object.entries(e).filter(([k]) => k !== 'eligible').map(([k, v]) => `${k} ${v}`);
+  if (!('eligible' in e)) return '—';
+  return out.length ? `${e.eligible}; ${out.join(', ')}` : String(e.eligible);
+}
+
 export async function mount(root, ctx) {
   if (ctx.params.id) return mountRun(root, ctx, ctx.params.id);
   const out = h('div', { class: 'results' });
-  replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Training runs')), out);
+  replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Training runs')),
+    can('operator')
+      ? h('details', { class: 'panel', id: 'start-training' },
+        h('summary', {}, 'New training run'),
+        startForm((run) => { location.hash = link(`training/${encodeURIComponent(run.id)}`); }))
+      : null,
+    out);
   async function refresh() {
     try {
       const { items: runs } = await api('/training/runs', { query: { limit: 100 } });
