@@ -239,6 +239,8 @@ class RolloutDriver:
                     since=action.since,
                     until=action.until,
                     baseline_until=rollout.state.created_at,
+                    parent=rollout.state.parent if rollout.plan.vs_parent else None,
+                    cohort=sorted(rollout.devices, key=lambda d: rollout.devices[d].order),
                 )
                 pending += rollout.gates_measured(action.wave, values, now, samples)
         # Save after every transition; a tick that changed nothing (a halted rollout

@@ -116,6 +116,21 @@ def samples(
     }
 
 
+def parent_labels(
+    batches: Mapping[str, Sequence[Telemetry]], parent: str
+) -> tuple[float | None, int]:
+    """The parent's feedback accuracy over ``batches`` and the labels behind it."""
+    name, _, version = parent.partition("@")
+    stats = [
+        t.inference
+        for rows in batches.values()
+        for t in rows
+        if t.inference is not None and t.inference.model == name and t.inference.version == version
+    ]
+    n = sum(s.feedback_count for s in stats)
+    return (sum(s.feedback_correct for s in stats) / n if n else None), n
+
+
 def measure(
     store: Store,
     device_ids: Sequence[str],
@@ -124,8 +139,34 @@ def measure(
     since: float,
     until: float,
     baseline_until: float,
+    parent: str | None = None,
+    cohort: Sequence[str] = (),
 ) -> tuple[dict[str, float | None], dict[str, int]]:
-    """The wave's gate figures and the observations behind them, from the store."""
+    """The wave's gate figures and the observations behind them, from the store.
+
+    With a ``parent`` (the champion), its feedback accuracy is measured on the
+    rollout's whole ``cohort`` from an hour before the rollout until ``until``:
+    the same devices and the same period as the new version, whatever wave they
+    are in (figure and count ``parent_accuracy``).
+    """
+    values, counts = _wave(store, device_ids, artifact, since, until, baseline_until)
+    if parent is not None:
+        rows = {
+            d: store.query_raw(d, since=baseline_until - BASELINE_S, until=until, limit=MAX_BATCHES)
+            for d in list(cohort)[:MAX_DEVICES]
+        }
+        values["parent_accuracy"], counts["parent_accuracy"] = parent_labels(rows, parent)
+    return values, counts
+
+
+def _wave(
+    store: Store,
+    device_ids: Sequence[str],
+    artifact: ResolvedArtifact,
+    since: float,
+    until: float,
+    baseline_until: float,
+) -> tuple[dict[str, float | None], dict[str, int]]:
     chosen = list(device_ids)[:MAX_DEVICES]
     after = {d: store.query_raw(d, since=since, until=until, limit=MAX_BATCHES) for d in chosen}
     before = {
