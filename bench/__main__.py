@@ -28,6 +28,7 @@ MODULES = {
     "bench_rollouts": "Rollout throughput (issue: signed OTA)",
     "bench_ota_device": "OTA on the device: verification cost and delta bytes (issue: signed OTA)",
     "bench_simulator": "Fleet simulator at scale (issue: demo, simulator, benchmarks)",
+    "bench_gates": "Champion/challenger gate (issue: model monitoring)",
 }
 
 
