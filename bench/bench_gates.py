@@ -130,10 +130,17 @@ class Trial:
 
 
 def _plans() -> dict[str, RolloutPlan]:
-    default = build_plan(RolloutCreate(artifact=ARTIFACT.label, target="all"), ARTIFACT, 0)
+    default = build_plan(
+        RolloutCreate.model_validate({"artifact": ARTIFACT.label, "target": "all"}), ARTIFACT, 0
+    )
     before = build_plan(
-        RolloutCreate(
-            artifact=ARTIFACT.label, target="all", gates=["accuracy>=0.9"], vs_parent=False
+        RolloutCreate.model_validate(
+            {
+                "artifact": ARTIFACT.label,
+                "target": "all",
+                "gates": ["accuracy>=0.9"],
+                "vs_parent": False,
+            }
         ),
         ARTIFACT,
         0,

@@ -177,9 +177,10 @@ def evaluate(
 
 def more_needed(result: Mapping[str, Any]) -> int:
     """How many more observations a waiting gate needs (the larger side of a comparison)."""
-    short = result["needed"] - (result.get("samples") or 0)
+    needed = int(result["needed"])
+    short = needed - int(result.get("samples") or 0)
     if result.get("parent_samples") is not None:
-        short = max(short, result["needed"] - result["parent_samples"])
+        short = max(short, needed - int(result["parent_samples"]))
     return max(0, short)
 
 
