@@ -63,7 +63,9 @@ export async function mount(root, ctx) {
     replace(out, table([
       { title: 'Kind', cell: (a) => a.kind },
       { title: 'Name', cell: (a) => h('b', {}, a.name) },
-      { title: 'Version', cell: (a) => a.version },
+      { title: 'Version', cell: (a) => (a.kind === 'model'
+        ? h('a', { href: link(`models/${encodeURIComponent(a.name)}/${encodeURIComponent(a.version)}`), title: 'model card' }, a.version)
+        : a.version) },
       { title: 'Flavor / hardware', cell: (a) => a.flavor || a.runtime || (a.hardware || []).join(' ') || '—' },
       { title: 'Size', cell: (a) => size(a.size), class: 'nowrap' },
       { title: 'Lineage', cell: lineage },
