@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+CALIBRATION_NAME = "calibration.json"
+"""The package member holding a :class:`Calibration` (written by the model builder)."""
 BINS = 10
 """The agent's confidence histogram (agent.metrics.CONFIDENCE_BINS)."""
 MIN_ANSWERS = 100

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import pytest
+
 from edgefleet_contract.messages import InferenceStats, LatencySummary, SystemStats, Telemetry
+from edgefleet_contract.package import MANIFEST_NAME, Manifest, pack_package, read_package
+from fleet_server.cbpe import CALIBRATION_NAME, Calibration
 
 from .ota_server import DIGITS, MODELS, make_env, model_version
 
@@ -86,6 +91,8 @@ def test_every_registered_version_has_a_card_in_json_and_markdown(tmp_path: Path
     two = env.client.get("/api/v1/models/digits/2.0.0/card", headers=viewer).json()
     assert two["quantitative_analysis"]["performance_metrics"][0]["accuracy"] is None
     assert "no feedback labels" in two["considerations"]["limitations"][0]["description"]
+    no_estimate = two["quantitative_analysis"]["estimated_accuracy"]
+    assert no_estimate["reasons"] == ["the package has no calibration"]
 
 
 def test_a_card_is_rebuilt_from_the_blob_when_its_facts_are_missing(tmp_path: Path) -> None:
@@ -115,3 +122,31 @@ def test_the_card_route_checks_who_asks_and_what(tmp_path: Path) -> None:
         404,
         422,
     )
+
+
+def test_a_calibrated_package_gets_a_label_free_estimate(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    viewer = env.login("vic")
+    pkg = read_package(DIGITS)
+    manifest = Manifest.model_validate({**pkg.manifest.model_dump(), "version": "4.0.0"})
+    table = Calibration(counts=(0,) * 8 + (100, 900), correct=(0,) * 8 + (60, 810))
+    members = {**pkg.members, CALIBRATION_NAME: json.dumps(table.to_json()).encode()}
+    members.pop(MANIFEST_NAME, None)
+    path = tmp_path / "digits-4.0.0-onnx-int8.efpkg"
+    path.write_bytes(pack_package(manifest, members))
+    assert env.push("model", path, env.login("olga")).status_code == 201
+    env.store.create_device("d0", name="d0", tags={}, now=time.time())
+    batch = _batch("d0", 1, "4.0.0", 0, 0)
+    assert batch.inference is not None
+    hist = [0] * 8 + [100, 100]
+    batch = batch.model_copy(
+        update={"inference": batch.inference.model_copy(update={"confidence_hist": hist})}
+    )
+    env.store.insert_telemetry([batch], received_at=time.time())
+    card = env.client.get("/api/v1/models/digits/4.0.0/card", headers=viewer).json()
+    est = card["quantitative_analysis"]["estimated_accuracy"]
+    assert est["method"] == "CBPE" and est["trusted"], est
+    assert est["accuracy"] == pytest.approx((60 + 90) / 200)  # 0.6 and 0.9 per bin
+    assert est["low"] < est["accuracy"] < est["high"]
+    plain = env.client.get("/api/v1/models/digits/1.0.0/card", headers=viewer)
+    assert plain.status_code == 404  # only 4.0.0 was pushed here

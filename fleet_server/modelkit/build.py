@@ -11,6 +11,7 @@ refuses the package instead of serving silently wrong answers.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -33,6 +34,7 @@ from edgefleet_contract.package import (
     parse_package,
 )
 
+from ..cbpe import CALIBRATION_NAME, calibrate
 from . import onnx_export, tflite_export
 from .network import Network
 
@@ -65,12 +67,16 @@ def build_package(
     trainable: bool = True,
     self_test_size: int = 30,
     created_at: float | None = None,
+    calibration: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
 ) -> bytes:
     """Export, check and package ``network``; returns the package bytes.
 
     ``reference`` holds raw (unpreprocessed) training rows: the drift reference
     is computed on them, int8 flavours are calibrated and checked on them, and
     the self-test vectors are drawn from them (evenly across predicted classes).
+    ``calibration`` is a labelled set the network did not train on (raw rows,
+    labels): how often the exported model is right per confidence bin goes into
+    the package as ``calibration.json``, for the server's label-free estimate.
     """
     raw = np.asarray(reference, dtype=np.float32)
     if raw.ndim != 2 or raw.shape[1] != network.features or len(raw) < 2:
@@ -85,6 +91,12 @@ def build_package(
     files = {f"model.{runtime}": model}
     if trainable:
         files[WEIGHTS_NAME] = encode_weights(network.weights)
+    if calibration is not None:
+        cx = apply_preprocessing(np.asarray(calibration[0], dtype=np.float32), preprocessing)
+        probs = run_model(runtime, model, cx)
+        right = probs.argmax(axis=1) == np.asarray(calibration[1])
+        table = calibrate(probs.max(axis=1), right).to_json()
+        files[CALIBRATION_NAME] = json.dumps(table, sort_keys=True).encode()
     method = (
         "none" if dtype == "float32" else ("static-qdq" if runtime == "onnx" else "dynamic-range")
     )

@@ -26,6 +26,7 @@ import numpy as np
 
 from edgefleet_contract.package import ModelPackage
 
+from ..cbpe import CALIBRATION_NAME, Calibration, estimate
 from ..store.base import Artifact
 
 SCHEMA = "edgefleet-model-card/1"
@@ -52,7 +53,14 @@ def package_facts(pkg: ModelPackage) -> dict[str, Any]:
     """The facts a card needs from one package (one flavour), taken at registration."""
     m = pkg.manifest
     expected = np.asarray(m.self_test.expected, dtype=np.float64)
+    calibration = None
+    if CALIBRATION_NAME in pkg.members:
+        try:
+            calibration = Calibration.from_json(json.loads(pkg.members[CALIBRATION_NAME])).to_json()
+        except (ValueError, KeyError, TypeError):  # the card says there is none to use
+            calibration = None
     return {
+        "calibration": calibration,
         "flavor": m.flavor,
         "runtime": m.runtime,
         "opset": _opset(pkg),
@@ -171,6 +179,7 @@ def build(
         },
         "quantitative_analysis": {
             "performance_metrics": fleet.get("overall", []),
+            "estimated_accuracy": label_free(facts, fleet),
             "slices": fleet.get("slices", []),
             "timeline": fleet.get("timeline", []),
             "window": fleet.get("window"),
@@ -196,6 +205,31 @@ def build(
             "provenance": provenance(lineage, run),
             "devices_running": fleet.get("devices", 0),
         },
+    }
+
+
+def label_free(facts: Sequence[Mapping[str, Any]], fleet: Mapping[str, Any]) -> dict[str, Any]:
+    """The CBPE estimate (:mod:`fleet_server.cbpe`) of the fleet's answers, or why there is none.
+
+    The calibration is the first flavour's that carries one (the flavours of a
+    version are one network, quantized or not).
+    """
+    table = next((f["calibration"] for f in facts if f.get("calibration")), None)
+    if table is None:
+        return {"accuracy": None, "trusted": False, "reasons": ["the package has no calibration"]}
+    est = estimate(
+        fleet.get("confidence_hist") or [0] * len(table["counts"]),
+        Calibration.from_json(table),
+        drift=fleet.get("drift_max"),
+    )
+    return {
+        "method": "CBPE",
+        "accuracy": est.accuracy,
+        "low": est.low,
+        "high": est.high,
+        "answers": est.answers,
+        "trusted": est.trusted,
+        "reasons": list(est.reasons),
     }
 
 
@@ -246,6 +280,9 @@ def markdown(card: Mapping[str, Any]) -> str:
             f"| {s['slice']} | {s['devices']} | {s['inferences']} | {s['labels']} | "
             f"{_pct(s.get('accuracy'))} | {ci} |"
         )
+    est = q.get("estimated_accuracy") or {}
+    trust = "trusted" if est.get("trusted") else "not trusted: " + "; ".join(est.get("reasons", []))
+    lines += ["", f"- label-free estimate (CBPE): {_pct(est.get('accuracy'))} ({trust})"]
     lines += ["", "## Edge", ""]
     for r in e["runtimes"]:
         lines.append(f"- {r['flavor']}: runtime {r['runtime']}, opset {r['opset'] or '-'}")

@@ -140,6 +140,8 @@ def fleet_figures(
     hours: dict[float, _Tally] = defaultdict(_Tally)
     per_device: dict[str, _Tally] = defaultdict(_Tally)
     hardware: dict[str, _Tally] = defaultdict(_Tally)
+    hist: list[int] = []
+    drift: list[float] = []
     for device in devices:
         for t in batches.get(device.id, ()):
             inf = t.inference
@@ -152,6 +154,12 @@ def fleet_figures(
             hours[t.ts - t.ts % HOUR].add(device.id, t)
             per_device[device.id].add(device.id, t)
             hardware[device.hardware or "unknown"].add(device.id, t)
+            if inf.confidence_hist:
+                if len(hist) != len(inf.confidence_hist):
+                    hist = [0] * len(inf.confidence_hist)  # another binning: the newest wins
+                hist = [a + b for a, b in zip(hist, inf.confidence_hist, strict=True)]
+            if t.drift is not None:
+                drift.append(t.drift.score)
     overall = tallies.pop("all", _Tally())
     slices = [tallies[k].row(k) for k in sorted(tallies)]
     worst_devices = sorted(
@@ -167,6 +175,8 @@ def fleet_figures(
         "overall": [overall.row("all")],
         "slices": slices + worst_devices,
         "worst_slice": worst,
+        "confidence_hist": hist,
+        "drift_max": max(drift) if drift else None,
         "timeline": [{"hour": h, **hours[h].row("all")} for h in sorted(hours)],
         "hardware": [
             {

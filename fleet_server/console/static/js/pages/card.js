@@ -31,6 +31,15 @@ const SLICES = [
   { title: '95% interval', cell: interval, class: 'nowrap' },
 ];
 
+// The label-free estimate, and in its own words why it is not to be trusted when it is not.
+function estimateLine(est) {
+  if (!est) return null;
+  const value = est.accuracy === null || est.accuracy === undefined ? 'none'
+    : `${pct(est.accuracy)} (${pct(est.low)} – ${pct(est.high)}) from ${est.answers} answers`;
+  return h('p', { class: est.trusted ? '' : 'muted' }, h('b', {}, 'Estimated accuracy without labels (CBPE): '), value,
+    est.trusted ? '' : ` — not trusted: ${est.reasons.join('; ')}`);
+}
+
 function render(card, name, version) {
   const d = card.model_details;
   const p = card.model_parameters;
@@ -53,6 +62,7 @@ function render(card, name, version) {
       { title: 'sha256', cell: (f) => h('code', {}, f.sha256.slice(0, 16)) },
     ], p.flavors)),
     panel('Quantitative analysis (fleet, last 24 h)',
+      estimateLine(q.estimated_accuracy),
       table(SLICES, [...q.performance_metrics, ...q.slices], { empty: 'No telemetry from this version.' }),
       h('h3', {}, 'Accuracy per hour'),
       table([{ title: 'Hour', cell: (t) => fmtTime(t.hour) }, ...SLICES.slice(3)], q.timeline,
