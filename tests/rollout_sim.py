@@ -63,6 +63,8 @@ class Sim:
     max_dispatched_share: list[tuple[int, int]] = field(default_factory=list)
     labels: Callable[[EvaluateGates], tuple[Arm, Arm]] | None = None
     """Labelled answers (new version, parent) over the window asked about; None: no feedback."""
+    figures: Callable[[EvaluateGates], tuple[dict[str, float | None], dict[str, int]]] | None = None
+    """More figures and counts for the window (label-free estimates...)."""
 
     def apply(self, actions: list[Action]) -> None:
         pending = list(actions)
@@ -96,6 +98,10 @@ class Sim:
                     values["accuracy"], counts["accuracy"] = new.accuracy, new.labels
                     values["parent_accuracy"] = parent.accuracy
                     counts["parent_accuracy"] = parent.labels
+                if self.figures is not None:
+                    more, more_counts = self.figures(a)
+                    values |= more
+                    counts |= more_counts
                 pending += self.rollout.gates_measured(a.wave, values, self.now, counts)
         s = self.rollout.state
         if s.status in ("canary", "wave"):

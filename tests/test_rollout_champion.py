@@ -144,3 +144,34 @@ def test_no_parent_gate_when_the_plan_turns_it_off() -> None:
     sim.run(600)
     assert sim.rollout.status == "completed"
     assert all(g["metric"] != "accuracy_vs_parent" for g in sim.rollout.state.gate_results["0"])
+
+
+def _estimates(new: float, parent: float | None, per_s: float):  # type: ignore[no-untyped-def]
+    def figures(a: EvaluateGates) -> tuple[dict[str, float | None], dict[str, int]]:
+        n = int(per_s * (a.until - a.since))
+        values = {"accuracy_estimate": new if n else None, "parent_accuracy_estimate": parent}
+        return values, {"accuracy_estimate": n, "parent_accuracy_estimate": 50_000}
+
+    return figures
+
+
+def test_without_labels_the_gate_compares_the_label_free_estimates() -> None:
+    worse = make(20, running="digits@1.2.0")
+    worse.figures = _estimates(0.80, 0.95, 5.0)
+    worse.run(1200)
+    assert worse.rollout.status == "rolled_back"
+    result = worse.rollout.state.gate_results["0"][-1]
+    assert "label-free estimate" in result["gate"] and result["unit"] == "answers (estimated)"
+    equal = make(20, running="digits@1.2.0")
+    equal.figures = _estimates(0.95, 0.95, 5.0)
+    equal.run(1200)
+    assert equal.rollout.status == "completed"
+    assert "label-free" in equal.rollout.state.gate_results["0"][-1]["gate"]
+
+
+def test_an_untrusted_parent_estimate_leaves_nothing_to_compare() -> None:
+    sim = make(4, running="digits@1.2.0")
+    sim.figures = _estimates(0.2, None, 5.0)  # the parent's estimate was not trusted
+    sim.run(600)
+    assert sim.rollout.status == "completed"
+    assert "no trusted estimate" in sim.rollout.state.gate_results["0"][-1]["note"]

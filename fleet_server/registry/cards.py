@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgefleet_contract import package
-from edgefleet_contract.errors import NotFound
+from edgefleet_contract.errors import EdgefleetError, NotFound
 from edgefleet_contract.messages import Telemetry
 
+from ..cbpe import Calibration
 from ..store.base import Artifact, Device, Page
 from ..store.training import RoundRecord, TrainingRun
 from .card import build, package_facts, wilson
@@ -87,6 +88,24 @@ class CardStore:
         facts = package_facts(package.read_package(blob, max_bytes=max(artifact.size, 1)))
         self.save(artifact.sha256, facts)
         return facts
+
+
+def calibration_of(
+    find: Callable[[str, str], Sequence[Artifact]],
+    cards: CardStore,
+    blob_of: Callable[[str], Path | None],
+    label: str,
+) -> Calibration | None:
+    """The calibration the package of ``name@version`` carries (any flavour), if one does."""
+    name, _, version = label.partition("@")
+    for artifact in find(name, version):
+        try:
+            table = cards.facts(artifact, blob_of(artifact.sha256)).get("calibration")
+        except (EdgefleetError, OSError):
+            continue
+        if table:
+            return Calibration.from_json(table)
+    return None
 
 
 @dataclass

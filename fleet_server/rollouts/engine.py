@@ -326,14 +326,26 @@ class Rollout(OperatorVerbs):
     def _vs_parent(
         self, parent: str, figures: Mapping[str, float | None], samples: Mapping[str, int]
     ) -> GateResult:
+        """Labels where the parent has them; else the label-free estimates, if the parent
+        has a trusted one (its calibration and inputs allow it)."""
         plan = self.plan
+        new = _arm(figures.get("accuracy"), samples.get("accuracy", 0))
+        old = _arm(figures.get("parent_accuracy"), samples.get("parent_accuracy", 0))
+        basis = "labels"
+        if not old.labels and figures.get("parent_accuracy_estimate") is not None:
+            basis = "estimate"
+            new = _arm(figures.get("accuracy_estimate"), samples.get("accuracy_estimate", 0))
+            old = _arm(
+                figures.get("parent_accuracy_estimate"), samples.get("parent_accuracy_estimate", 0)
+            )
         return vs_parent(
             parent,
-            _arm(figures.get("accuracy"), samples.get("accuracy", 0)),
-            _arm(figures.get("parent_accuracy"), samples.get("parent_accuracy", 0)),
+            new,
+            old,
             margin=plan.parent_margin,
             confidence=plan.parent_confidence,
             allow_no_data=plan.gates_allow_no_data,
+            basis=basis,
         )
 
     def _wait_for_data(

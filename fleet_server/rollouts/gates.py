@@ -194,7 +194,8 @@ def shortfall(results: Iterable[Mapping[str, Any]]) -> str:
         text = f"{r['gate']} {r.get('samples') or 0}/{r['needed']} {r['unit']}"
         if r.get("parent_samples") is not None:
             text += f" (parent {r['parent_samples']}/{r['needed']}): "
-            text += f"needs {more_needed(r)} more labels"
+            what = "labels" if r["unit"] == EVIDENCE["accuracy"] else "answers"
+            text += f"needs {more_needed(r)} more {what}"
         out.append(text)
     return ", ".join(out)
 
@@ -207,18 +208,28 @@ def vs_parent(
     margin: float,
     confidence: float,
     allow_no_data: bool = False,
+    basis: str = "labels",
 ) -> GateResult:
     """The champion/challenger gate (see :mod:`.champion`) as a gate result.
 
-    A parent without a single labelled answer in the window leaves nothing to
-    compare with (a fleet that sends no feedback): the gate then passes and says
-    so, and the absolute gates of the plan are what guards the rollout.
+    ``basis`` ``estimate``: the counts are label-free estimates (answers times
+    the estimated accuracy), judged the same way; their interval holds the
+    sampling error only, not the calibration's.  A parent with neither labels
+    nor a trusted estimate in the window leaves nothing to compare with (a fleet
+    that sends no feedback): the gate then passes and says so, and the plan's
+    absolute gates are what guards the rollout.
     """
     source = f"accuracy vs {parent_label} >= -{margin * 100:g}pt at {confidence * 100:g}%"
-    base = (source, "accuracy_vs_parent", ">=", -margin)
     unit = EVIDENCE["accuracy"]
+    if basis == "estimate":
+        source += " (label-free estimate)"
+        unit = "answers (estimated)"
+    base = (source, "accuracy_vs_parent", ">=", -margin)
     if not parent.labels:
-        note = f"{parent_label} has no labelled answers in the window: nothing to compare"
+        note = (
+            f"{parent_label} has no labelled answers and no trusted estimate in the window: "
+            "nothing to compare"
+        )
         return GateResult(*base, None, True, note, new.labels, 0, unit, parent_samples=0)
     c = compare(new, parent, margin=margin, confidence=confidence)
     if c.verdict == "wait" and allow_no_data and not new.labels:
