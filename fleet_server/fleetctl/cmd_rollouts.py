@@ -217,8 +217,15 @@ def render(out: dict[str, Any]) -> Group:
     for e in out["events"][-8:]:
         events.add_row(when(e["ts"]), e["kind"], e["device_id"] or "", e["message"])
     parts: list[Any] = [head, bars, gates, events]
-    if (out.get("plan") or {}).get("gates"):
+    plan = out.get("plan") or {}
+    if plan.get("gates"):
         parts.insert(2, f"gates: {_evidence_rule(out)}")
+    if plan.get("vs_parent"):
+        parts.insert(
+            2,
+            f"against the parent: no worse by {plan['parent_margin'] * 100:g} points "
+            f"at {plan['parent_confidence'] * 100:g}% (labels, else the label-free estimate)",
+        )
     if out.get("waiting"):  # before the bars: what the rollout is waiting for
         deadline = time.strftime("%H:%M:%S", time.localtime(out["gates_deadline"]))
         parts.insert(1, f"[yellow]{out['waiting']}[/yellow] (without it they fail at {deadline})")
