@@ -85,6 +85,12 @@ def test_every_registered_version_has_a_card_in_json_and_markdown(tmp_path: Path
     assert slices["tag:site=paris"]["accuracy"] == 0.75
     assert slices["tag:site=paris"]["high"] < slices["tag:site=berlin"]["low"]
     assert one["edge"]["hardware"][0]["rss_mb"] == 50.0
+    # Over time, per cohort and device: one hour here, with its interval.
+    paris = one["quantitative_analysis"]["slice_timelines"]["tag:site=paris"]
+    assert [(h["labels"], h["accuracy"]) for h in paris] == [(200, 0.75)]
+    assert paris[0]["low"] < 0.75 < paris[0]["high"]
+    assert one["quantitative_analysis"]["slice_timelines"]["device:d0"][0]["accuracy"] == 0.95
+    assert len(one["quantitative_analysis"]["timeline"]) == 1
     limits = [x["description"] for x in one["considerations"]["limitations"]]
     assert limits == ["lowest measured accuracy on slice tag:site=paris"]
     # 2.0.0 has no telemetry: its card says accuracy is unmeasured.

@@ -182,6 +182,7 @@ def build(
             "estimated_accuracy": label_free(facts, fleet),
             "slices": fleet.get("slices", []),
             "timeline": fleet.get("timeline", []),
+            "slice_timelines": fleet.get("slice_timelines", {}),
             "window": fleet.get("window"),
         },
         "considerations": {

@@ -156,7 +156,8 @@ def fleet_figures(
 ) -> dict[str, Any]:
     """The version's figures from each device's batches (pure: the store is read elsewhere)."""
     tallies: dict[str, _Tally] = defaultdict(_Tally)
-    hours: dict[float, _Tally] = defaultdict(_Tally)
+    hours: dict[tuple[str, float], _Tally] = defaultdict(_Tally)
+    """Per slice (the fleet, a cohort, a device) and hour."""
     per_device: dict[str, _Tally] = defaultdict(_Tally)
     hardware: dict[str, _Tally] = defaultdict(_Tally)
     hist: list[int] = []
@@ -168,9 +169,11 @@ def fleet_figures(
                 continue
             keys = ["all", f"hardware={device.hardware or 'unknown'}"]
             keys += [f"tag:{k}={v}" for k, v in sorted(device.tags.items())]
+            hour = t.ts - t.ts % HOUR
             for key in keys:
                 tallies[key].add(device.id, t)
-            hours[t.ts - t.ts % HOUR].add(device.id, t)
+                hours[(key, hour)].add(device.id, t)
+            hours[(f"device:{device.id}", hour)].add(device.id, t)
             per_device[device.id].add(device.id, t)
             hardware[device.hardware or "unknown"].add(device.id, t)
             if inf.confidence_hist:
@@ -196,7 +199,12 @@ def fleet_figures(
         "worst_slice": worst,
         "confidence_hist": hist,
         "drift_max": max(drift) if drift else None,
-        "timeline": [{"hour": h, **hours[h].row("all")} for h in sorted(hours)],
+        "timeline": _timeline(hours, "all"),
+        "slice_timelines": {
+            row["slice"]: _timeline(hours, row["slice"])
+            for row in slices + worst_devices
+            if row["labels"]
+        },
         "hardware": [
             {
                 "hardware": hw,
@@ -207,6 +215,11 @@ def fleet_figures(
             for hw, t in sorted(hardware.items())
         ],
     }
+
+
+def _timeline(hours: Mapping[tuple[str, float], _Tally], key: str) -> list[dict[str, Any]]:
+    """One slice's accuracy per hour, oldest first (each with its interval)."""
+    return [{"hour": h, **t.row(key)} for (k, h), t in sorted(hours.items()) if k == key]
 
 
 def card_of(
