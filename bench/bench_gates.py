@@ -167,6 +167,7 @@ def run() -> list[dict[str, object]]:
     cases = (
         ("gate pass rate, 10-point regression", PARENT_ACC - 0.10, True, "<= 0.05"),
         ("gate false-fail rate, equal model", PARENT_ACC, False, "<= 0.05"),
+        ("gate pass rate, 5-point regression (at the margin)", PARENT_ACC - 0.05, True, "~0.05"),
     )
     for label, accuracy, count_passes, goal in cases:
         per_seed, outcomes = _rates(plans["default"], accuracy)
