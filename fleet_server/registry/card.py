@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,9 +26,11 @@ import numpy as np
 from edgefleet_contract.package import ModelPackage
 
 from ..cbpe import CALIBRATION_NAME, Calibration, estimate
+from ..rollouts import champion
 from ..store.base import Artifact
 
 SCHEMA = "edgefleet-model-card/1"
+Z95 = champion.z_of(0.975)
 
 
 def _opset(pkg: ModelPackage) -> int | None:
@@ -97,15 +98,11 @@ def int8_agreement(facts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     return {"agreement": same / len(a["top1"]), "vectors": len(a["top1"])}
 
 
-def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
-    """Wilson's 95% score interval for an accuracy (None, None without labels)."""
+def wilson(correct: int, n: int) -> tuple[float | None, float | None]:
+    """The 95% Wilson score interval of an accuracy (None, None without labels)."""
     if n <= 0:
         return None, None
-    p = correct / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return champion.wilson(correct, n, Z95)
 
 
 def provenance(lineage: Mapping[str, Any], run: Mapping[str, Any] | None) -> dict[str, Any]:

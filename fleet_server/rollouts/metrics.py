@@ -177,33 +177,6 @@ def measure(
     label-free estimate (``accuracy_estimate``, ``parent_accuracy_estimate``),
     for the gate to use where there are no labels.
     """
-    values, counts = _wave(store, device_ids, artifact, since, until, baseline_until)
-    if parent is not None:
-        rows = {
-            d: store.query_raw(d, since=baseline_until - BASELINE_S, until=until, limit=MAX_BATCHES)
-            for d in list(cohort)[:MAX_DEVICES]
-        }
-        values["parent_accuracy"], counts["parent_accuracy"] = parent_labels(rows, parent)
-        if calibrations is not None:
-            after = {
-                d: store.query_raw(d, since=since, until=until, limit=MAX_BATCHES)
-                for d in list(device_ids)[:MAX_DEVICES]
-            }
-            new = label_free(after, artifact.label, calibrations(artifact.label))
-            old = label_free(rows, parent, calibrations(parent))
-            values["accuracy_estimate"], counts["accuracy_estimate"] = new
-            values["parent_accuracy_estimate"], counts["parent_accuracy_estimate"] = old
-    return values, counts
-
-
-def _wave(
-    store: Store,
-    device_ids: Sequence[str],
-    artifact: ResolvedArtifact,
-    since: float,
-    until: float,
-    baseline_until: float,
-) -> tuple[dict[str, float | None], dict[str, int]]:
     chosen = list(device_ids)[:MAX_DEVICES]
     after = {d: store.query_raw(d, since=since, until=until, limit=MAX_BATCHES) for d in chosen}
     before = {
@@ -213,4 +186,16 @@ def _wave(
         for d in chosen
     }
     health = {d: store.get_device(d).health for d in chosen}
-    return figures(after, before, health, artifact), samples(after, before, artifact)
+    values, counts = figures(after, before, health, artifact), samples(after, before, artifact)
+    if parent is not None:
+        rows = {
+            d: store.query_raw(d, since=baseline_until - BASELINE_S, until=until, limit=MAX_BATCHES)
+            for d in list(cohort)[:MAX_DEVICES]
+        }
+        values["parent_accuracy"], counts["parent_accuracy"] = parent_labels(rows, parent)
+        if calibrations is not None:
+            new = label_free(after, artifact.label, calibrations(artifact.label))
+            old = label_free(rows, parent, calibrations(parent))
+            values["accuracy_estimate"], counts["accuracy_estimate"] = new
+            values["parent_accuracy_estimate"], counts["parent_accuracy_estimate"] = old
+    return values, counts
