@@ -88,7 +88,8 @@ class AgentSettings(FileSettings):
     hardware: str = "generic"
     firmware_version: str = "0.0.0"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """auto: text on a terminal, JSON lines otherwise (journald, files, pipes)."""
     local_api: LocalApiSettings = LocalApiSettings()
     spool: SpoolSettings = SpoolSettings()
     broker: BrokerOverride = BrokerOverride()

@@ -20,6 +20,7 @@ MODULES = {
     "bench_spool": "Spool drain after an outage (issue: agent daemon)",
     "bench_inference": "Inference overhead and int8 vs float (issue: agent daemon)",
     "bench_agent_rss": "Idle agent memory (issue: agent daemon)",
+    "bench_install": "Agent install size by runtime (issue: bring your own model)",
     "bench_spool_broker": "Spool drain through the real broker (issue: agent daemon)",
     "bench_federated": "Federated quality and bytes per round (issue: federated training)",
     "bench_fl_rounds": "Federated round overhead and agent memory (issue: federated training)",

@@ -9,11 +9,15 @@ would set it, so a daemon can print it and exit non-zero without a traceback.
 
 from __future__ import annotations
 
+import difflib
+import os
+import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -70,9 +74,42 @@ def load_cli_settings(cls: type[S], config: Path | None, data_dir: Path | None) 
     """``cls`` as a daemon command's ``--config`` and ``--data-dir`` ask for.
 
     ``--data-dir`` wins over the file and the environment when it is given.
+    A misspelled ``PREFIX_*`` variable would be ignored silently; each gets a
+    warning on stderr (a misspelled TOML key is refused, but an environment holds
+    other programs' variables too, so it cannot be).
     """
+    for warning in unknown_environment(cls, os.environ):
+        sys.stderr.write(f"warning: {warning}\n")
     overrides = {"data_dir": data_dir} if data_dir else {}
     return load_settings(cls, config, **overrides)
+
+
+def env_names(cls: type[BaseModel], prefix: str) -> list[str]:
+    """Every environment variable that sets a field of ``cls`` (nested with ``__``)."""
+    names: list[str] = []
+    for name, info in cls.model_fields.items():
+        env = prefix + name.upper()
+        names.append(env)
+        for sub in (info.annotation, *get_args(info.annotation)):  # X, or X | None
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                names += env_names(sub, env + "__")
+    return names
+
+
+def unknown_environment(cls: type[FileSettings], environ: Mapping[str, str]) -> list[str]:
+    """One message per ``PREFIX_*`` variable in ``environ`` that sets nothing."""
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    if not prefix:
+        return []
+    known = env_names(cls, prefix)
+    out = []
+    for key in sorted(environ):
+        if not key.upper().startswith(prefix) or key.upper() in known:
+            continue
+        close = difflib.get_close_matches(key.upper(), known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        out.append(f"{key} is not a setting and is ignored{hint}")
+    return out
 
 
 def describe(exc: ValidationError, cls: type[FileSettings], source: Path | None) -> str:

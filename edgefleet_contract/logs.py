@@ -1,9 +1,13 @@
 """Structured logging for the daemons.
 
-JSON lines by default (what journald, Loki and friends ingest), plain text for
-people at a terminal.  A redacting filter scrubs anything that looks like a
-secret (bearer tokens, enrollment tokens, passwords, PEM keys) from every
-record, so a careless ``log.info("%s", request)`` cannot leak one.
+One line per event: plain text for people at a terminal, JSON lines otherwise
+(what journald, Loki and friends ingest); ``log_format = "auto"`` picks by
+whether stderr is a terminal.  Libraries that print on their own (Flower's
+coloured console handler) are folded into the one handler, so nothing is said
+twice, and HTTP client request lines are debug-level.  A redacting filter
+scrubs anything that looks like a secret (bearer tokens, enrollment tokens,
+passwords, PEM keys) from every record, so a careless ``log.info("%s", request)``
+cannot leak one.
 """
 
 from __future__ import annotations
@@ -55,8 +59,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str = "INFO", fmt: Literal["json", "text"] = "text") -> None:
+QUIET_BELOW_DEBUG = ("httpx", "httpcore")
+"""Loggers whose INFO lines are per-request chatter: shown only at DEBUG."""
+OWN_HANDLERS = ("flwr",)
+"""Libraries that install a console handler of their own on import."""
+
+
+def resolve_format(fmt: Literal["auto", "json", "text"]) -> Literal["json", "text"]:
+    if fmt != "auto":
+        return fmt
+    return "text" if sys.stderr.isatty() else "json"
+
+
+def _adopt(name: str) -> None:
+    """Make ``name`` log through the root handler only, now and after it is imported."""
+    logger = logging.getLogger(name)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    # The library adds its handler when it is imported, which may be after this call.
+    setattr(logger, "addHandler", lambda handler: None)  # noqa: B010
+    logger.propagate = True
+
+
+def configure(level: str = "INFO", fmt: Literal["auto", "json", "text"] = "text") -> None:
     """Install one stderr handler with redaction on the root logger (idempotent)."""
+    fmt = resolve_format(fmt)
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_edgefleet", False):
@@ -71,3 +98,7 @@ def configure(level: str = "INFO", fmt: Literal["json", "text"] = "text") -> Non
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    for name in QUIET_BELOW_DEBUG:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    for name in OWN_HANDLERS:
+        _adopt(name)

@@ -110,15 +110,68 @@ class Preprocessing(_Closed):
     offset: Floats = 0.0
 
 
+Share = Annotated[float, Field(ge=0, le=1)]
+Error = Annotated[float, Field(ge=0)]
+
+
+class OutputAgreement(_Closed):
+    """How one output of the int8 model compares with the float model's on the same rows."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    top1: Share | None = None
+    """Share of rows with the same top-1 class (classification-like outputs only)."""
+    max_abs_error: Error
+    mean_abs_error: Error
+
+
+class Agreement(_Closed):
+    """Float-vs-int8 agreement measured by the builder on the calibration samples."""
+
+    samples: Annotated[int, Field(ge=1)]
+    outputs: Annotated[list[OutputAgreement], Field(min_length=1, max_length=64)]
+    min_top1: Share | None = None
+    """The threshold the builder refused to ship below, if it checked top-1."""
+
+    @property
+    def top1(self) -> float | None:
+        """The worst top-1 agreement over the classification-like outputs, if any."""
+        shares = [o.top1 for o in self.outputs if o.top1 is not None]
+        return min(shares) if shares else None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Agreement:
+        top1 = self.top1
+        if self.min_top1 is not None and (top1 is None or top1 < self.min_top1):
+            raise ValueError(f"top-1 agreement {top1} is below the declared {self.min_top1}")
+        return self
+
+
+QuantMethod = Literal["none", "dynamic-range", "static-qdq", "full-integer"]
+OpType = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{1,64}$")]
+OpCount = Annotated[int, Field(ge=1)]
+
+
 class Quantization(_Closed):
+    """What the model file's numbers are, and for int8 the facts the builder checked.
+
+    ``int8_ops`` and ``agreement`` came with real quantization; packages written
+    before carry neither and still load (the registry re-inspects ONNX files).
+    """
+
     dtype: Literal["float32", "int8"]
-    method: Literal["none", "dynamic-range", "static-qdq", "full-integer"]
+    method: QuantMethod
     calibration_samples: Annotated[int, Field(ge=1)] | None = None
+    per_channel: bool | None = None
+    int8_ops: Annotated[dict[OpType, OpCount], Field(max_length=16)] | None = None
+    """Conv/Gemm/MatMul ops whose weights are stored int8, by op type: ``{"Conv": 4, ...}``."""
+    agreement: Agreement | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Quantization:
         if (self.dtype == "float32") != (self.method == "none"):
             raise ValueError("float32 models use method 'none'; int8 models name their method")
+        if self.dtype == "float32" and (self.int8_ops or self.agreement or self.per_channel):
+            raise ValueError("float32 models record no int8 ops, agreement or per_channel")
         return self
 
 

@@ -19,18 +19,24 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet_contract.backoff import Backoff
-from edgefleet_contract.errors import BrokerError
+from edgefleet_contract.errors import BrokerError, ConfigError
 from edgefleet_contract.fdlimit import raise_fd_limit
 
 from .config import SERVER_IDENTITY
 from .pki import write_public
+from .preflight import check_port
 
 log = logging.getLogger(__name__)
+
+GIVE_UP_AFTER = 8
+"""Restarts in a row after which the supervisor stops trying (about a minute of backoff)."""
+STABLE_S = 30.0
+"""A broker that ran this long before dying starts the failure count afresh."""
 
 
 @dataclass(frozen=True)
@@ -172,8 +178,16 @@ class ManagedBroker:
         port: int,
         mosquitto_bin: str = "mosquitto",
         max_connections: int = -1,
+        on_give_up: Callable[[str], None] | None = None,
+        give_up_after: int = GIVE_UP_AFTER,
+        backoff: Backoff | None = None,
     ) -> None:
         self.layout = layout
+        self._on_give_up = on_give_up
+        self._give_up_after = give_up_after
+        self._backoff = backoff or Backoff(initial=0.5, maximum=10.0)
+        self.failure: str | None = None
+        """Why the supervisor gave up (None while it keeps the broker up)."""
         self._ca_file = ca_file
         self._bind = bind
         self._port = port
@@ -228,7 +242,17 @@ class ManagedBroker:
 
     def _spawn(self, timeout: float) -> None:
         raise_fd_limit()  # mosquitto inherits it: one socket per connected device
-        self._end_stale()
+        self.end_stale()
+        try:
+            check_port(
+                self._bind,
+                self._port,
+                setting="broker.port",
+                env="FLEET_BROKER__PORT",
+                what="broker",
+            )
+        except ConfigError as exc:
+            raise BrokerError(str(exc)) from None
         with self._lock, self.layout.stderr.open("ab") as err:
             self._proc = subprocess.Popen(
                 [self._bin, "-c", str(self.layout.conf)],
@@ -254,7 +278,7 @@ class ManagedBroker:
             f"mosquitto did not open port {self._port} in {timeout:.0f}s:\n{self._tail(proc)}"
         )
 
-    def _end_stale(self) -> None:
+    def end_stale(self) -> None:
         """End a mosquitto that an earlier server on this data dir left running.
 
         The broker runs in its own session (a Ctrl-C meant for the server must not
@@ -289,26 +313,52 @@ class ManagedBroker:
         return "\n".join(lines).strip() or "(no output)"
 
     def _watch(self) -> None:
-        """Wait on the child; when it dies unasked, start it again with capped backoff."""
-        backoff = Backoff(initial=0.2, maximum=10.0)
+        """Wait on the child; when it dies unasked, start it again with capped backoff.
+
+        A broker that keeps dying (its port taken, its files broken) is not restarted
+        forever: after ``give_up_after`` failures in a row, none of which stayed up
+        ``STABLE_S``, the supervisor logs why and reports it through ``on_give_up``.
+        """
+        backoff = self._backoff
+        failures = 0
         while not self._stopping.is_set():
             proc = self._proc
             if proc is None:
                 return
+            started = time.monotonic()
             code = proc.wait()
             if self._stopping.is_set():
                 return
-            log.error("mosquitto exited (code %s); restarting:\n%s", code, self._tail(proc))
-            self._stopping.wait(backoff.next_delay())
-            if self._stopping.is_set():
-                return
-            try:
-                self._spawn(15.0)
-            except BrokerError as exc:
-                log.error("broker restart failed: %s", exc)
-                continue
-            self.restarts += 1
-            backoff.reset()
+            if time.monotonic() - started >= STABLE_S:
+                failures = 0
+                backoff.reset()
+            failures += 1
+            reason = f"mosquitto exited (code {code}):\n{self._tail(proc)}"
+            while not self._stopping.is_set():
+                if failures > self._give_up_after:
+                    self._give_up(failures - 1, reason)
+                    return
+                delay = backoff.next_delay()
+                log.error("%s\nrestarting it in %.1fs (attempt %d)", reason, delay, failures)
+                if self._stopping.wait(delay):
+                    return
+                try:
+                    self._spawn(15.0)
+                except BrokerError as exc:
+                    reason = f"broker restart failed: {exc}"
+                    failures += 1
+                    continue
+                self.restarts += 1
+                break
+
+    def _give_up(self, attempts: int, reason: str) -> None:
+        self.failure = (
+            f"the managed broker failed {attempts} times in a row and is not restarted "
+            f"again; last failure: {reason}"
+        )
+        log.critical("%s", self.failure)
+        if self._on_give_up is not None:
+            self._on_give_up(self.failure)
 
     def reload(self) -> None:
         """Make a running broker apply the ACL and CRL written by ``configure``.

@@ -6,9 +6,11 @@ configuration (the message names the field), 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -17,8 +19,21 @@ from edgefleet_contract import logs
 from edgefleet_contract.cli import daemon_options
 from edgefleet_contract.cli import run as run_cli
 from edgefleet_contract.config import load_cli_settings
+from edgefleet_contract.errors import BrokerError, ConfigError
 
 from .config import ServerSettings
+
+
+@contextlib.contextmanager
+def data_dir_errors(data_dir: Path) -> Iterator[None]:
+    """An OS error under the data directory is one line and exit 2, not a traceback."""
+    from .preflight import data_dir_error
+
+    try:
+        yield
+    except OSError as exc:
+        raise data_dir_error(data_dir, exc) from None
+
 
 settings_options = daemon_options(
     config_help="fleet.toml (settings; FLEET_* environment variables override it).",
@@ -40,7 +55,8 @@ def init(config: Path | None, data_dir: Path | None, admin_password_stdin: bool)
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
     password = sys.stdin.readline().rstrip("\n") if admin_password_stdin else None
-    generated = initialize(settings, admin_password=password)
+    with data_dir_errors(settings.data_dir):
+        generated = initialize(settings, admin_password=password)
     click.echo(f"fleet initialized in {settings.data_dir}")
     offline = settings.data_dir / "offline"
     if any(offline.glob("root-key-*.pem")):
@@ -62,17 +78,72 @@ def run(config: Path | None, data_dir: Path | None) -> None:
     from .server import FleetServer
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
-    logs.configure(settings.log_level, "text")
-    server = FleetServer(settings)
+    logs.configure(settings.log_level, settings.log_format)
+    with data_dir_errors(settings.data_dir):
+        server = FleetServer(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server.start()
+    with data_dir_errors(settings.data_dir):
+        server.start()
     click.echo(f"fleet server running; API {settings.api_url}  (Ctrl-C to stop)")
     try:
-        stop.wait()
+        while not (stop.wait(0.5) or server.failed.is_set()):
+            pass
     finally:
         server.stop()
+    if server.failure:
+        raise BrokerError(f"fleet server stopped: {server.failure}")
+
+
+@cli.group()
+def users() -> None:
+    """Local account recovery on the server host (no login needed).
+
+    \b
+    Example:
+      fleet-server users reset-password admin --data-dir /var/lib/edgefleet
+    """
+
+
+@users.command("reset-password")
+@settings_options
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from stdin.")
+@click.option("--enable", is_flag=True, help="Also enable the user if it was disabled.")
+def reset_password_cmd(
+    config: Path | None, data_dir: Path | None, username: str, password_stdin: bool, enable: bool
+) -> None:
+    """Set a user's password and end its sessions and tokens.
+
+    Works on the data directory directly, so it needs no admin login; run it as the
+    user that owns the data directory.  Without --password-stdin a password is
+    generated and shown once.
+
+    \b
+    Example:
+      echo 'a-new-long-password' | fleet-server users reset-password admin --password-stdin
+    """
+    from .local_accounts import reset_password
+    from .preflight import check_data_dir
+    from .store import open_store
+
+    settings = load_cli_settings(ServerSettings, config, data_dir)
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    with data_dir_errors(settings.data_dir):
+        check_data_dir(settings.data_dir, create=False)
+        if not settings.database.exists():
+            raise ConfigError(f"{settings.data_dir} has no database; run `fleet-server init` first")
+        store = open_store(settings.database)
+        try:
+            done = reset_password(store, username, password, enable=enable)
+        finally:
+            store.close()
+    click.echo(f"password of {done.username!r} reset; {done.tokens_revoked} session(s) ended")
+    if done.enabled:
+        click.echo(f"{done.username!r} is enabled again")
+    if done.generated:
+        click.echo(f"new password (shown once, change it): {done.generated}")
 
 
 @cli.command()
@@ -107,5 +178,29 @@ def demo(
         sys.exit(code)
 
 
+SERVER_EXTRA = ("fastapi", "uvicorn", "sqlite_utils")
+
+
+def missing_server_extra() -> str | None:
+    """The first server dependency that is not installed (an agent-only install), or None."""
+    import importlib
+
+    for name in SERVER_EXTRA:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return name
+    return None
+
+
 def main() -> None:
+    missing = missing_server_extra()
+    if missing is not None:
+        click.echo(
+            f"fleet-server needs the server extra ({missing} is not installed): "
+            "pip install 'edgefleet[server]'. This looks like a device install; "
+            "devices run edge-agent.",
+            err=True,
+        )
+        sys.exit(2)
     run_cli(cli)

@@ -103,6 +103,8 @@ class ServerSettings(FileSettings):
     data_dir: Path = Path("var/fleet")
     """CA and keys, the SQLite database, the managed broker's files and artifacts."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """auto: text on a terminal, JSON lines otherwise (journald, files, pipes)."""
     api: ApiSettings = ApiSettings()
     broker: BrokerSettings = BrokerSettings()
     enrollment: EnrollmentSettings = EnrollmentSettings()

@@ -47,7 +47,7 @@ class EnrollmentStore(Protocol):
 
     def create_device(
         self, device_id: str, *, name: str, tags: dict[str, str], now: float
-    ) -> None: ...
+    ) -> bool: ...
     def save_enrollment_token(self, device_id: str, token_hash: str, expires_at: float) -> None: ...
     def take_enrollment_token(self, token_hash: str, now: float) -> str: ...
     def add_certificate(
@@ -112,12 +112,18 @@ class Enrollment:
         self._clock = clock
 
     def add_device(self, device_id: str, *, name: str, tags: dict[str, str]) -> IssuedToken:
-        """Create the device record and its first token (``StoreError`` if the id is taken)."""
+        """Create the device record and its first token (``StoreError`` if the id is taken).
+
+        The id of a decommissioned device is free: the replacement takes it over, and
+        the broker is told, since its ACL denied that id until now.
+        """
         try:
             check_device_id(device_id)
         except ValueError as exc:
             raise EnrollmentError(str(exc)) from None
-        self._store.create_device(device_id, name=name, tags=tags, now=self._clock())
+        reused = self._store.create_device(device_id, name=name, tags=tags, now=self._clock())
+        if reused and self._on_revoke is not None:
+            self._on_revoke(self.crl())
         return self.new_token(device_id)
 
     def new_token(self, device_id: str) -> IssuedToken:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import uvicorn
 
-from edgefleet_contract.errors import ConfigError
+from edgefleet_contract.errors import ConfigError, NotFound
 from edgefleet_contract.mqtt import Endpoint, TlsFiles
 
 from .api import ApiContext, create_app
-from .auth import hash_password
+from .auth import hash_password, verify_password
 from .broker import BrokerLayout, ManagedBroker
 from .config import SERVER_IDENTITY, ServerSettings
 from .enrollment import Enrollment
@@ -32,6 +32,7 @@ from .ingest import Ingest
 from .link import ServerLink
 from .metrics import Registry
 from .pki import FleetCA, write_private
+from .preflight import check_data_dir, check_port
 from .reconcile import Reconciler
 from .registry import BlobStore, DeltaCache
 from .registry import Registry as ArtifactRegistry
@@ -83,7 +84,7 @@ def initialize(settings: ServerSettings, *, admin_password: str | None = None) -
     Returns the generated admin password (shown once) when it made the admin user.
     """
     layout = Layout(settings.data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_data_dir(settings.data_dir, create=True)
     now = time.time()
     ca = (
         FleetCA.load(layout.ca)
@@ -111,12 +112,34 @@ def initialize(settings: ServerSettings, *, admin_password: str | None = None) -
     store = open_store(settings.database)
     try:
         if store.list_users():
+            _keep_admin_password(store, settings, admin_password)
             return None
         password = admin_password or secrets.token_urlsafe(12)
         store.create_user("admin", role="admin", password_hash=hash_password(password), now=now)
         return None if admin_password else password
     finally:
         store.close()
+
+
+def _keep_admin_password(store: Store, settings: ServerSettings, password: str | None) -> None:
+    """An initialized dir keeps its users; a different admin password asked for is an error.
+
+    Re-running ``init`` is how missing certificates are re-made, so it succeeds, but it
+    must not say "initialized" while the password the operator typed was ignored.
+    """
+    if password is None:
+        return
+    try:
+        current = store.get_user("admin").password_hash
+    except NotFound:
+        current = None
+    if current is not None and verify_password(password, current):
+        return  # already what was asked for
+    raise ConfigError(
+        f"{settings.data_dir} is already initialized and its admin password was NOT changed; "
+        f"to set it: fleet-server users reset-password admin --password-stdin "
+        f"--data-dir {settings.data_dir}"
+    )
 
 
 def _is_ip(value: str) -> bool:
@@ -133,6 +156,7 @@ class FleetServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.layout = Layout(settings.data_dir)
+        check_data_dir(settings.data_dir, create=False)
         if not (self.layout.ca / "ca.key").exists() or not settings.database.exists():
             raise ConfigError(
                 f"{settings.data_dir} is not initialized; run `fleet-server init` first"
@@ -149,6 +173,7 @@ class FleetServer:
                 port=settings.broker.port,
                 mosquitto_bin=settings.broker.mosquitto_bin,
                 max_connections=settings.broker.max_connections,
+                on_give_up=self._fail,
             )
         self.enrollment = Enrollment(
             self.store,
@@ -243,6 +268,9 @@ class FleetServer:
             fn=lambda: [((), float(self.store.count_online()))],
         )
         self._http: uvicorn.Server | None = None
+        self.failed = threading.Event()
+        """Set when a part the server cannot run without gave up (see ``failure``)."""
+        self.failure: str | None = None
         self._maintenance = threading.Event()
         self._maintenance_thread: threading.Thread | None = None
         self._http_thread: threading.Thread | None = None
@@ -301,11 +329,40 @@ class FleetServer:
 
     def _revoked_ids(self) -> list[str]:
         page = self.store.list_devices(limit=1_000_000)
-        return [d.id for d in page.items if d.state == "revoked"]
+        return [d.id for d in page.items if d.state in ("revoked", "decommissioned")]
 
     # ------------------------------------------------------------ lifecycle --
 
     def start(self) -> None:
+        """Start every part, or none: a failed start stops what it had started."""
+        self._check_ports()
+        try:
+            self._start_parts()
+        except BaseException:
+            self.stop()
+            raise
+        log.info(
+            "fleet server up: API %s, broker %s:%d",
+            self.settings.api_url,
+            self.settings.broker.host,
+            self.settings.broker.port,
+        )
+
+    def _check_ports(self) -> None:
+        api = self.settings.api
+        check_port(api.host, api.port, setting="api.port", env="FLEET_API__PORT", what="API")
+        b = self.settings.broker
+        if self.broker is not None:
+            self.broker.end_stale()  # a broker a killed server left on this data dir
+            check_port(
+                b.bind, b.port, setting="broker.port", env="FLEET_BROKER__PORT", what="broker"
+            )
+
+    def _fail(self, reason: str) -> None:
+        self.failure = reason
+        self.failed.set()
+
+    def _start_parts(self) -> None:
         if self.broker is not None:
             self.broker.configure(crl_pem=self.enrollment.crl(), revoked=self._revoked_ids())
             self.broker.start()
@@ -337,16 +394,11 @@ class FleetServer:
         while not self._http.started:
             if not self._http_thread.is_alive() or time.monotonic() > deadline:
                 raise ConfigError(
-                    f"the API could not listen on {self.settings.api.host}:{self.settings.api.port}"
-                    " (port in use?)"
+                    f"the API could not listen on {self.settings.api.host}:"
+                    f"{self.settings.api.port}; free the port or set api.port "
+                    "(environment FLEET_API__PORT)"
                 )
             time.sleep(0.02)
-        log.info(
-            "fleet server up: API %s, broker %s:%d",
-            self.settings.api_url,
-            self.settings.broker.host,
-            self.settings.broker.port,
-        )
 
     def _maintain(self) -> None:
         """Apply telemetry retention every ten minutes (raw batches, then rollups)."""

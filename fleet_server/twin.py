@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Literal, Protocol
 
 from edgefleet_contract.messages import Command, DesiredState, ReportedState, TargetRef
 
-from .store.base import Device
+from .store.base import CommandRecord, Device
 
 
 class CommandSender(Protocol):
@@ -39,6 +40,32 @@ def twin_status(desired: DesiredState | None, reported: ReportedState | None) ->
     ):
         return "drifted"
     return "in_sync"
+
+
+def twin_refusal(device: Device, commands: Sequence[CommandRecord]) -> str | None:
+    """Why ``device`` refused its newest desired state, from what it said, or None.
+
+    Two places hold the answer: the ``set_desired`` command's acknowledgement (a
+    setting it refused) and the reported update (an artifact that failed to install
+    or was rolled back).  Either is for the newest desired version only.
+    """
+    desired = device.desired
+    if desired is None:
+        return None
+    for command in commands:  # newest first
+        if command.name != "set_desired" or command.args.get("version") != desired.version:
+            continue
+        if command.status in ("rejected", "failed"):
+            return f"{command.status}: {command.detail}"
+        break
+    update = device.reported.update if device.reported else None
+    if (
+        update is not None
+        and update.desired_version == desired.version
+        and update.phase in ("failed", "rolled_back")
+    ):
+        return f"update {update.phase}: {update.error or 'no reason given'}"
+    return None
 
 
 def target_ref(

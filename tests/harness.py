@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,3 +199,43 @@ def enroll_agent(
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+
+
+@contextlib.contextmanager
+def answering_device(
+    server: FleetServer,
+    folder: Path,
+    device_id: str,
+    handlers: dict[str, Callable[[Any], Any]],
+    *,
+    features: tuple[str, ...] = (),
+) -> Iterator[None]:
+    """``device_id`` online on the agent's own link and command router, answering the
+    commands in ``handlers`` (name -> handler returning an ``agent.commands.Outcome``),
+    having reported them (and ``features``) as its capabilities."""
+    from agent.commands import CommandRouter
+    from edgefleet_contract.messages import ReportedState
+
+    link = fleet_link(server, folder, device_id, on_command=lambda c: router.submit(c))
+    router = CommandRouter(device_id, link.ack_command)
+    for name, handler in handlers.items():
+        router.register(name, handler)
+    router.start()
+    link.start()
+    try:
+        declared = [*router.names, *features]
+        link.report(
+            ReportedState(
+                device_id=device_id, ts=time.time(), agent_version="test", capabilities=declared
+            )
+        )
+
+        def reported() -> bool:
+            state = server.store.get_device(device_id).reported
+            return state is not None and state.capabilities == declared
+
+        wait_for(reported, what=f"{device_id}'s capabilities")
+        yield
+    finally:
+        link.stop()
+        router.stop()

@@ -104,7 +104,7 @@ def test_token_revocation_is_immediate(env: tuple[TestClient, Store, Outbox]) ->
         "username": "alice",
         "role": "admin",
     }
-    tokens = client.get("/api/v1/tokens", headers=admin).json()
+    tokens = client.get("/api/v1/tokens", headers=admin).json()["items"]
     assert all("token_hash" not in t for t in tokens)
     assert client.delete(f"/api/v1/tokens/{tokens[-1]['id']}", headers=admin).status_code == 204
     assert client.get("/api/v1/auth/me", headers=admin).status_code == 401
@@ -279,7 +279,7 @@ def test_every_mutating_request_is_audited_once(env: tuple[TestClient, Store, Ou
         ("POST", "/api/v1/devices", {"id": "a1", "tags": {"site": "x"}}),
         ("PATCH", "/api/v1/devices/a1", {"groups": ["canary"]}),
         ("POST", "/api/v1/devices/a1/token", None),
-        ("PUT", "/api/v1/devices/a1/twin/desired", {"config": {"k": 1}}),
+        ("PUT", "/api/v1/devices/a1/twin/desired", {"config": {"telemetry_interval_s": 1}}),
         ("POST", "/api/v1/devices/a1/commands", {"name": "reboot"}),
         ("POST", "/api/v1/devices/missing/commands", {"name": "reboot"}),
         ("POST", "/api/v1/tokens", {"name": "ci"}),
@@ -292,7 +292,7 @@ def test_every_mutating_request_is_audited_once(env: tuple[TestClient, Store, Ou
     assert store.list_audit(limit=1).total - before == len(calls)
     assert [e.outcome for e in entries] == ["ok"] * 5 + ["failed", "ok", "denied"]
     assert [e.detail["status"] for e in entries][-3:] == [404, 201, 403]
-    assert entries[1].target == "device_id=a1" and entries[1].role == "operator"
+    assert entries[1].target == "device:a1" and entries[1].role == "operator"
     assert all(e.source_ip == "testclient" and e.detail["request_id"] for e in entries)
     assert client.get("/api/v1/devices", headers=operator).status_code == 200
     assert store.list_audit(limit=1).total - before == len(calls)  # reads are not audited
@@ -320,11 +320,11 @@ def test_users_tokens_and_the_last_admin(env: tuple[TestClient, Store, Outbox]) 
     assert r.status_code == 201 and r.json()["role"] == "admin"  # vic was promoted
     ci = {"Authorization": f"Bearer {r.json()['token']}"}
     assert client.get("/api/v1/auth/me", headers=ci).json()["username"] == "vic"
-    mine = client.get("/api/v1/tokens", headers=admin).json()
+    mine = client.get("/api/v1/tokens", headers=admin).json()["items"]
     assert {t["username"] for t in mine} == {"alice"}  # alice is no admin any more: own only
     r = client.delete(f"/api/v1/tokens/{r.json()['token_id']}", headers=admin)
     assert r.status_code == 404  # not hers, and she cannot learn whether it exists
-    everyone = client.get("/api/v1/tokens", headers=ci).json()
+    everyone = client.get("/api/v1/tokens", headers=ci).json()["items"]
     assert {"alice", "vic", "pat"} <= {t["username"] for t in everyone}
 
 
@@ -380,7 +380,10 @@ def test_twin_desired_state_commands_and_no_broker(
     r = client.put(
         "/api/v1/devices/w1/twin/desired",
         headers=operator,
-        json={"model": {"name": "digits", "version": "1.2.0"}, "config": {"rate": 5}},
+        json={
+            "model": {"name": "digits", "version": "1.2.0"},
+            "config": {"telemetry_interval_s": 5},
+        },
     )
     assert r.status_code == 200, r.text
     desired = r.json()["desired"]
@@ -408,7 +411,7 @@ def test_twin_desired_state_commands_and_no_broker(
         "/api/v1/devices/w1/commands", headers=operator, json={"name": "reboot", "args": {"s": 1}}
     )
     assert r.status_code == 202 and outbox.sent[-1][1].id == r.json()["id"]
-    listed = client.get("/api/v1/devices/w1/commands", headers=operator).json()
+    listed = client.get("/api/v1/devices/w1/commands", headers=operator).json()["items"]
     assert listed[0]["id"] == r.json()["id"] and listed[0]["actor"] == "olga"
 
     client.app.state.ctx.commands = None  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ when set (``make screenshots`` points it at docs/screenshots).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,7 +204,7 @@ def test_viewer_sees_no_buttons_and_the_server_refuses(fleet: ConsoleFleet, page
     expect(page.get_by_text("Add a device")).to_have_count(0)
     page.goto(f"{fleet.url}/console/#/devices/cam-01")
     expect(page.locator("#charts path.line").first).to_be_visible()
-    expect(page.locator("button")).to_have_count(1)  # only "Log out"
+    expect(page.locator("button:visible")).to_have_count(1)  # only "Log out"
     forced = page.evaluate(
         """async () => {
             const s = await (await fetch('/api/v1/console/session')).json();
@@ -291,6 +292,16 @@ def test_admin_manages_users_tokens_and_reads_audit(fleet: ConsoleFleet, page: P
     expect(page.locator("td", has_text="patch_user").first).to_be_visible()
     expect(page.locator("td", has_text="logout").first).to_be_visible()
     shot(page, "audit")
+    # Filter by object and time: only what was done to ines, with the object named.
+    page.get_by_label("Object").fill("user:ines")
+    page.get_by_label("When").select_option("3600")
+    page.get_by_role("button", name="Filter").click()
+    rows = page.locator(".results tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("patch_user")
+    expect(rows.nth(1)).to_contain_text("create_user")
+    expect(rows.locator("code", has_text="user:ines")).to_have_count(2)
+    assert "object=user%3Aines" in page.url and "within=3600" in page.url  # a shareable link
     page.goto(f"{fleet.url}/console/#/rollouts")
     expect(page.locator("#rollout-list")).to_contain_text("No rollout yet")
     expect(page.locator("#create-rollout > summary")).to_have_text("New rollout")  # an admin
@@ -319,7 +330,8 @@ def test_models_page_lists_registered_versions(fleet: ConsoleFleet, page: Page) 
     expect(row).to_contain_text("1.0.0")
     expect(row).to_contain_text("onnx-int8")
     expect(row).to_contain_text("upload")
-    expect(page.locator("button")).to_have_count(1)  # only "Log out": a viewer pushes nothing
+    # Only "Log out" (the narrow-screen "Menu" button is hidden here): a viewer pushes nothing.
+    expect(page.locator("button:visible")).to_have_count(1)
     shot(page, "models")
     row.get_by_role("link", name="1.0.0").click()  # the version's model card
     expect(page.get_by_role("heading", name="Model card: digits 1.0.0")).to_be_visible()
@@ -340,3 +352,219 @@ def test_logout_ends_the_session(fleet: ConsoleFleet, page: Page) -> None:
     assert status == 401
     page.goto(f"{fleet.url}/console/#/devices")
     expect(page.get_by_label("Username")).to_be_visible()
+
+
+NARROW = {"width": 390, "height": 844}
+LAPTOP = {"width": 1366, "height": 768}
+
+NO_PAGE_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth + 1"
+OVERLAPS = """(selector) => {
+  const boxes = [...document.querySelectorAll(selector)].map((e) => e.getBoundingClientRect());
+  let n = 0;
+  boxes.forEach((a, i) => boxes.slice(i + 1).forEach((b) => {
+    const apart = a.right - 1 <= b.left || b.right - 1 <= a.left
+      || a.bottom - 1 <= b.top || b.bottom - 1 <= a.top;
+    if (!apart) n += 1;
+  }));
+  return n;
+}"""
+SPILLS = """() => {
+  const out = (e) => e.getBoundingClientRect().right > window.innerWidth + 1;
+  const cards = [...document.querySelectorAll(
+    '.panel, .results, .kpi, .chart, .wave, .search, .facts')];
+  // A table may be wider than the screen, but only inside a card that scrolls it.
+  const tables = [...document.querySelectorAll('table.grid')].map((t) => {
+    const box = t.closest('.results, .panel');
+    return !box || getComputedStyle(box).overflowX === 'visible' ? t : box;
+  });
+  return [...cards, ...tables].filter(out).map((e) => e.className || e.tagName);
+}"""
+
+
+@pytest.fixture(params=[NARROW, LAPTOP], ids=["390x844", "1366x768"])
+def sized(browser: object, request: pytest.FixtureRequest) -> Iterator[Page]:
+    context = browser.new_context(viewport=request.param)  # type: ignore[attr-defined]
+    p = context.new_page()
+    p.set_default_timeout(WAIT_MS)
+    try:
+        yield p
+    finally:
+        context.close()
+
+
+def test_every_screen_fits_phone_and_laptop_widths(fleet: ConsoleFleet, sized: Page) -> None:
+    page = sized
+    narrow = page.viewport_size == NARROW
+    fleet.start_agents()
+    login(page, fleet.url, "admin", ADMIN_PASSWORD)
+    toggle = page.get_by_role("button", name="Menu")
+    if narrow:  # the sidebar is folded into a menu
+        expect(page.locator("#nav")).to_be_hidden()
+        toggle.click()
+        expect(toggle).to_have_attribute("aria-expanded", "true")
+        page.locator("#nav").get_by_role("link", name="Devices").click()
+        expect(page.locator("#nav")).to_be_hidden()  # choosing a section closes it
+        expect(page.locator("#device-count")).to_be_visible()
+    else:
+        expect(toggle).to_be_hidden()
+        expect(page.locator("#nav")).to_be_visible()
+    size = "narrow" if narrow else "laptop"
+    screens = [
+        ("overview", ".kpi"),
+        ("devices", ".results"),
+        (f"devices/{fleet.agent_ids[0]}", "figure.chart"),
+        ("devices/cam-03", ".panel"),
+        ("training/run-7f3a", "figure.chart"),
+        ("artifacts", ".results"),
+        ("users", ".panel"),
+        ("audit", "table.grid"),
+    ]
+    for route, ready in screens:
+        page.goto(f"{fleet.url}/console/#/{route}")
+        expect(page.locator(ready).first).to_be_visible()
+        page.wait_for_timeout(200)  # the page's first refresh lays out
+        assert page.evaluate(NO_PAGE_SCROLL), f"{route}: the page scrolls sideways at {size}"
+        assert page.evaluate(SPILLS) == [], f"{route}: cards or tables spill out at {size}"
+        assert page.evaluate(OVERLAPS, ".kpi") == 0, f"{route}: cards overlap at {size}"
+        assert page.evaluate(OVERLAPS, "figure.chart") == 0, f"{route}: charts overlap"
+        names = {"overview": "overview", "devices": "devices"}
+        names[f"devices/{fleet.agent_ids[0]}"] = "device"
+        if route in names:
+            shot(page, f"{size}-{names[route]}")
+
+
+def _push_once(fleet: ConsoleFleet, name: str) -> dict[str, object]:
+    """Register a package from models/dist, or find it registered by an earlier test."""
+    import httpx
+
+    path = Path(__file__).resolve().parent.parent / "models" / "dist" / name
+    try:
+        return fleet.push_model(path)
+    except httpx.HTTPStatusError as exc:
+        assert exc.response.status_code == 409, exc.response.text
+    listed = httpx.get(
+        f"{fleet.url}/api/v1/artifacts", headers=fleet.headers, params={"limit": 1000}
+    ).json()["items"]
+    import hashlib
+
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return next(a for a in listed if a["sha256"] == sha)
+
+
+def test_screens_say_what_is_true(fleet: ConsoleFleet, page: Page) -> None:
+    import time
+
+    from edgefleet_contract.messages import ModelRef, ReportedState
+    from fleet_server.store.training import RoundRecord
+
+    store = fleet.server.store
+    # A finished run whose accuracy moved 0.95 -> 0.97 and whose candidate lost to its parent.
+    now = time.time()
+    store.create_training_run(
+        "run-close", {"model": "digits", "rounds": 3}, actor="otto", now=now - 300
+    )
+    for n, acc in enumerate((0.95, 0.96, 0.97), start=1):
+        store.complete_round(
+            RoundRecord(
+                run_id="run-close",
+                round=n,
+                loss=0.2 - n / 100,
+                accuracy=acc,
+                participants=["cam-01", "cam-02"],
+                failures={},
+                rejected={},
+                bytes_out=1,
+                bytes_in=1,
+                wall_s=0.1,
+                ts=now - 300 + 30 * n,
+            ),
+            b"weights",
+        )
+    result = {
+        "version": "1.5.0",
+        "parent": "digits@1.4.0",
+        "accuracy": 0.95,
+        "baseline_accuracy": 0.96,
+        "beats_parent": False,
+        "handed_over": False,
+    }
+    store.set_training_status("run-close", "completed", now=now, result=result)
+
+    login(page, fleet.url, "otto", OPERATOR_PASSWORD)  # an operator: may stop a live run
+    page.goto(f"{fleet.url}/console/#/training")
+    row = page.locator(".results tbody tr", has_text="run-close")
+    expect(row).to_contain_text("1.5.0 not registered did not beat the parent (0.95 vs 0.96)")
+    page.goto(f"{fleet.url}/console/#/training/run-close")
+    chart = page.locator("figure.chart", has_text="Accuracy")
+    expect(chart.locator("path.line")).to_have_attribute("data-points", "3")
+    expect(page.get_by_role("button", name="Stop run")).to_be_hidden()  # the run is finished
+    ticks = chart.locator("text.tick").all_text_contents()
+    y_ticks = [float(t) for t in ticks if not t.startswith("round")]
+    assert min(y_ticks) > 0.9 and max(y_ticks) < 0.99, y_ticks  # fitted, not a 0-1 axis
+    assert len(set(y_ticks)) == len(y_ticks), y_ticks  # neighbouring ticks differ
+
+    # One flavour of a version runs: only that package says so.
+    onnx = _push_once(fleet, "digits-1.0.0-onnx-int8.efpkg")
+    _push_once(fleet, "digits-1.0.0-tflite-int8.efpkg")
+    before = store.get_device("cam-01")
+    store.set_reported(
+        "cam-01",
+        ReportedState(
+            device_id="cam-01",
+            ts=now,
+            agent_version="0.1.0",
+            health="ok",
+            model=ModelRef(
+                name="digits", version="1.0.0", sha256=str(onnx["sha256"]), runtime="onnx"
+            ),
+        ),
+        now,
+    )
+    try:
+        page.goto(f"{fleet.url}/console/#/artifacts")
+        rows = page.locator(".results tbody tr")
+        onnx_row = rows.filter(has_text="models/digits/1.0.0/digits-1.0.0-onnx-int8")
+        expect(onnx_row).to_contain_text("1 device (")
+        tflite_row = rows.filter(has_text="models/digits/1.0.0/digits-1.0.0-tflite-int8")
+        expect(tflite_row).to_contain_text("no device")
+    finally:
+        if before.reported is not None:
+            store.set_reported("cam-01", before.reported, now)
+
+    # A device's refusal of its desired state is on its page, not only in the commands.
+    from edgefleet_contract.messages import DesiredState
+    from fleet_server.store.base import CommandRecord
+
+    version = store.next_desired_version("sensor-0001")
+    store.set_desired("sensor-0001", DesiredState(version=version))
+    store.add_command(
+        CommandRecord(
+            id="c-refused",
+            device_id="sensor-0001",
+            name="set_desired",
+            args={"version": version},
+            created_at=now,
+            actor="otto",
+        )
+    )
+    store.ack_command(
+        "c-refused",
+        device_id="sensor-0001",
+        status="failed",
+        detail="storage is read-only",
+        ts=now,
+    )
+    page.goto(f"{fleet.url}/console/#/devices/sensor-0001")
+    expect(page.locator("#twin-refusal")).to_have_text(
+        f"The device refused desired version {version}: failed: storage is read-only"
+    )
+
+    # Overview: the minute in progress is left out, so no line ends in a drop to zero;
+    # the distribution figures say what they count.
+    page.goto(f"{fleet.url}/console/#/overview")
+    expect(page.locator(".panel", has_text="complete minutes")).to_be_visible()
+    by_model = page.locator(".panel", has_text="By model version")
+    expect(by_model.locator(".bars-key")).to_have_text("online / devices")
+    expect(by_model.locator(".bar-value").first).to_have_attribute(
+        "title", re.compile(r"^\d+ of \d+ devices online$")
+    )

@@ -142,7 +142,7 @@ def test_a_winning_candidate_is_rolled_out_to_the_participants(
         assert result["handed_over"] is True, result
         version = result["version"]
 
-        rollouts = rest.get("/rollouts")
+        rollouts = rest.get("/rollouts")["items"]
         assert len(rollouts) == 1, rollouts
         rollout = rollouts[0]
         assert rollout["artifact"].startswith(f"{MODEL}@{version}")

@@ -49,18 +49,23 @@ def test_twin_users_tokens_and_plain_errors(fleet: FleetServer, fleetctl_config:
     login_admin(api)
     fleetctl(["devices", "add", "tw-1"])
 
+    package = Path(__file__).resolve().parent.parent / "models" / "dist"
+    assert fleetctl(["models", "push", str(package / "digits-1.0.0-onnx-int8.efpkg")])[0] == 0
     code, out, err = fleetctl(
-        ["twin", "set", "tw-1", "--model", "digits@1.2.0", "--config", "rate=5"]
+        ["twin", "set", "tw-1", "--model", "digits@1.0.0", "--config", "telemetry_interval_s=5"]
     )
     assert code == 0, err
     assert "tw-1: desired v1, pending" in out
-    code, out, _ = fleetctl(["twin", "set", "tw-1", "--config", "mode=fast", "--config", "rate="])
+    code, out, _ = fleetctl(["twin", "set", "tw-1", "--config", "telemetry_interval_s=2.5"])
     assert code == 0 and "desired v2" in out
     code, out, _ = fleetctl(["--json", "twin", "show", "tw-1"])
     desired = json.loads(out)["desired"]
-    assert desired["model"]["name"] == "digits" and desired["config"] == {"mode": "fast"}
+    assert desired["model"]["name"] == "digits"
+    assert desired["config"] == {"telemetry_interval_s": 2.5}
+    code, out, _ = fleetctl(["twin", "set", "tw-1", "--config", "telemetry_interval_s="])
+    assert code == 0 and "desired v3" in out
     code, out, _ = fleetctl(["twin", "show", "tw-1"])
-    assert code == 0 and "digits@1.2.0" in out and "mode=fast" in out
+    assert code == 0 and "digits@1.0.0" in out
     code, _, err = fleetctl(["twin", "set", "tw-1", "--model", "digits"])
     assert code == 2 and "NAME@VERSION" in err
 

@@ -92,8 +92,9 @@ def test_create_get_list_and_control(env: Env) -> None:
     assert got["waves"][0]["counts"] == {"sent": 1, "queued": 1}
     assert [e["kind"] for e in got["events"]][:2] == ["created", "started"]
     listed = client.get("/api/v1/rollouts", headers=viewer).json()
-    assert [x["id"] for x in listed] == [rid]
-    assert client.get("/api/v1/rollouts?status=completed", headers=viewer).json() == []
+    assert [x["id"] for x in listed["items"]] == [rid] and listed["total"] == 1
+    none = client.get("/api/v1/rollouts?status=completed", headers=viewer).json()
+    assert none == {"items": [], "total": 0}
 
     assert client.post(f"/api/v1/rollouts/{rid}/pause", headers=viewer).status_code == 403
     r = client.post(f"/api/v1/rollouts/{rid}/pause", headers=operator)

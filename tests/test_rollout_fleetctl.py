@@ -68,7 +68,7 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
     assert "to 4 devices (canary 1, wave 1 1, wave 2 2)" in out
     rid = out.split()[1].rstrip(":")
     code, out, _ = fleetctl(["--json", "rollout", "list"])
-    assert code == 0 and [r["id"] for r in json.loads(out)] == [rid]
+    assert code == 0 and [r["id"] for r in json.loads(out)["items"]] == [rid]
     code, out, _ = fleetctl(["rollout", "status", rid])
     assert code == 0 and rid in out and "canary" in out and "wave 2" in out
     assert "gates: a gate with no data passes (--gates-allow-no-data)" in out

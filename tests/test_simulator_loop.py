@@ -90,7 +90,7 @@ def test_simulated_devices_train_a_model_and_roll_it_out_to_themselves(
         version = result["version"]
         assert version != BOOT_VERSION
 
-        rollouts = rest.get("/rollouts")
+        rollouts = rest.get("/rollouts")["items"]
         assert len(rollouts) == 1, rollouts
         rollout = rollouts[0]
         assert rollout["artifact"].startswith(f"{MODEL}@{version}")

@@ -56,7 +56,7 @@ def test_train_start_watch_list_stop(fleet: FleetServer, tmp_path: Path) -> None
         assert [r["round"] for r in status["rounds"]] == [1, 2, 3]
         assert all(len(r["participants"]) == 3 and r["bytes_in"] > 0 for r in status["rounds"])
         code, out, _ = fleetctl(["--json", "train", "list"])
-        assert run["id"] in [r["id"] for r in json.loads(out)]
+        assert run["id"] in [r["id"] for r in json.loads(out)["items"]]
 
         code, out, err = fleetctl(["train", "start", "--model", MODEL, "--target", "tag:("])
         assert code == 1 and "selector" in err and "Traceback" not in err

@@ -14,6 +14,7 @@ forces one of them (``ai_edge_litert`` | ``tflite_runtime``; default ``auto``).
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import threading
 from importlib import metadata
@@ -23,9 +24,11 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract.errors import ModelError, PackageError, RuntimeUnavailable
-from edgefleet_contract.package import Manifest
+from edgefleet_contract.package import Manifest, TensorSpec
 
 TFLITE_ENV = "EDGEFLEET_TFLITE_BACKEND"
+RUNTIME_EXTRAS = {"onnx": "agent-onnx", "tflite": "agent-tflite"}
+"""The pip extra that installs each runtime: an agent needs only its models' runtimes."""
 _TFLITE_MODULES = {
     "ai_edge_litert": ("ai_edge_litert.interpreter", "ai-edge-litert"),
     "tflite_runtime": ("tflite_runtime.interpreter", "tflite-runtime"),
@@ -46,6 +49,17 @@ def open_backend(manifest: Manifest, model: bytes, *, threads: int = 1) -> Backe
     if manifest.runtime == "onnx":
         return OnnxBackend(manifest, model, threads)
     return TfliteBackend(manifest, model, threads)
+
+
+def install_hint(runtime: str) -> str:
+    """What to run on the device so it can serve ``runtime`` packages."""
+    extra = RUNTIME_EXTRAS.get(runtime)
+    if extra is None:
+        return f"no edgefleet release serves {runtime!r} models; upgrade the agent"
+    hint = f"pip install 'edgefleet[{extra}]' and restart the agent"
+    if runtime == "tflite":
+        hint += " (boards without an ai-edge-litert wheel: 'edgefleet[agent-legacy]')"
+    return hint
 
 
 def available_runtimes() -> list[str]:
@@ -79,8 +93,8 @@ class OnnxBackend:
             import onnxruntime as ort
         except ImportError as exc:
             raise RuntimeUnavailable(
-                "this package needs ONNX Runtime, which is not installed "
-                "(pip install 'edgefleet[agent]')"
+                f"{manifest.name} {manifest.version} ({manifest.flavor}) needs ONNX Runtime, "
+                f"which is not installed on this device: {install_hint('onnx')}"
             ) from exc
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -118,7 +132,7 @@ class TfliteBackend:
     """
 
     def __init__(self, manifest: Manifest, model: bytes, threads: int) -> None:
-        interpreter_class, self.name = _tflite_interpreter()
+        interpreter_class, self.name = _tflite_interpreter(manifest)
         try:
             self._interpreter = interpreter_class(model_content=model, num_threads=threads)
             self._interpreter.allocate_tensors()
@@ -132,6 +146,8 @@ class TfliteBackend:
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         _check_names(manifest, [d["name"] for d in inputs], [d["name"] for d in outputs])
+        _check_tflite_tensor(manifest, inputs[0], manifest.inputs[0])
+        _check_tflite_tensor(manifest, outputs[0], manifest.outputs[0])
         self._in = int(inputs[0]["index"])
         self._out = int(outputs[0]["index"])
         self._shape: tuple[int, ...] = tuple(int(d) for d in inputs[0]["shape"])
@@ -153,7 +169,7 @@ class TfliteBackend:
                 raise ModelError(f"inference failed in {self.name}: {exc}") from exc
 
 
-def _tflite_interpreter() -> tuple[Any, str]:
+def _tflite_interpreter(manifest: Manifest) -> tuple[Any, str]:
     choice = os.environ.get(TFLITE_ENV, "auto").strip() or "auto"
     if choice != "auto" and choice not in _TFLITE_MODULES:
         raise RuntimeUnavailable(
@@ -171,9 +187,8 @@ def _tflite_interpreter() -> tuple[Any, str]:
             continue
         return module.Interpreter, f"{name} {_version(distribution)}"
     raise RuntimeUnavailable(
-        "this package needs a TFLite runtime and none is importable ("
-        + "; ".join(problems)
-        + "): pip install ai-edge-litert (or tflite-runtime with numpy<2)"
+        f"{manifest.name} {manifest.version} ({manifest.flavor}) needs a TFLite runtime and "
+        f"none is importable ({'; '.join(problems)}): {install_hint('tflite')}"
     )
 
 
@@ -183,4 +198,23 @@ def _check_names(manifest: Manifest, inputs: list[str], outputs: list[str]) -> N
         raise PackageError(
             f"{manifest.model_file} has inputs {inputs} and outputs {outputs}; the manifest "
             f"declares [{want_in!r}] and [{want_out!r}]"
+        )
+
+
+def _check_tflite_tensor(manifest: Manifest, detail: dict[str, Any], spec: TensorSpec) -> None:
+    """A TFLite file carries its tensors' types and int8 scales itself; the manifest must
+    say the same, or the float rows would be quantized onto the wrong grid."""
+    dtype = np.dtype(detail["dtype"]).name
+    scale, zero = detail["quantization"]
+    q = spec.quantization
+    if dtype != spec.dtype:
+        raise PackageError(
+            f"{manifest.model_file}: tensor {spec.name!r} is {dtype} in the file, the manifest "
+            f"declares {spec.dtype}; repack the model so the manifest reads its types from it"
+        )
+    if q is not None and (not math.isclose(scale, q.scale, rel_tol=1e-6) or zero != q.zero_point):
+        raise PackageError(
+            f"{manifest.model_file}: tensor {spec.name!r} is quantized with scale {scale:.6g} "
+            f"and zero point {zero} in the file, the manifest declares scale {q.scale:.6g} "
+            f"and zero point {q.zero_point}; repack the model"
         )

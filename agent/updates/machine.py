@@ -26,6 +26,7 @@ from typing import Literal
 from edgefleet_contract.errors import InstallError, TrustError, UpdateError
 from edgefleet_contract.messages import TargetRef, UpdatePhase
 
+from ..runtime.backends import install_hint
 from .journal import Journal
 
 ORDER: tuple[UpdatePhase, ...] = (
@@ -174,7 +175,8 @@ def check_target(
     if ref.kind == "model" and runtime is not None and runtime not in runtimes:
         raise InstallError(
             f"{ref.target} needs the {runtime!r} runtime, which this device does not have "
-            f"(it has {', '.join(runtimes) or 'none'}); not downloading it"
+            f"(it has {', '.join(runtimes) or 'none'}); not downloading it. To serve it: "
+            f"{install_hint(str(runtime))}"
         )
     if ref.kind == "firmware":
         compatible = custom.get("hardware")

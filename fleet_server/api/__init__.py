@@ -21,8 +21,10 @@ Access decisions, documented once:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -45,6 +47,7 @@ from . import (
     routes_tuf,
     routes_users,
 )
+from .audit_object import MAX_BUFFERED, object_of, reads_request, reason_of
 from .context import ApiContext
 from .deps import client_ip
 
@@ -99,6 +102,7 @@ def create_app(context: ApiContext) -> FastAPI:
     ) -> Response:
         request_id = problems.request_id_of(request)
         audited = request.method in _MUTATING and request.url.path.startswith("/api/")
+        asked = await _read_request(request) if audited else None
         try:
             response = (
                 await call_next(request)
@@ -111,7 +115,8 @@ def create_app(context: ApiContext) -> FastAPI:
             raise
         response.headers["X-Request-ID"] = request_id
         if audited:
-            await run_in_threadpool(_record, context, request, response.status_code)
+            response, answer = await _read_answer(response)
+            await run_in_threadpool(_record, context, request, response.status_code, answer, asked)
         return response
 
     return app
@@ -141,13 +146,53 @@ def _too_large(limit: int) -> Response:
     )
 
 
-def _record(context: ApiContext, request: Request, status: int) -> None:
+async def _read_request(request: Request) -> Any:
+    """The JSON body of a create the audit names by its request (small bodies only)."""
+    size = request.headers.get("content-length", "")
+    if not reads_request(request.url.path) or not size.isdigit() or int(size) > MAX_BUFFERED:
+        return None
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        return None
+
+
+async def _read_answer(response: Response) -> tuple[Response, Any]:
+    """The JSON a mutating route answered (for the audit), and the response to send on.
+
+    Only small JSON answers are read; anything else passes through untouched.
+    """
+    kind = response.headers.get("content-type", "")
+    size = response.headers.get("content-length", "")
+    body_iterator = getattr(response, "body_iterator", None)
+    if (
+        "json" not in kind
+        or not size.isdigit()
+        or int(size) > MAX_BUFFERED
+        or body_iterator is None
+    ):
+        return response, None
+    body = b"".join([bytes(chunk) async for chunk in body_iterator])
+    rebuilt = Response(
+        content=body,
+        status_code=response.status_code,
+        headers=dict(response.headers),
+        background=response.background,
+    )
+    try:
+        return rebuilt, json.loads(body)
+    except ValueError:
+        return rebuilt, None
+
+
+def _record(
+    context: ApiContext, request: Request, status: int, answer: Any = None, asked: Any = None
+) -> None:
     who = getattr(request.state, "principal", None)
     actor = who.username if who else getattr(request.state, "actor", "anonymous")
     route = request.scope.get("route")
     action = getattr(route, "name", None) or f"{request.method} {request.url.path}"
-    params = request.path_params or {}
-    target = ",".join(f"{k}={v}" for k, v in sorted(params.items())) or request.url.path
+    target = object_of(request.url.path, request.path_params or {}, answer, asked)
     if status < 400:
         outcome = "ok"
     elif status in (401, 403, 429):
@@ -162,6 +207,9 @@ def _record(context: ApiContext, request: Request, status: int) -> None:
     }
     if request.query_params:
         detail["query"] = redact(dict(request.query_params))
+    reason = reason_of(answer) if status >= 400 else None
+    if reason:
+        detail["reason"] = redact(reason)
     entry = AuditEntry(
         ts=context.clock(),
         actor=str(redact(str(actor)))[:128],

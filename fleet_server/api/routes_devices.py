@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import secrets
 import shlex
@@ -10,13 +11,14 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import ValidationError
 
-from edgefleet_contract.errors import EdgefleetError, LinkError
+from edgefleet_contract.desired_config import check_config
+from edgefleet_contract.errors import ContractError, EdgefleetError, LinkError
 from edgefleet_contract.messages import Command, DesiredState, TargetRef
 
 from ..auth import Principal
 from ..selector import parse as parse_selector
-from ..store.base import CommandRecord
-from ..twin import desired_command, target_ref, twin_status
+from ..store.base import CommandRecord, Device
+from ..twin import desired_command, target_ref, twin_refusal, twin_status
 from .context import ApiContext
 from .deps import ctx, require
 from .schemas import (
@@ -30,7 +32,9 @@ from .schemas import (
     DevicePage,
     DevicePatch,
     EnrollmentTokenOut,
+    Items,
     TwinOut,
+    items,
 )
 
 log = logging.getLogger(__name__)
@@ -106,6 +110,21 @@ def revoke(
     return DeviceOut.of(c.store.get_device(device_id))
 
 
+@router.delete("/{device_id}", response_model=DeviceOut)
+def decommission(
+    device_id: str, who: Principal = Depends(require("operator")), c: ApiContext = Depends(ctx)
+) -> DeviceOut:
+    """Take a device out of service: revoke it (certificates on the CRL, cut off from the
+    broker), keep its history, and free its id for a replacement (``POST /devices``)."""
+    device = c.store.get_device(device_id)
+    if device.state == "decommissioned":
+        return DeviceOut.of(device)
+    if device.state != "revoked":
+        c.enrollment.revoke(device_id)
+    c.store.decommission_device(device_id)
+    return DeviceOut.of(c.store.get_device(device_id))
+
+
 @router.get("/{device_id}/twin", response_model=TwinOut)
 def get_twin(
     device_id: str, who: Principal = Depends(require("viewer")), c: ApiContext = Depends(ctx)
@@ -117,6 +136,7 @@ def get_twin(
         desired=d.desired,
         reported=d.reported,
         reported_at=d.reported_at,
+        refusal=twin_refusal(d, c.store.list_commands(device_id, limit=20)),
     )
 
 
@@ -132,6 +152,8 @@ def set_desired(
     The state is stored even when the device or the broker is away: the
     reconciler sends it again when the device comes back online.
     """
+    check_config(body.config)
+    _check_registered(c, body)
     try:
         desired = DesiredState(
             version=c.store.next_desired_version(device_id),
@@ -151,6 +173,26 @@ def set_desired(
     return get_twin(device_id, who, c)
 
 
+def _check_registered(c: ApiContext, body: DesiredIn) -> None:
+    """A model or firmware named by version alone must be in the registry.
+
+    (One given with its own TUF ``target`` path is the caller's to vouch for.)
+    """
+    if c.registry is None:
+        return
+    for kind, given in (("model", body.model), ("firmware", body.firmware)):
+        if given is None or given.target is not None:
+            continue
+        items, _ = c.registry.search(kind=kind, name=given.name, limit=1000)
+        versions = sorted({a.version for a in items})
+        if given.version not in versions:
+            have = ", ".join(versions) or "none"
+            raise ContractError(
+                f"{kind} {given.name}@{given.version} is not registered (registered versions "
+                f"of {given.name}: {have}); push it first: fleetctl {kind}s push FILE"
+            )
+
+
 def _artifact(kind: Literal["model", "firmware"], given: ArtifactIn | None) -> TargetRef | None:
     if given is None:
         return None
@@ -164,7 +206,7 @@ def send_command(
     who: Principal = Depends(require("operator")),
     c: ApiContext = Depends(ctx),
 ) -> CommandOut:
-    c.store.get_device(device_id)
+    _check_declared(c.store.get_device(device_id), body.name)
     if c.commands is None:
         raise LinkError(_NO_BROKER)
     now = c.clock()
@@ -179,15 +221,32 @@ def send_command(
     return CommandOut(**vars(record))
 
 
-@router.get("/{device_id}/commands", response_model=list[CommandOut])
+@router.get("/{device_id}/commands", response_model=Items[CommandOut])
 def list_commands(
     device_id: str,
     limit: int = Query(50, ge=1, le=500),
     who: Principal = Depends(require("viewer")),
     c: ApiContext = Depends(ctx),
-) -> list[CommandOut]:
+) -> Items[CommandOut]:
     c.store.get_device(device_id)
-    return [CommandOut(**vars(r)) for r in c.store.list_commands(device_id, limit=limit)]
+    return items([CommandOut(**vars(r)) for r in c.store.list_commands(device_id, limit=limit)])
+
+
+def _check_declared(device: Device, name: str) -> None:
+    """Refuse a command the device has said it does not know (its reported capabilities).
+
+    A device that has not reported yet is given the benefit of the doubt: it answers
+    an unknown command with "rejected" itself.
+    """
+    declared = device.reported.capabilities if device.reported else []
+    if not declared or name in declared:
+        return
+    close = difflib.get_close_matches(name, declared, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    known = ", ".join(c for c in declared if ":" not in c)
+    raise ContractError(
+        f"{device.id} does not know the command {name!r}{hint} (it declares: {known})"
+    )
 
 
 def _send(c: ApiContext, device_id: str, command: Command, who: Principal) -> CommandRecord:

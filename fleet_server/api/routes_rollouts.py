@@ -36,6 +36,7 @@ from ..rollouts.view import detail, summary
 from ..selector import parse as parse_selector
 from .context import ApiContext
 from .deps import ctx, require
+from .schemas import Items, items
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 
@@ -147,16 +148,16 @@ def _placeholder() -> ResolvedArtifact:
     return ResolvedArtifact("model", "x", "0", "models/x/0/x", "0" * 64, 0)
 
 
-@router.get("")
+@router.get("", response_model=Items[dict[str, Any]])
 def list_rollouts(
     status: str | None = Query(None, max_length=32, description="only rollouts in this status"),
     limit: int = Query(100, ge=1, le=1000),
     who: Principal = Depends(require("viewer")),
     c: ApiContext = Depends(ctx),
-) -> list[dict[str, Any]]:
+) -> Items[dict[str, Any]]:
     rows = c.store.list_rollouts(statuses=[status] if status else None, limit=limit)
     driver = c.rollouts
-    return [summary(driver.get(r.id) if driver else load(c.store, r.id)) for r in rows]
+    return items([summary(driver.get(r.id) if driver else load(c.store, r.id)) for r in rows])
 
 
 @router.get("/{rollout_id}")

@@ -21,6 +21,7 @@ from ..federation.spec import RunSpec
 from ..store.training import RoundRecord, TrainingRun
 from .context import ApiContext
 from .deps import ctx, require
+from .schemas import Items, items
 
 router = APIRouter(tags=["training"])
 
@@ -81,14 +82,16 @@ def start_run(
     return _run(_service(c).start_run(body, actor=who.username))
 
 
-@router.get("/training/runs", response_model=list[RunOut])
+@router.get("/training/runs", response_model=Items[RunOut])
 def list_runs(
     status: str | None = Query(default=None, pattern=r"^[a-z]{1,16}$"),
     limit: int = Query(default=50, ge=1, le=1000),
     who: Principal = Depends(require("viewer")),
     c: ApiContext = Depends(ctx),
-) -> list[RunOut]:
-    return [_run(r) for r in _service(c).store.list_training_runs(status=status, limit=limit)]
+) -> Items[RunOut]:
+    return items(
+        [_run(r) for r in _service(c).store.list_training_runs(status=status, limit=limit)]
+    )
 
 
 @router.get("/training/runs/{run_id}", response_model=RunOut)

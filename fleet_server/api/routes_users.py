@@ -16,6 +16,7 @@ from ..auth import MAX_PASSWORD, MIN_PASSWORD, Principal, hash_password
 from ..store.base import Role, User
 from .context import ApiContext
 from .deps import ctx, principal, require
+from .schemas import Items, items
 
 router = APIRouter(tags=["users"])
 
@@ -65,14 +66,16 @@ class TokenInfo(BaseModel):
     last_used: float | None
 
 
-@router.get("/users", response_model=list[UserOut])
+@router.get("/users", response_model=Items[UserOut])
 def list_users(
     who: Principal = Depends(require("admin")), c: ApiContext = Depends(ctx)
-) -> list[UserOut]:
-    return [
-        UserOut(username=u.username, role=u.role, created_at=u.created_at, disabled=u.disabled)
-        for u in c.store.list_users()
-    ]
+) -> Items[UserOut]:
+    return items(
+        [
+            UserOut(username=u.username, role=u.role, created_at=u.created_at, disabled=u.disabled)
+            for u in c.store.list_users()
+        ]
+    )
 
 
 @router.post("/users", response_model=UserOut, status_code=201)
@@ -114,15 +117,17 @@ def _keep_an_admin(c: ApiContext, user: User) -> None:
         )
 
 
-@router.get("/tokens", response_model=list[TokenInfo])
+@router.get("/tokens", response_model=Items[TokenInfo])
 def list_tokens(
     who: Principal = Depends(principal), c: ApiContext = Depends(ctx)
-) -> list[TokenInfo]:
+) -> Items[TokenInfo]:
     owner = None if who.role == "admin" else who.username
-    return [
-        TokenInfo(**{k: v for k, v in vars(t).items() if k != "token_hash"})
-        for t in c.store.list_api_tokens(owner)
-    ]
+    return items(
+        [
+            TokenInfo(**{k: v for k, v in vars(t).items() if k != "token_hash"})
+            for t in c.store.list_api_tokens(owner)
+        ]
+    )
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=201)

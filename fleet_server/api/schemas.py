@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
@@ -91,6 +92,26 @@ class DeviceOut(BaseModel):
         )
 
 
+T = TypeVar("T")
+
+
+class Items(BaseModel, Generic[T]):
+    """The one envelope of every list the API answers: ``{"items": [...], "total": N}``.
+
+    ``total`` counts what matched (more than ``items`` when a limit cut the list),
+    so a client can tell a complete list from a first page.  Paged lists
+    (devices) add their ``offset`` and ``limit``.
+    """
+
+    items: list[T]
+    total: int
+
+
+def items(rows: Sequence[T], total: int | None = None) -> Items[T]:
+    """Wrap ``rows``; ``total`` defaults to their number (a list no limit cut)."""
+    return Items[T](items=list(rows), total=len(rows) if total is None else total)
+
+
 class DevicePage(BaseModel):
     items: list[DeviceOut]
     total: int
@@ -125,6 +146,9 @@ class TwinOut(BaseModel):
     desired: DesiredState | None
     reported: ReportedState | None
     reported_at: float | None
+    refusal: str | None = None
+    """Why the device did not take the newest desired state (its answer, or its update's
+    error); None when it took it or has not answered yet."""
 
 
 class ArtifactIn(BaseModel):

@@ -56,6 +56,7 @@ class SummaryOut(BaseModel):
     by_firmware: list[BucketOut]
     by_tag: list[BucketOut]
     by_health: list[BucketOut]
+    by_model_sha256: list[BucketOut]
     alerts: dict[str, AlertListOut]
 
 
@@ -101,6 +102,7 @@ def summary(
         by_firmware=[BucketOut(**vars(b)) for b in s.by_firmware],
         by_tag=[BucketOut(**vars(b)) for b in s.by_tag],
         by_health=[BucketOut(**vars(b)) for b in s.by_health],
+        by_model_sha256=[BucketOut(**vars(b)) for b in s.by_model_sha256],
         alerts={
             name: AlertListOut(total=a.total, items=[AlertOut(**vars(i)) for i in a.items])
             for name, a in s.alerts.items()

@@ -19,10 +19,10 @@ TARGET = "tag:site=demo"
 
 def settle_leftovers(api: Api) -> None:
     """An earlier demo stopped mid-way leaves a resumable run or an active rollout: end them."""
-    for run in api.call("GET", "/training/runs", params={"limit": 1000}):
+    for run in api.call("GET", "/training/runs", params={"limit": 1000})["items"]:
         if run["status"] in ("pending", "running"):
             api.call("POST", f"/training/runs/{run['id']}/stop", ok=(409,))
-    for rollout in api.call("GET", "/rollouts"):
+    for rollout in api.call("GET", "/rollouts")["items"]:
         if rollout["status"] not in ("completed", "aborted", "rolled_back"):
             api.call("POST", f"/rollouts/{rollout['id']}/abort", ok=(409,))
 

@@ -18,34 +18,59 @@ import click
 from edgefleet_contract.cli import run
 from edgefleet_contract.errors import EdgefleetError
 
-from .client import Client, forget_login, load_login, save_login
-from .output import emit
+from .client import Client, check_server_url, forget_login, load_login, save_login
+from .output import FORMATS, emit, extract_format, machine_readable, set_format
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Ctx:
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
+    def __init__(self) -> None:
         self._client: Client | None = None
+
+    @property
+    def as_json(self) -> bool:
+        """Machine-readable output asked for (``-o json|yaml``, ``--json``)."""
+        return machine_readable()
 
     @property
     def client(self) -> Client:
         if self._client is None:
             login = load_login()
-            self._client = Client(login.server, login.token)
+            self._client = Client(login.require_server(), login.token)
         return self._client
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@click.group()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+class FleetctlGroup(click.Group):
+    """The root group: output flags are read wherever they stand on the line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest, fmt = extract_format(args)
+        set_format(fmt or "table")
+        return super().parse_args(ctx, rest)
+
+
+@click.group(cls=FleetctlGroup)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(FORMATS),
+    default="table",
+    help="table (fitted to the terminal), wide (every field), json or yaml; anywhere on the line.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
+@click.version_option(package_name="edgefleet", prog_name="fleetctl")
 @click.pass_context
-def cli(click_ctx: click.Context, as_json: bool) -> None:
-    """Operate an edgefleet fleet: devices, twins, users, audit."""
-    click_ctx.obj = Ctx(as_json)
+def cli(click_ctx: click.Context, output: str, as_json: bool) -> None:
+    """Operate an edgefleet fleet: devices, twins, models, rollouts, training, users, audit.
+
+    Log in once (`fleetctl login --server URL -u USER`); later commands use the
+    stored token.  Every command takes -o table|wide|json|yaml.
+    """
+    click_ctx.obj = Ctx()
 
 
 @cli.command()
@@ -54,8 +79,14 @@ def cli(click_ctx: click.Context, as_json: bool) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @pass_ctx
 def login(ctx: Ctx, server: str | None, username: str, password_stdin: bool) -> None:
-    """Log in and keep an API token for later commands."""
-    url = (server or load_login().server).rstrip("/")
+    """Log in and keep an API token for later commands.
+
+    The first login needs --server; later ones reuse the stored server.
+    """
+    saved = load_login().server
+    if server is None and saved is None:
+        raise click.UsageError("give --server URL (the fleet server's address) the first time")
+    url = check_server_url(server or saved or "")
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -75,7 +106,10 @@ def login(ctx: Ctx, server: str | None, username: str, password_stdin: bool) -> 
 @cli.command()
 @pass_ctx
 def logout(ctx: Ctx) -> None:
-    """Revoke the stored token and forget it."""
+    """Revoke the stored token and forget it (the server URL is kept)."""
+    if load_login().server is None:
+        click.echo("not logged in")
+        return
     with contextlib.suppress(EdgefleetError):
         ctx.client.post("/auth/logout")
     forget_login()
@@ -85,8 +119,25 @@ def logout(ctx: Ctx) -> None:
 @cli.command()
 @pass_ctx
 def whoami(ctx: Ctx) -> None:
-    """Show who the stored token belongs to."""
-    emit(ctx.client.get("/auth/me"), as_json=ctx.as_json)
+    """Show the server and who the stored token belongs to."""
+    me = dict(ctx.client.get("/auth/me"))
+    me["server"] = load_login().server
+    emit(me, as_json=ctx.as_json)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script (commands, options, device and rollout ids).
+
+    Load it in your shell's start-up file, e.g. for bash:
+    eval "$(fleetctl completion bash)".
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # the choices are the shells click knows
+    click.echo(cls(cli, {}, "fleetctl", "_FLEETCTL_COMPLETE").source())
 
 
 COMMAND_MODULES = (
@@ -106,4 +157,7 @@ a new area (models, firmware, rollouts, keys, ...) is one more module here."""
 def main() -> None:
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(cli)
+    from .conventions import apply_conventions
+
+    apply_conventions(cli)
     run(cli)

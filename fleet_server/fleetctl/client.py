@@ -12,10 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from edgefleet_contract.errors import AuthError, EdgefleetError
+from edgefleet_contract.errors import AuthError, ConfigError, EdgefleetError
 
 
 class ApiError(EdgefleetError):
@@ -34,10 +35,22 @@ def config_path() -> Path:
     return base / "edgefleet" / "fleetctl.json"
 
 
+NOT_LOGGED_IN = (
+    "not logged in: run `fleetctl login --server URL -u USER` "
+    "(or set FLEETCTL_SERVER and FLEETCTL_TOKEN)"
+)
+
+
 @dataclass(frozen=True)
 class Login:
-    server: str
+    server: str | None
+    """None until a login (or FLEETCTL_SERVER) names one: no server is guessed."""
     token: str | None
+
+    def require_server(self) -> str:
+        if self.server is None:
+            raise AuthError(NOT_LOGGED_IN)
+        return self.server
 
 
 def load_login() -> Login:
@@ -48,9 +61,26 @@ def load_login() -> Login:
             saved = json.loads(path.read_text())
         except ValueError:
             raise EdgefleetError(f"{path} is corrupt; run `fleetctl login` again") from None
-    server = os.environ.get("FLEETCTL_SERVER") or saved.get("server") or "http://127.0.0.1:8080"
+    server = os.environ.get("FLEETCTL_SERVER") or saved.get("server") or None
     token = os.environ.get("FLEETCTL_TOKEN") or saved.get("token") or None
-    return Login(str(server).rstrip("/"), token)
+    return Login(str(server).rstrip("/") if server else None, token)
+
+
+def check_server_url(url: str) -> str:
+    """``url`` as the base of the API, or a :class:`ConfigError` that says how it is wrong."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--server {url!r} is not a URL; give the fleet server's address, "
+            "e.g. https://fleet.example:8080"
+        )
+    if parts.path.rstrip("/").endswith("/api/v1") or parts.path.rstrip("/").endswith("/console"):
+        base = url.strip().rstrip("/").rsplit("/", 2)[0]
+        raise ConfigError(
+            f"--server {url!r} has a path that belongs to the server ({parts.path}); "
+            f"give its base address: --server {base}"
+        )
+    return url.strip().rstrip("/")
 
 
 def save_login(server: str, token: str) -> Path:
@@ -67,7 +97,7 @@ def forget_login() -> None:
     """Drop the token, keep the server URL (so the next `fleetctl login` needs no --server)."""
     login = load_login()
     path = config_path()
-    if path.exists():
+    if path.exists() and login.server:
         save_login(login.server, "")
 
 
@@ -104,6 +134,15 @@ class Client:
             if response.status_code == 401:
                 hint = "" if "fleetctl login" in detail else " (run `fleetctl login`)"
                 raise AuthError(detail + hint)
+            if response.status_code in (404, 405) and detail in ("Not Found", "Method Not Allowed"):
+                # No route at all (our own 404s name the missing thing): a wrong URL.
+                raise ApiError(
+                    response.status_code,
+                    f"{response.request.url} is not an edgefleet API route "
+                    f"({response.status_code} {response.reason_phrase}); check the server "
+                    "URL (`fleetctl login --server URL`, FLEETCTL_SERVER): it is the "
+                    "server's base address, e.g. https://fleet.example:8080",
+                )
             raise ApiError(response.status_code, detail)
         if response.status_code == 204 or not response.content:
             return None

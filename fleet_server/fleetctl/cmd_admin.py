@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
 from .cli import Ctx, pass_ctx
-from .output import emit, when
+from .cmd_telemetry import ago_seconds
+from .output import emit, emit_items, when
 
 
 @click.group()
@@ -18,9 +20,10 @@ def users() -> None:
 @users.command("list")
 @pass_ctx
 def users_list(ctx: Ctx) -> None:
-    emit(
+    """List users with their roles (admin)."""
+    emit_items(
         ctx.client.get("/users"),
-        as_json=ctx.as_json,
+        title="users",
         columns=[
             ("username", "USER"),
             ("role", "ROLE"),
@@ -36,6 +39,7 @@ def users_list(ctx: Ctx) -> None:
 @click.option("--password-stdin", is_flag=True)
 @pass_ctx
 def users_add(ctx: Ctx, username: str, role: str, password_stdin: bool) -> None:
+    """Add a user with a role (admin); the password is asked for or read from stdin."""
     password = (
         sys.stdin.readline().rstrip("\n")
         if password_stdin
@@ -51,6 +55,7 @@ def users_add(ctx: Ctx, username: str, role: str, password_stdin: bool) -> None:
 @click.option("--disable/--enable", default=None)
 @pass_ctx
 def users_set(ctx: Ctx, username: str, role: str | None, disable: bool | None) -> None:
+    """Change a user's role, or disable or enable it (admin)."""
     out = ctx.client.patch(f"/users/{username}", {"role": role, "disabled": disable})
     emit(out, as_json=ctx.as_json)
 
@@ -79,9 +84,10 @@ def tokens_create(ctx: Ctx, name: str, ttl_days: int | None) -> None:
 @tokens.command("list")
 @pass_ctx
 def tokens_list(ctx: Ctx) -> None:
-    emit(
+    """List API tokens: yours, or everyone's for an admin."""
+    emit_items(
         ctx.client.get("/tokens"),
-        as_json=ctx.as_json,
+        title="tokens",
         columns=[
             ("id", "ID"),
             ("username", "USER"),
@@ -97,31 +103,54 @@ def tokens_list(ctx: Ctx) -> None:
 @click.argument("token_id")
 @pass_ctx
 def tokens_revoke(ctx: Ctx, token_id: str) -> None:
+    """Revoke an API token; requests with it fail from now on."""
     ctx.client.delete(f"/tokens/{token_id}")
     click.echo(f"token {token_id} revoked")
 
 
 @click.command()
-@click.option("--actor", default=None)
+@click.option("--actor", default=None, help="Only what this user did.")
+@click.option("--action", default=None, help="Only this action, e.g. create_rollout.")
+@click.option("--object", "object_", default=None, help="Only entries about it: rollout:ro-7.")
+@click.option("--outcome", type=click.Choice(["ok", "denied", "failed", "error"]), default=None)
+@click.option("--since", default=None, help="How far back: 30m, 6h, 2d.")
+@click.option("--until", default=None, help="Up to this long ago: 1h.")
 @click.option("--limit", default=50, show_default=True)
 @pass_ctx
-def audit(ctx: Ctx, actor: str | None, limit: int) -> None:
-    """Show the audit log (admin)."""
-    page = ctx.client.get("/audit", actor=actor, limit=limit)
-    if ctx.as_json:
-        emit(page, as_json=True)
-        return
-    emit(
-        page["items"],
-        as_json=False,
+def audit(
+    ctx: Ctx,
+    actor: str | None,
+    action: str | None,
+    object_: str | None,
+    outcome: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+) -> None:
+    """Show the audit log (admin): who did what to which object, the outcome and why."""
+    now = time.time()
+    page = ctx.client.get(
+        "/audit",
+        actor=actor,
+        action=action,
+        object=object_,
+        outcome=outcome,
+        since=now - ago_seconds(since) if since else None,
+        until=now - ago_seconds(until) if until else None,
+        limit=limit,
+    )
+    emit_items(
+        page,
+        title="audit entries",
+        row=lambda e: {**e, "reason": (e.get("detail") or {}).get("reason")},
         columns=[
             ("ts", "WHEN"),
             ("actor", "WHO"),
-            ("role", "ROLE"),
             ("action", "ACTION"),
-            ("target", "TARGET"),
-            ("source_ip", "FROM"),
+            ("target", "OBJECT"),
             ("outcome", "OUTCOME"),
+            ("reason", "REASON"),
+            ("source_ip", "FROM"),
         ],
     )
 

@@ -35,7 +35,7 @@ def _tags(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @click.group()
 def devices() -> None:
-    """Enroll, list, tag and revoke devices."""
+    """Enroll, list, tag, revoke and decommission devices."""
 
 
 @devices.command("list")
@@ -126,10 +126,33 @@ def groups(ctx: Ctx, device_id: str, groups: tuple[str, ...]) -> None:
 @pass_ctx
 def revoke(ctx: Ctx, device_id: str, yes: bool) -> None:
     """Revoke a device: its certificates go on the CRL and it cannot enroll again."""
-    if not yes:
-        click.confirm(f"revoke {device_id}? it will be cut off from the broker", abort=True)
+    if not yes and not click.confirm(f"revoke {device_id}? it will be cut off from the broker"):
+        click.echo(f"{device_id} not revoked")
+        return
     out = ctx.client.post(f"/devices/{device_id}/revoke")
     emit(out, as_json=ctx.as_json, columns=DEVICE_COLUMNS)
+
+
+@devices.command()
+@click.argument("device_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def delete(ctx: Ctx, device_id: str, yes: bool) -> None:
+    """Decommission a device: revoke it, keep its history, free its id for a replacement.
+
+    Its certificates stay on the CRL; `fleetctl devices add` with the same id then
+    makes a new device (a new enrollment token) with that history before it.
+    """
+    if not yes and not click.confirm(
+        f"decommission {device_id}? it is revoked and its id freed for a replacement"
+    ):
+        click.echo(f"{device_id} not decommissioned")
+        return
+    out = ctx.client.delete(f"/devices/{device_id}")
+    if ctx.as_json:
+        emit(out, as_json=True)
+        return
+    click.echo(f"{device_id} decommissioned: revoked, history kept, id free to add again")
 
 
 @click.group()
@@ -148,6 +171,8 @@ def twin_show(ctx: Ctx, device_id: str) -> None:
         return
     desired, reported = out["desired"] or {}, out["reported"] or {}
     click.echo(f"{device_id}: {out['status']}")
+    if out.get("refusal"):
+        click.echo(f"  REFUSED by the device (v{desired.get('version')}): {out['refusal']}")
     click.echo(f"  desired (v{desired.get('version', 0)}):")
     click.echo(f"    model:    {_artifact(desired.get('model'))}")
     click.echo(f"    firmware: {_artifact(desired.get('firmware'))}")

@@ -19,7 +19,7 @@ from rich.table import Table
 from ..rollouts.gates import more_needed
 from ..rollouts.plan import MAX_GATE_SAMPLES, duration_text
 from .cli import Ctx, pass_ctx
-from .output import emit, when
+from .output import emit, emit_items, when
 
 LIST_COLUMNS = [
     ("id", "ID"),
@@ -150,12 +150,7 @@ def create(
 @pass_ctx
 def list_(ctx: Ctx, status: str | None) -> None:
     """Rollouts, newest first."""
-    emit(
-        ctx.client.get("/rollouts", status=status),
-        as_json=ctx.as_json,
-        columns=LIST_COLUMNS,
-        title="rollouts",
-    )
+    emit_items(ctx.client.get("/rollouts", status=status), columns=LIST_COLUMNS, title="rollouts")
 
 
 @rollout.command()

@@ -162,7 +162,7 @@ def simulate(
     from .simview import Watch
 
     login = load_login()
-    url = (server or login.server).rstrip("/")
+    url = (server or login.require_server()).rstrip("/")
     client = Client(url, login.token) if server else ctx.client
     package = None if no_model else (model or _default_model())
     root = data_dir / url.split("://")[-1].replace(":", "_").replace("/", "_")

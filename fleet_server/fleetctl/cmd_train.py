@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .cli import Ctx, pass_ctx
-from .output import emit
+from .output import emit, emit_items
 
 RUN_COLUMNS = [
     ("id", "RUN"),
@@ -64,7 +64,7 @@ def train() -> None:
 @click.option("--rollout", default=None, help="Rollout plan for the candidate if it wins.")
 @pass_ctx
 def start(ctx: Ctx, /, **o: Any) -> None:
-    """Start a run, e.g. --model digits --target 'tag:site=berlin' --strategy fedprox."""
+    """Start a federated training run of a model on the devices a selector chooses."""
     body: dict[str, Any] = {
         "model": o["model"],
         "target": o["target"],
@@ -116,13 +116,10 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
 @click.option("--status", default=None)
 @pass_ctx
 def list_runs(ctx: Ctx, status: str | None) -> None:
+    """Federated training runs, newest first, with their best round."""
     params = {"status": status} if status else {}
     runs = ctx.client.get("/training/runs", **params)
-    emit(
-        runs if ctx.as_json else [_summary(r) for r in runs],
-        as_json=ctx.as_json,
-        columns=RUN_COLUMNS,
-    )
+    emit_items(runs, columns=RUN_COLUMNS, title="training runs", row=_summary)
 
 
 def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -189,6 +186,7 @@ def status(ctx: Ctx, run_id: str, watch: bool, interval: float) -> None:
 @click.argument("run_id")
 @pass_ctx
 def stop(ctx: Ctx, run_id: str) -> None:
+    """Stop a running federated run; rounds already done are kept."""
     run = ctx.client.post(f"/training/runs/{run_id}/stop")
     emit(run, as_json=True) if ctx.as_json else click.echo(f"training run {run_id} {run['status']}")
 

@@ -1,4 +1,5 @@
-"""Server-side model tooling: float networks, ONNX/TFLite exporters and the package builder.
+"""Server-side model tooling: float networks, ONNX/TFLite exporters, the int8 quantizer and
+its checks (:mod:`.quantize`), and the package builder.
 
 Never imported by the agent: it needs onnx, the ORT quantizer and scikit-learn.
 """

@@ -4,7 +4,8 @@ This is the one path from weights to a shippable file, used by the reference
 build (``python -m models.build``) and by federated training for candidates.
 Every file is checked before it is packaged: the exported model runs on the
 builder's own runtime and must match the numpy reference (float flavours) or
-agree with it on the top-1 class (int8 flavours).  The self-test vectors then
+agree with it on the top-1 class (int8 flavours, whose agreement is recorded in the
+manifest and whose ONNX weights are checked to really be int8).  The self-test vectors then
 record what this file produced here, so a device whose runtime disagrees
 refuses the package instead of serving silently wrong answers.
 """
@@ -23,6 +24,7 @@ from edgefleet_contract.drift import build_reference
 from edgefleet_contract.errors import ModelError
 from edgefleet_contract.package import (
     WEIGHTS_NAME,
+    Agreement,
     Lineage,
     Manifest,
     Preprocessing,
@@ -35,7 +37,7 @@ from edgefleet_contract.package import (
 )
 
 from ..cbpe import CALIBRATION_NAME, calibrate
-from . import onnx_export, tflite_export
+from . import onnx_export, quantize, tflite_export
 from .network import Network
 
 Flavor = Literal["onnx-float32", "onnx-int8", "tflite-float32", "tflite-int8"]
@@ -46,8 +48,6 @@ FLOAT_ATOL = 1e-4
 INT8_ATOL = 0.05
 """Probabilities from int8 kernels legitimately differ across CPUs by a few hundredths."""
 INT8_SELF_TEST_AGREEMENT = 0.9
-MIN_INT8_AGREEMENT = 0.95
-"""An int8 file whose top-1 agrees with float on fewer reference rows is not shipped."""
 SELF_TEST_CONFIDENCE = 0.9
 """Self-test vectors come from rows the model gives at least this top-1 probability."""
 SELF_TEST_DECIMALS = 6
@@ -67,6 +67,7 @@ def build_package(
     trainable: bool = True,
     self_test_size: int = 30,
     created_at: float | None = None,
+    min_agreement: float = quantize.DEFAULT_MIN_TOP1,
     calibration: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
 ) -> bytes:
     """Export, check and package ``network``; returns the package bytes.
@@ -74,6 +75,8 @@ def build_package(
     ``reference`` holds raw (unpreprocessed) training rows: the drift reference
     is computed on them, int8 flavours are calibrated and checked on them, and
     the self-test vectors are drawn from them (evenly across predicted classes).
+    An int8 flavour whose top-1 agrees with the float network on fewer than
+    ``min_agreement`` of those rows is refused.
     ``calibration`` is a labelled set the network did not train on (raw rows,
     labels): how often the exported model is right per confidence bin goes into
     the package as ``calibration.json``, for the server's label-free estimate.
@@ -86,7 +89,7 @@ def build_package(
     expected_float = network.forward(x)
     model = _export(network, runtime, dtype == "int8", x)
     produced = run_model(runtime, model, x)
-    _check_export(flavor, produced, expected_float)
+    agreement = _check_export(flavor, produced, expected_float, min_agreement)
     picks = _self_test_rows(produced, self_test_size)
     files = {f"model.{runtime}": model}
     if trainable:
@@ -97,18 +100,11 @@ def build_package(
         right = probs.argmax(axis=1) == np.asarray(calibration[1])
         table = calibrate(probs.max(axis=1), right).to_json()
         files[CALIBRATION_NAME] = json.dumps(table, sort_keys=True).encode()
-    method = (
-        "none" if dtype == "float32" else ("static-qdq" if runtime == "onnx" else "dynamic-range")
-    )
     manifest = Manifest(
         name=name,
         version=version,
         runtime=runtime,  # type: ignore[arg-type]
-        quantization=Quantization(
-            dtype=dtype,  # type: ignore[arg-type]
-            method=method,  # type: ignore[arg-type]
-            calibration_samples=len(x) if method == "static-qdq" else None,
-        ),
+        quantization=_quantization(runtime, model, agreement),
         flavor=flavor,
         model_file=f"model.{runtime}",
         inputs=[
@@ -172,24 +168,37 @@ def run_model(runtime: str, model: bytes, x: npt.NDArray[np.float32]) -> npt.NDA
 def _export(network: Network, runtime: str, int8: bool, x: npt.NDArray[np.float32]) -> bytes:
     if runtime == "onnx":
         model = onnx_export.to_onnx(network)
-        return onnx_export.quantize_onnx(model, x) if int8 else model
+        return quantize.quantize_onnx(model, {onnx_export.INPUT_NAME: x}) if int8 else model
     return tflite_export.to_tflite(network, int8_weights=int8)
 
 
 def _check_export(
-    flavor: str, produced: npt.NDArray[np.float32], expected: npt.NDArray[np.float32]
-) -> None:
+    flavor: str,
+    produced: npt.NDArray[np.float32],
+    expected: npt.NDArray[np.float32],
+    min_agreement: float,
+) -> Agreement | None:
+    """Float files must match the network; int8 ones agree with it on enough top-1s."""
     if flavor.endswith("float32"):
         err = float(np.abs(produced - expected).max())
         if err > FLOAT_ATOL:
             raise ModelError(f"{flavor} export differs from the float network by {err:.2e}")
-        return
-    agreement = float((produced.argmax(axis=1) == expected.argmax(axis=1)).mean())
-    if agreement < MIN_INT8_AGREEMENT:
-        raise ModelError(
-            f"{flavor} export agrees with the float network on only {agreement:.1%} of the "
-            f"reference rows (need {MIN_INT8_AGREEMENT:.0%}); not shipping it"
-        )
+        return None
+    name = onnx_export.OUTPUT_NAME
+    try:
+        found = quantize.compare_outputs({name: expected}, {name: produced})
+        return quantize.require_agreement(found, min_agreement)
+    except ModelError as exc:
+        raise ModelError(f"{flavor} export: {exc}") from exc
+
+
+def _quantization(runtime: str, model: bytes, agreement: Agreement | None) -> Quantization:
+    """The manifest's record of what the file's numbers are and what was checked."""
+    if agreement is None:
+        return Quantization(dtype="float32", method="none")
+    if runtime == "onnx":
+        return quantize.quantization_record(model, agreement)
+    return Quantization(dtype="int8", method="dynamic-range", per_channel=True, agreement=agreement)
 
 
 def _self_test_rows(probabilities: npt.NDArray[np.float32], count: int) -> list[int]:

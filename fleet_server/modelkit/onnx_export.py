@@ -1,4 +1,6 @@
-"""ONNX files from a :class:`Network`: float32 with ``onnx.helper``, int8 with ORT's quantizer.
+"""Float32 ONNX files from a :class:`Network`, written with ``onnx.helper``.
+
+int8 versions are made from them by :mod:`.quantize`.
 
 The graph takes preprocessed features ``(batch, features)`` named
 ``features`` and returns ``probabilities``; images are reshaped inside the
@@ -10,17 +12,12 @@ found on older boards.
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
-from edgefleet_contract.errors import ModelError
 
 from .network import Network
 
@@ -108,48 +105,3 @@ def to_onnx(network: Network, *, name: str = "model") -> bytes:
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model, full_check=True)
     return bytes(model.SerializeToString())
-
-
-def quantize_onnx(float_model: bytes, calibration: npt.ArrayLike) -> bytes:
-    """Static int8 QDQ quantization calibrated on preprocessed ``calibration`` rows.
-
-    Weights are quantized per channel, activations per tensor from the
-    calibration ranges; softmax stays float so probabilities keep their precision.
-    """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    rows = np.asarray(calibration, dtype=np.float32)
-    if rows.ndim != 2 or rows.shape[0] == 0:
-        raise ModelError(f"calibration data must be a non-empty (n, features) matrix: {rows.shape}")
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._batches: Iterator[dict[str, npt.NDArray[np.float32]]] = (
-                {INPUT_NAME: rows[i : i + 64]} for i in range(0, len(rows), 64)
-            )
-
-        def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
-            return next(self._batches, None)
-
-    with tempfile.TemporaryDirectory(prefix="edgefleet-quant-") as tmp:
-        src, pre, out = (Path(tmp) / n for n in ("float.onnx", "pre.onnx", "int8.onnx"))
-        src.write_bytes(float_model)
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre),
-            str(out),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["Conv", "MatMul", "Add", "Relu", "MaxPool", "Resize"],
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
-        return out.read_bytes()

@@ -2,7 +2,8 @@
 
 Adding an artifact is four steps, each safe to repeat: verify the file with
 the same reader a device uses (:mod:`edgefleet_contract.package` /
-:mod:`edgefleet_contract.firmware`), copy it into the content-addressed blob
+:mod:`edgefleet_contract.firmware`; an ONNX package that declares int8 must also
+hold int8 Conv/Gemm/MatMul weights), copy it into the content-addressed blob
 store, record it in the store (where ``name@version:flavor`` means one set of
 bytes forever), and publish it as a TUF target.  If the process dies between
 steps, pushing the same file again finishes the job: the blob and the row are
@@ -67,6 +68,9 @@ class Registry:
             raise PackageError(f"{path.name}: the package has no self-test vectors")
         if m.runtime not in ("onnx", "tflite"):
             raise PackageError(f"{path.name}: unknown runtime {m.runtime!r}")
+        from ..modelkit.quantize import check_int8_claim  # onnx is loaded on first upload
+
+        check_int8_claim(pkg)
         filename = f"{m.name}-{m.version}-{m.flavor}{package.SUFFIX}"
         record = {
             "source": "upload",

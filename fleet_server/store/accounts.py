@@ -8,7 +8,7 @@ import sqlite3
 from edgefleet_contract.errors import NotFound, StoreError
 
 from ._conn import Connections
-from .base import ApiToken, AuditEntry, Page, Role, User
+from .base import ApiToken, AuditEntry, AuditFilter, Page, Role, User
 
 
 class AccountTables(Connections):
@@ -117,9 +117,25 @@ class AccountTables(Connections):
             )
 
     def list_audit(
-        self, *, offset: int = 0, limit: int = 100, actor: str | None = None
+        self,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        actor: str | None = None,
+        filters: AuditFilter | None = None,
     ) -> Page[AuditEntry]:
-        where, params = ("WHERE actor = ?", [actor]) if actor else ("", [])
+        f = filters or AuditFilter()
+        clauses = [
+            (actor, "actor = ?"),
+            (f.action, "action = ?"),
+            (f.target, "instr(target, ?) > 0"),
+            (f.outcome, "outcome = ?"),
+            (f.since, "ts >= ?"),
+            (f.until, "ts < ?"),
+        ]
+        used = [(value, sql) for value, sql in clauses if value is not None]
+        where = ("WHERE " + " AND ".join(sql for _, sql in used)) if used else ""
+        params: list[object] = [value for value, _ in used]
         conn = self._conn()
         total = int(conn.execute(f"SELECT COUNT(*) FROM audit {where}", params).fetchone()[0])
         rows = conn.execute(

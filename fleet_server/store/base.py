@@ -20,7 +20,9 @@ T = TypeVar("T")
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
-DeviceState = Literal["pending", "enrolled", "revoked"]
+DeviceState = Literal["pending", "enrolled", "revoked", "decommissioned"]
+"""``decommissioned``: revoked and taken out of service; its history stays and its id may
+be added again (its old certificates stay on the CRL)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,18 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class AuditFilter:
+    """Which audit entries to list; every field left None matches all."""
+
+    action: str | None = None
+    target: str | None = None
+    """Entries whose object contains this, e.g. ``rollout:ro-7`` or ``device:``."""
+    outcome: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True)
 class RollupRow:
     device_id: str
     minute: float
@@ -174,10 +188,12 @@ class RolloutEvent:
 
 class Store(Protocol):
     # devices
-    def create_device(
-        self, device_id: str, *, name: str, tags: dict[str, str], now: float
-    ) -> None: ...
+    def create_device(self, device_id: str, *, name: str, tags: dict[str, str], now: float) -> bool:
+        """True when the id was a decommissioned device's, now taken over."""
+        ...
+
     def get_device(self, device_id: str) -> Device: ...
+    def decommission_device(self, device_id: str) -> None: ...
     def list_devices(
         self,
         *,
@@ -261,7 +277,12 @@ class Store(Protocol):
     # audit
     def append_audit(self, entry: AuditEntry) -> None: ...
     def list_audit(
-        self, *, offset: int = 0, limit: int = 100, actor: str | None = None
+        self,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        actor: str | None = None,
+        filters: AuditFilter | None = None,
     ) -> Page[AuditEntry]: ...
     # console views (store/overview.py)
     def fleet_summary(

@@ -53,6 +53,8 @@ class FleetSummary:
     by_tag: list[Bucket]
     by_health: list[Bucket]
     alerts: dict[str, AlertList] = field(default_factory=dict)
+    by_model_sha256: list[Bucket] = field(default_factory=list)
+    """Devices per exact package (one flavour of a version), by its SHA-256."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,9 @@ class OverviewTables(Connections):
             by_tag=[Bucket(r["tag"], int(r["total"]), int(r["online"] or 0)) for r in tags],
             by_health=_buckets(conn, "health", "WHERE state = 'enrolled'"),
             alerts=alerts,
+            by_model_sha256=_buckets(
+                conn, "json_extract(reported, '$.model.sha256')", "WHERE state = 'enrolled'"
+            ),
         )
 
     def _window_alerts(

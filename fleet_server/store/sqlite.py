@@ -79,7 +79,8 @@ class SqliteStore(
 
     # ------------------------------------------------------------- devices --
 
-    def create_device(self, device_id: str, *, name: str, tags: dict[str, str], now: float) -> None:
+    def create_device(self, device_id: str, *, name: str, tags: dict[str, str], now: float) -> bool:
+        """A new device; a decommissioned one's id is taken over (its history stays)."""
         try:
             with self._tx() as conn:
                 conn.execute(
@@ -87,8 +88,41 @@ class SqliteStore(
                     "desired_version) VALUES (?, ?, ?, '[]', 'pending', ?, 0, 0)",
                     (device_id, name, json.dumps(tags, sort_keys=True), now),
                 )
+                return False
         except sqlite3.IntegrityError:
-            raise StoreError(f"a device with id {device_id!r} already exists") from None
+            pass
+        with self._tx() as conn:
+            row = conn.execute("SELECT state FROM devices WHERE id = ?", (device_id,)).fetchone()
+            if row is None or row[0] != "decommissioned":
+                raise StoreError(f"a device with id {device_id!r} already exists")
+            # Every column but the id back to a fresh device's value.
+            columns = [r[1] for r in conn.execute("PRAGMA table_info(devices)")]
+            fresh = {
+                "name": name,
+                "tags": json.dumps(tags, sort_keys=True),
+                "groups": "[]",
+                "state": "pending",
+                "created_at": now,
+                "online": 0,
+                "desired_version": 0,
+            }
+            cleared = [c for c in columns if c != "id" and c not in fresh]
+            sets = [f"{c} = ?" for c in fresh] + [f"{c} = NULL" for c in cleared]
+            conn.execute(
+                f"UPDATE devices SET {', '.join(sets)} WHERE id = ?", (*fresh.values(), device_id)
+            )
+        return True
+
+    def decommission_device(self, device_id: str) -> None:
+        """Mark a revoked device decommissioned (the caller revokes it first)."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE devices SET state = 'decommissioned', online = 0 "
+                "WHERE id = ? AND state = 'revoked'",
+                (device_id,),
+            )
+            if cur.rowcount == 0:
+                raise StoreError(f"device {device_id!r} is not revoked; revoke it first")
 
     def get_device(self, device_id: str) -> Device:
         row = self._one("SELECT * FROM devices WHERE id = ?", (device_id,))

@@ -90,6 +90,14 @@ document.querySelector('.skip').addEventListener('click', (event) => {
   event.preventDefault();  // the hash belongs to the router
   main.focus();
 });
+// Narrow screens: the sections fold into a menu under the header; choosing one closes it.
+const toggle = document.getElementById('nav-toggle');
+function openNav(open) {
+  document.body.classList.toggle('nav-open', open);
+  toggle.setAttribute('aria-expanded', String(open));
+}
+toggle.addEventListener('click', () => openNav(!document.body.classList.contains('nav-open')));
+nav.addEventListener('click', (event) => { if (event.target.closest('a')) openNav(false); });
 onUnauthorized(() => { if (session.username) showLogin(); });
 window.addEventListener('hashchange', route);
 

@@ -7,10 +7,21 @@ export const PALETTE = ['#2563eb', '#dc2626', '#059669', '#d97706', '#7c3aed', '
 
 const M = { top: 10, right: 24, bottom: 20, left: 40 };
 
-function tick(v) {
+function tick(v, step) {
   if (Math.abs(v) >= 1e6) return `${Number((v / 1e6).toFixed(1))}M`;
   if (Math.abs(v) >= 1e3) return `${Number((v / 1e3).toFixed(1))}k`;
-  return fmtNum(v, 2);
+  // Enough decimals that neighbouring ticks differ (a 0.94-0.98 axis needs three).
+  const digits = step > 0 ? Math.min(4, Math.max(2, 1 - Math.floor(Math.log10(step)))) : 2;
+  return fmtNum(v, digits);
+}
+
+// opts.fit: the y range hugs the data (with a margin) inside [opts.min, opts.max], so a
+// change from 0.95 to 0.97 is visible instead of flat against a 0-1 axis.
+function fitted(all, lo = -Infinity, hi = Infinity) {
+  const a = Math.min(...all);
+  const b = Math.max(...all);
+  const span = Math.max(b - a, Math.abs(b) * 0.02, 1e-6);
+  return [Math.max(lo, a - span * 0.25), Math.min(hi, b + span * 0.25)];
 }
 
 function niceMax(v) {
@@ -21,7 +32,7 @@ function niceMax(v) {
 }
 
 // ts: seconds (or any increasing x with opts.xLabel); series: [{name, values, color?}];
-// opts: {unit, max, min, width, height, xLabel}.
+// opts: {unit, max, min, fit, width, height, xLabel}.
 // The viewBox is about the size the chart is shown at, so its text stays readable.
 export function lineChart(title, ts, series, opts = {}) {
   const W = opts.width || 400;
@@ -31,8 +42,9 @@ export function lineChart(title, ts, series, opts = {}) {
   const all = series.flatMap((s) => s.values).filter((v) => v !== null && v !== undefined);
   const t0 = ts.length ? ts[0] : 0;
   const t1 = ts.length > 1 ? ts[ts.length - 1] : t0 + 60;
-  const yMin = opts.min ?? 0;
-  const yMax = opts.max ?? niceMax(Math.max(...all, yMin + 1e-9));
+  const [yMin, yMax] = opts.fit && all.length
+    ? fitted(all, opts.min, opts.max)
+    : [opts.min ?? 0, opts.max ?? niceMax(Math.max(...all, (opts.min ?? 0) + 1e-9))];
   const x = (t) => M.left + ((t - t0) / (t1 - t0 || 1)) * plotW;
   const y = (v) => M.top + plotH - ((v - yMin) / (yMax - yMin || 1)) * plotH;
 
@@ -44,7 +56,7 @@ export function lineChart(title, ts, series, opts = {}) {
     const v = yMin + ((yMax - yMin) * i) / 4;
     svg.append(h('svg:line', { x1: M.left, x2: W - M.right, y1: y(v), y2: y(v), class: 'gridline' }));
     svg.append(h('svg:text', { x: M.left - 6, y: y(v) + 3, class: 'tick', 'text-anchor': 'end' },
-      tick(v)));
+      tick(v, (yMax - yMin) / 4)));
   }
   const ticks = Math.min(opts.xLabel ? 10 : 5, Math.max(1, ts.length - 1));
   for (let i = 0; i <= ticks; i += 1) {
@@ -91,7 +103,7 @@ export function lineChart(title, ts, series, opts = {}) {
 // Horizontal bars for a distribution: [{key, total, online}] with an optional link per row.
 export function bars(rows, { href } = {}) {
   const max = Math.max(1, ...rows.map((r) => r.total));
-  return h('ul', { class: 'bars' }, rows.map((r) => {
+  const list = h('ul', { class: 'bars' }, rows.map((r) => {
     const fill = h('span', { class: 'fill' });
     const on = h('span', { class: 'fill on' });
     fill.style.setProperty('width', `${(100 * r.total) / max}%`);
@@ -101,6 +113,9 @@ export function bars(rows, { href } = {}) {
     return h('li', {},
       h('span', { class: 'bar-label' }, label),
       h('span', { class: 'bar', 'aria-hidden': 'true' }, fill, on),
-      h('span', { class: 'bar-value' }, `${r.online}/${r.total}`));
+      h('span', { class: 'bar-value', title: `${r.online} of ${r.total} devices online` },
+        `${r.online}/${r.total}`));
   }));
+  // The figures are online/total: said once above the bars rather than on every row.
+  return h('div', {}, h('p', { class: 'bars-key muted' }, 'online / devices'), list);
 }

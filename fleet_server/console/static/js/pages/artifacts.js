@@ -49,15 +49,31 @@ export async function mount(root, ctx) {
       return;
     }
     if (!ctx.alive()) return;
+    // A model version comes in several flavours (packages): count the devices per exact
+    // package, so only the flavour that runs says so.  Devices whose package is none of
+    // the registered ones are counted on the version, saying the package is not known.
     const runs = new Map([
+      ...(summary.by_model_sha256 || []).map((b) => [`sha:${b.key}`, b]),
       ...summary.by_model.map((b) => [`model:${b.key}`, b]),
       ...summary.by_firmware.map((b) => [`firmware:${b.key}`, b]),
     ]);
+    const known = new Map();  // name@version -> does any of its packages match a device?
+    page.items.filter((a) => a.kind === 'model').forEach((a) => {
+      const key = `${a.name}@${a.version}`;
+      known.set(key, known.get(key) || runs.has(`sha:${a.sha256}`));
+    });
+    const plural = (n) => `${n} device${n === 1 ? '' : 's'}`;
     const where = (a) => {
-      const key = a.kind === 'model' ? `model:${a.name}@${a.version}` : `firmware:${a.version}`;
-      const b = runs.get(key);
+      const version = `${a.name}@${a.version}`;
+      const selector = a.kind === 'model' ? `model:${version}` : `firmware:${a.version}`;
+      let b = runs.get(a.kind === 'model' ? `sha:${a.sha256}` : selector);
+      let note = '';
+      if (!b && a.kind === 'model' && !known.get(version)) {
+        b = runs.get(selector);
+        note = ' on this version (package not reported)';
+      }
       if (!b) return h('span', { class: 'muted' }, 'no device');
-      return h('a', { href: link('devices', { selector: key }) }, `${b.total} devices (${b.online} online)`);
+      return h('a', { href: link('devices', { selector }) }, `${plural(b.total)} (${b.online} online)${note}`);
     };
     count.textContent = `${page.total} artifacts`;
     replace(out, table([

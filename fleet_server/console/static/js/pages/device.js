@@ -33,6 +33,8 @@ function twinPanel(twin) {
   const mark = { same: ['✓ in sync', 'good'], differs: ['≠ differs', 'warn'], unset: ['not set', ''] };
   return panel('Twin',
     h('p', {}, 'Status ', status(twin.status), twin.reported_at ? ` · reported ${ago(twin.reported_at)}` : ''),
+    twin.refusal ? h('p', { class: 'notice error', role: 'alert', id: 'twin-refusal' },
+      `The device refused desired version ${twin.desired.version}: ${twin.refusal}`) : null,
     table([
       { title: 'Field', cell: (x) => h('code', {}, x.key) },
       { title: 'Desired', cell: (x) => x.want ?? '—' },
@@ -156,7 +158,7 @@ export async function mount(root, ctx) {
       { title: 'By', cell: (c) => c.actor },
       { title: 'Status', cell: (c) => status(c.status) },
       { title: 'Detail', cell: (c) => c.detail || '' },
-    ], commands, { empty: 'No commands yet.' }));
+    ], commands.items, { empty: 'No commands yet.' }));
     replace(updBox, table([
       { title: 'When', cell: (u) => fmtTime(u.ts), class: 'nowrap' },
       { title: 'Kind', cell: (u) => u.kind },

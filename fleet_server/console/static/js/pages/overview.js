@@ -68,7 +68,7 @@ async function sectionCard(path) {
 async function activeRollouts() {
   let rows;
   try {
-    rows = await api('/rollouts', { query: { limit: 200 } });
+    ({ items: rows } = await api('/rollouts', { query: { limit: 200 } }));
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) return null;
     return notice(err.message, 'error');
@@ -98,8 +98,11 @@ export async function mount(root, ctx) {
     const rollouts = active ?? await sectionCard('rollouts');
     if (!ctx.alive()) return;
     const offline = (s.by_state.enrolled || 0) - s.online;
-    const ts = fleet.rollups.map((r) => r.minute);
-    const col = (k) => fleet.rollups.map((r) => r[k]);
+    // The minute still in progress holds a fraction of its events: drawn, it would drop
+    // every per-minute line towards zero at the right edge.  Only complete minutes count.
+    const minutes = fleet.rollups.filter((r) => r.minute + 60 <= s.now);
+    const ts = minutes.map((r) => r.minute);
+    const col = (k) => minutes.map((r) => r[k]);
     replace(body,
       h('div', { class: 'kpis' },
         kpi('devices', String(s.total), '', link('devices')),
@@ -117,7 +120,7 @@ export async function mount(root, ctx) {
         distribution('By health', s.by_health, 'health')),
       h('div', { class: 'cols2' },
         distribution('By tag', s.by_tag, 'tag'),
-        panel('Fleet telemetry, last hour',
+        panel('Fleet telemetry, last hour (complete minutes)',
           h('div', { class: 'charts2' },
             lineChart('Inferences per minute', ts, [{ name: 'inferences', values: col('inferences') }], small),
             lineChart('Latency p95 (mean) / p99 (max)', ts, [

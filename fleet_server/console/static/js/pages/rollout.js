@@ -14,13 +14,20 @@ const VERBS = {  // verb -> statuses it applies to (the server decides; this onl
   rollback: [...ACTIVE, 'completed', 'aborted'],
 };
 
-function waveRow(w, deadline) {
+// A wave still "waiting" when its rollout has ended will never start: it was not run.
+function waveState(w, rollout) {
+  return w.state === 'waiting' && !ACTIVE.includes(rollout) ? 'not run' : w.state;
+}
+
+function waveRow(w, deadline, rollout) {
   const done = w.counts.succeeded || 0;
   const failed = (w.counts.failed || 0) + (w.counts.rolled_back || 0);
-  return h('div', { class: 'wave', dataset: { wave: String(w.index), state: w.state } },
-    h('span', { class: 'bar-label' }, h('b', {}, w.name), ' ', status(w.state)),
+  const state = waveState(w, rollout);
+  return h('div', { class: 'wave', dataset: { wave: String(w.index), state } },
+    h('span', { class: 'bar-label' }, h('b', {}, w.name), ' ', status(state)),
     meter(done, w.size, failed, `${w.name} progress`),
-    h('span', { class: 'bar-value' }, `${done}/${w.size}`, failed ? ` · ${failed} failed` : ''),
+    h('span', { class: 'bar-value', title: `${done} of ${w.size} devices updated` },
+      `${done}/${w.size} updated`, failed ? ` · ${failed} failed` : ''),
     h('div', {},  // the last grid column: what the wave waits for, then its gates
       w.waiting ? h('p', { class: 'waiting', role: 'status' }, w.waiting, deadline
         ? h('span', { class: 'muted' }, ` · without it the gates fail at ${fmtTime(deadline)}`) : null) : null,
@@ -133,7 +140,7 @@ export async function mount(root, ctx) {
       h('p', { class: 'muted' }, `started ${fmtTime(r.created_at)} by ${r.created_by}`,
         r.finished_at ? `, finished ${fmtTime(r.finished_at)}` : ''),
       buttons(r, refresh), h('details', {}, h('summary', {}, 'Plan'), plan(r.plan))));
-    replace(wavesBox, r.waves.map((w) => waveRow(w, r.gates_deadline)));
+    replace(wavesBox, r.waves.map((w) => waveRow(w, r.gates_deadline, r.status)));
     const devices = r.devices_detail;
     replace(devBox, pager(devices.length), table([
       { title: 'Device', cell: (d) => h('a', { href: link(`devices/${encodeURIComponent(d.device_id)}`) }, d.device_id) },

@@ -20,7 +20,8 @@ export function meter(done, total, failed, label) {
 export function progress(r) {
   return h('div', { class: 'progress', title: `${r.succeeded} of ${r.devices} updated, ${r.failed} failed` },
     meter(r.succeeded, r.devices, r.failed, `progress of ${r.id}`),
-    h('span', { class: 'bar-value' }, `${r.succeeded}/${r.devices}`, r.failed ? ` · ${r.failed} failed` : ''));
+    h('span', { class: 'bar-value', title: `${r.succeeded} of ${r.devices} devices updated` },
+      `${r.succeeded}/${r.devices} updated`, r.failed ? ` · ${r.failed} failed` : ''));
 }
 
 export function rolloutLink(r) {
@@ -48,7 +49,7 @@ export async function mount(root, ctx) {
   async function refresh() {
     let rows;
     try {
-      rows = await api('/rollouts', { query: { status: only, limit: 200 } });
+      ({ items: rows } = await api('/rollouts', { query: { status: only, limit: 200 } }));
     } catch (err) {
       replace(out, notice(err.message, 'error'));
       return;

@@ -14,12 +14,26 @@ function runsTable(runs) {
     { title: 'Status', cell: (r) => status(r.status) },
     { title: 'Model', cell: (r) => (r.spec.model ? `${r.spec.model}` : '—') },
     { title: 'Rounds', cell: (r) => `${r.completed_rounds}${r.spec.rounds ? ` / ${r.spec.rounds}` : ''}` },
-    { title: 'Candidate', cell: (r) => r.result.version || '—' },
+    { title: 'Candidate', cell: candidate },
     { title: 'Accuracy', cell: (r) => fmtNum(r.result.accuracy, 3) },
     { title: 'Started by', cell: (r) => r.created_by },
     { title: 'Created', cell: (r) => fmtTime(r.created_at), class: 'nowrap' },
     { title: 'Detail', cell: (r) => r.detail || '' },
   ], runs, { empty: 'No training run yet (fleetctl train start).' });
+}
+
+// A candidate that did not beat its parent is built but never registered: say so.
+function candidate(r) {
+  const res = r.result || {};
+  if (!res.version) return '—';
+  if (res.handed_over === false) {
+    const why = res.beats_parent === false
+      ? `did not beat the parent (${fmtNum(res.accuracy, 3)} vs ${fmtNum(res.baseline_accuracy, 3)})`
+      : 'not handed to the registry';
+    return h('span', {}, `${res.version} `, h('span', { class: 'badge warn', title: why }, 'not registered'),
+      h('span', { class: 'muted' }, ` ${why}`));
+  }
+  return res.version;
 }
 
 function facts(pairs) {
@@ -29,7 +43,7 @@ function facts(pairs) {
 async function mountRun(root, ctx, id) {
   const head = h('div', { class: 'device-head' });
   const body = h('div');
-  const stop = can('operator') ? h('button', { type: 'button', class: 'danger' }, 'Stop run') : null;
+  const stop = can('operator') ? h('button', { type: 'button', class: 'danger', hidden: true }, 'Stop run') : null;
   if (stop) {
     stop.addEventListener('click', async () => {
       try {
@@ -53,7 +67,7 @@ async function mountRun(root, ctx, id) {
     replace(head, facts([
       ['Status', status(run.status)], ['Rounds', `${run.completed_rounds}${run.spec.rounds ? ` / ${run.spec.rounds}` : ''}`],
       ['Started by', run.created_by], ['Created', fmtTime(run.created_at)], ['Updated', fmtTime(run.updated_at)],
-      ['Candidate', res.version ? `${res.parent ? `${res.parent} → ` : ''}${res.version}` : '—'],
+      ['Candidate', res.version ? [`${res.parent ? `${res.parent} → ` : ''}`, candidate(run)] : '—'],
       ['Candidate accuracy', fmtNum(res.accuracy, 3)], ['Baseline accuracy', fmtNum(res.baseline_accuracy, 3)],
       ['Participants', Array.isArray(res.participants) ? String(res.participants.length) : '—'],
       ['Detail', run.detail || '—'],
@@ -61,8 +75,8 @@ async function mountRun(root, ctx, id) {
     replace(body,
       panel('Per round',
         h('div', { class: 'charts', id: 'charts' },
-          lineChart('Accuracy', ts, [{ name: 'accuracy', values: rounds.map((r) => r.accuracy) }], { ...byRound, max: 1, empty: 'no round finished yet' }),
-          lineChart('Loss', ts, [{ name: 'loss', values: rounds.map((r) => r.loss) }], { ...byRound, empty: 'no round finished yet' }))),
+          lineChart('Accuracy', ts, [{ name: 'accuracy', values: rounds.map((r) => r.accuracy) }], { ...byRound, fit: true, min: 0, max: 1, empty: 'no round finished yet' }),
+          lineChart('Loss', ts, [{ name: 'loss', values: rounds.map((r) => r.loss) }], { ...byRound, fit: true, min: 0, empty: 'no round finished yet' }))),
       panel('Rounds', table([
         { title: 'Round', cell: (r) => String(r.round) },
         { title: 'Accuracy', cell: (r) => fmtNum(r.accuracy, 3) },
@@ -87,7 +101,7 @@ export async function mount(root, ctx) {
   replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Training runs')), out);
   async function refresh() {
     try {
-      const runs = await api('/training/runs', { query: { limit: 100 } });
+      const { items: runs } = await api('/training/runs', { query: { limit: 100 } });
       if (ctx.alive()) replace(out, runsTable(runs));
     } catch (err) {
       replace(out, notice(err.message, 'error'));

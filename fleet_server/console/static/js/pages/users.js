@@ -64,7 +64,7 @@ export async function mount(root, ctx) {
       panel('API tokens and console sessions', tokensBox)));
 
   async function refresh() {
-    const [users, tokens] = await Promise.all([api('/users'), api('/tokens')]);
+    const [{ items: users }, { items: tokens }] = await Promise.all([api('/users'), api('/tokens')]);
     if (!ctx.alive()) return;
     replace(usersBox, table([
       { title: 'User', cell: (u) => u.username },
