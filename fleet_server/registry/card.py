@@ -82,11 +82,18 @@ def package_facts(pkg: ModelPackage) -> dict[str, Any]:
 
 
 def int8_agreement(facts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Top-1 agreement of the int8 and float flavours on the self-test vectors both carry.
+    """Top-1 agreement of the int8 flavour with the float network.
 
-    Each package's expected outputs were produced by its own runtime on the
-    same inputs, so their top-1 answers can be compared without running either.
+    The builder's own measurement, over its reference rows, when the package
+    records it (``quantization.agreement``); else a comparison of the int8 and
+    float flavours' self-test outputs, when both carry the same vectors (each was
+    produced by its own runtime, so neither model is run here).
     """
+    for f in facts:
+        record = f["quantization"].get("agreement") or {}
+        if record.get("outputs"):
+            top1 = min(float(o["top1"]) for o in record["outputs"])
+            return {"agreement": top1, "vectors": int(record["samples"]), "source": "builder"}
     by_dtype = {f["quantization"]["dtype"]: f for f in facts}
     q, fl = by_dtype.get("int8"), by_dtype.get("float32")
     if q is None or fl is None:
@@ -95,7 +102,7 @@ def int8_agreement(facts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     if a["inputs_sha256"] != b["inputs_sha256"] or not a["top1"]:
         return {"agreement": None, "vectors": 0, "note": "the flavours carry different vectors"}
     same = sum(x == y for x, y in zip(a["top1"], b["top1"], strict=True))
-    return {"agreement": same / len(a["top1"]), "vectors": len(a["top1"])}
+    return {"agreement": same / len(a["top1"]), "vectors": len(a["top1"]), "source": "self-test"}
 
 
 def wilson(correct: int, n: int) -> tuple[float | None, float | None]:
