@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -299,9 +300,15 @@ def test_the_parent_gate_shows_how_many_more_labels_it_needs(
         page.locator(".rollout-summary summary").click()
         expect(page.locator(".facts")).to_contain_text("no worse by 5 points at 95%")
         shot(page, "rollout-parent-gate")
-        got = fleet.api.get(f"/rollouts/{rid}")["waves"][0]["gates"]
-        parent = next(g for g in got if g["metric"] == "accuracy_vs_parent")
-        assert parent["waiting"] and parent["needed"] > 100
+
+        def parent_gate() -> dict[str, Any] | None:
+            waves = fleet.api.get(f"/rollouts/{rid}")["waves"]  # a skipped canary: wave 1
+            gates = [g for w in waves for g in (w["gates"] or [])]
+            return next((g for g in gates if g["metric"] == "accuracy_vs_parent"), None)
+
+        wait_for(lambda: parent_gate() is not None, 30, "the parent gate in the API's answer")
+        parent = parent_gate()
+        assert parent is not None and parent["waiting"] and parent["needed"] > 100, parent
         assert parent["parent_samples"] == 1000 * len(on_parent)
     finally:
         fleet.api.post(f"/rollouts/{rid}/abort")
