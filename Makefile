@@ -5,14 +5,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup demo test lint typecheck bench screenshots models clean
+.PHONY: setup demo test lint typecheck bench screenshots models clean thirdparty-wheels
 
 $(STAMP): pyproject.toml
 	./.ci/setup-system
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(MAKE) thirdparty-wheels
 	touch $(STAMP)
+
+# Third-party models that PyPI packages ship inside their wheels, for the packer's tests
+# (only the wheel is fetched, none of its dependencies; a test without it is skipped).
+thirdparty-wheels:
+	mkdir -p .cache/wheels
+	ls .cache/wheels/silero_vad-*.whl >/dev/null 2>&1 || \
+	  $(BIN)/pip download -q --no-deps silero-vad==6.2.3 -d .cache/wheels || \
+	  echo "silero-vad wheel not fetched: its packer test will be skipped"
 
 setup: $(STAMP)
 

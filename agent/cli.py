@@ -116,7 +116,7 @@ def status(config: Path | None, data_dir: Path | None) -> None:
 )
 @settings_options
 def predict(file: Path, model: Path | None, config: Path | None, data_dir: Path | None) -> None:
-    """Predict the rows in FILE (.npy, .csv or .json) and print the results as JSON.
+    """Predict the rows in FILE (.npy, .csv or .json) or the image FILE (.png, .jpg, ...).
 
     Asks the running daemon's local API when it answers; otherwise loads the
     model in this process (``--model``, else the configured ``model``).

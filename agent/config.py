@@ -52,6 +52,21 @@ class FeedbackSettings(Section):
     """Recent predictions remembered so feedback can refer to them by id."""
 
 
+class DriftSettings(Section):
+    """``[drift]``: when input drift is tested and when it alerts (see agent/drift_monitor.py)."""
+
+    interval_s: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    """At most one drift test per this many seconds (the rows in between are sampled)."""
+    min_samples: Annotated[int, Field(ge=20, le=1024)] = 200
+    """Rows a window needs before it is tested."""
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.01
+    min_effect: Annotated[float, Field(ge=0, le=1)] = 0.0
+    raise_after: Annotated[int, Field(ge=1, le=1000)] = 3
+    clear_after: Annotated[int, Field(ge=1, le=1000)] = 3
+    burn_in_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 2000
+    """Rows after each install that become this device's baseline ("its normal")."""
+
+
 class UpdateSettings(Section):
     """``[updates]``: how the device installs models and firmware (see agent/updates)."""
 
@@ -94,4 +109,5 @@ class AgentSettings(FileSettings):
     spool: SpoolSettings = SpoolSettings()
     broker: BrokerOverride = BrokerOverride()
     feedback: FeedbackSettings = FeedbackSettings()
+    drift: DriftSettings = DriftSettings()
     updates: UpdateSettings = UpdateSettings()

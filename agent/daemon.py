@@ -42,7 +42,7 @@ from .link import DeviceLink
 from .localapi import LocalApi
 from .runtime import Model, available_runtimes
 from .samples import SampleStore
-from .serving import ModelService
+from .serving import ModelService, drift_recorders
 from .spool import DrainPolicy, Spool
 from .system import SystemProbe, power_source
 from .telemetry import TelemetryBuilder
@@ -81,6 +81,7 @@ class Agent:
         self.telemetry_builder = TelemetryBuilder(self.device_id)
         self.service = self.model_service_class(
             settings.threads,
+            recorder=drift_recorders(settings.drift, data / "drift-baseline.json"),
             samples=self.samples,
             prediction_cache=settings.feedback.prediction_cache,
         )

@@ -26,11 +26,14 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract.errors import InputRejected
+from edgefleet_contract.preprocess import decode_image
 
 JSON = "application/json"
 RAW = "application/octet-stream"
 NPY = "application/x-npy"
-CONTENT_TYPES = (JSON, RAW, NPY)
+IMAGES = ("image/png", "image/jpeg", "image/bmp", "image/webp")
+CONTENT_TYPES = (JSON, RAW, NPY, *IMAGES)
+MAX_TENSOR_DIMS = 6
 
 
 def decode_body(
@@ -51,6 +54,65 @@ def decode_body(
         )
     check_rows(rows, max_rows)
     return rows
+
+
+def decode_task_body(content_type: str, body: bytes, *, max_rows: int) -> tuple[Any, str | None]:
+    """The inputs of a ``/v1/predict`` body for a format-2 model, and its session id.
+
+    JSON ``{"inputs": {"name": [...], ...}, "session": "..."}`` names each data input
+    (``"inputs": [...]`` is the one data input); an image body (PNG, JPEG, ...) is the
+    one image input, decoded and resized by the model's declared preprocessing; an
+    ``.npy`` body is the one data input.
+    """
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind in IMAGES:
+        return decode_image(body), None
+    if kind == NPY:
+        array = decode_npy(body)
+        check_rows(array, max_rows)
+        return array, None
+    if kind != JSON:
+        raise InputRejected(
+            f"unsupported content type {kind[:80]!r} for this model: send {JSON} "
+            '({"inputs": {"name": [...]}}), an image or ' + NPY
+        )
+    try:
+        doc = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InputRejected(f'body is not valid JSON ({exc}); send {{"inputs": ...}}') from None
+    if not isinstance(doc, dict) or "inputs" not in doc:
+        raise InputRejected('JSON body must be an object with "inputs"')
+    session = doc.get("session")
+    if session is not None and (not isinstance(session, str) or not 0 < len(session) <= 128):
+        raise InputRejected('"session" must be a string of 1 to 128 characters')
+    inputs = doc["inputs"]
+    if isinstance(inputs, dict):
+        if len(inputs) > 16:
+            raise InputRejected(f"{len(inputs)} inputs; a model takes at most 16")
+        named = {str(k)[:256]: tensor(v, f"inputs.{str(k)[:64]}") for k, v in inputs.items()}
+        for array in named.values():
+            check_rows(array, max_rows)
+        return named, session
+    array = tensor(inputs, "inputs")
+    check_rows(array, max_rows)
+    return array, session
+
+
+def tensor(value: object, what: str) -> npt.NDArray[Any]:
+    """Like :func:`numeric`, for tensors of up to :data:`MAX_TENSOR_DIMS` dimensions."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return np.asarray([value])
+    if not isinstance(value, list) or not value:
+        raise InputRejected(f"{what} must be a number or a non-empty (nested) list of numbers")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        raise InputRejected(f"{what} is ragged: every row needs the same shape") from None
+    if array.dtype.kind not in "iuf" or array.dtype == np.bool_:
+        raise InputRejected(f"{what} must hold only numbers (found {_kind(array)})")
+    if array.ndim > MAX_TENSOR_DIMS:
+        raise InputRejected(f"{what} is nested {array.ndim} deep; at most {MAX_TENSOR_DIMS}")
+    return array
 
 
 def check_rows(rows: npt.NDArray[Any], max_rows: int) -> None:

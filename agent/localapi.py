@@ -36,7 +36,7 @@ from typing import Any
 from edgefleet_contract.errors import ConfigError, InputRejected, ModelError, NotFound
 
 from .config import LocalApiSettings
-from .inputs import CONTENT_TYPES, JSON, decode_body
+from .inputs import CONTENT_TYPES, JSON, decode_body, decode_task_body
 from .serving import ModelService, NoModel, describe, prediction_rows
 
 log = logging.getLogger(__name__)
@@ -338,6 +338,8 @@ def _handler_for(api: LocalApi) -> type[BaseHTTPRequestHandler]:
             model = service.model
             if model is None:
                 raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, "no model is loaded on this device")
+            if model.runner is not None:
+                return self._infer(model, content_type, body)
             try:
                 rows = decode_body(
                     content_type, body, features=model.features, max_rows=settings.max_batch
@@ -351,6 +353,28 @@ def _handler_for(api: LocalApi) -> type[BaseHTTPRequestHandler]:
                 "model": {"name": model.manifest.name, "version": model.manifest.version},
                 "predictions": prediction_rows(prediction, ids),
             }
+
+        def _infer(self, model: Any, content_type: str, body: bytes) -> tuple[int, object]:
+            """A format-2 model: named inputs, any task, a session for stateful models."""
+            try:
+                inputs, session = decode_task_body(content_type, body, max_rows=settings.max_batch)
+                header = self.headers.get("Session-Id") or None
+                if header is not None and len(header) > 128:
+                    raise InputRejected("the Session-Id header is over 128 characters")
+                session = session or header
+                result, session = service.infer(inputs, session)
+            except InputRejected as exc:
+                raise Problem(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+            except NoModel as exc:
+                raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
+            doc: dict[str, object] = {
+                "model": {"name": model.manifest.name, "version": model.manifest.version},
+                "task": model.task_kind,
+                "predictions": result.results,
+            }
+            if session is not None:
+                doc["session"] = session
+            return 200, doc
 
         def _feedback(self) -> tuple[int, object]:
             body = self._body(MAX_FEEDBACK_BYTES)

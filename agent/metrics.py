@@ -10,10 +10,10 @@ Two bounded samples keep memory flat whatever the traffic:
 
 * latencies: a uniform reservoir of the window (exact count, mean and max are
   kept beside it, so only the percentiles are estimated);
-* input rows for drift: a uniform reservoir that is scored, and emptied, only
-  once it holds ``min_drift_samples`` rows.  A busy device scores drift every
-  window; a quiet one waits for enough evidence instead of reporting the noise
-  of five samples as a "major shift" that could halt a rollout.
+* input rows for drift: a uniform reservoir that is tested (:mod:`.drift_monitor`),
+  and emptied, once it holds ``min_drift_samples`` rows and ``drift_interval_s``
+  passed since the last test.  A quiet device waits for enough evidence instead
+  of reporting the noise of five samples as a shift.
 """
 
 from __future__ import annotations
@@ -23,20 +23,22 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from edgefleet_contract.drift import CompiledReference, DriftReference
+from edgefleet_contract.drift import DriftReference
 from edgefleet_contract.errors import ModelError
 from edgefleet_contract.messages import (
-    DriftStats,
-    FeatureDrift,
+    DriftReport,
     InferenceStats,
     LatencySummary,
 )
+
+from .drift_monitor import AlertPolicy, DriftMonitor
 
 CONFIDENCE_BINS = 10
 MAX_CLASSES = 1000
@@ -50,7 +52,7 @@ class WindowStats:
     """One window's snapshot; ``drift`` is None until enough rows were seen."""
 
     inference: InferenceStats
-    drift: DriftStats | None
+    drift: DriftReport | None
     window_s: float
 
 
@@ -67,6 +69,9 @@ class InferenceRecorder:
         latency_capacity: int = 4096,
         drift_capacity: int = 1024,
         min_drift_samples: int = 200,
+        drift_interval_s: float = 0.0,
+        drift_policy: AlertPolicy | None = None,
+        baseline_file: Path | None = None,
         top_features: int = 10,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
@@ -86,17 +91,28 @@ class InferenceRecorder:
         self.model = model
         self.version = version
         self._labels = [(label[:128] or str(i)) for i, label in enumerate(labels)]
-        self._reference = CompiledReference(reference) if reference is not None else None
+        self._monitor = (
+            DriftMonitor(
+                reference,
+                policy=drift_policy,
+                baseline_file=baseline_file,
+                install=f"{model}@{version}",
+                top_features=top_features,
+            )
+            if reference is not None
+            else None
+        )
+        self._drift_interval = drift_interval_s
+        self._drift_at = clock()
         self._clock = clock
         self._random = random.Random(seed).random
         self._min_drift = min_drift_samples
-        self._top = top_features
         self._lock = threading.Lock()
         # Latencies go in a plain list: storing a reference to the caller's float is
         # several times cheaper than a numpy item assignment.
         self._lat_cap = latency_capacity
         self._lat: list[float] = [0.0] * latency_capacity
-        self._width = self._reference.width if self._reference is not None else 0
+        self._width = self._monitor.reference.width if self._monitor is not None else 0
         self._rows_cap = drift_capacity if self._width else 0
         self._rows = np.zeros((self._rows_cap, self._width), dtype=np.float32)
         self._rows_seen = 0
@@ -121,13 +137,16 @@ class InferenceRecorder:
     def record(
         self,
         latency_s: float,
-        confidence: float | np.floating[Any],
-        predicted: int | np.integer[Any],
+        confidence: float | np.floating[Any] | None,
+        predicted: int | np.integer[Any] | None,
         row: npt.NDArray[np.floating[Any]] | None = None,
     ) -> None:
         """One successful inference: its latency, top-1 confidence and class, and its input
-        row, shaped ``(features,)`` or ``(1, features)``."""
-        if confidence >= 1.0:
+        row, shaped ``(features,)`` or ``(1, features)``.  A model without classes
+        (regression, anomaly, detection) passes ``None`` for both: latency and drift only."""
+        if confidence is None:
+            conf_bin = -1
+        elif confidence >= 1.0:
             conf_bin = CONFIDENCE_BINS - 1
         elif confidence > 0.0:
             conf_bin = int(confidence * CONFIDENCE_BINS)
@@ -147,9 +166,10 @@ class InferenceRecorder:
                     slot = int(self._random() * (n + 1))
                     if slot < self._lat_cap:
                         self._lat[slot] = latency_s
-            self._conf[conf_bin] += 1
-            classes = self._classes
-            classes[predicted] = classes.get(predicted, 0) + 1
+            if predicted is not None and conf_bin >= 0:
+                self._conf[conf_bin] += 1
+                classes = self._classes
+                classes[predicted] = classes.get(predicted, 0) + 1
             if row is not None and self._width:
                 n = self._rows_seen
                 slot = n if n < self._rows_cap else int(self._random() * (n + 1))
@@ -186,9 +206,10 @@ class InferenceRecorder:
             conf, classes = self._conf, self._classes
             feedback, correct = self._feedback, self._correct
             rows = None
-            if self._rows_seen >= self._min_drift:
+            if self._rows_seen >= self._min_drift and now - self._drift_at >= self._drift_interval:
                 rows = self._rows[: min(self._rows_seen, self._rows_cap)].copy()
                 self._rows_seen = 0
+                self._drift_at = now
             self._reset_window(now)
         inference = InferenceStats(
             model=self.model,
@@ -213,16 +234,14 @@ class InferenceRecorder:
             named[name] = named.get(name, 0) + n
         return named
 
-    def _drift(self, rows: npt.NDArray[np.float32] | None) -> DriftStats | None:
-        if rows is None or self._reference is None:
+    def _drift(self, rows: npt.NDArray[np.float32] | None) -> DriftReport | None:
+        if rows is None or self._monitor is None:
             return None
-        scores = self._reference.feature_psi(rows)
-        order = np.argsort(-scores, kind="stable")[: self._top]
-        return DriftStats(
-            samples=rows.shape[0],
-            score=float(scores.max()),
-            features=[FeatureDrift(feature=int(j), psi=float(scores[j])) for j in order],
-        )
+        return self._monitor.window(rows)
+
+    @property
+    def drift_monitor(self) -> DriftMonitor | None:
+        return self._monitor
 
 
 def _latency(latencies_s: npt.NDArray[np.float64], mean_s: float, max_s: float) -> LatencySummary:

@@ -25,26 +25,59 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract.errors import ModelError, NotFound
+from edgefleet_contract.summary import summarize
 
+from .config import DriftSettings
+from .drift_monitor import AlertPolicy
 from .metrics import InferenceRecorder, WindowStats
 from .runtime import Model, Prediction
+from .runtime.tasks import Arrays, Inference
 from .samples import PredictionCache, SampleStore
 
 RecorderFactory = Callable[[Model], InferenceRecorder]
 
 
 def recorder_for(model: Model) -> InferenceRecorder:
-    """The default recorder: latency, confidence, classes, and PSI against the package's
-    reference statistics (raw features, as the builder computed them)."""
+    """The default recorder: latency, confidence, classes, and drift tests against the
+    package's reference statistics (raw features, as the builder computed them)."""
     m = model.manifest
     return InferenceRecorder(m.name, m.version, labels=m.labels, reference=m.drift)
+
+
+def drift_recorders(settings: DriftSettings, baseline_file: Path | None) -> RecorderFactory:
+    """Recorders that test drift as ``settings`` say and keep the burn-in baseline in
+    ``baseline_file`` (one file: a new install starts a new baseline)."""
+    policy = AlertPolicy(
+        alpha=settings.alpha,
+        min_effect=settings.min_effect,
+        raise_after=settings.raise_after,
+        clear_after=settings.clear_after,
+        burn_in_rows=settings.burn_in_rows,
+    )
+
+    def make(model: Model) -> InferenceRecorder:
+        m = model.manifest
+        return InferenceRecorder(
+            m.name,
+            m.version,
+            labels=m.labels,
+            reference=m.drift,
+            min_drift_samples=settings.min_samples,
+            drift_interval_s=settings.interval_s,
+            drift_policy=policy,
+            baseline_file=baseline_file,
+        )
+
+    return make
 
 
 class NoModel(ModelError):
@@ -79,6 +112,7 @@ class ModelService:
         self._lock = threading.Lock()
         # (model, recorder) swapped as one tuple: the predict path reads it once, lock-free.
         self._active: tuple[Model, InferenceRecorder | None] | None = None
+        self._sessions = Sessions()
         self.swaps = 0
         """Models activated since start (telemetry and tests watch it)."""
 
@@ -171,6 +205,48 @@ class ModelService:
                 record(per_row, confidence, predicted, row)
         return prediction, rows, model
 
+    def infer(self, inputs: Any, session: str | None = None) -> tuple[Inference, str | None]:
+        """Any model's outputs and task answers (several inputs, any task); recorded.
+
+        A stateful model keeps its state per ``session``: a call without one opens a
+        new session, whose id comes back for the next call.  Sessions live as long as
+        the model serves, at most :data:`MAX_SESSIONS` of them (the least recently used
+        is forgotten first).  Calls of one session must not overlap.
+        """
+        active = self._active
+        if active is None:
+            raise NoModel("no model is loaded on this device yet")
+        model, recorder = active
+        stateful = model.runner is not None and model.runner.task.stateful
+        if stateful:
+            session = session or secrets.token_urlsafe(12)
+            state = self._sessions.get(model, session)
+        else:
+            session, state = None, None
+        start = self._clock()
+        try:
+            result = model.infer(inputs, state)
+        except ModelError:
+            if recorder is not None:
+                recorder.record_error()
+            raise
+        elapsed = self._clock() - start
+        if stateful and session is not None:
+            self._sessions.put(model, session, result.state)
+        if recorder is not None:
+            _record(recorder, elapsed, result)
+        if result.classes is not None:  # single-label classes: an id per answer for feedback
+            version = _version(model)
+            rows = result.drift_rows
+            for i, (answer, predicted) in enumerate(
+                zip(result.results, result.classes.tolist(), strict=True)
+            ):
+                prediction_id = secrets.token_urlsafe(12)
+                row = rows[i] if rows is not None else _NO_ROW
+                self._cache.put(prediction_id, row, predicted, version)
+                answer["id"] = prediction_id
+        return result, session
+
     # ----------------------------------------------------------- feedback --
 
     def feedback(self, prediction_id: str, label: str | int) -> bool:
@@ -192,7 +268,8 @@ class ModelService:
                 f"unknown or expired prediction id {prediction_id[:64]!r}: feedback must name an "
                 "id returned by a recent /v1/predict, once"
             )
-        if self._samples is not None:
+        # A format-2 model's cached row is its drift view, not a sample it could train on.
+        if self._samples is not None and model.runner is None:
             self._samples.add(cached.features, index, cached.model_version)
         correct = cached.predicted == index
         active = self._active
@@ -217,6 +294,53 @@ class ModelService:
         return active[1].snapshot()
 
 
+MAX_SESSIONS = 1024
+_NO_ROW = np.zeros(1, dtype=np.float32)
+
+
+class Sessions:
+    """State of stateful models per client session, bounded, dropped on a model swap."""
+
+    def __init__(self, limit: int = MAX_SESSIONS) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._model: Model | None = None
+        self._states: OrderedDict[str, Arrays] = OrderedDict()
+        self.evicted = 0
+        """Sessions forgotten because the limit was reached (their next call starts over)."""
+
+    def get(self, model: Model, session: str) -> Arrays | None:
+        with self._lock:
+            if self._model is not model:
+                self._model, self._states = model, OrderedDict()
+            state = self._states.get(session)
+            if state is not None:
+                self._states.move_to_end(session)
+            return state
+
+    def put(self, model: Model, session: str, state: Arrays) -> None:
+        with self._lock:
+            if self._model is not model:
+                return  # the model was swapped during the call: its state means nothing now
+            self._states[session] = state
+            self._states.move_to_end(session)
+            while len(self._states) > self._limit:
+                self._states.popitem(last=False)
+                self.evicted += 1
+
+
+def _record(recorder: InferenceRecorder, elapsed: float, result: Inference) -> None:
+    rows = result.drift_rows
+    n = max(len(result), 1)
+    per_row = elapsed / n
+    for i in range(n):
+        row = rows[i].astype("float32") if rows is not None and i < len(rows) else None
+        if result.classes is not None and result.confidence is not None:
+            recorder.record(per_row, result.confidence.item(i), result.classes.item(i), row)
+        else:
+            recorder.record(per_row, None, None, row)
+
+
 def _version(model: Model) -> str:
     return f"{model.manifest.name}@{model.manifest.version}"
 
@@ -239,6 +363,7 @@ def describe(model: Model) -> dict[str, object]:
     """What ``GET /v1/model`` and ``edge-agent status`` show about a model."""
     m = model.manifest
     return {
+        **summarize(m, size=model.package.size),
         "name": m.name,
         "version": m.version,
         "sha256": model.ref.sha256,

@@ -17,6 +17,7 @@ MODULES = {
     "bench_api": "API latency (issue: fleet server core)",
     "bench_connections": "Connected devices (issue: fleet server core)",
     "bench_metrics": "Recording one inference's metrics (issue: agent daemon)",
+    "bench_drift": "Drift alerts: false alerts and detection (issue: model monitoring)",
     "bench_spool": "Spool drain after an outage (issue: agent daemon)",
     "bench_inference": "Inference overhead and int8 vs float (issue: agent daemon)",
     "bench_agent_rss": "Idle agent memory (issue: agent daemon)",
@@ -29,6 +30,7 @@ MODULES = {
     "bench_rollouts": "Rollout throughput (issue: signed OTA)",
     "bench_ota_device": "OTA on the device: verification cost and delta bytes (issue: signed OTA)",
     "bench_simulator": "Fleet simulator at scale (issue: demo, simulator, benchmarks)",
+    "bench_byom": "Your own models: predict overhead, int8, pack time (issue: your own model)",
     "bench_gates": "Champion/challenger gate (issue: model monitoring)",
     "bench_estimate": "Label-free accuracy estimate (issue: model monitoring)",
 }

@@ -39,10 +39,11 @@ from fleet_server.federation.spec import LocalTraining, RunSpec
 from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink
 from fleet_server.modelkit.digits import PREPROCESSING, split
+from fleet_server.modelkit.partition import dirichlet_parts
 from fleet_server.store import open_store
 
 from ._lab import Lab, table
-from .bench_federated import dirichlet_parts, start_network
+from .bench_federated import start_network
 
 ROUNDS = 5
 LOCAL = LocalTraining(epochs=1, lr=0.1, batch_size=16)

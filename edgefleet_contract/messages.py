@@ -128,6 +128,63 @@ class DriftStats(Message):
     """The most drifted features, largest first."""
 
 
+class FeatureTest(Message):
+    feature: Annotated[int, Field(ge=0, le=1_000_000)]
+    p_value: Annotated[float, Field(ge=0, le=1)]
+    """Benjamini-Hochberg adjusted across the window's features."""
+    effect: Annotated[float, Field(ge=0, le=1)]
+    """Jensen-Shannon distance of the feature's histogram (0 = same, 1 = disjoint)."""
+
+
+class DriftTest(Message):
+    """One comparison of a window: against the package reference or the device baseline."""
+
+    p_value: Annotated[float, Field(ge=0, le=1)]
+    """The window's p-value: the smallest adjusted per-feature p (Simes)."""
+    effect: Annotated[float, Field(ge=0, le=1)]
+    """The largest per-feature Jensen-Shannon distance."""
+    drifted: Count = 0
+    """Features whose adjusted p-value is at most the report's ``alpha``."""
+    features: Annotated[list[FeatureTest], Field(max_length=4096)] = []
+    """The most significant features, smallest p first."""
+
+
+class BurnIn(Message):
+    rows: Count
+    needed: Count
+
+
+class DriftReport(Message):
+    """Drift of the window's inputs, tested on fixed-bin histograms (``method: chi2``).
+
+    Sent by agents since the chi-squared statistics; agents before it send
+    :class:`DriftStats` (PSI), which servers keep reading.  ``histograms`` are the
+    window's counts per feature over the package reference's bins: matrices of
+    one model version add up, so the server merges them per cohort.
+    """
+
+    method: Literal["chi2"]
+    samples: Count
+    alpha: Annotated[float, Field(gt=0, lt=1)]
+    reference: DriftTest
+    """Against the package's reference: how the device differs from the training data."""
+    baseline: DriftTest | None = None
+    """Against this device's burn-in baseline; None while the burn-in is still filling."""
+    burn_in: BurnIn
+    alert: bool = False
+    """The device's inputs changed from its own normal (hysteresis and minimum duration)."""
+    alert_windows: Count = 0
+    """Consecutive windows the alert condition has held (or, when alerting, cleared for)."""
+    histograms: Annotated[
+        list[Annotated[list[Count], Field(max_length=258)]], Field(max_length=4096)
+    ] = []
+
+    @property
+    def score(self) -> float:
+        """The effect that matters for this device: against its baseline once it has one."""
+        return (self.baseline or self.reference).effect
+
+
 class LinkStats(Message):
     connects: Count = 0
     disconnects: Count = 0
@@ -172,7 +229,8 @@ class Telemetry(Versioned):
     window_s: Annotated[float, Field(ge=0, le=86400)]
     system: SystemStats | None = None
     inference: InferenceStats | None = None
-    drift: DriftStats | None = None
+    drift: DriftReport | DriftStats | None = None
+    """PSI from older agents (:class:`DriftStats`), chi-squared tests from current ones."""
     learning: LearningStats | None = None
     link: LinkStats = LinkStats()
     spool: SpoolStats = SpoolStats()

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -39,12 +39,20 @@ from pydantic import (
 )
 
 from . import safezip
+from . import task as tasks
 from .drift import DriftReference
 from .errors import PackageError
 from .messages import ModelRef, Sha256, Timestamp
+from .preprocess import Preprocessing as Preprocessing
+from .preprocess import drift_view, raw_shape
 from .safezip import MANIFEST_NAME as MANIFEST_NAME  # part of the format's public surface
+from .task import Task
 
-FORMAT_VERSION: Literal[1] = 1
+FORMAT_VERSION: Literal[2] = 2
+"""The format this code writes for packages with a ``task`` section."""
+FORMATS_READ = (1, 2)
+"""Format 1 (single-input softmax classifiers, no task) is still read and still written
+for them, so devices running an older agent keep taking the reference models."""
 WEIGHTS_NAME = "weights.npz"
 SUFFIX = ".efpkg"
 
@@ -82,32 +90,31 @@ class TensorSpec(_Closed):
     """One runtime input or output; ``-1`` in ``shape`` is the batch dimension."""
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    shape: Annotated[list[Dim], Field(min_length=1, max_length=8)]
-    dtype: Literal["float32", "int8", "uint8"]
+    shape: Annotated[list[Dim], Field(max_length=8)]
+    dtype: Literal["float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool"]
     quantization: TensorQuantization | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TensorSpec:
         if any(d == 0 for d in self.shape) or -1 in self.shape[1:]:
             raise ValueError("only the first (batch) dimension may be -1, and none may be 0")
-        if (self.dtype != "float32") != (self.quantization is not None):
-            raise ValueError("integer tensors need quantization parameters; float ones none")
+        if (self.dtype in ("int8", "uint8")) != (self.quantization is not None):
+            raise ValueError("int8/uint8 tensors need quantization parameters; others none")
         return self
+
+    @property
+    def batched(self) -> bool:
+        return bool(self.shape) and self.shape[0] == -1
 
     @property
     def features(self) -> int:
         """Values per sample (the product of the non-batch dimensions)."""
-        return math.prod(self.shape[1:])
+        return math.prod(self.shape[1:] if self.batched else self.shape)
 
-
-Floats = float | Annotated[list[float], Field(min_length=1, max_length=65536)]
-
-
-class Preprocessing(_Closed):
-    """Applied by the runtime to raw features: ``x * scale + offset`` (per feature or scalar)."""
-
-    scale: Floats = 1.0
-    offset: Floats = 0.0
+    @property
+    def quant_params(self) -> tuple[float, int] | None:
+        q = self.quantization
+        return None if q is None else (q.scale, q.zero_point)
 
 
 Share = Annotated[float, Field(ge=0, le=1)]
@@ -183,9 +190,14 @@ class SelfTest(_Closed):
     """
 
     inputs: Annotated[list[list[float]], Field(min_length=1, max_length=1024)]
+    """Format 2: each row is one call's data and state inputs, raw and flattened, in the
+    order of ``task.inputs`` (constants are not repeated)."""
     expected: Annotated[list[list[float]], Field(min_length=1, max_length=1024)]
+    """Format 2: each row is every output of that call, flattened, in manifest order."""
     atol: Annotated[float, Field(gt=0, le=1)]
-    """Largest absolute difference allowed on any probability."""
+    """Largest absolute difference allowed on any probability (format 2: any value,
+    plus ``rtol`` times its magnitude)."""
+    rtol: Annotated[float, Field(ge=0, le=1)] = 0.0
     min_top1_agreement: Annotated[float, Field(ge=0, le=1)] = 1.0
     """Share of vectors whose top-1 class must match the expected one."""
 
@@ -262,17 +274,20 @@ class FileEntry(_Closed):
 
 
 class Manifest(_Closed):
-    format: Literal[1] = FORMAT_VERSION
+    format: Literal[1, 2] = 1
     name: PackageName
     version: SemVer
     runtime: Runtime
     quantization: Quantization
     flavor: Literal["onnx-float32", "onnx-int8", "tflite-float32", "tflite-int8"]
     model_file: safezip.MemberName
-    inputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=1)]
-    outputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=1)]
+    inputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=16)]
+    outputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=16)]
     preprocessing: Preprocessing = Preprocessing()
-    labels: Annotated[list[Label], Field(min_length=2, max_length=10_000)]
+    """Format 1 only (scale and offset); format 2 declares it per input in ``task``."""
+    task: Task | None = None
+    """Format 2 only: what the tensors mean (see :mod:`edgefleet_contract.task`)."""
+    labels: Annotated[list[Label], Field(max_length=10_000)] = []
     self_test: SelfTest
     drift: DriftReference
     trainable: Trainable | None = None
@@ -281,10 +296,34 @@ class Manifest(_Closed):
     files: Annotated[list[FileEntry], Field(max_length=MAX_MEMBERS - 1)] = []
     """Filled in by :func:`write_package`; a package read back always lists its model file."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_task(cls, doc: Any) -> Any:
+        if isinstance(doc, dict):
+            tasks.refuse_unknown(doc.get("task"))
+        return doc
+
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         if self.flavor != flavor_of(self.runtime, self.quantization.dtype):
             raise ValueError(f"flavor must be {flavor_of(self.runtime, self.quantization.dtype)!r}")
+        paths = [f.path for f in self.files]
+        if len(set(paths)) != len(paths) or MANIFEST_NAME in paths:
+            raise ValueError("files must be listed once each, and never manifest.json")
+        if self.format == 1:
+            self._check_format1()
+        else:
+            self._check_format2()
+        return self
+
+    def _check_format1(self) -> None:
+        if self.task is not None:
+            raise ValueError("a task section needs format 2")
+        if len(self.inputs) != 1 or len(self.outputs) != 1 or len(self.labels) < 2:
+            raise ValueError("format 1 has one input, one output and at least two labels")
+        extra = self.preprocessing.model_dump(exclude={"scale", "offset"}, exclude_defaults=True)
+        if extra:
+            raise ValueError(f"format 1 preprocessing is scale and offset, not {sorted(extra)}")
         features, classes = self.inputs[0].features, self.outputs[0].features
         if len(self.labels) != classes:
             raise ValueError(f"{len(self.labels)} labels for an output of {classes} classes")
@@ -300,14 +339,54 @@ class Manifest(_Closed):
             raise ValueError(f"the drift reference must describe {features} features")
         if self.trainable and math.prod(self.trainable.input_shape) != features:
             raise ValueError("trainable.input_shape does not hold the input's feature count")
-        paths = [f.path for f in self.files]
-        if len(set(paths)) != len(paths) or MANIFEST_NAME in paths:
-            raise ValueError("files must be listed once each, and never manifest.json")
-        return self
+
+    def _check_format2(self) -> None:
+        from .manifest_checks import check_task  # the task rules, kept beside their schema
+
+        if self.task is None:
+            raise ValueError("format 2 needs a task section")
+        if not self.preprocessing.is_identity:
+            raise ValueError("format 2 declares preprocessing per input, in task.inputs")
+        if self.trainable is not None:
+            raise ValueError("format 2 packages do not declare trainable weights yet")
+        check_task(self)
 
     @property
     def features(self) -> int:
         return self.inputs[0].features
+
+    def input_spec(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output_spec(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+
+def as_task(manifest: Manifest) -> Task:
+    """The manifest's task; a format-1 package reads as a softmax classifier of its input."""
+    if manifest.task is not None:
+        return manifest.task
+    return tasks.Classification(
+        kind="classification",
+        inputs=[
+            tasks.InputRole(name=manifest.inputs[0].name, preprocessing=manifest.preprocessing)
+        ],
+        output=manifest.outputs[0].name,
+    )
+
+
+def drift_width(manifest: Manifest) -> int:
+    """How many features the drift reference of ``manifest`` must describe."""
+    task = as_task(manifest)
+    width = 0
+    for role in task.data_inputs:
+        if role.drift == "none":
+            continue
+        spec = manifest.input_spec(role.name)
+        shape = raw_shape(role.preprocessing, spec.shape)
+        probe = np.zeros((1, *shape), dtype=np.float32)
+        width += drift_view(probe, role.preprocessing, role.drift).shape[1]
+    return width
 
 
 def flavor_of(runtime: str, dtype: str) -> str:
@@ -362,7 +441,7 @@ def parse_package(data: bytes, *, max_bytes: int = MAX_PACKAGE_BYTES) -> ModelPa
     if manifest_bytes is None:
         raise PackageError(f"the package has no {MANIFEST_NAME}")
     manifest = safezip.load_manifest(
-        manifest_bytes, Manifest, format_version=FORMAT_VERSION, kind=_KIND
+        manifest_bytes, Manifest, format_version=FORMATS_READ, kind=_KIND
     )
     _verify_members(manifest, members)
     return ModelPackage(
@@ -476,9 +555,18 @@ def pack_package(manifest: Manifest, files: Mapping[str, bytes]) -> bytes:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for entry in entries:
             archive.writestr(zipfile.ZipInfo(entry.path, safezip.ZIP_EPOCH), files[entry.path])
-        doc = final.model_dump_json().encode()
+        doc = manifest_json(final)
         archive.writestr(zipfile.ZipInfo(MANIFEST_NAME, safezip.ZIP_EPOCH), doc)
     return buffer.getvalue()
+
+
+def manifest_json(manifest: Manifest) -> bytes:
+    """The manifest as written; a format-1 one has exactly the fields format 1 always had,
+    so an agent that predates format 2 still reads the reference packages."""
+    if manifest.format == 1:
+        legacy: Any = {"task": True, "self_test": {"rtol"}}
+        return manifest.model_dump_json(exclude=legacy).encode()
+    return manifest.model_dump_json().encode()
 
 
 def write_package(path: Path, manifest: Manifest, files: Mapping[str, bytes]) -> ModelPackage:

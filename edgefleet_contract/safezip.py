@@ -125,16 +125,19 @@ def unpack(
     return members
 
 
-def load_manifest(raw: bytes, schema: type[M], *, format_version: int, kind: ArchiveKind) -> M:
-    """``raw`` validated as ``schema``, refused first if it is of another format version."""
+def load_manifest(
+    raw: bytes, schema: type[M], *, format_version: int | tuple[int, ...], kind: ArchiveKind
+) -> M:
+    """``raw`` validated as ``schema``, refused first if it is of a format version not read."""
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackageError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
-    if isinstance(doc, dict) and doc.get("format") != format_version:
+    known = format_version if isinstance(format_version, tuple) else (format_version,)
+    if isinstance(doc, dict) and doc.get("format") not in known:
         raise PackageError(
             f"{MANIFEST_NAME} has format {doc.get('format')!r}; this version reads format "
-            f"{format_version} (upgrade the agent or rebuild the {kind.noun})"
+            f"{' and '.join(map(str, known))} (upgrade the agent or rebuild the {kind.noun})"
         )
     try:
         return schema.model_validate(doc)

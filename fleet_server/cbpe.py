@@ -38,7 +38,17 @@ MIN_BIN = 10
 """Reference answers a bin needs for its own accuracy to be used (else it is pooled)."""
 MAX_THIN_MASS = 0.1
 DRIFT_LINE = 0.25
-"""The drift score above which inputs count as shifted (the default drift gate)."""
+"""Reference drift (PSI, or Jensen-Shannon distance) above which inputs count as shifted."""
+
+
+def reference_drift(drift: Any) -> float | None:
+    """How far a window's inputs are from the package reference (what the calibration was
+    measured on): the reference test's Jensen-Shannon effect from current agents, the PSI
+    score from older ones; None without a drift report."""
+    if drift is None:
+        return None
+    reference = getattr(drift, "reference", None)
+    return float(reference.effect) if reference is not None else float(drift.score)
 
 
 @dataclass(frozen=True)

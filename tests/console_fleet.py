@@ -19,9 +19,12 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 from cryptography import x509
 
+from agent.drift_monitor import AlertPolicy, DriftMonitor
 from edgefleet_contract.codec import Codec
+from edgefleet_contract.drift import build_reference
 from edgefleet_contract.messages import (
     DriftStats,
     FeatureDrift,
@@ -59,10 +62,27 @@ class RichDevice:
     """A device link sending model telemetry (latency, confidence, drift) every ``period`` s."""
 
     def __init__(
-        self, server: FleetServer, folder: Path, device_id: str, *, drifting: bool
+        self,
+        server: FleetServer,
+        folder: Path,
+        device_id: str,
+        *,
+        drifting: bool,
+        chi2: bool = False,
     ) -> None:
         self.device_id = device_id
         self.drifting = drifting
+        # chi2: a current agent's drift reports (tests against reference and baseline);
+        # otherwise the PSI an older agent sends
+        self._monitor = (
+            DriftMonitor(
+                build_reference(np.random.default_rng(0).normal(size=(2000, 8))),
+                policy=AlertPolicy(burn_in_rows=400),
+            )
+            if chi2
+            else None
+        )
+        self._np_rng = np.random.default_rng(1)
         self.link = fleet_link(server, folder, device_id, agent_version="0.1.0")
         parsed = x509.load_pem_x509_certificate((folder / "cert.pem").read_bytes())
         server.store.add_certificate(
@@ -130,7 +150,13 @@ class RichDevice:
                 ),
                 confidence_hist=hist,
             ),
-            drift=DriftStats(
+            # drift comes with every third batch, as an agent tests it only once enough
+            # rows arrived: the chart must draw across the batches without it
+            drift=None
+            if self._seq % 3
+            else self._monitor.window(self._np_rng.normal(0.3, 1.0, size=(200, 8)))
+            if self._monitor is not None
+            else DriftStats(
                 samples=200,
                 score=0.04 + 0.4 * shift + 0.02 * rng.random(),
                 features=[
@@ -229,11 +255,12 @@ class ConsoleFleet:
             ),
         ]
         for device_id, version, drifting, update in plans:
+            chi2 = device_id == "cam-01"
             self.server.store.create_device(
                 device_id, name=device_id, tags={"site": "porto", "kind": "camera"}, now=time.time()
             )
             device = RichDevice(
-                self.server, self.tmp / "rich" / device_id, device_id, drifting=drifting
+                self.server, self.tmp / "rich" / device_id, device_id, drifting=drifting, chi2=chi2
             )
             device.start(version, update)
             self.rich.append(device)

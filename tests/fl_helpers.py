@@ -26,25 +26,13 @@ from edgefleet_contract.topics import Channel
 from fleet_server.federation.spec import LocalTraining, RunSpec
 from fleet_server.modelkit.build import build_package
 from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
+from fleet_server.modelkit.partition import dirichlet_parts
 from fleet_server.server import FleetServer
 
 from .harness import enroll_agent, fleet_link, wait_for
 
 MODEL = "digits-fl"
 BIN = Path(sys.executable).parent
-
-
-def dirichlet_parts(y: np.ndarray, clients: int, alpha: float, seed: int) -> list[np.ndarray]:
-    """Non-IID label partition: each class spread over clients by Dirichlet(alpha)."""
-    rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in range(clients)]
-    for label in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == label))
-        shares = rng.dirichlet([alpha] * clients)
-        cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
-        for part, chunk in zip(parts, np.split(idx, cuts), strict=True):
-            part.extend(chunk.tolist())
-    return [np.asarray(sorted(p), dtype=np.int64) for p in parts]
 
 
 def write_start_package(models_dir: Path, *, seed: int = 7) -> None:

@@ -149,3 +149,45 @@ def test_the_systemd_unit_is_valid_and_hardened(tmp_path: Path) -> None:
     )
     problems = [line for line in result.stderr.splitlines() if "edge-agent.service" in line]
     assert result.returncode == 0 and not problems, result.stderr
+
+
+def test_predict_an_image_file_in_process_with_a_packed_cnn(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fleet_server.modelkit.pack import PackRequest, pack
+
+    from .thirdparty_kit import CNN, CNN_IMAGES, CNN_SPEC, digit_labels, digits_truth, write
+
+    _, package = pack(
+        PackRequest(
+            model=CNN,
+            name="digits-torch",
+            version="1.0.0",
+            labels=digit_labels(tmp_path),
+            calibration=CNN_IMAGES,
+            spec=write(tmp_path, "cnn.toml", CNN_SPEC),
+            output=tmp_path / "cnn.efpkg",
+        )
+    )
+    image = np.load(CNN_IMAGES)[3]
+    big = np.kron(image, np.ones((4, 4, 1), dtype=np.uint8))  # 64x64: resized on the way in
+    Image.fromarray(big).save(tmp_path / "digit.png")
+    result = edge_agent(tmp_path / "digit.png", "--model", package, data_dir=tmp_path / "none")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["predictions"][0]["class_id"] == int(digits_truth()[3])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    result = edge_agent(broken, "--model", package, data_dir=tmp_path / "none")
+    assert result.returncode != 0 and "not a readable image file" in result.stderr
+
+
+def test_predict_a_json_file_that_names_the_inputs(tmp_path: Path) -> None:
+    from .thirdparty_kit import two_input_package
+
+    package = two_input_package(tmp_path)
+    body = tmp_path / "named.json"
+    body.write_text(json.dumps({"inputs": {"a": [[1, 2, 3]], "b": [[1, 1, 1]]}}))
+    result = edge_agent(body, "--model", package, data_dir=tmp_path / "none")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["predictions"][0]["values"]["sum"] == [2, 3, 4]

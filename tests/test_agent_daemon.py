@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet_contract.messages import Telemetry
+from edgefleet_contract.messages import DriftReport, Telemetry
 from fleet_server.broker import ManagedBroker
 from fleet_server.config import SERVER_IDENTITY
 
@@ -136,7 +136,7 @@ def test_state_telemetry_and_drift_from_the_running_daemon(
 ) -> None:
     watcher = Watcher(pki.server, broker.port, f"{SERVER_IDENTITY}-drift")
     data = device_dir(pki, tmp_path / "dev", "drift-1", broker.port)
-    agent = processes(data, EDGE_AGENT_FIRMWARE_VERSION="2.4.1")
+    agent = processes(data, EDGE_AGENT_FIRMWARE_VERSION="2.4.1", EDGE_AGENT_DRIFT__INTERVAL_S="0")
     rows = _rows()
     try:
         wait_for(lambda: watcher.state("drift-1") is not None, 60, "reported state")
@@ -161,8 +161,11 @@ def test_state_telemetry_and_drift_from_the_running_daemon(
 
         normal = drift_after(rows[:300])
         shifted = drift_after(np.clip(rows[:300] * 0.3 + 9.0, 0, 16))
-        assert normal.drift is not None and shifted.drift is not None
-        assert shifted.drift.score > max(0.25, 3 * normal.drift.score)
+        assert isinstance(normal.drift, DriftReport) and isinstance(shifted.drift, DriftReport)
+        assert normal.drift.baseline is None  # still learning this device's normal
+        assert normal.drift.reference.p_value > 1e-4
+        assert shifted.drift.reference.p_value < 1e-9
+        assert shifted.drift.score > max(0.5, 2 * normal.drift.score)
         windows = [t.inference for t in watcher.batches("drift-1") if t.inference]
         assert sum(w.count for w in windows) >= 600
         latency = next(w.latency for w in windows if w.latency)

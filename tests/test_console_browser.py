@@ -138,6 +138,10 @@ def test_overview_counts_and_alerts(fleet: ConsoleFleet, page: Page) -> None:
     expect(page.locator(".bars a", has_text="digits@1.2.0")).to_be_visible()
     expect(page.locator(".panel", has_text="Active rollouts")).to_contain_text("No active rollout")
     expect(page.locator(".overview path.line").nth(2)).to_be_attached()
+    # cam-01 sends chi-squared drift reports: its windows make the cohort table
+    cohorts = page.locator("#cohorts")
+    expect(cohorts.locator("caption", has_text="digits 1.3.0")).to_be_visible(timeout=WAIT_MS)
+    expect(cohorts.locator("tbody tr")).not_to_have_count(0)
     shot(page, "overview")
 
 
@@ -159,6 +163,8 @@ def test_device_page_draws_live_charts(fleet: ConsoleFleet, page: Page) -> None:
     drift = page.locator("figure.chart", has_text="Drift per feature")
     expect(drift.locator("path.line")).to_have_count(5)  # the max and four features
     expect(drift.locator("path.line").first).to_have_attribute("data-series", "max")
+    sparse = drift.locator("path.line").first.get_attribute("d") or ""
+    assert sparse.count("L") >= 1, sparse  # points joined across batches without drift
     latency = page.locator("figure.chart", has_text="Latency").locator("path.line")
     expect(latency).to_have_count(3)
     expect(page.locator("[data-diff]").first).to_be_visible()
@@ -171,6 +177,11 @@ def test_device_page_draws_live_charts(fleet: ConsoleFleet, page: Page) -> None:
         page.locator(".panel", has_text="Recent commands").locator("tbody tr")
     ).not_to_have_count(0)
     shot(page, "device")
+
+    page.goto(f"{fleet.url}/console/#/devices/cam-01")
+    both = page.locator("figure.chart", has_text="baseline vs reference").locator("path.line")
+    expect(both.first).to_have_attribute("data-series", "vs own baseline")
+    expect(both).to_have_count(3)  # baseline, reference, alert
 
     page.goto(f"{fleet.url}/console/#/devices/cam-03")
     expect(page.locator(".panel", has_text="Update history")).to_contain_text("self-test mismatch")
@@ -319,6 +330,32 @@ def test_training_run_page_draws_rounds(fleet: ConsoleFleet, page: Page) -> None
     shot(page, "training")
 
 
+def test_operator_starts_a_training_run_from_the_form(fleet: ConsoleFleet, page: Page) -> None:
+    """The strategies and defaults come from the server's schema; what the form sends is the
+    run's spec (an incoherent one comes back as the server's 422)."""
+    login(page, fleet.url, "otto", OPERATOR_PASSWORD)
+    page.locator("#nav").get_by_role("link", name="Training runs").click()
+    page.locator("#start-training > summary").click()
+    strategy = page.get_by_label("Strategy")
+    expect(strategy.locator("option:checked")).to_have_text("fedadam (default)")
+    expect(strategy.locator("option")).to_contain_text(["fedavg", "fedyogi", "fedbuff"])
+    expect(page.get_by_label("Buffer size")).to_have_value("5")
+    strategy.select_option("fedbuff")
+    page.get_by_label("Target").fill("tag:fl=nobody")
+    page.get_by_label("Min clients").fill("4")
+    page.get_by_label("Buffer size").fill("3")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.get_by_role("alert")).to_contain_text("must not exceed")
+    page.get_by_label("Min clients").fill("2")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.locator(".facts")).to_contain_text("fedbuff")
+    spec = page.locator(".panel", has_text="Spec").locator("pre")
+    expect(spec).to_contain_text('"buffer_size": 3')
+    expect(spec).to_contain_text('"strategy": "fedbuff"')
+    page.get_by_role("button", name="Stop run").click()  # nobody is eligible: it would wait
+    expect(page.locator(".facts")).to_contain_text("stopped")
+
+
 def test_models_page_lists_registered_versions(fleet: ConsoleFleet, page: Page) -> None:
     package = Path(__file__).resolve().parent.parent / "models" / "dist"
     pushed = fleet.push_model(package / "digits-1.0.0-onnx-int8.efpkg")
@@ -342,6 +379,41 @@ def test_models_page_lists_registered_versions(fleet: ConsoleFleet, page: Page) 
     text = page.evaluate("async (u) => (await (await fetch(u)).text())", md)
     assert str(text).startswith("# Model card: digits 1.0.0")
     shot(page, "model-card")
+
+
+def test_model_page_shows_the_task_and_every_tensor(
+    fleet: ConsoleFleet, page: Page, tmp_path: Path
+) -> None:
+    from fleet_server.modelkit.pack import PackRequest, pack
+
+    from .thirdparty_kit import IFOREST, IFOREST_SPEC, SENSOR_CSV, write
+
+    _, packed = pack(
+        PackRequest(
+            model=IFOREST,
+            name="pump-anomaly",
+            version="1.0.0",
+            task="anomaly",
+            calibration=SENSOR_CSV,
+            spec=write(tmp_path, "s.toml", IFOREST_SPEC),
+            output=tmp_path / "pump.efpkg",
+        )
+    )
+    pushed = fleet.push_model(packed)
+    login(page, fleet.url, "vera", VIEWER_PASSWORD)
+    page.locator("#nav").get_by_role("link", name="Models & firmware").click()
+    row = page.locator(".results tbody tr", has_text=str(pushed["target_path"]))
+    row.get_by_role("link", name="pump-anomaly").click()
+    expect(page.locator("h1")).to_have_text("pump-anomaly 1.0.0")
+    expect(page.locator("[data-task]")).to_have_text("anomaly")
+    expect(page.locator("main")).to_contain_text("higher_is_anomalous: false")
+    inputs = page.get_by_role("region", name="Inputs")
+    expect(inputs).to_contain_text("float32[batch, 4]")
+    expect(inputs).to_contain_text("features temperature_c, vibration_mm_s")
+    outputs = page.get_by_role("region", name="Outputs")
+    expect(outputs).to_contain_text("scores")
+    expect(outputs).to_contain_text("label")
+    shot(page, "model")
 
 
 def test_logout_ends_the_session(fleet: ConsoleFleet, page: Page) -> None:

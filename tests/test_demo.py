@@ -85,6 +85,14 @@ def check_against_server(summary: dict[str, Any], data_dir: Path) -> None:
             update_bytes += reported.update.bytes_transferred
         assert update_bytes == summary["update_bytes"]
 
+        # Drift alerts only on the devices whose inputs the demo changed, and the server's
+        # own record says each of those alerted (from its baseline) while the others never did.
+        assert summary["drift_alerts"] == summary["shifted_devices"] == ids[:1]
+        for device_id in ids:
+            raw = store.query_raw(device_id, since=summary["since"], until=1e11, limit=10**6)
+            alerted = [b for b in raw if getattr(b.drift, "alert", False)]
+            assert bool(alerted) == (device_id in summary["shifted_devices"]), device_id
+
         # Nothing lost: every batch each agent built this run is in the server's store,
         # or still in that agent's outbox; one boot, no gap, no duplicate.
         for device_id in ids:

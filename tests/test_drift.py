@@ -59,12 +59,17 @@ def test_reference_from_training_data() -> None:
     ref = build_reference(x, bins=10)
     assert ref.samples == 5000
     continuous, binary, constant = ref.features
-    assert len(continuous.edges) == 9
-    assert all(p == pytest.approx(0.1, abs=0.01) for p in continuous.expected)
-    assert binary.edges == [0.0, 1.0] and constant.edges == [3.0]
-    # The bin below the training minimum is empty: values under the seen range show up as drift.
-    assert binary.expected[0] == 0.0 and binary.expected[1] == pytest.approx(0.5, abs=0.03)
-    assert constant.expected == [0.0, 1.0]
+    # Nine quantile edges plus one at each end of the seen range: the out-of-range bins
+    # are empty, so values outside what training saw show up as drift.
+    assert len(continuous.edges) == 11
+    assert continuous.expected[0] == 0.0 and continuous.expected[-1] == 0.0
+    assert all(p == pytest.approx(0.1, abs=0.01) for p in continuous.expected[1:-1])
+    # Discrete values get value-level bins [v - d, v + d), the gaps between them their own.
+    assert binary.edges == pytest.approx([0.0, 0.0, 1.0, 1.0], abs=1e-5)
+    assert binary.expected[0::2] == [0.0, 0.0, 0.0]
+    assert binary.expected[1] == pytest.approx(0.5, abs=0.03)
+    assert constant.edges == pytest.approx([3.0, 3.0], abs=1e-5)
+    assert constant.expected == [0.0, 1.0, 0.0]
     # Training data scored against its own reference shows no drift at all.
     assert feature_psi(ref, x) == pytest.approx([0.0, 0.0, 0.0], abs=1e-12)
     # The reference survives the package format (JSON) unchanged.
@@ -85,7 +90,7 @@ def test_any_finite_matrix_gives_a_valid_reference(x: np.ndarray, bins: int) -> 
     ref = build_reference(x, bins=bins)  # the pydantic validators re-check every invariant
     assert len(ref.features) == x.shape[1]
     for f in ref.features:
-        assert len(f.edges) <= bins - 1
+        assert len(f.edges) <= 255
     assert np.all(feature_psi(ref, x) < 1e-9)
 
 

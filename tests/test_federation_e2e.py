@@ -63,6 +63,7 @@ def spec(**kw: object) -> RunSpec:
     base: dict[str, object] = {
         "model": MODEL,
         "target": "tag:fl=yes",
+        "strategy": "fedavg",  # these tests are about the transport and its failures
         "rounds": 3,
         "min_clients": 4,
         "round_timeout_s": 120,

@@ -15,6 +15,7 @@ from agent.learning.worker import LearningWorker
 from edgefleet_contract import flframes, flower_compat
 from edgefleet_contract.package import decode_weights, read_package
 from fleet_server.federation.app import run_rounds
+from fleet_server.federation.deadline import round_close
 from fleet_server.federation.grid import MqttGrid
 from fleet_server.federation.spec import RunSpec
 from fleet_server.federation.validate import UpdateCheck
@@ -25,7 +26,15 @@ from .fl_helpers import dirichlet_parts
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def federate(spec: RunSpec, clients: int = 5) -> tuple[list[float], MqttGrid]:
+def federate(
+    spec: RunSpec,
+    clients: int = 5,
+    *,
+    silent: set[str] = frozenset(),  # type: ignore[assignment]
+    final: dict[str, np.ndarray] | None = None,
+) -> tuple[list[float], MqttGrid]:
+    """``spec`` over ``clients`` in-process devices; ``silent`` ones never answer; ``final``
+    receives the last global weights."""
     from models.build import REFERENCES
     from models.train import init_network
 
@@ -43,10 +52,11 @@ def federate(spec: RunSpec, clients: int = 5) -> tuple[list[float], MqttGrid]:
             max_payload=8 * 1024,
         )
     grid = MqttGrid(
-        lambda d, frame: workers[d].on_frame(frame),
+        lambda d, frame: None if d in silent else workers[d].on_frame(frame),
         eligible=lambda: list(workers),
         max_payload=8 * 1024,
         validator=UpdateCheck(max_update_norm=spec.max_update_norm),
+        close=round_close(spec),
     )
     mlp = Mlp(network.trainable)
     x_test = prepare(data.x_test, PREPROCESSING)
@@ -54,6 +64,8 @@ def federate(spec: RunSpec, clients: int = 5) -> tuple[list[float], MqttGrid]:
 
     def hook(round_no: int, weights: dict[str, np.ndarray]) -> dict[str, float]:
         curve.append(evaluate(mlp, weights, x_test, data.y_test)[1])
+        if final is not None:
+            final.update(weights)
         return {"accuracy": curve[-1]}
 
     flower_compat.set_task_identity(9)
@@ -76,12 +88,26 @@ def federate(spec: RunSpec, clients: int = 5) -> tuple[list[float], MqttGrid]:
     "options",
     [
         {"strategy": "fedadam", "server_lr": 0.05},
+        {"strategy": "fedyogi"},
+        {"strategy": "fedadagrad"},
+        {"strategy": "fedavgm"},
+        {"strategy": "fedbuff", "buffer_size": 5},
         {"strategy": "krum", "krum_malicious": 1},
         {"strategy": "trimmed-mean", "trim_beta": 0.2},
         {"strategy": "fedprox", "local": {"proximal_mu": 0.1, "epochs": 3}},
         {"strategy": "fedavg", "privacy": {"central_dp": True, "noise_multiplier": 0.01}},
     ],
-    ids=["fedadam", "krum", "trimmed-mean", "fedprox", "central-dp"],
+    ids=[
+        "fedadam",
+        "fedyogi",
+        "fedadagrad",
+        "fedavgm",
+        "fedbuff",
+        "krum",
+        "trimmed-mean",
+        "fedprox",
+        "central-dp",
+    ],
 )
 def test_strategy_learns(options: dict[str, object]) -> None:
     spec = RunSpec.model_validate(
@@ -93,6 +119,71 @@ def test_strategy_learns(options: dict[str, object]) -> None:
     train = [e for e in grid.exchanges if e.message_type == "train"]
     why = [(e.replies, dict(e.failures)) for e in train], dict(grid.rejected), grid.late
     assert sum(e.replies for e in train) == 15, why
+
+
+def initial_weights() -> dict[str, np.ndarray]:
+    from models.build import REFERENCES
+    from models.train import init_network
+
+    ref = REFERENCES["digits"]
+    network = init_network(ref.input_shape, ref.layers, ref.widths, seed=5)
+    return {k: np.asarray(v, np.float64) for k, v in network.weights.items()}
+
+
+def one_round(strategy: str, **options: object) -> dict[str, np.ndarray]:
+    spec = RunSpec.model_validate(
+        {"model": "digits", "rounds": 1, "min_clients": 5, "strategy": strategy} | options
+    )
+    final: dict[str, np.ndarray] = {}
+    federate(spec, final=final)
+    return {k: np.asarray(v, np.float64) for k, v in final.items()}
+
+
+def test_server_optimisers_step_from_the_fedavg_mean_as_their_papers_say() -> None:
+    """Devices train deterministically, so round 1's FedAvg mean is the same for every
+    strategy; each server optimiser must turn it into its own step (a strategy that fell
+    back to FedAvg, or ignored server_lr, lands elsewhere)."""
+    w0 = initial_weights()
+    mean = one_round("fedavg")
+    delta = {k: mean[k] - w0[k] for k in w0}
+    assert max(float(np.abs(d).max()) for d in delta.values()) > 1e-3
+    eta, tau = 0.2, 1e-3
+    adam_eta = eta * np.sqrt(1 - 0.99**2) / (1 - 0.9**2)  # Flower's bias correction, round 1
+    expected = {
+        "fedavgm": {k: w0[k] + 2.0 * d for k, d in delta.items()},
+        "fedadam": {
+            k: w0[k] + adam_eta * 0.1 * d / (np.sqrt(0.01 * d**2) + tau) for k, d in delta.items()
+        },
+        "fedyogi": {
+            k: w0[k] + eta * 0.1 * d / (np.sqrt(0.01 * d**2) + tau) for k, d in delta.items()
+        },
+        "fedadagrad": {k: w0[k] + eta * d / (np.abs(d) + tau) for k, d in delta.items()},
+    }
+    for strategy, want in expected.items():
+        got = one_round(strategy, server_lr=2.0 if strategy == "fedavgm" else eta)
+        for k in want:
+            assert np.allclose(got[k], want[k], atol=2e-5), (strategy, k)
+            assert not np.allclose(got[k], mean[k], atol=1e-4), (strategy, k)
+
+
+def test_fedbuff_run_is_asynchronous_not_rounds() -> None:
+    """With a buffer of 2 and 5 devices, each aggregation uses the first 2 updates in; the
+    run books one train exchange per aggregation, and fresh devices keep being sent work."""
+    spec = RunSpec.model_validate(
+        {
+            "model": "digits",
+            "rounds": 6,
+            "min_clients": 2,
+            "strategy": "fedbuff",
+            "buffer_size": 2,
+            "local": {"epochs": 2},
+        }
+    )
+    curve, grid = federate(spec)
+    train = [e for e in grid.exchanges if e.message_type == "train"]
+    assert len(train) == 6 and all(e.replies == 2 for e in train)
+    assert sum(e.sent for e in train) >= 6 * 2
+    assert curve[-1] > 0.4, curve
 
 
 def test_local_dp_noises_every_update() -> None:

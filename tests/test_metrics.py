@@ -97,7 +97,8 @@ def test_drift_waits_for_enough_rows_then_scores_and_resets() -> None:
     for row in rng.normal(size=(200, 3)).astype(np.float32):
         rec.record(0.001, confidence=0.9, predicted=0, row=row)
     drift = rec.snapshot().drift
-    assert drift is not None and drift.samples == 400 and drift.score < 0.1
+    assert drift is not None and drift.samples == 400 and drift.reference.p_value > 0.01
+    assert drift.baseline is None and drift.burn_in.rows == 400  # the burn-in is filling
     assert rec.snapshot().drift is None  # scored rows are consumed
 
     shifted = rng.normal(size=(2000, 3)).astype(np.float32)
@@ -107,9 +108,12 @@ def test_drift_waits_for_enough_rows_then_scores_and_resets() -> None:
     drift = rec.snapshot().drift
     assert drift is not None
     assert drift.samples == 1024  # reservoir capacity, uniformly sampled
-    assert drift.score > 0.25
-    assert drift.features[0].feature == 1 and drift.features[0].psi == drift.score
-    assert [f.psi for f in drift.features] == sorted((f.psi for f in drift.features), reverse=True)
+    assert drift.reference.p_value < 1e-6 and drift.reference.drifted == 1
+    top = drift.reference.features
+    assert top[0].feature == 1 and top[0].effect == drift.reference.effect > 0.3
+    assert [f.p_value for f in top] == sorted(f.p_value for f in top)
+    # The window's histograms travel with the report: one row per feature, all rows counted.
+    assert len(drift.histograms) == 3 and all(sum(h) == 1024 for h in drift.histograms)
 
 
 def test_rows_of_the_wrong_width_are_counted_not_raised() -> None:

@@ -76,3 +76,43 @@ def test_train_start_watch_list_stop(fleet: FleetServer, tmp_path: Path) -> None
     finally:
         for d in made:
             d.stop()
+
+
+def test_train_start_strategy_options_reach_the_run_spec(fleet: FleetServer) -> None:
+    login_admin(fleet.settings.api_url)
+    code, out, err = fleetctl(
+        ["--json", "train", "start", "--model", "digits", "--target", "tag:fl=nobody"]
+    )
+    assert code == 0, err
+    run = json.loads(out)
+    assert run["spec"]["strategy"] == "fedadam" and run["spec"]["server_lr"] is None  # defaults
+    assert fleetctl(["train", "stop", run["id"]])[0] == 0
+    code, out, err = fleetctl(
+        [
+            "--json", "train", "start", "--model", "digits", "--target", "tag:fl=nobody",
+            "--strategy", "fedbuff", "--buffer-size", "3", "--max-staleness", "4",
+            "--min-clients", "2", "--concurrency", "6", "--server-lr", "0.5",
+        ]
+    )  # fmt: skip
+    assert code == 0, err
+    spec = json.loads(out)["spec"]
+    assert (spec["strategy"], spec["buffer_size"], spec["max_staleness"]) == ("fedbuff", 3, 4)
+    assert (spec["concurrency"], spec["server_lr"]) == (6, 0.5)
+    assert fleetctl(["train", "stop", json.loads(out)["id"]])[0] == 0
+    code, out, err = fleetctl(
+        [
+            "train", "start", "--model", "digits", "--target", "tag:fl=nobody",
+            "--over-select", "0.3", "--round-deadline", "500",
+        ]
+    )  # fmt: skip
+    assert code == 1 and "round_deadline_s must not exceed round_timeout_s" in err, err
+    code, out, err = fleetctl(
+        [
+            "--json", "train", "start", "--model", "digits", "--target", "tag:fl=nobody",
+            "--strategy", "fedyogi", "--over-select", "0.3", "--round-deadline", "30",
+        ]
+    )  # fmt: skip
+    assert code == 0, err
+    spec = json.loads(out)["spec"]
+    assert (spec["strategy"], spec["over_select"], spec["round_deadline_s"]) == ("fedyogi", 0.3, 30)
+    assert fleetctl(["train", "stop", json.loads(out)["id"]])[0] == 0

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from edgefleet_contract.errors import ModelError
 from edgefleet_contract.package import LayerSpec, Preprocessing, Trainable
+from edgefleet_contract.preprocess import feature_rows
 
 F32 = npt.NDArray[np.float32]
 
@@ -106,9 +107,8 @@ class Mlp:
 
 
 def prepare(raw: npt.ArrayLike, preprocessing: Preprocessing) -> F32:
-    scale = np.asarray(preprocessing.scale, dtype=np.float32)
-    offset = np.asarray(preprocessing.offset, dtype=np.float32)
-    return np.asarray(np.asarray(raw, np.float32) * scale + offset, dtype=np.float32)
+    """Raw sample rows as the model reads them (the contract's one preprocessing)."""
+    return feature_rows(raw, preprocessing)
 
 
 def evaluate(

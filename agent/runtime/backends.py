@@ -41,6 +41,10 @@ class Backend(Protocol):
 
     def run(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]: ...
 
+    def run_all(self, feeds: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Every output by name, for models with several inputs or outputs."""
+        ...
+
 
 def open_backend(manifest: Manifest, model: bytes, *, threads: int = 1) -> Backend:
     """A backend for the package's runtime; raises RuntimeUnavailable or PackageError."""
@@ -109,6 +113,7 @@ class OnnxBackend:
             raise PackageError(f"ONNX Runtime cannot load {manifest.model_file}: {exc}") from exc
         self._input = manifest.inputs[0].name
         self._outputs = [manifest.outputs[0].name]
+        self._all = [o.name for o in manifest.outputs]
         _check_names(
             manifest,
             [i.name for i in self._session.get_inputs()],
@@ -122,6 +127,13 @@ class OnnxBackend:
         except Exception as exc:
             raise ModelError(f"inference failed in {self.name}: {exc}") from exc
         return np.asarray(out)
+
+    def run_all(self, feeds: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        try:
+            out = self._session.run(self._all, feeds)
+        except Exception as exc:
+            raise ModelError(f"inference failed in {self.name}: {exc}") from exc
+        return {name: np.asarray(v) for name, v in zip(self._all, out, strict=True)}
 
 
 class TfliteBackend:
@@ -151,6 +163,9 @@ class TfliteBackend:
         self._in = int(inputs[0]["index"])
         self._out = int(outputs[0]["index"])
         self._shape: tuple[int, ...] = tuple(int(d) for d in inputs[0]["shape"])
+        self._shapes = {d["name"]: tuple(int(v) for v in d["shape"]) for d in inputs}
+        self._index_in = {d["name"]: int(d["index"]) for d in inputs}
+        self._index_out = {d["name"]: int(d["index"]) for d in outputs}
         self._lock = threading.Lock()
 
     def run(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -166,6 +181,31 @@ class TfliteBackend:
                 return np.asarray(interpreter.get_tensor(self._out))
             except Exception as exc:
                 self._shape = ()  # force a clean resize next time
+                raise ModelError(f"inference failed in {self.name}: {exc}") from exc
+
+    def run_all(self, feeds: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        interpreter = self._interpreter
+        with self._lock:
+            try:
+                resized = False
+                for name, x in feeds.items():
+                    if x.shape != self._shapes[name]:
+                        interpreter.resize_tensor_input(self._index_in[name], list(x.shape))
+                        self._shapes[name] = x.shape
+                        resized = True
+                if resized:
+                    interpreter.allocate_tensors()
+                    self._shape = ()
+                for name, x in feeds.items():
+                    interpreter.set_tensor(self._index_in[name], x)
+                interpreter.invoke()
+                return {
+                    name: np.array(interpreter.get_tensor(index))
+                    for name, index in self._index_out.items()
+                }
+            except Exception as exc:
+                self._shapes = {name: () for name in self._shapes}
+                self._shape = ()
                 raise ModelError(f"inference failed in {self.name}: {exc}") from exc
 
 
@@ -193,11 +233,12 @@ def _tflite_interpreter(manifest: Manifest) -> tuple[Any, str]:
 
 
 def _check_names(manifest: Manifest, inputs: list[str], outputs: list[str]) -> None:
-    want_in, want_out = manifest.inputs[0].name, manifest.outputs[0].name
-    if inputs != [want_in] or outputs != [want_out]:
+    want_in = [t.name for t in manifest.inputs]
+    want_out = [t.name for t in manifest.outputs]
+    if sorted(inputs) != sorted(want_in) or sorted(outputs) != sorted(want_out):
         raise PackageError(
             f"{manifest.model_file} has inputs {inputs} and outputs {outputs}; the manifest "
-            f"declares [{want_in!r}] and [{want_out!r}]"
+            f"declares {want_in} and {want_out}"
         )
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet_contract import interpret
+from edgefleet_contract import task as tasks
 from edgefleet_contract.errors import InputRejected, ModelError
 from edgefleet_contract.messages import ModelRef
 from edgefleet_contract.package import (
@@ -22,11 +24,14 @@ from edgefleet_contract.package import (
     Manifest,
     ModelPackage,
     TensorSpec,
+    as_task,
     read_package,
 )
+from edgefleet_contract.preprocess import Scaler
 
 from .backends import Backend, open_backend
 from .selftest import check_self_test
+from .tasks import Arrays, Inference, TaskRunner
 
 MAX_BATCH = 4096
 """Rows per ``predict`` call; the local API has its own, usually smaller, limit."""
@@ -87,21 +92,60 @@ class Model:
         self.ref: ModelRef = package.ref
         self.backend = backend.name
         self._run = backend.run
+        self.runner = TaskRunner(self.manifest, backend) if self.manifest.task else None
+        if self.runner is not None:
+            self._init_task(self.runner)
+            return
         spec, out = self.manifest.inputs[0], self.manifest.outputs[0]
         self.features = spec.features
         self._labels = tuple(self.manifest.labels)
-        pre = self.manifest.preprocessing
-        scale = np.asarray(pre.scale, dtype=np.float32)
-        offset = np.asarray(pre.offset, dtype=np.float32)
-        # A multiply by one or an add of zero is skipped (the only difference an add of
-        # +0.0 makes is turning an input's -0.0 into +0.0, which no layer can tell apart).
-        self._scale = None if bool((scale == 1.0).all()) else scale
-        self._offset = None if bool((offset == 0.0).all()) else offset
+        # The contract's scaler, the one the trainer and the builder use.
+        scaler = Scaler(self.manifest.preprocessing, (self.features,))
+        self._scale, self._offset = scaler.gain, scaler.bias
         self._input_shape = tuple(spec.shape[1:])
         self._quantize = _quantizer(spec)
         self._dequantize = _dequantizer(out)
         self.self_test = self._run_self_test()
         self.predict(np.asarray(self.manifest.self_test.inputs[:1], dtype=np.float32))  # warm-up
+
+    def _init_task(self, runner: TaskRunner) -> None:
+        """A format-2 package: its runner does preprocessing, the task and the self-test."""
+        first = self.manifest.input_spec(runner.task.data_inputs[0].name)
+        self.features = first.features
+        self._labels = tuple(self.manifest.labels)
+        m = self.manifest
+        subject = f"{m.name} {m.version} ({m.flavor}) on {self.backend}"
+        self.self_test = SelfTestResult(*runner.self_test(subject))
+
+    @property
+    def task_kind(self) -> str:
+        return self.runner.task.kind if self.runner else "classification"
+
+    @property
+    def simple(self) -> bool:
+        """Whether :meth:`predict` serves this model: one data input, single-label classes."""
+        if self.runner is None:
+            return True
+        t = self.runner.task
+        return (
+            isinstance(t, tasks.Classification)
+            and not t.multi_label
+            and len(t.data_inputs) == 1
+            and not t.stateful
+        )
+
+    def infer(self, inputs: Any, state: Arrays | None = None) -> Inference:
+        """Any package: named inputs (or one array), every output, the task's answers and,
+        for a stateful model, the state its next call takes."""
+        if self.runner is not None:
+            return self.runner.run(inputs, state)
+        prediction, rows = self.predict_rows(inputs)
+        out = {self.manifest.outputs[0].name: prediction.probabilities}
+        task = as_task(self.manifest)
+        results = interpret.results(task, out, self._labels)
+        return Inference(
+            out, results, {}, rows.astype(np.float64), prediction.confidence, prediction.classes
+        )
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1, max_bytes: int = MAX_PACKAGE_BYTES) -> Model:
@@ -122,7 +166,26 @@ class Model:
         Raises :class:`InputRejected` (a :class:`ModelError`) for input a caller
         got wrong (shape, type, NaN); its message says what was expected.
         """
+        if self.runner is not None:
+            return self._task_prediction(batch)[0]
         return self._finish(self._run(self._prepare(batch)[1]))
+
+    def _task_prediction(self, batch: npt.ArrayLike) -> tuple[Prediction, npt.NDArray[np.float32]]:
+        assert self.runner is not None
+        if not self.simple:
+            raise InputRejected(
+                f"{self.manifest.name} is a {self.task_kind} model with "
+                f"{len(self.runner.task.data_inputs)} data input(s); ask for its outputs with "
+                'infer() (the local API: {"inputs": {"name": ...}})'
+            )
+        result = self.runner.run(batch)
+        assert result.classes is not None and result.confidence is not None
+        task = self.runner.task
+        assert isinstance(task, tasks.Classification)
+        p = interpret.class_scores(task, result.outputs)
+        labels = tuple(self._labels[i] for i in result.classes.tolist())
+        rows = result.drift_rows if result.drift_rows is not None else np.zeros((len(p), 0))
+        return _prediction(p, result.classes, result.confidence, labels), rows.astype(np.float32)
 
     def predict_rows(self, batch: npt.ArrayLike) -> tuple[Prediction, npt.NDArray[np.float32]]:
         """Like :meth:`predict`, plus the validated raw rows as float32 ``(n, features)``.
@@ -131,6 +194,8 @@ class Model:
         preprocessing); returning them saves the caller converting the batch again.
         They may be a view of ``batch``: copy before keeping them past the next change.
         """
+        if self.runner is not None:
+            return self._task_prediction(batch)
         rows, x = self._prepare(batch)
         return self._finish(self._run(x)), rows
 

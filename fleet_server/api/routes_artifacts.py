@@ -17,7 +17,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from edgefleet_contract.errors import EdgefleetError
+from edgefleet_contract.errors import EdgefleetError, NotFound
+from edgefleet_contract.package import read_package
+from edgefleet_contract.summary import summarize
 
 from ..auth import Principal
 from ..registry import Registry, TooLarge
@@ -171,3 +173,19 @@ def get_artifact(
 ) -> ArtifactOut:
     registry = registry_of(c)
     return artifact_out(registry.get(artifact_id), signed_targets(registry))
+
+
+@router.get("/{artifact_id}/model")
+def get_model_summary(
+    artifact_id: int,
+    c: ApiContext = Depends(ctx),
+    _: Principal = Depends(require("viewer")),
+) -> dict[str, Any]:
+    """What a model package holds: task, inputs/outputs, quantization facts, size."""
+    registry = registry_of(c)
+    artifact = registry.get(artifact_id)
+    path = registry.blob(artifact.sha256) if artifact.kind == "model" else None
+    if path is None:
+        raise NotFound(f"artifact {artifact_id} is not a stored model package")
+    package = read_package(path, max_bytes=registry.max_model_bytes)
+    return summarize(package.manifest, size=package.size)

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from ..api.context import ApiContext
 from ..api.deps import ctx, principal, require
 from ..auth import SESSION_COOKIE, Principal, csrf_for
+from ..cohorts import cohort_views
 from ..store.overview import FleetSummary, UpdateEvent
 from .series import DeviceSeries, series_of
 
@@ -81,7 +82,9 @@ def session(request: Request, who: Principal = Depends(principal)) -> SessionOut
 @router.get("/summary", response_model=SummaryOut)
 def summary(
     window_s: float = Query(900, ge=60, le=7 * 86400),
-    drift_threshold: float = Query(0.25, ge=0, le=100, description="PSI above this alerts"),
+    drift_threshold: float = Query(
+        0.25, ge=0, le=100, description="PSI above this alerts (agents that still send PSI)"
+    ),
     silent_s: float = Query(300, ge=10, le=30 * 86400, description="no message for this long"),
     who: Principal = Depends(require("viewer")),
     c: ApiContext = Depends(ctx),
@@ -136,4 +139,65 @@ def device_updates(
     events: list[UpdateEvent] = c.store.list_update_events(device_id, limit=limit)
     return [
         UpdateEventOut(**{k: v for k, v in vars(e).items() if k != "device_id"}) for e in events
+    ]
+
+
+class SliceOut(BaseModel):
+    key: str
+    devices: int
+    windows: int
+    samples: int
+    alerting: int
+    effect: float | None
+    p_value: float | None
+    drifted_features: int
+    labels: int
+    accuracy: float | None
+    accuracy_low: float | None
+    accuracy_high: float | None
+    p95_ms: float | None
+
+
+class CohortViewOut(BaseModel):
+    model: str
+    version: str
+    by: str
+    slices: list[SliceOut]
+    worst_drift: str | None
+    worst_accuracy: str | None
+
+
+MAX_COHORT_WINDOWS = 20_000
+
+
+@router.get("/cohorts", response_model=list[CohortViewOut])
+def cohorts(
+    by: str = Query(
+        "device",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="a tag key (slices: its values), or 'device' (one slice per device)",
+    ),
+    window_s: float = Query(3600, ge=60, le=7 * 86400),
+    who: Principal = Depends(require("viewer")),
+    c: ApiContext = Depends(ctx),
+) -> list[CohortViewOut]:
+    """Drift, accuracy and latency per slice and model version, from the drift windows'
+    histograms merged over the last ``window_s`` (at most the newest 20,000 windows)."""
+    now = c.clock()
+    tag = None if by == "device" else by
+    rows = c.store.drift_windows(
+        since=now - window_s, until=now + 1, tag=tag, limit=MAX_COHORT_WINDOWS
+    )
+    key = {w.device_id: (w.device_id if tag is None else (v or "(untagged)")) for v, w in rows}
+    views = cohort_views([w for _, w in rows], key.__getitem__, by=by)
+    return [
+        CohortViewOut(
+            model=v.model,
+            version=v.version,
+            by=v.by,
+            slices=[SliceOut(**vars(s)) for s in v.slices],
+            worst_drift=v.worst_drift,
+            worst_accuracy=v.worst_accuracy,
+        )
+        for v in views
     ]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from edgefleet_contract.messages import Telemetry
+from edgefleet_contract.messages import DriftReport, DriftStats, Telemetry
 
 MAX_FEATURES = 6
 
@@ -31,8 +31,15 @@ class DeviceSeries(BaseModel):
     rss_mb: list[float | None] = []
     confidence_mean: list[float | None] = []
     drift_score: list[float | None] = []
+    """PSI (older agents) or the effect against the device's baseline once it has one."""
+    drift_reference: list[float | None] = []
+    """Jensen-Shannon distance of the window against the package reference."""
+    drift_baseline: list[float | None] = []
+    """Jensen-Shannon distance of the window against the device's burn-in baseline."""
+    drift_alert: list[bool | None] = []
     drift_features: dict[str, list[float | None]] = {}
-    """Per-feature PSI of the most drifted features ("f12" -> one value per batch)."""
+    """Per-feature drift of the most drifted features ("f12" -> one value per batch): PSI
+    from older agents, the Jensen-Shannon distance (baseline, else reference) from current."""
     spool_depth: list[int] = []
     spool_dropped: list[int] = []
 
@@ -46,12 +53,21 @@ def confidence_mean(hist: Sequence[int]) -> float | None:
     return sum((i + 0.5) * width * n for i, n in enumerate(hist)) / total
 
 
+def feature_drift(drift: DriftReport | DriftStats | None) -> dict[int, float]:
+    """The per-feature values one batch carries (see :attr:`DeviceSeries.drift_features`)."""
+    if drift is None:
+        return {}
+    if isinstance(drift, DriftStats):
+        return {f.feature: f.psi for f in drift.features}
+    return {f.feature: f.effect for f in (drift.baseline or drift.reference).features}
+
+
 def series_of(device_id: str, batches: Sequence[Telemetry]) -> DeviceSeries:
     out = DeviceSeries(device_id=device_id)
     peaks: dict[int, float] = {}
     for b in batches:
-        for f in b.drift.features if b.drift else ():
-            peaks[f.feature] = max(peaks.get(f.feature, 0.0), f.psi)
+        for k, v in feature_drift(b.drift).items():
+            peaks[k] = max(peaks.get(k, 0.0), v)
     chosen = sorted(peaks, key=lambda k: (-peaks[k], k))[:MAX_FEATURES]
     out.drift_features = {f"f{k}": [] for k in sorted(chosen)}
     for b in sorted(batches, key=lambda b: b.ts):
@@ -71,10 +87,14 @@ def series_of(device_id: str, batches: Sequence[Telemetry]) -> DeviceSeries:
         out.rss_mb.append(sysm.rss_bytes / 2**20 if sysm else None)
         out.confidence_mean.append(confidence_mean(inf.confidence_hist) if inf else None)
         out.drift_score.append(drift.score if drift else None)
-        psi = {f.feature: f.psi for f in drift.features} if drift else {}
+        report = drift if isinstance(drift, DriftReport) else None
+        out.drift_reference.append(report.reference.effect if report else None)
+        out.drift_baseline.append(report.baseline.effect if report and report.baseline else None)
+        out.drift_alert.append(report.alert if report else None)
+        values = feature_drift(drift)
         for k in chosen:
             # a feature missing from a batch's top list drifted less than the ones listed
-            out.drift_features[f"f{k}"].append(psi.get(k) if drift else None)
+            out.drift_features[f"f{k}"].append(values.get(k) if drift else None)
         out.spool_depth.append(b.spool.depth)
         out.spool_dropped.append(b.spool.dropped_total)
     return out

@@ -102,18 +102,13 @@ def factory_packages(directory: Path) -> dict[str, Path]:
 def device_data(devices: int, *, alpha: float = 0.5, seed: int = 11) -> list[DeviceData]:
     """The training split cut non-IID over ``devices`` (Dirichlet(alpha) per class)."""
     from fleet_server.modelkit.digits import split
+    from fleet_server.modelkit.partition import dirichlet_parts
 
     data = split()
-    rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in range(devices)]
-    for label in np.unique(data.y_train):
-        idx = rng.permutation(np.flatnonzero(data.y_train == label))
-        cuts = (np.cumsum(rng.dirichlet([alpha] * devices))[:-1] * len(idx)).astype(int)
-        for part, chunk in zip(parts, np.split(idx, cuts), strict=True):
-            part.extend(chunk.tolist())
+    parts = dirichlet_parts(data.y_train, devices, alpha, seed)
     return [
         DeviceData(data.x_train[p].astype(np.float32), data.y_train[p].astype(np.int64))
-        for p in (np.asarray(sorted(q), dtype=np.int64) for q in parts)
+        for p in parts
     ]
 
 

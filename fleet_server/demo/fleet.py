@@ -57,6 +57,11 @@ class Agent:
             "EDGE_AGENT_TELEMETRY_INTERVAL_S": "1",
             "EDGE_AGENT_LOG_FORMAT": "text",
             "EDGE_AGENT_UPDATES__PROBATION_S": str(probation_s),
+            # Drift on the demo's clock: a test whenever 100 rows arrived (not every 5 min),
+            # and a baseline from the first 400 rows after each install.
+            "EDGE_AGENT_DRIFT__INTERVAL_S": "0",
+            "EDGE_AGENT_DRIFT__MIN_SAMPLES": "100",
+            "EDGE_AGENT_DRIFT__BURN_IN_ROWS": "400",
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
         }

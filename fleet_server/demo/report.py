@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from .fleet import Agent
-from .steps import raw_telemetry, reported
+from .steps import drift_alerts, raw_telemetry, reported
 from .ui import Api, console
 
 
@@ -24,6 +24,7 @@ def collect(
     started: float,
     wall_clock_start: float,
     counts: dict[str, int],
+    shifted: list[str],
 ) -> dict[str, Any]:
     devices: dict[str, dict[str, Any]] = {}
     for agent in agents:
@@ -55,6 +56,8 @@ def collect(
         "fl_bytes": fl_bytes,
         "update_bytes": update_bytes,
         "bytes_moved": fl_bytes + update_bytes,
+        "shifted_devices": shifted,
+        "drift_alerts": drift_alerts(api),
         "seconds": time.monotonic() - started,
         "since": wall_clock_start,
         **counts,
@@ -63,7 +66,8 @@ def collect(
 
 def show(summary: dict[str, Any], path: Path) -> None:
     table = Table(title="devices")
-    for col in ("device", "model version", "update", "update bytes", "telemetry batches"):
+    cols = ("device", "model version", "update", "update bytes", "telemetry batches", "inputs")
+    for col in (*cols, "drift alert"):
         table.add_column(col)
     for device_id, d in summary["devices"].items():
         table.add_row(
@@ -72,6 +76,8 @@ def show(summary: dict[str, Any], path: Path) -> None:
             str(d["update_phase"]),
             f"{d['update_bytes']:,}",
             str(d["telemetry_batches"]),
+            "shifted" if device_id in summary["shifted_devices"] else "unchanged",
+            "[bold red]yes[/]" if device_id in summary["drift_alerts"] else "no",
         )
     console.print(table)
     total = len(summary["devices"])

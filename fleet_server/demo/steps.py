@@ -12,8 +12,6 @@ from .data import MODEL
 from .fleet import Agent
 from .ui import Api, console, progress, wait
 
-DRIFT_THRESHOLD = 0.25
-"""PSI over this is a major shift by convention (and the console's default alert line)."""
 TARGET = "tag:site=demo"
 
 
@@ -74,12 +72,20 @@ def labelled(api: Api, device_id: str, since: float) -> int:
     return int(learning.get("labelled_samples", 0))
 
 
-def drift_seen(api: Api, device_id: str, since: float) -> float:
-    scores = [
-        float((row.get("drift") or {}).get("score", 0.0))
-        for row in raw_telemetry(api, device_id, since)
-    ]
-    return max(scores, default=0.0)
+def latest_drift(api: Api, device_id: str, since: float) -> dict[str, Any]:
+    """The newest drift report the device sent since ``since`` ({} before the first)."""
+    reports = [row["drift"] for row in raw_telemetry(api, device_id, since) if row.get("drift")]
+    return dict(reports[-1]) if reports else {}
+
+
+def baseline_ready(api: Api, device_id: str, since: float) -> bool:
+    return "baseline" in latest_drift(api, device_id, since)
+
+
+def drift_alerts(api: Api) -> list[str]:
+    """Devices the overview lists under input drift (its default window)."""
+    summary = api.call("GET", "/console/summary")
+    return sorted(a["device_id"] for a in summary["alerts"]["drift"]["items"])
 
 
 def train(api: Api, agents: list[Agent], *, rounds: int, stop: threading.Event) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from edgefleet_contract.package import Preprocessing, Trainable, encode_weights, read_package
 
+from .fedbuff import FedBuff
+from .grid import Exchange, MqttGrid
 from .spec import RunSpec
 from .strategies import make_strategy
 
@@ -83,6 +85,8 @@ def run_rounds(
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0 or on_round is None:
             return None
+        if isinstance(strategy, FedBuff):
+            close_async_round(grid, strategy)
         metrics = on_round(first_round + server_round - 1, from_record(arrays))
         return MetricRecord(dict(metrics))
 
@@ -96,6 +100,23 @@ def run_rounds(
         evaluate_fn=evaluate_fn,
     )
     return from_record(result.arrays) if len(result.arrays) else dict(initial)
+
+
+def close_async_round(grid: Grid, strategy: FedBuff) -> None:
+    """Book what arrived since the last aggregation as one train exchange of the MQTT grid.
+
+    The round hook reads the grid's exchanges (quorum, participants, bytes); an
+    asynchronous run never calls ``send_and_receive``, which is what books them."""
+    if not isinstance(grid, MqttGrid):
+        return
+    exchange, grid.current = grid.current, Exchange()
+    exchange.message_type = "train"
+    exchange.replies = len(strategy.last.nodes)
+    exchange.participants = [grid.device_for(n) or str(n) for n in strategy.last.nodes]
+    for reason in ("stale", "timeout", "unexpected", "wrong_arrays"):
+        if strategy.dropped[reason]:
+            exchange.failures[reason] += strategy.dropped.pop(reason)
+    grid.exchanges.append(exchange)
 
 
 # ------------------------------------------------------- stock Flower deployment --

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 Sender = Callable[[str, bytes], None]
 Validator = Callable[[Message, Message], str | None]
+ClosePolicy = Callable[["Exchange", float], bool]
+"""(exchange so far, seconds since sent) -> close now; see :mod:`.deadline`."""
 
 ERR_OFFLINE = 901
 ERR_REJECTED = 902
@@ -79,6 +81,7 @@ class MqttGrid(Grid):
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_message: int = flframes.DEFAULT_MAX_MESSAGE,
         validator: Validator | None = None,
+        close: ClosePolicy | None = None,
         pull_interval: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -86,6 +89,7 @@ class MqttGrid(Grid):
         self._eligible = eligible
         self.max_payload = max_payload
         self._validator = validator
+        self._close = close
         self._pull_interval = pull_interval
         self._clock = clock
         self._run = flower_compat.empty_run(0)
@@ -174,19 +178,27 @@ class MqttGrid(Grid):
     ) -> Iterable[Message]:
         with self._lock:
             self.current = Exchange()
+        started = self._clock()
         waiting = set(self.push_messages(messages))
-        deadline = None if timeout is None else self._clock() + timeout
+        deadline = None if timeout is None else started + timeout
         replies: list[Message] = []
+        unanswered = "timeout"
         while waiting:
             with self._lock:
                 ready = [i for i in waiting if i in self._replies]
                 if not ready:
-                    remaining = None if deadline is None else deadline - self._clock()
+                    now = self._clock()
+                    if self._close is not None and self._close(self.current, now - started):
+                        unanswered = "straggler"
+                        break
+                    remaining = None if deadline is None else deadline - now
                     if remaining is not None and remaining <= 0:
                         break
                     if self._stop.is_set():
                         break
-                    self._lock.wait(self._pull_interval if remaining is None else remaining)
+                    if remaining is None or self._close is not None:
+                        remaining = min(remaining or self._pull_interval, self._pull_interval)
+                    self._lock.wait(remaining)
                     continue
             got = list(self.pull_messages(ready))
             replies.extend(got)
@@ -195,7 +207,7 @@ class MqttGrid(Grid):
             for message_id in waiting:
                 pending = self._pending.pop(message_id, None)
                 if pending is not None:
-                    self.current.failures["timeout"] += 1
+                    self.current.failures[unanswered] += 1
             self.exchanges.append(self.current)
         if self._stop.is_set():
             raise RunStopped("the federated run was stopped")

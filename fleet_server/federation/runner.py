@@ -35,6 +35,7 @@ from ..store.base import Device, Page
 from ..store.training import RoundRecord, TrainingRun
 from .app import Weights, run_rounds
 from .candidate import CandidateHook, HeldOut, finish_run
+from .deadline import round_close
 from .eligibility import eligible
 from .grid import MqttGrid, Sender
 from .secure import run_secure_rounds
@@ -195,6 +196,7 @@ class TrainingService:
             eligible=self._eligible_fn(spec),
             max_payload=self.max_payload,
             validator=UpdateCheck(max_update_norm=spec.max_update_norm),
+            close=round_close(spec),
         )
         self._grid, self._run_id = grid, run_id
         self._thread = threading.Thread(

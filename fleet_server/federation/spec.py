@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-StrategyName = Literal["fedavg", "fedprox", "fedadam", "krum", "trimmed-mean"]
+StrategyName = Literal[
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedavgm",
+    "krum",
+    "trimmed-mean",
+    "fedbuff",
+]
+SERVER_OPTIMISERS = ("fedadam", "fedyogi", "fedadagrad", "fedavgm")
+"""Strategies that step the global model with a server-side optimiser (``server_lr``)."""
 
 
 class Eligibility(BaseModel):
@@ -60,11 +72,32 @@ class RunSpec(BaseModel):
     round_timeout_s: Annotated[float, Field(gt=0, le=86400)] = 120.0
     quorum_wait_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
     """How long a round may wait for enough eligible devices before the run fails."""
-    strategy: StrategyName = "fedavg"
+    over_select: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Sample this much more than a round needs (0.3: 30% more) and close the round as soon
+    as the needed good updates are in; the slowest devices are counted as stragglers."""
+    round_deadline_s: Annotated[float, Field(gt=0, le=86400)] | None = None
+    """Close a round this long after it started with what arrived, if that meets the quorum
+    (else it waits, up to ``round_timeout_s``); devices still training are stragglers."""
+    strategy: StrategyName = "fedadam"
+    """The default is the best measured at its defaults on harshly non-IID data (docs/federated.md,
+    bench_federated); a secagg run without one aggregates with FedAvg."""
     krum_malicious: Annotated[int, Field(ge=0)] = 0
     trim_beta: Annotated[float, Field(ge=0, lt=0.5)] = 0.2
-    server_lr: Annotated[float, Field(gt=0)] = 0.1
-    """FedAdam's server learning rate (eta)."""
+    server_lr: Annotated[float, Field(gt=0, le=10)] | None = None
+    """The server optimiser's step (FedAdam/FedYogi/FedAdagrad ``eta``, FedAvgM's server
+    learning rate); unset: the strategy's measured default (strategies.SERVER_LR)."""
+    server_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    """FedAvgM's server momentum."""
+    tau: Annotated[float, Field(gt=0, le=1)] = 1e-3
+    """FedAdam/FedYogi/FedAdagrad's adaptivity (added to the root of the second moment)."""
+    buffer_size: Annotated[int, Field(ge=1, le=100_000)] = 5
+    """fedbuff: aggregate every this many updates (a "round" is one aggregation)."""
+    max_staleness: Annotated[int, Field(ge=0, le=1000)] = 30
+    """fedbuff: drop an update trained on a global version this many aggregations old."""
+    staleness_exponent: Annotated[float, Field(ge=0, le=4)] = 0.5
+    """fedbuff: an update ``tau`` versions stale counts ``(1 + tau) ** -exponent``."""
+    concurrency: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    """fedbuff: devices training at once (unset: every eligible device)."""
     local: LocalTraining = LocalTraining()
     eligibility: Eligibility = Eligibility()
     privacy: Privacy = Privacy()
@@ -80,6 +113,13 @@ class RunSpec(BaseModel):
     client_evaluate: bool = False
     """Also ask devices to evaluate each round (the server evaluates on its held-out set anyway)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _secagg_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("secagg") and data.get("strategy") is None:
+            return {**data, "strategy": "fedavg"}
+        return data
+
     @model_validator(mode="after")
     def _coherent(self) -> RunSpec:
         if self.secagg:
@@ -94,6 +134,20 @@ class RunSpec(BaseModel):
                 raise ValueError("secagg_threshold must not exceed secagg_shares")
             if self.min_clients < max(self.secagg_threshold, 3):
                 raise ValueError("secagg needs min_clients >= 3 and >= secagg_threshold")
+        if self.round_deadline_s is not None and self.round_deadline_s > self.round_timeout_s:
+            raise ValueError("round_deadline_s must not exceed round_timeout_s")
+        if self.strategy == "fedbuff":
+            if self.over_select or self.round_deadline_s is not None:
+                raise ValueError(
+                    "over_select and round_deadline_s shape synchronous rounds; fedbuff never "
+                    "waits for a round (use max_staleness and round_timeout_s)"
+                )
+            if self.privacy.central_dp:
+                raise ValueError("central DP needs synchronous rounds; use another strategy")
+            if self.min_clients > self.buffer_size:
+                raise ValueError(
+                    "fedbuff aggregates every buffer_size updates: min_clients must not exceed it"
+                )
         if self.strategy == "krum" and self.min_clients <= 2 * self.krum_malicious + 2:
             raise ValueError("krum needs min_clients > 2 * krum_malicious + 2")
         return self

@@ -109,8 +109,24 @@ def models() -> None:
 @click.argument("package", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @pass_ctx
 def models_push(ctx: Ctx, package: Path) -> None:
-    """Upload a model package (.efpkg): verified, stored and signed as a TUF target."""
-    read_package(package)
+    """Upload a model package (.efpkg): verified, stored and signed as a TUF target.
+
+    A raw .onnx/.tflite file is refused with the ``fleetctl models pack`` command to run.
+    """
+    from edgefleet_contract.errors import PackageError
+
+    from .cmd_pack import RAW_MODEL_SUFFIXES, pack_hint
+
+    if package.suffix.lower() in RAW_MODEL_SUFFIXES:
+        raise PackageError(pack_hint(package))
+    try:
+        read_package(package)
+    except PackageError as exc:
+        with package.open("rb") as fh:
+            magic = fh.read(4)
+        if magic != b"PK\x03\x04":
+            raise PackageError(f"{exc}\n{pack_hint(package)}") from exc
+        raise
     _pushed(ctx, upload(ctx, "/artifacts/models", package))
 
 
@@ -164,5 +180,9 @@ def firmware_list(ctx: Ctx, name: str | None, limit: int) -> None:
 
 
 def register(cli: click.Group) -> None:
+    from .cmd_pack import models_pack, models_show
+
+    models.add_command(models_pack)
+    models.add_command(models_show)
     cli.add_command(models)
     cli.add_command(firmware)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, get_args
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..federation.spec import RunSpec, StrategyName
 from .cli import Ctx, pass_ctx
 from .output import emit, emit_items
 
@@ -32,7 +33,7 @@ ROUND_COLUMNS = [
     ("bytes", "BYTES OUT/IN"),
     ("wall_s", "WALL S"),
 ]
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "krum", "trimmed-mean")
+STRATEGIES = get_args(StrategyName)
 FINAL = ("completed", "failed", "stopped")
 
 
@@ -45,10 +46,38 @@ def train() -> None:
 @click.option("--model", required=True, help="Model name, e.g. digits.")
 @click.option("--target", default="all", show_default=True, help="Device selector.")
 @click.option("--rounds", type=click.IntRange(1, 1000), default=10, show_default=True)
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="fedavg", show_default=True)
+@click.option(
+    "--strategy",
+    type=click.Choice(STRATEGIES),
+    default=None,
+    help=f"Aggregation (default: {RunSpec.model_fields['strategy'].default}; fedbuff is "
+    "asynchronous).",
+)
 @click.option("--min-clients", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0)
 @click.option("--round-timeout", type=click.FloatRange(0, min_open=True), default=120.0)
+@click.option(
+    "--over-select",
+    type=click.FloatRange(0, 1),
+    help="Sample this much more (0.3 = 30%) and close each round when enough updates are in.",
+)
+@click.option(
+    "--round-deadline",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Seconds after which a round closes with what arrived, if that meets the quorum.",
+)
+@click.option(
+    "--server-lr",
+    type=click.FloatRange(0, 10, min_open=True),
+    default=None,
+    help="Server optimiser step (fedadam, fedyogi, fedadagrad, fedavgm, fedbuff); "
+    "default: per strategy.",
+)
+@click.option("--server-momentum", type=click.FloatRange(0, 1, max_open=True), help="fedavgm.")
+@click.option("--buffer-size", type=click.IntRange(1), help="fedbuff: updates per aggregation.")
+@click.option("--max-staleness", type=click.IntRange(0), help="fedbuff: oldest usable version.")
+@click.option("--concurrency", type=click.IntRange(1), default=None, help="fedbuff: devices busy.")
 @click.option("--epochs", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=0.1, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
@@ -69,7 +98,6 @@ def start(ctx: Ctx, /, **o: Any) -> None:
         "model": o["model"],
         "target": o["target"],
         "rounds": o["rounds"],
-        "strategy": o["strategy"],
         "min_clients": o["min_clients"],
         "fraction": o["fraction"],
         "round_timeout_s": o["round_timeout"],
@@ -95,6 +123,18 @@ def start(ctx: Ctx, /, **o: Any) -> None:
         "secagg": o["secagg"],
         "rollout": o["rollout"],
     }
+    optional = {
+        "strategy": "strategy",
+        "over_select": "over_select",
+        "round_deadline": "round_deadline_s",
+        "server_lr": "server_lr",
+        "server_momentum": "server_momentum",
+        "buffer_size": "buffer_size",
+        "max_staleness": "max_staleness",
+        "concurrency": "concurrency",
+    }
+    # Unset options are left out: the server's run spec holds every default.
+    body.update({key: o[opt] for opt, key in optional.items() if o[opt] is not None})
     run = ctx.client.post("/training/runs", body)
     if ctx.as_json:
         emit(run, as_json=True)

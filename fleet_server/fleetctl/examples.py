@@ -40,6 +40,11 @@ EXAMPLES: dict[str, str] = {
     "train stop": "fleetctl train stop run-7c2e",
     "models push": "fleetctl models push digits-1.3.0.efpkg",
     "models list": "fleetctl models list --name digits",
+    "models pack": (
+        "fleetctl models pack cnn.onnx --name cnn --version 1.0.0 --labels labels.txt "
+        "--calibration samples/ --spec cnn.toml --quantize int8 --output cnn-1.0.0.efpkg"
+    ),
+    "models show": "fleetctl models show cnn@1.0.0:onnx-int8",
     "firmware push": "fleetctl firmware push rpi4-2.1.0.efbundle",
     "firmware list": "fleetctl firmware list",
     "keys init": "fleetctl keys init --out /media/usb/root-keys --keys 3 --threshold 2",

@@ -45,7 +45,10 @@ def machine_readable() -> bool:
 
 def extract_format(args: Sequence[str]) -> tuple[list[str], str | None]:
     """Take ``--json``, ``-o X``, ``-oX``, ``--output X`` and ``--output=X`` from anywhere
-    in ``args`` (before a ``--``); returns the other arguments and the last format given."""
+    in ``args`` (before a ``--``); returns the other arguments and the last format given.
+
+    ``--output`` with a value that is not a format is left to the command: ``models pack
+    --output FILE.efpkg`` names the file it writes."""
     rest: list[str] = []
     fmt: str | None = None
     items = iter(enumerate(args))
@@ -55,11 +58,15 @@ def extract_format(args: Sequence[str]) -> tuple[list[str], str | None]:
             break
         if arg == "--json":
             fmt = "json"
+        elif arg == "--output" and i + 1 < len(args) and args[i + 1] not in FORMATS:
+            rest.append(arg)
         elif arg in ("-o", "--output"):
             nxt = next(items, None)
             if nxt is None:
                 raise click.UsageError(f"{arg} needs a value: {'|'.join(FORMATS)}")
             fmt = nxt[1]
+        elif arg.startswith("--output=") and arg.split("=", 1)[1] not in FORMATS:
+            rest.append(arg)
         elif arg.startswith("--output="):
             fmt = arg.split("=", 1)[1]
         elif arg.startswith("-o") and not arg.startswith("--") and len(arg) > 2:

@@ -35,6 +35,7 @@ from edgefleet_contract.package import (
     pack_package,
     parse_package,
 )
+from edgefleet_contract.preprocess import feature_rows
 
 from ..cbpe import CALIBRATION_NAME, calibrate
 from . import onnx_export, quantize, tflite_export
@@ -90,7 +91,7 @@ def build_package(
     model = _export(network, runtime, dtype == "int8", x)
     produced = run_model(runtime, model, x)
     agreement = _check_export(flavor, produced, expected_float, min_agreement)
-    picks = _self_test_rows(produced, self_test_size)
+    picks = pick_self_test_rows(produced, self_test_size)
     files = {f"model.{runtime}": model}
     if trainable:
         files[WEIGHTS_NAME] = encode_weights(network.weights)
@@ -141,9 +142,7 @@ def _rounded(value: np.float32) -> float:
 def apply_preprocessing(
     raw: npt.ArrayLike, preprocessing: Preprocessing
 ) -> npt.NDArray[np.float32]:
-    scale = np.asarray(preprocessing.scale, dtype=np.float32)
-    offset = np.asarray(preprocessing.offset, dtype=np.float32)
-    return np.asarray(np.asarray(raw, dtype=np.float32) * scale + offset, dtype=np.float32)
+    return feature_rows(raw, preprocessing)
 
 
 def run_model(runtime: str, model: bytes, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -201,7 +200,7 @@ def _quantization(runtime: str, model: bytes, agreement: Agreement | None) -> Qu
     return Quantization(dtype="int8", method="dynamic-range", per_channel=True, agreement=agreement)
 
 
-def _self_test_rows(probabilities: npt.NDArray[np.float32], count: int) -> list[int]:
+def pick_self_test_rows(probabilities: npt.NDArray[np.float32], count: int) -> list[int]:
     """Round-robin over predicted classes, so every class is exercised, taking the earliest
     reference rows the model is sure of (no vector on a decision boundary where int8 noise
     could flip it).  Earliest, not most confident: a retrained head still classifies the

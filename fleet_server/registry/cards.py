@@ -27,7 +27,7 @@ from edgefleet_contract import package
 from edgefleet_contract.errors import EdgefleetError, NotFound
 from edgefleet_contract.messages import Telemetry
 
-from ..cbpe import Calibration
+from ..cbpe import Calibration, reference_drift
 from ..store.base import Artifact, Device, Page
 from ..store.training import RoundRecord, TrainingRun
 from .card import build, package_facts, wilson
@@ -180,8 +180,9 @@ def fleet_figures(
                 if len(hist) != len(inf.confidence_hist):
                     hist = [0] * len(inf.confidence_hist)  # another binning: the newest wins
                 hist = [a + b for a, b in zip(hist, inf.confidence_hist, strict=True)]
-            if t.drift is not None:
-                drift.append(t.drift.score)
+            shift = reference_drift(t.drift)
+            if shift is not None:
+                drift.append(shift)
     overall = tallies.pop("all", _Tally())
     slices = [tallies[k].row(k) for k in sorted(tallies)]
     worst_devices = sorted(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from edgefleet_contract.messages import InferenceStats, Telemetry
 
-from ..cbpe import Calibration, estimate
+from ..cbpe import Calibration, estimate, reference_drift
 from ..store.base import Store
 from .artifacts import ResolvedArtifact
 
@@ -149,8 +149,9 @@ def label_free(
                 continue
             if len(inf.confidence_hist) == len(hist):
                 hist = [a + b for a, b in zip(hist, inf.confidence_hist, strict=True)]
-            if t.drift is not None:
-                drift.append(t.drift.score)
+            shift = reference_drift(t.drift)
+            if shift is not None:
+                drift.append(shift)
     est = estimate(hist, calibration, drift=max(drift) if drift else None)
     return (est.accuracy, est.answers) if est.trusted else (None, est.answers)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 from edgefleet_contract.messages import DesiredState, ReportedState, Telemetry
 
 if TYPE_CHECKING:
+    from ..cohorts import DriftWindow
     from .overview import FleetSummary, UpdateEvent
 
 T = TypeVar("T")
@@ -248,6 +249,13 @@ class Store(Protocol):
         self, device_ids: Sequence[str], *, since: float, until: float
     ) -> list[RollupRow]:
         """One row per minute over ``device_ids`` (``device_id`` holds the device count)."""
+        ...
+
+    def drift_windows(
+        self, *, since: float, until: float, tag: str | None, limit: int
+    ) -> list[tuple[str | None, DriftWindow]]:
+        """The newest ``limit`` chi-squared drift windows in the range, each with the
+        device's value of tag ``tag`` (None when untagged or ``tag`` is None)."""
         ...
 
     def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int: ...

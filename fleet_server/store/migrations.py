@@ -289,6 +289,33 @@ def _rollouts(db: sqlite_utils.Database) -> None:
 MIGRATIONS.append(_rollouts)
 
 
+def _drift_status(db: sqlite_utils.Database) -> None:
+    """Each device's newest chi-squared drift report (fleet_server.store.telemetry)."""
+    db.table("drift_status").create(
+        {
+            "device_id": str,
+            "ts": float,
+            "model": str,
+            "version": str,
+            "alert": int,
+            "alert_since": float,
+            "last_alert_ts": float,
+            "reference_effect": float,
+            "reference_p": float,
+            "baseline_effect": float,
+            "baseline_p": float,
+            "burn_in_rows": int,
+            "burn_in_needed": int,
+        },
+        pk="device_id",
+        not_null={"ts", "alert"},
+        defaults={"alert": 0},
+    )
+
+
+MIGRATIONS.append(_drift_status)
+
+
 def migrate(db: sqlite_utils.Database) -> int:
     """Bring ``db`` to the newest schema; returns the version it is at."""
     db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")

@@ -171,10 +171,7 @@ class OverviewTables(Connections):
             "FROM rollups WHERE minute >= ? GROUP BY device_id",
             (since,),
         ).fetchall()
-        drift = sorted(
-            ((r["drift"], r["device_id"]) for r in rows if (r["drift"] or 0) > drift_threshold),
-            key=lambda x: (-x[0], x[1]),
-        )
+        drift = self._drift_alerts(conn, rows, since, drift_threshold)
         drops: list[tuple[float, str]] = []
         for r in rows:
             if not r["dropped"]:
@@ -189,9 +186,38 @@ class OverviewTables(Connections):
                 drops.append((grew, r["device_id"]))
         drops.sort(key=lambda x: (-x[0], x[1]))
         return {
-            "drift": AlertList(len(drift), [Alert(d, v) for v, d in drift[:MAX_ALERTS]]),
+            "drift": AlertList(len(drift), drift[:MAX_ALERTS]),
             "spool_drops": AlertList(len(drops), [Alert(d, v) for v, d in drops[:MAX_ALERTS]]),
         }
+
+    def _drift_alerts(
+        self, conn: sqlite3.Connection, rows: list[sqlite3.Row], since: float, threshold: float
+    ) -> list[Alert]:
+        """Devices whose inputs changed from their own normal during the window (their
+        chi-squared reports; value: the effect against the baseline), then, for agents
+        that still send PSI, the old rule: largest PSI above ``threshold``."""
+        status = conn.execute(
+            "SELECT device_id, alert, alert_since, last_alert_ts, baseline_effect FROM drift_status"
+        ).fetchall()
+        tested = {r["device_id"] for r in status}
+        out = [
+            Alert(
+                r["device_id"],
+                r["baseline_effect"],
+                "changed from its baseline" if r["alert"] else "was changed, back to its baseline",
+            )
+            for r in sorted(status, key=lambda r: (-r["alert"], -(r["last_alert_ts"] or 0)))
+            if r["alert"] or (r["last_alert_ts"] or 0) >= since
+        ]
+        legacy = sorted(
+            (
+                (r["drift"], r["device_id"])
+                for r in rows
+                if r["device_id"] not in tested and (r["drift"] or 0) > threshold
+            ),
+            key=lambda x: (-x[0], x[1]),
+        )
+        return out + [Alert(d, v, "PSI over the line") for v, d in legacy]
 
     # ------------------------------------------------------------ updates --
 

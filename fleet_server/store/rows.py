@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
-from edgefleet_contract.messages import DesiredState, ReportedState, Telemetry
+from edgefleet_contract.messages import DesiredState, DriftReport, ReportedState, Telemetry
 
 from .base import Device
 
@@ -74,3 +74,23 @@ def rollup_values(batch: Telemetry) -> tuple[Any, ...]:
         len(batch.readings),
         batch.spool.dropped_total,
     )
+
+
+def drift_status_values(batch: Telemetry) -> dict[str, Any] | None:
+    """A chi-squared drift report as a ``drift_status`` row (None for none or PSI)."""
+    d, inf = batch.drift, batch.inference
+    if not isinstance(d, DriftReport):
+        return None
+    return {
+        "device_id": batch.device_id,
+        "ts": batch.ts,
+        "model": inf.model if inf else None,
+        "version": inf.version if inf else None,
+        "alert": int(d.alert),
+        "reference_effect": d.reference.effect,
+        "reference_p": d.reference.p_value,
+        "baseline_effect": d.baseline.effect if d.baseline else None,
+        "baseline_p": d.baseline.p_value if d.baseline else None,
+        "burn_in_rows": d.burn_in.rows,
+        "burn_in_needed": d.burn_in.needed,
+    }

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from edgefleet_contract.messages import Telemetry
 
+from ..cohorts import DriftWindow, padded
 from ._conn import Connections
 from .base import RollupRow
-from .rows import rollup_values, telemetry_row
+from .rows import drift_status_values, rollup_values, telemetry_row
 
 _ROLLUP_UPSERT = """
 INSERT INTO rollups (device_id, minute, batches, inferences, errors, latency_p95_sum, latency_n,
@@ -36,6 +38,28 @@ ON CONFLICT(device_id, minute) DO UPDATE SET
 """
 
 
+_DRIFT_UPSERT = """
+INSERT INTO drift_status (device_id, ts, model, version, alert, alert_since, last_alert_ts,
+    reference_effect, reference_p, baseline_effect, baseline_p, burn_in_rows, burn_in_needed)
+VALUES (:device_id, :ts, :model, :version, :alert, CASE WHEN :alert THEN :ts END,
+    CASE WHEN :alert THEN :ts END, :reference_effect, :reference_p, :baseline_effect,
+    :baseline_p, :burn_in_rows, :burn_in_needed)
+ON CONFLICT(device_id) DO UPDATE SET
+    alert_since = CASE WHEN NOT excluded.alert THEN NULL
+        WHEN drift_status.alert AND drift_status.model = excluded.model
+            AND drift_status.version = excluded.version THEN drift_status.alert_since
+        ELSE excluded.ts END,
+    last_alert_ts = CASE WHEN excluded.alert THEN excluded.ts ELSE drift_status.last_alert_ts END,
+    ts = excluded.ts, model = excluded.model, version = excluded.version,
+    alert = excluded.alert, reference_effect = excluded.reference_effect,
+    reference_p = excluded.reference_p, baseline_effect = excluded.baseline_effect,
+    baseline_p = excluded.baseline_p, burn_in_rows = excluded.burn_in_rows,
+    burn_in_needed = excluded.burn_in_needed
+WHERE excluded.ts >= drift_status.ts
+"""
+"""The newest report wins; a spool replay of older windows does not undo it."""
+
+
 class TelemetryTables(Connections):
     def insert_telemetry(self, batches: Sequence[Telemetry], *, received_at: float) -> int:
         if not batches:
@@ -53,6 +77,7 @@ class TelemetryTables(Connections):
                     inserted += 1
                     fresh.append(batch)
             conn.executemany(_ROLLUP_UPSERT, [rollup_values(b) for b in fresh])
+            conn.executemany(_DRIFT_UPSERT, [d for d in map(drift_status_values, fresh) if d])
         return inserted
 
     def query_raw(
@@ -103,6 +128,44 @@ class TelemetryTables(Connections):
             (since, until),
         ).fetchall()
         return [_rollup(r, device_id=str(r["devices"])) for r in rows]
+
+    def drift_windows(
+        self, *, since: float, until: float, tag: str | None, limit: int
+    ) -> list[tuple[str | None, DriftWindow]]:
+        path = f'$."{tag}"' if tag is not None else None
+        rows = self._conn().execute(
+            "SELECT t.device_id, t.ts, json_extract(d.tags, ?) AS cohort, "
+            "json_extract(t.body, '$.inference.model') AS model, "
+            "json_extract(t.body, '$.inference.version') AS version, "
+            "json_extract(t.body, '$.drift.histograms') AS hist, "
+            "json_extract(t.body, '$.drift.alert') AS alert, "
+            "json_extract(t.body, '$.drift.baseline.effect') AS base_effect, "
+            "json_extract(t.body, '$.inference.feedback_count') AS fb_n, "
+            "json_extract(t.body, '$.inference.feedback_correct') AS fb_ok, "
+            "json_extract(t.body, '$.inference.latency.p95_ms') AS p95 "
+            "FROM telemetry t JOIN devices d ON d.id = t.device_id "
+            "WHERE t.ts >= ? AND t.ts < ? AND json_extract(t.body, '$.drift.method') = 'chi2' "
+            "ORDER BY t.ts DESC LIMIT ?",
+            (path, since, until, limit),
+        )
+        out: list[tuple[str | None, DriftWindow]] = []
+        for r in rows:
+            if r["model"] is None or not r["hist"]:
+                continue  # no inference section, or a model too wide to ship histograms
+            window = DriftWindow(
+                device_id=r["device_id"],
+                ts=r["ts"],
+                model=r["model"],
+                version=r["version"],
+                histograms=padded(json.loads(r["hist"])),
+                alert=bool(r["alert"]),
+                baseline_effect=r["base_effect"],
+                feedback_count=int(r["fb_n"] or 0),
+                feedback_correct=int(r["fb_ok"] or 0),
+                p95_ms=r["p95"],
+            )
+            out.append((r["cohort"], window))
+        return out
 
     def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int:
         with self._tx() as conn:

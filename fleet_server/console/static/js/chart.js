@@ -1,5 +1,8 @@
 // Line charts drawn as SVG by hand: no library, no network.  One chart = a time
-// axis shared by a few series; gaps (null) break a line instead of faking a value.
+// axis shared by a few series; gaps (null) break a line instead of faking a value,
+// unless the series is sparse by nature (opts.sparse: drift is tested every few
+// batches), where a line joins the points across the batches that carry none and
+// every point gets a dot.
 
 import { h, fmtClock, fmtNum } from './dom.js';
 
@@ -32,7 +35,7 @@ function niceMax(v) {
 }
 
 // ts: seconds (or any increasing x with opts.xLabel); series: [{name, values, color?}];
-// opts: {unit, max, min, fit, width, height, xLabel}.
+// opts: {unit, max, min, fit, width, height, xLabel, sparse}.
 // The viewBox is about the size the chart is shown at, so its text stays readable.
 export function lineChart(title, ts, series, opts = {}) {
   const W = opts.width || 400;
@@ -71,12 +74,15 @@ export function lineChart(title, ts, series, opts = {}) {
     let pen = false;
     let points = 0;
     s.values.forEach((v, k) => {
-      if (v === null || v === undefined || k >= ts.length) { pen = false; return; }
-      d += `${pen ? 'L' : 'M'}${x(ts[k]).toFixed(1)},${y(Math.min(v, yMax)).toFixed(1)}`;
+      if (v === null || v === undefined || k >= ts.length) { pen = pen && !!opts.sparse; return; }
+      const px = x(ts[k]).toFixed(1);
+      const py = y(Math.min(v, yMax)).toFixed(1);
+      d += `${pen ? 'L' : 'M'}${px},${py}`;
+      if (opts.sparse) svg.append(h('svg:circle', { cx: px, cy: py, r: 2, fill: color, class: 'dot' }));
       pen = true;
       points += 1;
     });
-    if (points === 1) {  // a lone value: draw a dot so it shows
+    if (points === 1 && !opts.sparse) {  // a lone value: draw a dot so it shows
       const k = s.values.findIndex((v) => v !== null && v !== undefined);
       svg.append(h('svg:circle', { cx: x(ts[k]), cy: y(s.values[k]), r: 2.5, fill: color }));
     }

@@ -15,6 +15,7 @@ export const ROUTES = [
     path: 'artifacts', title: 'Models & firmware', probe: '/artifacts',
     page: () => import('./pages/artifacts.js'),
   },
+  { path: 'artifacts/:id', page: () => import('./pages/model.js') },
   { path: 'models/:name/:version', page: () => import('./pages/card.js') },
   {
     path: 'training', title: 'Training runs', probe: '/training/runs',

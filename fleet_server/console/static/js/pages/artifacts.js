@@ -78,7 +78,12 @@ export async function mount(root, ctx) {
     count.textContent = `${page.total} artifacts`;
     replace(out, table([
       { title: 'Kind', cell: (a) => a.kind },
-      { title: 'Name', cell: (a) => h('b', {}, a.name) },
+      {
+        title: 'Name',
+        cell: (a) => (a.kind === 'model'
+          ? h('a', { href: link(`artifacts/${a.id}`) }, h('b', {}, a.name))
+          : h('b', {}, a.name)),
+      },
       { title: 'Version', cell: (a) => (a.kind === 'model'
         ? h('a', { href: link(`models/${encodeURIComponent(a.name)}/${encodeURIComponent(a.version)}`), title: 'model card' }, a.version)
         : a.version) },

@@ -60,8 +60,16 @@ function charts(s) {
       { name: 'cpu', values: s.cpu_percent }, { name: 'memory', values: s.mem_percent }], { unit: '%', max: 100 }),
     lineChart('Confidence (mean top-1)', ts, [{ name: 'confidence', values: s.confidence_mean }],
       { max: 1, empty: 'no inference in this window' }),
-    lineChart('Drift per feature (PSI)', ts,
-      [{ name: 'max', values: s.drift_score }, ...features], { empty: 'no drift sketches in this window' }),
+    s.drift_reference.some((v) => v !== null)
+      ? lineChart('Drift: baseline vs reference (Jensen-Shannon distance)', ts, [
+        { name: 'vs own baseline', values: s.drift_baseline },
+        { name: 'vs package reference', values: s.drift_reference },
+        { name: 'alert', values: s.drift_alert.map((a) => (a === null ? null : a ? 1 : 0)) }],
+      { max: 1, sparse: true, empty: 'no drift tests in this window' })
+      : null,
+    lineChart(s.drift_reference.some((v) => v !== null) ? 'Drift per feature' : 'Drift per feature (PSI)', ts,
+      [{ name: 'max', values: s.drift_score }, ...features],
+      { sparse: true, empty: 'no drift sketches in this window' }),
     lineChart('Spool', ts, [
       { name: 'queued', values: s.spool_depth }, { name: 'dropped total', values: s.spool_dropped }]));
 }

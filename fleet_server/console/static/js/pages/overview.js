@@ -9,7 +9,8 @@ import { ACTIVE, progress, rolloutLink } from './rollouts.js';
 const small = { width: 300, height: 130 };
 
 const ALERTS = [
-  ['drift', 'Drift above threshold', (s) => `PSI > ${s.drift_threshold}`, (a) => `PSI ${fmtNum(a.value)}`],
+  ['drift', 'Input drift', (s) => `changed from the device's own baseline (older agents: PSI > ${s.drift_threshold})`,
+    (a) => `${a.detail}${a.value === null ? '' : ` · ${fmtNum(a.value)}`}`],
   ['silent', 'Silent devices', (s) => `no message for ${Math.round(s.silent_s / 60)} min`,
     (a) => `${a.detail}, last seen ${ago(a.value)}`],
   ['failed_updates', 'Failed updates', () => 'reported update failed or rolled back', (a) => a.detail],
@@ -51,6 +52,26 @@ function alertPanel(summary) {
   return panel('Alerts', h('div', { class: 'alerts' }, cards));
 }
 
+// Drift, accuracy and latency per slice (tag value or device) and model version, from the
+// drift windows' histograms merged on the server; the worst slices are marked.
+function cohortPanel(views, by) {
+  const pct = (v) => (v === null ? '–' : `${(100 * v).toFixed(0)}%`);
+  const body = views.length ? views.map((v) => table([
+    { title: by === 'device' ? 'Device' : `${by}=`, cell: (r) => h('span', {}, r.key, ' ',
+      r.key === v.worst_drift ? h('span', { class: 'badge warn', dataset: { worst: 'drift' } }, 'most drifted') : null,
+      r.key === v.worst_accuracy ? h('span', { class: 'badge warn', dataset: { worst: 'accuracy' } }, 'least accurate') : null) },
+    { title: 'Devices', cell: (r) => String(r.devices), class: 'num' },
+    { title: 'Rows tested', cell: (r) => fmtNum(r.samples, 0), class: 'num' },
+    { title: 'Drift vs rest (JS)', cell: (r) => (r.effect === null ? '–' : fmtNum(r.effect)), class: 'num' },
+    { title: 'p', cell: (r) => (r.p_value === null ? '–' : r.p_value.toExponential(1)), class: 'num' },
+    { title: 'Alerting', cell: (r) => String(r.alerting), class: 'num' },
+    { title: 'Accuracy (95% CI)', cell: (r) => (r.accuracy === null ? 'no labels'
+      : `${pct(r.accuracy)} (${pct(r.accuracy_low)}–${pct(r.accuracy_high)}, n=${r.labels})`) },
+    { title: 'p95 ms', cell: (r) => (r.p95_ms === null ? '–' : fmtNum(r.p95_ms)), class: 'num' },
+  ], v.slices, { caption: `${v.model} ${v.version}` })) : [h('p', { class: 'muted' }, 'no drift windows in the last hour')];
+  return panel('Cohorts: drift, accuracy, latency (last hour)', h('div', { id: 'cohorts' }, ...body));
+}
+
 async function sectionCard(path) {
   const r = ROUTES.find((x) => x.path === path);
   try {
@@ -88,6 +109,8 @@ export async function mount(root, ctx) {
   replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Fleet overview'), updated), body);
   const training = await sectionCard('training');
 
+  let cohorts = null;
+  let tick = 0;
   async function refresh() {
     const now = Date.now() / 1000;
     const [s, fleet, active] = await Promise.all([
@@ -95,6 +118,11 @@ export async function mount(root, ctx) {
       api('/telemetry/aggregate', { query: { selector: 'all', since: now - 3600, until: now } }),
       activeRollouts(),
     ]);
+    if (cohorts === null || tick % 6 === 0) {  // merging histograms costs more: every 30 s
+      const by = s.by_tag.length ? s.by_tag[0].key.split('=')[0] : 'device';
+      cohorts = cohortPanel(await api('/console/cohorts', { query: { by } }), by);
+    }
+    tick += 1;
     const rollouts = active ?? await sectionCard('rollouts');
     if (!ctx.alive()) return;
     const offline = (s.by_state.enrolled || 0) - s.online;
@@ -127,7 +155,9 @@ export async function mount(root, ctx) {
               { name: 'p95', values: col('latency_p95_ms') },
               { name: 'p99 max', values: col('latency_p99_max_ms') }], { ...small, unit: 'ms' }),
             lineChart('CPU', ts, [{ name: 'cpu', values: col('cpu_percent') }], { ...small, unit: '%', max: 100 }),
-            lineChart('Drift (max PSI)', ts, [{ name: 'drift', values: col('drift_max') }], small)))),
+            lineChart('Drift (largest score)', ts, [{ name: 'drift', values: col('drift_max') }],
+              { ...small, sparse: true })))),
+      cohorts,
       h('div', { class: 'cols2' },
         panel('Active rollouts', rollouts),
         panel('Training runs', training)));

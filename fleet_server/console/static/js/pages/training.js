@@ -5,6 +5,7 @@ import { api, can } from '../api.js';
 import { h, replace, panel, table, status, fmtTime, fmtNum, notice, toast } from '../dom.js';
 import { lineChart } from '../chart.js';
 import { link } from '../routes.js';
+import { startForm } from './training-form.js';
 
 const ACTIVE = new Set(['pending', 'running']);
 
@@ -13,6 +14,7 @@ function runsTable(runs) {
     { title: 'Run', cell: (r) => h('a', { href: link(`training/${encodeURIComponent(r.id)}`) }, r.id) },
     { title: 'Status', cell: (r) => status(r.status) },
     { title: 'Model', cell: (r) => (r.spec.model ? `${r.spec.model}` : '—') },
+    { title: 'Strategy', cell: (r) => r.spec.strategy || '—' },
     { title: 'Rounds', cell: (r) => `${r.completed_rounds}${r.spec.rounds ? ` / ${r.spec.rounds}` : ''}` },
     { title: 'Candidate', cell: candidate },
     { title: 'Accuracy', cell: (r) => fmtNum(r.result.accuracy, 3) },
@@ -65,7 +67,7 @@ async function mountRun(root, ctx, id) {
     const byRound = { width: 560, height: 170, xLabel: (x) => `round ${Math.round(x)}` };
     const res = run.result || {};
     replace(head, facts([
-      ['Status', status(run.status)], ['Rounds', `${run.completed_rounds}${run.spec.rounds ? ` / ${run.spec.rounds}` : ''}`],
+      ['Status', status(run.status)], ['Strategy', run.spec.strategy || '—'], ['Rounds', `${run.completed_rounds}${run.spec.rounds ? ` / ${run.spec.rounds}` : ''}`],
       ['Started by', run.created_by], ['Created', fmtTime(run.created_at)], ['Updated', fmtTime(run.updated_at)],
       ['Candidate', res.version ? [`${res.parent ? `${res.parent} → ` : ''}`, candidate(run)] : '—'],
       ['Candidate accuracy', fmtNum(res.accuracy, 3)], ['Baseline accuracy', fmtNum(res.baseline_accuracy, 3)],
@@ -98,7 +100,13 @@ async function mountRun(root, ctx, id) {
 export async function mount(root, ctx) {
   if (ctx.params.id) return mountRun(root, ctx, ctx.params.id);
   const out = h('div', { class: 'results' });
-  replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Training runs')), out);
+  replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Training runs')),
+    can('operator')
+      ? h('details', { class: 'panel', id: 'start-training' },
+        h('summary', {}, 'New training run'),
+        startForm((run) => { location.hash = link(`training/${encodeURIComponent(run.id)}`); }))
+      : null,
+    out);
   async function refresh() {
     try {
       const { items: runs } = await api('/training/runs', { query: { limit: 100 } });

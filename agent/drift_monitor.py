@@ -1,0 +1,204 @@
+"""Drift of a device's inputs: against the package reference and against its own normal.
+
+Devices are legitimately different (their own classes, their own camera), so a
+window is tested twice and reported separately (:class:`DriftReport`):
+
+* against the **package reference**: how this device differs from the training
+  data (useful for fleet views, never an alert on its own);
+* against the device's **burn-in baseline**: the histograms of the first
+  ``burn_in_rows`` scored rows after each install of a model version, persisted
+  beside the agent's state so a restart does not learn a new "normal".
+
+The alert is "changed from this device's normal": a window counts as drifted when
+its baseline p-value (Benjamini-Hochberg across features) is at most ``alpha`` and
+its effect is at least ``min_effect``; the alert rises after ``raise_after``
+drifted windows in a row (minimum duration) and clears only after ``clear_after``
+windows in a row that are not (hysteresis), so one odd window neither raises nor
+clears it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet_contract.drift import CompiledReference, DriftReference
+from edgefleet_contract.drifttest import FeatureTests, compare
+from edgefleet_contract.errors import ModelError
+from edgefleet_contract.messages import BurnIn, DriftReport, DriftTest, FeatureTest
+
+log = logging.getLogger(__name__)
+
+MAX_HISTOGRAM_FEATURES = 4096
+"""Wider inputs are still tested; only their histograms stay off the wire."""
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    alpha: float = 0.01
+    min_effect: float = 0.0
+    raise_after: int = 3
+    clear_after: int = 3
+    burn_in_rows: int = 2000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ModelError(f"drift alpha must be between 0 and 1, got {self.alpha}")
+        if not 0 <= self.min_effect <= 1:
+            raise ModelError(f"drift min_effect must be between 0 and 1, got {self.min_effect}")
+        if self.raise_after < 1 or self.clear_after < 1 or self.burn_in_rows < 1:
+            raise ModelError("drift raise_after, clear_after and burn_in_rows must be at least 1")
+
+
+def _trimmed(hist: npt.NDArray[np.int64]) -> list[list[int]]:
+    """Rows without their trailing zeros (narrow features, no non-finite values): about a
+    third fewer bytes; the server pads them back (:func:`fleet_server.cohorts.padded`)."""
+    return [np.trim_zeros(row, "b").tolist() for row in hist]
+
+
+class AlertState:
+    """Minimum duration to raise, hysteresis to clear: a pure state machine."""
+
+    def __init__(self, policy: AlertPolicy) -> None:
+        self.policy = policy
+        self.alerting = False
+        self.streak = 0
+
+    def update(self, drifted: bool) -> bool:
+        """Feed one window's verdict; returns whether the device is alerting now."""
+        if drifted != self.alerting:
+            self.streak += 1
+            needed = self.policy.clear_after if self.alerting else self.policy.raise_after
+            if self.streak >= needed:
+                self.alerting, self.streak = drifted, 0
+        else:
+            self.streak = 0
+        return self.alerting
+
+
+def baseline_key(reference: DriftReference, install: str) -> str:
+    """What a persisted baseline belongs to: this reference, on this install."""
+    digest = hashlib.sha256(install.encode() + b"\0")
+    digest.update(reference.model_dump_json().encode())
+    return digest.hexdigest()
+
+
+class DriftMonitor:
+    """Tests each window's rows; holds the baseline and the alert state of one model."""
+
+    def __init__(
+        self,
+        reference: DriftReference,
+        *,
+        policy: AlertPolicy | None = None,
+        baseline_file: Path | None = None,
+        install: str = "",
+        top_features: int = 10,
+    ) -> None:
+        """``install`` names the installed model (e.g. ``name@version``): a baseline
+        persisted for another install is ignored and a new burn-in starts."""
+        self.reference = CompiledReference(reference)
+        self.policy = policy or AlertPolicy()
+        self._digest = baseline_key(reference, install)
+        self._ref_counts = self.reference.reference_counts()
+        self._file = baseline_file
+        self._top = top_features
+        self._state = AlertState(self.policy)
+        self._baseline = np.zeros_like(self._ref_counts)
+        self._baseline_rows = 0
+        self._load()
+
+    @property
+    def baseline_ready(self) -> bool:
+        return self._baseline_rows >= self.policy.burn_in_rows
+
+    def window(self, rows: npt.ArrayLike) -> DriftReport:
+        """Histogram, test and (once the burn-in is done) judge one window of rows."""
+        hist = self.reference.histogram(rows)
+        samples = int(hist[0].sum())
+        vs_ref = self._test(compare(hist, self._ref_counts))
+        vs_base: DriftTest | None = None
+        if self.baseline_ready:
+            tests = compare(hist, self._baseline)
+            vs_base = self._test(tests)
+            drifted = (
+                tests.window_p <= self.policy.alpha and vs_base.effect >= self.policy.min_effect
+            )
+            self._state.update(drifted)
+        else:
+            self._baseline += hist
+            self._baseline_rows += samples
+            if self.baseline_ready:
+                self._save()
+        return DriftReport(
+            method="chi2",
+            samples=samples,
+            alpha=self.policy.alpha,
+            reference=vs_ref,
+            baseline=vs_base,
+            burn_in=BurnIn(
+                rows=min(self._baseline_rows, self.policy.burn_in_rows),
+                needed=self.policy.burn_in_rows,
+            ),
+            alert=self._state.alerting,
+            alert_windows=self._state.streak,
+            histograms=_trimmed(hist) if hist.shape[0] <= MAX_HISTOGRAM_FEATURES else [],
+        )
+
+    def _test(self, tests: FeatureTests) -> DriftTest:
+        order = np.lexsort((-tests.effect, tests.adjusted))[: self._top]
+        return DriftTest(
+            p_value=tests.window_p,
+            effect=min(1.0, float(tests.effect.max())) if tests.effect.size else 0.0,
+            drifted=tests.drifted(self.policy.alpha),
+            features=[
+                FeatureTest(
+                    feature=int(j),
+                    p_value=float(tests.adjusted[j]),
+                    effect=min(1.0, float(tests.effect[j])),
+                )
+                for j in order
+            ],
+        )
+
+    # ------------------------------------------------------- persistence --
+
+    def _load(self) -> None:
+        if self._file is None or not self._file.exists():
+            return
+        try:
+            doc = json.loads(self._file.read_text())
+            counts = np.asarray(doc["counts"], dtype=np.float64)
+            if doc.get("reference") != self._digest or counts.shape != self._baseline.shape:
+                return  # another model's baseline: this install starts its own burn-in
+            self._baseline, self._baseline_rows = counts, int(doc["rows"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning(
+                "drift baseline %s unreadable (%s): starting a new burn-in", self._file, exc
+            )
+
+    def _save(self) -> None:
+        if self._file is None:
+            return
+        doc = {
+            "reference": self._digest,
+            "rows": self._baseline_rows,
+            "counts": self._baseline.astype(np.int64).tolist(),
+        }
+        tmp = self._file.with_suffix(".tmp")
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, self._file)
+        except OSError as exc:
+            log.warning("could not persist the drift baseline to %s: %s", self._file, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()

@@ -1,0 +1,232 @@
+"""Serving a format-2 package: several named inputs and outputs, a task, state.
+
+Each call takes the data inputs by name (a bare array when there is one),
+runs them through the declared preprocessing (:func:`~edgefleet_contract.
+preprocess.prepare`, the same function the packer calibrated with), feeds
+state inputs from the caller's session (or their initial value) and constant
+inputs from the manifest, and returns every output, the task's reading of it
+and the state for the session's next call.  The self-test replays the
+packer's vectors one call at a time, state given explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet_contract import interpret
+from edgefleet_contract import task as tasks
+from edgefleet_contract.errors import InputRejected, ModelError, SelfTestFailed
+from edgefleet_contract.package import Manifest
+from edgefleet_contract.preprocess import Scaler, canonical, drift_view, raw_shape, to_tensor
+
+from .backends import Backend
+
+Arrays = dict[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class Inference:
+    outputs: Arrays
+    """Every output by name, int8/uint8 ones dequantized."""
+    results: list[dict[str, Any]]
+    """The task's answer per sample (:func:`edgefleet_contract.interpret.results`)."""
+    state: Arrays
+    """The state inputs for the session's next call."""
+    drift_rows: npt.NDArray[np.float64] | None
+    """Per sample, the drift features of its data inputs (what telemetry bins)."""
+    confidence: npt.NDArray[np.float32] | None = None
+    classes: npt.NDArray[np.intp] | None = None
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+
+class TaskRunner:
+    def __init__(self, manifest: Manifest, backend: Backend) -> None:
+        assert manifest.task is not None
+        self.manifest = manifest
+        self.task: tasks.Task = manifest.task
+        self._run = backend.run_all
+        self._specs = {t.name: t for t in manifest.inputs}
+        self._data = self.task.data_inputs
+        self._constants = {
+            i.name: np.asarray(i.value, dtype=self._specs[i.name].dtype).reshape(
+                self._specs[i.name].shape
+            )
+            for i in self.task.inputs
+            if i.role == "constant"
+        }
+        self._state = [i for i in self.task.inputs if i.role == "state"]
+        self._labels = tuple(manifest.labels)
+        self._scalers = {
+            r.name: Scaler(r.preprocessing, raw_shape(r.preprocessing, self._specs[r.name].shape))
+            for r in self._data
+        }
+        self._dequantize = {
+            t.name: (np.float32(t.quantization.scale), np.float32(t.quantization.zero_point))
+            for t in manifest.outputs
+            if t.quantization is not None
+        }
+
+    def initial_state(self) -> Arrays:
+        return {
+            i.name: np.full(self._specs[i.name].shape, i.initial, dtype=self._specs[i.name].dtype)
+            for i in self._state
+        }
+
+    def run(
+        self, inputs: Mapping[str, Any] | npt.ArrayLike, state: Arrays | None = None
+    ) -> Inference:
+        feeds, views = self.feeds(inputs, state)
+        outputs = {name: self._float(name, v) for name, v in self._run(feeds).items()}
+        nxt = {
+            i.name: np.asarray(outputs[i.state_from or ""]).astype(
+                self._specs[i.name].dtype, copy=False
+            )
+            for i in self._state
+        }
+        sizes = {len(v) for v in views}
+        drift = np.concatenate(views, axis=1) if views and len(sizes) == 1 else None
+        confidence = classes = None
+        task = self.task
+        if isinstance(task, tasks.Classification):
+            p = interpret.class_scores(task, outputs)  # once: the answers and telemetry share it
+            results = interpret.classification_results(task, p, self._labels)
+            if not task.multi_label:
+                classes, confidence = p.argmax(axis=1), p.max(axis=1)
+        else:
+            results = interpret.results(task, outputs, self._labels)
+        return Inference(outputs, results, nxt, drift, confidence, classes)
+
+    def feeds(
+        self, inputs: Mapping[str, Any] | npt.ArrayLike, state: Arrays | None = None
+    ) -> tuple[Arrays, list[npt.NDArray[np.float64]]]:
+        """Every runtime input of one call, and the drift features of its data inputs."""
+        named = self._named(inputs)
+        feeds: Arrays = dict(self._constants)
+        views = []
+        for role in self._data:
+            spec = self._specs[role.name]
+            raw = canonical(named[role.name], role.preprocessing, shape=spec.shape, name=role.name)
+            feeds[role.name] = to_tensor(
+                raw,
+                role.preprocessing,
+                shape=spec.shape,
+                dtype=spec.dtype,
+                quantization=spec.quant_params,
+                name=role.name,
+                scaler=self._scalers[role.name],
+            )
+            if role.drift != "none":
+                views.append(drift_view(raw, role.preprocessing, role.drift))
+        current = state if state is not None else self.initial_state()
+        for role in self._state:
+            value = current.get(role.name)
+            if value is None:
+                raise InputRejected(f"no state for input {role.name!r}")
+            feeds[role.name] = value
+        return feeds, views
+
+    def _named(self, inputs: Mapping[str, Any] | npt.ArrayLike) -> Mapping[str, Any]:
+        if isinstance(inputs, Mapping):
+            known = {r.name for r in self._data}
+            unknown = sorted(set(inputs) - known)
+            missing = sorted(known - set(inputs))
+            if unknown or missing:
+                raise InputRejected(
+                    f"{self.manifest.name} takes the inputs {sorted(known)}"
+                    + (f"; unknown: {unknown}" if unknown else "")
+                    + (f"; missing: {missing}" if missing else "")
+                )
+            return inputs
+        if len(self._data) != 1:
+            raise InputRejected(
+                f"{self.manifest.name} has several inputs; send them by name: "
+                f"{[r.name for r in self._data]}"
+            )
+        return {self._data[0].name: inputs}
+
+    def _float(self, name: str, value: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        q = self._dequantize.get(name)
+        if q is None:
+            return value
+        scale, zero = q
+        return (np.asarray(value, dtype=np.float32) - zero) * scale
+
+    # ------------------------------------------------------------ self-test --
+
+    def self_test(self, subject: str) -> tuple[float, float, int]:
+        """Replay the manifest's vectors; raise :class:`SelfTestFailed` naming the worst."""
+        spec = self.manifest.self_test
+        fed = [i for i in self.task.inputs if i.role != "constant"]
+        worst, worst_at, agree = 0.0, -1, []
+        for k, (row, expected) in enumerate(zip(spec.inputs, spec.expected, strict=True)):
+            named, state = self._unpack(fed, row)
+            try:
+                out = self.run(named, state)
+            except ModelError as exc:
+                raise ModelError(f"{subject}: the self-test could not run: {exc}") from exc
+            got = np.concatenate(
+                [
+                    np.asarray(out.outputs[t.name], dtype=np.float64).reshape(-1)
+                    for t in self.manifest.outputs
+                ]
+            )
+            want = np.asarray(expected, dtype=np.float64)
+            if got.shape != want.shape:
+                raise SelfTestFailed(
+                    f"{subject}: self-test vector {k} gave {got.size} output values, "
+                    f"expected {want.size}"
+                )
+            excess = np.abs(got - want) - (spec.atol + spec.rtol * np.abs(want))
+            excess = np.where(np.isfinite(got), excess, np.inf)
+            if float(excess.max(initial=-np.inf)) > 0 and (worst_at < 0 or excess.max() > worst):
+                worst, worst_at = float(excess.max()), k
+            if out.classes is not None:
+                agree.append(self._expected_class(want) == int(out.classes[0]))
+        agreement = float(np.mean(agree)) if agree else 1.0
+        if worst_at >= 0:
+            raise SelfTestFailed(
+                f"{subject} failed its self-test, refusing the model: vector {worst_at} is "
+                f"{worst:.3g} outside the tolerance (atol {spec.atol:g}, rtol {spec.rtol:g})"
+            )
+        if agreement < spec.min_top1_agreement:
+            raise SelfTestFailed(
+                f"{subject} failed its self-test, refusing the model: top-1 agrees on "
+                f"{agreement:.0%} of vectors, need {spec.min_top1_agreement:.0%}"
+            )
+        return max(worst, 0.0), agreement, len(spec.inputs)
+
+    def _unpack(
+        self, fed: list[tasks.InputRole], row: list[float]
+    ) -> tuple[dict[str, Any], Arrays]:
+        named: dict[str, Any] = {}
+        state: Arrays = {}
+        at = 0
+        for role in fed:
+            spec = self._specs[role.name]
+            shape = raw_shape(role.preprocessing, spec.shape)
+            size = math.prod(shape)
+            value = np.asarray(row[at : at + size], dtype=np.float32).reshape(shape)
+            at += size
+            if role.role == "state":
+                state[role.name] = value.astype(spec.dtype)
+            else:
+                named[role.name] = value[None] if spec.batched else value
+        return named, state
+
+    def _expected_class(self, flat: npt.NDArray[np.float64]) -> int:
+        assert isinstance(self.task, tasks.Classification)
+        at = 0
+        for t in self.manifest.outputs:
+            size = t.features if t.batched else math.prod(t.shape)
+            if t.name == self.task.output:
+                return int(np.argmax(flat[at : at + size]))
+            at += size
+        return -1

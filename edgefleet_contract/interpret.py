@@ -1,0 +1,175 @@
+"""Model outputs -> what a task's answer is, one JSON-ready object per sample.
+
+Numpy-only and shared: the agent answers the local API with it, the packer
+prints a sample answer with it, and the tests read the same shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import task as tasks
+
+Outputs = Mapping[str, npt.NDArray[Any]]
+
+
+def softmax(x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    z = np.asarray(x, dtype=np.float32)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return np.asarray(z / z.sum(axis=-1, keepdims=True), dtype=np.float32)
+
+
+def sigmoid(x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float32))), dtype=np.float32)
+
+
+def class_scores(task: tasks.Classification, outputs: Outputs) -> npt.NDArray[np.float32]:
+    """Per-sample class probabilities ``(n, classes)`` from the class output."""
+    raw = np.asarray(outputs[task.output], dtype=np.float32)
+    raw = raw.reshape(raw.shape[0] if raw.ndim > 1 else 1, -1)
+    if task.scores == "probabilities":
+        return raw
+    return sigmoid(raw) if task.multi_label else softmax(raw)
+
+
+def scalar_scores(output: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """One score per sample from an output of ``(n,)``, ``(n, 1)`` or a scalar."""
+    x = np.asarray(output, dtype=np.float64)
+    return x.reshape(-1) if x.ndim <= 1 else x.reshape(x.shape[0], -1)[:, 0]
+
+
+def results(task: tasks.Task, outputs: Outputs, labels: Sequence[str]) -> list[dict[str, Any]]:
+    """One answer per sample, shaped by the task's kind."""
+    if isinstance(task, tasks.Classification):
+        return _classification(task, outputs, labels)
+    if isinstance(task, tasks.Regression):
+        return _regression(task, outputs)
+    if isinstance(task, tasks.Anomaly):
+        scores = scalar_scores(outputs[task.output])
+        sign = 1.0 if task.higher_is_anomalous else -1.0
+        return [
+            {
+                "score": float(s),
+                "anomaly": bool(sign * (s - task.threshold) > 0),
+                "threshold": task.threshold,
+            }
+            for s in scores.tolist()
+        ]
+    if isinstance(task, tasks.Detection):
+        return _detection(task, outputs, labels)
+    return [{"outputs": {name: np.asarray(v).tolist() for name, v in outputs.items()}}]
+
+
+def _classification(
+    task: tasks.Classification, outputs: Outputs, labels: Sequence[str]
+) -> list[dict[str, Any]]:
+    return classification_results(task, class_scores(task, outputs), labels)
+
+
+def classification_results(
+    task: tasks.Classification, p: npt.NDArray[np.float32], labels: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The answers of a classifier from its class probabilities ``(n, classes)``."""
+    if task.multi_label:
+        return [
+            {
+                "labels": [labels[i] for i in np.flatnonzero(row >= task.threshold).tolist()],
+                "probabilities": row.tolist(),
+            }
+            for row in p
+        ]
+    top = p.argmax(axis=1).tolist()
+    return [
+        {
+            "label": labels[c],
+            "class_id": c,
+            "confidence": float(row[c]),
+            "probabilities": row.tolist(),
+        }
+        for c, row in zip(top, p, strict=True)
+    ]
+
+
+def _regression(task: tasks.Regression, outputs: Outputs) -> list[dict[str, Any]]:
+    columns = {}
+    for out in task.outputs:
+        x = np.asarray(outputs[out.name], dtype=np.float64)
+        columns[out.name] = x.reshape(x.shape[0] if x.ndim > 1 else 1, -1)
+    n = next(iter(columns.values())).shape[0]
+    units = {o.name: o.units for o in task.outputs}
+    rows = []
+    for i in range(n):
+        values = {name: col[i].tolist() for name, col in columns.items()}
+        row: dict[str, Any] = {"values": values}
+        if any(units.values()):
+            row["units"] = {name: u for name, u in units.items() if u}
+        rows.append(row)
+    return rows
+
+
+def _detection(
+    task: tasks.Detection, outputs: Outputs, labels: Sequence[str]
+) -> list[dict[str, Any]]:
+    boxes = np.asarray(outputs[task.boxes], dtype=np.float32)
+    scores = np.asarray(outputs[task.scores], dtype=np.float32)
+    if boxes.ndim == 2:
+        boxes, scores = boxes[None], scores[None]
+    answers = []
+    for b, s, image in zip(boxes, scores, range(len(boxes)), strict=True):
+        if task.classes is not None:
+            cls = np.asarray(outputs[task.classes]).reshape(len(boxes), -1)[image].astype(np.int64)
+            score = s.reshape(-1)
+        else:
+            per_class = s.reshape(b.shape[0], -1)
+            cls, score = per_class.argmax(axis=1), per_class.max(axis=1)
+        xyxy = to_xyxy(b.reshape(-1, 4), task.box_format)
+        keep = np.flatnonzero(score >= task.score_threshold)
+        if task.postprocess == "nms":
+            keep = keep[nms(xyxy[keep], score[keep], task.iou_threshold)]
+        keep = keep[np.argsort(-score[keep], kind="stable")][: task.max_detections]
+        answers.append(
+            {
+                "detections": [
+                    {
+                        "box": xyxy[k].tolist(),
+                        "score": float(score[k]),
+                        "class_id": int(cls[k]),
+                        **(
+                            {"label": labels[int(cls[k])]} if 0 <= int(cls[k]) < len(labels) else {}
+                        ),
+                    }
+                    for k in keep.tolist()
+                ]
+            }
+        )
+    return answers
+
+
+def to_xyxy(b: npt.NDArray[np.float32], fmt: str) -> npt.NDArray[np.float32]:
+    if fmt == "xywh":
+        return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+    if fmt == "cxcywh":
+        half = b[:, 2:] / 2
+        return np.concatenate([b[:, :2] - half, b[:, :2] + half], axis=1)
+    return b
+
+
+def nms(boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], iou: float) -> Any:
+    """Indices kept by greedy non-maximum suppression, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    area = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+    kept: list[int] = []
+    while order.size:
+        i = int(order[0])
+        kept.append(i)
+        rest = order[1:]
+        lo = np.maximum(boxes[i, :2], boxes[rest, :2])
+        hi = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = np.prod(np.maximum(hi - lo, 0), axis=1)
+        overlap = inter / np.maximum(area[i] + area[rest] - inter, 1e-12)
+        order = rest[overlap <= iou]
+    return np.asarray(kept, dtype=np.intp)

@@ -1,0 +1,192 @@
+"""Format-2 manifests (task, several inputs/outputs, state) and the one preprocessing function."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgefleet_contract.errors import InputRejected, PackageError
+from edgefleet_contract.package import (
+    Manifest,
+    manifest_json,
+    pack_package,
+    parse_package,
+    read_package,
+)
+from edgefleet_contract.preprocess import Preprocessing, canonical, prepare, resize
+
+DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_format_1_packages_load_and_are_written_exactly_as_before() -> None:
+    for path in sorted(DIST.glob("*.efpkg")):
+        package = read_package(path)
+        assert package.manifest.format == 1 and package.manifest.task is None
+        doc = json.loads(manifest_json(package.manifest))
+        assert "task" not in doc and "rtol" not in doc["self_test"]
+        assert set(doc["preprocessing"]) == {"scale", "offset"}
+        again = pack_package(package.manifest, dict(package.members))
+        assert parse_package(again).manifest == package.manifest
+
+
+def _format2(tmp_path: Path) -> tuple[dict[str, object], dict[str, bytes]]:
+    from fleet_server.modelkit.pack import PackRequest, pack
+
+    spec = tmp_path / "iforest.toml"
+    spec.write_text('[task]\noutput = "scores"\nhigher_is_anomalous = false\n')
+    package, _ = pack(
+        PackRequest(
+            model=DATA / "sensor_iforest.onnx",
+            name="pump",
+            version="1.0.0",
+            task="anomaly",
+            calibration=DATA / "sensor_normal.csv",
+            spec=spec,
+            output=tmp_path / "p.efpkg",
+        )
+    )
+    return package.manifest.model_dump(), dict(package.members)
+
+
+def test_a_newer_task_version_or_kind_is_refused_with_upgrade_the_agent(tmp_path: Path) -> None:
+    doc, _members = _format2(tmp_path)
+    for change in ({"version": 2}, {"kind": "segmentation"}):
+        bad = json.loads(json.dumps(doc))
+        bad["task"].update(change)
+        with pytest.raises(ValueError, match="upgrade the agent"):
+            Manifest.model_validate(bad)
+
+
+def test_format_2_rules_name_the_tensor_at_fault(tmp_path: Path) -> None:
+    doc, _ = _format2(tmp_path)
+    cases = [
+        (("task", "output"), "nope", "the task names output 'nope'"),
+        (("labels",), ["a", "b"], "a anomaly task has no labels"),
+        (("task",), None, "format 2 needs a task section"),
+    ]
+    for path, value, message in cases:
+        bad = json.loads(json.dumps(doc))
+        target = bad
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        with pytest.raises(ValueError, match=message):
+            Manifest.model_validate(bad)
+    bad = json.loads(json.dumps(doc))
+    bad["format"] = 1
+    with pytest.raises(ValueError, match="a task section needs format 2"):
+        Manifest.model_validate(bad)
+
+
+def test_an_agent_that_reads_only_format_1_refuses_format_2_saying_upgrade(tmp_path: Path) -> None:
+    from edgefleet_contract import safezip
+
+    _format2(tmp_path)  # writes p.efpkg
+    raw = (tmp_path / "p.efpkg").read_bytes()
+    package = parse_package(raw)
+    kind = safezip.ArchiveKind(noun="package", title="model package")
+    with pytest.raises(PackageError, match="upgrade the agent"):
+        safezip.load_manifest(
+            manifest_json(package.manifest), Manifest, format_version=1, kind=kind
+        )
+
+
+def test_image_preprocessing_resizes_normalises_and_transposes_once() -> None:
+    prep = Preprocessing(
+        scale=1 / 255,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.5, 1.0],
+        layout="nchw",
+        image={"height": 4, "width": 4, "channels": 3},
+    )
+    image = np.full((8, 8, 3), 255, dtype=np.uint8)
+    image[:, :, 1] = 0
+    x = prepare(image, prep, shape=[-1, 3, 4, 4], dtype="float32")
+    assert x.shape == (1, 3, 4, 4) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, 0], 2.0)  # (1 - 0.5) / 0.25
+    np.testing.assert_allclose(x[0, 1], -1.0)  # (0 - 0.5) / 0.5
+    gray = canonical(np.zeros((10, 6), np.uint8), prep, shape=[-1, 3, 4, 4])
+    assert gray.shape == (1, 4, 4, 3)
+    with pytest.raises(InputRejected, match="input 'image' is an image"):
+        prepare(np.zeros(7), prep, shape=[-1, 3, 4, 4], dtype="float32", name="image")
+
+
+def test_bilinear_resize_matches_pillow_on_an_upscale() -> None:
+    """Upscaling agrees with Pillow to its rounding (both use half-pixel centres).  When it
+    shrinks, Pillow widens its filter (an antialiasing average) and this resize does not,
+    so shrinking is not compared: the packer and the device share this one function."""
+    from PIL import Image
+
+    img = np.random.default_rng(0).integers(0, 256, (13, 9), dtype=np.uint8)
+    up = resize(img.astype(np.float32)[None, :, :, None], 26, 18)[0, :, :, 0]
+    pil_up = np.asarray(
+        Image.fromarray(img).resize((18, 26), Image.Resampling.BILINEAR), np.float32
+    )
+    assert up.shape == (26, 18) and np.abs(up - pil_up).max() <= 1.0
+
+
+def test_integer_and_quantized_inputs_are_cast_by_the_tensor_spec() -> None:
+    x = prepare([[0.5, -1.0]], Preprocessing(), shape=[-1, 2], dtype="int8", quantization=(0.5, 1))
+    assert x.dtype == np.int8 and x.tolist() == [[2, -1]]
+    y = prepare([3.6], Preprocessing(), shape=[1], dtype="int64")
+    assert y.dtype == np.int64 and y.tolist() == [4]
+
+
+def test_detection_filters_by_score_and_suppresses_overlaps() -> None:
+    from edgefleet_contract import interpret
+    from edgefleet_contract.task import Detection, InputRole
+
+    task = Detection(
+        kind="detection",
+        inputs=[InputRole(name="image")],
+        boxes="boxes",
+        scores="scores",
+        box_format="cxcywh",
+        postprocess="nms",
+        score_threshold=0.3,
+        iou_threshold=0.5,
+    )
+    boxes = np.array(
+        [[[10, 10, 4, 4], [10.5, 10, 4, 4], [30, 30, 2, 2], [50, 50, 2, 2]]], np.float32
+    )
+    scores = np.array([[[0.1, 0.9], [0.2, 0.8], [0.7, 0.1], [0.2, 0.1]]], np.float32)
+    (answer,) = interpret.results(task, {"boxes": boxes, "scores": scores}, ["cat", "dog"])
+    found = [(d["label"], round(d["score"], 2), d["box"]) for d in answer["detections"]]
+    assert found == [("dog", 0.9, [8.0, 8.0, 12.0, 12.0]), ("cat", 0.7, [29.0, 29.0, 31.0, 31.0])]
+
+
+def test_multi_label_logits_turn_into_the_labels_over_the_threshold() -> None:
+    from edgefleet_contract import interpret
+    from edgefleet_contract.task import Classification, InputRole
+
+    task = Classification(
+        kind="classification",
+        inputs=[InputRole(name="x")],
+        output="y",
+        scores="logits",
+        multi_label=True,
+        threshold=0.6,
+    )
+    logits = np.array([[2.0, -2.0, 0.5], [-3.0, 3.0, 3.0]], np.float32)
+    answers = interpret.results(task, {"y": logits}, ["rain", "wind", "fog"])
+    assert [a["labels"] for a in answers] == [["rain", "fog"], ["wind", "fog"]]
+
+
+def test_an_image_bomb_is_refused_from_its_header() -> None:
+    import io
+
+    from PIL import Image
+
+    from edgefleet_contract.preprocess import MAX_IMAGE_PIXELS, decode_image
+
+    buffer = io.BytesIO()
+    Image.new("L", (MAX_IMAGE_PIXELS // 1000 + 1, 1001)).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < 100_000  # small on the wire, ~8 MB of pixels
+    with pytest.raises(InputRejected, match="pixel limit; scale it down"):
+        decode_image(buffer.getvalue())
+    with pytest.raises(InputRejected, match="not a readable image file"):
+        decode_image(b"GIF89a broken")

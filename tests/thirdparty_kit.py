@@ -1,0 +1,113 @@
+"""The third-party models of the packer tests: files, spec files, labels, calibration.
+
+The CNN (``torch.onnx.export``) and the sensor models (skl2onnx) are committed
+under tests/data (``python -m models.thirdparty`` makes them); silero-vad's
+stateful model is read out of its PyPI wheel, which ``make setup`` downloads
+into .cache/wheels (without its dependencies).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.thirdparty import CNN_SPEC as CNN_SPEC
+from models.thirdparty import IFOREST_SPEC as IFOREST_SPEC
+from models.thirdparty import VAD_SPEC as VAD_SPEC
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+CNN = DATA / "digits_cnn_torch.onnx"
+CNN_IMAGES = DATA / "digits_images.npy"
+IFOREST = DATA / "sensor_iforest.onnx"
+CLASSIFIER = DATA / "sensor_classifier.onnx"
+SENSOR_CSV = DATA / "sensor_normal.csv"
+WHEELS = ROOT / ".cache" / "wheels"
+SILERO_MEMBER = "silero_vad/data/silero_vad.onnx"
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def digit_labels(folder: Path) -> Path:
+    return write(folder, "labels.txt", "\n".join(f"digit-{i}" for i in range(10)) + "\n")
+
+
+def digits_truth() -> np.ndarray:
+    """The true classes of the committed CNN calibration images (digits 1500..1699)."""
+    from sklearn.datasets import load_digits
+
+    return np.asarray(load_digits().target[1500:1700])
+
+
+def silero_model(folder: Path) -> Path:
+    """silero-vad's ONNX model taken from its wheel, or the test is skipped saying why."""
+    wheels = sorted(WHEELS.glob("silero_vad-*.whl"))
+    if not wheels:
+        pytest.skip(
+            f"no silero-vad wheel in {WHEELS}: `make thirdparty-wheels` downloads it from PyPI"
+        )
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        data = wheel.read(SILERO_MEMBER)
+    path = folder / "silero_vad.onnx"
+    path.write_bytes(data)
+    return path
+
+
+def audio(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
+    """16 kHz test audio: quiet noise, then a voiced, pitch-varying tone with harmonics."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    pitch = 140 + 40 * np.sin(2 * np.pi * 3 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / 16000
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 12)) * (t > seconds / 2)
+    return (0.2 * voiced + 0.005 * rng.normal(size=t.size)).astype(np.float32)
+
+
+def vad_calibration(folder: Path) -> Path:
+    chunks = audio()[: (32000 // 512) * 512].reshape(-1, 1, 512)
+    path = folder / "vad_calibration.npy"
+    np.save(path, chunks)
+    return path
+
+
+def two_input_package(folder: Path) -> Path:
+    """A package of a small ONNX graph with inputs ``a``, ``b`` and outputs ``sum``, ``prod``
+    (a regression task), packed from an ``.npz`` with one array per input."""
+    from onnx import TensorProto, helper
+
+    from fleet_server.modelkit.pack import PackRequest, pack
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["a", "b"], ["sum"]),
+            helper.make_node("Mul", ["a", "b"], ["prod"]),
+        ],
+        "two",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 3]) for n in "ab"],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 3]) for n in ("sum", "prod")],
+    )
+    model = folder / "two.onnx"
+    model.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    calib = folder / "two.npz"
+    rng = np.random.default_rng(1)
+    np.savez(
+        calib, a=rng.random((10, 3), dtype=np.float32), b=rng.random((10, 3), dtype=np.float32)
+    )
+    request = PackRequest(
+        model=model,
+        name="two",
+        version="1.0.0",
+        task="regression",
+        calibration=calib,
+        output=folder / "two.efpkg",
+    )
+    return pack(request)[1]
