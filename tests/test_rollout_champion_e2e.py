@@ -91,8 +91,10 @@ def test_an_equal_model_passes_its_parent_gate_and_a_worse_one_is_rolled_back(
         gate = done["waves"][0]["gates"][-1]
         assert gate["metric"] == "accuracy_vs_parent" and gate["passed"], gate
         assert "digits@1.0.0" in gate["gate"]
-        assert gate["samples"] >= gate["needed"] > 100  # it waited for the labels it asked for
-        assert gate["parent_samples"] >= gate["needed"]
+        # It waited for labels: the count it asked for, or overwhelming evidence before it.
+        assert gate["needed"] > 100 and gate["samples"] > 50
+        assert gate["samples"] >= gate["needed"] or "early" in gate["note"], gate
+        assert gate["parent_samples"] >= gate["samples"]
         assert gate["low"] > -0.05
         assert all(d.version == "2.0.0" for d in devices)
 
