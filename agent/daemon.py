@@ -108,8 +108,13 @@ class Agent:
             threads=settings.threads,
             skip=lambda: skip_reason(power_source()[0]),
             on_trained=self.samples.mark_trained,
+            model=self._serving_model,
         )
         self.link = self._make_link()
+
+    def _serving_model(self) -> str | None:
+        model = self.service.model
+        return model.manifest.name if model is not None else None
 
     def _make_link(self) -> DeviceLink:
         s = self.settings

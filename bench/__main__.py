@@ -25,6 +25,9 @@ MODULES = {
     "bench_spool_broker": "Spool drain through the real broker (issue: agent daemon)",
     "bench_federated": "Federated quality and bytes per round (issue: federated training)",
     "bench_fl_rounds": "Federated round overhead and agent memory (issue: federated training)",
+    "bench_fl_scale": (
+        "Federated round overhead at fleet scale (issue: federated training on real fleets)"
+    ),
     "bench_delta": "Delta updates (issue: signed OTA)",
     "bench_console": "Console pages at 10,000 devices (issue: web console)",
     "bench_rollouts": "Rollout throughput (issue: signed OTA)",

@@ -9,8 +9,9 @@ scheduling and aggregation cost.  Goal: <= 0.5 s at 10 clients.  On this shared
 2-core machine all N devices and the server compete for the same cores.
 
 Memory: an agent-like process (link, spool, samples, worker) at idle, then
-after it handled one training instruction — which is when it first imports
-Flower.  Baseline: the same process idle."""
+after it handled one training instruction (edgefleet's native envelope: the
+device does not import Flower for a plain round).  Baseline: the same process
+idle."""
 
 from __future__ import annotations
 
@@ -160,6 +161,7 @@ def memory() -> tuple[int, int]:
     from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
     from edgefleet_contract import flframes
+    from fleet_server.federation import wire
     from fleet_server.federation.app import to_record, train_config
 
     trainable, initial = start_network()
@@ -176,7 +178,7 @@ def memory() -> tuple[int, int]:
     )
     message = Message(content, 12345, "train")
     flower_compat.assign_message_id(message)
-    frames = flframes.split(flower_compat.encode(message), 256 * 1024)
+    frames = flframes.split(wire.encode_instruction(message), 256 * 1024)
     tmp = Path(tempfile.mkdtemp())
     store = SampleStore(tmp / "samples.db", max_samples=5000)
     data = split()
@@ -220,11 +222,11 @@ def run() -> list[dict[str, object]]:
     idle, after = memory()
     rows.append(
         {
-            "benchmark": "agent RSS after a training round (Flower imported lazily)",
+            "benchmark": "agent RSS after a training round (native wire, no Flower)",
             "value": f"{after / 2**20:.1f} MiB",
             "baseline": f"{idle / 2**20:.1f} MiB",
             "ratio": f"{after / idle:.2f}",
-            "note": "baseline: the same agent-like process idle, Flower not imported",
+            "note": "baseline: the same agent-like process idle",
         }
     )
     return rows

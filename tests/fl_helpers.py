@@ -205,14 +205,16 @@ def learning_agents(
     *,
     seed: int,
     env: Mapping[str, str] = {},
+    bin_dir: Path = BIN,
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """Real ``edge-agent run`` processes, one per id, each holding its share of the digits set.
 
     The shares are a Dirichlet(0.5) label split (``seed``), so the devices are
     non-IID as in the field.  Yields once every agent is online and has reported
     its labelled samples (a run started earlier would find too few clients);
-    each logs to ``directory/<id>.log``.  On exit the agents get SIGTERM, and
-    SIGKILL if they have not stopped within 20 s.
+    each logs to ``directory/<id>.log``.  ``bin_dir`` holds the ``edge-agent`` to run
+    (another install's, e.g. one made with the agent extra only).  On exit the agents get
+    SIGTERM, and SIGKILL if they have not stopped within 20 s.
     """
     api = fleet.settings.api_url
     data = split()
@@ -229,15 +231,16 @@ def learning_agents(
     try:
         for device_id, part in zip(ids, parts, strict=True):
             folder = directory / device_id
-            enroll_agent(api, token, device_id, folder, tags={"fl": "proc"})
+            enroll_agent(api, token, device_id, folder, tags={"fl": "proc"}, bin_dir=bin_dir)
             samples = SampleStore(folder / "samples.db", max_samples=10_000)
             for row, label in zip(data.x_train[part], data.y_train[part], strict=True):
                 samples.add(row, int(label))
             samples.close()
             with (directory / f"{device_id}.log").open("wb") as log:
                 agents[device_id] = subprocess.Popen(
-                    [str(BIN / "edge-agent"), "run", "--data-dir", str(folder)],
+                    [str(bin_dir / "edge-agent"), "run", "--data-dir", str(folder)],
                     env=agent_env,
+                    cwd=directory,
                     stdout=log,
                     stderr=log,
                 )

@@ -167,10 +167,17 @@ def fleet_link(
 
 
 def enroll_agent(
-    api_url: str, admin: str, device_id: str, data_dir: Path, *, tags: dict[str, str]
+    api_url: str,
+    admin: str,
+    device_id: str,
+    data_dir: Path,
+    *,
+    tags: dict[str, str],
+    bin_dir: Path | None = None,
 ) -> None:
     """Register ``device_id`` with ``tags`` (as the admin token ``admin``) and run
-    ``edge-agent enroll`` with the token the server hands out, into ``data_dir``."""
+    ``edge-agent enroll`` (from ``bin_dir``, default this interpreter's) with the token the
+    server hands out, into ``data_dir``."""
     import subprocess
     import sys
 
@@ -182,7 +189,7 @@ def enroll_agent(
         json={"id": device_id, "tags": tags},
     )
     r.raise_for_status()
-    edge_agent = Path(sys.executable).parent / "edge-agent"
+    edge_agent = (bin_dir or Path(sys.executable).parent) / "edge-agent"
     done = subprocess.run(
         [
             str(edge_agent),

@@ -117,10 +117,10 @@ class SlowWorker(LearningWorker):
 
     started = 0
 
-    def answer(self, message):  # type: ignore[no-untyped-def]
+    def answer_native(self, instruction, arrays):  # type: ignore[no-untyped-def]
         SlowWorker.started += 1
         time.sleep(30)
-        return super().answer(message)
+        return super().answer_native(instruction, arrays)
 
 
 def test_device_killed_mid_round_fails_fast_and_round_completes(
@@ -157,14 +157,11 @@ class EvilWorker(LearningWorker):
         super().__init__(*a, **kw)  # type: ignore[arg-type]
         self.attack = attack
 
-    def answer(self, message):  # type: ignore[no-untyped-def]
-        from flwr.app import Array, ArrayRecord
-
-        reply = super().answer(message)
-        if reply.has_error() or message.metadata.message_type != "train":
-            return reply
-        record = reply.content.array_records["arrays"]
-        arrays = {k: v.numpy() for k, v in record.items()}
+    def answer_native(self, instruction, arrays):  # type: ignore[no-untyped-def]
+        reply, arrays = super().answer_native(instruction, arrays)
+        if reply.kind != "reply" or instruction.kind != "train":
+            return reply, arrays
+        arrays = dict(arrays)
         first = next(iter(arrays))
         if self.attack == "nan":
             arrays[first] = arrays[first].copy()
@@ -175,8 +172,7 @@ class EvilWorker(LearningWorker):
             arrays["extra"] = np.zeros(4, np.float32)
         elif self.attack == "norm":
             arrays[first] = arrays[first] * 1e6
-        reply.content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-        return reply
+        return reply, arrays
 
 
 def test_malicious_updates_are_rejected_counted_and_never_aggregated(
@@ -217,11 +213,10 @@ class GateWorker(LearningWorker):
 
     gate = threading.Event()
 
-    def answer(self, message):  # type: ignore[no-untyped-def]
-        config = message.content.config_records.get("config") if message.has_content() else None
-        if config is not None and config.get("server-round", 0) >= 3:
+    def answer_native(self, instruction, arrays):  # type: ignore[no-untyped-def]
+        if int(instruction.config.get("server-round", 0)) >= 3:
             GateWorker.gate.wait(120)
-        return super().answer(message)
+        return super().answer_native(instruction, arrays)
 
 
 def test_run_resumes_from_checkpoint_after_server_restart(
@@ -258,6 +253,91 @@ def test_run_resumes_from_checkpoint_after_server_restart(
         assert all(r.ts < restarted for r in rounds[:2])
         assert all(r.ts > restarted for r in rounds[2:])
         assert rounds[-1].accuracy >= rounds[1].accuracy
+    finally:
+        for d in fleet:
+            d.stop()
+        server.stop()
+
+
+class AdamGate(LearningWorker):
+    """Holds round 3 (of a FedAdam run) until the test has restarted the server."""
+
+    gate = threading.Event()
+
+    def answer_native(self, instruction, arrays):  # type: ignore[no-untyped-def]
+        if int(instruction.config.get("server-round", 0)) >= 3:
+            AdamGate.gate.wait(120)
+        return super().answer_native(instruction, arrays)
+
+
+def _saved(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """The arrays and the header of a checkpoint's strategy state, read independently."""
+    import io
+    import json
+
+    with np.load(io.BytesIO(blob)) as data:
+        header = json.loads(bytes(data["__header__"]).decode())
+        return {k: data[k] for k in data.files if k != "__header__"}, header
+
+
+def test_resumed_fedadam_run_continues_its_moments_and_dp_releases(
+    settings: ServerSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet_server.federation import runner as runner_module
+    from fleet_server.federation import strategy_state
+
+    server = FleetServer(settings)
+    server.start()
+    server.training.build_candidates = False
+    fleet = devices(server, tmp_path / "devs", 4, "ra", worker_cls=AdamGate)
+    private = {"central_dp": True, "noise_multiplier": 0.01, "clipping_norm": 50.0}
+    try:
+        run = server.training.start_run(
+            spec(rounds=4, min_clients=4, strategy="fedadam", privacy=private), actor="test"
+        )
+        grid = server.training.grid
+        assert grid is not None
+        wait_for(
+            lambda: (
+                grid.owed(fleet[0].link.device_id) > 0
+                and server.store.get_training_run(run.id).completed_rounds == 2  # type: ignore[attr-defined]
+            ),
+            180,
+            "round 3 under way",
+        )
+        saved = server.store.latest_strategy_state(run.id)  # type: ignore[attr-defined]
+        server.stop()
+        arrays, header = _saved(saved)
+        assert header["extra"] == {"dp_releases": 2}
+        assert [level["class"] for level in header["levels"]] == [  # type: ignore[attr-defined]
+            "DifferentialPrivacyServerSideFixedClipping",
+            "FedAdam",
+        ]
+        moments = {k.split("/", 2)[2]: v for k, v in arrays.items() if k.startswith("1/m_t/")}
+        assert moments and any(np.abs(v).sum() > 0 for v in moments.values())
+
+        restored: list[dict[str, np.ndarray]] = []
+        real = strategy_state.restore
+
+        def spy(strategy, blob):  # type: ignore[no-untyped-def]
+            extra = real(strategy, blob)
+            restored.append({k: np.array(v) for k, v in strategy.strategy.m_t.items()})
+            return extra
+
+        monkeypatch.setattr(runner_module.strategy_state, "restore", spy)
+        AdamGate.gate.set()
+        api = settings.api.model_copy(update={"port": free_port()})
+        server = FleetServer(settings.model_copy(update={"api": api}))
+        server.training.build_candidates = False
+        server.start()
+        assert wait_done(server, run.id, timeout=300) == "completed"
+        assert len(restored) == 1 and set(restored[0]) == set(moments)
+        for name, value in moments.items():
+            np.testing.assert_array_equal(restored[0][name], value)
+        final = _saved(server.store.latest_strategy_state(run.id))[1]  # type: ignore[attr-defined]
+        assert final["extra"] == {"dp_releases": 4}
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert [r.round for r in rounds] == [1, 2, 3, 4]
     finally:
         for d in fleet:
             d.stop()
@@ -344,7 +424,39 @@ def test_round_below_quorum_fails_the_run_with_a_reason(
         assert wait_done(server, run.id) == "failed"
         final = server.store.get_training_run(run.id)  # type: ignore[attr-defined]
         assert "2 good updates, below the quorum of 3" in final.detail
-        assert server.store.list_rounds(run.id) == []  # type: ignore[attr-defined]
+        assert "rejected:not_finite 1" in final.detail and "qe-0" in final.detail
+        (failed,) = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert failed.accuracy is None and failed.failures == {"rejected:not_finite": 1}
+        assert failed.eligibility == {"eligible": 3}
+        assert server.store.latest_checkpoint(run.id) is None  # type: ignore[attr-defined]
+    finally:
+        for d in fleet:
+            d.stop()
+
+
+def test_federated_evaluation_runs_on_each_devices_held_out_samples(
+    server: FleetServer, tmp_path: Path
+) -> None:
+    server.training.build_candidates = False
+    fleet = devices(server, tmp_path / "devs", 4, "fe")
+    try:
+        run = server.training.start_run(
+            spec(rounds=3, min_clients=4, client_evaluate=True), actor="test"
+        )
+        assert wait_done(server, run.id) == "completed"
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert [r.round for r in rounds] == [1, 2, 3]
+        for r in rounds:
+            evaluation = r.evaluation
+            assert evaluation["of_round"] == r.round
+            assert sorted(evaluation["devices"]) == sorted(d.link.device_id for d in fleet)
+            for d in fleet:
+                held = len(d.samples.dataset(64)[1]) // 5  # every 5th sample, never trained on
+                figures = evaluation["devices"][d.link.device_id]
+                assert figures["num-examples"] == held and 0 <= figures["accuracy"] <= 1
+            assert 0 < evaluation["accuracy"] <= 1
+        final = server.store.get_training_run(run.id).result["federated_evaluation"]  # type: ignore[attr-defined]
+        assert final["of_round"] == 3 and len(final["devices"]) == 4
     finally:
         for d in fleet:
             d.stop()

@@ -12,7 +12,7 @@ import pytest
 
 from agent.learning.trainer import Mlp, evaluate, prepare
 from agent.learning.worker import LearningWorker
-from edgefleet_contract import flframes, flower_compat
+from edgefleet_contract import flframes, flower_compat, flwire
 from edgefleet_contract.package import decode_weights, read_package
 from fleet_server.federation.app import run_rounds
 from fleet_server.federation.deadline import round_close
@@ -229,7 +229,10 @@ def test_stock_flower_apps_run_as_a_pair(tmp_path: Path) -> None:
     grid: DirectGrid
 
     def send(device_id: str, frame: bytes) -> None:
-        message = flower_compat.decode(frame[flframes.HEADER_SIZE :])
+        # The wire carries edgefleet's envelope; a stock SuperNode would be handed the
+        # Flower instruction itself, which is what the grid keeps for each envelope.
+        envelope, _, _ = flwire.decode(frame[flframes.HEADER_SIZE :])
+        message = grid._pending[envelope.message_id].instruction
         node = int(device_id[1:])
         context = Context(
             run_id=1,
@@ -239,7 +242,8 @@ def test_stock_flower_apps_run_as_a_pair(tmp_path: Path) -> None:
             run_config={},
         )
         reply = client_app(message, context)
-        for f in flframes.split(flower_compat.encode(reply), 10**8):
+        answer = flwire.encode(flwire.flower_reply(envelope), body=flower_compat.encode(reply))
+        for f in flframes.split(answer, 10**8):
             grid.deliver(device_id, f)
 
     grid = DirectGrid(send, eligible=lambda: ["n0", "n1", "n2"], max_payload=10**8)

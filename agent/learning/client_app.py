@@ -12,7 +12,6 @@ the global weights: the manifest's trainable layer list and preprocessing
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +24,9 @@ from edgefleet_contract.errors import ModelError
 from edgefleet_contract.package import Preprocessing, Trainable
 
 from ..samples import SampleStore
+from . import native
+from .native import Dataset, DataSource
 from .trainer import LocalConfig, Mlp, evaluate, prepare, train
-
-Dataset = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
-DataSource = Callable[[int], Dataset]
-"""Labelled raw rows of a given width (a model's input size)."""
 
 
 def _config(message: Message) -> ConfigRecord:
@@ -60,17 +57,8 @@ def _dtypes(message: Message) -> dict[str, np.dtype[np.generic]]:
 
 
 def local_config(config: ConfigRecord) -> LocalConfig:
-    def num(key: str, default: float) -> float:
-        value = config.get(key, default)
-        return float(value) if isinstance(value, int | float) else default
-
-    return LocalConfig(
-        epochs=int(num("local-epochs", 1)),
-        lr=num("lr", 0.05),
-        batch_size=int(num("batch-size", 32)),
-        proximal_mu=num("proximal-mu", 0.0),
-        seed=int(num("server-round", 0)),
-    )
+    scalars = {k: v for k, v in config.items() if isinstance(v, bool | int | float | str)}
+    return native.local_config(scalars)
 
 
 def train_message(message: Message, data: DataSource) -> Message:

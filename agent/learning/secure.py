@@ -20,7 +20,7 @@ from flwr.common import Config, NDArrays, Scalar
 
 from edgefleet_contract.package import Preprocessing, Trainable
 
-from .client_app import DataSource
+from .native import DataSource
 from .trainer import LocalConfig, Mlp, evaluate, prepare, train
 
 SECAGG_RECORD = "secaggplus_configs"

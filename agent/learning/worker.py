@@ -2,13 +2,18 @@
 
 Frames from ``devices/{id}/fl/in`` are reassembled on the network thread (cheap)
 and whole instructions are queued for one worker thread, so predictions keep
-being served while a round trains.  Flower is imported by that thread when the
-first instruction arrives: an idle agent never pays its ~25-50 MB.
+being served while a round trains.  Plain train/evaluate instructions arrive as
+:mod:`edgefleet_contract.flwire` envelopes and are answered with numpy only
+(:mod:`.native`), so the agent install trains without Flower.  Only rounds that
+need Flower on the device (SecAgg+, local DP) import it, lazily, and a device
+without the ``fl`` extra answers those at once with ``missing_extra``.
 
 Resource rules: training runs with at most ``threads`` BLAS threads; when the
-``skip`` policy names a reason (on battery, busy serving) the device answers
-with an error reply at once instead of training, so the server's round does
-not wait for it.  The queue is small and bounded; what it drops is counted.
+``skip`` policy names a reason (on battery, busy serving), the round trains
+another model than the device serves, or the device has no samples, it answers
+with an error reply and a reason code at once instead of training, so the
+server's round does not wait for it and its failures column says why.  The
+queue is small and bounded; what it drops is counted.
 """
 
 from __future__ import annotations
@@ -22,14 +27,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
-from edgefleet_contract import flframes
+from edgefleet_contract import flframes, flwire
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import ContractError, EdgefleetError
 
 if TYPE_CHECKING:
     from flwr.app import Message
 
-    from .client_app import DataSource
+    from .native import DataSource
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,7 @@ class LearningWorker:
         skip: SkipPolicy | None = None,
         max_queue: int = 4,
         on_trained: Callable[[], None] | None = None,
+        model: Callable[[], str | None] | None = None,
     ) -> None:
         self._send = send
         self._data = data
@@ -57,6 +63,8 @@ class LearningWorker:
         self._threads = threads
         self._skip = skip
         self._on_trained = on_trained
+        self._model = model
+        """The name of the model the device serves (``None``: none loaded)."""
         self._reassembler = flframes.Reassembler()
         self._frames_lock = threading.Lock()
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
@@ -113,31 +121,97 @@ class LearningWorker:
                 self.busy.clear()
 
     def _handle(self, data: bytes) -> None:
-        from edgefleet_contract import flower_compat
-
         try:
-            message = flower_compat.decode(data)
+            envelope, arrays, body = flwire.decode(data)
         except ContractError as exc:
             self.counts["undecodable"] += 1
             log.warning("%s", exc)
             return
-        reply = self.answer(message)
-        payload = flower_compat.encode(reply)
+        if envelope.kind in ("train", "evaluate"):
+            reply, out = self.answer_native(envelope, arrays)
+            payload = flwire.encode(reply, out)
+        elif envelope.kind == "flower":
+            payload = self._answer_flower(envelope, body)
+        else:
+            self.counts["undecodable"] += 1
+            log.warning("federated %s sent to a device is ignored", envelope.kind)
+            return
         for frame in flframes.split(payload, self.max_payload):
             if not self._send(frame):
                 self.counts["unsent"] += 1
                 return
 
+    def refusal(self, model: object) -> tuple[str, str] | None:
+        """(code, reason) when this device must not take part now, checked before any work."""
+        reason = self._skip() if self._skip is not None else None
+        if reason is not None:
+            return flwire.NOT_ELIGIBLE, f"skipped: {reason}"
+        serving = self._model() if self._model is not None else None
+        if isinstance(model, str) and model and serving is not None and serving != model:
+            return flwire.WRONG_MODEL, f"the round trains {model}; this device serves {serving}"
+        return None
+
+    def answer_native(
+        self, instruction: flwire.FlEnvelope, arrays: flwire.Arrays
+    ) -> tuple[flwire.FlEnvelope, flwire.Arrays]:
+        """The reply to a plain train/evaluate instruction: numpy only, no Flower."""
+        from . import native
+
+        refused = self.refusal(instruction.config.get("model"))
+        if refused is not None:
+            self.counts["skipped"] += 1
+            return flwire.error_reply(instruction, *refused), {}
+        started = time.perf_counter()
+        try:
+            with _limit_threads(self._threads):
+                reply, out = native.answer(instruction, arrays, self._data)
+        except native.Refused as exc:
+            self.counts["refused"] += 1
+            log.warning("federated %s refused: %s", instruction.kind, exc)
+            return flwire.error_reply(instruction, exc.code, str(exc)), {}
+        except (EdgefleetError, ValueError, KeyError, TypeError) as exc:
+            self.counts["failed"] += 1
+            log.warning("federated %s failed: %s", instruction.kind, exc)
+            return flwire.error_reply(instruction, flwire.FAILED, str(exc)[:500]), {}
+        self.counts["handled"] += 1
+        if instruction.kind == "train":
+            self.last_train_s = time.perf_counter() - started
+            if self._on_trained is not None:
+                self._on_trained()
+        return reply, out
+
+    def _answer_flower(self, envelope: flwire.FlEnvelope, body: bytes) -> bytes:
+        """A round only Flower can run here (SecAgg+, local DP): needs the ``fl`` extra."""
+        try:
+            import flwr  # noqa: F401
+
+            from edgefleet_contract import flower_compat
+        except ImportError:
+            self.counts["refused"] += 1
+            detail = (
+                "this round needs Flower on the device (SecAgg+ or local DP); "
+                "install the agent with the fl extra: pip install 'edgefleet[agent,fl]'"
+            )
+            log.warning("federated round refused: %s", detail)
+            return flwire.encode(flwire.error_reply(envelope, flwire.MISSING_EXTRA, detail))
+        try:
+            message = flower_compat.decode(body)
+        except ContractError as exc:
+            self.counts["undecodable"] += 1
+            return flwire.encode(flwire.error_reply(envelope, flwire.BAD_INSTRUCTION, str(exc)))
+        reply = self.answer(message)
+        return flwire.encode(flwire.flower_reply(envelope), body=flower_compat.encode(reply))
+
     def answer(self, message: Message) -> Message:
-        """The reply to one instruction (training, evaluation, or an error reply)."""
+        """The reply to one Flower instruction (training, evaluation, or an error reply)."""
         from flwr.app import Context, Error, Message, RecordDict
 
         from .client_app import build_app, local_dp_for
 
-        reason = self._skip() if self._skip is not None else None
-        if reason is not None:
+        refused = self.refusal(_config_model(message))
+        if refused is not None:
             self.counts["skipped"] += 1
-            return Message(Error(ERR_SKIPPED, f"skipped: {reason}"), reply_to=message)
+            return Message(Error(ERR_SKIPPED, refused[1]), reply_to=message)
         from .secure import SampleClient, is_secure, secure_app
 
         context = Context(
@@ -170,6 +244,12 @@ class LearningWorker:
             if self._on_trained is not None:
                 self._on_trained()
         return reply
+
+
+def _config_model(message: Message) -> object:
+    if not message.has_content() or "config" not in message.content.config_records:
+        return None
+    return message.content.config_records["config"].get("model")
 
 
 def skip_reason(power: str, *, allow_battery: bool = False) -> str | None:

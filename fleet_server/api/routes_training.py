@@ -37,6 +37,12 @@ class RoundOut(BaseModel):
     bytes_in: int
     wall_s: float
     ts: float
+    failed: dict[str, str] = {}
+    """Device -> why it gave no update (its own reason code first)."""
+    eligibility: dict[str, int] = {}
+    """How many targeted devices were eligible, and how many were left out per reason."""
+    evaluation: dict[str, Any] = {}
+    """Federated evaluation on the devices' own held-out samples, per device and cohort."""
 
 
 class RunOut(BaseModel):

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from edgefleet_contract.package import Preprocessing, Trainable, encode_weights, read_package
 
@@ -32,6 +33,8 @@ from .strategies import make_strategy
 
 Weights = dict[str, npt.NDArray[np.float32]]
 RoundHook = Callable[[int, Weights], Mapping[str, float]]
+HELDOUT_EVERY = 5
+"""With federated evaluation, every 5th sample on a device is held out from training."""
 
 
 def to_record(weights: Mapping[str, npt.NDArray[np.float32]]) -> ArrayRecord:
@@ -53,6 +56,8 @@ def train_config(spec: RunSpec, trainable: Trainable, preprocessing: Preprocessi
         "batch-size": spec.local.batch_size,
         "proximal-mu": spec.local.proximal_mu,
     }
+    if spec.client_evaluate:
+        config["heldout-every"] = HELDOUT_EVERY
     if p.local_dp_epsilon > 0:
         config.update(
             {
@@ -74,12 +79,15 @@ def run_rounds(
     preprocessing: Preprocessing,
     first_round: int = 1,
     on_round: RoundHook | None = None,
+    strategy: Strategy | None = None,
 ) -> Weights:
-    """Run rounds ``first_round..spec.rounds``; returns the final global weights."""
+    """Run rounds ``first_round..spec.rounds``; returns the final global weights.
+
+    ``strategy`` (default: the spec's) may come with state restored from a checkpoint."""
     remaining = spec.rounds - first_round + 1
     if remaining <= 0:
         return dict(initial)
-    strategy = make_strategy(spec)
+    strategy = strategy if strategy is not None else make_strategy(spec)
     config = train_config(spec, trainable, preprocessing)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

@@ -4,6 +4,10 @@ A stock Flower strategy drives rounds through four calls (``get_node_ids``,
 ``push_messages``, ``pull_messages``, ``send_and_receive``); this class answers
 them by publishing each instruction on ``devices/{id}/fl/in`` (chunked to the
 payload limit) and collecting replies that arrive on ``devices/{id}/fl/out``.
+On the wire the messages are edgefleet's native envelopes (:mod:`.wire`), so a
+device trains without Flower; a device that cannot take part answers at once
+with a reason code, which the round's failures count (``Exchange.failed`` keeps
+each device's reason).
 
 Why not Flower's SuperLink: its polling runtime costs seconds per round and
 notices a dead node after a minute.  Here a device's Last Will (status offline)
@@ -30,16 +34,23 @@ from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from edgefleet_contract import flframes, flower_compat
+from edgefleet_contract import flframes, flower_compat, flwire
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import ContractError, EdgefleetError, RunStopped
+
+from . import wire
+from .validate import UpdateCheck, numpy_arrays
 
 log = logging.getLogger(__name__)
 
 Sender = Callable[[str, bytes], None]
-Validator = Callable[[Message, Message], str | None]
 ClosePolicy = Callable[["Exchange", float], bool]
 """(exchange so far, seconds since sent) -> close now; see :mod:`.deadline`."""
+
+REUSE_IDS_S = 1.0
+"""Flower's strategies ask ``get_node_ids`` twice while configuring one round; the second
+call within this long (and before anything is sent) reuses the first answer, since at
+thousands of devices one eligibility census costs a noticeable part of a round."""
 
 ERR_OFFLINE = 901
 ERR_REJECTED = 902
@@ -63,6 +74,10 @@ class Exchange:
     bytes_out: int = 0
     bytes_in: int = 0
     participants: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    """Device -> why it gave no update (its own reason, or offline/timeout)."""
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Device -> the metrics of its good reply (an evaluate round's per-device figures)."""
 
 
 @dataclass
@@ -80,7 +95,7 @@ class MqttGrid(Grid):
         eligible: Callable[[], Iterable[str]],
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_message: int = flframes.DEFAULT_MAX_MESSAGE,
-        validator: Validator | None = None,
+        validator: UpdateCheck | None = None,
         close: ClosePolicy | None = None,
         pull_interval: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
@@ -99,6 +114,8 @@ class MqttGrid(Grid):
         self._replies: dict[str, Message] = {}
         self._reassembler = flframes.Reassembler(max_message=max_message)
         self._stop = threading.Event()
+        self._encoder = wire.InstructionEncoder()
+        self._recent_ids: tuple[float, list[int]] | None = None
         self.rejected: Counter[str] = Counter()
         """Replies refused before any strategy saw them, by reason."""
         self.late = 0
@@ -127,13 +144,19 @@ class MqttGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         if self._stop.is_set():
             raise RunStopped("the federated run was stopped")
-        ids = []
         with self._lock:
-            for device_id in self._eligible():
+            recent = self._recent_ids
+            if recent is not None and self._clock() - recent[0] < REUSE_IDS_S:
+                return list(recent[1])
+        ids = []
+        found = list(self._eligible())
+        with self._lock:
+            for device_id in found:
                 node = node_id_for(device_id)
                 self._nodes[node] = device_id
                 ids.append(node)
-        return ids
+            self._recent_ids = (self._clock(), ids)
+        return list(ids)
 
     def get_nodes(self) -> Iterable[NodeInfo]:
         return (NodeInfo(node_id=n) for n in self.get_node_ids())
@@ -143,6 +166,8 @@ class MqttGrid(Grid):
             return self._nodes.get(node_id)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        with self._lock:
+            self._recent_ids = None  # the next round asks afresh
         ids: list[str] = []
         for message in messages:
             message_id = flower_compat.assign_message_id(message)
@@ -156,7 +181,7 @@ class MqttGrid(Grid):
                 continue
             with self._lock:
                 self._pending[message_id] = _Pending(device_id, message, self._clock())
-            payload = flower_compat.encode(message)
+            payload = self._encoder.encode(message)
             try:
                 for frame in flframes.split(payload, self.max_payload):
                     self._send(device_id, frame)
@@ -208,6 +233,11 @@ class MqttGrid(Grid):
                 pending = self._pending.pop(message_id, None)
                 if pending is not None:
                     self.current.failures[unanswered] += 1
+                    self.current.failed[pending.device_id] = (
+                        "straggler: still training when the round closed"
+                        if unanswered == "straggler"
+                        else "timeout: no answer in time"
+                    )
             self.exchanges.append(self.current)
         if self._stop.is_set():
             raise RunStopped("the federated run was stopped")
@@ -222,11 +252,11 @@ class MqttGrid(Grid):
         if data is None:
             return
         try:
-            reply = flower_compat.decode(data)
+            envelope, arrays, body = flwire.decode(data)
         except ContractError as exc:
             self._count_rejected("undecodable", device_id, str(exc))
             return
-        message_id = reply.metadata.reply_to_message_id
+        message_id = envelope.reply_to
         with self._lock:
             pending = self._pending.get(message_id)
             if pending is None:
@@ -238,9 +268,16 @@ class MqttGrid(Grid):
                 return
             del self._pending[message_id]
             self.current.bytes_in += len(data)
+        try:
+            reply = wire.decode_reply(envelope, arrays, body, pending.instruction)
+        except ContractError as exc:
+            self._count_rejected("undecodable", device_id, str(exc))
+            reply = Message(
+                Error(ERR_REJECTED, f"undecodable reply: {exc}"), reply_to=pending.instruction
+            )
         reason = None
         if not reply.has_error() and self._validator is not None:
-            reason = self._validator(pending.instruction, reply)
+            reason = self._validate(pending.instruction, envelope, arrays, reply)
         if reason is not None:
             self._count_rejected(reason, device_id, "update refused")
             reply = Message(
@@ -249,12 +286,34 @@ class MqttGrid(Grid):
         with self._lock:
             if reply.has_error():
                 if reason is None:
-                    self.current.failures["client_error"] += 1
+                    self.current.failures[wire.failure_code(reply)] += 1
+                self.current.failed[device_id] = reply.error.reason or "error"
             else:
                 self.current.replies += 1
                 self.current.participants.append(device_id)
+                self.current.metrics[device_id] = dict(envelope.metrics)
             self._replies[message_id] = reply
             self._lock.notify_all()
+
+    def _validate(
+        self,
+        instruction: Message,
+        envelope: flwire.FlEnvelope,
+        arrays: flwire.Arrays,
+        reply: Message,
+    ) -> str | None:
+        """Native replies are checked on the arrays as they arrived (no Flower round trip)."""
+        assert self._validator is not None
+        if envelope.kind != "reply":
+            return self._validator(instruction, reply)
+        key = self._validator.arrayrecord_key
+        if instruction.metadata.message_type != "train" or not instruction.has_content():
+            return None
+        sent = instruction.content.array_records.get(key)
+        if sent is None:
+            return None
+        examples = envelope.metrics.get(self._validator.weighted_by_key)
+        return self._validator.check(numpy_arrays(sent), arrays, examples)
 
     def device_offline(self, device_id: str) -> None:
         """Its Last Will arrived: every reply it owes becomes an error reply now."""
@@ -282,8 +341,11 @@ class MqttGrid(Grid):
 
     def _fail(self, instruction: Message, code: int, reason: str, counter: str) -> None:
         reply = Message(Error(code, reason), reply_to=instruction)
+        device_id = self._nodes.get(instruction.metadata.dst_node_id, "")
         with self._lock:
             self.current.failures[counter] += 1
+            if device_id:
+                self.current.failed[device_id] = f"{counter}: {reason}"
             self._replies[instruction.metadata.message_id] = reply
             self._lock.notify_all()
 

@@ -15,12 +15,14 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from flwr.serverapp.strategy import Strategy
 
 from edgefleet_contract import flower_compat
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
@@ -33,13 +35,15 @@ from ..modelkit.build import apply_preprocessing
 from ..modelkit.network import Network
 from ..store.base import Device, Page
 from ..store.training import RoundRecord, TrainingRun
+from . import strategy_state
 from .app import Weights, run_rounds
 from .candidate import CandidateHook, HeldOut, finish_run
 from .deadline import round_close
-from .eligibility import eligible
-from .grid import MqttGrid, Sender
+from .eligibility import Facts, census
+from .grid import Exchange, MqttGrid, Sender
 from .secure import run_secure_rounds
 from .spec import RunSpec
+from .strategies import make_strategy
 from .validate import UpdateCheck
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,7 @@ class TrainingStore(Protocol):
     def list_devices(self, **kwargs: Any) -> Page[Device]: ...
     def get_device(self, device_id: str) -> Device: ...
     def latest_telemetry(self, device_id: str) -> Telemetry | None: ...
+    def learning_facts(self, device_ids: Sequence[str]) -> dict[str, Facts]: ...
     def create_training_run(
         self, run_id: str, spec: dict[str, Any], *, actor: str, now: float
     ) -> None: ...
@@ -67,9 +72,11 @@ class TrainingStore(Protocol):
         detail: str = "",
         result: dict[str, Any] | None = None,
     ) -> None: ...
-    def complete_round(self, record: RoundRecord, weights: bytes) -> None: ...
+    def complete_round(self, record: RoundRecord, weights: bytes, state: bytes = b"") -> None: ...
+    def record_failed_round(self, record: RoundRecord) -> None: ...
     def list_rounds(self, run_id: str) -> list[RoundRecord]: ...
     def latest_checkpoint(self, run_id: str) -> tuple[int, bytes] | None: ...
+    def latest_strategy_state(self, run_id: str) -> bytes: ...
 
 
 PackageSource = Callable[[str], ModelPackage]
@@ -102,6 +109,8 @@ class TrainingService:
         self._run_id: str | None = None
         self._thread: threading.Thread | None = None
         self.rejected_total: Counter[str] = Counter()
+        self._census: Counter[str] = Counter()
+        """The latest eligibility census of the running run (``eligible`` + left out per reason)."""
 
     # ----------------------------------------------------------- operator --
 
@@ -210,9 +219,10 @@ class TrainingService:
 
         def fn() -> list[str]:
             devices = self.store.list_devices(limit=1_000_000).items
-            ids = eligible(
-                devices, self.store.latest_telemetry, chosen, spec.eligibility, spec.model
+            ids, counts = census(
+                devices, self.store.learning_facts, chosen, spec.eligibility, spec.model
             )
+            self._census = counts
             if len(ids) >= spec.min_clients:
                 short_since.clear()
             elif not short_since:
@@ -233,26 +243,32 @@ class TrainingService:
             assert trainable is not None
             network = Network.from_package(package)
             start, weights = 1, package.weights()
+            strategy, dp_releases = make_strategy(spec), 0
             checkpoint = self.store.latest_checkpoint(run_id)
             if checkpoint is not None:
                 done, blob = checkpoint
                 start, weights = done + 1, decode_weights(blob, trainable)
+                saved = strategy_state.restore(strategy, self.store.latest_strategy_state(run_id))
+                dp_releases = int(saved.get("dp_releases", 0))
                 log.info("training run %s resumes after round %d", run_id, done)
             self.store.set_training_status(run_id, "running", now=time.time())
             flower_compat.set_task_identity(int(run_id, 16) & 0x7FFFFFFF)
             grid.set_run(flower_compat.empty_run(int(run_id, 16) & 0x7FFFFFFF))
-            rounds = run_secure_rounds if spec.secagg else run_rounds
-            final = rounds(
-                grid,
-                spec,
-                weights,
+            hook = self._round_hook(run_id, spec, grid, network, strategy, dp_releases)
+            options = dict(
                 trainable=trainable,
                 preprocessing=package.manifest.preprocessing,
                 first_round=start,
-                on_round=self._round_hook(run_id, spec, grid, network),
+                on_round=hook,
             )
+            if spec.secagg:
+                final = run_secure_rounds(grid, spec, weights, **options)  # type: ignore[arg-type]
+            else:
+                final = run_rounds(grid, spec, weights, strategy=strategy, **options)  # type: ignore[arg-type]
             if self._run_id != run_id:
                 return  # server shutting down: resume later
+            recorded = self.store.list_rounds(run_id)
+            last_evaluation = recorded[-1].evaluation if recorded else {}
             result = finish_run(
                 run_id,
                 spec,
@@ -264,6 +280,8 @@ class TrainingService:
                 on_candidate=self.on_candidate,
                 build=self.build_candidates,
             )
+            if last_evaluation:
+                result = {**result, "federated_evaluation": last_evaluation}
             self.store.set_training_status(
                 run_id, "completed", now=time.time(), detail="", result=result
             )
@@ -279,9 +297,16 @@ class TrainingService:
                     self._grid = None
 
     def _round_hook(
-        self, run_id: str, spec: RunSpec, grid: MqttGrid, network: Network
+        self,
+        run_id: str,
+        spec: RunSpec,
+        grid: MqttGrid,
+        network: Network,
+        strategy: Strategy,
+        dp_releases: int,
     ) -> Callable[[int, Weights], Mapping[str, float]]:
         started = [time.monotonic()]
+        releases = [dp_releases]
         data = self._heldout(spec.model)
         package = self._packages(spec.model)
         x = apply_preprocessing(data.x_raw, package.manifest.preprocessing)
@@ -289,40 +314,86 @@ class TrainingService:
 
         def hook(round_no: int, weights: Weights) -> Mapping[str, float]:
             train = [e for e in grid.exchanges if e.message_type == "train"]
-            exchange = train[-1] if train else None
-            good = exchange.replies if exchange is not None else 0
-            if good < spec.min_clients:
-                raise FederationError(
-                    f"round {round_no}: {good} good updates, below the quorum of {spec.min_clients}"
-                )
+            exchange = train[-1] if train else Exchange()
             if self._run_id != run_id:
                 raise RunStopped("server shutting down")
-            candidate = network.with_weights(weights)
-            loss, accuracy = heldout_scores(candidate, x, y)
-            rejected = Counter(grid.rejected)
-            grid.rejected.clear()
-            self.rejected_total.update(rejected)
-            now = time.monotonic()
-            record = RoundRecord(
-                run_id=run_id,
-                round=round_no,
-                loss=loss,
-                accuracy=accuracy,
-                participants=list(exchange.participants) if exchange else [],
-                failures=dict(exchange.failures) if exchange else {},
-                rejected=dict(rejected),
-                bytes_out=sum(e.bytes_out for e in grid.exchanges),
-                bytes_in=sum(e.bytes_in for e in grid.exchanges),
-                wall_s=now - started[0],
-                ts=time.time(),
-            )
-            grid.exchanges.clear()
-            started[0] = now
-            self.store.complete_round(record, encode_weights(weights))
+            record = self._record(run_id, round_no, grid, exchange, started)
+            if exchange.replies < spec.min_clients:
+                self.store.record_failed_round(record)
+                raise FederationError(
+                    f"round {round_no}: {exchange.replies} good updates, below the quorum of "
+                    f"{spec.min_clients}{failure_summary(exchange)}"
+                )
+            loss, accuracy = heldout_scores(network.with_weights(weights), x, y)
+            record = replace(record, loss=loss, accuracy=accuracy)
+            state = b""
+            if not spec.secagg:  # SecAgg+ rounds run Flower's legacy workflow, not ``strategy``
+                releases[0] += 1 if spec.privacy.central_dp else 0
+                state = strategy_state.save(strategy, extra={"dp_releases": releases[0]})
+            self.store.complete_round(record, encode_weights(weights), state)
             log.info("run %s round %d: accuracy %.3f loss %.3f", run_id, round_no, accuracy, loss)
             return {"loss": loss, "accuracy": accuracy}
 
         return hook
+
+    def _record(
+        self, run_id: str, round_no: int, grid: MqttGrid, exchange: Exchange, started: list[float]
+    ) -> RoundRecord:
+        """The round's numbers (scores filled in by the caller); resets the grid's tallies."""
+        rejected = Counter(grid.rejected)
+        grid.rejected.clear()
+        self.rejected_total.update(rejected)
+        now = time.monotonic()
+        record = RoundRecord(
+            run_id=run_id,
+            round=round_no,
+            loss=None,
+            accuracy=None,
+            participants=list(exchange.participants),
+            failures=dict(exchange.failures),
+            rejected=dict(rejected),
+            bytes_out=sum(e.bytes_out for e in grid.exchanges),
+            bytes_in=sum(e.bytes_in for e in grid.exchanges),
+            wall_s=now - started[0],
+            ts=time.time(),
+            failed=dict(exchange.failed),
+            eligibility=dict(self._census),
+            evaluation=federated_evaluation(grid.exchanges, round_no),
+        )
+        grid.exchanges.clear()
+        started[0] = now
+        return record
+
+
+def federated_evaluation(exchanges: list[Exchange], of_round: int) -> dict[str, Any]:
+    """The devices' evaluation of the global model of ``of_round`` on their held-out samples
+    (Flower's strategies evaluate right after each round's aggregation, before the
+    server-side hook that records the round)."""
+    found = [e for e in exchanges if e.message_type == "evaluate" and e.metrics]
+    if not found:
+        return {}
+    devices = {
+        d: {k: float(m[k]) for k in ("accuracy", "loss", "num-examples") if k in m}
+        for d, m in found[-1].metrics.items()
+    }
+    total = sum(m.get("num-examples", 0.0) for m in devices.values())
+    accuracy = (
+        sum(m.get("accuracy", 0.0) * m.get("num-examples", 0.0) for m in devices.values()) / total
+        if total
+        else None
+    )
+    return {"of_round": of_round, "accuracy": accuracy, "examples": total, "devices": devices}
+
+
+def failure_summary(exchange: Exchange, limit: int = 5) -> str:
+    """``; failures: no_samples 2 (dev-a: no_samples: ..., ...)`` or nothing."""
+    if not exchange.failures:
+        return ""
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(exchange.failures.items()))
+    devices = sorted(exchange.failed.items())
+    shown = "; ".join(f"{d}: {why[:200]}" for d, why in devices[:limit])
+    more = f"; and {len(devices) - limit} more" if len(devices) > limit else ""
+    return f"; failures: {counts} ({shown}{more})" if shown else f"; failures: {counts}"
 
 
 def heldout_scores(

@@ -27,6 +27,8 @@ ROUND_COLUMNS = [
     ("round", "ROUND"),
     ("accuracy", "ACCURACY"),
     ("loss", "LOSS"),
+    ("device_eval", "DEVICE EVAL"),
+    ("eligible", "ELIGIBLE"),
     ("participants", "PARTICIPANTS"),
     ("failures", "FAILURES"),
     ("rejected", "REJECTED"),
@@ -162,10 +164,28 @@ def list_runs(ctx: Ctx, status: str | None) -> None:
     emit_items(runs, columns=RUN_COLUMNS, title="training runs", row=_summary)
 
 
+def _eligible(eligibility: dict[str, int]) -> str:
+    """``97 (offline 2, on_battery 1)``: who could train and why the others could not."""
+    if not eligibility:
+        return "-"
+    out = [f"{k} {v}" for k, v in sorted(eligibility.items()) if k != "eligible"]
+    count = str(eligibility.get("eligible", 0))
+    return f"{count} ({', '.join(out)})" if out else count
+
+
+def _device_eval(evaluation: dict[str, Any]) -> str:
+    """Accuracy on the devices' own held-out samples (federated evaluation), if run."""
+    if evaluation.get("accuracy") is None:
+        return "-"
+    return f"{evaluation['accuracy']:.4f} ({len(evaluation.get('devices', {}))} devices)"
+
+
 def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {
             **r,
+            "eligible": _eligible(r.get("eligibility") or {}),
+            "device_eval": _device_eval(r.get("evaluation") or {}),
             "participants": len(r["participants"]),
             "bytes": f"{r['bytes_out']}/{r['bytes_in']}",
             "accuracy": round(r["accuracy"], 4) if r["accuracy"] is not None else None,
@@ -178,6 +198,13 @@ def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _show(run: dict[str, Any]) -> None:
     emit(_rounds(run), as_json=False, columns=ROUND_COLUMNS, title=f"run {run['id']}")
+    console = Console()
+    for r in run.get("rounds") or []:
+        failed = sorted((r.get("failed") or {}).items())
+        for device_id, why in failed[:10]:
+            console.print(f"round {r['round']}: {device_id} gave no update: {why}", markup=False)
+        if len(failed) > 10:
+            console.print(f"round {r['round']}: and {len(failed) - 10} more devices", markup=False)
     line = f"{run['status']}"
     if run["detail"]:
         line += f": {run['detail']}"

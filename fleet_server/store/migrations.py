@@ -316,6 +316,17 @@ def _drift_status(db: sqlite_utils.Database) -> None:
 MIGRATIONS.append(_drift_status)
 
 
+def _fl_round_details(db: sqlite_utils.Database) -> None:
+    """Why each device fell out of a round, who was eligible, and the strategy's own state."""
+    db.table("fl_rounds").add_column("failed", str, not_null_default="{}")
+    db.table("fl_rounds").add_column("eligibility", str, not_null_default="{}")
+    db.table("fl_rounds").add_column("evaluation", str, not_null_default="{}")
+    db.table("fl_checkpoints").add_column("state", bytes)
+
+
+MIGRATIONS.append(_fl_round_details)
+
+
 def migrate(db: sqlite_utils.Database) -> int:
     """Bring ``db`` to the newest schema; returns the version it is at."""
     db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet_contract.errors import NotFound
-from edgefleet_contract.messages import Telemetry
+from edgefleet_contract.messages import LearningStats, Telemetry
 
 from ._conn import Connections
 
@@ -45,6 +46,12 @@ class RoundRecord:
     bytes_in: int
     wall_s: float
     ts: float
+    failed: dict[str, str] = field(default_factory=dict)
+    """Device -> why it gave no update this round."""
+    eligibility: dict[str, int] = field(default_factory=dict)
+    """``eligible`` and, per reason, how many targeted devices were left out."""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    """Federated evaluation on the devices' own held-out samples (when the round ran one)."""
 
 
 class TrainingTables(Connections):
@@ -94,29 +101,14 @@ class TrainingTables(Connections):
             if not cur.rowcount:
                 raise NotFound(f"no training run {run_id!r}")
 
-    def complete_round(self, record: RoundRecord, weights: bytes) -> None:
+    def complete_round(self, record: RoundRecord, weights: bytes, state: bytes = b"") -> None:
+        """Store a round with its checkpoint: the global weights and the strategy's state."""
         with self._tx() as conn:
+            _insert_round(conn, record)
             conn.execute(
-                "INSERT OR REPLACE INTO fl_rounds (run_id, round, loss, accuracy, participants, "
-                "failures, rejected, bytes_out, bytes_in, wall_s, ts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.run_id,
-                    record.round,
-                    record.loss,
-                    record.accuracy,
-                    json.dumps(record.participants),
-                    json.dumps(record.failures),
-                    json.dumps(record.rejected),
-                    record.bytes_out,
-                    record.bytes_in,
-                    record.wall_s,
-                    record.ts,
-                ),
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO fl_checkpoints (run_id, round, weights) VALUES (?, ?, ?)",
-                (record.run_id, record.round, weights),
+                "INSERT OR REPLACE INTO fl_checkpoints (run_id, round, weights, state) "
+                "VALUES (?, ?, ?, ?)",
+                (record.run_id, record.round, weights, state),
             )
             conn.execute(
                 "DELETE FROM fl_checkpoints WHERE run_id = ? AND round < ?",
@@ -126,6 +118,11 @@ class TrainingTables(Connections):
                 "UPDATE fl_runs SET completed_rounds = ?, updated_at = ? WHERE id = ?",
                 (record.round, record.ts, record.run_id),
             )
+
+    def record_failed_round(self, record: RoundRecord) -> None:
+        """A round that ended the run (below quorum): its failures, and no checkpoint."""
+        with self._tx() as conn:
+            _insert_round(conn, record)
 
     def list_rounds(self, run_id: str) -> list[RoundRecord]:
         rows = self._conn().execute(
@@ -139,6 +136,32 @@ class TrainingTables(Connections):
         )
         return None if row is None else Telemetry.model_validate_json(row[0])
 
+    def learning_facts(
+        self, device_ids: Sequence[str]
+    ) -> dict[str, tuple[LearningStats | None, str | None]]:
+        """Each device's latest learning stats and power source, in a few queries.
+
+        Eligibility reads these two parts of the newest telemetry batch of every
+        targeted device each round; fetching and validating whole batches one
+        device at a time cost seconds per round at thousands of devices."""
+        facts: dict[str, tuple[LearningStats | None, str | None]] = {}
+        conn = self._conn()
+        ids = list(device_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                "SELECT t.device_id, json_extract(t.body, '$.learning'), "
+                "json_extract(t.body, '$.system.power') FROM telemetry t JOIN "
+                f"(SELECT device_id, MAX(ts) AS ts FROM telemetry WHERE device_id IN ({marks}) "
+                "GROUP BY device_id) m ON t.device_id = m.device_id AND t.ts = m.ts",
+                chunk,
+            )
+            for device_id, learning, power in rows:
+                stats = LearningStats.model_validate_json(learning) if learning else None
+                facts[device_id] = (stats, power if isinstance(power, str) else None)
+        return facts
+
     def latest_checkpoint(self, run_id: str) -> tuple[int, bytes] | None:
         row = self._one(
             "SELECT round, weights FROM fl_checkpoints WHERE run_id = ? "
@@ -146,6 +169,38 @@ class TrainingTables(Connections):
             (run_id,),
         )
         return None if row is None else (int(row["round"]), bytes(row["weights"]))
+
+    def latest_strategy_state(self, run_id: str) -> bytes:
+        """The strategy state saved with the newest checkpoint (empty: none saved)."""
+        row = self._one(
+            "SELECT state FROM fl_checkpoints WHERE run_id = ? ORDER BY round DESC LIMIT 1",
+            (run_id,),
+        )
+        return b"" if row is None or row["state"] is None else bytes(row["state"])
+
+
+def _insert_round(conn: sqlite3.Connection, record: RoundRecord) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO fl_rounds (run_id, round, loss, accuracy, participants, "
+        "failures, rejected, bytes_out, bytes_in, wall_s, ts, failed, eligibility, evaluation) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.run_id,
+            record.round,
+            record.loss,
+            record.accuracy,
+            json.dumps(record.participants),
+            json.dumps(record.failures),
+            json.dumps(record.rejected),
+            record.bytes_out,
+            record.bytes_in,
+            record.wall_s,
+            record.ts,
+            json.dumps(record.failed),
+            json.dumps(record.eligibility),
+            json.dumps(record.evaluation),
+        ),
+    )
 
 
 def _run(r: sqlite3.Row) -> TrainingRun:
@@ -175,4 +230,7 @@ def _round(r: sqlite3.Row) -> RoundRecord:
         bytes_in=r["bytes_in"],
         wall_s=r["wall_s"],
         ts=r["ts"],
+        failed=json.loads(r["failed"] or "{}"),
+        eligibility=json.loads(r["eligibility"] or "{}"),
+        evaluation=json.loads(r["evaluation"] or "{}"),
     )

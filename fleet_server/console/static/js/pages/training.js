@@ -83,8 +83,11 @@ async function mountRun(root, ctx, id) {
         { title: 'Round', cell: (r) => String(r.round) },
         { title: 'Accuracy', cell: (r) => fmtNum(r.accuracy, 3) },
         { title: 'Loss', cell: (r) => fmtNum(r.loss, 3) },
+        { title: 'Device eval', cell: (r) => (r.evaluation && r.evaluation.accuracy != null ? `${fmtNum(r.evaluation.accuracy, 3)} on ${fmtNum(r.evaluation.examples, 0)} held-out` : '—') },
+        { title: 'Eligible', cell: (r) => eligibleCell(r.eligibility || {}) },
         { title: 'Participants', cell: (r) => `${r.participants.length}: ${r.participants.join(' ')}` },
         { title: 'Failures', cell: (r) => Object.entries(r.failures).map(([k, v]) => `${k} ${v}`).join(', ') || '—' },
+        { title: 'Why (per device)', cell: (r) => Object.entries(r.failed || {}).slice(0, 10).map(([d, why]) => `${d}: ${why}`).join('; ') || '—' },
         { title: 'Rejected', cell: (r) => Object.entries(r.rejected).map(([k, v]) => `${k} ${v}`).join(', ') || '—' },
         { title: 'Bytes out / in', cell: (r) => `${fmtNum(r.bytes_out, 0)} / ${fmtNum(r.bytes_in, 0)}` },
         { title: 'Wall', cell: (r) => `${fmtNum(r.wall_s, 2)} s` },
@@ -95,6 +98,13 @@ async function mountRun(root, ctx, id) {
   }
   await refresh();
   ctx.every(() => refresh().catch(() => {}), 3000);
+}
+
+// "97 eligible; offline 2, on_battery 1": who could train this round and why the others could not.
+function eligibleCell(e) {
+  const out = Object.entries(e).filter(([k]) => k !== 'eligible').map(([k, v]) => `${k} ${v}`);
+  if (!('eligible' in e)) return '—';
+  return out.length ? `${e.eligible}; ${out.join(', ')}` : String(e.eligible);
 }
 
 export async function mount(root, ctx) {

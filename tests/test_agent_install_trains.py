@@ -1,0 +1,136 @@
+"""Done when: a device installed as the README says (``pip install 'edgefleet[agent]'``) trains.
+
+A session fixture builds a venv of its own with exactly the user's command — a
+non-editable install of a copy of the distribution's files with the ``agent`` extra,
+through the machine's pip configuration and cache, as ``make setup`` installs —
+and checks that Flower is *not* in it.  That venv's ``edge-agent`` processes then
+enroll with the real server, connect to its managed mosquitto (mTLS, ACLs) and
+take part in a federated run that must complete.  A round that needs Flower on
+the device (local DP) is answered at once by the same devices with the reason,
+so the run fails fast with ``missing_extra`` in its failures column instead of
+waiting out its round timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet_server.federation.spec import LocalTraining, Privacy, RunSpec
+from fleet_server.server import FleetServer
+
+from .fl_helpers import MODEL, learning_agents, write_start_package
+from .harness import admin_token, wait_for
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("agent", "fleet_server", "edgefleet_contract", "pyproject.toml", "README.md")
+
+
+@pytest.fixture(scope="session")
+def agent_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The bin dir of a fresh venv made with ``pip install '<copy of this tree>[agent]'``."""
+    root = tmp_path_factory.mktemp("agent-install")
+    src = root / "edgefleet"
+    src.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    data_files = project.get("tool", {}).get("setuptools", {}).get("data-files", {})
+    for name in [*SOURCES, *(f for files in data_files.values() for f in files)]:
+        path = ROOT / name
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=ignore)
+        else:
+            shutil.copy2(path, src / name)
+    venv = root / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env, timeout=120)
+    pip = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", f"{src}[agent]"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
+    assert pip.returncode == 0, f"pip install '{src}[agent]' failed:\n{pip.stderr[-4000:]}"
+    python = str(venv / "bin" / "python")
+    probe = subprocess.run(
+        [
+            python,
+            "-c",
+            "import importlib.util as u, agent; "
+            "print(u.find_spec('flwr') is None, agent.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        check=True,
+    )
+    no_flower, where = probe.stdout.split()
+    assert no_flower == "True", "the agent extra must not pull Flower"
+    assert where.startswith(str(venv)), f"agent imported from {where}, not the fresh install"
+    yield venv / "bin"
+
+
+def spec(**kw: object) -> RunSpec:
+    base: dict[str, object] = {
+        "model": MODEL,
+        "target": "tag:fl=proc",
+        "rounds": 3,
+        "min_clients": 3,
+        "round_timeout_s": 600,
+        "local": LocalTraining(epochs=3, lr=0.2, batch_size=16),
+    }
+    base.update(kw)
+    return RunSpec.model_validate(base)
+
+
+def finished(fleet: FleetServer, run_id: str, timeout: float) -> None:
+    store = fleet.store
+    wait_for(
+        lambda: store.get_training_run(run_id).status not in ("pending", "running"),  # type: ignore[attr-defined]
+        timeout,
+        f"training run {run_id} to end",
+    )
+
+
+def test_agent_extra_install_takes_part_in_a_real_run(
+    fleet: FleetServer, tmp_path: Path, agent_install: Path
+) -> None:
+    write_start_package(fleet.settings.data_dir / "models")
+    fleet.training.build_candidates = False
+    token = admin_token(fleet.settings.api_url)
+    ids = [f"plain-{i}" for i in range(3)]
+    with learning_agents(fleet, token, ids, tmp_path, seed=5, bin_dir=agent_install):
+        store = fleet.store
+        run = fleet.training.start_run(spec(), actor="test")
+        finished(fleet, run.id, 300)
+        final = store.get_training_run(run.id)  # type: ignore[attr-defined]
+        assert final.status == "completed", final.detail
+        rounds = store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert [r.round for r in rounds] == [1, 2, 3]
+        assert all(sorted(r.participants) == ids and not r.failures for r in rounds), rounds
+        assert all(r.eligibility == {"eligible": 3} for r in rounds)
+        assert rounds[-1].accuracy > rounds[0].accuracy * 0.9 and rounds[-1].accuracy > 0.5
+
+        # Local DP needs Flower's LocalDpMod on the device: these devices say so at once.
+        private = spec(rounds=1, privacy=Privacy(local_dp_epsilon=5.0))
+        run = fleet.training.start_run(private, actor="test")
+        finished(fleet, run.id, 120)  # far below the 600 s round timeout
+        final = store.get_training_run(run.id)  # type: ignore[attr-defined]
+        assert final.status == "failed"
+        assert "missing_extra 3" in final.detail and "edgefleet[agent,fl]" in final.detail
+        (failed,) = store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert failed.failures == {"missing_extra": 3} and sorted(failed.failed) == ids
+    for device_id in ids:
+        log = (tmp_path / f"{device_id}.log").read_text()
+        assert "ModuleNotFoundError" not in log and "Traceback" not in log, log[-3000:]
