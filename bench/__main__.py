@@ -34,6 +34,8 @@ MODULES = {
     "bench_ota_device": "OTA on the device: verification cost and delta bytes (issue: signed OTA)",
     "bench_simulator": "Fleet simulator at scale (issue: demo, simulator, benchmarks)",
     "bench_byom": "Your own models: predict overhead, int8, pack time (issue: your own model)",
+    "bench_gates": "Champion/challenger gate (issue: model monitoring)",
+    "bench_estimate": "Label-free accuracy estimate (issue: model monitoring)",
     "bench_fuzz": "Fuzzing the hostile-input readers (issue: security hardening)",
 }
 

@@ -8,6 +8,7 @@ received is written (or left unacknowledged for the broker to redeliver).
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
@@ -37,6 +38,7 @@ from .quota import DeviceQuota, Rate
 from .reconcile import Reconciler
 from .registry import BlobStore, DeltaCache
 from .registry import Registry as ArtifactRegistry
+from .registry.cards import calibration_of
 from .rollouts.driver import RolloutDriver
 from .store import open_store
 from .store.base import Store
@@ -229,6 +231,14 @@ class FleetServer:
             artifacts=self.artifacts,
         )
         self.rollouts = RolloutDriver(self.store, self.link)
+        self.rollouts.calibrations = functools.partial(
+            calibration_of,
+            lambda name, version: (
+                self.store.find_artifacts(kind="model", name=name, version=version, limit=20).items
+            ),
+            self.artifacts.cards,
+            self.artifacts.blob,
+        )
         self.registry.gauge(
             "edgefleet_broker_connected",
             "1 when the server's MQTT session is up",

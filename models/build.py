@@ -128,6 +128,7 @@ def write_flavors(
             preprocessing=PREPROCESSING,
             labels=LABELS,
             reference=split().x_train,
+            calibration=(split().x_test, split().y_test),
             lineage=Lineage(source="build", run_id=f"models.build-seed{SEED}"),
             trainable=ref.trainable,
             created_at=created_at,

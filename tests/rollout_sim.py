@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleet_server.rollouts.artifacts import ResolvedArtifact
+from fleet_server.rollouts.champion import Arm
 from fleet_server.rollouts.engine import Candidate, Rollout
 from fleet_server.rollouts.gates import EVIDENCE, parse_gate
 from fleet_server.rollouts.model import Action, Dispatch, EvaluateGates, Note, Revert
@@ -60,6 +61,10 @@ class Sim:
     answer: bool = True
     """Whether devices report progress at all."""
     max_dispatched_share: list[tuple[int, int]] = field(default_factory=list)
+    labels: Callable[[EvaluateGates], tuple[Arm, Arm]] | None = None
+    """Labelled answers (new version, parent) over the window asked about; None: no feedback."""
+    figures: Callable[[EvaluateGates], tuple[dict[str, float | None], dict[str, int]]] | None = None
+    """More figures and counts for the window (label-free estimates...)."""
 
     def apply(self, actions: list[Action]) -> None:
         pending = list(actions)
@@ -86,9 +91,18 @@ class Sim:
                 self.gate_calls.append(a)
                 n = int(self.traffic(a.wave) * max(0.0, a.until - a.since))
                 value = self.error_rate(a.wave) if n else None
-                pending += self.rollout.gates_measured(
-                    a.wave, {"error_rate": value}, self.now, dict.fromkeys(EVIDENCE, n)
-                )
+                values: dict[str, float | None] = {"error_rate": value}
+                counts = dict.fromkeys(EVIDENCE, n)
+                if self.labels is not None:
+                    new, parent = self.labels(a)
+                    values["accuracy"], counts["accuracy"] = new.accuracy, new.labels
+                    values["parent_accuracy"] = parent.accuracy
+                    counts["parent_accuracy"] = parent.labels
+                if self.figures is not None:
+                    more, more_counts = self.figures(a)
+                    values |= more
+                    counts |= more_counts
+                pending += self.rollout.gates_measured(a.wave, values, self.now, counts)
         s = self.rollout.state
         if s.status in ("canary", "wave"):
             dispatched = sum(1 for d in self.rollout.devices.values() if d.sent_at is not None)
@@ -120,7 +134,10 @@ class Sim:
             self.devices_answer()
 
 
-def make(n: int, *, offline: frozenset[str] = frozenset(), **kw: object) -> Sim:
-    candidates = [Candidate(f"d{i:03d}", f"d{i:03d}" not in offline) for i in range(n)]
+def make(
+    n: int, *, offline: frozenset[str] = frozenset(), running: str | None = None, **kw: object
+) -> Sim:
+    """``running``: what every device runs before (the parent of the rollout's version)."""
+    candidates = [Candidate(f"d{i:03d}", f"d{i:03d}" not in offline, running) for i in range(n)]
     rollout = Rollout.create("r-test", plan(**kw), candidates, now=1000.0, actor="alice")
     return Sim(rollout)

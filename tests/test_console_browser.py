@@ -370,6 +370,15 @@ def test_models_page_lists_registered_versions(fleet: ConsoleFleet, page: Page) 
     # Only "Log out" (the narrow-screen "Menu" button is hidden here): a viewer pushes nothing.
     expect(page.locator("button:visible")).to_have_count(1)
     shot(page, "models")
+    row.get_by_role("link", name="1.0.0").click()  # the version's model card
+    expect(page.get_by_role("heading", name="Model card: digits 1.0.0")).to_be_visible()
+    flavours = page.locator(".panel", has_text="Flavours").locator("tbody tr")
+    expect(flavours).to_have_count(2)  # onnx-int8 and tflite-int8
+    expect(page.locator(".panel", has_text="Edge")).to_contain_text("opset")
+    md = page.get_by_role("link", name="Markdown").get_attribute("href")
+    text = page.evaluate("async (u) => (await (await fetch(u)).text())", md)
+    assert str(text).startswith("# Model card: digits 1.0.0")
+    shot(page, "model-card")
 
 
 def test_model_page_shows_the_task_and_every_tensor(

@@ -63,6 +63,12 @@ def test_the_rollout_option_reads_like_the_rollout_command() -> None:
         3600.0,
         False,
     )
+    assert (plan.vs_parent, plan.parent_margin, plan.parent_confidence) == (True, 0.05, 0.95)
+    tight = build_plan(
+        parse_rollout_option("parent-margin 2pt parent-confidence 99%", "all"), CANDIDATE, 1
+    )
+    assert (tight.parent_margin, tight.parent_confidence) == (0.02, 0.99)
+    assert not build_plan(parse_rollout_option("no-parent-gate", "all"), CANDIDATE, 1).vs_parent
 
 
 @pytest.mark.parametrize(
@@ -83,6 +89,9 @@ def test_the_rollout_option_reads_like_the_rollout_command() -> None:
         ("gate-timeout later", "--gate-timeout 'later': use a duration"),
         ("gates-allow-no-data please", "gates-allow-no-data takes no value"),
         ("gate-timeout 1m gate-timeout 2m", "given twice"),
+        ("parent-margin 2", "--parent-margin '2': use accuracy points"),
+        ("parent-confidence 0.95", "--parent-confidence '0.95': use a percentage"),
+        ("no-parent-gate now", "no-parent-gate takes no value"),
     ],
 )
 def test_a_bad_rollout_option_says_what_is_wrong(option: str, message: str) -> None:

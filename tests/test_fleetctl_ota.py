@@ -53,6 +53,14 @@ def test_push_list_and_key_ceremony(fleet: FleetServer, tmp_path: Path) -> None:
     assert [a["spec"] for a in json.loads(out)["items"]] == ["digits@1.0.0:onnx-int8"]
     code, out, _ = fleetctl(["firmware", "list"])
     assert code == 0 and "edge-os" in out and "1 firmware artifacts" in out
+    code, out, err = fleetctl(["models", "card", "digits@1.0.0"])
+    assert code == 0 and out.startswith("# Model card: digits 1.0.0"), err
+    code, out, _ = fleetctl(["--json", "models", "card", "digits@1.0.0"])
+    assert code == 0 and json.loads(out)["edge"]["runtimes"][0]["flavor"] == "onnx-int8"
+    code, _, err = fleetctl(["models", "card", "digits@9.9.9"])
+    assert code == 1 and "digits@9.9.9" in err and "Traceback" not in err
+    code, _, err = fleetctl(["models", "card", "digits"])
+    assert code == 2 and "name@version" in err
     code, _, err = fleetctl(["firmware", "push", str(DIGITS)])
     assert code == 1 and "exactly manifest.json and one image" in err and "Traceback" not in err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import bsdiff4
@@ -11,6 +12,7 @@ import pytest
 from agent.runtime import Model
 from edgefleet_contract.errors import ModelError
 from edgefleet_contract.package import LayerSpec, Lineage, parse_package, read_package
+from fleet_server.cbpe import CALIBRATION_NAME, Calibration
 from fleet_server.modelkit import Network, build_package
 from fleet_server.modelkit.build import apply_preprocessing
 from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
@@ -55,6 +57,10 @@ def test_build_int8_packages_that_load_and_predict(trained: Network, tmp_path: P
         assert len(m.drift.features) == 64 and m.drift.samples == len(data.x_train)
         assert sorted({int(np.argmax(e)) for e in m.self_test.expected}) == list(range(10))
         assert path.stat().st_size < 1_000_000
+        # The calibration on the held-out set: as many answers as it has, right as often.
+        cal = Calibration.from_json(json.loads(read_package(path).members[CALIBRATION_NAME]))
+        assert sum(cal.counts) == len(data.y_test)
+        assert sum(cal.correct) / sum(cal.counts) == pytest.approx(accuracy, abs=0.02)
 
 
 def test_federated_weights_round_trip_into_a_new_version(trained: Network, tmp_path: Path) -> None:

@@ -119,7 +119,7 @@ def test_create_get_list_and_control(env: Env) -> None:
     assert ("vic", "pause_rollout", "denied") in seen
     assert ("olga", "pause_rollout", "failed") in seen
     assert ("olga", "rollback_rollout", "ok") in seen
-    assert any(e["target"] == f"rollout_id={rid}" for e in entries)
+    assert any(e["target"] == f"rollout:{rid}" for e in entries)
     assert store.get_rollout(rid).created_by == "olga"
 
 

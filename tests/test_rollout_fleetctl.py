@@ -34,6 +34,10 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
     assert code == 2 and "--gate-min-samples" in err and "Traceback" not in err
     code, out, err = fleetctl([*base, "--gate-timeout", "soon"])
     assert code == 1 and "--gate-timeout 'soon': use a duration" in err
+    code, out, err = fleetctl([*base, "--parent-margin", "0.05"])
+    assert code == 1 and "--parent-margin '0.05': use accuracy points" in err
+    code, out, err = fleetctl([*base, "--parent-confidence", "100%"])
+    assert code == 1 and "--parent-confidence '100%'" in err
     code, out, err = fleetctl(["rollout", "create", "--artifact", "nope@1", "--target", "all"])
     assert code == 1 and "no such artifact 'nope@1'" in err
 
@@ -68,6 +72,7 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
     code, out, _ = fleetctl(["rollout", "status", rid])
     assert code == 0 and rid in out and "canary" in out and "wave 2" in out
     assert "gates: a gate with no data passes (--gates-allow-no-data)" in out
+    assert "against the parent: no worse by 5 points at 95%" in out
     assert "started" in out
     code, out, _ = fleetctl(["rollout", "pause", rid])
     assert code == 0 and out.strip() == f"rollout {rid}: paused"
@@ -84,3 +89,4 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
     assert detail["plan"]["gates"] == ["error_rate<0.01"] and detail["plan"]["seed"] == 4
     assert detail["plan"]["gates_allow_no_data"] is True
     assert (detail["plan"]["gate_min_samples"], detail["plan"]["gate_timeout_s"]) == (5, 120.0)
+    assert detail["plan"]["vs_parent"] is True and detail["plan"]["parent_margin"] == 0.05

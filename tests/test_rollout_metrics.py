@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgefleet_contract.messages import DriftStats, InferenceStats, LatencySummary, Telemetry
-from fleet_server.rollouts.metrics import figures
+from fleet_server.cbpe import Calibration
+from fleet_server.rollouts.metrics import figures, label_free
 
 from .rollout_sim import ARTIFACT
 
@@ -71,3 +72,27 @@ def test_accuracy_confidence_drop_drift_and_crash_loops() -> None:
     assert f["confidence_drop"] == pytest.approx(0.9 - 0.5)
     assert f["drift"] == pytest.approx(0.3)
     assert f["crash_loops"] == 2.0  # "a" booted three times, "c" reports health failed
+
+
+def test_label_free_estimates_use_the_calibration_and_respect_its_trust() -> None:
+    cal = Calibration(counts=(0,) * 8 + (100, 900), correct=(0,) * 8 + (60, 810))
+
+    def batch(version: str, drift: float | None = None) -> Telemetry:
+        inf = InferenceStats(
+            model="digits",
+            version=version,
+            count=200,
+            errors=0,
+            throughput_per_s=1,
+            confidence_hist=[0] * 8 + [100, 100],
+        )
+        ds = DriftStats(samples=100, score=drift) if drift is not None else None
+        return Telemetry(
+            device_id="d", batch_id=f"b-{version}", seq=1, ts=0, window_s=1, inference=inf, drift=ds
+        )
+
+    rows = {"d": [batch("1.0.0"), batch("2.0.0")]}
+    assert label_free(rows, "digits@1.0.0", cal) == (pytest.approx(0.75), 200)
+    assert label_free(rows, "digits@1.0.0", None) == (None, 0)
+    drifted = {"d": [batch("1.0.0", drift=3.0)]}
+    assert label_free(drifted, "digits@1.0.0", cal) == (None, 200)  # not trusted

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 
-from edgefleet_contract import flframes, flower_compat
+from edgefleet_contract import flframes, flower_compat, flwire
 from fleet_server.federation.deadline import RoundClose, round_close
 from fleet_server.federation.grid import MqttGrid, node_id_for
 from fleet_server.federation.spec import RunSpec
@@ -37,10 +37,10 @@ def answering_grid(
     def send(device: str, frame: bytes) -> None:
         if device in silent:
             return
-        message = flower_compat.decode(frame[flframes.HEADER_SIZE :])
-        arrays = ArrayRecord({"w": Array(np.ones(2, np.float32))})
-        content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})})
-        for f in flframes.split(flower_compat.encode(Message(content, reply_to=message)), 10**6):
+        envelope, _, _ = flwire.decode(frame[flframes.HEADER_SIZE :])
+        answer = {"w": np.ones(2, np.float32)}
+        reply = flwire.encode(flwire.reply(envelope, {"num-examples": 1}), answer)
+        for f in flframes.split(reply, 10**6):
             grid.deliver(device, f)
 
     grid = MqttGrid(send, eligible=lambda: devices, max_payload=10**6, close=close, clock=clock)

@@ -41,6 +41,7 @@ from . import (
     routes_auth,
     routes_devices,
     routes_enroll,
+    routes_models,
     routes_rollouts,
     routes_telemetry,
     routes_training,
@@ -77,6 +78,7 @@ def create_app(context: ApiContext) -> FastAPI:
         routes_audit,
         routes_training,
         routes_rollouts,
+        routes_models,
     ):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(routes_artifacts.router, prefix="/api/v1")

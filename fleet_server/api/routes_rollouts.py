@@ -25,7 +25,9 @@ from ..rollouts.persist import load
 from ..rollouts.plan import (
     MAX_GATE_SAMPLES,
     RolloutPlan,
+    parse_confidence,
     parse_duration,
+    parse_margin,
     parse_pace,
     parse_share,
     parse_waves,
@@ -70,6 +72,16 @@ class RolloutCreate(BaseModel):
     gates_allow_no_data: bool = Field(
         False, description="a fleet without traffic: a gate with no data passes (says so)"
     )
+    vs_parent: bool = Field(
+        True,
+        description="judge each wave against the version it replaces (champion/challenger)",
+    )
+    parent_margin: Short = Field(
+        "5pt", description="how much worse than its parent the new version may be, in points"
+    )
+    parent_confidence: Short = Field(
+        "95%", description="confidence of the champion/challenger test (and its power)"
+    )
 
 
 def _driver(c: ApiContext) -> RolloutDriver:
@@ -111,6 +123,9 @@ def build_plan(body: RolloutCreate, artifact: ResolvedArtifact, seed: int) -> Ro
         gate_min_samples=body.gate_min_samples,
         gate_timeout_s=parse_duration(body.gate_timeout, what="--gate-timeout"),
         gates_allow_no_data=body.gates_allow_no_data,
+        vs_parent=body.vs_parent,
+        parent_margin=parse_margin(body.parent_margin),
+        parent_confidence=parse_confidence(body.parent_confidence),
     )
 
 

@@ -272,7 +272,11 @@ def _drift(
 
 
 def _trickle(addresses: list[str], field: list[DeviceData], halt: threading.Event) -> None:
-    """Light ordinary traffic for the rest of the demo, so the rollout gates measure health."""
+    """Light ordinary traffic for the rest of the demo, every answer labelled, so the rollout
+    gates measure health and the champion/challenger gate compares the new version with the
+    one it replaces on labels (it asks the canary for a few hundred)."""
+    import json
+
     import numpy as np
 
     from agent import localclient
@@ -280,10 +284,14 @@ def _trickle(addresses: list[str], field: list[DeviceData], halt: threading.Even
     rng = np.random.default_rng(5)
     while not halt.wait(0.5):
         for address, data in zip(addresses, field, strict=True):
-            rows = data.x[rng.integers(0, len(data.y), size=8)]
+            pick = rng.integers(0, len(data.y), size=8)
             # The agent may be switching models or shutting down; the next tick retries.
             with contextlib.suppress(OSError):
-                localclient.predict(address, rows, timeout=5)
+                status, doc = localclient.predict(address, data.x[pick], timeout=5)
+                answers = doc.get("predictions", []) if status == 200 else []
+                for answer, label in zip(answers, data.y[pick], strict=False):
+                    body = json.dumps({"prediction_id": answer["id"], "label": int(label)})
+                    localclient.request(address, "POST", "/v1/feedback", body.encode(), timeout=5)
 
 
 def _quiet_flower() -> None:

@@ -15,6 +15,7 @@ separate.  Keys (each at most once, except ``gate``)::
     jitter D               probation D            device-timeout D
     offline-grace D        max-failures N         gate METRIC OP NUMBER
     gate-min-samples N     gate-timeout D         gates-allow-no-data
+    parent-margin Npt      parent-confidence P%   no-parent-gate
     no-auto-rollback
 
 The values are parsed by the rollout API's own parser
@@ -50,11 +51,14 @@ SINGLE = {
     "device-timeout": "device_timeout",
     "offline-grace": "offline_grace",
     "gate-timeout": "gate_timeout",
+    "parent-margin": "parent_margin",
+    "parent-confidence": "parent_confidence",
 }
 COUNTS = {"max-failures": "max_failures", "gate-min-samples": "gate_min_samples"}
 FLAGS = {
     "no-auto-rollback": ("auto_rollback", False),
     "gates-allow-no-data": ("gates_allow_no_data", True),
+    "no-parent-gate": ("vs_parent", False),
 }
 KEYS = (*SINGLE, *COUNTS, *FLAGS, "waves", "gate")
 MAX_SELECTOR = 8000

@@ -118,7 +118,8 @@ class Client:
             timeout=timeout,
         )
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, *, text: bool = False, **kwargs: Any) -> Any:
+        """The answer's JSON (``text``: its body as text, e.g. Markdown)."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -145,11 +146,15 @@ class Client:
             raise ApiError(response.status_code, detail)
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        return response.text if text else response.json()
 
     def get(self, path: str, **params: Any) -> Any:
         clean = {k: v for k, v in params.items() if v is not None}
         return self.request("GET", path, params=clean)
+
+    def get_text(self, path: str, **params: Any) -> str:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return str(self.request("GET", path, text=True, params=clean) or "")
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body)

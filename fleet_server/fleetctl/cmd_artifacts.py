@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 from rich.console import Console
@@ -136,6 +137,23 @@ def models_push(ctx: Ctx, package: Path) -> None:
 def models_list(ctx: Ctx, name: str | None, limit: int) -> None:
     """Registered model versions with their lineage."""
     _list(ctx, "model", name, limit)
+
+
+@models.command("card")
+@click.argument("spec")
+@pass_ctx
+def models_card(ctx: Ctx, spec: str) -> None:
+    """A version's model card (name@version): Markdown, or the JSON card with --json."""
+    name, sep, version = spec.partition("@")
+    if not sep or not name or not version or ":" in version:
+        raise click.BadParameter(
+            f"{spec!r}: write name@version, e.g. digits@1.0.0", param_hint="SPEC"
+        )
+    path = f"/models/{quote(name, safe='')}/{quote(version, safe='')}/card"
+    if ctx.as_json:
+        emit(ctx.client.get(path), as_json=True)
+    else:
+        click.echo(ctx.client.get_text(path, format="md"), nl=False)
 
 
 @click.group()

@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
+from ..rollouts.gates import more_needed
 from ..rollouts.plan import MAX_GATE_SAMPLES, duration_text
 from .cli import Ctx, pass_ctx
 from .output import emit, emit_items, when
@@ -72,6 +73,23 @@ def rollout() -> None:
     is_flag=True,
     help="For fleets without traffic: a gate with no data passes instead of failing.",
 )
+@click.option(
+    "--parent-margin",
+    default="5pt",
+    show_default=True,
+    help="champion/challenger: how much less accurate than its parent the new version may be",
+)
+@click.option(
+    "--parent-confidence",
+    default="95%",
+    show_default=True,
+    help="champion/challenger: confidence of that test (and its power for an equal model)",
+)
+@click.option(
+    "--no-parent-gate",
+    is_flag=True,
+    help="Do not compare each wave with the version it replaces.",
+)
 @pass_ctx
 def create(
     ctx: Ctx,
@@ -91,6 +109,9 @@ def create(
     gate_min_samples: int,
     gate_timeout: str,
     gates_allow_no_data: bool,
+    parent_margin: str,
+    parent_confidence: str,
+    no_parent_gate: bool,
 ) -> None:
     """Start a rollout: canary first, then each wave once the gates pass."""
     body: dict[str, Any] = {
@@ -109,6 +130,9 @@ def create(
         "gate_min_samples": gate_min_samples,
         "gate_timeout": gate_timeout,
         "gates_allow_no_data": gates_allow_no_data,
+        "vs_parent": not no_parent_gate,
+        "parent_margin": parent_margin,
+        "parent_confidence": parent_confidence,
     }
     if seed is not None:
         body["seed"] = seed
@@ -188,8 +212,15 @@ def render(out: dict[str, Any]) -> Group:
     for e in out["events"][-8:]:
         events.add_row(when(e["ts"]), e["kind"], e["device_id"] or "", e["message"])
     parts: list[Any] = [head, bars, gates, events]
-    if (out.get("plan") or {}).get("gates"):
+    plan = out.get("plan") or {}
+    if plan.get("gates"):
         parts.insert(2, f"gates: {_evidence_rule(out)}")
+    if plan.get("vs_parent"):
+        parts.insert(
+            2,
+            f"against the parent: no worse by {plan['parent_margin'] * 100:g} points "
+            f"at {plan['parent_confidence'] * 100:g}% (labels, else the label-free estimate)",
+        )
     if out.get("waiting"):  # before the bars: what the rollout is waiting for
         deadline = time.strftime("%H:%M:%S", time.localtime(out["gates_deadline"]))
         parts.insert(1, f"[yellow]{out['waiting']}[/yellow] (without it they fail at {deadline})")
@@ -211,7 +242,12 @@ def _evidence_rule(out: dict[str, Any]) -> str:
 def _evidence(g: dict[str, Any]) -> str:
     if g.get("samples") is None:
         return ""
-    return f"{g['samples']}/{g['needed']} {g['unit']}" if g.get("needed") else f"{g['samples']}"
+    text = f"{g['samples']}/{g['needed']} {g['unit']}" if g.get("needed") else f"{g['samples']}"
+    if g.get("parent_samples") is not None:
+        text += f", parent {g['parent_samples']}"
+        if g.get("waiting"):
+            text += f": needs {more_needed(g)} more labels"
+    return text
 
 
 def _result(g: dict[str, Any]) -> str:

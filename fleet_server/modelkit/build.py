@@ -12,6 +12,7 @@ refuses the package instead of serving silently wrong answers.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -36,6 +37,7 @@ from edgefleet_contract.package import (
 )
 from edgefleet_contract.preprocess import feature_rows
 
+from ..cbpe import CALIBRATION_NAME, calibrate
 from . import onnx_export, quantize, tflite_export
 from .network import Network
 
@@ -67,6 +69,7 @@ def build_package(
     self_test_size: int = 30,
     created_at: float | None = None,
     min_agreement: float = quantize.DEFAULT_MIN_TOP1,
+    calibration: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
 ) -> bytes:
     """Export, check and package ``network``; returns the package bytes.
 
@@ -75,6 +78,9 @@ def build_package(
     the self-test vectors are drawn from them (evenly across predicted classes).
     An int8 flavour whose top-1 agrees with the float network on fewer than
     ``min_agreement`` of those rows is refused.
+    ``calibration`` is a labelled set the network did not train on (raw rows,
+    labels): how often the exported model is right per confidence bin goes into
+    the package as ``calibration.json``, for the server's label-free estimate.
     """
     raw = np.asarray(reference, dtype=np.float32)
     if raw.ndim != 2 or raw.shape[1] != network.features or len(raw) < 2:
@@ -89,6 +95,12 @@ def build_package(
     files = {f"model.{runtime}": model}
     if trainable:
         files[WEIGHTS_NAME] = encode_weights(network.weights)
+    if calibration is not None:
+        cx = apply_preprocessing(np.asarray(calibration[0], dtype=np.float32), preprocessing)
+        probs = run_model(runtime, model, cx)
+        right = probs.argmax(axis=1) == np.asarray(calibration[1])
+        table = calibrate(probs.max(axis=1), right).to_json()
+        files[CALIBRATION_NAME] = json.dumps(table, sort_keys=True).encode()
     manifest = Manifest(
         name=name,
         version=version,

@@ -24,6 +24,8 @@ from edgefleet_contract.errors import EdgefleetError, NotFound, PackageError
 from ..store.base import Artifact, ArtifactKind, Store
 from ..tuf import TufRepository
 from .blobs import BlobStore
+from .card import package_facts
+from .cards import CardStore
 
 _SPEC = re.compile(
     r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})@(?P<version>[0-9A-Za-z.+-]{1,64})"
@@ -49,6 +51,8 @@ class Registry:
         self.clock = clock
         self.max_model_bytes = max_model_bytes
         self.max_firmware_bytes = max_firmware_bytes
+        self.cards = CardStore(blobs.root / "cards")
+        """Each model package's card facts, taken when it is registered."""
         self.on_added: list[Callable[[Artifact], None]] = []
         """Called with each registered artifact (the delta cache precomputes patches)."""
 
@@ -88,7 +92,9 @@ class Registry:
             "runtime": m.runtime,
             "flavor": m.quantization.dtype,
         }
-        return self._register(path, artifact, custom)
+        stored = self._register(path, artifact, custom)
+        self.cards.save(stored.sha256, package_facts(pkg))  # the card's fixed half
+        return stored
 
     def add_firmware(
         self, path: Path, *, lineage: Mapping[str, object] | None = None, actor: str

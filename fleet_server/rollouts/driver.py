@@ -28,6 +28,7 @@ from typing import Any
 from edgefleet_contract.errors import EdgefleetError, LinkError, NotFound, PlanError
 from edgefleet_contract.messages import DesiredState, TargetRef
 
+from ..cbpe import Calibration
 from ..selector import parse as parse_selector
 from ..store.base import CommandRecord, Device, Store
 from ..twin import CommandSender, desired_command
@@ -75,6 +76,9 @@ class RolloutDriver:
         self._thread: threading.Thread | None = None
         self.errors = 0
         """Ticks that raised (each is logged); the driver keeps going."""
+        self.calibrations: Callable[[str], Calibration | None] | None = None
+        """A model version's package calibration (``name@version``), for the gates'
+        label-free estimate; None: gates compare labels only."""
         self.reload()
 
     # ---------------------------------------------------------- lifecycle --
@@ -239,6 +243,9 @@ class RolloutDriver:
                     since=action.since,
                     until=action.until,
                     baseline_until=rollout.state.created_at,
+                    parent=rollout.state.parent if rollout.plan.vs_parent else None,
+                    cohort=sorted(rollout.devices, key=lambda d: rollout.devices[d].order),
+                    calibrations=self.calibrations,
                 )
                 pending += rollout.gates_measured(action.wave, values, now, samples)
         # Save after every transition; a tick that changed nothing (a halted rollout

@@ -29,10 +29,12 @@ without canary evidence.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .gates import GateResult, evaluate, expire, shortfall
+from .champion import Arm
+from .gates import GateResult, evaluate, expire, shortfall, vs_parent
 from .model import (
     IN_FLIGHT,
     TOUCHED,
@@ -60,6 +62,29 @@ class Candidate:
     online: bool
     running: str | None = None
     """``name@version`` it reports running (devices already on the artifact are skipped)."""
+
+
+def champion_of(plan: RolloutPlan, candidates: Sequence[Candidate]) -> str | None:
+    """The version the new model replaces: what most of the chosen devices run of the same
+    model (ties to the lowest label); None for firmware, or when none runs that model."""
+    if plan.artifact.kind != "model":
+        return None
+    prefix = f"{plan.artifact.name}@"
+    counts = Counter(
+        c.running
+        for c in candidates
+        if c.running and c.running.startswith(prefix) and c.running != plan.artifact.label
+    )
+    if not counts:
+        return None
+    return min(counts, key=lambda label: (-counts[label], label))
+
+
+def _arm(accuracy: float | None, labels: int) -> Arm:
+    """Counts back from a measured accuracy and the labels behind it."""
+    if accuracy is None or labels <= 0:
+        return Arm(0, 0)
+    return Arm(min(labels, max(0, round(accuracy * labels))), labels)
 
 
 class Rollout(OperatorVerbs):
@@ -95,7 +120,12 @@ class Rollout(OperatorVerbs):
                 d.status, d.detail = "skipped", f"already runs {plan.artifact.label}"
             devices.append(d)
         state = RolloutState(
-            id=rollout_id, created_at=now, created_by=actor, ends=ends, updated_at=now
+            id=rollout_id,
+            created_at=now,
+            created_by=actor,
+            ends=ends,
+            updated_at=now,
+            parent=champion_of(plan, candidates),
         )
         rollout = cls(plan, state, devices)
         rollout.dirty = set(rollout.devices)
@@ -272,6 +302,8 @@ class Rollout(OperatorVerbs):
             min_samples=self.plan.gate_min_samples,
             allow_no_data=self.plan.gates_allow_no_data,
         )
+        if self.plan.vs_parent and s.parent is not None:
+            results.append(self._vs_parent(s.parent, figures, samples or {}))
         judged_bad = any(not r.passed and not r.waiting for r in results)
         if any(r.waiting for r in results) and not judged_bad:
             if now < (self.gates_deadline or now):
@@ -290,6 +322,31 @@ class Rollout(OperatorVerbs):
         out.append(Note(now, "gates_passed", f"wave {wave} passed its gates"))
         self._next_wave(now, out)
         return out
+
+    def _vs_parent(
+        self, parent: str, figures: Mapping[str, float | None], samples: Mapping[str, int]
+    ) -> GateResult:
+        """Labels where the parent has them; else the label-free estimates, if the parent
+        has a trusted one (its calibration and inputs allow it)."""
+        plan = self.plan
+        new = _arm(figures.get("accuracy"), samples.get("accuracy", 0))
+        old = _arm(figures.get("parent_accuracy"), samples.get("parent_accuracy", 0))
+        basis = "labels"
+        if not old.labels and figures.get("parent_accuracy_estimate") is not None:
+            basis = "estimate"
+            new = _arm(figures.get("accuracy_estimate"), samples.get("accuracy_estimate", 0))
+            old = _arm(
+                figures.get("parent_accuracy_estimate"), samples.get("parent_accuracy_estimate", 0)
+            )
+        return vs_parent(
+            parent,
+            new,
+            old,
+            margin=plan.parent_margin,
+            confidence=plan.parent_confidence,
+            allow_no_data=plan.gates_allow_no_data,
+            basis=basis,
+        )
 
     def _wait_for_data(
         self, wave: int, results: list[GateResult], now: float, out: list[Action]

@@ -38,6 +38,8 @@ from typing import Any
 
 from edgefleet_contract.errors import PlanError
 
+from .champion import Arm, compare
+
 METRICS = (
     "error_rate",
     "p95_latency_ms",
@@ -96,6 +98,11 @@ class GateResult:
     unit: str = ""
     waiting: bool = False
     """Not judged yet: too few observations.  ``passed`` is False until it is."""
+    low: float | None = None
+    high: float | None = None
+    """The champion/challenger gate's one-sided bounds on the accuracy difference."""
+    parent_samples: int | None = None
+    """The champion/challenger gate: the parent's labelled answers (None: other gates)."""
 
 
 def parse_gate(text: str) -> Gate:
@@ -168,12 +175,80 @@ def evaluate(
     return out
 
 
+def more_needed(result: Mapping[str, Any]) -> int:
+    """How many more observations a waiting gate needs (the larger side of a comparison)."""
+    needed = int(result["needed"])
+    short = needed - int(result.get("samples") or 0)
+    if result.get("parent_samples") is not None:
+        short = max(short, needed - int(result["parent_samples"]))
+    return max(0, short)
+
+
 def shortfall(results: Iterable[Mapping[str, Any]]) -> str:
-    """The waiting gates of stored results, as ``error_rate<0.01 3/20 inferences, ...``."""
-    return ", ".join(
-        f"{r['gate']} {r.get('samples') or 0}/{r['needed']} {r['unit']}"
-        for r in results
-        if r.get("waiting")
+    """The waiting gates of stored results, as ``error_rate<0.01 3/20 inferences, ...``;
+    a champion/challenger gate says how many more labels it needs."""
+    out = []
+    for r in results:
+        if not r.get("waiting"):
+            continue
+        text = f"{r['gate']} {r.get('samples') or 0}/{r['needed']} {r['unit']}"
+        if r.get("parent_samples") is not None:
+            text += f" (parent {r['parent_samples']}/{r['needed']}): "
+            what = "labels" if r["unit"] == EVIDENCE["accuracy"] else "answers"
+            text += f"needs {more_needed(r)} more {what}"
+        out.append(text)
+    return ", ".join(out)
+
+
+def vs_parent(
+    parent_label: str,
+    new: Arm,
+    parent: Arm,
+    *,
+    margin: float,
+    confidence: float,
+    allow_no_data: bool = False,
+    basis: str = "labels",
+) -> GateResult:
+    """The champion/challenger gate (see :mod:`.champion`) as a gate result.
+
+    ``basis`` ``estimate``: the counts are label-free estimates (answers times
+    the estimated accuracy), judged the same way; their interval holds the
+    sampling error only, not the calibration's.  A parent with neither labels
+    nor a trusted estimate in the window leaves nothing to compare with (a fleet
+    that sends no feedback): the gate then passes and says so, and the plan's
+    absolute gates are what guards the rollout.
+    """
+    source = f"accuracy vs {parent_label} >= -{margin * 100:g}pt at {confidence * 100:g}%"
+    unit = EVIDENCE["accuracy"]
+    if basis == "estimate":
+        source += " (label-free estimate)"
+        unit = "answers (estimated)"
+    base = (source, "accuracy_vs_parent", ">=", -margin)
+    if not parent.labels:
+        note = (
+            f"{parent_label} has no labelled answers and no trusted estimate in the window: "
+            "nothing to compare"
+        )
+        return GateResult(*base, None, True, note, new.labels, 0, unit, parent_samples=0)
+    c = compare(new, parent, margin=margin, confidence=confidence)
+    if c.verdict == "wait" and allow_no_data and not new.labels:
+        return GateResult(*base, None, True, "no data", 0, 0, unit, parent_samples=parent.labels)
+    note = c.reason
+    if c.low is not None and c.high is not None:
+        note += f" (difference {c.difference:+.3f}, bounds {c.low:+.3f}..{c.high:+.3f})"
+    return GateResult(
+        *base,
+        c.difference,
+        c.verdict == "pass",
+        note,
+        new.labels,
+        c.needed,
+        unit,
+        waiting=c.verdict == "wait",
+        low=c.low,
+        high=c.high,
+        parent_samples=parent.labels,
     )
 
 

@@ -8,10 +8,11 @@ same devices' telemetry before the rollout started.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from edgefleet_contract.messages import InferenceStats, Telemetry
 
+from ..cbpe import Calibration, estimate, reference_drift
 from ..store.base import Store
 from .artifacts import ResolvedArtifact
 
@@ -116,6 +117,45 @@ def samples(
     }
 
 
+def parent_labels(
+    batches: Mapping[str, Sequence[Telemetry]], parent: str
+) -> tuple[float | None, int]:
+    """The parent's feedback accuracy over ``batches`` and the labels behind it."""
+    name, _, version = parent.partition("@")
+    stats = [
+        t.inference
+        for rows in batches.values()
+        for t in rows
+        if t.inference is not None and t.inference.model == name and t.inference.version == version
+    ]
+    n = sum(s.feedback_count for s in stats)
+    return (sum(s.feedback_correct for s in stats) / n if n else None), n
+
+
+def label_free(
+    batches: Mapping[str, Sequence[Telemetry]], label: str, calibration: Calibration | None
+) -> tuple[float | None, int]:
+    """The CBPE estimate of ``label``'s accuracy over ``batches`` and the answers behind it;
+    None when there is no calibration or the estimate says it cannot be trusted."""
+    if calibration is None:
+        return None, 0
+    name, _, version = label.partition("@")
+    hist = [0] * len(calibration.counts)
+    drift: list[float] = []
+    for rows in batches.values():
+        for t in rows:
+            inf = t.inference
+            if inf is None or inf.model != name or inf.version != version:
+                continue
+            if len(inf.confidence_hist) == len(hist):
+                hist = [a + b for a, b in zip(hist, inf.confidence_hist, strict=True)]
+            shift = reference_drift(t.drift)
+            if shift is not None:
+                drift.append(shift)
+    est = estimate(hist, calibration, drift=max(drift) if drift else None)
+    return (est.accuracy, est.answers) if est.trusted else (None, est.answers)
+
+
 def measure(
     store: Store,
     device_ids: Sequence[str],
@@ -124,8 +164,20 @@ def measure(
     since: float,
     until: float,
     baseline_until: float,
+    parent: str | None = None,
+    cohort: Sequence[str] = (),
+    calibrations: Callable[[str], Calibration | None] | None = None,
 ) -> tuple[dict[str, float | None], dict[str, int]]:
-    """The wave's gate figures and the observations behind them, from the store."""
+    """The wave's gate figures and the observations behind them, from the store.
+
+    With a ``parent`` (the champion), its feedback accuracy is measured on the
+    rollout's whole ``cohort`` from an hour before the rollout until ``until``:
+    the same devices and the same period as the new version, whatever wave they
+    are in (figure and count ``parent_accuracy``).  With ``calibrations`` (a
+    version's label -> its package calibration), both sides also get the
+    label-free estimate (``accuracy_estimate``, ``parent_accuracy_estimate``),
+    for the gate to use where there are no labels.
+    """
     chosen = list(device_ids)[:MAX_DEVICES]
     after = {d: store.query_raw(d, since=since, until=until, limit=MAX_BATCHES) for d in chosen}
     before = {
@@ -135,4 +187,16 @@ def measure(
         for d in chosen
     }
     health = {d: store.get_device(d).health for d in chosen}
-    return figures(after, before, health, artifact), samples(after, before, artifact)
+    values, counts = figures(after, before, health, artifact), samples(after, before, artifact)
+    if parent is not None:
+        rows = {
+            d: store.query_raw(d, since=baseline_until - BASELINE_S, until=until, limit=MAX_BATCHES)
+            for d in list(cohort)[:MAX_DEVICES]
+        }
+        values["parent_accuracy"], counts["parent_accuracy"] = parent_labels(rows, parent)
+        if calibrations is not None:
+            new = label_free(after, artifact.label, calibrations(artifact.label))
+            old = label_free(rows, parent, calibrations(parent))
+            values["accuracy_estimate"], counts["accuracy_estimate"] = new
+            values["parent_accuracy_estimate"], counts["parent_accuracy_estimate"] = old
+    return values, counts

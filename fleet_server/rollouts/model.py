@@ -100,6 +100,8 @@ class RolloutState:
     failure_base: int = 0
     gate_results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Per wave (as a string key, for JSON), the last gate evaluation."""
+    parent: str | None = None
+    """``name@version`` the rollout's devices ran when it started (the champion), if any."""
     gates_checked_at: float | None = None
     """When the current wave's gates were last measured while waiting for data (None: not
     yet); spaces the measurements out instead of querying the store every tick."""

@@ -107,6 +107,31 @@ def parse_pace(text: str) -> float:
     return per_min
 
 
+def parse_margin(text: str) -> float:
+    """The champion/challenger margin in accuracy points: ``5pt`` (0.05)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:pt|points?)\s*", text)
+    if m is None or not 0 < float(m.group(1)) <= 50:
+        raise PlanError(
+            f"--parent-margin {text!r}: use accuracy points above 0 and at most 50, like 5pt "
+            "(no worse than the parent by 5 points)"
+        )
+    return float(m.group(1)) / 100
+
+
+def parse_confidence(text: str) -> float:
+    """The champion/challenger confidence: ``95%``."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", text)
+    if m is None or not 50 < float(m.group(1)) < 100:
+        raise PlanError(
+            f"--parent-confidence {text!r}: use a percentage above 50% and below 100%, like 95%"
+        )
+    return float(m.group(1)) / 100
+
+
+def points_text(margin: float) -> str:
+    return f"{margin * 100:g}pt"
+
+
 @dataclass(frozen=True)
 class RolloutPlan:
     selector: str
@@ -131,6 +156,12 @@ class RolloutPlan:
     """After probation, how long a gate short of data is waited for before it fails."""
     gates_allow_no_data: bool = False
     """Fleets without traffic: a gate with no data passes (and says so) instead of waiting."""
+    vs_parent: bool = True
+    """Judge each wave against the version it replaces (the champion/challenger gate)."""
+    parent_margin: float = 0.05
+    """How much worse than the parent, in accuracy, the new version may be (0.05: 5 points)."""
+    parent_confidence: float = 0.95
+    """Confidence of the champion/challenger test, and its power against an equal model."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -145,6 +176,11 @@ class RolloutPlan:
             raise PlanError("--gate-timeout cannot be negative")
         if self.device_timeout_s <= 0:
             raise PlanError("the device timeout must be above zero")
+        if not 0 < self.parent_margin <= 0.5 or not 0.5 < self.parent_confidence < 1:
+            raise PlanError(
+                "--parent-margin is from 0 to 50 points and --parent-confidence between 50% "
+                "and 100%, e.g. 5pt and 95%"
+            )
 
     @property
     def interval_s(self) -> float:
@@ -178,6 +214,10 @@ class RolloutPlan:
             gate_min_samples=int(data.get("gate_min_samples", cls.gate_min_samples)),
             gate_timeout_s=float(data.get("gate_timeout_s", cls.gate_timeout_s)),
             gates_allow_no_data=bool(data.get("gates_allow_no_data", False)),
+            # Plans stored before the champion/challenger gate did not have it.
+            vs_parent=bool(data.get("vs_parent", False)),
+            parent_margin=float(data.get("parent_margin", cls.parent_margin)),
+            parent_confidence=float(data.get("parent_confidence", cls.parent_confidence)),
             extra=dict(data.get("extra") or {}),
         )
 

@@ -16,6 +16,7 @@ export const ROUTES = [
     page: () => import('./pages/artifacts.js'),
   },
   { path: 'artifacts/:id', page: () => import('./pages/model.js') },
+  { path: 'models/:name/:version', page: () => import('./pages/card.js') },
   {
     path: 'training', title: 'Training runs', probe: '/training/runs',
     page: () => import('./pages/training.js'),

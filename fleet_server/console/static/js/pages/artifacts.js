@@ -84,7 +84,9 @@ export async function mount(root, ctx) {
           ? h('a', { href: link(`artifacts/${a.id}`) }, h('b', {}, a.name))
           : h('b', {}, a.name)),
       },
-      { title: 'Version', cell: (a) => a.version },
+      { title: 'Version', cell: (a) => (a.kind === 'model'
+        ? h('a', { href: link(`models/${encodeURIComponent(a.name)}/${encodeURIComponent(a.version)}`), title: 'model card' }, a.version)
+        : a.version) },
       { title: 'Flavor / hardware', cell: (a) => a.flavor || a.runtime || (a.hardware || []).join(' ') || '—' },
       { title: 'Size', cell: (a) => size(a.size), class: 'nowrap' },
       { title: 'Lineage', cell: lineage },

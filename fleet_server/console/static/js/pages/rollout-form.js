@@ -17,6 +17,8 @@ const TEXT = [
   ['offline_grace', 'Offline grace', '24h', 'how long to wait for an offline device'],
   ['gate_min_samples', 'Gate min samples', '20', 'observations (inferences, labels) a gate needs from the wave'],
   ['gate_timeout', 'Gate timeout', '30m', 'after probation, how long a gate short of data waits, then fails'],
+  ['parent_margin', 'Parent margin', '5pt', 'champion/challenger: how much less accurate than the version it replaces'],
+  ['parent_confidence', 'Parent confidence', '95%', 'champion/challenger: confidence of that comparison'],
 ];
 
 async function artifactOptions(select) {
@@ -34,6 +36,7 @@ export function createForm(onCreated) {
     'error_rate<0.01\ninstall_success_rate>=0.99');
   const rollback = h('input', { type: 'checkbox', name: 'auto_rollback', checked: true });
   const noData = h('input', { type: 'checkbox', name: 'gates_allow_no_data' });
+  const vsParent = h('input', { type: 'checkbox', name: 'vs_parent', checked: true });
   const out = h('div', { class: 'result', 'aria-live': 'polite' });
   const submit = h('button', { type: 'submit', class: 'primary' }, 'Start rollout');
   const form = h('form', { class: 'rollout-form', 'aria-label': 'Create a rollout' },
@@ -43,7 +46,9 @@ export function createForm(onCreated) {
       field('Gates', gates, 'one per line: metric OP number'),
       h('div', { class: 'field check' }, h('label', {}, rollback, ' Roll back automatically when a gate fails')),
       h('div', { class: 'field check' }, h('label', {}, noData,
-        ' Let a gate with no data pass (only for fleets without traffic)'))),
+        ' Let a gate with no data pass (only for fleets without traffic)')),
+      h('div', { class: 'field check' }, h('label', {}, vsParent,
+        ' Compare each wave with the version it replaces (labelled accuracy)'))),
     h('div', {}, submit), out);
   artifactOptions(artifact).catch((err) => replace(out, notice(err.message, 'error')));
   form.addEventListener('submit', async (e) => {
@@ -66,6 +71,7 @@ export function createForm(onCreated) {
     body.gates = gates.value.split('\n').map((g) => g.trim()).filter(Boolean);
     body.auto_rollback = rollback.checked;
     body.gates_allow_no_data = noData.checked;
+    body.vs_parent = vsParent.checked;
     submit.disabled = true;
     try {
       const created = await api('/rollouts', { method: 'POST', body });

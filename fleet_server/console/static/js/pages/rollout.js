@@ -40,10 +40,22 @@ function verdict(g) {
   return g.passed ? 'pass' : 'fail';
 }
 
+// How many more observations a waiting gate needs (a comparison: its shorter side).
+function moreNeeded(g) {
+  let short = g.needed - (g.samples || 0);
+  if (g.parent_samples !== null && g.parent_samples !== undefined) short = Math.max(short, g.needed - g.parent_samples);
+  return Math.max(0, short);
+}
+
 function evidence(g) {
   if (g.samples === null || g.samples === undefined) return null;
-  const text = g.needed ? `${g.samples}/${g.needed} ${g.unit}` : `${g.samples} ${g.unit}`;
-  return h('span', { class: 'muted evidence' }, ` (${text})`);
+  let text = g.needed ? `${g.samples}/${g.needed} ${g.unit}` : `${g.samples} ${g.unit}`;
+  if (g.parent_samples !== null && g.parent_samples !== undefined) {
+    text += `; parent ${g.parent_samples}`;
+    if (g.low !== null && g.low !== undefined) text += `; bounds ${fmtNum(g.low, 3)}..${fmtNum(g.high, 3)}`;
+  }
+  return h('span', { class: 'muted evidence' }, ` (${text})`,
+    g.waiting && g.needed ? h('b', { class: 'needs' }, ` needs ${moreNeeded(g)} more ${g.unit === 'labelled answers' ? 'labels' : g.unit}`) : null);
 }
 
 function gates(list) {
@@ -70,6 +82,9 @@ function plan(p) {
     ['Pace', `${fmtNum(p.pace_per_min, 1)}/min`], ['Jitter', `${p.jitter_s} s`], ['Probation', `${p.probation_s} s`],
     ['Gates', p.gates.length ? p.gates.map((g) => h('code', {}, g, ' ')) : 'none'],
     ['Gate evidence', evidenceRule(p)],
+    ['Against the parent', p.vs_parent
+      ? `no worse by ${fmtNum(p.parent_margin * 100, 2)} points at ${fmtNum(p.parent_confidence * 100, 2)}%`
+      : 'not compared'],
     ['Auto-rollback', p.auto_rollback ? 'yes' : 'no'], ['Max failures', String(p.max_failures)],
   ];
   return h('dl', { class: 'facts' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));

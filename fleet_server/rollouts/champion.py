@@ -1,0 +1,134 @@
+"""The champion/challenger test: is the new version no worse than its parent by a margin?
+
+Pure arithmetic on four counts (labelled answers and correct ones, for the
+challenger and for its parent), so the engine stays I/O-free and the
+benchmark runs this very code.
+
+The question is a non-inferiority test on a difference of proportions::
+
+    H0: acc(new) - acc(parent) <= -margin      (the new version is worse by the margin)
+    H1: acc(new) - acc(parent) >  -margin
+
+The interval is Newcombe's hybrid score interval (method 10 of Newcombe 1998),
+built from the two Wilson score intervals: unlike the textbook Wald interval it
+keeps its coverage at accuracies near 1 and on small counts, which is where a
+canary lives.  It is one-sided at the operator's confidence (``95%``: the
+lower bound is the 5% quantile).
+
+The decision is a fixed-sample design with Haybittle-Peto early stopping:
+
+* before either side has the labels the plan needs, the gate *waits* and says
+  how many more it needs; the count is the usual non-inferiority sample size
+  ``(z_a + z_b)^2 * 2pq / margin^2`` at the parent's accuracy, with the power
+  equal to the confidence (so an equal model fails as rarely as a model worse
+  by the margin passes);
+* once both have them it is judged once: it passes when the lower bound is
+  above ``-margin``, else fails;
+* at every look before that, it stops early only on overwhelming evidence: the
+  interval at :data:`EARLY_Z` (3.5 standard errors, one-sided p = 0.0002)
+  entirely above ``-margin`` passes, entirely below fails.  A clearly better or
+  clearly broken model is decided in a few dozen labels; the boundary is strict
+  enough that looking every few seconds adds well under a point to either
+  error rate (the benchmark measures both).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+MAX_NEEDED = 1_000_000
+EARLY_Z = 3.5
+"""The Haybittle-Peto boundary of the early looks."""
+"""The label count asked for is capped (a margin near 0 would ask for billions)."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """Labelled answers of one version and how many of them were right."""
+
+    correct: int
+    labels: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labels if self.labels else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    difference: float | None
+    """Challenger accuracy minus parent accuracy (None: a side has no labels)."""
+    low: float | None
+    high: float | None
+    """The one-sided bounds at the confidence (each is the 1 - confidence quantile)."""
+    needed: int
+    """Labels each side needs before the test is judged."""
+    verdict: str
+    """``pass``, ``fail`` or ``wait``."""
+    reason: str
+
+
+def z_of(confidence: float) -> float:
+    """The one-sided normal quantile of ``confidence`` (0.95 -> 1.645)."""
+    return NormalDist().inv_cdf(confidence)
+
+
+def wilson(correct: int, labels: int, z: float) -> tuple[float, float]:
+    """Wilson's score interval for a proportion, at the two-sided level of ``z``."""
+    if labels <= 0:
+        return 0.0, 1.0
+    p = correct / labels
+    z2 = z * z
+    centre = (p + z2 / (2 * labels)) / (1 + z2 / labels)
+    half = z * math.sqrt(p * (1 - p) / labels + z2 / (4 * labels * labels)) / (1 + z2 / labels)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe(new: Arm, parent: Arm, z: float) -> tuple[float, float, float]:
+    """Difference ``new - parent`` and Newcombe's hybrid score bounds around it."""
+    p1, p2 = new.correct / new.labels, parent.correct / parent.labels
+    l1, u1 = wilson(new.correct, new.labels, z)
+    l2, u2 = wilson(parent.correct, parent.labels, z)
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return d, max(-1.0, low), min(1.0, high)
+
+
+def labels_needed(parent: Arm, margin: float, confidence: float) -> int:
+    """Labels per side for the test to pass an equal model with probability ``confidence``.
+
+    The parent's accuracy is shrunk towards 1/2 by two pseudo-answers each way
+    (Agresti-Coull), so a parent right on all of a few labels does not make the
+    count collapse to nothing.
+    """
+    p = (parent.correct + 2) / (parent.labels + 4)
+    z = z_of(confidence)
+    n = (2 * z) ** 2 * 2 * p * (1 - p) / (margin * margin)
+    return min(MAX_NEEDED, max(1, math.ceil(n)))
+
+
+def compare(new: Arm, parent: Arm, *, margin: float, confidence: float) -> Comparison:
+    """The champion/challenger verdict on the counts so far (see the module text)."""
+    z = z_of(confidence)
+    needed = labels_needed(parent, margin, confidence)
+    if not new.labels or not parent.labels:
+        short = "the new version" if not new.labels else "the parent"
+        return Comparison(None, None, None, needed, "wait", f"no labels from {short} yet")
+    d, low, high = newcombe(new, parent, z)
+    if new.labels < needed or parent.labels < needed:
+        _, early_low, early_high = newcombe(new, parent, EARLY_Z)
+        if early_high < -margin:
+            why = f"worse than the parent by more than {margin * 100:g} points, clearly"
+            return Comparison(d, low, high, needed, "fail", why)
+        if early_low > -margin:
+            why = f"no worse than the parent by {margin * 100:g} points, clearly (early)"
+            return Comparison(d, low, high, needed, "pass", why)
+        return Comparison(d, low, high, needed, "wait", "too few labels to tell")
+    if low > -margin:
+        why = f"no worse than the parent by {margin * 100:g} points"
+        return Comparison(d, low, high, needed, "pass", why)
+    why = f"cannot show it is within {margin * 100:g} points of the parent"
+    return Comparison(d, low, high, needed, "fail", why)
