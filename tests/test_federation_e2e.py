@@ -13,6 +13,7 @@ import pytest
 
 from agent.learning.worker import LearningWorker
 from fleet_server.config import ServerSettings
+from fleet_server.federation.candidate import HeldOutSet
 from fleet_server.federation.spec import LocalTraining, RunSpec
 from fleet_server.modelkit.digits import split
 from fleet_server.server import FleetServer, initialize
@@ -459,3 +460,112 @@ def test_federated_evaluation_runs_on_each_devices_held_out_samples(
     finally:
         for d in fleet:
             d.stop()
+
+
+def _sited(server: FleetServer, fleet: list[Device], sites: list[str]) -> None:
+    for d, site in zip(fleet, sites, strict=True):
+        server.store.update_device(d.link.device_id, tags={"fl": "yes", "site": site})
+
+
+def test_federated_evaluation_every_k_rounds_by_cohort_accepts_a_better_candidate(
+    server: FleetServer, tmp_path: Path
+) -> None:
+    handed: list[dict[str, object]] = []
+    server.training.on_candidate = lambda path, lineage: handed.append(lineage)
+    fleet = devices(server, tmp_path / "devs", 4, "fk")
+    _sited(server, fleet, ["berlin", "berlin", "paris", "paris"])
+    try:
+        run = server.training.start_run(
+            spec(
+                rounds=5,
+                client_evaluate=True,
+                evaluate_every=2,
+                evaluate_by="site",
+                accept_by="federated",
+            ),
+            actor="test",
+        )
+        assert wait_done(server, run.id) == "completed", server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        evaluated = [r.round for r in rounds if r.evaluation.get("devices")]
+        assert evaluated == [2, 4, 5]  # every 2nd round and always the final one
+        assert all(r.accuracy is not None for r in rounds)  # the server's set beside it
+        parent = rounds[0].evaluation["parent"]
+        assert parent["of_round"] == 0 and len(parent["devices"]) == 4
+        for r in rounds[1:]:
+            assert "parent" not in r.evaluation
+        for r in (rounds[1], rounds[3], rounds[4]):
+            cohorts = r.evaluation["cohorts"]
+            assert sorted(cohorts) == ["berlin", "paris"]
+            assert [c["devices"] for c in cohorts.values()] == [2, 2]
+            assert sum(c["examples"] for c in cohorts.values()) == r.evaluation["examples"]
+            berlin = [fleet[0].link.device_id, fleet[1].link.device_id]
+            figures = [r.evaluation["devices"][d] for d in berlin]
+            hits = sum(f["accuracy"] * f["num-examples"] for f in figures)
+            expected = hits / sum(f["num-examples"] for f in figures)
+            assert cohorts["berlin"]["accuracy"] == pytest.approx(expected)
+        result = server.store.get_training_run(run.id).result  # type: ignore[attr-defined]
+        judged = result["federated_acceptance"]
+        assert judged["accepted"] is True and judged["devices"] == 4 and judged["of_round"] == 5
+        assert judged["accuracy"] > judged["parent_accuracy"]
+        assert result["handed_over"] is True and "refused" not in result
+        assert handed and all(lineage["federated_acceptance"] == judged for lineage in handed)
+    finally:
+        for d in fleet:
+            d.stop()
+
+
+def _no_labelled_rows(model: str) -> HeldOutSet:
+    """A server with reference rows for calibration but no labelled evaluation data."""
+    data = split()
+    return HeldOutSet(data.x_test[:0], data.y_test[:0], data.x_train)
+
+
+def test_candidate_losing_on_federated_evaluation_is_not_registered(
+    server: FleetServer, tmp_path: Path
+) -> None:
+    """Devices train on labels shifted by one but hold out samples with the true labels:
+    the trained model gets worse on them than the parent, so the candidate is refused."""
+    handed: list[Path] = []
+    server.training.on_candidate = lambda path, lineage: handed.append(path)
+    server.training._heldout = _no_labelled_rows  # accept_by auto: federated
+    data = split()
+    fleet = []
+    for i, part in enumerate(dirichlet_parts(data.y_train, 3, alpha=0.5, seed=5)):
+        rows, truth = data.x_train[part], data.y_train[part]
+        held = np.arange(len(truth)) % 5 == 4  # what the devices hold out (HELDOUT_EVERY)
+        labels = np.where(held, truth, (truth + 1) % 10)
+        fleet.append(
+            make_device(
+                server, tmp_path, f"fr-{i}", rows, labels, data=lambda _w, r=rows, y=labels: (r, y)
+            )
+        )
+    wait_for(
+        lambda: all(server.store.get_device(d.link.device_id).online for d in fleet),
+        what="devices online",
+    )
+    try:
+        run = server.training.start_run(
+            spec(rounds=2, min_clients=3, client_evaluate=True), actor="test"
+        )
+        assert wait_done(server, run.id) == "completed", server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert all(r.accuracy is None for r in rounds)  # no server-side figures to show
+        result = server.store.get_training_run(run.id).result  # type: ignore[attr-defined]
+        judged = result["federated_acceptance"]
+        assert judged["accepted"] is False and judged["accuracy"] < judged["parent_accuracy"]
+        assert result["refused"].startswith("candidate not registered: federated accuracy")
+        assert result["handed_over"] is False and result["accuracy"] is None and not handed
+    finally:
+        for d in fleet:
+            d.stop()
+
+
+def test_run_without_server_data_or_client_evaluation_fails_with_the_fix(
+    server: FleetServer,
+) -> None:
+    server.training._heldout = _no_labelled_rows
+    run = server.training.start_run(spec(rounds=1), actor="test")
+    assert wait_done(server, run.id) == "failed"
+    detail = server.store.get_training_run(run.id).detail  # type: ignore[attr-defined]
+    assert "no labelled evaluation data" in detail and "--client-evaluate" in detail
