@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -521,6 +521,11 @@ def _no_labelled_rows(model: str) -> HeldOutSet:
     return HeldOutSet(data.x_test[:0], data.y_test[:0], data.x_train)
 
 
+def _fixed(rows: np.ndarray, labels: np.ndarray) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+    """A device's data source in exactly this order (so its held-out positions are known)."""
+    return lambda _width: (rows, labels)
+
+
 def test_candidate_losing_on_federated_evaluation_is_not_registered(
     server: FleetServer, tmp_path: Path
 ) -> None:
@@ -536,9 +541,7 @@ def test_candidate_losing_on_federated_evaluation_is_not_registered(
         held = np.arange(len(truth)) % 5 == 4  # what the devices hold out (HELDOUT_EVERY)
         labels = np.where(held, truth, (truth + 1) % 10)
         fleet.append(
-            make_device(
-                server, tmp_path, f"fr-{i}", rows, labels, data=lambda _w, r=rows, y=labels: (r, y)
-            )
+            make_device(server, tmp_path, f"fr-{i}", rows, labels, data=_fixed(rows, labels))
         )
     wait_for(
         lambda: all(server.store.get_device(d.link.device_id).online for d in fleet),
