@@ -1,11 +1,13 @@
-"""From a finished run's weights to candidate packages, judged on the server's held-out set.
+"""From a finished run's weights to candidate packages, judged against their parent.
 
 Every flavour (ONNX/TFLite, float/int8) is built by :mod:`fleet_server.modelkit`
 (fresh self-test vectors and drift reference included), the float ONNX file is
 scored on held-out rows the devices never saw, and only a candidate that beats
 the package it started from is handed to ``on_candidate(path, lineage)`` (the
 registry's ``add_model`` at integration).  Files land in
-``{data_dir}/candidates/{run_id}/`` either way, for inspection.
+``{data_dir}/candidates/{run_id}/`` either way, for inspection.  When the
+devices judge instead (federated acceptance, :mod:`.fedeval`), their verdict
+decides and the server's held-out figures, if any, are only reported.
 """
 
 from __future__ import annotations
