@@ -228,7 +228,8 @@ def test_run_resumes_from_checkpoint_after_server_restart(
     server.training.build_candidates = False
     fleet = devices(server, tmp_path / "devs", 4, "rs", worker_cls=GateWorker)
     try:
-        run = server.training.start_run(spec(rounds=5, min_clients=4), actor="test")
+        federated = {"client_evaluate": True, "evaluate_every": 2, "accept_by": "federated"}
+        run = server.training.start_run(spec(rounds=5, min_clients=4, **federated), actor="test")
         grid = server.training.grid
         assert grid is not None
         wait_for(
@@ -254,6 +255,12 @@ def test_run_resumes_from_checkpoint_after_server_restart(
         assert all(r.ts < restarted for r in rounds[:2])
         assert all(r.ts > restarted for r in rounds[2:])
         assert rounds[-1].accuracy >= rounds[1].accuracy
+        # The evaluation schedule counts rounds of the run, not of the resumed loop, and the
+        # parent's evaluation (before round 1, stored with it) still judges the candidate.
+        assert [r.round for r in rounds if r.evaluation.get("devices")] == [2, 4, 5]
+        assert len(rounds[0].evaluation["parent"]["devices"]) == 4
+        judged = server.store.get_training_run(run.id).result["federated_acceptance"]  # type: ignore[attr-defined]
+        assert judged["of_round"] == 5 and judged["devices"] == 4 and judged["accepted"] is True
     finally:
         for d in fleet:
             d.stop()
