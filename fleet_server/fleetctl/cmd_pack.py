@@ -67,6 +67,11 @@ def pack_hint(path: Path) -> str:
     help="TOML spec: input roles, pinned shapes, preprocessing, task details.",
 )
 @click.option(
+    "--embedding",
+    help="Tensor to split the graph at: the dense layers after it become a head that "
+    "federated rounds fine-tune (the graph before it stays frozen).",
+)
+@click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Package file to write (default: NAME-VERSION-FLAVOR.efpkg beside the model).",
@@ -82,6 +87,7 @@ def models_pack(
     calibration: Path | None,
     quantize: str | None,
     spec: Path | None,
+    embedding: str | None,
     output: Path | None,
 ) -> None:
     """Pack an ONNX or TFLite model file into a package (offline; no server needed)."""
@@ -96,6 +102,7 @@ def models_pack(
         calibration=calibration,
         quantize=quantize,
         spec=spec,
+        embedding=embedding,
     )
     console = Console(stderr=True)
     with console.status("packing", spinner="dots") as status:
