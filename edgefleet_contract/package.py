@@ -351,7 +351,8 @@ class Manifest(_Closed):
             raise ValueError("a trainable head over an embedding needs format 2")
 
     def _check_format2(self) -> None:
-        from .manifest_checks import check_head, check_task  # the task rules, kept beside their schema
+        # the task rules, kept beside their schema
+        from .manifest_checks import check_head, check_task
 
         if self.task is None:
             raise ValueError("format 2 needs a task section")

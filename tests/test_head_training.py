@@ -66,7 +66,7 @@ def test_cli_splits_the_cnn_at_its_embedding_into_backbone_and_dense_head(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "cnn.efpkg"
-    code, stdout, err = fleetctl(_pack_args(tmp_path, CNN_EMBEDDING, out))
+    code, _, err = fleetctl(_pack_args(tmp_path, CNN_EMBEDDING, out))
     assert code == 0, err
     package = read_package(out)
     trainable = package.manifest.trainable
@@ -97,7 +97,7 @@ def test_pack_refuses_a_missing_embedding_or_a_head_that_is_not_dense(tmp_path: 
     assert code != 0 and "must start with a dense layer" in err and "Relu" in err
     assert not out.exists()
     # A conv after the embedding (MaxPool -> Conv) is refused by name, in Python too.
-    with pytest.raises(PackageError, match="not dense.*Conv"):
+    with pytest.raises(PackageError, match=r"not dense.*Conv"):
         split_head(CNN.read_bytes(), "/3/MaxPool_output_0")
 
 

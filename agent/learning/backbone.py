@@ -44,7 +44,9 @@ class Backbone:
         self.embedding = trainable.embedding
         self.features = math.prod(trainable.input_shape)
         out = TensorSpec(name=trainable.embedding, shape=[-1, self.features], dtype="float32")
-        frozen = manifest.model_copy(update={"outputs": [out], "model_file": trainable.backbone_file})
+        frozen = manifest.model_copy(
+            update={"outputs": [out], "model_file": trainable.backbone_file}
+        )
         self._backend: Backend = open_backend(
             frozen, package.members[trainable.backbone_file], threads=threads
         )

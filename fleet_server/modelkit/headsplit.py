@@ -107,7 +107,7 @@ def write_head(model: bytes, embedding: str, weights: Mapping[str, npt.ArrayLike
             )
         for name, array in ((dense.weight, new_w), (dense.bias, b.reshape(old_b.shape))):
             init[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
-    return graph.SerializeToString()
+    return bytes(graph.SerializeToString())
 
 
 def _load(model: bytes) -> onnx.ModelProto:
