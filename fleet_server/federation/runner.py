@@ -31,13 +31,12 @@ from edgefleet_contract.messages import Telemetry
 from edgefleet_contract.package import ModelPackage, decode_weights, encode_weights
 
 from .. import selector
-from ..modelkit.build import apply_preprocessing
 from ..modelkit.network import Network
 from ..store.base import Device, Page
 from ..store.training import RoundRecord, TrainingRun
 from . import strategy_state
 from .app import Weights, run_rounds
-from .candidate import CandidateHook, HeldOut, finish_run
+from .candidate import CandidateHook, HeldOut, finish_run, heldout_rows
 from .deadline import round_close
 from .eligibility import Facts, census
 from .grid import Exchange, MqttGrid, Sender
@@ -309,7 +308,7 @@ class TrainingService:
         releases = [dp_releases]
         data = self._heldout(spec.model)
         package = self._packages(spec.model)
-        x = apply_preprocessing(data.x_raw, package.manifest.preprocessing)
+        x = heldout_rows(package, data.x_raw)
         y = data.y
 
         def hook(round_no: int, weights: Weights) -> Mapping[str, float]:
