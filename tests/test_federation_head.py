@@ -151,6 +151,10 @@ def test_devices_fine_tune_the_head_of_a_torch_cnn_into_a_candidate_of_the_same_
         int8 = read_package(handed[1][0])
         assert int8.manifest.quantization.dtype == "int8"
         assert quantize.float_weight_ops(int8.members["model.onnx"]) == []
+        # The registry takes both as signed targets (its own checks included).
+        for path, info in handed:
+            artifact = server.artifacts.add_model(path, lineage=info, actor=f"federation:{run.id}")
+            assert (artifact.name, artifact.version) == (MODEL, "1.1.0")
     finally:
         for d in fleet:
             d.stop()
