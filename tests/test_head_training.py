@@ -17,6 +17,8 @@ import pytest
 from agent.learning import native
 from agent.learning.backbone import Backbone
 from agent.runtime import Model
+from agent.samples import SampleStore
+from agent.serving import ModelService
 from edgefleet_contract import flwire
 from edgefleet_contract.errors import PackageError
 from edgefleet_contract.package import BACKBONE_NAME, read_package
@@ -157,3 +159,23 @@ def test_a_head_round_is_refused_without_the_matching_backbone(tmp_path: Path) -
     with pytest.raises(native.Refused) as refused:
         native.answer(instruction, package.weights(), samples, None)
     assert refused.value.code == flwire.WRONG_MODEL and CNN_EMBEDDING in str(refused.value)
+
+
+def test_feedback_on_a_head_package_keeps_the_raw_input_the_backbone_reads(
+    tmp_path: Path,
+) -> None:
+    path = cnn_head_package(tmp_path)
+    store = SampleStore(tmp_path / "samples.db", max_samples=100)
+    service = ModelService(samples=store)
+    service.replace(path)
+    images = np.load(CNN_IMAGES)
+    result, _ = service.infer(images[:2])
+    first, second = result.results
+    service.feedback(first["id"], int(digits_truth()[0]))
+    service.feedback(second["id"], int(digits_truth()[1]))
+    backbone = Backbone(read_package(path))
+    rows, labels = store.dataset(backbone.width)
+    assert labels.tolist() == digits_truth()[:2].tolist()
+    assert np.array_equal(rows, images[:2].reshape(2, -1).astype(np.float32))
+    assert np.allclose(backbone(rows), backbone(images[:2]))
+    store.close()
