@@ -27,8 +27,8 @@ from fleet_server.modelkit.headpackage import head_packages
 from fleet_server.server import FleetServer, initialize
 from models.thirdparty import digits_images
 
-from .fl_helpers import make_device
-from .harness import ADMIN_PASSWORD, server_settings, wait_for
+from .fl_helpers import learning_agents, make_device
+from .harness import ADMIN_PASSWORD, admin_token, server_settings, wait_for
 from .thirdparty_kit import CNN, cnn_head_package
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -158,3 +158,48 @@ def test_devices_fine_tune_the_head_of_a_torch_cnn_into_a_candidate_of_the_same_
     finally:
         for d in fleet:
             d.stop()
+
+
+def test_real_agents_serving_the_cnn_train_its_head_through_their_own_backbone(
+    fleet: FleetServer, tmp_path: Path
+) -> None:
+    """``edge-agent run`` processes that boot serving the package: each opens the backbone
+    of the model it serves, so nothing in the test hands them one."""
+    images, labels = digits_images()
+    data_dir = fleet.settings.data_dir
+    start = _start_package(data_dir / "models", images[1500:].astype(np.float32))
+    (data_dir / "heldout").mkdir()
+    np.savez(data_dir / "heldout" / f"{MODEL}.npz", x=images[1500:], y=labels[1500:])
+    boot = tmp_path / "boot.efpkg"
+    boot.write_bytes((data_dir / "models" / f"{MODEL}-1.0.0-onnx-float32.efpkg").read_bytes())
+    ids = ["cnn-0", "cnn-1"]
+    env = {"EDGE_AGENT_MODEL": str(boot), "EDGE_AGENT_LOCAL_API__PORT": "0"}
+    flat = images[:1000].reshape(1000, -1).astype(np.float32)
+    token = admin_token(fleet.settings.api_url)
+    with learning_agents(
+        fleet, token, ids, tmp_path, seed=2, env=env, dataset=(flat, labels[:1000])
+    ):
+        spec = RunSpec(
+            model=MODEL,
+            target="tag:fl=proc",
+            strategy="fedavg",
+            rounds=2,
+            min_clients=2,
+            round_timeout_s=180,
+            local=LocalTraining(epochs=3, lr=0.1, batch_size=16),
+        )
+        run = fleet.training.start_run(spec, actor="test")
+        wait_for(
+            lambda: fleet.store.get_training_run(run.id).status not in ("pending", "running"),  # type: ignore[attr-defined]
+            300,
+            "run finished",
+        )
+        final = fleet.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        assert final.status == "completed", (final.detail, final.result)
+        result = final.result
+        assert result["accuracy"] > 0.9 > 0.5 > result["baseline_accuracy"], result
+        assert sorted(result["participants"]) == ids
+        assert result["handed_over"] is True  # into the server's registry, as signed targets
+        candidate = read_package(Path(result["files"][0]))
+        assert candidate.manifest.lineage.parent == f"{MODEL}@1.0.0"
+        assert candidate.manifest.trainable == start.manifest.trainable
