@@ -68,8 +68,9 @@ def test_cli_splits_the_cnn_at_its_embedding_into_backbone_and_dense_head(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "cnn.efpkg"
-    code, _, err = fleetctl(_pack_args(tmp_path, CNN_EMBEDDING, out))
+    code, stdout, err = fleetctl(_pack_args(tmp_path, CNN_EMBEDDING, out))
     assert code == 0, err
+    assert f"trainable head after {CNN_EMBEDDING}: dense 512->64 relu, 64->10 softmax" in stdout
     package = read_package(out)
     trainable = package.manifest.trainable
     assert trainable is not None and trainable.embedding == CNN_EMBEDDING

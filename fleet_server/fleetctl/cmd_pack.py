@@ -186,6 +186,9 @@ def _echo_summary(doc: dict[str, Any]) -> None:
             click.echo(f"  {t['name']}  {t['dtype']}{t['shape']}{extra}")
             if t.get("preprocessing"):
                 click.echo(f"    preprocessing: {t['preprocessing']}")
+    head = doc.get("head")
+    if head:
+        click.echo(f"trainable head after {head['embedding']}: dense {', '.join(head['layers'])}")
     q = doc["quantization"]
     click.echo(f"quantization: {q['dtype']} ({q['method']})")
     if q.get("int8_ops"):
