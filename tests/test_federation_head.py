@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -73,6 +74,30 @@ def server(settings: ServerSettings) -> Iterator[FleetServer]:
     srv.stop()
 
 
+def _spec(target: str, clients: int) -> RunSpec:
+    """Two FedAvg rounds over every device of ``target``, three local epochs each."""
+    return RunSpec(
+        model=MODEL,
+        target=target,
+        strategy="fedavg",
+        rounds=2,
+        min_clients=clients,
+        round_timeout_s=180,
+        local=LocalTraining(epochs=3, lr=0.1, batch_size=16),
+    )
+
+
+def _finished(server: FleetServer, run_id: str) -> Any:
+    """The run's record once it is no longer pending or running."""
+
+    def done() -> bool:
+        status = server.store.get_training_run(run_id).status  # type: ignore[attr-defined]
+        return status not in ("pending", "running")
+
+    wait_for(done, 300, "run finished")
+    return server.store.get_training_run(run_id)  # type: ignore[attr-defined]
+
+
 def _initializers(model: bytes) -> dict[str, np.ndarray]:
     graph = onnx.load_from_string(model).graph
     return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -113,23 +138,8 @@ def test_devices_fine_tune_the_head_of_a_torch_cnn_into_a_candidate_of_the_same_
             lambda: all(server.store.get_device(d.link.device_id).online for d in fleet),
             what="devices online",
         )
-        spec = RunSpec(
-            model=MODEL,
-            target="tag:fl=yes",
-            strategy="fedavg",
-            rounds=2,
-            min_clients=3,
-            round_timeout_s=120,
-            local=LocalTraining(epochs=3, lr=0.1, batch_size=16),
-        )
-        run = server.training.start_run(spec, actor="test")
-
-        def done() -> bool:
-            status = server.store.get_training_run(run.id).status  # type: ignore[attr-defined]
-            return status not in ("pending", "running")
-
-        wait_for(done, 240, "run finished")
-        final = server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        run = server.training.start_run(_spec("tag:fl=yes", 3), actor="test")
+        final = _finished(server, run.id)
         assert final.status == "completed", final
         result = final.result
         assert result["beats_parent"] is True and result["handed_over"] is True, result
@@ -179,22 +189,8 @@ def test_real_agents_serving_the_cnn_train_its_head_through_their_own_backbone(
     with learning_agents(
         fleet, token, ids, tmp_path, seed=2, env=env, dataset=(flat, labels[:1000])
     ):
-        spec = RunSpec(
-            model=MODEL,
-            target="tag:fl=proc",
-            strategy="fedavg",
-            rounds=2,
-            min_clients=2,
-            round_timeout_s=180,
-            local=LocalTraining(epochs=3, lr=0.1, batch_size=16),
-        )
-        run = fleet.training.start_run(spec, actor="test")
-        wait_for(
-            lambda: fleet.store.get_training_run(run.id).status not in ("pending", "running"),  # type: ignore[attr-defined]
-            300,
-            "run finished",
-        )
-        final = fleet.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        run = fleet.training.start_run(_spec("tag:fl=proc", 2), actor="test")
+        final = _finished(fleet, run.id)
         assert final.status == "completed", (final.detail, final.result)
         result = final.result
         assert result["accuracy"] > 0.9 > 0.5 > result["baseline_accuracy"], result
