@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from agent.learning.backbone import Backbone
 from agent.learning.worker import LearningWorker
+from edgefleet_contract.errors import FederationError
 from edgefleet_contract.package import Lineage, ModelPackage, read_package
 from fleet_server.config import ServerSettings
 from fleet_server.federation.spec import LocalTraining, RunSpec
@@ -138,6 +139,9 @@ def test_devices_fine_tune_the_head_of_a_torch_cnn_into_a_candidate_of_the_same_
             lambda: all(server.store.get_device(d.link.device_id).online for d in fleet),
             what="devices online",
         )
+        secure = _spec("tag:fl=yes", 3).model_copy(update={"secagg": True})
+        with pytest.raises(FederationError, match="without secagg"):
+            server.training.start_run(secure, actor="test")
         run = server.training.start_run(_spec("tag:fl=yes", 3), actor="test")
         final = _finished(server, run.id)
         assert final.status == "completed", final

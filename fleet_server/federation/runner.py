@@ -119,8 +119,14 @@ class TrainingService:
         except SelectorError as exc:
             raise FederationError(f"bad --target selector: {exc}") from exc
         package = self._packages(spec.model)
-        if package.manifest.trainable is None:
+        trainable = package.manifest.trainable
+        if trainable is None:
             raise FederationError(f"model {spec.model} has no trainable weights")
+        if trainable.embedding is not None and (spec.secagg or spec.privacy.local_dp_epsilon > 0):
+            raise FederationError(
+                f"model {spec.model} trains a head over its backbone, which devices do on the "
+                "plain path only: run it without secagg and local DP"
+            )
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 raise FederationError(
