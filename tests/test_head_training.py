@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from pydantic import ValidationError
 
 from agent.learning import native
 from agent.learning.backbone import Backbone
@@ -21,7 +22,7 @@ from agent.samples import SampleStore
 from agent.serving import ModelService
 from edgefleet_contract import flwire
 from edgefleet_contract.errors import PackageError
-from edgefleet_contract.package import BACKBONE_NAME, read_package
+from edgefleet_contract.package import BACKBONE_NAME, Manifest, read_package
 from fleet_server.modelkit.headsplit import split_head, write_head
 
 from .fleetctl_kit import fleetctl
@@ -180,3 +181,24 @@ def test_feedback_on_a_head_package_keeps_the_raw_input_the_backbone_reads(
     assert np.array_equal(rows, images[:2].reshape(2, -1).astype(np.float32))
     assert np.allclose(backbone(rows), backbone(images[:2]))
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"embedding": None, "backbone_file": None}, "a head over an embedding: name it"),
+        ({"backbone_file": None}, "embedding and backbone_file are declared together"),
+    ],
+)
+def test_the_manifest_refuses_a_format2_trainable_part_that_is_not_a_whole_head(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    manifest = read_package(cnn_head_package(tmp_path)).manifest
+    doc = manifest.model_dump()
+    doc["trainable"] |= change
+    with pytest.raises(ValidationError, match=message):
+        Manifest.model_validate(doc)
+    doc = manifest.model_dump()
+    doc["labels"] = doc["labels"][:9]
+    with pytest.raises(ValidationError, match="the head has 10 classes but the package 9 labels"):
+        Manifest.model_validate(doc)
