@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet_contract.errors import FederationError
 from edgefleet_contract.package import Lineage, ModelPackage, parse_package
 
 from ..modelkit.build import FLAVORS, apply_preprocessing, build_package, run_model
+from ..modelkit.headpackage import head_packages
 from ..modelkit.network import Network
 from ..store.training import RoundRecord
 from .spec import RunSpec
@@ -53,12 +55,88 @@ def digits_heldout(model: str) -> HeldOutSet:
     return HeldOutSet(data.x_test, data.y_test, data.x_train)
 
 
+def heldout_for(directory: Path) -> HeldOut:
+    """A model's held-out set: ``{directory}/{model}.npz`` where the operator put one
+    (arrays ``x``: raw samples as the model is asked about them, ``y``: their labels,
+    optional ``reference``: training-like samples for calibration, else ``x``); the
+    reference digits split otherwise.  A user's own model needs its own."""
+
+    def load(model: str) -> HeldOutSet:
+        path = directory / f"{model}.npz"
+        if not path.is_file():
+            return digits_heldout(model)
+        with np.load(path, allow_pickle=False) as doc:
+            if "x" not in doc.files or "y" not in doc.files:
+                raise FederationError(f"{path} needs arrays 'x' (samples) and 'y' (labels)")
+            x = np.asarray(doc["x"], np.float32)
+            reference = doc["reference"] if "reference" in doc.files else x
+            return HeldOutSet(x, np.asarray(doc["y"], np.int64), np.asarray(reference, np.float32))
+
+    return load
+
+
 def accuracy(network: Network, data: HeldOutSet, package: ModelPackage) -> float | None:
     """Accuracy on the server's held-out rows; None when it holds no labelled rows."""
     if not len(data.y):
         return None
-    x = apply_preprocessing(data.x_raw, package.manifest.preprocessing)
+    x = heldout_rows(package, data.x_raw)
     return float((network.forward(x).argmax(axis=1) == data.y).mean())
+
+
+def has_head(package: ModelPackage) -> bool:
+    """Whether the package's trainable part is a head over its graph's embedding."""
+    trainable = package.manifest.trainable
+    return trainable is not None and trainable.embedding is not None
+
+
+def heldout_rows(package: ModelPackage, x_raw: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Held-out rows as the trainable network reads them: preprocessed features, or for a
+    head over an embedding, the frozen backbone's output (the same code the device runs)."""
+    if has_head(package):
+        from agent.learning.backbone import Backbone
+
+        return Backbone(package)(x_raw)
+    return apply_preprocessing(x_raw, package.manifest.preprocessing)
+
+
+def _served_accuracy(package: ModelPackage, data: HeldOutSet) -> float | None:
+    """Top-1 accuracy of the package as a device serves it (its whole graph); None when
+    the server holds no labelled rows."""
+    from agent.runtime import Model
+
+    if not len(data.y):
+        return None
+
+    classes = Model.from_package(package).predict(data.x_raw).classes
+    return float((classes == data.y).mean())
+
+
+def _build(
+    parent: ModelPackage, network: Network, version: str, lineage: Lineage, data: HeldOutSet
+) -> dict[str, bytes]:
+    """Every flavour's package bytes, the float ONNX one first."""
+    manifest = parent.manifest
+    if has_head(parent):
+        return head_packages(
+            parent,
+            network.weights,
+            version=version,
+            lineage=lineage,
+            calibration_raw=data.reference_raw,
+        )
+    return {
+        flavor: build_package(
+            network,
+            name=manifest.name,
+            version=version,
+            flavor=flavor,
+            preprocessing=manifest.preprocessing,
+            labels=manifest.labels,
+            reference=data.reference_raw,
+            lineage=lineage,
+        )
+        for flavor in FLAVORS
+    }
 
 
 def next_version(version: str, taken: Iterable[str] = ()) -> str:
@@ -94,7 +172,11 @@ def finish_run(
     server's held-out comparison as what decides whether it is handed over."""
     data = heldout(spec.model)
     manifest = parent.manifest
-    baseline = accuracy(Network.from_package(parent), data, parent)
+    baseline = (
+        _served_accuracy(parent, data)
+        if has_head(parent)
+        else accuracy(Network.from_package(parent), data, parent)
+    )
     participants = sorted({d for r in rounds for d in r.participants})
     version = next_version(manifest.version, built_versions(out_dir.parent, manifest.name))
     result: dict[str, object] = {
@@ -114,17 +196,7 @@ def finish_run(
         source="federated", run_id=run_id, parent=f"{manifest.name}@{manifest.version}"
     )
     files: list[Path] = []
-    for flavor in FLAVORS:
-        blob = build_package(
-            network,
-            name=manifest.name,
-            version=version,
-            flavor=flavor,
-            preprocessing=manifest.preprocessing,
-            labels=manifest.labels,
-            reference=data.reference_raw,
-            lineage=lineage,
-        )
+    for flavor, blob in _build(parent, network, version, lineage, data).items():
         path = out_dir / f"{manifest.name}-{version}-{flavor}.efpkg"
         path.write_bytes(blob)
         files.append(path)
@@ -167,6 +239,8 @@ def built_accuracy(path: Path, data: HeldOutSet) -> float | None:
     if not len(data.y):
         return None
     built = parse_package(path.read_bytes())
+    if has_head(built):
+        return _served_accuracy(built, data)
     x = apply_preprocessing(data.x_raw, built.manifest.preprocessing)
     produced = run_model("onnx", built.members[built.manifest.model_file], x)
     return float((produced.argmax(axis=1) == data.y).mean())

@@ -31,13 +31,12 @@ from edgefleet_contract.messages import Telemetry
 from edgefleet_contract.package import ModelPackage, decode_weights, encode_weights
 
 from .. import selector
-from ..modelkit.build import apply_preprocessing
 from ..modelkit.network import Network
 from ..store.base import Device, Page
 from ..store.training import RoundRecord, TrainingRun
 from . import strategy_state
 from .app import Weights, evaluate_parent, run_rounds
-from .candidate import CandidateHook, HeldOut, finish_run
+from .candidate import CandidateHook, HeldOut, finish_run, heldout_rows
 from .deadline import round_close
 from .eligibility import Facts, census
 from .fedeval import UNTAGGED, summarise, verdict
@@ -121,8 +120,14 @@ class TrainingService:
         except SelectorError as exc:
             raise FederationError(f"bad --target selector: {exc}") from exc
         package = self._packages(spec.model)
-        if package.manifest.trainable is None:
+        trainable = package.manifest.trainable
+        if trainable is None:
             raise FederationError(f"model {spec.model} has no trainable weights")
+        if trainable.embedding is not None and (spec.secagg or spec.privacy.local_dp_epsilon > 0):
+            raise FederationError(
+                f"model {spec.model} trains a head over its backbone, which devices do on the "
+                "plain path only: run it without secagg and local DP"
+            )
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 raise FederationError(
@@ -372,7 +377,7 @@ class TrainingService:
         releases = [dp_releases]
         data = self._heldout(spec.model)
         package = self._packages(spec.model)
-        x = apply_preprocessing(data.x_raw, package.manifest.preprocessing)
+        x = heldout_rows(package, data.x_raw)
         y = data.y
         cohort_of = self._cohort_fn(spec)
 
