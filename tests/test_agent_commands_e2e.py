@@ -7,9 +7,11 @@ it does not know, cannot parse or receives too late."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,29 +30,23 @@ MODEL = DIST / "digits-1.0.0-onnx-int8.efpkg"
 DEVICE = "cmd-real"
 
 
-@pytest.fixture
-def agent(fleet: FleetServer, tmp_path: Path) -> Iterator[Path]:
-    """One enrolled ``edge-agent run`` process, online and reporting."""
-    import sys
-
+@contextlib.contextmanager
+def running_agent(fleet: FleetServer, tmp_path: Path, **env: str) -> Iterator[Path]:
+    """One enrolled ``edge-agent run`` process (``env`` added), online and reporting."""
     folder = tmp_path / DEVICE
-    enroll_agent(
-        fleet.settings.api_url,
-        admin_token(fleet.settings.api_url),
-        DEVICE,
-        folder,
-        tags={"site": "cmd"},
-    )
-    env = {
+    api = fleet.settings.api_url
+    enroll_agent(api, admin_token(api), DEVICE, folder, tags={"site": "cmd"})
+    agent_env = {
         **os.environ,
         "EDGE_AGENT_MODEL": str(MODEL),
         "EDGE_AGENT_LOCAL_API__PORT": "0",
         "EDGE_AGENT_LOG_FORMAT": "text",
+        **env,
     }
     with (tmp_path / "agent.log").open("ab") as log:
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "edge-agent"), "run", "--data-dir", str(folder)],
-            env=env,
+            env=agent_env,
             stdout=log,
             stderr=log,
             start_new_session=True,
@@ -69,6 +65,12 @@ def agent(fleet: FleetServer, tmp_path: Path) -> Iterator[Path]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def agent(fleet: FleetServer, tmp_path: Path) -> Iterator[Path]:
+    with running_agent(fleet, tmp_path) as folder:
+        yield folder
 
 
 def send(
@@ -154,3 +156,27 @@ def test_the_server_resends_desired_state_to_a_device_behind_it(
         60,
         "the device at desired version 1",
     )
+
+
+def test_the_daemon_renews_its_certificate_by_itself_when_due(
+    fleet: FleetServer, tmp_path: Path
+) -> None:
+    """The server's enrollment clock runs five days behind while the device enrolls, so its
+    seven-day certificate is past the 2/3 mark at once; the daemon's own renewal loop (no
+    command) renews it, and the device stays connected with the new certificate."""
+    real = fleet.enrollment._clock
+    fleet.enrollment._clock = lambda: time.time() - 5 * 86400
+    try:
+        with running_agent(fleet, tmp_path, EDGE_AGENT_RENEW_CHECK_S="0.5"):
+            first = fleet.store.get_device(DEVICE).cert_serial
+            fleet.enrollment._clock = real  # the renewed certificate is fresh: renewed once
+            wait_for(
+                lambda: fleet.store.get_device(DEVICE).cert_serial not in (None, first),
+                60,
+                "a certificate renewed by the daemon",
+            )
+            wait_for(lambda: fleet.store.get_device(DEVICE).online, 60, "back online")
+            assert send(fleet, "ping").status == "done"
+            assert not any(c.name == "renew_cert" for c in fleet.store.list_commands(DEVICE))
+    finally:
+        fleet.enrollment._clock = real
