@@ -68,15 +68,21 @@ def network(config: Mapping[str, Scalar]) -> tuple[Mlp, Preprocessing]:
         raise Refused(flwire.UNSUPPORTED_MODEL, str(exc)) from exc
 
 
-def _data(mlp: Mlp, data: DataSource, config: Mapping[str, Scalar], kind: str) -> Dataset:
-    """The rows this instruction uses: with ``heldout-every`` = n, every n-th sample is
-    held out — never trained on, evaluated on in federated evaluation (and never sent)."""
-    raw, y = data(mlp.features)
+def split(dataset: Dataset, config: Mapping[str, Scalar], kind: str) -> Dataset:
+    """The rows a ``kind`` instruction uses: with ``heldout-every`` = n, every n-th sample
+    is held out — never trained on, evaluated on in federated evaluation (and never sent)."""
+    raw, y = dataset
     every = config.get("heldout-every", 0)
     if isinstance(every, int | float) and int(every) > 1 and len(y):
         held = np.arange(len(y)) % int(every) == int(every) - 1
         keep = held if kind == "evaluate" else ~held
         raw, y = np.asarray(raw)[keep], np.asarray(y)[keep]
+    return raw, y
+
+
+def _data(mlp: Mlp, data: DataSource, config: Mapping[str, Scalar], kind: str) -> Dataset:
+    """:func:`split` of the device's samples; refused when nothing is left to use."""
+    raw, y = split(data(mlp.features), config, kind)
     if len(y) == 0:
         raise Refused(
             flwire.NO_SAMPLES,

@@ -1,11 +1,13 @@
-"""From a finished run's weights to candidate packages, judged on the server's held-out set.
+"""From a finished run's weights to candidate packages, judged against their parent.
 
 Every flavour (ONNX/TFLite, float/int8) is built by :mod:`fleet_server.modelkit`
 (fresh self-test vectors and drift reference included), the float ONNX file is
 scored on held-out rows the devices never saw, and only a candidate that beats
 the package it started from is handed to ``on_candidate(path, lineage)`` (the
 registry's ``add_model`` at integration).  Files land in
-``{data_dir}/candidates/{run_id}/`` either way, for inspection.
+``{data_dir}/candidates/{run_id}/`` either way, for inspection.  When the
+devices judge instead (federated acceptance, :mod:`.fedeval`), their verdict
+decides and the server's held-out figures, if any, are only reported.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +53,10 @@ def digits_heldout(model: str) -> HeldOutSet:
     return HeldOutSet(data.x_test, data.y_test, data.x_train)
 
 
-def accuracy(network: Network, data: HeldOutSet, package: ModelPackage) -> float:
+def accuracy(network: Network, data: HeldOutSet, package: ModelPackage) -> float | None:
+    """Accuracy on the server's held-out rows; None when it holds no labelled rows."""
+    if not len(data.y):
+        return None
     x = apply_preprocessing(data.x_raw, package.manifest.preprocessing)
     return float((network.forward(x).argmax(axis=1) == data.y).mean())
 
@@ -82,7 +88,10 @@ def finish_run(
     out_dir: Path,
     on_candidate: CandidateHook | None,
     build: bool = True,
+    federated: dict[str, Any] | None = None,
 ) -> dict[str, object]:
+    """Build and judge the candidate; ``federated`` (a :func:`.fedeval.verdict`) replaces the
+    server's held-out comparison as what decides whether it is handed over."""
     data = heldout(spec.model)
     manifest = parent.manifest
     baseline = accuracy(Network.from_package(parent), data, parent)
@@ -95,6 +104,8 @@ def finish_run(
         "participants": participants,
         "rounds": len(rounds),
     }
+    if federated is not None:
+        result["federated_acceptance"] = federated
     if not build:
         result["accuracy"] = accuracy(network, data, parent)
         return result
@@ -117,14 +128,17 @@ def finish_run(
         path = out_dir / f"{manifest.name}-{version}-{flavor}.efpkg"
         path.write_bytes(blob)
         files.append(path)
-    built = parse_package(files[0].read_bytes())
-    x = apply_preprocessing(data.x_raw, manifest.preprocessing)
-    produced = run_model("onnx", built.members[built.manifest.model_file], x)
-    candidate_acc = float((produced.argmax(axis=1) == data.y).mean())
-    beats = candidate_acc > baseline
+    candidate_acc = built_accuracy(files[0], data)
+    if federated is not None:
+        beats, why = bool(federated["accepted"]), str(federated["reason"])
+    else:
+        beats = candidate_acc is not None and baseline is not None and candidate_acc > baseline
+        why = f"held-out accuracy {candidate_acc} vs parent {baseline}"
     result.update(
         accuracy=candidate_acc, beats_parent=beats, files=[str(p) for p in files], handed_over=False
     )
+    if not beats:
+        result["refused"] = f"candidate not registered: {why}"
     if beats and on_candidate is not None:
         info: dict[str, object] = {
             "source": "federated",
@@ -139,14 +153,20 @@ def finish_run(
             "target": spec.target,
             "parent_flavor": manifest.flavor,
         }
+        if federated is not None:
+            info["federated_acceptance"] = federated
         for path in files:
             on_candidate(path, info)
         result["handed_over"] = True
-    log.info(
-        "run %s candidate %s: held-out accuracy %.3f vs parent %.3f",
-        run_id,
-        version,
-        candidate_acc,
-        baseline,
-    )
+    log.info("run %s candidate %s: %s (handed over: %s)", run_id, version, why, beats)
     return result
+
+
+def built_accuracy(path: Path, data: HeldOutSet) -> float | None:
+    """The built float ONNX file's accuracy on the server's held-out rows (None: no rows)."""
+    if not len(data.y):
+        return None
+    built = parse_package(path.read_bytes())
+    x = apply_preprocessing(data.x_raw, built.manifest.preprocessing)
+    produced = run_model("onnx", built.members[built.manifest.model_file], x)
+    return float((produced.argmax(axis=1) == data.y).mean())
