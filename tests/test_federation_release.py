@@ -198,6 +198,7 @@ def test_a_candidate_that_loses_to_its_parent_is_neither_registered_nor_rolled_o
     untrained = tmp_path / "start" / f"{MODEL}-1.0.0-onnx-float32.efpkg"
     result = _finish(fleet, TRAINED, untrained)
     assert result["beats_parent"] is False and result["handed_over"] is False, result
+    assert str(result["refused"]).startswith("candidate not registered: held-out accuracy")
     assert float(result["accuracy"]) < float(result["baseline_accuracy"]) - 0.3  # type: ignore[arg-type]
     assert all(Path(str(f)).is_file() for f in result["files"])  # type: ignore[attr-defined]
     rest = Rest(fleet.settings.api_url, admin_token(fleet.settings.api_url))
