@@ -315,7 +315,7 @@ class Agent:
         self._report()
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(60):
+        while not self._stop.wait(self.settings.renew_check_s):
             try:
                 if self.identity.renewal_due(time.time()):
                     self._renew()

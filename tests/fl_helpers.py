@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+from flwr.app import Message
+from flwr.serverapp import Grid
 
 from agent.learning.worker import LearningWorker
 from agent.link import DeviceLink
@@ -259,3 +261,31 @@ def learning_agents(
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+class Nodes(Grid):
+    """Just enough of a grid for ``configure_train``: the eligible node ids."""
+
+    def __init__(self, nodes: Iterable[int]) -> None:
+        self.nodes = list(nodes)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.nodes)
+
+    # The rest of the Grid interface is not used by these tests.
+    def set_run(self, run_id: int) -> None: ...  # type: ignore[override]
+    @property
+    def run(self):  # type: ignore[no-untyped-def,override]
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        raise NotImplementedError
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def,override]
+        raise NotImplementedError

@@ -399,11 +399,15 @@ def test_secagg_server_never_sees_an_individual_update(
                     items = value if isinstance(value, list) else [value]
                     received += [_array(v) for v in items if isinstance(v, bytes)]
         assert received, "the spy saw no update traffic"
+        compared: dict[str, int] = {}
         for update in plain:
             for name, array in update.items():  # type: ignore[union-attr]
                 for got in received:
                     if got.size == array.size:
+                        compared[name] = compared.get(name, 0) + 1
                         assert not np.allclose(got.reshape(array.shape), array, atol=1e-3), name
+        # The check above ran: every trained array met a same-sized masked one on the wire.
+        assert set(compared) == set(plain[0]), (compared, [a.size for a in received])  # type: ignore[arg-type]
         # ...yet the aggregate the server unmasked is the devices' weighted mean.
         checkpoint = server.store.latest_checkpoint(run.id)  # type: ignore[attr-defined]
         trainable = server.training._packages(MODEL).manifest.trainable
