@@ -34,6 +34,9 @@ WINDOW_ROWS = 200
 WINDOWS_PER_DAY = 288
 PSI_LINE = 0.25
 SEEDS = (0, 1, 2)
+FALSE_ALERT_SEEDS = tuple(range(10))
+"""Ten fleets of 35 device-days for the false-alert row: with no alert at all, a 95% upper
+bound under the goal of 1 per 100 device-days needs about 300 device-days."""
 
 Rows = npt.NDArray[np.float32]
 
@@ -195,7 +198,7 @@ def _delay(values: list[int]) -> str:
 
 def run() -> list[dict[str, object]]:
     pool = Pool.digits()
-    runs = [false_alerts(pool, devices=35, days=1, seed=s) for s in SEEDS]
+    runs = [false_alerts(pool, devices=35, days=1, seed=s) for s in FALSE_ALERT_SEEDS]
     days = sum(r["device_days"] for r in runs)
     from scipy.stats import chi2
 
@@ -207,7 +210,7 @@ def run() -> list[dict[str, object]]:
             "figure": f"{statistics.mean(r['alerts'] for r in runs):.2f}",
             "PSI (today) beside it": f"{statistics.mean(r['psi_alerts'] for r in runs):.0f}",
             "note": (
-                f"no drift, {days:.0f} device-days over {len(SEEDS)} seeds (worst seed "
+                f"no drift, {days:.0f} device-days over {len(runs)} seeds (worst seed "
                 f"{max(r['alerts'] for r in runs):.2f}; {onsets:.0f} onsets, 95% upper bound "
                 f"{upper:.1f}); PSI over 0.25 in "
                 f"{statistics.mean(r['psi_share'] for r in runs):.0%} of the windows"
