@@ -349,6 +349,10 @@ class DesiredState(Message):
     firmware: TargetRef | None = None
     config: Annotated[dict[Token, Scalar], Field(max_length=64)] = {}
     rollout_id: Token | None = None
+    shadow: TargetRef | None = None
+    """A model to fetch, verify and run beside the active one, never switched to (a rollout's
+    shadow step); absent: no shadow run.  Sent only when set, so other desired states
+    still read on older agents (which refuse a shadow run, and its gates see no data)."""
 
 
 class Command(Versioned):

@@ -177,6 +177,8 @@ class RolloutPlan:
             )
         if self.shadow_s < 0:
             raise PlanError("--shadow cannot be negative; use a duration like 30m, or 0 for none")
+        if self.shadow_s and self.artifact.kind != "model":
+            raise PlanError("--shadow runs a model beside the active one; firmware has no shadow")
         if not self.shadow_s and any(g.metric in SHADOW_METRICS for g in self.gates):
             raise PlanError(
                 "a shadow_* gate needs a shadow step: add --shadow with a duration like 30m"
