@@ -101,12 +101,17 @@ def _shadow(rollout: Rollout) -> dict[str, Any] | None:
         return None
     results = s.gate_results.get(SHADOW_KEY)
     state: str
-    if s.phase == "shadowing":
-        state = "shadowing" if s.status in ("canary", "paused") else s.status
-    elif s.shadow_started_at is None:
+    judged_bad = any(not r["passed"] and not r.get("waiting") for r in results or [])
+    if s.shadow_started_at is None:
         state = "waiting"
+    elif s.phase == "shadowing" and s.status in ("canary", "paused"):
+        state = "shadowing"
+    elif judged_bad:
+        state = "failed"
+    elif s.phase == "shadowing":  # ended without a verdict (aborted, rolled back by hand)
+        state = s.status
     else:
-        state = "failed" if any(not r["passed"] for r in results or []) else "passed"
+        state = "passed"
     return {
         "duration_s": plan.shadow_s,
         "started_at": s.shadow_started_at,
