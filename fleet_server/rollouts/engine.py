@@ -416,8 +416,9 @@ class Rollout(OperatorVerbs):
                 return out
             results = expire(results, duration_text(self.plan.gate_timeout_s))
         s.gate_results[SHADOW_KEY] = gate_dicts(results)
-        out.append(Shadow(self._shadow_devices(), start=False))
         failed = [r for r in results if not r.passed]
+        if not failed or not self.plan.auto_rollback:  # (the rollback ends it otherwise)
+            out.append(Shadow(self._shadow_devices(), start=False))
         if failed:
             why = "; ".join(
                 f"{r.gate} ({r.note})" if r.note else f"{r.gate} (measured {r.value:g})"

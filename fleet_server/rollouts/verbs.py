@@ -94,9 +94,7 @@ class OperatorVerbs:
                 d.status, d.detail = "skipped", "rollout aborted"
                 self._touch(d)
         out: list[Action] = []
-        if s.phase == "shadowing":  # the devices stop running the candidate
-            ids = tuple(d.device_id for d in self.devices.values() if d.wave == 0)
-            out.append(Shadow(ids, start=False))
+        self._stop_shadow(out)
         s.status, s.finished_at, s.updated_at = "aborted", now, now
         out.append(Note(now, "aborted", "aborted by an operator; updated devices keep the update"))
         return out
@@ -109,6 +107,12 @@ class OperatorVerbs:
         self._start_rollback(reason, now, out)
         return out
 
+    def _stop_shadow(self, out: list[Action]) -> None:
+        """A rollout ending during its shadow step: the canary stops running the candidate."""
+        if self.state.phase == "shadowing" and self.state.shadow_started_at is not None:
+            ids = tuple(d.device_id for d in self.devices.values() if d.wave == 0)
+            out.append(Shadow(tuple(sorted(ids)), start=False))
+
     def _check_revert_timeouts(self, now: float, out: list[Action]) -> None:
         for d in self.devices.values():
             late = d.finished_at is not None and now - d.finished_at >= self.plan.device_timeout_s
@@ -120,6 +124,7 @@ class OperatorVerbs:
         s = self.state
         s.status, s.reason, s.paused_from = "rolling_back", reason, None
         out.append(Note(now, "rolling_back", reason))
+        self._stop_shadow(out)
         for d in sorted(self.devices.values(), key=lambda d: d.order):
             if d.status in TOUCHED:
                 d.status, d.finished_at, d.revert_version = "reverting", now, None
