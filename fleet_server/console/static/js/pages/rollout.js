@@ -38,7 +38,7 @@ function waveRow(w, deadline, rollout) {
 function shadowRow(step, waiting, deadline) {
   return h('div', { class: 'wave', dataset: { wave: 'shadow', state: step.state } },
     h('span', { class: 'bar-label' }, h('b', {}, 'shadow'), ' ', status(step.state)),
-    h('span', { class: 'muted' }, `${fmtNum(step.duration_s / 60, 1)} min beside the active model`),
+    h('span', { class: 'muted' }, `${fmtNum(step.duration_s, 1)} s beside the active model`),
     h('span', { class: 'bar-value' }, step.started_at ? `since ${fmtTime(step.started_at)}` : ''),
     h('div', {},
       waiting ? h('p', { class: 'waiting', role: 'status' }, waiting, deadline
@@ -92,7 +92,7 @@ function plan(p) {
     ['Canary', p.canary.count ?? `${fmtNum(p.canary.fraction * 100, 1)}%`],
     ['Waves', p.waves.map((w) => `${fmtNum(w * 100, 1)}%`).join(', ')],
     ['Pace', `${fmtNum(p.pace_per_min, 1)}/min`], ['Jitter', `${p.jitter_s} s`], ['Probation', `${p.probation_s} s`],
-    ['Shadow step', p.shadow_s ? `${fmtNum(p.shadow_s / 60, 1)} min beside the active model` : 'none'],
+    ['Shadow step', p.shadow_s ? `${p.shadow_s} s beside the active model` : 'none'],
     ['Gates', p.gates.length ? p.gates.map((g) => h('code', {}, g, ' ')) : 'none'],
     ['Gate evidence', evidenceRule(p)],
     ['Against the parent', p.vs_parent
