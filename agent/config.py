@@ -100,6 +100,8 @@ class AgentSettings(FileSettings):
     """A model package to serve when no model slot is active yet (first boot)."""
     threads: Annotated[int, Field(ge=1, le=64)] = 1
     telemetry_interval_s: Annotated[float, Field(ge=0.05, le=3600)] = 10.0
+    renew_check_s: Annotated[float, Field(ge=0.05, le=3600)] = 60.0
+    """How often the daemon asks whether its certificate is due for renewal (at 2/3 of it)."""
     hardware: str = "generic"
     firmware_version: str = "0.0.0"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from edgefleet_contract import __version__
 from edgefleet_contract.codec import Codec
@@ -48,6 +48,9 @@ from .spool import DrainPolicy, Spool
 from .system import SystemProbe, power_source
 from .telemetry import TelemetryBuilder
 from .updates.service import DeviceUpdates
+
+if TYPE_CHECKING:
+    from .learning.backbone import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,7 @@ class Agent:
             else None
         )
         self._stop = threading.Event()
+        self._backbone: tuple[str, Backbone] | None = None
         self._threads: list[threading.Thread] = []
         self.router = CommandRouter(self.device_id, reply=lambda ack: self.link.ack_command(ack))
         self.router.register("set_desired", self._on_set_desired)
@@ -110,8 +114,24 @@ class Agent:
             skip=lambda: skip_reason(power_source()[0]),
             on_trained=self.samples.mark_trained,
             model=self._serving_model,
+            backbone=self._serving_backbone,
         )
         self.link = self._make_link()
+
+    def _serving_backbone(self) -> Backbone | None:
+        """The frozen backbone of the served package, if it has a trainable head (opened
+        once per package, on the first round that needs it)."""
+        model = self.service.model
+        trainable = model.manifest.trainable if model is not None else None
+        if model is None or trainable is None or trainable.embedding is None:
+            return None
+        cached = self._backbone
+        if cached is None or cached[0] != model.package.sha256:
+            from .learning.backbone import Backbone
+
+            cached = (model.package.sha256, Backbone(model.package, threads=self.settings.threads))
+            self._backbone = cached
+        return cached[1]
 
     def _serving_model(self) -> str | None:
         model = self.service.model
@@ -296,7 +316,7 @@ class Agent:
         self._report()
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(60):
+        while not self._stop.wait(self.settings.renew_check_s):
             try:
                 if self.identity.renewal_due(time.time()):
                     self._renew()

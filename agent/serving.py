@@ -275,7 +275,9 @@ class ModelService:
             _record(recorder, elapsed, result)
         if result.classes is not None:  # single-label classes: an id per answer for feedback
             version = _version(model)
-            rows = result.drift_rows
+            # A head's samples are raw inputs (it trains on them); other models cache the
+            # drift view only.
+            rows = result.samples if result.samples is not None else result.drift_rows
             for i, (answer, predicted) in enumerate(
                 zip(result.results, result.classes.tolist(), strict=True)
             ):
@@ -306,8 +308,10 @@ class ModelService:
                 f"unknown or expired prediction id {prediction_id[:64]!r}: feedback must name an "
                 "id returned by a recent /v1/predict, once"
             )
-        # A format-2 model's cached row is its drift view, not a sample it could train on.
-        if self._samples is not None and model.runner is None:
+        # A format-2 model's cached row is its drift view, not a sample it could train on,
+        # unless the package has a trainable head (then it is the raw input).
+        trainable = model.manifest.trainable
+        if self._samples is not None and (model.runner is None or trainable is not None):
             self._samples.add(cached.features, index, cached.model_version)
         correct = cached.predicted == index
         shadow = self._shadow

@@ -89,3 +89,21 @@ def _raw_size(m: Manifest, role: tasks.InputRole) -> int:
     from .preprocess import raw_shape
 
     return math.prod(raw_shape(role.preprocessing, m.input_spec(role.name).shape))
+
+
+def check_head(m: Manifest) -> None:
+    """A format-2 trainable part is a dense head over a declared embedding of a
+    single-input classifier (the trainer's loss is cross-entropy over its classes)."""
+    trainable = m.trainable
+    assert trainable is not None
+    if trainable.embedding is None:
+        raise ValueError("a format 2 trainable part is a head over an embedding: name it")
+    if m.runtime != "onnx":
+        raise ValueError("a trainable head over an embedding needs an ONNX model")
+    task = m.task
+    if task is None or task.kind != "classification" or len(task.data_inputs) != 1:
+        raise ValueError("a trainable head needs a classification task with one data input")
+    last = trainable.layers[-1]
+    classes = next(p.shape[0] for p in trainable.params if p.name == last.bias)
+    if classes != len(m.labels):
+        raise ValueError(f"the head has {classes} classes but the package {len(m.labels)} labels")

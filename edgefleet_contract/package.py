@@ -54,6 +54,7 @@ FORMATS_READ = (1, 2)
 """Format 1 (single-input softmax classifiers, no task) is still read and still written
 for them, so devices running an older agent keep taking the reference models."""
 WEIGHTS_NAME = "weights.npz"
+BACKBONE_NAME = "backbone.onnx"
 SUFFIX = ".efpkg"
 
 MAX_PACKAGE_BYTES = 128 * 1024 * 1024
@@ -247,6 +248,11 @@ class Trainable(_Closed):
     """One sample after preprocessing: ``[features]`` or an image ``[h, w, c]``."""
     layers: Annotated[list[LayerSpec], Field(min_length=1, max_length=64)]
     params: Annotated[list[ParamSpec], Field(min_length=1, max_length=128)]
+    embedding: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    """Format 2: the tensor of the user's graph the trainable head reads.  The graph up to
+    it ships as ``backbone_file`` (frozen, run by the device's runtime); the dense layers
+    after it are these ``layers``, trained in numpy on the backbone's output."""
+    backbone_file: safezip.MemberName | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Trainable:
@@ -256,6 +262,8 @@ class Trainable(_Closed):
         used = [n for layer in self.layers for n in (layer.weight, layer.bias) if n]
         if sorted(used) != sorted(names):
             raise ValueError("the layers must use every listed parameter exactly once")
+        if (self.embedding is None) != (self.backbone_file is None):
+            raise ValueError("embedding and backbone_file are declared together")
         return self
 
 
@@ -339,16 +347,19 @@ class Manifest(_Closed):
             raise ValueError(f"the drift reference must describe {features} features")
         if self.trainable and math.prod(self.trainable.input_shape) != features:
             raise ValueError("trainable.input_shape does not hold the input's feature count")
+        if self.trainable and self.trainable.embedding is not None:
+            raise ValueError("a trainable head over an embedding needs format 2")
 
     def _check_format2(self) -> None:
-        from .manifest_checks import check_task  # the task rules, kept beside their schema
+        # the task rules, kept beside their schema
+        from .manifest_checks import check_head, check_task
 
         if self.task is None:
             raise ValueError("format 2 needs a task section")
         if not self.preprocessing.is_identity:
             raise ValueError("format 2 declares preprocessing per input, in task.inputs")
         if self.trainable is not None:
-            raise ValueError("format 2 packages do not declare trainable weights yet")
+            check_head(self)
         check_task(self)
 
     @property
@@ -451,7 +462,9 @@ def parse_package(data: bytes, *, max_bytes: int = MAX_PACKAGE_BYTES) -> ModelPa
 
 def _verify_members(manifest: Manifest, members: Mapping[str, bytes]) -> None:
     listed = {f.path: f for f in manifest.files}
-    for path in (manifest.model_file, manifest.trainable.file if manifest.trainable else None):
+    trainable = manifest.trainable
+    paths = [manifest.model_file, *([trainable.file, trainable.backbone_file] if trainable else [])]
+    for path in paths:
         if path is not None and path not in listed:
             raise PackageError(f"{MANIFEST_NAME} does not list {path} in files")
     extra = sorted(set(members) - set(listed))

@@ -52,8 +52,23 @@ def summarize(manifest: Manifest, *, size: int | None = None) -> dict[str, Any]:
         "self_test_vectors": len(m.self_test.inputs),
         "drift_features": len(m.drift.features),
         "trainable": m.trainable is not None,
+        "head": _head(m),
         "size": size,
         "model_file": m.model_file,
         "model_bytes": next((f.size for f in m.files if f.path == m.model_file), None),
         "lineage": m.lineage.model_dump(exclude_none=True),
     }
+
+
+def _head(m: Manifest) -> dict[str, Any] | None:
+    """A trainable head over an embedding: where it reads and its dense layers' shapes."""
+    t = m.trainable
+    if t is None or t.embedding is None:
+        return None
+    shapes = {p.name: p.shape for p in t.params}
+    layers = [
+        f"{shapes[layer.weight][0]}->{shapes[layer.weight][1]} {layer.activation}"
+        for layer in t.layers
+        if layer.weight is not None
+    ]
+    return {"embedding": t.embedding, "layers": layers}

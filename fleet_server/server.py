@@ -286,6 +286,8 @@ class FleetServer:
         """Set when a part the server cannot run without gave up (see ``failure``)."""
         self.failure: str | None = None
         self._maintenance = threading.Event()
+        self.maintenance_interval_s = 600.0
+        """How often the retention pass runs (read before each wait)."""
         self._maintenance_thread: threading.Thread | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -415,9 +417,10 @@ class FleetServer:
             time.sleep(0.02)
 
     def _maintain(self) -> None:
-        """Apply telemetry retention every ten minutes (raw batches, then rollups)."""
+        """Apply telemetry retention every ``maintenance_interval_s`` (ten minutes; raw
+        batches, then rollups)."""
         t = self.settings.telemetry
-        while not self._maintenance.wait(600):
+        while not self._maintenance.wait(self.maintenance_interval_s):
             try:
                 removed = self.store.prune(
                     time.time(),

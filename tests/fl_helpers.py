@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+from flwr.app import Message
+from flwr.serverapp import Grid
 
 from agent.learning.worker import LearningWorker
 from agent.link import DeviceLink
@@ -133,8 +135,7 @@ def release_spec(target: str, clients: int, *, epochs: int = 5) -> RunSpec:
         round_timeout_s=300,
         local=LocalTraining(epochs=epochs, lr=0.2, batch_size=16),
         rollout=(
-            "canary 1, waves 100%, pace 600/min, probation 1s, gate crash_loops==0, "
-            "no-parent-gate"
+            "canary 1, waves 100%, pace 600/min, probation 1s, gate crash_loops==0, no-parent-gate"
         ),
     )
 
@@ -206,19 +207,22 @@ def learning_agents(
     seed: int,
     env: Mapping[str, str] = {},
     bin_dir: Path = BIN,
+    dataset: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """Real ``edge-agent run`` processes, one per id, each holding its share of the digits set.
 
     The shares are a Dirichlet(0.5) label split (``seed``), so the devices are
     non-IID as in the field.  Yields once every agent is online and has reported
     its labelled samples (a run started earlier would find too few clients);
+    ``dataset`` (raw rows, labels) replaces the digits training rows;
     each logs to ``directory/<id>.log``.  ``bin_dir`` holds the ``edge-agent`` to run
     (another install's, e.g. one made with the agent extra only).  On exit the agents get
     SIGTERM, and SIGKILL if they have not stopped within 20 s.
     """
     api = fleet.settings.api_url
     data = split()
-    parts = dirichlet_parts(data.y_train, len(ids), 0.5, seed)
+    rows, labels = dataset if dataset is not None else (data.x_train, data.y_train)
+    parts = dirichlet_parts(labels, len(ids), 0.5, seed)
     agent_env = {
         **os.environ,
         "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.3",
@@ -233,7 +237,7 @@ def learning_agents(
             folder = directory / device_id
             enroll_agent(api, token, device_id, folder, tags={"fl": "proc"}, bin_dir=bin_dir)
             samples = SampleStore(folder / "samples.db", max_samples=10_000)
-            for row, label in zip(data.x_train[part], data.y_train[part], strict=True):
+            for row, label in zip(rows[part], labels[part], strict=True):
                 samples.add(row, int(label))
             samples.close()
             with (directory / f"{device_id}.log").open("wb") as log:
@@ -257,3 +261,31 @@ def learning_agents(
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+class Nodes(Grid):
+    """Just enough of a grid for ``configure_train``: the eligible node ids."""
+
+    def __init__(self, nodes: Iterable[int]) -> None:
+        self.nodes = list(nodes)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.nodes)
+
+    # The rest of the Grid interface is not used by these tests.
+    def set_run(self, run_id: int) -> None: ...  # type: ignore[override]
+    @property
+    def run(self):  # type: ignore[no-untyped-def,override]
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        raise NotImplementedError
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def,override]
+        raise NotImplementedError

@@ -356,6 +356,31 @@ def test_operator_starts_a_training_run_from_the_form(fleet: ConsoleFleet, page:
     expect(page.locator(".facts")).to_contain_text("stopped")
 
 
+def test_operator_asks_for_federated_evaluation_from_the_form(
+    fleet: ConsoleFleet, page: Page
+) -> None:
+    login(page, fleet.url, "otto", OPERATOR_PASSWORD)
+    page.locator("#nav").get_by_role("link", name="Training runs").click()
+    page.locator("#start-training > summary").click()
+    expect(page.get_by_label("Evaluate every")).to_have_value("1")
+    expect(page.get_by_label("Judge candidate by").locator("option:checked")).to_have_text("auto")
+    page.get_by_label("Strategy").select_option("fedavg")
+    page.get_by_label("Target").fill("tag:fl=nobody")
+    page.get_by_label("Evaluate every").fill("3")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.get_by_role("alert")).to_contain_text("need client_evaluate")
+    page.get_by_label("Federated evaluation").check()
+    page.get_by_label("Cohort tag").fill("site")
+    page.get_by_label("Judge candidate by").select_option("federated")
+    page.get_by_role("button", name="Start training").click()
+    spec = page.locator(".panel", has_text="Spec").locator("pre")
+    expect(spec).to_contain_text('"evaluate_every": 3')
+    expect(spec).to_contain_text('"evaluate_by": "site"')
+    expect(spec).to_contain_text('"accept_by": "federated"')
+    page.get_by_role("button", name="Stop run").click()
+    expect(page.locator(".facts")).to_contain_text("stopped")
+
+
 def test_models_page_lists_registered_versions(fleet: ConsoleFleet, page: Page) -> None:
     package = Path(__file__).resolve().parent.parent / "models" / "dist"
     pushed = fleet.push_model(package / "digits-1.0.0-onnx-int8.efpkg")

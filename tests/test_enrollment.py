@@ -1,8 +1,10 @@
-"""The enrollment service against a real CA and a small in-memory store.
+"""The enrollment service against a real CA, over the real SQLite store and a small
+in-memory one.
 
-The store here follows the ``EnrollmentStore`` contract (atomic token take,
-errors for unknown/used/expired tokens and revoked devices); the SQLite store
-is exercised through the same service in the end-to-end tests.
+The in-memory store follows the ``EnrollmentStore`` contract (atomic token take, errors
+for unknown/used/expired tokens and revoked devices) and lets a test look inside; every
+test that does not need to look inside runs over the real SQLite store as well, so a
+rule the service leaves to the store (a new token voids the old one) is proved there.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -20,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from edgefleet_contract.errors import EnrollmentError, StoreError
 from fleet_server.enrollment import Enrollment, hash_token
 from fleet_server.pki import FleetCA
+from fleet_server.store import open_store
 
 DAY = 86400.0
 
@@ -108,15 +112,26 @@ def proof(key: ec.EllipticCurvePrivateKey, data: bytes) -> str:
 @dataclass
 class Rig:
     service: Enrollment
-    store: MemoryStore
+    store: Any
     clock: Clock
     crls: list[bytes]
 
 
+@pytest.fixture(params=["memory", "sqlite"])
+def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Rig:
+    """The service over either store (the SQLite one is the server's own)."""
+    store = MemoryStore() if request.param == "memory" else open_store(tmp_path / "fleet.db")
+    return make_rig(tmp_path, store)
+
+
 @pytest.fixture
-def rig(tmp_path: Path) -> Rig:
+def memory_rig(tmp_path: Path) -> Rig:
+    """The service over the in-memory store, for tests that look inside it."""
+    return make_rig(tmp_path, MemoryStore())
+
+
+def make_rig(tmp_path: Path, store: Any) -> Rig:
     clock = Clock()
-    store = MemoryStore()
     crls: list[bytes] = []
     ca = FleetCA.create(tmp_path / "ca", now=clock.now - DAY)
     service = Enrollment(
@@ -130,7 +145,8 @@ def rig(tmp_path: Path) -> Rig:
     return Rig(service, store, clock, crls)
 
 
-def test_token_enrolls_once_and_only_its_hash_is_stored(rig: Rig) -> None:
+def test_token_enrolls_once_and_only_its_hash_is_stored(memory_rig: Rig) -> None:
+    rig = memory_rig
     issued = rig.service.add_device("pump-7", name="Pump 7", tags={"site": "berlin"})
     assert issued.token.startswith("pump-7.") and len(issued.token) > 40
     assert issued.expires_at == rig.clock.now + DAY
@@ -192,7 +208,8 @@ def enrolled(rig: Rig, device_id: str) -> tuple[ec.EllipticCurvePrivateKey, byte
     return key, rig.service.enroll(token, csr(key, device_id)).cert_pem.encode()
 
 
-def test_renewal_with_proof_of_possession_issues_a_new_certificate(rig: Rig) -> None:
+def test_renewal_with_proof_of_possession_issues_a_new_certificate(memory_rig: Rig) -> None:
+    rig = memory_rig
     key, cert = enrolled(rig, "ren-1")
     rig.clock.now += 5 * DAY
     new = new_key()

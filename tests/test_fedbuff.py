@@ -11,38 +11,11 @@ from math import sqrt
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
 
 from edgefleet_contract import flower_compat
 from fleet_server.federation.fedbuff import FedBuff
 
-
-class Nodes(Grid):
-    """Just enough of a grid for ``configure_train``: the eligible node ids."""
-
-    def __init__(self, nodes: Iterable[int]) -> None:
-        self.nodes = list(nodes)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.nodes)
-
-    # The rest of the Grid interface is not used by these tests.
-    def set_run(self, run_id: int) -> None: ...  # type: ignore[override]
-    @property
-    def run(self):  # type: ignore[no-untyped-def,override]
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def,override]
-        raise NotImplementedError
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def,override]
-        raise NotImplementedError
+from .fl_helpers import Nodes
 
 
 def w(value: float) -> dict[str, np.ndarray]:

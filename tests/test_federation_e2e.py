@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import pytest
 
 from agent.learning.worker import LearningWorker
 from fleet_server.config import ServerSettings
+from fleet_server.federation.candidate import HeldOutSet
 from fleet_server.federation.spec import LocalTraining, RunSpec
 from fleet_server.modelkit.digits import split
 from fleet_server.server import FleetServer, initialize
@@ -227,7 +228,8 @@ def test_run_resumes_from_checkpoint_after_server_restart(
     server.training.build_candidates = False
     fleet = devices(server, tmp_path / "devs", 4, "rs", worker_cls=GateWorker)
     try:
-        run = server.training.start_run(spec(rounds=5, min_clients=4), actor="test")
+        federated = {"client_evaluate": True, "evaluate_every": 2, "accept_by": "federated"}
+        run = server.training.start_run(spec(rounds=5, min_clients=4, **federated), actor="test")
         grid = server.training.grid
         assert grid is not None
         wait_for(
@@ -253,6 +255,12 @@ def test_run_resumes_from_checkpoint_after_server_restart(
         assert all(r.ts < restarted for r in rounds[:2])
         assert all(r.ts > restarted for r in rounds[2:])
         assert rounds[-1].accuracy >= rounds[1].accuracy
+        # The evaluation schedule counts rounds of the run, not of the resumed loop, and the
+        # parent's evaluation (before round 1, stored with it) still judges the candidate.
+        assert [r.round for r in rounds if r.evaluation.get("devices")] == [2, 4, 5]
+        assert len(rounds[0].evaluation["parent"]["devices"]) == 4
+        judged = server.store.get_training_run(run.id).result["federated_acceptance"]  # type: ignore[attr-defined]
+        assert judged["of_round"] == 5 and judged["devices"] == 4 and judged["accepted"] is True
     finally:
         for d in fleet:
             d.stop()
@@ -391,11 +399,15 @@ def test_secagg_server_never_sees_an_individual_update(
                     items = value if isinstance(value, list) else [value]
                     received += [_array(v) for v in items if isinstance(v, bytes)]
         assert received, "the spy saw no update traffic"
+        compared: dict[str, int] = {}
         for update in plain:
             for name, array in update.items():  # type: ignore[union-attr]
                 for got in received:
                     if got.size == array.size:
+                        compared[name] = compared.get(name, 0) + 1
                         assert not np.allclose(got.reshape(array.shape), array, atol=1e-3), name
+        # The check above ran: every trained array met a same-sized masked one on the wire.
+        assert set(compared) == set(plain[0]), (compared, [a.size for a in received])  # type: ignore[arg-type]
         # ...yet the aggregate the server unmasked is the devices' weighted mean.
         checkpoint = server.store.latest_checkpoint(run.id)  # type: ignore[attr-defined]
         trainable = server.training._packages(MODEL).manifest.trainable
@@ -459,3 +471,115 @@ def test_federated_evaluation_runs_on_each_devices_held_out_samples(
     finally:
         for d in fleet:
             d.stop()
+
+
+def _sited(server: FleetServer, fleet: list[Device], sites: list[str]) -> None:
+    for d, site in zip(fleet, sites, strict=True):
+        server.store.update_device(d.link.device_id, tags={"fl": "yes", "site": site})
+
+
+def test_federated_evaluation_every_k_rounds_by_cohort_accepts_a_better_candidate(
+    server: FleetServer, tmp_path: Path
+) -> None:
+    handed: list[dict[str, object]] = []
+    server.training.on_candidate = lambda path, lineage: handed.append(lineage)
+    fleet = devices(server, tmp_path / "devs", 4, "fk")
+    _sited(server, fleet, ["berlin", "berlin", "paris", "paris"])
+    try:
+        run = server.training.start_run(
+            spec(
+                rounds=5,
+                client_evaluate=True,
+                evaluate_every=2,
+                evaluate_by="site",
+                accept_by="federated",
+            ),
+            actor="test",
+        )
+        assert wait_done(server, run.id) == "completed", server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        evaluated = [r.round for r in rounds if r.evaluation.get("devices")]
+        assert evaluated == [2, 4, 5]  # every 2nd round and always the final one
+        assert all(r.accuracy is not None for r in rounds)  # the server's set beside it
+        parent = rounds[0].evaluation["parent"]
+        assert parent["of_round"] == 0 and len(parent["devices"]) == 4
+        for r in rounds[1:]:
+            assert "parent" not in r.evaluation
+        for r in (rounds[1], rounds[3], rounds[4]):
+            cohorts = r.evaluation["cohorts"]
+            assert sorted(cohorts) == ["berlin", "paris"]
+            assert [c["devices"] for c in cohorts.values()] == [2, 2]
+            assert sum(c["examples"] for c in cohorts.values()) == r.evaluation["examples"]
+            berlin = [fleet[0].link.device_id, fleet[1].link.device_id]
+            figures = [r.evaluation["devices"][d] for d in berlin]
+            hits = sum(f["accuracy"] * f["num-examples"] for f in figures)
+            expected = hits / sum(f["num-examples"] for f in figures)
+            assert cohorts["berlin"]["accuracy"] == pytest.approx(expected)
+        result = server.store.get_training_run(run.id).result  # type: ignore[attr-defined]
+        judged = result["federated_acceptance"]
+        assert judged["accepted"] is True and judged["devices"] == 4 and judged["of_round"] == 5
+        assert judged["accuracy"] > judged["parent_accuracy"]
+        assert result["handed_over"] is True and "refused" not in result
+        assert handed and all(lineage["federated_acceptance"] == judged for lineage in handed)
+    finally:
+        for d in fleet:
+            d.stop()
+
+
+def _no_labelled_rows(model: str) -> HeldOutSet:
+    """A server with reference rows for calibration but no labelled evaluation data."""
+    data = split()
+    return HeldOutSet(data.x_test[:0], data.y_test[:0], data.x_train)
+
+
+def _fixed(rows: np.ndarray, labels: np.ndarray) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+    """A device's data source in exactly this order (so its held-out positions are known)."""
+    return lambda _width: (rows, labels)
+
+
+def test_candidate_losing_on_federated_evaluation_is_not_registered(
+    server: FleetServer, tmp_path: Path
+) -> None:
+    """Devices train on labels shifted by one but hold out samples with the true labels:
+    the trained model gets worse on them than the parent, so the candidate is refused."""
+    handed: list[Path] = []
+    server.training.on_candidate = lambda path, lineage: handed.append(path)
+    server.training._heldout = _no_labelled_rows  # accept_by auto: federated
+    data = split()
+    fleet = []
+    for i, part in enumerate(dirichlet_parts(data.y_train, 3, alpha=0.5, seed=5)):
+        rows, truth = data.x_train[part], data.y_train[part]
+        held = np.arange(len(truth)) % 5 == 4  # what the devices hold out (HELDOUT_EVERY)
+        labels = np.where(held, truth, (truth + 1) % 10)
+        fleet.append(
+            make_device(server, tmp_path, f"fr-{i}", rows, labels, data=_fixed(rows, labels))
+        )
+    wait_for(
+        lambda: all(server.store.get_device(d.link.device_id).online for d in fleet),
+        what="devices online",
+    )
+    try:
+        run = server.training.start_run(
+            spec(rounds=2, min_clients=3, client_evaluate=True), actor="test"
+        )
+        assert wait_done(server, run.id) == "completed", server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert all(r.accuracy is None for r in rounds)  # no server-side figures to show
+        result = server.store.get_training_run(run.id).result  # type: ignore[attr-defined]
+        judged = result["federated_acceptance"]
+        assert judged["accepted"] is False and judged["accuracy"] < judged["parent_accuracy"]
+        assert result["refused"].startswith("candidate not registered: federated accuracy")
+        assert result["handed_over"] is False and result["accuracy"] is None and not handed
+    finally:
+        for d in fleet:
+            d.stop()
+
+
+def test_run_without_server_data_or_client_evaluation_fails_with_the_fix(
+    server: FleetServer,
+) -> None:
+    server.training._heldout = _no_labelled_rows
+    run = server.training.start_run(spec(rounds=1), actor="test")
+    assert wait_done(server, run.id) == "failed"
+    detail = server.store.get_training_run(run.id).detail  # type: ignore[attr-defined]
+    assert "no labelled evaluation data" in detail and "--client-evaluate" in detail

@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from edgefleet_contract.errors import PlanError
+from edgefleet_contract.package import read_package
 from fleet_server.api.routes_rollouts import build_plan
+from fleet_server.federation.packages import DIST
 from fleet_server.federation.release import (
     parse_rollout_option,
     participants_selector,
@@ -35,6 +37,7 @@ from .harness import admin_token, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 AGENTS = 5
+TRAINED = DIST / "digits-1.0.0-onnx-float32.efpkg"
 CANDIDATE = ResolvedArtifact("model", "digits", "1.1.0", "models/digits/1.1.0/x.efpkg", "a" * 64, 9)
 
 
@@ -159,3 +162,60 @@ def test_a_winning_candidate_is_rolled_out_to_the_participants(
         listed = rest.get("/artifacts")["items"]
         mine = [a for a in listed if a["name"] == MODEL and a["version"] == version]
         assert len(mine) == 4 and all(a["lineage"]["run_id"] == run_id for a in mine), mine
+
+
+def _finish(fleet: FleetServer, parent: Path, weights_from: Path) -> dict[str, object]:
+    """finish_run over the server's own hand-over hook: ``parent``'s run ended with the
+    weights of ``weights_from``; the participant ``cand-0`` exists in the fleet."""
+    from fleet_server.federation.candidate import HeldOutSet, finish_run
+    from fleet_server.modelkit.digits import split
+    from fleet_server.modelkit.network import Network
+    from fleet_server.store.training import RoundRecord
+
+    data = split()
+    fleet.store.create_device("cand-0", name="cand-0", tags={"fl": "cand"}, now=1.0)
+    fleet.store.add_certificate("cand-0", 4242, not_after=4e9, now=1.0)  # enrolled
+    spec = release_spec("tag:fl=cand", 1)
+    record = RoundRecord("run-c", 1, None, None, ["cand-0"], {}, {}, 0, 0, 0.0, 1.0)
+    return finish_run(
+        "run-c",
+        spec,
+        read_package(parent),
+        Network.from_package(read_package(weights_from)),
+        lambda _: HeldOutSet(data.x_test, data.y_test, data.x_train[:300]),
+        rounds=[record],
+        out_dir=fleet.settings.data_dir / "candidates" / "run-c",
+        on_candidate=fleet.training.on_candidate,
+    )
+
+
+def test_a_candidate_that_loses_to_its_parent_is_neither_registered_nor_rolled_out(
+    fleet: FleetServer, tmp_path: Path
+) -> None:
+    """The trained reference model as parent, an untrained network as the run's result:
+    the candidate is built and scored, but the registry and the rollouts never see it."""
+    write_start_package(tmp_path / "start")
+    untrained = tmp_path / "start" / f"{MODEL}-1.0.0-onnx-float32.efpkg"
+    result = _finish(fleet, TRAINED, untrained)
+    assert result["beats_parent"] is False and result["handed_over"] is False, result
+    assert str(result["refused"]).startswith("candidate not registered: held-out accuracy")
+    assert float(result["accuracy"]) < float(result["baseline_accuracy"]) - 0.3  # type: ignore[arg-type]
+    assert all(Path(str(f)).is_file() for f in result["files"])  # type: ignore[attr-defined]
+    rest = Rest(fleet.settings.api_url, admin_token(fleet.settings.api_url))
+    assert rest.get("/artifacts")["items"] == []
+    assert rest.get("/rollouts")["items"] == []
+
+
+def test_a_candidate_that_beats_its_parent_is_registered_and_rolled_out(
+    fleet: FleetServer, tmp_path: Path
+) -> None:
+    """The positive control of the test above: the same path, the roles swapped."""
+    write_start_package(tmp_path / "start")
+    untrained = tmp_path / "start" / f"{MODEL}-1.0.0-onnx-float32.efpkg"
+    result = _finish(fleet, untrained, TRAINED)
+    assert result["beats_parent"] is True and result["handed_over"] is True, result
+    rest = Rest(fleet.settings.api_url, admin_token(fleet.settings.api_url))
+    versions = {(a["name"], a["version"]) for a in rest.get("/artifacts")["items"]}
+    assert (MODEL, result["version"]) in versions
+    rollouts = rest.get("/rollouts")["items"]
+    assert len(rollouts) == 1 and rollouts[0]["created_by"] == "federation:run-c", rollouts

@@ -204,6 +204,31 @@ def test_local_dp_noises_every_update() -> None:
     assert noisy_curve[0] < clean_curve[0] - 0.1, (clean_curve, noisy_curve)
 
 
+def test_local_dp_runs_evaluate_every_k_rounds_on_held_out_samples() -> None:
+    """Local-DP rounds go through the Flower ClientApp; it holds out every 5th sample too,
+    and Flower's evaluate instructions go out only on the scheduled rounds."""
+    spec = RunSpec.model_validate(
+        {
+            "model": "digits",
+            "strategy": "fedavg",
+            "rounds": 3,
+            "min_clients": 5,
+            "client_evaluate": True,
+            "evaluate_every": 2,
+            "privacy": {"local_dp_epsilon": 50.0, "local_dp_clip": 10.0},
+            "max_update_norm": 1e6,
+        }
+    )
+    _, grid = federate(spec)
+    evaluations = [e for e in grid.exchanges if e.message_type == "evaluate"]
+    assert len(evaluations) == 2  # rounds 2 and 3 (the last), not round 1
+    sizes = sorted(len(p) // 5 for p in dirichlet_parts(split().y_train, 5, 1.0, 4))
+    for e in evaluations:
+        assert sorted(int(m["num-examples"]) for m in e.metrics.values()) == sizes
+    train = [e for e in grid.exchanges if e.message_type == "train"]
+    assert len(train) == 3 and all(e.replies == 5 for e in train)
+
+
 def test_stock_flower_apps_run_as_a_pair(tmp_path: Path) -> None:
     """The module-level ServerApp and ClientApp (what a stock Flower deployment loads)."""
     from flwr.app import Context, RecordDict

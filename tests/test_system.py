@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import pytest
 
 from agent.system import SystemProbe, power_source, temperature
 
@@ -33,17 +37,65 @@ def test_temperature_without_cpu_zones_or_any_zone(tmp_path: Path) -> None:
     assert reading is None or -40.0 < reading < 150.0
 
 
-def test_power_source_from_a_mains_supply(tmp_path: Path) -> None:
-    mains = tmp_path / "AC"
-    mains.mkdir()
-    (mains / "type").write_text("Mains\n")
+def _supply(root: Path, name: str, kind: str, online: str) -> Path:
+    supply = root / name
+    supply.mkdir()
+    (supply / "type").write_text(kind + "\n")
+    (supply / "online").write_text(online + "\n")
+    return supply
+
+
+def _no_battery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A board without a battery (psutil finds none), whatever this machine has."""
+    monkeypatch.setattr(psutil, "sensors_battery", lambda: None)
+
+
+def test_power_source_from_a_mains_supply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_battery(monkeypatch)
+    assert power_source(tmp_path) == ("unknown", None)  # no supply at all
+    _supply(tmp_path, "USB", "USB", "1")  # not mains: says nothing about the board's power
+    assert power_source(tmp_path) == ("unknown", None)
+    mains = _supply(tmp_path, "AC", "Mains", "0")
+    assert power_source(tmp_path) == ("unknown", None)  # unplugged mains, and no battery
     (mains / "online").write_text("1\n")
-    power, battery = power_source(tmp_path)
-    assert power in ("ac", "battery")  # "battery" only if this machine really has one
-    if battery is None:
-        assert power == "ac"
-    (mains / "online").write_text("0\n")
-    assert power_source(tmp_path)[0] in ("unknown", "battery", "ac")
+    assert power_source(tmp_path) == ("ac", None)
+
+
+@pytest.mark.parametrize(
+    ("percent", "plugged", "expected"),
+    [
+        (57.0, False, ("battery", 57.0)),
+        (80.0, True, ("ac", 80.0)),
+        (40.0, None, ("unknown", 40.0)),
+        (130.0, False, ("battery", 100.0)),
+        (-3.0, False, ("battery", 0.0)),
+        (float("nan"), True, ("ac", None)),
+    ],
+)
+def test_power_source_from_a_battery(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    percent: float,
+    plugged: bool | None,
+    expected: tuple[str, float | None],
+) -> None:
+    """psutil's battery decides (and its charge is bounded); a mains supply that is online
+    does not override a battery that says it is discharging."""
+    reading = SimpleNamespace(percent=percent, secsleft=0, power_plugged=plugged)
+    monkeypatch.setattr(psutil, "sensors_battery", lambda: reading)
+    _supply(tmp_path, "AC", "Mains", "1")
+    assert power_source(tmp_path) == expected
+
+
+def test_a_failing_battery_sensor_falls_back_to_the_supplies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> None:
+        raise OSError("no ACPI")
+
+    monkeypatch.setattr(psutil, "sensors_battery", broken)
+    _supply(tmp_path, "AC", "Mains", "1")
+    assert power_source(tmp_path) == ("ac", None)
 
 
 def test_sample_on_a_board_without_sensors(tmp_path: Path) -> None:

@@ -116,3 +116,43 @@ def test_train_start_strategy_options_reach_the_run_spec(fleet: FleetServer) -> 
     spec = json.loads(out)["spec"]
     assert (spec["strategy"], spec["over_select"], spec["round_deadline_s"]) == ("fedyogi", 0.3, 30)
     assert fleetctl(["train", "stop", json.loads(out)["id"]])[0] == 0
+    code, out, err = fleetctl(
+        [
+            "train", "start", "--model", "digits", "--target", "tag:fl=nobody",
+            "--strategy", "fedbuff", "--evaluate-every", "2",
+        ]
+    )  # fmt: skip
+    assert code == 1 and "federated evaluation runs with synchronous" in err, err
+
+
+def test_train_federated_evaluation_every_k_rounds_by_cohort(
+    fleet: FleetServer, tmp_path: Path
+) -> None:
+    write_start_package(fleet.settings.data_dir / "models")
+    login_admin(fleet.settings.api_url)
+    fleet.training.build_candidates = False
+    made = devices(fleet, tmp_path / "devs", 3, "ce")
+    for d, site in zip(made, ["north", "north", "south"], strict=True):
+        fleet.store.update_device(d.link.device_id, tags={"fl": "yes", "site": site})
+    try:
+        code, out, err = fleetctl(
+            [
+                "--json", "train", "start", "--model", MODEL, "--target", "tag:fl=yes",
+                "--strategy", "fedavg", "--rounds", "3", "--min-clients", "3",
+                "--evaluate-every", "2", "--evaluate-by", "site", "--accept-by", "federated",
+            ]
+        )  # fmt: skip
+        assert code == 0, err
+        run = json.loads(out)
+        assert run["spec"]["client_evaluate"] is True and run["spec"]["evaluate_every"] == 2
+        code, out, err = fleetctl(["train", "status", run["id"], "--watch", "--interval", "0.2"])
+        assert code == 0, err
+        assert "BY COHORT" in out and "north" in out and "south" in out
+        assert "federated judging: accepted" in out, out
+        code, out, _ = fleetctl(["--json", "train", "status", run["id"]])
+        rounds = json.loads(out)["rounds"]
+        assert [bool(r["evaluation"].get("devices")) for r in rounds] == [False, True, True]
+        assert rounds[0]["evaluation"]["parent"]["cohorts"]["north"]["devices"] == 2
+    finally:
+        for d in made:
+            d.stop()

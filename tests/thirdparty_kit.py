@@ -111,3 +111,24 @@ def two_input_package(folder: Path) -> Path:
         output=folder / "two.efpkg",
     )
     return pack(request)[1]
+
+
+CNN_EMBEDDING = "/8/Flatten_output_0"
+"""The torch CNN's flattened conv features: its two Linear layers after it are the head."""
+
+
+def cnn_head_package(folder: Path, embedding: str = CNN_EMBEDDING) -> Path:
+    """The torch CNN packed with a trainable dense head after ``embedding``."""
+    from fleet_server.modelkit.pack import PackRequest, pack
+
+    request = PackRequest(
+        model=CNN,
+        name="digits-torch",
+        version="1.0.0",
+        labels=digit_labels(folder),
+        calibration=CNN_IMAGES,
+        spec=write(folder, "cnn.toml", CNN_SPEC),
+        embedding=embedding,
+        output=folder / "digits-torch-1.0.0-onnx-float32.efpkg",
+    )
+    return pack(request)[1]

@@ -56,16 +56,19 @@ def _dtypes(message: Message) -> dict[str, np.dtype[np.generic]]:
     return {k: np.dtype(v.numpy().dtype) for k, v in record.items()}
 
 
+def _scalars(config: ConfigRecord) -> dict[str, bool | int | float | str]:
+    return {k: v for k, v in config.items() if isinstance(v, bool | int | float | str)}
+
+
 def local_config(config: ConfigRecord) -> LocalConfig:
-    scalars = {k: v for k, v in config.items() if isinstance(v, bool | int | float | str)}
-    return native.local_config(scalars)
+    return native.local_config(_scalars(config))
 
 
 def train_message(message: Message, data: DataSource) -> Message:
     config = _config(message)
     mlp, preprocessing = _network(config)
     start = _arrays(message)
-    raw, y = data(mlp.features)
+    raw, y = native.split(data(mlp.features), _scalars(config), "train")
     outcome = train(mlp, start, prepare(raw, preprocessing), y, local_config(config))
     dtypes = _dtypes(message)
     arrays = ArrayRecord({k: Array(outcome.weights[k].astype(dtypes[k])) for k in start})
@@ -80,17 +83,18 @@ def evaluate_message(message: Message, data: DataSource) -> Message:
     mlp, preprocessing = _network(config)
     weights = _arrays(message)
     mlp.check(weights)
-    raw, y = data(mlp.features)
+    raw, y = native.split(data(mlp.features), _scalars(config), "evaluate")
     loss, acc = evaluate(mlp, weights, prepare(raw, preprocessing), y)
     metrics = MetricRecord({"num-examples": max(1, len(y)), "loss": loss, "accuracy": acc})
     return Message(RecordDict({"metrics": metrics}), reply_to=message)
 
 
 def build_app(data: DataSource, *, local_dp: LocalDpMod | None = None) -> ClientApp:
-    """A ClientApp over ``data``; ``local_dp`` clips and noises every update it sends."""
-    app = ClientApp(mods=[local_dp] if local_dp is not None else None)
+    """A ClientApp over ``data``; ``local_dp`` clips and noises every update it sends (only
+    training replies: an evaluation reply carries figures, no arrays to noise)."""
+    app = ClientApp()
 
-    @app.train()
+    @app.train(mods=[local_dp] if local_dp is not None else None)
     def _train(message: Message, context: Context) -> Message:
         return train_message(message, data)
 

@@ -13,6 +13,7 @@ counts in the round's failures column.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,9 @@ from edgefleet_contract.messages import Scalar
 from edgefleet_contract.package import Preprocessing, Trainable
 
 from .trainer import LocalConfig, Mlp, evaluate, prepare, train
+
+if TYPE_CHECKING:
+    from .backbone import Backbone
 
 Dataset = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
 DataSource = Callable[[int], Dataset]
@@ -53,8 +57,9 @@ def local_config(config: Mapping[str, Scalar]) -> LocalConfig:
     )
 
 
-def network(config: Mapping[str, Scalar]) -> tuple[Mlp, Preprocessing]:
-    """The trainable network and preprocessing an instruction describes."""
+def network(config: Mapping[str, Scalar]) -> tuple[Mlp, Preprocessing, str | None]:
+    """The trainable network, preprocessing and embedding (``None``: the network reads
+    the model's input) an instruction describes."""
     if "trainable" not in config:
         raise Refused(flwire.BAD_INSTRUCTION, "the instruction's config has no 'trainable'")
     try:
@@ -63,24 +68,30 @@ def network(config: Mapping[str, Scalar]) -> tuple[Mlp, Preprocessing]:
     except ValueError as exc:
         raise Refused(flwire.BAD_INSTRUCTION, f"the instruction's model is invalid: {exc}") from exc
     try:
-        return Mlp(trainable), preprocessing
+        return Mlp(trainable), preprocessing, trainable.embedding
     except ModelError as exc:
         raise Refused(flwire.UNSUPPORTED_MODEL, str(exc)) from exc
 
 
-def _data(mlp: Mlp, data: DataSource, config: Mapping[str, Scalar], kind: str) -> Dataset:
-    """The rows this instruction uses: with ``heldout-every`` = n, every n-th sample is
-    held out — never trained on, evaluated on in federated evaluation (and never sent)."""
-    raw, y = data(mlp.features)
+def split(dataset: Dataset, config: Mapping[str, Scalar], kind: str) -> Dataset:
+    """The rows a ``kind`` instruction uses: with ``heldout-every`` = n, every n-th sample
+    is held out — never trained on, evaluated on in federated evaluation (and never sent)."""
+    raw, y = dataset
     every = config.get("heldout-every", 0)
     if isinstance(every, int | float) and int(every) > 1 and len(y):
         held = np.arange(len(y)) % int(every) == int(every) - 1
         keep = held if kind == "evaluate" else ~held
         raw, y = np.asarray(raw)[keep], np.asarray(y)[keep]
+    return raw, y
+
+
+def _data(width: int, data: DataSource, config: Mapping[str, Scalar], kind: str) -> Dataset:
+    """:func:`split` of the device's samples of ``width``; refused when nothing is left."""
+    raw, y = split(data(width), config, kind)
     if len(y) == 0:
         raise Refused(
             flwire.NO_SAMPLES,
-            f"no labelled samples of width {mlp.features} on this device "
+            f"no labelled samples of width {width} on this device "
             "(labels arrive through the local API's /v1/feedback)",
         )
     return raw, y
@@ -96,13 +107,28 @@ def _start(mlp: Mlp, arrays: flwire.Arrays) -> dict[str, npt.NDArray[np.float32]
 
 
 def answer(
-    instruction: flwire.FlEnvelope, arrays: flwire.Arrays, data: DataSource
+    instruction: flwire.FlEnvelope,
+    arrays: flwire.Arrays,
+    data: DataSource,
+    backbone: Backbone | None = None,
 ) -> tuple[flwire.FlEnvelope, flwire.Arrays]:
-    """The reply to a native ``train`` or ``evaluate`` instruction (raises :class:`Refused`)."""
-    mlp, preprocessing = network(instruction.config)
+    """The reply to a native ``train`` or ``evaluate`` instruction (raises :class:`Refused`).
+
+    A head over an embedding trains on the served package's ``backbone`` output."""
+    mlp, preprocessing, embedding = network(instruction.config)
     start = _start(mlp, arrays)
-    raw, y = _data(mlp, data, instruction.config, instruction.kind)
-    x = prepare(raw, preprocessing)
+    if embedding is None:
+        raw, y = _data(mlp.features, data, instruction.config, instruction.kind)
+        x = prepare(raw, preprocessing)
+    else:
+        if backbone is None or not backbone.matches(embedding, mlp.features):
+            raise Refused(
+                flwire.WRONG_MODEL,
+                f"the round trains a head over {embedding!r}; the model this device serves "
+                "has no such backbone",
+            )
+        raw, y = _data(backbone.width, data, instruction.config, instruction.kind)
+        x = _embed(backbone, raw)
     if instruction.kind == "evaluate":
         loss, acc = evaluate(mlp, start, x, y)
         metrics = {"num-examples": float(len(y)), "loss": loss, "accuracy": acc}
@@ -117,3 +143,10 @@ def answer(
         "accuracy": outcome.accuracy,
     }
     return flwire.reply(instruction, metrics), out
+
+
+def _embed(backbone: Backbone, raw: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    try:
+        return backbone(raw)
+    except ModelError as exc:
+        raise Refused(flwire.UNSUPPORTED_MODEL, f"the backbone cannot run: {exc}") from exc

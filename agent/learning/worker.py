@@ -34,6 +34,7 @@ from edgefleet_contract.errors import ContractError, EdgefleetError
 if TYPE_CHECKING:
     from flwr.app import Message
 
+    from .backbone import Backbone
     from .native import DataSource
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class LearningWorker:
         max_queue: int = 4,
         on_trained: Callable[[], None] | None = None,
         model: Callable[[], str | None] | None = None,
+        backbone: Callable[[], Backbone | None] | None = None,
     ) -> None:
         self._send = send
         self._data = data
@@ -65,6 +67,8 @@ class LearningWorker:
         self._on_trained = on_trained
         self._model = model
         """The name of the model the device serves (``None``: none loaded)."""
+        self._backbone = backbone
+        """The served package's frozen backbone, for a round that trains its head."""
         self._reassembler = flframes.Reassembler()
         self._frames_lock = threading.Lock()
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
@@ -164,7 +168,8 @@ class LearningWorker:
         started = time.perf_counter()
         try:
             with _limit_threads(self._threads):
-                reply, out = native.answer(instruction, arrays, self._data)
+                backbone = self._backbone() if self._backbone is not None else None
+                reply, out = native.answer(instruction, arrays, self._data, backbone)
         except native.Refused as exc:
             self.counts["refused"] += 1
             log.warning("federated %s refused: %s", instruction.kind, exc)

@@ -42,6 +42,9 @@ class Inference:
     """Per sample, the drift features of its data inputs (what telemetry bins)."""
     confidence: npt.NDArray[np.float32] | None = None
     classes: npt.NDArray[np.intp] | None = None
+    samples: npt.NDArray[np.float32] | None = None
+    """A package with a trainable head: each sample's raw input as flat float32 rows (what
+    feedback stores and its backbone turns into embeddings when a round trains)."""
 
     def __len__(self) -> int:
         return len(self.results)
@@ -64,6 +67,8 @@ class TaskRunner:
         }
         self._state = [i for i in self.task.inputs if i.role == "state"]
         self._labels = tuple(manifest.labels)
+        trainable = manifest.trainable
+        self._keeps_samples = trainable is not None and trainable.embedding is not None
         self._scalers = {
             r.name: Scaler(r.preprocessing, raw_shape(r.preprocessing, self._specs[r.name].shape))
             for r in self._data
@@ -83,7 +88,7 @@ class TaskRunner:
     def run(
         self, inputs: Mapping[str, Any] | npt.ArrayLike, state: Arrays | None = None
     ) -> Inference:
-        feeds, views = self.feeds(inputs, state)
+        feeds, views, raws = self._feeds(inputs, state)
         outputs = {name: self._float(name, v) for name, v in self._run(feeds).items()}
         nxt = {
             i.name: np.asarray(outputs[i.state_from or ""]).astype(
@@ -102,18 +107,26 @@ class TaskRunner:
                 classes, confidence = p.argmax(axis=1), p.max(axis=1)
         else:
             results = interpret.results(task, outputs, self._labels)
-        return Inference(outputs, results, nxt, drift, confidence, classes)
+        samples = raws[0].reshape(len(raws[0]), -1) if self._keeps_samples and raws else None
+        return Inference(outputs, results, nxt, drift, confidence, classes, samples)
 
     def feeds(
         self, inputs: Mapping[str, Any] | npt.ArrayLike, state: Arrays | None = None
     ) -> tuple[Arrays, list[npt.NDArray[np.float64]]]:
         """Every runtime input of one call, and the drift features of its data inputs."""
+        feeds, views, _ = self._feeds(inputs, state)
+        return feeds, views
+
+    def _feeds(
+        self, inputs: Mapping[str, Any] | npt.ArrayLike, state: Arrays | None
+    ) -> tuple[Arrays, list[npt.NDArray[np.float64]], list[npt.NDArray[np.float32]]]:
         named = self._named(inputs)
         feeds: Arrays = dict(self._constants)
-        views = []
+        views, raws = [], []
         for role in self._data:
             spec = self._specs[role.name]
             raw = canonical(named[role.name], role.preprocessing, shape=spec.shape, name=role.name)
+            raws.append(raw)
             feeds[role.name] = to_tensor(
                 raw,
                 role.preprocessing,
@@ -131,7 +144,7 @@ class TaskRunner:
             if value is None:
                 raise InputRejected(f"no state for input {role.name!r}")
             feeds[role.name] = value
-        return feeds, views
+        return feeds, views, raws
 
     def _named(self, inputs: Mapping[str, Any] | npt.ArrayLike) -> Mapping[str, Any]:
         if isinstance(inputs, Mapping):

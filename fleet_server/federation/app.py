@@ -15,12 +15,12 @@ so a restarted server resumes from the last completed round.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
@@ -29,7 +29,7 @@ from edgefleet_contract.package import Preprocessing, Trainable, encode_weights,
 from .fedbuff import FedBuff
 from .grid import Exchange, MqttGrid
 from .spec import RunSpec
-from .strategies import make_strategy
+from .strategies import Wrapped, make_strategy
 
 Weights = dict[str, npt.NDArray[np.float32]]
 RoundHook = Callable[[int, Weights], Mapping[str, float]]
@@ -98,7 +98,8 @@ def run_rounds(
         metrics = on_round(first_round + server_round - 1, from_record(arrays))
         return MetricRecord(dict(metrics))
 
-    result = strategy.start(
+    looped = strategy if isinstance(strategy, FedBuff) else Scheduled(strategy, spec, first_round)
+    result = looped.start(
         grid=grid,
         initial_arrays=to_record(initial),
         num_rounds=remaining,
@@ -108,6 +109,49 @@ def run_rounds(
         evaluate_fn=evaluate_fn,
     )
     return from_record(result.arrays) if len(result.arrays) else dict(initial)
+
+
+def evaluates(spec: RunSpec, round_no: int) -> bool:
+    """Whether devices evaluate the global model of ``round_no`` (every k-th and the last)."""
+    return spec.client_evaluate and (round_no % spec.evaluate_every == 0 or round_no == spec.rounds)
+
+
+class Scheduled(Wrapped):
+    """Sends Flower's evaluate instructions only on the rounds :func:`evaluates` picks
+    (Flower's loop asks every round); ``server_round`` counts from this ``start`` call."""
+
+    def __init__(self, strategy: Strategy, spec: RunSpec, first_round: int) -> None:
+        super().__init__(strategy)
+        self.spec, self.first_round = spec, first_round
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if not evaluates(self.spec, self.first_round + server_round - 1):
+            return []
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        return self.strategy.aggregate_evaluate(server_round, replies) if replies else None
+
+
+def evaluate_parent(
+    grid: Grid,
+    spec: RunSpec,
+    parent: Weights,
+    *,
+    trainable: Trainable,
+    preprocessing: Preprocessing,
+    strategy: Strategy,
+) -> list[Message]:
+    """The devices' evaluation of the model a run starts from, before round 1: what a
+    federatedly judged candidate must beat, on the same devices' held-out samples."""
+    config = train_config(spec, trainable, preprocessing)
+    messages = strategy.configure_evaluate(1, to_record(parent), config, grid)
+    return list(grid.send_and_receive(messages, timeout=spec.round_timeout_s))
 
 
 def close_async_round(grid: Grid, strategy: FedBuff) -> None:

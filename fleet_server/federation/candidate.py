@@ -1,11 +1,13 @@
-"""From a finished run's weights to candidate packages, judged on the server's held-out set.
+"""From a finished run's weights to candidate packages, judged against their parent.
 
 Every flavour (ONNX/TFLite, float/int8) is built by :mod:`fleet_server.modelkit`
 (fresh self-test vectors and drift reference included), the float ONNX file is
 scored on held-out rows the devices never saw, and only a candidate that beats
 the package it started from is handed to ``on_candidate(path, lineage)`` (the
 registry's ``add_model`` at integration).  Files land in
-``{data_dir}/candidates/{run_id}/`` either way, for inspection.
+``{data_dir}/candidates/{run_id}/`` either way, for inspection.  When the
+devices judge instead (federated acceptance, :mod:`.fedeval`), their verdict
+decides and the server's held-out figures, if any, are only reported.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet_contract.errors import FederationError
 from edgefleet_contract.package import Lineage, ModelPackage, parse_package
 
 from ..modelkit.build import FLAVORS, apply_preprocessing, build_package, run_model
+from ..modelkit.headpackage import head_packages
 from ..modelkit.network import Network
 from ..store.training import RoundRecord
 from .spec import RunSpec
@@ -50,9 +55,88 @@ def digits_heldout(model: str) -> HeldOutSet:
     return HeldOutSet(data.x_test, data.y_test, data.x_train)
 
 
-def accuracy(network: Network, data: HeldOutSet, package: ModelPackage) -> float:
-    x = apply_preprocessing(data.x_raw, package.manifest.preprocessing)
+def heldout_for(directory: Path) -> HeldOut:
+    """A model's held-out set: ``{directory}/{model}.npz`` where the operator put one
+    (arrays ``x``: raw samples as the model is asked about them, ``y``: their labels,
+    optional ``reference``: training-like samples for calibration, else ``x``); the
+    reference digits split otherwise.  A user's own model needs its own."""
+
+    def load(model: str) -> HeldOutSet:
+        path = directory / f"{model}.npz"
+        if not path.is_file():
+            return digits_heldout(model)
+        with np.load(path, allow_pickle=False) as doc:
+            if "x" not in doc.files or "y" not in doc.files:
+                raise FederationError(f"{path} needs arrays 'x' (samples) and 'y' (labels)")
+            x = np.asarray(doc["x"], np.float32)
+            reference = doc["reference"] if "reference" in doc.files else x
+            return HeldOutSet(x, np.asarray(doc["y"], np.int64), np.asarray(reference, np.float32))
+
+    return load
+
+
+def accuracy(network: Network, data: HeldOutSet, package: ModelPackage) -> float | None:
+    """Accuracy on the server's held-out rows; None when it holds no labelled rows."""
+    if not len(data.y):
+        return None
+    x = heldout_rows(package, data.x_raw)
     return float((network.forward(x).argmax(axis=1) == data.y).mean())
+
+
+def has_head(package: ModelPackage) -> bool:
+    """Whether the package's trainable part is a head over its graph's embedding."""
+    trainable = package.manifest.trainable
+    return trainable is not None and trainable.embedding is not None
+
+
+def heldout_rows(package: ModelPackage, x_raw: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Held-out rows as the trainable network reads them: preprocessed features, or for a
+    head over an embedding, the frozen backbone's output (the same code the device runs)."""
+    if has_head(package):
+        from agent.learning.backbone import Backbone
+
+        return Backbone(package)(x_raw)
+    return apply_preprocessing(x_raw, package.manifest.preprocessing)
+
+
+def _served_accuracy(package: ModelPackage, data: HeldOutSet) -> float | None:
+    """Top-1 accuracy of the package as a device serves it (its whole graph); None when
+    the server holds no labelled rows."""
+    from agent.runtime import Model
+
+    if not len(data.y):
+        return None
+
+    classes = Model.from_package(package).predict(data.x_raw).classes
+    return float((classes == data.y).mean())
+
+
+def _build(
+    parent: ModelPackage, network: Network, version: str, lineage: Lineage, data: HeldOutSet
+) -> dict[str, bytes]:
+    """Every flavour's package bytes, the float ONNX one first."""
+    manifest = parent.manifest
+    if has_head(parent):
+        return head_packages(
+            parent,
+            network.weights,
+            version=version,
+            lineage=lineage,
+            calibration_raw=data.reference_raw,
+        )
+    return {
+        flavor: build_package(
+            network,
+            name=manifest.name,
+            version=version,
+            flavor=flavor,
+            preprocessing=manifest.preprocessing,
+            labels=manifest.labels,
+            reference=data.reference_raw,
+            lineage=lineage,
+        )
+        for flavor in FLAVORS
+    }
 
 
 def next_version(version: str, taken: Iterable[str] = ()) -> str:
@@ -82,10 +166,17 @@ def finish_run(
     out_dir: Path,
     on_candidate: CandidateHook | None,
     build: bool = True,
+    federated: dict[str, Any] | None = None,
 ) -> dict[str, object]:
+    """Build and judge the candidate; ``federated`` (a :func:`.fedeval.verdict`) replaces the
+    server's held-out comparison as what decides whether it is handed over."""
     data = heldout(spec.model)
     manifest = parent.manifest
-    baseline = accuracy(Network.from_package(parent), data, parent)
+    baseline = (
+        _served_accuracy(parent, data)
+        if has_head(parent)
+        else accuracy(Network.from_package(parent), data, parent)
+    )
     participants = sorted({d for r in rounds for d in r.participants})
     version = next_version(manifest.version, built_versions(out_dir.parent, manifest.name))
     result: dict[str, object] = {
@@ -95,6 +186,8 @@ def finish_run(
         "participants": participants,
         "rounds": len(rounds),
     }
+    if federated is not None:
+        result["federated_acceptance"] = federated
     if not build:
         result["accuracy"] = accuracy(network, data, parent)
         return result
@@ -103,28 +196,21 @@ def finish_run(
         source="federated", run_id=run_id, parent=f"{manifest.name}@{manifest.version}"
     )
     files: list[Path] = []
-    for flavor in FLAVORS:
-        blob = build_package(
-            network,
-            name=manifest.name,
-            version=version,
-            flavor=flavor,
-            preprocessing=manifest.preprocessing,
-            labels=manifest.labels,
-            reference=data.reference_raw,
-            lineage=lineage,
-        )
+    for flavor, blob in _build(parent, network, version, lineage, data).items():
         path = out_dir / f"{manifest.name}-{version}-{flavor}.efpkg"
         path.write_bytes(blob)
         files.append(path)
-    built = parse_package(files[0].read_bytes())
-    x = apply_preprocessing(data.x_raw, manifest.preprocessing)
-    produced = run_model("onnx", built.members[built.manifest.model_file], x)
-    candidate_acc = float((produced.argmax(axis=1) == data.y).mean())
-    beats = candidate_acc > baseline
+    candidate_acc = built_accuracy(files[0], data)
+    if federated is not None:
+        beats, why = bool(federated["accepted"]), str(federated["reason"])
+    else:
+        beats = candidate_acc is not None and baseline is not None and candidate_acc > baseline
+        why = f"held-out accuracy {candidate_acc} vs parent {baseline}"
     result.update(
         accuracy=candidate_acc, beats_parent=beats, files=[str(p) for p in files], handed_over=False
     )
+    if not beats:
+        result["refused"] = f"candidate not registered: {why}"
     if beats and on_candidate is not None:
         info: dict[str, object] = {
             "source": "federated",
@@ -139,14 +225,22 @@ def finish_run(
             "target": spec.target,
             "parent_flavor": manifest.flavor,
         }
+        if federated is not None:
+            info["federated_acceptance"] = federated
         for path in files:
             on_candidate(path, info)
         result["handed_over"] = True
-    log.info(
-        "run %s candidate %s: held-out accuracy %.3f vs parent %.3f",
-        run_id,
-        version,
-        candidate_acc,
-        baseline,
-    )
+    log.info("run %s candidate %s: %s (handed over: %s)", run_id, version, why, beats)
     return result
+
+
+def built_accuracy(path: Path, data: HeldOutSet) -> float | None:
+    """The built float ONNX file's accuracy on the server's held-out rows (None: no rows)."""
+    if not len(data.y):
+        return None
+    built = parse_package(path.read_bytes())
+    if has_head(built):
+        return _served_accuracy(built, data)
+    x = apply_preprocessing(data.x_raw, built.manifest.preprocessing)
+    produced = run_model("onnx", built.members[built.manifest.model_file], x)
+    return float((produced.argmax(axis=1) == data.y).mean())

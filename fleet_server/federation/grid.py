@@ -291,7 +291,7 @@ class MqttGrid(Grid):
             else:
                 self.current.replies += 1
                 self.current.participants.append(device_id)
-                self.current.metrics[device_id] = dict(envelope.metrics)
+                self.current.metrics[device_id] = dict(envelope.metrics) or reply_metrics(reply)
             self._replies[message_id] = reply
             self._lock.notify_all()
 
@@ -354,3 +354,14 @@ class MqttGrid(Grid):
             self.rejected[reason] += 1
             self.current.failures[f"rejected:{reason}"] += 1
         log.warning("federated reply from %s rejected (%s): %s", device_id, reason, detail)
+
+
+def reply_metrics(reply: Message) -> dict[str, float]:
+    """The numeric metrics a Flower reply carries (a ``flower`` envelope has none of its own:
+    local-DP rounds answer with the ClientApp's ``MetricRecord``)."""
+    return {
+        k: float(v)
+        for record in reply.content.metric_records.values()
+        for k, v in record.items()
+        if isinstance(v, int | float)
+    }

@@ -31,15 +31,15 @@ from edgefleet_contract.messages import Telemetry
 from edgefleet_contract.package import ModelPackage, decode_weights, encode_weights
 
 from .. import selector
-from ..modelkit.build import apply_preprocessing
 from ..modelkit.network import Network
 from ..store.base import Device, Page
 from ..store.training import RoundRecord, TrainingRun
 from . import strategy_state
-from .app import Weights, run_rounds
-from .candidate import CandidateHook, HeldOut, finish_run
+from .app import Weights, evaluate_parent, run_rounds
+from .candidate import CandidateHook, HeldOut, finish_run, heldout_rows
 from .deadline import round_close
 from .eligibility import Facts, census
+from .fedeval import UNTAGGED, summarise, verdict
 from .grid import Exchange, MqttGrid, Sender
 from .secure import run_secure_rounds
 from .spec import RunSpec
@@ -120,8 +120,14 @@ class TrainingService:
         except SelectorError as exc:
             raise FederationError(f"bad --target selector: {exc}") from exc
         package = self._packages(spec.model)
-        if package.manifest.trainable is None:
+        trainable = package.manifest.trainable
+        if trainable is None:
             raise FederationError(f"model {spec.model} has no trainable weights")
+        if trainable.embedding is not None and (spec.secagg or spec.privacy.local_dp_epsilon > 0):
+            raise FederationError(
+                f"model {spec.model} trains a head over its backbone, which devices do on the "
+                "plain path only: run it without secagg and local DP"
+            )
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 raise FederationError(
@@ -254,7 +260,11 @@ class TrainingService:
             self.store.set_training_status(run_id, "running", now=time.time())
             flower_compat.set_task_identity(int(run_id, 16) & 0x7FFFFFFF)
             grid.set_run(flower_compat.empty_run(int(run_id, 16) & 0x7FFFFFFF))
-            hook = self._round_hook(run_id, spec, grid, network, strategy, dp_releases)
+            federated = self._federated_acceptance(spec)
+            parent: dict[str, Any] = {}
+            if federated and start == 1:
+                parent = self._evaluate_parent(spec, grid, package, strategy)
+            hook = self._round_hook(run_id, spec, grid, network, strategy, dp_releases, parent)
             options = dict(
                 trainable=trainable,
                 preprocessing=package.manifest.preprocessing,
@@ -269,16 +279,21 @@ class TrainingService:
                 return  # server shutting down: resume later
             recorded = self.store.list_rounds(run_id)
             last_evaluation = recorded[-1].evaluation if recorded else {}
+            judged = None
+            if federated:
+                first = recorded[0].evaluation.get("parent", {}) if recorded else {}
+                judged = verdict(first, last_evaluation, spec.accept_margin)
             result = finish_run(
                 run_id,
                 spec,
                 package,
                 network.with_weights(final),
                 self._heldout,
-                rounds=self.store.list_rounds(run_id),
+                rounds=recorded,
                 out_dir=self.candidates_dir / run_id,
                 on_candidate=self.on_candidate,
                 build=self.build_candidates,
+                federated=judged,
             )
             if last_evaluation:
                 result = {**result, "federated_evaluation": last_evaluation}
@@ -296,6 +311,58 @@ class TrainingService:
                 if self._grid is grid:
                     self._grid = None
 
+    def _federated_acceptance(self, spec: RunSpec) -> bool:
+        """Whether the candidate is judged on the devices' held-out samples (spec, or the
+        server holds no labelled evaluation rows for the model)."""
+        if spec.accept_by == "server":
+            return False
+        if spec.accept_by == "auto" and len(self._heldout(spec.model).y):
+            return False
+        if not spec.client_evaluate:
+            raise FederationError(
+                f"the server holds no labelled evaluation data for {spec.model}: start the "
+                "run with client_evaluate (fleetctl train start --client-evaluate) so the "
+                "devices' held-out samples judge the candidate"
+            )
+        return True
+
+    def _evaluate_parent(
+        self, spec: RunSpec, grid: MqttGrid, package: ModelPackage, strategy: Strategy
+    ) -> dict[str, Any]:
+        """The devices' federated evaluation of the package the run starts from."""
+        trainable = package.manifest.trainable
+        assert trainable is not None
+        evaluate_parent(
+            grid,
+            spec,
+            package.weights(),
+            trainable=trainable,
+            preprocessing=package.manifest.preprocessing,
+            strategy=strategy,
+        )
+        exchange = grid.exchanges[-1]
+        exchange.message_type = "evaluate-parent"  # booked (bytes), not a round's evaluation
+        if not exchange.metrics:
+            raise FederationError(
+                "no device evaluated the parent model, so the candidate could not be judged"
+                + failure_summary(exchange)
+            )
+        return summarise(exchange.metrics, 0, self._cohort_fn(spec))
+
+    def _cohort_fn(self, spec: RunSpec) -> Callable[[str], str] | None:
+        """Device -> its value of the run's ``evaluate_by`` tag (None: no cohorts asked)."""
+        tag = spec.evaluate_by
+        if tag is None:
+            return None
+
+        def cohort(device_id: str) -> str:
+            try:
+                return self.store.get_device(device_id).tags.get(tag, UNTAGGED)
+            except NotFound:
+                return UNTAGGED
+
+        return cohort
+
     def _round_hook(
         self,
         run_id: str,
@@ -304,40 +371,52 @@ class TrainingService:
         network: Network,
         strategy: Strategy,
         dp_releases: int,
+        parent: dict[str, Any],
     ) -> Callable[[int, Weights], Mapping[str, float]]:
         started = [time.monotonic()]
         releases = [dp_releases]
         data = self._heldout(spec.model)
         package = self._packages(spec.model)
-        x = apply_preprocessing(data.x_raw, package.manifest.preprocessing)
+        x = heldout_rows(package, data.x_raw)
         y = data.y
+        cohort_of = self._cohort_fn(spec)
 
         def hook(round_no: int, weights: Weights) -> Mapping[str, float]:
             train = [e for e in grid.exchanges if e.message_type == "train"]
             exchange = train[-1] if train else Exchange()
             if self._run_id != run_id:
                 raise RunStopped("server shutting down")
-            record = self._record(run_id, round_no, grid, exchange, started)
+            record = self._record(run_id, round_no, grid, exchange, started, cohort_of)
+            if parent and round_no == 1:
+                record = replace(record, evaluation={**record.evaluation, "parent": parent})
             if exchange.replies < spec.min_clients:
                 self.store.record_failed_round(record)
                 raise FederationError(
                     f"round {round_no}: {exchange.replies} good updates, below the quorum of "
                     f"{spec.min_clients}{failure_summary(exchange)}"
                 )
-            loss, accuracy = heldout_scores(network.with_weights(weights), x, y)
-            record = replace(record, loss=loss, accuracy=accuracy)
+            if len(y):
+                loss, accuracy = heldout_scores(network.with_weights(weights), x, y)
+                record = replace(record, loss=loss, accuracy=accuracy)
             state = b""
             if not spec.secagg:  # SecAgg+ rounds run Flower's legacy workflow, not ``strategy``
                 releases[0] += 1 if spec.privacy.central_dp else 0
                 state = strategy_state.save(strategy, extra={"dp_releases": releases[0]})
             self.store.complete_round(record, encode_weights(weights), state)
-            log.info("run %s round %d: accuracy %.3f loss %.3f", run_id, round_no, accuracy, loss)
-            return {"loss": loss, "accuracy": accuracy}
+            scores = {"loss": record.loss, "accuracy": record.accuracy}
+            log.info("run %s round %d: held-out %s", run_id, round_no, scores)
+            return {k: v for k, v in scores.items() if v is not None}
 
         return hook
 
     def _record(
-        self, run_id: str, round_no: int, grid: MqttGrid, exchange: Exchange, started: list[float]
+        self,
+        run_id: str,
+        round_no: int,
+        grid: MqttGrid,
+        exchange: Exchange,
+        started: list[float],
+        cohort_of: Callable[[str], str] | None = None,
     ) -> RoundRecord:
         """The round's numbers (scores filled in by the caller); resets the grid's tallies."""
         rejected = Counter(grid.rejected)
@@ -358,31 +437,21 @@ class TrainingService:
             ts=time.time(),
             failed=dict(exchange.failed),
             eligibility=dict(self._census),
-            evaluation=federated_evaluation(grid.exchanges, round_no),
+            evaluation=federated_evaluation(grid.exchanges, round_no, cohort_of),
         )
         grid.exchanges.clear()
         started[0] = now
         return record
 
 
-def federated_evaluation(exchanges: list[Exchange], of_round: int) -> dict[str, Any]:
+def federated_evaluation(
+    exchanges: list[Exchange], of_round: int, cohort_of: Callable[[str], str] | None = None
+) -> dict[str, Any]:
     """The devices' evaluation of the global model of ``of_round`` on their held-out samples
     (Flower's strategies evaluate right after each round's aggregation, before the
-    server-side hook that records the round)."""
+    server-side hook that records the round); empty on a round without one."""
     found = [e for e in exchanges if e.message_type == "evaluate" and e.metrics]
-    if not found:
-        return {}
-    devices = {
-        d: {k: float(m[k]) for k in ("accuracy", "loss", "num-examples") if k in m}
-        for d, m in found[-1].metrics.items()
-    }
-    total = sum(m.get("num-examples", 0.0) for m in devices.values())
-    accuracy = (
-        sum(m.get("accuracy", 0.0) * m.get("num-examples", 0.0) for m in devices.values()) / total
-        if total
-        else None
-    )
-    return {"of_round": of_round, "accuracy": accuracy, "examples": total, "devices": devices}
+    return summarise(found[-1].metrics, of_round, cohort_of) if found else {}
 
 
 def failure_summary(exchange: Exchange, limit: int = 5) -> str:

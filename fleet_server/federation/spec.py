@@ -111,7 +111,19 @@ class RunSpec(BaseModel):
     secagg_shares: Annotated[int, Field(ge=3)] = 3
     secagg_threshold: Annotated[int, Field(ge=2)] = 2
     client_evaluate: bool = False
-    """Also ask devices to evaluate each round (the server evaluates on its held-out set anyway)."""
+    """Federated evaluation: devices hold out every 5th labelled sample and evaluate the global
+    model on it (never sent); the server evaluates on its own held-out set anyway."""
+    evaluate_every: Annotated[int, Field(ge=1, le=1000)] = 1
+    """With ``client_evaluate``: devices evaluate every this many rounds, and the final round."""
+    evaluate_by: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    """A device tag (e.g. ``site``) whose values group the federated evaluation into cohorts."""
+    accept_by: Literal["auto", "server", "federated"] = "auto"
+    """How the candidate is judged against its parent: on the server's held-out set, or on
+    the devices' held-out samples (the parent is evaluated before round 1); ``auto`` is
+    federated when the server holds no labelled evaluation rows for the model."""
+    accept_margin: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Federated acceptance: 0 means the candidate must beat the parent; above 0 it may trail
+    the parent's federated accuracy by at most this much."""
 
     @model_validator(mode="before")
     @classmethod
@@ -148,6 +160,20 @@ class RunSpec(BaseModel):
                 raise ValueError(
                     "fedbuff aggregates every buffer_size updates: min_clients must not exceed it"
                 )
+        self._evaluation_coherent()
         if self.strategy == "krum" and self.min_clients <= 2 * self.krum_malicious + 2:
             raise ValueError("krum needs min_clients > 2 * krum_malicious + 2")
         return self
+
+    def _evaluation_coherent(self) -> None:
+        asks = self.evaluate_every > 1 or self.evaluate_by or self.accept_by == "federated"
+        if asks and not self.client_evaluate:
+            raise ValueError(
+                "evaluate_every, evaluate_by and accept_by=federated need client_evaluate "
+                "(fleetctl train start --client-evaluate)"
+            )
+        if self.client_evaluate and (self.secagg or self.strategy == "fedbuff"):
+            raise ValueError(
+                "federated evaluation runs with synchronous, non-secagg rounds; "
+                "drop client_evaluate or pick another strategy"
+            )

@@ -89,10 +89,8 @@ def make_strategy(spec: RunSpec) -> Strategy:
     return strategy
 
 
-class Float32(Strategy):
-    """Flower's adaptive optimisers compute the new global weights in float64, which would
-    double every instruction on the wire; the model is float32, so this wrapper hands the
-    next round float32 arrays (the optimiser keeps its float64 moments)."""
+class Wrapped(Strategy):
+    """A strategy that hands every step to ``strategy`` (subclasses change one step)."""
 
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
@@ -108,12 +106,7 @@ class Float32(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-        if arrays is not None:
-            arrays = ArrayRecord(
-                {k: Array(np.asarray(v.numpy(), np.float32)) for k, v in arrays.items()}
-            )
-        return arrays, metrics
+        return self.strategy.aggregate_train(server_round, replies)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -124,3 +117,19 @@ class Float32(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return self.strategy.aggregate_evaluate(server_round, replies)
+
+
+class Float32(Wrapped):
+    """Flower's adaptive optimisers compute the new global weights in float64, which would
+    double every instruction on the wire; the model is float32, so this wrapper hands the
+    next round float32 arrays (the optimiser keeps its float64 moments)."""
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if arrays is not None:
+            arrays = ArrayRecord(
+                {k: Array(np.asarray(v.numpy(), np.float32)) for k, v in arrays.items()}
+            )
+        return arrays, metrics

@@ -11,7 +11,7 @@ from ..link import ServerLink
 from ..metrics import Registry
 from ..registry import Registry as ArtifactRegistry
 from ..store.base import Store
-from .candidate import CandidateHook, digits_heldout
+from .candidate import CandidateHook, heldout_for
 from .packages import DIST, find_package, registered
 from .runner import TrainingService, TrainingStore
 
@@ -35,7 +35,7 @@ def make_training(
         packages=lambda name: find_package(
             name, [models, DIST], files=registered(artifacts, name) if artifacts else ()
         ),
-        heldout=digits_heldout,
+        heldout=heldout_for(settings.data_dir / "heldout"),
         candidates_dir=settings.data_dir / "candidates",
         on_candidate=on_candidate,
         max_payload=settings.telemetry.max_payload,

@@ -67,6 +67,11 @@ def pack_hint(path: Path) -> str:
     help="TOML spec: input roles, pinned shapes, preprocessing, task details.",
 )
 @click.option(
+    "--embedding",
+    help="Tensor to split the graph at: the dense layers after it become a head that "
+    "federated rounds fine-tune (the graph before it stays frozen).",
+)
+@click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Package file to write (default: NAME-VERSION-FLAVOR.efpkg beside the model).",
@@ -82,6 +87,7 @@ def models_pack(
     calibration: Path | None,
     quantize: str | None,
     spec: Path | None,
+    embedding: str | None,
     output: Path | None,
 ) -> None:
     """Pack an ONNX or TFLite model file into a package (offline; no server needed)."""
@@ -96,6 +102,7 @@ def models_pack(
         calibration=calibration,
         quantize=quantize,
         spec=spec,
+        embedding=embedding,
     )
     console = Console(stderr=True)
     with console.status("packing", spinner="dots") as status:
@@ -179,6 +186,9 @@ def _echo_summary(doc: dict[str, Any]) -> None:
             click.echo(f"  {t['name']}  {t['dtype']}{t['shape']}{extra}")
             if t.get("preprocessing"):
                 click.echo(f"    preprocessing: {t['preprocessing']}")
+    head = doc.get("head")
+    if head:
+        click.echo(f"trainable head after {head['embedding']}: dense {', '.join(head['layers'])}")
     q = doc["quantization"]
     click.echo(f"quantization: {q['dtype']} ({q['method']})")
     if q.get("int8_ops"):

@@ -28,6 +28,7 @@ ROUND_COLUMNS = [
     ("accuracy", "ACCURACY"),
     ("loss", "LOSS"),
     ("device_eval", "DEVICE EVAL"),
+    ("cohorts", "BY COHORT"),
     ("eligible", "ELIGIBLE"),
     ("participants", "PARTICIPANTS"),
     ("failures", "FAILURES"),
@@ -93,6 +94,35 @@ def train() -> None:
 @click.option("--local-dp-epsilon", type=click.FloatRange(0), default=0.0, help="> 0: LocalDpMod.")
 @click.option("--secagg", is_flag=True, help="Secure aggregation (SecAgg+).")
 @click.option("--rollout", default=None, help="Rollout plan for the candidate if it wins.")
+@click.option(
+    "--client-evaluate",
+    is_flag=True,
+    help="Federated evaluation on samples each device holds out (every 5th, never sent).",
+)
+@click.option(
+    "--evaluate-every",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Federated evaluation every k rounds and the last (implies --client-evaluate).",
+)
+@click.option(
+    "--evaluate-by",
+    default=None,
+    help="Device tag whose values group the federated figures (implies --client-evaluate).",
+)
+@click.option(
+    "--accept-by",
+    type=click.Choice(["auto", "server", "federated"]),
+    default=None,
+    help="Judge the candidate on the server's held-out set or the devices' (auto: the "
+    "devices' when the server holds no labelled data for the model).",
+)
+@click.option(
+    "--accept-margin",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Federated judging: the candidate may trail the parent by at most this.",
+)
 @pass_ctx
 def start(ctx: Ctx, /, **o: Any) -> None:
     """Start a federated training run of a model on the devices a selector chooses."""
@@ -124,6 +154,12 @@ def start(ctx: Ctx, /, **o: Any) -> None:
         },
         "secagg": o["secagg"],
         "rollout": o["rollout"],
+        "client_evaluate": bool(
+            o["client_evaluate"]
+            or o["evaluate_every"]
+            or o["evaluate_by"]
+            or o["accept_by"] == "federated"
+        ),
     }
     optional = {
         "strategy": "strategy",
@@ -134,6 +170,10 @@ def start(ctx: Ctx, /, **o: Any) -> None:
         "buffer_size": "buffer_size",
         "max_staleness": "max_staleness",
         "concurrency": "concurrency",
+        "evaluate_every": "evaluate_every",
+        "evaluate_by": "evaluate_by",
+        "accept_by": "accept_by",
+        "accept_margin": "accept_margin",
     }
     # Unset options are left out: the server's run spec holds every default.
     body.update({key: o[opt] for opt, key in optional.items() if o[opt] is not None})
@@ -174,10 +214,24 @@ def _eligible(eligibility: dict[str, int]) -> str:
 
 
 def _device_eval(evaluation: dict[str, Any]) -> str:
-    """Accuracy on the devices' own held-out samples (federated evaluation), if run."""
+    """Accuracy on the devices' own held-out samples (federated evaluation), if run; the
+    parent's beside it on the round that evaluated the parent too."""
+    parent = evaluation.get("parent") or {}
+    before = f" (parent {parent['accuracy']:.4f})" if parent.get("accuracy") is not None else ""
     if evaluation.get("accuracy") is None:
-        return "-"
-    return f"{evaluation['accuracy']:.4f} ({len(evaluation.get('devices', {}))} devices)"
+        return f"-{before}"
+    return f"{evaluation['accuracy']:.4f} ({len(evaluation.get('devices', {}))} devices){before}"
+
+
+def _cohorts(evaluation: dict[str, Any]) -> str:
+    """``berlin 0.9120 (2), paris 0.8800 (2)``: federated accuracy per cohort (devices)."""
+    cohorts = evaluation.get("cohorts") or {}
+    shown = [
+        f"{name} {c['accuracy']:.4f} ({c['devices']})"
+        for name, c in cohorts.items()
+        if c.get("accuracy") is not None
+    ]
+    return ", ".join(shown) or "-"
 
 
 def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -186,6 +240,7 @@ def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
             **r,
             "eligible": _eligible(r.get("eligibility") or {}),
             "device_eval": _device_eval(r.get("evaluation") or {}),
+            "cohorts": _cohorts(r.get("evaluation") or {}),
             "participants": len(r["participants"]),
             "bytes": f"{r['bytes_out']}/{r['bytes_in']}",
             "accuracy": round(r["accuracy"], 4) if r["accuracy"] is not None else None,
@@ -209,7 +264,11 @@ def _show(run: dict[str, Any]) -> None:
     if run["detail"]:
         line += f": {run['detail']}"
     result = run.get("result") or {}
-    if "accuracy" in result:
+    judged = result.get("federated_acceptance")
+    if judged:
+        verdict = "accepted" if judged.get("accepted") else "refused"
+        line += f" — federated judging: {verdict}: {judged.get('reason')}"
+    elif result.get("accuracy") is not None:
         line += (
             f" — candidate {result.get('version')} held-out accuracy "
             f"{result['accuracy']:.4f} vs parent {result.get('baseline_accuracy', 0):.4f}"

@@ -45,6 +45,7 @@ EXAMPLES: dict[str, str] = {
         "--calibration samples/ --spec cnn.toml --quantize int8 --output cnn-1.0.0.efpkg"
     ),
     "models show": "fleetctl models show cnn@1.0.0:onnx-int8",
+    "models card": "fleetctl models card digits@1.1.0 > card.md",
     "firmware push": "fleetctl firmware push rpi4-2.1.0.efbundle",
     "firmware list": "fleetctl firmware list",
     "keys init": "fleetctl keys init --out /media/usb/root-keys --keys 3 --threshold 2",

@@ -30,6 +30,7 @@ from edgefleet_contract import safezip
 from edgefleet_contract.drift import build_reference
 from edgefleet_contract.errors import ModelError, PackageError
 from edgefleet_contract.package import (
+    BACKBONE_NAME,
     MAX_PACKAGE_BYTES,
     SUFFIX,
     Lineage,
@@ -39,13 +40,14 @@ from edgefleet_contract.package import (
     SelfTest,
     TensorQuantization,
     TensorSpec,
+    encode_weights,
     pack_package,
     parse_package,
 )
 from edgefleet_contract.preprocess import drift_view
 from edgefleet_contract.task import InputRole
 
-from . import packrun, quantize
+from . import headsplit, packrun, quantize
 from .calibration import load_calibration
 from .inspect_model import ModelInfo, TensorInfo, inspect_model
 from .packspec import InputSpec, PackSpec, load_spec
@@ -69,6 +71,8 @@ class PackRequest:
     quantize: str | None = None
     output: Path | None = None
     spec: Path | None = None
+    embedding: str | None = None
+    """The tensor to split the graph at: the dense layers after it become a trainable head."""
     max_bytes: int = MAX_MODEL_BYTES
     created_at: float | None = None
     lineage: Lineage = field(default_factory=lambda: Lineage(source="pack"))
@@ -95,6 +99,8 @@ def pack(request: PackRequest, progress: Progress = lambda _: None) -> tuple[Mod
     inputs = {t.name: _input_tensor(t, spec.inputs.get(t.name)) for t in info.inputs}
     mode = request.quantize or spec.quantize.mode
     _check_quantize(info, mode)
+    embedding = request.embedding or spec.embedding
+    split = _split(info, data, mode, embedding) if embedding else None
     if request.calibration is None:
         raise PackageError(
             "give --calibration samples (.npy/.npz/.csv or a folder of images): the self-test "
@@ -140,6 +146,8 @@ def pack(request: PackRequest, progress: Progress = lambda _: None) -> tuple[Mod
         request,
     )
     files = {manifest.model_file: model_bytes}
+    if split is not None and embedding is not None:
+        manifest, files = _with_head(manifest, files, split, embedding)
     try:
         package_bytes = pack_package(manifest, files)
     except PackageError as exc:
@@ -263,6 +271,32 @@ def _check_quantize(info: ModelInfo, mode: str) -> None:
             "the ONNX file is quantized already; pack it with --quantize none, or give "
             "the float model to quantize"
         )
+
+
+def _split(info: ModelInfo, data: bytes, mode: str, embedding: str) -> headsplit.HeadSplit:
+    if info.runtime != "onnx":
+        raise PackageError("--embedding splits ONNX models only; this is a TFLite file")
+    if mode == "int8":
+        raise PackageError(
+            "--embedding packs the float model (the head trains in float); leave out "
+            "--quantize int8: a federated candidate is built in float and int8"
+        )
+    return headsplit.split_head(data, embedding)
+
+
+def _with_head(
+    manifest: Manifest, files: dict[str, bytes], split: headsplit.HeadSplit, embedding: str
+) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest and members of a package whose head after ``embedding`` trains."""
+    trainable = split.network.trainable.model_copy(
+        update={"embedding": embedding, "backbone_file": BACKBONE_NAME}
+    )
+    members = {
+        **files,
+        BACKBONE_NAME: split.backbone,
+        trainable.file: encode_weights(split.network.weights),
+    }
+    return manifest.model_copy(update={"trainable": trainable}), members
 
 
 def _file_quantization(info: ModelInfo, data: bytes) -> Quantization:

@@ -101,6 +101,8 @@ class PackSpec(_Closed):
     outputs: dict[str, OutputSpec] = {}
     self_test: SelfTestSpec = SelfTestSpec()
     quantize: QuantizeSpec = QuantizeSpec()
+    embedding: str | None = None
+    """The tensor the trainable dense head reads (see ``fleetctl models pack --embedding``)."""
     calibration_samples: Annotated[int, Field(ge=2, le=100_000)] = 500
     """How many calibration samples the self-test, the drift reference and the
     quantizer draw on (the first ones of the file)."""

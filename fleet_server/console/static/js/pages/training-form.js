@@ -17,6 +17,8 @@ const NUMBERS = [
   ['round_deadline_s', 'Round deadline (s)', 'close with the quorum after this; empty: wait', false],
   ['buffer_size', 'Buffer size', 'fedbuff: updates per aggregation', true],
   ['max_staleness', 'Max staleness', 'fedbuff: oldest version an update may start from', true],
+  ['evaluate_every', 'Evaluate every', 'federated evaluation every k rounds (and the last)', true],
+  ['accept_margin', 'Acceptance margin', 'federated judging: how far the candidate may trail', false],
 ];
 
 function schemaOf(doc) {
@@ -35,6 +37,9 @@ export function startForm(onStarted) {
   const model = h('input', { name: 'model', value: 'digits', required: true, spellcheck: false });
   const target = h('input', { name: 'target', value: 'all', required: true, spellcheck: false });
   const strategy = h('select', { name: 'strategy' }, h('option', { value: '' }, 'loading…'));
+  const clientEvaluate = h('input', { type: 'checkbox', name: 'client_evaluate' });
+  const evaluateBy = h('input', { name: 'evaluate_by', spellcheck: false, autocomplete: 'off' });
+  const acceptBy = h('select', { name: 'accept_by' }, h('option', { value: '' }, 'loading…'));
   const inputs = Object.fromEntries(NUMBERS.map(([key]) =>
     [key, h('input', { name: key, inputmode: 'decimal', autocomplete: 'off' })]));
   const out = h('div', { class: 'result', 'aria-live': 'polite' });
@@ -44,7 +49,10 @@ export function startForm(onStarted) {
       field('Model', model, 'a trainable model name'),
       field('Target', target, 'device selector, e.g. tag:site=berlin'),
       field('Strategy', strategy, 'fedbuff is asynchronous (no rounds to wait for)'),
-      NUMBERS.map(([key, label, hint]) => field(label, inputs[key], hint))),
+      NUMBERS.map(([key, label, hint]) => field(label, inputs[key], hint)),
+      field('Federated evaluation', clientEvaluate, 'devices evaluate on samples they hold out'),
+      field('Cohort tag', evaluateBy, 'group device figures by this tag, e.g. site'),
+      field('Judge candidate by', acceptBy, 'auto: the devices when the server has no data')),
     h('div', {}, submit), out);
 
   api('/openapi.json').then((doc) => {
@@ -52,6 +60,8 @@ export function startForm(onStarted) {
     const names = spec.strategy?.enum || [];
     replace(strategy, names.map((n) => h('option', { value: n, selected: n === spec.strategy.default },
       n === spec.strategy.default ? `${n} (default)` : n)));
+    const judges = spec.accept_by?.enum || [];
+    replace(acceptBy, judges.map((n) => h('option', { value: n, selected: n === spec.accept_by.default }, n)));
     for (const [key] of NUMBERS) {
       const [props, name] = key.startsWith('local.') ? [local, key.slice(6)] : [spec, key];
       inputs[key].value = defaultOf(props, name);
@@ -62,6 +72,9 @@ export function startForm(onStarted) {
     e.preventDefault();
     const body = { model: model.value.trim(), target: target.value.trim(), local: {} };
     if (strategy.value) body.strategy = strategy.value;
+    if (clientEvaluate.checked) body.client_evaluate = true;
+    if (evaluateBy.value.trim()) body.evaluate_by = evaluateBy.value.trim();
+    if (acceptBy.value) body.accept_by = acceptBy.value;
     for (const [key, label, , whole] of NUMBERS) {
       const text = inputs[key].value.trim();
       if (!text) continue;

@@ -71,6 +71,7 @@ async function mountRun(root, ctx, id) {
       ['Started by', run.created_by], ['Created', fmtTime(run.created_at)], ['Updated', fmtTime(run.updated_at)],
       ['Candidate', res.version ? [`${res.parent ? `${res.parent} → ` : ''}`, candidate(run)] : '—'],
       ['Candidate accuracy', fmtNum(res.accuracy, 3)], ['Baseline accuracy', fmtNum(res.baseline_accuracy, 3)],
+      ['Judged on devices', judged(res)],
       ['Participants', Array.isArray(res.participants) ? String(res.participants.length) : '—'],
       ['Detail', run.detail || '—'],
     ]));
@@ -83,7 +84,8 @@ async function mountRun(root, ctx, id) {
         { title: 'Round', cell: (r) => String(r.round) },
         { title: 'Accuracy', cell: (r) => fmtNum(r.accuracy, 3) },
         { title: 'Loss', cell: (r) => fmtNum(r.loss, 3) },
-        { title: 'Device eval', cell: (r) => (r.evaluation && r.evaluation.accuracy != null ? `${fmtNum(r.evaluation.accuracy, 3)} on ${fmtNum(r.evaluation.examples, 0)} held-out` : '—') },
+        { title: 'Device eval', cell: (r) => deviceEval(r.evaluation || {}) },
+        { title: 'By cohort', cell: (r) => cohortsCell(r.evaluation || {}) },
         { title: 'Eligible', cell: (r) => eligibleCell(r.eligibility || {}) },
         { title: 'Participants', cell: (r) => `${r.participants.length}: ${r.participants.join(' ')}` },
         { title: 'Failures', cell: (r) => Object.entries(r.failures).map(([k, v]) => `${k} ${v}`).join(', ') || '—' },
@@ -105,6 +107,24 @@ function eligibleCell(e) {
   const out = Object.entries(e).filter(([k]) => k !== 'eligible').map(([k, v]) => `${k} ${v}`);
   if (!('eligible' in e)) return '—';
   return out.length ? `${e.eligible}; ${out.join(', ')}` : String(e.eligible);
+}
+
+// Federated evaluation (the devices' own held-out samples): overall, then per cohort.
+function deviceEval(e) {
+  const parent = e.parent && e.parent.accuracy != null ? ` (parent ${fmtNum(e.parent.accuracy, 3)})` : '';
+  if (e.accuracy == null) return parent ? `—${parent}` : '—';
+  return `${fmtNum(e.accuracy, 3)} on ${fmtNum(e.examples, 0)} held-out${parent}`;
+}
+
+function cohortsCell(e) {
+  const cohorts = Object.entries(e.cohorts || {});
+  return cohorts.map(([name, c]) => `${name} ${fmtNum(c.accuracy, 3)} (${c.devices})`).join(', ') || '—';
+}
+
+function judged(res) {
+  const f = res.federated_acceptance;
+  if (!f) return '—';
+  return `${f.accepted ? 'accepted' : 'refused'}: ${f.reason}`;
 }
 
 export async function mount(root, ctx) {
