@@ -35,7 +35,8 @@ RUNS = 3
 
 def _rows() -> np.ndarray:
     data = np.load(ROOT / "tests" / "data" / "digits_holdout.npz")
-    return data["x"].astype(np.float32)
+    rows: np.ndarray = data["x"].astype(np.float32)
+    return rows
 
 
 def _service() -> ModelService:
