@@ -112,7 +112,10 @@ def run_daemon(config: Path | None, data_dir: Path | None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     agent.start()
     try:
-        stop.wait()
+        # Wake up now and then: Python runs signal handlers in the main thread only, and a
+        # SIGTERM the kernel hands to another thread does not interrupt an endless wait.
+        while not stop.wait(0.5):
+            pass
     finally:
         agent.stop()
 

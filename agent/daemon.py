@@ -292,6 +292,7 @@ class Agent:
             window=window,
             system=self.probe.sample(),
             learning=self.samples.stats(),
+            shadow=self.service.shadow_snapshot(),
             link=self.link.link_stats,
             spool=self.spool.stats(),
         )

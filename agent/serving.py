@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract.errors import ModelError, NotFound
+from edgefleet_contract.messages import ShadowStats
 from edgefleet_contract.summary import summarize
 
 from .config import DriftSettings
@@ -42,6 +43,7 @@ from .metrics import InferenceRecorder, WindowStats
 from .runtime import Model, Prediction
 from .runtime.tasks import Arrays, Inference
 from .samples import PredictionCache, SampleStore
+from .shadow import ShadowRunner
 
 RecorderFactory = Callable[[Model], InferenceRecorder]
 
@@ -113,6 +115,7 @@ class ModelService:
         # (model, recorder) swapped as one tuple: the predict path reads it once, lock-free.
         self._active: tuple[Model, InferenceRecorder | None] | None = None
         self._sessions = Sessions()
+        self._shadow: ShadowRunner | None = None
         self.swaps = 0
         """Models activated since start (telemetry and tests watch it)."""
 
@@ -152,6 +155,38 @@ class ModelService:
         self.activate(model)
         return model
 
+    # ------------------------------------------------------------- shadow --
+
+    @property
+    def shadow(self) -> ShadowRunner | None:
+        return self._shadow
+
+    def start_shadow(self, candidate: Model, *, capacity: int | None = None) -> ShadowRunner:
+        """Run ``candidate`` (loaded and self-tested by :meth:`load`) beside the active model
+        on every input from now on; its answers are compared, never returned."""
+        kw = {} if capacity is None else {"capacity": capacity}
+        runner = ShadowRunner(candidate, clock=self._clock, **kw).start()
+        with self._lock:
+            previous, self._shadow = self._shadow, runner
+        if previous is not None:
+            previous.stop()
+        return runner
+
+    def stop_shadow(self) -> ShadowRunner | None:
+        """End the shadow run (its last window can still be read from the returned runner)."""
+        with self._lock:
+            runner, self._shadow = self._shadow, None
+        if runner is not None:
+            runner.stop()
+        return runner
+
+    def _offer_shadow(
+        self, rows: npt.NDArray[Any], prediction: Prediction, ids: Sequence[str] = ()
+    ) -> None:
+        shadow = self._shadow
+        if shadow is not None:
+            shadow.offer(rows, prediction.classes.tolist(), ids)
+
     # ------------------------------------------------------------ predict --
 
     def predict(self, batch: npt.ArrayLike) -> Prediction:
@@ -160,7 +195,9 @@ class ModelService:
         Raises :class:`NoModel` when nothing is served and :class:`ModelError`
         for input the caller got wrong (the message says what was expected).
         """
-        return self._predict(batch)[0]
+        prediction, rows, _ = self._predict(batch)
+        self._offer_shadow(rows, prediction)
+        return prediction
 
     def predict_tracked(self, batch: npt.ArrayLike) -> tuple[Prediction, list[str]]:
         """Like :meth:`predict`, plus one id per row that :meth:`feedback` can refer to."""
@@ -171,6 +208,7 @@ class ModelService:
             prediction_id = secrets.token_urlsafe(12)
             self._cache.put(prediction_id, row, predicted, version)
             ids.append(prediction_id)
+        self._offer_shadow(rows, prediction, ids)
         return prediction, ids
 
     def _predict(self, batch: npt.ArrayLike) -> tuple[Prediction, npt.NDArray[Any], Model]:
@@ -276,6 +314,9 @@ class ModelService:
         if self._samples is not None and (model.runner is None or trainable is not None):
             self._samples.add(cached.features, index, cached.model_version)
         correct = cached.predicted == index
+        shadow = self._shadow
+        if shadow is not None:
+            shadow.label_arrived(prediction_id, index, correct)
         active = self._active
         # Only the model that made the prediction is credited or blamed for it: a rollout's
         # accuracy gate reads the new version's feedback, and ground truth arriving after a
@@ -289,6 +330,11 @@ class ModelService:
         return correct
 
     # ---------------------------------------------------------- telemetry --
+
+    def shadow_snapshot(self) -> ShadowStats | None:
+        """The shadow run's window since the last one (None: no shadow run)."""
+        shadow = self._shadow
+        return shadow.snapshot() if shadow is not None else None
 
     def snapshot(self) -> WindowStats | None:
         """The active model's window since the last snapshot (None without a model)."""

@@ -25,6 +25,7 @@ from edgefleet_contract.messages import (
     LearningStats,
     LinkStats,
     Reading,
+    ShadowStats,
     SpoolStats,
     SystemStats,
     Telemetry,
@@ -71,6 +72,7 @@ class TelemetryBuilder:
         spool: SpoolStats | None = None,
         link: LinkStats | None = None,
         learning: LearningStats | None = None,
+        shadow: ShadowStats | None = None,
         readings: Sequence[Reading] = (),
     ) -> Telemetry:
         """The next batch; its window runs from the previous build (or construction) to now."""
@@ -90,6 +92,7 @@ class TelemetryBuilder:
             inference=window.inference if window is not None else None,
             drift=window.drift if window is not None else None,
             learning=learning,
+            shadow=shadow,
             link=link if link is not None else LinkStats(),
             spool=spool if spool is not None else SpoolStats(),
             readings=list(readings),

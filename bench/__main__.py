@@ -37,6 +37,7 @@ MODULES = {
     "bench_gates": "Champion/challenger gate (issue: model monitoring)",
     "bench_estimate": "Label-free accuracy estimate (issue: model monitoring)",
     "bench_fuzz": "Fuzzing the hostile-input readers (issue: security hardening)",
+    "bench_shadow": "Shadow runs: the answer's cost, the bounded queue (issue: model monitoring)",
 }
 
 

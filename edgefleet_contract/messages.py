@@ -112,6 +112,28 @@ class InferenceStats(Message):
     """Ground-truth labels received in the window and how many matched the prediction."""
 
 
+class ShadowStats(Message):
+    """A candidate model run beside the active one on the window's live inputs.
+
+    Only the active model's answers reach the local app; the candidate's are
+    compared with them.  ``dropped`` counts inputs the bounded shadow queue had
+    no room for (the candidate never slows the answer down, it skips instead).
+    ``labelled`` counts ground-truth labels for inputs both models answered, and
+    how many each got right.
+    """
+
+    model: Name
+    version: Name
+    samples: Count = 0
+    agreed: Count = 0
+    dropped: Count = 0
+    errors: Count = 0
+    latency: LatencySummary | None = None
+    labelled: Count = 0
+    active_correct: Count = 0
+    candidate_correct: Count = 0
+
+
 class FeatureDrift(Message):
     feature: Annotated[int, Field(ge=0, le=1_000_000)]
     psi: Annotated[float, Field(ge=0)]
@@ -232,6 +254,8 @@ class Telemetry(Versioned):
     drift: DriftReport | DriftStats | None = None
     """PSI from older agents (:class:`DriftStats`), chi-squared tests from current ones."""
     learning: LearningStats | None = None
+    shadow: ShadowStats | None = None
+    """A shadow run's comparison (absent from agents without one, and from older agents)."""
     link: LinkStats = LinkStats()
     spool: SpoolStats = SpoolStats()
     readings: Annotated[list[Reading], Field(max_length=10_000)] = []
@@ -325,6 +349,10 @@ class DesiredState(Message):
     firmware: TargetRef | None = None
     config: Annotated[dict[Token, Scalar], Field(max_length=64)] = {}
     rollout_id: Token | None = None
+    shadow: TargetRef | None = None
+    """A model to fetch, verify and run beside the active one, never switched to (a rollout's
+    shadow step); absent: no shadow run.  Sent only when set, so other desired states
+    still read on older agents (which refuse a shadow run, and its gates see no data)."""
 
 
 class Command(Versioned):

@@ -14,7 +14,7 @@ from fleet_server.rollouts.artifacts import ResolvedArtifact
 from fleet_server.rollouts.champion import Arm
 from fleet_server.rollouts.engine import Candidate, Rollout
 from fleet_server.rollouts.gates import EVIDENCE, parse_gate
-from fleet_server.rollouts.model import Action, Dispatch, EvaluateGates, Note, Revert
+from fleet_server.rollouts.model import Action, Dispatch, EvaluateGates, Note, Revert, Shadow
 from fleet_server.rollouts.plan import RolloutPlan, Share
 
 ARTIFACT = ResolvedArtifact(
@@ -65,6 +65,8 @@ class Sim:
     """Labelled answers (new version, parent) over the window asked about; None: no feedback."""
     figures: Callable[[EvaluateGates], tuple[dict[str, float | None], dict[str, int]]] | None = None
     """More figures and counts for the window (label-free estimates...)."""
+    shadows: list[tuple[float, tuple[str, ...], bool]] = field(default_factory=list)
+    """Shadow runs started (True) and ended (False): when, and on which devices."""
 
     def apply(self, actions: list[Action]) -> None:
         pending = list(actions)
@@ -78,6 +80,8 @@ class Sim:
                 self.rollout.delivered(a.device_id, v, self.now, {"kind": "model"})
                 self.sent.append((self.now, a.device_id))
                 self.inflight[a.device_id] = v
+            elif isinstance(a, Shadow):
+                self.shadows.append((self.now, a.device_ids, a.start))
             elif isinstance(a, Revert):
                 v = self.versions.get(a.device_id, 0) + 1
                 self.versions[a.device_id] = v

@@ -202,6 +202,41 @@ def test_a_wave_without_labelled_answers_waits_for_data(fleet: RolloutFleet, pag
         fleet.api.post(f"/rollouts/{rid}/abort")
 
 
+def test_a_shadow_step_shows_above_the_waves_and_waits_for_shadow_answers(
+    fleet: RolloutFleet, page: Page
+) -> None:
+    """These devices run no shadow model, so the step's gate waits; nothing is sent."""
+    on_v1 = all(d.version == "1.0.0" for d in fleet.devices)
+    body = {
+        "artifact": spec(fleet, "2.0.0" if on_v1 else "1.0.0"),
+        "target": "tag:site=e2e",
+        "shadow": "1s",
+        "gates": ["shadow_agreement>=0.9", "error_rate<0.05"],
+        "gate_timeout": "1h",
+    }
+    rid: str = fleet.api.post("/rollouts", body)["id"]
+    try:
+        login(page, fleet.url, "vera", VIEWER_PASSWORD)
+        page.goto(f"{fleet.url}/console/#/rollouts/{rid}")
+        row = page.locator('.wave[data-wave="shadow"]')
+        expect(row).to_contain_text("shadowing", timeout=60_000)
+        expect(row.locator("p.waiting")).to_contain_text(
+            "waiting for data: shadow_agreement>=0.9 0/20 shadow answers", timeout=60_000
+        )
+        expect(row.locator(".gates li.waiting")).to_contain_text("shadow_agreement")
+        # The canary's own row does not repeat the shadow step's wait.
+        expect(page.locator('.wave[data-wave="0"] p.waiting')).to_have_count(0)
+        page.locator(".rollout-summary summary").click()
+        expect(page.locator(".facts")).to_contain_text("beside the active model")
+        shot(page, "rollout-shadow-step")
+        got = fleet.api.get(f"/rollouts/{rid}")
+        assert got["phase"] == "shadowing" and got["shadow"]["state"] == "shadowing"
+        assert got["succeeded"] == 0
+        assert all(d["sent_at"] is None for d in got["devices_detail"])
+    finally:
+        fleet.api.post(f"/rollouts/{rid}/abort")
+
+
 def test_viewer_sees_no_rollout_buttons_and_a_forced_post_is_refused(
     fleet: RolloutFleet, page: Page
 ) -> None:

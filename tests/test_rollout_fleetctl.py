@@ -38,6 +38,10 @@ def test_rollout_commands(fleet: FleetServer, tmp_path: Path) -> None:
     assert code == 1 and "--parent-margin '0.05': use accuracy points" in err
     code, out, err = fleetctl([*base, "--parent-confidence", "100%"])
     assert code == 1 and "--parent-confidence '100%'" in err
+    code, out, err = fleetctl([*base, "--shadow", "soon"])
+    assert code == 1 and "--shadow 'soon': use a duration" in err
+    code, out, err = fleetctl([*base, "--gate", "shadow_agreement>=0.9"])
+    assert code == 1 and "needs a shadow step: add --shadow" in err
     code, out, err = fleetctl(["rollout", "create", "--artifact", "nope@1", "--target", "all"])
     assert code == 1 and "no such artifact 'nope@1'" in err
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet_server.rollouts.engine import Rollout
-from fleet_server.rollouts.model import TERMINAL, DeviceProgress, RolloutState
+from fleet_server.rollouts.engine import SHADOW_KEY, Rollout
+from fleet_server.rollouts.gates import parse_gate
+from fleet_server.rollouts.model import TERMINAL, DeviceProgress, EvaluateGates, RolloutState
 from fleet_server.rollouts.plan import RolloutPlan, Share
 
 from .rollout_sim import Sim, make
+
+GATES = (parse_gate("error_rate<0.05"),)
+SHADOW_GATE = parse_gate("shadow_agreement>=0.9")
 
 scenario = st.fixed_dictionaries(
     {
@@ -41,6 +45,9 @@ scenario = st.fixed_dictionaries(
         "min_samples": st.sampled_from([1, 20, 150]),
         "gate_timeout": st.sampled_from([0.0, 30.0, 120.0]),
         "allow_no_data": st.booleans(),
+        # A shadow step before the canary, and how well the candidate agrees in it.
+        "shadow": st.sampled_from([0.0, 0.0, 30.0]),
+        "agreement": st.sampled_from([0.5, 0.99]),
     }
 )
 
@@ -62,12 +69,21 @@ def build(sc: dict[str, object]) -> Sim:
         gate_min_samples=sc["min_samples"],
         gate_timeout_s=sc["gate_timeout"],
         gates_allow_no_data=sc["allow_no_data"],
+        shadow_s=sc["shadow"],
+        gates=(*GATES, SHADOW_GATE) if sc["shadow"] else GATES,
     )
     sim.fail = {f"d{i:03d}" for i in sc["fail"]}  # type: ignore[attr-defined]
     bad = sc["bad_wave"]
     sim.error_rate = lambda wave: 0.5 if wave == bad else 0.0
     quiet, slow = sc["quiet_wave"], sc["slow_wave"]
     sim.traffic = lambda wave: 0.0 if wave == quiet else 2.0 if wave == slow else 10.0
+    agreement = float(sc["agreement"])  # type: ignore[arg-type]
+
+    def shadow(a: EvaluateGates) -> tuple[dict[str, float | None], dict[str, int]]:
+        n = int(sim.traffic(0) * max(0.0, a.until - a.since))
+        return {"shadow_agreement": agreement if n else None}, {"shadow_agreement": n}
+
+    sim.figures = shadow
     return sim
 
 
@@ -112,8 +128,23 @@ def test_invariants(sc: dict[str, object]) -> None:
         w = r.devices[device_id].wave
         if w > 0:
             assert all(g["passed"] for g in r.state.gate_results[str(w - 1)])
+    # with a shadow step, nothing is sent before its gates passed, and nothing after they failed
+    if sc["shadow"]:
+        shadow_results = r.state.gate_results.get(SHADOW_KEY)
+        if sim.sent:
+            assert shadow_results and all(g["passed"] for g in shadow_results)
+            ended = [t for t, _, start in sim.shadows if not start]
+            assert ended and min(t for t, _ in sim.sent) >= ended[0]
+        started = [t for t, _, start in sim.shadows if start]
+        # every shadow run that started was ended once the rollout is over
+        if r.status in TERMINAL and started:
+            assert sim.shadows[-1][2] is False
+    else:
+        assert sim.shadows == [] and SHADOW_KEY not in r.state.gate_results
     # never proceed past a failed gate
     for wave, results in r.state.gate_results.items():
+        if wave == SHADOW_KEY:
+            continue
         if not all(g["passed"] for g in results):
             assert r.state.wave == int(wave)
             assert all(d.wave <= int(wave) for d in r.devices.values() if d.sent_at is not None)

@@ -16,12 +16,14 @@ import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from edgefleet_contract.errors import ConfigError, EdgefleetError
 from edgefleet_contract.messages import DesiredState, FirmwareRef, TargetRef, UpdateReport
 
 from ..config import AgentSettings
 from ..metrics import WindowStats
+from ..runtime import Model
 from .boot import active_model_path
 from .firmware import ABSlotHandler, CommandHandler, InstallHandler
 from .health import HealthTally
@@ -31,7 +33,19 @@ from .updater import ModelHost, UpdatePolicy, Updater
 
 log = logging.getLogger(__name__)
 
-Job = tuple[TargetRef, int, str | None]
+Job = tuple[TargetRef, int, str | None, bool]
+"""A target, its desired-state version, the rollout, and whether it is to run in the shadow."""
+
+
+class ShadowHost(ModelHost, Protocol):
+    """A model host that can also run a candidate beside the active model."""
+
+    @property
+    def shadow(self) -> object | None: ...
+
+    def start_shadow(self, candidate: Model) -> object: ...
+
+    def stop_shadow(self) -> object: ...
 
 
 def make_handler(settings: AgentSettings) -> InstallHandler | None:
@@ -58,7 +72,7 @@ class DeviceUpdates:
         self,
         settings: AgentSettings,
         server_url: str,
-        host: ModelHost,
+        host: ShadowHost,
         *,
         on_change: Callable[[], None],
     ) -> None:
@@ -67,6 +81,7 @@ class DeviceUpdates:
         self.health = HealthTally()
         self.firmware = make_handler(settings)
         self._on_change = on_change
+        self.host = host
         self.updater = Updater(
             settings.data_dir,
             u.server_url or server_url,
@@ -96,7 +111,10 @@ class DeviceUpdates:
             return False
         with self._queue.mutex:
             waiting = [job for job in self._queue.queue if job is not None]
-        return any(ref.kind == current.ref.kind and ref != current.ref for ref, _, _ in waiting)
+        return any(
+            ref.kind == current.ref.kind and ref != current.ref and not shadow
+            for ref, _, _, shadow in waiting
+        )
 
     def _changed(self, journal: Journal) -> None:
         self._on_change()
@@ -119,14 +137,17 @@ class DeviceUpdates:
     def submit(self, desired: DesiredState) -> str:
         """Queue the desired model and firmware; returns what was queued, for the ack."""
         queued = []
-        for ref in (desired.model, desired.firmware):
-            if ref is None:
-                continue
+        jobs = [(ref, False) for ref in (desired.model, desired.firmware) if ref is not None]
+        if desired.shadow is not None:
+            jobs.append((desired.shadow, True))
+        elif self.host.shadow is not None:
+            self.host.stop_shadow()  # the desired state no longer asks for a shadow run
+        for ref, shadow in jobs:
             try:
-                self._queue.put_nowait((ref, desired.version, desired.rollout_id))
+                self._queue.put_nowait((ref, desired.version, desired.rollout_id, shadow))
             except queue.Full:
                 return "update queue full; try again later"
-            queued.append(f"{ref.kind} {ref.name} {ref.version}")
+            queued.append(f"{'shadow ' if shadow else ''}{ref.kind} {ref.name} {ref.version}")
         return "update queued: " + ", ".join(queued) if queued else ""
 
     def _run(self) -> None:
@@ -135,7 +156,10 @@ class DeviceUpdates:
         except Exception:
             log.exception("resuming the interrupted update failed")
         while (job := self._queue.get()) is not None:
-            ref, version, rollout = job
+            ref, version, rollout, shadow = job
+            if shadow:
+                self._shadow(ref)
+                continue
             last = self.updater.journal
             if (
                 last is not None
@@ -148,6 +172,14 @@ class DeviceUpdates:
                 self.updater.run(ref, version, rollout)
             except Exception:
                 log.exception("update to %s %s crashed", ref.name, ref.version)
+
+    def _shadow(self, ref: TargetRef) -> None:
+        """Start the shadow run of ``ref``; a refused or broken candidate is logged and
+        leaves the active model alone (the rollout's shadow gates then see no data)."""
+        try:
+            self.host.start_shadow(self.updater.stage_shadow(ref))
+        except Exception:
+            log.exception("cannot run %s %s in the shadow", ref.name, ref.version)
 
     def start(self, desired: DesiredState | None = None) -> None:
         """Resume an interrupted update, then make sure ``desired`` (persisted) is carried out:

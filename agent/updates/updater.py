@@ -302,6 +302,31 @@ class Updater:
             progress=0.0,
         )
 
+    def stage_shadow(self, ref: TargetRef) -> Model:
+        """Fetch ``ref`` for a shadow run: looked up in TUF, checked against this device,
+        downloaded and hash-verified exactly as an install is, then loaded and self-tested,
+        but kept outside the A/B slots and never switched to (the rollback slot survives)."""
+        if ref.kind != "model":
+            raise UpdateError(f"only a model can run in the shadow, not {ref.kind} {ref.name}")
+        target = self.trust.lookup(ref.target)
+        machine.check_target(
+            ref, target.custom, hardware=self.hardware, runtimes=available_runtimes()
+        )
+        self.artifacts.fetch_full(
+            target,
+            lambda n: None,
+            attempts=self.policy.download_attempts,
+            retry_s=self.policy.retry_s,
+        )
+        self.artifacts.verify(target)
+        shadow = self.work / "shadow"
+        shadow.mkdir(parents=True, exist_ok=True)
+        for stale in shadow.iterdir():
+            stale.unlink(missing_ok=True)
+        package = shadow / posixpath.basename(ref.target)
+        self.artifacts.partial(target.sha256).replace(package)
+        return self.host.load(package)
+
     def _installed(self, ref: TargetRef, target: SignedTarget) -> bool:
         """Whether this exact signed artifact is already the committed one."""
         if ref.kind == "model":

@@ -82,6 +82,11 @@ class RolloutCreate(BaseModel):
     parent_confidence: Short = Field(
         "95%", description="confidence of the champion/challenger test (and its power)"
     )
+    shadow: Short = Field(
+        "0s",
+        description="before the canary switches, how long it runs the new version beside the "
+        "active one (0s: no shadow step); shadow_* gates are judged after it",
+    )
 
 
 def _driver(c: ApiContext) -> RolloutDriver:
@@ -126,6 +131,7 @@ def build_plan(body: RolloutCreate, artifact: ResolvedArtifact, seed: int) -> Ro
         vs_parent=body.vs_parent,
         parent_margin=parse_margin(body.parent_margin),
         parent_confidence=parse_confidence(body.parent_confidence),
+        shadow_s=parse_duration(body.shadow, what="--shadow"),
     )
 
 

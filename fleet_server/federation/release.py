@@ -16,7 +16,7 @@ separate.  Keys (each at most once, except ``gate``)::
     offline-grace D        max-failures N         gate METRIC OP NUMBER
     gate-min-samples N     gate-timeout D         gates-allow-no-data
     parent-margin Npt      parent-confidence P%   no-parent-gate
-    no-auto-rollback
+    shadow D               no-auto-rollback
 
 The values are parsed by the rollout API's own parser
 (:func:`~fleet_server.api.routes_rollouts.build_plan`), so a run and a manual
@@ -53,6 +53,7 @@ SINGLE = {
     "gate-timeout": "gate_timeout",
     "parent-margin": "parent_margin",
     "parent-confidence": "parent_confidence",
+    "shadow": "shadow",
 }
 COUNTS = {"max-failures": "max_failures", "gate-min-samples": "gate_min_samples"}
 FLAGS = {

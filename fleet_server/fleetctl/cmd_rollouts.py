@@ -86,6 +86,13 @@ def rollout() -> None:
     help="champion/challenger: confidence of that test (and its power for an equal model)",
 )
 @click.option(
+    "--shadow",
+    default="0s",
+    show_default=True,
+    help="Before the canary switches, run the new version beside the active model for this "
+    "long (e.g. 30m) and judge the shadow_* gates (shadow_agreement>=0.95).",
+)
+@click.option(
     "--no-parent-gate",
     is_flag=True,
     help="Do not compare each wave with the version it replaces.",
@@ -111,6 +118,7 @@ def create(
     gates_allow_no_data: bool,
     parent_margin: str,
     parent_confidence: str,
+    shadow: str,
     no_parent_gate: bool,
 ) -> None:
     """Start a rollout: canary first, then each wave once the gates pass."""
@@ -133,6 +141,7 @@ def create(
         "vs_parent": not no_parent_gate,
         "parent_margin": parent_margin,
         "parent_confidence": parent_confidence,
+        "shadow": shadow,
     }
     if seed is not None:
         body["seed"] = seed
@@ -202,6 +211,10 @@ def render(out: dict[str, Any]) -> Group:
     gates = Table(title="gates (last evaluation per wave)", title_justify="left")
     for col in ("WAVE", "GATE", "MEASURED", "EVIDENCE", "RESULT"):
         gates.add_column(col)
+    step = out.get("shadow") or {}
+    for g in step.get("gates") or []:
+        value = "no data" if g["value"] is None else f"{g['value']:.4g}"
+        gates.add_row("shadow", g["gate"], value, _evidence(g), _result(g))
     for wave in out["waves"]:
         for g in wave["gates"] or []:
             value = "no data" if g["value"] is None else f"{g['value']:.4g}"

@@ -44,6 +44,7 @@ from .model import (
     Note,
     Revert,
     RolloutState,
+    Shadow,
 )
 from .persist import load, save
 from .plan import RolloutPlan
@@ -235,6 +236,8 @@ class RolloutDriver:
                 pending += self._dispatch(rollout, action.device_id, now)
             elif isinstance(action, Revert):
                 pending += self._revert(rollout, action, now)
+            elif isinstance(action, Shadow):
+                self._shadow(rollout, action, now)
             elif isinstance(action, EvaluateGates):
                 values, samples = measure(
                     self.store,
@@ -273,6 +276,24 @@ class RolloutDriver:
         )
         return []
 
+    def _shadow(self, rollout: Rollout, action: Shadow, now: float) -> None:
+        """Ask the devices to run the artifact beside their model (or to stop): their
+        desired state keeps its model and firmware and gains (or loses) ``shadow``."""
+        shadow = rollout.plan.artifact.target_ref() if action.start else None
+        for device_id in action.device_ids:
+            try:
+                device = self.store.get_device(device_id)
+                current = device.desired
+                if not action.start and (current is None or current.shadow is None):
+                    continue
+                kind = rollout.plan.artifact.kind
+                target = getattr(current, kind) if current is not None else None
+                self._set_desired(
+                    device_id, current, kind, target, rollout.state.id, now, shadow=shadow
+                )
+            except EdgefleetError as exc:
+                log.warning("rollout %s: shadow run on %s: %s", rollout.state.id, device_id, exc)
+
     def _revert(self, rollout: Rollout, action: Revert, now: float) -> list[Action]:
         kind = rollout.plan.artifact.kind
         try:
@@ -294,11 +315,14 @@ class RolloutDriver:
         target: TargetRef | None,
         rollout_id: str,
         now: float,
+        *,
+        shadow: TargetRef | None = None,
     ) -> int:
         fields: dict[str, Any] = {
             "model": current.model if current else None,
             "firmware": current.firmware if current else None,
             "config": current.config if current else {},
+            "shadow": shadow,
         }
         fields[kind] = target
         desired = DesiredState(

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .champion import Arm
-from .gates import GateResult, evaluate, expire, shortfall, vs_parent
+from .gates import SHADOW_METRICS, GateResult, evaluate, expire, shortfall, vs_parent
 from .model import (
     IN_FLIGHT,
     TOUCHED,
@@ -44,11 +44,14 @@ from .model import (
     EvaluateGates,
     Note,
     RolloutState,
+    Shadow,
     gate_dicts,
 )
 from .plan import RolloutPlan, duration_text
 from .verbs import OperatorVerbs
 
+SHADOW_KEY = "shadow"
+"""Where the shadow step's gate results are kept beside the waves' (``gate_results``)."""
 GATE_RECHECK_S = 5.0
 """While a wave waits for gate data, how often its figures are measured again."""
 _UPDATING = {"pending", "downloading", "verifying", "staging", "self_test", "switching"}
@@ -291,12 +294,16 @@ class Rollout(OperatorVerbs):
         behind each traffic metric (see :data:`~.gates.EVIDENCE`)."""
         s = self.state
         out: list[Action] = []
-        if s.status not in ("canary", "wave") or s.phase != "gating" or s.wave != wave:
+        if s.status not in ("canary", "wave") or s.wave != wave:
+            return out
+        if s.phase == "shadowing":
+            return self._shadow_measured(values, now, samples)
+        if s.phase != "gating":
             return out
         figures = dict(values)
         figures["install_success_rate"] = self._install_success(wave)
         results = evaluate(
-            self.plan.gates,
+            [g for g in self.plan.gates if g.metric not in SHADOW_METRICS],
             figures,
             samples,
             min_samples=self.plan.gate_min_samples,
@@ -349,28 +356,91 @@ class Rollout(OperatorVerbs):
         )
 
     def _wait_for_data(
-        self, wave: int, results: list[GateResult], now: float, out: list[Action]
+        self, wave: int | str, results: list[GateResult], now: float, out: list[Action]
     ) -> None:
         s = self.state
-        before = s.gate_results.get(str(wave)) or []
-        s.gate_results[str(wave)] = gate_dicts(results)
+        key = str(wave)
+        before = s.gate_results.get(key) or []
+        s.gate_results[key] = gate_dicts(results)
         s.gates_checked_at = now
         if not any(r.get("waiting") for r in before):
             within = duration_text(self.plan.gate_timeout_s)
+            name = "the shadow step" if key == SHADOW_KEY else f"wave {wave}"
+            after = "the shadow run" if key == SHADOW_KEY else "probation"
             out.append(
                 Note(
                     now,
                     "gates_waiting",
-                    f"wave {wave} is waiting for data: {shortfall(s.gate_results[str(wave)])} "
-                    f"(gates still short of it {within} after probation fail)",
+                    f"{name} is waiting for data: {shortfall(s.gate_results[key])} "
+                    f"(gates still short of it {within} after {after} fail)",
                 )
             )
+
+    # -------------------------------------------------------- shadow step --
+
+    def _shadow_devices(self) -> tuple[str, ...]:
+        return tuple(d.device_id for d in self.wave_devices(0) if d.status != "skipped")
+
+    def _start_shadow(self, now: float, out: list[Action]) -> None:
+        """The canary's devices run the new version beside the active one; nothing switches
+        until the ``shadow_*`` gates pass over the plan's shadow window."""
+        s = self.state
+        s.phase, s.shadow_started_at, s.gates_checked_at = "shadowing", now, None
+        ids = tuple(d.device_id for d in self.wave_devices(0) if d.status == "queued")
+        out.append(Shadow(ids))
+        window = duration_text(self.plan.shadow_s)
+        out.append(Note(now, "shadow_started", f"shadow run on {len(ids)} devices for {window}"))
+
+    def _shadow_due(self, now: float, out: list[Action]) -> None:
+        started = self.state.shadow_started_at or now
+        if now >= started + self.plan.shadow_s and self._gates_due(now):
+            out.append(EvaluateGates(0, self._shadow_devices(), started, now))
+
+    def _shadow_measured(
+        self, values: Mapping[str, float | None], now: float, samples: Mapping[str, int] | None
+    ) -> list[Action]:
+        s = self.state
+        out: list[Action] = []
+        results = evaluate(
+            [g for g in self.plan.gates if g.metric in SHADOW_METRICS],
+            values,
+            samples,
+            min_samples=self.plan.gate_min_samples,
+            allow_no_data=self.plan.gates_allow_no_data,
+        )
+        if any(r.waiting for r in results) and not any(
+            not r.passed and not r.waiting for r in results
+        ):
+            if now < (self.gates_deadline or now):
+                self._wait_for_data(SHADOW_KEY, results, now, out)
+                return out
+            results = expire(results, duration_text(self.plan.gate_timeout_s))
+        s.gate_results[SHADOW_KEY] = gate_dicts(results)
+        failed = [r for r in results if not r.passed]
+        if not failed or not self.plan.auto_rollback:  # (the rollback ends it otherwise)
+            out.append(Shadow(self._shadow_devices(), start=False))
+        if failed:
+            why = "; ".join(
+                f"{r.gate} ({r.note})" if r.note else f"{r.gate} (measured {r.value:g})"
+                for r in failed
+            )
+            self._halt(f"the shadow step failed its gates: {why}", now, out)
+            return out
+        out.append(Note(now, "gates_passed", "the shadow step passed its gates"))
+        self._begin_wave(0, now, out)
+        self._advance(now, out)
+        return out
 
     @property
     def gates_deadline(self) -> float | None:
         """When the current wave's gates fail for want of data (None: not gating)."""
         s = self.state
-        if s.status not in ("canary", "wave", "paused") or s.phase != "gating":
+        if s.status not in ("canary", "wave", "paused"):
+            return None
+        if s.phase == "shadowing":
+            started = s.shadow_started_at or s.updated_at
+            return started + self.plan.shadow_s + self.plan.gate_timeout_s
+        if s.phase != "gating":
             return None
         settled = s.settled_at if s.settled_at is not None else s.updated_at
         return settled + self.plan.probation_s + self.plan.gate_timeout_s
@@ -393,12 +463,18 @@ class Rollout(OperatorVerbs):
         for i, d in enumerate(queued):
             d.due_at = now + i * self.plan.interval_s + self._jitter(d.device_id)
             self._touch(d)
+        if wave == 0 and self.plan.shadow_s > 0 and s.shadow_started_at is None:
+            self._start_shadow(now, out)
+            return
         name = "canary" if wave == 0 else f"wave {wave}"
         out.append(Note(now, "wave_started", f"{name}: {len(queued)} devices"))
 
     def _advance(self, now: float, out: list[Action]) -> None:
         s = self.state
         if s.status not in ("canary", "wave"):
+            return
+        if s.phase == "shadowing":
+            self._shadow_due(now, out)
             return
         due = sorted(
             (

@@ -14,7 +14,15 @@ during the probation window, from telemetry of the new version only):
 * ``drift``: the largest PSI drift score reported;
 * ``install_success_rate``: devices that committed / devices that finished;
 * ``crash_loops``: devices that restarted twice or more in the window or report
-  health ``failed``.
+  health ``failed``;
+* ``shadow_agreement``: on a shadow step, the share of live inputs where the
+  candidate gave the active model's answer;
+* ``shadow_accuracy_delta``: on a shadow step, candidate accuracy minus active
+  accuracy on the same labelled inputs (``>=-0.02``: at most 2 points worse);
+* ``shadow_p95_latency_ms``: on a shadow step, the candidate's p95 latency.
+
+The ``shadow_*`` gates are judged once, on the shadow step, before any device
+switches; the others on every wave.
 
 Evaluation is a pure function of the fetched numbers.  A gate on a traffic
 metric (see :data:`EVIDENCE`) is judged only on enough evidence: with fewer
@@ -48,13 +56,21 @@ METRICS = (
     "drift",
     "install_success_rate",
     "crash_loops",
+    "shadow_agreement",
+    "shadow_accuracy_delta",
+    "shadow_p95_latency_ms",
 )
+SHADOW_METRICS = frozenset(m for m in METRICS if m.startswith("shadow_"))
+"""Judged on the shadow step (the candidate beside the active model), not on the waves."""
 EVIDENCE: dict[str, str] = {
     "error_rate": "inferences",
     "p95_latency_ms": "inferences",
     "accuracy": "labelled answers",
     "confidence_drop": "inferences",
     "drift": "drift samples",
+    "shadow_agreement": "shadow answers",
+    "shadow_accuracy_delta": "labelled shadow answers",
+    "shadow_p95_latency_ms": "shadow answers",
 }
 """Metrics that need traffic, and what one observation of each is (for the waiting text)."""
 _OPS = ("<=", ">=", "==", "!=", "<", ">")

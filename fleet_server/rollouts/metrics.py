@@ -117,6 +117,38 @@ def samples(
     }
 
 
+def shadow_figures(
+    batches: Mapping[str, Sequence[Telemetry]], artifact: ResolvedArtifact
+) -> tuple[dict[str, float | None], dict[str, int]]:
+    """The shadow step's gate figures: what devices running ``artifact`` in the shadow of
+    their active model reported (see :class:`~edgefleet_contract.messages.ShadowStats`)."""
+    runs = [
+        t.shadow
+        for rows in batches.values()
+        for t in rows
+        if t.shadow is not None
+        and t.shadow.model == artifact.name
+        and t.shadow.version == artifact.version
+    ]
+    n = sum(s.samples for s in runs)
+    labelled = sum(s.labelled for s in runs)
+    delta = sum(s.candidate_correct - s.active_correct for s in runs)
+    p95 = [s.latency.p95_ms for s in runs if s.latency is not None]
+    values = {
+        "shadow_agreement": sum(s.agreed for s in runs) / n if n else None,
+        "shadow_accuracy_delta": delta / labelled if labelled else None,
+        "shadow_p95_latency_ms": sum(p95) / len(p95) if p95 else None,
+    }
+    counts = {
+        "shadow_agreement": n,
+        "shadow_accuracy_delta": labelled,
+        "shadow_p95_latency_ms": sum(s.samples for s in runs if s.latency is not None),
+        "shadow_dropped": sum(s.dropped for s in runs),
+        "shadow_errors": sum(s.errors for s in runs),
+    }
+    return values, counts
+
+
 def parent_labels(
     batches: Mapping[str, Sequence[Telemetry]], parent: str
 ) -> tuple[float | None, int]:
@@ -188,6 +220,9 @@ def measure(
     }
     health = {d: store.get_device(d).health for d in chosen}
     values, counts = figures(after, before, health, artifact), samples(after, before, artifact)
+    shadow_values, shadow_counts = shadow_figures(after, artifact)
+    values.update(shadow_values)
+    counts.update(shadow_counts)
     if parent is not None:
         rows = {
             d: store.query_raw(d, since=baseline_until - BASELINE_S, until=until, limit=MAX_BATCHES)

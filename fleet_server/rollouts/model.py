@@ -29,10 +29,12 @@ ACTIVE: frozenset[str] = frozenset(
 """Statuses the driver keeps ticking (a halted rollout may be resumed or rolled back)."""
 TERMINAL: frozenset[str] = frozenset({"completed", "aborted", "rolled_back"})
 
-WavePhase = Literal["dispatching", "settling", "probation", "gating", "finishing"]
-"""Within a wave: sending at the set pace, waiting for every device to finish,
-the probation window, waiting for the gate figures, and (after the last wave)
-waiting for devices that were offline."""
+WavePhase = Literal["shadowing", "dispatching", "settling", "probation", "gating", "finishing"]
+"""Within a wave: (the canary, when the plan has a shadow step) running the new
+version beside the active one until the ``shadow_*`` gates pass; sending at the
+set pace, waiting for every device to finish, the probation window, waiting for
+the gate figures, and (after the last wave) waiting for devices that were
+offline."""
 
 DeviceStatus = Literal[
     "queued",
@@ -105,6 +107,8 @@ class RolloutState:
     gates_checked_at: float | None = None
     """When the current wave's gates were last measured while waiting for data (None: not
     yet); spaces the measurements out instead of querying the store every tick."""
+    shadow_started_at: float | None = None
+    """When the canary's shadow run began (None: no shadow step, or not yet)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +126,16 @@ class Dispatch:
     """Set the device's desired state to the rollout's artifact (then call ``delivered``)."""
 
     device_id: str
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """Start (or, ``start`` False, end) running the rollout's artifact in the shadow of the
+    active model on ``device_ids``: downloaded and verified as for an install, never
+    switched to.  Nothing to report back: the devices' telemetry carries the comparison."""
+
+    device_ids: tuple[str, ...]
+    start: bool = True
 
 
 @dataclass(frozen=True)
@@ -154,7 +168,7 @@ class Note:
     device_id: str | None = None
 
 
-Action = Dispatch | Revert | EvaluateGates | Note
+Action = Dispatch | Shadow | Revert | EvaluateGates | Note
 
 
 def gate_dicts(results: list[GateResult]) -> list[dict[str, Any]]:

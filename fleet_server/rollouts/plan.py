@@ -16,7 +16,7 @@ from typing import Any
 from edgefleet_contract.errors import PlanError
 
 from .artifacts import ResolvedArtifact
-from .gates import Gate, parse_gate
+from .gates import SHADOW_METRICS, Gate, parse_gate
 
 MAX_WAVES = 20
 MAX_GATE_SAMPLES = 1_000_000
@@ -162,6 +162,9 @@ class RolloutPlan:
     """How much worse than the parent, in accuracy, the new version may be (0.05: 5 points)."""
     parent_confidence: float = 0.95
     """Confidence of the champion/challenger test, and its power against an equal model."""
+    shadow_s: float = 0.0
+    """Before the canary switches, how long its devices run the new version in the shadow of
+    the active one (0: no shadow step); the ``shadow_*`` gates are judged after it."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -171,6 +174,14 @@ class RolloutPlan:
             raise PlanError(
                 f"--gate-min-samples {self.gate_min_samples}: use a whole number from 1 to "
                 f"{MAX_GATE_SAMPLES} (a fleet without traffic: --gates-allow-no-data)"
+            )
+        if self.shadow_s < 0:
+            raise PlanError("--shadow cannot be negative; use a duration like 30m, or 0 for none")
+        if self.shadow_s and self.artifact.kind != "model":
+            raise PlanError("--shadow runs a model beside the active one; firmware has no shadow")
+        if not self.shadow_s and any(g.metric in SHADOW_METRICS for g in self.gates):
+            raise PlanError(
+                "a shadow_* gate needs a shadow step: add --shadow with a duration like 30m"
             )
         if self.gate_timeout_s < 0:
             raise PlanError("--gate-timeout cannot be negative")
@@ -218,6 +229,7 @@ class RolloutPlan:
             vs_parent=bool(data.get("vs_parent", False)),
             parent_margin=float(data.get("parent_margin", cls.parent_margin)),
             parent_confidence=float(data.get("parent_confidence", cls.parent_confidence)),
+            shadow_s=float(data.get("shadow_s", 0.0)),
             extra=dict(data.get("extra") or {}),
         )
 

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from edgefleet_contract.errors import RolloutError
 
-from .model import TERMINAL, TOUCHED, Action, DeviceProgress, Note, Revert, RolloutState
+from .model import (
+    TERMINAL,
+    TOUCHED,
+    Action,
+    DeviceProgress,
+    Note,
+    Revert,
+    RolloutState,
+    Shadow,
+)
 from .plan import RolloutPlan
 
 
@@ -32,6 +41,9 @@ class OperatorVerbs:
         raise NotImplementedError
 
     def _summary_line(self) -> str:
+        raise NotImplementedError
+
+    def _begin_wave(self, wave: int, now: float, out: list[Action]) -> None:
         raise NotImplementedError
 
     # ---------------------------------------------------- operator actions --
@@ -58,9 +70,13 @@ class OperatorVerbs:
                 self._touch(d)
             out.append(Note(now, "resumed", "resumed by an operator"))
         elif s.status == "halted":
-            # The gate must pass again, over a fresh probation window.
+            # The gate must pass again, over a fresh probation (or shadow) window.
             s.status = "canary" if s.wave == 0 else "wave"
-            s.phase, s.settled_at = "probation", now
+            if s.phase == "shadowing":
+                s.shadow_started_at = None
+                self._begin_wave(0, now, out)
+            else:
+                s.phase, s.settled_at = "probation", now
             s.failure_base = self.failures
             out.append(Note(now, "resumed", f"resumed after a halt: {s.reason}"))
         else:
@@ -77,8 +93,11 @@ class OperatorVerbs:
             if d.status in ("queued", "offline"):
                 d.status, d.detail = "skipped", "rollout aborted"
                 self._touch(d)
+        out: list[Action] = []
+        self._stop_shadow(out)
         s.status, s.finished_at, s.updated_at = "aborted", now, now
-        return [Note(now, "aborted", "aborted by an operator; updated devices keep the update")]
+        out.append(Note(now, "aborted", "aborted by an operator; updated devices keep the update"))
+        return out
 
     def rollback(self, now: float, reason: str = "rolled back by an operator") -> list[Action]:
         s = self.state
@@ -87,6 +106,12 @@ class OperatorVerbs:
         out: list[Action] = []
         self._start_rollback(reason, now, out)
         return out
+
+    def _stop_shadow(self, out: list[Action]) -> None:
+        """A rollout ending during its shadow step: the canary stops running the candidate."""
+        if self.state.phase == "shadowing" and self.state.shadow_started_at is not None:
+            ids = tuple(d.device_id for d in self.devices.values() if d.wave == 0)
+            out.append(Shadow(tuple(sorted(ids)), start=False))
 
     def _check_revert_timeouts(self, now: float, out: list[Action]) -> None:
         for d in self.devices.values():
@@ -99,6 +124,7 @@ class OperatorVerbs:
         s = self.state
         s.status, s.reason, s.paused_from = "rolling_back", reason, None
         out.append(Note(now, "rolling_back", reason))
+        self._stop_shadow(out)
         for d in sorted(self.devices.values(), key=lambda d: d.order):
             if d.status in TOUCHED:
                 d.status, d.finished_at, d.revert_version = "reverting", now, None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..store.base import RolloutEvent
-from .engine import Rollout
+from .engine import SHADOW_KEY, Rollout
 from .gates import shortfall
 
 
@@ -15,7 +15,8 @@ def waiting_text(rollout: Rollout) -> str:
     s = rollout.state
     if rollout.gates_deadline is None:
         return ""
-    short = shortfall(s.gate_results.get(str(s.wave)) or [])
+    key = SHADOW_KEY if s.phase == "shadowing" else str(s.wave)
+    short = shortfall(s.gate_results.get(key) or [])
     return f"waiting for data: {short}" if short else ""
 
 
@@ -61,7 +62,7 @@ def detail(rollout: Rollout, events: list[RolloutEvent]) -> dict[str, Any]:
                 "counts": counts[i],
                 "state": _wave_state(rollout, i),
                 "gates": s.gate_results.get(str(i)),
-                "waiting": summary_waiting if i == s.wave else "",
+                "waiting": summary_waiting if i == s.wave and s.phase != "shadowing" else "",
             }
         )
         previous_end = end
@@ -82,12 +83,40 @@ def detail(rollout: Rollout, events: list[RolloutEvent]) -> dict[str, Any]:
     return {
         **summary(rollout),
         "plan": plan.to_json(),
+        "shadow": _shadow(rollout),
         "waves": waves,
         "devices_detail": devices,
         "events": [
             {"ts": e.ts, "kind": e.kind, "message": e.message, "device_id": e.device_id}
             for e in events
         ],
+    }
+
+
+def _shadow(rollout: Rollout) -> dict[str, Any] | None:
+    """The shadow step (None: the plan has none): its window, state and gate figures
+    (agreement, accuracy of both models on labels, latency, with the evidence behind them)."""
+    s, plan = rollout.state, rollout.plan
+    if plan.shadow_s <= 0:
+        return None
+    results = s.gate_results.get(SHADOW_KEY)
+    state: str
+    judged_bad = any(not r["passed"] and not r.get("waiting") for r in results or [])
+    if s.shadow_started_at is None:
+        state = "waiting"
+    elif s.phase == "shadowing" and s.status in ("canary", "paused"):
+        state = "shadowing"
+    elif judged_bad:
+        state = "failed"
+    elif s.phase == "shadowing":  # ended without a verdict (aborted, rolled back by hand)
+        state = s.status
+    else:
+        state = "passed"
+    return {
+        "duration_s": plan.shadow_s,
+        "started_at": s.shadow_started_at,
+        "state": state,
+        "gates": results,
     }
 
 

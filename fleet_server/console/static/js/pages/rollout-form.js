@@ -19,6 +19,7 @@ const TEXT = [
   ['gate_timeout', 'Gate timeout', '30m', 'after probation, how long a gate short of data waits, then fails'],
   ['parent_margin', 'Parent margin', '5pt', 'champion/challenger: how much less accurate than the version it replaces'],
   ['parent_confidence', 'Parent confidence', '95%', 'champion/challenger: confidence of that comparison'],
+  ['shadow', 'Shadow step', '0s', 'run the new version beside the active one this long before the canary switches (shadow_* gates)'],
 ];
 
 async function artifactOptions(select) {

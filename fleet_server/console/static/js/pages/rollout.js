@@ -34,6 +34,18 @@ function waveRow(w, deadline, rollout) {
       gates(w.gates)));
 }
 
+// The shadow step: the canary runs the new version beside the active model before any switch.
+function shadowRow(step, waiting, deadline) {
+  return h('div', { class: 'wave', dataset: { wave: 'shadow', state: step.state } },
+    h('span', { class: 'bar-label' }, h('b', {}, 'shadow'), ' ', status(step.state)),
+    h('span', { class: 'muted' }, `${fmtNum(step.duration_s, 1)} s beside the active model`),
+    h('span', { class: 'bar-value' }, step.started_at ? `since ${fmtTime(step.started_at)}` : ''),
+    h('div', {},
+      waiting ? h('p', { class: 'waiting', role: 'status' }, waiting, deadline
+        ? h('span', { class: 'muted' }, ` · without it the gates fail at ${fmtTime(deadline)}`) : null) : null,
+      gates(step.gates)));
+}
+
 // A gate short of evidence is neither passed nor failed: it waits (older results lack the flag).
 function verdict(g) {
   if (g.waiting) return 'waiting';
@@ -80,6 +92,7 @@ function plan(p) {
     ['Canary', p.canary.count ?? `${fmtNum(p.canary.fraction * 100, 1)}%`],
     ['Waves', p.waves.map((w) => `${fmtNum(w * 100, 1)}%`).join(', ')],
     ['Pace', `${fmtNum(p.pace_per_min, 1)}/min`], ['Jitter', `${p.jitter_s} s`], ['Probation', `${p.probation_s} s`],
+    ['Shadow step', p.shadow_s ? `${p.shadow_s} s beside the active model` : 'none'],
     ['Gates', p.gates.length ? p.gates.map((g) => h('code', {}, g, ' ')) : 'none'],
     ['Gate evidence', evidenceRule(p)],
     ['Against the parent', p.vs_parent
@@ -140,7 +153,11 @@ export async function mount(root, ctx) {
       h('p', { class: 'muted' }, `started ${fmtTime(r.created_at)} by ${r.created_by}`,
         r.finished_at ? `, finished ${fmtTime(r.finished_at)}` : ''),
       buttons(r, refresh), h('details', {}, h('summary', {}, 'Plan'), plan(r.plan))));
-    replace(wavesBox, r.waves.map((w) => waveRow(w, r.gates_deadline, r.status)));
+    const shadowing = r.phase === 'shadowing';
+    replace(wavesBox, [
+      r.shadow ? shadowRow(r.shadow, shadowing ? r.waiting : '', shadowing ? r.gates_deadline : null) : null,
+      ...r.waves.map((w) => waveRow(w, shadowing ? null : r.gates_deadline, r.status)),
+    ]);
     const devices = r.devices_detail;
     replace(devBox, pager(devices.length), table([
       { title: 'Device', cell: (d) => h('a', { href: link(`devices/${encodeURIComponent(d.device_id)}`) }, d.device_id) },

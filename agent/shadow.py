@@ -1,0 +1,192 @@
+"""Shadow runs: a candidate model answers the same live inputs as the active one, unseen.
+
+A rollout can ask a device to run the version it is about to receive beside
+the one it serves, before anything switches.  The local app only ever gets the
+active model's answer: :meth:`ShadowRunner.offer` is called after that answer
+exists, copies the rows into a bounded queue and returns at once; a single
+worker thread runs the candidate on them and counts how often the two agree,
+how long the candidate takes, and, when ground truth comes back, how often each
+was right.  When the queue is full the input is dropped and counted, so a slow
+candidate costs coverage, never the app's latency.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet_contract.messages import ShadowStats
+
+from .metrics import _latency
+from .runtime import Model
+
+DEFAULT_QUEUE = 256
+"""Batches waiting for the candidate at most; beyond that inputs are dropped (counted)."""
+MAX_REMEMBERED = 10_000
+"""Candidate answers kept by prediction id for labels arriving later (oldest forgotten)."""
+MAX_LATENCIES = 10_000
+"""Candidate latencies kept per window for the percentiles (the mean and max see all)."""
+
+
+@dataclass
+class _Window:
+    samples: int = 0
+    agreed: int = 0
+    dropped: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    latency_sum: float = 0.0
+    latency_max: float = 0.0
+    labelled: int = 0
+    active_correct: int = 0
+    candidate_correct: int = 0
+
+
+@dataclass(frozen=True)
+class _Job:
+    rows: npt.NDArray[np.float32]
+    active: tuple[int, ...]
+    ids: tuple[str, ...]
+
+
+class ShadowRunner:
+    """Runs ``candidate`` on inputs the active model already answered; thread-safe."""
+
+    def __init__(
+        self,
+        candidate: Model,
+        *,
+        capacity: int = DEFAULT_QUEUE,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if not 1 <= capacity <= 100_000:
+            raise ValueError(f"shadow queue capacity must be from 1 to 100000, got {capacity}")
+        self.candidate = candidate
+        self._clock = clock
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=capacity)
+        self._lock = threading.Lock()
+        self._window = _Window()
+        self._answers: OrderedDict[str, int] = OrderedDict()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def label(self) -> str:
+        m = self.candidate.manifest
+        return f"{m.name}@{m.version}"
+
+    def start(self) -> ShadowRunner:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="shadow", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the worker."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def idle(self) -> None:
+        """Block until every queued input has been run (tests and shutdown use it)."""
+        self._queue.join()
+
+    # ------------------------------------------------------------- intake --
+
+    def offer(
+        self, rows: npt.NDArray[np.float32], active: Sequence[int], ids: Sequence[str] = ()
+    ) -> bool:
+        """Queue ``rows`` the active model answered with classes ``active``; never blocks.
+
+        Returns False (and counts the rows dropped) when the queue is full.
+        """
+        job = _Job(np.array(rows, dtype=np.float32, copy=True), tuple(active), tuple(ids))
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            with self._lock:
+                self._window.dropped += len(job.active)
+            return False
+        return True
+
+    def label_arrived(self, prediction_id: str, label: int, active_correct: bool) -> None:
+        """Ground truth for a prediction both models answered (others are ignored)."""
+        with self._lock:
+            candidate = self._answers.pop(prediction_id, None)
+            if candidate is None:
+                return
+            w = self._window
+            w.labelled += 1
+            w.active_correct += int(active_correct)
+            w.candidate_correct += int(candidate == label)
+
+    # ------------------------------------------------------------- worker --
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                self._run(job)
+            finally:
+                self._queue.task_done()
+
+    def _run(self, job: _Job) -> None:
+        start = self._clock()
+        try:
+            prediction, _ = self.candidate.predict_rows(job.rows)
+        except Exception:  # a candidate failing must never reach the active path
+            with self._lock:
+                self._window.errors += len(job.active)
+            return
+        per_row = (self._clock() - start) / max(len(job.active), 1)
+        classes = prediction.classes.tolist()
+        with self._lock:
+            w = self._window
+            for i, (mine, theirs) in enumerate(zip(classes, job.active, strict=True)):
+                w.samples += 1
+                w.agreed += int(mine == theirs)
+                w.latency_sum += per_row
+                w.latency_max = max(w.latency_max, per_row)
+                if len(w.latencies) < MAX_LATENCIES:
+                    w.latencies.append(per_row)
+                if i < len(job.ids):
+                    self._remember(job.ids[i], int(mine))
+
+    def _remember(self, prediction_id: str, predicted: int) -> None:
+        self._answers[prediction_id] = predicted
+        while len(self._answers) > MAX_REMEMBERED:
+            self._answers.popitem(last=False)
+
+    # ---------------------------------------------------------- telemetry --
+
+    def snapshot(self) -> ShadowStats:
+        """The window since the last snapshot, as telemetry sends it."""
+        with self._lock:
+            w, self._window = self._window, _Window()
+        m = self.candidate.manifest
+        latency = None
+        if w.samples:
+            latency = _latency(
+                np.asarray(w.latencies, dtype=np.float64), w.latency_sum / w.samples, w.latency_max
+            )
+        return ShadowStats(
+            model=m.name,
+            version=m.version,
+            samples=w.samples,
+            agreed=w.agreed,
+            dropped=w.dropped,
+            errors=w.errors,
+            latency=latency,
+            labelled=w.labelled,
+            active_correct=w.active_correct,
+            candidate_correct=w.candidate_correct,
+        )

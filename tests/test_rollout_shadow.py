@@ -1,0 +1,126 @@
+"""The shadow step: the canary runs the new version beside the active one before any switch."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgefleet_contract.errors import PlanError
+from edgefleet_contract.messages import Telemetry
+from fleet_server.rollouts.engine import SHADOW_KEY
+from fleet_server.rollouts.gates import parse_gate
+from fleet_server.rollouts.metrics import shadow_figures
+from fleet_server.rollouts.model import EvaluateGates
+from fleet_server.rollouts.plan import RolloutPlan
+
+from .rollout_sim import ARTIFACT, make, plan
+
+GATES = (parse_gate("error_rate<0.05"), parse_gate("shadow_agreement>=0.9"))
+
+
+def _shadow(agreement: float, per_s: float = 10.0):  # type: ignore[no-untyped-def]
+    def figures(a: EvaluateGates) -> tuple[dict[str, float | None], dict[str, int]]:
+        n = int(per_s * (a.until - a.since))
+        return {"shadow_agreement": agreement if n else None}, {"shadow_agreement": n}
+
+    return figures
+
+
+def test_nothing_switches_until_the_shadow_gates_pass() -> None:
+    sim = make(8, shadow_s=600.0, gates=GATES, canary=plan().canary)
+    sim.figures = _shadow(0.97)
+    sim.run(300)
+    assert sim.sent == []  # shadowing: no device was sent the artifact
+    assert sim.rollout.state.phase == "shadowing"
+    assert [(ids, start) for _, ids, start in sim.shadows] == [(sim.shadows[0][1], True)]
+    canary = {d.device_id for d in sim.rollout.wave_devices(0)}
+    assert set(sim.shadows[0][1]) == canary
+    sim.run(3000)
+    ended = [t for t, _, start in sim.shadows if not start]
+    assert len(ended) == 1
+    assert sim.sent and min(t for t, _ in sim.sent) >= ended[0] >= 1000.0 + 600.0
+    results = sim.rollout.state.gate_results[SHADOW_KEY]
+    assert [r["metric"] for r in results] == ["shadow_agreement"]
+    assert results[0]["passed"] and results[0]["value"] == pytest.approx(0.97)
+    # The waves are judged on their own gates only: no wave waits for shadow figures.
+    assert all(r["metric"] != "shadow_agreement" for r in sim.rollout.state.gate_results["0"])
+    assert sim.rollout.status == "completed"
+
+
+def test_low_agreement_halts_before_any_device_switches() -> None:
+    sim = make(8, shadow_s=600.0, gates=GATES)
+    sim.figures = _shadow(0.6)
+    sim.run(2000)
+    assert sim.sent == []
+    assert sim.rollout.status == "rolled_back"
+    assert "shadow step failed" in sim.rollout.state.reason
+    assert [start for _, _, start in sim.shadows] == [True, False]
+
+
+def test_a_shadow_step_without_data_waits_then_fails() -> None:
+    sim = make(4, shadow_s=60.0, gates=GATES, gate_timeout_s=300.0)
+    sim.figures = _shadow(0.99, per_s=0.0)
+    sim.run(120)
+    waiting = sim.rollout.state.gate_results[SHADOW_KEY]
+    assert waiting[0]["waiting"]
+    assert any(n.kind == "gates_waiting" and "shadow step" in n.message for n in sim.notes)
+    sim.run(400)
+    assert sim.sent == [] and sim.rollout.status == "rolled_back"
+
+
+def test_shadow_plan_options_round_trip_and_are_checked() -> None:
+    p = plan(shadow_s=1800.0, gates=GATES)
+    assert RolloutPlan.from_json(p.to_json()).shadow_s == 1800.0
+    old = plan().to_json()
+    del old["shadow_s"]
+    assert RolloutPlan.from_json(old).shadow_s == 0.0  # stored before the shadow step existed
+    with pytest.raises(PlanError, match="--shadow"):
+        plan(gates=GATES)
+    with pytest.raises(PlanError, match="--shadow"):
+        plan(shadow_s=-1.0)
+
+
+def _batch(seq: int, **shadow: object) -> Telemetry:
+    return Telemetry.model_validate(
+        {
+            "device_id": "d1",
+            "batch_id": f"b-{seq}",
+            "seq": seq,
+            "ts": 1000.0 + seq,
+            "window_s": 10.0,
+            "shadow": {"model": ARTIFACT.name, "version": ARTIFACT.version, **shadow},
+        }
+    )
+
+
+def test_shadow_figures_sum_the_devices_windows() -> None:
+    batches = {
+        "d1": [
+            _batch(
+                1,
+                samples=100,
+                agreed=90,
+                labelled=10,
+                active_correct=9,
+                candidate_correct=8,
+                dropped=3,
+            )
+        ],
+        "d2": [
+            _batch(2, samples=50, agreed=50, labelled=10, active_correct=10, candidate_correct=10)
+        ],
+        "d3": [_batch(3, samples=1000, agreed=0).model_copy(update={"shadow": None})],
+    }
+    values, counts = shadow_figures(batches, ARTIFACT)
+    assert values["shadow_agreement"] == pytest.approx(140 / 150)
+    assert values["shadow_accuracy_delta"] == pytest.approx(-1 / 20)
+    assert values["shadow_p95_latency_ms"] is None
+    assert counts["shadow_agreement"] == 150 and counts["shadow_accuracy_delta"] == 20
+    assert counts["shadow_dropped"] == 3
+    other = {
+        "d1": [
+            _batch(1, samples=5, agreed=5).model_copy(
+                update={"shadow": _batch(1).shadow.model_copy(update={"version": "9.9.9"})}  # type: ignore[union-attr]
+            )
+        ]
+    }
+    assert shadow_figures(other, ARTIFACT)[0]["shadow_agreement"] is None
