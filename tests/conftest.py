@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from edgefleet_contract.errors import BrokerError
+from edgefleet_contract.errors import BrokerError, ConfigError
 from edgefleet_contract.mqtt import TlsFiles
 from fleet_server.broker import ManagedBroker, find_mosquitto
 from fleet_server.config import ServerSettings
 from fleet_server.server import FleetServer, initialize
 
-from .harness import ADMIN_PASSWORD, Client, Pki, server_settings, start_broker
+from .harness import ADMIN_PASSWORD, Client, Pki, free_port, server_settings, start_broker
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -102,7 +102,27 @@ def fleet(tmp_path: Path) -> Iterator[FleetServer]:
     settings = server_settings(tmp_path / "fleet")
     assert isinstance(settings, ServerSettings)
     initialize(settings, admin_password=ADMIN_PASSWORD)
-    server = FleetServer(settings)
-    server.start()
+    server = start_on_free_ports(settings)
     yield server
     server.stop()
+
+
+def start_on_free_ports(settings: ServerSettings, tries: int = 3) -> FleetServer:
+    """Start a server; when another process took a port between ``free_port()`` and the
+    bind (the server refuses a taken port with a ConfigError), try again on fresh ports."""
+    for attempt in range(tries):
+        server = FleetServer(settings)
+        try:
+            server.start()
+            return server
+        except ConfigError as exc:
+            taken = "could not listen" in str(exc) or "already in use" in str(exc)
+            if not taken or attempt == tries - 1:
+                raise
+            settings = settings.model_copy(
+                update={
+                    "api": settings.api.model_copy(update={"port": free_port()}),
+                    "broker": settings.broker.model_copy(update={"port": free_port()}),
+                }
+            )
+    raise AssertionError("unreachable")
