@@ -14,7 +14,9 @@ Grammar (keywords case-insensitive)::
 Keys: ``tag:k`` (present), ``tag:k=v``, ``tag:k!=v``; ``group:g``; ``id:glob``;
 ``model:name``, ``model:name@1.2.0``, ``model:name<2.0`` (any of < <= > >= = !=);
 ``firmware:OPv``, ``agent:OPv``; ``hardware:x``, ``health:x``, ``state:x``.
-Versions compare numerically part by part (1.10 > 1.9).  Parsing is pure and
+Versions compare as :func:`~.versions.version_key` orders them (1.10 > 1.9, 1.3.0-rc1 <
+1.3.0; build metadata does not count); a version to compare with must be one it
+can read.  Parsing is pure and
 its errors point at the column and say what was expected.  Nesting (``(`` and
 ``not``) is limited to :data:`MAX_DEPTH` levels: the parser and the predicate
 it builds recurse, and a selector is input from anyone with the viewer role.
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from edgefleet_contract.errors import SelectorError
 
 from .store.base import Device
+from .versions import parse_version, version_key
 
 Predicate = Callable[[Device], bool]
 
@@ -40,14 +43,9 @@ MAX_DEPTH = 32
 KEYS = ("tag", "group", "id", "model", "firmware", "agent", "hardware", "health", "state")
 
 
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    parts = re.split(r"[.\-+]", version)
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p)
-
-
 def _compare(op: str, left: str | None, right: str) -> bool:
-    if left is None:
-        return False
+    if left is None or parse_version(left) is None:
+        return False  # no version, or one that cannot be ordered: matches no comparison
     a, b = version_key(left), version_key(right)
     return {
         "<": a < b,
@@ -92,6 +90,11 @@ class _Parser:
                 break
         self.i = 0
         self.depth = 0
+
+    def _check_version(self, version: str, after: str) -> None:
+        if parse_version(version) is None:
+            self.i -= 1
+            raise self.fail(f"a version after '{after}' ({version!r} is not one, e.g. 1.2.0)")
 
     def fail(self, expected: str) -> SelectorError:
         if self.i < len(self.tokens):
@@ -204,6 +207,8 @@ class _Parser:
             name, exact, op, ver = m.groups()
             if exact:
                 op, ver = "=", exact
+            if ver is not None:
+                self._check_version(ver, f"model:{name}{'@' if exact else op}")
             return lambda d: (
                 _model_name(d) == name
                 and (op is None or _compare(op, _field(d, "model_version"), ver))
@@ -212,6 +217,7 @@ class _Parser:
         if not ver:
             self.i -= 1
             raise self.fail(f"a version after '{key}:{op}'")
+        self._check_version(ver, f"{key}:{op}")
         field = "firmware" if key == "firmware" else "agent"
         return lambda d: _compare(op, _field(d, field), ver)
 

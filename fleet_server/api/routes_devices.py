@@ -19,6 +19,7 @@ from ..auth import Principal
 from ..selector import parse as parse_selector
 from ..store.base import CommandRecord, Device
 from ..twin import desired_command, target_ref, twin_refusal, twin_status
+from ..versions import version_key
 from .context import ApiContext
 from .deps import ctx, require
 from .schemas import (
@@ -184,7 +185,7 @@ def _check_registered(c: ApiContext, body: DesiredIn) -> None:
         if given is None or given.target is not None:
             continue
         items, _ = c.artifacts.search(kind=kind, name=given.name, limit=1000)
-        versions = sorted({a.version for a in items})
+        versions = sorted({a.version for a in items}, key=version_key)
         if given.version not in versions:
             have = ", ".join(versions) or "none"
             raise ContractError(

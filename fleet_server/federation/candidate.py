@@ -141,11 +141,12 @@ def _build(
 
 def next_version(version: str, taken: Iterable[str] = ()) -> str:
     """The next minor version after ``version`` and after every candidate already built."""
-    from ..selector import version_key
+    from ..versions import parse_version, version_key
 
     newest = max([version, *taken], key=version_key)
-    major, minor, *_ = newest.split("-")[0].split(".")
-    return f"{major}.{int(minor) + 1}.0"
+    parsed = parse_version(newest) or parse_version(newest.split("-")[0].split("+")[0])
+    major, minor = (*parsed.release, 0, 0)[:2] if parsed else (0, 0)
+    return f"{major}.{minor + 1}.0"
 
 
 def built_versions(candidates: Path, name: str) -> list[str]:

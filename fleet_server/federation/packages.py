@@ -16,7 +16,7 @@ from edgefleet_contract.errors import EdgefleetError, FederationError
 from edgefleet_contract.package import ModelPackage, read_package
 
 from ..registry import ArtifactRegistry
-from ..selector import version_key
+from ..versions import version_key
 
 DIST = Path(__file__).resolve().parents[2] / "models" / "dist"
 FLAVOR = "onnx-float32"
