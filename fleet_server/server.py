@@ -243,7 +243,7 @@ class FleetServer:
             "1 when the server's MQTT session is up",
             fn=lambda: [((), 1.0 if self.link.connected.is_set() else 0.0)],
         )
-        self.metrics.gauge(
+        self.metrics.counted(
             "edgefleet_broker_restarts_total",
             "Times the managed broker was restarted",
             fn=lambda: [((), float(self.broker.restarts if self.broker else 0))],
@@ -270,7 +270,7 @@ class FleetServer:
             "Rollouts the driver is running (including paused and halted ones)",
             fn=lambda: [((), float(self.rollouts.live_count))],
         )
-        self.metrics.gauge(
+        self.metrics.counted(
             "edgefleet_rollout_errors_total",
             "Rollout events that failed and were retried from the last save",
             fn=lambda: [((), float(self.rollouts.errors))],

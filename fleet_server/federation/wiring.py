@@ -41,13 +41,13 @@ def make_training(
         max_payload=settings.telemetry.max_payload,
     )
     if metrics is not None:
-        metrics.gauge(
+        metrics.counted(
             "edgefleet_fl_rejected_updates_total",
             "Federated updates refused before aggregation, by reason",
             ("reason",),
             fn=lambda: [((k,), float(v)) for k, v in sorted(service.rejected_total.items())],
         )
-        metrics.gauge(
+        metrics.counted(
             "edgefleet_fl_dropped_frames_total",
             "Federated frames dropped by reassembly in the current run, by reason",
             ("reason",),
