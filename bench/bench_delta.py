@@ -152,7 +152,7 @@ def run() -> list[dict[str, object]]:
                     _package(other, "digits-cnn", "1.1.0", flavor, trainable=False),
                 )
             )
-    mlp = read_package(ROOT / "models" / "dist" / "digits-1.0.0-onnx-float32.efpkg")
+    mlp = read_package(ROOT / "fleet_server" / "factory_models" / "digits-1.0.0-onnx-float32.efpkg")
     small = Network.from_package(mlp)
     tuned = retrain_head(small, x[half:], y[half:], steps=600, seed=4)
     for flavor in FLAVORS:

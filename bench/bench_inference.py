@@ -32,7 +32,7 @@ from fleet_server.modelkit.build import apply_preprocessing
 
 from ._lab import table
 
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 HOLDOUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "digits_holdout.npz"
 SECONDS = 3.0
 

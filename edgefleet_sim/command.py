@@ -40,9 +40,7 @@ docs/operations.md, "Fleet simulator"."""
 
 
 def _default_model() -> Path | None:
-    # models/ is not an installed package (a console script cannot import it): find the
-    # shipped packages by path, as the federation and the demo do.
-    from fleet_server.federation.packages import DIST
+    from fleet_server.factory_models import DIST
 
     path = DIST / "digits-1.0.0-onnx-int8.efpkg"
     return path if path.is_file() else None

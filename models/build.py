@@ -31,7 +31,7 @@ from fleet_server.modelkit.digits import IMAGE_SHAPE, LABELS, PREPROCESSING, spl
 
 from .train import init_network, train
 
-DIST = Path(__file__).resolve().parent / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 VERSION = "1.0.0"
 SEED = 7
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DIST = ROOT / "models" / "dist"
+DIST = ROOT / "fleet_server" / "factory_models"
 BLOCKED = {"onnx": ["onnxruntime"], "tflite": ["ai_edge_litert", "tflite_runtime"]}
 
 SCENARIO = """

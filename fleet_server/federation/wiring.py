@@ -7,12 +7,13 @@ from typing import cast
 from edgefleet_contract.topics import Channel
 
 from ..config import ServerSettings
+from ..factory_models import DIST
 from ..link import ServerLink
 from ..metrics import Metrics
 from ..registry import ArtifactRegistry
 from ..store.base import Store
 from .candidate import CandidateHook, heldout_for
-from .packages import DIST, find_package, registered
+from .packages import find_package, registered
 from .runner import TrainingService, TrainingStore
 
 
