@@ -128,3 +128,19 @@ def test_the_check_refuses_a_server_module_that_imports_the_agent() -> None:
     ]
     assert len(_violations(bad)) == len(bad)
     assert _violations([Edge("fleet_server.modelkit.pack", "agent.runtime", 9, lazy=True)]) == []
+
+
+def test_every_package_declares_its_public_surface() -> None:
+    import importlib
+    import importlib.util
+
+    inits = [p for package in PACKAGES for p in sorted((ROOT / package).rglob("__init__.py"))]
+    assert len(inits) > 15  # positive control: the walk finds the subpackages
+    for path in inits:
+        name = _module_name(path)
+        module = importlib.import_module(name)
+        public = getattr(module, "__all__", None)
+        assert public, f"{name}: no __all__"
+        for item in public:
+            found = hasattr(module, item) or importlib.util.find_spec(f"{name}.{item}")
+            assert found, f"{name}.__all__ names {item!r}, which is neither defined nor a module"
