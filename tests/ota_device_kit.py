@@ -44,7 +44,8 @@ def model_custom(version: str) -> dict[str, object]:
         "name": "digits",
         "version": version,
         "runtime": "onnx",
-        "flavor": "float32",
+        "flavor": "onnx-float32",
+        "quantization": "float32",
     }
 
 
