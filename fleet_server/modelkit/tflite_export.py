@@ -166,37 +166,28 @@ def _weighted(
     bias = g.tensor(layer.bias, [int(b.shape[0])], data=b.astype(np.float32))
     fused = _ACTIVATIONS.get(layer.activation, fb.ActivationFunctionType.NONE)
     pre = f"{tag}_logits" if layer.activation == "softmax" else tag
+    options: fb.Conv2DOptionsT | fb.FullyConnectedOptionsT
     if layer.kind == "conv2d":
         weight = g.weight(layer.weight, w.transpose(3, 0, 1, 2))  # HWIO -> OHWI
         shape = [-1, shape[1], shape[2], int(w.shape[3])]
-        out = g.tensor(pre, shape)
-        conv = fb.Conv2DOptionsT()
-        conv.padding = fb.Padding.SAME
-        conv.strideW = conv.strideH = conv.dilationWFactor = conv.dilationHFactor = 1
-        conv.fusedActivationFunction = fused
-        g.op(
-            fb.BuiltinOperator.CONV_2D,
-            [current, weight, bias],
-            [out],
-            fb.BuiltinOptions.Conv2DOptions,
-            conv,
-            version=5 if g.int8_weights else 1,
-        )
+        options = fb.Conv2DOptionsT()
+        options.padding = fb.Padding.SAME
+        options.strideW = options.strideH = options.dilationWFactor = options.dilationHFactor = 1
+        op, kind, int8_version = (
+            fb.BuiltinOperator.CONV_2D, fb.BuiltinOptions.Conv2DOptions, 5,
+        )  # fmt: skip
     else:
         weight = g.weight(layer.weight, np.ascontiguousarray(w.T))  # (in, out) -> (out, in)
         shape = [-1, int(w.shape[1])]
-        out = g.tensor(pre, shape)
-        fc = fb.FullyConnectedOptionsT()
-        fc.fusedActivationFunction = fused
-        fc.asymmetricQuantizeInputs = g.int8_weights
-        g.op(
-            fb.BuiltinOperator.FULLY_CONNECTED,
-            [current, weight, bias],
-            [out],
-            fb.BuiltinOptions.FullyConnectedOptions,
-            fc,
-            version=9 if g.int8_weights else 1,
-        )
+        options = fb.FullyConnectedOptionsT()
+        options.asymmetricQuantizeInputs = g.int8_weights
+        op, kind, int8_version = (
+            fb.BuiltinOperator.FULLY_CONNECTED, fb.BuiltinOptions.FullyConnectedOptions, 9,
+        )  # fmt: skip
+    options.fusedActivationFunction = fused
+    out = g.tensor(pre, shape)
+    version = int8_version if g.int8_weights else 1
+    g.op(op, [current, weight, bias], [out], kind, options, version=version)
     if layer.activation != "softmax":
         return out, shape
     current, out = out, g.tensor(tag, shape)

@@ -42,7 +42,6 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
@@ -50,6 +49,7 @@ from edgefleet_contract.errors import SigningError
 
 from ..pki import write_public
 from . import keys
+from .offline import parse_root
 
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 KEEP_VERSIONS = 20
@@ -260,7 +260,7 @@ class TufRepository:
         """
         with self._lock:
             trusted = self.root()
-            new = _parse_root(data)
+            new = parse_root(data)
             check_root_successor(trusted, new)
             for role in ONLINE_ROLES:
                 keyids = new.signed.roles[role].keyids
@@ -393,16 +393,6 @@ def _replace_keys(root: Root, role: str, new_keys: Sequence[Key]) -> None:
         root.revoke_key(keyid, role)
     for key in new_keys:
         root.add_key(key, role)
-
-
-def _parse_root(data: bytes) -> Metadata[Root]:
-    try:
-        md = Metadata[Root].from_bytes(data)
-    except DeserializationError as exc:
-        raise SigningError(f"not TUF root metadata: {exc}") from exc
-    if md.signed.type != Root.type:
-        raise SigningError(f"expected root metadata, got {md.signed.type}")
-    return md
 
 
 def _load(path: Path, kind: type[Any]) -> Metadata[Any]:
