@@ -277,6 +277,9 @@ class FirmwareRef(Message):
     hardware: Name | None = None
 
 
+ArtifactKind = Literal["model", "firmware"]
+"""What a device installs: a model package or a firmware bundle."""
+
 UpdatePhase = Literal[
     "pending",
     "downloading",
@@ -295,7 +298,7 @@ class UpdateReport(Message):
     """Progress of the update the device is working on (or last finished)."""
 
     desired_version: Count
-    kind: Literal["model", "firmware"]
+    kind: ArtifactKind
     target: Name
     phase: UpdatePhase
     progress: Annotated[float, Field(ge=0, le=1)] = 0.0
@@ -334,7 +337,7 @@ class ReportedState(Versioned):
 class TargetRef(Message):
     """A signed artifact the device should run, named as in the TUF targets metadata."""
 
-    kind: Literal["model", "firmware"]
+    kind: ArtifactKind
     name: Name
     version: Name
     target: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@/+-]{1,255}$")]

@@ -20,7 +20,7 @@ from ..registry import DeltaCache, Registry
 from ..rollouts.driver import RolloutDriver
 from ..store.base import Store
 from ..tuf import TufRepository
-from ..twin import CommandSender
+from ..twin import CommandSender, Twin
 
 
 @dataclass
@@ -42,6 +42,11 @@ class ApiContext:
     throttle: LoginThrottle = field(init=False)
     audit_failures: int = field(init=False, default=0)
     """Audit entries the store refused (each is also logged as an error)."""
+
+    @property
+    def twin(self) -> Twin:
+        """Desired state's one path to the devices, over this context's store and link."""
+        return Twin(self.store, self.commands, clock=self.clock)
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(

@@ -29,6 +29,7 @@ from ..modelkit.build import FLAVORS, apply_preprocessing, build_package, run_mo
 from ..modelkit.headpackage import head_packages
 from ..modelkit.network import Network
 from ..store.training import RoundRecord
+from .release import RELEASE_KEY, for_participants
 from .spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,7 @@ def finish_run(
     if not beats:
         result["refused"] = f"candidate not registered: {why}"
     if beats and on_candidate is not None:
+        release = for_participants(spec.release, participants)
         info: dict[str, object] = {
             "source": "federated",
             "run_id": run_id,
@@ -222,6 +224,7 @@ def finish_run(
             "heldout_accuracy": candidate_acc,
             "parent_accuracy": baseline,
             "rollout": spec.rollout,
+            RELEASE_KEY: None if release is None else release.model_dump(mode="json"),
             "target": spec.target,
             "parent_flavor": manifest.flavor,
         }
