@@ -342,24 +342,39 @@ class PlanSpec(BaseModel):
         return spec
 
 
-def _cli_word(name: str) -> str:
-    return {
-        "gates": "gate",
-        "auto_rollback": "no-auto-rollback",
-        "vs_parent": "no-parent-gate",
-    }.get(name, name.replace("_", "-"))
-
-
-WORDS: dict[str, str] = {
-    _cli_word(name): name for name in PlanSpec.model_fields if name not in ("target", "seed")
+FLAGS: dict[str, tuple[str, str]] = {
+    "auto_rollback": ("no-auto-rollback", "Halt on a failed gate, revert nothing."),
+    "gates_allow_no_data": (
+        "gates-allow-no-data",
+        "For fleets without traffic: a gate with no data passes instead of failing.",
+    ),
+    "vs_parent": ("no-parent-gate", "Do not compare each wave with the version it replaces."),
 }
-"""The option words of a plan (``canary``, ``no-auto-rollback``...) and the field each sets;
-a boolean's word sets the opposite of its default."""
+"""The boolean fields' option words (each sets the opposite of the default) and their help."""
 
 
 def option_word(name: str) -> str:
     """The option (without ``--``) that sets the field ``name``: ``no-auto-rollback``."""
-    return _cli_word(name)
+    if name in FLAGS:
+        return FLAGS[name][0]
+    return "gate" if name == "gates" else name.replace("_", "-")
+
+
+WORDS: dict[str, str] = {
+    option_word(name): name for name in PlanSpec.model_fields if name not in ("target", "seed")
+}
+"""The words of a one-string plan (``canary``, ``no-auto-rollback``...) and the field each
+sets: the ``fleetctl rollout create`` options without their dashes."""
+
+
+def int_bounds(name: str) -> tuple[int | None, int | None]:
+    """The smallest and largest value the whole-number field ``name`` takes."""
+    info = PlanSpec.model_fields.get(name)
+    low = high = None
+    for item in info.metadata if info else ():
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+    return low, high
 
 
 def plan_error(exc: ValidationError, *, prefix: str = "") -> PlanError:
@@ -367,20 +382,11 @@ def plan_error(exc: ValidationError, *, prefix: str = "") -> PlanError:
     first = exc.errors(include_url=False)[0]
     loc = first.get("loc", ())
     name = str(loc[0]) if loc else ""
-    word = _cli_word(name) if name in PlanSpec.model_fields else name
-    low, high = _bounds(name)
+    word = option_word(name) if name in PlanSpec.model_fields else name
+    low, high = int_bounds(name)
     if first.get("type") in ("greater_than_equal", "less_than_equal") and low is not None:
         return PlanError(f"{prefix}{word} is from {low} to {high}, not {first.get('input')!r}")
     return PlanError(f"{prefix}{word}: {first.get('msg')}")
-
-
-def _bounds(name: str) -> tuple[int | None, int | None]:
-    info = PlanSpec.model_fields.get(name)
-    low = high = None
-    for item in info.metadata if info else ():
-        low = getattr(item, "ge", low)
-        high = getattr(item, "le", high)
-    return low, high
 
 
 def _clauses(text: str) -> list[tuple[str, list[str]]]:
@@ -422,7 +428,7 @@ def _field_value(name: str, word: str, values: list[str], text: str) -> object:
     if info.annotation is int:
         if not values[0].isdigit():
             raise PlanError(f"--rollout: {word} is a whole number, not {values[0]!r}")
-        low, high = _bounds(name)
+        low, high = int_bounds(name)
         if (low is not None and int(values[0]) < low) or (
             high is not None and int(values[0]) > high
         ):
