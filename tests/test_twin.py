@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet_contract.errors import EdgefleetError, LinkError
-from edgefleet_contract.messages import Command, DesiredState, ReportedState
+from edgefleet_contract.errors import EdgefleetError
+from edgefleet_contract.messages import DesiredState, ReportedState
 from fleet_server.api import ApiContext, create_app
 from fleet_server.auth import hash_password
 from fleet_server.config import ApiSettings, ServerSettings
@@ -28,21 +28,9 @@ from fleet_server.store.base import Store
 from fleet_server.twin import Twin, target_ref
 
 from .rollout_sim import plan
+from .test_reconcile import Outbox
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fleet_server"
-
-
-class Link:
-    """The MQTT link's ``send_command``; ``down``: the broker is unreachable."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Command]] = []
-        self.down = False
-
-    def send_command(self, device_id: str, command: Command) -> None:
-        if self.down:
-            raise LinkError("broker unreachable")
-        self.sent.append((device_id, command))
 
 
 @pytest.fixture
@@ -56,7 +44,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_set_desired_stores_records_and_sends_under_the_next_version(store: Store) -> None:
-    link = Link()
+    link = Outbox()
     twin = Twin(store, link, clock=lambda: 100.0)
     model = target_ref("model", "digits", "1.3.0")
     first = twin.set_desired("d1", {"model": model}, actor="olga")
@@ -79,7 +67,7 @@ def test_set_desired_stores_records_and_sends_under_the_next_version(store: Stor
 
 
 def test_an_invalid_state_names_the_field_and_stores_nothing(store: Store) -> None:
-    link = Link()
+    link = Outbox()
     twin = Twin(store, link)
     with pytest.raises(EdgefleetError, match=r"invalid desired state: config\.bad key"):
         twin.set_desired("d1", {"config": {"bad key": 1}}, actor="olga")
@@ -88,7 +76,7 @@ def test_an_invalid_state_names_the_field_and_stores_nothing(store: Store) -> No
 
 
 def test_resend_keeps_the_version_and_records_only_what_went_out(store: Store) -> None:
-    link = Link()
+    link = Outbox()
     twin = Twin(store, link)
     desired = twin.set_desired("d1", {}, actor="olga")
     link.down = True
@@ -118,7 +106,7 @@ def test_the_api_the_driver_and_the_reconciler_all_take_the_twin_path(
 
     monkeypatch.setattr(Twin, "set_desired", spy_set)
     monkeypatch.setattr(Twin, "resend", spy_resend)
-    link = Link()
+    link = Outbox()
     store.create_user("olga", role="operator", password_hash=hash_password("pw-olga-1"), now=1.0)
     ctx = ApiContext(
         settings=ServerSettings(data_dir=tmp_path, api=ApiSettings()),
