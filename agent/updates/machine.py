@@ -33,7 +33,7 @@ ORDER = UPDATE_PATH
 ACTIVE_TOUCHED: frozenset[str] = frozenset({"switching", "probation"})
 """Phases in which the new artifact may already be serving: failure means a revert."""
 
-Action = Literal["none", "resume", "switch", "probation", "revert"]
+RecoveryAction = Literal["none", "resume", "switch", "probation", "revert"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Recovery:
     """What to do with a journal found at start-up."""
 
     journal: Journal
-    action: Action
+    action: RecoveryAction
 
 
 def begin(
