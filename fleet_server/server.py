@@ -207,21 +207,7 @@ class FleetServer:
         self.deltas = DeltaCache(self.artifacts.blobs, self.layout.root / "deltas")
         self.artifacts.on_added.append(self.deltas.on_registered(self.artifacts))
         self.tuf_timer = ResignTimer(self.tuf)
-        self.rollouts = RolloutDriver(
-            self.store,
-            self.link,
-            resolver=RegistryResolver(self.artifacts),
-            calibrations=functools.partial(
-                calibration_of,
-                lambda name, version: (
-                    self.store.find_artifacts(
-                        kind="model", name=name, version=version, limit=20
-                    ).items
-                ),
-                self.artifacts.cards,
-                self.artifacts.blob,
-            ),
-        )
+        self.rollouts = self._rollout_driver()
         self.reconciler = Reconciler(self.store, self.link)
         self.training = make_training(
             settings,
@@ -285,6 +271,25 @@ class FleetServer:
             mosquitto_bin=b.mosquitto_bin,
             max_connections=b.max_connections,
             on_give_up=self._fail,
+        )
+
+    def _rollout_driver(self) -> RolloutDriver:
+        """The driver resolves what a device ran before (for rollbacks) through the registry
+        and reads each model version's calibration from its package card."""
+        return RolloutDriver(
+            self.store,
+            self.link,
+            resolver=RegistryResolver(self.artifacts),
+            calibrations=functools.partial(
+                calibration_of,
+                lambda name, version: (
+                    self.store.find_artifacts(
+                        kind="model", name=name, version=version, limit=20
+                    ).items
+                ),
+                self.artifacts.cards,
+                self.artifacts.blob,
+            ),
         )
 
     def _register_gauges(self) -> None:
