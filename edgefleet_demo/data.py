@@ -44,7 +44,7 @@ def factory_packages(directory: Path) -> dict[str, Path]:
     The architecture is the shipped ``digits`` package's; the weights are fresh
     (He-initialised, seeded) and trained by the same numpy SGD the devices run.
     """
-    from agent.learning.trainer import LocalConfig, Mlp, prepare, train
+    from agent.learning.trainer import LocalConfig, Mlp, train
     from edgefleet_contract.package import read_package
     from fleet_server.factory_models import DIST
     from fleet_server.modelkit import Network
@@ -75,7 +75,7 @@ def factory_packages(directory: Path) -> dict[str, Path]:
     trained = train(
         Mlp(shipped.manifest.trainable),
         start,
-        prepare(data.x_train[lab], PREPROCESSING),
+        PREPROCESSING.apply(data.x_train[lab]),
         data.y_train[lab].astype(np.int64),
         LocalConfig(epochs=LAB_EPOCHS, lr=0.05, batch_size=16, seed=7),
     )

@@ -304,10 +304,6 @@ class Ingest:
         self._known.add(device_id)
         return True
 
-    def set_device_hook(self, hook: Hook) -> None:
-        """Called with a device id after its presence or reported state was written."""
-        self._on_device_update = hook
-
     def forget(self, device_id: str) -> None:
         """Drop a device from the known-device cache (after deletion)."""
         self._known.discard(device_id)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
-from edgefleet_contract.messages import DesiredState, ReportedState, Telemetry
+from edgefleet_contract.messages import ArtifactKind, DesiredState, ReportedState, Telemetry
 
 if TYPE_CHECKING:
     from ..cohorts import DriftWindow
@@ -134,9 +134,6 @@ class RollupRow:
     feedback_correct: int
     readings: int
     spool_dropped: int
-
-
-ArtifactKind = Literal["model", "firmware"]
 
 
 @dataclass(frozen=True)
