@@ -40,6 +40,7 @@ from .registry import BlobStore, DeltaCache
 from .registry import Registry as ArtifactRegistry
 from .registry.cards import calibration_of
 from .rollouts.driver import RolloutDriver
+from .selector import parse as parse_selector
 from .store import database_exists, open_store
 from .store.base import Store
 from .tuf import TufRepository
@@ -344,8 +345,8 @@ class FleetServer:
             self.store.set_presence(device_id, online=False, ts=now)
 
     def _revoked_ids(self) -> list[str]:
-        page = self.store.list_devices(limit=1_000_000)
-        return [d.id for d in page.items if d.state in ("revoked", "decommissioned")]
+        gone = parse_selector("state:revoked or state:decommissioned")
+        return [d.id for d in self.store.all_devices(where=gone)]
 
     # ------------------------------------------------------------ lifecycle --
 
