@@ -158,6 +158,16 @@ def _batch(device: str, n: int, ts: float) -> Telemetry:
     return Telemetry(device_id=device, batch_id=f"b{n}", seq=n, ts=ts, window_s=10)
 
 
+def test_a_batch_id_is_stored_once_whatever_its_ts(store: Store) -> None:
+    store.create_device("k1", name="k1", tags={}, now=1.0)
+    now = time.time()
+    assert store.insert_telemetry([_batch("k1", 1, now)], received_at=now) == 1
+    again = [_batch("k1", 1, now + 5), _batch("k1", 2, now - 3 * DAY), _batch("k1", 2, now)]
+    assert store.insert_telemetry(again, received_at=now + 6) == 1  # b2 once, b1 not again
+    assert sorted(b.batch_id for b in store.query_raw("k1", since=0, until=1e12)) == ["b1", "b2"]
+    assert [r.batches for r in store.query_rollups(["k1"], since=0, until=1e12)] == [1, 1]
+
+
 def _partitions(dsn: str) -> set[str]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(

@@ -77,15 +77,20 @@ class TelemetryTables(Connections):
     def _insert_raw(
         self, conn: DbConn, batches: Sequence[Telemetry], received_at: float
     ) -> list[Telemetry]:
-        """Store each batch not stored yet; the ones that were new."""
+        """Store each batch whose id was not stored yet; the ones that were new."""
         fresh: list[Telemetry] = []
         for batch in batches:
             cur = conn.execute(
-                "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                telemetry_row(batch, received_at),
+                "INSERT INTO telemetry_keys (device_id, batch_id, received_at) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (batch.device_id, batch.batch_id, received_at),
             )
             if cur.rowcount:
+                conn.execute(
+                    "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    telemetry_row(batch, received_at),
+                )
                 fresh.append(batch)
         return fresh
 
@@ -179,6 +184,9 @@ class TelemetryTables(Connections):
             a = conn.execute(
                 "DELETE FROM telemetry WHERE received_at < ?", (now - raw_retention_s,)
             ).rowcount
+            conn.execute(
+                "DELETE FROM telemetry_keys WHERE received_at < ?", (now - raw_retention_s,)
+            )
             b = conn.execute(
                 "DELETE FROM rollups WHERE minute < ?", (now - rollup_retention_s,)
             ).rowcount
