@@ -34,7 +34,7 @@ from .partitions import Partitions
 from .pgconnect import check_rights, connect, describe
 from .rollouts import RolloutTables
 from .rows import telemetry_row
-from .telemetry import TelemetryTables
+from .telemetry import TelemetryTables, rollup_upsert
 from .training import TrainingTables
 
 _CHUNK = 2000
@@ -200,6 +200,12 @@ class PgStore(
                 )
             fresh.extend(mine)
         return fresh
+
+    def _upsert_rollups(self, conn: DbConn, rows: list[tuple[Any, ...]]) -> None:
+        """One statement for all of a call's minutes (their keys differ)."""
+        for start in range(0, len(rows), _CHUNK // 10):
+            chunk = rows[start : start + _CHUNK // 10]
+            conn.execute(rollup_upsert(self.dialect, len(chunk)), [v for r in chunk for v in r])
 
     def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int:
         """Drop the day partitions wholly past retention, then delete what is left over
