@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.serverapp.strategy import Strategy
 
-from edgefleet_contract import flower_compat
+from edgefleet_common import flower_compat
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import FederationError, NotFound, RunStopped, SelectorError
 from edgefleet_contract.package import ModelPackage, decode_weights, encode_weights
@@ -47,7 +47,8 @@ from .validate import UpdateCheck
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("pending", "running")
+UNFINISHED = ("pending", "running")
+"""Training-run statuses the service still drives (a finished run is left alone)."""
 
 
 class TrainingStore(DeviceStore, TelemetryStore, TrainingRecords, Protocol):
@@ -117,7 +118,7 @@ class TrainingService:
 
     def stop_run(self, run_id: str) -> TrainingRun:
         run = self.store.get_training_run(run_id)
-        if run.status not in ACTIVE:
+        if run.status not in UNFINISHED:
             raise FederationError(f"training run {run_id} is already {run.status}")
         with self._lock:
             grid = self._grid if self._run_id == run_id else None
@@ -133,7 +134,7 @@ class TrainingService:
         """Restart the runs a previous server process left running (oldest first)."""
         resumed: list[str] = []
         for run in reversed(self.store.list_training_runs(limit=1000)):
-            if run.status not in ACTIVE:
+            if run.status not in UNFINISHED:
                 continue
             with self._lock:
                 if self._thread is not None and self._thread.is_alive():
