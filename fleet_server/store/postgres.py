@@ -15,8 +15,9 @@ next call; the call that saw it fail raises, so ingest retries without acking.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,12 +70,28 @@ def _row_factory(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
 
 
 class PgConn:
-    """A psycopg connection speaking the store's ``?`` placeholders."""
+    """A psycopg connection speaking the store's ``?`` placeholders.
 
-    def __init__(self, raw: psycopg.Connection[Row]) -> None:
-        self.raw = raw
+    A statement outside a transaction that finds the connection dropped (PostgreSQL
+    restarted) reconnects and runs once more; inside a transaction the error goes to
+    the caller, whose transaction is lost either way."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Row]]) -> None:
+        self._connect = connect
+        self.raw = connect()
+        self.in_tx = False
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        try:
+            return self._execute(sql, parameters)
+        except psycopg.OperationalError:
+            if self.in_tx or not self.raw.broken:
+                raise
+            self.raw.close()
+            self.raw = self._connect()
+            return self._execute(sql, parameters)
+
+    def _execute(self, sql: str, parameters: Any) -> Cursor:
         cur = self.raw.cursor()
         cur.execute(pg_sql(sql), parameters)
         return cur
@@ -111,8 +128,9 @@ class PgStore(
     def _conn(self) -> PgConn:
         conn: PgConn | None = getattr(self._local, "conn", None)
         if conn is None or conn.raw.closed or conn.raw.broken:
-            raw = connect(self.dsn, autocommit=True, row_factory=_row_factory)
-            conn = PgConn(raw)
+            conn = PgConn(
+                lambda: connect(self.dsn, autocommit=True, row_factory=_row_factory)
+            )
             self._local.conn = conn
             with self._lock:
                 self._all = [c for c in self._all if not c.raw.closed]
@@ -123,18 +141,22 @@ class PgStore(
         return self._conn()
 
     @contextmanager
-    def _begin(self, begin: str, *setup: str) -> Iterator[DbConn]:
+    def _begin(self, begin: str, *setup: str, pipeline: bool = False) -> Iterator[DbConn]:
         conn = self._conn()
-        conn.execute(begin)
+        conn.execute(begin)  # may reconnect: nothing of this transaction is lost yet
+        conn.in_tx = True
         try:
             for sql in setup:
                 conn.execute(sql)
-            yield conn
+            with conn.raw.pipeline() if pipeline else contextlib.nullcontext():
+                yield conn
+                conn.execute("COMMIT")
         except BaseException:
             if not conn.raw.broken:
                 conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        finally:
+            conn.in_tx = False
 
     @contextmanager
     def _tx(self) -> Iterator[DbConn]:
@@ -144,8 +166,8 @@ class PgStore(
     @contextmanager
     def _ingest_tx(self) -> Iterator[DbConn]:
         """Pipelined: the statements go out without waiting for each other, so a batch
-        costs two round trips (the ids' RETURNING, then the rest with the COMMIT)."""
-        with self._conn().raw.pipeline(), self._begin("BEGIN") as conn:
+        costs three round trips (BEGIN, the ids' RETURNING, the rest with the COMMIT)."""
+        with self._begin("BEGIN", pipeline=True) as conn:
             yield conn
 
     @contextmanager
