@@ -55,6 +55,9 @@ SELECTORS = [
     "(group:canary or id:pump-1*) and not health:degraded",
     "tag:site=berlin and model:digits<2.0 and online",
     "not (tag:site or group:canary)",
+    'tag:we"ird.k$[0]=v',
+    'tag:we"ird.k$[0]',
+    'tag:we"ird.k$[0]!=v',
 ]
 
 
@@ -63,6 +66,8 @@ def _fleet(store: Store) -> None:
     for i in range(30):
         did = f"pump-{i}" if i % 3 else f"fan-{i}"
         tags = {"site": ["berlin", "paris"][i % 2]} if i % 5 else {}
+        if i % 8 == 3:
+            tags['we"ird.k$[0]'] = "v"  # a key no JSON path could name unquoted
         store.create_device(did, name=did, tags=tags, now=1.0)
         if i % 4 == 0:
             store.update_device(did, groups=["canary"])
