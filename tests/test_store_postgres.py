@@ -413,3 +413,12 @@ def test_every_table_group_round_trips(store: Store) -> None:
     assert summary.total == 1 and summary.alerts["failed_updates"].items[0].device_id == "t1"
     assert "boom" in summary.alerts["failed_updates"].items[0].detail
     assert [b.key for b in summary.by_tag] == ["site=x"]
+
+
+def test_placeholders_become_psycopgs_outside_literals_only() -> None:
+    from fleet_server.store._conn import glob_regex, pg_sql
+
+    assert pg_sql("SELECT ? , '?%' , x::jsonb, :name, 50%") == (
+        "SELECT %s , '?%%' , x::jsonb, %(name)s, 50%%"
+    )
+    assert glob_regex("pump-[!0-4]?.*") == r"^pump\-[^0-4].\..*$"
