@@ -41,7 +41,8 @@ from .registry import ArtifactRegistry, BlobStore, DeltaCache
 from .registry.cards import calibration_of
 from .rollouts.artifacts import RegistryResolver
 from .rollouts.driver import RolloutDriver
-from .store import open_store
+from .selector import parse as parse_selector
+from .store import database_exists, open_store
 from .store.base import Store
 from .tuf import TufRepository
 from .tuf.bootstrap import initialize_tuf, tuf_lifetimes
@@ -121,7 +122,7 @@ def initialize(settings: ServerSettings, *, admin_password: str | None = None) -
         layout.client_cert.write_bytes(cert)
         write_private(layout.client_key, key)
     initialize_tuf(settings)
-    store = open_store(settings.database)
+    store = open_store(settings.database_url)
     try:
         if store.list_users():
             _keep_admin_password(store, settings, admin_password)
@@ -178,7 +179,7 @@ class FleetServer:
         self._check_initialized()
         self.metrics = Metrics()
         private_dir(settings.data_dir)  # even if it existed before with a wider mode
-        self.store: Store = open_store(settings.database)
+        self.store: Store = open_store(settings.database_url)
         self.ca = FleetCA.load(self.layout.ca)
         self.broker = self._managed_broker()
         self.enrollment = Enrollment(
@@ -250,7 +251,7 @@ class FleetServer:
     def _check_initialized(self) -> None:
         settings = self.settings
         check_data_dir(settings.data_dir, create=False)
-        if not (self.layout.ca / "ca.key").exists() or not settings.database.exists():
+        if not (self.layout.ca / "ca.key").exists() or not database_exists(settings.database_url):
             raise ConfigError(
                 f"{settings.data_dir} is not initialized; run `fleet-server init` first"
             )
@@ -372,8 +373,8 @@ class FleetServer:
             self.store.set_presence(device_id, online=False, ts=now)
 
     def _revoked_ids(self) -> list[str]:
-        page = self.store.list_devices(limit=1_000_000)
-        return [d.id for d in page.items if d.state in ("revoked", "decommissioned")]
+        gone = parse_selector("state:revoked or state:decommissioned")
+        return [d.id for d in self.store.all_devices(where=gone)]
 
     # ------------------------------------------------------------ lifecycle --
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from edgefleet_contract.topics import Channel
 
 from ..config import ServerSettings
@@ -14,7 +12,7 @@ from ..registry import ArtifactRegistry
 from ..store.base import Store
 from .candidate import CandidateHook, heldout_for
 from .packages import find_package, registered
-from .runner import TrainingService, TrainingStore
+from .runner import TrainingService
 
 
 def make_training(
@@ -31,7 +29,7 @@ def make_training(
     from."""
     models = settings.data_dir / "models"
     service = TrainingService(
-        cast(TrainingStore, store),
+        store,
         lambda device_id, frame: link.send_raw(device_id, Channel.FL_IN, frame),
         packages=lambda name: find_package(
             name, [models, DIST], files=registered(artifacts, name) if artifacts else ()
