@@ -9,10 +9,15 @@ Shared by the rollout end-to-end tests and the console's browser tests.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import random
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 from cryptography import x509
@@ -35,9 +40,9 @@ from edgefleet_contract.messages import (
 from edgefleet_contract.topics import Channel
 from fleet_server.config import ServerSettings
 from fleet_server.pki import write_private
-from fleet_server.server import FleetServer
+from fleet_server.server import FleetServer, initialize
 
-from .harness import admin_token, wait_for
+from .harness import ADMIN_PASSWORD, admin_token, server_settings, wait_for
 from .ota_server import DIGITS, model_version
 
 
@@ -63,6 +68,8 @@ class SimDevice:
         self.tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
         self._stop = threading.Event()
         self._seq = 0
+        self.rng = random.Random(device_id)
+        """The device's own random draws (its answers, its batch ids), seeded by its id."""
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -137,24 +144,38 @@ class SimDevice:
     def _telemetry(self) -> None:
         while not self._stop.wait(0.5):
             self._seq += 1
-            errors = 30 if self.version in self.BAD else 0
-            batch = Telemetry(
-                device_id=self.id,
-                batch_id=f"boot0-{self._seq}-{int(time.time() * 1000)}",
-                seq=self._seq,
-                ts=time.time(),
-                window_s=0.5,
-                inference=InferenceStats(
-                    model="digits",
-                    version=self.version,
-                    count=100,
-                    errors=errors,
-                    throughput_per_s=200,
-                    latency=LatencySummary(p50_ms=1, p95_ms=3, p99_ms=4, max_ms=5, mean_ms=1),
-                ),
-            )
+            batch = self.batch()
             assert self.link is not None
             self.link.send(Channel.TELEMETRY, Codec().encode(batch))
+
+    def batch(self) -> Telemetry:
+        """The next telemetry batch (a subclass changes what its model measures)."""
+        errors = 30 if self.version in self.BAD else 0
+        return self.telemetry(self.inference(count=100, errors=errors, throughput=200))
+
+    def inference(self, count: int, errors: int, throughput: float, **extra: Any) -> InferenceStats:
+        """Inference figures of the version this device runs, with a fixed latency."""
+        return InferenceStats(
+            model="digits",
+            version=self.version,
+            count=count,
+            errors=errors,
+            throughput_per_s=throughput,
+            latency=LatencySummary(p50_ms=1, p95_ms=3, p99_ms=4, max_ms=5, mean_ms=1),
+            **extra,
+        )
+
+    def telemetry(self, inference: InferenceStats, **extra: Any) -> Telemetry:
+        """A half-second batch with the next sequence number and a fresh batch id."""
+        return Telemetry(
+            device_id=self.id,
+            batch_id=f"boot0-{self._seq}-{self.rng.getrandbits(32)}",
+            seq=self._seq,
+            ts=time.time(),
+            window_s=0.5,
+            inference=inference,
+            **extra,
+        )
 
 
 def start_server(settings: ServerSettings, packages: Path | None = None) -> FleetServer:
@@ -189,3 +210,59 @@ class Api:
         wait_for(lambda: self.get(f"/rollouts/{rid}")["status"] in statuses, timeout, str(statuses))
         out: dict[str, Any] = self.get(f"/rollouts/{rid}")
         return out
+
+
+D = TypeVar("D", bound=SimDevice)
+
+
+@dataclass
+class RolloutFleet(Generic[D]):
+    """A running server with its simulated devices, as the rollout tests drive them."""
+
+    settings: ServerSettings
+    server: FleetServer
+    devices: list[D] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.settings.api_url
+
+    @functools.cached_property
+    def api(self) -> Api:
+        """The REST API as the admin (logged in once, on first use)."""
+        return Api(self.server)
+
+    def wait_running(self, version: str) -> None:
+        """Until every device has reported that it runs digits ``version``."""
+        store = self.server.store
+        wait_for(
+            lambda: all(store.get_device(d.id).model_version == version for d in self.devices),
+            60,
+            "reported state",
+        )
+
+
+@contextlib.contextmanager
+def rollout_fleet(
+    folder: Path, prefix: str, count: int, device: type[D]
+) -> Iterator[RolloutFleet[D]]:
+    """An initialised server with digits 1.0.0-3.0.0 in its registry and ``count`` devices
+    ``prefix-0``… online; all are stopped on the way out (``fleet.server`` may be
+    replaced by a restarted one meanwhile)."""
+    settings = server_settings(folder / "fleet")
+    assert isinstance(settings, ServerSettings)
+    initialize(settings, admin_password=ADMIN_PASSWORD)
+    fleet: RolloutFleet[D] = RolloutFleet(settings, start_server(settings, folder / "packages"))
+    try:
+        fleet.devices = [
+            device(fleet.server, folder / "devs" / f"{prefix}-{i}", f"{prefix}-{i}")
+            for i in range(count)
+        ]
+        for d in fleet.devices:
+            d.start()
+        wait_for(lambda: fleet.server.store.count_online() == count, 60, "all devices online")
+        yield fleet
+    finally:
+        for d in fleet.devices:
+            d.stop()
+        fleet.server.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -18,62 +17,34 @@ import pytest
 
 from edgefleet_contract.messages import InferenceStats, Telemetry
 from fleet_server.auth import hash_password
-from fleet_server.config import ServerSettings
-from fleet_server.server import FleetServer, initialize
 
 from . import test_console_browser as console_browser
 from .console_fleet import OPERATOR_PASSWORD, VIEWER_PASSWORD
-from .harness import ADMIN_PASSWORD, server_settings, wait_for
-from .rollout_devices import Api, SimDevice, start_server
+from .harness import wait_for
+from .rollout_devices import RolloutFleet as Fleet
+from .rollout_devices import SimDevice, rollout_fleet
 from .test_console_browser import Page, expect, login, shot
 
 browser = console_browser.browser  # the same Chromium fixtures as the other console tests
 page = console_browser.page
 
 DEVICES = 4
-
-
-@dataclass
-class RolloutFleet:
-    server: FleetServer
-    devices: list[SimDevice]
-    api: Api
-
-    @property
-    def url(self) -> str:
-        return self.server.settings.api_url
+RolloutFleet = Fleet[SimDevice]
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutFleet]:
     tmp = tmp_path_factory.mktemp("console-rollouts")
-    settings = server_settings(tmp / "fleet")
-    assert isinstance(settings, ServerSettings)
-    initialize(settings, admin_password=ADMIN_PASSWORD)
-    server = start_server(settings, tmp / "packages")
-    devices: list[SimDevice] = []
-    try:
+    with rollout_fleet(tmp, "cr", DEVICES, SimDevice) as running:
         for name, role, password in (
             ("vera", "viewer", VIEWER_PASSWORD),
             ("otto", "operator", OPERATOR_PASSWORD),
         ):
-            server.store.create_user(
+            running.server.store.create_user(
                 name, role=role, password_hash=hash_password(password), now=time.time()
             )
-        devices = [SimDevice(server, tmp / "devs" / f"cr-{i}", f"cr-{i}") for i in range(DEVICES)]
-        for d in devices:
-            d.start()
-        wait_for(lambda: server.store.count_online() == DEVICES, 60, "devices online")
-        wait_for(
-            lambda: all(server.store.get_device(d.id).model_version == "1.0.0" for d in devices),
-            60,
-            "reported state",
-        )
-        yield RolloutFleet(server, devices, Api(server))
-    finally:
-        for d in devices:
-            d.stop()
-        server.stop()
+        running.wait_running("1.0.0")
+        yield running
 
 
 def spec(fleet: RolloutFleet, version: str) -> str:

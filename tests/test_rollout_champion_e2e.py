@@ -9,18 +9,12 @@ back, and the gate's evidence (labels, the count it asked for) is in the answer.
 
 from __future__ import annotations
 
-import random
-import time
 from pathlib import Path
 
-from edgefleet_contract.codec import Codec
-from edgefleet_contract.messages import InferenceStats, LatencySummary, Telemetry
-from edgefleet_contract.topics import Channel
-from fleet_server.config import ServerSettings
-from fleet_server.server import initialize
+from edgefleet_contract.messages import Telemetry
 
-from .harness import ADMIN_PASSWORD, server_settings, wait_for
-from .rollout_devices import Api, SimDevice, start_server
+from .harness import wait_for
+from .rollout_devices import SimDevice, rollout_fleet
 
 ACCURACY = {"1.0.0": 0.95, "2.0.0": 0.95, "3.0.0": 0.80}
 LABELS = 60
@@ -30,30 +24,10 @@ LABELS = 60
 class LabelledDevice(SimDevice):
     """A simulated device whose application sends ground truth back for every answer."""
 
-    def _telemetry(self) -> None:
-        rng = random.Random(self.id)
-        while not self._stop.wait(0.5):
-            self._seq += 1
-            right = sum(rng.random() < ACCURACY[self.version] for _ in range(LABELS))
-            batch = Telemetry(
-                device_id=self.id,
-                batch_id=f"boot0-{self._seq}-{rng.getrandbits(32)}",
-                seq=self._seq,
-                ts=time.time(),
-                window_s=0.5,
-                inference=InferenceStats(
-                    model="digits",
-                    version=self.version,
-                    count=LABELS,
-                    errors=0,
-                    throughput_per_s=120,
-                    latency=LatencySummary(p50_ms=1, p95_ms=3, p99_ms=4, max_ms=5, mean_ms=1),
-                    feedback_count=LABELS,
-                    feedback_correct=right,
-                ),
-            )
-            assert self.link is not None
-            self.link.send(Channel.TELEMETRY, Codec().encode(batch))
+    def batch(self) -> Telemetry:
+        right = sum(self.rng.random() < ACCURACY[self.version] for _ in range(LABELS))
+        stats = self.inference(LABELS, 0, 120, feedback_count=LABELS, feedback_correct=right)
+        return self.telemetry(stats)
 
 
 PLAN = {
@@ -68,22 +42,10 @@ PLAN = {
 def test_an_equal_model_passes_its_parent_gate_and_a_worse_one_is_rolled_back(
     tmp_path: Path,
 ) -> None:
-    settings = server_settings(tmp_path / "fleet")
-    assert isinstance(settings, ServerSettings)
-    initialize(settings, admin_password=ADMIN_PASSWORD)
-    server = start_server(settings, tmp_path / "packages")
-    devices = [LabelledDevice(server, tmp_path / "devs" / f"cc-{i}", f"cc-{i}") for i in range(4)]
-    try:
-        for d in devices:
-            d.start()
-        store = server.store
-        wait_for(lambda: store.count_online() == 4, 30, "all devices online")
-        wait_for(
-            lambda: all(store.get_device(d.id).model_version == "1.0.0" for d in devices),
-            30,
-            "reported state",
-        )
-        api = Api(server)
+    with rollout_fleet(tmp_path, "cc", 4, LabelledDevice) as fleet:
+        server, devices = fleet.server, fleet.devices
+        fleet.wait_running("1.0.0")
+        api = fleet.api
         v2 = api.post("/rollouts", {**PLAN, "artifact": "digits@2.0.0"})
         assert v2["plan"]["vs_parent"] is True and v2["plan"]["parent_margin"] == 0.05
         done = api.wait_status(v2["id"], {"completed", "halted", "rolled_back"}, timeout=120)
@@ -107,7 +69,3 @@ def test_an_equal_model_passes_its_parent_gate_and_a_worse_one_is_rolled_back(
         assert gate["high"] < -0.05
         wait_for(lambda: all(d.version == "2.0.0" for d in devices), 30, "all back on v2")
         assert server.rollouts.errors == 0
-    finally:
-        for d in devices:
-            d.stop()
-        server.stop()

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import httpx
 
-from fleet_server.config import ServerSettings
 from fleet_server.rollouts.artifacts import ResolvedArtifact
 from fleet_server.rollouts.persist import load
-from fleet_server.server import initialize
 from fleet_server.store import open_store
 
-from .harness import ADMIN_PASSWORD, server_settings, wait_for
-from .rollout_devices import Api, SimDevice, start_server
+from .harness import wait_for
+from .rollout_devices import Api, SimDevice, rollout_fleet, start_server
 from .test_rollout_driver import TableResolver
 
 
@@ -53,22 +51,10 @@ PLAN = {
 
 
 def test_v2_rolls_out_in_waves_and_a_bad_v3_rolls_itself_back(tmp_path: Path) -> None:
-    settings = server_settings(tmp_path / "fleet")
-    assert isinstance(settings, ServerSettings)
-    initialize(settings, admin_password=ADMIN_PASSWORD)
-    server = start_server(settings, tmp_path / "packages")
-    devices = [SimDevice(server, tmp_path / "devs" / f"e2e-{i}", f"e2e-{i}") for i in range(10)]
-    try:
-        for d in devices:
-            d.start()
-        store = server.store
-        wait_for(lambda: store.count_online() == 10, 30, "all devices online")
-        wait_for(
-            lambda: all(store.get_device(d.id).model_version == "1.0.0" for d in devices),
-            30,
-            "reported state",
-        )
-        api = Api(server)
+    with rollout_fleet(tmp_path, "e2e", 10, SimDevice) as fleet:
+        server, devices, store = fleet.server, fleet.devices, fleet.server.store
+        fleet.wait_running("1.0.0")
+        api = fleet.api
         v2 = api.post("/rollouts", {**PLAN, "artifact": "digits@2.0.0"})
         assert [w["cumulative"] for w in v2["waves"]] == [1, 5, 10]
         done = api.wait_status(v2["id"], {"completed", "halted", "rolled_back"})
@@ -97,43 +83,31 @@ def test_v2_rolls_out_in_waves_and_a_bad_v3_rolls_itself_back(tmp_path: Path) ->
         metrics = httpx.get(f"{api.url}/metrics").text
         assert "edgefleet_rollouts_live 0" in metrics
         assert "edgefleet_rollout_errors_total 0" in metrics
-    finally:
-        for d in devices:
-            d.stop()
-        server.stop()
 
 
 def test_offline_device_is_retried_and_a_server_restart_mid_wave_continues(
     tmp_path: Path,
 ) -> None:
-    settings = server_settings(tmp_path / "fleet")
-    assert isinstance(settings, ServerSettings)
-    initialize(settings, admin_password=ADMIN_PASSWORD)
-    server = start_server(settings, tmp_path / "packages")
-    devices = [SimDevice(server, tmp_path / "devs" / f"rs-{i}", f"rs-{i}") for i in range(6)]
-    try:
-        for d in devices:
-            d.start()
-        store = server.store
-        wait_for(lambda: store.count_online() == 6, 30, "all devices online")
+    with rollout_fleet(tmp_path, "rs", 6, SimDevice) as fleet:
+        settings, devices, store = fleet.settings, fleet.devices, fleet.server.store
         # The rollout's order is the sorted ids shuffled by its seed: take the last one away.
         order = sorted(d.id for d in devices)
         random.Random(5).shuffle(order)
         away = next(d for d in devices if d.id == order[-1])
         away.stop()
         wait_for(lambda: not store.get_device(away.id).online, 60, "device offline")
-        api = Api(server)
+        api = fleet.api
         plan = {**PLAN, "artifact": "digits@2.0.0", "pace": "12/min", "waves": "100%", "seed": 5}
         rid = api.post("/rollouts", plan)["id"]
         # Mid-wave: the canary is done and wave 1 has begun, at one device per 5 s.
         wait_for(lambda: sum(d.version == "2.0.0" for d in devices) >= 2, 60, "wave 1 under way")
-        server.stop()
+        fleet.server.stop()
         stopped = open_store(settings.database_url)
         saved = load(stopped, rid)
         stopped.close()
         assert saved.state.wave == 1 and saved.status == "wave"
         assert any(d.status == "queued" for d in saved.devices.values())
-        server = start_server(settings)
+        fleet.server = server = start_server(settings)
         api = Api(server)
         wait_for(
             lambda: api.get(f"/rollouts/{rid}")["devices_detail"][-1]["status"] == "offline",
@@ -149,7 +123,3 @@ def test_offline_device_is_retried_and_a_server_restart_mid_wave_continues(
         kinds = [e["kind"] for e in done["events"]]
         assert "retry" in kinds and kinds.count("started") == 1
         assert server.rollouts.errors == 0
-    finally:
-        for d in devices:
-            d.stop()
-        server.stop()

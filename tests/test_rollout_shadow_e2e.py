@@ -9,24 +9,12 @@ switches to it.
 
 from __future__ import annotations
 
-import random
-import time
 from pathlib import Path
 
-from edgefleet_contract.codec import Codec
-from edgefleet_contract.messages import (
-    DesiredState,
-    InferenceStats,
-    LatencySummary,
-    ShadowStats,
-    Telemetry,
-)
-from edgefleet_contract.topics import Channel
-from fleet_server.config import ServerSettings
-from fleet_server.server import initialize
+from edgefleet_contract.messages import DesiredState, LatencySummary, ShadowStats, Telemetry
 
-from .harness import ADMIN_PASSWORD, server_settings, wait_for
-from .rollout_devices import Api, SimDevice, start_server
+from .harness import wait_for
+from .rollout_devices import SimDevice, rollout_fleet
 
 AGREEMENT = {"2.0.0": 0.98, "3.0.0": 0.5}
 ANSWERS = 50
@@ -47,38 +35,18 @@ class ShadowDevice(SimDevice):
         super()._update(desired)
         self.ran.add(self.version)
 
-    def _telemetry(self) -> None:
-        rng = random.Random(self.id)
-        while not self._stop.wait(0.5):
-            self._seq += 1
-            shadow = None
-            if (candidate := self.shadowing) is not None:
-                agreed = sum(rng.random() < AGREEMENT[candidate] for _ in range(ANSWERS))
-                shadow = ShadowStats(
-                    model="digits",
-                    version=candidate,
-                    samples=ANSWERS,
-                    agreed=agreed,
-                    latency=LatencySummary(p50_ms=2, p95_ms=4, p99_ms=5, max_ms=6, mean_ms=2),
-                )
-            batch = Telemetry(
-                device_id=self.id,
-                batch_id=f"boot0-{self._seq}-{rng.getrandbits(32)}",
-                seq=self._seq,
-                ts=time.time(),
-                window_s=0.5,
-                inference=InferenceStats(
-                    model="digits",
-                    version=self.version,
-                    count=ANSWERS,
-                    errors=0,
-                    throughput_per_s=100,
-                    latency=LatencySummary(p50_ms=1, p95_ms=3, p99_ms=4, max_ms=5, mean_ms=1),
-                ),
-                shadow=shadow,
+    def batch(self) -> Telemetry:
+        shadow = None
+        if (candidate := self.shadowing) is not None:
+            agreed = sum(self.rng.random() < AGREEMENT[candidate] for _ in range(ANSWERS))
+            shadow = ShadowStats(
+                model="digits",
+                version=candidate,
+                samples=ANSWERS,
+                agreed=agreed,
+                latency=LatencySummary(p50_ms=2, p95_ms=4, p99_ms=5, max_ms=6, mean_ms=2),
             )
-            assert self.link is not None
-            self.link.send(Channel.TELEMETRY, Codec().encode(batch))
+        return self.telemetry(self.inference(ANSWERS, 0, 100), shadow=shadow)
 
 
 PLAN = {
@@ -96,22 +64,10 @@ PLAN = {
 def test_a_candidate_that_agrees_ships_after_its_shadow_step_and_one_that_does_not_never_switches(
     tmp_path: Path,
 ) -> None:
-    settings = server_settings(tmp_path / "fleet")
-    assert isinstance(settings, ServerSettings)
-    initialize(settings, admin_password=ADMIN_PASSWORD)
-    server = start_server(settings, tmp_path / "packages")
-    devices = [ShadowDevice(server, tmp_path / "devs" / f"sh-{i}", f"sh-{i}") for i in range(4)]
-    try:
-        for d in devices:
-            d.start()
-        store = server.store
-        wait_for(lambda: store.count_online() == 4, 30, "all devices online")
-        wait_for(
-            lambda: all(store.get_device(d.id).model_version == "1.0.0" for d in devices),
-            30,
-            "reported state",
-        )
-        api = Api(server)
+    with rollout_fleet(tmp_path, "sh", 4, ShadowDevice) as fleet:
+        server, devices, store = fleet.server, fleet.devices, fleet.server.store
+        fleet.wait_running("1.0.0")
+        api = fleet.api
         v2 = api.post("/rollouts", {**PLAN, "artifact": "digits@2.0.0"})
         assert v2["plan"]["shadow_s"] == 2.0 and v2["shadow"]["state"] in ("waiting", "shadowing")
         wait_for(lambda: sum(d.shadowing == "2.0.0" for d in devices) == 2, 30, "canary shadows")
@@ -138,7 +94,3 @@ def test_a_candidate_that_agrees_ships_after_its_shadow_step_and_one_that_does_n
             for d in devices
         )
         assert server.rollouts.errors == 0
-    finally:
-        for d in devices:
-            d.stop()
-        server.stop()
