@@ -154,21 +154,11 @@ def test_the_systemd_unit_is_valid_and_hardened(tmp_path: Path) -> None:
 def test_predict_an_image_file_in_process_with_a_packed_cnn(tmp_path: Path) -> None:
     from PIL import Image
 
-    from fleet_server.modelkit.pack import PackRequest, pack
+    from fleet_server.modelkit.pack import pack
 
-    from .thirdparty_kit import CNN, CNN_IMAGES, CNN_SPEC, digit_labels, digits_truth, write
+    from .thirdparty_kit import CNN_IMAGES, cnn_request, digits_truth
 
-    _, package = pack(
-        PackRequest(
-            model=CNN,
-            name="digits-torch",
-            version="1.0.0",
-            labels=digit_labels(tmp_path),
-            calibration=CNN_IMAGES,
-            spec=write(tmp_path, "cnn.toml", CNN_SPEC),
-            output=tmp_path / "cnn.efpkg",
-        )
-    )
+    _, package = pack(cnn_request(tmp_path, output=tmp_path / "cnn.efpkg"))
     image = np.load(CNN_IMAGES)[3]
     big = np.kron(image, np.ones((4, 4, 1), dtype=np.uint8))  # 64x64: resized on the way in
     Image.fromarray(big).save(tmp_path / "digit.png")

@@ -409,21 +409,11 @@ def test_models_page_lists_registered_versions(fleet: ConsoleFleet, page: Page) 
 def test_model_page_shows_the_task_and_every_tensor(
     fleet: ConsoleFleet, page: Page, tmp_path: Path
 ) -> None:
-    from fleet_server.modelkit.pack import PackRequest, pack
+    from fleet_server.modelkit.pack import pack
 
-    from .thirdparty_kit import IFOREST, IFOREST_SPEC, SENSOR_CSV, write
+    from .thirdparty_kit import iforest_request
 
-    _, packed = pack(
-        PackRequest(
-            model=IFOREST,
-            name="pump-anomaly",
-            version="1.0.0",
-            task="anomaly",
-            calibration=SENSOR_CSV,
-            spec=write(tmp_path, "s.toml", IFOREST_SPEC),
-            output=tmp_path / "pump.efpkg",
-        )
-    )
+    _, packed = pack(iforest_request(tmp_path, output=tmp_path / "pump.efpkg"))
     pushed = fleet.push_model(packed)
     login(page, fleet.url, "vera", VIEWER_PASSWORD)
     page.locator("#nav").get_by_role("link", name="Models & firmware").click()

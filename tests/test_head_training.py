@@ -30,11 +30,10 @@ from .thirdparty_kit import (
     CNN,
     CNN_EMBEDDING,
     CNN_IMAGES,
-    CNN_SPEC,
     cnn_head_package,
-    digit_labels,
+    cnn_request,
     digits_truth,
-    write,
+    pack_args,
 )
 
 
@@ -44,25 +43,7 @@ def _config(fleetctl_config: Path) -> Path:
 
 
 def _pack_args(tmp_path: Path, embedding: str, out: Path) -> list[str]:
-    return [
-        "models",
-        "pack",
-        str(CNN),
-        "--name",
-        "digits-torch",
-        "--version",
-        "1.0.0",
-        "--labels",
-        str(digit_labels(tmp_path)),
-        "--calibration",
-        str(CNN_IMAGES),
-        "--spec",
-        str(write(tmp_path, "cnn.toml", CNN_SPEC)),
-        "--embedding",
-        embedding,
-        "--output",
-        str(out),
-    ]
+    return ["models", "pack", *pack_args(cnn_request(tmp_path, embedding=embedding, output=out))]
 
 
 def test_cli_splits_the_cnn_at_its_embedding_into_backbone_and_dense_head(

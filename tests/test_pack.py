@@ -21,17 +21,16 @@ from .thirdparty_kit import (
     CLASSIFIER,
     CNN,
     CNN_IMAGES,
-    CNN_SPEC,
     IFOREST,
     IFOREST_SPEC,
     SENSOR_CSV,
-    VAD_SPEC,
     audio,
-    digit_labels,
+    cnn_request,
     digits_truth,
-    silero_model,
+    iforest_request,
+    pack_args,
     two_input_package,
-    vad_calibration,
+    vad_request,
     write,
 )
 
@@ -43,25 +42,7 @@ def _config(fleetctl_config: Path) -> Path:
 
 def test_cli_packs_a_torch_cnn_that_serves_images_as_trained(tmp_path: Path) -> None:
     out = tmp_path / "cnn.efpkg"
-    code, stdout, err = fleetctl(
-        [
-            "models",
-            "pack",
-            str(CNN),
-            "--name",
-            "digits-torch",
-            "--version",
-            "1.0.0",
-            "--labels",
-            str(digit_labels(tmp_path)),
-            "--calibration",
-            str(CNN_IMAGES),
-            "--spec",
-            str(write(tmp_path, "cnn.toml", CNN_SPEC)),
-            "--output",
-            str(out),
-        ]
-    )
+    code, stdout, err = fleetctl(["models", "pack", *pack_args(cnn_request(tmp_path, output=out))])
     assert code == 0, err
     assert f"wrote {out}" in stdout and "task: classification" in stdout
     m = read_package(out).manifest
@@ -81,18 +62,7 @@ def test_cli_packs_a_torch_cnn_that_serves_images_as_trained(tmp_path: Path) -> 
 
 
 def test_sklearn_isolation_forest_packs_as_an_anomaly_detector(tmp_path: Path) -> None:
-    spec = write(tmp_path, "iforest.toml", IFOREST_SPEC)
-    package, path = pack(
-        PackRequest(
-            model=IFOREST,
-            name="pump-anomaly",
-            version="1.0.0",
-            task="anomaly",
-            calibration=SENSOR_CSV,
-            spec=spec,
-            output=tmp_path / "a.efpkg",
-        )
-    )
+    package, path = pack(iforest_request(tmp_path, output=tmp_path / "a.efpkg"))
     task = package.manifest.task
     assert task is not None and task.kind == "anomaly" and task.reference_quantile == 0.98
     service = ModelService()
@@ -127,17 +97,7 @@ def test_sklearn_classifier_with_csv_columns_found_by_type(tmp_path: Path) -> No
 
 
 def test_silero_vad_from_its_wheel_streams_with_state_per_session(tmp_path: Path) -> None:
-    onnx_file = silero_model(tmp_path)
-    package, path = pack(
-        PackRequest(
-            model=onnx_file,
-            name="silero-vad",
-            version="6.2.3",
-            calibration=vad_calibration(tmp_path),
-            spec=write(tmp_path, "vad.toml", VAD_SPEC),
-            output=tmp_path / "vad.efpkg",
-        )
-    )
+    package, path = pack(vad_request(tmp_path, output=tmp_path / "vad.efpkg"))
     m = package.manifest
     assert m.task is not None and m.task.stateful
     assert [(t.name, t.dtype, t.shape) for t in m.inputs] == [
@@ -256,26 +216,8 @@ def test_push_of_a_raw_model_file_answers_with_the_pack_command(tmp_path: Path) 
 
 
 def test_json_summary_of_pack_names_every_tensor(tmp_path: Path) -> None:
-    code, out, err = fleetctl(
-        [
-            "--json",
-            "models",
-            "pack",
-            str(IFOREST),
-            "--name",
-            "pump",
-            "--version",
-            "2.0.0",
-            "--task",
-            "anomaly",
-            "--calibration",
-            str(SENSOR_CSV),
-            "--spec",
-            str(write(tmp_path, "s.toml", IFOREST_SPEC)),
-            "--output",
-            str(tmp_path / "p.efpkg"),
-        ]
-    )
+    request = iforest_request(tmp_path, name="pump", version="2.0.0", output=tmp_path / "p.efpkg")
+    code, out, err = fleetctl(["--json", "models", "pack", *pack_args(request)])
     assert code == 0, err
     doc = json.loads(out)
     assert [t["name"] for t in doc["outputs"]] == ["label", "scores"]
@@ -299,27 +241,8 @@ def test_int8_packs_hold_int8_weights_and_record_their_agreement(tmp_path: Path)
     from fleet_server.modelkit import quantize
 
     out = tmp_path / "cnn-int8.efpkg"
-    code, _, err = fleetctl(
-        [
-            "models",
-            "pack",
-            str(CNN),
-            "--name",
-            "digits-torch",
-            "--version",
-            "1.0.0",
-            "--labels",
-            str(digit_labels(tmp_path)),
-            "--calibration",
-            str(CNN_IMAGES),
-            "--spec",
-            str(write(tmp_path, "cnn.toml", CNN_SPEC)),
-            "--quantize",
-            "int8",
-            "--output",
-            str(out),
-        ]
-    )
+    request = cnn_request(tmp_path, quantize="int8", output=out)
+    code, _, err = fleetctl(["models", "pack", *pack_args(request)])
     assert code == 0, err
     package = read_package(out)
     q = package.manifest.quantization

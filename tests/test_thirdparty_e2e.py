@@ -28,19 +28,14 @@ from .agentproc import DIST, AgentProcess
 from .fleetctl_kit import fleetctl, login_admin
 from .harness import ADMIN_PASSWORD, wait_for
 from .thirdparty_kit import (
-    CNN,
     CNN_IMAGES,
-    CNN_SPEC,
-    IFOREST,
-    IFOREST_SPEC,
-    SENSOR_CSV,
-    VAD_SPEC,
     audio,
-    digit_labels,
+    cnn_request,
     digits_truth,
+    iforest_request,
+    pack_args,
     silero_model,
-    vad_calibration,
-    write,
+    vad_request,
 )
 
 
@@ -132,23 +127,7 @@ def test_torch_cnn_and_sklearn_anomaly_model_from_pack_to_the_local_api(
     try:
         wait_for(lambda: ops.reported_model("byom-1") == "digits@1.0.0", 60, "first model")
         ops.pack_push_roll_out(
-            [
-                str(CNN),
-                "--name",
-                "digits-torch",
-                "--version",
-                "1.0.0",
-                "--quantize",
-                "int8",
-                "--labels",
-                str(digit_labels(tmp_path)),
-                "--calibration",
-                str(CNN_IMAGES),
-                "--spec",
-                str(write(tmp_path, "cnn.toml", CNN_SPEC)),
-                "--output",
-                str(tmp_path / "cnn.efpkg"),
-            ],
+            pack_args(cnn_request(tmp_path, quantize="int8", output=tmp_path / "cnn.efpkg")),
             "digits-torch@1.0.0",
             "byom-1",
         )
@@ -165,21 +144,7 @@ def test_torch_cnn_and_sklearn_anomaly_model_from_pack_to_the_local_api(
         assert model["inputs"][0]["preprocessing"]["layout"] == "nchw"
 
         ops.pack_push_roll_out(
-            [
-                str(IFOREST),
-                "--name",
-                "pump-anomaly",
-                "--version",
-                "1.0.0",
-                "--task",
-                "anomaly",
-                "--calibration",
-                str(SENSOR_CSV),
-                "--spec",
-                str(write(tmp_path, "iforest.toml", IFOREST_SPEC)),
-                "--output",
-                str(tmp_path / "iforest.efpkg"),
-            ],
+            pack_args(iforest_request(tmp_path, output=tmp_path / "iforest.efpkg")),
             "pump-anomaly@1.0.0",
             "byom-1",
         )
@@ -208,19 +173,7 @@ def test_silero_vad_streams_through_the_local_api_with_a_session(
     try:
         wait_for(lambda: ops.reported_model("byom-vad") == "digits@1.0.0", 60, "first model")
         ops.pack_push_roll_out(
-            [
-                str(model),
-                "--name",
-                "silero-vad",
-                "--version",
-                "6.2.3",
-                "--calibration",
-                str(vad_calibration(tmp_path)),
-                "--spec",
-                str(write(tmp_path, "vad.toml", VAD_SPEC)),
-                "--output",
-                str(tmp_path / "vad.efpkg"),
-            ],
+            pack_args(vad_request(tmp_path, model=model, output=tmp_path / "vad.efpkg")),
             "silero-vad@6.2.3",
             "byom-vad",
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,9 @@ import pytest
 from models.thirdparty import CNN_SPEC as CNN_SPEC
 from models.thirdparty import IFOREST_SPEC as IFOREST_SPEC
 from models.thirdparty import VAD_SPEC as VAD_SPEC
+
+if TYPE_CHECKING:
+    from fleet_server.modelkit.pack import PackRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -117,18 +121,82 @@ CNN_EMBEDDING = "/8/Flatten_output_0"
 """The torch CNN's flattened conv features: its two Linear layers after it are the head."""
 
 
+def cnn_request(folder: Path, **fields: Any) -> PackRequest:
+    """The torch CNN as ``digits-torch`` 1.0.0 with its labels, images and spec; ``fields``
+    add to (or replace) those."""
+    from fleet_server.modelkit.pack import PackRequest
+
+    return PackRequest(
+        **{
+            "model": CNN,
+            "name": "digits-torch",
+            "version": "1.0.0",
+            "labels": digit_labels(folder),
+            "calibration": CNN_IMAGES,
+            "spec": write(folder, "cnn.toml", CNN_SPEC),
+            **fields,
+        }
+    )
+
+
+def iforest_request(folder: Path, **fields: Any) -> PackRequest:
+    """The IsolationForest as the anomaly model ``pump-anomaly`` 1.0.0 with its sensor CSV and
+    spec; ``fields`` add to (or replace) those."""
+    from fleet_server.modelkit.pack import PackRequest
+
+    return PackRequest(
+        **{
+            "model": IFOREST,
+            "name": "pump-anomaly",
+            "version": "1.0.0",
+            "task": "anomaly",
+            "calibration": SENSOR_CSV,
+            "spec": write(folder, "iforest.toml", IFOREST_SPEC),
+            **fields,
+        }
+    )
+
+
+def vad_request(folder: Path, **fields: Any) -> PackRequest:
+    """silero-vad 6.2.3 (the model from its wheel unless ``model`` is given) with audio chunks
+    to calibrate on and its spec."""
+    from fleet_server.modelkit.pack import PackRequest
+
+    return PackRequest(
+        **{
+            "model": fields.pop("model", None) or silero_model(folder),
+            "name": "silero-vad",
+            "version": "6.2.3",
+            "calibration": vad_calibration(folder),
+            "spec": write(folder, "vad.toml", VAD_SPEC),
+            **fields,
+        }
+    )
+
+
+def pack_args(request: PackRequest) -> list[str]:
+    """The same request as ``fleetctl models pack`` arguments (each set field an option)."""
+    args = [str(request.model)]
+    for option in (
+        "name",
+        "version",
+        "task",
+        "labels",
+        "calibration",
+        "quantize",
+        "spec",
+        "embedding",
+        "output",
+    ):
+        value = getattr(request, option)
+        if value is not None:
+            args += [f"--{option}", str(value)]
+    return args
+
+
 def cnn_head_package(folder: Path, embedding: str = CNN_EMBEDDING) -> Path:
     """The torch CNN packed with a trainable dense head after ``embedding``."""
-    from fleet_server.modelkit.pack import PackRequest, pack
+    from fleet_server.modelkit.pack import pack
 
-    request = PackRequest(
-        model=CNN,
-        name="digits-torch",
-        version="1.0.0",
-        labels=digit_labels(folder),
-        calibration=CNN_IMAGES,
-        spec=write(folder, "cnn.toml", CNN_SPEC),
-        embedding=embedding,
-        output=folder / "digits-torch-1.0.0-onnx-float32.efpkg",
-    )
-    return pack(request)[1]
+    output = folder / "digits-torch-1.0.0-onnx-float32.efpkg"
+    return pack(cnn_request(folder, embedding=embedding, output=output))[1]
