@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -15,50 +14,27 @@ from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 
 from edgefleet_contract.messages import Command, DesiredState, ModelRef, ReportedState
-from fleet_server.api import ApiContext, create_app
+from fleet_server.api import create_app
 from fleet_server.auth import hash_password
-from fleet_server.config import ApiSettings, ServerSettings
-from fleet_server.enrollment import Enrollment
-from fleet_server.pki import FleetCA
+from fleet_server.config import ApiSettings
 from fleet_server.store import open_store
-from fleet_server.store.base import Role, Store
+from fleet_server.store.base import Store
 from fleet_server.twin import target_ref, twin_status
 
-
-class Outbox:
-    """Stands in for the MQTT link (the end-to-end tests use the real one)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Command]] = []
-
-    def send_command(self, device_id: str, command: Command) -> None:
-        self.sent.append((device_id, command))
+from .api_kit import Outbox, api_context, login, store_with_users
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> tuple[TestClient, Store, Outbox]:
-    store = open_store(tmp_path / "fleet.db")
-    ca = FleetCA.create(tmp_path / "ca", now=time.time())
-    settings = ServerSettings(data_dir=tmp_path, api=ApiSettings(login_attempts_per_minute=3))
-    users: list[tuple[str, Role]] = [("alice", "admin"), ("olga", "operator"), ("vic", "viewer")]
-    for name, role in users:
-        store.create_user(
-            name, role=role, password_hash=hash_password(f"{name}-password"), now=time.time()
-        )
+    store = store_with_users(tmp_path)
     outbox = Outbox()
-    ctx = ApiContext(
-        settings=settings,
-        store=store,
+    ctx = api_context(
+        tmp_path,
+        store,
+        api=ApiSettings(login_attempts_per_minute=3),
         commands=outbox,
-        enrollment=Enrollment(store, ca, token_ttl_s=600, cert_validity_s=3600),
     )
     return TestClient(create_app(ctx)), store, outbox
-
-
-def login(client: TestClient, user: str) -> dict[str, str]:
-    r = client.post("/api/v1/auth/login", json={"username": user, "password": f"{user}-password"})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
 def test_unauthenticated_is_401_problem(env: tuple[TestClient, Store, Outbox]) -> None:
@@ -338,17 +314,7 @@ def test_unexpected_failure_is_500_without_internals(
     store = open_store(tmp_path / "fleet.db")
     store.create_user("op", role="operator", password_hash=hash_password("op-password"), now=0)
     store.create_device("d", name="d", tags={}, now=0)
-    ctx = ApiContext(
-        settings=ServerSettings(data_dir=tmp_path),
-        store=store,
-        commands=Broken(),
-        enrollment=Enrollment(
-            store,
-            FleetCA.create(tmp_path / "ca", now=time.time()),
-            token_ttl_s=60,
-            cert_validity_s=3600,
-        ),
-    )
+    ctx = api_context(tmp_path, store, token_ttl_s=60, commands=Broken())
     client = TestClient(create_app(ctx), raise_server_exceptions=False)
     headers = {
         "Authorization": "Bearer "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,11 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from fleet_server.api import ApiContext, create_app
+from fleet_server.api import create_app
 from fleet_server.auth import Authenticator, hash_password
-from fleet_server.config import ServerSettings
-from fleet_server.enrollment import Enrollment
-from fleet_server.pki import FleetCA
 from fleet_server.store import open_store
 
-from .test_api import Outbox
+from .api_kit import Outbox, api_context
 
 _SKIP = {
     # These would revoke the fuzzer's own token and turn everything after into 401s.
@@ -40,18 +36,7 @@ def _app(directory: Path) -> tuple[FastAPI, str]:
     store = open_store(directory / "fleet.db")
     store.create_user("root", role="admin", password_hash=hash_password("root-password"), now=0)
     store.create_device("fz-1", name="fz-1", tags={"a": "b"}, now=0)
-    ctx = ApiContext(
-        settings=ServerSettings(data_dir=directory),
-        store=store,
-        commands=Outbox(),
-        enrollment=Enrollment(
-            store,
-            FleetCA.create(directory / "ca", now=time.time()),
-            token_ttl_s=600,
-            cert_validity_s=3600,
-        ),
-        training=_training(store, directory),
-    )
+    ctx = api_context(directory, store, commands=Outbox(), training=_training(store, directory))
     token, _ = Authenticator(store).issue_token(store.get_user("root"), name="fuzz", ttl_s=3600)
     return create_app(ctx), token
 

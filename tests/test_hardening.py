@@ -21,38 +21,19 @@ from fastapi.testclient import TestClient
 from fleet_server.api import ApiContext, create_app
 from fleet_server.auth import hash_password
 from fleet_server.config import ApiSettings, ServerSettings
-from fleet_server.enrollment import Enrollment
-from fleet_server.pki import FleetCA
 from fleet_server.store import open_store
-from fleet_server.store.base import Role, Store
+from fleet_server.store.base import Store
+
+from .api_kit import api_context, login, store_with_users
 
 MiB = 1024 * 1024
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> tuple[TestClient, Store, ApiContext]:
-    store = open_store(tmp_path / "fleet.db")
-    ca = FleetCA.create(tmp_path / "ca", now=time.time())
-    settings = ServerSettings(data_dir=tmp_path, api=ApiSettings(login_attempts_per_minute=3))
-    users: list[tuple[str, Role]] = [("alice", "admin"), ("olga", "operator"), ("vic", "viewer")]
-    for name, role in users:
-        store.create_user(
-            name, role=role, password_hash=hash_password(f"{name}-password"), now=time.time()
-        )
-    ctx = ApiContext(
-        settings=settings,
-        store=store,
-        enrollment=Enrollment(store, ca, token_ttl_s=600, cert_validity_s=3600),
-    )
+    store = store_with_users(tmp_path)
+    ctx = api_context(tmp_path, store, api=ApiSettings(login_attempts_per_minute=3))
     return TestClient(create_app(ctx)), store, ctx
-
-
-def login(client: TestClient, user: str, **extra: Any) -> dict[str, str]:
-    r = client.post(
-        "/api/v1/auth/login", json={"username": user, "password": f"{user}-password", **extra}
-    )
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
 # ------------------------------------------------ 1. bounded request bodies --
@@ -531,14 +512,7 @@ def test_token_lifetime_has_a_configurable_maximum(tmp_path: Path) -> None:
     store.create_user("ann", role="admin", password_hash=hash_password("ann-password"), now=0)
     now = [time.time()]
     api_settings = ApiSettings(max_token_ttl_s=7 * 86400, token_ttl_s=86400, session_ttl_s=3600)
-    ctx = ApiContext(
-        settings=ServerSettings(data_dir=tmp_path, api=api_settings),
-        store=store,
-        enrollment=Enrollment(
-            store, FleetCA.create(tmp_path / "ca", now=now[0]), token_ttl_s=600, cert_validity_s=600
-        ),
-        clock=lambda: now[0],
-    )
+    ctx = api_context(tmp_path, store, api=api_settings, clock=lambda: now[0])
     client = TestClient(create_app(ctx))
     headers = login(client, "ann")
     r = client.post("/api/v1/tokens", headers=headers, json={"name": "ci", "ttl_s": 400 * 86400})
@@ -693,17 +667,7 @@ def test_a_raw_set_desired_command_is_refused(tmp_path: Path) -> None:
         def send_command(self, device_id: str, command: Any) -> None:
             sent.append((device_id, command))
 
-    ctx = ApiContext(
-        settings=ServerSettings(data_dir=tmp_path),
-        store=store,
-        commands=Outbox(),
-        enrollment=Enrollment(
-            store,
-            FleetCA.create(tmp_path / "ca", now=time.time()),
-            token_ttl_s=60,
-            cert_validity_s=600,
-        ),
-    )
+    ctx = api_context(tmp_path, store, token_ttl_s=60, commands=Outbox())
     client = TestClient(create_app(ctx))
     headers = login(client, "olga")
     assert client.post("/api/v1/devices", headers=headers, json={"id": "w-9"}).status_code == 201

@@ -9,17 +9,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edgefleet_contract.errors import EdgefleetError, NotFound
-from fleet_server.api import ApiContext, create_app
-from fleet_server.auth import hash_password
-from fleet_server.config import ApiSettings, ServerSettings
-from fleet_server.enrollment import Enrollment
-from fleet_server.pki import FleetCA
+from fleet_server.api import create_app
+from fleet_server.config import ApiSettings
 from fleet_server.rollouts.driver import RolloutDriver
-from fleet_server.store import open_store
-from fleet_server.store.base import Artifact, Role, Store
+from fleet_server.store.base import Artifact, Store
 
+from .api_kit import Outbox, api_context, login, store_with_users
 from .rollout_sim import ARTIFACT
-from .test_api import Outbox, login
 
 Env = tuple[TestClient, Store, Outbox, RolloutDriver]
 
@@ -49,14 +45,7 @@ class TableRegistry:
 
 
 def make_env(tmp_path: Path, *, registry: bool = True) -> Env:
-    store = open_store(tmp_path / "fleet.db")
-    ca = FleetCA.create(tmp_path / "ca", now=time.time())
-    settings = ServerSettings(data_dir=tmp_path, api=ApiSettings(login_attempts_per_minute=30))
-    users: list[tuple[str, Role]] = [("alice", "admin"), ("olga", "operator"), ("vic", "viewer")]
-    for name, role in users:
-        store.create_user(
-            name, role=role, password_hash=hash_password(f"{name}-password"), now=time.time()
-        )
+    store = store_with_users(tmp_path)
     for i in range(8):
         d = f"cam-{i}"
         store.create_device(d, name=d, tags={"site": "berlin"}, now=time.time())
@@ -64,11 +53,11 @@ def make_env(tmp_path: Path, *, registry: bool = True) -> Env:
         store.set_presence(d, online=True, ts=time.time())
     outbox = Outbox()
     driver = RolloutDriver(store, outbox)
-    ctx = ApiContext(
-        settings=settings,
-        store=store,
+    ctx = api_context(
+        tmp_path,
+        store,
+        api=ApiSettings(login_attempts_per_minute=30),
         commands=outbox,
-        enrollment=Enrollment(store, ca, token_ttl_s=600, cert_validity_s=3600),
         rollouts=driver,
     )
     if registry:

@@ -10,6 +10,7 @@ one, or a spec it does not know, is a 422 naming the spec.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -94,34 +95,18 @@ def get_rollout(
     return detail(rollout, c.store.rollout_events(rollout_id, limit=events))
 
 
-def _act(c: ApiContext, who: Principal, rollout_id: str, verb: str) -> dict[str, Any]:
-    rollout = _driver(c).act(rollout_id, verb, actor=who.username, now=c.clock())
-    return summary(rollout)
+def _control(verb: str) -> Callable[..., dict[str, Any]]:
+    """The operator's ``POST /rollouts/{id}/VERB``: the driver applies it as the user."""
+
+    def act(
+        rollout_id: str, who: Principal = Depends(require("operator")), c: ApiContext = Depends(ctx)
+    ) -> dict[str, Any]:
+        rollout = _driver(c).act(rollout_id, verb, actor=who.username, now=c.clock())
+        return summary(rollout)
+
+    act.__name__ = f"{verb}_rollout"
+    return act
 
 
-@router.post("/{rollout_id}/pause")
-def pause_rollout(
-    rollout_id: str, who: Principal = Depends(require("operator")), c: ApiContext = Depends(ctx)
-) -> dict[str, Any]:
-    return _act(c, who, rollout_id, "pause")
-
-
-@router.post("/{rollout_id}/resume")
-def resume_rollout(
-    rollout_id: str, who: Principal = Depends(require("operator")), c: ApiContext = Depends(ctx)
-) -> dict[str, Any]:
-    return _act(c, who, rollout_id, "resume")
-
-
-@router.post("/{rollout_id}/abort")
-def abort_rollout(
-    rollout_id: str, who: Principal = Depends(require("operator")), c: ApiContext = Depends(ctx)
-) -> dict[str, Any]:
-    return _act(c, who, rollout_id, "abort")
-
-
-@router.post("/{rollout_id}/rollback")
-def rollback_rollout(
-    rollout_id: str, who: Principal = Depends(require("operator")), c: ApiContext = Depends(ctx)
-) -> dict[str, Any]:
-    return _act(c, who, rollout_id, "rollback")
+for _verb in ("pause", "resume", "abort", "rollback"):
+    router.post(f"/{{rollout_id}}/{_verb}", name=f"{_verb}_rollout")(_control(_verb))

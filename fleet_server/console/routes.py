@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from ..api.context import ApiContext
 from ..api.deps import ctx, principal, require
 from ..auth import SESSION_COOKIE, Principal, csrf_for
-from ..cohorts import cohort_views
+from ..cohorts import CohortView, cohort_views
 from ..store.overview import FleetSummary, UpdateEvent
 from .series import DeviceSeries, series_of
 
@@ -142,35 +142,10 @@ def device_updates(
     ]
 
 
-class SliceOut(BaseModel):
-    key: str
-    devices: int
-    windows: int
-    samples: int
-    alerting: int
-    effect: float | None
-    p_value: float | None
-    drifted_features: int
-    labels: int
-    accuracy: float | None
-    accuracy_low: float | None
-    accuracy_high: float | None
-    p95_ms: float | None
-
-
-class CohortViewOut(BaseModel):
-    model: str
-    version: str
-    by: str
-    slices: list[SliceOut]
-    worst_drift: str | None
-    worst_accuracy: str | None
-
-
 MAX_COHORT_WINDOWS = 20_000
 
 
-@router.get("/cohorts", response_model=list[CohortViewOut])
+@router.get("/cohorts", response_model=list[CohortView])
 def cohorts(
     by: str = Query(
         "device",
@@ -180,7 +155,7 @@ def cohorts(
     window_s: float = Query(3600, ge=60, le=7 * 86400),
     who: Principal = Depends(require("viewer")),
     c: ApiContext = Depends(ctx),
-) -> list[CohortViewOut]:
+) -> list[CohortView]:
     """Drift, accuracy and latency per slice and model version, from the drift windows'
     histograms merged over the last ``window_s`` (at most the newest 20,000 windows)."""
     now = c.clock()
@@ -189,15 +164,4 @@ def cohorts(
         since=now - window_s, until=now + 1, tag=tag, limit=MAX_COHORT_WINDOWS
     )
     key = {w.device_id: (w.device_id if tag is None else (v or "(untagged)")) for v, w in rows}
-    views = cohort_views([w for _, w in rows], key.__getitem__, by=by)
-    return [
-        CohortViewOut(
-            model=v.model,
-            version=v.version,
-            by=v.by,
-            slices=[SliceOut(**vars(s)) for s in v.slices],
-            worst_drift=v.worst_drift,
-            worst_accuracy=v.worst_accuracy,
-        )
-        for v in views
-    ]
+    return cohort_views([w for _, w in rows], key.__getitem__, by=by)
