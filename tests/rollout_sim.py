@@ -14,7 +14,15 @@ from fleet_server.rollouts.artifacts import ResolvedArtifact
 from fleet_server.rollouts.champion import Arm
 from fleet_server.rollouts.engine import Candidate, Rollout
 from fleet_server.rollouts.gates import EVIDENCE, parse_gate
-from fleet_server.rollouts.model import Action, Dispatch, EvaluateGates, Note, Revert, Shadow
+from fleet_server.rollouts.model import (
+    Action,
+    DeviceProgress,
+    Dispatch,
+    EvaluateGates,
+    Note,
+    Revert,
+    Shadow,
+)
 from fleet_server.rollouts.plan import RolloutPlan, Share
 
 ARTIFACT = ResolvedArtifact(
@@ -67,6 +75,11 @@ class Sim:
     """More figures and counts for the window (label-free estimates...)."""
     shadows: list[tuple[float, tuple[str, ...], bool]] = field(default_factory=list)
     """Shadow runs started (True) and ended (False): when, and on which devices."""
+
+    @property
+    def canary(self) -> DeviceProgress:
+        """The rollout's canary (the one device of wave 0 in these plans)."""
+        return next(d for d in self.rollout.devices.values() if d.wave == 0)
 
     def apply(self, actions: list[Action]) -> None:
         pending = list(actions)

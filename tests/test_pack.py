@@ -18,13 +18,13 @@ from fleet_server.modelkit.pack import PackRequest, pack
 
 from .fleetctl_kit import fleetctl
 from .thirdparty_kit import (
-    CLASSIFIER,
     CNN,
     CNN_IMAGES,
     IFOREST,
     IFOREST_SPEC,
     SENSOR_CSV,
     audio,
+    classifier_request,
     cnn_request,
     digits_truth,
     iforest_request,
@@ -78,17 +78,7 @@ def test_sklearn_isolation_forest_packs_as_an_anomaly_detector(tmp_path: Path) -
 
 
 def test_sklearn_classifier_with_csv_columns_found_by_type(tmp_path: Path) -> None:
-    labels = write(tmp_path, "states.txt", "idle\nrunning\noverload\n")
-    package, path = pack(
-        PackRequest(
-            model=CLASSIFIER,
-            name="pump-state",
-            version="1.0.0",
-            labels=labels,
-            calibration=SENSOR_CSV,
-            output=tmp_path / "c.efpkg",
-        )
-    )
+    package, path = pack(classifier_request(tmp_path, output=tmp_path / "c.efpkg"))
     task = package.manifest.task
     assert task is not None and task.kind == "classification"
     assert task.output == "probabilities" and task.scores == "probabilities"
@@ -307,17 +297,7 @@ def test_tflite_files_are_packed_as_their_converter_wrote_them(tmp_path: Path, f
 
 
 def test_answers_of_a_packed_classifier_take_feedback(tmp_path: Path) -> None:
-    labels = write(tmp_path, "states.txt", "idle\nrunning\noverload\n")
-    _, path = pack(
-        PackRequest(
-            model=CLASSIFIER,
-            name="pump-state",
-            version="1.0.0",
-            labels=labels,
-            calibration=SENSOR_CSV,
-            output=tmp_path / "c.efpkg",
-        )
-    )
+    _, path = pack(classifier_request(tmp_path, output=tmp_path / "c.efpkg"))
     service = ModelService()
     service.replace(path)
     result, _ = service.infer([[75.0, 6.0, 9.0, 3.0], [35.0, 0.5, 0.2, 1.0]])

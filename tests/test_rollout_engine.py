@@ -6,9 +6,10 @@ import pytest
 
 from edgefleet_contract.errors import RolloutError
 from fleet_server.rollouts.engine import Candidate, Rollout
+from fleet_server.rollouts.model import DeviceProgress
 from fleet_server.rollouts.plan import Share
 
-from .rollout_sim import ARTIFACT, make, plan
+from .rollout_sim import ARTIFACT, Sim, make, plan
 
 
 def test_canary_then_waves_then_completed() -> None:
@@ -169,7 +170,7 @@ def test_a_silent_device_fails_after_the_device_timeout() -> None:
     sim.answer = False
     sim.run(150)
     r = sim.rollout
-    canary = next(d for d in r.devices.values() if d.wave == 0)
+    canary = sim.canary
     assert canary.status == "failed" and "no commit" in canary.detail
     assert r.status == "halted"
 
@@ -202,7 +203,7 @@ def test_an_offline_canary_holds_the_rollout_until_it_returns() -> None:
     sim.run(300)
     r = sim.rollout
     assert r.status == "canary" and sim.sent == []
-    canary = next(d for d in r.devices.values() if d.wave == 0)
+    canary = sim.canary
     sim.apply(r.device_report(canary.device_id, now=sim.now, online=True))
     sim.run(300)
     assert canary.status == "succeeded" and r.state.wave >= 1
@@ -213,7 +214,7 @@ def test_a_device_that_runs_the_artifact_counts_without_an_update_report() -> No
     sim.answer = False
     sim.run(2)
     r = sim.rollout
-    canary = next(d for d in r.devices.values() if d.wave == 0)
+    canary = sim.canary
     assert canary.status == "sent" and canary.desired_version is not None
     r.device_report(
         canary.device_id, now=sim.now, applied_version=canary.desired_version, running="x@9"
@@ -232,7 +233,7 @@ def test_a_device_that_gives_up_after_committing_counts_as_failed() -> None:
     sim = make(3, auto_rollback=False)
     sim.run(2)
     r = sim.rollout
-    canary = next(d for d in r.devices.values() if d.wave == 0)
+    canary = sim.canary
     assert canary.status == "succeeded"
     sim.apply(
         r.device_report(
@@ -254,7 +255,7 @@ def test_an_update_report_in_probation_is_not_taken_for_success() -> None:
     sim.answer = False
     sim.run(2)
     r = sim.rollout
-    canary = next(d for d in r.devices.values() if d.wave == 0)
+    canary = sim.canary
     v = canary.desired_version
     r.device_report(
         canary.device_id,
@@ -271,7 +272,7 @@ def test_health_is_recorded_and_a_failing_updated_device_noted() -> None:
     sim = make(3)
     sim.run(2)
     r = sim.rollout
-    canary = next(d for d in r.devices.values() if d.wave == 0)
+    canary = sim.canary
     out = r.device_report(canary.device_id, now=sim.now, health="failed")
     assert canary.health == "failed"
     assert [(n.kind, n.device_id) for n in out if hasattr(n, "kind")] == [
@@ -280,12 +281,14 @@ def test_health_is_recorded_and_a_failing_updated_device_noted() -> None:
     assert r.device_report(canary.device_id, now=sim.now, health="failed") == []
 
 
-def test_a_revert_counts_once_the_device_runs_its_previous_version() -> None:
+def _reverting_canary() -> tuple[Sim, Rollout, DeviceProgress]:
+    """A silent 3-device rollout whose canary was sent 1.3.0 over 1.2.0 and is then rolled
+    back: the revert (desired version 9) is delivered, the device has not answered yet."""
     sim = make(3)
     sim.answer = False
     sim.run(2)
     r = sim.rollout
-    canary = next(d for d in r.devices.values() if d.wave == 0)
+    canary = sim.canary
     r.delivered(
         canary.device_id,
         canary.desired_version or 0,
@@ -294,6 +297,11 @@ def test_a_revert_counts_once_the_device_runs_its_previous_version() -> None:
     )
     r.rollback(sim.now)
     r.delivered(canary.device_id, 9, sim.now)
+    return sim, r, canary
+
+
+def test_a_revert_counts_once_the_device_runs_its_previous_version() -> None:
+    sim, r, canary = _reverting_canary()
     r.device_report(canary.device_id, now=sim.now, applied_version=9, running="digits@1.3.0")
     assert canary.status == "reverting" and r.status == "rolling_back"
     r.device_report(canary.device_id, now=sim.now, applied_version=9, running="digits@1.2.0")
@@ -301,19 +309,7 @@ def test_a_revert_counts_once_the_device_runs_its_previous_version() -> None:
 
 
 def test_a_revert_that_fails_on_the_device_is_reported() -> None:
-    sim = make(3)
-    sim.answer = False
-    sim.run(2)
-    r = sim.rollout
-    canary = next(d for d in r.devices.values() if d.wave == 0)
-    r.delivered(
-        canary.device_id,
-        canary.desired_version or 0,
-        sim.now,
-        {"kind": "model", "name": "digits", "version": "1.2.0", "target": "t"},
-    )
-    r.rollback(sim.now)
-    r.delivered(canary.device_id, 9, sim.now)
+    sim, r, canary = _reverting_canary()
     out = r.device_report(
         canary.device_id,
         now=sim.now,

@@ -157,6 +157,23 @@ def iforest_request(folder: Path, **fields: Any) -> PackRequest:
     )
 
 
+def classifier_request(folder: Path, **fields: Any) -> PackRequest:
+    """The sensor classifier as ``pump-state`` 1.0.0 (labels idle, running, overload) with its
+    sensor CSV; ``fields`` add to (or replace) those."""
+    from fleet_server.modelkit.pack import PackRequest
+
+    return PackRequest(
+        **{
+            "model": CLASSIFIER,
+            "name": "pump-state",
+            "version": "1.0.0",
+            "labels": write(folder, "states.txt", "idle\nrunning\noverload\n"),
+            "calibration": SENSOR_CSV,
+            **fields,
+        }
+    )
+
+
 def vad_request(folder: Path, **fields: Any) -> PackRequest:
     """silero-vad 6.2.3 (the model from its wheel unless ``model`` is given) with audio chunks
     to calibrate on and its spec."""
