@@ -71,26 +71,8 @@ class ArtifactPage(BaseModel):
 def artifact_out(a: Artifact, signed: Mapping[str, Any] | None = None) -> ArtifactOut:
     """``signed``: the TUF targets (path -> TargetFile) to check the artifact against."""
     published = signed.get(a.target_path) if signed is not None else None
-    return ArtifactOut(
-        id=a.id,
-        kind=a.kind,
-        name=a.name,
-        version=a.version,
-        flavor=a.flavor,
-        runtime=a.runtime,
-        hardware=list(a.hardware),
-        sha256=a.sha256,
-        size=a.size,
-        filename=a.filename,
-        target_path=a.target_path,
-        spec=a.spec,
-        created_at=a.created_at,
-        uploaded_by=a.uploaded_by,
-        lineage=a.lineage,
-        tuf_signed=None
-        if signed is None
-        else published is not None and published.hashes.get("sha256") == a.sha256,
-    )
+    signed_here = published is not None and published.hashes.get("sha256") == a.sha256
+    return ArtifactOut(**vars(a), spec=a.spec, tuf_signed=None if signed is None else signed_here)
 
 
 def signed_targets(registry: ArtifactRegistry) -> Mapping[str, Any] | None:

@@ -65,16 +65,7 @@ def _service(c: ApiContext) -> TrainingService:
 
 def _run(run: TrainingRun, rounds: list[RoundRecord] | None = None) -> RunOut:
     return RunOut(
-        id=run.id,
-        status=run.status,
-        spec=run.spec,
-        created_by=run.created_by,
-        created_at=run.created_at,
-        updated_at=run.updated_at,
-        completed_rounds=run.completed_rounds,
-        detail=run.detail,
-        result=run.result,
-        rounds=None if rounds is None else [RoundOut(**vars(r)) for r in rounds],
+        **vars(run), rounds=None if rounds is None else [RoundOut(**vars(r)) for r in rounds]
     )
 
 
