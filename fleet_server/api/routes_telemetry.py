@@ -116,23 +116,16 @@ def aggregate(
 
 def _aggregate_out(r: RollupRow) -> RollupOut:
     """A per-minute fleet row from the store (``device_id`` carries the device count)."""
+    return _rollup(**vars(r), devices=int(r.device_id))
+
+
+def _rollup(**fields: Any) -> RollupOut:
+    """A row of ``fields`` (its counts and figures) with the two rates its counts give."""
+    inferences, labels = fields["inferences"], fields["feedback_count"]
     return RollupOut(
-        minute=r.minute,
-        devices=int(r.device_id),
-        batches=r.batches,
-        inferences=r.inferences,
-        errors=r.errors,
-        error_rate=r.errors / r.inferences if r.inferences else None,
-        latency_p95_ms=r.latency_p95_ms,
-        latency_p99_max_ms=r.latency_p99_max_ms,
-        cpu_percent=r.cpu_percent,
-        mem_used_bytes=r.mem_used_bytes,
-        drift_max=r.drift_max,
-        feedback_count=r.feedback_count,
-        feedback_correct=r.feedback_correct,
-        feedback_accuracy=r.feedback_correct / r.feedback_count if r.feedback_count else None,
-        readings=r.readings,
-        spool_dropped=r.spool_dropped,
+        **fields,
+        error_rate=fields["errors"] / inferences if inferences else None,
+        feedback_accuracy=fields["feedback_correct"] / labels if labels else None,
     )
 
 
@@ -147,25 +140,19 @@ def rebucket(rows: Sequence[RollupOut], step: int) -> list[RollupOut]:
 
 
 def _merge(start: float, rows: list[RollupOut]) -> RollupOut:
-    inferences = sum(r.inferences for r in rows)
-    errors = sum(r.errors for r in rows)
-    feedback = sum(r.feedback_count for r in rows)
-    correct = sum(r.feedback_correct for r in rows)
-    return RollupOut(
+    return _rollup(
         minute=start,
         devices=max(r.devices for r in rows),
         batches=sum(r.batches for r in rows),
-        inferences=inferences,
-        errors=errors,
-        error_rate=errors / inferences if inferences else None,
+        inferences=sum(r.inferences for r in rows),
+        errors=sum(r.errors for r in rows),
         latency_p95_ms=_mean(rows, "latency_p95_ms"),
         latency_p99_max_ms=_max(rows, "latency_p99_max_ms"),
         cpu_percent=_mean(rows, "cpu_percent"),
         mem_used_bytes=_mean(rows, "mem_used_bytes"),
         drift_max=_max(rows, "drift_max"),
-        feedback_count=feedback,
-        feedback_correct=correct,
-        feedback_accuracy=correct / feedback if feedback else None,
+        feedback_count=sum(r.feedback_count for r in rows),
+        feedback_correct=sum(r.feedback_correct for r in rows),
         readings=sum(r.readings for r in rows),
         spool_dropped=max(r.spool_dropped for r in rows),  # a running total: the latest is max
     )
