@@ -22,7 +22,7 @@ from agent.learning.worker import LearningWorker
 from agent.link import DeviceLink
 from agent.samples import SampleStore
 from edgefleet_contract.codec import Codec
-from edgefleet_contract.messages import LearningStats, SystemStats, Telemetry
+from edgefleet_contract.messages import LearningStats, Telemetry
 from edgefleet_contract.package import Lineage
 from edgefleet_contract.topics import Channel
 from fleet_server.federation.spec import LocalTraining, RunSpec
@@ -31,7 +31,7 @@ from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
 from fleet_server.modelkit.partition import dirichlet_parts
 from fleet_server.server import FleetServer
 
-from .harness import enroll_agent, fleet_link, wait_for
+from .harness import enroll_agent, fleet_link, system_stats, wait_for
 
 MODEL = "digits-fl"
 BIN = Path(sys.executable).parent
@@ -107,16 +107,7 @@ def make_device(
         learning=LearningStats(
             labelled_samples=stats.labelled_samples, new_samples=stats.new_samples
         ),
-        system=SystemStats(
-            cpu_percent=1,
-            mem_used_bytes=1,
-            mem_total_bytes=2,
-            rss_bytes=1,
-            disk_used_bytes=1,
-            disk_total_bytes=2,
-            uptime_s=1,
-            power="ac",
-        ),
+        system=system_stats("ac"),
     )
     link.send(Channel.TELEMETRY, Codec().encode(batch))
     return Device(link, worker, samples)

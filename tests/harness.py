@@ -23,6 +23,7 @@ from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA, write_private
 
 if TYPE_CHECKING:
+    from edgefleet_contract.messages import SystemStats
     from fleet_server.server import FleetServer
 
 
@@ -135,6 +136,22 @@ def server_settings(data_dir: Path) -> object:
 
 
 ADMIN_PASSWORD = "admin-password-1"
+
+
+def system_stats(power: str = "ac") -> SystemStats:
+    """A device's system figures: small and fixed but for its power source."""
+    from edgefleet_contract.messages import SystemStats
+
+    return SystemStats(
+        cpu_percent=1,
+        mem_used_bytes=1,
+        mem_total_bytes=2,
+        rss_bytes=1,
+        disk_used_bytes=1,
+        disk_total_bytes=2,
+        uptime_s=1,
+        power=power,  # type: ignore[arg-type]
+    )
 
 
 def admin_token(api_url: str) -> str:

@@ -14,11 +14,13 @@ from pydantic import ValidationError
 from agent.learning.trainer import LocalConfig, Mlp, train
 from agent.learning.worker import LearningWorker, skip_reason
 from edgefleet_contract.errors import ModelError
-from edgefleet_contract.messages import LearningStats, SystemStats, Telemetry
+from edgefleet_contract.messages import LearningStats, Telemetry
 from edgefleet_contract.package import LayerSpec, ParamSpec, Trainable
 from fleet_server.federation.eligibility import reason_excluded
 from fleet_server.federation.spec import Eligibility, RunSpec
 from fleet_server.store.base import Device
+
+from .harness import system_stats
 
 
 def mlp() -> tuple[Mlp, dict[str, np.ndarray]]:
@@ -96,19 +98,6 @@ def test_convolutional_trainable_part_is_refused() -> None:
         Mlp(trainable)
 
 
-def system(power: str) -> SystemStats:
-    return SystemStats(
-        cpu_percent=1,
-        mem_used_bytes=1,
-        mem_total_bytes=2,
-        rss_bytes=1,
-        disk_used_bytes=1,
-        disk_total_bytes=2,
-        uptime_s=1,
-        power=power,  # type: ignore[arg-type]
-    )
-
-
 def test_device_on_battery_answers_with_a_skip_error_at_once() -> None:
     from flwr.app import ConfigRecord, Message, RecordDict
 
@@ -161,7 +150,7 @@ def telemetry(
         ts=time.time(),
         window_s=1,
         learning=LearningStats(labelled_samples=samples, new_samples=new, busy=busy),
-        system=system(power),
+        system=system_stats(power),
     )
 
 
