@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import bsdiff4
 import numpy as np
@@ -17,6 +18,23 @@ from fleet_server.modelkit import Network, build_package
 from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
 from models.build import REFERENCES, Reference, write_flavors
 from models.train import init_network, train
+
+
+def digits_package(network: Network, **fields: Any) -> bytes:
+    """``network`` packaged as digits 1.0.0 (float ONNX) with the digits preprocessing, labels
+    and training rows as reference; ``fields`` change any of those."""
+    defaults: dict[str, Any] = {
+        "name": "digits",
+        "version": "1.0.0",
+        "flavor": "onnx-float32",
+        "preprocessing": PREPROCESSING,
+        "labels": LABELS,
+        "lineage": Lineage(source="build"),
+        "created_at": 1.7e9,
+    }
+    if "reference" not in fields:
+        defaults["reference"] = split().x_train
+    return build_package(network, **{**defaults, **fields})
 
 
 @pytest.fixture(scope="module")
@@ -65,33 +83,17 @@ def test_build_int8_packages_that_load_and_predict(trained: Network, tmp_path: P
 def test_federated_weights_round_trip_into_a_new_version(trained: Network, tmp_path: Path) -> None:
     """The path a federated round takes: package -> float network -> new weights -> package."""
     first = tmp_path / "v1.efpkg"
-    first.write_bytes(
-        build_package(
-            trained,
-            name="digits",
-            version="1.0.0",
-            flavor="onnx-float32",
-            preprocessing=PREPROCESSING,
-            labels=LABELS,
-            reference=split().x_train,
-            lineage=Lineage(source="build"),
-            created_at=1.7e9,
-        )
-    )
+    first.write_bytes(digits_package(trained))
     network = Network.from_package(read_package(first))
     for name, array in trained.weights.items():
         np.testing.assert_array_equal(network.weights[name], array)
     moved = network.with_weights({k: v * 0.9 for k, v in network.weights.items()})
-    second = build_package(
+    second = digits_package(
         moved,
-        name="digits",
         version="1.1.0-fl.3",
         flavor="tflite-float32",
-        preprocessing=PREPROCESSING,
-        labels=LABELS,
         reference=split().x_train[:200],
         lineage=Lineage(source="federated", run_id="run-3", parent="digits@1.0.0"),
-        created_at=1.7e9,
     )
     path = tmp_path / "v2.efpkg"
     path.write_bytes(second)
@@ -113,16 +115,7 @@ def test_inconsistent_networks_and_inputs_are_refused(trained: Network) -> None:
     with pytest.raises(ModelError, match="softmax"):
         Network(trained.input_shape, no_softmax, trained.weights)
     with pytest.raises(ModelError, match="reference rows"):
-        build_package(
-            trained,
-            name="digits",
-            version="1.0.0",
-            flavor="onnx-float32",
-            preprocessing=PREPROCESSING,
-            labels=LABELS,
-            reference=np.zeros((5, 3)),
-            lineage=Lineage(source="build"),
-        )
+        digits_package(trained, reference=np.zeros((5, 3)), created_at=None)
 
 
 def test_conv_layers_export_identically_on_both_runtimes() -> None:
@@ -143,15 +136,13 @@ def test_conv_layers_export_identically_on_both_runtimes() -> None:
     )
     network = init_network(ref.input_shape, ref.layers, ref.widths, seed=3)
     for flavor in ("onnx-float32", "tflite-float32"):
-        data = build_package(
+        data = digits_package(
             network,
             name="tiny-cnn",
             version="0.1.0",
             flavor=flavor,
-            preprocessing=PREPROCESSING,
-            labels=LABELS,
             reference=split().x_train[:100],
-            lineage=Lineage(source="build"),
+            created_at=None,
         )
         assert len(data) < 50_000
 
@@ -159,25 +150,12 @@ def test_conv_layers_export_identically_on_both_runtimes() -> None:
 def test_head_only_update_makes_a_small_delta(trained: Network) -> None:
     """A retrained head changes a few KiB of the package, so its bsdiff patch stays small."""
 
-    def package(network: Network, version: str) -> bytes:
-        return build_package(
-            network,
-            name="digits",
-            version=version,
-            flavor="onnx-float32",
-            preprocessing=PREPROCESSING,
-            labels=LABELS,
-            reference=split().x_train,
-            lineage=Lineage(source="build"),
-            created_at=1.7e9,
-        )
-
     head = trained.layers[-1]
     assert head.weight and head.bias
     tuned = trained.with_weights(
         {**trained.weights, head.weight: trained.weights[head.weight] * 1.05 + 0.01}
     )
-    old, new = package(trained, "1.0.0"), package(tuned, "1.1.0")
+    old, new = digits_package(trained), digits_package(tuned, version="1.1.0")
     patch = bsdiff4.diff(old, new)
     assert bsdiff4.patch(old, patch) == new
     assert len(patch) <= 0.10 * len(new), (len(patch), len(new))

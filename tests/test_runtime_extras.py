@@ -14,11 +14,28 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST = ROOT / "fleet_server" / "factory_models"
+
+
+def _scenario(script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` with ``args`` in a fresh interpreter; the JSON of its last line."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 BLOCKED = {"onnx": ["onnxruntime"], "tflite": ["ai_edge_litert", "tflite_runtime"]}
 
 SCENARIO = """
@@ -60,23 +77,13 @@ def test_an_agent_without_a_runtime_names_its_extra_and_keeps_serving(
 ) -> None:
     kept = DIST / f"digits-1.0.0-{present}-int8.efpkg"
     refused = DIST / f"digits-1.0.0-{missing}-int8.efpkg"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            SCENARIO,
-            ",".join(BLOCKED[missing]),
-            str(kept),
-            str(refused),
-            missing,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
+    result = _scenario(
+        SCENARIO,
+        ",".join(BLOCKED[missing]),
+        str(kept),
+        str(refused),
+        missing,
     )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
     extra = f"pip install 'edgefleet[agent-{missing}]'"
     assert result["runtimes"] == [present]
     assert result["refused"].startswith("RuntimeUnavailable: digits 1.0.0")
@@ -142,21 +149,11 @@ def test_a_rollout_for_a_missing_runtime_fails_before_download_and_keeps_serving
     tmp_path: Path,
 ) -> None:
     """The real updater against a real signed repository, on a device without TFLite."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            OTA,
-            str(tmp_path / "dev"),
-            str(DIST / "digits-1.0.0-tflite-int8.efpkg"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
+    result = _scenario(
+        OTA,
+        str(tmp_path / "dev"),
+        str(DIST / "digits-1.0.0-tflite-int8.efpkg"),
     )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["phase"] == "failed" and result["serving"] == "1.0.0"
     assert "needs the 'tflite' runtime" in result["error"]
     assert "pip install 'edgefleet[agent-tflite]' and restart the agent" in result["error"]
