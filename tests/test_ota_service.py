@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from agent.updates.trust import save_root
 from edgefleet_contract.errors import ConfigError
 from edgefleet_contract.messages import DesiredState
 
+from .harness import wait_for
 from .ota_device_kit import model_ref, package_bytes, publish_model
 from .tuf_sim import RepoServer, TufRepo
 
@@ -32,15 +32,6 @@ def settings(data_dir: Path, server: RepoServer, **updates: object) -> AgentSett
         hardware="rpi4",
         updates={"server_url": server.url, "probation_s": 0.1, **updates},  # type: ignore[arg-type]
     )
-
-
-def wait(predicate: object, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def test_persisted_desired_state_is_carried_out_once(tmp_path: Path, server: RepoServer) -> None:
@@ -62,7 +53,9 @@ def test_persisted_desired_state_is_carried_out_once(tmp_path: Path, server: Rep
     # The ack for version 4 went out, then the power went: only desired.json remembers it.
     updates.start(desired)
     try:
-        wait(lambda: (r := updates.report()) is not None and r.phase == "committed")
+        wait_for(
+            lambda: (r := updates.report()) is not None and r.phase == "committed", 60, "commit"
+        )
     finally:
         updates.stop()
     assert service.model is not None and service.model.manifest.version == "1.1.0"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from agent.updates.service import DeviceUpdates
 from agent.updates.trust import save_root
 from edgefleet_contract.messages import DesiredState
 
+from .harness import wait_for
 from .ota_device_kit import model_ref, model_target, package_bytes, publish_model
 from .tuf_sim import RepoServer, TufRepo, sha256
 
@@ -44,15 +44,6 @@ def _device(tmp_path: Path, server: RepoServer) -> tuple[ModelService, DeviceUpd
     return service, updates
 
 
-def _wait(predicate: object, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out")
-
-
 def test_shadow_candidate_is_verified_staged_apart_and_never_switched(
     tmp_path: Path, server: RepoServer
 ) -> None:
@@ -62,7 +53,7 @@ def test_shadow_candidate_is_verified_staged_apart_and_never_switched(
     updates.start()
     try:
         updates.submit(DesiredState(version=2, shadow=model_ref("1.1.0")))
-        _wait(lambda: service.shadow is not None)
+        wait_for(lambda: service.shadow is not None, 60, "the shadow model")
         assert service.shadow is not None and service.shadow.label == "digits@1.1.0"
         assert service.model is not None and service.model.manifest.version == "1.0.0"
         assert updates.slots() == slots_before  # the A/B slots (and the rollback) untouched
@@ -94,7 +85,9 @@ def test_tampered_shadow_candidate_is_refused(
     updates.start()
     try:
         updates.submit(DesiredState(version=2, shadow=model_ref("1.1.0")))
-        _wait(lambda: any("in the shadow" in r.getMessage() for r in caplog.records))
+        wait_for(
+            lambda: any("in the shadow" in r.getMessage() for r in caplog.records), 60, "the log"
+        )
         assert service.shadow is None
         assert service.model is not None and service.model.manifest.version == "1.0.0"
         assert not list((tmp_path / "dev" / "updates" / "shadow").glob("*.efpkg"))
