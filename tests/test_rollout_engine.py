@@ -209,12 +209,31 @@ def test_an_offline_canary_holds_the_rollout_until_it_returns() -> None:
     assert canary.status == "succeeded" and r.state.wave >= 1
 
 
-def test_a_device_that_runs_the_artifact_counts_without_an_update_report() -> None:
+def _silent_canary() -> tuple[Sim, Rollout, DeviceProgress]:
+    """A 3-device rollout that has sent its canary the update, to which no device answers."""
     sim = make(3)
     sim.answer = False
     sim.run(2)
-    r = sim.rollout
-    canary = sim.canary
+    return sim, sim.rollout, sim.canary
+
+
+def _reverting_canary() -> tuple[Sim, Rollout, DeviceProgress]:
+    """A silent 3-device rollout whose canary was sent 1.3.0 over 1.2.0 and is then rolled
+    back: the revert (desired version 9) is delivered, the device has not answered yet."""
+    sim, r, canary = _silent_canary()
+    r.delivered(
+        canary.device_id,
+        canary.desired_version or 0,
+        sim.now,
+        {"kind": "model", "name": "digits", "version": "1.2.0", "target": "t"},
+    )
+    r.rollback(sim.now)
+    r.delivered(canary.device_id, 9, sim.now)
+    return sim, r, canary
+
+
+def test_a_device_that_runs_the_artifact_counts_without_an_update_report() -> None:
+    sim, r, canary = _silent_canary()
     assert canary.status == "sent" and canary.desired_version is not None
     r.device_report(
         canary.device_id, now=sim.now, applied_version=canary.desired_version, running="x@9"
@@ -251,11 +270,7 @@ def test_a_device_that_gives_up_after_committing_counts_as_failed() -> None:
 
 
 def test_an_update_report_in_probation_is_not_taken_for_success() -> None:
-    sim = make(3)
-    sim.answer = False
-    sim.run(2)
-    r = sim.rollout
-    canary = sim.canary
+    sim, r, canary = _silent_canary()
     v = canary.desired_version
     r.device_report(
         canary.device_id,
@@ -279,25 +294,6 @@ def test_health_is_recorded_and_a_failing_updated_device_noted() -> None:
         ("device_unhealthy", canary.device_id)
     ]
     assert r.device_report(canary.device_id, now=sim.now, health="failed") == []
-
-
-def _reverting_canary() -> tuple[Sim, Rollout, DeviceProgress]:
-    """A silent 3-device rollout whose canary was sent 1.3.0 over 1.2.0 and is then rolled
-    back: the revert (desired version 9) is delivered, the device has not answered yet."""
-    sim = make(3)
-    sim.answer = False
-    sim.run(2)
-    r = sim.rollout
-    canary = sim.canary
-    r.delivered(
-        canary.device_id,
-        canary.desired_version or 0,
-        sim.now,
-        {"kind": "model", "name": "digits", "version": "1.2.0", "target": "t"},
-    )
-    r.rollback(sim.now)
-    r.delivered(canary.device_id, 9, sim.now)
-    return sim, r, canary
 
 
 def test_a_revert_counts_once_the_device_runs_its_previous_version() -> None:
