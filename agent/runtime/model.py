@@ -91,6 +91,8 @@ class Model:
         self.manifest: Manifest = package.manifest
         self.ref: ModelRef = package.ref
         self.backend = backend.name
+        self.key = f"{self.manifest.name}@{self.manifest.version}"
+        """``name@version``: what telemetry and the feedback cache file predictions under."""
         self._run = backend.run
         self.runner = TaskRunner(self.manifest, backend) if self.manifest.task else None
         if self.runner is not None:
