@@ -67,7 +67,8 @@ def agent_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             python,
             "-c",
             "import importlib.util as u, agent; "
-            "print(u.find_spec('flwr') is None, agent.__file__)",
+            "print(u.find_spec('flwr') is None, agent.__file__, "
+            "[m for m in ('rich', 'yaml', 'pygments') if u.find_spec(m)])",
         ],
         capture_output=True,
         text=True,
@@ -75,10 +76,30 @@ def agent_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         cwd=root,
         check=True,
     )
-    no_flower, where = probe.stdout.split()
+    no_flower, where, operator_tools = probe.stdout.split(maxsplit=2)
     assert no_flower == "True", "the agent extra must not pull Flower"
+    assert operator_tools.strip() == "[]", f"the agent extra pulls {operator_tools.strip()}"
     assert where.startswith(str(venv)), f"agent imported from {where}, not the fresh install"
     yield venv / "bin"
+
+
+def test_fleetctl_in_a_device_install_names_the_extra(agent_install: Path) -> None:
+    """fleetctl ships in the same distribution; on a device it says what to install."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run(
+        [str(agent_install / "fleetctl"), "devices", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2, done
+    assert "pip install 'edgefleet[cli]'" in done.stderr and "Traceback" not in done.stderr
+    # Positive control: the agent of the same install starts (its help needs none of it).
+    agent = subprocess.run(
+        [str(agent_install / "edge-agent"), "--help"], capture_output=True, text=True, env=env
+    )
+    assert agent.returncode == 0 and "enroll" in agent.stdout, agent
 
 
 def spec(**kw: object) -> RunSpec:

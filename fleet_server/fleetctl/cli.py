@@ -154,7 +154,22 @@ COMMAND_MODULES = (
 a new area (models, firmware, rollouts, keys, ...) is one more module here."""
 
 
+CLI_EXTRA = ("rich", "yaml")
+"""What fleetctl prints with, from the ``cli`` extra (which ``server`` includes)."""
+
+
 def main() -> None:
+    from importlib.util import find_spec
+
+    missing = [name for name in CLI_EXTRA if find_spec(name) is None]
+    if missing:
+        click.echo(
+            f"fleetctl needs the cli extra ({', '.join(missing)} not installed): "
+            "pip install 'edgefleet[cli]' (the server extra includes it). A device install "
+            "leaves it out; devices run edge-agent.",
+            err=True,
+        )
+        sys.exit(2)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(cli)
     from .conventions import apply_conventions
