@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 import venv
 from pathlib import Path
 
@@ -41,12 +42,18 @@ def _largest(env: Path, count: int = 3) -> str:
 
 
 def _source(tmp: Path) -> Path:
-    """The distribution's files copied out, so building it leaves nothing in the checkout."""
+    """The distribution's files copied out, so building it leaves nothing in the checkout:
+    the packages and data files pyproject.toml names (read from it, so a new package or
+    doc file is measured without editing this)."""
     src = tmp / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = [pattern.rstrip("*") for pattern in tool["packages"]["find"]["include"]]
+    files = [f for group in tool.get("data-files", {}).values() for f in group]
+    for name in ["pyproject.toml", "README.md", *files]:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, src / name)
-    for package in ("agent", "fleet_server", "edgefleet_contract"):
+    for package in packages:
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     return src
 
