@@ -170,6 +170,26 @@ def test_channel_drift_view_is_each_channels_mean_and_std() -> None:
     np.testing.assert_allclose(view, np.concatenate([flat.mean(1), flat.std(1)], axis=1))
 
 
+def test_antialias_resize_matches_pillow_when_it_shrinks() -> None:
+    """``resize = "antialias"`` is Pillow's BILINEAR (a filter widened by the shrink factor):
+    equal to its rounding, where plain bilinear sampling is far off."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for (h, w), (height, width) in [((64, 48), (16, 12)), ((100, 37), (7, 5)), ((13, 9), (26, 18))]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        shrunk = Image.fromarray(img).resize((width, height), Image.Resampling.BILINEAR)
+        pil = np.asarray(shrunk, np.float32)
+        ours = resize(img.astype(np.float32)[None], height, width, "antialias")[0]
+        assert ours.shape == (height, width, 3) and np.abs(ours - pil).max() <= 1.0
+        if h > height:  # positive control: sampling 2x2 pixels is not what Pillow does
+            plain = resize(img.astype(np.float32)[None], height, width, "bilinear")[0]
+            assert np.abs(plain - pil).max() > 20
+    prep = Preprocessing(image={"height": 8, "width": 8, "channels": 3, "resize": "antialias"})
+    x = canonical(np.zeros((40, 30, 3), np.uint8), prep, shape=[-1, 8, 8, 3])
+    assert x.shape == (1, 8, 8, 3)
+
+
 def test_bilinear_resize_matches_pillow_on_an_upscale() -> None:
     """Upscaling agrees with Pillow to its rounding (both use half-pixel centres).  When it
     shrinks, Pillow widens its filter (an antialiasing average) and this resize does not,
