@@ -31,7 +31,7 @@ from .harness import admin_token, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("agent", "fleet_server", "edgefleet_contract", "pyproject.toml", "README.md")
+SOURCES = ("pyproject.toml", "README.md")
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +42,12 @@ def agent_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    data_files = project.get("tool", {}).get("setuptools", {}).get("data-files", {})
-    for name in [*SOURCES, *(f for files in data_files.values() for f in files)]:
+    setuptools = project.get("tool", {}).get("setuptools", {})
+    data_files = setuptools.get("data-files", {})
+    # The packages the distribution ships, as pyproject.toml lists them (a new top-level
+    # package is copied without editing this).
+    packages = [p.rstrip("*") for p in setuptools["packages"]["find"]["include"]]
+    for name in [*SOURCES, *packages, *(f for files in data_files.values() for f in files)]:
         path = ROOT / name
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         if path.is_dir():
