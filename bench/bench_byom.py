@@ -13,7 +13,11 @@ on models of 1 ms or more; none of these is that slow, so the absolute µs added
 figure to read (at +N µs the goal holds from 20·N µs per call).  The agent compiles each
 input's preprocessing once at load (agent/runtime/tasks.py, ``InputPlan``), so a format-2
 package costs what a format-1 one does: the "format 2 vs format 1" row serves the same
-ONNX file both ways, each on the path the local API takes for it.
+ONNX file both ways, each on the path the local API takes for it.  On this shared machine
+(load average 12 to 25 during the 2026-12-02 runs) the µs added moved by up to 2x between
+runs minutes apart (torch CNN float32: +55 µs in one, +113 µs in the next; the figure
+before the compiled path was +94 µs), while the format 2 / format 1 ratio, measured within
+one run, stayed at 1.01-1.02x.
 
 int8: the torch CNN (16x16 RGB, Conv 3->16 and 16->32 channels, ~25 µs in float) is slower
 in int8 under every recipe ONNX Runtime offers (its rows: QDQ or QOperator, int8 or uint8
