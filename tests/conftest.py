@@ -23,6 +23,7 @@ from fleet_server.config import ServerSettings
 from fleet_server.server import FleetServer, initialize
 
 from .harness import ADMIN_PASSWORD, Client, Pki, free_port, server_settings, start_broker
+from .pgserver import PgServer
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -126,3 +127,21 @@ def start_on_free_ports(settings: ServerSettings, tries: int = 3) -> FleetServer
                 }
             )
     raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The session's private PostgreSQL cluster (initdb in a temp dir, free loopback port).
+
+    Never skipped: a machine without PostgreSQL's binaries fails here, and
+    ``.ci/setup-system`` installs them."""
+    server = PgServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer) -> Iterator[str]:
+    """A fresh empty database on the session's cluster for this test, dropped after it."""
+    with pg_server.database() as dsn:
+        yield dsn
