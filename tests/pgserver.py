@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +30,12 @@ class PgUnavailable(RuntimeError):
 
 def find_pg_bin() -> Path:
     """The newest ``/usr/lib/postgresql/<v>/bin`` holding initdb, or one on PATH."""
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
-    )
+
+    def major(initdb: str) -> int:
+        name = Path(initdb).parent.parent.name
+        return int(name) if name.isdigit() else 0
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=major)
     if found:
         return Path(found[-1]).parent
     on_path = shutil.which("initdb")
@@ -78,8 +79,17 @@ class PgServer:
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
         os.chmod(self.root, 0o700)
         self._run(
-            "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
-            "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
+            "initdb",
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
         )
 
     def start(self, tries: int = 5) -> PgServer:
@@ -95,8 +105,18 @@ class PgServer:
                 "-c max_connections=200"
             )
             res = self._run(
-                "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "-t", "60",
-                "start", check=False,
+                "pg_ctl",
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+                check=False,
             )
             if res.returncode == 0:
                 self.port = port
@@ -150,13 +170,3 @@ class PgServer:
             yield self.dsn(name)
         finally:
             self.drop_database(name)
-
-
-def wait_port_closed(port: int, timeout: float = 30.0) -> None:
-    """Until nothing listens on ``port`` (after a stop)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return
-        time.sleep(0.05)
