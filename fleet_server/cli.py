@@ -73,20 +73,30 @@ def init(config: Path | None, data_dir: Path | None, admin_password_stdin: bool)
 
 @cli.command()
 @settings_options
-def run(config: Path | None, data_dir: Path | None) -> None:
+@click.option(
+    "--role",
+    type=click.Choice(["all", "api", "ingest", "worker"]),
+    default="all",
+    show_default=True,
+    envvar="FLEET_ROLE",
+    help="What this process runs: all of it, or (PostgreSQL only) the REST API, the "
+    "ingest worker, or the singletons (rollouts, training, TUF re-signing, retention).",
+)
+def run(config: Path | None, data_dir: Path | None, role: str) -> None:
     """Run the server: managed broker, ingest, REST API (until SIGTERM/SIGINT)."""
     from .server import FleetServer
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
     logs.configure(settings.log_level, settings.log_format)
     with data_dir_errors(settings.data_dir):
-        server = FleetServer(settings)
+        server = FleetServer(settings, role=role)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with data_dir_errors(settings.data_dir):
         server.start()
-    click.echo(f"fleet server running; API {settings.api_url}  (Ctrl-C to stop)")
+    serving = f"API {settings.api_url}" if server.parts.api else "no API"
+    click.echo(f"fleet server running (role {role}); {serving}  (Ctrl-C to stop)")
     try:
         while not (stop.wait(0.5) or server.failed.is_set()):
             pass

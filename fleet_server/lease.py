@@ -196,7 +196,11 @@ class Singleton:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Try once right away (a lone process starts its work before it serves), then
+        keep trying, or heartbeating, on the singleton's thread."""
         self._stop.clear()
+        if self.lease.try_acquire():
+            self._take()
         self._thread = threading.Thread(
             target=self._run, name=f"lease-{self.lease.name}", daemon=True
         )
@@ -210,7 +214,7 @@ class Singleton:
         self._let_go()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self.interval_s):
             if self.holding.is_set():
                 if not self.lease.heartbeat():
                     log.warning("lease %s lost: stopping its work here", self.lease.name)
@@ -219,7 +223,6 @@ class Singleton:
                     self._safe(self._tick, "its periodic step")
             elif self.lease.try_acquire():
                 self._take()
-            self._stop.wait(self.interval_s)
 
     def _take(self) -> None:
         log.info("lease %s taken: starting its work here", self.lease.name)

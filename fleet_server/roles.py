@@ -20,15 +20,23 @@ the API, shares ingest, and competes for the leases.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 from edgefleet_contract import topics
 from edgefleet_contract.errors import ConfigError
 from edgefleet_contract.topics import Channel
 
-from .lease import Lease, LocalLease, PgLease
+from .lease import RETENTION, ROLLOUTS, TRAINING, TUF_RESIGN, Lease, LocalLease, PgLease, Singleton
+from .pki import FleetCA, write_private
+
+if TYPE_CHECKING:
+    from .federation.runner import TrainingService
+
+SERVER_CERT_VALIDITY_S = 365 * 86400
 
 Role = Literal["all", "api", "ingest", "worker"]
 ROLES: tuple[str, ...] = get_args(Role)
@@ -99,3 +107,55 @@ def subscriptions(parts: Parts, *, shared: bool) -> list[str]:
         elif parts.ingest:
             out.append(f"$share/{SHARE_GROUP}/{plain}" if shared else plain)
     return out
+
+
+def postgres_url(database: object) -> str | None:
+    """The PostgreSQL DSN of the store's database setting, or None for embedded SQLite."""
+    url = str(database)
+    return url if url.startswith(("postgresql://", "postgres://")) else None
+
+
+def replica_client_cert(ca: FleetCA, data_dir: Path, identity: str) -> tuple[Path, Path]:
+    """The MQTT client certificate and key of a replica identity, issued on first use.
+
+    Every replica reads the shared data directory (CA included), so a new replica
+    name needs no step of its own beyond being listed in the broker's ACL.
+    """
+    folder = data_dir / "server" / "replicas" / identity
+    cert, key = folder / "client.pem", folder / "client.key"
+    if not cert.exists():
+        pem, private = ca.issue_client_cert(
+            identity, validity_s=SERVER_CERT_VALIDITY_S, now=time.time()
+        )
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(key, private)
+        cert.write_bytes(pem)
+    return cert, key
+
+
+class Hosted(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def singletons(
+    make_lease: Callable[[str], Lease],
+    *,
+    rollouts: Hosted,
+    training: TrainingService,
+    tuf_timer: Hosted,
+    retention: Hosted,
+    shared: bool,
+) -> list[Singleton]:
+    """One :class:`Singleton` per lease, in start order (stop them in reverse)."""
+    return [
+        Singleton(make_lease(ROLLOUTS), rollouts.start, rollouts.stop),
+        Singleton(
+            make_lease(TRAINING),
+            training.host,
+            training.unhost,
+            tick=training.adopt if shared else None,
+        ),
+        Singleton(make_lease(TUF_RESIGN), tuf_timer.start, tuf_timer.stop),
+        Singleton(make_lease(RETENTION), retention.start, retention.stop),
+    ]

@@ -39,6 +39,9 @@ from .reconcile import Reconciler
 from .registry import BlobStore, DeltaCache
 from .registry import Registry as ArtifactRegistry
 from .registry.cards import calibration_of
+from .retention import RetentionTimer
+from .roles import check_role, lease_factory, postgres_url, replica_client_cert, singletons
+from .roles import subscriptions as role_subscriptions
 from .rollouts.driver import RolloutDriver
 from .store import open_store
 from .store.base import Store
@@ -164,8 +167,13 @@ def _is_ip(value: str) -> bool:
 
 
 class FleetServer:
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, *, role: str = "all") -> None:
         self.settings = settings
+        self.role = role
+        self.postgres_url = postgres_url(settings.database)
+        self.parts = check_role(role, self.postgres_url)
+        self.shared = self.postgres_url is not None
+        """Other fleet-server processes may share the store (see fleet_server.roles)."""
         self.layout = Layout(settings.data_dir)
         check_data_dir(settings.data_dir, create=False)
         if not (self.layout.ca / "ca.key").exists() or not settings.database.exists():
@@ -187,6 +195,7 @@ class FleetServer:
                 max_connections=settings.broker.max_connections,
                 on_give_up=self._fail,
             )
+            self.broker.servers = tuple(f"{SERVER_IDENTITY}.{r}" for r in settings.broker.replicas)
         self.enrollment = Enrollment(
             self.store,
             self.ca,
@@ -219,7 +228,12 @@ class FleetServer:
             "Seconds until the published TUF timestamp expires (devices refuse it then)",
             fn=lambda: [((), self.tuf.timestamp().signed.expires.timestamp() - time.time())],
         )
-        self.link = ServerLink(self._endpoint(), self.ingest)
+        self.link = ServerLink(
+            self._endpoint(),
+            self.ingest,
+            client_id=settings.mqtt_identity,
+            subscriptions=role_subscriptions(self.parts, shared=self.shared),
+        )
         self.reconciler = Reconciler(self.store, self.link)
         self.ingest.set_device_hook(self._device_updated)
         self.training = make_training(
@@ -231,6 +245,7 @@ class FleetServer:
             artifacts=self.artifacts,
         )
         self.rollouts = RolloutDriver(self.store, self.link)
+        self.rollouts.shared = self.training.shared = self.shared
         self.rollouts.calibrations = functools.partial(
             calibration_of,
             lambda name, version: (
@@ -285,11 +300,25 @@ class FleetServer:
         self.failed = threading.Event()
         """Set when a part the server cannot run without gave up (see ``failure``)."""
         self.failure: str | None = None
-        self._maintenance = threading.Event()
-        self.maintenance_interval_s = 600.0
-        """How often the retention pass runs (read before each wait)."""
-        self._maintenance_thread: threading.Thread | None = None
+        self.retention = RetentionTimer(self.store, settings.telemetry)
+        self.singletons = singletons(
+            lease_factory(self.postgres_url, replica=settings.mqtt_identity),
+            rollouts=self.rollouts,
+            training=self.training,
+            tuf_timer=self.tuf_timer,
+            retention=self.retention,
+            shared=self.shared,
+        )
         self._http_thread: threading.Thread | None = None
+
+    @property
+    def maintenance_interval_s(self) -> float:
+        """How often the retention pass runs (read before each wait)."""
+        return self.retention.interval_s
+
+    @maintenance_interval_s.setter
+    def maintenance_interval_s(self, value: float) -> None:
+        self.retention.interval_s = value
 
     def _device_updated(self, device_id: str) -> None:
         self.rollouts.device_updated(device_id)
@@ -298,13 +327,18 @@ class FleetServer:
 
     def _endpoint(self) -> Endpoint:
         b = self.settings.broker
+        cert, key = self.layout.client_cert, self.layout.client_key
+        if self.settings.replica:
+            cert, key = replica_client_cert(
+                self.ca, self.settings.data_dir, self.settings.mqtt_identity
+            )
         if b.mode == "managed":
-            tls = TlsFiles(self.ca.cert_file, self.layout.client_cert, self.layout.client_key)
+            tls = TlsFiles(self.ca.cert_file, cert, key)
             return Endpoint("127.0.0.1", b.port, tls, protocol=b.protocol)
         if b.tls and b.ca_file is None:
             raise ConfigError("broker.ca_file is required for a TLS external broker")
         external_tls = (
-            TlsFiles(b.ca_file, self.layout.client_cert, self.layout.client_key)
+            TlsFiles(b.ca_file, cert, key)
             if b.tls and b.ca_file
             else None
         )
@@ -366,7 +400,8 @@ class FleetServer:
 
     def _check_ports(self) -> None:
         api = self.settings.api
-        check_port(api.host, api.port, setting="api.port", env="FLEET_API__PORT", what="API")
+        if self.parts.api:
+            check_port(api.host, api.port, setting="api.port", env="FLEET_API__PORT", what="API")
         b = self.settings.broker
         if self.broker is not None:
             self.broker.end_stale()  # a broker a killed server left on this data dir
@@ -382,19 +417,22 @@ class FleetServer:
         if self.broker is not None:
             self.broker.configure(crl_pem=self.enrollment.crl(), revoked=self._revoked_ids())
             self.broker.start()
-        # Presence in the database may be stale from before a restart; the broker's
-        # retained status messages re-deliver the truth as soon as we subscribe.
-        self.store.reset_presence()
+        if not self.shared:
+            # Presence in the database may be stale from before a restart; the broker's
+            # retained status messages re-deliver the truth as soon as we subscribe.
+            # (Shared subscriptions get no retained messages, and with several
+            # processes the presence in the database is kept by the live ones.)
+            self.store.reset_presence()
         self.ingest.start()
         self.link.start()
-        self.training.resume()
         self.rollouts.reload()
-        self.rollouts.start()
-        self._maintenance_thread = threading.Thread(
-            target=self._maintain, name="maintenance", daemon=True
-        )
-        self._maintenance_thread.start()
-        self.tuf_timer.start()
+        if self.parts.singletons:
+            for singleton in self.singletons:
+                singleton.start()
+        if self.parts.api:
+            self._start_http()
+
+    def _start_http(self) -> None:
         config = uvicorn.Config(
             self.app,
             host=self.settings.api.host,
@@ -416,29 +454,13 @@ class FleetServer:
                 )
             time.sleep(0.02)
 
-    def _maintain(self) -> None:
-        """Apply telemetry retention every ``maintenance_interval_s`` (ten minutes; raw
-        batches, then rollups)."""
-        t = self.settings.telemetry
-        while not self._maintenance.wait(self.maintenance_interval_s):
-            try:
-                removed = self.store.prune(
-                    time.time(),
-                    raw_retention_s=t.raw_retention_s,
-                    rollup_retention_s=t.rollup_retention_s,
-                )
-                if removed:
-                    log.info("retention: removed %d old telemetry rows", removed)
-            except Exception:
-                log.exception("retention pass failed; will retry")
-
     def stop(self) -> None:
-        self._maintenance.set()
-        self.tuf_timer.stop()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(10)
+        for singleton in reversed(self.singletons):
+            singleton.stop()
         self.training.shutdown()
         self.rollouts.stop()
         self.link.stop()
