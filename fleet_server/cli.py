@@ -136,15 +136,15 @@ def reset_password_cmd(
     """
     from .local_accounts import reset_password
     from .preflight import check_data_dir
-    from .store import open_store
+    from .store import database_exists, open_store
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     with data_dir_errors(settings.data_dir):
         check_data_dir(settings.data_dir, create=False)
-        if not settings.database.exists():
+        if not database_exists(settings.database_url):
             raise ConfigError(f"{settings.data_dir} has no database; run `fleet-server init` first")
-        store = open_store(settings.database)
+        store = open_store(settings.database_url)
         try:
             done = reset_password(store, username, password, enable=enable)
         finally:

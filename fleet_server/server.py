@@ -43,7 +43,7 @@ from .retention import RetentionTimer
 from .roles import check_role, lease_factory, postgres_url, replica_client_cert, singletons
 from .roles import subscriptions as role_subscriptions
 from .rollouts.driver import RolloutDriver
-from .store import open_store
+from .store import database_exists, open_store
 from .store.base import Store
 from .tuf import TufRepository
 from .tuf.bootstrap import initialize_tuf, tuf_lifetimes
@@ -123,7 +123,7 @@ def initialize(settings: ServerSettings, *, admin_password: str | None = None) -
         layout.client_cert.write_bytes(cert)
         write_private(layout.client_key, key)
     initialize_tuf(settings)
-    store = open_store(settings.database)
+    store = open_store(settings.database_url)
     try:
         if store.list_users():
             _keep_admin_password(store, settings, admin_password)
@@ -176,13 +176,13 @@ class FleetServer:
         """Other fleet-server processes may share the store (see fleet_server.roles)."""
         self.layout = Layout(settings.data_dir)
         check_data_dir(settings.data_dir, create=False)
-        if not (self.layout.ca / "ca.key").exists() or not settings.database.exists():
+        if not (self.layout.ca / "ca.key").exists() or not database_exists(settings.database_url):
             raise ConfigError(
                 f"{settings.data_dir} is not initialized; run `fleet-server init` first"
             )
         self.registry = Registry()
         private_dir(settings.data_dir)  # even if it existed before with a wider mode
-        self.store: Store = open_store(settings.database)
+        self.store: Store = open_store(settings.database_url)
         self.ca = FleetCA.load(self.layout.ca)
         self.broker: ManagedBroker | None = None
         if settings.broker.mode == "managed":

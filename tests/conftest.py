@@ -145,3 +145,15 @@ def pg_dsn(pg_server: PgServer) -> Iterator[str]:
     """A fresh empty database on the session's cluster for this test, dropped after it."""
     with pg_server.database() as dsn:
         yield dsn
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store location on each backend: a SQLite file, or a new PostgreSQL
+    database on the session's private cluster (dropped after the test)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "fleet.db")
+    pg: PgServer = request.getfixturevalue("pg_server")
+    name = pg.create_database()
+    request.addfinalizer(lambda: pg.drop_database(name))
+    return pg.dsn(name)

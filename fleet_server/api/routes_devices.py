@@ -61,7 +61,7 @@ def list_devices(
     who: Principal = Depends(require("viewer")),
     c: ApiContext = Depends(ctx),
 ) -> DevicePage:
-    where = parse_selector(selector).matches if selector else None
+    where = parse_selector(selector) if selector else None
     page = c.store.list_devices(where=where, offset=offset, limit=limit)
     return DevicePage(
         items=[DeviceOut.of(d) for d in page.items], total=page.total, offset=offset, limit=limit

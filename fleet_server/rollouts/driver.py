@@ -220,14 +220,12 @@ class RolloutDriver:
         selector = parse_selector(plan.selector)
         with self._lock:
             busy = self._busy_devices()
-            page = self.store.list_devices(
-                where=lambda d: selector.matches(d) and d.state == "enrolled", limit=1_000_000
-            )
+            enrolled = self.store.all_devices(where=selector & parse_selector("state:enrolled"))
             candidates = [
-                Candidate(d.id, d.online, _running(d, plan)) for d in page.items if d.id not in busy
+                Candidate(d.id, d.online, _running(d, plan)) for d in enrolled if d.id not in busy
             ]
             if not candidates:
-                taken = f" ({len(page.items)} are in another live rollout)" if page.items else ""
+                taken = f" ({len(enrolled)} are in another live rollout)" if enrolled else ""
                 raise PlanError(f"the target {plan.selector!r} matches no free device{taken}")
             rollout_id = "r-" + secrets.token_hex(6)
             rollout = Rollout.create(rollout_id, plan, candidates, now=now, actor=actor)

@@ -1,0 +1,205 @@
+"""The PostgreSQL backend of :class:`~fleet_server.store.base.Store` (psycopg 3).
+
+The same queries as SQLite (``_conn.py`` rewrites placeholders), on one
+autocommit connection per thread with explicit transactions.  Writers other
+than telemetry are serialised by a transaction-level advisory lock, as SQLite's
+``BEGIN IMMEDIATE`` serialises them, so the read-then-write steps (enrollment
+tokens, artifact registration) keep their meaning under READ COMMITTED.
+Telemetry is written without that lock: one multi-row ``INSERT … ON CONFLICT
+DO NOTHING RETURNING`` per call, then the rollup upserts in key order, so
+several ingest workers write at once without deadlocks.  Raw telemetry and
+rollups are partitioned by day (``partitions.py``) and retention drops whole
+partitions.  A connection PostgreSQL dropped (a restart) is replaced on the
+next call; the call that saw it fail raises, so ingest retries without acking.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from psycopg.rows import RowMaker
+
+from edgefleet_contract.errors import StoreError
+from edgefleet_contract.messages import Telemetry
+
+from . import migrations
+from ._conn import Cursor, DbConn, PgDialect, pg_sql
+from .accounts import AccountTables
+from .artifacts import ArtifactTables
+from .devices import DeviceTables
+from .partitions import Partitions
+from .pgconnect import connect, describe, engine_url
+from .rollouts import RolloutTables
+from .rows import telemetry_row
+from .telemetry import TelemetryTables
+from .training import TrainingTables
+
+_WRITE_LOCK = 7305101
+"""Advisory lock key serialising the store's non-telemetry writers."""
+
+
+class Row(tuple[Any, ...]):
+    """A result row readable by position and by column name (as ``sqlite3.Row``)."""
+
+    _names: dict[str, int]
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def _row_factory(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
+    names = {c.name: i for i, c in enumerate(cursor.description or ())}
+
+    def make(values: Sequence[Any]) -> Row:
+        row = Row(values)
+        row._names = names
+        return row
+
+    return make
+
+
+class PgConn:
+    """A psycopg connection speaking the store's ``?`` placeholders."""
+
+    def __init__(self, raw: psycopg.Connection[Row]) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        cur = self.raw.cursor()
+        cur.execute(pg_sql(sql), parameters)
+        return cur
+
+    def executemany(self, sql: str, parameters: Any, /) -> Cursor:
+        cur = self.raw.cursor()
+        cur.executemany(pg_sql(sql), list(parameters))
+        return cur
+
+
+class PgStore(
+    TelemetryTables,
+    AccountTables,
+    TrainingTables,
+    ArtifactTables,
+    RolloutTables,
+    DeviceTables,
+):
+    dialect = PgDialect()
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.where = describe(dsn)
+        self._local = threading.local()
+        self._all: list[PgConn] = []
+        self._lock = threading.Lock()
+        connect(dsn).close()  # a clear error now for a DSN that cannot work
+        engine = sa.create_engine(engine_url(dsn), poolclass=sa.pool.NullPool)
+        try:
+            self._version = migrations.upgrade(engine, where=self.where)
+        except sa.exc.DBAPIError as exc:
+            raise StoreError(f"cannot migrate {self.where}: {exc.orig}") from None
+        finally:
+            engine.dispose()
+        self.partitions = Partitions(self._autocommit)
+        self.partitions.prepare()
+
+    # ------------------------------------------------------------ plumbing --
+
+    def _conn(self) -> PgConn:
+        conn: PgConn | None = getattr(self._local, "conn", None)
+        if conn is None or conn.raw.closed or conn.raw.broken:
+            raw = connect(self.dsn, autocommit=True, row_factory=_row_factory)
+            conn = PgConn(raw)
+            self._local.conn = conn
+            with self._lock:
+                self._all = [c for c in self._all if not c.raw.closed]
+                self._all.append(conn)
+        return conn
+
+    def _autocommit(self) -> DbConn:
+        return self._conn()
+
+    @contextmanager
+    def _begin(self, begin: str, *setup: str) -> Iterator[DbConn]:
+        conn = self._conn()
+        conn.execute(begin)
+        try:
+            for sql in setup:
+                conn.execute(sql)
+            yield conn
+        except BaseException:
+            if not conn.raw.broken:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def _tx(self) -> Iterator[DbConn]:
+        with self._begin("BEGIN", f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})") as conn:
+            yield conn
+
+    @contextmanager
+    def _ingest_tx(self) -> Iterator[DbConn]:
+        with self._begin("BEGIN") as conn:
+            yield conn
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[DbConn]:
+        with self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") as conn:
+            yield conn
+
+    def schema_version(self) -> int:
+        return self._version
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.raw.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # ----------------------------------------------------------- telemetry --
+
+    def insert_telemetry(self, batches: Sequence[Telemetry], *, received_at: float) -> int:
+        if batches:
+            self.partitions.cover([b.ts for b in batches], now=received_at)
+        return super().insert_telemetry(batches, received_at=received_at)
+
+    def _insert_raw(
+        self, conn: DbConn, batches: Sequence[Telemetry], received_at: float
+    ) -> list[Telemetry]:
+        """One multi-row insert; the batches it stored come back by RETURNING."""
+        rows = [telemetry_row(b, received_at) for b in batches]
+        marks = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows))
+        stored = conn.execute(
+            "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
+            f"VALUES {marks} ON CONFLICT DO NOTHING RETURNING device_id, batch_id, ts",
+            [v for row in rows for v in row],
+        ).fetchall()
+        new = {(r[0], r[1], r[2]) for r in stored}
+        fresh: list[Telemetry] = []
+        for b in batches:
+            key = (b.device_id, b.batch_id, b.ts)
+            if key in new:
+                new.discard(key)  # the same batch twice in one call is stored once
+                fresh.append(b)
+        return fresh
+
+    def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int:
+        """Drop the day partitions wholly past retention, then delete what is left over
+        from the partially expired ones (and the default partition)."""
+        dropped = self.partitions.drop_before(
+            {"telemetry": now - raw_retention_s, "rollups": now - rollup_retention_s}
+        )
+        return dropped + super().prune(
+            now, raw_retention_s=raw_retention_s, rollup_retention_s=rollup_retention_s
+        )
