@@ -109,12 +109,6 @@ def subscriptions(parts: Parts, *, shared: bool) -> list[str]:
     return out
 
 
-def postgres_url(database: object) -> str | None:
-    """The PostgreSQL DSN of the store's database setting, or None for embedded SQLite."""
-    url = str(database)
-    return url if url.startswith(("postgresql://", "postgres://")) else None
-
-
 def replica_client_cert(ca: FleetCA, data_dir: Path, identity: str) -> tuple[Path, Path]:
     """The MQTT client certificate and key of a replica identity, issued on first use.
 

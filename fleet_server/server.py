@@ -40,10 +40,10 @@ from .registry import BlobStore, DeltaCache
 from .registry import Registry as ArtifactRegistry
 from .registry.cards import calibration_of
 from .retention import RetentionTimer
-from .roles import check_role, lease_factory, postgres_url, replica_client_cert, singletons
+from .roles import check_role, lease_factory, replica_client_cert, singletons
 from .roles import subscriptions as role_subscriptions
 from .rollouts.driver import RolloutDriver
-from .store import database_exists, open_store
+from .store import database_exists, is_postgres, open_store
 from .store.base import Store
 from .tuf import TufRepository
 from .tuf.bootstrap import initialize_tuf, tuf_lifetimes
@@ -170,7 +170,8 @@ class FleetServer:
     def __init__(self, settings: ServerSettings, *, role: str = "all") -> None:
         self.settings = settings
         self.role = role
-        self.postgres_url = postgres_url(settings.database)
+        url = settings.database_url
+        self.postgres_url = url if is_postgres(url) else None
         self.parts = check_role(role, self.postgres_url)
         self.shared = self.postgres_url is not None
         """Other fleet-server processes may share the store (see fleet_server.roles)."""
