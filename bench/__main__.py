@@ -38,6 +38,7 @@ MODULES = {
     "bench_estimate": "Label-free accuracy estimate (issue: model monitoring)",
     "bench_fuzz": "Fuzzing the hostile-input readers (issue: security hardening)",
     "bench_shadow": "Shadow runs: the answer's cost, the bounded queue (issue: model monitoring)",
+    "bench_lease": "Singleton lease failover (issue: PostgreSQL and replicas)",
 }
 
 
