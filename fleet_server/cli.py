@@ -73,6 +73,30 @@ def init(config: Path | None, data_dir: Path | None, admin_password_stdin: bool)
 
 @cli.command()
 @settings_options
+def migrate(config: Path | None, data_dir: Path | None) -> None:
+    """Upgrade the database schema to this release's version (SQLite or PostgreSQL).
+
+    Safe to run again (a database at the newest version is left alone) and while
+    other replicas start (they wait for it).  A database written by a newer
+    release is refused with both versions.
+
+    \b
+    Example:
+      FLEET_DATABASE__URL=postgresql://edgefleet@db/fleet fleet-server migrate
+    """
+    from .store.migrations import upgrade_url
+
+    settings = load_cli_settings(ServerSettings, config, data_dir)
+    with data_dir_errors(settings.data_dir):
+        before, after = upgrade_url(settings.database_url)
+    if before == after:
+        click.echo(f"database already at schema version {after}")
+    else:
+        click.echo(f"database upgraded from schema version {before} to {after}")
+
+
+@cli.command()
+@settings_options
 @click.option(
     "--role",
     type=click.Choice(["all", "api", "ingest", "worker"]),

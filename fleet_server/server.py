@@ -43,6 +43,7 @@ from .retention import RetentionTimer
 from .roles import check_role, lease_factory, replica_client_cert, singletons
 from .roles import subscriptions as role_subscriptions
 from .rollouts.driver import RolloutDriver
+from .selector import parse as parse_selector
 from .store import database_exists, is_postgres, open_store
 from .store.base import Store
 from .tuf import TufRepository
@@ -379,8 +380,8 @@ class FleetServer:
             self.store.set_presence(device_id, online=False, ts=now)
 
     def _revoked_ids(self) -> list[str]:
-        page = self.store.list_devices(limit=1_000_000)
-        return [d.id for d in page.items if d.state in ("revoked", "decommissioned")]
+        gone = parse_selector("state:revoked or state:decommissioned")
+        return [d.id for d in self.store.all_devices(where=gone)]
 
     # ------------------------------------------------------------ lifecycle --
 

@@ -70,9 +70,14 @@ class PgServer:
         cmd = [str(self.bin / argv[0]), *argv[1:]]
         if self._as_root:
             cmd = ["runuser", "-u", self.user, "--", *cmd]
-        return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed ({res.returncode}): {res.stderr or res.stdout}")
+        return res
 
     def _init(self) -> None:
+        """initdb; under root the directory (and its parents) must be reachable by the
+        ``postgres`` user, so keep the default root in the system temp dir."""
         self.root.mkdir(parents=True, exist_ok=True)
         if self._as_root:
             pw = pwd.getpwnam(self.user)

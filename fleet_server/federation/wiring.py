@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from edgefleet_contract.topics import Channel
 
 from ..config import ServerSettings
@@ -13,7 +11,7 @@ from ..registry import Registry as ArtifactRegistry
 from ..store.base import Store
 from .candidate import CandidateHook, heldout_for
 from .packages import DIST, find_package, registered
-from .runner import TrainingService, TrainingStore
+from .runner import TrainingService
 
 
 def make_training(
@@ -30,7 +28,7 @@ def make_training(
     from."""
     models = settings.data_dir / "models"
     service = TrainingService(
-        cast(TrainingStore, store),
+        store,
         lambda device_id, frame: link.send_raw(device_id, Channel.FL_IN, frame),
         packages=lambda name: find_package(
             name, [models, DIST], files=registered(artifacts, name) if artifacts else ()

@@ -77,16 +77,47 @@ def _adopt_legacy_sqlite(path: Path) -> None:
         conn.close()
 
 
-def upgrade(engine: sa.Engine, *, where: str) -> int:
-    """Bring the database to the newest version; returns it.  ``where`` names the
-    database in errors (a path, or host and database)."""
+def upgrade(engine: sa.Engine, *, where: str) -> tuple[int, int]:
+    """Bring the database to the newest version: (the version before, the one after).
+    ``where`` names the database in errors (a path, or host and database)."""
     if engine.dialect.name == "sqlite" and engine.url.database:
         _adopt_legacy_sqlite(Path(engine.url.database))
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # Two replicas starting at once: one migrates, the other waits, then finds
-            # nothing to do.
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7305100)"))
-        refuse_newer(current(conn), where)
-        command.upgrade(_config(conn), "head")
-        return current(conn)
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # Two replicas starting at once: one migrates, the other waits, then
+                # finds nothing to do.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7305100)"))
+            before = current(conn)
+            refuse_newer(before, where)
+            command.upgrade(_config(conn), "head")
+            return before, current(conn)
+    except sa.exc.DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0]
+        if "permission denied" in reason or "must be owner" in reason:
+            raise ConfigError(
+                f"cannot migrate {where}: {reason}; the user lacks the right to create or "
+                "change tables: run `fleet-server migrate` as the database's owner, or "
+                "GRANT CREATE ON SCHEMA public to this user"
+            ) from None
+        raise ConfigError(f"cannot migrate {where}: {reason}") from None
+
+
+def upgrade_url(url: str) -> tuple[int, int]:
+    """``upgrade`` for a store URL (a SQLite path or a PostgreSQL DSN)."""
+    from . import is_postgres, sqlite_path
+    from .pgconnect import connect, describe, engine_url
+
+    if is_postgres(url):
+        connect(url).close()  # the clear error for a DSN that cannot work
+        engine = sa.create_engine(engine_url(url), poolclass=sa.pool.NullPool)
+        where = describe(url)
+    else:
+        path = sqlite_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
+        where = str(path)
+    try:
+        return upgrade(engine, where=where)
+    finally:
+        engine.dispose()

@@ -95,3 +95,25 @@ def engine_url(dsn: str) -> str:
     if dsn.startswith("postgresql://"):
         return "postgresql+psycopg://" + dsn[len("postgresql://") :]
     raise ConfigError(f"not a postgresql:// URL: {dsn.split('@')[-1]}")
+
+
+def check_rights(conn: Any, where: str) -> None:
+    """Every table readable and writable by this user, or a ConfigError naming the
+    tables and the GRANT that fixes it (found at start, not at the first write)."""
+    from .schema import metadata
+
+    names = sorted(metadata.tables)
+    rows = conn.execute(
+        "SELECT t, has_table_privilege(current_user, t, 'SELECT') "
+        "AND has_table_privilege(current_user, t, 'INSERT') "
+        "AND (t = 'audit' OR has_table_privilege(current_user, t, 'UPDATE')) "
+        "FROM unnest(?::text[]) AS t",
+        [names],
+    ).fetchall()
+    missing = [r[0] for r in rows if not r[1]]
+    if missing:
+        raise ConfigError(
+            f"{where}: this user lacks SELECT/INSERT/UPDATE on {', '.join(missing)}: GRANT "
+            "SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public (and USAGE ON "
+            "ALL SEQUENCES) to it"
+        )

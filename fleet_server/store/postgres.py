@@ -21,10 +21,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-import sqlalchemy as sa
 from psycopg.rows import RowMaker
 
-from edgefleet_contract.errors import StoreError
 from edgefleet_contract.messages import Telemetry
 
 from . import migrations
@@ -33,7 +31,7 @@ from .accounts import AccountTables
 from .artifacts import ArtifactTables
 from .devices import DeviceTables
 from .partitions import Partitions
-from .pgconnect import connect, describe, engine_url
+from .pgconnect import check_rights, connect, describe
 from .rollouts import RolloutTables
 from .rows import telemetry_row
 from .telemetry import TelemetryTables
@@ -101,14 +99,8 @@ class PgStore(
         self._local = threading.local()
         self._all: list[PgConn] = []
         self._lock = threading.Lock()
-        connect(dsn).close()  # a clear error now for a DSN that cannot work
-        engine = sa.create_engine(engine_url(dsn), poolclass=sa.pool.NullPool)
-        try:
-            self._version = migrations.upgrade(engine, where=self.where)
-        except sa.exc.DBAPIError as exc:
-            raise StoreError(f"cannot migrate {self.where}: {exc.orig}") from None
-        finally:
-            engine.dispose()
+        _, self._version = migrations.upgrade_url(dsn)
+        check_rights(self._conn(), self.where)
         self.partitions = Partitions(self._autocommit)
         self.partitions.prepare()
 

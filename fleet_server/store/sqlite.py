@@ -16,8 +16,6 @@ import sqlite3
 import threading
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from edgefleet_contract.private import private_file
 
 from ..version_order import version_cmp
@@ -46,11 +44,7 @@ class SqliteStore(
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._conn().execute("PRAGMA journal_mode = WAL")
-        engine = sa.create_engine(f"sqlite:///{self.path}", poolclass=sa.pool.NullPool)
-        try:
-            self._version = migrations.upgrade(engine, where=str(self.path))
-        finally:
-            engine.dispose()
+        _, self._version = migrations.upgrade_url(str(self.path))
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
