@@ -73,20 +73,42 @@ def init(config: Path | None, data_dir: Path | None, admin_password_stdin: bool)
 
 @cli.command()
 @settings_options
-def migrate(config: Path | None, data_dir: Path | None) -> None:
+@click.option(
+    "--from-sqlite",
+    "from_sqlite",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Copy this SQLite database (an embedded install's fleet.db) into the empty "
+    "PostgreSQL database of [database] url.",
+)
+def migrate(config: Path | None, data_dir: Path | None, from_sqlite: Path | None) -> None:
     """Upgrade the database schema to this release's version (SQLite or PostgreSQL).
 
     Safe to run again (a database at the newest version is left alone) and while
     other replicas start (they wait for it).  A database written by a newer
-    release is refused with both versions.
+    release is refused with both versions.  With --from-sqlite it moves an
+    embedded install to PostgreSQL instead (docs/operations.md, "From SQLite to
+    PostgreSQL").
 
     \b
     Example:
       FLEET_DATABASE__URL=postgresql://edgefleet@db/fleet fleet-server migrate
+      FLEET_DATABASE__URL=postgresql://edgefleet@db/fleet fleet-server migrate \\
+          --from-sqlite /var/lib/fleet/fleet.db
     """
     from .store.migrations import upgrade_url
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
+    if from_sqlite is not None:
+        from .sqlite_import import import_sqlite
+
+        counts = import_sqlite(from_sqlite, settings.database_url)
+        total = sum(counts.values())
+        click.echo(f"copied {total} rows in {len(counts)} tables from {from_sqlite}")
+        for name, n in counts.items():
+            if n:
+                click.echo(f"  {name}: {n}")
+        return
     with data_dir_errors(settings.data_dir):
         before, after = upgrade_url(settings.database_url)
     if before == after:
