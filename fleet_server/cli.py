@@ -152,6 +152,26 @@ def run(config: Path | None, data_dir: Path | None, role: str) -> None:
         raise BrokerError(f"fleet server stopped: {server.failure}")
 
 
+@cli.command("broker-config")
+@settings_options
+def broker_config(config: Path | None, data_dir: Path | None) -> None:
+    """Write mosquitto.conf, ACL and CRL for a broker run beside the server (compose).
+
+    The files go to the data dir's broker/ and configure mosquitto like the managed
+    broker, with every broker.replicas identity allowed to see the fleet.
+
+    \b
+    Example:
+      fleet-server broker-config && exec mosquitto -c /var/lib/fleet/broker/mosquitto.conf
+    """
+    from .broker_files import write_broker_files
+
+    settings = load_cli_settings(ServerSettings, config, data_dir)
+    with data_dir_errors(settings.data_dir):
+        conf = write_broker_files(settings)
+    click.echo(str(conf))
+
+
 @cli.group()
 def users() -> None:
     """Local account recovery on the server host (no login needed).
