@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from edgefleet_contract.config import FileSettings
+from edgefleet_common.config import FileSettings
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 ReplicaName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]

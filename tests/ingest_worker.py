@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
+from edgefleet_common.mqtt import Endpoint, TlsFiles
 from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink
 from fleet_server.roles import PARTS, subscriptions

@@ -108,7 +108,7 @@ def test_the_container_image_and_compose_file(monkeypatch: pytest.MonkeyPatch) -
         assert "fleet-data:/var/lib/fleet" in services[name]["volumes"]  # one shared data dir
     assert "fleet-data" in compose["volumes"]
     # The settings the image and compose file set are real settings.
-    from edgefleet_contract.config import unknown_environment
+    from edgefleet_common.config import unknown_environment
     from fleet_server.config import ServerSettings
 
     for service in services.values():

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.serverapp.strategy import Strategy
 
-from edgefleet_contract import flower_compat
+from edgefleet_common import flower_compat
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import FederationError, NotFound, RunStopped, SelectorError
 from edgefleet_contract.package import ModelPackage, decode_weights, encode_weights
@@ -47,7 +47,8 @@ from .validate import UpdateCheck
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("pending", "running")
+UNFINISHED = ("pending", "running")
+"""Training-run statuses the service still drives (a finished run is left alone)."""
 
 
 class TrainingStore(DeviceStore, TelemetryStore, TrainingRecords, Protocol):
@@ -126,7 +127,7 @@ class TrainingService:
         if self._thread is not None and self._thread.is_alive():
             return self._run_id
         if self.shared:
-            for status in sorted(ACTIVE):
+            for status in sorted(UNFINISHED):
                 runs = self.store.list_training_runs(status=status, limit=1)
                 if runs:
                     return runs[0].id
@@ -155,14 +156,14 @@ class TrainingService:
             run_id, grid = self._run_id, self._grid
             alive = self._thread is not None and self._thread.is_alive()
         if alive and run_id is not None:
-            if self.store.get_training_run(run_id).status not in ACTIVE and grid is not None:
+            if self.store.get_training_run(run_id).status not in UNFINISHED and grid is not None:
                 grid.stop()
             return
         self.resume()
 
     def stop_run(self, run_id: str) -> TrainingRun:
         run = self.store.get_training_run(run_id)
-        if run.status not in ACTIVE:
+        if run.status not in UNFINISHED:
             raise FederationError(f"training run {run_id} is already {run.status}")
         with self._lock:
             grid = self._grid if self._run_id == run_id else None
@@ -178,7 +179,7 @@ class TrainingService:
         """Restart the runs a previous server process left running (oldest first)."""
         resumed: list[str] = []
         for run in reversed(self.store.list_training_runs(limit=1000)):
-            if run.status not in ACTIVE:
+            if run.status not in UNFINISHED:
                 continue
             with self._lock:
                 if self._thread is not None and self._thread.is_alive():

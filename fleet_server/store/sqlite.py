@@ -16,7 +16,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from edgefleet_contract.private import private_file
+from edgefleet_common.private import private_file
 
 from ..version_order import version_cmp
 from . import migrations
