@@ -19,7 +19,7 @@ from hypothesis import settings
 from edgefleet_common.mqtt import TlsFiles
 from edgefleet_contract.errors import BrokerError, ConfigError
 from fleet_server.broker import ManagedBroker, find_mosquitto
-from fleet_server.config import ServerSettings
+from fleet_server.config import DatabaseSettings, ServerSettings
 from fleet_server.server import FleetServer, initialize
 
 from .harness import ADMIN_PASSWORD, Client, Pki, free_port, server_settings, start_broker
@@ -98,10 +98,19 @@ def fleetctl_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetServer]:
-    """A whole fleet server (store, CA, managed broker, ingest, API) on free ports."""
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FleetServer]:
+    """A whole fleet server (store, CA, managed broker, ingest, API) on free ports.
+
+    On SQLite; a test marked ``@pytest.mark.parametrize("fleet", ["sqlite",
+    "postgresql"], indirect=True)`` runs on both (PostgreSQL: a fresh database on the
+    session's private cluster)."""
     settings = server_settings(tmp_path / "fleet")
     assert isinstance(settings, ServerSettings)
+    if getattr(request, "param", "sqlite") == "postgresql":
+        pg: PgServer = request.getfixturevalue("pg_server")
+        name = pg.create_database()
+        request.addfinalizer(lambda: pg.drop_database(name))
+        settings = settings.model_copy(update={"database": DatabaseSettings(url=pg.dsn(name))})
     initialize(settings, admin_password=ADMIN_PASSWORD)
     server = start_on_free_ports(settings)
     yield server

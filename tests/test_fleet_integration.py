@@ -10,7 +10,7 @@ from agent.link import DeviceLink
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import ReportedState, Telemetry
 from edgefleet_contract.topics import Channel
-from fleet_server.config import ServerSettings
+from fleet_server.config import DatabaseSettings, ServerSettings
 from fleet_server.selector import parse as parse_selector
 from fleet_server.server import FleetServer, initialize
 
@@ -32,9 +32,10 @@ def send(link: DeviceLink, n: int) -> None:
     link.send(Channel.TELEMETRY, Codec().encode(batch))
 
 
-def test_fifty_devices_and_a_server_restart_lose_nothing(tmp_path: Path) -> None:
+def test_fifty_devices_and_a_server_restart_lose_nothing(tmp_path: Path, store_url: str) -> None:
     settings = server_settings(tmp_path / "fleet")
     assert isinstance(settings, ServerSettings)
+    settings = settings.model_copy(update={"database": DatabaseSettings(url=store_url)})
     initialize(settings, admin_password=ADMIN_PASSWORD)
     server = FleetServer(settings)
     server.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from edgefleet_common.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.codec import Codec
@@ -30,9 +29,9 @@ def test_ingest_counts_rejects_and_keeps_going(
     pki: Pki,
     identity: Callable[..., TlsFiles],
     mqtt_client: Callable[..., Client],
-    tmp_path: Path,
+    store_url: str,
 ) -> None:
-    store = open_store(tmp_path / "fleet.db")
+    store = open_store(store_url)
     for d in ("ing-1", "ing-2"):
         store.create_device(d, name=d, tags={}, now=0)
     registry = Metrics()

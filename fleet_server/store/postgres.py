@@ -34,9 +34,11 @@ from .partitions import Partitions
 from .pgconnect import check_rights, connect, describe
 from .rollouts import RolloutTables
 from .rows import telemetry_row
-from .telemetry import TelemetryTables
+from .telemetry import TelemetryTables, rollup_upsert
 from .training import TrainingTables
 
+_CHUNK = 2000
+"""Batches per multi-row insert (PostgreSQL takes at most 65,535 parameters)."""
 _WRITE_LOCK = 7305101
 """Advisory lock key serialising the store's non-telemetry writers."""
 
@@ -169,22 +171,41 @@ class PgStore(
     def _insert_raw(
         self, conn: DbConn, batches: Sequence[Telemetry], received_at: float
     ) -> list[Telemetry]:
-        """One multi-row insert; the batches it stored come back by RETURNING."""
-        rows = [telemetry_row(b, received_at) for b in batches]
-        marks = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows))
-        stored = conn.execute(
-            "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
-            f"VALUES {marks} ON CONFLICT DO NOTHING RETURNING device_id, batch_id, ts",
-            [v for row in rows for v in row],
-        ).fetchall()
-        new = {(r[0], r[1], r[2]) for r in stored}
+        """Multi-row inserts: the batch ids first (those new come back by RETURNING, in
+        key order so concurrent workers lock in one order), then those batches' rows."""
         fresh: list[Telemetry] = []
-        for b in batches:
-            key = (b.device_id, b.batch_id, b.ts)
-            if key in new:
-                new.discard(key)  # the same batch twice in one call is stored once
-                fresh.append(b)
+        for start in range(0, len(batches), _CHUNK):
+            chunk = sorted(batches[start : start + _CHUNK], key=lambda b: (b.device_id, b.batch_id))
+            keys = [(b.device_id, b.batch_id, received_at) for b in chunk]
+            new = {
+                (r[0], r[1])
+                for r in conn.execute(
+                    "INSERT INTO telemetry_keys (device_id, batch_id, received_at) VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(keys))
+                    + " ON CONFLICT DO NOTHING RETURNING device_id, batch_id",
+                    [v for k in keys for v in k],
+                ).fetchall()
+            }
+            mine: list[Telemetry] = []
+            for b in chunk:
+                if (b.device_id, b.batch_id) in new:
+                    new.discard((b.device_id, b.batch_id))  # twice in one call: stored once
+                    mine.append(b)
+            if mine:
+                rows = [telemetry_row(b, received_at) for b in mine]
+                conn.execute(
+                    "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
+                    "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows)),
+                    [v for row in rows for v in row],
+                )
+            fresh.extend(mine)
         return fresh
+
+    def _upsert_rollups(self, conn: DbConn, rows: list[tuple[Any, ...]]) -> None:
+        """One statement for all of a call's minutes (their keys differ)."""
+        for start in range(0, len(rows), _CHUNK // 10):
+            chunk = rows[start : start + _CHUNK // 10]
+            conn.execute(rollup_upsert(self.dialect, len(chunk)), [v for r in chunk for v in r])
 
     def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int:
         """Drop the day partitions wholly past retention, then delete what is left over

@@ -100,13 +100,25 @@ telemetry = Table(
     _float("ts", nullable=False),
     _float("received_at"),
     _text("body"),
-    # The partition key is part of the key on PostgreSQL: a redelivered batch
-    # carries the same ts, so (device, batch, ts) still stores it once.
+    # PostgreSQL wants the partition key in every key of a partitioned table, so
+    # once-only storage per batch id is telemetry_keys' job.
     PrimaryKeyConstraint("device_id", "batch_id", "ts", name="telemetry_pkey"),
     Index("idx_telemetry_device_id_ts", "device_id", "ts"),
     Index("idx_telemetry_received_at", "received_at"),
     postgresql_partition_by="RANGE (ts)",
 )
+
+
+telemetry_keys = Table(
+    "telemetry_keys",
+    metadata,
+    _text("device_id", primary_key=True),
+    _text("batch_id", primary_key=True),
+    _float("received_at", nullable=False),
+    Index("idx_telemetry_keys_received_at", "received_at"),
+)
+"""Each stored batch's id: a redelivered batch (same id, whatever its ts) is stored
+once, across every partition of ``telemetry``; pruned with the raw rows."""
 
 
 @dataclass(frozen=True)

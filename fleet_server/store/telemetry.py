@@ -15,20 +15,43 @@ from .rows import drift_status_values, rollup_values, telemetry_row
 from .schema import ROLLUP_COLUMNS
 
 
-def rollup_upsert(dialect: Dialect) -> str:
-    """Add one batch's contribution to its device's minute (generated from ROLLUP_COLUMNS;
-    ``batches`` is always 1 per batch)."""
+def rollup_upsert(dialect: Dialect, rows: int = 1) -> str:
+    """Add ``rows`` (device, minute) contributions to the stored minutes (generated from
+    ROLLUP_COLUMNS); the rows' keys must differ (see :func:`merged_rollups`)."""
     names = [c.name for c in ROLLUP_COLUMNS]
     sets = []
     for c in ROLLUP_COLUMNS:
         old, new = f"rollups.{c.name}", f"excluded.{c.name}"
         merged = f"{old} + {new}" if c.merge == "sum" else dialect.greatest(old, new)
         sets.append(f"{c.name} = {merged}")
+    one = "(?, ?" + ", ?" * len(names) + ")"
     return (
         f"INSERT INTO rollups (device_id, minute, {', '.join(names)}) "
-        f"VALUES (?, ?, 1{', ?' * (len(names) - 1)}) "
+        f"VALUES {', '.join([one] * rows)} "
         f"ON CONFLICT(device_id, minute) DO UPDATE SET {', '.join(sets)}"
     )
+
+
+def merged_rollups(batches: Sequence[Telemetry]) -> list[tuple[Any, ...]]:
+    """The batches' contributions summed per (device, minute) the way the upsert merges
+    them, one row per key in key order: one upsert per minute, not one per batch, and
+    concurrent writers take the rows' locks in the same order."""
+    acc: dict[tuple[str, float], list[Any]] = {}
+    for b in batches:
+        device, minute, *rest = rollup_values(b)
+        values = [1, *rest]  # one batch
+        seen = acc.get((device, minute))
+        if seen is None:
+            acc[(device, minute)] = values
+            continue
+        for i, col in enumerate(ROLLUP_COLUMNS):
+            a, v = seen[i], values[i]
+            seen[i] = (
+                a + v
+                if col.merge == "sum"
+                else max((x for x in (a, v) if x is not None), default=None)
+            )
+    return [(d, m, *values) for (d, m), values in sorted(acc.items())]
 
 
 def _aggregate_columns() -> str:
@@ -65,27 +88,33 @@ class TelemetryTables(Connections):
             return 0
         with self._ingest_tx() as conn:
             fresh = self._insert_raw(conn, batches, received_at)
-            # One lock order for every writer: concurrent ingest workers never deadlock.
-            rollups = sorted((rollup_values(b) for b in fresh), key=lambda v: (v[0], v[1]))
-            conn.executemany(rollup_upsert(self.dialect), rollups)
+            self._upsert_rollups(conn, merged_rollups(fresh))
             drift = sorted(
                 (d for d in map(drift_status_values, fresh) if d), key=lambda d: d["device_id"]
             )
             conn.executemany(_DRIFT_UPSERT, drift)
         return len(fresh)
 
+    def _upsert_rollups(self, conn: DbConn, rows: list[tuple[Any, ...]]) -> None:
+        conn.executemany(rollup_upsert(self.dialect), rows)
+
     def _insert_raw(
         self, conn: DbConn, batches: Sequence[Telemetry], received_at: float
     ) -> list[Telemetry]:
-        """Store each batch not stored yet; the ones that were new."""
+        """Store each batch whose id was not stored yet; the ones that were new."""
         fresh: list[Telemetry] = []
         for batch in batches:
             cur = conn.execute(
-                "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                telemetry_row(batch, received_at),
+                "INSERT INTO telemetry_keys (device_id, batch_id, received_at) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (batch.device_id, batch.batch_id, received_at),
             )
             if cur.rowcount:
+                conn.execute(
+                    "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    telemetry_row(batch, received_at),
+                )
                 fresh.append(batch)
         return fresh
 
@@ -179,6 +208,9 @@ class TelemetryTables(Connections):
             a = conn.execute(
                 "DELETE FROM telemetry WHERE received_at < ?", (now - raw_retention_s,)
             ).rowcount
+            conn.execute(
+                "DELETE FROM telemetry_keys WHERE received_at < ?", (now - raw_retention_s,)
+            )
             b = conn.execute(
                 "DELETE FROM rollups WHERE minute < ?", (now - rollup_retention_s,)
             ).rowcount

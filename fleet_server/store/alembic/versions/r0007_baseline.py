@@ -74,7 +74,10 @@ _AUDIT_APPEND_ONLY_SQLITE = (
 
 def upgrade() -> None:
     bind = op.get_bind()
-    schema.metadata.create_all(bind)
+    later = {"telemetry_keys"}  # made by revision 0008
+    schema.metadata.create_all(
+        bind, tables=[t for t in schema.metadata.sorted_tables if t.name not in later]
+    )
     if bind.dialect.name == "postgresql":
         for table in schema.PARTITIONED:
             op.execute(f"CREATE TABLE {table}_default PARTITION OF {table} DEFAULT")
