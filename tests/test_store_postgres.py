@@ -333,3 +333,84 @@ def _ours(name: str | None, kind: str, parents: dict[str, str | None]) -> bool:
 
     table = name if kind == "table" else parents.get("table_name")
     return table is None or table in schema.metadata.tables or table == "alembic_version"
+
+
+def test_every_table_group_round_trips(store: Store) -> None:
+    """Training, rollouts, artifacts, update history and the console summary, on both."""
+    from edgefleet_contract.messages import LearningStats, SystemStats, UpdateReport
+    from fleet_server.store.base import Artifact, RolloutEvent, RolloutRow
+    from fleet_server.store.training import RoundRecord
+
+    store.create_device("t1", name="t1", tags={"site": "x"}, now=1.0)
+    system = SystemStats(
+        cpu_percent=1,
+        mem_used_bytes=1,
+        mem_total_bytes=2,
+        rss_bytes=1,
+        disk_used_bytes=1,
+        disk_total_bytes=2,
+        uptime_s=1,
+        power="battery",
+    )
+    t = Telemetry(
+        device_id="t1",
+        batch_id="l1",
+        seq=1,
+        ts=time.time(),
+        window_s=1,
+        system=system,
+        learning=LearningStats(labelled_samples=7),
+    )
+    store.insert_telemetry([t], received_at=time.time())
+    stats, power = store.learning_facts(["t1"])["t1"]
+    assert stats is not None and stats.labelled_samples == 7 and power == "battery"
+
+    store.create_training_run("run-1", {"model": "m"}, actor="alice", now=1.0)
+    record = RoundRecord("run-1", 1, 0.5, 0.9, ["t1"], {}, {}, 10, 20, 1.5, 2.0)
+    store.complete_round(record, b"w1", b"s1")
+    store.complete_round(RoundRecord("run-1", 2, 0.4, 0.95, ["t1"], {}, {}, 1, 2, 1, 3.0), b"w2")
+    store.complete_round(RoundRecord("run-1", 2, 0.3, 0.96, ["t1"], {}, {}, 1, 2, 1, 3.0), b"w3")
+    assert store.latest_checkpoint("run-1") == (2, b"w3")  # a round saved again replaces
+    assert [r.loss for r in store.list_rounds("run-1")] == [0.5, 0.3]
+    store.set_training_status("run-1", "completed", now=4.0, result={"ok": True})
+    assert store.get_training_run("run-1").result == {"ok": True}
+
+    row = RolloutRow("ro-1", "running", "m@1", 1.0, "alice", 1.0, {"p": 1}, {"s": 1})
+    events = [RolloutEvent(1.0, "created", "x"), RolloutEvent(2.0, "wave", "y", "t1")]
+    store.save_rollout(
+        row, devices=[{"device_id": "t1", "wave": 0, "status": "sent"}], events=events, create=True
+    )
+    assert [e.kind for e in store.rollout_events("ro-1", limit=1)] == ["wave"]
+    assert store.rollout_devices("ro-1")[0]["status"] == "sent"
+    assert [r.id for r in store.list_rollouts(statuses=["running"])] == ["ro-1"]
+
+    art = Artifact(
+        0,
+        "model",
+        "m",
+        "1.0",
+        "onnx-int8",
+        "onnx",
+        ("rpi4",),
+        "a" * 64,
+        10,
+        "m.efpkg",
+        "models/m/1.0/m.efpkg",
+        1.0,
+        "alice",
+    )
+    first = store.add_artifact(art)
+    assert store.add_artifact(art).id == first.id  # the same bytes again: the same row
+    assert store.find_artifacts(kind="model").total == 1 and store.find_artifacts().total == 1
+
+    update = UpdateReport(
+        desired_version=1, kind="model", target="m@1.0", phase="failed", error="boom", ts=5.0
+    )
+    store.set_reported(
+        "t1", ReportedState(device_id="t1", ts=5.0, agent_version="1", update=update), 5.0
+    )
+    assert [e.phase for e in store.list_update_events("t1")] == ["failed"]
+    summary = store.fleet_summary(now=time.time(), window_s=900, drift_threshold=0.25, silent_s=300)
+    assert summary.total == 1 and summary.alerts["failed_updates"].items[0].device_id == "t1"
+    assert "boom" in summary.alerts["failed_updates"].items[0].detail
+    assert [b.key for b in summary.by_tag] == ["site=x"]

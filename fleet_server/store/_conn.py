@@ -212,7 +212,8 @@ class Connections:
 
     @contextmanager
     def _ingest_tx(self) -> Iterator[DbConn]:
-        """The telemetry write: PostgreSQL lets several of these run at once."""
+        """A write whose statements are each atomic alone (no read-then-write: telemetry,
+        presence, last seen): PostgreSQL runs several at once, without the writers' lock."""
         with self._tx() as conn:
             yield conn
 

@@ -134,7 +134,7 @@ class DeviceTables(OverviewTables):
         return self.dialect.greatest("COALESCE(last_seen, 0)", "?")
 
     def set_presence(self, device_id: str, *, online: bool, ts: float) -> None:
-        with self._tx() as conn:
+        with self._ingest_tx() as conn:
             conn.execute(
                 f"UPDATE devices SET online = ?, last_seen = {self._latest_seen} WHERE id = ?",
                 (int(online), ts, device_id),
@@ -150,10 +150,10 @@ class DeviceTables(OverviewTables):
             conn.execute("UPDATE devices SET online = 0 WHERE online = 1")
 
     def touch_seen(self, seen: Mapping[str, float]) -> None:
-        with self._tx() as conn:
+        with self._ingest_tx() as conn:
             conn.executemany(
                 f"UPDATE devices SET last_seen = {self._latest_seen} WHERE id = ?",
-                [(ts, device_id) for device_id, ts in seen.items()],
+                [(seen[device_id], device_id) for device_id in sorted(seen)],  # one lock order
             )
 
     def set_reported(self, device_id: str, reported: ReportedState, ts: float) -> None:
