@@ -9,17 +9,24 @@ commits once" is what the devices saw, not what the server believes.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from agent.learning.worker import LearningWorker
 from edgefleet_contract.messages import UpdateReport
+from fleet_server.modelkit.digits import split
+from fleet_server.modelkit.partition import dirichlet_parts
 
+from .fl_helpers import MODEL, make_device, write_start_package
 from .harness import wait_for
 from .replica_kit import TIMEOUT_S, AdminApi, Cluster
 from .rollout_devices import SimDevice
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 NAMES = ["api-1", "api-2", "ingest-1", "worker-a", "worker-b"]
 PLAN = {
@@ -102,3 +109,66 @@ def test_two_api_replicas_serve_one_fleet_and_a_killed_rollout_holder_hands_over
     assert CountingDevice.commits == Counter({d.id: 1 for d in devices})
     for d in devices:
         d.stop()
+
+
+class HeldWorker(LearningWorker):
+    """Holds its answers to round 2 until the test opens the gate (the kill lands meanwhile)."""
+
+    gate = threading.Event()
+
+    def answer_native(self, instruction, arrays):  # type: ignore[no-untyped-def]
+        if int(instruction.config.get("server-round", 0)) >= 2:
+            HeldWorker.gate.wait(TIMEOUT_S)
+        return super().answer_native(instruction, arrays)
+
+
+def test_kill_9_of_the_training_runner_resumes_the_run_from_its_checkpoint_elsewhere(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    write_start_package(cluster.data_dir / "models")
+    api = cluster.start("api-1", "api")
+    cluster.start("ingest-1", "ingest")
+    workers = {n: cluster.start(n, "worker") for n in ("worker-a", "worker-b")}
+    api.wait_api()
+    admin = AdminApi(api.url)
+    data = split()
+    parts = dirichlet_parts(data.y_train, 3, alpha=0.5, seed=3)
+    host = cluster.device_host()
+    HeldWorker.gate.clear()
+    fleet = [
+        make_device(host, tmp_path / "fl", f"rfl-{i}", data.x_train[p][:120],
+                    data.y_train[p][:120], worker_cls=HeldWorker)
+        for i, p in enumerate(parts)
+    ]  # fmt: skip
+    try:
+        store = cluster.store
+        wait_for(lambda: all(store.latest_telemetry(d.link.device_id) for d in fleet),
+                 TIMEOUT_S, "the devices' learning stats stored")  # fmt: skip
+        spec = {"model": MODEL, "target": "tag:fl=yes", "strategy": "fedavg", "rounds": 3,
+                "min_clients": 3, "round_timeout_s": 120,
+                "local": {"epochs": 1, "lr": 0.2, "batch_size": 16}}  # fmt: skip
+        run = admin.post("/training/runs", spec)  # through the API replica, run by a worker
+        wait_for(lambda: admin.get(f"/training/runs/{run['id']}")["completed_rounds"] >= 1,
+                 TIMEOUT_S, "round 1 checkpointed")  # fmt: skip
+        holder = cluster.lease_holder("training")
+        assert holder in workers
+        workers[holder].kill9()  # mid-round 2: its answers are held
+        survivor = next(n for n in workers if n != holder)
+        wait_for(lambda: cluster.lease_holder("training") == survivor, TIMEOUT_S, "the takeover")
+        HeldWorker.gate.set()
+        url = f"/training/runs/{run['id']}"
+        wait_for(
+            lambda: admin.get(url)["status"] not in ("pending", "running"),
+            2 * TIMEOUT_S,
+            "the run to finish on the other worker",
+        )
+        done = admin.get(f"/training/runs/{run['id']}?rounds=true")
+        assert done["status"] == "completed", done
+        rounds = store.list_rounds(run["id"])
+        assert [r.round for r in rounds] == [1, 2, 3]  # round 1 kept, none run twice
+        log = (cluster.root / f"{survivor}.log").read_text()
+        assert f"training run {run['id']} resumes after round 1" in log
+    finally:
+        HeldWorker.gate.set()
+        for d in fleet:
+            d.stop()
