@@ -1,6 +1,6 @@
 """One ingest worker process (for the kill -9 tests and the two-worker ingest bench).
 
-    python -m tests.ingest_worker STORE PORT CA CERT KEY IDENTITY
+    python -m tests.ingest_worker STORE PORT CA CERT KEY IDENTITY [BATCH_SIZE]
 
 Joins the shared ingest subscription as ``IDENTITY`` (a ``fleet.server.<name>``
 certificate), writes to ``STORE`` and prints ``subscribed`` once the broker
@@ -23,9 +23,10 @@ from fleet_server.store import open_store
 
 def main() -> None:
     store_at, port, ca, cert, key, identity = sys.argv[1:7]
+    batch_size = int(sys.argv[7]) if len(sys.argv) > 7 else 50
     store = open_store(store_at)
     holder: list[ServerLink] = []
-    ingest = Ingest(store, acker=lambda item: holder[0].acknowledge(item), batch_size=50)
+    ingest = Ingest(store, acker=lambda item: holder[0].acknowledge(item), batch_size=batch_size)
     tls = TlsFiles(Path(ca), Path(cert), Path(key))
     link = ServerLink(
         Endpoint("127.0.0.1", int(port), tls),
