@@ -132,8 +132,8 @@ def run() -> list[dict[str, object]]:
         lab.close()
     return [
         {
-            "benchmark": f"ingest readings/s, PostgreSQL / bare paho, {n} ingest worker "
-            f"process{'es' if n > 1 else ''} (shared subscription)",
+            "benchmark": f"ingest readings/s with {n} ingest worker "
+            f"process{'es' if n > 1 else ''} (shared subscription), PostgreSQL / bare paho",
             "ratio (mean)": f"{statistics.mean(ratios[n]):.2f}",
             "worst": f"{min(ratios[n]):.2f}",
             "note": f"{ROUNDS} rounds, QoS 1, {DEVICES} devices x {READINGS} readings"
