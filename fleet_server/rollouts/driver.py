@@ -87,6 +87,8 @@ class RolloutDriver:
         and the holder re-reads the store every tick (see :meth:`_sync`)."""
         self._hosting = False
         self._stored: dict[str, str] = {}
+        self._version: dict[str, float] = {}
+        """Each rollout's ``updated_at`` as this process last read or wrote it."""
         self.reload()
 
     # ---------------------------------------------------------- lifecycle --
@@ -97,7 +99,7 @@ class RolloutDriver:
             self._live = {}
             for row in self.store.list_rollouts(statuses=sorted(ACTIVE), limit=10_000):
                 try:
-                    self._live[row.id] = load(self.store, row.id)
+                    self._live[row.id] = self._load(row.id)
                 except EdgefleetError:
                     self.errors += 1
                     log.exception("rollout %s cannot be loaded; it is left as it is", row.id)
@@ -185,7 +187,7 @@ class RolloutDriver:
                 if live is not None and _state_key(row.state) == self._stored.get(row.id):
                     continue
                 try:
-                    self._live[row.id] = load(self.store, row.id)
+                    self._live[row.id] = self._load(row.id)
                     self._stored[row.id] = _state_key(row.state)
                 except EdgefleetError:
                     self.errors += 1
@@ -210,7 +212,7 @@ class RolloutDriver:
             rid = rollout.state.id
             log.exception("rollout %s: event failed; reloading its last saved state", rid)
             try:
-                self._live[rid] = load(self.store, rid)
+                self._live[rid] = self._load(rid)
             except Exception:
                 log.exception("rollout %s cannot be reloaded; dropped until restart", rid)
                 self._live.pop(rid, None)
@@ -231,6 +233,7 @@ class RolloutDriver:
             rollout = Rollout.create(rollout_id, plan, candidates, now=now, actor=actor)
             note = Note(now, "created", f"{len(candidates)} devices, by {actor}")
             save(self.store, rollout, [note], create=True)
+            self._version[rollout_id] = rollout.state.updated_at
             self._live[rollout_id] = rollout
             self._apply(rollout, rollout.tick(now), now)
             self._forget_unless_hosting(rollout_id)
@@ -253,7 +256,7 @@ class RolloutDriver:
                 self._apply(rollout, actions, now)
             except Exception:
                 self.errors += 1
-                self._live[rollout_id] = load(self.store, rollout_id)
+                self._live[rollout_id] = self._load(rollout_id)
                 raise
             finally:
                 self._forget_unless_hosting(rollout_id)
@@ -262,7 +265,13 @@ class RolloutDriver:
     def get_live(self, rollout_id: str) -> Rollout:
         """The engine to act on: this process's own, or (not hosting) the stored one."""
         live = self._live.get(rollout_id) if self._hosting or not self.shared else None
-        return live or load(self.store, rollout_id)
+        return live or self._load(rollout_id)
+
+    def _load(self, rollout_id: str) -> Rollout:
+        """The rollout as stored, remembering which version that was (for the next save)."""
+        rollout = load(self.store, rollout_id)
+        self._version[rollout_id] = rollout.state.updated_at
+        return rollout
 
     def _forget_unless_hosting(self, rollout_id: str) -> None:
         """A process that does not run the engines keeps no copy (it would go stale)."""
@@ -317,7 +326,12 @@ class RolloutDriver:
         # waiting for its operator, a probation window running) writes nothing.
         fingerprint = _fingerprint(rollout)
         if rollout.dirty or notes or fingerprint != self._saved.get(rollout.state.id):
-            save(self.store, rollout, notes)
+            rid = rollout.state.id
+            # A shared store: only over the version this process last read or wrote, so an
+            # operator's verb saved meanwhile by another replica is never overwritten.
+            expected = self._version.get(rid) if self.shared else None
+            save(self.store, rollout, notes, expect_updated_at=expected)
+            self._version[rid] = rollout.state.updated_at
             self._saved[rollout.state.id] = fingerprint
             self._stored[rollout.state.id] = _state_key(rollout.state.to_json())
         if rollout.status not in ACTIVE:

@@ -297,8 +297,12 @@ class RolloutStore(Protocol):
         devices: Sequence[dict[str, Any]] = (),
         events: Sequence[RolloutEvent] = (),
         create: bool = False,
+        expect_updated_at: float | None = None,
     ) -> None:
-        """Write the rollout, changed device rows and new events in one transaction."""
+        """Write the rollout, changed device rows and new events in one transaction.
+
+        With ``expect_updated_at`` only over the stored row of that ``updated_at``;
+        another process's save in between is a ``StoreError`` and nothing is written."""
         ...
 
     def get_rollout(self, rollout_id: str) -> RolloutRow: ...
