@@ -58,14 +58,15 @@ class Dialect:
         return self.json_text(col, *path)
 
     def json_key(self, col: str) -> str:
-        """The string under a key given as the one placeholder (see :meth:`key_param`)."""
-        return f"json_extract({col}, ?)"
+        """The string under a key given as the one placeholder (see :meth:`key_param`);
+        by ``json_each``, so any key works (a JSON path would need quoting rules)."""
+        return f"(SELECT value FROM json_each({col}) WHERE key = ?)"
 
     def key_param(self, key: str) -> str:
-        return '$."' + key.replace('"', '""') + '"'
+        return key
 
     def has_key(self, col: str) -> str:
-        return f"json_type({col}, ?) IS NOT NULL"
+        return f"EXISTS (SELECT 1 FROM json_each({col}) WHERE key = ?)"
 
     def array_has(self, col: str) -> str:
         """True when the JSON array text ``col`` holds the one placeholder's string."""

@@ -15,13 +15,16 @@ next call; the call that saw it fail raises, so ingest retries without acking.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 import psycopg
 from psycopg.rows import RowMaker
+from sqlalchemy import Integer
 
 from edgefleet_contract.messages import Telemetry
 
@@ -34,12 +37,35 @@ from .partitions import Partitions
 from .pgconnect import check_rights, connect, describe
 from .rollouts import RolloutTables
 from .rows import telemetry_row
+from .schema import ROLLUP_COLUMNS
 from .telemetry import TelemetryTables, rollup_upsert
 from .training import TrainingTables
 
-_CHUNK = 2000
-"""Batches per multi-row insert (PostgreSQL takes at most 65,535 parameters)."""
 _WRITE_LOCK = 7305101
+# psycopg's own syntax (PgConn.native): arrays sent binary, one fixed text per statement.
+_KEYS_SQL = (
+    "INSERT INTO telemetry_keys (device_id, batch_id, received_at) "
+    "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[]) "
+    "ON CONFLICT DO NOTHING RETURNING device_id, batch_id"
+)
+_RAW_SQL = (
+    "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
+    "SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::float8[], %b::float8[], "
+    "%b::text[])"
+)
+
+
+@lru_cache(maxsize=1)
+def _rollups_sql(dialect: PgDialect) -> str:
+    """The rollup upsert over one array per column (``telemetry.rollup_upsert``'s SET)."""
+    arrays = ["%b::text[]", "%b::float8[]"] + [
+        "%b::bigint[]" if c.kind is Integer else "%b::float8[]" for c in ROLLUP_COLUMNS
+    ]
+    upsert = rollup_upsert(dialect)
+    head, _, tail = upsert.partition(" VALUES ")
+    return f"{head} SELECT * FROM unnest({', '.join(arrays)}) {tail[tail.index('ON CONFLICT') :]}"
+
+
 """Advisory lock key serialising the store's non-telemetry writers."""
 
 
@@ -69,12 +95,34 @@ def _row_factory(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
 
 
 class PgConn:
-    """A psycopg connection speaking the store's ``?`` placeholders."""
+    """A psycopg connection speaking the store's ``?`` placeholders.
 
-    def __init__(self, raw: psycopg.Connection[Row]) -> None:
-        self.raw = raw
+    A statement outside a transaction that finds the connection dropped (PostgreSQL
+    restarted) reconnects and runs once more; inside a transaction the error goes to
+    the caller, whose transaction is lost either way."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Row]]) -> None:
+        self._connect = connect
+        self.raw = connect()
+        self.in_tx = False
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        try:
+            return self._execute(sql, parameters)
+        except psycopg.OperationalError:
+            if self.in_tx or not self.raw.broken:
+                raise
+            self.raw.close()
+            self.raw = self._connect()
+            return self._execute(sql, parameters)
+
+    def native(self, sql: str, parameters: Sequence[Any]) -> Cursor:
+        """psycopg's own placeholders (``%b``: binary, no text escaping of big arrays)."""
+        cur = self.raw.cursor()
+        cur.execute(sql, parameters)
+        return cur
+
+    def _execute(self, sql: str, parameters: Any) -> Cursor:
         cur = self.raw.cursor()
         cur.execute(pg_sql(sql), parameters)
         return cur
@@ -111,8 +159,7 @@ class PgStore(
     def _conn(self) -> PgConn:
         conn: PgConn | None = getattr(self._local, "conn", None)
         if conn is None or conn.raw.closed or conn.raw.broken:
-            raw = connect(self.dsn, autocommit=True, row_factory=_row_factory)
-            conn = PgConn(raw)
+            conn = PgConn(lambda: connect(self.dsn, autocommit=True, row_factory=_row_factory))
             self._local.conn = conn
             with self._lock:
                 self._all = [c for c in self._all if not c.raw.closed]
@@ -123,18 +170,22 @@ class PgStore(
         return self._conn()
 
     @contextmanager
-    def _begin(self, begin: str, *setup: str) -> Iterator[DbConn]:
+    def _begin(self, begin: str, *setup: str, pipeline: bool = False) -> Iterator[DbConn]:
         conn = self._conn()
-        conn.execute(begin)
+        conn.execute(begin)  # may reconnect: nothing of this transaction is lost yet
+        conn.in_tx = True
         try:
             for sql in setup:
                 conn.execute(sql)
-            yield conn
+            with conn.raw.pipeline() if pipeline else contextlib.nullcontext():
+                yield conn
+                conn.execute("COMMIT")
         except BaseException:
             if not conn.raw.broken:
                 conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        finally:
+            conn.in_tx = False
 
     @contextmanager
     def _tx(self) -> Iterator[DbConn]:
@@ -144,8 +195,8 @@ class PgStore(
     @contextmanager
     def _ingest_tx(self) -> Iterator[DbConn]:
         """Pipelined: the statements go out without waiting for each other, so a batch
-        costs two round trips (the ids' RETURNING, then the rest with the COMMIT)."""
-        with self._conn().raw.pipeline(), self._begin("BEGIN") as conn:
+        costs three round trips (BEGIN, the ids' RETURNING, the rest with the COMMIT)."""
+        with self._begin("BEGIN", pipeline=True) as conn:
             yield conn
 
     @contextmanager
@@ -173,41 +224,43 @@ class PgStore(
     def _insert_raw(
         self, conn: DbConn, batches: Sequence[Telemetry], received_at: float
     ) -> list[Telemetry]:
-        """Multi-row inserts: the batch ids first (those new come back by RETURNING, in
-        key order so concurrent workers lock in one order), then those batches' rows."""
+        """Two statements whatever the count, each over arrays (``unnest``): the batch ids
+        first (the new ones come back by RETURNING; in key order, so concurrent workers
+        lock in one order), then those batches' rows.  One fixed SQL text each, so
+        psycopg parses it once, not once per call."""
+        chunk = sorted(batches, key=lambda b: (b.device_id, b.batch_id))
+        new = {
+            (r[0], r[1])
+            for r in self._conn()
+            .native(
+                _KEYS_SQL,
+                [
+                    [b.device_id for b in chunk],
+                    [b.batch_id for b in chunk],
+                    [received_at] * len(chunk),
+                ],
+            )
+            .fetchall()
+        }
         fresh: list[Telemetry] = []
-        for start in range(0, len(batches), _CHUNK):
-            chunk = sorted(batches[start : start + _CHUNK], key=lambda b: (b.device_id, b.batch_id))
-            keys = [(b.device_id, b.batch_id, received_at) for b in chunk]
-            new = {
-                (r[0], r[1])
-                for r in conn.execute(
-                    "INSERT INTO telemetry_keys (device_id, batch_id, received_at) VALUES "
-                    + ", ".join(["(?, ?, ?)"] * len(keys))
-                    + " ON CONFLICT DO NOTHING RETURNING device_id, batch_id",
-                    [v for k in keys for v in k],
-                ).fetchall()
-            }
-            mine: list[Telemetry] = []
-            for b in chunk:
-                if (b.device_id, b.batch_id) in new:
-                    new.discard((b.device_id, b.batch_id))  # twice in one call: stored once
-                    mine.append(b)
-            if mine:
-                rows = [telemetry_row(b, received_at) for b in mine]
-                conn.execute(
-                    "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
-                    "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows)),
-                    [v for row in rows for v in row],
-                )
-            fresh.extend(mine)
+        for b in chunk:
+            if (b.device_id, b.batch_id) in new:
+                new.discard((b.device_id, b.batch_id))  # twice in one call: stored once
+                fresh.append(b)
+        if fresh:
+            rows = [telemetry_row(b, received_at) for b in fresh]
+            self._conn().native(_RAW_SQL, [list(col) for col in zip(*rows, strict=True)])
         return fresh
 
     def _upsert_rollups(self, conn: DbConn, rows: list[tuple[Any, ...]]) -> None:
-        """One statement for all of a call's minutes (their keys differ)."""
-        for start in range(0, len(rows), _CHUNK // 10):
-            chunk = rows[start : start + _CHUNK // 10]
-            conn.execute(rollup_upsert(self.dialect, len(chunk)), [v for r in chunk for v in r])
+        """One statement over arrays for all of a call's minutes (their keys differ)."""
+        if rows:
+            columns = [list(col) for col in zip(*rows, strict=True)]
+            typed = [columns[0], [float(m) for m in columns[1]]]
+            for col, values in zip(ROLLUP_COLUMNS, columns[2:], strict=True):
+                cast = int if col.kind is Integer else float
+                typed.append([None if v is None else cast(v) for v in values])
+            self._conn().native(_rollups_sql(self.dialect), typed)
 
     def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int:
         """Drop the day partitions wholly past retention, then delete what is left over

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     ForeignKey,
@@ -38,8 +39,12 @@ def _float(name: str, *args: Any, **kw: Any) -> Column[float]:
     return Column(name, Float, *args, **kw)
 
 
+BIGINT = BigInteger().with_variant(Integer, "sqlite")
+"""64-bit on both: SQLite's INTEGER already is (and only INTEGER makes a rowid key)."""
+
+
 def _int(name: str, *args: Any, **kw: Any) -> Column[int]:
-    return Column(name, Integer, *args, **kw)
+    return Column(name, BIGINT, *args, **kw)
 
 
 devices = Table(
@@ -159,7 +164,7 @@ rollups = Table(
     metadata,
     _text("device_id", nullable=False),
     _float("minute", nullable=False),
-    *(Column(c.name, c.kind) for c in ROLLUP_COLUMNS),
+    *(Column(c.name, BIGINT if c.kind is Integer else c.kind) for c in ROLLUP_COLUMNS),
     PrimaryKeyConstraint("device_id", "minute", name="rollups_pkey"),
     Index("idx_rollups_minute", "minute"),
     postgresql_partition_by="RANGE (minute)",
