@@ -108,10 +108,7 @@ def workers_rate(lab: Lab, prepared: dict[str, list[bytes]], dsn: str, n: int) -
 def run() -> list[dict[str, object]]:
     from tests.pgserver import PgServer
 
-    lab = Lab()
-    lab.broker.servers = tuple(NAMES)
-    lab.broker.configure(crl_pem=lab.ca.crl_pem([], now=time.time()))
-    lab.broker.reload()
+    lab = Lab(servers=NAMES)
     pg = PgServer().start()
     ratios: dict[int, list[float]] = {1: [], 2: []}
     notes: list[str] = []

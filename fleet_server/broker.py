@@ -19,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +180,7 @@ class ManagedBroker:
         on_give_up: Callable[[str], None] | None = None,
         give_up_after: int = GIVE_UP_AFTER,
         backoff: Backoff | None = None,
+        servers: Sequence[str] = (),
     ) -> None:
         self.layout = layout
         self._on_give_up = on_give_up
@@ -191,7 +192,7 @@ class ManagedBroker:
         self._bind = bind
         self._port = port
         self._max_connections = max_connections
-        self.servers: tuple[str, ...] = ()
+        self.servers = tuple(servers)
         """Identities of further fleet-server replicas the ACL lets see the fleet."""
         self._bin = find_mosquitto(mosquitto_bin)
         self._proc: subprocess.Popen[bytes] | None = None

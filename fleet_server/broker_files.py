@@ -31,8 +31,8 @@ def write_broker_files(settings: ServerSettings) -> Path:
         port=settings.broker.port,
         mosquitto_bin=settings.broker.mosquitto_bin,
         max_connections=settings.broker.max_connections,
+        servers=[f"{SERVER_IDENTITY}.{r}" for r in settings.broker.replicas],
     )
-    broker.servers = tuple(f"{SERVER_IDENTITY}.{r}" for r in settings.broker.replicas)
     store = open_store(settings.database_url)
     try:
         gone = parse_selector("state:revoked or state:decommissioned")

@@ -27,6 +27,7 @@ from .auth import hash_password, verify_password
 from .broker import BrokerLayout, ManagedBroker
 from .config import SERVER_IDENTITY, ServerSettings
 from .enrollment import Enrollment
+from .events import DeviceEvents
 from .federation.release import release_candidate
 from .federation.wiring import make_training
 from .ingest import Ingest
@@ -41,6 +42,7 @@ from .registry.cards import calibration_of
 from .retention import RetentionTimer
 from .roles import check_role, lease_factory, replica_client_cert, singletons
 from .roles import subscriptions as role_subscriptions
+from .rollouts.artifacts import RegistryResolver
 from .rollouts.driver import RolloutDriver
 from .selector import parse as parse_selector
 from .store import database_exists, is_postgres, open_store
@@ -167,6 +169,13 @@ def _is_ip(value: str) -> bool:
 
 
 class FleetServer:
+    """Every part of the server, each built from parts that already exist.
+
+    Device events (ingest's "stored", "device updated", "frame") go through one
+    :class:`~fleet_server.events.DeviceEvents` made before ingest; the link,
+    the rollout driver, the reconciler and training subscribe once built.
+    """
+
     def __init__(self, settings: ServerSettings, *, role: str = "all") -> None:
         self.settings = settings
         self.role = role
@@ -176,27 +185,12 @@ class FleetServer:
         self.shared = self.postgres_url is not None
         """Other fleet-server processes may share the store (see fleet_server.roles)."""
         self.layout = Layout(settings.data_dir)
-        check_data_dir(settings.data_dir, create=False)
-        if not (self.layout.ca / "ca.key").exists() or not database_exists(settings.database_url):
-            raise ConfigError(
-                f"{settings.data_dir} is not initialized; run `fleet-server init` first"
-            )
+        self._check_initialized()
         self.metrics = Metrics()
         private_dir(settings.data_dir)  # even if it existed before with a wider mode
         self.store: Store = open_store(settings.database_url)
         self.ca = FleetCA.load(self.layout.ca)
-        self.broker: ManagedBroker | None = None
-        if settings.broker.mode == "managed":
-            self.broker = ManagedBroker(
-                self.layout.broker,
-                ca_file=self.ca.cert_file,
-                bind=settings.broker.bind,
-                port=settings.broker.port,
-                mosquitto_bin=settings.broker.mosquitto_bin,
-                max_connections=settings.broker.max_connections,
-                on_give_up=self._fail,
-            )
-            self.broker.servers = tuple(f"{SERVER_IDENTITY}.{r}" for r in settings.broker.replicas)
+        self.broker = self._managed_broker()
         self.enrollment = Enrollment(
             self.store,
             self.ca,
@@ -204,30 +198,16 @@ class FleetServer:
             cert_validity_s=settings.enrollment.cert_validity_s,
             on_revoke=self._apply_revocation,
         )
+        self.events = DeviceEvents()
         self.ingest = Ingest(
             self.store,
             metrics=self.metrics,
             queue_size=settings.telemetry.queue_size,
             batch_size=settings.telemetry.batch_size,
-            acker=lambda item: self.link.acknowledge(item),
-            on_frame=lambda device_id, frame: self.training.deliver(device_id, frame),
+            acker=self.events.stored,
+            on_device_update=self.events.updated,
+            on_frame=self.events.frames,
             quota=telemetry_quota(settings),
-        )
-        if not (self.layout.tuf / "metadata" / "1.root.json").exists():
-            raise ConfigError(
-                f"{settings.data_dir} has no TUF repository; run `fleet-server init` again"
-            )
-        self.tuf = TufRepository(self.layout.tuf, lifetimes=tuf_lifetimes(settings))
-        self.artifacts = ArtifactRegistry(
-            self.store, BlobStore(self.layout.artifacts), tuf=self.tuf
-        )
-        self.deltas = DeltaCache(self.artifacts.blobs, self.layout.root / "deltas")
-        self.artifacts.on_added.append(self.deltas.on_registered(self.artifacts))
-        self.tuf_timer = ResignTimer(self.tuf)
-        self.metrics.gauge(
-            "edgefleet_tuf_timestamp_expires_in_seconds",
-            "Seconds until the published TUF timestamp expires (devices refuse it then)",
-            fn=lambda: [((), self.tuf.timestamp().signed.expires.timestamp() - time.time())],
         )
         self.link = ServerLink(
             self._endpoint(),
@@ -235,8 +215,15 @@ class FleetServer:
             client_id=settings.mqtt_identity,
             subscriptions=role_subscriptions(self.parts, shared=self.shared),
         )
+        self.tuf = TufRepository(self.layout.tuf, lifetimes=tuf_lifetimes(settings))
+        self.artifacts = ArtifactRegistry(
+            self.store, BlobStore(self.layout.artifacts), tuf=self.tuf
+        )
+        self.deltas = DeltaCache(self.artifacts.blobs, self.layout.root / "deltas")
+        self.artifacts.on_added.append(self.deltas.on_registered(self.artifacts))
+        self.tuf_timer = ResignTimer(self.tuf)
+        self.rollouts = self._rollout_driver()
         self.reconciler = Reconciler(self.store, self.link)
-        self.ingest.set_device_hook(self._device_updated)
         self.training = make_training(
             settings,
             self.store,
@@ -244,27 +231,13 @@ class FleetServer:
             metrics=self.metrics,
             on_candidate=self._register_candidate,
             artifacts=self.artifacts,
+            shared=self.shared,
         )
-        self.rollouts = RolloutDriver(self.store, self.link)
-        self.rollouts.shared = self.training.shared = self.shared
-        self.rollouts.calibrations = functools.partial(
-            calibration_of,
-            lambda name, version: (
-                self.store.find_artifacts(kind="model", name=name, version=version, limit=20).items
-            ),
-            self.artifacts.cards,
-            self.artifacts.blob,
-        )
-        self.metrics.gauge(
-            "edgefleet_broker_connected",
-            "1 when the server's MQTT session is up",
-            fn=lambda: [((), 1.0 if self.link.connected.is_set() else 0.0)],
-        )
-        self.metrics.gauge(
-            "edgefleet_broker_restarts_total",
-            "Times the managed broker was restarted",
-            fn=lambda: [((), float(self.broker.restarts if self.broker else 0))],
-        )
+        self.events.stored.subscribe(self.link.acknowledge)
+        self.events.updated.subscribe(self.rollouts.device_updated)
+        self.events.updated.subscribe(self.reconciler)
+        self.events.updated.subscribe(self.training.device_changed)
+        self.events.frames.subscribe(self.training.deliver)
         self.app = create_app(
             ApiContext(
                 settings=settings,
@@ -279,24 +252,7 @@ class FleetServer:
                 rollouts=self.rollouts,
             )
         )
-        # The artifact registry, when the API context carries one, also resolves what a
-        # device ran before a rollout (for rollbacks).
-        self.rollouts.resolver = getattr(self.app.state.ctx, "artifacts", None)
-        self.metrics.gauge(
-            "edgefleet_rollouts_live",
-            "Rollouts the driver is running (including paused and halted ones)",
-            fn=lambda: [((), float(self.rollouts.live_count))],
-        )
-        self.metrics.gauge(
-            "edgefleet_rollout_errors_total",
-            "Rollout events that failed and were retried from the last save",
-            fn=lambda: [((), float(self.rollouts.errors))],
-        )
-        self.metrics.gauge(
-            "edgefleet_devices_online",
-            "Devices whose last status is online",
-            fn=lambda: [((), float(self.store.count_online()))],
-        )
+        self._register_gauges()
         self._http: uvicorn.Server | None = None
         self.failed = threading.Event()
         """Set when a part the server cannot run without gave up (see ``failure``)."""
@@ -321,10 +277,84 @@ class FleetServer:
     def maintenance_interval_s(self, value: float) -> None:
         self.retention.interval_s = value
 
-    def _device_updated(self, device_id: str) -> None:
-        self.rollouts.device_updated(device_id)
-        self.reconciler(device_id)
-        self.training.device_changed(device_id)
+    def _check_initialized(self) -> None:
+        settings = self.settings
+        check_data_dir(settings.data_dir, create=False)
+        if not (self.layout.ca / "ca.key").exists() or not database_exists(settings.database_url):
+            raise ConfigError(
+                f"{settings.data_dir} is not initialized; run `fleet-server init` first"
+            )
+        if not (self.layout.tuf / "metadata" / "1.root.json").exists():
+            raise ConfigError(
+                f"{settings.data_dir} has no TUF repository; run `fleet-server init` again"
+            )
+
+    def _managed_broker(self) -> ManagedBroker | None:
+        b = self.settings.broker
+        if b.mode != "managed":
+            return None
+        return ManagedBroker(
+            self.layout.broker,
+            ca_file=self.ca.cert_file,
+            bind=b.bind,
+            port=b.port,
+            mosquitto_bin=b.mosquitto_bin,
+            max_connections=b.max_connections,
+            on_give_up=self._fail,
+            servers=[f"{SERVER_IDENTITY}.{r}" for r in b.replicas],
+        )
+
+    def _rollout_driver(self) -> RolloutDriver:
+        """The driver resolves what a device ran before (for rollbacks) through the registry
+        and reads each model version's calibration from its package card."""
+        return RolloutDriver(
+            self.store,
+            self.link,
+            shared=self.shared,
+            resolver=RegistryResolver(self.artifacts),
+            calibrations=functools.partial(
+                calibration_of,
+                lambda name, version: (
+                    self.store.find_artifacts(
+                        kind="model", name=name, version=version, limit=20
+                    ).items
+                ),
+                self.artifacts.cards,
+                self.artifacts.blob,
+            ),
+        )
+
+    def _register_gauges(self) -> None:
+        self.metrics.gauge(
+            "edgefleet_tuf_timestamp_expires_in_seconds",
+            "Seconds until the published TUF timestamp expires (devices refuse it then)",
+            fn=lambda: [((), self.tuf.timestamp().signed.expires.timestamp() - time.time())],
+        )
+        self.metrics.gauge(
+            "edgefleet_broker_connected",
+            "1 when the server's MQTT session is up",
+            fn=lambda: [((), 1.0 if self.link.connected.is_set() else 0.0)],
+        )
+        self.metrics.counted(
+            "edgefleet_broker_restarts_total",
+            "Times the managed broker was restarted",
+            fn=lambda: [((), float(self.broker.restarts if self.broker else 0))],
+        )
+        self.metrics.gauge(
+            "edgefleet_rollouts_live",
+            "Rollouts the driver is running (including paused and halted ones)",
+            fn=lambda: [((), float(self.rollouts.live_count))],
+        )
+        self.metrics.counted(
+            "edgefleet_rollout_errors_total",
+            "Rollout events that failed and were retried from the last save",
+            fn=lambda: [((), float(self.rollouts.errors))],
+        )
+        self.metrics.gauge(
+            "edgefleet_devices_online",
+            "Devices whose last status is online",
+            fn=lambda: [((), float(self.store.count_online()))],
+        )
 
     def _endpoint(self) -> Endpoint:
         b = self.settings.broker

@@ -107,9 +107,12 @@ class Cluster:
         self.ca = FleetCA.load(self.data_dir / "ca")
         layout = BrokerLayout(self.data_dir / "broker")  # init made its certificate
         self.broker = ManagedBroker(
-            layout, ca_file=self.ca.cert_file, bind="127.0.0.1", port=self.settings.broker.port
+            layout,
+            ca_file=self.ca.cert_file,
+            bind="127.0.0.1",
+            port=self.settings.broker.port,
+            servers=[f"{SERVER_IDENTITY}.{n}" for n in names],
         )
-        self.broker.servers = tuple(f"{SERVER_IDENTITY}.{n}" for n in names)
         self.broker.configure(crl_pem=self.ca.crl_pem([], now=time.time()))
         self.broker.start()
         self.store: Store = open_store(dsn)

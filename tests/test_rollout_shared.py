@@ -31,9 +31,7 @@ def stores(store_url: str) -> Iterator[tuple[Store, Store]]:
 
 
 def driver(store: Store) -> RolloutDriver:
-    d = RolloutDriver(store, None, resolver=TableResolver(), interval_s=3600.0)
-    d.shared = True
-    return d
+    return RolloutDriver(store, None, resolver=TableResolver(), interval_s=3600.0, shared=True)
 
 
 def test_a_save_over_a_version_someone_else_replaced_is_refused(

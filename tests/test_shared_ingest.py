@@ -50,8 +50,9 @@ def replica_broker(pki: Pki, tmp_path: Path) -> Iterator[ManagedBroker]:
     cert, key = pki.ca.issue_server_cert(["localhost"], ["127.0.0.1"], now=time.time())
     layout.cert.write_bytes(cert)
     write_private(layout.key, key)
-    broker = ManagedBroker(layout, ca_file=pki.ca.cert_file, bind="127.0.0.1", port=free_port())
-    broker.servers = WORKERS
+    broker = ManagedBroker(
+        layout, ca_file=pki.ca.cert_file, bind="127.0.0.1", port=free_port(), servers=WORKERS
+    )
     broker.configure(crl_pem=pki.ca.crl_pem([], now=time.time()))
     broker.start()
     yield broker
