@@ -44,7 +44,7 @@ def main() -> None:
     last = -1.0
     forever = threading.Event()
     while not forever.wait(0.1):
-        stored = ingest.m_batches.value()
+        stored = ingest.metrics.value("edgefleet_ingest_telemetry_batches_total")
         if stored != last:
             print(f"stored {stored:.0f}", flush=True)
             last = stored
