@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from edgefleet_common.config import FileSettings
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+ReplicaName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
 
 SERVER_IDENTITY = "fleet.server"
 """CN of the server's own MQTT client certificate.  The dot keeps it outside the
@@ -53,6 +54,9 @@ class BrokerSettings(Section):
     san_ips: list[str] = ["127.0.0.1", "::1"]
     mosquitto_bin: str = "mosquitto"
     protocol: Literal["5", "3.1.1"] = "5"
+    replicas: list[ReplicaName] = []
+    """Names of further fleet-server processes (``replica`` of each) the managed broker's
+    ACL lets see the whole fleet, as ``fleet.server.<name>``."""
     # external broker only
     url: str | None = None
     """``mqtts://host:8883`` (TLS) or ``mqtt://host:1883``; sets host, port and TLS."""
@@ -142,6 +146,11 @@ class ServerSettings(FileSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
     """auto: text on a terminal, JSON lines otherwise (journald, files, pipes)."""
+    replica: ReplicaName | None = None
+    """This process's name among several sharing one PostgreSQL database (``a``,
+    ``ingest-1``...): its MQTT identity is ``fleet.server.<replica>`` (the broker forces
+    client id = certificate name, so each process needs its own).  Unset: one process,
+    identity ``fleet.server``."""
     api: ApiSettings = ApiSettings()
     broker: BrokerSettings = BrokerSettings()
     enrollment: EnrollmentSettings = EnrollmentSettings()
@@ -154,6 +163,10 @@ class ServerSettings(FileSettings):
     def database_url(self) -> str:
         """The store to open: ``[database] url``, or ``fleet.db`` in the data directory."""
         return self.database.url or str(self.data_dir / "fleet.db")
+
+    @property
+    def mqtt_identity(self) -> str:
+        return f"{SERVER_IDENTITY}.{self.replica}" if self.replica else SERVER_IDENTITY
 
     @property
     def api_url(self) -> str:

@@ -39,10 +39,13 @@ from .quota import DeviceQuota, Rate
 from .reconcile import Reconciler
 from .registry import ArtifactRegistry, BlobStore, DeltaCache
 from .registry.cards import calibration_of
+from .retention import RetentionTimer
+from .roles import check_role, lease_factory, replica_client_cert, singletons
+from .roles import subscriptions as role_subscriptions
 from .rollouts.artifacts import RegistryResolver
 from .rollouts.driver import RolloutDriver
 from .selector import parse as parse_selector
-from .store import database_exists, open_store
+from .store import database_exists, is_postgres, open_store
 from .store.base import Store
 from .tuf import TufRepository
 from .tuf.bootstrap import initialize_tuf, tuf_lifetimes
@@ -173,8 +176,14 @@ class FleetServer:
     the rollout driver, the reconciler and training subscribe once built.
     """
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, *, role: str = "all") -> None:
         self.settings = settings
+        self.role = role
+        url = settings.database_url
+        self.postgres_url = url if is_postgres(url) else None
+        self.parts = check_role(role, self.postgres_url)
+        self.shared = self.postgres_url is not None
+        """Other fleet-server processes may share the store (see fleet_server.roles)."""
         self.layout = Layout(settings.data_dir)
         self._check_initialized()
         self.metrics = Metrics()
@@ -200,7 +209,12 @@ class FleetServer:
             on_frame=self.events.frames,
             quota=telemetry_quota(settings),
         )
-        self.link = ServerLink(self._endpoint(), self.ingest)
+        self.link = ServerLink(
+            self._endpoint(),
+            self.ingest,
+            client_id=settings.mqtt_identity,
+            subscriptions=role_subscriptions(self.parts, shared=self.shared),
+        )
         self.tuf = TufRepository(self.layout.tuf, lifetimes=tuf_lifetimes(settings))
         self.artifacts = ArtifactRegistry(
             self.store, BlobStore(self.layout.artifacts), tuf=self.tuf
@@ -217,6 +231,7 @@ class FleetServer:
             metrics=self.metrics,
             on_candidate=self._register_candidate,
             artifacts=self.artifacts,
+            shared=self.shared,
         )
         self.events.stored.subscribe(self.link.acknowledge)
         self.events.updated.subscribe(self.rollouts.device_updated)
@@ -242,11 +257,25 @@ class FleetServer:
         self.failed = threading.Event()
         """Set when a part the server cannot run without gave up (see ``failure``)."""
         self.failure: str | None = None
-        self._maintenance = threading.Event()
-        self.maintenance_interval_s = 600.0
-        """How often the retention pass runs (read before each wait)."""
-        self._maintenance_thread: threading.Thread | None = None
+        self.retention = RetentionTimer(self.store, settings.telemetry)
+        self.singletons = singletons(
+            lease_factory(self.postgres_url, replica=settings.mqtt_identity),
+            rollouts=self.rollouts,
+            training=self.training,
+            tuf_timer=self.tuf_timer,
+            retention=self.retention,
+            shared=self.shared,
+        )
         self._http_thread: threading.Thread | None = None
+
+    @property
+    def maintenance_interval_s(self) -> float:
+        """How often the retention pass runs (read before each wait)."""
+        return self.retention.interval_s
+
+    @maintenance_interval_s.setter
+    def maintenance_interval_s(self, value: float) -> None:
+        self.retention.interval_s = value
 
     def _check_initialized(self) -> None:
         settings = self.settings
@@ -272,6 +301,7 @@ class FleetServer:
             mosquitto_bin=b.mosquitto_bin,
             max_connections=b.max_connections,
             on_give_up=self._fail,
+            servers=[f"{SERVER_IDENTITY}.{r}" for r in b.replicas],
         )
 
     def _rollout_driver(self) -> RolloutDriver:
@@ -280,6 +310,7 @@ class FleetServer:
         return RolloutDriver(
             self.store,
             self.link,
+            shared=self.shared,
             resolver=RegistryResolver(self.artifacts),
             calibrations=functools.partial(
                 calibration_of,
@@ -327,13 +358,18 @@ class FleetServer:
 
     def _endpoint(self) -> Endpoint:
         b = self.settings.broker
+        cert, key = self.layout.client_cert, self.layout.client_key
+        if self.settings.replica:
+            cert, key = replica_client_cert(
+                self.ca, self.settings.data_dir, self.settings.mqtt_identity
+            )
         if b.mode == "managed":
-            tls = TlsFiles(self.ca.cert_file, self.layout.client_cert, self.layout.client_key)
+            tls = TlsFiles(self.ca.cert_file, cert, key)
             return Endpoint("127.0.0.1", b.port, tls, protocol=b.protocol)
         if b.tls and b.ca_file is None:
             raise ConfigError("broker.ca_file is required for a TLS external broker")
         external_tls = (
-            TlsFiles(b.ca_file, self.layout.client_cert, self.layout.client_key)
+            TlsFiles(b.ca_file, cert, key)
             if b.tls and b.ca_file
             else None
         )
@@ -395,7 +431,8 @@ class FleetServer:
 
     def _check_ports(self) -> None:
         api = self.settings.api
-        check_port(api.host, api.port, setting="api.port", env="FLEET_API__PORT", what="API")
+        if self.parts.api:
+            check_port(api.host, api.port, setting="api.port", env="FLEET_API__PORT", what="API")
         b = self.settings.broker
         if self.broker is not None:
             self.broker.end_stale()  # a broker a killed server left on this data dir
@@ -411,19 +448,22 @@ class FleetServer:
         if self.broker is not None:
             self.broker.configure(crl_pem=self.enrollment.crl(), revoked=self._revoked_ids())
             self.broker.start()
-        # Presence in the database may be stale from before a restart; the broker's
-        # retained status messages re-deliver the truth as soon as we subscribe.
-        self.store.reset_presence()
+        if not self.shared:
+            # Presence in the database may be stale from before a restart; the broker's
+            # retained status messages re-deliver the truth as soon as we subscribe.
+            # (Shared subscriptions get no retained messages, and with several
+            # processes the presence in the database is kept by the live ones.)
+            self.store.reset_presence()
         self.ingest.start()
         self.link.start()
-        self.training.resume()
         self.rollouts.reload()
-        self.rollouts.start()
-        self._maintenance_thread = threading.Thread(
-            target=self._maintain, name="maintenance", daemon=True
-        )
-        self._maintenance_thread.start()
-        self.tuf_timer.start()
+        if self.parts.singletons:
+            for singleton in self.singletons:
+                singleton.start()
+        if self.parts.api:
+            self._start_http()
+
+    def _start_http(self) -> None:
         config = uvicorn.Config(
             self.app,
             host=self.settings.api.host,
@@ -445,29 +485,13 @@ class FleetServer:
                 )
             time.sleep(0.02)
 
-    def _maintain(self) -> None:
-        """Apply telemetry retention every ``maintenance_interval_s`` (ten minutes; raw
-        batches, then rollups)."""
-        t = self.settings.telemetry
-        while not self._maintenance.wait(self.maintenance_interval_s):
-            try:
-                removed = self.store.prune(
-                    time.time(),
-                    raw_retention_s=t.raw_retention_s,
-                    rollup_retention_s=t.rollup_retention_s,
-                )
-                if removed:
-                    log.info("retention: removed %d old telemetry rows", removed)
-            except Exception:
-                log.exception("retention pass failed; will retry")
-
     def stop(self) -> None:
-        self._maintenance.set()
-        self.tuf_timer.stop()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(10)
+        for singleton in reversed(self.singletons):
+            singleton.stop()
         self.training.shutdown()
         self.rollouts.stop()
         self.link.stop()
