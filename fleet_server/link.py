@@ -34,6 +34,7 @@ class ServerLink(MqttSession):
         *,
         client_id: str = SERVER_IDENTITY,
         codec: Codec | None = None,
+        upstream: bool = True,
     ) -> None:
         # A short loop timeout: acks are handed to the network thread and should not
         # wait long for it to wake, or the broker's in-flight window throttles ingest.
@@ -42,9 +43,13 @@ class ServerLink(MqttSession):
         )
         self._ingest = ingest
         self._codec = codec or ingest.codec
+        self._upstream = upstream
+        """False when the broker engine hands device messages to ingest another way
+        (a replicated queue): then this session only sends downstream."""
 
     def _on_connected(self) -> None:
-        self.subscribe([(topics.subscription(ch), 1) for ch in sorted(topics.UPSTREAM)])
+        if self._upstream:
+            self.subscribe([(topics.subscription(ch), 1) for ch in sorted(topics.UPSTREAM)])
 
     def _on_message(self, message: paho.MQTTMessage) -> None:
         self._ingest.offer(

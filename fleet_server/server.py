@@ -19,12 +19,13 @@ from pathlib import Path
 import uvicorn
 
 from edgefleet_contract.errors import ConfigError, NotFound
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
+from edgefleet_contract.mqtt import TlsFiles
 from edgefleet_contract.private import private_dir
 
 from .api import ApiContext, create_app
 from .auth import hash_password, verify_password
 from .broker import BrokerLayout, ManagedBroker
+from .broker_control import make_control
 from .config import SERVER_IDENTITY, ServerSettings
 from .enrollment import Enrollment
 from .federation.release import release_candidate
@@ -176,30 +177,24 @@ class FleetServer:
         private_dir(settings.data_dir)  # even if it existed before with a wider mode
         self.store: Store = open_store(settings.database)
         self.ca = FleetCA.load(self.layout.ca)
-        self.broker: ManagedBroker | None = None
-        if settings.broker.mode == "managed":
-            self.broker = ManagedBroker(
-                self.layout.broker,
-                ca_file=self.ca.cert_file,
-                bind=settings.broker.bind,
-                port=settings.broker.port,
-                mosquitto_bin=settings.broker.mosquitto_bin,
-                max_connections=settings.broker.max_connections,
-                on_give_up=self._fail,
-            )
+        self.control = make_control(
+            settings.broker, self.layout.broker, self.ca.cert_file, on_give_up=self._fail
+        )
+        self.broker: ManagedBroker | None = self.control.managed
         self.enrollment = Enrollment(
             self.store,
             self.ca,
             token_ttl_s=settings.enrollment.token_ttl_s,
             cert_validity_s=settings.enrollment.cert_validity_s,
             on_revoke=self._apply_revocation,
+            on_admit=self.control.admit,
         )
         self.ingest = Ingest(
             self.store,
             registry=self.registry,
             queue_size=settings.telemetry.queue_size,
             batch_size=settings.telemetry.batch_size,
-            acker=lambda item: self.link.acknowledge(item),
+            acker=lambda item: (self.upstream or self.link).acknowledge(item),
             on_frame=lambda device_id, frame: self.training.deliver(device_id, frame),
             quota=telemetry_quota(settings),
         )
@@ -219,7 +214,12 @@ class FleetServer:
             "Seconds until the published TUF timestamp expires (devices refuse it then)",
             fn=lambda: [((), self.tuf.timestamp().signed.expires.timestamp() - time.time())],
         )
-        self.link = ServerLink(self._endpoint(), self.ingest)
+        client = TlsFiles(self.ca.cert_file, self.layout.client_cert, self.layout.client_key)
+        self.upstream = self.control.upstream(self.ingest, client)
+        """The engine's own consumer of device messages, when it has one (else the link)."""
+        self.link = ServerLink(
+            self.control.server_endpoint(client), self.ingest, upstream=self.upstream is None
+        )
         self.reconciler = Reconciler(self.store, self.link)
         self.ingest.set_device_hook(self._device_updated)
         self.training = make_training(
@@ -247,7 +247,7 @@ class FleetServer:
         self.registry.gauge(
             "edgefleet_broker_restarts_total",
             "Times the managed broker was restarted",
-            fn=lambda: [((), float(self.broker.restarts if self.broker else 0))],
+            fn=lambda: [((), float(self.control.restarts))],
         )
         self.app = create_app(
             ApiContext(
@@ -296,27 +296,6 @@ class FleetServer:
         self.reconciler(device_id)
         self.training.device_changed(device_id)
 
-    def _endpoint(self) -> Endpoint:
-        b = self.settings.broker
-        if b.mode == "managed":
-            tls = TlsFiles(self.ca.cert_file, self.layout.client_cert, self.layout.client_key)
-            return Endpoint("127.0.0.1", b.port, tls, protocol=b.protocol)
-        if b.tls and b.ca_file is None:
-            raise ConfigError("broker.ca_file is required for a TLS external broker")
-        external_tls = (
-            TlsFiles(b.ca_file, self.layout.client_cert, self.layout.client_key)
-            if b.tls and b.ca_file
-            else None
-        )
-        return Endpoint(
-            b.host,
-            b.port,
-            external_tls,
-            protocol=b.protocol,
-            username=b.username,
-            password=b.password.get_secret_value() if b.password else None,
-        )
-
     def _register_candidate(self, path: Path, lineage: dict[str, object]) -> None:
         """A federated run's winning candidate enters the registry as a signed TUF target."""
         artifact = self.artifacts.add_model(
@@ -326,19 +305,10 @@ class FleetServer:
             release_candidate(self.rollouts, artifact, lineage)
 
     def _apply_revocation(self, crl_pem: bytes) -> None:
-        if self.broker is None:
-            log.warning(
-                "external broker: install the new CRL there yourself (%s)", self.layout.broker.crl
-            )
-            self.layout.broker.directory.mkdir(parents=True, exist_ok=True)
-            self.layout.broker.crl.write_bytes(crl_pem)
-            return
         revoked = self._revoked_ids()
-        self.broker.configure(crl_pem=crl_pem, revoked=revoked)
-        self.broker.reload()
-        # The broker re-reads CRL and ACL on SIGHUP: a revoked device that is still
-        # connected is denied everything, but its Last Will never fires.  It is
-        # offline as far as the fleet is concerned.
+        self.control.revoke(crl_pem=crl_pem, revoked=revoked)
+        # A revoked device that is still connected is denied everything (or cut off),
+        # and its Last Will may never fire: it is offline as far as the fleet is concerned.
         now = time.time()
         for device_id in revoked:
             self.store.set_presence(device_id, online=False, ts=now)
@@ -346,6 +316,10 @@ class FleetServer:
     def _revoked_ids(self) -> list[str]:
         page = self.store.list_devices(limit=1_000_000)
         return [d.id for d in page.items if d.state in ("revoked", "decommissioned")]
+
+    def _active_ids(self) -> list[str]:
+        page = self.store.list_devices(limit=1_000_000)
+        return [d.id for d in page.items if d.state not in ("revoked", "decommissioned")]
 
     # ------------------------------------------------------------ lifecycle --
 
@@ -367,25 +341,24 @@ class FleetServer:
     def _check_ports(self) -> None:
         api = self.settings.api
         check_port(api.host, api.port, setting="api.port", env="FLEET_API__PORT", what="API")
-        b = self.settings.broker
-        if self.broker is not None:
-            self.broker.end_stale()  # a broker a killed server left on this data dir
-            check_port(
-                b.bind, b.port, setting="broker.port", env="FLEET_BROKER__PORT", what="broker"
-            )
+        self.control.check_ports()
 
     def _fail(self, reason: str) -> None:
         self.failure = reason
         self.failed.set()
 
     def _start_parts(self) -> None:
-        if self.broker is not None:
-            self.broker.configure(crl_pem=self.enrollment.crl(), revoked=self._revoked_ids())
-            self.broker.start()
-        # Presence in the database may be stale from before a restart; the broker's
-        # retained status messages re-deliver the truth as soon as we subscribe.
-        self.store.reset_presence()
+        self.control.start(
+            crl_pem=self.enrollment.crl(), active=self._active_ids(), revoked=self._revoked_ids()
+        )
+        if self.upstream is None:
+            # Presence in the database may be stale from before a restart; the broker's
+            # retained status messages re-deliver the truth as soon as we subscribe.
+            # (An engine-native queue kept every status message while we were away.)
+            self.store.reset_presence()
         self.ingest.start()
+        if self.upstream is not None:
+            self.upstream.start()
         self.link.start()
         self.training.resume()
         self.rollouts.reload()
@@ -442,8 +415,9 @@ class FleetServer:
         self.training.shutdown()
         self.rollouts.stop()
         self.link.stop()
+        if self.upstream is not None:
+            self.upstream.stop()
         self.ingest.stop()
         self.deltas.close()
-        if self.broker is not None:
-            self.broker.stop()
+        self.control.stop()
         self.store.close()

@@ -55,6 +55,17 @@ def broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manag
     b.stop()
 
 
+@pytest.fixture(scope="session")
+def rabbit_cluster(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A 3-node RabbitMQ cluster (mTLS MQTT + AMQPS, own ports/dirs) for the session."""
+    from fleet_server.rabbitmq_local import LocalRabbitCluster
+
+    cluster = LocalRabbitCluster(tmp_path_factory.mktemp("rabbit"), pki.ca)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def fresh_broker(pki: Pki, tmp_path: Path) -> Iterator[ManagedBroker]:
     """A private managed broker for tests that kill, reload or reconfigure it."""
