@@ -17,9 +17,10 @@ Three implementations, picked by ``broker.mode`` in fleet.toml:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from edgefleet_contract.errors import ConfigError
 from edgefleet_contract.mqtt import Endpoint, TlsFiles
@@ -28,9 +29,16 @@ from .broker import BrokerLayout, ManagedBroker
 from .config import BrokerSettings, host_port
 from .ingest import Ingest
 from .preflight import check_port
-from .rabbitmq import AmqpIngest, RabbitAdmin, sync_users
+from .rabbitmq import AmqpIngest, PresenceSweep, RabbitAdmin, sync_users
 
 log = logging.getLogger(__name__)
+
+
+class PresenceStore(Protocol):
+    def list_devices(
+        self, *, where: Callable[[Any], bool] | None = ..., limit: int = ...
+    ) -> Any: ...
+    def set_presence(self, device_id: str, *, online: bool, ts: float) -> None: ...
 
 
 class Upstream(Protocol):
@@ -55,6 +63,7 @@ class BrokerControl(Protocol):
     def health(self) -> dict[str, object]: ...
     def server_endpoint(self, client: TlsFiles) -> Endpoint: ...
     def upstream(self, ingest: Ingest, client: TlsFiles) -> AmqpIngest | None: ...
+    def track_presence(self, store: PresenceStore, interval_s: float) -> None: ...
     def stop(self) -> None: ...
     @property
     def restarts(self) -> int: ...
@@ -115,6 +124,9 @@ class MosquittoControl:
 
     def upstream(self, ingest: Ingest, client: TlsFiles) -> AmqpIngest | None:
         return None
+
+    def track_presence(self, store: PresenceStore, interval_s: float) -> None:
+        """Last Wills and retained status tell the server; nothing to poll."""
 
     def stop(self) -> None:
         self.broker.stop()
@@ -179,6 +191,9 @@ class ExternalControl:
     def upstream(self, ingest: Ingest, client: TlsFiles) -> AmqpIngest | None:
         return None
 
+    def track_presence(self, store: PresenceStore, interval_s: float) -> None:
+        """Last Wills and retained status tell the server; nothing to poll."""
+
     def stop(self) -> None:
         """Nothing of ours runs."""
 
@@ -196,6 +211,7 @@ class RabbitControl:
         assert settings.admin_user and settings.admin_password
         self._settings = settings
         self._layout = layout
+        self.sweep: PresenceSweep | None = None
         self.admin = RabbitAdmin(
             settings.management_urls,
             settings.admin_user,
@@ -248,7 +264,23 @@ class RabbitControl:
         tls = TlsFiles(b.ca_file or client.ca_file, client.cert_file, client.key_file)
         return AmqpIngest([host_port(e) for e in b.amqp_endpoints], tls, ingest)
 
+    def track_presence(self, store: PresenceStore, interval_s: float) -> None:
+        """Sweep presence against the cluster's connections (see :class:`PresenceSweep`)."""
+
+        def online() -> dict[str, float]:
+            page = store.list_devices(where=lambda d: d.online, limit=10**7)
+            return {d.id: d.last_seen or 0.0 for d in page.items}
+
+        def offline(device_id: str) -> None:
+            log.info("%s has no connection on any broker node: offline", device_id)
+            store.set_presence(device_id, online=False, ts=time.time())
+
+        self.sweep = PresenceSweep(self.admin, online, offline, interval_s)
+        self.sweep.start()
+
     def stop(self) -> None:
+        if self.sweep is not None:
+            self.sweep.stop()
         self.admin.close()
 
 

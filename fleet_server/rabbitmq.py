@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -200,6 +200,67 @@ class RabbitAdmin:
             "running": sum(1 for n in nodes if n.get("running")),
             "memory_bytes": sum(int(n.get("mem_used") or 0) for n in nodes),
         }
+
+
+def connected_devices(admin: RabbitAdmin) -> set[str]:
+    """Users with at least one open connection on any node (the server's own excluded)."""
+    return {str(c.get("user")) for c in admin.connections()} - {SERVER_IDENTITY}
+
+
+class PresenceSweep:
+    """Marks offline the devices the store thinks online but no node has a connection for.
+
+    A node that is killed takes its clients' Last Wills with it; devices that come
+    back announce themselves, one that does not would stay "online".  The management
+    API's view of connections lags by a few seconds, so a device is set offline only
+    when it was missing from two listings in a row and nothing was heard from it for
+    ``grace_s``.
+    """
+
+    def __init__(
+        self,
+        admin: RabbitAdmin,
+        online: Callable[[], dict[str, float]],
+        set_offline: Callable[[str], None],
+        interval_s: float,
+        grace_s: float = 15.0,
+    ) -> None:
+        self._admin = admin
+        self._online = online
+        self._set_offline = set_offline
+        self.interval_s = interval_s
+        self.grace_s = grace_s
+        self._suspects: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.marked_offline = 0
+
+    def sweep(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        connected = connected_devices(self._admin)
+        last_seen = self._online()
+        missing = set(last_seen) - connected
+        for device_id in missing & self._suspects:
+            if now - last_seen[device_id] >= self.grace_s:
+                self._set_offline(device_id)
+                self.marked_offline += 1
+        self._suspects = missing
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="presence-sweep", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sweep()
+            except (BrokerError, httpx.HTTPError, ValueError) as exc:
+                log.warning("presence sweep skipped: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
 
 
 def sync_users(admin: RabbitAdmin, active: Iterable[str], revoked: Iterable[str]) -> None:

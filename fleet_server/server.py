@@ -286,6 +286,8 @@ class FleetServer:
         """Set when a part the server cannot run without gave up (see ``failure``)."""
         self.failure: str | None = None
         self._maintenance = threading.Event()
+        self.presence_sweep_s = 10.0
+        """How often a broker that cannot publish every Last Will is asked who is connected."""
         self.maintenance_interval_s = 600.0
         """How often the retention pass runs (read before each wait)."""
         self._maintenance_thread: threading.Thread | None = None
@@ -360,6 +362,7 @@ class FleetServer:
         if self.upstream is not None:
             self.upstream.start()
         self.link.start()
+        self.control.track_presence(self.store, self.presence_sweep_s)
         self.training.resume()
         self.rollouts.reload()
         self.rollouts.start()

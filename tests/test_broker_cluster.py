@@ -37,26 +37,32 @@ def test_node_killed_mid_stream_loses_no_batch(
 ) -> None:
     cluster = rabbit_cluster
     server = cluster_server(cluster, pki, tmp_path / "fleet")
+    server.presence_sweep_s = 1.0
     server.start()
     links: list[DeviceLink] = []
     victim_node = cluster.nodes[0]  # ingest consumes through it first; devices start on it
+    doomed: DeviceLink | None = None
     try:
         links = [
             cluster_link(server, cluster, tmp_path / f"d{i}", f"cl-{i}", node=i % 3)
             for i in range(DEVICES)
         ]
-        for link in links:
+        # one more device on the node to kill, which dies with it: no Last Will for it
+        doomed = cluster_link(server, cluster, tmp_path / "doomed", "cl-doomed", node=0)
+        for link in [*links, doomed]:
             link.start()
             link.report(
                 ReportedState(
                     device_id=link.device_id, ts=time.time(), agent_version="test", health="ok"
                 )
             )
-        wait_for(lambda: all(link.connected.is_set() for link in links), what="all connected")
+        wait_for(
+            lambda: all(link.connected.is_set() for link in [*links, doomed]), what="all connected"
+        )
         assert server.upstream is not None
         wait_for(server.upstream.connected.is_set, what="ingest consumer")
         store = server.store
-        wait_for(lambda: store.count_online() == DEVICES, what="all online")
+        wait_for(lambda: store.count_online() == DEVICES + 1, what="all online")
 
         for n in range(BATCHES // 2):
             for link in links:
@@ -65,7 +71,9 @@ def test_node_killed_mid_stream_loses_no_batch(
         victim_port = ("127.0.0.1", victim_node.ports.mqtts)
         on_victim = [link for link in links if link.target == victim_port]
         assert on_victim, "no device on the node to kill"
+        assert doomed.target == victim_port, "the doomed device did not start on node 0"
         victim_node.kill_hard()
+        doomed.stop(timeout=1)
         for n in range(BATCHES // 2, BATCHES):
             for link in links:
                 _send(link, n)
@@ -85,6 +93,9 @@ def test_node_killed_mid_stream_loses_no_batch(
         for link in on_victim:
             assert link.generation > generations[link.device_id]
             assert link.target != victim_port
+        # the doomed device's Last Will died with the node: the presence sweep finds no
+        # connection for it on any node and marks it offline; the others are online
+        wait_for(lambda: not store.get_device("cl-doomed").online, what="doomed offline")
         wait_for(lambda: store.count_online() == DEVICES, what="all online again")
         # a device that dies now is offline through its Last Will, published by a survivor
         lost = links.pop(1)
@@ -97,6 +108,8 @@ def test_node_killed_mid_stream_loses_no_batch(
     finally:
         for link in links:
             link.stop(timeout=2)
+        if doomed is not None:
+            doomed.stop(timeout=1)
         server.stop()
         if not victim_node.alive():
             victim_node.start()  # the rest of the session gets its three nodes back
