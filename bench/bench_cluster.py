@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import ssl
@@ -24,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import psutil
@@ -39,7 +41,6 @@ from fleet_server.rabbitmq_local import LocalRabbitCluster
 from fleet_server.store import open_store
 from tests.broker_modes import (
     BrokerUnderTest,
-    Probe,
     cluster_admin,
     mosquitto_mode,
     rabbitmq_mode,
@@ -127,10 +128,8 @@ def acl_probes(bt: BrokerUnderTest) -> tuple[int, int, list[str]]:
     ).try_connect()
     results["no certificate"] = not bt.probe(None, a, ca_file=a_tls.ca_file).try_connect()
     for p in (server, victim, impostor, open_session):
-        try:
+        with contextlib.suppress(Exception):
             p.close()
-        except Exception:  # noqa: BLE001
-            pass
     leaked = [name for name, ok in results.items() if not ok]
     return sum(results.values()), len(results), leaked
 
@@ -250,7 +249,7 @@ def ingest_rate(bt: BrokerUnderTest, tag: str) -> tuple[float, int, int]:
         consumer = ServerLink(
             Endpoint("127.0.0.1", bt.ports[0], server_tls), ingest, client_id="bench-cluster-server"
         )
-    ingest._acker = consumer.acknowledge  # noqa: SLF001
+    ingest._acker = consumer.acknowledge
     ingest.start()
     consumer.start()
     _wait(consumer.connected.is_set, 30)
@@ -294,7 +293,7 @@ async def _hold(
     held.append(writer)
 
 
-def connections(cluster: LocalRabbitCluster, pki: Pki) -> dict[str, object]:
+def connections(cluster: LocalRabbitCluster, pki: Pki) -> dict[str, Any]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, DEVICES * 2 + 1024)), hard))
     admin = cluster_admin(cluster)
@@ -303,7 +302,7 @@ def connections(cluster: LocalRabbitCluster, pki: Pki) -> dict[str, object]:
     admin.import_devices(ids)
     import_s = time.perf_counter() - t0
     store = open_store(Path(tempfile.mkdtemp()) / "fleet.db")
-    conn = store._conn()  # type: ignore[attr-defined]  # noqa: SLF001
+    conn = store._conn()  # type: ignore[attr-defined]
     conn.executemany(
         "INSERT INTO devices (id, name, tags, groups, state, created_at, online, "
         "desired_version) VALUES (?, ?, '{}', '[]', 'enrolled', 0, 0, 0)",
@@ -311,7 +310,7 @@ def connections(cluster: LocalRabbitCluster, pki: Pki) -> dict[str, object]:
     )
     ingest = Ingest(store, batch_size=1000)
     consumer = AmqpIngest([("127.0.0.1", n.ports.amqps) for n in cluster.nodes], pki.server, ingest)
-    ingest._acker = consumer.acknowledge  # noqa: SLF001
+    ingest._acker = consumer.acknowledge
     ingest.start()
     consumer.start()
     _wait(consumer.connected.is_set, 30)
@@ -354,7 +353,7 @@ def connections(cluster: LocalRabbitCluster, pki: Pki) -> dict[str, object]:
         "idle_rss_mib": before,
         "mem_used_mib": int(mem_used) / 2**20,
         "import_s": import_s,
-    }  # type: ignore[call-overload]
+    }
 
 
 def _cluster_rss(cluster: LocalRabbitCluster) -> float:
@@ -454,8 +453,8 @@ def _kill_rows(cluster: LocalRabbitCluster, pki: Pki) -> list[dict[str, object]]
             "value": f"{max(back):.1f} s",
             "baseline": "-",
             "ratio": "-",
-            "note": f"worst; mean {statistics.mean(back):.1f} s over {SEEDS} kills (jittered backoff "
-            "from 0.5 s, next node)",
+            "note": f"worst; mean {statistics.mean(back):.1f} s over {SEEDS} kills "
+            "(jittered backoff from 0.5 s, next node)",
         },
     ]
 
@@ -467,15 +466,15 @@ def _connection_rows(cluster: LocalRabbitCluster, pki: Pki) -> list[dict[str, ob
             "benchmark": "devices connected through the broker cluster",
             "value": f"{r['held']:,}",
             "baseline": "10,000 (goal)",
-            "ratio": f"{int(r['held']) / 10000:.2f}",  # type: ignore[call-overload]
-            "note": f"mTLS over 3 nodes in {r['connect_s']:.0f}s, {r['online']:,} online in the store "
-            f"via the quorum queue; {r['errors']} refused {r['first_error']}",
+            "ratio": f"{int(r['held']) / 10000:.2f}",
+            "note": f"mTLS over 3 nodes in {r['connect_s']:.0f}s, {r['online']:,} online in the "
+            f"store via the quorum queue; {r['errors']} refused {r['first_error']}",
         },
         {
             "benchmark": "broker cluster memory at that many devices",
             "value": f"{r['rss_mib']:.0f} MiB",
             "baseline": f"{MOSQUITTO_10K_MIB} MiB (mosquitto, 10,000)",
-            "ratio": f"{float(r['rss_mib']) / MOSQUITTO_10K_MIB:.1f}",  # type: ignore[arg-type]
+            "ratio": f"{float(r['rss_mib']) / MOSQUITTO_10K_MIB:.1f}",
             "note": f"3 nodes' RSS (idle {r['idle_rss_mib']:.0f} MiB); broker-reported "
             f"{r['mem_used_mib']:.0f} MiB; 10,000 users imported in {r['import_s']:.1f}s",
         },

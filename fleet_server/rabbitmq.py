@@ -20,6 +20,7 @@ like in the other modes, to whichever node answers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -321,10 +322,8 @@ class AmqpIngest:
         with self._lock:
             conn = self._conn
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 conn.add_callback_threadsafe(lambda: None)  # wake the loop
-            except Exception:
-                pass
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -340,10 +339,8 @@ class AmqpIngest:
             if item.generation == self.generation and channel.is_open:
                 channel.basic_ack(tag)
 
-        try:
+        with contextlib.suppress(Exception):
             conn.add_callback_threadsafe(ack)
-        except Exception:
-            pass
 
     def _params(self, host: str, port: int) -> pika.ConnectionParameters:
         ctx = tls_context(self._tls)
@@ -372,10 +369,8 @@ class AmqpIngest:
                 with self._lock:
                     conn, self._conn, self._channel = self._conn, None, None
                 if conn is not None and conn.is_open:
-                    try:
+                    with contextlib.suppress(Exception):
                         conn.close()
-                    except Exception:
-                        pass
             if self._stop.is_set():
                 return
             self._urls.append(self._urls.pop(0))  # next node

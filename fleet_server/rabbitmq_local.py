@@ -169,7 +169,7 @@ log.console = false
 
     def log_tail(self, lines: int = 15) -> str:
         out: list[str] = []
-        for path in sorted(self.directory.glob("log/*.log")) + [self.directory / "stdout.log"]:
+        for path in [*sorted(self.directory.glob("log/*.log")), self.directory / "stdout.log"]:
             if path.exists():
                 out += path.read_text(errors="replace").splitlines()[-lines:]
         return "\n".join(out)

@@ -197,7 +197,7 @@ class Probe:
         """True when the broker acknowledged the publish as accepted."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         wait_for(lambda: info.mid in self.pubacks or self.disconnected.is_set(), what="PUBACK")
-        return self.pubacks.get(info.mid) == "Success"  # noqa: SIM103
+        return self.pubacks.get(info.mid) == "Success"
 
     def got(self, topic: str, payload: bytes) -> bool:
         with self._lock:

@@ -12,6 +12,7 @@ connection), never on a sleep.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Iterator
@@ -63,10 +64,8 @@ def bt(request: pytest.FixtureRequest, pki: Pki) -> Iterator[BrokerUnderTest]:
     mode.probe = tracked  # type: ignore[method-assign]
     yield mode
     for p in made:
-        try:
+        with contextlib.suppress(Exception):
             p.close()
-        except Exception:  # noqa: BLE001 - already dropped by the broker
-            pass
 
 
 def _server(bt: BrokerUnderTest, node: int = 0) -> Probe:
@@ -95,7 +94,8 @@ def test_device_cannot_publish_on_another_devices_topics(bt: BrokerUnderTest) ->
         real = f"real-{ch}".encode()
         sender, watcher = (victim, observer) if ch in UPSTREAM else (observer, victim)
         assert sender.publish(f"devices/{b}/{ch}", real)
-        wait_for(lambda: watcher.got(f"devices/{b}/{ch}", real), what=f"{ch} positive control")
+        topic = f"devices/{b}/{ch}"
+        wait_for(lambda w=watcher, t=topic, r=real: w.got(t, r), what=f"{ch} positive control")
         assert not observer.got(f"devices/{b}/{ch}", forged), ch
         assert not victim.got(f"devices/{b}/{ch}", forged), ch
 
@@ -138,7 +138,7 @@ def test_device_cannot_subscribe_to_another_devices_topics(bt: BrokerUnderTest) 
                 assert server.publish(f"devices/{b}/{ch}", b"secret")
             assert victim.publish(f"devices/{b}/telemetry", b"secret")
             assert server.publish(f"devices/{a}/cmd", b"marker")
-            wait_for(lambda: attacker.got(f"devices/{a}/cmd", b"marker"), what="marker")
+            wait_for(lambda p=attacker: p.got(f"devices/{a}/cmd", b"marker"), what="marker")
         seen = attacker.topics_seen() - {f"devices/{a}/cmd"}
         assert not seen, f"{topic_filter} leaked {seen}"
         attacker.close()

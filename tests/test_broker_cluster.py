@@ -99,7 +99,7 @@ def test_node_killed_mid_stream_loses_no_batch(
         wait_for(lambda: store.count_online() == DEVICES, what="all online again")
         # a device that dies now is offline through its Last Will, published by a survivor
         lost = links.pop(1)
-        sock = lost._client.socket()  # noqa: SLF001 - a crash, not a clean stop
+        sock = lost._client.socket()
         assert sock is not None
         sock.close()
         lost.stop(timeout=1)
