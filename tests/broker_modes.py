@@ -10,7 +10,10 @@ so checks wait on those events instead of sleeping.
 
 from __future__ import annotations
 
+import os
+import signal
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -23,12 +26,13 @@ from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edgefleet_contract.mqtt import TlsFiles, tls_context
-from fleet_server.broker import ManagedBroker
+from fleet_server.broker import ManagedBroker, find_mosquitto, port_open
 from fleet_server.config import SERVER_IDENTITY
+from fleet_server.pki import write_private
 from fleet_server.rabbitmq import RabbitAdmin
 from fleet_server.rabbitmq_local import ADMIN_USER, LocalRabbitCluster
 
-from .harness import Pki, wait_for
+from .harness import Pki, free_port, wait_for
 
 
 @dataclass
@@ -78,6 +82,72 @@ def mosquitto_mode(broker: ManagedBroker, pki: Pki) -> BrokerUnderTest:
         pki=pki,
         make_effective=lambda cn: None,
         revoke_ids=revoke,
+        victim_keeps_session_on_takeover=True,
+    )
+
+
+class HandConfiguredMosquitto:
+    """An "external" broker: mosquitto configured by hand as docs/operations.md says
+    (fleet CA, CN as username and client id, ACL by CN, the server's CRL), run by the
+    test the way an operator runs it; revocation = install the CRL, deny, reload."""
+
+    def __init__(self, pki: Pki, directory: Path) -> None:
+        self.pki = pki
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        cert, key = pki.ca.issue_server_cert(["localhost"], ["127.0.0.1"], now=time.time())
+        (directory / "broker.pem").write_bytes(cert)
+        write_private(directory / "broker.key", key)
+        self.port = free_port()
+        self.write_acl([])
+        (directory / "crl.pem").write_bytes(pki.ca.crl_pem([], now=time.time()))
+        conf = directory / "mosquitto.conf"
+        conf.write_text(
+            "per_listener_settings false\nallow_anonymous false\n"
+            f"acl_file {directory / 'acl'}\n"
+            f"listener {self.port} 127.0.0.1\n"
+            f"cafile {pki.ca.cert_file}\ncertfile {directory / 'broker.pem'}\n"
+            f"keyfile {directory / 'broker.key'}\ncrlfile {directory / 'crl.pem'}\n"
+            "require_certificate true\nuse_identity_as_username true\n"
+            "use_username_as_clientid true\n" + ("user root\n" if os.geteuid() == 0 else "")
+        )
+        self.proc = subprocess.Popen(
+            [find_mosquitto("mosquitto"), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=(directory / "stderr").open("wb"),
+        )
+        wait_for(lambda: port_open("127.0.0.1", self.port), what="hand-configured mosquitto")
+
+    def write_acl(self, denied: list[str]) -> None:
+        lines = [f"user {SERVER_IDENTITY}", "topic readwrite devices/#", ""]
+        for d in denied:
+            lines += [f"user {d}", "topic deny devices/#", ""]
+        lines += ["pattern readwrite devices/%u/#", ""]
+        (self.dir / "acl").write_text("\n".join(lines))
+
+    def revoke(self, files: list[TlsFiles], ids: list[str]) -> None:
+        serials = []
+        for f in files:
+            assert f.cert_file is not None
+            cert = x509.load_pem_x509_certificate(f.cert_file.read_bytes())
+            serials.append((cert.serial_number, time.time()))
+        (self.dir / "crl.pem").write_bytes(self.pki.ca.crl_pem(serials, now=time.time()))
+        self.write_acl(ids)
+        self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def external_mode(broker: HandConfiguredMosquitto, pki: Pki) -> BrokerUnderTest:
+    return BrokerUnderTest(
+        mode="external",
+        ports=[broker.port],
+        protocol="5",
+        pki=pki,
+        make_effective=lambda cn: None,
+        revoke_ids=broker.revoke,
         victim_keeps_session_on_takeover=True,
     )
 

@@ -1,4 +1,5 @@
-"""One ACL conformance suite, run against every broker mode.
+"""One ACL conformance suite, run against every broker mode (managed mosquitto, an
+external broker configured by hand from docs/operations.md, the RabbitMQ cluster).
 
 A device holds a certificate whose CN is its id.  Whatever broker carries the
 fleet, a device must not read or write another device's topics (any channel,
@@ -26,7 +27,14 @@ from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA
 from fleet_server.rabbitmq_local import LocalRabbitCluster
 
-from .broker_modes import BrokerUnderTest, Probe, mosquitto_mode, rabbitmq_mode
+from .broker_modes import (
+    BrokerUnderTest,
+    HandConfiguredMosquitto,
+    Probe,
+    external_mode,
+    mosquitto_mode,
+    rabbitmq_mode,
+)
 from .harness import Pki, start_broker, wait_for
 
 UPSTREAM = ("telemetry", "state", "status", "fl/out")
@@ -46,11 +54,20 @@ def module_mosquitto(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iter
     b.stop()
 
 
-@pytest.fixture(params=["mosquitto", "rabbitmq"])
+@pytest.fixture(scope="module")
+def module_external(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    b = HandConfiguredMosquitto(pki, tmp_path_factory.mktemp("acl-external"))
+    yield b
+    b.stop()
+
+
+@pytest.fixture(params=["mosquitto", "external", "rabbitmq"])
 def bt(request: pytest.FixtureRequest, pki: Pki) -> Iterator[BrokerUnderTest]:
     made: list[Probe] = []
     if request.param == "mosquitto":
         mode = mosquitto_mode(request.getfixturevalue("module_mosquitto"), pki)
+    elif request.param == "external":
+        mode = external_mode(request.getfixturevalue("module_external"), pki)
     else:
         cluster: LocalRabbitCluster = request.getfixturevalue("rabbit_cluster")
         mode = rabbitmq_mode(cluster, pki)
