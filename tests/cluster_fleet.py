@@ -37,12 +37,19 @@ def cluster_settings(cluster: LocalRabbitCluster, data_dir: Path) -> ServerSetti
     )
 
 
-def cluster_server(cluster: LocalRabbitCluster, pki: Pki, data_dir: Path) -> FleetServer:
-    """A server whose CA is the cluster's (the brokers trust the session CA)."""
+def cluster_server(
+    cluster: LocalRabbitCluster, pki: Pki, data_dir: Path, *, start_package: bool = False
+) -> FleetServer:
+    """A server whose CA is the cluster's (the brokers trust the session CA); with
+    ``start_package`` the federated tests' untrained model is in its models dir."""
     data_dir.mkdir(parents=True)
     shutil.copytree(pki.ca.directory, data_dir / "ca")
     settings = cluster_settings(cluster, data_dir)
     initialize(settings, admin_password=ADMIN_PASSWORD)
+    if start_package:
+        from .fl_helpers import write_start_package
+
+        write_start_package(settings.data_dir / "models")
     return FleetServer(settings)
 
 

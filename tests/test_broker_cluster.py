@@ -114,3 +114,56 @@ def test_node_killed_mid_stream_loses_no_batch(
         if not victim_node.alive():
             victim_node.start()  # the rest of the session gets its three nodes back
             cluster.wait_running(len(cluster.nodes), 240)
+
+
+def test_training_round_with_devices_on_different_nodes(
+    rabbit_cluster: LocalRabbitCluster, pki: Pki, tmp_path: Path
+) -> None:
+    """A federated round whose frames go out through one node and come back through the
+    quorum queue from devices connected to the other nodes."""
+    from fleet_server.federation.spec import LocalTraining, RunSpec
+    from fleet_server.modelkit.digits import split
+
+    from .fl_helpers import MODEL, dirichlet_parts, make_device
+
+    server = cluster_server(rabbit_cluster, pki, tmp_path / "fleet", start_package=True)
+    server.start()
+    fleet = []
+    try:
+        data = split()
+        parts = dirichlet_parts(data.y_train, 3, alpha=0.5, seed=3)
+        fleet = [
+            make_device(server, tmp_path / "devs", f"cf-{i}", data.x_train[p], data.y_train[p])
+            for i, p in enumerate(parts)
+        ]
+        wait_for(lambda: all(d.link.connected.is_set() for d in fleet), what="connected")
+        assert len({d.link.target for d in fleet}) == 3, "devices are not on different nodes"
+        wait_for(
+            lambda: all(server.store.get_device(d.link.device_id).online for d in fleet),
+            what="online",
+        )
+        spec = RunSpec.model_validate(
+            {
+                "model": MODEL,
+                "target": "tag:fl=yes",
+                "strategy": "fedavg",
+                "rounds": 1,
+                "min_clients": 3,
+                "round_timeout_s": 120,
+                "local": LocalTraining(epochs=2, lr=0.2, batch_size=16),
+            }
+        )
+        run = server.training.start_run(spec, actor="test")
+
+        def done() -> bool:
+            return server.store.get_training_run(run.id).status not in ("pending", "running")  # type: ignore[attr-defined]
+
+        wait_for(done, 240, "run finished")
+        status = server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        assert status.status == "completed", status
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert len(rounds) == 1 and len(rounds[0].participants) == 3
+    finally:
+        for d in fleet:
+            d.stop()
+        server.stop()
