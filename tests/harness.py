@@ -162,7 +162,7 @@ def fleet_link(
     (folder / "cert.pem").write_bytes(cert)
     tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
     spool = Spool(folder / "spool.db", max_bytes=10**7, max_age_s=1e6)
-    endpoint = _device_endpoint(server, device_id, tls)
+    endpoint = device_endpoint(server, device_id, tls)
     policy = DrainPolicy(200, 200, 20)
     return DeviceLink(device_id, endpoint, spool, agent_version=agent_version, policy=policy, **kw)
 
@@ -170,7 +170,7 @@ def fleet_link(
 _next_node = itertools.count()
 
 
-def _device_endpoint(server: FleetServer, device_id: str, tls: TlsFiles) -> Endpoint:
+def device_endpoint(server: FleetServer, device_id: str, tls: TlsFiles) -> Endpoint:
     """Where a test device connects; on a broker cluster, round-robin over its nodes
     (each device knows all of them), after making the device's identity effective."""
     b = server.settings.broker

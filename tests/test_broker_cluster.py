@@ -167,3 +167,43 @@ def test_training_round_with_devices_on_different_nodes(
         for d in fleet:
             d.stop()
         server.stop()
+
+
+def test_rollout_with_devices_on_different_nodes(
+    rabbit_cluster: LocalRabbitCluster, pki: Pki, tmp_path: Path
+) -> None:
+    """Commands go out through the server's node, acks and reported state come back
+    through the quorum queue from devices on the others; the rollout completes."""
+    from .ota_server import DIGITS, model_version
+    from .rollout_devices import Api, SimDevice
+
+    server = cluster_server(rabbit_cluster, pki, tmp_path / "fleet")
+    (tmp_path / "packages").mkdir()
+    for version in ("1.0.0", "2.0.0"):
+        path = DIGITS if version == "1.0.0" else model_version(tmp_path / "packages", version)
+        server.artifacts.add_model(path, lineage={"source": "test"}, actor="test")
+    server.start()
+    devices = [SimDevice(server, tmp_path / "devs" / f"cr-{i}", f"cr-{i}") for i in range(3)]
+    try:
+        for d in devices:
+            d.start()
+        wait_for(lambda: server.store.count_online() == 3, 30, "all devices online")
+        assert len({d.link.target for d in devices if d.link}) == 3, "not on different nodes"
+        api = Api(server)
+        plan = {
+            "target": "tag:site=e2e",
+            "canary": "1",
+            "waves": "100%",
+            "pace": "600/min",
+            "probation": "1s",
+            "gates": ["install_success_rate>=1"],
+            "artifact": "digits@2.0.0",
+        }
+        rollout = api.post("/rollouts", plan)
+        done = api.wait_status(rollout["id"], {"completed", "halted", "rolled_back"}, 120)
+        assert done["status"] == "completed", done
+        assert all(d.version == "2.0.0" for d in devices)
+    finally:
+        for d in devices:
+            d.stop()
+        server.stop()
