@@ -31,7 +31,7 @@ import paho.mqtt.client as paho
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edgefleet_contract.mqtt import Endpoint, TlsFiles, tls_context
+from edgefleet_common.mqtt import Endpoint, TlsFiles, tls_context
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgefleet_common.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.errors import ConfigError
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
 
 from .broker import BrokerLayout, ManagedBroker
 from .config import BrokerSettings, host_port

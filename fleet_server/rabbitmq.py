@@ -34,10 +34,10 @@ import pika
 import pika.credentials
 import pika.exceptions
 
+from edgefleet_common.backoff import Backoff
+from edgefleet_common.mqtt import TlsFiles, tls_context
 from edgefleet_contract import topics
-from edgefleet_contract.backoff import Backoff
 from edgefleet_contract.errors import BrokerError
-from edgefleet_contract.mqtt import TlsFiles, tls_context
 
 from .config import SERVER_IDENTITY
 from .ingest import Inbound, Ingest

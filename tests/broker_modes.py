@@ -25,7 +25,7 @@ import paho.mqtt.client as paho
 from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edgefleet_contract.mqtt import TlsFiles, tls_context
+from edgefleet_common.mqtt import TlsFiles, tls_context
 from fleet_server.broker import ManagedBroker, find_mosquitto, port_open
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import write_private

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agent.link import DeviceLink
 from agent.spool import DrainPolicy, Spool
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
+from edgefleet_common.mqtt import Endpoint, TlsFiles
 from fleet_server.config import ApiSettings, BrokerSettings, ServerSettings
 from fleet_server.pki import write_private
 from fleet_server.rabbitmq_local import ADMIN_USER, LocalRabbitCluster

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet_contract.mqtt import TlsFiles
+from edgefleet_common.mqtt import TlsFiles
 from fleet_server.broker import ManagedBroker
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA

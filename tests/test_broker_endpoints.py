@@ -12,10 +12,10 @@ from pydantic import ValidationError
 from agent.config import BrokerOverride
 from agent.link import DeviceLink
 from agent.spool import DrainPolicy, Spool
-from edgefleet_contract.backoff import Backoff
+from edgefleet_common.backoff import Backoff
+from edgefleet_common.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import Telemetry
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.topics import Channel
 from fleet_server.broker import ManagedBroker
 from fleet_server.config import BrokerSettings
