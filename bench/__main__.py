@@ -38,6 +38,9 @@ MODULES = {
     "bench_estimate": "Label-free accuracy estimate (issue: model monitoring)",
     "bench_fuzz": "Fuzzing the hostile-input readers (issue: security hardening)",
     "bench_shadow": "Shadow runs: the answer's cost, the bounded queue (issue: model monitoring)",
+    "bench_cluster": (
+        "Broker cluster: ACL probes, a node killed, ingest, connections (issue: broker cluster)"
+    ),
 }
 
 
