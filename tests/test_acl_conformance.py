@@ -69,7 +69,7 @@ def bt(request: pytest.FixtureRequest, pki: Pki) -> Iterator[BrokerUnderTest]:
     elif request.param == "external":
         mode = external_mode(request.getfixturevalue("module_external"), pki)
     else:
-        cluster: LocalRabbitCluster = request.getfixturevalue("rabbit_cluster")
+        cluster: LocalRabbitCluster = request.getfixturevalue("rabbit")
         mode = rabbitmq_mode(cluster, pki)
     original = mode.probe
 

@@ -32,10 +32,103 @@ def _send(link: DeviceLink, n: int) -> None:
     link.send(Channel.TELEMETRY, Codec().encode(batch))
 
 
-def test_node_killed_mid_stream_loses_no_batch(
-    rabbit_cluster: LocalRabbitCluster, pki: Pki, tmp_path: Path
+def test_training_round_with_devices_on_different_nodes(
+    rabbit: LocalRabbitCluster, pki: Pki, tmp_path: Path
 ) -> None:
-    cluster = rabbit_cluster
+    """A federated round whose frames go out through one node and come back through the
+    quorum queue from devices connected to the other nodes."""
+    from fleet_server.federation.spec import LocalTraining, RunSpec
+    from fleet_server.modelkit.digits import split
+
+    from .fl_helpers import MODEL, dirichlet_parts, make_device
+
+    server = cluster_server(rabbit, pki, tmp_path / "fleet", start_package=True)
+    server.start()
+    fleet = []
+    try:
+        data = split()
+        parts = dirichlet_parts(data.y_train, 3, alpha=0.5, seed=3)
+        fleet = [
+            make_device(server, tmp_path / "devs", f"cf-{i}", data.x_train[p], data.y_train[p])
+            for i, p in enumerate(parts)
+        ]
+        wait_for(lambda: all(d.link.connected.is_set() for d in fleet), what="connected")
+        assert len({d.link.target for d in fleet}) == 3, "devices are not on different nodes"
+        wait_for(
+            lambda: all(server.store.get_device(d.link.device_id).online for d in fleet),
+            what="online",
+        )
+        spec = RunSpec.model_validate(
+            {
+                "model": MODEL,
+                "target": "tag:fl=yes",
+                "strategy": "fedavg",
+                "rounds": 1,
+                "min_clients": 3,
+                "round_timeout_s": 120,
+                "local": LocalTraining(epochs=2, lr=0.2, batch_size=16),
+            }
+        )
+        run = server.training.start_run(spec, actor="test")
+
+        def done() -> bool:
+            return server.store.get_training_run(run.id).status not in ("pending", "running")  # type: ignore[attr-defined]
+
+        wait_for(done, 240, "run finished")
+        status = server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        assert status.status == "completed", status
+        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
+        assert len(rounds) == 1 and len(rounds[0].participants) == 3
+    finally:
+        for d in fleet:
+            d.stop()
+        server.stop()
+
+
+def test_rollout_with_devices_on_different_nodes(
+    rabbit: LocalRabbitCluster, pki: Pki, tmp_path: Path
+) -> None:
+    """Commands go out through the server's node, acks and reported state come back
+    through the quorum queue from devices on the others; the rollout completes."""
+    from .ota_server import DIGITS, model_version
+    from .rollout_devices import Api, SimDevice
+
+    server = cluster_server(rabbit, pki, tmp_path / "fleet")
+    (tmp_path / "packages").mkdir()
+    for version in ("1.0.0", "2.0.0"):
+        path = DIGITS if version == "1.0.0" else model_version(tmp_path / "packages", version)
+        server.artifacts.add_model(path, lineage={"source": "test"}, actor="test")
+    server.start()
+    devices = [SimDevice(server, tmp_path / "devs" / f"cr-{i}", f"cr-{i}") for i in range(3)]
+    try:
+        for d in devices:
+            d.start()
+        wait_for(lambda: server.store.count_online() == 3, 30, "all devices online")
+        assert len({d.link.target for d in devices if d.link}) == 3, "not on different nodes"
+        api = Api(server)
+        plan = {
+            "target": "tag:site=e2e",
+            "canary": "1",
+            "waves": "100%",
+            "pace": "600/min",
+            "probation": "1s",
+            "gates": ["install_success_rate>=1"],
+            "artifact": "digits@2.0.0",
+        }
+        rollout = api.post("/rollouts", plan)
+        done = api.wait_status(rollout["id"], {"completed", "halted", "rolled_back"}, 120)
+        assert done["status"] == "completed", done
+        assert all(d.version == "2.0.0" for d in devices)
+    finally:
+        for d in devices:
+            d.stop()
+        server.stop()
+
+
+def test_node_killed_mid_stream_loses_no_batch(
+    rabbit: LocalRabbitCluster, pki: Pki, tmp_path: Path
+) -> None:
+    cluster = rabbit
     server = cluster_server(cluster, pki, tmp_path / "fleet")
     server.presence_sweep_s = 1.0
     server.start()
@@ -110,100 +203,4 @@ def test_node_killed_mid_stream_loses_no_batch(
             link.stop(timeout=2)
         if doomed is not None:
             doomed.stop(timeout=1)
-        server.stop()
-        if not victim_node.alive():
-            victim_node.start()  # the rest of the session gets its three nodes back
-            cluster.wait_running(len(cluster.nodes), 240)
-
-
-def test_training_round_with_devices_on_different_nodes(
-    rabbit_cluster: LocalRabbitCluster, pki: Pki, tmp_path: Path
-) -> None:
-    """A federated round whose frames go out through one node and come back through the
-    quorum queue from devices connected to the other nodes."""
-    from fleet_server.federation.spec import LocalTraining, RunSpec
-    from fleet_server.modelkit.digits import split
-
-    from .fl_helpers import MODEL, dirichlet_parts, make_device
-
-    server = cluster_server(rabbit_cluster, pki, tmp_path / "fleet", start_package=True)
-    server.start()
-    fleet = []
-    try:
-        data = split()
-        parts = dirichlet_parts(data.y_train, 3, alpha=0.5, seed=3)
-        fleet = [
-            make_device(server, tmp_path / "devs", f"cf-{i}", data.x_train[p], data.y_train[p])
-            for i, p in enumerate(parts)
-        ]
-        wait_for(lambda: all(d.link.connected.is_set() for d in fleet), what="connected")
-        assert len({d.link.target for d in fleet}) == 3, "devices are not on different nodes"
-        wait_for(
-            lambda: all(server.store.get_device(d.link.device_id).online for d in fleet),
-            what="online",
-        )
-        spec = RunSpec.model_validate(
-            {
-                "model": MODEL,
-                "target": "tag:fl=yes",
-                "strategy": "fedavg",
-                "rounds": 1,
-                "min_clients": 3,
-                "round_timeout_s": 120,
-                "local": LocalTraining(epochs=2, lr=0.2, batch_size=16),
-            }
-        )
-        run = server.training.start_run(spec, actor="test")
-
-        def done() -> bool:
-            return server.store.get_training_run(run.id).status not in ("pending", "running")  # type: ignore[attr-defined]
-
-        wait_for(done, 240, "run finished")
-        status = server.store.get_training_run(run.id)  # type: ignore[attr-defined]
-        assert status.status == "completed", status
-        rounds = server.store.list_rounds(run.id)  # type: ignore[attr-defined]
-        assert len(rounds) == 1 and len(rounds[0].participants) == 3
-    finally:
-        for d in fleet:
-            d.stop()
-        server.stop()
-
-
-def test_rollout_with_devices_on_different_nodes(
-    rabbit_cluster: LocalRabbitCluster, pki: Pki, tmp_path: Path
-) -> None:
-    """Commands go out through the server's node, acks and reported state come back
-    through the quorum queue from devices on the others; the rollout completes."""
-    from .ota_server import DIGITS, model_version
-    from .rollout_devices import Api, SimDevice
-
-    server = cluster_server(rabbit_cluster, pki, tmp_path / "fleet")
-    (tmp_path / "packages").mkdir()
-    for version in ("1.0.0", "2.0.0"):
-        path = DIGITS if version == "1.0.0" else model_version(tmp_path / "packages", version)
-        server.artifacts.add_model(path, lineage={"source": "test"}, actor="test")
-    server.start()
-    devices = [SimDevice(server, tmp_path / "devs" / f"cr-{i}", f"cr-{i}") for i in range(3)]
-    try:
-        for d in devices:
-            d.start()
-        wait_for(lambda: server.store.count_online() == 3, 30, "all devices online")
-        assert len({d.link.target for d in devices if d.link}) == 3, "not on different nodes"
-        api = Api(server)
-        plan = {
-            "target": "tag:site=e2e",
-            "canary": "1",
-            "waves": "100%",
-            "pace": "600/min",
-            "probation": "1s",
-            "gates": ["install_success_rate>=1"],
-            "artifact": "digits@2.0.0",
-        }
-        rollout = api.post("/rollouts", plan)
-        done = api.wait_status(rollout["id"], {"completed", "halted", "rolled_back"}, 120)
-        assert done["status"] == "completed", done
-        assert all(d.version == "2.0.0" for d in devices)
-    finally:
-        for d in devices:
-            d.stop()
-        server.stop()
+        server.stop()  # the `rabbit` fixture starts the killed node again for a next test
