@@ -20,7 +20,7 @@ import uvicorn
 
 from edgefleet_common.mqtt import TlsFiles
 from edgefleet_common.private import private_dir
-from edgefleet_contract.errors import ConfigError, NotFound
+from edgefleet_contract.errors import BrokerError, ConfigError, NotFound
 
 from .api import ApiContext, create_app
 from .auth import hash_password, verify_password
@@ -248,6 +248,11 @@ class FleetServer:
             "Times the managed broker was restarted",
             fn=lambda: [((), float(self.control.restarts))],
         )
+        self.metrics.gauge(
+            "edgefleet_broker_nodes_running",
+            "Broker nodes up, as the broker-control seam sees them (cluster: per its API)",
+            fn=lambda: [((), self._broker_nodes_running())],
+        )
         self.app = create_app(
             ApiContext(
                 settings=settings,
@@ -291,6 +296,14 @@ class FleetServer:
         """How often the retention pass runs (read before each wait)."""
         self._maintenance_thread: threading.Thread | None = None
         self._http_thread: threading.Thread | None = None
+
+    def _broker_nodes_running(self) -> float:
+        try:
+            health = self.control.health()
+        except BrokerError:
+            return 0.0
+        running = health.get("running", 1 if health.get("up", True) else 0)
+        return float(running) if isinstance(running, int | float) else 0.0
 
     def _device_updated(self, device_id: str) -> None:
         self.rollouts.device_updated(device_id)

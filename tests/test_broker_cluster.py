@@ -156,6 +156,7 @@ def test_node_killed_mid_stream_loses_no_batch(
         wait_for(server.upstream.connected.is_set, what="ingest consumer")
         store = server.store
         wait_for(lambda: store.count_online() == DEVICES + 1, what="all online")
+        assert "edgefleet_broker_nodes_running 3" in server.metrics.render()
 
         for n in range(BATCHES // 2):
             for link in links:
@@ -167,6 +168,10 @@ def test_node_killed_mid_stream_loses_no_batch(
         assert doomed.target == victim_port, "the doomed device did not start on node 0"
         victim_node.kill_hard()
         doomed.stop(timeout=1)
+        wait_for(
+            lambda: "edgefleet_broker_nodes_running 2" in server.metrics.render(),
+            what="the server to see one node down",
+        )
         for n in range(BATCHES // 2, BATCHES):
             for link in links:
                 _send(link, n)
