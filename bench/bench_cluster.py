@@ -32,11 +32,11 @@ import psutil
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edgefleet_common.mqtt import Endpoint, TlsFiles, tls_context
+from fleet_server.amqp_ingest import AmqpIngest
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink
 from fleet_server.pki import FleetCA
-from fleet_server.rabbitmq import AmqpIngest
 from fleet_server.rabbitmq_local import LocalRabbitCluster
 from fleet_server.store import open_store
 from tests.broker_modes import (

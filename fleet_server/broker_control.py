@@ -25,11 +25,12 @@ from typing import Any, Protocol
 from edgefleet_common.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.errors import ConfigError
 
+from .amqp_ingest import AmqpIngest
 from .broker import BrokerLayout, ManagedBroker
 from .config import BrokerSettings, host_port
 from .ingest import Ingest
 from .preflight import check_port
-from .rabbitmq import AmqpIngest, PresenceSweep, RabbitAdmin, sync_users
+from .rabbitmq import PresenceSweep, RabbitAdmin, sync_users
 
 log = logging.getLogger(__name__)
 
