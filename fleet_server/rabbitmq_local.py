@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -31,6 +32,31 @@ from .pki import FleetCA, write_private
 PLUGINS = "[rabbitmq_mqtt,rabbitmq_management,rabbitmq_auth_mechanism_ssl].\n"
 ADMIN_USER = "fleet-admin"
 """The management user the local cluster is created with (password random per cluster)."""
+
+
+PROBE_USER = "cluster-probe"
+"""A user with no rights, whose only use is checking that each node takes MQTT logins."""
+
+
+def _mqtt_connack(port: int, ctx: ssl.SSLContext) -> bytes:
+    """CONNECT (MQTT 3.1.1, clean session) and return the CONNACK bytes (b"" on failure)."""
+    client_id = PROBE_USER.encode()
+    body = b"\x00\x04MQTT\x04\x02\x00\x1e" + len(client_id).to_bytes(2, "big") + client_id
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(bytes([0x10, len(body)]) + body)
+            answer = b""
+            while len(answer) < 4:
+                chunk = tls.recv(4 - len(answer))
+                if not chunk:
+                    break
+                answer += chunk
+            return answer
+    except (OSError, ssl.SSLError):
+        return b""
 
 
 def find_rabbitmq() -> Path:
@@ -202,10 +228,17 @@ class LocalRabbitCluster:
         cert, key = self.ca.issue_server_cert(["localhost"], ["127.0.0.1"], now=time.time())
         self.cert.write_bytes(cert)
         write_private(self.key, key)
-        for node in self.nodes:
-            node.start()
+        deadline = time.monotonic() + timeout
         try:
-            self.wait_running(len(self.nodes), timeout)
+            # One node after the other: started together, the nodes sometimes formed
+            # the MQTT plugin's client-id registry (a Ra cluster) without one of them,
+            # and that node then refused every MQTT connection ("client ID
+            # registration timed out").
+            for count, node in enumerate(self.nodes, start=1):
+                node.start()
+                self.wait_running(count, max(1.0, deadline - time.monotonic()))
+            for node in self.nodes:
+                self.check_mqtt(node, max(1.0, deadline - time.monotonic()))
         except BaseException:
             self.stop()
             raise
@@ -259,6 +292,43 @@ class LocalRabbitCluster:
         raise BrokerError(
             f"the local rabbitmq cluster did not reach {count} running nodes in {timeout:.0f}s:\n"
             + self.nodes[0].log_tail()
+        )
+
+    def check_mqtt(self, node: LocalNode, timeout: float) -> None:
+        """An MQTT CONNECT through ``node`` must be accepted (the registry works there)."""
+        from edgefleet_common.mqtt import TlsFiles, tls_context
+
+        api = f"http://127.0.0.1:{node.ports.management}/api"
+        auth = (ADMIN_USER, self.admin_password)
+        httpx.put(
+            f"{api}/users/{PROBE_USER}",
+            json={"password_hash": "", "tags": ""},
+            auth=auth,
+            timeout=30,
+        ).raise_for_status()
+        httpx.put(
+            f"{api}/permissions/%2F/{PROBE_USER}",
+            json={"configure": "^$", "write": "^$", "read": "^$"},
+            auth=auth,
+            timeout=30,
+        ).raise_for_status()
+        probe = self.directory / "probe"
+        if not probe.exists():
+            probe.mkdir(mode=0o700)
+            cert, key = self.ca.issue_client_cert(PROBE_USER, validity_s=3600, now=time.time())
+            (probe / "cert.pem").write_bytes(cert)
+            write_private(probe / "key.pem", key)
+        ctx = tls_context(TlsFiles(self.ca.cert_file, probe / "cert.pem", probe / "key.pem"))
+        deadline = time.monotonic() + timeout
+        answer = b""
+        while time.monotonic() < deadline:
+            answer = _mqtt_connack(node.ports.mqtts, ctx)
+            if answer[3:4] == b"\x00":
+                return
+            time.sleep(1.0)
+        raise BrokerError(
+            f"rabbitmq node {node.name} does not accept MQTT connections (CONNACK "
+            f"{answer!r}):\n{node.log_tail()}"
         )
 
     @staticmethod
