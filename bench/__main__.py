@@ -42,6 +42,9 @@ MODULES = {
     "bench_pg_api": "API latency on both backends (issue: PostgreSQL and replicas)",
     "bench_ingest_workers": "Ingest with two workers (issue: PostgreSQL and replicas)",
     "bench_lease": "Singleton lease failover (issue: PostgreSQL and replicas)",
+    "bench_cluster": (
+        "Broker cluster: ACL probes, a node killed, ingest, connections (issue: broker cluster)"
+    ),
 }
 
 
