@@ -361,6 +361,10 @@ def test_every_table_group_round_trips(store: Store) -> None:
         learning=LearningStats(labelled_samples=7),
     )
     store.insert_telemetry([t], received_at=time.time())
+    (minute,) = store.aggregate_rollups(["t1"], since=0, until=1e12)
+    assert (minute.device_id, minute.batches, minute.readings) == ("1", 1, 0)
+    assert type(minute.batches) is int and type(minute.spool_dropped) is int  # not Decimal
+    assert minute.cpu_percent == 1.0
     stats, power = store.learning_facts(["t1"])["t1"]
     assert stats is not None and stats.labelled_samples == 7 and power == "battery"
 

@@ -6,13 +6,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import Integer
+
 from edgefleet_contract.messages import Telemetry
 
 from ..cohorts import DriftWindow, padded
 from ._conn import Connections, DbConn, Dialect
 from .base import RollupRow
 from .rows import drift_status_values, rollup_values, telemetry_row
-from .schema import ROLLUP_COLUMNS
+from .schema import ROLLUP_COLUMNS, RollupColumn
 
 
 def rollup_upsert(dialect: Dialect, rows: int = 1) -> str:
@@ -56,7 +58,12 @@ def merged_rollups(batches: Sequence[Telemetry]) -> list[tuple[Any, ...]]:
 
 def _aggregate_columns() -> str:
     """Each rollup column summed (or maxed) over devices, for one fleet-wide minute."""
-    return ", ".join(f"{c.across.upper()}({c.name}) AS {c.name}" for c in ROLLUP_COLUMNS)
+    def one(c: RollupColumn) -> str:
+        agg = f"{c.across.upper()}({c.name})"
+        # PostgreSQL sums BIGINTs as NUMERIC; the figures stay integers.
+        return f"CAST({agg} AS BIGINT) AS {c.name}" if c.kind is Integer else f"{agg} AS {c.name}"
+
+    return ", ".join(one(c) for c in ROLLUP_COLUMNS)
 
 
 _DRIFT_UPSERT = """
