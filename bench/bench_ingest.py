@@ -127,7 +127,7 @@ def ingest_rate(
     stored = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        stored = int(ingest.m_batches.value())
+        stored = int(ingest.metrics.value("edgefleet_ingest_telemetry_batches_total"))
         if stored >= total:
             break
         time.sleep(0.01)

@@ -14,7 +14,9 @@ Grammar (keywords case-insensitive)::
 Keys: ``tag:k`` (present), ``tag:k=v``, ``tag:k!=v``; ``group:g``; ``id:glob``;
 ``model:name``, ``model:name@1.2.0``, ``model:name<2.0`` (any of < <= > >= = !=);
 ``firmware:OPv``, ``agent:OPv``; ``hardware:x``, ``health:x``, ``state:x``.
-Versions compare numerically part by part (1.10 > 1.9).  Parsing is pure and
+Versions compare as :func:`~.versions.version_key` orders them (1.10 > 1.9, 1.3.0-rc1 <
+1.3.0; build metadata does not count); a version to compare with must be one it
+can read.  Parsing is pure and
 its errors point at the column and say what was expected.  Nesting (``(`` and
 ``not``) is limited to :data:`MAX_DEPTH` levels: the parser and the predicate
 it builds recurse, and a selector is input from anyone with the viewer role.
@@ -32,7 +34,7 @@ from edgefleet_contract.errors import SelectorError
 
 from .store._conn import Dialect
 from .store.base import Device
-from .version_order import version_key
+from .versions import parse_version, version_key
 
 Predicate = Callable[[Device], bool]
 SqlPart = Callable[[Dialect], tuple[str, list[object]]]
@@ -45,8 +47,8 @@ KEYS = ("tag", "group", "id", "model", "firmware", "agent", "hardware", "health"
 
 
 def _compare(op: str, left: str | None, right: str) -> bool:
-    if left is None:
-        return False
+    if left is None or parse_version(left) is None:
+        return False  # no version, or one that cannot be ordered: matches no comparison
     a, b = version_key(left), version_key(right)
     return {
         "<": a < b,
@@ -150,6 +152,11 @@ class _Parser:
                 break
         self.i = 0
         self.depth = 0
+
+    def _check_version(self, version: str, after: str) -> None:
+        if parse_version(version) is None:
+            self.i -= 1
+            raise self.fail(f"a version after '{after}' ({version!r} is not one, e.g. 1.2.0)")
 
     def fail(self, expected: str) -> SelectorError:
         if self.i < len(self.tokens):
@@ -260,8 +267,9 @@ class _Parser:
             if exact:
                 op, ver = "=", exact
             named = _Cond(lambda d: _model_name(d) == name, _sql("model_name = ?", name))
-            if op is None:
+            if op is None or ver is None:
                 return named
+            self._check_version(ver, f"model:{name}{'@' if exact else op}")
             versioned = _Cond(
                 lambda d: _compare(op, _field(d, "model_version"), ver),
                 _version("model_version", op, ver),
@@ -271,6 +279,7 @@ class _Parser:
         if not ver:
             self.i -= 1
             raise self.fail(f"a version after '{key}:{op}'")
+        self._check_version(ver, f"{key}:{op}")
         field = "firmware" if key == "firmware" else "agent"
         column = "firmware_version" if key == "firmware" else "agent_version"
         return _Cond(lambda d: _compare(op, _field(d, field), ver), _version(column, op, ver))

@@ -28,6 +28,7 @@ from edgefleet_common import flower_compat
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import FederationError, NotFound, RunStopped, SelectorError
 from edgefleet_contract.package import ModelPackage, decode_weights, encode_weights
+from edgefleet_contract.scoring import loss_and_accuracy
 
 from .. import selector
 from ..modelkit.network import Network
@@ -445,6 +446,4 @@ def heldout_scores(
     network: Network, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]
 ) -> tuple[float, float]:
     """Cross-entropy and accuracy of ``network`` on preprocessed held-out rows."""
-    probs = network.forward(x)
-    loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
-    return loss, float((probs.argmax(axis=1) == y).mean())
+    return loss_and_accuracy(network.forward(x), y)

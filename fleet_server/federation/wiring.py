@@ -5,12 +5,13 @@ from __future__ import annotations
 from edgefleet_contract.topics import Channel
 
 from ..config import ServerSettings
+from ..factory_models import DIST
 from ..link import ServerLink
 from ..metrics import Metrics
 from ..registry import ArtifactRegistry
 from ..store.base import Store
 from .candidate import CandidateHook, heldout_for
-from .packages import DIST, find_package, registered
+from .packages import find_package, registered
 from .runner import TrainingService
 
 
@@ -39,13 +40,13 @@ def make_training(
         max_payload=settings.telemetry.max_payload,
     )
     if metrics is not None:
-        metrics.gauge(
+        metrics.counted(
             "edgefleet_fl_rejected_updates_total",
             "Federated updates refused before aggregation, by reason",
             ("reason",),
             fn=lambda: [((k,), float(v)) for k, v in sorted(service.rejected_total.items())],
         )
-        metrics.gauge(
+        metrics.counted(
             "edgefleet_fl_dropped_frames_total",
             "Federated frames dropped by reassembly in the current run, by reason",
             ("reason",),

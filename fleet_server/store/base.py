@@ -13,7 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
-from edgefleet_contract.messages import DesiredState, LearningStats, ReportedState, Telemetry
+from edgefleet_contract.messages import (
+    ArtifactKind,
+    DesiredState,
+    LearningStats,
+    ReportedState,
+    Telemetry,
+)
 
 if TYPE_CHECKING:
     from ..cohorts import DriftWindow
@@ -138,9 +144,6 @@ class RollupRow:
     feedback_correct: int
     readings: int
     spool_dropped: int
-
-
-ArtifactKind = Literal["model", "firmware"]
 
 
 @dataclass(frozen=True)
