@@ -149,7 +149,8 @@ def test_every_package_declares_its_public_surface() -> None:
 # Functions still over the limit, each with the change that splits it.
 LONG_FUNCTIONS_LEFT = {
     "fleet_server.server:__init__",  # the server wiring, built in one direction
-    "fleet_server.store.migrations:_v1",  # the store's schema moves to per-version migrations
+    # Frozen: the pre-Alembic first schema, kept verbatim so old SQLite data dirs upgrade.
+    "fleet_server.store.legacy_sqlite:_v1",
 }
 MAX_FUNCTION_LINES = 80
 

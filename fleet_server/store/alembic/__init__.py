@@ -1,1 +1,3 @@
 """Alembic's environment for the store (run through ``store.migrations``, not a CLI)."""
+
+__all__ = ["env", "versions"]
