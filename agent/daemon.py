@@ -145,6 +145,7 @@ class Agent:
             self.identity.tls(),
             protocol=s.broker.protocol,
             keepalive=s.broker.keepalive_s,
+            alternates=s.broker.alternates(),
         )
         return DeviceLink(
             self.device_id,

@@ -40,6 +40,11 @@ MODULES = {
     "bench_shadow": "Shadow runs: the answer's cost, the bounded queue (issue: model monitoring)",
     "bench_pg_ingest": "Ingest throughput on PostgreSQL (issue: PostgreSQL and replicas)",
     "bench_pg_api": "API latency on both backends (issue: PostgreSQL and replicas)",
+    "bench_ingest_workers": "Ingest with two workers (issue: PostgreSQL and replicas)",
+    "bench_lease": "Singleton lease failover (issue: PostgreSQL and replicas)",
+    "bench_cluster": (
+        "Broker cluster: ACL probes, a node killed, ingest, connections (issue: broker cluster)"
+    ),
 }
 
 

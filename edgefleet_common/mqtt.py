@@ -60,6 +60,12 @@ class Endpoint:
     username: str | None = None
     password: str | None = None
     keepalive: int = 30
+    alternates: tuple[tuple[str, int], ...] = ()
+    """Other nodes of the same broker cluster, tried in turn when one cannot be reached."""
+
+    @property
+    def targets(self) -> list[tuple[str, int]]:
+        return [(self.host, self.port), *self.alternates]
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,8 @@ class MqttSession:
         self.last_error: str | None = None
         self._stats = {"connects": 0, "disconnects": 0, "published": 0, "publish_failures": 0}
         self._stats_lock = threading.Lock()
+        self._targets = endpoint.targets
+        self._target_index = 0
 
         v5 = endpoint.protocol == "5"
         self._client = paho.Client(
@@ -235,11 +243,22 @@ class MqttSession:
 
     # ------------------------------------------------------------- loop --
 
+    @property
+    def target(self) -> tuple[str, int]:
+        """The broker node this session uses now (or tries next)."""
+        return self._targets[self._target_index]
+
+    def _next_target(self) -> None:
+        """Fail over to the next node of the cluster (a no-op with one endpoint)."""
+        self._target_index = (self._target_index + 1) % len(self._targets)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             if not self._connect_once():
+                self._next_target()
                 self._sleep(self._backoff.next_delay())
                 continue
+            generation = self.generation
             while not self._stop.is_set():
                 rc = self._client.loop(timeout=self._tick_interval)
                 self._run_calls()
@@ -248,6 +267,10 @@ class MqttSession:
                     break
             if self.connected.is_set():
                 self._mark_disconnected(f"network loop ended: {rc.name}")
+            if self.generation == generation or len(self._targets) > 1:
+                # Refused at CONNACK, or a node of a cluster went away: its sessions
+                # resume on another node, and the lost one may not come back soon.
+                self._next_target()
             if not self._stop.is_set():
                 self._sleep(self._backoff.next_delay())
         self._shutdown()
@@ -257,19 +280,18 @@ class MqttSession:
         if self.endpoint.protocol == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.session_expiry_s
+        host, port = self.target
         try:
             self._client.connect(
-                self.endpoint.host,
-                self.endpoint.port,
+                host,
+                port,
                 keepalive=self.endpoint.keepalive,
                 clean_start=self._clean_start if self.endpoint.protocol == "5" else 3,
                 properties=props,
             )
             return True
         except (OSError, ssl.SSLError) as exc:
-            self.last_error = (
-                f"cannot reach broker {self.endpoint.host}:{self.endpoint.port}: {exc}"
-            )
+            self.last_error = f"cannot reach broker {host}:{port}: {exc}"
             log.debug("%s: %s", self.client_id, self.last_error)
             self._safe_tick()
             return False
@@ -334,7 +356,7 @@ class MqttSession:
         self._backoff.reset()
         self._count("connects")
         self.connected.set()
-        log.info("%s: connected to %s:%s", self.client_id, self.endpoint.host, self.endpoint.port)
+        log.info("%s: connected to %s:%s", self.client_id, *self.target)
         try:
             self._on_connected()
         except Exception:

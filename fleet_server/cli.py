@@ -73,20 +73,42 @@ def init(config: Path | None, data_dir: Path | None, admin_password_stdin: bool)
 
 @cli.command()
 @settings_options
-def migrate(config: Path | None, data_dir: Path | None) -> None:
+@click.option(
+    "--from-sqlite",
+    "from_sqlite",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Copy this SQLite database (an embedded install's fleet.db) into the empty "
+    "PostgreSQL database of [database] url.",
+)
+def migrate(config: Path | None, data_dir: Path | None, from_sqlite: Path | None) -> None:
     """Upgrade the database schema to this release's version (SQLite or PostgreSQL).
 
     Safe to run again (a database at the newest version is left alone) and while
     other replicas start (they wait for it).  A database written by a newer
-    release is refused with both versions.
+    release is refused with both versions.  With --from-sqlite it moves an
+    embedded install to PostgreSQL instead (docs/operations.md, "From SQLite to
+    PostgreSQL").
 
     \b
     Example:
       FLEET_DATABASE__URL=postgresql://edgefleet@db/fleet fleet-server migrate
+      FLEET_DATABASE__URL=postgresql://edgefleet@db/fleet fleet-server migrate \\
+          --from-sqlite /var/lib/fleet/fleet.db
     """
     from .store.migrations import upgrade_url
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
+    if from_sqlite is not None:
+        from .sqlite_import import import_sqlite
+
+        counts = import_sqlite(from_sqlite, settings.database_url)
+        total = sum(counts.values())
+        click.echo(f"copied {total} rows in {len(counts)} tables from {from_sqlite}")
+        for name, n in counts.items():
+            if n:
+                click.echo(f"  {name}: {n}")
+        return
     with data_dir_errors(settings.data_dir):
         before, after = upgrade_url(settings.database_url)
     if before == after:
@@ -97,20 +119,30 @@ def migrate(config: Path | None, data_dir: Path | None) -> None:
 
 @cli.command()
 @settings_options
-def run(config: Path | None, data_dir: Path | None) -> None:
+@click.option(
+    "--role",
+    type=click.Choice(["all", "api", "ingest", "worker"]),
+    default="all",
+    show_default=True,
+    envvar="FLEET_ROLE",
+    help="What this process runs: all of it, or (PostgreSQL only) the REST API, the "
+    "ingest worker, or the singletons (rollouts, training, TUF re-signing, retention).",
+)
+def run(config: Path | None, data_dir: Path | None, role: str) -> None:
     """Run the server: managed broker, ingest, REST API (until SIGTERM/SIGINT)."""
     from .server import FleetServer
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
     logs.configure(settings.log_level, settings.log_format)
     with data_dir_errors(settings.data_dir):
-        server = FleetServer(settings)
+        server = FleetServer(settings, role=role)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with data_dir_errors(settings.data_dir):
         server.start()
-    click.echo(f"fleet server running; API {settings.api_url}  (Ctrl-C to stop)")
+    serving = f"API {settings.api_url}" if server.parts.api else "no API"
+    click.echo(f"fleet server running (role {role}); {serving}  (Ctrl-C to stop)")
     try:
         while not (stop.wait(0.5) or server.failed.is_set()):
             pass
@@ -118,6 +150,26 @@ def run(config: Path | None, data_dir: Path | None) -> None:
         server.stop()
     if server.failure:
         raise BrokerError(f"fleet server stopped: {server.failure}")
+
+
+@cli.command("broker-config")
+@settings_options
+def broker_config(config: Path | None, data_dir: Path | None) -> None:
+    """Write mosquitto.conf, ACL and CRL for a broker run beside the server (compose).
+
+    The files go to the data dir's broker/ and configure mosquitto like the managed
+    broker, with every broker.replicas identity allowed to see the fleet.
+
+    \b
+    Example:
+      fleet-server broker-config && exec mosquitto -c /var/lib/fleet/broker/mosquitto.conf
+    """
+    from .broker_files import write_broker_files
+
+    settings = load_cli_settings(ServerSettings, config, data_dir)
+    with data_dir_errors(settings.data_dir):
+        conf = write_broker_files(settings)
+    click.echo(str(conf))
 
 
 @cli.group()

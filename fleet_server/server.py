@@ -18,13 +18,14 @@ from pathlib import Path
 
 import uvicorn
 
-from edgefleet_common.mqtt import Endpoint, TlsFiles
+from edgefleet_common.mqtt import TlsFiles
 from edgefleet_common.private import private_dir
-from edgefleet_contract.errors import ConfigError, NotFound
+from edgefleet_contract.errors import BrokerError, ConfigError, NotFound
 
 from .api import ApiContext, create_app
 from .auth import hash_password, verify_password
 from .broker import BrokerLayout, ManagedBroker
+from .broker_control import make_control
 from .config import SERVER_IDENTITY, ServerSettings
 from .enrollment import Enrollment
 from .events import DeviceEvents
@@ -39,10 +40,13 @@ from .quota import DeviceQuota, Rate
 from .reconcile import Reconciler
 from .registry import ArtifactRegistry, BlobStore, DeltaCache
 from .registry.cards import calibration_of
+from .retention import RetentionTimer
+from .roles import check_role, lease_factory, replica_client_cert, singletons
+from .roles import subscriptions as role_subscriptions
 from .rollouts.artifacts import RegistryResolver
 from .rollouts.driver import RolloutDriver
 from .selector import parse as parse_selector
-from .store import database_exists, open_store
+from .store import database_exists, is_postgres, open_store
 from .store.base import Store
 from .tuf import TufRepository
 from .tuf.bootstrap import initialize_tuf, tuf_lifetimes
@@ -173,21 +177,35 @@ class FleetServer:
     the rollout driver, the reconciler and training subscribe once built.
     """
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, *, role: str = "all") -> None:
         self.settings = settings
+        self.role = role
+        url = settings.database_url
+        self.postgres_url = url if is_postgres(url) else None
+        self.parts = check_role(role, self.postgres_url)
+        self.shared = self.postgres_url is not None
+        """Other fleet-server processes may share the store (see fleet_server.roles)."""
         self.layout = Layout(settings.data_dir)
         self._check_initialized()
         self.metrics = Metrics()
         private_dir(settings.data_dir)  # even if it existed before with a wider mode
         self.store: Store = open_store(settings.database_url)
         self.ca = FleetCA.load(self.layout.ca)
-        self.broker = self._managed_broker()
+        self.control = make_control(
+            settings.broker,
+            self.layout.broker,
+            self.ca.cert_file,
+            on_give_up=self._fail,
+            servers=[f"{SERVER_IDENTITY}.{r}" for r in settings.broker.replicas],
+        )
+        self.broker: ManagedBroker | None = self.control.managed
         self.enrollment = Enrollment(
             self.store,
             self.ca,
             token_ttl_s=settings.enrollment.token_ttl_s,
             cert_validity_s=settings.enrollment.cert_validity_s,
             on_revoke=self._apply_revocation,
+            on_admit=self.control.admit,
         )
         self.events = DeviceEvents()
         self.ingest = Ingest(
@@ -200,7 +218,18 @@ class FleetServer:
             on_frame=self.events.frames,
             quota=telemetry_quota(settings),
         )
-        self.link = ServerLink(self._endpoint(), self.ingest)
+        client = self._client_tls()
+        self.upstream = self.control.upstream(self.ingest, client) if self.parts.ingest else None
+        """The engine's own consumer of device messages, when it has one (else the link)."""
+        self.link = ServerLink(
+            self.control.server_endpoint(client),
+            self.ingest,
+            client_id=settings.mqtt_identity,
+            subscriptions=(
+                [] if self.upstream is not None
+                else role_subscriptions(self.parts, shared=self.shared)
+            ),
+        )
         self.tuf = TufRepository(self.layout.tuf, lifetimes=tuf_lifetimes(settings))
         self.artifacts = ArtifactRegistry(
             self.store, BlobStore(self.layout.artifacts), tuf=self.tuf
@@ -217,8 +246,9 @@ class FleetServer:
             metrics=self.metrics,
             on_candidate=self._register_candidate,
             artifacts=self.artifacts,
+            shared=self.shared,
         )
-        self.events.stored.subscribe(self.link.acknowledge)
+        self.events.stored.subscribe((self.upstream or self.link).acknowledge)
         self.events.updated.subscribe(self.rollouts.device_updated)
         self.events.updated.subscribe(self.reconciler)
         self.events.updated.subscribe(self.training.device_changed)
@@ -239,14 +269,30 @@ class FleetServer:
         )
         self._register_gauges()
         self._http: uvicorn.Server | None = None
+        self.presence_sweep_s = 10.0
+        """How often a broker that cannot publish every Last Will is asked who is connected."""
         self.failed = threading.Event()
         """Set when a part the server cannot run without gave up (see ``failure``)."""
         self.failure: str | None = None
-        self._maintenance = threading.Event()
-        self.maintenance_interval_s = 600.0
-        """How often the retention pass runs (read before each wait)."""
-        self._maintenance_thread: threading.Thread | None = None
+        self.retention = RetentionTimer(self.store, settings.telemetry)
+        self.singletons = singletons(
+            lease_factory(self.postgres_url, replica=settings.mqtt_identity),
+            rollouts=self.rollouts,
+            training=self.training,
+            tuf_timer=self.tuf_timer,
+            retention=self.retention,
+            shared=self.shared,
+        )
         self._http_thread: threading.Thread | None = None
+
+    @property
+    def maintenance_interval_s(self) -> float:
+        """How often the retention pass runs (read before each wait)."""
+        return self.retention.interval_s
+
+    @maintenance_interval_s.setter
+    def maintenance_interval_s(self, value: float) -> None:
+        self.retention.interval_s = value
 
     def _check_initialized(self) -> None:
         settings = self.settings
@@ -260,26 +306,13 @@ class FleetServer:
                 f"{settings.data_dir} has no TUF repository; run `fleet-server init` again"
             )
 
-    def _managed_broker(self) -> ManagedBroker | None:
-        b = self.settings.broker
-        if b.mode != "managed":
-            return None
-        return ManagedBroker(
-            self.layout.broker,
-            ca_file=self.ca.cert_file,
-            bind=b.bind,
-            port=b.port,
-            mosquitto_bin=b.mosquitto_bin,
-            max_connections=b.max_connections,
-            on_give_up=self._fail,
-        )
-
     def _rollout_driver(self) -> RolloutDriver:
         """The driver resolves what a device ran before (for rollbacks) through the registry
         and reads each model version's calibration from its package card."""
         return RolloutDriver(
             self.store,
             self.link,
+            shared=self.shared,
             resolver=RegistryResolver(self.artifacts),
             calibrations=functools.partial(
                 calibration_of,
@@ -307,7 +340,12 @@ class FleetServer:
         self.metrics.counted(
             "edgefleet_broker_restarts_total",
             "Times the managed broker was restarted",
-            fn=lambda: [((), float(self.broker.restarts if self.broker else 0))],
+            fn=lambda: [((), float(self.control.restarts))],
+        )
+        self.metrics.gauge(
+            "edgefleet_broker_nodes_running",
+            "Broker nodes up, as the broker-control seam sees them (cluster: per its API)",
+            fn=lambda: [((), self._broker_nodes_running())],
         )
         self.metrics.gauge(
             "edgefleet_rollouts_live",
@@ -325,26 +363,22 @@ class FleetServer:
             fn=lambda: [((), float(self.store.count_online()))],
         )
 
-    def _endpoint(self) -> Endpoint:
-        b = self.settings.broker
-        if b.mode == "managed":
-            tls = TlsFiles(self.ca.cert_file, self.layout.client_cert, self.layout.client_key)
-            return Endpoint("127.0.0.1", b.port, tls, protocol=b.protocol)
-        if b.tls and b.ca_file is None:
-            raise ConfigError("broker.ca_file is required for a TLS external broker")
-        external_tls = (
-            TlsFiles(b.ca_file, self.layout.client_cert, self.layout.client_key)
-            if b.tls and b.ca_file
-            else None
-        )
-        return Endpoint(
-            b.host,
-            b.port,
-            external_tls,
-            protocol=b.protocol,
-            username=b.username,
-            password=b.password.get_secret_value() if b.password else None,
-        )
+    def _broker_nodes_running(self) -> float:
+        try:
+            health = self.control.health()
+        except BrokerError:
+            return 0.0
+        running = health.get("running", 1 if health.get("up", True) else 0)
+        return float(running) if isinstance(running, int | float) else 0.0
+
+    def _client_tls(self) -> TlsFiles:
+        """The server's own MQTT client certificate (a replica's own, when it is one)."""
+        cert, key = self.layout.client_cert, self.layout.client_key
+        if self.settings.replica:
+            cert, key = replica_client_cert(
+                self.ca, self.settings.data_dir, self.settings.mqtt_identity
+            )
+        return TlsFiles(self.ca.cert_file, cert, key)
 
     def _register_candidate(self, path: Path, lineage: dict[str, object]) -> None:
         """A federated run's winning candidate enters the registry as a signed TUF target."""
@@ -355,19 +389,10 @@ class FleetServer:
             release_candidate(self.rollouts, artifact, lineage)
 
     def _apply_revocation(self, crl_pem: bytes) -> None:
-        if self.broker is None:
-            log.warning(
-                "external broker: install the new CRL there yourself (%s)", self.layout.broker.crl
-            )
-            self.layout.broker.directory.mkdir(parents=True, exist_ok=True)
-            self.layout.broker.crl.write_bytes(crl_pem)
-            return
         revoked = self._revoked_ids()
-        self.broker.configure(crl_pem=crl_pem, revoked=revoked)
-        self.broker.reload()
-        # The broker re-reads CRL and ACL on SIGHUP: a revoked device that is still
-        # connected is denied everything, but its Last Will never fires.  It is
-        # offline as far as the fleet is concerned.
+        self.control.revoke(crl_pem=crl_pem, revoked=revoked)
+        # A revoked device that is still connected is denied everything (or cut off),
+        # and its Last Will may never fire: it is offline as far as the fleet is concerned.
         now = time.time()
         for device_id in revoked:
             self.store.set_presence(device_id, online=False, ts=now)
@@ -375,6 +400,10 @@ class FleetServer:
     def _revoked_ids(self) -> list[str]:
         gone = parse_selector("state:revoked or state:decommissioned")
         return [d.id for d in self.store.all_devices(where=gone)]
+
+    def _active_ids(self) -> list[str]:
+        active = parse_selector("not (state:revoked or state:decommissioned)")
+        return [d.id for d in self.store.all_devices(where=active)]
 
     # ------------------------------------------------------------ lifecycle --
 
@@ -395,35 +424,38 @@ class FleetServer:
 
     def _check_ports(self) -> None:
         api = self.settings.api
-        check_port(api.host, api.port, setting="api.port", env="FLEET_API__PORT", what="API")
-        b = self.settings.broker
-        if self.broker is not None:
-            self.broker.end_stale()  # a broker a killed server left on this data dir
-            check_port(
-                b.bind, b.port, setting="broker.port", env="FLEET_BROKER__PORT", what="broker"
-            )
+        if self.parts.api:
+            check_port(api.host, api.port, setting="api.port", env="FLEET_API__PORT", what="API")
+        self.control.check_ports()
 
     def _fail(self, reason: str) -> None:
         self.failure = reason
         self.failed.set()
 
     def _start_parts(self) -> None:
-        if self.broker is not None:
-            self.broker.configure(crl_pem=self.enrollment.crl(), revoked=self._revoked_ids())
-            self.broker.start()
-        # Presence in the database may be stale from before a restart; the broker's
-        # retained status messages re-deliver the truth as soon as we subscribe.
-        self.store.reset_presence()
-        self.ingest.start()
-        self.link.start()
-        self.training.resume()
-        self.rollouts.reload()
-        self.rollouts.start()
-        self._maintenance_thread = threading.Thread(
-            target=self._maintain, name="maintenance", daemon=True
+        self.control.start(
+            crl_pem=self.enrollment.crl(), active=self._active_ids(), revoked=self._revoked_ids()
         )
-        self._maintenance_thread.start()
-        self.tuf_timer.start()
+        if not self.shared and self.upstream is None:
+            # Presence in the database may be stale from before a restart; the broker's
+            # retained status messages re-deliver the truth as soon as we subscribe.
+            # (Shared subscriptions get no retained messages, and with several
+            # processes the presence in the database is kept by the live ones; an
+            # engine-native queue kept every status message while we were away.)
+            self.store.reset_presence()
+        self.ingest.start()
+        if self.upstream is not None:
+            self.upstream.start()
+        self.link.start()
+        self.control.track_presence(self.store, self.presence_sweep_s)
+        self.rollouts.reload()
+        if self.parts.singletons:
+            for singleton in self.singletons:
+                singleton.start()
+        if self.parts.api:
+            self._start_http()
+
+    def _start_http(self) -> None:
         config = uvicorn.Config(
             self.app,
             host=self.settings.api.host,
@@ -445,34 +477,19 @@ class FleetServer:
                 )
             time.sleep(0.02)
 
-    def _maintain(self) -> None:
-        """Apply telemetry retention every ``maintenance_interval_s`` (ten minutes; raw
-        batches, then rollups)."""
-        t = self.settings.telemetry
-        while not self._maintenance.wait(self.maintenance_interval_s):
-            try:
-                removed = self.store.prune(
-                    time.time(),
-                    raw_retention_s=t.raw_retention_s,
-                    rollup_retention_s=t.rollup_retention_s,
-                )
-                if removed:
-                    log.info("retention: removed %d old telemetry rows", removed)
-            except Exception:
-                log.exception("retention pass failed; will retry")
-
     def stop(self) -> None:
-        self._maintenance.set()
-        self.tuf_timer.stop()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(10)
+        for singleton in reversed(self.singletons):
+            singleton.stop()
         self.training.shutdown()
         self.rollouts.stop()
         self.link.stop()
+        if self.upstream is not None:
+            self.upstream.stop()
         self.ingest.stop()
         self.deltas.close()
-        if self.broker is not None:
-            self.broker.stop()
+        self.control.stop()
         self.store.close()

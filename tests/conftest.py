@@ -56,6 +56,32 @@ def broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manag
     b.stop()
 
 
+@pytest.fixture(scope="session")
+def rabbit_cluster(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A 3-node RabbitMQ cluster (mTLS MQTT + AMQPS, own ports/dirs) for the session."""
+    from fleet_server.rabbitmq_local import LocalRabbitCluster
+
+    cluster = LocalRabbitCluster(tmp_path_factory.mktemp("rabbit"), pki.ca)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def rabbit(rabbit_cluster: object) -> object:
+    """The session's cluster with all three nodes running (a node a test killed is
+    started again first, so only a test that follows a kill pays for the restart)."""
+    from fleet_server.rabbitmq_local import LocalRabbitCluster
+
+    assert isinstance(rabbit_cluster, LocalRabbitCluster)
+    dead = [n for n in rabbit_cluster.nodes if not n.alive()]
+    for node in dead:
+        node.start()
+    if dead:
+        rabbit_cluster.wait_running(len(rabbit_cluster.nodes), 240)
+    return rabbit_cluster
+
+
 @pytest.fixture
 def fresh_broker(pki: Pki, tmp_path: Path) -> Iterator[ManagedBroker]:
     """A private managed broker for tests that kill, reload or reconfigure it."""

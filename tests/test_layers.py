@@ -140,7 +140,7 @@ def test_every_package_declares_its_public_surface() -> None:
         name = _module_name(path)
         module = importlib.import_module(name)
         public = getattr(module, "__all__", None)
-        assert public, f"{name}: no __all__"
+        assert public is not None, f"{name}: no __all__"
         for item in public:
             found = hasattr(module, item) or importlib.util.find_spec(f"{name}.{item}")
             assert found, f"{name}.__all__ names {item!r}, which is neither defined nor a module"
@@ -148,8 +148,8 @@ def test_every_package_declares_its_public_surface() -> None:
 
 # Functions still over the limit, each with the change that splits it.
 LONG_FUNCTIONS_LEFT = {
-    "fleet_server.server:__init__",  # the server wiring, built in one direction
-    # Frozen: the pre-Alembic first schema, kept verbatim so old SQLite data dirs upgrade.
+    # The first schema of the legacy SQLite migrations: one function per version, and
+    # old versions are never edited.
     "fleet_server.store.legacy_sqlite:_v1",
 }
 MAX_FUNCTION_LINES = 80

@@ -16,9 +16,7 @@ import posixpath
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 from tuf.api.exceptions import DownloadError, RepositoryError
@@ -29,6 +27,7 @@ from edgefleet_contract.errors import DownloadFailed, TrustError
 
 from .fetch import HttpxFetcher
 from .journal import write_atomic
+from .targets import SignedTarget
 from .tuf_compat import set_reference_time
 
 ROOT_FILE = "root.json"
@@ -36,23 +35,6 @@ ROOT_FILE = "root.json"
 
 def tuf_dir(data_dir: Path) -> Path:
     return data_dir / "tuf"
-
-
-@dataclass(frozen=True)
-class SignedTarget:
-    """One artifact exactly as the targets role signed it."""
-
-    path: str
-    length: int
-    sha256: str
-    url: str
-    """Its consistent-snapshot URL (``{dir}/{sha256}.{basename}`` under the targets base)."""
-    custom: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> str | None:
-        kind = self.custom.get("kind")
-        return kind if isinstance(kind, str) else None
 
 
 class TrustedRepository:

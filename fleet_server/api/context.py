@@ -18,6 +18,7 @@ from ..enrollment import Enrollment
 from ..federation.runner import TrainingService
 from ..registry import ArtifactRegistry, DeltaCache
 from ..rollouts.driver import RolloutDriver
+from ..store import is_postgres
 from ..store.base import Store
 from ..tuf import TufRepository
 from ..twin import CommandSender, Twin
@@ -52,4 +53,8 @@ class ApiContext:
         self.auth = Authenticator(
             self.store, clock=self.clock, max_ttl_s=self.settings.api.max_token_ttl_s
         )
-        self.throttle = LoginThrottle(self.settings.api.login_attempts_per_minute, window_s=60.0)
+        # Several processes on one PostgreSQL database share the failed logins.
+        shared = self.store if is_postgres(self.settings.database_url) else None
+        self.throttle = LoginThrottle(
+            self.settings.api.login_attempts_per_minute, window_s=60.0, shared=shared
+        )

@@ -72,6 +72,7 @@ class TrainingService:
         on_candidate: CandidateHook | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         build_candidates: bool = True,
+        shared: bool = False,
     ) -> None:
         self.store = store
         self._send = send
@@ -88,6 +89,10 @@ class TrainingService:
         self.rejected_total: Counter[str] = Counter()
         self._census: Counter[str] = Counter()
         """The latest eligibility census of the running run (``eligible`` + left out per reason)."""
+        self.shared = shared
+        """Several fleet-server processes share the store: runs go only where the
+        training lease is held (:meth:`host`); elsewhere ``start_run`` just stores them."""
+        self._hosting = False
 
     # ----------------------------------------------------------- operator --
 
@@ -106,16 +111,57 @@ class TrainingService:
                 "plain path only: run it without secagg and local DP"
             )
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            going = self._going()
+            if going is not None:
                 raise FederationError(
-                    f"training run {self._run_id} is still going; stop it or wait for it"
+                    f"training run {going} is still going; stop it or wait for it"
                 )
             run_id = uuid.uuid4().hex[:12]
             self.store.create_training_run(
                 run_id, spec.model_dump(mode="json"), actor=actor, now=time.time()
             )
-            self._launch(run_id, spec)
+            if self._hosting or not self.shared:
+                self._launch(run_id, spec)
         return self.store.get_training_run(run_id)
+
+    def _going(self) -> str | None:
+        """The run that is going (here, or in a shared store: anywhere), if any."""
+        if self._thread is not None and self._thread.is_alive():
+            return self._run_id
+        if self.shared:
+            for status in sorted(UNFINISHED):
+                runs = self.store.list_training_runs(status=status, limit=1)
+                if runs:
+                    return runs[0].id
+        return None
+
+    # ------------------------------------------------------ shared store --
+
+    def host(self) -> None:
+        """This process took the training lease: resume what is running (from checkpoints)."""
+        with self._lock:
+            self._hosting = True
+        self.resume()
+
+    def unhost(self) -> None:
+        """The lease is gone: interrupt the run here, leaving it for the next holder."""
+        self.shutdown()
+        with self._lock:
+            self._hosting = False
+
+    def adopt(self) -> None:
+        """The holder's periodic look at the store: start runs another replica created,
+        and end the local run when another replica stopped it."""
+        if not self._hosting:
+            return
+        with self._lock:
+            run_id, grid = self._run_id, self._grid
+            alive = self._thread is not None and self._thread.is_alive()
+        if alive and run_id is not None:
+            if self.store.get_training_run(run_id).status not in UNFINISHED and grid is not None:
+                grid.stop()
+            return
+        self.resume()
 
     def stop_run(self, run_id: str) -> TrainingRun:
         run = self.store.get_training_run(run_id)

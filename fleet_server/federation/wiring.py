@@ -23,10 +23,12 @@ def make_training(
     on_candidate: CandidateHook | None = None,
     metrics: Metrics | None = None,
     artifacts: ArtifactRegistry | None = None,
+    shared: bool = False,
 ) -> TrainingService:
     """``on_candidate(path, lineage)`` is the registry hand-over (``ArtifactRegistry.add_model``);
     ``artifacts`` (the artifact registry) is searched first for the package a run starts
-    from."""
+    from; ``shared``: other server processes share the store (runs go to the training
+    lease's holder)."""
     models = settings.data_dir / "models"
     service = TrainingService(
         store,
@@ -38,6 +40,7 @@ def make_training(
         candidates_dir=settings.data_dir / "candidates",
         on_candidate=on_candidate,
         max_payload=settings.telemetry.max_payload,
+        shared=shared,
     )
     if metrics is not None:
         metrics.counted(

@@ -164,7 +164,22 @@ def register_commands(group: click.Group) -> None:
     register_simulate(group)
 
 
+CLI_EXTRA = ("rich", "yaml")
+"""What fleetctl prints with, from the ``cli`` extra (which ``server`` includes)."""
+
+
 def main() -> None:
+    from importlib.util import find_spec
+
+    missing = [name for name in CLI_EXTRA if find_spec(name) is None]
+    if missing:
+        click.echo(
+            f"fleetctl needs the cli extra ({', '.join(missing)} not installed): "
+            "pip install 'edgefleet[cli]' (the server extra includes it). A device install "
+            "leaves it out; devices run edge-agent.",
+            err=True,
+        )
+        sys.exit(2)
     register_commands(cli)
     from .conventions import apply_conventions
 

@@ -24,6 +24,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from edgefleet_contract.errors import EdgefleetError, NotFound, PlanError
 from edgefleet_contract.messages import ArtifactKind, DesiredState, TargetRef
@@ -64,6 +65,7 @@ class RolloutDriver:
         calibrations: Callable[[str], Calibration | None] | None = None,
         clock: Callable[[], float] = time.time,
         interval_s: float = 1.0,
+        shared: bool = False,
     ) -> None:
         self.store = store
         self.twin = Twin(store, sender, clock=clock)
@@ -82,6 +84,15 @@ class RolloutDriver:
         self.calibrations = calibrations
         """A model version's package calibration (``name@version``), for the gates'
         label-free estimate; None: gates compare labels only."""
+        self.shared = shared
+        """Several fleet-server processes share the store (``--role`` other than a lone
+        ``all``).  Then only the process holding the rollouts lease runs the engines;
+        the others' ``create``/``act`` write to the store and keep nothing in memory,
+        and the holder re-reads the store every tick (see :meth:`_sync`)."""
+        self._hosting = False
+        self._stored: dict[str, str] = {}
+        self._version: dict[str, float] = {}
+        """Each rollout's ``updated_at`` as this process last read or wrote it."""
         self.reload()
 
     # ---------------------------------------------------------- lifecycle --
@@ -92,7 +103,7 @@ class RolloutDriver:
             self._live = {}
             for row in self.store.list_rollouts(statuses=sorted(ACTIVE), limit=10_000):
                 try:
-                    self._live[row.id] = load(self.store, row.id)
+                    self._live[row.id] = self._load(row.id)
                 except EdgefleetError:
                     self.errors += 1
                     log.exception("rollout %s cannot be loaded; it is left as it is", row.id)
@@ -103,6 +114,11 @@ class RolloutDriver:
                         self._reports.put(d.device_id)
 
     def start(self) -> None:
+        """Run the engines here (in a shared store: this process took the rollouts lease)."""
+        with self._lock:
+            self._hosting = True
+        if self.shared:
+            self.reload()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
         self._thread.start()
@@ -111,6 +127,11 @@ class RolloutDriver:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            self._thread = None
+        with self._lock:
+            self._hosting = False
+            if self.shared:  # another process runs them from now on
+                self._live, self._stored = {}, {}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -133,6 +154,8 @@ class RolloutDriver:
     def step(self, now: float | None = None) -> None:
         """Feed queued device reports, then tick every live rollout."""
         now = self.clock() if now is None else now
+        if self.shared:
+            self._sync()
         seen: set[str] = set()
         while True:
             try:
@@ -154,6 +177,30 @@ class RolloutDriver:
             for rollout in list(self._live.values()):
                 self._guarded(rollout, lambda r: r.tick(now), now)
 
+    def _sync(self) -> None:
+        """Shared store: take in what other processes wrote since the last tick.
+
+        Rollouts created elsewhere are adopted, a rollout whose stored state is not
+        the one this process saved last (an operator's verb through another API
+        replica) is reloaded, and every waiting device is re-read, since its reports
+        were stored by an ingest worker whose hook cannot reach this process.
+        """
+        with self._lock:
+            for row in self.store.list_rollouts(statuses=sorted(ACTIVE), limit=10_000):
+                live = self._live.get(row.id)
+                if live is not None and _state_key(row.state) == self._stored.get(row.id):
+                    continue
+                try:
+                    self._live[row.id] = self._load(row.id)
+                    self._stored[row.id] = _state_key(row.state)
+                except EdgefleetError:
+                    self.errors += 1
+                    log.exception("rollout %s cannot be loaded; it is left as it is", row.id)
+            for rollout in self._live.values():
+                for d in rollout.devices.values():
+                    if d.status not in ("succeeded", "failed", "skipped", "rolled_back"):
+                        self._reports.put(d.device_id)
+
     def _guarded(
         self, rollout: Rollout, event: Callable[[Rollout], list[Action]], now: float
     ) -> None:
@@ -169,7 +216,7 @@ class RolloutDriver:
             rid = rollout.state.id
             log.exception("rollout %s: event failed; reloading its last saved state", rid)
             try:
-                self._live[rid] = load(self.store, rid)
+                self._live[rid] = self._load(rid)
             except Exception:
                 log.exception("rollout %s cannot be reloaded; dropped until restart", rid)
                 self._live.pop(rid, None)
@@ -178,7 +225,7 @@ class RolloutDriver:
         now = self.clock() if now is None else now
         selector = parse_selector(plan.selector)
         with self._lock:
-            busy = {d for r in self._live.values() for d in r.devices}
+            busy = self._busy_devices()
             enrolled = self.store.all_devices(where=selector & parse_selector("state:enrolled"))
             candidates = [
                 Candidate(d.id, d.online, _running(d, plan)) for d in enrolled if d.id not in busy
@@ -190,8 +237,10 @@ class RolloutDriver:
             rollout = Rollout.create(rollout_id, plan, candidates, now=now, actor=actor)
             note = Note(now, "created", f"{len(candidates)} devices, by {actor}")
             save(self.store, rollout, [note], create=True)
+            self._version[rollout_id] = rollout.state.updated_at
             self._live[rollout_id] = rollout
             self._apply(rollout, rollout.tick(now), now)
+            self._forget_unless_hosting(rollout_id)
             return _snapshot(rollout)
 
     def act(self, rollout_id: str, verb: str, *, actor: str, now: float | None = None) -> Rollout:
@@ -204,24 +253,50 @@ class RolloutDriver:
             "rollback": lambda r, t: r.rollback(t, f"rolled back by {actor}"),
         }
         with self._lock:
-            rollout = self._live.get(rollout_id) or load(self.store, rollout_id)
+            rollout = self.get_live(rollout_id)
             actions = verbs[verb](rollout, now)  # a RolloutError here changed nothing
             self._live[rollout_id] = rollout
             try:
                 self._apply(rollout, actions, now)
             except Exception:
                 self.errors += 1
-                self._live[rollout_id] = load(self.store, rollout_id)
+                self._live[rollout_id] = self._load(rollout_id)
                 raise
+            finally:
+                self._forget_unless_hosting(rollout_id)
             return _snapshot(rollout)
+
+    def get_live(self, rollout_id: str) -> Rollout:
+        """The engine to act on: this process's own, or (not hosting) the stored one."""
+        live = self._live.get(rollout_id) if self._hosting or not self.shared else None
+        return live or self._load(rollout_id)
+
+    def _load(self, rollout_id: str) -> Rollout:
+        """The rollout as stored, remembering which version that was (for the next save)."""
+        rollout = load(self.store, rollout_id)
+        self._version[rollout_id] = rollout.state.updated_at
+        return rollout
+
+    def _forget_unless_hosting(self, rollout_id: str) -> None:
+        """A process that does not run the engines keeps no copy (it would go stale)."""
+        if self.shared and not self._hosting:
+            self._live.pop(rollout_id, None)
+            self._saved.pop(rollout_id, None)
 
     def get(self, rollout_id: str) -> Rollout:
         """A copy of the rollout as it is now (safe to read while the driver goes on)."""
         with self._lock:
-            live = self._live.get(rollout_id)
+            live = self._live.get(rollout_id) if self._hosting or not self.shared else None
             if live is not None:
                 return _snapshot(live)
         return load(self.store, rollout_id)
+
+    def _busy_devices(self) -> set[str]:
+        """Devices some live rollout holds (in a shared store: as stored, by any process)."""
+        if not self.shared:
+            return {d for r in self._live.values() for d in r.devices}
+        rows = self.store.list_rollouts(statuses=sorted(ACTIVE), limit=10_000)
+        return {d["device_id"] for row in rows for d in self.store.rollout_devices(row.id)}
 
     # ------------------------------------------------------------ actions --
 
@@ -255,8 +330,14 @@ class RolloutDriver:
         # waiting for its operator, a probation window running) writes nothing.
         fingerprint = _fingerprint(rollout)
         if rollout.dirty or notes or fingerprint != self._saved.get(rollout.state.id):
-            save(self.store, rollout, notes)
+            rid = rollout.state.id
+            # A shared store: only over the version this process last read or wrote, so an
+            # operator's verb saved meanwhile by another replica is never overwritten.
+            expected = self._version.get(rid) if self.shared else None
+            save(self.store, rollout, notes, expect_updated_at=expected)
+            self._version[rid] = rollout.state.updated_at
             self._saved[rollout.state.id] = fingerprint
+            self._stored[rollout.state.id] = _state_key(rollout.state.to_json())
         if rollout.status not in ACTIVE:
             self._live.pop(rollout.state.id, None)
 
@@ -335,6 +416,10 @@ class RolloutDriver:
 def _fingerprint(rollout: Rollout) -> str:
     state = rollout.state.to_json()
     state.pop("updated_at")
+    return json.dumps(state, sort_keys=True)
+
+
+def _state_key(state: dict[str, Any]) -> str:
     return json.dumps(state, sort_keys=True)
 
 

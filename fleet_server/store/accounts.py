@@ -12,6 +12,25 @@ from .base import ApiToken, AuditEntry, AuditFilter, Page, Role, User
 
 
 class AccountTables(Connections):
+    def record_login_failure(self, source: str, ts: float, *, forget_before: float) -> None:
+        """One failed login from ``source``; its failures before ``forget_before`` go."""
+        with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM login_failures WHERE source = ? AND ts < ?", (source, forget_before)
+            )
+            conn.execute("INSERT INTO login_failures (source, ts) VALUES (?, ?)", (source, ts))
+
+    def login_failures(self, source: str, *, since: float) -> list[float]:
+        rows = self._conn().execute(
+            "SELECT ts FROM login_failures WHERE source = ? AND ts >= ? ORDER BY ts",
+            (source, since),
+        )
+        return [float(r[0]) for r in rows]
+
+    def clear_login_failures(self, source: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM login_failures WHERE source = ?", (source,))
+
     def create_user(self, username: str, *, role: Role, password_hash: str, now: float) -> None:
         try:
             with self._tx() as conn:

@@ -26,6 +26,7 @@ class RolloutTables(Connections):
         devices: Sequence[dict[str, Any]] = (),
         events: Sequence[RolloutEvent] = (),
         create: bool = False,
+        expect_updated_at: float | None = None,
     ) -> None:
         try:
             with self._tx() as conn:
@@ -45,10 +46,17 @@ class RolloutTables(Connections):
                         ),
                     )
                 else:
-                    cur = conn.execute(
-                        "UPDATE rollouts SET status = ?, updated_at = ?, state = ? WHERE id = ?",
-                        (row.status, row.updated_at, json.dumps(row.state), row.id),
-                    )
+                    sql = "UPDATE rollouts SET status = ?, updated_at = ?, state = ? WHERE id = ?"
+                    state = json.dumps(row.state)
+                    args: tuple[Any, ...] = (row.status, row.updated_at, state, row.id)
+                    if expect_updated_at is not None:
+                        sql, args = sql + " AND updated_at = ?", (*args, expect_updated_at)
+                    cur = conn.execute(sql, args)
+                    if cur.rowcount == 0 and expect_updated_at is not None:
+                        raise StoreError(
+                            f"rollout {row.id} was changed meanwhile by another server process; "
+                            "nothing was saved: reload it and try again"
+                        )
                     if cur.rowcount == 0:
                         raise NotFound(f"no rollout {row.id!r}")
                 conn.executemany(

@@ -209,6 +209,15 @@ api_tokens = Table(
     Index("idx_api_tokens_token_hash", "token_hash", unique=True),
 )
 
+login_failures = Table(
+    "login_failures",
+    metadata,
+    _text("source", nullable=False),
+    _float("ts", nullable=False),
+    Index("idx_login_failures_source_ts", "source", "ts"),
+)
+"""Failed logins by source address, so every API replica throttles the same guesser."""
+
 audit = Table(
     "audit",
     metadata,

@@ -23,10 +23,12 @@ at a snapshot not yet written.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,7 +139,7 @@ class TufRepository:
             md.sign(signer, append=True)
         _write(directory / "metadata" / "1.root.json", md.to_bytes(_SERIALIZER))
         repo = cls(directory, clock=clock, lifetimes=lifetimes)
-        with repo._lock:
+        with repo._exclusive():
             repo._publish(targets=True)
         return repo
 
@@ -176,7 +178,7 @@ class TufRepository:
 
     def add_target(self, path: str, *, length: int, sha256: str, custom: Mapping[str, Any]) -> int:
         """Publish (or replace) one target; returns the new targets version."""
-        with self._lock:
+        with self._exclusive():
             with self._store.edit_targets() as targets:
                 targets.targets[path] = TargetFile(
                     length, {"sha256": sha256}, path, unrecognized_fields={"custom": dict(custom)}
@@ -187,7 +189,7 @@ class TufRepository:
     def refresh(self) -> list[str]:
         """Re-sign every role that has less than half its lifetime left; returns their names."""
         now = self.clock()
-        with self._lock:
+        with self._exclusive():
             if self._stale(self.targets().signed.expires, self.lifetimes.targets, now):
                 self._publish(targets=True)
                 return ["targets", "snapshot", "timestamp"]
@@ -231,7 +233,7 @@ class TufRepository:
         unknown = [r for r in rotate if r not in ONLINE_ROLES]
         if unknown:
             raise SigningError(f"{unknown[0]!r} is not an online role ({', '.join(ONLINE_ROLES)})")
-        with self._lock:
+        with self._exclusive():
             current = self.root()
             root = current.signed
             root.version += 1
@@ -258,7 +260,7 @@ class TufRepository:
         online keys this server holds (current or pending).  Then every online
         role is re-signed so clients see it at once.
         """
-        with self._lock:
+        with self._exclusive():
             trusted = self.root()
             new = parse_root(data)
             check_root_successor(trusted, new)
@@ -287,6 +289,18 @@ class TufRepository:
             return new
 
     # ------------------------------------------------------------ internals --
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One writer at a time, across threads and across the fleet-server processes that
+        share this directory (a POSIX lock on ``.lock``: local disks and NFSv4 honour it),
+        so two replicas never publish the same metadata version."""
+        with self._lock, open(self.directory / ".lock", "a") as fh:
+            fcntl.lockf(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(fh, fcntl.LOCK_UN)
 
     def _load_key(self, role: str) -> CryptoSigner:
         return keys.load(self.keys_dir / f"{role}.pem")

@@ -39,7 +39,7 @@ _AUDIT_APPEND_ONLY_SQLITE = (
 
 def upgrade() -> None:
     bind = op.get_bind()
-    later = {"telemetry_keys"}  # made by revision 0008
+    later = {"telemetry_keys", "login_failures"}  # made by revisions 0008, 0009
     schema.metadata.create_all(
         bind, tables=[t for t in schema.metadata.sorted_tables if t.name not in later]
     )
