@@ -117,7 +117,8 @@ def test_postgres_restarted_under_ingest_loses_nothing(
             pg.stop()
             for n in range(20, 40):
                 dev.client.publish("devices/pgr-1/telemetry", telemetry("pgr-1", n), qos=1)
-            wait_for(lambda: ingest.m_write_errors.value() > 0, what="a write failing")
+            errors = "edgefleet_ingest_write_errors_total"
+            wait_for(lambda: ingest.metrics.value(errors) > 0, what="a write failing")
             pg.start()
             wait_for(lambda: len(stored()) == 40, timeout=90, what="all 40 stored after")
             assert sorted(stored()) == sorted(f"b-{n}" for n in range(40))
