@@ -138,6 +138,7 @@ class TelemetryTables(Connections):
             "json_extract(t.body, '$.inference.model') AS model, "
             "json_extract(t.body, '$.inference.version') AS version, "
             "json_extract(t.body, '$.drift.histograms') AS hist, "
+            "json_extract(t.body, '$.drift.multivariate.histograms') AS mv_hist, "
             "json_extract(t.body, '$.drift.alert') AS alert, "
             "json_extract(t.body, '$.drift.baseline.effect') AS base_effect, "
             "json_extract(t.body, '$.inference.feedback_count') AS fb_n, "
@@ -163,6 +164,7 @@ class TelemetryTables(Connections):
                 feedback_count=int(r["fb_n"] or 0),
                 feedback_correct=int(r["fb_ok"] or 0),
                 p95_ms=r["p95"],
+                multivariate=padded(json.loads(r["mv_hist"])) if r["mv_hist"] else None,
             )
             out.append((r["cohort"], window))
         return out
