@@ -128,10 +128,37 @@ def test_an_equal_model_waits_for_the_labels_it_asked_for_then_passes() -> None:
     assert final["samples"] >= final["needed"] or "early" in final["note"]
 
 
-def test_a_challenger_short_of_labels_fails_at_the_gate_timeout() -> None:
+def test_a_slow_trickle_of_labels_is_waited_for_past_the_gate_timeout() -> None:
+    """At 0.2 labels/s the canary needs about half an hour for the labels it asked for:
+    far past a one-minute gate timeout.  It keeps waiting while they keep coming, says how
+    many more it needs, and judges an equal model when they are there."""
     sim = make(20, running="digits@1.2.0", gate_timeout_s=60.0)
     sim.labels = _labels(0.95, 0.2)
     sim.run(600)
+    r = sim.rollout
+    assert r.status == "canary", r.state.reason
+    assert "more labels" in shortfall(r.state.gate_results["0"])
+    deadline = r.gates_deadline
+    assert deadline is not None and deadline > 600 - 120  # pushed on by the last label
+    sim.run(4000)
+    assert r.status == "completed", r.state.reason
+
+
+def _stopping(accuracy: float, per_s: float, stop_s: float):  # type: ignore[no-untyped-def]
+    """Labels at ``per_s`` until ``stop_s`` seconds into the rollout, then none."""
+    rng = np.random.default_rng(2)
+
+    def labels(a: EvaluateGates) -> tuple[Arm, Arm]:
+        n = max(0, int(per_s * (min(a.until, stop_s) - a.since)))
+        return Arm(int(rng.binomial(n, accuracy)), n), Arm(int(rng.binomial(5000, 0.95)), 5000)
+
+    return labels
+
+
+def test_a_challenger_whose_labels_stopped_fails_at_the_gate_timeout() -> None:
+    sim = make(20, running="digits@1.2.0", gate_timeout_s=60.0)
+    sim.labels = _stopping(0.95, 0.2, stop_s=1000.0 + 300.0)  # the clock starts at 1000
+    sim.run(900)
     r = sim.rollout
     assert r.status == "rolled_back"
     assert "too little data" in r.state.reason

@@ -90,6 +90,9 @@ def _arm(accuracy: float | None, labels: int) -> Arm:
     return Arm(min(labels, max(0, round(accuracy * labels))), labels)
 
 
+_LABELS_NOTE = "; the parent gate keeps waiting as long as its labels keep arriving"
+
+
 class Rollout(OperatorVerbs):
     def __init__(
         self, plan: RolloutPlan, state: RolloutState, devices: Iterable[DeviceProgress]
@@ -311,6 +314,7 @@ class Rollout(OperatorVerbs):
         )
         if self.plan.vs_parent and s.parent is not None:
             results.append(self._vs_parent(s.parent, figures, samples or {}))
+            self._note_label_progress(wave, results[-1], now)
         judged_bad = any(not r.passed and not r.waiting for r in results)
         if any(r.waiting for r in results) and not judged_bad:
             if now < (self.gates_deadline or now):
@@ -355,6 +359,24 @@ class Rollout(OperatorVerbs):
             basis=basis,
         )
 
+    def _note_label_progress(self, wave: int, result: GateResult, now: float) -> None:
+        """Remember when the waiting champion/challenger gate last got more labels: it
+        asks for a number of labels and waits for them as long as they keep arriving
+        (at a low label rate that is longer than the gate timeout), rather than failing
+        an equal model for want of evidence.  A canary whose labels stopped coming still
+        fails ``gate_timeout_s`` after the last one."""
+        s = self.state
+        if not result.waiting:
+            s.labels_arrived_at = None
+            return
+        before = next(
+            (r for r in s.gate_results.get(str(wave)) or [] if r.get("metric") == result.metric),
+            None,
+        )
+        seen = int(before.get("samples") or 0) if before is not None else 0
+        if (result.samples or 0) > seen:
+            s.labels_arrived_at = now
+
     def _wait_for_data(
         self, wave: int | str, results: list[GateResult], now: float, out: list[Action]
     ) -> None:
@@ -372,7 +394,8 @@ class Rollout(OperatorVerbs):
                     now,
                     "gates_waiting",
                     f"{name} is waiting for data: {shortfall(s.gate_results[key])} "
-                    f"(gates still short of it {within} after {after} fail)",
+                    f"(gates still short of it {within} after {after} fail"
+                    f"{_LABELS_NOTE if any(r.parent_samples for r in results) else ''})",
                 )
             )
 
@@ -443,7 +466,10 @@ class Rollout(OperatorVerbs):
         if s.phase != "gating":
             return None
         settled = s.settled_at if s.settled_at is not None else s.updated_at
-        return settled + self.plan.probation_s + self.plan.gate_timeout_s
+        deadline = settled + self.plan.probation_s + self.plan.gate_timeout_s
+        if s.labels_arrived_at is not None:
+            deadline = max(deadline, s.labels_arrived_at + self.plan.gate_timeout_s)
+        return deadline
 
     def _next_wave(self, now: float, out: list[Action]) -> None:
         s = self.state
@@ -459,6 +485,7 @@ class Rollout(OperatorVerbs):
     def _begin_wave(self, wave: int, now: float, out: list[Action]) -> None:
         s = self.state
         s.wave, s.phase, s.wave_started_at, s.settled_at = wave, "dispatching", now, None
+        s.labels_arrived_at = None
         queued = [d for d in self.wave_devices(wave) if d.status == "queued"]
         for i, d in enumerate(queued):
             d.due_at = now + i * self.plan.interval_s + self._jitter(d.device_id)

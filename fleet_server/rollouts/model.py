@@ -109,6 +109,9 @@ class RolloutState:
     yet); spaces the measurements out instead of querying the store every tick."""
     shadow_started_at: float | None = None
     """When the canary's shadow run began (None: no shadow step, or not yet)."""
+    labels_arrived_at: float | None = None
+    """When the champion/challenger gate last saw its label count grow while it waited:
+    it keeps waiting while labels keep coming (None: not waiting on labels)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
