@@ -301,6 +301,10 @@ class ModelService:
                 row = rows[i] if rows is not None else _NO_ROW
                 self._cache.put(prediction_id, row, predicted, version)
                 answer["id"] = prediction_id
+            shadow = self._shadow
+            if shadow is not None and not stateful:
+                ids = [str(answer["id"]) for answer in result.results]
+                shadow.offer_inputs(inputs, result.classes.tolist(), ids)
         return result, session
 
     # ----------------------------------------------------------- feedback --

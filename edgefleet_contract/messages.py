@@ -132,6 +132,9 @@ class ShadowStats(Message):
     labelled: Count = 0
     active_correct: Count = 0
     candidate_correct: Count = 0
+    discordant: Count | None = None
+    """Labelled inputs exactly one of the two got right (for a paired test); agents from
+    before it do not send it, and servers from before it refuse it: upgrade servers first."""
 
 
 class FeatureDrift(Message):
