@@ -211,3 +211,28 @@ def test_an_untrusted_parent_estimate_leaves_nothing_to_compare() -> None:
     sim.run(600)
     assert sim.rollout.status == "completed"
     assert "no trusted estimate" in sim.rollout.state.gate_results["0"][-1]["note"]
+
+
+def test_the_paired_bound_covers_the_true_difference_and_needs_far_fewer_labels() -> None:
+    from fleet_server.rollouts.champion import Pairs, compare_paired, paired_bounds
+
+    rng = np.random.default_rng(11)
+    z = z_of(0.95)
+    misses, trials = 0, 4000
+    # New right and parent wrong on 1%, the reverse on 3%: the truth is -2 points.
+    for _ in range(trials):
+        b, c, _ = rng.multinomial(150, [0.01, 0.03, 0.96])
+        pairs = Pairs(150, 100 + b, 100 + c, b + c)
+        _, low, _ = paired_bounds(pairs, z)
+        misses += low > -0.02
+    assert misses / trials <= 0.06
+    equal = Pairs(150, 142, 142, 2)
+    verdict = compare_paired(equal, margin=0.05, confidence=0.95)
+    assert verdict.verdict == "pass" and verdict.needed < 150
+    assert labels_needed(Arm(95, 100), 0.05, 0.95) > 300  # the unpaired test's count
+    worse = Pairs(600, 510, 570, 70)
+    assert compare_paired(worse, margin=0.05, confidence=0.95).verdict == "fail"
+    assert compare_paired(Pairs(10, 9, 9, 3), margin=0.05, confidence=0.95).reason.startswith(
+        "inconsistent"
+    )
+    assert compare_paired(Pairs(0, 0, 0, 0), margin=0.05, confidence=0.95).verdict == "wait"

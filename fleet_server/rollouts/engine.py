@@ -33,8 +33,16 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .champion import Arm
-from .gates import SHADOW_METRICS, GateResult, evaluate, expire, shortfall, vs_parent
+from .champion import Arm, Pairs
+from .gates import (
+    SHADOW_METRICS,
+    GateResult,
+    evaluate,
+    expire,
+    shortfall,
+    vs_parent,
+    vs_parent_paired,
+)
 from .model import (
     IN_FLIGHT,
     TOUCHED,
@@ -312,9 +320,9 @@ class Rollout(OperatorVerbs):
             min_samples=self.plan.gate_min_samples,
             allow_no_data=self.plan.gates_allow_no_data,
         )
-        if self.plan.vs_parent and s.parent is not None:
+        if self.plan.vs_parent and s.parent is not None and not self._paired_passed():
             results.append(self._vs_parent(s.parent, figures, samples or {}))
-            self._note_label_progress(wave, results[-1], now)
+            self._note_label_progress(str(wave), results[-1], now)
         judged_bad = any(not r.passed and not r.waiting for r in results)
         if any(r.waiting for r in results) and not judged_bad:
             if now < (self.gates_deadline or now):
@@ -359,7 +367,33 @@ class Rollout(OperatorVerbs):
             basis=basis,
         )
 
-    def _note_label_progress(self, wave: int, result: GateResult, now: float) -> None:
+    def _paired_passed(self) -> bool:
+        """Whether this wave's shadow step already showed, on paired labels, that the new
+        version is no worse than its parent (then the wave is not asked again)."""
+        shadow = self.state.gate_results.get(SHADOW_KEY) or []
+        return self.state.wave == 0 and any(
+            r.get("metric") == "accuracy_vs_parent" and r.get("passed") and r.get("samples")
+            for r in shadow
+        )
+
+    def _paired(self, samples: Mapping[str, int]) -> GateResult | None:
+        """The champion/challenger gate on the shadow run's paired labels; None when there
+        are none (no feedback, or agents from before the paired counts)."""
+        s = self.state
+        if not self.plan.vs_parent or s.parent is None or not samples.get("shadow_pairs"):
+            return None
+        pairs = Pairs(
+            labelled=samples["shadow_pairs"],
+            new_correct=samples.get("shadow_pairs_new_correct", 0),
+            parent_correct=samples.get("shadow_pairs_parent_correct", 0),
+            discordant=samples.get("shadow_pairs_discordant", 0),
+        )
+        plan = self.plan
+        return vs_parent_paired(
+            s.parent, pairs, margin=plan.parent_margin, confidence=plan.parent_confidence
+        )
+
+    def _note_label_progress(self, wave: str, result: GateResult, now: float) -> None:
         """Remember when the waiting champion/challenger gate last got more labels: it
         asks for a number of labels and waits for them as long as they keep arriving
         (at a low label rate that is longer than the gate timeout), rather than failing
@@ -370,7 +404,7 @@ class Rollout(OperatorVerbs):
             s.labels_arrived_at = None
             return
         before = next(
-            (r for r in s.gate_results.get(str(wave)) or [] if r.get("metric") == result.metric),
+            (r for r in s.gate_results.get(wave) or [] if r.get("metric") == result.metric),
             None,
         )
         seen = int(before.get("samples") or 0) if before is not None else 0
@@ -409,6 +443,7 @@ class Rollout(OperatorVerbs):
         until the ``shadow_*`` gates pass over the plan's shadow window."""
         s = self.state
         s.phase, s.shadow_started_at, s.gates_checked_at = "shadowing", now, None
+        s.labels_arrived_at = None
         ids = tuple(d.device_id for d in self.wave_devices(0) if d.status == "queued")
         out.append(Shadow(ids))
         window = duration_text(self.plan.shadow_s)
@@ -431,6 +466,10 @@ class Rollout(OperatorVerbs):
             min_samples=self.plan.gate_min_samples,
             allow_no_data=self.plan.gates_allow_no_data,
         )
+        paired = self._paired(samples or {})
+        if paired is not None:
+            results.append(paired)
+            self._note_label_progress(SHADOW_KEY, paired, now)
         if any(r.waiting for r in results) and not any(
             not r.passed and not r.waiting for r in results
         ):
@@ -462,11 +501,12 @@ class Rollout(OperatorVerbs):
             return None
         if s.phase == "shadowing":
             started = s.shadow_started_at or s.updated_at
-            return started + self.plan.shadow_s + self.plan.gate_timeout_s
-        if s.phase != "gating":
+            deadline = started + self.plan.shadow_s + self.plan.gate_timeout_s
+        elif s.phase != "gating":
             return None
-        settled = s.settled_at if s.settled_at is not None else s.updated_at
-        deadline = settled + self.plan.probation_s + self.plan.gate_timeout_s
+        else:
+            settled = s.settled_at if s.settled_at is not None else s.updated_at
+            deadline = settled + self.plan.probation_s + self.plan.gate_timeout_s
         if s.labels_arrived_at is not None:
             deadline = max(deadline, s.labels_arrived_at + self.plan.gate_timeout_s)
         return deadline

@@ -52,7 +52,7 @@ from typing import Any
 
 from edgefleet_contract.errors import PlanError
 
-from .champion import Arm, compare
+from .champion import Arm, Comparison, Pairs, compare, compare_paired
 
 METRICS = (
     "error_rate",
@@ -240,7 +240,7 @@ def shortfall(results: Iterable[Mapping[str, Any]]) -> str:
         text = f"{r['gate']} {r.get('samples') or 0}/{r['needed']} {r['unit']}"
         if r.get("parent_samples") is not None:
             text += f" (parent {r['parent_samples']}/{r['needed']}): "
-            what = "labels" if r["unit"] == EVIDENCE["accuracy"] else "answers"
+            what = "labels" if "labelled" in r["unit"] else "answers"
             text += f"needs {more_needed(r)} more {what}"
         out.append(text)
     return ", ".join(out)
@@ -280,6 +280,27 @@ def vs_parent(
     c = compare(new, parent, margin=margin, confidence=confidence)
     if c.verdict == "wait" and allow_no_data and not new.labels:
         return GateResult(*base, None, True, "no data", 0, 0, unit, parent_samples=parent.labels)
+    return _champion_result(base, c, unit, new.labels, parent.labels)
+
+
+def vs_parent_paired(
+    parent_label: str, pairs: Pairs, *, margin: float, confidence: float
+) -> GateResult:
+    """The champion/challenger gate on a shadow run's paired labels: both versions'
+    answers to the same labelled inputs (see :func:`.champion.compare_paired`)."""
+    source = (
+        f"accuracy vs {parent_label} >= -{margin * 100:g}pt at {confidence * 100:g}% "
+        "(paired, shadow run)"
+    )
+    base = (source, "accuracy_vs_parent", ">=", -margin)
+    c = compare_paired(pairs, margin=margin, confidence=confidence)
+    unit = EVIDENCE["shadow_accuracy_delta"]
+    return _champion_result(base, c, unit, pairs.labelled, pairs.labelled)
+
+
+def _champion_result(
+    base: tuple[str, str, str, float], c: Comparison, unit: str, new: int, parent: int
+) -> GateResult:
     note = c.reason
     if c.low is not None and c.high is not None:
         note += f" (difference {c.difference:+.3f}, bounds {c.low:+.3f}..{c.high:+.3f})"
@@ -288,13 +309,13 @@ def vs_parent(
         c.difference,
         c.verdict == "pass",
         note,
-        new.labels,
+        new,
         c.needed,
         unit,
         waiting=c.verdict == "wait",
         low=c.low,
         high=c.high,
-        parent_samples=parent.labels,
+        parent_samples=parent,
     )
 
 

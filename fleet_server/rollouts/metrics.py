@@ -152,6 +152,11 @@ def shadow_figures(
         "shadow_dropped": sum(s.dropped for s in runs),
         "shadow_errors": sum(s.errors for s in runs),
     }
+    if runs and all(s.discordant is not None for s in runs):  # agents that pair the labels
+        counts["shadow_pairs"] = labelled
+        counts["shadow_pairs_new_correct"] = sum(s.candidate_correct for s in runs)
+        counts["shadow_pairs_parent_correct"] = sum(s.active_correct for s in runs)
+        counts["shadow_pairs_discordant"] = sum(s.discordant or 0 for s in runs)
     return values, counts
 
 
