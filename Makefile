@@ -32,7 +32,7 @@ test: $(STAMP)
 	FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent fleet_server edgefleet_contract models tests bench
+	$(BIN)/ruff check agent fleet_server edgefleet_contract edgefleet_common edgefleet_sim edgefleet_demo models tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)

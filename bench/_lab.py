@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgefleet_contract.mqtt import TlsFiles
+from edgefleet_common.mqtt import TlsFiles
 from fleet_server.broker import BrokerLayout, ManagedBroker
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA, write_private

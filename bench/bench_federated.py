@@ -43,7 +43,7 @@ import numpy as np
 
 from agent.learning.trainer import LocalConfig, Mlp, evaluate, prepare, train
 from agent.learning.worker import LearningWorker
-from edgefleet_contract import flower_compat
+from edgefleet_common import flower_compat
 from fleet_server.federation.app import run_rounds
 from fleet_server.federation.deadline import round_close
 from fleet_server.federation.grid import MqttGrid

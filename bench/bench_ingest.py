@@ -15,9 +15,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from edgefleet_common.mqtt import Endpoint, tls_context
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import Reading, Telemetry
-from edgefleet_contract.mqtt import Endpoint, tls_context
 from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink
 from fleet_server.store import open_store

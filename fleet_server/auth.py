@@ -32,8 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edgefleet_common.logs import redact as redact_text
 from edgefleet_contract.errors import AuthError, EdgefleetError, NotFound, PermissionDenied
-from edgefleet_contract.logs import redact as redact_text
 
 from .store.base import ROLES, ApiToken, Role, Store, User
 

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet_contract.backoff import Backoff
+from edgefleet_common.backoff import Backoff
+from edgefleet_common.fdlimit import raise_fd_limit
 from edgefleet_contract.errors import BrokerError, ConfigError
-from edgefleet_contract.fdlimit import raise_fd_limit
 
 from .config import SERVER_IDENTITY
 from .pki import write_public

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import click
 
-from edgefleet_contract import logs
-from edgefleet_contract.cli import daemon_options
-from edgefleet_contract.cli import run as run_cli
-from edgefleet_contract.config import load_cli_settings
+from edgefleet_common import logs
+from edgefleet_common.cli import daemon_options
+from edgefleet_common.cli import run as run_cli
+from edgefleet_common.config import load_cli_settings
 from edgefleet_contract.errors import BrokerError, ConfigError
 
 from .config import ServerSettings
@@ -164,7 +164,9 @@ def demo(
     """The whole loop: serve, label, drift, train federatedly, sign, roll out, summarize."""
     import dataclasses
 
-    from .demo import Options, run_demo
+    # The demo runs agents, so it lives outside the server package (which never
+    # imports the agent); the command stays here and loads it only when run.
+    from edgefleet_demo import Options, run_demo
 
     options = Options.quick(devices) if quick else Options(devices=devices)
     options = dataclasses.replace(

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from edgefleet_contract.config import FileSettings
+from edgefleet_common.config import FileSettings
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 

@@ -33,7 +33,7 @@ from edgefleet_contract.messages import (
     Telemetry,
 )
 
-from .metrics import Registry
+from .metrics import Metrics
 from .quota import DeviceQuota
 from .ratelimit import LogThrottle
 from .store.base import Store
@@ -108,7 +108,7 @@ class Ingest:
         store: Store,
         *,
         codec: Codec | None = None,
-        registry: Registry | None = None,
+        metrics: Metrics | None = None,
         queue_size: int = 50_000,
         batch_size: int = 500,
         acker: Callable[[Inbound], None] | None = None,
@@ -131,7 +131,7 @@ class Ingest:
         self._known: set[str] = set()
         self._throttle = LogThrottle(log, interval_s=10.0)
         self._last_lag = 0.0
-        reg = registry or Registry()
+        reg = metrics or Metrics()
         self.m_received = reg.counter("edgefleet_ingest_received_total", "Messages received")
         self.m_batches = reg.counter(
             "edgefleet_ingest_telemetry_batches_total", "Telemetry batches stored"

@@ -13,11 +13,11 @@ import time
 
 import paho.mqtt.client as paho
 
+from edgefleet_common.mqtt import Endpoint, MqttSession
 from edgefleet_contract import topics
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.errors import LinkError
 from edgefleet_contract.messages import Command
-from edgefleet_contract.mqtt import Endpoint, MqttSession
 from edgefleet_contract.topics import Channel
 
 from .config import SERVER_IDENTITY

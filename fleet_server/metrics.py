@@ -58,7 +58,7 @@ class Metric:
         return "\n".join(lines)
 
 
-class Registry:
+class Metrics:
     def __init__(self) -> None:
         self._metrics: dict[str, Metric] = {}
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import uvicorn
 
+from edgefleet_common.mqtt import Endpoint, TlsFiles
+from edgefleet_common.private import private_dir
 from edgefleet_contract.errors import ConfigError, NotFound
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
-from edgefleet_contract.private import private_dir
 
 from .api import ApiContext, create_app
 from .auth import hash_password, verify_password
@@ -31,13 +31,12 @@ from .federation.release import release_candidate
 from .federation.wiring import make_training
 from .ingest import Ingest
 from .link import ServerLink
-from .metrics import Registry
+from .metrics import Metrics
 from .pki import FleetCA, write_private
 from .preflight import check_data_dir, check_port
 from .quota import DeviceQuota, Rate
 from .reconcile import Reconciler
-from .registry import BlobStore, DeltaCache
-from .registry import Registry as ArtifactRegistry
+from .registry import ArtifactRegistry, BlobStore, DeltaCache
 from .registry.cards import calibration_of
 from .rollouts.driver import RolloutDriver
 from .store import open_store
@@ -172,7 +171,7 @@ class FleetServer:
             raise ConfigError(
                 f"{settings.data_dir} is not initialized; run `fleet-server init` first"
             )
-        self.registry = Registry()
+        self.metrics = Metrics()
         private_dir(settings.data_dir)  # even if it existed before with a wider mode
         self.store: Store = open_store(settings.database)
         self.ca = FleetCA.load(self.layout.ca)
@@ -196,7 +195,7 @@ class FleetServer:
         )
         self.ingest = Ingest(
             self.store,
-            registry=self.registry,
+            metrics=self.metrics,
             queue_size=settings.telemetry.queue_size,
             batch_size=settings.telemetry.batch_size,
             acker=lambda item: self.link.acknowledge(item),
@@ -214,7 +213,7 @@ class FleetServer:
         self.deltas = DeltaCache(self.artifacts.blobs, self.layout.root / "deltas")
         self.artifacts.on_added.append(self.deltas.on_registered(self.artifacts))
         self.tuf_timer = ResignTimer(self.tuf)
-        self.registry.gauge(
+        self.metrics.gauge(
             "edgefleet_tuf_timestamp_expires_in_seconds",
             "Seconds until the published TUF timestamp expires (devices refuse it then)",
             fn=lambda: [((), self.tuf.timestamp().signed.expires.timestamp() - time.time())],
@@ -226,7 +225,7 @@ class FleetServer:
             settings,
             self.store,
             self.link,
-            registry=self.registry,
+            metrics=self.metrics,
             on_candidate=self._register_candidate,
             artifacts=self.artifacts,
         )
@@ -239,12 +238,12 @@ class FleetServer:
             self.artifacts.cards,
             self.artifacts.blob,
         )
-        self.registry.gauge(
+        self.metrics.gauge(
             "edgefleet_broker_connected",
             "1 when the server's MQTT session is up",
             fn=lambda: [((), 1.0 if self.link.connected.is_set() else 0.0)],
         )
-        self.registry.gauge(
+        self.metrics.gauge(
             "edgefleet_broker_restarts_total",
             "Times the managed broker was restarted",
             fn=lambda: [((), float(self.broker.restarts if self.broker else 0))],
@@ -255,9 +254,9 @@ class FleetServer:
                 store=self.store,
                 enrollment=self.enrollment,
                 commands=self.link,
-                metrics=self.registry.render,
+                metrics=self.metrics.render,
                 training=self.training,
-                registry=self.artifacts,
+                artifacts=self.artifacts,
                 tuf=self.tuf,
                 deltas=self.deltas,
                 rollouts=self.rollouts,
@@ -265,18 +264,18 @@ class FleetServer:
         )
         # The artifact registry, when the API context carries one, also resolves what a
         # device ran before a rollout (for rollbacks).
-        self.rollouts.resolver = getattr(self.app.state.ctx, "registry", None)
-        self.registry.gauge(
+        self.rollouts.resolver = getattr(self.app.state.ctx, "artifacts", None)
+        self.metrics.gauge(
             "edgefleet_rollouts_live",
             "Rollouts the driver is running (including paused and halted ones)",
             fn=lambda: [((), float(self.rollouts.live_count))],
         )
-        self.registry.gauge(
+        self.metrics.gauge(
             "edgefleet_rollout_errors_total",
             "Rollout events that failed and were retried from the last save",
             fn=lambda: [((), float(self.rollouts.errors))],
         )
-        self.registry.gauge(
+        self.metrics.gauge(
             "edgefleet_devices_online",
             "Devices whose last status is online",
             fn=lambda: [((), float(self.store.count_online()))],

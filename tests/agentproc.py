@@ -26,9 +26,9 @@ from paho.mqtt.properties import Properties
 
 from agent import localclient
 from agent.identity import save_identity
+from edgefleet_common.mqtt import TlsFiles, tls_context
 from edgefleet_contract.codec import Codec, Rejected
 from edgefleet_contract.messages import ReportedState, Telemetry
-from edgefleet_contract.mqtt import TlsFiles, tls_context
 
 from .harness import Pki, wait_for
 

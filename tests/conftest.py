@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from edgefleet_common.mqtt import TlsFiles
 from edgefleet_contract.errors import BrokerError, ConfigError
-from edgefleet_contract.mqtt import TlsFiles
 from fleet_server.broker import ManagedBroker, find_mosquitto
 from fleet_server.config import ServerSettings
 from fleet_server.server import FleetServer, initialize

@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.link import DeviceLink
 from agent.spool import DrainPolicy, Spool
-from edgefleet_contract.mqtt import Endpoint, TlsFiles, tls_context
+from edgefleet_common.mqtt import Endpoint, TlsFiles, tls_context
 from fleet_server.broker import BrokerLayout, ManagedBroker
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA, write_private

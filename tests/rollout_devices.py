@@ -19,6 +19,7 @@ from cryptography import x509
 
 from agent.link import DeviceLink
 from agent.spool import DrainPolicy, Spool
+from edgefleet_common.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import (
     Command,
@@ -31,7 +32,6 @@ from edgefleet_contract.messages import (
     Telemetry,
     UpdateReport,
 )
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.topics import Channel
 from fleet_server.config import ServerSettings
 from fleet_server.pki import write_private

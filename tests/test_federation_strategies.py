@@ -12,7 +12,8 @@ import pytest
 
 from agent.learning.trainer import Mlp, evaluate, prepare
 from agent.learning.worker import LearningWorker
-from edgefleet_contract import flframes, flower_compat, flwire
+from edgefleet_common import flower_compat
+from edgefleet_contract import flframes, flwire
 from edgefleet_contract.package import decode_weights, read_package
 from fleet_server.federation.app import run_rounds
 from fleet_server.federation.deadline import round_close

@@ -7,13 +7,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from edgefleet_common.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import Telemetry
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
 from fleet_server.broker import ManagedBroker
 from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink
-from fleet_server.metrics import Registry
+from fleet_server.metrics import Metrics
 from fleet_server.store import open_store
 
 from .harness import Client, Pki, wait_for
@@ -35,8 +35,8 @@ def test_ingest_counts_rejects_and_keeps_going(
     store = open_store(tmp_path / "fleet.db")
     for d in ("ing-1", "ing-2"):
         store.create_device(d, name=d, tags={}, now=0)
-    registry = Registry()
-    ingest = Ingest(store, registry=registry, batch_size=50)
+    registry = Metrics()
+    ingest = Ingest(store, metrics=registry, batch_size=50)
     link = ServerLink(
         Endpoint("127.0.0.1", broker.port, pki.server), ingest, client_id="fleet.server.ingest-test"
     )

@@ -83,7 +83,7 @@ def test_the_container_image_and_compose_file() -> None:
     assert "fleet-data:/var/lib/fleet" in server["volumes"] and "fleet-data" in compose["volumes"]
     assert "fleet-server init && exec fleet-server run" in " ".join(server["entrypoint"])
     # The settings the image and compose file set are real settings.
-    from edgefleet_contract.config import unknown_environment
+    from edgefleet_common.config import unknown_environment
     from fleet_server.config import ServerSettings
 
     env = dict(re.findall(r"(FLEET_[A-Z_]+)=(\S+)", dockerfile)) | server["environment"]

@@ -48,7 +48,7 @@ def make_env(tmp_path: Path, *, registry: bool = True) -> Env:
         rollouts=driver,
     )
     if registry:
-        ctx.registry = TableResolver()  # type: ignore[attr-defined]
+        ctx.artifacts = TableResolver()  # type: ignore[attr-defined]
     return TestClient(create_app(ctx)), store, outbox, driver
 
 
@@ -195,7 +195,7 @@ def test_a_registry_with_its_own_artifact_type_is_accepted(tmp_path: Path) -> No
             )
 
     client, _, outbox, _ = make_env(tmp_path, registry=False)
-    client.app.state.ctx.registry = Registry()  # type: ignore[attr-defined]
+    client.app.state.ctx.artifacts = Registry()  # type: ignore[attr-defined]
     r = client.post("/api/v1/rollouts", headers=login(client, "olga"), json=BODY)
     assert r.status_code == 201, r.text
     assert r.json()["plan"]["artifact"]["target_path"] == "models/digits/1.3.0/digits-1.3.0.efpkg"

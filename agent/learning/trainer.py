@@ -36,7 +36,7 @@ class LocalConfig:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class FitResult:
     weights: dict[str, F32]
     examples: int
     loss: float
@@ -128,7 +128,7 @@ def train(
     x: F32,
     y: npt.NDArray[np.int64],
     config: LocalConfig,
-) -> Outcome:
+) -> FitResult:
     """Mini-batch SGD (with the FedProx term when ``proximal_mu > 0``)."""
     mlp.check(start)
     if len(y) == 0:
@@ -147,4 +147,4 @@ def train(
                     g = g + config.proximal_mu * (w[k] - anchor[k])
                 w[k] = (w[k] - config.lr * g).astype(np.float32)
     loss, acc = evaluate(mlp, w, x, y)
-    return Outcome(w, len(y), loss, acc)
+    return FitResult(w, len(y), loss, acc)

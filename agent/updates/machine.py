@@ -42,7 +42,7 @@ ORDER: tuple[UpdatePhase, ...] = (
 ACTIVE_TOUCHED: frozenset[str] = frozenset({"switching", "probation"})
 """Phases in which the new artifact may already be serving: failure means a revert."""
 
-Action = Literal["none", "resume", "switch", "probation", "revert"]
+RecoveryAction = Literal["none", "resume", "switch", "probation", "revert"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Recovery:
     """What to do with a journal found at start-up."""
 
     journal: Journal
-    action: Action
+    action: RecoveryAction
 
 
 def begin(

@@ -3,7 +3,7 @@
 ``commands`` is whatever delivers a :class:`~edgefleet_contract.messages.Command`
 to a device (the server's MQTT link); ``None`` means this server has no broker
 session, and routes that must reach a device answer 503.  ``metrics`` renders
-the Prometheus text of the ingest side.
+the Prometheus text of the server's metrics (``None``: /metrics is empty).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from ..auth import Authenticator, LoginThrottle
 from ..config import ServerSettings
 from ..enrollment import Enrollment
-from ..registry import DeltaCache, Registry
+from ..registry import ArtifactRegistry, DeltaCache
 from ..rollouts.driver import RolloutDriver
 from ..store.base import Store
 from ..tuf import TufRepository
@@ -33,7 +33,7 @@ class ApiContext:
     clock: Callable[[], float] = time.time
     training: Any = None
     """The federated TrainingService (fleet_server.federation.runner), if this server has one."""
-    registry: Registry | None = None
+    artifacts: ArtifactRegistry | None = None
     """The artifact registry; ``None`` means artifact and TUF routes answer 503."""
     tuf: TufRepository | None = None
     deltas: DeltaCache | None = None

@@ -178,12 +178,12 @@ def _check_registered(c: ApiContext, body: DesiredIn) -> None:
 
     (One given with its own TUF ``target`` path is the caller's to vouch for.)
     """
-    if c.registry is None:
+    if c.artifacts is None:
         return
     for kind, given in (("model", body.model), ("firmware", body.firmware)):
         if given is None or given.target is not None:
             continue
-        items, _ = c.registry.search(kind=kind, name=given.name, limit=1000)
+        items, _ = c.artifacts.search(kind=kind, name=given.name, limit=1000)
         versions = sorted({a.version for a in items})
         if given.version not in versions:
             have = ", ".join(versions) or "none"

@@ -4,7 +4,7 @@ Plans are given in the operator's words (``5%``, ``25%,50%,100%``,
 ``200/min``, ``10m``, ``error_rate<0.01``) and parsed on the server, so the
 CLI, the console and scripts share one parser and one set of error messages
 (422 with the option and column at fault).  The artifact spec is resolved by
-the registry the server was given (``ApiContext.registry``); a server without
+the registry the server was given (``ApiContext.artifacts``); a server without
 one, or a spec it does not know, is a 422 naming the spec.
 """
 
@@ -97,7 +97,7 @@ def _driver(c: ApiContext) -> RolloutDriver:
 
 
 def _resolve(c: ApiContext, spec: str) -> ResolvedArtifact:
-    registry: Any = getattr(c, "registry", None)
+    registry: Any = c.artifacts
     if registry is None:
         raise PlanError(f"no such artifact {spec!r}: this server has no artifact registry")
     try:

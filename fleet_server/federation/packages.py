@@ -15,7 +15,7 @@ from pathlib import Path
 from edgefleet_contract.errors import EdgefleetError, FederationError
 from edgefleet_contract.package import ModelPackage, read_package
 
-from ..registry import Registry as ArtifactRegistry
+from ..registry import ArtifactRegistry
 from ..selector import version_key
 
 DIST = Path(__file__).resolve().parents[2] / "models" / "dist"

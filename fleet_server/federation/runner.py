@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.serverapp.strategy import Strategy
 
-from edgefleet_contract import flower_compat
+from edgefleet_common import flower_compat
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import FederationError, NotFound, RunStopped, SelectorError
 from edgefleet_contract.messages import Telemetry
@@ -48,7 +48,8 @@ from .validate import UpdateCheck
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("pending", "running")
+UNFINISHED = ("pending", "running")
+"""Training-run statuses the service still drives (a finished run is left alone)."""
 
 
 class TrainingStore(Protocol):
@@ -142,7 +143,7 @@ class TrainingService:
 
     def stop_run(self, run_id: str) -> TrainingRun:
         run = self.store.get_training_run(run_id)
-        if run.status not in ACTIVE:
+        if run.status not in UNFINISHED:
             raise FederationError(f"training run {run_id} is already {run.status}")
         with self._lock:
             grid = self._grid if self._run_id == run_id else None
@@ -158,7 +159,7 @@ class TrainingService:
         """Restart the runs a previous server process left running (oldest first)."""
         resumed: list[str] = []
         for run in reversed(self.store.list_training_runs(limit=1000)):
-            if run.status not in ACTIVE:
+            if run.status not in UNFINISHED:
                 continue
             with self._lock:
                 if self._thread is not None and self._thread.is_alive():

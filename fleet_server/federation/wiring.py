@@ -8,8 +8,8 @@ from edgefleet_contract.topics import Channel
 
 from ..config import ServerSettings
 from ..link import ServerLink
-from ..metrics import Registry
-from ..registry import Registry as ArtifactRegistry
+from ..metrics import Metrics
+from ..registry import ArtifactRegistry
 from ..store.base import Store
 from .candidate import CandidateHook, heldout_for
 from .packages import DIST, find_package, registered
@@ -22,10 +22,10 @@ def make_training(
     link: ServerLink,
     *,
     on_candidate: CandidateHook | None = None,
-    registry: Registry | None = None,
+    metrics: Metrics | None = None,
     artifacts: ArtifactRegistry | None = None,
 ) -> TrainingService:
-    """``on_candidate(path, lineage)`` is the registry hand-over (``Registry.add_model``);
+    """``on_candidate(path, lineage)`` is the registry hand-over (``ArtifactRegistry.add_model``);
     ``artifacts`` (the artifact registry) is searched first for the package a run starts
     from."""
     models = settings.data_dir / "models"
@@ -40,14 +40,14 @@ def make_training(
         on_candidate=on_candidate,
         max_payload=settings.telemetry.max_payload,
     )
-    if registry is not None:
-        registry.gauge(
+    if metrics is not None:
+        metrics.gauge(
             "edgefleet_fl_rejected_updates_total",
             "Federated updates refused before aggregation, by reason",
             ("reason",),
             fn=lambda: [((k,), float(v)) for k, v in sorted(service.rejected_total.items())],
         )
-        registry.gauge(
+        metrics.gauge(
             "edgefleet_fl_dropped_frames_total",
             "Federated frames dropped by reassembly in the current run, by reason",
             ("reason",),

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from edgefleet_contract.cli import run
+from edgefleet_common.cli import run
 from edgefleet_contract.errors import EdgefleetError
 
 from .client import Client, check_server_url, forget_login, load_login, save_login
@@ -148,15 +148,24 @@ COMMAND_MODULES = (
     "cmd_artifacts",
     "cmd_keys",
     "cmd_rollouts",
-    "cmd_simulate",
 )
 """Each module holds one area's command groups and a ``register(cli)`` function;
 a new area (models, firmware, rollouts, keys, ...) is one more module here."""
 
 
-def main() -> None:
+def register_commands(group: click.Group) -> None:
+    """Add every area's commands to ``group`` (``main`` does it before running)."""
     for name in COMMAND_MODULES:
-        importlib.import_module(f"{__package__}.{name}").register(cli)
+        importlib.import_module(f"{__package__}.{name}").register(group)
+    # The simulator runs real agents, so it lives outside the server package (which
+    # never imports the agent); its command module imports no agent code itself.
+    from edgefleet_sim.command import register as register_simulate
+
+    register_simulate(group)
+
+
+def main() -> None:
+    register_commands(cli)
     from .conventions import apply_conventions
 
     apply_conventions(cli)

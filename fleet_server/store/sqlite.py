@@ -20,9 +20,9 @@ from typing import Any
 
 import sqlite_utils
 
+from edgefleet_common.private import private_file
 from edgefleet_contract.errors import EnrollmentError, NotFound, StoreError
 from edgefleet_contract.messages import DesiredState, ReportedState
-from edgefleet_contract.private import private_file
 
 from .accounts import AccountTables
 from .artifacts import ArtifactTables

@@ -2,7 +2,7 @@
 
 A fleet larger than one process can hold (see :data:`MAX_PER_PROCESS`) is split
 into slices; each slice runs in a worker process started as
-``python -m fleet_server.simulate.worker``.  The parent writes one :class:`Job`
+``python -m edgefleet_sim.worker``.  The parent writes one :class:`Job`
 as the first line of the worker's stdin, then plain commands (``go``: start the
 sensors; ``stop``: stop every device cleanly).  The worker writes a
 :class:`Status` line to stdout about twice a second; the last one has

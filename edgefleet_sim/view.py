@@ -11,8 +11,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from edgefleet_contract.errors import EdgefleetError
-from fleet_server.simulate.pool import WorkerPool
-from fleet_server.simulate.protocol import REPORT_EVERY_S
+from edgefleet_sim.pool import WorkerPool
+from edgefleet_sim.protocol import REPORT_EVERY_S
 
 console = Console(stderr=True)
 Advance = Callable[[int], None]

@@ -1,6 +1,6 @@
 """A worker process of ``fleetctl simulate``: one slice of the fleet (see :mod:`.protocol`).
 
-Run as ``python -m fleet_server.simulate.worker``; the parent writes the job on
+Run as ``python -m edgefleet_sim.worker``; the parent writes the job on
 stdin.  Ctrl-C reaches the whole process group, so the worker ignores SIGINT
 and waits for the parent's ``stop``: the parent decides when and shows the
 shutdown's progress.  SIGTERM or the end of stdin stops it too.
@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
+from edgefleet_common.fdlimit import raise_fd_limit
 from edgefleet_contract.errors import EdgefleetError
-from edgefleet_contract.fdlimit import raise_fd_limit
 
 from .fleet import Fleet
 from .protocol import GO, REPORT_EVERY_S, STOP, Job, Status, decode, encode

@@ -25,7 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .errors import ConfigError
+from edgefleet_contract.errors import ConfigError
 
 
 class FileSettings(BaseSettings):

@@ -5,7 +5,7 @@ loop, runs work other threads hand it (:meth:`MqttSession.call_soon`), and calls
 :meth:`MqttSession._tick` between loop iterations.  Nothing else touches the
 client: when paho does not run its own thread it writes to the TLS socket from
 whichever thread publishes, and two threads writing one SSL object corrupt the
-stream (and memory).  Reconnects use :class:`~edgefleet_contract.backoff.Backoff`
+stream (and memory).  Reconnects use :class:`~edgefleet_common.backoff.Backoff`
 (capped, jittered) instead of paho's built-in schedule.
 
 MQTT v5 is the default because it tells a client why a publish was refused
@@ -30,9 +30,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgefleet_contract.errors import LinkError
+from edgefleet_contract.messages import LinkStats
+
 from .backoff import Backoff
-from .errors import LinkError
-from .messages import LinkStats
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,9 @@ from typing import Any
 
 import click
 
-from fleet_server.simulate.protocol import MAX_PER_PROCESS
-
-from .cli import Ctx, pass_ctx
-from .client import Client, load_login
+from edgefleet_sim.protocol import MAX_PER_PROCESS
+from fleet_server.fleetctl.cli import Ctx, pass_ctx
+from fleet_server.fleetctl.client import Client, load_login
 
 HELP = """Run DEVICES simulated devices against a fleet server.
 
@@ -155,11 +154,11 @@ def simulate(
     prefix: str,
     online_timeout: float,
 ) -> None:
-    from fleet_server.simulate.enroll import enroll_all
-    from fleet_server.simulate.pool import WorkerPool
-    from fleet_server.simulate.protocol import Job, device_ids
+    from edgefleet_sim.enroll import enroll_all
+    from edgefleet_sim.pool import WorkerPool
+    from edgefleet_sim.protocol import Job, device_ids
 
-    from .simview import Watch
+    from .view import Watch
 
     login = load_login()
     url = (server or login.require_server()).rstrip("/")

@@ -28,7 +28,7 @@ class _ErrorTally(logging.Handler):
 
 class Fleet:
     """One real :class:`SimAgent` per device id, each with its identity under ``root``
-    (enrolled beforehand by :func:`fleet_server.simulate.enroll.enroll_all`)."""
+    (enrolled beforehand by :func:`edgefleet_sim.enroll.enroll_all`)."""
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ class _Worker:
         self.status = Status()
         self._log: IO[bytes] = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet_server.simulate.worker"],
+            [sys.executable, "-m", "edgefleet_sim.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from .errors import ContractError
+from edgefleet_contract.errors import ContractError
 
 if TYPE_CHECKING:
     from flwr.app import Message

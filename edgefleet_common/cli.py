@@ -3,7 +3,7 @@
 Every face (``edge-agent``, ``fleet-server``, ``fleetctl``) runs its click group
 through :func:`run`, so an :class:`EdgefleetError` never becomes a traceback.
 The two daemons' commands take the same ``--config``/``--data-dir`` pair
-(:func:`daemon_options`), read by :func:`~edgefleet_contract.config.load_cli_settings`.
+(:func:`daemon_options`), read by :func:`~edgefleet_common.config.load_cli_settings`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import ConfigError, EdgefleetError
+from edgefleet_contract.errors import ConfigError, EdgefleetError
 
 ExitRule = tuple[type[EdgefleetError], int, str]
 F = TypeVar("F", bound=Callable[..., Any])

@@ -24,11 +24,11 @@ from typing import Any
 
 from rich.table import Table
 
-from edgefleet_contract import logs
+from edgefleet_common import logs
 from edgefleet_contract.errors import EdgefleetError
+from fleet_server.config import ApiSettings, BrokerSettings, ServerSettings
+from fleet_server.server import FleetServer, initialize
 
-from ..config import ApiSettings, BrokerSettings, ServerSettings
-from ..server import FleetServer, initialize
 from . import driver, report, steps
 from .data import FACTORY_VERSION, MODEL, DeviceData, device_data, factory_packages
 from .fleet import Agent, stop_all
@@ -304,7 +304,7 @@ def _quiet_flower() -> None:
 
 
 def _seconds(duration: str) -> float:
-    from ..rollouts.plan import parse_duration
+    from fleet_server.rollouts.plan import parse_duration
 
     return parse_duration(duration, what="--probation")
 
