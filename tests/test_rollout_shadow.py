@@ -182,3 +182,21 @@ def _slow_labels():  # type: ignore[no-untyped-def]
         return Arm(round(0.95 * n), n), Arm(4750, 5000)
 
     return labels
+
+
+def test_every_wave_can_get_its_own_shadow_step() -> None:
+    sim = make(8, shadow_s=300.0, gates=GATES, shadow_every_wave=True)
+    sim.figures = _shadow(0.97)
+    sim.run(8000)
+    r = sim.rollout
+    assert r.status == "completed", r.state.reason
+    started = [(t, set(ids)) for t, ids, start in sim.shadows if start]
+    assert len(started) == len(r.state.ends)  # the canary and each wave after it
+    for wave, (when, ids) in enumerate(started):
+        devices = {d.device_id for d in r.wave_devices(wave) if d.status != "skipped"}
+        assert ids <= devices
+        # nobody of the wave was sent the artifact before its shadow step began
+        assert all(t >= when for t, d in sim.sent if d in devices)
+    assert {f"{SHADOW_KEY}-{w}" for w in range(1, len(r.state.ends))} <= set(r.state.gate_results)
+    with pytest.raises(PlanError, match="shadow-waves all needs a shadow step"):
+        plan(shadow_every_wave=True)

@@ -10,7 +10,7 @@ one, or a spec it does not know, is a 422 naming the spec.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field, StringConstraints
@@ -87,6 +87,11 @@ class RolloutCreate(BaseModel):
         description="before the canary switches, how long it runs the new version beside the "
         "active one (0s: no shadow step); shadow_* gates are judged after it",
     )
+    shadow_waves: Literal["canary", "all"] = Field(
+        "canary",
+        description="which waves get a shadow step before they switch: the canary only, or "
+        "every wave",
+    )
 
 
 def _driver(c: ApiContext) -> RolloutDriver:
@@ -132,6 +137,7 @@ def build_plan(body: RolloutCreate, artifact: ResolvedArtifact, seed: int) -> Ro
         parent_margin=parse_margin(body.parent_margin),
         parent_confidence=parse_confidence(body.parent_confidence),
         shadow_s=parse_duration(body.shadow, what="--shadow"),
+        shadow_every_wave=body.shadow_waves == "all",
     )
 
 

@@ -93,6 +93,14 @@ def rollout() -> None:
     "long (e.g. 30m) and judge the shadow_* gates (shadow_agreement>=0.95).",
 )
 @click.option(
+    "--shadow-waves",
+    type=click.Choice(["canary", "all"]),
+    default="canary",
+    show_default=True,
+    help="Which waves get a shadow step before they switch (all: every wave, not only the "
+    "canary).",
+)
+@click.option(
     "--no-parent-gate",
     is_flag=True,
     help="Do not compare each wave with the version it replaces.",
@@ -119,6 +127,7 @@ def create(
     parent_margin: str,
     parent_confidence: str,
     shadow: str,
+    shadow_waves: str,
     no_parent_gate: bool,
 ) -> None:
     """Start a rollout: canary first, then each wave once the gates pass."""
@@ -142,6 +151,7 @@ def create(
         "parent_margin": parent_margin,
         "parent_confidence": parent_confidence,
         "shadow": shadow,
+        "shadow_waves": shadow_waves,
     }
     if seed is not None:
         body["seed"] = seed

@@ -98,6 +98,16 @@ def _arm(accuracy: float | None, labels: int) -> Arm:
     return Arm(min(labels, max(0, round(accuracy * labels))), labels)
 
 
+def shadow_key(wave: int) -> str:
+    """Where a wave's shadow step keeps its gate results: ``shadow`` for the canary (as
+    before shadow steps per wave), ``shadow-N`` for wave N."""
+    return SHADOW_KEY if wave == 0 else f"{SHADOW_KEY}-{wave}"
+
+
+def _step(wave: int) -> str:
+    return "the shadow step" if wave == 0 else f"the shadow step of wave {wave}"
+
+
 _LABELS_NOTE = "; the parent gate keeps waiting as long as its labels keep arriving"
 
 
@@ -370,8 +380,8 @@ class Rollout(OperatorVerbs):
     def _paired_passed(self) -> bool:
         """Whether this wave's shadow step already showed, on paired labels, that the new
         version is no worse than its parent (then the wave is not asked again)."""
-        shadow = self.state.gate_results.get(SHADOW_KEY) or []
-        return self.state.wave == 0 and any(
+        shadow = self.state.gate_results.get(shadow_key(self.state.wave)) or []
+        return any(
             r.get("metric") == "accuracy_vs_parent" and r.get("passed") and r.get("samples")
             for r in shadow
         )
@@ -421,8 +431,9 @@ class Rollout(OperatorVerbs):
         s.gates_checked_at = now
         if not any(r.get("waiting") for r in before):
             within = duration_text(self.plan.gate_timeout_s)
-            name = "the shadow step" if key == SHADOW_KEY else f"wave {wave}"
-            after = "the shadow run" if key == SHADOW_KEY else "probation"
+            shadowing = key.startswith(SHADOW_KEY)
+            name = _step(self.state.wave) if shadowing else f"wave {wave}"
+            after = "the shadow run" if shadowing else "probation"
             out.append(
                 Note(
                     now,
@@ -436,15 +447,28 @@ class Rollout(OperatorVerbs):
     # -------------------------------------------------------- shadow step --
 
     def _shadow_devices(self) -> tuple[str, ...]:
-        return tuple(d.device_id for d in self.wave_devices(0) if d.status != "skipped")
+        wave = self.state.wave
+        return tuple(d.device_id for d in self.wave_devices(wave) if d.status != "skipped")
+
+    def _shadows(self, wave: int) -> bool:
+        """Whether ``wave`` still gets a shadow step before it switches."""
+        s = self.state
+        if self.plan.shadow_s <= 0 or (wave > 0 and not self.plan.shadow_every_wave):
+            return False
+        done = (
+            s.shadow_wave
+            if s.shadow_wave is not None
+            else (0 if s.shadow_started_at is not None else None)
+        )
+        return done is None or done < wave
 
     def _start_shadow(self, now: float, out: list[Action]) -> None:
-        """The canary's devices run the new version beside the active one; nothing switches
+        """The wave's devices run the new version beside the active one; nothing switches
         until the ``shadow_*`` gates pass over the plan's shadow window."""
         s = self.state
         s.phase, s.shadow_started_at, s.gates_checked_at = "shadowing", now, None
-        s.labels_arrived_at = None
-        ids = tuple(d.device_id for d in self.wave_devices(0) if d.status == "queued")
+        s.shadow_wave, s.labels_arrived_at = s.wave, None
+        ids = tuple(d.device_id for d in self.wave_devices(s.wave) if d.status == "queued")
         out.append(Shadow(ids))
         window = duration_text(self.plan.shadow_s)
         out.append(Note(now, "shadow_started", f"shadow run on {len(ids)} devices for {window}"))
@@ -452,7 +476,7 @@ class Rollout(OperatorVerbs):
     def _shadow_due(self, now: float, out: list[Action]) -> None:
         started = self.state.shadow_started_at or now
         if now >= started + self.plan.shadow_s and self._gates_due(now):
-            out.append(EvaluateGates(0, self._shadow_devices(), started, now))
+            out.append(EvaluateGates(self.state.wave, self._shadow_devices(), started, now))
 
     def _shadow_measured(
         self, values: Mapping[str, float | None], now: float, samples: Mapping[str, int] | None
@@ -466,18 +490,19 @@ class Rollout(OperatorVerbs):
             min_samples=self.plan.gate_min_samples,
             allow_no_data=self.plan.gates_allow_no_data,
         )
+        key = shadow_key(s.wave)
         paired = self._paired(samples or {})
         if paired is not None:
             results.append(paired)
-            self._note_label_progress(SHADOW_KEY, paired, now)
+            self._note_label_progress(key, paired, now)
         if any(r.waiting for r in results) and not any(
             not r.passed and not r.waiting for r in results
         ):
             if now < (self.gates_deadline or now):
-                self._wait_for_data(SHADOW_KEY, results, now, out)
+                self._wait_for_data(key, results, now, out)
                 return out
             results = expire(results, duration_text(self.plan.gate_timeout_s))
-        s.gate_results[SHADOW_KEY] = gate_dicts(results)
+        s.gate_results[key] = gate_dicts(results)
         failed = [r for r in results if not r.passed]
         if not failed or not self.plan.auto_rollback:  # (the rollback ends it otherwise)
             out.append(Shadow(self._shadow_devices(), start=False))
@@ -486,10 +511,10 @@ class Rollout(OperatorVerbs):
                 f"{r.gate} ({r.note})" if r.note else f"{r.gate} (measured {r.value:g})"
                 for r in failed
             )
-            self._halt(f"the shadow step failed its gates: {why}", now, out)
+            self._halt(f"{_step(s.wave)} failed its gates: {why}", now, out)
             return out
-        out.append(Note(now, "gates_passed", "the shadow step passed its gates"))
-        self._begin_wave(0, now, out)
+        out.append(Note(now, "gates_passed", f"{_step(s.wave)} passed its gates"))
+        self._begin_wave(s.wave, now, out)
         self._advance(now, out)
         return out
 
@@ -530,7 +555,7 @@ class Rollout(OperatorVerbs):
         for i, d in enumerate(queued):
             d.due_at = now + i * self.plan.interval_s + self._jitter(d.device_id)
             self._touch(d)
-        if wave == 0 and self.plan.shadow_s > 0 and s.shadow_started_at is None:
+        if self._shadows(wave):
             self._start_shadow(now, out)
             return
         name = "canary" if wave == 0 else f"wave {wave}"

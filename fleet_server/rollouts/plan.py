@@ -165,6 +165,8 @@ class RolloutPlan:
     shadow_s: float = 0.0
     """Before the canary switches, how long its devices run the new version in the shadow of
     the active one (0: no shadow step); the ``shadow_*`` gates are judged after it."""
+    shadow_every_wave: bool = False
+    """Give every wave its own shadow step before it switches, not only the canary."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -177,6 +179,8 @@ class RolloutPlan:
             )
         if self.shadow_s < 0:
             raise PlanError("--shadow cannot be negative; use a duration like 30m, or 0 for none")
+        if self.shadow_every_wave and not self.shadow_s:
+            raise PlanError("--shadow-waves all needs a shadow step: add --shadow, e.g. 30m")
         if self.shadow_s and self.artifact.kind != "model":
             raise PlanError("--shadow runs a model beside the active one; firmware has no shadow")
         if not self.shadow_s and any(g.metric in SHADOW_METRICS for g in self.gates):
@@ -230,6 +234,7 @@ class RolloutPlan:
             parent_margin=float(data.get("parent_margin", cls.parent_margin)),
             parent_confidence=float(data.get("parent_confidence", cls.parent_confidence)),
             shadow_s=float(data.get("shadow_s", 0.0)),
+            shadow_every_wave=bool(data.get("shadow_every_wave", False)),
             extra=dict(data.get("extra") or {}),
         )
 
