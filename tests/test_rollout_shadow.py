@@ -77,6 +77,17 @@ def test_shadow_plan_options_round_trip_and_are_checked() -> None:
         plan(gates=GATES)
     with pytest.raises(PlanError, match="--shadow"):
         plan(shadow_s=-1.0)
+    every = plan(shadow_s=600.0, gates=GATES, shadow_every_wave=True)
+    assert RolloutPlan.from_json(every.to_json()).shadow_every_wave
+    del old["shadow_every_wave"]
+    assert not RolloutPlan.from_json(old).shadow_every_wave
+    from fleet_server.api.routes_rollouts import RolloutCreate, build_plan
+
+    body = {"artifact": ARTIFACT.label, "target": "all", "shadow": "30m", "shadow_waves": "all"}
+    assert build_plan(RolloutCreate.model_validate(body), ARTIFACT, 0).shadow_every_wave
+    assert not build_plan(
+        RolloutCreate.model_validate({**body, "shadow_waves": "canary"}), ARTIFACT, 0
+    ).shadow_every_wave
 
 
 def _batch(seq: int, **shadow: object) -> Telemetry:
