@@ -15,6 +15,10 @@ the first shifted one to the alert; the baseline alert needs 3 drifted windows i
 devices whose unshifted windows were over 0.25 before the shift: on such a fleet PSI
 alarms without drift.  The "IID devices" row gives every device the reference's own class
 mix, where PSI is not over its line to begin with: there it shows what quantile bins miss.
+The monitor carries the package's PCA (:mod:`edgefleet_contract.multivariate`), as a
+package built today does; the correlation-change rows swap the lower half of images
+between rows of the window, which keeps every pixel's distribution: beside them, the
+per-feature tests alone (the same monitor without the PCA, on the same windows).
 """
 
 from __future__ import annotations
