@@ -123,9 +123,7 @@ class ShadowRunner:
             return False
         return True
 
-    def offer_inputs(
-        self, inputs: Any, active: Sequence[int], ids: Sequence[str] = ()
-    ) -> bool:
+    def offer_inputs(self, inputs: Any, active: Sequence[int], ids: Sequence[str] = ()) -> bool:
         """Like :meth:`offer`, for the inputs of :meth:`~agent.serving.ModelService.infer`
         (named arrays or one array) whose classes the active model answered ``active``."""
         job = _Job(None, tuple(active), tuple(ids), inputs=_copied(inputs))

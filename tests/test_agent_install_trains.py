@@ -66,8 +66,7 @@ def agent_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         [
             python,
             "-c",
-            "import importlib.util as u, agent; "
-            "print(u.find_spec('flwr') is None, agent.__file__)",
+            "import importlib.util as u, agent; print(u.find_spec('flwr') is None, agent.__file__)",
         ],
         capture_output=True,
         text=True,

@@ -97,8 +97,7 @@ def rollout() -> None:
     type=click.Choice(["canary", "all"]),
     default="canary",
     show_default=True,
-    help="Which waves get a shadow step before they switch (all: every wave, not only the "
-    "canary).",
+    help="Which waves get a shadow step before they switch (all: every wave, not only the canary).",
 )
 @click.option(
     "--no-parent-gate",
