@@ -24,7 +24,7 @@ import paho.mqtt.client as paho
 from edgefleet_common.mqtt import Endpoint, MqttSession, Will
 from edgefleet_contract import topics
 from edgefleet_contract.codec import Codec, Rejected
-from edgefleet_contract.messages import Command, CommandAck, ReportedState, SpoolStats, Status
+from edgefleet_contract.messages import Command, CommandAck, ReportedState, Status
 from edgefleet_contract.topics import Channel
 
 from .spool import DrainPolicy, Spool
@@ -89,10 +89,6 @@ class DeviceLink(MqttSession):
     def send_frame(self, payload: bytes) -> bool:
         """A federated-learning frame (binary); only meaningful while connected."""
         return self.publish_soon(topics.topic(self.device_id, Channel.FL_OUT), payload, qos=1)
-
-    def spool_stats(self) -> SpoolStats:
-        with self._spool_lock:
-            return self._spool.stats()
 
     @property
     def spool(self) -> Spool:

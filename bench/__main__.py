@@ -38,11 +38,22 @@ MODULES = {
     "bench_estimate": "Label-free accuracy estimate (issue: model monitoring)",
     "bench_fuzz": "Fuzzing the hostile-input readers (issue: security hardening)",
     "bench_shadow": "Shadow runs: the answer's cost, the bounded queue (issue: model monitoring)",
+    "bench_pg_ingest": "Ingest throughput on PostgreSQL (issue: PostgreSQL and replicas)",
+    "bench_pg_api": "API latency on both backends (issue: PostgreSQL and replicas)",
 }
 
 
 def versions() -> str:
-    names = ("paho-mqtt", "pydantic", "cryptography", "sqlite-utils", "fastapi", "uvicorn")
+    names = (
+        "paho-mqtt",
+        "pydantic",
+        "cryptography",
+        "sqlite-utils",
+        "fastapi",
+        "uvicorn",
+        "SQLAlchemy",
+        "psycopg",
+    )
     found = []
     for name in names:
         with contextlib.suppress(metadata.PackageNotFoundError):

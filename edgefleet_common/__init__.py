@@ -9,3 +9,16 @@ open-file limits (:mod:`.fdlimit`) and every touch of Flower's non-public names
 byte lives in :mod:`edgefleet_contract`; this package may import that one and
 nothing else of edgefleet's.
 """
+
+# The public surface is these modules (each is imported where it is used, so
+# importing the package costs nothing).
+__all__ = [
+    "backoff",
+    "cli",
+    "config",
+    "fdlimit",
+    "flower_compat",
+    "logs",
+    "mqtt",
+    "private",
+]

@@ -107,6 +107,15 @@ class Preprocessing(_Closed):
     def is_identity(self) -> bool:
         return self == Preprocessing()
 
+    def apply(self, raw: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Raw rows ``(n, features)`` -> preprocessed float32 rows (steps 2 and 3 only).
+
+        What the trainer and the reference builder feed a float network: the same
+        arithmetic, in the same float32, as :func:`prepare` on the device.
+        """
+        x = np.asarray(raw, dtype=np.float32)
+        return np.asarray(Scaler(self, tuple(x.shape[1:]))(x), dtype=np.float32)
+
 
 def raw_shape(prep: Preprocessing, model_shape: Sequence[int]) -> tuple[int, ...]:
     """The shape of one raw sample (no batch axis) for a tensor of ``model_shape``."""
@@ -190,16 +199,6 @@ def to_tensor(
             raise InputRejected(f"input {name!r} takes one sample per call, got {x.shape[0]}")
         x = x.reshape(tuple(shape))
     return _cast(x, dtype, quantization)
-
-
-def feature_rows(raw: npt.ArrayLike, prep: Preprocessing) -> npt.NDArray[np.float32]:
-    """Raw rows ``(n, features)`` -> preprocessed float32 rows (steps 2 and 3 only).
-
-    What the trainer and the reference builder feed a float network: the same
-    arithmetic, in the same float32, as :func:`prepare` on the device.
-    """
-    x = np.asarray(raw, dtype=np.float32)
-    return np.asarray(Scaler(prep, tuple(x.shape[1:]))(x), dtype=np.float32)
 
 
 def _as_numbers(raw: npt.ArrayLike, name: str) -> npt.NDArray[Any]:

@@ -1,6 +1,6 @@
 """The demo's data: a factory model, each device's field inputs, and the input shift.
 
-The shipped ``digits`` package in ``models/dist`` was trained on the whole
+The shipped ``digits`` package in ``fleet_server/factory_models`` was trained on the whole
 training split (held-out accuracy ~0.97), so no federated run over that same
 data could honestly beat it.  The demo therefore tells the usual field story:
 the **factory model** is the same 64-32-10 architecture trained (seeded,
@@ -44,9 +44,9 @@ def factory_packages(directory: Path) -> dict[str, Path]:
     The architecture is the shipped ``digits`` package's; the weights are fresh
     (He-initialised, seeded) and trained by the same numpy SGD the devices run.
     """
-    from agent.learning.trainer import LocalConfig, Mlp, prepare, train
+    from agent.learning.trainer import LocalConfig, Mlp, train
     from edgefleet_contract.package import read_package
-    from fleet_server.federation.packages import DIST
+    from fleet_server.factory_models import DIST
     from fleet_server.modelkit import Network
     from fleet_server.modelkit.build import build_package
     from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
@@ -75,7 +75,7 @@ def factory_packages(directory: Path) -> dict[str, Path]:
     trained = train(
         Mlp(shipped.manifest.trainable),
         start,
-        prepare(data.x_train[lab], PREPROCESSING),
+        PREPROCESSING.apply(data.x_train[lab]),
         data.y_train[lab].astype(np.int64),
         LocalConfig(epochs=LAB_EPOCHS, lr=0.05, batch_size=16, seed=7),
     )

@@ -51,6 +51,54 @@ class Options:
         return cls(devices=devices, rounds=3, probation="3s", **kw)  # type: ignore[arg-type]
 
 
+def _prepare(data_dir: Path, settings: ServerSettings) -> tuple[dict[str, Path], FleetServer]:
+    """The factory packages, and an initialized server whose runs start from the float one."""
+    factory = factory_packages(data_dir / "factory")
+    models = settings.data_dir / "models"  # where federated runs find their start package
+    models.mkdir(parents=True, exist_ok=True)
+    shutil.copy(factory["onnx-float32"], models / factory["onnx-float32"].name)
+    initialize(settings, admin_password=DEMO_PASSWORD)
+    return factory, FleetServer(settings)
+
+
+def _train_and_sign(
+    api: Api, agents: list[Agent], options: Options, stop: threading.Event
+) -> tuple[dict[str, Any], str]:
+    """A federated run whose candidate beats the factory model, registered and signed."""
+    step(f"federated training: {options.rounds} rounds over {len(agents)} devices")
+    run = steps.train(api, agents, rounds=options.rounds, stop=stop)
+    result = run["result"]
+    if not result.get("handed_over"):
+        raise EdgefleetError(
+            f"the candidate scored {result.get('accuracy', 0):.3f} on the held-out set, "
+            f"not better than {result.get('baseline_accuracy', 0):.3f}: nothing to roll out"
+        )
+    version = str(result["version"])
+    step(f"candidate {MODEL} {version} registered and signed")
+    int8 = steps.artifact(api, version)
+    signed = steps.signed_target(api, int8["target_path"])
+    if signed is None or signed["hashes"]["sha256"] != int8["sha256"]:
+        raise EdgefleetError(f"{int8['target_path']} is not a signed TUF target")
+    console.print(
+        f"  TUF target {int8['target_path']} sha256 {int8['sha256'][:16]}… "
+        f"lineage: run {int8['lineage'].get('run_id', '?')[:8]}, "
+        f"parent {int8['lineage'].get('parent')}"
+    )
+    return run, version
+
+
+def _linger(settings: ServerSettings, options: Options, stop: threading.Event) -> None:
+    """Say where to look, then keep the fleet up as long as the options ask."""
+    console.print(f"\nconsole: {settings.api_url}/console/   login: admin / {DEMO_PASSWORD}")
+    console.print(f"API docs: {settings.api_url}/api/docs")
+    console.print(f"fleetctl: FLEETCTL_SERVER={settings.api_url} fleetctl login -u admin")
+    if options.duration > 0:
+        stop.wait(options.duration)
+    elif not options.exit_when_done:
+        console.print("running; Ctrl-C stops everything")
+        stop.wait()
+
+
 def run_demo(data_dir: Path, options: Options) -> int:
     """Run the loop; returns the process exit code (130 when interrupted)."""
     logs.configure("WARNING", "text")
@@ -65,12 +113,7 @@ def run_demo(data_dir: Path, options: Options) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started, wall_start = time.monotonic(), time.time()
     step("factory model and fleet server")
-    factory = factory_packages(data_dir / "factory")
-    models = settings.data_dir / "models"  # where federated runs find their start package
-    models.mkdir(parents=True, exist_ok=True)
-    shutil.copy(factory["onnx-float32"], models / factory["onnx-float32"].name)
-    initialize(settings, admin_password=DEMO_PASSWORD)
-    server = FleetServer(settings)
+    factory, server = _prepare(data_dir, settings)
     agents = [
         Agent(f"demo-{i:03d}", data_dir / "agents" / f"demo-{i:03d}")
         for i in range(options.devices)
@@ -95,25 +138,7 @@ def run_demo(data_dir: Path, options: Options) -> int:
         feeder = threading.Thread(target=_trickle, args=(addresses, field, background), daemon=True)
         feeder.start()
         shifted = _drift(api, agents, addresses, field, wall_start, stop)
-        step(f"federated training: {options.rounds} rounds over {len(agents)} devices")
-        run = steps.train(api, agents, rounds=options.rounds, stop=stop)
-        result = run["result"]
-        if not result.get("handed_over"):
-            raise EdgefleetError(
-                f"the candidate scored {result.get('accuracy', 0):.3f} on the held-out set, "
-                f"not better than {result.get('baseline_accuracy', 0):.3f}: nothing to roll out"
-            )
-        version = str(result["version"])
-        step(f"candidate {MODEL} {version} registered and signed")
-        int8 = steps.artifact(api, version)
-        signed = steps.signed_target(api, int8["target_path"])
-        if signed is None or signed["hashes"]["sha256"] != int8["sha256"]:
-            raise EdgefleetError(f"{int8['target_path']} is not a signed TUF target")
-        console.print(
-            f"  TUF target {int8['target_path']} sha256 {int8['sha256'][:16]}… "
-            f"lineage: run {int8['lineage'].get('run_id', '?')[:8]}, "
-            f"parent {int8['lineage'].get('parent')}"
-        )
+        run, version = _train_and_sign(api, agents, options, stop)
         step("rollout: canary, then waves, behind gates")
         rollout = steps.roll_out(api, agents, version, probation=options.probation, stop=stop)
         summary = report.collect(
@@ -129,14 +154,7 @@ def run_demo(data_dir: Path, options: Options) -> int:
         )
         step("summary")
         report.show(summary, data_dir / "summary.json")
-        console.print(f"\nconsole: {settings.api_url}/console/   login: admin / {DEMO_PASSWORD}")
-        console.print(f"API docs: {settings.api_url}/api/docs")
-        console.print(f"fleetctl: FLEETCTL_SERVER={settings.api_url} fleetctl login -u admin")
-        if options.duration > 0:
-            stop.wait(options.duration)
-        elif not options.exit_when_done:
-            console.print("running; Ctrl-C stops everything")
-            stop.wait()
+        _linger(settings, options, stop)
         return 0
     except Interrupted:
         return 130

@@ -30,3 +30,18 @@ Simplified for scale:
     :data:`~.protocol.MAX_PER_PROCESS` devices (:mod:`.pool` starts them,
     :mod:`.worker` runs one, :mod:`.protocol` is what they say to each other).
 """
+
+# The public surface is these modules (each is imported where it is used, so
+# importing the package costs nothing).
+__all__ = [
+    "command",
+    "device",
+    "enroll",
+    "fleet",
+    "models",
+    "pool",
+    "protocol",
+    "sensors",
+    "view",
+    "worker",
+]

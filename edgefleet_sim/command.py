@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -13,9 +14,12 @@ from typing import Any
 
 import click
 
-from edgefleet_sim.protocol import MAX_PER_PROCESS
 from fleet_server.fleetctl.cli import Ctx, pass_ctx
 from fleet_server.fleetctl.client import Client, load_login
+
+from .pool import WorkerPool
+from .protocol import MAX_PER_PROCESS, Job, device_ids
+from .view import Watch
 
 HELP = """Run DEVICES simulated devices against a fleet server.
 
@@ -40,9 +44,7 @@ docs/operations.md, "Fleet simulator"."""
 
 
 def _default_model() -> Path | None:
-    # models/ is not an installed package (a console script cannot import it): find the
-    # shipped packages by path, as the federation and the demo do.
-    from fleet_server.federation.packages import DIST
+    from fleet_server.factory_models import DIST
 
     path = DIST / "digits-1.0.0-onnx-int8.efpkg"
     return path if path.is_file() else None
@@ -154,11 +156,7 @@ def simulate(
     prefix: str,
     online_timeout: float,
 ) -> None:
-    from edgefleet_sim.enroll import enroll_all
-    from edgefleet_sim.pool import WorkerPool
-    from edgefleet_sim.protocol import Job, device_ids
-
-    from .view import Watch
+    from .enroll import enroll_all  # runs agent code: loaded only when the command runs
 
     login = load_login()
     url = (server or login.require_server()).rstrip("/")
@@ -166,33 +164,22 @@ def simulate(
     package = None if no_model else (model or _default_model())
     root = data_dir / url.split("://")[-1].replace(":", "_").replace("/", "_")
     processes = math.ceil(count / per_process)
-    jobs = [
-        Job(
-            root=str(root),
-            prefix=prefix,
-            first=first,
-            count=min(per_process, count - first),
-            interval=telemetry_interval,
-            model=str(package) if package else None,
-            probation_s=probation_s,
-            rate=rate,
-            feedback=feedback,
-            shift=shift,
-            shift_after=shift_after,
-            seed=k,
-        )
-        for k, first in enumerate(range(0, count, per_process))
-    ]
-    pool = WorkerPool(jobs, root / "logs")
-    stop = threading.Event()
-
-    def interrupt(*_: Any) -> None:
-        if stop.is_set():  # a second Ctrl-C: no more waiting for clean disconnects
-            pool.kill()
-        stop.set()
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    job = Job(
+        root=str(root),
+        prefix=prefix,
+        first=0,
+        count=per_process,
+        interval=telemetry_interval,
+        model=str(package) if package else None,
+        probation_s=probation_s,
+        rate=rate,
+        feedback=feedback,
+        shift=shift,
+        shift_after=shift_after,
+        seed=0,
+    )
+    pool = WorkerPool(_split(job, count), root / "logs")
+    stop = _stop_on_signals(pool)
 
     def online() -> int:
         page = client.get("/devices", selector=f"tag:simulated={prefix} and online", limit=1)
@@ -228,10 +215,31 @@ def simulate(
             wall_s=round(time.monotonic() - started, 1),
         )
         client.close()
-    if ctx.as_json:
-        click.echo(json.dumps(summary))
-    else:
-        click.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
+    line = " ".join(f"{k}={v}" for k, v in summary.items())
+    click.echo(json.dumps(summary) if ctx.as_json else line)
+
+
+def _stop_on_signals(pool: WorkerPool) -> threading.Event:
+    """Set on the first Ctrl-C or SIGTERM; a second one kills the workers at once."""
+    stop = threading.Event()
+
+    def interrupt(*_: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C: no more waiting for clean disconnects
+            pool.kill()
+        stop.set()
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    return stop
+
+
+def _split(job: Job, count: int) -> list[Job]:
+    """``count`` devices in workers of at most ``job.count`` each, every one with its own seed."""
+    per_process = job.count
+    return [
+        dataclasses.replace(job, first=first, count=min(per_process, count - first), seed=k)
+        for k, first in enumerate(range(0, count, per_process))
+    ]
 
 
 def register(cli: click.Group) -> None:

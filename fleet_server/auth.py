@@ -39,7 +39,6 @@ from .store.base import ROLES, ApiToken, Role, Store, User
 
 TOKEN_PREFIX = "eft_"
 SESSION_COOKIE = "ef_session"
-SESSION_TOKEN_NAME = "console"
 CSRF_HEADER = "X-CSRF-Token"
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024

@@ -73,6 +73,30 @@ def init(config: Path | None, data_dir: Path | None, admin_password_stdin: bool)
 
 @cli.command()
 @settings_options
+def migrate(config: Path | None, data_dir: Path | None) -> None:
+    """Upgrade the database schema to this release's version (SQLite or PostgreSQL).
+
+    Safe to run again (a database at the newest version is left alone) and while
+    other replicas start (they wait for it).  A database written by a newer
+    release is refused with both versions.
+
+    \b
+    Example:
+      FLEET_DATABASE__URL=postgresql://edgefleet@db/fleet fleet-server migrate
+    """
+    from .store.migrations import upgrade_url
+
+    settings = load_cli_settings(ServerSettings, config, data_dir)
+    with data_dir_errors(settings.data_dir):
+        before, after = upgrade_url(settings.database_url)
+    if before == after:
+        click.echo(f"database already at schema version {after}")
+    else:
+        click.echo(f"database upgraded from schema version {before} to {after}")
+
+
+@cli.command()
+@settings_options
 def run(config: Path | None, data_dir: Path | None) -> None:
     """Run the server: managed broker, ingest, REST API (until SIGTERM/SIGINT)."""
     from .server import FleetServer
@@ -126,15 +150,15 @@ def reset_password_cmd(
     """
     from .local_accounts import reset_password
     from .preflight import check_data_dir
-    from .store import open_store
+    from .store import database_exists, open_store
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     with data_dir_errors(settings.data_dir):
         check_data_dir(settings.data_dir, create=False)
-        if not settings.database.exists():
+        if not database_exists(settings.database_url):
             raise ConfigError(f"{settings.data_dir} has no database; run `fleet-server init` first")
-        store = open_store(settings.database)
+        store = open_store(settings.database_url)
         try:
             done = reset_password(store, username, password, enable=enable)
         finally:

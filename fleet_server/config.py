@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from edgefleet_common.config import FileSettings
@@ -112,13 +112,33 @@ class TufSettings(Section):
     timestamp_expiry_s: Annotated[int, Field(ge=300)] = 86400
 
 
+class DatabaseSettings(Section):
+    """Where the store lives: a SQLite file (the embedded default) or PostgreSQL."""
+
+    url: str = ""
+    """Empty: ``fleet.db`` in the data directory.  A path (or ``sqlite:///path``) is a
+    SQLite file; ``postgresql://user@host:5432/fleet`` a PostgreSQL database."""
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        if scheme and scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(
+                f"database url scheme {scheme!r} is not supported: use a SQLite path or "
+                "postgresql://user@host:port/database"
+            )
+        return v
+
+
 class ServerSettings(FileSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLEET_", extra="forbid", env_nested_delimiter="__"
     )
 
     data_dir: Path = Path("var/fleet")
-    """CA and keys, the SQLite database, the managed broker's files and artifacts."""
+    """CA and keys, the SQLite database (unless ``[database] url`` names another), the
+    managed broker's files and artifacts."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
     """auto: text on a terminal, JSON lines otherwise (journald, files, pipes)."""
@@ -128,10 +148,12 @@ class ServerSettings(FileSettings):
     telemetry: TelemetrySettings = TelemetrySettings()
     artifacts: ArtifactSettings = ArtifactSettings()
     tuf: TufSettings = TufSettings()
+    database: DatabaseSettings = DatabaseSettings()
 
     @property
-    def database(self) -> Path:
-        return self.data_dir / "fleet.db"
+    def database_url(self) -> str:
+        """The store to open: ``[database] url``, or ``fleet.db`` in the data directory."""
+        return self.database.url or str(self.data_dir / "fleet.db")
 
     @property
     def api_url(self) -> str:

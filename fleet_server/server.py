@@ -27,6 +27,7 @@ from .auth import hash_password, verify_password
 from .broker import BrokerLayout, ManagedBroker
 from .config import SERVER_IDENTITY, ServerSettings
 from .enrollment import Enrollment
+from .events import DeviceEvents
 from .federation.release import release_candidate
 from .federation.wiring import make_training
 from .ingest import Ingest
@@ -38,8 +39,10 @@ from .quota import DeviceQuota, Rate
 from .reconcile import Reconciler
 from .registry import ArtifactRegistry, BlobStore, DeltaCache
 from .registry.cards import calibration_of
+from .rollouts.artifacts import RegistryResolver
 from .rollouts.driver import RolloutDriver
-from .store import open_store
+from .selector import parse as parse_selector
+from .store import database_exists, open_store
 from .store.base import Store
 from .tuf import TufRepository
 from .tuf.bootstrap import initialize_tuf, tuf_lifetimes
@@ -119,7 +122,7 @@ def initialize(settings: ServerSettings, *, admin_password: str | None = None) -
         layout.client_cert.write_bytes(cert)
         write_private(layout.client_key, key)
     initialize_tuf(settings)
-    store = open_store(settings.database)
+    store = open_store(settings.database_url)
     try:
         if store.list_users():
             _keep_admin_password(store, settings, admin_password)
@@ -163,29 +166,22 @@ def _is_ip(value: str) -> bool:
 
 
 class FleetServer:
+    """Every part of the server, each built from parts that already exist.
+
+    Device events (ingest's "stored", "device updated", "frame") go through one
+    :class:`~fleet_server.events.DeviceEvents` made before ingest; the link,
+    the rollout driver, the reconciler and training subscribe once built.
+    """
+
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.layout = Layout(settings.data_dir)
-        check_data_dir(settings.data_dir, create=False)
-        if not (self.layout.ca / "ca.key").exists() or not settings.database.exists():
-            raise ConfigError(
-                f"{settings.data_dir} is not initialized; run `fleet-server init` first"
-            )
+        self._check_initialized()
         self.metrics = Metrics()
         private_dir(settings.data_dir)  # even if it existed before with a wider mode
-        self.store: Store = open_store(settings.database)
+        self.store: Store = open_store(settings.database_url)
         self.ca = FleetCA.load(self.layout.ca)
-        self.broker: ManagedBroker | None = None
-        if settings.broker.mode == "managed":
-            self.broker = ManagedBroker(
-                self.layout.broker,
-                ca_file=self.ca.cert_file,
-                bind=settings.broker.bind,
-                port=settings.broker.port,
-                mosquitto_bin=settings.broker.mosquitto_bin,
-                max_connections=settings.broker.max_connections,
-                on_give_up=self._fail,
-            )
+        self.broker = self._managed_broker()
         self.enrollment = Enrollment(
             self.store,
             self.ca,
@@ -193,19 +189,18 @@ class FleetServer:
             cert_validity_s=settings.enrollment.cert_validity_s,
             on_revoke=self._apply_revocation,
         )
+        self.events = DeviceEvents()
         self.ingest = Ingest(
             self.store,
             metrics=self.metrics,
             queue_size=settings.telemetry.queue_size,
             batch_size=settings.telemetry.batch_size,
-            acker=lambda item: self.link.acknowledge(item),
-            on_frame=lambda device_id, frame: self.training.deliver(device_id, frame),
+            acker=self.events.stored,
+            on_device_update=self.events.updated,
+            on_frame=self.events.frames,
             quota=telemetry_quota(settings),
         )
-        if not (self.layout.tuf / "metadata" / "1.root.json").exists():
-            raise ConfigError(
-                f"{settings.data_dir} has no TUF repository; run `fleet-server init` again"
-            )
+        self.link = ServerLink(self._endpoint(), self.ingest)
         self.tuf = TufRepository(self.layout.tuf, lifetimes=tuf_lifetimes(settings))
         self.artifacts = ArtifactRegistry(
             self.store, BlobStore(self.layout.artifacts), tuf=self.tuf
@@ -213,14 +208,8 @@ class FleetServer:
         self.deltas = DeltaCache(self.artifacts.blobs, self.layout.root / "deltas")
         self.artifacts.on_added.append(self.deltas.on_registered(self.artifacts))
         self.tuf_timer = ResignTimer(self.tuf)
-        self.metrics.gauge(
-            "edgefleet_tuf_timestamp_expires_in_seconds",
-            "Seconds until the published TUF timestamp expires (devices refuse it then)",
-            fn=lambda: [((), self.tuf.timestamp().signed.expires.timestamp() - time.time())],
-        )
-        self.link = ServerLink(self._endpoint(), self.ingest)
+        self.rollouts = self._rollout_driver()
         self.reconciler = Reconciler(self.store, self.link)
-        self.ingest.set_device_hook(self._device_updated)
         self.training = make_training(
             settings,
             self.store,
@@ -229,25 +218,11 @@ class FleetServer:
             on_candidate=self._register_candidate,
             artifacts=self.artifacts,
         )
-        self.rollouts = RolloutDriver(self.store, self.link)
-        self.rollouts.calibrations = functools.partial(
-            calibration_of,
-            lambda name, version: (
-                self.store.find_artifacts(kind="model", name=name, version=version, limit=20).items
-            ),
-            self.artifacts.cards,
-            self.artifacts.blob,
-        )
-        self.metrics.gauge(
-            "edgefleet_broker_connected",
-            "1 when the server's MQTT session is up",
-            fn=lambda: [((), 1.0 if self.link.connected.is_set() else 0.0)],
-        )
-        self.metrics.gauge(
-            "edgefleet_broker_restarts_total",
-            "Times the managed broker was restarted",
-            fn=lambda: [((), float(self.broker.restarts if self.broker else 0))],
-        )
+        self.events.stored.subscribe(self.link.acknowledge)
+        self.events.updated.subscribe(self.rollouts.device_updated)
+        self.events.updated.subscribe(self.reconciler)
+        self.events.updated.subscribe(self.training.device_changed)
+        self.events.frames.subscribe(self.training.deliver)
         self.app = create_app(
             ApiContext(
                 settings=settings,
@@ -262,24 +237,7 @@ class FleetServer:
                 rollouts=self.rollouts,
             )
         )
-        # The artifact registry, when the API context carries one, also resolves what a
-        # device ran before a rollout (for rollbacks).
-        self.rollouts.resolver = getattr(self.app.state.ctx, "artifacts", None)
-        self.metrics.gauge(
-            "edgefleet_rollouts_live",
-            "Rollouts the driver is running (including paused and halted ones)",
-            fn=lambda: [((), float(self.rollouts.live_count))],
-        )
-        self.metrics.gauge(
-            "edgefleet_rollout_errors_total",
-            "Rollout events that failed and were retried from the last save",
-            fn=lambda: [((), float(self.rollouts.errors))],
-        )
-        self.metrics.gauge(
-            "edgefleet_devices_online",
-            "Devices whose last status is online",
-            fn=lambda: [((), float(self.store.count_online()))],
-        )
+        self._register_gauges()
         self._http: uvicorn.Server | None = None
         self.failed = threading.Event()
         """Set when a part the server cannot run without gave up (see ``failure``)."""
@@ -290,10 +248,82 @@ class FleetServer:
         self._maintenance_thread: threading.Thread | None = None
         self._http_thread: threading.Thread | None = None
 
-    def _device_updated(self, device_id: str) -> None:
-        self.rollouts.device_updated(device_id)
-        self.reconciler(device_id)
-        self.training.device_changed(device_id)
+    def _check_initialized(self) -> None:
+        settings = self.settings
+        check_data_dir(settings.data_dir, create=False)
+        if not (self.layout.ca / "ca.key").exists() or not database_exists(settings.database_url):
+            raise ConfigError(
+                f"{settings.data_dir} is not initialized; run `fleet-server init` first"
+            )
+        if not (self.layout.tuf / "metadata" / "1.root.json").exists():
+            raise ConfigError(
+                f"{settings.data_dir} has no TUF repository; run `fleet-server init` again"
+            )
+
+    def _managed_broker(self) -> ManagedBroker | None:
+        b = self.settings.broker
+        if b.mode != "managed":
+            return None
+        return ManagedBroker(
+            self.layout.broker,
+            ca_file=self.ca.cert_file,
+            bind=b.bind,
+            port=b.port,
+            mosquitto_bin=b.mosquitto_bin,
+            max_connections=b.max_connections,
+            on_give_up=self._fail,
+        )
+
+    def _rollout_driver(self) -> RolloutDriver:
+        """The driver resolves what a device ran before (for rollbacks) through the registry
+        and reads each model version's calibration from its package card."""
+        return RolloutDriver(
+            self.store,
+            self.link,
+            resolver=RegistryResolver(self.artifacts),
+            calibrations=functools.partial(
+                calibration_of,
+                lambda name, version: (
+                    self.store.find_artifacts(
+                        kind="model", name=name, version=version, limit=20
+                    ).items
+                ),
+                self.artifacts.cards,
+                self.artifacts.blob,
+            ),
+        )
+
+    def _register_gauges(self) -> None:
+        self.metrics.gauge(
+            "edgefleet_tuf_timestamp_expires_in_seconds",
+            "Seconds until the published TUF timestamp expires (devices refuse it then)",
+            fn=lambda: [((), self.tuf.timestamp().signed.expires.timestamp() - time.time())],
+        )
+        self.metrics.gauge(
+            "edgefleet_broker_connected",
+            "1 when the server's MQTT session is up",
+            fn=lambda: [((), 1.0 if self.link.connected.is_set() else 0.0)],
+        )
+        self.metrics.counted(
+            "edgefleet_broker_restarts_total",
+            "Times the managed broker was restarted",
+            fn=lambda: [((), float(self.broker.restarts if self.broker else 0))],
+        )
+        self.metrics.gauge(
+            "edgefleet_rollouts_live",
+            "Rollouts the driver is running (including paused and halted ones)",
+            fn=lambda: [((), float(self.rollouts.live_count))],
+        )
+        self.metrics.counted(
+            "edgefleet_rollout_errors_total",
+            "Rollout events that failed and were retried from the last save",
+            fn=lambda: [((), float(self.rollouts.errors))],
+        )
+        self.metrics.gauge(
+            "edgefleet_devices_online",
+            "Devices whose last status is online",
+            fn=lambda: [((), float(self.store.count_online()))],
+        )
 
     def _endpoint(self) -> Endpoint:
         b = self.settings.broker
@@ -343,8 +373,8 @@ class FleetServer:
             self.store.set_presence(device_id, online=False, ts=now)
 
     def _revoked_ids(self) -> list[str]:
-        page = self.store.list_devices(limit=1_000_000)
-        return [d.id for d in page.items if d.state in ("revoked", "decommissioned")]
+        gone = parse_selector("state:revoked or state:decommissioned")
+        return [d.id for d in self.store.all_devices(where=gone)]
 
     # ------------------------------------------------------------ lifecycle --
 

@@ -33,7 +33,7 @@ from edgefleet_contract.messages import ReportedState, Telemetry
 from .harness import Pki, wait_for
 
 BIN = Path(sys.executable).parent
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 
 
 def device_dir(pki: Pki, data_dir: Path, device_id: str, broker_port: int) -> Path:

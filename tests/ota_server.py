@@ -30,7 +30,7 @@ from fleet_server.tuf import TufRepository
 from fleet_server.tuf.bootstrap import initialize_tuf, tuf_lifetimes
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models" / "dist"
+MODELS = ROOT / "fleet_server" / "factory_models"
 FIRMWARE = ROOT / "firmware_images" / "dist"
 DIGITS = MODELS / "digits-1.0.0-onnx-int8.efpkg"
 

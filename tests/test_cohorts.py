@@ -74,8 +74,10 @@ def _batches(
     return out
 
 
-def _fleet(tmp_path: Path, plan: dict[str, tuple[bool, int]], *, joint: bool = False) -> TestClient:
-    store = open_store(tmp_path / "fleet.db")
+def _fleet(
+    tmp_path: Path, store_url: str, plan: dict[str, tuple[bool, int]], *, joint: bool = False
+) -> TestClient:
+    store = open_store(store_url)
     batches = []
     for i, (site, (shifted, right)) in enumerate(plan.items()):
         for k in range(2):
@@ -101,9 +103,9 @@ def _fleet(tmp_path: Path, plan: dict[str, tuple[bool, int]], *, joint: bool = F
     return client
 
 
-def test_the_shifted_site_is_the_worst_slice(tmp_path: Path) -> None:
+def test_the_shifted_site_is_the_worst_slice(tmp_path: Path, store_url: str) -> None:
     plan = {"berlin": (False, 19), "lyon": (False, 18), "porto": (True, 9)}
-    client = _fleet(tmp_path, plan)
+    client = _fleet(tmp_path, store_url, plan)
     headers: dict[str, str] = {}
     r = client.get("/api/v1/console/cohorts", params={"by": "site"}, headers=headers)
     assert r.status_code == 200, r.text
@@ -134,10 +136,10 @@ def test_the_shifted_site_is_the_worst_slice(tmp_path: Path) -> None:
 
 
 def test_a_site_whose_features_move_together_differently_is_found_by_the_joint_test(
-    tmp_path: Path,
+    tmp_path: Path, store_url: str
 ) -> None:
     plan = {"berlin": (False, 19), "lyon": (False, 18), "porto": (True, 18)}
-    client = _fleet(tmp_path, plan, joint=True)
+    client = _fleet(tmp_path, store_url, plan, joint=True)
     r = client.get("/api/v1/console/cohorts", params={"by": "site"})
     assert r.status_code == 200, r.text
     (view,) = r.json()

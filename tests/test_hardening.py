@@ -575,7 +575,7 @@ def test_server_data_dir_and_database_are_private_whatever_they_were(tmp_path: P
     assert isinstance(settings, ServerSettings)
     initialize(settings, admin_password=ADMIN_PASSWORD)
     assert _mode(data) == 0o700
-    db = settings.database
+    db = Path(settings.database_url)
     for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         assert not path.exists() or _mode(path) == 0o600, path
     os.chmod(data, 0o755)

@@ -88,3 +88,31 @@ def test_the_container_image_and_compose_file() -> None:
 
     env = dict(re.findall(r"(FLEET_[A-Z_]+)=(\S+)", dockerfile)) | server["environment"]
     assert unknown_environment(ServerSettings, env) == []
+
+
+def test_the_wheel_ships_every_package_and_the_factory_models(tmp_path: Path) -> None:
+    """An installed server, simulator and demo find the shipped models as package data."""
+    import zipfile
+
+    from fleet_server.factory_models import DIST
+
+    # Built from a copy of what the wheel is made of: no build/ left in the checkout, and
+    # nothing stale from an earlier build in it.
+    source, out = tmp_path / "src", tmp_path / "out"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for top in ("agent", "fleet_server", "edgefleet_contract", "edgefleet_common",
+                "edgefleet_sim", "edgefleet_demo", "docs"):  # fmt: skip
+        shutil.copytree(ROOT / top, source / top, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    code = f"from setuptools import build_meta; print(build_meta.build_wheel({str(out)!r}))"
+    built = subprocess.run(
+        [sys.executable, "-c", code], cwd=source, capture_output=True, text=True, timeout=300
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    names = set(zipfile.ZipFile(out / built.stdout.strip().splitlines()[-1]).namelist())
+    shipped = sorted(p.name for p in DIST.glob("*.efpkg"))
+    assert len(shipped) == 8  # positive control: the source tree has them
+    assert {f"fleet_server/factory_models/{name}" for name in shipped} <= names
+    tops = {"agent", "fleet_server", "edgefleet_contract", "edgefleet_common"}
+    assert {f"{top}/__init__.py" for top in tops | {"edgefleet_sim", "edgefleet_demo"}} <= names

@@ -128,3 +128,50 @@ def test_the_check_refuses_a_server_module_that_imports_the_agent() -> None:
     ]
     assert len(_violations(bad)) == len(bad)
     assert _violations([Edge("fleet_server.modelkit.pack", "agent.runtime", 9, lazy=True)]) == []
+
+
+def test_every_package_declares_its_public_surface() -> None:
+    import importlib
+    import importlib.util
+
+    inits = [p for package in PACKAGES for p in sorted((ROOT / package).rglob("__init__.py"))]
+    assert len(inits) > 15  # positive control: the walk finds the subpackages
+    for path in inits:
+        name = _module_name(path)
+        module = importlib.import_module(name)
+        public = getattr(module, "__all__", None)
+        assert public, f"{name}: no __all__"
+        for item in public:
+            found = hasattr(module, item) or importlib.util.find_spec(f"{name}.{item}")
+            assert found, f"{name}.__all__ names {item!r}, which is neither defined nor a module"
+
+
+# Functions still over the limit, each with the change that splits it.
+LONG_FUNCTIONS_LEFT = {
+    "fleet_server.server:__init__",  # the server wiring, built in one direction
+    "fleet_server.store.migrations:_v1",  # the store's schema moves to per-version migrations
+}
+MAX_FUNCTION_LINES = 80
+
+
+def _long_functions(source: str, module: str) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            where = f"{module}:{node.name}"
+            if lines > MAX_FUNCTION_LINES and where not in LONG_FUNCTIONS_LEFT:
+                found.append(f"{where} ({lines} lines)")
+    return found
+
+
+def test_no_function_is_over_80_lines() -> None:
+    long = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            long += _long_functions(path.read_text(), _module_name(path))
+    assert long == []
+    # Positive control: an 81-line function is caught, an 80-line one is not.
+    body = "".join(f"    x{i} = {i}\n" for i in range(80))
+    assert _long_functions(f"def f():\n{body}", "m") == ["m:f (81 lines)"]
+    assert _long_functions(f"def f():\n{body[: body.rindex('    x79')]}", "m") == []

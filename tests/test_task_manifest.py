@@ -18,7 +18,7 @@ from edgefleet_contract.package import (
 )
 from edgefleet_contract.preprocess import Preprocessing, canonical, prepare, resize
 
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 DATA = Path(__file__).resolve().parent / "data"
 
 

@@ -12,7 +12,6 @@ an oversized metadata file — becomes a :class:`TrustError` with ngclient's rea
 
 from __future__ import annotations
 
-import datetime
 import posixpath
 import shutil
 import time
@@ -30,6 +29,7 @@ from edgefleet_contract.errors import DownloadFailed, TrustError
 
 from .fetch import HttpxFetcher
 from .journal import write_atomic
+from .tuf_compat import set_reference_time
 
 ROOT_FILE = "root.json"
 
@@ -96,12 +96,9 @@ class TrustedRepository:
             )
         except RepositoryError as exc:
             raise TrustError(f"the trusted TUF root at {root} is unusable: {exc}") from exc
-        # ngclient reads the wall clock once per Updater; the device's clock wins so a
-        # frozen timestamp is judged by the same time the rest of the agent uses.
-        trusted_set = getattr(updater, "_trusted_set", None)
-        if trusted_set is None or not hasattr(trusted_set, "reference_time"):
-            raise TrustError("unsupported python-tuf version: cannot set the reference time")
-        trusted_set.reference_time = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
+        # The device's clock wins, so a frozen timestamp is judged by the same time the
+        # rest of the agent uses.
+        set_reference_time(updater, self.clock())
         return updater
 
     def lookup(self, target_path: str) -> SignedTarget:

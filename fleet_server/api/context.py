@@ -11,16 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..auth import Authenticator, LoginThrottle
 from ..config import ServerSettings
 from ..enrollment import Enrollment
+from ..federation.runner import TrainingService
 from ..registry import ArtifactRegistry, DeltaCache
 from ..rollouts.driver import RolloutDriver
 from ..store.base import Store
 from ..tuf import TufRepository
-from ..twin import CommandSender
+from ..twin import CommandSender, Twin
 
 
 @dataclass
@@ -31,8 +31,8 @@ class ApiContext:
     commands: CommandSender | None = None
     metrics: Callable[[], str] | None = None
     clock: Callable[[], float] = time.time
-    training: Any = None
-    """The federated TrainingService (fleet_server.federation.runner), if this server has one."""
+    training: TrainingService | None = None
+    """The federated training service, if this server has one."""
     artifacts: ArtifactRegistry | None = None
     """The artifact registry; ``None`` means artifact and TUF routes answer 503."""
     tuf: TufRepository | None = None
@@ -42,6 +42,11 @@ class ApiContext:
     throttle: LoginThrottle = field(init=False)
     audit_failures: int = field(init=False, default=0)
     """Audit entries the store refused (each is also logged as an error)."""
+
+    @property
+    def twin(self) -> Twin:
+        """Desired state's one path to the devices, over this context's store and link."""
+        return Twin(self.store, self.commands, clock=self.clock)
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(

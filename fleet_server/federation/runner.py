@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,18 +27,18 @@ from flwr.serverapp.strategy import Strategy
 from edgefleet_common import flower_compat
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import FederationError, NotFound, RunStopped, SelectorError
-from edgefleet_contract.messages import Telemetry
 from edgefleet_contract.package import ModelPackage, decode_weights, encode_weights
+from edgefleet_contract.scoring import loss_and_accuracy
 
 from .. import selector
 from ..modelkit.network import Network
-from ..store.base import Device, Page
+from ..store.base import DeviceStore, TelemetryStore, TrainingRecords
 from ..store.training import RoundRecord, TrainingRun
 from . import strategy_state
 from .app import Weights, evaluate_parent, run_rounds
 from .candidate import CandidateHook, HeldOut, finish_run, heldout_rows
 from .deadline import round_close
-from .eligibility import Facts, census
+from .eligibility import census
 from .fedeval import UNTAGGED, summarise, verdict
 from .grid import Exchange, MqttGrid, Sender
 from .secure import run_secure_rounds
@@ -52,32 +52,8 @@ UNFINISHED = ("pending", "running")
 """Training-run statuses the service still drives (a finished run is left alone)."""
 
 
-class TrainingStore(Protocol):
-    def list_devices(self, **kwargs: Any) -> Page[Device]: ...
-    def get_device(self, device_id: str) -> Device: ...
-    def latest_telemetry(self, device_id: str) -> Telemetry | None: ...
-    def learning_facts(self, device_ids: Sequence[str]) -> dict[str, Facts]: ...
-    def create_training_run(
-        self, run_id: str, spec: dict[str, Any], *, actor: str, now: float
-    ) -> None: ...
-    def get_training_run(self, run_id: str) -> TrainingRun: ...
-    def list_training_runs(
-        self, *, status: str | None = None, limit: int = 100
-    ) -> list[TrainingRun]: ...
-    def set_training_status(
-        self,
-        run_id: str,
-        status: str,
-        *,
-        now: float,
-        detail: str = "",
-        result: dict[str, Any] | None = None,
-    ) -> None: ...
-    def complete_round(self, record: RoundRecord, weights: bytes, state: bytes = b"") -> None: ...
-    def record_failed_round(self, record: RoundRecord) -> None: ...
-    def list_rounds(self, run_id: str) -> list[RoundRecord]: ...
-    def latest_checkpoint(self, run_id: str) -> tuple[int, bytes] | None: ...
-    def latest_strategy_state(self, run_id: str) -> bytes: ...
+class TrainingStore(DeviceStore, TelemetryStore, TrainingRecords, Protocol):
+    """What the training service uses: devices (eligibility), their telemetry, runs."""
 
 
 PackageSource = Callable[[str], ModelPackage]
@@ -225,7 +201,7 @@ class TrainingService:
         short_since: list[float] = []
 
         def fn() -> list[str]:
-            devices = self.store.list_devices(limit=1_000_000).items
+            devices = self.store.all_devices(where=chosen)  # filtered in SQL
             ids, counts = census(
                 devices, self.store.learning_facts, chosen, spec.eligibility, spec.model
             )
@@ -470,6 +446,4 @@ def heldout_scores(
     network: Network, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]
 ) -> tuple[float, float]:
     """Cross-entropy and accuracy of ``network`` on preprocessed held-out rows."""
-    probs = network.forward(x)
-    loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
-    return loss, float((probs.argmax(axis=1) == y).mean())
+    return loss_and_accuracy(network.forward(x), y)

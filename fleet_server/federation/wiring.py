@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from edgefleet_contract.topics import Channel
 
 from ..config import ServerSettings
+from ..factory_models import DIST
 from ..link import ServerLink
 from ..metrics import Metrics
 from ..registry import ArtifactRegistry
 from ..store.base import Store
 from .candidate import CandidateHook, heldout_for
-from .packages import DIST, find_package, registered
-from .runner import TrainingService, TrainingStore
+from .packages import find_package, registered
+from .runner import TrainingService
 
 
 def make_training(
@@ -30,7 +29,7 @@ def make_training(
     from."""
     models = settings.data_dir / "models"
     service = TrainingService(
-        cast(TrainingStore, store),
+        store,
         lambda device_id, frame: link.send_raw(device_id, Channel.FL_IN, frame),
         packages=lambda name: find_package(
             name, [models, DIST], files=registered(artifacts, name) if artifacts else ()
@@ -41,13 +40,13 @@ def make_training(
         max_payload=settings.telemetry.max_payload,
     )
     if metrics is not None:
-        metrics.gauge(
+        metrics.counted(
             "edgefleet_fl_rejected_updates_total",
             "Federated updates refused before aggregation, by reason",
             ("reason",),
             fn=lambda: [((k,), float(v)) for k, v in sorted(service.rejected_total.items())],
         )
-        metrics.gauge(
+        metrics.counted(
             "edgefleet_fl_dropped_frames_total",
             "Federated frames dropped by reassembly in the current run, by reason",
             ("reason",),

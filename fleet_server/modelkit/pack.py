@@ -134,19 +134,9 @@ def pack(request: PackRequest, progress: Progress = lambda _: None) -> tuple[Mod
     labels = labels or default_labels(task, outputs)
     progress("computing the self-test vectors and the drift reference")
     manifest = _manifest(
-        name,
-        version,
-        info,
-        quantization,
-        inputs,
-        outputs,
-        task,
-        labels,
-        run,
-        samples,
-        spec,
+        name, version, info, quantization, inputs, outputs, task, labels, run, samples, spec,
         request,
-    )
+    )  # fmt: skip
     files = {manifest.model_file: model_bytes}
     pca = build_pca(_drift_rows(task, samples))
     if pca is not None:

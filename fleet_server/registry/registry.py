@@ -20,8 +20,9 @@ from typing import Any
 
 from edgefleet_contract import firmware, package
 from edgefleet_contract.errors import EdgefleetError, NotFound, PackageError
+from edgefleet_contract.messages import ArtifactKind
 
-from ..store.base import Artifact, ArtifactKind, Store
+from ..store.base import Artifact, Store
 from ..tuf import TufRepository
 from .blobs import BlobStore
 from .card import package_facts

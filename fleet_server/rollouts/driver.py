@@ -8,9 +8,10 @@ only ever touched under one lock.  Every call that changes an engine ends with
 a save (state, changed device rows, events) before the next event is taken:
 a server killed at any point restarts from the last complete transition.
 
-Actions become desired state through the same twin path operators use
-(``set_desired`` stored under the next version, then sent; a device that is
-away gets it from the reconciler when it returns).
+Actions become desired state through the twin path operators use
+(:meth:`~fleet_server.twin.Twin.set_desired`: stored under the next version,
+recorded, then sent; a device that is away gets it from the reconciler when it
+returns).
 """
 
 from __future__ import annotations
@@ -23,16 +24,15 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-from edgefleet_contract.errors import EdgefleetError, LinkError, NotFound, PlanError
-from edgefleet_contract.messages import DesiredState, TargetRef
+from edgefleet_contract.errors import EdgefleetError, NotFound, PlanError
+from edgefleet_contract.messages import ArtifactKind, DesiredState, TargetRef
 
 from ..cbpe import Calibration
 from ..selector import parse as parse_selector
-from ..store.base import CommandRecord, Device, Store
-from ..twin import CommandSender, desired_command
-from .artifacts import ArtifactResolver, as_resolved
+from ..store.base import Device, Store
+from ..twin import CommandSender, DesiredFields, Twin
+from .artifacts import ArtifactResolver
 from .engine import Candidate, Rollout
 from .metrics import measure
 from .model import (
@@ -61,12 +61,14 @@ class RolloutDriver:
         sender: CommandSender | None,
         *,
         resolver: ArtifactResolver | None = None,
+        calibrations: Callable[[str], Calibration | None] | None = None,
         clock: Callable[[], float] = time.time,
         interval_s: float = 1.0,
     ) -> None:
         self.store = store
-        self.sender = sender
+        self.twin = Twin(store, sender, clock=clock)
         self.resolver = resolver
+        """Resolves what a device reports running, to record it as a rollback target."""
         self.clock = clock
         self.interval_s = interval_s
         self._lock = threading.RLock()
@@ -77,7 +79,7 @@ class RolloutDriver:
         self._thread: threading.Thread | None = None
         self.errors = 0
         """Ticks that raised (each is logged); the driver keeps going."""
-        self.calibrations: Callable[[str], Calibration | None] | None = None
+        self.calibrations = calibrations
         """A model version's package calibration (``name@version``), for the gates'
         label-free estimate; None: gates compare labels only."""
         self.reload()
@@ -177,14 +179,12 @@ class RolloutDriver:
         selector = parse_selector(plan.selector)
         with self._lock:
             busy = {d for r in self._live.values() for d in r.devices}
-            page = self.store.list_devices(
-                where=lambda d: selector.matches(d) and d.state == "enrolled", limit=1_000_000
-            )
+            enrolled = self.store.all_devices(where=selector & parse_selector("state:enrolled"))
             candidates = [
-                Candidate(d.id, d.online, _running(d, plan)) for d in page.items if d.id not in busy
+                Candidate(d.id, d.online, _running(d, plan)) for d in enrolled if d.id not in busy
             ]
             if not candidates:
-                taken = f" ({len(page.items)} are in another live rollout)" if page.items else ""
+                taken = f" ({len(enrolled)} are in another live rollout)" if enrolled else ""
                 raise PlanError(f"the target {plan.selector!r} matches no free device{taken}")
             rollout_id = "r-" + secrets.token_hex(6)
             rollout = Rollout.create(rollout_id, plan, candidates, now=now, actor=actor)
@@ -311,45 +311,24 @@ class RolloutDriver:
         self,
         device_id: str,
         current: DesiredState | None,
-        kind: str,
+        kind: ArtifactKind,
         target: TargetRef | None,
         rollout_id: str,
         now: float,
         *,
         shadow: TargetRef | None = None,
     ) -> int:
-        fields: dict[str, Any] = {
+        """The device's desired state with its ``kind`` artifact set to ``target``."""
+        fields: DesiredFields = {
             "model": current.model if current else None,
             "firmware": current.firmware if current else None,
             "config": current.config if current else {},
             "shadow": shadow,
         }
         fields[kind] = target
-        desired = DesiredState(
-            version=self.store.next_desired_version(device_id), rollout_id=rollout_id, **fields
+        desired = self.twin.set_desired(
+            device_id, fields, actor=f"rollout:{rollout_id}", rollout_id=rollout_id, now=now
         )
-        self.store.set_desired(device_id, desired)
-        command = desired_command(desired, now=now)
-        self.store.add_command(
-            CommandRecord(
-                id=command.id,
-                device_id=device_id,
-                name=command.name,
-                args=command.args,
-                created_at=now,
-                actor=f"rollout:{rollout_id}",
-            )
-        )
-        if self.sender is not None:
-            try:
-                self.sender.send_command(device_id, command)
-            except LinkError as exc:
-                log.warning(
-                    "rollout %s: desired state of %s stored, not sent: %s",
-                    rollout_id,
-                    device_id,
-                    exc,
-                )
         return desired.version
 
 
@@ -376,7 +355,7 @@ def _running(device: Device, plan: RolloutPlan) -> str | None:
 
 
 def _current_target(
-    device: Device, kind: str, resolver: ArtifactResolver | None
+    device: Device, kind: ArtifactKind, resolver: ArtifactResolver | None
 ) -> TargetRef | None:
     """What the device is meant to run now: its desired target, else what it reports."""
     desired = device.desired
@@ -392,8 +371,8 @@ def _current_target(
     if spec is None:
         return None
     try:
-        return as_resolved(resolver.resolve(spec)).target_ref()
-    except (EdgefleetError, AttributeError):
+        return resolver.resolve(spec).target_ref()
+    except EdgefleetError:
         return None
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+from typing import Any
 
 from edgefleet_contract.errors import NotFound, StoreError
 
-from ._conn import Connections
+from ._conn import INTEGRITY_ERRORS, Connections
 from .base import ApiToken, AuditEntry, AuditFilter, Page, Role, User
 
 
@@ -20,7 +20,7 @@ class AccountTables(Connections):
                     "VALUES (?, ?, ?, ?, 0)",
                     (username, role, password_hash, now),
                 )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise StoreError(f"a user named {username!r} already exists") from None
 
     def get_user(self, username: str) -> User:
@@ -137,7 +137,7 @@ class AccountTables(Connections):
         clauses = [
             (actor, "actor = ?"),
             (f.action, "action = ?"),
-            (f.target, "instr(target, ?) > 0"),
+            (f.target, self.dialect.contains("target")),
             (f.outcome, "outcome = ?"),
             (f.since, "ts >= ?"),
             (f.until, "ts < ?"),
@@ -168,7 +168,7 @@ class AccountTables(Connections):
         return Page(items, total)
 
 
-def _user(row: sqlite3.Row) -> User:
+def _user(row: Any) -> User:
     return User(
         username=row["username"],
         role=row["role"],

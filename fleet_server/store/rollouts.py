@@ -9,13 +9,12 @@ resumes from the last complete transition.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from edgefleet_contract.errors import NotFound, StoreError
 
-from ._conn import Connections
+from ._conn import INTEGRITY_ERRORS, Connections
 from .base import RolloutEvent, RolloutRow
 
 
@@ -66,7 +65,7 @@ class RolloutTables(Connections):
                     "VALUES (?, ?, ?, ?, ?)",
                     [(row.id, e.ts, e.kind, e.device_id, e.message) for e in events],
                 )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise StoreError(f"a rollout with id {row.id!r} already exists") from None
 
     def get_rollout(self, rollout_id: str) -> RolloutRow:
@@ -95,7 +94,7 @@ class RolloutTables(Connections):
     def rollout_events(self, rollout_id: str, *, limit: int = 200) -> list[RolloutEvent]:
         rows = self._conn().execute(
             "SELECT * FROM (SELECT * FROM rollout_events WHERE rollout_id = ? "
-            "ORDER BY id DESC LIMIT ?) ORDER BY id",
+            "ORDER BY id DESC LIMIT ?) AS newest ORDER BY id",
             (rollout_id, limit),
         )
         return [
@@ -104,7 +103,7 @@ class RolloutTables(Connections):
         ]
 
 
-def _row(r: sqlite3.Row) -> RolloutRow:
+def _row(r: Any) -> RolloutRow:
     return RolloutRow(
         id=r["id"],
         status=r["status"],
