@@ -156,6 +156,8 @@ class SliceOut(BaseModel):
     accuracy_low: float | None
     accuracy_high: float | None
     p95_ms: float | None
+    multivariate_p_value: float | None = None
+    multivariate_effect: float | None = None
 
 
 class CohortViewOut(BaseModel):

@@ -186,6 +186,7 @@ class TelemetryTables(Connections):
             f"{d.json_text(body, 'inference', 'model')} AS model, "
             f"{d.json_text(body, 'inference', 'version')} AS version, "
             f"{d.json_text(body, 'drift', 'histograms')} AS hist, "
+            f"{d.json_text(body, 'drift', 'multivariate', 'histograms')} AS mv_hist, "
             f"{d.json_flag(body, 'drift', 'alert')} AS alert, "
             f"{d.json_num(body, 'drift', 'baseline', 'effect')} AS base_effect, "
             f"{d.json_num(body, 'inference', 'feedback_count')} AS fb_n, "
@@ -211,6 +212,7 @@ class TelemetryTables(Connections):
                 feedback_count=int(r["fb_n"] or 0),
                 feedback_correct=int(r["fb_ok"] or 0),
                 p95_ms=r["p95"],
+                multivariate=padded(json.loads(r["mv_hist"])) if r["mv_hist"] else None,
             )
             out.append((r["cohort"], window))
         return out
