@@ -38,6 +38,8 @@ MODULES = {
     "bench_estimate": "Label-free accuracy estimate (issue: model monitoring)",
     "bench_fuzz": "Fuzzing the hostile-input readers (issue: security hardening)",
     "bench_shadow": "Shadow runs: the answer's cost, the bounded queue (issue: model monitoring)",
+    "bench_coverage": "Branch coverage of the packages (issue: proof for every claim)",
+    "bench_mutation": "Mutation score of the core modules (issue: proof for every claim)",
 }
 
 

@@ -1,0 +1,225 @@
+"""Mutation score of the core modules: each module mutated by mutmut and run against its own
+fast unit tests only (not the end-to-end suite), so a surviving mutant names a behaviour those
+tests do not pin down.
+
+Score = killed ÷ (killed + survived), timeouts counted as killed (and listed); a mutant in code
+no selected test runs ("no tests") counts as survived.  Each core runs in its own scratch
+directory under `.cache/mutation/` (mutmut reads its settings from the working directory's
+pyproject.toml), niced, two children at a time.  Not part of CI: `python -m bench
+bench_mutation [core ...]` (`make mutation`); the survivors, with their diffs, go to
+docs/mutation-survivors.md and the explanations of the ones left alive are in docs/mutation.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH = ROOT / ".cache" / "mutation"
+MUTMUT = Path(sys.executable).parent / "mutmut"
+SURVIVORS = ROOT / "docs" / "mutation-survivors.md"
+# What the scratch directory links to: the packages mutmut copies, the tests, their data.
+LINKED = ("agent", "fleet_server", "edgefleet_contract", "tests", "models", "firmware_images")
+PER_CORE_TIMEOUT_S = 3600
+
+
+@dataclass(frozen=True)
+class Core:
+    name: str
+    module: str
+    tests: tuple[str, ...]
+
+
+CORES = (
+    Core(
+        "rollout engine",
+        "fleet_server/rollouts/engine.py",
+        (
+            "tests/test_rollout_engine.py",
+            "tests/test_rollout_properties.py",
+            "tests/test_rollout_gate_data.py",
+            "tests/test_rollout_shadow.py",
+        ),
+    ),
+    Core(
+        "rollout gates",
+        "fleet_server/rollouts/gates.py",
+        ("tests/test_rollout_plan.py", "tests/test_rollout_gate_data.py"),
+    ),
+    Core("selector", "fleet_server/selector.py", ("tests/test_selector.py",)),
+    Core("codec", "edgefleet_contract/codec.py", ("tests/test_contract.py",)),
+    Core("package reader", "edgefleet_contract/package.py", ("tests/test_package.py",)),
+    Core("enrollment", "fleet_server/enrollment.py", ("tests/test_enrollment.py",)),
+    Core("auth", "fleet_server/auth.py", ("tests/test_auth.py",)),
+    Core("spool policy", "agent/spool.py", ("tests/test_spool.py",)),
+    Core("update machine", "agent/updates/machine.py", ("tests/test_ota_core.py",)),
+)
+KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+ALIVE = {"survived", "no tests"}
+
+
+def _slug(name: str) -> str:
+    return name.replace(" ", "-")
+
+
+def _scratch(core: Core) -> Path:
+    """A directory that looks like the repo to mutmut, with this core's settings."""
+    folder = SCRATCH / _slug(core.name)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in LINKED:
+        (folder / name).symlink_to(ROOT / name)
+    settings = "\n".join(
+        [
+            "",
+            "[tool.mutmut]",
+            'source_paths = ["agent", "fleet_server", "edgefleet_contract"]',
+            f'only_mutate = ["{core.module}"]',
+            f"pytest_add_cli_args_test_selection = {list(core.tests)!r}",
+            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]',
+            "",
+        ]
+    ).replace("'", '"')
+    (folder / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + settings)
+    return folder
+
+
+def _results(folder: Path) -> dict[str, str]:
+    out = subprocess.run(
+        [str(MUTMUT), "results", "--all", "true"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = {}
+    for line in out.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep:
+            found[name] = status
+    return found
+
+
+def _diff(folder: Path, mutant: str) -> str:
+    out = subprocess.run(
+        [str(MUTMUT), "show", mutant], cwd=folder, capture_output=True, text=True, check=False
+    ).stdout
+    lines = [line for line in out.splitlines() if line.startswith(("+", "-", "@@"))]
+    return "\n".join(line for line in lines if not line.startswith(("+++", "---")))
+
+
+def mutate(core: Core) -> tuple[dict[str, str], float, Path]:
+    """Run mutmut on one core; the status of each mutant, and the wall time."""
+    folder = _scratch(core)
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    env.pop("COVERAGE_PROCESS_START", None)
+    env.pop("COVERAGE_PROCESS_CONFIG", None)
+    started = time.monotonic()
+    with (folder / "mutmut.log").open("w") as log:
+        subprocess.run(
+            ["nice", "-n", "10", str(MUTMUT), "run", "--max-children", "2"],
+            cwd=folder,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=PER_CORE_TIMEOUT_S,
+            check=False,
+        )
+    return _results(folder), time.monotonic() - started, folder
+
+
+def _row(core: Core, statuses: dict[str, str], wall_s: float) -> dict[str, object]:
+    counts = {s: sum(1 for v in statuses.values() if v == s) for s in set(statuses.values())}
+    killed = sum(counts.get(s, 0) for s in KILLED)
+    alive = sum(counts.get(s, 0) for s in ALIVE)
+    other = len(statuses) - killed - alive
+    return {
+        "measure": f"mutation score, {core.name}",
+        "figure": f"{killed / (killed + alive):.3f}" if killed + alive else "n/a",
+        "killed": killed,
+        "of which timeouts": counts.get("timeout", 0),
+        "survived": counts.get("survived", 0),
+        "no tests": counts.get("no tests", 0),
+        "not counted": other,
+        "module": f"`{core.module}`",
+        "tests": ", ".join(Path(t).stem for t in core.tests),
+        "wall s": f"{wall_s:.0f}",
+    }
+
+
+def _survivor_section(core: Core, statuses: dict[str, str], folder: Path) -> list[str]:
+    lines = [f"## {core.name} (`{core.module}`)", ""]
+    listed = sorted(n for n, s in statuses.items() if s in ALIVE or s == "timeout")
+    if not listed:
+        return [*lines, "No survivors, no timeouts.", ""]
+    for name in listed:
+        lines += [f"### `{name}`: {statuses[name]}", "", "```diff", _diff(folder, name), "```", ""]
+    return lines
+
+
+def _write_survivors(sections: dict[str, list[str]]) -> None:
+    """Keep the other cores' sections when only some cores were run."""
+    old = SURVIVORS.read_text() if SURVIVORS.exists() else ""
+    kept: dict[str, str] = {}
+    for chunk in re.split(r"(?m)^(?=## )", old):
+        if chunk.startswith("## "):
+            kept[chunk.split(" (`")[0][3:].strip()] = chunk.rstrip() + "\n"
+    for name, lines in sections.items():
+        kept[name] = "\n".join(lines).rstrip() + "\n"
+    head = [
+        "# Surviving mutants of the core modules",
+        "",
+        "Written by `python -m bench bench_mutation` (see docs/mutation.md for what each",
+        "survivor means and why it is left).  Timeouts are listed too; they count as killed.",
+        "",
+    ]
+    body = [kept[c.name] for c in CORES if c.name in kept]
+    SURVIVORS.write_text("\n".join(head) + "\n".join(body))
+
+
+def run(only: tuple[str, ...] = ()) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    sections: dict[str, list[str]] = {}
+    total_killed = total_alive = 0
+    for core in CORES:
+        if only and _slug(core.name) not in only:
+            continue
+        statuses, wall_s, folder = mutate(core)
+        row = _row(core, statuses, wall_s)
+        print(row, flush=True)
+        rows.append(row)
+        sections[core.name] = _survivor_section(core, statuses, folder)
+        total_killed += int(str(row["killed"]))
+        total_alive += int(str(row["survived"])) + int(str(row["no tests"]))
+    _write_survivors(sections)
+    if not only:
+        total = total_killed + total_alive
+        summary = {key: "" for key in rows[0]}
+        summary.update(
+            {
+                "measure": "mutation score, core modules",
+                "figure": f"{total_killed / total:.3f}" if total else "n/a",
+                "killed": total_killed,
+                "survived": total_alive,
+                "module": f"{len(rows)} modules",
+                "wall s": f"{sum(float(str(r['wall s'])) for r in rows):.0f}",
+            }
+        )
+        summary["survived"] = sum(int(str(r["survived"])) for r in rows)
+        summary["no tests"] = sum(int(str(r["no tests"])) for r in rows)
+        summary["of which timeouts"] = sum(int(str(r["of which timeouts"])) for r in rows)
+        rows.insert(0, summary)
+    return rows
+
+
+if __name__ == "__main__":
+    from ._lab import table
+
+    print(table(run(tuple(sys.argv[1:]))))
