@@ -1,4 +1,4 @@
-"""Branch coverage of the packages (agent, fleet_server, edgefleet_contract) under the whole
+"""Branch coverage of the packages (agent, fleet_server and the edgefleet_* ones) under the whole
 suite, the subprocesses it starts (fleet-server, edge-agent, fleetctl) included.
 
 `make test` runs pytest under coverage.py with branch measurement (`[tool.coverage.run]` in
@@ -24,7 +24,14 @@ import coverage
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".cache" / "coverage"
-PACKAGES = ("agent", "fleet_server", "edgefleet_contract")
+PACKAGES = (
+    "agent",
+    "fleet_server",
+    "edgefleet_contract",
+    "edgefleet_common",
+    "edgefleet_sim",
+    "edgefleet_demo",
+)
 
 
 def _combined() -> coverage.Coverage:
@@ -74,7 +81,8 @@ def rows_from(report: dict[str, Any]) -> list[dict[str, object]]:
                 ("num_statements", "covered_lines", "num_branches", "covered_branches")
             ):
                 sums[i] += int(s[key])
-        rows.append({"measure": f"branch coverage, {package}", **_ratio(*sums)})
+        if sums[0]:
+            rows.append({"measure": f"branch coverage, {package}", **_ratio(*sums)})
     return rows
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -70,12 +69,16 @@ def _slug(name: str) -> str:
 
 
 def _scratch(core: Core) -> Path:
-    """A directory that looks like the repo to mutmut, with this core's settings."""
+    """A directory that looks like the repo to mutmut, with this core's settings.
+
+    An existing one is reused: mutmut re-checks only the mutants of functions that changed
+    (delete the directory after changing the core's tests, or `.cache/mutation` to redo all).
+    """
     folder = SCRATCH / _slug(core.name)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for name in LINKED:
-        (folder / name).symlink_to(ROOT / name)
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(ROOT / name)
     settings = "\n".join(
         [
             "",
