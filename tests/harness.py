@@ -32,6 +32,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def require(found: object, what: str, install: str) -> None:
+    """Fail, saying how to install it, when a part the suite runs for real is missing.
+
+    Everything a test needs is installed by `make setup` (the dev extra, `.ci/setup-system`,
+    `make thirdparty-wheels`), so a missing part is a broken setup: a skip would let CI pass
+    with the behaviour untested.
+    """
+    if not found:
+        import pytest
+
+        pytest.fail(f"{what} is missing: {install}", pytrace=False)
+
+
 def wait_for(
     predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"
 ) -> None:
