@@ -68,7 +68,9 @@ def rows_from(report: dict[str, Any]) -> list[dict[str, object]]:
     rows = [
         {
             "measure": "branch coverage, packages",
-            **_ratio(t["num_statements"], t["covered_lines"], t["num_branches"], t["covered_branches"]),
+            **_ratio(
+                t["num_statements"], t["covered_lines"], t["num_branches"], t["covered_branches"]
+            ),
         }
     ]
     for package in PACKAGES:
