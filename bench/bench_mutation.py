@@ -182,7 +182,8 @@ def _row(core: Core, statuses: dict[str, str], wall_s: float) -> dict[str, objec
 
 
 def _survivor_section(core: Core, statuses: dict[str, str], folder: Path) -> list[str]:
-    lines = [f"## {core.name} (`{core.module}`)", ""]
+    checked = sum(1 for v in statuses.values() if v != "not checked")
+    lines = [f"## {core.name} (`{core.module}`)", "", f"{checked} of {len(statuses)} checked.", ""]
     listed = sorted(n for n, s in statuses.items() if s in ALIVE or s == "timeout")
     if not listed:
         return [*lines, "No survivors, no timeouts.", ""]
@@ -209,7 +210,7 @@ def _write_survivors(sections: dict[str, list[str]]) -> None:
         "",
     ]
     body = [kept[c.name] for c in CORES if c.name in kept]
-    SURVIVORS.write_text("\n".join(head) + "\n".join(body))
+    SURVIVORS.write_text("\n".join(head) + "\n" + "\n".join(body))
 
 
 def _results_of(core: Core, execute: bool) -> tuple[dict[str, str], float, Path] | None:
