@@ -12,6 +12,9 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY edgefleet_contract edgefleet_contract
+COPY edgefleet_common edgefleet_common
+COPY edgefleet_sim edgefleet_sim
+COPY edgefleet_demo edgefleet_demo
 COPY fleet_server fleet_server
 COPY agent agent
 COPY docs docs

@@ -37,7 +37,7 @@ test: $(STAMP)
 	  $(BIN)/python -m bench.bench_coverage || true; exit $$status
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent fleet_server edgefleet_contract models tests bench
+	$(BIN)/ruff check agent fleet_server edgefleet_contract edgefleet_common edgefleet_sim edgefleet_demo models tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -30,9 +30,9 @@ from typing import TextIO
 
 import click
 
-from edgefleet_contract import logs
-from edgefleet_contract.cli import daemon_options, run
-from edgefleet_contract.config import load_cli_settings
+from edgefleet_common import logs
+from edgefleet_common.cli import daemon_options, run
+from edgefleet_common.config import load_cli_settings
 from edgefleet_contract.errors import (
     ConfigError,
     EdgefleetError,

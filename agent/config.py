@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from edgefleet_contract.config import FileSettings
+from edgefleet_common.config import FileSettings
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Positive = Annotated[float, Field(gt=0)]
@@ -41,8 +41,26 @@ class BrokerOverride(Section):
 
     host: str | None = None
     port: Port | None = None
+    endpoints: list[str] = []
+    """More nodes of a broker cluster (``host:port``), tried in turn after the first one
+    when it cannot be reached; the spool holds telemetry meanwhile."""
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+    @field_validator("endpoints")
+    @classmethod
+    def _host_ports(cls, values: list[str]) -> list[str]:
+        for value in values:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"broker.endpoints: {value!r} is not host:port")
+        return values
+
+    def alternates(self) -> tuple[tuple[str, int], ...]:
+        return tuple(
+            (host.strip("[]"), int(port))
+            for host, _, port in (e.rpartition(":") for e in self.endpoints)
+        )
 
 
 class FeedbackSettings(Section):

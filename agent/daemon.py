@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from edgefleet_common.mqtt import Endpoint
+from edgefleet_common.private import private_dir
 from edgefleet_contract import __version__
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.errors import ConfigError, EdgefleetError, ModelError
@@ -31,8 +33,6 @@ from edgefleet_contract.messages import (
     ReportedState,
     Telemetry,
 )
-from edgefleet_contract.mqtt import Endpoint
-from edgefleet_contract.private import private_dir
 from edgefleet_contract.topics import Channel
 
 from .commands import CommandRouter, Outcome
@@ -145,6 +145,7 @@ class Agent:
             self.identity.tls(),
             protocol=s.broker.protocol,
             keepalive=s.broker.keepalive_s,
+            alternates=s.broker.alternates(),
         )
         return DeviceLink(
             self.device_id,

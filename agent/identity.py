@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgefleet_common.mqtt import TlsFiles
+from edgefleet_common.private import private_dir
 from edgefleet_contract.errors import CertificateError, EnrollmentError, IdentityError, TrustError
 from edgefleet_contract.ids import is_device_id
-from edgefleet_contract.mqtt import TlsFiles
-from edgefleet_contract.private import private_dir
 
 from .certinfo import validity
 

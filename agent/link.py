@@ -21,17 +21,17 @@ from collections.abc import Callable
 
 import paho.mqtt.client as paho
 
+from edgefleet_common.mqtt import Endpoint, MqttSession, Will
 from edgefleet_contract import topics
 from edgefleet_contract.codec import Codec, Rejected
-from edgefleet_contract.messages import Command, CommandAck, ReportedState, SpoolStats, Status
-from edgefleet_contract.mqtt import Endpoint, MqttSession, Will
+from edgefleet_contract.messages import Command, CommandAck, ReportedState, Status
 from edgefleet_contract.topics import Channel
 
 from .spool import DrainPolicy, Spool
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[Command], None]
+CommandCallback = Callable[[Command], None]
 FrameHandler = Callable[[bytes], None]
 
 
@@ -45,7 +45,7 @@ class DeviceLink(MqttSession):
         agent_version: str,
         policy: DrainPolicy | None = None,
         codec: Codec | None = None,
-        on_command: CommandHandler | None = None,
+        on_command: CommandCallback | None = None,
         on_frame: FrameHandler | None = None,
     ) -> None:
         self.device_id = device_id
@@ -89,10 +89,6 @@ class DeviceLink(MqttSession):
     def send_frame(self, payload: bytes) -> bool:
         """A federated-learning frame (binary); only meaningful while connected."""
         return self.publish_soon(topics.topic(self.device_id, Channel.FL_OUT), payload, qos=1)
-
-    def spool_stats(self) -> SpoolStats:
-        with self._spool_lock:
-            return self._spool.stats()
 
     @property
     def spool(self) -> Spool:

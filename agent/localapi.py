@@ -31,7 +31,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from edgefleet_contract.errors import ConfigError, InputRejected, ModelError, NotFound
 
@@ -86,12 +86,11 @@ class LocalApi:
         return f"http://{host!s}:{port}"
 
     def start(self) -> None:
-        handler = _handler_for(self)
         try:
             if self.settings.unix_socket is not None:
-                self._server = _UnixServer(self.settings.unix_socket, handler)
+                self._server = _UnixServer(self.settings.unix_socket, self)
             else:
-                self._server = _TcpServer((self.settings.host, self.settings.port), handler)
+                self._server = _TcpServer((self.settings.host, self.settings.port), self)
         except OSError as exc:
             where = self.settings.unix_socket or f"{self.settings.host}:{self.settings.port}"
             raise ConfigError(
@@ -125,9 +124,12 @@ def default_health(service: ModelService) -> dict[str, object]:
 
 
 class _Limited:
-    """Caps concurrent connections; the one over the cap gets an immediate 503."""
+    """Caps concurrent connections (the one over the cap gets an immediate 503); holds the API."""
 
-    def _init_limit(self) -> None:
+    api: LocalApi
+
+    def _init_limit(self, api: LocalApi) -> None:
+        self.api = api
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -161,22 +163,22 @@ class _TcpServer(_Limited, ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        self._init_limit()
-        super().__init__(address, handler)
+    def __init__(self, address: tuple[str, int], api: LocalApi) -> None:
+        self._init_limit(api)
+        super().__init__(address, _Handler)
 
 
 class _UnixServer(_Limited, socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: Path, handler: type[BaseHTTPRequestHandler]) -> None:
-        self._init_limit()
+    def __init__(self, path: Path, api: LocalApi) -> None:
+        self._init_limit(api)
         if path.exists() or path.is_symlink():
             if not stat.S_ISSOCK(path.lstat().st_mode):
                 raise OSError(f"{path} exists and is not a socket")
             path.unlink()  # a stale socket from a previous run
         path.parent.mkdir(parents=True, exist_ok=True)
-        super().__init__(str(path), handler)
+        super().__init__(str(path), _Handler)
         os.chmod(path, 0o660)  # owner and group (the apps' group) only
 
 
@@ -185,229 +187,230 @@ def _problem_body(status: HTTPStatus, detail: str) -> bytes:
     return json.dumps(doc).encode()
 
 
-def _handler_for(api: LocalApi) -> type[BaseHTTPRequestHandler]:
-    settings = api.settings
-    service = api.service
+class _Handler(BaseHTTPRequestHandler):
+    """One connection's requests; the :class:`LocalApi` it serves is its server's ``api``."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "edge-agent"
-        sys_version = ""
-        timeout = IDLE_TIMEOUT_S
+    protocol_version = "HTTP/1.1"
+    server_version = "edge-agent"
+    sys_version = ""
+    timeout = IDLE_TIMEOUT_S
 
-        def address_string(self) -> str:  # Unix sockets have no peer address
-            return str(self.client_address[0]) if self.client_address else "unix"
+    @property
+    def api(self) -> LocalApi:
+        return cast(_Limited, self.server).api
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("local api %s: " + format, self.address_string(), *args)
+    def address_string(self) -> str:  # Unix sockets have no peer address
+        return str(self.client_address[0]) if self.client_address else "unix"
 
-        # -------------------------------------------------------- dispatch --
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("local api %s: " + format, self.address_string(), *args)
 
-        def do_GET(self) -> None:
-            self._dispatch({"/v1/health": self._health, "/v1/model": self._model}, "GET")
+    # -------------------------------------------------------- dispatch --
 
-        def do_POST(self) -> None:
-            self._dispatch({"/v1/predict": self._predict, "/v1/feedback": self._feedback}, "POST")
+    def do_GET(self) -> None:
+        self._dispatch({"/v1/health": self._health, "/v1/model": self._model}, "GET")
 
-        def _other(self) -> None:
-            self._dispatch({}, self.command)
+    def do_POST(self) -> None:
+        self._dispatch({"/v1/predict": self._predict, "/v1/feedback": self._feedback}, "POST")
 
-        do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other
+    def _other(self) -> None:
+        self._dispatch({}, self.command)
 
-        def send_error(
-            self, code: int, message: str | None = None, explain: str | None = None
-        ) -> None:
-            """The stdlib's own refusals (bad request line, headers too large) as JSON."""
-            if code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:  # the client's fault: a 4xx
-                code, message = HTTPStatus.BAD_REQUEST, f"{message}; speak HTTP/1.0 or 1.1"
-            status = HTTPStatus(code)
-            self.close_connection = True
-            if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
-                self.request_version = self.protocol_version  # answer garbage with a status line
-            body = _problem_body(status, message or status.description)
-            self.send_response(code, message)
-            self.send_header("Content-Type", JSON)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD" and code >= 200:
-                self.wfile.write(body)
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other
 
-        def _dispatch(self, routes: dict[str, Callable[[], tuple[int, object]]], verb: str) -> None:
-            path = self.path.split("?", 1)[0]
-            try:
-                route = routes.get(path)
-                if route is None:
-                    if path in _ALL_ROUTES:
-                        raise Problem(
-                            HTTPStatus.METHOD_NOT_ALLOWED, f"{path} does not accept {verb[:16]}"
-                        )
-                    raise Problem(
-                        HTTPStatus.NOT_FOUND,
-                        f"no such endpoint {path[:100]!r}; see {', '.join(_ALL_ROUTES)}",
-                    )
-                status, doc = route()
-                self._send(status, json.dumps(doc).encode())
-            except Problem as problem:
-                self._refuse(problem)
-            except Exception:
-                log.exception("local api %s %s failed", verb, path[:100])
-                self._refuse(Problem(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see logs"))
-
-        def _refuse(self, problem: Problem) -> None:
-            if problem.status >= 500 or problem.status in _CLOSING:
-                self.close_connection = True  # the unread body would poison keep-alive
-            self._send(problem.status, _problem_body(problem.status, problem.detail))
-
-        def _send(self, status: int, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", JSON)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
+    def send_error(
+        self, code: int, message: str | None = None, explain: str | None = None
+    ) -> None:
+        """The stdlib's own refusals (bad request line, headers too large) as JSON."""
+        if code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:  # the client's fault: a 4xx
+            code, message = HTTPStatus.BAD_REQUEST, f"{message}; speak HTTP/1.0 or 1.1"
+        status = HTTPStatus(code)
+        self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = self.protocol_version  # answer garbage with a status line
+        body = _problem_body(status, message or status.description)
+        self.send_response(code, message)
+        self.send_header("Content-Type", JSON)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200:
             self.wfile.write(body)
 
-        def _body(self, limit: int) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
-                self.close_connection = True
-                raise Problem(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length (no chunking)")
-            raw = self.headers.get("Content-Length")
-            if raw is None:
-                self.close_connection = True
-                raise Problem(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
-            try:
-                length = int(raw)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                self.close_connection = True
-                raise Problem(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
-            if length > limit:
-                self._discard(length)
+    def _dispatch(self, routes: dict[str, Callable[[], tuple[int, object]]], verb: str) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            route = routes.get(path)
+            if route is None:
+                if path in _ALL_ROUTES:
+                    raise Problem(
+                        HTTPStatus.METHOD_NOT_ALLOWED, f"{path} does not accept {verb[:16]}"
+                    )
                 raise Problem(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                    f"body of {length} bytes is over the {limit}-byte limit; send fewer rows "
-                    "per request",
+                    HTTPStatus.NOT_FOUND,
+                    f"no such endpoint {path[:100]!r}; see {', '.join(_ALL_ROUTES)}",
                 )
-            try:
-                body = self.rfile.read(length)
-            except TimeoutError:
-                self.close_connection = True
-                raise Problem(
-                    HTTPStatus.REQUEST_TIMEOUT,
-                    f"the body did not arrive within {IDLE_TIMEOUT_S:g} s",
-                ) from None
-            if len(body) != length:
-                self.close_connection = True
-                raise Problem(HTTPStatus.BAD_REQUEST, "the body ended before Content-Length")
-            return body
+            status, doc = route()
+            self._send(status, json.dumps(doc).encode())
+        except Problem as problem:
+            self._refuse(problem)
+        except Exception:
+            log.exception("local api %s %s failed", verb, path[:100])
+            self._refuse(Problem(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see logs"))
 
-        def _discard(self, length: int) -> None:
-            # Closing with the body unread would reset the connection under a client
-            # still sending, and it would never read the 413 that explains why.
-            left = length if length <= DRAIN_LIMIT else 0
-            while left > 0:
-                chunk = self.rfile.read(min(left, 65536))
-                if not chunk:
-                    break
-                left -= len(chunk)
+    def _refuse(self, problem: Problem) -> None:
+        if problem.status >= 500 or problem.status in _CLOSING:
+            self.close_connection = True  # the unread body would poison keep-alive
+        self._send(problem.status, _problem_body(problem.status, problem.detail))
 
-        # --------------------------------------------------------- routes --
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", JSON)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
 
-        def _health(self) -> tuple[int, object]:
-            doc = api.health()  # 200 exactly when predictions can be answered
-            return (200 if service.model is not None else 503), doc
+    def _body(self, limit: int) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
+            self.close_connection = True
+            raise Problem(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length (no chunking)")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            self.close_connection = True
+            raise Problem(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
+        try:
+            length = int(raw)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise Problem(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
+        if length > limit:
+            self._discard(length)
+            raise Problem(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"body of {length} bytes is over the {limit}-byte limit; send fewer rows "
+                "per request",
+            )
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise Problem(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"the body did not arrive within {IDLE_TIMEOUT_S:g} s",
+            ) from None
+        if len(body) != length:
+            self.close_connection = True
+            raise Problem(HTTPStatus.BAD_REQUEST, "the body ended before Content-Length")
+        return body
 
-        def _model(self) -> tuple[int, object]:
-            model = service.model
-            if model is None:
-                raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, "no model is loaded on this device")
-            return 200, describe(model)
+    def _discard(self, length: int) -> None:
+        # Closing with the body unread would reset the connection under a client
+        # still sending, and it would never read the 413 that explains why.
+        left = length if length <= DRAIN_LIMIT else 0
+        while left > 0:
+            chunk = self.rfile.read(min(left, 65536))
+            if not chunk:
+                break
+            left -= len(chunk)
 
-        def _predict(self) -> tuple[int, object]:
-            body = self._body(settings.max_body_bytes)
-            content_type = self.headers.get("Content-Type", "")
-            if content_type.split(";", 1)[0].strip().lower() not in CONTENT_TYPES:
-                raise Problem(
-                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                    f"Content-Type {content_type[:80]!r} is not supported; use "
-                    + ", ".join(CONTENT_TYPES),
-                )
-            model = service.model
-            if model is None:
-                raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, "no model is loaded on this device")
-            if model.runner is not None:
-                return self._infer(model, content_type, body)
-            try:
-                rows = decode_body(
-                    content_type, body, features=model.features, max_rows=settings.max_batch
-                )
-                prediction, ids = service.predict_tracked(rows)
-            except InputRejected as exc:
-                raise Problem(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
-            except NoModel as exc:
-                raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
-            return 200, {
-                "model": {"name": model.manifest.name, "version": model.manifest.version},
-                "predictions": prediction_rows(prediction, ids),
-            }
+    # --------------------------------------------------------- routes --
 
-        def _infer(self, model: Any, content_type: str, body: bytes) -> tuple[int, object]:
-            """A format-2 model: named inputs, any task, a session for stateful models."""
-            try:
-                inputs, session = decode_task_body(content_type, body, max_rows=settings.max_batch)
-                header = self.headers.get("Session-Id") or None
-                if header is not None and len(header) > 128:
-                    raise InputRejected("the Session-Id header is over 128 characters")
-                session = session or header
-                result, session = service.infer(inputs, session)
-            except InputRejected as exc:
-                raise Problem(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
-            except NoModel as exc:
-                raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
-            doc: dict[str, object] = {
-                "model": {"name": model.manifest.name, "version": model.manifest.version},
-                "task": model.task_kind,
-                "predictions": result.results,
-            }
-            if session is not None:
-                doc["session"] = session
-            return 200, doc
+    def _health(self) -> tuple[int, object]:
+        doc = self.api.health()  # 200 exactly when predictions can be answered
+        return (200 if self.api.service.model is not None else 503), doc
 
-        def _feedback(self) -> tuple[int, object]:
-            body = self._body(MAX_FEEDBACK_BYTES)
-            try:
-                doc = json.loads(body)
-            except (ValueError, RecursionError):
-                raise Problem(
-                    HTTPStatus.BAD_REQUEST,
-                    'body is not valid JSON; send {"prediction_id": "...", "label": "..."}',
-                ) from None
-            if not isinstance(doc, dict):
-                raise Problem(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
-            prediction_id, label = doc.get("prediction_id"), doc.get("label")
-            if not isinstance(prediction_id, str) or not prediction_id:
-                raise Problem(
-                    HTTPStatus.UNPROCESSABLE_ENTITY, '"prediction_id" must be a non-empty string'
-                )
-            if isinstance(label, bool) or not isinstance(label, str | int):
-                raise Problem(
-                    HTTPStatus.UNPROCESSABLE_ENTITY,
-                    '"label" must be a label name (string) or a class index (integer)',
-                )
-            try:
-                correct = service.feedback(prediction_id, label)
-            except NotFound as exc:
-                raise Problem(HTTPStatus.NOT_FOUND, str(exc)) from None
-            except NoModel as exc:
-                raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
-            except ModelError as exc:
-                raise Problem(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
-            return 200, {"stored": True, "correct": correct}
+    def _model(self) -> tuple[int, object]:
+        model = self.api.service.model
+        if model is None:
+            raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, "no model is loaded on this device")
+        return 200, describe(model)
 
-    return Handler
+    def _predict(self) -> tuple[int, object]:
+        body = self._body(self.api.settings.max_body_bytes)
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.split(";", 1)[0].strip().lower() not in CONTENT_TYPES:
+            raise Problem(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                f"Content-Type {content_type[:80]!r} is not supported; use "
+                + ", ".join(CONTENT_TYPES),
+            )
+        model = self.api.service.model
+        if model is None:
+            raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, "no model is loaded on this device")
+        if model.runner is not None:
+            return self._infer(model, content_type, body)
+        try:
+            rows = decode_body(
+                content_type, body, features=model.features, max_rows=self.api.settings.max_batch
+            )
+            prediction, ids = self.api.service.predict_tracked(rows)
+        except InputRejected as exc:
+            raise Problem(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+        except NoModel as exc:
+            raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
+        return 200, {
+            "model": {"name": model.manifest.name, "version": model.manifest.version},
+            "predictions": prediction_rows(prediction, ids),
+        }
+
+    def _infer(self, model: Any, content_type: str, body: bytes) -> tuple[int, object]:
+        """A format-2 model: named inputs, any task, a session for stateful models."""
+        try:
+            limit = self.api.settings.max_batch
+            inputs, session = decode_task_body(content_type, body, max_rows=limit)
+            header = self.headers.get("Session-Id") or None
+            if header is not None and len(header) > 128:
+                raise InputRejected("the Session-Id header is over 128 characters")
+            session = session or header
+            result, session = self.api.service.infer(inputs, session)
+        except InputRejected as exc:
+            raise Problem(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+        except NoModel as exc:
+            raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
+        doc: dict[str, object] = {
+            "model": {"name": model.manifest.name, "version": model.manifest.version},
+            "task": model.task_kind,
+            "predictions": result.results,
+        }
+        if session is not None:
+            doc["session"] = session
+        return 200, doc
+
+    def _feedback(self) -> tuple[int, object]:
+        body = self._body(MAX_FEEDBACK_BYTES)
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            raise Problem(
+                HTTPStatus.BAD_REQUEST,
+                'body is not valid JSON; send {"prediction_id": "...", "label": "..."}',
+            ) from None
+        if not isinstance(doc, dict):
+            raise Problem(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
+        prediction_id, label = doc.get("prediction_id"), doc.get("label")
+        if not isinstance(prediction_id, str) or not prediction_id:
+            raise Problem(
+                HTTPStatus.UNPROCESSABLE_ENTITY, '"prediction_id" must be a non-empty string'
+            )
+        if isinstance(label, bool) or not isinstance(label, str | int):
+            raise Problem(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                '"label" must be a label name (string) or a class index (integer)',
+            )
+        try:
+            correct = self.api.service.feedback(prediction_id, label)
+        except NotFound as exc:
+            raise Problem(HTTPStatus.NOT_FOUND, str(exc)) from None
+        except NoModel as exc:
+            raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
+        except ModelError as exc:
+            raise Problem(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+        return 200, {"stored": True, "correct": correct}
 
 
 _CLOSING = (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.REQUEST_TIMEOUT)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet_common.private import private_file
 from edgefleet_contract.messages import LearningStats
-from edgefleet_contract.private import private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (

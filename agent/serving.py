@@ -202,7 +202,7 @@ class ModelService:
     def predict_tracked(self, batch: npt.ArrayLike) -> tuple[Prediction, list[str]]:
         """Like :meth:`predict`, plus one id per row that :meth:`feedback` can refer to."""
         prediction, rows, model = self._predict(batch)
-        version = _version(model)
+        version = model.key
         ids = []
         for row, predicted in zip(rows, prediction.classes.tolist(), strict=True):
             prediction_id = secrets.token_urlsafe(12)
@@ -255,7 +255,8 @@ class ModelService:
         if active is None:
             raise NoModel("no model is loaded on this device yet")
         model, recorder = active
-        stateful = model.runner is not None and model.runner.task.stateful
+        runner = model.runner
+        stateful = runner is not None and runner.stateful
         if stateful:
             session = session or secrets.token_urlsafe(12)
             state = self._sessions.get(model, session)
@@ -274,10 +275,12 @@ class ModelService:
         if recorder is not None:
             _record(recorder, elapsed, result)
         if result.classes is not None:  # single-label classes: an id per answer for feedback
-            version = _version(model)
-            # A head's samples are raw inputs (it trains on them); other models cache the
-            # drift view only.
-            rows = result.samples if result.samples is not None else result.drift_rows
+            version = model.key
+            # What feedback stores to train on: a head's raw inputs, a format-1 model's rows;
+            # any other model trains on nothing, so nothing is cached for it.
+            rows: npt.NDArray[Any] | None = result.samples
+            if rows is None and runner is None:
+                rows = result.drift_rows
             for i, (answer, predicted) in enumerate(
                 zip(result.results, result.classes.tolist(), strict=True)
             ):
@@ -321,11 +324,7 @@ class ModelService:
         # Only the model that made the prediction is credited or blamed for it: a rollout's
         # accuracy gate reads the new version's feedback, and ground truth arriving after a
         # switch for an answer of the old model must not hide (or fake) a regression.
-        if (
-            active is not None
-            and active[1] is not None
-            and cached.model_version == _version(active[0])
-        ):
+        if active is not None and active[1] is not None and cached.model_version == active[0].key:
             active[1].record_feedback(correct)
         return correct
 
@@ -381,18 +380,21 @@ class Sessions:
 
 def _record(recorder: InferenceRecorder, elapsed: float, result: Inference) -> None:
     rows = result.drift_rows
-    n = max(len(result), 1)
+    classes, confidence = result.classes, result.confidence
+    n = len(classes) if classes is not None else max(len(result), 1)
+    if n == 1:  # one sample per call, the usual case: the recorder takes the (1, w) rows
+        if classes is not None and confidence is not None:
+            recorder.record(elapsed, confidence.item(0), classes.item(0), rows)
+        else:
+            recorder.record(elapsed, None, None, rows)
+        return
     per_row = elapsed / n
     for i in range(n):
-        row = rows[i].astype("float32") if rows is not None and i < len(rows) else None
-        if result.classes is not None and result.confidence is not None:
-            recorder.record(per_row, result.confidence.item(i), result.classes.item(i), row)
+        row = rows[i] if rows is not None and i < len(rows) else None
+        if classes is not None and confidence is not None:
+            recorder.record(per_row, confidence.item(i), classes.item(i), row)
         else:
             recorder.record(per_row, None, None, row)
-
-
-def _version(model: Model) -> str:
-    return f"{model.manifest.name}@{model.manifest.version}"
 
 
 def _label_index(labels: Sequence[str], label: str | int) -> int:

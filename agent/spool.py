@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from edgefleet_common.private import private_file
 from edgefleet_contract.errors import ConfigError, LinkError, StoreError
 from edgefleet_contract.messages import SpoolStats
-from edgefleet_contract.private import private_file
 
 log = logging.getLogger(__name__)
 

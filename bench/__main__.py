@@ -38,13 +38,29 @@ MODULES = {
     "bench_estimate": "Label-free accuracy estimate (issue: model monitoring)",
     "bench_fuzz": "Fuzzing the hostile-input readers (issue: security hardening)",
     "bench_shadow": "Shadow runs: the answer's cost, the bounded queue (issue: model monitoring)",
+    "bench_pg_ingest": "Ingest throughput on PostgreSQL (issue: PostgreSQL and replicas)",
+    "bench_pg_api": "API latency on both backends (issue: PostgreSQL and replicas)",
+    "bench_ingest_workers": "Ingest with two workers (issue: PostgreSQL and replicas)",
+    "bench_lease": "Singleton lease failover (issue: PostgreSQL and replicas)",
+    "bench_cluster": (
+        "Broker cluster: ACL probes, a node killed, ingest, connections (issue: broker cluster)"
+    ),
     "bench_coverage": "Branch coverage of the packages (issue: proof for every claim)",
     "bench_mutation": "Mutation score of the core modules (issue: proof for every claim)",
 }
 
 
 def versions() -> str:
-    names = ("paho-mqtt", "pydantic", "cryptography", "sqlite-utils", "fastapi", "uvicorn")
+    names = (
+        "paho-mqtt",
+        "pydantic",
+        "cryptography",
+        "sqlite-utils",
+        "fastapi",
+        "uvicorn",
+        "SQLAlchemy",
+        "psycopg",
+    )
     found = []
     for name in names:
         with contextlib.suppress(metadata.PackageNotFoundError):

@@ -16,8 +16,8 @@ import threading
 import numpy as np
 import paho.mqtt.client as paho
 
+from edgefleet_common.mqtt import Endpoint, MqttSession, TlsFiles
 from edgefleet_contract import flframes, flwire
-from edgefleet_contract.mqtt import Endpoint, MqttSession, TlsFiles
 from edgefleet_contract.topics import Channel
 
 

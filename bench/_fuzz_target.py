@@ -28,7 +28,7 @@ with atheris.instrument_imports():
     from fleet_server.store.base import Device
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "models" / "dist" / "digits-1.0.0-onnx-int8.efpkg"
+PACKAGE = ROOT / "fleet_server" / "factory_models" / "digits-1.0.0-onnx-int8.efpkg"
 BUNDLE = ROOT / "firmware_images" / "dist" / "edge-os-1.0.0.efbundle"
 TOPICS = [f"devices/fz-1/{c}" for c in ("telemetry", "state", "status", "ack", "fl/out", "cmd")] + [
     "devices/../telemetry",

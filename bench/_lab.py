@@ -7,9 +7,10 @@ import platform
 import socket
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from edgefleet_contract.mqtt import TlsFiles
+from edgefleet_common.mqtt import TlsFiles
 from fleet_server.broker import BrokerLayout, ManagedBroker
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA, write_private
@@ -22,7 +23,8 @@ def free_port() -> int:
 
 
 class Lab:
-    def __init__(self) -> None:
+    def __init__(self, servers: Sequence[str] = ()) -> None:
+        """``servers``: further server identities the broker's ACL lets see the fleet."""
         self.dir = Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
         self.ca = FleetCA.create(self.dir / "ca", now=time.time())
         self.server = self.identity(SERVER_IDENTITY)
@@ -32,7 +34,7 @@ class Lab:
         layout.cert.write_bytes(cert)
         write_private(layout.key, key)
         self.broker = ManagedBroker(
-            layout, ca_file=self.ca.cert_file, bind="127.0.0.1", port=free_port()
+            layout, ca_file=self.ca.cert_file, bind="127.0.0.1", port=free_port(), servers=servers
         )
         self.broker.configure(crl_pem=self.ca.crl_pem([], now=time.time()))
         self.broker.start()

@@ -21,7 +21,7 @@ from agent import localclient
 from ._device import device_dir, rss_bytes, spool_depth, start_agent, wait
 from ._lab import Lab, table
 
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 HOLDOUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "digits_holdout.npz"
 IDLE_S = 5.0
 MiB = 1024 * 1024

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
+from edgefleet_common.mqtt import Endpoint, TlsFiles
 from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink
 from fleet_server.store import open_store

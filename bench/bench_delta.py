@@ -32,7 +32,6 @@ import numpy as np
 
 from edgefleet_contract.package import Lineage, read_package
 from fleet_server.modelkit import FLAVORS, Network, build_package
-from fleet_server.modelkit.build import apply_preprocessing
 from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
 from fleet_server.modelkit.network import F32, apply_layer
 from models.build import REFERENCES, SEED
@@ -124,7 +123,7 @@ def deflated(package: bytes) -> bytes:
 
 def run() -> list[dict[str, object]]:
     data = split()
-    x = apply_preprocessing(data.x_train, PREPROCESSING)
+    x = PREPROCESSING.apply(data.x_train)
     y = np.asarray(data.y_train)
     half = len(x) // 2
     ref = REFERENCES["digits-cnn"]
@@ -152,7 +151,7 @@ def run() -> list[dict[str, object]]:
                     _package(other, "digits-cnn", "1.1.0", flavor, trainable=False),
                 )
             )
-    mlp = read_package(ROOT / "models" / "dist" / "digits-1.0.0-onnx-float32.efpkg")
+    mlp = read_package(ROOT / "fleet_server" / "factory_models" / "digits-1.0.0-onnx-float32.efpkg")
     small = Network.from_package(mlp)
     tuned = retrain_head(small, x[half:], y[half:], steps=600, seed=4)
     for flavor in FLAVORS:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -25,10 +24,11 @@ import numpy.typing as npt
 from edgefleet_contract.drift import feature_psi
 from edgefleet_contract.package import read_package
 from fleet_server.cbpe import calibrate, confidence_bins, estimate
-from fleet_server.modelkit.build import apply_preprocessing, run_model
+from fleet_server.factory_models import DIST
+from fleet_server.modelkit.build import run_model
 from fleet_server.modelkit.digits import split
 
-PACKAGE = Path(__file__).resolve().parent.parent / "models/dist/digits-1.0.0-onnx-int8.efpkg"
+PACKAGE = DIST / "digits-1.0.0-onnx-int8.efpkg"
 SEEDS = range(10)
 WINDOW = 300
 Rows = npt.NDArray[np.float32]
@@ -70,7 +70,7 @@ def run() -> list[dict[str, object]]:
     pre = pkg.manifest.preprocessing
 
     def predict(raw: Rows) -> npt.NDArray[np.float32]:
-        return run_model("onnx", pkg.model_bytes, apply_preprocessing(raw, pre))
+        return run_model("onnx", pkg.model_bytes, pre.apply(raw))
 
     data = split()
     half = np.arange(len(data.y_test)) % 2 == 0

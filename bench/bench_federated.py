@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.learning.trainer import LocalConfig, Mlp, evaluate, prepare, train
+from agent.learning.trainer import LocalConfig, Mlp, evaluate, train
 from agent.learning.worker import LearningWorker
-from edgefleet_contract import flower_compat
+from edgefleet_common import flower_compat
 from fleet_server.federation.app import run_rounds
 from fleet_server.federation.deadline import round_close
 from fleet_server.federation.grid import MqttGrid
@@ -128,7 +128,7 @@ def federated_once(
     data = data or split()
     trainable, initial = start_network(seed)
     mlp = Mlp(trainable)
-    x_test = prepare(data.x_test, PREPROCESSING)
+    x_test = PREPROCESSING.apply(data.x_test)
     parts = dirichlet_parts(data.y_train, CLIENTS, alpha, seed)
     grid: MqttGrid
     workers: dict[str, LearningWorker] = {}
@@ -181,10 +181,10 @@ def federated_once(
 def centralised(seed: int, lr: float, epochs: int, batch: int, data: Split) -> float:
     trainable, initial = start_network(seed)
     mlp = Mlp(trainable)
-    x = prepare(data.x_train, PREPROCESSING)
+    x = PREPROCESSING.apply(data.x_train)
     config = LocalConfig(epochs=epochs, lr=lr, batch_size=batch, seed=seed)
     outcome = train(mlp, initial, x, data.y_train, config)
-    return evaluate(mlp, outcome.weights, prepare(data.x_test, PREPROCESSING), data.y_test)[1]
+    return evaluate(mlp, outcome.weights, PREPROCESSING.apply(data.x_test), data.y_test)[1]
 
 
 def default_spec(strategy: str, **update: Any) -> RunSpec:

@@ -31,8 +31,8 @@ from agent.learning.worker import LearningWorker
 from agent.link import DeviceLink
 from agent.samples import SampleStore
 from agent.spool import DrainPolicy, Spool
-from edgefleet_contract import flower_compat
-from edgefleet_contract.mqtt import Endpoint
+from edgefleet_common import flower_compat
+from edgefleet_common.mqtt import Endpoint
 from edgefleet_contract.topics import Channel
 from fleet_server.federation.app import run_rounds
 from fleet_server.federation.grid import MqttGrid

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgefleet_common.mqtt import Endpoint
 from edgefleet_contract.messages import LearningStats, SystemStats, Telemetry
-from edgefleet_contract.mqtt import Endpoint
 from edgefleet_contract.package import read_package
 from edgefleet_contract.topics import Channel
 from fleet_server.federation.candidate import digits_heldout

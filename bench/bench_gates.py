@@ -3,7 +3,7 @@
 Each trial is one real rollout engine (:class:`~fleet_server.rollouts.engine.Rollout`)
 built from the plan the REST API, ``fleetctl rollout create`` and a training
 run's ``--rollout`` give when nothing is set (``build_plan`` of an empty
-``RolloutCreate``: canary 1 device, probation 10m, gate timeout 30m, the
+``PlanSpec``: canary 1 device, probation 10m, gate timeout 30m, the
 champion/challenger gate at 5 points and 95%), over 20 devices that run the
 parent.  The engine's ``EvaluateGates`` is answered with telemetry batches fed
 through the gate figures of :mod:`fleet_server.rollouts.metrics` (the per-version
@@ -30,13 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgefleet_contract.messages import InferenceStats, Telemetry
-from fleet_server.api.routes_rollouts import RolloutCreate, build_plan
 from fleet_server.rollouts.artifacts import ResolvedArtifact
 from fleet_server.rollouts.engine import Candidate, Rollout
 from fleet_server.rollouts.gates import parse_gate
 from fleet_server.rollouts.metrics import figures, parent_labels, samples
 from fleet_server.rollouts.model import Action, Dispatch, EvaluateGates, Revert
-from fleet_server.rollouts.plan import RolloutPlan
+from fleet_server.rollouts.plan import PlanSpec, RolloutPlan, build_plan
 
 SEEDS = (1, 2, 3, 4, 5)
 TRIALS = 200
@@ -130,20 +129,9 @@ class Trial:
 
 
 def _plans() -> dict[str, RolloutPlan]:
-    default = build_plan(
-        RolloutCreate.model_validate({"artifact": ARTIFACT.label, "target": "all"}), ARTIFACT, 0
-    )
+    default = build_plan(PlanSpec(target="all"), ARTIFACT, 0)
     before = build_plan(
-        RolloutCreate.model_validate(
-            {
-                "artifact": ARTIFACT.label,
-                "target": "all",
-                "gates": ["accuracy>=0.9"],
-                "vs_parent": False,
-            }
-        ),
-        ARTIFACT,
-        0,
+        PlanSpec(target="all", gates=["accuracy>=0.9"], vs_parent=False), ARTIFACT, 0
     )
     assert before.gates == (parse_gate("accuracy>=0.9"),) and before.gate_min_samples == 20
     return {"default": default, "before": before}

@@ -28,11 +28,10 @@ import numpy.typing as npt
 
 from agent.runtime import Model
 from agent.serving import ModelService
-from fleet_server.modelkit.build import apply_preprocessing
 
 from ._lab import table
 
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 HOLDOUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "digits_holdout.npz"
 SECONDS = 3.0
 
@@ -40,7 +39,7 @@ SECONDS = 3.0
 def _direct(model: Model, row: npt.NDArray[np.float32]) -> Callable[[], Any]:
     """The bare runtime call on its own session/interpreter, input prepared up front."""
     m = model.manifest
-    x = apply_preprocessing(row, m.preprocessing)
+    x = m.preprocessing.apply(row)
     if m.runtime == "onnx":
         import onnxruntime as ort
 

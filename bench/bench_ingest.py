@@ -15,9 +15,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from edgefleet_common.mqtt import Endpoint, tls_context
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import Reading, Telemetry
-from edgefleet_contract.mqtt import Endpoint, tls_context
 from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink
 from fleet_server.store import open_store
@@ -105,8 +105,11 @@ def bare_rate(lab: Lab, prepared: dict[str, list[bytes]]) -> tuple[float, int]:
     return got * READINGS / max(last - first, 1e-9), got
 
 
-def ingest_rate(lab: Lab, prepared: dict[str, list[bytes]]) -> tuple[float, int]:
-    store = open_store(Path(tempfile.mkdtemp()) / "fleet.db")
+def ingest_rate(
+    lab: Lab, prepared: dict[str, list[bytes]], url: str | None = None
+) -> tuple[float, int]:
+    """Readings/s stored into the store at ``url`` (default: a fresh SQLite file)."""
+    store = open_store(url or Path(tempfile.mkdtemp()) / "fleet.db")
     for device_id in prepared:
         store.create_device(device_id, name=device_id, tags={}, now=0)
     total = sum(len(v) for v in prepared.values())
@@ -124,7 +127,7 @@ def ingest_rate(lab: Lab, prepared: dict[str, list[bytes]]) -> tuple[float, int]
     stored = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        stored = int(ingest.m_batches.value())
+        stored = int(ingest.metrics.value("edgefleet_ingest_telemetry_batches_total"))
         if stored >= total:
             break
         time.sleep(0.01)

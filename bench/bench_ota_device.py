@@ -42,7 +42,7 @@ from models.train import init_network
 from tests.tuf_sim import RepoServer, TufRepo, sha256
 
 ROOT = Path(__file__).resolve().parent.parent
-DIST = ROOT / "models" / "dist"
+DIST = ROOT / "fleet_server" / "factory_models"
 RUNS = 15
 
 

@@ -23,8 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from edgefleet_common.mqtt import Endpoint
 from edgefleet_contract.messages import Command, ModelRef, ReportedState, UpdateReport
-from edgefleet_contract.mqtt import Endpoint
 from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink
 from fleet_server.rollouts.artifacts import ResolvedArtifact

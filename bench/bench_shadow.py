@@ -26,7 +26,7 @@ from agent.shadow import ShadowRunner
 from .bench_inference import _best_us
 
 ROOT = Path(__file__).resolve().parent.parent
-DIST = ROOT / "models" / "dist"
+DIST = ROOT / "fleet_server" / "factory_models"
 ACTIVE = DIST / "digits-1.0.0-onnx-int8.efpkg"
 SAME = DIST / "digits-1.0.0-onnx-float32.efpkg"
 SLOW = DIST / "digits-cnn-1.0.0-onnx-float32.efpkg"

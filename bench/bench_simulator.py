@@ -140,7 +140,7 @@ def _stored_between(server: FleetServer, since: float, until: float, prefix: str
 def _new_version_package() -> bytes:
     """The shipped digits MLP rebuilt as 1.1.0: a real, signed, different package."""
     from edgefleet_contract.package import Lineage, read_package
-    from fleet_server.federation.packages import DIST
+    from fleet_server.factory_models import DIST
     from fleet_server.modelkit import Network
     from fleet_server.modelkit.build import build_package
     from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split

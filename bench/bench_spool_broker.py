@@ -21,9 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.link import DeviceLink
 from agent.spool import DrainPolicy, Spool
+from edgefleet_common.mqtt import Endpoint, TlsFiles, tls_context
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import Telemetry
-from edgefleet_contract.mqtt import Endpoint, TlsFiles, tls_context
 from edgefleet_contract.topics import Channel
 from fleet_server.config import SERVER_IDENTITY
 

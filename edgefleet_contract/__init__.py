@@ -6,3 +6,26 @@ imports this package and never ``fleet_server``.
 """
 
 __version__ = "0.1.0"
+
+# The public surface is these modules (each is imported where it is used, so
+# importing the package costs nothing).
+__all__ = [
+    "codec",
+    "desired_config",
+    "drift",
+    "drifttest",
+    "errors",
+    "firmware",
+    "flframes",
+    "flwire",
+    "ids",
+    "interpret",
+    "manifest_checks",
+    "messages",
+    "package",
+    "preprocess",
+    "safezip",
+    "summary",
+    "task",
+    "topics",
+]

@@ -50,9 +50,6 @@ MAX_BUNDLE_BYTES = 512 * 1024 * 1024
 MAX_MANIFEST_BYTES = 64 * 1024
 _KIND = safezip.ArchiveKind(noun="bundle", title="firmware bundle")
 
-KNOWN_HANDLERS = ("ab-slot",)
-"""Install handlers the reference agent ships; others (rauc, swupdate, mender) are plug-ins."""
-
 HardwareId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 HandlerId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
 

@@ -18,9 +18,11 @@ Outputs = Mapping[str, npt.NDArray[Any]]
 
 
 def softmax(x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    z = np.asarray(x, dtype=np.float32)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return np.asarray(z / z.sum(axis=-1, keepdims=True), dtype=np.float32)
+    z: npt.NDArray[np.float32] = np.asarray(x, dtype=np.float32)
+    z = z - z.max(axis=-1, keepdims=True)  # a new array: the steps below work in place
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    return z
 
 
 def sigmoid(x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
@@ -71,9 +73,14 @@ def _classification(
 
 
 def classification_results(
-    task: tasks.Classification, p: npt.NDArray[np.float32], labels: Sequence[str]
+    task: tasks.Classification,
+    p: npt.NDArray[np.float32],
+    labels: Sequence[str],
+    *,
+    top: npt.NDArray[np.intp] | None = None,
 ) -> list[dict[str, Any]]:
-    """The answers of a classifier from its class probabilities ``(n, classes)``."""
+    """The answers of a classifier from its class probabilities ``(n, classes)``;
+    ``top``: their argmax, when the caller has it already."""
     if task.multi_label:
         return [
             {
@@ -82,15 +89,10 @@ def classification_results(
             }
             for row in p
         ]
-    top = p.argmax(axis=1).tolist()
+    best = (p.argmax(axis=1) if top is None else top).tolist()
     return [
-        {
-            "label": labels[c],
-            "class_id": c,
-            "confidence": float(row[c]),
-            "probabilities": row.tolist(),
-        }
-        for c, row in zip(top, p, strict=True)
+        {"label": labels[c], "class_id": c, "confidence": row[c], "probabilities": row}
+        for c, row in zip(best, p.tolist(), strict=True)
     ]
 
 

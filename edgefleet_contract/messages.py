@@ -9,7 +9,8 @@ finite.  Unknown fields are refused: within a version the contract is closed.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -110,6 +111,23 @@ class InferenceStats(Message):
     feedback_count: Count = 0
     feedback_correct: Count = 0
     """Ground-truth labels received in the window and how many matched the prediction."""
+
+    @property
+    def mean_confidence(self) -> float | None:
+        """Mean top-1 confidence over the window (bin centres; None: no histogram)."""
+        return InferenceStats.pooled_confidence([self])
+
+    @staticmethod
+    def pooled_confidence(stats: Sequence[InferenceStats]) -> float | None:
+        """Mean top-1 confidence over several windows, each weighted by its answers (their
+        histograms may bin differently)."""
+        total = weight = 0.0
+        for s in stats:
+            bins = len(s.confidence_hist)
+            for i, n in enumerate(s.confidence_hist):
+                total += n * (i + 0.5) / bins
+                weight += n
+        return total / weight if weight else None
 
 
 class ShadowStats(Message):
@@ -277,6 +295,9 @@ class FirmwareRef(Message):
     hardware: Name | None = None
 
 
+ArtifactKind = Literal["model", "firmware"]
+"""What a device installs: a model package or a firmware bundle."""
+
 UpdatePhase = Literal[
     "pending",
     "downloading",
@@ -289,13 +310,19 @@ UpdatePhase = Literal[
     "rolled_back",
     "failed",
 ]
+UPDATE_PHASES: tuple[UpdatePhase, ...] = get_args(UpdatePhase)
+"""Every phase: a successful update's path in order, then the two ends of a failed one."""
+UPDATE_PATH: tuple[UpdatePhase, ...] = UPDATE_PHASES[: UPDATE_PHASES.index("committed") + 1]
+"""A successful update's phases, ``pending`` to ``committed``; an update only moves forward."""
+INSTALLING: frozenset[UpdatePhase] = frozenset(UPDATE_PATH[: UPDATE_PATH.index("probation")])
+"""The phases before the new artifact serves on probation: it is still being installed."""
 
 
 class UpdateReport(Message):
     """Progress of the update the device is working on (or last finished)."""
 
     desired_version: Count
-    kind: Literal["model", "firmware"]
+    kind: ArtifactKind
     target: Name
     phase: UpdatePhase
     progress: Annotated[float, Field(ge=0, le=1)] = 0.0
@@ -334,7 +361,7 @@ class ReportedState(Versioned):
 class TargetRef(Message):
     """A signed artifact the device should run, named as in the TUF targets metadata."""
 
-    kind: Literal["model", "firmware"]
+    kind: ArtifactKind
     name: Name
     version: Name
     target: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@/+-]{1,255}$")]

@@ -59,7 +59,10 @@ class ImageInput(_Closed):
     height: Annotated[int, Field(ge=1, le=8192)]
     width: Annotated[int, Field(ge=1, le=8192)]
     channels: Literal[1, 3]
-    resize: Literal["bilinear", "nearest"] = "bilinear"
+    resize: Literal["bilinear", "nearest", "antialias"] = "bilinear"
+    """``antialias``: bilinear whose filter widens with the shrink factor, as Pillow's
+    ``resize(BILINEAR)`` and torchvision's ``antialias=True`` do (what a model trained on
+    images those libraries shrank saw); plain ``bilinear`` samples 2x2 pixels only."""
 
 
 class Preprocessing(_Closed):
@@ -107,6 +110,15 @@ class Preprocessing(_Closed):
     def is_identity(self) -> bool:
         return self == Preprocessing()
 
+    def apply(self, raw: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Raw rows ``(n, features)`` -> preprocessed float32 rows (steps 2 and 3 only).
+
+        What the trainer and the reference builder feed a float network: the same
+        arithmetic, in the same float32, as :func:`prepare` on the device.
+        """
+        x = np.asarray(raw, dtype=np.float32)
+        return np.asarray(Scaler(self, tuple(x.shape[1:]))(x), dtype=np.float32)
+
 
 def raw_shape(prep: Preprocessing, model_shape: Sequence[int]) -> tuple[int, ...]:
     """The shape of one raw sample (no batch axis) for a tensor of ``model_shape``."""
@@ -132,14 +144,8 @@ def prepare(
 
     Raises :class:`InputRejected` for input a caller got wrong, naming ``name``.
     """
-    return to_tensor(
-        canonical(raw, prep, shape=shape, name=name),
-        prep,
-        shape=shape,
-        dtype=dtype,
-        quantization=quantization,
-        name=name,
-    )
+    plan = InputPlan(prep, shape=shape, dtype=dtype, quantization=quantization, name=name)
+    return plan.tensor(plan.canonical(raw))
 
 
 def canonical(
@@ -148,19 +154,7 @@ def canonical(
     """Raw samples as float32 ``(n, *raw_shape)``: images converted and resized, rows
     reshaped.  This is what drift statistics describe (a tensor without a batch axis
     comes back as one sample, ``n = 1``)."""
-    x = _as_numbers(raw, name)
-    want = raw_shape(prep, shape)
-    if prep.image is not None:
-        return _images(x, prep.image, name)
-    per = math.prod(want)
-    if x.size == per and x.ndim <= max(len(want), 1):
-        x = x.reshape(1, *want)
-    elif _batched(shape) and x.ndim >= 2 and x.shape[0] * per == x.size:
-        x = x.reshape(x.shape[0], *want)
-    else:
-        expected = f"(rows, {', '.join(map(str, want))})" if _batched(shape) else str(want)
-        raise InputRejected(f"input {name!r} has shape {x.shape}; expected {expected}")
-    return x.astype(np.float32, copy=False)
+    return InputPlan(prep, shape=shape, dtype="float32", name=name).canonical(raw)
 
 
 def to_tensor(
@@ -171,35 +165,134 @@ def to_tensor(
     dtype: str,
     quantization: tuple[float, int] | None = None,
     name: str = "input",
-    scaler: Scaler | None = None,
 ) -> npt.NDArray[Any]:
-    """Canonical samples (from :func:`canonical`) -> the runtime tensor.
-
-    ``scaler``: ``Scaler(prep, raw_shape(prep, shape))`` made once, for a caller that
-    converts many samples (the device)."""
-    x = (scaler or Scaler(prep, raw_shape(prep, shape)))(x)
-    if not np.isfinite(x).all():
-        raise InputRejected(f"input {name!r} has NaN or infinite values")
-    if prep.image is not None and prep.layout == "nchw":
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    if _batched(shape):
-        if -1 not in shape[1:]:
-            x = x.reshape(x.shape[0], *shape[1:])
-    else:
-        if x.shape[0] != 1:
-            raise InputRejected(f"input {name!r} takes one sample per call, got {x.shape[0]}")
-        x = x.reshape(tuple(shape))
-    return _cast(x, dtype, quantization)
+    """Canonical samples (from :func:`canonical`) -> the runtime tensor."""
+    plan = InputPlan(prep, shape=shape, dtype=dtype, quantization=quantization, name=name)
+    return plan.tensor(x)
 
 
-def feature_rows(raw: npt.ArrayLike, prep: Preprocessing) -> npt.NDArray[np.float32]:
-    """Raw rows ``(n, features)`` -> preprocessed float32 rows (steps 2 and 3 only).
+class InputPlan:
+    """The declared preprocessing of one input, worked out once for its tensor.
 
-    What the trainer and the reference builder feed a float network: the same
-    arithmetic, in the same float32, as :func:`prepare` on the device.
+    Everything that depends only on the manifest is settled here: the raw and tensor
+    shapes, the fused ``x * gain + bias`` factors (already in channel-first order for an
+    ``nchw`` model, so the transpose and the arithmetic are one pass), the int8 grid.
+    A call then does the arithmetic and the checks and nothing else.  The device makes
+    one per input when it loads a model; :func:`prepare`, :func:`canonical` and
+    :func:`to_tensor` make one per batch, so the packer, the trainer and the device run
+    the same code on the same numbers.
     """
-    x = np.asarray(raw, dtype=np.float32)
-    return np.asarray(Scaler(prep, tuple(x.shape[1:]))(x), dtype=np.float32)
+
+    __slots__ = (
+        "_bias",
+        "_gain",
+        "_per",
+        "_quant",
+        "_tail",
+        "batched",
+        "dtype",
+        "image",
+        "name",
+        "nchw",
+        "raw",
+        "shape",
+    )
+
+    def __init__(
+        self,
+        prep: Preprocessing,
+        *,
+        shape: Sequence[int],
+        dtype: str,
+        quantization: tuple[float, int] | None = None,
+        name: str = "input",
+    ) -> None:
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = dtype
+        self.name = name
+        self.image = prep.image
+        self.raw = raw_shape(prep, self.shape)
+        self.batched = _batched(self.shape)
+        self._per = math.prod(self.raw)
+        self.nchw = prep.image is not None and prep.layout == "nchw"
+        scaler = Scaler(prep, self.raw)
+        self._gain = self._channel_first(scaler.gain)
+        self._bias = self._channel_first(scaler.bias)
+        rest = self.shape[1:]
+        self._tail = rest if self.batched and -1 not in rest else None
+        self._quant: tuple[np.float32, int, int, int] | None = None
+        if dtype in _INT_RANGE:
+            if quantization is None:
+                raise ModelError(f"an {dtype} input needs quantization parameters")
+            self._quant = (np.float32(quantization[0]), quantization[1], *_INT_RANGE[dtype])
+
+    def _channel_first(self, factor: Any) -> Any:
+        """A gain or bias for raw ``(h, w, c)`` samples, laid out for ``(c, h, w)`` ones."""
+        if factor is None or not self.nchw or np.ndim(factor) == 0:
+            return factor
+        if np.ndim(factor) == 1:  # one value per channel (mean/std)
+            return np.asarray(factor, dtype=np.float32).reshape(-1, 1, 1)
+        full = np.broadcast_to(np.asarray(factor, dtype=np.float32), self.raw)
+        return np.ascontiguousarray(full.transpose(2, 0, 1))
+
+    def canonical(self, raw: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """See :func:`canonical`."""
+        name = self.name
+        x = _as_numbers(raw, name)
+        if self.image is not None:
+            return _images(x, self.image, name)
+        want, per = self.raw, self._per
+        if x.size == per and x.ndim <= max(len(want), 1):
+            x = x.reshape(1, *want)
+        elif self.batched and x.ndim >= 2 and x.shape[0] * per == x.size:
+            x = x.reshape(x.shape[0], *want)
+        else:
+            expected = f"(rows, {', '.join(map(str, want))})" if self.batched else str(want)
+            raise InputRejected(f"input {name!r} has shape {x.shape}; expected {expected}")
+        return x.astype(np.float32, copy=False)
+
+    def tensor(self, x: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+        """Canonical float32 samples ``(n, *raw)`` -> the runtime tensor."""
+        x = np.asarray(x, dtype=np.float32)
+        n = x.shape[0]
+        if self.nchw:
+            x = x.transpose(0, 3, 1, 2)
+        gain, bias = self._gain, self._bias
+        if gain is not None:
+            x = np.multiply(x, gain, out=np.empty(x.shape, np.float32))
+            if bias is not None:
+                np.add(x, bias, out=x)
+        elif bias is not None:
+            x = np.add(x, bias, out=np.empty(x.shape, np.float32))
+        elif self.nchw:
+            x = np.ascontiguousarray(x)
+        if not _all_finite(x):
+            raise InputRejected(f"input {self.name!r} has NaN or infinite values")
+        if self.batched:
+            if self._tail is not None:
+                x = x.reshape(n, *self._tail)
+        else:
+            if n != 1:
+                raise InputRejected(f"input {self.name!r} takes one sample per call, got {n}")
+            x = x.reshape(self.shape)
+        return self._cast(x)
+
+    def _cast(self, x: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+        dtype = self.dtype
+        if dtype == "float32":
+            return x
+        if self._quant is not None:
+            scale, zero, lo, hi = self._quant
+            return np.asarray(np.clip(np.rint(x / scale) + zero, lo, hi), dtype=dtype)
+        if dtype == "bool":
+            return np.asarray(x != 0)
+        return np.asarray(np.rint(x), dtype=dtype)
+
+
+def _all_finite(x: npt.NDArray[np.float32]) -> bool:
+    """Whether every value is finite.  A sum is finite only when every term is, so one
+    reduction answers for nearly every input; a sum that overflows is checked exactly."""
+    return math.isfinite(np.add.reduce(x, axis=None)) or bool(np.isfinite(x).all())
 
 
 def _as_numbers(raw: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
@@ -256,22 +349,6 @@ class Scaler:
         return x
 
 
-def _cast(
-    x: npt.NDArray[np.float32], dtype: str, quantization: tuple[float, int] | None
-) -> npt.NDArray[Any]:
-    if dtype == "float32":
-        return np.asarray(x, dtype=np.float32)
-    if dtype in _INT_RANGE:
-        if quantization is None:
-            raise ModelError(f"an {dtype} input needs quantization parameters")
-        scale, zero = quantization
-        lo, hi = _INT_RANGE[dtype]
-        return np.asarray(np.clip(np.rint(x / np.float32(scale)) + zero, lo, hi), dtype=dtype)
-    if dtype == "bool":
-        return np.asarray(x != 0)
-    return np.asarray(np.rint(x), dtype=dtype)
-
-
 # ------------------------------------------------------------------ images ----
 
 
@@ -305,6 +382,8 @@ def resize(
 ) -> npt.NDArray[np.float32]:
     """Resize ``(n, h, w, c)`` images; bilinear uses half-pixel centres (as PIL and torch do)."""
     _, h, w, _ = x.shape
+    if method == "antialias":
+        return _filtered(_filtered(x, 1, height), 2, width)
     if method == "nearest":
         rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(np.intp)
         cols = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(np.intp)
@@ -319,6 +398,32 @@ def resize(
     top = x[:, y0][:, :, x0] * (1 - wx) + x[:, y0][:, :, x1] * wx
     bottom = x[:, y1][:, :, x0] * (1 - wx) + x[:, y1][:, :, x1] * wx
     return np.asarray(top * (1 - wy) + bottom * wy, dtype=np.float32)
+
+
+def _filtered(x: npt.NDArray[np.float32], axis: int, size: int) -> npt.NDArray[np.float32]:
+    """Resample ``axis`` to ``size`` with the triangle filter, its support widened by the
+    shrink factor and its weights renormalised at the borders (Pillow's algorithm).  The
+    weights are banded, so each output sums a few taps: no dense (size x n) matrix, which
+    for a phone photo would be a hundred times the work."""
+    n = x.shape[axis]
+    if n == size:
+        return x
+    scale = n / size
+    support = max(scale, 1.0)
+    centre = (np.arange(size) + 0.5) * scale
+    first = np.floor(centre - support).astype(np.intp)
+    taps = first[:, None] + np.arange(int(np.ceil(2 * support)) + 2)[None, :]
+    weight = np.maximum(0.0, 1.0 - np.abs(taps + 0.5 - centre[:, None]) / support)
+    weight[(taps < 0) | (taps >= n)] = 0.0
+    weight /= weight.sum(axis=1, keepdims=True)
+    index = np.clip(taps, 0, n - 1)
+    shape = [1] * x.ndim
+    shape[axis] = size
+    out = np.zeros((*x.shape[:axis], size, *x.shape[axis + 1 :]), dtype=np.float32)
+    for k in range(taps.shape[1]):
+        w = weight[:, k].astype(np.float32).reshape(shape)
+        out += np.take(x, index[:, k], axis=axis) * w
+    return out
 
 
 def decode_image(data: bytes, *, max_bytes: int = 32 * 1024 * 1024) -> npt.NDArray[np.uint8]:
@@ -356,11 +461,14 @@ def drift_view(raw: npt.NDArray[Any], prep: Preprocessing, mode: str) -> npt.NDA
     x = np.asarray(raw)
     n = x.shape[0]
     if mode == "channels":
-        flat = x.reshape(n, -1, x.shape[-1]).astype(np.float64, copy=False)
+        flat = x.reshape(n, -1, x.shape[-1]).astype(np.float64)
         pixels = flat.shape[1]
-        mean = flat.sum(axis=1) / pixels
-        # One pass (E[x^2] - E[x]^2) in float64: exact enough for 8-bit pixels, and this
-        # runs on every served image.
-        var = np.einsum("npc,npc->nc", flat, flat) / pixels - mean * mean
+        # E[x^2] - E[x]^2 in float64: exact enough for 8-bit pixels, and this runs on every
+        # served image.  The sums are products with a vector of ones: numpy's reduction
+        # over the pixel axis of a (pixels, 3) array is strided and several times slower.
+        ones = np.ones(pixels)
+        mean = (ones @ flat) / pixels
+        np.multiply(flat, flat, out=flat)
+        var = (ones @ flat) / pixels - mean * mean
         return np.concatenate([mean, np.sqrt(np.maximum(var, 0.0))], axis=1)
     return np.asarray(x.reshape(n, -1), dtype=np.float64)

@@ -30,16 +30,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from edgefleet_common.logs import redact as redact_text
 from edgefleet_contract.errors import AuthError, EdgefleetError, NotFound, PermissionDenied
-from edgefleet_contract.logs import redact as redact_text
 
 from .store.base import ROLES, ApiToken, Role, Store, User
 
 TOKEN_PREFIX = "eft_"
 SESSION_COOKIE = "ef_session"
-SESSION_TOKEN_NAME = "console"
 CSRF_HEADER = "X-CSRF-Token"
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
@@ -268,6 +267,14 @@ class Authenticator:
 # ------------------------------------------------------------ login throttle --
 
 
+class FailureLog(Protocol):
+    """Where several API replicas keep failed logins (the store's ``login_failures``)."""
+
+    def record_login_failure(self, source: str, ts: float, *, forget_before: float) -> None: ...
+    def login_failures(self, source: str, *, since: float) -> list[float]: ...
+    def clear_login_failures(self, source: str) -> None: ...
+
+
 @dataclass
 class _Source:
     """What the throttle remembers of one key."""
@@ -300,6 +307,7 @@ class LoginThrottle:
         max_wait_s: float = 3600.0,
         max_keys: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        shared: FailureLog | None = None,
     ) -> None:
         if limit < 1 or window_s <= 0 or max_keys < 1:
             raise ValueError("limit, window_s and max_keys must be positive")
@@ -307,7 +315,10 @@ class LoginThrottle:
         self._window = window_s
         self._max_wait = max(max_wait_s, window_s)
         self._max_keys = max_keys
-        self._clock = clock
+        self._clock = time.time if shared is not None else clock
+        self._shared = shared
+        """Several API replicas: the failures are rows in the database (wall-clock
+        times), and each call replays a key's recent failures through the same rules."""
         self._sources: dict[str, _Source] = {}
         self._lock = threading.Lock()
         self.evicted = 0
@@ -318,7 +329,7 @@ class LoginThrottle:
         worst = 0.0
         with self._lock:
             for key in keys:
-                source = self._sources.get(key)
+                source = self._replay(key, now) if self._shared else self._sources.get(key)
                 if source is None:
                     continue
                 self._expire(source.failures, now)
@@ -329,26 +340,52 @@ class LoginThrottle:
 
     def failed(self, *keys: str) -> None:
         now = self._clock()
+        if self._shared is not None:
+            for key in keys:
+                self._shared.record_login_failure(key, now, forget_before=now - self._horizon)
+            return
         with self._lock:
             for key in keys:
-                source = self._sources.pop(key, None) or _Source(deque())
-                if source.strikes and now - source.until > 2 * self._max_wait:
-                    source = _Source(deque())  # quiet for long enough: a fresh start
-                self._expire(source.failures, now)
-                source.failures.append(now)
-                while len(source.failures) > self._limit:
-                    source.failures.popleft()  # only the newest `limit` failures matter
-                if len(source.failures) >= self._limit:
-                    source.strikes += 1
-                    source.until = source.failures[0] + self._window  # the first time
-                    if source.strikes > 1:
-                        backoff = self._window * 2 ** min(source.strikes - 1, 32)
-                        source.until = now + min(backoff, self._max_wait)
+                source = self._advance(self._sources.pop(key, None), now)
                 self._sources[key] = source  # re-insert: dict order = least recent first
             if len(self._sources) > self._max_keys:
                 self._sweep(now)
 
+    def _advance(self, source: _Source | None, now: float) -> _Source:
+        """``source`` after one more failure at ``now``."""
+        source = source or _Source(deque())
+        if source.strikes and now - source.until > 2 * self._max_wait:
+            source = _Source(deque())  # quiet for long enough: a fresh start
+        self._expire(source.failures, now)
+        source.failures.append(now)
+        while len(source.failures) > self._limit:
+            source.failures.popleft()  # only the newest `limit` failures matter
+        if len(source.failures) >= self._limit:
+            source.strikes += 1
+            source.until = source.failures[0] + self._window  # the first time
+            if source.strikes > 1:
+                backoff = self._window * 2 ** min(source.strikes - 1, 32)
+                source.until = now + min(backoff, self._max_wait)
+        return source
+
+    @property
+    def _horizon(self) -> float:
+        """How far back failures still matter (a quiet ``2 * max_wait`` forgets a key)."""
+        return 2 * self._max_wait + self._window
+
+    def _replay(self, key: str, now: float) -> _Source | None:
+        """A key's state rebuilt from the failures the database holds for it."""
+        assert self._shared is not None
+        source: _Source | None = None
+        for ts in self._shared.login_failures(key, since=now - self._horizon):
+            source = self._advance(source, ts)
+        return source
+
     def succeeded(self, *keys: str) -> None:
+        if self._shared is not None:
+            for key in keys:
+                self._shared.clear_login_failures(key)
+            return
         with self._lock:
             for key in keys:
                 self._sources.pop(key, None)

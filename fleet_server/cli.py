@@ -15,10 +15,10 @@ from pathlib import Path
 
 import click
 
-from edgefleet_contract import logs
-from edgefleet_contract.cli import daemon_options
-from edgefleet_contract.cli import run as run_cli
-from edgefleet_contract.config import load_cli_settings
+from edgefleet_common import logs
+from edgefleet_common.cli import daemon_options
+from edgefleet_common.cli import run as run_cli
+from edgefleet_common.config import load_cli_settings
 from edgefleet_contract.errors import BrokerError, ConfigError
 
 from .config import ServerSettings
@@ -73,20 +73,76 @@ def init(config: Path | None, data_dir: Path | None, admin_password_stdin: bool)
 
 @cli.command()
 @settings_options
-def run(config: Path | None, data_dir: Path | None) -> None:
+@click.option(
+    "--from-sqlite",
+    "from_sqlite",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Copy this SQLite database (an embedded install's fleet.db) into the empty "
+    "PostgreSQL database of [database] url.",
+)
+def migrate(config: Path | None, data_dir: Path | None, from_sqlite: Path | None) -> None:
+    """Upgrade the database schema to this release's version (SQLite or PostgreSQL).
+
+    Safe to run again (a database at the newest version is left alone) and while
+    other replicas start (they wait for it).  A database written by a newer
+    release is refused with both versions.  With --from-sqlite it moves an
+    embedded install to PostgreSQL instead (docs/operations.md, "From SQLite to
+    PostgreSQL").
+
+    \b
+    Example:
+      FLEET_DATABASE__URL=postgresql://edgefleet@db/fleet fleet-server migrate
+      FLEET_DATABASE__URL=postgresql://edgefleet@db/fleet fleet-server migrate \\
+          --from-sqlite /var/lib/fleet/fleet.db
+    """
+    from .store.migrations import upgrade_url
+
+    settings = load_cli_settings(ServerSettings, config, data_dir)
+    if from_sqlite is not None:
+        from .sqlite_import import import_sqlite
+
+        counts = import_sqlite(from_sqlite, settings.database_url)
+        total = sum(counts.values())
+        click.echo(f"copied {total} rows in {len(counts)} tables from {from_sqlite}")
+        for name, n in counts.items():
+            if n:
+                click.echo(f"  {name}: {n}")
+        return
+    with data_dir_errors(settings.data_dir):
+        before, after = upgrade_url(settings.database_url)
+    if before == after:
+        click.echo(f"database already at schema version {after}")
+    else:
+        click.echo(f"database upgraded from schema version {before} to {after}")
+
+
+@cli.command()
+@settings_options
+@click.option(
+    "--role",
+    type=click.Choice(["all", "api", "ingest", "worker"]),
+    default="all",
+    show_default=True,
+    envvar="FLEET_ROLE",
+    help="What this process runs: all of it, or (PostgreSQL only) the REST API, the "
+    "ingest worker, or the singletons (rollouts, training, TUF re-signing, retention).",
+)
+def run(config: Path | None, data_dir: Path | None, role: str) -> None:
     """Run the server: managed broker, ingest, REST API (until SIGTERM/SIGINT)."""
     from .server import FleetServer
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
     logs.configure(settings.log_level, settings.log_format)
     with data_dir_errors(settings.data_dir):
-        server = FleetServer(settings)
+        server = FleetServer(settings, role=role)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with data_dir_errors(settings.data_dir):
         server.start()
-    click.echo(f"fleet server running; API {settings.api_url}  (Ctrl-C to stop)")
+    serving = f"API {settings.api_url}" if server.parts.api else "no API"
+    click.echo(f"fleet server running (role {role}); {serving}  (Ctrl-C to stop)")
     try:
         while not (stop.wait(0.5) or server.failed.is_set()):
             pass
@@ -94,6 +150,26 @@ def run(config: Path | None, data_dir: Path | None) -> None:
         server.stop()
     if server.failure:
         raise BrokerError(f"fleet server stopped: {server.failure}")
+
+
+@cli.command("broker-config")
+@settings_options
+def broker_config(config: Path | None, data_dir: Path | None) -> None:
+    """Write mosquitto.conf, ACL and CRL for a broker run beside the server (compose).
+
+    The files go to the data dir's broker/ and configure mosquitto like the managed
+    broker, with every broker.replicas identity allowed to see the fleet.
+
+    \b
+    Example:
+      fleet-server broker-config && exec mosquitto -c /var/lib/fleet/broker/mosquitto.conf
+    """
+    from .broker_files import write_broker_files
+
+    settings = load_cli_settings(ServerSettings, config, data_dir)
+    with data_dir_errors(settings.data_dir):
+        conf = write_broker_files(settings)
+    click.echo(str(conf))
 
 
 @cli.group()
@@ -126,15 +202,15 @@ def reset_password_cmd(
     """
     from .local_accounts import reset_password
     from .preflight import check_data_dir
-    from .store import open_store
+    from .store import database_exists, open_store
 
     settings = load_cli_settings(ServerSettings, config, data_dir)
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     with data_dir_errors(settings.data_dir):
         check_data_dir(settings.data_dir, create=False)
-        if not settings.database.exists():
+        if not database_exists(settings.database_url):
             raise ConfigError(f"{settings.data_dir} has no database; run `fleet-server init` first")
-        store = open_store(settings.database)
+        store = open_store(settings.database_url)
         try:
             done = reset_password(store, username, password, enable=enable)
         finally:
@@ -164,7 +240,9 @@ def demo(
     """The whole loop: serve, label, drift, train federatedly, sign, roll out, summarize."""
     import dataclasses
 
-    from .demo import Options, run_demo
+    # The demo runs agents, so it lives outside the server package (which never
+    # imports the agent); the command stays here and loads it only when run.
+    from edgefleet_demo import Options, run_demo
 
     options = Options.quick(devices) if quick else Options(devices=devices)
     options = dataclasses.replace(

@@ -23,6 +23,8 @@ import numpy.typing as npt
 
 from edgefleet_contract.drifttest import compare
 
+from .versions import version_key
+
 ALPHA = 0.01
 
 
@@ -82,7 +84,9 @@ def cohort_views(
         versions[(w.model, w.version)].append(w)
     return [
         _view(model, version, group, cohort_of, by)
-        for (model, version), group in sorted(versions.items())
+        for (model, version), group in sorted(
+            versions.items(), key=lambda item: (item[0][0], version_key(item[0][1]))
+        )
     ]
 
 

@@ -106,6 +106,7 @@ class Enrollment:
         token_ttl_s: float,
         cert_validity_s: float,
         on_revoke: Callable[[bytes], None] | None = None,
+        on_admit: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -113,6 +114,8 @@ class Enrollment:
         self._token_ttl = token_ttl_s
         self._validity = cert_validity_s
         self._on_revoke = on_revoke
+        self._on_admit = on_admit
+        """Makes a newly certified device's identity and rights effective on the broker."""
         self._clock = clock
 
     def add_device(self, device_id: str, *, name: str, tags: dict[str, str]) -> IssuedToken:
@@ -160,6 +163,8 @@ class Enrollment:
         device_id = self._store.take_enrollment_token(hash_token(token), now)
         issued = self._ca.sign_device_csr(csr_pem, device_id, validity_s=self._validity, now=now)
         self._store.add_certificate(device_id, issued.serial, issued.not_after, now)
+        if self._on_admit is not None:
+            self._on_admit(device_id)
         log.info("enrolled device %s (certificate serial %x)", device_id, issued.serial)
         return IssuedCert(device_id, issued.pem.decode(), self._ca.pem.decode(), issued.not_after)
 

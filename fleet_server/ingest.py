@@ -33,7 +33,7 @@ from edgefleet_contract.messages import (
     Telemetry,
 )
 
-from .metrics import Registry
+from .metrics import Metrics
 from .quota import DeviceQuota
 from .ratelimit import LogThrottle
 from .store.base import Store
@@ -108,7 +108,7 @@ class Ingest:
         store: Store,
         *,
         codec: Codec | None = None,
-        registry: Registry | None = None,
+        metrics: Metrics | None = None,
         queue_size: int = 50_000,
         batch_size: int = 500,
         acker: Callable[[Inbound], None] | None = None,
@@ -131,7 +131,7 @@ class Ingest:
         self._known: set[str] = set()
         self._throttle = LogThrottle(log, interval_s=10.0)
         self._last_lag = 0.0
-        reg = registry or Registry()
+        self.metrics = reg = metrics or Metrics()
         self.m_received = reg.counter("edgefleet_ingest_received_total", "Messages received")
         self.m_batches = reg.counter(
             "edgefleet_ingest_telemetry_batches_total", "Telemetry batches stored"
@@ -216,7 +216,7 @@ class Ingest:
         batch = plan(self._within_quota(items), self.codec)
         self._drop_unknown_devices(batch)
         for rejected in batch.rejected:
-            self.m_rejected.inc(1, rejected.reason.value)
+            self.m_rejected.labels(rejected.reason.value).inc()
             self._throttle.warning(rejected.reason.value, "%s", rejected)
         delay = 0.1
         while True:
@@ -246,7 +246,7 @@ class Ingest:
             if parsed is not None and parsed.channel is topics.Channel.TELEMETRY:
                 why = self.quota.admit(parsed.device_id, len(item.payload))
                 if why is not None:
-                    self.m_rejected.inc(1, "quota")
+                    self.m_rejected.labels("quota").inc()
                     self._throttle.warning(
                         f"quota:{parsed.device_id}",
                         "telemetry from %s refused (quota): %s",
@@ -285,7 +285,7 @@ class Ingest:
         if not unknown:
             return
         for device_id in unknown:
-            self.m_rejected.inc(1, "unknown_device")
+            self.m_rejected.labels("unknown_device").inc()
             self._throttle.warning("unknown_device", "message from unknown device %s", device_id)
         batch.telemetry = [t for t in batch.telemetry if t.device_id not in unknown]
         batch.acks = [a for a in batch.acks if a.device_id not in unknown]
@@ -303,10 +303,6 @@ class Ingest:
             return False
         self._known.add(device_id)
         return True
-
-    def set_device_hook(self, hook: Hook) -> None:
-        """Called with a device id after its presence or reported state was written."""
-        self._on_device_update = hook
 
     def forget(self, device_id: str) -> None:
         """Drop a device from the known-device cache (after deletion)."""

@@ -3,21 +3,27 @@
 It subscribes to every upstream channel with QoS 1 on a persistent session
 (``clean_start=False``), so messages published while the server is down are
 queued by the broker and delivered when it returns.  It acknowledges them only
-after the ingest writer has committed them (manual acks).
+after the ingest writer has committed them (manual acks).  With several ingest
+processes the filters are MQTT 5 shared subscriptions (``$share/ingest/...``):
+the broker gives each message to one member, and redelivers what a member that
+died had not acknowledged to another.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import paho.mqtt.client as paho
 
+from edgefleet_common.mqtt import Endpoint, MqttSession
 from edgefleet_contract import topics
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.errors import LinkError
 from edgefleet_contract.messages import Command
-from edgefleet_contract.mqtt import Endpoint, MqttSession
 from edgefleet_contract.topics import Channel
 
 from .config import SERVER_IDENTITY
@@ -34,6 +40,7 @@ class ServerLink(MqttSession):
         *,
         client_id: str = SERVER_IDENTITY,
         codec: Codec | None = None,
+        subscriptions: Sequence[str] | None = None,
     ) -> None:
         # A short loop timeout: acks are handed to the network thread and should not
         # wait long for it to wake, or the broker's in-flight window throttles ingest.
@@ -42,9 +49,32 @@ class ServerLink(MqttSession):
         )
         self._ingest = ingest
         self._codec = codec or ingest.codec
+        self.subscriptions = (
+            list(subscriptions)
+            if subscriptions is not None
+            else [topics.subscription(ch) for ch in sorted(topics.UPSTREAM)]
+        )
+        """Topic filters (QoS 1); ``$share/<group>/...`` ones when ingest is shared
+        between processes (:func:`fleet_server.roles.subscriptions`)."""
+        self.subscribed = threading.Event()
+        """Set once the broker granted the subscriptions of the current connection."""
+        self._client.on_subscribe = self._handle_suback
 
     def _on_connected(self) -> None:
-        self.subscribe([(topics.subscription(ch), 1) for ch in sorted(topics.UPSTREAM)])
+        self.subscribed.clear()
+        if self.subscriptions:
+            self.subscribe([(f, 1) for f in self.subscriptions])
+        else:
+            self.subscribed.set()
+
+    def _handle_suback(
+        self, client: paho.Client, userdata: object, mid: int, codes: list[Any], props: object
+    ) -> None:
+        refused = [str(c) for c in codes if getattr(c, "is_failure", False)]
+        if refused:
+            log.error("the broker refused the server's subscriptions: %s", ", ".join(refused))
+            return
+        self.subscribed.set()
 
     def _on_message(self, message: paho.MQTTMessage) -> None:
         self._ingest.offer(

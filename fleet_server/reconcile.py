@@ -8,16 +8,11 @@ online and is behind, it is told again — at most once per interval.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
-from edgefleet_contract.errors import EdgefleetError
-
-from .store.base import CommandRecord, Store
-from .twin import CommandSender, desired_command, needs_resend
-
-log = logging.getLogger(__name__)
+from .store.base import Store
+from .twin import CommandSender, Twin, needs_resend
 
 
 class Reconciler:
@@ -30,7 +25,7 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._sender = sender
+        self._twin = Twin(store, sender, clock=clock)
         self._interval = min_interval_s
         self._clock = clock
         self._last: dict[str, tuple[int, float]] = {}
@@ -47,20 +42,5 @@ class Reconciler:
             and now - last[1] < self._interval
         ):
             return
-        command = desired_command(device.desired, now=now)
-        try:
-            self._sender.send_command(device_id, command)
-        except EdgefleetError as exc:
-            log.warning("could not re-send desired state to %s: %s", device_id, exc)
-            return
-        self._last[device_id] = (device.desired.version, now)
-        self._store.add_command(
-            CommandRecord(
-                id=command.id,
-                device_id=device_id,
-                name=command.name,
-                args=command.args,
-                created_at=now,
-                actor="reconciler",
-            )
-        )
+        if self._twin.resend(device_id, device.desired, actor="reconciler"):
+            self._last[device_id] = (device.desired.version, now)

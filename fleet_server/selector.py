@@ -14,7 +14,9 @@ Grammar (keywords case-insensitive)::
 Keys: ``tag:k`` (present), ``tag:k=v``, ``tag:k!=v``; ``group:g``; ``id:glob``;
 ``model:name``, ``model:name@1.2.0``, ``model:name<2.0`` (any of < <= > >= = !=);
 ``firmware:OPv``, ``agent:OPv``; ``hardware:x``, ``health:x``, ``state:x``.
-Versions compare numerically part by part (1.10 > 1.9).  Parsing is pure and
+Versions compare as :func:`~.versions.version_key` orders them (1.10 > 1.9, 1.3.0-rc1 <
+1.3.0; build metadata does not count); a version to compare with must be one it
+can read.  Parsing is pure and
 its errors point at the column and say what was expected.  Nesting (``(`` and
 ``not``) is limited to :data:`MAX_DEPTH` levels: the parser and the predicate
 it builds recurse, and a selector is input from anyone with the viewer role.
@@ -30,24 +32,23 @@ from dataclasses import dataclass
 
 from edgefleet_contract.errors import SelectorError
 
+from .store._conn import Dialect
 from .store.base import Device
+from .versions import parse_version, version_key
 
 Predicate = Callable[[Device], bool]
+SqlPart = Callable[[Dialect], tuple[str, list[object]]]
 
 _TOKEN = re.compile(r"\s*(?:(\()|(\))|([A-Za-z_]+:[^\s()]*)|([A-Za-z_]+)|(\S))")
 _OPS = ("<=", ">=", "!=", "<", ">", "=")
 MAX_DEPTH = 32
+__all__ = ["KEYS", "MAX_DEPTH", "Selector", "parse", "version_key"]
 KEYS = ("tag", "group", "id", "model", "firmware", "agent", "hardware", "health", "state")
 
 
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    parts = re.split(r"[.\-+]", version)
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p)
-
-
 def _compare(op: str, left: str | None, right: str) -> bool:
-    if left is None:
-        return False
+    if left is None or parse_version(left) is None:
+        return False  # no version, or one that cannot be ordered: matches no comparison
     a, b = version_key(left), version_key(right)
     return {
         "<": a < b,
@@ -67,12 +68,71 @@ def _split_op(text: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class _Cond:
+    """One parsed condition: as a Python predicate and as a SQL predicate over ``devices``."""
+
+    pred: Predicate
+    sql: SqlPart
+
+
+def _sql(text: str, *params: object) -> SqlPart:
+    return lambda _d: (text, list(params))
+
+
+def _join(op: str, parts: list[_Cond]) -> _Cond:
+    def sql(d: Dialect) -> tuple[str, list[object]]:
+        texts, params = [], []
+        for p in parts:
+            t, ps = p.sql(d)
+            texts.append(f"({t})")
+            params.extend(ps)
+        return f" {op} ".join(texts), params
+
+    if op == "OR":
+        return _Cond(lambda dev: any(p.pred(dev) for p in parts), sql)
+    return _Cond(lambda dev: all(p.pred(dev) for p in parts), sql)
+
+
+def _not(inner: _Cond) -> _Cond:
+    def sql(d: Dialect) -> tuple[str, list[object]]:
+        t, ps = inner.sql(d)
+        return f"NOT COALESCE(({t}), FALSE)", ps
+
+    return _Cond(lambda dev: not inner.pred(dev), sql)
+
+
+def _column_is(column: str, value: str) -> _Cond:
+    return _Cond(lambda d: _field(d, column) == value, _sql(f"{column} = ?", value))
+
+
+def _version(column: str, op: str, version: str) -> SqlPart:
+    """``column OP version`` compared part by part, as :func:`_compare` does."""
+    return lambda d: (f"{d.version_cmp(column)} {_SQL_CMP[op]}", [version])
+
+
+_SQL_CMP = {"<": "< 0", "<=": "<= 0", ">": "> 0", ">=": ">= 0", "=": "= 0", "!=": "<> 0"}
+
+
+@dataclass(frozen=True)
 class Selector:
+    """A parsed selector: ``matches`` tests one device, ``sql`` filters the devices table."""
+
     source: str
-    predicate: Predicate
+    cond: _Cond
 
     def matches(self, device: Device) -> bool:
-        return self.predicate(device)
+        return self.cond.pred(device)
+
+    def sql(self, dialect: Dialect) -> tuple[str, list[object]]:
+        """A WHERE predicate (``?`` placeholders) and its parameters, for ``dialect``.
+
+        A NULL (a device without the fact) counts as not matching, as in ``matches``."""
+        text, params = self.cond.sql(dialect)
+        return f"COALESCE(({text}), FALSE)", params
+
+    def __and__(self, other: Selector) -> Selector:
+        both = _join("AND", [self.cond, other.cond])
+        return Selector(f"({self.source}) and ({other.source})", both)
 
 
 class _Parser:
@@ -92,6 +152,11 @@ class _Parser:
                 break
         self.i = 0
         self.depth = 0
+
+    def _check_version(self, version: str, after: str) -> None:
+        if parse_version(version) is None:
+            self.i -= 1
+            raise self.fail(f"a version after '{after}' ({version!r} is not one, e.g. 1.2.0)")
 
     def fail(self, expected: str) -> SelectorError:
         if self.i < len(self.tokens):
@@ -113,7 +178,7 @@ class _Parser:
             return True
         return False
 
-    def parse(self) -> Predicate:
+    def parse(self) -> _Cond:
         if not self.tokens:
             raise SelectorError("the selector is empty; use 'all' to choose every device")
         pred = self.expr()
@@ -121,23 +186,23 @@ class _Parser:
             raise self.fail("'and', 'or' or the end")
         return pred
 
-    def expr(self) -> Predicate:
+    def expr(self) -> _Cond:
         parts = [self.conj()]
         while self.word("or"):
             parts.append(self.conj())
-        return parts[0] if len(parts) == 1 else (lambda d: any(p(d) for p in parts))
+        return parts[0] if len(parts) == 1 else _join("OR", parts)
 
-    def conj(self) -> Predicate:
+    def conj(self) -> _Cond:
         parts = [self.unary()]
         while self.word("and"):
             parts.append(self.unary())
-        return parts[0] if len(parts) == 1 else (lambda d: all(p(d) for p in parts))
+        return parts[0] if len(parts) == 1 else _join("AND", parts)
 
-    def unary(self) -> Predicate:
+    def unary(self) -> _Cond:
         if self.word("not"):
             with self._nested():
                 inner = self.unary()
-            return lambda d: not inner(d)
+            return _not(inner)
         tok = self.peek()
         if tok is None:
             raise self.fail("a condition")
@@ -153,9 +218,9 @@ class _Parser:
         if kind == "word" and value.lower() in ("all", "online", "offline"):
             self.i += 1
             return {
-                "all": lambda d: True,
-                "online": lambda d: d.online,
-                "offline": lambda d: not d.online,
+                "all": _Cond(lambda d: True, _sql("1 = 1")),
+                "online": _Cond(lambda d: d.online, _sql("online = 1")),
+                "offline": _Cond(lambda d: not d.online, _sql("online = 0")),
             }[value.lower()]
         if kind == "term":
             self.i += 1
@@ -173,7 +238,7 @@ class _Parser:
         finally:
             self.depth -= 1
 
-    def term(self, text: str) -> Predicate:
+    def term(self, text: str) -> _Cond:
         key, _, value = text.partition(":")
         key = key.lower()
         if key not in KEYS:
@@ -183,19 +248,16 @@ class _Parser:
             self.i -= 1
             raise self.fail(f"a value after '{key}:'")
         if key == "tag":
-            for op in ("!=", "="):
-                if op in value:
-                    k, v = value.split(op, 1)
-                    if op == "=":
-                        return lambda d: d.tags.get(k) == v
-                    return lambda d: d.tags.get(k) != v
-            return lambda d: value in d.tags
+            return _tag(value)
         if key == "group":
-            return lambda d: value in d.groups
+            return _Cond(lambda d: value in d.groups, lambda d: (d.array_has("groups"), [value]))
         if key == "id":
-            return lambda d: fnmatch.fnmatchcase(d.id, value)
+            return _Cond(
+                lambda d: fnmatch.fnmatchcase(d.id, value),
+                lambda d: (d.glob("id"), [d.glob_param(value)]),
+            )
         if key in ("hardware", "health", "state"):
-            return lambda d: _field(d, key) == value
+            return _column_is(key, value)
         if key == "model":
             m = re.fullmatch(r"([A-Za-z0-9_.\-]+?)(?:@(.+)|(<=|>=|!=|<|>|=)(.+))?", value)
             if m is None:
@@ -204,16 +266,42 @@ class _Parser:
             name, exact, op, ver = m.groups()
             if exact:
                 op, ver = "=", exact
-            return lambda d: (
-                _model_name(d) == name
-                and (op is None or _compare(op, _field(d, "model_version"), ver))
+            named = _Cond(lambda d: _model_name(d) == name, _sql("model_name = ?", name))
+            if op is None or ver is None:
+                return named
+            self._check_version(ver, f"model:{name}{'@' if exact else op}")
+            versioned = _Cond(
+                lambda d: _compare(op, _field(d, "model_version"), ver),
+                _version("model_version", op, ver),
             )
+            return _join("AND", [named, versioned])
         op, ver = _split_op(value)
         if not ver:
             self.i -= 1
             raise self.fail(f"a version after '{key}:{op}'")
+        self._check_version(ver, f"{key}:{op}")
         field = "firmware" if key == "firmware" else "agent"
-        return lambda d: _compare(op, _field(d, field), ver)
+        column = "firmware_version" if key == "firmware" else "agent_version"
+        return _Cond(lambda d: _compare(op, _field(d, field), ver), _version(column, op, ver))
+
+
+def _tag(value: str) -> _Cond:
+    op = "!=" if "!=" in value else "="
+    if op not in value:
+        return _Cond(lambda d: value in d.tags, lambda d: (d.has_key("tags"), [d.key_param(value)]))
+    k, v = value.split(op, 1)
+    if op == "=":
+        return _Cond(
+            lambda d: d.tags.get(k) == v,
+            lambda d: (f"{d.json_key('tags')} = ?", [d.key_param(k), v]),
+        )
+    return _Cond(
+        lambda d: d.tags.get(k) != v,
+        lambda d: (
+            f"{d.json_key('tags')} IS NULL OR {d.json_key('tags')} <> ?",
+            [d.key_param(k), d.key_param(k), v],
+        ),
+    )
 
 
 def _model_name(d: Device) -> str | None:

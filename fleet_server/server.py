@@ -18,29 +18,35 @@ from pathlib import Path
 
 import uvicorn
 
-from edgefleet_contract.errors import ConfigError, NotFound
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
-from edgefleet_contract.private import private_dir
+from edgefleet_common.mqtt import TlsFiles
+from edgefleet_common.private import private_dir
+from edgefleet_contract.errors import BrokerError, ConfigError, NotFound
 
 from .api import ApiContext, create_app
 from .auth import hash_password, verify_password
 from .broker import BrokerLayout, ManagedBroker
+from .broker_control import make_control
 from .config import SERVER_IDENTITY, ServerSettings
 from .enrollment import Enrollment
+from .events import DeviceEvents
 from .federation.release import release_candidate
 from .federation.wiring import make_training
 from .ingest import Ingest
 from .link import ServerLink
-from .metrics import Registry
+from .metrics import Metrics
 from .pki import FleetCA, write_private
 from .preflight import check_data_dir, check_port
 from .quota import DeviceQuota, Rate
 from .reconcile import Reconciler
-from .registry import BlobStore, DeltaCache
-from .registry import Registry as ArtifactRegistry
+from .registry import ArtifactRegistry, BlobStore, DeltaCache
 from .registry.cards import calibration_of
+from .retention import RetentionTimer
+from .roles import check_role, lease_factory, replica_client_cert, singletons
+from .roles import subscriptions as role_subscriptions
+from .rollouts.artifacts import RegistryResolver
 from .rollouts.driver import RolloutDriver
-from .store import open_store
+from .selector import parse as parse_selector
+from .store import database_exists, is_postgres, open_store
 from .store.base import Store
 from .tuf import TufRepository
 from .tuf.bootstrap import initialize_tuf, tuf_lifetimes
@@ -120,7 +126,7 @@ def initialize(settings: ServerSettings, *, admin_password: str | None = None) -
         layout.client_cert.write_bytes(cert)
         write_private(layout.client_key, key)
     initialize_tuf(settings)
-    store = open_store(settings.database)
+    store = open_store(settings.database_url)
     try:
         if store.list_users():
             _keep_admin_password(store, settings, admin_password)
@@ -164,49 +170,66 @@ def _is_ip(value: str) -> bool:
 
 
 class FleetServer:
-    def __init__(self, settings: ServerSettings) -> None:
+    """Every part of the server, each built from parts that already exist.
+
+    Device events (ingest's "stored", "device updated", "frame") go through one
+    :class:`~fleet_server.events.DeviceEvents` made before ingest; the link,
+    the rollout driver, the reconciler and training subscribe once built.
+    """
+
+    def __init__(self, settings: ServerSettings, *, role: str = "all") -> None:
         self.settings = settings
+        self.role = role
+        url = settings.database_url
+        self.postgres_url = url if is_postgres(url) else None
+        self.parts = check_role(role, self.postgres_url)
+        self.shared = self.postgres_url is not None
+        """Other fleet-server processes may share the store (see fleet_server.roles)."""
         self.layout = Layout(settings.data_dir)
-        check_data_dir(settings.data_dir, create=False)
-        if not (self.layout.ca / "ca.key").exists() or not settings.database.exists():
-            raise ConfigError(
-                f"{settings.data_dir} is not initialized; run `fleet-server init` first"
-            )
-        self.registry = Registry()
+        self._check_initialized()
+        self.metrics = Metrics()
         private_dir(settings.data_dir)  # even if it existed before with a wider mode
-        self.store: Store = open_store(settings.database)
+        self.store: Store = open_store(settings.database_url)
         self.ca = FleetCA.load(self.layout.ca)
-        self.broker: ManagedBroker | None = None
-        if settings.broker.mode == "managed":
-            self.broker = ManagedBroker(
-                self.layout.broker,
-                ca_file=self.ca.cert_file,
-                bind=settings.broker.bind,
-                port=settings.broker.port,
-                mosquitto_bin=settings.broker.mosquitto_bin,
-                max_connections=settings.broker.max_connections,
-                on_give_up=self._fail,
-            )
+        self.control = make_control(
+            settings.broker,
+            self.layout.broker,
+            self.ca.cert_file,
+            on_give_up=self._fail,
+            servers=[f"{SERVER_IDENTITY}.{r}" for r in settings.broker.replicas],
+        )
+        self.broker: ManagedBroker | None = self.control.managed
         self.enrollment = Enrollment(
             self.store,
             self.ca,
             token_ttl_s=settings.enrollment.token_ttl_s,
             cert_validity_s=settings.enrollment.cert_validity_s,
             on_revoke=self._apply_revocation,
+            on_admit=self.control.admit,
         )
+        self.events = DeviceEvents()
         self.ingest = Ingest(
             self.store,
-            registry=self.registry,
+            metrics=self.metrics,
             queue_size=settings.telemetry.queue_size,
             batch_size=settings.telemetry.batch_size,
-            acker=lambda item: self.link.acknowledge(item),
-            on_frame=lambda device_id, frame: self.training.deliver(device_id, frame),
+            acker=self.events.stored,
+            on_device_update=self.events.updated,
+            on_frame=self.events.frames,
             quota=telemetry_quota(settings),
         )
-        if not (self.layout.tuf / "metadata" / "1.root.json").exists():
-            raise ConfigError(
-                f"{settings.data_dir} has no TUF repository; run `fleet-server init` again"
-            )
+        client = self._client_tls()
+        self.upstream = self.control.upstream(self.ingest, client) if self.parts.ingest else None
+        """The engine's own consumer of device messages, when it has one (else the link)."""
+        self.link = ServerLink(
+            self.control.server_endpoint(client),
+            self.ingest,
+            client_id=settings.mqtt_identity,
+            subscriptions=(
+                [] if self.upstream is not None
+                else role_subscriptions(self.parts, shared=self.shared)
+            ),
+        )
         self.tuf = TufRepository(self.layout.tuf, lifetimes=tuf_lifetimes(settings))
         self.artifacts = ArtifactRegistry(
             self.store, BlobStore(self.layout.artifacts), tuf=self.tuf
@@ -214,108 +237,148 @@ class FleetServer:
         self.deltas = DeltaCache(self.artifacts.blobs, self.layout.root / "deltas")
         self.artifacts.on_added.append(self.deltas.on_registered(self.artifacts))
         self.tuf_timer = ResignTimer(self.tuf)
-        self.registry.gauge(
-            "edgefleet_tuf_timestamp_expires_in_seconds",
-            "Seconds until the published TUF timestamp expires (devices refuse it then)",
-            fn=lambda: [((), self.tuf.timestamp().signed.expires.timestamp() - time.time())],
-        )
-        self.link = ServerLink(self._endpoint(), self.ingest)
+        self.rollouts = self._rollout_driver()
         self.reconciler = Reconciler(self.store, self.link)
-        self.ingest.set_device_hook(self._device_updated)
         self.training = make_training(
             settings,
             self.store,
             self.link,
-            registry=self.registry,
+            metrics=self.metrics,
             on_candidate=self._register_candidate,
             artifacts=self.artifacts,
+            shared=self.shared,
         )
-        self.rollouts = RolloutDriver(self.store, self.link)
-        self.rollouts.calibrations = functools.partial(
-            calibration_of,
-            lambda name, version: (
-                self.store.find_artifacts(kind="model", name=name, version=version, limit=20).items
-            ),
-            self.artifacts.cards,
-            self.artifacts.blob,
-        )
-        self.registry.gauge(
-            "edgefleet_broker_connected",
-            "1 when the server's MQTT session is up",
-            fn=lambda: [((), 1.0 if self.link.connected.is_set() else 0.0)],
-        )
-        self.registry.gauge(
-            "edgefleet_broker_restarts_total",
-            "Times the managed broker was restarted",
-            fn=lambda: [((), float(self.broker.restarts if self.broker else 0))],
-        )
+        self.events.stored.subscribe((self.upstream or self.link).acknowledge)
+        self.events.updated.subscribe(self.rollouts.device_updated)
+        self.events.updated.subscribe(self.reconciler)
+        self.events.updated.subscribe(self.training.device_changed)
+        self.events.frames.subscribe(self.training.deliver)
         self.app = create_app(
             ApiContext(
                 settings=settings,
                 store=self.store,
                 enrollment=self.enrollment,
                 commands=self.link,
-                metrics=self.registry.render,
+                metrics=self.metrics.render,
                 training=self.training,
-                registry=self.artifacts,
+                artifacts=self.artifacts,
                 tuf=self.tuf,
                 deltas=self.deltas,
                 rollouts=self.rollouts,
             )
         )
-        # The artifact registry, when the API context carries one, also resolves what a
-        # device ran before a rollout (for rollbacks).
-        self.rollouts.resolver = getattr(self.app.state.ctx, "registry", None)
-        self.registry.gauge(
+        self._register_gauges()
+        self._http: uvicorn.Server | None = None
+        self.presence_sweep_s = 10.0
+        """How often a broker that cannot publish every Last Will is asked who is connected."""
+        self.failed = threading.Event()
+        """Set when a part the server cannot run without gave up (see ``failure``)."""
+        self.failure: str | None = None
+        self.retention = RetentionTimer(self.store, settings.telemetry)
+        self.singletons = singletons(
+            lease_factory(self.postgres_url, replica=settings.mqtt_identity),
+            rollouts=self.rollouts,
+            training=self.training,
+            tuf_timer=self.tuf_timer,
+            retention=self.retention,
+            shared=self.shared,
+        )
+        self._http_thread: threading.Thread | None = None
+
+    @property
+    def maintenance_interval_s(self) -> float:
+        """How often the retention pass runs (read before each wait)."""
+        return self.retention.interval_s
+
+    @maintenance_interval_s.setter
+    def maintenance_interval_s(self, value: float) -> None:
+        self.retention.interval_s = value
+
+    def _check_initialized(self) -> None:
+        settings = self.settings
+        check_data_dir(settings.data_dir, create=False)
+        if not (self.layout.ca / "ca.key").exists() or not database_exists(settings.database_url):
+            raise ConfigError(
+                f"{settings.data_dir} is not initialized; run `fleet-server init` first"
+            )
+        if not (self.layout.tuf / "metadata" / "1.root.json").exists():
+            raise ConfigError(
+                f"{settings.data_dir} has no TUF repository; run `fleet-server init` again"
+            )
+
+    def _rollout_driver(self) -> RolloutDriver:
+        """The driver resolves what a device ran before (for rollbacks) through the registry
+        and reads each model version's calibration from its package card."""
+        return RolloutDriver(
+            self.store,
+            self.link,
+            shared=self.shared,
+            resolver=RegistryResolver(self.artifacts),
+            calibrations=functools.partial(
+                calibration_of,
+                lambda name, version: (
+                    self.store.find_artifacts(
+                        kind="model", name=name, version=version, limit=20
+                    ).items
+                ),
+                self.artifacts.cards,
+                self.artifacts.blob,
+            ),
+        )
+
+    def _register_gauges(self) -> None:
+        self.metrics.gauge(
+            "edgefleet_tuf_timestamp_expires_in_seconds",
+            "Seconds until the published TUF timestamp expires (devices refuse it then)",
+            fn=lambda: [((), self.tuf.timestamp().signed.expires.timestamp() - time.time())],
+        )
+        self.metrics.gauge(
+            "edgefleet_broker_connected",
+            "1 when the server's MQTT session is up",
+            fn=lambda: [((), 1.0 if self.link.connected.is_set() else 0.0)],
+        )
+        self.metrics.counted(
+            "edgefleet_broker_restarts_total",
+            "Times the managed broker was restarted",
+            fn=lambda: [((), float(self.control.restarts))],
+        )
+        self.metrics.gauge(
+            "edgefleet_broker_nodes_running",
+            "Broker nodes up, as the broker-control seam sees them (cluster: per its API)",
+            fn=lambda: [((), self._broker_nodes_running())],
+        )
+        self.metrics.gauge(
             "edgefleet_rollouts_live",
             "Rollouts the driver is running (including paused and halted ones)",
             fn=lambda: [((), float(self.rollouts.live_count))],
         )
-        self.registry.gauge(
+        self.metrics.counted(
             "edgefleet_rollout_errors_total",
             "Rollout events that failed and were retried from the last save",
             fn=lambda: [((), float(self.rollouts.errors))],
         )
-        self.registry.gauge(
+        self.metrics.gauge(
             "edgefleet_devices_online",
             "Devices whose last status is online",
             fn=lambda: [((), float(self.store.count_online()))],
         )
-        self._http: uvicorn.Server | None = None
-        self.failed = threading.Event()
-        """Set when a part the server cannot run without gave up (see ``failure``)."""
-        self.failure: str | None = None
-        self._maintenance = threading.Event()
-        self.maintenance_interval_s = 600.0
-        """How often the retention pass runs (read before each wait)."""
-        self._maintenance_thread: threading.Thread | None = None
-        self._http_thread: threading.Thread | None = None
 
-    def _device_updated(self, device_id: str) -> None:
-        self.rollouts.device_updated(device_id)
-        self.reconciler(device_id)
-        self.training.device_changed(device_id)
+    def _broker_nodes_running(self) -> float:
+        try:
+            health = self.control.health()
+        except BrokerError:
+            return 0.0
+        running = health.get("running", 1 if health.get("up", True) else 0)
+        return float(running) if isinstance(running, int | float) else 0.0
 
-    def _endpoint(self) -> Endpoint:
-        b = self.settings.broker
-        if b.mode == "managed":
-            tls = TlsFiles(self.ca.cert_file, self.layout.client_cert, self.layout.client_key)
-            return Endpoint("127.0.0.1", b.port, tls, protocol=b.protocol)
-        if b.tls and b.ca_file is None:
-            raise ConfigError("broker.ca_file is required for a TLS external broker")
-        external_tls = (
-            TlsFiles(b.ca_file, self.layout.client_cert, self.layout.client_key)
-            if b.tls and b.ca_file
-            else None
-        )
-        return Endpoint(
-            b.host,
-            b.port,
-            external_tls,
-            protocol=b.protocol,
-            username=b.username,
-            password=b.password.get_secret_value() if b.password else None,
-        )
+    def _client_tls(self) -> TlsFiles:
+        """The server's own MQTT client certificate (a replica's own, when it is one)."""
+        cert, key = self.layout.client_cert, self.layout.client_key
+        if self.settings.replica:
+            cert, key = replica_client_cert(
+                self.ca, self.settings.data_dir, self.settings.mqtt_identity
+            )
+        return TlsFiles(self.ca.cert_file, cert, key)
 
     def _register_candidate(self, path: Path, lineage: dict[str, object]) -> None:
         """A federated run's winning candidate enters the registry as a signed TUF target."""
@@ -326,26 +389,21 @@ class FleetServer:
             release_candidate(self.rollouts, artifact, lineage)
 
     def _apply_revocation(self, crl_pem: bytes) -> None:
-        if self.broker is None:
-            log.warning(
-                "external broker: install the new CRL there yourself (%s)", self.layout.broker.crl
-            )
-            self.layout.broker.directory.mkdir(parents=True, exist_ok=True)
-            self.layout.broker.crl.write_bytes(crl_pem)
-            return
         revoked = self._revoked_ids()
-        self.broker.configure(crl_pem=crl_pem, revoked=revoked)
-        self.broker.reload()
-        # The broker re-reads CRL and ACL on SIGHUP: a revoked device that is still
-        # connected is denied everything, but its Last Will never fires.  It is
-        # offline as far as the fleet is concerned.
+        self.control.revoke(crl_pem=crl_pem, revoked=revoked)
+        # A revoked device that is still connected is denied everything (or cut off),
+        # and its Last Will may never fire: it is offline as far as the fleet is concerned.
         now = time.time()
         for device_id in revoked:
             self.store.set_presence(device_id, online=False, ts=now)
 
     def _revoked_ids(self) -> list[str]:
-        page = self.store.list_devices(limit=1_000_000)
-        return [d.id for d in page.items if d.state in ("revoked", "decommissioned")]
+        gone = parse_selector("state:revoked or state:decommissioned")
+        return [d.id for d in self.store.all_devices(where=gone)]
+
+    def _active_ids(self) -> list[str]:
+        active = parse_selector("not (state:revoked or state:decommissioned)")
+        return [d.id for d in self.store.all_devices(where=active)]
 
     # ------------------------------------------------------------ lifecycle --
 
@@ -366,35 +424,38 @@ class FleetServer:
 
     def _check_ports(self) -> None:
         api = self.settings.api
-        check_port(api.host, api.port, setting="api.port", env="FLEET_API__PORT", what="API")
-        b = self.settings.broker
-        if self.broker is not None:
-            self.broker.end_stale()  # a broker a killed server left on this data dir
-            check_port(
-                b.bind, b.port, setting="broker.port", env="FLEET_BROKER__PORT", what="broker"
-            )
+        if self.parts.api:
+            check_port(api.host, api.port, setting="api.port", env="FLEET_API__PORT", what="API")
+        self.control.check_ports()
 
     def _fail(self, reason: str) -> None:
         self.failure = reason
         self.failed.set()
 
     def _start_parts(self) -> None:
-        if self.broker is not None:
-            self.broker.configure(crl_pem=self.enrollment.crl(), revoked=self._revoked_ids())
-            self.broker.start()
-        # Presence in the database may be stale from before a restart; the broker's
-        # retained status messages re-deliver the truth as soon as we subscribe.
-        self.store.reset_presence()
-        self.ingest.start()
-        self.link.start()
-        self.training.resume()
-        self.rollouts.reload()
-        self.rollouts.start()
-        self._maintenance_thread = threading.Thread(
-            target=self._maintain, name="maintenance", daemon=True
+        self.control.start(
+            crl_pem=self.enrollment.crl(), active=self._active_ids(), revoked=self._revoked_ids()
         )
-        self._maintenance_thread.start()
-        self.tuf_timer.start()
+        if not self.shared and self.upstream is None:
+            # Presence in the database may be stale from before a restart; the broker's
+            # retained status messages re-deliver the truth as soon as we subscribe.
+            # (Shared subscriptions get no retained messages, and with several
+            # processes the presence in the database is kept by the live ones; an
+            # engine-native queue kept every status message while we were away.)
+            self.store.reset_presence()
+        self.ingest.start()
+        if self.upstream is not None:
+            self.upstream.start()
+        self.link.start()
+        self.control.track_presence(self.store, self.presence_sweep_s)
+        self.rollouts.reload()
+        if self.parts.singletons:
+            for singleton in self.singletons:
+                singleton.start()
+        if self.parts.api:
+            self._start_http()
+
+    def _start_http(self) -> None:
         config = uvicorn.Config(
             self.app,
             host=self.settings.api.host,
@@ -416,34 +477,19 @@ class FleetServer:
                 )
             time.sleep(0.02)
 
-    def _maintain(self) -> None:
-        """Apply telemetry retention every ``maintenance_interval_s`` (ten minutes; raw
-        batches, then rollups)."""
-        t = self.settings.telemetry
-        while not self._maintenance.wait(self.maintenance_interval_s):
-            try:
-                removed = self.store.prune(
-                    time.time(),
-                    raw_retention_s=t.raw_retention_s,
-                    rollup_retention_s=t.rollup_retention_s,
-                )
-                if removed:
-                    log.info("retention: removed %d old telemetry rows", removed)
-            except Exception:
-                log.exception("retention pass failed; will retry")
-
     def stop(self) -> None:
-        self._maintenance.set()
-        self.tuf_timer.stop()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(10)
+        for singleton in reversed(self.singletons):
+            singleton.stop()
         self.training.shutdown()
         self.rollouts.stop()
         self.link.stop()
+        if self.upstream is not None:
+            self.upstream.stop()
         self.ingest.stop()
         self.deltas.close()
-        if self.broker is not None:
-            self.broker.stop()
+        self.control.stop()
         self.store.close()

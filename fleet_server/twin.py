@@ -1,14 +1,33 @@
-"""The device twin: desired vs reported state (pure functions)."""
+"""The device twin: desired vs reported state, and the one path desired state takes.
+
+:class:`Twin` is that path: the API (an operator's ``twin set``), the rollout
+driver and the reconciler all go through it, so "store the desired state under
+the next version, record the ``set_desired`` command, send it" is written once.
+The rest are pure functions over the two halves.
+"""
 
 from __future__ import annotations
 
+import logging
 import secrets
-from collections.abc import Sequence
-from typing import Literal, Protocol
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol, TypedDict
 
-from edgefleet_contract.messages import Command, DesiredState, ReportedState, TargetRef
+from pydantic import ValidationError
 
-from .store.base import CommandRecord, Device
+from edgefleet_contract.errors import EdgefleetError, LinkError
+from edgefleet_contract.messages import (
+    ArtifactKind,
+    Command,
+    DesiredState,
+    ReportedState,
+    TargetRef,
+)
+
+from .store.base import CommandRecord, Device, Store
+
+log = logging.getLogger(__name__)
 
 
 class CommandSender(Protocol):
@@ -68,9 +87,7 @@ def twin_refusal(device: Device, commands: Sequence[CommandRecord]) -> str | Non
     return None
 
 
-def target_ref(
-    kind: Literal["model", "firmware"], name: str, version: str, target: str | None = None
-) -> TargetRef:
+def target_ref(kind: ArtifactKind, name: str, version: str, target: str | None = None) -> TargetRef:
     """A desired artifact; its TUF target path defaults to ``{kind}s/{name}/{version}``."""
     return TargetRef(
         kind=kind, name=name, version=version, target=target or f"{kind}s/{name}/{version}"
@@ -93,3 +110,98 @@ def needs_resend(device: Device) -> bool:
         return False
     applied = device.reported.desired_version if device.reported else 0
     return applied < device.desired.version
+
+
+class DesiredFields(TypedDict, total=False):
+    """What a desired state asks for; its version is the twin's to give."""
+
+    model: TargetRef | None
+    firmware: TargetRef | None
+    config: dict[str, Any]
+    shadow: TargetRef | None
+
+
+class Twin:
+    """Desired state into the store and out to the device, the same way for every caller.
+
+    A new desired state is stored under the device's next version and its
+    command is recorded before it is sent, so the device's acknowledgement
+    always finds the record.  A link that is away (``sender`` None, or a
+    ``LinkError``) leaves the state stored: the reconciler sends it when the
+    device is back (:meth:`resend`).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        sender: CommandSender | None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.sender = sender
+        self.clock = clock
+
+    def set_desired(
+        self,
+        device_id: str,
+        fields: DesiredFields,
+        *,
+        actor: str,
+        rollout_id: str | None = None,
+        now: float | None = None,
+    ) -> DesiredState:
+        """Store ``fields`` as the device's newest desired state, record it, send it.
+
+        An invalid state (a bad config value, say) raises ``EdgefleetError`` naming
+        the field, before anything is stored.
+        """
+        try:
+            desired = DesiredState(
+                version=self.store.next_desired_version(device_id),
+                rollout_id=rollout_id,
+                **fields,
+            )
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            raise EdgefleetError(f"invalid desired state: {where}: {first.get('msg')}") from None
+        self.store.set_desired(device_id, desired)
+        now = self.clock() if now is None else now
+        command = desired_command(desired, now=now)
+        self.store.add_command(_record(device_id, command, actor))
+        if self.sender is not None:
+            try:
+                self.sender.send_command(device_id, command)
+            except LinkError as exc:
+                log.warning("desired state of %s stored, not sent yet: %s", device_id, exc)
+        return desired
+
+    def resend(self, device_id: str, desired: DesiredState, *, actor: str) -> bool:
+        """Tell the device its stored desired state again; whether it went out.
+
+        Nothing is stored anew (the version stays, so the device sees the same
+        state), and a resend the link refused is not recorded: it is no part of
+        the device's history, and the next report tries again.
+        """
+        if self.sender is None:
+            return False
+        command = desired_command(desired, now=self.clock())
+        try:
+            self.sender.send_command(device_id, command)
+        except EdgefleetError as exc:
+            log.warning("could not re-send desired state to %s: %s", device_id, exc)
+            return False
+        self.store.add_command(_record(device_id, command, actor))
+        return True
+
+
+def _record(device_id: str, command: Command, actor: str) -> CommandRecord:
+    return CommandRecord(
+        id=command.id,
+        device_id=device_id,
+        name=command.name,
+        args=command.args,
+        created_at=command.ts,
+        actor=actor,
+    )

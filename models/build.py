@@ -26,12 +26,11 @@ import numpy as np
 
 from edgefleet_contract.package import SUFFIX, LayerSpec, Lineage
 from fleet_server.modelkit import FLAVORS, Flavor, Network, build_package
-from fleet_server.modelkit.build import apply_preprocessing
 from fleet_server.modelkit.digits import IMAGE_SHAPE, LABELS, PREPROCESSING, split
 
 from .train import init_network, train
 
-DIST = Path(__file__).resolve().parent / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 VERSION = "1.0.0"
 SEED = 7
 
@@ -97,13 +96,13 @@ REFERENCES = {
 def train_reference(ref: Reference, *, seed: int = SEED) -> Network:
     data = split()
     network = init_network(ref.input_shape, ref.layers, ref.widths, seed=seed)
-    x = apply_preprocessing(data.x_train, PREPROCESSING)
+    x = PREPROCESSING.apply(data.x_train)
     return train(network, x, data.y_train, epochs=ref.epochs, seed=seed)
 
 
 def accuracy(network: Network) -> float:
     data = split()
-    predicted = network.forward(apply_preprocessing(data.x_test, PREPROCESSING)).argmax(axis=1)
+    predicted = network.forward(PREPROCESSING.apply(data.x_test)).argmax(axis=1)
     return float((predicted == data.y_test).mean())
 
 

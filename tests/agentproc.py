@@ -26,14 +26,14 @@ from paho.mqtt.properties import Properties
 
 from agent import localclient
 from agent.identity import save_identity
+from edgefleet_common.mqtt import TlsFiles, tls_context
 from edgefleet_contract.codec import Codec, Rejected
 from edgefleet_contract.messages import ReportedState, Telemetry
-from edgefleet_contract.mqtt import TlsFiles, tls_context
 
 from .harness import Pki, wait_for
 
 BIN = Path(sys.executable).parent
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 
 
 def device_dir(pki: Pki, data_dir: Path, device_id: str, broker_port: int) -> Path:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from edgefleet_common.mqtt import TlsFiles
 from edgefleet_contract.errors import BrokerError, ConfigError
-from edgefleet_contract.mqtt import TlsFiles
 from fleet_server.broker import ManagedBroker, find_mosquitto
-from fleet_server.config import ServerSettings
+from fleet_server.config import DatabaseSettings, ServerSettings
 from fleet_server.server import FleetServer, initialize
 
 from .harness import (
@@ -31,6 +31,7 @@ from .harness import (
     server_settings,
     start_broker,
 )
+from .pgserver import PgServer
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -61,6 +62,32 @@ def broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manag
     b = start_broker(pki, tmp_path_factory.mktemp("broker"))
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A 3-node RabbitMQ cluster (mTLS MQTT + AMQPS, own ports/dirs) for the session."""
+    from fleet_server.rabbitmq_local import LocalRabbitCluster
+
+    cluster = LocalRabbitCluster(tmp_path_factory.mktemp("rabbit"), pki.ca)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def rabbit(rabbit_cluster: object) -> object:
+    """The session's cluster with all three nodes running (a node a test killed is
+    started again first, so only a test that follows a kill pays for the restart)."""
+    from fleet_server.rabbitmq_local import LocalRabbitCluster
+
+    assert isinstance(rabbit_cluster, LocalRabbitCluster)
+    dead = [n for n in rabbit_cluster.nodes if not n.alive()]
+    for node in dead:
+        node.start()
+    if dead:
+        rabbit_cluster.wait_running(len(rabbit_cluster.nodes), 240)
+    return rabbit_cluster
 
 
 @pytest.fixture
@@ -105,10 +132,19 @@ def fleetctl_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetServer]:
-    """A whole fleet server (store, CA, managed broker, ingest, API) on free ports."""
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FleetServer]:
+    """A whole fleet server (store, CA, managed broker, ingest, API) on free ports.
+
+    On SQLite; a test marked ``@pytest.mark.parametrize("fleet", ["sqlite",
+    "postgresql"], indirect=True)`` runs on both (PostgreSQL: a fresh database on the
+    session's private cluster)."""
     settings = server_settings(tmp_path / "fleet")
     assert isinstance(settings, ServerSettings)
+    if getattr(request, "param", "sqlite") == "postgresql":
+        pg: PgServer = request.getfixturevalue("pg_server")
+        name = pg.create_database()
+        request.addfinalizer(lambda: pg.drop_database(name))
+        settings = settings.model_copy(update={"database": DatabaseSettings(url=pg.dsn(name))})
     initialize(settings, admin_password=ADMIN_PASSWORD)
     server = start_on_free_ports(settings)
     yield server
@@ -134,3 +170,33 @@ def start_on_free_ports(settings: ServerSettings, tries: int = 3) -> FleetServer
                 }
             )
     raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The session's private PostgreSQL cluster (initdb in a temp dir, free loopback port).
+
+    Never skipped: a machine without PostgreSQL's binaries fails here, and
+    ``.ci/setup-system`` installs them."""
+    server = PgServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer) -> Iterator[str]:
+    """A fresh empty database on the session's cluster for this test, dropped after it."""
+    with pg_server.database() as dsn:
+        yield dsn
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store location on each backend: a SQLite file, or a new PostgreSQL
+    database on the session's private cluster (dropped after the test)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "fleet.db")
+    pg: PgServer = request.getfixturevalue("pg_server")
+    name = pg.create_database()
+    request.addfinalizer(lambda: pg.drop_database(name))
+    return pg.dsn(name)

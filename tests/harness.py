@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import ssl
@@ -17,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.link import DeviceLink
 from agent.spool import DrainPolicy, Spool
-from edgefleet_contract.mqtt import Endpoint, TlsFiles, tls_context
+from edgefleet_common.mqtt import Endpoint, TlsFiles, tls_context
 from fleet_server.broker import BrokerLayout, ManagedBroker
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA, write_private
@@ -201,9 +202,27 @@ def fleet_link(
     (folder / "cert.pem").write_bytes(cert)
     tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
     spool = Spool(folder / "spool.db", max_bytes=10**7, max_age_s=1e6)
-    endpoint = Endpoint("127.0.0.1", server.settings.broker.port, tls, keepalive=10)
+    endpoint = device_endpoint(server, device_id, tls)
     policy = DrainPolicy(200, 200, 20)
     return DeviceLink(device_id, endpoint, spool, agent_version=agent_version, policy=policy, **kw)
+
+
+_next_node = itertools.count()
+
+
+def device_endpoint(server: FleetServer, device_id: str, tls: TlsFiles) -> Endpoint:
+    """Where a test device connects; on a broker cluster, round-robin over its nodes
+    (each device knows all of them), after making the device's identity effective."""
+    b = server.settings.broker
+    if b.mode != "rabbitmq":
+        return Endpoint("127.0.0.1", b.port, tls, keepalive=10)
+    server.control.admit(device_id)
+    nodes = [("127.0.0.1", b.port)] + [
+        (host, int(port)) for host, _, port in (e.rpartition(":") for e in b.endpoints)
+    ]
+    start = next(_next_node) % len(nodes)
+    order = nodes[start:] + nodes[:start]
+    return Endpoint(*order[0], tls, protocol="3.1.1", keepalive=10, alternates=tuple(order[1:]))
 
 
 def enroll_agent(

@@ -17,7 +17,7 @@ from edgefleet_contract.package import Manifest, pack_package, read_package
 
 from .tuf_sim import RepoServer, TufRepo, sha256
 
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 BASE = DIST / "digits-1.0.0-onnx-float32.efpkg"
 
 
@@ -44,7 +44,8 @@ def model_custom(version: str) -> dict[str, object]:
         "name": "digits",
         "version": version,
         "runtime": "onnx",
-        "flavor": "float32",
+        "flavor": "onnx-float32",
+        "quantization": "float32",
     }
 
 

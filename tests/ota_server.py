@@ -23,14 +23,14 @@ from fleet_server.auth import hash_password
 from fleet_server.config import ServerSettings
 from fleet_server.enrollment import Enrollment
 from fleet_server.pki import FleetCA
-from fleet_server.registry import BlobStore, DeltaCache, Registry
+from fleet_server.registry import ArtifactRegistry, BlobStore, DeltaCache
 from fleet_server.store import open_store
 from fleet_server.store.base import Role, Store
 from fleet_server.tuf import TufRepository
 from fleet_server.tuf.bootstrap import initialize_tuf, tuf_lifetimes
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models" / "dist"
+MODELS = ROOT / "fleet_server" / "factory_models"
 FIRMWARE = ROOT / "firmware_images" / "dist"
 DIGITS = MODELS / "digits-1.0.0-onnx-int8.efpkg"
 
@@ -65,7 +65,7 @@ class OtaEnv:
     data_dir: Path
     client: TestClient
     store: Store
-    registry: Registry
+    registry: ArtifactRegistry
     tuf: TufRepository
     clock: Clock
     settings: ServerSettings
@@ -111,7 +111,7 @@ def make_env(tmp_path: Path, *, clock: Clock | None = None, **settings: object) 
     for name, role in users:
         store.create_user(name, role=role, password_hash=hash_password(f"{name}-password"), now=1)
     tuf = TufRepository(data_dir / "tuf", clock=clock, lifetimes=tuf_lifetimes(config))
-    registry = Registry(store, BlobStore(data_dir / "artifacts"), tuf=tuf, clock=clock)
+    registry = ArtifactRegistry(store, BlobStore(data_dir / "artifacts"), tuf=tuf, clock=clock)
     ca = FleetCA.create(data_dir / "ca", now=time.time())
     deltas = DeltaCache(registry.blobs, data_dir / "deltas")
     registry.on_added.append(deltas.on_registered(registry))
@@ -119,7 +119,7 @@ def make_env(tmp_path: Path, *, clock: Clock | None = None, **settings: object) 
         settings=config,
         store=store,
         enrollment=Enrollment(store, ca, token_ttl_s=600, cert_validity_s=3600),
-        registry=registry,
+        artifacts=registry,
         tuf=tuf,
         deltas=deltas,
     )

@@ -19,6 +19,7 @@ from cryptography import x509
 
 from agent.link import DeviceLink
 from agent.spool import DrainPolicy, Spool
+from edgefleet_common.mqtt import TlsFiles
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import (
     Command,
@@ -31,13 +32,12 @@ from edgefleet_contract.messages import (
     Telemetry,
     UpdateReport,
 )
-from edgefleet_contract.mqtt import Endpoint, TlsFiles
 from edgefleet_contract.topics import Channel
 from fleet_server.config import ServerSettings
 from fleet_server.pki import write_private
 from fleet_server.server import FleetServer
 
-from .harness import admin_token, wait_for
+from .harness import admin_token, device_endpoint, wait_for
 from .ota_server import DIGITS, model_version
 
 
@@ -61,16 +61,16 @@ class SimDevice:
         serial = x509.load_pem_x509_certificate(cert).serial_number
         server.store.add_certificate(device_id, serial, time.time() + 3600, time.time())
         self.tls = TlsFiles(server.ca.cert_file, folder / "cert.pem", folder / "key.pem")
+        self.endpoint = device_endpoint(server, device_id, self.tls)
         self._stop = threading.Event()
         self._seq = 0
         self._lock = threading.Lock()
 
     def start(self) -> None:
         spool = Spool(self.folder / "spool.db", max_bytes=10**7, max_age_s=1e6)
-        endpoint = Endpoint("127.0.0.1", self.port, self.tls, keepalive=10)
         self.link = DeviceLink(
             self.id,
-            endpoint,
+            self.endpoint,
             spool,
             agent_version="sim",
             policy=DrainPolicy(500, 500, 50),

@@ -31,7 +31,7 @@ from .harness import admin_token, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("agent", "fleet_server", "edgefleet_contract", "pyproject.toml", "README.md")
+SOURCES = ("pyproject.toml", "README.md")
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +42,12 @@ def agent_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    data_files = project.get("tool", {}).get("setuptools", {}).get("data-files", {})
-    for name in [*SOURCES, *(f for files in data_files.values() for f in files)]:
+    setuptools = project.get("tool", {}).get("setuptools", {})
+    data_files = setuptools.get("data-files", {})
+    # The packages the distribution ships, as pyproject.toml lists them (a new top-level
+    # package is copied without editing this).
+    packages = [p.rstrip("*") for p in setuptools["packages"]["find"]["include"]]
+    for name in [*SOURCES, *packages, *(f for files in data_files.values() for f in files)]:
         path = ROOT / name
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         if path.is_dir():
@@ -67,7 +71,8 @@ def agent_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             python,
             "-c",
             "import importlib.util as u, agent; "
-            "print(u.find_spec('flwr') is None, agent.__file__)",
+            "print(u.find_spec('flwr') is None, agent.__file__, "
+            "[m for m in ('rich', 'yaml', 'pygments') if u.find_spec(m)])",
         ],
         capture_output=True,
         text=True,
@@ -75,10 +80,30 @@ def agent_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         cwd=root,
         check=True,
     )
-    no_flower, where = probe.stdout.split()
+    no_flower, where, operator_tools = probe.stdout.split(maxsplit=2)
     assert no_flower == "True", "the agent extra must not pull Flower"
+    assert operator_tools.strip() == "[]", f"the agent extra pulls {operator_tools.strip()}"
     assert where.startswith(str(venv)), f"agent imported from {where}, not the fresh install"
     yield venv / "bin"
+
+
+def test_fleetctl_in_a_device_install_names_the_extra(agent_install: Path) -> None:
+    """fleetctl ships in the same distribution; on a device it says what to install."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run(
+        [str(agent_install / "fleetctl"), "devices", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2, done
+    assert "pip install 'edgefleet[cli]'" in done.stderr and "Traceback" not in done.stderr
+    # Positive control: the agent of the same install starts (its help needs none of it).
+    agent = subprocess.run(
+        [str(agent_install / "edge-agent"), "--help"], capture_output=True, text=True, env=env
+    )
+    assert agent.returncode == 0 and "enroll" in agent.stdout, agent
 
 
 def spec(**kw: object) -> RunSpec:

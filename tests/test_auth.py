@@ -36,8 +36,8 @@ class Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(tmp_path / "fleet.db")
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
     yield s
     s.close()
 
@@ -109,7 +109,17 @@ def test_wrong_user_wrong_password_and_disabled_look_the_same(store: Store) -> N
     assert messages == {"wrong username or password"}
 
 
-def test_token_lifecycle_expiry_revocation_last_used(store: Store, tmp_path: Path) -> None:
+def _stored_bytes(store_url: str) -> bytes:
+    """Everything the database holds of the tokens: the SQLite file, or PostgreSQL's rows."""
+    if not store_url.startswith("postgresql://"):
+        return Path(store_url).read_bytes()
+    import psycopg
+
+    with psycopg.connect(store_url) as conn:
+        return repr(conn.execute("SELECT * FROM api_tokens").fetchall()).encode()
+
+
+def test_token_lifecycle_expiry_revocation_last_used(store: Store, store_url: str) -> None:
     clock = Clock()
     store.create_user(
         "cat", role="operator", password_hash=hash_password("cat-password", cost=CHEAP), now=0
@@ -119,8 +129,10 @@ def test_token_lifecycle_expiry_revocation_last_used(store: Store, tmp_path: Pat
     assert secret.startswith("eft_") and len(secret) > 40
     assert record.token_hash == token_hash(secret) and secret not in record.token_hash
     store.close()
-    assert secret.encode() not in (tmp_path / "fleet.db").read_bytes()  # only the hash is kept
-    store = open_store(tmp_path / "fleet.db")
+    kept = _stored_bytes(store_url)
+    assert record.token_hash.encode() in kept  # positive control: the hash is there
+    assert secret.encode() not in kept  # only the hash is kept
+    store = open_store(store_url)
     auth = Authenticator(store, clock=clock, cost=CHEAP)
 
     who = auth.principal(secret)

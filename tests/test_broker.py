@@ -11,7 +11,7 @@ import paho.mqtt.client as paho
 import pytest
 from cryptography import x509
 
-from edgefleet_contract.mqtt import TlsFiles
+from edgefleet_common.mqtt import TlsFiles
 from fleet_server.broker import ManagedBroker, port_open
 from fleet_server.pki import FleetCA
 
@@ -135,7 +135,7 @@ def test_broker_restarts_after_kill_and_clients_reconnect(
     fresh_broker: ManagedBroker,
     pki: Pki,
 ) -> None:
-    from edgefleet_contract.mqtt import Endpoint, MqttSession
+    from edgefleet_common.mqtt import Endpoint, MqttSession
 
     session = MqttSession(
         "heal-1", Endpoint("127.0.0.1", fresh_broker.port, pki.identity("heal-1"))

@@ -58,8 +58,8 @@ def _batches(device_id: str, *, shifted: bool, right: int, seed: int) -> list[Te
     return out
 
 
-def test_the_shifted_site_is_the_worst_slice(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "fleet.db")
+def test_the_shifted_site_is_the_worst_slice(tmp_path: Path, store_url: str) -> None:
+    store = open_store(store_url)
     plan = {"berlin": (False, 19), "lyon": (False, 18), "porto": (True, 9)}
     batches = []
     for i, (site, (shifted, right)) in enumerate(plan.items()):

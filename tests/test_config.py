@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentSettings
-from edgefleet_contract.config import load_settings
+from edgefleet_common.config import load_settings
 from edgefleet_contract.errors import ConfigError
 
 BIN = Path(sys.executable).parent

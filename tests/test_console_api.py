@@ -24,13 +24,21 @@ from edgefleet_contract.messages import (
 from fleet_server.api import ApiContext, create_app
 from fleet_server.auth import CSRF_HEADER, SESSION_COOKIE, csrf_for, hash_password
 from fleet_server.config import ApiSettings, ServerSettings
-from fleet_server.console.series import confidence_mean, series_of
+from fleet_server.console.series import series_of
 from fleet_server.enrollment import Enrollment
 from fleet_server.pki import FleetCA
 from fleet_server.store import open_store
 from fleet_server.store.base import Store
 
 NOW = time.time()
+
+
+def confidence_mean(hist: list[int]) -> float | None:
+    """One window's mean confidence, as the contract computes it."""
+    stats = InferenceStats(
+        model="m", version="1", count=0, errors=0, throughput_per_s=0, confidence_hist=hist
+    )
+    return stats.mean_confidence
 
 
 @pytest.fixture

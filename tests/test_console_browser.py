@@ -385,7 +385,7 @@ def test_operator_asks_for_federated_evaluation_from_the_form(
 
 
 def test_models_page_lists_registered_versions(fleet: ConsoleFleet, page: Page) -> None:
-    package = Path(__file__).resolve().parent.parent / "models" / "dist"
+    package = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
     pushed = fleet.push_model(package / "digits-1.0.0-onnx-int8.efpkg")
     for other in ("digits-1.0.0-tflite-int8.efpkg", "digits-cnn-1.0.0-onnx-int8.efpkg"):
         fleet.push_model(package / other)
@@ -534,10 +534,10 @@ def test_every_screen_fits_phone_and_laptop_widths(fleet: ConsoleFleet, sized: P
 
 
 def _push_once(fleet: ConsoleFleet, name: str) -> dict[str, object]:
-    """Register a package from models/dist, or find it registered by an earlier test."""
+    """Register a shipped package, or find it registered by an earlier test."""
     import httpx
 
-    path = Path(__file__).resolve().parent.parent / "models" / "dist" / name
+    path = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models" / name
     try:
         return fleet.push_model(path)
     except httpx.HTTPStatusError as exc:

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgefleet_common.backoff import Backoff
+from edgefleet_common.logs import redact
 from edgefleet_contract import topics
-from edgefleet_contract.backoff import Backoff
 from edgefleet_contract.codec import Accepted, Codec, Rejected, RejectReason
 from edgefleet_contract.ids import is_device_id
-from edgefleet_contract.logs import redact
 from edgefleet_contract.messages import (
     Command,
     CommandAck,

@@ -52,7 +52,7 @@ def run_demo(data_dir: Path, env: dict[str, str]) -> dict[str, Any]:
 def check_against_server(summary: dict[str, Any], data_dir: Path) -> None:
     ids = [f"demo-{i:03d}" for i in range(DEVICES)]
     assert sorted(summary["devices"]) == ids
-    store: Any = open_store(ServerSettings(data_dir=data_dir / "server").database)
+    store: Any = open_store(ServerSettings(data_dir=data_dir / "server").database_url)
     try:
         # Accuracy rose, on the held-out split, as the run itself recorded it.
         run = store.get_training_run(summary["run_id"])

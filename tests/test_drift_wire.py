@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -93,8 +92,8 @@ def test_a_current_report_round_trips_with_its_histograms() -> None:
     assert drift.baseline is not None and len(drift.histograms) == 3
 
 
-def test_store_and_overview_read_both_kinds(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "fleet.db")
+def test_store_and_overview_read_both_kinds(store_url: str) -> None:
+    store = open_store(store_url)
     for device_id in ("old-agent", "changed", "normal", "recovered"):
         store.create_device(device_id, name=device_id, tags={}, now=NOW - 3600)
     old = Telemetry.model_validate(OLD_AGENT_BATCH)

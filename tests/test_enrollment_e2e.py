@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from fleet_server.server import FleetServer
 
@@ -40,6 +41,7 @@ def enroll(api: str, token: str, data_dir: Path, *extra: str) -> subprocess.Comp
     return run([*cmd, "--data-dir", str(data_dir), *extra])
 
 
+@pytest.mark.parametrize("fleet", ["sqlite", "postgresql"], indirect=True)
 def test_enroll_connect_online_then_offline_on_kill(fleet: FleetServer, tmp_path: Path) -> None:
     api = fleet.settings.api_url
     ctl_env = {

@@ -10,7 +10,7 @@ import pytest
 
 CHILD = """
 import resource
-from edgefleet_contract.fdlimit import raise_fd_limit
+from edgefleet_common.fdlimit import raise_fd_limit
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
 print(raise_fd_limit(32), raise_fd_limit(100), raise_fd_limit(hard * 2),

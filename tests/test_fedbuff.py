@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from edgefleet_contract import flower_compat
+from edgefleet_common import flower_compat
 from fleet_server.federation.fedbuff import FedBuff
 
 from .fl_helpers import Nodes

@@ -202,7 +202,7 @@ def test_malicious_updates_are_rejected_counted_and_never_aggregated(
             assert sorted(r.participants) == sorted(d.link.device_id for d in fleet)
             assert r.accuracy is not None and np.isfinite(r.loss)
         assert rounds[-1].accuracy > 0.3
-        metrics = server.registry.render()
+        metrics = server.metrics.render()
         assert 'edgefleet_fl_rejected_updates_total{reason="not_finite"} 2' in metrics
     finally:
         for d in fleet + evil:
@@ -364,7 +364,7 @@ def _array(blob: bytes) -> np.ndarray:
 def test_secagg_server_never_sees_an_individual_update(
     server: FleetServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgefleet_contract import flower_compat
+    from edgefleet_common import flower_compat
     from edgefleet_contract.package import decode_weights
     from fleet_server.federation import grid as grid_module
 

@@ -7,7 +7,8 @@ import threading
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from edgefleet_contract import flframes, flower_compat, flwire
+from edgefleet_common import flower_compat
+from edgefleet_contract import flframes, flwire
 from fleet_server.federation.grid import ERR_OFFLINE, MqttGrid, node_id_for
 from fleet_server.federation.validate import UpdateCheck
 

@@ -15,14 +15,10 @@ import pytest
 
 from edgefleet_contract.errors import PlanError
 from edgefleet_contract.package import read_package
-from fleet_server.api.routes_rollouts import build_plan
 from fleet_server.federation.packages import DIST
-from fleet_server.federation.release import (
-    parse_rollout_option,
-    participants_selector,
-    release_plan,
-)
+from fleet_server.federation.release import for_participants, participants_selector, release_plan
 from fleet_server.rollouts.artifacts import ResolvedArtifact
+from fleet_server.rollouts.plan import PlanSpec, build_plan
 from fleet_server.server import FleetServer
 
 from .fl_helpers import (
@@ -39,6 +35,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 AGENTS = 5
 TRAINED = DIST / "digits-1.0.0-onnx-float32.efpkg"
 CANDIDATE = ResolvedArtifact("model", "digits", "1.1.0", "models/digits/1.1.0/x.efpkg", "a" * 64, 9)
+
+
+def parse_rollout_option(text: str, target: str) -> PlanSpec:
+    return PlanSpec.parse(text, target=target)
 
 
 def test_the_rollout_option_reads_like_the_rollout_command() -> None:
@@ -103,11 +103,11 @@ def test_a_bad_rollout_option_says_what_is_wrong(option: str, message: str) -> N
 
 
 def test_the_plan_targets_the_participants_within_the_runs_selector() -> None:
-    lineage = {"rollout": "canary 1, waves 100%", "target": "tag:fl=x", "participants": ["b", "a"]}
-    plan = release_plan(lineage, CANDIDATE, seed=1)
+    asked = parse_rollout_option("canary 1, waves 100%", "tag:fl=x")
+    plan = release_plan(for_participants(asked, ["b", "a"]), CANDIDATE, seed=1)
     assert plan is not None and plan.selector == "(tag:fl=x) and (id:a or id:b)"
     assert plan.artifact == CANDIDATE and plan.canary.count == 1
-    assert release_plan({**lineage, "rollout": None}, CANDIDATE, seed=1) is None
+    assert release_plan(for_participants(None, ["b", "a"]), CANDIDATE, seed=1) is None
     many = [f"device-{i:05d}" for i in range(2000)]
     assert participants_selector("tag:fl=x", many) == "tag:fl=x"
 

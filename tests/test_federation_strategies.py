@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.learning.trainer import Mlp, evaluate, prepare
+from agent.learning.trainer import Mlp, evaluate
 from agent.learning.worker import LearningWorker
-from edgefleet_contract import flframes, flower_compat, flwire
+from edgefleet_common import flower_compat
+from edgefleet_contract import flframes, flwire
 from edgefleet_contract.package import decode_weights, read_package
 from fleet_server.federation.app import run_rounds
 from fleet_server.federation.deadline import round_close
@@ -59,7 +60,7 @@ def federate(
         close=round_close(spec),
     )
     mlp = Mlp(network.trainable)
-    x_test = prepare(data.x_test, PREPROCESSING)
+    x_test = PREPROCESSING.apply(data.x_test)
     curve: list[float] = []
 
     def hook(round_no: int, weights: dict[str, np.ndarray]) -> dict[str, float]:

@@ -10,7 +10,8 @@ from agent.link import DeviceLink
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import ReportedState, Telemetry
 from edgefleet_contract.topics import Channel
-from fleet_server.config import ServerSettings
+from fleet_server.config import DatabaseSettings, ServerSettings
+from fleet_server.selector import parse as parse_selector
 from fleet_server.server import FleetServer, initialize
 
 from .harness import ADMIN_PASSWORD, fleet_link, server_settings, wait_for
@@ -31,9 +32,10 @@ def send(link: DeviceLink, n: int) -> None:
     link.send(Channel.TELEMETRY, Codec().encode(batch))
 
 
-def test_fifty_devices_and_a_server_restart_lose_nothing(tmp_path: Path) -> None:
+def test_fifty_devices_and_a_server_restart_lose_nothing(tmp_path: Path, store_url: str) -> None:
     settings = server_settings(tmp_path / "fleet")
     assert isinstance(settings, ServerSettings)
+    settings = settings.model_copy(update={"database": DatabaseSettings(url=store_url)})
     initialize(settings, admin_password=ADMIN_PASSWORD)
     server = FleetServer(settings)
     server.start()
@@ -53,7 +55,7 @@ def test_fifty_devices_and_a_server_restart_lose_nothing(tmp_path: Path) -> None
                 send(link, n)
         store = server.store
         wait_for(
-            lambda: store.list_devices(where=lambda d: d.online, limit=1000).total == DEVICES,
+            lambda: store.list_devices(where=parse_selector("online"), limit=1000).total == DEVICES,
             what="all online",
         )
 
@@ -73,7 +75,7 @@ def test_fifty_devices_and_a_server_restart_lose_nothing(tmp_path: Path) -> None
             ids = [b.batch_id for b in store.query_raw(link.device_id, since=0, until=1e11)]
             assert ids == [f"b{n:03d}" for n in range(BATCHES)], (link.device_id, ids)
         wait_for(lambda: all(link.spool.stats().depth == 0 for link in links), what="spools empty")
-        twins = store.list_devices(where=lambda d: d.agent_version == "test", limit=1000)
+        twins = store.list_devices(where=parse_selector("agent:=test"), limit=1000)
         assert twins.total == DEVICES
     finally:
         for link in links:

@@ -49,7 +49,7 @@ def test_twin_users_tokens_and_plain_errors(fleet: FleetServer, fleetctl_config:
     login_admin(api)
     fleetctl(["devices", "add", "tw-1"])
 
-    package = Path(__file__).resolve().parent.parent / "models" / "dist"
+    package = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
     assert fleetctl(["models", "push", str(package / "digits-1.0.0-onnx-int8.efpkg")])[0] == 0
     code, out, err = fleetctl(
         ["twin", "set", "tw-1", "--model", "digits@1.0.0", "--config", "telemetry_interval_s=5"]

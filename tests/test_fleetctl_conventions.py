@@ -4,7 +4,6 @@ device ids from the server), explicit login state, clear wrong-URL errors."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from fleet_server.fleetctl import output
-from fleet_server.fleetctl.cli import COMMAND_MODULES, cli
+from fleet_server.fleetctl.cli import cli, register_commands
 from fleet_server.fleetctl.conventions import walk
 from fleet_server.fleetctl.examples import EXAMPLES
 from fleet_server.server import FleetServer
@@ -27,8 +26,7 @@ BIN = Path(sys.executable).parent
 
 
 def _commands() -> list[tuple[str, click.Command]]:
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"fleet_server.fleetctl.{name}").register(cli)
+    register_commands(cli)
     return list(walk(cli))
 
 

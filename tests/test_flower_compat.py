@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
-from edgefleet_contract import flframes, flower_compat
+from edgefleet_common import flower_compat
+from edgefleet_contract import flframes
 from edgefleet_contract.errors import ContractError
 
 

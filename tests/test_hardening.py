@@ -195,7 +195,7 @@ def _csr(key: Any, cn: str) -> str:
 
 
 def _tls(folder: Path, name: str, cert_pem: str, key: Any, ca_file: Path) -> Any:
-    from edgefleet_contract.mqtt import TlsFiles
+    from edgefleet_common.mqtt import TlsFiles
     from fleet_server.pki import key_pem, write_private
 
     (folder / f"{name}.crt").write_text(cert_pem)
@@ -362,7 +362,7 @@ def test_a_device_over_its_quota_is_refused_counted_and_reported(tmp_path: Path)
     from edgefleet_contract.codec import Codec
     from edgefleet_contract.messages import Telemetry
     from fleet_server.ingest import Inbound, Ingest
-    from fleet_server.metrics import Registry
+    from fleet_server.metrics import Metrics
     from fleet_server.quota import DeviceQuota, Rate
 
     store = open_store(tmp_path / "fleet.db")
@@ -370,9 +370,9 @@ def test_a_device_over_its_quota_is_refused_counted_and_reported(tmp_path: Path)
         store.create_device(d, name=d, tags={}, now=0)
     now = [1000.0]
     quota = DeviceQuota(Rate(1.0, 5), Rate(2000.0, 20_000), clock=lambda: now[0])
-    registry = Registry()
+    registry = Metrics()
     acked: list[Inbound] = []
-    ingest = Ingest(store, registry=registry, quota=quota, acker=acked.append)
+    ingest = Ingest(store, metrics=registry, quota=quota, acker=acked.append)
 
     def batch(device: str, n: int, pad: int = 0) -> Inbound:
         msg = Telemetry(
@@ -575,7 +575,7 @@ def test_server_data_dir_and_database_are_private_whatever_they_were(tmp_path: P
     assert isinstance(settings, ServerSettings)
     initialize(settings, admin_password=ADMIN_PASSWORD)
     assert _mode(data) == 0o700
-    db = settings.database
+    db = Path(settings.database_url)
     for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         assert not path.exists() or _mode(path) == 0o600, path
     os.chmod(data, 0o755)

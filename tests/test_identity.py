@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.identity import Identity, _csr, _new_key, enroll, renew
+from edgefleet_common.mqtt import Endpoint, MqttSession
 from edgefleet_contract.errors import EnrollmentError
-from edgefleet_contract.mqtt import Endpoint, MqttSession
 from fleet_server.server import FleetServer
 
 from .harness import ADMIN_PASSWORD, wait_for

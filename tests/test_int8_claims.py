@@ -12,7 +12,6 @@ from edgefleet_contract.package import Manifest, ModelPackage, pack_package, rea
 from fleet_server.federation.candidate import HeldOutSet, finish_run
 from fleet_server.federation.spec import RunSpec
 from fleet_server.modelkit import Network, quantize
-from fleet_server.modelkit.build import apply_preprocessing
 from fleet_server.modelkit.digits import split
 from fleet_server.server import FleetServer
 
@@ -75,7 +74,7 @@ def test_a_federated_candidate_int8_flavour_is_really_int8(tmp_path: Path) -> No
     _assert_really_int8(int8[0])
     assert int8[0].manifest.quantization.calibration_samples == 600
     # The recorded agreement is what the file really does against the float network.
-    x = apply_preprocessing(data.x_train[:600], parent.manifest.preprocessing)
+    x = parent.manifest.preprocessing.apply(data.x_train[:600])
     produced = quantize.run_onnx(int8[0].model_bytes, {"features": x})["probabilities"]
     top1 = float((produced.argmax(axis=1) == tuned.forward(x).argmax(axis=1)).mean())
     assert int8[0].manifest.quantization.agreement.top1 == pytest.approx(top1)  # type: ignore[union-attr]
@@ -95,7 +94,7 @@ def _repacked(out: Path, model: bytes, version: str, **quantization: object) -> 
 @pytest.fixture
 def fake_int8(tmp_path: Path) -> Path:
     """An "int8" package as the old recipe made them: QDQ file, float dense weights."""
-    x = apply_preprocessing(split().x_train[:200], read_package(FLOAT).manifest.preprocessing)
+    x = read_package(FLOAT).manifest.preprocessing.apply(split().x_train[:200])
     old = old_recipe(read_package(FLOAT).model_bytes, {"features": x})
     assert quantize.float_weight_ops(old)  # the bug this guards against, reproduced
     return _repacked(tmp_path, old, "1.5.0", calibration_samples=200)

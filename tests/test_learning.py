@@ -112,7 +112,7 @@ def system(power: str) -> SystemStats:
 def test_device_on_battery_answers_with_a_skip_error_at_once() -> None:
     from flwr.app import ConfigRecord, Message, RecordDict
 
-    from edgefleet_contract import flower_compat
+    from edgefleet_common import flower_compat
 
     assert skip_reason("battery") == "on battery"
     assert skip_reason("battery", allow_battery=True) is None

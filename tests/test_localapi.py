@@ -19,7 +19,7 @@ from agent.localapi import IDLE_TIMEOUT_S, LocalApi
 from agent.samples import SampleStore
 from agent.serving import ModelService
 
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 MODEL = DIST / "digits-1.0.0-onnx-int8.efpkg"
 
 

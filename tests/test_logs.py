@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 from agent.config import AgentSettings
-from edgefleet_contract.config import unknown_environment
+from edgefleet_common.config import unknown_environment
 from fleet_server.config import ServerSettings
 
 BIN = Path(sys.executable).parent
 
 SCRIPT = """
 import logging, sys
-from edgefleet_contract import logs
+from edgefleet_common import logs
 logs.configure(sys.argv[1], "auto")
 import flwr.common.logger  # installs Flower's own coloured console handler on import
 logging.getLogger("flwr").info("flower says hello")

@@ -14,7 +14,6 @@ from edgefleet_contract.errors import ModelError
 from edgefleet_contract.package import LayerSpec, Lineage, parse_package, read_package
 from fleet_server.cbpe import CALIBRATION_NAME, Calibration
 from fleet_server.modelkit import Network, build_package
-from fleet_server.modelkit.build import apply_preprocessing
 from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
 from models.build import REFERENCES, Reference, write_flavors
 from models.train import init_network, train
@@ -25,7 +24,7 @@ def trained() -> Network:
     ref = REFERENCES["digits"]
     data = split()
     network = init_network(ref.input_shape, ref.layers, ref.widths, seed=1)
-    x = apply_preprocessing(data.x_train, PREPROCESSING)
+    x = PREPROCESSING.apply(data.x_train)
     return train(network, x, data.y_train, epochs=8, seed=1)
 
 
@@ -100,7 +99,7 @@ def test_federated_weights_round_trip_into_a_new_version(trained: Network, tmp_p
     assert model.manifest.lineage.parent == "digits@1.0.0"
     np.testing.assert_allclose(
         model.predict(split().x_test[:20]).probabilities,
-        moved.forward(apply_preprocessing(split().x_test[:20], PREPROCESSING)),
+        moved.forward(PREPROCESSING.apply(split().x_test[:20])),
         atol=1e-5,
     )
 

@@ -343,7 +343,10 @@ def test_int8_packs_hold_int8_weights_and_record_their_agreement(tmp_path: Path)
 @pytest.mark.parametrize("flavor", ["tflite-float32", "tflite-int8"])
 def test_tflite_files_are_packed_as_their_converter_wrote_them(tmp_path: Path, flavor: str) -> None:
     source = read_package(
-        Path(__file__).resolve().parent.parent / "models" / "dist" / f"digits-1.0.0-{flavor}.efpkg"
+        Path(__file__).resolve().parent.parent
+        / "fleet_server"
+        / "factory_models"
+        / f"digits-1.0.0-{flavor}.efpkg"
     )
     model = tmp_path / "digits.tflite"
     model.write_bytes(source.model_bytes)

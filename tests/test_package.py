@@ -24,7 +24,7 @@ from edgefleet_contract.package import (
     write_package,
 )
 
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 MLP = DIST / "digits-1.0.0-onnx-float32.efpkg"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet_contract.errors import EdgefleetError, NotFound, PackageError, StoreError
-from fleet_server.registry import BlobStore, Registry
+from fleet_server.registry import ArtifactRegistry, BlobStore
 from fleet_server.store import open_store
 
 from .ota_server import DIGITS, FIRMWARE, MODELS, make_env, model_version
@@ -89,7 +89,7 @@ def test_incomplete_and_tampered_packages_are_refused(tmp_path: Path) -> None:
 def test_pushing_again_repairs_a_missing_target(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     # A registry without TUF stands in for a crash between the row and the signature.
-    bare = Registry(env.store, BlobStore(env.data_dir / "artifacts"))
+    bare = ArtifactRegistry(env.store, BlobStore(env.data_dir / "artifacts"))
     added = bare.add_model(DIGITS, lineage={}, actor="t")
     assert added.target_path not in env.tuf.targets().signed.targets
     again = env.registry.add_model(DIGITS, lineage={}, actor="t")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet_contract.errors import EdgefleetError
+from edgefleet_contract.errors import EdgefleetError, NotFound
 from fleet_server.api import ApiContext, create_app
 from fleet_server.auth import hash_password
 from fleet_server.config import ApiSettings, ServerSettings
@@ -16,12 +16,36 @@ from fleet_server.enrollment import Enrollment
 from fleet_server.pki import FleetCA
 from fleet_server.rollouts.driver import RolloutDriver
 from fleet_server.store import open_store
-from fleet_server.store.base import Role, Store
+from fleet_server.store.base import Artifact, Role, Store
 
+from .rollout_sim import ARTIFACT
 from .test_api import Outbox, login
-from .test_rollout_driver import TableResolver
 
 Env = tuple[TestClient, Store, Outbox, RolloutDriver]
+
+
+class TableRegistry:
+    """The artifact registry's ``resolve``, over one registered model."""
+
+    def resolve(self, spec: str) -> Artifact:
+        if spec != ARTIFACT.label:
+            raise NotFound(f"no artifact {spec!r}")
+        a = ARTIFACT
+        return Artifact(
+            id=1,
+            kind=a.kind,
+            name=a.name,
+            version=a.version,
+            flavor="onnx-int8",
+            runtime="onnx",
+            hardware=(),
+            sha256=a.sha256,
+            size=a.length,
+            filename=a.target_path.rsplit("/", 1)[-1],
+            target_path=a.target_path,
+            created_at=0.0,
+            uploaded_by="test",
+        )
 
 
 def make_env(tmp_path: Path, *, registry: bool = True) -> Env:
@@ -48,7 +72,7 @@ def make_env(tmp_path: Path, *, registry: bool = True) -> Env:
         rollouts=driver,
     )
     if registry:
-        ctx.registry = TableResolver()  # type: ignore[attr-defined]
+        ctx.artifacts = TableRegistry()  # type: ignore[assignment]
     return TestClient(create_app(ctx)), store, outbox, driver
 
 
@@ -195,7 +219,7 @@ def test_a_registry_with_its_own_artifact_type_is_accepted(tmp_path: Path) -> No
             )
 
     client, _, outbox, _ = make_env(tmp_path, registry=False)
-    client.app.state.ctx.registry = Registry()  # type: ignore[attr-defined]
+    client.app.state.ctx.artifacts = Registry()  # type: ignore[attr-defined]
     r = client.post("/api/v1/rollouts", headers=login(client, "olga"), json=BODY)
     assert r.status_code == 201, r.text
     assert r.json()["plan"]["artifact"]["target_path"] == "models/digits/1.3.0/digits-1.3.0.efpkg"

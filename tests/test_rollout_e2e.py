@@ -128,7 +128,7 @@ def test_offline_device_is_retried_and_a_server_restart_mid_wave_continues(
         # Mid-wave: the canary is done and wave 1 has begun, at one device per 5 s.
         wait_for(lambda: sum(d.version == "2.0.0" for d in devices) >= 2, 60, "wave 1 under way")
         server.stop()
-        stopped = open_store(settings.database)
+        stopped = open_store(settings.database_url)
         saved = load(stopped, rid)
         stopped.close()
         assert saved.state.wave == 1 and saved.status == "wave"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
-from edgefleet_contract import flframes, flower_compat, flwire
+from edgefleet_common import flower_compat
+from edgefleet_contract import flframes, flwire
 from fleet_server.federation.deadline import RoundClose, round_close
 from fleet_server.federation.grid import MqttGrid, node_id_for
 from fleet_server.federation.spec import RunSpec

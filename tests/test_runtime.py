@@ -20,7 +20,7 @@ from agent.runtime import TFLITE_ENV, Model, available_runtimes
 from edgefleet_contract.errors import ModelError, RuntimeUnavailable, SelfTestFailed
 from edgefleet_contract.package import Manifest, pack_package, parse_package, read_package
 
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 PACKAGES = sorted(DIST.glob("*.efpkg"))
 TFLITE = [p for p in PACKAGES if "tflite" in p.name]
 ONNX = [p for p in PACKAGES if "onnx" in p.name]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DIST = ROOT / "models" / "dist"
+DIST = ROOT / "fleet_server" / "factory_models"
 BLOCKED = {"onnx": ["onnxruntime"], "tflite": ["ai_edge_litert", "tflite_runtime"]}
 
 SCENARIO = """
@@ -125,7 +125,7 @@ manifest = Manifest.model_validate({**tflite.manifest.model_dump(), "version": "
 server = RepoServer(TufRepo())
 try:
     device = make_device(Path(sys.argv[1]), server)
-    custom = {**model_custom("1.1.0"), "runtime": "tflite", "flavor": "int8"}
+    custom = {**model_custom("1.1.0"), "runtime": "tflite", "flavor": "tflite-int8"}
     server.repo.add_target(model_target("1.1.0"), pack_package(manifest, tflite.members), custom)
     server.repo.publish()
     final = device.updater.run(model_ref("1.1.0"), desired_version=2)

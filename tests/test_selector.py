@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -232,14 +234,44 @@ def test_nesting_is_limited_to_max_depth() -> None:
     assert parse("online" + " " * 1994).source  # 2000 characters: still accepted
 
 
-def test_version_key_splits_on_dots_dashes_and_plus() -> None:
-    assert version_key("1.10.0-rc1+build.7") == (
-        (0, 1),
-        (0, 10),
-        (0, 0),
-        (1, "rc1"),
-        (1, "build"),
-        (0, 7),
-    )
-    assert version_key("1..2") == ((0, 1), (0, 2))
-    assert version_key("2.0") > version_key("1.99") > version_key("1.9.9")
+
+def test_pre_releases_come_before_their_release_and_build_metadata_does_not_count() -> None:
+    order = ["1.2.0", "1.3.0-rc1", "1.3.0-rc2", "1.3.0", "1.3.1-alpha.1", "1.10.0"]
+    assert sorted(reversed(order), key=version_key) == order
+    assert version_key("1.3.0+build5") == version_key("1.3.0")
+    assert max(["1.3.0", "1.3.0-rc1", "1.3.0+build5"], key=version_key) in ("1.3.0", "1.3.0+build5")
+    # A SemVer pre-release PEP 440 cannot read is never taken for the newest.
+    assert max(["1.0.0-x.7.z", "0.9.0"], key=version_key) == "0.9.0"
+
+
+def test_selectors_order_pre_releases_and_refuse_what_is_no_version() -> None:
+    rc, build = device("rc", model="digits@2.0.0-rc1"), device("b", model="digits@2.0.0+build5")
+    assert parse("model:digits<2.0.0").matches(rc)
+    assert not parse("model:digits<2.0.0").matches(build)
+    assert parse("model:digits>=2.0.0").matches(build)
+    assert parse("model:digits=2.0.0").matches(build)
+    odd = device("odd", fw="weekly build")
+    assert not parse("firmware:>=0.0.1").matches(odd) and not parse("firmware:<99").matches(odd)
+    assert parse("firmware:>=0.0.1").matches(device("ok", fw="0.0.1"))  # positive control
+    for text in ("firmware:>=banana", "model:digits<2.x", "agent:=next"):
+        with pytest.raises(SelectorError, match="is not one"):
+            parse(text)
+
+
+def test_the_next_candidate_version_ignores_pre_releases_and_build_metadata() -> None:
+    from fleet_server.federation.candidate import next_version
+
+    assert next_version("1.3.0-rc1") == "1.4.0"
+    assert next_version("1.3.0+build5", ["1.4.0-rc1"]) == "1.5.0"
+    assert next_version("1.9.0", ["1.10.0"]) == "1.11.0"
+
+
+def test_the_newest_trainable_package_is_a_release_over_its_pre_release(tmp_path: Path) -> None:
+    from fleet_server.federation.packages import DIST, find_package
+
+    from .ota_server import model_version
+
+    source = DIST / "digits-1.0.0-onnx-float32.efpkg"
+    for version in ("1.3.0-rc1", "1.3.0", "1.2.9", "1.3.0-rc2"):
+        model_version(tmp_path, version, source)
+    assert find_package("digits", [tmp_path]).manifest.version == "1.3.0"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet_contract.backoff import Backoff
+from edgefleet_common.backoff import Backoff
 from fleet_server.broker import ManagedBroker
 from fleet_server.config import ServerSettings
 from fleet_server.server import FleetServer, initialize

@@ -14,7 +14,7 @@ from agent.serving import ModelService, NoModel, describe
 from edgefleet_contract.errors import ModelError, NotFound, PackageError, SelfTestFailed
 from edgefleet_contract.package import Manifest, pack_package, read_package
 
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 MLP = DIST / "digits-1.0.0-onnx-int8.efpkg"
 MLP_TFLITE = DIST / "digits-1.0.0-tflite-float32.efpkg"
 

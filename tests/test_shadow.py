@@ -10,7 +10,7 @@ from agent.serving import ModelService
 from agent.shadow import ShadowRunner
 from edgefleet_contract.messages import Telemetry
 
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 ACTIVE = DIST / "digits-1.0.0-onnx-int8.efpkg"
 CANDIDATE = DIST / "digits-1.0.0-onnx-float32.efpkg"
 

@@ -83,8 +83,8 @@ def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
 def test_devices_of_one_process_share_one_loaded_model_per_package(tmp_path: Path) -> None:
     import shutil
 
-    from fleet_server.fleetctl.cmd_simulate import _default_model
-    from fleet_server.simulate.models import SHARED_MODELS, SharedModelService
+    from edgefleet_sim.command import _default_model
+    from edgefleet_sim.models import SHARED_MODELS, SharedModelService
 
     package = _default_model()
     assert package is not None
@@ -110,7 +110,7 @@ def _workers(proc: subprocess.Popen[str]) -> list[psutil.Process]:
     return [
         p
         for p in psutil.Process(proc.pid).children()
-        if "fleet_server.simulate.worker" in " ".join(p.cmdline())
+        if "edgefleet_sim.worker" in " ".join(p.cmdline())
     ]
 
 
@@ -168,7 +168,7 @@ def test_killing_fleetctl_stops_its_workers_and_their_devices(
 
 def test_status_lines_add_up_and_a_bad_line_says_what_is_wrong() -> None:
     from edgefleet_contract.errors import ContractError
-    from fleet_server.simulate.protocol import Job, Status, decode, encode
+    from edgefleet_sim.protocol import Job, Status, decode, encode
 
     a, b = Status(started=2, telemetry=5, final=True), Status(started=3, errors=1, final=False)
     total = a + b

@@ -1,11 +1,14 @@
-"""The SQLite store on real files: migrations, enrollment atomicity, telemetry, audit."""
+"""The store on both backends (a SQLite file, a PostgreSQL database): migrations,
+enrollment atomicity, telemetry, audit."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from edgefleet_contract.errors import EnrollmentError, NotFound, StoreError
@@ -18,15 +21,15 @@ from edgefleet_contract.messages import (
     SystemStats,
     Telemetry,
 )
-from fleet_server.store import SqliteStore, open_store
+from fleet_server.store import Store, open_store
 from fleet_server.store.base import AuditEntry, CommandRecord
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    s = open_store(tmp_path / "fleet.db")
-    assert isinstance(s, SqliteStore)
-    return s
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
+    yield s
+    s.close()
 
 
 def batch(device: str, n: int, ts: float, latency: float = 5.0) -> Telemetry:
@@ -61,14 +64,14 @@ def batch(device: str, n: int, ts: float, latency: float = 5.0) -> Telemetry:
 def test_migrations_are_idempotent_and_wal(tmp_path: Path) -> None:
     open_store(tmp_path / "f.db").close()
     s = open_store(tmp_path / "f.db")
-    from fleet_server.store.migrations import MIGRATIONS
+    from fleet_server.store.migrations import head
 
-    assert s.schema_version() == len(MIGRATIONS)
+    assert s.schema_version() == head()
     mode = sqlite3.connect(tmp_path / "f.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
 
-def test_device_lifecycle(store: SqliteStore) -> None:
+def test_device_lifecycle(store: Store) -> None:
     store.create_device("d1", name="Pump 1", tags={"site": "berlin"}, now=1.0)
     with pytest.raises(StoreError, match="already exists"):
         store.create_device("d1", name="x", tags={}, now=1.0)
@@ -97,7 +100,7 @@ def test_device_lifecycle(store: SqliteStore) -> None:
     assert store.list_devices(limit=10).total == 1
 
 
-def test_enrollment_token_rules(store: SqliteStore) -> None:
+def test_enrollment_token_rules(store: Store) -> None:
     store.create_device("d1", name="d1", tags={}, now=0)
     store.save_enrollment_token("d1", "h1", expires_at=100)
     with pytest.raises(EnrollmentError, match="expired"):
@@ -120,9 +123,8 @@ def test_enrollment_token_rules(store: SqliteStore) -> None:
         store.take_enrollment_token("h3", now=62)
 
 
-def test_token_race_has_one_winner(tmp_path: Path) -> None:
-    path = tmp_path / "f.db"
-    s = open_store(path)
+def test_token_race_has_one_winner(store: Store) -> None:
+    s = store
     s.create_device("d1", name="d1", tags={}, now=0)
     s.save_enrollment_token("d1", "h", expires_at=100)
     wins: list[str] = []
@@ -144,7 +146,7 @@ def test_token_race_has_one_winner(tmp_path: Path) -> None:
     assert wins == ["d1"] and len(losses) == 7
 
 
-def test_telemetry_stored_once_and_rolled_up(store: SqliteStore) -> None:
+def test_telemetry_stored_once_and_rolled_up(store: Store) -> None:
     store.create_device("d1", name="d1", tags={}, now=0)
     batches = [batch("d1", i, ts=600.0 + i) for i in range(5)]
     assert store.insert_telemetry(batches, received_at=700) == 5
@@ -161,7 +163,7 @@ def test_telemetry_stored_once_and_rolled_up(store: SqliteStore) -> None:
     assert store.query_raw("d1", since=0, until=1e9) == []
 
 
-def test_commands_ack_only_from_their_device(store: SqliteStore) -> None:
+def test_commands_ack_only_from_their_device(store: Store) -> None:
     store.create_device("d1", name="d1", tags={}, now=0)
     store.add_command(
         CommandRecord(id="c1", device_id="d1", name="ping", args={}, created_at=1, actor="alice")
@@ -172,7 +174,7 @@ def test_commands_ack_only_from_their_device(store: SqliteStore) -> None:
     assert store.list_commands("d1")[0].status == "done"
 
 
-def test_audit_is_append_only(store: SqliteStore, tmp_path: Path) -> None:
+def test_audit_is_append_only(store: Store, store_url: str) -> None:
     store.append_audit(
         AuditEntry(
             ts=1,
@@ -186,8 +188,21 @@ def test_audit_is_append_only(store: SqliteStore, tmp_path: Path) -> None:
     )
     page = store.list_audit()
     assert page.total == 1 and page.items[0].actor == "alice"
-    conn = sqlite3.connect(tmp_path / "fleet.db")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        conn.execute("UPDATE audit SET actor = 'mallory'")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        conn.execute("DELETE FROM audit")
+    # Straight at the database, past the store: the database itself refuses.
+    if store_url.startswith("postgresql://"):
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            for sql in (
+                "UPDATE audit SET actor = 'mallory'",
+                "DELETE FROM audit",
+                "TRUNCATE audit",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                    pg.execute(sql)  # type: ignore[arg-type]
+            pg.execute("INSERT INTO audit (ts, actor) VALUES (2, 'bob')")  # appending works
+    else:
+        conn = sqlite3.connect(store_url)
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("UPDATE audit SET actor = 'mallory'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("DELETE FROM audit")
+    assert [e.actor for e in store.list_audit().items][-1] == "alice"

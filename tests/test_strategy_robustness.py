@@ -12,7 +12,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 
-from edgefleet_contract import flower_compat
+from edgefleet_common import flower_compat
 from fleet_server.federation.spec import RunSpec
 from fleet_server.federation.strategies import make_strategy
 

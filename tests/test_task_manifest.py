@@ -16,9 +16,16 @@ from edgefleet_contract.package import (
     parse_package,
     read_package,
 )
-from edgefleet_contract.preprocess import Preprocessing, canonical, prepare, resize
+from edgefleet_contract.preprocess import (
+    InputPlan,
+    Preprocessing,
+    canonical,
+    drift_view,
+    prepare,
+    resize,
+)
 
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 DATA = Path(__file__).resolve().parent / "data"
 
 
@@ -113,6 +120,74 @@ def test_image_preprocessing_resizes_normalises_and_transposes_once() -> None:
     assert gray.shape == (1, 4, 4, 3)
     with pytest.raises(InputRejected, match="input 'image' is an image"):
         prepare(np.zeros(7), prep, shape=[-1, 3, 4, 4], dtype="float32", name="image")
+
+
+def test_compiled_plan_computes_what_the_declared_steps_say() -> None:
+    """The plan fuses scale/offset/mean/std into one gain and bias, laid out channel-first
+    for an nchw model: the numbers must be the steps done one by one, in float32."""
+    rng = np.random.default_rng(3)
+    scale = rng.uniform(0.5, 2.0, 2 * 3 * 3).astype(np.float32).tolist()  # per raw value
+    prep = Preprocessing(
+        scale=scale,
+        offset=0.25,
+        mean=[0.1, 0.2, 0.3],
+        std=[0.5, 1.0, 2.0],
+        layout="nchw",
+        image={"height": 2, "width": 3, "channels": 3},
+    )
+    images = rng.integers(0, 256, (4, 2, 3, 3)).astype(np.float32)
+    plan = InputPlan(prep, shape=[-1, 3, 2, 3], dtype="float32", name="image")
+    got = plan.tensor(plan.canonical(images))
+    mean, std = np.float32([0.1, 0.2, 0.3]), np.float32([0.5, 1.0, 2.0])
+    gain = np.float32(scale).reshape(2, 3, 3) / std
+    bias = (np.float32(0.25) - mean) / std
+    want = np.ascontiguousarray((images * gain + bias).transpose(0, 3, 1, 2))
+    assert got.flags.c_contiguous and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    # The same through the one-shot function the packer and the trainer call.
+    np.testing.assert_array_equal(prepare(images, prep, shape=[-1, 3, 2, 3], dtype="float32"), want)
+
+
+def test_plan_refuses_non_finite_values_and_keeps_huge_finite_ones() -> None:
+    plan = InputPlan(Preprocessing(), shape=[-1, 4], dtype="float32")
+    big = np.full((1, 4), 3e38, np.float32)  # finite, but their sum overflows to inf
+    np.testing.assert_array_equal(plan.tensor(plan.canonical(big)), big)
+    for bad in (np.nan, np.inf, -np.inf):
+        row = np.zeros((1, 4), np.float32)
+        row[0, 2] = bad
+        with pytest.raises(InputRejected, match="NaN or infinite"):
+            plan.tensor(plan.canonical(row))
+    overflow = InputPlan(Preprocessing(scale=1e30), shape=[-1, 4], dtype="float32")
+    with pytest.raises(InputRejected, match="NaN or infinite"):
+        overflow.tensor(overflow.canonical(big))  # scaled past float32's range
+
+
+def test_channel_drift_view_is_each_channels_mean_and_std() -> None:
+    images = np.random.default_rng(5).integers(0, 256, (3, 7, 5, 3)).astype(np.float32)
+    prep = Preprocessing(image={"height": 7, "width": 5, "channels": 3})
+    view = drift_view(images, prep, "channels")
+    flat = images.reshape(3, -1, 3).astype(np.float64)
+    np.testing.assert_allclose(view, np.concatenate([flat.mean(1), flat.std(1)], axis=1))
+
+
+def test_antialias_resize_matches_pillow_when_it_shrinks() -> None:
+    """``resize = "antialias"`` is Pillow's BILINEAR (a filter widened by the shrink factor):
+    equal to its rounding, where plain bilinear sampling is far off."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for (h, w), (height, width) in [((64, 48), (16, 12)), ((100, 37), (7, 5)), ((13, 9), (26, 18))]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        shrunk = Image.fromarray(img).resize((width, height), Image.Resampling.BILINEAR)
+        pil = np.asarray(shrunk, np.float32)
+        ours = resize(img.astype(np.float32)[None], height, width, "antialias")[0]
+        assert ours.shape == (height, width, 3) and np.abs(ours - pil).max() <= 1.0
+        if h > height:  # positive control: sampling 2x2 pixels is not what Pillow does
+            plain = resize(img.astype(np.float32)[None], height, width, "bilinear")[0]
+            assert np.abs(plain - pil).max() > 20
+    prep = Preprocessing(image={"height": 8, "width": 8, "channels": 3, "resize": "antialias"})
+    x = canonical(np.zeros((40, 30, 3), np.uint8), prep, shape=[-1, 8, 8, 3])
+    assert x.shape == (1, 8, 8, 3)
 
 
 def test_bilinear_resize_matches_pillow_on_an_upscale() -> None:

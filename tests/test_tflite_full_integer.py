@@ -197,7 +197,7 @@ def test_a_manifest_that_misstates_the_file_quantization_is_refused(model_file: 
 
 def test_the_shipped_tflite_int8_packages_keep_float_io(tmp_path: Path) -> None:
     """Dynamic-range files (int8 weights, float activations) take and give floats."""
-    root = Path(__file__).resolve().parent.parent / "models" / "dist"
+    root = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
     for path in sorted(root.glob("*-tflite-int8.efpkg")):
         model = Model.load(path)
         spec = model.manifest.inputs[0]

@@ -44,7 +44,8 @@ def test_pushed_model_is_a_verified_downloadable_target(tmp_path: Path) -> None:
         "name": "digits",
         "version": "1.0.0",
         "runtime": "onnx",
-        "flavor": "int8",
+        "flavor": "onnx-int8",  # one meaning of "flavor" everywhere (it said "int8" before)
+        "quantization": "int8",
     }
     downloaded = Path(device.download_target(info, str(tmp_path / "got.efpkg")))
     assert downloaded.read_bytes() == DIGITS.read_bytes()

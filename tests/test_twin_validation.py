@@ -13,7 +13,7 @@ from fleet_server.server import FleetServer
 from .fleetctl_kit import fleetctl, login_admin
 from .harness import answering_device, wait_for
 
-DIST = Path(__file__).resolve().parent.parent / "models" / "dist"
+DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 
 
 def test_bad_desired_states_are_refused_before_they_are_sent(

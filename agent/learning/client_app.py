@@ -26,7 +26,7 @@ from edgefleet_contract.package import Preprocessing, Trainable
 from ..samples import SampleStore
 from . import native
 from .native import Dataset, DataSource
-from .trainer import LocalConfig, Mlp, evaluate, prepare, train
+from .trainer import LocalConfig, Mlp, evaluate, train
 
 
 def _config(message: Message) -> ConfigRecord:
@@ -69,7 +69,7 @@ def train_message(message: Message, data: DataSource) -> Message:
     mlp, preprocessing = _network(config)
     start = _arrays(message)
     raw, y = native.split(data(mlp.features), _scalars(config), "train")
-    outcome = train(mlp, start, prepare(raw, preprocessing), y, local_config(config))
+    outcome = train(mlp, start, preprocessing.apply(raw), y, local_config(config))
     dtypes = _dtypes(message)
     arrays = ArrayRecord({k: Array(outcome.weights[k].astype(dtypes[k])) for k in start})
     metrics = MetricRecord(
@@ -84,7 +84,7 @@ def evaluate_message(message: Message, data: DataSource) -> Message:
     weights = _arrays(message)
     mlp.check(weights)
     raw, y = native.split(data(mlp.features), _scalars(config), "evaluate")
-    loss, acc = evaluate(mlp, weights, prepare(raw, preprocessing), y)
+    loss, acc = evaluate(mlp, weights, preprocessing.apply(raw), y)
     metrics = MetricRecord({"num-examples": max(1, len(y)), "loss": loss, "accuracy": acc})
     return Message(RecordDict({"metrics": metrics}), reply_to=message)
 

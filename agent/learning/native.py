@@ -23,7 +23,7 @@ from edgefleet_contract.errors import ModelError
 from edgefleet_contract.messages import Scalar
 from edgefleet_contract.package import Preprocessing, Trainable
 
-from .trainer import LocalConfig, Mlp, evaluate, prepare, train
+from .trainer import LocalConfig, Mlp, evaluate, train
 
 if TYPE_CHECKING:
     from .backbone import Backbone
@@ -119,7 +119,7 @@ def answer(
     start = _start(mlp, arrays)
     if embedding is None:
         raw, y = _data(mlp.features, data, instruction.config, instruction.kind)
-        x = prepare(raw, preprocessing)
+        x = preprocessing.apply(raw)
     else:
         if backbone is None or not backbone.matches(embedding, mlp.features):
             raise Refused(

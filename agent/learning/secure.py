@@ -21,7 +21,7 @@ from flwr.common import Config, NDArrays, Scalar
 from edgefleet_contract.package import Preprocessing, Trainable
 
 from .native import DataSource
-from .trainer import LocalConfig, Mlp, evaluate, prepare, train
+from .trainer import LocalConfig, Mlp, evaluate, train
 
 SECAGG_RECORD = "secaggplus_configs"
 
@@ -54,7 +54,7 @@ class SampleClient(NumPyClient):
             proximal_mu=float(config.get("proximal-mu", 0.0)),
             seed=int(config.get("server-round", 0)),
         )
-        outcome = train(mlp, start, prepare(raw, preprocessing), y, local)
+        outcome = train(mlp, start, preprocessing.apply(raw), y, local)
         self.last_update = outcome.weights
         weights = [outcome.weights[n] for n in names]
         return weights, outcome.examples, {"loss": outcome.loss, "accuracy": outcome.accuracy}
@@ -65,7 +65,7 @@ class SampleClient(NumPyClient):
         mlp, preprocessing, names = self._setup(config)
         weights = {n: np.asarray(p, np.float32) for n, p in zip(names, parameters, strict=True)}
         raw, y = self.data(mlp.features)
-        loss, acc = evaluate(mlp, weights, prepare(raw, preprocessing), y)
+        loss, acc = evaluate(mlp, weights, preprocessing.apply(raw), y)
         return loss, max(1, len(y)), {"accuracy": acc}
 
 

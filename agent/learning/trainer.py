@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract.errors import ModelError
-from edgefleet_contract.package import LayerSpec, Preprocessing, Trainable
-from edgefleet_contract.preprocess import feature_rows
+from edgefleet_contract.package import LayerSpec, Trainable
+from edgefleet_contract.scoring import cross_entropy, loss_and_accuracy
 
 F32 = npt.NDArray[np.float32]
 
@@ -36,7 +36,7 @@ class LocalConfig:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class FitResult:
     weights: dict[str, F32]
     examples: int
     loss: float
@@ -88,7 +88,7 @@ class Mlp:
         outs = self.forward(w, x)
         probs = outs[-1]
         n = len(y)
-        loss = float(-np.log(np.clip(probs[np.arange(n), y], 1e-12, None)).mean())
+        loss = cross_entropy(probs, y)
         delta = probs.copy()
         delta[np.arange(n), y] -= 1.0
         delta /= n
@@ -106,20 +106,13 @@ class Mlp:
         return grads, loss
 
 
-def prepare(raw: npt.ArrayLike, preprocessing: Preprocessing) -> F32:
-    """Raw sample rows as the model reads them (the contract's one preprocessing)."""
-    return feature_rows(raw, preprocessing)
-
-
 def evaluate(
     mlp: Mlp, weights: Mapping[str, F32], x: F32, y: npt.NDArray[np.int64]
 ) -> tuple[float, float]:
     """(loss, accuracy) on preprocessed rows."""
     if len(y) == 0:
         return 0.0, 0.0
-    probs = mlp.forward(weights, x)[-1]
-    loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
-    return loss, float((probs.argmax(axis=1) == y).mean())
+    return loss_and_accuracy(mlp.forward(weights, x)[-1], y)
 
 
 def train(
@@ -128,7 +121,7 @@ def train(
     x: F32,
     y: npt.NDArray[np.int64],
     config: LocalConfig,
-) -> Outcome:
+) -> FitResult:
     """Mini-batch SGD (with the FedProx term when ``proximal_mu > 0``)."""
     mlp.check(start)
     if len(y) == 0:
@@ -147,4 +140,4 @@ def train(
                     g = g + config.proximal_mu * (w[k] - anchor[k])
                 w[k] = (w[k] - config.lr * g).astype(np.float32)
     loss, acc = evaluate(mlp, w, x, y)
-    return Outcome(w, len(y), loss, acc)
+    return FitResult(w, len(y), loss, acc)

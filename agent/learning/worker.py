@@ -190,7 +190,7 @@ class LearningWorker:
         try:
             import flwr  # noqa: F401
 
-            from edgefleet_contract import flower_compat
+            from edgefleet_common import flower_compat
         except ImportError:
             self.counts["refused"] += 1
             detail = (

@@ -133,7 +133,7 @@ class OnnxBackend:
             out = self._session.run(self._all, feeds)
         except Exception as exc:
             raise ModelError(f"inference failed in {self.name}: {exc}") from exc
-        return {name: np.asarray(v) for name, v in zip(self._all, out, strict=True)}
+        return dict(zip(self._all, out, strict=True))  # numpy arrays already
 
 
 class TfliteBackend:

@@ -91,8 +91,11 @@ class Model:
         self.manifest: Manifest = package.manifest
         self.ref: ModelRef = package.ref
         self.backend = backend.name
+        self.key = f"{self.manifest.name}@{self.manifest.version}"
+        """``name@version``: what telemetry and the feedback cache file predictions under."""
         self._run = backend.run
         self.runner = TaskRunner(self.manifest, backend) if self.manifest.task else None
+        self._task: tasks.Task | None = None
         if self.runner is not None:
             self._init_task(self.runner)
             return
@@ -141,8 +144,9 @@ class Model:
             return self.runner.run(inputs, state)
         prediction, rows = self.predict_rows(inputs)
         out = {self.manifest.outputs[0].name: prediction.probabilities}
-        task = as_task(self.manifest)
-        results = interpret.results(task, out, self._labels)
+        if self._task is None:  # the format-1 manifest read as a task, once
+            self._task = as_task(self.manifest)
+        results = interpret.results(self._task, out, self._labels)
         return Inference(
             out, results, {}, rows.astype(np.float64), prediction.confidence, prediction.classes
         )

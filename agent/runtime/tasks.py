@@ -23,15 +23,19 @@ from edgefleet_contract import interpret
 from edgefleet_contract import task as tasks
 from edgefleet_contract.errors import InputRejected, ModelError, SelfTestFailed
 from edgefleet_contract.package import Manifest
-from edgefleet_contract.preprocess import Scaler, canonical, drift_view, raw_shape, to_tensor
+from edgefleet_contract.preprocess import InputPlan, drift_view, raw_shape
 
 from .backends import Backend
 
 Arrays = dict[str, npt.NDArray[Any]]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Inference:
+    """One call's answer.  Not frozen: a frozen dataclass sets each field through
+    ``object.__setattr__``, a measurable share of a small model's call; treat it as
+    read-only all the same."""
+
     outputs: Arrays
     """Every output by name, int8/uint8 ones dequantized."""
     results: list[dict[str, Any]]
@@ -51,60 +55,98 @@ class Inference:
 
 
 class TaskRunner:
+    """One format-2 model's per-call path, worked out at load.
+
+    What a call needs and the manifest fixes (each data input's compiled preprocessing,
+    the constant and initial state tensors, which outputs to dequantize and feed back,
+    how the task reads its outputs) is settled here once, so :meth:`run` touches no
+    pydantic model and builds no plan: it costs about what a format-1 call does.
+    """
+
     def __init__(self, manifest: Manifest, backend: Backend) -> None:
         assert manifest.task is not None
         self.manifest = manifest
         self.task: tasks.Task = manifest.task
+        self.stateful = self.task.stateful
         self._run = backend.run_all
         self._specs = {t.name: t for t in manifest.inputs}
         self._data = self.task.data_inputs
+        self._names = [r.name for r in self._data]
+        self._plans = [
+            (
+                r.name,
+                InputPlan(
+                    r.preprocessing,
+                    shape=self._specs[r.name].shape,
+                    dtype=self._specs[r.name].dtype,
+                    quantization=self._specs[r.name].quant_params,
+                    name=r.name,
+                ),
+                r.preprocessing,
+                r.drift,
+            )
+            for r in self._data
+        ]
         self._constants = {
-            i.name: np.asarray(i.value, dtype=self._specs[i.name].dtype).reshape(
-                self._specs[i.name].shape
+            i.name: _frozen(
+                np.asarray(i.value, dtype=self._specs[i.name].dtype).reshape(
+                    self._specs[i.name].shape
+                )
             )
             for i in self.task.inputs
             if i.role == "constant"
         }
         self._state = [i for i in self.task.inputs if i.role == "state"]
+        self._initial = {
+            i.name: _frozen(
+                np.full(self._specs[i.name].shape, i.initial, dtype=self._specs[i.name].dtype)
+            )
+            for i in self._state
+        }
+        self._feedback = [
+            (i.name, i.state_from or "", np.dtype(self._specs[i.name].dtype)) for i in self._state
+        ]
         self._labels = tuple(manifest.labels)
         trainable = manifest.trainable
         self._keeps_samples = trainable is not None and trainable.embedding is not None
-        self._scalers = {
-            r.name: Scaler(r.preprocessing, raw_shape(r.preprocessing, self._specs[r.name].shape))
-            for r in self._data
-        }
         self._dequantize = {
             t.name: (np.float32(t.quantization.scale), np.float32(t.quantization.zero_point))
             for t in manifest.outputs
             if t.quantization is not None
         }
+        task = self.task
+        self._classes = isinstance(task, tasks.Classification)
+        self._single_label = isinstance(task, tasks.Classification) and not task.multi_label
 
     def initial_state(self) -> Arrays:
-        return {
-            i.name: np.full(self._specs[i.name].shape, i.initial, dtype=self._specs[i.name].dtype)
-            for i in self._state
-        }
+        """Each state input's initial value (read-only: a call never writes its inputs)."""
+        return dict(self._initial)
 
     def run(
         self, inputs: Mapping[str, Any] | npt.ArrayLike, state: Arrays | None = None
     ) -> Inference:
         feeds, views, raws = self._feeds(inputs, state)
-        outputs = {name: self._float(name, v) for name, v in self._run(feeds).items()}
+        outputs = self._run(feeds)
+        if self._dequantize:
+            outputs = {name: self._float(name, v) for name, v in outputs.items()}
         nxt = {
-            i.name: np.asarray(outputs[i.state_from or ""]).astype(
-                self._specs[i.name].dtype, copy=False
-            )
-            for i in self._state
+            name: np.asarray(outputs[source]).astype(dtype, copy=False)
+            for name, source, dtype in self._feedback
         }
-        sizes = {len(v) for v in views}
-        drift = np.concatenate(views, axis=1) if views and len(sizes) == 1 else None
+        if len(views) == 1:
+            drift: npt.NDArray[np.float64] | None = views[0]
+        else:
+            sizes = {len(v) for v in views}
+            drift = np.concatenate(views, axis=1) if views and len(sizes) == 1 else None
         confidence = classes = None
         task = self.task
-        if isinstance(task, tasks.Classification):
+        if self._classes:
+            assert isinstance(task, tasks.Classification)
             p = interpret.class_scores(task, outputs)  # once: the answers and telemetry share it
-            results = interpret.classification_results(task, p, self._labels)
-            if not task.multi_label:
-                classes, confidence = p.argmax(axis=1), p.max(axis=1)
+            if self._single_label:
+                classes = p.argmax(axis=1)
+                confidence = p.take(classes) if len(p) == 1 else p.max(axis=1)
+            results = interpret.classification_results(task, p, self._labels, top=classes)
         else:
             results = interpret.results(task, outputs, self._labels)
         samples = raws[0].reshape(len(raws[0]), -1) if self._keeps_samples and raws else None
@@ -123,32 +165,24 @@ class TaskRunner:
         named = self._named(inputs)
         feeds: Arrays = dict(self._constants)
         views, raws = [], []
-        for role in self._data:
-            spec = self._specs[role.name]
-            raw = canonical(named[role.name], role.preprocessing, shape=spec.shape, name=role.name)
+        for name, plan, prep, drift in self._plans:
+            raw = plan.canonical(named[name])
             raws.append(raw)
-            feeds[role.name] = to_tensor(
-                raw,
-                role.preprocessing,
-                shape=spec.shape,
-                dtype=spec.dtype,
-                quantization=spec.quant_params,
-                name=role.name,
-                scaler=self._scalers[role.name],
-            )
-            if role.drift != "none":
-                views.append(drift_view(raw, role.preprocessing, role.drift))
-        current = state if state is not None else self.initial_state()
-        for role in self._state:
-            value = current.get(role.name)
-            if value is None:
-                raise InputRejected(f"no state for input {role.name!r}")
-            feeds[role.name] = value
+            feeds[name] = plan.tensor(raw)
+            if drift != "none":
+                views.append(drift_view(raw, prep, drift))
+        if self._state:
+            current = state if state is not None else self._initial
+            for role in self._state:
+                value = current.get(role.name)
+                if value is None:
+                    raise InputRejected(f"no state for input {role.name!r}")
+                feeds[role.name] = value
         return feeds, views, raws
 
     def _named(self, inputs: Mapping[str, Any] | npt.ArrayLike) -> Mapping[str, Any]:
-        if isinstance(inputs, Mapping):
-            known = {r.name for r in self._data}
+        if not isinstance(inputs, np.ndarray) and isinstance(inputs, Mapping):
+            known = set(self._names)
             unknown = sorted(set(inputs) - known)
             missing = sorted(known - set(inputs))
             if unknown or missing:
@@ -158,12 +192,11 @@ class TaskRunner:
                     + (f"; missing: {missing}" if missing else "")
                 )
             return inputs
-        if len(self._data) != 1:
+        if len(self._names) != 1:
             raise InputRejected(
-                f"{self.manifest.name} has several inputs; send them by name: "
-                f"{[r.name for r in self._data]}"
+                f"{self.manifest.name} has several inputs; send them by name: {self._names}"
             )
-        return {self._data[0].name: inputs}
+        return {self._names[0]: inputs}
 
     def _float(self, name: str, value: npt.NDArray[Any]) -> npt.NDArray[Any]:
         q = self._dequantize.get(name)
@@ -243,3 +276,9 @@ class TaskRunner:
                 return int(np.argmax(flat[at : at + size]))
             at += size
         return -1
+
+
+def _frozen(value: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """A tensor every call shares: read-only, so no caller can change it for the next."""
+    value.flags.writeable = False
+    return value

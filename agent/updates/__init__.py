@@ -15,7 +15,6 @@ from .boot import active_model_path, recover_at_boot
 from .health import HealthTally
 from .machine import HealthCounters
 from .slots import ModelSlots
-from .trust import save_root
 
 __all__ = [
     "HealthCounters",
@@ -23,5 +22,4 @@ __all__ = [
     "ModelSlots",
     "active_model_path",
     "recover_at_boot",
-    "save_root",
 ]

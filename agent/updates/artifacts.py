@@ -16,27 +16,24 @@ import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
+from edgefleet_contract.errors import DownloadFailed, TrustError, UpdateError
 
-from edgefleet_contract.errors import DownloadFailed, EdgefleetError, TrustError, UpdateError
-
-from .fetch import download_resumable
 from .slots import SLOTS, ModelSlots
-from .trust import SignedTarget
+from .targets import SignedTarget, Stopped
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
-
-
-class Stopped(EdgefleetError):
-    """The daemon is stopping; the journal stays where it is for the next start."""
 
 
 class Artifacts:
     def __init__(
         self,
         work: Path,
-        client: httpx.Client,
+        client: Callable[[], httpx.Client],
         slots: ModelSlots,
         stop_event: threading.Event,
     ) -> None:
@@ -102,13 +99,15 @@ class Artifacts:
 
         Returns the bytes received over the network (also counted when it fails).
         """
+        from .fetch import download_resumable  # httpx and python-tuf: only when downloading
+
         partial = self.partial(target.sha256)
         fetched = 0
         for attempt in range(attempts):
             before = partial.stat().st_size if partial.exists() else 0
             try:
                 return fetched + download_resumable(
-                    self.client, target.url, partial, target.length, progress=progress
+                    self.client(), target.url, partial, target.length, progress=progress
                 )
             except DownloadFailed as exc:
                 after = partial.stat().st_size if partial.exists() else 0

@@ -24,7 +24,7 @@ import bsdiff4.core
 import httpx
 
 from .journal import write_atomic
-from .trust import SignedTarget
+from .targets import SignedTarget
 
 log = logging.getLogger(__name__)
 

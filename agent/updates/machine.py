@@ -24,25 +24,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edgefleet_contract.errors import InstallError, TrustError, UpdateError
-from edgefleet_contract.messages import TargetRef, UpdatePhase
+from edgefleet_contract.messages import UPDATE_PATH, TargetRef, UpdatePhase
 
 from ..runtime.backends import install_hint
 from .journal import Journal
 
-ORDER: tuple[UpdatePhase, ...] = (
-    "pending",
-    "downloading",
-    "verifying",
-    "staging",
-    "self_test",
-    "switching",
-    "probation",
-    "committed",
-)
+ORDER = UPDATE_PATH
 ACTIVE_TOUCHED: frozenset[str] = frozenset({"switching", "probation"})
 """Phases in which the new artifact may already be serving: failure means a revert."""
 
-Action = Literal["none", "resume", "switch", "probation", "revert"]
+RecoveryAction = Literal["none", "resume", "switch", "probation", "revert"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +41,7 @@ class Recovery:
     """What to do with a journal found at start-up."""
 
     journal: Journal
-    action: Action
+    action: RecoveryAction
 
 
 def begin(

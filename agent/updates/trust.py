@@ -12,14 +12,11 @@ an oversized metadata file — becomes a :class:`TrustError` with ngclient's rea
 
 from __future__ import annotations
 
-import datetime
 import posixpath
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 from tuf.api.exceptions import DownloadError, RepositoryError
@@ -30,29 +27,14 @@ from edgefleet_contract.errors import DownloadFailed, TrustError
 
 from .fetch import HttpxFetcher
 from .journal import write_atomic
+from .targets import SignedTarget
+from .tuf_compat import set_reference_time
 
 ROOT_FILE = "root.json"
 
 
 def tuf_dir(data_dir: Path) -> Path:
     return data_dir / "tuf"
-
-
-@dataclass(frozen=True)
-class SignedTarget:
-    """One artifact exactly as the targets role signed it."""
-
-    path: str
-    length: int
-    sha256: str
-    url: str
-    """Its consistent-snapshot URL (``{dir}/{sha256}.{basename}`` under the targets base)."""
-    custom: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> str | None:
-        kind = self.custom.get("kind")
-        return kind if isinstance(kind, str) else None
 
 
 class TrustedRepository:
@@ -96,12 +78,9 @@ class TrustedRepository:
             )
         except RepositoryError as exc:
             raise TrustError(f"the trusted TUF root at {root} is unusable: {exc}") from exc
-        # ngclient reads the wall clock once per Updater; the device's clock wins so a
-        # frozen timestamp is judged by the same time the rest of the agent uses.
-        trusted_set = getattr(updater, "_trusted_set", None)
-        if trusted_set is None or not hasattr(trusted_set, "reference_time"):
-            raise TrustError("unsupported python-tuf version: cannot set the reference time")
-        trusted_set.reference_time = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
+        # The device's clock wins, so a frozen timestamp is judged by the same time the
+        # rest of the agent uses.
+        set_reference_time(updater, self.clock())
         return updater
 
     def lookup(self, target_path: str) -> SignedTarget:

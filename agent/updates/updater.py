@@ -24,9 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Protocol
 
 from edgefleet_contract.errors import (
     DownloadFailed,
@@ -39,14 +37,18 @@ from edgefleet_contract.messages import TargetRef, UpdatePhase, UpdateReport
 
 from ..runtime import Model, available_runtimes
 from . import machine
-from .artifacts import Artifacts, Stopped
+from .artifacts import Artifacts
 from .boot import recover_at_boot
-from .delta import try_delta
 from .firmware import InstallHandler, check_bundle
 from .journal import Journal, JournalFile
 from .machine import HealthCounters
 from .slots import ModelSlots, Slot
-from .trust import SignedTarget, TrustedRepository
+from .targets import SignedTarget, Stopped
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .trust import TrustedRepository
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,10 @@ class Updater:
         self.firmware = firmware
         self.hardware = hardware
         self.policy = policy or UpdatePolicy()
-        self.client = client or httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0))
+        # The HTTP client and the TUF repository are made when the first update needs them:
+        # a device that only serves never imports httpx or python-tuf (see .targets).
+        self._client = client
+        self._trust: TrustedRepository | None = None
         self.clock = clock
         self.on_change = on_change or (lambda journal: None)
         self.superseded = superseded
@@ -108,13 +113,30 @@ class Updater:
         self.slots = ModelSlots(data_dir)
         self.work = data_dir / "updates"
         self.journal_file = JournalFile(self.work / "journal.json")
-        self.trust = TrustedRepository(data_dir, self.server_url, self.client, clock=clock)
         self.stop_event = threading.Event()
-        self.artifacts = Artifacts(self.work, self.client, self.slots, self.stop_event)
+        self.artifacts = Artifacts(self.work, lambda: self.client, self.slots, self.stop_event)
         self.journal: Journal | None = self.journal_file.load()
         self._candidate: Model | None = None
         self._previous_model: Model | None = None
         self._last_progress = 0.0
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0))
+        return self._client
+
+    @property
+    def trust(self) -> TrustedRepository:
+        if self._trust is None:
+            from .trust import TrustedRepository
+
+            self._trust = TrustedRepository(
+                self.data_dir, self.server_url, self.client, clock=self.clock
+            )
+        return self._trust
 
     # ------------------------------------------------------------ reports --
 
@@ -354,6 +376,8 @@ class Updater:
         if delta == "none" and not partial.exists():
             base = self.artifacts.delta_base(journal.ref.kind)
         if base is not None:
+            from .delta import try_delta  # bsdiff4 and httpx: only when there is a base
+
             result = try_delta(self.client, self.server_url, base[0], base[1], target, partial)
             delta = result.outcome
             if result.reason:

@@ -23,7 +23,7 @@ from edgefleet_contract.package import read_package
 from edgefleet_contract.summary import summarize
 
 from ..auth import Principal
-from ..registry import Registry, TooLarge
+from ..registry import ArtifactRegistry, TooLarge
 from ..registry.blobs import receive
 from ..store.base import Artifact
 from . import problems
@@ -93,15 +93,15 @@ def artifact_out(a: Artifact, signed: Mapping[str, Any] | None = None) -> Artifa
     )
 
 
-def signed_targets(registry: Registry) -> Mapping[str, Any] | None:
+def signed_targets(registry: ArtifactRegistry) -> Mapping[str, Any] | None:
     """The targets the current signed metadata lists; read once per request."""
     return registry.tuf.targets().signed.targets if registry.tuf is not None else None
 
 
-def registry_of(c: ApiContext) -> Registry:
-    if c.registry is None:
+def registry_of(c: ApiContext) -> ArtifactRegistry:
+    if c.artifacts is None:
         raise RegistryUnavailable("this server has no artifact registry configured")
-    return c.registry
+    return c.artifacts
 
 
 async def _push(request: Request, c: ApiContext, who: Principal, kind: str) -> Any:

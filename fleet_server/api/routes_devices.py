@@ -6,19 +6,18 @@ import difflib
 import logging
 import secrets
 import shlex
-from typing import Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import ValidationError
 
 from edgefleet_contract.desired_config import check_config
-from edgefleet_contract.errors import ContractError, EdgefleetError, LinkError
-from edgefleet_contract.messages import Command, DesiredState, TargetRef
+from edgefleet_contract.errors import ContractError, LinkError
+from edgefleet_contract.messages import ArtifactKind, Command, TargetRef
 
 from ..auth import Principal
 from ..selector import parse as parse_selector
 from ..store.base import CommandRecord, Device
-from ..twin import desired_command, target_ref, twin_refusal, twin_status
+from ..twin import DesiredFields, target_ref, twin_refusal, twin_status
+from ..versions import version_key
 from .context import ApiContext
 from .deps import ctx, require
 from .schemas import (
@@ -61,7 +60,7 @@ def list_devices(
     who: Principal = Depends(require("viewer")),
     c: ApiContext = Depends(ctx),
 ) -> DevicePage:
-    where = parse_selector(selector).matches if selector else None
+    where = parse_selector(selector) if selector else None
     page = c.store.list_devices(where=where, offset=offset, limit=limit)
     return DevicePage(
         items=[DeviceOut.of(d) for d in page.items], total=page.total, offset=offset, limit=limit
@@ -154,22 +153,12 @@ def set_desired(
     """
     check_config(body.config)
     _check_registered(c, body)
-    try:
-        desired = DesiredState(
-            version=c.store.next_desired_version(device_id),
-            model=_artifact("model", body.model),
-            firmware=_artifact("firmware", body.firmware),
-            config=body.config,
-        )
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise EdgefleetError(f"invalid desired state: {where}: {first.get('msg')}") from None
-    c.store.set_desired(device_id, desired)
-    try:
-        _send(c, device_id, desired_command(desired, now=c.clock()), who)
-    except LinkError as exc:
-        log.warning("desired state for %s stored but not sent yet: %s", device_id, exc)
+    fields: DesiredFields = {
+        "model": _artifact("model", body.model),
+        "firmware": _artifact("firmware", body.firmware),
+        "config": body.config,
+    }
+    c.twin.set_desired(device_id, fields, actor=who.username)
     return get_twin(device_id, who, c)
 
 
@@ -178,13 +167,13 @@ def _check_registered(c: ApiContext, body: DesiredIn) -> None:
 
     (One given with its own TUF ``target`` path is the caller's to vouch for.)
     """
-    if c.registry is None:
+    if c.artifacts is None:
         return
     for kind, given in (("model", body.model), ("firmware", body.firmware)):
         if given is None or given.target is not None:
             continue
-        items, _ = c.registry.search(kind=kind, name=given.name, limit=1000)
-        versions = sorted({a.version for a in items})
+        items, _ = c.artifacts.search(kind=kind, name=given.name, limit=1000)
+        versions = sorted({a.version for a in items}, key=version_key)
         if given.version not in versions:
             have = ", ".join(versions) or "none"
             raise ContractError(
@@ -193,7 +182,7 @@ def _check_registered(c: ApiContext, body: DesiredIn) -> None:
             )
 
 
-def _artifact(kind: Literal["model", "firmware"], given: ArtifactIn | None) -> TargetRef | None:
+def _artifact(kind: ArtifactKind, given: ArtifactIn | None) -> TargetRef | None:
     if given is None:
         return None
     return target_ref(kind, given.name, given.version, given.target)

@@ -8,7 +8,7 @@ day of telemetry of a bounded number of devices.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import PlainTextResponse
@@ -18,7 +18,7 @@ from edgefleet_contract.errors import NotFound
 
 from ..auth import Principal
 from ..registry.card import markdown
-from ..registry.cards import FleetRecords, card_of
+from ..registry.cards import card_of
 from .context import ApiContext
 from .deps import ctx, require
 from .routes_artifacts import registry_of
@@ -42,10 +42,8 @@ async def model_card(
     if not page.items:
         raise NotFound(f"no model {name}@{version} in the registry (`fleetctl models list`)")
     artifacts = sorted(page.items, key=lambda a: a.flavor)
-    # The server's store holds the training tables too (the Store protocol leaves them out).
-    records = cast(FleetRecords, c.store)
     card = await run_in_threadpool(
-        card_of, records, artifacts, registry.cards, registry.blob, now=c.clock()
+        card_of, c.store, artifacts, registry.cards, registry.blob, now=c.clock()
     )
     if format == "md":
         return PlainTextResponse(markdown(card), media_type="text/markdown; charset=utf-8")

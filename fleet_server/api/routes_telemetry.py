@@ -102,7 +102,7 @@ def aggregate(
 ) -> TelemetryOut:
     start, end = _window(c, since, until)
     chosen = parse_selector(selector)
-    ids = [d.id for d in c.store.list_devices(where=chosen.matches, limit=1_000_000).items]
+    ids = [d.id for d in c.store.all_devices(where=chosen)]
     rows = c.store.aggregate_rollups(ids, since=start, until=end)
     return TelemetryOut(
         device_id=None,

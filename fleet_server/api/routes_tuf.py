@@ -65,7 +65,7 @@ def metadata(name: str, c: ApiContext = Depends(ctx)) -> Response:
 def target(target: str, c: ApiContext = Depends(ctx)) -> Response:
     directory, _, leaf = target.rpartition("/")
     sha256, dot, basename = leaf.partition(".")
-    registry = c.registry
+    registry = c.artifacts
     if registry is None or not dot or not directory:
         raise NotFound(f"no TUF target {target[:120]!r}")
     expected = f"{directory}/{basename}"
@@ -78,7 +78,7 @@ def target(target: str, c: ApiContext = Depends(ctx)) -> Response:
 
 @public.get("/deltas/{source}/{dest}", response_class=FileResponse)
 def delta(source: str, dest: str, c: ApiContext = Depends(ctx)) -> Response:
-    registry, deltas = c.registry, c.deltas
+    registry, deltas = c.artifacts, c.deltas
     if registry is None or deltas is None:
         raise NotFound("this server offers no deltas")
     for sha in (source, dest):

@@ -21,6 +21,8 @@ from fastapi.staticfiles import StaticFiles
 
 from . import routes
 
+__all__ = ["PREFIX", "SECURED", "STATIC", "install"]
+
 STATIC = Path(__file__).parent / "static"
 PREFIX = "/console"
 SECURED = (PREFIX, "/api/docs")

@@ -44,15 +44,6 @@ class DeviceSeries(BaseModel):
     spool_dropped: list[int] = []
 
 
-def confidence_mean(hist: Sequence[int]) -> float | None:
-    """Mean top-1 confidence from equal-width bins over [0, 1] (bin centres)."""
-    total = sum(hist)
-    if not total:
-        return None
-    width = 1.0 / len(hist)
-    return sum((i + 0.5) * width * n for i, n in enumerate(hist)) / total
-
-
 def feature_drift(drift: DriftReport | DriftStats | None) -> dict[int, float]:
     """The per-feature values one batch carries (see :attr:`DeviceSeries.drift_features`)."""
     if drift is None:
@@ -85,7 +76,7 @@ def series_of(device_id: str, batches: Sequence[Telemetry]) -> DeviceSeries:
             else None
         )
         out.rss_mb.append(sysm.rss_bytes / 2**20 if sysm else None)
-        out.confidence_mean.append(confidence_mean(inf.confidence_hist) if inf else None)
+        out.confidence_mean.append(inf.mean_confidence if inf else None)
         out.drift_score.append(drift.score if drift else None)
         report = drift if isinstance(drift, DriftReport) else None
         out.drift_reference.append(report.reference.effect if report else None)

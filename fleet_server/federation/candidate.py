@@ -22,13 +22,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet_contract import scoring
 from edgefleet_contract.errors import FederationError
 from edgefleet_contract.package import Lineage, ModelPackage, parse_package
 
-from ..modelkit.build import FLAVORS, apply_preprocessing, build_package, run_model
+from ..modelkit.build import FLAVORS, build_package, run_model
 from ..modelkit.headpackage import head_packages
 from ..modelkit.network import Network
 from ..store.training import RoundRecord
+from .release import RELEASE_KEY, for_participants
 from .spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ def accuracy(network: Network, data: HeldOutSet, package: ModelPackage) -> float
     if not len(data.y):
         return None
     x = heldout_rows(package, data.x_raw)
-    return float((network.forward(x).argmax(axis=1) == data.y).mean())
+    return scoring.accuracy(network.forward(x), data.y)
 
 
 def has_head(package: ModelPackage) -> bool:
@@ -96,7 +98,7 @@ def heldout_rows(package: ModelPackage, x_raw: npt.NDArray[np.float32]) -> npt.N
         from agent.learning.backbone import Backbone
 
         return Backbone(package)(x_raw)
-    return apply_preprocessing(x_raw, package.manifest.preprocessing)
+    return package.manifest.preprocessing.apply(x_raw)
 
 
 def _served_accuracy(package: ModelPackage, data: HeldOutSet) -> float | None:
@@ -141,11 +143,12 @@ def _build(
 
 def next_version(version: str, taken: Iterable[str] = ()) -> str:
     """The next minor version after ``version`` and after every candidate already built."""
-    from ..selector import version_key
+    from ..versions import parse_version, version_key
 
     newest = max([version, *taken], key=version_key)
-    major, minor, *_ = newest.split("-")[0].split(".")
-    return f"{major}.{int(minor) + 1}.0"
+    parsed = parse_version(newest) or parse_version(newest.split("-")[0].split("+")[0])
+    major, minor = (*parsed.release, 0, 0)[:2] if parsed else (0, 0)
+    return f"{major}.{minor + 1}.0"
 
 
 def built_versions(candidates: Path, name: str) -> list[str]:
@@ -212,6 +215,7 @@ def finish_run(
     if not beats:
         result["refused"] = f"candidate not registered: {why}"
     if beats and on_candidate is not None:
+        release = for_participants(spec.release, participants)
         info: dict[str, object] = {
             "source": "federated",
             "run_id": run_id,
@@ -222,6 +226,7 @@ def finish_run(
             "heldout_accuracy": candidate_acc,
             "parent_accuracy": baseline,
             "rollout": spec.rollout,
+            RELEASE_KEY: None if release is None else release.model_dump(mode="json"),
             "target": spec.target,
             "parent_flavor": manifest.flavor,
         }
@@ -241,6 +246,6 @@ def built_accuracy(path: Path, data: HeldOutSet) -> float | None:
     built = parse_package(path.read_bytes())
     if has_head(built):
         return _served_accuracy(built, data)
-    x = apply_preprocessing(data.x_raw, built.manifest.preprocessing)
+    x = built.manifest.preprocessing.apply(data.x_raw)
     produced = run_model("onnx", built.members[built.manifest.model_file], x)
-    return float((produced.argmax(axis=1) == data.y).mean())
+    return scoring.accuracy(produced, data.y)

@@ -34,7 +34,8 @@ from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from edgefleet_contract import flframes, flower_compat, flwire
+from edgefleet_common import flower_compat
+from edgefleet_contract import flframes, flwire
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import ContractError, EdgefleetError, RunStopped
 

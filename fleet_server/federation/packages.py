@@ -2,9 +2,10 @@
 
 The newest trainable float ONNX package of the model wins, wherever it is: in
 the artifact registry (a version an earlier run produced, or one an operator
-pushed), in the server's ``{data_dir}/models``, or in the repository's
-``models/dist`` (the factory model).  So each run continues from the fleet's
-latest model instead of starting over from the factory one.
+pushed), in the server's ``{data_dir}/models``, or among the packages the
+server ships (:mod:`fleet_server.factory_models`, the factory model).  So each
+run continues from the fleet's latest model instead of starting over from the
+factory one.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pathlib import Path
 from edgefleet_contract.errors import EdgefleetError, FederationError
 from edgefleet_contract.package import ModelPackage, read_package
 
-from ..registry import Registry as ArtifactRegistry
-from ..selector import version_key
+from ..factory_models import DIST
+from ..registry import ArtifactRegistry
+from ..versions import version_key
 
-DIST = Path(__file__).resolve().parents[2] / "models" / "dist"
+__all__ = ["DIST", "FLAVOR", "find_package", "registered"]
+
 FLAVOR = "onnx-float32"
 """The flavour a run trains from (and that carries the trainable weights)."""
 

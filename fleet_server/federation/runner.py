@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,21 +24,21 @@ import numpy as np
 import numpy.typing as npt
 from flwr.serverapp.strategy import Strategy
 
-from edgefleet_contract import flower_compat
+from edgefleet_common import flower_compat
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import FederationError, NotFound, RunStopped, SelectorError
-from edgefleet_contract.messages import Telemetry
 from edgefleet_contract.package import ModelPackage, decode_weights, encode_weights
+from edgefleet_contract.scoring import loss_and_accuracy
 
 from .. import selector
 from ..modelkit.network import Network
-from ..store.base import Device, Page
+from ..store.base import DeviceStore, TelemetryStore, TrainingRecords
 from ..store.training import RoundRecord, TrainingRun
 from . import strategy_state
 from .app import Weights, evaluate_parent, run_rounds
 from .candidate import CandidateHook, HeldOut, finish_run, heldout_rows
 from .deadline import round_close
-from .eligibility import Facts, census
+from .eligibility import census
 from .fedeval import UNTAGGED, summarise, verdict
 from .grid import Exchange, MqttGrid, Sender
 from .secure import run_secure_rounds
@@ -48,35 +48,12 @@ from .validate import UpdateCheck
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("pending", "running")
+UNFINISHED = ("pending", "running")
+"""Training-run statuses the service still drives (a finished run is left alone)."""
 
 
-class TrainingStore(Protocol):
-    def list_devices(self, **kwargs: Any) -> Page[Device]: ...
-    def get_device(self, device_id: str) -> Device: ...
-    def latest_telemetry(self, device_id: str) -> Telemetry | None: ...
-    def learning_facts(self, device_ids: Sequence[str]) -> dict[str, Facts]: ...
-    def create_training_run(
-        self, run_id: str, spec: dict[str, Any], *, actor: str, now: float
-    ) -> None: ...
-    def get_training_run(self, run_id: str) -> TrainingRun: ...
-    def list_training_runs(
-        self, *, status: str | None = None, limit: int = 100
-    ) -> list[TrainingRun]: ...
-    def set_training_status(
-        self,
-        run_id: str,
-        status: str,
-        *,
-        now: float,
-        detail: str = "",
-        result: dict[str, Any] | None = None,
-    ) -> None: ...
-    def complete_round(self, record: RoundRecord, weights: bytes, state: bytes = b"") -> None: ...
-    def record_failed_round(self, record: RoundRecord) -> None: ...
-    def list_rounds(self, run_id: str) -> list[RoundRecord]: ...
-    def latest_checkpoint(self, run_id: str) -> tuple[int, bytes] | None: ...
-    def latest_strategy_state(self, run_id: str) -> bytes: ...
+class TrainingStore(DeviceStore, TelemetryStore, TrainingRecords, Protocol):
+    """What the training service uses: devices (eligibility), their telemetry, runs."""
 
 
 PackageSource = Callable[[str], ModelPackage]
@@ -95,6 +72,7 @@ class TrainingService:
         on_candidate: CandidateHook | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         build_candidates: bool = True,
+        shared: bool = False,
     ) -> None:
         self.store = store
         self._send = send
@@ -111,6 +89,10 @@ class TrainingService:
         self.rejected_total: Counter[str] = Counter()
         self._census: Counter[str] = Counter()
         """The latest eligibility census of the running run (``eligible`` + left out per reason)."""
+        self.shared = shared
+        """Several fleet-server processes share the store: runs go only where the
+        training lease is held (:meth:`host`); elsewhere ``start_run`` just stores them."""
+        self._hosting = False
 
     # ----------------------------------------------------------- operator --
 
@@ -129,20 +111,61 @@ class TrainingService:
                 "plain path only: run it without secagg and local DP"
             )
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            going = self._going()
+            if going is not None:
                 raise FederationError(
-                    f"training run {self._run_id} is still going; stop it or wait for it"
+                    f"training run {going} is still going; stop it or wait for it"
                 )
             run_id = uuid.uuid4().hex[:12]
             self.store.create_training_run(
                 run_id, spec.model_dump(mode="json"), actor=actor, now=time.time()
             )
-            self._launch(run_id, spec)
+            if self._hosting or not self.shared:
+                self._launch(run_id, spec)
         return self.store.get_training_run(run_id)
+
+    def _going(self) -> str | None:
+        """The run that is going (here, or in a shared store: anywhere), if any."""
+        if self._thread is not None and self._thread.is_alive():
+            return self._run_id
+        if self.shared:
+            for status in sorted(UNFINISHED):
+                runs = self.store.list_training_runs(status=status, limit=1)
+                if runs:
+                    return runs[0].id
+        return None
+
+    # ------------------------------------------------------ shared store --
+
+    def host(self) -> None:
+        """This process took the training lease: resume what is running (from checkpoints)."""
+        with self._lock:
+            self._hosting = True
+        self.resume()
+
+    def unhost(self) -> None:
+        """The lease is gone: interrupt the run here, leaving it for the next holder."""
+        self.shutdown()
+        with self._lock:
+            self._hosting = False
+
+    def adopt(self) -> None:
+        """The holder's periodic look at the store: start runs another replica created,
+        and end the local run when another replica stopped it."""
+        if not self._hosting:
+            return
+        with self._lock:
+            run_id, grid = self._run_id, self._grid
+            alive = self._thread is not None and self._thread.is_alive()
+        if alive and run_id is not None:
+            if self.store.get_training_run(run_id).status not in UNFINISHED and grid is not None:
+                grid.stop()
+            return
+        self.resume()
 
     def stop_run(self, run_id: str) -> TrainingRun:
         run = self.store.get_training_run(run_id)
-        if run.status not in ACTIVE:
+        if run.status not in UNFINISHED:
             raise FederationError(f"training run {run_id} is already {run.status}")
         with self._lock:
             grid = self._grid if self._run_id == run_id else None
@@ -158,7 +181,7 @@ class TrainingService:
         """Restart the runs a previous server process left running (oldest first)."""
         resumed: list[str] = []
         for run in reversed(self.store.list_training_runs(limit=1000)):
-            if run.status not in ACTIVE:
+            if run.status not in UNFINISHED:
                 continue
             with self._lock:
                 if self._thread is not None and self._thread.is_alive():
@@ -224,7 +247,7 @@ class TrainingService:
         short_since: list[float] = []
 
         def fn() -> list[str]:
-            devices = self.store.list_devices(limit=1_000_000).items
+            devices = self.store.all_devices(where=chosen)  # filtered in SQL
             ids, counts = census(
                 devices, self.store.learning_facts, chosen, spec.eligibility, spec.model
             )
@@ -469,6 +492,4 @@ def heldout_scores(
     network: Network, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]
 ) -> tuple[float, float]:
     """Cross-entropy and accuracy of ``network`` on preprocessed held-out rows."""
-    probs = network.forward(x)
-    loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
-    return loss, float((probs.argmax(axis=1) == y).mean())
+    return loss_and_accuracy(network.forward(x), y)

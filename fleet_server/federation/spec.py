@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from ..rollouts.plan import PlanSpec
 
 StrategyName = Literal[
     "fedavg",
@@ -104,8 +106,8 @@ class RunSpec(BaseModel):
     max_update_norm: Annotated[float, Field(gt=0)] = 100.0
     """Updates whose L2 distance from the global weights exceeds this are refused."""
     rollout: Annotated[str, Field(max_length=500)] | None = None
-    """A rollout plan (e.g. "canary 10%, waves 25% 50% 100%") for the candidate, passed on
-    with its lineage; the rollout engine starts it once the registry accepted the model."""
+    """A rollout plan (e.g. "canary 10%, waves 25% 50% 100%") for the candidate, in the
+    operator's words (kept as written, for the record); parsed once, into :attr:`release`."""
     secagg: bool = False
     """Secure aggregation (Flower's SecAgg+): the server only ever sees masked updates."""
     secagg_shares: Annotated[int, Field(ge=3)] = 3
@@ -124,6 +126,13 @@ class RunSpec(BaseModel):
     accept_margin: Annotated[float, Field(ge=0, le=1)] = 0.0
     """Federated acceptance: 0 means the candidate must beat the parent; above 0 it may trail
     the parent's federated accuracy by at most this much."""
+
+    _release: PlanSpec | None = PrivateAttr(None)
+
+    @property
+    def release(self) -> PlanSpec | None:
+        """The rollout plan for the run's candidate (None: no ``rollout`` was asked for)."""
+        return self._release
 
     @model_validator(mode="before")
     @classmethod
@@ -161,6 +170,9 @@ class RunSpec(BaseModel):
                     "fedbuff aggregates every buffer_size updates: min_clients must not exceed it"
                 )
         self._evaluation_coherent()
+        self._release = (
+            None if self.rollout is None else PlanSpec.parse(self.rollout, target=self.target)
+        )
         if self.strategy == "krum" and self.min_clients <= 2 * self.krum_malicious + 2:
             raise ValueError("krum needs min_clients > 2 * krum_malicious + 2")
         return self

@@ -20,7 +20,8 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
-from edgefleet_contract import flower_compat, flwire
+from edgefleet_common import flower_compat
+from edgefleet_contract import flwire
 from edgefleet_contract.errors import ContractError
 
 from .validate import numpy_arrays

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from edgefleet_contract.cli import run
+from edgefleet_common.cli import run
 from edgefleet_contract.errors import EdgefleetError
 
 from .client import Client, check_server_url, forget_login, load_login, save_login
@@ -148,15 +148,39 @@ COMMAND_MODULES = (
     "cmd_artifacts",
     "cmd_keys",
     "cmd_rollouts",
-    "cmd_simulate",
 )
 """Each module holds one area's command groups and a ``register(cli)`` function;
 a new area (models, firmware, rollouts, keys, ...) is one more module here."""
 
 
-def main() -> None:
+def register_commands(group: click.Group) -> None:
+    """Add every area's commands to ``group`` (``main`` does it before running)."""
     for name in COMMAND_MODULES:
-        importlib.import_module(f"{__package__}.{name}").register(cli)
+        importlib.import_module(f"{__package__}.{name}").register(group)
+    # The simulator runs real agents, so it lives outside the server package (which
+    # never imports the agent); its command module imports no agent code itself.
+    from edgefleet_sim.command import register as register_simulate
+
+    register_simulate(group)
+
+
+CLI_EXTRA = ("rich", "yaml")
+"""What fleetctl prints with, from the ``cli`` extra (which ``server`` includes)."""
+
+
+def main() -> None:
+    from importlib.util import find_spec
+
+    missing = [name for name in CLI_EXTRA if find_spec(name) is None]
+    if missing:
+        click.echo(
+            f"fleetctl needs the cli extra ({', '.join(missing)} not installed): "
+            "pip install 'edgefleet[cli]' (the server extra includes it). A device install "
+            "leaves it out; devices run edge-agent.",
+            err=True,
+        )
+        sys.exit(2)
+    register_commands(cli)
     from .conventions import apply_conventions
 
     apply_conventions(cli)

@@ -8,6 +8,7 @@ clear line naming the option and, for gates, the column.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -17,7 +18,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 from ..rollouts.gates import more_needed
-from ..rollouts.plan import MAX_GATE_SAMPLES, duration_text
+from ..rollouts.plan import FLAGS, PlanSpec, duration_text, int_bounds, option_word
 from .cli import Ctx, pass_ctx
 from .output import emit, emit_items, when
 
@@ -41,110 +42,54 @@ def rollout() -> None:
     """Phased, health-gated rollouts of models and firmware."""
 
 
+def plan_options(command: Callable[..., None]) -> Callable[..., None]:
+    """One option per :class:`PlanSpec` field (its word, default and description), so the
+    CLI, the API and a run's ``--rollout`` share one vocabulary."""
+    for name, info in reversed(PlanSpec.model_fields.items()):
+        if name == "target":
+            continue
+        word = f"--{option_word(name)}"
+        if name in FLAGS:
+            option = click.option(
+                word,
+                name,
+                is_flag=True,
+                flag_value=not info.default,
+                default=info.default,
+                help=FLAGS[name][1],
+            )
+        elif name == "gates":
+            option = click.option(word, name, multiple=True, help=info.description)
+        elif name == "seed":
+            option = click.option(word, name, type=int, default=None, help=info.description)
+        elif info.annotation is int:
+            option = click.option(
+                word,
+                name,
+                type=click.IntRange(*int_bounds(name)),
+                default=info.default,
+                show_default=True,
+                help=info.description,
+            )
+        else:
+            option = click.option(
+                word, name, default=info.default, show_default=True, help=info.description
+            )
+        command = option(command)
+    return command
+
+
 @rollout.command()
 @click.option("--artifact", required=True, help="name@version, e.g. digits@1.3.0:onnx-int8")
 @click.option("--target", required=True, help="device selector, e.g. 'tag:site=berlin'")
-@click.option("--canary", default="1", show_default=True, help="devices (5) or share (5%)")
-@click.option("--waves", default="100%", show_default=True, help="cumulative, e.g. 25%,50%,100%")
-@click.option("--pace", default="60/min", show_default=True, help="devices per time: 200/min")
-@click.option("--jitter", default="0s", show_default=True, help="random delay per device: 30s")
-@click.option("--probation", default="10m", show_default=True, help="watch window per wave")
-@click.option("--gate", "gates", multiple=True, help="metric OP number, e.g. 'error_rate<0.01'")
-@click.option("--no-auto-rollback", is_flag=True, help="Halt on a failed gate, revert nothing.")
-@click.option("--max-failures", default=0, show_default=True, help="failed devices tolerated")
-@click.option("--device-timeout", default="1h", show_default=True)
-@click.option("--offline-grace", default="24h", show_default=True)
-@click.option("--seed", type=int, default=None, help="order and jitter seed (reproducible)")
-@click.option(
-    "--gate-min-samples",
-    type=click.IntRange(1, MAX_GATE_SAMPLES),
-    default=20,
-    show_default=True,
-    help="observations (inferences, labelled answers) a gate needs from the wave",
-)
-@click.option(
-    "--gate-timeout",
-    default="30m",
-    show_default=True,
-    help="after probation, how long a gate short of data waits before it fails",
-)
-@click.option(
-    "--gates-allow-no-data",
-    is_flag=True,
-    help="For fleets without traffic: a gate with no data passes instead of failing.",
-)
-@click.option(
-    "--parent-margin",
-    default="5pt",
-    show_default=True,
-    help="champion/challenger: how much less accurate than its parent the new version may be",
-)
-@click.option(
-    "--parent-confidence",
-    default="95%",
-    show_default=True,
-    help="champion/challenger: confidence of that test (and its power for an equal model)",
-)
-@click.option(
-    "--shadow",
-    default="0s",
-    show_default=True,
-    help="Before the canary switches, run the new version beside the active model for this "
-    "long (e.g. 30m) and judge the shadow_* gates (shadow_agreement>=0.95).",
-)
-@click.option(
-    "--no-parent-gate",
-    is_flag=True,
-    help="Do not compare each wave with the version it replaces.",
-)
+@plan_options
 @pass_ctx
-def create(
-    ctx: Ctx,
-    artifact: str,
-    target: str,
-    canary: str,
-    waves: str,
-    pace: str,
-    jitter: str,
-    probation: str,
-    gates: tuple[str, ...],
-    no_auto_rollback: bool,
-    max_failures: int,
-    device_timeout: str,
-    offline_grace: str,
-    seed: int | None,
-    gate_min_samples: int,
-    gate_timeout: str,
-    gates_allow_no_data: bool,
-    parent_margin: str,
-    parent_confidence: str,
-    shadow: str,
-    no_parent_gate: bool,
-) -> None:
+def create(ctx: Ctx, /, artifact: str, target: str, **plan: Any) -> None:
     """Start a rollout: canary first, then each wave once the gates pass."""
-    body: dict[str, Any] = {
-        "artifact": artifact,
-        "target": target,
-        "canary": canary,
-        "waves": waves,
-        "pace": pace,
-        "jitter": jitter,
-        "probation": probation,
-        "gates": list(gates),
-        "auto_rollback": not no_auto_rollback,
-        "max_failures": max_failures,
-        "device_timeout": device_timeout,
-        "offline_grace": offline_grace,
-        "gate_min_samples": gate_min_samples,
-        "gate_timeout": gate_timeout,
-        "gates_allow_no_data": gates_allow_no_data,
-        "vs_parent": not no_parent_gate,
-        "parent_margin": parent_margin,
-        "parent_confidence": parent_confidence,
-        "shadow": shadow,
-    }
-    if seed is not None:
-        body["seed"] = seed
+    body: dict[str, Any] = {"artifact": artifact, "target": target, **plan}
+    body["gates"] = list(plan["gates"])
+    if plan["seed"] is None:
+        del body["seed"]
     out = ctx.client.post("/rollouts", body)
     if ctx.as_json:
         emit(out, as_json=True)

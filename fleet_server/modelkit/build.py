@@ -35,7 +35,6 @@ from edgefleet_contract.package import (
     pack_package,
     parse_package,
 )
-from edgefleet_contract.preprocess import feature_rows
 
 from ..cbpe import CALIBRATION_NAME, calibrate
 from . import onnx_export, quantize, tflite_export
@@ -86,7 +85,7 @@ def build_package(
     if raw.ndim != 2 or raw.shape[1] != network.features or len(raw) < 2:
         raise ModelError(f"reference rows must be (n >= 2, {network.features}), got {raw.shape}")
     runtime, dtype = flavor.split("-")
-    x = apply_preprocessing(raw, preprocessing)
+    x = preprocessing.apply(raw)
     expected_float = network.forward(x)
     model = _export(network, runtime, dtype == "int8", x)
     produced = run_model(runtime, model, x)
@@ -96,7 +95,7 @@ def build_package(
     if trainable:
         files[WEIGHTS_NAME] = encode_weights(network.weights)
     if calibration is not None:
-        cx = apply_preprocessing(np.asarray(calibration[0], dtype=np.float32), preprocessing)
+        cx = preprocessing.apply(np.asarray(calibration[0], dtype=np.float32))
         probs = run_model(runtime, model, cx)
         right = probs.argmax(axis=1) == np.asarray(calibration[1])
         table = calibrate(probs.max(axis=1), right).to_json()
@@ -137,12 +136,6 @@ def _rounded(value: np.float32) -> float:
     the tightest tolerance, and a few characters of JSON instead of 17 digits of noise, which
     keeps the manifest (and a delta between two versions of it) small."""
     return round(float(value), SELF_TEST_DECIMALS)
-
-
-def apply_preprocessing(
-    raw: npt.ArrayLike, preprocessing: Preprocessing
-) -> npt.NDArray[np.float32]:
-    return feature_rows(raw, preprocessing)
 
 
 def run_model(runtime: str, model: bytes, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

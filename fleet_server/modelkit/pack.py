@@ -132,19 +132,9 @@ def pack(request: PackRequest, progress: Progress = lambda _: None) -> tuple[Mod
     labels = labels or default_labels(task, outputs)
     progress("computing the self-test vectors and the drift reference")
     manifest = _manifest(
-        name,
-        version,
-        info,
-        quantization,
-        inputs,
-        outputs,
-        task,
-        labels,
-        run,
-        samples,
-        spec,
+        name, version, info, quantization, inputs, outputs, task, labels, run, samples, spec,
         request,
-    )
+    )  # fmt: skip
     files = {manifest.model_file: model_bytes}
     if split is not None and embedding is not None:
         manifest, files = _with_head(manifest, files, split, embedding)

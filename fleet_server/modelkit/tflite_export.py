@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 from ai_edge_litert import schema_py_generated as fb
 
+from edgefleet_contract.package import LayerSpec
+
 from .network import Network
 
 INPUT_NAME = "features"
@@ -106,90 +108,96 @@ def to_tflite(network: Network, *, int8_weights: bool = False) -> bytes:
     if len(network.input_shape) == 3:
         current = _reshape(g, current, shape, "image")
     for i, layer in enumerate(network.layers):
-        tag = f"l{i}_{layer.kind}"
-        if layer.kind == "flatten":
-            shape = [-1, int(np.prod(shape[1:]))]
-            current = _reshape(g, current, shape, tag)
-            continue
-        if layer.kind == "upsample2d":
-            f = layer.size or 1
-            shape = [-1, shape[1] * f, shape[2] * f, shape[3]]
-            size = g.tensor(
-                f"{tag}_size", [2], data=np.asarray(shape[1:3], np.int32), dtype=fb.TensorType.INT32
-            )
-            out = g.tensor(tag, shape)
-            g.op(
-                fb.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR,
-                [current, size],
-                [out],
-                fb.BuiltinOptions.ResizeNearestNeighborOptions,
-                fb.ResizeNearestNeighborOptionsT(),
-            )
-            current = out
-            continue
-        if layer.kind == "maxpool2d":
-            p = layer.size or 1
-            shape = [-1, shape[1] // p, shape[2] // p, shape[3]]
-            out = g.tensor(tag, shape)
-            opts = fb.Pool2DOptionsT()
-            opts.padding = fb.Padding.VALID
-            opts.strideW = opts.strideH = opts.filterWidth = opts.filterHeight = p
-            g.op(
-                fb.BuiltinOperator.MAX_POOL_2D,
-                [current],
-                [out],
-                fb.BuiltinOptions.Pool2DOptions,
-                opts,
-            )
-            current = out
-            continue
-        assert layer.weight is not None and layer.bias is not None
-        w, b = network.weights[layer.weight], network.weights[layer.bias]
-        bias = g.tensor(layer.bias, [int(b.shape[0])], data=b.astype(np.float32))
-        fused = _ACTIVATIONS.get(layer.activation, fb.ActivationFunctionType.NONE)
-        pre = f"{tag}_logits" if layer.activation == "softmax" else tag
-        if layer.kind == "conv2d":
-            weight = g.weight(layer.weight, w.transpose(3, 0, 1, 2))  # HWIO -> OHWI
-            shape = [-1, shape[1], shape[2], int(w.shape[3])]
-            out = g.tensor(pre, shape)
-            conv = fb.Conv2DOptionsT()
-            conv.padding = fb.Padding.SAME
-            conv.strideW = conv.strideH = conv.dilationWFactor = conv.dilationHFactor = 1
-            conv.fusedActivationFunction = fused
-            g.op(
-                fb.BuiltinOperator.CONV_2D,
-                [current, weight, bias],
-                [out],
-                fb.BuiltinOptions.Conv2DOptions,
-                conv,
-                version=5 if int8_weights else 1,
-            )
-        else:
-            weight = g.weight(layer.weight, np.ascontiguousarray(w.T))  # (in, out) -> (out, in)
-            shape = [-1, int(w.shape[1])]
-            out = g.tensor(pre, shape)
-            fc = fb.FullyConnectedOptionsT()
-            fc.fusedActivationFunction = fused
-            fc.asymmetricQuantizeInputs = int8_weights
-            g.op(
-                fb.BuiltinOperator.FULLY_CONNECTED,
-                [current, weight, bias],
-                [out],
-                fb.BuiltinOptions.FullyConnectedOptions,
-                fc,
-                version=9 if int8_weights else 1,
-            )
-        current = out
-        if layer.activation == "softmax":
-            out = g.tensor(tag, shape)
-            opts = fb.SoftmaxOptionsT()
-            opts.beta = 1.0
-            g.op(
-                fb.BuiltinOperator.SOFTMAX, [current], [out], fb.BuiltinOptions.SoftmaxOptions, opts
-            )
-            current = out
+        step = _SHAPING.get(layer.kind, _weighted)
+        current, shape = step(g, network, layer, current, shape, f"l{i}_{layer.kind}")
     g.tensors[current].name = OUTPUT_NAME
     return _finish(g, first, current)
+
+
+Step = tuple[int, list[int]]
+"""A layer's output tensor and its shape."""
+
+
+def _flatten(
+    g: _Graph, network: Network, layer: LayerSpec, current: int, shape: list[int], tag: str
+) -> Step:
+    shape = [-1, int(np.prod(shape[1:]))]
+    return _reshape(g, current, shape, tag), shape
+
+
+def _upsample(
+    g: _Graph, network: Network, layer: LayerSpec, current: int, shape: list[int], tag: str
+) -> Step:
+    f = layer.size or 1
+    shape = [-1, shape[1] * f, shape[2] * f, shape[3]]
+    size = g.tensor(
+        f"{tag}_size", [2], data=np.asarray(shape[1:3], np.int32), dtype=fb.TensorType.INT32
+    )
+    out = g.tensor(tag, shape)
+    g.op(
+        fb.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR,
+        [current, size],
+        [out],
+        fb.BuiltinOptions.ResizeNearestNeighborOptions,
+        fb.ResizeNearestNeighborOptionsT(),
+    )
+    return out, shape
+
+
+def _maxpool(
+    g: _Graph, network: Network, layer: LayerSpec, current: int, shape: list[int], tag: str
+) -> Step:
+    p = layer.size or 1
+    shape = [-1, shape[1] // p, shape[2] // p, shape[3]]
+    out = g.tensor(tag, shape)
+    opts = fb.Pool2DOptionsT()
+    opts.padding = fb.Padding.VALID
+    opts.strideW = opts.strideH = opts.filterWidth = opts.filterHeight = p
+    g.op(fb.BuiltinOperator.MAX_POOL_2D, [current], [out], fb.BuiltinOptions.Pool2DOptions, opts)
+    return out, shape
+
+
+def _weighted(
+    g: _Graph, network: Network, layer: LayerSpec, current: int, shape: list[int], tag: str
+) -> Step:
+    """A conv2d or dense layer, its activation fused (a softmax is an operator of its own)."""
+    assert layer.weight is not None and layer.bias is not None
+    w, b = network.weights[layer.weight], network.weights[layer.bias]
+    bias = g.tensor(layer.bias, [int(b.shape[0])], data=b.astype(np.float32))
+    fused = _ACTIVATIONS.get(layer.activation, fb.ActivationFunctionType.NONE)
+    pre = f"{tag}_logits" if layer.activation == "softmax" else tag
+    options: fb.Conv2DOptionsT | fb.FullyConnectedOptionsT
+    if layer.kind == "conv2d":
+        weight = g.weight(layer.weight, w.transpose(3, 0, 1, 2))  # HWIO -> OHWI
+        shape = [-1, shape[1], shape[2], int(w.shape[3])]
+        options = fb.Conv2DOptionsT()
+        options.padding = fb.Padding.SAME
+        options.strideW = options.strideH = options.dilationWFactor = options.dilationHFactor = 1
+        op, kind, int8_version = (
+            fb.BuiltinOperator.CONV_2D, fb.BuiltinOptions.Conv2DOptions, 5,
+        )  # fmt: skip
+    else:
+        weight = g.weight(layer.weight, np.ascontiguousarray(w.T))  # (in, out) -> (out, in)
+        shape = [-1, int(w.shape[1])]
+        options = fb.FullyConnectedOptionsT()
+        options.asymmetricQuantizeInputs = g.int8_weights
+        op, kind, int8_version = (
+            fb.BuiltinOperator.FULLY_CONNECTED, fb.BuiltinOptions.FullyConnectedOptions, 9,
+        )  # fmt: skip
+    options.fusedActivationFunction = fused
+    out = g.tensor(pre, shape)
+    version = int8_version if g.int8_weights else 1
+    g.op(op, [current, weight, bias], [out], kind, options, version=version)
+    if layer.activation != "softmax":
+        return out, shape
+    current, out = out, g.tensor(tag, shape)
+    opts = fb.SoftmaxOptionsT()
+    opts.beta = 1.0
+    g.op(fb.BuiltinOperator.SOFTMAX, [current], [out], fb.BuiltinOptions.SoftmaxOptions, opts)
+    return out, shape
+
+
+_SHAPING = {"flatten": _flatten, "upsample2d": _upsample, "maxpool2d": _maxpool}
 
 
 def _reshape(g: _Graph, source: int, shape: list[int], name: str) -> int:

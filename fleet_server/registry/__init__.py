@@ -2,6 +2,6 @@
 
 from .blobs import BlobStore, TooLarge
 from .deltas import DeltaCache
-from .registry import Registry
+from .registry import ArtifactRegistry
 
-__all__ = ["BlobStore", "DeltaCache", "Registry", "TooLarge"]
+__all__ = ["ArtifactRegistry", "BlobStore", "DeltaCache", "TooLarge"]

@@ -86,10 +86,3 @@ async def receive(chunks: AsyncIterator[bytes], target: Path, *, limit: int) -> 
             out.write(chunk)
     return digest.hexdigest()
 
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as src:
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

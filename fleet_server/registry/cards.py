@@ -28,8 +28,7 @@ from edgefleet_contract.errors import EdgefleetError, NotFound
 from edgefleet_contract.messages import Telemetry
 
 from ..cbpe import Calibration, reference_drift
-from ..store.base import Artifact, Device, Page
-from ..store.training import RoundRecord, TrainingRun
+from ..store.base import Artifact, Device, DeviceStore, TelemetryStore, TrainingRecords
 from .card import build, package_facts, wilson
 
 MAX_DEVICES = 500
@@ -39,21 +38,8 @@ MAX_DEVICE_SLICES = 50
 HOUR = 3600.0
 
 
-class FleetRecords(Protocol):
+class FleetRecords(DeviceStore, TelemetryStore, TrainingRecords, Protocol):
     """What a card reads from the store: devices, their telemetry, training runs."""
-
-    def list_devices(
-        self,
-        *,
-        where: Callable[[Device], bool] | None = None,
-        offset: int = 0,
-        limit: int = 100,
-    ) -> Page[Device]: ...
-    def query_raw(
-        self, device_id: str, *, since: float, until: float, limit: int = 1000
-    ) -> list[Telemetry]: ...
-    def get_training_run(self, run_id: str) -> TrainingRun: ...
-    def list_rounds(self, run_id: str) -> list[RoundRecord]: ...
 
 
 class CardStore:

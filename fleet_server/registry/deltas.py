@@ -33,7 +33,7 @@ from .blobs import BlobStore
 
 if TYPE_CHECKING:
     from ..store.base import Artifact
-    from .registry import Registry
+    from .registry import ArtifactRegistry
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class DeltaCache:
             pending = set(self._pending)
         wait(pending, timeout=timeout)
 
-    def on_registered(self, registry: Registry) -> Callable[[Artifact], None]:
-        """The hook for :attr:`Registry.on_added`: patches from the versions before it."""
+    def on_registered(self, registry: ArtifactRegistry) -> Callable[[Artifact], None]:
+        """The hook for :attr:`ArtifactRegistry.on_added`: patches from the versions before it."""
 
         def added(artifact: Artifact) -> None:
             earlier = registry.store.find_artifacts(

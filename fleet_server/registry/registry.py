@@ -20,8 +20,9 @@ from typing import Any
 
 from edgefleet_contract import firmware, package
 from edgefleet_contract.errors import EdgefleetError, NotFound, PackageError
+from edgefleet_contract.messages import ArtifactKind
 
-from ..store.base import Artifact, ArtifactKind, Store
+from ..store.base import Artifact, Store
 from ..tuf import TufRepository
 from .blobs import BlobStore
 from .card import package_facts
@@ -34,7 +35,7 @@ _SPEC = re.compile(
 TARGET_DIRS: dict[ArtifactKind, str] = {"model": "models", "firmware": "firmware"}
 
 
-class Registry:
+class ArtifactRegistry:
     def __init__(
         self,
         store: Store,
@@ -83,14 +84,16 @@ class Registry:
         artifact = self._artifact(
             "model", m.name, m.version, m.flavor, m.runtime, (), pkg, filename, actor, record
         )
-        # The contract's "flavor" is the quantization ("int8", "float32"); the
-        # registry's own flavour ("onnx-int8") is runtime + that, and in the path.
+        # "flavor" means one thing everywhere: the manifest's runtime + quantization
+        # ("onnx-int8"), as in the spec and the file name.  Targets signed before it
+        # said "flavor": "int8"; no device reads that field, so they stay valid.
         custom = {
             "kind": "model",
             "name": m.name,
             "version": m.version,
             "runtime": m.runtime,
-            "flavor": m.quantization.dtype,
+            "flavor": m.flavor,
+            "quantization": m.quantization.dtype,
         }
         stored = self._register(path, artifact, custom)
         self.cards.save(stored.sha256, package_facts(pkg))  # the card's fixed half

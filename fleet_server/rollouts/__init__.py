@@ -5,3 +5,19 @@ and :mod:`.gates`); :mod:`.driver` is its edge (clock, store, desired state,
 device reports), :mod:`.metrics` fetches the gate figures, :mod:`.persist`
 saves and restores engines.
 """
+
+# The public surface is these modules (each is imported where it is used, so
+# importing the package costs nothing).
+__all__ = [
+    "artifacts",
+    "champion",
+    "driver",
+    "engine",
+    "gates",
+    "metrics",
+    "model",
+    "persist",
+    "plan",
+    "verbs",
+    "view",
+]

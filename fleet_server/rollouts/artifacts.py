@@ -10,22 +10,34 @@ and tests can use a table.  A spec is what the operator types:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
-from edgefleet_contract.messages import TargetRef
+from edgefleet_contract.messages import ArtifactKind, TargetRef
 
-Kind = Literal["model", "firmware"]
+from ..store.base import Artifact
 
 
 @dataclass(frozen=True)
 class ResolvedArtifact:
-    kind: Kind
+    kind: ArtifactKind
     name: str
     version: str
     target_path: str
     """The TUF target path, e.g. ``models/digits/1.3.0/digits-1.3.0-onnx-int8.efpkg``."""
     sha256: str
     length: int
+
+    @classmethod
+    def of(cls, artifact: Artifact) -> ResolvedArtifact:
+        """A registered artifact as the record a rollout stores (the fields it ships by)."""
+        return cls(
+            kind=artifact.kind,
+            name=artifact.name,
+            version=artifact.version,
+            target_path=artifact.target_path,
+            sha256=artifact.sha256,
+            length=artifact.size,
+        )
 
     def target_ref(self) -> TargetRef:
         return TargetRef(
@@ -43,19 +55,15 @@ class ArtifactResolver(Protocol):
         ...
 
 
-def as_resolved(found: Any) -> ResolvedArtifact:
-    """Whatever a registry returned, as the record a rollout stores.
+class ArtifactLookup(Protocol):
+    def resolve(self, spec: str) -> Artifact: ...
 
-    The registry's own artifact type carries more (lineage, timestamps); a
-    rollout keeps only the fields it needs, so any object with them will do.
-    """
-    if isinstance(found, ResolvedArtifact):
-        return found
-    return ResolvedArtifact(
-        kind=found.kind,
-        name=found.name,
-        version=found.version,
-        target_path=found.target_path,
-        sha256=found.sha256,
-        length=int(found.length if hasattr(found, "length") else found.size),
-    )
+
+@dataclass(frozen=True)
+class RegistryResolver:
+    """The artifact registry as a rollout sees it: a spec in, the shipped fields out."""
+
+    registry: ArtifactLookup
+
+    def resolve(self, spec: str) -> ResolvedArtifact:
+        return ResolvedArtifact.of(self.registry.resolve(spec))

@@ -8,9 +8,10 @@ only ever touched under one lock.  Every call that changes an engine ends with
 a save (state, changed device rows, events) before the next event is taken:
 a server killed at any point restarts from the last complete transition.
 
-Actions become desired state through the same twin path operators use
-(``set_desired`` stored under the next version, then sent; a device that is
-away gets it from the reconciler when it returns).
+Actions become desired state through the twin path operators use
+(:meth:`~fleet_server.twin.Twin.set_desired`: stored under the next version,
+recorded, then sent; a device that is away gets it from the reconciler when it
+returns).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edgefleet_contract.errors import EdgefleetError, LinkError, NotFound, PlanError
-from edgefleet_contract.messages import DesiredState, TargetRef
+from edgefleet_contract.errors import EdgefleetError, NotFound, PlanError
+from edgefleet_contract.messages import ArtifactKind, DesiredState, TargetRef
 
 from ..cbpe import Calibration
 from ..selector import parse as parse_selector
-from ..store.base import CommandRecord, Device, Store
-from ..twin import CommandSender, desired_command
-from .artifacts import ArtifactResolver, as_resolved
+from ..store.base import Device, Store
+from ..twin import CommandSender, DesiredFields, Twin
+from .artifacts import ArtifactResolver
 from .engine import Candidate, Rollout
 from .metrics import measure
 from .model import (
@@ -61,12 +62,15 @@ class RolloutDriver:
         sender: CommandSender | None,
         *,
         resolver: ArtifactResolver | None = None,
+        calibrations: Callable[[str], Calibration | None] | None = None,
         clock: Callable[[], float] = time.time,
         interval_s: float = 1.0,
+        shared: bool = False,
     ) -> None:
         self.store = store
-        self.sender = sender
+        self.twin = Twin(store, sender, clock=clock)
         self.resolver = resolver
+        """Resolves what a device reports running, to record it as a rollback target."""
         self.clock = clock
         self.interval_s = interval_s
         self._lock = threading.RLock()
@@ -77,9 +81,18 @@ class RolloutDriver:
         self._thread: threading.Thread | None = None
         self.errors = 0
         """Ticks that raised (each is logged); the driver keeps going."""
-        self.calibrations: Callable[[str], Calibration | None] | None = None
+        self.calibrations = calibrations
         """A model version's package calibration (``name@version``), for the gates'
         label-free estimate; None: gates compare labels only."""
+        self.shared = shared
+        """Several fleet-server processes share the store (``--role`` other than a lone
+        ``all``).  Then only the process holding the rollouts lease runs the engines;
+        the others' ``create``/``act`` write to the store and keep nothing in memory,
+        and the holder re-reads the store every tick (see :meth:`_sync`)."""
+        self._hosting = False
+        self._stored: dict[str, str] = {}
+        self._version: dict[str, float] = {}
+        """Each rollout's ``updated_at`` as this process last read or wrote it."""
         self.reload()
 
     # ---------------------------------------------------------- lifecycle --
@@ -90,7 +103,7 @@ class RolloutDriver:
             self._live = {}
             for row in self.store.list_rollouts(statuses=sorted(ACTIVE), limit=10_000):
                 try:
-                    self._live[row.id] = load(self.store, row.id)
+                    self._live[row.id] = self._load(row.id)
                 except EdgefleetError:
                     self.errors += 1
                     log.exception("rollout %s cannot be loaded; it is left as it is", row.id)
@@ -101,6 +114,11 @@ class RolloutDriver:
                         self._reports.put(d.device_id)
 
     def start(self) -> None:
+        """Run the engines here (in a shared store: this process took the rollouts lease)."""
+        with self._lock:
+            self._hosting = True
+        if self.shared:
+            self.reload()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
         self._thread.start()
@@ -109,6 +127,11 @@ class RolloutDriver:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            self._thread = None
+        with self._lock:
+            self._hosting = False
+            if self.shared:  # another process runs them from now on
+                self._live, self._stored = {}, {}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -131,6 +154,8 @@ class RolloutDriver:
     def step(self, now: float | None = None) -> None:
         """Feed queued device reports, then tick every live rollout."""
         now = self.clock() if now is None else now
+        if self.shared:
+            self._sync()
         seen: set[str] = set()
         while True:
             try:
@@ -152,6 +177,30 @@ class RolloutDriver:
             for rollout in list(self._live.values()):
                 self._guarded(rollout, lambda r: r.tick(now), now)
 
+    def _sync(self) -> None:
+        """Shared store: take in what other processes wrote since the last tick.
+
+        Rollouts created elsewhere are adopted, a rollout whose stored state is not
+        the one this process saved last (an operator's verb through another API
+        replica) is reloaded, and every waiting device is re-read, since its reports
+        were stored by an ingest worker whose hook cannot reach this process.
+        """
+        with self._lock:
+            for row in self.store.list_rollouts(statuses=sorted(ACTIVE), limit=10_000):
+                live = self._live.get(row.id)
+                if live is not None and _state_key(row.state) == self._stored.get(row.id):
+                    continue
+                try:
+                    self._live[row.id] = self._load(row.id)
+                    self._stored[row.id] = _state_key(row.state)
+                except EdgefleetError:
+                    self.errors += 1
+                    log.exception("rollout %s cannot be loaded; it is left as it is", row.id)
+            for rollout in self._live.values():
+                for d in rollout.devices.values():
+                    if d.status not in ("succeeded", "failed", "skipped", "rolled_back"):
+                        self._reports.put(d.device_id)
+
     def _guarded(
         self, rollout: Rollout, event: Callable[[Rollout], list[Action]], now: float
     ) -> None:
@@ -167,7 +216,7 @@ class RolloutDriver:
             rid = rollout.state.id
             log.exception("rollout %s: event failed; reloading its last saved state", rid)
             try:
-                self._live[rid] = load(self.store, rid)
+                self._live[rid] = self._load(rid)
             except Exception:
                 log.exception("rollout %s cannot be reloaded; dropped until restart", rid)
                 self._live.pop(rid, None)
@@ -176,22 +225,22 @@ class RolloutDriver:
         now = self.clock() if now is None else now
         selector = parse_selector(plan.selector)
         with self._lock:
-            busy = {d for r in self._live.values() for d in r.devices}
-            page = self.store.list_devices(
-                where=lambda d: selector.matches(d) and d.state == "enrolled", limit=1_000_000
-            )
+            busy = self._busy_devices()
+            enrolled = self.store.all_devices(where=selector & parse_selector("state:enrolled"))
             candidates = [
-                Candidate(d.id, d.online, _running(d, plan)) for d in page.items if d.id not in busy
+                Candidate(d.id, d.online, _running(d, plan)) for d in enrolled if d.id not in busy
             ]
             if not candidates:
-                taken = f" ({len(page.items)} are in another live rollout)" if page.items else ""
+                taken = f" ({len(enrolled)} are in another live rollout)" if enrolled else ""
                 raise PlanError(f"the target {plan.selector!r} matches no free device{taken}")
             rollout_id = "r-" + secrets.token_hex(6)
             rollout = Rollout.create(rollout_id, plan, candidates, now=now, actor=actor)
             note = Note(now, "created", f"{len(candidates)} devices, by {actor}")
             save(self.store, rollout, [note], create=True)
+            self._version[rollout_id] = rollout.state.updated_at
             self._live[rollout_id] = rollout
             self._apply(rollout, rollout.tick(now), now)
+            self._forget_unless_hosting(rollout_id)
             return _snapshot(rollout)
 
     def act(self, rollout_id: str, verb: str, *, actor: str, now: float | None = None) -> Rollout:
@@ -204,24 +253,50 @@ class RolloutDriver:
             "rollback": lambda r, t: r.rollback(t, f"rolled back by {actor}"),
         }
         with self._lock:
-            rollout = self._live.get(rollout_id) or load(self.store, rollout_id)
+            rollout = self.get_live(rollout_id)
             actions = verbs[verb](rollout, now)  # a RolloutError here changed nothing
             self._live[rollout_id] = rollout
             try:
                 self._apply(rollout, actions, now)
             except Exception:
                 self.errors += 1
-                self._live[rollout_id] = load(self.store, rollout_id)
+                self._live[rollout_id] = self._load(rollout_id)
                 raise
+            finally:
+                self._forget_unless_hosting(rollout_id)
             return _snapshot(rollout)
+
+    def get_live(self, rollout_id: str) -> Rollout:
+        """The engine to act on: this process's own, or (not hosting) the stored one."""
+        live = self._live.get(rollout_id) if self._hosting or not self.shared else None
+        return live or self._load(rollout_id)
+
+    def _load(self, rollout_id: str) -> Rollout:
+        """The rollout as stored, remembering which version that was (for the next save)."""
+        rollout = load(self.store, rollout_id)
+        self._version[rollout_id] = rollout.state.updated_at
+        return rollout
+
+    def _forget_unless_hosting(self, rollout_id: str) -> None:
+        """A process that does not run the engines keeps no copy (it would go stale)."""
+        if self.shared and not self._hosting:
+            self._live.pop(rollout_id, None)
+            self._saved.pop(rollout_id, None)
 
     def get(self, rollout_id: str) -> Rollout:
         """A copy of the rollout as it is now (safe to read while the driver goes on)."""
         with self._lock:
-            live = self._live.get(rollout_id)
+            live = self._live.get(rollout_id) if self._hosting or not self.shared else None
             if live is not None:
                 return _snapshot(live)
         return load(self.store, rollout_id)
+
+    def _busy_devices(self) -> set[str]:
+        """Devices some live rollout holds (in a shared store: as stored, by any process)."""
+        if not self.shared:
+            return {d for r in self._live.values() for d in r.devices}
+        rows = self.store.list_rollouts(statuses=sorted(ACTIVE), limit=10_000)
+        return {d["device_id"] for row in rows for d in self.store.rollout_devices(row.id)}
 
     # ------------------------------------------------------------ actions --
 
@@ -255,8 +330,14 @@ class RolloutDriver:
         # waiting for its operator, a probation window running) writes nothing.
         fingerprint = _fingerprint(rollout)
         if rollout.dirty or notes or fingerprint != self._saved.get(rollout.state.id):
-            save(self.store, rollout, notes)
+            rid = rollout.state.id
+            # A shared store: only over the version this process last read or wrote, so an
+            # operator's verb saved meanwhile by another replica is never overwritten.
+            expected = self._version.get(rid) if self.shared else None
+            save(self.store, rollout, notes, expect_updated_at=expected)
+            self._version[rid] = rollout.state.updated_at
             self._saved[rollout.state.id] = fingerprint
+            self._stored[rollout.state.id] = _state_key(rollout.state.to_json())
         if rollout.status not in ACTIVE:
             self._live.pop(rollout.state.id, None)
 
@@ -311,51 +392,34 @@ class RolloutDriver:
         self,
         device_id: str,
         current: DesiredState | None,
-        kind: str,
+        kind: ArtifactKind,
         target: TargetRef | None,
         rollout_id: str,
         now: float,
         *,
         shadow: TargetRef | None = None,
     ) -> int:
-        fields: dict[str, Any] = {
+        """The device's desired state with its ``kind`` artifact set to ``target``."""
+        fields: DesiredFields = {
             "model": current.model if current else None,
             "firmware": current.firmware if current else None,
             "config": current.config if current else {},
             "shadow": shadow,
         }
         fields[kind] = target
-        desired = DesiredState(
-            version=self.store.next_desired_version(device_id), rollout_id=rollout_id, **fields
+        desired = self.twin.set_desired(
+            device_id, fields, actor=f"rollout:{rollout_id}", rollout_id=rollout_id, now=now
         )
-        self.store.set_desired(device_id, desired)
-        command = desired_command(desired, now=now)
-        self.store.add_command(
-            CommandRecord(
-                id=command.id,
-                device_id=device_id,
-                name=command.name,
-                args=command.args,
-                created_at=now,
-                actor=f"rollout:{rollout_id}",
-            )
-        )
-        if self.sender is not None:
-            try:
-                self.sender.send_command(device_id, command)
-            except LinkError as exc:
-                log.warning(
-                    "rollout %s: desired state of %s stored, not sent: %s",
-                    rollout_id,
-                    device_id,
-                    exc,
-                )
         return desired.version
 
 
 def _fingerprint(rollout: Rollout) -> str:
     state = rollout.state.to_json()
     state.pop("updated_at")
+    return json.dumps(state, sort_keys=True)
+
+
+def _state_key(state: dict[str, Any]) -> str:
     return json.dumps(state, sort_keys=True)
 
 
@@ -376,7 +440,7 @@ def _running(device: Device, plan: RolloutPlan) -> str | None:
 
 
 def _current_target(
-    device: Device, kind: str, resolver: ArtifactResolver | None
+    device: Device, kind: ArtifactKind, resolver: ArtifactResolver | None
 ) -> TargetRef | None:
     """What the device is meant to run now: its desired target, else what it reports."""
     desired = device.desired
@@ -392,8 +456,8 @@ def _current_target(
     if spec is None:
         return None
     try:
-        return as_resolved(resolver.resolve(spec)).target_ref()
-    except (EdgefleetError, AttributeError):
+        return resolver.resolve(spec).target_ref()
+    except EdgefleetError:
         return None
 
 

@@ -33,6 +33,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from edgefleet_contract.messages import INSTALLING
+
 from .champion import Arm
 from .gates import SHADOW_METRICS, GateResult, evaluate, expire, shortfall, vs_parent
 from .model import (
@@ -54,7 +56,6 @@ SHADOW_KEY = "shadow"
 """Where the shadow step's gate results are kept beside the waves' (``gate_results``)."""
 GATE_RECHECK_S = 5.0
 """While a wave waits for gate data, how often its figures are measured again."""
-_UPDATING = {"pending", "downloading", "verifying", "staging", "self_test", "switching"}
 
 
 @dataclass(frozen=True)
@@ -535,7 +536,7 @@ class Rollout(OperatorVerbs):
     ) -> None:
         d.phase = phase
         self._touch(d)
-        if phase in _UPDATING:
+        if phase in INSTALLING:
             d.status = "updating"
         elif phase == "probation":
             d.status = "probation"

@@ -29,16 +29,6 @@ def _is_new(t: Telemetry, artifact: ResolvedArtifact) -> bool:
     return inf is not None and inf.model == artifact.name and inf.version == artifact.version
 
 
-def _mean_confidence(stats: Sequence[InferenceStats]) -> float | None:
-    total = weight = 0.0
-    for s in stats:
-        bins = len(s.confidence_hist)
-        for i, n in enumerate(s.confidence_hist):
-            total += n * (i + 0.5) / bins
-            weight += n
-    return total / weight if weight else None
-
-
 def _boots(batches: Sequence[Telemetry]) -> int:
     return len({b.batch_id.partition("-")[0] for b in batches})
 
@@ -78,7 +68,8 @@ def figures(
     fb_ok = sum(s.feedback_correct for s in inf)
     p95 = [s.latency.p95_ms for s in inf if s.latency is not None]
     drift = [t.drift.score for t in new if t.drift is not None]
-    conf_before, conf_after = _mean_confidence(old), _mean_confidence(inf)
+    conf_before = InferenceStats.pooled_confidence(old)
+    conf_after = InferenceStats.pooled_confidence(inf)
     loops = sum(
         1
         for device_id in set(after) | set(health)

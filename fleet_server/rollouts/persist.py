@@ -27,12 +27,24 @@ def row_of(rollout: Rollout) -> RolloutRow:
 
 
 def save(
-    store: Store, rollout: Rollout, notes: Sequence[Note] = (), *, create: bool = False
+    store: Store,
+    rollout: Rollout,
+    notes: Sequence[Note] = (),
+    *,
+    create: bool = False,
+    expect_updated_at: float | None = None,
 ) -> None:
-    """Write the rollout, the devices that changed since the last save, and ``notes``."""
+    """Write the rollout, the devices that changed since the last save, and ``notes``
+    (over the stored version of ``expect_updated_at`` only, when given)."""
     changed = [rollout.devices[d].to_json() for d in sorted(rollout.dirty)]
     events = [RolloutEvent(n.ts, n.kind, n.message, n.device_id) for n in notes]
-    store.save_rollout(row_of(rollout), devices=changed, events=events, create=create)
+    store.save_rollout(
+        row_of(rollout),
+        devices=changed,
+        events=events,
+        create=create,
+        expect_updated_at=expect_updated_at,
+    )
     rollout.dirty.clear()
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from edgefleet_contract.errors import PlanError
 
+from ..selector import parse as parse_selector
 from .artifacts import ResolvedArtifact
 from .gates import SHADOW_METRICS, Gate, parse_gate
 
@@ -239,3 +242,232 @@ class RolloutPlan:
         for fraction in self.waves:
             ends.append(max(ends[-1], Share(fraction=fraction).of(total)))
         return ends
+
+
+# ------------------------------------------------------------------ the spec --
+
+Words = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class PlanSpec(BaseModel):
+    """A rollout plan in the operator's words, the one vocabulary of every way in.
+
+    ``fleetctl rollout create`` makes its options from these fields, the API's
+    request is this plus the artifact, the console posts the same names, and a
+    training run's ``--rollout`` is parsed into one (:meth:`parse`).  Each
+    value is checked by :func:`build_plan`, so all of them report the same
+    errors.
+    """
+
+    target: Annotated[str, StringConstraints(min_length=1, max_length=2000)] = Field(
+        description="a device selector, e.g. tag:site=berlin and model:digits<1.3"
+    )
+    canary: Words = Field("1", description="devices (5) or share (5%)")
+    waves: Words = Field("100%", description="cumulative, e.g. 25%,50%,100%")
+    pace: Words = Field("60/min", description="devices per time: 200/min")
+    jitter: Words = Field("0s", description="random delay per device: 30s")
+    probation: Words = Field("10m", description="watch window per wave")
+    gates: Annotated[
+        list[Annotated[str, StringConstraints(max_length=200)]], Field(max_length=20)
+    ] = Field([], description="metric OP number, e.g. 'error_rate<0.01'")
+    auto_rollback: bool = Field(
+        True, description="on a failed gate, revert the devices already moved (off: only halt)"
+    )
+    max_failures: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        0, description="failed devices tolerated"
+    )
+    device_timeout: Words = Field("1h", description="a device that takes longer has failed")
+    offline_grace: Words = Field("24h", description="how long to wait for an offline device")
+    seed: Annotated[int, Field(ge=0, le=2**31)] | None = Field(
+        None, description="order and jitter seed (reproducible)"
+    )
+    gate_min_samples: Annotated[int, Field(ge=1, le=MAX_GATE_SAMPLES)] = Field(
+        20, description="observations (inferences, labelled answers) a gate needs from the wave"
+    )
+    gate_timeout: Words = Field(
+        "30m", description="after probation, how long a gate short of data waits before it fails"
+    )
+    gates_allow_no_data: bool = Field(
+        False, description="for fleets without traffic: a gate with no data passes (and says so)"
+    )
+    vs_parent: bool = Field(
+        True,
+        description="judge each wave against the version it replaces (champion/challenger)",
+    )
+    parent_margin: Words = Field(
+        "5pt",
+        description="champion/challenger: how much less accurate than its parent the new "
+        "version may be",
+    )
+    parent_confidence: Words = Field(
+        "95%",
+        description="champion/challenger: confidence of that test (and its power for an equal "
+        "model)",
+    )
+    shadow: Words = Field(
+        "0s",
+        description="before the canary switches, how long it runs the new version beside the "
+        "active one (0s: no shadow step); shadow_* gates are judged after it",
+    )
+
+    def check(self) -> None:
+        """Every value parses, or a :class:`PlanError` names the one that does not."""
+        build_plan(self, _PLACEHOLDER, 0)
+
+    @classmethod
+    def parse(cls, text: str, *, target: str) -> PlanSpec:
+        """The plan one string describes (a training run's ``--rollout``), for ``target``.
+
+        Grammar: clauses ``WORD VALUE...``, a word starting each; values run to
+        the next word; commas, semicolons and spaces all separate.  The words are
+        the ``fleetctl rollout create`` options without their dashes (each at
+        most once, except ``gate``): ``canary 10%, waves 50% 100%; gate
+        accuracy>=0.9; no-auto-rollback``.
+        """
+        fields: dict[str, object] = {"target": target}
+        gates: list[object] = []  # the one word given as often as there are gates
+        for word, values in _clauses(text):
+            name = WORDS[word]
+            value = _field_value(name, word, values, text)
+            if name == "gates":
+                gates.append(value)
+            else:
+                fields[name] = value
+        fields["gates"] = gates
+        try:
+            spec = cls.model_validate(fields)
+        except ValidationError as exc:
+            raise plan_error(exc, prefix=f"--rollout {text!r}: ") from None
+        spec.check()
+        return spec
+
+
+FLAGS: dict[str, tuple[str, str]] = {
+    "auto_rollback": ("no-auto-rollback", "Halt on a failed gate, revert nothing."),
+    "gates_allow_no_data": (
+        "gates-allow-no-data",
+        "For fleets without traffic: a gate with no data passes instead of failing.",
+    ),
+    "vs_parent": ("no-parent-gate", "Do not compare each wave with the version it replaces."),
+}
+"""The boolean fields' option words (each sets the opposite of the default) and their help."""
+
+
+def option_word(name: str) -> str:
+    """The option (without ``--``) that sets the field ``name``: ``no-auto-rollback``."""
+    if name in FLAGS:
+        return FLAGS[name][0]
+    return "gate" if name == "gates" else name.replace("_", "-")
+
+
+WORDS: dict[str, str] = {
+    option_word(name): name for name in PlanSpec.model_fields if name not in ("target", "seed")
+}
+"""The words of a one-string plan (``canary``, ``no-auto-rollback``...) and the field each
+sets: the ``fleetctl rollout create`` options without their dashes."""
+
+
+def int_bounds(name: str) -> tuple[int | None, int | None]:
+    """The smallest and largest value the whole-number field ``name`` takes."""
+    info = PlanSpec.model_fields.get(name)
+    low = high = None
+    for item in info.metadata if info else ():
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+    return low, high
+
+
+def plan_error(exc: ValidationError, *, prefix: str = "") -> PlanError:
+    """A pydantic error on a :class:`PlanSpec` as one line naming the option at fault."""
+    first = exc.errors(include_url=False)[0]
+    loc = first.get("loc", ())
+    name = str(loc[0]) if loc else ""
+    word = option_word(name) if name in PlanSpec.model_fields else name
+    low, high = int_bounds(name)
+    if first.get("type") in ("greater_than_equal", "less_than_equal") and low is not None:
+        return PlanError(f"{prefix}{word} is from {low} to {high}, not {first.get('input')!r}")
+    return PlanError(f"{prefix}{word}: {first.get('msg')}")
+
+
+def _clauses(text: str) -> list[tuple[str, list[str]]]:
+    tokens = [t for t in re.split(r"[\s,;]+", text.strip()) if t]
+    if not tokens:
+        raise PlanError("--rollout is empty; e.g. 'canary 10%, waves 50%,100%'")
+    clauses: list[tuple[str, list[str]]] = []
+    for token in tokens:
+        word = token.lower()
+        if word in WORDS:
+            if word != "gate" and any(k == word for k, _ in clauses):
+                raise PlanError(f"--rollout {text!r}: {word!r} is given twice")
+            clauses.append((word, []))
+        elif not clauses:
+            raise PlanError(
+                f"--rollout {text!r}: expected one of {', '.join(WORDS)} "
+                f"at the start, found {token!r}"
+            )
+        else:
+            clauses[-1][1].append(token)
+    return clauses
+
+
+def _field_value(name: str, word: str, values: list[str], text: str) -> object:
+    """One clause's value, typed as the field ``name`` wants it."""
+    info = PlanSpec.model_fields[name]
+    if info.annotation is bool:
+        if values:
+            raise PlanError(f"--rollout: {word} takes no value, not {values[0]!r}")
+        return not info.default
+    if not values:
+        raise PlanError(f"--rollout {text!r}: {word!r} needs a value")
+    if name == "waves":
+        return ",".join(values)
+    if name == "gates":
+        return "".join(values)
+    if len(values) > 1:
+        raise PlanError(f"--rollout {text!r}: {word!r} takes one value, found {' '.join(values)!r}")
+    if info.annotation is int:
+        if not values[0].isdigit():
+            raise PlanError(f"--rollout: {word} is a whole number, not {values[0]!r}")
+        low, high = int_bounds(name)
+        if (low is not None and int(values[0]) < low) or (
+            high is not None and int(values[0]) > high
+        ):
+            hint = (
+                " (a fleet without traffic: gates-allow-no-data)"
+                if name == "gate_min_samples"
+                else ""
+            )
+            raise PlanError(f"--rollout: {word} is from {low} to {high}, not {values[0]!r}{hint}")
+        return int(values[0])
+    return values[0]
+
+
+_PLACEHOLDER = ResolvedArtifact("model", "x", "0", "models/x/0/x", "0" * 64, 0)
+"""What :meth:`PlanSpec.check` builds with: every value parses before any lookup."""
+
+
+def build_plan(spec: PlanSpec, artifact: ResolvedArtifact, seed: int) -> RolloutPlan:
+    """The frozen plan ``spec`` describes for ``artifact``; a bad value is a PlanError."""
+    parse_selector(spec.target)
+    return RolloutPlan(
+        selector=spec.target,
+        artifact=artifact,
+        canary=parse_share(spec.canary),
+        waves=parse_waves(spec.waves),
+        pace_per_min=parse_pace(spec.pace),
+        jitter_s=parse_duration(spec.jitter, what="--jitter"),
+        probation_s=parse_duration(spec.probation, what="--probation"),
+        gates=tuple(parse_gate(g) for g in spec.gates),
+        auto_rollback=spec.auto_rollback,
+        max_failures=spec.max_failures,
+        device_timeout_s=parse_duration(spec.device_timeout, what="--device-timeout"),
+        offline_grace_s=parse_duration(spec.offline_grace, what="--offline-grace"),
+        seed=seed,
+        gate_min_samples=spec.gate_min_samples,
+        gate_timeout_s=parse_duration(spec.gate_timeout, what="--gate-timeout"),
+        gates_allow_no_data=spec.gates_allow_no_data,
+        vs_parent=spec.vs_parent,
+        parent_margin=parse_margin(spec.parent_margin),
+        parent_confidence=parse_confidence(spec.parent_confidence),
+        shadow_s=parse_duration(spec.shadow, what="--shadow"),
+    )

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+from typing import Any
 
 from edgefleet_contract.errors import NotFound, StoreError
 
-from ._conn import Connections
+from ._conn import INTEGRITY_ERRORS, Connections
 from .base import ApiToken, AuditEntry, AuditFilter, Page, Role, User
 
 
 class AccountTables(Connections):
+    def record_login_failure(self, source: str, ts: float, *, forget_before: float) -> None:
+        """One failed login from ``source``; its failures before ``forget_before`` go."""
+        with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM login_failures WHERE source = ? AND ts < ?", (source, forget_before)
+            )
+            conn.execute("INSERT INTO login_failures (source, ts) VALUES (?, ?)", (source, ts))
+
+    def login_failures(self, source: str, *, since: float) -> list[float]:
+        rows = self._conn().execute(
+            "SELECT ts FROM login_failures WHERE source = ? AND ts >= ? ORDER BY ts",
+            (source, since),
+        )
+        return [float(r[0]) for r in rows]
+
+    def clear_login_failures(self, source: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM login_failures WHERE source = ?", (source,))
+
     def create_user(self, username: str, *, role: Role, password_hash: str, now: float) -> None:
         try:
             with self._tx() as conn:
@@ -20,7 +39,7 @@ class AccountTables(Connections):
                     "VALUES (?, ?, ?, ?, 0)",
                     (username, role, password_hash, now),
                 )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise StoreError(f"a user named {username!r} already exists") from None
 
     def get_user(self, username: str) -> User:
@@ -137,7 +156,7 @@ class AccountTables(Connections):
         clauses = [
             (actor, "actor = ?"),
             (f.action, "action = ?"),
-            (f.target, "instr(target, ?) > 0"),
+            (f.target, self.dialect.contains("target")),
             (f.outcome, "outcome = ?"),
             (f.since, "ts >= ?"),
             (f.until, "ts < ?"),
@@ -168,7 +187,7 @@ class AccountTables(Connections):
         return Page(items, total)
 
 
-def _user(row: sqlite3.Row) -> User:
+def _user(row: Any) -> User:
     return User(
         username=row["username"],
         role=row["role"],

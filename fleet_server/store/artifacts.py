@@ -8,7 +8,6 @@ bytes under the same coordinates are refused (the API answers 409).
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from edgefleet_contract.errors import NotFound, StoreError
@@ -45,7 +44,7 @@ class ArtifactTables(Connections):
                     )
                 return existing
             cur = conn.execute(
-                f"INSERT INTO artifacts ({_COLUMNS}) VALUES ({', '.join('?' * 13)})",
+                f"INSERT INTO artifacts ({_COLUMNS}) VALUES ({', '.join('?' * 13)}) RETURNING id",
                 (
                     a.kind,
                     a.name,
@@ -62,7 +61,7 @@ class ArtifactTables(Connections):
                     json.dumps(a.lineage, sort_keys=True),
                 ),
             )
-            new_id = int(cur.lastrowid or 0)
+            new_id = int(cur.fetchone()[0])
         return self.get_artifact(new_id)
 
     def get_artifact(self, artifact_id: int) -> Artifact:
@@ -91,7 +90,7 @@ class ArtifactTables(Connections):
             "sha256": sha256,
         }
         given = {k: v for k, v in filters.items() if v is not None}
-        where = " AND ".join(f"{k} = ?" for k in given) or "1"
+        where = " AND ".join(f"{k} = ?" for k in given) or "1 = 1"
         params: list[Any] = list(given.values())
         conn = self._conn()
         total = int(
@@ -104,7 +103,7 @@ class ArtifactTables(Connections):
         return Page([_artifact(r) for r in rows], total)
 
 
-def _artifact(row: sqlite3.Row) -> Artifact:
+def _artifact(row: Any) -> Artifact:
     return Artifact(
         id=int(row["id"]),
         kind=row["kind"],

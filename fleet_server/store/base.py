@@ -1,21 +1,31 @@
 """The store interface and its records.
 
-Callers depend on :class:`Store` only, so a PostgreSQL backend can follow
-without touching them.  Records are frozen dataclasses; timestamps are float
-Unix seconds.
+One protocol per consumer (devices and twins, telemetry and the console's
+views, rollouts, artifacts, accounts and audit, training); :class:`Store` is
+their union, which both backends (``sqlite.py``, ``postgres.py``) implement.
+A component depends on the narrowest protocol it uses.  Records are frozen
+dataclasses; timestamps are float Unix seconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
-from edgefleet_contract.messages import DesiredState, ReportedState, Telemetry
+from edgefleet_contract.messages import (
+    ArtifactKind,
+    DesiredState,
+    LearningStats,
+    ReportedState,
+    Telemetry,
+)
 
 if TYPE_CHECKING:
     from ..cohorts import DriftWindow
+    from ._conn import Dialect
     from .overview import FleetSummary, UpdateEvent
+    from .training import RoundRecord, TrainingRun
 
 T = TypeVar("T")
 
@@ -136,9 +146,6 @@ class RollupRow:
     spool_dropped: int
 
 
-ArtifactKind = Literal["model", "firmware"]
-
-
 @dataclass(frozen=True)
 class Artifact:
     """A registered model package or firmware bundle (stored content-addressed by sha256)."""
@@ -187,8 +194,15 @@ class RolloutEvent:
     device_id: str | None = None
 
 
-class Store(Protocol):
-    # devices
+class DeviceFilter(Protocol):
+    """A device predicate the store evaluates in SQL (a parsed ``selector.Selector``)."""
+
+    def sql(self, dialect: Dialect) -> tuple[str, list[object]]: ...
+
+
+class DeviceStore(Protocol):
+    """Devices, their twins, enrollment, certificates and commands."""
+
     def create_device(self, device_id: str, *, name: str, tags: dict[str, str], now: float) -> bool:
         """True when the id was a decommissioned device's, now taken over."""
         ...
@@ -198,16 +212,16 @@ class Store(Protocol):
     def list_devices(
         self,
         *,
-        where: Callable[[Device], bool] | None = None,
+        where: DeviceFilter | None = None,
         offset: int = 0,
         limit: int = 100,
     ) -> Page[Device]:
-        """Devices by id; ``where`` (a parsed selector's ``matches``) filters them.
+        """Devices by id; ``where`` (a parsed selector) filters them in SQL."""
+        ...
 
-        ``where`` sees each device's columns and extracted facts but not the parsed
-        twin (``reported``/``desired`` are ``None`` there), so filtering 10,000
-        devices does not parse 10,000 JSON documents.
-        """
+    def all_devices(self, *, where: DeviceFilter | None = None) -> list[Device]:
+        """Every device ``where`` matches, by id, without their parsed twins (for
+        sweeps over the fleet: ``reported``/``desired`` are ``None`` here)."""
         ...
 
     def update_device(
@@ -238,7 +252,17 @@ class Store(Protocol):
     def supersede_certificates(self, device_id: str, keep: int, now: float) -> list[int]: ...
     def revoked_serials(self) -> list[tuple[int, float]]: ...
     def is_revoked(self, device_id: str) -> bool: ...
-    # telemetry
+    # commands
+    def add_command(self, command: CommandRecord) -> None: ...
+    def ack_command(
+        self, command_id: str, *, device_id: str, status: str, detail: str, ts: float
+    ) -> None: ...
+    def list_commands(self, device_id: str, *, limit: int = 50) -> list[CommandRecord]: ...
+
+
+class TelemetryStore(Protocol):
+    """Raw batches, per-minute rollups, drift, retention and the console's fleet views."""
+
     def insert_telemetry(self, batches: Sequence[Telemetry], *, received_at: float) -> int: ...
     def query_raw(
         self, device_id: str, *, since: float, until: float, limit: int = 1000
@@ -260,13 +284,59 @@ class Store(Protocol):
         ...
 
     def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int: ...
-    # commands
-    def add_command(self, command: CommandRecord) -> None: ...
-    def ack_command(
-        self, command_id: str, *, device_id: str, status: str, detail: str, ts: float
-    ) -> None: ...
-    def list_commands(self, device_id: str, *, limit: int = 50) -> list[CommandRecord]: ...
-    # users, tokens
+    def fleet_summary(
+        self, *, now: float, window_s: float, drift_threshold: float, silent_s: float
+    ) -> FleetSummary: ...
+    def list_update_events(self, device_id: str, *, limit: int = 100) -> list[UpdateEvent]: ...
+    def recent_raw(self, device_id: str, *, since: float, limit: int) -> list[Telemetry]: ...
+    def latest_telemetry(self, device_id: str) -> Telemetry | None: ...
+
+
+class RolloutStore(Protocol):
+    def save_rollout(
+        self,
+        row: RolloutRow,
+        *,
+        devices: Sequence[dict[str, Any]] = (),
+        events: Sequence[RolloutEvent] = (),
+        create: bool = False,
+        expect_updated_at: float | None = None,
+    ) -> None:
+        """Write the rollout, changed device rows and new events in one transaction.
+
+        With ``expect_updated_at`` only over the stored row of that ``updated_at``;
+        another process's save in between is a ``StoreError`` and nothing is written."""
+        ...
+
+    def get_rollout(self, rollout_id: str) -> RolloutRow: ...
+    def rollout_devices(self, rollout_id: str) -> list[dict[str, Any]]: ...
+    def list_rollouts(
+        self, *, statuses: Sequence[str] | None = None, limit: int = 100
+    ) -> list[RolloutRow]: ...
+    def rollout_events(self, rollout_id: str, *, limit: int = 200) -> list[RolloutEvent]: ...
+
+
+class ArtifactStore(Protocol):
+    """The artifact registry's rows (model packages and firmware bundles)."""
+
+    def add_artifact(self, artifact: Artifact) -> Artifact: ...
+    def get_artifact(self, artifact_id: int) -> Artifact: ...
+    def find_artifacts(
+        self,
+        *,
+        kind: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+        flavor: str | None = None,
+        sha256: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Page[Artifact]: ...
+
+
+class AccountStore(Protocol):
+    """Users, API tokens and console sessions, and the append-only audit log."""
+
     def create_user(self, username: str, *, role: Role, password_hash: str, now: float) -> None: ...
     def get_user(self, username: str) -> User: ...
     def list_users(self) -> list[User]: ...
@@ -284,7 +354,9 @@ class Store(Protocol):
     def revoke_api_token(self, token_id: str, now: float) -> None: ...
     def revoke_user_tokens(self, username: str, now: float) -> int: ...
     def touch_api_token(self, token_id: str, now: float) -> None: ...
-    # audit
+    def record_login_failure(self, source: str, ts: float, *, forget_before: float) -> None: ...
+    def login_failures(self, source: str, *, since: float) -> list[float]: ...
+    def clear_login_failures(self, source: str) -> None: ...
     def append_audit(self, entry: AuditEntry) -> None: ...
     def list_audit(
         self,
@@ -294,45 +366,49 @@ class Store(Protocol):
         actor: str | None = None,
         filters: AuditFilter | None = None,
     ) -> Page[AuditEntry]: ...
-    # console views (store/overview.py)
-    def fleet_summary(
-        self, *, now: float, window_s: float, drift_threshold: float, silent_s: float
-    ) -> FleetSummary: ...
-    def list_update_events(self, device_id: str, *, limit: int = 100) -> list[UpdateEvent]: ...
-    def recent_raw(self, device_id: str, *, since: float, limit: int) -> list[Telemetry]: ...
-    # rollouts
-    def save_rollout(
-        self,
-        row: RolloutRow,
-        *,
-        devices: Sequence[dict[str, Any]] = (),
-        events: Sequence[RolloutEvent] = (),
-        create: bool = False,
-    ) -> None:
-        """Write the rollout, changed device rows and new events in one transaction."""
-        ...
 
-    def get_rollout(self, rollout_id: str) -> RolloutRow: ...
-    def rollout_devices(self, rollout_id: str) -> list[dict[str, Any]]: ...
-    def list_rollouts(
-        self, *, statuses: Sequence[str] | None = None, limit: int = 100
-    ) -> list[RolloutRow]: ...
-    def rollout_events(self, rollout_id: str, *, limit: int = 200) -> list[RolloutEvent]: ...
-    # meta
-    # artifacts (registry)
-    def add_artifact(self, artifact: Artifact) -> Artifact: ...
-    def get_artifact(self, artifact_id: int) -> Artifact: ...
-    def find_artifacts(
-        self,
-        *,
-        kind: str | None = None,
-        name: str | None = None,
-        version: str | None = None,
-        flavor: str | None = None,
-        sha256: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> Page[Artifact]: ...
 
+class TrainingRecords(Protocol):
+    """Federated training runs, their rounds and checkpoints."""
+
+    def create_training_run(
+        self, run_id: str, spec: dict[str, Any], *, actor: str, now: float
+    ) -> None: ...
+    def get_training_run(self, run_id: str) -> TrainingRun: ...
+    def list_training_runs(
+        self, *, status: str | None = None, limit: int = 100
+    ) -> list[TrainingRun]: ...
+    def set_training_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        now: float,
+        detail: str = "",
+        result: dict[str, Any] | None = None,
+    ) -> None: ...
+    def complete_round(self, record: RoundRecord, weights: bytes, state: bytes = b"") -> None: ...
+    def record_failed_round(self, record: RoundRecord) -> None: ...
+    def list_rounds(self, run_id: str) -> list[RoundRecord]: ...
+    def latest_checkpoint(self, run_id: str) -> tuple[int, bytes] | None: ...
+    def latest_strategy_state(self, run_id: str) -> bytes: ...
+    def learning_facts(
+        self, device_ids: Sequence[str]
+    ) -> dict[str, tuple[LearningStats | None, str | None]]: ...
+
+
+class Store(
+    DeviceStore,
+    TelemetryStore,
+    RolloutStore,
+    ArtifactStore,
+    AccountStore,
+    TrainingRecords,
+    Protocol,
+):
+    """Everything the server keeps, on SQLite or PostgreSQL."""
+
+    @property
+    def dialect(self) -> Dialect: ...
     def schema_version(self) -> int: ...
     def close(self) -> None: ...

@@ -1,347 +1,123 @@
-"""Ordered schema migrations, applied on open and recorded in ``schema_version``.
+"""Schema versions: Alembic revisions under ``store/alembic/versions``, one per version.
 
-Each migration is a function over a :class:`sqlite_utils.Database`; append new
-ones, never edit old ones.  The database is upgraded inside one transaction per
-step, so a crash mid-upgrade leaves the previous version intact.
+Revision ids are the version numbers (``0007`` is version 7), so
+``schema_version()`` stays an integer.  A SQLite data directory from before
+Alembic (a ``schema_version`` table, versions 1-7 by sqlite-utils) is first
+brought to version 7 by its old steps (``legacy_sqlite.py``) and stamped, then
+upgraded like any other.  A database at a version this code does not know is
+refused with both versions: running older code on it could corrupt it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sqlite3
+from pathlib import Path
 
-import sqlite_utils
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
+from edgefleet_contract.errors import ConfigError
 
-def _v1(db: sqlite_utils.Database) -> None:
-    db.table("devices").create(
-        {
-            "id": str,
-            "name": str,
-            "tags": str,
-            "groups": str,
-            "state": str,
-            "created_at": float,
-            "enrolled_at": float,
-            "last_seen": float,
-            "online": int,
-            "cert_serial": str,
-            "cert_not_after": float,
-            "reported": str,
-            "reported_at": float,
-            "desired": str,
-            "desired_version": int,
-            "model_name": str,
-            "model_version": str,
-            "firmware_version": str,
-            "agent_version": str,
-            "hardware": str,
-            "health": str,
-        },
-        pk="id",
-        not_null={"name", "tags", "groups", "state", "created_at", "online", "desired_version"},
-        defaults={"online": 0, "desired_version": 0, "tags": "{}", "groups": "[]"},
-    )
-    db.table("devices").create_index(["state"])
-    db.table("devices").create_index(["online"])
-    db.table("enrollment_tokens").create(
-        {"token_hash": str, "device_id": str, "expires_at": float, "used_at": float},
-        pk="token_hash",
-        foreign_keys=[("device_id", "devices", "id")],
-    )
-    db.table("enrollment_tokens").create_index(["device_id"])
-    db.table("certificates").create(
-        {
-            "serial": str,
-            "device_id": str,
-            "not_after": float,
-            "issued_at": float,
-            "revoked_at": float,
-        },
-        pk="serial",
-        foreign_keys=[("device_id", "devices", "id")],
-    )
-    db.table("certificates").create_index(["device_id"])
-    db.table("telemetry").create(
-        {
-            "device_id": str,
-            "batch_id": str,
-            "seq": int,
-            "ts": float,
-            "received_at": float,
-            "body": str,
-        },
-        pk=("device_id", "batch_id"),
-    )
-    db.table("telemetry").create_index(["device_id", "ts"])
-    db.table("telemetry").create_index(["received_at"])
-    db.table("rollups").create(
-        {
-            "device_id": str,
-            "minute": float,
-            "batches": int,
-            "inferences": int,
-            "errors": int,
-            "latency_p95_sum": float,
-            "latency_n": int,
-            "latency_p99_max": float,
-            "cpu_sum": float,
-            "mem_sum": float,
-            "rss_sum": float,
-            "system_n": int,
-            "drift_max": float,
-            "feedback_count": int,
-            "feedback_correct": int,
-            "readings": int,
-            "spool_dropped": int,
-        },
-        pk=("device_id", "minute"),
-    )
-    db.table("rollups").create_index(["minute"])
-    db.table("commands").create(
-        {
-            "id": str,
-            "device_id": str,
-            "name": str,
-            "args": str,
-            "created_at": float,
-            "actor": str,
-            "status": str,
-            "detail": str,
-            "acked_at": float,
-        },
-        pk="id",
-    )
-    db.table("commands").create_index(["device_id", "created_at"])
-    db.table("users").create(
-        {"username": str, "role": str, "password_hash": str, "created_at": float, "disabled": int},
-        pk="username",
-        defaults={"disabled": 0},
-    )
-    db.table("api_tokens").create(
-        {
-            "id": str,
-            "username": str,
-            "name": str,
-            "token_hash": str,
-            "created_at": float,
-            "expires_at": float,
-            "revoked_at": float,
-            "last_used": float,
-        },
-        pk="id",
-        foreign_keys=[("username", "users", "username")],
-    )
-    db.table("api_tokens").create_index(["token_hash"], unique=True)
-    db.table("audit").create(
-        {
-            "id": int,
-            "ts": float,
-            "actor": str,
-            "role": str,
-            "action": str,
-            "target": str,
-            "source_ip": str,
-            "outcome": str,
-            "detail": str,
-        },
-        pk="id",
-    )
-    db.table("audit").create_index(["ts"])
-    db.execute(
-        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
-        "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
-    )
-    db.execute(
-        "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
-        "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
-    )
+BASELINE = "0007"
+_HERE = Path(__file__).parent / "alembic"
 
 
-def _federated_training(db: sqlite_utils.Database) -> None:
-    db.table("fl_runs").create(
-        {
-            "id": str,
-            "spec": str,
-            "status": str,
-            "created_by": str,
-            "created_at": float,
-            "updated_at": float,
-            "completed_rounds": int,
-            "detail": str,
-            "result": str,
-        },
-        pk="id",
-        not_null={"spec", "status", "created_at", "updated_at", "completed_rounds"},
-    )
-    db.table("fl_runs").create_index(["status"])
-    db.table("fl_rounds").create(
-        {
-            "run_id": str,
-            "round": int,
-            "loss": float,
-            "accuracy": float,
-            "participants": str,
-            "failures": str,
-            "rejected": str,
-            "bytes_out": int,
-            "bytes_in": int,
-            "wall_s": float,
-            "ts": float,
-        },
-        pk=("run_id", "round"),
-        foreign_keys=[("run_id", "fl_runs", "id")],
-    )
-    db.table("fl_checkpoints").create(
-        {"run_id": str, "round": int, "weights": bytes},
-        pk=("run_id", "round"),
-        foreign_keys=[("run_id", "fl_runs", "id")],
-    )
+class SchemaTooNew(ConfigError):
+    """The database was written by a newer fleet-server."""
 
 
-def _artifacts(db: sqlite_utils.Database) -> None:
-    """The artifact registry: model packages and firmware bundles, one row per file."""
-    db.table("artifacts").create(
-        {
-            "id": int,
-            "kind": str,
-            "name": str,
-            "version": str,
-            "flavor": str,
-            "runtime": str,
-            "hardware": str,
-            "sha256": str,
-            "size": int,
-            "filename": str,
-            "target_path": str,
-            "created_at": float,
-            "uploaded_by": str,
-            "lineage": str,
-        },
-        pk="id",
-        not_null={"kind", "name", "version", "flavor", "sha256", "size", "target_path"},
-    )
-    db.table("artifacts").create_index(["kind", "name", "version", "flavor"], unique=True)
-    db.table("artifacts").create_index(["sha256"])
+def _config(connection: sa.Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_HERE))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
 
 
-def _update_events(db: sqlite_utils.Database) -> None:
-    """History of each device's reported update phases (store/overview.py)."""
-    db.table("update_events").create(
-        {
-            "id": int,
-            "device_id": str,
-            "ts": float,
-            "received_at": float,
-            "desired_version": int,
-            "kind": str,
-            "target": str,
-            "phase": str,
-            "progress": float,
-            "error": str,
-        },
-        pk="id",
-    )
-    db.table("update_events").create_index(["device_id", "id"])
+def head() -> int:
+    """The newest schema version this code knows."""
+    return int(ScriptDirectory.from_config(_config()).get_current_head() or 0)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _federated_training]
-MIGRATIONS.append(_artifacts)
-MIGRATIONS.append(_update_events)
+def current(connection: sa.Connection) -> int:
+    """The version ``connection``'s database is at (0: empty)."""
+    rev = MigrationContext.configure(connection).get_current_revision()
+    return int(rev) if rev else 0
 
 
-def _rollouts(db: sqlite_utils.Database) -> None:
-    """Rollouts (fleet_server.rollouts): plan + engine state, per-device progress, events."""
-    db.table("rollouts").create(
-        {
-            "id": str,
-            "status": str,
-            "artifact": str,
-            "created_at": float,
-            "created_by": str,
-            "updated_at": float,
-            "plan": str,
-            "state": str,
-        },
-        pk="id",
-        not_null={"status", "artifact", "created_at", "plan", "state"},
-    )
-    db.table("rollouts").create_index(["status"])
-    db.table("rollout_devices").create(
-        {"rollout_id": str, "device_id": str, "wave": int, "status": str, "body": str},
-        pk=("rollout_id", "device_id"),
-        foreign_keys=[("rollout_id", "rollouts", "id")],
-    )
-    db.table("rollout_events").create(
-        {
-            "id": int,
-            "rollout_id": str,
-            "ts": float,
-            "kind": str,
-            "device_id": str,
-            "message": str,
-        },
-        pk="id",
-        foreign_keys=[("rollout_id", "rollouts", "id")],
-    )
-    db.table("rollout_events").create_index(["rollout_id", "id"])
+def refuse_newer(version: int, where: str) -> None:
+    newest = head()
+    if version > newest:
+        raise SchemaTooNew(
+            f"{where} is at schema version {version}, newer than this fleet-server knows "
+            f"(up to {newest}); run the fleet-server release that wrote it, or a newer one"
+        )
 
 
-MIGRATIONS.append(_rollouts)
+def _adopt_legacy_sqlite(path: Path) -> None:
+    """Bring a pre-Alembic SQLite file to version 7 by its own steps, then stamp it."""
+    import sqlite_utils
+
+    from . import legacy_sqlite
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "schema_version" not in tables or "alembic_version" in tables:
+            return
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        refuse_newer(int(row[0] or 0), str(path))
+        legacy_sqlite.migrate(sqlite_utils.Database(conn))
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+        conn.execute("INSERT INTO alembic_version VALUES (?)", (BASELINE,))
+    finally:
+        conn.close()
 
 
-def _drift_status(db: sqlite_utils.Database) -> None:
-    """Each device's newest chi-squared drift report (fleet_server.store.telemetry)."""
-    db.table("drift_status").create(
-        {
-            "device_id": str,
-            "ts": float,
-            "model": str,
-            "version": str,
-            "alert": int,
-            "alert_since": float,
-            "last_alert_ts": float,
-            "reference_effect": float,
-            "reference_p": float,
-            "baseline_effect": float,
-            "baseline_p": float,
-            "burn_in_rows": int,
-            "burn_in_needed": int,
-        },
-        pk="device_id",
-        not_null={"ts", "alert"},
-        defaults={"alert": 0},
-    )
+def upgrade(engine: sa.Engine, *, where: str) -> tuple[int, int]:
+    """Bring the database to the newest version: (the version before, the one after).
+    ``where`` names the database in errors (a path, or host and database)."""
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        _adopt_legacy_sqlite(Path(engine.url.database))
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # Two replicas starting at once: one migrates, the other waits, then
+                # finds nothing to do.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7305100)"))
+            before = current(conn)
+            refuse_newer(before, where)
+            command.upgrade(_config(conn), "head")
+            return before, current(conn)
+    except sa.exc.DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0]
+        if "permission denied" in reason or "must be owner" in reason:
+            raise ConfigError(
+                f"cannot migrate {where}: {reason}; the user lacks the right to create or "
+                "change tables: run `fleet-server migrate` as the database's owner, or "
+                "GRANT CREATE ON SCHEMA public to this user"
+            ) from None
+        raise ConfigError(f"cannot migrate {where}: {reason}") from None
 
 
-MIGRATIONS.append(_drift_status)
+def upgrade_url(url: str) -> tuple[int, int]:
+    """``upgrade`` for a store URL (a SQLite path or a PostgreSQL DSN)."""
+    from . import is_postgres, sqlite_path
+    from .pgconnect import connect, describe, engine_url
 
-
-def _fl_round_details(db: sqlite_utils.Database) -> None:
-    """Why each device fell out of a round, who was eligible, and the strategy's own state."""
-    db.table("fl_rounds").add_column("failed", str, not_null_default="{}")
-    db.table("fl_rounds").add_column("eligibility", str, not_null_default="{}")
-    db.table("fl_rounds").add_column("evaluation", str, not_null_default="{}")
-    db.table("fl_checkpoints").add_column("state", bytes)
-
-
-MIGRATIONS.append(_fl_round_details)
-
-
-def migrate(db: sqlite_utils.Database) -> int:
-    """Bring ``db`` to the newest schema; returns the version it is at."""
-    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    current = int(row[0] or 0)
-    for version, step in enumerate(MIGRATIONS, start=1):
-        if version <= current:
-            continue
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            step(db)
-            db.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        current = version
-    return current
+    if is_postgres(url):
+        connect(url).close()  # the clear error for a DSN that cannot work
+        engine = sa.create_engine(engine_url(url), poolclass=sa.pool.NullPool)
+        where = describe(url)
+    else:
+        path = sqlite_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
+        where = str(path)
+    try:
+        return upgrade(engine, where=where)
+    finally:
+        engine.dispose()

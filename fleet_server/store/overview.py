@@ -12,12 +12,12 @@ row, written in the same transaction as the reported state itself.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgefleet_contract.messages import ReportedState, Telemetry
 
-from ._conn import Connections
+from ._conn import Connections, DbConn
 
 MAX_ALERTS = 50
 """Alert lists are cut here (``total`` still counts all of them)."""
@@ -69,7 +69,7 @@ class UpdateEvent:
     error: str | None
 
 
-def _buckets(conn: sqlite3.Connection, expr: str, where: str = "") -> list[Bucket]:
+def _buckets(conn: DbConn, expr: str, where: str = "") -> list[Bucket]:
     rows = conn.execute(
         f"SELECT {expr} AS bucket, COUNT(*) AS total, SUM(online) AS online FROM devices "
         f"{where} GROUP BY bucket ORDER BY total DESC, bucket LIMIT 100"
@@ -77,12 +77,12 @@ def _buckets(conn: sqlite3.Connection, expr: str, where: str = "") -> list[Bucke
     return [Bucket(r["bucket"] or "(none)", int(r["total"]), int(r["online"] or 0)) for r in rows]
 
 
-def _alerts(
-    conn: sqlite3.Connection, sql: str, params: tuple[object, ...], *, order: str
-) -> AlertList:
+def _alerts(conn: DbConn, sql: str, params: tuple[object, ...], *, order: str) -> AlertList:
     """The first :data:`MAX_ALERTS` rows of ``sql`` by ``order``, and how many there are."""
-    total = conn.execute(f"SELECT COUNT(*) FROM ({sql})", params).fetchone()[0]
-    rows = conn.execute(f"SELECT * FROM ({sql}) ORDER BY {order} LIMIT ?", (*params, MAX_ALERTS))
+    total = conn.execute(f"SELECT COUNT(*) FROM ({sql}) AS a", params).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT * FROM ({sql}) AS a ORDER BY {order} LIMIT ?", (*params, MAX_ALERTS)
+    )
     items = [Alert(r["device_id"], r["value"], r["detail"] or "") for r in rows]
     return AlertList(int(total), items)
 
@@ -94,16 +94,12 @@ class OverviewTables(Connections):
         """Counts by state, model, firmware, tag and health, and the four alert lists,
         all read in one snapshot (a deferred read transaction in WAL mode), so the
         numbers add up even while ingest writes."""
-        conn = self._conn()
-        conn.execute("BEGIN")
-        try:
+        with self._snapshot() as conn:
             return self._summary(conn, now, window_s, drift_threshold, silent_s)
-        finally:
-            conn.execute("COMMIT")
 
     def _summary(
         self,
-        conn: sqlite3.Connection,
+        conn: DbConn,
         now: float,
         window_s: float,
         drift_threshold: float,
@@ -116,28 +112,28 @@ class OverviewTables(Connections):
             r["state"]: int(r["n"])
             for r in conn.execute("SELECT state, COUNT(*) AS n FROM devices GROUP BY state")
         }
+        d = self.dialect
         tags = conn.execute(
             "SELECT t.key || '=' || t.value AS tag, COUNT(*) AS total, SUM(d.online) AS online "
-            "FROM devices d, json_each(d.tags) t GROUP BY tag ORDER BY total DESC, tag LIMIT 100"
+            f"FROM devices d, {d.pairs('d.tags', 't')} "
+            "GROUP BY tag ORDER BY total DESC, tag LIMIT 100"
         ).fetchall()
+        update = [d.json_text("reported", "update", k) for k in ("phase", "target", "error")]
         since = now - window_s
         alerts = {
             "silent": _alerts(
                 conn,
                 "SELECT id AS device_id, last_seen AS value, "
-                "CASE WHEN online THEN 'online but quiet' ELSE 'offline' END AS detail "
+                "CASE WHEN online = 1 THEN 'online but quiet' ELSE 'offline' END AS detail "
                 "FROM devices WHERE state = 'enrolled' AND COALESCE(last_seen, 0) < ?",
                 (now - silent_s,),
                 order="COALESCE(value, 0), device_id",
             ),
             "failed_updates": _alerts(
                 conn,
-                "SELECT id AS device_id, reported_at AS value, "
-                "json_extract(reported, '$.update.phase') || ' ' || "
-                "COALESCE(json_extract(reported, '$.update.target'), '') || "
-                "COALESCE(': ' || json_extract(reported, '$.update.error'), '') AS detail "
-                "FROM devices WHERE json_extract(reported, '$.update.phase') "
-                "IN ('failed', 'rolled_back')",
+                f"SELECT id AS device_id, reported_at AS value, {update[0]} || ' ' || "
+                f"COALESCE({update[1]}, '') || COALESCE(': ' || {update[2]}, '') AS detail "
+                f"FROM devices WHERE {update[0]} IN ('failed', 'rolled_back')",
                 (),
                 order="value DESC, device_id",
             ),
@@ -155,12 +151,12 @@ class OverviewTables(Connections):
             by_health=_buckets(conn, "health", "WHERE state = 'enrolled'"),
             alerts=alerts,
             by_model_sha256=_buckets(
-                conn, "json_extract(reported, '$.model.sha256')", "WHERE state = 'enrolled'"
+                conn, d.json_text("reported", "model", "sha256"), "WHERE state = 'enrolled'"
             ),
         )
 
     def _window_alerts(
-        self, conn: sqlite3.Connection, since: float, drift_threshold: float
+        self, conn: DbConn, since: float, drift_threshold: float
     ) -> dict[str, AlertList]:
         """Drift and spool drops from ONE scan of the window's rollups (the costly part
         of the summary: devices x minutes rows).  Spool drop counters are running
@@ -191,7 +187,7 @@ class OverviewTables(Connections):
         }
 
     def _drift_alerts(
-        self, conn: sqlite3.Connection, rows: list[sqlite3.Row], since: float, threshold: float
+        self, conn: DbConn, rows: list[Any], since: float, threshold: float
     ) -> list[Alert]:
         """Devices whose inputs changed from their own normal during the window (their
         chi-squared reports; value: the effect against the baseline), then, for agents
@@ -221,9 +217,7 @@ class OverviewTables(Connections):
 
     # ------------------------------------------------------------ updates --
 
-    def note_update(
-        self, conn: sqlite3.Connection, device_id: str, reported: ReportedState, ts: float
-    ) -> None:
+    def note_update(self, conn: DbConn, device_id: str, reported: ReportedState, ts: float) -> None:
         """Keep ``reported.update`` as a history row when its phase or target changed.
 
         Called inside the transaction that stores the reported state.

@@ -9,13 +9,12 @@ resumes from the last complete transition.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from edgefleet_contract.errors import NotFound, StoreError
 
-from ._conn import Connections
+from ._conn import INTEGRITY_ERRORS, Connections
 from .base import RolloutEvent, RolloutRow
 
 
@@ -27,6 +26,7 @@ class RolloutTables(Connections):
         devices: Sequence[dict[str, Any]] = (),
         events: Sequence[RolloutEvent] = (),
         create: bool = False,
+        expect_updated_at: float | None = None,
     ) -> None:
         try:
             with self._tx() as conn:
@@ -46,10 +46,17 @@ class RolloutTables(Connections):
                         ),
                     )
                 else:
-                    cur = conn.execute(
-                        "UPDATE rollouts SET status = ?, updated_at = ?, state = ? WHERE id = ?",
-                        (row.status, row.updated_at, json.dumps(row.state), row.id),
-                    )
+                    sql = "UPDATE rollouts SET status = ?, updated_at = ?, state = ? WHERE id = ?"
+                    state = json.dumps(row.state)
+                    args: tuple[Any, ...] = (row.status, row.updated_at, state, row.id)
+                    if expect_updated_at is not None:
+                        sql, args = sql + " AND updated_at = ?", (*args, expect_updated_at)
+                    cur = conn.execute(sql, args)
+                    if cur.rowcount == 0 and expect_updated_at is not None:
+                        raise StoreError(
+                            f"rollout {row.id} was changed meanwhile by another server process; "
+                            "nothing was saved: reload it and try again"
+                        )
                     if cur.rowcount == 0:
                         raise NotFound(f"no rollout {row.id!r}")
                 conn.executemany(
@@ -66,7 +73,7 @@ class RolloutTables(Connections):
                     "VALUES (?, ?, ?, ?, ?)",
                     [(row.id, e.ts, e.kind, e.device_id, e.message) for e in events],
                 )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise StoreError(f"a rollout with id {row.id!r} already exists") from None
 
     def get_rollout(self, rollout_id: str) -> RolloutRow:
@@ -95,7 +102,7 @@ class RolloutTables(Connections):
     def rollout_events(self, rollout_id: str, *, limit: int = 200) -> list[RolloutEvent]:
         rows = self._conn().execute(
             "SELECT * FROM (SELECT * FROM rollout_events WHERE rollout_id = ? "
-            "ORDER BY id DESC LIMIT ?) ORDER BY id",
+            "ORDER BY id DESC LIMIT ?) AS newest ORDER BY id",
             (rollout_id, limit),
         )
         return [
@@ -104,7 +111,7 @@ class RolloutTables(Connections):
         ]
 
 
-def _row(r: sqlite3.Row) -> RolloutRow:
+def _row(r: Any) -> RolloutRow:
     return RolloutRow(
         id=r["id"],
         status=r["status"],

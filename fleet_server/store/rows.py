@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from edgefleet_contract.messages import DesiredState, DriftReport, ReportedState, Telemetry
@@ -11,7 +10,7 @@ from edgefleet_contract.messages import DesiredState, DriftReport, ReportedState
 from .base import Device
 
 
-def device_from_row(row: sqlite3.Row, *, full: bool = True) -> Device:
+def device_from_row(row: Any, *, full: bool = True) -> Device:
     """``full=False`` skips parsing the twin JSON (for filtering many devices)."""
     return Device(
         id=row["id"],

@@ -1,36 +1,29 @@
-"""The SQLite implementation of :class:`~fleet_server.store.base.Store`.
+"""The SQLite backend of :class:`~fleet_server.store.base.Store` (the embedded default).
 
 WAL mode so the API reads while the ingest writer writes; ``synchronous=NORMAL``
 (durable across process crashes, which is what QoS 1 acks after commit need; a
 power cut may lose the last transactions, which the broker then redelivers
 because they were never acknowledged).  One connection per thread; SQLite
 serialises writers and ``busy_timeout`` makes them wait instead of failing.
-The telemetry hot path uses prepared ``executemany``; sqlite-utils builds the
-schema.
+The selector language's glob and version comparison are registered as SQL
+functions (Python's own, so SQL and ``Selector.matches`` agree exactly).
 """
 
 from __future__ import annotations
 
-import json
+import fnmatch
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-import sqlite_utils
+from edgefleet_common.private import private_file
 
-from edgefleet_contract.errors import EnrollmentError, NotFound, StoreError
-from edgefleet_contract.messages import DesiredState, ReportedState
-from edgefleet_contract.private import private_file
-
+from ..version_order import version_cmp
+from . import migrations
 from .accounts import AccountTables
 from .artifacts import ArtifactTables
-from .base import CommandRecord, Device, Page
-from .migrations import migrate
-from .overview import OverviewTables
+from .devices import DeviceTables
 from .rollouts import RolloutTables
-from .rows import device_from_row
 from .telemetry import TelemetryTables
 from .training import TrainingTables
 
@@ -40,8 +33,8 @@ class SqliteStore(
     AccountTables,
     TrainingTables,
     ArtifactTables,
-    OverviewTables,
     RolloutTables,
+    DeviceTables,
 ):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -50,11 +43,8 @@ class SqliteStore(
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        db = sqlite_utils.Database(self._conn())
-        db.enable_wal()
-        self._version = migrate(db)
-
-    # ------------------------------------------------------------ plumbing --
+        self._conn().execute("PRAGMA journal_mode = WAL")
+        _, self._version = migrations.upgrade_url(str(self.path))
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -63,6 +53,8 @@ class SqliteStore(
             conn.execute("PRAGMA busy_timeout = 10000")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
+            conn.create_function("fleet_glob", 2, _glob, deterministic=True)
+            conn.create_function("fleet_version_cmp", 2, version_cmp, deterministic=True)
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
             with self._lock:
@@ -79,327 +71,6 @@ class SqliteStore(
             self._all.clear()
         self._local = threading.local()
 
-    # ------------------------------------------------------------- devices --
 
-    def create_device(self, device_id: str, *, name: str, tags: dict[str, str], now: float) -> bool:
-        """A new device; a decommissioned one's id is taken over (its history stays)."""
-        try:
-            with self._tx() as conn:
-                conn.execute(
-                    "INSERT INTO devices (id, name, tags, groups, state, created_at, online, "
-                    "desired_version) VALUES (?, ?, ?, '[]', 'pending', ?, 0, 0)",
-                    (device_id, name, json.dumps(tags, sort_keys=True), now),
-                )
-                return False
-        except sqlite3.IntegrityError:
-            pass
-        with self._tx() as conn:
-            row = conn.execute("SELECT state FROM devices WHERE id = ?", (device_id,)).fetchone()
-            if row is None or row[0] != "decommissioned":
-                raise StoreError(f"a device with id {device_id!r} already exists")
-            # Every column but the id back to a fresh device's value.
-            columns = [r[1] for r in conn.execute("PRAGMA table_info(devices)")]
-            fresh = {
-                "name": name,
-                "tags": json.dumps(tags, sort_keys=True),
-                "groups": "[]",
-                "state": "pending",
-                "created_at": now,
-                "online": 0,
-                "desired_version": 0,
-            }
-            cleared = [c for c in columns if c != "id" and c not in fresh]
-            sets = [f"{c} = ?" for c in fresh] + [f"{c} = NULL" for c in cleared]
-            conn.execute(
-                f"UPDATE devices SET {', '.join(sets)} WHERE id = ?", (*fresh.values(), device_id)
-            )
-        return True
-
-    def decommission_device(self, device_id: str) -> None:
-        """Mark a revoked device decommissioned (the caller revokes it first)."""
-        with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE devices SET state = 'decommissioned', online = 0 "
-                "WHERE id = ? AND state = 'revoked'",
-                (device_id,),
-            )
-            if cur.rowcount == 0:
-                raise StoreError(f"device {device_id!r} is not revoked; revoke it first")
-
-    def get_device(self, device_id: str) -> Device:
-        row = self._one("SELECT * FROM devices WHERE id = ?", (device_id,))
-        if row is None:
-            raise NotFound(f"no device {device_id!r}")
-        return device_from_row(row)
-
-    def list_devices(
-        self,
-        *,
-        where: Callable[[Device], bool] | None = None,
-        offset: int = 0,
-        limit: int = 100,
-    ) -> Page[Device]:
-        conn = self._conn()
-        if where is None:
-            total = int(conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
-            rows = conn.execute(
-                "SELECT * FROM devices ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
-            ).fetchall()
-            return Page([device_from_row(r) for r in rows], total)
-        every = conn.execute("SELECT * FROM devices ORDER BY id")
-        matched = [d.id for d in (device_from_row(r, full=False) for r in every) if where(d)]
-        page = matched[offset : offset + limit]
-        if not page:
-            return Page([], len(matched))
-        marks = ",".join("?" * len(page))
-        chosen = conn.execute(f"SELECT * FROM devices WHERE id IN ({marks}) ORDER BY id", page)
-        return Page([device_from_row(r) for r in chosen], len(matched))
-
-    def update_device(
-        self,
-        device_id: str,
-        *,
-        name: str | None = None,
-        tags: dict[str, str] | None = None,
-        groups: Sequence[str] | None = None,
-    ) -> Device:
-        sets: list[str] = []
-        params: list[Any] = []
-        if name is not None:
-            sets.append("name = ?")
-            params.append(name)
-        if tags is not None:
-            sets.append("tags = ?")
-            params.append(json.dumps(tags, sort_keys=True))
-        if groups is not None:
-            sets.append("groups = ?")
-            params.append(json.dumps(sorted(set(groups))))
-        if sets:
-            with self._tx() as conn:
-                cur = conn.execute(
-                    f"UPDATE devices SET {', '.join(sets)} WHERE id = ?", (*params, device_id)
-                )
-                if cur.rowcount == 0:
-                    raise NotFound(f"no device {device_id!r}")
-        return self.get_device(device_id)
-
-    def set_presence(self, device_id: str, *, online: bool, ts: float) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE devices SET online = ?, last_seen = MAX(COALESCE(last_seen, 0), ?) "
-                "WHERE id = ?",
-                (int(online), ts, device_id),
-            )
-
-    def count_online(self) -> int:
-        return int(
-            self._conn().execute("SELECT COUNT(*) FROM devices WHERE online = 1").fetchone()[0]
-        )
-
-    def reset_presence(self) -> None:
-        with self._tx() as conn:
-            conn.execute("UPDATE devices SET online = 0 WHERE online = 1")
-
-    def touch_seen(self, seen: Mapping[str, float]) -> None:
-        with self._tx() as conn:
-            conn.executemany(
-                "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",
-                [(ts, device_id) for device_id, ts in seen.items()],
-            )
-
-    def set_reported(self, device_id: str, reported: ReportedState, ts: float) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE devices SET reported = ?, reported_at = ?, model_name = ?, "
-                "model_version = ?, firmware_version = ?, agent_version = ?, hardware = ?, "
-                "health = ? WHERE id = ?",
-                (
-                    reported.model_dump_json(exclude_none=True),
-                    ts,
-                    reported.model.name if reported.model else None,
-                    reported.model.version if reported.model else None,
-                    reported.firmware.version if reported.firmware else None,
-                    reported.agent_version,
-                    reported.hardware,
-                    reported.health,
-                    device_id,
-                ),
-            )
-            self.note_update(conn, device_id, reported, ts)
-
-    def set_desired(self, device_id: str, desired: DesiredState) -> None:
-        with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE devices SET desired = ?, desired_version = ? "
-                "WHERE id = ? AND desired_version < ?",
-                (
-                    desired.model_dump_json(exclude_none=True),
-                    desired.version,
-                    device_id,
-                    desired.version,
-                ),
-            )
-            if cur.rowcount == 0:
-                self.get_device(device_id)  # NotFound if missing
-                raise StoreError(
-                    f"desired state version {desired.version} of {device_id!r} is not newer "
-                    "than the stored one"
-                )
-
-    def next_desired_version(self, device_id: str) -> int:
-        row = self._one("SELECT desired_version FROM devices WHERE id = ?", (device_id,))
-        if row is None:
-            raise NotFound(f"no device {device_id!r}")
-        return int(row[0]) + 1
-
-    # ---------------------------------------------------------- enrollment --
-
-    def save_enrollment_token(self, device_id: str, token_hash: str, expires_at: float) -> None:
-        with self._tx() as conn:
-            if conn.execute("SELECT 1 FROM devices WHERE id = ?", (device_id,)).fetchone() is None:
-                raise NotFound(f"no device {device_id!r}")
-            conn.execute("DELETE FROM enrollment_tokens WHERE device_id = ?", (device_id,))
-            conn.execute(
-                "INSERT INTO enrollment_tokens (token_hash, device_id, expires_at) "
-                "VALUES (?, ?, ?)",
-                (token_hash, device_id, expires_at),
-            )
-
-    def take_enrollment_token(self, token_hash: str, now: float) -> str:
-        with self._tx() as conn:
-            row = conn.execute(
-                "SELECT t.device_id, t.expires_at, t.used_at, d.state FROM enrollment_tokens t "
-                "JOIN devices d ON d.id = t.device_id WHERE t.token_hash = ?",
-                (token_hash,),
-            ).fetchone()
-            if row is None:
-                raise EnrollmentError(
-                    "unknown enrollment token; check it was copied whole, or ask an operator "
-                    "for a new one (fleetctl devices token ID)"
-                )
-            if row["state"] == "revoked":
-                raise EnrollmentError(
-                    f"device {row['device_id']!r} is revoked and cannot enroll again"
-                )
-            if row["used_at"] is not None:
-                raise EnrollmentError(
-                    "this enrollment token was already used; ask an operator for a new one "
-                    f"(fleetctl devices token {row['device_id']})"
-                )
-            if row["expires_at"] < now:
-                raise EnrollmentError(
-                    "this enrollment token has expired; ask an operator for a new one "
-                    f"(fleetctl devices token {row['device_id']})"
-                )
-            conn.execute(
-                "UPDATE enrollment_tokens SET used_at = ? WHERE token_hash = ?", (now, token_hash)
-            )
-            return str(row["device_id"])
-
-    def add_certificate(self, device_id: str, serial: int, not_after: float, now: float) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO certificates (serial, device_id, not_after, issued_at) "
-                "VALUES (?, ?, ?, ?)",
-                (str(serial), device_id, not_after, now),
-            )
-            conn.execute(
-                "UPDATE devices SET state = 'enrolled', enrolled_at = COALESCE(enrolled_at, ?), "
-                "cert_serial = ?, cert_not_after = ? WHERE id = ? AND state != 'revoked'",
-                (now, str(serial), not_after, device_id),
-            )
-
-    def revoke_device(self, device_id: str, now: float) -> list[int]:
-        with self._tx() as conn:
-            cur = conn.execute("UPDATE devices SET state = 'revoked' WHERE id = ?", (device_id,))
-            if cur.rowcount == 0:
-                raise NotFound(f"no device {device_id!r}")
-            conn.execute(
-                "UPDATE certificates SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-                (now, device_id),
-            )
-            conn.execute("DELETE FROM enrollment_tokens WHERE device_id = ?", (device_id,))
-            rows = conn.execute(
-                "SELECT serial FROM certificates WHERE device_id = ?", (device_id,)
-            ).fetchall()
-        return [int(r[0]) for r in rows]
-
-    def supersede_certificates(self, device_id: str, keep: int, now: float) -> list[int]:
-        """Revoke every unrevoked certificate of ``device_id`` but ``keep`` (after a renewal)."""
-        with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT serial FROM certificates WHERE device_id = ? AND serial != ? "
-                "AND revoked_at IS NULL",
-                (device_id, str(keep)),
-            ).fetchall()
-            conn.execute(
-                "UPDATE certificates SET revoked_at = ? WHERE device_id = ? AND serial != ? "
-                "AND revoked_at IS NULL",
-                (now, device_id, str(keep)),
-            )
-        return [int(r[0]) for r in rows]
-
-    def revoked_serials(self) -> list[tuple[int, float]]:
-        rows = (
-            self._conn()
-            .execute("SELECT serial, revoked_at FROM certificates WHERE revoked_at IS NOT NULL")
-            .fetchall()
-        )
-        return [(int(r[0]), float(r[1])) for r in rows]
-
-    def is_revoked(self, device_id: str) -> bool:
-        row = self._one("SELECT state FROM devices WHERE id = ?", (device_id,))
-        return row is not None and row[0] == "revoked"
-
-    # ------------------------------------------------------------ commands --
-
-    def add_command(self, command: CommandRecord) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO commands (id, device_id, name, args, created_at, actor, status, "
-                "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    command.id,
-                    command.device_id,
-                    command.name,
-                    json.dumps(command.args),
-                    command.created_at,
-                    command.actor,
-                    command.status,
-                    command.detail,
-                ),
-            )
-
-    def ack_command(
-        self, command_id: str, *, device_id: str, status: str, detail: str, ts: float
-    ) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE commands SET status = ?, detail = ?, acked_at = ? "
-                "WHERE id = ? AND device_id = ?",
-                (status, detail, ts, command_id, device_id),
-            )
-
-    def list_commands(self, device_id: str, *, limit: int = 50) -> list[CommandRecord]:
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT * FROM commands WHERE device_id = ? ORDER BY created_at DESC LIMIT ?",
-                (device_id, limit),
-            )
-            .fetchall()
-        )
-        return [
-            CommandRecord(
-                id=r["id"],
-                device_id=r["device_id"],
-                name=r["name"],
-                args=json.loads(r["args"]),
-                created_at=r["created_at"],
-                actor=r["actor"],
-                status=r["status"],
-                detail=r["detail"] or "",
-                acked_at=r["acked_at"],
-            )
-            for r in rows
-        ]
+def _glob(value: str | None, pattern: str) -> bool | None:
+    return None if value is None else fnmatch.fnmatchcase(value, pattern)

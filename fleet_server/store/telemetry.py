@@ -3,53 +3,82 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
+
+from sqlalchemy import Integer
 
 from edgefleet_contract.messages import Telemetry
 
 from ..cohorts import DriftWindow, padded
-from ._conn import Connections
+from ._conn import Connections, DbConn, Dialect
 from .base import RollupRow
 from .rows import drift_status_values, rollup_values, telemetry_row
+from .schema import ROLLUP_COLUMNS, RollupColumn
 
-_ROLLUP_UPSERT = """
-INSERT INTO rollups (device_id, minute, batches, inferences, errors, latency_p95_sum, latency_n,
-    latency_p99_max, cpu_sum, mem_sum, rss_sum, system_n, drift_max, feedback_count,
-    feedback_correct, readings, spool_dropped)
-VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(device_id, minute) DO UPDATE SET
-    batches = batches + 1,
-    inferences = inferences + excluded.inferences,
-    errors = errors + excluded.errors,
-    latency_p95_sum = latency_p95_sum + excluded.latency_p95_sum,
-    latency_n = latency_n + excluded.latency_n,
-    latency_p99_max = MAX(latency_p99_max, excluded.latency_p99_max),
-    cpu_sum = cpu_sum + excluded.cpu_sum,
-    mem_sum = mem_sum + excluded.mem_sum,
-    rss_sum = rss_sum + excluded.rss_sum,
-    system_n = system_n + excluded.system_n,
-    drift_max = MAX(drift_max, excluded.drift_max),
-    feedback_count = feedback_count + excluded.feedback_count,
-    feedback_correct = feedback_correct + excluded.feedback_correct,
-    readings = readings + excluded.readings,
-    spool_dropped = MAX(spool_dropped, excluded.spool_dropped)
-"""
+
+def rollup_upsert(dialect: Dialect, rows: int = 1) -> str:
+    """Add ``rows`` (device, minute) contributions to the stored minutes (generated from
+    ROLLUP_COLUMNS); the rows' keys must differ (see :func:`merged_rollups`)."""
+    names = [c.name for c in ROLLUP_COLUMNS]
+    sets = []
+    for c in ROLLUP_COLUMNS:
+        old, new = f"rollups.{c.name}", f"excluded.{c.name}"
+        merged = f"{old} + {new}" if c.merge == "sum" else dialect.greatest(old, new)
+        sets.append(f"{c.name} = {merged}")
+    one = "(?, ?" + ", ?" * len(names) + ")"
+    return (
+        f"INSERT INTO rollups (device_id, minute, {', '.join(names)}) "
+        f"VALUES {', '.join([one] * rows)} "
+        f"ON CONFLICT(device_id, minute) DO UPDATE SET {', '.join(sets)}"
+    )
+
+
+def merged_rollups(batches: Sequence[Telemetry]) -> list[tuple[Any, ...]]:
+    """The batches' contributions summed per (device, minute) the way the upsert merges
+    them, one row per key in key order: one upsert per minute, not one per batch, and
+    concurrent writers take the rows' locks in the same order."""
+    acc: dict[tuple[str, float], list[Any]] = {}
+    for b in batches:
+        device, minute, *rest = rollup_values(b)
+        values = [1, *rest]  # one batch
+        seen = acc.get((device, minute))
+        if seen is None:
+            acc[(device, minute)] = values
+            continue
+        for i, col in enumerate(ROLLUP_COLUMNS):
+            a, v = seen[i], values[i]
+            seen[i] = (
+                a + v
+                if col.merge == "sum"
+                else max((x for x in (a, v) if x is not None), default=None)
+            )
+    return [(d, m, *values) for (d, m), values in sorted(acc.items())]
+
+
+def _aggregate_columns() -> str:
+    """Each rollup column summed (or maxed) over devices, for one fleet-wide minute."""
+    def one(c: RollupColumn) -> str:
+        agg = f"{c.across.upper()}({c.name})"
+        # PostgreSQL sums BIGINTs as NUMERIC; the figures stay integers.
+        return f"CAST({agg} AS BIGINT) AS {c.name}" if c.kind is Integer else f"{agg} AS {c.name}"
+
+    return ", ".join(one(c) for c in ROLLUP_COLUMNS)
 
 
 _DRIFT_UPSERT = """
 INSERT INTO drift_status (device_id, ts, model, version, alert, alert_since, last_alert_ts,
     reference_effect, reference_p, baseline_effect, baseline_p, burn_in_rows, burn_in_needed)
-VALUES (:device_id, :ts, :model, :version, :alert, CASE WHEN :alert THEN :ts END,
-    CASE WHEN :alert THEN :ts END, :reference_effect, :reference_p, :baseline_effect,
+VALUES (:device_id, :ts, :model, :version, :alert, CASE WHEN :alert <> 0 THEN :ts END,
+    CASE WHEN :alert <> 0 THEN :ts END, :reference_effect, :reference_p, :baseline_effect,
     :baseline_p, :burn_in_rows, :burn_in_needed)
 ON CONFLICT(device_id) DO UPDATE SET
-    alert_since = CASE WHEN NOT excluded.alert THEN NULL
-        WHEN drift_status.alert AND drift_status.model = excluded.model
+    alert_since = CASE WHEN excluded.alert = 0 THEN NULL
+        WHEN drift_status.alert <> 0 AND drift_status.model = excluded.model
             AND drift_status.version = excluded.version THEN drift_status.alert_since
         ELSE excluded.ts END,
-    last_alert_ts = CASE WHEN excluded.alert THEN excluded.ts ELSE drift_status.last_alert_ts END,
+    last_alert_ts = CASE WHEN excluded.alert <> 0 THEN excluded.ts
+        ELSE drift_status.last_alert_ts END,
     ts = excluded.ts, model = excluded.model, version = excluded.version,
     alert = excluded.alert, reference_effect = excluded.reference_effect,
     reference_p = excluded.reference_p, baseline_effect = excluded.baseline_effect,
@@ -64,21 +93,37 @@ class TelemetryTables(Connections):
     def insert_telemetry(self, batches: Sequence[Telemetry], *, received_at: float) -> int:
         if not batches:
             return 0
-        with self._tx() as conn:
-            inserted = 0
-            fresh: list[Telemetry] = []
-            for batch in batches:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO telemetry (device_id, batch_id, seq, ts, received_at, "
-                    "body) VALUES (?, ?, ?, ?, ?, ?)",
+        with self._ingest_tx() as conn:
+            fresh = self._insert_raw(conn, batches, received_at)
+            self._upsert_rollups(conn, merged_rollups(fresh))
+            drift = sorted(
+                (d for d in map(drift_status_values, fresh) if d), key=lambda d: d["device_id"]
+            )
+            conn.executemany(_DRIFT_UPSERT, drift)
+        return len(fresh)
+
+    def _upsert_rollups(self, conn: DbConn, rows: list[tuple[Any, ...]]) -> None:
+        conn.executemany(rollup_upsert(self.dialect), rows)
+
+    def _insert_raw(
+        self, conn: DbConn, batches: Sequence[Telemetry], received_at: float
+    ) -> list[Telemetry]:
+        """Store each batch whose id was not stored yet; the ones that were new."""
+        fresh: list[Telemetry] = []
+        for batch in batches:
+            cur = conn.execute(
+                "INSERT INTO telemetry_keys (device_id, batch_id, received_at) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (batch.device_id, batch.batch_id, received_at),
+            )
+            if cur.rowcount:
+                conn.execute(
+                    "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
                     telemetry_row(batch, received_at),
                 )
-                if cur.rowcount:
-                    inserted += 1
-                    fresh.append(batch)
-            conn.executemany(_ROLLUP_UPSERT, [rollup_values(b) for b in fresh])
-            conn.executemany(_DRIFT_UPSERT, [d for d in map(drift_status_values, fresh) if d])
-        return inserted
+                fresh.append(batch)
+        return fresh
 
     def query_raw(
         self, device_id: str, *, since: float, until: float, limit: int = 1000
@@ -113,16 +158,12 @@ class TelemetryTables(Connections):
         conn = self._conn()
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS _chosen (id TEXT PRIMARY KEY)")
         conn.execute("DELETE FROM _chosen")
-        conn.executemany("INSERT OR IGNORE INTO _chosen VALUES (?)", [(d,) for d in device_ids])
+        conn.executemany(
+            "INSERT INTO _chosen VALUES (?) ON CONFLICT DO NOTHING", [(d,) for d in device_ids]
+        )
         rows = conn.execute(
-            "SELECT COUNT(DISTINCT device_id) AS devices, minute, SUM(batches) AS batches, "
-            "SUM(inferences) AS inferences, SUM(errors) AS errors, "
-            "SUM(latency_p95_sum) AS latency_p95_sum, SUM(latency_n) AS latency_n, "
-            "MAX(latency_p99_max) AS latency_p99_max, SUM(cpu_sum) AS cpu_sum, "
-            "SUM(mem_sum) AS mem_sum, SUM(rss_sum) AS rss_sum, SUM(system_n) AS system_n, "
-            "MAX(drift_max) AS drift_max, SUM(feedback_count) AS feedback_count, "
-            "SUM(feedback_correct) AS feedback_correct, SUM(readings) AS readings, "
-            "SUM(spool_dropped) AS spool_dropped FROM rollups "
+            f"SELECT COUNT(DISTINCT device_id) AS devices, minute, {_aggregate_columns()} "
+            "FROM rollups "
             "WHERE device_id IN (SELECT id FROM _chosen) AND minute >= ? AND minute < ? "
             "GROUP BY minute ORDER BY minute",
             (since, until),
@@ -132,21 +173,23 @@ class TelemetryTables(Connections):
     def drift_windows(
         self, *, since: float, until: float, tag: str | None, limit: int
     ) -> list[tuple[str | None, DriftWindow]]:
-        path = f'$."{tag}"' if tag is not None else None
+        d = self.dialect
+        body = "t.body"
+        cohort = d.json_key("d.tags") if tag is not None else "NULL"
         rows = self._conn().execute(
-            "SELECT t.device_id, t.ts, json_extract(d.tags, ?) AS cohort, "
-            "json_extract(t.body, '$.inference.model') AS model, "
-            "json_extract(t.body, '$.inference.version') AS version, "
-            "json_extract(t.body, '$.drift.histograms') AS hist, "
-            "json_extract(t.body, '$.drift.alert') AS alert, "
-            "json_extract(t.body, '$.drift.baseline.effect') AS base_effect, "
-            "json_extract(t.body, '$.inference.feedback_count') AS fb_n, "
-            "json_extract(t.body, '$.inference.feedback_correct') AS fb_ok, "
-            "json_extract(t.body, '$.inference.latency.p95_ms') AS p95 "
+            f"SELECT t.device_id, t.ts, {cohort} AS cohort, "
+            f"{d.json_text(body, 'inference', 'model')} AS model, "
+            f"{d.json_text(body, 'inference', 'version')} AS version, "
+            f"{d.json_text(body, 'drift', 'histograms')} AS hist, "
+            f"{d.json_flag(body, 'drift', 'alert')} AS alert, "
+            f"{d.json_num(body, 'drift', 'baseline', 'effect')} AS base_effect, "
+            f"{d.json_num(body, 'inference', 'feedback_count')} AS fb_n, "
+            f"{d.json_num(body, 'inference', 'feedback_correct')} AS fb_ok, "
+            f"{d.json_num(body, 'inference', 'latency', 'p95_ms')} AS p95 "
             "FROM telemetry t JOIN devices d ON d.id = t.device_id "
-            "WHERE t.ts >= ? AND t.ts < ? AND json_extract(t.body, '$.drift.method') = 'chi2' "
+            f"WHERE t.ts >= ? AND t.ts < ? AND {d.json_text(body, 'drift', 'method')} = 'chi2' "
             "ORDER BY t.ts DESC LIMIT ?",
-            (path, since, until, limit),
+            ([d.key_param(tag)] if tag is not None else []) + [since, until, limit],
         )
         out: list[tuple[str | None, DriftWindow]] = []
         for r in rows:
@@ -172,13 +215,16 @@ class TelemetryTables(Connections):
             a = conn.execute(
                 "DELETE FROM telemetry WHERE received_at < ?", (now - raw_retention_s,)
             ).rowcount
+            conn.execute(
+                "DELETE FROM telemetry_keys WHERE received_at < ?", (now - raw_retention_s,)
+            )
             b = conn.execute(
                 "DELETE FROM rollups WHERE minute < ?", (now - rollup_retention_s,)
             ).rowcount
         return int(a + b)
 
 
-def _rollup(r: sqlite3.Row, *, device_id: str | None = None) -> RollupRow:
+def _rollup(r: Any, *, device_id: str | None = None) -> RollupRow:
     n_lat, n_sys = r["latency_n"] or 0, r["system_n"] or 0
     return RollupRow(
         device_id=device_id if device_id is not None else r["device_id"],

@@ -8,7 +8,6 @@ weights and numbers agree.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from edgefleet_contract.errors import NotFound
 from edgefleet_contract.messages import LearningStats, Telemetry
 
-from ._conn import Connections
+from ._conn import Connections, DbConn
 
 
 @dataclass(frozen=True)
@@ -106,8 +105,9 @@ class TrainingTables(Connections):
         with self._tx() as conn:
             _insert_round(conn, record)
             conn.execute(
-                "INSERT OR REPLACE INTO fl_checkpoints (run_id, round, weights, state) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO fl_checkpoints (run_id, round, weights, state) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (run_id, round) DO UPDATE SET weights = excluded.weights, "
+                "state = excluded.state",
                 (record.run_id, record.round, weights, state),
             )
             conn.execute(
@@ -150,9 +150,10 @@ class TrainingTables(Connections):
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
+            d = self.dialect
             rows = conn.execute(
-                "SELECT t.device_id, json_extract(t.body, '$.learning'), "
-                "json_extract(t.body, '$.system.power') FROM telemetry t JOIN "
+                f"SELECT t.device_id, {d.json_text('t.body', 'learning')}, "
+                f"{d.json_text('t.body', 'system', 'power')} FROM telemetry t JOIN "
                 f"(SELECT device_id, MAX(ts) AS ts FROM telemetry WHERE device_id IN ({marks}) "
                 "GROUP BY device_id) m ON t.device_id = m.device_id AND t.ts = m.ts",
                 chunk,
@@ -179,11 +180,27 @@ class TrainingTables(Connections):
         return b"" if row is None or row["state"] is None else bytes(row["state"])
 
 
-def _insert_round(conn: sqlite3.Connection, record: RoundRecord) -> None:
+_ROUND_VALUES = (
+    "loss",
+    "accuracy",
+    "participants",
+    "failures",
+    "rejected",
+    "bytes_out",
+    "bytes_in",
+    "wall_s",
+    "ts",
+    "failed",
+    "eligibility",
+    "evaluation",
+)
+
+
+def _insert_round(conn: DbConn, record: RoundRecord) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO fl_rounds (run_id, round, loss, accuracy, participants, "
-        "failures, rejected, bytes_out, bytes_in, wall_s, ts, failed, eligibility, evaluation) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO fl_rounds (run_id, round, {', '.join(_ROUND_VALUES)}) "
+        f"VALUES (?, ?{', ?' * len(_ROUND_VALUES)}) ON CONFLICT (run_id, round) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in _ROUND_VALUES),
         (
             record.run_id,
             record.round,
@@ -203,7 +220,7 @@ def _insert_round(conn: sqlite3.Connection, record: RoundRecord) -> None:
     )
 
 
-def _run(r: sqlite3.Row) -> TrainingRun:
+def _run(r: Any) -> TrainingRun:
     return TrainingRun(
         id=r["id"],
         spec=json.loads(r["spec"]),
@@ -217,7 +234,7 @@ def _run(r: sqlite3.Row) -> TrainingRun:
     )
 
 
-def _round(r: sqlite3.Row) -> RoundRecord:
+def _round(r: Any) -> RoundRecord:
     return RoundRecord(
         run_id=r["run_id"],
         round=r["round"],

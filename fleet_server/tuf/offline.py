@@ -61,14 +61,20 @@ def read_root_keys(path: Path) -> tuple[list[Key], int]:
     return found, threshold
 
 
-def sign_root(data: bytes, signers: Sequence[Signer]) -> bytes:
-    """Add each signer's signature to the root in ``data`` (signatures already there stay)."""
+def parse_root(data: bytes) -> Metadata[Root]:
+    """``data`` as root metadata; raises :class:`SigningError` saying what it is instead."""
     try:
         md = Metadata[Root].from_bytes(data)
     except DeserializationError as exc:
         raise SigningError(f"not TUF root metadata: {exc}") from exc
     if md.signed.type != Root.type:
         raise SigningError(f"expected root metadata, got {md.signed.type}")
+    return md
+
+
+def sign_root(data: bytes, signers: Sequence[Signer]) -> bytes:
+    """Add each signer's signature to the root in ``data`` (signatures already there stay)."""
+    md = parse_root(data)
     for signer in signers:
         md.sign(signer, append=True)
     return md.to_bytes(JSONSerializer(compact=False))

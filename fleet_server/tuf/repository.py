@@ -9,21 +9,26 @@ Layout under ``{data_dir}/tuf/``::
     keys/{role}.pending.pem a rotated key waiting for its root to be signed offline
 
 The root is never signed here: a new root comes from the operator's offline
-keys (:mod:`fleet_server.tuf.rootsign`) and :meth:`TufRepository.install_root`
+keys (:mod:`fleet_server.tuf.offline`) and :meth:`TufRepository.install_root`
 accepts it only if it verifies exactly as a client would check it.  Every
 other role is re-signed by the server, always with a higher version: when a
 target is added (targets -> snapshot -> timestamp) and by :meth:`refresh`
-well before a role expires.  One lock serialises writers; files are replaced
+well before a role expires.  The targets -> snapshot -> timestamp chain is
+python-tuf's own (:class:`tuf.repository.Repository`: ``edit``, ``do_snapshot``,
+``do_timestamp``); :class:`_Store` only says where each role's file lives and
+which key signs it.  One lock serialises writers; files are replaced
 atomically, newest role last, so a reader never sees a timestamp that points
 at a snapshot not yet written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,19 +44,25 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
+from tuf.repository import Repository
 
 from edgefleet_contract.errors import SigningError
 
 from ..pki import write_public
 from . import keys
+from .offline import parse_root
 
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 KEEP_VERSIONS = 20
 """Old targets/snapshot versions kept, so a client midway through an update finds its files."""
 _METADATA_NAME = re.compile(r"^(?:(\d{1,10})\.(root|targets|snapshot)|timestamp)\.json$")
 _SERIALIZER = JSONSerializer(compact=True)
+_ONLINE_KINDS: dict[str, type[Targets | Snapshot | Timestamp]] = {
+    Targets.type: Targets,
+    Snapshot.type: Snapshot,
+    Timestamp.type: Timestamp,
+}
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,7 @@ class TufRepository:
                 f"{directory} holds no TUF repository; run `fleet-server init` first"
             )
         self._signers = {role: self._load_key(role) for role in ONLINE_ROLES}
+        self._store = _Store(self)
 
     # ------------------------------------------------------------- creation --
 
@@ -127,9 +139,8 @@ class TufRepository:
             md.sign(signer, append=True)
         _write(directory / "metadata" / "1.root.json", md.to_bytes(_SERIALIZER))
         repo = cls(directory, clock=clock, lifetimes=lifetimes)
-        with repo._lock:
-            targets = Metadata(Targets(expires=expiry(now, lifetimes.targets)))
-            repo._publish(targets=targets)
+        with repo._exclusive():
+            repo._publish(targets=True)
         return repo
 
     # ------------------------------------------------------------- reading --
@@ -167,30 +178,30 @@ class TufRepository:
 
     def add_target(self, path: str, *, length: int, sha256: str, custom: Mapping[str, Any]) -> int:
         """Publish (or replace) one target; returns the new targets version."""
-        with self._lock:
-            md = self.targets()
-            md.signed.targets[path] = TargetFile(
-                length, {"sha256": sha256}, path, unrecognized_fields={"custom": dict(custom)}
-            )
-            self._publish(targets=md)
-            return md.signed.version
+        with self._exclusive():
+            with self._store.edit_targets() as targets:
+                targets.targets[path] = TargetFile(
+                    length, {"sha256": sha256}, path, unrecognized_fields={"custom": dict(custom)}
+                )
+            self._publish(targets=False)
+            return self._latest("targets")
 
     def refresh(self) -> list[str]:
         """Re-sign every role that has less than half its lifetime left; returns their names."""
         now = self.clock()
-        with self._lock:
-            renewed: list[str] = []
-            targets = self.targets()
-            if self._stale(targets.signed.expires, self.lifetimes.targets, now):
-                renewed += ["targets", "snapshot", "timestamp"]
-                self._publish(targets=targets)
-            elif self._stale(self.snapshot().signed.expires, self.lifetimes.snapshot, now):
-                renewed += ["snapshot", "timestamp"]
-                self._publish()
-            elif self._stale(self.timestamp().signed.expires, self.lifetimes.timestamp, now):
-                renewed.append("timestamp")
-                self._publish_timestamp(self._latest("snapshot"))
-            return renewed
+        with self._exclusive():
+            if self._stale(self.targets().signed.expires, self.lifetimes.targets, now):
+                self._publish(targets=True)
+                return ["targets", "snapshot", "timestamp"]
+            if self._stale(self.snapshot().signed.expires, self.lifetimes.snapshot, now):
+                self._store.do_snapshot(force=True)
+                self._store.do_timestamp()
+                self._prune()
+                return ["snapshot", "timestamp"]
+            if self._stale(self.timestamp().signed.expires, self.lifetimes.timestamp, now):
+                self._store.do_timestamp(force=True)
+                return ["timestamp"]
+            return []
 
     def next_refresh_in(self) -> float:
         """Seconds until :meth:`refresh` has something to do (never negative)."""
@@ -222,7 +233,7 @@ class TufRepository:
         unknown = [r for r in rotate if r not in ONLINE_ROLES]
         if unknown:
             raise SigningError(f"{unknown[0]!r} is not an online role ({', '.join(ONLINE_ROLES)})")
-        with self._lock:
+        with self._exclusive():
             current = self.root()
             root = current.signed
             root.version += 1
@@ -249,9 +260,9 @@ class TufRepository:
         online keys this server holds (current or pending).  Then every online
         role is re-signed so clients see it at once.
         """
-        with self._lock:
+        with self._exclusive():
             trusted = self.root()
-            new = _parse_root(data)
+            new = parse_root(data)
             check_root_successor(trusted, new)
             for role in ONLINE_ROLES:
                 keyids = new.signed.roles[role].keyids
@@ -274,10 +285,22 @@ class TufRepository:
                 ):
                     pending.replace(self.keys_dir / f"{role}.pem")
                     self._signers[role] = self._load_key(role)
-            self._publish(targets=self.targets())
+            self._publish(targets=True)
             return new
 
     # ------------------------------------------------------------ internals --
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One writer at a time, across threads and across the fleet-server processes that
+        share this directory (a POSIX lock on ``.lock``: local disks and NFSv4 honour it),
+        so two replicas never publish the same metadata version."""
+        with self._lock, open(self.directory / ".lock", "a") as fh:
+            fcntl.lockf(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(fh, fcntl.LOCK_UN)
 
     def _load_key(self, role: str) -> CryptoSigner:
         return keys.load(self.keys_dir / f"{role}.pem")
@@ -296,46 +319,14 @@ class TufRepository:
     def _due(self, expires: datetime, lifetime: int) -> float:
         return expires.timestamp() - lifetime / 2
 
-    def _sign(self, md: Metadata[Any], role: str) -> bytes:
-        md.sign(self._signers[role])
-        return md.to_bytes(_SERIALIZER)
-
-    def _publish(self, *, targets: Metadata[Targets] | None = None) -> None:
-        """Write new targets (if given), a new snapshot and a new timestamp, in that order."""
-        now = self.clock()
-        targets_version = self._latest("targets")
-        if targets is not None:
-            targets.signed.version = targets_version + 1
-            targets.signed.expires = expiry(now, self.lifetimes.targets)
-            targets_version = targets.signed.version
-            data = self._sign(targets, "targets")
-            _write(self.metadata_dir / f"{targets_version}.targets.json", data)
-        snapshot_version = self._latest("snapshot") + 1
-        snapshot = Metadata(
-            Snapshot(
-                version=snapshot_version,
-                expires=expiry(now, self.lifetimes.snapshot),
-                meta={"targets.json": MetaFile(version=targets_version)},
-            )
-        )
-        _write(
-            self.metadata_dir / f"{snapshot_version}.snapshot.json",
-            self._sign(snapshot, "snapshot"),
-        )
-        self._publish_timestamp(snapshot_version)
+    def _publish(self, *, targets: bool) -> None:
+        """Re-sign targets (if ``targets``), then a new snapshot and timestamp, in that order."""
+        if targets:
+            with self._store.edit_targets():
+                pass  # a new version, expiry and signature: what edit() does on its way out
+        self._store.do_snapshot()
+        self._store.do_timestamp()
         self._prune()
-
-    def _publish_timestamp(self, snapshot_version: int) -> None:
-        path = self.metadata_dir / "timestamp.json"
-        version = self.timestamp().signed.version + 1 if path.exists() else 1
-        timestamp = Metadata(
-            Timestamp(
-                version=version,
-                expires=expiry(self.clock(), self.lifetimes.timestamp),
-                snapshot_meta=MetaFile(version=snapshot_version),
-            )
-        )
-        _write(path, self._sign(timestamp, "timestamp"))
 
     def _prune(self) -> None:
         for role in ("targets", "snapshot"):
@@ -344,6 +335,51 @@ class TufRepository:
                 head = path.name.split(".", 1)[0]
                 if head.isdigit() and int(head) <= floor:
                     path.unlink(missing_ok=True)
+
+
+class _Store(Repository):
+    """Where python-tuf's repository helpers read and write each role of one repository.
+
+    ``open`` reads the newest file of a role (or starts one at version 0);
+    ``close`` gives it the next version and a fresh expiry, signs it with the
+    role's online key and writes it.  (python-tuf marks :mod:`tuf.repository`
+    as not yet stable API; ``tuf`` is pinned to the major this was checked with.)
+    """
+
+    def __init__(self, repo: TufRepository) -> None:
+        self.repo = repo
+
+    def open(self, role: str) -> Metadata[Any]:
+        repo = self.repo
+        if role == Root.type:
+            return repo.root()
+        if role == Timestamp.type:
+            path = repo.metadata_dir / "timestamp.json"
+        else:
+            path = repo.metadata_dir / f"{repo._latest(role)}.{role}.json"
+        kind = _ONLINE_KINDS[role]
+        if not path.exists():
+            md: Metadata[Any] = Metadata(kind())
+            md.signed.version = 0  # close() makes it version 1
+            return md
+        return _load(path, kind)
+
+    def close(self, role: str, md: Metadata[Any]) -> None:
+        repo = self.repo
+        md.signed.version += 1
+        md.signed.expires = expiry(repo.clock(), getattr(repo.lifetimes, role))
+        md.signatures.clear()
+        md.sign(repo._signers[role])
+        name = "timestamp.json" if role == Timestamp.type else f"{md.signed.version}.{role}.json"
+        _write(repo.metadata_dir / name, md.to_bytes(_SERIALIZER))
+
+    @property
+    def targets_infos(self) -> dict[str, MetaFile]:
+        return {"targets.json": MetaFile(version=self.repo._latest(Targets.type))}
+
+    @property
+    def snapshot_info(self) -> MetaFile:
+        return MetaFile(version=self.repo._latest(Snapshot.type))
 
 
 def check_root_successor(trusted: Metadata[Root], new: Metadata[Root]) -> None:
@@ -371,16 +407,6 @@ def _replace_keys(root: Root, role: str, new_keys: Sequence[Key]) -> None:
         root.revoke_key(keyid, role)
     for key in new_keys:
         root.add_key(key, role)
-
-
-def _parse_root(data: bytes) -> Metadata[Root]:
-    try:
-        md = Metadata[Root].from_bytes(data)
-    except DeserializationError as exc:
-        raise SigningError(f"not TUF root metadata: {exc}") from exc
-    if md.signed.type != Root.type:
-        raise SigningError(f"expected root metadata, got {md.signed.type}")
-    return md
 
 
 def _load(path: Path, kind: type[Any]) -> Metadata[Any]:

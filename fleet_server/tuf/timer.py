@@ -28,6 +28,7 @@ class ResignTimer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._stop.clear()  # restartable: a replica may take the re-signing lease again
         self._thread = threading.Thread(target=self._run, name="tuf-timer", daemon=True)
         self._thread.start()
 
@@ -35,6 +36,7 @@ class ResignTimer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+            self._thread = None
 
     def _run(self) -> None:
         wait = 0.0

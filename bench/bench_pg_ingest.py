@@ -1,0 +1,69 @@
+"""Ingest on PostgreSQL: readings/s stored through the real broker, as a ratio to a bare
+paho subscriber on the same publishers in the same round, beside SQLite's ratio from the
+same round.  ``bench_ingest``'s publishers, payloads and timing (first publish to last
+commit, connections included, so a ratio errs low); PostgreSQL is a private cluster
+(initdb in a temp dir, fsync off as in the tests: the server's own commit path, not the
+disk, is measured).  Three rounds, each with a fresh bare run and fresh stores: the
+mean and the worst round.  One ingest worker; several workers sharing the stream
+(MQTT shared subscriptions) are not part of this run."""
+
+from __future__ import annotations
+
+import statistics
+
+from tests.pgserver import PgServer
+
+from ._lab import Lab
+from .bench_ingest import DEVICES, READINGS, bare_rate, ingest_rate, payloads
+
+ROUNDS = 3
+
+
+def _fresh(prepared: dict[str, list[bytes]], tag: str) -> dict[str, list[bytes]]:
+    return {
+        d: [p.replace(b'"batch_id":"', b'"batch_id":"' + tag.encode() + b"-") for p in ps]
+        for d, ps in prepared.items()
+    }
+
+
+def run() -> list[dict[str, object]]:
+    lab = Lab()
+    pg = PgServer().start()
+    pg_ratio: list[float] = []
+    sq_ratio: list[float] = []
+    notes: list[str] = []
+    try:
+        base = {f"bench-{i:03d}": payloads(f"bench-{i:03d}") for i in range(DEVICES)}
+        sent = sum(len(v) for v in base.values())
+        for r in range(ROUNDS):
+            bare, got = bare_rate(lab, _fresh(base, f"bare{r}"))
+            sq, sq_stored = ingest_rate(lab, _fresh(base, f"sq{r}"))
+            with pg.database() as dsn:
+                pgr, pg_stored = ingest_rate(lab, _fresh(base, f"pg{r}"), dsn)
+            pg_ratio.append(pgr / bare)
+            sq_ratio.append(sq / bare)
+            notes.append(
+                f"bare {bare:,.0f} ({got}/{sent}), PostgreSQL {pgr:,.0f} ({pg_stored}/{sent}), "
+                f"SQLite {sq:,.0f} ({sq_stored}/{sent})"
+            )
+    finally:
+        pg.destroy()
+        lab.close()
+    return [
+        {
+            "benchmark": "ingest readings/s, PostgreSQL / bare paho",
+            "ratio (mean)": f"{statistics.mean(pg_ratio):.2f}",
+            "worst": f"{min(pg_ratio):.2f}",
+            "SQLite / bare paho (mean)": f"{statistics.mean(sq_ratio):.2f}",
+            "SQLite worst": f"{min(sq_ratio):.2f}",
+            "note": f"{ROUNDS} rounds, QoS 1, {DEVICES} devices x {READINGS} readings, one "
+            f"ingest worker; readings/s per round: {'; '.join(notes)}",
+        }
+    ]
+
+
+if __name__ == "__main__":
+    from ._lab import machine, table
+
+    print(f"machine: {machine()}")
+    print(table(run()))

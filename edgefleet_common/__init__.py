@@ -1,0 +1,24 @@
+"""Process plumbing every edgefleet program shares, none of it wire contract.
+
+The MQTT session both sides build on (:mod:`.mqtt`), reconnect backoff
+(:mod:`.backoff`), settings files and environment overrides (:mod:`.config`),
+how the command lines end and their common options (:mod:`.cli`), structured
+and redacted logging (:mod:`.logs`), owner-only files (:mod:`.private`),
+open-file limits (:mod:`.fdlimit`) and every touch of Flower's non-public names
+(:mod:`.flower_compat`).  What devices and the server must agree on byte for
+byte lives in :mod:`edgefleet_contract`; this package may import that one and
+nothing else of edgefleet's.
+"""
+
+# The public surface is these modules (each is imported where it is used, so
+# importing the package costs nothing).
+__all__ = [
+    "backoff",
+    "cli",
+    "config",
+    "fdlimit",
+    "flower_compat",
+    "logs",
+    "mqtt",
+    "private",
+]

@@ -1,0 +1,53 @@
+"""Telemetry retention: old raw batches, then old rollups, removed every ten minutes.
+
+A singleton (lease ``retention``): with several replicas one pass at a time is
+enough, and two would only contend for the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .config import TelemetrySettings
+from .store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+class RetentionTimer:
+    def __init__(self, store: Store, telemetry: TelemetrySettings) -> None:
+        self.store = store
+        self.telemetry = telemetry
+        self.interval_s = 600.0
+        """How often the pass runs (read before each wait)."""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+
+    def run_once(self) -> int:
+        t = self.telemetry
+        removed = self.store.prune(
+            time.time(), raw_retention_s=t.raw_retention_s, rollup_retention_s=t.rollup_retention_s
+        )
+        if removed:
+            log.info("retention: removed %d old telemetry rows", removed)
+        return removed
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("retention pass failed; will retry")

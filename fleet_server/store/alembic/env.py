@@ -1,0 +1,16 @@
+"""Run the revisions on the connection ``store.migrations`` hands over."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from fleet_server.store.schema import metadata
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,273 @@
+"""The PostgreSQL backend of :class:`~fleet_server.store.base.Store` (psycopg 3).
+
+The same queries as SQLite (``_conn.py`` rewrites placeholders), on one
+autocommit connection per thread with explicit transactions.  Writers other
+than telemetry are serialised by a transaction-level advisory lock, as SQLite's
+``BEGIN IMMEDIATE`` serialises them, so the read-then-write steps (enrollment
+tokens, artifact registration) keep their meaning under READ COMMITTED.
+Telemetry is written without that lock: one multi-row ``INSERT … ON CONFLICT
+DO NOTHING RETURNING`` per call, then the rollup upserts in key order, so
+several ingest workers write at once without deadlocks.  Raw telemetry and
+rollups are partitioned by day (``partitions.py``) and retention drops whole
+partitions.  A connection PostgreSQL dropped (a restart) is replaced on the
+next call; the call that saw it fail raises, so ingest retries without acking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+from psycopg.rows import RowMaker
+from sqlalchemy import Integer
+
+from edgefleet_contract.messages import Telemetry
+
+from . import migrations
+from ._conn import Cursor, DbConn, PgDialect, pg_sql
+from .accounts import AccountTables
+from .artifacts import ArtifactTables
+from .devices import DeviceTables
+from .partitions import Partitions
+from .pgconnect import check_rights, connect, describe
+from .rollouts import RolloutTables
+from .rows import telemetry_row
+from .schema import ROLLUP_COLUMNS
+from .telemetry import TelemetryTables, rollup_upsert
+from .training import TrainingTables
+
+_WRITE_LOCK = 7305101
+# psycopg's own syntax (PgConn.native): arrays sent binary, one fixed text per statement.
+_KEYS_SQL = (
+    "INSERT INTO telemetry_keys (device_id, batch_id, received_at) "
+    "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[]) "
+    "ON CONFLICT DO NOTHING RETURNING device_id, batch_id"
+)
+_RAW_SQL = (
+    "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
+    "SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::float8[], %b::float8[], "
+    "%b::text[])"
+)
+
+
+@lru_cache(maxsize=1)
+def _rollups_sql(dialect: PgDialect) -> str:
+    """The rollup upsert over one array per column (``telemetry.rollup_upsert``'s SET)."""
+    arrays = ["%b::text[]", "%b::float8[]"] + [
+        "%b::bigint[]" if c.kind is Integer else "%b::float8[]" for c in ROLLUP_COLUMNS
+    ]
+    upsert = rollup_upsert(dialect)
+    head, _, tail = upsert.partition(" VALUES ")
+    return f"{head} SELECT * FROM unnest({', '.join(arrays)}) {tail[tail.index('ON CONFLICT') :]}"
+
+
+"""Advisory lock key serialising the store's non-telemetry writers."""
+
+
+class Row(tuple[Any, ...]):
+    """A result row readable by position and by column name (as ``sqlite3.Row``)."""
+
+    _names: dict[str, int]
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def _row_factory(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
+    names = {c.name: i for i, c in enumerate(cursor.description or ())}
+
+    def make(values: Sequence[Any]) -> Row:
+        row = Row(values)
+        row._names = names
+        return row
+
+    return make
+
+
+class PgConn:
+    """A psycopg connection speaking the store's ``?`` placeholders.
+
+    A statement outside a transaction that finds the connection dropped (PostgreSQL
+    restarted) reconnects and runs once more; inside a transaction the error goes to
+    the caller, whose transaction is lost either way."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Row]]) -> None:
+        self._connect = connect
+        self.raw = connect()
+        self.in_tx = False
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        try:
+            return self._execute(sql, parameters)
+        except psycopg.OperationalError:
+            if self.in_tx or not self.raw.broken:
+                raise
+            self.raw.close()
+            self.raw = self._connect()
+            return self._execute(sql, parameters)
+
+    def native(self, sql: str, parameters: Sequence[Any]) -> Cursor:
+        """psycopg's own placeholders (``%b``: binary, no text escaping of big arrays)."""
+        cur = self.raw.cursor()
+        cur.execute(sql, parameters)
+        return cur
+
+    def _execute(self, sql: str, parameters: Any) -> Cursor:
+        cur = self.raw.cursor()
+        cur.execute(pg_sql(sql), parameters)
+        return cur
+
+    def executemany(self, sql: str, parameters: Any, /) -> Cursor:
+        cur = self.raw.cursor()
+        cur.executemany(pg_sql(sql), list(parameters))
+        return cur
+
+
+class PgStore(
+    TelemetryTables,
+    AccountTables,
+    TrainingTables,
+    ArtifactTables,
+    RolloutTables,
+    DeviceTables,
+):
+    dialect = PgDialect()
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.where = describe(dsn)
+        self._local = threading.local()
+        self._all: list[PgConn] = []
+        self._lock = threading.Lock()
+        _, self._version = migrations.upgrade_url(dsn)
+        check_rights(self._conn(), self.where)
+        self.partitions = Partitions(self._autocommit)
+        self.partitions.prepare()
+
+    # ------------------------------------------------------------ plumbing --
+
+    def _conn(self) -> PgConn:
+        conn: PgConn | None = getattr(self._local, "conn", None)
+        if conn is None or conn.raw.closed or conn.raw.broken:
+            conn = PgConn(lambda: connect(self.dsn, autocommit=True, row_factory=_row_factory))
+            self._local.conn = conn
+            with self._lock:
+                self._all = [c for c in self._all if not c.raw.closed]
+                self._all.append(conn)
+        return conn
+
+    def _autocommit(self) -> DbConn:
+        return self._conn()
+
+    @contextmanager
+    def _begin(self, begin: str, *setup: str, pipeline: bool = False) -> Iterator[DbConn]:
+        conn = self._conn()
+        conn.execute(begin)  # may reconnect: nothing of this transaction is lost yet
+        conn.in_tx = True
+        try:
+            for sql in setup:
+                conn.execute(sql)
+            with conn.raw.pipeline() if pipeline else contextlib.nullcontext():
+                yield conn
+                conn.execute("COMMIT")
+        except BaseException:
+            if not conn.raw.broken:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.in_tx = False
+
+    @contextmanager
+    def _tx(self) -> Iterator[DbConn]:
+        with self._begin("BEGIN", f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})") as conn:
+            yield conn
+
+    @contextmanager
+    def _ingest_tx(self) -> Iterator[DbConn]:
+        """Pipelined: the statements go out without waiting for each other, so a batch
+        costs three round trips (BEGIN, the ids' RETURNING, the rest with the COMMIT)."""
+        with self._begin("BEGIN", pipeline=True) as conn:
+            yield conn
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[DbConn]:
+        with self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") as conn:
+            yield conn
+
+    def schema_version(self) -> int:
+        return self._version
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.raw.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # ----------------------------------------------------------- telemetry --
+
+    def insert_telemetry(self, batches: Sequence[Telemetry], *, received_at: float) -> int:
+        if batches:
+            self.partitions.cover([b.ts for b in batches], now=received_at)
+        return super().insert_telemetry(batches, received_at=received_at)
+
+    def _insert_raw(
+        self, conn: DbConn, batches: Sequence[Telemetry], received_at: float
+    ) -> list[Telemetry]:
+        """Two statements whatever the count, each over arrays (``unnest``): the batch ids
+        first (the new ones come back by RETURNING; in key order, so concurrent workers
+        lock in one order), then those batches' rows.  One fixed SQL text each, so
+        psycopg parses it once, not once per call."""
+        chunk = sorted(batches, key=lambda b: (b.device_id, b.batch_id))
+        new = {
+            (r[0], r[1])
+            for r in self._conn()
+            .native(
+                _KEYS_SQL,
+                [
+                    [b.device_id for b in chunk],
+                    [b.batch_id for b in chunk],
+                    [received_at] * len(chunk),
+                ],
+            )
+            .fetchall()
+        }
+        fresh: list[Telemetry] = []
+        for b in chunk:
+            if (b.device_id, b.batch_id) in new:
+                new.discard((b.device_id, b.batch_id))  # twice in one call: stored once
+                fresh.append(b)
+        if fresh:
+            rows = [telemetry_row(b, received_at) for b in fresh]
+            self._conn().native(_RAW_SQL, [list(col) for col in zip(*rows, strict=True)])
+        return fresh
+
+    def _upsert_rollups(self, conn: DbConn, rows: list[tuple[Any, ...]]) -> None:
+        """One statement over arrays for all of a call's minutes (their keys differ)."""
+        if rows:
+            columns = [list(col) for col in zip(*rows, strict=True)]
+            typed = [columns[0], [float(m) for m in columns[1]]]
+            for col, values in zip(ROLLUP_COLUMNS, columns[2:], strict=True):
+                cast = int if col.kind is Integer else float
+                typed.append([None if v is None else cast(v) for v in values])
+            self._conn().native(_rollups_sql(self.dialect), typed)
+
+    def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int:
+        """Drop the day partitions wholly past retention, then delete what is left over
+        from the partially expired ones (and the default partition)."""
+        dropped = self.partitions.drop_before(
+            {"telemetry": now - raw_retention_s, "rollups": now - rollup_retention_s}
+        )
+        return dropped + super().prune(
+            now, raw_retention_s=raw_retention_s, rollup_retention_s=rollup_retention_s
+        )

@@ -1,0 +1,291 @@
+"""Every broker mode behind one test face, for the ACL conformance suite and the cluster tests.
+
+A :class:`BrokerUnderTest` knows where its MQTT listeners are, which protocol its
+devices speak, how to make a device identity effective (issue a certificate and,
+for the cluster, create its user and rights) and how to revoke one, the way the
+server's broker-control seam does for that mode.  :class:`Probe` is a bare paho
+client that records CONNACK, SUBACK and PUBACK codes, deliveries and disconnects,
+so checks wait on those events instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from cryptography import x509
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from edgefleet_common.mqtt import TlsFiles, tls_context
+from fleet_server.broker import ManagedBroker, find_mosquitto, port_open
+from fleet_server.config import SERVER_IDENTITY
+from fleet_server.pki import write_private
+from fleet_server.rabbitmq import RabbitAdmin
+from fleet_server.rabbitmq_local import ADMIN_USER, LocalRabbitCluster
+
+from .harness import Pki, free_port, wait_for
+
+
+@dataclass
+class BrokerUnderTest:
+    mode: str
+    ports: list[int]
+    protocol: str
+    pki: Pki
+    make_effective: Callable[[str], None]
+    revoke_ids: Callable[[list[TlsFiles], list[str]], None]
+    victim_keeps_session_on_takeover: bool
+    """mosquitto forces the client id to the CN; RabbitMQ 3.10 refuses the impostor
+    but only after it has disconnected the device whose id was claimed."""
+    revoked: list[TlsFiles] = field(default_factory=list)
+    revoked_ids: list[str] = field(default_factory=list)
+
+    def identity(self, cn: str) -> TlsFiles:
+        files = self.pki.identity(cn)
+        self.make_effective(cn)
+        return files
+
+    def revoke(self, cn: str, files: TlsFiles) -> None:
+        self.revoked.append(files)
+        self.revoked_ids.append(cn)
+        self.revoke_ids(self.revoked, self.revoked_ids)
+
+    def probe(self, tls: TlsFiles | None, client_id: str, *, node: int = 0, **kw: object) -> Probe:
+        return Probe(
+            tls, client_id, port=self.ports[node % len(self.ports)], protocol=self.protocol, **kw
+        )  # type: ignore[arg-type]
+
+
+def mosquitto_mode(broker: ManagedBroker, pki: Pki) -> BrokerUnderTest:
+    def revoke(files: list[TlsFiles], ids: list[str]) -> None:
+        serials = []
+        for f in files:
+            assert f.cert_file is not None
+            cert = x509.load_pem_x509_certificate(f.cert_file.read_bytes())
+            serials.append((cert.serial_number, time.time()))
+        broker.configure(crl_pem=pki.ca.crl_pem(serials, now=time.time()), revoked=ids)
+        broker.reload()
+
+    return BrokerUnderTest(
+        mode="mosquitto",
+        ports=[broker.port],
+        protocol="5",
+        pki=pki,
+        make_effective=lambda cn: None,
+        revoke_ids=revoke,
+        victim_keeps_session_on_takeover=True,
+    )
+
+
+class HandConfiguredMosquitto:
+    """An "external" broker: mosquitto configured by hand as docs/operations.md says
+    (fleet CA, CN as username and client id, ACL by CN, the server's CRL), run by the
+    test the way an operator runs it; revocation = install the CRL, deny, reload."""
+
+    def __init__(self, pki: Pki, directory: Path) -> None:
+        self.pki = pki
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        cert, key = pki.ca.issue_server_cert(["localhost"], ["127.0.0.1"], now=time.time())
+        (directory / "broker.pem").write_bytes(cert)
+        write_private(directory / "broker.key", key)
+        self.port = free_port()
+        self.write_acl([])
+        (directory / "crl.pem").write_bytes(pki.ca.crl_pem([], now=time.time()))
+        conf = directory / "mosquitto.conf"
+        conf.write_text(
+            "per_listener_settings false\nallow_anonymous false\n"
+            f"acl_file {directory / 'acl'}\n"
+            f"listener {self.port} 127.0.0.1\n"
+            f"cafile {pki.ca.cert_file}\ncertfile {directory / 'broker.pem'}\n"
+            f"keyfile {directory / 'broker.key'}\ncrlfile {directory / 'crl.pem'}\n"
+            "require_certificate true\nuse_identity_as_username true\n"
+            "use_username_as_clientid true\n" + ("user root\n" if os.geteuid() == 0 else "")
+        )
+        self.proc = subprocess.Popen(
+            [find_mosquitto("mosquitto"), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=(directory / "stderr").open("wb"),
+        )
+        wait_for(lambda: port_open("127.0.0.1", self.port), what="hand-configured mosquitto")
+
+    def write_acl(self, denied: list[str]) -> None:
+        lines = [f"user {SERVER_IDENTITY}", "topic readwrite devices/#", ""]
+        for d in denied:
+            lines += [f"user {d}", "topic deny devices/#", ""]
+        lines += ["pattern readwrite devices/%u/#", ""]
+        (self.dir / "acl").write_text("\n".join(lines))
+
+    def revoke(self, files: list[TlsFiles], ids: list[str]) -> None:
+        serials = []
+        for f in files:
+            assert f.cert_file is not None
+            cert = x509.load_pem_x509_certificate(f.cert_file.read_bytes())
+            serials.append((cert.serial_number, time.time()))
+        (self.dir / "crl.pem").write_bytes(self.pki.ca.crl_pem(serials, now=time.time()))
+        self.write_acl(ids)
+        self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def external_mode(broker: HandConfiguredMosquitto, pki: Pki) -> BrokerUnderTest:
+    return BrokerUnderTest(
+        mode="external",
+        ports=[broker.port],
+        protocol="5",
+        pki=pki,
+        make_effective=lambda cn: None,
+        revoke_ids=broker.revoke,
+        victim_keeps_session_on_takeover=True,
+    )
+
+
+def cluster_admin(cluster: LocalRabbitCluster) -> RabbitAdmin:
+    urls = [cluster.management_url(i) for i in range(len(cluster.nodes))]
+    return RabbitAdmin(urls, ADMIN_USER, cluster.admin_password)
+
+
+def rabbitmq_mode(cluster: LocalRabbitCluster, pki: Pki) -> BrokerUnderTest:
+    admin = cluster_admin(cluster)
+    admin.put_server(SERVER_IDENTITY)
+
+    def revoke(files: list[TlsFiles], ids: list[str]) -> None:
+        admin.remove_device(ids[-1])
+
+    return BrokerUnderTest(
+        mode="rabbitmq",
+        ports=[n.ports.mqtts for n in cluster.nodes],
+        protocol="3.1.1",
+        pki=pki,
+        make_effective=admin.put_device,
+        revoke_ids=revoke,
+        victim_keeps_session_on_takeover=False,
+    )
+
+
+def start_cluster(pki: Pki, directory: Path) -> LocalRabbitCluster:
+    cluster = LocalRabbitCluster(directory, pki.ca)
+    cluster.start()
+    return cluster
+
+
+class Probe:
+    """A paho client for probing a broker: every protocol answer is recorded."""
+
+    def __init__(
+        self,
+        tls: TlsFiles | None,
+        client_id: str,
+        *,
+        port: int,
+        protocol: str = "5",
+        will: tuple[str, bytes] | None = None,
+        ca_file: Path | None = None,
+        clean: bool = True,
+    ) -> None:
+        self.port = port
+        self.messages: list[tuple[str, bytes]] = []
+        self.subacks: dict[int, list[str]] = {}
+        self.pubacks: dict[int, str] = {}
+        self.connack: str | None = None
+        self.disconnected = threading.Event()
+        self.failed: str | None = None
+        self._lock = threading.Lock()
+        v5 = protocol == "5"
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else clean,
+            reconnect_on_failure=False,
+        )
+        if tls is not None:
+            self.client.tls_set_context(tls_context(tls))
+        elif ca_file is not None:
+            self.client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_publish = self._on_publish
+        self.client.on_disconnect = self._on_disconnect
+
+    def _on_connect(self, c: object, u: object, f: object, reason: object, p: object) -> None:
+        self.connack = str(reason)
+
+    def _on_message(self, c: object, u: object, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def _on_subscribe(self, c: object, u: object, mid: int, codes: list[object], p: object) -> None:
+        self.subacks[mid] = [str(x) for x in codes]
+
+    def _on_publish(self, c: object, u: object, mid: int, reason: Any, p: object) -> None:
+        # "No matching subscribers" (MQTT 5) is an accepted publish too
+        self.pubacks[mid] = "Success" if not reason.is_failure else str(reason)
+
+    def _on_disconnect(self, c: object, u: object, f: object, reason: object, p: object) -> None:
+        self.disconnected.set()
+
+    def try_connect(self, timeout: float = 15.0) -> bool:
+        """True when the broker accepted the connection (CONNACK success)."""
+        try:
+            self.client.connect("127.0.0.1", self.port, keepalive=30)
+        except (OSError, ssl.SSLError) as exc:
+            self.failed = repr(exc)
+            return False
+        self.client.loop_start()
+        wait_for(lambda: self.connack is not None or self.disconnected.is_set(), timeout, "CONNACK")
+        return self.connack == "Success" and not self.disconnected.is_set()
+
+    def connect(self) -> Probe:
+        assert self.try_connect(), f"connection refused: {self.connack} {self.failed}"
+        return self
+
+    def subscribe(self, topic_filter: str) -> bool:
+        """True when granted; False when refused by SUBACK or by closing the connection."""
+        _, mid = self.client.subscribe(topic_filter, qos=1)
+        wait_for(lambda: mid in self.subacks or self.disconnected.is_set(), what="SUBACK")
+        if mid not in self.subacks:
+            return False
+        return all(code.startswith("Granted") for code in self.subacks[mid])
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """True when the broker acknowledged the publish as accepted."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        wait_for(lambda: info.mid in self.pubacks or self.disconnected.is_set(), what="PUBACK")
+        return self.pubacks.get(info.mid) == "Success"
+
+    def got(self, topic: str, payload: bytes) -> bool:
+        with self._lock:
+            return (topic, payload) in self.messages
+
+    def topics_seen(self) -> set[str]:
+        with self._lock:
+            return {t for t, _ in self.messages}
+
+    def drop(self) -> None:
+        """Close the socket without DISCONNECT: the broker publishes the Last Will."""
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
+        self.client.loop_stop()
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
