@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,22 @@ def test_the_newest_trainable_package_is_a_release_over_its_pre_release(tmp_path
     for version in ("1.3.0-rc1", "1.3.0", "1.2.9", "1.3.0-rc2"):
         model_version(tmp_path, version, source)
     assert find_package("digits", [tmp_path]).manifest.version == "1.3.0"
+
+
+def test_a_device_without_the_version_matches_no_comparison() -> None:
+    bare = dataclasses.replace(device("bare"), firmware_version=None)
+    for text in ("firmware:>=0", "firmware:<99", "firmware:!=1.0.0"):
+        assert not parse(text).matches(bare), text
+    assert parse("not firmware:>=0").matches(bare)
+
+
+def test_a_tag_value_may_hold_a_colon() -> None:
+    fleet = [device("a", tags={"url": "http:x"}), device("b", tags={"url": "http"})]
+    sel = parse("tag:url=http:x")
+    assert [d.id for d in fleet if sel.matches(d)] == ["a"]
+
+
+def test_an_error_after_other_tokens_points_at_its_own_token() -> None:
+    with pytest.raises(SelectorError) as err:
+        parse("online and tag:")
+    assert "at column 12, found 'tag:'" in str(err.value)
