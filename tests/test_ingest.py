@@ -15,7 +15,7 @@ from fleet_server.link import ServerLink
 from fleet_server.metrics import Metrics
 from fleet_server.store import open_store
 
-from .harness import Client, Pki, wait_for
+from .harness import Client, Pki, wait_for, watch_subacks
 from .pgserver import PgServer
 
 
@@ -41,11 +41,12 @@ def test_ingest_counts_rejects_and_keeps_going(
         Endpoint("127.0.0.1", broker.port, pki.server), ingest, client_id="fleet.server.ingest-test"
     )
     ingest._acker = link.acknowledge
+    subscribed = watch_subacks(link)
     ingest.start()
     link.start()
     try:
         assert link.wait_connected(10)
-        time.sleep(0.3)
+        assert subscribed.wait(10), "the server's subscriptions were not granted"
         dev = mqtt_client(identity("ing-1"), "ing-1")
         dev.connect(broker.port)
         topic = "devices/ing-1/telemetry"

@@ -12,11 +12,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from models.thirdparty import CNN_SPEC as CNN_SPEC
 from models.thirdparty import IFOREST_SPEC as IFOREST_SPEC
 from models.thirdparty import VAD_SPEC as VAD_SPEC
+
+from .harness import require
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -49,10 +50,7 @@ def digits_truth() -> np.ndarray:
 def silero_model(folder: Path) -> Path:
     """silero-vad's ONNX model taken from its wheel, or the test is skipped saying why."""
     wheels = sorted(WHEELS.glob("silero_vad-*.whl"))
-    if not wheels:
-        pytest.skip(
-            f"no silero-vad wheel in {WHEELS}: `make thirdparty-wheels` downloads it from PyPI"
-        )
+    require(wheels, f"the silero-vad wheel in {WHEELS}", "`make thirdparty-wheels` downloads it")
     with zipfile.ZipFile(wheels[-1]) as wheel:
         data = wheel.read(SILERO_MEMBER)
     path = folder / "silero_vad.onnx"
