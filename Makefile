@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup demo test lint typecheck bench screenshots models clean thirdparty-wheels
+.PHONY: setup demo test lint typecheck bench mutation screenshots models clean thirdparty-wheels
 
 $(STAMP): pyproject.toml
 	./.ci/setup-system
@@ -28,8 +28,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 $(BIN)/fleet-server demo --data-dir var/demo
 
+# The suite runs under coverage (its subprocesses too, see [tool.coverage.run]); the packages'
+# branch coverage is printed after it, whatever the tests' outcome, and is not a gate.
 test: $(STAMP)
-	FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	rm -rf .cache/coverage && mkdir -p .cache/coverage
+	FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
+	  $(BIN)/coverage run -m pytest $(PYTEST_ARGS); status=$$?; \
+	  $(BIN)/python -m bench.bench_coverage || true; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent fleet_server edgefleet_contract edgefleet_common edgefleet_sim edgefleet_demo models tests bench
@@ -37,6 +42,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Mutation testing of the core modules (long; not part of CI): docs/benchmarks.md's row and
+# docs/mutation-survivors.md.  mutmut comes from the `mutation` extra, outside `dev`.
+mutation: $(STAMP)
+	$(BIN)/pip install -q -e '.[mutation]'
+	$(BIN)/python -m bench bench_mutation
 
 screenshots: $(STAMP)
 	SCREENSHOTS_DIR=docs/screenshots FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \

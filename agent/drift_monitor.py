@@ -15,6 +15,13 @@ its effect is at least ``min_effect``; the alert rises after ``raise_after``
 drifted windows in a row (minimum duration) and clears only after ``clear_after``
 windows in a row that are not (hysteresis), so one odd window neither raises nor
 clears it.
+
+When the package ships a PCA reference (:mod:`edgefleet_contract.multivariate`) each
+window is also tested on how its features move together: the per-row reconstruction
+error and T^2 histograms against the reference and the baseline.  A window is drifted
+when either family is significant, Bonferroni across the two (each at ``alpha / 2``), so
+the per-window false-alarm rate stays at ``alpha``; the same minimum duration and
+hysteresis apply.
 """
 
 from __future__ import annotations
@@ -33,7 +40,16 @@ import numpy.typing as npt
 from edgefleet_contract.drift import CompiledReference, DriftReference
 from edgefleet_contract.drifttest import FeatureTests, compare
 from edgefleet_contract.errors import ModelError
-from edgefleet_contract.messages import BurnIn, DriftReport, DriftTest, FeatureTest
+from edgefleet_contract.messages import (
+    BurnIn,
+    DriftReport,
+    DriftTest,
+    FeatureTest,
+    MultivariateReport,
+    MultivariateTest,
+    StatisticTest,
+)
+from edgefleet_contract.multivariate import STATISTICS, CompiledPca, PcaReference
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +100,31 @@ class AlertState:
         return self.alerting
 
 
-def baseline_key(reference: DriftReference, install: str) -> str:
-    """What a persisted baseline belongs to: this reference, on this install."""
+def baseline_key(reference: DriftReference, install: str, pca: PcaReference | None = None) -> str:
+    """What a persisted baseline belongs to: this reference (and PCA), on this install."""
     digest = hashlib.sha256(install.encode() + b"\0")
     digest.update(reference.model_dump_json().encode())
+    if pca is not None:
+        digest.update(b"\0" + pca.model_dump_json().encode())
     return digest.hexdigest()
+
+
+@dataclass
+class _Multivariate:
+    """The PCA side of a monitor: its reference counts and its share of the baseline."""
+
+    pca: CompiledPca
+    reference: npt.NDArray[np.float64]
+    baseline: npt.NDArray[np.float64]
+    error_sum: float = 0.0
+
+    def window(self, rows: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], float | None, float]:
+        """The window's statistics histogram, its mean error, and its summed error."""
+        stats = self.pca.statistics(rows)
+        spe = stats[:, 0]
+        finite = spe[np.isfinite(spe)]
+        mean = float(finite.mean()) if finite.size else None
+        return self.pca.histogram(stats), mean, float(finite.sum())
 
 
 class DriftMonitor:
@@ -102,12 +138,27 @@ class DriftMonitor:
         baseline_file: Path | None = None,
         install: str = "",
         top_features: int = 10,
+        pca: PcaReference | None = None,
     ) -> None:
         """``install`` names the installed model (e.g. ``name@version``): a baseline
-        persisted for another install is ignored and a new burn-in starts."""
+        persisted for another install is ignored and a new burn-in starts.  ``pca`` (the
+        package's ``drift-pca.json``) adds the multivariate test."""
         self.reference = CompiledReference(reference)
         self.policy = policy or AlertPolicy()
-        self._digest = baseline_key(reference, install)
+        if pca is not None and pca.width != self.reference.width:
+            log.warning(
+                "the package's PCA reference describes %d features, its drift reference %d: "
+                "no multivariate drift test",
+                pca.width,
+                self.reference.width,
+            )
+            pca = None
+        self._mv: _Multivariate | None = None
+        if pca is not None:
+            compiled = CompiledPca(pca)
+            counts = compiled.reference_counts()
+            self._mv = _Multivariate(compiled, counts, np.zeros_like(counts))
+        self._digest = baseline_key(reference, install, pca)
         self._ref_counts = self.reference.reference_counts()
         self._file = baseline_file
         self._top = top_features
@@ -115,6 +166,11 @@ class DriftMonitor:
         self._baseline = np.zeros_like(self._ref_counts)
         self._baseline_rows = 0
         self._load()
+
+    @property
+    def multivariate(self) -> bool:
+        """Whether windows are also tested with the package's PCA."""
+        return self._mv is not None
 
     @property
     def baseline_ready(self) -> bool:
@@ -126,16 +182,34 @@ class DriftMonitor:
         samples = int(hist[0].sum())
         vs_ref = self._test(compare(hist, self._ref_counts))
         vs_base: DriftTest | None = None
+        mv = self._mv
+        mv_hist, mv_mean, mv_sum = mv.window(rows) if mv is not None else (None, None, 0.0)
+        mv_report: MultivariateReport | None = None
+        if mv is not None and mv_hist is not None:
+            mv_report = MultivariateReport(
+                method="pca",
+                components=mv.pca.components,
+                reference=_mv_test(compare(mv_hist, mv.reference), mv_mean, mv.pca.error_mean),
+                histograms=_trimmed(mv_hist),
+            )
         if self.baseline_ready:
             tests = compare(hist, self._baseline)
             vs_base = self._test(tests)
-            drifted = (
-                tests.window_p <= self.policy.alpha and vs_base.effect >= self.policy.min_effect
-            )
-            self._state.update(drifted)
+            p, effect = tests.window_p, vs_base.effect
+            if mv is not None and mv_hist is not None and mv_report is not None:
+                base_mean = mv.error_sum / max(self._baseline_rows, 1)
+                mv_base = _mv_test(compare(mv_hist, mv.baseline), mv_mean, base_mean)
+                mv_report = mv_report.model_copy(update={"baseline": mv_base})
+                # Bonferroni across the two families: the window's false-alarm rate stays alpha.
+                p = min(1.0, 2.0 * min(p, mv_base.p_value))
+                effect = max(effect, mv_base.effect)
+            self._state.update(p <= self.policy.alpha and effect >= self.policy.min_effect)
         else:
             self._baseline += hist
             self._baseline_rows += samples
+            if mv is not None and mv_hist is not None:
+                mv.baseline += mv_hist
+                mv.error_sum += mv_sum
             if self.baseline_ready:
                 self._save()
         return DriftReport(
@@ -151,6 +225,7 @@ class DriftMonitor:
             alert=self._state.alerting,
             alert_windows=self._state.streak,
             histograms=_trimmed(hist) if hist.shape[0] <= MAX_HISTOGRAM_FEATURES else [],
+            multivariate=mv_report,
         )
 
     def _test(self, tests: FeatureTests) -> DriftTest:
@@ -179,6 +254,11 @@ class DriftMonitor:
             counts = np.asarray(doc["counts"], dtype=np.float64)
             if doc.get("reference") != self._digest or counts.shape != self._baseline.shape:
                 return  # another model's baseline: this install starts its own burn-in
+            if self._mv is not None:
+                mv_counts = np.asarray(doc["mv_counts"], dtype=np.float64)
+                if mv_counts.shape != self._mv.baseline.shape:
+                    return
+                self._mv.baseline, self._mv.error_sum = mv_counts, float(doc["mv_error_sum"])
             self._baseline, self._baseline_rows = counts, int(doc["rows"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning(
@@ -188,11 +268,14 @@ class DriftMonitor:
     def _save(self) -> None:
         if self._file is None:
             return
-        doc = {
+        doc: dict[str, object] = {
             "reference": self._digest,
             "rows": self._baseline_rows,
             "counts": self._baseline.astype(np.int64).tolist(),
         }
+        if self._mv is not None:
+            doc["mv_counts"] = self._mv.baseline.astype(np.int64).tolist()
+            doc["mv_error_sum"] = self._mv.error_sum
         tmp = self._file.with_suffix(".tmp")
         try:
             self._file.parent.mkdir(parents=True, exist_ok=True)
@@ -202,3 +285,20 @@ class DriftMonitor:
             log.warning("could not persist the drift baseline to %s: %s", self._file, exc)
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def _mv_test(tests: FeatureTests, mean: float | None, other_mean: float) -> MultivariateTest:
+    ratio = mean / other_mean if mean is not None and other_mean > 0 else None
+    return MultivariateTest(
+        p_value=tests.window_p,
+        effect=min(1.0, float(tests.effect.max())),
+        error_ratio=min(ratio, 1e12) if ratio is not None else None,
+        statistics=[
+            StatisticTest(
+                name=name,  # type: ignore[arg-type]
+                p_value=float(tests.adjusted[i]),
+                effect=min(1.0, float(tests.effect[i])),
+            )
+            for i, name in enumerate(STATISTICS)
+        ],
+    )

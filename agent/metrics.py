@@ -37,6 +37,7 @@ from edgefleet_contract.messages import (
     InferenceStats,
     LatencySummary,
 )
+from edgefleet_contract.multivariate import PcaReference
 
 from .drift_monitor import AlertPolicy, DriftMonitor
 
@@ -73,6 +74,7 @@ class InferenceRecorder:
         drift_policy: AlertPolicy | None = None,
         baseline_file: Path | None = None,
         top_features: int = 10,
+        pca: PcaReference | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
     ) -> None:
@@ -98,6 +100,7 @@ class InferenceRecorder:
                 baseline_file=baseline_file,
                 install=f"{model}@{version}",
                 top_features=top_features,
+                pca=pca,
             )
             if reference is not None
             else None

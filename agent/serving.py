@@ -22,6 +22,7 @@ refused while the previous model keeps answering.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -35,6 +36,7 @@ import numpy.typing as npt
 
 from edgefleet_contract.errors import ModelError, NotFound
 from edgefleet_contract.messages import ShadowStats
+from edgefleet_contract.multivariate import PcaReference, read_pca
 from edgefleet_contract.summary import summarize
 
 from .config import DriftSettings
@@ -46,13 +48,26 @@ from .samples import PredictionCache, SampleStore
 from .shadow import ShadowRunner
 
 RecorderFactory = Callable[[Model], InferenceRecorder]
+log = logging.getLogger(__name__)
 
 
 def recorder_for(model: Model) -> InferenceRecorder:
     """The default recorder: latency, confidence, classes, and drift tests against the
     package's reference statistics (raw features, as the builder computed them)."""
     m = model.manifest
-    return InferenceRecorder(m.name, m.version, labels=m.labels, reference=m.drift)
+    return InferenceRecorder(
+        m.name, m.version, labels=m.labels, reference=m.drift, pca=package_pca(model)
+    )
+
+
+def package_pca(model: Model) -> PcaReference | None:
+    """The package's PCA reference for the multivariate drift test; a broken one is
+    logged and skipped (the per-feature tests still run)."""
+    try:
+        return read_pca(model.package.members)
+    except ModelError as exc:
+        log.warning("%s: no multivariate drift test: %s", model.manifest.name, exc)
+        return None
 
 
 def drift_recorders(settings: DriftSettings, baseline_file: Path | None) -> RecorderFactory:
@@ -77,6 +92,7 @@ def drift_recorders(settings: DriftSettings, baseline_file: Path | None) -> Reco
             drift_interval_s=settings.interval_s,
             drift_policy=policy,
             baseline_file=baseline_file,
+            pca=package_pca(model),
         )
 
     return make
@@ -288,6 +304,10 @@ class ModelService:
                 row = rows[i] if rows is not None else _NO_ROW
                 self._cache.put(prediction_id, row, predicted, version)
                 answer["id"] = prediction_id
+            shadow = self._shadow
+            if shadow is not None and not stateful:
+                ids = [str(answer["id"]) for answer in result.results]
+                shadow.offer_inputs(inputs, result.classes.tolist(), ids)
         return result, session
 
     # ----------------------------------------------------------- feedback --

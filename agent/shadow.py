@@ -6,8 +6,11 @@ active model's answer: :meth:`ShadowRunner.offer` is called after that answer
 exists, copies the rows into a bounded queue and returns at once; a single
 worker thread runs the candidate on them and counts how often the two agree,
 how long the candidate takes, and, when ground truth comes back, how often each
-was right.  When the queue is full the input is dropped and counted, so a slow
-candidate costs coverage, never the app's latency.
+was right (and on how many of those exactly one of them was, which is what a paired
+test of the two accuracies needs).  Both inference entry points feed it: rows from
+``predict`` and the named inputs of ``infer`` (classifiers: the answers it compares are
+classes; a stateful model's sessions are not shadowed).  When the queue is full the
+input is dropped and counted, so a slow candidate costs coverage, never the app's latency.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,13 +51,16 @@ class _Window:
     labelled: int = 0
     active_correct: int = 0
     candidate_correct: int = 0
+    discordant: int = 0
 
 
 @dataclass(frozen=True)
 class _Job:
-    rows: npt.NDArray[np.float32]
+    rows: npt.NDArray[np.float32] | None
     active: tuple[int, ...]
     ids: tuple[str, ...]
+    inputs: Any = None
+    """For :meth:`ShadowRunner.offer_inputs`: the named inputs of a ``/v1/infer`` call."""
 
 
 class ShadowRunner:
@@ -116,6 +123,18 @@ class ShadowRunner:
             return False
         return True
 
+    def offer_inputs(self, inputs: Any, active: Sequence[int], ids: Sequence[str] = ()) -> bool:
+        """Like :meth:`offer`, for the inputs of :meth:`~agent.serving.ModelService.infer`
+        (named arrays or one array) whose classes the active model answered ``active``."""
+        job = _Job(None, tuple(active), tuple(ids), inputs=_copied(inputs))
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            with self._lock:
+                self._window.dropped += len(job.active)
+            return False
+        return True
+
     def label_arrived(self, prediction_id: str, label: int, active_correct: bool) -> None:
         """Ground truth for a prediction both models answered (others are ignored)."""
         with self._lock:
@@ -126,6 +145,7 @@ class ShadowRunner:
             w.labelled += 1
             w.active_correct += int(active_correct)
             w.candidate_correct += int(candidate == label)
+            w.discordant += int((candidate == label) != active_correct)
 
     # ------------------------------------------------------------- worker --
 
@@ -142,13 +162,12 @@ class ShadowRunner:
     def _run(self, job: _Job) -> None:
         start = self._clock()
         try:
-            prediction, _ = self.candidate.predict_rows(job.rows)
+            classes = self._classes(job)
         except Exception:  # a candidate failing must never reach the active path
             with self._lock:
                 self._window.errors += len(job.active)
             return
         per_row = (self._clock() - start) / max(len(job.active), 1)
-        classes = prediction.classes.tolist()
         with self._lock:
             w = self._window
             for i, (mine, theirs) in enumerate(zip(classes, job.active, strict=True)):
@@ -160,6 +179,15 @@ class ShadowRunner:
                     w.latencies.append(per_row)
                 if i < len(job.ids):
                     self._remember(job.ids[i], int(mine))
+
+    def _classes(self, job: _Job) -> list[int]:
+        if job.rows is not None:
+            prediction, _ = self.candidate.predict_rows(job.rows)
+            return list(prediction.classes.tolist())
+        result = self.candidate.infer(job.inputs)
+        if result.classes is None or len(result.classes) != len(job.active):
+            raise ValueError("the candidate gives no class per answer for these inputs")
+        return list(result.classes.tolist())
 
     def _remember(self, prediction_id: str, predicted: int) -> None:
         self._answers[prediction_id] = predicted
@@ -189,4 +217,12 @@ class ShadowRunner:
             labelled=w.labelled,
             active_correct=w.active_correct,
             candidate_correct=w.candidate_correct,
+            discordant=w.discordant,
         )
+
+
+def _copied(inputs: Any) -> Any:
+    """The caller may reuse its buffers once its answer is back: the queue keeps copies."""
+    if isinstance(inputs, Mapping):
+        return {k: np.array(v, copy=True) for k, v in inputs.items()}
+    return np.array(inputs, copy=True)

@@ -45,6 +45,8 @@ MODULES = {
     "bench_cluster": (
         "Broker cluster: ACL probes, a node killed, ingest, connections (issue: broker cluster)"
     ),
+    "bench_coverage": "Branch coverage of the packages (issue: proof for every claim)",
+    "bench_mutation": "Mutation score of the core modules (issue: proof for every claim)",
 }
 
 

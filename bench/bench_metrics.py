@@ -15,6 +15,7 @@ import numpy as np
 
 from agent.metrics import InferenceRecorder
 from edgefleet_contract.drift import CompiledReference, build_reference, quantile_reference
+from edgefleet_contract.multivariate import build_pca
 
 from ._lab import table
 
@@ -49,7 +50,11 @@ def run() -> list[dict[str, object]]:
     noop = _Noop()
     plain = InferenceRecorder("digits", "1.0.0", labels=[str(i) for i in range(10)])
     drifting = InferenceRecorder(
-        "digits", "1.0.0", labels=[str(i) for i in range(10)], reference=reference
+        "digits",
+        "1.0.0",
+        labels=[str(i) for i in range(10)],
+        reference=reference,
+        pca=build_pca(digits),
     )
 
     baseline = _per_call_ns(lambda i: noop.record(0.0021, 0.93, i % 10))
@@ -69,6 +74,7 @@ def run() -> list[dict[str, object]]:
         legacy.feature_psi(rows[np.arange(1024) & 255])
         psi_ms.append((time.perf_counter_ns() - start) / 1e6)
     assert window.drift is not None and window.drift.baseline is not None
+    assert window.drift.multivariate is not None and window.drift.multivariate.baseline
     assert window.inference.count == 10_000
     tested = snapshots[-REPEATS:]
 
@@ -92,7 +98,8 @@ def run() -> list[dict[str, object]]:
             "recorder cost per inference",
             with_row,
             baseline_row,
-            f"record(..., row) with a {FEATURES}-feature drift reference; row kept in a "
+            f"record(..., row) with a {FEATURES}-feature drift reference and its PCA; row "
+            "kept in a "
             f"1,024-row reservoir; best of {REPEATS} x {CALLS:,} calls",
         ),
         {
@@ -101,7 +108,8 @@ def run() -> list[dict[str, object]]:
             "baseline": f"{statistics.median(psi_ms):.2f} ms (PSI of the same 1,024 rows)",
             "ratio": f"{statistics.median(tested) / statistics.median(psi_ms):.1f}",
             "note": f"median of {REPEATS} (worst {max(tested):.2f} ms); p50/p95/p99, histograms, "
-            f"chi-squared + JS of {FEATURES} features against reference and baseline",
+            f"chi-squared + JS of {FEATURES} features and of the PCA's reconstruction error "
+            "and T^2 against reference and baseline",
         },
     ]
 

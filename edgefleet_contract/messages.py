@@ -150,6 +150,9 @@ class ShadowStats(Message):
     labelled: Count = 0
     active_correct: Count = 0
     candidate_correct: Count = 0
+    discordant: Count | None = None
+    """Labelled inputs exactly one of the two got right (for a paired test); agents from
+    before it do not send it, and servers from before it refuse it: upgrade servers first."""
 
 
 class FeatureDrift(Message):
@@ -194,6 +197,45 @@ class BurnIn(Message):
     needed: Count
 
 
+class StatisticTest(Message):
+    name: Literal["spe", "t2"]
+    """``spe``: PCA reconstruction error; ``t2``: Hotelling's T^2 inside the PCA subspace."""
+    p_value: Annotated[float, Field(ge=0, le=1)]
+    """Benjamini-Hochberg adjusted across the statistics."""
+    effect: Annotated[float, Field(ge=0, le=1)]
+    """Jensen-Shannon distance of the statistic's histogram."""
+
+
+class MultivariateTest(Message):
+    """One comparison of the window's per-row PCA statistics."""
+
+    p_value: Annotated[float, Field(ge=0, le=1)]
+    """The smallest adjusted p over the statistics (Simes)."""
+    effect: Annotated[float, Field(ge=0, le=1)]
+    """The largest Jensen-Shannon distance over the statistics."""
+    error_ratio: Annotated[float, Field(ge=0, le=1e12)] | None = None
+    """Mean reconstruction error of the window over that of the other side (1 = same)."""
+    statistics: Annotated[list[StatisticTest], Field(max_length=8)] = []
+
+
+class MultivariateReport(Message):
+    """How well the package's PCA still explains the window's rows (``method: pca``).
+
+    Agents send it when the package ships a PCA reference (``drift-pca.json``);
+    servers from before this field refuse a report that carries it, so upgrade
+    the server first.  ``histograms`` are counts of ``spe`` and ``t2`` over the
+    reference's bins: mergeable like the per-feature ones.
+    """
+
+    method: Literal["pca"]
+    components: Annotated[int, Field(ge=1, le=4096)]
+    reference: MultivariateTest
+    baseline: MultivariateTest | None = None
+    histograms: Annotated[
+        list[Annotated[list[Count], Field(max_length=258)]], Field(max_length=8)
+    ] = []
+
+
 class DriftReport(Message):
     """Drift of the window's inputs, tested on fixed-bin histograms (``method: chi2``).
 
@@ -212,12 +254,15 @@ class DriftReport(Message):
     """Against this device's burn-in baseline; None while the burn-in is still filling."""
     burn_in: BurnIn
     alert: bool = False
-    """The device's inputs changed from its own normal (hysteresis and minimum duration)."""
+    """The device's inputs changed from its own normal (hysteresis and minimum duration),
+    judged on the per-feature and the multivariate test together."""
     alert_windows: Count = 0
     """Consecutive windows the alert condition has held (or, when alerting, cleared for)."""
     histograms: Annotated[
         list[Annotated[list[Count], Field(max_length=258)]], Field(max_length=4096)
     ] = []
+    multivariate: MultivariateReport | None = None
+    """The PCA check of how features move together; None when the package has no PCA."""
 
     @property
     def score(self) -> float:

@@ -7,7 +7,11 @@ judged by its merged histogram against the merged histogram of the rest of the
 fleet on the same version, with the same test the devices run
 (:func:`edgefleet_contract.drifttest.compare`): a slice that sees different
 inputs than its peers shows up even when every device in it is "normal for
-itself".  Accuracy per slice comes from feedback labels with an exact
+itself".  When the package ships a PCA, the windows also carry histograms of
+each row's reconstruction error and T^2 (:mod:`edgefleet_contract.multivariate`),
+merged and tested the same way: a slice whose features move together
+differently from its peers' shows there even when every marginal matches.
+Accuracy per slice comes from feedback labels with an exact
 (Clopper-Pearson) 95% interval, from scipy, because slices often hold few labels and
 a normal approximation would claim a precision the counts do not have.
 """
@@ -42,6 +46,8 @@ class DriftWindow:
     feedback_count: int = 0
     feedback_correct: int = 0
     p95_ms: float | None = None
+    multivariate: npt.NDArray[np.float64] | None = None
+    """Counts of the rows' PCA statistics (``spe``, ``t2``), when the package has a PCA."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,15 @@ class Slice:
     accuracy_low: float | None
     accuracy_high: float | None
     p95_ms: float | None
+    multivariate_p_value: float | None = None
+    """The PCA statistics of the slice against the rest (None: no PCA in the package)."""
+    multivariate_effect: float | None = None
+
+    @property
+    def significant(self) -> bool:
+        """Either family at ``ALPHA``, Bonferroni across the two (as on the devices)."""
+        ps = [p for p in (self.p_value, self.multivariate_p_value) if p is not None]
+        return bool(ps) and min(ps) * len(ps) <= ALPHA
 
 
 @dataclass(frozen=True)
@@ -107,15 +122,24 @@ def _view(
         k: np.sum([_widen(w.histograms, width) for w in g], axis=0) for k, g in groups.items()
     }
     total = np.sum(list(merged.values()), axis=0)
-    slices = [_slice(key, groups[key], merged[key], total) for key in sorted(groups)]
-    significant = [s for s in slices if s.p_value is not None and s.p_value <= ALPHA]
+    mv = _merged_multivariate(groups)
+    mv_total = np.sum(list(mv.values()), axis=0) if mv else None
+    slices = [
+        _slice(key, groups[key], merged[key], total, mv.get(key), mv_total)
+        for key in sorted(groups)
+    ]
+    significant = [s for s in slices if s.significant]
     labelled = [s for s in slices if s.accuracy_high is not None]
     return CohortView(
         model=model,
         version=version,
         by=by,
         slices=slices,
-        worst_drift=max(significant, key=lambda s: s.effect or 0.0).key if significant else None,
+        worst_drift=max(
+            significant, key=lambda s: max(s.effect or 0.0, s.multivariate_effect or 0.0)
+        ).key
+        if significant
+        else None,
         worst_accuracy=min(labelled, key=lambda s: s.accuracy_high or 0.0).key
         if labelled
         else None,
@@ -127,13 +151,18 @@ def _slice(
     windows: list[DriftWindow],
     merged: npt.NDArray[np.float64],
     total: npt.NDArray[np.float64],
+    mv: npt.NDArray[np.float64] | None = None,
+    mv_total: npt.NDArray[np.float64] | None = None,
 ) -> Slice:
     rest = total - merged
-    effect = p = None
+    effect = p = mv_p = mv_effect = None
     drifted = 0
     if rest.sum() > 0:
         tests = compare(merged, rest)
         effect, p, drifted = float(tests.effect.max()), tests.window_p, tests.drifted(ALPHA)
+    if mv is not None and mv_total is not None and (mv_total - mv).sum() > 0:
+        mv_tests = compare(mv, mv_total - mv)
+        mv_p, mv_effect = mv_tests.window_p, float(mv_tests.effect.max())
     newest: dict[str, DriftWindow] = {}
     for w in windows:
         if w.device_id not in newest or w.ts > newest[w.device_id].ts:
@@ -156,7 +185,33 @@ def _slice(
         accuracy_low=low,
         accuracy_high=high,
         p95_ms=float(np.mean(p95)) if p95 else None,
+        multivariate_p_value=mv_p,
+        multivariate_effect=mv_effect,
     )
+
+
+def _merged_multivariate(
+    groups: dict[str, list[DriftWindow]],
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Per slice, the summed PCA statistics of its windows that carry them (one layout:
+    windows of another shape, from a package with another PCA, are left out)."""
+    shapes = [
+        w.multivariate.shape for g in groups.values() for w in g if w.multivariate is not None
+    ]
+    if not shapes:
+        return {}
+    rows = max(s[0] for s in shapes)
+    width = max(s[1] for s in shapes if s[0] == rows)
+    out: dict[str, npt.NDArray[np.float64]] = {}
+    for key, windows in groups.items():
+        parts = [
+            _widen(w.multivariate, width)
+            for w in windows
+            if w.multivariate is not None and w.multivariate.shape[0] == rows
+        ]
+        if parts:
+            out[key] = np.sum(parts, axis=0)
+    return out
 
 
 def padded(rows: Sequence[Sequence[float]]) -> npt.NDArray[np.float64]:

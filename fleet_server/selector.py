@@ -73,6 +73,9 @@ class _Cond:
 
     pred: Predicate
     sql: SqlPart
+    versioned: bool = False
+    """Compares versions: exact in SQL only where the dialect orders versions as
+    :mod:`fleet_server.versions` does (SQLite, which calls that very code)."""
 
 
 def _sql(text: str, *params: object) -> SqlPart:
@@ -88,9 +91,10 @@ def _join(op: str, parts: list[_Cond]) -> _Cond:
             params.extend(ps)
         return f" {op} ".join(texts), params
 
+    versioned = any(p.versioned for p in parts)
     if op == "OR":
-        return _Cond(lambda dev: any(p.pred(dev) for p in parts), sql)
-    return _Cond(lambda dev: all(p.pred(dev) for p in parts), sql)
+        return _Cond(lambda dev: any(p.pred(dev) for p in parts), sql, versioned)
+    return _Cond(lambda dev: all(p.pred(dev) for p in parts), sql, versioned)
 
 
 def _not(inner: _Cond) -> _Cond:
@@ -98,7 +102,7 @@ def _not(inner: _Cond) -> _Cond:
         t, ps = inner.sql(d)
         return f"NOT COALESCE(({t}), FALSE)", ps
 
-    return _Cond(lambda dev: not inner.pred(dev), sql)
+    return _Cond(lambda dev: not inner.pred(dev), sql, inner.versioned)
 
 
 def _column_is(column: str, value: str) -> _Cond:
@@ -122,6 +126,11 @@ class Selector:
 
     def matches(self, device: Device) -> bool:
         return self.cond.pred(device)
+
+    @property
+    def versioned(self) -> bool:
+        """Whether it compares versions (see ``Dialect.exact_versions``)."""
+        return self.cond.versioned
 
     def sql(self, dialect: Dialect) -> tuple[str, list[object]]:
         """A WHERE predicate (``?`` placeholders) and its parameters, for ``dialect``.
@@ -273,6 +282,7 @@ class _Parser:
             versioned = _Cond(
                 lambda d: _compare(op, _field(d, "model_version"), ver),
                 _version("model_version", op, ver),
+                versioned=True,
             )
             return _join("AND", [named, versioned])
         op, ver = _split_op(value)
@@ -282,7 +292,7 @@ class _Parser:
         self._check_version(ver, f"{key}:{op}")
         field = "firmware" if key == "firmware" else "agent"
         column = "firmware_version" if key == "firmware" else "agent_version"
-        return _Cond(lambda d: _compare(op, _field(d, field), ver), _version(column, op, ver))
+        return _Cond(lambda d: _compare(op, _field(d, field), ver), _version(column, op, ver), True)
 
 
 def _tag(value: str) -> _Cond:

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from edgefleet_common.mqtt import TlsFiles
 from edgefleet_common.private import private_dir
 from edgefleet_contract.errors import BrokerError, ConfigError, NotFound
 
+from .amqp_ingest import AmqpIngest
 from .api import ApiContext, create_app
 from .auth import hash_password, verify_password
 from .broker import BrokerLayout, ManagedBroker
@@ -218,18 +220,7 @@ class FleetServer:
             on_frame=self.events.frames,
             quota=telemetry_quota(settings),
         )
-        client = self._client_tls()
-        self.upstream = self.control.upstream(self.ingest, client) if self.parts.ingest else None
-        """The engine's own consumer of device messages, when it has one (else the link)."""
-        self.link = ServerLink(
-            self.control.server_endpoint(client),
-            self.ingest,
-            client_id=settings.mqtt_identity,
-            subscriptions=(
-                [] if self.upstream is not None
-                else role_subscriptions(self.parts, shared=self.shared)
-            ),
-        )
+        self.upstream, self.link = self._device_links()
         self.tuf = TufRepository(self.layout.tuf, lifetimes=tuf_lifetimes(settings))
         self.artifacts = ArtifactRegistry(
             self.store, BlobStore(self.layout.artifacts), tuf=self.tuf
@@ -248,25 +239,8 @@ class FleetServer:
             artifacts=self.artifacts,
             shared=self.shared,
         )
-        self.events.stored.subscribe((self.upstream or self.link).acknowledge)
-        self.events.updated.subscribe(self.rollouts.device_updated)
-        self.events.updated.subscribe(self.reconciler)
-        self.events.updated.subscribe(self.training.device_changed)
-        self.events.frames.subscribe(self.training.deliver)
-        self.app = create_app(
-            ApiContext(
-                settings=settings,
-                store=self.store,
-                enrollment=self.enrollment,
-                commands=self.link,
-                metrics=self.metrics.render,
-                training=self.training,
-                artifacts=self.artifacts,
-                tuf=self.tuf,
-                deltas=self.deltas,
-                rollouts=self.rollouts,
-            )
-        )
+        self._subscribe_to_events()
+        self.app = self._create_app()
         self._register_gauges()
         self._http: uvicorn.Server | None = None
         self.presence_sweep_s = 10.0
@@ -284,6 +258,45 @@ class FleetServer:
             shared=self.shared,
         )
         self._http_thread: threading.Thread | None = None
+
+    def _device_links(self) -> tuple[AmqpIngest | None, ServerLink]:
+        """The engine's own consumer of device messages when it has one (then the MQTT
+        link only sends downstream), and the server's MQTT link."""
+        client = self._client_tls()
+        upstream = self.control.upstream(self.ingest, client) if self.parts.ingest else None
+        link = ServerLink(
+            self.control.server_endpoint(client),
+            self.ingest,
+            client_id=self.settings.mqtt_identity,
+            subscriptions=(
+                [] if upstream is not None
+                else role_subscriptions(self.parts, shared=self.shared)
+            ),
+        )
+        return upstream, link
+
+    def _subscribe_to_events(self) -> None:
+        self.events.stored.subscribe((self.upstream or self.link).acknowledge)
+        self.events.updated.subscribe(self.rollouts.device_updated)
+        self.events.updated.subscribe(self.reconciler)
+        self.events.updated.subscribe(self.training.device_changed)
+        self.events.frames.subscribe(self.training.deliver)
+
+    def _create_app(self) -> FastAPI:
+        return create_app(
+            ApiContext(
+                settings=self.settings,
+                store=self.store,
+                enrollment=self.enrollment,
+                commands=self.link,
+                metrics=self.metrics.render,
+                training=self.training,
+                artifacts=self.artifacts,
+                tuf=self.tuf,
+                deltas=self.deltas,
+                rollouts=self.rollouts,
+            )
+        )
 
     @property
     def maintenance_interval_s(self) -> float:

@@ -22,7 +22,15 @@ from fleet_server.broker import ManagedBroker, find_mosquitto
 from fleet_server.config import DatabaseSettings, ServerSettings
 from fleet_server.server import FleetServer, initialize
 
-from .harness import ADMIN_PASSWORD, Client, Pki, free_port, server_settings, start_broker
+from .harness import (
+    ADMIN_PASSWORD,
+    Client,
+    Pki,
+    free_port,
+    require,
+    server_settings,
+    start_broker,
+)
 from .pgserver import PgServer
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -38,7 +46,7 @@ def _require_mosquitto() -> None:
     try:
         find_mosquitto("mosquitto")
     except BrokerError as exc:  # pragma: no cover - environment problem, said plainly
-        pytest.skip(f"mosquitto is not installed, broker tests cannot run: {exc}")
+        require(False, f"mosquitto ({exc})", "run .ci/setup-system (make setup does)")
 
 
 @pytest.fixture(scope="session")

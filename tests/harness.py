@@ -34,6 +34,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def require(found: object, what: str, install: str) -> None:
+    """Fail, saying how to install it, when a part the suite runs for real is missing.
+
+    Everything a test needs is installed by `make setup` (the dev extra, `.ci/setup-system`,
+    `make thirdparty-wheels`), so a missing part is a broken setup: a skip would let CI pass
+    with the behaviour untested.
+    """
+    if not found:
+        import pytest
+
+        pytest.fail(f"{what} is missing: {install}", pytrace=False)
+
+
+def watch_subacks(session: Any) -> threading.Event:
+    """Set once the broker granted every subscription of an MQTT session (its SUBACK).
+
+    Install before ``session.start()``: a test then publishes only once the server listens,
+    a condition instead of a sleep.
+    """
+    granted = threading.Event()
+
+    def on_subscribe(c: object, u: object, mid: int, reasons: list[Any], p: object) -> None:
+        if reasons and not any(r.is_failure for r in reasons):
+            granted.set()
+
+    session._client.on_subscribe = on_subscribe
+    return granted
+
+
 def wait_for(
     predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"
 ) -> None:
@@ -87,6 +116,7 @@ class Client:
     ) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.pubacks: dict[int, str] = {}
+        self.subacks: dict[int, list[str]] = {}
         self.connack: str | None = None
         self._lock = threading.Lock()
         self.client = paho.Client(
@@ -103,6 +133,7 @@ class Client:
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
 
     def _on_connect(self, c: object, u: object, f: object, reason: object, p: object) -> None:
         self.connack = str(reason)
@@ -113,6 +144,15 @@ class Client:
 
     def _on_publish(self, c: object, u: object, mid: int, reason: object, p: object) -> None:
         self.pubacks[mid] = str(reason)
+
+    def _on_subscribe(self, c: object, u: object, mid: int, reasons: list[Any], p: object) -> None:
+        self.subacks[mid] = [str(r) for r in reasons]
+
+    def subscribe(self, topic: str, qos: int = 1, timeout: float = 10.0) -> list[str]:
+        """Subscribe and wait for the broker's SUBACK; its reason codes."""
+        _, mid = self.client.subscribe(topic, qos=qos)
+        wait_for(lambda: mid in self.subacks, timeout, f"SUBACK for {topic}")
+        return self.subacks[mid]
 
     def connect(self, port: int, timeout: float = 10.0) -> None:
         self.client.connect("127.0.0.1", port, keepalive=30)

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from agent.drift_monitor import AlertPolicy, DriftMonitor
 from edgefleet_contract.drift import build_reference
 from edgefleet_contract.messages import InferenceStats, LatencySummary, Telemetry
+from edgefleet_contract.multivariate import build_pca
 from fleet_server.api import ApiContext, create_app
 from fleet_server.auth import hash_password
 from fleet_server.config import ApiSettings, ServerSettings
@@ -18,19 +19,34 @@ from fleet_server.enrollment import Enrollment
 from fleet_server.pki import FleetCA
 from fleet_server.store import open_store
 
+from .test_drift_multivariate import REFERENCE, correlated
+
 NOW = time.time()
 
 
-def _batches(device_id: str, *, shifted: bool, right: int, seed: int) -> list[Telemetry]:
-    """Three windows of one device after its burn-in; a shifted site sees other inputs."""
+def _batches(
+    device_id: str, *, shifted: bool, right: int, seed: int, joint: bool = False
+) -> list[Telemetry]:
+    """Three windows of one device after its burn-in; a shifted site sees other inputs.
+    ``joint``: correlated features and a PCA; the shifted site's correlation is flipped,
+    its marginals unchanged."""
     rng = np.random.default_rng(seed)
-    reference = build_reference(np.random.default_rng(0).normal(size=(2000, 4)))
-    monitor = DriftMonitor(reference, policy=AlertPolicy(burn_in_rows=200))
+    if joint:
+        reference = build_reference(REFERENCE)
+        monitor = DriftMonitor(
+            reference, policy=AlertPolicy(burn_in_rows=200), pca=build_pca(REFERENCE)
+        )
+    else:
+        reference = build_reference(np.random.default_rng(0).normal(size=(2000, 4)))
+        monitor = DriftMonitor(reference, policy=AlertPolicy(burn_in_rows=200))
     out = []
     for n in range(4):
-        rows = rng.normal(size=(200, 4))
-        if shifted:
-            rows[:, 1] += 1.0
+        if joint:
+            rows = correlated(200, rng, flip=shifted)
+        else:
+            rows = rng.normal(size=(200, 4))
+            if shifted:
+                rows[:, 1] += 1.0
         report = monitor.window(rows)
         if n == 0:
             continue
@@ -58,15 +74,18 @@ def _batches(device_id: str, *, shifted: bool, right: int, seed: int) -> list[Te
     return out
 
 
-def test_the_shifted_site_is_the_worst_slice(tmp_path: Path, store_url: str) -> None:
+def _fleet(
+    tmp_path: Path, store_url: str, plan: dict[str, tuple[bool, int]], *, joint: bool = False
+) -> TestClient:
     store = open_store(store_url)
-    plan = {"berlin": (False, 19), "lyon": (False, 18), "porto": (True, 9)}
     batches = []
     for i, (site, (shifted, right)) in enumerate(plan.items()):
         for k in range(2):
             device_id = f"{site}-{k}"
             store.create_device(device_id, name=device_id, tags={"site": site}, now=NOW - 3600)
-            batches += _batches(device_id, shifted=shifted, right=right, seed=10 * i + k)
+            batches += _batches(
+                device_id, shifted=shifted, right=right, seed=10 * i + k, joint=joint
+            )
     store.insert_telemetry(batches, received_at=NOW)
     ca = FleetCA.create(tmp_path / "ca", now=NOW)
     store.create_user("vic", role="viewer", password_hash=hash_password("vic-password"), now=NOW)
@@ -80,7 +99,14 @@ def test_the_shifted_site_is_the_worst_slice(tmp_path: Path, store_url: str) -> 
     token = client.post(
         "/api/v1/auth/login", json={"username": "vic", "password": "vic-password"}
     ).json()["token"]
-    headers = {"Authorization": f"Bearer {token}"}
+    client.headers["Authorization"] = f"Bearer {token}"
+    return client
+
+
+def test_the_shifted_site_is_the_worst_slice(tmp_path: Path, store_url: str) -> None:
+    plan = {"berlin": (False, 19), "lyon": (False, 18), "porto": (True, 9)}
+    client = _fleet(tmp_path, store_url, plan)
+    headers: dict[str, str] = {}
     r = client.get("/api/v1/console/cohorts", params={"by": "site"}, headers=headers)
     assert r.status_code == 200, r.text
     (view,) = r.json()
@@ -105,3 +131,21 @@ def test_the_shifted_site_is_the_worst_slice(tmp_path: Path, store_url: str) -> 
     assert len(by_device["slices"]) == 6 and by_device["worst_drift"].startswith("porto")
     bad = client.get("/api/v1/console/cohorts", params={"by": 'site"x'}, headers=headers)
     assert bad.status_code == 422
+
+    assert slices["porto"]["multivariate_p_value"] is None  # this package has no PCA
+
+
+def test_a_site_whose_features_move_together_differently_is_found_by_the_joint_test(
+    tmp_path: Path, store_url: str
+) -> None:
+    plan = {"berlin": (False, 19), "lyon": (False, 18), "porto": (True, 18)}
+    client = _fleet(tmp_path, store_url, plan, joint=True)
+    r = client.get("/api/v1/console/cohorts", params={"by": "site"})
+    assert r.status_code == 200, r.text
+    (view,) = r.json()
+    slices = {s["key"]: s for s in view["slices"]}
+    assert view["worst_drift"] == "porto"
+    # Every marginal is the same at every site: only the joint (PCA) test tells porto apart.
+    assert all(s["p_value"] > 0.01 for s in slices.values())
+    assert slices["porto"]["multivariate_p_value"] < 1e-6
+    assert slices["berlin"]["multivariate_effect"] < slices["porto"]["multivariate_effect"]

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright import sync_api
 
 from .console_fleet import OPERATOR_PASSWORD, VIEWER_PASSWORD, ConsoleFleet
-from .harness import ADMIN_PASSWORD, wait_for
+from .harness import ADMIN_PASSWORD, require, wait_for
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -28,11 +29,13 @@ ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="Debian's chromium is not installed (.ci/setup-system installs it)",
-)
-sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _chromium() -> None:
+    require(Path(CHROMIUM).exists(), f"Debian's chromium ({CHROMIUM})", "run .ci/setup-system")
+
+
 Page = sync_api.Page
 expect = sync_api.expect
 WAIT_MS = 60_000

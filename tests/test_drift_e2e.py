@@ -116,6 +116,13 @@ def test_only_the_changed_device_alerts(tmp_path: Path) -> None:
         assert changed.reference.p_value < 0.01
         # ... only the changed one from its own baseline, by a large effect.
         assert changed.baseline.p_value < 1e-6 and changed.baseline.effect > 0.5
+        # The package's PCA (drift-pca.json) reached the agent: both devices also test how
+        # their features move together, and the inverted images are far off its subspace.
+        for report in (calm, changed):
+            assert report.multivariate is not None and report.multivariate.components > 1
+            assert len(report.multivariate.histograms) == 2
+        joint = changed.multivariate.baseline  # type: ignore[union-attr]
+        assert joint is not None and joint.p_value < 1e-6
         calm_history = server.store.query_raw("calm", since=0, until=1e11, limit=100_000)
         assert not any(getattr(b.drift, "alert", False) for b in calm_history)
 

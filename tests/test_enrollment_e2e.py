@@ -122,11 +122,16 @@ def test_revoked_device_cannot_reconnect_or_reenroll(fleet: FleetServer, tmp_pat
     agent_dir = tmp_path / "agent"
     enrolled = enroll(api, token, agent_dir)
     assert enrolled.returncode == 0, enrolled.stderr
+    agent_log = tmp_path / "agent.log"
     agent = subprocess.Popen(
-        [str(BIN / "edge-agent"), "run", "--data-dir", str(agent_dir)], stderr=subprocess.DEVNULL
+        [str(BIN / "edge-agent"), "run", "--data-dir", str(agent_dir)],
+        stderr=agent_log.open("wb"),
+        env={**os.environ, "EDGE_AGENT_TELEMETRY_INTERVAL_S": "0.5"},
     )
+    rows = lambda: len(fleet.store.query_raw("rev-9", since=0, until=1e11))  # noqa: E731
     try:
-        wait_for(lambda: fleet.store.get_device("rev-9").online, what="online")
+        wait_for(lambda: fleet.store.get_device("rev-9").online, timeout=90, what="online")
+        wait_for(lambda: rows() > 0, what="telemetry stored before the revocation")
         r = httpx.post(f"{api}/api/v1/devices/rev-9/revoke", headers=headers)
         assert r.status_code == 200 and r.json()["state"] == "revoked"
         wait_for(
@@ -135,13 +140,13 @@ def test_revoked_device_cannot_reconnect_or_reenroll(fleet: FleetServer, tmp_pat
             what="revoked device disconnected",
         )
         assert fleet.broker is not None and fleet.broker.wait_ready()
-        # the broker re-read CRL and ACL: the revoked agent's telemetry is refused
-        import time
-
-        time.sleep(1)
-        before = len(fleet.store.query_raw("rev-9", since=0, until=1e11))
-        time.sleep(3)
-        assert len(fleet.store.query_raw("rev-9", since=0, until=1e11)) == before
+        # The broker re-read CRL and ACL: the agent's next batches are refused (it logs
+        # each refusal); after the first, two more are refused and nothing new is stored.
+        refused = lambda: agent_log.read_bytes().count(b"broker refused spooled")  # noqa: E731
+        wait_for(lambda: refused() >= 1, timeout=60, what="a batch refused by the broker")
+        before, seen = rows(), refused()
+        wait_for(lambda: refused() >= seen + 2, timeout=60, what="two more batches refused")
+        assert rows() == before
         assert not fleet.store.get_device("rev-9").online
     finally:
         agent.kill()

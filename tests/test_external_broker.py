@@ -14,7 +14,7 @@ from fleet_server.broker import find_mosquitto, port_open
 from fleet_server.config import ApiSettings, BrokerSettings, ServerSettings
 from fleet_server.server import FleetServer, initialize
 
-from .harness import ADMIN_PASSWORD, free_port, wait_for
+from .harness import ADMIN_PASSWORD, free_port, wait_for, watch_subacks
 
 
 def test_external_broker_by_url_and_credentials(tmp_path: Path) -> None:
@@ -47,10 +47,11 @@ def test_external_broker_by_url_and_credentials(tmp_path: Path) -> None:
         server = FleetServer(settings)
         assert server.broker is None  # nothing managed
         server.store.create_device("ext-1", name="ext-1", tags={}, now=time.time())
+        subscribed = watch_subacks(server.link)
         server.start()
         try:
             assert server.link.wait_connected(10), server.link.last_error
-            time.sleep(0.3)
+            assert subscribed.wait(10), "the server's subscriptions were not granted"
             device = paho.Client(CallbackAPIVersion.VERSION2, client_id="ext-1")
             device.username_pw_set("fleet", "s3cret-pw")
             device.connect("127.0.0.1", port)

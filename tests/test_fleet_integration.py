@@ -46,7 +46,7 @@ def test_fifty_devices_and_a_server_restart_lose_nothing(tmp_path: Path, store_u
             link.start()
             link.report(
                 ReportedState(
-                    device_id=link.device_id, ts=time.time(), agent_version="test", health="ok"
+                    device_id=link.device_id, ts=time.time(), agent_version="9.9.9", health="ok"
                 )
             )
         wait_for(lambda: all(link.connected.is_set() for link in links), what="all connected")
@@ -75,7 +75,7 @@ def test_fifty_devices_and_a_server_restart_lose_nothing(tmp_path: Path, store_u
             ids = [b.batch_id for b in store.query_raw(link.device_id, since=0, until=1e11)]
             assert ids == [f"b{n:03d}" for n in range(BATCHES)], (link.device_id, ids)
         wait_for(lambda: all(link.spool.stats().depth == 0 for link in links), what="spools empty")
-        twins = store.list_devices(where=parse_selector("agent:=test"), limit=1000)
+        twins = store.list_devices(where=parse_selector("agent:=9.9.9"), limit=1000)
         assert twins.total == DEVICES
     finally:
         for link in links:

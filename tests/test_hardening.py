@@ -618,9 +618,11 @@ def test_api_docs_render_in_chromium_under_the_csp(fleet: Any) -> None:
     import shutil
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.skip("Debian's chromium is not installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from .harness import require
+
+    require(Path(chromium).exists(), "Debian's chromium", "run .ci/setup-system")
+    from playwright import sync_api
+
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=chromium, args=["--no-sandbox", "--disable-gpu"], headless=True

@@ -15,7 +15,7 @@ from fleet_server.link import ServerLink
 from fleet_server.metrics import Metrics
 from fleet_server.store import open_store
 
-from .harness import Client, Pki, wait_for
+from .harness import Client, Pki, wait_for, watch_subacks
 from .pgserver import PgServer
 
 
@@ -41,11 +41,12 @@ def test_ingest_counts_rejects_and_keeps_going(
         Endpoint("127.0.0.1", broker.port, pki.server), ingest, client_id="fleet.server.ingest-test"
     )
     ingest._acker = link.acknowledge
+    subscribed = watch_subacks(link)
     ingest.start()
     link.start()
     try:
         assert link.wait_connected(10)
-        time.sleep(0.3)
+        assert subscribed.wait(10), "the server's subscriptions were not granted"
         dev = mqtt_client(identity("ing-1"), "ing-1")
         dev.connect(broker.port)
         topic = "devices/ing-1/telemetry"
@@ -117,7 +118,8 @@ def test_postgres_restarted_under_ingest_loses_nothing(
             pg.stop()
             for n in range(20, 40):
                 dev.client.publish("devices/pgr-1/telemetry", telemetry("pgr-1", n), qos=1)
-            wait_for(lambda: ingest.m_write_errors.value() > 0, what="a write failing")
+            errors = "edgefleet_ingest_write_errors_total"
+            wait_for(lambda: ingest.metrics.value(errors) > 0, what="a write failing")
             pg.start()
             wait_for(lambda: len(stored()) == 40, timeout=90, what="all 40 stored after")
             assert sorted(stored()) == sorted(f"b-{n}" for n in range(40))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edgefleet_contract.errors import PackageError
+from edgefleet_contract.multivariate import PCA_NAME
 from edgefleet_contract.package import (
     MANIFEST_NAME,
     MAX_MEMBERS,
@@ -56,7 +57,7 @@ def test_shipped_package_reads_back_verified() -> None:
     assert m.flavor == "onnx-float32" and m.features == 64 and len(m.labels) == 10
     weights = package.weights()
     assert weights["dense0.weight"].shape == (64, 32)
-    assert {f.path for f in m.files} == {"model.onnx", WEIGHTS_NAME, "calibration.json"}
+    assert {f.path for f in m.files} == {"model.onnx", WEIGHTS_NAME, "calibration.json", PCA_NAME}
 
 
 def test_write_is_deterministic_and_atomic(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def test_members_are_stored_with_the_manifest_last() -> None:
     """Stored members keep a small change small for a binary delta (docs/model-package.md)."""
     with zipfile.ZipFile(MLP) as archive:
         infos = archive.infolist()
-    names = ["calibration.json", "model.onnx", WEIGHTS_NAME, MANIFEST_NAME]
+    names = ["calibration.json", PCA_NAME, "model.onnx", WEIGHTS_NAME, MANIFEST_NAME]
     assert [i.filename for i in infos] == names
     assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED}
     with zipfile.ZipFile(io.BytesIO(read_package(MLP).members[WEIGHTS_NAME])) as npz:

@@ -128,10 +128,37 @@ def test_an_equal_model_waits_for_the_labels_it_asked_for_then_passes() -> None:
     assert final["samples"] >= final["needed"] or "early" in final["note"]
 
 
-def test_a_challenger_short_of_labels_fails_at_the_gate_timeout() -> None:
+def test_a_slow_trickle_of_labels_is_waited_for_past_the_gate_timeout() -> None:
+    """At 0.2 labels/s the canary needs about half an hour for the labels it asked for:
+    far past a one-minute gate timeout.  It keeps waiting while they keep coming, says how
+    many more it needs, and judges an equal model when they are there."""
     sim = make(20, running="digits@1.2.0", gate_timeout_s=60.0)
     sim.labels = _labels(0.95, 0.2)
     sim.run(600)
+    r = sim.rollout
+    assert r.status == "canary", r.state.reason
+    assert "more labels" in shortfall(r.state.gate_results["0"])
+    deadline = r.gates_deadline
+    assert deadline is not None and deadline > 600 - 120  # pushed on by the last label
+    sim.run(4000)
+    assert r.status == "completed", r.state.reason
+
+
+def _stopping(accuracy: float, per_s: float, stop_s: float):  # type: ignore[no-untyped-def]
+    """Labels at ``per_s`` until ``stop_s`` seconds into the rollout, then none."""
+    rng = np.random.default_rng(2)
+
+    def labels(a: EvaluateGates) -> tuple[Arm, Arm]:
+        n = max(0, int(per_s * (min(a.until, stop_s) - a.since)))
+        return Arm(int(rng.binomial(n, accuracy)), n), Arm(int(rng.binomial(5000, 0.95)), 5000)
+
+    return labels
+
+
+def test_a_challenger_whose_labels_stopped_fails_at_the_gate_timeout() -> None:
+    sim = make(20, running="digits@1.2.0", gate_timeout_s=60.0)
+    sim.labels = _stopping(0.95, 0.2, stop_s=1000.0 + 300.0)  # the clock starts at 1000
+    sim.run(900)
     r = sim.rollout
     assert r.status == "rolled_back"
     assert "too little data" in r.state.reason
@@ -184,3 +211,28 @@ def test_an_untrusted_parent_estimate_leaves_nothing_to_compare() -> None:
     sim.run(600)
     assert sim.rollout.status == "completed"
     assert "no trusted estimate" in sim.rollout.state.gate_results["0"][-1]["note"]
+
+
+def test_the_paired_bound_covers_the_true_difference_and_needs_far_fewer_labels() -> None:
+    from fleet_server.rollouts.champion import Pairs, compare_paired, paired_bounds
+
+    rng = np.random.default_rng(11)
+    z = z_of(0.95)
+    misses, trials = 0, 4000
+    # New right and parent wrong on 1%, the reverse on 3%: the truth is -2 points.
+    for _ in range(trials):
+        b, c, _ = rng.multinomial(150, [0.01, 0.03, 0.96])
+        pairs = Pairs(150, 100 + b, 100 + c, b + c)
+        _, low, _ = paired_bounds(pairs, z)
+        misses += low > -0.02
+    assert misses / trials <= 0.06
+    equal = Pairs(150, 142, 142, 2)
+    verdict = compare_paired(equal, margin=0.05, confidence=0.95)
+    assert verdict.verdict == "pass" and verdict.needed < 150
+    assert labels_needed(Arm(95, 100), 0.05, 0.95) > 300  # the unpaired test's count
+    worse = Pairs(600, 510, 570, 70)
+    assert compare_paired(worse, margin=0.05, confidence=0.95).verdict == "fail"
+    assert compare_paired(Pairs(10, 9, 9, 3), margin=0.05, confidence=0.95).reason.startswith(
+        "inconsistent"
+    )
+    assert compare_paired(Pairs(0, 0, 0, 0), margin=0.05, confidence=0.95).verdict == "wait"

@@ -49,10 +49,26 @@ def test_gate_errors_name_the_column(text: str, message: str) -> None:
 
 
 def test_evaluate_gates() -> None:
-    gates = [parse_gate("error_rate<0.01"), parse_gate("accuracy>=0.9"), parse_gate("drift<0.25")]
-    out = evaluate(gates, {"error_rate": 0.02, "accuracy": 0.95, "drift": None})
+    gates = [parse_gate("error_rate<0.01"), parse_gate("accuracy>=0.9"), parse_gate("drift_js<0.3")]
+    out = evaluate(gates, {"error_rate": 0.02, "accuracy": 0.95, "drift_js": None})
     assert [r.passed for r in out] == [False, True, True]
     assert out[0].value == 0.02 and out[2].note == "no data"
+
+
+def test_each_drift_statistic_has_its_own_gate_and_the_old_name_says_it_is_deprecated() -> None:
+    gates = [parse_gate(g) for g in ("drift_js<0.3", "drift_psi<0.25", "drift<0.25")]
+    values = {"drift_js": 0.2, "drift_psi": 0.4, "drift": 0.4}
+    counts = {"drift_js": 400, "drift_psi": 200, "drift": 600}
+    js, psi, old = evaluate(gates, values, counts, min_samples=20, allow_no_data=False)
+    assert (js.passed, psi.passed, old.passed) == (True, False, False)
+    assert js.note == "" and psi.note == ""
+    assert "deprecated" in old.note and "drift_js or drift_psi" in old.note
+    (waiting,) = evaluate([gates[2]], {"drift": None}, {}, min_samples=20, allow_no_data=False)
+    assert (
+        waiting.waiting
+        and waiting.note.startswith("waiting for data")
+        and "deprecated" in waiting.note
+    )
 
 
 def test_plan_options() -> None:

@@ -77,6 +77,17 @@ def test_shadow_plan_options_round_trip_and_are_checked() -> None:
         plan(gates=GATES)
     with pytest.raises(PlanError, match="--shadow"):
         plan(shadow_s=-1.0)
+    every = plan(shadow_s=600.0, gates=GATES, shadow_every_wave=True)
+    assert RolloutPlan.from_json(every.to_json()).shadow_every_wave
+    del old["shadow_every_wave"]
+    assert not RolloutPlan.from_json(old).shadow_every_wave
+    from fleet_server.api.routes_rollouts import RolloutCreate, build_plan
+
+    body = {"artifact": ARTIFACT.label, "target": "all", "shadow": "30m", "shadow_waves": "all"}
+    assert build_plan(RolloutCreate.model_validate(body), ARTIFACT, 0).shadow_every_wave
+    assert not build_plan(
+        RolloutCreate.model_validate({**body, "shadow_waves": "canary"}), ARTIFACT, 0
+    ).shadow_every_wave
 
 
 def _batch(seq: int, **shadow: object) -> Telemetry:
@@ -124,3 +135,79 @@ def test_shadow_figures_sum_the_devices_windows() -> None:
         ]
     }
     assert shadow_figures(other, ARTIFACT)[0]["shadow_agreement"] is None
+
+
+def _pairs(new: float, parent: float, discordant: float, per_s: float = 1.0):  # type: ignore[no-untyped-def]
+    """Shadow figures with paired labels: per labelled input, each model right with its
+    accuracy, exactly one of them right on ``discordant`` of them."""
+
+    def figures(a: EvaluateGates) -> tuple[dict[str, float | None], dict[str, int]]:
+        n = int(per_s * (a.until - a.since))
+        gain = round((new - parent) * n)
+        disc = max(abs(gain), round(discordant * n))
+        disc += (disc - gain) % 2  # b - c = gain and b + c = disc need the same parity
+        counts = {
+            "shadow_agreement": 10 * n,
+            "shadow_pairs": n,
+            "shadow_pairs_new_correct": round(parent * n) + gain,
+            "shadow_pairs_parent_correct": round(parent * n),
+            "shadow_pairs_discordant": disc,
+        }
+        return {"shadow_agreement": 0.97 if n else None}, counts
+
+    return figures
+
+
+def test_the_parent_gate_is_judged_on_the_shadow_runs_paired_labels() -> None:
+    """Two models that disagree on 2% of inputs: about 90 paired labels settle "no worse
+    by 5 points", where two independent samples would need about 400 each.  The canary
+    is not asked again after its switch (its unpaired labels trickle in far slower)."""
+    sim = make(8, shadow_s=600.0, gates=GATES, running="digits@1.2.0")
+    sim.figures = _pairs(0.95, 0.95, 0.02)
+    sim.labels = _slow_labels()
+    sim.run(4000)
+    shadow = {r["metric"]: r for r in sim.rollout.state.gate_results[SHADOW_KEY]}
+    paired = shadow["accuracy_vs_parent"]
+    assert paired["passed"] and "paired" in paired["gate"], paired
+    assert paired["needed"] < 150 and paired["samples"] >= min(paired["needed"], 1)
+    assert all(r["metric"] != "accuracy_vs_parent" for r in sim.rollout.state.gate_results["0"])
+    # The canary went on on its paired evidence; later waves (no shadow run of their own)
+    # wait for their unpaired labels as before.
+    assert sim.rollout.state.wave >= 1 and sim.rollout.status == "wave", sim.rollout.state.reason
+
+
+def test_a_worse_model_is_stopped_by_paired_labels_before_any_switch() -> None:
+    sim = make(8, shadow_s=600.0, gates=GATES, running="digits@1.2.0")
+    sim.figures = _pairs(0.85, 0.95, 0.12)
+    sim.run(3000)
+    assert sim.sent == []
+    assert sim.rollout.status == "rolled_back"
+    assert "accuracy vs digits@1.2.0" in sim.rollout.state.reason
+
+
+def _slow_labels():  # type: ignore[no-untyped-def]
+    from fleet_server.rollouts.champion import Arm
+
+    def labels(a: EvaluateGates) -> tuple[Arm, Arm]:
+        n = max(0, int(0.01 * (a.until - a.since)))
+        return Arm(round(0.95 * n), n), Arm(4750, 5000)
+
+    return labels
+
+
+def test_every_wave_can_get_its_own_shadow_step() -> None:
+    sim = make(8, shadow_s=300.0, gates=GATES, shadow_every_wave=True)
+    sim.figures = _shadow(0.97)
+    sim.run(8000)
+    r = sim.rollout
+    assert r.status == "completed", r.state.reason
+    started = [(t, set(ids)) for t, ids, start in sim.shadows if start]
+    assert len(started) == len(r.state.ends)  # the canary and each wave after it
+    for wave, (when, ids) in enumerate(started):
+        devices = {d.device_id for d in r.wave_devices(wave) if d.status != "skipped"}
+        assert ids <= devices
+        # nobody of the wave was sent the artifact before its shadow step began
+        assert all(t >= when for t, d in sim.sent if d in devices)
+    assert {f"{SHADOW_KEY}-{w}" for w in range(1, len(r.state.ends))} <= set(r.state.gate_results)
+    with pytest.raises(PlanError, match="shadow-waves all needs a shadow step"):
+        plan(shadow_every_wave=True)

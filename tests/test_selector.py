@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,115 @@ def test_version_order_is_numeric(a: list[int], b: list[int]) -> None:
     assert (version_key(va) < version_key(vb)) == (a < b)
 
 
+@pytest.mark.parametrize(
+    ("text", "ids"),
+    [
+        # every comparison, on firmware (1.2.0 everywhere but cam-1's 1.10.0)
+        ("firmware:<1.10", ["pump-1", "pump-2", "cam-2"]),
+        ("firmware:<=1.2.0", ["pump-1", "pump-2", "cam-2"]),
+        ("firmware:<1.2.0", []),
+        ("firmware:>1.2.0", ["cam-1"]),
+        ("firmware:>1.10.0", []),
+        ("firmware:>=1.10.0", ["cam-1"]),
+        ("firmware:=1.10.0", ["cam-1"]),
+        ("firmware:1.10.0", ["cam-1"]),  # no operator means equal
+        ("firmware:!=1.10.0", ["pump-1", "pump-2", "cam-2"]),
+        ("agent:<0.1.0", []),
+        ("agent:0.1.0", ["pump-1", "pump-2", "cam-1", "cam-2"]),
+        # model versions (pump-1 digits 1.4.0, pump-2 digits 2.1.0, cam-1 detector, cam-2 none)
+        ("model:digits>=2.1.0", ["pump-2"]),
+        ("model:digits>2.1.0", []),
+        ("model:digits<=1.4.0", ["pump-1"]),
+        ("model:digits=1.4.0", ["pump-1"]),
+        ("model:digits!=1.4.0", ["pump-2"]),
+        ("model:detector<2", ["cam-1"]),
+        ("not model:digits", ["cam-1", "cam-2"]),
+        ("offline", ["pump-2"]),
+        ("health:degraded", ["cam-1"]),
+        ("state:enrolled and not hardware:rpi4", []),
+        # keywords and keys are case-insensitive, values are not
+        ("TAG:site=berlin AND NOT Online", ["pump-2"]),
+        ("online OR offline", ["pump-1", "pump-2", "cam-1", "cam-2"]),
+        ("id:PUMP-*", []),
+        ("id:pump-?", ["pump-1", "pump-2"]),
+        ("group:canary and group:canary", ["pump-1"]),
+        ("((online))", ["pump-1", "cam-1", "cam-2"]),
+    ],
+)
+def test_every_operator_and_keyword(text: str, ids: list[str]) -> None:
+    assert chosen(text) == ids
+
+
+def test_a_tag_value_may_hold_an_equals_sign() -> None:
+    fleet = [device("a", tags={"k": "x=y"}), device("b", tags={"k": "x"})]
+    sel = parse("tag:k=x=y")
+    assert [d.id for d in fleet if sel.matches(d)] == ["a"]
+    sel = parse("tag:k!=x=y")
+    assert [d.id for d in fleet if sel.matches(d)] == ["b"]
+
+
+def test_the_source_is_kept() -> None:
+    assert parse(" online ").source == " online "
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("   ", "the selector is empty; use 'all' to choose every device"),
+        (
+            "online offline",
+            "selector 'online offline': expected 'and', 'or' or the end at column 8,"
+            " found 'offline'",
+        ),
+        (
+            "online and",
+            "selector 'online and': expected a condition at column 11, found the end",
+        ),
+        ("online)", "selector 'online)': expected 'and', 'or' or the end at column 7, found ')'"),
+        ("(online", "selector '(online': expected ')' at column 8, found the end"),
+        (
+            "tag:",
+            "selector 'tag:': expected a value after 'tag:' at column 1, found 'tag:'",
+        ),
+        (
+            "online and colour:red",
+            "selector 'online and colour:red': expected one of tag, group, id, model, firmware,"
+            " agent, hardware, health, state before ':' at column 12, found 'colour:red'",
+        ),
+        (
+            "model:@1.0",
+            "selector 'model:@1.0': expected model:NAME, model:NAME@VERSION or"
+            " model:NAME<VERSION at column 1, found 'model:@1.0'",
+        ),
+        (
+            "agent:<",
+            "selector 'agent:<': expected a version after 'agent:<' at column 1, found 'agent:<'",
+        ),
+        (
+            "and",
+            "selector 'and': expected a condition such as tag:site=berlin, online or (…)"
+            " at column 1, found 'and'",
+        ),
+        ("x" * 2001, "the selector is longer than 2000 characters"),
+    ],
+)
+def test_error_messages_in_full(text: str, message: str) -> None:
+    with pytest.raises(SelectorError) as err:
+        parse(text)
+    assert str(err.value) == message
+
+
+def test_nesting_is_limited_to_max_depth() -> None:
+    assert chosen("not " * 32 + "online") == ["pump-1", "cam-1", "cam-2"]
+    assert chosen("(" * 32 + "online" + ")" * 32) == ["pump-1", "cam-1", "cam-2"]
+    with pytest.raises(SelectorError, match=r"at most 32 levels of '\(' and 'not' at column 129"):
+        parse("not " * 33 + "online")
+    with pytest.raises(SelectorError, match=r"at most 32 levels .* at column 33, found '\('"):
+        parse("(" * 33 + "online" + ")" * 33)
+    assert parse("online" + " " * 1994).source  # 2000 characters: still accepted
+
+
+
 def test_pre_releases_come_before_their_release_and_build_metadata_does_not_count() -> None:
     order = ["1.2.0", "1.3.0-rc1", "1.3.0-rc2", "1.3.0", "1.3.1-alpha.1", "1.10.0"]
     assert sorted(reversed(order), key=version_key) == order
@@ -166,3 +276,22 @@ def test_the_newest_trainable_package_is_a_release_over_its_pre_release(tmp_path
     for version in ("1.3.0-rc1", "1.3.0", "1.2.9", "1.3.0-rc2"):
         model_version(tmp_path, version, source)
     assert find_package("digits", [tmp_path]).manifest.version == "1.3.0"
+
+
+def test_a_device_without_the_version_matches_no_comparison() -> None:
+    bare = dataclasses.replace(device("bare"), firmware_version=None)
+    for text in ("firmware:>=0", "firmware:<99", "firmware:!=1.0.0"):
+        assert not parse(text).matches(bare), text
+    assert parse("not firmware:>=0").matches(bare)
+
+
+def test_a_tag_value_may_hold_a_colon() -> None:
+    fleet = [device("a", tags={"url": "http:x"}), device("b", tags={"url": "http"})]
+    sel = parse("tag:url=http:x")
+    assert [d.id for d in fleet if sel.matches(d)] == ["a"]
+
+
+def test_an_error_after_other_tokens_points_at_its_own_token() -> None:
+    with pytest.raises(SelectorError) as err:
+        parse("online and tag:")
+    assert "at column 12, found 'tag:'" in str(err.value)

@@ -65,6 +65,30 @@ def test_labels_score_both_models() -> None:
     assert stats.labelled == len(x)
     assert stats.active_correct == active_right == int((prediction.classes == y).sum())
     assert stats.candidate_correct == int((own == y).sum())
+    assert stats.discordant == int(((own == y) != (prediction.classes == y)).sum())
+    service.stop_shadow()
+
+
+def test_the_infer_entry_point_is_shadowed_too() -> None:
+    """``/v1/infer`` (``ModelService.infer``) feeds the shadow run like ``/v1/predict``:
+    agreement, and labels for both models through the ids it returns."""
+    x, y = _holdout(60)
+    service = _service()
+    candidate = service.load(CANDIDATE)
+    runner = service.start_shadow(candidate)
+    result, _ = service.infer(x)
+    assert result.classes is not None
+    ids = [str(a["id"]) for a in result.results]
+    runner.idle()
+    for pid, label in zip(ids, y.tolist(), strict=True):
+        service.feedback(pid, int(label))
+    stats = runner.snapshot()
+    own = candidate.predict(x).classes
+    assert stats.samples == len(x) and stats.errors == 0
+    assert stats.agreed == int((own == result.classes).sum())
+    assert stats.labelled == len(x)
+    assert stats.candidate_correct == int((own == y).sum())
+    assert stats.active_correct == int((result.classes == y).sum())
     service.stop_shadow()
 
 

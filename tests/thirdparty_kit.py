@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pytest
 
 from models.thirdparty import CNN_SPEC as CNN_SPEC
 from models.thirdparty import IFOREST_SPEC as IFOREST_SPEC
 from models.thirdparty import VAD_SPEC as VAD_SPEC
+
+from .harness import require
 
 if TYPE_CHECKING:
     from fleet_server.modelkit.pack import PackRequest
@@ -53,10 +54,7 @@ def digits_truth() -> np.ndarray:
 def silero_model(folder: Path) -> Path:
     """silero-vad's ONNX model taken from its wheel, or the test is skipped saying why."""
     wheels = sorted(WHEELS.glob("silero_vad-*.whl"))
-    if not wheels:
-        pytest.skip(
-            f"no silero-vad wheel in {WHEELS}: `make thirdparty-wheels` downloads it from PyPI"
-        )
+    require(wheels, f"the silero-vad wheel in {WHEELS}", "`make thirdparty-wheels` downloads it")
     with zipfile.ZipFile(wheels[-1]) as wheel:
         data = wheel.read(SILERO_MEMBER)
     path = folder / "silero_vad.onnx"

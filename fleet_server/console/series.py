@@ -37,6 +37,9 @@ class DeviceSeries(BaseModel):
     drift_baseline: list[float | None] = []
     """Jensen-Shannon distance of the window against the device's burn-in baseline."""
     drift_alert: list[bool | None] = []
+    drift_joint: list[float | None] = []
+    """Jensen-Shannon distance of the rows' PCA statistics (how the features move together)
+    against the baseline, else the reference; None without a PCA in the package."""
     drift_features: dict[str, list[float | None]] = {}
     """Per-feature drift of the most drifted features ("f12" -> one value per batch): PSI
     from older agents, the Jensen-Shannon distance (baseline, else reference) from current."""
@@ -82,6 +85,7 @@ def series_of(device_id: str, batches: Sequence[Telemetry]) -> DeviceSeries:
         out.drift_reference.append(report.reference.effect if report else None)
         out.drift_baseline.append(report.baseline.effect if report and report.baseline else None)
         out.drift_alert.append(report.alert if report else None)
+        out.drift_joint.append(_joint(report))
         values = feature_drift(drift)
         for k in chosen:
             # a feature missing from a batch's top list drifted less than the ones listed
@@ -89,3 +93,10 @@ def series_of(device_id: str, batches: Sequence[Telemetry]) -> DeviceSeries:
         out.spool_depth.append(b.spool.depth)
         out.spool_dropped.append(b.spool.dropped_total)
     return out
+
+
+def _joint(report: DriftReport | None) -> float | None:
+    mv = report.multivariate if report else None
+    if mv is None:
+        return None
+    return (mv.baseline or mv.reference).effect

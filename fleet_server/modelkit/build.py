@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from edgefleet_contract.drift import build_reference
 from edgefleet_contract.errors import ModelError
+from edgefleet_contract.multivariate import PCA_NAME, build_pca, pca_json
 from edgefleet_contract.package import (
     WEIGHTS_NAME,
     Agreement,
@@ -94,6 +95,9 @@ def build_package(
     files = {f"model.{runtime}": model}
     if trainable:
         files[WEIGHTS_NAME] = encode_weights(network.weights)
+    pca = build_pca(raw)
+    if pca is not None:
+        files[PCA_NAME] = pca_json(pca)
     if calibration is not None:
         cx = preprocessing.apply(np.asarray(calibration[0], dtype=np.float32))
         probs = run_model(runtime, model, cx)

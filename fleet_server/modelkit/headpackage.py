@@ -17,7 +17,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from edgefleet_contract.errors import PackageError
 from edgefleet_contract.package import (
@@ -92,6 +91,8 @@ def _feeds(m: Manifest, raw: npt.ArrayLike) -> list[dict[str, npt.NDArray[np.flo
 
 def _packed(manifest: Manifest, members: dict[str, bytes], model: bytes) -> bytes:
     """Recompute the self-test outputs on ``model`` (same raw inputs), pack and verify."""
+    import onnxruntime as ort  # here, not at import: every server command imports this module
+
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     names = [o.name for o in manifest.outputs]
     expected = []

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import ValidationError
 
 from edgefleet_contract import safezip
 from edgefleet_contract.drift import build_reference
 from edgefleet_contract.errors import ModelError, PackageError
+from edgefleet_contract.multivariate import PCA_NAME, build_pca, pca_json
 from edgefleet_contract.package import (
     BACKBONE_NAME,
     MAX_PACKAGE_BYTES,
@@ -136,6 +138,9 @@ def pack(request: PackRequest, progress: Progress = lambda _: None) -> tuple[Mod
         request,
     )  # fmt: skip
     files = {manifest.model_file: model_bytes}
+    pca = build_pca(_drift_rows(task, samples))
+    if pca is not None:
+        files[PCA_NAME] = pca_json(pca)
     if split is not None and embedding is not None:
         manifest, files = _with_head(manifest, files, split, embedding)
     try:
@@ -340,15 +345,7 @@ def _manifest(
     picks = _self_test_picks(task, run, spec.self_test.size)
     rows_in, rows_out = packrun.self_test_rows(run, picks, fed, [o.name for o in outputs])
     atol, rtol = INT8_TOL if quantization.dtype == "int8" else FLOAT_TOL
-    views = [
-        drift_view(samples[r.name], r.preprocessing, r.drift)
-        for r in task.data_inputs
-        if r.drift != "none"
-    ]
-    if not views:
-        raise PackageError(
-            "at least one data input needs a drift reference (drift = 'none' on all)"
-        )
+    views = _drift_rows(task, samples)
     try:
         return Manifest(
             format=2,
@@ -369,13 +366,27 @@ def _manifest(
                 rtol=spec.self_test.rtol if spec.self_test.rtol is not None else rtol,
                 min_top1_agreement=1.0 if quantization.dtype == "float32" else 0.9,
             ),
-            drift=build_reference(np.concatenate(views, axis=1)),
+            drift=build_reference(views),
             lineage=request.lineage,
             created_at=time.time() if request.created_at is None else request.created_at,
         )
     except (ValidationError, ModelError) as exc:
         detail = safezip.first_error(exc) if isinstance(exc, ValidationError) else str(exc)
         raise PackageError(f"{request.model.name}: {detail}") from exc
+
+
+def _drift_rows(task: Any, samples: dict[str, Any]) -> npt.NDArray[np.float32]:
+    """The sample rows as the device's drift tests see them (every data input's view)."""
+    views = [
+        drift_view(samples[r.name], r.preprocessing, r.drift)
+        for r in task.data_inputs
+        if r.drift != "none"
+    ]
+    if not views:
+        raise PackageError(
+            "at least one data input needs a drift reference (drift = 'none' on all)"
+        )
+    return np.concatenate(views, axis=1)
 
 
 def _self_test_picks(task: Any, run: packrun.Run, size: int) -> list[int]:

@@ -85,4 +85,3 @@ async def receive(chunks: AsyncIterator[bytes], target: Path, *, limit: int) -> 
             digest.update(chunk)
             out.write(chunk)
     return digest.hexdigest()
-

@@ -35,8 +35,16 @@ from dataclasses import dataclass
 
 from edgefleet_contract.messages import INSTALLING
 
-from .champion import Arm
-from .gates import SHADOW_METRICS, GateResult, evaluate, expire, shortfall, vs_parent
+from .champion import Arm, Pairs
+from .gates import (
+    SHADOW_METRICS,
+    GateResult,
+    evaluate,
+    expire,
+    shortfall,
+    vs_parent,
+    vs_parent_paired,
+)
 from .model import (
     IN_FLIGHT,
     TOUCHED,
@@ -89,6 +97,19 @@ def _arm(accuracy: float | None, labels: int) -> Arm:
     if accuracy is None or labels <= 0:
         return Arm(0, 0)
     return Arm(min(labels, max(0, round(accuracy * labels))), labels)
+
+
+def shadow_key(wave: int) -> str:
+    """Where a wave's shadow step keeps its gate results: ``shadow`` for the canary (as
+    before shadow steps per wave), ``shadow-N`` for wave N."""
+    return SHADOW_KEY if wave == 0 else f"{SHADOW_KEY}-{wave}"
+
+
+def _step(wave: int) -> str:
+    return "the shadow step" if wave == 0 else f"the shadow step of wave {wave}"
+
+
+_LABELS_NOTE = "; the parent gate keeps waiting as long as its labels keep arriving"
 
 
 class Rollout(OperatorVerbs):
@@ -310,8 +331,9 @@ class Rollout(OperatorVerbs):
             min_samples=self.plan.gate_min_samples,
             allow_no_data=self.plan.gates_allow_no_data,
         )
-        if self.plan.vs_parent and s.parent is not None:
+        if self.plan.vs_parent and s.parent is not None and not self._paired_passed():
             results.append(self._vs_parent(s.parent, figures, samples or {}))
+            self._note_label_progress(str(wave), results[-1], now)
         judged_bad = any(not r.passed and not r.waiting for r in results)
         if any(r.waiting for r in results) and not judged_bad:
             if now < (self.gates_deadline or now):
@@ -356,6 +378,50 @@ class Rollout(OperatorVerbs):
             basis=basis,
         )
 
+    def _paired_passed(self) -> bool:
+        """Whether this wave's shadow step already showed, on paired labels, that the new
+        version is no worse than its parent (then the wave is not asked again)."""
+        shadow = self.state.gate_results.get(shadow_key(self.state.wave)) or []
+        return any(
+            r.get("metric") == "accuracy_vs_parent" and r.get("passed") and r.get("samples")
+            for r in shadow
+        )
+
+    def _paired(self, samples: Mapping[str, int]) -> GateResult | None:
+        """The champion/challenger gate on the shadow run's paired labels; None when there
+        are none (no feedback, or agents from before the paired counts)."""
+        s = self.state
+        if not self.plan.vs_parent or s.parent is None or not samples.get("shadow_pairs"):
+            return None
+        pairs = Pairs(
+            labelled=samples["shadow_pairs"],
+            new_correct=samples.get("shadow_pairs_new_correct", 0),
+            parent_correct=samples.get("shadow_pairs_parent_correct", 0),
+            discordant=samples.get("shadow_pairs_discordant", 0),
+        )
+        plan = self.plan
+        return vs_parent_paired(
+            s.parent, pairs, margin=plan.parent_margin, confidence=plan.parent_confidence
+        )
+
+    def _note_label_progress(self, wave: str, result: GateResult, now: float) -> None:
+        """Remember when the waiting champion/challenger gate last got more labels: it
+        asks for a number of labels and waits for them as long as they keep arriving
+        (at a low label rate that is longer than the gate timeout), rather than failing
+        an equal model for want of evidence.  A canary whose labels stopped coming still
+        fails ``gate_timeout_s`` after the last one."""
+        s = self.state
+        if not result.waiting:
+            s.labels_arrived_at = None
+            return
+        before = next(
+            (r for r in s.gate_results.get(wave) or [] if r.get("metric") == result.metric),
+            None,
+        )
+        seen = int(before.get("samples") or 0) if before is not None else 0
+        if (result.samples or 0) > seen:
+            s.labels_arrived_at = now
+
     def _wait_for_data(
         self, wave: int | str, results: list[GateResult], now: float, out: list[Action]
     ) -> None:
@@ -366,28 +432,44 @@ class Rollout(OperatorVerbs):
         s.gates_checked_at = now
         if not any(r.get("waiting") for r in before):
             within = duration_text(self.plan.gate_timeout_s)
-            name = "the shadow step" if key == SHADOW_KEY else f"wave {wave}"
-            after = "the shadow run" if key == SHADOW_KEY else "probation"
+            shadowing = key.startswith(SHADOW_KEY)
+            name = _step(self.state.wave) if shadowing else f"wave {wave}"
+            after = "the shadow run" if shadowing else "probation"
             out.append(
                 Note(
                     now,
                     "gates_waiting",
                     f"{name} is waiting for data: {shortfall(s.gate_results[key])} "
-                    f"(gates still short of it {within} after {after} fail)",
+                    f"(gates still short of it {within} after {after} fail"
+                    f"{_LABELS_NOTE if any(r.parent_samples for r in results) else ''})",
                 )
             )
 
     # -------------------------------------------------------- shadow step --
 
     def _shadow_devices(self) -> tuple[str, ...]:
-        return tuple(d.device_id for d in self.wave_devices(0) if d.status != "skipped")
+        wave = self.state.wave
+        return tuple(d.device_id for d in self.wave_devices(wave) if d.status != "skipped")
+
+    def _shadows(self, wave: int) -> bool:
+        """Whether ``wave`` still gets a shadow step before it switches."""
+        s = self.state
+        if self.plan.shadow_s <= 0 or (wave > 0 and not self.plan.shadow_every_wave):
+            return False
+        done = (
+            s.shadow_wave
+            if s.shadow_wave is not None
+            else (0 if s.shadow_started_at is not None else None)
+        )
+        return done is None or done < wave
 
     def _start_shadow(self, now: float, out: list[Action]) -> None:
-        """The canary's devices run the new version beside the active one; nothing switches
+        """The wave's devices run the new version beside the active one; nothing switches
         until the ``shadow_*`` gates pass over the plan's shadow window."""
         s = self.state
         s.phase, s.shadow_started_at, s.gates_checked_at = "shadowing", now, None
-        ids = tuple(d.device_id for d in self.wave_devices(0) if d.status == "queued")
+        s.shadow_wave, s.labels_arrived_at = s.wave, None
+        ids = tuple(d.device_id for d in self.wave_devices(s.wave) if d.status == "queued")
         out.append(Shadow(ids))
         window = duration_text(self.plan.shadow_s)
         out.append(Note(now, "shadow_started", f"shadow run on {len(ids)} devices for {window}"))
@@ -395,7 +477,7 @@ class Rollout(OperatorVerbs):
     def _shadow_due(self, now: float, out: list[Action]) -> None:
         started = self.state.shadow_started_at or now
         if now >= started + self.plan.shadow_s and self._gates_due(now):
-            out.append(EvaluateGates(0, self._shadow_devices(), started, now))
+            out.append(EvaluateGates(self.state.wave, self._shadow_devices(), started, now))
 
     def _shadow_measured(
         self, values: Mapping[str, float | None], now: float, samples: Mapping[str, int] | None
@@ -409,14 +491,19 @@ class Rollout(OperatorVerbs):
             min_samples=self.plan.gate_min_samples,
             allow_no_data=self.plan.gates_allow_no_data,
         )
+        key = shadow_key(s.wave)
+        paired = self._paired(samples or {})
+        if paired is not None:
+            results.append(paired)
+            self._note_label_progress(key, paired, now)
         if any(r.waiting for r in results) and not any(
             not r.passed and not r.waiting for r in results
         ):
             if now < (self.gates_deadline or now):
-                self._wait_for_data(SHADOW_KEY, results, now, out)
+                self._wait_for_data(key, results, now, out)
                 return out
             results = expire(results, duration_text(self.plan.gate_timeout_s))
-        s.gate_results[SHADOW_KEY] = gate_dicts(results)
+        s.gate_results[key] = gate_dicts(results)
         failed = [r for r in results if not r.passed]
         if not failed or not self.plan.auto_rollback:  # (the rollback ends it otherwise)
             out.append(Shadow(self._shadow_devices(), start=False))
@@ -425,10 +512,10 @@ class Rollout(OperatorVerbs):
                 f"{r.gate} ({r.note})" if r.note else f"{r.gate} (measured {r.value:g})"
                 for r in failed
             )
-            self._halt(f"the shadow step failed its gates: {why}", now, out)
+            self._halt(f"{_step(s.wave)} failed its gates: {why}", now, out)
             return out
-        out.append(Note(now, "gates_passed", "the shadow step passed its gates"))
-        self._begin_wave(0, now, out)
+        out.append(Note(now, "gates_passed", f"{_step(s.wave)} passed its gates"))
+        self._begin_wave(s.wave, now, out)
         self._advance(now, out)
         return out
 
@@ -440,11 +527,15 @@ class Rollout(OperatorVerbs):
             return None
         if s.phase == "shadowing":
             started = s.shadow_started_at or s.updated_at
-            return started + self.plan.shadow_s + self.plan.gate_timeout_s
-        if s.phase != "gating":
+            deadline = started + self.plan.shadow_s + self.plan.gate_timeout_s
+        elif s.phase != "gating":
             return None
-        settled = s.settled_at if s.settled_at is not None else s.updated_at
-        return settled + self.plan.probation_s + self.plan.gate_timeout_s
+        else:
+            settled = s.settled_at if s.settled_at is not None else s.updated_at
+            deadline = settled + self.plan.probation_s + self.plan.gate_timeout_s
+        if s.labels_arrived_at is not None:
+            deadline = max(deadline, s.labels_arrived_at + self.plan.gate_timeout_s)
+        return deadline
 
     def _next_wave(self, now: float, out: list[Action]) -> None:
         s = self.state
@@ -460,11 +551,12 @@ class Rollout(OperatorVerbs):
     def _begin_wave(self, wave: int, now: float, out: list[Action]) -> None:
         s = self.state
         s.wave, s.phase, s.wave_started_at, s.settled_at = wave, "dispatching", now, None
+        s.labels_arrived_at = None
         queued = [d for d in self.wave_devices(wave) if d.status == "queued"]
         for i, d in enumerate(queued):
             d.due_at = now + i * self.plan.interval_s + self._jitter(d.device_id)
             self._touch(d)
-        if wave == 0 and self.plan.shadow_s > 0 and s.shadow_started_at is None:
+        if self._shadows(wave):
             self._start_shadow(now, out)
             return
         name = "canary" if wave == 0 else f"wave {wave}"

@@ -1,7 +1,7 @@
 """Health gates: ``metric OP number`` conditions a wave must meet before the next one.
 
     error_rate<0.01      p95_latency_ms<40      accuracy>=0.95
-    confidence_drop<0.05 drift<0.25             install_success_rate>=0.99
+    confidence_drop<0.05 drift_js<0.3           install_success_rate>=0.99
     crash_loops==0
 
 Metrics (computed at the edge by :mod:`.metrics` over the wave's devices,
@@ -11,7 +11,13 @@ during the probation window, from telemetry of the new version only):
 * ``p95_latency_ms``: mean of the reported p95 latencies;
 * ``accuracy``: feedback_correct / feedback_count (ground truth sent back by apps);
 * ``confidence_drop``: mean top-1 confidence before the rollout minus after it;
-* ``drift``: the largest PSI drift score reported;
+* ``drift_js``: the largest Jensen-Shannon distance (0 = same, 1 = disjoint) that current
+  agents report, against each device's own baseline (against the package reference while
+  the baseline is still filling, as it is right after an install);
+* ``drift_psi``: the largest PSI reported by agents from before the chi-squared tests;
+* ``drift`` (deprecated): the largest of either, whatever its scale, which is what it came
+  to mean once agents started reporting Jensen-Shannon distances; a gate with it still
+  works and says so in its note.  Name the statistic instead;
 * ``install_success_rate``: devices that committed / devices that finished;
 * ``crash_loops``: devices that restarted twice or more in the window or report
   health ``failed``;
@@ -46,7 +52,7 @@ from typing import Any
 
 from edgefleet_contract.errors import PlanError
 
-from .champion import Arm, compare
+from .champion import Arm, Comparison, Pairs, compare, compare_paired
 
 METRICS = (
     "error_rate",
@@ -54,6 +60,8 @@ METRICS = (
     "accuracy",
     "confidence_drop",
     "drift",
+    "drift_js",
+    "drift_psi",
     "install_success_rate",
     "crash_loops",
     "shadow_agreement",
@@ -68,11 +76,20 @@ EVIDENCE: dict[str, str] = {
     "accuracy": "labelled answers",
     "confidence_drop": "inferences",
     "drift": "drift samples",
+    "drift_js": "drift samples",
+    "drift_psi": "drift samples",
     "shadow_agreement": "shadow answers",
     "shadow_accuracy_delta": "labelled shadow answers",
     "shadow_p95_latency_ms": "shadow answers",
 }
 """Metrics that need traffic, and what one observation of each is (for the waiting text)."""
+DEPRECATED: dict[str, str] = {
+    "drift": (
+        "'drift' is deprecated: it reads PSI from older agents and the Jensen-Shannon "
+        "distance from current ones; use drift_js or drift_psi"
+    ),
+}
+"""Gate names still accepted, and the note their results carry."""
 _OPS = ("<=", ">=", "==", "!=", "<", ">")
 _TOKEN = re.compile(
     r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(<=|>=|==|!=|<|>|=)|([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(\S))"
@@ -173,22 +190,35 @@ def evaluate(
     Without ``samples`` every traffic metric counts as unobserved.
     """
     out = []
-    for g in gates:
-        value = values.get(g.metric)
-        if value is not None and not math.isfinite(value):
-            value = None
-        unit = EVIDENCE.get(g.metric, "")
-        n = (samples or {}).get(g.metric, 0) if unit else None
-        base = (g.source, g.metric, g.op, g.threshold)
-        if unit and not allow_no_data and (value is None or (n or 0) < min_samples):
-            note = f"waiting for data: {n}/{min_samples} {unit}"
-            out.append(GateResult(*base, value, False, note, n, min_samples, unit, waiting=True))
-        elif value is None:
-            out.append(GateResult(*base, None, True, "no data", n, 0, unit))
-        else:
-            needed = 0 if allow_no_data else min_samples
-            out.append(GateResult(*base, value, g.holds(value), "", n, needed, unit))
-    return out
+    out = [_judged(g, values, samples, min_samples, allow_no_data) for g in gates]
+    return [
+        replace(r, note=f"{r.note}; {DEPRECATED[r.metric]}" if r.note else DEPRECATED[r.metric])
+        if r.metric in DEPRECATED
+        else r
+        for r in out
+    ]
+
+
+def _judged(
+    g: Gate,
+    values: Mapping[str, float | None],
+    samples: Mapping[str, int] | None,
+    min_samples: int,
+    allow_no_data: bool,
+) -> GateResult:
+    value = values.get(g.metric)
+    if value is not None and not math.isfinite(value):
+        value = None
+    unit = EVIDENCE.get(g.metric, "")
+    n = (samples or {}).get(g.metric, 0) if unit else None
+    base = (g.source, g.metric, g.op, g.threshold)
+    if unit and not allow_no_data and (value is None or (n or 0) < min_samples):
+        note = f"waiting for data: {n}/{min_samples} {unit}"
+        return GateResult(*base, value, False, note, n, min_samples, unit, waiting=True)
+    if value is None:
+        return GateResult(*base, None, True, "no data", n, 0, unit)
+    needed = 0 if allow_no_data else min_samples
+    return GateResult(*base, value, g.holds(value), "", n, needed, unit)
 
 
 def more_needed(result: Mapping[str, Any]) -> int:
@@ -210,7 +240,7 @@ def shortfall(results: Iterable[Mapping[str, Any]]) -> str:
         text = f"{r['gate']} {r.get('samples') or 0}/{r['needed']} {r['unit']}"
         if r.get("parent_samples") is not None:
             text += f" (parent {r['parent_samples']}/{r['needed']}): "
-            what = "labels" if r["unit"] == EVIDENCE["accuracy"] else "answers"
+            what = "labels" if "labelled" in r["unit"] else "answers"
             text += f"needs {more_needed(r)} more {what}"
         out.append(text)
     return ", ".join(out)
@@ -250,6 +280,27 @@ def vs_parent(
     c = compare(new, parent, margin=margin, confidence=confidence)
     if c.verdict == "wait" and allow_no_data and not new.labels:
         return GateResult(*base, None, True, "no data", 0, 0, unit, parent_samples=parent.labels)
+    return _champion_result(base, c, unit, new.labels, parent.labels)
+
+
+def vs_parent_paired(
+    parent_label: str, pairs: Pairs, *, margin: float, confidence: float
+) -> GateResult:
+    """The champion/challenger gate on a shadow run's paired labels: both versions'
+    answers to the same labelled inputs (see :func:`.champion.compare_paired`)."""
+    source = (
+        f"accuracy vs {parent_label} >= -{margin * 100:g}pt at {confidence * 100:g}% "
+        "(paired, shadow run)"
+    )
+    base = (source, "accuracy_vs_parent", ">=", -margin)
+    c = compare_paired(pairs, margin=margin, confidence=confidence)
+    unit = EVIDENCE["shadow_accuracy_delta"]
+    return _champion_result(base, c, unit, pairs.labelled, pairs.labelled)
+
+
+def _champion_result(
+    base: tuple[str, str, str, float], c: Comparison, unit: str, new: int, parent: int
+) -> GateResult:
     note = c.reason
     if c.low is not None and c.high is not None:
         note += f" (difference {c.difference:+.3f}, bounds {c.low:+.3f}..{c.high:+.3f})"
@@ -258,13 +309,13 @@ def vs_parent(
         c.difference,
         c.verdict == "pass",
         note,
-        new.labels,
+        new,
         c.needed,
         unit,
         waiting=c.verdict == "wait",
         low=c.low,
         high=c.high,
-        parent_samples=parent.labels,
+        parent_samples=parent,
     )
 
 

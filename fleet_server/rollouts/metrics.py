@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from edgefleet_contract.messages import InferenceStats, Telemetry
+from edgefleet_contract.messages import DriftReport, DriftStats, InferenceStats, Telemetry
 
 from ..cbpe import Calibration, estimate, reference_drift
 from ..store.base import Store
@@ -68,6 +68,8 @@ def figures(
     fb_ok = sum(s.feedback_correct for s in inf)
     p95 = [s.latency.p95_ms for s in inf if s.latency is not None]
     drift = [t.drift.score for t in new if t.drift is not None]
+    js = [t.drift.score for t in new if isinstance(t.drift, DriftReport)]
+    psi = [t.drift.score for t in new if isinstance(t.drift, DriftStats)]
     conf_before = InferenceStats.pooled_confidence(old)
     conf_after = InferenceStats.pooled_confidence(inf)
     loops = sum(
@@ -83,6 +85,8 @@ def figures(
             conf_before - conf_after if conf_before is not None and conf_after is not None else None
         ),
         "drift": max(drift) if drift else None,
+        "drift_js": max(js) if js else None,
+        "drift_psi": max(psi) if psi else None,
         "crash_loops": float(loops),
     }
 
@@ -105,6 +109,8 @@ def samples(
         "accuracy": sum(s.feedback_count for s in inf),
         "confidence_drop": min(_confidence_weight(old), _confidence_weight(inf)),
         "drift": sum(t.drift.samples for t in new if t.drift is not None),
+        "drift_js": sum(t.drift.samples for t in new if isinstance(t.drift, DriftReport)),
+        "drift_psi": sum(t.drift.samples for t in new if isinstance(t.drift, DriftStats)),
     }
 
 
@@ -137,6 +143,11 @@ def shadow_figures(
         "shadow_dropped": sum(s.dropped for s in runs),
         "shadow_errors": sum(s.errors for s in runs),
     }
+    if runs and all(s.discordant is not None for s in runs):  # agents that pair the labels
+        counts["shadow_pairs"] = labelled
+        counts["shadow_pairs_new_correct"] = sum(s.candidate_correct for s in runs)
+        counts["shadow_pairs_parent_correct"] = sum(s.active_correct for s in runs)
+        counts["shadow_pairs_discordant"] = sum(s.discordant or 0 for s in runs)
     return values, counts
 
 

@@ -109,6 +109,12 @@ class RolloutState:
     yet); spaces the measurements out instead of querying the store every tick."""
     shadow_started_at: float | None = None
     """When the canary's shadow run began (None: no shadow step, or not yet)."""
+    shadow_wave: int | None = None
+    """The wave whose shadow step started last (None: none yet, or a state stored before
+    shadow steps per wave, whose only shadow step was the canary's)."""
+    labels_arrived_at: float | None = None
+    """When the champion/challenger gate last saw its label count grow while it waited:
+    it keeps waiting while labels keep coming (None: not waiting on labels)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

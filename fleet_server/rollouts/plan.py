@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
@@ -168,6 +168,8 @@ class RolloutPlan:
     shadow_s: float = 0.0
     """Before the canary switches, how long its devices run the new version in the shadow of
     the active one (0: no shadow step); the ``shadow_*`` gates are judged after it."""
+    shadow_every_wave: bool = False
+    """Give every wave its own shadow step before it switches, not only the canary."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -180,6 +182,8 @@ class RolloutPlan:
             )
         if self.shadow_s < 0:
             raise PlanError("--shadow cannot be negative; use a duration like 30m, or 0 for none")
+        if self.shadow_every_wave and not self.shadow_s:
+            raise PlanError("--shadow-waves all needs a shadow step: add --shadow, e.g. 30m")
         if self.shadow_s and self.artifact.kind != "model":
             raise PlanError("--shadow runs a model beside the active one; firmware has no shadow")
         if not self.shadow_s and any(g.metric in SHADOW_METRICS for g in self.gates):
@@ -233,6 +237,7 @@ class RolloutPlan:
             parent_margin=float(data.get("parent_margin", cls.parent_margin)),
             parent_confidence=float(data.get("parent_confidence", cls.parent_confidence)),
             shadow_s=float(data.get("shadow_s", 0.0)),
+            shadow_every_wave=bool(data.get("shadow_every_wave", False)),
             extra=dict(data.get("extra") or {}),
         )
 
@@ -308,6 +313,11 @@ class PlanSpec(BaseModel):
         "0s",
         description="before the canary switches, how long it runs the new version beside the "
         "active one (0s: no shadow step); shadow_* gates are judged after it",
+    )
+    shadow_waves: Literal["canary", "all"] = Field(
+        "canary",
+        description="which waves get a shadow step before they switch: the canary only, or "
+        "every wave",
     )
 
     def check(self) -> None:
@@ -470,4 +480,5 @@ def build_plan(spec: PlanSpec, artifact: ResolvedArtifact, seed: int) -> Rollout
         parent_margin=parse_margin(spec.parent_margin),
         parent_confidence=parse_confidence(spec.parent_confidence),
         shadow_s=parse_duration(spec.shadow, what="--shadow"),
+        shadow_every_wave=spec.shadow_waves == "all",
     )

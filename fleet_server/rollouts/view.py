@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..store.base import RolloutEvent
-from .engine import SHADOW_KEY, Rollout
+from .engine import Rollout, shadow_key
 from .gates import shortfall
 
 
@@ -15,7 +15,7 @@ def waiting_text(rollout: Rollout) -> str:
     s = rollout.state
     if rollout.gates_deadline is None:
         return ""
-    key = SHADOW_KEY if s.phase == "shadowing" else str(s.wave)
+    key = shadow_key(s.wave) if s.phase == "shadowing" else str(s.wave)
     short = shortfall(s.gate_results.get(key) or [])
     return f"waiting for data: {short}" if short else ""
 
@@ -99,12 +99,13 @@ def _shadow(rollout: Rollout) -> dict[str, Any] | None:
     s, plan = rollout.state, rollout.plan
     if plan.shadow_s <= 0:
         return None
-    results = s.gate_results.get(SHADOW_KEY)
+    wave = s.shadow_wave if s.shadow_wave is not None else 0
+    results = s.gate_results.get(shadow_key(wave))
     state: str
     judged_bad = any(not r["passed"] and not r.get("waiting") for r in results or [])
     if s.shadow_started_at is None:
         state = "waiting"
-    elif s.phase == "shadowing" and s.status in ("canary", "paused"):
+    elif s.phase == "shadowing" and s.status in ("canary", "wave", "paused"):
         state = "shadowing"
     elif judged_bad:
         state = "failed"
@@ -114,6 +115,8 @@ def _shadow(rollout: Rollout) -> dict[str, Any] | None:
         state = "passed"
     return {
         "duration_s": plan.shadow_s,
+        "wave": wave,
+        "every_wave": plan.shadow_every_wave,
         "started_at": s.shadow_started_at,
         "state": state,
         "gates": results,

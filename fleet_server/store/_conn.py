@@ -42,6 +42,9 @@ class Dialect:
     """SQLite's spelling of the few things the two backends write differently."""
 
     name = "sqlite"
+    exact_versions = True
+    """SQL version comparisons order as ``fleet_server.versions`` does (SQLite calls
+    that Python code); elsewhere a selector comparing versions is filtered in Python."""
 
     def greatest(self, a: str, b: str) -> str:
         return f"MAX({a}, {b})"
@@ -93,6 +96,7 @@ class Dialect:
 
 class PgDialect(Dialect):
     name = "postgresql"
+    exact_versions = False  # PEP 440 ordering is Python's (packaging), not SQL's
 
     def greatest(self, a: str, b: str) -> str:
         return f"GREATEST({a}, {b})"
@@ -134,7 +138,10 @@ class PgDialect(Dialect):
         return glob_regex(pattern)
 
     def version_cmp(self, col: str) -> str:
-        return f"fleet_version_cmp({col}, ?)"
+        raise NotImplementedError(
+            "PostgreSQL cannot order versions as fleet_server.versions does; "
+            "filter a versioned selector with Selector.matches (exact_versions is False)"
+        )
 
 
 def glob_regex(pattern: str) -> str:

@@ -197,6 +197,9 @@ class RolloutEvent:
 class DeviceFilter(Protocol):
     """A device predicate the store evaluates in SQL (a parsed ``selector.Selector``)."""
 
+    @property
+    def versioned(self) -> bool: ...
+    def matches(self, device: Device) -> bool: ...
     def sql(self, dialect: Dialect) -> tuple[str, list[object]]: ...
 
 

@@ -252,6 +252,10 @@ class PgStore(
             self._conn().native(_RAW_SQL, [list(col) for col in zip(*rows, strict=True)])
         return fresh
 
+    def _chosen(self, conn: DbConn, device_ids: Sequence[str]) -> tuple[str, list[Any]]:
+        """One array parameter (a temporary table has no statistics: bad plans)."""
+        return "device_id = ANY(?)", [list(device_ids)]
+
     def _upsert_rollups(self, conn: DbConn, rows: list[tuple[Any, ...]]) -> None:
         """One statement over arrays for all of a call's minutes (their keys differ)."""
         if rows:

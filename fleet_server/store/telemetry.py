@@ -58,6 +58,7 @@ def merged_rollups(batches: Sequence[Telemetry]) -> list[tuple[Any, ...]]:
 
 def _aggregate_columns() -> str:
     """Each rollup column summed (or maxed) over devices, for one fleet-wide minute."""
+
     def one(c: RollupColumn) -> str:
         agg = f"{c.across.upper()}({c.name})"
         # PostgreSQL sums BIGINTs as NUMERIC; the figures stay integers.
@@ -156,19 +157,23 @@ class TelemetryTables(Connections):
         if not device_ids:
             return []
         conn = self._conn()
+        chosen, params = self._chosen(conn, device_ids)
+        rows = conn.execute(
+            f"SELECT COUNT(DISTINCT device_id) AS devices, minute, {_aggregate_columns()} "
+            f"FROM rollups WHERE {chosen} AND minute >= ? AND minute < ? "
+            "GROUP BY minute ORDER BY minute",
+            (*params, since, until),
+        ).fetchall()
+        return [_rollup(r, device_id=str(r["devices"])) for r in rows]
+
+    def _chosen(self, conn: DbConn, device_ids: Sequence[str]) -> tuple[str, list[Any]]:
+        """A predicate on ``device_id`` for many ids: SQLite joins a temporary table."""
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS _chosen (id TEXT PRIMARY KEY)")
         conn.execute("DELETE FROM _chosen")
         conn.executemany(
             "INSERT INTO _chosen VALUES (?) ON CONFLICT DO NOTHING", [(d,) for d in device_ids]
         )
-        rows = conn.execute(
-            f"SELECT COUNT(DISTINCT device_id) AS devices, minute, {_aggregate_columns()} "
-            "FROM rollups "
-            "WHERE device_id IN (SELECT id FROM _chosen) AND minute >= ? AND minute < ? "
-            "GROUP BY minute ORDER BY minute",
-            (since, until),
-        ).fetchall()
-        return [_rollup(r, device_id=str(r["devices"])) for r in rows]
+        return "device_id IN (SELECT id FROM _chosen)", []
 
     def drift_windows(
         self, *, since: float, until: float, tag: str | None, limit: int
@@ -181,6 +186,7 @@ class TelemetryTables(Connections):
             f"{d.json_text(body, 'inference', 'model')} AS model, "
             f"{d.json_text(body, 'inference', 'version')} AS version, "
             f"{d.json_text(body, 'drift', 'histograms')} AS hist, "
+            f"{d.json_text(body, 'drift', 'multivariate', 'histograms')} AS mv_hist, "
             f"{d.json_flag(body, 'drift', 'alert')} AS alert, "
             f"{d.json_num(body, 'drift', 'baseline', 'effect')} AS base_effect, "
             f"{d.json_num(body, 'inference', 'feedback_count')} AS fb_n, "
@@ -206,6 +212,7 @@ class TelemetryTables(Connections):
                 feedback_count=int(r["fb_n"] or 0),
                 feedback_correct=int(r["fb_ok"] or 0),
                 p95_ms=r["p95"],
+                multivariate=padded(json.loads(r["mv_hist"])) if r["mv_hist"] else None,
             )
             out.append((r["cohort"], window))
         return out

@@ -64,6 +64,8 @@ function charts(s) {
       ? lineChart('Drift: baseline vs reference (Jensen-Shannon distance)', ts, [
         { name: 'vs own baseline', values: s.drift_baseline },
         { name: 'vs package reference', values: s.drift_reference },
+        ...(s.drift_joint && s.drift_joint.some((v) => v !== null)
+          ? [{ name: 'joint (PCA)', values: s.drift_joint }] : []),
         { name: 'alert', values: s.drift_alert.map((a) => (a === null ? null : a ? 1 : 0)) }],
       { max: 1, sparse: true, empty: 'no drift tests in this window' })
       : null,

@@ -64,6 +64,8 @@ function cohortPanel(views, by) {
     { title: 'Rows tested', cell: (r) => fmtNum(r.samples, 0), class: 'num' },
     { title: 'Drift vs rest (JS)', cell: (r) => (r.effect === null ? '–' : fmtNum(r.effect)), class: 'num' },
     { title: 'p', cell: (r) => (r.p_value === null ? '–' : r.p_value.toExponential(1)), class: 'num' },
+    { title: 'Joint (PCA, JS)', cell: (r) => (r.multivariate_effect == null ? '–' : fmtNum(r.multivariate_effect)), class: 'num' },
+    { title: 'Joint p', cell: (r) => (r.multivariate_p_value == null ? '–' : r.multivariate_p_value.toExponential(1)), class: 'num' },
     { title: 'Alerting', cell: (r) => String(r.alerting), class: 'num' },
     { title: 'Accuracy (95% CI)', cell: (r) => (r.accuracy === null ? 'no labels'
       : `${pct(r.accuracy)} (${pct(r.accuracy_low)}–${pct(r.accuracy_high)}, n=${r.labels})`) },
