@@ -23,7 +23,7 @@ from fleet_server.store import Store, open_store
 from fleet_server.store.migrations import SchemaTooNew, head
 from fleet_server.store.partitions import DAY
 
-from .harness import free_port
+from .harness import free_port, system_stats
 from .pgserver import PgServer
 
 SELECTORS = [
@@ -336,21 +336,12 @@ def _ours(name: str | None, kind: str, parents: dict[str, str | None]) -> bool:
 
 def test_every_table_group_round_trips(store: Store) -> None:
     """Training, rollouts, artifacts, update history and the console summary, on both."""
-    from edgefleet_contract.messages import LearningStats, SystemStats, UpdateReport
+    from edgefleet_contract.messages import LearningStats, UpdateReport
     from fleet_server.store.base import Artifact, RolloutEvent, RolloutRow
     from fleet_server.store.training import RoundRecord
 
     store.create_device("t1", name="t1", tags={"site": "x"}, now=1.0)
-    system = SystemStats(
-        cpu_percent=1,
-        mem_used_bytes=1,
-        mem_total_bytes=2,
-        rss_bytes=1,
-        disk_used_bytes=1,
-        disk_total_bytes=2,
-        uptime_s=1,
-        power="battery",
-    )
+    system = system_stats("battery")
     t = Telemetry(
         device_id="t1",
         batch_id="l1",
