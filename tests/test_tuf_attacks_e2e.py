@@ -27,6 +27,7 @@ import httpx
 import pytest
 from tuf.api.metadata import Metadata, Timestamp
 
+from agent.updates.slots import ModelSlots
 from fleet_server.config import ServerSettings
 from fleet_server.server import FleetServer, initialize
 from fleet_server.tuf import keys as tuf_keys
@@ -103,6 +104,7 @@ class Fleet:
     def refused(self, version: str, target: str, *words: str) -> str:
         """Ask for ``target``; assert it is refused for ``words`` and nothing changed."""
         before = self.reported()
+        pointer = ModelSlots(self.agent.data_dir).pointer()
         self.desire(version, target)
         update = self.outcome(target)
         assert update["phase"] == "failed", update
@@ -112,7 +114,15 @@ class Fleet:
         after = self.reported()
         assert after["model"]["version"] == "1.0.0"
         assert after["slots"]["active"] == before["slots"]["active"]
-        wait_for(lambda: words[0].lower() in self.agent.log.read_text().lower(), 30, "log line")
+        assert ModelSlots(self.agent.data_dir).pointer() == pointer
+        assert not list(self.agent.data_dir.glob(f"models/*/digits-{version}-*"))  # not staged
+        line = f"update to digits {version} failed: "
+
+        def logged() -> bool:
+            lines = self.agent.log.read_text().lower().splitlines()
+            return any(line in x and all(w.lower() in x for w in words) for x in lines)
+
+        wait_for(logged, 30, f"the agent's log line for {version}")
         return error
 
 
