@@ -11,7 +11,9 @@ test is the positive control: with the files put back, an untampered version
 installs through the same path.
 
 The device runs a 1.0.0 that was never pushed to this server, so no delta can
-be built to it and every attack is fetched as a full target.
+be built from it and every attacked target is fetched in full.  The positive
+control therefore runs last (pytest keeps the file's order): once the device
+runs a pushed version, later targets could come as deltas instead.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def tuf_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("tuf-e2e")
     settings = server_settings(root / "server")
     assert isinstance(settings, ServerSettings)
@@ -162,9 +164,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         server.stop()
 
 
-def test_a_target_replaced_on_disk_is_refused(fleet: Fleet) -> None:
-    target, sha256 = fleet.push("1.1.0")
-    blob = fleet.server.artifacts.blob(sha256)
+def test_a_target_replaced_on_disk_is_refused(tuf_fleet: Fleet) -> None:
+    target, sha256 = tuf_fleet.push("1.1.0")
+    blob = tuf_fleet.server.artifacts.blob(sha256)
     assert blob is not None
     good = blob.read_bytes()
     evil = bytearray(good)
@@ -172,77 +174,91 @@ def test_a_target_replaced_on_disk_is_refused(fleet: Fleet) -> None:
     blob.chmod(0o600)
     blob.write_bytes(bytes(evil))
     try:
-        fleet.refused("1.1.0", target, "does not match the signed", "refusing a tampered")
+        tuf_fleet.refused("1.1.0", target, "does not match the signed", "refusing a tampered")
     finally:
         blob.write_bytes(good)
 
 
-def test_targets_metadata_edited_without_resigning_is_refused(fleet: Fleet) -> None:
-    target, _ = fleet.push("1.2.0")
-    version = fleet.server.tuf.targets().signed.version
-    path = fleet.metadata / f"{version}.targets.json"
+def test_a_target_grown_on_disk_is_refused_at_the_signed_length(tuf_fleet: Fleet) -> None:
+    target, sha256 = tuf_fleet.push("1.6.0")
+    blob = tuf_fleet.server.artifacts.blob(sha256)
+    assert blob is not None
+    good = blob.read_bytes()
+    blob.chmod(0o600)
+    blob.write_bytes(good + bytes(1 << 20))  # endless data, as far as the device can tell
+    try:
+        tuf_fleet.refused("1.6.0", target, "more than the", "download refused")
+        assert not list(tuf_fleet.agent.data_dir.glob("updates/*.part"))
+    finally:
+        blob.write_bytes(good)
+
+
+def test_targets_metadata_edited_without_resigning_is_refused(tuf_fleet: Fleet) -> None:
+    target, _ = tuf_fleet.push("1.2.0")
+    version = tuf_fleet.server.tuf.targets().signed.version
+    path = tuf_fleet.metadata / f"{version}.targets.json"
     good = path.read_bytes()
     doc = json.loads(good)
     # Point the signed target at other bytes; the signature is left as it was.
     doc["signed"]["targets"][target]["hashes"]["sha256"] = "0" * 64
     path.write_text(json.dumps(doc))
     try:
-        fleet.refused("1.2.0", target, "TUF metadata refused", "targets was signed by 0/1")
+        tuf_fleet.refused("1.2.0", target, "TUF metadata refused", "targets was signed by 0/1")
     finally:
         path.write_bytes(good)
 
 
-def test_an_older_timestamp_put_back_is_refused(fleet: Fleet) -> None:
-    path = fleet.metadata / "timestamp.json"
+def test_an_older_timestamp_put_back_is_refused(tuf_fleet: Fleet) -> None:
+    path = tuf_fleet.metadata / "timestamp.json"
     old = path.read_bytes()
-    target, _ = fleet.push("1.3.0")
+    target, _ = tuf_fleet.push("1.3.0")
     # The device sees the newer timestamp once (asking for a target that is not signed) ...
     missing = target.replace("1.3.0", "9.9.9")
-    fleet.desire("9.9.9", missing)
-    assert "not a signed target" in str(fleet.outcome(missing).get("error"))
+    tuf_fleet.desire("9.9.9", missing)
+    assert "not a signed target" in str(tuf_fleet.outcome(missing).get("error"))
     good = path.read_bytes()
     # ... then the older one comes back, hiding 1.3.0.
     path.write_bytes(old)
     try:
-        fleet.refused("1.3.0", target, "TUF metadata refused", "timestamp version")
+        tuf_fleet.refused("1.3.0", target, "TUF metadata refused", "timestamp version")
     finally:
         path.write_bytes(good)
 
 
-def test_an_older_snapshot_under_the_new_name_is_refused(fleet: Fleet) -> None:
-    target, _ = fleet.push("1.4.0")
-    version = fleet.server.tuf.snapshot().signed.version
-    path = fleet.metadata / f"{version}.snapshot.json"
+def test_an_older_snapshot_under_the_new_name_is_refused(tuf_fleet: Fleet) -> None:
+    target, _ = tuf_fleet.push("1.4.0")
+    version = tuf_fleet.server.tuf.snapshot().signed.version
+    path = tuf_fleet.metadata / f"{version}.snapshot.json"
     good = path.read_bytes()
-    path.write_bytes((fleet.metadata / f"{version - 1}.snapshot.json").read_bytes())
+    path.write_bytes((tuf_fleet.metadata / f"{version - 1}.snapshot.json").read_bytes())
     try:
-        fleet.refused("1.4.0", target, "TUF metadata refused", "snapshot version")
+        tuf_fleet.refused("1.4.0", target, "TUF metadata refused", "snapshot version")
     finally:
         path.write_bytes(good)
 
 
-def test_an_expired_timestamp_signed_with_the_servers_key_is_refused(fleet: Fleet) -> None:
-    target, _ = fleet.push("1.5.0")
-    path = fleet.metadata / "timestamp.json"
+def test_an_expired_timestamp_signed_with_the_servers_key_is_refused(tuf_fleet: Fleet) -> None:
+    target, _ = tuf_fleet.push("1.5.0")
+    path = tuf_fleet.metadata / "timestamp.json"
     good = path.read_bytes()
     # A freeze: valid signature by the server's own online key, but past its expiry.
     stale = Metadata[Timestamp].from_bytes(good)
     stale.signed.version += 1
     stale.signed.expires = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
-    stale.sign(tuf_keys.load(fleet.server.tuf.keys_dir / "timestamp.pem"))
+    stale.sign(tuf_keys.load(tuf_fleet.server.tuf.keys_dir / "timestamp.pem"))
     path.write_bytes(stale.to_bytes())
     try:
-        fleet.refused("1.5.0", target, "TUF metadata refused", "timestamp.json is expired")
+        tuf_fleet.refused("1.5.0", target, "TUF metadata refused", "timestamp.json is expired")
     finally:
         path.write_bytes(good)
 
 
-def test_positive_control_an_untampered_update_installs(fleet: Fleet) -> None:
-    before = fleet.reported()["slots"]["active"]
-    target, _ = fleet.push("1.9.0")
-    fleet.desire("1.9.0", target)
-    update = fleet.outcome(target)
+def test_positive_control_an_untampered_update_installs(tuf_fleet: Fleet) -> None:
+    before = tuf_fleet.reported()["slots"]["active"]
+    target, _ = tuf_fleet.push("1.9.0")
+    tuf_fleet.desire("1.9.0", target)
+    update = tuf_fleet.outcome(target)
     assert update["phase"] == "committed", update
-    after = fleet.reported()
+    after = tuf_fleet.reported()
     assert after["model"]["version"] == "1.9.0"
     assert after["slots"]["active"] != before
