@@ -77,7 +77,12 @@ class AlertPolicy:
 def _trimmed(hist: npt.NDArray[np.int64]) -> list[list[int]]:
     """Rows without their trailing zeros (narrow features, no non-finite values): about a
     third fewer bytes; the server pads them back (:func:`fleet_server.cohorts.padded`)."""
-    return [np.trim_zeros(row, "b").tolist() for row in hist]
+    if hist.size == 0:
+        return [[] for _ in range(len(hist))]
+    nonzero = hist != 0
+    # each row's length up to its last non-zero count (0 for an all-zero row)
+    lengths = np.where(nonzero.any(axis=1), hist.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0)
+    return [row[:n] for row, n in zip(hist.tolist(), lengths.tolist(), strict=True)]
 
 
 class AlertState:

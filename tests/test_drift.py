@@ -130,3 +130,13 @@ def test_bad_inputs_are_refused_with_a_reason() -> None:
         build_reference(np.zeros((5, 1)), bins=1)
     # A single row is a valid input, as a 1-D vector.
     assert feature_psi(ref, np.array([1.0, 2.0])).shape == (2,)
+
+
+def test_trimmed_histograms_drop_exactly_the_trailing_zeros() -> None:
+    from agent.drift_monitor import _trimmed
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        rows, cols = int(rng.integers(0, 6)), int(rng.integers(0, 9))
+        hist = (rng.integers(0, 3, (rows, cols)) * (rng.random((rows, 1)) > 0.2)).astype(np.int64)
+        assert _trimmed(hist) == [np.trim_zeros(row, "b").tolist() for row in hist]
