@@ -278,3 +278,86 @@ def test_outbox_matches_a_model_queue(ops: list[tuple[str, int]]) -> None:
             assert stats.bytes == sum(len(m[1]) for m in model) <= bound
             assert stats.dropped_total == dropped
         spool.close()
+
+
+def _damage_tail(path: Path) -> None:
+    """Overwrite the last pages (the payloads) and leave the counters' page readable."""
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.seek(size - 3 * 4096)
+        f.write(b"\xa5" * (3 * 4096))
+
+
+def _filled(path: Path, clock: Clock) -> Spool:
+    spool = Spool(path, max_bytes=10**7, max_age_s=1e9, clock=clock)
+    for _ in range(40):
+        spool.push("t", os.urandom(3000))
+    return spool
+
+
+def test_a_damaged_spool_is_set_aside_under_a_unique_name_with_its_counters_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, clock = tmp_path / "s.db", Clock(1234.9)
+    spool = _filled(path, clock)
+    spool.note_replayed(1)
+    spool.close()
+    (tmp_path / "s.db.corrupt-1234").write_bytes(b"an older one")
+    _damage_tail(path)
+    with caplog.at_level("ERROR", logger="agent.spool"):
+        fresh = Spool(path, max_bytes=10**7, max_age_s=1e9, clock=clock)
+    aside = tmp_path / "s.db.corrupt-1234-1"
+    assert aside.exists() and (tmp_path / "s.db.corrupt-1234").read_bytes() == b"an older one"
+    assert (tmp_path / "s.db.corrupt-1234-1-wal").exists()
+    assert (tmp_path / "s.db.corrupt-1234-1-shm").exists()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"spool {path} was damaged (database disk image is malformed); moved to {aside}, "
+        "starting empty (0 queued entries lost)"
+    ]
+    stats = fresh.stats()
+    assert (stats.depth, stats.bytes, stats.replayed_total) == (0, 0, 1)
+    assert fresh.corrupt_recoveries == 1
+    for _ in range(40):
+        fresh.push("t", os.urandom(3000))
+    fresh.close()
+    _damage_tail(path)
+    again = Spool(path, max_bytes=10**7, max_age_s=1e9, clock=clock)
+    assert (tmp_path / "s.db.corrupt-1234-2").exists()
+    assert again.corrupt_recoveries == 2 and again.stats().replayed_total == 1
+
+
+def test_damage_found_while_running_starts_the_byte_count_over(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    spool = _filled(path, Clock())
+    with sqlite3.connect(path) as other:
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _damage_tail(path)
+    with sqlite3.connect(path) as other:  # another writer invalidates our page cache
+        other.execute("PRAGMA user_version = 7")
+    spool.push("t", b"12345")
+    assert spool.corrupt_recoveries == 1
+    assert (spool.stats().depth, spool.stats().bytes) == (1, 5)
+
+
+def test_a_single_replay_is_counted(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", max_bytes=1000, max_age_s=100)
+    spool.note_replayed(1)
+    assert spool.stats().replayed_total == 1
+
+
+def test_only_damage_is_treated_as_damage() -> None:
+    from agent.spool import _is_corrupt
+
+    def error(kind: type[sqlite3.DatabaseError], code: int | None) -> sqlite3.DatabaseError:
+        exc = kind("x")
+        if code is not None:
+            exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+        return exc
+
+    assert _is_corrupt(error(sqlite3.DatabaseError, sqlite3.SQLITE_CORRUPT))
+    assert _is_corrupt(error(sqlite3.DatabaseError, sqlite3.SQLITE_NOTADB))
+    assert _is_corrupt(error(sqlite3.DatabaseError, sqlite3.SQLITE_CORRUPT | 0x100))  # extended
+    assert not _is_corrupt(error(sqlite3.OperationalError, sqlite3.SQLITE_BUSY))
+    assert not _is_corrupt(error(sqlite3.DatabaseError, sqlite3.SQLITE_FULL))
+    assert _is_corrupt(error(sqlite3.DatabaseError, None))  # our own quick_check finding
+    assert not _is_corrupt(error(sqlite3.OperationalError, None))
