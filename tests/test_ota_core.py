@@ -312,3 +312,12 @@ def test_health_judgement_in_full() -> None:
     assert judge_health(start, HealthCounters(101, 2, crashes=2), **none_needed) == (
         "inference error rate 100.0% (1 of 1) during probation is above the 0.0% limit"
     )
+
+
+def test_the_policy_given_at_the_start_is_the_one_kept() -> None:
+    j = machine.begin(REF, 4, None, 5.0, probation_s=30, max_restarts=7)
+    assert (j.desired_version, j.rollout_id, j.probation_s, j.max_restarts) == (4, None, 30, 7)
+    with pytest.raises(InstallError, match=r"\(it has onnx, tflite\)"):
+        machine.check_target(
+            REF, {"kind": "model", "runtime": "tvm"}, hardware="x", runtimes=["onnx", "tflite"]
+        )
