@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / ".cache" / "mutation"
 MUTMUT = Path(sys.executable).parent / "mutmut"
 SURVIVORS = ROOT / "docs" / "mutation-survivors.md"
+NOTES = ROOT / "bench" / "mutation_notes.txt"
+"""One line per survivor left alive on purpose: ``mutant name: why`` (mutmut's names change
+when the mutated function does, so a stale note shows up as a survivor without one)."""
 # What the scratch directory links to: the packages mutmut copies, the tests, their data.
 LINKED = ("agent", "fleet_server", "edgefleet_contract", "tests", "models", "firmware_images")
 PER_CORE_TIMEOUT_S = 3600
@@ -181,15 +184,26 @@ def _row(core: Core, statuses: dict[str, str], wall_s: float) -> dict[str, objec
     }
 
 
+def _notes() -> dict[str, str]:
+    found = {}
+    for line in NOTES.read_text().splitlines() if NOTES.exists() else []:
+        name, sep, why = line.partition(": ")
+        if sep and not line.startswith("#"):
+            found[name.strip()] = why.strip()
+    return found
+
+
 def _survivor_section(core: Core, statuses: dict[str, str], folder: Path) -> list[str]:
     checked = sum(1 for v in statuses.values() if v != "not checked")
     lines = [f"## {core.name} (`{core.module}`)", "", f"{checked} of {len(statuses)} checked.", ""]
     listed = sorted(n for n, s in statuses.items() if s in ALIVE or s == "timeout")
     if not listed:
         return [*lines, "No survivors, no timeouts.", ""]
-    diffs = _diffs(folder, listed)
+    diffs, notes = _diffs(folder, listed), _notes()
     for name in listed:
-        lines += [f"### `{name}`: {statuses[name]}", "", "```diff", diffs[name], "```", ""]
+        why = notes.get(name, "not explained yet" if statuses[name] in ALIVE else "counted killed")
+        lines += [f"### `{name}`: {statuses[name]}", "", f"Why: {why}", ""]
+        lines += ["```diff", diffs[name], "```", ""]
     return lines
 
 
@@ -269,9 +283,13 @@ def run(only: tuple[str, ...] = (), execute: bool = True) -> list[dict[str, obje
 
 
 if __name__ == "__main__":
+    from . import __main__ as bench
     from ._lab import table
 
     args = sys.argv[1:]
     report_only = "--report" in args
-    cores = tuple(a for a in args if a != "--report")
-    print(table(run(cores, execute=not report_only)))
+    cores = tuple(a for a in args if a not in ("--report", "--write"))
+    rows = run(cores, execute=not report_only)
+    print(table(rows))
+    if "--write" in args:  # the section of docs/benchmarks.md, from the cores named (or all)
+        print(f"wrote {bench.write({'bench_mutation': rows})}")
