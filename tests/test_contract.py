@@ -202,6 +202,8 @@ def test_rejection_details_say_what_is_wrong_and_where() -> None:
     assert detail(json.dumps(nested).encode()) == (
         "system.cpu_percent: Input should be less than or equal to 100"
     )
+    not_a_dict = {**good, "system": [1]}  # a nested object that is not one is just invalid
+    assert detail(json.dumps(not_a_dict).encode()) == ("system: Input should be an object")
     assert detail(json.dumps(good).encode(), "devices/dev-2/telemetry") == (
         "payload claims device 'dev-1' on the topic of 'dev-2'"
     )
