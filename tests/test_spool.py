@@ -361,3 +361,60 @@ def test_only_damage_is_treated_as_damage() -> None:
     assert not _is_corrupt(error(sqlite3.DatabaseError, sqlite3.SQLITE_FULL))
     assert _is_corrupt(error(sqlite3.DatabaseError, None))  # our own quick_check finding
     assert not _is_corrupt(error(sqlite3.OperationalError, None))
+
+
+def test_what_a_damaged_spool_still_held_is_counted_as_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A freelist count that lies fails quick_check but leaves every table readable."""
+    path = tmp_path / "s.db"
+    spool = Spool(path, max_bytes=2000, max_age_s=1e9)
+    spool.note_replayed(4)
+    for _ in range(5):
+        spool.push("t", b"x" * 500)  # the fifth push drops the oldest: dropped 1, depth 4
+    assert (spool.stats().depth, spool.stats().dropped_total) == (4, 1)
+    spool.close()
+    with path.open("r+b") as f:
+        f.seek(36)  # the header's freelist page count
+        f.write((5).to_bytes(4, "big"))
+    with caplog.at_level("ERROR", logger="agent.spool"):
+        fresh = Spool(path, max_bytes=10**7, max_age_s=1e9)
+    assert caplog.records[-1].getMessage().endswith("starting empty (4 queued entries lost)")
+    stats = fresh.stats()
+    assert (stats.depth, stats.dropped_total, stats.replayed_total) == (0, 5, 4)
+    assert fresh.corrupt_recoveries == 1
+
+
+def test_a_negative_counter_in_a_damaged_spool_is_not_carried_over(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    Spool(path, max_bytes=2000, max_age_s=1e9).close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO counters (name, value) VALUES ('replayed', -3)")
+        db.execute("INSERT INTO counters (name, value) VALUES ('dropped', 2)")
+    with path.open("r+b") as f:
+        f.seek(36)
+        f.write((5).to_bytes(4, "big"))
+    stats = Spool(path, max_bytes=2000, max_age_s=1e9).stats()
+    assert (stats.replayed_total, stats.dropped_total) == (0, 2)
+
+
+def test_drain_policy_bounds_are_checked_and_the_smallest_valid_one_works() -> None:
+    for bad in ((0, 1, 1), (1, 0, 1), (1, 1, 0)):
+        with pytest.raises(ConfigError) as refused:
+            DrainPolicy(rate_per_s=bad[0], burst=bad[1], max_inflight=bad[2])
+        assert str(refused.value) == (
+            "drain policy needs rate_per_s > 0, burst >= 1 and max_inflight >= 1 "
+            f"(got {bad[0]}, {bad[1]}, {bad[2]})"
+        )
+    smallest = DrainPolicy(rate_per_s=0.5, burst=1, max_inflight=1)
+    assert smallest.allowance(100.0, inflight=0) == 1
+    assert smallest.allowance(100.0, inflight=0) == 0
+    assert smallest.allowance(101.0, inflight=0) == 0  # half a token
+    assert smallest.allowance(102.0, inflight=0) == 1
+
+
+def test_drain_policy_refills_from_the_time_elapsed_not_the_clock_value() -> None:
+    policy = DrainPolicy(rate_per_s=10, burst=5, max_inflight=10)
+    assert policy.allowance(1000.0, inflight=0) == 5
+    assert policy.allowance(1000.1, inflight=0) == 1  # 0.1 s at 10/s
+    assert policy.allowance(999.0, inflight=0) == 0  # a step back adds nothing
