@@ -8,7 +8,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from edgefleet_common.backoff import Backoff
 from edgefleet_common.logs import redact
@@ -235,6 +235,29 @@ def test_rejection_detail_is_capped_and_printed_with_its_topic() -> None:
     bare = Codec().decode_as(_Loud, b"[", topic="")
     assert isinstance(bare, Rejected) and bare.topic == ""
     assert str(bare) == f"rejected: not_json: {bare.detail}"
+
+
+class _Whole(Message):
+    """A schema whose check is on the whole object, so its error has no field location."""
+
+    a: int
+
+    @model_validator(mode="after")
+    def _never(self) -> _Whole:
+        raise ValueError("never whole")
+
+
+def test_an_error_about_the_whole_payload_says_so_and_topics_are_kept() -> None:
+    codec = Codec()
+    whole = codec.decode_as(_Whole, b'{"a": 1}')
+    assert isinstance(whole, Rejected) and whole.topic == ""
+    assert whole.detail == "payload: Value error, never whole"
+    big = Codec(max_payload=5).decode_as(_Whole, b"123456", topic="devices/dev-1/state")
+    assert isinstance(big, Rejected) and big.topic == "devices/dev-1/state"
+    accepted = codec.decode("devices/dev-1/telemetry", codec.encode(full_telemetry()))
+    assert isinstance(accepted, Accepted)
+    assert (accepted.device_id, accepted.channel) == ("dev-1", Channel.TELEMETRY)
+    assert accepted.message == full_telemetry()
 
 
 def test_encoding_leaves_unset_fields_out() -> None:
