@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.spool import DrainPolicy, Spool
+from agent.spool import DrainPolicy, Spool, SpoolEntry
 from edgefleet_contract.errors import ConfigError, LinkError, StoreError
 
 
@@ -418,3 +418,32 @@ def test_drain_policy_refills_from_the_time_elapsed_not_the_clock_value() -> Non
     assert policy.allowance(1000.0, inflight=0) == 5
     assert policy.allowance(1000.1, inflight=0) == 1  # 0.1 s at 10/s
     assert policy.allowance(999.0, inflight=0) == 0  # a step back adds nothing
+
+
+def test_smallest_bounds_are_accepted_and_zero_is_refused(tmp_path: Path) -> None:
+    tiny = Spool(tmp_path / "new" / "dir" / "s.db", max_bytes=1, max_age_s=0.5)
+    assert tiny.push("t", b"x") >= 1
+    for max_bytes, max_age_s in ((0, 1.0), (1, 0.0)):
+        with pytest.raises(ConfigError) as refused:
+            Spool(tmp_path / "s.db", max_bytes=max_bytes, max_age_s=max_age_s)
+        assert str(refused.value) == (
+            f"spool bounds must be positive (max_bytes={max_bytes}, max_age_s={max_age_s})"
+        )
+
+
+def test_entries_come_back_as_they_were_pushed(tmp_path: Path) -> None:
+    clock = Clock(500.0)
+    spool = Spool(tmp_path / "s.db", max_bytes=10_000, max_age_s=100, clock=clock)
+    first = spool.push("devices/d/telemetry", b"plain")
+    clock.t = 510.0
+    second = spool.push("devices/d/state", b"kept", qos=0, retain=True)
+    assert spool.peek(0) == []
+    assert spool.peek(1) == [SpoolEntry(first, "devices/d/telemetry", b"plain", 1, False, 500.0)]
+    assert spool.peek(5, after_id=first) == [
+        SpoolEntry(second, "devices/d/state", b"kept", 0, True, 510.0)
+    ]
+    clock.t = 530.0
+    assert spool.stats().oldest_age_s == 30.0
+    spool.ack(first)
+    spool.ack(second)
+    assert spool.stats().oldest_age_s == 0.0 and spool.stats().bytes == 0
