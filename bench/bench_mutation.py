@@ -193,6 +193,20 @@ def _notes() -> dict[str, str]:
     return found
 
 
+# This code base writes SQL keywords in capitals, so a capital keyword marks a SQL string.
+_SQL = re.compile(r"\b(SELECT|INSERT|DELETE|UPDATE|WHERE|RETURNING|VALUES|FROM|LIMIT)\b")
+
+
+def _obvious(diff: str) -> str | None:
+    """The one kind of equivalent mutant recognised from its diff: a SQL string's case."""
+    removed = [line[1:] for line in diff.splitlines() if line.startswith("-")]
+    added = [line[1:] for line in diff.splitlines() if line.startswith("+")]
+    same = [a.lower() for a in removed] == [b.lower() for b in added]
+    if removed and same and all(_SQL.search(line) for line in removed):
+        return "equivalent: only the case of a SQL string changed (SQLite ignores it)"
+    return None
+
+
 def _survivor_section(core: Core, statuses: dict[str, str], folder: Path) -> list[str]:
     checked = sum(1 for v in statuses.values() if v != "not checked")
     lines = [f"## {core.name} (`{core.module}`)", "", f"{checked} of {len(statuses)} checked.", ""]
@@ -201,7 +215,8 @@ def _survivor_section(core: Core, statuses: dict[str, str], folder: Path) -> lis
         return [*lines, "No survivors, no timeouts.", ""]
     diffs, notes = _diffs(folder, listed), _notes()
     for name in listed:
-        why = notes.get(name, "not explained yet" if statuses[name] in ALIVE else "counted killed")
+        why = notes.get(name) or _obvious(diffs[name])
+        why = why or ("not explained yet" if statuses[name] in ALIVE else "counted killed")
         lines += [f"### `{name}`: {statuses[name]}", "", f"Why: {why}", ""]
         lines += ["```diff", diffs[name], "```", ""]
     return lines
