@@ -326,7 +326,9 @@ def test_a_damaged_spool_is_set_aside_under_a_unique_name_with_its_counters_kept
     assert again.corrupt_recoveries == 2 and again.stats().replayed_total == 1
 
 
-def test_damage_found_while_running_starts_the_byte_count_over(tmp_path: Path) -> None:
+def test_damage_found_while_running_starts_the_byte_count_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "s.db"
     spool = _filled(path, Clock())
     with sqlite3.connect(path) as other:
@@ -334,7 +336,9 @@ def test_damage_found_while_running_starts_the_byte_count_over(tmp_path: Path) -
     _damage_tail(path)
     with sqlite3.connect(path) as other:  # another writer invalidates our page cache
         other.execute("PRAGMA user_version = 7")
-    spool.push("t", b"12345")
+    with caplog.at_level("ERROR", logger="agent.spool"):
+        spool.push("t", b"12345")
+    assert "was damaged (database disk image is malformed)" in caplog.records[-1].getMessage()
     assert spool.corrupt_recoveries == 1
     assert (spool.stats().depth, spool.stats().bytes) == (1, 5)
 
