@@ -54,7 +54,12 @@ CORES = (
     Core(
         "rollout gates",
         "fleet_server/rollouts/gates.py",
-        ("tests/test_rollout_plan.py", "tests/test_rollout_gate_data.py"),
+        (
+            "tests/test_rollout_plan.py",
+            "tests/test_rollout_gate_data.py",
+            "tests/test_rollout_champion.py",
+            "tests/test_rollout_shadow.py",
+        ),
     ),
     Core("selector", "fleet_server/selector.py", ("tests/test_selector.py",)),
     Core("codec", "edgefleet_contract/codec.py", ("tests/test_contract.py",)),
