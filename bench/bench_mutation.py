@@ -263,6 +263,8 @@ def _summary(all_rows: list[dict[str, object]]) -> dict[str, object]:
     """The cores whose every mutant was checked; a core cut short is left out and named."""
     rows = [r for r in all_rows if not r["not counted"]]
     partial = [str(r["measure"]).split(", ", 1)[1] for r in all_rows if r["not counted"]]
+    measured = {str(r["measure"]).split(", ", 1)[1] for r in all_rows}
+    never = [c.name for c in CORES if c.name not in measured]
 
     def total(key: str) -> int:
         return sum(int(str(r[key])) for r in rows)
@@ -278,7 +280,8 @@ def _summary(all_rows: list[dict[str, object]]) -> dict[str, object]:
         "no tests": total("no tests"),
         "not counted": total("not counted"),
         "module": f"{len(rows)} of {len(CORES)} cores: {names}"
-        + (f" (left out, not finished: {', '.join(partial)})" if partial else ""),
+        + (f" (left out, not finished: {', '.join(partial)})" if partial else "")
+        + (f" (left out, not run: {', '.join(never)})" if never else ""),
         "tests": "each core's own",
         "wall s": f"{sum(float(str(r['wall s'])) for r in rows):.0f}",
     }
