@@ -84,20 +84,14 @@ def _sections(text: str) -> dict[str, str]:
     return out
 
 
-def main() -> None:
-    """Run all benchmarks, or those named on the command line (``python -m bench bench_api``)."""
-    only = set(sys.argv[1:])
+def write(results: dict[str, list[dict[str, object]]]) -> Path:
+    """Put each module's rows into its section of docs/benchmarks.md, keeping the others."""
     out = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
     sections = _sections(out.read_text()) if out.exists() else {}
-    for module, title in MODULES.items():
-        if only and module not in only:
-            continue
+    for module, rows in results.items():
         mod = importlib.import_module(f"bench.{module}")
-        print(f"running {module} ...", flush=True)
-        rows = mod.run()
         stamp = f"_{time.strftime('%Y-%m-%d')}, {machine()}_"
-        sections[title] = "\n\n".join([(mod.__doc__ or "").strip(), stamp, table(rows)])
-        print(table(rows), flush=True)
+        sections[MODULES[module]] = "\n\n".join([(mod.__doc__ or "").strip(), stamp, table(rows)])
     header = [
         "# Benchmarks",
         "",
@@ -111,7 +105,20 @@ def main() -> None:
     ]
     body = [f"## {title}\n\n{sections[title]}\n" for title in MODULES.values() if title in sections]
     out.write_text("\n".join(header + body))
-    print(f"wrote {out}")
+    return out
+
+
+def main() -> None:
+    """Run all benchmarks, or those named on the command line (``python -m bench bench_api``)."""
+    only = set(sys.argv[1:])
+    for module in MODULES:
+        if only and module not in only:
+            continue
+        mod = importlib.import_module(f"bench.{module}")
+        print(f"running {module} ...", flush=True)
+        rows = mod.run()
+        print(table(rows), flush=True)
+        print(f"wrote {write({module: rows})}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / ".cache" / "mutation"
 MUTMUT = Path(sys.executable).parent / "mutmut"
 SURVIVORS = ROOT / "docs" / "mutation-survivors.md"
+NOTES = ROOT / "bench" / "mutation_notes.txt"
+"""One line per survivor left alive on purpose: ``mutant name: why`` (mutmut's names change
+when the mutated function does, so a stale note shows up as a survivor without one)."""
 # What the scratch directory links to: the packages mutmut copies, the tests, their data.
 LINKED = ("agent", "fleet_server", "edgefleet_contract", "tests", "models", "firmware_images")
 PER_CORE_TIMEOUT_S = 3600
@@ -51,7 +54,12 @@ CORES = (
     Core(
         "rollout gates",
         "fleet_server/rollouts/gates.py",
-        ("tests/test_rollout_plan.py", "tests/test_rollout_gate_data.py"),
+        (
+            "tests/test_rollout_plan.py",
+            "tests/test_rollout_gate_data.py",
+            "tests/test_rollout_champion.py",
+            "tests/test_rollout_shadow.py",
+        ),
     ),
     Core("selector", "fleet_server/selector.py", ("tests/test_selector.py",)),
     Core("codec", "edgefleet_contract/codec.py", ("tests/test_contract.py",)),
@@ -181,15 +189,41 @@ def _row(core: Core, statuses: dict[str, str], wall_s: float) -> dict[str, objec
     }
 
 
+def _notes() -> dict[str, str]:
+    found = {}
+    for line in NOTES.read_text().splitlines() if NOTES.exists() else []:
+        name, sep, why = line.partition(": ")
+        if sep and not line.startswith("#"):
+            found[name.strip()] = why.strip()
+    return found
+
+
+# This code base writes SQL keywords in capitals, so a capital keyword marks a SQL string.
+_SQL = re.compile(r"\b(SELECT|INSERT|DELETE|UPDATE|WHERE|RETURNING|VALUES|FROM|LIMIT)\b")
+
+
+def _obvious(diff: str) -> str | None:
+    """The one kind of equivalent mutant recognised from its diff: a SQL string's case."""
+    removed = [line[1:] for line in diff.splitlines() if line.startswith("-")]
+    added = [line[1:] for line in diff.splitlines() if line.startswith("+")]
+    same = [a.lower() for a in removed] == [b.lower() for b in added]
+    if removed and same and all(_SQL.search(line) for line in removed):
+        return "equivalent: only the case of a SQL string changed (SQLite ignores it)"
+    return None
+
+
 def _survivor_section(core: Core, statuses: dict[str, str], folder: Path) -> list[str]:
     checked = sum(1 for v in statuses.values() if v != "not checked")
     lines = [f"## {core.name} (`{core.module}`)", "", f"{checked} of {len(statuses)} checked.", ""]
     listed = sorted(n for n, s in statuses.items() if s in ALIVE or s == "timeout")
     if not listed:
         return [*lines, "No survivors, no timeouts.", ""]
-    diffs = _diffs(folder, listed)
+    diffs, notes = _diffs(folder, listed), _notes()
     for name in listed:
-        lines += [f"### `{name}`: {statuses[name]}", "", "```diff", diffs[name], "```", ""]
+        why = notes.get(name) or _obvious(diffs[name])
+        why = why or ("not explained yet" if statuses[name] in ALIVE else "counted killed")
+        lines += [f"### `{name}`: {statuses[name]}", "", f"Why: {why}", ""]
+        lines += ["```diff", diffs[name], "```", ""]
     return lines
 
 
@@ -229,6 +263,8 @@ def _summary(all_rows: list[dict[str, object]]) -> dict[str, object]:
     """The cores whose every mutant was checked; a core cut short is left out and named."""
     rows = [r for r in all_rows if not r["not counted"]]
     partial = [str(r["measure"]).split(", ", 1)[1] for r in all_rows if r["not counted"]]
+    measured = {str(r["measure"]).split(", ", 1)[1] for r in all_rows}
+    never = [c.name for c in CORES if c.name not in measured]
 
     def total(key: str) -> int:
         return sum(int(str(r[key])) for r in rows)
@@ -244,7 +280,8 @@ def _summary(all_rows: list[dict[str, object]]) -> dict[str, object]:
         "no tests": total("no tests"),
         "not counted": total("not counted"),
         "module": f"{len(rows)} of {len(CORES)} cores: {names}"
-        + (f" (left out, not finished: {', '.join(partial)})" if partial else ""),
+        + (f" (left out, not finished: {', '.join(partial)})" if partial else "")
+        + (f" (left out, not run: {', '.join(never)})" if never else ""),
         "tests": "each core's own",
         "wall s": f"{sum(float(str(r['wall s'])) for r in rows):.0f}",
     }
@@ -269,9 +306,13 @@ def run(only: tuple[str, ...] = (), execute: bool = True) -> list[dict[str, obje
 
 
 if __name__ == "__main__":
+    from . import __main__ as bench
     from ._lab import table
 
     args = sys.argv[1:]
     report_only = "--report" in args
-    cores = tuple(a for a in args if a != "--report")
-    print(table(run(cores, execute=not report_only)))
+    cores = tuple(a for a in args if a not in ("--report", "--write"))
+    rows = run(cores, execute=not report_only)
+    print(table(rows))
+    if "--write" in args:  # the section of docs/benchmarks.md, from the cores named (or all)
+        print(f"wrote {bench.write({'bench_mutation': rows})}")

@@ -8,6 +8,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import field_validator, model_validator
 
 from edgefleet_common.backoff import Backoff
 from edgefleet_common.logs import redact
@@ -22,6 +23,7 @@ from edgefleet_contract.messages import (
     FeatureDrift,
     InferenceStats,
     LatencySummary,
+    Message,
     ModelRef,
     Reading,
     ReportedState,
@@ -172,6 +174,100 @@ def test_rejections_are_counted() -> None:
         codec.decode("devices/dev-1/status", b"nope")
     codec.decode("devices/dev-1/status", b"{}")
     assert codec.rejections == {RejectReason.NOT_JSON: 3, RejectReason.MISSING_VERSION: 1}
+
+
+def test_rejection_details_say_what_is_wrong_and_where() -> None:
+    """Each reason's detail, in full: it is what an operator reads in the logs."""
+    codec = Codec()
+    good = json.loads(codec.encode(full_telemetry()))
+    on = "devices/dev-1/telemetry"
+
+    def detail(payload: bytes, topic: str = on) -> str:
+        result = codec.decode(topic, payload)
+        assert isinstance(result, Rejected), result
+        assert result.topic == topic
+        return result.detail
+
+    assert detail(b"[1, 2]") == "the payload must be a JSON object"
+    nov = {k: v for k, v in good.items() if k != "v"}
+    assert detail(json.dumps(nov).encode()) == "no schema version field 'v'"
+    assert detail(json.dumps({**good, "v": 2}).encode()) == (
+        "unsupported schema version (this reader knows v1)"
+    )
+    not_int = "seq: Input should be a valid integer, unable to parse string as an integer"
+    assert detail(json.dumps({**good, "seq": "x"}).encode()) == not_int
+    two = {**good, "seq": "x", "window_s": "y"}
+    assert detail(json.dumps(two).encode()) == f"{not_int} (+1 more)"
+    nested = {**good, "system": {**good["system"], "cpu_percent": 500}}
+    assert detail(json.dumps(nested).encode()) == (
+        "system.cpu_percent: Input should be less than or equal to 100"
+    )
+    not_a_dict = {**good, "system": [1]}  # a nested object that is not one is just invalid
+    assert detail(json.dumps(not_a_dict).encode()) == ("system: Input should be an object")
+    assert detail(json.dumps(good).encode(), "devices/dev-2/telemetry") == (
+        "payload claims device 'dev-1' on the topic of 'dev-2'"
+    )
+    assert detail(b"{}", "devices/dev-1/fl/out") == "fl/out carries binary frames"
+    assert detail(b"{}", "elsewhere/x") == "not a devices/{id}/... topic"
+    assert detail(b"\xff garbage").startswith("not valid JSON: Invalid JSON: ")
+    small = Codec(max_payload=5).decode("devices/dev-1/status", b"123456")
+    assert isinstance(small, Rejected) and small.detail == "6 bytes exceeds the limit of 5"
+    at_limit = Codec(max_payload=6).decode("devices/dev-1/status", b"123456")
+    assert isinstance(at_limit, Rejected) and at_limit.reason is RejectReason.NOT_OBJECT
+
+
+class _Loud(Message):
+    """A schema whose validation message is longer than any log line should be."""
+
+    text: str
+
+    @field_validator("text")
+    @classmethod
+    def _never(cls, value: str) -> str:
+        raise ValueError("x" * 1000)
+
+
+def test_rejection_detail_is_capped_and_printed_with_its_topic() -> None:
+    result = Codec().decode_as(_Loud, b'{"text": "a"}', topic="devices/dev-1/state")
+    assert isinstance(result, Rejected) and result.reason is RejectReason.INVALID
+    assert len(result.detail) == 500 and result.detail.startswith("text: Value error, xxx")
+    assert str(result) == f"rejected on devices/dev-1/state: invalid: {result.detail}"
+    bare = Codec().decode_as(_Loud, b"[", topic="")
+    assert isinstance(bare, Rejected) and bare.topic == ""
+    assert str(bare) == f"rejected: not_json: {bare.detail}"
+
+
+class _Whole(Message):
+    """A schema whose check is on the whole object, so its error has no field location."""
+
+    a: int
+
+    @model_validator(mode="after")
+    def _never(self) -> _Whole:
+        raise ValueError("never whole")
+
+
+def test_an_error_about_the_whole_payload_says_so_and_topics_are_kept() -> None:
+    codec = Codec()
+    whole = codec.decode_as(_Whole, b'{"a": 1}')
+    assert isinstance(whole, Rejected) and whole.topic == ""
+    assert whole.detail == "payload: Value error, never whole"
+    big = Codec(max_payload=5).decode_as(_Whole, b"123456", topic="devices/dev-1/state")
+    assert isinstance(big, Rejected) and big.topic == "devices/dev-1/state"
+    accepted = codec.decode("devices/dev-1/telemetry", codec.encode(full_telemetry()))
+    assert isinstance(accepted, Accepted)
+    assert (accepted.device_id, accepted.channel) == ("dev-1", Channel.TELEMETRY)
+    assert accepted.message == full_telemetry()
+
+
+def test_encoding_leaves_unset_fields_out() -> None:
+    status = Status(device_id="dev-1", online=True, reason="connected")
+    assert json.loads(Codec().encode(status)) == {
+        "v": 1,
+        "device_id": "dev-1",
+        "online": True,
+        "reason": "connected",
+    }
 
 
 json_values = st.recursive(

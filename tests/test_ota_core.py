@@ -13,7 +13,7 @@ from agent.updates.delta import apply_patch
 from agent.updates.journal import Journal, JournalFile
 from agent.updates.machine import HealthCounters, judge_health
 from agent.updates.slots import ModelSlots
-from edgefleet_contract.errors import InstallError, UpdateError
+from edgefleet_contract.errors import InstallError, TrustError, UpdateError
 from edgefleet_contract.messages import TargetRef
 
 REF = TargetRef(kind="model", name="digits", version="1.1.0", target="models/digits/1.1.0/d.efpkg")
@@ -175,3 +175,149 @@ def test_a_deliberate_stop_during_probation_is_not_counted_as_a_crash() -> None:
     recovery = machine.recover(stopped, 500.0)
     assert recovery.action == "probation"
     assert recovery.journal.restarts == 1 and not recovery.journal.clean_stop
+
+
+def test_a_new_update_starts_pending_with_the_policy_it_was_given() -> None:
+    j = fresh()
+    assert (j.desired_version, j.rollout_id, j.ref) == (3, "r-1", REF)
+    assert (j.phase, j.progress, j.error, j.restarts, j.attempts) == ("pending", 0.0, None, 0, 0)
+    assert (j.probation_s, j.max_restarts, j.started_at, j.updated_at) == (60, 2, 100.0, 100.0)
+
+
+def test_advancing_records_progress_time_and_changes() -> None:
+    j = machine.advance(fresh(), "downloading", 105.0, progress=0.25, bytes_transferred=10)
+    assert (j.phase, j.progress, j.updated_at, j.bytes_transferred) == (
+        "downloading",
+        0.25,
+        105.0,
+        10,
+    )
+    same = machine.advance(j, "downloading", 106.0)  # staying put keeps the progress
+    assert (same.phase, same.progress, same.updated_at) == ("downloading", 0.25, 106.0)
+    with pytest.raises(UpdateError, match=r"^an update cannot go from downloading to pending$"):
+        machine.advance(j, "pending", 107.0)
+    with pytest.raises(UpdateError, match=r"^the update is already failed; start a new one$"):
+        machine.advance(fresh(phase="failed"), "pending", 107.0)
+
+
+def test_an_installed_target_is_committed_without_a_switch() -> None:
+    j = machine.already_installed(fresh(), 110.0, sha256="b" * 64)
+    assert (j.phase, j.progress, j.updated_at, j.sha256) == ("committed", 1.0, 110.0, "b" * 64)
+    with pytest.raises(UpdateError, match=r"^an update in downloading cannot be skipped$"):
+        machine.already_installed(fresh(phase="downloading"), 110.0)
+
+
+def test_failure_reason_names_the_phase_once_and_is_capped() -> None:
+    j = machine.fail(fresh(phase="switching"), "disk full", 9.0)
+    assert (j.phase, j.error, j.updated_at) == ("rolled_back", "switching: disk full", 9.0)
+    already = machine.fail(fresh(phase="verifying"), "verifying: bad hash", 9.0)
+    assert (already.phase, already.error) == ("failed", "verifying: bad hash")
+    long = machine.fail(fresh(phase="staging"), "x" * 3000, 9.0)
+    assert long.error == ("staging: " + "x" * 3000)[:2000]
+    assert [machine.failure_phase(fresh(phase=p)) for p in machine.ORDER[:-1]] == [
+        "failed",
+        "failed",
+        "failed",
+        "failed",
+        "failed",
+        "rolled_back",
+        "rolled_back",
+    ]
+
+
+def test_recovery_keeps_its_promises_in_full() -> None:
+    switching = machine.recover(fresh(phase="switching", clean_stop=True), 200.0)
+    assert switching.action == "switch"
+    assert (switching.journal.restarts, switching.journal.clean_stop) == (0, False)
+    assert switching.journal.updated_at == 200.0
+    revert = machine.recover(fresh(phase="probation", restarts=2), 300.0)
+    assert revert.action == "revert" and revert.journal.restarts == 3
+    assert revert.journal.updated_at == 300.0 and revert.journal.phase == "probation"
+    assert revert.journal.error == (
+        "the agent restarted 3 times while digits 1.1.0 was on probation; "
+        "going back to the previous version"
+    )
+    probation = machine.recover(fresh(phase="probation", restarts=1), 300.0)
+    assert probation.action == "probation" and probation.journal.updated_at == 300.0
+    assert (probation.journal.restarts, probation.journal.probation_until) == (2, 360.0)
+    resumed = machine.recover(fresh(phase="staging", attempts=4, error="x"), 400.0)
+    assert resumed.action == "resume" and resumed.journal.attempts == 5
+    assert (resumed.journal.error, resumed.journal.updated_at) == (None, 400.0)
+    given_up = machine.recover(fresh(phase="staging", attempts=2), 400.0, max_attempts=2)
+    assert given_up.action == "none" and given_up.journal.updated_at == 400.0
+    assert given_up.journal.error == (
+        "staging: gave up after 2 interrupted attempts (last in staging); "
+        "the current version keeps running"
+    )
+    for phase in ("failed", "rolled_back"):
+        done = fresh(phase=phase)
+        assert machine.recover(done, 1.0) == machine.Recovery(done, "none")
+
+
+FIRMWARE = TargetRef(
+    kind="firmware", name="edgeos", version="2.0.0", target="firmware/edgeos/2.0.0/e.img"
+)
+
+
+def test_signed_fields_that_do_not_fit_the_request_or_the_device_are_refused() -> None:
+    fits = {"kind": "model", "name": "digits", "version": "1.1.0", "runtime": "onnx"}
+    machine.check_target(REF, fits, hardware="rpi4", runtimes=["onnx"])
+    machine.check_target(REF, {"kind": "model"}, hardware="rpi4", runtimes=[])
+    machine.check_target(
+        FIRMWARE, {"kind": "firmware", "hardware": ["x", "rpi4"]}, hardware="rpi4", runtimes=[]
+    )
+    with pytest.raises(TrustError) as kind:
+        machine.check_target(REF, {**fits, "kind": "firmware"}, hardware="rpi4", runtimes=["onnx"])
+    assert str(kind.value) == (
+        "models/digits/1.1.0/d.efpkg is signed as kind 'firmware', but the desired state "
+        "asks for a model"
+    )
+    for key, other in (("name", "cats"), ("version", "9.9.9")):
+        with pytest.raises(TrustError) as named:
+            machine.check_target(REF, {**fits, key: other}, hardware="rpi4", runtimes=["onnx"])
+        mine = getattr(REF, key)
+        assert str(named.value) == f"{REF.target} is signed as {key} {other!r}, not {mine!r}"
+    with pytest.raises(InstallError) as runtime:
+        machine.check_target(REF, {**fits, "runtime": "tflite"}, hardware="rpi4", runtimes=["onnx"])
+    assert str(runtime.value).startswith(
+        f"{REF.target} needs the 'tflite' runtime, which this device does not have "
+        "(it has onnx); not downloading it. To serve it: pip install"
+    )
+    with pytest.raises(InstallError, match=r"\(it has none\)"):
+        machine.check_target(REF, fits, hardware="rpi4", runtimes=[])
+    for hardware in (["x"], "rpi4", None):
+        with pytest.raises(TrustError) as board:
+            machine.check_target(
+                FIRMWARE, {"kind": "firmware", "hardware": hardware}, hardware="rpi4", runtimes=[]
+            )
+        assert str(board.value) == (
+            f"{FIRMWARE.target} is signed for hardware {hardware!r}; this device is 'rpi4'"
+        )
+
+
+def test_health_judgement_in_full() -> None:
+    start = HealthCounters(100, 1, crashes=2)
+    ok = dict(max_error_rate=0.05, min_inferences=20)
+    assert judge_health(start, HealthCounters(100, 1, crashes=2), **ok) is None
+    assert judge_health(start, HealthCounters(100, 1, crashes=4), **ok) == (
+        "the model runtime crashed 2 time(s) during probation"
+    )
+    assert judge_health(start, HealthCounters(120, 3, crashes=2), **ok) == (
+        "inference error rate 10.0% (2 of 20) during probation is above the 5.0% limit"
+    )
+    assert judge_health(start, HealthCounters(119, 20, crashes=2), **ok) is None  # 19 < 20
+    assert judge_health(start, HealthCounters(120, 2, crashes=2), **ok) is None  # exactly 5%
+    none_needed = dict(max_error_rate=0.0, min_inferences=0)
+    assert judge_health(start, HealthCounters(100, 1, crashes=2), **none_needed) is None
+    assert judge_health(start, HealthCounters(101, 2, crashes=2), **none_needed) == (
+        "inference error rate 100.0% (1 of 1) during probation is above the 0.0% limit"
+    )
+
+
+def test_the_policy_given_at_the_start_is_the_one_kept() -> None:
+    j = machine.begin(REF, 4, None, 5.0, probation_s=30, max_restarts=7)
+    assert (j.desired_version, j.rollout_id, j.probation_s, j.max_restarts) == (4, None, 30, 7)
+    with pytest.raises(InstallError, match=r"\(it has onnx, tflite\)"):
+        machine.check_target(
+            REF, {"kind": "model", "runtime": "tvm"}, hardware="x", runtimes=["onnx", "tflite"]
+        )

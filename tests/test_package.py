@@ -18,6 +18,8 @@ from edgefleet_contract.package import (
     MAX_MEMBERS,
     WEIGHTS_NAME,
     Manifest,
+    as_task,
+    drift_width,
     encode_weights,
     pack_package,
     parse_package,
@@ -208,3 +210,18 @@ def test_weights_are_checked_and_never_unpickled(
         _repacked_with_weights(members, doc, bomb)
     with pytest.raises(PackageError, match="NaN"):
         encode_weights({"w": np.array([np.nan], np.float32)})
+
+
+def test_a_format_1_package_reads_as_a_classifier_of_its_input() -> None:
+    m = read_package(MLP).manifest
+    assert m.task is None  # format 1: no task in the manifest
+    task = as_task(m)
+    assert task.kind == "classification" and task.output == "probabilities"
+    assert [(r.name, r.preprocessing, r.drift) for r in task.inputs] == [
+        ("features", m.preprocessing, "values")
+    ]
+    assert drift_width(m) == 64  # one drift feature per input value
+    assert m.input_spec("features").shape == [-1, 64]
+    assert m.output_spec("probabilities").shape == [-1, 10]
+    none = task.model_copy(update={"inputs": [task.inputs[0].model_copy(update={"drift": "none"})]})
+    assert drift_width(m.model_copy(update={"task": none})) == 0

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.spool import DrainPolicy, Spool
+from agent.spool import DrainPolicy, Spool, SpoolEntry
 from edgefleet_contract.errors import ConfigError, LinkError, StoreError
 
 
@@ -278,3 +278,176 @@ def test_outbox_matches_a_model_queue(ops: list[tuple[str, int]]) -> None:
             assert stats.bytes == sum(len(m[1]) for m in model) <= bound
             assert stats.dropped_total == dropped
         spool.close()
+
+
+def _damage_tail(path: Path) -> None:
+    """Overwrite the last pages (the payloads) and leave the counters' page readable."""
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.seek(size - 3 * 4096)
+        f.write(b"\xa5" * (3 * 4096))
+
+
+def _filled(path: Path, clock: Clock) -> Spool:
+    spool = Spool(path, max_bytes=10**7, max_age_s=1e9, clock=clock)
+    for _ in range(40):
+        spool.push("t", os.urandom(3000))
+    return spool
+
+
+def test_a_damaged_spool_is_set_aside_under_a_unique_name_with_its_counters_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, clock = tmp_path / "s.db", Clock(1234.9)
+    spool = _filled(path, clock)
+    spool.note_replayed(1)
+    spool.close()
+    (tmp_path / "s.db.corrupt-1234").write_bytes(b"an older one")
+    _damage_tail(path)
+    with caplog.at_level("ERROR", logger="agent.spool"):
+        fresh = Spool(path, max_bytes=10**7, max_age_s=1e9, clock=clock)
+    aside = tmp_path / "s.db.corrupt-1234-1"
+    assert aside.exists() and (tmp_path / "s.db.corrupt-1234").read_bytes() == b"an older one"
+    assert (tmp_path / "s.db.corrupt-1234-1-wal").exists()
+    assert (tmp_path / "s.db.corrupt-1234-1-shm").exists()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"spool {path} was damaged (database disk image is malformed); moved to {aside}, "
+        "starting empty (0 queued entries lost)"
+    ]
+    stats = fresh.stats()
+    assert (stats.depth, stats.bytes, stats.replayed_total) == (0, 0, 1)
+    assert fresh.corrupt_recoveries == 1
+    for _ in range(40):
+        fresh.push("t", os.urandom(3000))
+    fresh.close()
+    _damage_tail(path)
+    again = Spool(path, max_bytes=10**7, max_age_s=1e9, clock=clock)
+    assert (tmp_path / "s.db.corrupt-1234-2").exists()
+    assert again.corrupt_recoveries == 2 and again.stats().replayed_total == 1
+
+
+def test_damage_found_while_running_starts_the_byte_count_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.db"
+    spool = _filled(path, Clock())
+    with sqlite3.connect(path) as other:
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _damage_tail(path)
+    with sqlite3.connect(path) as other:  # another writer invalidates our page cache
+        other.execute("PRAGMA user_version = 7")
+    with caplog.at_level("ERROR", logger="agent.spool"):
+        spool.push("t", b"12345")
+    assert "was damaged (database disk image is malformed)" in caplog.records[-1].getMessage()
+    assert spool.corrupt_recoveries == 1
+    assert (spool.stats().depth, spool.stats().bytes) == (1, 5)
+
+
+def test_a_single_replay_is_counted(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", max_bytes=1000, max_age_s=100)
+    spool.note_replayed(1)
+    assert spool.stats().replayed_total == 1
+
+
+def test_only_damage_is_treated_as_damage() -> None:
+    from agent.spool import _is_corrupt
+
+    def error(kind: type[sqlite3.DatabaseError], code: int | None) -> sqlite3.DatabaseError:
+        exc = kind("x")
+        if code is not None:
+            exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+        return exc
+
+    assert _is_corrupt(error(sqlite3.DatabaseError, sqlite3.SQLITE_CORRUPT))
+    assert _is_corrupt(error(sqlite3.DatabaseError, sqlite3.SQLITE_NOTADB))
+    assert _is_corrupt(error(sqlite3.DatabaseError, sqlite3.SQLITE_CORRUPT | 0x100))  # extended
+    assert not _is_corrupt(error(sqlite3.OperationalError, sqlite3.SQLITE_BUSY))
+    assert not _is_corrupt(error(sqlite3.DatabaseError, sqlite3.SQLITE_FULL))
+    assert _is_corrupt(error(sqlite3.DatabaseError, None))  # our own quick_check finding
+    assert not _is_corrupt(error(sqlite3.OperationalError, None))
+
+
+def test_what_a_damaged_spool_still_held_is_counted_as_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A freelist count that lies fails quick_check but leaves every table readable."""
+    path = tmp_path / "s.db"
+    spool = Spool(path, max_bytes=2000, max_age_s=1e9)
+    spool.note_replayed(4)
+    for _ in range(5):
+        spool.push("t", b"x" * 500)  # the fifth push drops the oldest: dropped 1, depth 4
+    assert (spool.stats().depth, spool.stats().dropped_total) == (4, 1)
+    spool.close()
+    with path.open("r+b") as f:
+        f.seek(36)  # the header's freelist page count
+        f.write((5).to_bytes(4, "big"))
+    with caplog.at_level("ERROR", logger="agent.spool"):
+        fresh = Spool(path, max_bytes=10**7, max_age_s=1e9)
+    assert caplog.records[-1].getMessage().endswith("starting empty (4 queued entries lost)")
+    stats = fresh.stats()
+    assert (stats.depth, stats.dropped_total, stats.replayed_total) == (0, 5, 4)
+    assert fresh.corrupt_recoveries == 1
+
+
+def test_a_negative_counter_in_a_damaged_spool_is_not_carried_over(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    Spool(path, max_bytes=2000, max_age_s=1e9).close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO counters (name, value) VALUES ('replayed', -3)")
+        db.execute("INSERT INTO counters (name, value) VALUES ('dropped', 2)")
+    with path.open("r+b") as f:
+        f.seek(36)
+        f.write((5).to_bytes(4, "big"))
+    stats = Spool(path, max_bytes=2000, max_age_s=1e9).stats()
+    assert (stats.replayed_total, stats.dropped_total) == (0, 2)
+
+
+def test_drain_policy_bounds_are_checked_and_the_smallest_valid_one_works() -> None:
+    for bad in ((0, 1, 1), (1, 0, 1), (1, 1, 0)):
+        with pytest.raises(ConfigError) as refused:
+            DrainPolicy(rate_per_s=bad[0], burst=bad[1], max_inflight=bad[2])
+        assert str(refused.value) == (
+            "drain policy needs rate_per_s > 0, burst >= 1 and max_inflight >= 1 "
+            f"(got {bad[0]}, {bad[1]}, {bad[2]})"
+        )
+    smallest = DrainPolicy(rate_per_s=0.5, burst=1, max_inflight=1)
+    assert smallest.allowance(100.0, inflight=0) == 1
+    assert smallest.allowance(100.0, inflight=0) == 0
+    assert smallest.allowance(101.0, inflight=0) == 0  # half a token
+    assert smallest.allowance(102.0, inflight=0) == 1
+
+
+def test_drain_policy_refills_from_the_time_elapsed_not_the_clock_value() -> None:
+    policy = DrainPolicy(rate_per_s=10, burst=5, max_inflight=10)
+    assert policy.allowance(1000.0, inflight=0) == 5
+    assert policy.allowance(1000.1, inflight=0) == 1  # 0.1 s at 10/s
+    assert policy.allowance(999.0, inflight=0) == 0  # a step back adds nothing
+
+
+def test_smallest_bounds_are_accepted_and_zero_is_refused(tmp_path: Path) -> None:
+    tiny = Spool(tmp_path / "new" / "dir" / "s.db", max_bytes=1, max_age_s=0.5)
+    assert tiny.push("t", b"x") >= 1
+    for max_bytes, max_age_s in ((0, 1.0), (1, 0.0)):
+        with pytest.raises(ConfigError) as refused:
+            Spool(tmp_path / "s.db", max_bytes=max_bytes, max_age_s=max_age_s)
+        assert str(refused.value) == (
+            f"spool bounds must be positive (max_bytes={max_bytes}, max_age_s={max_age_s})"
+        )
+
+
+def test_entries_come_back_as_they_were_pushed(tmp_path: Path) -> None:
+    clock = Clock(500.0)
+    spool = Spool(tmp_path / "s.db", max_bytes=10_000, max_age_s=100, clock=clock)
+    first = spool.push("devices/d/telemetry", b"plain")
+    clock.t = 510.0
+    second = spool.push("devices/d/state", b"kept", qos=0, retain=True)
+    assert spool.peek(0) == []
+    assert spool.peek(1) == [SpoolEntry(first, "devices/d/telemetry", b"plain", 1, False, 500.0)]
+    assert spool.peek(5, after_id=first) == [
+        SpoolEntry(second, "devices/d/state", b"kept", 0, True, 510.0)
+    ]
+    clock.t = 530.0
+    assert spool.stats().oldest_age_s == 30.0
+    spool.ack(first)
+    spool.ack(second)
+    assert spool.stats().oldest_age_s == 0.0 and spool.stats().bytes == 0
