@@ -144,7 +144,9 @@ def test_conv_layers_export_identically_on_both_runtimes() -> None:
             reference=split().x_train[:100],
             created_at=None,
         )
-        assert len(data) < 50_000
+        # small: the tiny network, its drift reference and the multivariate check's PCA
+        # (a 64-feature basis, about 20 KB) fit in well under 80 KB
+        assert len(data) < 80_000
 
 
 def test_head_only_update_makes_a_small_delta(trained: Network) -> None:
