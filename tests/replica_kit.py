@@ -154,7 +154,7 @@ class Cluster:
         return SimpleNamespace(
             store=self.store,
             ca=self.ca,
-            settings=SimpleNamespace(broker=SimpleNamespace(port=self.broker.port)),
+            settings=SimpleNamespace(broker=SimpleNamespace(mode="managed", port=self.broker.port)),
         )
 
     def close(self) -> None:

@@ -211,3 +211,15 @@ def test_every_wave_can_get_its_own_shadow_step() -> None:
     assert {f"{SHADOW_KEY}-{w}" for w in range(1, len(r.state.ends))} <= set(r.state.gate_results)
     with pytest.raises(PlanError, match="shadow-waves all needs a shadow step"):
         plan(shadow_every_wave=True)
+
+
+def test_resuming_a_halted_shadow_step_runs_it_again_before_any_switch() -> None:
+    sim = make(8, shadow_s=600.0, gates=GATES, auto_rollback=False)
+    sim.figures = _shadow(0.6)
+    sim.run(2000)
+    assert sim.rollout.status == "halted" and sim.sent == []
+    sim.apply(sim.rollout.resume(sim.now))
+    assert sim.rollout.state.phase == "shadowing"  # a fresh shadow window, not a switch
+    sim.run(300)
+    assert sim.sent == []
+    assert [start for _, _, start in sim.shadows] == [True, False, True]

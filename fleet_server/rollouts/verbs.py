@@ -72,9 +72,9 @@ class OperatorVerbs:
         elif s.status == "halted":
             # The gate must pass again, over a fresh probation (or shadow) window.
             s.status = "canary" if s.wave == 0 else "wave"
-            if s.phase == "shadowing":
-                s.shadow_started_at = None
-                self._begin_wave(0, now, out)
+            if s.phase == "shadowing":  # this wave's shadow step runs again, from its start
+                s.shadow_started_at, s.shadow_wave = None, None
+                self._begin_wave(s.wave, now, out)
             else:
                 s.phase, s.settled_at = "probation", now
             s.failure_base = self.failures
