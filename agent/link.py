@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import paho.mqtt.client as paho
 
-from edgefleet_common.mqtt import Endpoint, MqttSession, Will
+from edgefleet_common.backoff import Backoff
+from edgefleet_common.mqtt import Endpoint, MqttSession, Puback, Will
 from edgefleet_contract import topics
 from edgefleet_contract.codec import Codec, Rejected
 from edgefleet_contract.messages import Command, CommandAck, ReportedState, Status
@@ -61,6 +62,9 @@ class DeviceLink(MqttSession):
         self._policy = policy or DrainPolicy(rate_per_s=50.0, burst=100, max_inflight=20)
         self._inflight: dict[int, int] = {}
         self._sent_upto = 0
+        self._unheard = Backoff(initial=0.5, maximum=10.0)
+        self._hold_until = 0.0
+        """No spooled message goes out before then (nobody was hearing them)."""
         self._state: ReportedState | None = None
         self._state_lock = threading.Lock()
         self._on_command = on_command
@@ -139,7 +143,7 @@ class DeviceLink(MqttSession):
         )
 
     def _tick(self) -> None:
-        if not self.connected.is_set():
+        if not self.connected.is_set() or time.monotonic() < self._hold_until:
             return
         allowed = self._policy.allowance(time.monotonic(), len(self._inflight))
         if allowed <= 0:
@@ -153,16 +157,39 @@ class DeviceLink(MqttSession):
             self._inflight[mid] = entry.id
             self._sent_upto = entry.id
 
-    def _on_published(self, mid: int, ok: bool, reason: str) -> None:
+    def _on_published(self, mid: int, outcome: Puback, reason: str) -> None:
         entry_id = self._inflight.pop(mid, None)
         if entry_id is None:
             return
-        if not ok:
+        if outcome is Puback.UNHEARD:
+            self._keep_unheard(entry_id)
+            return
+        self._unheard.reset()
+        if outcome is Puback.REFUSED:
             # The broker refused it for good (v5 reason code, e.g. "Not authorized"):
             # retrying would block the queue forever.  Counted in link stats.
             log.error("broker refused spooled message %d: %s; dropping it", entry_id, reason)
         with self._spool_lock:
             self._spool.ack(entry_id)
+
+    def _keep_unheard(self, entry_id: int) -> None:
+        """The broker took ``entry_id`` but no subscription matched it: keep it, send it again.
+
+        Only the fleet's ingest subscribes to a device's upstream topics, so nobody
+        heard the message: ingest is not subscribed yet (the server or its broker is
+        restarting, and a broker need not restore shared subscriptions from its
+        persistence file).  Acking it would lose it, so the spool keeps it and the
+        drain pauses (backing off) and resumes from it; anything sent after it is
+        sent again too, which ingest's de-duplication absorbs.
+        """
+        self._sent_upto = min(self._sent_upto, entry_id - 1)
+        delay = self._unheard.next_delay()
+        self._hold_until = time.monotonic() + delay
+        log.info(
+            "nobody subscribed to spooled message %d yet (is the server up?); resending in %.1f s",
+            entry_id,
+            delay,
+        )
 
     def _on_message(self, message: paho.MQTTMessage) -> None:
         parsed = topics.parse(message.topic)

@@ -9,7 +9,9 @@ stream (and memory).  Reconnects use :class:`~edgefleet_common.backoff.Backoff`
 (capped, jittered) instead of paho's built-in schedule.
 
 MQTT v5 is the default because it tells a client why a publish was refused
-("Not authorized"); 3.1.1 works the same way, minus those reasons.
+("Not authorized") and when nobody heard it ("No matching subscribers": the
+fleet's ingest is not subscribed yet, so a spooled batch must be kept and sent
+again); 3.1.1 works the same way, minus those reasons.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +39,19 @@ from edgefleet_contract.messages import LinkStats
 from .backoff import Backoff
 
 log = logging.getLogger(__name__)
+
+_NO_MATCHING_SUBSCRIBERS = 0x10
+"""The MQTT 5 PUBACK reason code (a success code) for a publish nobody subscribed to."""
+
+
+class Puback(Enum):
+    """What the broker's acknowledgement of a QoS 1 publish says about it."""
+
+    ACCEPTED = "accepted"
+    UNHEARD = "unheard"
+    """Accepted, but it matched no subscription (MQTT 5 only): nobody received it."""
+    REFUSED = "refused"
+    """Refused for good (an MQTT 5 failure reason such as "Not authorized")."""
 
 Protocol = Literal["5", "3.1.1"]
 
@@ -232,7 +248,7 @@ class MqttSession:
     def _on_message(self, message: paho.MQTTMessage) -> None:
         """Runs in the network thread; must not block for long."""
 
-    def _on_published(self, mid: int, ok: bool, reason: str) -> None:
+    def _on_published(self, mid: int, outcome: Puback, reason: str) -> None:
         """The broker acknowledged (or, with v5, refused) a QoS 1 publish."""
 
     def _on_disconnected(self) -> None:
@@ -379,10 +395,14 @@ class MqttSession:
     def _handle_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
-        ok = not reason.is_failure
-        if not ok:
+        if reason.is_failure:
+            outcome = Puback.REFUSED
             self._count("publish_failures")
+        elif reason.value == _NO_MATCHING_SUBSCRIBERS:
+            outcome = Puback.UNHEARD
+        else:
+            outcome = Puback.ACCEPTED
         try:
-            self._on_published(mid, ok, str(reason))
+            self._on_published(mid, outcome, str(reason))
         except Exception:
             log.exception("%s: publish hook failed", self.client_id)
