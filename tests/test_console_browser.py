@@ -100,6 +100,7 @@ def login(page: Page, url: str, user: str, password: str) -> None:
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
     expect(page.locator("#who .user")).to_contain_text(user)
+    expect(page.get_by_role("heading", name="Log in to the fleet console")).to_have_count(0)
 
 
 def test_login_then_devices_come_online_live(fleet: ConsoleFleet, page: Page) -> None:

@@ -42,6 +42,9 @@ function showLogin() {
   Object.assign(session, { username: null, role: null, csrf: null });
   renderChrome();
   mountLogin(main, async () => {
+    // The form goes at once: the page it leads to may take a while to load, and a
+    // login form still showing over a live session would invite a second login.
+    replace(main, h('p', { role: 'status' }, 'Loading…'));
     renderChrome();
     if (!location.hash || location.hash === '#/login') location.hash = '#/overview';
     else await route();
