@@ -22,7 +22,7 @@ from edgefleet_contract.messages import (
     Telemetry,
 )
 from fleet_server.store import Store, open_store
-from fleet_server.store.base import AuditEntry, CommandRecord
+from fleet_server.store.base import ApiToken, AuditEntry, CommandRecord
 
 
 @pytest.fixture
@@ -206,3 +206,30 @@ def test_audit_is_append_only(store: Store, store_url: str) -> None:
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             conn.execute("DELETE FROM audit")
     assert [e.actor for e in store.list_audit().items][-1] == "alice"
+
+
+def test_a_half_read_result_does_not_pin_a_threads_view(store: Store) -> None:
+    """A revocation committed by one thread is seen by another thread's next read,
+    even while that thread still holds an unfinished result (SQLite would otherwise
+    keep the statement's read snapshot for as long as the cursor lives)."""
+    store.create_user("pin", role="viewer", password_hash="x", now=1.0)
+    for n in range(3):
+        store.create_api_token(
+            ApiToken(
+                id=f"t{n}",
+                username="pin",
+                name="s",
+                token_hash=f"h{n}",
+                created_at=1.0,
+                expires_at=1e12,
+            )
+        )
+    pending = store._conn().execute("SELECT id FROM api_tokens ORDER BY id")  # type: ignore[attr-defined]
+    assert pending.fetchone()[0] == "t0"  # two rows left unread, the result still alive
+
+    writer = threading.Thread(target=store.revoke_api_token, args=("t1", 5.0))
+    writer.start()
+    writer.join()
+    record = store.find_api_token("h1")
+    assert record is not None and record.revoked_at == 5.0
+    assert [r[0] for r in pending] == ["t1", "t2"]
