@@ -53,6 +53,7 @@ class Puback(Enum):
     REFUSED = "refused"
     """Refused for good (an MQTT 5 failure reason such as "Not authorized")."""
 
+
 Protocol = Literal["5", "3.1.1"]
 
 
