@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from edgefleet_common.mqtt import TlsFiles
+from edgefleet_common.ports import free_port
 from fleet_server.broker import BrokerLayout, ManagedBroker
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA, write_private
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Lab:

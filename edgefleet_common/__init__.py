@@ -4,7 +4,8 @@ The MQTT session both sides build on (:mod:`.mqtt`), reconnect backoff
 (:mod:`.backoff`), settings files and environment overrides (:mod:`.config`),
 how the command lines end and their common options (:mod:`.cli`), structured
 and redacted logging (:mod:`.logs`), owner-only files (:mod:`.private`),
-open-file limits (:mod:`.fdlimit`) and every touch of Flower's non-public names
+open-file limits (:mod:`.fdlimit`), loopback ports for services that cannot
+bind port 0 (:mod:`.ports`) and every touch of Flower's non-public names
 (:mod:`.flower_compat`).  What devices and the server must agree on byte for
 byte lives in :mod:`edgefleet_contract`; this package may import that one and
 nothing else of edgefleet's.
@@ -20,5 +21,6 @@ __all__ = [
     "flower_compat",
     "logs",
     "mqtt",
+    "ports",
     "private",
 ]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from edgefleet_common.ports import free_port as _free_port
 from edgefleet_contract.errors import BrokerError
 
 from .pki import FleetCA, write_private
@@ -71,12 +72,6 @@ def find_rabbitmq() -> Path:
             "rabbitmq-server) or use another broker.mode"
         )
     return Path(found)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import socket
 import ssl
 import threading
 import time
@@ -19,6 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from agent.link import DeviceLink
 from agent.spool import DrainPolicy, Spool
 from edgefleet_common.mqtt import Endpoint, TlsFiles, tls_context
+from edgefleet_common.ports import free_port as free_port  # the tests take their ports here
+from edgefleet_common.ports import port_is_free
 from fleet_server.broker import BrokerLayout, ManagedBroker
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA, write_private
@@ -28,10 +29,19 @@ if TYPE_CHECKING:
     from fleet_server.server import FleetServer
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+HTTP_TIMEOUT = 60.0
+"""For requests to a real server under test: a hang detector, not a latency check
+(httpx's 5 s default fails a login's password hash on a loaded 2-core machine)."""
+
+
+def wait_ports_free(*ports: int, timeout: float = 30.0) -> None:
+    """Before a restart on the same ports: wait until the old listeners are gone,
+    so the new server binds them (servers bind with ``SO_REUSEADDR``)."""
+    wait_for(
+        lambda: all(port_is_free(p, reuse=True) for p in ports),
+        timeout=timeout,
+        what=f"ports {', '.join(map(str, ports))} released by the stopped server",
+    )
 
 
 def require(found: object, what: str, install: str) -> None:
@@ -199,7 +209,9 @@ def admin_token(api_url: str) -> str:
     import httpx
 
     r = httpx.post(
-        f"{api_url}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+        f"{api_url}/api/v1/auth/login",
+        json={"username": "admin", "password": ADMIN_PASSWORD},
+        timeout=HTTP_TIMEOUT,
     )
     r.raise_for_status()
     return str(r.json()["token"])
@@ -263,6 +275,7 @@ def enroll_agent(
         f"{api_url}/api/v1/devices",
         headers={"Authorization": f"Bearer {admin}"},
         json={"id": device_id, "tags": tags},
+        timeout=HTTP_TIMEOUT,
     )
     r.raise_for_status()
     edge_agent = (bin_dir or Path(sys.executable).parent) / "edge-agent"

@@ -14,12 +14,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from edgefleet_common.ports import free_port as _free_port
 
 _UNPRIVILEGED = "postgres"
 
@@ -45,12 +46,6 @@ def find_pg_bin() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl) not found: run .ci/setup-system "
         "or apt-get install postgresql"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PgServer:
