@@ -31,7 +31,7 @@ from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
 from fleet_server.modelkit.partition import dirichlet_parts
 from fleet_server.server import FleetServer
 
-from .harness import enroll_agent, fleet_link, system_stats, wait_for
+from .harness import HTTP_TIMEOUT, enroll_agent, fleet_link, system_stats, wait_for
 
 MODEL = "digits-fl"
 BIN = Path(sys.executable).parent
@@ -158,12 +158,14 @@ class Rest:
         self.auth = {"Authorization": f"Bearer {token}"}
 
     def get(self, path: str) -> Any:
-        r = httpx.get(f"{self.api}/api/v1{path}", headers=self.auth)
+        r = httpx.get(f"{self.api}/api/v1{path}", headers=self.auth, timeout=HTTP_TIMEOUT)
         r.raise_for_status()
         return r.json()
 
     def post(self, path: str, body: object) -> httpx.Response:
-        return httpx.post(f"{self.api}/api/v1{path}", headers=self.auth, json=body)
+        return httpx.post(
+            f"{self.api}/api/v1{path}", headers=self.auth, json=body, timeout=HTTP_TIMEOUT
+        )
 
     def finished_run(self, run_id: str, timeout: float) -> dict[str, Any]:
         """The training run once it left pending/running (with its rounds)."""

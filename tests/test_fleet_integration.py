@@ -14,7 +14,7 @@ from fleet_server.config import DatabaseSettings, ServerSettings
 from fleet_server.selector import parse as parse_selector
 from fleet_server.server import FleetServer, initialize
 
-from .harness import ADMIN_PASSWORD, fleet_link, server_settings, wait_for
+from .harness import ADMIN_PASSWORD, fleet_link, server_settings, wait_for, wait_ports_free
 
 DEVICES = 50
 BATCHES = 6
@@ -63,6 +63,7 @@ def test_fifty_devices_and_a_server_restart_lose_nothing(tmp_path: Path, store_u
         for n in range(BATCHES // 2, BATCHES):
             for link in links:
                 send(link, n)
+        wait_ports_free(settings.api.port, settings.broker.port)
         server = FleetServer(settings)
         server.start()
         store = server.store

@@ -38,7 +38,7 @@ from fleet_server.modelkit.network import Network
 from fleet_server.server import FleetServer, initialize
 
 from .agentproc import AgentProcess
-from .harness import ADMIN_PASSWORD, server_settings, wait_for
+from .harness import ADMIN_PASSWORD, HTTP_TIMEOUT, server_settings, wait_for, wait_ports_free
 from .ota_server import MODELS, model_version
 
 V1 = MODELS / "digits-1.0.0-onnx-float32.efpkg"
@@ -87,6 +87,7 @@ class Fleet:
 
     def restart(self) -> None:
         self.server.stop()
+        wait_ports_free(self.settings.api.port, self.settings.broker.port)
         self.server = FleetServer(self.settings)
         self.server.start()
         self._token = ""
@@ -97,6 +98,7 @@ class Fleet:
             r = httpx.post(
                 f"{self.api}/api/v1/auth/login",
                 json={"username": "admin", "password": ADMIN_PASSWORD},
+                timeout=HTTP_TIMEOUT,  # right after a restart, ten agents reconnecting
             )
             r.raise_for_status()
             self._token = str(r.json()["token"])

@@ -18,7 +18,7 @@ from fleet_server.rollouts.artifacts import ResolvedArtifact
 from fleet_server.rollouts.persist import load
 from fleet_server.store import open_store
 
-from .harness import wait_for
+from .harness import wait_for, wait_ports_free
 from .rollout_devices import Api, SimDevice, rollout_fleet, start_server
 from .test_rollout_driver import TableResolver
 
@@ -107,6 +107,7 @@ def test_offline_device_is_retried_and_a_server_restart_mid_wave_continues(
         stopped.close()
         assert saved.state.wave == 1 and saved.status == "wave"
         assert any(d.status == "queued" for d in saved.devices.values())
+        wait_ports_free(settings.api.port, settings.broker.port)
         fleet.server = server = start_server(settings)
         api = Api(server)
         wait_for(
