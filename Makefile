@@ -51,7 +51,7 @@ mutation: $(STAMP)
 
 screenshots: $(STAMP)
 	SCREENSHOTS_DIR=docs/screenshots FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
-		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_console_browser.py tests/test_console_rollouts.py
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_console_browser_*.py tests/test_console_rollouts.py
 
 models: $(STAMP)
 	$(BIN)/python -m models.build

@@ -21,17 +21,14 @@ import resource
 import ssl
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import psutil
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edgefleet_common.mqtt import Endpoint, TlsFiles, tls_context
+from edgefleet_common.mqtt import Endpoint, TlsFiles
 from fleet_server.amqp_ingest import AmqpIngest
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.ingest import Ingest
@@ -49,7 +46,7 @@ from tests.harness import Pki, start_broker
 
 from ._lab import machine, table
 from .bench_connections import connect_packet, publish_packet
-from .bench_ingest import payloads
+from .bench_ingest import Consumer, payloads, publish_all, stored_rate
 
 PARTS = os.environ.get("BENCH_CLUSTER_PARTS", "acl,kill,ingest,connections").split(",")
 SEEDS = int(os.environ.get("BENCH_CLUSTER_SEEDS", "3"))
@@ -204,70 +201,25 @@ def _wait(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> None:
 INGEST_DEVICES = 10
 
 
-def _publish(bt: BrokerUnderTest, prepared: dict[str, list[bytes]]) -> None:
-    def one(i: int, device_id: str, data: list[bytes]) -> None:
-        v5 = bt.protocol == "5"
-        c = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=device_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-        )
-        c.tls_set_context(tls_context(bt.identity(device_id)))
-        c.max_inflight_messages_set(100)
-        c.connect("127.0.0.1", bt.ports[i % len(bt.ports)])
-        c.loop_start()
-        infos = [c.publish(f"devices/{device_id}/telemetry", p, qos=1) for p in data]
-        for info in infos:
-            info.wait_for_publish(120)
-        c.disconnect()
-        c.loop_stop()
-
-    threads = [
-        threading.Thread(target=one, args=(i, *item)) for i, item in enumerate(prepared.items())
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-
 def ingest_rate(bt: BrokerUnderTest, tag: str) -> tuple[float, int, int]:
     prepared = {f"{tag}-{i:02d}": payloads(f"{tag}-{i:02d}") for i in range(INGEST_DEVICES)}
-    store = open_store(Path(tempfile.mkdtemp()) / "fleet.db")
-    for device_id in prepared:
-        store.create_device(device_id, name=device_id, tags={}, now=0)
-    total = sum(len(v) for v in prepared.values())
-    ingest = Ingest(store, batch_size=500)
     server_tls = bt.pki.server
-    if bt.mode == "rabbitmq":
-        consumer: ServerLink | AmqpIngest = AmqpIngest(
-            [("127.0.0.1", p) for p in bt.amqp_ports],
-            server_tls,
-            ingest,  # type: ignore[attr-defined]
-        )
-    else:
-        consumer = ServerLink(
-            Endpoint("127.0.0.1", bt.ports[0], server_tls), ingest, client_id="bench-cluster-server"
-        )
-    ingest._acker = consumer.acknowledge
-    ingest.start()
-    consumer.start()
-    _wait(consumer.connected.is_set, 30)
-    time.sleep(0.5)
-    start = time.perf_counter()
-    _publish(bt, prepared)
-    stored = 0
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        stored = int(ingest.m_batches.value())
-        if stored >= total:
-            break
-        time.sleep(0.01)
-    elapsed = time.perf_counter() - start
-    consumer.stop()
-    ingest.stop()
-    store.close()
-    return stored * 10 / elapsed, stored, total
+
+    def consumer(ingest: Ingest) -> Consumer:
+        if bt.mode == "rabbitmq":
+            return AmqpIngest(
+                [("127.0.0.1", p) for p in bt.amqp_ports],  # type: ignore[attr-defined]
+                server_tls,
+                ingest,
+            )
+        endpoint = Endpoint("127.0.0.1", bt.ports[0], server_tls)
+        return ServerLink(endpoint, ingest, client_id="bench-cluster-server")
+
+    def publish() -> None:
+        publish_all(prepared, bt.identity, bt.ports, v5=bt.protocol == "5", timeout_s=120)
+
+    rate, stored = stored_rate(prepared, consumer, publish, connect_s=30, timeout_s=300)
+    return rate, stored, sum(len(v) for v in prepared.values())
 
 
 # ----------------------------------------------------------------- connections --

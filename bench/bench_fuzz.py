@@ -10,7 +10,7 @@ it parsed).  A crash is any exception but the reader's documented refusal, or a 
 over 10 s on one input.  Each target runs for ``FUZZ_SECONDS`` (default 60) of wall
 time on the shared machine; "executions" is libFuzzer's own count.  Needs ``pip install
 atheris`` (the ``fuzz`` extra).  A crash would be listed with its exception; its
-fix gets a regression test in ``tests/test_hardening.py``.  None was found in the run
+fix gets a regression test in a ``tests/test_hardening_*.py``.  None was found in the run
 below."""
 
 from __future__ import annotations

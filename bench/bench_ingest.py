@@ -10,15 +10,17 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edgefleet_common.mqtt import Endpoint, tls_context
+from edgefleet_common.mqtt import Endpoint, TlsFiles, tls_context
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import Reading, Telemetry
-from fleet_server.ingest import Ingest
+from fleet_server.ingest import Inbound, Ingest
 from fleet_server.link import ServerLink
 from fleet_server.store import open_store
 
@@ -49,24 +51,36 @@ def payloads(device_id: str) -> list[bytes]:
     ]
 
 
-def publish_all(lab: Lab, prepared: dict[str, list[bytes]]) -> None:
-    """Each device publishes its batches at QoS 1 as fast as paho allows."""
+def publish_all(
+    prepared: dict[str, list[bytes]],
+    identity: Callable[[str], TlsFiles],
+    ports: Sequence[int],
+    *,
+    v5: bool = True,
+    timeout_s: float = 60,
+) -> None:
+    """Each device publishes its batches at QoS 1 as fast as paho allows (the i-th
+    device to ``ports[i % len(ports)]``)."""
 
-    def one(device_id: str, data: list[bytes]) -> None:
+    def one(i: int, device_id: str, data: list[bytes]) -> None:
         c = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=device_id, protocol=MQTTProtocolVersion.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=device_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
         )
-        c.tls_set_context(tls_context(lab.identity(device_id)))
+        c.tls_set_context(tls_context(identity(device_id)))
         c.max_inflight_messages_set(100)
-        c.connect("127.0.0.1", lab.broker.port)
+        c.connect("127.0.0.1", ports[i % len(ports)])
         c.loop_start()
         infos = [c.publish(f"devices/{device_id}/telemetry", p, qos=1) for p in data]
         for info in infos:
-            info.wait_for_publish(60)
+            info.wait_for_publish(timeout_s)
         c.disconnect()
         c.loop_stop()
 
-    threads = [threading.Thread(target=one, args=item) for item in prepared.items()]
+    threads = [
+        threading.Thread(target=one, args=(i, *item)) for i, item in enumerate(prepared.items())
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -98,44 +112,76 @@ def bare_rate(lab: Lab, prepared: dict[str, list[bytes]]) -> tuple[float, int]:
     sub.subscribe("devices/+/telemetry", qos=1)
     sub.loop_start()
     time.sleep(0.5)
-    publish_all(lab, prepared)
+    publish_all(prepared, lab.identity, [lab.broker.port])
     done.wait(120)
     sub.disconnect()
     sub.loop_stop()
     return got * READINGS / max(last - first, 1e-9), got
 
 
-def ingest_rate(
-    lab: Lab, prepared: dict[str, list[bytes]], url: str | None = None
+class Consumer(Protocol):
+    """What carries the broker's telemetry to the ingest (a ServerLink, an AmqpIngest)."""
+
+    connected: threading.Event
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def acknowledge(self, item: Inbound) -> None: ...
+
+
+def stored_rate(
+    prepared: dict[str, list[bytes]],
+    consumer_of: Callable[[Ingest], Consumer],
+    publish: Callable[[], None],
+    *,
+    url: str | None = None,
+    connect_s: float = 10,
+    timeout_s: float = 120,
 ) -> tuple[float, int]:
-    """Readings/s stored into the store at ``url`` (default: a fresh SQLite file)."""
+    """Readings/s that ``publish`` gets stored through ``consumer_of(ingest)`` into the
+    store at ``url`` (default: a fresh SQLite file), timed from the first publish to
+    the last commit; and the batches stored."""
     store = open_store(url or Path(tempfile.mkdtemp()) / "fleet.db")
     for device_id in prepared:
         store.create_device(device_id, name=device_id, tags={}, now=0)
     total = sum(len(v) for v in prepared.values())
     ingest = Ingest(store, batch_size=500)
-    link = ServerLink(
-        Endpoint("127.0.0.1", lab.broker.port, lab.server), ingest, client_id="bench-server"
-    )
-    ingest._acker = link.acknowledge
+    consumer = consumer_of(ingest)
+    ingest._acker = consumer.acknowledge
     ingest.start()
-    link.start()
-    link.wait_connected(10)
+    consumer.start()
+    consumer.connected.wait(connect_s)
     time.sleep(0.5)
     start = time.perf_counter()
-    publish_all(lab, prepared)
+    publish()
     stored = 0
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         stored = int(ingest.metrics.value("edgefleet_ingest_telemetry_batches_total"))
         if stored >= total:
             break
         time.sleep(0.01)
     elapsed = time.perf_counter() - start
-    link.stop()
+    consumer.stop()
     ingest.stop()
     store.close()
     return stored * READINGS / elapsed, stored
+
+
+def ingest_rate(
+    lab: Lab, prepared: dict[str, list[bytes]], url: str | None = None
+) -> tuple[float, int]:
+    """Readings/s stored into the store at ``url`` (default: a fresh SQLite file)."""
+
+    def link(ingest: Ingest) -> Consumer:
+        endpoint = Endpoint("127.0.0.1", lab.broker.port, lab.server)
+        return ServerLink(endpoint, ingest, client_id="bench-server")
+
+    return stored_rate(
+        prepared, link, lambda: publish_all(prepared, lab.identity, [lab.broker.port]), url=url
+    )
 
 
 def run() -> list[dict[str, object]]:

@@ -91,7 +91,7 @@ def workers_rate(lab: Lab, prepared: dict[str, list[bytes]], dsn: str, n: int) -
             if not w.subscribed.wait(120):
                 raise RuntimeError("an ingest worker did not subscribe")
         start = time.perf_counter()
-        publish_all(lab, prepared)
+        publish_all(prepared, lab.identity, [lab.broker.port])
         deadline = time.monotonic() + 180
         while sum(w.stored for w in workers) < total and time.monotonic() < deadline:
             time.sleep(0.01)

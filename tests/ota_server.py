@@ -8,7 +8,7 @@ the app through :class:`AppFetcher` (HTTP over starlette's test client).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +133,12 @@ def model_version(out: Path, version: str, source: Path = DIGITS) -> Path:
     path = out / f"{manifest.name}-{version}-{manifest.flavor}.efpkg"
     path.write_bytes(pack_package(manifest, dict(pkg.members)))
     return path
+
+
+def add_digits(registry: ArtifactRegistry, packages: Path, versions: Sequence[str]) -> None:
+    """digits ``versions`` into ``registry`` (and its TUF repository): 1.0.0 is the shipped
+    package, the others are made from it in ``packages``."""
+    packages.mkdir(parents=True, exist_ok=True)
+    for version in versions:
+        path = DIGITS if version == "1.0.0" else model_version(packages, version)
+        registry.add_model(path, lineage={"source": "test"}, actor="test")

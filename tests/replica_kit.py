@@ -35,7 +35,8 @@ from fleet_server.store import open_store
 from fleet_server.store.base import Store
 
 from .harness import ADMIN_PASSWORD, free_port, wait_for
-from .ota_server import DIGITS, model_version
+from .ota_server import add_digits
+from .rollout_devices import Api
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 180.0
@@ -122,10 +123,7 @@ class Cluster:
         """digits 1.0.0 and 2.0.0 into the shared registry and TUF repository."""
         server = FleetServer(self.settings)
         try:
-            packages.mkdir(parents=True, exist_ok=True)
-            for version in ("1.0.0", "2.0.0"):
-                path = DIGITS if version == "1.0.0" else model_version(packages, version)
-                server.artifacts.add_model(path, lineage={"source": "test"}, actor="test")
+            add_digits(server.artifacts, packages, ("1.0.0", "2.0.0"))
         finally:
             server.deltas.close()
             server.store.close()
@@ -167,7 +165,11 @@ class Cluster:
         self.store.close()
 
 
-class AdminApi:
+class AdminApi(Api):
+    """A replica's REST API as the admin, given longer: several replicas share the machine."""
+
+    timeout_s = 60.0
+
     def __init__(self, url: str) -> None:
         self.url = url
         r = httpx.post(
@@ -177,13 +179,3 @@ class AdminApi:
         )
         r.raise_for_status()
         self.headers = {"Authorization": f"Bearer {r.json()['token']}"}
-
-    def post(self, path: str, body: Any = None) -> Any:
-        r = httpx.post(f"{self.url}/api/v1{path}", json=body, headers=self.headers, timeout=60)
-        assert r.status_code < 300, r.text
-        return r.json()
-
-    def get(self, path: str) -> Any:
-        r = httpx.get(f"{self.url}/api/v1{path}", headers=self.headers, timeout=60)
-        assert r.status_code == 200, r.text
-        return r.json()

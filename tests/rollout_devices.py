@@ -43,7 +43,7 @@ from fleet_server.pki import write_private
 from fleet_server.server import FleetServer, initialize
 
 from .harness import ADMIN_PASSWORD, admin_token, device_endpoint, server_settings, wait_for
-from .ota_server import DIGITS, model_version
+from .ota_server import add_digits
 
 
 class SimDevice:
@@ -183,26 +183,29 @@ def start_server(settings: ServerSettings, packages: Path | None = None) -> Flee
     real registry (TUF targets) first, so rollouts resolve through it."""
     server = FleetServer(settings)
     if packages is not None:
-        packages.mkdir(parents=True, exist_ok=True)
-        for version in ("1.0.0", "2.0.0", "3.0.0"):
-            path = DIGITS if version == "1.0.0" else model_version(packages, version)
-            server.artifacts.add_model(path, lineage={"source": "test"}, actor="test")
+        add_digits(server.artifacts, packages, ("1.0.0", "2.0.0", "3.0.0"))
     server.start()
     return server
 
 
 class Api:
+    """The server's REST API as the admin; each call waits up to :attr:`timeout_s`."""
+
+    timeout_s = 30.0
+
     def __init__(self, server: FleetServer) -> None:
         self.url = server.settings.api_url
         self.headers = {"Authorization": f"Bearer {admin_token(self.url)}"}
 
     def post(self, path: str, body: Any = None) -> Any:
-        r = httpx.post(f"{self.url}/api/v1{path}", json=body, headers=self.headers, timeout=30)
+        r = httpx.post(
+            f"{self.url}/api/v1{path}", json=body, headers=self.headers, timeout=self.timeout_s
+        )
         assert r.status_code < 300, r.text
         return r.json()
 
     def get(self, path: str) -> Any:
-        r = httpx.get(f"{self.url}/api/v1{path}", headers=self.headers, timeout=30)
+        r = httpx.get(f"{self.url}/api/v1{path}", headers=self.headers, timeout=self.timeout_s)
         assert r.status_code == 200, r.text
         return r.json()
 

@@ -18,12 +18,12 @@ import pytest
 from edgefleet_contract.messages import InferenceStats, Telemetry
 from fleet_server.auth import hash_password
 
-from . import test_console_browser as console_browser
+from . import console_browser_kit as console_browser
+from .console_browser_kit import Page, expect, login, shot
 from .console_fleet import OPERATOR_PASSWORD, VIEWER_PASSWORD
 from .harness import wait_for
 from .rollout_devices import RolloutFleet as Fleet
 from .rollout_devices import SimDevice, rollout_fleet
-from .test_console_browser import Page, expect, login, shot
 
 browser = console_browser.browser  # the same Chromium fixtures as the other console tests
 page = console_browser.page

@@ -11,10 +11,10 @@ from typing import Any
 from rich.console import Console
 
 from fleet_server.fleetctl.cmd_rollouts import render
-from fleet_server.rollouts.engine import GATE_RECHECK_S
 from fleet_server.rollouts.gates import parse_gate
 from fleet_server.rollouts.model import Note, RolloutState
 from fleet_server.rollouts.plan import RolloutPlan
+from fleet_server.rollouts.shadow import GATE_RECHECK_S
 from fleet_server.rollouts.view import detail
 
 from .rollout_sim import make, plan

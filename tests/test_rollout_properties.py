@@ -5,10 +5,11 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet_server.rollouts.engine import SHADOW_KEY, Rollout
+from fleet_server.rollouts.engine import Rollout
 from fleet_server.rollouts.gates import parse_gate
 from fleet_server.rollouts.model import TERMINAL, DeviceProgress, EvaluateGates, RolloutState
 from fleet_server.rollouts.plan import RolloutPlan, Share
+from fleet_server.rollouts.shadow import SHADOW_KEY
 
 from .rollout_sim import Sim, make
 

@@ -6,11 +6,11 @@ import pytest
 
 from edgefleet_contract.errors import PlanError
 from edgefleet_contract.messages import Telemetry
-from fleet_server.rollouts.engine import SHADOW_KEY
 from fleet_server.rollouts.gates import parse_gate
 from fleet_server.rollouts.metrics import shadow_figures
 from fleet_server.rollouts.model import EvaluateGates
 from fleet_server.rollouts.plan import RolloutPlan
+from fleet_server.rollouts.shadow import SHADOW_KEY
 
 from .rollout_sim import ARTIFACT, make, plan
 

@@ -19,7 +19,8 @@ runs a pushed version, later targets could come as deltas instead.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,6 +41,18 @@ from .harness import ADMIN_PASSWORD, admin_token, enroll_agent, server_settings,
 from .ota_server import DIGITS, model_version
 
 DEVICE = "tuf-e2e-1"
+
+
+@contextmanager
+def tampered(path: Path, change: Callable[[bytes], bytes]) -> Iterator[None]:
+    """``path`` holds ``change(its bytes)`` inside the block and its own bytes again after,
+    so an attack is undone for the next test even when this one fails."""
+    good = path.read_bytes()
+    path.write_bytes(change(good))
+    try:
+        yield
+    finally:
+        path.write_bytes(good)
 
 
 @dataclass
@@ -168,44 +181,41 @@ def test_a_target_replaced_on_disk_is_refused(tuf_fleet: Fleet) -> None:
     target, sha256 = tuf_fleet.push("1.1.0")
     blob = tuf_fleet.server.artifacts.blob(sha256)
     assert blob is not None
-    good = blob.read_bytes()
-    evil = bytearray(good)
-    evil[len(evil) // 2] ^= 0xFF  # same length, other bytes
     blob.chmod(0o600)
-    blob.write_bytes(bytes(evil))
-    try:
+
+    def flipped(good: bytes) -> bytes:
+        evil = bytearray(good)
+        evil[len(evil) // 2] ^= 0xFF  # same length, other bytes
+        return bytes(evil)
+
+    with tampered(blob, flipped):
         tuf_fleet.refused("1.1.0", target, "does not match the signed", "refusing a tampered")
-    finally:
-        blob.write_bytes(good)
 
 
 def test_a_target_grown_on_disk_is_refused_at_the_signed_length(tuf_fleet: Fleet) -> None:
     target, sha256 = tuf_fleet.push("1.6.0")
     blob = tuf_fleet.server.artifacts.blob(sha256)
     assert blob is not None
-    good = blob.read_bytes()
     blob.chmod(0o600)
-    blob.write_bytes(good + bytes(1 << 20))  # endless data, as far as the device can tell
-    try:
+    # endless data, as far as the device can tell
+    with tampered(blob, lambda good: good + bytes(1 << 20)):
         tuf_fleet.refused("1.6.0", target, "more than the", "download refused")
         assert not list(tuf_fleet.agent.data_dir.glob("updates/*.part"))
-    finally:
-        blob.write_bytes(good)
 
 
 def test_targets_metadata_edited_without_resigning_is_refused(tuf_fleet: Fleet) -> None:
     target, _ = tuf_fleet.push("1.2.0")
     version = tuf_fleet.server.tuf.targets().signed.version
     path = tuf_fleet.metadata / f"{version}.targets.json"
-    good = path.read_bytes()
-    doc = json.loads(good)
-    # Point the signed target at other bytes; the signature is left as it was.
-    doc["signed"]["targets"][target]["hashes"]["sha256"] = "0" * 64
-    path.write_text(json.dumps(doc))
-    try:
+
+    def repointed(good: bytes) -> bytes:
+        # Point the signed target at other bytes; the signature is left as it was.
+        doc = json.loads(good)
+        doc["signed"]["targets"][target]["hashes"]["sha256"] = "0" * 64
+        return json.dumps(doc).encode()
+
+    with tampered(path, repointed):
         tuf_fleet.refused("1.2.0", target, "TUF metadata refused", "targets was signed by 0/1")
-    finally:
-        path.write_bytes(good)
 
 
 def test_an_older_timestamp_put_back_is_refused(tuf_fleet: Fleet) -> None:
@@ -216,41 +226,34 @@ def test_an_older_timestamp_put_back_is_refused(tuf_fleet: Fleet) -> None:
     missing = target.replace("1.3.0", "9.9.9")
     tuf_fleet.desire("9.9.9", missing)
     assert "not a signed target" in str(tuf_fleet.outcome(missing).get("error"))
-    good = path.read_bytes()
     # ... then the older one comes back, hiding 1.3.0.
-    path.write_bytes(old)
-    try:
+    with tampered(path, lambda _: old):
         tuf_fleet.refused("1.3.0", target, "TUF metadata refused", "timestamp version")
-    finally:
-        path.write_bytes(good)
 
 
 def test_an_older_snapshot_under_the_new_name_is_refused(tuf_fleet: Fleet) -> None:
     target, _ = tuf_fleet.push("1.4.0")
     version = tuf_fleet.server.tuf.snapshot().signed.version
     path = tuf_fleet.metadata / f"{version}.snapshot.json"
-    good = path.read_bytes()
-    path.write_bytes((tuf_fleet.metadata / f"{version - 1}.snapshot.json").read_bytes())
-    try:
+    older = tuf_fleet.metadata / f"{version - 1}.snapshot.json"
+    with tampered(path, lambda _: older.read_bytes()):
         tuf_fleet.refused("1.4.0", target, "TUF metadata refused", "snapshot version")
-    finally:
-        path.write_bytes(good)
 
 
 def test_an_expired_timestamp_signed_with_the_servers_key_is_refused(tuf_fleet: Fleet) -> None:
     target, _ = tuf_fleet.push("1.5.0")
     path = tuf_fleet.metadata / "timestamp.json"
-    good = path.read_bytes()
-    # A freeze: valid signature by the server's own online key, but past its expiry.
-    stale = Metadata[Timestamp].from_bytes(good)
-    stale.signed.version += 1
-    stale.signed.expires = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
-    stale.sign(tuf_keys.load(tuf_fleet.server.tuf.keys_dir / "timestamp.pem"))
-    path.write_bytes(stale.to_bytes())
-    try:
+
+    def expired(good: bytes) -> bytes:
+        # A freeze: valid signature by the server's own online key, but past its expiry.
+        stale = Metadata[Timestamp].from_bytes(good)
+        stale.signed.version += 1
+        stale.signed.expires = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+        stale.sign(tuf_keys.load(tuf_fleet.server.tuf.keys_dir / "timestamp.pem"))
+        return stale.to_bytes()
+
+    with tampered(path, expired):
         tuf_fleet.refused("1.5.0", target, "TUF metadata refused", "timestamp.json is expired")
-    finally:
-        path.write_bytes(good)
 
 
 def test_positive_control_an_untampered_update_installs(tuf_fleet: Fleet) -> None:

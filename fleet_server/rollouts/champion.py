@@ -35,6 +35,7 @@ The decision is a fixed-sample design with Haybittle-Peto early stopping:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -117,20 +118,40 @@ def compare(new: Arm, parent: Arm, *, margin: float, confidence: float) -> Compa
     if not new.labels or not parent.labels:
         short = "the new version" if not new.labels else "the parent"
         return Comparison(None, None, None, needed, "wait", f"no labels from {short} yet")
-    d, low, high = newcombe(new, parent, z)
-    if new.labels < needed or parent.labels < needed:
-        _, early_low, early_high = newcombe(new, parent, EARLY_Z)
+    few = new.labels < needed or parent.labels < needed
+    return _judge(lambda at: newcombe(new, parent, at), z, few, needed, margin, paired=False)
+
+
+def _judge(
+    bounds: Callable[[float], tuple[float, float, float]],
+    z: float,
+    few: bool,
+    needed: int,
+    margin: float,
+    *,
+    paired: bool,
+) -> Comparison:
+    """The verdict both tests share, on ``bounds(z)`` (difference, low, high): short of
+    the labels needed, only a difference clear at :data:`EARLY_Z` decides early; with
+    enough, the lower bound against the margin does."""
+    d, low, high = bounds(z)
+    points = f"{margin * 100:g} points"
+    tag = " (paired)" if paired else ""
+    if few:
+        _, early_low, early_high = bounds(EARLY_Z)
         if early_high < -margin:
-            why = f"worse than the parent by more than {margin * 100:g} points, clearly"
+            why = f"worse than the parent by more than {points}, clearly{tag}"
             return Comparison(d, low, high, needed, "fail", why)
         if early_low > -margin:
-            why = f"no worse than the parent by {margin * 100:g} points, clearly (early)"
+            early = "paired, early" if paired else "early"
+            why = f"no worse than the parent by {points}, clearly ({early})"
             return Comparison(d, low, high, needed, "pass", why)
-        return Comparison(d, low, high, needed, "wait", "too few labels to tell")
+        what = "labelled pairs" if paired else "labels"
+        return Comparison(d, low, high, needed, "wait", f"too few {what} to tell")
     if low > -margin:
-        why = f"no worse than the parent by {margin * 100:g} points"
+        why = f"no worse than the parent by {points}{tag}"
         return Comparison(d, low, high, needed, "pass", why)
-    why = f"cannot show it is within {margin * 100:g} points of the parent"
+    why = f"cannot show it is within {points} of the parent{tag}"
     return Comparison(d, low, high, needed, "fail", why)
 
 
@@ -198,18 +219,7 @@ def compare_paired(pairs: Pairs, *, margin: float, confidence: float) -> Compari
         return Comparison(None, None, None, needed, "wait", "no labelled shadow answers yet")
     if pairs.cells is None:
         return Comparison(None, None, None, needed, "wait", "inconsistent paired counts")
-    d, low, high = paired_bounds(pairs, z_of(confidence))
-    if pairs.labelled < needed:
-        _, early_low, early_high = paired_bounds(pairs, EARLY_Z)
-        if early_high < -margin:
-            why = f"worse than the parent by more than {margin * 100:g} points, clearly (paired)"
-            return Comparison(d, low, high, needed, "fail", why)
-        if early_low > -margin:
-            why = f"no worse than the parent by {margin * 100:g} points, clearly (paired, early)"
-            return Comparison(d, low, high, needed, "pass", why)
-        return Comparison(d, low, high, needed, "wait", "too few labelled pairs to tell")
-    if low > -margin:
-        why = f"no worse than the parent by {margin * 100:g} points (paired)"
-        return Comparison(d, low, high, needed, "pass", why)
-    why = f"cannot show it is within {margin * 100:g} points of the parent (paired)"
-    return Comparison(d, low, high, needed, "fail", why)
+    few = pairs.labelled < needed
+    return _judge(
+        lambda at: paired_bounds(pairs, at), z_of(confidence), few, needed, margin, paired=True
+    )

@@ -246,6 +246,13 @@ def shortfall(results: Iterable[Mapping[str, Any]]) -> str:
     return ", ".join(out)
 
 
+def failed_text(failed: Iterable[GateResult]) -> str:
+    """Failed gates as ``gate (why)``, for the reason a rollout halts."""
+    return "; ".join(
+        f"{r.gate} ({r.note})" if r.note else f"{r.gate} (measured {r.value:g})" for r in failed
+    )
+
+
 def vs_parent(
     parent_label: str,
     new: Arm,

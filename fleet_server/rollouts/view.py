@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..store.base import RolloutEvent
-from .engine import Rollout, shadow_key
+from .engine import Rollout
 from .gates import shortfall
+from .shadow import shadow_key
 
 
 def waiting_text(rollout: Rollout) -> str:

@@ -1,106 +1,21 @@
-"""The web console in a real headless Chromium against a real fleet.
-
-Real server (managed mosquitto with mTLS, SQLite), real ``edge-agent``
-processes and devices on the agent's own MQTT link; Debian's ``chromium``
-driven by Playwright.  Screenshots of the main pages go to ``$SCREENSHOTS_DIR``
-when set (``make screenshots`` points it at docs/screenshots).
+"""The web console's screens in a real headless Chromium against a real fleet:
+live devices, the overview, charts, training runs, models; and what they say is true.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from playwright import sync_api
-
+from . import console_browser_kit as kit
+from .console_browser_kit import DASH, WAIT_MS, Page, expect, login, shot
 from .console_fleet import OPERATOR_PASSWORD, VIEWER_PASSWORD, ConsoleFleet
-from .harness import ADMIN_PASSWORD, require, wait_for
+from .harness import ADMIN_PASSWORD, wait_for
 
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _chromium() -> None:
-    require(Path(CHROMIUM).exists(), f"Debian's chromium ({CHROMIUM})", "run .ci/setup-system")
-
-
-Page = sync_api.Page
-expect = sync_api.expect
-WAIT_MS = 60_000
-DASH = "\N{EN DASH}"  # the pager writes ranges with an en dash
-expect.set_options(timeout=30_000)  # a busy 2-core CI machine, not a speed test
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleFleet]:
-    f = ConsoleFleet(tmp_path_factory.mktemp("console"), agents=3, extra_devices=40)
-    try:
-        f.start_rich()
-        f.record_training_run("run-7f3a")
-        yield f
-    finally:
-        f.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def page(browser: object) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1440, "height": 900})  # type: ignore[attr-defined]
-    p = context.new_page()
-    p.set_default_timeout(WAIT_MS)
-    errors: list[str] = []
-    p.on("pageerror", lambda e: errors.append(str(e)))
-    p.on(  # CSP violations and script errors; expected 401/404 answers are not errors
-        "console",
-        lambda m: (
-            errors.append(m.text)
-            if m.type == "error" and not m.text.startswith("Failed to load resource")
-            else None
-        ),
-    )
-    try:
-        yield p
-    finally:
-        context.close()
-    assert not errors, errors
-
-
-def shot(page: Page, name: str) -> None:
-    folder = os.environ.get("SCREENSHOTS_DIR")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.wait_for_timeout(300)  # let a just-started refresh finish painting
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
-
-
-def login(page: Page, url: str, user: str, password: str) -> None:
-    page.goto(f"{url}/console/")
-    page.get_by_label("Username").fill(user)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.locator("#who .user")).to_contain_text(user)
-    expect(page.get_by_role("heading", name="Log in to the fleet console")).to_have_count(0)
+_chromium = kit._chromium  # skips the module without Debian's chromium
+fleet = kit.fleet  # this module's own fleet, browser and a page per test
+browser = kit.browser
+page = kit.page
 
 
 def test_login_then_devices_come_online_live(fleet: ConsoleFleet, page: Page) -> None:
@@ -206,120 +121,6 @@ def test_devices_selector_and_pagination(fleet: ConsoleFleet, page: Page) -> Non
     page.goto(f"{fleet.url}/console/#/devices?limit=25")
     expect(page.locator(".presence.on").first).to_be_visible()
     shot(page, "devices")
-
-
-def test_viewer_sees_no_buttons_and_the_server_refuses(fleet: ConsoleFleet, page: Page) -> None:
-    login(page, fleet.url, "vera", VIEWER_PASSWORD)
-    nav = page.locator("#nav")
-    expect(nav.get_by_role("link", name="Devices")).to_be_visible()
-    expect(nav.get_by_role("link", name="Audit log")).to_have_count(0)
-    expect(nav.get_by_role("link", name="Users & tokens")).to_have_count(0)
-    page.goto(f"{fleet.url}/console/#/devices")
-    expect(page.locator("#device-count")).to_be_visible()
-    expect(page.get_by_text("Add a device")).to_have_count(0)
-    page.goto(f"{fleet.url}/console/#/devices/cam-01")
-    expect(page.locator("#charts path.line").first).to_be_visible()
-    expect(page.locator("button:visible")).to_have_count(1)  # only "Log out"
-    forced = page.evaluate(
-        """async () => {
-            const s = await (await fetch('/api/v1/console/session')).json();
-            const r = await fetch('/api/v1/devices/cam-01/commands', {method: 'POST',
-              headers: {'Content-Type': 'application/json', 'X-CSRF-Token': s.csrf_token},
-              body: JSON.stringify({name: 'reboot'})});
-            return [r.status, (await r.json()).detail];
-        }"""
-    )
-    assert forced[0] == 403 and "operator" in forced[1], forced
-    page.goto(f"{fleet.url}/console/#/audit")
-    expect(page.get_by_text("This page needs the admin role.")).to_be_visible()
-
-
-def test_post_without_csrf_header_is_refused(fleet: ConsoleFleet, page: Page) -> None:
-    login(page, fleet.url, "otto", OPERATOR_PASSWORD)
-    result = page.evaluate(
-        """async () => {
-            const body = JSON.stringify({id: 'csrf-probe'});
-            const headers = {'Content-Type': 'application/json'};
-            const bare = await fetch('/api/v1/devices', {method: 'POST', headers, body});
-            const s = await (await fetch('/api/v1/console/session')).json();
-            headers['X-CSRF-Token'] = s.csrf_token;
-            const good = await fetch('/api/v1/devices', {method: 'POST', headers, body});
-            return [bare.status, (await bare.json()).detail, good.status];
-        }"""
-    )
-    assert result[0] == 403 and "X-CSRF-Token" in result[1], result
-    assert result[2] == 201, result  # the same request with the header goes through
-
-
-def test_keyboard_only_login_and_navigation(fleet: ConsoleFleet, page: Page) -> None:
-    page.goto(f"{fleet.url}/console/")
-    expect(page.get_by_label("Username")).to_be_focused()
-    page.keyboard.type("admin")
-    page.keyboard.press("Tab")
-    expect(page.get_by_label("Password")).to_be_focused()
-    page.keyboard.type(ADMIN_PASSWORD)
-    page.keyboard.press("Enter")
-    expect(page.get_by_role("heading", name="Fleet overview")).to_be_visible()
-    for _ in range(60):  # tab through the overview and the chrome to the navigation
-        page.keyboard.press("Tab")
-        if page.evaluate("document.activeElement.textContent") == "Devices":
-            break
-    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
-    assert outline != "none"  # focus is visible
-    page.keyboard.press("Enter")
-    expect(page.get_by_role("heading", name="Devices")).to_be_visible()
-    expect(page.locator(".results a").first).to_be_visible()
-    for _ in range(40):  # on through the filter form to the first device in the table
-        page.keyboard.press("Tab")
-        if page.evaluate("!!document.activeElement.closest('.results')"):
-            break
-    device = page.evaluate("document.activeElement.textContent")
-    page.keyboard.press("Enter")
-    expect(page.get_by_role("heading", name=f"Devices / {device}")).to_be_visible()
-
-
-def test_admin_manages_users_tokens_and_reads_audit(fleet: ConsoleFleet, page: Page) -> None:
-    login(page, fleet.url, "vera", VIEWER_PASSWORD)  # a session for the admin to revoke
-    page.get_by_role("button", name="Log out").click()
-    page.context.clear_cookies()
-    login(page, fleet.url, "vera", VIEWER_PASSWORD)
-    page.context.clear_cookies()
-    login(page, fleet.url, "admin", ADMIN_PASSWORD)
-    page.goto(f"{fleet.url}/console/#/users")
-    page.locator("form[aria-label='Create a user']").get_by_label("Username").fill("ines")
-    page.get_by_label("Password", exact=True).last.fill("ines-password-1")
-    page.get_by_role("button", name="Create user").click()
-    role = page.get_by_label("Role of ines")
-    expect(role).to_have_value("viewer")
-    role.select_option("operator")
-    expect(page.locator("#toast")).to_contain_text("ines is now operator")
-    assert fleet.server.store.get_user("ines").role == "operator"
-
-    token = fleet.server.store.list_api_tokens("vera")
-    live = [t for t in token if t.revoked_at is None]
-    assert live, "vera has a console session"
-    page.get_by_role("button", name=f"Revoke token {live[0].id} of vera").click()
-    expect(page.get_by_role("button", name=f"Revoke token {live[0].id} of vera")).to_have_count(0)
-    assert fleet.server.store.find_api_token(live[0].token_hash).revoked_at is not None  # type: ignore[union-attr]
-    shot(page, "users")
-
-    page.goto(f"{fleet.url}/console/#/audit")
-    expect(page.locator("td", has_text="patch_user").first).to_be_visible()
-    expect(page.locator("td", has_text="logout").first).to_be_visible()
-    shot(page, "audit")
-    # Filter by object and time: only what was done to ines, with the object named.
-    page.get_by_label("Object").fill("user:ines")
-    page.get_by_label("When").select_option("3600")
-    page.get_by_role("button", name="Filter").click()
-    rows = page.locator(".results tbody tr")
-    expect(rows).to_have_count(2)
-    expect(rows.nth(0)).to_contain_text("patch_user")
-    expect(rows.nth(1)).to_contain_text("create_user")
-    expect(rows.locator("code", has_text="user:ines")).to_have_count(2)
-    assert "object=user%3Aines" in page.url and "within=3600" in page.url  # a shareable link
-    page.goto(f"{fleet.url}/console/#/rollouts")
-    expect(page.locator("#rollout-list")).to_contain_text("No rollout yet")
-    expect(page.locator("#create-rollout > summary")).to_have_text("New rollout")  # an admin
 
 
 def test_training_run_page_draws_rounds(fleet: ConsoleFleet, page: Page) -> None:
@@ -433,95 +234,6 @@ def test_model_page_shows_the_task_and_every_tensor(
     expect(outputs).to_contain_text("scores")
     expect(outputs).to_contain_text("label")
     shot(page, "model")
-
-
-def test_logout_ends_the_session(fleet: ConsoleFleet, page: Page) -> None:
-    login(page, fleet.url, "admin", ADMIN_PASSWORD)
-    page.get_by_role("button", name="Log out").click()
-    expect(page.get_by_role("heading", name="Log in to the fleet console")).to_be_visible()
-    status = page.evaluate("async () => (await fetch('/api/v1/console/session')).status")
-    assert status == 401
-    page.goto(f"{fleet.url}/console/#/devices")
-    expect(page.get_by_label("Username")).to_be_visible()
-
-
-NARROW = {"width": 390, "height": 844}
-LAPTOP = {"width": 1366, "height": 768}
-
-NO_PAGE_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth + 1"
-OVERLAPS = """(selector) => {
-  const boxes = [...document.querySelectorAll(selector)].map((e) => e.getBoundingClientRect());
-  let n = 0;
-  boxes.forEach((a, i) => boxes.slice(i + 1).forEach((b) => {
-    const apart = a.right - 1 <= b.left || b.right - 1 <= a.left
-      || a.bottom - 1 <= b.top || b.bottom - 1 <= a.top;
-    if (!apart) n += 1;
-  }));
-  return n;
-}"""
-SPILLS = """() => {
-  const out = (e) => e.getBoundingClientRect().right > window.innerWidth + 1;
-  const cards = [...document.querySelectorAll(
-    '.panel, .results, .kpi, .chart, .wave, .search, .facts')];
-  // A table may be wider than the screen, but only inside a card that scrolls it.
-  const tables = [...document.querySelectorAll('table.grid')].map((t) => {
-    const box = t.closest('.results, .panel');
-    return !box || getComputedStyle(box).overflowX === 'visible' ? t : box;
-  });
-  return [...cards, ...tables].filter(out).map((e) => e.className || e.tagName);
-}"""
-
-
-@pytest.fixture(params=[NARROW, LAPTOP], ids=["390x844", "1366x768"])
-def sized(browser: object, request: pytest.FixtureRequest) -> Iterator[Page]:
-    context = browser.new_context(viewport=request.param)  # type: ignore[attr-defined]
-    p = context.new_page()
-    p.set_default_timeout(WAIT_MS)
-    try:
-        yield p
-    finally:
-        context.close()
-
-
-def test_every_screen_fits_phone_and_laptop_widths(fleet: ConsoleFleet, sized: Page) -> None:
-    page = sized
-    narrow = page.viewport_size == NARROW
-    fleet.start_agents()
-    login(page, fleet.url, "admin", ADMIN_PASSWORD)
-    toggle = page.get_by_role("button", name="Menu")
-    if narrow:  # the sidebar is folded into a menu
-        expect(page.locator("#nav")).to_be_hidden()
-        toggle.click()
-        expect(toggle).to_have_attribute("aria-expanded", "true")
-        page.locator("#nav").get_by_role("link", name="Devices").click()
-        expect(page.locator("#nav")).to_be_hidden()  # choosing a section closes it
-        expect(page.locator("#device-count")).to_be_visible()
-    else:
-        expect(toggle).to_be_hidden()
-        expect(page.locator("#nav")).to_be_visible()
-    size = "narrow" if narrow else "laptop"
-    screens = [
-        ("overview", ".kpi"),
-        ("devices", ".results"),
-        (f"devices/{fleet.agent_ids[0]}", "figure.chart"),
-        ("devices/cam-03", ".panel"),
-        ("training/run-7f3a", "figure.chart"),
-        ("artifacts", ".results"),
-        ("users", ".panel"),
-        ("audit", "table.grid"),
-    ]
-    for route, ready in screens:
-        page.goto(f"{fleet.url}/console/#/{route}")
-        expect(page.locator(ready).first).to_be_visible()
-        page.wait_for_timeout(200)  # the page's first refresh lays out
-        assert page.evaluate(NO_PAGE_SCROLL), f"{route}: the page scrolls sideways at {size}"
-        assert page.evaluate(SPILLS) == [], f"{route}: cards or tables spill out at {size}"
-        assert page.evaluate(OVERLAPS, ".kpi") == 0, f"{route}: cards overlap at {size}"
-        assert page.evaluate(OVERLAPS, "figure.chart") == 0, f"{route}: charts overlap"
-        names = {"overview": "overview", "devices": "devices"}
-        names[f"devices/{fleet.agent_ids[0]}"] = "device"
-        if route in names:
-            shot(page, f"{size}-{names[route]}")
 
 
 def _push_once(fleet: ConsoleFleet, name: str) -> dict[str, object]:
