@@ -6,7 +6,7 @@ Each request is timed 200 times after 10 untimed ones; p50/p95/p99 are percentil
 of those samples.  The baseline is ``GET /healthz`` through the same server and
 connection in the same run (no database, no authentication).  Selectors are compiled
 to SQL predicates, so the filtered list is an indexed scan and a count in the
-database, not a pass over every device in Python (it was ~0.3 s at 10,000 devices).
+database, not a pass over every device in Python as it once was.
 The selector here compares no versions; on PostgreSQL one that does
 (``firmware:>=1.2``) is tested in Python over every device, as before, because
 PEP 440's order is not SQL's."""
