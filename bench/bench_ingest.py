@@ -3,7 +3,7 @@ as a ratio to what a bare paho subscriber receives from the same publishers in t
 same run (the physical limit of this stack on this machine).  Also checks zero loss.
 The bare rate is timed first-to-last message; the ingest rate from the first publish
 to the last commit (connections included), so the ratio errs on the low side.
-Seen between 0.63 and 0.69 across runs; the goal is 0.6."""
+One run, one ratio; the goal is 0.6."""
 
 from __future__ import annotations
 
