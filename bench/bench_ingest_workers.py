@@ -7,10 +7,12 @@ and subscribed before).  Three rounds: mean and worst.  Everything -- broker,
 publishers, PostgreSQL and the workers -- shares the same 2 cores, so a second worker
 can only help as far as a core is idle; here it does not measurably (more cores, or
 workers on other hosts, are where it pays).  Each worker's persistent session is
-ended after its run: an offline member of a shared group keeps receiving its share."""
+ended after its run: an offline member of a shared group keeps receiving its share.
+Each round's note ends with the machine's 1-minute load average at its end."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -123,7 +125,7 @@ def run() -> list[dict[str, object]]:
                     rate, stored = workers_rate(lab, _fresh(base, f"w{n}r{r}"), dsn, n)
                 ratios[n].append(rate / bare)
                 parts.append(f"{n} worker(s) {rate:,.0f} ({stored}/{sent})")
-            notes.append(", ".join(parts))
+            notes.append(", ".join([*parts, f"load {os.getloadavg()[0]:.1f}"]))
     finally:
         pg.destroy()
         lab.close()

@@ -260,7 +260,7 @@ class Ingest:
     def _write(self, batch: Plan) -> None:
         now = self._clock()
         if batch.telemetry:
-            stored = self.store.insert_telemetry(batch.telemetry, received_at=now)
+            stored = self.store.insert_telemetry(batch.telemetry, received_at=now, seen=batch.seen)
             self.m_batches.inc(stored)
             self.m_duplicates.inc(len(batch.telemetry) - stored)
             self.m_readings.inc(sum(len(t.readings) for t in batch.telemetry))
@@ -276,7 +276,7 @@ class Ingest:
                 detail=ack.detail,
                 ts=ack.ts,
             )
-        if batch.seen:
+        if batch.seen and not batch.telemetry:
             self.store.touch_seen(batch.seen)
 
     def _drop_unknown_devices(self, batch: Plan) -> None:

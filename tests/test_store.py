@@ -163,6 +163,22 @@ def test_telemetry_stored_once_and_rolled_up(store: Store) -> None:
     assert store.query_raw("d1", since=0, until=1e9) == []
 
 
+def test_telemetry_writes_last_seen_with_its_batches(store: Store) -> None:
+    """Ingest's last-seen times go in the telemetry's own transaction: never backwards,
+    for a device with no batch in the call too, and also when every batch was a repeat."""
+    for device in ("d1", "d2"):
+        store.create_device(device, name=device, tags={}, now=0)
+    store.touch_seen({"d1": 650.0})
+    seen = {"d1": 640.0, "d2": 690.0}
+    assert store.insert_telemetry([batch("d1", 1, 600.0)], received_at=700, seen=seen) == 1
+    assert store.get_device("d1").last_seen == 650.0
+    assert store.get_device("d2").last_seen == 690.0
+    again = [batch("d1", 1, 600.0)]
+    assert store.insert_telemetry(again, received_at=701, seen={"d1": 695.0}) == 0
+    assert store.get_device("d1").last_seen == 695.0
+    assert store.get_device("d2").last_seen == 690.0
+
+
 def test_commands_ack_only_from_their_device(store: Store) -> None:
     store.create_device("d1", name="d1", tags={}, now=0)
     store.add_command(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Protocol
@@ -204,6 +204,11 @@ class Connections:
     dialect: Dialect = Dialect()
 
     def _conn(self) -> DbConn:
+        raise NotImplementedError
+
+    def _advance_seen(self, conn: DbConn, seen: Mapping[str, float]) -> None:
+        """Move devices' last-seen times forward inside ``conn``'s transaction (the
+        devices' part, ``DeviceTables``; telemetry writes it with its batches)."""
         raise NotImplementedError
 
     @contextmanager

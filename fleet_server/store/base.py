@@ -266,7 +266,17 @@ class DeviceStore(Protocol):
 class TelemetryStore(Protocol):
     """Raw batches, per-minute rollups, drift, retention and the console's fleet views."""
 
-    def insert_telemetry(self, batches: Sequence[Telemetry], *, received_at: float) -> int: ...
+    def insert_telemetry(
+        self,
+        batches: Sequence[Telemetry],
+        *,
+        received_at: float,
+        seen: Mapping[str, float] | None = None,
+    ) -> int:
+        """Store the batches not stored yet; how many were new.  ``seen`` is written
+        as by ``touch_seen``, in the same transaction."""
+        ...
+
     def query_raw(
         self, device_id: str, *, since: float, until: float, limit: int = 1000
     ) -> list[Telemetry]: ...

@@ -10,7 +10,7 @@ from edgefleet_contract.errors import EnrollmentError, NotFound, StoreError
 from edgefleet_contract.messages import DesiredState, ReportedState
 
 from . import schema
-from ._conn import INTEGRITY_ERRORS
+from ._conn import INTEGRITY_ERRORS, DbConn
 from .base import CommandRecord, Device, DeviceFilter, Page
 from .overview import OverviewTables
 from .rows import device_from_row
@@ -165,10 +165,13 @@ class DeviceTables(OverviewTables):
 
     def touch_seen(self, seen: Mapping[str, float]) -> None:
         with self._ingest_tx() as conn:
-            conn.executemany(
-                f"UPDATE devices SET last_seen = {self._latest_seen} WHERE id = ?",
-                [(seen[device_id], device_id) for device_id in sorted(seen)],  # one lock order
-            )
+            self._advance_seen(conn, seen)
+
+    def _advance_seen(self, conn: DbConn, seen: Mapping[str, float]) -> None:
+        conn.executemany(
+            f"UPDATE devices SET last_seen = {self._latest_seen} WHERE id = ?",
+            [(seen[device_id], device_id) for device_id in sorted(seen)],  # one lock order
+        )
 
     def set_reported(self, device_id: str, reported: ReportedState, ts: float) -> None:
         with self._tx() as conn:

@@ -7,7 +7,9 @@ than telemetry are serialised by a transaction-level advisory lock, as SQLite's
 tokens, artifact registration) keep their meaning under READ COMMITTED.
 Telemetry is written without that lock: one multi-row ``INSERT … ON CONFLICT
 DO NOTHING RETURNING`` per call, then the rollup upserts in key order, so
-several ingest workers write at once without deadlocks.  Raw telemetry and
+several ingest workers write at once without deadlocks; the devices' last-seen
+times go in the same pipelined transaction (two round trips and one commit per
+ingest batch).  Raw telemetry and
 rollups are partitioned by day (``partitions.py``) and retention drops whole
 partitions.  A connection PostgreSQL dropped (a restart) is replaced on the
 next call; the call that saw it fail raises, so ingest retries without acking.
@@ -15,15 +17,15 @@ next call; the call that saw it fail raises, so ingest retries without acking.
 
 from __future__ import annotations
 
-import contextlib
+import select
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 import psycopg
-from psycopg.rows import RowMaker
+from psycopg.rows import RowMaker, tuple_row
 from sqlalchemy import Integer
 
 from edgefleet_contract.messages import Telemetry
@@ -52,6 +54,11 @@ _RAW_SQL = (
     "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
     "SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::float8[], %b::float8[], "
     "%b::text[])"
+)
+
+_SEEN_SQL = (
+    "UPDATE devices SET last_seen = GREATEST(COALESCE(devices.last_seen, 0), s.ts) "
+    "FROM unnest(%b::text[], %b::float8[]) AS s(id, ts) WHERE devices.id = s.id"
 )
 
 
@@ -116,9 +123,18 @@ class PgConn:
             self.raw = self._connect()
             return self._execute(sql, parameters)
 
+    def revive(self) -> None:
+        """Replace the connection if PostgreSQL closed it while idle (a restart: the
+        socket reads as ready though nothing was asked).  A local check, no round trip."""
+        ready, _, _ = select.select([self.raw.fileno()], [], [], 0)
+        if ready:
+            self.raw.close()
+            self.raw = self._connect()
+
     def native(self, sql: str, parameters: Sequence[Any]) -> Cursor:
-        """psycopg's own placeholders (``%b``: binary, no text escaping of big arrays)."""
-        cur = self.raw.cursor()
+        """psycopg's own placeholders (``%b``: binary, no text escaping of big arrays);
+        plain tuples for rows (read by position: no per-row name map to build)."""
+        cur = self.raw.cursor(row_factory=tuple_row)
         cur.execute(sql, parameters)
         return cur
 
@@ -170,16 +186,15 @@ class PgStore(
         return self._conn()
 
     @contextmanager
-    def _begin(self, begin: str, *setup: str, pipeline: bool = False) -> Iterator[DbConn]:
+    def _begin(self, begin: str, *setup: str) -> Iterator[DbConn]:
         conn = self._conn()
         conn.execute(begin)  # may reconnect: nothing of this transaction is lost yet
         conn.in_tx = True
         try:
             for sql in setup:
                 conn.execute(sql)
-            with conn.raw.pipeline() if pipeline else contextlib.nullcontext():
-                yield conn
-                conn.execute("COMMIT")
+            yield conn
+            conn.execute("COMMIT")
         except BaseException:
             if not conn.raw.broken:
                 conn.execute("ROLLBACK")
@@ -194,10 +209,24 @@ class PgStore(
 
     @contextmanager
     def _ingest_tx(self) -> Iterator[DbConn]:
-        """Pipelined: the statements go out without waiting for each other, so a batch
-        costs three round trips (BEGIN, the ids' RETURNING, the rest with the COMMIT)."""
-        with self._begin("BEGIN", pipeline=True) as conn:
-            yield conn
+        """Pipelined from BEGIN to COMMIT: the statements go out without waiting for each
+        other, so a telemetry batch costs two round trips (the new ids' RETURNING, then
+        the rest with the COMMIT).  A BEGIN in a pipeline cannot be retried alone, so a
+        connection PostgreSQL closed meanwhile is replaced first (``revive``)."""
+        conn = self._conn()
+        conn.revive()
+        conn.in_tx = True
+        try:
+            with conn.raw.pipeline():
+                conn.execute("BEGIN")
+                yield conn
+                conn.execute("COMMIT")
+        except BaseException:
+            if not conn.raw.broken:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.in_tx = False
 
     @contextmanager
     def _snapshot(self) -> Iterator[DbConn]:
@@ -216,10 +245,21 @@ class PgStore(
 
     # ----------------------------------------------------------- telemetry --
 
-    def insert_telemetry(self, batches: Sequence[Telemetry], *, received_at: float) -> int:
+    def insert_telemetry(
+        self,
+        batches: Sequence[Telemetry],
+        *,
+        received_at: float,
+        seen: Mapping[str, float] | None = None,
+    ) -> int:
         if batches:
             self.partitions.cover([b.ts for b in batches], now=received_at)
-        return super().insert_telemetry(batches, received_at=received_at)
+        return super().insert_telemetry(batches, received_at=received_at, seen=seen)
+
+    def _advance_seen(self, conn: DbConn, seen: Mapping[str, float]) -> None:
+        """One statement over two arrays, whatever the number of devices."""
+        ids = sorted(seen)
+        self._conn().native(_SEEN_SQL, [ids, [float(seen[d]) for d in ids]])
 
     def _insert_raw(
         self, conn: DbConn, batches: Sequence[Telemetry], received_at: float

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Integer
@@ -91,7 +91,16 @@ WHERE excluded.ts >= drift_status.ts
 
 
 class TelemetryTables(Connections):
-    def insert_telemetry(self, batches: Sequence[Telemetry], *, received_at: float) -> int:
+    def insert_telemetry(
+        self,
+        batches: Sequence[Telemetry],
+        *,
+        received_at: float,
+        seen: Mapping[str, float] | None = None,
+    ) -> int:
+        """Store the batches not stored yet (their rollups and drift status with them);
+        how many were new.  ``seen`` (as for ``touch_seen``) is written in the same
+        transaction, so an ingest batch costs one commit, not two."""
         if not batches:
             return 0
         with self._ingest_tx() as conn:
@@ -101,6 +110,8 @@ class TelemetryTables(Connections):
                 (d for d in map(drift_status_values, fresh) if d), key=lambda d: d["device_id"]
             )
             conn.executemany(_DRIFT_UPSERT, drift)
+            if seen:
+                self._advance_seen(conn, seen)
         return len(fresh)
 
     def _upsert_rollups(self, conn: DbConn, rows: list[tuple[Any, ...]]) -> None:
