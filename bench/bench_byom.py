@@ -4,7 +4,7 @@ against float on ONNX Runtime, and how long ``fleetctl models pack`` takes.
 Models written by other tools: the torch CNN (``torch.onnx.export``, Conv/BatchNorm/ReLU/
 MaxPool, float and packer int8), a small torch ResNet (``torch.onnx.export``: 64x64 RGB, a
 stride-2 stem and three basic blocks with residual Adds and 1x1 skip Convs, 24/48/96
-channels, trained on the digits; about 1 ms per call in float here, float and packer int8),
+channels, trained on the digits; 0.9-1.1 ms per call in float here, float and packer int8),
 the skl2onnx IsolationForest and LogisticRegression, and silero-vad's stateful ONNX model
 from its wheel (when ``.cache/wheels`` has it). A model the packer refuses gets a row saying
 why instead of figures. "agent" is ``ModelService.infer`` on one raw sample with its answers
@@ -15,11 +15,13 @@ the inference section); three runs per model, the median run shown with the wors
 beside it. Goal: at most 1.05x on models of 1 ms or more (the ResNet and the
 IsolationForest); on the faster ones the absolute µs added is the figure to read (at +N µs
 the goal holds from 20·N µs per call). The ResNet misses it: the agent adds +300 µs (1.29x)
-when run alone on a quieter moment and +745 µs in the run below. Of that, preprocessing one
-64x64 image (canonical form, normalise and transpose, per-channel drift statistics) costs
-~60 µs when timed on its own but ~200 µs between model calls (its buffers go cold while the
-model runs), and ``ModelService`` adds ~100 µs more (telemetry recording, feedback ids). Not
-reduced yet.
+when run alone at a quieter moment and +745 µs in the run below. Timed piece by piece, each
+right after a model call as in serving (its buffers and code go cold while the model runs):
+preprocessing one 64x64 image ~140 µs (canonical form 21, normalise and transpose 61,
+per-channel drift statistics 71; ~60 µs in all when warm), reading the outputs and building
+the answer ~100 µs, ``ModelService`` (telemetry recording, feedback ids) ~100 µs. The
+session without the CPU arena is not a cost (914 µs against 959 µs with it). Not reduced
+yet.
 
 The agent compiles each input's preprocessing once at load (agent/runtime/tasks.py,
 ``InputPlan``), so a format-2 package costs what a format-1 one does: the "format 2 vs
