@@ -2,22 +2,34 @@
 against float on ONNX Runtime, and how long ``fleetctl models pack`` takes.
 
 Models written by other tools: the torch CNN (``torch.onnx.export``, Conv/BatchNorm/ReLU/
-MaxPool, float and packer int8), the skl2onnx IsolationForest and LogisticRegression, and
-silero-vad's stateful ONNX model from its wheel (when ``.cache/wheels`` has it).  "agent" is
-``ModelService.infer`` on one raw sample with its answers built as the local API sends them
-(declared preprocessing, the task's reading of the outputs, state per session, a feedback
-id, telemetry recording); "direct" is ``session.run`` on the already-prepared tensors.
-Sides alternate call by call and medians are compared (see the inference section); three
-runs per model, the median run shown with the worst ratio beside it.  Goal: at most 1.05x
-on models of 1 ms or more; none of these is that slow, so the absolute µs added is the
-figure to read (at +N µs the goal holds from 20·N µs per call).  The agent compiles each
-input's preprocessing once at load (agent/runtime/tasks.py, ``InputPlan``), so a format-2
-package costs what a format-1 one does: the "format 2 vs format 1" row serves the same
-ONNX file both ways, each on the path the local API takes for it.  On this shared machine
-(load average 12 to 25 during the 2026-12-02 runs) the µs added moved by up to 2x between
-runs minutes apart (torch CNN float32: +55 µs in one, +113 µs in the next; the figure
-before the compiled path was +94 µs), while the format 2 / format 1 ratio, measured within
-one run, stayed at 1.01-1.02x.
+MaxPool, float and packer int8), a small torch ResNet (``torch.onnx.export``: 64x64 RGB, a
+stride-2 stem and three basic blocks with residual Adds and 1x1 skip Convs, 24/48/96
+channels, trained on the digits; 0.9-1.1 ms per call in float here, float and packer int8),
+the skl2onnx IsolationForest and LogisticRegression, and silero-vad's stateful ONNX model
+from its wheel (when ``.cache/wheels`` has it). A model the packer refuses gets a row saying
+why instead of figures. "agent" is ``ModelService.infer`` on one raw sample with its answers
+built as the local API sends them (declared preprocessing, the task's reading of the
+outputs, state per session, a feedback id, telemetry recording); "direct" is ``session.run``
+on the already-prepared tensors. Sides alternate call by call and medians are compared (see
+the inference section); three runs per model, the median run shown with the worst ratio
+beside it. Goal: at most 1.05x on models of 1 ms or more (the ResNet and the
+IsolationForest); on the faster ones the absolute µs added is the figure to read (at +N µs
+the goal holds from 20·N µs per call). The ResNet misses it: the agent adds +300 µs (1.29x)
+when run alone at a quieter moment and +745 µs in the run below. Timed piece by piece, each
+right after a model call as in serving (its buffers and code go cold while the model runs):
+preprocessing one 64x64 image ~140 µs (canonical form 21, normalise and transpose 61,
+per-channel drift statistics 71; ~60 µs in all when warm), reading the outputs and building
+the answer ~100 µs, ``ModelService`` (telemetry recording, feedback ids) ~100 µs. The
+session without the CPU arena is not a cost (914 µs against 959 µs with it). Not reduced
+yet.
+
+The agent compiles each input's preprocessing once at load (agent/runtime/tasks.py,
+``InputPlan``), so a format-2 package costs what a format-1 one does: the "format 2 vs
+format 1" row serves the same ONNX file both ways, each on the path the local API takes for
+it. On this shared machine (load average 12 to 25 during the 2026-12-02 runs) the µs added
+moved by up to 2x between runs minutes apart (torch CNN float32: +55 µs in one, +113 µs in
+the next; the figure before the compiled path was +94 µs), while the format 2 / format 1
+ratio, measured within one run, stayed at 1.01-1.02x.
 
 int8: the torch CNN (16x16 RGB, Conv 3->16 and 16->32 channels, ~25 µs in float) is slower
 in int8 under every recipe ONNX Runtime offers (its rows: QDQ or QOperator, int8 or uint8
@@ -25,7 +37,19 @@ activations, per-channel or per-tensor weights, Convs left float), and as slow a
 of 64, so it is the int8 kernels, not per-call costs: at so few channels MLAS's float
 NCHWc convolutions beat int8 im2col + GEMM + requantisation (this CPU has AVX512-VNNI).
 The packer keeps int8 for the size (0.5x) and reports the latency as it is; the shipped
-digits CNN, with more work per call, is 0.6x in int8 (inference section).
+digits CNN, with more work per call, is 0.6x in int8 (inference section).  In the
+2026-12-02 run below, on this machine, the packer refused the torch CNN's int8 (98.5%
+top-1 agreement on its 200 calibration images, below its 99%), so its int8 rows are
+missing; the packer test of that model fails the same way here.
+
+The ResNet in int8 is slower too (1.4x), for another reason: with int8 activations ONNX
+Runtime's CPU provider turns only 3 of its 9 QDQ Convs into QLinearConv (the second Conv
+of each block); the stem, the first Conv of each block and the two 1x1 skips stay
+DequantizeLinear -> float Conv -> QuantizeLinear (seen in the session's optimized graph),
+so int8 adds the (de)quantising to the float work.  ORT's QDQ quantizer with uint8
+activations (the same int8 per-channel weights and calibration, not what the packer
+ships) gets all 9 fused and is 0.69x of float, inside the 0.8x goal.  Top-1 agreement of
+the packer's int8 with float is measured on the 1500 digits it was not calibrated on.
 
 Pack time: an MLP ONNX of ~5 MB (256-1024-1024-10) with 500 calibration samples, float and
 int8, three runs (median and worst), on this 2-core machine (goal: at most 30 s).  Idle
@@ -57,8 +81,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agent.runtime import Model
 from agent.serving import ModelService, prediction_rows
+from edgefleet_contract.errors import PackageError
 from fleet_server.modelkit.pack import PackRequest, pack
-from models.thirdparty import CNN_SPEC, IFOREST_SPEC, VAD_SPEC
+from models.thirdparty import (
+    CNN_SPEC,
+    IFOREST_SPEC,
+    RESNET_SIZE,
+    RESNET_SPEC,
+    VAD_SPEC,
+    digits_images,
+)
 
 from .bench_inference import _best_us
 
@@ -86,6 +118,16 @@ def _direct(model: Model, sample: Any) -> Callable[[], Any]:
     return lambda: session.run(outputs, feeds)
 
 
+def _refused(label: str, error: str) -> dict[str, object]:
+    """The row of a model the packer refused (an int8 below its agreement threshold)."""
+    return {
+        "measure": f"agent predict vs direct, {label}",
+        "value": "not packed",
+        "baseline": error.removeprefix("int8 quantization: ").split(";")[0],
+        "ratio": "-",
+    }
+
+
 def _predict_row(label: str, path: Path, sample: Any, runs: int = 3) -> dict[str, object]:
     """``ModelService.infer`` (the answers built, as the local API sends them) against the
     runtime on prepared tensors: ``runs`` runs of alternating calls, the median run shown
@@ -109,7 +151,9 @@ def _predict_row(label: str, path: Path, sample: Any, runs: int = 3) -> dict[str
     }
 
 
-def _packed(folder: Path) -> list[tuple[str, Path, Any]]:
+def _packed(folder: Path) -> list[tuple[str, Path | str, Any]]:
+    """Each model packed, or the packer's refusal in place of its path."""
+
     def spec(name: str, text: str) -> Path:
         path = folder / name
         path.write_text(text)
@@ -118,6 +162,15 @@ def _packed(folder: Path) -> list[tuple[str, Path, Any]]:
     labels = spec("labels.txt", "\n".join(map(str, range(10))))
     states = spec("states.txt", "idle\nrunning\noverload\n")
     images = np.load(DATA / "digits_images.npy")
+    np.save(folder / "resnet.npy", _resnet_images())
+    resnet = {
+        "model": DATA / "digits_resnet_torch.onnx",
+        "name": "resnet",
+        "version": "1.0.0",
+        "labels": labels,
+        "calibration": folder / "resnet.npy",
+        "spec": spec("resnet.toml", RESNET_SPEC),
+    }
     jobs: list[tuple[str, PackRequest, Any]] = [
         (
             "torch CNN, float32",
@@ -144,6 +197,8 @@ def _packed(folder: Path) -> list[tuple[str, Path, Any]]:
             ),
             images[0],
         ),
+        ("torch ResNet 64x64, float32", PackRequest(**resnet), _resnet_images()[0]),
+        ("torch ResNet 64x64, int8", PackRequest(**resnet, quantize="int8"), _resnet_images()[0]),
         (
             "skl2onnx IsolationForest",
             PackRequest(
@@ -188,12 +243,117 @@ def _packed(folder: Path) -> list[tuple[str, Path, Any]]:
                 np.zeros(512, np.float32),
             )
         )
-    out = []
+    out: list[tuple[str, Path | str, Any]] = []
     for i, (label, request, sample) in enumerate(jobs):
         request.output = folder / f"{i}.efpkg"
-        _, path = pack(request)
-        out.append((label, path, sample))
+        try:
+            out.append((label, pack(request)[1], sample))
+        except PackageError as exc:  # a refusal is a figure too: the row says why
+            out.append((label, str(exc), sample))
     return out
+
+
+def _resnet_images() -> Any:
+    """The ResNet's fixed input set: the 200 held-out digits (1500..1699) at 64x64 RGB."""
+    return digits_images(RESNET_SIZE)[0][1500:1700]
+
+
+def _session(model: bytes) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _paired(label: str, base: Any, other: Any, feed: dict[str, Any]) -> dict[str, object]:
+    """``other`` against ``base`` on one feed: three runs of alternating calls, the median
+    ratio shown with the worst beside it."""
+    runs = [
+        _best_us([partial(base.run, None, feed), partial(other.run, None, feed)], 1.5)
+        for _ in range(3)
+    ]
+    ratios = sorted(i / f for f, i in runs)
+    return {
+        "measure": label,
+        "value": f"{np.median([i for _, i in runs]):.1f} µs",
+        "baseline": f"{np.median([f for f, _ in runs]):.1f} µs float32",
+        "ratio": f"{ratios[1]:.2f}x (worst {ratios[-1]:.2f}x)",
+    }
+
+
+def _resnet_int8(float_package: Path, int8_package: Path) -> list[dict[str, object]]:
+    """The ResNet's int8 against float: top-1 agreement on the 1500 digits it was not
+    calibrated on (each package's own preprocessing), and latency at batch 1 of the
+    packer's int8 file and, beside it, of ONNX Runtime's QDQ quantizer with uint8
+    activations (int8 per-channel weights, the same calibration; not what the packer
+    ships)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    base, int8 = Model.load(float_package), Model.load(int8_package)
+    others = digits_images(RESNET_SIZE)[0][:1500]
+    agree = float(
+        np.mean(
+            [
+                base.predict(chunk).classes == int8.predict(chunk).classes
+                for chunk in np.split(others, 15)
+            ]
+        )
+    )
+    assert base.runner is not None
+    feeds = [base.runner.feeds(im)[0] for im in _resnet_images()]
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self._it, None)
+
+    folder = Path(tempfile.mkdtemp(prefix="edgefleet-resnet-"))
+    (folder / "float.onnx").write_bytes(base.package.model_bytes)
+    quant_pre_process(
+        str(folder / "float.onnx"), str(folder / "pre.onnx"), skip_symbolic_shape=True
+    )
+    quantize_static(
+        str(folder / "pre.onnx"),
+        str(folder / "u8.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )
+    floats = _session(base.package.model_bytes)
+    feed = feeds[0]
+    return [
+        {
+            "measure": "torch ResNet int8 vs float32, top-1 agreement, 1500 uncalibrated images",
+            "value": f"{agree:.1%}",
+            "baseline": "goal >= 99%",
+            "ratio": f"{agree / 0.99:.3f}x of goal",
+        },
+        _paired(
+            "torch ResNet int8 / float32, the packer's int8 (int8 activations), batch 1",
+            floats,
+            _session(int8.package.model_bytes),
+            feed,
+        ),
+        _paired(
+            "torch ResNet int8 / float32, ORT QDQ with uint8 activations (not shipped), batch 1",
+            floats,
+            _session((folder / "u8.onnx").read_bytes()),
+            feed,
+        ),
+    ]
 
 
 def _format_pair(folder: Path) -> tuple[Path, Path]:
@@ -465,24 +625,37 @@ def run() -> list[dict[str, object]]:
     with tempfile.TemporaryDirectory(prefix="edgefleet-byom-") as tmp:
         folder = Path(tmp)
         packed = _packed(folder)
-        sizes = {}
+        paths, sizes = {}, {}
         for label, path, sample in packed:
+            if isinstance(path, str):
+                rows.append(_refused(label, path))
+                continue
             rows.append(_predict_row(label, path, sample))
-            sizes[label] = path.stat().st_size
-        # int8 against float latency: the paired rows of _int8_variants.
-        fs, i8 = sizes["torch CNN, float32"], sizes["torch CNN, int8"]
-        rows.append(
-            {
-                "measure": "torch CNN int8 vs float32, package size",
-                "value": f"{i8 / 1024:.0f} KiB",
-                "baseline": f"{fs / 1024:.0f} KiB",
-                "ratio": f"{i8 / fs:.2f}x",
-            }
+            paths[label], sizes[label] = path, path.stat().st_size
+        # int8 against float latency: the paired rows of _int8_variants and _resnet_int8.
+        for model in ("torch CNN", "torch ResNet 64x64"):
+            if f"{model}, int8" not in sizes:
+                continue
+            fs, i8 = sizes[f"{model}, float32"], sizes[f"{model}, int8"]
+            rows.append(
+                {
+                    "measure": f"{model} int8 vs float32, package size",
+                    "value": f"{i8 / 1024:.0f} KiB",
+                    "baseline": f"{fs / 1024:.0f} KiB",
+                    "ratio": f"{i8 / fs:.2f}x",
+                }
+            )
+        rows += _resnet_int8(
+            paths["torch ResNet 64x64, float32"], paths["torch ResNet 64x64, int8"]
         )
-        rows += _int8_variants(next(p for label, p, _ in packed if "CNN, float32" in label))
+        rows += _int8_variants(paths["torch CNN, float32"])
         rows += _format_rows(folder)
         rows += _pack_times(folder)
-        vad = [(path, sample) for label, path, sample in packed if "silero" in label]
+        vad = [
+            (paths[label], sample)
+            for label, _, sample in packed
+            if label in paths and "silero" in label
+        ]
         if vad:
             rows.append(_idle_rss(*vad[0]))
     return rows

@@ -1,7 +1,7 @@
 """The third-party models of the packer tests: files, spec files, labels, calibration.
 
-The CNN (``torch.onnx.export``) and the sensor models (skl2onnx) are committed
-under tests/data (``python -m models.thirdparty`` makes them); silero-vad's
+The CNN and the small ResNet (``torch.onnx.export``) and the sensor models (skl2onnx)
+are committed under tests/data (``python -m models.thirdparty`` makes them); silero-vad's
 stateful model is read out of its PyPI wheel, which ``make setup`` downloads
 into .cache/wheels (without its dependencies).
 """
@@ -16,6 +16,8 @@ import numpy as np
 
 from models.thirdparty import CNN_SPEC as CNN_SPEC
 from models.thirdparty import IFOREST_SPEC as IFOREST_SPEC
+from models.thirdparty import RESNET_SIZE, digits_images
+from models.thirdparty import RESNET_SPEC as RESNET_SPEC
 from models.thirdparty import VAD_SPEC as VAD_SPEC
 
 from .harness import require
@@ -27,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 CNN = DATA / "digits_cnn_torch.onnx"
 CNN_IMAGES = DATA / "digits_images.npy"
+RESNET = DATA / "digits_resnet_torch.onnx"
 IFOREST = DATA / "sensor_iforest.onnx"
 CLASSIFIER = DATA / "sensor_classifier.onnx"
 SENSOR_CSV = DATA / "sensor_normal.csv"
@@ -49,6 +52,32 @@ def digits_truth() -> np.ndarray:
     from sklearn.datasets import load_digits
 
     return np.asarray(load_digits().target[1500:1700])
+
+
+def resnet_images(count: int = 200) -> np.ndarray:
+    """The ResNet's held-out images at its 64x64 size (digits 1500..; the same classes as
+    :func:`digits_truth`), made from scikit-learn's digits as they were for training."""
+    return digits_images(RESNET_SIZE)[0][1500 : 1500 + count]
+
+
+def resnet_request(folder: Path, **fields: Any) -> PackRequest:
+    """The torch ResNet as ``digits-resnet`` 1.0.0 with its labels, spec and 200 held-out
+    images to calibrate on; ``fields`` add to (or replace) those."""
+    from fleet_server.modelkit.pack import PackRequest
+
+    images = folder / "resnet_images.npy"
+    np.save(images, resnet_images())
+    return PackRequest(
+        **{
+            "model": RESNET,
+            "name": "digits-resnet",
+            "version": "1.0.0",
+            "labels": digit_labels(folder),
+            "calibration": images,
+            "spec": write(folder, "resnet.toml", RESNET_SPEC),
+            **fields,
+        }
+    )
 
 
 def silero_model(folder: Path) -> Path:
