@@ -9,7 +9,12 @@
   quantized, Gemm included: ``quant_pre_process`` fuses MatMul+Add into Gemm,
   and a quantizer told only about MatMul used to leave every dense layer float.
   Softmax and the model's outputs stay float, so probabilities and regression
-  values keep their precision.
+  values keep their precision.  Weights use 7 of their 8 bits (``reduce_range``):
+  on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) ONNX Runtime's
+  int8 kernels add pairs of 8-bit products in 16 bits, which saturates with
+  full-range weights; a package made on a VNNI machine then computes other
+  answers on an AVX2 device (the digits MLP's probabilities moved by up to 0.18,
+  and the torch CNN agreed with float on 98.5% of samples instead of 100%).
 * ``dynamic``: weights int8, activations quantized at run time
   (MatMulInteger/ConvInteger); no calibration data needed.  ONNX Runtime has no
   dynamic Gemm, so constant-weight Gemms are rewritten as MatMul + Add first.
@@ -172,6 +177,7 @@ def _quantize_static(
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         per_channel=per_channel,
+        reduce_range=True,  # no 16-bit saturation on x86 without VNNI (module docstring)
         op_types_to_quantize=sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - _KEEP_FLOAT),
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
@@ -237,6 +243,7 @@ def _quantize_dynamic(src: Path, dst: Path, per_channel: bool) -> None:
         str(dst),
         op_types_to_quantize=["Conv", "MatMul"],
         per_channel=per_channel,
+        reduce_range=True,
         # ConvInteger has CPU kernels for uint8 weights only; MatMulInteger takes either.
         weight_type=QuantType.QUInt8,
     )
