@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract import scoring
-from edgefleet_contract.errors import FederationError
+from edgefleet_contract.errors import FederationError, ModelError
 from edgefleet_contract.package import Lineage, ModelPackage, parse_package
 
 from ..modelkit.build import FLAVORS, build_package, run_model
@@ -126,19 +126,26 @@ def _build(
             lineage=lineage,
             calibration_raw=data.reference_raw,
         )
-    return {
-        flavor: build_package(
-            network,
-            name=manifest.name,
-            version=version,
-            flavor=flavor,
-            preprocessing=manifest.preprocessing,
-            labels=manifest.labels,
-            reference=data.reference_raw,
-            lineage=lineage,
-        )
-        for flavor in FLAVORS
-    }
+    out: dict[str, bytes] = {}
+    for flavor in FLAVORS:
+        try:
+            out[flavor] = build_package(
+                network,
+                name=manifest.name,
+                version=version,
+                flavor=flavor,
+                preprocessing=manifest.preprocessing,
+                labels=manifest.labels,
+                reference=data.reference_raw,
+                lineage=lineage,
+            )
+        except ModelError as exc:
+            if not flavor.endswith("-int8"):
+                raise
+            # An int8 file that disagrees with the float one is not shipped (what the
+            # packer tells a person to do); the float flavours still make the candidate.
+            log.warning("%s %s: no %s package: %s", manifest.name, version, flavor, exc)
+    return out
 
 
 def next_version(version: str, taken: Iterable[str] = ()) -> str:
