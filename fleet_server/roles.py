@@ -76,7 +76,7 @@ def check_role(role: str, postgres_url: str | None) -> Parts:
     if role != "all" and postgres_url is None:
         raise ConfigError(
             f"--role {role} needs a PostgreSQL database shared by every process "
-            "([database] url = \"postgresql://...\" or FLEET_DATABASE__URL); "
+            '([database] url = "postgresql://..." or FLEET_DATABASE__URL); '
             "the embedded SQLite store runs as one process: --role all"
         )
     return parts

@@ -269,8 +269,7 @@ class FleetServer:
             self.ingest,
             client_id=self.settings.mqtt_identity,
             subscriptions=(
-                [] if upstream is not None
-                else role_subscriptions(self.parts, shared=self.shared)
+                [] if upstream is not None else role_subscriptions(self.parts, shared=self.shared)
             ),
         )
         return upstream, link

@@ -235,7 +235,6 @@ def test_nesting_is_limited_to_max_depth() -> None:
     assert parse("online" + " " * 1994).source  # 2000 characters: still accepted
 
 
-
 def test_pre_releases_come_before_their_release_and_build_metadata_does_not_count() -> None:
     order = ["1.2.0", "1.3.0-rc1", "1.3.0-rc2", "1.3.0", "1.3.1-alpha.1", "1.10.0"]
     assert sorted(reversed(order), key=version_key) == order
