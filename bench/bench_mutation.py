@@ -52,6 +52,15 @@ CORES = (
         ),
     ),
     Core(
+        "rollout shadow step",
+        "fleet_server/rollouts/shadow.py",
+        (
+            "tests/test_rollout_shadow.py",
+            "tests/test_rollout_gate_data.py",
+            "tests/test_rollout_engine.py",
+        ),
+    ),
+    Core(
         "rollout gates",
         "fleet_server/rollouts/gates.py",
         (
