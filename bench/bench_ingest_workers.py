@@ -8,7 +8,11 @@ publishers, PostgreSQL and the workers -- shares the same 2 cores, so a second w
 can only help as far as a core is idle; here it does not measurably (more cores, or
 workers on other hosts, are where it pays).  Each worker's persistent session is
 ended after its run: an offline member of a shared group keeps receiving its share.
-Each round's note ends with the machine's 1-minute load average at its end."""
+Each round's note ends with the machine's 1-minute load average at its end.  The
+baselines differ in one way that favours the workers: the bare subscriber runs in this
+process beside the 20 publisher threads (sharing their interpreter lock), the workers in
+processes of their own, so read these ratios as an upper bound (a ratio above 1 is that
+handicap, not ingest beating paho); ``bench_pg_ingest`` keeps both in one process."""
 
 from __future__ import annotations
 
