@@ -20,7 +20,7 @@ from __future__ import annotations
 import select
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from typing import Any
 
@@ -186,15 +186,24 @@ class PgStore(
         return self._conn()
 
     @contextmanager
-    def _begin(self, begin: str, *setup: str) -> Iterator[DbConn]:
+    def _begin(self, begin: str, *setup: str, pipelined: bool = False) -> Iterator[DbConn]:
+        """One transaction.  ``pipelined``: from BEGIN to COMMIT the statements go out
+        without waiting for each other; a BEGIN in a pipeline cannot be retried alone,
+        so a connection PostgreSQL closed meanwhile is replaced first (``revive``)."""
         conn = self._conn()
-        conn.execute(begin)  # may reconnect: nothing of this transaction is lost yet
+        if pipelined:
+            conn.revive()
+        else:
+            conn.execute(begin)  # may reconnect: nothing of this transaction is lost yet
         conn.in_tx = True
         try:
-            for sql in setup:
-                conn.execute(sql)
-            yield conn
-            conn.execute("COMMIT")
+            with conn.raw.pipeline() if pipelined else nullcontext():
+                if pipelined:
+                    conn.execute(begin)
+                for sql in setup:
+                    conn.execute(sql)
+                yield conn
+                conn.execute("COMMIT")
         except BaseException:
             if not conn.raw.broken:
                 conn.execute("ROLLBACK")
@@ -209,24 +218,10 @@ class PgStore(
 
     @contextmanager
     def _ingest_tx(self) -> Iterator[DbConn]:
-        """Pipelined from BEGIN to COMMIT: the statements go out without waiting for each
-        other, so a telemetry batch costs two round trips (the new ids' RETURNING, then
-        the rest with the COMMIT).  A BEGIN in a pipeline cannot be retried alone, so a
-        connection PostgreSQL closed meanwhile is replaced first (``revive``)."""
-        conn = self._conn()
-        conn.revive()
-        conn.in_tx = True
-        try:
-            with conn.raw.pipeline():
-                conn.execute("BEGIN")
-                yield conn
-                conn.execute("COMMIT")
-        except BaseException:
-            if not conn.raw.broken:
-                conn.execute("ROLLBACK")
-            raise
-        finally:
-            conn.in_tx = False
+        """Pipelined: a telemetry batch costs two round trips (the new ids' RETURNING,
+        then the rest with the COMMIT)."""
+        with self._begin("BEGIN", pipelined=True) as conn:
+            yield conn
 
     @contextmanager
     def _snapshot(self) -> Iterator[DbConn]:
