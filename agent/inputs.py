@@ -172,7 +172,17 @@ def decode_raw(body: bytes, *, features: int) -> npt.NDArray[np.float32]:
     return np.frombuffer(body, dtype="<f4").reshape(-1, features)
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def decode_npy(body: bytes) -> npt.NDArray[Any]:
+    """One ``.npy`` array.  Anything else is refused before numpy reads it: given a zip
+    (``PK...``), ``np.load`` would open it as an ``.npz`` archive instead."""
+    if not body.startswith(_NPY_MAGIC):
+        raise InputRejected(
+            "body is not a .npy array (it does not start with the .npy magic bytes; "
+            "send one array saved with numpy.save, not an .npz archive)"
+        )
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

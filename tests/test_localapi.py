@@ -132,6 +132,7 @@ BAD_PREDICTS = [
     (b"[" * 30_000, "application/json", 422, "JSON"),
     (b"\x00" * 100, "application/octet-stream", 422, "whole number of rows"),
     (b"not an array", "application/x-npy", 422, ".npy"),
+    (b"PK\x03\x04" + b"\x00" * 40, "application/x-npy", 422, "not an .npz archive"),
     (npy(np.array([["a"] * 64])), "application/x-npy", 422, "integers or floats"),
     (npy(np.zeros((2, 63))), "application/x-npy", 422, "expects"),
     (b"1,2,3", "text/csv", 415, "not supported"),
