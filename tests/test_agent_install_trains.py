@@ -13,6 +13,7 @@ waiting out its round timeout.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -20,14 +21,16 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from fleet_server.federation.spec import LocalTraining, Privacy, RunSpec
 from fleet_server.server import FleetServer
 
 from .fl_helpers import MODEL, learning_agents, write_start_package
-from .harness import admin_token, wait_for
+from .harness import admin_token, free_port, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,3 +162,77 @@ def test_agent_extra_install_takes_part_in_a_real_run(
     for device_id in ids:
         log = (tmp_path / f"{device_id}.log").read_text()
         assert "ModuleNotFoundError" not in log and "Traceback" not in log, log[-3000:]
+
+
+def _edge_predict(
+    bin_dir: Path, file: Path, package: Path, data_dir: Path
+) -> subprocess.CompletedProcess[str]:
+    """``edge-agent predict FILE --model PACKAGE`` of the fresh install."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["EDGE_AGENT_LOCAL_API__PORT"] = str(free_port())  # no daemon answers there
+    command = ["predict", str(file), "--model", str(package), "--data-dir", str(data_dir)]
+    return subprocess.run(
+        [str(bin_dir / "edge-agent"), *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def _device_predict(
+    bin_dir: Path, file: Path, package: Path, data_dir: Path
+) -> list[dict[str, Any]]:
+    """The fresh install's in-process answers to ``edge-agent predict``."""
+    done = _edge_predict(bin_dir, file, package, data_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(done.stdout)
+    assert doc["source"].startswith("in-process"), doc
+    return list(doc["predictions"])
+
+
+def test_a_device_install_serves_models_other_tools_wrote(
+    tmp_path: Path, agent_install: Path
+) -> None:
+    """The torch ResNet (packed to int8) and the skl2onnx IsolationForest, packed by
+    ``fleetctl models pack`` here, are verified, self-tested and served by the fresh
+    ``[agent]`` install with the answers the development install gives.  Decoding image
+    files needs Pillow, which the agent extras leave out: the pixels go as an array, and
+    an image file is refused with the package to install."""
+    from PIL import Image
+
+    from agent.serving import ModelService
+    from fleet_server.modelkit.pack import pack
+
+    from .thirdparty_kit import iforest_request, resnet_images, resnet_request
+
+    _, resnet = pack(resnet_request(tmp_path, quantize="int8", output=tmp_path / "r.efpkg"))
+    _, iforest = pack(iforest_request(tmp_path, output=tmp_path / "a.efpkg"))
+    image = resnet_images(1)[0].astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "digit.png")
+    # Pump readings (temperature, vibration, current, pressure): normal ones and a broken one.
+    rows = np.array(
+        [[55.0, 2.5, 4.0, 3.5], [54.0, 2.4, 4.1, 3.4], [120.0, 25.0, 30.0, 0.1]], np.float32
+    )
+    np.save(tmp_path / "rows.npy", rows)
+
+    here = ModelService(threads=1)
+    here.replace(resnet)
+    want = here.infer(image)[0].results
+    np.save(tmp_path / "digit.npy", image)
+    got = _device_predict(agent_install, tmp_path / "digit.npy", resnet, tmp_path / "d1")
+    assert [a["class_id"] for a in got] == [a["class_id"] for a in want]
+    assert got[0]["label"] == f"digit-{want[0]['class_id']}"
+    refused = _edge_predict(agent_install, tmp_path / "digit.png", resnet, tmp_path / "d1")
+    assert refused.returncode == 4 and "Traceback" not in refused.stderr, refused
+    assert "pip install pillow" in refused.stderr, refused.stderr
+
+    here.replace(iforest)
+    want = here.infer(rows)[0].results
+    got = _device_predict(agent_install, tmp_path / "rows.npy", iforest, tmp_path / "d2")
+    assert [a["anomaly"] for a in want] == [False, False, True]
+    assert len(got) == 3
+    for device, dev in zip(got, want, strict=True):
+        assert device.keys() == dev.keys()
+        assert np.isclose(device["score"], dev["score"], rtol=1e-5), (device, dev)
+        assert device["anomaly"] == dev["anomaly"]
