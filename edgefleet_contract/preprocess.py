@@ -434,7 +434,8 @@ def decode_image(data: bytes, *, max_bytes: int = 32 * 1024 * 1024) -> npt.NDArr
         from PIL import Image
     except ImportError as exc:
         raise InputRejected(
-            "decoding image files needs Pillow, which is not installed (pip install pillow); "
+            "decoding image files needs Pillow, which is not installed: "
+            "pip install 'edgefleet[images]' (or pip install pillow); "
             "or send the pixels as an array"
         ) from exc
     try:

@@ -225,7 +225,7 @@ def test_a_device_install_serves_models_other_tools_wrote(
     assert got[0]["label"] == f"digit-{want[0]['class_id']}"
     refused = _edge_predict(agent_install, tmp_path / "digit.png", resnet, tmp_path / "d1")
     assert refused.returncode == 4 and "Traceback" not in refused.stderr, refused
-    assert "pip install pillow" in refused.stderr, refused.stderr
+    assert "pip install 'edgefleet[images]'" in refused.stderr, refused.stderr
 
     here.replace(iforest)
     want = here.infer(rows)[0].results
