@@ -30,7 +30,7 @@ MODULES = {
     ),
     "bench_delta": "Delta updates (issue: signed OTA)",
     "bench_console": "Console pages at 10,000 devices (issue: web console)",
-    "bench_rollouts": "Rollout throughput (issue: signed OTA)",
+    "bench_rollouts": "Rollout engine throughput, no real devices (issue: signed OTA)",
     "bench_ota_device": "OTA on the device: verification cost and delta bytes (issue: signed OTA)",
     "bench_simulator": "Fleet simulator at scale (issue: demo, simulator, benchmarks)",
     "bench_byom": "Your own models: predict overhead, int8, pack time (issue: your own model)",
