@@ -49,7 +49,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleFleet]:
     f = ConsoleFleet(tmp_path_factory.mktemp("console"), agents=3, extra_devices=40)
     try:
         f.start_rich()
-        f.record_training_run("run-7f3a")
+        f.training_run = f.run_training()
         yield f
     finally:
         f.close()

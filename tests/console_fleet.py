@@ -3,7 +3,9 @@
 A real fleet server (managed mosquitto, mTLS, SQLite) with real ``edge-agent``
 processes enrolled through the API, plus "rich" devices: the agent's own MQTT
 link (mTLS, spool) publishing batches with inference, drift and update reports,
-because the agents here serve no model yet and so report system figures only.
+because the agents here serve no model yet and so report system figures only.  Those
+batches are synthetic (the README says so under its screenshots); the training run is a
+real one (:meth:`ConsoleFleet.run_training`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from edgefleet_contract.messages import (
 from edgefleet_contract.topics import Channel
 from fleet_server.auth import hash_password
 from fleet_server.server import FleetServer, initialize
-from fleet_server.store.training import RoundRecord
 
 from .harness import (
     ADMIN_PASSWORD,
@@ -191,6 +192,8 @@ class ConsoleFleet:
         self.url = self.server.settings.api_url
         self.agents: list[subprocess.Popen[bytes]] = []
         self.rich: list[RichDevice] = []
+        self.training_run = ""  # the id of :meth:`run_training`'s run, once it ran
+        self.learner_ids = ["learner-1", "learner-2", "learner-3"]  # its devices
         self.agent_ids = [f"gw-{i:02d}" for i in range(agents)]
         now = time.time()
         store = self.server.store
@@ -265,40 +268,40 @@ class ConsoleFleet:
             device.start(version, update)
             self.rich.append(device)
 
-    def record_training_run(self, run_id: str) -> None:
-        """A finished federated run as the training service stores it (the federated
-        tests run real ones; the console only reads them)."""
-        store = self.server.store
-        now = time.time()
-        spec = {"model": "digits", "rounds": 5, "selector": "tag:kind=camera", "min_clients": 2}
-        store.create_training_run(run_id, spec, actor="otto", now=now - 600)
-        curve = [(0.46, 1.52), (0.67, 1.01), (0.74, 0.81), (0.83, 0.58), (0.88, 0.44)]
-        for n, (acc, loss) in enumerate(curve, start=1):
-            store.complete_round(
-                RoundRecord(
-                    run_id=run_id,
-                    round=n,
-                    loss=loss,
-                    accuracy=acc,
-                    participants=["cam-01", "cam-02", "cam-03"][: 2 + n % 2],
-                    failures={"cam-03": 1} if n % 2 == 0 else {},
-                    rejected={},
-                    bytes_out=52_000,
-                    bytes_in=51_800,
-                    wall_s=0.21,
-                    ts=now - 600 + 60 * n,
+    def run_training(self, rounds: int = 5) -> str:
+        """A real federated run, its id: three ``edge-agent`` processes holding non-IID
+        shares of the digits train FedAvg rounds over the managed broker; the run's
+        candidate is judged (held-out accuracy against its parent) but not built."""
+        from fleet_server.federation.spec import LocalTraining, RunSpec
+
+        from .fl_helpers import MODEL, learning_agents, write_start_package
+
+        server = self.server
+        write_start_package(server.settings.data_dir / "models")
+        server.training.build_candidates = False
+        spec = RunSpec.model_validate(
+            {
+                "model": MODEL,
+                "target": "tag:fl=proc",
+                "rounds": rounds,
+                "min_clients": 3,
+                "round_timeout_s": 300,
+                "local": LocalTraining(epochs=2, lr=0.2, batch_size=16),
+            }
+        )
+        with learning_agents(server, self.token, self.learner_ids, self.tmp / "fl", seed=3):
+            run = server.training.start_run(spec, actor="otto")
+            wait_for(
+                lambda: (
+                    server.store.get_training_run(run.id).status  # type: ignore[attr-defined]
+                    not in ("pending", "running")
                 ),
-                b"weights",
+                600,
+                f"training run {run.id} to end",
             )
-        result = {
-            "version": "1.4.0",
-            "parent": "digits@1.3.0",
-            "accuracy": 0.88,
-            "baseline_accuracy": 0.83,
-            "participants": ["cam-01", "cam-02", "cam-03"],
-            "rounds": 5,
-        }
-        store.set_training_status(run_id, "completed", now=now, result=result)
+        final = server.store.get_training_run(run.id)  # type: ignore[attr-defined]
+        assert final.status == "completed", final.detail
+        return str(run.id)
 
     def push_model(self, path: Path) -> dict[str, object]:
         """Register a model package through the API (verified, stored, signed)."""

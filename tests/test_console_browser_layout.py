@@ -78,7 +78,7 @@ def test_every_screen_fits_phone_and_laptop_widths(fleet: ConsoleFleet, sized: P
         ("devices", ".results"),
         (f"devices/{fleet.agent_ids[0]}", "figure.chart"),
         ("devices/cam-03", ".panel"),
-        ("training/run-7f3a", "figure.chart"),
+        (f"training/{fleet.training_run}", "figure.chart"),
         ("artifacts", ".results"),
         ("users", ".panel"),
         ("audit", "table.grid"),

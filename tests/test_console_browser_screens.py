@@ -45,7 +45,7 @@ def test_overview_counts_and_alerts(fleet: ConsoleFleet, page: Page) -> None:
     fleet.wait_online(["cam-01", "cam-02", "cam-03", *fleet.agent_ids])
     login(page, fleet.url, "admin", ADMIN_PASSWORD)
     expect(page.locator(".kpi", has_text="devices").locator(".kpi-value")).to_have_text(
-        str(40 + 3 + len(fleet.agent_ids))
+        str(40 + 3 + len(fleet.agent_ids) + len(fleet.learner_ids))
     )
     drift = page.locator('.alert-card[data-alert="drift"]')
     expect(drift.locator("a", has_text="cam-02")).to_be_visible(timeout=WAIT_MS)
@@ -124,13 +124,17 @@ def test_devices_selector_and_pagination(fleet: ConsoleFleet, page: Page) -> Non
 
 
 def test_training_run_page_draws_rounds(fleet: ConsoleFleet, page: Page) -> None:
+    """The real run the fleet fixture made: its rounds, curve and candidate as stored."""
+    run = fleet.server.store.get_training_run(fleet.training_run)  # type: ignore[attr-defined]
     login(page, fleet.url, "vera", VIEWER_PASSWORD)
     page.locator("#nav").get_by_role("link", name="Training runs").click()
-    page.get_by_role("link", name="run-7f3a").click()
+    page.get_by_role("link", name=fleet.training_run).click()
     accuracy = page.locator("figure.chart", has_text="Accuracy").locator("path.line")
     expect(accuracy).to_have_attribute("data-points", "5")
     expect(page.locator(".panel", has_text="Rounds").locator("tbody tr")).to_have_count(5)
-    expect(page.locator(".facts")).to_contain_text("digits@1.3.0 → 1.4.0")
+    expect(page.locator(".facts")).to_contain_text(
+        f"{run.result['parent']} → {run.result['version']}"
+    )
     expect(page.get_by_role("button", name="Stop run")).to_have_count(0)  # a viewer, and done
     shot(page, "training")
 
