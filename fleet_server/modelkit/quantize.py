@@ -7,9 +7,10 @@
   are int8 per output channel, activations uint8 per tensor from the ranges the
   samples produce: with uint8 activations ONNX Runtime's CPU provider fuses every
   QDQ Conv into QLinearConv (its u8s8 kernels); with int8 activations it left 6 of
-  a ResNet's 9 Convs as dequantize -> float Conv -> quantize, slower than float.  Every op type ONNX Runtime's QDQ quantizer knows is
-  quantized, Gemm included: ``quant_pre_process`` fuses MatMul+Add into Gemm,
-  and a quantizer told only about MatMul used to leave every dense layer float.
+  a ResNet's 9 Convs as dequantize -> float Conv -> quantize, slower than float.
+  Every op type ONNX Runtime's QDQ quantizer knows is quantized, Gemm included:
+  ``quant_pre_process`` fuses MatMul+Add into Gemm, and a quantizer told only
+  about MatMul used to leave every dense layer float.
   Softmax and the model's outputs stay float, so probabilities and regression
   values keep their precision.  Weights use 7 of their 8 bits (``reduce_range``):
   on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) ONNX Runtime's
