@@ -68,7 +68,6 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +82,11 @@ from fleet_server.modelkit.pack import PackRequest, pack
 from models.thirdparty import (
     CNN_SPEC,
     IFOREST_SPEC,
-    RESNET_SIZE,
     RESNET_SPEC,
     VAD_SPEC,
-    digits_images,
 )
 
+from ._byom_int8 import int8_variants, resnet_images, resnet_int8
 from .bench_inference import _best_us
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +157,7 @@ def _packed(folder: Path) -> list[tuple[str, Path | str, Any]]:
     labels = spec("labels.txt", "\n".join(map(str, range(10))))
     states = spec("states.txt", "idle\nrunning\noverload\n")
     images = np.load(DATA / "digits_images.npy")
-    np.save(folder / "resnet.npy", _resnet_images())
+    np.save(folder / "resnet.npy", resnet_images())
     resnet = {
         "model": DATA / "digits_resnet_torch.onnx",
         "name": "resnet",
@@ -194,8 +192,8 @@ def _packed(folder: Path) -> list[tuple[str, Path | str, Any]]:
             ),
             images[0],
         ),
-        ("torch ResNet 64x64, float32", PackRequest(**resnet), _resnet_images()[0]),
-        ("torch ResNet 64x64, int8", PackRequest(**resnet, quantize="int8"), _resnet_images()[0]),
+        ("torch ResNet 64x64, float32", PackRequest(**resnet), resnet_images()[0]),
+        ("torch ResNet 64x64, int8", PackRequest(**resnet, quantize="int8"), resnet_images()[0]),
         (
             "skl2onnx IsolationForest",
             PackRequest(
@@ -248,68 +246,6 @@ def _packed(folder: Path) -> list[tuple[str, Path | str, Any]]:
         except PackageError as exc:  # a refusal is a figure too: the row says why
             out.append((label, str(exc), sample))
     return out
-
-
-def _resnet_images() -> Any:
-    """The ResNet's fixed input set: the 200 held-out digits (1500..1699) at 64x64 RGB."""
-    return digits_images(RESNET_SIZE)[0][1500:1700]
-
-
-def _session(model: bytes) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def _paired(label: str, base: Any, other: Any, feed: dict[str, Any]) -> dict[str, object]:
-    """``other`` against ``base`` on one feed: three runs of alternating calls, the median
-    ratio shown with the worst beside it."""
-    runs = [
-        _best_us([partial(base.run, None, feed), partial(other.run, None, feed)], 1.5)
-        for _ in range(3)
-    ]
-    ratios = sorted(i / f for f, i in runs)
-    return {
-        "measure": label,
-        "value": f"{np.median([i for _, i in runs]):.1f} µs",
-        "baseline": f"{np.median([f for f, _ in runs]):.1f} µs float32",
-        "ratio": f"{ratios[1]:.2f}x (worst {ratios[-1]:.2f}x)",
-    }
-
-
-def _resnet_int8(float_package: Path, int8_package: Path) -> list[dict[str, object]]:
-    """The ResNet's int8 against float: top-1 agreement on the 1500 digits it was not
-    calibrated on (each package's own preprocessing), and latency at batch 1 of the
-    packer's int8 file against the float one on prepared tensors."""
-    base, int8 = Model.load(float_package), Model.load(int8_package)
-    others = digits_images(RESNET_SIZE)[0][:1500]
-    agree = float(
-        np.mean(
-            [
-                base.predict(chunk).classes == int8.predict(chunk).classes
-                for chunk in np.split(others, 15)
-            ]
-        )
-    )
-    assert base.runner is not None
-    feed = base.runner.feeds(_resnet_images()[0])[0]
-    return [
-        {
-            "measure": "torch ResNet int8 vs float32, top-1 agreement, 1500 uncalibrated images",
-            "value": f"{agree:.1%}",
-            "baseline": "goal >= 99%",
-            "ratio": f"{agree / 0.99:.3f}x of goal",
-        },
-        _paired(
-            "torch ResNet int8 / float32, the packer's int8 (uint8 activations), batch 1",
-            _session(base.package.model_bytes),
-            _session(int8.package.model_bytes),
-            feed,
-        ),
-    ]
 
 
 def _format_pair(folder: Path) -> tuple[Path, Path]:
@@ -376,99 +312,6 @@ def _format_rows(folder: Path) -> list[dict[str, object]]:
             "ratio": f"{ratios[median]:.2f}x (worst of 3 runs {max(ratios):.2f}x)",
         }
     ]
-
-
-def _int8_variants(float_package: Path) -> list[dict[str, object]]:
-    """Why the torch CNN is slower in int8: the same float model quantized the ways ONNX
-    Runtime offers, each against float on prepared tensors (three alternating runs, median
-    and worst), and the packer's recipe at a batch of 64 (so per-call costs cannot be what
-    makes it slower)."""
-    import onnx
-    import onnxruntime as ort
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    model = Model.load(float_package)
-    assert model.runner is not None
-    feeds = [model.runner.feeds(im)[0] for im in np.load(DATA / "digits_images.npy")[:200]]
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._it = iter(feeds)
-
-        def get_next(self) -> dict[str, Any] | None:
-            return next(self._it, None)
-
-    def session(path: Path) -> Any:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    folder = Path(tempfile.mkdtemp(prefix="edgefleet-int8-"))
-    (folder / "float.onnx").write_bytes(model.package.model_bytes)
-    prepared = folder / "prepared.onnx"
-    quant_pre_process(str(folder / "float.onnx"), str(prepared), skip_symbolic_shape=True)
-    convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
-    s8, u8 = QuantType.QInt8, QuantType.QUInt8
-    variants: list[tuple[str, dict[str, Any]]] = [
-        ("QDQ, uint8 activations, per-channel (the packer's)", {"activation_type": u8}),
-        ("QDQ, int8 activations, per-channel", {"activation_type": s8}),
-        ("QDQ, uint8 activations, per-tensor", {"activation_type": u8, "per_channel": False}),
-        (
-            "QOperator, uint8 activations, per-channel",
-            {"activation_type": u8, "quant_format": QuantFormat.QOperator},
-        ),
-        (
-            "QDQ, first Conv (3 input channels) left float",
-            {"activation_type": u8, "nodes_to_exclude": convs[:1]},
-        ),
-        (
-            "QDQ, both Convs left float (Gemm int8)",
-            {"activation_type": u8, "nodes_to_exclude": convs},
-        ),
-    ]
-    base = session(prepared)
-    name = next(iter(feeds[0]))
-    rows: list[dict[str, object]] = []
-    for k, (label, options) in enumerate(variants):
-        out = folder / f"{k}.onnx"
-        kw = {"quant_format": QuantFormat.QDQ, "per_channel": True, **options}
-        quantize_static(
-            str(prepared),
-            str(out),
-            Reader(),
-            weight_type=s8,
-            reduce_range=True,  # 7-bit weights, as the packer makes them
-            op_types_to_quantize=["Conv", "Gemm", "MatMul"],
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-            **kw,
-        )
-        int8 = session(out)
-        batches = [(1, feeds[0][name])] if k else [(1, feeds[0][name]), (64, None)]
-        for n, x in batches:
-            if x is None:
-                x = np.concatenate([f[name] for f in feeds[:n]])
-            feed = {name: x}
-            runs = [
-                _best_us([partial(base.run, None, feed), partial(int8.run, None, feed)], 1.5)
-                for _ in range(3)
-            ]
-            ratios = sorted(i / f for f, i in runs)
-            rows.append(
-                {
-                    "measure": f"torch CNN int8 / float32, {label}, batch {n}",
-                    "value": f"{np.median([i for _, i in runs]):.1f} µs",
-                    "baseline": f"{np.median([f for f, _ in runs]):.1f} µs float32",
-                    "ratio": f"{ratios[1]:.2f}x (worst {ratios[-1]:.2f}x)",
-                }
-            )
-    return rows
 
 
 def _mlp(path: Path) -> None:
@@ -608,10 +451,8 @@ def run() -> list[dict[str, object]]:
                     "ratio": f"{i8 / fs:.2f}x",
                 }
             )
-        rows += _resnet_int8(
-            paths["torch ResNet 64x64, float32"], paths["torch ResNet 64x64, int8"]
-        )
-        rows += _int8_variants(paths["torch CNN, float32"])
+        rows += resnet_int8(paths["torch ResNet 64x64, float32"], paths["torch ResNet 64x64, int8"])
+        rows += int8_variants(paths["torch CNN, float32"])
         rows += _format_rows(folder)
         rows += _pack_times(folder)
         vad = [
