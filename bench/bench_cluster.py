@@ -45,8 +45,9 @@ from tests.broker_modes import (
 from tests.harness import Pki, start_broker
 
 from ._lab import machine, table
+from ._publishers import Publishers
 from .bench_connections import connect_packet, publish_packet
-from .bench_ingest import Consumer, payloads, publish_all, stored_rate
+from .bench_ingest import Consumer, payloads, stored_rate
 
 PARTS = os.environ.get("BENCH_CLUSTER_PARTS", "acl,kill,ingest,connections").split(",")
 SEEDS = int(os.environ.get("BENCH_CLUSTER_SEEDS", "3"))
@@ -215,10 +216,10 @@ def ingest_rate(bt: BrokerUnderTest, tag: str) -> tuple[float, int, int]:
         endpoint = Endpoint("127.0.0.1", bt.ports[0], server_tls)
         return ServerLink(endpoint, ingest, client_id="bench-cluster-server")
 
-    def publish() -> None:
-        publish_all(prepared, bt.identity, bt.ports, v5=bt.protocol == "5", timeout_s=120)
+    def publishers() -> Publishers:
+        return Publishers(prepared, bt.identity, bt.ports, v5=bt.protocol == "5", timeout_s=120)
 
-    rate, stored = stored_rate(prepared, consumer, publish, connect_s=30, timeout_s=300)
+    rate, stored = stored_rate(prepared, consumer, publishers, connect_s=30, timeout_s=300)
     return rate, stored, sum(len(v) for v in prepared.values())
 
 

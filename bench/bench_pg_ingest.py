@@ -1,7 +1,8 @@
 """Ingest on PostgreSQL: readings/s stored through the real broker, as a ratio to a bare
 paho subscriber on the same publishers in the same round, beside SQLite's ratio from the
-same round.  ``bench_ingest``'s publishers, payloads and timing (first publish to last
-commit, connections included, so a ratio errs low); PostgreSQL is a private cluster
+same round.  ``bench_ingest``'s publishers (a process of their own, connected before
+the clock starts), payloads and timing (signal to publish to last commit, so a ratio
+errs low); PostgreSQL is a private cluster
 (initdb in a temp dir, fsync off as in the tests: the server's own commit path, not the
 disk, is measured).  Three rounds, each with a fresh bare run and fresh stores: the
 mean and the worst round.  One ingest worker; several workers sharing the stream
