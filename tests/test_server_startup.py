@@ -139,6 +139,9 @@ def test_a_data_dir_under_a_file_cannot_be_created(tmp_path: Path) -> None:
 
 
 def test_an_unwritable_data_dir_is_one_line_and_exit_2() -> None:
+    private = [p for p in BIN.resolve().parents if not p.stat().st_mode & 0o001]
+    if os.geteuid() == 0 and private:  # e.g. a checkout under `mktemp -d`
+        pytest.skip(f"{private[0]} is private, so the user nobody cannot start the server")
     # Not under tmp_path: its parents are private to this user, so another could not reach it.
     top = Path(tempfile.mkdtemp(prefix="fleet-unwritable-"))
     top.chmod(0o755)
