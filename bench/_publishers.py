@@ -81,9 +81,9 @@ def _child(
 
 
 class Publishers:
-    """``with Publishers(...) as p: start_clock(); p.go(); p.wait()``: each device
-    publishes its batches at QoS 1 as fast as paho allows (the i-th device to
-    ``ports[i % len(ports)]``), from a child process."""
+    """``with Publishers(...) as p: start_clock(); p.go()``: each device publishes its
+    batches at QoS 1 as fast as paho allows (the i-th device to ``ports[i % len(ports)]``),
+    from a child process; the block's end waits for the child."""
 
     def __init__(
         self,
@@ -114,9 +114,6 @@ class Publishers:
 
     def go(self) -> None:
         self._go.set()
-
-    def wait(self) -> None:
-        self._proc.join(self._timeout_s + 60)
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None

@@ -12,14 +12,14 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edgefleet_common.mqtt import Endpoint, TlsFiles, tls_context
+from edgefleet_common.mqtt import Endpoint, tls_context
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import Reading, Telemetry
 from fleet_server.ingest import Inbound, Ingest
@@ -54,21 +54,6 @@ def payloads(device_id: str) -> list[bytes]:
     ]
 
 
-def publish_all(
-    prepared: dict[str, list[bytes]],
-    identity: Callable[[str], TlsFiles],
-    ports: Sequence[int],
-    *,
-    v5: bool = True,
-    timeout_s: float = 60,
-) -> None:
-    """Each device publishes its batches at QoS 1 as fast as paho allows, from a
-    process of its own (:mod:`._publishers`); returns when all are sent."""
-    with Publishers(prepared, identity, ports, v5=v5, timeout_s=timeout_s) as pubs:
-        pubs.go()
-        pubs.wait()
-
-
 def bare_rate(lab: Lab, prepared: dict[str, list[bytes]]) -> tuple[float, int]:
     total = sum(len(v) for v in prepared.values())
     got = 0
@@ -94,8 +79,9 @@ def bare_rate(lab: Lab, prepared: dict[str, list[bytes]]) -> tuple[float, int]:
     sub.subscribe("devices/+/telemetry", qos=1)
     sub.loop_start()
     time.sleep(0.5)
-    publish_all(prepared, lab.identity, [lab.broker.port])
-    done.wait(120)
+    with Publishers(prepared, lab.identity, [lab.broker.port]) as pubs:
+        pubs.go()
+        done.wait(120)
     sub.disconnect()
     sub.loop_stop()
     return got * READINGS / max(last - first, 1e-9), got
