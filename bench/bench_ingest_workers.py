@@ -5,8 +5,8 @@ same publishers in the same round.  ``bench_ingest``'s publishers and payloads; 
 from the signal to publish to the last commit of either worker (the workers are started
 and subscribed before).  Three rounds: mean and worst.  Everything -- broker,
 publishers, PostgreSQL and the workers -- shares the same 2 cores, so a second worker
-can only help as far as a core is idle; here it does not measurably (more cores, or
-workers on other hosts, are where it pays).  Each worker's persistent session is
+can only help as far as a core is idle (more cores, or workers on other hosts, are
+where it pays).  Each worker's persistent session is
 ended after its run: an offline member of a shared group keeps receiving its share.
 Each round's note ends with the machine's 1-minute load average at its end.  The
 publishers are a process of their own (as devices are), so neither the bare subscriber
