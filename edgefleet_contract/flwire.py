@@ -29,7 +29,7 @@ import numpy.typing as npt
 from pydantic import Field, StringConstraints, ValidationError
 
 from .errors import ContractError
-from .messages import WIRE, Message, Name, Scalar, Text, Token, Versioned
+from .messages import WIRE, Message, Name, Scalar, Text, Token, Versioned, version_field
 
 MAGIC = b"EFW1"
 _LENGTH = struct.Struct(">I")
@@ -71,7 +71,7 @@ class FlError(Message):
 class FlEnvelope(Versioned):
     """One federated message: an instruction, a reply, or an error reply."""
 
-    v: Literal[1] = 1
+    v: Literal[1] = version_field(1)
     kind: Kind
     message_id: Token
     reply_to: Annotated[str, StringConstraints(max_length=128)] = ""

@@ -162,8 +162,11 @@ class Ingest:
     # ------------------------------------------------------------- input --
 
     def offer(self, item: Inbound) -> None:
-        """Enqueue; blocks while the queue is full (back-pressure), unless stopping."""
-        self.m_received.inc()
+        """Enqueue; blocks while the queue is full (back-pressure), unless stopping.
+
+        Runs on the MQTT network thread, so it does as little as it can: the received
+        counter is advanced by the writer, a batch at a time (a prometheus counter takes
+        a lock, about a tenth of this thread's time when it was taken per message)."""
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.5)
@@ -213,6 +216,7 @@ class Ingest:
         Telemetry over its device's quota is dropped before decoding (counted as
         ``quota``) and still acknowledged: redelivering it would only repeat the refusal.
         """
+        self.m_received.inc(len(items))
         batch = plan(self._within_quota(items), self.codec)
         self._drop_unknown_devices(batch)
         for rejected in batch.rejected:
