@@ -19,7 +19,7 @@ import numpy as np
 from agent import localclient
 
 from ._device import device_dir, rss_bytes, spool_depth, start_agent, wait
-from ._lab import Lab, table
+from ._lab import Lab
 
 DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 HOLDOUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "digits_holdout.npz"
@@ -115,7 +115,3 @@ def run() -> list[dict[str, object]]:
     finally:
         lab.close()
     return rows
-
-
-if __name__ == "__main__":
-    print(table(run()))

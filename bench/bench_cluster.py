@@ -44,7 +44,6 @@ from tests.broker_modes import (
 )
 from tests.harness import Pki, start_broker
 
-from ._lab import machine, table
 from ._publishers import Publishers
 from .bench_connections import connect_packet, publish_packet
 from .bench_ingest import Consumer, payloads, stored_rate
@@ -435,8 +434,3 @@ def _connection_rows(cluster: LocalRabbitCluster, pki: Pki) -> list[dict[str, ob
             f"{r['mem_used_mib']:.0f} MiB; {DEVICES:,} users imported in {r['import_s']:.1f}s",
         },
     ]
-
-
-if __name__ == "__main__":
-    print(f"machine: {machine()}")
-    print(table(run()))

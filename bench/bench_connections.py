@@ -24,7 +24,7 @@ from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink
 from fleet_server.store import open_store
 
-from ._lab import Lab, machine, table
+from ._lab import Lab
 
 DEVICES = int(os.environ.get("BENCH_DEVICES", "10000"))
 
@@ -152,8 +152,3 @@ def run() -> list[dict[str, object]]:
             "note": f"{broker_fds:,} open file descriptors",
         },
     ]
-
-
-if __name__ == "__main__":
-    print(f"machine: {machine()}")
-    print(table(run()))

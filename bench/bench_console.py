@@ -20,7 +20,6 @@ from pathlib import Path
 from edgefleet_contract.messages import SystemStats, Telemetry
 from fleet_server.server import FleetServer
 
-from ._lab import machine
 from ._served import Latency, figures, sampled, served, timed, viewer_client
 from .bench_api import DEVICES, populate
 
@@ -103,10 +102,3 @@ def run() -> list[dict[str, object]]:
             for name, path in CASES:
                 rows.append(row(name, timed(client, path), base, store))
     return rows
-
-
-if __name__ == "__main__":
-    from ._lab import table
-
-    print(f"machine: {machine()}")
-    print(table(run()))

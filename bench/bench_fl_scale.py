@@ -45,7 +45,7 @@ from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink
 from fleet_server.store import open_store
 
-from ._lab import Lab, table
+from ._lab import Lab
 
 ROUNDS = 4
 RESPONDER = "fl-bench-devices"
@@ -190,7 +190,3 @@ def run() -> list[dict[str, object]]:
             }
         )
     return rows
-
-
-if __name__ == "__main__":
-    print(table(run()))

@@ -26,7 +26,7 @@ from fleet_server.ingest import Inbound, Ingest
 from fleet_server.link import ServerLink
 from fleet_server.store import open_store
 
-from ._lab import Lab, machine, table
+from ._lab import Lab
 from ._publishers import Publishers
 
 DEVICES = 20
@@ -182,8 +182,3 @@ def run() -> list[dict[str, object]]:
             f"{DEVICES} devices x {READINGS} readings",
         },
     ]
-
-
-if __name__ == "__main__":
-    print(f"machine: {machine()}")
-    print(table(run()))

@@ -67,10 +67,3 @@ def run() -> list[dict[str, object]]:
             f"ingest worker; readings/s per round: {'; '.join(notes)}",
         }
     ]
-
-
-if __name__ == "__main__":
-    from ._lab import machine, table
-
-    print(f"machine: {machine()}")
-    print(table(run()))

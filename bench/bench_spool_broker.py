@@ -27,7 +27,7 @@ from edgefleet_contract.messages import Telemetry
 from edgefleet_contract.topics import Channel
 from fleet_server.config import SERVER_IDENTITY
 
-from ._lab import Lab, table
+from ._lab import Lab
 from .bench_spool import OUTAGE_S, batch_maker
 
 TIMEOUT_S = 180.0
@@ -199,7 +199,3 @@ def run() -> list[dict[str, object]]:
             }
         )
     return rows
-
-
-if __name__ == "__main__":
-    print(table(run()))
