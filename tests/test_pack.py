@@ -34,10 +34,8 @@ from .thirdparty_kit import (
     write,
 )
 
-
-@pytest.fixture(autouse=True)
-def _config(fleetctl_config: Path) -> Path:
-    return fleetctl_config
+# Every test runs fleetctl against its own config file, never the developer's.
+pytestmark = pytest.mark.usefixtures("fleetctl_config")
 
 
 def test_cli_packs_a_torch_cnn_that_serves_images_as_trained(tmp_path: Path) -> None:

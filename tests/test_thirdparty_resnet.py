@@ -21,10 +21,8 @@ from fleet_server.modelkit import quantize
 from .fleetctl_kit import fleetctl
 from .thirdparty_kit import RESNET, digits_truth, pack_args, resnet_images, resnet_request
 
-
-@pytest.fixture(autouse=True)
-def _config(fleetctl_config: Path) -> Path:
-    return fleetctl_config
+# Every test runs fleetctl against its own config file, never the developer's.
+pytestmark = pytest.mark.usefixtures("fleetctl_config")
 
 
 def _int8_weights(model: bytes) -> dict[str, int]:
