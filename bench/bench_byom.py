@@ -386,8 +386,9 @@ def _idle_rss(path: Path, sample: Any) -> dict[str, object]:
     import json
 
     from agent import localclient
+    from tests.harness import wait_for
 
-    from ._device import device_dir, rss_bytes, spool_depth, start_agent, wait
+    from ._device import device_dir, rss_bytes, spool_depth, start_agent
     from ._lab import Lab
 
     lab = Lab()
@@ -396,7 +397,7 @@ def _idle_rss(path: Path, sample: Any) -> dict[str, object]:
         proc = start_agent(data, path)
         try:
             address = data / "local-api.addr"
-            wait(address.exists, 60, "the agent's local API")
+            wait_for(address.exists, 60, "the agent's local API")
             where = address.read_text().strip()
             session = None
             for _ in range(100):
@@ -408,7 +409,7 @@ def _idle_rss(path: Path, sample: Any) -> dict[str, object]:
                 )
                 assert status == 200, doc
                 session = doc.get("session")
-            wait(lambda: spool_depth(data) == 0, 60, "telemetry delivered")
+            wait_for(lambda: spool_depth(data) == 0, 60, "telemetry delivered")
             time.sleep(5.0)
             rss = rss_bytes(proc.pid)
         finally:

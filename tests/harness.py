@@ -74,14 +74,22 @@ def watch_subacks(session: Any) -> threading.Event:
 
 
 def wait_for(
-    predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"
+    predicate: Callable[[], object],
+    timeout: float = 20.0,
+    what: str = "condition",
+    *,
+    interval: float = 0.05,
 ) -> None:
-    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds.
+
+    The benchmarks use it too; one that times the moment the condition holds polls
+    with a shorter ``interval``.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.05)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
