@@ -25,7 +25,7 @@ from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA, write_private
 
 if TYPE_CHECKING:
-    from edgefleet_contract.messages import SystemStats
+    from edgefleet_contract.messages import InferenceStats, SystemStats
     from fleet_server.server import FleetServer
 
 
@@ -197,20 +197,40 @@ def server_settings(data_dir: Path) -> object:
 ADMIN_PASSWORD = "admin-password-1"
 
 
-def system_stats(power: str = "ac") -> SystemStats:
-    """A device's system figures: small and fixed but for its power source."""
+def system_stats(power: str | None = None, **figures: float) -> SystemStats:
+    """A device's system figures: small and fixed but for the ones a test names.
+
+    ``power`` left out keeps the contract's default (the agent did not say).
+    """
     from edgefleet_contract.messages import SystemStats
 
-    return SystemStats(
-        cpu_percent=1,
-        mem_used_bytes=1,
-        mem_total_bytes=2,
-        rss_bytes=1,
-        disk_used_bytes=1,
-        disk_total_bytes=2,
-        uptime_s=1,
-        power=power,  # type: ignore[arg-type]
-    )
+    fields: dict[str, object] = {
+        "cpu_percent": 1,
+        "mem_used_bytes": 1,
+        "mem_total_bytes": 2,
+        "rss_bytes": 1,
+        "disk_used_bytes": 1,
+        "disk_total_bytes": 2,
+        "uptime_s": 1,
+    }
+    fields.update(figures)
+    if power is not None:
+        fields["power"] = power
+    return SystemStats.model_validate(fields)
+
+
+def inference_stats(**fields: object) -> InferenceStats:
+    """A window of ``digits`` 1.0.0 answers (10, no errors) but for the fields a test names."""
+    from edgefleet_contract.messages import InferenceStats
+
+    base: dict[str, object] = {
+        "model": "digits",
+        "version": "1.0.0",
+        "count": 10,
+        "errors": 0,
+        "throughput_per_s": 10,
+    }
+    return InferenceStats.model_validate({**base, **fields})
 
 
 def admin_token(api_url: str) -> str:
