@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
 import ssl
 import statistics
 import tempfile
@@ -44,6 +43,7 @@ from tests.broker_modes import (
 )
 from tests.harness import Pki, start_broker
 
+from ._lab import client_contexts, insert_devices, raise_fd_limit
 from ._publishers import Publishers
 from .bench_connections import connect_packet, publish_packet
 from .bench_ingest import Consumer, payloads, stored_rate
@@ -246,32 +246,21 @@ async def _hold(
 
 
 def connections(cluster: LocalRabbitCluster, pki: Pki) -> dict[str, Any]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, DEVICES * 2 + 1024)), hard))
+    raise_fd_limit(DEVICES * 2 + 1024)
     admin = cluster_admin(cluster)
     ids = [f"cx{i:05d}" for i in range(DEVICES)]
     t0 = time.perf_counter()
     admin.import_devices(ids)
     import_s = time.perf_counter() - t0
     store = open_store(Path(tempfile.mkdtemp()) / "fleet.db")
-    conn = store._conn()  # type: ignore[attr-defined]
-    conn.executemany(
-        "INSERT INTO devices (id, name, tags, groups, state, created_at, online, "
-        "desired_version) VALUES (?, ?, '{}', '[]', 'enrolled', 0, 0, 0)",
-        [(d, d) for d in ids],
-    )
+    insert_devices(store, ids)
     ingest = Ingest(store, batch_size=1000)
     consumer = AmqpIngest([("127.0.0.1", n.ports.amqps) for n in cluster.nodes], pki.server, ingest)
     ingest._acker = consumer.acknowledge
     ingest.start()
     consumer.start()
     _wait(consumer.connected.is_set, 30)
-    ctx_of = []
-    for d in ids:
-        tls = pki.identity(d)
-        ctx = ssl.create_default_context(cafile=str(tls.ca_file))
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        ctx_of.append((d, ctx))
+    ctx_of = client_contexts(pki.identity, ids)
     before = _cluster_rss(cluster)
     t0 = time.perf_counter()
     held: list[asyncio.StreamWriter] = []
