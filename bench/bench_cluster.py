@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import ssl
 import statistics
 import tempfile
 import time
@@ -45,7 +44,7 @@ from tests.harness import Pki, start_broker
 
 from ._lab import client_contexts, insert_devices, raise_fd_limit
 from ._publishers import Publishers
-from .bench_connections import connect_packet, publish_packet
+from .bench_connections import device
 from .bench_ingest import Consumer, payloads, stored_rate
 
 PARTS = os.environ.get("BENCH_CLUSTER_PARTS", "acl,kill,ingest,connections").split(",")
@@ -225,26 +224,6 @@ def ingest_rate(bt: BrokerUnderTest, tag: str) -> tuple[float, int, int]:
 # ----------------------------------------------------------------- connections --
 
 
-async def _hold(
-    i: int,
-    ports: list[int],
-    ctx_of: list[tuple[str, ssl.SSLContext]],
-    held: list[asyncio.StreamWriter],
-    gate: asyncio.Semaphore,
-) -> None:
-    cn, ctx = ctx_of[i]
-    async with gate:
-        reader, writer = await asyncio.open_connection("127.0.0.1", ports[i % len(ports)], ssl=ctx)
-        writer.write(connect_packet(cn))
-        connack = await reader.readexactly(4)
-        if connack[3] != 0:
-            raise RuntimeError(f"CONNACK refused: {connack!r}")
-        status = b'{"v":1,"device_id":"%s","online":true,"reason":"connected"}' % cn.encode()
-        writer.write(publish_packet(f"devices/{cn}/status", status, 1))
-        await reader.readexactly(4)
-    held.append(writer)
-
-
 def connections(cluster: LocalRabbitCluster, pki: Pki) -> dict[str, Any]:
     raise_fd_limit(DEVICES * 2 + 1024)
     admin = cluster_admin(cluster)
@@ -269,7 +248,7 @@ def connections(cluster: LocalRabbitCluster, pki: Pki) -> dict[str, Any]:
     async def fleet() -> list[object]:
         gate = asyncio.Semaphore(60)
         return await asyncio.gather(
-            *(_hold(i, ports, ctx_of, held, gate) for i in range(DEVICES)),
+            *(device(i, ports, ctx_of, held, gate) for i in range(DEVICES)),
             return_exceptions=True,
         )
 

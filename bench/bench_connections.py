@@ -54,14 +54,15 @@ def publish_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
 
 async def device(
     i: int,
-    port: int,
+    ports: list[int],
     contexts: list[tuple[str, ssl.SSLContext]],
     held: list[asyncio.StreamWriter],
     gate: asyncio.Semaphore,
 ) -> None:
+    """Device ``i`` connects (to the ports in turn: a cluster's nodes), says it is online, stays."""
     cn, ctx = contexts[i % len(contexts)]
     async with gate:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports[i % len(ports)], ssl=ctx)
         writer.write(connect_packet(cn))
         connack = await reader.readexactly(4)
         if connack[3] != 0:
@@ -77,7 +78,7 @@ async def fleet(
 ) -> list[asyncio.StreamWriter]:
     held: list[asyncio.StreamWriter] = []
     gate = asyncio.Semaphore(100)
-    await asyncio.gather(*(device(i, port, contexts, held, gate) for i in range(len(contexts))))
+    await asyncio.gather(*(device(i, [port], contexts, held, gate) for i in range(len(contexts))))
     return held
 
 
