@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,9 @@ from fleet_server.server import FleetServer
 from .harness import admin_token, wait_for
 from .ota_device_kit import model_target, package_bytes, publish_model
 from .ota_server import DIGITS, model_version
-from .tuf_sim import RepoServer, TufRepo
+from .tuf_sim import RepoServer
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def repo_server() -> Iterator[RepoServer]:
-    srv = RepoServer(TufRepo())
-    yield srv
-    srv.close()
 
 
 def twin(fleet: FleetServer, token: str, device_id: str) -> dict[str, Any]:
