@@ -65,25 +65,38 @@ class BrokerUnderTest:
         )  # type: ignore[arg-type]
 
 
-def mosquitto_mode(broker: ManagedBroker, pki: Pki) -> BrokerUnderTest:
-    def revoke(files: list[TlsFiles], ids: list[str]) -> None:
-        serials = []
-        for f in files:
-            assert f.cert_file is not None
-            cert = x509.load_pem_x509_certificate(f.cert_file.read_bytes())
-            serials.append((cert.serial_number, time.time()))
-        broker.configure(crl_pem=pki.ca.crl_pem(serials, now=time.time()), revoked=ids)
-        broker.reload()
+def revocation_list(pki: Pki, files: list[TlsFiles]) -> bytes:
+    """The fleet CA's CRL with the certificates of ``files`` revoked now."""
+    serials = []
+    for f in files:
+        assert f.cert_file is not None
+        cert = x509.load_pem_x509_certificate(f.cert_file.read_bytes())
+        serials.append((cert.serial_number, time.time()))
+    return pki.ca.crl_pem(serials, now=time.time())
 
+
+def _mosquitto_under_test(
+    mode: str, port: int, pki: Pki, revoke: Callable[[list[TlsFiles], list[str]], None]
+) -> BrokerUnderTest:
+    """mosquitto, managed or configured by hand: one port, MQTT 5, every certificate
+    effective at once, and the CN is the client id (a takeover keeps the victim's session)."""
     return BrokerUnderTest(
-        mode="mosquitto",
-        ports=[broker.port],
+        mode=mode,
+        ports=[port],
         protocol="5",
         pki=pki,
         make_effective=lambda cn: None,
         revoke_ids=revoke,
         victim_keeps_session_on_takeover=True,
     )
+
+
+def mosquitto_mode(broker: ManagedBroker, pki: Pki) -> BrokerUnderTest:
+    def revoke(files: list[TlsFiles], ids: list[str]) -> None:
+        broker.configure(crl_pem=revocation_list(pki, files), revoked=ids)
+        broker.reload()
+
+    return _mosquitto_under_test("mosquitto", broker.port, pki, revoke)
 
 
 class HandConfiguredMosquitto:
@@ -126,12 +139,7 @@ class HandConfiguredMosquitto:
         (self.dir / "acl").write_text("\n".join(lines))
 
     def revoke(self, files: list[TlsFiles], ids: list[str]) -> None:
-        serials = []
-        for f in files:
-            assert f.cert_file is not None
-            cert = x509.load_pem_x509_certificate(f.cert_file.read_bytes())
-            serials.append((cert.serial_number, time.time()))
-        (self.dir / "crl.pem").write_bytes(self.pki.ca.crl_pem(serials, now=time.time()))
+        (self.dir / "crl.pem").write_bytes(revocation_list(self.pki, files))
         self.write_acl(ids)
         self.proc.send_signal(signal.SIGHUP)
 
@@ -141,15 +149,7 @@ class HandConfiguredMosquitto:
 
 
 def external_mode(broker: HandConfiguredMosquitto, pki: Pki) -> BrokerUnderTest:
-    return BrokerUnderTest(
-        mode="external",
-        ports=[broker.port],
-        protocol="5",
-        pki=pki,
-        make_effective=lambda cn: None,
-        revoke_ids=broker.revoke,
-        victim_keeps_session_on_takeover=True,
-    )
+    return _mosquitto_under_test("external", broker.port, pki, broker.revoke)
 
 
 def cluster_admin(cluster: LocalRabbitCluster) -> RabbitAdmin:
