@@ -121,7 +121,62 @@ def start_broker(pki: Pki, directory: Path) -> ManagedBroker:
     return broker
 
 
-class Client:
+def paho_client(
+    tls: TlsFiles | None,
+    client_id: str,
+    *,
+    protocol: str = "5",
+    ca_file: Path | None = None,
+    **options: Any,
+) -> paho.Client:
+    """A bare paho client (callback API 2) speaking MQTT ``protocol``: with a device
+    identity, or trusting ``ca_file`` only (no client certificate), or in the clear."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if protocol == "5" else MQTTProtocolVersion.MQTTv311,
+        **options,
+    )
+    if tls is not None:
+        client.tls_set_context(tls_context(tls))
+    elif ca_file is not None:
+        client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
+    return client
+
+
+class Recorder:
+    """What a paho client heard: its CONNACK, the messages, and the SUBACK and PUBACK codes.
+
+    The base of :class:`Client` here and of ``broker_modes.Probe``.
+    """
+
+    def __init__(self, client: paho.Client) -> None:
+        self.client = client
+        self.messages: list[tuple[str, bytes]] = []
+        self.pubacks: dict[int, str] = {}
+        self.subacks: dict[int, list[str]] = {}
+        self.connack: str | None = None
+        self._lock = threading.Lock()
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
+
+    def _on_connect(self, c: object, u: object, f: object, reason: object, p: object) -> None:
+        self.connack = str(reason)
+
+    def _on_message(self, c: object, u: object, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def _on_publish(self, c: object, u: object, mid: int, reason: Any, p: object) -> None:
+        self.pubacks[mid] = str(reason)
+
+    def _on_subscribe(self, c: object, u: object, mid: int, reasons: list[Any], p: object) -> None:
+        self.subacks[mid] = [str(r) for r in reasons]
+
+
+class Client(Recorder):
     """A bare paho v5 client for tests: records messages and PUBACK reason codes."""
 
     def __init__(
@@ -132,39 +187,7 @@ class Client:
         ca_file: Path | None = None,
         protocol: str = "5",
     ) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.pubacks: dict[int, str] = {}
-        self.subacks: dict[int, list[str]] = {}
-        self.connack: str | None = None
-        self._lock = threading.Lock()
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5
-            if protocol == "5"
-            else MQTTProtocolVersion.MQTTv311,
-        )
-        if tls is not None:
-            self.client.tls_set_context(tls_context(tls))
-        elif ca_file is not None:
-            self.client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
-        self.client.on_message = self._on_message
-        self.client.on_publish = self._on_publish
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-
-    def _on_connect(self, c: object, u: object, f: object, reason: object, p: object) -> None:
-        self.connack = str(reason)
-
-    def _on_message(self, c: object, u: object, msg: paho.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, bytes(msg.payload)))
-
-    def _on_publish(self, c: object, u: object, mid: int, reason: object, p: object) -> None:
-        self.pubacks[mid] = str(reason)
-
-    def _on_subscribe(self, c: object, u: object, mid: int, reasons: list[Any], p: object) -> None:
-        self.subacks[mid] = [str(r) for r in reasons]
+        super().__init__(paho_client(tls, client_id, protocol=protocol, ca_file=ca_file))
 
     def subscribe(self, topic: str, qos: int = 1, timeout: float = 10.0) -> list[str]:
         """Subscribe and wait for the broker's SUBACK; its reason codes."""
