@@ -1,4 +1,7 @@
-"""``python -m bench`` (``make bench``): run every benchmark and write docs/benchmarks.md."""
+"""``python -m bench`` (``make bench``): run every benchmark and write docs/benchmarks.md.
+
+``python -m bench --print bench_api`` runs one and only prints its table.
+"""
 
 from __future__ import annotations
 
@@ -109,8 +112,16 @@ def write(results: dict[str, list[dict[str, object]]]) -> Path:
 
 
 def main() -> None:
-    """Run all benchmarks, or those named on the command line (``python -m bench bench_api``)."""
-    only = set(sys.argv[1:])
+    """Run all benchmarks, or those named on the command line (``python -m bench bench_api``).
+
+    ``--print`` shows the tables and writes nothing, for trying a benchmark out
+    without touching docs/benchmarks.md; the modules need no ``__main__`` of their own.
+    """
+    args = sys.argv[1:]
+    dry = "--print" in args
+    only = {a for a in args if a != "--print"}
+    if dry:
+        print(f"machine: {machine()}")
     for module in MODULES:
         if only and module not in only:
             continue
@@ -118,7 +129,8 @@ def main() -> None:
         print(f"running {module} ...", flush=True)
         rows = mod.run()
         print(table(rows), flush=True)
-        print(f"wrote {write({module: rows})}")
+        if not dry:
+            print(f"wrote {write({module: rows})}")
 
 
 if __name__ == "__main__":

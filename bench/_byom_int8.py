@@ -12,15 +12,11 @@ import numpy as np
 
 from agent.runtime import Model
 from models.thirdparty import RESNET_SIZE, digits_images
+from tests.thirdparty_kit import resnet_images
 
 from .bench_inference import _best_us
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
-
-
-def resnet_images() -> Any:
-    """The ResNet's fixed input set: the 200 held-out digits (1500..1699) at 64x64 RGB."""
-    return digits_images(RESNET_SIZE)[0][1500:1700]
 
 
 def _session(model: bytes) -> Any:

@@ -6,8 +6,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from agent.identity import save_identity
@@ -51,15 +49,6 @@ def start_agent(data: Path, model: Path, **env: str) -> subprocess.Popen[bytes]:
         stderr=log,
         start_new_session=True,
     )
-
-
-def wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def spool_depth(data: Path) -> int:

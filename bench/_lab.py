@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
+import ssl
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from edgefleet_common.mqtt import TlsFiles
 from edgefleet_common.ports import free_port
@@ -43,6 +46,40 @@ class Lab:
 
     def close(self) -> None:
         self.broker.stop()
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """Let this process hold ``wanted`` descriptors: a connection bench holds a socket a device."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(hard, wanted)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+
+
+def insert_devices(store: Any, ids: Sequence[str]) -> None:
+    """Enrolled, offline devices ``ids`` in a SQLite store, in one statement.
+
+    The connection benches need the rows for presence, not the enrollment path.
+    """
+    conn = store._conn()
+    conn.executemany(
+        "INSERT INTO devices (id, name, tags, groups, state, created_at, online, "
+        "desired_version) VALUES (?, ?, '{}', '[]', 'enrolled', 0, 0, 0)",
+        [(d, d) for d in ids],
+    )
+
+
+def client_contexts(
+    identity: Callable[[str], TlsFiles], ids: Sequence[str]
+) -> list[tuple[str, ssl.SSLContext]]:
+    """A TLS context for each device id with its own certificate: the ACL binds topics to the CN."""
+    out = []
+    for device_id in ids:
+        tls = identity(device_id)
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file))
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        out.append((device_id, ctx))
+    return out
 
 
 def machine() -> str:

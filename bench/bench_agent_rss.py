@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from agent import localclient
+from tests.harness import wait_for
 
-from ._device import device_dir, rss_bytes, spool_depth, start_agent, wait
-from ._lab import Lab, table
+from ._device import device_dir, rss_bytes, spool_depth, start_agent
+from ._lab import Lab
 
 DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 HOLDOUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "digits_holdout.npz"
@@ -71,13 +72,13 @@ def agent_rss(lab: Lab, device_id: str, package: Path) -> tuple[int, str]:
     proc = start_agent(data, package)
     try:
         address_file = data / "local-api.addr"
-        wait(address_file.exists, 60, "the agent's local API")
+        wait_for(address_file.exists, 60, "the agent's local API")
         where = address_file.read_text().strip()
         rows = np.load(HOLDOUT)["x"].astype(np.float32)
         for start in range(0, 300, 10):
             status, _ = localclient.predict(where, rows[start : start + 10])
             assert status == 200
-        wait(lambda: spool_depth(data) == 0, 60, "telemetry delivered")
+        wait_for(lambda: spool_depth(data) == 0, 60, "telemetry delivered")
         time.sleep(IDLE_S)
         rss = rss_bytes(proc.pid)
         status, health = localclient.request(where, "GET", "/v1/health")
@@ -115,7 +116,3 @@ def run() -> list[dict[str, object]]:
     finally:
         lab.close()
     return rows
-
-
-if __name__ == "__main__":
-    print(table(run()))

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import httpx
 
-from ._lab import machine, table
 from ._served import Latency, figures, sampled, served, timed, viewer_client
 
 DEVICES = 10_000
@@ -119,8 +118,3 @@ def run() -> list[dict[str, object]]:
         populate(folder / "fleet.db", now)  # after start, which marks every device offline
         with viewer_client(server) as client:
             return measure(client, now, "SQLite", lambda name: name)
-
-
-if __name__ == "__main__":
-    print(f"machine: {machine()}")
-    print(table(run()))

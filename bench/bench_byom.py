@@ -66,7 +66,6 @@ from __future__ import annotations
 import itertools
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,18 +78,20 @@ from agent.runtime import Model
 from agent.serving import ModelService, prediction_rows
 from edgefleet_contract.errors import PackageError
 from fleet_server.modelkit.pack import PackRequest, pack
-from models.thirdparty import (
-    CNN_SPEC,
-    IFOREST_SPEC,
-    RESNET_SPEC,
-    VAD_SPEC,
+from tests.thirdparty_kit import (
+    CNN_IMAGES,
+    DATA,
+    WHEELS,
+    classifier_request,
+    cnn_request,
+    iforest_request,
+    resnet_images,
+    resnet_request,
+    vad_request,
 )
 
-from ._byom_int8 import int8_variants, resnet_images, resnet_int8
+from ._byom_int8 import int8_variants, resnet_int8
 from .bench_inference import _best_us
-
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "tests" / "data"
 
 
 def _direct(model: Model, sample: Any) -> Callable[[], Any]:
@@ -147,97 +148,29 @@ def _predict_row(label: str, path: Path, sample: Any, runs: int = 3) -> dict[str
 
 
 def _packed(folder: Path) -> list[tuple[str, Path | str, Any]]:
-    """Each model packed, or the packer's refusal in place of its path."""
+    """Each model packed, or the packer's refusal in place of its path.
 
-    def spec(name: str, text: str) -> Path:
-        path = folder / name
-        path.write_text(text)
-        return path
-
-    labels = spec("labels.txt", "\n".join(map(str, range(10))))
-    states = spec("states.txt", "idle\nrunning\noverload\n")
-    images = np.load(DATA / "digits_images.npy")
-    np.save(folder / "resnet.npy", resnet_images())
-    resnet = {
-        "model": DATA / "digits_resnet_torch.onnx",
-        "name": "resnet",
-        "version": "1.0.0",
-        "labels": labels,
-        "calibration": folder / "resnet.npy",
-        "spec": spec("resnet.toml", RESNET_SPEC),
-    }
+    The requests are the tests' (``tests.thirdparty_kit``), under the bench's short names;
+    silero-vad is left out when its wheel is not downloaded.
+    """
+    image = np.load(CNN_IMAGES)[0]
+    resnet_image = resnet_images(1)[0]
+    sensor_row = np.array([55.0, 2.5, 4.0, 3.5], np.float32)
     jobs: list[tuple[str, PackRequest, Any]] = [
+        ("torch CNN, float32", cnn_request(folder, name="cnn"), image),
+        ("torch CNN, int8", cnn_request(folder, name="cnn", quantize="int8"), image),
+        ("torch ResNet 64x64, float32", resnet_request(folder, name="resnet"), resnet_image),
         (
-            "torch CNN, float32",
-            PackRequest(
-                model=DATA / "digits_cnn_torch.onnx",
-                name="cnn",
-                version="1.0.0",
-                labels=labels,
-                calibration=DATA / "digits_images.npy",
-                spec=spec("cnn.toml", CNN_SPEC),
-            ),
-            images[0],
+            "torch ResNet 64x64, int8",
+            resnet_request(folder, name="resnet", quantize="int8"),
+            resnet_image,
         ),
-        (
-            "torch CNN, int8",
-            PackRequest(
-                model=DATA / "digits_cnn_torch.onnx",
-                name="cnn",
-                version="1.0.0",
-                labels=labels,
-                calibration=DATA / "digits_images.npy",
-                spec=folder / "cnn.toml",
-                quantize="int8",
-            ),
-            images[0],
-        ),
-        ("torch ResNet 64x64, float32", PackRequest(**resnet), resnet_images()[0]),
-        ("torch ResNet 64x64, int8", PackRequest(**resnet, quantize="int8"), resnet_images()[0]),
-        (
-            "skl2onnx IsolationForest",
-            PackRequest(
-                model=DATA / "sensor_iforest.onnx",
-                name="iforest",
-                version="1.0.0",
-                task="anomaly",
-                calibration=DATA / "sensor_normal.csv",
-                spec=spec("i.toml", IFOREST_SPEC),
-            ),
-            np.array([55.0, 2.5, 4.0, 3.5], np.float32),
-        ),
-        (
-            "skl2onnx LogisticRegression",
-            PackRequest(
-                model=DATA / "sensor_classifier.onnx",
-                name="clf",
-                version="1.0.0",
-                labels=states,
-                calibration=DATA / "sensor_normal.csv",
-            ),
-            np.array([55.0, 2.5, 4.0, 3.5], np.float32),
-        ),
+        ("skl2onnx IsolationForest", iforest_request(folder, name="iforest"), sensor_row),
+        ("skl2onnx LogisticRegression", classifier_request(folder, name="clf"), sensor_row),
     ]
-    wheels = sorted((ROOT / ".cache" / "wheels").glob("silero_vad-*.whl"))
-    if wheels:
-        vad = folder / "silero_vad.onnx"
-        with zipfile.ZipFile(wheels[-1]) as wheel:
-            vad.write_bytes(wheel.read("silero_vad/data/silero_vad.onnx"))
-        rng = np.random.default_rng(0)
-        np.save(folder / "vad.npy", (0.1 * rng.normal(size=(40, 1, 512))).astype(np.float32))
-        jobs.append(
-            (
-                "silero-vad (stateful)",
-                PackRequest(
-                    model=vad,
-                    name="vad",
-                    version="1.0.0",
-                    calibration=folder / "vad.npy",
-                    spec=spec("vad.toml", VAD_SPEC),
-                ),
-                np.zeros(512, np.float32),
-            )
-        )
+    if sorted(WHEELS.glob("silero_vad-*.whl")):
+        vad = vad_request(folder, name="vad", version="1.0.0")
+        jobs.append(("silero-vad (stateful)", vad, np.zeros(512, np.float32)))
     out: list[tuple[str, Path | str, Any]] = []
     for i, (label, request, sample) in enumerate(jobs):
         request.output = folder / f"{i}.efpkg"
@@ -386,8 +319,9 @@ def _idle_rss(path: Path, sample: Any) -> dict[str, object]:
     import json
 
     from agent import localclient
+    from tests.harness import wait_for
 
-    from ._device import device_dir, rss_bytes, spool_depth, start_agent, wait
+    from ._device import device_dir, rss_bytes, spool_depth, start_agent
     from ._lab import Lab
 
     lab = Lab()
@@ -396,7 +330,7 @@ def _idle_rss(path: Path, sample: Any) -> dict[str, object]:
         proc = start_agent(data, path)
         try:
             address = data / "local-api.addr"
-            wait(address.exists, 60, "the agent's local API")
+            wait_for(address.exists, 60, "the agent's local API")
             where = address.read_text().strip()
             session = None
             for _ in range(100):
@@ -408,7 +342,7 @@ def _idle_rss(path: Path, sample: Any) -> dict[str, object]:
                 )
                 assert status == 200, doc
                 session = doc.get("session")
-            wait(lambda: spool_depth(data) == 0, 60, "telemetry delivered")
+            wait_for(lambda: spool_depth(data) == 0, 60, "telemetry delivered")
             time.sleep(5.0)
             rss = rss_bytes(proc.pid)
         finally:

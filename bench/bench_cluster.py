@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
-import ssl
 import statistics
 import tempfile
 import time
@@ -44,9 +42,9 @@ from tests.broker_modes import (
 )
 from tests.harness import Pki, start_broker
 
-from ._lab import machine, table
+from ._lab import client_contexts, insert_devices, raise_fd_limit
 from ._publishers import Publishers
-from .bench_connections import connect_packet, publish_packet
+from .bench_connections import device
 from .bench_ingest import Consumer, payloads, stored_rate
 
 PARTS = os.environ.get("BENCH_CLUSTER_PARTS", "acl,kill,ingest,connections").split(",")
@@ -226,53 +224,22 @@ def ingest_rate(bt: BrokerUnderTest, tag: str) -> tuple[float, int, int]:
 # ----------------------------------------------------------------- connections --
 
 
-async def _hold(
-    i: int,
-    ports: list[int],
-    ctx_of: list[tuple[str, ssl.SSLContext]],
-    held: list[asyncio.StreamWriter],
-    gate: asyncio.Semaphore,
-) -> None:
-    cn, ctx = ctx_of[i]
-    async with gate:
-        reader, writer = await asyncio.open_connection("127.0.0.1", ports[i % len(ports)], ssl=ctx)
-        writer.write(connect_packet(cn))
-        connack = await reader.readexactly(4)
-        if connack[3] != 0:
-            raise RuntimeError(f"CONNACK refused: {connack!r}")
-        status = b'{"v":1,"device_id":"%s","online":true,"reason":"connected"}' % cn.encode()
-        writer.write(publish_packet(f"devices/{cn}/status", status, 1))
-        await reader.readexactly(4)
-    held.append(writer)
-
-
 def connections(cluster: LocalRabbitCluster, pki: Pki) -> dict[str, Any]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, DEVICES * 2 + 1024)), hard))
+    raise_fd_limit(DEVICES * 2 + 1024)
     admin = cluster_admin(cluster)
     ids = [f"cx{i:05d}" for i in range(DEVICES)]
     t0 = time.perf_counter()
     admin.import_devices(ids)
     import_s = time.perf_counter() - t0
     store = open_store(Path(tempfile.mkdtemp()) / "fleet.db")
-    conn = store._conn()  # type: ignore[attr-defined]
-    conn.executemany(
-        "INSERT INTO devices (id, name, tags, groups, state, created_at, online, "
-        "desired_version) VALUES (?, ?, '{}', '[]', 'enrolled', 0, 0, 0)",
-        [(d, d) for d in ids],
-    )
+    insert_devices(store, ids)
     ingest = Ingest(store, batch_size=1000)
     consumer = AmqpIngest([("127.0.0.1", n.ports.amqps) for n in cluster.nodes], pki.server, ingest)
     ingest._acker = consumer.acknowledge
     ingest.start()
     consumer.start()
     _wait(consumer.connected.is_set, 30)
-    ctx_of = []
-    for d in ids:
-        tls = pki.identity(d)
-        ctx = ssl.create_default_context(cafile=str(tls.ca_file))
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        ctx_of.append((d, ctx))
+    ctx_of = client_contexts(pki.identity, ids)
     before = _cluster_rss(cluster)
     t0 = time.perf_counter()
     held: list[asyncio.StreamWriter] = []
@@ -281,7 +248,7 @@ def connections(cluster: LocalRabbitCluster, pki: Pki) -> dict[str, Any]:
     async def fleet() -> list[object]:
         gate = asyncio.Semaphore(60)
         return await asyncio.gather(
-            *(_hold(i, ports, ctx_of, held, gate) for i in range(DEVICES)),
+            *(device(i, ports, ctx_of, held, gate) for i in range(DEVICES)),
             return_exceptions=True,
         )
 
@@ -435,8 +402,3 @@ def _connection_rows(cluster: LocalRabbitCluster, pki: Pki) -> list[dict[str, ob
             f"{r['mem_used_mib']:.0f} MiB; {DEVICES:,} users imported in {r['import_s']:.1f}s",
         },
     ]
-
-
-if __name__ == "__main__":
-    print(f"machine: {machine()}")
-    print(table(run()))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import ssl
 import struct
 import tempfile
@@ -19,12 +18,12 @@ from pathlib import Path
 
 import psutil
 
-from edgefleet_common.mqtt import Endpoint, TlsFiles
+from edgefleet_common.mqtt import Endpoint
 from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink
 from fleet_server.store import open_store
 
-from ._lab import Lab, machine, table
+from ._lab import Lab, client_contexts, insert_devices, raise_fd_limit
 
 DEVICES = int(os.environ.get("BENCH_DEVICES", "10000"))
 
@@ -55,14 +54,15 @@ def publish_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
 
 async def device(
     i: int,
-    port: int,
+    ports: list[int],
     contexts: list[tuple[str, ssl.SSLContext]],
     held: list[asyncio.StreamWriter],
     gate: asyncio.Semaphore,
 ) -> None:
+    """Device ``i`` connects (to the ports in turn: a cluster's nodes), says it is online, stays."""
     cn, ctx = contexts[i % len(contexts)]
     async with gate:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports[i % len(ports)], ssl=ctx)
         writer.write(connect_packet(cn))
         connack = await reader.readexactly(4)
         if connack[3] != 0:
@@ -78,24 +78,17 @@ async def fleet(
 ) -> list[asyncio.StreamWriter]:
     held: list[asyncio.StreamWriter] = []
     gate = asyncio.Semaphore(100)
-    await asyncio.gather(*(device(i, port, contexts, held, gate) for i in range(len(contexts))))
+    await asyncio.gather(*(device(i, [port], contexts, held, gate) for i in range(len(contexts))))
     return held
 
 
 def run() -> list[dict[str, object]]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, DEVICES * 2 + 1024) if hard != resource.RLIM_INFINITY else DEVICES * 2 + 1024
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    raise_fd_limit(DEVICES * 2 + 1024)
     lab = Lab()
     store = open_store(Path(tempfile.mkdtemp()) / "fleet.db")
     try:
         ids = [f"conn-{i:05d}" for i in range(DEVICES)]
-        conn = store._conn()  # type: ignore[attr-defined]
-        conn.executemany(
-            "INSERT INTO devices (id, name, tags, groups, state, created_at, online, "
-            "desired_version) VALUES (?, ?, '{}', '[]', 'enrolled', 0, 0, 0)",
-            [(d, d) for d in ids],
-        )
+        insert_devices(store, ids)
         ingest = Ingest(store, batch_size=1000)
         link = ServerLink(
             Endpoint("127.0.0.1", lab.broker.port, lab.server),
@@ -106,13 +99,7 @@ def run() -> list[dict[str, object]]:
         ingest.start()
         link.start()
         link.wait_connected(10)
-        contexts = []
-        for device_id in ids:
-            # one certificate per device id: the ACL binds the topic to the CN
-            tls: TlsFiles = lab.identity(device_id)
-            ctx = ssl.create_default_context(cafile=str(tls.ca_file))
-            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-            contexts.append((device_id, ctx))
+        contexts = client_contexts(lab.identity, ids)
         t0 = time.perf_counter()
         loop = asyncio.new_event_loop()
         held = loop.run_until_complete(fleet(lab.broker.port, contexts))
@@ -152,8 +139,3 @@ def run() -> list[dict[str, object]]:
             "note": f"{broker_fds:,} open file descriptors",
         },
     ]
-
-
-if __name__ == "__main__":
-    print(f"machine: {machine()}")
-    print(table(run()))

@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgefleet_contract.messages import SystemStats, Telemetry
+from edgefleet_contract.messages import Telemetry
 from fleet_server.server import FleetServer
+from tests.harness import system_stats
 
-from ._lab import machine
 from ._served import Latency, figures, sampled, served, timed, viewer_client
 from .bench_api import DEVICES, populate
 
@@ -49,15 +49,7 @@ def fill(server: FleetServer, folder: Path, now: float) -> None:
     """``bench_api``'s devices, the alert window's rollups, one device's raw batches."""
     populate(folder / "fleet.db", now)
     _window_rollups(folder / "fleet.db", now)
-    system = SystemStats(
-        cpu_percent=30,
-        mem_used_bytes=1,
-        mem_total_bytes=2,
-        rss_bytes=1,
-        disk_used_bytes=0,
-        disk_total_bytes=1,
-        uptime_s=1,
-    )
+    system = system_stats(cpu_percent=30, disk_used_bytes=0, disk_total_bytes=1)
     server.store.insert_telemetry(
         [
             Telemetry(
@@ -103,10 +95,3 @@ def run() -> list[dict[str, object]]:
             for name, path in CASES:
                 rows.append(row(name, timed(client, path), base, store))
     return rows
-
-
-if __name__ == "__main__":
-    from ._lab import table
-
-    print(f"machine: {machine()}")
-    print(table(run()))

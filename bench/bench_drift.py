@@ -280,9 +280,3 @@ def run() -> list[dict[str, object]]:
             }
         )
     return rows
-
-
-if __name__ == "__main__":
-    from ._lab import table
-
-    print(table(run()))

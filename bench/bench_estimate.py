@@ -108,8 +108,3 @@ def run() -> list[dict[str, object]]:
             }
         )
     return rows
-
-
-if __name__ == "__main__":
-    for row in run():
-        print(row)

@@ -52,8 +52,6 @@ from fleet_server.federation.validate import UpdateCheck
 from fleet_server.modelkit.digits import PREPROCESSING, Split, split
 from fleet_server.modelkit.partition import dirichlet_parts
 
-from ._lab import table
-
 CLIENTS = 10
 ROUNDS = 20
 SEEDS = (0, 1, 2, 3, 4)
@@ -371,7 +369,3 @@ def run() -> list[dict[str, object]]:
         f"runs repeated after a CPython SystemError: {len(RETRIES)}"
     )
     return rows
-
-
-if __name__ == "__main__":
-    print(table(run()))

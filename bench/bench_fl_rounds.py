@@ -64,7 +64,7 @@ from fleet_server.modelkit.digits import PREPROCESSING, split
 from fleet_server.modelkit.partition import dirichlet_parts
 from fleet_server.store import open_store
 
-from ._lab import Lab, table
+from ._lab import Lab
 from .bench_federated import start_network
 
 ROUNDS = 5
@@ -465,7 +465,3 @@ def run() -> list[dict[str, object]]:
         }
     )
     return rows
-
-
-if __name__ == "__main__":
-    print(table(run()))

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet_common.mqtt import Endpoint
-from edgefleet_contract.messages import LearningStats, SystemStats, Telemetry
+from edgefleet_contract.messages import LearningStats, Telemetry
 from edgefleet_contract.package import read_package
 from edgefleet_contract.topics import Channel
 from fleet_server.federation.candidate import digits_heldout
@@ -44,8 +44,9 @@ from fleet_server.federation.spec import LocalTraining, RunSpec
 from fleet_server.ingest import Ingest
 from fleet_server.link import ServerLink
 from fleet_server.store import open_store
+from tests.harness import system_stats
 
-from ._lab import Lab, table
+from ._lab import Lab
 
 ROUNDS = 4
 RESPONDER = "fl-bench-devices"
@@ -73,16 +74,7 @@ def _telemetry(device_id: str, now: float) -> Telemetry:
         ts=now,
         window_s=10,
         learning=LearningStats(labelled_samples=200, new_samples=50),
-        system=SystemStats(
-            cpu_percent=5,
-            mem_used_bytes=1,
-            mem_total_bytes=2,
-            rss_bytes=1,
-            disk_used_bytes=1,
-            disk_total_bytes=2,
-            uptime_s=100,
-            power="ac",
-        ),
+        system=system_stats("ac", cpu_percent=5, uptime_s=100),
     )
 
 
@@ -190,7 +182,3 @@ def run() -> list[dict[str, object]]:
             }
         )
     return rows
-
-
-if __name__ == "__main__":
-    print(table(run()))

@@ -65,9 +65,3 @@ def run() -> list[dict[str, object]]:
     seconds = int(os.environ.get("FUZZ_SECONDS", "60"))
     with tempfile.TemporaryDirectory(prefix="edgefleet-fuzz-") as tmp:
         return [fuzz(t, seconds, Path(tmp)) for t in TARGETS]
-
-
-if __name__ == "__main__":
-    from ._lab import table
-
-    print(table(run()))

@@ -29,8 +29,6 @@ import numpy.typing as npt
 from agent.runtime import Model
 from agent.serving import ModelService
 
-from ._lab import table
-
 DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 HOLDOUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "digits_holdout.npz"
 SECONDS = 3.0
@@ -163,7 +161,3 @@ def _int8_row(
         "note": f"worst of 3 runs {ratios[-1]:.3f}x; top-1 agreement {agreement:.3f}; "
         f"accuracy {acc[1] - acc[0]:+.3f}; size {size[1] / size[0]:.2f}x",
     }
-
-
-if __name__ == "__main__":
-    print(table(run()))

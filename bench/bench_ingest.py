@@ -26,7 +26,7 @@ from fleet_server.ingest import Inbound, Ingest
 from fleet_server.link import ServerLink
 from fleet_server.store import open_store
 
-from ._lab import Lab, machine, table
+from ._lab import Lab
 from ._publishers import Publishers
 
 DEVICES = 20
@@ -152,17 +152,27 @@ def ingest_rate(
     )
 
 
+def fleet_payloads() -> dict[str, list[bytes]]:
+    """Every bench device's encoded batches, by device id (bench-000 ...)."""
+    return {f"bench-{i:03d}": payloads(f"bench-{i:03d}") for i in range(DEVICES)}
+
+
+def fresh(prepared: dict[str, list[bytes]], tag: str) -> dict[str, list[bytes]]:
+    """The same batches under new batch ids (``tag`` prefixed), so a second run of the same
+    payloads is not deduplicated against the first."""
+    return {
+        d: [p.replace(b'"batch_id":"', b'"batch_id":"' + tag.encode() + b"-") for p in ps]
+        for d, ps in prepared.items()
+    }
+
+
 def run() -> list[dict[str, object]]:
     lab = Lab()
     try:
-        prepared = {f"bench-{i:03d}": payloads(f"bench-{i:03d}") for i in range(DEVICES)}
+        prepared = fleet_payloads()
         sent = sum(len(v) for v in prepared.values())
         bare, bare_got = bare_rate(lab, prepared)
-        for device_id in prepared:  # fresh batch ids for the second run
-            prepared[device_id] = [
-                p.replace(b'"batch_id":"', b'"batch_id":"r2-') for p in prepared[device_id]
-            ]
-        stored_rate, stored = ingest_rate(lab, prepared)
+        stored_rate, stored = ingest_rate(lab, fresh(prepared, "r2"))
     finally:
         lab.close()
     return [
@@ -182,8 +192,3 @@ def run() -> list[dict[str, object]]:
             f"{DEVICES} devices x {READINGS} readings",
         },
     ]
-
-
-if __name__ == "__main__":
-    print(f"machine: {machine()}")
-    print(table(run()))

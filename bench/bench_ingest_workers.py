@@ -34,8 +34,7 @@ from fleet_server.store import open_store
 
 from ._lab import Lab
 from ._publishers import Publishers
-from .bench_ingest import DEVICES, READINGS, bare_rate, payloads
-from .bench_pg_ingest import _fresh
+from .bench_ingest import DEVICES, READINGS, bare_rate, fleet_payloads, fresh
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 3
@@ -120,14 +119,14 @@ def run() -> list[dict[str, object]]:
     ratios: dict[int, list[float]] = {1: [], 2: []}
     notes: list[str] = []
     try:
-        base = {f"bench-{i:03d}": payloads(f"bench-{i:03d}") for i in range(DEVICES)}
+        base = fleet_payloads()
         sent = sum(len(v) for v in base.values())
         for r in range(ROUNDS):
-            bare, _ = bare_rate(lab, _fresh(base, f"bare{r}"))
+            bare, _ = bare_rate(lab, fresh(base, f"bare{r}"))
             parts = [f"bare {bare:,.0f}"]
             for n in (1, 2):
                 with pg.database() as dsn:
-                    rate, stored = workers_rate(lab, _fresh(base, f"w{n}r{r}"), dsn, n)
+                    rate, stored = workers_rate(lab, fresh(base, f"w{n}r{r}"), dsn, n)
                 ratios[n].append(rate / bare)
                 parts.append(f"{n} worker(s) {rate:,.0f} ({stored}/{sent})")
             notes.append(", ".join([*parts, f"load {os.getloadavg()[0]:.1f}"]))

@@ -23,8 +23,6 @@ import tomllib
 import venv
 from pathlib import Path
 
-from ._lab import table
-
 ROOT = Path(__file__).resolve().parent.parent
 EXTRAS = ("agent", "agent-onnx", "agent-tflite")
 MB = 1_000_000
@@ -114,7 +112,3 @@ def run() -> list[dict[str, object]]:
             }
         )
     return rows
-
-
-if __name__ == "__main__":
-    print(table(run()))

@@ -17,8 +17,6 @@ from agent.metrics import InferenceRecorder
 from edgefleet_contract.drift import CompiledReference, build_reference, quantile_reference
 from edgefleet_contract.multivariate import build_pca
 
-from ._lab import table
-
 CALLS = 100_000
 REPEATS = 5
 FEATURES = 64  # the digits reference model: 8x8 pixels
@@ -112,7 +110,3 @@ def run() -> list[dict[str, object]]:
             "and T^2 against reference and baseline",
         },
     ]
-
-
-if __name__ == "__main__":
-    print(table(run()))

@@ -290,9 +290,3 @@ def verification_rows() -> list[dict[str, object]]:
 
 def run() -> list[dict[str, object]]:
     return verification_rows() + delta_rows()
-
-
-if __name__ == "__main__":
-    from ._lab import table
-
-    print(table(run()))

@@ -90,10 +90,3 @@ def run() -> list[dict[str, object]]:
         pg.destroy()
     rows += measure("SQLite", "", now)
     return rows
-
-
-if __name__ == "__main__":
-    from ._lab import machine, table
-
-    print(f"machine: {machine()}")
-    print(table(run()))

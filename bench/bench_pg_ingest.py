@@ -21,16 +21,9 @@ import statistics
 from tests.pgserver import PgServer
 
 from ._lab import Lab
-from .bench_ingest import DEVICES, READINGS, bare_rate, ingest_rate, payloads
+from .bench_ingest import DEVICES, READINGS, bare_rate, fleet_payloads, fresh, ingest_rate
 
 ROUNDS = 3
-
-
-def _fresh(prepared: dict[str, list[bytes]], tag: str) -> dict[str, list[bytes]]:
-    return {
-        d: [p.replace(b'"batch_id":"', b'"batch_id":"' + tag.encode() + b"-") for p in ps]
-        for d, ps in prepared.items()
-    }
 
 
 def run() -> list[dict[str, object]]:
@@ -40,13 +33,13 @@ def run() -> list[dict[str, object]]:
     sq_ratio: list[float] = []
     notes: list[str] = []
     try:
-        base = {f"bench-{i:03d}": payloads(f"bench-{i:03d}") for i in range(DEVICES)}
+        base = fleet_payloads()
         sent = sum(len(v) for v in base.values())
         for r in range(ROUNDS):
-            bare, got = bare_rate(lab, _fresh(base, f"bare{r}"))
-            sq, sq_stored = ingest_rate(lab, _fresh(base, f"sq{r}"))
+            bare, got = bare_rate(lab, fresh(base, f"bare{r}"))
+            sq, sq_stored = ingest_rate(lab, fresh(base, f"sq{r}"))
             with pg.database() as dsn:
-                pgr, pg_stored = ingest_rate(lab, _fresh(base, f"pg{r}"), dsn)
+                pgr, pg_stored = ingest_rate(lab, fresh(base, f"pg{r}"), dsn)
             pg_ratio.append(pgr / bare)
             sq_ratio.append(sq / bare)
             notes.append(
@@ -67,10 +60,3 @@ def run() -> list[dict[str, object]]:
             f"ingest worker; readings/s per round: {'; '.join(notes)}",
         }
     ]
-
-
-if __name__ == "__main__":
-    from ._lab import machine, table
-
-    print(f"machine: {machine()}")
-    print(table(run()))

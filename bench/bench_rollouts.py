@@ -162,9 +162,3 @@ def run() -> list[dict[str, object]]:
         return [one_run(lab, 1200.0), one_run(lab, 1_000_000.0)]
     finally:
         lab.close()
-
-
-if __name__ == "__main__":
-    from ._lab import table
-
-    print(table(run()))

@@ -124,8 +124,3 @@ def run() -> list[dict[str, object]]:
         }
     )
     return rows
-
-
-if __name__ == "__main__":
-    for r in run():
-        print(r)

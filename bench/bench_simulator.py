@@ -49,7 +49,7 @@ from fleet_server.config import ApiSettings, BrokerSettings, ServerSettings
 from fleet_server.server import FleetServer, initialize
 
 from . import bench_connections
-from ._lab import free_port, machine, table
+from ._lab import free_port
 
 DEVICES = int(os.environ.get("BENCH_SIM_DEVICES", "1000"))
 SMALL = 10
@@ -347,8 +347,3 @@ def run() -> list[dict[str, object]]:
             "ratio": "-",
         },
     ]
-
-
-if __name__ == "__main__":
-    print(f"machine: {machine()}")
-    print(table(run()))

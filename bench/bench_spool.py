@@ -23,8 +23,6 @@ from edgefleet_contract.codec import Codec
 from edgefleet_contract.drift import build_reference
 from edgefleet_contract.messages import LinkStats, Telemetry
 
-from ._lab import table
-
 OUTAGE_S = 600
 TOPIC = "devices/bench-1/telemetry"
 
@@ -163,7 +161,3 @@ def run() -> list[dict[str, object]]:
             f"simulated s while new batches kept arriving (1/s)",
         },
     ]
-
-
-if __name__ == "__main__":
-    print(table(run()))

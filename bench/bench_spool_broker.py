@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
@@ -26,8 +25,9 @@ from edgefleet_contract.codec import Codec
 from edgefleet_contract.messages import Telemetry
 from edgefleet_contract.topics import Channel
 from fleet_server.config import SERVER_IDENTITY
+from tests.harness import wait_for
 
-from ._lab import Lab, table
+from ._lab import Lab
 from .bench_spool import OUTAGE_S, batch_maker
 
 TIMEOUT_S = 180.0
@@ -70,15 +70,6 @@ class Receiver:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-
-
-def _wait(predicate: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def verdict(seqs: list[int], expected: int) -> str:
@@ -124,7 +115,7 @@ def drain(lab: Lab, receiver: Receiver, device: str, policy: DrainPolicy) -> Dra
     )
     start = time.perf_counter()
     link.start()
-    _wait(link.connected.is_set, "the link to connect")
+    wait_for(link.connected.is_set, TIMEOUT_S, "the link to connect", interval=0.01)
     connected = time.perf_counter()
     seq, next_new = OUTAGE_S, connected + 1.0
     while receiver.count(device) < OUTAGE_S:
@@ -136,7 +127,12 @@ def drain(lab: Lab, receiver: Receiver, device: str, policy: DrainPolicy) -> Dra
         if time.perf_counter() - start > TIMEOUT_S:
             raise RuntimeError("drain did not finish")
     backlog_done = max(t for s, t in receiver.seen[device] if s <= OUTAGE_S)
-    _wait(lambda: spool.stats().depth == 0 and receiver.count(device) >= seq, "the live batches")
+    wait_for(
+        lambda: spool.stats().depth == 0 and receiver.count(device) >= seq,
+        TIMEOUT_S,
+        "the live batches",
+        interval=0.01,
+    )
     link.stop()
     spool.close()
     seqs = [s for s, _ in receiver.seen[device]]
@@ -159,7 +155,12 @@ def bare(lab: Lab, receiver: Receiver, device: str) -> float:
         start = time.perf_counter()
         for payload in payloads:
             client.publish(f"devices/{device}/telemetry", payload, qos=1)
-        _wait(lambda: receiver.count("bench-1") >= OUTAGE_S, "the bare publisher's batches")
+        wait_for(
+            lambda: receiver.count("bench-1") >= OUTAGE_S,
+            TIMEOUT_S,
+            "the bare publisher's batches",
+            interval=0.01,
+        )
         last = max(t for _, t in receiver.seen["bench-1"])
         return OUTAGE_S / (last - start)
     finally:
@@ -199,7 +200,3 @@ def run() -> list[dict[str, object]]:
             }
         )
     return rows
-
-
-if __name__ == "__main__":
-    print(table(run()))

@@ -21,18 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 from cryptography import x509
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edgefleet_common.mqtt import TlsFiles, tls_context
+from edgefleet_common.mqtt import TlsFiles
 from fleet_server.broker import ManagedBroker, find_mosquitto, port_open
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import write_private
 from fleet_server.rabbitmq import RabbitAdmin
 from fleet_server.rabbitmq_local import ADMIN_USER, LocalRabbitCluster
 
-from .harness import Pki, free_port, wait_for
+from .harness import Pki, Recorder, free_port, paho_client, wait_for
 
 
 @dataclass
@@ -65,25 +63,38 @@ class BrokerUnderTest:
         )  # type: ignore[arg-type]
 
 
-def mosquitto_mode(broker: ManagedBroker, pki: Pki) -> BrokerUnderTest:
-    def revoke(files: list[TlsFiles], ids: list[str]) -> None:
-        serials = []
-        for f in files:
-            assert f.cert_file is not None
-            cert = x509.load_pem_x509_certificate(f.cert_file.read_bytes())
-            serials.append((cert.serial_number, time.time()))
-        broker.configure(crl_pem=pki.ca.crl_pem(serials, now=time.time()), revoked=ids)
-        broker.reload()
+def revocation_list(pki: Pki, files: list[TlsFiles]) -> bytes:
+    """The fleet CA's CRL with the certificates of ``files`` revoked now."""
+    serials = []
+    for f in files:
+        assert f.cert_file is not None
+        cert = x509.load_pem_x509_certificate(f.cert_file.read_bytes())
+        serials.append((cert.serial_number, time.time()))
+    return pki.ca.crl_pem(serials, now=time.time())
 
+
+def _mosquitto_under_test(
+    mode: str, port: int, pki: Pki, revoke: Callable[[list[TlsFiles], list[str]], None]
+) -> BrokerUnderTest:
+    """mosquitto, managed or configured by hand: one port, MQTT 5, every certificate
+    effective at once, and the CN is the client id (a takeover keeps the victim's session)."""
     return BrokerUnderTest(
-        mode="mosquitto",
-        ports=[broker.port],
+        mode=mode,
+        ports=[port],
         protocol="5",
         pki=pki,
         make_effective=lambda cn: None,
         revoke_ids=revoke,
         victim_keeps_session_on_takeover=True,
     )
+
+
+def mosquitto_mode(broker: ManagedBroker, pki: Pki) -> BrokerUnderTest:
+    def revoke(files: list[TlsFiles], ids: list[str]) -> None:
+        broker.configure(crl_pem=revocation_list(pki, files), revoked=ids)
+        broker.reload()
+
+    return _mosquitto_under_test("mosquitto", broker.port, pki, revoke)
 
 
 class HandConfiguredMosquitto:
@@ -126,12 +137,7 @@ class HandConfiguredMosquitto:
         (self.dir / "acl").write_text("\n".join(lines))
 
     def revoke(self, files: list[TlsFiles], ids: list[str]) -> None:
-        serials = []
-        for f in files:
-            assert f.cert_file is not None
-            cert = x509.load_pem_x509_certificate(f.cert_file.read_bytes())
-            serials.append((cert.serial_number, time.time()))
-        (self.dir / "crl.pem").write_bytes(self.pki.ca.crl_pem(serials, now=time.time()))
+        (self.dir / "crl.pem").write_bytes(revocation_list(self.pki, files))
         self.write_acl(ids)
         self.proc.send_signal(signal.SIGHUP)
 
@@ -141,15 +147,7 @@ class HandConfiguredMosquitto:
 
 
 def external_mode(broker: HandConfiguredMosquitto, pki: Pki) -> BrokerUnderTest:
-    return BrokerUnderTest(
-        mode="external",
-        ports=[broker.port],
-        protocol="5",
-        pki=pki,
-        make_effective=lambda cn: None,
-        revoke_ids=broker.revoke,
-        victim_keeps_session_on_takeover=True,
-    )
+    return _mosquitto_under_test("external", broker.port, pki, broker.revoke)
 
 
 def cluster_admin(cluster: LocalRabbitCluster) -> RabbitAdmin:
@@ -181,7 +179,7 @@ def start_cluster(pki: Pki, directory: Path) -> LocalRabbitCluster:
     return cluster
 
 
-class Probe:
+class Probe(Recorder):
     """A paho client for probing a broker: every protocol answer is recorded."""
 
     def __init__(
@@ -195,43 +193,23 @@ class Probe:
         ca_file: Path | None = None,
         clean: bool = True,
     ) -> None:
+        v5 = protocol == "5"
+        super().__init__(
+            paho_client(
+                tls,
+                client_id,
+                protocol=protocol,
+                ca_file=ca_file,
+                clean_session=None if v5 else clean,
+                reconnect_on_failure=False,
+            )
+        )
         self.port = port
-        self.messages: list[tuple[str, bytes]] = []
-        self.subacks: dict[int, list[str]] = {}
-        self.pubacks: dict[int, str] = {}
-        self.connack: str | None = None
         self.disconnected = threading.Event()
         self.failed: str | None = None
-        self._lock = threading.Lock()
-        v5 = protocol == "5"
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else clean,
-            reconnect_on_failure=False,
-        )
-        if tls is not None:
-            self.client.tls_set_context(tls_context(tls))
-        elif ca_file is not None:
-            self.client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_publish = self._on_publish
         self.client.on_disconnect = self._on_disconnect
-
-    def _on_connect(self, c: object, u: object, f: object, reason: object, p: object) -> None:
-        self.connack = str(reason)
-
-    def _on_message(self, c: object, u: object, msg: paho.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, bytes(msg.payload)))
-
-    def _on_subscribe(self, c: object, u: object, mid: int, codes: list[object], p: object) -> None:
-        self.subacks[mid] = [str(x) for x in codes]
 
     def _on_publish(self, c: object, u: object, mid: int, reason: Any, p: object) -> None:
         # "No matching subscribers" (MQTT 5) is an accepted publish too

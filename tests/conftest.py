@@ -12,6 +12,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
@@ -32,6 +33,9 @@ from .harness import (
     start_broker,
 )
 from .pgserver import PgServer
+
+if TYPE_CHECKING:
+    from .tuf_sim import RepoServer
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -129,6 +133,16 @@ def fleetctl_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("FLEETCTL_TOKEN", raising=False)
     monkeypatch.delenv("FLEETCTL_SERVER", raising=False)
     return path
+
+
+@pytest.fixture
+def repo_server() -> Iterator[RepoServer]:
+    """A signed TUF repository (fresh keys, nothing published) served over loopback HTTP."""
+    from .tuf_sim import RepoServer, TufRepo
+
+    srv = RepoServer(TufRepo())
+    yield srv
+    srv.close()
 
 
 @pytest.fixture

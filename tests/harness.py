@@ -25,7 +25,7 @@ from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA, write_private
 
 if TYPE_CHECKING:
-    from edgefleet_contract.messages import SystemStats
+    from edgefleet_contract.messages import InferenceStats, SystemStats
     from fleet_server.server import FleetServer
 
 
@@ -74,14 +74,22 @@ def watch_subacks(session: Any) -> threading.Event:
 
 
 def wait_for(
-    predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"
+    predicate: Callable[[], object],
+    timeout: float = 20.0,
+    what: str = "condition",
+    *,
+    interval: float = 0.05,
 ) -> None:
-    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds.
+
+    The benchmarks use it too; one that times the moment the condition holds polls
+    with a shorter ``interval``.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.05)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
@@ -113,7 +121,62 @@ def start_broker(pki: Pki, directory: Path) -> ManagedBroker:
     return broker
 
 
-class Client:
+def paho_client(
+    tls: TlsFiles | None,
+    client_id: str,
+    *,
+    protocol: str = "5",
+    ca_file: Path | None = None,
+    **options: Any,
+) -> paho.Client:
+    """A bare paho client (callback API 2) speaking MQTT ``protocol``: with a device
+    identity, or trusting ``ca_file`` only (no client certificate), or in the clear."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if protocol == "5" else MQTTProtocolVersion.MQTTv311,
+        **options,
+    )
+    if tls is not None:
+        client.tls_set_context(tls_context(tls))
+    elif ca_file is not None:
+        client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
+    return client
+
+
+class Recorder:
+    """What a paho client heard: its CONNACK, the messages, and the SUBACK and PUBACK codes.
+
+    The base of :class:`Client` here and of ``broker_modes.Probe``.
+    """
+
+    def __init__(self, client: paho.Client) -> None:
+        self.client = client
+        self.messages: list[tuple[str, bytes]] = []
+        self.pubacks: dict[int, str] = {}
+        self.subacks: dict[int, list[str]] = {}
+        self.connack: str | None = None
+        self._lock = threading.Lock()
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
+
+    def _on_connect(self, c: object, u: object, f: object, reason: object, p: object) -> None:
+        self.connack = str(reason)
+
+    def _on_message(self, c: object, u: object, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def _on_publish(self, c: object, u: object, mid: int, reason: Any, p: object) -> None:
+        self.pubacks[mid] = str(reason)
+
+    def _on_subscribe(self, c: object, u: object, mid: int, reasons: list[Any], p: object) -> None:
+        self.subacks[mid] = [str(r) for r in reasons]
+
+
+class Client(Recorder):
     """A bare paho v5 client for tests: records messages and PUBACK reason codes."""
 
     def __init__(
@@ -124,39 +187,7 @@ class Client:
         ca_file: Path | None = None,
         protocol: str = "5",
     ) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.pubacks: dict[int, str] = {}
-        self.subacks: dict[int, list[str]] = {}
-        self.connack: str | None = None
-        self._lock = threading.Lock()
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5
-            if protocol == "5"
-            else MQTTProtocolVersion.MQTTv311,
-        )
-        if tls is not None:
-            self.client.tls_set_context(tls_context(tls))
-        elif ca_file is not None:
-            self.client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
-        self.client.on_message = self._on_message
-        self.client.on_publish = self._on_publish
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-
-    def _on_connect(self, c: object, u: object, f: object, reason: object, p: object) -> None:
-        self.connack = str(reason)
-
-    def _on_message(self, c: object, u: object, msg: paho.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, bytes(msg.payload)))
-
-    def _on_publish(self, c: object, u: object, mid: int, reason: object, p: object) -> None:
-        self.pubacks[mid] = str(reason)
-
-    def _on_subscribe(self, c: object, u: object, mid: int, reasons: list[Any], p: object) -> None:
-        self.subacks[mid] = [str(r) for r in reasons]
+        super().__init__(paho_client(tls, client_id, protocol=protocol, ca_file=ca_file))
 
     def subscribe(self, topic: str, qos: int = 1, timeout: float = 10.0) -> list[str]:
         """Subscribe and wait for the broker's SUBACK; its reason codes."""
@@ -189,20 +220,40 @@ def server_settings(data_dir: Path) -> object:
 ADMIN_PASSWORD = "admin-password-1"
 
 
-def system_stats(power: str = "ac") -> SystemStats:
-    """A device's system figures: small and fixed but for its power source."""
+def system_stats(power: str | None = None, **figures: float) -> SystemStats:
+    """A device's system figures: small and fixed but for the ones a test names.
+
+    ``power`` left out keeps the contract's default (the agent did not say).
+    """
     from edgefleet_contract.messages import SystemStats
 
-    return SystemStats(
-        cpu_percent=1,
-        mem_used_bytes=1,
-        mem_total_bytes=2,
-        rss_bytes=1,
-        disk_used_bytes=1,
-        disk_total_bytes=2,
-        uptime_s=1,
-        power=power,  # type: ignore[arg-type]
-    )
+    fields: dict[str, object] = {
+        "cpu_percent": 1,
+        "mem_used_bytes": 1,
+        "mem_total_bytes": 2,
+        "rss_bytes": 1,
+        "disk_used_bytes": 1,
+        "disk_total_bytes": 2,
+        "uptime_s": 1,
+    }
+    fields.update(figures)
+    if power is not None:
+        fields["power"] = power
+    return SystemStats.model_validate(fields)
+
+
+def inference_stats(**fields: object) -> InferenceStats:
+    """A window of ``digits`` 1.0.0 answers (10, no errors) but for the fields a test names."""
+    from edgefleet_contract.messages import InferenceStats
+
+    base: dict[str, object] = {
+        "model": "digits",
+        "version": "1.0.0",
+        "count": 10,
+        "errors": 0,
+        "throughput_per_s": 10,
+    }
+    return InferenceStats.model_validate({**base, **fields})
 
 
 def admin_token(api_url: str) -> str:

@@ -42,25 +42,11 @@ print(json.dumps({"answer": answer, "serving": serving, "updating": updating}))
 
 
 def test_a_serving_agent_imports_no_update_stack_and_no_tools(tmp_path: Path) -> None:
-    from fleet_server.modelkit.pack import PackRequest, pack
-    from models.thirdparty import CNN_SPEC
+    from fleet_server.modelkit.pack import pack
 
-    data = ROOT / "tests" / "data"
-    spec = tmp_path / "cnn.toml"
-    spec.write_text(CNN_SPEC)
-    labels = tmp_path / "labels.txt"
-    labels.write_text("\n".join(map(str, range(10))))
-    _, package = pack(
-        PackRequest(
-            model=data / "digits_cnn_torch.onnx",
-            name="cnn",
-            version="1.0.0",
-            labels=labels,
-            calibration=data / "digits_images.npy",
-            spec=spec,
-            output=tmp_path / "cnn.efpkg",
-        )
-    )
+    from .thirdparty_kit import cnn_request
+
+    _, package = pack(cnn_request(tmp_path, name="cnn", output=tmp_path / "cnn.efpkg"))
     done = subprocess.run(
         [sys.executable, "-c", SCENARIO, str(package), str(tmp_path), ",".join(LATER + NEVER)],
         capture_output=True,
@@ -71,7 +57,7 @@ def test_a_serving_agent_imports_no_update_stack_and_no_tools(tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["answer"] in [str(i) for i in range(10)]
+    assert result["answer"] in [f"digit-{i}" for i in range(10)]  # the kit's labels
     assert result["serving"] == []
     # Positive control: the update path does load its stack when it is used.
     assert {"httpx", "tuf"} <= set(result["updating"])

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from agent.drift_monitor import AlertPolicy, DriftMonitor
 from edgefleet_contract.drift import build_reference
-from edgefleet_contract.messages import InferenceStats, LatencySummary, Telemetry
+from edgefleet_contract.messages import LatencySummary, Telemetry
 from edgefleet_contract.multivariate import build_pca
 from fleet_server.api import ApiContext, create_app
 from fleet_server.auth import hash_password
@@ -19,6 +19,7 @@ from fleet_server.enrollment import Enrollment
 from fleet_server.pki import FleetCA
 from fleet_server.store import open_store
 
+from .harness import inference_stats
 from .test_drift_multivariate import REFERENCE, correlated
 
 NOW = time.time()
@@ -50,11 +51,8 @@ def _batches(
         report = monitor.window(rows)
         if n == 0:
             continue
-        inference = InferenceStats(
-            model="digits",
-            version="1.0.0",
+        inference = inference_stats(
             count=200,
-            errors=0,
             throughput_per_s=20.0,
             latency=LatencySummary(p50_ms=1, p95_ms=2, p99_ms=3, max_ms=4, mean_ms=1),
             feedback_count=20,

@@ -17,7 +17,6 @@ from edgefleet_contract.messages import (
     ModelRef,
     ReportedState,
     SpoolStats,
-    SystemStats,
     Telemetry,
     UpdateReport,
 )
@@ -29,6 +28,8 @@ from fleet_server.enrollment import Enrollment
 from fleet_server.pki import FleetCA
 from fleet_server.store import open_store
 from fleet_server.store.base import Store
+
+from .harness import inference_stats, system_stats
 
 NOW = time.time()
 
@@ -87,21 +88,14 @@ def batch(device_id: str, n: int, *, drift: float, dropped: int, ts: float) -> T
         seq=n,
         ts=ts,
         window_s=1,
-        system=SystemStats(
+        system=system_stats(
             cpu_percent=40,
-            mem_used_bytes=1,
             mem_total_bytes=4,
             rss_bytes=2**20,
             disk_used_bytes=0,
             disk_total_bytes=1,
-            uptime_s=1,
         ),
-        inference=InferenceStats(
-            model="digits",
-            version="1.0.0",
-            count=10,
-            errors=0,
-            throughput_per_s=10,
+        inference=inference_stats(
             latency=LatencySummary(p50_ms=1, p95_ms=2, p99_ms=3, max_ms=4, mean_ms=1),
             confidence_hist=[0, 0, 0, 10],
         ),

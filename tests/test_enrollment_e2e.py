@@ -14,18 +14,9 @@ import pytest
 
 from fleet_server.server import FleetServer
 
-from .harness import ADMIN_PASSWORD, wait_for
+from .harness import admin_token, wait_for
 
 BIN = Path(sys.executable).parent
-
-
-def admin_token(server: FleetServer) -> str:
-    r = httpx.post(
-        f"{server.settings.api_url}/api/v1/auth/login",
-        json={"username": "admin", "password": ADMIN_PASSWORD},
-    )
-    r.raise_for_status()
-    return str(r.json()["token"])
 
 
 def run(
@@ -46,7 +37,7 @@ def test_enroll_connect_online_then_offline_on_kill(fleet: FleetServer, tmp_path
     api = fleet.settings.api_url
     ctl_env = {
         "FLEETCTL_SERVER": api,
-        "FLEETCTL_TOKEN": admin_token(fleet),
+        "FLEETCTL_TOKEN": admin_token(fleet.settings.api_url),
         "FLEETCTL_CONFIG": str(tmp_path / "ctl.json"),
     }
     added = run(
@@ -115,7 +106,7 @@ def test_enroll_connect_online_then_offline_on_kill(fleet: FleetServer, tmp_path
 
 def test_revoked_device_cannot_reconnect_or_reenroll(fleet: FleetServer, tmp_path: Path) -> None:
     api = fleet.settings.api_url
-    headers = {"Authorization": f"Bearer {admin_token(fleet)}"}
+    headers = {"Authorization": f"Bearer {admin_token(fleet.settings.api_url)}"}
     token = httpx.post(f"{api}/api/v1/devices", headers=headers, json={"id": "rev-9"}).json()[
         "token"
     ]
@@ -159,7 +150,7 @@ def test_enrollment_refusals(fleet: FleetServer, tmp_path: Path) -> None:
     from agent.identity import _csr, _new_key
 
     api = fleet.settings.api_url
-    headers = {"Authorization": f"Bearer {admin_token(fleet)}"}
+    headers = {"Authorization": f"Bearer {admin_token(fleet.settings.api_url)}"}
     token = httpx.post(f"{api}/api/v1/devices", headers=headers, json={"id": "cn-1"}).json()[
         "token"
     ]

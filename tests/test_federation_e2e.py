@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -209,15 +210,20 @@ def test_malicious_updates_are_rejected_counted_and_never_aggregated(
             d.stop()
 
 
-class GateWorker(LearningWorker):
-    """Holds its answers to round 3 until the test opens the gate (server restarts meanwhile)."""
+class RoundGate(LearningWorker):
+    """Holds its answers from round 3 on until the test sets ``gate`` (the server restarts
+    meanwhile).  Each test subclasses it, for a gate of its own."""
 
-    gate = threading.Event()
+    gate: ClassVar[threading.Event]
 
     def answer_native(self, instruction, arrays):  # type: ignore[no-untyped-def]
         if int(instruction.config.get("server-round", 0)) >= 3:
-            GateWorker.gate.wait(120)
+            type(self).gate.wait(120)
         return super().answer_native(instruction, arrays)
+
+
+class GateWorker(RoundGate):
+    gate = threading.Event()
 
 
 def test_run_resumes_from_checkpoint_after_server_restart(
@@ -267,15 +273,10 @@ def test_run_resumes_from_checkpoint_after_server_restart(
         server.stop()
 
 
-class AdamGate(LearningWorker):
+class AdamGate(RoundGate):
     """Holds round 3 (of a FedAdam run) until the test has restarted the server."""
 
     gate = threading.Event()
-
-    def answer_native(self, instruction, arrays):  # type: ignore[no-untyped-def]
-        if int(instruction.config.get("server-round", 0)) >= 3:
-            AdamGate.gate.wait(120)
-        return super().answer_native(instruction, arrays)
 
 
 def _saved(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, object]]:

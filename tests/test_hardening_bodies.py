@@ -32,12 +32,14 @@ def api(tmp_path: Path) -> tuple[TestClient, Store, ApiContext]:
 
 
 def asgi_post(
-    app: FastAPI, path: str, chunks: Iterator[bytes], headers: dict[str, str] | None = None
+    client: TestClient, path: str, chunks: Iterator[bytes], headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, Any], int]:
-    """POST a chunked body (no Content-Length) straight into the ASGI app.
+    """POST a chunked body (no Content-Length) straight into the client's ASGI app.
 
     Returns the status, the JSON answer and how many body bytes the app pulled.
     """
+    app = client.app
+    assert isinstance(app, FastAPI)
     pulled = 0
     out: dict[str, Any] = {"status": 0, "body": b""}
 
@@ -90,9 +92,7 @@ def test_a_chunked_body_is_bounded_without_content_length(
     api: tuple[TestClient, Store, ApiContext],
 ) -> None:
     client, _, _ = api
-    app = client.app
-    assert isinstance(app, FastAPI)
-    status, body, pulled = asgi_post(app, "/api/v1/auth/login", _flood(64 * MiB))
+    status, body, pulled = asgi_post(client, "/api/v1/auth/login", _flood(64 * MiB))
     assert status == 413, body
     assert "limited to" in body["detail"]
     assert pulled <= MiB + 64 * 1024  # the limit plus at most one chunk, not 64 MiB
@@ -102,14 +102,12 @@ def test_the_body_of_an_unauthenticated_request_is_not_read(
     api: tuple[TestClient, Store, ApiContext],
 ) -> None:
     client, store, _ = api
-    app = client.app
-    assert isinstance(app, FastAPI)
-    status, body, pulled = asgi_post(app, "/api/v1/devices", _flood(32 * MiB))
+    status, body, pulled = asgi_post(client, "/api/v1/devices", _flood(32 * MiB))
     assert status == 401, body  # not 422 after reading 32 MiB
     assert pulled == 0
     # and a forged token is refused the same way; the refusal is audited
     status, _, pulled = asgi_post(
-        app, "/api/v1/devices", _flood(MiB), {"Authorization": "Bearer eft_forged"}
+        client, "/api/v1/devices", _flood(MiB), {"Authorization": "Bearer eft_forged"}
     )
     assert (status, pulled) == (401, 0)
     assert any(e.outcome == "denied" for e in store.list_audit().items)

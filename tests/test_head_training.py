@@ -36,10 +36,8 @@ from .thirdparty_kit import (
     pack_args,
 )
 
-
-@pytest.fixture(autouse=True)
-def _config(fleetctl_config: Path) -> Path:
-    return fleetctl_config
+# Every test runs fleetctl against its own config file, never the developer's.
+pytestmark = pytest.mark.usefixtures("fleetctl_config")
 
 
 def _pack_args(tmp_path: Path, embedding: str, out: Path) -> list[str]:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,16 +19,10 @@ import pytest
 
 from fleet_server.lease import LocalLease, PgLease, Singleton, advisory_key
 
+from .harness import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60.0
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Work:
@@ -113,7 +106,7 @@ def test_kill_9_of_the_holder_hands_the_work_to_another_process(
         standby.start()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
-        wait_for(standby.holding.is_set, "the standby to take the lease")
+        wait_for(standby.holding.is_set, TIMEOUT_S, "the standby to take the lease")
         assert work.running.is_set() and work.starts == 1
         assert not probe.try_acquire()  # and now the standby holds it exclusively
     finally:
@@ -127,16 +120,16 @@ def test_a_lost_session_stops_the_work(pg_server: object, pg_dsn: str) -> None:
     single = Singleton(PgLease("t-lost", pg_dsn), work.start, work.stop, interval_s=0.2)
     single.start()
     try:
-        wait_for(single.holding.is_set, "the lease")
+        wait_for(single.holding.is_set, TIMEOUT_S, "the lease")
         with psycopg.connect(pg_dsn, autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name LIKE %s",
                 ("%lease:t-lost",),
             )
-        wait_for(lambda: work.stops >= 1, "the work to stop after the session ended")
+        wait_for(lambda: work.stops >= 1, TIMEOUT_S, "the work to stop after the session ended")
         # It comes back by itself once the database answers again (it never went away here).
-        wait_for(lambda: work.starts >= 2, "the lease to be taken again")
+        wait_for(lambda: work.starts >= 2, TIMEOUT_S, "the lease to be taken again")
     finally:
         single.stop()
 

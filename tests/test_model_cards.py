@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet_contract.messages import InferenceStats, LatencySummary, SystemStats, Telemetry
+from edgefleet_contract.messages import LatencySummary, Telemetry
 from edgefleet_contract.package import MANIFEST_NAME, Manifest, pack_package, read_package
 from fleet_server.cbpe import CALIBRATION_NAME, Calibration
 
+from .harness import inference_stats, system_stats
 from .ota_server import DIGITS, MODELS, make_env, model_version
 
 FLOAT = MODELS / "digits-1.0.0-onnx-float32.efpkg"
@@ -24,21 +25,12 @@ def _batch(device: str, seq: int, version: str, labels: int, right: int) -> Tele
         seq=seq,
         ts=time.time() - 60,
         window_s=10,
-        system=SystemStats(
-            cpu_percent=5,
-            mem_used_bytes=10**8,
-            mem_total_bytes=10**9,
-            rss_bytes=50 * 2**20,
-            disk_used_bytes=1,
-            disk_total_bytes=2,
-            uptime_s=1,
+        system=system_stats(
+            cpu_percent=5, mem_used_bytes=10**8, mem_total_bytes=10**9, rss_bytes=50 * 2**20
         ),
-        inference=InferenceStats(
-            model="digits",
+        inference=inference_stats(
             version=version,
             count=100,
-            errors=0,
-            throughput_per_s=10,
             latency=LatencySummary(p50_ms=1, p95_ms=4, p99_ms=5, max_ms=6, mean_ms=1),
             feedback_count=labels,
             feedback_correct=right,

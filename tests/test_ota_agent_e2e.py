@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +27,12 @@ import agent.identity as identity_module
 from agent.identity import enroll
 from fleet_server.server import FleetServer
 
-from .harness import ADMIN_PASSWORD, wait_for
+from .harness import admin_token, wait_for
 from .ota_device_kit import model_target, package_bytes, publish_model
 from .ota_server import DIGITS, model_version
-from .tuf_sim import RepoServer, TufRepo
+from .tuf_sim import RepoServer
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def repo_server() -> Iterator[RepoServer]:
-    srv = RepoServer(TufRepo())
-    yield srv
-    srv.close()
-
-
-def api_token(fleet: FleetServer) -> str:
-    r = httpx.post(
-        f"{fleet.settings.api_url}/api/v1/auth/login",
-        json={"username": "admin", "password": ADMIN_PASSWORD},
-    )
-    r.raise_for_status()
-    return str(r.json()["token"])
 
 
 def twin(fleet: FleetServer, token: str, device_id: str) -> dict[str, Any]:
@@ -79,7 +62,7 @@ def enrolled_agent(
     device_id: str,
 ) -> tuple[Path, dict[str, str]]:
     """Enroll ``device_id`` (the enroll answer carries the TUF root); return its dir and env."""
-    token = api_token(fleet)
+    token = admin_token(fleet.settings.api_url)
     api = fleet.settings.api_url
     r = httpx.post(
         f"{api}/api/v1/devices",
@@ -136,7 +119,7 @@ def stop_agent(proc: subprocess.Popen[str]) -> None:
 def test_edge_agent_killed_mid_download_resumes_after_restart(
     fleet: FleetServer, repo_server: RepoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    token = api_token(fleet)
+    token = admin_token(fleet.settings.api_url)
     data_dir, env = enrolled_agent(fleet, repo_server, tmp_path, monkeypatch, "ota-e2e-2")
     publish_model(repo_server.repo, "1.1.0")
     repo_server.faults.throttle_s = 0.1  # a slow link: 2 kB per 100 ms
@@ -171,7 +154,7 @@ def test_edge_agent_killed_mid_download_resumes_after_restart(
 def test_agent_installs_a_desired_model_and_reports_each_failure(
     fleet: FleetServer, repo_server: RepoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    token = api_token(fleet)
+    token = admin_token(fleet.settings.api_url)
     data_dir, env = enrolled_agent(fleet, repo_server, tmp_path, monkeypatch, "ota-e2e-1")
     assert (data_dir / "tuf" / "root.json").read_text() == repo_server.repo.root_json()
     publish_model(repo_server.repo, "1.1.0")
@@ -214,7 +197,7 @@ def test_agent_updates_from_the_fleet_servers_own_tuf_repository(
     fleet: FleetServer, tmp_path: Path
 ) -> None:
     """No test repository: push through the API, enroll for real, install from ``/tuf/``."""
-    token = api_token(fleet)
+    token = admin_token(fleet.settings.api_url)
     api = fleet.settings.api_url
     auth = {"Authorization": f"Bearer {token}"}
     v2 = model_version(tmp_path, "1.1.0")

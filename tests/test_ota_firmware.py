@@ -6,11 +6,9 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import bsdiff4
-import pytest
 
 from agent.updates.firmware import ABSlotHandler, CommandHandler, InstallHandler
 from agent.updates.journal import Journal
@@ -46,21 +44,14 @@ def publish_firmware(
     return data
 
 
-@pytest.fixture
-def server() -> Iterator[RepoServer]:
-    srv = RepoServer(TufRepo())
-    yield srv
-    srv.close()
+def fw_device(tmp_path: Path, repo_server: RepoServer, handler: InstallHandler) -> Device:
+    return make_device(tmp_path / "dev", repo_server, firmware=handler, hardware="rpi4")
 
 
-def fw_device(tmp_path: Path, server: RepoServer, handler: InstallHandler) -> Device:
-    return make_device(tmp_path / "dev", server, firmware=handler, hardware="rpi4")
-
-
-def test_ab_slot_update_commits(tmp_path: Path, server: RepoServer) -> None:
-    publish_firmware(server.repo, "1.1.0")
+def test_ab_slot_update_commits(tmp_path: Path, repo_server: RepoServer) -> None:
+    publish_firmware(repo_server.repo, "1.1.0")
     handler = ABSlotHandler(tmp_path / "fw", initial_version="1.0.0")
-    device = fw_device(tmp_path, server, handler)
+    device = fw_device(tmp_path, repo_server, handler)
     final = device.updater.run(fw_ref("1.1.0"), desired_version=3)
     assert final.phase == "committed", final.error
     assert handler.current_version() == "1.1.0"
@@ -74,17 +65,17 @@ def test_ab_slot_update_commits(tmp_path: Path, server: RepoServer) -> None:
     assert device.serving == "1.0.0"  # a firmware update leaves the model alone
 
 
-def test_second_firmware_update_uses_a_delta(tmp_path: Path, server: RepoServer) -> None:
-    first = publish_firmware(server.repo, "1.1.0")
+def test_second_firmware_update_uses_a_delta(tmp_path: Path, repo_server: RepoServer) -> None:
+    first = publish_firmware(repo_server.repo, "1.1.0")
     handler = ABSlotHandler(tmp_path / "fw", initial_version="1.0.0")
-    device = fw_device(tmp_path, server, handler)
+    device = fw_device(tmp_path, repo_server, handler)
     assert device.updater.run(fw_ref("1.1.0"), desired_version=3).phase == "committed"
     image = bytearray(read_bundle_image(first))
     image[1000:1010] = b"patched!!!"  # a small firmware change
     second = pack_bundle({"name": "edge-os", "version": "1.2.0", "hardware": ["rpi4"]}, image)
-    publish_firmware(server.repo, "1.2.0", second)
+    publish_firmware(repo_server.repo, "1.2.0", second)
     patch = bsdiff4.diff(first, second)
-    server.repo.deltas[(sha256(first), sha256(second))] = patch
+    repo_server.repo.deltas[(sha256(first), sha256(second))] = patch
     final = device.updater.run(fw_ref("1.2.0"), desired_version=4)
     assert final.phase == "committed", final.error
     assert final.delta == "used" and final.bytes_transferred == len(patch)
@@ -96,35 +87,37 @@ def read_bundle_image(data: bytes) -> bytes:
     return parse_bundle(data).image
 
 
-def test_wrong_hardware_is_refused_before_download(tmp_path: Path, server: RepoServer) -> None:
-    publish_firmware(server.repo, "1.1.0", hardware=("jetson-nano",))
+def test_wrong_hardware_is_refused_before_download(tmp_path: Path, repo_server: RepoServer) -> None:
+    publish_firmware(repo_server.repo, "1.1.0", hardware=("jetson-nano",))
     handler = ABSlotHandler(tmp_path / "fw", initial_version="1.0.0")
-    device = fw_device(tmp_path, server, handler)
+    device = fw_device(tmp_path, repo_server, handler)
     final = device.updater.run(fw_ref("1.1.0"), desired_version=3)
     assert final.phase == "failed"
     assert final.error is not None and "rpi4" in final.error and "hardware" in final.error
-    assert not any(p.startswith("/tuf/targets/") for p, _ in server.requests)
+    assert not any(p.startswith("/tuf/targets/") for p, _ in repo_server.requests)
     assert handler.current_version() == "1.0.0"
 
 
 def test_bundle_that_does_not_list_the_device_is_refused(
-    tmp_path: Path, server: RepoServer
+    tmp_path: Path, repo_server: RepoServer
 ) -> None:
     image = b"\x7fELF" + bytes(4096)
     data = pack_bundle({"name": "edge-os", "version": "1.2.0", "hardware": ["rpi5"]}, image)
-    publish_firmware(server.repo, "1.2.0", data, hardware=("rpi4",))  # metadata says rpi4 ...
+    publish_firmware(repo_server.repo, "1.2.0", data, hardware=("rpi4",))  # metadata says rpi4 ...
     handler = ABSlotHandler(tmp_path / "fw", initial_version="1.0.0")
-    device = fw_device(tmp_path, server, handler)
+    device = fw_device(tmp_path, repo_server, handler)
     final = device.updater.run(fw_ref("1.2.0"), desired_version=3)
     assert final.phase == "failed"  # ... the bundle itself does not
     assert final.error is not None and "hardware" in final.error
     assert handler.current_version() == "1.0.0"
 
 
-def test_bootloader_fallback_is_reported_as_rollback(tmp_path: Path, server: RepoServer) -> None:
-    publish_firmware(server.repo, "1.1.0")
+def test_bootloader_fallback_is_reported_as_rollback(
+    tmp_path: Path, repo_server: RepoServer
+) -> None:
+    publish_firmware(repo_server.repo, "1.1.0")
     handler = ABSlotHandler(tmp_path / "fw", initial_version="1.0.0", bootlimit=0)
-    device = fw_device(tmp_path, server, handler)  # bootlimit 0: the new slot never comes up
+    device = fw_device(tmp_path, repo_server, handler)  # bootlimit 0: the new slot never comes up
     final = device.updater.run(fw_ref("1.1.0"), desired_version=3)
     assert final.phase == "rolled_back"
     assert final.error is not None and "fell back" in final.error
@@ -132,10 +125,10 @@ def test_bootloader_fallback_is_reported_as_rollback(tmp_path: Path, server: Rep
     assert handler.env().boot_slot == "a"
 
 
-def test_unhealthy_firmware_rolls_back(tmp_path: Path, server: RepoServer) -> None:
-    publish_firmware(server.repo, "1.1.0")
+def test_unhealthy_firmware_rolls_back(tmp_path: Path, repo_server: RepoServer) -> None:
+    publish_firmware(repo_server.repo, "1.1.0")
     handler = ABSlotHandler(tmp_path / "fw", initial_version="1.0.0")
-    device = fw_device(tmp_path, server, handler)
+    device = fw_device(tmp_path, repo_server, handler)
     device.updater.policy = UpdatePolicy(probation_s=120, poll_s=0.02, min_inferences=5)
 
     def traffic() -> None:
@@ -171,9 +164,9 @@ def fake_client(tmp_path: Path, *, fail_step: str | None = None) -> Path:
     return script
 
 
-def test_command_handler_runs_the_board_client(tmp_path: Path, server: RepoServer) -> None:
+def test_command_handler_runs_the_board_client(tmp_path: Path, repo_server: RepoServer) -> None:
     data = bundle("1.1.0")
-    publish_firmware(server.repo, "1.1.0", data)
+    publish_firmware(repo_server.repo, "1.1.0", data)
     exe = str(fake_client(tmp_path))
     handler = CommandHandler.preset(
         "mender",
@@ -187,8 +180,8 @@ def test_command_handler_runs_the_board_client(tmp_path: Path, server: RepoServe
         {"name": "edge-os", "version": "1.2.0", "hardware": ["rpi4"], "handler": "mender"},
         b"MENDER" + bytes(2048),
     )
-    publish_firmware(server.repo, "1.2.0", data)
-    device = fw_device(tmp_path, server, handler)
+    publish_firmware(repo_server.repo, "1.2.0", data)
+    device = fw_device(tmp_path, repo_server, handler)
     final = device.updater.run(fw_ref("1.2.0"), desired_version=3)
     assert final.phase == "committed", final.error
     calls = (tmp_path / "calls.log").read_text().split("\n")
@@ -198,26 +191,28 @@ def test_command_handler_runs_the_board_client(tmp_path: Path, server: RepoServe
     assert not list((tmp_path / "fw" / "incoming").iterdir())
 
 
-def test_command_handler_failure_reaches_the_report(tmp_path: Path, server: RepoServer) -> None:
+def test_command_handler_failure_reaches_the_report(
+    tmp_path: Path, repo_server: RepoServer
+) -> None:
     exe = str(fake_client(tmp_path, fail_step="install"))
     handler = CommandHandler("rauc", tmp_path / "fw", {"install": (exe, "install", "{image}")})
     data = pack_bundle(
         {"name": "edge-os", "version": "1.2.0", "hardware": ["rpi4"], "handler": "rauc"},
         bytes(1024),
     )
-    publish_firmware(server.repo, "1.2.0", data)
-    device = fw_device(tmp_path, server, handler)
+    publish_firmware(repo_server.repo, "1.2.0", data)
+    device = fw_device(tmp_path, repo_server, handler)
     final = device.updater.run(fw_ref("1.2.0"), desired_version=3)
     assert final.phase == "failed"
     assert final.error is not None and "exit 3" in final.error and "write error" in final.error
     assert handler.current_version() == "0.0.0"
 
 
-def test_handler_mismatch_is_refused(tmp_path: Path, server: RepoServer) -> None:
-    publish_firmware(server.repo, "1.1.0")  # an ab-slot bundle
+def test_handler_mismatch_is_refused(tmp_path: Path, repo_server: RepoServer) -> None:
+    publish_firmware(repo_server.repo, "1.1.0")  # an ab-slot bundle
     exe = str(fake_client(tmp_path))
     handler = CommandHandler("swupdate", tmp_path / "fw", {"install": (exe, "install", "{image}")})
-    device = fw_device(tmp_path, server, handler)
+    device = fw_device(tmp_path, repo_server, handler)
     final = device.updater.run(fw_ref("1.1.0"), desired_version=3)
     assert final.phase == "failed"
     assert final.error is not None and "ab-slot" in final.error

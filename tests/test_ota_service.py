@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,28 +15,23 @@ from edgefleet_contract.messages import DesiredState
 
 from .harness import wait_for
 from .ota_device_kit import model_ref, package_bytes, publish_model
-from .tuf_sim import RepoServer, TufRepo
+from .tuf_sim import RepoServer
 
 
-@pytest.fixture
-def server() -> Iterator[RepoServer]:
-    srv = RepoServer(TufRepo())
-    yield srv
-    srv.close()
-
-
-def settings(data_dir: Path, server: RepoServer, **updates: object) -> AgentSettings:
+def settings(data_dir: Path, repo_server: RepoServer, **updates: object) -> AgentSettings:
     return AgentSettings(
         data_dir=data_dir,
         hardware="rpi4",
-        updates={"server_url": server.url, "probation_s": 0.1, **updates},  # type: ignore[arg-type]
+        updates={"server_url": repo_server.url, "probation_s": 0.1, **updates},  # type: ignore[arg-type]
     )
 
 
-def test_persisted_desired_state_is_carried_out_once(tmp_path: Path, server: RepoServer) -> None:
-    publish_model(server.repo, "1.1.0")
+def test_persisted_desired_state_is_carried_out_once(
+    tmp_path: Path, repo_server: RepoServer
+) -> None:
+    publish_model(repo_server.repo, "1.1.0")
     data_dir = tmp_path / "dev"
-    save_root(data_dir, server.repo.root_json())
+    save_root(data_dir, repo_server.repo.root_json())
     first = tmp_path / "first.efpkg"
     first.write_bytes(package_bytes("1.0.0"))
     desired = DesiredState(version=4, model=model_ref("1.1.0"))
@@ -45,7 +39,10 @@ def test_persisted_desired_state_is_carried_out_once(tmp_path: Path, server: Rep
     service = ModelService(recorder=None)
     changes: list[int] = []
     updates = DeviceUpdates(
-        settings(data_dir, server), "http://unused", service, on_change=lambda: changes.append(1)
+        settings(data_dir, repo_server),
+        "http://unused",
+        service,
+        on_change=lambda: changes.append(1),
     )
     boot = updates.boot_model_path(first)
     assert boot is not None and boot.parent.name == "a"  # first boot: bundled model into slot a
@@ -65,17 +62,19 @@ def test_persisted_desired_state_is_carried_out_once(tmp_path: Path, server: Rep
     assert firmware is not None and firmware.version == "0.0.0" and firmware.slot == "a"
 
     # Next start with the same persisted desired state: nothing to do, nothing fetched.
-    before = len(server.requests)
-    again = DeviceUpdates(settings(data_dir, server), "http://unused", service, on_change=list)
+    before = len(repo_server.requests)
+    again = DeviceUpdates(settings(data_dir, repo_server), "http://unused", service, on_change=list)
     again.start(desired)
     again.stop()
-    assert len(server.requests) == before
+    assert len(repo_server.requests) == before
 
 
 def test_unknown_firmware_command_step_is_a_config_error(
-    tmp_path: Path, server: RepoServer
+    tmp_path: Path, repo_server: RepoServer
 ) -> None:
-    bad = settings(tmp_path, server, firmware_handler="rauc", firmware_commands={"flash": ["dd"]})
+    bad = settings(
+        tmp_path, repo_server, firmware_handler="rauc", firmware_commands={"flash": ["dd"]}
+    )
     with pytest.raises(ConfigError, match="flash"):
         make_handler(bad)
-    assert make_handler(settings(tmp_path, server, firmware_handler="none")) is None
+    assert make_handler(settings(tmp_path, repo_server, firmware_handler="none")) is None

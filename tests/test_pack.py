@@ -25,6 +25,7 @@ from .thirdparty_kit import (
     SENSOR_CSV,
     audio,
     classifier_request,
+    cli_pack,
     cnn_request,
     digits_truth,
     iforest_request,
@@ -34,10 +35,8 @@ from .thirdparty_kit import (
     write,
 )
 
-
-@pytest.fixture(autouse=True)
-def _config(fleetctl_config: Path) -> Path:
-    return fleetctl_config
+# Every test runs fleetctl against its own config file, never the developer's.
+pytestmark = pytest.mark.usefixtures("fleetctl_config")
 
 
 def test_cli_packs_a_torch_cnn_that_serves_images_as_trained(tmp_path: Path) -> None:
@@ -231,10 +230,7 @@ def test_int8_packs_hold_int8_weights_and_record_their_agreement(tmp_path: Path)
     from fleet_server.modelkit import quantize
 
     out = tmp_path / "cnn-int8.efpkg"
-    request = cnn_request(tmp_path, quantize="int8", output=out)
-    code, _, err = fleetctl(["models", "pack", *pack_args(request)])
-    assert code == 0, err
-    package = read_package(out)
+    package = cli_pack(cnn_request(tmp_path, quantize="int8", output=out))
     q = package.manifest.quantization
     assert q.dtype == "int8" and q.method == "static-qdq" and q.int8_ops == {"Conv": 2, "Gemm": 2}
     assert q.agreement is not None and q.agreement.top1 is not None and q.agreement.top1 >= 0.99

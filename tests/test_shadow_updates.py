@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,25 +15,18 @@ from edgefleet_contract.messages import DesiredState
 
 from .harness import wait_for
 from .ota_device_kit import model_ref, model_target, package_bytes, publish_model
-from .tuf_sim import RepoServer, TufRepo, sha256
+from .tuf_sim import RepoServer, sha256
 
 
-@pytest.fixture
-def server() -> Iterator[RepoServer]:
-    srv = RepoServer(TufRepo())
-    yield srv
-    srv.close()
-
-
-def _device(tmp_path: Path, server: RepoServer) -> tuple[ModelService, DeviceUpdates]:
+def _device(tmp_path: Path, repo_server: RepoServer) -> tuple[ModelService, DeviceUpdates]:
     data_dir = tmp_path / "dev"
-    save_root(data_dir, server.repo.root_json())
+    save_root(data_dir, repo_server.repo.root_json())
     first = tmp_path / "first.efpkg"
     first.write_bytes(package_bytes("1.0.0"))
     settings = AgentSettings(
         data_dir=data_dir,
         hardware="rpi4",
-        updates={"server_url": server.url},  # type: ignore[arg-type]
+        updates={"server_url": repo_server.url},  # type: ignore[arg-type]
     )
     service = ModelService(recorder=None)
     updates = DeviceUpdates(settings, "http://unused", service, on_change=lambda: None)
@@ -45,10 +37,10 @@ def _device(tmp_path: Path, server: RepoServer) -> tuple[ModelService, DeviceUpd
 
 
 def test_shadow_candidate_is_verified_staged_apart_and_never_switched(
-    tmp_path: Path, server: RepoServer
+    tmp_path: Path, repo_server: RepoServer
 ) -> None:
-    publish_model(server.repo, "1.1.0")
-    service, updates = _device(tmp_path, server)
+    publish_model(repo_server.repo, "1.1.0")
+    service, updates = _device(tmp_path, repo_server)
     slots_before = updates.slots()
     updates.start()
     try:
@@ -73,14 +65,14 @@ def test_shadow_candidate_is_verified_staged_apart_and_never_switched(
 
 
 def test_tampered_shadow_candidate_is_refused(
-    tmp_path: Path, server: RepoServer, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, repo_server: RepoServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    data = publish_model(server.repo, "1.1.0")
+    data = publish_model(repo_server.repo, "1.1.0")
     evil = bytearray(data)
     evil[len(evil) // 2] ^= 0xFF
     directory, _, basename = model_target("1.1.0").rpartition("/")
-    server.faults.override[f"targets/{directory}/{sha256(data)}.{basename}"] = bytes(evil)
-    service, updates = _device(tmp_path, server)
+    repo_server.faults.override[f"targets/{directory}/{sha256(data)}.{basename}"] = bytes(evil)
+    service, updates = _device(tmp_path, repo_server)
     caplog.set_level("ERROR", logger="agent.updates.service")
     updates.start()
     try:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,20 +27,12 @@ from fleet_server.pki import write_private
 from fleet_server.roles import PARTS, SHARE_GROUP, subscriptions
 from fleet_server.store import open_store
 
-from .harness import Client, Pki, free_port
+from .harness import Client, Pki, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ("fleet.server.ingest-a", "fleet.server.ingest-b")
 DEVICES = ("shr-1", "shr-2")
 TIMEOUT_S = 120.0
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -84,7 +76,7 @@ class Worker:
 
     def wait_subscribed(self) -> None:
         wait_for(lambda: "subscribed" in self.lines or self.proc.poll() is not None,
-                 f"{self.identity} to subscribe")  # fmt: skip
+                 TIMEOUT_S, f"{self.identity} to subscribe")  # fmt: skip
         assert "subscribed" in self.lines, self.lines
 
     def end(self) -> None:
@@ -143,7 +135,9 @@ def test_kill_9_of_one_of_two_ingest_workers_loses_and_doubles_nothing(
         for n in range(total):
             if n == half:
                 # Mid-stream: both have stored some (so both really took part), then one dies.
-                wait_for(lambda: all(w.stored > 0 for w in workers), "both workers to store")
+                wait_for(
+                    lambda: all(w.stored > 0 for w in workers), TIMEOUT_S, "both workers to store"
+                )
                 os.kill(workers[0].proc.pid, signal.SIGKILL)
                 workers[0].proc.wait(30)
             for c, d in zip(devices, DEVICES, strict=True):
@@ -159,7 +153,7 @@ def test_kill_9_of_one_of_two_ingest_workers_loses_and_doubles_nothing(
         survivor_only = workers[1].stored
         workers.append(Worker(store_at, replica_broker.port, pki, WORKERS[0]))
         workers[2].wait_subscribed()
-        wait_for(complete, "every batch of both devices to be stored")
+        wait_for(complete, TIMEOUT_S, "every batch of both devices to be stored")
         assert survivor_only > 0
         got = stored_batches(store_at)
         assert {d: len(got[d]) for d in DEVICES} == {d: total for d in DEVICES}

@@ -14,15 +14,15 @@ import pytest
 from edgefleet_contract.errors import EnrollmentError, NotFound, StoreError
 from edgefleet_contract.messages import (
     DesiredState,
-    InferenceStats,
     LatencySummary,
     ModelRef,
     ReportedState,
-    SystemStats,
     Telemetry,
 )
 from fleet_server.store import Store, open_store
 from fleet_server.store.base import ApiToken, AuditEntry, CommandRecord
+
+from .harness import inference_stats, system_stats
 
 
 @pytest.fixture
@@ -39,19 +39,10 @@ def batch(device: str, n: int, ts: float, latency: float = 5.0) -> Telemetry:
         seq=n,
         ts=ts,
         window_s=10,
-        system=SystemStats(
-            cpu_percent=10.0 * (n % 3),
-            mem_used_bytes=100,
-            mem_total_bytes=200,
-            rss_bytes=50,
-            disk_used_bytes=1,
-            disk_total_bytes=2,
-            uptime_s=1,
+        system=system_stats(
+            cpu_percent=10.0 * (n % 3), mem_used_bytes=100, mem_total_bytes=200, rss_bytes=50
         ),
-        inference=InferenceStats(
-            model="digits",
-            version="1.0.0",
-            count=10,
+        inference=inference_stats(
             errors=1,
             throughput_per_s=1,
             latency=LatencySummary(

@@ -15,16 +15,12 @@ import pytest
 from onnx import numpy_helper
 
 from agent.serving import ModelService
-from edgefleet_contract.package import read_package
 from fleet_server.modelkit import quantize
 
-from .fleetctl_kit import fleetctl
-from .thirdparty_kit import RESNET, digits_truth, pack_args, resnet_images, resnet_request
+from .thirdparty_kit import RESNET, cli_pack, digits_truth, resnet_images, resnet_request
 
-
-@pytest.fixture(autouse=True)
-def _config(fleetctl_config: Path) -> Path:
-    return fleetctl_config
+# Every test runs fleetctl against its own config file, never the developer's.
+pytestmark = pytest.mark.usefixtures("fleetctl_config")
 
 
 def _int8_weights(model: bytes) -> dict[str, int]:
@@ -46,10 +42,7 @@ def _int8_weights(model: bytes) -> dict[str, int]:
 
 def test_a_torch_resnet_packs_to_real_int8_and_the_agent_serves_it(tmp_path: Path) -> None:
     out = tmp_path / "resnet-int8.efpkg"
-    request = resnet_request(tmp_path, quantize="int8", output=out)
-    code, _, err = fleetctl(["models", "pack", *pack_args(request)])
-    assert code == 0, err
-    package = read_package(out)
+    package = cli_pack(resnet_request(tmp_path, quantize="int8", output=out))
     q = package.manifest.quantization
     # Nine Convs (stem, two per block, two 1x1 skips) and the Linear head, all int8.
     assert q.dtype == "int8" and q.method == "static-qdq" and q.int8_ops == {"Conv": 9, "Gemm": 1}

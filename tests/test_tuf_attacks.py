@@ -8,6 +8,7 @@ device-side handling -- keep the current model, report why -- is the agent's.)
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,35 +19,39 @@ from .ota_server import DIGITS, make_env, model_version
 TARGET = "models/digits/1.0.0/digits-1.0.0-onnx-int8.efpkg"
 
 
-def test_tampered_artifact_is_refused(tmp_path: Path) -> None:
+def _flip_a_bit(data: bytes) -> bytes:
+    flipped = bytearray(data)
+    flipped[100] ^= 0x01
+    return bytes(flipped)
+
+
+def _endless(data: bytes) -> bytes:
+    return data + bytes(10_000_000)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "error"),
+    [
+        pytest.param(_flip_a_bit, exceptions.LengthOrHashMismatchError, id="tampered"),
+        # Endless data is cut at the signed length.
+        pytest.param(_endless, exceptions.DownloadLengthMismatchError, id="endless"),
+    ],
+)
+def test_a_tampered_artifact_is_refused(
+    tmp_path: Path, tamper: Callable[[bytes], bytes], error: type[Exception]
+) -> None:
     env = make_env(tmp_path)
     pushed = env.push("model", DIGITS, env.login("olga")).json()
     blob = env.registry.blob(pushed["sha256"])
     assert blob is not None
-    data = bytearray(blob.read_bytes())
-    data[100] ^= 0x01
-    blob.write_bytes(bytes(data))
+    blob.write_bytes(tamper(blob.read_bytes()))
     device = env.updater(tmp_path / "device")
     device.refresh()
     info = device.get_targetinfo(TARGET)
     assert info is not None
-    with pytest.raises(exceptions.LengthOrHashMismatchError):
+    with pytest.raises(error):
         device.download_target(info, str(tmp_path / "got"))
     assert not (tmp_path / "got").exists()
-
-
-def test_endless_data_is_cut_at_the_signed_length(tmp_path: Path) -> None:
-    env = make_env(tmp_path)
-    pushed = env.push("model", DIGITS, env.login("olga")).json()
-    blob = env.registry.blob(pushed["sha256"])
-    assert blob is not None
-    blob.write_bytes(blob.read_bytes() + bytes(10_000_000))
-    device = env.updater(tmp_path / "device")
-    device.refresh()
-    info = device.get_targetinfo(TARGET)
-    assert info is not None
-    with pytest.raises(exceptions.DownloadLengthMismatchError):
-        device.download_target(info, str(tmp_path / "got"))
 
 
 def test_replayed_old_metadata_is_refused(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from models.thirdparty import VAD_SPEC as VAD_SPEC
 from .harness import require
 
 if TYPE_CHECKING:
+    from edgefleet_contract.package import ModelPackage
     from fleet_server.modelkit.pack import PackRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,6 +237,18 @@ def pack_args(request: PackRequest) -> list[str]:
         if value is not None:
             args += [f"--{option}", str(value)]
     return args
+
+
+def cli_pack(request: PackRequest) -> ModelPackage:
+    """Pack ``request`` with ``fleetctl models pack`` (which must succeed); the package it wrote."""
+    from edgefleet_contract.package import read_package
+
+    from .fleetctl_kit import fleetctl
+
+    code, _, err = fleetctl(["models", "pack", *pack_args(request)])
+    assert code == 0, err
+    assert request.output is not None
+    return read_package(request.output)
 
 
 def cnn_head_package(folder: Path, embedding: str = CNN_EMBEDDING) -> Path:
