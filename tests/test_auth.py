@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
-from edgefleet_contract.errors import AuthError, EdgefleetError, PermissionDenied
+from edgefleet_contract.errors import AuthError, EdgefleetError, NotFound, PermissionDenied
 from fleet_server.auth import (
     COST,
     MAX_PASSWORD,
@@ -24,7 +26,7 @@ from fleet_server.auth import (
     verify_password,
 )
 from fleet_server.store import open_store
-from fleet_server.store.base import Role, Store
+from fleet_server.store.base import Role, Store, User
 
 CHEAP = ScryptCost(n=2**10, r=8, p=1)
 
@@ -250,6 +252,8 @@ def test_redact_removes_every_secret_shape() -> None:
     for secret in ("hunter2hunter2", api, enrollment, "xyz", "c" * 32, "letmein"):
         assert secret not in text
     assert cleaned["username"] == "amy" and cleaned["token_id"] == "1a2b3c"
+    assert cleaned["password"] == "***" and cleaned["empty_password"] == ""
+    assert redact(["amy", 3, ("x", api)]) == ["amy", 3, ["x", "***"]]
     assert cleaned["note"] == "enrolled with *** then used ***"
     assert redact(42) == 42 and redact("plain text") == "plain text"
 
@@ -518,3 +522,45 @@ def test_a_shared_throttle_keeps_wall_clock_failures_in_the_log() -> None:
     assert throttle.retry_after("ip:b") == 0
     throttle.succeeded("ip:a")
     assert log.rows == [] and throttle.retry_after("ip:a") == 0
+
+
+def test_a_hash_with_a_shorter_digest_still_verifies() -> None:
+    """The digest's length is read from the hash, like its cost."""
+    salt = b"s" * 16
+    digest = hashlib.scrypt(b"correct horse", salt=salt, n=CHEAP.n, r=CHEAP.r, p=CHEAP.p, dklen=32)
+    parts = [str(CHEAP.n), str(CHEAP.r), str(CHEAP.p)]
+    encoded = "$".join(["scrypt", *parts, *(base64.b64encode(b).decode() for b in (salt, digest))])
+    assert verify_password("correct horse", encoded)
+    assert not verify_password("correct horsE", encoded)
+
+
+def test_success_for_a_source_that_never_failed_is_fine() -> None:
+    throttle = LoginThrottle(1, clock=Clock(0.0))
+    throttle.succeeded("ip:new")
+    assert throttle.retry_after("ip:new") == 0
+
+
+class _UsersGone:
+    """A store whose users have all been removed (tokens kept)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def get_user(self, username: str) -> User:
+        raise NotFound(f"no user {username!r}")
+
+
+def test_a_token_whose_user_is_gone_says_so(store: Store) -> None:
+    store.create_user(
+        "jan", role="viewer", password_hash=hash_password("jan-password", cost=CHEAP), now=0
+    )
+    secret, _ = Authenticator(store, cost=CHEAP).issue_token(
+        store.get_user("jan"), name="t", ttl_s=60
+    )
+    gone = Authenticator(cast(Store, _UsersGone(store)), cost=CHEAP)
+    with pytest.raises(AuthError) as info:
+        gone.principal(secret)
+    assert str(info.value) == "the token's user no longer exists"
