@@ -5,8 +5,11 @@ tests do not pin down.
 Score = killed ÷ (killed + survived), timeouts counted as killed (and listed); a mutant in code
 no selected test runs ("no tests") counts as survived.  Each core runs in its own scratch
 directory under `.cache/mutation/` (mutmut reads its settings from the working directory's
-pyproject.toml), niced, two children at a time.  Not part of CI: `python -m bench
-bench_mutation [core ...]` (`make mutation`); the survivors, with their diffs, go to
+pyproject.toml), niced, two children at a time, on SQLite only, with a timeout per mutant
+(10 x its tests' time on the unmutated code + 2 s) and none per core.  Not part of CI:
+`python -m bench bench_mutation` (`make mutation`) runs every core; `python -m
+bench.bench_mutation [core-slug ...] [--report] [--write]` runs some (`--report`: only read
+the last results; `--write`: into docs/benchmarks.md).  The survivors, with their diffs, go to
 docs/mutation-survivors.md and the explanations of the ones left alive are in docs/mutation.md.
 """
 
