@@ -65,6 +65,7 @@ CORES = (
             "tests/test_rollout_properties.py",
             "tests/test_rollout_gate_data.py",
             "tests/test_rollout_shadow.py",
+            "tests/test_rollout_champion.py",
         ),
     ),
     Core(

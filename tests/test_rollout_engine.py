@@ -316,3 +316,18 @@ def test_a_revert_that_fails_on_the_device_is_reported() -> None:
     )
     assert canary.status == "rolled_back" and "could not go back to digits@1.2.0" in canary.detail
     assert next(n.kind for n in out if hasattr(n, "kind")) == "revert_failed"
+
+
+def test_an_update_that_cannot_be_delivered_fails_the_device_and_then_its_revert() -> None:
+    sim = make(8)
+    sim.answer = False
+    sim.run(3)
+    canary = sim.canary
+    assert canary.status == "sent"
+    sim.apply(sim.rollout.not_delivered(canary.device_id, "device deleted", sim.now))
+    assert (canary.detail, canary.finished_at) == ("device deleted", sim.now)
+    assert sim.rollout.state.reason == "automatic rollback: 1 device(s) failed (at most 0 allowed)"
+    assert canary.status == "reverting"  # the failure rolled the rollout back
+    sim.apply(sim.rollout.not_delivered(canary.device_id, "store refused", sim.now + 1))
+    assert (canary.status, canary.detail) == ("rolled_back", "revert not delivered: store refused")
+    assert canary.finished_at == sim.now  # when it failed, not when its revert did
