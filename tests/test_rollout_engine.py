@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgefleet_contract.errors import RolloutError
-from fleet_server.rollouts.engine import Candidate, Rollout
+from fleet_server.rollouts.champion import Arm
+from fleet_server.rollouts.engine import Candidate, Rollout, _arm
 from fleet_server.rollouts.model import DeviceProgress
 from fleet_server.rollouts.plan import Share
 
@@ -331,3 +332,49 @@ def test_an_update_that_cannot_be_delivered_fails_the_device_and_then_its_revert
     sim.apply(sim.rollout.not_delivered(canary.device_id, "store refused", sim.now + 1))
     assert (canary.status, canary.detail) == ("rolled_back", "revert not delivered: store refused")
     assert canary.finished_at == sim.now  # when it failed, not when its revert did
+
+
+def test_a_rolled_back_rollout_sums_its_devices_up_by_status() -> None:
+    sim = make(8)
+    sim.answer = False
+    sim.run(3)
+    sim.apply(sim.rollout.not_delivered(sim.canary.device_id, "device deleted", sim.now))
+    sim.apply(sim.rollout.not_delivered(sim.canary.device_id, "store refused", sim.now))
+    sim.run(2)  # the next tick sees every revert settled
+    done = [n.message for n in sim.notes if n.kind == "rolled_back"]
+    assert done == ["1 rolled_back, 7 skipped"]
+    assert sim.rollout.counts() == [
+        {"rolled_back": 1},
+        {"skipped": 1},
+        {"skipped": 2},
+        {"skipped": 4},
+    ]
+
+
+def test_a_completed_rollout_counts_each_waves_devices() -> None:
+    sim = make(8)
+    sim.run(3000)
+    assert sim.rollout.status == "completed"
+    assert sim.rollout.counts() == [
+        {"succeeded": 1},
+        {"succeeded": 1},
+        {"succeeded": 2},
+        {"succeeded": 4},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "labels", "arm"),
+    [
+        (None, 5, Arm(0, 0)),
+        (0.9, 0, Arm(0, 0)),
+        (0.9, 1, Arm(1, 1)),
+        (0.0, 10, Arm(0, 10)),
+        (0.94, 50, Arm(47, 50)),
+        (1.5, 10, Arm(10, 10)),  # an estimate past 1 is clipped to the labels
+    ],
+)
+def test_an_accuracy_and_its_labels_count_back_to_an_arm(
+    accuracy: float | None, labels: int, arm: Arm
+) -> None:
+    assert _arm(accuracy, labels) == arm
