@@ -7,7 +7,7 @@ import pytest
 from edgefleet_contract.errors import RolloutError
 from fleet_server.rollouts.champion import Arm
 from fleet_server.rollouts.engine import Candidate, Rollout, _arm
-from fleet_server.rollouts.model import DeviceProgress
+from fleet_server.rollouts.model import DeviceProgress, Note
 from fleet_server.rollouts.plan import Share
 
 from .rollout_sim import ARTIFACT, Sim, make, plan
@@ -378,3 +378,35 @@ def test_an_accuracy_and_its_labels_count_back_to_an_arm(
     accuracy: float | None, labels: int, arm: Arm
 ) -> None:
     assert _arm(accuracy, labels) == arm
+
+
+def test_a_device_that_fails_its_update_is_in_the_event_log_with_its_error() -> None:
+    sim = make(8)
+    sim.fail = {sim.canary.device_id}
+    sim.run(200)
+    assert [(n.ts, n.kind, n.message, n.device_id) for n in sim.notes[2:4]] == [
+        (1001.0, "device_failed", "boom", sim.canary.device_id),
+        (1001.0, "halted", "1 device(s) failed (at most 0 allowed)", None),
+    ]
+    assert sim.canary.detail == "boom"
+
+
+def test_a_device_back_online_is_queued_again_at_once() -> None:
+    sim = make(4, offline=frozenset({"d001"}))
+    sim.run(400)
+    late = sim.rollout.devices["d001"]
+    assert late.status == "offline"
+    out = sim.rollout.device_report("d001", now=sim.now, online=True)
+    assert out == [Note(sim.now, "retry", "back online; queued again", "d001")]
+    assert (late.status, late.due_at) == ("queued", sim.now)  # jitter_s is 0 in these plans
+    assert sim.rollout.device_report("d001", now=sim.now, online=True) == []  # already queued
+
+
+def test_a_device_reporting_failed_health_after_its_update_is_noted() -> None:
+    sim = make(8)
+    sim.run(3)
+    canary = sim.canary
+    out = sim.rollout.device_report(canary.device_id, now=sim.now, health="failed")
+    assert out == [Note(sim.now, "device_unhealthy", "reports health failed", canary.device_id)]
+    other = next(d for d in sim.rollout.devices.values() if d.status == "queued")
+    assert sim.rollout.device_report(other.device_id, now=sim.now, health="failed") == []
