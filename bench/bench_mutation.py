@@ -5,8 +5,11 @@ tests do not pin down.
 Score = killed ÷ (killed + survived), timeouts counted as killed (and listed); a mutant in code
 no selected test runs ("no tests") counts as survived.  Each core runs in its own scratch
 directory under `.cache/mutation/` (mutmut reads its settings from the working directory's
-pyproject.toml), niced, two children at a time.  Not part of CI: `python -m bench
-bench_mutation [core ...]` (`make mutation`); the survivors, with their diffs, go to
+pyproject.toml), niced, two children at a time, on SQLite only, with a timeout per mutant
+(10 x its tests' time on the unmutated code + 2 s) and none per core.  Not part of CI:
+`python -m bench bench_mutation` (`make mutation`) runs every core; `python -m
+bench.bench_mutation [core-slug ...] [--report] [--write]` runs some (`--report`: only read
+the last results; `--write`: into docs/benchmarks.md).  The survivors, with their diffs, go to
 docs/mutation-survivors.md and the explanations of the ones left alive are in docs/mutation.md.
 """
 
@@ -29,8 +32,21 @@ NOTES = ROOT / "bench" / "mutation_notes.txt"
 """One line per survivor left alive on purpose: ``mutant name: why`` (mutmut's names change
 when the mutated function does, so a stale note shows up as a survivor without one)."""
 # What the scratch directory links to: the packages mutmut copies, the tests, their data.
-LINKED = ("agent", "fleet_server", "edgefleet_contract", "tests", "models", "firmware_images")
-PER_CORE_TIMEOUT_S = 3600
+MUTATED = ("agent", "fleet_server", "edgefleet_contract")
+COPIED = ("edgefleet_common", "edgefleet_sim", "edgefleet_demo", "models", "firmware_images")
+"""Copied into mutmut's ``mutants/`` as they are: the tests import them (or read their files
+next to ``tests/``), and without a copy Python would find them through the editable install,
+which points at whichever checkout ran ``make setup``, not this one."""
+LINKED = (*MUTATED, *COPIED, "tests")
+TIMEOUT_MULTIPLIER, TIMEOUT_CONSTANT_S = 10.0, 2.0
+"""A mutant's tests are stopped (and it counts as a timeout, so killed) after ``multiplier x
+(what those tests took on the unmutated code + constant)``: a per-mutant cap, so a mutant that
+loops forever costs seconds, and no per-core cap cuts a slow core short with mutants not
+checked."""
+PYTEST_ARGS = ("-p", "no:cacheprovider", "-q", "-x", "-k", "not postgresql")
+"""The fast unit tests only: the PostgreSQL half of a test that runs on both stores would start
+a private cluster in every mutant's test process, and none of the cores' logic differs by
+store."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,7 @@ CORES = (
             "tests/test_rollout_properties.py",
             "tests/test_rollout_gate_data.py",
             "tests/test_rollout_shadow.py",
+            "tests/test_rollout_champion.py",
         ),
     ),
     Core(
@@ -64,15 +81,28 @@ CORES = (
         "rollout gates",
         "fleet_server/rollouts/gates.py",
         (
+            "tests/test_rollout_gates.py",
             "tests/test_rollout_plan.py",
             "tests/test_rollout_gate_data.py",
             "tests/test_rollout_champion.py",
             "tests/test_rollout_shadow.py",
         ),
     ),
-    Core("selector", "fleet_server/selector.py", ("tests/test_selector.py",)),
+    Core(
+        "selector",
+        "fleet_server/selector.py",
+        (
+            "tests/test_selector.py",
+            # the SQL half: each selector chooses in SQLite what it matches in Python
+            "tests/test_store_postgres.py::test_selectors_in_sql_choose_what_matches_chooses",
+        ),
+    ),
     Core("codec", "edgefleet_contract/codec.py", ("tests/test_contract.py",)),
-    Core("package reader", "edgefleet_contract/package.py", ("tests/test_package.py",)),
+    Core(
+        "package reader",
+        "edgefleet_contract/package.py",
+        ("tests/test_package.py", "tests/test_task_manifest.py"),
+    ),
     Core("enrollment", "fleet_server/enrollment.py", ("tests/test_enrollment.py",)),
     Core("auth", "fleet_server/auth.py", ("tests/test_auth.py",)),
     Core("spool policy", "agent/spool.py", ("tests/test_spool.py",)),
@@ -101,10 +131,13 @@ def _scratch(core: Core) -> Path:
         [
             "",
             "[tool.mutmut]",
-            'source_paths = ["agent", "fleet_server", "edgefleet_contract"]',
+            f"source_paths = {list(MUTATED)!r}",
+            f"also_copy = {list(COPIED)!r}",
             f'only_mutate = ["{core.module}"]',
             f"pytest_add_cli_args_test_selection = {list(core.tests)!r}",
-            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]',
+            f"pytest_add_cli_args = {list(PYTEST_ARGS)!r}",
+            f"timeout_multiplier = {TIMEOUT_MULTIPLIER}",
+            f"timeout_constant = {TIMEOUT_CONSTANT_S}",
             "",
         ]
     ).replace("'", '"')
@@ -167,15 +200,17 @@ def mutate(core: Core) -> tuple[dict[str, str], float, Path]:
     env.pop("COVERAGE_PROCESS_CONFIG", None)
     started = time.monotonic()
     with (folder / "mutmut.log").open("w") as log:
-        subprocess.run(
+        done = subprocess.run(
             ["nice", "-n", "10", str(MUTMUT), "run", "--max-children", "2"],
             cwd=folder,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            timeout=PER_CORE_TIMEOUT_S,
             check=False,
         )
+    if done.returncode:  # e.g. the tests fail on the unmutated code: say why, not just "0/N"
+        tail = (folder / "mutmut.log").read_text(errors="replace")[-2000:]
+        print(f"mutmut failed on {core.name} ({done.returncode}):\n{tail}", file=sys.stderr)
     return _results(folder), time.monotonic() - started, folder
 
 

@@ -10,6 +10,7 @@ rule the service leaves to the store (a new token voids the old one) is proved t
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,11 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from edgefleet_contract.errors import EnrollmentError, StoreError
-from fleet_server.enrollment import Enrollment, hash_token
+from fleet_server.enrollment import Enrollment, hash_token, token_device_id
 from fleet_server.pki import FleetCA
 from fleet_server.store import open_store
 
@@ -262,3 +263,85 @@ def test_revoked_device_cannot_renew_or_enroll_again(rig: Rig) -> None:
     rig.store.save_enrollment_token("rev-1", hash_token("rev-1.leftover"), rig.clock.now + DAY)
     with pytest.raises(EnrollmentError, match="revoked"):
         rig.service.enroll("rev-1.leftover", request)
+
+
+def test_enrolment_renewal_and_revocation_are_logged_with_device_and_serial(
+    memory_rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = memory_rig
+    caplog.set_level(logging.INFO, logger="fleet_server.enrollment")
+    key, cert = enrolled(rig, "log-1")
+    first = x509.load_pem_x509_certificate(cert).serial_number
+    request = csr(new_key(), "log-1")
+    renewed = rig.service.renew(cert, request, proof(key, request))
+    second = x509.load_pem_x509_certificate(renewed.cert_pem.encode()).serial_number
+    rig.service.revoke("log-1")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"enrolled device log-1 (certificate serial {first:x})",
+        f"renewed certificate of log-1 (serial {second:x}; 1 earlier revoked)",
+        "revoked device log-1 (2 certificates)",
+    ]
+
+
+def test_what_enrol_and_renew_send_back_and_who_is_admitted(tmp_path: Path) -> None:
+    clock = Clock()
+    ca = FleetCA.create(tmp_path / "ca", now=clock.now - DAY)
+    admitted: list[str] = []
+    service = Enrollment(
+        MemoryStore(),
+        ca,
+        token_ttl_s=DAY,
+        cert_validity_s=DAY,
+        on_admit=admitted.append,
+        clock=clock,
+    )
+    token = service.add_device("adm-1", name="", tags={}).token
+    assert len(token) == len("adm-1.") + 43  # 256 random bits, url-safe base64
+    key = new_key()
+    cert = service.enroll(token, csr(key, "adm-1"))
+    assert admitted == ["adm-1"]
+    ca_pem = ca.pem.decode()
+    assert cert.ca_pem == ca_pem
+    request = csr(new_key(), "adm-1")
+    renewed = service.renew(cert.cert_pem.encode(), request, proof(key, request))
+    assert (renewed.device_id, renewed.ca_pem) == ("adm-1", ca_pem)
+
+
+def test_refusals_in_full(rig: Rig) -> None:
+    with pytest.raises(EnrollmentError) as info:
+        rig.service.enroll("no-separator", b"")
+    assert str(info.value) == (
+        "that is not an enrollment token (expected DEVICE-ID.SECRET as printed by "
+        "`fleetctl devices add`); ask an operator for a new one with "
+        "`fleetctl devices token ID`"
+    )
+    key, cert = enrolled(rig, "full-1")
+    request = csr(new_key(), "full-1")
+    with pytest.raises(EnrollmentError) as info:
+        rig.service.renew(cert, request, proof(new_key(), request))
+    assert str(info.value) == (
+        "the renewal proof does not verify: sign the new CSR with the current key"
+    )
+    rig.service.revoke("full-1")
+    with pytest.raises(EnrollmentError) as info:
+        rig.service.renew(cert, request, proof(key, request))
+    assert str(info.value) == "cannot renew: the certificate of 'full-1' is revoked"
+
+
+@pytest.mark.parametrize("token", ["pump-1.", ".secret", "pump/1.secret", "pump-1"])
+def test_a_token_without_a_device_id_and_a_secret_names_no_device(token: str) -> None:
+    assert token_device_id(token) is None
+
+
+def test_an_ed25519_device_renews_with_an_ed25519_proof(memory_rig: Rig) -> None:
+    rig = memory_rig
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed-1")])
+    request = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, None)
+    token = rig.service.add_device("ed-1", name="", tags={}).token
+    cert = rig.service.enroll(token, request.public_bytes(serialization.Encoding.PEM))
+    renewal = csr(new_key(), "ed-1")
+    with pytest.raises(EnrollmentError, match="does not verify"):
+        rig.service.renew(cert.cert_pem.encode(), renewal, base64.b64encode(b"x" * 64).decode())
+    good = base64.b64encode(key.sign(renewal)).decode()
+    assert rig.service.renew(cert.cert_pem.encode(), renewal, good).device_id == "ed-1"

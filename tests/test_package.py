@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from edgefleet_contract.package import (
     as_task,
     drift_width,
     encode_weights,
+    manifest_json,
     pack_package,
     parse_package,
     read_package,
@@ -225,3 +229,66 @@ def test_a_format_1_package_reads_as_a_classifier_of_its_input() -> None:
     assert m.output_spec("probabilities").shape == [-1, 10]
     none = task.model_copy(update={"inputs": [task.inputs[0].model_copy(update={"drift": "none"})]})
     assert drift_width(m.model_copy(update={"task": none})) == 0
+
+
+def _changed(doc: dict[str, object], key: str, **change: object) -> dict[str, object]:
+    section = dict(doc[key])  # type: ignore[call-overload]
+    return {**doc, key: {**section, **change}}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: {**d, "labels": ["only"]},
+            "format 1 has one input, one output and at least two labels",
+        ),
+        (
+            lambda d: {**d, "inputs": d["inputs"] * 2},
+            "format 1 has one input, one output and at least two labels",
+        ),
+        (
+            lambda d: {**d, "outputs": d["outputs"] * 2},
+            "format 1 has one input, one output and at least two labels",
+        ),
+        (lambda d: {**d, "labels": ["a", "b"]}, "2 labels for an output of 10 classes"),
+        (
+            lambda d: _changed(d, "preprocessing", scale=[1.0] * 3),
+            "preprocessing.scale has 3 values, need 64",
+        ),
+        (
+            lambda d: _changed(d, "preprocessing", offset=[0.0] * 65),
+            "preprocessing.offset has 65 values, need 64",
+        ),
+        (
+            lambda d: _changed(
+                d, "self_test", expected=[[0.1] * 3] * len(d["self_test"]["inputs"])
+            ),
+            "every self_test expected row needs 10 values",
+        ),
+        (
+            lambda d: _changed(d, "drift", features=d["drift"]["features"][:3]),
+            "the drift reference must describe 64 features",
+        ),
+        (
+            lambda d: _changed(d, "trainable", input_shape=[8, 4]),
+            "trainable.input_shape does not hold the input's feature count",
+        ),
+    ],
+)
+def test_a_format_1_manifest_that_does_not_fit_its_model_says_why(
+    original: tuple[dict[str, bytes], dict[str, object]],
+    edit: Callable[[Any], dict[str, object]],
+    message: str,
+) -> None:
+    members, doc = original
+    with pytest.raises(PackageError, match=re.escape(message)):
+        parse_package(_with_manifest(members, edit(doc)))
+
+
+def test_a_format_1_manifest_is_written_with_only_the_fields_format_1_had() -> None:
+    manifest = read_package(MLP).manifest
+    written = json.loads(manifest_json(manifest))
+    assert "task" not in written and "rtol" not in written["self_test"]
+    assert written["format"] == 1 and written["labels"] == manifest.labels
+    assert Manifest.model_validate(written) == manifest  # nothing else is left out

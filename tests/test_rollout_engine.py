@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from edgefleet_contract.errors import RolloutError
-from fleet_server.rollouts.engine import Candidate, Rollout
-from fleet_server.rollouts.model import DeviceProgress
+from fleet_server.rollouts.champion import Arm
+from fleet_server.rollouts.engine import Candidate, Rollout, _arm
+from fleet_server.rollouts.model import DeviceProgress, Note
 from fleet_server.rollouts.plan import Share
 
 from .rollout_sim import ARTIFACT, Sim, make, plan
@@ -316,3 +317,96 @@ def test_a_revert_that_fails_on_the_device_is_reported() -> None:
     )
     assert canary.status == "rolled_back" and "could not go back to digits@1.2.0" in canary.detail
     assert next(n.kind for n in out if hasattr(n, "kind")) == "revert_failed"
+
+
+def test_an_update_that_cannot_be_delivered_fails_the_device_and_then_its_revert() -> None:
+    sim = make(8)
+    sim.answer = False
+    sim.run(3)
+    canary = sim.canary
+    assert canary.status == "sent"
+    sim.apply(sim.rollout.not_delivered(canary.device_id, "device deleted", sim.now))
+    assert (canary.detail, canary.finished_at) == ("device deleted", sim.now)
+    assert sim.rollout.state.reason == "automatic rollback: 1 device(s) failed (at most 0 allowed)"
+    assert canary.status == "reverting"  # the failure rolled the rollout back
+    sim.apply(sim.rollout.not_delivered(canary.device_id, "store refused", sim.now + 1))
+    assert (canary.status, canary.detail) == ("rolled_back", "revert not delivered: store refused")
+    assert canary.finished_at == sim.now  # when it failed, not when its revert did
+
+
+def test_a_rolled_back_rollout_sums_its_devices_up_by_status() -> None:
+    sim = make(8)
+    sim.answer = False
+    sim.run(3)
+    sim.apply(sim.rollout.not_delivered(sim.canary.device_id, "device deleted", sim.now))
+    sim.apply(sim.rollout.not_delivered(sim.canary.device_id, "store refused", sim.now))
+    sim.run(2)  # the next tick sees every revert settled
+    done = [n.message for n in sim.notes if n.kind == "rolled_back"]
+    assert done == ["1 rolled_back, 7 skipped"]
+    assert sim.rollout.counts() == [
+        {"rolled_back": 1},
+        {"skipped": 1},
+        {"skipped": 2},
+        {"skipped": 4},
+    ]
+
+
+def test_a_completed_rollout_counts_each_waves_devices() -> None:
+    sim = make(8)
+    sim.run(3000)
+    assert sim.rollout.status == "completed"
+    assert sim.rollout.counts() == [
+        {"succeeded": 1},
+        {"succeeded": 1},
+        {"succeeded": 2},
+        {"succeeded": 4},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "labels", "arm"),
+    [
+        (None, 5, Arm(0, 0)),
+        (0.9, 0, Arm(0, 0)),
+        (0.9, 1, Arm(1, 1)),
+        (0.0, 10, Arm(0, 10)),
+        (0.94, 50, Arm(47, 50)),
+        (1.5, 10, Arm(10, 10)),  # an estimate past 1 is clipped to the labels
+    ],
+)
+def test_an_accuracy_and_its_labels_count_back_to_an_arm(
+    accuracy: float | None, labels: int, arm: Arm
+) -> None:
+    assert _arm(accuracy, labels) == arm
+
+
+def test_a_device_that_fails_its_update_is_in_the_event_log_with_its_error() -> None:
+    sim = make(8)
+    sim.fail = {sim.canary.device_id}
+    sim.run(200)
+    assert [(n.ts, n.kind, n.message, n.device_id) for n in sim.notes[2:4]] == [
+        (1001.0, "device_failed", "boom", sim.canary.device_id),
+        (1001.0, "halted", "1 device(s) failed (at most 0 allowed)", None),
+    ]
+    assert sim.canary.detail == "boom"
+
+
+def test_a_device_back_online_is_queued_again_at_once() -> None:
+    sim = make(4, offline=frozenset({"d001"}))
+    sim.run(400)
+    late = sim.rollout.devices["d001"]
+    assert late.status == "offline"
+    out = sim.rollout.device_report("d001", now=sim.now, online=True)
+    assert out == [Note(sim.now, "retry", "back online; queued again", "d001")]
+    assert (late.status, late.due_at) == ("queued", sim.now)  # jitter_s is 0 in these plans
+    assert sim.rollout.device_report("d001", now=sim.now, online=True) == []  # already queued
+
+
+def test_a_device_reporting_failed_health_after_its_update_is_noted() -> None:
+    sim = make(8)
+    sim.run(3)
+    canary = sim.canary
+    out = sim.rollout.device_report(canary.device_id, now=sim.now, health="failed")
+    assert out == [Note(sim.now, "device_unhealthy", "reports health failed", canary.device_id)]
+    other = next(d for d in sim.rollout.devices.values() if d.status == "queued")
+    assert sim.rollout.device_report(other.device_id, now=sim.now, health="failed") == []

@@ -223,3 +223,57 @@ def test_resuming_a_halted_shadow_step_runs_it_again_before_any_switch() -> None
     sim.run(300)
     assert sim.sent == []
     assert [start for _, _, start in sim.shadows] == [True, False, True]
+
+
+def test_the_event_log_of_a_shadow_step_that_passes() -> None:
+    sim = make(8, shadow_s=600.0, gates=GATES, canary=plan().canary)
+    sim.figures = _shadow(0.97)
+    sim.run(3000)
+    assert [(n.ts, n.kind, n.message) for n in sim.notes[:4]] == [
+        (1001.0, "started", "rolling out digits@1.3.0"),
+        (1001.0, "shadow_started", "shadow run on 1 devices for 10m"),
+        (1601.0, "gates_passed", "the shadow step passed its gates"),
+        (1601.0, "wave_started", "canary: 1 devices"),
+    ]
+
+
+def test_the_event_log_of_a_shadow_step_that_gets_no_data() -> None:
+    sim = make(4, shadow_s=60.0, gates=GATES, gate_timeout_s=300.0)
+    sim.figures = _shadow(0.99, per_s=0.0)
+    sim.run(520)
+    failed = (
+        "the shadow step failed its gates: shadow_agreement>=0.9 "
+        "(no data: 0 of 20 shadow answers from the wave within 5m)"
+    )
+    assert [(n.ts, n.kind, n.message) for n in sim.notes[1:4]] == [
+        (1001.0, "shadow_started", "shadow run on 1 devices for 1m"),
+        (
+            1061.0,
+            "gates_waiting",
+            "the shadow step is waiting for data: shadow_agreement>=0.9 0/20 shadow answers "
+            "(gates still short of it 5m after the shadow run fail)",
+        ),
+        (1361.0, "halted", failed),
+    ]
+    assert sim.rollout.state.reason == f"automatic rollback: {failed}"
+
+
+def test_a_wave_without_data_waits_after_probation_with_the_same_rule() -> None:
+    """The wait for data (shared with the shadow step) names the wave and its probation."""
+    sim = make(4, gates=(parse_gate("error_rate<0.05"),), gate_timeout_s=300.0)
+    sim.figures = lambda a: ({"error_rate": None}, {"error_rate": 0})
+    sim.run(1000)
+    assert [(n.ts, n.kind, n.message) for n in sim.notes[2:4]] == [
+        (
+            1061.0,
+            "gates_waiting",
+            "wave 0 is waiting for data: error_rate<0.05 0/20 inferences "
+            "(gates still short of it 5m after probation fail)",
+        ),
+        (
+            1361.0,
+            "halted",
+            "wave 0 failed its gates: error_rate<0.05 "
+            "(no data: 0 of 20 inferences from the wave within 5m)",
+        ),
+    ]

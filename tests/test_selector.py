@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from edgefleet_contract.errors import SelectorError
 from edgefleet_contract.messages import FirmwareRef, ModelRef, ReportedState
 from fleet_server.selector import parse, version_key
+from fleet_server.store._conn import Dialect
 from fleet_server.store.base import Device
 
 
@@ -294,3 +295,36 @@ def test_an_error_after_other_tokens_points_at_its_own_token() -> None:
     with pytest.raises(SelectorError) as err:
         parse("online and tag:")
     assert "at column 12, found 'tag:'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "versioned"),
+    [
+        ("online", False),
+        ("tag:site=berlin and group:canary", False),
+        ("model:digits", False),
+        ("model:digits>=1.4.0", True),
+        ("model:digits@1.4.0", True),
+        ("firmware:<1.10.0", True),
+        ("agent:>=0.1.0", True),
+        ("not firmware:<1.10.0", True),
+        ("online or firmware:<1.10.0", True),
+        ("online and (offline or agent:>=0.1.0)", True),
+    ],
+)
+def test_a_selector_that_compares_versions_says_so(text: str, versioned: bool) -> None:
+    """The store filters such selectors in Python where SQL cannot order versions."""
+    assert parse(text).versioned is versioned
+
+
+def test_two_selectors_joined_with_and_match_what_both_match() -> None:
+    online, berlin = parse("online"), parse("tag:site=berlin")
+    both = online & berlin
+    assert both.source == "(online) and (tag:site=berlin)"
+    assert [d.id for d in FLEET if both.matches(d)] == [
+        d.id for d in FLEET if online.matches(d) and berlin.matches(d)
+    ]
+    assert not both.versioned and (online & parse("firmware:>1.0.0")).versioned
+    dialect = Dialect()
+    (a, a_params), (b, b_params) = online.cond.sql(dialect), berlin.cond.sql(dialect)
+    assert both.sql(dialect) == (f"COALESCE((({a}) AND ({b})), FALSE)", [*a_params, *b_params])
