@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import SettingsConfigDict
 
 from edgefleet_common.config import FileSettings
 
@@ -108,9 +107,7 @@ class UpdateSettings(Section):
 
 
 class AgentSettings(FileSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="EDGE_AGENT_", extra="forbid", env_nested_delimiter="__"
-    )
+    env_prefix: ClassVar[str] = "EDGE_AGENT_"
 
     data_dir: Path = Path("/var/lib/edgefleet")
     """Identity, spool, model slots and labelled samples."""

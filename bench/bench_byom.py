@@ -15,7 +15,8 @@ the inference section); three runs per model, the median run shown with the wors
 beside it. Goal: at most 1.05x on models of 1 ms or more (the ResNet and the
 IsolationForest); on the faster ones the absolute µs added is the figure to read (at +N µs
 the goal holds from 20·N µs per call). The ResNet misses it: the agent adds +300 µs (1.29x)
-when run alone at a quieter moment and +448 µs in the run below. Timed piece by piece, each
+when run alone at a quieter moment, +448 µs on 2026-12-02 and +234 µs (1.31x) in the run below
+with the same predict path (the machine's load moves it). Timed piece by piece, each
 right after a model call as in serving (its buffers and code go cold while the model runs):
 preprocessing one 64x64 image ~140 µs (canonical form 21, normalise and transpose 61,
 per-channel drift statistics 71; ~60 µs in all when warm), reading the outputs and building
@@ -58,8 +59,13 @@ pydantic-settings (which imports asyncio) 21, the agent's own modules ~9, ONNX R
 import 29 (mostly its 36 MB library's code pages), and silero's session 16 (5 of them
 more ORT code, ~11 of graph and weights: the arena, memory patterns, prepacking and graph
 optimisation each off change it by at most 1.4 MiB) plus its package 4.5; about 95 MiB
-before any model is loaded, so 100 MiB + the model file is not reached without dropping
-pydantic-settings or ONNX Runtime's Python package."""
+before any model is loaded.  The settings are now read by edgefleet_common/config.py
+itself, without pydantic-settings and the asyncio it imported: the agent went from 107.9
+to 104.9 MiB (two runs each, 2026-12-03); pydantic with that loader is 15.5 MiB after
+numpy (14.7 measured in that order).  What is left above the goal is mostly ONNX
+Runtime's Python package.  numpy.ma (1.2 MiB) comes in with the first np.unique
+(np.percentile of the latency window calls it), and the drift reference needs np.unique
+after burn-in anyway, so it stays."""
 
 from __future__ import annotations
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
 
 from edgefleet_common.config import FileSettings
 
@@ -172,9 +171,7 @@ class DatabaseSettings(Section):
 
 
 class ServerSettings(FileSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="FLEET_", extra="forbid", env_nested_delimiter="__"
-    )
+    env_prefix: ClassVar[str] = "FLEET_"
 
     data_dir: Path = Path("var/fleet")
     """CA and keys, the SQLite database (unless ``[database] url`` names another), the

@@ -73,3 +73,26 @@ def test_agent_not_enrolled_exits_3(tmp_path: Path) -> None:
     )
     assert result.returncode == 3
     assert "edge-agent enroll" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_environment_nesting_json_and_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("THREADS = 3\n[spool]\ndrain_burst = 7\n")
+    monkeypatch.setenv("edge_agent_threads", "4")
+    monkeypatch.setenv("EDGE_AGENT_SPOOL", '{"max_bytes": 100000}')
+    monkeypatch.setenv("EDGE_AGENT_SPOOL__MAX_AGE_S", "9")
+    monkeypatch.setenv("EDGE_AGENT_BROKER__ENDPOINTS", '["h:1", "g:2"]')
+    monkeypatch.setenv("EDGE_AGENT_UPDATES__FIRMWARE_COMMANDS__INSTALL", '["x", "{image}"]')
+    settings = load_settings(AgentSettings, cfg, data_dir=tmp_path)
+    assert settings.threads == 4 and settings.data_dir == tmp_path
+    assert (settings.spool.max_bytes, settings.spool.max_age_s) == (100000, 9)
+    assert settings.spool.drain_burst == 7  # the file's value, merged key by key
+    assert settings.broker.alternates() == (("h", 1), ("g", 2))
+    assert settings.updates.firmware_commands == {"install": ["x", "{image}"]}
+    assert AgentSettings().threads == 4  # constructing one reads the environment too
+
+
+def test_environment_json_error_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_AGENT_BROKER__ENDPOINTS", "h:1")
+    with pytest.raises(ConfigError, match="EDGE_AGENT_BROKER__ENDPOINTS is not valid JSON"):
+        load_settings(AgentSettings)
