@@ -228,16 +228,6 @@ class PgStore(
         with self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") as conn:
             yield conn
 
-    def schema_version(self) -> int:
-        return self._version
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.raw.close()
-            self._all.clear()
-        self._local = threading.local()
-
     # ----------------------------------------------------------- telemetry --
 
     def insert_telemetry(

@@ -70,16 +70,6 @@ class SqliteStore(
                 self._all.append(conn)
         return conn
 
-    def schema_version(self) -> int:
-        return self._version
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.raw.close()
-            self._all.clear()
-        self._local = threading.local()
-
 
 class Rows:
     """A finished statement's rows and row count (what the store reads of a cursor)."""
