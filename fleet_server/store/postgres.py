@@ -32,16 +32,12 @@ from edgefleet_contract.messages import Telemetry
 
 from . import migrations
 from ._conn import Cursor, DbConn, PgDialect, pg_sql
-from .accounts import AccountTables
-from .artifacts import ArtifactTables
-from .devices import DeviceTables
 from .partitions import Partitions
 from .pgconnect import check_rights, connect, describe
-from .rollouts import RolloutTables
 from .rows import telemetry_row
 from .schema import ROLLUP_COLUMNS
-from .telemetry import TelemetryTables, rollup_upsert
-from .training import TrainingTables
+from .tables import StoreTables
+from .telemetry import rollup_upsert
 
 _WRITE_LOCK = 7305101
 # psycopg's own syntax (PgConn.native): arrays sent binary, one fixed text per statement.
@@ -149,14 +145,7 @@ class PgConn:
         return cur
 
 
-class PgStore(
-    TelemetryTables,
-    AccountTables,
-    TrainingTables,
-    ArtifactTables,
-    RolloutTables,
-    DeviceTables,
-):
+class PgStore(StoreTables):
     dialect = PgDialect()
 
     def __init__(self, dsn: str) -> None:

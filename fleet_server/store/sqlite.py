@@ -28,22 +28,10 @@ from edgefleet_common.private import private_file
 
 from ..version_order import version_cmp
 from . import migrations
-from .accounts import AccountTables
-from .artifacts import ArtifactTables
-from .devices import DeviceTables
-from .rollouts import RolloutTables
-from .telemetry import TelemetryTables
-from .training import TrainingTables
+from .tables import StoreTables
 
 
-class SqliteStore(
-    TelemetryTables,
-    AccountTables,
-    TrainingTables,
-    ArtifactTables,
-    RolloutTables,
-    DeviceTables,
-):
+class SqliteStore(StoreTables):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
