@@ -197,11 +197,36 @@ def pg_sql(sql: str) -> str:
     return _PLACEHOLDER.sub(swap, sql)
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class OwnedConn(Protocol):
+    """A backend's connection wrapper, as :meth:`Connections.close` sees it."""
+
+    @property
+    def raw(self) -> _Closable: ...
+
+
 class Connections:
     """Per-thread connections and short write transactions."""
 
     _local: threading.local
+    _lock: threading.Lock
+    _all: Sequence[OwnedConn]
+    """Every thread's connection, so ``close`` reaches those of other threads too."""
+    _version: int
     dialect: Dialect = Dialect()
+
+    def schema_version(self) -> int:
+        return self._version
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.raw.close()
+            self._all = []
+        self._local = threading.local()
 
     def _conn(self) -> DbConn:
         raise NotImplementedError

@@ -32,16 +32,12 @@ from edgefleet_contract.messages import Telemetry
 
 from . import migrations
 from ._conn import Cursor, DbConn, PgDialect, pg_sql
-from .accounts import AccountTables
-from .artifacts import ArtifactTables
-from .devices import DeviceTables
 from .partitions import Partitions
 from .pgconnect import check_rights, connect, describe
-from .rollouts import RolloutTables
 from .rows import telemetry_row
 from .schema import ROLLUP_COLUMNS
-from .telemetry import TelemetryTables, rollup_upsert
-from .training import TrainingTables
+from .tables import StoreTables
+from .telemetry import rollup_upsert
 
 _WRITE_LOCK = 7305101
 # psycopg's own syntax (PgConn.native): arrays sent binary, one fixed text per statement.
@@ -149,14 +145,7 @@ class PgConn:
         return cur
 
 
-class PgStore(
-    TelemetryTables,
-    AccountTables,
-    TrainingTables,
-    ArtifactTables,
-    RolloutTables,
-    DeviceTables,
-):
+class PgStore(StoreTables):
     dialect = PgDialect()
 
     def __init__(self, dsn: str) -> None:
@@ -227,16 +216,6 @@ class PgStore(
     def _snapshot(self) -> Iterator[DbConn]:
         with self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") as conn:
             yield conn
-
-    def schema_version(self) -> int:
-        return self._version
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.raw.close()
-            self._all.clear()
-        self._local = threading.local()
 
     # ----------------------------------------------------------- telemetry --
 

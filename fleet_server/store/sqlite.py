@@ -28,22 +28,10 @@ from edgefleet_common.private import private_file
 
 from ..version_order import version_cmp
 from . import migrations
-from .accounts import AccountTables
-from .artifacts import ArtifactTables
-from .devices import DeviceTables
-from .rollouts import RolloutTables
-from .telemetry import TelemetryTables
-from .training import TrainingTables
+from .tables import StoreTables
 
 
-class SqliteStore(
-    TelemetryTables,
-    AccountTables,
-    TrainingTables,
-    ArtifactTables,
-    RolloutTables,
-    DeviceTables,
-):
+class SqliteStore(StoreTables):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,16 +57,6 @@ class SqliteStore(
             with self._lock:
                 self._all.append(conn)
         return conn
-
-    def schema_version(self) -> int:
-        return self._version
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.raw.close()
-            self._all.clear()
-        self._local = threading.local()
 
 
 class Rows:
