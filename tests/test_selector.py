@@ -328,3 +328,49 @@ def test_two_selectors_joined_with_and_match_what_both_match() -> None:
     dialect = Dialect()
     (a, a_params), (b, b_params) = online.cond.sql(dialect), berlin.cond.sql(dialect)
     assert both.sql(dialect) == (f"COALESCE((({a}) AND ({b})), FALSE)", [*a_params, *b_params])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "online and firmware:>=x",
+            "selector 'online and firmware:>=x': expected a version after 'firmware:>='"
+            " ('x' is not one, e.g. 1.2.0) at column 12, found 'firmware:>=x'",
+        ),
+        (
+            "online and model:digits@x",
+            "selector 'online and model:digits@x': expected a version after 'model:digits@'"
+            " ('x' is not one, e.g. 1.2.0) at column 12, found 'model:digits@x'",
+        ),
+        (
+            "online and model:Digits<x",
+            "selector 'online and model:Digits<x': expected a version after 'model:Digits<'"
+            " ('x' is not one, e.g. 1.2.0) at column 12, found 'model:Digits<x'",
+        ),
+        (
+            "online and model:@1.0",
+            "selector 'online and model:@1.0': expected model:NAME, model:NAME@VERSION or"
+            " model:NAME<VERSION at column 12, found 'model:@1.0'",
+        ),
+        (
+            "online and agent:<",
+            "selector 'online and agent:<': expected a version after 'agent:<' at column 12,"
+            " found 'agent:<'",
+        ),
+    ],
+)
+def test_a_bad_version_after_other_tokens_is_named_at_its_own_token(
+    text: str, message: str
+) -> None:
+    """The message quotes what came before the version and points at the term itself."""
+    with pytest.raises(SelectorError) as err:
+        parse(text)
+    assert str(err.value) == message
+
+
+def test_a_model_name_may_hold_capital_letters() -> None:
+    upper = device("u", model="Digits@1.4.0")
+    assert parse("model:Digits").matches(upper)
+    assert parse("model:Digits>=1.0.0").matches(upper)
+    assert not parse("model:digits").matches(upper)
