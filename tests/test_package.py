@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
-import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +21,9 @@ from edgefleet_contract.package import (
     MAX_MEMBERS,
     WEIGHTS_NAME,
     Manifest,
+    Trainable,
     as_task,
+    decode_weights,
     drift_width,
     encode_weights,
     manifest_json,
@@ -30,6 +32,7 @@ from edgefleet_contract.package import (
     read_package,
     write_package,
 )
+from edgefleet_contract.preprocess import ImageInput, Preprocessing
 
 DIST = Path(__file__).resolve().parent.parent / "fleet_server" / "factory_models"
 MLP = DIST / "digits-1.0.0-onnx-float32.efpkg"
@@ -274,6 +277,14 @@ def _changed(doc: dict[str, object], key: str, **change: object) -> dict[str, ob
             lambda d: _changed(d, "trainable", input_shape=[8, 4]),
             "trainable.input_shape does not hold the input's feature count",
         ),
+        (
+            lambda d: _changed(d, "preprocessing", mean=[0.5], std=[2.0]),
+            "format 1 preprocessing is scale and offset, not ['mean', 'std']",
+        ),
+        (
+            lambda d: _changed(d, "trainable", embedding="emb", backbone_file="backbone.onnx"),
+            "a trainable head over an embedding needs format 2",
+        ),
     ],
 )
 def test_a_format_1_manifest_that_does_not_fit_its_model_says_why(
@@ -282,8 +293,9 @@ def test_a_format_1_manifest_that_does_not_fit_its_model_says_why(
     message: str,
 ) -> None:
     members, doc = original
-    with pytest.raises(PackageError, match=re.escape(message)):
+    with pytest.raises(PackageError) as err:
         parse_package(_with_manifest(members, edit(doc)))
+    assert str(err.value) == f"manifest.json is invalid: manifest: Value error, {message}"
 
 
 def test_a_format_1_manifest_is_written_with_only_the_fields_format_1_had() -> None:
@@ -292,3 +304,179 @@ def test_a_format_1_manifest_is_written_with_only_the_fields_format_1_had() -> N
     assert "task" not in written and "rtol" not in written["self_test"]
     assert written["format"] == 1 and written["labels"] == manifest.labels
     assert Manifest.model_validate(written) == manifest  # nothing else is left out
+
+
+def _npy(array: np.ndarray, header_pad: int = 0) -> bytes:
+    """``array`` as .npy bytes; ``header_pad`` blanks lengthen the header (numpy reads them)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=False)
+    raw = buffer.getvalue()
+    if not header_pad:
+        return raw
+    header_len = int.from_bytes(raw[8:10], "little")
+    header = raw[10 : 10 + header_len].rstrip(b"\n") + b" " * header_pad + b"\n"
+    return raw[:8] + len(header).to_bytes(2, "little") + header + raw[10 + header_len :]
+
+
+def _npz(arrays: dict[str, bytes]) -> bytes:
+    return _zip({f"{name}.npy": blob for name, blob in arrays.items()})
+
+
+def _trainable_weights() -> tuple[Trainable, dict[str, bytes]]:
+    package = read_package(MLP)
+    trainable = package.manifest.trainable
+    assert trainable is not None
+    return trainable, {name: _npy(array) for name, array in package.weights().items()}
+
+
+def test_weights_that_are_no_npz_or_name_an_unlisted_array_are_refused_by_name() -> None:
+    trainable, _ = _trainable_weights()
+    with pytest.raises(PackageError) as err:
+        decode_weights(b"not a zip", trainable)
+    assert str(err.value) == "weights.npz is not a readable .npz file: File is not a zip file"
+    long_name = "x" * 100
+    with pytest.raises(PackageError) as err:
+        decode_weights(_npz({long_name: _npy(np.zeros(1, np.float32))}), trainable)
+    assert str(err.value) == f"weights.npz holds {(long_name + '.npy')[:80]!r}, not a listed param"
+
+
+def test_a_weight_may_take_exactly_its_shape_plus_the_header_allowance() -> None:
+    """A param's member may be 4 bytes a value + 4096; one byte more is refused unread."""
+    trainable, arrays = _trainable_weights()
+    bias = np.arange(10, dtype=np.float32)  # dense1.bias: shape [10]
+    limit = 4 * 10 + 4096
+    exact = _npy(bias, header_pad=limit - len(_npy(bias)))
+    assert len(exact) == limit
+    out = decode_weights(_npz({**arrays, "dense1.bias": exact}), trainable)
+    assert out["dense1.bias"].tolist() == bias.tolist()
+    over = _npy(bias, header_pad=limit + 1 - len(_npy(bias)))
+    with pytest.raises(PackageError) as err:
+        decode_weights(_npz({**arrays, "dense1.bias": over}), trainable)
+    assert str(err.value) == "weights.npz: dense1.bias is larger than its shape allows"
+
+
+def test_stored_weights_with_nan_or_missing_arrays_are_named() -> None:
+    trainable, arrays = _trainable_weights()
+    nan = _npy(np.array([np.nan] * 10, np.float32))
+    with pytest.raises(PackageError) as err:
+        decode_weights(_npz({**arrays, "dense1.bias": nan}), trainable)
+    assert str(err.value) == "weights.npz: dense1.bias has NaN or infinite values"
+    partial = {k: v for k, v in arrays.items() if not k.endswith(".bias")}
+    with pytest.raises(PackageError) as err:
+        decode_weights(_npz(partial), trainable)
+    assert str(err.value) == "weights.npz has no array dense0.bias"  # the first one missing
+
+
+def test_encoded_weights_are_float32_whatever_they_were_given_as() -> None:
+    raw = encode_weights({"w": np.array([0.5, 1.5], dtype=np.float64)})
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        array = np.lib.format.read_array(io.BytesIO(archive.read("w.npy")), allow_pickle=False)
+    assert array.dtype == np.float32 and array.tolist() == [0.5, 1.5]
+
+
+def test_members_the_manifest_leaves_out_or_sizes_wrongly_are_named(
+    original: tuple[dict[str, bytes], dict[str, object]],
+) -> None:
+    members, doc = original
+    files: list[dict[str, object]] = doc["files"]  # type: ignore[assignment]
+    unlisted = {**doc, "files": [f for f in files if f["path"] != WEIGHTS_NAME]}
+    without = {k: v for k, v in members.items() if k != WEIGHTS_NAME}
+    with pytest.raises(PackageError) as err:
+        parse_package(_with_manifest(without, unlisted))
+    assert str(err.value) == "manifest.json does not list weights.npz in files"
+    size = len(members[WEIGHTS_NAME])
+    resized = {
+        **doc,
+        "files": [f if f["path"] != WEIGHTS_NAME else {**f, "size": 1} for f in files],
+    }
+    with pytest.raises(PackageError) as err:
+        parse_package(_with_manifest(members, resized))
+    assert str(err.value) == f"weights.npz has {size} bytes, manifest says 1"
+
+
+def test_a_package_may_hold_exactly_max_members(
+    original: tuple[dict[str, bytes], dict[str, object]],
+) -> None:
+    """At the limit the members are read (and the first unlisted one named); one more is not."""
+    members, _ = original
+    pad = MAX_MEMBERS - len(members)
+    at_limit = {**members, **{f"extra{i:02}": b"" for i in range(pad)}}
+    with pytest.raises(PackageError) as err:
+        parse_package(_zip(at_limit))
+    assert str(err.value) == "member extra00 is not listed in manifest.json"
+    with pytest.raises(PackageError) as err:
+        parse_package(_zip({**at_limit, "one-more": b""}))
+    assert str(err.value) == f"{MAX_MEMBERS + 1} members; a package holds at most {MAX_MEMBERS}"
+
+
+def test_a_package_of_an_unknown_format_says_to_upgrade_and_a_read_one_knows_its_size(
+    original: tuple[dict[str, bytes], dict[str, object]],
+) -> None:
+    members, doc = original
+    with pytest.raises(PackageError) as err:
+        parse_package(_with_manifest(members, {**doc, "format": 9}))
+    assert str(err.value) == (
+        "manifest.json has format 9; this version reads format 1 and 2"
+        " (upgrade the agent or rebuild the package)"
+    )
+    data = MLP.read_bytes()
+    assert parse_package(data).size == len(data)
+
+
+def test_the_weights_of_a_package_that_is_not_trainable_are_refused_by_name() -> None:
+    package = read_package(MLP)
+    bare = dataclasses.replace(
+        package, manifest=package.manifest.model_copy(update={"trainable": None})
+    )
+    with pytest.raises(PackageError) as err:
+        bare.weights()
+    assert str(err.value) == "digits 1.0.0 is not trainable"
+
+
+def test_the_drift_width_adds_every_data_input_that_has_drift() -> None:
+    """Values count one feature each, an image's channels two (mean and spread); an input
+    without drift adds nothing and does not stop the count."""
+    m = read_package(MLP).manifest
+    task = as_task(m)
+    values, spec = task.inputs[0], m.inputs[0]
+    image = Preprocessing(image=ImageInput(height=4, width=4, channels=3))
+    quiet = values.model_copy(update={"name": "quiet", "drift": "none"})
+    camera = values.model_copy(update={"name": "cam", "drift": "channels", "preprocessing": image})
+    several = m.model_copy(
+        update={
+            "task": task.model_copy(update={"inputs": [quiet, values, camera]}),
+            "inputs": [
+                spec.model_copy(update={"name": "quiet"}),
+                spec,
+                spec.model_copy(update={"name": "cam", "shape": [-1, 4, 4, 3]}),
+            ],
+        }
+    )
+    assert drift_width(several) == 64 + 2 * 3
+
+
+def test_the_byte_limit_of_a_read_bounds_what_its_members_unpack_to(
+    original: tuple[dict[str, bytes], dict[str, object]], tmp_path: Path
+) -> None:
+    """A small deflated file is no way round ``max_bytes``: the inflated members count."""
+    members, _ = original
+    path = tmp_path / "deflated.efpkg"
+    path.write_bytes(_zip(members))
+    limit = path.stat().st_size
+    with pytest.raises(PackageError) as err:
+        read_package(path, max_bytes=limit)
+    assert str(err.value) == f"{path}: the members unpack to more than the {limit}-byte limit"
+
+
+def test_a_package_with_more_files_than_a_manifest_lists_is_not_written(
+    original: tuple[dict[str, bytes], dict[str, object]],
+) -> None:
+    members, _ = original
+    files = {k: v for k, v in members.items() if k != MANIFEST_NAME}
+    files |= {f"extra{i:02}": b"" for i in range(MAX_MEMBERS - len(files))}
+    with pytest.raises(PackageError) as err:
+        pack_package(read_package(MLP).manifest, files)
+    assert str(err.value) == (
+        "cannot write the package: files: List should have at most 15 items after validation,"
+        " not 16"
+    )

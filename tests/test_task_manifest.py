@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from edgefleet_contract.errors import InputRejected, PackageError
 from edgefleet_contract.package import (
@@ -265,3 +266,28 @@ def test_an_image_bomb_is_refused_from_its_header() -> None:
         decode_image(buffer.getvalue())
     with pytest.raises(InputRejected, match="not a readable image file"):
         decode_image(b"GIF89a broken")
+
+
+def _refusal(doc: dict[str, object]) -> str:
+    """The one message a manifest that fails validation is refused with."""
+    with pytest.raises(ValidationError) as err:
+        Manifest.model_validate(doc)
+    return str(err.value.errors()[0]["msg"])
+
+
+def test_format_2_and_format_1_refusals_in_full(tmp_path: Path) -> None:
+    from edgefleet_contract.package import read_package
+
+    doc, _ = _format2(tmp_path)
+    assert _refusal({**doc, "task": None}) == "Value error, format 2 needs a task section"
+    scaled = {**doc, "preprocessing": {"scale": 2.0}}
+    assert _refusal(scaled) == (
+        "Value error, format 2 declares preprocessing per input, in task.inputs"
+    )
+    head = read_package(DIST / "digits-1.0.0-onnx-float32.efpkg").manifest.trainable
+    assert head is not None
+    with_head = {**doc, "trainable": head.model_dump()}
+    assert _refusal(with_head) == (
+        "Value error, a format 2 trainable part is a head over an embedding: name it"
+    )
+    assert _refusal({**doc, "format": 1}) == "Value error, a task section needs format 2"
