@@ -451,3 +451,136 @@ def test_entries_come_back_as_they_were_pushed(tmp_path: Path) -> None:
     spool.ack(first)
     spool.ack(second)
     assert spool.stats().oldest_age_s == 0.0 and spool.stats().bytes == 0
+
+
+def test_a_drop_for_room_is_logged_with_its_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path / "s.db", max_bytes=100, max_age_s=1e9)
+    for i in range(10):
+        spool.push("t", bytes([i]) * 10)
+    with caplog.at_level("WARNING", logger="agent.spool"):
+        spool.push("t", b"x" * 30)
+    assert [r.getMessage() for r in caplog.records] == [
+        "spool full or stale: dropped the 3 oldest entries"
+    ]
+
+
+def test_salvage_counts_what_a_readable_damaged_file_still_held_as_dropped(
+    tmp_path: Path,
+) -> None:
+    from agent.spool import _salvage
+
+    fresh, before = tmp_path / "fresh.db", tmp_path / "before.db"
+    spool = Spool(fresh, max_bytes=10**7, max_age_s=1e9)
+    spool.push("t", b"a")
+    spool.push("t", b"b")
+    spool.close()
+    assert _salvage(fresh) == {"lost": 2, "dropped": 2}  # no drops before: just the queue
+    spool = Spool(before, max_bytes=25, max_age_s=1e9)
+    for i in range(4):
+        spool.push("t", bytes([i]) * 10)  # the third and fourth drop one each
+    spool.note_replayed(1)
+    spool.close()
+    assert _salvage(before) == {"dropped": 2 + 2, "replayed": 1, "lost": 2}
+
+
+def test_a_spool_directory_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    parent = tmp_path / "a-file"
+    parent.write_bytes(b"")
+    with pytest.raises(StoreError) as err:
+        Spool(parent / "s.db", max_bytes=100, max_age_s=1e9)
+    assert str(err.value).startswith(f"cannot create the spool directory {parent}: [Errno ")
+
+
+def test_a_spool_opened_in_one_thread_is_used_from_another(tmp_path: Path) -> None:
+    """The agent's uplink thread pushes to the spool its main thread opened."""
+    import threading
+
+    spool = Spool(tmp_path / "s.db", max_bytes=10**6, max_age_s=1e9)
+    ids: list[int] = []
+    worker = threading.Thread(target=lambda: ids.append(spool.push("t", b"from a thread")))
+    worker.start()
+    worker.join()
+    assert [(e.id, e.payload) for e in spool.peek(10)] == [(ids[0], b"from a thread")]
+    assert spool.corrupt_recoveries == 0
+
+
+def test_an_error_that_is_not_damage_is_a_store_error_and_keeps_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    spool = Spool(path, max_bytes=10**6, max_age_s=1e9)
+    spool.push("t", b"kept")
+
+    def full(_db: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with pytest.raises(StoreError) as err:
+        spool._write(full)
+    assert str(err.value) == f"spool {path}: database or disk is full"
+    assert [e.payload for e in spool.peek(10)] == [b"kept"] and spool.corrupt_recoveries == 0
+    spool.close()
+
+    def locked(self: Spool) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(Spool, "_connect", locked)
+    with pytest.raises(StoreError) as err:
+        Spool(path, max_bytes=10**6, max_age_s=1e9)
+    assert str(err.value) == f"cannot open the spool {path}: database is locked"
+    assert not list(tmp_path.glob("s.db.corrupt-*"))
+
+
+def test_a_failed_write_is_rolled_back_and_the_spool_goes_on(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", max_bytes=10**6, max_age_s=1e9)
+    spool.push("t", b"one")
+
+    def half_done(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM outbox")
+        raise ValueError("the caller failed midway")
+
+    with pytest.raises(ValueError, match="midway"):
+        spool._write(half_done)
+    assert [e.payload for e in spool.peek(10)] == [b"one"]
+    spool.push("t", b"two")
+    assert (spool.stats().depth, spool.stats().bytes) == (2, 6)
+
+
+def test_pushes_are_synced_fully_and_acks_normally(tmp_path: Path) -> None:
+    """A queued entry must survive power loss; a lost ack only means one resend."""
+    spool = Spool(tmp_path / "s.db", max_bytes=10**6, max_age_s=1e9)
+
+    def synchronous() -> int:
+        return int(spool._db.execute("PRAGMA synchronous").fetchone()[0])
+
+    entry = spool.push("t", b"a")
+    assert synchronous() == 2  # FULL
+    spool.ack(entry)
+    assert synchronous() == 1  # NORMAL
+    spool.note_replayed(1)
+    assert synchronous() == 1
+    spool.push("t", b"b")
+    assert synchronous() == 2
+
+
+def test_damage_quick_check_reports_is_logged_and_the_entries_it_held_count_as_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong freelist count: every table still reads, but quick_check reports it."""
+    path, clock = tmp_path / "s.db", Clock(77.0)
+    spool = Spool(path, max_bytes=10**6, max_age_s=1e9, clock=clock)
+    for _ in range(5):
+        spool.push("t", b"x" * 100)
+    spool.close()
+    header = bytearray(path.read_bytes())
+    header[36:40] = (5).to_bytes(4, "big")  # the header's freelist page count
+    path.write_bytes(bytes(header))
+    with caplog.at_level("ERROR", logger="agent.spool"):
+        fresh = Spool(path, max_bytes=10**6, max_age_s=1e9, clock=clock)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"spool {path} was damaged (PRAGMA quick_check found damage); moved to"
+        f" {tmp_path / 's.db.corrupt-77'}, starting empty (5 queued entries lost)"
+    ]
+    stats = fresh.stats()
+    assert (stats.depth, stats.dropped_total, fresh.corrupt_recoveries) == (0, 5, 1)
