@@ -732,8 +732,12 @@ def _parent_gate(
 
 
 def test_the_parent_gate_compares_labels_where_both_have_them() -> None:
+    """Even with label-free estimates at hand."""
     kinds, gate = _parent_gate(
-        {"accuracy": 0.9, "parent_accuracy": 0.9}, {"accuracy": 1000, "parent_accuracy": 1000}
+        {"accuracy": 0.9, "parent_accuracy": 0.9}
+        | {"accuracy_estimate": 0.5, "parent_accuracy_estimate": 0.9},
+        {"accuracy": 1000, "parent_accuracy": 1000}
+        | {"accuracy_estimate": 1000, "parent_accuracy_estimate": 1000},
     )
     assert kinds == ["gates_passed", "wave_started"]
     assert (gate["gate"], gate["unit"]) == (
@@ -798,3 +802,31 @@ def test_a_silent_commit_with_no_probation_asks_for_the_gates_at_once() -> None:
         canary.device_id, now=sim.now, applied_version=v, running=ARTIFACT.label
     )
     assert out == [EvaluateGates(0, (canary.device_id,), sim.now, sim.now)]
+
+
+def test_the_parent_gate_notes_labels_arriving_only_when_there_are_more() -> None:
+    sim, r = _gating_canary(running="digits@1.2.0")
+    r.tick(sim.now)
+    figures = {"error_rate": 0.0, "accuracy": 0.9, "parent_accuracy": 0.9}
+    r.gates_measured(0, figures, sim.now, {"error_rate": 1000, "parent_accuracy": 5000})
+    assert r.state.labels_arrived_at is None  # none yet from the new version
+    later = sim.now + 5
+    r.gates_measured(
+        0, figures, later, {"error_rate": 1000, "accuracy": 1, "parent_accuracy": 5000}
+    )
+    assert r.state.labels_arrived_at == later
+
+
+def test_devices_due_together_go_out_in_the_order_they_became_due() -> None:
+    """A device back online late is queued behind the ones already waiting their turn."""
+    sim = make(20)
+    r = sim.rollout
+    late = r.wave_devices(1)[0]
+    late.online = False
+    while r.state.wave < 2:
+        sim.run(1)
+    begun = sim.now
+    r.device_report(late.device_id, now=begun + 10, online=True)
+    out = r.tick(begun + 20)
+    behind = [d.device_id for d in r.wave_devices(2)[1:]]
+    assert out == [Dispatch(i) for i in [*behind, late.device_id]]
