@@ -6,9 +6,11 @@ import pytest
 
 from edgefleet_contract.errors import PlanError
 from edgefleet_contract.messages import Telemetry
+from fleet_server.rollouts.champion import Arm
+from fleet_server.rollouts.engine import Rollout
 from fleet_server.rollouts.gates import parse_gate
 from fleet_server.rollouts.metrics import shadow_figures
-from fleet_server.rollouts.model import EvaluateGates
+from fleet_server.rollouts.model import Action, EvaluateGates, Note
 from fleet_server.rollouts.plan import RolloutPlan
 from fleet_server.rollouts.shadow import SHADOW_KEY
 
@@ -276,4 +278,123 @@ def test_a_wave_without_data_waits_after_probation_with_the_same_rule() -> None:
             "wave 0 failed its gates: error_rate<0.05 "
             "(no data: 0 of 20 inferences from the wave within 5m)",
         ),
+    ]
+
+
+def _paired_shadow(**kw: object) -> tuple[Rollout, list[Action]]:
+    """A canary's shadow run (parent digits@1.2.0) whose window is over: the tick asks for its
+    figures, which the tests then give by hand."""
+    sim = make(4, shadow_s=60.0, gates=GATES, running="digits@1.2.0", gate_timeout_s=300.0, **kw)
+    r = sim.rollout
+    r.tick(1001.0)
+    return r, r.tick(1061.0)
+
+
+def _measure(r: Rollout, now: float, pairs: int, answers: int = 1000) -> list[Action]:
+    samples = {
+        "shadow_agreement": answers,
+        "shadow_pairs": pairs,
+        "shadow_pairs_new_correct": pairs,
+        "shadow_pairs_parent_correct": pairs,
+        "shadow_pairs_discordant": 0,
+    }
+    return r.gates_measured(0, {"shadow_agreement": 0.97 if answers else None}, now, samples)
+
+
+def test_the_paired_gate_waits_as_long_as_its_labels_keep_arriving() -> None:
+    r, asked = _paired_shadow()
+    assert asked == [EvaluateGates(0, (r.wave_devices(0)[0].device_id,), 1001.0, 1061.0)]
+    out = _measure(r, 1061.0, pairs=1)
+    assert len(out) == 1 and isinstance(out[0], Note) and out[0].kind == "gates_waiting"
+    assert out[0].message.endswith(
+        "(gates still short of it 5m after the shadow run fail; the parent gate keeps "
+        "waiting as long as its labels keep arriving)"
+    )
+    assert r.state.labels_arrived_at == 1061.0
+    assert _measure(r, 1066.0, pairs=1) == []
+    assert r.state.labels_arrived_at == 1061.0  # no new label: the wait does not grow
+    assert r.gates_deadline == 1061.0 + 300.0
+    _measure(r, 1071.0, pairs=2)
+    assert r.state.labels_arrived_at == 1071.0
+    assert r.gates_deadline == 1071.0 + 300.0
+    _measure(r, 1076.0, pairs=500, answers=0)  # the parent gate passes, another waits
+    assert r.state.labels_arrived_at is None
+    assert r.gates_deadline == 1001.0 + 60.0 + 300.0
+
+
+def test_paired_counts_missing_from_the_figures_count_as_none() -> None:
+    results = []
+    for counts in ({}, dict.fromkeys(("new_correct", "parent_correct", "discordant"), 0)):
+        r, _ = _paired_shadow()
+        samples = {"shadow_agreement": 1000, "shadow_pairs": 50}
+        samples |= {f"shadow_pairs_{k}": v for k, v in counts.items()}
+        r.gates_measured(0, {"shadow_agreement": 0.97}, 1061.0, samples)
+        results.append(r.state.gate_results[SHADOW_KEY])
+    assert results[0] == results[1]
+    assert results[0][-1]["metric"] == "accuracy_vs_parent"
+
+
+@pytest.mark.parametrize("kw", [{"vs_parent": False}, {"running": None}])
+def test_no_paired_gate_without_a_parent_to_compare_with(kw: dict[str, object]) -> None:
+    sim = make(4, **{"shadow_s": 60.0, "gates": GATES, "running": "digits@1.2.0", **kw})
+    r = sim.rollout
+    r.tick(1001.0)
+    r.tick(1061.0)
+    samples = {"shadow_agreement": 1000, "shadow_pairs": 50, "shadow_pairs_new_correct": 50}
+    r.gates_measured(0, {"shadow_agreement": 0.97}, 1061.0, samples)
+    assert [g["metric"] for g in r.state.gate_results[SHADOW_KEY]] == ["shadow_agreement"]
+
+
+def test_a_shadow_step_without_paired_labels_leaves_the_parent_gate_to_the_wave() -> None:
+    sim = make(8, shadow_s=60.0, gates=GATES, running="digits@1.2.0")
+    sim.figures = _shadow(0.97)
+    sim.labels = lambda a: (Arm(950, 1000), Arm(950, 1000))
+    sim.run(400)
+    metrics = [g["metric"] for g in sim.rollout.state.gate_results["0"]]
+    assert metrics == ["error_rate", "accuracy_vs_parent"]
+
+
+def test_each_waves_shadow_step_runs_on_its_devices_not_skipped() -> None:
+    sim = make(8, shadow_s=300.0, gates=GATES, shadow_every_wave=True)
+    r = sim.rollout
+    wave2 = r.wave_devices(2)
+    wave2[0].status = "skipped"
+    rest = (wave2[1].device_id,)
+    sim.figures = _shadow(0.97)
+    sim.run(4000)
+    assert r.status == "completed"
+    assert [(ids, start) for _, ids, start in sim.shadows][4:6] == [(rest, True), (rest, False)]
+    assert next(g.device_ids for g in sim.gate_calls if g.wave == 2) == rest
+    passed = [n.message for n in sim.notes if n.kind == "gates_passed"]
+    assert passed[2:4] == ["the shadow step of wave 1 passed its gates", "wave 1 passed its gates"]
+
+
+def test_a_one_second_shadow_window_is_still_a_shadow_step() -> None:
+    sim = make(4, shadow_s=1.0, gates=GATES)
+    sim.figures = _shadow(0.97)
+    sim.run(5)
+    assert sim.notes[1].message == "shadow run on 1 devices for 1s"
+
+
+def test_a_state_from_before_per_wave_shadow_steps_had_its_canary_shadowed() -> None:
+    r = make(8, shadow_s=300.0, gates=GATES, shadow_every_wave=True).rollout
+    r.state.shadow_started_at, r.state.shadow_wave = 1000.0, None
+    assert (r._shadows(0), r._shadows(1)) == (False, True)
+
+
+def test_gates_short_of_data_are_measured_every_few_seconds_and_at_the_deadline() -> None:
+    sim = make(4, gates=(parse_gate("error_rate<0.05"),), gate_timeout_s=298.0)
+    sim.figures = lambda a: ({"error_rate": None}, {"error_rate": 0})
+    sim.run(1000)
+    asked = [g.until for g in sim.gate_calls]
+    assert asked == [1061.0 + 5 * i for i in range(60)] + [1061.0 + 298.0]
+    assert sim.rollout.status == "rolled_back"
+
+
+def test_a_shadow_step_without_data_passes_where_no_data_is_allowed() -> None:
+    sim = make(4, shadow_s=60.0, gates=GATES, gates_allow_no_data=True)
+    sim.figures = _shadow(0.99, per_s=0.0)
+    sim.run(62)
+    assert [n.message for n in sim.notes if n.kind == "gates_passed"][:1] == [
+        "the shadow step passed its gates"
     ]
