@@ -14,9 +14,8 @@ import pytest
 
 from fleet_server.server import FleetServer
 
-from .harness import wait_for
+from .harness import admin_token, wait_for
 from .sim_helpers import logs, online, simulate, summary
-from .test_enrollment_e2e import admin_token
 
 DEVICES = 20
 PER_PROCESS = 7
@@ -27,7 +26,7 @@ WORKERS = ("--per-process", str(PER_PROCESS))
 def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
     fleet: FleetServer, tmp_path: Path
 ) -> None:
-    token = admin_token(fleet)
+    token = admin_token(fleet.settings.api_url)
     store, api = fleet.store, fleet.settings.api_url
     ids = [f"sim-{i:05d}" for i in range(DEVICES)]
     proc = simulate(fleet, tmp_path, token, *WORKERS, devices=DEVICES)
@@ -129,7 +128,7 @@ def _small_fleet(
 ) -> Iterator[tuple[subprocess.Popen[str], list[psutil.Process]]]:
     """The four devices online, with the simulator and its two workers; killed if the
     test leaves it running."""
-    proc = simulate(fleet, tmp_path, admin_token(fleet), *SMALL, devices=4)
+    proc = simulate(fleet, tmp_path, admin_token(fleet.settings.api_url), *SMALL, devices=4)
     try:
         wait_for(lambda: all(online(fleet, d) for d in SMALL_IDS), timeout=180, what="all online")
         workers = _workers(proc)

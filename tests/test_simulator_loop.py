@@ -26,9 +26,8 @@ from .fl_helpers import (
     reported_samples,
     write_start_package,
 )
-from .harness import wait_for
+from .harness import admin_token, wait_for
 from .sim_helpers import logs, online, simulate, summary
-from .test_enrollment_e2e import admin_token
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 DEVICES = 6
@@ -45,7 +44,7 @@ def test_simulated_devices_train_a_model_and_roll_it_out_to_themselves(
     models = fleet.settings.data_dir / "models"
     write_start_package(models)
     (start,) = models.glob(f"{MODEL}-{BOOT_VERSION}-*.efpkg")
-    token = admin_token(fleet)
+    token = admin_token(fleet.settings.api_url)
     rest = Rest(fleet.settings.api_url, token)
     ids = [f"{PREFIX}-{i:05d}" for i in range(DEVICES)]
     proc = simulate(
