@@ -345,3 +345,65 @@ def test_an_ed25519_device_renews_with_an_ed25519_proof(memory_rig: Rig) -> None
         rig.service.renew(cert.cert_pem.encode(), renewal, base64.b64encode(b"x" * 64).decode())
     good = base64.b64encode(key.sign(renewal)).decode()
     assert rig.service.renew(cert.cert_pem.encode(), renewal, good).device_id == "ed-1"
+
+
+@dataclass
+class RecordingStore(MemoryStore):
+    """The in-memory store, keeping what the service passes it and playing a
+    decommissioned id (which the real store reports as reused)."""
+
+    decommissioned: set[str] = field(default_factory=set)
+    created: list[tuple[str, str, dict[str, str], float]] = field(default_factory=list)
+    certificates: list[tuple[str, int, float, float]] = field(default_factory=list)
+
+    def create_device(  # type: ignore[override]
+        self, device_id: str, *, name: str, tags: dict[str, str], now: float
+    ) -> bool:
+        self.created.append((device_id, name, tags, now))
+        self.devices[device_id] = _Device()
+        return device_id in self.decommissioned
+
+    def add_certificate(self, device_id: str, serial: int, not_after: float, now: float) -> None:
+        self.certificates.append((device_id, serial, not_after, now))
+        super().add_certificate(device_id, serial, not_after, now)
+
+
+def test_a_reused_id_pushes_the_crl_and_a_new_one_does_not(tmp_path: Path) -> None:
+    store = RecordingStore(decommissioned={"old-1"})
+    rig = make_rig(tmp_path, store)
+    rig.service.add_device("new-1", name="New", tags={"site": "a"})
+    assert rig.crls == []
+    assert store.created == [("new-1", "New", {"site": "a"}, rig.clock.now)]
+    rig.service.add_device("old-1", name="Old", tags={})
+    (pushed,) = rig.crls
+    assert x509.load_pem_x509_crl(pushed).issuer == x509.load_pem_x509_crl(rig.service.crl()).issuer
+
+
+def test_certificates_are_recorded_with_their_expiry_and_the_time_of_issue(
+    tmp_path: Path,
+) -> None:
+    store = RecordingStore()
+    rig = make_rig(tmp_path, store)
+    key, cert = enrolled(rig, "exp-1")
+    first = x509.load_pem_x509_certificate(cert).serial_number
+    assert store.certificates == [("exp-1", first, rig.clock.now + 7 * DAY, rig.clock.now)]
+    rig.clock.now += DAY
+    request = csr(new_key(), "exp-1")
+    renewed = rig.service.renew(cert, request, proof(key, request))
+    serial = x509.load_pem_x509_certificate(renewed.cert_pem.encode()).serial_number
+    assert store.certificates[-1] == ("exp-1", serial, renewed.not_after, rig.clock.now)
+    assert renewed.not_after == rig.clock.now + 7 * DAY
+
+
+def test_a_proof_with_characters_outside_base64_is_refused(memory_rig: Rig) -> None:
+    """Lenient decoding would drop the stray character and accept the signature."""
+    key, cert = enrolled(memory_rig, "b64-1")
+    request = csr(new_key(), "b64-1")
+    good = proof(key, request)
+    with pytest.raises(EnrollmentError, match="proof does not verify"):
+        memory_rig.service.renew(cert, request, good[:8] + "*" + good[8:])
+    assert memory_rig.service.renew(cert, request, good).device_id == "b64-1"
+
+
+def test_the_device_id_of_a_token_ends_at_its_first_dot() -> None:
+    assert token_device_id("pump-1.sec.ret") == "pump-1"
