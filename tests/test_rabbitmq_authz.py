@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 import socket
+from collections.abc import Iterator
 
 import httpx
 import pytest
