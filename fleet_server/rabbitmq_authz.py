@@ -77,8 +77,7 @@ class ClientIdCheck:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.refused = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _handler(self))
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), _handler(self))
         self._thread: threading.Thread | None = None
 
     @property
@@ -114,6 +113,15 @@ class ClientIdCheck:
             self._thread.join(10)
             self._thread = None
         self._server.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A node that dies mid-question resets its connection: one quiet line, no
+        traceback on stderr."""
+        log.debug("a question from %s ended early", client_address, exc_info=True)
 
 
 def _handler(check: ClientIdCheck) -> type[BaseHTTPRequestHandler]:
