@@ -20,11 +20,14 @@ the login: it fails closed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import urllib.parse
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from edgefleet_contract.ids import is_device_id
 
@@ -107,16 +110,44 @@ class ClientIdCheck:
         return self
 
     def stop(self) -> None:
-        """Idempotent; ``shutdown`` would wait forever on a server never started."""
+        """Stop listening and close every open connection.  Idempotent (``shutdown``
+        would wait forever on a server never started)."""
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(10)
             self._thread = None
         self._server.server_close()
+        self._server.drop_connections()
 
 
 class _Server(ThreadingHTTPServer):
+    """Threads per connection, and the open connections known, so that a stopped
+    checker is gone for the nodes too: RabbitMQ keeps its connections open, and their
+    threads would otherwise go on answering after the listener closed."""
+
     daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        with self._open_lock:
+            still_open = list(self._open)
+        for sock in still_open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: object, client_address: object) -> None:
         """A node that dies mid-question resets its connection: one quiet line, no

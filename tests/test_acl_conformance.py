@@ -25,6 +25,7 @@ from edgefleet_common.mqtt import TlsFiles
 from fleet_server.broker import ManagedBroker
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA
+from fleet_server.rabbitmq_authz import ClientIdCheck
 from fleet_server.rabbitmq_local import LocalRabbitCluster
 
 from .broker_modes import (
@@ -233,3 +234,22 @@ def test_certificate_from_another_ca_and_no_certificate(
     forged = TlsFiles(real.ca_file, rogue.cert_file, rogue.key_file)
     assert not bt.probe(forged, d).try_connect()
     assert not bt.probe(None, d, ca_file=real.ca_file).try_connect()
+
+
+def test_the_cluster_refuses_logins_while_its_client_id_check_is_down(
+    rabbit: LocalRabbitCluster, pki: Pki
+) -> None:
+    """The check fails closed: unreachable, no device logs in; back, the same one does."""
+    bt = rabbitmq_mode(rabbit, pki)
+    device = _id("fc")
+    tls = bt.identity(device)
+    host, port = rabbit.client_id_check.url.removeprefix("http://").split(":")
+    rabbit.client_id_check.stop()
+    probes = [bt.probe(tls, device)]
+    try:
+        assert not probes[0].try_connect(), "a login went through without the check"
+    finally:
+        rabbit.client_id_check = ClientIdCheck(host, int(port)).start()
+    probes.append(bt.probe(tls, device).connect())
+    for p in probes:
+        p.close()

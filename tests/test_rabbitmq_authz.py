@@ -93,3 +93,12 @@ def test_the_command_refuses_a_listen_address_it_cannot_use() -> None:
 
     bad = CliRunner().invoke(cli, ["broker-authz", "--listen", "nope"])
     assert bad.exit_code == 2 and "'nope' is not host:port" in bad.output
+
+
+def test_a_stopped_check_closes_the_connections_kept_open() -> None:
+    c = ClientIdCheck().start()
+    with httpx.Client(base_url=c.url) as http:
+        assert http.post("/vhost", data={"username": "dev-1"}).text == "allow"
+        c.stop()
+        with pytest.raises(httpx.TransportError):
+            http.post("/vhost", data={"username": "dev-1"})
