@@ -10,6 +10,10 @@
   mTLS devices held open across the nodes, with the nodes' memory.
 
 ``BENCH_CLUSTER_PARTS`` picks parts (``acl,kill,ingest,connections``; all by default).
+
+Every node asks the client-id check (:mod:`fleet_server.rabbitmq_authz`, run in the
+bench's own process) at each login, so the connection and ingest figures include its
+questions.  The machine was shared with other work during the 2026-12-03 run (load 5-12).
 """
 
 from __future__ import annotations

@@ -172,6 +172,45 @@ def broker_config(config: Path | None, data_dir: Path | None) -> None:
     click.echo(str(conf))
 
 
+@cli.command("broker-authz")
+@click.option(
+    "--listen",
+    default="127.0.0.1:15690",
+    show_default=True,
+    help="host:port to answer on (keep it on loopback, beside the RabbitMQ node).",
+)
+def broker_authz(listen: str) -> None:
+    """Answer a RabbitMQ node's HTTP authorization backend: the client-id check.
+
+    A device may use only its own client id; without this check RabbitMQ 3.10 lets a
+    device disconnect another by claiming its id.  Stateless: run one beside each node
+    and point the node at it (docs/operations.md, "Broker cluster").
+
+    \b
+    Example:
+      fleet-server broker-authz --listen 127.0.0.1:15690
+    """
+    from .config import host_port
+    from .rabbitmq_authz import ClientIdCheck
+
+    try:
+        host, port = host_port(listen)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    logs.configure("INFO")
+    try:
+        check = ClientIdCheck(host, port).start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    click.echo(f"client-id check for RabbitMQ on {check.url}", err=True)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        stopping.wait()
+    finally:
+        check.stop()
+
+
 @cli.group()
 def users() -> None:
     """Local account recovery on the server host (no login needed).

@@ -28,9 +28,12 @@ import httpx
 from edgefleet_common.ports import free_port as _free_port
 from edgefleet_contract.errors import BrokerError
 
+from . import rabbitmq_authz
 from .pki import FleetCA, write_private
 
-PLUGINS = "[rabbitmq_mqtt,rabbitmq_management,rabbitmq_auth_mechanism_ssl].\n"
+PLUGINS = (
+    f"[rabbitmq_mqtt,rabbitmq_management,rabbitmq_auth_mechanism_ssl,{rabbitmq_authz.PLUGIN}].\n"
+)
 ADMIN_USER = "fleet-admin"
 """The management user the local cluster is created with (password random per cluster)."""
 
@@ -133,7 +136,7 @@ cluster_formation.peer_discovery_backend = classic_config
 cluster_partition_handling = pause_minority
 log.file.level = warning
 log.console = false
-"""
+""" + rabbitmq_authz.node_config(c.client_id_check.url)
 
     def env(self) -> dict[str, str]:
         d = self.directory
@@ -145,6 +148,7 @@ log.console = false
             RABBITMQ_NODE_PORT=str(self.ports.amqp_internal),
             RABBITMQ_DIST_PORT=str(self.ports.dist),
             RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
             RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
             RABBITMQ_LOG_BASE=str(d / "log"),
@@ -156,6 +160,7 @@ log.console = false
         d = self.directory
         d.mkdir(parents=True, exist_ok=True)
         (d / "rabbitmq.conf").write_text(self.config())
+        (d / "advanced.config").write_text(rabbitmq_authz.ADVANCED_CONFIG)
         (d / "enabled_plugins").write_text(PLUGINS)
         out = (d / "stdout.log").open("ab")
         self.proc = subprocess.Popen(
@@ -200,7 +205,9 @@ class LocalRabbitCluster:
     """``size`` RabbitMQ nodes on loopback with mTLS MQTT and AMQP listeners.
 
     The broker certificate is issued by ``ca`` (the fleet CA), so devices and the
-    server verify it the way they verify the managed mosquitto.
+    server verify it the way they verify the managed mosquitto.  The nodes share one
+    client-id checker (:mod:`fleet_server.rabbitmq_authz`), run in this process on a
+    free loopback port; a production cluster runs one beside each node.
     """
 
     def __init__(self, directory: Path, ca: FleetCA, *, size: int = 3) -> None:
@@ -213,6 +220,7 @@ class LocalRabbitCluster:
         self.key = directory / "broker.key"
         self.admin_password = secrets.token_urlsafe(16)
         self.nodes = [LocalNode(self, i) for i in range(size)]
+        self.client_id_check = rabbitmq_authz.ClientIdCheck()
 
     def start(self, timeout: float = 240.0) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -224,6 +232,7 @@ class LocalRabbitCluster:
         self.cert.write_bytes(cert)
         write_private(self.key, key)
         deadline = time.monotonic() + timeout
+        self.client_id_check.start()
         try:
             # One node after the other: started together, the nodes sometimes formed
             # the MQTT plugin's client-id registry (a Ra cluster) without one of them,
@@ -251,6 +260,7 @@ class LocalRabbitCluster:
                 for n in self.nodes
             ],
             "admin_user": ADMIN_USER,
+            "client_id_check": self.client_id_check.url,
         }
 
     def management_url(self, node: int = 0) -> str:
@@ -337,3 +347,4 @@ class LocalRabbitCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+        self.client_id_check.stop()

@@ -41,9 +41,6 @@ class BrokerUnderTest:
     pki: Pki
     make_effective: Callable[[str], None]
     revoke_ids: Callable[[list[TlsFiles], list[str]], None]
-    victim_keeps_session_on_takeover: bool
-    """mosquitto forces the client id to the CN; RabbitMQ 3.10 refuses the impostor
-    but only after it has disconnected the device whose id was claimed."""
     revoked: list[TlsFiles] = field(default_factory=list)
     revoked_ids: list[str] = field(default_factory=list)
 
@@ -77,7 +74,7 @@ def _mosquitto_under_test(
     mode: str, port: int, pki: Pki, revoke: Callable[[list[TlsFiles], list[str]], None]
 ) -> BrokerUnderTest:
     """mosquitto, managed or configured by hand: one port, MQTT 5, every certificate
-    effective at once, and the CN is the client id (a takeover keeps the victim's session)."""
+    effective at once, and the CN is the client id."""
     return BrokerUnderTest(
         mode=mode,
         ports=[port],
@@ -85,7 +82,6 @@ def _mosquitto_under_test(
         pki=pki,
         make_effective=lambda cn: None,
         revoke_ids=revoke,
-        victim_keeps_session_on_takeover=True,
     )
 
 
@@ -169,7 +165,6 @@ def rabbitmq_mode(cluster: LocalRabbitCluster, pki: Pki) -> BrokerUnderTest:
         pki=pki,
         make_effective=admin.put_device,
         revoke_ids=revoke,
-        victim_keeps_session_on_takeover=False,
     )
 
 

@@ -25,6 +25,7 @@ from edgefleet_common.mqtt import TlsFiles
 from fleet_server.broker import ManagedBroker
 from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA
+from fleet_server.rabbitmq_authz import ClientIdCheck
 from fleet_server.rabbitmq_local import LocalRabbitCluster
 
 from .broker_modes import (
@@ -183,21 +184,18 @@ def test_client_id_takeover(bt: BrokerUnderTest) -> None:
     victim = bt.probe(b_tls, b, node=1, clean=False).connect()
     assert victim.subscribe(f"devices/{b}/cmd")
     impostor = bt.probe(a_tls, b, node=2, clean=False)
-    if impostor.try_connect():
+    accepted = impostor.try_connect()
+    assert not (accepted and bt.mode == "rabbitmq"), "the cluster took a claimed client id"
+    if accepted:
         # accepted only under its own identity: nothing of the victim's reaches it
         assert _refused_publish(impostor, f"devices/{b}/telemetry", b"impostor") or (
             bt.mode == "mosquitto"
         )
     assert server.publish(f"devices/{b}/cmd", b"for-the-victim")
-    if bt.victim_keeps_session_on_takeover:
-        wait_for(lambda: victim.got(f"devices/{b}/cmd", b"for-the-victim"), what="victim cmd")
-        assert not victim.disconnected.is_set()
-    else:
-        # RabbitMQ 3.10 disconnects the holder of a claimed id before it refuses the
-        # impostor (documented in docs/operations.md); the victim's session survives it
-        wait_for(victim.disconnected.is_set, what="the victim to be disconnected")
-        back = bt.probe(b_tls, b, node=0, clean=False).connect()
-        wait_for(lambda: back.got(f"devices/{b}/cmd", b"for-the-victim"), what="queued cmd")
+    # the victim keeps its session: mosquitto forces the client id to the CN, the
+    # cluster's client-id check refuses the impostor before the id is registered
+    wait_for(lambda: victim.got(f"devices/{b}/cmd", b"for-the-victim"), what="victim cmd")
+    assert not victim.disconnected.is_set()
     assert not impostor.got(f"devices/{b}/cmd", b"for-the-victim")
 
 
@@ -236,3 +234,22 @@ def test_certificate_from_another_ca_and_no_certificate(
     forged = TlsFiles(real.ca_file, rogue.cert_file, rogue.key_file)
     assert not bt.probe(forged, d).try_connect()
     assert not bt.probe(None, d, ca_file=real.ca_file).try_connect()
+
+
+def test_the_cluster_refuses_logins_while_its_client_id_check_is_down(
+    rabbit: LocalRabbitCluster, pki: Pki
+) -> None:
+    """The check fails closed: unreachable, no device logs in; back, the same one does."""
+    bt = rabbitmq_mode(rabbit, pki)
+    device = _id("fc")
+    tls = bt.identity(device)
+    host, port = rabbit.client_id_check.url.removeprefix("http://").split(":")
+    rabbit.client_id_check.stop()
+    probes = [bt.probe(tls, device)]
+    try:
+        assert not probes[0].try_connect(), "a login went through without the check"
+    finally:
+        rabbit.client_id_check = ClientIdCheck(host, int(port)).start()
+    probes.append(bt.probe(tls, device).connect())
+    for p in probes:
+        p.close()

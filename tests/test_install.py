@@ -42,6 +42,7 @@ def test_an_agent_only_install_names_the_missing_extra(tmp_path: Path) -> None:
     [
         ("fleet_server", "fleet-server.service"),
         ("fleet_server", "fleet-server@.service"),
+        ("fleet_server", "fleet-broker-authz.service"),
         ("agent", "edge-agent.service"),
     ],
 )
@@ -58,10 +59,9 @@ def test_units_are_valid_and_link_our_docs(tmp_path: Path, package: str, unit: s
     for option in ("Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict"):
         assert option in text, option
     require(shutil.which("systemd-analyze"), "systemd-analyze", "run .ci/setup-system")
-    command = unit.removesuffix(".service").removesuffix("@")
     instance = unit.replace("@.", "@api-1.")  # a template is verified as one of its instances
     path = tmp_path / instance
-    path.write_text(text.replace(f"/opt/edgefleet/bin/{command}", str(BIN / command)))
+    path.write_text(re.sub(r"/opt/edgefleet/bin/(\S+)", lambda m: str(BIN / m[1]), text))
     result = subprocess.run(
         ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60
     )
