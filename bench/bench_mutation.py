@@ -10,7 +10,8 @@ pyproject.toml), niced, two children at a time, on SQLite only, with a timeout p
 `python -m bench bench_mutation` (`make mutation`) runs every core; `python -m
 bench.bench_mutation [core-slug ...] [--report] [--write]` runs some (`--report`: only read
 the last results; `--write`: into docs/benchmarks.md).  The survivors, with their diffs, go to
-docs/mutation-survivors.md and the explanations of the ones left alive are in docs/mutation.md.
+docs/mutation-survivors.md, each with its reason (one line a mutant, kept in
+bench/mutation_notes.txt); docs/mutation.md says how to read them.
 """
 
 from __future__ import annotations
@@ -283,8 +284,9 @@ def _write_survivors(sections: dict[str, list[str]]) -> None:
     head = [
         "# Surviving mutants of the core modules",
         "",
-        "Written by `python -m bench bench_mutation` (see docs/mutation.md for what each",
-        "survivor means and why it is left).  Timeouts are listed too; they count as killed.",
+        "Written by `python -m bench bench_mutation`; each survivor's reason comes from",
+        "bench/mutation_notes.txt (docs/mutation.md says how to read them).  Timeouts are",
+        "listed too; they count as killed.",
         "",
     ]
     body = [kept[c.name] for c in CORES if c.name in kept]
