@@ -36,6 +36,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edgefleet_contract.errors import LinkError
 from edgefleet_contract.messages import LinkStats
 
+from .background import BackgroundThread
 from .backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,8 @@ class MqttSession:
         self._clean_start = clean_start
         self._backoff = backoff or Backoff()
         self._tick_interval = tick_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._network = BackgroundThread(f"mqtt-{client_id}", self._run)
+        self._stop = self._network.stopping
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.connected = threading.Event()
         self.generation = 0
@@ -165,19 +166,13 @@ class MqttSession:
     # ----------------------------------------------------------- lifecycle --
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._network.thread is not None:
             raise LinkError(f"MQTT session {self.client_id} already started")
-        self._thread = threading.Thread(
-            target=self._run, name=f"mqtt-{self.client_id}", daemon=True
-        )
-        self._thread.start()
+        self._network.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (no Last Will) and join the network thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._network.stop(timeout)
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
@@ -238,7 +233,8 @@ class MqttSession:
         self.call_soon(send)
 
     def _check_thread(self) -> None:
-        if self._thread is not None and threading.current_thread() is not self._thread:
+        network = self._network.thread
+        if network is not None and threading.current_thread() is not network:
             raise LinkError("MqttSession.publish/subscribe must run on the network thread")
 
     # -------------------------------------------------------- subclass API --
