@@ -13,7 +13,18 @@ from . import schema
 from ._conn import INTEGRITY_ERRORS, DbConn
 from .base import CommandRecord, Device, DeviceFilter, Page
 from .overview import OverviewTables
-from .rows import device_from_row
+from .rows import device_from_row, from_row, insert_sql, text_or_empty, to_row
+
+_COMMAND_COLUMNS = (
+    "id",
+    "device_id",
+    "name",
+    "args",
+    "created_at",
+    "actor",
+    "status",
+    "detail",
+)
 
 
 class DeviceTables(OverviewTables):
@@ -67,9 +78,9 @@ class DeviceTables(OverviewTables):
                 raise StoreError(f"device {device_id!r} is not revoked; revoke it first")
 
     def get_device(self, device_id: str) -> Device:
-        row = self._one("SELECT * FROM devices WHERE id = ?", (device_id,))
-        if row is None:
-            raise NotFound(f"no device {device_id!r}")
+        row = self._found(
+            "SELECT * FROM devices WHERE id = ?", (device_id,), f"no device {device_id!r}"
+        )
         return device_from_row(row)
 
     def list_devices(
@@ -213,9 +224,11 @@ class DeviceTables(OverviewTables):
                 )
 
     def next_desired_version(self, device_id: str) -> int:
-        row = self._one("SELECT desired_version FROM devices WHERE id = ?", (device_id,))
-        if row is None:
-            raise NotFound(f"no device {device_id!r}")
+        row = self._found(
+            "SELECT desired_version FROM devices WHERE id = ?",
+            (device_id,),
+            f"no device {device_id!r}",
+        )
         return int(row[0]) + 1
 
     # ---------------------------------------------------------- enrollment --
@@ -322,18 +335,8 @@ class DeviceTables(OverviewTables):
     def add_command(self, command: CommandRecord) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO commands (id, device_id, name, args, created_at, actor, status, "
-                "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    command.id,
-                    command.device_id,
-                    command.name,
-                    json.dumps(command.args),
-                    command.created_at,
-                    command.actor,
-                    command.status,
-                    command.detail,
-                ),
+                insert_sql("commands", _COMMAND_COLUMNS),
+                to_row(command, _COMMAND_COLUMNS, args=json.dumps),
             )
 
     def ack_command(
@@ -355,17 +358,4 @@ class DeviceTables(OverviewTables):
             )
             .fetchall()
         )
-        return [
-            CommandRecord(
-                id=r["id"],
-                device_id=r["device_id"],
-                name=r["name"],
-                args=json.loads(r["args"]),
-                created_at=r["created_at"],
-                actor=r["actor"],
-                status=r["status"],
-                detail=r["detail"] or "",
-                acked_at=r["acked_at"],
-            )
-            for r in rows
-        ]
+        return [from_row(CommandRecord, r, args=json.loads, detail=text_or_empty) for r in rows]
