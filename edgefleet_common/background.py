@@ -6,7 +6,8 @@ network thread, ...).  Each used to carry its own copy of the same few lines -- 
 stop event, a daemon thread started on it, a ``stop()`` that sets and joins, a loop
 that logs a failed step and goes on -- and the copies had drifted (some cleared the
 event on start so a lease could restart them, some did not).  They take these two
-classes instead, so every such thread restarts, stops and survives a bad step alike.
+classes instead, so every such thread restarts, stops and survives a bad step alike,
+and their hooks go through :func:`call_guarded`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+
+
+def call_guarded(
+    fn: Callable[[], object], log: logging.Logger, failure: str, *args: object
+) -> bool:
+    """Run ``fn``; if it raises, log ``failure % args`` with the traceback and return False.
+
+    For the hooks and steps a long-lived thread calls: a bug in one must not end the
+    thread (the network loop, the ingest writer, a lease holder) for the life of the process.
+    """
+    try:
+        fn()
+    except Exception:
+        log.exception(failure, *args)
+        return False
+    return True
 
 
 class BackgroundThread:

@@ -36,7 +36,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edgefleet_contract.errors import LinkError
 from edgefleet_contract.messages import LinkStats
 
-from .background import BackgroundThread
+from .background import BackgroundThread, call_guarded
 from .backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -335,26 +335,17 @@ class MqttSession:
                 fn = self._calls.get_nowait()
             except queue.Empty:
                 return
-            try:
-                fn()
-            except Exception:
-                log.exception("%s: queued network call failed", self.client_id)
+            call_guarded(fn, log, "%s: queued network call failed", self.client_id)
 
     def _safe_tick(self) -> None:
-        try:
-            self._tick()
-        except Exception:  # a bug in a tick must not kill the link
-            log.exception("%s: tick failed", self.client_id)
+        call_guarded(self._tick, log, "%s: tick failed", self.client_id)
 
     def _mark_disconnected(self, why: str) -> None:
         self.connected.clear()
         self._count("disconnects")
         self.last_error = why
         log.info("%s: disconnected (%s)", self.client_id, why)
-        try:
-            self._on_disconnected()
-        except Exception:
-            log.exception("%s: disconnect hook failed", self.client_id)
+        call_guarded(self._on_disconnected, log, "%s: disconnect hook failed", self.client_id)
 
     # --------------------------------------------------------- callbacks --
 
@@ -370,10 +361,7 @@ class MqttSession:
         self._count("connects")
         self.connected.set()
         log.info("%s: connected to %s:%s", self.client_id, *self.target)
-        try:
-            self._on_connected()
-        except Exception:
-            log.exception("%s: connect hook failed", self.client_id)
+        call_guarded(self._on_connected, log, "%s: connect hook failed", self.client_id)
 
     def _handle_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
@@ -384,10 +372,13 @@ class MqttSession:
     def _handle_message(
         self, client: paho.Client, userdata: Any, message: paho.MQTTMessage
     ) -> None:
-        try:
-            self._on_message(message)
-        except Exception:
-            log.exception("%s: message handler failed on %s", self.client_id, message.topic)
+        call_guarded(
+            lambda: self._on_message(message),
+            log,
+            "%s: message handler failed on %s",
+            self.client_id,
+            message.topic,
+        )
 
     def _handle_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
@@ -399,7 +390,9 @@ class MqttSession:
             outcome = Puback.UNHEARD
         else:
             outcome = Puback.ACCEPTED
-        try:
-            self._on_published(mid, outcome, str(reason))
-        except Exception:
-            log.exception("%s: publish hook failed", self.client_id)
+        call_guarded(
+            lambda: self._on_published(mid, outcome, str(reason)),
+            log,
+            "%s: publish hook failed",
+            self.client_id,
+        )

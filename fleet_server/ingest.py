@@ -15,13 +15,14 @@ our persistent session.  The lag is exported as a metric.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from edgefleet_common.background import BackgroundThread
+from edgefleet_common.background import BackgroundThread, call_guarded
 from edgefleet_contract import topics
 from edgefleet_contract.codec import Accepted, Codec, Rejected
 from edgefleet_contract.errors import NotFound
@@ -310,13 +311,17 @@ class Ingest:
     def _notify(self, batch: Plan) -> None:
         if self._on_frame is not None:
             for device_id, frame in batch.frames:
-                try:
-                    self._on_frame(device_id, frame)
-                except Exception:
-                    log.exception("federated frame handler failed for %s", device_id)
+                call_guarded(
+                    functools.partial(self._on_frame, device_id, frame),
+                    log,
+                    "federated frame handler failed for %s",
+                    device_id,
+                )
         if self._on_device_update is not None:
             for device_id in set(batch.presence) | set(batch.reported):
-                try:
-                    self._on_device_update(device_id)
-                except Exception:
-                    log.exception("device update hook failed for %s", device_id)
+                call_guarded(
+                    functools.partial(self._on_device_update, device_id),
+                    log,
+                    "device update hook failed for %s",
+                    device_id,
+                )

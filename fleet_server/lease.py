@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from edgefleet_common.background import IntervalThread
+from edgefleet_common.background import IntervalThread, call_guarded
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,4 @@ class Singleton:
         self.lease.release()
 
     def _safe(self, fn: Callable[[], None], what: str) -> None:
-        try:
-            fn()
-        except Exception:
-            log.exception("lease %s: %s failed", self.lease.name, what)
+        call_guarded(fn, log, "lease %s: %s failed", self.lease.name, what)

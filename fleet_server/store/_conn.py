@@ -118,9 +118,6 @@ class PgDialect(Dialect):
     def json_key(self, col: str) -> str:
         return f"({col}::jsonb ->> ?)"
 
-    def key_param(self, key: str) -> str:
-        return key
-
     def has_key(self, col: str) -> str:
         return f"jsonb_exists({col}::jsonb, ?)"
 
