@@ -203,7 +203,7 @@ _ROUND_JSON_WRITE = dict.fromkeys(
 """The round's JSON columns (the rest are numbers)."""
 _ROUND_JSON_READ = {
     **dict.fromkeys(("participants", "failures", "rejected"), json.loads),
-    # Added in a later schema version with a default; an older row may hold NULL.
+    # The columns a later schema version added: an empty value reads as {}.
     **dict.fromkeys(("failed", "eligibility", "evaluation"), json_or("{}")),
 }
 
