@@ -13,7 +13,7 @@ from . import schema
 from ._conn import INTEGRITY_ERRORS, DbConn
 from .base import CommandRecord, Device, DeviceFilter, Page
 from .overview import OverviewTables
-from .rows import device_from_row, from_row, insert_sql, text_or_empty, to_row
+from .rows import device_from_row, from_row, insert_sql, sorted_json, text_or_empty, to_row
 
 _COMMAND_COLUMNS = (
     "id",
@@ -39,7 +39,7 @@ class DeviceTables(OverviewTables):
                 conn.execute(
                     "INSERT INTO devices (id, name, tags, groups, state, created_at, online, "
                     "desired_version) VALUES (?, ?, ?, '[]', 'pending', ?, 0, 0)",
-                    (device_id, name, json.dumps(tags, sort_keys=True), now),
+                    (device_id, name, sorted_json(tags), now),
                 )
                 return False
         except INTEGRITY_ERRORS:
@@ -52,7 +52,7 @@ class DeviceTables(OverviewTables):
             columns = [c.name for c in schema.devices.c]
             fresh = {
                 "name": name,
-                "tags": json.dumps(tags, sort_keys=True),
+                "tags": sorted_json(tags),
                 "groups": "[]",
                 "state": "pending",
                 "created_at": now,
@@ -141,7 +141,7 @@ class DeviceTables(OverviewTables):
             params.append(name)
         if tags is not None:
             sets.append("tags = ?")
-            params.append(json.dumps(tags, sort_keys=True))
+            params.append(sorted_json(tags))
         if groups is not None:
             sets.append("groups = ?")
             params.append(json.dumps(sorted(set(groups))))
