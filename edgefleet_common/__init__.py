@@ -1,6 +1,7 @@
 """Process plumbing every edgefleet program shares, none of it wire contract.
 
-The MQTT session both sides build on (:mod:`.mqtt`), reconnect backoff
+The MQTT session both sides build on (:mod:`.mqtt`), long-lived daemon threads
+and interval loops (:mod:`.background`), reconnect backoff
 (:mod:`.backoff`), settings files and environment overrides (:mod:`.config`),
 how the command lines end and their common options (:mod:`.cli`), structured
 and redacted logging (:mod:`.logs`), owner-only files (:mod:`.private`),
@@ -14,6 +15,7 @@ nothing else of edgefleet's.
 # The public surface is these modules (each is imported where it is used, so
 # importing the package costs nothing).
 __all__ = [
+    "background",
     "backoff",
     "cli",
     "config",

@@ -36,6 +36,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edgefleet_contract.errors import LinkError
 from edgefleet_contract.messages import LinkStats
 
+from .background import BackgroundThread, call_guarded
 from .backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,8 @@ class MqttSession:
         self._clean_start = clean_start
         self._backoff = backoff or Backoff()
         self._tick_interval = tick_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._network = BackgroundThread(f"mqtt-{client_id}", self._run)
+        self._stop = self._network.stopping
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.connected = threading.Event()
         self.generation = 0
@@ -165,19 +166,13 @@ class MqttSession:
     # ----------------------------------------------------------- lifecycle --
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._network.thread is not None:
             raise LinkError(f"MQTT session {self.client_id} already started")
-        self._thread = threading.Thread(
-            target=self._run, name=f"mqtt-{self.client_id}", daemon=True
-        )
-        self._thread.start()
+        self._network.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (no Last Will) and join the network thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._network.stop(timeout)
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
@@ -238,7 +233,8 @@ class MqttSession:
         self.call_soon(send)
 
     def _check_thread(self) -> None:
-        if self._thread is not None and threading.current_thread() is not self._thread:
+        network = self._network.thread
+        if network is not None and threading.current_thread() is not network:
             raise LinkError("MqttSession.publish/subscribe must run on the network thread")
 
     # -------------------------------------------------------- subclass API --
@@ -339,26 +335,17 @@ class MqttSession:
                 fn = self._calls.get_nowait()
             except queue.Empty:
                 return
-            try:
-                fn()
-            except Exception:
-                log.exception("%s: queued network call failed", self.client_id)
+            call_guarded(fn, log, "%s: queued network call failed", self.client_id)
 
     def _safe_tick(self) -> None:
-        try:
-            self._tick()
-        except Exception:  # a bug in a tick must not kill the link
-            log.exception("%s: tick failed", self.client_id)
+        call_guarded(self._tick, log, "%s: tick failed", self.client_id)
 
     def _mark_disconnected(self, why: str) -> None:
         self.connected.clear()
         self._count("disconnects")
         self.last_error = why
         log.info("%s: disconnected (%s)", self.client_id, why)
-        try:
-            self._on_disconnected()
-        except Exception:
-            log.exception("%s: disconnect hook failed", self.client_id)
+        call_guarded(self._on_disconnected, log, "%s: disconnect hook failed", self.client_id)
 
     # --------------------------------------------------------- callbacks --
 
@@ -374,10 +361,7 @@ class MqttSession:
         self._count("connects")
         self.connected.set()
         log.info("%s: connected to %s:%s", self.client_id, *self.target)
-        try:
-            self._on_connected()
-        except Exception:
-            log.exception("%s: connect hook failed", self.client_id)
+        call_guarded(self._on_connected, log, "%s: connect hook failed", self.client_id)
 
     def _handle_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
@@ -388,10 +372,13 @@ class MqttSession:
     def _handle_message(
         self, client: paho.Client, userdata: Any, message: paho.MQTTMessage
     ) -> None:
-        try:
-            self._on_message(message)
-        except Exception:
-            log.exception("%s: message handler failed on %s", self.client_id, message.topic)
+        call_guarded(
+            lambda: self._on_message(message),
+            log,
+            "%s: message handler failed on %s",
+            self.client_id,
+            message.topic,
+        )
 
     def _handle_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
@@ -403,7 +390,9 @@ class MqttSession:
             outcome = Puback.UNHEARD
         else:
             outcome = Puback.ACCEPTED
-        try:
-            self._on_published(mid, outcome, str(reason))
-        except Exception:
-            log.exception("%s: publish hook failed", self.client_id)
+        call_guarded(
+            lambda: self._on_published(mid, outcome, str(reason)),
+            log,
+            "%s: publish hook failed",
+            self.client_id,
+        )

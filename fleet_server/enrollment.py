@@ -25,7 +25,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -35,31 +34,9 @@ from edgefleet_contract.errors import CertificateError, EnrollmentError
 from edgefleet_contract.ids import check_device_id, is_device_id
 
 from .pki import FleetCA, check_device_csr, load_cert
+from .store.base import EnrollmentStore
 
 log = logging.getLogger(__name__)
-
-
-class EnrollmentStore(Protocol):
-    """What enrollment needs from persistence; the SQLite store implements it.
-
-    ``take_enrollment_token`` must be atomic (one winner when two devices race
-    with the same token) and raise ``EnrollmentError`` for an unknown, used or
-    expired token or a revoked device.  ``create_device`` raises ``StoreError``
-    when the id is taken.
-    """
-
-    def create_device(
-        self, device_id: str, *, name: str, tags: dict[str, str], now: float
-    ) -> bool: ...
-    def save_enrollment_token(self, device_id: str, token_hash: str, expires_at: float) -> None: ...
-    def take_enrollment_token(self, token_hash: str, now: float) -> str: ...
-    def add_certificate(
-        self, device_id: str, serial: int, not_after: float, now: float
-    ) -> None: ...
-    def revoke_device(self, device_id: str, now: float) -> list[int]: ...
-    def supersede_certificates(self, device_id: str, keep: int, now: float) -> list[int]: ...
-    def revoked_serials(self) -> list[tuple[int, float]]: ...
-    def is_revoked(self, device_id: str) -> bool: ...
 
 
 @dataclass(frozen=True)

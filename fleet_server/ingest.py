@@ -15,13 +15,14 @@ our persistent session.  The lag is exported as a metric.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from edgefleet_common.background import BackgroundThread, call_guarded
 from edgefleet_contract import topics
 from edgefleet_contract.codec import Accepted, Codec, Rejected
 from edgefleet_contract.errors import NotFound
@@ -126,8 +127,7 @@ class Ingest:
         self._on_device_update = on_device_update
         self._on_frame = on_frame
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._writer = BackgroundThread("ingest-writer", self._run)
         self._known: set[str] = set()
         self._throttle = LogThrottle(log, interval_s=10.0)
         self._last_lag = 0.0
@@ -167,7 +167,7 @@ class Ingest:
         Runs on the MQTT network thread, so it does as little as it can: the received
         counter is advanced by the writer, a batch at a time (a prometheus counter takes
         a lock, about a tenth of this thread's time when it was taken per message)."""
-        while not self._stop.is_set():
+        while not self._writer.stopping.is_set():
             try:
                 self._queue.put(item, timeout=0.5)
                 return
@@ -181,18 +181,14 @@ class Ingest:
     # ------------------------------------------------------------ writer --
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
-        self._thread.start()
+        self._writer.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._writer.stop(timeout)
 
     def _run(self) -> None:
-        while not (self._stop.is_set() and self._queue.empty()):
+        while not (self._writer.stopping.is_set() and self._queue.empty()):
             items = self._take()
             if items:
                 self.process(items)
@@ -230,7 +226,7 @@ class Ingest:
             except Exception:
                 self.m_write_errors.inc()
                 log.exception("ingest write failed; retry in %.1fs (nothing acked)", delay)
-                if self._stop.wait(delay) and self._queue.empty() and delay > 5:
+                if self._writer.stopping.wait(delay) and self._queue.empty() and delay > 5:
                     return  # stopping with a broken store: the broker redelivers later
                 delay = min(delay * 2, 10.0)
         now = self._clock()
@@ -315,13 +311,17 @@ class Ingest:
     def _notify(self, batch: Plan) -> None:
         if self._on_frame is not None:
             for device_id, frame in batch.frames:
-                try:
-                    self._on_frame(device_id, frame)
-                except Exception:
-                    log.exception("federated frame handler failed for %s", device_id)
+                call_guarded(
+                    functools.partial(self._on_frame, device_id, frame),
+                    log,
+                    "federated frame handler failed for %s",
+                    device_id,
+                )
         if self._on_device_update is not None:
             for device_id in set(batch.presence) | set(batch.reported):
-                try:
-                    self._on_device_update(device_id)
-                except Exception:
-                    log.exception("device update hook failed for %s", device_id)
+                call_guarded(
+                    functools.partial(self._on_device_update, device_id),
+                    log,
+                    "device update hook failed for %s",
+                    device_id,
+                )

@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from edgefleet_common.background import IntervalThread, call_guarded
+
 log = logging.getLogger(__name__)
 
 ROLLOUTS = "rollouts"
@@ -192,37 +194,35 @@ class Singleton:
         """Set while the work runs here (tests and metrics read it)."""
         self.acquired = 0
         """Times this process took the lease."""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = IntervalThread(
+            f"lease-{lease.name}",
+            self._beat,
+            interval_s=lambda: self.interval_s,
+            log=log,
+            failure=f"lease {lease.name}: its heartbeat failed",
+        )
 
     def start(self) -> None:
         """Try once right away (a lone process starts its work before it serves), then
         keep trying, or heartbeating, on the singleton's thread."""
-        self._stop.clear()
         if self.lease.try_acquire():
             self._take()
-        self._thread = threading.Thread(
-            target=self._run, name=f"lease-{self.lease.name}", daemon=True
-        )
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._thread.stop(timeout)
         self._let_go()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            if self.holding.is_set():
-                if not self.lease.heartbeat():
-                    log.warning("lease %s lost: stopping its work here", self.lease.name)
-                    self._let_go()
-                elif self._tick is not None:
-                    self._safe(self._tick, "its periodic step")
-            elif self.lease.try_acquire():
-                self._take()
+    def _beat(self) -> None:
+        """One look at the lease: heartbeat (then the tick) while held, else try to take it."""
+        if self.holding.is_set():
+            if not self.lease.heartbeat():
+                log.warning("lease %s lost: stopping its work here", self.lease.name)
+                self._let_go()
+            elif self._tick is not None:
+                self._safe(self._tick, "its periodic step")
+        elif self.lease.try_acquire():
+            self._take()
 
     def _take(self) -> None:
         log.info("lease %s taken: starting its work here", self.lease.name)
@@ -243,7 +243,4 @@ class Singleton:
         self.lease.release()
 
     def _safe(self, fn: Callable[[], None], what: str) -> None:
-        try:
-            fn()
-        except Exception:
-            log.exception("lease %s: %s failed", self.lease.name, what)
+        call_guarded(fn, log, "lease %s: %s failed", self.lease.name, what)

@@ -7,8 +7,9 @@ enough, and two would only contend for the same rows.
 from __future__ import annotations
 
 import logging
-import threading
 import time
+
+from edgefleet_common.background import IntervalThread
 
 from .config import TelemetrySettings
 from .store.base import Store
@@ -22,19 +23,19 @@ class RetentionTimer:
         self.telemetry = telemetry
         self.interval_s = 600.0
         """How often the pass runs (read before each wait)."""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = IntervalThread(
+            "retention",
+            self._pass,
+            interval_s=lambda: self.interval_s,
+            log=log,
+            failure="retention pass failed; will retry",
+        )
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
+        self._thread.stop(30)
 
     def run_once(self) -> int:
         t = self.telemetry
@@ -45,9 +46,5 @@ class RetentionTimer:
             log.info("retention: removed %d old telemetry rows", removed)
         return removed
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("retention pass failed; will retry")
+    def _pass(self) -> None:
+        self.run_once()

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
+from edgefleet_common.background import BackgroundThread
 from edgefleet_contract import flframes, flwire
 from edgefleet_contract.codec import DEFAULT_MAX_PAYLOAD
 from edgefleet_contract.errors import ContractError, EdgefleetError
@@ -72,7 +73,8 @@ class LearningWorker:
         self._reassembler = flframes.Reassembler()
         self._frames_lock = threading.Lock()
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
-        self._thread: threading.Thread | None = None
+        self._thread = BackgroundThread("learning", self._run)
+        """Started by the first instruction (most devices never train); ends on ``None``."""
         self._contexts: dict[int, object] = {}
         """Per-run Flower contexts: SecAgg+ keeps its protocol state there across stages."""
         self._secure_client: object | None = None
@@ -97,14 +99,17 @@ class LearningWorker:
         self._ensure_thread()
 
     def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="learning", daemon=True)
+        if not self._alive():
             self._thread.start()
 
     def stop(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(10)
+        if self._alive():
+            self._queue.put(None)  # the loop waits on the queue, not on the stop event
+            self._thread.stop(10)
+
+    def _alive(self) -> bool:
+        thread = self._thread.thread
+        return thread is not None and thread.is_alive()
 
     @property
     def dropped_frames(self) -> dict[str, int]:

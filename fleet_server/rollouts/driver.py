@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edgefleet_common.background import IntervalThread
 from edgefleet_contract.errors import EdgefleetError, NotFound, PlanError
 from edgefleet_contract.messages import ArtifactKind, DesiredState, TargetRef
 
@@ -77,10 +78,16 @@ class RolloutDriver:
         self._reports: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._live: dict[str, Rollout] = {}
         self._saved: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.errors = 0
         """Ticks that raised (each is logged); the driver keeps going."""
+        self._thread = IntervalThread(
+            "rollouts",
+            self.step,
+            interval_s=lambda: self.interval_s,
+            log=log,
+            failure="rollout tick failed; will retry",
+            on_error=self._count_error,
+        )
         self.calibrations = calibrations
         """A model version's package calibration (``name@version``), for the gates'
         label-free estimate; None: gates compare labels only."""
@@ -102,16 +109,27 @@ class RolloutDriver:
         with self._lock:
             self._live = {}
             for row in self.store.list_rollouts(statuses=sorted(ACTIVE), limit=10_000):
-                try:
-                    self._live[row.id] = self._load(row.id)
-                except EdgefleetError:
-                    self.errors += 1
-                    log.exception("rollout %s cannot be loaded; it is left as it is", row.id)
+                self._adopt(row.id)
             # Reports that arrived while no driver ran: read every waiting device once.
-            for rollout in self._live.values():
-                for d in rollout.devices.values():
-                    if d.status not in ("succeeded", "failed", "skipped", "rolled_back"):
-                        self._reports.put(d.device_id)
+            self._requeue_waiting()
+
+    def _adopt(self, rollout_id: str) -> bool:
+        """Load a stored rollout's engine into the live set; False (counted, logged, the
+        rollout left as it is in the store) when it cannot be loaded."""
+        try:
+            self._live[rollout_id] = self._load(rollout_id)
+        except EdgefleetError:
+            self.errors += 1
+            log.exception("rollout %s cannot be loaded; it is left as it is", rollout_id)
+            return False
+        return True
+
+    def _requeue_waiting(self) -> None:
+        """Queue every device a live rollout still waits on, to be read at the next tick."""
+        for rollout in self._live.values():
+            for d in rollout.devices.values():
+                if d.status not in ("succeeded", "failed", "skipped", "rolled_back"):
+                    self._reports.put(d.device_id)
 
     def start(self) -> None:
         """Run the engines here (in a shared store: this process took the rollouts lease)."""
@@ -119,27 +137,17 @@ class RolloutDriver:
             self._hosting = True
         if self.shared:
             self.reload()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._thread.stop(timeout)
         with self._lock:
             self._hosting = False
             if self.shared:  # another process runs them from now on
                 self._live, self._stored = {}, {}
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.step()
-            except Exception:
-                self.errors += 1
-                log.exception("rollout tick failed; will retry")
+    def _count_error(self) -> None:
+        self.errors += 1
 
     @property
     def live_count(self) -> int:
@@ -190,16 +198,9 @@ class RolloutDriver:
                 live = self._live.get(row.id)
                 if live is not None and _state_key(row.state) == self._stored.get(row.id):
                     continue
-                try:
-                    self._live[row.id] = self._load(row.id)
+                if self._adopt(row.id):
                     self._stored[row.id] = _state_key(row.state)
-                except EdgefleetError:
-                    self.errors += 1
-                    log.exception("rollout %s cannot be loaded; it is left as it is", row.id)
-            for rollout in self._live.values():
-                for d in rollout.devices.values():
-                    if d.status not in ("succeeded", "failed", "skipped", "rolled_back"):
-                        self._reports.put(d.device_id)
+            self._requeue_waiting()
 
     def _guarded(
         self, rollout: Rollout, event: Callable[[Rollout], list[Action]], now: float

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import psycopg
 
+from edgefleet_contract.errors import NotFound
+
 INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
 """A unique or foreign key violated, on either backend."""
 
@@ -115,9 +117,6 @@ class PgDialect(Dialect):
 
     def json_key(self, col: str) -> str:
         return f"({col}::jsonb ->> ?)"
-
-    def key_param(self, key: str) -> str:
-        return key
 
     def has_key(self, col: str) -> str:
         return f"jsonb_exists({col}::jsonb, ?)"
@@ -267,3 +266,10 @@ class Connections:
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._conn().execute(sql, params).fetchone()
+
+    def _found(self, sql: str, params: Sequence[Any], missing: str) -> Any:
+        """The row a lookup by key selects, or ``NotFound(missing)`` (the API's 404)."""
+        row = self._one(sql, params)
+        if row is None:
+            raise NotFound(missing)
+        return row

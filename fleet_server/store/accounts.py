@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from edgefleet_contract.errors import NotFound, StoreError
 
 from ._conn import INTEGRITY_ERRORS, Connections
 from .base import ApiToken, AuditEntry, AuditFilter, Page, Role, User
+from .rows import from_row, insert_sql, json_or, sorted_json, to_row
+
+_TOKEN_COLUMNS = ("id", "username", "name", "token_hash", "created_at", "expires_at")
+_AUDIT_COLUMNS = ("ts", "actor", "role", "action", "target", "source_ip", "outcome", "detail")
 
 
 class AccountTables(Connections):
@@ -43,9 +46,9 @@ class AccountTables(Connections):
             raise StoreError(f"a user named {username!r} already exists") from None
 
     def get_user(self, username: str) -> User:
-        row = self._one("SELECT * FROM users WHERE username = ?", (username,))
-        if row is None:
-            raise NotFound(f"no user {username!r}")
+        row = self._found(
+            "SELECT * FROM users WHERE username = ?", (username,), f"no user {username!r}"
+        )
         return _user(row)
 
     def list_users(self) -> list[User]:
@@ -77,18 +80,7 @@ class AccountTables(Connections):
 
     def create_api_token(self, token: ApiToken) -> None:
         with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO api_tokens (id, username, name, token_hash, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    token.id,
-                    token.username,
-                    token.name,
-                    token.token_hash,
-                    token.created_at,
-                    token.expires_at,
-                ),
-            )
+            conn.execute(insert_sql("api_tokens", _TOKEN_COLUMNS), to_row(token, _TOKEN_COLUMNS))
 
     def find_api_token(self, token_hash: str) -> ApiToken | None:
         row = self._one("SELECT * FROM api_tokens WHERE token_hash = ?", (token_hash,))
@@ -130,18 +122,8 @@ class AccountTables(Connections):
     def append_audit(self, entry: AuditEntry) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO audit (ts, actor, role, action, target, source_ip, outcome, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    entry.ts,
-                    entry.actor,
-                    entry.role,
-                    entry.action,
-                    entry.target,
-                    entry.source_ip,
-                    entry.outcome,
-                    json.dumps(entry.detail, sort_keys=True),
-                ),
+                insert_sql("audit", _AUDIT_COLUMNS),
+                to_row(entry, _AUDIT_COLUMNS, detail=sorted_json),
             )
 
     def list_audit(
@@ -170,28 +152,9 @@ class AccountTables(Connections):
             f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ? OFFSET ?",
             [*params, limit, offset],
         ).fetchall()
-        items = [
-            AuditEntry(
-                id=r["id"],
-                ts=r["ts"],
-                actor=r["actor"],
-                role=r["role"],
-                action=r["action"],
-                target=r["target"],
-                source_ip=r["source_ip"],
-                outcome=r["outcome"],
-                detail=json.loads(r["detail"] or "{}"),
-            )
-            for r in rows
-        ]
+        items = [from_row(AuditEntry, r, detail=json_or("{}")) for r in rows]
         return Page(items, total)
 
 
 def _user(row: Any) -> User:
-    return User(
-        username=row["username"],
-        role=row["role"],
-        password_hash=row["password_hash"],
-        created_at=row["created_at"],
-        disabled=bool(row["disabled"]),
-    )
+    return from_row(User, row, disabled=bool)

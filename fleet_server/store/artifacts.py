@@ -10,15 +10,28 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edgefleet_contract.errors import NotFound, StoreError
+from edgefleet_contract.errors import StoreError
 
 from ._conn import Connections
 from .base import Artifact, Page
+from .rows import from_row, insert_sql, json_or, sorted_json, to_row
 
 _COLUMNS = (
-    "kind, name, version, flavor, runtime, hardware, sha256, size, filename, target_path, "
-    "created_at, uploaded_by, lineage"
+    "kind",
+    "name",
+    "version",
+    "flavor",
+    "runtime",
+    "hardware",
+    "sha256",
+    "size",
+    "filename",
+    "target_path",
+    "created_at",
+    "uploaded_by",
+    "lineage",
 )
+"""Every column but the id, which the database assigns."""
 
 
 class ArtifactTables(Connections):
@@ -44,30 +57,18 @@ class ArtifactTables(Connections):
                     )
                 return existing
             cur = conn.execute(
-                f"INSERT INTO artifacts ({_COLUMNS}) VALUES ({', '.join('?' * 13)}) RETURNING id",
-                (
-                    a.kind,
-                    a.name,
-                    a.version,
-                    a.flavor,
-                    a.runtime,
-                    json.dumps(list(a.hardware)),
-                    a.sha256,
-                    a.size,
-                    a.filename,
-                    a.target_path,
-                    a.created_at,
-                    a.uploaded_by,
-                    json.dumps(a.lineage, sort_keys=True),
-                ),
+                insert_sql("artifacts", _COLUMNS) + " RETURNING id",
+                to_row(a, _COLUMNS, hardware=_json_list, lineage=sorted_json),
             )
             new_id = int(cur.fetchone()[0])
         return self.get_artifact(new_id)
 
     def get_artifact(self, artifact_id: int) -> Artifact:
-        row = self._one("SELECT * FROM artifacts WHERE id = ?", (artifact_id,))
-        if row is None:
-            raise NotFound(f"no artifact with id {artifact_id}")
+        row = self._found(
+            "SELECT * FROM artifacts WHERE id = ?",
+            (artifact_id,),
+            f"no artifact with id {artifact_id}",
+        )
         return _artifact(row)
 
     def find_artifacts(
@@ -104,19 +105,12 @@ class ArtifactTables(Connections):
 
 
 def _artifact(row: Any) -> Artifact:
-    return Artifact(
-        id=int(row["id"]),
-        kind=row["kind"],
-        name=row["name"],
-        version=row["version"],
-        flavor=row["flavor"],
-        runtime=row["runtime"],
-        hardware=tuple(json.loads(row["hardware"] or "[]")),
-        sha256=row["sha256"],
-        size=int(row["size"]),
-        filename=row["filename"],
-        target_path=row["target_path"],
-        created_at=row["created_at"],
-        uploaded_by=row["uploaded_by"],
-        lineage=json.loads(row["lineage"] or "{}"),
-    )
+    return from_row(Artifact, row, id=int, hardware=_hardware, size=int, lineage=json_or("{}"))
+
+
+def _hardware(text: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(text or "[]"))
+
+
+def _json_list(values: tuple[str, ...]) -> str:
+    return json.dumps(list(values))

@@ -13,7 +13,18 @@ from . import schema
 from ._conn import INTEGRITY_ERRORS, DbConn
 from .base import CommandRecord, Device, DeviceFilter, Page
 from .overview import OverviewTables
-from .rows import device_from_row
+from .rows import device_from_row, from_row, insert_sql, sorted_json, text_or_empty, to_row
+
+_COMMAND_COLUMNS = (
+    "id",
+    "device_id",
+    "name",
+    "args",
+    "created_at",
+    "actor",
+    "status",
+    "detail",
+)
 
 
 class DeviceTables(OverviewTables):
@@ -28,7 +39,7 @@ class DeviceTables(OverviewTables):
                 conn.execute(
                     "INSERT INTO devices (id, name, tags, groups, state, created_at, online, "
                     "desired_version) VALUES (?, ?, ?, '[]', 'pending', ?, 0, 0)",
-                    (device_id, name, json.dumps(tags, sort_keys=True), now),
+                    (device_id, name, sorted_json(tags), now),
                 )
                 return False
         except INTEGRITY_ERRORS:
@@ -41,7 +52,7 @@ class DeviceTables(OverviewTables):
             columns = [c.name for c in schema.devices.c]
             fresh = {
                 "name": name,
-                "tags": json.dumps(tags, sort_keys=True),
+                "tags": sorted_json(tags),
                 "groups": "[]",
                 "state": "pending",
                 "created_at": now,
@@ -67,9 +78,9 @@ class DeviceTables(OverviewTables):
                 raise StoreError(f"device {device_id!r} is not revoked; revoke it first")
 
     def get_device(self, device_id: str) -> Device:
-        row = self._one("SELECT * FROM devices WHERE id = ?", (device_id,))
-        if row is None:
-            raise NotFound(f"no device {device_id!r}")
+        row = self._found(
+            "SELECT * FROM devices WHERE id = ?", (device_id,), f"no device {device_id!r}"
+        )
         return device_from_row(row)
 
     def list_devices(
@@ -130,7 +141,7 @@ class DeviceTables(OverviewTables):
             params.append(name)
         if tags is not None:
             sets.append("tags = ?")
-            params.append(json.dumps(tags, sort_keys=True))
+            params.append(sorted_json(tags))
         if groups is not None:
             sets.append("groups = ?")
             params.append(json.dumps(sorted(set(groups))))
@@ -213,9 +224,11 @@ class DeviceTables(OverviewTables):
                 )
 
     def next_desired_version(self, device_id: str) -> int:
-        row = self._one("SELECT desired_version FROM devices WHERE id = ?", (device_id,))
-        if row is None:
-            raise NotFound(f"no device {device_id!r}")
+        row = self._found(
+            "SELECT desired_version FROM devices WHERE id = ?",
+            (device_id,),
+            f"no device {device_id!r}",
+        )
         return int(row[0]) + 1
 
     # ---------------------------------------------------------- enrollment --
@@ -322,18 +335,8 @@ class DeviceTables(OverviewTables):
     def add_command(self, command: CommandRecord) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO commands (id, device_id, name, args, created_at, actor, status, "
-                "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    command.id,
-                    command.device_id,
-                    command.name,
-                    json.dumps(command.args),
-                    command.created_at,
-                    command.actor,
-                    command.status,
-                    command.detail,
-                ),
+                insert_sql("commands", _COMMAND_COLUMNS),
+                to_row(command, _COMMAND_COLUMNS, args=json.dumps),
             )
 
     def ack_command(
@@ -355,17 +358,4 @@ class DeviceTables(OverviewTables):
             )
             .fetchall()
         )
-        return [
-            CommandRecord(
-                id=r["id"],
-                device_id=r["device_id"],
-                name=r["name"],
-                args=json.loads(r["args"]),
-                created_at=r["created_at"],
-                actor=r["actor"],
-                status=r["status"],
-                detail=r["detail"] or "",
-                acked_at=r["acked_at"],
-            )
-            for r in rows
-        ]
+        return [from_row(CommandRecord, r, args=json.loads, detail=text_or_empty) for r in rows]

@@ -18,6 +18,7 @@ from typing import Any
 from edgefleet_contract.messages import ReportedState, Telemetry
 
 from ._conn import Connections, DbConn
+from .rows import from_row
 
 MAX_ALERTS = 50
 """Alert lists are cut here (``total`` still counts all of them)."""
@@ -256,19 +257,7 @@ class OverviewTables(Connections):
             "SELECT * FROM update_events WHERE device_id = ? ORDER BY id DESC LIMIT ?",
             (device_id, limit),
         )
-        return [
-            UpdateEvent(
-                device_id=r["device_id"],
-                ts=r["ts"],
-                desired_version=r["desired_version"],
-                kind=r["kind"],
-                target=r["target"],
-                phase=r["phase"],
-                progress=r["progress"],
-                error=r["error"],
-            )
-            for r in rows
-        ]
+        return [from_row(UpdateEvent, r) for r in rows]
 
     # ---------------------------------------------------------- telemetry --
 

@@ -219,16 +219,8 @@ class PgStore(StoreTables):
 
     # ----------------------------------------------------------- telemetry --
 
-    def insert_telemetry(
-        self,
-        batches: Sequence[Telemetry],
-        *,
-        received_at: float,
-        seen: Mapping[str, float] | None = None,
-    ) -> int:
-        if batches:
-            self.partitions.cover([b.ts for b in batches], now=received_at)
-        return super().insert_telemetry(batches, received_at=received_at, seen=seen)
+    def _make_room(self, batches: Sequence[Telemetry], received_at: float) -> None:
+        self.partitions.cover([b.ts for b in batches], now=received_at)
 
     def _advance_seen(self, conn: DbConn, seen: Mapping[str, float]) -> None:
         """One statement over two arrays, whatever the number of devices."""

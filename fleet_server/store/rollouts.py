@@ -16,6 +16,18 @@ from edgefleet_contract.errors import NotFound, StoreError
 
 from ._conn import INTEGRITY_ERRORS, Connections
 from .base import RolloutEvent, RolloutRow
+from .rows import from_row, insert_sql, to_row
+
+_ROLLOUT_COLUMNS = (
+    "id",
+    "status",
+    "artifact",
+    "created_at",
+    "created_by",
+    "updated_at",
+    "plan",
+    "state",
+)
 
 
 class RolloutTables(Connections):
@@ -32,18 +44,8 @@ class RolloutTables(Connections):
             with self._tx() as conn:
                 if create:
                     conn.execute(
-                        "INSERT INTO rollouts (id, status, artifact, created_at, created_by, "
-                        "updated_at, plan, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            row.id,
-                            row.status,
-                            row.artifact,
-                            row.created_at,
-                            row.created_by,
-                            row.updated_at,
-                            json.dumps(row.plan),
-                            json.dumps(row.state),
-                        ),
+                        insert_sql("rollouts", _ROLLOUT_COLUMNS),
+                        to_row(row, _ROLLOUT_COLUMNS, plan=json.dumps, state=json.dumps),
                     )
                 else:
                     sql = "UPDATE rollouts SET status = ?, updated_at = ?, state = ? WHERE id = ?"
@@ -77,9 +79,9 @@ class RolloutTables(Connections):
             raise StoreError(f"a rollout with id {row.id!r} already exists") from None
 
     def get_rollout(self, rollout_id: str) -> RolloutRow:
-        r = self._one("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))
-        if r is None:
-            raise NotFound(f"no rollout {rollout_id!r}")
+        r = self._found(
+            "SELECT * FROM rollouts WHERE id = ?", (rollout_id,), f"no rollout {rollout_id!r}"
+        )
         return _row(r)
 
     def rollout_devices(self, rollout_id: str) -> list[dict[str, Any]]:
@@ -105,20 +107,8 @@ class RolloutTables(Connections):
             "ORDER BY id DESC LIMIT ?) AS newest ORDER BY id",
             (rollout_id, limit),
         )
-        return [
-            RolloutEvent(ts=r["ts"], kind=r["kind"], message=r["message"], device_id=r["device_id"])
-            for r in rows
-        ]
+        return [from_row(RolloutEvent, r) for r in rows]
 
 
 def _row(r: Any) -> RolloutRow:
-    return RolloutRow(
-        id=r["id"],
-        status=r["status"],
-        artifact=r["artifact"],
-        created_at=r["created_at"],
-        created_by=r["created_by"],
-        updated_at=r["updated_at"],
-        plan=json.loads(r["plan"]),
-        state=json.loads(r["state"]),
-    )
+    return from_row(RolloutRow, r, plan=json.loads, state=json.loads)

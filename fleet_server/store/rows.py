@@ -2,42 +2,105 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgefleet_contract.messages import DesiredState, DriftReport, ReportedState, Telemetry
 
 from .base import Device
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
+
+Convert = Callable[[Any], Any]
+
+
+def from_row(cls: type[R], row: Any, **read: Convert) -> R:
+    """The record ``cls`` from a row that has a column for each of its fields, under the
+    field's name: each value as stored, or through ``read[field]`` (JSON text, 0/1 flags).
+
+    The record's fields say which columns a reader takes, so a table's reader names
+    only the columns it converts instead of restating every field twice.
+    """
+    values = {name: row[name] for name in _field_names(cls)}
+    for name, convert in read.items():
+        values[name] = convert(values[name])
+    return cls(**values)
+
+
+@functools.cache
+def _field_names(cls: type[DataclassInstance]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def to_row(record: DataclassInstance, columns: Sequence[str], **write: Convert) -> tuple[Any, ...]:
+    """The values of ``columns`` (fields of ``record``, in that order) for an INSERT, each
+    through ``write[column]`` where given (``json.dumps`` for a JSON column)."""
+    out = []
+    for name in columns:
+        value = getattr(record, name)
+        out.append(write[name](value) if name in write else value)
+    return tuple(out)
+
+
+def insert_sql(table: str, columns: Sequence[str]) -> str:
+    """``INSERT INTO table (columns) VALUES (?, ...)``, one placeholder a column."""
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def json_or(empty: str) -> Convert:
+    """Parse a JSON column, reading NULL (or an empty text) as ``empty``."""
+    return lambda text: json.loads(text or empty)
+
+
+def sorted_json(value: object) -> str:
+    """A JSON column written with sorted keys (the same document, the same text)."""
+    return json.dumps(value, sort_keys=True)
+
+
+def text_or_empty(text: str | None) -> str:
+    """A text column where NULL reads as the empty string."""
+    return text or ""
+
 
 def device_from_row(row: Any, *, full: bool = True) -> Device:
     """``full=False`` skips parsing the twin JSON (for filtering many devices)."""
-    return Device(
-        id=row["id"],
-        name=row["name"],
-        tags=json.loads(row["tags"]),
-        groups=tuple(json.loads(row["groups"])),
-        state=row["state"],
-        created_at=row["created_at"],
-        enrolled_at=row["enrolled_at"],
-        last_seen=row["last_seen"],
-        online=bool(row["online"]),
-        cert_serial=int(row["cert_serial"]) if row["cert_serial"] else None,
-        cert_not_after=row["cert_not_after"],
-        reported=ReportedState.model_validate_json(row["reported"])
-        if full and row["reported"]
-        else None,
-        reported_at=row["reported_at"],
-        desired=DesiredState.model_validate_json(row["desired"])
-        if full and row["desired"]
-        else None,
-        model_name=row["model_name"],
-        model_version=row["model_version"],
-        firmware_version=row["firmware_version"],
-        agent_version=row["agent_version"],
-        hardware=row["hardware"],
-        health=row["health"],
+    return from_row(
+        Device,
+        row,
+        tags=json.loads,
+        groups=_json_tuple,
+        online=bool,
+        cert_serial=_serial,
+        reported=_reported if full else _none,
+        desired=_desired if full else _none,
     )
+
+
+def _json_tuple(text: str) -> tuple[Any, ...]:
+    return tuple(json.loads(text))
+
+
+def _serial(text: str | None) -> int | None:
+    """Serials are stored as text: they outgrow a 64-bit integer column."""
+    return int(text) if text else None
+
+
+def _reported(text: str | None) -> ReportedState | None:
+    return ReportedState.model_validate_json(text) if text else None
+
+
+def _desired(text: str | None) -> DesiredState | None:
+    return DesiredState.model_validate_json(text) if text else None
+
+
+def _none(text: str | None) -> None:
+    return None
 
 
 def telemetry_row(batch: Telemetry, received_at: float) -> tuple[Any, ...]:

@@ -103,6 +103,7 @@ class TelemetryTables(Connections):
         transaction, so an ingest batch costs one commit, not two."""
         if not batches:
             return 0
+        self._make_room(batches, received_at)
         with self._ingest_tx() as conn:
             fresh = self._insert_raw(conn, batches, received_at)
             self._upsert_rollups(conn, merged_rollups(fresh))
@@ -113,6 +114,10 @@ class TelemetryTables(Connections):
             if seen:
                 self._advance_seen(conn, seen)
         return len(fresh)
+
+    def _make_room(self, batches: Sequence[Telemetry], received_at: float) -> None:
+        """Runs before batches are written, outside their transaction: the place for
+        PostgreSQL to create the day partitions they fall in (SQLite has none)."""
 
     def _upsert_rollups(self, conn: DbConn, rows: list[tuple[Any, ...]]) -> None:
         conn.executemany(rollup_upsert(self.dialect), rows)

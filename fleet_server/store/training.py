@@ -16,6 +16,7 @@ from edgefleet_contract.errors import NotFound
 from edgefleet_contract.messages import LearningStats, Telemetry
 
 from ._conn import Connections, DbConn
+from .rows import from_row, json_or, text_or_empty, to_row
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,9 @@ class TrainingTables(Connections):
             )
 
     def get_training_run(self, run_id: str) -> TrainingRun:
-        row = self._one("SELECT * FROM fl_runs WHERE id = ?", (run_id,))
-        if row is None:
-            raise NotFound(f"no training run {run_id!r}")
+        row = self._found(
+            "SELECT * FROM fl_runs WHERE id = ?", (run_id,), f"no training run {run_id!r}"
+        )
         return _run(row)
 
     def list_training_runs(
@@ -196,58 +197,35 @@ _ROUND_VALUES = (
 )
 
 
+_ROUND_JSON_WRITE = dict.fromkeys(
+    ("participants", "failures", "rejected", "failed", "eligibility", "evaluation"), json.dumps
+)
+"""The round's JSON columns (the rest are numbers)."""
+_ROUND_JSON_READ = {
+    **dict.fromkeys(("participants", "failures", "rejected"), json.loads),
+    # The columns a later schema version added: an empty value reads as {}.
+    **dict.fromkeys(("failed", "eligibility", "evaluation"), json_or("{}")),
+}
+
+
 def _insert_round(conn: DbConn, record: RoundRecord) -> None:
     conn.execute(
         f"INSERT INTO fl_rounds (run_id, round, {', '.join(_ROUND_VALUES)}) "
         f"VALUES (?, ?{', ?' * len(_ROUND_VALUES)}) ON CONFLICT (run_id, round) DO UPDATE SET "
         + ", ".join(f"{c} = excluded.{c}" for c in _ROUND_VALUES),
-        (
-            record.run_id,
-            record.round,
-            record.loss,
-            record.accuracy,
-            json.dumps(record.participants),
-            json.dumps(record.failures),
-            json.dumps(record.rejected),
-            record.bytes_out,
-            record.bytes_in,
-            record.wall_s,
-            record.ts,
-            json.dumps(record.failed),
-            json.dumps(record.eligibility),
-            json.dumps(record.evaluation),
-        ),
+        to_row(record, ("run_id", "round", *_ROUND_VALUES), **_ROUND_JSON_WRITE),
     )
 
 
 def _run(r: Any) -> TrainingRun:
-    return TrainingRun(
-        id=r["id"],
-        spec=json.loads(r["spec"]),
-        status=r["status"],
-        created_by=r["created_by"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-        completed_rounds=r["completed_rounds"],
-        detail=r["detail"] or "",
-        result=json.loads(r["result"] or "{}"),
+    return from_row(
+        TrainingRun,
+        r,
+        spec=json.loads,
+        detail=text_or_empty,
+        result=json_or("{}"),
     )
 
 
 def _round(r: Any) -> RoundRecord:
-    return RoundRecord(
-        run_id=r["run_id"],
-        round=r["round"],
-        loss=r["loss"],
-        accuracy=r["accuracy"],
-        participants=json.loads(r["participants"]),
-        failures=json.loads(r["failures"]),
-        rejected=json.loads(r["rejected"]),
-        bytes_out=r["bytes_out"],
-        bytes_in=r["bytes_in"],
-        wall_s=r["wall_s"],
-        ts=r["ts"],
-        failed=json.loads(r["failed"] or "{}"),
-        eligibility=json.loads(r["eligibility"] or "{}"),
-        evaluation=json.loads(r["evaluation"] or "{}"),
-    )
+    return from_row(RoundRecord, r, **_ROUND_JSON_READ)

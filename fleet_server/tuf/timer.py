@@ -9,7 +9,8 @@ they are due -- long before a device would refuse them as expired.
 from __future__ import annotations
 
 import logging
-import threading
+
+from edgefleet_common.background import IntervalThread
 
 from .repository import TufRepository
 
@@ -24,29 +25,27 @@ class ResignTimer:
         self.repo = repo
         self.resigned = 0
         """Refreshes that re-signed something (for tests and logs)."""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = IntervalThread(
+            "tuf-timer",
+            self._refresh,
+            interval_s=lambda: RETRY_S,
+            log=log,
+            failure="TUF re-signing failed; retrying in a minute",
+            first_wait_s=0.0,
+            retry_s=RETRY_S,
+        )
 
     def start(self) -> None:
-        self._stop.clear()  # restartable: a replica may take the re-signing lease again
-        self._thread = threading.Thread(target=self._run, name="tuf-timer", daemon=True)
+        """Restartable: a replica may take the re-signing lease again."""
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+        self._thread.stop(10)
 
-    def _run(self) -> None:
-        wait = 0.0
-        while not self._stop.wait(wait):
-            try:
-                renewed = self.repo.refresh()
-                if renewed:
-                    self.resigned += 1
-                    log.info("TUF: re-signed %s", ", ".join(renewed))
-                wait = min(max(self.repo.next_refresh_in(), 1.0), MAX_SLEEP_S)
-            except Exception:
-                log.exception("TUF re-signing failed; retrying in a minute")
-                wait = RETRY_S
+    def _refresh(self) -> float:
+        """Re-sign what is due; the wait until the next role is due (1 s to 5 min)."""
+        renewed = self.repo.refresh()
+        if renewed:
+            self.resigned += 1
+            log.info("TUF: re-signed %s", ", ".join(renewed))
+        return min(max(self.repo.next_refresh_in(), 1.0), MAX_SLEEP_S)
