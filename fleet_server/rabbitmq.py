@@ -18,7 +18,6 @@ revocation, health and the presence sweep.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from edgefleet_common.background import IntervalThread
 from edgefleet_contract.errors import BrokerError
 
 from .config import SERVER_IDENTITY
@@ -211,8 +211,13 @@ class PresenceSweep:
         self.interval_s = interval_s
         self.grace_s = grace_s
         self._suspects: set[str] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = IntervalThread(
+            "presence-sweep",
+            self._sweep_or_skip,
+            interval_s=lambda: self.interval_s,
+            log=log,
+            failure="presence sweep failed; will retry",
+        )
         self.marked_offline = 0
 
     def sweep(self, now: float | None = None) -> None:
@@ -227,20 +232,17 @@ class PresenceSweep:
         self._suspects = missing
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="presence-sweep", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.sweep()
-            except (BrokerError, httpx.HTTPError, ValueError) as exc:
-                log.warning("presence sweep skipped: %s", exc)
+    def _sweep_or_skip(self) -> None:
+        """A broker that does not answer skips one sweep with a warning, no traceback."""
+        try:
+            self.sweep()
+        except (BrokerError, httpx.HTTPError, ValueError) as exc:
+            log.warning("presence sweep skipped: %s", exc)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._thread.stop(10)
 
 
 def sync_users(admin: RabbitAdmin, active: Iterable[str], revoked: Iterable[str]) -> None:
