@@ -9,7 +9,7 @@ import click
 
 from .cli import Ctx, pass_ctx
 from .cmd_telemetry import ago_seconds
-from .output import emit, emit_items, when
+from .output import emit, emit_items, report, when
 
 
 @click.group()
@@ -73,12 +73,12 @@ def tokens_create(ctx: Ctx, name: str, ttl_days: int | None) -> None:
     """Create a token for yourself (e.g. for a CI job); it is shown only now."""
     body = {"name": name, "ttl_s": ttl_days * 86400 if ttl_days else None}
     out = ctx.client.post("/tokens", body)
-    if ctx.as_json:
-        emit(out, as_json=True)
-        return
-    click.echo(f"token {out['token_id']} ({out['role']}), expires {when(out['expires_at'])}:")
-    click.echo(f"  {out['token']}")
-    click.echo("it is shown only now; use it as FLEETCTL_TOKEN or an Authorization: Bearer header")
+    report(
+        out,
+        f"token {out['token_id']} ({out['role']}), expires {when(out['expires_at'])}:",
+        f"  {out['token']}",
+        "it is shown only now; use it as FLEETCTL_TOKEN or an Authorization: Bearer header",
+    )
 
 
 @tokens.command("list")
