@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -23,13 +22,6 @@ from fleet_server.store import Store, open_store
 from fleet_server.store.base import ApiToken, AuditEntry, CommandRecord
 
 from .harness import inference_stats, system_stats
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 def batch(device: str, n: int, ts: float, latency: float = 5.0) -> Telemetry:
