@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -32,14 +32,6 @@ def settings(tmp_path: Path) -> ServerSettings:
     initialize(s, admin_password=ADMIN_PASSWORD)
     write_start_package(s.data_dir / "models")
     return s
-
-
-@pytest.fixture
-def server(settings: ServerSettings) -> Iterator[FleetServer]:
-    srv = FleetServer(settings)
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def devices(server: FleetServer, tmp: Path, n: int, prefix: str, **kw: object) -> list[Device]:
