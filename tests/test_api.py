@@ -21,7 +21,7 @@ from fleet_server.store import open_store
 from fleet_server.store.base import Store
 from fleet_server.twin import target_ref, twin_status
 
-from .api_kit import Outbox, api_context, login, store_with_users
+from .api_kit import Outbox, api_context, audit_log, login, store_with_users
 
 
 @pytest.fixture
@@ -64,8 +64,7 @@ def test_roles_are_enforced_and_audited(env: tuple[TestClient, Store, Outbox]) -
     assert r.status_code == 200 and r.json()["status"] == "pending"
     assert outbox.sent[-1][0] == "d1" and outbox.sent[-1][1].name == "set_desired"
     assert client.get("/api/v1/audit", headers=operator).status_code == 403
-    entries = client.get("/api/v1/audit", headers=admin).json()["items"]
-    seen = {(e["actor"], e["action"], e["outcome"]) for e in entries}
+    entries, seen = audit_log(client, admin)
     assert ("vic", "create_device", "denied") in seen
     assert ("olga", "create_device", "ok") in seen
     assert ("olga", "set_desired", "ok") in seen
@@ -241,8 +240,7 @@ def test_enrollment_renewal_and_revocation_through_the_api(
     r = client.post("/api/v1/devices/e1/token", headers=operator)
     assert r.status_code == 403 and "revoked" in r.json()["detail"]
 
-    audit = client.get("/api/v1/audit", headers=admin, params={"limit": 1000}).json()["items"]
-    seen = [(e["actor"], e["action"], e["outcome"]) for e in audit]
+    audit, seen = audit_log(client, admin, limit=1000)
     assert ("device:e1", "enroll", "ok") in seen and ("device:e1", "renew", "ok") in seen
     assert ("anonymous", "enroll", "denied") in seen and ("olga", "revoke", "ok") in seen
     assert token not in repr(audit) and proof not in repr(audit)
