@@ -18,6 +18,7 @@ from ..auth import MAX_PASSWORD, MIN_PASSWORD, Principal, hash_password
 from ..store.base import Role, User
 from .context import ApiContext
 from .deps import ctx, principal, require
+from .routes_auth import issued
 from .schemas import Items, items
 
 router = APIRouter(tags=["users"])
@@ -149,14 +150,7 @@ def create_token(
     secret, record = c.auth.issue_token(
         user, name=body.name, ttl_s=body.ttl_s or c.settings.api.token_ttl_s
     )
-    return TokenCreated(
-        token=secret,
-        token_id=record.id,
-        name=record.name,
-        expires_at=record.expires_at,
-        username=user.username,
-        role=user.role,
-    )
+    return TokenCreated(token=secret, name=record.name, **issued(record, user))
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
