@@ -22,6 +22,7 @@ from fleet_server.store.base import Store
 from fleet_server.twin import target_ref, twin_status
 
 from .api_kit import Outbox, api_context, audit_log, login, store_with_users
+from .harness import nth_batch
 
 
 @pytest.fixture
@@ -119,7 +120,7 @@ def test_validation_errors_name_the_field(env: tuple[TestClient, Store, Outbox])
 
 
 def test_selector_filter_and_telemetry_queries(env: tuple[TestClient, Store, Outbox]) -> None:
-    from edgefleet_contract.messages import InferenceStats, Telemetry
+    from edgefleet_contract.messages import InferenceStats
 
     client, store, _ = env
     operator = login(client, "olga")
@@ -129,11 +130,10 @@ def test_selector_filter_and_telemetry_queries(env: tuple[TestClient, Store, Out
         )
     store.insert_telemetry(
         [
-            Telemetry(
-                device_id=f"t{i}",
-                batch_id=f"b{n}",
-                seq=n,
-                ts=6000.0 + n * 10,
+            nth_batch(
+                f"t{i}",
+                n,
+                6000.0 + n * 10,
                 window_s=10,
                 inference=InferenceStats(
                     model="m", version="1", count=10, errors=i, throughput_per_s=1
@@ -409,7 +409,7 @@ def test_twin_status_is_a_pure_function() -> None:
 def test_tags_groups_and_telemetry_steps_are_validated(
     env: tuple[TestClient, Store, Outbox],
 ) -> None:
-    from edgefleet_contract.messages import InferenceStats, Telemetry
+    from edgefleet_contract.messages import InferenceStats
 
     client, store, _ = env
     operator = login(client, "olga")
@@ -420,11 +420,10 @@ def test_tags_groups_and_telemetry_steps_are_validated(
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.groups.0"
     store.insert_telemetry(
         [
-            Telemetry(
-                device_id="s1",
-                batch_id=f"b{n}",
-                seq=n,
-                ts=6000.0 + 60 * n,
+            nth_batch(
+                "s1",
+                n,
+                6000.0 + 60 * n,
                 window_s=10,
                 inference=InferenceStats(
                     model="m", version="1", count=10, errors=n, throughput_per_s=1
