@@ -30,12 +30,14 @@ from pathlib import Path
 import bsdiff4
 import numpy as np
 
-from edgefleet_contract.package import Lineage, read_package
-from fleet_server.modelkit import FLAVORS, Network, build_package
-from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
+from edgefleet_contract.package import read_package
+from fleet_server.modelkit import FLAVORS, Network
+from fleet_server.modelkit.digits import PREPROCESSING, split
 from fleet_server.modelkit.network import F32, apply_layer
 from models.build import REFERENCES, SEED
 from models.train import init_network, train
+
+from ._digits import digits_package
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware_images" / "dist"
@@ -69,17 +71,14 @@ def retrain_head(network: Network, x: F32, y: np.ndarray, *, steps: int, seed: i
 
 
 def _package(network: Network, name: str, version: str, flavor: str, trainable: bool) -> bytes:
-    return build_package(
+    return digits_package(
         network,
         name=name,
         version=version,
         flavor=flavor,  # type: ignore[arg-type]
-        preprocessing=PREPROCESSING,
-        labels=LABELS,
-        reference=split().x_train,
-        lineage=Lineage(source="build", run_id="bench-delta"),
-        trainable=trainable,
+        run_id="bench-delta",
         created_at=CREATED,
+        trainable=trainable,
     )
 
 

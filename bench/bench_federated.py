@@ -40,11 +40,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from agent.learning.trainer import LocalConfig, Mlp, evaluate, train
 from agent.learning.worker import LearningWorker
 from edgefleet_common import flower_compat
-from fleet_server.federation.app import run_rounds
+from fleet_server.federation.app import RoundHook, run_rounds
 from fleet_server.federation.deadline import round_close
 from fleet_server.federation.grid import MqttGrid
 from fleet_server.federation.spec import RunSpec
@@ -67,6 +69,27 @@ def start_network(seed: int = 3) -> tuple[Any, dict[str, np.ndarray]]:
     ref = REFERENCES["digits"]
     network = init_network(ref.input_shape, ref.layers, ref.widths, seed=seed)
     return network.trainable, {k: np.asarray(v) for k, v in network.weights.items()}
+
+
+def digits_rounds(
+    grid: Grid,
+    spec: RunSpec,
+    start: tuple[Any, dict[str, np.ndarray]],
+    on_round: RoundHook,
+    strategy: Strategy | None = None,
+) -> None:
+    """``spec``'s rounds over ``grid`` from ``start`` (:func:`start_network`), on the
+    digits preprocessing the devices apply: the run every federated benchmark measures."""
+    trainable, initial = start
+    run_rounds(
+        grid,
+        spec,
+        initial,
+        trainable=trainable,
+        preprocessing=PREPROCESSING,
+        on_round=on_round,
+        strategy=strategy,
+    )
 
 
 PARSE = threading.Lock()
@@ -124,8 +147,8 @@ def federated_once(
     """One run of ``spec`` over CLIENTS in-process devices; held-out accuracy per round.
     ``pace``: device index -> the least time one of its rounds takes."""
     data = data or split()
-    trainable, initial = start_network(seed)
-    mlp = Mlp(trainable)
+    start = start_network(seed)
+    mlp = Mlp(start[0])
     x_test = PREPROCESSING.apply(data.x_test)
     parts = dirichlet_parts(data.y_train, CLIENTS, alpha, seed)
     grid: MqttGrid
@@ -162,14 +185,7 @@ def federated_once(
 
     started = time.perf_counter()
     try:
-        run_rounds(
-            grid,
-            spec,
-            initial,
-            trainable=trainable,
-            preprocessing=PREPROCESSING,
-            on_round=hook,
-        )
+        digits_rounds(grid, spec, start, hook)
     finally:
         for worker in workers.values():
             worker.stop()

@@ -54,7 +54,6 @@ from edgefleet_common import flower_compat
 from edgefleet_common.mqtt import Endpoint
 from edgefleet_contract import flwire
 from edgefleet_contract.topics import Channel
-from fleet_server.federation.app import run_rounds
 from fleet_server.federation.grid import MqttGrid
 from fleet_server.federation.spec import LocalTraining, RunSpec
 from fleet_server.federation.strategies import Wrapped, make_strategy
@@ -65,7 +64,7 @@ from fleet_server.modelkit.partition import dirichlet_parts
 from fleet_server.store import open_store
 
 from ._lab import Lab
-from .bench_federated import start_network
+from .bench_federated import digits_rounds, start_network
 
 ROUNDS = 5
 LOCAL = LocalTraining(epochs=1, lr=0.1, batch_size=16)
@@ -287,7 +286,7 @@ def overhead(lab: Lab, clients: int) -> list[Parts]:
 
     grid = MqttGrid(send, eligible=lambda: ids, max_payload=256 * 1024)
     holder.append(grid)
-    trainable, initial = start_network()
+    start = start_network()
     flower_compat.set_task_identity(2)
 
     def hook(round_no: int, weights: dict[str, np.ndarray]) -> dict[str, float]:
@@ -297,15 +296,7 @@ def overhead(lab: Lab, clients: int) -> list[Parts]:
 
     spec = RunSpec(model="digits", rounds=ROUNDS, min_clients=clients, local=LOCAL)
     try:
-        run_rounds(
-            grid,
-            spec,
-            initial,
-            trainable=trainable,
-            preprocessing=PREPROCESSING,
-            on_round=hook,
-            strategy=TimedStrategy(spec, clock),
-        )
+        digits_rounds(grid, spec, start, hook, TimedStrategy(spec, clock))
     finally:
         for worker in workers:
             worker.stop()

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.metrics import InferenceRecorder
 from edgefleet_contract.drift import CompiledReference, build_reference, quantile_reference
 from edgefleet_contract.multivariate import build_pca
+from tests.harness import digits_recorder
 
 CALLS = 100_000
 REPEATS = 5
@@ -46,14 +46,8 @@ def run() -> list[dict[str, object]]:
     reference = build_reference(digits)
     rows = digits[rng.integers(0, len(digits), 256)].astype(np.float32)
     noop = _Noop()
-    plain = InferenceRecorder("digits", "1.0.0", labels=[str(i) for i in range(10)])
-    drifting = InferenceRecorder(
-        "digits",
-        "1.0.0",
-        labels=[str(i) for i in range(10)],
-        reference=reference,
-        pca=build_pca(digits),
-    )
+    plain = digits_recorder()
+    drifting = digits_recorder(reference=reference, pca=build_pca(digits))
 
     baseline = _per_call_ns(lambda i: noop.record(0.0021, 0.93, i % 10))
     record = _per_call_ns(lambda i: plain.record(0.0021, 0.93, i % 10))

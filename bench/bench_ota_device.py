@@ -39,13 +39,15 @@ from agent.updates.trust import TrustedRepository, save_root
 from agent.updates.updater import UpdatePolicy, Updater
 from edgefleet_contract.firmware import pack_bundle, parse_bundle
 from edgefleet_contract.messages import TargetRef
-from edgefleet_contract.package import Lineage, read_package
-from fleet_server.modelkit.build import Flavor, build_package
-from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
+from edgefleet_contract.package import read_package
+from fleet_server.modelkit.build import Flavor
+from fleet_server.modelkit.digits import PREPROCESSING, split
 from fleet_server.modelkit.network import Network, apply_layer
 from models.build import REFERENCES, SEED
 from models.train import init_network
 from tests.tuf_sim import RepoServer, TufRepo, sha256
+
+from ._digits import digits_package
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST = ROOT / "fleet_server" / "factory_models"
@@ -80,31 +82,23 @@ def head_only_pair(name: str, flavor: Flavor) -> tuple[bytes, bytes]:
     The MLP starts from its shipped (trained) weights; the CNN ships none, so it
     starts from its seeded initial weights: the bytes that change are the same.
     """
-    raw = split().x_train
     if name == "digits":
-        package = read_package(DIST / f"digits-1.0.0-{flavor}.efpkg")
-        t = package.manifest.trainable
-        assert t is not None
-        network = Network(tuple(t.input_shape), tuple(t.layers), package.weights())
+        network = Network.from_package(read_package(DIST / f"digits-1.0.0-{flavor}.efpkg"))
         trainable = True
     else:
         ref = REFERENCES[name]
         network = init_network(ref.input_shape, ref.layers, ref.widths, seed=SEED)
         trainable = False
     network2 = _retrain_head(network)
-    lineage = Lineage(source="build", run_id="bench")
     v1, v2 = (
-        build_package(
+        digits_package(
             net,
             name=name,
             version=version,
             flavor=flavor,
-            preprocessing=PREPROCESSING,
-            labels=LABELS,
-            reference=raw,
-            lineage=lineage,
-            trainable=trainable,
+            run_id="bench",
             created_at=1.8e9,
+            trainable=trainable,
         )
         for net, version in ((network, "1.0.0"), (network2, "1.1.0"))
     )

@@ -139,22 +139,19 @@ def _stored_between(server: FleetServer, since: float, until: float, prefix: str
 
 def _new_version_package() -> bytes:
     """The shipped digits MLP rebuilt as 1.1.0: a real, signed, different package."""
-    from edgefleet_contract.package import Lineage, read_package
+    from edgefleet_contract.package import read_package
     from fleet_server.factory_models import DIST
     from fleet_server.modelkit import Network
-    from fleet_server.modelkit.build import build_package
-    from fleet_server.modelkit.digits import LABELS, PREPROCESSING, split
+
+    from ._digits import digits_package
 
     shipped = read_package(DIST / "digits-1.0.0-onnx-int8.efpkg")
-    return build_package(
+    return digits_package(
         Network.from_package(shipped),
         name="digits",
         version=NEW_VERSION,
         flavor="onnx-int8",
-        preprocessing=PREPROCESSING,
-        labels=LABELS,
-        reference=split().x_train,
-        lineage=Lineage(source="build", run_id="bench"),
+        run_id="bench",
         created_at=0.0,
     )
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.metrics import InferenceRecorder
 from agent.spool import DrainPolicy, Spool
 from agent.system import SystemProbe
 from agent.telemetry import TelemetryBuilder
 from edgefleet_contract.codec import Codec
 from edgefleet_contract.drift import build_reference
 from edgefleet_contract.messages import LinkStats, Telemetry
+from tests.harness import digits_recorder
 
 OUTAGE_S = 600
 TOPIC = "devices/bench-1/telemetry"
@@ -38,12 +38,8 @@ class SimClock:
 def batch_maker(data_dir: Path) -> Callable[[], bytes]:
     """Realistic batches: system vitals, a model window with drift, spool and link stats."""
     rng = np.random.default_rng(0)
-    recorder = InferenceRecorder(
-        "digits",
-        "1.0.0",
-        labels=[str(i) for i in range(10)],
-        reference=build_reference(rng.normal(size=(2000, 64))),
-        min_drift_samples=100,
+    recorder = digits_recorder(
+        reference=build_reference(rng.normal(size=(2000, 64))), min_drift_samples=100
     )
     rows = rng.normal(size=(200, 64)).astype(np.float32)
     builder = TelemetryBuilder("bench-1")

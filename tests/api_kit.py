@@ -34,12 +34,13 @@ class Outbox:
         self.sent.append((device_id, command))
 
 
-def store_with_users(folder: Path) -> Store:
-    """A new store in ``folder`` holding :data:`USERS`."""
+def store_with_users(folder: Path, *, now: float | None = None) -> Store:
+    """A new store in ``folder`` holding :data:`USERS`, created at ``now`` (default: now)."""
     store = open_store(folder / "fleet.db")
+    created = time.time() if now is None else now
     for name, role in USERS:
         store.create_user(
-            name, role=role, password_hash=hash_password(f"{name}-password"), now=time.time()
+            name, role=role, password_hash=hash_password(f"{name}-password"), now=created
         )
     return store
 
@@ -70,3 +71,14 @@ def login(client: TestClient, user: str, **extra: Any) -> dict[str, str]:
     )
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+def audit_log(
+    client: TestClient, headers: dict[str, str], **params: Any
+) -> tuple[list[dict[str, Any]], set[tuple[str, str, str]]]:
+    """The audit entries the API shows ``headers``' user, and who did what with which
+    outcome in them: the triples the tests look for."""
+    entries: list[dict[str, Any]] = client.get(
+        "/api/v1/audit", headers=headers, params=params
+    ).json()["items"]
+    return entries, {(e["actor"], e["action"], e["outcome"]) for e in entries}

@@ -22,6 +22,7 @@ from edgefleet_contract.errors import BrokerError, ConfigError
 from fleet_server.broker import ManagedBroker, find_mosquitto
 from fleet_server.config import DatabaseSettings, ServerSettings
 from fleet_server.server import FleetServer, initialize
+from fleet_server.store import Store, open_store
 
 from .harness import (
     ADMIN_PASSWORD,
@@ -165,6 +166,16 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FleetServe
     server.stop()
 
 
+@pytest.fixture
+def server(settings: ServerSettings) -> Iterator[FleetServer]:
+    """A fleet server on the test module's own ``settings`` fixture (which initialises
+    its data directory), started before the test and stopped after it."""
+    srv = FleetServer(settings)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
 def start_on_free_ports(settings: ServerSettings, tries: int = 3) -> FleetServer:
     """Start a server; when another process took a port between ``free_port()`` and the
     bind (the server refuses a taken port with a ConfigError), try again on fresh ports."""
@@ -214,3 +225,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     name = pg.create_database()
     request.addfinalizer(lambda: pg.drop_database(name))
     return pg.dsn(name)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """An open store at ``store_url`` (so on each backend), closed after the test; a
+    module that needs another kind of store defines its own ``store``."""
+    s = open_store(store_url)
+    yield s
+    s.close()

@@ -113,22 +113,34 @@ def make_device(
     return Device(link, worker, samples)
 
 
+def fl_spec(
+    target: str,
+    clients: int,
+    epochs: int,
+    round_timeout_s: float,
+    fields: Mapping[str, object] | None = None,
+) -> RunSpec:
+    """Three rounds of MODEL over ``clients`` devices of ``target``, ``epochs`` local epochs
+    each at the step these small digit shares learn with (lr 0.2, batches of 16);
+    ``fields`` sets any other field of the spec, or overrides these."""
+    base: dict[str, object] = {
+        "model": MODEL,
+        "target": target,
+        "rounds": 3,
+        "min_clients": clients,
+        "round_timeout_s": round_timeout_s,
+        "local": LocalTraining(epochs=epochs, lr=0.2, batch_size=16),
+    }
+    return RunSpec.model_validate({**base, **(fields or {})})
+
+
 def release_spec(target: str, clients: int, *, epochs: int = 5) -> RunSpec:
     """A short run of MODEL over all ``clients`` whose winner is rolled out to them at once
     (one canary, then everyone; a one-second probation gated on crash loops).  The devices
     label too little for the default champion/challenger gate (it would wait for some 350
     labels from the canary), so the release plan turns it off."""
-    return RunSpec(
-        model=MODEL,
-        target=target,
-        rounds=3,
-        min_clients=clients,
-        round_timeout_s=300,
-        local=LocalTraining(epochs=epochs, lr=0.2, batch_size=16),
-        rollout=(
-            "canary 1, waves 100%, pace 600/min, probation 1s, gate crash_loops==0, no-parent-gate"
-        ),
-    )
+    plan = "canary 1, waves 100%, pace 600/min, probation 1s, gate crash_loops==0, no-parent-gate"
+    return fl_spec(target, clients, epochs, 300, {"rollout": plan})
 
 
 def reported_samples(server: FleetServer, device_id: str) -> bool:

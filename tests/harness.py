@@ -6,9 +6,10 @@ import contextlib
 import itertools
 import os
 import ssl
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,10 @@ from fleet_server.config import SERVER_IDENTITY
 from fleet_server.pki import FleetCA, write_private
 
 if TYPE_CHECKING:
-    from edgefleet_contract.messages import InferenceStats, SystemStats
+    import httpx
+
+    from agent.metrics import InferenceRecorder
+    from edgefleet_contract.messages import InferenceStats, SystemStats, Telemetry
     from fleet_server.server import FleetServer
 
 
@@ -256,6 +260,24 @@ def inference_stats(**fields: object) -> InferenceStats:
     return InferenceStats.model_validate({**base, **fields})
 
 
+def digits_recorder(**drift: Any) -> InferenceRecorder:
+    """The agent's recorder for digits 1.0.0 answers (labels ``0``..``9``); ``drift`` is
+    its drift set-up (``reference``, ``pca``, ``min_drift_samples``), none by default."""
+    from agent.metrics import InferenceRecorder
+
+    return InferenceRecorder("digits", "1.0.0", labels=[str(i) for i in range(10)], **drift)
+
+
+def nth_batch(device_id: str, n: int, ts: float, *, window_s: float, **parts: Any) -> Telemetry:
+    """The device's ``n``-th telemetry batch: batch id ``b{n}`` and sequence number ``n``
+    (a store keeps one row per batch id), with the ``parts`` (system, inference, ...) named."""
+    from edgefleet_contract.messages import Telemetry
+
+    return Telemetry(
+        device_id=device_id, batch_id=f"b{n}", seq=n, ts=ts, window_s=window_s, **parts
+    )
+
+
 def admin_token(api_url: str) -> str:
     import httpx
 
@@ -266,6 +288,24 @@ def admin_token(api_url: str) -> str:
     )
     r.raise_for_status()
     return str(r.json()["token"])
+
+
+def get_twin(api_url: str, headers: Mapping[str, str], device_id: str) -> httpx.Response:
+    """``GET /devices/{id}/twin`` of a running server: desired, reported and their status."""
+    import httpx
+
+    url = f"{api_url}/api/v1/devices/{device_id}/twin"
+    return httpx.get(url, headers=dict(headers), timeout=HTTP_TIMEOUT)
+
+
+def put_desired(
+    api_url: str, headers: Mapping[str, str], device_id: str, body: dict[str, Any]
+) -> httpx.Response:
+    """``PUT /devices/{id}/twin/desired`` of a running server: what the device should run."""
+    import httpx
+
+    url = f"{api_url}/api/v1/devices/{device_id}/twin/desired"
+    return httpx.put(url, json=body, headers=dict(headers), timeout=HTTP_TIMEOUT)
 
 
 def fleet_link(
@@ -305,6 +345,26 @@ def device_endpoint(server: FleetServer, device_id: str, tls: TlsFiles) -> Endpo
     return Endpoint(*order[0], tls, protocol="3.1.1", keepalive=10, alternates=tuple(order[1:]))
 
 
+def run_text(
+    argv: Sequence[object],
+    *,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``argv`` (paths and all, made strings) run to its end with its output captured as
+    text, the way the tests run an installed command; ``timeout`` turns a hung command
+    into a failed test rather than a stalled suite."""
+    return subprocess.run(
+        [str(a) for a in argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
 def enroll_agent(
     api_url: str,
     admin: str,
@@ -317,7 +377,6 @@ def enroll_agent(
     """Register ``device_id`` with ``tags`` (as the admin token ``admin``) and run
     ``edge-agent enroll`` (from ``bin_dir``, default this interpreter's) with the token the
     server hands out, into ``data_dir``."""
-    import subprocess
     import sys
 
     import httpx
@@ -330,21 +389,9 @@ def enroll_agent(
     )
     r.raise_for_status()
     edge_agent = (bin_dir or Path(sys.executable).parent) / "edge-agent"
-    done = subprocess.run(
-        [
-            str(edge_agent),
-            "enroll",
-            "--server",
-            api_url,
-            "--token",
-            r.json()["token"],
-            "--data-dir",
-            str(data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    token = r.json()["token"]
+    command = ["enroll", "--server", api_url, "--token", token, "--data-dir", data_dir]
+    done = run_text([edge_agent, *command], timeout=60)
     assert done.returncode == 0, done.stderr
 
 

@@ -19,15 +19,15 @@ from tuf.ngclient import FetcherInterface, Updater
 
 from edgefleet_contract.package import Manifest, pack_package, read_package
 from fleet_server.api import ApiContext, create_app
-from fleet_server.auth import hash_password
 from fleet_server.config import ServerSettings
 from fleet_server.enrollment import Enrollment
 from fleet_server.pki import FleetCA
 from fleet_server.registry import ArtifactRegistry, BlobStore, DeltaCache
-from fleet_server.store import open_store
-from fleet_server.store.base import Role, Store
+from fleet_server.store.base import Store
 from fleet_server.tuf import TufRepository
 from fleet_server.tuf.bootstrap import initialize_tuf, tuf_lifetimes
+
+from .api_kit import login, store_with_users
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "fleet_server" / "factory_models"
@@ -71,11 +71,11 @@ class OtaEnv:
     settings: ServerSettings
 
     def login(self, user: str) -> dict[str, str]:
-        r = self.client.post(
-            "/api/v1/auth/login", json={"username": user, "password": f"{user}-password"}
-        )
-        assert r.status_code == 200, r.text
-        return {"Authorization": f"Bearer {r.json()['token']}"}
+        return login(self.client, user)
+
+    def audited(self, limit: int = 20) -> set[tuple[str, str, str]]:
+        """Who did what with which outcome, in the store's ``limit`` newest audit entries."""
+        return {(a.actor, a.action, a.outcome) for a in self.store.list_audit(limit=limit).items}
 
     def updater(self, device_dir: Path, *, root: bytes | None = None) -> Updater:
         """A device's TUF client; trusts ``root`` (default: the server's first root)."""
@@ -106,10 +106,7 @@ def make_env(tmp_path: Path, *, clock: Clock | None = None, **settings: object) 
     data_dir = tmp_path / "fleet"
     config = ServerSettings.model_validate({"data_dir": data_dir, **settings})
     initialize_tuf(config, clock=clock)
-    store = open_store(data_dir / "fleet.db")
-    users: list[tuple[str, Role]] = [("alice", "admin"), ("olga", "operator"), ("vic", "viewer")]
-    for name, role in users:
-        store.create_user(name, role=role, password_hash=hash_password(f"{name}-password"), now=1)
+    store = store_with_users(data_dir, now=1)
     tuf = TufRepository(data_dir / "tuf", clock=clock, lifetimes=tuf_lifetimes(config))
     registry = ArtifactRegistry(store, BlobStore(data_dir / "artifacts"), tuf=tuf, clock=clock)
     ca = FleetCA.create(data_dir / "ca", now=time.time())

@@ -14,19 +14,15 @@ from fleet_server.auth import verify_password
 from fleet_server.store import open_store
 from fleet_server.store.base import ApiToken
 
+from .harness import run_text
+
 BIN = Path(sys.executable).parent
 FIRST = "first-admin-password"
 SECOND = "second-admin-password"
 
 
 def _fleet_server(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "fleet-server"), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_text([BIN / "fleet-server", *args], stdin=stdin)
 
 
 def _admin_password_is(data_dir: Path, password: str) -> bool:

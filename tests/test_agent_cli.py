@@ -14,7 +14,7 @@ import pytest
 from fleet_server.broker import ManagedBroker
 
 from .agentproc import DIST, AgentProcess, device_dir
-from .harness import Pki, free_port, require
+from .harness import Pki, free_port, require, run_text
 
 BIN = Path(sys.executable).parent
 MODEL = DIST / "digits-1.0.0-tflite-int8.efpkg"
@@ -25,13 +25,7 @@ def edge_agent(*args: object, data_dir: Path) -> subprocess.CompletedProcess[str
     # A daemon the test did not start (a demo on this host) may hold the default
     # port 8181: point the configured address at a port nothing listens on.
     env = os.environ | {"EDGE_AGENT_LOCAL_API__PORT": str(free_port())}
-    return subprocess.run(
-        [str(BIN / "edge-agent"), "predict", *map(str, args), "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    return run_text([BIN / "edge-agent", "predict", *args, "--data-dir", data_dir], env=env)
 
 
 def _files(tmp_path: Path) -> list[Path]:
@@ -100,12 +94,7 @@ def test_predict_goes_through_the_running_daemon(
         doc = json.loads(result.stdout)
         assert doc["source"] == address and len(doc["predictions"]) == 4
         assert all(p["id"] for p in doc["predictions"])  # usable for /v1/feedback
-        status = subprocess.run(
-            [str(BIN / "edge-agent"), "status", "--data-dir", str(data)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        status = run_text([BIN / "edge-agent", "status", "--data-dir", data], timeout=60)
         assert status.returncode == 0, status.stderr
         serving = json.loads(status.stdout)["serving"]
         assert serving["status"] == "ok" and serving["model"] == "digits@1.0.0"

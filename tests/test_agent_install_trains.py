@@ -26,15 +26,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fleet_server.federation.spec import LocalTraining, Privacy, RunSpec
+from fleet_server.federation.spec import Privacy, RunSpec
 from fleet_server.server import FleetServer
 
-from .fl_helpers import MODEL, learning_agents, write_start_package
-from .harness import admin_token, free_port, wait_for
+from .fl_helpers import fl_spec, learning_agents, write_start_package
+from .harness import admin_token, free_port, run_text, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md")
+
+
+def _install_env() -> dict[str, str]:
+    """This environment without what points Python at this checkout, so the fresh
+    install's commands import the installed copy."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
 @pytest.fixture(scope="session")
@@ -58,15 +64,9 @@ def agent_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         else:
             shutil.copy2(path, src / name)
     venv = root / "venv"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = _install_env()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env, timeout=120)
-    pip = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", f"{src}[agent]"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1200,
-    )
+    pip = run_text([venv / "bin" / "pip", "install", "-q", f"{src}[agent]"], env=env, timeout=1200)
     assert pip.returncode == 0, f"pip install '{src}[agent]' failed:\n{pip.stderr[-4000:]}"
     python = str(venv / "bin" / "python")
     probe = subprocess.run(
@@ -92,34 +92,17 @@ def agent_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def test_fleetctl_in_a_device_install_names_the_extra(agent_install: Path) -> None:
     """fleetctl ships in the same distribution; on a device it says what to install."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    done = subprocess.run(
-        [str(agent_install / "fleetctl"), "devices", "list"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    env = _install_env()
+    done = run_text([agent_install / "fleetctl", "devices", "list"], env=env)
     assert done.returncode == 2, done
     assert "pip install 'edgefleet[cli]'" in done.stderr and "Traceback" not in done.stderr
     # Positive control: the agent of the same install starts (its help needs none of it).
-    agent = subprocess.run(
-        [str(agent_install / "edge-agent"), "--help"], capture_output=True, text=True, env=env
-    )
+    agent = run_text([agent_install / "edge-agent", "--help"], env=env)
     assert agent.returncode == 0 and "enroll" in agent.stdout, agent
 
 
 def spec(**kw: object) -> RunSpec:
-    base: dict[str, object] = {
-        "model": MODEL,
-        "target": "tag:fl=proc",
-        "rounds": 3,
-        "min_clients": 3,
-        "round_timeout_s": 600,
-        "local": LocalTraining(epochs=3, lr=0.2, batch_size=16),
-    }
-    base.update(kw)
-    return RunSpec.model_validate(base)
+    return fl_spec("tag:fl=proc", 3, epochs=3, round_timeout_s=600, fields=kw)
 
 
 def finished(fleet: FleetServer, run_id: str, timeout: float) -> None:
@@ -168,16 +151,9 @@ def _edge_predict(
     bin_dir: Path, file: Path, package: Path, data_dir: Path
 ) -> subprocess.CompletedProcess[str]:
     """``edge-agent predict FILE --model PACKAGE`` of the fresh install."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["EDGE_AGENT_LOCAL_API__PORT"] = str(free_port())  # no daemon answers there
-    command = ["predict", str(file), "--model", str(package), "--data-dir", str(data_dir)]
-    return subprocess.run(
-        [str(bin_dir / "edge-agent"), *command],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    env = _install_env() | {"EDGE_AGENT_LOCAL_API__PORT": str(free_port())}  # no daemon there
+    command = ["predict", file, "--model", package, "--data-dir", data_dir]
+    return run_text([bin_dir / "edge-agent", *command], env=env, timeout=300)
 
 
 def _device_predict(

@@ -21,7 +21,8 @@ from fleet_server.store import open_store
 from fleet_server.store.base import Store
 from fleet_server.twin import target_ref, twin_status
 
-from .api_kit import Outbox, api_context, login, store_with_users
+from .api_kit import Outbox, api_context, audit_log, login, store_with_users
+from .harness import nth_batch
 
 
 @pytest.fixture
@@ -64,8 +65,7 @@ def test_roles_are_enforced_and_audited(env: tuple[TestClient, Store, Outbox]) -
     assert r.status_code == 200 and r.json()["status"] == "pending"
     assert outbox.sent[-1][0] == "d1" and outbox.sent[-1][1].name == "set_desired"
     assert client.get("/api/v1/audit", headers=operator).status_code == 403
-    entries = client.get("/api/v1/audit", headers=admin).json()["items"]
-    seen = {(e["actor"], e["action"], e["outcome"]) for e in entries}
+    entries, seen = audit_log(client, admin)
     assert ("vic", "create_device", "denied") in seen
     assert ("olga", "create_device", "ok") in seen
     assert ("olga", "set_desired", "ok") in seen
@@ -120,7 +120,7 @@ def test_validation_errors_name_the_field(env: tuple[TestClient, Store, Outbox])
 
 
 def test_selector_filter_and_telemetry_queries(env: tuple[TestClient, Store, Outbox]) -> None:
-    from edgefleet_contract.messages import InferenceStats, Telemetry
+    from edgefleet_contract.messages import InferenceStats
 
     client, store, _ = env
     operator = login(client, "olga")
@@ -130,11 +130,10 @@ def test_selector_filter_and_telemetry_queries(env: tuple[TestClient, Store, Out
         )
     store.insert_telemetry(
         [
-            Telemetry(
-                device_id=f"t{i}",
-                batch_id=f"b{n}",
-                seq=n,
-                ts=6000.0 + n * 10,
+            nth_batch(
+                f"t{i}",
+                n,
+                6000.0 + n * 10,
                 window_s=10,
                 inference=InferenceStats(
                     model="m", version="1", count=10, errors=i, throughput_per_s=1
@@ -241,8 +240,7 @@ def test_enrollment_renewal_and_revocation_through_the_api(
     r = client.post("/api/v1/devices/e1/token", headers=operator)
     assert r.status_code == 403 and "revoked" in r.json()["detail"]
 
-    audit = client.get("/api/v1/audit", headers=admin, params={"limit": 1000}).json()["items"]
-    seen = [(e["actor"], e["action"], e["outcome"]) for e in audit]
+    audit, seen = audit_log(client, admin, limit=1000)
     assert ("device:e1", "enroll", "ok") in seen and ("device:e1", "renew", "ok") in seen
     assert ("anonymous", "enroll", "denied") in seen and ("olga", "revoke", "ok") in seen
     assert token not in repr(audit) and proof not in repr(audit)
@@ -411,7 +409,7 @@ def test_twin_status_is_a_pure_function() -> None:
 def test_tags_groups_and_telemetry_steps_are_validated(
     env: tuple[TestClient, Store, Outbox],
 ) -> None:
-    from edgefleet_contract.messages import InferenceStats, Telemetry
+    from edgefleet_contract.messages import InferenceStats
 
     client, store, _ = env
     operator = login(client, "olga")
@@ -422,11 +420,10 @@ def test_tags_groups_and_telemetry_steps_are_validated(
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.groups.0"
     store.insert_telemetry(
         [
-            Telemetry(
-                device_id="s1",
-                batch_id=f"b{n}",
-                seq=n,
-                ts=6000.0 + 60 * n,
+            nth_batch(
+                "s1",
+                n,
+                6000.0 + 60 * n,
                 window_s=10,
                 inference=InferenceStats(
                     model="m", version="1", count=10, errors=n, throughput_per_s=1

@@ -42,8 +42,7 @@ def test_roles_and_audit(tmp_path: Path) -> None:
     assert env.client.get("/api/v1/artifacts/999", headers=viewer).status_code == 404
     assert all(a["tuf_signed"] is True for a in listed["items"])
 
-    audit = env.store.list_audit(limit=20).items
-    pushes = [(a.actor, a.action, a.outcome) for a in audit if "push" in a.action]
+    pushes = {entry for entry in env.audited() if "push" in entry[1]}
     assert ("vic", "push_model", "denied") in pushes
     assert ("olga", "push_model", "ok") in pushes
     assert ("olga", "push_firmware", "ok") in pushes
@@ -206,7 +205,7 @@ def test_root_routes_need_admin(tmp_path: Path) -> None:
     assert r.status_code == 400 and "not TUF root metadata" in r.json()["detail"]
     r = env.client.post("/api/v1/tuf/root", content=signed, headers=admin)
     assert r.status_code == 200 and r.json()["version"] == 2
-    actions = {(a.actor, a.action, a.outcome) for a in env.store.list_audit(limit=20).items}
+    actions = env.audited()
     assert ("olga", "propose_root", "denied") in actions
     assert ("alice", "install_root", "ok") in actions
 

@@ -29,7 +29,7 @@ from fleet_server.pki import FleetCA
 from fleet_server.store import open_store
 from fleet_server.store.base import Store
 
-from .harness import inference_stats, system_stats
+from .harness import inference_stats, nth_batch, system_stats
 
 NOW = time.time()
 
@@ -82,11 +82,10 @@ def report(device_id: str, version: str, update: UpdateReport | None = None) -> 
 
 
 def batch(device_id: str, n: int, *, drift: float, dropped: int, ts: float) -> Telemetry:
-    return Telemetry(
-        device_id=device_id,
-        batch_id=f"b{n}",
-        seq=n,
-        ts=ts,
+    return nth_batch(
+        device_id,
+        n,
+        ts,
         window_s=1,
         system=system_stats(
             cpu_percent=40,

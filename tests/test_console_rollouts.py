@@ -7,6 +7,7 @@ the form really walks its waves, gates and device outcomes to ``completed``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -102,6 +103,19 @@ def test_operator_starts_a_rollout_in_the_form_and_watches_it_complete(
     shot(page, "rollouts")
 
 
+@contextlib.contextmanager
+def viewing_rollout(fleet: RolloutFleet, page: Page, body: dict[str, Any]) -> Iterator[str]:
+    """``body`` started as a rollout and its page open in the viewer's console; the
+    rollout is aborted after the test, so the module's later tests start from a quiet fleet."""
+    rid: str = fleet.api.post("/rollouts", body)["id"]
+    try:
+        login(page, fleet.url, "vera", VIEWER_PASSWORD)
+        page.goto(f"{fleet.url}/console/#/rollouts/{rid}")
+        yield rid
+    finally:
+        fleet.api.post(f"/rollouts/{rid}/abort")
+
+
 def slow_rollout(fleet: RolloutFleet) -> str:
     """A rollout that stays in its canary wave (one device per hour, long probation)."""
     body = {
@@ -151,10 +165,7 @@ def test_a_wave_without_labelled_answers_waits_for_data(fleet: RolloutFleet, pag
         "gate_min_samples": 20,
         "gate_timeout": "1h",
     }
-    rid: str = fleet.api.post("/rollouts", body)["id"]
-    try:
-        login(page, fleet.url, "vera", VIEWER_PASSWORD)
-        page.goto(f"{fleet.url}/console/#/rollouts/{rid}")
+    with viewing_rollout(fleet, page, body) as rid:
         waiting = page.locator(".wave p.waiting")
         expect(waiting).to_contain_text(
             "waiting for data: accuracy>=0.9 0/20 labelled answers", timeout=60_000
@@ -169,8 +180,6 @@ def test_a_wave_without_labelled_answers_waits_for_data(fleet: RolloutFleet, pag
         got = fleet.api.get(f"/rollouts/{rid}")
         assert got["status"] in ("canary", "wave") and got["phase"] == "gating"
         assert got["waiting"].startswith("waiting for data: accuracy>=0.9")
-    finally:
-        fleet.api.post(f"/rollouts/{rid}/abort")
 
 
 def test_a_shadow_step_shows_above_the_waves_and_waits_for_shadow_answers(
@@ -185,10 +194,7 @@ def test_a_shadow_step_shows_above_the_waves_and_waits_for_shadow_answers(
         "gates": ["shadow_agreement>=0.9", "error_rate<0.05"],
         "gate_timeout": "1h",
     }
-    rid: str = fleet.api.post("/rollouts", body)["id"]
-    try:
-        login(page, fleet.url, "vera", VIEWER_PASSWORD)
-        page.goto(f"{fleet.url}/console/#/rollouts/{rid}")
+    with viewing_rollout(fleet, page, body) as rid:
         row = page.locator('.wave[data-wave="shadow"]')
         expect(row).to_contain_text("shadowing", timeout=60_000)
         expect(row.locator("p.waiting")).to_contain_text(
@@ -204,8 +210,6 @@ def test_a_shadow_step_shows_above_the_waves_and_waits_for_shadow_answers(
         assert got["phase"] == "shadowing" and got["shadow"]["state"] == "shadowing"
         assert got["succeeded"] == 0
         assert all(d["sent_at"] is None for d in got["devices_detail"])
-    finally:
-        fleet.api.post(f"/rollouts/{rid}/abort")
 
 
 def test_viewer_sees_no_rollout_buttons_and_a_forced_post_is_refused(
@@ -295,10 +299,7 @@ def test_the_parent_gate_shows_how_many_more_labels_it_needs(
         "gates": ["error_rate<0.05"],
         "gate_timeout": "1h",
     }
-    rid: str = fleet.api.post("/rollouts", body)["id"]
-    try:
-        login(page, fleet.url, "vera", VIEWER_PASSWORD)
-        page.goto(f"{fleet.url}/console/#/rollouts/{rid}")
+    with viewing_rollout(fleet, page, body) as rid:
         gate = page.locator(".wave .gates li.waiting")
         expect(gate).to_contain_text("accuracy_vs_parent", timeout=60_000)
         expect(gate.locator(".needs")).to_have_text(re.compile(r" needs \d+ more labels"))
@@ -316,5 +317,3 @@ def test_the_parent_gate_shows_how_many_more_labels_it_needs(
         parent = parent_gate()
         assert parent is not None and parent["waiting"] and parent["needed"] > 100, parent
         assert parent["parent_samples"] == 1000 * len(on_parent)
-    finally:
-        fleet.api.post(f"/rollouts/{rid}/abort")

@@ -14,7 +14,7 @@ import pytest
 
 from fleet_server.server import FleetServer
 
-from .harness import admin_token, wait_for
+from .harness import admin_token, get_twin, put_desired, wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -78,17 +78,10 @@ def test_enroll_connect_online_then_offline_on_kill(fleet: FleetServer, tmp_path
 
         # desired state reaches the device and is acknowledged
         headers = {"Authorization": f"Bearer {ctl_env['FLEETCTL_TOKEN']}"}
-        r = httpx.put(
-            f"{api}/api/v1/devices/pump-7/twin/desired",
-            headers=headers,
-            json={"config": {"telemetry_interval_s": 0.5}},
-        )
+        r = put_desired(api, headers, "pump-7", {"config": {"telemetry_interval_s": 0.5}})
         assert r.status_code == 200, r.text
         wait_for(
-            lambda: (
-                httpx.get(f"{api}/api/v1/devices/pump-7/twin", headers=headers).json()["status"]
-                == "in_sync"
-            ),
+            lambda: get_twin(api, headers, "pump-7").json()["status"] == "in_sync",
             what="twin in sync",
         )
         wait_for(lambda: store.list_commands("pump-7")[0].status == "done", what="command ack")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,11 +15,11 @@ import pytest
 from agent.learning.worker import LearningWorker
 from fleet_server.config import ServerSettings
 from fleet_server.federation.candidate import HeldOutSet
-from fleet_server.federation.spec import LocalTraining, RunSpec
+from fleet_server.federation.spec import RunSpec
 from fleet_server.modelkit.digits import split
 from fleet_server.server import FleetServer, initialize
 
-from .fl_helpers import MODEL, Device, dirichlet_parts, make_device, write_start_package
+from .fl_helpers import MODEL, Device, dirichlet_parts, fl_spec, make_device, write_start_package
 from .harness import ADMIN_PASSWORD, free_port, server_settings, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -32,14 +32,6 @@ def settings(tmp_path: Path) -> ServerSettings:
     initialize(s, admin_password=ADMIN_PASSWORD)
     write_start_package(s.data_dir / "models")
     return s
-
-
-@pytest.fixture
-def server(settings: ServerSettings) -> Iterator[FleetServer]:
-    srv = FleetServer(settings)
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def devices(server: FleetServer, tmp: Path, n: int, prefix: str, **kw: object) -> list[Device]:
@@ -62,17 +54,10 @@ def devices(server: FleetServer, tmp: Path, n: int, prefix: str, **kw: object) -
 
 
 def spec(**kw: object) -> RunSpec:
-    base: dict[str, object] = {
-        "model": MODEL,
-        "target": "tag:fl=yes",
-        "strategy": "fedavg",  # these tests are about the transport and its failures
-        "rounds": 3,
-        "min_clients": 4,
-        "round_timeout_s": 120,
-        "local": LocalTraining(epochs=5, lr=0.2, batch_size=16),
-    }
-    base.update(kw)
-    return RunSpec.model_validate(base)
+    # FedAvg unless a test says otherwise: these tests are about the transport and its failures.
+    return fl_spec(
+        "tag:fl=yes", 4, epochs=5, round_timeout_s=120, fields={"strategy": "fedavg", **kw}
+    )
 
 
 def wait_done(server: FleetServer, run_id: str, timeout: float = 240) -> str:

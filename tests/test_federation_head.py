@@ -9,7 +9,6 @@ and hands over the same torch graph with the new head, in float and int8.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +64,6 @@ def settings(tmp_path: Path) -> ServerSettings:
     assert isinstance(s, ServerSettings)
     initialize(s, admin_password=ADMIN_PASSWORD)
     return s
-
-
-@pytest.fixture
-def server(settings: ServerSettings) -> Iterator[FleetServer]:
-    srv = FleetServer(settings)
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def _spec(target: str, clients: int) -> RunSpec:

@@ -3,20 +3,8 @@ guesser that spreads its attempts over two replicas is throttled as on one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from fleet_server.auth import LoginThrottle
-from fleet_server.store import open_store
 from fleet_server.store.base import Store
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 def test_failures_on_one_replica_throttle_the_other(store: Store) -> None:

@@ -27,7 +27,7 @@ import agent.identity as identity_module
 from agent.identity import enroll
 from fleet_server.server import FleetServer
 
-from .harness import admin_token, wait_for
+from .harness import admin_token, get_twin, put_desired, wait_for
 from .ota_device_kit import model_target, package_bytes, publish_model
 from .ota_server import DIGITS, model_version
 from .tuf_sim import RepoServer
@@ -36,21 +36,16 @@ BIN = Path(sys.executable).parent
 
 
 def twin(fleet: FleetServer, token: str, device_id: str) -> dict[str, Any]:
-    r = httpx.get(
-        f"{fleet.settings.api_url}/api/v1/devices/{device_id}/twin",
-        headers={"Authorization": f"Bearer {token}"},
-    )
+    r = get_twin(fleet.settings.api_url, {"Authorization": f"Bearer {token}"}, device_id)
     r.raise_for_status()
     doc: dict[str, Any] = r.json()
     return doc
 
 
 def set_model(fleet: FleetServer, token: str, device_id: str, version: str) -> None:
-    r = httpx.put(
-        f"{fleet.settings.api_url}/api/v1/devices/{device_id}/twin/desired",
-        json={"model": {"name": "digits", "version": version, "target": model_target(version)}},
-        headers={"Authorization": f"Bearer {token}"},
-    )
+    model = {"name": "digits", "version": version, "target": model_target(version)}
+    headers = {"Authorization": f"Bearer {token}"}
+    r = put_desired(fleet.settings.api_url, headers, device_id, {"model": model})
     r.raise_for_status()
 
 
@@ -230,11 +225,8 @@ def test_agent_updates_from_the_fleet_servers_own_tuf_repository(
     proc = start_agent(data_dir, env)
     try:
         wait_for(lambda: (reported().get("model") or {}).get("version") == "1.0.0", timeout=60)
-        r = httpx.put(
-            f"{api}/api/v1/devices/ota-e2e-3/twin/desired",
-            json={"model": {"name": "digits", "version": "1.1.0", "target": target}},
-            headers=auth,
-        )
+        model = {"name": "digits", "version": "1.1.0", "target": target}
+        r = put_desired(api, auth, "ota-e2e-3", {"model": model})
         r.raise_for_status()
         wait_for(
             lambda: (

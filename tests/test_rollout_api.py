@@ -14,7 +14,7 @@ from fleet_server.config import ApiSettings
 from fleet_server.rollouts.driver import RolloutDriver
 from fleet_server.store.base import Artifact, Store
 
-from .api_kit import Outbox, api_context, login, store_with_users
+from .api_kit import Outbox, api_context, audit_log, login, store_with_users
 from .rollout_sim import ARTIFACT
 
 Env = tuple[TestClient, Store, Outbox, RolloutDriver]
@@ -126,8 +126,7 @@ def test_create_get_list_and_control(env: Env) -> None:
     assert client.post(f"/api/v1/rollouts/{rid}/abort", headers=operator).status_code == 409
 
     admin = login(client, "alice")
-    entries = client.get("/api/v1/audit", headers=admin).json()["items"]
-    seen = {(e["actor"], e["action"], e["outcome"]) for e in entries}
+    entries, seen = audit_log(client, admin)
     assert ("olga", "create_rollout", "ok") in seen
     assert ("vic", "pause_rollout", "denied") in seen
     assert ("olga", "pause_rollout", "failed") in seen

@@ -481,16 +481,16 @@ def test_a_device_back_online_waits_its_jitter() -> None:
     assert sim.rollout.devices["d001"].due_at == sim.now + jitter
 
 
-def late_and_offline(sim: Sim) -> DeviceProgress:
-    """The device of the two-device fleet that is due after the canary, taken offline."""
+def late_and_offline(**plan: object) -> tuple[Sim, DeviceProgress]:
+    """A two-device rollout of ``plan`` and its device due after the canary, taken offline."""
+    sim = make(2, **plan)
     late = next(d for d in sim.rollout.devices.values() if d.wave > 0)
     late.online = False
-    return late
+    return sim, late
 
 
 def test_a_device_offline_at_its_turn_is_noted_when_its_wave_starts() -> None:
-    sim = make(2)
-    late = late_and_offline(sim)
+    sim, late = late_and_offline()
     sim.run(400)
     start = next(n.ts for n in sim.notes if n.message == f"wave {late.wave}: 1 devices")
     mine = [n for n in sim.notes if n.device_id == late.device_id]
@@ -499,8 +499,7 @@ def test_a_device_offline_at_its_turn_is_noted_when_its_wave_starts() -> None:
 
 
 def test_an_offline_device_is_skipped_exactly_when_the_grace_ends() -> None:
-    sim = make(2, offline_grace_s=100.0)
-    late = late_and_offline(sim)
+    sim, late = late_and_offline(offline_grace_s=100.0)
     sim.run(200)
     r = sim.rollout
     assert r.state.phase == "finishing"
@@ -511,8 +510,7 @@ def test_an_offline_device_is_skipped_exactly_when_the_grace_ends() -> None:
 
 
 def test_the_rollout_does_not_complete_while_a_late_device_is_queued_or_updating() -> None:
-    sim = make(2, jitter_s=0.5)
-    late = late_and_offline(sim)
+    sim, late = late_and_offline(jitter_s=0.5)
     sim.run(200)
     r = sim.rollout
     assert r.state.phase == "finishing"

@@ -8,13 +8,12 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
 from fleet_server.server import FleetServer
 
-from .harness import admin_token, wait_for
+from .harness import admin_token, get_twin, put_desired, wait_for
 from .sim_helpers import logs, online, simulate, summary
 
 DEVICES = 20
@@ -48,18 +47,14 @@ def test_simulated_fleet_enrolls_reports_follows_twins_and_reuses_identities(
 
         headers = {"Authorization": f"Bearer {token}"}
         for d in ids:
-            r = httpx.put(
-                f"{api}/api/v1/devices/{d}/twin/desired",
-                headers=headers,
-                json={"config": {"telemetry_interval_s": 1}},
-            )
+            r = put_desired(api, headers, d, {"config": {"telemetry_interval_s": 1}})
             assert r.status_code == 200, r.text
         wait_for(
             lambda: all((cmds := store.list_commands(d)) and cmds[0].status == "done" for d in ids),
             timeout=180,
             what="set_desired acknowledged by every device",
         )
-        twin = httpx.get(f"{api}/api/v1/devices/{ids[-1]}/twin", headers=headers).json()
+        twin = get_twin(api, headers, ids[-1]).json()
         assert twin["status"] == "in_sync"
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: every device disconnects cleanly

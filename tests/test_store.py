@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -22,22 +21,14 @@ from edgefleet_contract.messages import (
 from fleet_server.store import Store, open_store
 from fleet_server.store.base import ApiToken, AuditEntry, CommandRecord
 
-from .harness import inference_stats, system_stats
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
+from .harness import inference_stats, nth_batch, system_stats
 
 
 def batch(device: str, n: int, ts: float, latency: float = 5.0) -> Telemetry:
-    return Telemetry(
-        device_id=device,
-        batch_id=f"b{n}",
-        seq=n,
-        ts=ts,
+    return nth_batch(
+        device,
+        n,
+        ts,
         window_s=10,
         system=system_stats(
             cpu_percent=10.0 * (n % 3), mem_used_bytes=100, mem_total_bytes=200, rss_bytes=50

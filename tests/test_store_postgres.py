@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -95,13 +94,6 @@ def _fleet(store: Store) -> None:
             store.set_presence(did, online=True, ts=3.0)
         if i % 9 == 0:
             store.add_certificate(did, 1000 + i, not_after=9e9, now=4.0)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 def test_selectors_in_sql_choose_what_matches_chooses(store: Store) -> None:

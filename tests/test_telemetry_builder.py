@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.metrics import InferenceRecorder
 from agent.spool import Spool
 from agent.system import SystemProbe
 from agent.telemetry import TelemetryBuilder
@@ -15,6 +14,8 @@ from edgefleet_contract.codec import Codec
 from edgefleet_contract.drift import build_reference
 from edgefleet_contract.errors import ConfigError
 from edgefleet_contract.messages import LearningStats, LinkStats, Reading, Telemetry
+
+from .harness import digits_recorder
 
 
 class Clock:
@@ -53,12 +54,8 @@ def test_bad_identity_is_refused() -> None:
 
 def test_full_batch_from_real_parts_round_trips_through_the_spool(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    recorder = InferenceRecorder(
-        "digits",
-        "1.0.0",
-        labels=[str(i) for i in range(10)],
-        reference=build_reference(rng.normal(size=(1000, 8))),
-        min_drift_samples=50,
+    recorder = digits_recorder(
+        reference=build_reference(rng.normal(size=(1000, 8))), min_drift_samples=50
     )
     for row in rng.normal(size=(100, 8)).astype(np.float32):
         recorder.record(0.002, confidence=0.9, predicted=int(rng.integers(10)), row=row)

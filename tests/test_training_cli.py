@@ -78,18 +78,20 @@ def test_train_start_watch_list_stop(fleet: FleetServer, tmp_path: Path) -> None
             d.stop()
 
 
+START_FOR_NOBODY = ["train", "start", "--model", "digits", "--target", "tag:fl=nobody"]
+"""A run that no device is eligible for: the server checks and keeps its spec, nobody trains."""
+
+
 def test_train_start_strategy_options_reach_the_run_spec(fleet: FleetServer) -> None:
     login_admin(fleet.settings.api_url)
-    code, out, err = fleetctl(
-        ["--json", "train", "start", "--model", "digits", "--target", "tag:fl=nobody"]
-    )
+    code, out, err = fleetctl(["--json", *START_FOR_NOBODY])
     assert code == 0, err
     run = json.loads(out)
     assert run["spec"]["strategy"] == "fedadam" and run["spec"]["server_lr"] is None  # defaults
     assert fleetctl(["train", "stop", run["id"]])[0] == 0
     code, out, err = fleetctl(
         [
-            "--json", "train", "start", "--model", "digits", "--target", "tag:fl=nobody",
+            "--json", *START_FOR_NOBODY,
             "--strategy", "fedbuff", "--buffer-size", "3", "--max-staleness", "4",
             "--min-clients", "2", "--concurrency", "6", "--server-lr", "0.5",
         ]
@@ -100,28 +102,16 @@ def test_train_start_strategy_options_reach_the_run_spec(fleet: FleetServer) -> 
     assert (spec["concurrency"], spec["server_lr"]) == (6, 0.5)
     assert fleetctl(["train", "stop", json.loads(out)["id"]])[0] == 0
     code, out, err = fleetctl(
-        [
-            "train", "start", "--model", "digits", "--target", "tag:fl=nobody",
-            "--over-select", "0.3", "--round-deadline", "500",
-        ]
-    )  # fmt: skip
+        [*START_FOR_NOBODY, "--over-select", "0.3", "--round-deadline", "500"]
+    )
     assert code == 1 and "round_deadline_s must not exceed round_timeout_s" in err, err
-    code, out, err = fleetctl(
-        [
-            "--json", "train", "start", "--model", "digits", "--target", "tag:fl=nobody",
-            "--strategy", "fedyogi", "--over-select", "0.3", "--round-deadline", "30",
-        ]
-    )  # fmt: skip
+    fedyogi = ["--strategy", "fedyogi", "--over-select", "0.3", "--round-deadline", "30"]
+    code, out, err = fleetctl(["--json", *START_FOR_NOBODY, *fedyogi])
     assert code == 0, err
     spec = json.loads(out)["spec"]
     assert (spec["strategy"], spec["over_select"], spec["round_deadline_s"]) == ("fedyogi", 0.3, 30)
     assert fleetctl(["train", "stop", json.loads(out)["id"]])[0] == 0
-    code, out, err = fleetctl(
-        [
-            "train", "start", "--model", "digits", "--target", "tag:fl=nobody",
-            "--strategy", "fedbuff", "--evaluate-every", "2",
-        ]
-    )  # fmt: skip
+    code, out, err = fleetctl([*START_FOR_NOBODY, "--strategy", "fedbuff", "--evaluate-every", "2"])
     assert code == 1 and "federated evaluation runs with synchronous" in err, err
 
 

@@ -37,7 +37,15 @@ from fleet_server.tuf import keys as tuf_keys
 
 from .agentproc import AgentProcess
 from .conftest import start_on_free_ports
-from .harness import ADMIN_PASSWORD, admin_token, enroll_agent, server_settings, wait_for
+from .harness import (
+    ADMIN_PASSWORD,
+    admin_token,
+    enroll_agent,
+    get_twin,
+    put_desired,
+    server_settings,
+    wait_for,
+)
 from .ota_server import DIGITS, model_version
 
 DEVICE = "tuf-e2e-1"
@@ -88,18 +96,14 @@ class Fleet:
         return str(doc["target_path"]), str(doc["sha256"])
 
     def reported(self) -> dict[str, Any]:
-        r = httpx.get(f"{self.api}/api/v1/devices/{DEVICE}/twin", headers=self.auth, timeout=30)
+        r = get_twin(self.api, self.auth, DEVICE)
         r.raise_for_status()
         state: dict[str, Any] = r.json().get("reported") or {}
         return state
 
     def desire(self, version: str, target: str) -> None:
-        r = httpx.put(
-            f"{self.api}/api/v1/devices/{DEVICE}/twin/desired",
-            json={"model": {"name": "digits", "version": version, "target": target}},
-            headers=self.auth,
-            timeout=30,
-        )
+        model = {"name": "digits", "version": version, "target": target}
+        r = put_desired(self.api, self.auth, DEVICE, {"model": model})
         r.raise_for_status()
 
     def outcome(self, target: str) -> dict[str, Any]:

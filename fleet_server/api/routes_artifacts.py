@@ -110,30 +110,37 @@ def _without_paths(message: str, tmp: Path) -> str:
     return message
 
 
-@router.post(
+def _push_route(kind: str, path: str, doc: str) -> None:
+    """``POST /artifacts/models`` and ``/firmware``: one upload route per kind, named
+    ``push_<kind>`` (the audit's action and the OpenAPI operation)."""
+
+    async def push(
+        request: Request,
+        c: ApiContext = Depends(ctx),
+        who: Principal = Depends(require("operator")),
+    ) -> Any:
+        return await _push(request, c, who, kind)
+
+    push.__doc__ = doc
+    router.post(
+        path,
+        name=f"push_{kind}",
+        status_code=201,
+        response_model=ArtifactOut,
+        openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}}},
+    )(push)
+
+
+_push_route(
+    "model",
     "/models",
-    status_code=201,
-    response_model=ArtifactOut,
-    openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}}},
+    "Upload a model package (.efpkg) as the raw body; it is verified, stored and signed.",
 )
-async def push_model(
-    request: Request, c: ApiContext = Depends(ctx), who: Principal = Depends(require("operator"))
-) -> Any:
-    """Upload a model package (.efpkg) as the raw body; it is verified, stored and signed."""
-    return await _push(request, c, who, "model")
-
-
-@router.post(
+_push_route(
+    "firmware",
     "/firmware",
-    status_code=201,
-    response_model=ArtifactOut,
-    openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}}},
+    "Upload a firmware bundle (.efbundle) as the raw body; verified, stored and signed.",
 )
-async def push_firmware(
-    request: Request, c: ApiContext = Depends(ctx), who: Principal = Depends(require("operator"))
-) -> Any:
-    """Upload a firmware bundle (.efbundle) as the raw body; verified, stored and signed."""
-    return await _push(request, c, who, "firmware")
 
 
 @router.get("", response_model=ArtifactPage)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -9,6 +11,7 @@ from pydantic import BaseModel, Field
 from edgefleet_contract.errors import AuthError, NotFound
 
 from ..auth import MAX_PASSWORD, MIN_PASSWORD, SESSION_COOKIE, Principal, csrf_for, hash_password
+from ..store.base import ApiToken, User
 from .context import ApiContext
 from .deps import client_ip, ctx, principal
 from .problems import problem
@@ -69,13 +72,7 @@ def login(
             user, name="console", ttl_s=c.settings.api.session_ttl_s
         )
         response = JSONResponse(
-            TokenOut(
-                csrf_token=csrf_for(secret),
-                token_id=record.id,
-                expires_at=record.expires_at,
-                username=user.username,
-                role=user.role,
-            ).model_dump()
+            TokenOut(csrf_token=csrf_for(secret), **issued(record, user)).model_dump()
         )
         response.set_cookie(
             SESSION_COOKIE,
@@ -90,13 +87,18 @@ def login(
     secret, record = c.auth.issue_token(
         user, name=body.token_name, ttl_s=c.settings.api.token_ttl_s
     )
-    return TokenOut(
-        token=secret,
-        token_id=record.id,
-        expires_at=record.expires_at,
-        username=user.username,
-        role=user.role,
-    )
+    return TokenOut(token=secret, **issued(record, user))
+
+
+def issued(record: ApiToken, user: User) -> dict[str, Any]:
+    """What every answer that hands out a token (a login, a console session, a token for
+    a script) says of it besides the secret: its id, its expiry, and whose role it carries."""
+    return {
+        "token_id": record.id,
+        "expires_at": record.expires_at,
+        "username": user.username,
+        "role": user.role,
+    }
 
 
 def _audited_name(c: ApiContext, username: str) -> str:

@@ -18,6 +18,7 @@ from ..auth import MAX_PASSWORD, MIN_PASSWORD, Principal, hash_password
 from ..store.base import Role, User
 from .context import ApiContext
 from .deps import ctx, principal, require
+from .routes_auth import issued
 from .schemas import Items, items
 
 router = APIRouter(tags=["users"])
@@ -28,6 +29,11 @@ class UserOut(BaseModel):
     role: Role
     created_at: float
     disabled: bool
+
+    @classmethod
+    def of(cls, u: User) -> UserOut:
+        """A user as the API shows it: never its password hash."""
+        return cls(username=u.username, role=u.role, created_at=u.created_at, disabled=u.disabled)
 
 
 class UserCreate(BaseModel):
@@ -75,12 +81,7 @@ class TokenInfo(BaseModel):
 def list_users(
     who: Principal = Depends(require("admin")), c: ApiContext = Depends(ctx)
 ) -> Items[UserOut]:
-    return items(
-        [
-            UserOut(username=u.username, role=u.role, created_at=u.created_at, disabled=u.disabled)
-            for u in c.store.list_users()
-        ]
-    )
+    return items([UserOut.of(u) for u in c.store.list_users()])
 
 
 @router.post("/users", response_model=UserOut, status_code=201)
@@ -91,7 +92,7 @@ def create_user(
         body.username, role=body.role, password_hash=hash_password(body.password), now=c.clock()
     )
     u = c.store.get_user(body.username)
-    return UserOut(username=u.username, role=u.role, created_at=u.created_at, disabled=u.disabled)
+    return UserOut.of(u)
 
 
 @router.patch("/users/{username}", response_model=UserOut)
@@ -114,7 +115,7 @@ def patch_user(
     # a token from before must not outlive the reason it was changed.
     if body.password or (body.disabled is not None and body.disabled != before.disabled):
         c.auth.end_sessions(username)
-    return UserOut(username=u.username, role=u.role, created_at=u.created_at, disabled=u.disabled)
+    return UserOut.of(u)
 
 
 def _keep_an_admin(c: ApiContext, user: User) -> None:
@@ -149,14 +150,7 @@ def create_token(
     secret, record = c.auth.issue_token(
         user, name=body.name, ttl_s=body.ttl_s or c.settings.api.token_ttl_s
     )
-    return TokenCreated(
-        token=secret,
-        token_id=record.id,
-        name=record.name,
-        expires_at=record.expires_at,
-        username=user.username,
-        role=user.role,
-    )
+    return TokenCreated(token=secret, name=record.name, **issued(record, user))
 
 
 @router.delete("/tokens/{token_id}", status_code=204)

@@ -9,28 +9,38 @@ import click
 
 from .cli import Ctx, pass_ctx
 from .cmd_telemetry import ago_seconds
-from .output import emit, emit_items, when
+from .output import emit, emit_items, report, when
+
+USER_COLUMNS = [
+    ("username", "USER"),
+    ("role", "ROLE"),
+    ("disabled", "DISABLED"),
+    ("created_at", "CREATED"),
+]
+TOKEN_COLUMNS = [
+    ("id", "ID"),
+    ("username", "USER"),
+    ("name", "NAME"),
+    ("expires_at", "EXPIRES"),
+    ("revoked_at", "REVOKED"),
+    ("last_used", "LAST USED"),
+]
+
+
+def _list_command(path: str, title: str, columns: list[tuple[str, str]], doc: str) -> click.Command:
+    """``users list`` and ``tokens list``: the API's list at ``path`` as a table."""
+
+    @pass_ctx
+    def command(ctx: Ctx) -> None:
+        emit_items(ctx.client.get(path), title=title, columns=columns)
+
+    command.__doc__ = doc
+    return click.command("list")(command)
 
 
 @click.group()
 def users() -> None:
     """Manage users (admin)."""
-
-
-@users.command("list")
-@pass_ctx
-def users_list(ctx: Ctx) -> None:
-    """List users with their roles (admin)."""
-    emit_items(
-        ctx.client.get("/users"),
-        title="users",
-        columns=[
-            ("username", "USER"),
-            ("role", "ROLE"),
-            ("disabled", "DISABLED"),
-            ("created_at", "CREATED"),
-        ],
-    )
 
 
 @users.command("add")
@@ -73,29 +83,11 @@ def tokens_create(ctx: Ctx, name: str, ttl_days: int | None) -> None:
     """Create a token for yourself (e.g. for a CI job); it is shown only now."""
     body = {"name": name, "ttl_s": ttl_days * 86400 if ttl_days else None}
     out = ctx.client.post("/tokens", body)
-    if ctx.as_json:
-        emit(out, as_json=True)
-        return
-    click.echo(f"token {out['token_id']} ({out['role']}), expires {when(out['expires_at'])}:")
-    click.echo(f"  {out['token']}")
-    click.echo("it is shown only now; use it as FLEETCTL_TOKEN or an Authorization: Bearer header")
-
-
-@tokens.command("list")
-@pass_ctx
-def tokens_list(ctx: Ctx) -> None:
-    """List API tokens: yours, or everyone's for an admin."""
-    emit_items(
-        ctx.client.get("/tokens"),
-        title="tokens",
-        columns=[
-            ("id", "ID"),
-            ("username", "USER"),
-            ("name", "NAME"),
-            ("expires_at", "EXPIRES"),
-            ("revoked_at", "REVOKED"),
-            ("last_used", "LAST USED"),
-        ],
+    report(
+        out,
+        f"token {out['token_id']} ({out['role']}), expires {when(out['expires_at'])}:",
+        f"  {out['token']}",
+        "it is shown only now; use it as FLEETCTL_TOKEN or an Authorization: Bearer header",
     )
 
 
@@ -156,6 +148,17 @@ def audit(
 
 
 def register(cli: click.Group) -> None:
+    users.add_command(
+        _list_command("/users", "users", USER_COLUMNS, "List users with their roles (admin).")
+    )
+    tokens.add_command(
+        _list_command(
+            "/tokens",
+            "tokens",
+            TOKEN_COLUMNS,
+            "List API tokens: yours, or everyone's for an admin.",
+        )
+    )
     cli.add_command(users)
     cli.add_command(tokens)
     cli.add_command(audit)

@@ -28,7 +28,7 @@ from edgefleet_contract.firmware import read_bundle
 from edgefleet_contract.package import read_package
 
 from .cli import Ctx, pass_ctx
-from .output import emit
+from .output import emit, report
 
 CHUNK = 256 * 1024
 COLUMNS = [
@@ -80,23 +80,30 @@ def _lineage(item: dict[str, Any]) -> dict[str, Any]:
     return {**item, "sha256": item["sha256"][:12], "source": source}
 
 
-def _list(ctx: Ctx, kind: str, name: str | None, limit: int) -> None:
-    page = ctx.client.get("/artifacts", kind=kind, name=name, limit=limit)
-    if ctx.as_json:
-        emit(page, as_json=True)
-        return
-    rows = [_lineage(item) for item in page["items"]]
-    columns = [*COLUMNS, ("hardware", "HARDWARE")] if kind == "firmware" else COLUMNS
-    emit(rows, as_json=False, columns=columns, title=f"{page['total']} {kind} artifacts")
+def _list_command(kind: str, doc: str) -> click.Command:
+    """``models list`` and ``firmware list``: one command, the kind it lists bound in."""
+
+    @click.option("--name", default=None)
+    @click.option("--limit", default=100, show_default=True)
+    @pass_ctx
+    def command(ctx: Ctx, name: str | None, limit: int) -> None:
+        page = ctx.client.get("/artifacts", kind=kind, name=name, limit=limit)
+        if ctx.as_json:
+            emit(page, as_json=True)
+            return
+        rows = [_lineage(item) for item in page["items"]]
+        columns = [*COLUMNS, ("hardware", "HARDWARE")] if kind == "firmware" else COLUMNS
+        emit(rows, as_json=False, columns=columns, title=f"{page['total']} {kind} artifacts")
+
+    command.__doc__ = doc
+    return click.command("list")(command)
 
 
-def _pushed(ctx: Ctx, artifact: dict[str, Any]) -> None:
-    if ctx.as_json:
-        emit(artifact, as_json=True)
-        return
-    click.echo(
+def _pushed(artifact: dict[str, Any]) -> None:
+    report(
+        artifact,
         f"registered {artifact['spec']} ({artifact['size']} bytes, sha256 "
-        f"{artifact['sha256'][:16]}...) as TUF target {artifact['target_path']}"
+        f"{artifact['sha256'][:16]}...) as TUF target {artifact['target_path']}",
     )
 
 
@@ -127,16 +134,7 @@ def models_push(ctx: Ctx, package: Path) -> None:
         if magic != b"PK\x03\x04":
             raise PackageError(f"{exc}\n{pack_hint(package)}") from exc
         raise
-    _pushed(ctx, upload(ctx, "/artifacts/models", package))
-
-
-@models.command("list")
-@click.option("--name", default=None)
-@click.option("--limit", default=100, show_default=True)
-@pass_ctx
-def models_list(ctx: Ctx, name: str | None, limit: int) -> None:
-    """Registered model versions with their lineage."""
-    _list(ctx, "model", name, limit)
+    _pushed(upload(ctx, "/artifacts/models", package))
 
 
 @models.command("card")
@@ -167,16 +165,7 @@ def firmware() -> None:
 def firmware_push(ctx: Ctx, bundle: Path) -> None:
     """Upload a firmware bundle (.efbundle): verified, stored and signed as a TUF target."""
     read_bundle(bundle)
-    _pushed(ctx, upload(ctx, "/artifacts/firmware", bundle))
-
-
-@firmware.command("list")
-@click.option("--name", default=None)
-@click.option("--limit", default=100, show_default=True)
-@pass_ctx
-def firmware_list(ctx: Ctx, name: str | None, limit: int) -> None:
-    """Registered firmware versions with their compatible hardware."""
-    _list(ctx, "firmware", name, limit)
+    _pushed(upload(ctx, "/artifacts/firmware", bundle))
 
 
 def register(cli: click.Group) -> None:
@@ -184,5 +173,9 @@ def register(cli: click.Group) -> None:
 
     models.add_command(models_pack)
     models.add_command(models_show)
+    models.add_command(_list_command("model", "Registered model versions with their lineage."))
+    firmware.add_command(
+        _list_command("firmware", "Registered firmware versions with their compatible hardware.")
+    )
     cli.add_command(models)
     cli.add_command(firmware)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .cli import Ctx, pass_ctx
-from .output import emit
+from .output import emit, report
 
 DEVICE_COLUMNS = [
     ("id", "ID"),
@@ -65,7 +65,7 @@ def list_(ctx: Ctx, selector: str | None, limit: int, offset: int) -> None:
 def add(ctx: Ctx, device_id: str, name: str | None, tags: tuple[str, ...]) -> None:
     """Create a device record and print its one-time enrollment token."""
     out = ctx.client.post("/devices", {"id": device_id, "name": name, "tags": _tags(tags)})
-    _print_token(ctx, out)
+    _print_token(out)
 
 
 @devices.command()
@@ -73,17 +73,17 @@ def add(ctx: Ctx, device_id: str, name: str | None, tags: tuple[str, ...]) -> No
 @pass_ctx
 def token(ctx: Ctx, device_id: str) -> None:
     """Issue a new enrollment token (the previous one stops working)."""
-    _print_token(ctx, ctx.client.post(f"/devices/{device_id}/token"))
+    _print_token(ctx.client.post(f"/devices/{device_id}/token"))
 
 
-def _print_token(ctx: Ctx, out: dict[str, object]) -> None:
-    if ctx.as_json:
-        emit(out, as_json=True)
-        return
-    click.echo(f"device {out['device_id']}: enrollment token (shown once, single use):")
-    click.echo(f"  {out['token']}")
-    click.echo("on the device, run:")
-    click.echo(f"  {out['enroll_command']}")
+def _print_token(out: dict[str, object]) -> None:
+    report(
+        out,
+        f"device {out['device_id']}: enrollment token (shown once, single use):",
+        f"  {out['token']}",
+        "on the device, run:",
+        f"  {out['enroll_command']}",
+    )
 
 
 @devices.command()
@@ -126,11 +126,11 @@ def groups(ctx: Ctx, device_id: str, groups: tuple[str, ...]) -> None:
 @pass_ctx
 def revoke(ctx: Ctx, device_id: str, yes: bool) -> None:
     """Revoke a device: its certificates go on the CRL and it cannot enroll again."""
-    if not yes and not click.confirm(f"revoke {device_id}? it will be cut off from the broker"):
+    if _confirmed(yes, f"revoke {device_id}? it will be cut off from the broker"):
+        out = ctx.client.post(f"/devices/{device_id}/revoke")
+        emit(out, as_json=ctx.as_json, columns=DEVICE_COLUMNS)
+    else:
         click.echo(f"{device_id} not revoked")
-        return
-    out = ctx.client.post(f"/devices/{device_id}/revoke")
-    emit(out, as_json=ctx.as_json, columns=DEVICE_COLUMNS)
 
 
 @devices.command()
@@ -143,16 +143,19 @@ def delete(ctx: Ctx, device_id: str, yes: bool) -> None:
     Its certificates stay on the CRL; `fleetctl devices add` with the same id then
     makes a new device (a new enrollment token) with that history before it.
     """
-    if not yes and not click.confirm(
-        f"decommission {device_id}? it is revoked and its id freed for a replacement"
+    if _confirmed(
+        yes, f"decommission {device_id}? it is revoked and its id freed for a replacement"
     ):
+        out = ctx.client.delete(f"/devices/{device_id}")
+        report(out, f"{device_id} decommissioned: revoked, history kept, id free to add again")
+    else:
         click.echo(f"{device_id} not decommissioned")
-        return
-    out = ctx.client.delete(f"/devices/{device_id}")
-    if ctx.as_json:
-        emit(out, as_json=True)
-        return
-    click.echo(f"{device_id} decommissioned: revoked, history kept, id free to add again")
+
+
+def _confirmed(yes: bool, question: str) -> bool:
+    """``--yes`` given, or the operator answered yes: a step that cuts a device off is
+    never taken on a stray command line."""
+    return yes or click.confirm(question)
 
 
 @click.group()
@@ -166,21 +169,24 @@ def twin() -> None:
 def twin_show(ctx: Ctx, device_id: str) -> None:
     """Show what a device should run, what it reports, and whether they agree."""
     out = ctx.client.get(f"/devices/{device_id}/twin")
-    if ctx.as_json:
-        emit(out, as_json=True)
-        return
+    report(out, *_twin_lines(device_id, out))
+
+
+def _twin_lines(device_id: str, out: dict[str, Any]) -> list[str]:
     desired, reported = out["desired"] or {}, out["reported"] or {}
-    click.echo(f"{device_id}: {out['status']}")
-    if out.get("refusal"):
-        click.echo(f"  REFUSED by the device (v{desired.get('version')}): {out['refusal']}")
-    click.echo(f"  desired (v{desired.get('version', 0)}):")
-    click.echo(f"    model:    {_artifact(desired.get('model'))}")
-    click.echo(f"    firmware: {_artifact(desired.get('firmware'))}")
-    click.echo(f"    config:   {_pairs(desired.get('config'))}")
-    click.echo(f"  reported (applied v{reported.get('desired_version', 0)}):")
-    click.echo(f"    model:    {_artifact(reported.get('model'))}")
-    click.echo(f"    firmware: {_artifact(reported.get('firmware'))}")
-    click.echo(f"    health:   {reported.get('health', '-')}")
+    refusal = out.get("refusal")
+    return [
+        f"{device_id}: {out['status']}",
+        *([f"  REFUSED by the device (v{desired.get('version')}): {refusal}"] if refusal else []),
+        f"  desired (v{desired.get('version', 0)}):",
+        f"    model:    {_artifact(desired.get('model'))}",
+        f"    firmware: {_artifact(desired.get('firmware'))}",
+        f"    config:   {_pairs(desired.get('config'))}",
+        f"  reported (applied v{reported.get('desired_version', 0)}):",
+        f"    model:    {_artifact(reported.get('model'))}",
+        f"    firmware: {_artifact(reported.get('firmware'))}",
+        f"    health:   {reported.get('health', '-')}",
+    ]
 
 
 @twin.command("set")
@@ -223,10 +229,7 @@ def twin_set(
         else:
             body["config"].pop(key, None)
     out = ctx.client.put(f"/devices/{device_id}/twin/desired", body)
-    if ctx.as_json:
-        emit(out, as_json=True)
-    else:
-        click.echo(f"{device_id}: desired v{out['desired']['version']}, {out['status']}")
+    report(out, f"{device_id}: desired v{out['desired']['version']}, {out['status']}")
 
 
 def _name_at_version(text: str, option: str) -> dict[str, str]:

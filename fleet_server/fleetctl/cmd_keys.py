@@ -24,7 +24,7 @@ import click
 from edgefleet_contract.errors import SigningError
 
 from .cli import Ctx, pass_ctx
-from .output import emit
+from .output import emit, report
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 PASSPHRASE_ENV = "EDGEFLEET_KEY_PASSPHRASE"
@@ -78,13 +78,13 @@ def keys_init(ctx: Ctx, out: Path, count: int, threshold: int) -> None:
         "keyids": [k.keyid for k in made],
         "public": str(out / offline.PUBLIC_FILE),
     }
-    if ctx.as_json:
-        emit(result, as_json=True)
-        return
-    click.echo(f"made {count} root keys in {out} (any {threshold} can sign a root)")
-    click.echo(f"public keys: {out / offline.PUBLIC_FILE} (this file, and only it, leaves)")
-    click.echo("next, where the server is reachable:")
-    click.echo(f"  fleetctl keys rotate --role root --root-keys {out / offline.PUBLIC_FILE}")
+    report(
+        result,
+        f"made {count} root keys in {out} (any {threshold} can sign a root)",
+        f"public keys: {out / offline.PUBLIC_FILE} (this file, and only it, leaves)",
+        "next, where the server is reachable:",
+        f"  fleetctl keys rotate --role root --root-keys {out / offline.PUBLIC_FILE}",
+    )
 
 
 @keys.command("show")
@@ -202,10 +202,7 @@ def keys_install_root(ctx: Ctx, signed: Path) -> None:
     result = ctx.client.request(
         "POST", "/tuf/root", content=data, headers={"Content-Type": "application/json"}
     )
-    if ctx.as_json:
-        emit(result, as_json=True)
-        return
-    click.echo(f"installed root version {result['version']} (expires {result['expires']})")
+    report(result, f"installed root version {result['version']} (expires {result['expires']})")
 
 
 def register(cli: click.Group) -> None:

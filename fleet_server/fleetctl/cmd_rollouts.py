@@ -20,7 +20,7 @@ from rich.table import Table
 from ..rollouts.gates import more_needed
 from ..rollouts.plan import FLAGS, PlanSpec, duration_text, int_bounds, option_word
 from .cli import Ctx, pass_ctx
-from .output import emit, emit_items, when
+from .output import emit, emit_items, report, when
 
 LIST_COLUMNS = [
     ("id", "ID"),
@@ -91,12 +91,12 @@ def create(ctx: Ctx, /, artifact: str, target: str, **plan: Any) -> None:
     if plan["seed"] is None:
         del body["seed"]
     out = ctx.client.post("/rollouts", body)
-    if ctx.as_json:
-        emit(out, as_json=True)
-        return
     sizes = ", ".join(f"{w['name']} {w['size']}" for w in out["waves"])
-    click.echo(f"rollout {out['id']}: {out['artifact']} to {out['devices']} devices ({sizes})")
-    click.echo(f"follow it with: fleetctl rollout status {out['id']} --watch")
+    report(
+        out,
+        f"rollout {out['id']}: {out['artifact']} to {out['devices']} devices ({sizes})",
+        f"follow it with: fleetctl rollout status {out['id']} --watch",
+    )
 
 
 @rollout.command("list")
@@ -221,10 +221,7 @@ def _verb(verb: str, doc: str) -> click.Command:
     @pass_ctx
     def command(ctx: Ctx, rollout_id: str) -> None:
         out = ctx.client.post(f"/rollouts/{rollout_id}/{verb}")
-        if ctx.as_json:
-            emit(out, as_json=True)
-        else:
-            click.echo(f"rollout {out['id']}: {out['status']}")
+        report(out, f"rollout {out['id']}: {out['status']}")
 
     command.__doc__ = doc
     return click.command(verb)(command)

@@ -102,6 +102,18 @@ def emit(
     sys.stdout.write(render_table(rows, columns, width=width))
 
 
+def report(data: Any, *lines: str) -> None:
+    """Print a command's answer: ``data`` as it is for json/yaml, else ``lines`` for a person.
+
+    The rule every command that answers in sentences rather than a table follows, so
+    that ``-o json`` always gives the server's document and never the prose."""
+    if machine_readable():
+        sys.stdout.write(dump(data))
+        return
+    for line in lines:
+        click.echo(line)
+
+
 def emit_items(
     page: dict[str, Any],
     *,

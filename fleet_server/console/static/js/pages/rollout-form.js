@@ -5,6 +5,7 @@
 
 import { api } from '../api.js';
 import { h, replace, field, notice } from '../dom.js';
+import { submitTo } from './create.js';
 
 const TEXT = [
   // [body key, label]
@@ -94,17 +95,7 @@ export function createForm(onCreated) {
     body.artifact = artifact.value;
     body.gates = gates.value.split('\n').map((g) => g.trim()).filter(Boolean);
     if (loaded) for (const [key, el] of Object.entries(checks)) body[key] = el.checked;
-    submit.disabled = true;
-    try {
-      const created = await api('/rollouts', { method: 'POST', body });
-      replace(out);
-      onCreated(created);
-    } catch (err) {
-      const what = err.status === 422 ? 'The plan was refused' : err.status === 409 ? 'Conflict' : 'Error';
-      replace(out, notice(`${what} (${err.status}): ${err.message}`, 'error'));
-    } finally {
-      submit.disabled = false;
-    }
+    await submitTo('/rollouts', body, { button: submit, out, refused: 'The plan was refused', done: onCreated });
   });
   return form;
 }

@@ -1,10 +1,11 @@
 // Rollouts: the list (state, artifact, progress) refreshed live, and for operators the
 // create form; a created rollout opens its own page.
 
-import { api, can } from '../api.js';
+import { api } from '../api.js';
 import { h, replace, table, status, fmtTime, notice } from '../dom.js';
 import { link } from '../routes.js';
 import { createForm } from './rollout-form.js';
+import { createPanel, openCreated } from './create.js';
 
 export const ACTIVE = ['pending', 'canary', 'wave', 'paused', 'halted', 'rolling_back'];
 
@@ -39,11 +40,7 @@ export async function mount(root, ctx) {
   const updated = h('span', { class: 'muted updated' });
   replace(root,
     h('div', { class: 'page-head' }, h('h1', {}, 'Rollouts'), h('label', {}, 'Show ', select), updated),
-    can('operator')
-      ? h('details', { class: 'panel', id: 'create-rollout' },
-        h('summary', {}, 'New rollout'),
-        createForm((created) => { location.hash = link(`rollouts/${encodeURIComponent(created.id)}`); }))
-      : null,
+    createPanel('create-rollout', 'New rollout', () => createForm(openCreated('rollouts'))),
     out);
 
   async function refresh() {

@@ -4,6 +4,7 @@
 
 import { api } from '../api.js';
 import { h, replace, field, notice } from '../dom.js';
+import { submitTo } from './create.js';
 
 const NUMBERS = [
   // [spec key (local.* = local training), label, hint, whole number?]
@@ -86,17 +87,7 @@ export function startForm(onStarted) {
       }
       if (key.startsWith('local.')) body.local[key.slice(6)] = value; else body[key] = value;
     }
-    submit.disabled = true;
-    try {
-      const run = await api('/training/runs', { method: 'POST', body });
-      replace(out);
-      onStarted(run);
-    } catch (err) {
-      const what = err.status === 422 ? 'The run was refused' : err.status === 409 ? 'Conflict' : 'Error';
-      replace(out, notice(`${what} (${err.status}): ${err.message}`, 'error'));
-    } finally {
-      submit.disabled = false;
-    }
+    await submitTo('/training/runs', body, { button: submit, out, refused: 'The run was refused', done: onStarted });
   });
   return form;
 }

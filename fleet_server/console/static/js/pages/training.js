@@ -6,6 +6,7 @@ import { h, replace, panel, table, status, fmtTime, fmtNum, notice, toast } from
 import { lineChart } from '../chart.js';
 import { link } from '../routes.js';
 import { startForm } from './training-form.js';
+import { createPanel, openCreated } from './create.js';
 
 const ACTIVE = new Set(['pending', 'running']);
 
@@ -131,11 +132,7 @@ export async function mount(root, ctx) {
   if (ctx.params.id) return mountRun(root, ctx, ctx.params.id);
   const out = h('div', { class: 'results' });
   replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Training runs')),
-    can('operator')
-      ? h('details', { class: 'panel', id: 'start-training' },
-        h('summary', {}, 'New training run'),
-        startForm((run) => { location.hash = link(`training/${encodeURIComponent(run.id)}`); }))
-      : null,
+    createPanel('start-training', 'New training run', () => startForm(openCreated('training'))),
     out);
   async function refresh() {
     try {
