@@ -63,6 +63,27 @@ def write_public(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+_KEY_USAGES = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+def key_usage(*granted: str) -> x509.KeyUsage:
+    """The KeyUsage extension granting exactly ``granted`` (x509 wants every flag named)."""
+    unknown = set(granted) - set(_KEY_USAGES)
+    if unknown:
+        raise ValueError(f"unknown key usage(s): {sorted(unknown)}")
+    return x509.KeyUsage(**{name: name in granted for name in _KEY_USAGES})
+
+
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     """Unencrypted PKCS#8: the file mode, not a passphrase, protects keys at rest."""
     return key.private_bytes(
@@ -142,17 +163,7 @@ class FleetCA:
             .not_valid_after(_utc(now + CA_VALIDITY_S))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                key_usage("digital_signature", "key_cert_sign", "crl_sign"),
                 critical=True,
             )
             .add_extension(ski, critical=False)
@@ -206,17 +217,7 @@ class FleetCA:
             .not_valid_after(_utc(now + validity_s))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_encipherment=False,
-                    content_commitment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                key_usage("digital_signature"),
                 critical=True,
             )
             .add_extension(

@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgefleet_contract.errors import CertificateError, EnrollmentError
 from fleet_server.config import SERVER_IDENTITY
-from fleet_server.pki import FleetCA, common_name
+from fleet_server.pki import FleetCA, common_name, key_usage
 
 NOW = 1_800_000_000.0
 DAY = 86400
@@ -175,3 +175,24 @@ def test_crl_lists_revoked_serials_and_is_signed_by_the_ca(ca: FleetCA) -> None:
     assert entry is not None and entry.revocation_date_utc.timestamp() == NOW
     assert crl.get_revoked_certificate_by_serial_number(12) is None
     assert crl.next_update_utc is not None and crl.next_update_utc.timestamp() > time.time()
+
+
+def _granted(cert: x509.Certificate) -> tuple[bool, ...]:
+    ext = cert.extensions.get_extension_for_class(x509.KeyUsage)
+    assert ext.critical
+    u = ext.value
+    return (
+        u.digital_signature,
+        u.key_cert_sign,
+        u.crl_sign,
+        u.key_encipherment or u.content_commitment or u.data_encipherment or u.key_agreement,
+    )
+
+
+def test_key_usages_grant_exactly_what_each_certificate_needs(tmp_path: Path) -> None:
+    ca = FleetCA.create(tmp_path / "ca", now=NOW)
+    assert _granted(ca.cert) == (True, True, True, False)
+    leaf, _ = ca.issue_client_cert("pump-8", validity_s=DAY, now=NOW)
+    assert _granted(x509.load_pem_x509_certificate(leaf)) == (True, False, False, False)
+    with pytest.raises(ValueError, match="sign_everything"):
+        key_usage("sign_everything")
