@@ -169,7 +169,7 @@ class Twin:
         self.store.set_desired(device_id, desired)
         now = self.clock() if now is None else now
         command = desired_command(desired, now=now)
-        self.store.add_command(_record(device_id, command, actor))
+        self.store.add_command(CommandRecord.sent(device_id, command, actor))
         if self.sender is not None:
             try:
                 self.sender.send_command(device_id, command)
@@ -192,16 +192,5 @@ class Twin:
         except EdgefleetError as exc:
             log.warning("could not re-send desired state to %s: %s", device_id, exc)
             return False
-        self.store.add_command(_record(device_id, command, actor))
+        self.store.add_command(CommandRecord.sent(device_id, command, actor))
         return True
-
-
-def _record(device_id: str, command: Command, actor: str) -> CommandRecord:
-    return CommandRecord(
-        id=command.id,
-        device_id=device_id,
-        name=command.name,
-        args=command.args,
-        created_at=command.ts,
-        actor=actor,
-    )

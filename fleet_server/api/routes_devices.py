@@ -242,14 +242,7 @@ def _send(c: ApiContext, device_id: str, command: Command, who: Principal) -> Co
     """Record, then publish; a device that is away gets it from its persistent session."""
     if c.commands is None:
         raise LinkError(_NO_BROKER)
-    record = CommandRecord(
-        id=command.id,
-        device_id=device_id,
-        name=command.name,
-        args=command.args,
-        created_at=command.ts,
-        actor=who.username,
-    )
+    record = CommandRecord.sent(device_id, command, who.username)
     c.store.add_command(record)
     c.commands.send_command(device_id, command)
     return record

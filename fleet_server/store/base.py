@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from edgefleet_contract.messages import (
     ArtifactKind,
+    Command,
     DesiredState,
     LearningStats,
     ReportedState,
@@ -79,6 +80,11 @@ class CommandRecord:
     status: str = "sent"
     detail: str = ""
     acked_at: float | None = None
+
+    @classmethod
+    def sent(cls, device_id: str, command: Command, actor: str) -> CommandRecord:
+        """The record of ``command`` as it goes out to ``device_id`` on ``actor``'s behalf."""
+        return cls(command.id, device_id, command.name, command.args, command.ts, actor)
 
 
 @dataclass(frozen=True)
