@@ -147,10 +147,11 @@ class ModelService:
 
         Raises a :class:`ModelError` subclass whose message says what is wrong
         (unreadable file, hash mismatch, self-test outside tolerance, runtime
-        missing).
+        missing).  The model's ``package`` keeps every member but the model file,
+        which its runtime holds already (:meth:`Model.from_package`).
         """
         try:
-            return Model.load(Path(path), threads=self.threads)
+            return Model.load(Path(path), threads=self.threads, keep_model_file=False)
         except ModelError:
             raise
         except Exception as exc:  # a runtime library failing in a way we did not foresee

@@ -100,9 +100,12 @@ from ._byom_int8 import int8_variants, resnet_int8
 from .bench_inference import _best_us
 
 
-def _direct(model: Model, sample: Any) -> Callable[[], Any]:
-    """``session.run`` on its own session with the tensors prepared up front."""
+def _direct(model: Model, sample: Any, path: Path) -> Callable[[], Any]:
+    """``session.run`` on its own session, of the model file in the package at ``path``
+    (a served model keeps none), with the tensors prepared up front."""
     import onnxruntime as ort
+
+    from edgefleet_contract.package import read_package
 
     if model.runner is not None:
         feeds, _ = model.runner.feeds(sample)
@@ -114,7 +117,7 @@ def _direct(model: Model, sample: Any) -> Callable[[], Any]:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(
-        model.package.model_bytes, options, providers=["CPUExecutionProvider"]
+        read_package(path).model_bytes, options, providers=["CPUExecutionProvider"]
     )
     outputs = [o.name for o in model.manifest.outputs]
     return lambda: session.run(outputs, feeds)
@@ -142,7 +145,7 @@ def _predict_row(label: str, path: Path, sample: Any, runs: int = 3) -> dict[str
         result, session[0] = service.infer(sample, session[0])
         return result.results
 
-    pairs = [_best_us([_direct(model, sample), agent]) for _ in range(runs)]
+    pairs = [_best_us([_direct(model, sample, path), agent]) for _ in range(runs)]
     ratios = [a / d for d, a in pairs]
     direct_us, agent_us = pairs[int(np.argsort(ratios)[len(ratios) // 2])]
     return {
@@ -238,7 +241,7 @@ def _format_rows(folder: Path) -> list[dict[str, object]]:
 
     ratios, runs = [], []
     for _ in range(3):
-        direct_us, one_us, two_us = _best_us([_direct(model, row), format1, format2])
+        direct_us, one_us, two_us = _best_us([_direct(model, row, old), format1, format2])
         ratios.append(two_us / one_us)
         runs.append((direct_us, one_us, two_us))
     median = int(np.argsort(ratios)[1])
