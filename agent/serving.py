@@ -400,15 +400,17 @@ class Sessions:
 
 
 def _record(recorder: InferenceRecorder, elapsed: float, result: Inference) -> None:
-    rows = result.drift_rows
     classes, confidence = result.classes, result.confidence
     n = len(classes) if classes is not None else max(len(result), 1)
     if n == 1:  # one sample per call, the usual case: the recorder takes the (1, w) rows
+        # ... and computes them only if its drift reservoir keeps this call.
+        rows = result.drift_source
         if classes is not None and confidence is not None:
             recorder.record(elapsed, confidence.item(0), classes.item(0), rows)
         else:
             recorder.record(elapsed, None, None, rows)
         return
+    rows = result.drift_rows
     per_row = elapsed / n
     for i in range(n):
         row = rows[i] if rows is not None and i < len(rows) else None
