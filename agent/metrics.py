@@ -44,6 +44,8 @@ from .drift_monitor import AlertPolicy, DriftMonitor
 CONFIDENCE_BINS = 10
 MAX_CLASSES = 1000
 """``InferenceStats.class_counts`` holds at most this many labels (the most frequent)."""
+Row = npt.NDArray[np.floating[Any]] | None
+"""One input row for the drift reservoir, ``(features,)`` or ``(1, features)``."""
 _MAX_LATENCY_S = 1e6
 """Latencies outside [0, this) are clock glitches: counted as inferences, not timed."""
 
@@ -142,11 +144,15 @@ class InferenceRecorder:
         latency_s: float,
         confidence: float | np.floating[Any] | None,
         predicted: int | np.integer[Any] | None,
-        row: npt.NDArray[np.floating[Any]] | None = None,
+        row: Row | Callable[[], Row] = None,
     ) -> None:
         """One successful inference: its latency, top-1 confidence and class, and its input
         row, shaped ``(features,)`` or ``(1, features)``.  A model without classes
-        (regression, anomaly, detection) passes ``None`` for both: latency and drift only."""
+        (regression, anomaly, detection) passes ``None`` for both: latency and drift only.
+
+        ``row`` may be a function that computes the row: it is called (under the lock)
+        only when the drift reservoir keeps this call, so the drift features of the calls
+        it skips once full are never computed."""
         if confidence is None:
             conf_bin = -1
         elif confidence >= 1.0:
@@ -177,6 +183,10 @@ class InferenceRecorder:
                 n = self._rows_seen
                 slot = n if n < self._rows_cap else int(self._random() * (n + 1))
                 if slot < self._rows_cap:
+                    if callable(row):
+                        row = row()
+                        if row is None:
+                            return
                     try:
                         self._rows[slot] = row
                     except ValueError:

@@ -147,10 +147,11 @@ class ModelService:
 
         Raises a :class:`ModelError` subclass whose message says what is wrong
         (unreadable file, hash mismatch, self-test outside tolerance, runtime
-        missing).
+        missing).  The model's ``package`` keeps every member but the model file,
+        which its runtime holds already (:meth:`Model.from_package`).
         """
         try:
-            return Model.load(Path(path), threads=self.threads)
+            return Model.load(Path(path), threads=self.threads, keep_model_file=False)
         except ModelError:
             raise
         except Exception as exc:  # a runtime library failing in a way we did not foresee
@@ -399,15 +400,17 @@ class Sessions:
 
 
 def _record(recorder: InferenceRecorder, elapsed: float, result: Inference) -> None:
-    rows = result.drift_rows
     classes, confidence = result.classes, result.confidence
     n = len(classes) if classes is not None else max(len(result), 1)
     if n == 1:  # one sample per call, the usual case: the recorder takes the (1, w) rows
+        # ... and computes them only if its drift reservoir keeps this call.
+        rows = result.drift_source
         if classes is not None and confidence is not None:
             recorder.record(elapsed, confidence.item(0), classes.item(0), rows)
         else:
             recorder.record(elapsed, None, None, rows)
         return
+    rows = result.drift_rows
     per_row = elapsed / n
     for i in range(n):
         row = rows[i] if rows is not None and i < len(rows) else None

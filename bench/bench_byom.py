@@ -15,14 +15,23 @@ the inference section); three runs per model, the median run shown with the wors
 beside it. Goal: at most 1.05x on models of 1 ms or more (the ResNet and the
 IsolationForest); on the faster ones the absolute µs added is the figure to read (at +N µs
 the goal holds from 20·N µs per call). The ResNet misses it: the agent adds +300 µs (1.29x)
-when run alone at a quieter moment, +448 µs on 2026-12-02 and +234 µs (1.31x) in the run below
-with the same predict path (the machine's load moves it). Timed piece by piece, each
-right after a model call as in serving (its buffers and code go cold while the model runs):
-preprocessing one 64x64 image ~140 µs (canonical form 21, normalise and transpose 61,
-per-channel drift statistics 71; ~60 µs in all when warm), reading the outputs and building
-the answer ~100 µs, ``ModelService`` (telemetry recording, feedback ids) ~100 µs. The
-session without the CPU arena is not a cost (914 µs against 959 µs with it). Not reduced
-yet.
+when run alone at a quieter moment, +448 µs on 2026-12-02, +234 µs (1.31x) on 2026-12-03
+and +289 µs (1.35x) in the run below (load average 3 to 5 from other work; its direct
+figures moved both ways from the run before: the IsolationForest's 3x slower, at 1.15x, the
+ResNet int8's 1.6x faster).  Timed piece by
+piece, each right after a model call as in serving (its buffers and code go cold while the
+model runs), medians of 3000 calls: preprocessing one 64x64 image ~85 µs (canonical form,
+normalise and transpose), the class scores ~45 (a softmax of 10 logits: a handful of numpy
+calls on cold caches), the recorder ~16, a feedback id and its cache entry ~30, the rest of
+the answer ~50.  The per-channel drift statistics (~50-70 µs after a model call) are now
+computed only when the telemetry window's reservoir keeps the call (every call of the first
+1024 of a drift interval, then 1024 in n; the interval is 300 s by default, so at any
+sustained rate nearly all calls skip them): the recorder's share went from ~85 to ~16 µs,
+but the whole overhead (call minus ``session.run``, 4000 calls after a model call each) only
+from 289/273 to 257/266 µs in alternating before/after runs, within this machine's noise.
+What is left is some 15 numpy calls and the answer's dicts, each slow on cold caches;
+1.05x (~40 µs here) needs a path without most of them.  The session without the CPU arena
+is not a cost (914 µs against 959 µs with it).
 
 The agent compiles each input's preprocessing once at load (agent/runtime/tasks.py,
 ``InputPlan``), so a format-2 package costs what a format-1 one does: the "format 2 vs
@@ -42,12 +51,12 @@ The packer keeps int8 for the size (0.5x) and reports the latency as it is; the 
 digits CNN, with more work per call, is 0.6x in int8 (inference section).  With 7-bit
 weights the packer's torch CNN int8 agrees with float on 100% of its calibration images.
 
-The ResNet's int8 is 0.8x of float (0.72x in a quieter scratch run) since the packer quantizes
-activations to uint8: with int8 activations ONNX Runtime's CPU provider turned only 3 of its
-9 QDQ Convs into QLinearConv (the stem, the first Conv of each block and the two 1x1 skips
-stayed DequantizeLinear -> float Conv -> QuantizeLinear) and int8 was 1.4x of float; with
-uint8 activations all 9 fuse.  Top-1 agreement of the packer's int8 with float is measured
-on the 1500 digits it was not calibrated on.
+The ResNet's int8 is 0.8x of float (0.72x in a quieter scratch run, 0.43x in the run below)
+since the packer quantizes activations to uint8: with int8 activations ONNX Runtime's CPU
+provider turned only 3 of its 9 QDQ Convs into QLinearConv (the stem, the first Conv of each
+block and the two 1x1 skips stayed DequantizeLinear -> float Conv -> QuantizeLinear) and
+int8 was 1.4x of float; with uint8 activations all 9 fuse. Top-1 agreement of the packer's
+int8 with float is measured on the 1500 digits it was not calibrated on.
 
 Pack time: an MLP ONNX of ~5 MB (256-1024-1024-10) with 500 calibration samples, float and
 int8, three runs (median and worst), on this 2-core machine (goal: at most 30 s).  Idle
@@ -62,10 +71,21 @@ optimisation each off change it by at most 1.4 MiB) plus its package 4.5; about 
 before any model is loaded.  The settings are now read by edgefleet_common/config.py
 itself, without pydantic-settings and the asyncio it imported: the agent went from 107.9
 to 104.9 MiB (two runs each, 2026-12-03); pydantic with that loader is 15.5 MiB after
-numpy (14.7 measured in that order).  What is left above the goal is mostly ONNX
-Runtime's Python package.  numpy.ma (1.2 MiB) comes in with the first np.unique
-(np.percentile of the latency window calls it), and the drift reference needs np.unique
-after burn-in anyway, so it stays."""
+numpy (14.7 measured in that order).  A served model no longer keeps its model file
+in memory: ``ModelService`` loads with ``keep_model_file=False`` (the package keeps its
+other members) and the ONNX backend drops the bytes ORT's Python session keeps only to
+rebuild itself when its providers change; the runtime has its own copy of the graph and
+weights.  The agent went from 104.9 to 102.7 MiB (three runs each, same session,
+2026-12-03).  RSS also depends on the page cache: right after pip had rewritten the venv's
+libraries (every page of them cached) the agent read 117.5 MiB before this change and
+115.2 after, since a fault maps the cached pages around it; the figures here are with the
+venv's shared libraries dropped from the cache first (``posix_fadvise`` DONTNEED), as before the
+reinstall.  What is left above the goal (0.5 MiB) is mostly ONNX Runtime's Python package;
+the manifest's self-test vectors (~0.5 MiB of Python floats, read only at load) stay since
+the model summary counts them; prepacking off saves 0.7-1.0 MiB of silero's session
+(in-process) but was not tried on the convolution models its packed weights are for.
+numpy.ma (1.2 MiB) comes in with the first np.unique (np.percentile of the latency window
+calls it), and the drift reference needs np.unique after burn-in anyway, so it stays."""
 
 from __future__ import annotations
 
@@ -100,9 +120,12 @@ from ._byom_int8 import int8_variants, resnet_int8
 from .bench_inference import _best_us
 
 
-def _direct(model: Model, sample: Any) -> Callable[[], Any]:
-    """``session.run`` on its own session with the tensors prepared up front."""
+def _direct(model: Model, sample: Any, path: Path) -> Callable[[], Any]:
+    """``session.run`` on its own session, of the model file in the package at ``path``
+    (a served model keeps none), with the tensors prepared up front."""
     import onnxruntime as ort
+
+    from edgefleet_contract.package import read_package
 
     if model.runner is not None:
         feeds, _ = model.runner.feeds(sample)
@@ -114,7 +137,7 @@ def _direct(model: Model, sample: Any) -> Callable[[], Any]:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(
-        model.package.model_bytes, options, providers=["CPUExecutionProvider"]
+        read_package(path).model_bytes, options, providers=["CPUExecutionProvider"]
     )
     outputs = [o.name for o in model.manifest.outputs]
     return lambda: session.run(outputs, feeds)
@@ -142,7 +165,7 @@ def _predict_row(label: str, path: Path, sample: Any, runs: int = 3) -> dict[str
         result, session[0] = service.infer(sample, session[0])
         return result.results
 
-    pairs = [_best_us([_direct(model, sample), agent]) for _ in range(runs)]
+    pairs = [_best_us([_direct(model, sample, path), agent]) for _ in range(runs)]
     ratios = [a / d for d, a in pairs]
     direct_us, agent_us = pairs[int(np.argsort(ratios)[len(ratios) // 2])]
     return {
@@ -238,7 +261,7 @@ def _format_rows(folder: Path) -> list[dict[str, object]]:
 
     ratios, runs = [], []
     for _ in range(3):
-        direct_us, one_us, two_us = _best_us([_direct(model, row), format1, format2])
+        direct_us, one_us, two_us = _best_us([_direct(model, row, old), format1, format2])
         ratios.append(two_us / one_us)
         runs.append((direct_us, one_us, two_us))
     median = int(np.argsort(ratios)[1])

@@ -111,6 +111,11 @@ class OnnxBackend:
             self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own types for unloadable graphs
             raise PackageError(f"ONNX Runtime cannot load {manifest.model_file}: {exc}") from exc
+        # The Python session keeps the bytes it was built from, only to rebuild itself when
+        # its providers change (set_providers, or a failed accelerator falling back), which
+        # a CPU-only session never does; the built session has its own copy of the graph.
+        if getattr(self._session, "_model_bytes", None) is not None:
+            self._session._model_bytes = None
         self._input = manifest.inputs[0].name
         self._outputs = [manifest.outputs[0].name]
         self._all = [o.name for o in manifest.outputs]

@@ -12,7 +12,7 @@ packer's vectors one call at a time, state given explicitly.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,9 @@ from .backends import Backend
 Arrays = dict[str, npt.NDArray[Any]]
 
 
+DriftRows = npt.NDArray[np.float64] | None
+
+
 @dataclass(slots=True)
 class Inference:
     """One call's answer.  Not frozen: a frozen dataclass sets each field through
@@ -42,13 +45,24 @@ class Inference:
     """The task's answer per sample (:func:`edgefleet_contract.interpret.results`)."""
     state: Arrays
     """The state inputs for the session's next call."""
-    drift_rows: npt.NDArray[np.float64] | None
-    """Per sample, the drift features of its data inputs (what telemetry bins)."""
+    drift_source: DriftRows | Callable[[], DriftRows]
+    """The drift features (:attr:`drift_rows`), or the function that computes them when
+    first asked: a served call's statistics are computed only if telemetry keeps them."""
     confidence: npt.NDArray[np.float32] | None = None
     classes: npt.NDArray[np.intp] | None = None
     samples: npt.NDArray[np.float32] | None = None
     """A package with a trainable head: each sample's raw input as flat float32 rows (what
     feedback stores and its backbone turns into embeddings when a round trains)."""
+
+    @property
+    def drift_rows(self) -> DriftRows:
+        """Per sample, the drift features of its data inputs (what telemetry bins)."""
+        source = self.drift_source
+        if source is None or isinstance(source, np.ndarray):
+            return source
+        rows = source()
+        self.drift_source = rows
+        return rows
 
     def __len__(self) -> int:
         return len(self.results)
@@ -106,6 +120,7 @@ class TaskRunner:
         self._feedback = [
             (i.name, i.state_from or "", np.dtype(self._specs[i.name].dtype)) for i in self._state
         ]
+        self._drifting = any(drift != "none" for _, _, _, drift in self._plans)
         self._labels = tuple(manifest.labels)
         trainable = manifest.trainable
         self._keeps_samples = trainable is not None and trainable.embedding is not None
@@ -125,7 +140,7 @@ class TaskRunner:
     def run(
         self, inputs: Mapping[str, Any] | npt.ArrayLike, state: Arrays | None = None
     ) -> Inference:
-        feeds, views, raws = self._feeds(inputs, state)
+        feeds, raws = self._tensors(inputs, state)
         outputs = self._run(feeds)
         if self._dequantize:
             outputs = {name: self._float(name, v) for name, v in outputs.items()}
@@ -133,11 +148,9 @@ class TaskRunner:
             name: np.asarray(outputs[source]).astype(dtype, copy=False)
             for name, source, dtype in self._feedback
         }
-        if len(views) == 1:
-            drift: npt.NDArray[np.float64] | None = views[0]
-        else:
-            sizes = {len(v) for v in views}
-            drift = np.concatenate(views, axis=1) if views and len(sizes) == 1 else None
+        # The drift features wait until asked for: the telemetry window samples the rows it
+        # keeps, and once its reservoir is full most calls' statistics would go unused.
+        drift = (lambda: self._drift(raws)) if self._drifting else None
         confidence = classes = None
         task = self.task
         if self._classes:
@@ -156,21 +169,37 @@ class TaskRunner:
         self, inputs: Mapping[str, Any] | npt.ArrayLike, state: Arrays | None = None
     ) -> tuple[Arrays, list[npt.NDArray[np.float64]]]:
         """Every runtime input of one call, and the drift features of its data inputs."""
-        feeds, views, _ = self._feeds(inputs, state)
-        return feeds, views
+        feeds, raws = self._tensors(inputs, state)
+        return feeds, self._views(raws)
 
-    def _feeds(
+    def _views(self, raws: list[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float64]]:
+        """The drift features of each data input that declares some, from its raw samples."""
+        return [
+            drift_view(raw, prep, drift)
+            for raw, (_, _, prep, drift) in zip(raws, self._plans, strict=True)
+            if drift != "none"
+        ]
+
+    def _drift(self, raws: list[npt.NDArray[np.float32]]) -> DriftRows:
+        """One call's drift rows: its inputs' features side by side (None if their sample
+        counts differ)."""
+        views = self._views(raws)
+        if len(views) == 1:
+            return views[0]
+        sizes = {len(v) for v in views}
+        return np.concatenate(views, axis=1) if views and len(sizes) == 1 else None
+
+    def _tensors(
         self, inputs: Mapping[str, Any] | npt.ArrayLike, state: Arrays | None
-    ) -> tuple[Arrays, list[npt.NDArray[np.float64]], list[npt.NDArray[np.float32]]]:
+    ) -> tuple[Arrays, list[npt.NDArray[np.float32]]]:
+        """Every runtime input of one call, and each data input's raw samples."""
         named = self._named(inputs)
         feeds: Arrays = dict(self._constants)
-        views, raws = [], []
-        for name, plan, prep, drift in self._plans:
+        raws = []
+        for name, plan, _, _ in self._plans:
             raw = plan.canonical(named[name])
             raws.append(raw)
             feeds[name] = plan.tensor(raw)
-            if drift != "none":
-                views.append(drift_view(raw, prep, drift))
         if self._state:
             current = state if state is not None else self._initial
             for role in self._state:
@@ -178,7 +207,7 @@ class TaskRunner:
                 if value is None:
                     raise InputRejected(f"no state for input {role.name!r}")
                 feeds[role.name] = value
-        return feeds, views, raws
+        return feeds, raws
 
     def _named(self, inputs: Mapping[str, Any] | npt.ArrayLike) -> Mapping[str, Any]:
         if not isinstance(inputs, np.ndarray) and isinstance(inputs, Mapping):
