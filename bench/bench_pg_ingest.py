@@ -10,8 +10,11 @@ mean and the worst round.  One ingest worker; several workers sharing the stream
 machine's 1-minute load average at its end: other work on the 2 cores moves the bare
 rate and both ratios (SQLite's was 0.63-0.69 on a quiet machine, 0.45 at a load of
 ~17).  An ingest batch is one transaction on PostgreSQL, pipelined from BEGIN to
-COMMIT: two round trips (the new batch ids' RETURNING, then the rows, rollups and the
-devices' last-seen times with the COMMIT), where it was five in two transactions."""
+COMMIT, of one statement (the new batch ids, their rows, rollups and the devices'
+last-seen times): one round trip, where it was two (and before that five in two
+transactions).  The ingest pauses Python's cyclic garbage collector while it decodes
+and writes a batch (0.46, worst 0.37, before these two; 0.38-0.40 against 0.52-0.62
+with them, run alternately on this machine at a load of ~3-4)."""
 
 from __future__ import annotations
 
