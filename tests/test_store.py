@@ -12,7 +12,10 @@ import pytest
 
 from edgefleet_contract.errors import EnrollmentError, NotFound, StoreError
 from edgefleet_contract.messages import (
+    BurnIn,
     DesiredState,
+    DriftReport,
+    DriftTest,
     LatencySummary,
     ModelRef,
     ReportedState,
@@ -143,6 +146,38 @@ def test_telemetry_stored_once_and_rolled_up(store: Store) -> None:
     assert first.cpu_percent == pytest.approx((0 + 10 + 20 + 0 + 10) / 5)
     assert store.prune(10_000, raw_retention_s=5000, rollup_retention_s=9_370) == 7
     assert store.query_raw("d1", since=0, until=1e9) == []
+
+
+def test_telemetry_repeated_in_one_call_stored_and_rolled_up_once(store: Store) -> None:
+    store.create_device("d1", name="d1", tags={}, now=0)
+    calls = [batch("d1", 1, 600.0), batch("d1", 2, 610.0), batch("d1", 1, 600.0)]
+    assert store.insert_telemetry(calls, received_at=700) == 2
+    assert [b.batch_id for b in store.query_raw("d1", since=0, until=1e9)] == ["b1", "b2"]
+    rollups = store.query_rollups(["d1"], since=0, until=1e9)
+    assert [(r.minute, r.batches, r.errors) for r in rollups] == [(600.0, 2, 2)]
+
+
+def drifting(n: int, ts: float, *, alert: bool) -> Telemetry:
+    report = DriftReport(
+        method="chi2",
+        samples=100,
+        alpha=0.01,
+        reference=DriftTest(p_value=0.5, effect=0.1),
+        burn_in=BurnIn(rows=10, needed=10),
+        alert=alert,
+    )
+    return batch("d1", n, ts).model_copy(update={"drift": report})
+
+
+def test_drift_status_only_from_batches_stored_now(store: Store) -> None:
+    """A repeat of a stored batch does not rewrite the device's drift status, even in a
+    call with new batches."""
+    store.create_device("d1", name="d1", tags={}, now=0)
+    assert store.insert_telemetry([drifting(1, 600.0, alert=True)], received_at=700) == 1
+    again = [drifting(1, 650.0, alert=False), drifting(2, 640.0, alert=True)]
+    assert store.insert_telemetry(again, received_at=701) == 1
+    rows = store._conn().execute("SELECT ts, alert, alert_since FROM drift_status").fetchall()
+    assert [tuple(r) for r in rows] == [(640.0, 1, 600.0)]
 
 
 def test_telemetry_writes_last_seen_with_its_batches(store: Store) -> None:

@@ -5,11 +5,11 @@ autocommit connection per thread with explicit transactions.  Writers other
 than telemetry are serialised by a transaction-level advisory lock, as SQLite's
 ``BEGIN IMMEDIATE`` serialises them, so the read-then-write steps (enrollment
 tokens, artifact registration) keep their meaning under READ COMMITTED.
-Telemetry is written without that lock: one multi-row ``INSERT … ON CONFLICT
-DO NOTHING RETURNING`` per call, then the rollup upserts in key order, so
-several ingest workers write at once without deadlocks; the devices' last-seen
-times go in the same pipelined transaction (two round trips and one commit per
-ingest batch).  Raw telemetry and
+Telemetry is written without that lock: one statement per call (the new batch
+ids by ``INSERT … ON CONFLICT DO NOTHING RETURNING``, those batches' rows, their
+rollup upserts in key order and the devices' last-seen times, as data-modifying
+``WITH`` parts), so several ingest workers write at once without deadlocks, and
+an ingest batch costs one pipelined round trip from BEGIN to COMMIT.  Raw telemetry and
 rollups are partitioned by day (``partitions.py``) and retention drops whole
 partitions.  A connection PostgreSQL dropped (a restart) is replaced on the
 next call; the call that saw it fail raises, so ingest retries without acking.
@@ -34,39 +34,57 @@ from . import migrations
 from ._conn import Cursor, DbConn, PgDialect, pg_sql
 from .partitions import Partitions
 from .pgconnect import check_rights, connect, describe
-from .rows import telemetry_row
-from .schema import ROLLUP_COLUMNS
+from .rows import drift_status_values, rollup_values, telemetry_row
+from .schema import ROLLUP_COLUMNS, RollupColumn
 from .tables import StoreTables
-from .telemetry import rollup_upsert
+from .telemetry import _DRIFT_UPSERT, rollup_upsert
 
 _WRITE_LOCK = 7305101
 # psycopg's own syntax (PgConn.native): arrays sent binary, one fixed text per statement.
-_KEYS_SQL = (
-    "INSERT INTO telemetry_keys (device_id, batch_id, received_at) "
-    "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[]) "
-    "ON CONFLICT DO NOTHING RETURNING device_id, batch_id"
-)
-_RAW_SQL = (
-    "INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
-    "SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::float8[], %b::float8[], "
-    "%b::text[])"
-)
-
 _SEEN_SQL = (
     "UPDATE devices SET last_seen = GREATEST(COALESCE(devices.last_seen, 0), s.ts) "
     "FROM unnest(%b::text[], %b::float8[]) AS s(id, ts) WHERE devices.id = s.id"
 )
 
 
+def _array(c: RollupColumn) -> str:
+    return "%b::bigint[]" if c.kind is Integer else "%b::float8[]"
+
+
 @lru_cache(maxsize=1)
-def _rollups_sql(dialect: PgDialect) -> str:
-    """The rollup upsert over one array per column (``telemetry.rollup_upsert``'s SET)."""
-    arrays = ["%b::text[]", "%b::float8[]"] + [
-        "%b::bigint[]" if c.kind is Integer else "%b::float8[]" for c in ROLLUP_COLUMNS
-    ]
+def _telemetry_sql(dialect: PgDialect) -> str:
+    """One statement for a whole ingest batch, so its transaction is one round trip.
+
+    ``k`` stores the batch ids not stored yet (in key order: concurrent workers lock
+    in one order) and returns them; the raw rows and the rollup contributions of just
+    those batches follow it (summed or maxed per (device, minute) as
+    ``merged_rollups`` merges them, in key order), and the devices' last-seen times
+    advance beside them.  The result is the new ids."""
+    names = [c.name for c in ROLLUP_COLUMNS]
+    merged = [f"{c.merge.upper()}(i.{c.name})" for c in ROLLUP_COLUMNS]
     upsert = rollup_upsert(dialect)
-    head, _, tail = upsert.partition(" VALUES ")
-    return f"{head} SELECT * FROM unnest({', '.join(arrays)}) {tail[tail.index('ON CONFLICT') :]}"
+    on_conflict = upsert[upsert.index("ON CONFLICT") :]
+    arrays = ", ".join(
+        ["%b::text[]", "%b::text[]", "%b::bigint[]", "%b::float8[]", "%b::text[]"]
+        + ["%b::float8[]"]
+        + [_array(c) for c in ROLLUP_COLUMNS]
+    )
+    return (
+        "WITH i AS MATERIALIZED (SELECT b.*, %b::float8 AS received_at FROM unnest("
+        f"{arrays}) AS b(device_id, batch_id, seq, ts, body, minute, {', '.join(names)})), "
+        "k AS (INSERT INTO telemetry_keys (device_id, batch_id, received_at) "
+        "SELECT device_id, batch_id, received_at FROM i "
+        "ON CONFLICT DO NOTHING RETURNING device_id, batch_id), "
+        "r AS (INSERT INTO telemetry (device_id, batch_id, seq, ts, received_at, body) "
+        "SELECT i.device_id, i.batch_id, i.seq, i.ts, i.received_at, i.body "
+        "FROM i JOIN k USING (device_id, batch_id)), "
+        f"u AS (INSERT INTO rollups (device_id, minute, {', '.join(names)}) "
+        f"SELECT i.device_id, i.minute, {', '.join(merged)} "
+        "FROM i JOIN k USING (device_id, batch_id) GROUP BY i.device_id, i.minute "
+        f"ORDER BY i.device_id, i.minute {on_conflict}), "
+        f"seen AS ({_SEEN_SQL}) "
+        "SELECT device_id, batch_id FROM k"
+    )
 
 
 """Advisory lock key serialising the store's non-telemetry writers."""
@@ -207,8 +225,7 @@ class PgStore(StoreTables):
 
     @contextmanager
     def _ingest_tx(self) -> Iterator[DbConn]:
-        """Pipelined: a telemetry batch costs two round trips (the new ids' RETURNING,
-        then the rest with the COMMIT)."""
+        """Pipelined: BEGIN, the telemetry statement and COMMIT go out together."""
         with self._begin("BEGIN", pipelined=True) as conn:
             yield conn
 
@@ -222,55 +239,39 @@ class PgStore(StoreTables):
     def _make_room(self, batches: Sequence[Telemetry], received_at: float) -> None:
         self.partitions.cover([b.ts for b in batches], now=received_at)
 
+    def insert_telemetry(
+        self,
+        batches: Sequence[Telemetry],
+        *,
+        received_at: float,
+        seen: Mapping[str, float] | None = None,
+    ) -> int:
+        """One transaction of one round trip (``_telemetry_sql``); a second one only when
+        a batch carries a drift report, whose upsert must know which batches were new."""
+        if not batches:
+            return 0
+        self._make_room(batches, received_at)
+        chunk = _once_each(batches)
+        params = _telemetry_params(chunk, received_at, seen or {})
+        drift = [((b.device_id, b.batch_id), d) for b in chunk if (d := drift_status_values(b))]
+        with self._ingest_tx() as conn:
+            cur = self._conn().native(_telemetry_sql(self.dialect), params)
+            if drift:
+                new = _keys(cur.fetchall())
+                rows = [d for key, d in drift if key in new]
+                conn.executemany(_DRIFT_UPSERT, sorted(rows, key=lambda d: d["device_id"]))
+        if not drift:
+            new = _keys(cur.fetchall())
+        return len(new)
+
     def _advance_seen(self, conn: DbConn, seen: Mapping[str, float]) -> None:
         """One statement over two arrays, whatever the number of devices."""
         ids = sorted(seen)
         self._conn().native(_SEEN_SQL, [ids, [float(seen[d]) for d in ids]])
 
-    def _insert_raw(
-        self, conn: DbConn, batches: Sequence[Telemetry], received_at: float
-    ) -> list[Telemetry]:
-        """Two statements whatever the count, each over arrays (``unnest``): the batch ids
-        first (the new ones come back by RETURNING; in key order, so concurrent workers
-        lock in one order), then those batches' rows.  One fixed SQL text each, so
-        psycopg parses it once, not once per call."""
-        chunk = sorted(batches, key=lambda b: (b.device_id, b.batch_id))
-        new = {
-            (r[0], r[1])
-            for r in self._conn()
-            .native(
-                _KEYS_SQL,
-                [
-                    [b.device_id for b in chunk],
-                    [b.batch_id for b in chunk],
-                    [received_at] * len(chunk),
-                ],
-            )
-            .fetchall()
-        }
-        fresh: list[Telemetry] = []
-        for b in chunk:
-            if (b.device_id, b.batch_id) in new:
-                new.discard((b.device_id, b.batch_id))  # twice in one call: stored once
-                fresh.append(b)
-        if fresh:
-            rows = [telemetry_row(b, received_at) for b in fresh]
-            self._conn().native(_RAW_SQL, [list(col) for col in zip(*rows, strict=True)])
-        return fresh
-
     def _chosen(self, conn: DbConn, device_ids: Sequence[str]) -> tuple[str, list[Any]]:
         """One array parameter (a temporary table has no statistics: bad plans)."""
         return "device_id = ANY(?)", [list(device_ids)]
-
-    def _upsert_rollups(self, conn: DbConn, rows: list[tuple[Any, ...]]) -> None:
-        """One statement over arrays for all of a call's minutes (their keys differ)."""
-        if rows:
-            columns = [list(col) for col in zip(*rows, strict=True)]
-            typed = [columns[0], [float(m) for m in columns[1]]]
-            for col, values in zip(ROLLUP_COLUMNS, columns[2:], strict=True):
-                cast = int if col.kind is Integer else float
-                typed.append([None if v is None else cast(v) for v in values])
-            self._conn().native(_rollups_sql(self.dialect), typed)
 
     def prune(self, now: float, *, raw_retention_s: float, rollup_retention_s: float) -> int:
         """Drop the day partitions wholly past retention, then delete what is left over
@@ -281,3 +282,33 @@ class PgStore(StoreTables):
         return dropped + super().prune(
             now, raw_retention_s=raw_retention_s, rollup_retention_s=rollup_retention_s
         )
+
+
+def _once_each(batches: Sequence[Telemetry]) -> list[Telemetry]:
+    """The first of each (device, batch id) in key order: one statement cannot insert a
+    key twice, and a batch redelivered within one call is stored once."""
+    first: dict[tuple[str, str], Telemetry] = {}
+    for b in batches:
+        first.setdefault((b.device_id, b.batch_id), b)
+    return [first[k] for k in sorted(first)]
+
+
+def _telemetry_params(
+    chunk: Sequence[Telemetry], received_at: float, seen: Mapping[str, float]
+) -> list[Any]:
+    """``_telemetry_sql``'s parameters: one array per column, typed for the binary dump."""
+    raw = [telemetry_row(b, received_at) for b in chunk]
+    roll = [rollup_values(b) for b in chunk]
+    params: list[Any] = [float(received_at)]
+    params += [[r[0] for r in raw], [r[1] for r in raw], [r[2] for r in raw]]
+    params += [[r[3] for r in raw], [r[5] for r in raw], [float(r[1]) for r in roll]]
+    params.append([1] * len(chunk))  # batches
+    for i, col in enumerate(ROLLUP_COLUMNS[1:], start=2):
+        cast = int if col.kind is Integer else float
+        params.append([None if r[i] is None else cast(r[i]) for r in roll])
+    ids = sorted(seen)
+    return [*params, ids, [float(seen[d]) for d in ids]]
+
+
+def _keys(rows: Sequence[tuple[Any, ...]]) -> set[tuple[str, str]]:
+    return {(r[0], r[1]) for r in rows}
