@@ -22,6 +22,7 @@ from edgefleet_contract.errors import ConfigError, EdgefleetError
 from edgefleet_contract.messages import DesiredState, FirmwareRef, TargetRef, UpdateReport
 
 from ..config import AgentSettings
+from ..fields import carried_over
 from ..metrics import WindowStats
 from ..runtime import Model
 from .boot import active_model_path
@@ -89,13 +90,7 @@ class DeviceUpdates:
             health=self.health,
             firmware=self.firmware,
             hardware=settings.hardware,
-            policy=UpdatePolicy(
-                probation_s=u.probation_s,
-                max_restarts=u.max_restarts,
-                max_error_rate=u.max_error_rate,
-                min_inferences=u.min_inferences,
-                retry_for_s=u.retry_for_s,
-            ),
+            policy=carried_over(UpdatePolicy, u),
             on_change=self._changed,
             superseded=self._superseded,
         )
