@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from edgefleet_common.background import BackgroundThread
 from edgefleet_contract.errors import ConfigError, EdgefleetError
 from edgefleet_contract.messages import DesiredState, FirmwareRef, TargetRef, UpdateReport
 
@@ -96,7 +96,7 @@ class DeviceUpdates:
         )
         self.slots_store = ModelSlots(settings.data_dir)
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=16)
-        self._thread: threading.Thread | None = None
+        self._worker = BackgroundThread("updates", self._run)
 
     def _superseded(self) -> bool:
         """A different target of the same kind waits in the queue (the same one again, or
@@ -182,15 +182,13 @@ class DeviceUpdates:
         not lose it, since the server will not send the same version again."""
         if desired is not None:
             self.submit(desired)
-        self._thread = threading.Thread(target=self._run, name="updates", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self.updater.stop_event.set()
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._worker.stop(timeout)
 
     # ------------------------------------------------------------- reports --
 
