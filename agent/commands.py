@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from edgefleet_common.background import BackgroundThread
 from edgefleet_contract.errors import EdgefleetError
 from edgefleet_contract.messages import Command, CommandAck, Scalar
 
@@ -48,7 +48,7 @@ class CommandRouter:
         self._clock = clock
         self._handlers: dict[str, Handler] = {}
         self._queue: queue.Queue[Command | None] = queue.Queue(maxsize=1000)
-        self._thread: threading.Thread | None = None
+        self._worker = BackgroundThread("commands", self._run)
         self.register("ping", lambda cmd: Outcome(True, "pong"))
 
     def register(self, name: str, handler: Handler) -> None:
@@ -66,13 +66,11 @@ class CommandRouter:
             self._answer(command, "rejected", "the device is busy: too many queued commands")
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._worker.stop(timeout)
 
     def _run(self) -> None:
         while (command := self._queue.get()) is not None:

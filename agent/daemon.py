@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from edgefleet_common.background import IntervalThread
 from edgefleet_common.mqtt import Endpoint
 from edgefleet_common.private import private_dir
 from edgefleet_contract import __version__
@@ -100,9 +100,23 @@ class Agent:
             if settings.local_api.enabled
             else None
         )
-        self._stop = threading.Event()
         self._backbone: tuple[str, Backbone] | None = None
-        self._threads: list[threading.Thread] = []
+        self._loops = (
+            IntervalThread(
+                "telemetry",
+                self._send_telemetry,
+                interval_s=lambda: self._interval,
+                log=log,
+                failure="telemetry batch failed",
+            ),
+            IntervalThread(
+                "renew",
+                self._renew_if_due,
+                interval_s=lambda: self.settings.renew_check_s,
+                log=log,
+                failure="certificate renewal check failed",
+            ),
+        )
         self.router = CommandRouter(self.device_id, reply=lambda ack: self.link.ack_command(ack))
         self.router.register("set_desired", self._on_set_desired)
         self.router.register("report_state", self._on_report_state)
@@ -298,12 +312,8 @@ class Agent:
             spool=self.spool.stats(),
         )
 
-    def _telemetry_loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.link.send(Channel.TELEMETRY, self.codec.encode(self.telemetry()))
-            except Exception:
-                log.exception("telemetry batch failed")
+    def _send_telemetry(self) -> None:
+        self.link.send(Channel.TELEMETRY, self.codec.encode(self.telemetry()))
 
     # ------------------------------------------------------------ renewal --
 
@@ -316,13 +326,12 @@ class Agent:
         self.link.start()
         self._report()
 
-    def _renew_loop(self) -> None:
-        while not self._stop.wait(self.settings.renew_check_s):
-            try:
-                if self.identity.renewal_due(time.time()):
-                    self._renew()
-            except EdgefleetError as exc:
-                log.warning("certificate renewal failed (will retry): %s", exc)
+    def _renew_if_due(self) -> None:
+        try:
+            if self.identity.renewal_due(time.time()):
+                self._renew()
+        except EdgefleetError as exc:
+            log.warning("certificate renewal failed (will retry): %s", exc)
 
     # ---------------------------------------------------------- lifecycle --
 
@@ -335,10 +344,8 @@ class Agent:
         self.router.start()
         self.link.start()
         self._report()
-        for target, name in ((self._telemetry_loop, "telemetry"), (self._renew_loop, "renew")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        for loop in self._loops:
+            loop.start()
         log.info(
             "agent %s started (broker %s:%d)",
             self.device_id,
@@ -362,12 +369,11 @@ class Agent:
         tmp.replace(address_file)
 
     def stop(self) -> None:
-        self._stop.set()
+        for loop in self._loops:
+            loop.stop(5)
         if self.local_api is not None:
             self.local_api.stop()
             (self.settings.data_dir / LOCAL_API_ADDRESS).unlink(missing_ok=True)
-        for thread in self._threads:
-            thread.join(5)
         self.updates.stop()
         self.router.stop()
         self.learning.stop()

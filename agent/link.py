@@ -25,7 +25,7 @@ from edgefleet_common.backoff import Backoff
 from edgefleet_common.mqtt import Endpoint, MqttSession, Puback, Will
 from edgefleet_contract import topics
 from edgefleet_contract.codec import Codec, Rejected
-from edgefleet_contract.messages import Command, CommandAck, ReportedState, Status
+from edgefleet_contract.messages import Command, CommandAck, Message, ReportedState, Status
 from edgefleet_contract.topics import Channel
 
 from .spool import DrainPolicy, Spool
@@ -102,12 +102,13 @@ class DeviceLink(MqttSession):
         with self._state_lock:
             state = self._state
         if state is not None:
-            self.publish(
-                topics.topic(self.device_id, Channel.STATE),
-                self._codec.encode(state),
-                qos=1,
-                retain=True,
-            )
+            self._publish_retained(Channel.STATE, state)
+
+    def _publish_retained(self, channel: Channel, message: Message) -> None:
+        """Publish ``message`` retained on this device's ``channel`` (its status, its state)."""
+        self.publish(
+            topics.topic(self.device_id, channel), self._codec.encode(message), qos=1, retain=True
+        )
 
     # ------------------------------------------------------- session hooks --
 
@@ -125,22 +126,12 @@ class DeviceLink(MqttSession):
             ts=time.time(),
             agent_version=self._agent_version,
         )
-        self.publish(
-            topics.topic(self.device_id, Channel.STATUS),
-            self._codec.encode(online),
-            qos=1,
-            retain=True,
-        )
+        self._publish_retained(Channel.STATUS, online)
         self._publish_state()
 
     def _before_disconnect(self) -> None:
         offline = Status(device_id=self.device_id, online=False, reason="shutdown", ts=time.time())
-        self.publish(
-            topics.topic(self.device_id, Channel.STATUS),
-            self._codec.encode(offline),
-            qos=1,
-            retain=True,
-        )
+        self._publish_retained(Channel.STATUS, offline)
 
     def _tick(self) -> None:
         if not self.connected.is_set() or time.monotonic() < self._hold_until:

@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
+from edgefleet_common.background import BackgroundThread
 from edgefleet_contract.errors import ConfigError, InputRejected, ModelError, NotFound
 
 from .config import LocalApiSettings
@@ -74,7 +75,7 @@ class LocalApi:
         self.settings = settings
         self.health = health or (lambda: default_health(service))
         self._server: socketserver.BaseServer | None = None
-        self._thread: threading.Thread | None = None
+        self._worker = BackgroundThread("local-api", self._serve)
 
     @property
     def address(self) -> str:
@@ -97,20 +98,19 @@ class LocalApi:
                 f"local_api cannot listen on {where}: {exc.strerror or exc} (change "
                 "local_api.port / local_api.unix_socket, or set local_api.enabled = false)"
             ) from exc
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="local-api"
-        )
-        self._thread.daemon = True
-        self._thread.start()
+        self._worker.start()
         log.info("local prediction API on %s", self.address)
+
+    def _serve(self) -> None:
+        assert self._server is not None  # start() made it before starting this thread
+        self._server.serve_forever(poll_interval=0.2)
 
     def stop(self) -> None:
         if self._server is None:
             return
         self._server.shutdown()
         self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._worker.stop(5)
         if self.settings.unix_socket is not None:
             self.settings.unix_socket.unlink(missing_ok=True)
         self._server = None

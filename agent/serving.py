@@ -41,6 +41,7 @@ from edgefleet_contract.summary import summarize
 
 from .config import DriftSettings
 from .drift_monitor import AlertPolicy
+from .fields import carried_over
 from .metrics import InferenceRecorder, WindowStats
 from .runtime import Model, Prediction
 from .runtime.tasks import Arrays, Inference
@@ -73,13 +74,7 @@ def package_pca(model: Model) -> PcaReference | None:
 def drift_recorders(settings: DriftSettings, baseline_file: Path | None) -> RecorderFactory:
     """Recorders that test drift as ``settings`` say and keep the burn-in baseline in
     ``baseline_file`` (one file: a new install starts a new baseline)."""
-    policy = AlertPolicy(
-        alpha=settings.alpha,
-        min_effect=settings.min_effect,
-        raise_after=settings.raise_after,
-        clear_after=settings.clear_after,
-        burn_in_rows=settings.burn_in_rows,
-    )
+    policy = carried_over(AlertPolicy, settings)
 
     def make(model: Model) -> InferenceRecorder:
         m = model.manifest

@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from edgefleet_contract.messages import ShadowStats
 
+from .fields import carried_over
 from .metrics import _latency
 from .runtime import Model
 
@@ -114,19 +115,17 @@ class ShadowRunner:
 
         Returns False (and counts the rows dropped) when the queue is full.
         """
-        job = _Job(np.array(rows, dtype=np.float32, copy=True), tuple(active), tuple(ids))
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            with self._lock:
-                self._window.dropped += len(job.active)
-            return False
-        return True
+        return self._enqueue(
+            _Job(np.array(rows, dtype=np.float32, copy=True), tuple(active), tuple(ids))
+        )
 
     def offer_inputs(self, inputs: Any, active: Sequence[int], ids: Sequence[str] = ()) -> bool:
         """Like :meth:`offer`, for the inputs of :meth:`~agent.serving.ModelService.infer`
         (named arrays or one array) whose classes the active model answered ``active``."""
-        job = _Job(None, tuple(active), tuple(ids), inputs=_copied(inputs))
+        return self._enqueue(_Job(None, tuple(active), tuple(ids), inputs=_copied(inputs)))
+
+    def _enqueue(self, job: _Job) -> bool:
+        """Queue ``job`` if there is room; otherwise count its rows dropped and return False."""
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -206,19 +205,7 @@ class ShadowRunner:
             latency = _latency(
                 np.asarray(w.latencies, dtype=np.float64), w.latency_sum / w.samples, w.latency_max
             )
-        return ShadowStats(
-            model=m.name,
-            version=m.version,
-            samples=w.samples,
-            agreed=w.agreed,
-            dropped=w.dropped,
-            errors=w.errors,
-            latency=latency,
-            labelled=w.labelled,
-            active_correct=w.active_correct,
-            candidate_correct=w.candidate_correct,
-            discordant=w.discordant,
-        )
+        return carried_over(ShadowStats, w, model=m.name, version=m.version, latency=latency)
 
 
 def _copied(inputs: Any) -> Any:

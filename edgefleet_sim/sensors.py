@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.serving import ModelService
+from edgefleet_common.background import BackgroundThread
 from edgefleet_contract.errors import EdgefleetError
 
 log = logging.getLogger(__name__)
@@ -54,27 +54,24 @@ class Sensors:
         self._shift = shift
         self._on_error = on_error
         self._rng = np.random.default_rng(seed)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sensors", daemon=True)
+        self._worker = BackgroundThread("sensors", self._run)
         self.readings = 0
 
     def start(self) -> None:
         if self._rate > 0 and self._services:
-            self._thread.start()
+            self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
+        self._worker.stop(10)
 
     def _run(self) -> None:
         started = time.monotonic()
         period = 1.0 / self._rate
-        while not self._stop.wait(period):
+        while not self._worker.stopping.wait(period):
             elapsed = time.monotonic() - started
             picks = self._rng.integers(0, len(self._y), size=len(self._services))
             for service, i in zip(self._services, picks.tolist(), strict=True):
-                if self._stop.is_set():
+                if self._worker.stopping.is_set():
                     return
                 self._read(service, i, elapsed)
 

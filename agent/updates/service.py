@@ -13,15 +13,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from edgefleet_common.background import BackgroundThread
 from edgefleet_contract.errors import ConfigError, EdgefleetError
 from edgefleet_contract.messages import DesiredState, FirmwareRef, TargetRef, UpdateReport
 
 from ..config import AgentSettings
+from ..fields import carried_over
 from ..metrics import WindowStats
 from ..runtime import Model
 from .boot import active_model_path
@@ -89,19 +90,13 @@ class DeviceUpdates:
             health=self.health,
             firmware=self.firmware,
             hardware=settings.hardware,
-            policy=UpdatePolicy(
-                probation_s=u.probation_s,
-                max_restarts=u.max_restarts,
-                max_error_rate=u.max_error_rate,
-                min_inferences=u.min_inferences,
-                retry_for_s=u.retry_for_s,
-            ),
+            policy=carried_over(UpdatePolicy, u),
             on_change=self._changed,
             superseded=self._superseded,
         )
         self.slots_store = ModelSlots(settings.data_dir)
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=16)
-        self._thread: threading.Thread | None = None
+        self._worker = BackgroundThread("updates", self._run)
 
     def _superseded(self) -> bool:
         """A different target of the same kind waits in the queue (the same one again, or
@@ -187,15 +182,13 @@ class DeviceUpdates:
         not lose it, since the server will not send the same version again."""
         if desired is not None:
             self.submit(desired)
-        self._thread = threading.Thread(target=self._run, name="updates", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self.updater.stop_event.set()
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._worker.stop(timeout)
 
     # ------------------------------------------------------------- reports --
 
