@@ -13,6 +13,14 @@ import sqlite_utils
 
 
 def _v1(db: sqlite_utils.Database) -> None:
+    """The first schema, in the order it was always created: devices and their
+    identities, then what they send and are sent, then accounts and the audit log."""
+    _v1_devices(db)
+    _v1_traffic(db)
+    _v1_accounts(db)
+
+
+def _v1_devices(db: sqlite_utils.Database) -> None:
     db.table("devices").create(
         {
             "id": str,
@@ -61,6 +69,9 @@ def _v1(db: sqlite_utils.Database) -> None:
         foreign_keys=[("device_id", "devices", "id")],
     )
     db.table("certificates").create_index(["device_id"])
+
+
+def _v1_traffic(db: sqlite_utils.Database) -> None:
     db.table("telemetry").create(
         {
             "device_id": str,
@@ -112,6 +123,9 @@ def _v1(db: sqlite_utils.Database) -> None:
         pk="id",
     )
     db.table("commands").create_index(["device_id", "created_at"])
+
+
+def _v1_accounts(db: sqlite_utils.Database) -> None:
     db.table("users").create(
         {"username": str, "role": str, "password_hash": str, "created_at": float, "disabled": int},
         pk="username",
