@@ -80,7 +80,8 @@ weights.  The agent went from 104.9 to 102.7 MiB (three runs each, same session,
 libraries (every page of them cached) the agent read 117.5 MiB before this change and
 115.2 after, since a fault maps the cached pages around it; the figures here are with the
 venv's shared libraries dropped from the cache first (``posix_fadvise`` DONTNEED), as before the
-reinstall.  What is left above the goal (0.5 MiB) is mostly ONNX Runtime's Python package;
+reinstall; that was done by hand before the runs, the bench does not do it.  What is
+left above the goal (0.5 MiB) is mostly ONNX Runtime's Python package;
 the manifest's self-test vectors (~0.5 MiB of Python floats, read only at load) stay since
 the model summary counts them; prepacking off saves 0.7-1.0 MiB of silero's session
 (in-process) but was not tried on the convolution models its packed weights are for.
