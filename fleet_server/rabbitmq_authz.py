@@ -80,7 +80,7 @@ class ClientIdCheck:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.refused = 0
         self._lock = threading.Lock()
-        self._server = _Server((host, port), _handler(self))
+        self._server = _Server((host, port), self)
         self._thread: threading.Thread | None = None
 
     @property
@@ -127,8 +127,9 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        super().__init__(address, handler)
+    def __init__(self, address: tuple[str, int], check: ClientIdCheck) -> None:
+        super().__init__(address, _Handler)
+        self.check = check
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
 
@@ -155,36 +156,37 @@ class _Server(ThreadingHTTPServer):
         log.debug("a question from %s ended early", client_address, exc_info=True)
 
 
-def _handler(check: ClientIdCheck) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # RabbitMQ's client keeps connections open
+class _Handler(BaseHTTPRequestHandler):
+    """One question of RabbitMQ's HTTP backend, answered "allow" or "deny"."""
 
-        def do_POST(self) -> None:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if not 0 <= length <= MAX_BODY:
-                self._reply(413, "deny")
-                self.close_connection = True
-                return
-            ok = check.answer(self.path, self.rfile.read(length))
-            self._reply(200, "allow" if ok else "deny")
+    protocol_version = "HTTP/1.1"  # RabbitMQ's client keeps connections open
+    server: _Server
 
-        def do_GET(self) -> None:
-            path, _, query = self.path.partition("?")
-            ok = check.answer(path, query.encode())
-            self._reply(200, "allow" if ok else "deny")
+    def do_POST(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self._reply(413, "deny")
+            self.close_connection = True
+            return
+        self._reply(200, self._verdict(self.path, self.rfile.read(length)))
 
-        def _reply(self, status: int, text: str) -> None:
-            data = text.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        self._reply(200, self._verdict(path, query.encode()))
 
-        def log_message(self, format: str, *args: object) -> None:
-            """Quiet: RabbitMQ asks several questions per connection."""
+    def _verdict(self, path: str, fields: bytes) -> str:
+        return "allow" if self.server.check.answer(path, fields) else "deny"
 
-    return Handler
+    def _reply(self, status: int, text: str) -> None:
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: RabbitMQ asks several questions per connection."""
