@@ -37,9 +37,11 @@ from .pgconnect import check_rights, connect, describe
 from .rows import drift_status_values, rollup_values, telemetry_row
 from .schema import ROLLUP_COLUMNS, RollupColumn
 from .tables import StoreTables
-from .telemetry import _DRIFT_UPSERT, rollup_upsert
+from .telemetry import DRIFT_UPSERT, rollup_upsert
 
 _WRITE_LOCK = 7305101
+"""Advisory lock key serialising the store's non-telemetry writers."""
+
 # psycopg's own syntax (PgConn.native): arrays sent binary, one fixed text per statement.
 _SEEN_SQL = (
     "UPDATE devices SET last_seen = GREATEST(COALESCE(devices.last_seen, 0), s.ts) "
@@ -85,9 +87,6 @@ def _telemetry_sql(dialect: PgDialect) -> str:
         f"seen AS ({_SEEN_SQL}) "
         "SELECT device_id, batch_id FROM k"
     )
-
-
-"""Advisory lock key serialising the store's non-telemetry writers."""
 
 
 class Row(tuple[Any, ...]):
@@ -259,7 +258,7 @@ class PgStore(StoreTables):
             if drift:
                 new = _keys(cur.fetchall())
                 rows = [d for key, d in drift if key in new]
-                conn.executemany(_DRIFT_UPSERT, sorted(rows, key=lambda d: d["device_id"]))
+                conn.executemany(DRIFT_UPSERT, sorted(rows, key=lambda d: d["device_id"]))
         if not drift:
             new = _keys(cur.fetchall())
         return len(new)

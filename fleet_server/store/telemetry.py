@@ -67,7 +67,7 @@ def _aggregate_columns() -> str:
     return ", ".join(one(c) for c in ROLLUP_COLUMNS)
 
 
-_DRIFT_UPSERT = """
+DRIFT_UPSERT = """
 INSERT INTO drift_status (device_id, ts, model, version, alert, alert_since, last_alert_ts,
     reference_effect, reference_p, baseline_effect, baseline_p, burn_in_rows, burn_in_needed)
 VALUES (:device_id, :ts, :model, :version, :alert, CASE WHEN :alert <> 0 THEN :ts END,
@@ -110,7 +110,7 @@ class TelemetryTables(Connections):
             drift = sorted(
                 (d for d in map(drift_status_values, fresh) if d), key=lambda d: d["device_id"]
             )
-            conn.executemany(_DRIFT_UPSERT, drift)
+            conn.executemany(DRIFT_UPSERT, drift)
             if seen:
                 self._advance_seen(conn, seen)
         return len(fresh)
