@@ -63,6 +63,7 @@ CORES = (
         "fleet_server/rollouts/engine.py",
         (
             "tests/test_rollout_engine.py",
+            "tests/test_rollout_engine_reports.py",
             "tests/test_rollout_properties.py",
             "tests/test_rollout_gate_data.py",
             "tests/test_rollout_shadow.py",
@@ -76,6 +77,7 @@ CORES = (
             "tests/test_rollout_shadow.py",
             "tests/test_rollout_gate_data.py",
             "tests/test_rollout_engine.py",
+            "tests/test_rollout_engine_reports.py",
         ),
     ),
     Core(

@@ -158,3 +158,35 @@ def make(
     candidates = [Candidate(f"d{i:03d}", f"d{i:03d}" not in offline, running) for i in range(n)]
     rollout = Rollout.create("r-test", plan(**kw), candidates, now=1000.0, actor="alice")
     return Sim(rollout)
+
+
+def silent_canary() -> tuple[Sim, Rollout, DeviceProgress]:
+    """A 3-device rollout that has sent its canary the update, to which no device answers."""
+    sim = make(3)
+    sim.answer = False
+    sim.run(2)
+    return sim, sim.rollout, sim.canary
+
+
+def reverting_canary() -> tuple[Sim, Rollout, DeviceProgress]:
+    """A silent 3-device rollout whose canary was sent 1.3.0 over 1.2.0 and is then rolled
+    back: the revert (desired version 9) is delivered, the device has not answered yet."""
+    sim, r, canary = silent_canary()
+    r.delivered(
+        canary.device_id,
+        canary.desired_version or 0,
+        sim.now,
+        {"kind": "model", "name": "digits", "version": "1.2.0", "target": "t"},
+    )
+    r.rollback(sim.now)
+    r.delivered(canary.device_id, 9, sim.now)
+    return sim, r, canary
+
+
+def gating_canary(**kw: object) -> tuple[Sim, Rollout]:
+    """A rollout whose canary committed and whose probation is over: the next tick asks for
+    the canary's gate figures (applied by hand in the tests, not by the simulated edge)."""
+    sim = make(8, **kw)
+    sim.run(2)
+    sim.now += sim.rollout.plan.probation_s
+    return sim, sim.rollout

@@ -10,10 +10,10 @@ from edgefleet_contract.errors import RolloutError
 from fleet_server.rollouts.champion import Arm
 from fleet_server.rollouts.engine import Candidate, Rollout, _arm, champion_of
 from fleet_server.rollouts.gates import parse_gate
-from fleet_server.rollouts.model import DeviceProgress, Dispatch, EvaluateGates, Note
+from fleet_server.rollouts.model import DeviceProgress, Dispatch, Note
 from fleet_server.rollouts.plan import Share
 
-from .rollout_sim import ARTIFACT, Sim, make, plan
+from .rollout_sim import ARTIFACT, Sim, make, plan, reverting_canary, silent_canary
 
 
 def test_canary_then_waves_then_completed() -> None:
@@ -213,31 +213,8 @@ def test_an_offline_canary_holds_the_rollout_until_it_returns() -> None:
     assert canary.status == "succeeded" and r.state.wave >= 1
 
 
-def _silent_canary() -> tuple[Sim, Rollout, DeviceProgress]:
-    """A 3-device rollout that has sent its canary the update, to which no device answers."""
-    sim = make(3)
-    sim.answer = False
-    sim.run(2)
-    return sim, sim.rollout, sim.canary
-
-
-def _reverting_canary() -> tuple[Sim, Rollout, DeviceProgress]:
-    """A silent 3-device rollout whose canary was sent 1.3.0 over 1.2.0 and is then rolled
-    back: the revert (desired version 9) is delivered, the device has not answered yet."""
-    sim, r, canary = _silent_canary()
-    r.delivered(
-        canary.device_id,
-        canary.desired_version or 0,
-        sim.now,
-        {"kind": "model", "name": "digits", "version": "1.2.0", "target": "t"},
-    )
-    r.rollback(sim.now)
-    r.delivered(canary.device_id, 9, sim.now)
-    return sim, r, canary
-
-
 def test_a_device_that_runs_the_artifact_counts_without_an_update_report() -> None:
-    sim, r, canary = _silent_canary()
+    sim, r, canary = silent_canary()
     assert canary.status == "sent" and canary.desired_version is not None
     r.device_report(
         canary.device_id, now=sim.now, applied_version=canary.desired_version, running="x@9"
@@ -274,7 +251,7 @@ def test_a_device_that_gives_up_after_committing_counts_as_failed() -> None:
 
 
 def test_an_update_report_in_probation_is_not_taken_for_success() -> None:
-    sim, r, canary = _silent_canary()
+    sim, r, canary = silent_canary()
     v = canary.desired_version
     r.device_report(
         canary.device_id,
@@ -301,7 +278,7 @@ def test_health_is_recorded_and_a_failing_updated_device_noted() -> None:
 
 
 def test_a_revert_counts_once_the_device_runs_its_previous_version() -> None:
-    sim, r, canary = _reverting_canary()
+    sim, r, canary = reverting_canary()
     r.device_report(canary.device_id, now=sim.now, applied_version=9, running="digits@1.3.0")
     assert canary.status == "reverting" and r.status == "rolling_back"
     r.device_report(canary.device_id, now=sim.now, applied_version=9, running="digits@1.2.0")
@@ -309,7 +286,7 @@ def test_a_revert_counts_once_the_device_runs_its_previous_version() -> None:
 
 
 def test_a_revert_that_fails_on_the_device_is_reported() -> None:
-    sim, r, canary = _reverting_canary()
+    sim, r, canary = reverting_canary()
     out = r.device_report(
         canary.device_id,
         now=sim.now,
@@ -415,15 +392,6 @@ def test_a_device_reporting_failed_health_after_its_update_is_noted() -> None:
     assert sim.rollout.device_report(other.device_id, now=sim.now, health="failed") == []
 
 
-def _gating_canary(**kw: object) -> tuple[Sim, Rollout]:
-    """A rollout whose canary committed and whose probation is over: the next tick asks for
-    the canary's gate figures (applied by hand in the tests, not by the simulated edge)."""
-    sim = make(8, **kw)
-    sim.run(2)
-    sim.now += sim.rollout.plan.probation_s
-    return sim, sim.rollout
-
-
 def test_a_rollout_is_created_with_its_id_author_and_times() -> None:
     s = make(3).rollout.state
     assert (s.id, s.created_by, s.created_at, s.updated_at) == ("r-test", "alice", 1000.0, 1000.0)
@@ -526,7 +494,7 @@ def test_the_rollout_does_not_complete_while_a_late_device_is_queued_or_updating
 
 
 def test_a_device_that_stays_silent_fails_exactly_at_its_timeout() -> None:
-    _sim, r, canary = _silent_canary()
+    _sim, r, canary = silent_canary()
     sent = canary.sent_at or 0
     assert r.tick(sent + 3599.0) == [] and canary.status == "sent"
     out = r.tick(sent + 3600.0)
@@ -538,7 +506,7 @@ def test_a_device_that_stays_silent_fails_exactly_at_its_timeout() -> None:
 
 
 def test_failures_while_paused_still_halt() -> None:
-    sim, r, canary = _silent_canary()
+    sim, r, canary = silent_canary()
     r.pause(sim.now)
     out = r.device_report(
         canary.device_id, now=sim.now, phase="failed", update_version=canary.desired_version
@@ -572,263 +540,3 @@ def test_the_install_success_rate_counts_failed_devices() -> None:
     sim.run(3000)
     assert sim.rollout.state.gate_results["2"][0]["value"] == 0.8
     assert sim.rollout.status == "completed"
-
-
-def test_the_phase_a_device_reports_is_kept() -> None:
-    sim, r, canary = _silent_canary()
-    v = canary.desired_version
-    r.device_report(canary.device_id, now=sim.now, phase="probation", update_version=v)
-    assert (canary.status, canary.phase) == ("probation", "probation")
-    out = r.device_report(canary.device_id, now=sim.now, health="failed")
-    assert out == [Note(sim.now, "device_unhealthy", "reports health failed", canary.device_id)]
-
-
-def test_an_update_report_without_its_version_is_not_ours() -> None:
-    sim, r, canary = _silent_canary()
-    r.device_report(canary.device_id, now=sim.now, phase="committed")
-    r.device_report(canary.device_id, now=sim.now, running=ARTIFACT.label)  # applied unknown
-    assert canary.status == "sent"
-    r.device_report(canary.device_id, now=sim.now, online=False)
-    assert r.device_report(canary.device_id, now=sim.now, online=True) == []
-    assert canary.status == "sent"  # only an offline device is queued again
-
-
-def test_a_device_running_the_artifact_counts_whatever_else_it_reports() -> None:
-    sim, r, canary = _silent_canary()
-    v = canary.desired_version
-    r.device_report(
-        canary.device_id, now=sim.now, update_version=v, applied_version=v, running=ARTIFACT.label
-    )
-    assert canary.status == "succeeded"
-    sim2, r2, canary2 = _silent_canary()
-    r2.device_report(
-        canary2.device_id,
-        now=sim2.now,
-        phase="committed",
-        update_version=0,  # an older update's report
-        applied_version=canary2.desired_version,
-        running=ARTIFACT.label,
-    )
-    assert canary2.status == "succeeded"
-
-
-def test_a_device_that_fails_after_committing_has_its_time_and_reason() -> None:
-    sim, r, canary = _silent_canary()
-    v = canary.desired_version
-    r.device_report(canary.device_id, now=sim.now, phase="committed", update_version=v)
-    out = r.device_report(canary.device_id, now=sim.now + 7, phase="failed", update_version=v)
-    assert (canary.status, canary.finished_at) == ("reverting", sim.now + 7)
-    assert out[0] == Note(
-        sim.now + 7, "device_failed", "the device reported failed", canary.device_id
-    )
-
-
-def test_an_update_delivered_without_a_previous_target_has_none() -> None:
-    sim, r, canary = _silent_canary()
-    r.delivered(canary.device_id, 5, sim.now)
-    assert (canary.desired_version, canary.previous) == (5, None)
-    assert r.dirty >= {canary.device_id} and None not in r.dirty
-
-
-def test_a_revert_waits_for_its_own_version_and_its_time_is_kept() -> None:
-    sim, r, canary = _reverting_canary()
-    prev = "digits@1.2.0"
-    r.device_report(canary.device_id, now=sim.now, applied_version=8, running=prev)
-    assert canary.status == "reverting"
-    old = r.device_report(
-        canary.device_id,
-        now=sim.now,
-        applied_version=9,
-        phase="committed",
-        update_version=1,  # the update's report, not the revert's
-        running=ARTIFACT.label,
-    )
-    assert old == [] and canary.status == "reverting"
-    out = r.device_report(canary.device_id, now=sim.now + 4, applied_version=9, running=prev)
-    assert (canary.status, canary.finished_at, canary.detail) == ("rolled_back", sim.now + 4, "")
-    assert out == [Note(sim.now + 4, "rolled_back", "1 rolled_back, 2 skipped")]
-    r.device_report(canary.device_id, now=sim.now + 9, applied_version=9, running=prev)
-    assert canary.finished_at == sim.now + 4
-
-
-@pytest.mark.parametrize("phase", ["committed", "failed", "rolled_back"])
-def test_a_revert_the_device_settled_elsewhere_is_reported(phase: str) -> None:
-    sim, r, canary = _reverting_canary()
-    now = sim.now + 3
-    out = r.device_report(
-        canary.device_id,
-        now=now,
-        applied_version=9,
-        phase=phase,
-        update_version=9,
-        running=ARTIFACT.label,
-    )
-    detail = f"the device could not go back to digits@1.2.0 ({phase})"
-    assert out == [
-        Note(now, "revert_failed", detail, canary.device_id),
-        Note(now, "rolled_back", "1 rolled_back, 2 skipped"),
-    ]
-
-
-def test_a_revert_to_an_unnamed_target_counts_once_applied() -> None:
-    sim, r, canary = _silent_canary()
-    r.delivered(canary.device_id, canary.desired_version or 0, sim.now, {"name": "digits"})
-    r.rollback(sim.now)
-    r.delivered(canary.device_id, 9, sim.now)
-    out = r.device_report(canary.device_id, now=sim.now, applied_version=9, running="x@1")
-    assert canary.status == "rolled_back" and canary.detail == ""
-    assert [n.kind for n in out if isinstance(n, Note)] == ["rolled_back"]
-
-
-def test_an_unconfirmed_revert_gives_up_at_the_device_timeout() -> None:
-    _sim, r, canary = _reverting_canary()
-    began = canary.finished_at or 0
-    assert r.tick(began + 3599.0) == [] and r.status == "rolling_back"
-    out = r.tick(began + 3600.0)
-    assert (canary.status, canary.detail) == ("rolled_back", "revert sent; not confirmed in time")
-    assert out == [Note(began + 3600.0, "rolled_back", "1 rolled_back, 2 skipped")]
-    assert (r.state.finished_at, r.state.updated_at) == (began + 3600.0, began + 3600.0)
-
-
-def test_figures_for_another_wave_are_ignored() -> None:
-    sim, r = _gating_canary()
-    asked = r.tick(sim.now)
-    assert [type(a).__name__ for a in asked] == ["EvaluateGates"]
-    assert r.gates_measured(1, {"error_rate": 0.0}, sim.now, {"error_rate": 1000}) == []
-    assert r.state.phase == "gating" and "1" not in r.state.gate_results
-
-
-def test_the_parent_gate_without_label_counts_has_nothing_to_compare() -> None:
-    sim, r = _gating_canary(running="digits@1.2.0")
-    r.tick(sim.now)
-    figures = {"error_rate": 0.0, "accuracy": 0.9, "parent_accuracy": 0.9}
-    out = r.gates_measured(0, figures, sim.now, {"error_rate": 1000})
-    assert [n.kind for n in out if isinstance(n, Note)] == ["gates_passed", "wave_started"]
-    parent = r.state.gate_results["0"][-1]
-    assert (parent["metric"], parent["value"], parent["passed"]) == (
-        "accuracy_vs_parent",
-        None,
-        True,
-    )
-    assert (parent["samples"], parent["parent_samples"], parent["waiting"]) == (0, 0, False)
-    assert parent["note"].startswith("digits@1.2.0 has no labelled answers and no trusted estimate")
-
-
-def test_no_devices_sum_up_to_no_devices() -> None:
-    sim = make(0)
-    sim.run(2)
-    assert [n.message for n in sim.notes if n.kind == "completed"] == ["no devices"]
-
-
-def _parent_gate(
-    figures: dict[str, float | None], samples: dict[str, int], **kw: object
-) -> tuple[list[str], dict[str, object]]:
-    """The canary's champion/challenger gate over ``figures`` (parent digits@1.2.0): the
-    event log kinds of the answer and the gate's result."""
-    sim, r = _gating_canary(running="digits@1.2.0", **kw)
-    r.tick(sim.now)
-    out = r.gates_measured(
-        0, {"error_rate": 0.0, **figures}, sim.now, {"error_rate": 1000, **samples}
-    )
-    return [n.kind for n in out if isinstance(n, Note)], r.state.gate_results["0"][-1]
-
-
-def test_the_parent_gate_compares_labels_where_both_have_them() -> None:
-    """Even with label-free estimates at hand."""
-    kinds, gate = _parent_gate(
-        {"accuracy": 0.9, "parent_accuracy": 0.9}
-        | {"accuracy_estimate": 0.5, "parent_accuracy_estimate": 0.9},
-        {"accuracy": 1000, "parent_accuracy": 1000}
-        | {"accuracy_estimate": 1000, "parent_accuracy_estimate": 1000},
-    )
-    assert kinds == ["gates_passed", "wave_started"]
-    assert (gate["gate"], gate["unit"]) == (
-        "accuracy vs digits@1.2.0 >= -5pt at 95%",
-        "labelled answers",
-    )
-    assert (gate["samples"], gate["parent_samples"], gate["value"]) == (1000, 1000, 0.0)
-
-
-def test_the_parent_gate_falls_back_to_estimates_and_counts_none_missing() -> None:
-    kinds, gate = _parent_gate({"accuracy_estimate": 0.9, "parent_accuracy_estimate": 0.9}, {})
-    assert kinds == ["gates_passed", "wave_started"]
-    assert gate["gate"] == "accuracy vs digits@1.2.0 >= -5pt at 95% (label-free estimate)"
-    assert (gate["unit"], gate["samples"], gate["parent_samples"]) == ("answers (estimated)", 0, 0)
-
-
-@pytest.mark.parametrize(("allow", "waiting"), [(True, False), (False, True)])
-def test_the_parent_gate_without_new_labels_waits_unless_no_data_is_allowed(
-    allow: bool, waiting: bool
-) -> None:
-    kinds, gate = _parent_gate(
-        {"accuracy": None, "parent_accuracy": 0.9},
-        {"parent_accuracy": 1000},
-        gates_allow_no_data=allow,
-    )
-    assert kinds == (["gates_waiting"] if waiting else ["gates_passed", "wave_started"])
-    assert (gate["waiting"], gate["passed"], gate["parent_samples"]) == (waiting, not waiting, 1000)
-
-
-def test_the_parent_gate_notes_its_labels_arriving_beside_other_gates() -> None:
-    gates = (parse_gate("error_rate<0.05"), parse_gate("error_rate<0.1"))
-    sim, r = _gating_canary(running="digits@1.2.0", gates=gates)
-    r.tick(sim.now)
-    figures = {"error_rate": 0.0, "accuracy": 0.9, "parent_accuracy": 0.9}
-    r.gates_measured(
-        0, figures, sim.now, {"error_rate": 1000, "accuracy": 5, "parent_accuracy": 5000}
-    )
-    assert r.state.labels_arrived_at == sim.now
-
-
-def test_a_revert_of_an_undelivered_update_waits_for_the_revert_to_apply() -> None:
-    sim = make(8)
-    sim.answer = False
-    sim.run(3)
-    canary = sim.canary
-    sim.rollout.not_delivered(canary.device_id, "device deleted", sim.now)
-    assert canary.status == "reverting"
-    sim.rollout.delivered(canary.device_id, 1, sim.now)
-    sim.rollout.device_report(canary.device_id, now=sim.now, online=True, running="digits@1.2.0")
-    assert canary.status == "reverting"
-    sim.rollout.device_report(canary.device_id, now=sim.now, applied_version=1)
-    assert canary.status == "rolled_back"
-
-
-def test_a_silent_commit_with_no_probation_asks_for_the_gates_at_once() -> None:
-    sim = make(3, probation_s=0.0)
-    sim.answer = False
-    sim.run(2)
-    canary = sim.canary
-    v = canary.desired_version
-    out = sim.rollout.device_report(
-        canary.device_id, now=sim.now, applied_version=v, running=ARTIFACT.label
-    )
-    assert out == [EvaluateGates(0, (canary.device_id,), sim.now, sim.now)]
-
-
-def test_the_parent_gate_notes_labels_arriving_only_when_there_are_more() -> None:
-    sim, r = _gating_canary(running="digits@1.2.0")
-    r.tick(sim.now)
-    figures = {"error_rate": 0.0, "accuracy": 0.9, "parent_accuracy": 0.9}
-    r.gates_measured(0, figures, sim.now, {"error_rate": 1000, "parent_accuracy": 5000})
-    assert r.state.labels_arrived_at is None  # none yet from the new version
-    later = sim.now + 5
-    r.gates_measured(
-        0, figures, later, {"error_rate": 1000, "accuracy": 1, "parent_accuracy": 5000}
-    )
-    assert r.state.labels_arrived_at == later
-
-
-def test_devices_due_together_go_out_in_the_order_they_became_due() -> None:
-    """A device back online late is queued behind the ones already waiting their turn."""
-    sim = make(20)
-    r = sim.rollout
-    late = r.wave_devices(1)[0]
-    late.online = False
-    while r.state.wave < 2:
-        sim.run(1)
-    begun = sim.now
-    r.device_report(late.device_id, now=begun + 10, online=True)
-    out = r.tick(begun + 20)
-    behind = [d.device_id for d in r.wave_devices(2)[1:]]
-    assert out == [Dispatch(i) for i in [*behind, late.device_id]]
