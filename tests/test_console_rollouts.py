@@ -266,7 +266,9 @@ def test_the_parent_gate_shows_how_many_more_labels_it_needs(
     """The parent has labels (from before the rollout), the new version none yet: the
     champion/challenger gate waits, and the console says how many more it needs."""
     versions = [d.version for d in fleet.devices]  # earlier tests may leave a canary behind
-    current = max(set(versions), key=versions.count)
+    # The server's rule for the parent: what most devices run, a tie to the lowest label
+    # (four devices split two and two after the earlier tests).
+    current = min(set(versions), key=lambda v: (-versions.count(v), v))
     on_parent = [d for d in fleet.devices if d.version == current]
     now = time.time()
     fleet.server.store.insert_telemetry(
