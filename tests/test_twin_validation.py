@@ -30,6 +30,7 @@ def test_bad_desired_states_are_refused_before_they_are_sent(
         ("--model", "digits@9.9.9"): "model digits@9.9.9 is not registered (registered "
         "versions of digits: none)",
         ("--firmware", "edge-os@3.0.0"): "firmware edge-os@3.0.0 is not registered",
+        ("--firmware", "firm:/x@1"): "'firm:/x' cannot be part of a TUF target path",
     }
     for args, message in refused.items():
         code, _, err = fleetctl(["twin", "set", "tv-1", *args])

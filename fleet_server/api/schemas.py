@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -151,9 +152,23 @@ class TwinOut(BaseModel):
     error); None when it took it or has not answered yet."""
 
 
+def _path_part(text: str) -> str:
+    """A name or version must be able to stand in a TUF target path: the default target is
+    built from them, so what could not be one is refused here (422), not when the twin is
+    built (that was a 500)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.@+-]{1,128}", text):
+        raise ValueError(
+            f"{text!r} cannot be part of a TUF target path: use 1-128 letters, digits or _ . @ + -"
+        )
+    return text
+
+
+PathPart = Annotated[str, AfterValidator(_path_part)]
+
+
 class ArtifactIn(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
-    version: str = Field(min_length=1, max_length=128)
+    name: PathPart
+    version: PathPart
     target: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_.@/+-]{1,255}$",
