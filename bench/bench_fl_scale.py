@@ -109,7 +109,7 @@ def rounds(lab: Lab, sampled: int) -> list[float]:
     training = TrainingService(
         store,  # type: ignore[arg-type]
         lambda device_id, frame: link.send_raw(device_id, Channel.FL_IN, frame),
-        packages=lambda name: package,
+        packages=lambda name, version: package,
         heldout=digits_heldout,
         candidates_dir=work / "candidates",
         max_payload=256 * 1024,

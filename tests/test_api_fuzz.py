@@ -50,7 +50,7 @@ def _training(store: Any, directory: Path) -> Any:
     return TrainingService(
         store,
         lambda device_id, frame: None,
-        packages=lambda name: find_package(name, [DIST]),
+        packages=lambda name, version: find_package(name, [DIST], version=version),
         heldout=digits_heldout,
         candidates_dir=directory / "candidates",
         build_candidates=False,

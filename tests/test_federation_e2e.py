@@ -396,7 +396,7 @@ def test_secagg_server_never_sees_an_individual_update(
         assert set(compared) == set(plain[0]), (compared, [a.size for a in received])  # type: ignore[arg-type]
         # ...yet the aggregate the server unmasked is the devices' weighted mean.
         checkpoint = server.store.latest_checkpoint(run.id)  # type: ignore[attr-defined]
-        trainable = server.training._packages(MODEL).manifest.trainable
+        trainable = server.training._packages(MODEL, None).manifest.trainable
         final = decode_weights(checkpoint[1], trainable)
         sizes = [len(d.samples.dataset(64)[1]) for d in fleet]
         for name in final:

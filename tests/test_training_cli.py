@@ -88,7 +88,13 @@ def test_train_start_strategy_options_reach_the_run_spec(fleet: FleetServer) -> 
     assert code == 0, err
     run = json.loads(out)
     assert run["spec"]["strategy"] == "fedadam" and run["spec"]["server_lr"] is None  # defaults
+    assert run["spec"]["parent_version"] == "1.0.0"  # what it started from, recorded
     assert fleetctl(["train", "stop", run["id"]])[0] == 0
+    code, out, err = fleetctl([*START_FOR_NOBODY, "--from-version", "9.9.9"])
+    assert code == 1 and "no trainable package of model 'digits' version 9.9.9" in err, err
+    code, out, err = fleetctl([*START_FOR_NOBODY, "--from-version", "1.0.0"])
+    assert code == 0 and "from digits 1.0.0" in out, err
+    assert fleetctl(["train", "stop", out.split()[2]])[0] == 0
     code, out, err = fleetctl(
         [
             "--json", *START_FOR_NOBODY,

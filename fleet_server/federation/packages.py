@@ -5,7 +5,7 @@ the artifact registry (a version an earlier run produced, or one an operator
 pushed), in the server's ``{data_dir}/models``, or among the packages the
 server ships (:mod:`fleet_server.factory_models`, the factory model).  So each
 run continues from the fleet's latest model instead of starting over from the
-factory one.
+factory one, unless it names the version to start from.
 """
 
 from __future__ import annotations
@@ -34,9 +34,14 @@ def registered(artifacts: ArtifactRegistry, name: str) -> list[Path]:
 
 
 def find_package(
-    name: str, directories: Sequence[Path], *, files: Iterable[Path] = ()
+    name: str,
+    directories: Sequence[Path],
+    *,
+    files: Iterable[Path] = (),
+    version: str | None = None,
 ) -> ModelPackage:
-    """The newest trainable package of ``name`` among ``files`` and ``directories``."""
+    """The newest trainable package of ``name`` among ``files`` and ``directories``, or the
+    one of ``version`` when that is given."""
     found: list[ModelPackage] = []
     candidates = [*files, *(p for d in directories for p in d.glob(f"{name}-*-{FLAVOR}.efpkg"))]
     for path in candidates:
@@ -44,9 +49,12 @@ def find_package(
             package = read_package(path)
         except EdgefleetError:
             continue  # an unreadable file is not a starting point; another may be
-        if package.manifest.name == name and package.manifest.trainable is not None:
+        manifest = package.manifest
+        wanted = version is None or manifest.version == version
+        if manifest.name == name and manifest.trainable is not None and wanted:
             found.append(package)
     if not found:
         where = ", ".join(["the artifact registry", *(str(d) for d in directories)])
-        raise FederationError(f"no trainable package of model {name!r} in {where}")
+        what = f"{name!r}" if version is None else f"{name!r} version {version}"
+        raise FederationError(f"no trainable package of model {what} in {where}")
     return max(found, key=lambda p: version_key(p.manifest.version))

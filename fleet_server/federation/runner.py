@@ -56,8 +56,8 @@ class TrainingStore(DeviceStore, TelemetryStore, TrainingRecords, Protocol):
     """What the training service uses: devices (eligibility), their telemetry, runs."""
 
 
-PackageSource = Callable[[str], ModelPackage]
-"""The current (float) package of a model by name."""
+PackageSource = Callable[[str, str | None], ModelPackage]
+"""The (float) package of a model by name and version (None: its newest trainable one)."""
 
 
 class TrainingService:
@@ -101,7 +101,8 @@ class TrainingService:
             selector.parse(spec.target)
         except SelectorError as exc:
             raise FederationError(f"bad --target selector: {exc}") from exc
-        package = self._packages(spec.model)
+        package = self._packages(spec.model, spec.parent_version)
+        spec = spec.model_copy(update={"parent_version": package.manifest.version})
         trainable = package.manifest.trainable
         if trainable is None:
             raise FederationError(f"model {spec.model} has no trainable weights")
@@ -267,7 +268,7 @@ class TrainingService:
 
     def _run(self, run_id: str, spec: RunSpec, grid: MqttGrid) -> None:
         try:
-            package = self._packages(spec.model)
+            package = self._packages(spec.model, spec.parent_version)
             trainable = package.manifest.trainable
             assert trainable is not None
             network = Network.from_package(package)
@@ -399,7 +400,7 @@ class TrainingService:
         started = [time.monotonic()]
         releases = [dp_releases]
         data = self._heldout(spec.model)
-        package = self._packages(spec.model)
+        package = self._packages(spec.model, spec.parent_version)
         x = heldout_rows(package, data.x_raw)
         y = data.y
         cohort_of = self._cohort_fn(spec)

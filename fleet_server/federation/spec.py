@@ -19,6 +19,7 @@ StrategyName = Literal[
     "trimmed-mean",
     "fedbuff",
 ]
+_VERSION = r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$"
 SERVER_OPTIMISERS = ("fedadam", "fedyogi", "fedadagrad", "fedavgm")
 """Strategies that step the global model with a server-side optimiser (``server_lr``)."""
 
@@ -65,6 +66,10 @@ class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")] = "digits"
+    parent_version: Annotated[str, Field(pattern=_VERSION)] | None = None
+    """The version of the model the run starts from (unset: the newest trainable one).  The
+    run pins what it started from here, so a version registered meanwhile (or found by a
+    resumed run) never changes the weights a run continues or the parent it is judged by."""
     target: Annotated[str, Field(min_length=1, max_length=2000)] = "all"
     """A device selector (fleet_server.selector)."""
     rounds: Annotated[int, Field(ge=1, le=1000)] = 10

@@ -33,8 +33,11 @@ def make_training(
     service = TrainingService(
         store,
         lambda device_id, frame: link.send_raw(device_id, Channel.FL_IN, frame),
-        packages=lambda name: find_package(
-            name, [models, DIST], files=registered(artifacts, name) if artifacts else ()
+        packages=lambda name, version: find_package(
+            name,
+            [models, DIST],
+            files=registered(artifacts, name) if artifacts else (),
+            version=version,
         ),
         heldout=heldout_for(settings.data_dir / "heldout"),
         candidates_dir=settings.data_dir / "candidates",

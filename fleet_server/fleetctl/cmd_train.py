@@ -48,6 +48,11 @@ def train() -> None:
 @train.command("start")
 @click.option("--model", required=True, help="Model name, e.g. digits.")
 @click.option("--target", default="all", show_default=True, help="Device selector.")
+@click.option(
+    "--from-version",
+    default=None,
+    help="The model version to start from (default: the newest trainable one).",
+)
 @click.option("--rounds", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option(
     "--strategy",
@@ -163,6 +168,7 @@ def start(ctx: Ctx, /, **o: Any) -> None:
     }
     optional = {
         "strategy": "strategy",
+        "from_version": "parent_version",
         "over_select": "over_select",
         "round_deadline": "round_deadline_s",
         "server_lr": "server_lr",
@@ -181,7 +187,11 @@ def start(ctx: Ctx, /, **o: Any) -> None:
     if ctx.as_json:
         emit(run, as_json=True)
     else:
-        click.echo(f"training run {run['id']} started ({run['spec']['rounds']} rounds)")
+        spec = run["spec"]
+        click.echo(
+            f"training run {run['id']} started ({spec['rounds']} rounds from "
+            f"{spec['model']} {spec.get('parent_version')})"
+        )
 
 
 def _summary(run: dict[str, Any]) -> dict[str, Any]:
