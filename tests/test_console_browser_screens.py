@@ -156,10 +156,15 @@ def test_operator_starts_a_training_run_from_the_form(fleet: ConsoleFleet, page:
     page.get_by_role("button", name="Start training").click()
     expect(page.get_by_role("alert")).to_contain_text("must not exceed")
     page.get_by_label("Min clients").fill("2")
+    page.get_by_label("Start from version").fill("9.9.9")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.get_by_role("alert")).to_contain_text("model 'digits' version 9.9.9")
+    page.get_by_label("Start from version").fill("")
     page.get_by_role("button", name="Start training").click()
     expect(page.locator(".facts")).to_contain_text("fedbuff")
     spec = page.locator(".panel", has_text="Spec").locator("pre")
     expect(spec).to_contain_text('"buffer_size": 3')
+    expect(spec).to_contain_text('"parent_version": "1.0.0"')  # what it started from
     expect(spec).to_contain_text('"strategy": "fedbuff"')
     page.get_by_role("button", name="Stop run").click()  # nobody is eligible: it would wait
     expect(page.locator(".facts")).to_contain_text("stopped")

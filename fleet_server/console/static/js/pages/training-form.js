@@ -37,6 +37,7 @@ function defaultOf(props, key) {
 export function startForm(onStarted) {
   const model = h('input', { name: 'model', value: 'digits', required: true, spellcheck: false });
   const target = h('input', { name: 'target', value: 'all', required: true, spellcheck: false });
+  const from = h('input', { name: 'parent_version', spellcheck: false, autocomplete: 'off' });
   const strategy = h('select', { name: 'strategy' }, h('option', { value: '' }, 'loading…'));
   const clientEvaluate = h('input', { type: 'checkbox', name: 'client_evaluate' });
   const evaluateBy = h('input', { name: 'evaluate_by', spellcheck: false, autocomplete: 'off' });
@@ -49,6 +50,7 @@ export function startForm(onStarted) {
     h('div', { class: 'form-grid' },
       field('Model', model, 'a trainable model name'),
       field('Target', target, 'device selector, e.g. tag:site=berlin'),
+      field('Start from version', from, 'empty: the newest trainable version'),
       field('Strategy', strategy, 'fedbuff is asynchronous (no rounds to wait for)'),
       NUMBERS.map(([key, label, hint]) => field(label, inputs[key], hint)),
       field('Federated evaluation', clientEvaluate, 'devices evaluate on samples they hold out'),
@@ -73,6 +75,7 @@ export function startForm(onStarted) {
     e.preventDefault();
     const body = { model: model.value.trim(), target: target.value.trim(), local: {} };
     if (strategy.value) body.strategy = strategy.value;
+    if (from.value.trim()) body.parent_version = from.value.trim();
     if (clientEvaluate.checked) body.client_evaluate = true;
     if (evaluateBy.value.trim()) body.evaluate_by = evaluateBy.value.trim();
     if (acceptBy.value) body.accept_by = acceptBy.value;
