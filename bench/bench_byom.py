@@ -93,8 +93,8 @@ cache held differed: the row shows the anonymous part beside the total, and the 
 not shown met.  Above the goal is mostly ONNX Runtime's Python package; prepacking off
 saves 0.7-1.0 MiB of silero's session (in-process) but was not tried on the convolution
 models its packed weights are for.  The update modules (agent/updates: the updater 0.64
-MiB, firmware 0.3, in-process) load at start, as the updater resumes and reports the
-journal; loading them only once a journal or an update exists is the next cut.  Deferring
+MiB, firmware 0.3, in-process) load at start: the updater resumes an interrupted update
+and reports the last journal, which a device keeps once it has been updated.  Deferring
 every pydantic model's build (``defer_build``) reads 0.7 MiB lower at 5 s only because
 the models an agent validates later (commands, drift reports) are not built yet: no cut.
 numpy.ma (1.2 MiB) comes in with the first np.unique (np.percentile of the latency window
