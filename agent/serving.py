@@ -143,10 +143,11 @@ class ModelService:
         Raises a :class:`ModelError` subclass whose message says what is wrong
         (unreadable file, hash mismatch, self-test outside tolerance, runtime
         missing).  The model's ``package`` keeps every member but the model file,
-        which its runtime holds already (:meth:`Model.from_package`).
+        which its runtime holds already, and one self-test vector
+        (:meth:`Model.from_package`).
         """
         try:
-            return Model.load(Path(path), threads=self.threads, keep_model_file=False)
+            return Model.load(Path(path), threads=self.threads, served=True)
         except ModelError:
             raise
         except Exception as exc:  # a runtime library failing in a way we did not foresee
@@ -434,6 +435,8 @@ def describe(model: Model) -> dict[str, object]:
     m = model.manifest
     return {
         **summarize(m, size=model.package.size),
+        # a served model's manifest keeps one of its vectors (Model.from_package)
+        "self_test_vectors": model.self_test.vectors,
         "name": m.name,
         "version": m.version,
         "sha256": model.ref.sha256,

@@ -62,8 +62,11 @@ def spool_depth(data: Path) -> int:
         db.close()
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of ``/proc/PID/status``: resident in all (``VmRSS``) or a part of
+    it (``RssAnon``: the process's own memory, unlike ``RssFile`` not shared with the
+    page cache)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")

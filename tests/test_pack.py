@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from agent.runtime import Model
-from agent.serving import ModelService
+from agent.serving import ModelService, describe
 from edgefleet_contract.errors import InputRejected, PackageError
 from edgefleet_contract.package import read_package
 from fleet_server.modelkit.pack import PackRequest, pack
@@ -65,7 +65,11 @@ def test_sklearn_isolation_forest_packs_as_an_anomaly_detector(tmp_path: Path) -
     task = package.manifest.task
     assert task is not None and task.kind == "anomaly" and task.reference_quantile == 0.98
     service = ModelService()
-    service.replace(path)
+    served = service.replace(path)
+    # the task runner reads the served manifest, which keeps one self-test vector
+    assert served.runner is not None and served.runner.manifest is served.manifest
+    assert len(served.manifest.self_test.inputs) == 1
+    assert describe(served)["self_test_vectors"] == len(package.manifest.self_test.inputs) > 1
     normal = np.array([[55.0, 2.5, 4.0, 3.5]], dtype=np.float32)
     broken = np.array([[120.0, 25.0, 30.0, 0.1]], dtype=np.float32)
     result, _ = service.infer(np.concatenate([normal, broken]))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.runtime import Model
 from agent.samples import SampleStore
 from agent.serving import ModelService, NoModel, describe
 from edgefleet_contract.errors import ModelError, NotFound, PackageError, SelfTestFailed
@@ -105,6 +106,19 @@ def test_load_does_not_activate_and_activate_returns_the_previous() -> None:
     assert service.activate(second) is first
     assert service.model is second and service.swaps == 2
     assert describe(second)["runtime"] == "tflite"
+
+
+def test_a_served_model_keeps_no_model_file_and_one_self_test_vector() -> None:
+    full = read_package(MLP).manifest
+    model = ModelService().load(MLP)
+    assert full.model_file not in model.package.members and model.package.manifest is model.manifest
+    assert model.manifest.self_test.inputs == full.self_test.inputs[:1]
+    assert model.manifest.self_test.expected == full.self_test.expected[:1]
+    assert model.self_test.vectors == describe(model)["self_test_vectors"] == 30
+    x, y = _holdout()
+    assert (model.predict(x).classes == y).mean() > 0.9
+    kept = Model.load(MLP)  # not served: the package as read
+    assert kept.manifest == full and full.model_file in kept.package.members
 
 
 def test_swaps_under_load_never_fail_a_prediction() -> None:

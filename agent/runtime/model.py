@@ -158,25 +158,39 @@ class Model:
         *,
         threads: int = 1,
         max_bytes: int = MAX_PACKAGE_BYTES,
-        keep_model_file: bool = True,
+        served: bool = False,
     ) -> Model:
-        """Read, verify and self-test the package at ``path`` (``keep_model_file``: see
+        """Read, verify and self-test the package at ``path`` (``served``: see
         :meth:`from_package`)."""
         package = read_package(Path(path), max_bytes=max_bytes)
-        return cls.from_package(package, threads=threads, keep_model_file=keep_model_file)
+        return cls.from_package(package, threads=threads, served=served)
 
     @classmethod
     def from_package(
-        cls, package: ModelPackage, *, threads: int = 1, keep_model_file: bool = True
+        cls, package: ModelPackage, *, threads: int = 1, served: bool = False
     ) -> Model:
-        """A model of a verified package.  With ``keep_model_file=False`` the model's
-        ``package`` no longer holds the model file's bytes once the runtime is open: the
-        runtime has its own copy of the graph and weights, so a server keeping them too
-        holds the file twice (2.2 MiB of silero-vad's idle agent)."""
+        """A model of a verified package.  ``served=True`` (a long-running server's model)
+        keeps only what serving reads once the runtime is open and the self-test passed:
+        the model's ``package`` holds no model file bytes (the runtime has its own copy of
+        the graph and weights: 2.2 MiB of silero-vad's idle agent) and its manifest keeps
+        one self-test vector (silero-vad's 16 are ~0.6 MiB of Python floats); how many
+        the package has stays in ``self_test.vectors``."""
         model = cls(package, open_backend(package.manifest, package.model_bytes, threads=threads))
-        if not keep_model_file:
-            model.package = _without_model_file(package)
+        if served:
+            model._drop_load_only_data()
         return model
+
+    def _drop_load_only_data(self) -> None:
+        """Forget the model file's bytes and all self-test vectors but the first: they
+        are read at load only.  The manifest stays a valid one (a self-test needs a
+        vector); every holder of it (the package, the task runner) gets the new one."""
+        m = self.manifest
+        spec = m.self_test
+        first = spec.model_copy(update={"inputs": spec.inputs[:1], "expected": spec.expected[:1]})
+        self.manifest = m.model_copy(update={"self_test": first})
+        self.package = replace(_without_model_file(self.package), manifest=self.manifest)
+        if self.runner is not None:
+            self.runner.manifest = self.manifest
 
     def __repr__(self) -> str:
         m = self.manifest
