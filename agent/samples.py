@@ -47,7 +47,9 @@ class PredictionCache:
     Rows live in one preallocated float32 ring (``capacity x width``) rather than one
     small array per prediction: at the default 10,000 entries that is ~2.5 MB for a
     64-feature model instead of ~8 MB of per-object overhead, and it never grows.
-    A model with another input width starts a fresh ring.
+    A model with another input width starts a fresh ring.  A model that trains on
+    nothing stores no row (width 0): its entries are plain Python values, since a call
+    writing numpy rows right after a model call (its caches gone cold) cost ~60 µs.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -56,48 +58,59 @@ class PredictionCache:
         self._slots: dict[str, int] = {}
         self._ids: list[str | None] = []
         self._rows = np.zeros((0, 0), dtype=np.float32)
-        self._predicted = np.zeros(0, dtype=np.int32)
+        self._width = -1
+        self._predicted: list[int] = []
         self._versions: list[str] = []
         self._next = 0
 
     def put(
         self,
         prediction_id: str,
-        features: npt.NDArray[np.floating],
+        features: npt.NDArray[np.floating] | None,
         predicted: int,
         model_version: str,
     ) -> None:
+        """Remember a prediction; ``features`` None: nothing to train on, no row kept."""
         if self._capacity <= 0:
             return
-        row = np.ravel(features)
+        row = None if features is None else np.ravel(features)
+        width = 0 if row is None else row.size
         with self._lock:
-            if self._rows.shape[1] != row.size:
-                self._rows = np.zeros((self._capacity, row.size), dtype=np.float32)
-                self._predicted = np.zeros(self._capacity, dtype=np.int32)
-                self._ids = [None] * self._capacity
-                self._versions = [""] * self._capacity
-                self._slots.clear()
-                self._next = 0
+            if width != self._width:
+                self._start(width)
             slot = self._next
             self._next = (slot + 1) % self._capacity
             old = self._ids[slot]
             if old is not None:
                 del self._slots[old]
-            self._rows[slot] = row
+            if row is not None:
+                self._rows[slot] = row
             self._predicted[slot] = predicted
             self._versions[slot] = model_version
             self._ids[slot] = prediction_id
             self._slots[prediction_id] = slot
 
+    def _start(self, width: int) -> None:
+        """A fresh ring for rows of ``width`` values (0: no rows)."""
+        capacity = self._capacity
+        self._rows = np.zeros((capacity if width else 0, width), dtype=np.float32)
+        self._width = width
+        self._predicted = [0] * capacity
+        self._ids = [None] * capacity
+        self._versions = [""] * capacity
+        self._slots.clear()
+        self._next = 0
+
     def pop(self, prediction_id: str) -> CachedPrediction | None:
+        """The prediction filed under ``prediction_id``, forgotten (an empty row if none
+        was kept)."""
         with self._lock:
             slot = self._slots.pop(prediction_id, None)
             if slot is None:
                 return None
             self._ids[slot] = None
-            return CachedPrediction(
-                self._rows[slot].copy(), int(self._predicted[slot]), self._versions[slot]
-            )
+            row = self._rows[slot].copy() if self._width else np.zeros(0, dtype=np.float32)
+            return CachedPrediction(row, self._predicted[slot], self._versions[slot])
 
     def __len__(self) -> int:
         return len(self._slots)

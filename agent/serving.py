@@ -23,6 +23,7 @@ refused while the previous model keeps answering.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
@@ -31,7 +32,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 from edgefleet_contract.errors import ModelError, NotFound
@@ -218,7 +218,7 @@ class ModelService:
         version = model.key
         ids = []
         for row, predicted in zip(rows, prediction.classes.tolist(), strict=True):
-            prediction_id = secrets.token_urlsafe(12)
+            prediction_id = new_id()
             self._cache.put(prediction_id, row, predicted, version)
             ids.append(prediction_id)
         self._offer_shadow(rows, prediction, ids)
@@ -271,7 +271,7 @@ class ModelService:
         runner = model.runner
         stateful = runner is not None and runner.stateful
         if stateful:
-            session = session or secrets.token_urlsafe(12)
+            session = session or new_id()
             state = self._sessions.get(model, session)
         else:
             session, state = None, None
@@ -294,17 +294,16 @@ class ModelService:
             rows: npt.NDArray[Any] | None = result.samples
             if rows is None and runner is None:
                 rows = result.drift_rows
-            for i, (answer, predicted) in enumerate(
-                zip(result.results, result.classes.tolist(), strict=True)
-            ):
-                prediction_id = secrets.token_urlsafe(12)
-                row = rows[i] if rows is not None else _NO_ROW
+            answers = zip(result.results, result.classes, strict=True)
+            for i, (answer, predicted) in enumerate(answers):
+                prediction_id = new_id()
+                row = None if rows is None else rows[i]  # None: nothing to train on
                 self._cache.put(prediction_id, row, predicted, version)
                 answer["id"] = prediction_id
             shadow = self._shadow
             if shadow is not None and not stateful:
                 ids = [str(answer["id"]) for answer in result.results]
-                shadow.offer_inputs(inputs, result.classes.tolist(), ids)
+                shadow.offer_inputs(inputs, result.classes, ids)
         return result, session
 
     # ----------------------------------------------------------- feedback --
@@ -361,7 +360,22 @@ class ModelService:
 
 
 MAX_SESSIONS = 1024
-_NO_ROW = np.zeros(1, dtype=np.float32)
+_IDS: list[str] = []
+"""Prediction and session ids made ahead, :data:`_ID_BATCH` at a time (see :func:`new_id`)."""
+_ID_BATCH = 256
+os.register_at_fork(after_in_child=_IDS.clear)  # a forked child never reuses its parent's
+
+
+def new_id() -> str:
+    """A fresh unguessable id: ``secrets.token_urlsafe(12)`` (96 random bits, 16 characters),
+    taken from a pool made 256 at a time.  Made one per call, right after a model call has
+    pushed the base64 and urandom code out of the CPU caches, each cost 25-35 µs here;
+    ``list.pop`` is atomic, so two threads never get the same one."""
+    try:
+        return _IDS.pop()
+    except IndexError:
+        _IDS.extend([secrets.token_urlsafe(12) for _ in range(_ID_BATCH)])
+        return _IDS.pop()
 
 
 class Sessions:
@@ -402,7 +416,7 @@ def _record(recorder: InferenceRecorder, elapsed: float, result: Inference) -> N
         # ... and computes them only if its drift reservoir keeps this call.
         rows = result.drift_source
         if classes is not None and confidence is not None:
-            recorder.record(elapsed, confidence.item(0), classes.item(0), rows)
+            recorder.record(elapsed, confidence[0], classes[0], rows)
         else:
             recorder.record(elapsed, None, None, rows)
         return
@@ -411,7 +425,7 @@ def _record(recorder: InferenceRecorder, elapsed: float, result: Inference) -> N
     for i in range(n):
         row = rows[i] if rows is not None and i < len(rows) else None
         if classes is not None and confidence is not None:
-            recorder.record(per_row, confidence.item(i), classes.item(i), row)
+            recorder.record(per_row, confidence[i], classes[i], row)
         else:
             recorder.record(per_row, None, None, row)
 

@@ -186,7 +186,7 @@ class ShadowRunner:
         result = self.candidate.infer(job.inputs)
         if result.classes is None or len(result.classes) != len(job.active):
             raise ValueError("the candidate gives no class per answer for these inputs")
-        return list(result.classes.tolist())
+        return result.classes
 
     def _remember(self, prediction_id: str, predicted: int) -> None:
         self._answers[prediction_id] = predicted

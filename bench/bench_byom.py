@@ -4,7 +4,7 @@ against float on ONNX Runtime, and how long ``fleetctl models pack`` takes.
 Models written by other tools: the torch CNN (``torch.onnx.export``, Conv/BatchNorm/ReLU/
 MaxPool, float and packer int8), a small torch ResNet (``torch.onnx.export``: 64x64 RGB, a
 stride-2 stem and three basic blocks with residual Adds and 1x1 skip Convs, 24/48/96
-channels, trained on the digits; 0.9-1.1 ms per call in float here, float and packer int8),
+channels, trained on the digits; 0.8-1.7 ms per call in float, float and packer int8),
 the skl2onnx IsolationForest and LogisticRegression, and silero-vad's stateful ONNX model
 from its wheel (when ``.cache/wheels`` has it). A model the packer refuses gets a row saying
 why instead of figures. "agent" is ``ModelService.infer`` on one raw sample with its answers
@@ -14,24 +14,47 @@ on the already-prepared tensors. Sides alternate call by call and medians are co
 the inference section); three runs per model, the median run shown with the worst ratio
 beside it. Goal: at most 1.05x on models of 1 ms or more (the ResNet and the
 IsolationForest); on the faster ones the absolute µs added is the figure to read (at +N µs
-the goal holds from 20·N µs per call). The ResNet misses it: the agent adds +300 µs (1.29x)
-when run alone at a quieter moment, +448 µs on 2026-12-02, +234 µs (1.31x) on 2026-12-03
-and +289 µs (1.35x) in the run below (load average 3 to 5 from other work; its direct
-figures moved both ways from the run before: the IsolationForest's 3x slower, at 1.15x, the
-ResNet int8's 1.6x faster).  Timed piece by
-piece, each right after a model call as in serving (its buffers and code go cold while the
-model runs), medians of 3000 calls: preprocessing one 64x64 image ~85 µs (canonical form,
-normalise and transpose), the class scores ~45 (a softmax of 10 logits: a handful of numpy
-calls on cold caches), the recorder ~16, a feedback id and its cache entry ~30, the rest of
-the answer ~50.  The per-channel drift statistics (~50-70 µs after a model call) are now
-computed only when the telemetry window's reservoir keeps the call (every call of the first
-1024 of a drift interval, then 1024 in n; the interval is 300 s by default, so at any
-sustained rate nearly all calls skip them): the recorder's share went from ~85 to ~16 µs,
-but the whole overhead (call minus ``session.run``, 4000 calls after a model call each) only
-from 289/273 to 257/266 µs in alternating before/after runs, within this machine's noise.
-What is left is some 15 numpy calls and the answer's dicts, each slow on cold caches;
-1.05x (~40 µs here) needs a path without most of them.  The session without the CPU arena
-is not a cost (914 µs against 959 µs with it).
+the goal holds from 20·N µs per call).  The run below is on another machine than the runs
+before it (an AMD EPYC, AVX2 without VNNI, where the float ResNet takes 1.3-1.7 ms against
+0.8-1.1), at a quiet moment (load average under 1): the agent adds +129 µs to the ResNet
+(1.10x) and +43 µs to the IsolationForest (1.05x, the goal); a run minutes before, at load
+average 3, gave +257 µs (1.16x) and +163 µs (1.09x), since other work empties the caches
+too.
+
+What the overhead is: right after a 1-2 ms model call the Python that follows runs on the
+caches the model went through, so each numpy call costs 10-40 µs instead of 1-3 (an
+``np.add.reduce`` of 4 floats ~45 µs, ``np.ones(4096)`` ~35, a 10-logit numpy softmax ~90)
+and even an empty call ~5. It is the caches, not the runtime: the same few lines take 10 µs
+warm, ~70 µs after the ResNet call and as long after summing 16 MB of floats or sleeping 2
+ms. So the overhead counts the distinct code the path runs, not its work: +32-75 µs on the
+14-35 µs LogisticRegression, whose call leaves the caches warm, +100-300 µs on the
+IsolationForest's four-value row. The agent's ORT call is the direct one (the same output
+names, C-contiguous float32 feeds, no run options; the IsolationForest's label and scores
+are fetched on both sides); with one intra-op thread there is no pool to spin
+(``session.intra_op.allow_spinning`` off changed nothing), and the session without the CPU
+arena is not a cost: two identical sessions in one process differ by 3-5% themselves. Timed
+piece by piece right after a model call (medians of 3000 calls, this machine), then cut
+without changing a tensor: the ResNet's preprocessing 154 -> 111 µs (a uint8 image keeps its
+dtype until the normalising multiply, so no float32 copy, and no NaN check its range cannot
+need), its class answer 125 -> 44 (one sample's softmax, argmax and answer in Python floats,
+the softmax in float64; a batch, or an output not all finite, keeps numpy), the recorder 135
+-> 123 (the channel drift statistics' last steps in Python; they are computed on each call
+the drift reservoir keeps: every call of the first 1024 of a 300 s interval, then 1024 in n,
+so most calls of a run this short and few in steady serving), the feedback id and cache
+entry 48 -> 12 (ids from a pool made 256 at a time; no numpy row for a model that trains on
+nothing); the IsolationForest's preprocessing 87 -> 64 (a few values are checked for NaN by
+a Python sum) and its answer 52 -> 28. Alternating before/after runs (three each, load
+average 3-5): ResNet +269/+380/+438 -> +279/+274/+212 µs, IsolationForest +109/+221/+194 ->
++210/+164/+183 (within the noise), torch CNN +138 -> +83, LogisticRegression +76 -> +47; two
+each at load average under 1: ResNet +194/+284 -> +200/+181, IsolationForest +72/+122 ->
++70/+107 (within the noise). The preprocessing inside ONNX Runtime (Transpose, Mul and Add
+composed in front of the ResNet's graph) gives the same logits bit for bit at +22-47 µs of
+run time (two runs), against ~110 µs in numpy; composing needs the onnx package, which an
+agent does not install, so it is not done. What is left above 1.05x on the ResNet (65-85 µs
+at 1.3-1.7 ms), under load: ~110 µs normalising and transposing the image (a multiply and an
+add over 12,288 values, cold), ~120 µs of drift statistics on the calls the reservoir keeps,
+~45 µs for the answer and ~20 for the rest: each is a few numpy calls whose cold cost no
+rewrite removes.
 
 The agent compiles each input's preprocessing once at load (agent/runtime/tasks.py,
 ``InputPlan``), so a format-2 package costs what a format-1 one does: the "format 2 vs
@@ -39,24 +62,25 @@ format 1" row serves the same ONNX file both ways, each on the path the local AP
 it. On this shared machine (load average 12 to 25 during the 2026-12-02 runs) the µs added
 moved by up to 2x between runs minutes apart (torch CNN float32: +55 µs in one, +113 µs in
 the next; the figure before the compiled path was +94 µs), while the format 2 / format 1
-ratio, measured within one run, stayed at 1.01-1.02x.
+ratio, measured within one run, stayed at 0.99-1.02x.
 
-int8: the torch CNN (16x16 RGB, Conv 3->16 and 16->32 channels, ~25 µs in float) is slower
+int8: the torch CNN (16x16 RGB, Conv 3->16 and 16->32 channels, 25-70 µs in float) is slower
 in int8 under every recipe ONNX Runtime offers (its rows: QDQ or QOperator, int8 or uint8
-activations, per-channel or per-tensor weights, Convs left float), and as slow at a batch
-of 64, so it is the int8 kernels, not per-call costs: at so few channels MLAS's float
-NCHWc convolutions beat int8 im2col + GEMM + requantisation (measured here on AVX2 without
-VNNI; earlier runs on a VNNI CPU showed the same).
+activations, per-channel or per-tensor weights, Convs left float), and as slow at a batch of
+64, so it is the int8 kernels, not per-call costs: at so few channels MLAS's float NCHWc
+convolutions beat int8 im2col + GEMM + requantisation (measured here on AVX2 without VNNI;
+earlier runs on a VNNI CPU showed the same).
 The packer keeps int8 for the size (0.5x) and reports the latency as it is; the shipped
 digits CNN, with more work per call, is 0.6x in int8 (inference section).  With 7-bit
 weights the packer's torch CNN int8 agrees with float on 100% of its calibration images.
 
-The ResNet's int8 is 0.8x of float (0.72x in a quieter scratch run, 0.43x in the run below)
-since the packer quantizes activations to uint8: with int8 activations ONNX Runtime's CPU
-provider turned only 3 of its 9 QDQ Convs into QLinearConv (the stem, the first Conv of each
-block and the two 1x1 skips stayed DequantizeLinear -> float Conv -> QuantizeLinear) and
-int8 was 1.4x of float; with uint8 activations all 9 fuse. Top-1 agreement of the packer's
-int8 with float is measured on the 1500 digits it was not calibrated on.
+The ResNet's int8 was 0.8x of float on the earlier runs' machine (0.43-0.72x), and is 1.2-1.3x
+on the AMD EPYC of the run below; the packer quantizes activations to uint8 since with int8
+activations ONNX Runtime's CPU provider turned only 3 of its 9 QDQ Convs into QLinearConv
+(the stem, the first Conv of each block and the two 1x1 skips stayed DequantizeLinear ->
+float Conv -> QuantizeLinear) and int8 was 1.4x of float; with uint8 activations all 9 fuse.
+Top-1 agreement of the packer's int8 with float is measured on the 1500 digits it was not
+calibrated on.
 
 Pack time: an MLP ONNX of ~5 MB (256-1024-1024-10) with 500 calibration samples, float and
 int8, three runs (median and worst), on this 2-core machine (goal: at most 30 s).  Idle
@@ -88,9 +112,13 @@ their count from the self-test: in alternating runs on 2026-12-03 (three of the 
 four more of its steps by hand, the libraries dropped from the cache before each) the
 agent's anonymous memory went from 57.4-57.5 to 56.9 MiB, its RSS from 108.5-108.8 to
 108.0-108.1.  Those runs read ~6 MiB more than the 102.7 above, all of it file-backed
-pages (ONNX Runtime's library alone has 20.6 MiB of its 35 mapped), so what the page
-cache held differed: the row shows the anonymous part beside the total, and the goal is
-not shown met.  Above the goal is mostly ONNX Runtime's Python package; prepacking off
+pages (ONNX Runtime's library alone had 20.6 MiB of its 35 mapped): other benches were
+running from the same venv, and the pages another process maps are not dropped from the
+cache, so the agent's faults mapped more of them.  On a quiet machine the row alone,
+run three times after the predict-path changes were merged, read 101.9 MiB each time
+(anonymous 56.9): the row shows that, and the anonymous part beside the total, since
+only that part stays put when the page cache changes.  Most of it is ONNX Runtime's
+Python package and library; prepacking off
 saves 0.7-1.0 MiB of silero's session (in-process) but was not tried on the convolution
 models its packed weights are for.  The update modules (agent/updates: the updater 0.64
 MiB, firmware 0.3, in-process) load at start: the updater resumes an interrupted update

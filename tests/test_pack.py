@@ -309,6 +309,31 @@ def test_answers_of_a_packed_classifier_take_feedback(tmp_path: Path) -> None:
     assert window.inference.feedback_correct == 1
 
 
+def test_one_image_is_answered_as_the_batch_answers_it(tmp_path: Path) -> None:
+    """A single sample's answer is worked out in Python floats, a batch's in numpy: the
+    same class, the same probabilities to float32 precision; an id that takes feedback
+    (the model trains on nothing, so no row is kept); non-finite logits go the numpy way."""
+    _, path = pack(cnn_request(tmp_path, output=tmp_path / "cnn.efpkg"))
+    service = ModelService()
+    model = service.replace(path)
+    images = np.load(CNN_IMAGES)[:8]
+    batch = service.infer(images)[0].results
+    for image, want in zip(images, batch, strict=True):
+        (got,) = service.infer(image)[0].results
+        assert got["class_id"] == want["class_id"] and got["label"] == want["label"]
+        np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=1e-5)
+        assert got["confidence"] == max(got["probabilities"])
+        assert abs(sum(got["probabilities"]) - 1) < 1e-9
+        assert got["id"] != want["id"] and len(got["id"]) == 16
+    assert service.feedback(got["id"], got["label"]) is True
+    assert model.runner is not None
+    logits = np.zeros((1, 10), np.float32)
+    logits[0, 4] = np.nan
+    model.runner._run = lambda feeds: {"logits": logits}
+    (odd,) = service.infer(images[0])[0].results
+    assert np.isnan(odd["probabilities"]).all() and odd["class_id"] == 0  # as numpy answers
+
+
 def _integer_io_tflite(path: Path, w: np.ndarray, b: np.ndarray) -> None:
     """A full-integer-style TFLite file: int8 input and output tensors with their own scale
     and zero point around a float softmax classifier, as converters write integer I/O."""

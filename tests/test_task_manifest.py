@@ -149,15 +149,45 @@ def test_compiled_plan_computes_what_the_declared_steps_say() -> None:
     np.testing.assert_array_equal(prepare(images, prep, shape=[-1, 3, 2, 3], dtype="float32"), want)
 
 
+def test_a_camera_image_keeps_its_integers_until_the_tensor_and_gives_the_same_numbers() -> None:
+    """A uint8 (or int16) image needing no conversion skips the float32 copy: the tensor is
+    the float32 copy's, bit for bit, whatever the layout and steps declared."""
+    rng = np.random.default_rng(8)
+    image = {"height": 4, "width": 5, "channels": 3}
+    steps: list[dict[str, object]] = [
+        {},
+        {"scale": 1 / 255},
+        {"scale": 1 / 255, "mean": [0.4] * 3, "std": [0.2] * 3},
+    ]
+    for layout in ("nchw", "nhwc"):
+        shape = [-1, 3, 4, 5] if layout == "nchw" else [-1, 4, 5, 3]
+        for declared in steps:
+            prep = Preprocessing.model_validate({"layout": layout, "image": image, **declared})
+            plan = InputPlan(prep, shape=shape, dtype="float32")
+            for dtype in (np.uint8, np.int16):
+                pixels = rng.integers(0, 256, (2, 4, 5, 4)).astype(dtype)  # RGBA: alpha dropped
+                kept = plan.samples(pixels)
+                assert kept.dtype == dtype and plan.canonical(pixels).dtype == np.float32
+                got = plan.tensor(kept)
+                want = plan.tensor(pixels[..., :3].astype(np.float32))
+                assert got.dtype == np.float32 and got.flags.c_contiguous
+                np.testing.assert_array_equal(got, want)
+    small = Preprocessing.model_validate({"image": {"height": 2, "width": 2, "channels": 3}})
+    resized = InputPlan(small, shape=[-1, 2, 2, 3], dtype="float32")
+    assert resized.samples(np.zeros((4, 4, 3), np.uint8)).dtype == np.float32
+
+
 def test_plan_refuses_non_finite_values_and_keeps_huge_finite_ones() -> None:
     plan = InputPlan(Preprocessing(), shape=[-1, 4], dtype="float32")
     big = np.full((1, 4), 3e38, np.float32)  # finite, but their sum overflows to inf
     np.testing.assert_array_equal(plan.tensor(plan.canonical(big)), big)
+    wide = InputPlan(Preprocessing(), shape=[-1, 400], dtype="float32")  # numpy's check
     for bad in (np.nan, np.inf, -np.inf):
-        row = np.zeros((1, 4), np.float32)
-        row[0, 2] = bad
-        with pytest.raises(InputRejected, match="NaN or infinite"):
-            plan.tensor(plan.canonical(row))
+        for where in (plan, wide):
+            row = np.zeros((1, where.shape[1]), np.float32)
+            row[0, 2] = bad
+            with pytest.raises(InputRejected, match="NaN or infinite"):
+                where.tensor(where.canonical(row))
     overflow = InputPlan(Preprocessing(scale=1e30), shape=[-1, 4], dtype="float32")
     with pytest.raises(InputRejected, match="NaN or infinite"):
         overflow.tensor(overflow.canonical(big))  # scaled past float32's range

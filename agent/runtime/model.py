@@ -148,7 +148,12 @@ class Model:
             self._task = as_task(self.manifest)
         results = interpret.results(self._task, out, self._labels)
         return Inference(
-            out, results, {}, rows.astype(np.float64), prediction.confidence, prediction.classes
+            out,
+            results,
+            {},
+            rows.astype(np.float64),
+            prediction.confidence.tolist(),
+            prediction.classes.tolist(),
         )
 
     @classmethod
@@ -215,13 +220,16 @@ class Model:
                 'infer() (the local API: {"inputs": {"name": ...}})'
             )
         result = self.runner.run(batch)
-        assert result.classes is not None and result.confidence is not None
         task = self.runner.task
         assert isinstance(task, tasks.Classification)
+        # The arrays of a Prediction, from the float32 class scores (the runner answers one
+        # sample in plain Python floats).
         p = interpret.class_scores(task, result.outputs)
-        labels = tuple(self._labels[i] for i in result.classes.tolist())
+        classes = p.argmax(axis=1)
+        confidence = p.take(classes) if len(p) == 1 else p.max(axis=1)
+        labels = tuple(self._labels[i] for i in classes.tolist())
         rows = result.drift_rows if result.drift_rows is not None else np.zeros((len(p), 0))
-        return _prediction(p, result.classes, result.confidence, labels), rows.astype(np.float32)
+        return _prediction(p, classes, confidence, labels), rows.astype(np.float32)
 
     def predict_rows(self, batch: npt.ArrayLike) -> tuple[Prediction, npt.NDArray[np.float32]]:
         """Like :meth:`predict`, plus the validated raw rows as float32 ``(n, features)``.
