@@ -99,10 +99,12 @@ def classification_results(
             for row in p
         ]
     best = (p.argmax(axis=1) if top is None else top).tolist()
-    return [
-        {"label": labels[c], "class_id": c, "confidence": row[c], "probabilities": row}
-        for c, row in zip(best, p.tolist(), strict=True)
-    ]
+    return [class_answer(labels, c, row) for c, row in zip(best, p.tolist(), strict=True)]
+
+
+def class_answer(labels: Sequence[str], c: int, p: list[float]) -> dict[str, Any]:
+    """One single-label answer: class ``c`` of the class probabilities ``p``."""
+    return {"label": labels[c], "class_id": c, "confidence": p[c], "probabilities": p}
 
 
 def _regression(task: tasks.Regression, outputs: Outputs) -> list[dict[str, Any]]:

@@ -199,8 +199,7 @@ class TaskRunner:
         if not math.isfinite(total):
             return None
         c = max(range(len(values)), key=values.__getitem__)
-        answer = {"label": self._labels[c], "class_id": c, "confidence": p[c], "probabilities": p}
-        return [answer], [c], [p[c]]
+        return [interpret.class_answer(self._labels, c, p)], [c], [p[c]]
 
     def feeds(
         self, inputs: Mapping[str, Any] | npt.ArrayLike, state: Arrays | None = None
